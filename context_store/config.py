@@ -1,0 +1,116 @@
+"""Configuration: ``context_store.yaml`` at the repo root, overridden by ``CONTEXT_STORE_*``
+environment variables, overridden by keyword arguments.
+
+```yaml
+online_store: sqlite            # or redis://127.0.0.1:6379/0
+data_dir: .context_store        # registry, offline store (Lance) and sqlite online store live here
+offline_store: null             # default: <data_dir>/<workspace>/offline
+registry: null                  # default: <data_dir>/registry
+```
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import InvalidInputError
+
+__all__ = ["Config", "load_config", "CONFIG_FILE"]
+
+CONFIG_FILE = "context_store.yaml"
+_WORKSPACE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_KEYS = ("online_store", "data_dir", "offline_store", "registry", "workspace", "redis_stream_maxlen")
+
+
+@dataclass(frozen=True)
+class Config:
+    repo: Path
+    workspace: str = "default"
+    online_store: str = "sqlite"
+    data_dir: Path = Path(".context_store")
+    offline_store: Path | None = None
+    registry: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def workspace_dir(self) -> Path:
+        return self.data_dir / "workspaces" / self.workspace
+
+    @property
+    def offline_path(self) -> Path:
+        return self.offline_store / self.workspace if self.offline_store else self.workspace_dir / "offline"
+
+    @property
+    def registry_path(self) -> Path:
+        """Directory holding every workspace's registry (one sub-folder each)."""
+        return self.registry or (self.data_dir / "registry")
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.workspace_dir / "online.sqlite"
+
+    @property
+    def is_redis(self) -> bool:
+        return self.online_store.startswith(("redis://", "rediss://", "unix://"))
+
+    def with_workspace(self, workspace: str) -> Config:
+        return replace(self, workspace=check_workspace(workspace))
+
+
+def check_workspace(name: str) -> str:
+    if not isinstance(name, str) or not _WORKSPACE.match(name):
+        raise InvalidInputError(
+            f"workspace {name!r} must be 1-64 letters, digits, '-' or '_'", field="workspace"
+        )
+    return name
+
+
+def load_config(repo: str | os.PathLike[str] = ".", **overrides: Any) -> Config:
+    """Read the repo's yaml, then env, then ``overrides`` (None values are ignored)."""
+    root = Path(repo).resolve()
+    values: dict[str, Any] = {}
+    path = root / CONFIG_FILE
+    if path.exists():
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise InvalidInputError(f"{path}: not valid YAML: {e}", field=CONFIG_FILE) from None
+        if not isinstance(loaded, dict):
+            raise InvalidInputError(f"{path}: expected a mapping of settings", field=CONFIG_FILE)
+        unknown = sorted(set(loaded) - set(_KEYS))
+        if unknown:
+            raise InvalidInputError(f"{path}: unknown setting {unknown[0]!r}; known: {', '.join(_KEYS)}", field=unknown[0])
+        values.update(loaded)
+    for key in _KEYS:
+        env = os.environ.get(f"CONTEXT_STORE_{key.upper()}")
+        if env:
+            values[key] = env
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    online = str(values.get("online_store") or "sqlite")
+    if online not in ("sqlite",) and not online.startswith(("redis://", "rediss://", "unix://", "sqlite:")):
+        raise InvalidInputError(
+            f"online_store {online!r} must be 'sqlite' or a redis:// URL", field="online_store"
+        )
+
+    def _path(v: Any) -> Path | None:
+        if v in (None, ""):
+            return None
+        p = Path(str(v)).expanduser()
+        return p if p.is_absolute() else root / p
+
+    extra = {k: values[k] for k in values if k not in ("online_store", "data_dir", "offline_store", "registry", "workspace")}
+    return Config(
+        repo=root,
+        workspace=check_workspace(str(values.get("workspace") or "default")),
+        online_store=online,
+        data_dir=_path(values.get("data_dir")) or root / ".context_store",
+        offline_store=_path(values.get("offline_store")),
+        registry=_path(values.get("registry")),
+        extra=extra,
+    )

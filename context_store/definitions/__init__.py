@@ -1,0 +1,22 @@
+"""Definitions: plain annotated Python objects, checked when constructed and when registered.
+
+Knows nothing of stores, compute or serving.
+"""
+
+from .base import Definition
+from .dtypes import Array, Bool, DType, Embedding, Float64, Int64, String, Timestamp
+from .embedding import EmbeddingView, Knowledge
+from .entity import Entity, Field
+from .feature_view import AGGREGATION_FUNCTIONS, Aggregate, FeatureSelection, FeatureView, aggregate_dtype
+from .realtime import RealtimeFeatureView, realtime_feature_view
+from .services import ContextService, FeatureService
+from .sources import FileSource, RequestSource, Source, StreamSource
+from .windows import Lifetime, format_duration, parse_duration
+
+__all__ = [
+    "AGGREGATION_FUNCTIONS", "Aggregate", "Array", "Bool", "ContextService", "DType", "Definition",
+    "Embedding", "EmbeddingView", "Entity", "FeatureSelection", "FeatureService", "FeatureView", "Field",
+    "FileSource", "Float64", "Int64", "Knowledge", "Lifetime", "RealtimeFeatureView", "RequestSource",
+    "Source", "StreamSource", "String", "Timestamp", "aggregate_dtype", "format_duration", "parse_duration",
+    "realtime_feature_view",
+]

@@ -1,0 +1,71 @@
+"""What every definition shares: a name and where it was written (for error messages)."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+from typing import Any
+
+from ..errors import DefinitionError
+
+__all__ = ["Definition", "caller_location", "check_name"]
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def caller_location() -> str:
+    """``file:line`` of the first frame outside this package: where the user wrote the object."""
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            path = os.path.abspath(frame.f_code.co_filename)
+            if not path.startswith(_PKG_DIR + os.sep):
+                return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+            frame = frame.f_back
+        return "<unknown>"
+    finally:
+        del frame
+
+
+def check_name(name: Any, kind: str, location: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise DefinitionError(
+            f"{kind} name {name!r} must be an identifier (letters, digits, underscore; at most 128)",
+            location=location,
+        )
+    return name
+
+
+class Definition:
+    """Base for registered objects. ``kind`` is used in plans and errors."""
+
+    kind: str = "definition"
+    name: str
+    location: str
+    description: str
+    tags: dict[str, str]
+
+    def _init_common(self, name: Any, description: str | None, tags: dict[str, str] | None) -> None:
+        self.location = caller_location()
+        self.name = check_name(name, self.kind, self.location)
+        if description is not None and not isinstance(description, str):
+            self.fail(f"description must be a string, got {type(description).__name__}")
+        self.description = description or ""
+        if tags is not None and not (
+            isinstance(tags, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items())
+        ):
+            self.fail("tags must be a dict of str to str")
+        self.tags = dict(tags or {})
+
+    def fail(self, message: str) -> DefinitionError:
+        """Raise a DefinitionError naming this object and where it was defined."""
+        raise DefinitionError(message, location=self.location, obj=f"{self.kind} '{getattr(self, 'name', '?')}'")
+
+    def spec(self) -> dict[str, Any]:
+        """A JSON-able description used by the registry to diff versions (subclasses extend)."""
+        return {"kind": self.kind, "name": self.name, "description": self.description, "tags": self.tags}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"

@@ -1,0 +1,143 @@
+"""Data sources: files for history, streams for live events, requests for request-time data."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from .base import Definition
+from .entity import Field
+from .windows import parse_duration
+
+__all__ = ["Source", "FileSource", "StreamSource", "RequestSource"]
+
+
+class Source(Definition):
+    kind = "source"
+    timestamp_field: str
+    schema: tuple[Field, ...] | None
+
+    def field(self, name: str) -> Field | None:
+        for f in self.schema or ():
+            if f.name == name:
+                return f
+        return None
+
+
+def _check_schema(obj: Definition, schema: Any, required: bool) -> tuple[Field, ...] | None:
+    if schema is None:
+        if required:
+            obj.fail("schema is required: a list of cs.Field")
+        return None
+    if not isinstance(schema, (list, tuple)) or not all(isinstance(f, Field) for f in schema):
+        obj.fail("schema must be a list of cs.Field")
+    names = [f.name for f in schema]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        obj.fail(f"duplicate field {dup[0]!r} in schema")
+    return tuple(schema)
+
+
+class FileSource(Source):
+    """Parquet or CSV files (a glob is allowed). ``schema`` is inferred from the files when omitted.
+
+    A relative ``path`` is relative to the feature repo root.
+    """
+
+    kind = "file_source"
+
+    def __init__(
+        self,
+        path: str,
+        timestamp_field: str,
+        name: str | None = None,
+        schema: list[Field] | None = None,
+        file_format: str | None = None,
+        description: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        if not isinstance(path, str) or not path:
+            self.name = name or "file_source"
+            self._init_common(self.name, description, tags)
+            self.fail(f"path must be a non-empty string, got {path!r}")
+        default_name = "src_" + "".join(c if c.isalnum() else "_" for c in path.rsplit("/", 1)[-1].split(".")[0])
+        self._init_common(name or default_name[:120], description, tags)
+        self.path = path
+        fmt = file_format or ("csv" if path.lower().endswith(".csv") else "parquet")
+        if fmt not in ("parquet", "csv"):
+            self.fail(f"file_format must be 'parquet' or 'csv', got {fmt!r}")
+        self.file_format = fmt
+        if not isinstance(timestamp_field, str) or not timestamp_field:
+            self.fail("timestamp_field must be a column name")
+        self.timestamp_field = timestamp_field
+        self.schema = _check_schema(self, schema, required=False)
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            **super().spec(),
+            "path": self.path,
+            "format": self.file_format,
+            "timestamp_field": self.timestamp_field,
+            "schema": [f.spec() for f in self.schema] if self.schema else None,
+        }
+
+
+class StreamSource(Source):
+    """Live events (push API or Redis Streams); ``batch_source`` holds the history for backfill.
+
+    ``allowed_lateness``: events older than the watermark by at most this still update
+    online state; older ones are counted and logged (never silently dropped).
+    """
+
+    kind = "stream_source"
+
+    def __init__(
+        self,
+        name: str,
+        schema: list[Field],
+        timestamp_field: str,
+        batch_source: FileSource | None = None,
+        allowed_lateness: str | timedelta = "1h",
+        partitions: int = 4,
+        description: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        self._init_common(name, description, tags)
+        self.schema = _check_schema(self, schema, required=True)
+        if not isinstance(timestamp_field, str) or self.field(timestamp_field) is None:
+            self.fail(f"timestamp_field {timestamp_field!r} is not in the schema")
+        self.timestamp_field = timestamp_field
+        if batch_source is not None and not isinstance(batch_source, FileSource):
+            self.fail("batch_source must be a cs.FileSource")
+        self.batch_source = batch_source
+        try:
+            self.allowed_lateness = parse_duration(allowed_lateness, "allowed_lateness")
+        except ValueError as e:
+            self.fail(str(e))
+        if not isinstance(partitions, int) or not 1 <= partitions <= 1024:
+            self.fail("partitions must be an int in 1..1024")
+        self.partitions = partitions
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            **super().spec(),
+            "schema": [f.spec() for f in self.schema or ()],
+            "timestamp_field": self.timestamp_field,
+            "batch_source": self.batch_source.spec() if self.batch_source else None,
+            "allowed_lateness_s": self.allowed_lateness.total_seconds(),
+            "partitions": self.partitions,
+        }
+
+
+class RequestSource(Source):
+    """Data that arrives with the request (``request_context``), for realtime feature views."""
+
+    kind = "request_source"
+
+    def __init__(self, schema: list[Field], name: str = "request", description: str | None = None) -> None:
+        self._init_common(name, description, None)
+        self.schema = _check_schema(self, schema, required=True)
+        self.timestamp_field = ""
+
+    def spec(self) -> dict[str, Any]:
+        return {**super().spec(), "schema": [f.spec() for f in self.schema or ()]}
