@@ -1,0 +1,110 @@
+"""``context-store push SOURCE FILE`` and ``context-store worker``."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import InvalidInputError
+from ._common import echo_json, handle_errors, repo_options, store_from_ctx
+
+__all__ = ["push", "worker", "read_records"]
+
+
+def read_records(path: str) -> Any:
+    """Records from a Parquet, CSV, JSON (a list, or Tecton's ``{"records": {src: [...]}}``) or
+    JSON-lines file; ``-`` reads JSON from stdin."""
+    import orjson
+
+    if path == "-":
+        data = sys.stdin.buffer.read()
+        suffix = ".json"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise InvalidInputError(f"no such file: {path}", field="FILE")
+        suffix = p.suffix.lower()
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return pq.read_table(p)
+        if suffix == ".csv":
+            import pyarrow.csv as pcsv
+
+            return pcsv.read_csv(p)
+        data = p.read_bytes()
+    try:
+        if suffix in (".jsonl", ".ndjson"):
+            return [orjson.loads(line) for line in data.splitlines() if line.strip()]
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise InvalidInputError(f"{path}: not valid JSON: {e}", field="FILE") from None
+    if isinstance(obj, dict) and isinstance(obj.get("records"), dict):
+        recs = list(obj["records"].values())
+        if len(recs) != 1:
+            raise InvalidInputError("the file has records of several sources; push one at a time", field="records")
+        obj = recs[0]
+    if not isinstance(obj, list):
+        raise InvalidInputError(f"{path}: expected a JSON list of records", field="FILE")
+    return obj
+
+
+@click.command("push")
+@click.argument("source")
+@click.argument("file", metavar="FILE")
+@click.option("--dry-run", is_flag=True, help="Validate only; write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@repo_options
+@handle_errors
+def push(source: str, file: str, dry_run: bool, as_json: bool) -> None:
+    """Push the records of FILE (Parquet, CSV, JSON, JSON lines; '-' = stdin) to stream SOURCE.
+
+    All or nothing: a bad record is reported with its index and field and nothing is written.
+    """
+    store = store_from_ctx()
+    result = store.push(source, read_records(file), dry_run=dry_run)
+    if as_json:
+        echo_json(result.to_dict())
+    elif dry_run:
+        click.echo(f"{result.validated} records valid for {source} (dry run, nothing written)")
+    else:
+        note = "" if result.visible else " (durable; not yet applied online)"
+        click.echo(f"pushed {result.accepted} records to {source}{note}")
+
+
+@click.command("worker")
+@click.option("--threads", "-n", default=1, show_default=True, type=click.IntRange(1, 64), help="Worker threads.")
+@click.option("--source", "sources", multiple=True, help="Only these stream sources (default: all).")
+@repo_options
+@handle_errors
+def worker(threads: int, sources: tuple[str, ...]) -> None:
+    """Run stream workers alone: apply Redis Stream events to online state and the offline log.
+
+    Needs a Redis online store. Stops cleanly on Ctrl-C / SIGTERM (flushes, releases partitions).
+    """
+    from ..compute.stream.worker import run_workers
+
+    store = store_from_ctx()
+    if not store.config.is_redis:
+        raise click.ClickException(
+            "stream workers need a Redis online store (--online-store redis://127.0.0.1:6379/0); "
+            "with the embedded sqlite store, push applies events in-process"
+        )
+    stop = threading.Event()
+
+    def _stop(*_: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    pool = run_workers(store, threads, stop, sources=list(sources) or None)
+    click.echo(f"stream workers running ({threads} thread(s), workspace {store.workspace}); Ctrl-C to stop", err=True)
+    while not stop.wait(0.5):
+        if not any(t.is_alive() for t in pool.threads):
+            raise click.ClickException("every stream worker stopped; see the log above")
+    pool.stop()

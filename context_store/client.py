@@ -1,0 +1,297 @@
+"""A thin Python client for the feature server (sync and async), speaking its Tecton-compatible API.
+
+```python
+from context_store.client import get_feature_server_client
+client = get_feature_server_client(url="http://127.0.0.1:8000", api_key="cs_...")
+client.get_features(feature_service="fraud_detection_service", join_keys={"user_id": "u1"}).feature_values
+```
+
+One HTTP connection pool per client (keep-alive), errors raised as ``context_store.errors`` classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import httpx
+import orjson
+
+from .errors import (
+    ContextStoreError,
+    ForbiddenError,
+    InvalidInputError,
+    NotFoundError,
+    RateLimitedError,
+    UnauthorizedError,
+    UnavailableError,
+)
+from .types import FeatureMetadata, FeatureVector, KnowledgeChunk, KnowledgeResult, SimilarItem, SimilarResult
+
+__all__ = ["get_feature_server_client", "FeatureServerClient", "AsyncFeatureServerClient"]
+
+_GET = "/api/v1/feature-service/get-features"
+_BATCH = "/api/v1/feature-service/get-features-batch"
+_META = "/api/v1/feature-service/metadata"
+_ERRORS: dict[int, type[ContextStoreError]] = {
+    400: InvalidInputError, 401: UnauthorizedError, 403: ForbiddenError, 404: NotFoundError,
+    413: InvalidInputError, 429: RateLimitedError, 503: UnavailableError, 504: UnavailableError,
+}
+_ALL_META = {"includeNames": True, "includeDataTypes": True, "includeEffectiveTimes": True, "includeServingStatus": True}
+
+
+def _service_name(feature_service: Any) -> str:
+    name = getattr(feature_service, "name", feature_service)
+    if not isinstance(name, str) or not name:
+        raise InvalidInputError("feature_service must be a name or a cs.FeatureService", field="feature_service")
+    return name
+
+
+def _raise_for(resp: httpx.Response) -> None:
+    if resp.status_code < 400:
+        return
+    try:
+        body = orjson.loads(resp.content)
+        message, field = body.get("message") or resp.reason_phrase, body.get("field")
+    except (orjson.JSONDecodeError, AttributeError):
+        message, field = resp.text[:200] or resp.reason_phrase, None
+    cls = _ERRORS.get(resp.status_code)
+    if cls is None:
+        err = ContextStoreError(f"{resp.status_code}: {message}", field=field)
+        err.status = resp.status_code
+        raise err
+    raise cls(message, field=field)
+
+
+def _decode(dtype: Mapping[str, Any] | None, v: Any) -> Any:
+    if v is None or not dtype:
+        return v
+    t = dtype.get("type")
+    if t == "int64":
+        return int(v)
+    if t == "array":
+        return [_decode(dtype.get("elementType"), x) for x in v]
+    if t == "timestamp" and isinstance(v, str):
+        return datetime.fromisoformat(v.replace("Z", "+00:00"))
+    return v
+
+
+def _vector(values: list[Any], meta: list[dict[str, Any]], statuses: list[dict[str, Any]] | None, join_keys: Any) -> FeatureVector:
+    out: dict[str, Any] = {}
+    md: list[FeatureMetadata] = []
+    for i, (v, m) in enumerate(zip(values, meta)):
+        name = m.get("name", str(i))
+        dt = m.get("dataType") or {}
+        out[name] = _decode(dt, v)
+        et = m.get("effectiveTime")
+        status = (statuses[i] if statuses else m).get("status", "PRESENT" if v is not None else "MISSING_DATA")
+        md.append(FeatureMetadata(
+            name=name, data_type=dict(dt), status=status,
+            effective_time=datetime.fromisoformat(et.replace("Z", "+00:00")) if et else None,
+            view=name.split(".", 1)[0],
+        ))
+    return FeatureVector(out, md, dict(join_keys or {}))
+
+
+def _get_body(service: str, join_keys: Mapping[str, Any], request_context: Mapping[str, Any] | None,
+              workspace: str | None) -> bytes:
+    params: dict[str, Any] = {"featureServiceName": service, "joinKeyMap": dict(join_keys),
+                              "requestContextMap": dict(request_context or {}), "metadataOptions": _ALL_META}
+    if workspace:
+        params["workspaceName"] = workspace
+    return orjson.dumps({"params": params})
+
+
+def _batch_body(service: str, join_keys: Sequence[Mapping[str, Any]], request_context: Any, workspace: str | None) -> bytes:
+    ctxs = request_context if isinstance(request_context, (list, tuple)) else [request_context or {}] * len(join_keys)
+    params: dict[str, Any] = {
+        "featureServiceName": service, "metadataOptions": _ALL_META,
+        "requestData": [{"joinKeyMap": dict(k), "requestContextMap": dict(c or {})} for k, c in zip(join_keys, ctxs)],
+    }
+    if workspace:
+        params["workspaceName"] = workspace
+    return orjson.dumps({"params": params})
+
+
+def _parse_get(resp: httpx.Response, join_keys: Any) -> FeatureVector:
+    _raise_for(resp)
+    body = orjson.loads(resp.content)
+    return _vector(body["result"]["features"], body.get("metadata", {}).get("features", []), None, join_keys)
+
+
+def _parse_batch(resp: httpx.Response, join_keys: Sequence[Any]) -> list[FeatureVector]:
+    _raise_for(resp)
+    body = orjson.loads(resp.content)
+    meta = body.get("metadata", {}).get("features", [])
+    return [
+        _vector(r["features"], meta, (r.get("metadata") or {}).get("features"), k)
+        for r, k in zip(body["result"], join_keys)
+    ]
+
+
+def _parse_similar(resp: httpx.Response) -> SimilarResult:
+    _raise_for(resp)
+    b = orjson.loads(resp.content)
+    return SimilarResult(b.get("view", ""), [SimilarItem(i["entity_id"], i["score"], i.get("attributes") or {})
+                                             for i in b.get("items", [])])
+
+
+def _parse_knowledge(resp: httpx.Response) -> KnowledgeResult:
+    _raise_for(resp)
+    b = orjson.loads(resp.content)
+    return KnowledgeResult(b.get("knowledge", ""), b.get("query", ""), [KnowledgeChunk(**c) for c in b.get("chunks", [])])
+
+
+def _json(resp: httpx.Response) -> Any:
+    _raise_for(resp)
+    return orjson.loads(resp.content)
+
+
+def _similar_body(view: str, text: str | None, entity_id: str | None, vector: Sequence[float] | None, k: int,
+                  filter: Mapping[str, Any] | None, workspace: str | None) -> bytes:
+    body: dict[str, Any] = {"view": view, "k": k}
+    for name, v in (("text", text), ("entity_id", entity_id), ("filter", filter), ("workspace", workspace)):
+        if v is not None:
+            body[name] = v
+    if vector is not None:
+        body["vector"] = [float(x) for x in vector]
+    return orjson.dumps(body)
+
+
+def _ingest_body(source: str, rows: Sequence[Mapping[str, Any]], dry_run: bool, workspace: str | None) -> bytes:
+    body: dict[str, Any] = {"dry_run": dry_run, "records": {source: [{"record": dict(r)} for r in rows]}}
+    if workspace:
+        body["workspace_name"] = workspace
+    return orjson.dumps(body, option=orjson.OPT_NAIVE_UTC | orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    h = {"content-type": "application/json", "user-agent": "context-store-client/0.1"}
+    if api_key:
+        h["authorization"] = f"Bearer {api_key}"
+    return h
+
+
+class _Base:
+    def __init__(self, url: str, api_key: str | None, workspace: str | None) -> None:
+        self.url = url.rstrip("/")
+        self.workspace = workspace
+        self._headers = _headers(api_key)
+
+
+class FeatureServerClient(_Base):
+    """Synchronous client; reuses one keep-alive connection pool. Use as a context manager or ``close()``."""
+
+    def __init__(self, url: str, api_key: str | None = None, *, workspace: str | None = None, timeout: float = 10.0,
+                 client: httpx.Client | None = None) -> None:
+        super().__init__(url, api_key, workspace)
+        self._client = client or httpx.Client(base_url=self.url, timeout=timeout, headers=self._headers)
+
+    def _post(self, path: str, content: bytes) -> httpx.Response:
+        try:
+            return self._client.post(path, content=content)
+        except httpx.TransportError as e:
+            raise UnavailableError(f"feature server at {self.url} unreachable: {e}") from None
+
+    def _get(self, path: str, params: dict[str, Any]) -> httpx.Response:
+        try:
+            return self._client.get(path, params={k: v for k, v in params.items() if v is not None})
+        except httpx.TransportError as e:
+            raise UnavailableError(f"feature server at {self.url} unreachable: {e}") from None
+
+    def get_features(self, feature_service: Any, join_keys: Mapping[str, Any],
+                     request_context: Mapping[str, Any] | None = None, workspace: str | None = None) -> FeatureVector:
+        body = _get_body(_service_name(feature_service), join_keys, request_context, workspace or self.workspace)
+        return _parse_get(self._post(_GET, body), join_keys)
+
+    def get_features_batch(self, feature_service: Any, join_keys: Sequence[Mapping[str, Any]],
+                           request_context: Any = None, workspace: str | None = None) -> list[FeatureVector]:
+        body = _batch_body(_service_name(feature_service), join_keys, request_context, workspace or self.workspace)
+        return _parse_batch(self._post(_BATCH, body), join_keys)
+
+    def get_feature_service_metadata(self, feature_service: Any, workspace: str | None = None) -> dict[str, Any]:
+        params = {"featureServiceName": _service_name(feature_service), "workspaceName": workspace or self.workspace}
+        return _json(self._post(_META, orjson.dumps({"params": params})))
+
+    def get_user_context(self, entity_id: str, context_service: str | None = None, max_tokens: int | None = None) -> Any:
+        return _json(self._get(f"/v1/context/{entity_id}", {"service": context_service, "max_tokens": max_tokens,
+                                                            "workspace": self.workspace}))
+
+    def find_similar(self, view: str, *, text: str | None = None, entity_id: str | None = None,
+                     vector: Sequence[float] | None = None, k: int = 10, filter: Mapping[str, Any] | None = None) -> SimilarResult:
+        return _parse_similar(self._post("/v1/similar", _similar_body(view, text, entity_id, vector, k, filter, self.workspace)))
+
+    def search_knowledge(self, knowledge: str, query: str, k: int = 5) -> KnowledgeResult:
+        body = {"knowledge": knowledge, "query": query, "k": k, **({"workspace": self.workspace} if self.workspace else {})}
+        return _parse_knowledge(self._post("/v1/knowledge/search", orjson.dumps(body)))
+
+    def push(self, source: str, rows: Sequence[Mapping[str, Any]], dry_run: bool = False) -> dict[str, Any]:
+        return _json(self._post("/v1/ingest", _ingest_body(source, rows, dry_run, self.workspace)))
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> FeatureServerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncFeatureServerClient(_Base):
+    """Asynchronous client (``await client.get_features(...)``); one pooled ``httpx.AsyncClient``."""
+
+    def __init__(self, url: str, api_key: str | None = None, *, workspace: str | None = None, timeout: float = 10.0,
+                 client: httpx.AsyncClient | None = None) -> None:
+        super().__init__(url, api_key, workspace)
+        self._client = client or httpx.AsyncClient(base_url=self.url, timeout=timeout, headers=self._headers)
+
+    async def _post(self, path: str, content: bytes) -> httpx.Response:
+        try:
+            return await self._client.post(path, content=content)
+        except httpx.TransportError as e:
+            raise UnavailableError(f"feature server at {self.url} unreachable: {e}") from None
+
+    async def get_features(self, feature_service: Any, join_keys: Mapping[str, Any],
+                           request_context: Mapping[str, Any] | None = None, workspace: str | None = None) -> FeatureVector:
+        body = _get_body(_service_name(feature_service), join_keys, request_context, workspace or self.workspace)
+        return _parse_get(await self._post(_GET, body), join_keys)
+
+    async def get_features_batch(self, feature_service: Any, join_keys: Sequence[Mapping[str, Any]],
+                                 request_context: Any = None, workspace: str | None = None) -> list[FeatureVector]:
+        body = _batch_body(_service_name(feature_service), join_keys, request_context, workspace or self.workspace)
+        return _parse_batch(await self._post(_BATCH, body), join_keys)
+
+    async def get_feature_service_metadata(self, feature_service: Any, workspace: str | None = None) -> dict[str, Any]:
+        params = {"featureServiceName": _service_name(feature_service), "workspaceName": workspace or self.workspace}
+        return _json(await self._post(_META, orjson.dumps({"params": params})))
+
+    async def find_similar(self, view: str, *, text: str | None = None, entity_id: str | None = None,
+                           vector: Sequence[float] | None = None, k: int = 10,
+                           filter: Mapping[str, Any] | None = None) -> SimilarResult:
+        body = _similar_body(view, text, entity_id, vector, k, filter, self.workspace)
+        return _parse_similar(await self._post("/v1/similar", body))
+
+    async def search_knowledge(self, knowledge: str, query: str, k: int = 5) -> KnowledgeResult:
+        body = {"knowledge": knowledge, "query": query, "k": k, **({"workspace": self.workspace} if self.workspace else {})}
+        return _parse_knowledge(await self._post("/v1/knowledge/search", orjson.dumps(body)))
+
+    async def push(self, source: str, rows: Sequence[Mapping[str, Any]], dry_run: bool = False) -> dict[str, Any]:
+        return _json(await self._post("/v1/ingest", _ingest_body(source, rows, dry_run, self.workspace)))
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def __aenter__(self) -> AsyncFeatureServerClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def get_feature_server_client(url: str, api_key: str | None = None, *, workspace: str | None = None,
+                              timeout: float = 10.0, asynchronous: bool = False) -> Any:
+    """A ``FeatureServerClient`` (or ``AsyncFeatureServerClient`` with ``asynchronous=True``)."""
+    cls = AsyncFeatureServerClient if asynchronous else FeatureServerClient
+    return cls(url, api_key, workspace=workspace, timeout=timeout)

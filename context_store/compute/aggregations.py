@@ -1,0 +1,536 @@
+"""THE implementation of every window aggregation: partial state, merge, finalize, encode.
+
+Materialization, the stream worker and the online read path all use :class:`AggPlan`,
+so batch-loaded and stream-updated state agree by construction.
+
+A *partial* is the mergeable state of one set of events (a tile, an edge of a window, a
+lifetime base) for all aggregations of one feature view:
+
+- a numeric block (float64 vector, merged with numpy across many tiles at once):
+  ``[rows]`` then per numeric column ``[n, sum, min, max, mean, m2]`` (Chan et al. merge
+  of ``n, mean, M2`` for the variances: stable, no sum-of-squares cancellation);
+- object slots for what is not a fixed-size number: ``last`` (ts, value),
+  ``last_distinct_n``/``first_distinct_n`` (value -> latest/earliest ts, trimmed to n),
+  ``approx_count_distinct`` (DataSketches HLL, lg_k=12), ``approx_percentile``
+  (DataSketches KLL doubles, k=200, inclusive rank) and ``mean`` over an embedding
+  (count + float64 sum vector).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import numpy as np
+
+from ..definitions import Aggregate, DType, Embedding, FeatureView, aggregate_dtype
+from ..errors import DefinitionError
+
+__all__ = [
+    "AggPlan", "Columns", "Partial", "HLL_LG_K", "KLL_K", "NUM_FUNCS", "aggregate_values",
+    "pack_scalar", "unpack_scalar", "us_to_datetime",
+]
+
+HLL_LG_K = 12
+KLL_K = 200
+# Functions served from the numeric block of their column.
+NUM_FUNCS = frozenset({"sum", "mean", "min", "max", "stddev_samp", "stddev_pop", "var_samp", "var_pop"})
+_NSLOT = 6  # n, sum, min, max, mean, m2
+_U32 = struct.Struct("<I")
+_I64 = struct.Struct("<q")
+_F64 = struct.Struct("<d")
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def us_to_datetime(us: int) -> datetime:
+    return datetime.fromtimestamp(us // 1_000_000, tz=timezone.utc).replace(microsecond=us % 1_000_000)
+
+
+# -- scalar codec (typed by the column's dtype, so no per-value tag) ---------------------
+
+def pack_scalar(kind: str, v: Any) -> bytes:
+    if kind == "s":
+        b = v.encode()
+        return _U32.pack(len(b)) + b
+    if kind == "d":
+        return _F64.pack(v)
+    if kind == "b":
+        return b"\x01" if v else b"\x00"
+    return _I64.pack(v)  # "q": int64 and timestamps (µs)
+
+
+def unpack_scalar(kind: str, buf: bytes, off: int) -> tuple[Any, int]:
+    if kind == "s":
+        (ln,) = _U32.unpack_from(buf, off)
+        return buf[off + 4 : off + 4 + ln].decode(), off + 4 + ln
+    if kind == "d":
+        return _F64.unpack_from(buf, off)[0], off + 8
+    if kind == "b":
+        return buf[off] == 1, off + 1
+    return _I64.unpack_from(buf, off)[0], off + 8
+
+
+def scalar_kind(dtype: DType) -> str:
+    return {"int64": "q", "timestamp": "q", "float64": "d", "bool": "b", "string": "s"}.get(dtype.name, "")
+
+
+@dataclass
+class Columns:
+    """Events of one feature view in columnar form (the input of partials).
+
+    ``num``: float64 values of numeric columns (garbage where invalid), ``valid``: masks,
+    ``obj``: Python values (None = null) of columns used by object slots,
+    ``emb``: float32 matrices of embedding columns.
+    """
+
+    ts: np.ndarray
+    valid: dict[str, np.ndarray] = field(default_factory=dict)
+    num: dict[str, np.ndarray] = field(default_factory=dict)
+    obj: dict[str, list[Any]] = field(default_factory=dict)
+    emb: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    def take(self, idx: np.ndarray) -> Columns:
+        """Rows at ``idx`` (an index array or boolean mask)."""
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        il = idx.tolist()
+        return Columns(
+            ts=self.ts[idx],
+            valid={k: v[idx] for k, v in self.valid.items()},
+            num={k: v[idx] for k, v in self.num.items()},
+            obj={k: [v[i] for i in il] for k, v in self.obj.items()},
+            emb={k: v[idx] for k, v in self.emb.items()},
+        )
+
+    @staticmethod
+    def concat(parts: Sequence[Columns]) -> Columns:
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+        return Columns(
+            ts=np.concatenate([p.ts for p in parts]),
+            valid={k: np.concatenate([p.valid[k] for p in parts]) for k in first.valid},
+            num={k: np.concatenate([p.num[k] for p in parts]) for k in first.num},
+            obj={k: [x for p in parts for x in p.obj[k]] for k in first.obj},
+            emb={k: np.concatenate([p.emb[k] for p in parts]) for k in first.emb},
+        )
+
+
+@dataclass
+class Partial:
+    num: np.ndarray
+    objs: list[Any]
+
+
+@dataclass(frozen=True)
+class _Out:
+    name: str
+    function: str
+    column: str
+    window_us: int | None      # None: lifetime
+    dtype: DType
+    num_base: int               # offset of the column's numeric slots, -1 if none
+    slot: int                   # object slot index, -1 if none
+    n: int | None
+    percentile: float | None
+
+
+class AggPlan:
+    """Compiled aggregation state layout of one feature view (aggregations=...)."""
+
+    def __init__(self, view: FeatureView, input_types: dict[str, DType]) -> None:
+        self.view = view
+        self.types: dict[str, DType] = {}
+        num_cols: list[str] = []
+        slots: list[tuple[str, str, int]] = []  # (kind, column, n)
+        outs: list[_Out] = []
+        for a in view.aggregations:
+            dt = input_types.get(a.column)
+            if dt is None:
+                raise DefinitionError(
+                    f"feature view {view.name!r}: aggregation {a.output_name!r} reads column {a.column!r}, "
+                    f"which is not in its input rows ({', '.join(sorted(input_types)) or 'none'})"
+                )
+            self.types[a.column] = dt
+            fn = a.function
+            num_base, slot = -1, -1
+            if fn in NUM_FUNCS and not (fn == "mean" and isinstance(dt, Embedding)):
+                if not dt.is_numeric:
+                    raise DefinitionError(f"feature view {view.name!r}: {fn} of {a.column!r} needs a numeric column, got {dt!r}")
+                if a.column not in num_cols:
+                    num_cols.append(a.column)
+                num_base = 1 + _NSLOT * num_cols.index(a.column)
+            elif fn != "count":
+                kind = {"mean": "emb", "last": "last", "last_distinct_n": "ldn", "first_distinct_n": "fdn",
+                        "approx_count_distinct": "hll", "approx_percentile": "kll"}[fn]
+                if kind in ("last", "ldn", "fdn", "hll") and not scalar_kind(dt):
+                    raise DefinitionError(f"feature view {view.name!r}: {fn} of {a.column!r} is not supported for {dt!r}")
+                if kind == "kll" and not dt.is_numeric:
+                    raise DefinitionError(f"feature view {view.name!r}: {fn} of {a.column!r} needs a numeric column")
+                key = (kind, a.column, a.n or 0)
+                if key not in slots:
+                    slots.append(key)
+                slot = slots.index(key)
+            w = a.window_td
+            outs.append(_Out(a.output_name, fn, a.column, None if w is None else w // timedelta(microseconds=1), aggregate_dtype(fn, dt),
+                             num_base, slot, a.n, a.percentile))
+        self.num_cols = num_cols
+        self.slots = slots
+        self.outputs = outs
+        self.K = 1 + _NSLOT * len(num_cols)
+        self.obj_cols = sorted({c for (_, c, _) in slots if not isinstance(self.types[c], Embedding)})
+        self.emb_cols = sorted({c for (_, c, _) in slots if isinstance(self.types[c], Embedding)})
+        self.columns = sorted(set(num_cols) | set(self.obj_cols) | set(self.emb_cols) | {a.column for a in view.aggregations})
+        self._empty_num = np.zeros(self.K)
+        for i in range(len(num_cols)):
+            self._empty_num[1 + _NSLOT * i + 2] = math.inf
+            self._empty_num[1 + _NSLOT * i + 3] = -math.inf
+
+    # -- building partials -------------------------------------------------------------
+    def empty(self) -> Partial:
+        return Partial(self._empty_num.copy(), [None] * len(self.slots))
+
+    def partial(self, cols: Columns) -> Partial:
+        """The partial of all events in ``cols``."""
+        if len(cols) == 0:
+            return self.empty()
+        num, objs = self.partials_grouped(cols, np.array([0], dtype=np.int64))
+        return Partial(num[0], objs[0])
+
+    def partials_grouped(self, cols: Columns, starts: np.ndarray) -> tuple[np.ndarray, list[list[Any]]]:
+        """Partials of consecutive groups of rows starting at ``starts`` (vectorised numeric block)."""
+        n_rows = len(cols)
+        G = len(starts)
+        ends = np.append(starts[1:], n_rows)
+        out = np.empty((G, self.K))
+        out[:, 0] = ends - starts
+        gid = np.repeat(np.arange(G), ends - starts)
+        for i, c in enumerate(self.num_cols):
+            b = 1 + _NSLOT * i
+            v = cols.valid[c]
+            x = cols.num[c]
+            xz = np.where(v, x, 0.0)
+            n = np.add.reduceat(v.astype(np.float64), starts)
+            s = np.add.reduceat(xz, starts)
+            mean = np.divide(s, n, out=np.zeros(G), where=n > 0)
+            dev = np.where(v, x - mean[gid], 0.0)
+            out[:, b] = n
+            out[:, b + 1] = s
+            out[:, b + 2] = np.minimum.reduceat(np.where(v, x, math.inf), starts)
+            out[:, b + 3] = np.maximum.reduceat(np.where(v, x, -math.inf), starts)
+            out[:, b + 4] = mean
+            out[:, b + 5] = np.add.reduceat(dev * dev, starts)
+        objs: list[list[Any]] = [[None] * len(self.slots) for _ in range(G)]
+        if self.slots:
+            ts_l = cols.ts.tolist()
+            st = starts.tolist()
+            en = ends.tolist()
+            for si, (kind, c, n) in enumerate(self.slots):
+                if kind == "emb":
+                    valid = cols.valid[c]
+                    m = cols.emb[c]
+                    for g in range(G):
+                        vv = valid[st[g]:en[g]]
+                        cnt = int(vv.sum())
+                        if cnt:
+                            objs[g][si] = (cnt, m[st[g]:en[g]][vv].sum(axis=0, dtype=np.float64))
+                    continue
+                if kind == "kll":
+                    valid = cols.valid[c]
+                    x = cols.num[c]
+                    for g in range(G):
+                        vals = x[st[g]:en[g]][valid[st[g]:en[g]]]
+                        if len(vals):
+                            sk = _kll()
+                            sk.update(np.ascontiguousarray(vals, dtype=np.float64))
+                            objs[g][si] = sk
+                    continue
+                vals = cols.obj[c]
+                for g in range(G):
+                    pairs = [(t, v) for t, v in zip(ts_l[st[g]:en[g]], vals[st[g]:en[g]]) if v is not None]
+                    if pairs:
+                        objs[g][si] = _obj_from_pairs(kind, n, pairs)
+        return out, objs
+
+    # -- merging -----------------------------------------------------------------------
+    def merge_num(self, arr: np.ndarray) -> np.ndarray:
+        """Merge numeric blocks, one per row of ``arr`` (shape (T, K))."""
+        if arr.shape[0] == 1:
+            return arr[0]
+        res = np.empty(self.K)
+        res[0] = arr[:, 0].sum()
+        for i in range(len(self.num_cols)):
+            b = 1 + _NSLOT * i
+            n_i = arr[:, b]
+            n = n_i.sum()
+            s = arr[:, b + 1].sum()
+            res[b] = n
+            res[b + 1] = s
+            res[b + 2] = arr[:, b + 2].min()
+            res[b + 3] = arr[:, b + 3].max()
+            if n > 0:
+                mean = s / n
+                d = arr[:, b + 4] - mean
+                res[b + 4] = mean
+                res[b + 5] = arr[:, b + 5].sum() + float(np.dot(n_i, d * d))
+            else:
+                res[b + 4] = 0.0
+                res[b + 5] = 0.0
+        return res
+
+    def merge_objs(self, objs_list: Sequence[list[Any]]) -> list[Any]:
+        if len(objs_list) == 1:
+            return list(objs_list[0])
+        out: list[Any] = []
+        for si, (kind, _, n) in enumerate(self.slots):
+            items = [o[si] for o in objs_list if o[si] is not None]
+            out.append(_merge_obj(kind, n, items) if items else None)
+        return out
+
+    def merge(self, parts: Sequence[Partial]) -> Partial:
+        if not parts:
+            return self.empty()
+        if len(parts) == 1:
+            return parts[0]
+        return Partial(self.merge_num(np.stack([p.num for p in parts])), self.merge_objs([p.objs for p in parts]))
+
+    # -- finalize ----------------------------------------------------------------------
+    def finalize(self, out: _Out, num: np.ndarray, objs: list[Any]) -> Any:
+        fn = out.function
+        if fn == "count":
+            return int(num[0])
+        if out.num_base >= 0:
+            b = out.num_base
+            n = num[b]
+            is_int = out.dtype.name == "int64"
+            if fn == "sum":
+                s = float(num[b + 1]) if n > 0 else 0.0
+                return int(s) if is_int else s
+            if n == 0:
+                return None
+            if fn == "mean":
+                return float(num[b + 1] / n)
+            if fn == "min":
+                return int(num[b + 2]) if is_int else float(num[b + 2])
+            if fn == "max":
+                return int(num[b + 3]) if is_int else float(num[b + 3])
+            m2 = max(float(num[b + 5]), 0.0)
+            if fn in ("var_samp", "stddev_samp"):
+                if n < 2:
+                    return None
+                var = m2 / (n - 1)
+            else:
+                var = m2 / n
+            return math.sqrt(var) if fn.startswith("stddev") else var
+        o = objs[out.slot]
+        kind = self.slots[out.slot][0]
+        if o is None:
+            return [] if kind in ("ldn", "fdn") else None
+        ts_out = out.dtype.name == "timestamp" or (kind in ("ldn", "fdn") and self.types[out.column].name == "timestamp")
+        if kind == "last":
+            v = o[1]
+        elif kind == "ldn":
+            items = sorted(((t, v) for v, t in o.items()))[-out.n:]  # type: ignore[index]
+            v = [x for _, x in items]
+        elif kind == "fdn":
+            items = sorted(((t, v) for v, t in o.items()))[: out.n]
+            v = [x for _, x in items]
+        elif kind == "hll":
+            return int(round(o.get_estimate()))
+        elif kind == "kll":
+            return float(o.get_quantile(out.percentile if out.percentile is not None else 0.5, True))
+        else:  # emb
+            cnt, s = o
+            return (s / cnt).tolist()
+        if ts_out:
+            v = [us_to_datetime(x) for x in v] if isinstance(v, list) else us_to_datetime(v)
+        return v
+
+    def finalize_all(self, num: np.ndarray, objs: list[Any], which: Sequence[int]) -> list[Any]:
+        return [self.finalize(self.outputs[i], num, objs) for i in which]
+
+    # -- encoding ----------------------------------------------------------------------
+    def encode(self, p: Partial) -> bytes:
+        return self.encode_parts(p.num, p.objs)
+
+    def encode_parts(self, num: np.ndarray, objs: list[Any]) -> bytes:
+        """Numeric block (K float64) then per object slot: u32 length + bytes (0 = empty)."""
+        if not self.slots:
+            return num.astype("<f8", copy=False).tobytes()
+        chunks = [num.astype("<f8", copy=False).tobytes()]
+        for si, (kind, c, _) in enumerate(self.slots):
+            o = objs[si]
+            b = b"" if o is None else _encode_obj(kind, scalar_kind(self.types[c]), o)
+            chunks.append(_U32.pack(len(b)))
+            chunks.append(b)
+        return b"".join(chunks)
+
+    def decode(self, buf: bytes) -> Partial:
+        num = np.frombuffer(buf, dtype="<f8", count=self.K)
+        objs: list[Any] = []
+        off = 8 * self.K
+        for kind, c, _ in self.slots:
+            (ln,) = _U32.unpack_from(buf, off)
+            off += 4
+            objs.append(None if ln == 0 else _decode_obj(kind, scalar_kind(self.types[c]), buf[off : off + ln], self.types[c]))
+            off += ln
+        return Partial(num, objs)
+
+    def decode_many(self, bufs: Sequence[bytes]) -> tuple[np.ndarray, list[list[Any]] | None]:
+        """Numeric blocks as one (T, K) array (one numpy call when there are no object slots)."""
+        if not self.slots:
+            return np.frombuffer(b"".join(bufs), dtype="<f8").reshape(len(bufs), self.K), None
+        parts = [self.decode(b) for b in bufs]
+        return np.stack([p.num for p in parts]), [p.objs for p in parts]
+
+
+def _kll() -> Any:
+    import datasketches
+
+    return datasketches.kll_doubles_sketch(KLL_K)
+
+
+def _obj_from_pairs(kind: str, n: int, pairs: list[tuple[int, Any]]) -> Any:
+    if kind == "last":
+        return max(pairs)
+    if kind == "ldn":
+        d: dict[Any, int] = {}
+        for t, v in pairs:
+            if d.get(v, t) <= t:
+                d[v] = t
+        return _trim(d, n, latest=True)
+    if kind == "fdn":
+        d = {}
+        for t, v in pairs:
+            if d.get(v, t) >= t:
+                d[v] = t
+        return _trim(d, n, latest=False)
+    if kind == "hll":
+        import datasketches
+
+        sk = datasketches.hll_sketch(HLL_LG_K, datasketches.tgt_hll_type.HLL_8)
+        for _, v in pairs:
+            sk.update(v)
+        return sk
+    raise AssertionError(kind)
+
+
+def _trim(d: dict[Any, int], n: int, latest: bool) -> dict[Any, int]:
+    if len(d) <= n:
+        return d
+    items = sorted(((t, v) for v, t in d.items()))
+    keep = items[-n:] if latest else items[:n]
+    return {v: t for t, v in keep}
+
+
+def _merge_obj(kind: str, n: int, items: list[Any]) -> Any:
+    if len(items) == 1:
+        return items[0]
+    if kind == "last":
+        return max(items)
+    if kind in ("ldn", "fdn"):
+        d: dict[Any, int] = dict(items[0])
+        for other in items[1:]:
+            for v, t in other.items():
+                cur = d.get(v)
+                if cur is None or (t > cur if kind == "ldn" else t < cur):
+                    d[v] = t
+        return _trim(d, n, latest=kind == "ldn")
+    if kind == "hll":
+        import datasketches
+
+        u = datasketches.hll_union(HLL_LG_K)
+        for sk in items:
+            u.update(sk)
+        return u.get_result(datasketches.tgt_hll_type.HLL_8)
+    if kind == "kll":
+        sk = _kll()
+        for o in items:
+            sk.merge(o)
+        return sk
+    cnt = sum(c for c, _ in items)
+    return (cnt, np.sum([s for _, s in items], axis=0))
+
+
+def _encode_obj(kind: str, sk: str, o: Any) -> bytes:
+    if kind == "last":
+        return _I64.pack(o[0]) + pack_scalar(sk, o[1])
+    if kind in ("ldn", "fdn"):
+        return _U32.pack(len(o)) + b"".join(_I64.pack(t) + pack_scalar(sk, v) for v, t in o.items())
+    if kind == "hll":
+        return o.serialize_compact()
+    if kind == "kll":
+        return o.serialize()
+    cnt, s = o
+    return _I64.pack(cnt) + s.astype("<f8").tobytes()
+
+
+def _decode_obj(kind: str, sk: str, b: bytes, dtype: DType) -> Any:
+    if kind == "last":
+        v, _ = unpack_scalar(sk, b, 8)
+        return (_I64.unpack_from(b, 0)[0], v)
+    if kind in ("ldn", "fdn"):
+        (cnt,) = _U32.unpack_from(b, 0)
+        off = 4
+        d: dict[Any, int] = {}
+        for _ in range(cnt):
+            t = _I64.unpack_from(b, off)[0]
+            v, off = unpack_scalar(sk, b, off + 8)
+            d[v] = t
+        return d
+    import datasketches
+
+    if kind == "hll":
+        return datasketches.hll_sketch.deserialize(b)
+    if kind == "kll":
+        return datasketches.kll_doubles_sketch.deserialize(b)
+    return (_I64.unpack_from(b, 0)[0], np.frombuffer(b, dtype="<f8", offset=8).copy())
+
+
+def aggregate_values(
+    function: str, ts_us: Sequence[int], values: Sequence[Any], n: int | None = None, percentile: float | None = None,
+) -> Any:
+    """Reference: one aggregate over a list of events (the same code path as online).
+
+    For the batch engine (e.g. approx functions in training data) and for tests.
+    Values are Python scalars (None = null); ``ts_us`` int µs.
+    """
+    from ..definitions import Bool, Entity, FileSource, Float64, Int64, String
+
+    sample = next((v for v in values if v is not None), None)
+    dt: DType
+    if isinstance(sample, bool):
+        dt = Bool
+    elif isinstance(sample, int):
+        dt = Int64
+    elif isinstance(sample, float) or function in NUM_FUNCS or function == "approx_percentile":
+        dt = Float64
+    elif isinstance(sample, (list, tuple, np.ndarray)):
+        dt = Embedding(len(sample))
+    else:
+        dt = String
+    view = FeatureView(
+        "ref", [Entity("e", ["k"])], FileSource("x.parquet", "ts"),
+        aggregations=[Aggregate("c", function, "1d", n=n, percentile=percentile)],
+    )
+    plan = AggPlan(view, {"c": dt})
+    ts = np.asarray(list(ts_us), dtype=np.int64)
+    order = np.lexsort((np.arange(len(ts)),)) if len(ts) else np.arange(0)
+    vals = [values[i] for i in order.tolist()]
+    valid = np.array([v is not None for v in vals], dtype=bool)
+    cols = Columns(ts=ts[order], valid={"c": valid})
+    if dt.is_numeric:
+        cols.num["c"] = np.array([0.0 if v is None else float(v) for v in vals], dtype=np.float64)
+    if isinstance(dt, Embedding):
+        cols.emb["c"] = np.array([np.zeros(dt.dim) if v is None else v for v in vals], dtype=np.float32).reshape(-1, dt.dim)
+    else:
+        cols.obj["c"] = vals
+    p = plan.partial(cols)
+    return plan.finalize(plan.outputs[0], p.num, p.objs)

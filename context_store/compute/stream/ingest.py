@@ -1,0 +1,217 @@
+"""``push(store, source, rows)``: validate, make durable, make visible (read-after-write).
+
+- Embedded (``online_store: sqlite``): applied in-process -- each view's transform, the online
+  state update (sqlite commit) and the offline appends (``fv__{view}``, ``src__{source}``)
+  all happen before ``push`` returns.
+- Redis: one ``XADD`` per touched partition in a single MULTI/EXEC (all or nothing; durable in
+  Redis when it returns). Then ``push`` waits until the workers' applied offsets pass its entries,
+  so the values are served when it returns (as Tecton's ingest API). When no worker is alive the
+  pusher drains its partitions itself (same code as a worker), so push never silently waits on
+  nobody; if a live worker is slower than ``timeout`` the events stay durable and
+  ``PushResult.visible`` is False.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ...errors import ContextStoreError, InvalidInputError
+from ..transform import apply_transform
+from . import online_adapter
+from .cutover import load_cutovers
+from .processor import OFFSET, PartitionState, SourcePlan, concat, partition_of, process_batch, source_plan
+from .stats import STATS
+from .validate import validate_records
+
+__all__ = ["push", "PushResult", "validate_push"]
+
+_embedded_lock = threading.Lock()
+_embedded_states: dict[tuple[str, str, str], PartitionState] = {}
+_seq_lock = threading.Lock()
+_last_seq = 0
+
+
+@dataclass(frozen=True)
+class PushResult:
+    source: str
+    accepted: int                       # records written (0 on a dry run)
+    validated: int                      # records that passed validation
+    dry_run: bool = False
+    visible: bool = False               # online state includes the records when push returned
+    offsets: dict[int, int] = field(default_factory=dict)  # partition -> stream offset (Redis)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source, "accepted": self.accepted, "validated": self.validated,
+            "dry_run": self.dry_run, "visible": self.visible,
+            "offsets": {str(k): v for k, v in self.offsets.items()},
+        }
+
+
+def _next_seq(n: int) -> int:
+    """Embedded ingest order: a per-process increasing sequence (µs clock based)."""
+    global _last_seq
+    with _seq_lock:
+        start = max(_last_seq + 1, time.time_ns() // 1000)
+        _last_seq = start + n - 1
+        return start
+
+
+def validate_push(store: Any, source: str, rows: Any) -> tuple[SourcePlan, pa.Table]:
+    plan = source_plan(store.definitions, source)
+    try:
+        table = validate_records(plan.source, rows, plan.required)
+    except InvalidInputError:
+        STATS.inc("rejected_pushes", source)
+        raise
+    return plan, table
+
+
+def push(
+    store: Any, source: str, rows: Any, dry_run: bool = False, timeout: float = 5.0, wait: bool = True
+) -> PushResult:
+    """Validate ``rows`` against the stream source's schema and ingest them (all or nothing).
+
+    Redis mode: ``wait=False`` returns once the events are durable in the stream (bulk loads);
+    ``timeout`` bounds the wait for the workers to apply them (read-after-write).
+    """
+    plan, table = validate_push(store, source, rows)
+    if dry_run:
+        for view in plan.views:  # surface transform errors too, without writing anything
+            apply_transform(view, table.slice(0, min(table.num_rows, 100)))
+        return PushResult(source, 0, table.num_rows, dry_run=True)
+    if table.num_rows == 0:
+        return PushResult(source, 0, 0, visible=True)
+    if store.config.is_redis:
+        return _push_redis(store, plan, table, timeout if wait else None)
+    return _push_embedded(store, plan, table)
+
+
+def _apply_embedded(store: Any):  # type: ignore[no-untyped-def]
+    def apply(view: Any, rows: pa.Table, partition: int, offset: int | None) -> None:
+        online_adapter.apply(store, view, rows, partition, offset)
+        STATS.inc("applied_events", view.source.name, rows.num_rows)
+
+    return apply
+
+
+def _push_embedded(store: Any, plan: SourcePlan, table: pa.Table) -> PushResult:
+    src = plan.source.name
+    seq = _next_seq(table.num_rows)
+    events = table.append_column(OFFSET, pa.array(np.arange(seq, seq + table.num_rows, dtype=np.int64)))
+    key = (str(store.config.workspace_dir), store.config.workspace, src)
+    with _embedded_lock:
+        state = _embedded_states.setdefault(key, PartitionState())
+        state.applied.clear()  # no replay in-process: fences only guard the Redis path
+        state.offline.clear()
+        batch = process_batch(plan, events, 0, state, _apply_embedded(store), _cutovers(store), online_token=False)
+        for name, parts in sorted(batch.offline.items(), key=lambda kv: kv[0].startswith("src__")):
+            rows = concat(parts)
+            store.offline.append(name, rows)
+            if name.startswith("src__"):
+                STATS.inc("offline_events", src, rows.num_rows)
+    STATS.inc("pushed_events", src, table.num_rows)
+    return PushResult(src, table.num_rows, table.num_rows, visible=True, offsets={0: seq + table.num_rows - 1})
+
+
+def _cutovers(store: Any) -> dict[str, int]:
+    return {v: c.ts_us for v, c in load_cutovers(store.config).items()}
+
+
+# -- Redis --------------------------------------------------------------------------------
+_LIVE_TTL_S = 1.0
+
+
+def _stream_log(store: Any) -> Any:
+    log = store.__dict__.get("_cs_stream_log")
+    if log is None:
+        from .redis_streams import RedisStreamLog
+
+        with _embedded_lock:
+            log = store.__dict__.get("_cs_stream_log")
+            if log is None:
+                log = RedisStreamLog(store.config.online_store, store.config.workspace)
+                store.__dict__["_cs_stream_log"] = log
+    return log
+
+
+def _push_redis(store: Any, plan: SourcePlan, table: pa.Table, timeout: float | None) -> PushResult:
+    src = plan.source
+    log = _stream_log(store)
+    part = partition_of(table, plan.partition_keys, src.partitions)
+    uniq = np.unique(part).tolist()
+    parts = {int(uniq[0]): table} if len(uniq) == 1 else {int(p): table.filter(pa.array(part == p)) for p in uniq}
+    try:
+        offsets = log.add(src.name, parts)
+    except Exception as e:  # noqa: BLE001 - redis.ConnectionError etc.: nothing was added (MULTI)
+        from ...errors import UnavailableError
+
+        raise UnavailableError(f"cannot write to the Redis stream of {src.name!r}: {e}", field="online_store") from None
+    STATS.inc("pushed_events", src.name, table.num_rows)
+    visible = False if timeout is None else _wait_visible(store, plan, offsets, timeout)
+    return PushResult(src.name, table.num_rows, table.num_rows, visible=visible, offsets=offsets)
+
+
+def _live_workers(store: Any, log: Any) -> bool:
+    cached = store.__dict__.get("_cs_live")
+    now = time.monotonic()
+    if cached is not None and now - cached[0] < _LIVE_TTL_S and cached[1]:
+        return True
+    live = bool(log.live_workers(3000))
+    store.__dict__["_cs_live"] = (now, live)
+    return live
+
+
+def _applied(store: Any, plan: SourcePlan, offsets: dict[int, int]) -> bool:
+    for view in plan.views:
+        if view.online:
+            for p, off in offsets.items():
+                if online_adapter.applied_offset(store, view, p) < off:
+                    return False
+    return True
+
+
+def _inline_drain(store: Any, plan: SourcePlan, offsets: dict[int, int]) -> bool:
+    from .worker import StreamWorker
+
+    lock = store.__dict__.setdefault("_cs_inline_lock", threading.Lock())
+    with lock:
+        w = store.__dict__.get("_cs_inline_worker")
+        if w is None:
+            w = StreamWorker(store, name=f"push-{threading.get_ident()}-{time.time_ns()}", transient=True)
+            store.__dict__["_cs_inline_worker"] = w
+        parts = [(plan.source.name, p) for p in sorted(offsets)]
+        try:
+            return w.drain(parts)
+        finally:
+            for part in parts:
+                if part in w.owned:
+                    w.release(part)
+
+
+def _wait_visible(store: Any, plan: SourcePlan, offsets: dict[int, int], timeout: float) -> bool:
+    if not any(v.online for v in plan.views):
+        return True
+    log = _stream_log(store)
+    deadline = time.monotonic() + timeout
+    delay = 0.0002
+    while True:
+        if _applied(store, plan, offsets):
+            return True
+        if not _live_workers(store, log):
+            try:
+                _inline_drain(store, plan, offsets)
+            except ContextStoreError:
+                raise
+            if _applied(store, plan, offsets):
+                return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.002)

@@ -1,0 +1,203 @@
+"""What happens to a micro-batch of stream events, shared by embedded push and Redis workers.
+
+For each feature view on the source: drop events already applied (offset fence), events the
+batch backfill owns (``ts < cut-over``) and, online only, events too late for the watermark;
+run the view's transform (``compute.transform.apply_transform``, the batch code path); apply the
+rows to online aggregation state through the online store's atomic ``apply_events`` (the same
+partial/merge code batch materialization uses, ``compute.aggregations``); and collect rows for
+the offline log (``fv__{view}``, ``src__{source}``).
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ...definitions import FeatureView, StreamSource
+from ...errors import NotFoundError
+from ..transform import apply_transform
+from .stats import STATS
+
+__all__ = ["SourcePlan", "source_plan", "partition_of", "PartitionState", "Batch", "process_batch", "OFFSET", "PARTITION"]
+
+log = logging.getLogger("context_store.stream")
+
+OFFSET = "_offset"
+PARTITION = "_partition"
+
+
+@dataclass(frozen=True)
+class SourcePlan:
+    source: StreamSource
+    views: tuple[FeatureView, ...]         # feature views reading this source
+    partition_keys: tuple[str, ...]        # columns hashed to pick a partition
+
+    @property
+    def required(self) -> set[str]:
+        return {self.source.timestamp_field, *(k for v in self.views for k in v.join_keys)}
+
+
+def source_plan(definitions: Any, source_name: str) -> SourcePlan:
+    """The stream source and its views; NotFoundError for an unknown or non-stream source."""
+    src = definitions.sources.get(source_name) if isinstance(source_name, str) else None
+    if not isinstance(src, StreamSource):
+        streams = sorted(n for n, s in definitions.sources.items() if isinstance(s, StreamSource))
+        what = "is not a stream source" if src is not None else "is not a source"
+        raise NotFoundError(
+            f"{source_name!r} {what}; push to one of: {', '.join(streams) or 'none (apply a StreamSource first)'}",
+            field="source",
+        )
+    views = tuple(
+        sorted((v for v in definitions.feature_views.values() if v.source.name == source_name), key=lambda v: v.name)
+    )
+    schema = [f.name for f in src.schema or ()]
+    common = [k for k in schema if views and all(k in v.join_keys for v in views)]
+    keys = common or ([k for k in views[0].join_keys if k in schema] if views else [])
+    return SourcePlan(src, views, tuple(keys))
+
+
+def partition_of(table: pa.Table, keys: tuple[str, ...], n: int) -> np.ndarray:
+    """A stable partition per row (crc32 of the key values; Python's hash() is salted per process)."""
+    if n <= 1 or not keys or table.num_rows == 0:
+        return np.zeros(table.num_rows, dtype=np.int64)
+    cols = [table.column(k).to_pylist() for k in keys]
+    if len(cols) == 1:
+        vals = [zlib.crc32(str(v).encode()) for v in cols[0]]
+    else:
+        vals = [zlib.crc32("\x1f".join(map(str, t)).encode()) for t in zip(*cols)]
+    return np.asarray(vals, dtype=np.int64) % n
+
+
+@dataclass
+class PartitionState:
+    """What the owner of one (source, partition) knows: fences and the event-time watermark."""
+
+    applied: dict[str, int] = field(default_factory=dict)    # view -> online applied offset
+    offline: dict[str, int] = field(default_factory=dict)    # offline table -> offset buffered/written
+    watermark_us: int | None = None
+
+
+@dataclass
+class Batch:
+    """Rows a processed batch produced for the offline log, by table."""
+
+    offline: dict[str, list[pa.Table]] = field(default_factory=dict)
+    applied_rows: int = 0
+
+    def add(self, table: str, rows: pa.Table) -> None:
+        if rows.num_rows:
+            self.offline.setdefault(table, []).append(rows)
+
+
+ApplyFn = Callable[[FeatureView, pa.Table, int, int | None], None]  # (view, rows, partition, offset)
+
+
+def _ts_us(table: pa.Table, ts: str) -> np.ndarray:
+    return table.column(ts).cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy(zero_copy_only=False)
+
+
+def _late_masks(ts: np.ndarray, watermark: int | None, lateness_us: int) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """(late, too_late, new watermark): the watermark is the max event time seen before each row."""
+    if len(ts) == 0:
+        return np.zeros(0, bool), np.zeros(0, bool), watermark
+    run = np.maximum.accumulate(ts)
+    before = np.empty_like(run)
+    before[0] = watermark if watermark is not None else ts[0]
+    before[1:] = run[:-1]
+    if watermark is not None:
+        before = np.maximum(before, watermark)
+    late = ts < before
+    too_late = ts < before - lateness_us
+    new_wm = int(run[-1]) if watermark is None else max(int(run[-1]), watermark)
+    return late & ~too_late, too_late, new_wm
+
+
+def process_batch(
+    plan: SourcePlan,
+    events: pa.Table,
+    partition: int,
+    state: PartitionState,
+    apply: ApplyFn,
+    cutovers: dict[str, int],
+    online_token: bool = True,
+) -> Batch:
+    """Apply ``events`` (schema columns + ``_offset``, in stream order) of one partition.
+
+    ``online_token``: pass each batch's last offset to ``apply`` (Redis workers); the embedded
+    path passes None (its durability is the sqlite commit itself).
+    """
+    src = plan.source
+    out = Batch()
+    if events.num_rows == 0:
+        return out
+    offsets = events.column(OFFSET).to_numpy()
+    last = int(offsets[-1])
+    ts = _ts_us(events, src.timestamp_field)
+    lateness = int(src.allowed_lateness.total_seconds() * 1_000_000)
+    late, too_late, new_wm = _late_masks(ts, state.watermark_us, lateness)
+    # Only events newer than the fence move the watermark and the late counters (replays don't).
+    fresh_src = offsets > state.offline.get("src", -1)
+    state.watermark_us = new_wm
+    if fresh_src.any():
+        n_late, n_too = int((late & fresh_src).sum()), int((too_late & fresh_src).sum())
+        STATS.inc("late_events", src.name, n_late)
+        if n_too:
+            STATS.inc("too_late_events", src.name, n_too)
+            log.warning(
+                "source %s partition %d: %d events older than watermark - allowed_lateness (%s); "
+                "kept offline, not applied online until the next materialize",
+                src.name, partition, n_too, src.allowed_lateness,
+            )
+        raw = events.filter(pa.array(fresh_src)).drop_columns([OFFSET])
+        raw = raw.append_column(PARTITION, pa.array(np.full(raw.num_rows, partition, dtype=np.int64)))
+        raw = raw.append_column(OFFSET, pa.array(offsets[fresh_src]))
+        out.add(f"src__{src.name}", raw)
+        state.offline["src"] = last
+    body = events.drop_columns([OFFSET])
+    for view in plan.views:
+        cut = cutovers.get(view.name)
+        keep = np.ones(len(ts), bool) if cut is None else ts >= cut
+        on_fence = state.applied.get(view.name, -1)
+        off_fence = state.offline.get(view.name, -1)
+        on_mask = keep & ~too_late & (offsets > on_fence) if view.online else np.zeros(len(ts), bool)
+        off_mask = keep & (offsets > off_fence) if view.offline else np.zeros(len(ts), bool)
+        if cut is not None:
+            n_before = int((~keep & fresh_src).sum())
+            STATS.inc("before_cutover_events", src.name, n_before)
+        dup = int(((offsets <= on_fence) & keep).sum()) if view.online else 0
+        STATS.inc("duplicate_events", src.name, dup)
+        on_rows = apply_transform(view, body.filter(pa.array(on_mask))) if on_mask.any() else None
+        if view.online and (on_rows is not None or online_token and last > on_fence):
+            rows = on_rows if on_rows is not None else apply_transform(view, body.slice(0, 0))
+            apply(view, rows, partition, last if online_token else None)
+            state.applied[view.name] = max(last, on_fence)
+            out.applied_rows += rows.num_rows
+        if off_mask.any():
+            if on_rows is not None and np.array_equal(on_mask, off_mask):
+                off_rows = on_rows  # the common case: one transform serves both
+            else:
+                off_rows = apply_transform(view, body.filter(pa.array(off_mask)))
+            out.add(f"fv__{view.name}", off_rows)
+        if view.offline:
+            state.offline[view.name] = max(last, off_fence)
+    return out
+
+
+def concat(tables: list[pa.Table]) -> pa.Table:
+    if len(tables) == 1:
+        return tables[0]
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def ts_max(table: pa.Table, column: str) -> int | None:
+    if table.num_rows == 0:
+        return None
+    v = pc.max(table.column(column).cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())).as_py()
+    return int(v) if v is not None else None

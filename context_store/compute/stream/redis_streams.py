@@ -1,0 +1,236 @@
+"""Redis Streams transport: one stream per (source, partition), one consumer group, leases.
+
+Keys (``{...}`` is a cluster hash tag, so all partitions of one source share a slot and a
+multi-partition push is one MULTI/EXEC -- all or nothing):
+
+- ``cs:{ws}:{s:<source>}:p<k>``         the stream of partition k; entries ``{"arrow": <IPC bytes>}``
+  (one entry per push per partition) or ``{"json": <record or list of records>}`` from outside producers
+- ``cs:{ws}:{s:<source>}:lease:<k>``    which worker owns partition k (SET NX PX, renewed)
+- ``cs:{ws}:stream:workers``            heartbeat zset of live workers (score = last beat, ms)
+- ``cs:{ws}:stream:offline``            hash ``<table>|<k>`` -> last offset appended offline
+
+Only one worker owns a partition at a time, so each partition is applied in stream order and the
+per-(view, partition) applied offset kept by the online store is a correct exactly-once fence.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+import pyarrow as pa
+
+__all__ = [
+    "RedisStreamLog",
+    "GROUP",
+    "id_to_offset",
+    "offset_to_id",
+    "encode_table",
+    "decode_entry",
+    "connect",
+]
+
+GROUP = "cs-workers"
+_SEQ_BITS = 12  # offset = ms << 12 | seq: exact in a Lua double until 2109 for seq < 4096
+
+
+def connect(url: str) -> Any:
+    try:
+        import redis
+    except ImportError as e:  # pragma: no cover
+        raise ImportError("Redis streams need redis-py: pip install 'context-store[redis]'") from e
+    return redis.Redis.from_url(url, socket_timeout=30, health_check_interval=30)
+
+
+def id_to_offset(entry_id: bytes | str) -> int:
+    """A stream id ``ms-seq`` as one monotonic int (fits a Lua number exactly)."""
+    s = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = s.partition("-")
+    n = int(seq or 0)
+    if n >= 1 << _SEQ_BITS:
+        raise ValueError(f"stream id {s} has a sequence >= 4096; cannot encode")
+    return (int(ms) << _SEQ_BITS) | n
+
+
+def offset_to_id(offset: int) -> str:
+    return f"{offset >> _SEQ_BITS}-{offset & ((1 << _SEQ_BITS) - 1)}"
+
+
+def encode_table(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def decode_entry(fields: dict[bytes, bytes]) -> pa.Table | list[Any]:
+    """An Arrow table (pushed through the SDK) or the raw JSON records of an outside producer."""
+    if b"arrow" in fields:
+        return pa.ipc.open_stream(fields[b"arrow"]).read_all()
+    if b"json" in fields:
+        obj = orjson.loads(fields[b"json"])
+        return obj if isinstance(obj, list) else [obj]
+    return [{k.decode(): v.decode() for k, v in fields.items()}]  # flat XADD field/value pairs
+
+
+class RedisStreamLog:
+    """The stream transport of one workspace (shared by pushers and workers)."""
+
+    def __init__(self, url: str, workspace: str, client: Any = None) -> None:
+        self.url = url
+        self.workspace = workspace
+        self.r = client or connect(url)
+        self._groups: set[bytes] = set()
+        self._renew = self.r.register_script(
+            "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) "
+            "else return 0 end"
+        )
+        self._release = self.r.register_script(
+            "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+        )
+
+    # -- names -------------------------------------------------------------------------
+    def stream_key(self, source: str, partition: int) -> bytes:
+        return f"cs:{self.workspace}:{{s:{source}}}:p{partition}".encode()
+
+    def lease_key(self, source: str, partition: int) -> bytes:
+        return f"cs:{self.workspace}:{{s:{source}}}:lease:{partition}".encode()
+
+    @property
+    def workers_key(self) -> str:
+        return f"cs:{self.workspace}:stream:workers"
+
+    @property
+    def offline_key(self) -> str:
+        return f"cs:{self.workspace}:stream:offline"
+
+    def key_patterns(self) -> list[str]:
+        """Every key this workspace's streams use (tests delete them)."""
+        return [f"cs:{self.workspace}:{{s:*", f"cs:{self.workspace}:stream:*"]
+
+    # -- producing ---------------------------------------------------------------------
+    def ensure_group(self, key: bytes) -> None:
+        if key in self._groups:
+            return
+        import redis
+
+        try:
+            self.r.xgroup_create(key, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+        self._groups.add(key)
+
+    def add(self, source: str, parts: dict[int, pa.Table]) -> dict[int, int]:
+        """Append one entry per partition atomically (MULTI/EXEC); returns partition -> offset."""
+        keys = {p: self.stream_key(source, p) for p in parts}
+        for k in keys.values():
+            self.ensure_group(k)
+        pipe = self.r.pipeline(transaction=True)
+        order = sorted(parts)
+        for p in order:
+            pipe.xadd(keys[p], {"arrow": encode_table(parts[p])})
+        ids = pipe.execute()
+        return {p: id_to_offset(i) for p, i in zip(order, ids)}
+
+    # -- consuming ---------------------------------------------------------------------
+    def read(self, consumer: str, keys: Sequence[bytes], count: int, block_ms: int) -> list[tuple[bytes, list[Any]]]:
+        if not keys:
+            time.sleep(max(block_ms, 1) / 1000)
+            return []
+        for k in keys:
+            self.ensure_group(k)
+        # block=0 would wait forever in Redis; None means "return at once".
+        res = self.r.xreadgroup(GROUP, consumer, {k: ">" for k in keys}, count=count, block=block_ms or None)
+        if not res:
+            return []
+        if isinstance(res, dict):  # RESP3 shape
+            return [(k, v[0] if v and isinstance(v[0], list) else v) for k, v in res.items()]
+        return [(k, entries) for k, entries in res]
+
+    def claim_pending(self, key: bytes, consumer: str, count: int = 1000) -> list[Any]:
+        """Every pending entry of the partition (a dead owner's), now ours, in id order."""
+        self.ensure_group(key)
+        out: list[Any] = []
+        start = "0-0"
+        while True:
+            res = self.r.xautoclaim(key, GROUP, consumer, min_idle_time=0, start_id=start, count=count)
+            start, entries = res[0], res[1]
+            out.extend(e for e in entries if e[1] is not None)  # deleted entries come back as None
+            if start in (b"0-0", "0-0") or not entries:
+                break
+        out.sort(key=lambda e: id_to_offset(e[0]))
+        return out
+
+    def ack(self, key: bytes, ids: Sequence[bytes]) -> None:
+        if ids:
+            self.r.xack(key, GROUP, *ids)
+
+    def trim_acked(self, key: bytes) -> None:
+        """Drop entries every consumer has acked (never an unapplied one)."""
+        try:
+            info = self.r.xpending(key, GROUP)
+            groups = self.r.xinfo_groups(key)
+        except Exception:  # noqa: BLE001 - best effort housekeeping
+            return
+        g = next((g for g in groups if g.get("name") in (GROUP, GROUP.encode())), None)
+        if g is None:
+            return
+        last = g.get("last-delivered-id")
+        lo = info.get("min") if info and info.get("pending") else None
+        minid = lo or last
+        if minid and minid not in (b"0-0", "0-0"):
+            if lo is None:  # nothing pending: everything up to last-delivered is acked
+                minid = offset_to_id(id_to_offset(minid) + 1)
+            self.r.xtrim(key, minid=minid, approximate=True)
+
+    def lag(self, keys: Sequence[bytes]) -> int:
+        """Entries not yet acknowledged (pending + never delivered), for benchmarks and health."""
+        total = 0
+        for k in keys:
+            try:
+                groups = self.r.xinfo_groups(k)
+            except Exception:  # noqa: BLE001 - missing stream
+                continue
+            for g in groups:
+                if g.get("name") in (GROUP, GROUP.encode()):
+                    total += int(g.get("pending") or 0) + int(g.get("lag") or 0)
+        return total
+
+    # -- leases and liveness -------------------------------------------------------------
+    def try_lease(self, source: str, partition: int, owner: str, ttl_ms: int) -> bool:
+        return bool(self.r.set(self.lease_key(source, partition), owner, nx=True, px=ttl_ms))
+
+    def renew_lease(self, source: str, partition: int, owner: str, ttl_ms: int) -> bool:
+        return bool(self._renew(keys=[self.lease_key(source, partition)], args=[owner, ttl_ms]))
+
+    def release_lease(self, source: str, partition: int, owner: str) -> None:
+        self._release(keys=[self.lease_key(source, partition)], args=[owner])
+
+    def lease_owner(self, source: str, partition: int) -> str | None:
+        v = self.r.get(self.lease_key(source, partition))
+        return v.decode() if v else None
+
+    def heartbeat(self, owner: str) -> None:
+        self.r.zadd(self.workers_key, {owner: int(time.time() * 1000)})
+
+    def live_workers(self, ttl_ms: int) -> list[str]:
+        now = int(time.time() * 1000)
+        self.r.zremrangebyscore(self.workers_key, 0, now - 4 * ttl_ms)
+        return [m.decode() for m in self.r.zrangebyscore(self.workers_key, now - ttl_ms, "+inf")]
+
+    def leave(self, owner: str) -> None:
+        self.r.zrem(self.workers_key, owner)
+
+    # -- offline high-water marks -------------------------------------------------------
+    def offline_marks(self, table: str, partition: int) -> int:
+        v = self.r.hget(self.offline_key, f"{table}|{partition}")
+        return int(v) if v else 0
+
+    def set_offline_mark(self, table: str, partition: int, offset: int) -> None:
+        self.r.hset(self.offline_key, f"{table}|{partition}", offset)
+
+    def close(self) -> None:
+        self.r.close()

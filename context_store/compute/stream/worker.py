@@ -1,0 +1,336 @@
+"""Stream workers: consumer groups over the Redis Streams of every ``StreamSource``.
+
+Each worker leases a fair share of the (source, partition) streams (``SET NX PX``, renewed),
+so one partition is applied by one worker at a time, in stream order. On taking a partition it
+first claims the previous owner's pending entries (``XAUTOCLAIM``), then reads new ones
+(``XREADGROUP ... >``). Per batch: online state is updated through the online store's atomic
+``apply_events(view, rows, token=(partition, offset))``, whose applied-offset fence makes a
+replay after ``kill -9`` a no-op (exactly-once effect). Rows for the offline log are buffered and
+appended about once a second; only then are entries acknowledged (``XACK``), so an entry is
+never lost: until acked it stays pending and the next owner replays it (online skips it by the
+fence, offline by the per-table marks).
+
+``run_workers(store, n, stop_event)`` starts ``n`` workers as threads (``serve`` does this);
+``context-store worker`` runs one per process.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ...definitions import StreamSource
+from ...errors import ContextStoreError
+from . import online_adapter
+from .cutover import load_cutovers
+from .processor import OFFSET, PARTITION, PartitionState, SourcePlan, concat, process_batch, source_plan
+from .redis_streams import RedisStreamLog, decode_entry, id_to_offset
+from .stats import STATS
+from .validate import validate_records
+
+__all__ = ["StreamWorker", "run_workers", "WorkerPool"]
+
+log = logging.getLogger("context_store.stream.worker")
+Part = tuple[str, int]
+
+
+class StreamWorker:
+    """One consumer. ``step()`` does one read/apply round; ``run(stop)`` loops until ``stop`` is set."""
+
+    def __init__(
+        self,
+        store: Any,
+        name: str | None = None,
+        sources: Iterable[str] | None = None,
+        count: int = 2000,
+        block_ms: int = 20,
+        lease_ms: int = 3000,
+        flush_interval: float = 1.0,
+        flush_rows: int = 100_000,
+        transient: bool = False,
+    ) -> None:
+        if not store.config.is_redis:
+            raise ContextStoreError("stream workers need a Redis online store (online_store: redis://...)",
+                                    field="online_store")
+        self.store = store
+        self.defs = store.definitions
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.log = RedisStreamLog(store.config.online_store, store.config.workspace)
+        self.plans: dict[str, SourcePlan] = {
+            n: source_plan(self.defs, n)
+            for n, s in self.defs.sources.items()
+            if isinstance(s, StreamSource) and (sources is None or n in set(sources))
+        }
+        self.count, self.block_ms, self.lease_ms = count, block_ms, lease_ms
+        self.flush_interval, self.flush_rows = flush_interval, flush_rows
+        self.transient = transient
+        self.owned: dict[Part, PartitionState] = {}
+        self._keys: dict[Part, bytes] = {}
+        self._by_key: dict[bytes, Part] = {}
+        self._unacked: dict[Part, list[bytes]] = {}
+        self._buffers: dict[Part, dict[str, list[pa.Table]]] = {}
+        self._buffered_rows = 0
+        self._last_flush = time.monotonic()
+        self._last_balance = 0.0
+        self.processed = 0
+
+    # -- partitions ----------------------------------------------------------------------
+    @property
+    def all_parts(self) -> list[Part]:
+        return [(s, p) for s, plan in sorted(self.plans.items()) for p in range(plan.source.partitions)]
+
+    def key(self, part: Part) -> bytes:
+        k = self._keys.get(part)
+        if k is None:
+            k = self._keys[part] = self.log.stream_key(*part)
+            self._by_key[k] = part
+        return k
+
+    def rebalance(self) -> None:
+        """Renew owned leases, give up extras beyond a fair share, take free ones up to it."""
+        self._last_balance = time.monotonic()
+        self.log.heartbeat(self.name)
+        for part in list(self.owned):
+            if not self.log.renew_lease(*part, self.name, self.lease_ms):
+                log.warning("worker %s lost the lease of %s/%d; dropping its unflushed state", self.name, *part)
+                self._drop(part)
+        live = max(1, len(self.log.live_workers(self.lease_ms)))
+        parts = self.all_parts
+        share = math.ceil(len(parts) / live)
+        while len(self.owned) > share:
+            self.release(sorted(self.owned)[-1])
+        # Start at a per-worker offset so concurrent workers don't contend for the same leases.
+        start = int(uuid.UUID(int=hash(self.name) & ((1 << 128) - 1)).int % max(1, len(parts)))
+        for part in parts[start:] + parts[:start]:
+            if len(self.owned) >= share:
+                break
+            if part not in self.owned and self.log.try_lease(*part, self.name, self.lease_ms):
+                self.acquire(part)
+
+    def acquire(self, part: Part) -> None:
+        """Take a partition: load fences, replay the previous owner's pending entries first."""
+        source, p = part
+        plan = self.plans[source]
+        state = PartitionState()
+        for view in plan.views:
+            if view.online:
+                state.applied[view.name] = online_adapter.applied_offset(self.store, view, p)
+            if view.offline:
+                state.offline[view.name] = self.log.offline_marks(f"fv__{view.name}", p)
+        state.offline["src"] = self._src_mark(source, p)
+        wm = self.log.r.hget(self._wm_key, f"{source}|{p}")
+        state.watermark_us = int(wm) if wm else None
+        self.owned[part] = state
+        self._unacked.setdefault(part, [])
+        pending = self.log.claim_pending(self.key(part), self.name)
+        if pending:
+            STATS.inc("claimed_events", source, len(pending))
+            log.info("worker %s took %s/%d with %d pending entries", self.name, source, p, len(pending))
+            for i in range(0, len(pending), self.count):
+                self._process(part, pending[i : i + self.count])
+
+    def _src_mark(self, source: str, p: int) -> int:
+        """Offline mark of ``src__``: exact from the table itself (its rows carry their offsets)."""
+        mark = self.log.offline_marks(f"src__{source}", p)
+        off = self.store.offline
+        table = f"src__{source}"
+        try:
+            if off.exists(table):
+                t = off.read(table, columns=[OFFSET], filter=f"{PARTITION} = {p} AND {OFFSET} > {mark}")
+                if t.num_rows:
+                    mark = max(mark, int(np.max(t.column(OFFSET).to_numpy())))
+        except ContextStoreError:
+            pass
+        return mark
+
+    @property
+    def _wm_key(self) -> str:
+        return f"cs:{self.store.config.workspace}:stream:watermark"
+
+    def release(self, part: Part) -> None:
+        self.flush()
+        self.owned.pop(part, None)
+        self.log.release_lease(*part, self.name)
+
+    def _drop(self, part: Part) -> None:
+        self.owned.pop(part, None)
+        buf = self._buffers.pop(part, {})
+        self._buffered_rows -= sum(t.num_rows for ts in buf.values() for t in ts)
+        self._unacked.pop(part, None)
+
+    # -- processing ----------------------------------------------------------------------
+    def _decode(self, plan: SourcePlan, entries: list[Any]) -> pa.Table | None:
+        tables = []
+        for entry_id, fields in entries:
+            off = id_to_offset(entry_id)
+            try:
+                data = decode_entry(fields)
+                if not isinstance(data, pa.Table):
+                    data = validate_records(plan.source, data, plan.required)
+            except (ContextStoreError, pa.ArrowInvalid, ValueError) as e:
+                # An outside producer's bad record: it cannot be applied anywhere; keep it visible.
+                STATS.inc("rejected_pushes", plan.source.name)
+                log.error("source %s entry %s rejected: %s", plan.source.name, entry_id, e)
+                continue
+            tables.append(data.append_column(OFFSET, pa.array(np.full(data.num_rows, off, dtype=np.int64))))
+        if not tables:
+            return None
+        return concat(tables)
+
+    def _apply(self, view: Any, rows: pa.Table, partition: int, offset: int | None) -> None:
+        online_adapter.apply(self.store, view, rows, partition, offset)
+        STATS.inc("applied_events", view.source.name, rows.num_rows)
+
+    def _process(self, part: Part, entries: list[Any]) -> None:
+        state = self.owned.get(part)
+        if state is None:
+            return
+        plan = self.plans[part[0]]
+        ids = [e[0] for e in entries]
+        events = self._decode(plan, entries)
+        if events is not None:
+            batch = process_batch(plan, events, part[1], state, self._apply, self._cutovers)
+            buf = self._buffers.setdefault(part, {})
+            for table, rows in batch.offline.items():
+                buf.setdefault(table, []).extend(rows)
+                if table.startswith("src__"):
+                    self._buffered_rows += sum(t.num_rows for t in rows)
+            self.processed += events.num_rows
+        self._unacked.setdefault(part, []).extend(ids)
+
+    @property
+    def _cutovers(self) -> dict[str, int]:
+        return {v: c.ts_us for v, c in load_cutovers(self.store.config).items()}
+
+    def flush(self) -> None:
+        """Append buffered rows offline, record the marks, then acknowledge the entries."""
+        self._last_flush = time.monotonic()
+        if not self._buffers and not any(self._unacked.values()):
+            return
+        by_table: dict[str, list[pa.Table]] = {}
+        for buf in self._buffers.values():
+            for table, rows in buf.items():
+                by_table.setdefault(table, []).extend(rows)
+        # Views first, raw events last: src__ also serves as the exact mark on recovery.
+        for table in sorted(by_table, key=lambda t: t.startswith("src__")):
+            rows = concat(by_table[table])
+            self.store.offline.append(table, rows)
+            if table.startswith("src__"):
+                STATS.inc("offline_events", table[5:], rows.num_rows)
+        marks: dict[str, int] = {}
+        wms: dict[str, int] = {}
+        for (source, p), state in self.owned.items():
+            for name, off in state.offline.items():
+                table = f"src__{source}" if name == "src" else f"fv__{name}"
+                marks[f"{table}|{p}"] = off
+            if state.watermark_us is not None:
+                wms[f"{source}|{p}"] = state.watermark_us
+        pipe = self.log.r.pipeline(transaction=False)
+        if marks:
+            pipe.hset(self.log.offline_key, mapping=marks)
+        if wms:
+            pipe.hset(self._wm_key, mapping=wms)
+        for part, ids in self._unacked.items():
+            if ids:
+                pipe.xack(self.key(part), "cs-workers", *ids)
+        pipe.execute()
+        for part in list(self._unacked):
+            if self._unacked[part]:
+                self._unacked[part] = []
+                self.log.trim_acked(self.key(part))
+        self._buffers.clear()
+        self._buffered_rows = 0
+
+    def step(self) -> int:
+        """One round: rebalance when due, read, apply, flush when due. Returns entries read."""
+        now = time.monotonic()
+        if now - self._last_balance > self.lease_ms / 3000:
+            self.rebalance()
+        keys = [self.key(p) for p in sorted(self.owned)]
+        res = self.log.read(self.name, keys, self.count, self.block_ms)
+        n = 0
+        for key, entries in res:
+            part = self._by_key[key if isinstance(key, bytes) else key.encode()]
+            if entries:
+                self._process(part, entries)
+                n += len(entries)
+        if self._buffered_rows >= self.flush_rows or time.monotonic() - self._last_flush >= self.flush_interval:
+            self.flush()
+        return n
+
+    def run(self, stop: threading.Event) -> None:
+        log.info("stream worker %s started (%d partitions in %d sources)", self.name, len(self.all_parts), len(self.plans))
+        try:
+            while not stop.is_set():
+                try:
+                    self.step()
+                except ContextStoreError:
+                    raise
+                except Exception:  # noqa: BLE001 - Redis hiccup: back off, keep the entries pending
+                    log.exception("stream worker %s: step failed; retrying", self.name)
+                    stop.wait(0.5)
+        finally:
+            self.close()
+
+    def drain(self, parts: Iterable[Part], timeout: float = 10.0) -> bool:
+        """Apply everything currently in ``parts`` (inline, for a push with no live worker).
+
+        Returns False when another owner holds a lease (the caller then waits for it)."""
+        ok = True
+        for part in parts:
+            if part in self.owned or self.log.try_lease(*part, self.name, self.lease_ms):
+                if part not in self.owned:
+                    self.acquire(part)
+                while True:
+                    res = self.log.read(self.name, [self.key(part)], self.count, 0)
+                    if not res or not res[0][1]:
+                        break
+                    self._process(part, res[0][1])
+            else:
+                ok = False
+        self.flush()
+        return ok
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            for part in list(self.owned):
+                self.log.release_lease(*part, self.name)
+            self.owned.clear()
+            self.log.leave(self.name)
+
+
+class WorkerPool:
+    """``n`` worker threads of one store; ``stop()`` flushes and releases their partitions."""
+
+    def __init__(self, store: Any, n: int = 1, stop_event: threading.Event | None = None, **kw: Any) -> None:
+        self.stop_event = stop_event or threading.Event()
+        self.workers = [StreamWorker(store, **kw) for _ in range(n)]
+        self.threads = [
+            threading.Thread(target=w.run, args=(self.stop_event,), name=f"cs-stream-{i}", daemon=True)
+            for i, w in enumerate(self.workers)
+        ]
+        for t in self.threads:
+            t.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(timeout)
+
+
+def run_workers(store: Any, n: int = 1, stop_event: threading.Event | None = None, **kw: Any) -> WorkerPool:
+    """Start ``n`` stream workers in threads of this process (non-blocking). Stop them with
+    ``stop_event.set()`` or ``pool.stop()``. Does nothing useful without a Redis online store."""
+    return WorkerPool(store, n, stop_event, **kw)

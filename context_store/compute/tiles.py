@@ -1,0 +1,343 @@
+"""Tile math and per-view state plans (what fields a read at time ``t`` needs, and how to
+combine them into exact window values). The layout is documented in docs/online-state.md.
+
+A feature view with aggregations keeps, per entity, tiles of ``g`` microseconds
+(``aggregation_interval`` if set, else chosen so the longest window spans <= ~48 tiles):
+
+- ``{vid}:{i}``  partial state of all events with ``i*g <= ts < (i+1)*g`` (AggPlan.encode)
+- ``{vid}:{i}r`` (continuous mode only) the raw events of that tile, so the two edge tiles of
+  a window can be cut exactly at ``t - W`` and ``t``
+- ``{vid}:L``    lifetime base: i64 fold tile F, then the partial of every event before tile F
+- ``{vid}:m``    i64: lowest tile index that may still exist (for folding/expiry)
+
+A batch (row) view keeps ``{vid}``: the latest row (stores/online/codec.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import struct
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..definitions import DType, Embedding, FeatureView, StreamSource
+from .aggregations import AggPlan, Columns, Partial
+
+__all__ = [
+    "ViewState", "columns_from_arrow", "choose_tile_us", "encode_raw", "decode_raw", "ts_to_us",
+    "TILES_PER_WINDOW", "RETENTION_SLACK_US",
+]
+
+US = 1_000_000
+TILES_PER_WINDOW = 48
+# Extra history kept beyond the longest window, so requests a little in the past stay exact.
+RETENTION_SLACK_US = 86_400 * US
+_NICE = [1, 5, 10, 30, 60, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 7 * 86400]
+_HDR = struct.Struct("<I")
+_I64 = struct.Struct("<q")
+
+
+def choose_tile_us(view: FeatureView) -> int:
+    if view.aggregation_interval is not None:
+        return view.aggregation_interval // timedelta(microseconds=1)
+    w = view.max_window
+    if w is None:
+        finite = [a.window_td for a in view.aggregations if a.window_td is not None]
+        w = max(finite) if finite else timedelta(days=1)
+    target = w.total_seconds() / TILES_PER_WINDOW
+    for s in _NICE:
+        if s >= target:
+            return s * US
+    return _NICE[-1] * US
+
+
+def ts_to_us(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Any Arrow timestamp/date/int column -> int64 µs since epoch (UTC)."""
+    t = col.type
+    if pa.types.is_timestamp(t):
+        if t.unit != "us":
+            col = pc.cast(col, pa.timestamp("us", tz=t.tz))
+        arr = pc.cast(col, pa.int64())
+    elif pa.types.is_date(t):
+        arr = pc.multiply(pc.cast(pc.cast(col, pa.timestamp("us")), pa.int64()), 1)
+    else:
+        arr = pc.cast(col, pa.int64())
+    return np.asarray(arr.to_numpy(zero_copy_only=False) if hasattr(arr, "to_numpy") else arr, dtype=np.int64)
+
+
+def columns_from_arrow(table: pa.Table, plan: AggPlan, ts_column: str) -> Columns:
+    cols = Columns(ts=ts_to_us(table[ts_column]))
+    for c in plan.columns:
+        if c not in table.column_names:
+            from ..errors import InvalidInputError
+
+            raise InvalidInputError(f"rows of feature view {plan.view.name!r} lack column {c!r}", field=c)
+        arr = table[c]
+        dt = plan.types[c]
+        valid = np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        cols.valid[c] = valid
+        if isinstance(dt, Embedding):
+            m = np.zeros((len(arr), dt.dim), dtype=np.float32)
+            if valid.any():
+                flat = pc.list_flatten(arr.filter(pa.array(valid))).to_numpy(zero_copy_only=False)
+                m[valid] = np.asarray(flat, dtype=np.float32).reshape(-1, dt.dim)
+            cols.emb[c] = m
+            continue
+        if dt.name == "timestamp":
+            us = ts_to_us(arr.fill_null(0) if arr.null_count else arr)
+            if c in plan.num_cols or dt.is_numeric:
+                cols.num[c] = us.astype(np.float64)
+            cols.obj[c] = [int(x) if v else None for x, v in zip(us.tolist(), valid.tolist())]
+            continue
+        if dt.is_numeric:
+            filled = arr.fill_null(0) if arr.null_count else arr
+            cols.num[c] = np.asarray(filled.to_numpy(zero_copy_only=False), dtype=np.float64)
+        if c in plan.obj_cols:
+            cols.obj[c] = arr.to_pylist()
+    return cols
+
+
+# -- raw event blocks (continuous mode edge tiles) --------------------------------------
+
+def encode_raw(cols: Columns, plan: AggPlan) -> bytes:
+    """u32 n, i64 ts[n], then per plan column: u8 valid[n] + values; blocks concatenate."""
+    n = len(cols)
+    out = [_HDR.pack(n), cols.ts.astype("<i8").tobytes()]
+    for c in plan.columns:
+        dt = plan.types[c]
+        valid = cols.valid[c]
+        out.append(valid.astype(np.uint8).tobytes())
+        if isinstance(dt, Embedding):
+            out.append(cols.emb[c].astype("<f4").tobytes())
+        elif dt.name == "string":
+            enc = [(v or "").encode() for v in cols.obj[c]]
+            out.append(np.array([len(b) for b in enc], dtype="<u4").tobytes())
+            out.append(b"".join(enc))
+        elif dt.name in ("int64", "timestamp"):
+            src = cols.obj.get(c)
+            vals = np.array([v or 0 for v in src], dtype="<i8") if src is not None else cols.num[c].astype("<i8")
+            out.append(vals.tobytes())
+        elif dt.name == "bool":
+            out.append(np.array([bool(v) for v in cols.obj[c]], dtype=np.uint8).tobytes())
+        else:
+            out.append(cols.num[c].astype("<f8").tobytes())
+    return b"".join(out)
+
+
+def decode_raw(buf: bytes, plan: AggPlan) -> Columns:
+    parts: list[Columns] = []
+    off = 0
+    while off < len(buf):
+        (n,) = _HDR.unpack_from(buf, off)
+        off += 4
+        ts = np.frombuffer(buf, dtype="<i8", count=n, offset=off).astype(np.int64)
+        off += 8 * n
+        cols = Columns(ts=ts)
+        for c in plan.columns:
+            dt = plan.types[c]
+            valid = np.frombuffer(buf, dtype=np.uint8, count=n, offset=off).astype(bool)
+            off += n
+            cols.valid[c] = valid
+            if isinstance(dt, Embedding):
+                cols.emb[c] = np.frombuffer(buf, dtype="<f4", count=n * dt.dim, offset=off).reshape(n, dt.dim)
+                off += 4 * n * dt.dim
+            elif dt.name == "string":
+                lens = np.frombuffer(buf, dtype="<u4", count=n, offset=off).tolist()
+                off += 4 * n
+                vals: list[Any] = []
+                for ln, v in zip(lens, valid.tolist()):
+                    vals.append(buf[off : off + ln].decode() if v else None)
+                    off += ln
+                cols.obj[c] = vals
+            elif dt.name in ("int64", "timestamp"):
+                x = np.frombuffer(buf, dtype="<i8", count=n, offset=off)
+                off += 8 * n
+                cols.num[c] = x.astype(np.float64)
+                cols.obj[c] = [v if ok else None for v, ok in zip(x.tolist(), valid.tolist())]
+            elif dt.name == "bool":
+                x = np.frombuffer(buf, dtype=np.uint8, count=n, offset=off)
+                off += n
+                cols.obj[c] = [bool(v) if ok else None for v, ok in zip(x.tolist(), valid.tolist())]
+            else:
+                x = np.frombuffer(buf, dtype="<f8", count=n, offset=off)
+                off += 8 * n
+                cols.num[c] = x.astype(np.float64)
+                if c in plan.obj_cols:
+                    cols.obj[c] = [v if ok else None for v, ok in zip(x.tolist(), valid.tolist())]
+        parts.append(cols)
+    if not parts:
+        return Columns(ts=np.zeros(0, dtype=np.int64))
+    return Columns.concat(parts)
+
+
+# -- per-view state plan ----------------------------------------------------------------
+
+@dataclass
+class _ReadCtx:
+    fields: list[str]
+    lo: int            # first partial tile fetched
+    b: int             # tile containing t (exclusive end of full tiles)
+    raw_tiles: list[int]
+
+
+class ViewState:
+    """Everything about one feature view's online state: ids, tile size, fields, evaluation."""
+
+    def __init__(self, view: FeatureView, input_types: dict[str, DType] | None = None) -> None:
+        self.view = view
+        self.name = view.name
+        self.is_aggregate = view.is_aggregate
+        spec = {"n": view.name, "a": [a.spec() for a in view.aggregations], "f": [f.spec() for f in view.features_in],
+                "i": view.aggregation_interval.total_seconds() if view.aggregation_interval else None,
+                "k": view.join_keys}
+        self.vid = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
+        self.ttl_us = view.ttl // timedelta(microseconds=1) if view.ttl else None
+        self.plan: AggPlan | None = None
+        if not self.is_aggregate:
+            return
+        self.plan = AggPlan(view, input_types or {})
+        self.g = choose_tile_us(view)
+        self.interval = view.aggregation_interval is not None
+        lateness = view.source.allowed_lateness if isinstance(view.source, StreamSource) else timedelta(0)
+        finite = [o.window_us for o in self.plan.outputs if o.window_us is not None]
+        self.has_lifetime = any(o.window_us is None for o in self.plan.outputs)
+        max_w = max(finite) if finite else 0
+        self.max_tiles = math.ceil(max_w / self.g) + 1
+        # Tiles older than now_tile - retention can no longer be reached by a request at >= now - slack.
+        self.retention = self.max_tiles + math.ceil((lateness // timedelta(microseconds=1) + RETENTION_SLACK_US) / self.g) + 1
+        # Outputs grouped by window, longest first (all windows end at the same tile).
+        by_w: dict[int | None, list[int]] = {}
+        for i, o in enumerate(self.plan.outputs):
+            by_w.setdefault(o.window_us, []).append(i)
+        self.windows = sorted(by_w.items(), key=lambda kv: -(kv[0] if kv[0] is not None else 1 << 62))
+        self.L = f"{self.vid}:L"
+        self.M = f"{self.vid}:m"
+        self._cache: tuple[int, int, _ReadCtx] | None = None
+
+    # field names
+    def tile(self, i: int) -> str:
+        return f"{self.vid}:{i}"
+
+    def raw(self, i: int) -> str:
+        return f"{self.vid}:{i}r"
+
+    def horizon(self, now_us: int) -> int:
+        """Tiles with index < horizon are folded into the lifetime base (or dropped)."""
+        return now_us // self.g - self.retention
+
+    def expire_ms(self, latest_ts_us: int, now_us: int) -> int | None:
+        """How long an entity hash must live after a write of events up to ``latest_ts_us``."""
+        if self.is_aggregate:
+            if self.has_lifetime:
+                return None
+            end = latest_ts_us + (self.retention + 1) * self.g
+        else:
+            if self.ttl_us is None:
+                return None
+            end = latest_ts_us + self.ttl_us + RETENTION_SLACK_US
+        return max((end - now_us) // 1000, 60_000)
+
+    # -- reads ---------------------------------------------------------------------------
+    def read_ctx(self, t: int) -> _ReadCtx:
+        """Fields needed at time ``t`` (µs); cached while t stays in the same tile/edge set."""
+        g = self.g
+        b = t // g
+        if self.interval:
+            key = b
+        else:
+            key = hash((b, tuple((t - w) // g for w, _ in self.windows if w is not None)))
+        c = self._cache
+        if c is not None and c[0] == key and c[1] == b:
+            return c[2]
+        if self.interval:
+            lo = b - (self.retention if self.has_lifetime else self.max_tiles)
+            raw_tiles: list[int] = []
+        else:
+            edges = sorted({(t - w) // g for w, _ in self.windows if w is not None})
+            lo = b - self.retention if self.has_lifetime else (min(edges) + 1 if edges else b)
+            raw_tiles = sorted(set(edges) | {b})
+        fields = [f"{self.vid}:{i}" for i in range(lo, b)] + [f"{self.vid}:{i}r" for i in raw_tiles]
+        if self.has_lifetime:
+            fields.append(self.L)
+        ctx = _ReadCtx(fields, lo, b, raw_tiles)
+        self._cache = (key, b, ctx)
+        return ctx
+
+    def evaluate(self, t: int, ctx: _ReadCtx, values: list[bytes | None], extra: dict[int, bytes] | None = None) -> list[Any]:
+        """All outputs (in plan order) at ``t`` from the fetched ``values`` (aligned with ctx.fields)."""
+        plan = self.plan
+        assert plan is not None
+        n_part = ctx.b - ctx.lo
+        idx = [i for i in range(n_part) if values[i] is not None]
+        tiles = [ctx.lo + i for i in idx]
+        bufs = [values[i] for i in idx]  # type: ignore[misc]
+        if extra:  # tiles between the fold point and the read range (long-idle lifetime entities)
+            for i in sorted(extra):
+                tiles.insert(0, i)
+                bufs.insert(0, extra[i])
+        if bufs:
+            num, objs = plan.decode_many(bufs)  # type: ignore[arg-type]
+        else:
+            num, objs = np.empty((0, plan.K)), ([] if plan.slots else None)
+        tiles_a = np.asarray(tiles, dtype=np.int64)
+        raws: dict[int, Columns] = {}
+        if not self.interval:
+            for j, ti in enumerate(ctx.raw_tiles):
+                v = values[n_part + j]
+                if v is not None:
+                    raws[ti] = decode_raw(v, plan)
+        base: Partial | None = None
+        if self.has_lifetime:
+            lv = values[-1]
+            if lv is not None:
+                base = plan.decode(lv[8:])
+        out: list[Any] = [None] * len(plan.outputs)
+        g = self.g
+        for w, which in self.windows:
+            if self.interval:
+                first = ctx.b - (w // g) if w is not None else -(1 << 62)
+                sel = tiles_a >= first
+                edges: list[Partial] = []
+            else:
+                if w is None:
+                    first, s = -(1 << 62), None
+                else:
+                    s = t - w
+                    first = s // g + 1
+                sel = tiles_a >= first
+                edges = []
+                if s is not None and s // g < ctx.b:
+                    cs = raws.get(s // g)
+                    if cs is not None:
+                        edges.append(plan.partial(cs.take(cs.ts >= s)))
+                cb = raws.get(ctx.b)
+                if cb is not None:
+                    m = cb.ts < t if s is None or s // g < ctx.b else (cb.ts < t) & (cb.ts >= s)
+                    edges.append(plan.partial(cb.take(m)))
+            parts_num = num[sel] if bufs else num
+            parts_objs = [o for o, k in zip(objs, sel.tolist()) if k] if objs is not None else None
+            if w is None and base is not None:
+                edges.append(base)
+            if edges:
+                parts_num = np.vstack([parts_num] + [e.num[None, :] for e in edges])
+                if parts_objs is not None:
+                    parts_objs = parts_objs + [e.objs for e in edges]
+            if len(parts_num) == 0:
+                e = plan.empty()
+                mnum, mobjs = e.num, e.objs
+            else:
+                mnum = plan.merge_num(parts_num)
+                mobjs = plan.merge_objs(parts_objs) if parts_objs else [None] * len(plan.slots)
+            for i in which:
+                out[i] = plan.finalize(plan.outputs[i], mnum, mobjs)
+        return out
+
+    def window_end(self, t: int) -> int:
+        return (t // self.g) * self.g if self.is_aggregate and self.interval else t

@@ -1,0 +1,206 @@
+"""The registry: what is applied in each workspace, versioned, on local disk.
+
+Layout under ``config.registry_path / <workspace>``::
+
+    CURRENT                     the applied version number (replaced atomically)
+    .lock                       serialises concurrent ``apply`` calls (flock)
+    versions/000003/registry.json   every object's spec + resolved types
+    versions/000003/repo/...py      a copy of the definitions files that were applied
+
+A version directory is written under a temporary name and renamed into place before
+``CURRENT`` moves, so a reader (a server calling ``applied()``) never sees a partial version.
+``applied()`` reloads the snapshot files, so serving runs exactly the code that was applied
+while data paths stay relative to ``config.repo``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ..config import Config
+from ..errors import ConflictError, NotFoundError
+from .loader import find_definition_files, import_definitions, collect
+from .plan import Plan, compute_plan, dtype_from_str, dtype_to_str
+from .repo import RepoDefinitions
+from .validate import validate
+
+__all__ = ["Registry", "Plan"]
+
+_TABLES = (
+    "entities", "sources", "feature_views", "realtime_views", "embedding_views", "knowledge",
+    "feature_services", "context_services",
+)
+
+
+def _records(defs: RepoDefinitions) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for table in _TABLES:
+        for name, obj in getattr(defs, table).items():
+            rec: dict[str, Any] = {"spec": obj.spec(), "location": obj.location}
+            if name in defs.feature_types:
+                rec["feature_types"] = {k: dtype_to_str(v) for k, v in defs.feature_types[name].items()}
+            if table == "feature_views" and name in defs.input_schemas:
+                rec["input_schema"] = {k: dtype_to_str(v) for k, v in defs.input_schemas[name].items()}
+            out[f"{table}/{name}"] = rec
+    return out
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Registry:
+    """``Registry(config)``: plan/apply the repo's definitions into ``config.workspace``."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._cache: tuple[int, RepoDefinitions] | None = None
+        self._cache_lock = threading.Lock()
+
+    # -- paths -------------------------------------------------------------------------
+    @property
+    def root(self) -> Path:
+        return Path(self.config.registry_path) / self.config.workspace
+
+    def _version_dir(self, version: int) -> Path:
+        return self.root / "versions" / f"{version:06d}"
+
+    def _exclude(self) -> list[Path]:
+        c = self.config
+        return [p for p in (c.data_dir, c.registry_path, c.offline_store) if p is not None]
+
+    # -- the repo ----------------------------------------------------------------------
+    def load_repo(self) -> RepoDefinitions:
+        """Load and validate the repo's definitions (reads sources to check columns)."""
+        from .loader import load_repo
+
+        return load_repo(self.config.repo, exclude=self._exclude())
+
+    # -- what is applied -----------------------------------------------------------------
+    def applied_version(self) -> int:
+        """The applied version number, 0 when nothing was applied in this workspace."""
+        try:
+            return int((self.root / "CURRENT").read_text().strip() or 0)
+        except FileNotFoundError:
+            return 0
+        except ValueError:
+            raise ConflictError(f"registry file {self.root / 'CURRENT'} is corrupt") from None
+
+    def applied_records(self, version: int | None = None) -> dict[str, dict[str, Any]]:
+        v = self.applied_version() if version is None else version
+        if v == 0:
+            return {}
+        return json.loads((self._version_dir(v) / "registry.json").read_text())["objects"]
+
+    def applied(self) -> RepoDefinitions:
+        """The applied definitions, loaded from the snapshot of the applied version (cached)."""
+        v = self.applied_version()
+        if v == 0:
+            raise NotFoundError(
+                f"nothing applied in workspace '{self.config.workspace}'; run `context-store apply`",
+                field="workspace",
+            )
+        with self._cache_lock:
+            if self._cache is not None and self._cache[0] == v:
+                return self._cache[1]
+            defs = self._load_version(v)
+            self._cache = (v, defs)
+            return defs
+
+    def _load_version(self, v: int) -> RepoDefinitions:
+        vdir = self._version_dir(v)
+        meta = json.loads((vdir / "registry.json").read_text())
+        snap = vdir / "repo"
+        files = [snap / rel for rel in meta["files"]]
+        modules = import_definitions(snap, files)
+        defs = collect(m for _, m in modules)
+        validate(defs, Path(self.config.repo), resolve=False)
+        for key, rec in meta["objects"].items():
+            table, name = key.split("/", 1)
+            if "feature_types" in rec:
+                defs.feature_types[name] = {k: dtype_from_str(s) for k, s in rec["feature_types"].items()}
+            if "input_schema" in rec:
+                defs.input_schemas[name] = {k: dtype_from_str(s) for k, s in rec["input_schema"].items()}
+        return defs
+
+    # -- plan / apply --------------------------------------------------------------------
+    def plan(self) -> Plan:
+        defs = self.load_repo()
+        v = self.applied_version()
+        plan = compute_plan(self.applied_records(v), _records(defs), self.config.workspace, v)
+        plan.definitions = defs
+        plan.records = _records(defs)
+        return plan
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        import fcntl
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a+") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def apply(self, force: bool = False) -> Plan:
+        """Commit the repo's definitions as a new version; breaking changes need ``force``."""
+        with self._locked():
+            plan = self.plan()
+            if plan.breaking and not force:
+                items = "; ".join(f"{c.kind.replace('_', ' ')} '{c.name}' ({', '.join(c.reasons)})" for c in plan.breaking)
+                raise ConflictError(
+                    f"refusing {len(plan.breaking)} breaking change(s) without --force: {items}", field="force"
+                )
+            if plan.is_empty and plan.from_version:
+                plan.to_version = plan.from_version
+                return plan
+            v = plan.from_version + 1
+            self._write_version(v, plan)
+            _atomic_write(self.root / "CURRENT", f"{v}\n".encode())
+            plan.to_version = v
+            return plan
+
+    def _write_version(self, v: int, plan: Plan) -> None:
+        root = Path(self.config.repo).resolve()
+        versions = self.root / "versions"
+        versions.mkdir(parents=True, exist_ok=True)
+        tmp = versions / f".tmp-{uuid.uuid4().hex[:10]}"
+        (tmp / "repo").mkdir(parents=True)
+        files = find_definition_files(root, exclude=self._exclude())
+        rels = []
+        for f in files:
+            rel = f.relative_to(root)
+            dst = tmp / "repo" / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, dst)
+            rels.append(rel.as_posix())
+        meta = {
+            "version": v,
+            "workspace": self.config.workspace,
+            "applied_at": time.time(),
+            "repo": str(root),
+            "files": rels,
+            "objects": plan.records,
+            "plan": plan.to_dict(),
+        }
+        _atomic_write(tmp / "registry.json", json.dumps(meta, indent=1, sort_keys=True, default=str).encode())
+        final = self._version_dir(v)
+        if final.exists():  # a crashed earlier apply left it behind without moving CURRENT
+            shutil.rmtree(final)
+        os.rename(tmp, final)

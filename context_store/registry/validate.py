@@ -1,0 +1,199 @@
+"""Cross-object validation of a loaded repo: references, columns and types.
+
+Every error names the file, line and object (``DefinitionError(location=, obj=)``), so a
+user can go straight to the definition at fault.
+"""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+from typing import Any
+
+from ..definitions import (
+    DType,
+    EmbeddingView,
+    FeatureService,
+    FeatureView,
+    RealtimeFeatureView,
+    RequestSource,
+    Source,
+    aggregate_dtype,
+)
+from ..definitions.dtypes import Embedding, from_arrow
+from ..definitions.feature_view import AGGREGATION_FUNCTIONS, FeatureSelection
+from ..errors import DefinitionError
+from .repo import RepoDefinitions
+
+__all__ = ["validate", "source_columns"]
+
+
+def _err(obj: Any, message: str, location: str | None = None) -> DefinitionError:
+    return DefinitionError(message, location=location or obj.location, obj=f"{obj.kind} '{obj.name}'")
+
+
+def _fmt_cols(cols: dict[str, DType]) -> str:
+    return ", ".join(sorted(cols)) or "none"
+
+
+def source_columns(source: Source, repo_root: Path) -> dict[str, DType]:
+    """Declared schema of a source, or the columns of its files when none is declared."""
+    if source.schema:
+        return {f.name: f.dtype for f in source.schema}
+    from ..compute.transform import read_source
+
+    table = read_source(source, repo_root, limit=10)  # type: ignore[arg-type]
+    out: dict[str, DType] = {}
+    for f in table.schema:
+        try:
+            out[f.name] = from_arrow(f.type)
+        except TypeError:
+            continue
+    return out
+
+
+def _check_references(repo: RepoDefinitions) -> None:
+    def registered(view: Any, owner: Any, what: str) -> None:
+        table = repo.realtime_views if isinstance(view, RealtimeFeatureView) else repo.feature_views
+        found = table.get(view.name)
+        if found is None:
+            raise _err(
+                owner,
+                f"{what} {view.kind.replace('_', ' ')} {view.name!r} is not registered; assign it to a "
+                f"module-level variable in a definitions file (registered views: {', '.join(sorted(repo.feature_views) + sorted(repo.realtime_views)) or 'none'})",
+            )
+        if found is not view and found.spec() != view.spec():
+            raise _err(owner, f"{what} {view.name!r} differs from the registered view of that name ({found.location})")
+
+    for fs in repo.feature_services.values():
+        for sel in fs.selections:
+            registered(sel.view, fs, "uses")
+    for rt in repo.realtime_views.values():
+        for src in rt.sources:
+            if isinstance(src, RequestSource):
+                continue
+            registered(src.view if isinstance(src, FeatureSelection) else src, rt, "reads")
+    for cs in repo.context_services.values():
+        if cs.feature_service is not None and repo.feature_services.get(cs.feature_service.name) is None:
+            raise _err(cs, f"feature service {cs.feature_service.name!r} is not registered")
+        if cs.feature_service is not None:
+            for sel in cs.feature_service.selections:
+                registered(sel.view, cs, "uses")
+        if cs.recent_events is not None:
+            src = cs.recent_events[0]
+            if repo.sources.get(src.name) is None:
+                raise _err(cs, f"recent_events stream source {src.name!r} is not registered")
+        if cs.similar is not None and repo.embedding_views.get(cs.similar[0].name) is None:
+            raise _err(cs, f"similar: embedding view {cs.similar[0].name!r} is not registered")
+        if cs.knowledge is not None and repo.knowledge.get(cs.knowledge[0].name) is None:
+            raise _err(cs, f"knowledge {cs.knowledge[0].name!r} is not registered")
+        if cs.interest is not None:
+            cols = cs.feature_service.column_names if cs.feature_service else []
+            names = cs.feature_service.feature_names if cs.feature_service else []
+            if cs.interest not in cols and cs.interest not in names:
+                raise _err(cs, f"interest {cs.interest!r} is not a feature of its feature service; it has {cols}")
+
+
+def _check_feature_view(view: FeatureView, cols: dict[str, DType]) -> dict[str, DType]:
+    """Check a view against its input columns; return the output dtype of each feature."""
+    if view.timestamp_field not in cols:
+        raise _err(view, f"unknown timestamp field {view.timestamp_field!r}; input columns: {_fmt_cols(cols)}")
+    if cols[view.timestamp_field].name != "timestamp":
+        raise _err(view, f"timestamp field {view.timestamp_field!r} has type {cols[view.timestamp_field]!r}, not a timestamp")
+    for entity in view.entities:
+        for key in entity.join_key_fields:
+            if key.name not in cols:
+                raise _err(view, f"unknown join key column {key.name!r} (entity '{entity.name}'); input columns: {_fmt_cols(cols)}")
+            got = cols[key.name]
+            if got != key.dtype:
+                raise _err(
+                    view,
+                    f"type mismatch: join key {key.name!r} is {got!r} in the input but entity '{entity.name}' "
+                    f"declares {key.dtype!r}; declare cs.Field({key.name!r}, {got!r}) in the entity or cast in a transform",
+                )
+    types: dict[str, DType] = {}
+    for agg in view.aggregations:
+        if agg.column not in cols:
+            raise _err(
+                view,
+                f"aggregate {agg.output_name!r}: unknown column {agg.column!r}; input columns: {_fmt_cols(cols)}",
+                location=agg.location or None,
+            )
+        dtype = cols[agg.column]
+        numeric, _, _ = AGGREGATION_FUNCTIONS[agg.function]
+        if isinstance(dtype, Embedding):
+            if agg.function not in ("mean", "count", "last"):
+                raise _err(view, f"type mismatch: aggregate {agg.output_name!r}: {agg.function} is not defined over "
+                                 f"the embedding column {agg.column!r} (use mean)", location=agg.location or None)
+        elif numeric and not dtype.is_numeric:
+            raise _err(
+                view,
+                f"type mismatch: aggregate {agg.output_name!r}: {agg.function} needs a numeric column but "
+                f"{agg.column!r} is {dtype!r}",
+                location=agg.location or None,
+            )
+        elif dtype.name == "array" and agg.function != "count":
+            raise _err(view, f"type mismatch: aggregate {agg.output_name!r}: {agg.function} over the array column "
+                             f"{agg.column!r} is not supported", location=agg.location or None)
+        types[agg.output_name] = aggregate_dtype(agg.function, dtype)
+    for f in view.features_in:
+        if f.name not in cols:
+            raise _err(view, f"feature {f.name!r}: unknown column; input columns: {_fmt_cols(cols)}")
+        if cols[f.name] != f.dtype:
+            raise _err(view, f"type mismatch: feature {f.name!r} is declared {f.dtype!r} but the column is {cols[f.name]!r}")
+        types[f.name] = f.dtype
+    return types
+
+
+def _check_embedding_view(ev: EmbeddingView, cols: dict[str, DType]) -> None:
+    if ev.join_key not in cols:
+        raise _err(ev, f"unknown join key column {ev.join_key!r}; source columns: {_fmt_cols(cols)}")
+    if ev.text not in cols:
+        raise _err(ev, f"unknown text column {ev.text!r}; source columns: {_fmt_cols(cols)}")
+    if cols[ev.text].name != "string":
+        raise _err(ev, f"type mismatch: text column {ev.text!r} is {cols[ev.text]!r}, not cs.String")
+    for a in ev.attributes:
+        if a not in cols:
+            raise _err(ev, f"unknown attribute column {a!r}; source columns: {_fmt_cols(cols)}")
+
+
+def validate(repo: RepoDefinitions, repo_root: Path, resolve: bool = True) -> None:
+    """Check references always; with ``resolve``, read sources to check columns and fill types."""
+    _check_references(repo)
+    for rt in repo.realtime_views.values():
+        repo.feature_types[rt.name] = {f.name: f.dtype for f in rt.output}
+    if not resolve:
+        return
+    from ..compute.transform import input_schema
+
+    for view in repo.feature_views.values():
+        try:
+            cols = input_schema(view, repo_root)
+        except DefinitionError:
+            raise
+        except Exception as e:  # unreadable files, a broken transform...: a definition problem
+            raise _err(view, f"cannot read the view's input rows: {type(e).__name__}: {e}") from None
+        repo.input_schemas[view.name] = cols
+        repo.feature_types[view.name] = _check_feature_view(view, cols)
+    for ev in repo.embedding_views.values():
+        try:
+            cols = source_columns(ev.source, repo_root)
+        except DefinitionError:
+            raise
+        except Exception as e:
+            raise _err(ev, f"cannot read the source: {type(e).__name__}: {e}") from None
+        _check_embedding_view(ev, cols)
+    for kn in repo.knowledge.values():
+        pattern = str(Path(repo_root) / kn.source) if not Path(kn.source).is_absolute() else kn.source
+        if not [p for p in glob.glob(pattern, recursive=True) if Path(p).is_file()]:
+            raise _err(kn, f"no document matches source {kn.source!r} (resolved to {pattern})")
+    for fs in repo.feature_services.values():
+        _check_service_features(fs, repo)
+
+
+def _check_service_features(fs: FeatureService, repo: RepoDefinitions) -> None:
+    for sel in fs.selections:
+        known = repo.feature_types.get(sel.view.name, {})
+        for n in sel.features:
+            if known and n not in known:
+                raise _err(fs, f"feature view {sel.view.name!r} has no feature {n!r}")

@@ -1,0 +1,170 @@
+"""``create_app()``: the FastAPI feature server (Tecton API, native API, health, metrics, MCP at /mcp)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..config import Config, load_config
+from .keys import KeyStore, key_store_path
+from .limits import BodySizeLimit
+from .metrics import Metrics
+from .routes_health import health_router
+from .routes_native import native_router
+from .routes_tecton import tecton_router
+from .errors import install_error_handlers
+from .state import ServerSettings, ServerState
+
+__all__ = ["create_app", "ServerSettings"]
+
+log = logging.getLogger("context_store.server")
+
+
+class _RequestMetrics:
+    """Pure ASGI (no BaseHTTPMiddleware overhead): latency per route template and service."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+        self._counters: dict[tuple[str, int], Any] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = 500
+
+        async def send_status(msg: Message) -> None:
+            nonlocal status
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "_unmatched"
+            self.metrics.observe_request(path, scope.get("cs.service", ""), time.perf_counter() - t0)
+            c = self._counters.get((path, status))
+            if c is None:
+                c = self._counters[(path, status)] = self.metrics.requests.labels(path, str(status))
+            c.inc()
+
+
+def _stream_lag_hook(state: ServerState) -> Any:
+    def hook(metrics: Metrics) -> None:
+        for store in state.resolver.open_stores():
+            fn = getattr(store, "stream_lag", None)
+            if fn is None:
+                continue
+            for source, lag in (fn() or {}).items():
+                metrics.stream_lag.labels(store.workspace, source).set(float(lag))
+    return hook
+
+
+def _mcp_app(state: ServerState) -> Any:
+    """The MCP streamable-HTTP app from ``tools.http`` (the MCP package), when importable."""
+    try:
+        from tools.http import create_mcp_http_app
+    except ImportError as e:  # the mcp extra is not installed: serve REST only
+        log.warning("MCP endpoint disabled: %s (pip install 'context-store[mcp]')", e)
+        return None
+    from .auth import authenticate
+
+    def auth(header_value: str | None) -> Any:
+        return authenticate(header_value, state.keys)
+
+    kw: dict[str, Any] = {}
+    if state.settings.allowed_hosts:
+        kw["allowed_hosts"] = list(state.settings.allowed_hosts)
+    if state.settings.allowed_origins:
+        kw["allowed_origins"] = list(state.settings.allowed_origins)
+    return create_mcp_http_app(state.resolver, auth, **kw)
+
+
+async def _refresh_loop(state: ServerState) -> None:
+    while True:
+        await asyncio.sleep(state.settings.refresh_interval)
+        try:
+            await run_in_threadpool(state.resolver.refresh_changed)
+        except Exception:  # keep serving the last good definitions
+            log.warning("registry refresh failed", exc_info=True)
+
+
+def _warm(state: ServerState) -> None:
+    """Open the default workspace's store and compile its read path before the first request."""
+    try:
+        store = state.resolver(None)
+        _ = store.features
+    except Exception as e:  # nothing applied yet, or the online store is down: requests will say so
+        log.info("warm-up skipped: %s", e)
+
+
+def create_app(
+    repo: str | os.PathLike[str] = ".",
+    *,
+    config: Config | None = None,
+    workspace: str | None = None,
+    online_store: str | None = None,
+    auth: bool = True,
+    key_store: KeyStore | None = None,
+    settings: ServerSettings | None = None,
+    **overrides: Any,
+) -> FastAPI:
+    """Build the server. ``auth=False`` disables API keys (loopback development only: ``serve`` enforces it).
+
+    ``overrides`` set ``ServerSettings`` fields (``rate_limit=``, ``max_body=``, ``mcp=``, ...).
+    """
+    config = config or load_config(repo, workspace=workspace, online_store=online_store)
+    settings = replace(settings or ServerSettings(), auth=auth, **overrides)
+    if settings.auth and key_store is None:
+        key_store = KeyStore(key_store_path(config.data_dir))
+    state = ServerState(config, settings, key_store)
+    state.metrics.on_collect(_stream_lag_hook(state))
+    mcp = _mcp_app(state) if settings.mcp else None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            if mcp is not None:
+                await stack.enter_async_context(mcp.lifespan())
+            await run_in_threadpool(_warm, state)
+            refresher = asyncio.create_task(_refresh_loop(state))
+            try:
+                yield
+            finally:
+                refresher.cancel()
+                await run_in_threadpool(state.close)
+
+    app = FastAPI(
+        title="context-store feature server",
+        version="0.1.0",
+        description="Tecton-compatible feature serving, agent context, similarity, knowledge search and ingest.",
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.cs = state
+    install_error_handlers(app)
+    app.include_router(tecton_router(state))
+    app.include_router(native_router(state))
+    app.include_router(health_router(state))
+    if mcp is not None:
+        # An exact-path route (not a Mount): POST /mcp without a trailing-slash redirect.
+        app.router.routes.append(Route("/mcp", endpoint=mcp, methods=["GET", "POST", "DELETE"], include_in_schema=False))
+    app.add_middleware(_RequestMetrics, metrics=state.metrics)
+    app.add_middleware(BodySizeLimit, max_body=settings.max_body)
+    return app

@@ -1,0 +1,103 @@
+"""Request limits: a body-size cap (pure ASGI, before any parsing) and a per-key token bucket."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..errors import RateLimitedError
+
+__all__ = ["BodySizeLimit", "RateLimiter", "DEFAULT_MAX_BODY"]
+
+DEFAULT_MAX_BODY = 4 * 1024 * 1024
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _send_error(send: Send, status: int, message: str) -> None:
+    body = orjson.dumps({"message": message})
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class BodySizeLimit:
+    """413 for bodies above ``max_body`` bytes: by Content-Length up front, or while streaming."""
+
+    def __init__(self, app: ASGIApp, max_body: int = DEFAULT_MAX_BODY) -> None:
+        self.app = app
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_body
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    size = int(value)
+                except ValueError:
+                    await _send_error(send, 400, "Content-Length header is not an integer")
+                    return
+                if size > limit:
+                    await _send_error(send, 413, f"request body of {size} bytes exceeds the limit of {limit} bytes")
+                    return
+                break
+        seen = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > limit:
+                    raise _TooLarge
+            return msg
+
+        async def tracking_send(msg: Message) -> None:
+            nonlocal started
+            if msg["type"] == "http.response.start":
+                started = True
+            await send(msg)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await _send_error(send, 413, f"request body exceeds the limit of {limit} bytes")
+
+
+class RateLimiter:
+    """Token bucket per key id: ``rate`` requests/second sustained, bursts up to ``2 * rate``.
+
+    Per process: with N workers the effective limit is up to N times higher (documented).
+    """
+
+    def __init__(self, default_rate: float | None = None) -> None:
+        self.default_rate = default_rate
+        self._buckets: dict[Any, list[float]] = {}
+
+    def check(self, key_id: str | None, rate: float | None = None) -> None:
+        rate = rate or self.default_rate
+        if not rate or key_id is None:
+            return
+        now = time.monotonic()
+        burst = max(1.0, 2.0 * rate)
+        b = self._buckets.get(key_id)
+        if b is None:
+            b = self._buckets[key_id] = [burst, now]
+        tokens = min(burst, b[0] + (now - b[1]) * rate)
+        b[1] = now
+        if tokens < 1.0:
+            b[0] = tokens
+            raise RateLimitedError(
+                f"rate limit of {rate:g} requests/second for this API key exceeded; retry shortly", field="Authorization"
+            )
+        b[0] = tokens - 1.0

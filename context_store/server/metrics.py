@@ -1,0 +1,98 @@
+"""Prometheus metrics, exposed as OpenMetrics at ``/metrics``.
+
+With several worker processes set ``PROMETHEUS_MULTIPROC_DIR`` (``context-store serve`` does) so the
+scrape aggregates every worker instead of sampling one.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import exposition as text_exposition
+from prometheus_client.openmetrics import exposition as om_exposition
+
+__all__ = ["Metrics"]
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    """All server metrics in one registry (one per app, so tests can build several apps)."""
+
+    def __init__(self) -> None:
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        # In multiprocess mode values live in files; the default registry must be used for writing.
+        self.registry: CollectorRegistry | None = None if self.multiprocess else CollectorRegistry()
+        kw: dict[str, Any] = {} if self.multiprocess else {"registry": self.registry}
+        self.request_latency = Histogram(
+            "cs_http_request_duration_seconds", "HTTP request latency by route and feature service",
+            ["route", "service"], buckets=_LATENCY_BUCKETS, **kw,
+        )
+        self.requests = Counter("cs_http_requests", "HTTP requests by route and status", ["route", "status"], **kw)
+        self.online_latency = Histogram(
+            "cs_online_store_read_duration_seconds", "Online feature read latency (store round trip + compute)",
+            ["workspace"], buckets=_LATENCY_BUCKETS, **kw,
+        )
+        self.ingest_records = Counter(
+            "cs_ingest_records", "Records accepted by the ingest API", ["workspace", "source", "dry_run"], **kw
+        )
+        gauge_kw = dict(kw, multiprocess_mode="mostrecent") if self.multiprocess else kw
+        self.freshness = Gauge(
+            "cs_feature_freshness_age_seconds", "Age of the newest served value per feature view",
+            ["workspace", "view"], **gauge_kw,
+        )
+        self.stream_lag = Gauge(
+            "cs_stream_lag_seconds", "Stream worker lag per source (when the stream layer reports it)",
+            ["workspace", "source"], **gauge_kw,
+        )
+        self.online_up = Gauge("cs_online_store_up", "1 when the online store answered the last ping", **gauge_kw)
+        self._children: dict[tuple[str, str], Any] = {}
+        self._collect_hooks: list[Callable[[Metrics], None]] = []
+
+    def observe_request(self, route: str, service: str, seconds: float) -> None:
+        child = self._children.get((route, service))
+        if child is None:
+            # Bound label cardinality: unknown service names from bad requests share one label.
+            if len(self._children) > 2000:
+                service = "_other"
+            child = self._children[(route, service)] = self.request_latency.labels(route, service)
+        child.observe(seconds)
+
+    def observe_freshness(self, workspace: str, metadata: Iterable[Any], now: float | None = None) -> None:
+        """Record the age of the newest value per view from a FeatureVector's metadata."""
+        now = now or time.time()
+        newest: dict[str, float] = {}
+        for m in metadata:
+            et: datetime | None = m.effective_time
+            if et is not None:
+                ts = et.timestamp() if et.tzinfo else et.replace(tzinfo=timezone.utc).timestamp()
+                if ts > newest.get(m.view, 0.0):
+                    newest[m.view] = ts
+        for view, ts in newest.items():
+            self.freshness.labels(workspace, view).set(max(0.0, now - ts))
+
+    def on_collect(self, hook: Callable[[Metrics], None]) -> None:
+        """Run ``hook(metrics)`` before every scrape (e.g. to read stream lag)."""
+        self._collect_hooks.append(hook)
+
+    def render(self, accept: str | None) -> tuple[bytes, str]:
+        for hook in self._collect_hooks:
+            try:
+                hook(self)
+            except Exception:  # a failing probe must not break the scrape
+                pass
+        registry: Any = self.registry
+        if registry is None:
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+        # OpenMetrics unless the scraper asks for the classic text format only.
+        if accept and "text/plain" in accept and "openmetrics" not in accept:
+            return text_exposition.generate_latest(registry), text_exposition.CONTENT_TYPE_LATEST
+        return om_exposition.generate_latest(registry), om_exposition.CONTENT_TYPE_LATEST

@@ -1,0 +1,65 @@
+"""Workspace -> ``ContextStore``: the one place the server opens stores, cached per process."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from ..config import Config, check_workspace
+from ..serving.store import ContextStore
+
+__all__ = ["StoreResolver"]
+
+
+class StoreResolver:
+    """``resolver(workspace) -> ContextStore``; stores are built once and reused by every request."""
+
+    def __init__(self, config: Config, max_workspaces: int = 64) -> None:
+        self.config = config
+        self.max_workspaces = max_workspaces
+        self._stores: dict[str, ContextStore] = {}
+        self._lock = threading.Lock()
+        self._versions: dict[str, Any] = {}
+
+    def __call__(self, workspace: str | None = None) -> ContextStore:
+        ws = workspace or self.config.workspace
+        store = self._stores.get(ws)
+        if store is not None:
+            return store
+        check_workspace(ws)
+        with self._lock:
+            store = self._stores.get(ws)
+            if store is None:
+                if len(self._stores) >= self.max_workspaces:
+                    # Evict the oldest: a bound on memory when auth is off and names come from requests.
+                    old_ws = next(iter(self._stores))
+                    self._stores.pop(old_ws).close()
+                store = ContextStore(config=self.config.with_workspace(ws))
+                self._stores[ws] = store
+        return store
+
+    def open_stores(self) -> list[ContextStore]:
+        return list(self._stores.values())
+
+    def refresh_changed(self) -> None:
+        """Reload definitions of workspaces whose registry changed (after an ``apply`` elsewhere)."""
+        for ws, store in list(self._stores.items()):
+            version_fn = getattr(store.registry, "applied_version", None) if "registry" in store.__dict__ else None
+            if version_fn is None:
+                continue
+            try:
+                v = version_fn()
+            except Exception:
+                continue
+            if ws in self._versions and self._versions[ws] != v:
+                store.refresh()
+            self._versions[ws] = v
+
+    def close(self) -> None:
+        with self._lock:
+            for store in self._stores.values():
+                try:
+                    store.close()
+                except Exception:
+                    pass
+            self._stores.clear()

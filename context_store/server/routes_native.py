@@ -1,0 +1,170 @@
+"""Native endpoints: agent context, similarity, knowledge search and the stream ingest API."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from fastapi import APIRouter, Query
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..errors import InvalidInputError
+from . import schemas
+from .errors import json_response, loads_body
+from .state import ServerState
+
+__all__ = ["native_router", "to_jsonable"]
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Result objects (dataclasses, ``to_dict()``) -> JSON-ready structures."""
+    if hasattr(obj, "to_dict") and callable(obj.to_dict) and not isinstance(obj, dict):
+        return obj.to_dict()
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    return obj
+
+
+def _object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise InvalidInputError("request body must be a JSON object", field="body")
+    return body
+
+
+def _opt(body: dict[str, Any], name: str, kind: type | tuple[type, ...], what: str) -> Any:
+    v = body.get(name)
+    if v is None:
+        return None
+    if isinstance(v, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise InvalidInputError(f"{name} must be {what}", field=name)
+    if not isinstance(v, kind):
+        raise InvalidInputError(f"{name} must be {what}", field=name)
+    return v
+
+
+def _req_str(body: dict[str, Any], name: str) -> str:
+    v = _opt(body, name, str, "a non-empty string")
+    if not v:
+        raise InvalidInputError(f"{name} is required (a non-empty string)", field=name)
+    return v
+
+
+def _k(body: dict[str, Any], default: int, hi: int) -> int:
+    k = _opt(body, "k", int, f"an integer between 1 and {hi}")
+    if k is None:
+        return default
+    if not 1 <= k <= hi:
+        raise InvalidInputError(f"k must be an integer between 1 and {hi}", field="k")
+    return k
+
+
+def native_router(state: ServerState) -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["native"], responses=schemas.ERROR_RESPONSES)
+
+    @router.get("/context/{entity_id}")
+    async def get_context(
+        request: Request,
+        entity_id: str,
+        service: str | None = Query(None, description="context service name (default: the only one)"),
+        max_tokens: int | None = Query(None, ge=1, le=1_000_000),
+        as_of: str | None = Query(None, description="ISO-8601 time; default now"),
+        workspace: str | None = Query(None),
+    ) -> Response:
+        principal = state.authenticate(request)
+        _, store = state.store_for(principal, "read", workspace)
+        request.scope["cs.service"] = service or ""
+        result = await run_in_threadpool(
+            store.get_user_context, entity_id, context_service=service, max_tokens=max_tokens, as_of=as_of
+        )
+        return json_response(to_jsonable(result))
+
+    @router.post("/similar", openapi_extra=schemas.body(schemas.SIMILAR))
+    async def similar(request: Request) -> Response:
+        principal = state.authenticate(request)
+        body = _object(loads_body(await request.body()))
+        view = _req_str(body, "view")
+        text = _opt(body, "text", str, "a string")
+        entity_id = _opt(body, "entity_id", str, "a string")
+        vector = _opt(body, "vector", list, "a list of numbers")
+        if vector is not None and not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in vector):
+            raise InvalidInputError("vector must be a list of numbers", field="vector")
+        if sum(x is not None for x in (text, entity_id, vector)) != 1:
+            raise InvalidInputError("give exactly one of text, entity_id or vector", field="text")
+        flt = _opt(body, "filter", dict, "a JSON object")
+        k = _k(body, 10, 1000)
+        _, store = state.store_for(principal, "read", _opt(body, "workspace", str, "a string"))
+        request.scope["cs.service"] = view
+        result = await run_in_threadpool(
+            lambda: store.find_similar(view, text=text, entity_id=entity_id, vector=vector, k=k, filter=flt)
+        )
+        return json_response(to_jsonable(result))
+
+    @router.post("/knowledge/search", openapi_extra=schemas.body(schemas.KNOWLEDGE))
+    async def knowledge_search(request: Request) -> Response:
+        principal = state.authenticate(request)
+        body = _object(loads_body(await request.body()))
+        knowledge = _req_str(body, "knowledge")
+        query = _req_str(body, "query")
+        k = _k(body, 5, 100)
+        flt = _opt(body, "filter", dict, "a JSON object")
+        _, store = state.store_for(principal, "read", _opt(body, "workspace", str, "a string"))
+        request.scope["cs.service"] = knowledge
+        result = await run_in_threadpool(lambda: store.search_knowledge(knowledge, query, k=k, filter=flt))
+        return json_response(to_jsonable(result))
+
+    @router.post("/ingest", openapi_extra=schemas.body(schemas.INGEST))
+    async def ingest(request: Request) -> Response:
+        """Tecton Stream Ingest API shape: ``{"workspace_name", "dry_run", "records": {source: [{"record": {}}]}}``."""
+        principal = state.authenticate(request)
+        body = _object(loads_body(await request.body()))
+        dry_run = bool(_opt(body, "dry_run", bool, "true or false"))
+        batches = _parse_records(body.get("records"), state.settings.max_ingest_records)
+        ws, store = state.store_for(principal, "ingest", _opt(body, "workspace_name", str, "a string"))
+
+        def run() -> dict[str, Any]:
+            if len(batches) > 1 and not dry_run:
+                # Validate every source first so a bad second source does not leave the first half-applied.
+                for source, rows in batches.items():
+                    store.push(source, rows, dry_run=True)
+            return {source: store.push(source, rows, dry_run=dry_run) for source, rows in batches.items()}
+
+        results = await run_in_threadpool(run)
+        for source, rows in batches.items():
+            state.metrics.ingest_records.labels(ws, source, str(dry_run).lower()).inc(len(rows))
+        return json_response({
+            "workspaceName": ws,
+            "dryRun": dry_run,
+            "recordCounts": {s: len(r) for s, r in batches.items()},
+            "ingestMetrics": {s: to_jsonable(r) for s, r in results.items()},
+        })
+
+    return router
+
+
+def _parse_records(records: Any, limit: int) -> dict[str, list[dict[str, Any]]]:
+    if not isinstance(records, dict) or not records:
+        raise InvalidInputError("records must be a JSON object of source name -> [{\"record\": {...}}, ...]",
+                                field="records")
+    out: dict[str, list[dict[str, Any]]] = {}
+    total = 0
+    for source, items in records.items():
+        where = f"records.{source}"
+        if not isinstance(items, list) or not items:
+            raise InvalidInputError(f"{where} must be a non-empty list of {{\"record\": {{...}}}}", field=where)
+        rows = []
+        for i, item in enumerate(items):
+            rec = item.get("record") if isinstance(item, dict) else None
+            if not isinstance(rec, dict):
+                raise InvalidInputError(f"{where}[{i}] must be {{\"record\": {{...}}}}", field=f"{where}[{i}].record")
+            rows.append(rec)
+        total += len(rows)
+        if total > limit:
+            raise InvalidInputError(f"more than {limit} records in one request; split it", field="records")
+        out[source] = rows
+    return out

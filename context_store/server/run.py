@@ -1,0 +1,143 @@
+"""Start the server under uvicorn (uvloop + httptools), optionally with several worker processes."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+
+from ..errors import InvalidInputError
+
+__all__ = ["ServeOptions", "serve", "app_from_env", "is_loopback", "ENV_OPTIONS"]
+
+ENV_OPTIONS = "CONTEXT_STORE_SERVER_OPTIONS"
+
+
+@dataclass
+class ServeOptions:
+    repo: str = "."
+    workspace: str | None = None
+    online_store: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    auth: bool = True
+    rate_limit: float | None = None
+    max_body: int | None = None
+    mcp: bool = True
+    stream_workers: bool = True
+    log_level: str = "warning"
+    allowed_hosts: list[str] = field(default_factory=list)
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        try:
+            return all(ipaddress.ip_address(a[4][0]).is_loopback for a in socket.getaddrinfo(host, None))
+        except OSError:
+            return False
+
+
+def check_options(opts: ServeOptions) -> None:
+    if not opts.auth and not is_loopback(opts.host):
+        raise InvalidInputError(
+            f"--no-auth is only allowed on a loopback address (127.0.0.1, ::1, localhost), not {opts.host!r}: "
+            "create a key with `context-store keys create` instead",
+            field="--no-auth",
+        )
+    if not 1 <= opts.port <= 65535:
+        raise InvalidInputError("port must be between 1 and 65535", field="--port")
+    if not 1 <= opts.workers <= 64:
+        raise InvalidInputError("workers must be between 1 and 64", field="--workers")
+
+
+def _mcp_hosts(opts: ServeOptions) -> list[str]:
+    from_cli = list(opts.allowed_hosts)
+    if not is_loopback(opts.host) and opts.host not in ("0.0.0.0", "::"):
+        from_cli += [opts.host, f"{opts.host}:*"]
+    if not from_cli:
+        return []
+    try:
+        from tools.http import DEFAULT_ALLOWED_HOSTS
+    except ImportError:
+        DEFAULT_ALLOWED_HOSTS = []
+    return list(DEFAULT_ALLOWED_HOSTS) + from_cli
+
+
+def app_from_env() -> Any:
+    """uvicorn factory (``context_store.server.run:app_from_env``): each worker builds its app from env."""
+    from .app import create_app
+
+    opts = ServeOptions(**orjson.loads(os.environ[ENV_OPTIONS]))
+    overrides: dict[str, Any] = {"rate_limit": opts.rate_limit, "mcp": opts.mcp}
+    if opts.max_body:
+        overrides["max_body"] = opts.max_body
+    hosts = _mcp_hosts(opts)
+    if hosts:
+        overrides["allowed_hosts"] = tuple(hosts)
+    return create_app(opts.repo, workspace=opts.workspace, online_store=opts.online_store, auth=opts.auth, **overrides)
+
+
+def _start_stream_workers(opts: ServeOptions) -> subprocess.Popen[bytes] | None:
+    """``context-store worker`` as a child process (the stream layer owns it) when the store is Redis."""
+    from ..config import load_config
+
+    if not opts.stream_workers or not load_config(opts.repo, online_store=opts.online_store).is_redis:
+        return None
+    try:
+        import context_store.cli.main  # noqa: F401
+    except ImportError:
+        return None
+    cmd = [sys.executable, "-m", "context_store.cli.main", "worker", "--repo", opts.repo]
+    if opts.workspace:
+        cmd += ["--workspace", opts.workspace]
+    env = dict(os.environ)
+    if opts.online_store:
+        env["CONTEXT_STORE_ONLINE_STORE"] = opts.online_store
+    return subprocess.Popen(cmd, env=env)
+
+
+def serve(opts: ServeOptions) -> None:
+    """Run until interrupted: REST + MCP (/mcp) in ``opts.workers`` processes, plus stream workers."""
+    import uvicorn
+
+    check_options(opts)
+    os.environ[ENV_OPTIONS] = orjson.dumps(asdict(opts)).decode()
+    tmp = None
+    if opts.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        tmp = tempfile.TemporaryDirectory(prefix="cs-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tmp.name
+    worker = _start_stream_workers(opts)
+    try:
+        uvicorn.run(
+            "context_store.server.run:app_from_env",
+            factory=True,
+            host=opts.host,
+            port=opts.port,
+            workers=opts.workers,
+            loop="uvloop",
+            http="httptools",
+            log_level=opts.log_level,
+            access_log=False,
+            timeout_graceful_shutdown=5,
+        )
+    finally:
+        if worker is not None:
+            worker.terminate()
+            try:
+                worker.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        if tmp is not None:
+            tmp.cleanup()

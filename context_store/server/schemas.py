@@ -1,0 +1,123 @@
+"""OpenAPI request-body schemas. Bodies are parsed by hand (orjson, no pydantic on the hot path);
+these schemas document them for clients and drive the schemathesis fuzz run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["body", "GET_FEATURES", "GET_FEATURES_BATCH", "METADATA", "SIMILAR", "KNOWLEDGE", "INGEST", "ERROR_RESPONSES"]
+
+_JOIN_KEYS = {"type": "object", "additionalProperties": {"type": ["string", "integer", "null"]}}
+_OPTIONS = {
+    "type": "object",
+    "properties": {k: {"type": "boolean"} for k in (
+        "includeNames", "includeDataTypes", "includeEffectiveTimes", "includeSloInfo", "includeServingStatus")},
+}
+_REQUEST_OPTIONS = {
+    "type": "object",
+    "properties": {"latencyBudgetMs": {"type": "integer", "minimum": 1, "maximum": 600000}},
+}
+
+
+def body(schema: dict[str, Any], example: Any = None) -> dict[str, Any]:
+    content: dict[str, Any] = {"schema": schema}
+    if example is not None:
+        content["example"] = example
+    return {"requestBody": {"required": True, "content": {"application/json": content}}}
+
+
+def _params(props: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["params"],
+        "properties": {"params": {"type": "object", "required": required, "properties": props}},
+    }
+
+
+GET_FEATURES = _params(
+    {
+        "workspaceName": {"type": "string"},
+        "featureServiceName": {"type": "string", "minLength": 1},
+        "joinKeyMap": _JOIN_KEYS,
+        "requestContextMap": {"type": "object"},
+        "metadataOptions": _OPTIONS,
+        "requestOptions": _REQUEST_OPTIONS,
+        "allowPartialResults": {"type": "boolean"},
+    },
+    ["featureServiceName"],
+)
+
+GET_FEATURES_BATCH = _params(
+    {
+        "workspaceName": {"type": "string"},
+        "featureServiceName": {"type": "string", "minLength": 1},
+        "requestData": {
+            "type": "array", "minItems": 1, "maxItems": 1000,
+            "items": {"type": "object", "properties": {"joinKeyMap": _JOIN_KEYS, "requestContextMap": {"type": "object"}}},
+        },
+        "metadataOptions": _OPTIONS,
+        "requestOptions": _REQUEST_OPTIONS,
+        "allowPartialResults": {"type": "boolean"},
+    },
+    ["featureServiceName", "requestData"],
+)
+
+METADATA = _params(
+    {"workspaceName": {"type": "string"}, "featureServiceName": {"type": "string", "minLength": 1}},
+    ["featureServiceName"],
+)
+
+SIMILAR = {
+    "type": "object",
+    "required": ["view"],
+    "properties": {
+        "view": {"type": "string", "minLength": 1},
+        "text": {"type": "string"},
+        "entity_id": {"type": "string"},
+        "vector": {"type": "array", "items": {"type": "number"}},
+        "k": {"type": "integer", "minimum": 1, "maximum": 1000},
+        "filter": {"type": "object"},
+        "workspace": {"type": "string"},
+    },
+}
+
+KNOWLEDGE = {
+    "type": "object",
+    "required": ["knowledge", "query"],
+    "properties": {
+        "knowledge": {"type": "string", "minLength": 1},
+        "query": {"type": "string", "minLength": 1},
+        "k": {"type": "integer", "minimum": 1, "maximum": 100},
+        "filter": {"type": "object"},
+        "workspace": {"type": "string"},
+    },
+}
+
+INGEST = {
+    "type": "object",
+    "required": ["records"],
+    "properties": {
+        "workspace_name": {"type": "string"},
+        "dry_run": {"type": "boolean"},
+        "records": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "array",
+                "items": {"type": "object", "required": ["record"], "properties": {"record": {"type": "object"}}},
+            },
+        },
+    },
+}
+
+_ERR = {"content": {"application/json": {"schema": {
+    "type": "object", "required": ["message"], "properties": {"message": {"type": "string"}, "field": {"type": "string"}},
+}}}}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Bad request (the message names the field)", **_ERR},
+    401: {"description": "Missing or invalid API key", **_ERR},
+    403: {"description": "Key not allowed for this workspace or scope", **_ERR},
+    404: {"description": "Unknown feature service / view / knowledge", **_ERR},
+    413: {"description": "Request body too large", **_ERR},
+    429: {"description": "Rate limit exceeded", **_ERR},
+    503: {"description": "Online store unreachable; retry", **_ERR},
+}

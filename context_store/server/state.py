@@ -1,0 +1,64 @@
+"""Per-app server state: settings, the store resolver, keys, limits and metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+
+from ..config import Config
+from ..serving.store import ContextStore
+from .auth import Principal, authenticate, authorize
+from .keys import KeyStore
+from .limits import DEFAULT_MAX_BODY, RateLimiter
+from .metrics import Metrics
+from .resolver import StoreResolver
+
+__all__ = ["ServerSettings", "ServerState"]
+
+
+@dataclass
+class ServerSettings:
+    auth: bool = True                    # False only for loopback development (``serve --no-auth``)
+    max_body: int = DEFAULT_MAX_BODY     # bytes
+    rate_limit: float | None = None      # default per-key requests/second (keys may carry their own)
+    max_batch_rows: int = 1000
+    max_ingest_records: int = 10_000
+    refresh_interval: float = 5.0        # seconds between registry-change checks
+    mcp: bool = True
+    freshness_sample: int = 16           # record freshness age on 1 request in N
+    allowed_hosts: tuple[str, ...] = ()  # extra Host headers MCP accepts (DNS-rebinding protection)
+    allowed_origins: tuple[str, ...] = ()
+
+
+class ServerState:
+    def __init__(self, config: Config, settings: ServerSettings, key_store: KeyStore | None) -> None:
+        self.config = config
+        self.settings = settings
+        self.keys = key_store if settings.auth else None
+        self.resolver = StoreResolver(config)
+        self.limiter = RateLimiter(settings.rate_limit)
+        self.metrics = Metrics()
+        self.counter = 0
+
+    def authenticate(self, request: Request) -> Principal:
+        """401 for a missing/invalid key, 429 over the key's rate."""
+        p = authenticate(request.headers.get("authorization"), self.keys)
+        if p.key_id is not None:
+            self.limiter.check(p.key_id, p.rate_limit)
+        return p
+
+    def store_for(self, principal: Principal, scope: str, workspace: str | None) -> tuple[str, ContextStore]:
+        """403 unless the key allows ``scope`` in ``workspace``; then that workspace's store."""
+        ws = authorize(principal, scope, workspace or (principal.workspace or self.config.workspace))
+        return ws, self.resolver(ws)
+
+    def sample(self) -> bool:
+        self.counter += 1
+        return self.counter % self.settings.freshness_sample == 0
+
+    def close(self) -> Any:
+        self.resolver.close()
+        if self.keys is not None:
+            self.keys.close()

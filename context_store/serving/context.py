@@ -1,0 +1,362 @@
+"""``get_user_context``: everything an agent should know about one entity, in one call.
+
+A context service (``cs.ContextService``) names what goes in: a feature service's values, the
+last N events of a stream source, the top-k items similar to the entity's interest vector and,
+for a query, knowledge chunks. Every value carries provenance (feature view, effective time,
+age) and the whole is rendered as compact text for a prompt, trimmed by priority to a token
+budget counted with the MiniLM tokenizer (ships offline, no network).
+
+``as_of=t`` rebuilds the context as it was at ``t`` from the offline store (point-in-time
+features via ``get_training_data``, events strictly before ``t``) so a decision can be replayed.
+
+Free text from users and documents is *data*: control characters are stripped, lengths are
+bounded, and the rendered text says so in its first line.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InvalidInputError, NotFoundError
+from ..types import KnowledgeChunk, SimilarItem
+from .context_text import _CONTROL, _SPACE, MAX_TEXT_CHARS, clean_text, count_tokens, iso, jsonable, render
+
+if TYPE_CHECKING:
+    from ..definitions import ContextService
+    from .store import ContextStore
+
+__all__ = [
+    "FeatureValue", "RecentEvent", "UserContext", "get_user_context",
+    "clean_text", "jsonable", "count_tokens", "iso", "parse_time", "MAX_TEXT_CHARS",
+]
+
+_MIN_TOKENS = 16
+_MAX_ENTITY_ID = 256
+
+
+def parse_time(value: datetime | str | int | float | None, field_name: str = "as_of") -> datetime | None:
+    """ISO-8601 string, aware/naive datetime (naive = UTC) or epoch seconds -> aware UTC datetime."""
+    if value is None:
+        return None
+    try:
+        if isinstance(value, datetime):
+            t = value
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            t = datetime.fromtimestamp(float(value), tz=timezone.utc)
+        elif isinstance(value, str):
+            t = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+        else:
+            raise TypeError
+    except (TypeError, ValueError, OverflowError, OSError):
+        raise InvalidInputError(
+            f"{field_name} must be an ISO-8601 time such as '2026-01-31T12:00:00Z', got {value!r}", field=field_name
+        ) from None
+    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+
+
+# -- result types ------------------------------------------------------------------------------
+@dataclass(slots=True)
+class FeatureValue:
+    """One feature value with its provenance."""
+
+    name: str                      # "view.feature"
+    value: Any
+    view: str
+    status: str                    # PRESENT | MISSING_DATA
+    effective_time: datetime | None
+    age_ms: int | None             # served_at - effective_time
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "value": jsonable(self.value), "view": self.view, "status": self.status,
+            "effective_time": iso(self.effective_time) if self.effective_time else None, "age_ms": self.age_ms,
+        }
+
+
+@dataclass(slots=True)
+class RecentEvent:
+    timestamp: datetime
+    age_ms: int
+    values: dict[str, Any]         # the event's columns (untrusted: they came from users/clients)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"timestamp": iso(self.timestamp), "age_ms": self.age_ms, "values": jsonable(self.values)}
+
+
+@dataclass(slots=True)
+class UserContext:
+    """What ``get_user_context`` returns. ``text`` is the prompt-ready rendering."""
+
+    entity_id: str
+    context_service: str
+    join_keys: dict[str, Any]
+    served_at: datetime            # the time the context is valid for (request time, or as_of)
+    as_of: datetime | None         # set when rebuilt from the offline store
+    features: list[FeatureValue]
+    recent_events_source: str | None
+    recent_events: list[RecentEvent]
+    similar_view: str | None
+    similar: list[SimilarItem]
+    knowledge_name: str | None
+    knowledge: list[KnowledgeChunk]
+    text: str
+    tokens: int | None             # MiniLM tokens of ``text`` (counted when max_tokens is set)
+    max_tokens: int | None
+    omitted: dict[str, int] = field(default_factory=dict)   # section -> items left out of ``text``
+    notes: list[str] = field(default_factory=list)           # parts skipped, and why
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def feature_values(self) -> dict[str, Any]:
+        return {f.name: f.value for f in self.features}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "entity_id": self.entity_id,
+            "context_service": self.context_service,
+            "join_keys": jsonable(self.join_keys),
+            "served_at": iso(self.served_at),
+            "as_of": iso(self.as_of) if self.as_of else None,
+            "features": {f.name: jsonable(f.value) for f in self.features},
+            "provenance": {f.name: {k: v for k, v in f.to_dict().items() if k not in ("name", "value")} for f in self.features},
+            "recent_events_source": self.recent_events_source,
+            "recent_events": [e.to_dict() for e in self.recent_events],
+            "similar_view": self.similar_view,
+            "similar": [
+                {"entity_id": clean_text(str(i.entity_id), 256), "score": jsonable(i.score), "attributes": jsonable(i.attributes)}
+                for i in self.similar
+            ],
+            "knowledge_name": self.knowledge_name,
+            "knowledge": [
+                {"text": clean_text(c.text, MAX_TEXT_CHARS, keep_newlines=True), "score": jsonable(c.score),
+                 "source": clean_text(c.source, 512), "start": c.start, "end": c.end, "chunk_id": c.chunk_id}
+                for c in self.knowledge
+            ],
+            "text": self.text,
+            "tokens": self.tokens,
+            "max_tokens": self.max_tokens,
+            "omitted": dict(self.omitted),
+            "notes": list(self.notes),
+        }
+
+
+# -- the call ------------------------------------------------------------------------------------
+def get_user_context(
+    store: ContextStore,
+    entity_id: str,
+    *,
+    context_service: str | None = None,
+    max_tokens: int | None = None,
+    as_of: datetime | str | None = None,
+    query: str | None = None,
+    request_time: datetime | None = None,
+) -> UserContext:
+    """Build the context of one entity; see the module docstring. ``query`` adds knowledge chunks."""
+    svc = _resolve_service(store, context_service)
+    join_keys = _join_keys(svc, entity_id)
+    if max_tokens is not None and (
+        not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not _MIN_TOKENS <= max_tokens <= 100_000
+    ):
+        raise InvalidInputError(f"max_tokens must be an int in {_MIN_TOKENS}..100000, got {max_tokens!r}", field="max_tokens")
+    if query is not None and (not isinstance(query, str) or not query.strip() or len(query) > 2000):
+        raise InvalidInputError("query must be a non-empty string of at most 2000 characters", field="query")
+    now = datetime.now(timezone.utc)
+    replay = parse_time(as_of, "as_of")
+    if replay is not None and replay > now + timedelta(seconds=1):
+        raise InvalidInputError(f"as_of {iso(replay)} is in the future; a context can only be replayed", field="as_of")
+    served_at = replay or (parse_time(request_time, "request_time") if request_time is not None else now)
+    assert served_at is not None
+    timings: dict[str, float] = {}
+    notes: list[str] = []
+
+    t0 = time.perf_counter()
+    features: list[FeatureValue] = []
+    raw: dict[str, Any] = {}
+    if svc.feature_service is not None:
+        features = (_features_as_of if replay else _features_online)(store, svc, join_keys, served_at)
+        raw = {f.name: f.value for f in features}
+    t1 = time.perf_counter()
+    timings["features"] = (t1 - t0) * 1e3
+
+    events: list[RecentEvent] = []
+    source_name = None
+    if svc.recent_events is not None:
+        source, n = svc.recent_events
+        source_name = source.name
+        rows = _recent_events(store, source, join_keys, n, served_at, from_offline=replay is not None, notes=notes)
+        events = [_event(r, source.timestamp_field, served_at) for r in rows]
+    t2 = time.perf_counter()
+    timings["recent_events"] = (t2 - t1) * 1e3
+
+    similar: list[SimilarItem] = []
+    similar_view = None
+    if svc.similar is not None:
+        view, k = svc.similar
+        similar_view = view.name
+        vector = _interest_vector(svc, raw)
+        if vector is None:
+            notes.append("similar: skipped, no interest vector for this entity" if svc.interest
+                         else "similar: skipped, the context service names no interest feature")
+        else:
+            similar = list(store.find_similar(view.name, vector=vector, k=k).items)
+            if replay is not None:
+                notes.append("similar: ranked with the interest vector as of as_of against current item vectors")
+    t3 = time.perf_counter()
+    timings["similar"] = (t3 - t2) * 1e3
+
+    chunks: list[KnowledgeChunk] = []
+    knowledge_name = None
+    if svc.knowledge is not None:
+        kb, k = svc.knowledge
+        knowledge_name = kb.name
+        if query is not None:
+            chunks = list(store.search_knowledge(kb.name, query, k=k).chunks)
+        else:
+            notes.append("knowledge: skipped, no query given")
+    t4 = time.perf_counter()
+    timings["knowledge"] = (t4 - t3) * 1e3
+
+    ctx = UserContext(
+        entity_id=str(entity_id), context_service=svc.name, join_keys=join_keys, served_at=served_at, as_of=replay,
+        features=features, recent_events_source=source_name, recent_events=events, similar_view=similar_view,
+        similar=similar, knowledge_name=knowledge_name, knowledge=chunks, text="", tokens=None,
+        max_tokens=max_tokens, notes=notes, timings_ms=timings,
+    )
+    ctx.text, ctx.tokens, ctx.omitted = render(ctx, max_tokens)
+    timings["render"] = (time.perf_counter() - t4) * 1e3
+    return ctx
+
+
+def _resolve_service(store: ContextStore, name: str | None) -> ContextService:
+    defs = store.definitions
+    if name is None:
+        if not defs.context_services:
+            raise NotFoundError("no context service is defined in this workspace", field="context_service")
+        return next(iter(defs.context_services.values()))
+    if not isinstance(name, str):
+        raise InvalidInputError("context_service must be a string", field="context_service")
+    return defs.context_service(name)
+
+
+def _join_keys(svc: ContextService, entity_id: Any) -> dict[str, Any]:
+    if isinstance(entity_id, bool) or not isinstance(entity_id, (str, int)):
+        raise InvalidInputError("entity_id must be a string", field="entity_id")
+    sid = str(entity_id)
+    if not sid or len(sid) > _MAX_ENTITY_ID or _CONTROL.search(sid) or _SPACE.search(sid):
+        raise InvalidInputError(
+            f"entity_id must be 1-{_MAX_ENTITY_ID} characters without control characters", field="entity_id"
+        )
+    fields = svc.entity.join_key_fields
+    if len(fields) != 1:
+        raise InvalidInputError(
+            f"entity {svc.entity.name!r} has join keys {svc.entity.join_keys}; get_user_context needs one", field="entity_id"
+        )
+    key = fields[0]
+    if key.dtype.name == "int64":
+        try:
+            return {key.name: int(sid)}
+        except ValueError:
+            raise InvalidInputError(f"entity_id must be an integer ({key.name} is int64), got {sid!r}", field="entity_id") from None
+    return {key.name: sid}
+
+
+def _age_ms(served_at: datetime, t: datetime | None) -> int | None:
+    if t is None:
+        return None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)
+    return int((served_at - t) / timedelta(milliseconds=1))
+
+
+def _features_online(store: ContextStore, svc: ContextService, join_keys: dict[str, Any], at: datetime) -> list[FeatureValue]:
+    fs = svc.feature_service
+    assert fs is not None
+    vec = store.get_features(fs.name, join_keys, None, at)
+    meta = {m.name: m for m in vec.metadata}
+    out: list[FeatureValue] = []
+    for name, value in vec.feature_values.items():
+        m = meta.get(name)
+        eff = m.effective_time if m else None
+        out.append(FeatureValue(
+            name=name, value=value, view=m.view if m else name.split(".", 1)[0],
+            status=m.status if m else ("MISSING_DATA" if value is None else "PRESENT"),
+            effective_time=eff, age_ms=_age_ms(at, eff),
+        ))
+    return out
+
+
+def _features_as_of(store: ContextStore, svc: ContextService, join_keys: dict[str, Any], at: datetime) -> list[FeatureValue]:
+    """Point-in-time values from the offline store: a one-row spine at ``at``."""
+    import pyarrow as pa
+
+    fs = svc.feature_service
+    assert fs is not None
+    cols: dict[str, pa.Array] = {}
+    for f in svc.entity.join_key_fields:
+        cols[f.name] = pa.array([join_keys[f.name]], type=f.dtype.to_arrow())
+    cols["timestamp"] = pa.array([at], type=pa.timestamp("us", tz="UTC"))
+    table = store.get_training_data(pa.table(cols), fs.name, "timestamp")
+    if not isinstance(table, pa.Table):
+        table = pa.Table.from_pandas(table, preserve_index=False)
+    row = table.slice(0, 1).to_pylist()[0] if table.num_rows else {}
+    out: list[FeatureValue] = []
+    for sel in fs.selections:
+        for feat in sel.features:
+            value = row.get(f"{sel.view.name}__{feat}")
+            is_agg = bool(getattr(sel.view, "aggregations", ()))
+            # An aggregate is as fresh as its window end; a row feature's own time is not in the spine output.
+            eff = _window_end(sel.view, at) if is_agg else None
+            out.append(FeatureValue(
+                name=f"{sel.view.name}.{feat}", value=value, view=sel.view.name,
+                status="MISSING_DATA" if value is None else "PRESENT", effective_time=eff, age_ms=_age_ms(at, eff),
+            ))
+    return out
+
+
+def _window_end(view: Any, at: datetime) -> datetime:
+    interval = getattr(view, "aggregation_interval", None)
+    if not interval:
+        return at
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    return epoch + ((at - epoch) // interval) * interval
+
+
+def _interest_vector(svc: ContextService, values: Mapping[str, Any]) -> list[float] | None:
+    if not svc.interest:
+        return None
+    name = svc.interest.replace("__", ".", 1) if "__" in svc.interest and "." not in svc.interest else svc.interest
+    v = values.get(name)
+    if v is None:
+        return None
+    vec = v.tolist() if hasattr(v, "tolist") else list(v)
+    if not vec or any(x is None or not math.isfinite(float(x)) for x in vec):
+        return None
+    return [float(x) for x in vec]
+
+
+def _recent_events(
+    store: ContextStore, source: Any, join_keys: dict[str, Any], n: int, before: datetime,
+    *, from_offline: bool, notes: list[str],
+) -> list[dict[str, Any]]:
+    """The last ``n`` events with ``ts < before``, newest first."""
+    from .context_events import offline_recent_events, online_recent_events
+
+    rows = None if from_offline else online_recent_events(store, source, join_keys, n, before)
+    if rows is None:
+        rows = offline_recent_events(store, source, join_keys, n, before)
+        if rows is None:
+            notes.append(f"recent_events: source {source.name!r} has no stored events yet")
+            return []
+    return rows
+
+
+def _event(row: Mapping[str, Any], ts_field: str, served_at: datetime) -> RecentEvent:
+    ts = parse_time(row.get(ts_field), ts_field) or served_at
+    return RecentEvent(timestamp=ts, age_ms=_age_ms(served_at, ts) or 0, values={k: v for k, v in row.items() if k != ts_field})
+
+

@@ -1,0 +1,532 @@
+"""``VectorService``: embedding views and knowledge collections, served from FAISS.
+
+Durable rows live in LanceDB (``stores.vector.LanceVectors`` at ``<offline_path>/vectors``);
+each view / knowledge base gets an in-memory ``FaissIndex`` built from them on first use. Writes
+go to Lance first, then to the index, so an accepted change is durable before it is visible.
+Rows written by another process (a stream worker) are picked up by a cheap version check at
+most once per ``refresh_interval`` seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ..compute.embeddings import (
+    embed_texts,
+    file_digest,
+    knowledge_files,
+    latest_rows,
+    read_chunks,
+    text_hash,
+)
+from ..config import Config
+from ..definitions import EmbeddingView, FileSource, Knowledge, StreamSource
+from ..errors import InvalidInputError, NotFoundError
+from ..registry.repo import RepoDefinitions
+from ..stores.vector import FaissIndex, LanceVectors, compile_filter, embedding_table, knowledge_table, vector_array
+from ..types import KnowledgeChunk, KnowledgeResult, SimilarItem, SimilarResult
+
+__all__ = ["VectorService", "MAX_K", "MAX_TEXT"]
+
+MAX_K = 100
+MAX_TEXT = 10_000  # characters of a query text
+_KEY = "entity_id"  # the key column of emb__ tables (the view's join key values, as strings)
+_A = "a__"  # attribute columns are prefixed in Lance so they never clash with ours
+_LOOKBACK_US = 5_000_000  # re-read this much before the newest row seen (clock skew between writers)
+
+
+@dataclass
+class _State:
+    index: FaissIndex
+    table: str
+    hashes: dict[str, str] = field(default_factory=dict)  # id -> row hash (text + attributes)
+    version: int | None = None
+    max_updated: int = 0
+    checked_at: float = 0.0
+
+
+def _check_k(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= int(k) <= MAX_K:
+        raise InvalidInputError(f"k must be an integer in 1..{MAX_K}, got {k!r}", field="k")
+    return int(k)
+
+
+def _check_text(text: Any, name: str) -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidInputError(f"{name} must be a non-empty string", field=name)
+    if len(text) > MAX_TEXT:
+        raise InvalidInputError(f"{name} is longer than {MAX_TEXT} characters", field=name)
+    return text
+
+
+def _vectors_of(col: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if len(arr) == 0:
+        return np.zeros((0, dim), dtype=np.float32)
+    return arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(len(arr), -1)
+
+
+class VectorService:
+    def __init__(
+        self,
+        defs: RepoDefinitions,
+        config: Config,
+        offline: Any = None,
+        *,
+        refresh_interval: float = 1.0,
+        flat_threshold: int = 10_000,
+    ) -> None:
+        self.defs = defs
+        self.config = config
+        self.offline = offline
+        self.refresh_interval = refresh_interval
+        self.flat_threshold = flat_threshold
+        self._lock = threading.RLock()
+        self._views: dict[str, _State] = {}
+        self._kbs: dict[str, _State] = {}
+        self._lance: LanceVectors | None = None
+
+    @property
+    def lance(self) -> LanceVectors:
+        if self._lance is None:
+            with self._lock:
+                if self._lance is None:
+                    self._lance = LanceVectors(Path(self.config.offline_path) / "vectors")
+        return self._lance
+
+    # -- definitions -----------------------------------------------------------------------
+    def _view(self, name: Any) -> EmbeddingView:
+        if not isinstance(name, str) or name not in self.defs.embedding_views:
+            known = ", ".join(sorted(self.defs.embedding_views)) or "none"
+            raise NotFoundError(f"unknown embedding view {name!r}; known: {known}", field="view")
+        return self.defs.embedding_views[name]
+
+    def _kb(self, name: Any) -> Knowledge:
+        if not isinstance(name, str) or name not in self.defs.knowledge:
+            known = ", ".join(sorted(self.defs.knowledge)) or "none"
+            raise NotFoundError(f"unknown knowledge {name!r}; known: {known}", field="knowledge")
+        return self.defs.knowledge[name]
+
+    @staticmethod
+    def _embed(texts: Sequence[str], embedder: str) -> np.ndarray:
+        try:
+            return embed_texts(texts, embedder)
+        except KeyError as e:
+            raise InvalidInputError(str(e.args[0] if e.args else e), field="embedder") from None
+
+    @staticmethod
+    def _columns(view: EmbeddingView) -> list[str]:
+        """Attributes stored beside each vector: the text column, then the declared attributes."""
+        return list(dict.fromkeys([view.text, *[a for a in view.attributes if a != view.join_key]]))
+
+    # -- loading ---------------------------------------------------------------------------
+    def _new_index(self, dim: int, kind: str) -> FaissIndex:
+        return FaissIndex(dim, kind, flat_threshold=self.flat_threshold)
+
+    def _load(self, table: str, dim: int, kind: str, key: str, attrs: list[str]) -> _State:
+        state = _State(self._new_index(dim, kind), table)
+        state.version = self.lance.version(table)
+        data = self.lance.read(table)
+        if data is not None and data.num_rows:
+            self._apply(state, data, key, attrs)
+        state.checked_at = time.monotonic()
+        return state
+
+    def _apply(self, state: _State, data: pa.Table, key: str, attrs: list[str]) -> None:
+        """Upsert Lance rows into a state's index (skipping rows it already holds unchanged)."""
+        ids = data.column(key).to_pylist()
+        hashes = data.column("row_hash").to_pylist()
+        fresh = [i for i, (id_, h) in enumerate(zip(ids, hashes)) if state.hashes.get(id_) != h]
+        if not fresh:
+            return
+        if len(fresh) < len(ids):
+            data = data.take(pa.array(fresh, type=pa.int64()))
+            ids = [ids[i] for i in fresh]
+            hashes = [hashes[i] for i in fresh]
+        cols = {a: data.column(col).to_pylist() for a, col in attrs_map(attrs).items() if col in data.column_names}
+        rows = [{a: cols[a][i] for a in cols} for i in range(len(ids))]
+        state.index.upsert(ids, _vectors_of(data.column("vector"), state.index.dim), rows)
+        state.hashes.update(zip(ids, hashes))
+        state.max_updated = max(state.max_updated, int(max(data.column("updated_us").to_pylist())))
+
+    def _refresh(self, state: _State, key: str, attrs: list[str], reload: Any) -> _State:
+        """Pick up rows other processes wrote since we last looked (throttled)."""
+        now = time.monotonic()
+        if now - state.checked_at < self.refresh_interval:
+            return state
+        state.checked_at = now
+        version = self.lance.version(state.table)
+        if version == state.version:
+            return state
+        with self._lock:
+            delta = self.lance.read_since(state.table, state.max_updated - _LOOKBACK_US)
+            if delta is not None and delta.num_rows:
+                self._apply(state, delta, key, attrs)
+            state.version = version
+            if self.lance.count(state.table) != len(state.index):
+                return reload()  # rows were deleted elsewhere: rebuild from the durable table
+        return state
+
+    def _view_state(self, view: EmbeddingView, auto_backfill: bool = True) -> _State:
+        state = self._views.get(view.name)
+        attrs = self._columns(view)
+        if state is None:
+            with self._lock:
+                state = self._views.get(view.name)
+                if state is None:
+                    table = embedding_table(view.name)
+                    dim = self._dim(view.embedder)
+                    schema = self.lance.schema(table)
+                    if schema is not None and not self._schema_ok(schema, dim, attrs):
+                        self.lance.drop(table)  # embedder or attributes changed: recompute all
+                    state = self._load(table, dim, view.index, _KEY, attrs)
+                    self._views[view.name] = state
+                    if auto_backfill and state.version is None and isinstance(view.source, (FileSource, StreamSource)):
+                        self._backfill_view(view, state, progress=False)
+            return state
+
+        def reload() -> _State:
+            self._views.pop(view.name, None)
+            return self._view_state(view, auto_backfill=False)
+
+        return self._refresh(state, _KEY, attrs, reload)
+
+    def _dim(self, embedder: str) -> int:
+        from embedders import embedder_dim
+
+        dim = embedder_dim(embedder)
+        return dim if dim is not None else int(self._embed(["dim probe"], embedder).shape[1])
+
+    @staticmethod
+    def _schema_ok(schema: pa.Schema, dim: int, attrs: list[str]) -> bool:
+        vt = schema.field("vector").type if "vector" in schema.names else None
+        if not isinstance(vt, pa.FixedSizeListType) or vt.list_size != dim:
+            return False
+        have = {n[len(_A):] for n in schema.names if n.startswith(_A)}
+        return have == set(attrs)
+
+    # -- embedding views: writes -------------------------------------------------------------
+    def _source_rows(self, view: EmbeddingView) -> pa.Table:
+        from ..compute.transform import batch_source_of, read_source
+
+        src = view.source
+        parts: list[pa.Table] = []
+        if batch_source_of(src) is not None:
+            parts.append(read_source(src, self.config.repo))
+        if isinstance(src, StreamSource) and self.offline is not None:
+            try:
+                from ..stores.offline import source_table
+
+                name = source_table(src.name)
+                if self.offline.exists(name):
+                    parts.append(self.offline.read(name))
+            except NotFoundError:
+                pass
+        if not parts:
+            return pa.table({view.join_key: pa.array([], pa.string()), view.text: pa.array([], pa.string())})
+        return pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
+
+    def _backfill_view(self, view: EmbeddingView, state: _State, progress: bool) -> dict[str, int]:
+        rows = latest_rows(view, self._source_rows(view), view.source.timestamp_field or None)
+        return self._write_rows(view, state, rows, progress)
+
+    def _write_rows(self, view: EmbeddingView, state: _State, rows: pa.Table, progress: bool = False) -> dict[str, int]:
+        key, attrs = view.join_key, self._columns(view)
+        ids = rows.column(key).cast(pa.string()).to_pylist()
+        texts = ["" if t is None else str(t) for t in rows.column(view.text).to_pylist()]
+        cols = {a: rows.column(a) for a in attrs}
+        thash = [text_hash(t, view.embedder) for t in texts]
+        pyattrs = {a: c.to_pylist() for a, c in cols.items()}
+        # Row hash = text hash + attributes hash, so "text unchanged" is a prefix test.
+        full = [th + text_hash(repr([pyattrs[a][i] for a in attrs]), "row") for i, th in enumerate(thash)]
+        todo = [i for i, id_ in enumerate(ids) if state.hashes.get(id_) != full[i]]
+        stats = {"rows": len(ids), "unchanged": len(ids) - len(todo), "embedded": 0, "updated": len(todo)}
+        if not todo:
+            return stats
+        vecs = np.zeros((len(todo), state.index.dim), dtype=np.float32)
+        need: list[int] = []
+        for j, i in enumerate(todo):
+            old = state.index.get_vector(ids[i]) if state.hashes.get(ids[i], "").startswith(thash[i]) else None
+            if old is not None:
+                vecs[j] = old  # only attributes changed: keep the vector
+            else:
+                need.append(j)
+        stats["embedded"] = len(need)
+        bar = None
+        if progress and need:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(need), desc=f"embed {view.name}", unit="row")
+        step = 512
+        for s in range(0, len(need), step):
+            part = need[s : s + step]
+            vecs[part] = self._embed([texts[todo[j]] for j in part], view.embedder)
+            if bar is not None:
+                bar.update(len(part))
+        if bar is not None:
+            bar.close()
+        rh = [full[i] for i in todo]
+        sel = pa.array(todo, type=pa.int64())
+        now = self.lance.now_us()
+        data = pa.table(
+            {
+                _KEY: pa.array([ids[i] for i in todo], pa.string()),
+                "vector": vector_array(vecs),
+                "row_hash": pa.array(rh, pa.string()),
+                "updated_us": pa.array([now] * len(todo), pa.int64()),
+                **{_A + a: cols[a].take(sel) for a in attrs},
+            }
+        )
+        with self._lock:
+            self.lance.upsert(state.table, data, _KEY)  # durable first
+            self._apply(state, data, _KEY, attrs)
+            state.version = self.lance.version(state.table)
+        return stats
+
+    def backfill(self, views: Sequence[str] | None = None, progress: bool = False) -> dict[str, dict[str, int]]:
+        """Embed every embedding view's latest source rows; only new or changed rows are embedded."""
+        names = list(views) if views is not None else list(self.defs.embedding_views)
+        out: dict[str, dict[str, int]] = {}
+        for name in names:
+            view = self._view(name)
+            state = self._view_state(view, auto_backfill=False)
+            out[name] = self._backfill_view(view, state, progress)
+        return out
+
+    def upsert_entities(self, view: str, rows: Iterable[Mapping[str, Any]] | pa.Table) -> int:
+        """Insert or update entities (key, text, attributes) of one view; visible when this returns."""
+        v = self._view(view)
+        try:
+            table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(list(rows))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as e:
+            raise InvalidInputError(f"rows must be a list of objects with consistent types: {e}", field="rows") from None
+        for col in (v.join_key, v.text):
+            if col not in table.column_names:
+                raise InvalidInputError(f"rows need a {col!r} column", field=col)
+        for col in self._columns(v):
+            if col not in table.column_names:  # a partial update leaves the attribute null
+                table = table.append_column(col, pa.nulls(table.num_rows))
+        ts = v.source.timestamp_field if v.source.timestamp_field in table.column_names else None
+        latest = latest_rows(v, table, ts)
+        state = self._view_state(v)  # a never-backfilled view gets its history first
+        return self._write_rows(v, state, latest)["updated"]
+
+    def delete_entities(self, view: str, ids: Sequence[str]) -> int:
+        v = self._view(view)
+        state = self._view_state(v)
+        ids = [str(i) for i in ids]
+        with self._lock:
+            self.lance.delete(state.table, _KEY, ids)
+            n = state.index.delete(ids)
+            for i in ids:
+                state.hashes.pop(i, None)
+            state.version = self.lance.version(state.table)
+        return n
+
+    # -- embedding views: reads --------------------------------------------------------------
+    def find_similar(
+        self,
+        view: str,
+        *,
+        text: str | None = None,
+        entity_id: str | None = None,
+        vector: Sequence[float] | None = None,
+        k: int = 10,
+        filter: Mapping[str, Any] | None = None,
+    ) -> SimilarResult:
+        v = self._view(view)
+        k = _check_k(k)
+        given = [n for n, x in (("text", text), ("entity_id", entity_id), ("vector", vector)) if x is not None]
+        if len(given) != 1:
+            raise InvalidInputError(
+                "give exactly one of text, entity_id or vector" + (f" (got {', '.join(given)})" if given else ""),
+                field="query",
+            )
+        conds = compile_filter(filter, self._columns(v))  # validates names and ops up front
+        state = self._view_state(v)
+        exclude: tuple[str, ...] = ()
+        if text is not None:
+            q = self._embed([_check_text(text, "text")], v.embedder)[0]
+        elif entity_id is not None:
+            if not isinstance(entity_id, (str, int)) or isinstance(entity_id, bool):
+                raise InvalidInputError("entity_id must be a string", field="entity_id")
+            eid = str(entity_id)
+            found = state.index.get_vector(eid)
+            if found is None:
+                raise NotFoundError(f"entity {eid!r} has no embedding in view {v.name!r}", field="entity_id")
+            q, exclude = found, (eid,)
+        else:
+            q = self._check_vector(vector, state.index.dim)
+        hits = state.index.search(q, k, filter=filter if conds else None, exclude=exclude)
+        attrs = state.index.search_attributes(hits)
+        return SimilarResult(view=v.name, items=[SimilarItem(i, s, a) for (i, s), a in zip(hits, attrs)])
+
+    @staticmethod
+    def _check_vector(vector: Any, dim: int) -> np.ndarray:
+        try:
+            q = np.asarray(vector, dtype=np.float32).reshape(-1) if not isinstance(vector, (str, bytes)) else None
+        except (TypeError, ValueError):
+            q = None
+        if q is None or q.ndim != 1:
+            raise InvalidInputError("vector must be a list of numbers", field="vector")
+        if q.shape[0] != dim:
+            raise InvalidInputError(f"vector has dimension {q.shape[0]}, the view's embeddings have {dim}", field="vector")
+        n = float(np.linalg.norm(q))
+        if not math.isfinite(n) or n == 0.0:
+            raise InvalidInputError("vector must be finite and non-zero", field="vector")
+        return q
+
+    def embed_query(self, view: str, text: str) -> np.ndarray:
+        """The query vector ``find_similar(view, text=...)`` would use."""
+        v = self._view(view)
+        return self._embed([_check_text(text, "text")], v.embedder)[0]
+
+    # -- knowledge ---------------------------------------------------------------------------
+    _KB_ATTRS = ["file", "source", "start", "end", "text"]
+
+    def _kb_state(self, kb: Knowledge, auto_index: bool = True) -> _State:
+        state = self._kbs.get(kb.name)
+        if state is None:
+            with self._lock:
+                state = self._kbs.get(kb.name)
+                if state is None:
+                    table = knowledge_table(kb.name)
+                    dim = self._dim(kb.embedder)
+                    schema = self.lance.schema(table)
+                    if schema is not None and not self._schema_ok(schema, dim, self._KB_ATTRS):
+                        self.lance.drop(table)
+                    state = self._load(table, dim, "auto", "chunk_id", self._KB_ATTRS)
+                    self._kbs[kb.name] = state
+                    if auto_index and state.version is None:
+                        self._index_kb(kb, state)
+            return state
+
+        def reload() -> _State:
+            self._kbs.pop(kb.name, None)
+            return self._kb_state(kb, auto_index=False)
+
+        return self._refresh(state, "chunk_id", self._KB_ATTRS, reload)
+
+    def _index_kb(self, kb: Knowledge, state: _State, progress: bool = False) -> dict[str, int]:
+        repo = Path(self.config.repo)
+        files = knowledge_files(kb, repo)
+        digests: dict[str, str] = {}
+        known = self.lance.read(state.table, columns=["file", "row_hash"])
+        if known is not None:
+            for f, h in zip(known.column("file").to_pylist(), known.column("row_hash").to_pylist()):
+                digests[f] = h.split(":", 1)[0]
+        stats = {"files": len(files), "reindexed": 0, "removed": 0, "chunks": 0}
+        seen: set[str] = set()
+        it: Iterable[Path] = files
+        if progress:
+            from tqdm import tqdm
+
+            it = tqdm(files, desc=f"index {kb.name}", unit="file")
+        for path in it:
+            rel = _rel_or(path, repo, path.as_posix())
+            seen.add(rel)
+            digest = file_digest(path, kb)
+            if digests.get(rel) == digest:
+                continue
+            chunks = read_chunks(kb, path, repo)
+            texts = [f"{c.context}\n{c.text}" if c.context else c.text for c in chunks]
+            vecs = self._embed(texts, kb.embedder) if chunks else np.zeros((0, state.index.dim), np.float32)
+            now = self.lance.now_us()
+            data = pa.table(
+                {
+                    "chunk_id": pa.array([c.chunk_id for c in chunks], pa.string()),
+                    "vector": vector_array(vecs) if chunks else pa.array([], pa.list_(pa.float32(), state.index.dim)),
+                    # digest first: a file is unchanged when every chunk's hash starts with it
+                    "row_hash": pa.array([f"{digest}:{text_hash(c.text, kb.embedder)}" for c in chunks], pa.string()),
+                    "updated_us": pa.array([now] * len(chunks), pa.int64()),
+                    **{_A + "file": pa.array([c.file for c in chunks], pa.string()),
+                       _A + "source": pa.array([c.source for c in chunks], pa.string()),
+                       _A + "start": pa.array([c.start for c in chunks], pa.int64()),
+                       _A + "end": pa.array([c.end for c in chunks], pa.int64()),
+                       _A + "text": pa.array([c.text for c in chunks], pa.string())},
+                    "file": pa.array([c.file for c in chunks], pa.string()),
+                }
+            )
+            self._replace_file(state, rel, data)
+            stats["reindexed"] += 1
+            stats["chunks"] += len(chunks)
+        for gone in sorted(set(digests) - seen):  # files deleted from disk
+            self._replace_file(state, gone, None)
+            stats["removed"] += 1
+        return stats
+
+    def _replace_file(self, state: _State, rel: str, data: pa.Table | None) -> None:
+        scope = "file = '" + rel.replace("'", "''") + "'"
+        with self._lock:
+            # chunk ids are "<file>@<start>" or "<file>#<line>@<start>"
+            old = [i for i in state.hashes if i.startswith((rel + "@", rel + "#"))]
+            new_ids = set(data.column("chunk_id").to_pylist()) if data is not None else set()
+            self.lance.replace_where(state.table, data if data is not None else pa.table({}), "chunk_id", scope)
+            stale = [i for i in old if i not in new_ids]
+            state.index.delete(stale)
+            for i in stale:
+                state.hashes.pop(i, None)
+            if data is not None and data.num_rows:
+                self._apply(state, data, "chunk_id", self._KB_ATTRS)
+            state.version = self.lance.version(state.table)
+
+    def index_knowledge(self, names: Sequence[str] | None = None, progress: bool = False) -> dict[str, dict[str, int]]:
+        """(Re)index knowledge files; a changed file's chunks are replaced, a deleted file's removed."""
+        out: dict[str, dict[str, int]] = {}
+        for name in list(names) if names is not None else list(self.defs.knowledge):
+            kb = self._kb(name)
+            out[name] = self._index_kb(kb, self._kb_state(kb, auto_index=False), progress)
+        return out
+
+    def search_knowledge(
+        self, name: str, query: str, k: int = 5, filter: Mapping[str, Any] | None = None
+    ) -> KnowledgeResult:
+        kb = self._kb(name)
+        k = _check_k(k)
+        query = _check_text(query, "query")
+        conds = compile_filter(filter, ["file", "source"])
+        state = self._kb_state(kb)
+        q = self._embed([query], kb.embedder)[0]
+        hits = state.index.search(q, k, filter=filter if conds else None)
+        chunks = [
+            KnowledgeChunk(text=a["text"], score=s, source=a["source"], start=int(a["start"]), end=int(a["end"]), chunk_id=i)
+            for (i, s), a in zip(hits, state.index.search_attributes(hits))
+        ]
+        return KnowledgeResult(knowledge=kb.name, query=query, chunks=chunks)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        return {
+            "views": {n: s.index.stats() for n, s in self._views.items()},
+            "knowledge": {n: s.index.stats() for n, s in self._kbs.items()},
+        }
+
+    def close(self) -> None:
+        with self._lock:
+            self._views.clear()
+            self._kbs.clear()
+            if self._lance is not None:
+                self._lance.close()
+                self._lance = None
+
+
+def attrs_map(attrs: list[str]) -> dict[str, str]:
+    """Attribute name -> its Lance column."""
+    return {a: _A + a for a in attrs}
+
+
+def _rel_or(path: Path, repo: Path, default: str) -> str:
+    try:
+        return path.resolve().relative_to(repo.resolve()).as_posix()
+    except ValueError:
+        return default

@@ -1,0 +1,19 @@
+"""Offline store: feature logs and raw events as Lance tables (see ``base.OfflineStore``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .base import OfflineStore, source_table, view_table
+
+if TYPE_CHECKING:
+    from ...config import Config
+
+__all__ = ["OfflineStore", "open_offline_store", "source_table", "view_table"]
+
+
+def open_offline_store(config: Config) -> OfflineStore:
+    """The workspace's offline store (LanceDB at ``config.offline_path``)."""
+    from .lance import LanceOfflineStore
+
+    return LanceOfflineStore(config.offline_path)

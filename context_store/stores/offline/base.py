@@ -1,0 +1,72 @@
+"""The offline store protocol: append-only Arrow tables with time-range reads and idempotent range rewrites.
+
+Table names: ``fv__{view}`` (a feature view's input rows after its transform) and
+``src__{source}`` (raw stream events). Values go in and out as Arrow only: no backend type
+leaves ``stores/``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import pyarrow as pa
+
+__all__ = ["OfflineStore", "view_table", "source_table"]
+
+
+def view_table(view: str) -> str:
+    """Offline table of a feature view's input rows (join keys, timestamp, input columns)."""
+    return f"fv__{view}"
+
+
+def source_table(source: str) -> str:
+    """Offline table of a stream source's raw events."""
+    return f"src__{source}"
+
+
+@runtime_checkable
+class OfflineStore(Protocol):
+    def append(self, table_name: str, data: pa.Table) -> int:
+        """Append rows (creating the table on first use); returns the rows written.
+
+        Safe to call from several processes at once; readers see whole appends only.
+        """
+        ...
+
+    def overwrite_range(
+        self, table_name: str, data: pa.Table, ts_column: str, start_us: int | None, end_us: int | None
+    ) -> int:
+        """Replace the rows with ``start_us <= ts < end_us`` (None = unbounded) by ``data``.
+
+        Running it twice with the same data gives the same table (idempotent backfills).
+        """
+        ...
+
+    def read(
+        self,
+        table_name: str,
+        columns: list[str] | None = None,
+        ts_column: str | None = None,
+        start_us: int | None = None,
+        end_us: int | None = None,
+        filter: Any = None,
+    ) -> pa.Table:
+        """Rows (optionally ``start_us <= ts_column < end_us`` and a ``filter``: a SQL predicate
+        string or a ``pyarrow.compute`` expression). Raises NotFoundError for an unknown table."""
+        ...
+
+    def schema(self, table_name: str) -> pa.Schema: ...
+
+    def count(self, table_name: str) -> int: ...
+
+    def exists(self, table_name: str) -> bool: ...
+
+    def tables(self) -> list[str]: ...
+
+    def drop(self, table_name: str) -> None: ...
+
+    def compact(self, table_name: str) -> None:
+        """Merge small appends (stream micro-batches) into fewer files; readers are unaffected."""
+        ...
+
+    def close(self) -> None: ...

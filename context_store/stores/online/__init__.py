@@ -1,0 +1,26 @@
+"""Online stores: an embedded SQLite default and Redis, behind one protocol (base.OnlineStore)."""
+
+from __future__ import annotations
+
+from ...config import Config
+from .base import BaseOnlineStore, OnlineStore, Ops, ViewValues, compare_offsets
+
+__all__ = ["OnlineStore", "BaseOnlineStore", "Ops", "ViewValues", "compare_offsets", "open_online_store"]
+
+
+def open_online_store(config: Config) -> BaseOnlineStore:
+    """SQLite at ``config.sqlite_path`` (default) or Redis from a ``redis://`` URL (prefix ``cs:{workspace}:``)."""
+    if config.is_redis:
+        from .redis import RedisOnlineStore
+
+        return RedisOnlineStore(config.online_store, workspace=config.workspace)
+    from .sqlite import SqliteOnlineStore
+
+    path = config.sqlite_path
+    spec = config.online_store
+    if spec.startswith("sqlite:") and spec.rstrip("/") != "sqlite:":
+        from pathlib import Path
+
+        raw = spec[len("sqlite://"):] if spec.startswith("sqlite://") else spec[len("sqlite:"):]
+        path = Path(raw) if Path(raw).is_absolute() else config.repo / raw
+    return SqliteOnlineStore(path, workspace=config.workspace)

@@ -1,0 +1,400 @@
+"""The online store protocol and the state logic shared by every backend.
+
+Backends (sqlite.py, redis.py) implement a handful of hash primitives (``_hmget``,
+``_commit``, ...); everything about rows, tiles, folding and idempotent stream applies
+lives here once. Layout and API: docs/online-state.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+import numpy as np
+import orjson
+import pyarrow as pa
+
+from ...compute.aggregations import Partial
+from ...compute.tiles import ViewState, columns_from_arrow, encode_raw, ts_to_us
+from ...errors import ConflictError
+from .codec import RowCodec, entity_keys
+
+__all__ = ["OnlineStore", "BaseOnlineStore", "ViewValues", "Ops", "compare_offsets"]
+
+log = logging.getLogger("context_store.online")
+_I64 = np.dtype("<i8")
+
+
+class ViewValues(NamedTuple):
+    """One view's values for one entity: ``values`` in the view's feature order (None when the
+    entity has no row / the row is older than ttl), and the effective time (µs)."""
+
+    values: list[Any] | None
+    effective_us: int | None
+
+
+class Ops:
+    """Writes to one batch of entity hashes (applied atomically by ``_commit``)."""
+
+    __slots__ = ("sets", "appends", "dels", "expire")
+
+    def __init__(self) -> None:
+        self.sets: dict[str, dict[str, bytes]] = {}
+        self.appends: dict[str, dict[str, bytes]] = {}
+        self.dels: dict[str, list[str]] = {}
+        self.expire: dict[str, int | None] = {}  # ms to live; None = persist
+
+    def set(self, key: str, field: str, value: bytes) -> None:
+        self.sets.setdefault(key, {})[field] = value
+
+    def keys(self) -> list[str]:
+        ks = dict.fromkeys(self.sets)
+        ks.update(dict.fromkeys(self.appends))
+        ks.update(dict.fromkeys(self.dels))
+        ks.update(dict.fromkeys(self.expire))
+        return list(ks)
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.sets.values()) + sum(len(v) for v in self.appends.values())
+
+
+def _offset_key(off: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in str(off).split("-"))
+
+
+def compare_offsets(a: str, b: str) -> int:
+    """Order of stream offsets: Redis stream ids ``ms-seq`` or plain integers."""
+    ka, kb = _offset_key(a), _offset_key(b)
+    return (ka > kb) - (ka < kb)
+
+
+@runtime_checkable
+class OnlineStore(Protocol):
+    """What compute and serving use. No backend type crosses this line."""
+
+    workspace: str
+
+    def read_features(self, reads: Sequence[tuple[ViewState, str]], t_us: int) -> list[ViewValues]:
+        """Values of many (view, entity key) pairs at time ``t_us``: ONE round trip."""
+        ...
+
+    async def read_features_async(self, reads: Sequence[tuple[ViewState, str]], t_us: int) -> list[ViewValues]: ...
+
+    def write_ops(self, ops: Ops) -> None:
+        """Bulk writes (materialization): pipelined, not atomic across keys."""
+        ...
+
+    def apply_events(
+        self,
+        state: ViewState,
+        rows: pa.Table,
+        token: tuple[str, str] | None = None,
+        row_offsets: Sequence[str] | None = None,
+        now_us: int | None = None,
+    ) -> int:
+        """Apply transformed events to online state; atomic and idempotent per ``token``."""
+        ...
+
+    def applied_offset(self, view: str | ViewState, partition: str) -> str | None: ...
+
+    def delete(self, state: ViewState, keys: Sequence[str]) -> None: ...
+
+    def append_recent(self, source: str, key: str, rows: Sequence[Mapping[str, Any]], max_len: int) -> None: ...
+
+    def read_recent(self, source: str, key: str, n: int) -> list[dict[str, Any]]: ...
+
+    def get_meta(self, name: str) -> bytes | None: ...
+
+    def set_meta(self, name: str, value: bytes) -> None: ...
+
+    def ping(self) -> bool: ...
+
+    def clear(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class BaseOnlineStore:
+    """Shared logic. Subclasses implement the ``_``-prefixed primitives."""
+
+    workspace: str
+    backend: str = "?"
+
+    # -- primitives (backend) -----------------------------------------------------------
+    def _hmget(self, reqs: list[tuple[str, list[str]]]) -> list[list[bytes | None]]:
+        raise NotImplementedError
+
+    async def _ahmget(self, reqs: list[tuple[str, list[str]]]) -> list[list[bytes | None]]:
+        return self._hmget(reqs)
+
+    def _commit(self, ops: Ops, cas: tuple[str, str | None, str] | None) -> bool:
+        """Apply ``ops`` atomically; with ``cas=(field, expected, new)`` only if the applied
+        offset ``field`` currently equals ``expected`` (None = unset), then set it to ``new``."""
+        raise NotImplementedError
+
+    def _get_offset(self, field: str) -> str | None:
+        raise NotImplementedError
+
+    # -- reads --------------------------------------------------------------------------
+    def _layout(self, reads: Sequence[tuple[ViewState, str]], t: int) -> tuple[list[tuple[str, list[str]]], list[Any]]:
+        by_key: dict[str, list[str]] = {}
+        slots: list[Any] = []
+        for st, key in reads:
+            fl = by_key.get(key)
+            if fl is None:
+                fl = by_key[key] = []
+            start = len(fl)
+            if st.is_aggregate:
+                ctx = st.read_ctx(t)
+                fl.extend(ctx.fields)
+                slots.append((key, start, len(ctx.fields), ctx))
+            else:
+                fl.append(st.vid)
+                slots.append((key, start, 1, None))
+        return list(by_key.items()), slots
+
+    def _lifetime_extra(self, reads: Sequence[tuple[ViewState, str]], slots: list[Any], got: dict[str, list[Any]]) -> list[tuple[int, str, list[int]]]:
+        """Tiles between a lifetime base's fold point and the read range (entities idle for long)."""
+        out = []
+        for i, ((st, key), (k, start, n, ctx)) in enumerate(zip(reads, slots)):
+            if ctx is None or not st.has_lifetime:
+                continue
+            lv = got[k][start + n - 1]
+            if lv is None:
+                continue
+            fold = int(np.frombuffer(lv, dtype=_I64, count=1)[0])
+            if fold < ctx.lo:
+                out.append((i, key, list(range(fold, ctx.lo))))
+        return out
+
+    def _evaluate(self, reads: Sequence[tuple[ViewState, str]], slots: list[Any], got: dict[str, list[Any]], t: int,
+                  extra: dict[int, dict[int, bytes]]) -> list[ViewValues]:
+        res: list[ViewValues] = []
+        for i, ((st, _), (k, start, n, ctx)) in enumerate(zip(reads, slots)):
+            vals = got[k]
+            if ctx is None:
+                buf = vals[start]
+                if buf is None:
+                    res.append(ViewValues(None, None))
+                    continue
+                ts, row = self._codec(st).decode(buf)
+                if ts > t or (st.ttl_us is not None and t - ts > st.ttl_us):
+                    res.append(ViewValues(None, ts))
+                else:
+                    res.append(ViewValues(row, ts))
+            else:
+                res.append(ViewValues(st.evaluate(t, ctx, vals[start : start + n], extra.get(i)), st.window_end(t)))
+        return res
+
+    def read_features(self, reads: Sequence[tuple[ViewState, str]], t_us: int) -> list[ViewValues]:
+        reqs, slots = self._layout(reads, t_us)
+        got = dict(zip((k for k, _ in reqs), self._hmget(reqs)))
+        extra: dict[int, dict[int, bytes]] = {}
+        more = self._lifetime_extra(reads, slots, got)
+        if more:  # rare second round trip
+            rows = self._hmget([(key, [reads[i][0].tile(x) for x in tiles]) for i, key, tiles in more])
+            for (i, _, tiles), vals in zip(more, rows):
+                extra[i] = {x: v for x, v in zip(tiles, vals) if v is not None}
+        return self._evaluate(reads, slots, got, t_us, extra)
+
+    async def read_features_async(self, reads: Sequence[tuple[ViewState, str]], t_us: int) -> list[ViewValues]:
+        reqs, slots = self._layout(reads, t_us)
+        got = dict(zip((k for k, _ in reqs), await self._ahmget(reqs)))
+        extra: dict[int, dict[int, bytes]] = {}
+        more = self._lifetime_extra(reads, slots, got)
+        if more:
+            rows = await self._ahmget([(key, [reads[i][0].tile(x) for x in tiles]) for i, key, tiles in more])
+            for (i, _, tiles), vals in zip(more, rows):
+                extra[i] = {x: v for x, v in zip(tiles, vals) if v is not None}
+        return self._evaluate(reads, slots, got, t_us, extra)
+
+    _codecs: dict[str, RowCodec]
+
+    def _codec(self, st: ViewState) -> RowCodec:
+        try:
+            return self._codecs[st.vid]
+        except AttributeError:
+            self._codecs = {}
+        except KeyError:
+            pass
+        c = self._codecs[st.vid] = RowCodec([f.dtype for f in st.view.features_in])
+        return c
+
+    # -- writes -------------------------------------------------------------------------
+    def write_ops(self, ops: Ops) -> None:
+        if ops.keys():
+            self._commit(ops, None)
+
+    def applied_offset(self, view: str | ViewState, partition: str) -> str | None:
+        return self._get_offset(self._offset_field(view, partition))
+
+    @staticmethod
+    def _offset_field(view: str | ViewState, partition: str) -> str:
+        name = view.name if isinstance(view, ViewState) else view
+        return f"{name}|{partition}"
+
+    def apply_events(
+        self,
+        state: ViewState,
+        rows: pa.Table,
+        token: tuple[str, str] | None = None,
+        row_offsets: Sequence[str] | None = None,
+        now_us: int | None = None,
+    ) -> int:
+        off_field = self._offset_field(state, token[0]) if token else None
+        for _ in range(16):
+            cur = self._get_offset(off_field) if off_field else None
+            if token and cur is not None and compare_offsets(cur, token[1]) >= 0:
+                return 0  # already applied: idempotent replay
+            table = rows
+            if row_offsets is not None and cur is not None:
+                keep = np.array([compare_offsets(o, cur) > 0 for o in row_offsets], dtype=bool)
+                table = rows.filter(pa.array(keep))
+            now = now_us if now_us is not None else time.time_ns() // 1000
+            ops = Ops()
+            if table.num_rows:
+                if state.is_aggregate:
+                    self._tile_ops(state, table, now, ops)
+                else:
+                    self._row_ops(state, table, now, ops)
+            if self._commit(ops, (off_field, cur, token[1]) if token and off_field else None):
+                return table.num_rows
+        raise ConflictError(f"apply_events for view {state.name!r}: too many concurrent writers of partition {token}")
+
+    def _row_ops(self, state: ViewState, table: pa.Table, now: int, ops: Ops) -> None:
+        keys = entity_keys(table, state.view.join_keys).to_pylist()
+        ts = ts_to_us(table[state.view.timestamp_field]).tolist()
+        latest: dict[str, int] = {}
+        for i, (k, t) in enumerate(zip(keys, ts)):
+            j = latest.get(k)
+            if j is None or ts[j] <= t:
+                latest[k] = i
+        names = [f.name for f in state.view.features_in]
+        cols = {n: table[n].to_pylist() for n in names}
+        klist = list(latest)
+        existing = self._hmget([(k, [state.vid]) for k in klist])
+        codec = self._codec(state)
+        for k, old in zip(klist, existing):
+            i = latest[k]
+            if old is not None and RowCodec.ts_of(old[0]) > ts[i]:
+                continue
+            ops.set(k, state.vid, codec.encode(ts[i], [cols[n][i] for n in names]))
+            ops.expire[k] = state.expire_ms(ts[i], now)
+
+    def _tile_ops(self, state: ViewState, table: pa.Table, now: int, ops: Ops) -> None:
+        plan = state.plan
+        assert plan is not None
+        g = state.g
+        h = state.horizon(now)
+        cols = columns_from_arrow(table, plan, state.view.timestamp_field)
+        keys_arr = entity_keys(table, state.view.join_keys).dictionary_encode()
+        kidx = np.asarray(keys_arr.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+        kvals = keys_arr.dictionary.to_pylist()
+        tiles = cols.ts // g
+        eff = np.maximum(tiles, h - 1)  # h - 1 stands for "older than the horizon"
+        order = np.lexsort((cols.ts, eff, kidx))
+        cols = cols.take(order)
+        kidx, eff = kidx[order], eff[order]
+        brk = np.flatnonzero((np.diff(kidx) != 0) | (np.diff(eff) != 0)) + 1
+        starts = np.concatenate([[0], brk]).astype(np.int64)
+        ends = np.append(starts[1:], len(kidx))
+        num, objs = plan.partials_grouped(cols, starts)
+        gk = kidx[starts].tolist()
+        gt = eff[starts].tolist()
+        # Read the touched tiles, fold marker and lifetime base of every key: one round trip.
+        want: dict[int, list[str]] = {}
+        for k, ti in zip(gk, gt):
+            if ti >= h:
+                want.setdefault(k, []).append(state.tile(ti))
+        klist = sorted(set(gk))
+        reqs = [(kvals[k], want.get(k, []) + [state.M] + ([state.L] if state.has_lifetime else [])) for k in klist]
+        cur = dict(zip(klist, self._hmget(reqs)))
+        maxts: dict[int, int] = {}
+        for k, e in zip(kidx[ends - 1].tolist(), cols.ts[ends - 1].tolist()):
+            maxts[k] = max(maxts.get(k, e), e)
+        late_by_key: dict[int, list[Partial]] = {}
+        dropped = 0
+        for gi, (k, ti) in enumerate(zip(gk, gt)):
+            p = Partial(num[gi], objs[gi])
+            if ti < h:
+                if state.has_lifetime:
+                    late_by_key.setdefault(k, []).append(p)
+                else:
+                    dropped += int(ends[gi] - starts[gi])
+                continue
+            key = kvals[k]
+            fields = want[k]
+            old = cur[k][fields.index(state.tile(ti))]
+            if old is not None:
+                p = plan.merge([plan.decode(old), p])
+            ops.set(key, state.tile(ti), plan.encode(p))
+            if not state.interval:
+                sl = np.arange(starts[gi], ends[gi])
+                ops.appends.setdefault(key, {})[state.raw(ti)] = encode_raw(cols.take(sl), plan)
+        if dropped:
+            log.warning("view %s: %d events older than the retention horizon were not applied online", state.name, dropped)
+        for k in klist:
+            key = kvals[k]
+            vals = cur[k]
+            nw = len(want.get(k, []))
+            m_old = int(vals[nw]) if vals[nw] is not None else None
+            fold_to = h
+            if state.has_lifetime:
+                lv = vals[nw + 1]
+                if lv is None:
+                    fold_from, base = h, plan.empty()
+                else:
+                    fold_from = int(np.frombuffer(lv, dtype=_I64, count=1)[0])
+                    base = plan.decode(lv[8:])
+                fold_to = max(h, fold_from)
+                parts = [base] + late_by_key.get(k, [])
+                if fold_from < h:
+                    rng = list(range(max(fold_from, h - 4 * state.retention), h))
+                    olds = self._hmget([(key, [state.tile(i) for i in rng])])[0]
+                    parts += [plan.decode(b) for b in olds if b is not None]
+                    ops.dels.setdefault(key, []).extend([state.tile(i) for i in rng] + [state.raw(i) for i in rng])
+                if len(parts) > 1 or lv is None or fold_from < h:
+                    ops.set(key, state.L, np.array([fold_to], dtype=_I64).tobytes() + plan.encode(plan.merge(parts)))
+            elif m_old is not None and m_old < h:
+                rng = range(max(m_old, h - 4 * state.retention), h)
+                ops.dels.setdefault(key, []).extend([state.tile(i) for i in rng] + [state.raw(i) for i in rng])
+            if m_old is None or m_old < fold_to:
+                ops.set(key, state.M, str(fold_to).encode())
+            ops.expire[key] = state.expire_ms(maxts[k], now)
+
+    def delete(self, state: ViewState, keys: Sequence[str]) -> None:
+        """Remove a view's state for these entity keys (other views' fields stay)."""
+        ops = Ops()
+        names = [state.vid] if not state.is_aggregate else None
+        if names is None:
+            got = self._fields(list(keys))
+            for k, fields in zip(keys, got):
+                mine = [f for f in fields if f.startswith(state.vid + ":")]
+                if mine:
+                    ops.dels[k] = mine
+        else:
+            for k in keys:
+                ops.dels[k] = names
+        if ops.keys():
+            self._commit(ops, None)
+
+    def _fields(self, keys: list[str]) -> list[list[str]]:
+        raise NotImplementedError
+
+    # -- recent events (context service) -------------------------------------------------
+    def append_recent(self, source: str, key: str, rows: Sequence[Mapping[str, Any]], max_len: int) -> None:
+        items = [orjson.dumps(dict(r), default=str, option=orjson.OPT_NAIVE_UTC | orjson.OPT_SERIALIZE_NUMPY) for r in rows]
+        if items:
+            self._recent_append(f"r:{source}:{key}", items, max_len)
+
+    def read_recent(self, source: str, key: str, n: int) -> list[dict[str, Any]]:
+        """The last ``n`` events, oldest -> newest."""
+        return [orjson.loads(b) for b in self._recent_read(f"r:{source}:{key}", n)]
+
+    def _recent_append(self, key: str, items: list[bytes], max_len: int) -> None:
+        raise NotImplementedError
+
+    def _recent_read(self, key: str, n: int) -> list[bytes]:
+        raise NotImplementedError

@@ -1,0 +1,250 @@
+"""Redis online store (production): one hash per entity key, one round trip per lookup.
+
+Keys (``P`` = ``cs:{workspace}:``): ``P e:{entity key}`` hash of every view's fields for that
+entity (see docs/online-state.md), ``P offsets`` hash of applied stream offsets,
+``P meta`` hash of materialization watermarks, ``P r:{source}:{entity key}`` recent events list.
+Writes go through one Lua script, so a batch of tiles plus its applied offset is atomic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from ...errors import UnavailableError
+from .base import BaseOnlineStore, Ops
+
+__all__ = ["RedisOnlineStore"]
+
+# KEYS[1] offsets hash, KEYS[2..] entity hashes.
+# ARGV: cas_field ('' = none), expected ('' = unset), new, then per entity key:
+#   nsets, (f, v)*, nappends, (f, v)*, ndels, f*, expire_ms (-1 persist, 0 leave as is)
+_COMMIT = """
+if ARGV[1] ~= '' then
+  local cur = redis.call('HGET', KEYS[1], ARGV[1])
+  if (cur or '') ~= ARGV[2] then return 0 end
+end
+local a = 4
+local function batched(cmd, key, args)
+  for i = 1, #args, 4000 do
+    redis.call(cmd, key, unpack(args, i, math.min(i + 3999, #args)))
+  end
+end
+for k = 2, #KEYS do
+  local key = KEYS[k]
+  local n = tonumber(ARGV[a]); a = a + 1
+  if n > 0 then
+    local args = {}
+    for i = 1, n do args[#args + 1] = ARGV[a]; args[#args + 1] = ARGV[a + 1]; a = a + 2 end
+    batched('HSET', key, args)
+  end
+  n = tonumber(ARGV[a]); a = a + 1
+  for i = 1, n do
+    local old = redis.call('HGET', key, ARGV[a])
+    if old then redis.call('HSET', key, ARGV[a], old .. ARGV[a + 1]) else redis.call('HSET', key, ARGV[a], ARGV[a + 1]) end
+    a = a + 2
+  end
+  n = tonumber(ARGV[a]); a = a + 1
+  if n > 0 then
+    local args = {}
+    for i = 1, n do args[#args + 1] = ARGV[a]; a = a + 1 end
+    batched('HDEL', key, args)
+  end
+  local ex = tonumber(ARGV[a]); a = a + 1
+  if ex == -1 then
+    redis.call('HSET', key, '_p', '1'); redis.call('PERSIST', key)
+  elseif ex > 0 and redis.call('HEXISTS', key, '_p') == 0 then
+    if redis.call('PTTL', key) < ex then redis.call('PEXPIRE', key, ex) end
+  end
+end
+if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
+return 1
+"""
+_CHUNK_KEYS = 500
+
+
+def _import_redis() -> Any:
+    try:
+        import redis
+    except ImportError:  # pragma: no cover
+        raise UnavailableError("the Redis online store needs redis-py: pip install 'context-store[redis]'") from None
+    return redis
+
+
+class RedisOnlineStore(BaseOnlineStore):
+    backend = "redis"
+
+    def __init__(self, url: str, workspace: str = "default") -> None:
+        redis = _import_redis()
+        self.url = url
+        self.workspace = workspace
+        self.prefix = f"cs:{workspace}:"
+        self._errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+        self._r = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=30)
+        self._script = self._r.register_script(_COMMIT)
+        self._aclients: dict[int, Any] = {}
+        self._alock = threading.Lock()
+        self._offsets = self.prefix + "offsets"
+
+    def _unavailable(self, e: Exception) -> UnavailableError:
+        return UnavailableError(f"online store: Redis at {self.url} is unreachable ({type(e).__name__}: {e}); retry when it is back")
+
+    def _k(self, key: str) -> str:
+        return self.prefix + "e:" + key
+
+    # -- reads --------------------------------------------------------------------------
+    def _hmget(self, reqs: list[tuple[str, list[str]]]) -> list[list[bytes | None]]:
+        try:
+            if len(reqs) == 1:
+                key, fields = reqs[0]
+                return [self._r.execute_command("HMGET", self.prefix + "e:" + key, *fields)] if fields else [[]]
+            pipe = self._r.pipeline(transaction=False)
+            for key, fields in reqs:
+                if fields:
+                    pipe.execute_command("HMGET", self.prefix + "e:" + key, *fields)
+            res = iter(pipe.execute())
+            return [next(res) if fields else [] for _, fields in reqs]
+        except self._errors as e:
+            raise self._unavailable(e) from None
+
+    def _aclient(self) -> Any:
+        # redis.asyncio clients are bound to the event loop that first used them.
+        loop = asyncio.get_running_loop()
+        c = self._aclients.get(id(loop))
+        if c is None:
+            import redis.asyncio as aredis
+
+            with self._alock:
+                c = self._aclients[id(loop)] = aredis.Redis.from_url(self.url, socket_connect_timeout=2, socket_timeout=10)
+        return c
+
+    async def _ahmget(self, reqs: list[tuple[str, list[str]]]) -> list[list[bytes | None]]:
+        r = self._aclient()
+        try:
+            if len(reqs) == 1:
+                key, fields = reqs[0]
+                return [await r.execute_command("HMGET", self.prefix + "e:" + key, *fields)] if fields else [[]]
+            pipe = r.pipeline(transaction=False)
+            for key, fields in reqs:
+                if fields:
+                    pipe.execute_command("HMGET", self.prefix + "e:" + key, *fields)
+            res = iter(await pipe.execute())
+            return [next(res) if fields else [] for _, fields in reqs]
+        except self._errors as e:
+            raise self._unavailable(e) from None
+
+    def _fields(self, keys: list[str]) -> list[list[str]]:
+        try:
+            pipe = self._r.pipeline(transaction=False)
+            for k in keys:
+                pipe.hkeys(self._k(k))
+            return [[f.decode() for f in fs] for fs in pipe.execute()]
+        except self._errors as e:
+            raise self._unavailable(e) from None
+
+    # -- writes -------------------------------------------------------------------------
+    def _args(self, ops: Ops, keys: list[str]) -> list[Any]:
+        args: list[Any] = []
+        for k in keys:
+            s = ops.sets.get(k, {})
+            args.append(len(s))
+            for f, v in s.items():
+                args += (f, v)
+            ap = ops.appends.get(k, {})
+            args.append(len(ap))
+            for f, v in ap.items():
+                args += (f, v)
+            d = ops.dels.get(k, [])
+            args.append(len(d))
+            args += d
+            if k in ops.expire:
+                ex = ops.expire[k]
+                args.append(-1 if ex is None else int(ex))
+            else:
+                args.append(0)
+        return args
+
+    def _commit(self, ops: Ops, cas: tuple[str, str | None, str] | None) -> bool:
+        keys = ops.keys()
+        try:
+            if cas is not None:  # one atomic script for the whole batch
+                head = [cas[0], cas[1] or "", cas[2]]
+                return bool(self._script(keys=[self._offsets] + [self._k(k) for k in keys], args=head + self._args(ops, keys)))
+            pipe = self._r.pipeline(transaction=False)
+            for i in range(0, len(keys), _CHUNK_KEYS):
+                part = keys[i : i + _CHUNK_KEYS]
+                self._script(keys=[self._offsets] + [self._k(k) for k in part], args=["", "", ""] + self._args(ops, part), client=pipe)
+            pipe.execute()
+            return True
+        except self._errors as e:
+            raise self._unavailable(e) from None
+
+    def _get_offset(self, field: str) -> str | None:
+        try:
+            v = self._r.hget(self._offsets, field)
+        except self._errors as e:
+            raise self._unavailable(e) from None
+        return v.decode() if v is not None else None
+
+    def get_meta(self, name: str) -> bytes | None:
+        try:
+            return self._r.hget(self.prefix + "meta", name)
+        except self._errors as e:
+            raise self._unavailable(e) from None
+
+    def set_meta(self, name: str, value: bytes) -> None:
+        try:
+            self._r.hset(self.prefix + "meta", name, value)
+        except self._errors as e:
+            raise self._unavailable(e) from None
+
+    def _recent_append(self, key: str, items: list[bytes], max_len: int) -> None:
+        try:
+            pipe = self._r.pipeline(transaction=True)
+            pipe.rpush(self.prefix + key, *items)
+            pipe.ltrim(self.prefix + key, -max_len, -1)
+            pipe.execute()
+        except self._errors as e:
+            raise self._unavailable(e) from None
+
+    def _recent_read(self, key: str, n: int) -> list[bytes]:
+        try:
+            return self._r.lrange(self.prefix + key, -n, -1)
+        except self._errors as e:
+            raise self._unavailable(e) from None
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._r.ping())
+        except self._errors as e:
+            raise self._unavailable(e) from None
+
+    def clear(self) -> None:
+        """Delete every key of this workspace."""
+        try:
+            batch = []
+            for k in self._r.scan_iter(match=self.prefix + "*", count=1000):
+                batch.append(k)
+                if len(batch) >= 500:
+                    self._r.delete(*batch)
+                    batch = []
+            if batch:
+                self._r.delete(*batch)
+        except self._errors as e:
+            raise self._unavailable(e) from None
+
+    def close(self) -> None:
+        self._r.close()
+        for c in list(self._aclients.values()):
+            try:
+                asyncio.get_running_loop()
+                running = True
+            except RuntimeError:
+                running = False
+            if not running:
+                try:
+                    asyncio.run(c.aclose())
+                except Exception:  # the loop it was bound to is gone; sockets close with it
+                    pass
+        self._aclients.clear()

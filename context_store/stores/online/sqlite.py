@@ -1,0 +1,150 @@
+"""Embedded online store: one SQLite file (WAL) per workspace, no server needed.
+
+The same hash model as Redis: table ``kv(k, f, v)`` keyed by (entity key, field). WAL mode
+and a busy timeout let a server process read while a CLI ``materialize`` writes.
+Key expiry is not enforced here (reads ignore stale state; tile folding bounds growth).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+from ...errors import UnavailableError
+from .base import BaseOnlineStore, Ops
+
+__all__ = ["SqliteOnlineStore"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (k TEXT NOT NULL, f TEXT NOT NULL, v BLOB NOT NULL, PRIMARY KEY (k, f)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS offsets (f TEXT PRIMARY KEY, v TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS recent (k TEXT NOT NULL, seq INTEGER PRIMARY KEY AUTOINCREMENT, v BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS recent_k ON recent (k, seq);
+"""
+_CHUNK = 900  # stay under SQLite's bound-parameter limit
+
+
+class SqliteOnlineStore(BaseOnlineStore):
+    backend = "sqlite"
+
+    def __init__(self, path: str | Path, workspace: str = "default") -> None:
+        self.path = Path(path)
+        self.workspace = workspace
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        with self._lock:
+            self._conn().executescript(_SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        c = getattr(self._local, "conn", None)
+        if c is None:
+            try:
+                c = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+                c.execute("PRAGMA journal_mode=WAL")
+                c.execute("PRAGMA synchronous=NORMAL")
+                c.execute("PRAGMA busy_timeout=30000")
+            except sqlite3.Error as e:
+                raise UnavailableError(f"cannot open the online store {self.path}: {e}") from None
+            self._local.conn = c
+            with self._lock:
+                self._all.append(c)
+        return c
+
+    def _hmget(self, reqs: list[tuple[str, list[str]]]) -> list[list[bytes | None]]:
+        c = self._conn()
+        out: list[list[bytes | None]] = []
+        for key, fields in reqs:
+            found: dict[str, bytes] = {}
+            for i in range(0, len(fields), _CHUNK):
+                part = fields[i : i + _CHUNK]
+                q = f"SELECT f, v FROM kv WHERE k = ? AND f IN ({','.join('?' * len(part))})"
+                found.update(c.execute(q, (key, *part)).fetchall())
+            out.append([found.get(f) for f in fields])
+        return out
+
+    def _fields(self, keys: list[str]) -> list[list[str]]:
+        c = self._conn()
+        return [[r[0] for r in c.execute("SELECT f FROM kv WHERE k = ?", (k,))] for k in keys]
+
+    def _commit(self, ops: Ops, cas: tuple[str, str | None, str] | None) -> bool:
+        c = self._conn()
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            if cas is not None:
+                row = c.execute("SELECT v FROM offsets WHERE f = ?", (cas[0],)).fetchone()
+                if (row[0] if row else None) != cas[1]:
+                    c.execute("ROLLBACK")
+                    return False
+            if ops.sets:
+                c.executemany(
+                    "INSERT INTO kv (k, f, v) VALUES (?, ?, ?) ON CONFLICT (k, f) DO UPDATE SET v = excluded.v",
+                    [(k, f, v) for k, fv in ops.sets.items() for f, v in fv.items()],
+                )
+            if ops.appends:
+                c.executemany(
+                    "INSERT INTO kv (k, f, v) VALUES (?, ?, ?) ON CONFLICT (k, f) DO UPDATE SET v = kv.v || excluded.v",
+                    [(k, f, v) for k, fv in ops.appends.items() for f, v in fv.items()],
+                )
+            if ops.dels:
+                c.executemany("DELETE FROM kv WHERE k = ? AND f = ?", [(k, f) for k, fs in ops.dels.items() for f in fs])
+            if cas is not None:
+                c.execute(
+                    "INSERT INTO offsets (f, v) VALUES (?, ?) ON CONFLICT (f) DO UPDATE SET v = excluded.v", (cas[0], cas[2])
+                )
+            c.execute("COMMIT")
+            return True
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+
+    def _get_offset(self, field: str) -> str | None:
+        row = self._conn().execute("SELECT v FROM offsets WHERE f = ?", (field,)).fetchone()
+        return row[0] if row else None
+
+    def get_meta(self, name: str) -> bytes | None:
+        row = self._conn().execute("SELECT v FROM meta WHERE k = ?", (name,)).fetchone()
+        return bytes(row[0]) if row else None
+
+    def set_meta(self, name: str, value: bytes) -> None:
+        self._conn().execute("INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v", (name, value))
+
+    def _recent_append(self, key: str, items: list[bytes], max_len: int) -> None:
+        c = self._conn()
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.executemany("INSERT INTO recent (k, v) VALUES (?, ?)", [(key, b) for b in items])
+            c.execute(
+                "DELETE FROM recent WHERE k = ? AND seq <= (SELECT seq FROM recent WHERE k = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+                (key, key, max_len),
+            )
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+
+    def _recent_read(self, key: str, n: int) -> list[bytes]:
+        rows = self._conn().execute("SELECT v FROM recent WHERE k = ? ORDER BY seq DESC LIMIT ?", (key, n)).fetchall()
+        return [bytes(r[0]) for r in reversed(rows)]
+
+    def ping(self) -> bool:
+        self._conn().execute("SELECT 1").fetchone()
+        return True
+
+    def clear(self) -> None:
+        c = self._conn()
+        for t in ("kv", "offsets", "meta", "recent"):
+            c.execute(f"DELETE FROM {t}")
+
+    def close(self) -> None:
+        with self._lock:
+            for c in self._all:
+                try:
+                    c.close()
+                except sqlite3.Error:
+                    pass
+            self._all.clear()
+        self._local = threading.local()

@@ -1,0 +1,17 @@
+"""Vector stores: LanceDB tables (durable) + an in-memory FAISS index (serving)."""
+
+from .base import AttributeColumns, Condition, VectorIndex, compile_filter
+from .faiss_index import FaissIndex
+from .lance_vectors import LanceVectors, embedding_table, knowledge_table, vector_array
+
+__all__ = [
+    "VectorIndex",
+    "FaissIndex",
+    "LanceVectors",
+    "AttributeColumns",
+    "Condition",
+    "compile_filter",
+    "embedding_table",
+    "knowledge_table",
+    "vector_array",
+]

@@ -1,0 +1,326 @@
+"""In-memory FAISS index keyed by string id, with attributes, updated incrementally.
+
+Layout: every vector lives at a *position* (0, 1, 2, ... in insertion order) in one FAISS
+storage. Flat mode is an ``IndexFlatIP``; HNSW mode an ``IndexHNSWFlat`` (M=32) whose flat
+storage is read zero-copy for exact fallbacks; IVF mode an ``IndexIVFFlat`` plus a flat copy.
+An update appends the new vector and tombstones the old position; a delete tombstones. Searches
+skip tombstones through a FAISS ``IDSelectorBitmap``; when tombstones pass a quarter of the
+positions the index is compacted (rebuilt from its own live vectors, never from disk).
+
+``auto`` starts flat and moves to HNSW once ``flat_threshold`` live vectors exist: below that
+size an exact scan is as fast as a graph walk and is exact.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .base import AttributeColumns, compile_filter
+
+__all__ = ["FaissIndex"]
+
+
+def _faiss() -> Any:
+    try:
+        import faiss
+    except ImportError:
+        raise ImportError("vector search needs FAISS: pip install faiss-cpu") from None
+    return faiss
+
+
+class FaissIndex:
+    def __init__(
+        self,
+        dim: int,
+        kind: str = "auto",
+        *,
+        flat_threshold: int = 10_000,
+        hnsw_m: int = 32,
+        ef_construction: int = 128,
+        ef_search: int = 64,
+        ivf_nprobe: int | None = None,
+        exact_limit: int = 20_000,
+        compact_ratio: float = 0.25,
+    ) -> None:
+        if kind not in ("auto", "flat", "hnsw", "ivf"):
+            raise ValueError(f"index kind must be auto, flat, hnsw or ivf, got {kind!r}")
+        self.dim = int(dim)
+        self.kind = kind
+        self.flat_threshold = flat_threshold
+        self.hnsw_m = hnsw_m
+        self.ef_construction = ef_construction
+        self.ef_search = ef_search
+        self.ivf_nprobe = ivf_nprobe
+        self.exact_limit = exact_limit  # filtered searches allowing fewer rows than this scan exactly
+        self.compact_ratio = compact_ratio
+        self._lock = threading.RLock()
+        self._reset("flat")
+
+    # -- state -------------------------------------------------------------------------
+    def _reset(self, mode: str) -> None:
+        faiss = _faiss()
+        self.mode = mode
+        self._ids: list[str] = []
+        self._pos: dict[str, int] = {}
+        self._alive = np.zeros(0, dtype=bool)
+        self._dead = 0
+        self._attrs = AttributeColumns()
+        self._bits: np.ndarray | None = None  # packed alive bitmap, rebuilt lazily after changes
+        self._flat: Any = None
+        if mode == "hnsw":
+            self._index = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            self._index.hnsw.efConstruction = self.ef_construction
+            self._index.hnsw.efSearch = self.ef_search
+            self._flat = faiss.downcast_index(self._index.storage)
+        elif mode == "ivf":
+            self._index = None  # created (and trained) by _rebuild, which knows the data
+            self._flat = faiss.IndexFlatIP(self.dim)
+        else:
+            self._index = faiss.IndexFlatIP(self.dim)
+            self._flat = self._index
+
+    def _vectors(self) -> np.ndarray:
+        """Zero-copy view of every stored vector, by position (valid until the next write)."""
+        faiss = _faiss()
+        n = self._flat.ntotal
+        if n == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return faiss.rev_swig_ptr(self._flat.get_xb(), n * self.dim).reshape(n, self.dim)
+
+    def _target_mode(self, live: int) -> str:
+        if self.kind == "flat":
+            return "flat"
+        if self.kind == "hnsw":
+            return "hnsw"
+        if live < self.flat_threshold:
+            return "flat"
+        return "ivf" if self.kind == "ivf" else "hnsw"
+
+    def __len__(self) -> int:
+        return len(self._pos)
+
+    def __contains__(self, id: object) -> bool:
+        return id in self._pos
+
+    def ids(self) -> list[str]:
+        with self._lock:
+            return list(self._pos)
+
+    @property
+    def attribute_columns(self) -> list[str]:
+        return self._attrs.columns
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {"mode": self.mode, "live": len(self._pos), "positions": len(self._ids), "dead": self._dead, "dim": self.dim}
+
+    # -- writes ------------------------------------------------------------------------
+    def _check_vectors(self, vectors: Any, n: int) -> np.ndarray:
+        x = np.asarray(vectors, dtype=np.float32)
+        if x.ndim != 2 or x.shape != (n, self.dim):
+            raise ValueError(f"vectors must have shape ({n}, {self.dim}), got {x.shape}")
+        if not np.isfinite(x).all():
+            raise ValueError("vectors contain NaN or infinity")
+        x = np.array(x, dtype=np.float32, order="C")  # own copy: normalised in place below
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        x /= np.maximum(norms, 1e-12)
+        return x
+
+    def upsert(
+        self,
+        ids: Sequence[str],
+        vectors: Any,
+        attributes: Sequence[Mapping[str, Any]] | None = None,
+    ) -> None:
+        """Insert or replace ``ids``; visible to the next search when this returns."""
+        ids = [str(i) for i in ids]
+        x = self._check_vectors(vectors, len(ids))
+        if attributes is not None and len(attributes) != len(ids):
+            raise ValueError("attributes must have one mapping per id")
+        if len(set(ids)) != len(ids):  # last occurrence wins, as a sequence of upserts would
+            last = {id_: i for i, id_ in enumerate(ids)}
+            keep = sorted(last.values())
+            ids = [ids[i] for i in keep]
+            x = x[keep]
+            attributes = [attributes[i] for i in keep] if attributes is not None else None
+        if not ids:
+            return
+        with self._lock:
+            self._tombstone([i for i in ids if i in self._pos])
+            target = self._target_mode(len(self._pos) + len(ids))
+            if target != self.mode:
+                self._rebuild(target, extra=(ids, x, attributes))
+                return
+            self._append(ids, x, attributes)
+            self._maybe_compact()
+
+    def _append(self, ids: list[str], x: np.ndarray, attributes: Sequence[Mapping[str, Any]] | None) -> None:
+        start = len(self._ids)
+        positions = np.arange(start, start + len(ids), dtype=np.int64)
+        if self.mode == "ivf":
+            self._flat.add(x)
+            self._index.add_with_ids(x, positions)
+        else:
+            self._index.add(x)  # flat and HNSW number vectors by insertion order = position
+        self._ids.extend(ids)
+        for i, p in zip(ids, positions.tolist()):
+            self._pos[i] = p
+        self._alive = np.concatenate([self._alive, np.ones(len(ids), dtype=bool)])
+        self._attrs.append(list(attributes) if attributes is not None else None, len(ids))
+        self._bits = None
+
+    def _tombstone(self, ids: Sequence[str]) -> int:
+        gone = [self._pos.pop(i) for i in ids if i in self._pos]
+        if not gone:
+            return 0
+        arr = np.asarray(gone, dtype=np.int64)
+        self._alive[arr] = False
+        self._dead += len(gone)
+        if self.mode == "ivf" and self._index is not None:
+            self._index.remove_ids(arr)  # IVF supports real removal; tombstone kept for the flat copy
+        self._bits = None
+        return len(gone)
+
+    def delete(self, ids: Sequence[str]) -> int:
+        """Remove ``ids`` (unknown ids are ignored); returns how many were present."""
+        with self._lock:
+            n = self._tombstone([str(i) for i in ids])
+            self._maybe_compact()
+            return n
+
+    def _maybe_compact(self) -> None:
+        if self._dead > max(1000, self.compact_ratio * len(self._ids)):
+            self._rebuild(self._target_mode(len(self._pos)))
+
+    def _rebuild(self, mode: str, extra: tuple[list[str], np.ndarray, Any] | None = None) -> None:
+        live = np.flatnonzero(self._alive)
+        vecs = self._vectors()[live].copy() if len(live) else np.zeros((0, self.dim), dtype=np.float32)
+        ids = [self._ids[p] for p in live.tolist()]
+        attrs = self._attrs.take(live)
+        if extra is not None:
+            e_ids, e_x, e_attrs = extra
+        self._reset(mode)
+        if mode == "ivf":
+            faiss = _faiss()
+            total = np.concatenate([vecs, extra[1]]) if extra is not None else vecs
+            nlist = int(min(max(16, round(math.sqrt(max(len(total), 1)))), 8192))
+            quantizer = faiss.IndexFlatIP(self.dim)
+            index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            rng = np.random.default_rng(0)
+            sample = total if len(total) <= 64 * nlist else total[rng.choice(len(total), 64 * nlist, replace=False)]
+            index.train(sample)
+            index.nprobe = self.ivf_nprobe or max(16, nlist // 16)
+            self._quantizer = quantizer  # keep alive: the IVF index does not own it from Python
+            self._index = index
+        if len(ids):
+            self._append(ids, vecs, None)
+            self._attrs = attrs
+        if extra is not None:
+            self._append(e_ids, e_x, e_attrs)
+
+    # -- reads -------------------------------------------------------------------------
+    def get_vector(self, id: str) -> np.ndarray | None:
+        with self._lock:
+            p = self._pos.get(id)
+            return None if p is None else self._vectors()[p].copy()
+
+    def get_attributes(self, id: str) -> dict[str, Any]:
+        with self._lock:
+            p = self._pos.get(id)
+            return {} if p is None else self._attrs.get(p)
+
+    def _exact(self, q: np.ndarray, positions: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
+        vecs = self._vectors()
+        if positions is None:
+            scores = vecs @ q
+            cand = np.arange(len(vecs))
+        else:
+            scores = vecs[positions] @ q
+            cand = positions
+        k = min(k, len(scores))
+        if k <= 0:
+            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+        top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return scores[top], cand[top]
+
+    def _selector(self, mask: np.ndarray) -> tuple[Any, np.ndarray]:
+        faiss = _faiss()
+        bits = np.packbits(mask, bitorder="little")
+        return faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits)), bits
+
+    def _ann(self, q: np.ndarray, k: int, mask: np.ndarray | None, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+        faiss = _faiss()
+        sel = keep = None
+        if mask is not None:
+            sel, keep = self._selector(mask)
+        if self.mode == "hnsw":
+            params = faiss.SearchParametersHNSW()
+            # A selective filter hides most graph neighbours: widen the beam to still find k.
+            params.efSearch = int(min(max(self.ef_search, k, k / max(fraction, 1e-3)), 4096))
+        else:
+            params = faiss.SearchParametersIVF()
+            params.nprobe = int(min(self._index.nprobe / max(fraction, 1e-3), self._index.nlist))
+        if sel is not None:
+            params.sel = sel
+        D, I = self._index.search(q.reshape(1, -1), k, params=params)
+        del keep  # the bitmap had to outlive the search call
+        ok = I[0] >= 0
+        return D[0][ok], I[0][ok]
+
+    def search(
+        self,
+        query: Any,
+        k: int,
+        filter: Mapping[str, Any] | None = None,
+        exclude: Sequence[str] = (),
+    ) -> list[tuple[str, float]]:
+        """Top ``k`` (id, cosine) for one query vector, best first; filters use attributes.
+
+        Returns ``k`` results whenever ``k`` live rows pass the filter (falls back to an exact
+        scan if the ANN search comes back short).
+        """
+        q = np.asarray(query, dtype=np.float32).reshape(-1)
+        if q.shape[0] != self.dim:
+            raise ValueError(f"query vector has dim {q.shape[0]}, index has dim {self.dim}")
+        norm = float(np.linalg.norm(q))
+        if not math.isfinite(norm) or norm == 0.0:
+            raise ValueError("query vector must be finite and non-zero")
+        q = np.ascontiguousarray(q / norm, dtype=np.float32)
+        conds = compile_filter(filter, None) if filter else []
+        with self._lock:
+            n = len(self._ids)
+            excl = {self._pos[e] for e in exclude if e in self._pos}
+            if conds:
+                mask = self._attrs.mask(conds) & self._alive[:n]
+                allowed = int(mask.sum())
+            else:
+                mask = self._alive if self._dead else None
+                allowed = len(self._pos)
+            want = min(k + len(excl), allowed)
+            if want <= 0:
+                return []
+            if self.mode == "flat" or (conds and allowed <= self.exact_limit):
+                positions = None if mask is None else np.flatnonzero(mask)
+                D, I = self._exact(q, positions, want)
+            else:
+                D, I = self._ann(q, want, mask, allowed / max(n, 1))
+                if len(I) < want:
+                    D, I = self._exact(q, None if mask is None else np.flatnonzero(mask), want)
+            out: list[tuple[str, float]] = []
+            for score, p in zip(D.tolist(), I.tolist()):
+                if p in excl:
+                    continue
+                out.append((self._ids[p], float(min(max(score, -1.0), 1.0))))
+                if len(out) == k:
+                    break
+            return out
+
+    def search_attributes(self, hits: Sequence[tuple[str, float]]) -> list[dict[str, Any]]:
+        with self._lock:
+            return [self._attrs.get(self._pos[i]) if i in self._pos else {} for i, _ in hits]

@@ -1,0 +1,190 @@
+"""Durable vectors in LanceDB: ``emb__{view}`` (one row per entity) and ``kn__{name}`` (chunks).
+
+This is the source of truth; the FAISS index is a cache rebuilt from it at startup.
+Rows carry ``updated_us`` (microseconds, monotonically assigned per write) so that a serving
+process can pick up rows written by another process (a stream worker) without a full reload.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+__all__ = ["LanceVectors", "embedding_table", "knowledge_table", "vector_array"]
+
+_RETRIES = 5
+
+
+def embedding_table(view: str) -> str:
+    return f"emb__{view}"
+
+
+def knowledge_table(name: str) -> str:
+    return f"kn__{name}"
+
+
+def vector_array(vectors: np.ndarray) -> pa.FixedSizeListArray:
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1])
+
+
+def _sql_str(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def _in_list(column: str, values: Sequence[str]) -> str:
+    return f"{column} IN ({', '.join(_sql_str(v) for v in values)})"
+
+
+class LanceVectors:
+    """``LanceVectors(path)``; every method takes a table name and Arrow data, nothing Lance leaks."""
+
+    def __init__(self, path: str | Path) -> None:
+        try:
+            import lancedb
+        except ImportError:
+            raise ImportError("durable vectors need LanceDB: pip install lancedb") from None
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        # interval 0: always read the latest version, so writes of other processes are visible.
+        self._db = lancedb.connect(str(self.path), read_consistency_interval=timedelta(0))
+        self._lock = threading.RLock()
+        self._tables: dict[str, Any] = {}
+        self._last_us = 0
+
+    def _dir(self, name: str) -> Path:
+        return self.path / f"{name}.lance"
+
+    def exists(self, name: str) -> bool:
+        return self._dir(name).is_dir()
+
+    def _open(self, name: str) -> Any | None:
+        tbl = self._tables.get(name)
+        if tbl is None and self.exists(name):
+            with self._lock:
+                tbl = self._db.open_table(name)
+                self._tables[name] = tbl
+        return tbl
+
+    def now_us(self) -> int:
+        """A strictly increasing microsecond clock (two writes never share an ``updated_us``)."""
+        with self._lock:
+            self._last_us = max(self._last_us + 1, time.time_ns() // 1000)
+            return self._last_us
+
+    def schema(self, name: str) -> pa.Schema | None:
+        tbl = self._open(name)
+        return None if tbl is None else tbl.schema
+
+    def version(self, name: str) -> int | None:
+        tbl = self._open(name)
+        return None if tbl is None else int(tbl.version)
+
+    def count(self, name: str) -> int:
+        tbl = self._open(name)
+        return 0 if tbl is None else int(tbl.count_rows())
+
+    def read(self, name: str, columns: list[str] | None = None, where: str | None = None) -> pa.Table | None:
+        tbl = self._open(name)
+        if tbl is None:
+            return None
+        if where is None:
+            data = tbl.to_arrow()
+            return data.select(columns) if columns else data
+        q = tbl.search().where(where)
+        if columns:
+            q = q.select(columns)
+        return q.limit(None).to_arrow() if hasattr(q, "limit") else q.to_arrow()
+
+    def read_since(self, name: str, updated_us: int, columns: list[str] | None = None) -> pa.Table | None:
+        return self.read(name, columns, where=f"updated_us > {int(updated_us)}")
+
+    def upsert(self, name: str, data: pa.Table, key: str) -> None:
+        """Insert or replace rows by ``key``; creates the table on first use."""
+        if data.num_rows == 0:
+            return
+        with self._lock:
+            tbl = self._open(name)
+            if tbl is None:
+                tbl = self._db.create_table(name, schema=data.schema, exist_ok=True)
+                self._tables[name] = tbl
+            data = self._conform(tbl, data)
+            self._retry(
+                lambda: tbl.merge_insert(key).when_matched_update_all().when_not_matched_insert_all().execute(data)
+            )
+
+    def replace_where(self, name: str, data: pa.Table, key: str, scope: str) -> None:
+        """Atomically make the rows matching SQL ``scope`` equal ``data`` (one commit)."""
+        with self._lock:
+            tbl = self._open(name)
+            if tbl is None:
+                if data.num_rows:
+                    self.upsert(name, data, key)
+                return
+            if data.num_rows == 0:
+                self._retry(lambda: tbl.delete(scope))
+                return
+            data = self._conform(tbl, data)
+            self._retry(
+                lambda: tbl.merge_insert(key)
+                .when_matched_update_all()
+                .when_not_matched_insert_all()
+                .when_not_matched_by_source_delete(scope)
+                .execute(data)
+            )
+
+    def delete(self, name: str, column: str, values: Sequence[str]) -> None:
+        tbl = self._open(name)
+        if tbl is None or not values:
+            return
+        with self._lock:
+            for i in range(0, len(values), 1000):
+                chunk = list(values[i : i + 1000])
+                self._retry(lambda: tbl.delete(_in_list(column, chunk)))
+
+    def drop(self, name: str) -> None:
+        with self._lock:
+            self._tables.pop(name, None)
+            if self.exists(name):
+                try:
+                    self._db.drop_table(name)
+                except (ValueError, FileNotFoundError, OSError):
+                    shutil.rmtree(self._dir(name), ignore_errors=True)
+
+    def close(self) -> None:
+        with self._lock:
+            self._tables.clear()
+
+    @staticmethod
+    def _conform(tbl: Any, data: pa.Table) -> pa.Table:
+        schema: pa.Schema = tbl.schema
+        if data.schema.equals(schema, check_metadata=False):
+            return data
+        cols = []
+        for f in schema:
+            if f.name in data.column_names:
+                col = data.column(f.name)
+                cols.append(col if col.type == f.type else col.cast(f.type))
+            else:
+                cols.append(pa.nulls(data.num_rows, f.type))
+        return pa.Table.from_arrays(cols, schema=schema)
+
+    @staticmethod
+    def _retry(fn: Any) -> Any:
+        last: Exception | None = None
+        for attempt in range(_RETRIES):
+            try:
+                return fn()
+            except OSError as e:  # a concurrent commit from another process; Lance retries most itself
+                last = e
+                time.sleep(0.01 * (attempt + 1))
+        assert last is not None
+        raise last

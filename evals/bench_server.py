@@ -1,0 +1,412 @@
+"""Feature server benchmark: Tecton-style get-features (1 entity x 10 features) against Redis.
+
+    python -m evals.bench_server [--quick] [--workers 2] [--duration 10] [--rate 1000]
+
+Measures, in the same run and on the same machine:
+- the context-store server (``context-store serve`` equivalent, uvicorn + uvloop + httptools), and
+- a floor: a bare Starlette endpoint doing one Redis GET of a pre-encoded response;
+with (1) max throughput from ``wrk`` (closed loop, 16 connections) and (2) latency at a fixed
+request rate from an open-loop generator (separate process; latency counted from each request's
+scheduled send time, so queueing behind a stall is not hidden). Results -> evals/results/server.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "evals" / "results"
+REDIS_URL = os.environ.get("CONTEXT_STORE_REDIS_URL", "redis://127.0.0.1:6379/0")
+PATH = "/api/v1/feature-service/get-features"
+FEAST_RPS = 881.0
+
+DEFINITIONS = '''
+import context_store as cs
+
+user = cs.Entity("user", join_keys=["user_id"])
+transactions = cs.StreamSource(
+    "transactions",
+    schema=[cs.Field("user_id", cs.String), cs.Field("amount", cs.Float64), cs.Field("ts", cs.Timestamp)],
+    timestamp_field="ts",
+)
+txn_stats = cs.FeatureView(
+    "txn_stats", entities=[user], source=transactions,
+    aggregations=[cs.Aggregate("amount", f, w) for w in ("1h", "1d") for f in ("count", "sum", "mean", "min", "max")],
+)
+bench = cs.FeatureService("bench", [txn_stats])
+'''
+
+
+# -- servers ---------------------------------------------------------------------------------
+
+def floor_app() -> Any:
+    """uvicorn factory: the floor -- read the body, one Redis GET, return the bytes."""
+    import redis.asyncio as aredis
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    r = aredis.Redis.from_url(os.environ["CS_BENCH_REDIS"])
+    key = os.environ["CS_BENCH_KEY"]
+
+    async def get_features(request: Request) -> Response:
+        await request.body()
+        return Response(await r.get(key), media_type="application/json")
+
+    async def healthz(request: Request) -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    return Starlette(routes=[Route(PATH, get_features, methods=["POST"]), Route("/healthz", healthz)])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_up(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server on port {port} exited with {proc.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"server on port {port} did not start")
+
+
+def _start_cs(repo: Path, port: int, workers: int) -> subprocess.Popen[bytes]:
+    code = (
+        "from context_store.server.run import ServeOptions, serve; "
+        f"serve(ServeOptions(repo={str(repo)!r}, host='127.0.0.1', port={port}, workers={workers}, auth=False, "
+        "mcp=False, stream_workers=False, log_level='error'))"
+    )
+    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, start_new_session=True)
+
+
+def _start_floor(port: int, workers: int, key: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "CS_BENCH_REDIS": REDIS_URL, "CS_BENCH_KEY": key}
+    cmd = [sys.executable, "-m", "uvicorn", "--factory", "bench_server:floor_app", "--app-dir", str(Path(__file__).parent),
+           "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers), "--loop", "uvloop", "--http",
+           "httptools", "--log-level", "error", "--no-access-log"]
+    return subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=15)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+# -- load generators ---------------------------------------------------------------------------
+
+def wrk_throughput(port: int, body: bytes, seconds: int, connections: int = 16, threads: int = 1) -> dict[str, Any]:
+    """Closed-loop max throughput with wrk (POST via a Lua script)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(textwrap.dedent(f"""
+            wrk.method = "POST"
+            wrk.body = {json.dumps(body.decode())}
+            wrk.headers["Content-Type"] = "application/json"
+        """))
+        script = f.name
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script,
+         f"http://127.0.0.1:{port}{PATH}"], capture_output=True, text=True, check=True,
+    ).stdout
+    os.unlink(script)
+
+    def ms(label: str) -> float | None:
+        m = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if not m:
+            return None
+        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors:.*", out)
+    max_lat = re.search(r"^\s+Latency\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", out, re.M)
+    return {
+        "rps": rps, "p50_ms": ms("50%"), "p99_ms": ms("99%"),
+        "max_ms": float(max_lat.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[max_lat.group(2)] if max_lat else None,
+        "non_2xx": int(non2xx.group(1)) if non2xx else 0, "socket_errors": errors.group(0) if errors else "",
+        "connections": connections,
+    }
+
+
+async def _open_loop(port: int, body: bytes, rate: float, seconds: float, conns: int) -> dict[str, Any]:
+    req = (f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+           f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    pool: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    for _ in range(conns):
+        pool.put_nowait(await asyncio.open_connection("127.0.0.1", port))
+    lat: list[float] = []
+    errors = 0
+    statuses: dict[int, int] = {}
+
+    async def one(scheduled: float) -> None:
+        nonlocal errors
+        reader, writer = await pool.get()
+        try:
+            writer.write(req)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            m = re.search(rb"(?i)content-length:\s*(\d+)", head)
+            await reader.readexactly(int(m.group(1)) if m else 0)
+            statuses[status] = statuses.get(status, 0) + 1
+            lat.append(time.perf_counter() - scheduled)
+        except Exception:
+            errors += 1
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        finally:
+            pool.put_nowait((reader, writer))
+
+    n = int(rate * seconds)
+    tasks = []
+    start = time.perf_counter() + 0.05
+    i = 0
+    while i < n:
+        now = time.perf_counter()
+        while i < n and start + i / rate <= now:  # dispatch everything that is due
+            tasks.append(asyncio.create_task(one(start + i / rate)))
+            i += 1
+        if i < n:
+            await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - start
+    lat.sort()
+
+    def pct(p: float) -> float:
+        return lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else float("nan")
+
+    return {"rate": rate, "sent": n, "achieved_rps": len(lat) / elapsed, "p50_ms": pct(0.50), "p90_ms": pct(0.90),
+            "p99_ms": pct(0.99), "p999_ms": pct(0.999), "max_ms": lat[-1] * 1000 if lat else None,
+            "over_100ms": sum(x > 0.1 for x in lat), "errors": errors, "statuses": statuses, "connections": conns}
+
+
+def fixed_rate(port: int, body: bytes, rate: float, seconds: float, conns: int = 32) -> dict[str, Any]:
+    """Run the open-loop generator in its own process (so it does not share the server's event loop)."""
+    code = (f"import asyncio, json, uvloop, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+            f"import bench_server as b; uvloop.install(); "
+            f"print(json.dumps(asyncio.run(b._open_loop({port}, {body!r}, {rate}, {seconds}, {conns}))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# -- setup -------------------------------------------------------------------------------------
+
+def seed(repo: Path, users: int) -> None:
+    import context_store as cs
+
+    store = cs.ContextStore(repo)
+    store.apply()
+    now = datetime.now(timezone.utc)
+    rows = [{"user_id": f"u{u}", "amount": float(1 + (u * 7 + k) % 50), "ts": now - timedelta(minutes=5 + 9 * k)}
+            for u in range(users) for k in range(5)]
+    for i in range(0, len(rows), 5000):
+        res = store.push("transactions", rows[i:i + 5000])
+        assert res.accepted == len(rows[i:i + 5000])
+    store.close()
+
+
+def profile(repo: Path, n: int = 3000) -> str:
+    """pyinstrument over the in-process ASGI request path (no network): where the server's time goes."""
+    from pyinstrument import Profiler
+
+    from context_store.server import create_app
+
+    body = json.dumps({"params": {"featureServiceName": "bench", "joinKeyMap": {"user_id": "u1"}}}).encode()
+    app = create_app(repo, auth=False, mcp=False)
+
+    async def call() -> int:
+        status = 0
+        sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                await asyncio.sleep(3600)
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(msg: dict[str, Any]) -> None:
+            nonlocal status
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+                 "path": PATH, "raw_path": PATH.encode(), "query_string": b"", "root_path": "",
+                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "state": {}}
+        await app(scope, receive, send)
+        return status
+
+    async def run() -> tuple[str, float]:
+        for _ in range(200):
+            assert await call() == 200
+        prof = Profiler(async_mode="enabled", interval=0.0002)
+        t0 = time.perf_counter()
+        with prof:
+            for _ in range(n):
+                await call()
+        per = (time.perf_counter() - t0) / n * 1e6
+        return prof.output_text(unicode=False, color=False, show_all=True), per
+
+    text, per_us = asyncio.run(run())
+    return f"in-process ASGI call: {per_us:.0f} us/request (under the profiler)\n\n" + text
+
+
+def machine() -> str:
+    cpu = "?"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{platform.system()} {platform.release()}, {os.cpu_count()} cores ({cpu}), Python {platform.python_version()}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="short runs (3 s) for a smoke check")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--duration", type=float, default=10.0)
+    ap.add_argument("--rate", type=float, default=1000.0)
+    ap.add_argument("--users", type=int, default=1000)
+    ap.add_argument("--profile", action="store_true", help="also profile the request path with pyinstrument")
+    ap.add_argument("--out", default=str(RESULTS / "server.md"))
+    args = ap.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk not found: apt-get install -y wrk")
+    dur = 3.0 if args.quick else args.duration
+    ws = "bench" + uuid.uuid4().hex[:8]
+    tmp = Path(tempfile.mkdtemp(prefix="cs-bench-server-"))
+    repo = tmp / "repo"
+    repo.mkdir()
+    (repo / "features.py").write_text(DEFINITIONS)
+    (repo / "context_store.yaml").write_text(f"online_store: {REDIS_URL}\nworkspace: {ws}\n")
+    import redis
+
+    r = redis.Redis.from_url(REDIS_URL)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        t0 = time.perf_counter()
+        seed(repo, 100 if args.quick else args.users)
+        print(f"seeded in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+        cs_port, floor_port = _free_port(), _free_port()
+        procs.append(_start_cs(repo, cs_port, args.workers))
+        _wait_up(cs_port, procs[-1])
+        body = json.dumps({"params": {"workspaceName": ws, "featureServiceName": "bench",
+                                      "joinKeyMap": {"user_id": "u1"}}}).encode()
+        import httpx
+
+        sample = httpx.post(f"http://127.0.0.1:{cs_port}{PATH}", content=body, timeout=10)
+        assert sample.status_code == 200, sample.text
+        features = sample.json()["result"]["features"]
+        assert len(features) == 10 and features[0] not in (None, "0"), features
+        floor_key = f"cs:{ws}:bench:floor"
+        r.set(floor_key, sample.content)
+        procs.append(_start_floor(floor_port, args.workers, floor_key))
+        _wait_up(floor_port, procs[-1])
+        results: dict[str, Any] = {}
+        for name, port in (("context-store", cs_port), ("floor (Starlette + 1 Redis GET)", floor_port)):
+            wrk_throughput(port, body, 2)  # warm-up
+            results[name] = {
+                "throughput": wrk_throughput(port, body, int(dur)),
+                "fixed": fixed_rate(port, body, args.rate, dur),
+            }
+            print(name, json.dumps(results[name]), file=sys.stderr)
+        prof = profile(repo) if args.profile else None
+    finally:
+        for p in procs:
+            _stop(p)
+        for k in r.scan_iter(match=f"cs:{ws}:*", count=1000):
+            r.delete(k)
+        r.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    write(Path(args.out), results, args, dur, prof, sample_body=sample.text)
+
+
+def write(out: Path, results: dict[str, Any], args: Any, dur: float, prof: str | None, sample_body: str) -> None:
+    cs_r = results["context-store"]
+    fl = results["floor (Starlette + 1 Redis GET)"]
+    lines = [
+        "# Feature server benchmark (`python -m evals.bench_server`)",
+        "",
+        f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {machine()}; Redis at {REDIS_URL}.",
+        f"Server: uvicorn + uvloop + httptools, {args.workers} worker processes, auth off, metrics on. "
+        f"Request: Tecton `get-features`, 1 entity x 10 features (window aggregates), {dur:.0f} s per run.",
+        "Load generators run on the same 2-core machine as the servers (they compete for CPU; numbers are conservative).",
+        "",
+        "## Max throughput (wrk, closed loop, 16 connections, 1 thread)",
+        "",
+        "| server | req/s | p50 ms | p99 ms | max ms | non-2xx |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in results.items():
+        t = r["throughput"]
+        lines.append(f"| {name} | {t['rps']:.0f} | {t['p50_ms']:.2f} | {t['p99_ms']:.2f} | {t['max_ms']:.1f} | {t['non_2xx']} |")
+    lines += [
+        "",
+        f"## Latency at a fixed {args.rate:.0f} req/s (open loop, separate process, latency from scheduled send time)",
+        "",
+        "| server | achieved req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | >100 ms | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in results.items():
+        f = r["fixed"]
+        lines.append(f"| {name} | {f['achieved_rps']:.0f} | {f['p50_ms']:.2f} | {f['p90_ms']:.2f} | {f['p99_ms']:.2f} | "
+                     f"{f['p999_ms']:.2f} | {f['max_ms']:.1f} | {f['over_100ms']} | {f['errors']} |")
+    ratio = cs_r["throughput"]["rps"] / FEAST_RPS
+    lines += [
+        "",
+        "## Against the targets",
+        "",
+        f"- Throughput: {cs_r['throughput']['rps']:.0f} req/s = **{ratio:.1f}x** Feast 0.67's 881 req/s (target >= 5x); "
+        f"{cs_r['throughput']['rps'] / fl['throughput']['rps']:.0%} of the floor's {fl['throughput']['rps']:.0f} req/s.",
+        f"- p99 at {args.rate:.0f} req/s: **{cs_r['fixed']['p99_ms']:.2f} ms** (target <= 5 ms; floor {fl['fixed']['p99_ms']:.2f} ms); "
+        f"max {cs_r['fixed']['max_ms']:.1f} ms, {cs_r['fixed']['over_100ms']} requests over 100 ms (stalls).",
+        "",
+        "Sample response:",
+        "",
+        "```json",
+        sample_body,
+        "```",
+    ]
+    if prof:
+        lines += ["", "## Where the time goes (pyinstrument, in-process ASGI calls, no network)", "", "```", prof.strip(), "```"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    (out.with_suffix(".json")).write_text(json.dumps({"results": results, "args": vars(args)}, indent=2, default=str))
+    print(out.read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""``context_store.client``: sync and async clients against a real server, typed errors, reuse."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+import context_store as cs
+from context_store.client import AsyncFeatureServerClient, FeatureServerClient, get_feature_server_client
+from context_store.errors import ForbiddenError, InvalidInputError, NotFoundError, UnauthorizedError, UnavailableError
+from context_store.server import create_app
+from context_store.server.keys import KeyStore, key_store_path
+from tests.fixtures_server import FEATURES_10, free_port, make_server_repo, running_server
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[dict[str, Any]]:
+    ws = "c" + uuid.uuid4().hex[:10]
+    repo = make_server_repo(tmp_path_factory.mktemp("client") / "repo", redis_url, ws)
+    store = cs.ContextStore(repo)
+    store.apply()
+    keys = KeyStore(key_store_path(store.config.data_dir))
+    ingest_key = keys.create(ws, "ingest")[0]
+    read_key = keys.create(ws, "read")[0]
+    with running_server(create_app(repo, key_store=keys, mcp=False)) as url:
+        yield {"url": url, "ws": ws, "ingest": ingest_key, "read": read_key}
+    store.close()
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    for k in r.scan_iter(match=f"*{ws}*", count=1000):
+        r.delete(k)
+    r.close()
+
+
+def test_sync_client_push_and_get(srv: dict[str, Any]) -> None:
+    ts = (datetime.now(timezone.utc) - timedelta(minutes=5)).isoformat()
+    with get_feature_server_client(srv["url"], api_key=srv["ingest"]) as client:
+        assert isinstance(client, FeatureServerClient)
+        res = client.push("transactions", [{"user_id": "cu1", "amount": 4.0, "ts": ts}, {"user_id": "cu1", "amount": 6.0, "ts": ts}])
+        assert res["recordCounts"] == {"transactions": 2}
+        vec = client.get_features(feature_service=cs.FeatureService(name="user_features"), join_keys={"user_id": "cu1"})
+        assert list(vec.feature_values) == FEATURES_10
+        assert vec.feature_values["txn_stats.amount_count_1h"] == 2  # int64 decoded back to int
+        assert vec.feature_values["txn_stats.amount_sum_1h"] == pytest.approx(10.0)
+        assert vec.metadata[0].status == "PRESENT" and vec.metadata[0].effective_time is not None
+        assert vec.metadata[0].view == "txn_stats" and vec.join_keys == {"user_id": "cu1"}
+        # One pooled connection is reused across calls (keep-alive).
+        conns = []
+        for _ in range(3):
+            client.get_features("fraud", {"user_id": "cu1"}, {"amount": 1.0})
+            conns.append(len(client._client._transport._pool.connections))
+        assert conns == [1, 1, 1]
+        batch = client.get_features_batch("user_features", [{"user_id": "cu1"}, {"user_id": "none"}])
+        assert [v.feature_values["txn_stats.amount_count_1h"] for v in batch] == [2, 0]
+        md = client.get_feature_service_metadata("fraud")
+        assert [f["name"] for f in md["featureValues"]][-1] == "amount_check.amount_over_max"
+
+
+def test_async_client(srv: dict[str, Any]) -> None:
+    async def run() -> list[Any]:
+        async with get_feature_server_client(srv["url"], srv["read"], asynchronous=True) as client:
+            assert isinstance(client, AsyncFeatureServerClient)
+            return await asyncio.gather(*[client.get_features("fraud", {"user_id": "cu1"}, {"amount": 100.0})
+                                          for _ in range(4)])
+
+    vecs = asyncio.run(run())
+    assert all(v.feature_values["amount_check.amount_over_max"] in (True, False) for v in vecs)
+    assert vecs[0].feature_values == vecs[-1].feature_values
+
+
+def test_typed_errors(srv: dict[str, Any]) -> None:
+    with FeatureServerClient(srv["url"], srv["read"]) as c:
+        with pytest.raises(NotFoundError) as e:
+            c.get_features("no_such_service", {"user_id": "x"})
+        assert "no_such_service" in e.value.message
+        with pytest.raises(ForbiddenError):
+            c.push("transactions", [{"user_id": "x", "amount": 1.0, "ts": "2026-01-01T00:00:00Z"}])
+        with pytest.raises(ForbiddenError):
+            c.get_features("fraud", {"user_id": "x"}, workspace="someone_else")
+        with pytest.raises(InvalidInputError):
+            c.get_features("fraud", {"user_id": ["not", "a", "key"]})
+    with pytest.raises(UnauthorizedError):
+        FeatureServerClient(srv["url"], "cs_bad_key").get_features("fraud", {"user_id": "x"})
+    with pytest.raises(UnavailableError) as e2:
+        FeatureServerClient(f"http://127.0.0.1:{free_port()}", "k", timeout=2).get_features("fraud", {"user_id": "x"})
+    assert "unreachable" in e2.value.message
+    with pytest.raises(InvalidInputError):
+        FeatureServerClient(srv["url"], srv["read"]).get_features(None, {"user_id": "x"})

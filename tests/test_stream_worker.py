@@ -1,0 +1,163 @@
+"""Redis Streams workers against a real Redis: read-after-write, partition sharing, takeover of a
+dead worker's pending entries, outside producers, exactly-once replay."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import orjson
+import pytest
+
+from context_store.compute.stream.ingest import _stream_log
+from context_store.compute.stream.stats import STATS
+from context_store.compute.stream.worker import StreamWorker, run_workers
+from tests.fixtures_stream import T0, event, make_store
+
+pytestmark = pytest.mark.redis
+
+T_REQ = T0 + timedelta(hours=6)
+
+
+@pytest.fixture
+def rstore(tmp_path: Path, redis_url: str, workspace_name: str, redis_cleanup: list[str]):
+    redis_cleanup.extend([f"cs:{workspace_name}:*", f"*{workspace_name}*"])
+    s = make_store(tmp_path / "repo", online_store=redis_url, workspace=workspace_name)
+    yield s
+    s.close()
+
+
+def _vals(store, user: str) -> dict:
+    return store.get_features("fraud", {"user_id": user}, request_time=T_REQ).feature_values
+
+
+def _events(n: int, users: int = 20, start: int = 0) -> list[dict]:
+    return [event(f"u{i % users}", (start + i) * 0.01, float(i % 7), f"m{i % 5}") for i in range(n)]
+
+
+def _expected_counts(rows: list[dict]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in rows:
+        out[r["user_id"]] = out.get(r["user_id"], 0) + 1
+    return out
+
+
+def test_push_with_live_worker_is_visible_on_return(rstore) -> None:
+    stop = threading.Event()
+    pool = run_workers(rstore, 1, stop, flush_interval=0.2)
+    try:
+        deadline = time.time() + 5
+        while not pool.workers[0].owned and time.time() < deadline:
+            time.sleep(0.02)
+        assert len(pool.workers[0].owned) == 4  # alone: owns every partition
+        for i in range(20):
+            res = rstore.push("transactions", [event("u1", i, 2.0)])
+            assert res.visible
+            assert _vals(rstore, "u1")["txn_stats.amount_count_1d"] == i + 1  # read-after-write
+        time.sleep(0.5)
+        assert rstore.offline.count("src__transactions") == 20
+        assert rstore.offline.count("fv__txn_stats") == 20
+    finally:
+        pool.stop()
+    log = _stream_log(rstore)
+    assert log.lag([log.stream_key("transactions", p) for p in range(4)]) == 0  # all acked
+
+
+def test_push_without_worker_drains_inline(rstore) -> None:
+    rows = _events(300)
+    res = rstore.push("transactions", rows)
+    assert res.visible and res.accepted == 300 and len(res.offsets) == 4
+    for user, n in _expected_counts(rows).items():
+        assert _vals(rstore, user)["txn_stats.amount_count_1d"] == n
+    assert rstore.offline.count("src__transactions") == 300
+    # Nothing left pending; nobody holds a lease.
+    log = _stream_log(rstore)
+    assert log.lag([log.stream_key("transactions", p) for p in range(4)]) == 0
+    assert all(log.lease_owner("transactions", p) is None for p in range(4))
+
+
+def test_two_workers_share_partitions_and_count_exactly(rstore) -> None:
+    stop = threading.Event()
+    pool = run_workers(rstore, 2, stop, flush_interval=0.2)
+    try:
+        deadline = time.time() + 10
+        while time.time() < deadline and sorted(len(w.owned) for w in pool.workers) != [2, 2]:
+            time.sleep(0.05)
+        assert sorted(len(w.owned) for w in pool.workers) == [2, 2]
+        rows = _events(2000)
+        for i in range(0, len(rows), 100):
+            assert rstore.push("transactions", rows[i : i + 100]).visible
+        for user, n in _expected_counts(rows).items():
+            assert _vals(rstore, user)["txn_stats.amount_count_1d"] == n
+        assert all(w.processed > 0 for w in pool.workers)
+    finally:
+        pool.stop()
+    assert rstore.offline.count("src__transactions") == 2000
+    assert rstore.offline.count("fv__txn_stats") == 2000
+
+
+def test_new_worker_claims_pending_entries_of_a_dead_one(rstore) -> None:
+    """A worker that read and applied entries but died before its offline flush/ack: the next
+    owner takes them over (XAUTOCLAIM); online skips what was applied, offline gets all."""
+    rows = _events(500)
+    log = _stream_log(rstore)
+    dead = StreamWorker(rstore, name="dead", lease_ms=400, flush_interval=3600)
+    dead.rebalance()
+    assert len(dead.owned) == 4
+    # Add without waiting: write to the streams the way push does, then let `dead` read half.
+    from context_store.compute.stream.ingest import _push_redis
+    from context_store.compute.stream.processor import source_plan
+    from context_store.compute.stream.validate import validate_records
+
+    plan = source_plan(rstore.definitions, "transactions")
+    _push_redis(rstore, plan, validate_records(plan.source, rows[:250], plan.required), timeout=None)
+    while dead.step():
+        pass
+    assert dead.processed == 250
+    _push_redis(rstore, plan, validate_records(plan.source, rows[250:], plan.required), timeout=None)
+    # `dead` stops here without flushing/acking (as after kill -9); its leases expire.
+    log.leave("dead")
+    time.sleep(0.5)
+    claimed_before = STATS.get("claimed_events", "transactions")
+    heir = StreamWorker(rstore, name="heir", lease_ms=2000, flush_interval=3600)
+    heir.rebalance()
+    assert len(heir.owned) == 4
+    assert STATS.get("claimed_events", "transactions") - claimed_before >= 4  # the dead one's entries
+    while heir.step():
+        pass
+    heir.close()
+    for user, n in _expected_counts(rows).items():
+        assert _vals(rstore, user)["txn_stats.amount_count_1d"] == n
+    assert rstore.offline.count("src__transactions") == 500
+    assert rstore.offline.count("fv__txn_stats") == 500
+    assert log.lag([log.stream_key("transactions", p) for p in range(4)]) == 0
+
+
+def test_outside_producer_json_entries(rstore) -> None:
+    """Events XADDed by another system (JSON) are validated and applied; a bad one is counted."""
+    log = _stream_log(rstore)
+    key = log.stream_key("transactions", 0)
+    log.ensure_group(key)
+    good = {"user_id": "ext", "ts": T0.isoformat(), "amount": 4.0, "merchant": "x"}
+    log.r.xadd(key, {"json": orjson.dumps([good, {**good, "amount": 6.0}])})
+    log.r.xadd(key, {"json": orjson.dumps({**good, "amount": "NaN-ish"})})
+    rejected = STATS.get("rejected_pushes", "transactions")
+    w = StreamWorker(rstore, name="w1")
+    w.rebalance()
+    while w.step():
+        pass
+    w.close()
+    assert STATS.get("rejected_pushes", "transactions") - rejected == 1
+    v = _vals(rstore, "ext")
+    assert v["txn_stats.amount_count_1d"] == 2 and v["txn_stats.amount_max_1d"] == 6.0
+
+
+def test_worker_needs_redis(tmp_path: Path) -> None:
+    from context_store.errors import ContextStoreError
+
+    s = make_store(tmp_path / "r")
+    with pytest.raises(ContextStoreError, match="Redis"):
+        StreamWorker(s)
+    s.close()

@@ -1,0 +1,341 @@
+"""Point-in-time training data: property tests against tests/reference.py, plus edge cases and bad input."""
+
+from __future__ import annotations
+
+import math
+import random
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import context_store as cs
+from context_store.compute.training import get_training_data
+from context_store.errors import DefinitionError, InvalidInputError, NotFoundError
+from tests.fixtures_batch import T0, build, rows_of, ts_array, write_parquet
+from tests.helpers import make_repo
+from tests.reference import expected_view_row, values_match
+
+SEC = 1_000_000
+KEYS = ["a", "b", "c"]
+NUMERIC_FUNCS = ["count", "sum", "mean", "min", "max", "last", "stddev_samp", "stddev_pop", "var_samp",
+                 "var_pop", "approx_count_distinct", "approx_percentile"]
+WINDOWS = ["2m", "5m", cs.Lifetime()]
+
+
+def _aggs() -> list[cs.Aggregate]:
+    aggs = [cs.Aggregate("x", f, w) for f in NUMERIC_FUNCS for w in WINDOWS]
+    aggs += [cs.Aggregate("i", f, w) for f in ("sum", "min", "max", "last", "mean") for w in WINDOWS]
+    aggs += [cs.Aggregate("x", "approx_percentile", "5m", percentile=0.9)]
+    for w in WINDOWS:
+        aggs += [
+            cs.Aggregate("s", "count", w),
+            cs.Aggregate("s", "last", w),
+            cs.Aggregate("s", "last_distinct_n", w, n=2),
+            cs.Aggregate("s", "first_distinct_n", w, n=3),
+            cs.Aggregate("s", "approx_count_distinct", w),
+            cs.Aggregate("x", "last_distinct_n", w, n=3),
+        ]
+    return aggs
+
+
+# Events on a coarse 15s grid (many ties), values from small sets (ties in value too), nulls.
+event_st = st.tuples(
+    st.sampled_from(KEYS),
+    st.integers(0, 60),
+    st.one_of(st.none(), st.integers(-20, 20).map(lambda v: v / 4)),
+    st.one_of(st.none(), st.integers(-5, 5)),
+    st.one_of(st.none(), st.sampled_from(["p", "q", "r", "s"])),
+)
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> tuple[list[tuple], list[tuple[str | None, int]]]:
+    events = draw(st.lists(event_st, min_size=0, max_size=40))
+    n_spine = draw(st.integers(1, 25))
+    spine = []
+    for _ in range(n_spine):
+        key = draw(st.sampled_from([*KEYS, "zz", None]))
+        kind = draw(st.integers(0, 3))
+        if events and kind == 0:  # exactly on an event
+            t = draw(st.sampled_from(events))[1] * 15 * SEC
+        elif events and kind == 1:  # exactly on a window edge after an event
+            t = draw(st.sampled_from(events))[1] * 15 * SEC + draw(st.sampled_from([120, 300, 60])) * SEC
+        else:
+            t = draw(st.integers(-30, 80 * 15)) * SEC
+        spine.append((key, T0 + t + draw(st.sampled_from([0, 0, 1, -1]))))
+    return events, spine
+
+
+def _tables(events: list[tuple], spine: list[tuple]) -> tuple[pa.Table, pa.Table]:
+    ev = pa.table({
+        "user_id": pa.array([e[0] for e in events], pa.string()),
+        "ts": ts_array([T0 + e[1] * 15 * SEC for e in events]),
+        "x": pa.array([e[2] for e in events], pa.float64()),
+        "i": pa.array([e[3] for e in events], pa.int64()),
+        "s": pa.array([e[4] for e in events], pa.string()),
+    })
+    sp = pa.table({"user_id": pa.array([s[0] for s in spine], pa.string()), "timestamp": ts_array([s[1] for s in spine])})
+    return ev, sp
+
+
+def _check(view: cs.FeatureView, out: pa.Table, ev: pa.Table, sp: pa.Table) -> None:
+    rows = rows_of(ev, "ts")
+    xs = [abs(r["x"]) for r in rows if r["x"] is not None] + [1.0]
+    scale = max(xs)
+    for i, srow in enumerate(sp.to_pylist()):
+        t = sp.column("timestamp").cast(pa.int64())[i].as_py()
+        want = expected_view_row(view, rows, srow, t)
+        for name, w in want.items():
+            got = out.column(f"{view.name}__{name}")[i].as_py()
+            sc = scale * scale if ("var" in name or "stddev" in name) else scale
+            if "stddev" in name:
+                sc = scale  # sqrt of an absolute error of scale^2 * rel
+                ok = values_match(got, w, rel=1e-6, scale=sc)
+            else:
+                ok = values_match(got, w, scale=sc, approx="hll" if "approx_count" in name else None)
+            assert ok, f"row {i} {srow} t={t}: {name} got {got!r}, want {w!r}"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories(), st.booleans())
+def test_window_aggregates_match_reference(history: tuple, interval_mode: bool) -> None:
+    events, spine = history
+    ev, sp = _tables(events, spine)
+    random.Random(len(events)).shuffle(events)  # file order is irrelevant to aggregates
+    with tempfile.TemporaryDirectory() as d:
+        root = Path(d)
+        write_parquet(root, "ev.parquet", ev)
+        user = cs.Entity("user", ["user_id"])
+        src = cs.FileSource("data/ev.parquet", "ts")
+        view = cs.FeatureView("w", [user], src, aggregations=_aggs(), aggregation_interval="1m" if interval_mode else None)
+        svc = cs.FeatureService("svc", [view])
+        defs, config, offline = build(root, [view], [svc])
+        out = get_training_data(defs, config, offline, sp, "svc")
+        assert out.num_rows == sp.num_rows
+        assert out.column_names[:2] == ["user_id", "timestamp"]
+        assert out.select(["user_id", "timestamp"]).equals(sp)
+        _check(view, out, ev, sp)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories(), st.sampled_from([None, "1m", "10m"]))
+def test_batch_features_match_reference(history: tuple, ttl: str | None) -> None:
+    events, spine = history
+    ev, sp = _tables(events, spine)
+    with tempfile.TemporaryDirectory() as d:
+        root = Path(d)
+        write_parquet(root, "ev.parquet", ev)
+        user = cs.Entity("user", ["user_id"])
+        src = cs.FileSource("data/ev.parquet", "ts")
+        view = cs.FeatureView(
+            "prof", [user], src, ttl=ttl,
+            features=[cs.Field("x", cs.Float64), cs.Field("i", cs.Int64), cs.Field("s", cs.String)],
+        )
+        svc = cs.FeatureService("svc", [view])
+        defs, config, offline = build(root, [view], [svc])
+        out = get_training_data(defs, config, offline, sp, "svc")
+        _check(view, out, ev, sp)
+
+
+def _simple_repo(root: Path, n: int = 200, seed: int = 0) -> tuple[pa.Table, cs.FeatureView]:
+    rng = random.Random(seed)
+    ev = pa.table({
+        "user_id": [rng.choice(KEYS) for _ in range(n)],
+        "ts": ts_array([T0 + rng.randrange(0, 3600) * SEC for _ in range(n)]),
+        "amount": [float(rng.randrange(1, 100)) for _ in range(n)],
+    })
+    write_parquet(root, "tx.parquet", ev)
+    user = cs.Entity("user", ["user_id"])
+    src = cs.FileSource("data/tx.parquet", "ts")
+    view = cs.FeatureView("stats", [user], src, aggregations=[
+        cs.Aggregate("amount", "sum", "10m"), cs.Aggregate("amount", "count", "1h"), cs.Aggregate("amount", "max", "30m"),
+    ])
+    return ev, view
+
+
+def test_spine_order_kept_and_no_row_dropped(tmp_path: Path) -> None:
+    ev, view = _simple_repo(tmp_path)
+    defs, config, offline = build(tmp_path, [view], [cs.FeatureService("svc", [view])])
+    rng = random.Random(7)
+    n = 3000
+    keys = [rng.choice([*KEYS, "unknown", None]) for _ in range(n)]
+    times = [T0 + rng.randrange(-600, 4000) * SEC for _ in range(n)]
+    times[:50] = [times[50]] * 50  # duplicate spine rows
+    keys[:50] = [keys[50]] * 50
+    sp = pa.table({"row": list(range(n)), "user_id": keys, "timestamp": ts_array(times)})
+    out = get_training_data(defs, config, offline, sp, "svc")
+    assert out.num_rows == n
+    assert out.column("row").to_pylist() == list(range(n))
+    assert out.column_names == ["row", "user_id", "timestamp", "stats__amount_sum_10m", "stats__amount_count_1h",
+                                "stats__amount_max_30m"]
+    rows = rows_of(ev, "ts")
+    for i in rng.sample(range(n), 200):
+        want = expected_view_row(view, rows, {"user_id": keys[i]}, times[i])
+        assert out.column("stats__amount_count_1h")[i].as_py() == want["amount_count_1h"]
+        assert values_match(out.column("stats__amount_sum_10m")[i].as_py(), want["amount_sum_10m"])
+        assert out.column("stats__amount_max_30m")[i].as_py() == want["amount_max_30m"]
+    unknown = [i for i in range(n) if keys[i] in ("unknown", None)]
+    assert all(out.column("stats__amount_count_1h")[i].as_py() == 0 for i in unknown)
+    assert all(out.column("stats__amount_max_30m")[i].as_py() is None for i in unknown)
+
+
+def test_pandas_in_pandas_out(tmp_path: Path) -> None:
+    ev, view = _simple_repo(tmp_path)
+    defs, config, offline = build(tmp_path, [view], [cs.FeatureService("svc", [view])])
+    sp = pd.DataFrame({
+        "user_id": ["a", "b", "zz"],
+        "timestamp": pd.to_datetime([T0 // SEC + 3000, T0 // SEC + 100, T0 // SEC], unit="s"),  # naive = UTC
+    }, index=[10, 5, 7])
+    out = get_training_data(defs, config, offline, sp, "svc")
+    assert isinstance(out, pd.DataFrame)
+    assert list(out.index) == [10, 5, 7]
+    assert list(out.columns) == ["user_id", "timestamp", "stats__amount_sum_10m", "stats__amount_count_1h",
+                                 "stats__amount_max_30m"]
+    arrow = get_training_data(defs, config, offline, pa.Table.from_pandas(sp, preserve_index=False), "svc")
+    assert out["stats__amount_count_1h"].tolist() == arrow.column("stats__amount_count_1h").to_pylist()
+    assert out["stats__amount_count_1h"].iloc[2] == 0
+
+
+def test_embedding_mean_is_elementwise(tmp_path: Path) -> None:
+    vecs = [[1.0, 0.0, 2.0], [3.0, 4.0, 0.0], None, [0.5, 0.5, 0.5]]
+    ev = pa.table({
+        "user_id": ["a", "a", "a", "b"],
+        "ts": ts_array([T0, T0 + 10 * SEC, T0 + 20 * SEC, T0]),
+        "vec": pa.array(vecs, pa.list_(pa.float32(), 3)),
+    })
+    write_parquet(tmp_path, "views.parquet", ev)
+    user = cs.Entity("user", ["user_id"])
+    src = cs.FileSource("data/views.parquet", "ts")
+    view = cs.FeatureView("interest", [user], src, aggregations=[cs.Aggregate("vec", "mean", "1h", name="v")])
+    defs, config, offline = build(tmp_path, [view], [cs.FeatureService("svc", [view])])
+    sp = pa.table({"user_id": ["a", "a", "b", "c"], "timestamp": ts_array([T0 + 30 * SEC, T0 + 5 * SEC, T0, T0])})
+    out = get_training_data(defs, config, offline, sp, "svc").column("interest__v").to_pylist()
+    assert out[0] == pytest.approx([2.0, 2.0, 1.0])
+    assert out[1] == pytest.approx([1.0, 0.0, 2.0])
+    assert out[2] is None and out[3] is None  # strictly before t: b's only event is at t
+
+
+def test_realtime_view_from_request_and_features(tmp_path: Path) -> None:
+    ev, view = _simple_repo(tmp_path)
+    req = cs.RequestSource([cs.Field("amount", cs.Float64)])
+
+    @cs.realtime_feature_view(sources=[req, view[["amount_max_30m"]]], output=[cs.Field("over_max", cs.Bool),
+                                                                                cs.Field("ratio", cs.Float64)])
+    def amount_check(r: dict, f: dict) -> dict:
+        m = f["amount_max_30m"]
+        return {"over_max": m is not None and r["amount"] > m, "ratio": None if not m else r["amount"] / m}
+
+    svc = cs.FeatureService("svc", [amount_check])  # the dependency view is not in the service itself
+    defs, config, offline = build(tmp_path, [view], [svc], realtime=[amount_check])
+    sp = pa.table({"user_id": ["a", "b", "zz"], "timestamp": ts_array([T0 + 3000 * SEC] * 3), "amount": [50.0, 1000.0, 3.0]})
+    out = get_training_data(defs, config, offline, sp, "svc")
+    assert out.column_names == ["user_id", "timestamp", "amount", "amount_check__over_max", "amount_check__ratio"]
+    rows = rows_of(ev, "ts")
+    for i, key in enumerate(["a", "b", "zz"]):
+        m = expected_view_row(view, rows, {"user_id": key}, T0 + 3000 * SEC)["amount_max_30m"]
+        amount = sp.column("amount")[i].as_py()
+        assert out.column("amount_check__over_max")[i].as_py() == (m is not None and amount > m)
+        assert out.column("amount_check__ratio")[i].as_py() == (None if not m else amount / m)
+    with pytest.raises(InvalidInputError, match="'amount'") as e:
+        get_training_data(defs, config, offline, sp.drop_columns(["amount"]), "svc")
+    assert e.value.field == "amount"
+
+
+def test_bad_input(tmp_path: Path) -> None:
+    _, view = _simple_repo(tmp_path)
+    defs, config, offline = build(tmp_path, [view], [cs.FeatureService("svc", [view])])
+    sp = pa.table({"user_id": ["a"], "timestamp": ts_array([T0])})
+    with pytest.raises(InvalidInputError, match="user_id") as e:
+        get_training_data(defs, config, offline, sp.drop_columns(["user_id"]), "svc")
+    assert e.value.field == "user_id"
+    with pytest.raises(InvalidInputError, match="'event_time'") as e:
+        get_training_data(defs, config, offline, sp, "svc", timestamp_field="event_time")
+    assert e.value.field == "event_time"
+    with pytest.raises(NotFoundError, match="nope") as e:
+        get_training_data(defs, config, offline, sp, "nope")
+    with pytest.raises(InvalidInputError, match="null"):
+        get_training_data(defs, config, offline, pa.table({"user_id": ["a"], "timestamp": pa.nulls(1, pa.timestamp("us"))}), "svc")
+    with pytest.raises(InvalidInputError, match="spine must be"):
+        get_training_data(defs, config, offline, [{"user_id": "a"}], "svc")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="already has a column"):
+        get_training_data(defs, config, offline, sp.append_column("stats__amount_sum_10m", pa.array([1.0])), "svc")
+    with pytest.raises(InvalidInputError, match="user_id"):
+        get_training_data(defs, config, offline, pa.table({"user_id": [[1]], "timestamp": ts_array([T0])}), "svc")
+
+
+def test_not_backfilled_is_a_clear_error(tmp_path: Path) -> None:
+    _, view = _simple_repo(tmp_path)
+    defs, config, offline = build(tmp_path, [view], [cs.FeatureService("svc", [view])], run_backfill=False)
+    with pytest.raises(NotFoundError, match="backfill"):
+        get_training_data(defs, config, offline, pa.table({"user_id": ["a"], "timestamp": ts_array([T0])}), "svc")
+
+
+def test_through_context_store(tmp_path: Path) -> None:
+    """The whole user path: definitions file -> apply -> backfill -> get_training_data."""
+    rng = random.Random(3)
+    n = 500
+    ev = pa.table({
+        "user_id": [rng.choice(KEYS) for _ in range(n)],
+        "ts": ts_array([T0 + rng.randrange(0, 7200) * SEC for _ in range(n)]),
+        "amount": [float(rng.randrange(1, 1000)) / 10 for _ in range(n)],
+        "merchant": [rng.choice(["m1", "m2", "m3", "m4"]) for _ in range(n)],
+    })
+    make_repo(tmp_path, '''
+        import context_store as cs
+        user = cs.Entity("user", join_keys=["user_id"])
+        tx = cs.FileSource("data/tx.parquet", timestamp_field="ts")
+        stats = cs.FeatureView(
+            "stats", [user], tx,
+            transform="SELECT user_id, ts, amount * 2 AS amount2, merchant FROM source",
+            aggregations=[
+                cs.Aggregate("amount2", "sum", "30m"),
+                cs.Aggregate("amount2", "stddev_samp", "1h"),
+                cs.Aggregate("merchant", "last_distinct_n", "1h", n=2),
+            ],
+            aggregation_interval="5m",
+        )
+        req = cs.RequestSource([cs.Field("amount", cs.Float64)])
+
+        @cs.realtime_feature_view(sources=[req, stats], output=[cs.Field("doubled", cs.Float64)])
+        def doubled(r, f):
+            return {"doubled": r["amount"] * 2 + (f["amount2_sum_30m"] or 0)}
+
+        svc = cs.FeatureService("svc", [stats, doubled])
+    ''', {"tx.parquet": ev})
+    store = cs.ContextStore(tmp_path)
+    store.apply()
+    report = store.backfill()
+    assert report.rows == {"stats": n}
+    times = [T0 + rng.randrange(0, 8000) * SEC for _ in range(100)]
+    keys = [rng.choice([*KEYS, "zz"]) for _ in range(100)]
+    sp = pa.table({"user_id": keys, "timestamp": ts_array(times), "amount": [1.0] * 100})
+    out = store.get_training_data(sp, "svc")
+    view = store.definitions.feature_view("stats")
+    rows = [{**r, "amount2": r["amount"] * 2} for r in rows_of(ev, "ts")]
+    for i in range(100):
+        want = expected_view_row(view, rows, {"user_id": keys[i]}, times[i])
+        assert values_match(out.column("stats__amount2_sum_30m")[i].as_py(), want["amount2_sum_30m"])
+        assert values_match(out.column("stats__amount2_stddev_samp_1h")[i].as_py(), want["amount2_stddev_samp_1h"],
+                            scale=200.0)
+        assert out.column("stats__merchant_last_distinct_2_1h")[i].as_py() == want["merchant_last_distinct_2_1h"]
+        assert math.isclose(out.column("doubled__doubled")[i].as_py(), 2.0 + want["amount2_sum_30m"])
+    store.close()
+
+
+def test_failing_realtime_function_names_the_view(tmp_path: Path) -> None:
+    _, view = _simple_repo(tmp_path)
+    req = cs.RequestSource([cs.Field("amount", cs.Float64)])
+
+    @cs.realtime_feature_view(sources=[req], output=[cs.Field("y", cs.Float64)])
+    def broken(r: dict) -> dict:
+        return {"y": 1 / 0}
+
+    defs, config, offline = build(tmp_path, [view], [cs.FeatureService("svc", [broken])], realtime=[broken])
+    sp = pa.table({"user_id": ["a"], "timestamp": ts_array([T0]), "amount": [1.0]})
+    with pytest.raises(DefinitionError, match="broken.*ZeroDivisionError"):
+        get_training_data(defs, config, offline, sp, "svc")
