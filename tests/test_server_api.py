@@ -4,6 +4,7 @@ endpoints, bad input, limits and metrics."""
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -250,9 +251,13 @@ def test_metrics_openmetrics(srv: dict[str, Any]) -> None:
     r = httpx.get(srv["url"] + "/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/openmetrics-text")
     text = r.text
-    assert 'cs_http_request_duration_seconds_bucket{route="/api/v1/feature-service/get-features",service="user_features"' in text
+    assert re.search(r'cs_http_request_duration_seconds_bucket\{le="0.005",route="/api/v1/feature-service/get-features",'
+                     r'service="user_features"\} [1-9]', text)
     assert "cs_online_store_read_duration_seconds_bucket" in text
-    assert f'cs_ingest_records_total{{workspace="{srv["ws"]}",source="transactions",dry_run="false"}}' in text
+    assert f'cs_ingest_records_total{{dry_run="false",source="transactions",workspace="{srv["ws"]}"}}' in text
     assert text.rstrip().endswith("# EOF")
+    assert f'cs_feature_freshness_age_seconds{{view="txn_stats",workspace="{srv["ws"]}"}}' in text
+    assert f'cs_stream_lag_entries{{source="transactions",workspace="{srv["ws"]}"}}' in text
+    assert 'cs_stream_pushed_events_total{source="transactions"}' in text
     classic = httpx.get(srv["url"] + "/metrics", headers={"accept": "text/plain"})
     assert classic.headers["content-type"].startswith("text/plain")

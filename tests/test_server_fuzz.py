@@ -32,7 +32,7 @@ def test_schemathesis_finds_no_server_errors(tmp_path: Path, redis_url: str) -> 
         proc = subprocess.run(
             [exe, "run", f"{url}/openapi.json", "--checks", "not_a_server_error", "--max-examples", "12",
              "--seed", "1", "--header", f"Authorization: Bearer {key}", "--generation-database", "none",
-             "--suppress-health-check", "all", "--request-timeout", "20", "--max-time", "50", "--no-color",
+             "--suppress-health-check", "all", "--request-timeout", "20", "--max-time", "35", "--no-color",
              "--phases", "examples,coverage,fuzzing", "--workers", "2"],
             capture_output=True, text=True, timeout=120, cwd=tmp_path,
             env={**os.environ, "SCHEMATHESIS_HOOKS": ""},

@@ -181,3 +181,20 @@ def test_cli_similar_and_errors(tmp_path: Path) -> None:
     assert res.exit_code != 0 and "--filter" in res.output
     res = runner.invoke(cli, ["knowledge", "search", "help", "readme", *repo])
     assert res.exit_code == 0 and "docs/readme.md" in res.output
+
+
+def test_changing_the_embedder_recomputes_vectors(tmp_path: Path) -> None:
+    from embedders import HashEmbedder, register_embedder
+
+    class Reversed:
+        name, dim = "reversed-64", 64
+
+        def embed(self, texts):  # type: ignore[no-untyped-def]
+            return HashEmbedder(64).embed([t[::-1] for t in texts])
+
+    register_embedder("reversed-64", Reversed)
+    assert build(tmp_path).find_similar("items", text="cake", k=1).items
+    vs = build(tmp_path, embedder="reversed-64")  # same dim, other model: old vectors must not be reused
+    q = Reversed().embed(["gaming laptop"])[0]
+    top = vs.find_similar("items", vector=q.tolist(), k=1).items[0]
+    assert top.entity_id == "i5" and top.score == pytest.approx(1.0, abs=1e-5)

@@ -49,7 +49,7 @@ def test_push_with_live_worker_is_visible_on_return(rstore) -> None:
     pool = run_workers(rstore, 1, stop, flush_interval=0.2)
     try:
         deadline = time.time() + 5
-        while not pool.workers[0].owned and time.time() < deadline:
+        while len(pool.workers[0].owned) < 4 and time.time() < deadline:
             time.sleep(0.02)
         assert len(pool.workers[0].owned) == 4  # alone: owns every partition
         for i in range(20):
@@ -72,10 +72,23 @@ def test_push_without_worker_drains_inline(rstore) -> None:
     for user, n in _expected_counts(rows).items():
         assert _vals(rstore, user)["txn_stats.amount_count_1d"] == n
     assert rstore.offline.count("src__transactions") == 300
-    # Nothing left pending; nobody holds a lease.
+    # Nothing left pending; the pushing process keeps the leases while no worker runs...
     log = _stream_log(rstore)
     assert log.lag([log.stream_key("transactions", p) for p in range(4)]) == 0
-    assert all(log.lease_owner("transactions", p) is None for p in range(4))
+    assert all((log.lease_owner("transactions", p) or "").startswith("push-") for p in range(4))
+    # ...and hands them to a worker as soon as one is alive.
+    stop = threading.Event()
+    pool = run_workers(rstore, 1, stop, flush_interval=0.2)
+    try:
+        time.sleep(0.3)
+        assert rstore.push("transactions", [event("u0", 1, 1.0)]).visible
+        assert _vals(rstore, "u0")["txn_stats.amount_count_1d"] == _expected_counts(rows)["u0"] + 1
+        deadline = time.time() + 5
+        while len(pool.workers[0].owned) < 4 and time.time() < deadline:
+            time.sleep(0.05)
+        assert all(log.lease_owner("transactions", p) == pool.workers[0].name for p in range(4))
+    finally:
+        pool.stop()
 
 
 def test_two_workers_share_partitions_and_count_exactly(rstore) -> None:

@@ -83,9 +83,9 @@ def _tables(events: list[tuple], spine: list[tuple]) -> tuple[pa.Table, pa.Table
     return ev, sp
 
 
-def _check(view: cs.FeatureView, out: pa.Table, ev: pa.Table, sp: pa.Table) -> None:
+def _check(view: cs.FeatureView, out: pa.Table, ev: pa.Table, sp: pa.Table, value: str = "x") -> None:
     rows = rows_of(ev, "ts")
-    xs = [abs(r["x"]) for r in rows if r["x"] is not None] + [1.0]
+    xs = [abs(r[value]) for r in rows if r[value] is not None] + [1.0]
     scale = max(xs)
     for i, srow in enumerate(sp.to_pylist()):
         t = sp.column("timestamp").cast(pa.int64())[i].as_py()
@@ -101,7 +101,7 @@ def _check(view: cs.FeatureView, out: pa.Table, ev: pa.Table, sp: pa.Table) -> N
             assert ok, f"row {i} {srow} t={t}: {name} got {got!r}, want {w!r}"
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(histories(), st.booleans())
 def test_window_aggregates_match_reference(history: tuple, interval_mode: bool) -> None:
     events, spine = history
@@ -122,7 +122,7 @@ def test_window_aggregates_match_reference(history: tuple, interval_mode: bool) 
         _check(view, out, ev, sp)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(histories(), st.sampled_from([None, "1m", "10m"]))
 def test_batch_features_match_reference(history: tuple, ttl: str | None) -> None:
     events, spine = history
@@ -159,7 +159,7 @@ def _simple_repo(root: Path, n: int = 200, seed: int = 0) -> tuple[pa.Table, cs.
 
 
 def test_spine_order_kept_and_no_row_dropped(tmp_path: Path) -> None:
-    ev, view = _simple_repo(tmp_path)
+    ev, view = _simple_repo(tmp_path, n=6000)  # long histories: min/max cross their 64-event blocks
     defs, config, offline = build(tmp_path, [view], [cs.FeatureService("svc", [view])])
     rng = random.Random(7)
     n = 3000
@@ -339,3 +339,58 @@ def test_failing_realtime_function_names_the_view(tmp_path: Path) -> None:
     sp = pa.table({"user_id": ["a"], "timestamp": ts_array([T0]), "amount": [1.0]})
     with pytest.raises(DefinitionError, match="broken.*ZeroDivisionError"):
         get_training_data(defs, config, offline, sp, "svc")
+
+
+def test_multi_key_view_and_null_keys(tmp_path: Path) -> None:
+    rng = random.Random(11)
+    n = 400
+    ev = pa.table({
+        "user_id": [rng.choice(["a", "b", None]) for _ in range(n)],
+        "merchant": pa.array([rng.choice([1, 2, 3]) for _ in range(n)], pa.int64()),
+        "ts": ts_array([T0 + rng.randrange(0, 3600) * SEC for _ in range(n)]),
+        "amount": [float(rng.randrange(0, 50)) for _ in range(n)],
+    })
+    write_parquet(tmp_path, "tx.parquet", ev)
+    user = cs.Entity("user", ["user_id"])
+    merchant = cs.Entity("merchant", [cs.Field("merchant", cs.Int64)])
+    view = cs.FeatureView("um", [user, merchant], cs.FileSource("data/tx.parquet", "ts"), aggregations=[
+        cs.Aggregate("amount", "count", "10m"), cs.Aggregate("amount", "mean", "30m"), cs.Aggregate("amount", "min", cs.Lifetime()),
+    ])
+    defs, config, offline = build(tmp_path, [view], [cs.FeatureService("svc", [view])])
+    m = 300
+    sp = pa.table({
+        "user_id": [rng.choice(["a", "b", "c", None]) for _ in range(m)],
+        "merchant": pa.array([rng.choice([1, 2, 3, 4]) for _ in range(m)], pa.int64()),
+        "timestamp": ts_array([T0 + rng.randrange(0, 4000) * SEC for _ in range(m)]),
+    })
+    out = get_training_data(defs, config, offline, sp, "svc")
+    _check(view, out, ev, sp, value="amount")
+
+
+def test_kernels_against_brute_force() -> None:
+    import numpy as np
+
+    from context_store.compute import _pit
+
+    rng = np.random.default_rng(5)
+    n = 20_011
+    for dtype in (np.int64, np.float64):
+        v = (rng.integers(-1000, 1000, n) if dtype is np.int64 else rng.normal(0, 100, n)).astype(dtype)
+        valid = rng.random(n) > 0.2
+        lo = rng.integers(0, n, 3000)
+        hi = np.minimum(lo + rng.choice([0, 1, 5, 63, 64, 65, 200, 5000], 3000), n)
+        for op, f in (("min", min), ("max", max)):
+            got = _pit.RangeExtrema(v, valid, op).query(lo, hi)
+            for a, b, g in zip(lo, hi, got):
+                vals = [v[i] for i in range(a, b) if valid[i]]
+                if vals:
+                    assert g == f(vals)
+    x = np.concatenate([rng.normal(0, 1e8, 5000), rng.normal(0, 1e-4, 100)])
+    cp = _pit.CompensatedPrefix(x)
+    lo = np.array([5000, 0, 4990, 5050])
+    hi = np.array([5100, 5100, 5010, 5051])
+    for a, b, g in zip(lo, hi, cp.window(lo, hi)):
+        assert math.isclose(float(g), math.fsum(x[a:b]), rel_tol=1e-12)
+    key = np.array([1, 1, 1, 2, 3, 3])
+    rank = np.array([3, 1, 2, 0, 9, 4])
+    assert _pit.tie_order(key, rank).tolist() == [1, 2, 0, 3, 5, 4]

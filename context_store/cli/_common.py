@@ -122,6 +122,13 @@ def run_guarded(fn: Callable[[], Any]) -> Any:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except BrokenPipeError:  # `context-store get ... | head`: the reader left; not an error
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        sys.exit(0)
     except Exception as e:
         if _passthrough(e) or os.environ.get(DEBUG_ENV):
             raise
@@ -223,7 +230,8 @@ def print_vector(vector: Any, as_json: bool = False) -> None:
     names = list(vector.feature_values)
     width = max((len(n) for n in names), default=10)
     vals = {n: _fmt_value(vector.feature_values[n]) for n in names}
-    vwidth = min(max((len(v) for v in vals.values()), default=5), 60)
+    vals = {n: v if len(v) <= 60 else v[:57] + "..." for n, v in vals.items()}  # --json shows it all
+    vwidth = max((len(v) for v in vals.values()), default=5)
     keys = ", ".join(f"{k}={v}" for k, v in (getattr(vector, "join_keys", None) or {}).items())
     if keys:
         click.echo(f"features for {keys}:")

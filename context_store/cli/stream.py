@@ -80,9 +80,13 @@ def push(source: str, file: str, dry_run: bool, as_json: bool) -> None:
 @click.command("worker")
 @click.option("--threads", "-n", default=1, show_default=True, type=click.IntRange(1, 64), help="Worker threads.")
 @click.option("--source", "sources", multiple=True, help="Only these stream sources (default: all).")
+@click.option("--batch", default=2000, show_default=True, type=click.IntRange(1, 100_000),
+              help="Stream entries read per round (one entry = one push to one partition).")
+@click.option("--flush-interval", default=1.0, show_default=True, type=click.FloatRange(0.01, 3600),
+              help="Seconds between offline-log appends (entries are acknowledged after them).")
 @repo_options
 @handle_errors
-def worker(threads: int, sources: tuple[str, ...]) -> None:
+def worker(threads: int, sources: tuple[str, ...], batch: int, flush_interval: float) -> None:
     """Run stream workers alone: apply Redis Stream events to online state and the offline log.
 
     Needs a Redis online store. Stops cleanly on Ctrl-C / SIGTERM (flushes, releases partitions).
@@ -102,7 +106,7 @@ def worker(threads: int, sources: tuple[str, ...]) -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    pool = run_workers(store, threads, stop, sources=list(sources) or None)
+    pool = run_workers(store, threads, stop, sources=list(sources) or None, count=batch, flush_interval=flush_interval)
     click.echo(f"stream workers running ({threads} thread(s), workspace {store.workspace}); Ctrl-C to stop", err=True)
     while not stop.wait(0.5):
         if not any(t.is_alive() for t in pool.threads):

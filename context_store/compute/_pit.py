@@ -4,8 +4,8 @@ An ``EventIndex`` sorts a view's event log once by (entity, ts) (a no-op when th
 already wrote it sorted) and turns every ``[start, end)`` time range of every spine row into an
 index range ``[lo, hi)``. Window functions are then O(1) or O(log n) per row:
 
-- count: ``hi - lo``; sum/mean/var: prefix sums (long double, variance on values shifted by
-  each entity's first value, so sums stay small and the subtraction keeps ~1e-12 relative);
+- count: ``hi - lo``; sum/mean/var: compensated prefix sums (float64 + TwoSum error prefix;
+  variance on values shifted by each entity's first value, finished in long double);
 - min/max: blocks of 64 with in-block prefix/suffix extrema + a sparse table over blocks;
 - last: a running "last non-null index";
 - last/first_distinct_n, approx_*: a short Python loop per row (DataSketches HLL / KLL).
@@ -37,6 +37,22 @@ def _encode(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
     idx = enc.indices
     codes = idx.to_numpy(zero_copy_only=False) if idx.null_count == 0 else idx.fill_null(-1).to_numpy()
     return codes.astype(np.int64, copy=False), enc.dictionary
+
+
+def _runs(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array] | None:
+    """Codes of a key column already grouped into runs (the backfill's sorted log): cheaper than
+    hashing every value. None when some key appears in two runs (or is null)."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    n = len(arr)
+    if n < 2 or arr.null_count:
+        return None
+    ne = pc.not_equal(arr.slice(1), arr.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+    starts = np.r_[0, np.nonzero(ne)[0] + 1]
+    heads = arr.take(pa.array(starts))
+    if len(pc.unique(heads)) != len(heads):
+        return None
+    codes = np.repeat(np.arange(len(starts), dtype=np.int64), np.diff(np.r_[starts, n]))
+    return codes, heads
 
 
 @dataclass
@@ -93,44 +109,52 @@ def build_index(keys: list[pa.ChunkedArray], ts: np.ndarray) -> EventIndex:
     n = len(ts)
     dicts: list[pa.Array] = []
     radices: list[int] = []
-    code = np.zeros(n, dtype=np.int64)
-    null = np.zeros(n, dtype=bool)
+    code: np.ndarray | None = None
+    null: np.ndarray | None = None
+    runs = _runs(keys[0]) if len(keys) == 1 else None
     for col in keys:
-        c, d = _encode(col)
-        null |= c < 0
+        c, d = runs if runs is not None else _encode(col)
+        if len(c) and c.min() < 0:
+            null = (c < 0) if null is None else (null | (c < 0))
+            c = np.maximum(c, 0)
         r = max(len(d), 1)
-        code = code * r + np.maximum(c, 0)
+        code = c if code is None else code * r + c
         dicts.append(d)
         radices.append(r)
+    assert code is not None
     if len(keys) == 1:
         seg_codes = np.arange(radices[0], dtype=np.int64)
         seg = code
     else:
         seg_codes, seg = np.unique(code, return_inverse=True)
         seg = seg.astype(np.int64)
-    seg = np.where(null, -1, seg)
-    keep = ~null
-    if n:
-        ts_min, ts_max = int(ts[keep].min()) if keep.any() else 0, int(ts[keep].max()) if keep.any() else 0
+    valid_ts = ts
+    if null is not None:
+        seg = np.where(null, -1, seg)  # null-key events sort first and are never found (lookups use seg >= 0)
+        valid_ts = ts[~null]
+    if len(valid_ts):
+        ts_min, ts_max = int(valid_ts.min()), int(valid_ts.max())
     else:
         ts_min = ts_max = 0
     span = ts_max - ts_min + 2
-    n_seg = int(seg.max()) + 1 if n and keep.any() else 1
+    n_seg = int(seg.max()) + 1 if len(valid_ts) else 1
     uniq: np.ndarray | None = None
-    if n_seg * span >= (1 << 62):
-        uniq = np.unique(ts[keep])
+    if n_seg * span >= (1 << 62):  # rank-compress timestamps so (segment, ts) fits in int64
+        uniq = np.unique(valid_ts)
         span = len(uniq) + 1
         tsr = np.searchsorted(uniq, ts).astype(np.int64)
     else:
         tsr = ts - ts_min
-    key = seg * span + tsr
-    # null-key events sort first (key < 0) and are never found by a lookup (seg >= 0)
-    if n and not bool(np.all(key[1:] >= key[:-1])):
+    key = seg * span
+    key += tsr
+    d = np.diff(key) if n > 1 else np.zeros(0, dtype=np.int64)
+    if len(d) and d.min() < 0:
         perm = np.argsort(key, kind="stable")
         key, seg, ts = key[perm], seg[perm], ts[perm]
+        d = np.diff(key)
     else:
         perm = None
-    has_ties = bool(n > 1 and np.any(key[1:] == key[:-1]))
+    has_ties = bool(len(d) and not d.all())
     return EventIndex(n, perm, seg, ts, key, span, ts_min, ts_max, uniq, dicts, seg_codes, radices, has_ties)
 
 
@@ -173,8 +197,37 @@ def prefix(values: np.ndarray, dtype: Any) -> np.ndarray:
     return out
 
 
+class CompensatedPrefix:
+    """Prefix sums of float64 values with the rounding error of every addition carried in a
+    second prefix (TwoSum), so a window sum is accurate to ~1e-16 relative to |window sum| even
+    deep into a long history -- at float64 cumsum speed (long double cumsum is ~10x slower)."""
+
+    def __init__(self, x: np.ndarray) -> None:
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        self.p = prefix(x, np.float64)  # np.add.accumulate: strictly sequential, so TwoSum below is exact
+        a, s = self.p[:-1], self.p[1:]
+        # err = (a - (s - bb)) + (x - bb) with bb = s - a, computed in place (big temporaries are costly)
+        bb = np.subtract(s, a)
+        tmp = np.subtract(s, bb)
+        np.subtract(a, tmp, out=tmp)
+        np.subtract(x, bb, out=bb)
+        np.add(tmp, bb, out=bb)
+        del tmp
+        self.c = prefix(bb, np.float64)
+
+    def window(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """Sums over [lo, hi) as long double."""
+        ld = np.longdouble
+        return (self.p[hi].astype(ld) - self.p[lo].astype(ld)) + (self.c[hi] - self.c[lo]).astype(ld)
+
+
 class RangeExtrema:
-    """min or max over index ranges [lo, hi) of a numeric array (invalid entries ignored)."""
+    """min or max over index ranges [lo, hi) of a numeric array (invalid entries ignored).
+
+    Blocks of 64: in-block prefix/suffix extrema (stored transposed, so building them is 64
+    vectorized passes over all blocks) and a sparse table over block extrema. A range spanning
+    blocks costs O(1); a range inside one block is scanned (short ranges: little work).
+    """
 
     def __init__(self, values: np.ndarray, valid: np.ndarray, op: str) -> None:
         self.uf: np.ufunc = np.minimum if op == "min" else np.maximum
@@ -186,13 +239,20 @@ class RangeExtrema:
         self.ident = ident
         n = len(values)
         nb = max((n + _BLOCK - 1) // _BLOCK, 1)
+        self.nb = nb
         v = np.full(nb * _BLOCK, ident, dtype=values.dtype)
-        v[:n] = np.where(valid, values, ident)
+        v[:n] = values if valid.all() else np.where(valid, values, ident)
         self.v = v
-        m = v.reshape(nb, _BLOCK)
-        self.pref = self.uf.accumulate(m, axis=1).ravel()
-        self.suf = self.uf.accumulate(m[:, ::-1], axis=1)[:, ::-1].ravel()
-        levels = [self.uf.reduce(m, axis=1)]
+        # (64, nb): row k = k-th element of every block; always a copy (for nb == 1 the transpose is
+        # already "contiguous" and ascontiguousarray would alias v, which the passes below overwrite)
+        t = np.array(v.reshape(nb, _BLOCK).T, order="C", copy=True)
+        pref, suf = t, t.copy()
+        for k in range(1, _BLOCK):  # row-wise passes: contiguous and vectorized over all blocks
+            self.uf(pref[k - 1], pref[k], out=pref[k])
+            self.uf(suf[_BLOCK - k], suf[_BLOCK - k - 1], out=suf[_BLOCK - k - 1])
+        self.pref = pref.reshape(-1)
+        self.suf = suf.reshape(-1)
+        levels = [pref[-1].copy()]
         k = 1
         while (1 << k) <= nb:
             prev = levels[-1]
@@ -200,6 +260,10 @@ class RangeExtrema:
             levels.append(self.uf(prev[:-half], prev[half:]))
             k += 1
         self.levels = levels
+
+    def _t(self, i: np.ndarray) -> np.ndarray:
+        """Flat index of element i in the transposed (64, nb) layout."""
+        return (i % _BLOCK) * self.nb + i // _BLOCK
 
     def query(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         res = np.full(len(lo), self.ident, dtype=self.v.dtype)
@@ -212,7 +276,7 @@ class RangeExtrema:
         # ranges spanning blocks: suffix of the first, prefix of the last, sparse table between
         d = np.nonzero(~same)[0]
         if len(d):
-            r = self.uf(self.suf[lo_[d]], self.pref[h[d]])
+            r = self.uf(self.suf[self._t(lo_[d])], self.pref[self._t(h[d])])
             a, b = bl[d] + 1, bh[d] - 1
             has = np.nonzero(a <= b)[0]
             if len(has):

@@ -508,12 +508,12 @@ def aggregate_values(
     dt: DType
     if isinstance(sample, bool):
         dt = Bool
+    elif isinstance(sample, (list, tuple, np.ndarray)):
+        dt = Embedding(len(sample))
     elif isinstance(sample, int):
         dt = Int64
     elif isinstance(sample, float) or function in NUM_FUNCS or function == "approx_percentile":
         dt = Float64
-    elif isinstance(sample, (list, tuple, np.ndarray)):
-        dt = Embedding(len(sample))
     else:
         dt = String
     view = FeatureView(

@@ -244,8 +244,12 @@ def _aggregate(vd: _ViewData, agg: Aggregate, lo: np.ndarray, hi: np.ndarray, in
     x = vd.numeric(col)
     is_int = x.dtype.kind == "i"
     if fn in ("sum", "mean"):
-        p = vd.cached(("sum", col), lambda: _pit.prefix(np.where(valid, x, 0), np.int64 if is_int else np.longdouble))
-        s = p[hi] - p[lo]
+        if is_int:
+            p = vd.cached(("sum", col), lambda: _pit.prefix(np.where(valid, x, 0), np.int64))
+            s = p[hi] - p[lo]
+        else:
+            cp = vd.cached(("sum", col), lambda: _pit.CompensatedPrefix(x if valid.all() else np.where(valid, x, 0.0)))
+            s = vd.cached(("sumw", col, id(lo)), lambda: cp.window(lo, hi))
         if fn == "sum":
             return pa.array(s.astype(np.int64 if is_int else np.float64)).cast(out_type)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -256,8 +260,8 @@ def _aggregate(vd: _ViewData, agg: Aggregate, lo: np.ndarray, hi: np.ndarray, in
         return pa.array(rx.query(lo, hi), mask=empty).cast(out_type)
     if fn in ("var_samp", "var_pop", "stddev_samp", "stddev_pop"):
         p1, p2 = vd.cached(("var", col), lambda: _shifted_prefixes(vd, x, valid))
-        s1 = p1[hi] - p1[lo]
-        s2 = p2[hi] - p2[lo]
+        s1 = p1.window(lo, hi)
+        s2 = p2.window(lo, hi)
         nl = np.maximum(n, 1).astype(np.longdouble)
         m2 = np.maximum(s2 - s1 * s1 / nl, 0)
         samp = fn.endswith("samp")
@@ -270,11 +274,11 @@ def _aggregate(vd: _ViewData, agg: Aggregate, lo: np.ndarray, hi: np.ndarray, in
     raise InvalidInputError(f"unknown aggregation function {fn!r}", field="function")  # pragma: no cover
 
 
-def _shifted_prefixes(vd: _ViewData, x: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _shifted_prefixes(vd: _ViewData, x: np.ndarray, valid: np.ndarray) -> tuple[Any, Any]:
     """Prefix sums of (x - c) and (x - c)^2 with c the entity's first valid value (keeps sums small)."""
     seg = vd.idx.seg
-    xf = x.astype(np.longdouble)
-    shift = np.zeros(len(x), dtype=np.longdouble)
+    xf = x.astype(np.float64)
+    shift = np.zeros(len(x), dtype=np.float64)
     if len(x):
         starts = np.r_[0, np.nonzero(seg[1:] != seg[:-1])[0] + 1]
         seg_first = np.full(len(starts), -1, dtype=np.int64)
@@ -284,10 +288,10 @@ def _shifted_prefixes(vd: _ViewData, x: np.ndarray, valid: np.ndarray) -> tuple[
         ok = pos < len(vidx)
         seg_first[ok] = vidx[np.minimum(pos[ok], len(vidx) - 1)]
         ok &= seg_first < ends
-        vals = np.where(ok, xf[np.maximum(seg_first, 0)], 0)
+        vals = np.where(ok, xf[np.maximum(seg_first, 0)], 0.0)
         shift = np.repeat(vals, ends - starts)
-    y = np.where(valid, xf - shift, 0)
-    return _pit.prefix(y, np.longdouble), _pit.prefix(y * y, np.longdouble)
+    y = np.where(valid, xf - shift, 0.0)
+    return _pit.CompensatedPrefix(y), _pit.CompensatedPrefix(y * y)
 
 
 def _embedding_mean(vd: _ViewData, col: str, lo: np.ndarray, hi: np.ndarray, n: np.ndarray, dim: int) -> pa.Array:

@@ -21,7 +21,8 @@ def caller_location() -> str:
     try:
         while frame is not None:
             path = os.path.abspath(frame.f_code.co_filename)
-            if not path.startswith(_PKG_DIR + os.sep):
+            # "<string>" frames are generated code (dataclass __init__ of Aggregate/Field): skip them.
+            if not path.startswith(_PKG_DIR + os.sep) and not frame.f_code.co_filename.startswith("<"):
                 return f"{frame.f_code.co_filename}:{frame.f_lineno}"
             frame = frame.f_back
         return "<unknown>"

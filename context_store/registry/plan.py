@@ -55,7 +55,13 @@ class FieldDiff:
     new: Any
 
     def __str__(self) -> str:
-        return f"{self.path}: {_short(self.old)} -> {_short(self.new)}"
+        o, n = self.old, self.new
+        if isinstance(o, list) and isinstance(n, list) and all(isinstance(x, (str, int, float)) for x in o + n):
+            added = [x for x in n if x not in o]
+            removed = [x for x in o if x not in n]
+            parts = [f"+{x}" for x in added] + [f"-{x}" for x in removed]
+            return f"{self.path}: {' '.join(parts) if parts else 'reordered'}"
+        return f"{self.path}: {_short(o)} -> {_short(n)}"
 
 
 @dataclass
@@ -120,6 +126,8 @@ class Plan:
     def __str__(self) -> str:
         head = f"Workspace '{self.workspace}'"
         head += f" (applied version {self.from_version})" if self.from_version else " (nothing applied yet)"
+        if self.is_empty and not self.from_version:
+            return f"{head}: no definitions found in the repo (write *.py files, or run `context-store init DIR`)."
         if self.is_empty:
             return f"{head}: no changes; the registry matches the repo."
         lines = [f"{head}:"]
@@ -145,14 +153,18 @@ class Plan:
             lines.append(f"{len(self.breaking)} breaking change(s): `apply` needs --force.")
         todo = [w for w in (REBACKFILL, REMATERIALIZE, REINDEX) if w in self.forces]
         if todo:
-            verbs = {REBACKFILL: "backfill", REMATERIALIZE: "materialize", REINDEX: "backfill (reindex)"}
-            lines.append("After apply, run: " + ", then ".join(dict.fromkeys(f"context-store {verbs[w]}" for w in todo)) + ".")
+            verbs = {REBACKFILL: "backfill", REINDEX: "backfill", REMATERIALIZE: "materialize"}
+            order = [w for w in (REBACKFILL, REINDEX, REMATERIALIZE) if w in todo]
+            lines.append("After apply, run: " + ", then ".join(dict.fromkeys(f"context-store {verbs[w]}" for w in order)) + ".")
         return "\n".join(lines)
 
 
 def _short(v: Any) -> str:
     if v is None:
         return "(none)"
+    if isinstance(v, dict) and {"column", "function", "window"} <= set(v):  # an aggregation
+        extra = "".join(f", {k}={v[k]}" for k in ("n", "percentile") if v.get(k) is not None)
+        return f"{v['function']}({v['column']}, {v['window']}{extra})"
     s = json.dumps(v, sort_keys=True, default=str)
     return s if len(s) <= 80 else s[:77] + "..."
 
@@ -171,6 +183,14 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     ):
         for v in value:
             out[f"{prefix}[{v['name']}]"] = {k: x for k, x in v.items() if k != "name"} or v["name"]
+    elif (
+        isinstance(value, list) and value
+        and all(isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) for v in value)
+        and len({v[0] for v in value}) == len(value)
+    ):  # a feature service's [[view, [features]], ...]
+        for view, feats in value:
+            out[f"{prefix}[{view}]"] = feats
+        out[f"{prefix}.views"] = [v[0] for v in value]
     else:
         out[prefix] = value
     return out
@@ -299,9 +319,10 @@ def _classify_change(table: str, old: dict[str, Any], new: dict[str, Any], c: Ch
             force(REINDEX)
     elif table == "feature_services":
         of = [f"{v}.{n}" for v, ns in so.get("features", []) for n in ns]
-        nf = [f"{v}.{n}" for v, ns in sn.get("features", []) for n in ns]
-        if nf[: len(of)] != of:
-            breaks("features removed or reordered: clients get a different vector")
+        nf = set(f"{v}.{n}" for v, ns in sn.get("features", []) for n in ns)
+        gone = [f for f in of if f not in nf]
+        if gone:
+            breaks(f"feature(s) {', '.join(gone[:5])}{' ...' if len(gone) > 5 else ''} removed: clients lose them")
     elif table == "context_services":
         if "entity" in top:
             breaks("entity changed: callers' ids mean something else")

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
-from ..errors import ConflictError, NotFoundError
+from ..errors import ConflictError, InvalidInputError, NotFoundError
 from .loader import find_definition_files, import_definitions, collect
 from .plan import Plan, compute_plan, dtype_from_str, dtype_to_str
 from .repo import RepoDefinitions
@@ -170,6 +170,12 @@ class Registry:
             if plan.is_empty and plan.from_version:
                 plan.to_version = plan.from_version
                 return plan
+            if not plan.records and not plan.from_version:
+                raise InvalidInputError(
+                    f"no definitions found in {self.config.repo}: is --repo right? "
+                    "(`context-store init DIR` creates an example repo)",
+                    field="repo",
+                )
             v = plan.from_version + 1
             self._write_version(v, plan)
             _atomic_write(self.root / "CURRENT", f"{v}\n".encode())

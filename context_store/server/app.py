@@ -22,8 +22,9 @@ from .limits import BodySizeLimit
 from .metrics import Metrics
 from .routes_health import health_router
 from .routes_native import native_router
-from .routes_tecton import tecton_router
+from .routes_tecton import TectonHandlers, tecton_router
 from .errors import install_error_handlers
+from .fastpath import FastPath
 from .state import ServerSettings, ServerState
 
 __all__ = ["create_app", "ServerSettings"]
@@ -65,13 +66,24 @@ class _RequestMetrics:
 
 
 def _stream_lag_hook(state: ServerState) -> Any:
+    """At scrape time: entries each stream source's workers have not applied yet (Redis only)."""
+    logs: dict[str, Any] = {}
+
     def hook(metrics: Metrics) -> None:
+        from ..compute.stream.redis_streams import RedisStreamLog
+        from ..definitions import StreamSource
+
         for store in state.resolver.open_stores():
-            fn = getattr(store, "stream_lag", None)
-            if fn is None:
+            if not store.config.is_redis:
                 continue
-            for source, lag in (fn() or {}).items():
-                metrics.stream_lag.labels(store.workspace, source).set(float(lag))
+            log = logs.get(store.workspace)
+            if log is None:
+                log = logs[store.workspace] = RedisStreamLog(store.config.online_store, store.workspace)
+            for name, src in store.definitions.sources.items():
+                if isinstance(src, StreamSource):
+                    keys = [log.stream_key(name, k) for k in range(src.partitions)]
+                    metrics.stream_lag.labels(store.workspace, name).set(log.lag(keys))
+
     return hook
 
 
@@ -159,7 +171,8 @@ def create_app(
     )
     app.state.cs = state
     install_error_handlers(app)
-    app.include_router(tecton_router(state))
+    handlers = TectonHandlers(state)
+    app.include_router(tecton_router(handlers))
     app.include_router(native_router(state))
     app.include_router(health_router(state))
     if mcp is not None:
@@ -167,4 +180,6 @@ def create_app(
         app.router.routes.append(Route("/mcp", endpoint=mcp, methods=["GET", "POST", "DELETE"], include_in_schema=False))
     app.add_middleware(_RequestMetrics, metrics=state.metrics)
     app.add_middleware(BodySizeLimit, max_body=settings.max_body)
+    if settings.fast_path:
+        app.add_middleware(FastPath, routes=handlers.routes(), metrics=state.metrics, max_body=settings.max_body)
     return app

@@ -21,6 +21,26 @@ __all__ = ["Metrics"]
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
+class _StreamCounters:
+    """The stream layer's process-wide counters (``compute.stream.stats.STATS``) as Prometheus counters."""
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        try:
+            from ..compute.stream.stats import COUNTERS, STATS
+        except ImportError:
+            return []
+        snap = STATS.snapshot()
+        out = []
+        for name, doc in COUNTERS.items():
+            fam = CounterMetricFamily(f"cs_stream_{name}", doc, labels=["source"])
+            for source, value in sorted(snap.get(name, {}).items()):
+                fam.add_metric([source], value)
+            out.append(fam)
+        return out
+
+
 class Metrics:
     """All server metrics in one registry (one per app, so tests can build several apps)."""
 
@@ -47,10 +67,12 @@ class Metrics:
             ["workspace", "view"], **gauge_kw,
         )
         self.stream_lag = Gauge(
-            "cs_stream_lag_seconds", "Stream worker lag per source (when the stream layer reports it)",
+            "cs_stream_lag_entries", "Stream entries not yet applied by the workers (pending + undelivered)",
             ["workspace", "source"], **gauge_kw,
         )
         self.online_up = Gauge("cs_online_store_up", "1 when the online store answered the last ping", **gauge_kw)
+        if self.registry is not None:
+            self.registry.register(_StreamCounters())
         self._children: dict[tuple[str, str], Any] = {}
         self._collect_hooks: list[Callable[[Metrics], None]] = []
 

@@ -40,7 +40,8 @@ def health_router(state: ServerState) -> APIRouter:
 
     @router.get("/metrics", include_in_schema=True)
     async def metrics(request: Request) -> Response:
-        body, content_type = state.metrics.render(request.headers.get("accept"))
+        # In a thread: collect hooks talk to Redis.
+        body, content_type = await run_in_threadpool(state.metrics.render, request.headers.get("accept"))
         return Response(body, media_type=content_type)
 
     return router

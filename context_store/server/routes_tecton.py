@@ -1,9 +1,15 @@
-"""Tecton-compatible feature serving: ``/api/v1/feature-service/{get-features,get-features-batch,metadata}``."""
+"""Tecton-compatible feature serving: ``/api/v1/feature-service/{get-features,get-features-batch,metadata}``.
+
+The handlers take the Authorization header and the raw body and return a JSON-ready object, so the
+same code serves both the FastAPI routes (OpenAPI, fallback) and the ``fastpath`` dispatcher that
+skips FastAPI's per-request machinery on the hot path.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter
@@ -18,9 +24,11 @@ from . import schemas, tecton
 from .errors import json_response, loads_body
 from .state import ServerState
 
-__all__ = ["tecton_router"]
+__all__ = ["TectonHandlers", "tecton_router", "PREFIX", "Handler"]
 
 PREFIX = "/api/v1/feature-service"
+# (authorization header, raw body, scope) -> (JSON-ready response, feature service name)
+Handler = Callable[[str | None, bytes, dict[str, Any]], Awaitable[Any]]
 
 
 class BudgetExceeded(ContextStoreError):
@@ -43,9 +51,7 @@ def _missing(store: ContextStore, service: str) -> FeatureVector:
     return FeatureVector(values, meta)
 
 
-async def _with_budget(awaitable: Any, budget_ms: int | None) -> Any:
-    if budget_ms is None:
-        return await awaitable
+async def _with_budget(awaitable: Any, budget_ms: int) -> Any:
     try:
         return await asyncio.wait_for(awaitable, budget_ms / 1000.0)
     except asyncio.TimeoutError:
@@ -62,21 +68,30 @@ def _slo(t0: float, store_s: float, eligible: bool = True) -> dict[str, Any]:
     return slo
 
 
-def tecton_router(state: ServerState) -> APIRouter:
-    router = APIRouter(prefix=PREFIX, tags=["tecton"], responses=schemas.ERROR_RESPONSES)
-    metrics = state.metrics
+class TectonHandlers:
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.metrics = state.metrics
+        self._online: dict[str, Any] = {}
 
-    @router.post("/get-features", openapi_extra=schemas.body(schemas.GET_FEATURES))
-    async def get_features(request: Request) -> Response:
+    def _observe_store(self, ws: str, seconds: float) -> None:
+        child = self._online.get(ws)
+        if child is None:
+            child = self._online[ws] = self.metrics.online_latency.labels(ws)
+        child.observe(seconds)
+
+    async def get_features(self, auth: str | None, body: bytes, scope: dict[str, Any]) -> Any:
         t0 = time.perf_counter()
-        principal = state.authenticate(request)
-        p = tecton.parse_get_features(loads_body(await request.body()))
+        state = self.state
+        principal = state.authenticate_header(auth)
+        p = tecton.parse_get_features(loads_body(body))
         ws, store = state.store_for(principal, "read", p.workspace)
         eligible = True
         try:
             if p.latency_budget_ms is None:
                 vec = await store.get_features_async(p.service, p.join_keys, p.request_context)
             else:
+                store.definitions.feature_service(p.service)  # an unknown service is a 404, not a timeout
                 # In a thread, so the budget holds even when a realtime view computes synchronously.
                 vec = await _with_budget(
                     run_in_threadpool(store.get_features, p.service, p.join_keys, p.request_context),
@@ -87,31 +102,31 @@ def tecton_router(state: ServerState) -> APIRouter:
                 raise
             vec, eligible = _missing(store, p.service), False
         store_s = time.perf_counter() - t0
-        metrics.online_latency.labels(ws).observe(store_s)
-        request.scope["cs.service"] = p.service
+        self._observe_store(ws, store_s)
+        scope["cs.service"] = p.service
         if state.sample():
-            metrics.observe_freshness(ws, vec.metadata)
-        slo = _slo(t0, store_s, eligible) if p.meta.slo_info else None
-        return json_response(tecton.encode_vector(vec, p.meta, slo))
+            self.metrics.observe_freshness(ws, vec.metadata)
+        return tecton.encode_vector(vec, p.meta, _slo(t0, store_s, eligible) if p.meta.slo_info else None)
 
-    @router.post("/get-features-batch", openapi_extra=schemas.body(schemas.GET_FEATURES_BATCH))
-    async def get_features_batch(request: Request) -> Response:
+    async def get_features_batch(self, auth: str | None, body: bytes, scope: dict[str, Any]) -> Any:
         t0 = time.perf_counter()
-        principal = state.authenticate(request)
-        p, keys, ctxs = tecton.parse_batch(loads_body(await request.body()), state.settings.max_batch_rows)
+        state = self.state
+        principal = state.authenticate_header(auth)
+        p, keys, ctxs = tecton.parse_batch(loads_body(body), state.settings.max_batch_rows)
         ws, store = state.store_for(principal, "read", p.workspace)
         eligible = True
+        if p.latency_budget_ms is not None:
+            store.definitions.feature_service(p.service)  # an unknown service is a 404, not a timeout
+        call = run_in_threadpool(store.get_features_batch, p.service, keys, ctxs)
         try:
-            vecs = await _with_budget(
-                run_in_threadpool(store.get_features_batch, p.service, keys, ctxs), p.latency_budget_ms
-            )
+            vecs = await (call if p.latency_budget_ms is None else _with_budget(call, p.latency_budget_ms))
         except BudgetExceeded:
             if not p.allow_partial:
                 raise
             vecs, eligible = [_missing(store, p.service) for _ in keys], False
         store_s = time.perf_counter() - t0
-        metrics.online_latency.labels(ws).observe(store_s)
-        request.scope["cs.service"] = p.service
+        self._observe_store(ws, store_s)
+        scope["cs.service"] = p.service
         rows: list[dict[str, Any]] = []
         for v in vecs:
             row: dict[str, Any] = {"features": tecton.encode_values(v)}
@@ -123,13 +138,40 @@ def tecton_router(state: ServerState) -> APIRouter:
             meta["features"] = tecton.encode_feature_metadata(vecs[0], p.meta, with_status=False)
         if p.meta.slo_info:
             meta["batchSloInfo"] = _slo(t0, store_s, eligible)
-        return json_response({"result": rows, "metadata": meta})
+        return {"result": rows, "metadata": meta}
 
-    @router.post("/metadata", openapi_extra=schemas.body(schemas.METADATA))
-    async def metadata(request: Request) -> Response:
-        principal = state.authenticate(request)
-        workspace, service = tecton.parse_metadata_request(loads_body(await request.body()))
-        _, store = state.store_for(principal, "read", workspace)
-        return json_response(await run_in_threadpool(lambda: tecton.service_metadata(store.definitions, service)))
+    async def metadata(self, auth: str | None, body: bytes, scope: dict[str, Any]) -> Any:
+        principal = self.state.authenticate_header(auth)
+        workspace, service = tecton.parse_metadata_request(loads_body(body))
+        _, store = self.state.store_for(principal, "read", workspace)
+        scope["cs.service"] = service
+        return await run_in_threadpool(lambda: tecton.service_metadata(store.definitions, service))
 
+    def routes(self) -> dict[tuple[str, str], Handler]:
+        """``(method, path) -> handler`` for the fast-path dispatcher."""
+        return {
+            ("POST", PREFIX + "/get-features"): self.get_features,
+            ("POST", PREFIX + "/get-features-batch"): self.get_features_batch,
+            ("POST", PREFIX + "/metadata"): self.metadata,
+        }
+
+
+def tecton_router(handlers: TectonHandlers) -> APIRouter:
+    """The same handlers as FastAPI routes: they document the API (OpenAPI) and serve if the fast path is off."""
+    router = APIRouter(prefix=PREFIX, tags=["tecton"], responses=schemas.ERROR_RESPONSES)
+
+    def route(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            return json_response(await handler(request.headers.get("authorization"), await request.body(), request.scope))
+        return endpoint
+
+    router.add_api_route("/get-features", route(handlers.get_features), methods=["POST"], name="get_features",
+                         summary="Feature values of one entity (Tecton API)",
+                         openapi_extra=schemas.body(schemas.GET_FEATURES))
+    router.add_api_route("/get-features-batch", route(handlers.get_features_batch), methods=["POST"],
+                         name="get_features_batch", summary="Feature values of many entities (Tecton API)",
+                         openapi_extra=schemas.body(schemas.GET_FEATURES_BATCH))
+    router.add_api_route("/metadata", route(handlers.metadata), methods=["POST"], name="feature_service_metadata",
+                         summary="Join keys, request context and features of a feature service (Tecton API)",
+                         openapi_extra=schemas.body(schemas.METADATA))
     return router

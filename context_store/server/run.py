@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import socket
@@ -95,11 +96,9 @@ def _start_stream_workers(opts: ServeOptions) -> subprocess.Popen[bytes] | None:
 
     if not opts.stream_workers or not load_config(opts.repo, online_store=opts.online_store).is_redis:
         return None
-    try:
-        import context_store.cli.main  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("context_store.cli.main") is None:
         return None
-    cmd = [sys.executable, "-m", "context_store.cli.main", "worker", "--repo", opts.repo]
+    cmd = [sys.executable, "-c", "from context_store.cli.main import main; main()", "worker", "--repo", opts.repo]
     if opts.workspace:
         cmd += ["--workspace", opts.workspace]
     env = dict(os.environ)

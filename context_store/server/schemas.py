@@ -15,7 +15,7 @@ _OPTIONS = {
 }
 _REQUEST_OPTIONS = {
     "type": "object",
-    "properties": {"latencyBudgetMs": {"type": "integer", "minimum": 1, "maximum": 600000}},
+    "properties": {"latencyBudgetMs": {"type": "integer", "minimum": 100, "maximum": 600000}},
 }
 
 

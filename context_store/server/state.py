@@ -30,6 +30,7 @@ class ServerSettings:
     freshness_sample: int = 16           # record freshness age on 1 request in N
     allowed_hosts: tuple[str, ...] = ()  # extra Host headers MCP accepts (DNS-rebinding protection)
     allowed_origins: tuple[str, ...] = ()
+    fast_path: bool = True               # serve the Tecton routes without FastAPI's per-request layers
 
 
 class ServerState:
@@ -44,7 +45,10 @@ class ServerState:
 
     def authenticate(self, request: Request) -> Principal:
         """401 for a missing/invalid key, 429 over the key's rate."""
-        p = authenticate(request.headers.get("authorization"), self.keys)
+        return self.authenticate_header(request.headers.get("authorization"))
+
+    def authenticate_header(self, header_value: str | None) -> Principal:
+        p = authenticate(header_value, self.keys)
         if p.key_id is not None:
             self.limiter.check(p.key_id, p.rate_limit)
         return p
@@ -55,8 +59,8 @@ class ServerState:
         return ws, self.resolver(ws)
 
     def sample(self) -> bool:
-        self.counter += 1
-        return self.counter % self.settings.freshness_sample == 0
+        self.counter += 1  # the first request, then one in N
+        return self.counter % self.settings.freshness_sample == 1 or self.settings.freshness_sample == 1
 
     def close(self) -> Any:
         self.resolver.close()

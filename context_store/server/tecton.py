@@ -125,9 +125,10 @@ def _request_options(params: dict[str, Any]) -> int | None:
     budget = _get(raw, "latencyBudgetMs", "latency_budget_ms")
     if budget is None:
         return None
-    if isinstance(budget, bool) or not isinstance(budget, int) or not 1 <= budget <= 600_000:
+    # Tecton's floor: below 100 ms a budget would mostly measure scheduling noise.
+    if isinstance(budget, bool) or not isinstance(budget, int) or not 100 <= budget <= 600_000:
         raise InvalidInputError(
-            "params.requestOptions.latencyBudgetMs must be an integer between 1 and 600000",
+            "params.requestOptions.latencyBudgetMs must be an integer between 100 and 600000",
             field="params.requestOptions.latencyBudgetMs",
         )
     return budget
@@ -211,7 +212,7 @@ def _wire(dtype: dict[str, Any], v: Any) -> Any:
         el = dtype.get("elementType") or {}
         if el.get("type") in ("int64", "array"):
             return [_wire(el, x) for x in v]
-        return v if isinstance(v, list) else list(v)
+        return v  # lists, tuples and numpy arrays all serialize as JSON arrays
     if t == "timestamp" and isinstance(v, datetime):
         return rfc3339(v)
     return v

@@ -187,7 +187,7 @@ class VectorService:
                     table = embedding_table(view.name)
                     dim = self._dim(view.embedder)
                     schema = self.lance.schema(table)
-                    if schema is not None and not self._schema_ok(schema, dim, attrs):
+                    if schema is not None and not self._schema_ok(schema, dim, attrs, view.embedder):
                         self.lance.drop(table)  # embedder or attributes changed: recompute all
                     state = self._load(table, dim, view.index, _KEY, attrs)
                     self._views[view.name] = state
@@ -208,10 +208,13 @@ class VectorService:
         return dim if dim is not None else int(self._embed(["dim probe"], embedder).shape[1])
 
     @staticmethod
-    def _schema_ok(schema: pa.Schema, dim: int, attrs: list[str]) -> bool:
+    def _schema_ok(schema: pa.Schema, dim: int, attrs: list[str], embedder: str) -> bool:
         vt = schema.field("vector").type if "vector" in schema.names else None
         if not isinstance(vt, pa.FixedSizeListType) or vt.list_size != dim:
             return False
+        stored = (schema.metadata or {}).get(b"embedder")
+        if stored is not None and stored.decode() != embedder:
+            return False  # same dim, other model: the old vectors are not comparable
         have = {n[len(_A):] for n in schema.names if n.startswith(_A)}
         return have == set(attrs)
 
@@ -286,7 +289,7 @@ class VectorService:
                 "updated_us": pa.array([now] * len(todo), pa.int64()),
                 **{_A + a: cols[a].take(sel) for a in attrs},
             }
-        )
+        ).replace_schema_metadata({"embedder": view.embedder})
         with self._lock:
             self.lance.upsert(state.table, data, _KEY)  # durable first
             self._apply(state, data, _KEY, attrs)
@@ -403,7 +406,7 @@ class VectorService:
                     table = knowledge_table(kb.name)
                     dim = self._dim(kb.embedder)
                     schema = self.lance.schema(table)
-                    if schema is not None and not self._schema_ok(schema, dim, self._KB_ATTRS):
+                    if schema is not None and not self._schema_ok(schema, dim, self._KB_ATTRS, kb.embedder):
                         self.lance.drop(table)
                     state = self._load(table, dim, "auto", "chunk_id", self._KB_ATTRS)
                     self._kbs[kb.name] = state
@@ -456,7 +459,7 @@ class VectorService:
                        _A + "text": pa.array([c.text for c in chunks], pa.string())},
                     "file": pa.array([c.file for c in chunks], pa.string()),
                 }
-            )
+            ).replace_schema_metadata({"embedder": kb.embedder})
             self._replace_file(state, rel, data)
             stats["reindexed"] += 1
             stats["chunks"] += len(chunks)

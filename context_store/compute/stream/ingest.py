@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,11 +22,21 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ...errors import ContextStoreError, InvalidInputError
+from ...errors import InvalidInputError
 from ..transform import apply_transform
 from . import online_adapter
 from .cutover import load_cutovers
-from .processor import OFFSET, PartitionState, SourcePlan, concat, partition_of, process_batch, source_plan
+from .processor import (
+    OFFSET,
+    OfflineWriter,
+    PartitionState,
+    SourcePlan,
+    append_recent,
+    concat,
+    partition_of,
+    process_batch,
+    source_plan,
+)
 from .stats import STATS
 from .validate import validate_records
 
@@ -111,9 +122,14 @@ def _push_embedded(store: Any, plan: SourcePlan, table: pa.Table) -> PushResult:
         state.applied.clear()  # no replay in-process: fences only guard the Redis path
         state.offline.clear()
         batch = process_batch(plan, events, 0, state, _apply_embedded(store), _cutovers(store), online_token=False)
+        if plan.recent:
+            append_recent(store, plan, batch.offline.get(f"src__{src}", []))
+        writer = store.__dict__.get("_cs_offline_writer")
+        if writer is None:
+            writer = store.__dict__["_cs_offline_writer"] = OfflineWriter(store.offline)
         for name, parts in sorted(batch.offline.items(), key=lambda kv: kv[0].startswith("src__")):
             rows = concat(parts)
-            store.offline.append(name, rows)
+            writer.append(name, rows)
             if name.startswith("src__"):
                 STATS.inc("offline_events", src, rows.num_rows)
     STATS.inc("pushed_events", src, table.num_rows)
@@ -184,15 +200,18 @@ def _inline_drain(store: Any, plan: SourcePlan, offsets: dict[int, int]) -> bool
     with lock:
         w = store.__dict__.get("_cs_inline_worker")
         if w is None:
-            w = StreamWorker(store, name=f"push-{threading.get_ident()}-{time.time_ns()}", transient=True)
+            w = StreamWorker(store, name=f"push-{os.getpid()}-{time.time_ns()}", transient=True)
             store.__dict__["_cs_inline_worker"] = w
-        parts = [(plan.source.name, p) for p in sorted(offsets)]
-        try:
-            return w.drain(parts)
-        finally:
-            for part in parts:
-                if part in w.owned:
-                    w.release(part)
+        return w.drain([(plan.source.name, p) for p in sorted(offsets)])
+
+
+def _retire_inline(store: Any) -> None:
+    """A real worker is up: hand it the partitions this process drained inline."""
+    lock = store.__dict__.setdefault("_cs_inline_lock", threading.Lock())
+    with lock:
+        w = store.__dict__.pop("_cs_inline_worker", None)
+        if w is not None:
+            w.close()
 
 
 def _wait_visible(store: Any, plan: SourcePlan, offsets: dict[int, int], timeout: float) -> bool:
@@ -205,12 +224,11 @@ def _wait_visible(store: Any, plan: SourcePlan, offsets: dict[int, int], timeout
         if _applied(store, plan, offsets):
             return True
         if not _live_workers(store, log):
-            try:
-                _inline_drain(store, plan, offsets)
-            except ContextStoreError:
-                raise
+            _inline_drain(store, plan, offsets)
             if _applied(store, plan, offsets):
                 return True
+        elif "_cs_inline_worker" in store.__dict__:
+            _retire_inline(store)
         if time.monotonic() >= deadline:
             return False
         time.sleep(delay)

@@ -25,7 +25,10 @@ from ...errors import NotFoundError
 from ..transform import apply_transform
 from .stats import STATS
 
-__all__ = ["SourcePlan", "source_plan", "partition_of", "PartitionState", "Batch", "process_batch", "OFFSET", "PARTITION"]
+__all__ = [
+    "SourcePlan", "source_plan", "partition_of", "PartitionState", "Batch", "process_batch", "OfflineWriter",
+    "OFFSET", "PARTITION",
+]
 
 log = logging.getLogger("context_store.stream")
 
@@ -38,6 +41,7 @@ class SourcePlan:
     source: StreamSource
     views: tuple[FeatureView, ...]         # feature views reading this source
     partition_keys: tuple[str, ...]        # columns hashed to pick a partition
+    recent: tuple[tuple[tuple[str, ...], int], ...] = ()  # (entity join keys, n) of context services
 
     @property
     def required(self) -> set[str]:
@@ -60,7 +64,28 @@ def source_plan(definitions: Any, source_name: str) -> SourcePlan:
     schema = [f.name for f in src.schema or ()]
     common = [k for k in schema if views and all(k in v.join_keys for v in views)]
     keys = common or ([k for k in views[0].join_keys if k in schema] if views else [])
-    return SourcePlan(src, views, tuple(keys))
+    recent: dict[tuple[str, ...], int] = {}
+    for cs_ in getattr(definitions, "context_services", {}).values():
+        re_ = getattr(cs_, "recent_events", None)
+        if re_ and re_[0].name == source_name and all(k in schema for k in cs_.entity.join_keys):
+            jk = tuple(cs_.entity.join_keys)
+            recent[jk] = max(recent.get(jk, 0), int(re_[1]))
+    return SourcePlan(src, views, tuple(keys), tuple(recent.items()))
+
+
+def append_recent(store: Any, plan: SourcePlan, raw: list[pa.Table]) -> None:
+    """Newly applied raw events onto the per-entity recent-events lists (``get_user_context``)."""
+    from ...stores.online.codec import entity_key
+
+    rows = [r for t in raw for r in t.drop_columns([c for c in (PARTITION, OFFSET) if c in t.column_names]).to_pylist()]
+    for keys, n in plan.recent:
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            vals = [r.get(k) for k in keys]
+            if all(v is not None for v in vals):
+                groups.setdefault(entity_key(list(keys), vals), []).append(r)
+        for key, items in groups.items():
+            store.online.append_recent(plan.source.name, key, items[-n:], n)
 
 
 def partition_of(table: pa.Table, keys: tuple[str, ...], n: int) -> np.ndarray:
@@ -184,10 +209,57 @@ def process_batch(
                 off_rows = on_rows  # the common case: one transform serves both
             else:
                 off_rows = apply_transform(view, body.filter(pa.array(off_mask)))
+            # Tag with the batch's last offset: a transform may drop or reshape rows, but each
+            # batch is appended whole, so max(_offset) per partition is the exact offline fence.
+            n = off_rows.num_rows
+            off_rows = off_rows.append_column(PARTITION, pa.array(np.full(n, partition, dtype=np.int64)))
+            off_rows = off_rows.append_column(OFFSET, pa.array(np.full(n, last, dtype=np.int64)))
             out.add(f"fv__{view.name}", off_rows)
         if view.offline:
             state.offline[view.name] = max(last, off_fence)
     return out
+
+
+class OfflineWriter:
+    """Appends to the offline log. ``_partition``/``_offset`` columns make replays exact; when a
+    ``fv__`` table was created without them (a batch backfill wrote it first) they are left out
+    and the per-table marks kept in Redis fence replays instead."""
+
+    def __init__(self, offline: Any) -> None:
+        self.offline = offline
+        self._tagged: dict[str, bool] = {}
+
+    def tagged(self, table: str) -> bool:
+        t = self._tagged.get(table)
+        if t is None:
+            t = not self.offline.exists(table) or OFFSET in self.offline.schema(table).names
+            self._tagged[table] = t
+        return t
+
+    def append(self, table: str, rows: pa.Table) -> int:
+        from ...errors import InvalidInputError
+
+        for _ in range(2):
+            data = rows if self.tagged(table) else rows.drop_columns([c for c in (PARTITION, OFFSET) if c in rows.column_names])
+            try:
+                return int(self.offline.append(table, data))
+            except InvalidInputError as e:
+                if e.field not in (PARTITION, OFFSET):
+                    raise
+                self._tagged.pop(table, None)  # the table was rewritten without them; re-check
+        return int(self.offline.append(table, rows.drop_columns([PARTITION, OFFSET])))
+
+    def mark(self, table: str, partition: int, above: int) -> int:
+        """The highest offset of ``partition`` in ``table`` (>= ``above``), from the table itself."""
+        if not self.offline.exists(table) or not self.tagged(table):
+            return above
+        try:
+            t = self.offline.read(table, columns=[OFFSET], filter=f"{PARTITION} = {partition} AND {OFFSET} > {above}")
+        except (NotFoundError, ValueError, OSError):
+            return above
+        if t.num_rows == 0:
+            return above
+        return max(above, int(pc.max(t.column(OFFSET)).as_py()))
 
 
 def concat(tables: list[pa.Table]) -> pa.Table:

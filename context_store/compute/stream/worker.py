@@ -33,7 +33,7 @@ from ...definitions import StreamSource
 from ...errors import ContextStoreError
 from . import online_adapter
 from .cutover import load_cutovers
-from .processor import OFFSET, PARTITION, PartitionState, SourcePlan, concat, process_batch, source_plan
+from .processor import OFFSET, OfflineWriter, PartitionState, SourcePlan, append_recent, concat, process_batch, source_plan
 from .redis_streams import RedisStreamLog, decode_entry, id_to_offset
 from .stats import STATS
 from .validate import validate_records
@@ -83,6 +83,9 @@ class StreamWorker:
         self._last_flush = time.monotonic()
         self._last_balance = 0.0
         self.processed = 0
+        self.writer = OfflineWriter(store.offline)
+        self._appends: dict[str, int] = {}
+        self.compact_every = 100
 
     # -- partitions ----------------------------------------------------------------------
     @property
@@ -126,8 +129,10 @@ class StreamWorker:
             if view.online:
                 state.applied[view.name] = online_adapter.applied_offset(self.store, view, p)
             if view.offline:
-                state.offline[view.name] = self.log.offline_marks(f"fv__{view.name}", p)
-        state.offline["src"] = self._src_mark(source, p)
+                table = f"fv__{view.name}"
+                state.offline[view.name] = self.writer.mark(table, p, self.log.offline_marks(table, p))
+        table = f"src__{source}"
+        state.offline["src"] = self.writer.mark(table, p, self.log.offline_marks(table, p))
         wm = self.log.r.hget(self._wm_key, f"{source}|{p}")
         state.watermark_us = int(wm) if wm else None
         self.owned[part] = state
@@ -138,20 +143,6 @@ class StreamWorker:
             log.info("worker %s took %s/%d with %d pending entries", self.name, source, p, len(pending))
             for i in range(0, len(pending), self.count):
                 self._process(part, pending[i : i + self.count])
-
-    def _src_mark(self, source: str, p: int) -> int:
-        """Offline mark of ``src__``: exact from the table itself (its rows carry their offsets)."""
-        mark = self.log.offline_marks(f"src__{source}", p)
-        off = self.store.offline
-        table = f"src__{source}"
-        try:
-            if off.exists(table):
-                t = off.read(table, columns=[OFFSET], filter=f"{PARTITION} = {p} AND {OFFSET} > {mark}")
-                if t.num_rows:
-                    mark = max(mark, int(np.max(t.column(OFFSET).to_numpy())))
-        except ContextStoreError:
-            pass
-        return mark
 
     @property
     def _wm_key(self) -> str:
@@ -200,6 +191,8 @@ class StreamWorker:
         events = self._decode(plan, entries)
         if events is not None:
             batch = process_batch(plan, events, part[1], state, self._apply, self._cutovers)
+            if plan.recent:
+                append_recent(self.store, plan, batch.offline.get(f"src__{plan.source.name}", []))
             buf = self._buffers.setdefault(part, {})
             for table, rows in batch.offline.items():
                 buf.setdefault(table, []).extend(rows)
@@ -221,18 +214,24 @@ class StreamWorker:
         for buf in self._buffers.values():
             for table, rows in buf.items():
                 by_table.setdefault(table, []).extend(rows)
-        # Views first, raw events last: src__ also serves as the exact mark on recovery.
-        for table in sorted(by_table, key=lambda t: t.startswith("src__")):
-            rows = concat(by_table[table])
-            self.store.offline.append(table, rows)
-            if table.startswith("src__"):
-                STATS.inc("offline_events", table[5:], rows.num_rows)
         marks: dict[str, int] = {}
-        wms: dict[str, int] = {}
         for (source, p), state in self.owned.items():
             for name, off in state.offline.items():
                 table = f"src__{source}" if name == "src" else f"fv__{name}"
                 marks[f"{table}|{p}"] = off
+        # Views first, raw events last; each table's marks right after its append (they only
+        # matter for tables without offset columns, whose replays they fence).
+        for table in sorted(by_table, key=lambda t: t.startswith("src__")):
+            rows = concat(by_table[table])
+            self.writer.append(table, rows)
+            self._maybe_compact(table)
+            if table.startswith("src__"):
+                STATS.inc("offline_events", table[5:], rows.num_rows)
+            mine = {k: v for k, v in marks.items() if k.startswith(table + "|")}
+            if mine:
+                self.log.r.hset(self.log.offline_key, mapping=mine)
+        wms: dict[str, int] = {}
+        for (source, p), state in self.owned.items():
             if state.watermark_us is not None:
                 wms[f"{source}|{p}"] = state.watermark_us
         pipe = self.log.r.pipeline(transaction=False)
@@ -250,6 +249,15 @@ class StreamWorker:
                 self.log.trim_acked(self.key(part))
         self._buffers.clear()
         self._buffered_rows = 0
+
+    def _maybe_compact(self, table: str) -> None:
+        """Stream appends are small: merge their files now and then so reads stay fast."""
+        n = self._appends[table] = self._appends.get(table, 0) + 1
+        if n % self.compact_every == 0:
+            try:
+                self.store.offline.compact(table)
+            except Exception as e:  # noqa: BLE001 - a concurrent commit; the next round retries
+                log.info("compaction of %s skipped: %s", table, e)
 
     def step(self) -> int:
         """One round: rebalance when due, read, apply, flush when due. Returns entries read."""
@@ -282,22 +290,23 @@ class StreamWorker:
         finally:
             self.close()
 
-    def drain(self, parts: Iterable[Part], timeout: float = 10.0) -> bool:
-        """Apply everything currently in ``parts`` (inline, for a push with no live worker).
-
-        Returns False when another owner holds a lease (the caller then waits for it)."""
+    def drain(self, parts: Iterable[Part]) -> bool:
+        """Apply everything currently in ``parts`` inline (a push with no live worker). Keeps the
+        leases for the next push; returns False when another owner holds one."""
         ok = True
         for part in parts:
-            if part in self.owned or self.log.try_lease(*part, self.name, self.lease_ms):
-                if part not in self.owned:
-                    self.acquire(part)
-                while True:
-                    res = self.log.read(self.name, [self.key(part)], self.count, 0)
-                    if not res or not res[0][1]:
-                        break
-                    self._process(part, res[0][1])
-            else:
-                ok = False
+            if part in self.owned and not self.log.renew_lease(*part, self.name, self.lease_ms):
+                self._drop(part)
+            if part not in self.owned:
+                if not self.log.try_lease(*part, self.name, self.lease_ms):
+                    ok = False
+                    continue
+                self.acquire(part)
+            while True:
+                res = self.log.read(self.name, [self.key(part)], self.count, 0)
+                if not res or not res[0][1]:
+                    break
+                self._process(part, res[0][1])
         self.flush()
         return ok
 

@@ -278,7 +278,7 @@ class BaseOnlineStore:
         codec = self._codec(state)
         for k, old in zip(klist, existing):
             i = latest[k]
-            if old is not None and RowCodec.ts_of(old[0]) > ts[i]:
+            if old[0] is not None and RowCodec.ts_of(old[0]) > ts[i]:
                 continue
             ops.set(k, state.vid, codec.encode(ts[i], [cols[n][i] for n in names]))
             ops.expire[k] = state.expire_ms(ts[i], now)

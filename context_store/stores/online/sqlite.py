@@ -36,8 +36,7 @@ class SqliteOnlineStore(BaseOnlineStore):
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        with self._lock:
-            self._conn().executescript(_SCHEMA)
+        self._conn().executescript(_SCHEMA)
 
     def _conn(self) -> sqlite3.Connection:
         c = getattr(self._local, "conn", None)
@@ -85,9 +84,14 @@ class SqliteOnlineStore(BaseOnlineStore):
                     [(k, f, v) for k, fv in ops.sets.items() for f, v in fv.items()],
                 )
             if ops.appends:
+                # Read-and-concatenate inside the write transaction (SQLite's || would make TEXT).
+                rows = []
+                for k, fv in ops.appends.items():
+                    for f, v in fv.items():
+                        old = c.execute("SELECT v FROM kv WHERE k = ? AND f = ?", (k, f)).fetchone()
+                        rows.append((k, f, bytes(old[0]) + v if old else v))
                 c.executemany(
-                    "INSERT INTO kv (k, f, v) VALUES (?, ?, ?) ON CONFLICT (k, f) DO UPDATE SET v = kv.v || excluded.v",
-                    [(k, f, v) for k, fv in ops.appends.items() for f, v in fv.items()],
+                    "INSERT INTO kv (k, f, v) VALUES (?, ?, ?) ON CONFLICT (k, f) DO UPDATE SET v = excluded.v", rows
                 )
             if ops.dels:
                 c.executemany("DELETE FROM kv WHERE k = ? AND f = ?", [(k, f) for k, fs in ops.dels.items() for f in fs])

@@ -101,12 +101,49 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
+def _key(v: Any) -> Any:
+    """Dictionary key of a value: True and 1 must stay distinct; unhashable values go by repr."""
+    try:
+        hash(v)
+    except TypeError:
+        return ("repr", repr(v))
+    return (type(v) is bool, v)
+
+
+class _Coded:
+    """A dictionary-encoded column: int32 codes per position (-1 = null) + the distinct values.
+
+    Equality and membership filters compare int codes (vectorised); ordering filters evaluate
+    each *distinct* value once in Python and broadcast through the codes.
+    """
+
+    __slots__ = ("codes", "values", "lookup")
+
+    def __init__(self, cap: int) -> None:
+        self.codes = np.full(cap, -1, dtype=np.int32)
+        self.values: list[Any] = []
+        self.lookup: dict[Any, int] = {}
+
+    def code(self, v: Any) -> int:
+        if v is None:
+            return -1
+        k = _key(v)
+        c = self.lookup.get(k)
+        if c is None:
+            c = self.lookup[k] = len(self.values)
+            self.values.append(v)
+        return c
+
+    def find(self, v: Any) -> int | None:
+        return -1 if v is None else self.lookup.get(_key(v))
+
+
 class AttributeColumns:
-    """Per-position attribute storage: float64 arrays (NaN = null) for numeric columns,
-    object arrays otherwise, grown by doubling. Filters evaluate vectorised over positions."""
+    """Per-position attribute storage, grown by doubling: float64 arrays (NaN = null) for
+    numeric columns, dictionary-coded columns otherwise. Filters evaluate vectorised."""
 
     def __init__(self) -> None:
-        self._cols: dict[str, np.ndarray] = {}
+        self._cols: dict[str, np.ndarray | _Coded] = {}
         self._size = 0  # number of positions in use
         self._cap = 0
 
@@ -118,14 +155,16 @@ class AttributeColumns:
         if need <= self._cap:
             return
         cap = max(need, self._cap * 2, 1024)
-        for name, arr in self._cols.items():
-            new = np.full(cap, np.nan) if arr.dtype == np.float64 else np.full(cap, None, dtype=object)
-            new[: self._size] = arr[: self._size]
-            self._cols[name] = new
+        for name, col in self._cols.items():
+            if isinstance(col, _Coded):
+                codes = np.full(cap, -1, dtype=np.int32)
+                codes[: self._size] = col.codes[: self._size]
+                col.codes = codes
+            else:
+                new = np.full(cap, np.nan)
+                new[: self._size] = col[: self._size]
+                self._cols[name] = new
         self._cap = cap
-
-    def _new_column(self, name: str, numeric: bool) -> None:
-        self._cols[name] = np.full(self._cap, np.nan) if numeric else np.full(self._cap, None, dtype=object)
 
     def append(self, rows: Sequence[Mapping[str, Any]] | None, count: int) -> None:
         """Add ``count`` positions; ``rows`` (same length) holds their attributes, or None."""
@@ -138,36 +177,42 @@ class AttributeColumns:
         for name in names:
             values = [r.get(name) for r in rows]
             numeric = all(v is None or _is_num(v) for v in values)
-            if name not in self._cols:
-                self._new_column(name, numeric)
-            arr = self._cols[name]
-            if arr.dtype == np.float64 and not numeric:
-                # A non-number arrived in a numeric column: keep every value as an object.
-                obj = np.full(self._cap, None, dtype=object)
-                old = arr[:start]
-                obj[:start] = [None if np.isnan(x) else _num_out(x) for x in old]
-                self._cols[name] = arr = obj
-            if arr.dtype == np.float64:
-                arr[start : start + count] = [np.nan if v is None else float(v) for v in values]
+            col = self._cols.get(name)
+            if col is None:
+                col = self._cols[name] = np.full(self._cap, np.nan) if numeric else _Coded(self._cap)
+            elif not isinstance(col, _Coded) and not numeric:
+                # A non-number arrived in a numeric column: re-encode the column as values.
+                coded = _Coded(self._cap)
+                coded.codes[:start] = [coded.code(None if np.isnan(x) else _num_out(x)) for x in col[:start]]
+                col = self._cols[name] = coded
+            if isinstance(col, _Coded):
+                col.codes[start : start + count] = [col.code(v) for v in values]
             else:
-                for i, v in enumerate(values):
-                    arr[start + i] = v
+                col[start : start + count] = [np.nan if v is None else float(v) for v in values]
 
     def get(self, pos: int) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for name, arr in self._cols.items():
-            v = arr[pos]
-            if arr.dtype == np.float64:
-                out[name] = None if np.isnan(v) else _num_out(v)
+        for name, col in self._cols.items():
+            if isinstance(col, _Coded):
+                c = int(col.codes[pos])
+                out[name] = None if c < 0 else col.values[c]
             else:
-                out[name] = v
+                v = col[pos]
+                out[name] = None if np.isnan(v) else _num_out(v)
         return out
 
     def take(self, positions: np.ndarray) -> AttributeColumns:
         """A compacted copy holding only ``positions`` (in that order)."""
         new = AttributeColumns()
         new._size = new._cap = len(positions)
-        new._cols = {name: arr[positions].copy() for name, arr in self._cols.items()}
+        for name, col in self._cols.items():
+            if isinstance(col, _Coded):
+                coded = _Coded(0)
+                coded.codes = col.codes[positions].copy()
+                coded.values, coded.lookup = list(col.values), dict(col.lookup)
+                new._cols[name] = coded
+            else:
+                new._cols[name] = col[positions].copy()
         return new
 
     def mask(self, conditions: Sequence[Condition]) -> np.ndarray:
@@ -175,12 +220,16 @@ class AttributeColumns:
         n = self._size
         out = np.ones(n, dtype=bool)
         for c in conditions:
-            arr = self._cols.get(c.column)
-            if arr is None:
+            col = self._cols.get(c.column)
+            if col is None:
                 # The column was never set: every row is null there.
-                out &= c.op in ("ne", "nin")
-                continue
-            out &= _eval(arr[:n], c)
+                out &= c.op in ("ne", "nin") or (c.op == "eq" and c.value is None) or (
+                    c.op == "in" and None in c.value
+                )
+            elif isinstance(col, _Coded):
+                out &= _eval_coded(col, n, c)
+            else:
+                out &= _eval_num(col[:n], c)
         return out
 
 
@@ -199,38 +248,45 @@ def _same(x: Any, v: Any) -> bool:
         return False
 
 
-def _eval(arr: np.ndarray, c: Condition) -> np.ndarray:
+def _eval_num(arr: np.ndarray, c: Condition) -> np.ndarray:
     op, v = c.op, c.value
-    if arr.dtype == np.float64:
-        if op in ("in", "nin"):
-            nums = [float(x) for x in v if _is_num(x)]
-            hit = np.isin(arr, nums)
-            if None in v:
-                hit |= np.isnan(arr)
-            return hit if op == "in" else ~hit
-        if op in ("eq", "ne"):
-            if v is None:
-                hit = np.isnan(arr)
-            else:
-                hit = arr == float(v) if _is_num(v) else np.zeros(len(arr), dtype=bool)
-            return hit if op == "eq" else ~hit
-        if not _is_num(v):
-            return np.zeros(len(arr), dtype=bool)
-        with np.errstate(invalid="ignore"):
-            return {"gt": arr > v, "gte": arr >= v, "lt": arr < v, "lte": arr <= v}[op]
     if op in ("in", "nin"):
-        hit = np.frompyfunc(lambda x: any(_same(x, y) for y in v), 1, 1)(arr).astype(bool)
+        hit = np.isin(arr, [float(x) for x in v if _is_num(x)])
+        if None in v:
+            hit |= np.isnan(arr)
         return hit if op == "in" else ~hit
     if op in ("eq", "ne"):
-        hit = np.frompyfunc(lambda x: _same(x, v), 1, 1)(arr).astype(bool)
+        if v is None:
+            hit = np.isnan(arr)
+        else:
+            hit = arr == float(v) if _is_num(v) else np.zeros(len(arr), dtype=bool)
         return hit if op == "eq" else ~hit
+    if not _is_num(v):
+        return np.zeros(len(arr), dtype=bool)
+    with np.errstate(invalid="ignore"):
+        return {"gt": arr > v, "gte": arr >= v, "lt": arr < v, "lte": arr <= v}[op]
+
+
+def _eval_coded(col: _Coded, n: int, c: Condition) -> np.ndarray:
+    codes = col.codes[:n]
+    op, v = c.op, c.value
+    if op in ("eq", "ne", "in", "nin"):
+        wanted = [v] if op in ("eq", "ne") else list(v)
+        hits = {col.find(w) for w in wanted}
+        if any(_is_num(w) for w in wanted):  # a mixed column: 1 and 1.0 are the same value
+            hits |= {code for code, x in enumerate(col.values) if _is_num(x) and any(_same(x, w) for w in wanted)}
+        hits.discard(None)
+        hit = np.isin(codes, np.fromiter(hits, dtype=np.int32, count=len(hits))) if hits else np.zeros(n, dtype=bool)
+        return hit if op in ("eq", "in") else ~hit
 
     def cmp(x: Any) -> bool:
-        if x is None or isinstance(x, bool) or (type(x) is str) != (type(v) is str):
+        if isinstance(x, bool) or (type(x) is str) != (type(v) is str):
             return False
         try:
-            return {"gt": x > v, "gte": x >= v, "lt": x < v, "lte": x <= v}[op]
+            return bool({"gt": x > v, "gte": x >= v, "lt": x < v, "lte": x <= v}[op])
         except TypeError:
             return False
 
-    return np.frompyfunc(cmp, 1, 1)(arr).astype(bool)
+    ok = np.fromiter((cmp(x) for x in col.values), dtype=bool, count=len(col.values))
+    ok = np.append(ok, False)  # code -1 (null) indexes this last slot: never matches
+    return ok[codes]

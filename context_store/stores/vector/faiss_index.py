@@ -9,11 +9,20 @@ positions the index is compacted (rebuilt from its own live vectors, never from 
 
 ``auto`` starts flat and moves to HNSW once ``flat_threshold`` live vectors exist: below that
 size an exact scan is as fast as a graph walk and is exact.
+
+After each (re)build the search breadth (HNSW ``efSearch`` / IVF ``nprobe``) is calibrated on the
+data itself: 150 probe queries are searched exactly and approximately, and the smallest
+breadth reaching ``target_recall`` (recall@10) is kept. Recall then holds on hard data too,
+while easy data keeps the fast default.
+
+Threads: bulk adds use every core (a backfill); searches run single-threaded, since an OpenMP
+team on a 2-core box stalls for milliseconds whenever the other core is busy.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -33,6 +42,10 @@ def _faiss() -> Any:
     return faiss
 
 
+def _build_threads() -> int:
+    return max(1, int(os.environ.get("CONTEXT_STORE_INDEX_THREADS") or os.cpu_count() or 1))
+
+
 class FaissIndex:
     def __init__(
         self,
@@ -46,6 +59,7 @@ class FaissIndex:
         ivf_nprobe: int | None = None,
         exact_limit: int = 20_000,
         compact_ratio: float = 0.25,
+        target_recall: float | None = 0.97,
     ) -> None:
         if kind not in ("auto", "flat", "hnsw", "ivf"):
             raise ValueError(f"index kind must be auto, flat, hnsw or ivf, got {kind!r}")
@@ -58,6 +72,8 @@ class FaissIndex:
         self.ivf_nprobe = ivf_nprobe
         self.exact_limit = exact_limit  # filtered searches allowing fewer rows than this scan exactly
         self.compact_ratio = compact_ratio
+        self.target_recall = target_recall
+        self.calibrated_recall: float | None = None
         self._lock = threading.RLock()
         self._reset("flat")
 
@@ -117,7 +133,14 @@ class FaissIndex:
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            return {"mode": self.mode, "live": len(self._pos), "positions": len(self._ids), "dead": self._dead, "dim": self.dim}
+            out = {"mode": self.mode, "live": len(self._pos), "positions": len(self._ids), "dead": self._dead, "dim": self.dim}
+            if self.mode == "hnsw":
+                out["ef_search"] = self.ef_search
+            elif self.mode == "ivf":
+                out["nprobe"] = int(self._index.nprobe)
+            if self.calibrated_recall is not None:
+                out["calibrated_recall"] = round(self.calibrated_recall, 4)
+            return out
 
     # -- writes ------------------------------------------------------------------------
     def _check_vectors(self, vectors: Any, n: int) -> np.ndarray:
@@ -162,11 +185,17 @@ class FaissIndex:
     def _append(self, ids: list[str], x: np.ndarray, attributes: Sequence[Mapping[str, Any]] | None) -> None:
         start = len(self._ids)
         positions = np.arange(start, start + len(ids), dtype=np.int64)
-        if self.mode == "ivf":
-            self._flat.add(x)
-            self._index.add_with_ids(x, positions)
-        else:
-            self._index.add(x)  # flat and HNSW number vectors by insertion order = position
+        faiss = _faiss()
+        if len(ids) >= 1000:
+            faiss.omp_set_num_threads(_build_threads())
+        try:
+            if self.mode == "ivf":
+                self._flat.add(x)
+                self._index.add_with_ids(x, positions)
+            else:
+                self._index.add(x)  # flat and HNSW number vectors by insertion order = position
+        finally:
+            faiss.omp_set_num_threads(1)
         self._ids.extend(ids)
         for i, p in zip(ids, positions.tolist()):
             self._pos[i] = p
@@ -222,6 +251,60 @@ class FaissIndex:
             self._attrs = attrs
         if extra is not None:
             self._append(e_ids, e_x, e_attrs)
+        if mode in ("hnsw", "ivf") and self.target_recall and len(self._ids) >= 2000:
+            self._calibrate()
+
+    def _calibrate(self, k: int = 10, samples: int = 150) -> None:
+        """Smallest efSearch / nprobe whose recall@k on stored vectors reaches ``target_recall``."""
+        faiss = _faiss()
+        vecs = self._vectors()
+        n = len(vecs)
+        rng = np.random.default_rng(0)
+        m = max(1, min(samples, n) // 3)
+        pick = rng.choice(n, m, replace=False)
+        # A third of the probes are stored vectors (find_similar by entity); a third are means of
+        # two stored vectors (like user-interest vectors); a third are stored vectors plus noise of
+        # the same norm (cosine ~0.7 to their source, like a text query against item titles).
+        mix = vecs[rng.choice(n, m)] + vecs[rng.choice(n, m)]
+        noisy = vecs[rng.choice(n, m)] + rng.normal(size=(m, self.dim)).astype(np.float32) / math.sqrt(self.dim)
+        probes = np.concatenate([vecs[pick], mix, noisy])
+        probes /= np.maximum(np.linalg.norm(probes, axis=1, keepdims=True), 1e-12)
+        q = np.ascontiguousarray(probes, dtype=np.float32)
+        pick = np.concatenate([pick, np.full(2 * m, -1)])  # -1: no self to exclude
+        truth = []
+        for s in range(0, len(q), 25):
+            scores = q[s : s + 25] @ vecs.T
+            top = np.argsort(-scores, axis=1)[:, : k + 1]
+            truth.extend(t.tolist() for t in top)
+        if self.mode == "hnsw":
+            floor = self.ef_search
+            options = sorted({floor, *[c for c in (96, 128, 192, 256, 384, 512) if c > floor]})
+        else:
+            floor = self._index.nprobe
+            options = sorted({min(floor * m, self._index.nlist) for m in (1, 2, 3, 4, 6, 8, 12, 16)})
+        recall = 0.0
+        faiss.omp_set_num_threads(_build_threads())  # a batch of queries: use the cores
+        try:
+            for c in options:
+                if self.mode == "hnsw":
+                    self._index.hnsw.efSearch = c
+                else:
+                    self._index.nprobe = c
+                found = self._index.search(q, k + 1)[1]
+                hits = 0
+                for f, t, p in zip(found, truth, pick.tolist()):
+                    # the query's own vector is excluded on both sides
+                    want = [i for i in t if i != p][:k]
+                    got = [i for i in f.tolist() if i != p][:k]
+                    hits += len(set(want) & set(got))
+                recall = hits / (k * len(q))
+                if recall >= (self.target_recall or 0):
+                    break
+        finally:
+            faiss.omp_set_num_threads(1)
+        if self.mode == "hnsw":
+            self.ef_search = int(self._index.hnsw.efSearch)
+        self.calibrated_recall = recall
 
     # -- reads -------------------------------------------------------------------------
     def get_vector(self, id: str) -> np.ndarray | None:
@@ -268,6 +351,7 @@ class FaissIndex:
             params.nprobe = int(min(self._index.nprobe / max(fraction, 1e-3), self._index.nlist))
         if sel is not None:
             params.sel = sel
+        faiss.omp_set_num_threads(1)  # per-thread setting: this query never waits for a second core
         D, I = self._index.search(q.reshape(1, -1), k, params=params)
         del keep  # the bitmap had to outlive the search call
         ok = I[0] >= 0

@@ -21,6 +21,7 @@ import pyarrow as pa
 __all__ = ["LanceVectors", "embedding_table", "knowledge_table", "vector_array"]
 
 _RETRIES = 5
+_OPTIMIZE_EVERY = 200  # writes per table between compactions (stream upserts make many small fragments)
 
 
 def embedding_table(view: str) -> str:
@@ -59,6 +60,7 @@ class LanceVectors:
         self._lock = threading.RLock()
         self._tables: dict[str, Any] = {}
         self._last_us = 0
+        self._writes: dict[str, int] = {}
 
     def _dir(self, name: str) -> Path:
         return self.path / f"{name}.lance"
@@ -120,6 +122,15 @@ class LanceVectors:
             self._retry(
                 lambda: tbl.merge_insert(key).when_matched_update_all().when_not_matched_insert_all().execute(data)
             )
+            self._wrote(name, tbl)
+
+    def _wrote(self, name: str, tbl: Any) -> None:
+        n = self._writes[name] = self._writes.get(name, 0) + 1
+        if n % _OPTIMIZE_EVERY == 0:
+            try:
+                tbl.optimize()  # compaction only rewrites files; readers keep their snapshot
+            except Exception:  # pragma: no cover - an optimisation, never a reason to fail a write
+                pass
 
     def replace_where(self, name: str, data: pa.Table, key: str, scope: str) -> None:
         """Atomically make the rows matching SQL ``scope`` equal ``data`` (one commit)."""

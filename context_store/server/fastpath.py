@@ -1,0 +1,111 @@
+"""The hot path: serve exact ``(method, path)`` routes straight from ASGI, skipping FastAPI's router,
+dependency solving and middleware layers (measured: ~100 us of ~115 us per in-process call).
+
+It does what those layers would do for these routes: body-size limit, error mapping to
+``{"message": ...}``, request metrics. Everything else falls through to the FastAPI app.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ..errors import ContextStoreError
+from .errors import dumps, is_unavailable
+from .metrics import Metrics
+from .routes_tecton import Handler
+
+__all__ = ["FastPath"]
+
+log = logging.getLogger("context_store.server")
+_JSON = (b"content-type", b"application/json")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class FastPath:
+    def __init__(self, app: ASGIApp, routes: dict[tuple[str, str], Handler], metrics: Metrics, max_body: int) -> None:
+        self.app = app
+        self.routes = routes
+        self.metrics = metrics
+        self.max_body = max_body
+        self._counters: dict[tuple[str, int], Any] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        handler = self.routes.get((scope.get("method", ""), scope.get("path", ""))) if scope["type"] == "http" else None
+        if handler is None:
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        auth = None
+        length = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                auth = value.decode("latin-1")
+            elif name == b"content-length":
+                length = value
+        status, body, extra = 200, b"", ()
+        try:
+            raw = await self._body(receive, length)
+            body = dumps(await handler(auth, raw, scope))
+        except ContextStoreError as e:
+            status, body, extra = self._error(e.status, e.message, e.field)
+        except _TooLarge as e:
+            status, body, extra = self._error(413, str(e), "body")
+        except Exception as e:
+            if is_unavailable(e):
+                status, body, extra = self._error(503, f"online store unreachable: {e}; retry shortly", None)
+            else:
+                log.exception("unhandled error on %s", scope.get("path"))
+                status, body, extra = self._error(500, f"internal error: {type(e).__name__}", None)
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [_JSON, (b"content-length", str(len(body)).encode()), *extra]})
+        await send({"type": "http.response.body", "body": body})
+        path = scope["path"]
+        self.metrics.observe_request(path, scope.get("cs.service", ""), time.perf_counter() - t0)
+        c = self._counters.get((path, status))
+        if c is None:
+            c = self._counters[(path, status)] = self.metrics.requests.labels(path, str(status))
+        c.inc()
+
+    async def _body(self, receive: Receive, length: bytes | None) -> bytes:
+        if length is not None:
+            try:
+                n = int(length)
+            except ValueError:
+                raise ContextStoreError("Content-Length header is not an integer", field="Content-Length") from None
+            if n > self.max_body:
+                raise _TooLarge(f"request body of {n} bytes exceeds the limit of {self.max_body} bytes")
+        msg = await receive()
+        chunk = msg.get("body", b"")
+        if not msg.get("more_body", False):
+            return chunk
+        parts = [chunk]
+        size = len(chunk)
+        while msg.get("more_body", False):
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                break
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise _TooLarge(f"request body exceeds the limit of {self.max_body} bytes")
+            parts.append(chunk)
+        return b"".join(parts)
+
+    @staticmethod
+    def _error(status: int, message: str, field: str | None) -> tuple[int, bytes, tuple[tuple[bytes, bytes], ...]]:
+        body: dict[str, Any] = {"message": message}
+        if field:
+            body["field"] = field
+        extra: tuple[tuple[bytes, bytes], ...] = ()
+        if status in (429, 503):
+            extra = ((b"retry-after", b"1"),)
+        elif status == 401:
+            extra = ((b"www-authenticate", b'Bearer realm="context-store"'),)
+        return status, dumps(body), extra

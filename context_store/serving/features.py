@@ -1,0 +1,337 @@
+"""The online read path: ``FeatureServer.get_features`` with precompiled per-service plans.
+
+A plan is compiled once per feature service (first use): which (view, entity key) reads to
+issue, which values go to which output names, the realtime views to run and the request
+fields to check. A request is then: validate keys -> one ``online.read_features`` (one round
+trip) -> assemble. No registry work per request.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from ..compute.aggregations import us_to_datetime
+from ..compute.tiles import ViewState
+from ..definitions import DType, FeatureSelection, FeatureView, RealtimeFeatureView, RequestSource
+from ..errors import ContextStoreError, InvalidInputError
+from ..registry.repo import RepoDefinitions
+from ..stores.online.base import OnlineStore, ViewValues
+from ..stores.online.codec import KEY_SEP
+from ..types import MISSING_DATA, PRESENT, FeatureMetadata, FeatureVector
+
+__all__ = ["FeatureServer", "to_us"]
+
+_INT = re.compile(r"^-?\d{1,19}$")
+
+
+def to_us(t: datetime | str | int | float | None) -> int:
+    """A request time (datetime, ISO string, epoch seconds) -> µs since epoch, UTC; None -> now."""
+    if t is None:
+        return time.time_ns() // 1000
+    if isinstance(t, str):
+        try:
+            t = datetime.fromisoformat(t.replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidInputError(f"request_time {t!r} is not an ISO-8601 timestamp", field="request_time") from None
+    if isinstance(t, datetime):
+        if t.tzinfo is None:
+            t = t.replace(tzinfo=timezone.utc)
+        d = t - datetime(1970, 1, 1, tzinfo=timezone.utc)
+        return (d.days * 86400 + d.seconds) * 1_000_000 + d.microseconds
+    if isinstance(t, (int, float)) and not isinstance(t, bool):
+        return int(t * 1_000_000)
+    raise InvalidInputError(f"request_time must be a datetime or ISO string, got {type(t).__name__}", field="request_time")
+
+
+@dataclass
+class _Read:
+    state: ViewState
+    join_keys: tuple[str, ...]
+
+
+@dataclass
+class _Plan:
+    name: str
+    join_keys: dict[str, DType]                 # every join key the service needs
+    reads: list[_Read]                          # one per feature view used (selected or realtime source)
+    # outputs: (read index, value index) for stored features, or (-1, rt index, output name)
+    outputs: list[tuple[int, int, str]]
+    names: list[str]
+    meta: list[tuple[str, dict[str, Any], str]]  # (name, dataType, view)
+    realtimes: list[tuple[RealtimeFeatureView, list[Any]]]  # view, per source: ("req", fields) | ("fv", read idx, names, idx)
+    request_fields: dict[str, DType]
+
+
+class FeatureServer:
+    """``FeatureServer(defs, online).get_features("fraud", {"user_id": "u1"})``."""
+
+    def __init__(self, defs: RepoDefinitions, online: OnlineStore) -> None:
+        self.defs = defs
+        self.online = online
+        self._plans: dict[str, _Plan] = {}
+        self._states: dict[str, ViewState] = {}
+        self._lock = threading.Lock()
+
+    # -- compilation --------------------------------------------------------------------
+    def state(self, view: FeatureView) -> ViewState:
+        st = self._states.get(view.name)
+        if st is None:
+            st = self._states[view.name] = ViewState(view, self.defs.input_schemas.get(view.name, {}))
+        return st
+
+    def plan(self, service: str) -> _Plan:
+        p = self._plans.get(service)
+        if p is None:
+            if not isinstance(service, str):
+                raise InvalidInputError(f"feature_service must be a name, got {type(service).__name__}", field="feature_service")
+            svc = self.defs.feature_service(service)  # NotFoundError naming the known services
+            with self._lock:
+                p = self._plans[service] = self._compile(svc)
+        return p
+
+    def _compile(self, svc: Any) -> _Plan:
+        reads: list[_Read] = []
+        read_idx: dict[str, int] = {}
+        join_keys: dict[str, DType] = {}
+
+        def use(view: FeatureView) -> int:
+            if view.name not in read_idx:
+                read_idx[view.name] = len(reads)
+                reads.append(_Read(self.state(view), tuple(view.join_keys)))
+                for f in view.join_key_fields:
+                    join_keys.setdefault(f.name, f.dtype)
+            return read_idx[view.name]
+
+        outputs: list[tuple[int, int, str]] = []
+        names: list[str] = []
+        meta: list[tuple[str, dict[str, Any], str]] = []
+        realtimes: list[tuple[RealtimeFeatureView, list[Any]]] = []
+        req_fields: dict[str, DType] = {}
+        for sel in svc.selections:
+            view = sel.view
+            types = self.defs.feature_types.get(view.name, {})
+            if isinstance(view, RealtimeFeatureView):
+                srcs: list[Any] = []
+                for s in view.sources:
+                    if isinstance(s, RequestSource):
+                        for f in s.schema or ():
+                            req_fields[f.name] = f.dtype
+                        srcs.append(("req", [f.name for f in s.schema or ()]))
+                    else:
+                        fv = s.view if isinstance(s, FeatureSelection) else s
+                        fnames = list(s.features) if isinstance(s, FeatureSelection) else fv.feature_names
+                        ri = use(fv)
+                        srcs.append(("fv", ri, fnames, [fv.feature_names.index(n) for n in fnames]))
+                ri_rt = len(realtimes)
+                realtimes.append((view, srcs))
+                out_types = {f.name: f.dtype for f in view.output}
+                for fname in sel.features:
+                    outputs.append((-1, ri_rt, fname))
+                    nm = f"{view.name}.{fname}"
+                    names.append(nm)
+                    meta.append((nm, out_types[fname].describe(), view.name))
+            else:
+                ri = use(view)
+                st = reads[ri].state
+                for fname in sel.features:
+                    outputs.append((ri, view.feature_names.index(fname), fname))
+                    nm = f"{view.name}.{fname}"
+                    names.append(nm)
+                    dt = types.get(fname) or _feature_dtype(st, fname)
+                    meta.append((nm, dt.describe() if dt is not None else {"type": "unknown"}, view.name))
+        return _Plan(svc.name, join_keys, reads, outputs, names, meta, realtimes, req_fields)
+
+    # -- validation ---------------------------------------------------------------------
+    def _keys(self, plan: _Plan, join_keys: Any) -> dict[str, Any]:
+        if not isinstance(join_keys, Mapping):
+            raise InvalidInputError(f"join_keys must be an object of join key -> value, got {type(join_keys).__name__}", field="join_keys")
+        out: dict[str, Any] = {}
+        for k, dt in plan.join_keys.items():
+            if k not in join_keys:
+                raise InvalidInputError(
+                    f"missing join key {k!r} for feature service {plan.name!r} (needs {', '.join(plan.join_keys)})",
+                    field=f"join_keys.{k}",
+                )
+            v = join_keys[k]
+            if dt.name == "int64":
+                if isinstance(v, str) and _INT.match(v):
+                    v = int(v)
+                elif not isinstance(v, int) or isinstance(v, bool):
+                    raise InvalidInputError(f"join key {k!r} must be an int64, got {type(v).__name__} {v!r}", field=f"join_keys.{k}")
+            elif not isinstance(v, str):
+                raise InvalidInputError(f"join key {k!r} must be a string, got {type(v).__name__} {v!r}", field=f"join_keys.{k}")
+            out[k] = v
+        if len(join_keys) != len(out):
+            extra = sorted(set(join_keys) - set(out), key=str)
+            raise InvalidInputError(
+                f"unexpected join key {extra[0]!r} for feature service {plan.name!r} (it needs {', '.join(plan.join_keys) or 'none'})",
+                field=f"join_keys.{extra[0]}",
+            )
+        return out
+
+    def _context(self, plan: _Plan, ctx: Any) -> Mapping[str, Any]:
+        if not plan.request_fields:
+            return ctx or {}
+        if ctx is None:
+            ctx = {}
+        if not isinstance(ctx, Mapping):
+            raise InvalidInputError(f"request_context must be an object, got {type(ctx).__name__}", field="request_context")
+        for name, dt in plan.request_fields.items():
+            if name not in ctx or ctx[name] is None:
+                raise InvalidInputError(
+                    f"missing request context field {name!r} for feature service {plan.name!r}", field=f"request_context.{name}"
+                )
+            if not dt.accepts(ctx[name]):
+                raise InvalidInputError(
+                    f"request context field {name!r} must be {dt.name}, got {type(ctx[name]).__name__} {ctx[name]!r}",
+                    field=f"request_context.{name}",
+                )
+        return ctx
+
+    # -- reads --------------------------------------------------------------------------
+    def _reads(self, plan: _Plan, keys: dict[str, Any]) -> list[tuple[ViewState, str]]:
+        return [(r.state, KEY_SEP.join(f"{k}={keys[k]}" for k in r.join_keys)) for r in plan.reads]
+
+    def _assemble(self, plan: _Plan, keys: dict[str, Any], ctx: Mapping[str, Any], res: list[ViewValues], t: int) -> FeatureVector:
+        rt_out: list[dict[str, Any]] = []
+        for view, srcs in plan.realtimes:
+            args: list[dict[str, Any]] = []
+            for s in srcs:
+                if s[0] == "req":
+                    args.append({f: ctx.get(f) for f in s[1]})
+                else:
+                    vv = res[s[1]].values
+                    args.append({n: (vv[i] if vv is not None else None) for n, i in zip(s[2], s[3])})
+            try:
+                out = view(*args)
+            except ContextStoreError:
+                raise
+            except Exception as e:
+                raise InvalidInputError(f"realtime feature view {view.name!r} failed: {type(e).__name__}: {e}", field=view.name) from None
+            if not isinstance(out, Mapping):
+                raise InvalidInputError(f"realtime feature view {view.name!r} must return a dict, got {type(out).__name__}", field=view.name)
+            rt_out.append(out)  # type: ignore[arg-type]
+        values: dict[str, Any] = {}
+        metadata: list[FeatureMetadata] = []
+        eff_cache: dict[int, datetime | None] = {}
+        req_dt = None
+        for (ri, vi, fname), name, (_, dtype, vname) in zip(plan.outputs, plan.names, plan.meta):
+            if ri < 0:
+                v = rt_out[vi].get(fname)
+                if req_dt is None:
+                    req_dt = us_to_datetime(t)
+                eff = req_dt
+            else:
+                r = res[ri]
+                v = r.values[vi] if r.values is not None else None
+                eff = eff_cache.get(ri, False)  # type: ignore[arg-type]
+                if eff is False:
+                    eff = eff_cache[ri] = us_to_datetime(r.effective_us) if r.effective_us is not None and r.values is not None else None
+            values[name] = v
+            metadata.append(FeatureMetadata(name, dtype, PRESENT if v is not None else MISSING_DATA, eff, vname))
+        return FeatureVector(values, metadata, keys, None)
+
+    def get_features(
+        self,
+        service: str,
+        join_keys: Mapping[str, Any],
+        request_context: Mapping[str, Any] | None = None,
+        request_time: datetime | str | None = None,
+    ) -> FeatureVector:
+        plan = self.plan(service)
+        keys = self._keys(plan, join_keys)
+        ctx = self._context(plan, request_context)
+        t = to_us(request_time)
+        res = self.online.read_features(self._reads(plan, keys), t)
+        fv = self._assemble(plan, keys, ctx, res, t)
+        fv.request_time = request_time if isinstance(request_time, datetime) else us_to_datetime(t)
+        return fv
+
+    async def get_features_async(
+        self,
+        service: str,
+        join_keys: Mapping[str, Any],
+        request_context: Mapping[str, Any] | None = None,
+        request_time: datetime | str | None = None,
+    ) -> FeatureVector:
+        plan = self.plan(service)
+        keys = self._keys(plan, join_keys)
+        ctx = self._context(plan, request_context)
+        t = to_us(request_time)
+        res = await self.online.read_features_async(self._reads(plan, keys), t)
+        fv = self._assemble(plan, keys, ctx, res, t)
+        fv.request_time = us_to_datetime(t)
+        return fv
+
+    def _batch_prepare(self, service: str, join_keys: Sequence[Mapping[str, Any]], request_context: Any) -> tuple[_Plan, list[dict[str, Any]], list[Mapping[str, Any]], list[tuple[ViewState, str]]]:
+        plan = self.plan(service)
+        if isinstance(join_keys, Mapping) or not isinstance(join_keys, Sequence):
+            raise InvalidInputError("join_keys must be a list of join key objects", field="join_keys")
+        if request_context is None or isinstance(request_context, Mapping):
+            ctxs_in = [request_context] * len(join_keys)
+        elif isinstance(request_context, Sequence) and len(request_context) == len(join_keys):
+            ctxs_in = list(request_context)
+        else:
+            raise InvalidInputError("request_context must be one object or a list with one object per entity", field="request_context")
+        keys_l, ctxs, reads = [], [], []
+        for i, (jk, c) in enumerate(zip(join_keys, ctxs_in)):
+            try:
+                keys = self._keys(plan, jk)
+                ctxs.append(self._context(plan, c))
+            except InvalidInputError as e:
+                raise InvalidInputError(f"entity {i}: {e.message}", field=f"[{i}].{e.field}") from None
+            keys_l.append(keys)
+            reads.extend(self._reads(plan, keys))
+        return plan, keys_l, ctxs, reads
+
+    def get_features_batch(
+        self,
+        service: str,
+        join_keys: Sequence[Mapping[str, Any]],
+        request_context: Sequence[Mapping[str, Any]] | Mapping[str, Any] | None = None,
+        request_time: datetime | str | None = None,
+    ) -> list[FeatureVector]:
+        """Many entities, one round trip."""
+        plan, keys_l, ctxs, reads = self._batch_prepare(service, join_keys, request_context)
+        t = to_us(request_time)
+        res = self.online.read_features(reads, t) if reads else []
+        return self._split(plan, keys_l, ctxs, res, t)
+
+    async def get_features_batch_async(
+        self,
+        service: str,
+        join_keys: Sequence[Mapping[str, Any]],
+        request_context: Sequence[Mapping[str, Any]] | Mapping[str, Any] | None = None,
+        request_time: datetime | str | None = None,
+    ) -> list[FeatureVector]:
+        plan, keys_l, ctxs, reads = self._batch_prepare(service, join_keys, request_context)
+        t = to_us(request_time)
+        res = await self.online.read_features_async(reads, t) if reads else []
+        return self._split(plan, keys_l, ctxs, res, t)
+
+    def _split(self, plan: _Plan, keys_l: list[dict[str, Any]], ctxs: list[Mapping[str, Any]], res: list[ViewValues], t: int) -> list[FeatureVector]:
+        n = len(plan.reads)
+        rt = us_to_datetime(t)
+        out = []
+        for i, (keys, ctx) in enumerate(zip(keys_l, ctxs)):
+            fv = self._assemble(plan, keys, ctx, res[i * n : (i + 1) * n], t)
+            fv.request_time = rt
+            out.append(fv)
+        return out
+
+
+def _feature_dtype(st: ViewState, fname: str) -> DType | None:
+    if st.plan is not None:
+        for o in st.plan.outputs:
+            if o.name == fname:
+                return o.dtype
+    for f in st.view.features_in:
+        if f.name == fname:
+            return f.dtype
+    return None

@@ -1,0 +1,326 @@
+"""One contract suite for every online store backend (embedded SQLite and a real Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+import context_store as cs
+from context_store.compute.aggregations import aggregate_values
+from context_store.compute.tiles import ViewState
+from context_store.config import load_config
+from context_store.errors import UnavailableError
+from context_store.stores.online import BaseOnlineStore, Ops, compare_offsets, open_online_store
+from context_store.stores.online.codec import entity_key
+
+US = 1_000_000
+NOW = (int(time.time()) // 3600) * 3600 * US + 1234567  # not tile aligned
+
+user = cs.Entity("user", ["user_id"])
+src = cs.FileSource("x.parquet", "ts")
+ALL_AGGS = [
+    cs.Aggregate("amount", f, w)
+    for f in ["count", "sum", "mean", "min", "max", "last", "stddev_samp", "stddev_pop", "var_samp", "var_pop",
+              "approx_count_distinct", "approx_percentile"]
+    for w in ["1h", "1d"]
+] + [
+    cs.Aggregate("cat", "last_distinct_n", "1d", n=3),
+    cs.Aggregate("cat", "first_distinct_n", "1h", n=2),
+    cs.Aggregate("cat", "last", "1d", name="last_cat"),
+    cs.Aggregate("cat", "approx_count_distinct", "1d", name="cat_hll"),
+    cs.Aggregate("amount", "sum", cs.Lifetime(), name="amount_sum_life"),
+    cs.Aggregate("amount", "count", cs.Lifetime(), name="count_life"),
+]
+TYPES = {"amount": cs.Float64, "cat": cs.String}
+
+
+def agg_state(interval: str | None = None, aggs: list[cs.Aggregate] | None = None, name: str = "stats") -> ViewState:
+    view = cs.FeatureView(name, [user], src, aggregations=aggs or ALL_AGGS, aggregation_interval=interval)
+    return ViewState(view, TYPES)
+
+
+def row_state(ttl: str | None = "1d") -> ViewState:
+    view = cs.FeatureView(
+        "profile", [user], src,
+        features=[cs.Field("age", cs.Int64), cs.Field("city", cs.String), cs.Field("score", cs.Float64),
+                  cs.Field("tags", cs.Array(cs.String)), cs.Field("vec", cs.Embedding(3)), cs.Field("ok", cs.Bool)],
+        ttl=ttl,
+    )
+    return ViewState(view, {})
+
+
+def ts_arr(us: list[int]) -> pa.Array:
+    return pa.array(us, pa.timestamp("us", tz="UTC"))
+
+
+def events(n: int, seed: int, span_s: int = 2 * 86400, users: tuple[str, ...] = ("u1", "u2")) -> dict[str, list[Any]]:
+    rng = random.Random(seed)
+    return {
+        "user_id": [rng.choice(users) for _ in range(n)],
+        "ts": [NOW - rng.randint(0, span_s * US) for _ in range(n)],
+        "amount": [rng.choice([None, float(rng.randint(-50, 500)) / 4]) for _ in range(n)],
+        "cat": [rng.choice(["a", "b", "c", "d", None]) for _ in range(n)],
+    }
+
+
+def table(ev: dict[str, list[Any]], lo: int = 0, hi: int | None = None) -> pa.Table:
+    hi = len(ev["ts"]) if hi is None else hi
+    return pa.table({
+        "user_id": ev["user_id"][lo:hi], "ts": ts_arr(ev["ts"][lo:hi]),
+        "amount": pa.array(ev["amount"][lo:hi], pa.float64()), "cat": pa.array(ev["cat"][lo:hi], pa.string()),
+    })
+
+
+def expected(st: ViewState, ev: dict[str, list[Any]], uid: str, t: int) -> list[Any]:
+    assert st.plan is not None
+    end = (t // st.g) * st.g if st.interval else t
+    out = []
+    for o in st.plan.outputs:
+        sel = [i for i, u in enumerate(ev["user_id"]) if u == uid and ev["ts"][i] < end
+               and (o.window_us is None or ev["ts"][i] >= end - o.window_us)]
+        out.append(aggregate_values(o.function, [ev["ts"][i] for i in sel], [ev[o.column][i] for i in sel],
+                                    n=o.n, percentile=o.percentile))
+    return out
+
+
+def assert_same(names: list[str], got: list[Any], exp: list[Any]) -> None:
+    for n, g, e in zip(names, got, exp):
+        if isinstance(e, float) and isinstance(g, float):
+            assert g == pytest.approx(e, rel=1e-9, abs=1e-9), n
+        else:
+            assert g == e, n
+
+
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def store(request: pytest.FixtureRequest, tmp_path: Path, workspace_name: str) -> Iterator[BaseOnlineStore]:
+    if request.param == "sqlite":
+        cfg = load_config(tmp_path, workspace=workspace_name)
+    else:
+        url = request.getfixturevalue("redis_url")
+        cfg = load_config(tmp_path, workspace=workspace_name, online_store=url)
+    s = open_online_store(cfg)
+    assert s.backend == request.param
+    yield s
+    s.clear()
+    s.close()
+
+
+def key(uid: str) -> str:
+    return entity_key(["user_id"], [uid])
+
+
+# -- rows ---------------------------------------------------------------------------------
+
+def test_rows_latest_wins_and_ttl(store: BaseOnlineStore) -> None:
+    st = row_state("1d")
+    rows = pa.table({
+        "user_id": ["u1", "u1", "u2"],
+        "ts": ts_arr([NOW - 3600 * US, NOW - 7200 * US, NOW - 2 * 86400 * US]),
+        "age": [30, 29, 50], "city": ["Paris", "Lyon", None], "score": [0.5, 0.25, 1.0],
+        "tags": [["a", None], [], None], "vec": pa.array([[1.0, 2.0, 3.0], None, [0.5, 0.5, 0.5]], pa.list_(pa.float32(), 3)),
+        "ok": [True, False, None],
+    })
+    assert store.apply_events(st, rows) == 3
+    r1, r2, r3 = store.read_features([(st, key("u1")), (st, key("u2")), (st, key("nobody"))], NOW)
+    assert r1.values == [30, "Paris", 0.5, ["a", None], [1.0, 2.0, 3.0], True]
+    assert r1.effective_us == NOW - 3600 * US
+    assert r2.values is None  # older than ttl at NOW
+    assert r3 == (None, None)
+    # an older event never overwrites a newer row
+    store.apply_events(st, rows.slice(1, 1))
+    assert store.read_features([(st, key("u1"))], NOW)[0].values[0] == 30
+    # a request before the stored row's time does not see it (it is in the future of t)
+    assert store.read_features([(st, key("u1"))], NOW - 5000 * US)[0].values is None
+    assert store.read_features([(st, key("u2"))], NOW - 2 * 86400 * US + 1)[0].values[0] == 50
+    store.delete(st, [key("u1")])
+    assert store.read_features([(st, key("u1"))], NOW)[0].values is None
+
+
+# -- aggregation state ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("interval", [None, "10m"])
+def test_tiles_exact_windows_all_functions(store: BaseOnlineStore, interval: str | None) -> None:
+    st = agg_state(interval)
+    ev = events(400, seed=7)
+    for lo in range(0, 400, 90):  # several incremental applies, like a stream
+        store.apply_events(st, table(ev, lo, lo + 90), now_us=NOW)
+    names = [o.name for o in st.plan.outputs]  # type: ignore[union-attr]
+    for t in (NOW, NOW - 1800 * US - 17, NOW + 5 * US, NOW - 86400 * US + 999):
+        for uid in ("u1", "u2"):
+            res = store.read_features([(st, key(uid))], t)[0]
+            assert_same(names, res.values, expected(st, ev, uid, t))  # type: ignore[arg-type]
+    empty = store.read_features([(st, key("ghost"))], NOW)[0].values
+    assert empty is not None
+    by = dict(zip(names, empty))
+    assert by["amount_count_1h"] == 0 and by["amount_sum_1d"] == 0.0 and by["amount_mean_1d"] is None
+    assert by["cat_last_distinct_3_1d"] == [] and by["cat_first_distinct_2_1h"] == [] and by["last_cat"] is None
+
+
+def test_many_views_many_keys_one_call(store: BaseOnlineStore) -> None:
+    a, r = agg_state("1h", [cs.Aggregate("amount", "sum", "1d")]), row_state(None)
+    ev = events(100, seed=3, users=("u1", "u2", "u3"))
+    store.apply_events(a, table(ev), now_us=NOW)
+    store.apply_events(r, pa.table({"user_id": ["u1"], "ts": ts_arr([NOW - US]), "age": [1], "city": ["c"], "score": [1.0],
+                                    "tags": [["x"]], "vec": pa.array([[0.0, 0.0, 1.0]], pa.list_(pa.float32(), 3)), "ok": [True]}))
+    reads = [(a, key("u1")), (r, key("u1")), (a, key("u2")), (r, key("u2")), (a, key("u3"))]
+    out = store.read_features(reads, NOW)
+    for (st, k), res in zip(reads, out):
+        if st is a:
+            assert res.values == pytest.approx(expected(a, ev, k.split("=")[1], NOW))
+    assert out[1].values is not None and out[1].values[0] == 1
+    assert out[3].values is None
+    assert asyncio.run(store.read_features_async(reads, NOW)) == out
+
+
+def test_apply_is_idempotent_per_token(store: BaseOnlineStore) -> None:
+    st = agg_state(None, [cs.Aggregate("amount", "sum", "1d"), cs.Aggregate("amount", "count", "1d")])
+    ev = events(60, seed=11, users=("u1",))
+    assert store.applied_offset(st, "p0") is None
+    assert store.apply_events(st, table(ev, 0, 30), token=("p0", "100-0"), now_us=NOW) == 30
+    assert store.apply_events(st, table(ev, 0, 30), token=("p0", "100-0"), now_us=NOW) == 0  # replay
+    assert store.apply_events(st, table(ev, 0, 30), token=("p0", "99-5"), now_us=NOW) == 0   # older
+    assert store.applied_offset(st, "p0") == "100-0"
+    # a batch mixing applied and new messages after a restart: per-row offsets skip the applied ones
+    offs = [f"{90 + i}-0" for i in range(30)]  # rows 0..10 are <= 100-0
+    n = store.apply_events(st, table(ev, 20, 50), token=("p0", "119-0"), row_offsets=offs, now_us=NOW)
+    assert n == 19  # offsets 101..119
+    ev_applied = {k: v[:30] + v[31:50] for k, v in ev.items()}
+    assert store.read_features([(st, key("u1"))], NOW)[0].values == pytest.approx(expected(st, ev_applied, "u1", NOW))
+    # another partition is independent
+    assert store.apply_events(st, table(ev, 50, 60), token=("p1", "5"), now_us=NOW) == 10
+    assert store.applied_offset(st, "p1") == "5" and store.applied_offset(st, "p0") == "119-0"
+
+
+def test_commit_compare_and_set(store: BaseOnlineStore) -> None:
+    ops = Ops()
+    ops.set("k1", "f", b"v1")
+    assert store._commit(ops, ("x|p", None, "1"))
+    ops2 = Ops()
+    ops2.set("k1", "f", b"v2")
+    assert not store._commit(ops2, ("x|p", None, "2"))  # stale expectation: nothing written
+    assert store._hmget([("k1", ["f"])]) == [[b"v1"]]
+    assert store._commit(ops2, ("x|p", "1", "2"))
+    assert store._hmget([("k1", ["f", "nope"])]) == [[b"v2", None]]
+    assert compare_offsets("10-1", "9-9") == 1 and compare_offsets("5", "5") == 0
+
+
+def test_retention_folds_into_lifetime_and_drops_unreachable(store: BaseOnlineStore) -> None:
+    st = agg_state(None, [cs.Aggregate("amount", "sum", "1h"), cs.Aggregate("amount", "sum", cs.Lifetime(), name="life"),
+                          cs.Aggregate("amount", "count", cs.Lifetime(), name="n")])
+    fin = agg_state(None, [cs.Aggregate("amount", "sum", "1h")], name="finite")
+    ev = {"user_id": ["u1"] * 4, "ts": [NOW - 3 * 86400 * US, NOW - 600 * US, NOW - 120 * US, NOW - 60 * US],
+          "amount": [1.0, 2.0, 4.0, 8.0], "cat": ["a"] * 4}
+    # the first event is already older than the retention horizon
+    store.apply_events(st, table(ev), now_us=NOW)
+    assert store.apply_events(fin, table(ev), now_us=NOW) == 4
+    assert store.read_features([(st, key("u1"))], NOW)[0].values == [14.0, 15.0, 4]
+    assert store.read_features([(fin, key("u1"))], NOW)[0].values == [14.0]
+    # days later a new event arrives: old tiles are folded into L and deleted
+    later = NOW + 5 * 86400 * US
+    late_ev = {"user_id": ["u1"], "ts": [later - US], "amount": [16.0], "cat": ["b"]}
+    store.apply_events(st, table(late_ev), now_us=later)
+    store.apply_events(fin, table(late_ev), now_us=later)
+    assert store.read_features([(st, key("u1"))], later)[0].values == [16.0, 31.0, 5]
+    assert store.read_features([(fin, key("u1"))], later)[0].values == [16.0]
+    k_fields = store._hmget([(key("u1"), [st.tile(i) for i in range((NOW - 700 * US) // st.g, NOW // st.g + 1)])])[0]
+    assert all(v is None for v in k_fields)  # folded tiles are gone
+    # a long idle entity: its tiles are outside the read range but the lifetime base still counts them
+    idle = {"user_id": ["u9"] * 2, "ts": [NOW - 100 * US, NOW - 50 * US], "amount": [1.5, 2.5], "cat": ["a", "b"]}
+    store.apply_events(st, table(idle), now_us=NOW)
+    far = NOW + 40 * 86400 * US
+    assert store.read_features([(st, key("u9"))], far)[0].values == [0.0, 4.0, 2]
+    assert asyncio.run(store.read_features_async([(st, key("u9"))], far))[0].values == [0.0, 4.0, 2]
+
+
+def test_recent_events_bounded(store: BaseOnlineStore) -> None:
+    store.append_recent("txns", key("u1"), [{"i": i, "v": "x"} for i in range(5)], max_len=4)
+    store.append_recent("txns", key("u1"), [{"i": 5, "v": None}], max_len=4)
+    assert [e["i"] for e in store.read_recent("txns", key("u1"), 3)] == [3, 4, 5]
+    assert [e["i"] for e in store.read_recent("txns", key("u1"), 10)] == [2, 3, 4, 5]
+    assert store.read_recent("txns", key("u2"), 3) == []
+
+
+def test_meta_ping_clear(store: BaseOnlineStore) -> None:
+    assert store.ping()
+    assert store.get_meta("wm:x") is None
+    store.set_meta("wm:x", b"\x00\x01")
+    assert store.get_meta("wm:x") == b"\x00\x01"
+    store.clear()
+    assert store.get_meta("wm:x") is None
+
+
+# -- backend specifics ------------------------------------------------------------------------
+
+def test_sqlite_reader_while_writer(tmp_path: Path) -> None:
+    """A server process reads while a CLI materialize writes the same file (WAL)."""
+    cfg = load_config(tmp_path)
+    w, r = open_online_store(cfg), open_online_store(cfg)
+    st = agg_state("1h", [cs.Aggregate("amount", "count", "1d")])
+    ev = events(2000, seed=5, users=tuple(f"u{i}" for i in range(50)))
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            for lo in range(0, 2000, 100):
+                w.apply_events(st, table(ev, lo, lo + 100), now_us=NOW)
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    th = threading.Thread(target=write)
+    th.start()
+    while th.is_alive():
+        r.read_features([(st, key(f"u{i}")) for i in range(50)], NOW)
+    th.join()
+    assert not errors
+    total = sum(v.values[0] for v in r.read_features([(st, key(f"u{i}")) for i in range(50)], NOW))  # type: ignore[index]
+    assert total == sum(1 for t in ev["ts"] if NOW - 86400 * US <= t < (NOW // st.g) * st.g)
+    w.close()
+    r.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.redis
+def test_redis_unavailable_then_recovers(tmp_path: Path, workspace_name: str) -> None:
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server binary needed to simulate an outage")
+    port = _free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    store = open_online_store(load_config(tmp_path, workspace=workspace_name, online_store=url))
+    st = agg_state("1h", [cs.Aggregate("amount", "count", "1d")])
+    with pytest.raises(UnavailableError, match=f"127.0.0.1:{port}"):
+        store.read_features([(st, key("u1"))], NOW)
+    with pytest.raises(UnavailableError):
+        store.ping()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                if store.ping():
+                    break
+            except UnavailableError:
+                time.sleep(0.05)
+        store.apply_events(st, table(events(10, seed=1, users=("u1",)), 0, 10), now_us=NOW)
+        assert store.read_features([(st, key("u1"))], NOW)[0].values is not None
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    with pytest.raises(UnavailableError):
+        store.read_features([(st, key("u1"))], NOW)
+    store.close()
