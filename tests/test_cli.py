@@ -225,3 +225,66 @@ def test_quickstart(runner: CliRunner, tmp_path: Path) -> None:
     m = re.search(r"amount_count_1h: (\d+) before the push, (\d+) after", res.output)
     assert m is not None, res.output
     assert int(m.group(2)) == int(m.group(1)) + 3  # the three pushed events are visible at once
+
+
+def test_synthetic_data_is_deterministic_and_realistic(tmp_path: Path) -> None:
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from context_store.scaffold.generator import generate
+
+    end = datetime(2024, 6, 1, tzinfo=timezone.utc)
+    a = generate(tmp_path / "a", users=200, events=20_000, seed=3, end=end)
+    b = generate(tmp_path / "b", users=200, events=20_000, seed=3, end=end)
+    c = generate(tmp_path / "c", users=200, events=20_000, seed=4, end=end)
+    for name in a.files:
+        assert pq.read_table(a.files[name]).equals(pq.read_table(b.files[name])), name
+    txn = pq.read_table(a.files["transactions"])
+    assert not txn.equals(pq.read_table(c.files["transactions"]))
+    assert txn.num_rows == 20_000
+    ts = np.array(txn.column("ts").cast("int64").to_pylist())
+    assert ts.min() >= int(a.start.timestamp() * 1e6) and ts.max() < int(end.timestamp() * 1e6)
+    amount = np.array([x for x in txn.column("amount").to_pylist() if x is not None])
+    assert 0 < txn.column("amount").null_count < 200 and txn.column("category").null_count > 0
+    assert np.percentile(amount, 99) / np.median(amount) > 8  # heavy right tail
+    users = txn.column("user_id").to_pylist()
+    _, counts = np.unique(users, return_counts=True)
+    top = np.sort(counts)[::-1]
+    assert top[: len(top) // 10].sum() > 0.3 * len(users)  # Zipf-like: the top 10% make >30%
+    # Bursty users: someone makes 5+ transactions within 10 minutes.
+    by_user: dict[str, list[int]] = {}
+    for u, t in zip(users, ts.tolist()):
+        by_user.setdefault(u, []).append(t)
+    window = 600 * 1_000_000
+    assert any(
+        any(ts_u[i + 4] - ts_u[i] <= window for i in range(len(ts_u) - 4))
+        for ts_u in (sorted(v) for v in by_user.values()) if len(ts_u) >= 5
+    )
+    titles = pq.read_table(a.files["items"]).column("title").to_pylist()
+    assert len(set(titles)) > len(titles) // 3 and all(t.strip() and t[0].isupper() for t in titles)
+    views = pq.read_table(a.files["item_views"])
+    assert 0.4 < views.column("rating").null_count / views.num_rows < 0.8  # most views are unrated
+
+
+def test_apply_asks_for_confirmation_only_on_a_terminal(tmp_path: Path) -> None:
+    import pty
+
+    from context_store.scaffold import scaffold
+
+    root = scaffold(tmp_path / "repo", users=5, events=50, items=5).root
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTEXT_STORE_")}
+
+    def apply_on_tty(answer: bytes, *extra: str) -> subprocess.CompletedProcess[str]:
+        master, slave = pty.openpty()
+        try:
+            os.write(master, answer)  # typed ahead; read by click.confirm from the terminal
+            return subprocess.run([*_cli_argv(), "apply", "--repo", str(root), *extra], stdin=slave,
+                                  capture_output=True, text=True, env=env, timeout=120)
+        finally:
+            os.close(master)
+            os.close(slave)
+
+    p = apply_on_tty(b"n\n")
+    assert p.returncode == 1 and "Apply these changes to workspace 'default'?" in p.stdout and "Aborted" in p.stderr
+    p = apply_on_tty(b"", "--yes")
+    assert p.returncode == 0 and "Apply these changes" not in p.stdout and "Applied version 1" in p.stdout

@@ -84,3 +84,25 @@ def test_redis_down_gives_503_then_recovers(private_redis: tuple[int, Path]) -> 
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+def test_apply_while_serving_is_picked_up(tmp_path: Path, redis_url: str) -> None:
+    """Another process applies a new registry version: the running server serves it without a restart."""
+    import uuid
+
+    from tests.fixtures_server import SERVER_DEFINITIONS
+
+    ws = "r" + uuid.uuid4().hex[:10]
+    repo = make_server_repo(tmp_path / "repo", redis_url, ws)
+    cs.ContextStore(repo).apply()
+    meta = "/api/v1/feature-service/metadata"
+    with running_server(create_app(repo, auth=False, mcp=False, refresh_interval=0.2)) as url:
+        body = {"params": {"featureServiceName": "extra"}}
+        assert httpx.post(url + meta, json=body).status_code == 404
+        (repo / "features.py").write_text(SERVER_DEFINITIONS + '\nextra = cs.FeatureService("extra", [txn_stats[["amount_max_1d"]]])\n')
+        cs.ContextStore(repo).apply()
+        deadline = time.monotonic() + 10
+        while (r := httpx.post(url + meta, json=body)).status_code != 200:
+            assert time.monotonic() < deadline, r.text
+            time.sleep(0.1)
+        assert [f["name"] for f in r.json()["featureValues"]] == ["txn_stats.amount_max_1d"]

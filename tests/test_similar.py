@@ -35,6 +35,9 @@ def test_find_similar_by_text_entity_and_vector(tmp_path: Path) -> None:
     assert by_vec.items[0].entity_id == "i5" and by_vec.items[0].score == pytest.approx(1.0, abs=1e-5)
     # an un-normalised vector gives the same ranking and cosine scores
     assert vs.find_similar("items", vector=(q * 7).tolist(), k=1).items[0].score == pytest.approx(1.0, abs=1e-5)
+    stored = vs.get_vectors("items", ["i5", "missing"])
+    assert list(stored) == ["i5"] and np.allclose(stored["i5"], q, atol=1e-6)
+    np.testing.assert_allclose(vs.embed_query("items", "gaming laptop"), q, atol=1e-6)
 
 
 def test_filter_on_attributes(tmp_path: Path) -> None:

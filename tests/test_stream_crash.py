@@ -75,7 +75,7 @@ def test_sigkill_midway_neither_loses_nor_double_counts(tmp_path: Path, redis_ur
     for frac in (0.3, 0.65):
         proc = _start_worker(store, redis_url)
         try:
-            _wait(proc, lambda: _progress(store, view, all_offsets) >= frac * total, 120)
+            _wait(proc, lambda f=frac: _progress(store, view, all_offsets) >= f * total, 120)
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait()

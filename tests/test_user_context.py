@@ -84,13 +84,16 @@ def test_knowledge_for_a_query(ctx_store: cs.ContextStore) -> None:
 
 
 def test_max_tokens_trims_by_priority_with_real_token_counts(ctx_store: cs.ContextStore) -> None:
-    full = ctx_store.get_user_context("u1")
+    from context_store.serving.context import get_user_context
+
+    at = datetime.now(timezone.utc)  # one request time: ages (and so the text) do not drift between calls
+    full = get_user_context(ctx_store, "u1", request_time=at)
     full_tokens = count_tokens([full.text])[0]
-    roomy = ctx_store.get_user_context("u1", max_tokens=full_tokens + 10)
+    roomy = get_user_context(ctx_store, "u1", max_tokens=full_tokens + 10, request_time=at)
     assert roomy.text == full.text and roomy.omitted == {} and roomy.tokens == full_tokens
     previous = None
     for budget in (full_tokens - 1, 150, 90, 40, 16):
-        uc = ctx_store.get_user_context("u1", max_tokens=budget)
+        uc = get_user_context(ctx_store, "u1", max_tokens=budget, request_time=at)
         n = count_tokens([uc.text])[0]
         assert n == uc.tokens and n <= budget, (budget, n)
         assert uc.omitted, budget

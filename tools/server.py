@@ -97,7 +97,10 @@ def create_mcp_server(store_for: StoreFor | ContextStore, *, name: str = "contex
         return register
 
     def store(ctx: Context) -> ContextStore:
-        request = ctx.request_context.request
+        try:
+            request = ctx.request_context.request
+        except ValueError:  # called directly (MCPServer.call_tool) outside a transport
+            request = None
         if request is None:  # stdio or in-memory: the operator picked the workspace at startup
             return resolve(None)
         principal = request.scope.get(PRINCIPAL_SCOPE_KEY)

@@ -37,6 +37,7 @@ def run_quickstart(
     workspace: str | None = None,
     online_store: str | None = None,
     as_json: bool = False,
+    keep: bool = True,
 ) -> Any:
     """init -> apply -> backfill -> materialize -> push -> get in ``directory``; returns the last vector."""
     from ..scaffold import scaffold
@@ -61,8 +62,8 @@ def run_quickstart(
         try:
             _step(f"push {len(rows)} live transactions for {user}", lambda: store.push("transactions", rows))
             pushed = True
-        except ImportError as e:  # stream ingest not installed in this build
-            click.echo(f"   skipped: stream ingest is unavailable ({e})")
+        except Exception as e:  # noqa: BLE001 - the demo goes on without live events
+            click.echo(f"   skipped: stream ingest is unavailable ({type(e).__name__}: {e})")
             pushed = False
         vector = _step(
             f"get_features({SERVICE!r}, user_id={user!r}, amount=250.0)",
@@ -73,8 +74,12 @@ def run_quickstart(
         key = "user_transaction_stats.amount_count_1h"
         if pushed and key in vector.feature_values:
             click.echo(f"\n{key}: {before.feature_values.get(key)} before the push, {vector.feature_values[key]} after.")
-        click.echo(f"\nThe example repo is in {res.root}; try: context-store get --repo {res.root} "
-                   f"{SERVICE} user_id={user} --request amount=250")
+        if keep:
+            click.echo(f"\nThe example repo is in {res.root}; try: context-store get --repo {res.root} "
+                       f"{SERVICE} user_id={user} --request amount=250")
+        else:
+            click.echo("\nDone (the temporary repo is removed; `--keep` or `--dir DIR` keeps it). "
+                       "Next: `context-store init my_repo` and docs/getting-started.md.")
         return vector
 
 
@@ -101,7 +106,7 @@ def quickstart_cmd(directory: str | None, keep: bool, users: int, events: int, a
         directory = str(tmp / "repo")
     try:
         run_quickstart(Path(directory), users=users, events=events, workspace=opts.get("workspace"),
-                       online_store=opts.get("online_store"), as_json=as_json)
+                       online_store=opts.get("online_store"), as_json=as_json, keep=tmp is None or keep)
     finally:
         if tmp is not None and not keep:
             shutil.rmtree(tmp, ignore_errors=True)

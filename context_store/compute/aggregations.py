@@ -285,6 +285,44 @@ class AggPlan:
                 res[b + 5] = 0.0
         return res
 
+    def num_of_events(self, cols: Columns, lo: int | None, hi: int) -> list[float]:
+        """Numeric block of the events with ``lo <= ts < hi`` (plain Python: edges hold few events)."""
+        ts = cols.ts.tolist()
+        sel = [i for i, x in enumerate(ts) if x < hi and (lo is None or x >= lo)]
+        res = [float(len(sel))]
+        for c in self.num_cols:
+            valid = cols.valid[c].tolist()
+            x = cols.num[c].tolist()
+            vals = [x[i] for i in sel if valid[i]]
+            if not vals:
+                res += [0.0, 0.0, math.inf, -math.inf, 0.0, 0.0]
+                continue
+            n = float(len(vals))
+            s = sum(vals)
+            mean = s / n
+            res += [n, s, min(vals), max(vals), mean, sum((v - mean) ** 2 for v in vals)]
+        return res
+
+    def merge_rows(self, rows: list[list[float]]) -> list[float]:
+        """``merge_num`` for a few blocks given as Python lists (same formulas, no numpy overhead)."""
+        if len(rows) == 1:
+            return rows[0]
+        res = [0.0] * self.K
+        res[0] = sum(r[0] for r in rows)
+        for i in range(len(self.num_cols)):
+            b = 1 + _NSLOT * i
+            n = sum(r[b] for r in rows)
+            s = sum(r[b + 1] for r in rows)
+            res[b] = n
+            res[b + 1] = s
+            res[b + 2] = min(r[b + 2] for r in rows)
+            res[b + 3] = max(r[b + 3] for r in rows)
+            if n > 0:
+                mean = s / n
+                res[b + 4] = mean
+                res[b + 5] = sum(r[b + 5] + r[b] * (r[b + 4] - mean) ** 2 for r in rows)
+        return res
+
     def merge_objs(self, objs_list: Sequence[list[Any]]) -> list[Any]:
         if len(objs_list) == 1:
             return list(objs_list[0])
@@ -348,7 +386,7 @@ class AggPlan:
             return float(o.get_quantile(out.percentile if out.percentile is not None else 0.5, True))
         else:  # emb
             cnt, s = o
-            return (s / cnt).tolist()
+            return (s / cnt).astype(np.float32).tolist()  # the output dtype is an float32 embedding
         if ts_out:
             v = [us_to_datetime(x) for x in v] if isinstance(v, list) else us_to_datetime(v)
         return v

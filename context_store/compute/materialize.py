@@ -198,6 +198,16 @@ def materialize_table(state: ViewState, table: pa.Table, online: Any, now_us: in
             d[f"{vid}:{ti}"] = enc[i]
             if not state.interval:
                 d[f"{vid}:{ti}r"] = encode_raw(_slice(sub, st_l[i], en_l[i]), plan)
+        # Enclosing 4^L-tile blocks (rows are sorted by (entity, tile), hence by (entity, block)).
+        sk, stl = kidx[r0:r1], tiles[r0:r1]
+        for lv in range(1, state.levels + 1):
+            blk = stl >> (2 * lv)
+            bs = np.concatenate([[0], np.flatnonzero((np.diff(sk) != 0) | (np.diff(blk) != 0)) + 1]).astype(np.int64)
+            bnum, bobjs = plan.partials_grouped(sub, bs)
+            for i, (k, j) in enumerate(zip(sk[bs].tolist(), blk[bs].tolist())):
+                if (j + 1) << (2 * lv) <= h:
+                    continue  # entirely older than the horizon: no reachable window uses it
+                ops.sets[kvals[k]][state.block(lv, j)] = plan.encode_parts(bnum[i], bobjs[i])
         if state.has_lifetime:
             empty = None
             for key, d in ops.sets.items():

@@ -31,7 +31,7 @@ from ..definitions import DType, Embedding, FeatureView, StreamSource
 from .aggregations import AggPlan, Columns, Partial
 
 __all__ = [
-    "ViewState", "columns_from_arrow", "choose_tile_us", "encode_raw", "decode_raw", "ts_to_us",
+    "ViewState", "decompose", "columns_from_arrow", "choose_tile_us", "encode_raw", "decode_raw", "ts_to_us",
     "TILES_PER_WINDOW", "RETENTION_SLACK_US",
 ]
 
@@ -179,12 +179,27 @@ def decode_raw(buf: bytes, plan: AggPlan) -> Columns:
 
 # -- per-view state plan ----------------------------------------------------------------
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: a layout cache key
 class _ReadCtx:
     fields: list[str]
-    lo: int            # first partial tile fetched
-    b: int             # tile containing t (exclusive end of full tiles)
+    n_blocks: int                   # fields[:n_blocks] are partial blocks
+    per_window: list[list[int]]     # per entry of ViewState.windows: indices of its blocks
+    lo: int                         # first tile covered by the lifetime read (tiles [lo, b))
+    b: int                          # tile containing t (exclusive end of full tiles)
     raw_tiles: list[int]
+
+
+def decompose(a: int, b: int, max_level: int) -> list[tuple[int, int]]:
+    """Aligned blocks ``(level, index)`` covering tiles ``[a, b)``: block j of level L covers
+    tiles ``[j*4^L, (j+1)*4^L)``; at most ~3 blocks per level on each side."""
+    out: list[tuple[int, int]] = []
+    while a < b:
+        lv = 0
+        while lv < max_level and a % (4 ** (lv + 1)) == 0 and a + 4 ** (lv + 1) <= b:
+            lv += 1
+        out.append((lv, a >> (2 * lv)))
+        a += 4**lv
+    return out
 
 
 class ViewState:
@@ -212,18 +227,24 @@ class ViewState:
         self.max_tiles = math.ceil(max_w / self.g) + 1
         # Tiles older than now_tile - retention can no longer be reached by a request at >= now - slack.
         self.retention = self.max_tiles + math.ceil((lateness // timedelta(microseconds=1) + RETENTION_SLACK_US) / self.g) + 1
-        # Outputs grouped by window, longest first (all windows end at the same tile).
+        # Levels of 4^L-tile blocks kept beside the tiles, so a long window reads O(log) fields.
+        span = self.retention if self.has_lifetime else self.max_tiles
+        self.levels = max(0, min(5, int(math.log(max(span, 1), 4) + 1e-9)))
+        # Outputs grouped by window, longest first.
         by_w: dict[int | None, list[int]] = {}
         for i, o in enumerate(self.plan.outputs):
             by_w.setdefault(o.window_us, []).append(i)
         self.windows = sorted(by_w.items(), key=lambda kv: -(kv[0] if kv[0] is not None else 1 << 62))
         self.L = f"{self.vid}:L"
         self.M = f"{self.vid}:m"
-        self._cache: tuple[int, int, _ReadCtx] | None = None
+        self._cache: tuple[Any, _ReadCtx] | None = None
 
     # field names
     def tile(self, i: int) -> str:
         return f"{self.vid}:{i}"
+
+    def block(self, level: int, j: int) -> str:
+        return f"{self.vid}:{j}" if level == 0 else f"{self.vid}:{level}:{j}"
 
     def raw(self, i: int) -> str:
         return f"{self.vid}:{i}r"
@@ -250,69 +271,85 @@ class ViewState:
         g = self.g
         b = t // g
         if self.interval:
-            key = b
+            key: Any = b
         else:
-            key = hash((b, tuple((t - w) // g for w, _ in self.windows if w is not None)))
+            key = (b, tuple((t - w) // g for w, _ in self.windows if w is not None))
         c = self._cache
-        if c is not None and c[0] == key and c[1] == b:
-            return c[2]
-        if self.interval:
-            lo = b - (self.retention if self.has_lifetime else self.max_tiles)
-            raw_tiles: list[int] = []
-        else:
-            edges = sorted({(t - w) // g for w, _ in self.windows if w is not None})
-            lo = b - self.retention if self.has_lifetime else (min(edges) + 1 if edges else b)
-            raw_tiles = sorted(set(edges) | {b})
-        fields = [f"{self.vid}:{i}" for i in range(lo, b)] + [f"{self.vid}:{i}r" for i in raw_tiles]
+        if c is not None and c[0] == key:
+            return c[1]
+        lo = b - self.retention
+        ranges = []
+        for w, _ in self.windows:
+            if w is None:
+                ranges.append((lo, b))
+            elif self.interval:
+                ranges.append((b - w // g, b))
+            else:
+                ranges.append(((t - w) // g + 1, b))
+        index: dict[tuple[int, int], int] = {}
+        per_window: list[list[int]] = []
+        for a, e in ranges:
+            ids = []
+            for blk in decompose(a, e, self.levels):
+                if blk not in index:
+                    index[blk] = len(index)
+                ids.append(index[blk])
+            per_window.append(ids)
+        fields = [self.block(lv, j) for lv, j in index]
+        n_blocks = len(fields)
+        raw_tiles: list[int] = []
+        if not self.interval:
+            raw_tiles = sorted({(t - w) // g for w, _ in self.windows if w is not None} | {b})
+            fields += [f"{self.vid}:{i}r" for i in raw_tiles]
         if self.has_lifetime:
             fields.append(self.L)
-        ctx = _ReadCtx(fields, lo, b, raw_tiles)
-        self._cache = (key, b, ctx)
+        ctx = _ReadCtx(fields, n_blocks, per_window, lo, b, raw_tiles)
+        self._cache = (key, ctx)
         return ctx
 
     def evaluate(self, t: int, ctx: _ReadCtx, values: list[bytes | None], extra: dict[int, bytes] | None = None) -> list[Any]:
         """All outputs (in plan order) at ``t`` from the fetched ``values`` (aligned with ctx.fields)."""
         plan = self.plan
         assert plan is not None
-        n_part = ctx.b - ctx.lo
-        idx = [i for i in range(n_part) if values[i] is not None]
-        tiles = [ctx.lo + i for i in idx]
-        bufs = [values[i] for i in idx]  # type: ignore[misc]
-        if extra:  # tiles between the fold point and the read range (long-idle lifetime entities)
-            for i in sorted(extra):
-                tiles.insert(0, i)
-                bufs.insert(0, extra[i])
-        if bufs:
-            num, objs = plan.decode_many(bufs)  # type: ignore[arg-type]
+        nb = ctx.n_blocks
+        present = [i for i in range(nb) if values[i] is not None]
+        pos = {i: k for k, i in enumerate(present)}
+        if present:
+            num, objs = plan.decode_many([values[i] for i in present])  # type: ignore[misc]
         else:
-            num, objs = np.empty((0, plan.K)), ([] if plan.slots else None)
-        tiles_a = np.asarray(tiles, dtype=np.int64)
+            num, objs = np.empty((0, plan.K)), None
         raws: dict[int, Columns] = {}
-        if not self.interval:
-            for j, ti in enumerate(ctx.raw_tiles):
-                v = values[n_part + j]
-                if v is not None:
-                    raws[ti] = decode_raw(v, plan)
+        for j, ti in enumerate(ctx.raw_tiles):
+            v = values[nb + j]
+            if v is not None:
+                raws[ti] = decode_raw(v, plan)
         base: Partial | None = None
-        if self.has_lifetime:
-            lv = values[-1]
-            if lv is not None:
-                base = plan.decode(lv[8:])
+        if self.has_lifetime and values[-1] is not None:
+            base = plan.decode(values[-1][8:])  # type: ignore[index]
         out: list[Any] = [None] * len(plan.outputs)
         g = self.g
-        for w, which in self.windows:
-            if self.interval:
-                first = ctx.b - (w // g) if w is not None else -(1 << 62)
-                sel = tiles_a >= first
-                edges: list[Partial] = []
-            else:
-                if w is None:
-                    first, s = -(1 << 62), None
-                else:
-                    s = t - w
-                    first = s // g + 1
-                sel = tiles_a >= first
-                edges = []
+        numl: list[list[float]] | None = None
+        for (w, which), ids in zip(self.windows, ctx.per_window):
+            rows = [pos[i] for i in ids if i in pos]
+            edges: list[Partial] = []
+            if objs is None and not plan.slots and (w is not None or base is None) and not extra:
+                # Numbers only (the common case): plain-Python merge of a few blocks and edge events.
+                if numl is None:
+                    numl = num.tolist()
+                parts_l = [numl[r] for r in rows]
+                if not self.interval:
+                    s = None if w is None else t - w
+                    if s is not None and s // g < ctx.b and s // g in raws:
+                        parts_l.append(plan.num_of_events(raws[s // g], s, t))
+                    if ctx.b in raws:
+                        lo = s if s is not None and s // g >= ctx.b else None
+                        parts_l.append(plan.num_of_events(raws[ctx.b], lo, t))
+                mnum = plan.merge_rows(parts_l) if parts_l else plan.empty().num
+                for i in which:
+                    out[i] = plan.finalize(plan.outputs[i], mnum, [])
+                continue
+            if not self.interval:
+                s = None if w is None else t - w
                 if s is not None and s // g < ctx.b:
                     cs = raws.get(s // g)
                     if cs is not None:
@@ -321,18 +358,26 @@ class ViewState:
                 if cb is not None:
                     m = cb.ts < t if s is None or s // g < ctx.b else (cb.ts < t) & (cb.ts >= s)
                     edges.append(plan.partial(cb.take(m)))
-            parts_num = num[sel] if bufs else num
-            parts_objs = [o for o, k in zip(objs, sel.tolist()) if k] if objs is not None else None
-            if w is None and base is not None:
-                edges.append(base)
-            if edges:
-                parts_num = np.vstack([parts_num] + [e.num[None, :] for e in edges])
-                if parts_objs is not None:
-                    parts_objs = parts_objs + [e.objs for e in edges]
-            if len(parts_num) == 0:
+            if w is None:
+                if base is not None:
+                    edges.append(base)
+                for bts in (extra or {}).values():  # tiles between the fold point and the read range
+                    edges.append(plan.decode(bts))
+            if not rows and not edges:
                 e = plan.empty()
                 mnum, mobjs = e.num, e.objs
+            elif objs is None and not edges and len(rows) <= 64:
+                # Few blocks, numbers only: merging Python lists beats a dozen tiny numpy calls.
+                if numl is None:
+                    numl = num.tolist()
+                mnum, mobjs = plan.merge_rows([numl[r] for r in rows]), []
             else:
+                parts_num = num[rows] if len(rows) != 1 else num[rows[0]][None, :]
+                parts_objs = [objs[r] for r in rows] if objs is not None else None
+                if edges:
+                    parts_num = np.vstack([parts_num] + [e.num[None, :] for e in edges])
+                    if parts_objs is not None or plan.slots:
+                        parts_objs = (parts_objs or []) + [e.objs for e in edges]
                 mnum = plan.merge_num(parts_num)
                 mobjs = plan.merge_objs(parts_objs) if parts_objs else [None] * len(plan.slots)
             for i in which:

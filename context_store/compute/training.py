@@ -12,7 +12,9 @@ KLL (k=200, normalized rank error 1.65%, exact -- the nearest-rank percentile --
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -149,14 +151,12 @@ class _ViewData:
             self.order = np.argsort(qkey, kind="stable")
         self.seg = seg if self.order is None else seg[self.order]
         self.end = end if self.order is None else end[self.order]
-        self._pos: dict[Any, np.ndarray] = {}
         self._cache: dict[Any, Any] = {}
+        self._locks: dict[Any, threading.Lock] = {}
+        self._guard = threading.Lock()
 
     def pos(self, bound_key: Any, bound: np.ndarray) -> np.ndarray:
-        p = self._pos.get(bound_key)
-        if p is None:
-            p = self._pos[bound_key] = self.idx.positions(self.seg, bound)
-        return p
+        return self.cached(("pos", bound_key), lambda: self.idx.positions(self.seg, bound))
 
     def sort(self, a: np.ndarray) -> np.ndarray:
         """A spine-ordered array in the working (sorted) order."""
@@ -171,8 +171,16 @@ class _ViewData:
         return arr.take(pa.array(inv))
 
     def cached(self, key: Any, fn: Any) -> Any:
-        if key not in self._cache:
-            self._cache[key] = fn()
+        """Build once per key, also when aggregations run on two threads (a lock per key)."""
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            if key not in self._cache:
+                self._cache[key] = fn()
         return self._cache[key]
 
     def column(self, name: str) -> pa.Array:
@@ -350,8 +358,9 @@ def compute_view_features(
     out: dict[str, pa.Array] = {}
     if view.is_aggregate:
         end_s = vd.end
-        hi = vd.pos("end", end_s)
-        for a in aggs:
+
+        def one(a: Aggregate) -> pa.Array:
+            hi = vd.pos("end", end_s)
             w = a.window_td
             if w is None:
                 lo = vd.pos("life", np.full(len(end_s), vd.idx.ts_min, dtype=np.int64))
@@ -359,7 +368,17 @@ def compute_view_features(
                 wu = _td_us(w)
                 lo = vd.pos(("w", wu), end_s - wu)
             in_type = in_types.get(a.column) or _arrow_dtype(vd.events, a.column)
-            out[a.output_name] = vd.unsort(_aggregate(vd, a, lo, hi, in_type))
+            return vd.unsort(_aggregate(vd, a, lo, hi, in_type))
+
+        # numpy releases the GIL on big arrays: two threads (2-core machines) build the per-column
+        # structures (prefix sums, block extrema) and answer windows side by side.
+        if len(aggs) > 1 and vd.idx.n + len(end_s) >= _PARALLEL_MIN:
+            with ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="cs-pit") as pool:
+                results = list(pool.map(one, _interleave(aggs)))
+            by_name = {a.output_name: r for a, r in zip(_interleave(aggs), results)}
+            out = {a.output_name: by_name[a.output_name] for a in aggs}
+        else:
+            out = {a.output_name: one(a) for a in aggs}
     else:
         ts_ = vd.end  # batch views: end == t
         after = vd.pos("after", ts_ + 1)  # first event with ts > t
@@ -380,6 +399,30 @@ def compute_view_features(
                 out[f.name] = vd.unsort(vals.cast(f.dtype.to_arrow()))
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
                 raise InvalidInputError(f"feature {view.name}.{f.name}: {e}", field=f.name) from None
+    return out
+
+
+_PARALLEL_MIN = 200_000
+_WORKERS = 2
+
+
+def _structure(a: Aggregate) -> tuple[str, str]:
+    fn = a.function
+    kind = "prefix" if fn in ("count", "sum", "mean") else "var" if fn.startswith(("var", "stddev")) else fn
+    return (a.column, kind)
+
+
+def _interleave(aggs: list[Aggregate]) -> list[Aggregate]:
+    """Round-robin over the structures aggregations need, so two threads start on different ones."""
+    groups: dict[tuple[str, str], list[Aggregate]] = {}
+    for a in aggs:
+        groups.setdefault(_structure(a), []).append(a)
+    out: list[Aggregate] = []
+    lists = list(groups.values())
+    while any(lists):
+        for g in lists:
+            if g:
+                out.append(g.pop(0))
     return out
 
 

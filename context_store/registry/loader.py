@@ -35,7 +35,6 @@ from ..definitions import (
     RequestSource,
     Source,
 )
-from ..definitions.feature_view import FeatureSelection
 from ..errors import DefinitionError
 from .repo import RepoDefinitions
 
@@ -282,10 +281,9 @@ def collect(modules: Iterable[types.ModuleType]) -> RepoDefinitions:
     c = _Collector()
     for mod in modules:
         for value in _module_objects(mod):
+            # A FeatureSelection (``view[["a"]]``) is not a definition: its view is registered itself.
             if isinstance(value, Definition):
                 c.add(value)
-            elif isinstance(value, FeatureSelection) and isinstance(value.view, Definition):
-                pass  # a selection is not a definition; its view must be registered itself
     return c.repo
 
 

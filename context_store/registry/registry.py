@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
-from ..errors import ConflictError, InvalidInputError, NotFoundError
+from ..errors import ConflictError, InvalidInputError, NotFoundError, UnavailableError
 from .loader import find_definition_files, import_definitions, collect
 from .plan import Plan, compute_plan, dtype_from_str, dtype_to_str
 from .repo import RepoDefinitions
@@ -104,7 +104,12 @@ class Registry:
         v = self.applied_version() if version is None else version
         if v == 0:
             return {}
-        return json.loads((self._version_dir(v) / "registry.json").read_text())["objects"]
+        try:
+            return json.loads((self._version_dir(v) / "registry.json").read_text())["objects"]
+        except (OSError, ValueError, KeyError) as e:
+            raise UnavailableError(
+                f"registry version {v} of workspace '{self.config.workspace}' cannot be read ({e})", field="registry"
+            ) from None
 
     def applied(self) -> RepoDefinitions:
         """The applied definitions, loaded from the snapshot of the applied version (cached)."""
@@ -123,7 +128,13 @@ class Registry:
 
     def _load_version(self, v: int) -> RepoDefinitions:
         vdir = self._version_dir(v)
-        meta = json.loads((vdir / "registry.json").read_text())
+        try:
+            meta = json.loads((vdir / "registry.json").read_text())
+        except (OSError, ValueError) as e:
+            raise UnavailableError(
+                f"registry version {v} of workspace '{self.config.workspace}' cannot be read ({e}); "
+                "re-run `context-store apply`", field="registry",
+            ) from None
         snap = vdir / "repo"
         files = [snap / rel for rel in meta["files"]]
         modules = import_definitions(snap, files)

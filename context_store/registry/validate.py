@@ -82,7 +82,8 @@ def _check_references(repo: RepoDefinitions) -> None:
         if cs.recent_events is not None:
             src = cs.recent_events[0]
             if repo.sources.get(src.name) is None:
-                raise _err(cs, f"recent_events stream source {src.name!r} is not registered")
+                raise _err(cs, f"recent_events stream source {src.name!r} is not registered; assign it to a "
+                               "module-level variable in a definitions file")
         if cs.similar is not None and repo.embedding_views.get(cs.similar[0].name) is None:
             raise _err(cs, f"similar: embedding view {cs.similar[0].name!r} is not registered")
         if cs.knowledge is not None and repo.knowledge.get(cs.knowledge[0].name) is None:

@@ -65,4 +65,4 @@ def scaffold(
         text = src.read_text().replace("__USER__", data.busiest_user)
         dst.write_text(text)
         written.append(dst)
-    return ScaffoldResult(root=root, files=written + list(data.files.values()), data=data)
+    return ScaffoldResult(root=root, files=sorted(written) + list(data.files.values()), data=data)

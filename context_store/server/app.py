@@ -65,6 +65,20 @@ class _RequestMetrics:
             c.inc()
 
 
+class _App(FastAPI):
+    """FastAPI with the fast path outermost: hot routes skip every FastAPI layer (error, telemetry, body-limit
+    middleware included); ``FastPath`` does their error mapping, size limit and metrics itself."""
+
+    fast_path: tuple[dict[tuple[str, str], Any], Metrics, int] | None = None
+
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        if self.fast_path is None:
+            return stack
+        routes, metrics, max_body = self.fast_path
+        return FastPath(stack, routes=routes, metrics=metrics, max_body=max_body)
+
+
 def _stream_lag_hook(state: ServerState) -> Any:
     """At scrape time: entries each stream source's workers have not applied yet (Redis only)."""
     logs: dict[str, Any] = {}
@@ -94,10 +108,9 @@ def _mcp_app(state: ServerState) -> Any:
     except ImportError as e:  # the mcp extra is not installed: serve REST only
         log.warning("MCP endpoint disabled: %s (pip install 'context-store[mcp]')", e)
         return None
-    from .auth import authenticate
-
     def auth(header_value: str | None) -> Any:
-        return authenticate(header_value, state.keys)
+        # Same keys and per-key rate limit as REST; the key's workspace is the MCP tenant.
+        return state.authenticate_header(header_value)
 
     kw: dict[str, Any] = {}
     if state.settings.allowed_hosts:
@@ -161,7 +174,7 @@ def create_app(
                 refresher.cancel()
                 await run_in_threadpool(state.close)
 
-    app = FastAPI(
+    app = _App(
         title="context-store feature server",
         version="0.1.0",
         description="Tecton-compatible feature serving, agent context, similarity, knowledge search and ingest.",
@@ -181,5 +194,5 @@ def create_app(
     app.add_middleware(_RequestMetrics, metrics=state.metrics)
     app.add_middleware(BodySizeLimit, max_body=settings.max_body)
     if settings.fast_path:
-        app.add_middleware(FastPath, routes=handlers.routes(), metrics=state.metrics, max_body=settings.max_body)
+        app.fast_path = (handlers.routes(), state.metrics, settings.max_body)
     return app

@@ -189,7 +189,8 @@ def get_user_context(
         source, n = svc.recent_events
         source_name = source.name
         rows = _recent_events(store, source, join_keys, n, served_at, from_offline=replay is not None, notes=notes)
-        events = [_event(r, source.timestamp_field, served_at) for r in rows]
+        cols = [f.name for f in source.schema or ()]
+        events = [_event(r, source.timestamp_field, cols, served_at) for r in rows]
     t2 = time.perf_counter()
     timings["recent_events"] = (t2 - t1) * 1e3
 
@@ -199,11 +200,20 @@ def get_user_context(
         view, k = svc.similar
         similar_view = view.name
         vector = _interest_vector(svc, raw)
+        seen: list[str] = []
+        if vector is None and not svc.interest:
+            # No interest feature: the mean of the vectors of the items in the recent events.
+            vector, seen = _events_interest(store, view, events)
         if vector is None:
-            notes.append("similar: skipped, no interest vector for this entity" if svc.interest
-                         else "similar: skipped, the context service names no interest feature")
+            notes.append(
+                "similar: skipped, no interest vector for this entity" if svc.interest
+                else "similar: skipped, no interest feature and no recent events with items"
+            )
         else:
-            similar = list(store.find_similar(view.name, vector=vector, k=k).items)
+            found = store.find_similar(view.name, vector=vector, k=min(k + len(seen), 100)).items
+            similar = [i for i in found if str(i.entity_id) not in seen][:k]
+            if seen:
+                notes.append(f"similar: interest = mean vector of {len(seen)} recently seen items (excluded)")
             if replay is not None:
                 notes.append("similar: ranked with the interest vector as of as_of against current item vectors")
     t3 = time.perf_counter()
@@ -339,6 +349,22 @@ def _interest_vector(svc: ContextService, values: Mapping[str, Any]) -> list[flo
     return [float(x) for x in vec]
 
 
+def _events_interest(store: ContextStore, view: Any, events: list[RecentEvent]) -> tuple[list[float] | None, list[str]]:
+    key = view.join_key
+    ids = list(dict.fromkeys(str(e.values[key]) for e in events if e.values.get(key) is not None))
+    if not ids:
+        return None, []
+    vecs = store.vectors.get_vectors(view.name, ids)
+    if not vecs:
+        return None, []
+    import numpy as np
+
+    mean = np.mean(np.stack([np.asarray(v, dtype=np.float64) for v in vecs.values()]), axis=0)
+    if not np.isfinite(mean).all() or float(np.linalg.norm(mean)) == 0.0:
+        return None, []
+    return [float(x) for x in mean], ids
+
+
 def _recent_events(
     store: ContextStore, source: Any, join_keys: dict[str, Any], n: int, before: datetime,
     *, from_offline: bool, notes: list[str],
@@ -355,8 +381,10 @@ def _recent_events(
     return rows
 
 
-def _event(row: Mapping[str, Any], ts_field: str, served_at: datetime) -> RecentEvent:
+def _event(row: Mapping[str, Any], ts_field: str, cols: list[str], served_at: datetime) -> RecentEvent:
+    """The source's own columns only (stores may keep bookkeeping such as offsets beside them)."""
     ts = parse_time(row.get(ts_field), ts_field) or served_at
-    return RecentEvent(timestamp=ts, age_ms=_age_ms(served_at, ts) or 0, values={k: v for k, v in row.items() if k != ts_field})
+    values = {c: row.get(c) for c in cols if c != ts_field} if cols else {k: v for k, v in row.items() if k != ts_field}
+    return RecentEvent(timestamp=ts, age_ms=_age_ms(served_at, ts) or 0, values=values)
 
 

@@ -3,7 +3,6 @@ counts and the compact prompt rendering trimmed to a token budget by priority.""
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import threading
@@ -112,7 +111,7 @@ def _fmt(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, str):
-        return json.dumps(clean_text(value, _RENDER_CHARS), ensure_ascii=False)
+        return _quote(value)
     if isinstance(value, datetime):
         return _short(value)
     if hasattr(value, "tolist"):
@@ -123,7 +122,13 @@ def _fmt(value: Any) -> str:
         return "[" + ", ".join(_fmt(v) for v in value[:10]) + (", …" if len(value) > 10 else "") + "]"
     if isinstance(value, Mapping):
         return "{" + ", ".join(f"{clean_text(str(k), 64)}={_fmt(v)}" for k, v in list(value.items())[:10]) + "}"
-    return json.dumps(clean_text(str(value), _RENDER_CHARS), ensure_ascii=False)
+    return _quote(str(value))
+
+
+def _quote(value: str) -> str:
+    """A double-quoted, escaped, cleaned string: untrusted text can never break out of its quotes."""
+    s = clean_text(value, _RENDER_CHARS)  # no control characters or newlines left
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _short(t: datetime) -> str:

@@ -1,10 +1,10 @@
 """``VectorService``: embedding views and knowledge collections, served from FAISS.
 
-Durable rows live in LanceDB (``stores.vector.LanceVectors`` at ``<offline_path>/vectors``);
-each view / knowledge base gets an in-memory ``FaissIndex`` built from them on first use. Writes
-go to Lance first, then to the index, so an accepted change is durable before it is visible.
-Rows written by another process (a stream worker) are picked up by a cheap version check at
-most once per ``refresh_interval`` seconds.
+Each view / knowledge base is a ``stores.vector.VectorCollection``: a LanceDB table under
+``<offline_path>/vectors`` (durable) plus an in-memory FAISS index built from it on first use,
+kept in sync on every write and refreshed from other processes' writes. A view that was never
+backfilled is backfilled from its source on first use; a knowledge base is indexed likewise.
+This module owns the definitions side: validation, embedding, change detection, chunking.
 """
 
 from __future__ import annotations
@@ -12,9 +12,7 @@ from __future__ import annotations
 import math
 import numbers
 import threading
-import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +28,10 @@ from ..compute.embeddings import (
     text_hash,
 )
 from ..config import Config
-from ..definitions import EmbeddingView, FileSource, Knowledge, StreamSource
+from ..definitions import EmbeddingView, Knowledge, StreamSource
 from ..errors import InvalidInputError, NotFoundError
 from ..registry.repo import RepoDefinitions
-from ..stores.vector import FaissIndex, LanceVectors, compile_filter, embedding_table, knowledge_table, vector_array
+from ..stores.vector import LanceVectors, VectorCollection, compile_filter, embedding_table, knowledge_table
 from ..types import KnowledgeChunk, KnowledgeResult, SimilarItem, SimilarResult
 
 __all__ = ["VectorService", "MAX_K", "MAX_TEXT"]
@@ -41,18 +39,7 @@ __all__ = ["VectorService", "MAX_K", "MAX_TEXT"]
 MAX_K = 100
 MAX_TEXT = 10_000  # characters of a query text
 _KEY = "entity_id"  # the key column of emb__ tables (the view's join key values, as strings)
-_A = "a__"  # attribute columns are prefixed in Lance so they never clash with ours
-_LOOKBACK_US = 5_000_000  # re-read this much before the newest row seen (clock skew between writers)
-
-
-@dataclass
-class _State:
-    index: FaissIndex
-    table: str
-    hashes: dict[str, str] = field(default_factory=dict)  # id -> row hash (text + attributes)
-    version: int | None = None
-    max_updated: int = 0
-    checked_at: float = 0.0
+_KB_ATTRS = ["file", "source", "start", "end", "text"]
 
 
 def _check_k(k: Any) -> int:
@@ -67,13 +54,6 @@ def _check_text(text: Any, name: str) -> str:
     if len(text) > MAX_TEXT:
         raise InvalidInputError(f"{name} is longer than {MAX_TEXT} characters", field=name)
     return text
-
-
-def _vectors_of(col: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    if len(arr) == 0:
-        return np.zeros((0, dim), dtype=np.float32)
-    return arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(len(arr), -1)
 
 
 class VectorService:
@@ -92,8 +72,8 @@ class VectorService:
         self.refresh_interval = refresh_interval
         self.flat_threshold = flat_threshold
         self._lock = threading.RLock()
-        self._views: dict[str, _State] = {}
-        self._kbs: dict[str, _State] = {}
+        self._views: dict[str, VectorCollection] = {}
+        self._kbs: dict[str, VectorCollection] = {}
         self._lance: LanceVectors | None = None
 
     @property
@@ -130,93 +110,31 @@ class VectorService:
         return list(dict.fromkeys([view.text, *[a for a in view.attributes if a != view.join_key]]))
 
     # -- loading ---------------------------------------------------------------------------
-    def _new_index(self, dim: int, kind: str) -> FaissIndex:
-        return FaissIndex(dim, kind, flat_threshold=self.flat_threshold)
+    def _collection(self, table: str, embedder: str, key: str, attrs: list[str], kind: str) -> VectorCollection:
+        return VectorCollection(
+            self.lance, table, dim=self._dim(embedder), key=key, attributes=attrs, embedder=embedder, kind=kind,
+            flat_threshold=self.flat_threshold, refresh_interval=self.refresh_interval,
+        ).open()
 
-    def _load(self, table: str, dim: int, kind: str, key: str, attrs: list[str]) -> _State:
-        state = _State(self._new_index(dim, kind), table)
-        state.version = self.lance.version(table)
-        data = self.lance.read(table)
-        if data is not None and data.num_rows:
-            self._apply(state, data, key, attrs)
-        state.checked_at = time.monotonic()
-        return state
-
-    def _apply(self, state: _State, data: pa.Table, key: str, attrs: list[str]) -> None:
-        """Upsert Lance rows into a state's index (skipping rows it already holds unchanged)."""
-        ids = data.column(key).to_pylist()
-        hashes = data.column("row_hash").to_pylist()
-        fresh = [i for i, (id_, h) in enumerate(zip(ids, hashes)) if state.hashes.get(id_) != h]
-        if not fresh:
-            return
-        if len(fresh) < len(ids):
-            data = data.take(pa.array(fresh, type=pa.int64()))
-            ids = [ids[i] for i in fresh]
-            hashes = [hashes[i] for i in fresh]
-        cols = {a: data.column(col).to_pylist() for a, col in attrs_map(attrs).items() if col in data.column_names}
-        rows = [{a: cols[a][i] for a in cols} for i in range(len(ids))]
-        state.index.upsert(ids, _vectors_of(data.column("vector"), state.index.dim), rows)
-        state.hashes.update(zip(ids, hashes))
-        state.max_updated = max(state.max_updated, int(max(data.column("updated_us").to_pylist())))
-
-    def _refresh(self, state: _State, key: str, attrs: list[str], reload: Any) -> _State:
-        """Pick up rows other processes wrote since we last looked (throttled)."""
-        now = time.monotonic()
-        if now - state.checked_at < self.refresh_interval:
-            return state
-        state.checked_at = now
-        version = self.lance.version(state.table)
-        if version == state.version:
-            return state
-        with self._lock:
-            delta = self.lance.read_since(state.table, state.max_updated - _LOOKBACK_US)
-            if delta is not None and delta.num_rows:
-                self._apply(state, delta, key, attrs)
-            state.version = version
-            if self.lance.count(state.table) != len(state.index):
-                return reload()  # rows were deleted elsewhere: rebuild from the durable table
-        return state
-
-    def _view_state(self, view: EmbeddingView, auto_backfill: bool = True) -> _State:
-        state = self._views.get(view.name)
-        attrs = self._columns(view)
-        if state is None:
+    def _view_state(self, view: EmbeddingView, auto_backfill: bool = True) -> VectorCollection:
+        coll = self._views.get(view.name)
+        if coll is None:
             with self._lock:
-                state = self._views.get(view.name)
-                if state is None:
-                    table = embedding_table(view.name)
-                    dim = self._dim(view.embedder)
-                    schema = self.lance.schema(table)
-                    if schema is not None and not self._schema_ok(schema, dim, attrs, view.embedder):
-                        self.lance.drop(table)  # embedder or attributes changed: recompute all
-                    state = self._load(table, dim, view.index, _KEY, attrs)
-                    self._views[view.name] = state
-                    if auto_backfill and state.version is None and isinstance(view.source, (FileSource, StreamSource)):
-                        self._backfill_view(view, state, progress=False)
-            return state
-
-        def reload() -> _State:
-            self._views.pop(view.name, None)
-            return self._view_state(view, auto_backfill=False)
-
-        return self._refresh(state, _KEY, attrs, reload)
+                coll = self._views.get(view.name)
+                if coll is None:
+                    coll = self._collection(embedding_table(view.name), view.embedder, _KEY, self._columns(view), view.index)
+                    self._views[view.name] = coll
+                    if auto_backfill and not coll.exists:
+                        self._backfill_view(view, coll, progress=False)
+            return coll
+        coll.refresh()
+        return coll
 
     def _dim(self, embedder: str) -> int:
         from embedders import embedder_dim
 
         dim = embedder_dim(embedder)
         return dim if dim is not None else int(self._embed(["dim probe"], embedder).shape[1])
-
-    @staticmethod
-    def _schema_ok(schema: pa.Schema, dim: int, attrs: list[str], embedder: str) -> bool:
-        vt = schema.field("vector").type if "vector" in schema.names else None
-        if not isinstance(vt, pa.FixedSizeListType) or vt.list_size != dim:
-            return False
-        stored = (schema.metadata or {}).get(b"embedder")
-        if stored is not None and stored.decode() != embedder:
-            return False  # same dim, other model: the old vectors are not comparable
-        have = {n[len(_A):] for n in schema.names if n.startswith(_A)}
-        return have == set(attrs)
 
     # -- embedding views: writes -------------------------------------------------------------
     def _source_rows(self, view: EmbeddingView) -> pa.Table:
@@ -239,11 +157,13 @@ class VectorService:
             return pa.table({view.join_key: pa.array([], pa.string()), view.text: pa.array([], pa.string())})
         return pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
 
-    def _backfill_view(self, view: EmbeddingView, state: _State, progress: bool) -> dict[str, int]:
+    def _backfill_view(self, view: EmbeddingView, state: VectorCollection, progress: bool) -> dict[str, int]:
         rows = latest_rows(view, self._source_rows(view), view.source.timestamp_field or None)
         return self._write_rows(view, state, rows, progress)
 
-    def _write_rows(self, view: EmbeddingView, state: _State, rows: pa.Table, progress: bool = False) -> dict[str, int]:
+    def _write_rows(
+        self, view: EmbeddingView, state: VectorCollection, rows: pa.Table, progress: bool = False
+    ) -> dict[str, int]:
         key, attrs = view.join_key, self._columns(view)
         ids = rows.column(key).cast(pa.string()).to_pylist()
         texts = ["" if t is None else str(t) for t in rows.column(view.text).to_pylist()]
@@ -278,22 +198,9 @@ class VectorService:
                 bar.update(len(part))
         if bar is not None:
             bar.close()
-        rh = [full[i] for i in todo]
         sel = pa.array(todo, type=pa.int64())
-        now = self.lance.now_us()
-        data = pa.table(
-            {
-                _KEY: pa.array([ids[i] for i in todo], pa.string()),
-                "vector": vector_array(vecs),
-                "row_hash": pa.array(rh, pa.string()),
-                "updated_us": pa.array([now] * len(todo), pa.int64()),
-                **{_A + a: cols[a].take(sel) for a in attrs},
-            }
-        ).replace_schema_metadata({"embedder": view.embedder})
-        with self._lock:
-            self.lance.upsert(state.table, data, _KEY)  # durable first
-            self._apply(state, data, _KEY, attrs)
-            state.version = self.lance.version(state.table)
+        data = state.rows([ids[i] for i in todo], vecs, [full[i] for i in todo], {a: cols[a].take(sel) for a in attrs})
+        state.upsert(data)  # durable first, then visible
         return stats
 
     def backfill(self, views: Sequence[str] | None = None, progress: bool = False) -> dict[str, dict[str, int]]:
@@ -326,15 +233,7 @@ class VectorService:
 
     def delete_entities(self, view: str, ids: Sequence[str]) -> int:
         v = self._view(view)
-        state = self._view_state(v)
-        ids = [str(i) for i in ids]
-        with self._lock:
-            self.lance.delete(state.table, _KEY, ids)
-            n = state.index.delete(ids)
-            for i in ids:
-                state.hashes.pop(i, None)
-            state.version = self.lance.version(state.table)
-        return n
+        return self._view_state(v).delete([str(i) for i in ids])
 
     # -- embedding views: reads --------------------------------------------------------------
     def find_similar(
@@ -389,42 +288,42 @@ class VectorService:
             raise InvalidInputError("vector must be finite and non-zero", field="vector")
         return q
 
+    def get_vectors(self, view: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """Stored unit vectors of ``ids`` (missing ids are left out), e.g. to average the items
+        of a user's events into an interest vector without re-embedding their text."""
+        coll = self._view_state(self._view(view))
+        out: dict[str, np.ndarray] = {}
+        for i in ids:
+            v = coll.index.get_vector(str(i))
+            if v is not None:
+                out[str(i)] = v
+        return out
+
     def embed_query(self, view: str, text: str) -> np.ndarray:
         """The query vector ``find_similar(view, text=...)`` would use."""
         v = self._view(view)
         return self._embed([_check_text(text, "text")], v.embedder)[0]
 
     # -- knowledge ---------------------------------------------------------------------------
-    _KB_ATTRS = ["file", "source", "start", "end", "text"]
-
-    def _kb_state(self, kb: Knowledge, auto_index: bool = True) -> _State:
-        state = self._kbs.get(kb.name)
-        if state is None:
+    def _kb_state(self, kb: Knowledge, auto_index: bool = True) -> VectorCollection:
+        coll = self._kbs.get(kb.name)
+        if coll is None:
             with self._lock:
-                state = self._kbs.get(kb.name)
-                if state is None:
-                    table = knowledge_table(kb.name)
-                    dim = self._dim(kb.embedder)
-                    schema = self.lance.schema(table)
-                    if schema is not None and not self._schema_ok(schema, dim, self._KB_ATTRS, kb.embedder):
-                        self.lance.drop(table)
-                    state = self._load(table, dim, "auto", "chunk_id", self._KB_ATTRS)
-                    self._kbs[kb.name] = state
-                    if auto_index and state.version is None:
-                        self._index_kb(kb, state)
-            return state
+                coll = self._kbs.get(kb.name)
+                if coll is None:
+                    coll = self._collection(knowledge_table(kb.name), kb.embedder, "chunk_id", _KB_ATTRS, "auto")
+                    self._kbs[kb.name] = coll
+                    if auto_index and not coll.exists:
+                        self._index_kb(kb, coll)
+            return coll
+        coll.refresh()
+        return coll
 
-        def reload() -> _State:
-            self._kbs.pop(kb.name, None)
-            return self._kb_state(kb, auto_index=False)
-
-        return self._refresh(state, "chunk_id", self._KB_ATTRS, reload)
-
-    def _index_kb(self, kb: Knowledge, state: _State, progress: bool = False) -> dict[str, int]:
+    def _index_kb(self, kb: Knowledge, state: VectorCollection, progress: bool = False) -> dict[str, int]:
         repo = Path(self.config.repo)
         files = knowledge_files(kb, repo)
         digests: dict[str, str] = {}
-        known = self.lance.read(state.table, columns=["file", "row_hash"])
+        known = state.read(["file", "row_hash"])
         if known is not None:
             for f, h in zip(known.column("file").to_pylist(), known.column("row_hash").to_pylist()):
                 digests[f] = h.split(":", 1)[0]
@@ -444,22 +343,20 @@ class VectorService:
             chunks = read_chunks(kb, path, repo)
             texts = [f"{c.context}\n{c.text}" if c.context else c.text for c in chunks]
             vecs = self._embed(texts, kb.embedder) if chunks else np.zeros((0, state.index.dim), np.float32)
-            now = self.lance.now_us()
-            data = pa.table(
+            data = state.rows(
+                [c.chunk_id for c in chunks],
+                vecs,
+                # digest first: a file is unchanged when its chunks' hashes start with it
+                [f"{digest}:{text_hash(c.text, kb.embedder)}" for c in chunks],
                 {
-                    "chunk_id": pa.array([c.chunk_id for c in chunks], pa.string()),
-                    "vector": vector_array(vecs) if chunks else pa.array([], pa.list_(pa.float32(), state.index.dim)),
-                    # digest first: a file is unchanged when every chunk's hash starts with it
-                    "row_hash": pa.array([f"{digest}:{text_hash(c.text, kb.embedder)}" for c in chunks], pa.string()),
-                    "updated_us": pa.array([now] * len(chunks), pa.int64()),
-                    **{_A + "file": pa.array([c.file for c in chunks], pa.string()),
-                       _A + "source": pa.array([c.source for c in chunks], pa.string()),
-                       _A + "start": pa.array([c.start for c in chunks], pa.int64()),
-                       _A + "end": pa.array([c.end for c in chunks], pa.int64()),
-                       _A + "text": pa.array([c.text for c in chunks], pa.string())},
                     "file": pa.array([c.file for c in chunks], pa.string()),
-                }
-            ).replace_schema_metadata({"embedder": kb.embedder})
+                    "source": pa.array([c.source for c in chunks], pa.string()),
+                    "start": pa.array([c.start for c in chunks], pa.int64()),
+                    "end": pa.array([c.end for c in chunks], pa.int64()),
+                    "text": pa.array([c.text for c in chunks], pa.string()),
+                },
+                extra={"file": pa.array([c.file for c in chunks], pa.string())},  # plain column for the scope
+            )
             self._replace_file(state, rel, data)
             stats["reindexed"] += 1
             stats["chunks"] += len(chunks)
@@ -468,20 +365,11 @@ class VectorService:
             stats["removed"] += 1
         return stats
 
-    def _replace_file(self, state: _State, rel: str, data: pa.Table | None) -> None:
-        scope = "file = '" + rel.replace("'", "''") + "'"
-        with self._lock:
-            # chunk ids are "<file>@<start>" or "<file>#<line>@<start>"
-            old = [i for i in state.hashes if i.startswith((rel + "@", rel + "#"))]
-            new_ids = set(data.column("chunk_id").to_pylist()) if data is not None else set()
-            self.lance.replace_where(state.table, data if data is not None else pa.table({}), "chunk_id", scope)
-            stale = [i for i in old if i not in new_ids]
-            state.index.delete(stale)
-            for i in stale:
-                state.hashes.pop(i, None)
-            if data is not None and data.num_rows:
-                self._apply(state, data, "chunk_id", self._KB_ATTRS)
-            state.version = self.lance.version(state.table)
+    @staticmethod
+    def _replace_file(state: VectorCollection, rel: str, data: pa.Table | None) -> None:
+        # chunk ids are "<file>@<start>" or "<file>#<line>@<start>"
+        old = [i for i in list(state.hashes) if i.startswith((rel + "@", rel + "#"))]
+        state.replace(data, "file = '" + rel.replace("'", "''") + "'", old)
 
     def index_knowledge(self, names: Sequence[str] | None = None, progress: bool = False) -> dict[str, dict[str, int]]:
         """(Re)index knowledge files; a changed file's chunks are replaced, a deleted file's removed."""
@@ -510,8 +398,8 @@ class VectorService:
     # -- lifecycle -----------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         return {
-            "views": {n: s.index.stats() for n, s in self._views.items()},
-            "knowledge": {n: s.index.stats() for n, s in self._kbs.items()},
+            "views": {n: c.index.stats() for n, c in self._views.items()},
+            "knowledge": {n: c.index.stats() for n, c in self._kbs.items()},
         }
 
     def close(self) -> None:
@@ -521,11 +409,6 @@ class VectorService:
             if self._lance is not None:
                 self._lance.close()
                 self._lance = None
-
-
-def attrs_map(attrs: list[str]) -> dict[str, str]:
-    """Attribute name -> its Lance column."""
-    return {a: _A + a for a in attrs}
 
 
 def _rel_or(path: Path, repo: Path, default: str) -> str:

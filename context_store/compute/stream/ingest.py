@@ -232,4 +232,4 @@ def _wait_visible(store: Any, plan: SourcePlan, offsets: dict[int, int], timeout
         if time.monotonic() >= deadline:
             return False
         time.sleep(delay)
-        delay = min(delay * 1.5, 0.002)
+        delay = min(delay * 1.5, 0.001)

@@ -24,6 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -85,6 +86,8 @@ class StreamWorker:
         self.processed = 0
         self.writer = OfflineWriter(store.offline)
         self._appends: dict[str, int] = {}
+        self._flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cs-stream-flush")
+        self._flushing: Future[None] | None = None
         self.compact_every = 100
 
     # -- partitions ----------------------------------------------------------------------
@@ -111,7 +114,7 @@ class StreamWorker:
         parts = self.all_parts
         share = math.ceil(len(parts) / live)
         while len(self.owned) > share:
-            self.release(sorted(self.owned)[-1])
+            self.release(max(self.owned))
         # Start at a per-worker offset so concurrent workers don't contend for the same leases.
         start = int(uuid.UUID(int=hash(self.name) & ((1 << 128) - 1)).int % max(1, len(parts)))
         for part in parts[start:] + parts[:start]:
@@ -156,7 +159,7 @@ class StreamWorker:
     def _drop(self, part: Part) -> None:
         self.owned.pop(part, None)
         buf = self._buffers.pop(part, {})
-        self._buffered_rows -= sum(t.num_rows for ts in buf.values() for t in ts)
+        self._buffered_rows -= sum(t.num_rows for name, ts in buf.items() if name.startswith("src__") for t in ts)
         self._unacked.pop(part, None)
 
     # -- processing ----------------------------------------------------------------------
@@ -205,22 +208,31 @@ class StreamWorker:
     def _cutovers(self) -> dict[str, int]:
         return {v: c.ts_us for v, c in load_cutovers(self.store.config).items()}
 
-    def flush(self) -> None:
-        """Append buffered rows offline, record the marks, then acknowledge the entries."""
-        self._last_flush = time.monotonic()
-        if not self._buffers and not any(self._unacked.values()):
-            return
+    def _snapshot(self) -> tuple[dict[str, list[pa.Table]], dict[str, int], dict[str, int], dict[Part, list[bytes]]]:
+        """Take the buffered rows, marks, watermarks and entry ids to flush (processing goes on)."""
         by_table: dict[str, list[pa.Table]] = {}
         for buf in self._buffers.values():
             for table, rows in buf.items():
                 by_table.setdefault(table, []).extend(rows)
         marks: dict[str, int] = {}
+        wms: dict[str, int] = {}
         for (source, p), state in self.owned.items():
             for name, off in state.offline.items():
                 table = f"src__{source}" if name == "src" else f"fv__{name}"
                 marks[f"{table}|{p}"] = off
+            if state.watermark_us is not None:
+                wms[f"{source}|{p}"] = state.watermark_us
+        unacked = {part: ids for part, ids in self._unacked.items() if ids}
+        self._buffers = {}
+        self._unacked = {part: [] for part in self._unacked}
+        self._buffered_rows = 0
+        return by_table, marks, wms, unacked
+
+    def _write(self, by_table: dict[str, list[pa.Table]], marks: dict[str, int], wms: dict[str, int],
+               unacked: dict[Part, list[bytes]]) -> None:
         # Views first, raw events last; each table's marks right after its append (they only
-        # matter for tables without offset columns, whose replays they fence).
+        # matter for tables without offset columns, whose replays they fence). Acks come last:
+        # until then the entries stay pending and a successor replays them.
         for table in sorted(by_table, key=lambda t: t.startswith("src__")):
             rows = concat(by_table[table])
             self.writer.append(table, rows)
@@ -230,25 +242,37 @@ class StreamWorker:
             mine = {k: v for k, v in marks.items() if k.startswith(table + "|")}
             if mine:
                 self.log.r.hset(self.log.offline_key, mapping=mine)
-        wms: dict[str, int] = {}
-        for (source, p), state in self.owned.items():
-            if state.watermark_us is not None:
-                wms[f"{source}|{p}"] = state.watermark_us
         pipe = self.log.r.pipeline(transaction=False)
         if marks:
             pipe.hset(self.log.offline_key, mapping=marks)
         if wms:
             pipe.hset(self._wm_key, mapping=wms)
-        for part, ids in self._unacked.items():
-            if ids:
-                pipe.xack(self.key(part), "cs-workers", *ids)
+        for part, ids in unacked.items():
+            pipe.xack(self.key(part), "cs-workers", *ids)
         pipe.execute()
-        for part in list(self._unacked):
-            if self._unacked[part]:
-                self._unacked[part] = []
-                self.log.trim_acked(self.key(part))
-        self._buffers.clear()
-        self._buffered_rows = 0
+        for part in unacked:
+            self.log.trim_acked(self.key(part))
+
+    def flush(self) -> None:
+        """Append buffered rows offline, record the marks, then acknowledge the entries (inline)."""
+        self._wait_flush()
+        self._last_flush = time.monotonic()
+        if self._buffers or any(self._unacked.values()):
+            self._write(*self._snapshot())
+
+    def _flush_background(self) -> None:
+        """Same as ``flush`` on the flusher thread, so a slow Lance commit never stalls applying."""
+        if self._flushing is not None and not self._flushing.done():
+            return  # the previous one is still writing: keep buffering (back-pressure via flush_rows)
+        self._wait_flush()
+        self._last_flush = time.monotonic()
+        if self._buffers or any(self._unacked.values()):
+            self._flushing = self._flusher.submit(self._write, *self._snapshot())
+
+    def _wait_flush(self) -> None:
+        f, self._flushing = self._flushing, None
+        if f is not None:
+            f.result()  # re-raises a failed write: the entries stay pending, nothing is lost
 
     def _maybe_compact(self, table: str) -> None:
         """Stream appends are small: merge their files now and then so reads stay fast."""
@@ -272,8 +296,10 @@ class StreamWorker:
             if entries:
                 self._process(part, entries)
                 n += len(entries)
-        if self._buffered_rows >= self.flush_rows or time.monotonic() - self._last_flush >= self.flush_interval:
-            self.flush()
+        if self._buffered_rows >= 4 * self.flush_rows:
+            self.flush()  # the flusher cannot keep up: wait for it
+        elif self._buffered_rows >= self.flush_rows or time.monotonic() - self._last_flush >= self.flush_interval:
+            self._flush_background()
         return n
 
     def run(self, stop: threading.Event) -> None:
@@ -314,6 +340,7 @@ class StreamWorker:
         try:
             self.flush()
         finally:
+            self._flusher.shutdown(wait=True)
             for part in list(self.owned):
                 self.log.release_lease(*part, self.name)
             self.owned.clear()

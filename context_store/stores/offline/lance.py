@@ -75,7 +75,12 @@ class LanceOfflineStore:
         return self.path / f"{name}.lance"
 
     def exists(self, table_name: str) -> bool:
-        return self._dir(table_name).is_dir()
+        # A table another process is creating has its directory before its first manifest.
+        versions = self._dir(table_name) / "_versions"
+        try:
+            return any(versions.iterdir())
+        except (FileNotFoundError, NotADirectoryError):
+            return False
 
     def _open(self, name: str) -> Any:
         tbl = self._tables.get(name)
@@ -83,7 +88,10 @@ class LanceOfflineStore:
             if not self.exists(name):
                 raise NotFoundError(f"offline table {name!r} does not exist (run a backfill first)", field="table")
             with self._lock:
-                tbl = self._db.open_table(name)
+                try:
+                    tbl = self._db.open_table(name)
+                except (ValueError, FileNotFoundError) as e:  # dropped meanwhile, or not yet committed
+                    raise NotFoundError(f"offline table {name!r} cannot be opened: {e}", field="table") from None
                 self._tables[name] = tbl
         return tbl
 
@@ -202,7 +210,7 @@ class LanceOfflineStore:
         return int(self._open(table_name).count_rows())
 
     def tables(self) -> list[str]:
-        return sorted(p.name[: -len(".lance")] for p in self.path.glob("*.lance") if p.is_dir())
+        return sorted(n for n in (p.name[: -len(".lance")] for p in self.path.glob("*.lance")) if self.exists(n))
 
     def drop(self, table_name: str) -> None:
         with self._lock:

@@ -138,30 +138,51 @@ class BaseOnlineStore:
         raise NotImplementedError
 
     # -- reads --------------------------------------------------------------------------
+    _layout_cache: dict[Any, tuple[list[str], list[Any]]]
+
     def _layout(self, reads: Sequence[tuple[ViewState, str]], t: int) -> tuple[list[tuple[str, list[str]]], list[Any]]:
-        by_key: dict[str, list[str]] = {}
+        """Per entity key the fields to HMGET, and per read (request index, start, count, ctx)."""
+        k0 = reads[0][1]
+        single = all(k == k0 for _, k in reads)
+        if single:  # the usual case: cache the field list per combination of read contexts
+            sig = tuple(st.read_ctx(t) if st.is_aggregate else st for st, _ in reads)
+            try:
+                cached = self._layout_cache.get(sig)
+            except AttributeError:
+                self._layout_cache = {}
+                cached = None
+            if cached is not None:
+                return [(k0, cached[0])], cached[1]
+        by_key: dict[str, int] = {}
+        reqs: list[tuple[str, list[str]]] = []
         slots: list[Any] = []
         for st, key in reads:
-            fl = by_key.get(key)
-            if fl is None:
-                fl = by_key[key] = []
+            ri = by_key.get(key)
+            if ri is None:
+                ri = by_key[key] = len(reqs)
+                reqs.append((key, []))
+            fl = reqs[ri][1]
             start = len(fl)
             if st.is_aggregate:
                 ctx = st.read_ctx(t)
                 fl.extend(ctx.fields)
-                slots.append((key, start, len(ctx.fields), ctx))
+                slots.append((ri, start, len(ctx.fields), ctx))
             else:
                 fl.append(st.vid)
-                slots.append((key, start, 1, None))
-        return list(by_key.items()), slots
+                slots.append((ri, start, 1, None))
+        if single:
+            if len(self._layout_cache) > 512:
+                self._layout_cache.clear()
+            self._layout_cache[sig] = (reqs[0][1], slots)
+        return reqs, slots
 
-    def _lifetime_extra(self, reads: Sequence[tuple[ViewState, str]], slots: list[Any], got: dict[str, list[Any]]) -> list[tuple[int, str, list[int]]]:
+    def _lifetime_extra(self, reads: Sequence[tuple[ViewState, str]], slots: list[Any], got: list[list[Any]]) -> list[tuple[int, str, list[int]]]:
         """Tiles between a lifetime base's fold point and the read range (entities idle for long)."""
         out = []
-        for i, ((st, key), (k, start, n, ctx)) in enumerate(zip(reads, slots)):
+        for i, ((st, key), (ri, start, n, ctx)) in enumerate(zip(reads, slots)):
             if ctx is None or not st.has_lifetime:
                 continue
-            lv = got[k][start + n - 1]
+            lv = got[ri][start + n - 1]
             if lv is None:
                 continue
             fold = int(np.frombuffer(lv, dtype=_I64, count=1)[0])
@@ -169,11 +190,11 @@ class BaseOnlineStore:
                 out.append((i, key, list(range(fold, ctx.lo))))
         return out
 
-    def _evaluate(self, reads: Sequence[tuple[ViewState, str]], slots: list[Any], got: dict[str, list[Any]], t: int,
+    def _evaluate(self, reads: Sequence[tuple[ViewState, str]], slots: list[Any], got: list[list[Any]], t: int,
                   extra: dict[int, dict[int, bytes]]) -> list[ViewValues]:
         res: list[ViewValues] = []
-        for i, ((st, _), (k, start, n, ctx)) in enumerate(zip(reads, slots)):
-            vals = got[k]
+        for i, ((st, _), (ri, start, n, ctx)) in enumerate(zip(reads, slots)):
+            vals = got[ri]
             if ctx is None:
                 buf = vals[start]
                 if buf is None:
@@ -188,26 +209,30 @@ class BaseOnlineStore:
                 res.append(ViewValues(st.evaluate(t, ctx, vals[start : start + n], extra.get(i)), st.window_end(t)))
         return res
 
+    def _extra(self, reads: Sequence[tuple[ViewState, str]], more: list[tuple[int, str, list[int]]],
+               rows: list[list[Any]]) -> dict[int, dict[int, bytes]]:
+        return {i: {x: v for x, v in zip(tiles, vals) if v is not None} for (i, _, tiles), vals in zip(more, rows)}
+
     def read_features(self, reads: Sequence[tuple[ViewState, str]], t_us: int) -> list[ViewValues]:
+        if not reads:
+            return []
         reqs, slots = self._layout(reads, t_us)
-        got = dict(zip((k for k, _ in reqs), self._hmget(reqs)))
-        extra: dict[int, dict[int, bytes]] = {}
+        got = self._hmget(reqs)
         more = self._lifetime_extra(reads, slots, got)
+        extra: dict[int, dict[int, bytes]] = {}
         if more:  # rare second round trip
-            rows = self._hmget([(key, [reads[i][0].tile(x) for x in tiles]) for i, key, tiles in more])
-            for (i, _, tiles), vals in zip(more, rows):
-                extra[i] = {x: v for x, v in zip(tiles, vals) if v is not None}
+            extra = self._extra(reads, more, self._hmget([(key, [reads[i][0].tile(x) for x in tiles]) for i, key, tiles in more]))
         return self._evaluate(reads, slots, got, t_us, extra)
 
     async def read_features_async(self, reads: Sequence[tuple[ViewState, str]], t_us: int) -> list[ViewValues]:
+        if not reads:
+            return []
         reqs, slots = self._layout(reads, t_us)
-        got = dict(zip((k for k, _ in reqs), await self._ahmget(reqs)))
-        extra: dict[int, dict[int, bytes]] = {}
+        got = await self._ahmget(reqs)
         more = self._lifetime_extra(reads, slots, got)
+        extra: dict[int, dict[int, bytes]] = {}
         if more:
-            rows = await self._ahmget([(key, [reads[i][0].tile(x) for x in tiles]) for i, key, tiles in more])
-            for (i, _, tiles), vals in zip(more, rows):
-                extra[i] = {x: v for x, v in zip(tiles, vals) if v is not None}
+            extra = self._extra(reads, more, await self._ahmget([(key, [reads[i][0].tile(x) for x in tiles]) for i, key, tiles in more]))
         return self._evaluate(reads, slots, got, t_us, extra)
 
     _codecs: dict[str, RowCodec]
@@ -303,17 +328,8 @@ class BaseOnlineStore:
         num, objs = plan.partials_grouped(cols, starts)
         gk = kidx[starts].tolist()
         gt = eff[starts].tolist()
-        # Read the touched tiles, fold marker and lifetime base of every key: one round trip.
-        want: dict[int, list[str]] = {}
-        for k, ti in zip(gk, gt):
-            if ti >= h:
-                want.setdefault(k, []).append(state.tile(ti))
-        klist = sorted(set(gk))
-        reqs = [(kvals[k], want.get(k, []) + [state.M] + ([state.L] if state.has_lifetime else [])) for k in klist]
-        cur = dict(zip(klist, self._hmget(reqs)))
-        maxts: dict[int, int] = {}
-        for k, e in zip(kidx[ends - 1].tolist(), cols.ts[ends - 1].tolist()):
-            maxts[k] = max(maxts.get(k, e), e)
+        # New partials per field: the tile and its enclosing 4^L blocks (merged per field).
+        acc: dict[int, dict[str, list[Partial]]] = {}
         late_by_key: dict[int, list[Partial]] = {}
         dropped = 0
         for gi, (k, ti) in enumerate(zip(gk, gt)):
@@ -324,42 +340,55 @@ class BaseOnlineStore:
                 else:
                     dropped += int(ends[gi] - starts[gi])
                 continue
-            key = kvals[k]
-            fields = want[k]
-            old = cur[k][fields.index(state.tile(ti))]
-            if old is not None:
-                p = plan.merge([plan.decode(old), p])
-            ops.set(key, state.tile(ti), plan.encode(p))
+            d = acc.setdefault(k, {})
+            for lv in range(state.levels + 1):
+                d.setdefault(state.block(lv, ti >> (2 * lv)), []).append(p)
             if not state.interval:
-                sl = np.arange(starts[gi], ends[gi])
-                ops.appends.setdefault(key, {})[state.raw(ti)] = encode_raw(cols.take(sl), plan)
+                ops.appends.setdefault(kvals[k], {})[state.raw(ti)] = encode_raw(cols.take(np.arange(starts[gi], ends[gi])), plan)
         if dropped:
             log.warning("view %s: %d events older than the retention horizon were not applied online", state.name, dropped)
+        klist = sorted(set(gk))
+        # Read the touched fields, fold marker and lifetime base of every key: one round trip.
+        want = {k: list(acc.get(k, {})) for k in klist}
+        reqs = [(kvals[k], want[k] + [state.M] + ([state.L] if state.has_lifetime else [])) for k in klist]
+        cur = dict(zip(klist, self._hmget(reqs)))
+        maxts: dict[int, int] = {}
+        for k, e in zip(kidx[ends - 1].tolist(), cols.ts[ends - 1].tolist()):
+            maxts[k] = max(maxts.get(k, e), e)
         for k in klist:
             key = kvals[k]
             vals = cur[k]
-            nw = len(want.get(k, []))
+            fields = want[k]
+            for f, old in zip(fields, vals):
+                parts = acc[k][f]
+                if old is not None:
+                    parts = [plan.decode(old)] + parts
+                ops.set(key, f, plan.encode(plan.merge(parts)))
+            nw = len(fields)
             m_old = int(vals[nw]) if vals[nw] is not None else None
             fold_to = h
             if state.has_lifetime:
-                lv = vals[nw + 1]
-                if lv is None:
+                lv_b = vals[nw + 1]
+                if lv_b is None:
                     fold_from, base = h, plan.empty()
                 else:
-                    fold_from = int(np.frombuffer(lv, dtype=_I64, count=1)[0])
-                    base = plan.decode(lv[8:])
+                    fold_from = int(np.frombuffer(lv_b, dtype=_I64, count=1)[0])
+                    base = plan.decode(lv_b[8:])
                 fold_to = max(h, fold_from)
                 parts = [base] + late_by_key.get(k, [])
-                if fold_from < h:
+                if fold_from < h:  # fold tiles that left the retention into the lifetime base
                     rng = list(range(max(fold_from, h - 4 * state.retention), h))
                     olds = self._hmget([(key, [state.tile(i) for i in rng])])[0]
                     parts += [plan.decode(b) for b in olds if b is not None]
-                    ops.dels.setdefault(key, []).extend([state.tile(i) for i in rng] + [state.raw(i) for i in rng])
-                if len(parts) > 1 or lv is None or fold_from < h:
+                if len(parts) > 1 or lv_b is None or fold_from < h:
                     ops.set(key, state.L, np.array([fold_to], dtype=_I64).tobytes() + plan.encode(plan.merge(parts)))
-            elif m_old is not None and m_old < h:
-                rng = range(max(m_old, h - 4 * state.retention), h)
-                ops.dels.setdefault(key, []).extend([state.tile(i) for i in rng] + [state.raw(i) for i in rng])
+                m_old = fold_from if m_old is None else min(m_old, fold_from)
+            if m_old is not None and m_old < h:
+                lo = max(m_old, h - 4 * state.retention)
+                dels = ops.dels.setdefault(key, [])
+                dels += [state.raw(i) for i in range(lo, h)]
+                for lv in range(state.levels + 1):
+                    dels += [state.block(lv, j) for j in range(lo >> (2 * lv), h >> (2 * lv))]
             if m_old is None or m_old < fold_to:
                 ops.set(key, state.M, str(fold_to).encode())
             ops.expire[key] = state.expire_ms(maxts[k], now)

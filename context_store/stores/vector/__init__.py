@@ -1,6 +1,7 @@
 """Vector stores: LanceDB tables (durable) + an in-memory FAISS index (serving)."""
 
 from .base import AttributeColumns, Condition, VectorIndex, compile_filter
+from .collection import ATTR_PREFIX, VectorCollection
 from .faiss_index import FaissIndex
 from .lance_vectors import LanceVectors, embedding_table, knowledge_table, vector_array
 
@@ -8,6 +9,8 @@ __all__ = [
     "VectorIndex",
     "FaissIndex",
     "LanceVectors",
+    "VectorCollection",
+    "ATTR_PREFIX",
     "AttributeColumns",
     "Condition",
     "compile_filter",

@@ -7,6 +7,7 @@ process can pick up rows written by another process (a stream worker) without a 
 
 from __future__ import annotations
 
+import logging
 import shutil
 import threading
 import time
@@ -21,6 +22,7 @@ import pyarrow as pa
 __all__ = ["LanceVectors", "embedding_table", "knowledge_table", "vector_array"]
 
 _RETRIES = 5
+_log = logging.getLogger(__name__)
 _OPTIMIZE_EVERY = 200  # writes per table between compactions (stream upserts make many small fragments)
 
 
@@ -129,8 +131,8 @@ class LanceVectors:
         if n % _OPTIMIZE_EVERY == 0:
             try:
                 tbl.optimize()  # compaction only rewrites files; readers keep their snapshot
-            except Exception:  # pragma: no cover - an optimisation, never a reason to fail a write
-                pass
+            except Exception as e:  # an optimisation, never a reason to fail a write
+                _log.warning("compacting %s failed: %s", name, e)
 
     def replace_where(self, name: str, data: pa.Table, key: str, scope: str) -> None:
         """Atomically make the rows matching SQL ``scope`` equal ``data`` (one commit)."""
@@ -159,7 +161,7 @@ class LanceVectors:
         with self._lock:
             for i in range(0, len(values), 1000):
                 chunk = list(values[i : i + 1000])
-                self._retry(lambda: tbl.delete(_in_list(column, chunk)))
+                self._retry(lambda chunk=chunk: tbl.delete(_in_list(column, chunk)))
 
     def drop(self, name: str) -> None:
         with self._lock:
