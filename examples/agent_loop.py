@@ -91,7 +91,10 @@ def _demo_repo() -> Path:
     root = Path(tempfile.mkdtemp(prefix="cs-agent-")) / "repo"
     for cmd in (["init", str(root)], ["apply", "--repo", str(root), "--yes"], ["backfill", "--repo", str(root)],
                 ["materialize", "--repo", str(root)]):
-        subprocess.run([exe, *cmd], check=True, stdout=subprocess.DEVNULL)
+        _say("setup", "context-store " + " ".join(cmd))
+        proc = subprocess.run([exe, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if proc.returncode:
+            sys.exit(f"context-store {cmd[0]} failed:\n{proc.stderr[-2000:]}")
     return root
 
 

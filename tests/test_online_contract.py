@@ -324,3 +324,18 @@ def test_redis_unavailable_then_recovers(tmp_path: Path, workspace_name: str) ->
     with pytest.raises(UnavailableError):
         store.read_features([(st, key("u1"))], NOW)
     store.close()
+
+
+def test_batch_of_entities_equals_single_reads(store: BaseOnlineStore) -> None:
+    """Many entities with the same fields (one batch lookup) read in one command on Redis."""
+    a, r = agg_state(None, [cs.Aggregate("amount", "sum", "1d"), cs.Aggregate("cat", "last", "1h", name="c")]), row_state(None)
+    users = tuple(f"u{i}" for i in range(30))
+    ev = events(300, seed=9, users=users)
+    store.apply_events(a, table(ev), now_us=NOW)
+    reads = [x for u in users + ("ghost",) for x in ((a, key(u)), (r, key(u)))]
+    batch = store.read_features(reads, NOW)
+    assert batch == [store.read_features([rd], NOW)[0] for rd in reads]
+    assert asyncio.run(store.read_features_async(reads, NOW)) == batch
+    for (st, k), res in zip(reads, batch):
+        if st is a:
+            assert_same(["sum", "c"], res.values, expected(a, ev, k.split("=")[1], NOW))  # type: ignore[arg-type]

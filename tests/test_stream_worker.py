@@ -174,3 +174,22 @@ def test_worker_needs_redis(tmp_path: Path) -> None:
     with pytest.raises(ContextStoreError, match="Redis"):
         StreamWorker(s)
     s.close()
+
+
+def test_worker_rejects_unknown_source_and_reloads_on_apply(rstore) -> None:
+    from context_store.errors import NotFoundError
+
+    with pytest.raises(NotFoundError, match="not a stream source"):
+        StreamWorker(rstore, sources=["nope"])
+    w = StreamWorker(rstore, name="reloader")
+    w.rebalance()
+    assert len(w.owned) == 4 and w.plans["transactions"].source.partitions == 4
+    # Another process applies a change (8 partitions): the worker hands back and reloads.
+    repo = Path(rstore.config.repo)
+    (repo / "features.py").write_text((repo / "features.py").read_text().replace("partitions=4", "partitions=8"))
+    other = type(rstore)(repo, workspace=rstore.workspace, online_store=rstore.config.online_store)
+    other.apply(force=True)
+    other.close()
+    w.rebalance()
+    assert w.plans["transactions"].source.partitions == 8 and len(w.owned) == 8
+    w.close()

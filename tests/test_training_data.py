@@ -271,6 +271,31 @@ def test_bad_input(tmp_path: Path) -> None:
         get_training_data(defs, config, offline, pa.table({"user_id": [[1]], "timestamp": ts_array([T0])}), "svc")
 
 
+def test_empty_spine_and_every_function_on_no_events(tmp_path: Path) -> None:
+    ev, _ = _tables([], [])
+    write_parquet(tmp_path, "ev.parquet", ev)
+    view = cs.FeatureView("w", [cs.Entity("user", ["user_id"])], cs.FileSource("data/ev.parquet", "ts"), aggregations=_aggs())
+    defs, config, offline = build(tmp_path, [view], [cs.FeatureService("svc", [view])])
+    empty = pa.table({"user_id": pa.array([], pa.string()), "timestamp": ts_array([])})
+    out = get_training_data(defs, config, offline, empty, "svc")
+    assert out.num_rows == 0 and len(out.column_names) == 2 + len(view.feature_names)
+    _, sp = _tables([], [("a", T0)])
+    row = get_training_data(defs, config, offline, sp, "svc").to_pylist()[0]
+    for a in view.aggregations:
+        want = {"count": 0, "sum": 0, "last_distinct_n": [], "first_distinct_n": []}.get(a.function)
+        assert row[f"w__{a.output_name}"] == want, a.output_name
+
+
+def test_online_only_view_has_no_training_data(tmp_path: Path) -> None:
+    write_parquet(tmp_path, "tx.parquet", _simple_repo(tmp_path)[0])
+    user = cs.Entity("user", ["user_id"])
+    view = cs.FeatureView("live", [user], cs.FileSource("data/tx.parquet", "ts"), offline=False,
+                          aggregations=[cs.Aggregate("amount", "sum", "1h")])
+    defs, config, offline = build(tmp_path, [view], [cs.FeatureService("svc", [view])])
+    with pytest.raises(InvalidInputError, match="online-only"):
+        get_training_data(defs, config, offline, pa.table({"user_id": ["a"], "timestamp": ts_array([T0])}), "svc")
+
+
 def test_not_backfilled_is_a_clear_error(tmp_path: Path) -> None:
     _, view = _simple_repo(tmp_path)
     defs, config, offline = build(tmp_path, [view], [cs.FeatureService("svc", [view])], run_backfill=False)

@@ -240,12 +240,15 @@ class RangeExtrema:
         n = len(values)
         nb = max((n + _BLOCK - 1) // _BLOCK, 1)
         self.nb = nb
-        v = np.full(nb * _BLOCK, ident, dtype=values.dtype)
-        v[:n] = values if valid.all() else np.where(valid, values, ident)
+        # scans stay inside [0, n): no padding needed, and no copy when nothing is null
+        v = values if valid.all() else np.where(valid, values, ident)
         self.v = v
-        # (64, nb): row k = k-th element of every block; always a copy (for nb == 1 the transpose is
-        # already "contiguous" and ascontiguousarray would alias v, which the passes below overwrite)
-        t = np.array(v.reshape(nb, _BLOCK).T, order="C", copy=True)
+        # (64, nb): row k = k-th element of every block, padded with the identity
+        t = np.full((_BLOCK, nb), ident, dtype=values.dtype)
+        full = n // _BLOCK
+        t[:, :full] = v[: full * _BLOCK].reshape(full, _BLOCK).T
+        if n > full * _BLOCK:
+            t[: n - full * _BLOCK, full] = v[full * _BLOCK :]
         pref, suf = t, t.copy()
         for k in range(1, _BLOCK):  # row-wise passes: contiguous and vectorized over all blocks
             self.uf(pref[k - 1], pref[k], out=pref[k])

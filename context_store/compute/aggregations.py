@@ -227,6 +227,8 @@ class AggPlan:
             out[:, b + 3] = np.maximum.reduceat(np.where(v, x, -math.inf), starts)
             out[:, b + 4] = mean
             out[:, b + 5] = np.add.reduceat(dev * dev, starts)
+        if not self.slots:
+            return out, [[]] * G  # shared empty lists: nothing to hold
         objs: list[list[Any]] = [[None] * len(self.slots) for _ in range(G)]
         if self.slots:
             ts_l = cols.ts.tolist()
@@ -307,20 +309,21 @@ class AggPlan:
         """``merge_num`` for a few blocks given as Python lists (same formulas, no numpy overhead)."""
         if len(rows) == 1:
             return rows[0]
+        cols = list(zip(*rows))
         res = [0.0] * self.K
-        res[0] = sum(r[0] for r in rows)
+        res[0] = sum(cols[0])
         for i in range(len(self.num_cols)):
             b = 1 + _NSLOT * i
-            n = sum(r[b] for r in rows)
-            s = sum(r[b + 1] for r in rows)
+            n = sum(cols[b])
+            s = sum(cols[b + 1])
             res[b] = n
             res[b + 1] = s
-            res[b + 2] = min(r[b + 2] for r in rows)
-            res[b + 3] = max(r[b + 3] for r in rows)
+            res[b + 2] = min(cols[b + 2])
+            res[b + 3] = max(cols[b + 3])
             if n > 0:
                 mean = s / n
                 res[b + 4] = mean
-                res[b + 5] = sum(r[b + 5] + r[b] * (r[b + 4] - mean) ** 2 for r in rows)
+                res[b + 5] = sum(cols[b + 5]) + sum([ni * (mi - mean) ** 2 for ni, mi in zip(cols[b], cols[b + 4])])
         return res
 
     def merge_objs(self, objs_list: Sequence[list[Any]]) -> list[Any]:

@@ -19,7 +19,7 @@ import pyarrow as pa
 from ..config import Config
 from ..registry.repo import RepoDefinitions
 from .aggregations import Columns
-from .tiles import ViewState, columns_from_arrow, encode_raw, ts_to_us
+from .tiles import ViewState, columns_from_arrow, encode_raw_groups, ts_to_us
 
 __all__ = ["materialize", "MaterializeReport", "ViewReport", "materialize_table"]
 
@@ -181,11 +181,10 @@ def materialize_table(state: ViewState, table: pa.Table, online: Any, now_us: in
         enc = [plan.encode_parts(num[i], objs[i]) for i in range(g1 - g0)] if plan.slots else list(
             map(bytes, num.astype("<f8", copy=False))
         )
+        raws = encode_raw_groups(sub, plan, starts[g0:g1] - r0, ends[g0:g1] - r0) if not state.interval else None
         ops = Ops()
         gt_l = gt[g0:g1].tolist()
         gk_l = gk[g0:g1].tolist()
-        st_l = (starts[g0:g1] - r0).tolist()
-        en_l = (ends[g0:g1] - r0).tolist()
         for i, (k, ti) in enumerate(zip(gk_l, gt_l)):
             key = kvals[k]
             d = ops.sets.get(key)
@@ -196,18 +195,21 @@ def materialize_table(state: ViewState, table: pa.Table, online: Any, now_us: in
                 d[state.L] = h_bytes + enc[i]
                 continue
             d[f"{vid}:{ti}"] = enc[i]
-            if not state.interval:
-                d[f"{vid}:{ti}r"] = encode_raw(_slice(sub, st_l[i], en_l[i]), plan)
+            if raws is not None:
+                d[f"{vid}:{ti}r"] = raws[i]
         # Enclosing 4^L-tile blocks (rows are sorted by (entity, tile), hence by (entity, block)).
         sk, stl = kidx[r0:r1], tiles[r0:r1]
         for lv in range(1, state.levels + 1):
             blk = stl >> (2 * lv)
             bs = np.concatenate([[0], np.flatnonzero((np.diff(sk) != 0) | (np.diff(blk) != 0)) + 1]).astype(np.int64)
             bnum, bobjs = plan.partials_grouped(sub, bs)
+            benc = [plan.encode_parts(bnum[i], bobjs[i]) for i in range(len(bs))] if plan.slots else list(
+                map(bytes, bnum.astype("<f8", copy=False)))
+            pre = f"{vid}:{lv}:"
             for i, (k, j) in enumerate(zip(sk[bs].tolist(), blk[bs].tolist())):
                 if (j + 1) << (2 * lv) <= h:
                     continue  # entirely older than the horizon: no reachable window uses it
-                ops.sets[kvals[k]][state.block(lv, j)] = plan.encode_parts(bnum[i], bobjs[i])
+                ops.sets[kvals[k]][pre + str(j)] = benc[i]
         if state.has_lifetime:
             empty = None
             for key, d in ops.sets.items():

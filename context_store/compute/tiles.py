@@ -31,7 +31,7 @@ from ..definitions import DType, Embedding, FeatureView, StreamSource
 from .aggregations import AggPlan, Columns, Partial
 
 __all__ = [
-    "ViewState", "decompose", "columns_from_arrow", "choose_tile_us", "encode_raw", "decode_raw", "ts_to_us",
+    "ViewState", "decompose", "columns_from_arrow", "choose_tile_us", "encode_raw", "encode_raw_groups", "decode_raw", "ts_to_us",
     "TILES_PER_WINDOW", "RETENTION_SLACK_US",
 ]
 
@@ -129,6 +129,41 @@ def encode_raw(cols: Columns, plan: AggPlan) -> bytes:
         else:
             out.append(cols.num[c].astype("<f8").tobytes())
     return b"".join(out)
+
+
+def encode_raw_groups(cols: Columns, plan: AggPlan, starts: np.ndarray, ends: np.ndarray) -> list[bytes]:
+    """``encode_raw`` of many consecutive row groups at once: whole columns are converted to
+    bytes once and each group's block is assembled from slices (materialization)."""
+    n = len(cols)
+    st, en = starts.tolist(), ends.tolist()
+    pieces: list[tuple[bytes, int, list[int] | None]] = [(cols.ts.astype("<i8").tobytes(), 8, None)]
+    for c in plan.columns:
+        dt = plan.types[c]
+        pieces.append((cols.valid[c].astype(np.uint8).tobytes(), 1, None))
+        if isinstance(dt, Embedding):
+            pieces.append((cols.emb[c].astype("<f4").tobytes(), 4 * dt.dim, None))
+        elif dt.name == "string":
+            enc = [(v or "").encode() for v in cols.obj[c]]
+            lens = np.array([len(b) for b in enc], dtype=np.int64)
+            off = np.concatenate([[0], np.cumsum(lens)]).tolist()
+            pieces.append((lens.astype("<u4").tobytes(), 4, None))
+            pieces.append((b"".join(enc), 0, off))
+        elif dt.name in ("int64", "timestamp"):
+            src = cols.obj.get(c)
+            vals = np.array([v or 0 for v in src], dtype="<i8") if src is not None else cols.num[c].astype("<i8")
+            pieces.append((vals.tobytes(), 8, None))
+        elif dt.name == "bool":
+            pieces.append((np.array([bool(v) for v in cols.obj[c]], dtype=np.uint8).tobytes(), 1, None))
+        else:
+            pieces.append((cols.num[c].astype("<f8").tobytes(), 8, None))
+    assert n == 0 or len(pieces[0][0]) == 8 * n
+    out = []
+    for a, b in zip(st, en):
+        parts = [_HDR.pack(b - a)]
+        for buf, w, off in pieces:
+            parts.append(buf[w * a : w * b] if off is None else buf[off[a] : off[b]])
+        out.append(b"".join(parts))
+    return out
 
 
 def decode_raw(buf: bytes, plan: AggPlan) -> Columns:

@@ -78,9 +78,10 @@ def normalize_timestamp(column: pa.ChunkedArray | pa.Array, field: str = "timest
         return column
     try:
         if pa.types.is_timestamp(t):
+            # safe=False: nanoseconds are truncated to microseconds rather than rejected
             if t.tz is None:
-                return pc.assume_timezone(column.cast(pa.timestamp("us")), "UTC").cast(TS_TYPE) if len(column) else column.cast(TS_TYPE)
-            return column.cast(TS_TYPE)
+                return column.cast(pa.timestamp("us"), safe=False).cast(pa.int64()).cast(TS_TYPE)
+            return column.cast(TS_TYPE, safe=False)
         if pa.types.is_date(t):
             return column.cast(pa.timestamp("us")).cast(TS_TYPE)
         if pa.types.is_integer(t):

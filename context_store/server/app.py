@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -66,17 +67,19 @@ class _RequestMetrics:
 
 
 class _App(FastAPI):
-    """FastAPI with the fast path outermost: hot routes skip every FastAPI layer (error, telemetry, body-limit
-    middleware included); ``FastPath`` does their error mapping, size limit and metrics itself."""
+    """FastAPI with the fast path in front: hot routes skip every FastAPI layer (telemetry, error and body-limit
+    middleware, router); ``FastPath`` does their error mapping, size limit and metrics itself."""
 
-    fast_path: tuple[dict[tuple[str, str], Any], Metrics, int] | None = None
+    _fast: FastPath | None = None
 
-    def build_middleware_stack(self) -> ASGIApp:
-        stack = super().build_middleware_stack()
-        if self.fast_path is None:
-            return stack
-        routes, metrics, max_body = self.fast_path
-        return FastPath(stack, routes=routes, metrics=metrics, max_body=max_body)
+    def enable_fast_path(self, routes: dict[tuple[str, str], Any], metrics: Metrics, max_body: int) -> None:
+        self._fast = FastPath(functools.partial(FastAPI.__call__, self), routes=routes, metrics=metrics, max_body=max_body)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._fast is not None:
+            await self._fast(scope, receive, send)  # falls through to FastAPI for other routes
+        else:
+            await super().__call__(scope, receive, send)
 
 
 def _stream_lag_hook(state: ServerState) -> Any:
@@ -194,5 +197,5 @@ def create_app(
     app.add_middleware(_RequestMetrics, metrics=state.metrics)
     app.add_middleware(BodySizeLimit, max_body=settings.max_body)
     if settings.fast_path:
-        app.fast_path = (handlers.routes(), state.metrics, settings.max_body)
+        app.enable_fast_path(handlers.routes(), state.metrics, settings.max_body)
     return app

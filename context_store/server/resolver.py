@@ -35,25 +35,28 @@ class StoreResolver:
                     old_ws = next(iter(self._stores))
                     self._stores.pop(old_ws).close()
                 store = ContextStore(config=self.config.with_workspace(ws))
+                # The version before definitions load: a later apply is then always seen as a change.
+                self._versions[ws] = self._version(store)
                 self._stores[ws] = store
         return store
 
     def open_stores(self) -> list[ContextStore]:
         return list(self._stores.values())
 
+    @staticmethod
+    def _version(store: ContextStore) -> Any:
+        try:
+            return store.registry.applied_version()
+        except Exception:  # unreadable registry: treat as unknown, the next check retries
+            return None
+
     def refresh_changed(self) -> None:
         """Reload definitions of workspaces whose registry changed (after an ``apply`` elsewhere)."""
         for ws, store in list(self._stores.items()):
-            version_fn = getattr(store.registry, "applied_version", None) if "registry" in store.__dict__ else None
-            if version_fn is None:
-                continue
-            try:
-                v = version_fn()
-            except Exception:
-                continue
-            if ws in self._versions and self._versions[ws] != v:
+            v = self._version(store)
+            if v is not None and self._versions.get(ws) != v:
                 store.refresh()
-            self._versions[ws] = v
+                self._versions[ws] = v
 
     def close(self) -> None:
         with self._lock:

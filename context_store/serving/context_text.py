@@ -176,29 +176,31 @@ def render(ctx: UserContext, max_tokens: int | None) -> tuple[str, int | None, d
     keys = " ".join(f"{k}={_fmt(v)}" for k, v in ctx.join_keys.items())
     header = f"[{ctx.context_service} for {keys} {when}; {UNTRUSTED_NOTE}]"
     sections = _sections(ctx)
-    if max_tokens is None:
-        return "\n".join([header] + [ln for _, h, items in sections for ln in (h, *items)]), None, {}
-    # WordPiece splits on whitespace, so the tokens of lines joined by "\n" are the sum per line.
     lines = [header] + [ln for _, h, items in sections for ln in (h, *items)]
+    full = "\n".join(lines)
+    if max_tokens is None:
+        return full, None, {}
+    n_full = count_tokens([full])[0]
+    if n_full <= max_tokens:  # the common case: one tokenizer call
+        return full, n_full, {}
+    # WordPiece splits on whitespace, so the tokens of lines joined by "\n" are the sum per line.
     counts = iter(count_tokens(lines))
     head_tokens = next(counts)
     sec_tokens = [(next(counts), [next(counts) for _ in items]) for _, _, items in sections]
     keep = [len(items) for _, _, items in sections]
     omitted: dict[str, int] = {}
 
-    def total() -> int:
-        t = head_tokens
-        for (h, items), kept in zip(sec_tokens, keep):
-            if kept:
-                t += h + sum(items[:kept])
-        return t + (_note_tokens(omitted) if omitted else 0)
-
+    # Running total of the kept lines; the note's own tokens are counted only once the lines fit.
+    content = head_tokens + sum(h + sum(items) for h, items in sec_tokens)
     i = len(sections) - 1
-    while i >= 0 and total() > max_tokens:
+    while i >= 0:
+        if content <= max_tokens and (not omitted or content + _note_tokens(omitted) <= max_tokens):
+            break
         if keep[i] == 0:
             i -= 1
             continue
         keep[i] -= 1
+        content -= sec_tokens[i][1][keep[i]] + (sec_tokens[i][0] if keep[i] == 0 else 0)
         omitted[sections[i][0]] = omitted.get(sections[i][0], 0) + 1
     out = [header]
     for (_, h, items), kept in zip(sections, keep):

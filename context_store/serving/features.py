@@ -12,7 +12,7 @@ import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -66,6 +66,7 @@ class _Plan:
     meta: list[tuple[str, dict[str, Any], str]]  # (name, dataType, view)
     realtimes: list[tuple[RealtimeFeatureView, list[Any]]]  # view, per source: ("req", fields) | ("fv", read idx, names, idx)
     request_fields: dict[str, DType]
+    specs: list[tuple[int, int, str, str, dict[str, Any], str]] = field(default_factory=list)
 
 
 class FeatureServer:
@@ -145,7 +146,8 @@ class FeatureServer:
                     names.append(nm)
                     dt = types.get(fname) or _feature_dtype(st, fname)
                     meta.append((nm, dt.describe() if dt is not None else {"type": "unknown"}, view.name))
-        return _Plan(svc.name, join_keys, reads, outputs, names, meta, realtimes, req_fields)
+        specs = [(ri, vi, fname, nm, dt, vn) for (ri, vi, fname), nm, (_, dt, vn) in zip(outputs, names, meta)]
+        return _Plan(svc.name, join_keys, reads, outputs, names, meta, realtimes, req_fields, specs)
 
     # -- validation ---------------------------------------------------------------------
     def _keys(self, plan: _Plan, join_keys: Any) -> dict[str, Any]:
@@ -219,22 +221,18 @@ class FeatureServer:
             rt_out.append(out)  # type: ignore[arg-type]
         values: dict[str, Any] = {}
         metadata: list[FeatureMetadata] = []
-        eff_cache: dict[int, datetime | None] = {}
-        req_dt = None
-        for (ri, vi, fname), name, (_, dtype, vname) in zip(plan.outputs, plan.names, plan.meta):
+        effs = [us_to_datetime(r.effective_us) if r.values is not None and r.effective_us is not None else None for r in res]
+        req_dt = us_to_datetime(t) if rt_out else None
+        for ri, vi, fname, name, dtype, vname in plan.specs:
             if ri < 0:
                 v = rt_out[vi].get(fname)
-                if req_dt is None:
-                    req_dt = us_to_datetime(t)
                 eff = req_dt
             else:
-                r = res[ri]
-                v = r.values[vi] if r.values is not None else None
-                eff = eff_cache.get(ri, False)  # type: ignore[arg-type]
-                if eff is False:
-                    eff = eff_cache[ri] = us_to_datetime(r.effective_us) if r.effective_us is not None and r.values is not None else None
+                vv = res[ri].values
+                v = vv[vi] if vv is not None else None
+                eff = effs[ri]
             values[name] = v
-            metadata.append(FeatureMetadata(name, dtype, PRESENT if v is not None else MISSING_DATA, eff, vname))
+            metadata.append(FeatureMetadata(name, dtype, MISSING_DATA if v is None else PRESENT, eff, vname))
         return FeatureVector(values, metadata, keys, None)
 
     def get_features(

@@ -194,6 +194,10 @@ class ContextStore:
         return get_user_context(self, entity_id, context_service=context_service, max_tokens=max_tokens, as_of=as_of)
 
     def close(self) -> None:
+        if "_cs_stream_log" in self.__dict__:  # pushed through Redis: inline leases, pub/sub
+            from ..compute.stream.ingest import close_stream
+
+            close_stream(self)
         for name in ("online", "offline", "vectors"):
             comp = self.__dict__.pop(name, None)
             if comp is not None and hasattr(comp, "close"):

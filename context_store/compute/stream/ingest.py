@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -40,7 +41,7 @@ from .processor import (
 from .stats import STATS
 from .validate import validate_records
 
-__all__ = ["push", "PushResult", "validate_push"]
+__all__ = ["push", "PushResult", "validate_push", "close_stream"]
 
 _embedded_lock = threading.Lock()
 _embedded_states: dict[tuple[str, str, str], PartitionState] = {}
@@ -55,13 +56,12 @@ class PushResult:
     validated: int                      # records that passed validation
     dry_run: bool = False
     visible: bool = False               # online state includes the records when push returned
-    offsets: dict[int, int] = field(default_factory=dict)  # partition -> stream offset (Redis)
+    offsets: dict[str, int] = field(default_factory=dict)  # partition -> last offset written (JSON-able)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": self.source, "accepted": self.accepted, "validated": self.validated,
-            "dry_run": self.dry_run, "visible": self.visible,
-            "offsets": {str(k): v for k, v in self.offsets.items()},
+            "dry_run": self.dry_run, "visible": self.visible, "offsets": dict(self.offsets),
         }
 
 
@@ -133,7 +133,7 @@ def _push_embedded(store: Any, plan: SourcePlan, table: pa.Table) -> PushResult:
             if name.startswith("src__"):
                 STATS.inc("offline_events", src, rows.num_rows)
     STATS.inc("pushed_events", src, table.num_rows)
-    return PushResult(src, table.num_rows, table.num_rows, visible=True, offsets={0: seq + table.num_rows - 1})
+    return PushResult(src, table.num_rows, table.num_rows, visible=True, offsets={"0": seq + table.num_rows - 1})
 
 
 def _cutovers(store: Any) -> dict[str, int]:
@@ -171,7 +171,8 @@ def _push_redis(store: Any, plan: SourcePlan, table: pa.Table, timeout: float | 
         raise UnavailableError(f"cannot write to the Redis stream of {src.name!r}: {e}", field="online_store") from None
     STATS.inc("pushed_events", src.name, table.num_rows)
     visible = False if timeout is None else _wait_visible(store, plan, offsets, timeout)
-    return PushResult(src.name, table.num_rows, table.num_rows, visible=visible, offsets=offsets)
+    return PushResult(src.name, table.num_rows, table.num_rows, visible=visible,
+                      offsets={str(p): o for p, o in offsets.items()})
 
 
 def _live_workers(store: Any, log: Any) -> bool:
@@ -214,12 +215,29 @@ def _retire_inline(store: Any) -> None:
             w.close()
 
 
+def _waiter(store: Any, log: Any) -> Any:
+    w = store.__dict__.get("_cs_applied_waiter")
+    if w is None:
+        from .redis_streams import AppliedWaiter
+
+        with _embedded_lock:
+            w = store.__dict__.get("_cs_applied_waiter")
+            if w is None:
+                w = store.__dict__["_cs_applied_waiter"] = AppliedWaiter(log)
+    return w
+
+
 def _wait_visible(store: Any, plan: SourcePlan, offsets: dict[int, int], timeout: float) -> bool:
+    """Until every online view has applied ``offsets``. Workers announce applied offsets over
+    pub/sub (an announcement is sent after the commit, so it is proof enough); the applied offsets
+    themselves are re-read every 50 ms in case an announcement was missed."""
     if not any(v.online for v in plan.views):
         return True
     log = _stream_log(store)
+    waiter = _waiter(store, log)
     deadline = time.monotonic() + timeout
-    delay = 0.0002
+    if _live_workers(store, log) and waiter.wait(plan.source.name, offsets, min(timeout, 0.05)):
+        return True
     while True:
         if _applied(store, plan, offsets):
             return True
@@ -229,7 +247,23 @@ def _wait_visible(store: Any, plan: SourcePlan, offsets: dict[int, int], timeout
                 return True
         elif "_cs_inline_worker" in store.__dict__:
             _retire_inline(store)
-        if time.monotonic() >= deadline:
+        left = deadline - time.monotonic()
+        if left <= 0:
             return False
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.001)
+        if waiter.wait(plan.source.name, offsets, min(left, 0.05)):
+            return True
+
+
+def close_stream(store: Any) -> None:
+    """Release what pushing through Redis opened on ``store`` (inline leases, pub/sub, connection)."""
+    if "_cs_inline_worker" in store.__dict__:
+        try:
+            _retire_inline(store)
+        except Exception as e:  # noqa: BLE001 - Redis gone: the leases expire, entries stay pending
+            logging.getLogger("context_store.stream").warning("could not hand over inline partitions: %s", e)
+    waiter = store.__dict__.pop("_cs_applied_waiter", None)
+    if waiter is not None:
+        waiter.close()
+    log = store.__dict__.pop("_cs_stream_log", None)
+    if log is not None:
+        log.close()

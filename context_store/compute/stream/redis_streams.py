@@ -15,6 +15,7 @@ per-(view, partition) applied offset kept by the online store is a correct exact
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -24,6 +25,7 @@ import pyarrow as pa
 
 __all__ = [
     "RedisStreamLog",
+    "AppliedWaiter",
     "GROUP",
     "id_to_offset",
     "offset_to_id",
@@ -101,6 +103,11 @@ class RedisStreamLog:
     @property
     def workers_key(self) -> str:
         return f"cs:{self.workspace}:stream:workers"
+
+    @property
+    def applied_channel(self) -> str:
+        """Pub/sub channel where workers announce ``source|partition|offset`` after applying."""
+        return f"cs:{self.workspace}:stream:applied"
 
     @property
     def offline_key(self) -> str:
@@ -232,5 +239,61 @@ class RedisStreamLog:
     def set_offline_mark(self, table: str, partition: int, offset: int) -> None:
         self.r.hset(self.offline_key, f"{table}|{partition}", offset)
 
+    def announce(self, applied: dict[tuple[str, int], int]) -> None:
+        if applied:
+            pipe = self.r.pipeline(transaction=False)
+            for (source, p), off in applied.items():
+                pipe.publish(self.applied_channel, f"{source}|{p}|{off}")
+            pipe.execute()
+
     def close(self) -> None:
         self.r.close()
+
+
+class AppliedWaiter:
+    """Wakes pushers when a worker announces an applied offset (pub/sub) instead of polling.
+
+    Announcements are hints: a waiter also re-reads the authoritative applied offsets now and then,
+    so a message missed (e.g. before the subscription was active) only delays, never blocks."""
+
+    def __init__(self, log: RedisStreamLog) -> None:
+        self._cond = threading.Condition()
+        self._seen: dict[tuple[str, int], int] = {}
+        self._closed = False
+        self._pubsub = log.r.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.subscribe(log.applied_channel)
+        self._thread = threading.Thread(target=self._run, name="cs-stream-applied", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._closed:
+            try:
+                msg = self._pubsub.get_message(timeout=1.0)
+            except Exception:  # noqa: BLE001 - connection lost: pushers fall back to reading offsets
+                time.sleep(0.5)
+                continue
+            if not msg or msg.get("type") != "message":
+                continue
+            try:
+                source, p, off = msg["data"].decode().rsplit("|", 2)
+                key, value = (source, int(p)), int(off)
+            except ValueError:
+                continue
+            with self._cond:
+                if value > self._seen.get(key, -1):
+                    self._seen[key] = value
+                self._cond.notify_all()
+
+    def wait(self, source: str, offsets: dict[int, int], timeout: float) -> bool:
+        """True once every partition's announced offset reaches ``offsets`` (False on timeout)."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: all(self._seen.get((source, p), -1) >= off for p, off in offsets.items()), timeout
+            )
+
+    def close(self) -> None:
+        self._closed = True
+        try:
+            self._pubsub.close()
+        except Exception:  # noqa: BLE001
+            pass

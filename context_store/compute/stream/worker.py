@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from ...definitions import StreamSource
-from ...errors import ContextStoreError
+from ...errors import ContextStoreError, NotFoundError
 from . import online_adapter
 from .cutover import load_cutovers
 from .processor import OFFSET, OfflineWriter, PartitionState, SourcePlan, append_recent, concat, process_batch, source_plan
@@ -67,11 +67,14 @@ class StreamWorker:
         self.defs = store.definitions
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.log = RedisStreamLog(store.config.online_store, store.config.workspace)
-        self.plans: dict[str, SourcePlan] = {
-            n: source_plan(self.defs, n)
-            for n, s in self.defs.sources.items()
-            if isinstance(s, StreamSource) and (sources is None or n in set(sources))
-        }
+        self.sources = None if sources is None else list(sources)
+        streams = sorted(n for n, s in self.defs.sources.items() if isinstance(s, StreamSource))
+        unknown = [n for n in self.sources or () if n not in streams]
+        if unknown:
+            raise NotFoundError(f"{unknown[0]!r} is not a stream source; stream sources: {', '.join(streams) or 'none'}",
+                                field="source")
+        self._version = self._applied_version()
+        self.plans = self._plans()
         self.count, self.block_ms, self.lease_ms = count, block_ms, lease_ms
         self.flush_interval, self.flush_rows = flush_interval, flush_rows
         self.transient = transient
@@ -90,6 +93,33 @@ class StreamWorker:
         self._flushing: Future[None] | None = None
         self.compact_every = 100
 
+    def _plans(self) -> dict[str, SourcePlan]:
+        return {
+            n: source_plan(self.defs, n)
+            for n, s in self.defs.sources.items()
+            if isinstance(s, StreamSource) and (self.sources is None or n in self.sources)
+        }
+
+    def _applied_version(self) -> int:
+        try:
+            return int(self.store.registry.applied_version())
+        except (ContextStoreError, AttributeError):
+            return -1
+
+    def _reload_if_applied(self) -> None:
+        """A new ``apply`` (maybe by another process): hand back partitions, reload definitions."""
+        v = self._applied_version()
+        if v == self._version or v <= 0:
+            return
+        log.info("worker %s: registry version %d -> %d, reloading definitions", self.name, self._version, v)
+        for part in list(self.owned):
+            self.release(part)
+        self.store.refresh()
+        self.store.__dict__.pop("_cs_stream_states", None)
+        self.defs = self.store.definitions
+        self.plans = self._plans()
+        self._version = v
+
     # -- partitions ----------------------------------------------------------------------
     @property
     def all_parts(self) -> list[Part]:
@@ -105,7 +135,9 @@ class StreamWorker:
     def rebalance(self) -> None:
         """Renew owned leases, give up extras beyond a fair share, take free ones up to it."""
         self._last_balance = time.monotonic()
-        self.log.heartbeat(self.name)
+        if not self.transient:
+            self._reload_if_applied()
+            self.log.heartbeat(self.name)
         for part in list(self.owned):
             if not self.log.renew_lease(*part, self.name, self.lease_ms):
                 log.warning("worker %s lost the lease of %s/%d; dropping its unflushed state", self.name, *part)
@@ -291,11 +323,14 @@ class StreamWorker:
         keys = [self.key(p) for p in sorted(self.owned)]
         res = self.log.read(self.name, keys, self.count, self.block_ms)
         n = 0
+        applied: dict[Part, int] = {}
         for key, entries in res:
             part = self._by_key[key if isinstance(key, bytes) else key.encode()]
             if entries:
                 self._process(part, entries)
                 n += len(entries)
+                applied[part] = id_to_offset(entries[-1][0])
+        self.log.announce(applied)  # wakes pushers waiting for read-after-write
         if self._buffered_rows >= 4 * self.flush_rows:
             self.flush()  # the flusher cannot keep up: wait for it
         elif self._buffered_rows >= self.flush_rows or time.monotonic() - self._last_flush >= self.flush_interval:

@@ -62,6 +62,18 @@ if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
 return 1
 """
 _CHUNK_KEYS = 500
+# Many entities, same fields (a batch lookup of one service): one command instead of N.
+_MHMGET = """
+local out = {}
+for i = 1, #KEYS do out[i] = redis.call('HMGET', KEYS[i], unpack(ARGV)) end
+return out
+"""
+
+
+def _resp(args: list[bytes]) -> bytes:
+    out = [b"*%d\r\n" % len(args)]
+    out += [b"$%d\r\n%b\r\n" % (len(a), a) for a in args]
+    return b"".join(out)
 
 
 def _import_redis() -> Any:
@@ -83,9 +95,11 @@ class RedisOnlineStore(BaseOnlineStore):
         self._errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
         self._r = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=30)
         self._script = self._r.register_script(_COMMIT)
+        self._mhmget = self._r.register_script(_MHMGET)
         self._aclients: dict[int, Any] = {}
         self._alock = threading.Lock()
         self._offsets = self.prefix + "offsets"
+        self._sha: Any = None
 
     def _unavailable(self, e: Exception) -> UnavailableError:
         return UnavailableError(f"online store: Redis at {self.url} is unreachable ({type(e).__name__}: {e}); retry when it is back")
@@ -99,6 +113,9 @@ class RedisOnlineStore(BaseOnlineStore):
             if len(reqs) == 1:
                 key, fields = reqs[0]
                 return [self._r.execute_command("HMGET", self.prefix + "e:" + key, *fields)] if fields else [[]]
+            f0 = reqs[0][1]
+            if f0 and all(f is f0 or f == f0 for _, f in reqs):
+                return self._mhmget(keys=[self.prefix + "e:" + k for k, _ in reqs], args=f0)
             pipe = self._r.pipeline(transaction=False)
             for key, fields in reqs:
                 if fields:
@@ -125,6 +142,15 @@ class RedisOnlineStore(BaseOnlineStore):
             if len(reqs) == 1:
                 key, fields = reqs[0]
                 return [await r.execute_command("HMGET", self.prefix + "e:" + key, *fields)] if fields else [[]]
+            f0 = reqs[0][1]
+            if f0 and all(f is f0 or f == f0 for _, f in reqs):
+                keys = [self.prefix + "e:" + k for k, _ in reqs]
+                try:
+                    return await r.evalsha(self._mhmget.sha, len(keys), *keys, *f0)
+                except Exception as e:  # NOSCRIPT after a Redis restart: send the script itself
+                    if "NOSCRIPT" not in str(e):
+                        raise
+                    return await r.eval(_MHMGET, len(keys), *keys, *f0)
             pipe = r.pipeline(transaction=False)
             for key, fields in reqs:
                 if fields:
@@ -171,14 +197,45 @@ class RedisOnlineStore(BaseOnlineStore):
             if cas is not None:  # one atomic script for the whole batch
                 head = [cas[0], cas[1] or "", cas[2]]
                 return bool(self._script(keys=[self._offsets] + [self._k(k) for k in keys], args=head + self._args(ops, keys)))
-            pipe = self._r.pipeline(transaction=False)
-            for i in range(0, len(keys), _CHUNK_KEYS):
-                part = keys[i : i + _CHUNK_KEYS]
-                self._script(keys=[self._offsets] + [self._k(k) for k in part], args=["", "", ""] + self._args(ops, part), client=pipe)
-            pipe.execute()
+            self._bulk(ops, keys)
             return True
         except self._errors as e:
             raise self._unavailable(e) from None
+
+    def _bulk(self, ops: Ops, keys: list[str]) -> None:
+        """Bulk writes (materialize): the same script, chunks of keys, RESP built here and
+        pipelined on one connection (redis-py's per-argument packing dominated otherwise)."""
+        redis = _import_redis()
+        if self._sha is None:
+            self._sha = self._r.script_load(_COMMIT)
+        cmds: list[bytes] = []
+        for i in range(0, len(keys), _CHUNK_KEYS):
+            part = keys[i : i + _CHUNK_KEYS]
+            args = [b"EVALSHA", self._sha.encode() if isinstance(self._sha, str) else self._sha, str(len(part) + 1).encode(),
+                    self._offsets.encode()] + [self._k(k).encode() for k in part] + [b"", b"", b""]
+            args += [a if isinstance(a, bytes) else str(a).encode() for a in self._args(ops, part)]
+            cmds.append(_resp(args))
+        pool = self._r.connection_pool
+        conn = pool.get_connection()
+        errors = []
+        try:
+            conn.send_packed_command(cmds)
+            for _ in cmds:
+                try:
+                    conn.read_response()
+                except redis.exceptions.ResponseError as e:
+                    errors.append(e)
+        except BaseException:
+            conn.disconnect()  # unread replies would poison the pooled connection
+            raise
+        finally:
+            pool.release(conn)
+        if errors:
+            if "NOSCRIPT" in str(errors[0]):  # Redis restarted: load the script and redo (writes are idempotent)
+                self._sha = None
+                self._bulk(ops, keys)
+                return
+            raise errors[0]
 
     def _get_offset(self, field: str) -> str | None:
         try:

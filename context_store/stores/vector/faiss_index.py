@@ -339,6 +339,12 @@ class FaissIndex:
 
     def _ann(self, q: np.ndarray, k: int, mask: np.ndarray | None, fraction: float) -> tuple[np.ndarray, np.ndarray]:
         faiss = _faiss()
+        faiss.omp_set_num_threads(1)  # per-thread setting: this query never waits for a second core
+        if mask is None and (self.mode != "hnsw" or k <= self.ef_search):
+            # The common case: the index's own efSearch / nprobe, no parameter object to build.
+            D, I = self._index.search(q.reshape(1, -1), k)
+            ok = I[0] >= 0
+            return D[0][ok], I[0][ok]
         sel = keep = None
         if mask is not None:
             sel, keep = self._selector(mask)
@@ -351,7 +357,6 @@ class FaissIndex:
             params.nprobe = int(min(self._index.nprobe / max(fraction, 1e-3), self._index.nlist))
         if sel is not None:
             params.sel = sel
-        faiss.omp_set_num_threads(1)  # per-thread setting: this query never waits for a second core
         D, I = self._index.search(q.reshape(1, -1), k, params=params)
         del keep  # the bitmap had to outlive the search call
         ok = I[0] >= 0
