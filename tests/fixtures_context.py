@@ -58,6 +58,11 @@ user_context = cs.ContextService(
     similar=(item_embeddings, 3), interest="user_profile.interest", knowledge=(help_articles, 2),
     description="What an agent should know about a user",
 )
+# No interest feature: similar items come from the items of the recent events.
+user_context_events = cs.ContextService(
+    "user_context_events", entity=user, features=user_features, recent_events=(transactions, 5),
+    similar=(item_embeddings, 2),
+)
 '''
 
 ITEMS = [

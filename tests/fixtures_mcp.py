@@ -63,10 +63,10 @@ def _check(name: str, sc: dict[str, Any]) -> None:
         assert len(sc["chunks"]) == 1 and "Refunds" in sc["chunks"][0]["text"]
     elif name == "list_feature_services":
         assert [s["name"] for s in sc["feature_services"]] == ["user_features"]
-        assert sc["context_services"][0] == {
+        assert [c for c in sc["context_services"] if c["name"] == "user_context"] == [{
             "name": "user_context", "description": "What an agent should know about a user", "entity": "user",
             "join_key": "user_id",
-        }
+        }]
     elif name == "describe_feature_service":
         assert sc["join_keys"] == ["user_id"]
         names = [f["name"] for f in sc["features"]]

@@ -126,6 +126,11 @@ def test_stream_view_records_the_cutover(tmp_path: Path) -> None:
     report = backfill(defs, config, offline, end=datetime.fromtimestamp((T0 + 30 * 60 * SEC) / SEC, tz=timezone.utc))
     assert get_cutover(config, "stats") == T0 + 30 * 60 * SEC
     assert report.skipped == {"live_stats": "stream source without batch_source"}
+    # stream rows past the cut-over (as a worker appends them) survive a backfill with no newer history
+    offline.append("fv__stats", pa.table({"user_id": ["u1"], "ts": ts_array([newest + 10 * SEC]), "amount": [9.0]}))
+    report = backfill(defs, config, offline, start=datetime.fromtimestamp((newest + SEC) / SEC, tz=timezone.utc))
+    assert report.rows["stats"] == 0
+    assert 9.0 in offline.read("fv__stats").column("amount").to_pylist()
 
 
 def test_view_selection_offline_flag_and_progress(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -133,6 +133,11 @@ def test_batch_and_async_equal_single(store: cs.ContextStore) -> None:
     assert [b.feature_values for b in batch] == singles
     per_entity = store.get_features_batch("fraud", keys[:2], [{"amount": 1.0}, {"amount": 2.0}])
     assert per_entity[1].feature_values["amount_ratio.ratio"] == pytest.approx(2.0 / 5.0)
+    ab = asyncio.run(store.features.get_features_batch_async("fraud", keys, {"amount": 3.0}))
+    assert [b.feature_values for b in ab] == singles
+    pair = store.get_features_batch("pair", [{"user_id": "u1", "merchant_id": 10}, {"user_id": "u2", "merchant_id": 11}])
+    assert [p.feature_values for p in pair] == [
+        store.get_features("pair", {"user_id": u, "merchant_id": m}).feature_values for u, m in (("u1", 10), ("u2", 11))]
     a = asyncio.run(store.get_features_async("fraud", {"user_id": "u1"}, {"amount": 3.0}))
     assert a.feature_values == singles[0]
     assert store.get_features_batch("fraud", [], None) == []
@@ -191,4 +196,40 @@ bad = cs.FeatureService("bad", [boom])
     with pytest.raises(InvalidInputError, match="realtime feature view 'boom' failed: ZeroDivisionError") as ei:
         s.get_features("bad", {}, {"amount": 1.0})
     assert ei.value.field == "boom"
+    s.close()
+
+
+def test_materialize_is_incremental_and_idempotent(tmp_path: Path) -> None:
+    data = _data()
+    root = make_repo(tmp_path / "inc", DEFS, data)
+    s = cs.ContextStore(root)
+    s.apply()
+    s.backfill()
+    first = s.materialize()
+    assert {v.view: v.mode for v in first.views} == {"txn_stats": "full", "merchant_stats": "full", "user_profile": "full"}
+    before = s.get_features("fraud", {"user_id": "u1"}, {"amount": 1.0}).feature_values
+    # a rerun with nothing new changes nothing
+    again = s.materialize()
+    assert all(v.mode == "incremental" for v in again.views)
+    assert s.get_features("fraud", {"user_id": "u1"}, {"amount": 1.0}).feature_values == before
+    # new events arrive in the offline log: the rerun loads them (and not the whole history)
+    txns = data["txns.parquet"]
+    new = pa.table({"user_id": ["u1", "u9"], "merchant_id": [13, 10],
+                    "ts": pa.array([NOW - timedelta(minutes=1), NOW - timedelta(minutes=2)], pa.timestamp("us", tz="UTC")),
+                    "amount": [100.0, 7.0]})
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.concat_tables([txns, new]), root / "data" / "txns.parquet")
+    s.backfill()
+    inc = s.materialize(views=["txn_stats"])
+    assert inc.views[0].mode == "incremental" and inc.views[0].rows < txns.num_rows + 2
+    after = s.get_features("fraud", {"user_id": "u1"}, {"amount": 1.0}).feature_values
+    assert after["txn_stats.amount_sum_1h"] == before["txn_stats.amount_sum_1h"] + 100.0
+    assert after["txn_stats.amount_count_1d"] == before["txn_stats.amount_count_1d"] + 1
+    assert after["txn_stats.merchant_id_last_distinct_2_1d"] == [10, 13]
+    assert s.get_features("fraud", {"user_id": "u9"}, {"amount": 1.0}).feature_values["txn_stats.amount_count_1d"] == 1
+    assert s.materialize(views=["txn_stats"]).views[0].mode == "incremental"
+    assert s.get_features("fraud", {"user_id": "u1"}, {"amount": 1.0}).feature_values == after
+    with pytest.raises(NotFoundError, match="unknown feature view 'nope'"):
+        s.materialize(views=["nope"])
     s.close()

@@ -339,3 +339,30 @@ def test_batch_of_entities_equals_single_reads(store: BaseOnlineStore) -> None:
     for (st, k), res in zip(reads, batch):
         if st is a:
             assert_same(["sum", "c"], res.values, expected(a, ev, k.split("=")[1], NOW))  # type: ignore[arg-type]
+
+
+def test_read_entities_matches_read_features(store: BaseOnlineStore) -> None:
+    life = agg_state(None, [cs.Aggregate("amount", "sum", "1h"), cs.Aggregate("amount", "sum", cs.Lifetime(), name="life")], name="lv")
+    r = row_state(None)
+    ev = events(120, seed=4, users=("u1", "u2", "u3"))
+    store.apply_events(life, table(ev), now_us=NOW)
+    keys = [key(u) for u in ("u1", "u2", "u3", "ghost", "u1")]
+    for t in (NOW, NOW + 40 * 86400 * US):  # the second time needs the idle-entity second read
+        per = store.read_entities([life, r], keys, t)
+        assert per == [store.read_features([(life, k), (r, k)], t) for k in keys]
+        assert asyncio.run(store.read_entities_async([life, r], keys, t)) == per
+    assert per[0][0].values[1] == pytest.approx(expected(life, ev, "u1", NOW)[1])  # type: ignore[index]
+
+
+def test_row_codec_roundtrip() -> None:
+    from datetime import datetime, timezone
+
+    from context_store.stores.online.codec import RowCodec
+
+    codec = RowCodec([cs.Int64, cs.Timestamp, cs.String, cs.Bool, cs.Float64, cs.Array(cs.Int64), cs.Embedding(2), cs.String])
+    when = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc)
+    full = [7, when, "é", False, -1.5, [1, None, 3], [0.5, 0.25], ""]
+    assert codec.decode(codec.encode(42, full)) == (42, full)
+    some_null = [None, when, None, True, None, [], None, "x"]
+    assert codec.decode(codec.encode(-1, some_null)) == (-1, some_null)
+    assert RowCodec.ts_of(codec.encode(123, full)) == 123

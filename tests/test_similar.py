@@ -201,3 +201,14 @@ def test_changing_the_embedder_recomputes_vectors(tmp_path: Path) -> None:
     q = Reversed().embed(["gaming laptop"])[0]
     top = vs.find_similar("items", vector=q.tolist(), k=1).items[0]
     assert top.entity_id == "i5" and top.score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_ingest_routes_pushed_rows_to_views_on_the_source(tmp_path: Path) -> None:
+    vs = build(tmp_path)
+    src = vs.defs.embedding_views["items"].source.name
+    assert vs.views_on_source(src) == ["items"] and vs.views_on_source("other") == []
+    out = vs.ingest(src, [{"item_id": "p1", "title": "copper kettle", "category": "home", "price": 12.0,
+                           "ts": items_table().column("ts")[0].as_py()}])
+    assert out == {"items": 1}
+    assert vs.find_similar("items", text="copper kettle", k=1).items[0].entity_id == "p1"
+    assert vs.ingest(src, [{"item_id": "p2"}]) == {}  # rows without the text column are not for this view

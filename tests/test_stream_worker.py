@@ -193,3 +193,72 @@ def test_worker_rejects_unknown_source_and_reloads_on_apply(rstore) -> None:
     w.rebalance()
     assert w.plans["transactions"].source.partitions == 8 and len(w.owned) == 8
     w.close()
+
+
+def test_failure_mid_batch_is_replayed_exactly_once(rstore) -> None:
+    """Redis/Lance errors in the middle of a batch (after one view applied, before the other):
+    the worker drops its memory, re-claims its own pending entries and the fences skip the half
+    that was applied."""
+    from context_store.compute.stream import ingest
+
+    online = rstore.online
+    real = online.apply_events
+    calls = {"n": 0}
+
+    def flaky(state, rows, token=None, **kw):  # views apply in name order: call 4 fails after 3 succeeded
+        calls["n"] += 1
+        if calls["n"] in (4, 9, 14):
+            raise ConnectionError("injected failure")
+        return real(state, rows, token=token, **kw)
+
+    online.apply_events = flaky
+    rows = _events(600)
+    for i in range(0, 600, 20):
+        ingest.push(rstore, "transactions", rows[i : i + 20], wait=False)
+    stop = threading.Event()
+    w = StreamWorker(rstore, name="flaky", flush_interval=0.1, count=5)
+    t = threading.Thread(target=w.run, args=(stop,))
+    t.start()
+    try:
+        deadline = time.time() + 30
+        log = _stream_log(rstore)
+        keys = [log.stream_key("transactions", p) for p in range(4)]
+        while time.time() < deadline and log.lag(keys):
+            time.sleep(0.1)
+        assert log.lag(keys) == 0
+    finally:
+        stop.set()
+        t.join(10)
+        online.apply_events = real
+    assert calls["n"] > 14  # all three injected failures happened
+    for user, n in _expected_counts(rows).items():
+        assert _vals(rstore, user)["txn_stats.amount_count_1d"] == n
+    assert rstore.offline.count("src__transactions") == 600
+    assert rstore.offline.count("fv__txn_stats") == 600
+
+
+def test_backlog_limit_refuses_pushes_instead_of_dropping(rstore) -> None:
+    from context_store.compute.stream import ingest
+    from context_store.errors import RateLimitedError
+
+    repo = Path(rstore.config.repo)
+    (repo / "context_store.yaml").write_text("redis_stream_maxlen: 2\n")
+    store = type(rstore)(repo, workspace=rstore.workspace, online_store=rstore.config.online_store)
+    try:
+        for i in range(2):
+            ingest.push(store, "transactions", [event("u1", i, 1.0)], wait=False)
+        with pytest.raises(RateLimitedError, match="behind") as ei:
+            ingest.push(store, "transactions", [event("u1", 5, 1.0), event("u2", 5, 1.0)], wait=False)
+        assert ei.value.status == 429
+        log = _stream_log(store)
+        assert sum(log.r.xlen(log.stream_key("transactions", p)) for p in range(4)) == 2  # nothing half-written
+        # A worker catches up (applies, logs offline, acks, trims): pushes are accepted again.
+        w = StreamWorker(store, name="catch-up")
+        w.rebalance()
+        while w.step():
+            pass
+        w.close()
+        assert store.push("transactions", [event("u1", 6, 1.0)]).visible
+        assert _vals(store, "u1")["txn_stats.amount_count_1d"] == 3
+    finally:
+        store.close()

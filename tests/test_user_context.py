@@ -74,6 +74,17 @@ def test_context_has_every_part_with_provenance(ctx_store: cs.ContextStore) -> N
     assert other.feature_values["user_profile.segment"] == "coffee lover"
 
 
+def test_similar_from_recent_event_items_without_an_interest_feature(ctx_store: cs.ContextStore) -> None:
+    uc = ctx_store.get_user_context("u1", context_service="user_context_events")
+    seen = [e.values["item_id"] for e in uc.recent_events]
+    assert seen == ["i1", "i6", "i5", "i4", "i3"]
+    # Six items, five seen: only the unseen one can be recommended.
+    assert [i.entity_id for i in uc.similar] == ["i2"]
+    assert any("recently seen" in n for n in uc.notes)
+    nobody = ctx_store.get_user_context("nobody", context_service="user_context_events")
+    assert nobody.similar == [] and any("no recent events" in n for n in nobody.notes)
+
+
 def test_knowledge_for_a_query(ctx_store: cs.ContextStore) -> None:
     from context_store.serving.context import get_user_context
 
@@ -137,6 +148,7 @@ def test_unknown_entity_gives_empty_context_not_an_error(ctx_store: cs.ContextSt
 def _comparable(uc: UserContext) -> dict[str, object]:
     return {
         "features": {k: (round(v, 9) if isinstance(v, float) else v) for k, v in jsonable(uc.feature_values).items()},
+        "provenance": [(f.name, f.view, f.status, f.effective_time) for f in uc.features],
         "events": [(e.timestamp, jsonable(e.values)) for e in uc.recent_events],
         "similar": [(i.entity_id, round(i.score, 6)) for i in uc.similar],
     }

@@ -219,3 +219,19 @@ def test_filter_semantics_match_reference(rows, column, op, value, k) -> None:  
     assert {int(i[1:]) for i in got} == set(want) or np.allclose(
         sorted(scores[[int(i[1:]) for i in got]]), sorted(scores[want]), atol=1e-6
     )
+
+
+def test_ivf_deletes_and_updates_are_exact_about_membership() -> None:
+    data = clustered(5_000, 32, seed=9)
+    idx = FaissIndex(32, "ivf", flat_threshold=1_000)
+    idx.upsert([f"e{i}" for i in range(len(data))], data, _attrs(len(data)))
+    assert idx.stats()["mode"] == "ivf"
+    idx.delete(["e1", "e2"])
+    idx.upsert(["e3"], -data[3:4])
+    for q in (data[1], data[2], data[3]):
+        hits = [i for i, _ in idx.search(q, 50)]
+        assert "e1" not in hits and "e2" not in hits and hits.count("e3") <= 1
+    assert idx.search(-data[3], 1)[0][0] == "e3"
+    # k larger than what ANN returns falls back to an exact scan that must skip deleted rows too
+    everything = [i for i, _ in idx.search(data[0], 100, filter={"flag": {"$in": [True, False]}})]
+    assert len(everything) == 100 and "e1" not in everything

@@ -8,11 +8,13 @@ operator started the server with.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
 
+import anyio.to_thread
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
@@ -69,6 +71,15 @@ def _errors() -> Iterator[None]:
         raise ToolError(f"{type(e).__name__}: {e.message}{where}") from e
 
 
+async def _run(call: Callable[[], Any], *, offload: bool) -> Any:
+    """Run a serving call. Online reads (about a millisecond) run inline: under CPU contention a
+    worker-thread hop costs more than the read itself. Slow work (offline joins, embedding) goes
+    to a worker thread so the event loop keeps serving."""
+    if offload:
+        return await anyio.to_thread.run_sync(call)
+    return call()
+
+
 def _provenance(vec: FeatureVector) -> dict[str, Provenance]:
     t = vec.request_time
     out: dict[str, Provenance] = {}
@@ -110,7 +121,7 @@ def create_mcp_server(store_for: StoreFor | ContextStore, *, name: str = "contex
             return resolve(principal.workspace)
 
     @tool("Get user context")
-    def get_user_context(
+    async def get_user_context(
         entity_id: EntityId,
         ctx: Context,
         context_service: Annotated[Name | None, Field(description="Context service; default: the first one.")] = None,
@@ -121,13 +132,16 @@ def create_mcp_server(store_for: StoreFor | ContextStore, *, name: str = "contex
         """Features, recent events, similar items (and knowledge for a query) of one entity, with provenance
         and a compact prompt-ready `text`. With as_of, the context as it was at that time (replay/audit)."""
         with _errors():
-            uc = _get_user_context(
-                store(ctx), entity_id, context_service=context_service, max_tokens=max_tokens, as_of=as_of, query=query
+            call = functools.partial(
+                _get_user_context, store(ctx), entity_id,
+                context_service=context_service, max_tokens=max_tokens, as_of=as_of, query=query,
             )
+            # Replays (offline joins) and queries (embedding) take a worker thread; online reads stay inline.
+            uc = await _run(call, offload=as_of is not None or query is not None)
             return UserContextResult.model_validate(uc.to_dict())
 
     @tool("Get features")
-    def get_features(
+    async def get_features(
         feature_service: Name,
         join_keys: JoinKeyMap,
         ctx: Context,
@@ -137,7 +151,7 @@ def create_mcp_server(store_for: StoreFor | ContextStore, *, name: str = "contex
     ) -> FeaturesResult:
         """Current feature values of a feature service for one entity (features: 'view.feature' -> value)."""
         with _errors():
-            vec = store(ctx).get_features(feature_service, join_keys, request_context)
+            vec = await store(ctx).get_features_async(feature_service, join_keys, request_context)
             return FeaturesResult(
                 feature_service=feature_service, join_keys=jsonable(vec.join_keys or join_keys),
                 request_time=_iso(vec.request_time) if vec.request_time else None,
@@ -145,7 +159,7 @@ def create_mcp_server(store_for: StoreFor | ContextStore, *, name: str = "contex
             )
 
     @tool("Find similar")
-    def find_similar(
+    async def find_similar(
         view: Name,
         ctx: Context,
         k: Annotated[int, Field(ge=1, le=100, description="How many items.")] = 10,
@@ -159,13 +173,14 @@ def create_mcp_server(store_for: StoreFor | ContextStore, *, name: str = "contex
         if (text is None) == (entity_id is None):
             raise ToolError("InvalidInputError: give exactly one of text or entity_id (field: text)")
         with _errors():
-            res = store(ctx).find_similar(view, text=text, entity_id=entity_id, k=k, filter=filter)
+            call = functools.partial(store(ctx).find_similar, view, text=text, entity_id=entity_id, k=k, filter=filter)
+            res = await _run(call, offload=text is not None)  # embedding a text may take a model
             return SimilarResultOut(view=res.view, items=[
                 SimilarItemOut(entity_id=str(i.entity_id), score=float(i.score), attributes=i.attributes) for i in res.items
             ])
 
     @tool("Search knowledge")
-    def search_knowledge(
+    async def search_knowledge(
         knowledge: Name,
         query: Annotated[str, Field(min_length=1, max_length=2000, description="The question to find passages for.")],
         ctx: Context,
@@ -173,7 +188,7 @@ def create_mcp_server(store_for: StoreFor | ContextStore, *, name: str = "contex
     ) -> KnowledgeResultOut:
         """Chunks of a knowledge collection most relevant to a query, with source and offsets."""
         with _errors():
-            res = store(ctx).search_knowledge(knowledge, query, k=k)
+            res = await _run(functools.partial(store(ctx).search_knowledge, knowledge, query, k=k), offload=True)
             return KnowledgeResultOut(knowledge=res.knowledge, query=res.query, chunks=[
                 ChunkOut(text=c.text, score=float(c.score), source=c.source, start=c.start, end=c.end, chunk_id=c.chunk_id)
                 for c in res.chunks
@@ -227,7 +242,6 @@ def _join_keys(fs: Any) -> list[str]:
 
 def _dtype(d: Any) -> dict[str, Any] | None:
     return d.describe() if d is not None else None
-
 
 
 def run_stdio(repo: str = ".", *, workspace: str | None = None, online_store: str | None = None,

@@ -215,8 +215,11 @@ class CompensatedPrefix:
         del tmp
         self.c = prefix(bb, np.float64)
 
-    def window(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-        """Sums over [lo, hi) as long double."""
+    def window(self, lo: np.ndarray, hi: np.ndarray, extended: bool = False) -> np.ndarray:
+        """Sums over [lo, hi): float64 within ~2 ulp of the exact sum, or long double (``extended``,
+        for variances, whose final subtraction cancels)."""
+        if not extended:
+            return (self.p[hi] - self.p[lo]) + (self.c[hi] - self.c[lo])
         ld = np.longdouble
         return (self.p[hi].astype(ld) - self.p[lo].astype(ld)) + (self.c[hi] - self.c[lo]).astype(ld)
 

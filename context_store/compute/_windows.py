@@ -51,11 +51,16 @@ class ViewData:
 
     def unsort(self, arr: pa.Array) -> pa.Array:
         """A result in working order back to spine order."""
-        if self.order is None:
+        order = self.order
+        if order is None:
             return arr
-        inv = np.empty_like(self.order)
-        inv[self.order] = np.arange(len(self.order), dtype=self.order.dtype)
-        return arr.take(pa.array(inv))
+
+        def inverse() -> pa.Array:
+            inv = np.empty_like(order)
+            inv[order] = np.arange(len(order), dtype=order.dtype)
+            return pa.array(inv)
+
+        return arr.take(self.cached("inverse", inverse))
 
     def cached(self, key: Any, fn: Any) -> Any:
         """Build once per key, also when aggregations run on two threads (a lock per key)."""
@@ -151,15 +156,15 @@ def aggregate(vd: ViewData, agg: Aggregate, lo: np.ndarray, hi: np.ndarray, in_t
         if fn == "sum":
             return pa.array(s.astype(np.int64 if is_int else np.float64)).cast(out_type)
         with np.errstate(invalid="ignore", divide="ignore"):
-            m = (s.astype(np.longdouble) / np.maximum(n, 1)).astype(np.float64)
+            m = (s / np.maximum(n, 1)).astype(np.float64)
         return pa.array(m, mask=empty)
     if fn in ("min", "max"):
         rx = vd.cached((fn, col), lambda: _pit.RangeExtrema(x, valid, fn))
         return pa.array(rx.query(lo, hi), mask=empty).cast(out_type)
     if fn in ("var_samp", "var_pop", "stddev_samp", "stddev_pop"):
         p1, p2 = vd.cached(("var", col), lambda: _shifted_prefixes(vd, x, valid))
-        s1 = p1.window(lo, hi)
-        s2 = p2.window(lo, hi)
+        s1 = p1.window(lo, hi, extended=True)
+        s2 = p2.window(lo, hi, extended=True)
         nl = np.maximum(n, 1).astype(np.longdouble)
         m2 = np.maximum(s2 - s1 * s1 / nl, 0)
         samp = fn.endswith("samp")

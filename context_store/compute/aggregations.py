@@ -192,6 +192,7 @@ class AggPlan:
         for i in range(len(num_cols)):
             self._empty_num[1 + _NSLOT * i + 2] = math.inf
             self._empty_num[1 + _NSLOT * i + 3] = -math.inf
+        self.empty_list: list[float] = self._empty_num.tolist()
 
     # -- building partials -------------------------------------------------------------
     def empty(self) -> Partial:
@@ -563,10 +564,9 @@ def aggregate_values(
     )
     plan = AggPlan(view, {"c": dt})
     ts = np.asarray(list(ts_us), dtype=np.int64)
-    order = np.lexsort((np.arange(len(ts)),)) if len(ts) else np.arange(0)
-    vals = [values[i] for i in order.tolist()]
+    vals = list(values)
     valid = np.array([v is not None for v in vals], dtype=bool)
-    cols = Columns(ts=ts[order], valid={"c": valid})
+    cols = Columns(ts=ts, valid={"c": valid})
     if dt.is_numeric:
         cols.num["c"] = np.array([0.0 if v is None else float(v) for v in vals], dtype=np.float64)
     if isinstance(dt, Embedding):

@@ -159,7 +159,15 @@ def backfill(
             hi = end_us
             if isinstance(src, StreamSource):
                 hi = _stream_cutover(config, view, rows, end_us)
-                if hi is not None and end_us is None:
+                if hi is None:
+                    # no history in range and no end: nothing to replace -- the stream's rows stay;
+                    # an empty append only creates the table (so the view counts as backfilled)
+                    offline.append(view_table(view.name), rows)
+                    report.rows[view.name] = 0
+                    if bar is not None:
+                        bar.update(1)
+                    continue
+                if end_us is None:
                     rows = rows.filter(pc.less(rows.column(ts).cast(pa.int64()), hi))
             rows = sort_for_pit(rows, view.join_keys, ts, stable=not view.is_aggregate)
             offline.overwrite_range(view_table(view.name), rows, ts, start_us, hi)

@@ -108,7 +108,13 @@ def materialize(
         if not full and wm and wm.get("vid") == state.vid and wm.get("max_ts") is not None and not (
             state.is_aggregate and state.has_lifetime
         ):
-            start = (wm["max_ts"] // state.g) * state.g if state.is_aggregate else wm["max_ts"]
+            if state.is_aggregate:
+                # Reload from the start of the top-level block holding the watermark: blocks are
+                # recomputed whole, so none is rewritten from a part of its rows.
+                span = 4 ** state.levels
+                start = ((wm["max_ts"] // state.g) // span) * span * state.g
+            else:
+                start = wm["max_ts"]
             vr.mode = "incremental"
         if state.is_aggregate and not state.has_lifetime:
             h_start = state.horizon(now) * state.g  # older tiles are unreachable

@@ -379,7 +379,7 @@ class ViewState:
                     if ctx.b in raws:
                         lo = s if s is not None and s // g >= ctx.b else None
                         parts_l.append(plan.num_of_events(raws[ctx.b], lo, t))
-                mnum = plan.merge_rows(parts_l) if parts_l else plan.empty().num
+                mnum = plan.merge_rows(parts_l) if parts_l else plan.empty_list
                 for i in which:
                     out[i] = plan.finalize(plan.outputs[i], mnum, [])
                 continue

@@ -18,14 +18,14 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import Config, load_config
+from .errors import install_error_handlers
+from .fastpath import FastPath
 from .keys import KeyStore, key_store_path
 from .limits import BodySizeLimit
 from .metrics import Metrics
 from .routes_health import health_router
 from .routes_native import native_router
 from .routes_tecton import TectonHandlers, tecton_router
-from .errors import install_error_handlers
-from .fastpath import FastPath
 from .state import ServerSettings, ServerState
 
 __all__ = ["create_app", "ServerSettings"]
@@ -111,6 +111,7 @@ def _mcp_app(state: ServerState) -> Any:
     except ImportError as e:  # the mcp extra is not installed: serve REST only
         log.warning("MCP endpoint disabled: %s (pip install 'context-store[mcp]')", e)
         return None
+
     def auth(header_value: str | None) -> Any:
         # Same keys and per-key rate limit as REST; the key's workspace is the MCP tenant.
         return state.authenticate_header(header_value)

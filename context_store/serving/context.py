@@ -1,13 +1,15 @@
 """``get_user_context``: everything an agent should know about one entity, in one call.
 
 A context service (``cs.ContextService``) names what goes in: a feature service's values, the
-last N events of a stream source, the top-k items similar to the entity's interest vector and,
-for a query, knowledge chunks. Every value carries provenance (feature view, effective time,
+last N events of a stream source, the top-k items similar to the entity's interest vector (its
+``interest`` feature, else the mean vector of the items in its recent events) and, for a query,
+knowledge chunks. Every value carries provenance (feature view, effective time,
 age) and the whole is rendered as compact text for a prompt, trimmed by priority to a token
 budget counted with the MiniLM tokenizer (ships offline, no network).
 
 ``as_of=t`` rebuilds the context as it was at ``t`` from the offline store (point-in-time
-features via ``get_training_data``, events strictly before ``t``) so a decision can be replayed.
+features via ``get_training_data`` with their effective times, events strictly before ``t``, the
+interest vector of that time; item vectors are the current ones) so a decision can be replayed.
 
 Free text from users and documents is *data*: control characters are stripped, lengths are
 bounded, and the rendered text says so in its first line.
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInputError, NotFoundError
 from ..types import KnowledgeChunk, SimilarItem
+from .context_events import offline_row_time
 from .context_text import _CONTROL, _SPACE, MAX_TEXT_CHARS, clean_text, count_tokens, iso, jsonable, render
 
 if TYPE_CHECKING:
@@ -316,11 +319,12 @@ def _features_as_of(store: ContextStore, svc: ContextService, join_keys: dict[st
     row = table.slice(0, 1).to_pylist()[0] if table.num_rows else {}
     out: list[FeatureValue] = []
     for sel in fs.selections:
+        is_agg = bool(getattr(sel.view, "aggregations", ()))
+        # An aggregate is as fresh as its window end; a row feature as its row (read from the offline log).
+        view_eff = _window_end(sel.view, at) if is_agg else offline_row_time(store, sel.view, join_keys, at)
         for feat in sel.features:
             value = row.get(f"{sel.view.name}__{feat}")
-            is_agg = bool(getattr(sel.view, "aggregations", ()))
-            # An aggregate is as fresh as its window end; a row feature's own time is not in the spine output.
-            eff = _window_end(sel.view, at) if is_agg else None
+            eff = view_eff if (is_agg or value is not None) else None
             out.append(FeatureValue(
                 name=f"{sel.view.name}.{feat}", value=value, view=sel.view.name,
                 status="MISSING_DATA" if value is None else "PRESENT", effective_time=eff, age_ms=_age_ms(at, eff),

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from ..definitions import StreamSource
     from .store import ContextStore
 
-__all__ = ["online_recent_events", "offline_recent_events"]
+__all__ = ["online_recent_events", "offline_recent_events", "offline_row_time"]
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -88,3 +88,33 @@ def offline_recent_events(
         return []
     table = table.sort_by([(source.timestamp_field, "descending")]).slice(0, n * 4 + 16)
     return _newest_first(table.to_pylist(), source.timestamp_field, n, _us(before))
+
+
+def offline_row_time(store: ContextStore, view: Any, join_keys: dict[str, Any], at: datetime) -> datetime | None:
+    """Time of the entity's latest row of a (non-aggregate) feature view at ``at`` (ts <= at), from the
+    offline log: the effective time of a replayed row feature. None for other views or no row."""
+    import pyarrow.compute as pc
+
+    from ..stores.offline import view_table
+
+    keys = getattr(view, "join_keys", None)
+    ts_field = getattr(view, "timestamp_field", None)
+    if not keys or not ts_field or not set(keys) <= set(join_keys):
+        return None
+    name = view_table(view.name)
+    if not store.offline.exists(name):
+        return None
+    expr = None
+    for k in keys:
+        e = pc.field(k) == join_keys[k]
+        expr = e if expr is None else expr & e
+    try:
+        table = store.offline.read(name, columns=[ts_field], ts_column=ts_field, end_us=_us(at) + 1, filter=expr)
+    except NotFoundError:
+        return None
+    if table.num_rows == 0:
+        return None
+    latest = pc.max(table[ts_field]).as_py()
+    if isinstance(latest, datetime):
+        return latest if latest.tzinfo else latest.replace(tzinfo=timezone.utc)
+    return None

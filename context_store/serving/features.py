@@ -67,6 +67,7 @@ class _Plan:
     realtimes: list[tuple[RealtimeFeatureView, list[Any]]]  # view, per source: ("req", fields) | ("fv", read idx, names, idx)
     request_fields: dict[str, DType]
     specs: list[tuple[int, int, str, str, dict[str, Any], str]] = field(default_factory=list)
+    single_key: bool = False                    # every view is keyed by the same join keys
 
 
 class FeatureServer:
@@ -147,7 +148,8 @@ class FeatureServer:
                     dt = types.get(fname) or _feature_dtype(st, fname)
                     meta.append((nm, dt.describe() if dt is not None else {"type": "unknown"}, view.name))
         specs = [(ri, vi, fname, nm, dt, vn) for (ri, vi, fname), nm, (_, dt, vn) in zip(outputs, names, meta)]
-        return _Plan(svc.name, join_keys, reads, outputs, names, meta, realtimes, req_fields, specs)
+        single = bool(reads) and all(r.join_keys == reads[0].join_keys for r in reads)
+        return _Plan(svc.name, join_keys, reads, outputs, names, meta, realtimes, req_fields, specs, single)
 
     # -- validation ---------------------------------------------------------------------
     def _keys(self, plan: _Plan, join_keys: Any) -> dict[str, Any]:
@@ -298,7 +300,11 @@ class FeatureServer:
         """Many entities, one round trip."""
         plan, keys_l, ctxs, reads = self._batch_prepare(service, join_keys, request_context)
         t = to_us(request_time)
-        res = self.online.read_features(reads, t) if reads else []
+        if plan.single_key and hasattr(self.online, "read_entities"):
+            per = self.online.read_entities([r.state for r in plan.reads], [k for _, k in reads[:: len(plan.reads)]], t)
+            res = [v for vs in per for v in vs]
+        else:
+            res = self.online.read_features(reads, t) if reads else []
         return self._split(plan, keys_l, ctxs, res, t)
 
     async def get_features_batch_async(
@@ -310,7 +316,11 @@ class FeatureServer:
     ) -> list[FeatureVector]:
         plan, keys_l, ctxs, reads = self._batch_prepare(service, join_keys, request_context)
         t = to_us(request_time)
-        res = await self.online.read_features_async(reads, t) if reads else []
+        if plan.single_key and hasattr(self.online, "read_entities_async"):
+            per = await self.online.read_entities_async([r.state for r in plan.reads], [k for _, k in reads[:: len(plan.reads)]], t)
+            res = [v for vs in per for v in vs]
+        else:
+            res = await self.online.read_features_async(reads, t) if reads else []
         return self._split(plan, keys_l, ctxs, res, t)
 
     def _split(self, plan: _Plan, keys_l: list[dict[str, Any]], ctxs: list[Mapping[str, Any]], res: list[ViewValues], t: int) -> list[FeatureVector]:

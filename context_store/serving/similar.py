@@ -231,6 +231,21 @@ class VectorService:
         state = self._view_state(v)  # a never-backfilled view gets its history first
         return self._write_rows(v, state, latest)["updated"]
 
+    def views_on_source(self, source: str) -> list[str]:
+        """Embedding views fed by ``source`` (a stream's push should update them)."""
+        return [v.name for v in self.defs.embedding_views.values() if v.source.name == source]
+
+    def ingest(self, source: str, rows: Iterable[Mapping[str, Any]] | pa.Table) -> dict[str, int]:
+        """Route pushed rows of ``source`` to every embedding view on it (the stream ingest hook):
+        new or changed texts are embedded and visible to ``find_similar`` when this returns."""
+        table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(list(rows))
+        out: dict[str, int] = {}
+        for name in self.views_on_source(source):
+            v = self.defs.embedding_views[name]
+            if v.join_key in table.column_names and v.text in table.column_names:
+                out[name] = self.upsert_entities(name, table)
+        return out
+
     def delete_entities(self, view: str, ids: Sequence[str]) -> int:
         v = self._view(view)
         return self._view_state(v).delete([str(i) for i in ids])

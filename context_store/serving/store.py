@@ -68,6 +68,9 @@ class ContextStore:
         with self._lock:
             self._definitions = None
             self.__dict__.pop("features", None)
+            vectors = self.__dict__.pop("vectors", None)  # built on the old definitions
+            if vectors is not None:
+                vectors.close()
 
     @cached_property
     def online(self) -> OnlineStore:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ...errors import InvalidInputError
+from ...errors import InvalidInputError, RateLimitedError, UnavailableError
 from ..transform import apply_transform
 from . import online_adapter
 from .cutover import load_cutovers
@@ -163,16 +163,30 @@ def _push_redis(store: Any, plan: SourcePlan, table: pa.Table, timeout: float | 
     part = partition_of(table, plan.partition_keys, src.partitions)
     uniq = np.unique(part).tolist()
     parts = {int(uniq[0]): table} if len(uniq) == 1 else {int(p): table.filter(pa.array(part == p)) for p in uniq}
-    try:
-        offsets = log.add(src.name, parts)
-    except Exception as e:  # noqa: BLE001 - redis.ConnectionError etc.: nothing was added (MULTI)
-        from ...errors import UnavailableError
+    from .redis_streams import BacklogFullError
 
+    try:
+        offsets = log.add(src.name, parts, max_len=_max_len(store))
+    except BacklogFullError as e:
+        raise RateLimitedError(
+            f"{e}; the stream workers are behind (is `context-store worker` running?). Nothing of this push "
+            "was written; retry later", field="source",
+        ) from None
+    except Exception as e:  # noqa: BLE001 - redis.ConnectionError etc.: nothing was added (one script)
         raise UnavailableError(f"cannot write to the Redis stream of {src.name!r}: {e}", field="online_store") from None
     STATS.inc("pushed_events", src.name, table.num_rows)
     visible = False if timeout is None else _wait_visible(store, plan, offsets, timeout)
     return PushResult(src.name, table.num_rows, table.num_rows, visible=visible,
                       offsets={str(p): o for p, o in offsets.items()})
+
+
+def _max_len(store: Any) -> int:
+    """``redis_stream_maxlen`` (yaml/env): unprocessed entries per partition before pushes get 429."""
+    v = store.config.extra.get("redis_stream_maxlen")
+    try:
+        return max(0, int(v)) if v not in (None, "") else 0
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"redis_stream_maxlen must be an integer, got {v!r}", field="redis_stream_maxlen") from None
 
 
 def _live_workers(store: Any, log: Any) -> bool:

@@ -26,6 +26,7 @@ import pyarrow as pa
 __all__ = [
     "RedisStreamLog",
     "AppliedWaiter",
+    "BacklogFullError",
     "GROUP",
     "id_to_offset",
     "offset_to_id",
@@ -77,6 +78,25 @@ def decode_entry(fields: dict[bytes, bytes]) -> pa.Table | list[Any]:
     return [{k.decode(): v.decode() for k, v in fields.items()}]  # flat XADD field/value pairs
 
 
+_ADD_LUA = """
+local maxlen = tonumber(ARGV[1])
+if maxlen > 0 then
+  for i, k in ipairs(KEYS) do
+    if redis.call('XLEN', k) >= maxlen then return i end
+  end
+end
+local ids = {}
+for i, k in ipairs(KEYS) do ids[i] = redis.call('XADD', k, '*', 'arrow', ARGV[i + 1]) end
+return ids
+"""
+
+
+class BacklogFullError(Exception):
+    def __init__(self, source: str, partition: int, max_len: int) -> None:
+        super().__init__(f"stream {source!r} partition {partition} holds {max_len} unprocessed entries")
+        self.source, self.partition, self.max_len = source, partition, max_len
+
+
 class RedisStreamLog:
     """The stream transport of one workspace (shared by pushers and workers)."""
 
@@ -89,6 +109,7 @@ class RedisStreamLog:
             "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) "
             "else return 0 end"
         )
+        self._add = self.r.register_script(_ADD_LUA)
         self._release = self.r.register_script(
             "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
         )
@@ -130,17 +151,18 @@ class RedisStreamLog:
                 raise
         self._groups.add(key)
 
-    def add(self, source: str, parts: dict[int, pa.Table]) -> dict[int, int]:
-        """Append one entry per partition atomically (MULTI/EXEC); returns partition -> offset."""
-        keys = {p: self.stream_key(source, p) for p in parts}
-        for k in keys.values():
-            self.ensure_group(k)
-        pipe = self.r.pipeline(transaction=True)
+    def add(self, source: str, parts: dict[int, pa.Table], max_len: int = 0) -> dict[int, int]:
+        """Append one entry per partition atomically (one script: all or nothing); returns
+        partition -> offset. With ``max_len`` > 0, refuses (BacklogFullError) when a partition
+        already holds that many entries -- workers far behind -- instead of ever trimming unapplied ones."""
         order = sorted(parts)
-        for p in order:
-            pipe.xadd(keys[p], {"arrow": encode_table(parts[p])})
-        ids = pipe.execute()
-        return {p: id_to_offset(i) for p, i in zip(order, ids)}
+        keys = [self.stream_key(source, p) for p in order]
+        for k in keys:
+            self.ensure_group(k)
+        res = self._add(keys=keys, args=[int(max_len), *(encode_table(parts[p]) for p in order)])
+        if isinstance(res, int):
+            raise BacklogFullError(source, order[res - 1], max_len)
+        return {p: id_to_offset(i) for p, i in zip(order, res)}
 
     # -- consuming ---------------------------------------------------------------------
     def read(self, consumer: str, keys: Sequence[bytes], count: int, block_ms: int) -> list[tuple[bytes, list[Any]]]:
@@ -176,22 +198,25 @@ class RedisStreamLog:
             self.r.xack(key, GROUP, *ids)
 
     def trim_acked(self, key: bytes) -> None:
-        """Drop entries every consumer has acked (never an unapplied one)."""
+        """Drop entries every consumer has acked (never an unapplied one).
+
+        Reads the group's last-delivered id L first, then the smallest pending id M: every entry
+        below min(M, L+1) was delivered before the first read and is no longer pending, i.e. acked.
+        (Entries delivered in between have ids > L, so the reads need not be atomic.)"""
         try:
-            info = self.r.xpending(key, GROUP)
             groups = self.r.xinfo_groups(key)
-        except Exception:  # noqa: BLE001 - best effort housekeeping
-            return
-        g = next((g for g in groups if g.get("name") in (GROUP, GROUP.encode())), None)
-        if g is None:
-            return
-        last = g.get("last-delivered-id")
-        lo = info.get("min") if info and info.get("pending") else None
-        minid = lo or last
-        if minid and minid not in (b"0-0", "0-0"):
-            if lo is None:  # nothing pending: everything up to last-delivered is acked
-                minid = offset_to_id(id_to_offset(minid) + 1)
-            self.r.xtrim(key, minid=minid, approximate=True)
+            g = next((g for g in groups if g.get("name") in (GROUP, GROUP.encode())), None)
+            if g is None or not g.get("last-delivered-id") or g["last-delivered-id"] in (b"0-0", "0-0"):
+                return
+            limit = id_to_offset(g["last-delivered-id"]) + 1
+            info = self.r.xpending(key, GROUP)
+            if info and info.get("pending") and info.get("min"):
+                limit = min(limit, id_to_offset(info["min"]))
+            self.r.xtrim(key, minid=offset_to_id(limit), approximate=False)
+        except Exception as e:  # noqa: BLE001 - best-effort housekeeping; retried after the next flush
+            import logging
+
+            logging.getLogger("context_store.stream").debug("trim of %r skipped: %s", key, e)
 
     def lag(self, keys: Sequence[bytes]) -> int:
         """Entries not yet acknowledged (pending + never delivered), for benchmarks and health."""

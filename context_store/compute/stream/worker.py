@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from ...definitions import StreamSource
-from ...errors import ContextStoreError, NotFoundError
+from ...errors import ContextStoreError, DefinitionError, NotFoundError
 from . import online_adapter
 from .cutover import load_cutovers
 from .processor import OFFSET, OfflineWriter, PartitionState, SourcePlan, append_recent, concat, process_batch, source_plan
@@ -194,6 +194,22 @@ class StreamWorker:
         self._buffered_rows -= sum(t.num_rows for name, ts in buf.items() if name.startswith("src__") for t in ts)
         self._unacked.pop(part, None)
 
+    def _reset(self) -> None:
+        """Forget everything in memory after a failure mid-batch; the partitions are re-acquired
+        on the next rebalance and their pending entries replayed through the fences."""
+        try:
+            self._wait_flush()
+        except Exception as e:  # noqa: BLE001 - that write is retried by the replay
+            log.warning("stream worker %s: offline flush failed: %s", self.name, e)
+        for part in list(self.owned):
+            self._drop(part)
+            try:
+                self.log.release_lease(*part, self.name)
+            except Exception:  # noqa: BLE001 - Redis down: the lease expires by itself
+                pass
+        self._buffers, self._unacked, self._buffered_rows = {}, {}, 0
+        self._last_balance = 0.0
+
     # -- processing ----------------------------------------------------------------------
     def _decode(self, plan: SourcePlan, entries: list[Any]) -> pa.Table | None:
         tables = []
@@ -343,10 +359,14 @@ class StreamWorker:
             while not stop.is_set():
                 try:
                     self.step()
-                except ContextStoreError:
+                except DefinitionError:
+                    # A transform that fails on these events: stop rather than skip them (they stay
+                    # pending and are applied once the definition is fixed and applied).
+                    log.exception("stream worker %s: a feature view cannot process its events", self.name)
                     raise
-                except Exception:  # noqa: BLE001 - Redis hiccup: back off, keep the entries pending
-                    log.exception("stream worker %s: step failed; retrying", self.name)
+                except Exception:  # noqa: BLE001 - Redis/Lance hiccup: back off, keep the entries pending
+                    log.exception("stream worker %s: step failed; replaying its partitions", self.name)
+                    self._reset()
                     stop.wait(0.5)
         finally:
             self.close()

@@ -82,6 +82,12 @@ class OnlineStore(Protocol):
 
     async def read_features_async(self, reads: Sequence[tuple[ViewState, str]], t_us: int) -> list[ViewValues]: ...
 
+    def read_entities(self, states: Sequence[ViewState], keys: Sequence[str], t_us: int) -> list[list[ViewValues]]:
+        """The same views for many entity keys (batch lookups): one round trip."""
+        ...
+
+    async def read_entities_async(self, states: Sequence[ViewState], keys: Sequence[str], t_us: int) -> list[list[ViewValues]]: ...
+
     def write_ops(self, ops: Ops) -> None:
         """Bulk writes (materialization): pipelined, not atomic across keys."""
         ...
@@ -223,6 +229,48 @@ class BaseOnlineStore:
         if more:  # rare second round trip
             extra = self._extra(reads, more, self._hmget([(key, [reads[i][0].tile(x) for x in tiles]) for i, key, tiles in more]))
         return self._evaluate(reads, slots, got, t_us, extra)
+
+    def _entities_plan(self, states: Sequence[ViewState], keys: Sequence[str], t: int) -> tuple[list[str], list[Any]]:
+        reqs0, slots = self._layout([(st, keys[0]) for st in states], t)
+        return reqs0[0][1], slots
+
+    def _entities_eval(self, states: Sequence[ViewState], keys: Sequence[str], slots: list[Any], got: list[list[Any]],
+                       t: int) -> tuple[list[list[ViewValues]], list[tuple[int, list[tuple[ViewState, str]], list[Any]]]]:
+        out: list[list[ViewValues]] = []
+        pending = []
+        for e, (k, vals) in enumerate(zip(keys, got)):
+            reads = [(st, k) for st in states]
+            more = self._lifetime_extra(reads, slots, [vals])
+            if more:
+                pending.append((e, reads, more))
+                out.append([])
+            else:
+                out.append(self._evaluate(reads, slots, [vals], t, {}))
+        return out, pending
+
+    def read_entities(self, states: Sequence[ViewState], keys: Sequence[str], t_us: int) -> list[list[ViewValues]]:
+        """The same views for many entity keys (a batch lookup of one service): one round trip,
+        field lists computed once. Returns per key the values of ``states`` in order."""
+        if not keys or not states:
+            return [[] for _ in keys]
+        fields, slots = self._entities_plan(states, keys, t_us)
+        got = self._hmget([(k, fields) for k in keys])
+        out, pending = self._entities_eval(states, keys, slots, got, t_us)
+        for e, reads, more in pending:
+            extra = self._extra(reads, more, self._hmget([(key, [reads[i][0].tile(x) for x in tiles]) for i, key, tiles in more]))
+            out[e] = self._evaluate(reads, slots, [got[e]], t_us, extra)
+        return out
+
+    async def read_entities_async(self, states: Sequence[ViewState], keys: Sequence[str], t_us: int) -> list[list[ViewValues]]:
+        if not keys or not states:
+            return [[] for _ in keys]
+        fields, slots = self._entities_plan(states, keys, t_us)
+        got = await self._ahmget([(k, fields) for k in keys])
+        out, pending = self._entities_eval(states, keys, slots, got, t_us)
+        for e, reads, more in pending:
+            rows = await self._ahmget([(key, [reads[i][0].tile(x) for x in tiles]) for i, key, tiles in more])
+            out[e] = self._evaluate(reads, slots, [got[e]], t_us, self._extra(reads, more, rows))
+        return out
 
     async def read_features_async(self, reads: Sequence[tuple[ViewState, str]], t_us: int) -> list[ViewValues]:
         if not reads:

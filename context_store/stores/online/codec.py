@@ -127,11 +127,21 @@ class RowCodec:
         self.nb = (self.n + 7) // 8
         self.packers = [_packer(d) for d in dtypes]
         self.unpackers = [_unpacker(d) for d in dtypes]
-        fixed = {"int64": "q", "float64": "d", "timestamp": "q"}
-        # Fast path: every feature a fixed-width number -> one struct call when nothing is null.
+        fixed = {"int64": "q", "float64": "d", "timestamp": "q", "bool": "?"}
+        # Fast path when nothing is null: runs of fixed-width features decode with one struct call.
         codes = [fixed.get(d.name) if not isinstance(d, (Array, Embedding)) else None for d in dtypes]
-        self._all_fixed = all(codes)
-        self._struct = struct.Struct("<" + "".join(c or "" for c in codes)) if self._all_fixed else None
+        self._segments: list[Any] = []
+        run = ""
+        for c, un in zip(codes, self.unpackers):
+            if c:
+                run += c
+                continue
+            if run:
+                self._segments.append(struct.Struct("<" + run))
+                run = ""
+            self._segments.append(un)
+        if run:
+            self._segments.append(struct.Struct("<" + run))
         self._ts_idx = [i for i, d in enumerate(dtypes) if d.name == "timestamp"]
 
     def encode(self, ts_us: int, values: Sequence[Any]) -> bytes:
@@ -147,12 +157,19 @@ class RowCodec:
     def decode(self, buf: bytes) -> tuple[int, list[Any]]:
         ts = _Q.unpack_from(buf, 0)[0]
         bm = buf[8 : 8 + self.nb]
-        if self._struct is not None and not any(bm):
-            vals = list(self._struct.unpack_from(buf, 8 + self.nb))
+        off = 8 + self.nb
+        if not any(bm):
+            vals: list[Any] = []
+            for seg in self._segments:
+                if isinstance(seg, struct.Struct):
+                    vals += seg.unpack_from(buf, off)
+                    off += seg.size
+                else:
+                    v, off = seg(buf, off)
+                    vals.append(v)
             for i in self._ts_idx:
                 vals[i] = us_to_datetime(vals[i])
             return ts, vals
-        off = 8 + self.nb
         out: list[Any] = []
         for i, un in enumerate(self.unpackers):
             if bm[i >> 3] & (1 << (i & 7)):

@@ -70,8 +70,9 @@ return out
 """
 
 
-def _resp(args: list[bytes]) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
+def _resp(args: list[bytes], total: int | None = None) -> bytes:
+    """RESP array header (of ``total`` elements) and ``args``."""
+    out = [b"*%d\r\n" % (len(args) if total is None else total)]
     out += [b"$%d\r\n%b\r\n" % (len(a), a) for a in args]
     return b"".join(out)
 
@@ -191,6 +192,30 @@ class RedisOnlineStore(BaseOnlineStore):
                 args.append(0)
         return args
 
+    @staticmethod
+    def _args_resp(ops: Ops, k: str) -> tuple[int, bytes]:
+        """The script's per-key arguments (see _COMMIT), already RESP-encoded: (count, bytes)."""
+        out: list[bytes] = []
+        n = 4
+        for group in (ops.sets.get(k), ops.appends.get(k)):
+            if not group:
+                out.append(b"$1\r\n0\r\n")
+                continue
+            c = b"%d" % len(group)
+            out.append(b"$%d\r\n%b\r\n" % (len(c), c))
+            out += [b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(fb), fb, len(v), v)
+                    for fb, v in ((f.encode(), v) for f, v in group.items())]
+            n += 2 * len(group)
+        d = [f.encode() for f in ops.dels.get(k, ())]
+        c = b"%d" % len(d)
+        out.append(b"$%d\r\n%b\r\n" % (len(c), c))
+        out += [b"$%d\r\n%b\r\n" % (len(f), f) for f in d]
+        n += len(d)
+        ex = ops.expire.get(k, 0) if k in ops.expire else 0
+        e = b"-1" if ex is None else b"%d" % int(ex)
+        out.append(b"$%d\r\n%b\r\n" % (len(e), e))
+        return n, b"".join(out)
+
     def _commit(self, ops: Ops, cas: tuple[str, str | None, str] | None) -> bool:
         keys = ops.keys()
         try:
@@ -209,12 +234,14 @@ class RedisOnlineStore(BaseOnlineStore):
         if self._sha is None:
             self._sha = self._r.script_load(_COMMIT)
         cmds: list[bytes] = []
+        sha = self._sha.encode() if isinstance(self._sha, str) else self._sha
         for i in range(0, len(keys), _CHUNK_KEYS):
             part = keys[i : i + _CHUNK_KEYS]
-            args = [b"EVALSHA", self._sha.encode() if isinstance(self._sha, str) else self._sha, str(len(part) + 1).encode(),
-                    self._offsets.encode()] + [self._k(k).encode() for k in part] + [b"", b"", b""]
-            args += [a if isinstance(a, bytes) else str(a).encode() for a in self._args(ops, part)]
-            cmds.append(_resp(args))
+            head = [b"EVALSHA", sha, str(len(part) + 1).encode(), self._offsets.encode()] + [self._k(k).encode() for k in part]
+            head += [b"", b"", b""]
+            body = [self._args_resp(ops, k) for k in part]
+            n_args = len(head) + sum(c for c, _ in body)
+            cmds.append(_resp(head, n_args) + b"".join(b for _, b in body))
         pool = self._r.connection_pool
         conn = pool.get_connection()
         errors = []

@@ -244,6 +244,8 @@ class FaissIndex:
             sample = total if len(total) <= 64 * nlist else total[rng.choice(len(total), 64 * nlist, replace=False)]
             index.train(sample)
             index.nprobe = self.ivf_nprobe or max(16, nlist // 16)
+            # A hashtable id -> list slot makes remove_ids O(removed) instead of a scan of every list.
+            index.set_direct_map_type(faiss.DirectMap.Hashtable)
             self._quantizer = quantizer  # keep alive: the IVF index does not own it from Python
             self._index = index
         if len(ids):
@@ -346,7 +348,12 @@ class FaissIndex:
             ok = I[0] >= 0
             return D[0][ok], I[0][ok]
         sel = keep = None
-        if mask is not None:
+        if mask is self._alive:  # the tombstone-only mask is packed once per change, not per query
+            if self._bits is None:
+                self._bits = np.packbits(self._alive, bitorder="little")
+            keep = self._bits
+            sel = faiss.IDSelectorBitmap(len(self._alive), faiss.swig_ptr(keep))
+        elif mask is not None:
             sel, keep = self._selector(mask)
         if self.mode == "hnsw":
             params = faiss.SearchParametersHNSW()
@@ -389,7 +396,8 @@ class FaissIndex:
                 mask = self._attrs.mask(conds) & self._alive[:n]
                 allowed = int(mask.sum())
             else:
-                mask = self._alive if self._dead else None
+                # IVF removes deleted rows for real; flat/HNSW skip tombstones via the alive mask.
+                mask = self._alive if self._dead and self.mode != "ivf" else None
                 allowed = len(self._pos)
             want = min(k + len(excl), allowed)
             if want <= 0:
@@ -400,7 +408,8 @@ class FaissIndex:
             else:
                 D, I = self._ann(q, want, mask, allowed / max(n, 1))
                 if len(I) < want:
-                    D, I = self._exact(q, None if mask is None else np.flatnonzero(mask), want)
+                    live = mask if mask is not None else (self._alive if self._dead else None)
+                    D, I = self._exact(q, None if live is None else np.flatnonzero(live), want)
             out: list[tuple[str, float]] = []
             for score, p in zip(D.tolist(), I.tolist()):
                 if p in excl:

@@ -1,0 +1,578 @@
+"""Feast peer benchmark: the shapes of bench_batch / bench_online / bench_server, measured with Feast.
+
+    python evals/peers/feast_setup.py            # once: .venv-feast with feast[redis,duckdb]==0.67.0
+    python evals/peers/bench_feast.py [--quick] [--spine N] [--no-server] [--redis redis://127.0.0.1:6379/0]
+
+Runs itself under ``.venv-feast/bin/python`` (re-exec) so Feast's pins never touch the main venv.
+Data is generated here (deterministic, same generator shape as evals/bench_batch.py). Feast has no
+window aggregations, so the 3 windows x 4 functions are precomputed per event in pandas (timed
+separately) and served by Feast as plain batch features. Writes ``evals/results/feast.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+_HERE = Path(__file__).resolve()
+_VENV_PY = _HERE.parents[2] / ".venv-feast" / "bin" / "python"
+try:
+    import feast  # noqa: F401
+except ImportError:  # re-exec under the Feast venv; never install Feast into the main venv
+    if _VENV_PY.exists() and Path(sys.executable) != _VENV_PY:
+        os.execv(str(_VENV_PY), [str(_VENV_PY), str(_HERE), *sys.argv[1:]])
+    raise SystemExit("feast not installed: run `python evals/peers/feast_setup.py` first")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import platform  # noqa: E402
+import random  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import textwrap  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from datetime import datetime, timedelta, timezone  # noqa: E402
+from typing import Any  # noqa: E402
+from urllib.parse import urlparse  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+__all__ = ["generate_events", "precompute_windows", "main"]
+
+warnings.filterwarnings("ignore")
+logging.disable(logging.WARNING)
+
+ROOT = _HERE.parents[2]
+DAY_US = 86_400 * 1_000_000
+T0 = 1_704_067_200_000_000  # 2024-01-01T00:00:00Z, as in bench_batch
+WINDOWS = {"1h": 3_600_000_000, "1d": DAY_US, "7d": 7 * DAY_US}
+FUNCS = ("count", "sum", "mean", "max")
+AGG_COLS = [f"amount_{f}_{w}" for w in WINDOWS for f in FUNCS]
+ONLINE_10 = AGG_COLS[:10]  # 1 entity x 10 features, as bench_online / bench_server
+
+
+# -- data (same shape as evals/bench_batch.py) ------------------------------------------------------
+
+def generate_events(n_events: int, n_users: int, days: int, seed: int = 0) -> pd.DataFrame:
+    """Bursty users (Zipf-like activity), log-normal amounts, unsorted timestamps."""
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / np.arange(1, n_users + 1) ** 0.8
+    users = rng.choice(n_users, size=n_events, p=weights / weights.sum())
+    ts = T0 + rng.integers(0, days * DAY_US, size=n_events)
+    amount = np.round(rng.lognormal(3.0, 1.2, size=n_events), 2)
+    names = np.array([f"u{i:07d}" for i in range(n_users)], dtype=object)
+    return pd.DataFrame({"user_id": names[users], "ts": pd.to_datetime(ts, unit="us", utc=True), "amount": amount})
+
+
+def make_spine(n_rows: int, n_users: int, days: int, seed: int = 1) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    users = rng.integers(0, int(n_users * 1.05), size=n_rows)  # ~5% unknown users
+    names = np.array([f"u{i:07d}" for i in range(int(n_users * 1.05))], dtype=object)
+    ts = T0 + rng.integers(0, (days + 1) * DAY_US, size=n_rows)
+    return pd.DataFrame({"user_id": names[users], "event_timestamp": pd.to_datetime(ts, unit="us", utc=True),
+                         "spine_id": np.arange(n_rows, dtype=np.int64)})
+
+
+def precompute_windows(events: pd.DataFrame) -> pd.DataFrame:
+    """One feature row per event: 3 windows x 4 functions over (ts - W, ts] of the user's events.
+
+    This is what a Feast user must run upstream (Feast serves precomputed columns only). Values are
+    as of each event, so between events they do not decay -- unlike a true window at request time.
+    Vectorised numpy (binary search + prefix sums + a sparse table for max), same results as
+    ``groupby().rolling(W).agg(...)`` (pandas' rolling is ~100x slower with 100k small groups).
+    """
+    codes, uniq = pd.factorize(events["user_id"], sort=True)
+    ts = events["ts"].to_numpy(dtype="datetime64[us]").astype(np.int64)
+    rel = ts - ts.min() + 8 * DAY_US  # > longest window, so key - W never reaches the previous user
+    key = codes.astype(np.int64) * (1 << 44) + rel
+    order = np.argsort(key, kind="stable")
+    key, amount = key[order], events["amount"].to_numpy(dtype=np.float64)[order]
+    n = len(key)
+    csum = np.concatenate([[0.0], np.cumsum(amount)])
+    table = [amount]  # sparse table: table[k][i] = max(amount[i : i + 2**k])
+    while (1 << len(table)) <= n:
+        prev, half = table[-1], 1 << (len(table) - 1)
+        table.append(np.maximum(prev[:-half], prev[half:]))
+    hi = np.searchsorted(key, key, side="right")  # ties at the same ts are all included
+    out: dict[str, Any] = {"user_id": uniq.to_numpy()[codes[order]], "ts": pd.to_datetime(ts[order], unit="us", utc=True)}
+    for w, us in WINDOWS.items():
+        lo = np.searchsorted(key, key - us, side="right")
+        cnt = hi - lo
+        sm = csum[hi] - csum[lo]
+        mx = np.empty(n)
+        lvl = np.floor(np.log2(cnt)).astype(np.int64)
+        for k in np.unique(lvl):
+            m = lvl == k
+            mx[m] = np.maximum(table[k][lo[m]], table[k][hi[m] - (1 << k)])
+        out.update({f"amount_count_{w}": cnt.astype(np.int64), f"amount_sum_{w}": sm,
+                    f"amount_mean_{w}": sm / cnt, f"amount_max_{w}": mx})
+    return pd.DataFrame(out)
+
+
+# -- Feast repo ---------------------------------------------------------------------------------------
+
+def write_repo(repo: Path, project: str, offline: str, redis_url: str) -> None:
+    u = urlparse(redis_url)
+    db = (u.path or "/0").lstrip("/") or "0"
+    (repo / "feature_store.yaml").write_text(textwrap.dedent(f"""\
+        project: {project}
+        registry: {repo / 'registry.db'}
+        provider: local
+        online_store:
+          type: redis
+          connection_string: "{u.hostname or '127.0.0.1'}:{u.port or 6379},db={db}"
+        offline_store:
+          type: {offline}
+        entity_key_serialization_version: 3
+        """))
+
+
+def feast_objects(features_path: Path, ttl: timedelta | None) -> list[Any]:
+    from feast import Entity, FeatureView, Field, FileSource, ValueType
+    from feast.types import Float64, Int64
+
+    user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING)
+    src = FileSource(name="txn_features_src", path=str(features_path), timestamp_field="ts")
+    fv = FeatureView(
+        name="txn_stats", entities=[user], ttl=ttl or timedelta(0), source=src, online=True,
+        schema=[Field(name=c, dtype=Int64 if "_count_" in c else Float64) for c in AGG_COLS],
+    )
+    return [user, fv]
+
+
+def open_store(repo: Path, features_path: Path, ttl: timedelta | None) -> Any:
+    from feast import FeatureStore
+
+    store = FeatureStore(repo_path=str(repo))
+    store.apply(feast_objects(features_path, ttl))
+    return store
+
+
+# -- measurement helpers ------------------------------------------------------------------------------
+
+def timed(fn: Callable[[], Any], n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter_ns()
+        fn()
+        out.append((time.perf_counter_ns() - t0) / 1000)
+    return out
+
+
+def interleaved(cases: dict[str, Callable[[], Any]], n: int, rounds: int = 5, warmup: int = 100) -> dict[str, list[float]]:
+    """Same scheme as evals/bench_online.py: floor and measured cases alternate, so noise hits both."""
+    for fn in cases.values():
+        timed(fn, warmup)
+    res: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(rounds):
+        for k, fn in cases.items():
+            res[k] += timed(fn, max(1, n // rounds))
+    return res
+
+
+def pct(xs: list[float], p: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(p * len(s)))]
+
+
+def check_training(spine: pd.DataFrame, out: pd.DataFrame, feats: pd.DataFrame, ttl: timedelta | None) -> dict[str, Any]:
+    """Rows in vs out, why rows went missing, and values vs a pandas merge_asof reference."""
+    got_ids = out["spine_id"].to_numpy()
+    missing = spine[~spine["spine_id"].isin(got_ids)]
+    known = set(feats["user_id"].unique())
+    first_ts = feats.groupby("user_id")["ts"].min()
+    unknown_user = ~missing["user_id"].isin(known)
+    before_first = (~unknown_user) & (missing["event_timestamp"] < missing["user_id"].map(first_ts))
+    t0 = time.perf_counter()
+    ref = pd.merge_asof(spine.sort_values("event_timestamp"), feats.sort_values("ts"), left_on="event_timestamp",
+                        right_on="ts", by="user_id", direction="backward", allow_exact_matches=True,
+                        tolerance=ttl if ttl else None)
+    asof_s = time.perf_counter() - t0
+    ref = ref.set_index("spine_id")
+    o = out.drop_duplicates("spine_id").set_index("spine_id")
+    common = o.index.intersection(ref.index)
+    bad = 0
+    for c in AGG_COLS:
+        a = pd.to_numeric(o.loc[common, c], errors="coerce").to_numpy(dtype=float)
+        b = pd.to_numeric(ref.loc[common, c], errors="coerce").to_numpy(dtype=float)
+        ok = (np.isnan(a) & np.isnan(b)) | np.isclose(a, b, rtol=1e-9, atol=0, equal_nan=False)
+        bad += int((~ok).sum())
+    return {
+        "rows_in": len(spine), "rows_out": len(out), "dup_out": int(out["spine_id"].duplicated().sum()),
+        "missing": len(missing), "missing_unknown_user": int(unknown_user.sum()),
+        "missing_before_first_row": int(before_first.sum()),
+        "missing_other": int(len(missing) - unknown_user.sum() - before_first.sum()),
+        "value_mismatches": bad, "values_compared": len(common) * len(AGG_COLS), "merge_asof_s": asof_s,
+    }
+
+
+def bench_historical(repo_root: Path, offline: str, feats_path: Path, feats: pd.DataFrame, spine: pd.DataFrame,
+                     ttl: timedelta | None, runs: int, redis_url: str) -> dict[str, Any]:
+    repo = repo_root / f"repo_{offline}"
+    repo.mkdir()
+    project = f"ctxbench_hist_{offline}_{random.getrandbits(24):06x}"
+    write_repo(repo, project, offline, redis_url)
+    store = open_store(repo, feats_path, ttl)
+    refs = [f"txn_stats:{c}" for c in AGG_COLS]
+    walls, cpus, out = [], [], None
+    for i in range(runs):
+        t, c = time.perf_counter(), time.process_time()
+        out = store.get_historical_features(entity_df=spine, features=refs).to_df()
+        walls.append(time.perf_counter() - t)
+        cpus.append(time.process_time() - c)
+        print(f"  [{offline}] run {i + 1}: {walls[-1]:.2f}s ({len(spine) / walls[-1]:,.0f} spine rows/s), "
+              f"{len(out):,} rows out of {len(spine):,}", flush=True)
+    store.teardown()
+    chk = check_training(spine, out, feats, ttl)
+    return {"offline": offline, "walls": walls, "cpus": cpus, **chk}
+
+
+def bench_materialize(repo_root: Path, offline: str, feats_path: Path, feats: pd.DataFrame, redis_url: str,
+                      runs: int) -> tuple[dict[str, Any], Any, str, Path]:
+    """Time ``FeatureStore.materialize`` (what ``feast materialize START END`` runs) into Redis."""
+    repo = repo_root / f"repo_online_{offline}"
+    repo.mkdir()
+    project = f"ctxbench_online_{offline}_{random.getrandbits(24):06x}"
+    write_repo(repo, project, offline, redis_url)
+    store = open_store(repo, feats_path, None)
+    start = feats["ts"].min().to_pydatetime() - timedelta(seconds=1)
+    end = feats["ts"].max().to_pydatetime() + timedelta(seconds=1)
+    entities = int(feats["user_id"].nunique())
+    mat, cpu = [], []
+    for i in range(runs):
+        t, c = time.perf_counter(), time.process_time()
+        store.materialize(start_date=start, end_date=end)
+        mat.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+        print(f"  [{offline}] materialize run {i + 1}: {entities:,} entities ({len(feats):,} source rows) in "
+              f"{mat[-1]:.2f}s = {entities / mat[-1]:,.0f} rows/s, cpu {cpu[-1]:.2f}s", flush=True)
+    res = {"offline": offline, "mat_s": mat, "cpu_s": cpu, "entities": entities, "source_rows": len(feats)}
+    return res, store, project, repo
+
+
+def bench_online(store: Any, project: str, feats: pd.DataFrame, redis_url: str, n: int) -> dict[str, Any]:
+    import redis
+
+    users = sorted(feats["user_id"].unique())
+    rng = random.Random(1)
+    keys = [users[rng.randrange(len(users))] for _ in range(n)]
+    it = {"i": 0}
+
+    def nxt() -> str:
+        it["i"] = (it["i"] + 1) % n
+        return keys[it["i"]]
+
+    refs = [f"txn_stats:{c}" for c in ONLINE_10]
+    r = redis.Redis.from_url(redis_url)
+    fk = f"{project}:floor"
+    r.hset(fk, mapping={f"feature_{i}": str(1000.5 + i) for i in range(10)})
+    sample = store.get_online_features(features=refs, entity_rows=[{"user_id": users[0]}]).to_dict()
+    lat = interleaved({
+        "floor: redis-py HGETALL 10-field hash": lambda: r.hgetall(fk),
+        "Feast get_online_features 1 entity x 10 features (.to_dict())":
+            lambda: store.get_online_features(features=refs, entity_rows=[{"user_id": nxt()}]).to_dict(),
+    }, n)
+    batches = [[{"user_id": users[rng.randrange(len(users))]} for _ in range(100)] for _ in range(50)]
+    bi = {"i": 0}
+
+    def nb() -> list[dict[str, str]]:
+        bi["i"] = (bi["i"] + 1) % len(batches)
+        return batches[bi["i"]]
+
+    def floor100() -> None:
+        p = r.pipeline(transaction=False)
+        for _ in range(100):
+            p.hgetall(fk)
+        p.execute()
+
+    blat = interleaved({
+        "floor: pipeline of 100 HGETALL": floor100,
+        "Feast get_online_features 100 entities x 10 features (.to_dict())":
+            lambda: store.get_online_features(features=refs, entity_rows=nb()).to_dict(),
+    }, max(100, n // 20), warmup=10)
+    r.delete(fk)
+    return {"lat": lat, "blat": blat, "sample": {k: v[0] for k, v in sample.items()}, "refs": refs, "users": users}
+
+
+# -- feature server -----------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wrk(port: int, body: str, seconds: int, connections: int = 16) -> dict[str, Any]:
+    """Closed-loop throughput, same parameters as evals/bench_server.py (1 thread, 16 connections)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\nwrk.headers["Content-Type"] = "application/json"\n')
+        script = f.name
+    try:
+        out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script,
+                              f"http://127.0.0.1:{port}/get-online-features"],
+                             capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
+    finally:
+        os.unlink(script)
+
+    def ms(label: str) -> float | None:
+        m = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)] if m else None
+
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errs = re.search(r"Socket errors:.*", out)
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+            "p50_ms": ms("50%"), "p99_ms": ms("99%"), "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+            "socket_errors": errs.group(0) if errs else ""}
+
+
+def bench_server(repo: Path, refs: list[str], user: str, seconds: int, runs: int,
+                 extra: list[str]) -> dict[str, Any]:
+    import urllib.request
+
+    port = free_port()
+    feast_bin = str(Path(sys.executable).parent / "feast")
+    cmd = [feast_bin, "--chdir", str(repo), "serve", "-h", "127.0.0.1", "-p", str(port), "-w", "2",
+           "--no-access-log", *extra]
+    log = open(repo / f"serve_{port}.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    body = json.dumps({"features": refs, "entities": {"user_id": [user]}})
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/get-online-features", data=body.encode(),
+                                             headers={"Content-Type": "application/json"})
+                sample = urllib.request.urlopen(req, timeout=5).read().decode()
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"feast serve did not come up: {(repo / f'serve_{port}.log').read_text()[-2000:]}")
+                time.sleep(0.5)
+        load = os.getloadavg()[0]
+        wrk(port, body, 2)  # warm-up
+        res = [wrk(port, body, seconds) for _ in range(runs)]
+        for x in res:
+            print(f"  feast serve {' '.join(extra) or '(defaults)'}: {x['rps']:.0f} req/s, p50 {x['p50_ms']} ms, "
+                  f"p99 {x['p99_ms']} ms, non-2xx {x['non_2xx']}", flush=True)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the process group this function started
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+    best = sorted(res, key=lambda x: x["rps"])[len(res) // 2]
+    return {"cmd": " ".join(["feast", "serve", "-w", "2", "--no-access-log", *extra]), "runs": res,
+            "median": best, "load": load, "sample": sample}
+
+
+# -- report -------------------------------------------------------------------------------------------
+
+def lat_table(lat: dict[str, list[float]], floor_key: str) -> list[str]:
+    floor = statistics.median(lat[floor_key])
+    rows = ["| case | p50 µs | p99 µs | vs floor p50 | samples |", "|---|---:|---:|---:|---:|"]
+    for k, xs in lat.items():
+        rows.append(f"| {k} | {statistics.median(xs):,.1f} | {pct(xs, 0.99):,.1f} | "
+                    f"{statistics.median(xs) / floor:.2f}x | {len(xs):,} |")
+    return rows
+
+
+def report(args: argparse.Namespace, meta: dict[str, Any], hist: list[dict[str, Any]], mats: list[dict[str, Any]],
+           online: dict[str, Any] | None,
+           server: list[dict[str, Any]]) -> str:
+    import feast
+    import redis
+
+    versions = {"feast": feast.__version__, "pandas": pd.__version__, "numpy": np.__version__,
+                "redis-py": redis.__version__}
+    for mod in ("dask", "duckdb", "ibis", "pyarrow"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except Exception:  # optional extras
+            pass
+    rs = redis.Redis.from_url(args.redis).info("server")
+    cmd = "python evals/peers/bench_feast.py" + "".join(
+        f" {a}" for a in meta["argv"])
+    L = [
+        "# Feast 0.67 peer benchmark (same machine, same shapes as our benchmarks)", "",
+        f"Run {meta['started']} UTC, `{cmd}` (one-time setup: `python evals/peers/feast_setup.py`).",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Linux {platform.release()}, Python "
+        f"{platform.python_version()}; Redis {rs.get('redis_version')} at {args.redis} (local). "
+        f"Load average (1/5/15 min) at start: {meta['load_start']}, at end: {meta['load_end']} -- other "
+        "sessions were running tests on the same 2 cores, so wall times are pessimistic for every system alike.",
+        "Versions (in `.venv-feast`): " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".", "",
+        "## 1. Historical retrieval (`get_historical_features`, point-in-time training data)", "",
+        f"Data (generated in the script, same generator as `evals/bench_batch.py`): {meta['events']:,} transaction events, "
+        f"{args.users:,} users (Zipf-like activity), {args.days} days; spine of {meta['spine']:,} rows over "
+        f"{args.days + 1} days with ~5% unknown users. Feast has no window aggregations, so 3 windows (1h, 1d, 7d) x "
+        f"4 functions (count, sum, mean, max) were **precomputed per event** over `(ts - W, ts]` (vectorised numpy, "
+        f"checked equal to pandas `groupby().rolling(W)`; {meta['precompute_s']:.2f}s = {meta['events'] / meta['precompute_s']:,.0f} events/s, not included below) "
+        f"into a Parquet file of {meta['events']:,} rows x 12 features, registered as one FeatureView "
+        f"(ttl={'none' if not args.ttl_days else f'{args.ttl_days}d'}). Feast then only does the as-of join. "
+        f"Median of {args.runs} runs.", "",
+        "| offline store | median wall | spine rows/s | process CPU (median) | rows out / in | rows dropped | "
+        "value mismatches vs merge_asof |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for h in hist:
+        w = statistics.median(h["walls"])
+        L.append(f"| {h['offline']} | {w:.2f}s | {meta['spine'] / w:,.0f} | {statistics.median(h['cpus']):.2f}s | "
+                 f"{h['rows_out']:,} / {h['rows_in']:,} | {h['missing']:,} ({100 * h['missing'] / h['rows_in']:.2f}%) | "
+                 f"{h['value_mismatches']:,} of {h['values_compared']:,} |")
+    L.append("")
+    for h in hist:
+        L.append(f"- {h['offline']}: all runs {', '.join(f'{w:.2f}s' for w in h['walls'])}; dropped spine rows: "
+                 f"{h['missing_unknown_user']:,} with an unknown user, {h['missing_before_first_row']:,} whose user's "
+                 f"first feature row is after the spine time, {h['missing_other']:,} other; duplicated output rows: "
+                 f"{h['dup_out']:,}. Floor in the same run: pandas `merge_asof` of the same spine and features "
+                 f"took {h['merge_asof_s']:.2f}s ({meta['spine'] / h['merge_asof_s']:,.0f} rows/s).")
+    L += ["", "Dropped rows are silent: no error or warning; the caller only sees a shorter frame (sorted by "
+          "timestamp, not in spine order). Rows with no feature value yet should come back with nulls "
+          "(context-store keeps every spine row, in order).", ""]
+    if online:
+        L += [
+            "## 2. Online serving (`get_online_features`, Redis online store)", "",
+            f"In-process Python SDK, one process, keys drawn at random from {len(online['users']):,} materialized users; "
+            "floor = redis-py against the same Redis, measured interleaved with Feast in the same run "
+            "(the scheme of `evals/bench_online.py`). Feast's Redis read is one pipelined HMGET per entity.", "",
+            "### 1 entity x 10 features", "",
+            *lat_table(online["lat"], "floor: redis-py HGETALL 10-field hash"), "",
+            "### 100 entities per call", "",
+            *lat_table(online["blat"], "floor: pipeline of 100 HGETALL"), "",
+            f"Sample: `{online['sample']}`", "",
+        ]
+    if mats:
+        L += ["## 3. Materialization (`FeatureStore.materialize` -> Redis)", "",
+              "| offline store | entity rows written (latest per user) | source rows | median wall | rows written/s | "
+              "source rows scanned/s | process CPU (median) | rows written per CPU-second | all runs (wall) |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for m in mats:
+            t = statistics.median(m["mat_s"])
+            L.append(f"| {m['offline']} | {m['entities']:,} | {m['source_rows']:,} | {t:.2f}s | "
+                     f"{m['entities'] / t:,.0f} | {m['source_rows'] / t:,.0f} | {statistics.median(m['cpu_s']):.2f}s | "
+                     f"{m['entities'] / statistics.median(m['cpu_s']):,.0f} | "
+                     f"{', '.join(f'{x:.2f}s' for x in m['mat_s'])} |")
+        L += ["", "This is the call `feast materialize START END` makes, timed in-process (the CLI's ~2 s import "
+              "is excluded). Feast writes only the latest row per entity per feature view, so rows written = "
+              "distinct users. The time is Feast's own Python: a cProfile of the file-store run shows ~45% in "
+              "Arrow -> protobuf conversion (`_convert_arrow_to_proto`, per value) and ~50% in "
+              "`RedisOnlineStore.online_write_batch` (per-entity key serialisation and mmh3 field names, "
+              "a pipeline of HMGET of each key's stored timestamp, then a pipeline of HSETs; `skip_dedup` is off by default); reading the offline store is < 5%. With the machine this loaded, "
+              "the CPU-time column is the steadier number.", ""]
+    if server:
+        L += ["## 4. Feature server (`feast serve -w 2`, HTTP `POST /get-online-features`, 1 entity x 10 features)", "",
+              f"wrk closed loop, 1 thread, 16 connections, {args.server_seconds}s per run after a 2 s warm-up, "
+              "same parameters as `evals/bench_server.py`; wrk runs on the same 2 cores as the server.", "",
+              "| command | req/s (median) | p50 ms | p99 ms | non-2xx | all runs req/s | load avg before |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+        for s in server:
+            m = s["median"]
+            L.append(f"| `{s['cmd']}` | {m['rps']:,.0f} | {m['p50_ms']} | {m['p99_ms']} | {m['non_2xx']} | "
+                     f"{', '.join(format(x['rps'], ',.0f') for x in s['runs'])} | {s['load']:.1f} |")
+        L += ["", "`feast serve` defaults to `--max-requests 1000`: each gunicorn worker restarts after ~1000 requests, "
+              "which shows up as throughput dips and p99 spikes; the second row turns that off.", "",
+              f"Sample response: `{server[0]['sample'][:600]}`", ""]
+    L += ["## Reproduce", "", "```", "python evals/peers/feast_setup.py        # .venv-feast: feast[redis,duckdb]==0.67.0",
+          f"{cmd}", "```", "",
+          "The script re-executes itself with `.venv-feast/bin/python`; each Feast project gets a random "
+          "`ctxbench_*` name, and `FeatureStore.teardown()` plus a key scan remove its Redis keys afterwards "
+          f"({meta['leftover_keys']} keys left)."]
+    return "\n".join(L) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="200k events, 20k spine rows, short server runs")
+    ap.add_argument("--events", type=int, default=None)
+    ap.add_argument("--spine", type=int, default=None)
+    ap.add_argument("--users", type=int, default=100_000)
+    ap.add_argument("--days", type=int, default=30)
+    ap.add_argument("--ttl-days", type=int, default=0, help="FeatureView ttl (0 = none)")
+    ap.add_argument("--runs", type=int, default=3, help="runs of each historical / server measurement")
+    ap.add_argument("--mat-runs", type=int, default=None, help="materialize runs per offline store (default 2, quick 1)")
+    ap.add_argument("--offline", default="file,duckdb", help="offline stores to measure (file = dask)")
+    ap.add_argument("--samples", type=int, default=None, help="online latency samples per case")
+    ap.add_argument("--no-server", action="store_true")
+    ap.add_argument("--server-seconds", type=int, default=None)
+    ap.add_argument("--redis", default=os.environ.get("CONTEXT_STORE_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    ap.add_argument("--out", default=str(ROOT / "evals" / "results" / "feast.md"))
+    args = ap.parse_args()
+    n_events = args.events or (200_000 if args.quick else 1_000_000)
+    n_spine = args.spine or (20_000 if args.quick else 100_000)
+    n = args.samples or (1_000 if args.quick else 5_000)
+    args.server_seconds = args.server_seconds or (3 if args.quick else 10)
+    ttl = timedelta(days=args.ttl_days) if args.ttl_days else None
+    meta: dict[str, Any] = {"started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"), "argv": sys.argv[1:],
+                            "load_start": " / ".join(f"{x:.1f}" for x in os.getloadavg()),
+                            "events": n_events, "spine": n_spine}
+    import redis
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_feast_"))
+    projects: list[str] = []
+    hist: list[dict[str, Any]] = []
+    online: dict[str, Any] | None = None
+    server: list[dict[str, Any]] = []
+    mats: list[dict[str, Any]] = []
+    try:
+        t = time.perf_counter()
+        events = generate_events(n_events, args.users, args.days)
+        spine = make_spine(n_spine, args.users, args.days)
+        print(f"generated {n_events:,} events, {n_spine:,} spine rows in {time.perf_counter() - t:.1f}s", flush=True)
+        t = time.perf_counter()
+        feats = precompute_windows(events)
+        meta["precompute_s"] = time.perf_counter() - t
+        print(f"precomputed 12 window features in {meta['precompute_s']:.2f}s", flush=True)
+        feats_path = tmp / "txn_features.parquet"
+        feats.to_parquet(feats_path, index=False)
+        for offline in [o for o in args.offline.split(",") if o]:
+            hist.append(bench_historical(tmp, offline, feats_path, feats, spine, ttl, args.runs, args.redis))
+        serving: tuple[Any, str, Path] | None = None
+        for offline in [o for o in args.offline.split(",") if o]:
+            m, store, project, repo = bench_materialize(tmp, offline, feats_path, feats, args.redis,
+                                                      args.mat_runs or (1 if args.quick else 2))
+            projects.append(project)
+            mats.append(m)
+            if serving is None:
+                serving = (store, project, repo)
+            else:
+                store.teardown()
+        assert serving is not None
+        store, project, repo = serving
+        online = bench_online(store, project, feats, args.redis, n)
+        if not args.no_server:
+            if shutil.which("wrk") is None:
+                print("wrk not found (apt-get install -y wrk): skipping the feature server", flush=True)
+            else:
+                user = online["users"][0]
+                server.append(bench_server(repo, online["refs"], user, args.server_seconds, args.runs, []))
+                server.append(bench_server(repo, online["refs"], user, args.server_seconds, args.runs,
+                                           ["--max-requests", "0"]))
+        store.teardown()
+    finally:
+        r = redis.Redis.from_url(args.redis)
+        left = 0
+        for p in projects:  # Feast keys end with the project name; teardown should have removed them all
+            for k in r.scan_iter(match=f"*{p}*".encode(), count=1000):
+                r.delete(k)
+                left += 1
+        meta["leftover_keys"] = left
+        shutil.rmtree(tmp, ignore_errors=True)
+    meta["load_end"] = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    md = report(args, meta, hist, mats, online, server)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
