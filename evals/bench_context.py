@@ -111,24 +111,27 @@ def _has(mod: str) -> bool:
 
 
 def bench_in_process(store: Any, users: list[str], n: int) -> tuple[Stats, Stats, Stats, dict[str, float]]:
-    """get_features (floor), get_user_context, and get_user_context with a budget, interleaved."""
-    fs_lat, ctx_lat, tok_lat = [], [], []
+    """get_features (floor), get_user_context, and get_user_context with a budget: interleaved in a
+    shuffled order each round, so all three see the same machine load and no position is favoured."""
+    rng = random.Random(3)
+    lat: dict[str, list[float]] = {"fs": [], "ctx": [], "tok": []}
     parts: dict[str, list[float]] = {}
     for i in range(n):
         u = users[i % len(users)]
-        t0 = time.perf_counter()
-        store.get_features("user_features", {"user_id": u})
-        t1 = time.perf_counter()
-        uc = store.get_user_context(u)
-        t2 = time.perf_counter()
-        store.get_user_context(u, max_tokens=120)  # below the full size: per-line counts + trimming
-        t3 = time.perf_counter()
-        fs_lat.append((t1 - t0) * 1e3)
-        ctx_lat.append((t2 - t1) * 1e3)
-        tok_lat.append((t3 - t2) * 1e3)
+        order = ["fs", "ctx", "tok"]
+        rng.shuffle(order)
+        for what in order:
+            t0 = time.perf_counter()
+            if what == "fs":
+                store.get_features("user_features", {"user_id": u})
+            elif what == "ctx":
+                uc = store.get_user_context(u)
+            else:
+                store.get_user_context(u, max_tokens=120)  # below the full size: per-line counts + trimming
+            lat[what].append((time.perf_counter() - t0) * 1e3)
         for k, v in uc.timings_ms.items():
             parts.setdefault(k, []).append(v)
-    return _pct(fs_lat), _pct(ctx_lat), _pct(tok_lat), {k: float(np.mean(v)) for k, v in parts.items()}
+    return _pct(lat["fs"]), _pct(lat["ctx"]), _pct(lat["tok"]), {k: float(np.mean(v)) for k, v in parts.items()}
 
 
 def bench_mcp_server(store: Any, users: list[str], n: int) -> tuple[Stats, Stats]:
@@ -160,7 +163,7 @@ def bench_mcp_server(store: Any, users: list[str], n: int) -> tuple[Stats, Stats
 
 def bench_http(url: str, key: str, users: list[str], n: int) -> tuple[Stats, Stats]:
     """JSON-RPC POSTs on one keep-alive connection: ``tools/list`` (the floor: MCP over HTTP doing
-    no work) interleaved with ``tools/call get_user_context``."""
+    no work) interleaved with ``tools/call get_user_context``, alternating which goes first."""
     import httpx
 
     headers = {
@@ -172,18 +175,18 @@ def bench_http(url: str, key: str, users: list[str], n: int) -> tuple[Stats, Sta
         for i in range(n + 50):  # 50 warm-up rounds
             body = {"jsonrpc": "2.0", "id": i, "method": "tools/call",
                     "params": {"name": "get_user_context", "arguments": {"entity_id": users[i % len(users)]}}}
-            t0 = time.perf_counter()
-            r = c.post(url, content=json.dumps({"jsonrpc": "2.0", "id": i, "method": "tools/list"}), headers=headers)
-            t1 = time.perf_counter()
-            assert r.status_code == 200, r.text
-            r = c.post(url, content=json.dumps(body), headers=headers)
-            t2 = time.perf_counter()
-            assert r.status_code == 200, r.text
-            out = r.json()
-            assert "result" in out and not out["result"].get("isError"), out
-            if i >= 50:
-                ping.append((t1 - t0) * 1e3)
-                lat.append((t2 - t1) * 1e3)
+            for what in (("list", "call") if i % 2 else ("call", "list")):  # alternate the order
+                t0 = time.perf_counter()
+                if what == "list":
+                    r = c.post(url, content=json.dumps({"jsonrpc": "2.0", "id": i, "method": "tools/list"}), headers=headers)
+                else:
+                    r = c.post(url, content=json.dumps(body), headers=headers)
+                dt = (time.perf_counter() - t0) * 1e3
+                assert r.status_code == 200, r.text
+                out = r.json()
+                assert "result" in out and not out["result"].get("isError"), out
+                if i >= 50:
+                    (ping if what == "list" else lat).append(dt)
     return _pct(lat), _pct(ping)
 
 

@@ -487,6 +487,10 @@ def write(out: Path, results: dict[str, Any], args: Any, dur: float, prof: str |
         "",
         f"- Throughput: {cs_r['throughput']['rps']:.0f} req/s = **{ratio:.1f}x** Feast 0.67's 881 req/s (target >= 5x); "
         f"{cs_r['throughput']['rps'] / fl['throughput']['rps']:.0%} of the floor's {fl['throughput']['rps']:.0f} req/s.",
+        f"- Server CPU per request: {cs_r['throughput']['server_cpu_us_per_request']:.0f} us vs the floor's "
+        f"{fl['throughput']['server_cpu_us_per_request']:.0f} us (same run). Derived, not measured: with 2 cores to itself the "
+        f"server would be CPU-bound near {2e6 / cs_r['throughput']['server_cpu_us_per_request']:.0f} req/s "
+        f"(floor: {2e6 / fl['throughput']['server_cpu_us_per_request']:.0f}).",
         f"- p99 at {args.rate:.0f} req/s: **{cs_r['fixed']['p99_ms']:.2f} ms** (target <= 5 ms; floor {fl['fixed']['p99_ms']:.2f} ms); "
         f"max {cs_r['fixed']['max_ms']:.1f} ms, {cs_r['fixed']['over_100ms']} requests over 100 ms (stalls).",
         "",

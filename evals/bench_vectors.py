@@ -182,7 +182,7 @@ def bench_size(n: int, queries: int, kind: str, nprobe: int | None, data: str = 
     from embedders import get_embedder
 
     emb = get_embedder("all-MiniLM-L6-v2")
-    texts = sentences(min(queries, 300), seed=n)
+    texts = sentences(min(queries, 300), seed=n + len(data))  # fresh texts per run: no cache hits
     emb.embed(["warm up"])
     res["find_similar_text"] = timed(lambda s: vs.find_similar("items", text=s, k=10), texts, warmup=0)
     res["find_similar_text_cached"] = timed(lambda s: vs.find_similar("items", text=s, k=10), texts[:200], warmup=0)

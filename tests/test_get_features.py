@@ -233,3 +233,12 @@ def test_materialize_is_incremental_and_idempotent(tmp_path: Path) -> None:
     with pytest.raises(NotFoundError, match="unknown feature view 'nope'"):
         s.materialize(views=["nope"])
     s.close()
+
+
+def test_two_services_do_not_share_metadata(store: cs.ContextStore) -> None:
+    """Metadata objects are memoised across requests; each service keeps its own names."""
+    a = store.get_features("pair", {"user_id": "u1", "merchant_id": 10})
+    b = store.get_features("fraud", {"user_id": "u1"}, {"amount": 1.0})
+    a2 = store.get_features("pair", {"user_id": "u1", "merchant_id": 10})
+    assert [m.name for m in a.metadata] == [m.name for m in a2.metadata] == list(a.feature_values)
+    assert [m.name for m in b.metadata] == list(b.feature_values)

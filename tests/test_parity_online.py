@@ -120,7 +120,7 @@ def _dt(t: int) -> Any:
     return us_to_datetime(t)
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 120))
 def test_online_equals_training_data(store: cs.ContextStore, seed: int, n: int) -> None:
     rng = random.Random(seed)

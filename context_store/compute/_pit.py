@@ -13,7 +13,6 @@ index range ``[lo, hi)``. Window functions are then O(1) or O(log n) per row:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,23 +83,15 @@ class EventIndex:
             return np.searchsorted(self.uniq_ts, b, side="left").astype(np.int64)
         return b - self.ts_min
 
-    def positions(self, seg: np.ndarray, bound: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
+    def positions(self, seg: np.ndarray, bound: np.ndarray) -> np.ndarray:
         """Index of the first event of ``seg`` with ``ts >= bound`` (so ``[lo, hi)`` = ``start <= ts < end``).
 
-        Rows with ``seg < 0`` (unknown entity) get 0. ``order`` sorts the queries (faster search).
+        Rows with ``seg < 0`` (unknown entity) get 0. Queries sorted by (seg, bound) search fastest.
         """
-        out = np.zeros(len(seg), dtype=np.int64)
         if self.n == 0:
-            return out
-        ok = seg >= 0
-        q = seg * self.span + self._tb(bound)
-        if order is not None:
-            qs = q[order]
-            res = np.searchsorted(self.key, qs, side="left")
-            out[order] = res
-        else:
-            out = np.searchsorted(self.key, q, side="left").astype(np.int64)
-        out[~ok] = 0
+            return np.zeros(len(seg), dtype=np.int64)
+        out = np.searchsorted(self.key, seg * self.span + self._tb(bound), side="left").astype(np.int64)
+        out[seg < 0] = 0
         return out
 
 
@@ -147,6 +138,8 @@ def build_index(keys: list[pa.ChunkedArray], ts: np.ndarray) -> EventIndex:
         tsr = ts - ts_min
     key = seg * span
     key += tsr
+    if null is not None:
+        key[null] = -1  # before every segment, and never searched for (lookups use seg >= 0)
     d = np.diff(key) if n > 1 else np.zeros(0, dtype=np.int64)
     if len(d) and d.min() < 0:
         perm = np.argsort(key, kind="stable")
@@ -295,19 +288,20 @@ class RangeExtrema:
                     mid[sel] = self.uf(tab[a[sel]], tab[b[sel] - (1 << int(k)) + 1])
                 r[has] = self.uf(r[has], mid)
             res[ne[d]] = r
-        # ranges inside one block (mostly short): extend each by one element per pass, dropping
-        # finished ranges, so the work is the total length of those ranges.
+        # ranges inside one block (mostly short): longest first, then pass k extends the ranges
+        # longer than k -- a prefix of that order -- by one element (work = their total length)
         s = np.nonzero(same)[0]
         if len(s):
+            length = h[s] - lo_[s] + 1  # 1..64
+            order = np.argsort((_BLOCK - length).astype(np.int16), kind="stable")  # radix sort
+            s = s[order]
             start = lo_[s]
-            length = h[s] - start + 1
+            desc = length[order]
             r = self.v[start]
-            act = np.nonzero(length > 1)[0]
-            k = 1
-            while len(act):
-                r[act] = self.uf(r[act], self.v[start[act] + k])
-                k += 1
-                act = act[length[act] > k]
+            asc = desc[::-1]
+            for k in range(1, int(desc[0]) if len(desc) else 1):
+                c = len(asc) - int(np.searchsorted(asc, k, side="right"))  # ranges longer than k
+                self.uf(r[:c], self.v[start[:c] + k], out=r[:c])
             res[ne[s]] = r
         return res
 
@@ -402,5 +396,3 @@ def value_order(values: pa.Array) -> np.ndarray | None:
         return values.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
     return pc.rank(values, sort_keys="ascending", tiebreaker="dense").to_numpy().astype(np.int64)
 
-
-Kernel = Callable[..., Any]

@@ -25,10 +25,15 @@ class ViewData:
     """One view's events, indexed, with per-column caches shared by its aggregations."""
 
     def __init__(self, view: FeatureView, events: pa.Table, spine_keys: list[Any], end: np.ndarray) -> None:
+        # Rows with a null timestamp or join key belong to no entity's history: leave them out.
+        needed = [view.timestamp_field, *view.join_keys]
+        if any(events.column(c).null_count for c in needed):
+            mask = None
+            for c in needed:
+                m = pc.is_valid(events.column(c))
+                mask = m if mask is None else pc.and_(mask, m)
+            events = events.filter(mask)
         ts_col = events.column(view.timestamp_field)
-        if ts_col.null_count:
-            events = events.filter(pc.is_valid(ts_col))
-            ts_col = events.column(view.timestamp_field)
         self.events = events
         ts = ts_col.cast(pa.int64()).to_numpy() if events.num_rows else np.zeros(0, np.int64)
         self.idx = _pit.build_index([events.column(k) for k in view.join_keys], ts.astype(np.int64, copy=False))

@@ -288,24 +288,6 @@ class AggPlan:
                 res[b + 5] = 0.0
         return res
 
-    def num_of_events(self, cols: Columns, lo: int | None, hi: int) -> list[float]:
-        """Numeric block of the events with ``lo <= ts < hi`` (plain Python: edges hold few events)."""
-        ts = cols.ts.tolist()
-        sel = [i for i, x in enumerate(ts) if x < hi and (lo is None or x >= lo)]
-        res = [float(len(sel))]
-        for c in self.num_cols:
-            valid = cols.valid[c].tolist()
-            x = cols.num[c].tolist()
-            vals = [x[i] for i in sel if valid[i]]
-            if not vals:
-                res += [0.0, 0.0, math.inf, -math.inf, 0.0, 0.0]
-                continue
-            n = float(len(vals))
-            s = sum(vals)
-            mean = s / n
-            res += [n, s, min(vals), max(vals), mean, sum((v - mean) ** 2 for v in vals)]
-        return res
-
     def merge_rows(self, rows: list[list[float]]) -> list[float]:
         """``merge_num`` for a few blocks given as Python lists (same formulas, no numpy overhead)."""
         if len(rows) == 1:

@@ -81,9 +81,12 @@ def sort_for_pit(table: pa.Table, keys: list[str], ts: str, stable: bool = True)
         return table
     code = np.zeros(n, dtype=np.int64)
     radix = 1
+    encoded: dict[str, tuple[np.ndarray, pa.Array]] = {}
     for k in keys:
         enc = pc.dictionary_encode(table.column(k).combine_chunks())
         c = enc.indices.fill_null(-1).to_numpy().astype(np.int64)
+        if enc.indices.null_count == 0:
+            encoded[k] = (c, enc.dictionary)
         r = len(enc.dictionary) + 1
         code = code * r + (c + 1)
         radix *= r
@@ -99,7 +102,15 @@ def sort_for_pit(table: pa.Table, keys: list[str], ts: str, stable: bool = True)
         order = np.lexsort((tsv, code))
         if bool(np.all(order[1:] > order[:-1])):
             return table
-    return table.take(pa.array(order))
+    idx = pa.array(order)
+    cols = []
+    for name in table.column_names:
+        if name in encoded:  # rebuild keys from their small dictionary: cheaper than gathering strings
+            c, d = encoded[name]
+            cols.append(d.take(pa.array(c[order])))
+        else:
+            cols.append(table.column(name).take(idx))
+    return pa.Table.from_arrays(cols, schema=table.schema)
 
 
 def _views_to_run(defs: RepoDefinitions, views: Sequence[str] | None, report: BackfillReport) -> list[FeatureView]:

@@ -119,6 +119,15 @@ def materialize(
         if state.is_aggregate and not state.has_lifetime:
             h_start = state.horizon(now) * state.g  # older tiles are unreachable
             start = h_start if start is None else max(start, h_start)
+        if vr.mode == "incremental":
+            # Nothing newer than the watermark: nothing to reload (a cheap filtered probe).
+            probe = offline.read(table_name, columns=[view.timestamp_field], ts_column=view.timestamp_field,
+                                 start_us=wm["max_ts"] + 1)
+            if probe.num_rows == 0:
+                vr.watermark_us = wm["max_ts"]
+                vr.seconds = time.perf_counter() - t1
+                report.views.append(vr)
+                continue
         cols = list(dict.fromkeys(view.join_keys + [view.timestamp_field] + (
             state.plan.columns if state.plan else [f.name for f in view.features_in])))
         table = offline.read(table_name, columns=cols, ts_column=view.timestamp_field, start_us=start)
@@ -218,23 +227,19 @@ def materialize_table(state: ViewState, table: pa.Table, online: Any, now_us: in
                 ops.sets[kvals[k]][pre + str(j)] = benc[i]
         if state.has_lifetime:
             empty = None
-            for key, d in ops.sets.items():
+            for d in ops.sets.values():
                 if state.L not in d:
                     empty = empty or h_bytes + plan.encode(plan.empty())
                     d[state.L] = empty
         # Expiry from each entity's latest event.
         last_rows = (ends[key_ends[c0:c1] - 1] - 1)
-        for k, mt in zip(gk[key_starts[c0:c1]].tolist(), cols_ts_at(cols, last_rows)):
+        for k, mt in zip(gk[key_starts[c0:c1]].tolist(), cols.ts[last_rows].tolist()):
             ops.expire[kvals[k]] = state.expire_ms(mt, now_us)
         fields += len(ops)
         online.write_ops(ops)
         if bar is not None:
             bar.update(r1 - r0)
     return len(kvals), fields
-
-
-def cols_ts_at(cols: Columns, idx: np.ndarray) -> list[int]:
-    return cols.ts[idx].tolist()
 
 
 def _slice(cols: Columns, a: int, b: int) -> Columns:

@@ -166,6 +166,56 @@ def encode_raw_groups(cols: Columns, plan: AggPlan, starts: np.ndarray, ends: np
     return out
 
 
+def parse_raw_num(buf: bytes, plan: AggPlan) -> tuple[list[int], dict[str, Any], dict[str, Any]]:
+    """Timestamps, validity and values of the numeric columns of a raw field, as Python
+    sequences (no arrays: edges hold few events and are read on the hot path)."""
+    ts_all: list[int] = []
+    valid_all: dict[str, Any] = {c: b"" for c in plan.num_cols}
+    vals_all: dict[str, Any] = {c: () for c in plan.num_cols}
+    off = 0
+    end = len(buf)
+    while off < end:
+        (n,) = _HDR.unpack_from(buf, off)
+        off += 4
+        ts_all += struct.unpack_from(f"<{n}q", buf, off)
+        off += 8 * n
+        for c in plan.columns:
+            dt = plan.types[c]
+            valid = buf[off : off + n]
+            off += n
+            if isinstance(dt, Embedding):
+                off += 4 * n * dt.dim
+            elif dt.name == "string":
+                off += 4 * n + sum(struct.unpack_from(f"<{n}I", buf, off))
+            elif dt.name == "bool":
+                off += n
+            else:
+                if c in valid_all:
+                    valid_all[c] += valid
+                    vals_all[c] += struct.unpack_from(f"<{n}{'d' if dt.name == 'float64' else 'q'}", buf, off)
+                off += 8 * n
+    return ts_all, valid_all, vals_all
+
+
+def raw_num_block(parsed: tuple[list[int], dict[str, Any], dict[str, Any]], plan: AggPlan, lo: int | None, hi: int) -> list[float]:
+    """The numeric block (same formulas as AggPlan.partials_grouped) of the parsed raw events
+    with ``lo <= ts < hi``: the continuous-mode edge of a numbers-only view."""
+    ts_all, valid_all, vals_all = parsed
+    sel = [i for i, x in enumerate(ts_all) if x < hi and (lo is None or x >= lo)]
+    res = [float(len(sel))]
+    for c in plan.num_cols:
+        v, x = valid_all[c], vals_all[c]
+        vals = [float(x[i]) for i in sel if v[i]]
+        if not vals:
+            res += [0.0, 0.0, math.inf, -math.inf, 0.0, 0.0]
+            continue
+        cnt = float(len(vals))
+        s = sum(vals)
+        mean = s / cnt
+        res += [cnt, s, min(vals), max(vals), mean, sum((y - mean) ** 2 for y in vals)]
+    return res
+
+
 def decode_raw(buf: bytes, plan: AggPlan) -> Columns:
     parts: list[Columns] = []
     off = 0
@@ -353,11 +403,12 @@ class ViewState:
             num, objs = plan.decode_many([values[i] for i in present])  # type: ignore[misc]
         else:
             num, objs = np.empty((0, plan.K)), None
-        raws: dict[int, Columns] = {}
+        fast = objs is None and not plan.slots and not self.has_lifetime
+        raws: dict[int, Any] = {}
         for j, ti in enumerate(ctx.raw_tiles):
             v = values[nb + j]
             if v is not None:
-                raws[ti] = decode_raw(v, plan)
+                raws[ti] = parse_raw_num(v, plan) if fast else decode_raw(v, plan)
         base: Partial | None = None
         if self.has_lifetime and values[-1] is not None:
             base = plan.decode(values[-1][8:])  # type: ignore[index]
@@ -367,7 +418,7 @@ class ViewState:
         for (w, which), ids in zip(self.windows, ctx.per_window):
             rows = [pos[i] for i in ids if i in pos]
             edges: list[Partial] = []
-            if objs is None and not plan.slots and (w is not None or base is None) and not extra:
+            if fast:
                 # Numbers only (the common case): plain-Python merge of a few blocks and edge events.
                 if numl is None:
                     numl = num.tolist()
@@ -375,10 +426,10 @@ class ViewState:
                 if not self.interval:
                     s = None if w is None else t - w
                     if s is not None and s // g < ctx.b and s // g in raws:
-                        parts_l.append(plan.num_of_events(raws[s // g], s, t))
+                        parts_l.append(raw_num_block(raws[s // g], plan, s, t))
                     if ctx.b in raws:
                         lo = s if s is not None and s // g >= ctx.b else None
-                        parts_l.append(plan.num_of_events(raws[ctx.b], lo, t))
+                        parts_l.append(raw_num_block(raws[ctx.b], plan, lo, t))
                 mnum = plan.merge_rows(parts_l) if parts_l else plan.empty_list
                 for i in which:
                     out[i] = plan.finalize(plan.outputs[i], mnum, [])

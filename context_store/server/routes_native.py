@@ -78,10 +78,10 @@ def native_router(state: ServerState) -> APIRouter:
     ) -> Response:
         principal = state.authenticate(request)
         _, store = state.store_for(principal, "read", workspace)
-        request.scope["cs.service"] = service or ""
         result = await run_in_threadpool(
             store.get_user_context, entity_id, context_service=service, max_tokens=max_tokens, as_of=as_of
         )
+        request.scope["cs.service"] = service or ""  # labels only names that exist (bounded cardinality)
         return json_response(to_jsonable(result))
 
     @router.post("/similar", openapi_extra=schemas.body(schemas.SIMILAR))
@@ -99,10 +99,10 @@ def native_router(state: ServerState) -> APIRouter:
         flt = _opt(body, "filter", dict, "a JSON object")
         k = _k(body, 10, 1000)
         _, store = state.store_for(principal, "read", _opt(body, "workspace", str, "a string"))
-        request.scope["cs.service"] = view
         result = await run_in_threadpool(
             lambda: store.find_similar(view, text=text, entity_id=entity_id, vector=vector, k=k, filter=flt)
         )
+        request.scope["cs.service"] = view
         return json_response(to_jsonable(result))
 
     @router.post("/knowledge/search", openapi_extra=schemas.body(schemas.KNOWLEDGE))
@@ -114,8 +114,8 @@ def native_router(state: ServerState) -> APIRouter:
         k = _k(body, 5, 100)
         flt = _opt(body, "filter", dict, "a JSON object")
         _, store = state.store_for(principal, "read", _opt(body, "workspace", str, "a string"))
-        request.scope["cs.service"] = knowledge
         result = await run_in_threadpool(lambda: store.search_knowledge(knowledge, query, k=k, filter=flt))
+        request.scope["cs.service"] = knowledge
         return json_response(to_jsonable(result))
 
     @router.post("/ingest", openapi_extra=schemas.body(schemas.INGEST))

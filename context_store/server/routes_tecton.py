@@ -144,8 +144,9 @@ class TectonHandlers:
         principal = self.state.authenticate_header(auth)
         workspace, service = tecton.parse_metadata_request(loads_body(body))
         _, store = self.state.store_for(principal, "read", workspace)
+        out = await run_in_threadpool(lambda: tecton.service_metadata(store.definitions, service))
         scope["cs.service"] = service
-        return await run_in_threadpool(lambda: tecton.service_metadata(store.definitions, service))
+        return out
 
     def routes(self) -> dict[tuple[str, str], Handler]:
         """``(method, path) -> handler`` for the fast-path dispatcher."""

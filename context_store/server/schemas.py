@@ -8,6 +8,9 @@ from typing import Any
 __all__ = ["body", "GET_FEATURES", "GET_FEATURES_BATCH", "METADATA", "SIMILAR", "KNOWLEDGE", "INGEST", "ERROR_RESPONSES"]
 
 _JOIN_KEYS = {"type": "object", "additionalProperties": {"type": ["string", "integer", "null"]}}
+# Values of request context, ingest records and filters: scalars or lists of scalars (embeddings, tags).
+_SCALAR = {"type": ["string", "number", "integer", "boolean", "null"]}
+_VALUES = {"type": "object", "additionalProperties": {"anyOf": [_SCALAR, {"type": "array", "items": _SCALAR}]}}
 _OPTIONS = {
     "type": "object",
     "properties": {k: {"type": "boolean"} for k in (
@@ -39,7 +42,7 @@ GET_FEATURES = _params(
         "workspaceName": {"type": "string"},
         "featureServiceName": {"type": "string", "minLength": 1},
         "joinKeyMap": _JOIN_KEYS,
-        "requestContextMap": {"type": "object"},
+        "requestContextMap": _VALUES,
         "metadataOptions": _OPTIONS,
         "requestOptions": _REQUEST_OPTIONS,
         "allowPartialResults": {"type": "boolean"},
@@ -53,7 +56,7 @@ GET_FEATURES_BATCH = _params(
         "featureServiceName": {"type": "string", "minLength": 1},
         "requestData": {
             "type": "array", "minItems": 1, "maxItems": 1000,
-            "items": {"type": "object", "properties": {"joinKeyMap": _JOIN_KEYS, "requestContextMap": {"type": "object"}}},
+            "items": {"type": "object", "properties": {"joinKeyMap": _JOIN_KEYS, "requestContextMap": _VALUES}},
         },
         "metadataOptions": _OPTIONS,
         "requestOptions": _REQUEST_OPTIONS,
@@ -76,7 +79,7 @@ SIMILAR = {
         "entity_id": {"type": "string"},
         "vector": {"type": "array", "items": {"type": "number"}},
         "k": {"type": "integer", "minimum": 1, "maximum": 1000},
-        "filter": {"type": "object"},
+        "filter": _VALUES,
         "workspace": {"type": "string"},
     },
 }
@@ -88,7 +91,7 @@ KNOWLEDGE = {
         "knowledge": {"type": "string", "minLength": 1},
         "query": {"type": "string", "minLength": 1},
         "k": {"type": "integer", "minimum": 1, "maximum": 100},
-        "filter": {"type": "object"},
+        "filter": _VALUES,
         "workspace": {"type": "string"},
     },
 }
@@ -103,7 +106,7 @@ INGEST = {
             "type": "object",
             "additionalProperties": {
                 "type": "array",
-                "items": {"type": "object", "required": ["record"], "properties": {"record": {"type": "object"}}},
+                "items": {"type": "object", "required": ["record"], "properties": {"record": _VALUES}},
             },
         },
     },

@@ -79,6 +79,7 @@ class FeatureServer:
         self._plans: dict[str, _Plan] = {}
         self._states: dict[str, ViewState] = {}
         self._lock = threading.Lock()
+        self._memo: dict[Any, Any] = {}
 
     # -- compilation --------------------------------------------------------------------
     def state(self, view: FeatureView) -> ViewState:
@@ -202,7 +203,9 @@ class FeatureServer:
     def _reads(self, plan: _Plan, keys: dict[str, Any]) -> list[tuple[ViewState, str]]:
         return [(r.state, KEY_SEP.join(f"{k}={keys[k]}" for k in r.join_keys)) for r in plan.reads]
 
-    def _assemble(self, plan: _Plan, keys: dict[str, Any], ctx: Mapping[str, Any], res: list[ViewValues], t: int) -> FeatureVector:
+    def _assemble(self, plan: _Plan, keys: dict[str, Any], ctx: Mapping[str, Any], res: list[ViewValues], t: int,
+                  shared: dict[Any, Any] | None = None) -> FeatureVector:
+        """``shared`` (batches): identical metadata and effective times are built once (they are immutable)."""
         rt_out: list[dict[str, Any]] = []
         for view, srcs in plan.realtimes:
             args: list[dict[str, Any]] = []
@@ -223,9 +226,18 @@ class FeatureServer:
             rt_out.append(out)  # type: ignore[arg-type]
         values: dict[str, Any] = {}
         metadata: list[FeatureMetadata] = []
-        effs = [us_to_datetime(r.effective_us) if r.values is not None and r.effective_us is not None else None for r in res]
+        if shared is None:
+            effs = [us_to_datetime(r.effective_us) if r.values is not None and r.effective_us is not None else None for r in res]
+        else:
+            effs = []
+            for r in res:
+                e = r.effective_us if r.values is not None else None
+                d = shared.get(e)
+                if d is None and e is not None:
+                    d = shared[e] = us_to_datetime(e)
+                effs.append(d)
         req_dt = us_to_datetime(t) if rt_out else None
-        for ri, vi, fname, name, dtype, vname in plan.specs:
+        for i, (ri, vi, fname, name, dtype, vname) in enumerate(plan.specs):
             if ri < 0:
                 v = rt_out[vi].get(fname)
                 eff = req_dt
@@ -234,7 +246,14 @@ class FeatureServer:
                 v = vv[vi] if vv is not None else None
                 eff = effs[ri]
             values[name] = v
-            metadata.append(FeatureMetadata(name, dtype, MISSING_DATA if v is None else PRESENT, eff, vname))
+            if shared is None:
+                metadata.append(FeatureMetadata(name, dtype, MISSING_DATA if v is None else PRESENT, eff, vname))
+            else:
+                mk = (plan.name, i, v is None, eff)  # memo is shared by every service
+                m = shared.get(mk)
+                if m is None:
+                    m = shared[mk] = FeatureMetadata(name, dtype, MISSING_DATA if v is None else PRESENT, eff, vname)
+                metadata.append(m)
         return FeatureVector(values, metadata, keys, None)
 
     def get_features(
@@ -249,9 +268,15 @@ class FeatureServer:
         ctx = self._context(plan, request_context)
         t = to_us(request_time)
         res = self.online.read_features(self._reads(plan, keys), t)
-        fv = self._assemble(plan, keys, ctx, res, t)
+        fv = self._assemble(plan, keys, ctx, res, t, self._shared())
         fv.request_time = request_time if isinstance(request_time, datetime) else us_to_datetime(t)
         return fv
+
+    def _shared(self) -> dict[Any, Any]:
+        """Immutable metadata/effective times reused across requests (bounded)."""
+        if len(self._memo) > 8192:
+            self._memo = {}
+        return self._memo
 
     async def get_features_async(
         self,
@@ -265,7 +290,7 @@ class FeatureServer:
         ctx = self._context(plan, request_context)
         t = to_us(request_time)
         res = await self.online.read_features_async(self._reads(plan, keys), t)
-        fv = self._assemble(plan, keys, ctx, res, t)
+        fv = self._assemble(plan, keys, ctx, res, t, self._shared())
         fv.request_time = us_to_datetime(t)
         return fv
 
@@ -326,9 +351,10 @@ class FeatureServer:
     def _split(self, plan: _Plan, keys_l: list[dict[str, Any]], ctxs: list[Mapping[str, Any]], res: list[ViewValues], t: int) -> list[FeatureVector]:
         n = len(plan.reads)
         rt = us_to_datetime(t)
+        shared = self._shared()
         out = []
         for i, (keys, ctx) in enumerate(zip(keys_l, ctxs)):
-            fv = self._assemble(plan, keys, ctx, res[i * n : (i + 1) * n], t)
+            fv = self._assemble(plan, keys, ctx, res[i * n : (i + 1) * n], t, shared)
             fv.request_time = rt
             out.append(fv)
         return out

@@ -5,53 +5,45 @@
 
 Runs itself under ``.venv-feast/bin/python`` (re-exec) so Feast's pins never touch the main venv.
 Data is generated here (deterministic, same generator shape as evals/bench_batch.py). Feast has no
-window aggregations, so the 3 windows x 4 functions are precomputed per event in pandas (timed
+window aggregations, so the 3 windows x 4 functions are precomputed per event with numpy (timed
 separately) and served by Feast as plain batch features. Writes ``evals/results/feast.md``.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
 import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
 import sys
+import tempfile
+import textwrap
+import time
+import warnings
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+import pandas as pd
+
+try:
+    from .feast_report import report
+except ImportError:  # run as a script (how the Feast venv runs it): the sibling module is on sys.path[0]
+    from feast_report import report  # type: ignore[no-redef]
+
+__all__ = ["generate_events", "main", "precompute_windows"]
 
 _HERE = Path(__file__).resolve()
 _VENV_PY = _HERE.parents[2] / ".venv-feast" / "bin" / "python"
-try:
-    import feast  # noqa: F401
-except ImportError:  # re-exec under the Feast venv; never install Feast into the main venv
-    if _VENV_PY.exists() and Path(sys.executable) != _VENV_PY:
-        os.execv(str(_VENV_PY), [str(_VENV_PY), str(_HERE), *sys.argv[1:]])
-    raise SystemExit("feast not installed: run `python evals/peers/feast_setup.py` first")
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import platform  # noqa: E402
-import random  # noqa: E402
-import re  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import textwrap  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from datetime import datetime, timedelta, timezone  # noqa: E402
-from typing import Any  # noqa: E402
-from urllib.parse import urlparse  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-__all__ = ["generate_events", "precompute_windows", "main"]
-
-warnings.filterwarnings("ignore")
-logging.disable(logging.WARNING)
-
 ROOT = _HERE.parents[2]
 DAY_US = 86_400 * 1_000_000
 T0 = 1_704_067_200_000_000  # 2024-01-01T00:00:00Z, as in bench_batch
@@ -59,6 +51,16 @@ WINDOWS = {"1h": 3_600_000_000, "1d": DAY_US, "7d": 7 * DAY_US}
 FUNCS = ("count", "sum", "mean", "max")
 AGG_COLS = [f"amount_{f}_{w}" for w in WINDOWS for f in FUNCS]
 ONLINE_10 = AGG_COLS[:10]  # 1 entity x 10 features, as bench_online / bench_server
+
+
+def _ensure_feast_python() -> None:
+    """Re-exec under the Feast venv when Feast is missing here (never install Feast into the main venv)."""
+    try:
+        import feast  # noqa: F401
+    except ImportError:
+        if _VENV_PY.exists() and Path(sys.executable) != _VENV_PY:
+            os.execv(str(_VENV_PY), [str(_VENV_PY), str(_HERE), *sys.argv[1:]])
+        raise SystemExit("feast not installed: run `python evals/peers/feast_setup.py` first") from None
 
 
 # -- data (same shape as evals/bench_batch.py) ------------------------------------------------------
@@ -169,20 +171,22 @@ def timed(fn: Callable[[], Any], n: int) -> list[float]:
     return out
 
 
-def interleaved(cases: dict[str, Callable[[], Any]], n: int, rounds: int = 5, warmup: int = 100) -> dict[str, list[float]]:
-    """Same scheme as evals/bench_online.py: floor and measured cases alternate, so noise hits both."""
+def interleaved(cases: dict[str, Callable[[], Any]], n: int, rounds: int = 5,
+                warmup: int = 100) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Same scheme as evals/bench_online.py: floor and measured cases alternate, so noise hits both.
+
+    Returns latencies (µs) per case and this process's CPU µs per call (steadier on a loaded machine).
+    """
     for fn in cases.values():
         timed(fn, warmup)
     res: dict[str, list[float]] = {k: [] for k in cases}
+    cpu: dict[str, float] = dict.fromkeys(cases, 0.0)
     for _ in range(rounds):
         for k, fn in cases.items():
+            c = time.process_time()
             res[k] += timed(fn, max(1, n // rounds))
-    return res
-
-
-def pct(xs: list[float], p: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, int(p * len(s)))]
+            cpu[k] += time.process_time() - c
+    return res, {k: 1e6 * cpu[k] / len(res[k]) for k in cases}
 
 
 def check_training(spine: pd.DataFrame, out: pd.DataFrame, feats: pd.DataFrame, ttl: timedelta | None) -> dict[str, Any]:
@@ -212,13 +216,14 @@ def check_training(spine: pd.DataFrame, out: pd.DataFrame, feats: pd.DataFrame, 
         "missing": len(missing), "missing_unknown_user": int(unknown_user.sum()),
         "missing_before_first_row": int(before_first.sum()),
         "missing_other": int(len(missing) - unknown_user.sum() - before_first.sum()),
+        "order_kept": bool(len(out) == len(spine) and (got_ids == spine["spine_id"].to_numpy()).all()),
         "value_mismatches": bad, "values_compared": len(common) * len(AGG_COLS), "merge_asof_s": asof_s,
     }
 
 
 def bench_historical(repo_root: Path, offline: str, feats_path: Path, feats: pd.DataFrame, spine: pd.DataFrame,
-                     ttl: timedelta | None, runs: int, redis_url: str) -> dict[str, Any]:
-    repo = repo_root / f"repo_{offline}"
+                     ttl: timedelta | None, runs: int, redis_url: str, tag: str = "") -> dict[str, Any]:
+    repo = repo_root / f"repo_{tag or offline}"
     repo.mkdir()
     project = f"ctxbench_hist_{offline}_{random.getrandbits(24):06x}"
     write_repo(repo, project, offline, redis_url)
@@ -277,7 +282,7 @@ def bench_online(store: Any, project: str, feats: pd.DataFrame, redis_url: str, 
     fk = f"{project}:floor"
     r.hset(fk, mapping={f"feature_{i}": str(1000.5 + i) for i in range(10)})
     sample = store.get_online_features(features=refs, entity_rows=[{"user_id": users[0]}]).to_dict()
-    lat = interleaved({
+    lat, lat_cpu = interleaved({
         "floor: redis-py HGETALL 10-field hash": lambda: r.hgetall(fk),
         "Feast get_online_features 1 entity x 10 features (.to_dict())":
             lambda: store.get_online_features(features=refs, entity_rows=[{"user_id": nxt()}]).to_dict(),
@@ -295,13 +300,13 @@ def bench_online(store: Any, project: str, feats: pd.DataFrame, redis_url: str, 
             p.hgetall(fk)
         p.execute()
 
-    blat = interleaved({
+    blat, blat_cpu = interleaved({
         "floor: pipeline of 100 HGETALL": floor100,
         "Feast get_online_features 100 entities x 10 features (.to_dict())":
             lambda: store.get_online_features(features=refs, entity_rows=nb()).to_dict(),
     }, max(100, n // 20), warmup=10)
     r.delete(fk)
-    return {"lat": lat, "blat": blat, "sample": {k: v[0] for k, v in sample.items()}, "refs": refs, "users": users}
+    return {"lat": lat, "blat": blat, "lat_cpu": lat_cpu, "blat_cpu": blat_cpu, "sample": {k: v[0] for k, v in sample.items()}, "refs": refs, "users": users}
 
 
 # -- feature server -----------------------------------------------------------------------------------
@@ -325,7 +330,7 @@ def wrk(port: int, body: str, seconds: int, connections: int = 16) -> dict[str, 
         os.unlink(script)
 
     def ms(label: str) -> float | None:
-        m = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        m = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE)
         return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)] if m else None
 
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
@@ -343,8 +348,9 @@ def bench_server(repo: Path, refs: list[str], user: str, seconds: int, runs: int
     feast_bin = str(Path(sys.executable).parent / "feast")
     cmd = [feast_bin, "--chdir", str(repo), "serve", "-h", "127.0.0.1", "-p", str(port), "-w", "2",
            "--no-access-log", *extra]
-    log = open(repo / f"serve_{port}.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log_path = repo / f"serve_{port}.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     body = json.dumps({"features": refs, "entities": {"user_id": [user]}})
     try:
         deadline = time.time() + 90
@@ -356,7 +362,7 @@ def bench_server(repo: Path, refs: list[str], user: str, seconds: int, runs: int
                 break
             except OSError:
                 if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"feast serve did not come up: {(repo / f'serve_{port}.log').read_text()[-2000:]}")
+                    raise RuntimeError(f"feast serve did not come up: {log_path.read_text()[-2000:]}")
                 time.sleep(0.5)
         load = os.getloadavg()[0]
         wrk(port, body, 2)  # warm-up
@@ -370,133 +376,23 @@ def bench_server(repo: Path, refs: list[str], user: str, seconds: int, runs: int
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
     best = sorted(res, key=lambda x: x["rps"])[len(res) // 2]
     return {"cmd": " ".join(["feast", "serve", "-w", "2", "--no-access-log", *extra]), "runs": res,
             "median": best, "load": load, "sample": sample}
 
 
-# -- report -------------------------------------------------------------------------------------------
-
-def lat_table(lat: dict[str, list[float]], floor_key: str) -> list[str]:
-    floor = statistics.median(lat[floor_key])
-    rows = ["| case | p50 µs | p99 µs | vs floor p50 | samples |", "|---|---:|---:|---:|---:|"]
-    for k, xs in lat.items():
-        rows.append(f"| {k} | {statistics.median(xs):,.1f} | {pct(xs, 0.99):,.1f} | "
-                    f"{statistics.median(xs) / floor:.2f}x | {len(xs):,} |")
-    return rows
-
-
-def report(args: argparse.Namespace, meta: dict[str, Any], hist: list[dict[str, Any]], mats: list[dict[str, Any]],
-           online: dict[str, Any] | None,
-           server: list[dict[str, Any]]) -> str:
-    import feast
-    import redis
-
-    versions = {"feast": feast.__version__, "pandas": pd.__version__, "numpy": np.__version__,
-                "redis-py": redis.__version__}
-    for mod in ("dask", "duckdb", "ibis", "pyarrow"):
-        try:
-            versions[mod] = __import__(mod).__version__
-        except Exception:  # optional extras
-            pass
-    rs = redis.Redis.from_url(args.redis).info("server")
-    cmd = "python evals/peers/bench_feast.py" + "".join(
-        f" {a}" for a in meta["argv"])
-    L = [
-        "# Feast 0.67 peer benchmark (same machine, same shapes as our benchmarks)", "",
-        f"Run {meta['started']} UTC, `{cmd}` (one-time setup: `python evals/peers/feast_setup.py`).",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Linux {platform.release()}, Python "
-        f"{platform.python_version()}; Redis {rs.get('redis_version')} at {args.redis} (local). "
-        f"Load average (1/5/15 min) at start: {meta['load_start']}, at end: {meta['load_end']} -- other "
-        "sessions were running tests on the same 2 cores, so wall times are pessimistic for every system alike.",
-        "Versions (in `.venv-feast`): " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".", "",
-        "## 1. Historical retrieval (`get_historical_features`, point-in-time training data)", "",
-        f"Data (generated in the script, same generator as `evals/bench_batch.py`): {meta['events']:,} transaction events, "
-        f"{args.users:,} users (Zipf-like activity), {args.days} days; spine of {meta['spine']:,} rows over "
-        f"{args.days + 1} days with ~5% unknown users. Feast has no window aggregations, so 3 windows (1h, 1d, 7d) x "
-        f"4 functions (count, sum, mean, max) were **precomputed per event** over `(ts - W, ts]` (vectorised numpy, "
-        f"checked equal to pandas `groupby().rolling(W)`; {meta['precompute_s']:.2f}s = {meta['events'] / meta['precompute_s']:,.0f} events/s, not included below) "
-        f"into a Parquet file of {meta['events']:,} rows x 12 features, registered as one FeatureView "
-        f"(ttl={'none' if not args.ttl_days else f'{args.ttl_days}d'}). Feast then only does the as-of join. "
-        f"Median of {args.runs} runs.", "",
-        "| offline store | median wall | spine rows/s | process CPU (median) | rows out / in | rows dropped | "
-        "value mismatches vs merge_asof |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for h in hist:
-        w = statistics.median(h["walls"])
-        L.append(f"| {h['offline']} | {w:.2f}s | {meta['spine'] / w:,.0f} | {statistics.median(h['cpus']):.2f}s | "
-                 f"{h['rows_out']:,} / {h['rows_in']:,} | {h['missing']:,} ({100 * h['missing'] / h['rows_in']:.2f}%) | "
-                 f"{h['value_mismatches']:,} of {h['values_compared']:,} |")
-    L.append("")
-    for h in hist:
-        L.append(f"- {h['offline']}: all runs {', '.join(f'{w:.2f}s' for w in h['walls'])}; dropped spine rows: "
-                 f"{h['missing_unknown_user']:,} with an unknown user, {h['missing_before_first_row']:,} whose user's "
-                 f"first feature row is after the spine time, {h['missing_other']:,} other; duplicated output rows: "
-                 f"{h['dup_out']:,}. Floor in the same run: pandas `merge_asof` of the same spine and features "
-                 f"took {h['merge_asof_s']:.2f}s ({meta['spine'] / h['merge_asof_s']:,.0f} rows/s).")
-    L += ["", "Dropped rows are silent: no error or warning; the caller only sees a shorter frame (sorted by "
-          "timestamp, not in spine order). Rows with no feature value yet should come back with nulls "
-          "(context-store keeps every spine row, in order).", ""]
-    if online:
-        L += [
-            "## 2. Online serving (`get_online_features`, Redis online store)", "",
-            f"In-process Python SDK, one process, keys drawn at random from {len(online['users']):,} materialized users; "
-            "floor = redis-py against the same Redis, measured interleaved with Feast in the same run "
-            "(the scheme of `evals/bench_online.py`). Feast's Redis read is one pipelined HMGET per entity.", "",
-            "### 1 entity x 10 features", "",
-            *lat_table(online["lat"], "floor: redis-py HGETALL 10-field hash"), "",
-            "### 100 entities per call", "",
-            *lat_table(online["blat"], "floor: pipeline of 100 HGETALL"), "",
-            f"Sample: `{online['sample']}`", "",
-        ]
-    if mats:
-        L += ["## 3. Materialization (`FeatureStore.materialize` -> Redis)", "",
-              "| offline store | entity rows written (latest per user) | source rows | median wall | rows written/s | "
-              "source rows scanned/s | process CPU (median) | rows written per CPU-second | all runs (wall) |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
-        for m in mats:
-            t = statistics.median(m["mat_s"])
-            L.append(f"| {m['offline']} | {m['entities']:,} | {m['source_rows']:,} | {t:.2f}s | "
-                     f"{m['entities'] / t:,.0f} | {m['source_rows'] / t:,.0f} | {statistics.median(m['cpu_s']):.2f}s | "
-                     f"{m['entities'] / statistics.median(m['cpu_s']):,.0f} | "
-                     f"{', '.join(f'{x:.2f}s' for x in m['mat_s'])} |")
-        L += ["", "This is the call `feast materialize START END` makes, timed in-process (the CLI's ~2 s import "
-              "is excluded). Feast writes only the latest row per entity per feature view, so rows written = "
-              "distinct users. The time is Feast's own Python: a cProfile of the file-store run shows ~45% in "
-              "Arrow -> protobuf conversion (`_convert_arrow_to_proto`, per value) and ~50% in "
-              "`RedisOnlineStore.online_write_batch` (per-entity key serialisation and mmh3 field names, "
-              "a pipeline of HMGET of each key's stored timestamp, then a pipeline of HSETs; `skip_dedup` is off by default); reading the offline store is < 5%. With the machine this loaded, "
-              "the CPU-time column is the steadier number.", ""]
-    if server:
-        L += ["## 4. Feature server (`feast serve -w 2`, HTTP `POST /get-online-features`, 1 entity x 10 features)", "",
-              f"wrk closed loop, 1 thread, 16 connections, {args.server_seconds}s per run after a 2 s warm-up, "
-              "same parameters as `evals/bench_server.py`; wrk runs on the same 2 cores as the server.", "",
-              "| command | req/s (median) | p50 ms | p99 ms | non-2xx | all runs req/s | load avg before |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
-        for s in server:
-            m = s["median"]
-            L.append(f"| `{s['cmd']}` | {m['rps']:,.0f} | {m['p50_ms']} | {m['p99_ms']} | {m['non_2xx']} | "
-                     f"{', '.join(format(x['rps'], ',.0f') for x in s['runs'])} | {s['load']:.1f} |")
-        L += ["", "`feast serve` defaults to `--max-requests 1000`: each gunicorn worker restarts after ~1000 requests, "
-              "which shows up as throughput dips and p99 spikes; the second row turns that off.", "",
-              f"Sample response: `{server[0]['sample'][:600]}`", ""]
-    L += ["## Reproduce", "", "```", "python evals/peers/feast_setup.py        # .venv-feast: feast[redis,duckdb]==0.67.0",
-          f"{cmd}", "```", "",
-          "The script re-executes itself with `.venv-feast/bin/python`; each Feast project gets a random "
-          "`ctxbench_*` name, and `FeatureStore.teardown()` plus a key scan remove its Redis keys afterwards "
-          f"({meta['leftover_keys']} keys left)."]
-    return "\n".join(L) + "\n"
-
-
 def main() -> None:
+    _ensure_feast_python()
+    warnings.filterwarnings("ignore")  # Feast/dask deprecation chatter would bury the numbers
+    logging.disable(logging.WARNING)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="200k events, 20k spine rows, short server runs")
     ap.add_argument("--events", type=int, default=None)
     ap.add_argument("--spine", type=int, default=None)
     ap.add_argument("--users", type=int, default=100_000)
     ap.add_argument("--days", type=int, default=30)
+    ap.add_argument("--scale", action="append", default=[], metavar="EVENTS:SPINE",
+                    help="extra historical scale point (one run per store), e.g. 10000000:100000; repeatable")
     ap.add_argument("--ttl-days", type=int, default=0, help="FeatureView ttl (0 = none)")
     ap.add_argument("--runs", type=int, default=3, help="runs of each historical / server measurement")
     ap.add_argument("--mat-runs", type=int, default=None, help="materialize runs per offline store (default 2, quick 1)")
@@ -512,7 +408,7 @@ def main() -> None:
     n = args.samples or (1_000 if args.quick else 5_000)
     args.server_seconds = args.server_seconds or (3 if args.quick else 10)
     ttl = timedelta(days=args.ttl_days) if args.ttl_days else None
-    meta: dict[str, Any] = {"started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"), "argv": sys.argv[1:],
+    meta: dict[str, Any] = {"started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M"), "argv": sys.argv[1:],
                             "load_start": " / ".join(f"{x:.1f}" for x in os.getloadavg()),
                             "events": n_events, "spine": n_spine}
     import redis
@@ -523,6 +419,7 @@ def main() -> None:
     online: dict[str, Any] | None = None
     server: list[dict[str, Any]] = []
     mats: list[dict[str, Any]] = []
+    big: list[dict[str, Any]] = []
     try:
         t = time.perf_counter()
         events = generate_events(n_events, args.users, args.days)
@@ -536,6 +433,19 @@ def main() -> None:
         feats.to_parquet(feats_path, index=False)
         for offline in [o for o in args.offline.split(",") if o]:
             hist.append(bench_historical(tmp, offline, feats_path, feats, spine, ttl, args.runs, args.redis))
+        for point in args.scale:  # extra scale points, a single run per store each
+            ne, ns = (int(x) for x in point.split(":"))
+            ev = events if ne == n_events else generate_events(ne, args.users, args.days)
+            fe = feats if ne == n_events else precompute_windows(ev)
+            fp = feats_path if ne == n_events else tmp / f"txn_features_{ne}.parquet"
+            if ne != n_events:
+                fe.to_parquet(fp, index=False)
+            sp = make_spine(ns, args.users, args.days, seed=3)
+            print(f"scale point: {ne:,} events, {ns:,} spine rows", flush=True)
+            for offline in [o for o in args.offline.split(",") if o]:
+                h = bench_historical(tmp, offline, fp, fe, sp, ttl, 1, args.redis, tag=f"{offline}_{ne}_{ns}")
+                big.append({**h, "events": ne})
+            del ev, fe, sp
         serving: tuple[Any, str, Path] | None = None
         for offline in [o for o in args.offline.split(",") if o]:
             m, store, project, repo = bench_materialize(tmp, offline, feats_path, feats, args.redis,
@@ -568,7 +478,7 @@ def main() -> None:
         meta["leftover_keys"] = left
         shutil.rmtree(tmp, ignore_errors=True)
     meta["load_end"] = " / ".join(f"{x:.1f}" for x in os.getloadavg())
-    md = report(args, meta, hist, mats, online, server)
+    md = report(args, meta, hist, big, mats, online, server)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(md)
     print(md)

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["DEFAULT_VENV", "FEAST_VERSION", "venv_python", "ensure_feast_venv"]
+__all__ = ["DEFAULT_VENV", "FEAST_VERSION", "ensure_feast_venv", "venv_python"]
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_VENV = ROOT / ".venv-feast"
@@ -29,7 +29,7 @@ def _installed_version(python: Path) -> str | None:
     if not python.exists():
         return None
     r = subprocess.run([str(python), "-c", "import importlib.metadata as m; print(m.version('feast'))"],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, check=False)
     return r.stdout.strip() if r.returncode == 0 else None
 
 

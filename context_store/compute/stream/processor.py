@@ -167,25 +167,16 @@ def process_batch(
     ts = _ts_us(events, src.timestamp_field)
     lateness = int(src.allowed_lateness.total_seconds() * 1_000_000)
     late, too_late, new_wm = _late_masks(ts, state.watermark_us, lateness)
-    # Only events newer than the fence move the watermark and the late counters (replays don't).
+    # Only events newer than the fence count as late (replays don't count twice).
     fresh_src = offsets > state.offline.get("src", -1)
-    state.watermark_us = new_wm
+    raw = None
     if fresh_src.any():
-        n_late, n_too = int((late & fresh_src).sum()), int((too_late & fresh_src).sum())
-        STATS.inc("late_events", src.name, n_late)
-        if n_too:
-            STATS.inc("too_late_events", src.name, n_too)
-            log.warning(
-                "source %s partition %d: %d events older than watermark - allowed_lateness (%s); "
-                "kept offline, not applied online until the next materialize",
-                src.name, partition, n_too, src.allowed_lateness,
-            )
         raw = events.filter(pa.array(fresh_src)).drop_columns([OFFSET])
         raw = raw.append_column(PARTITION, pa.array(np.full(raw.num_rows, partition, dtype=np.int64)))
         raw = raw.append_column(OFFSET, pa.array(offsets[fresh_src]))
-        out.add(f"src__{src.name}", raw)
-        state.offline["src"] = last
     body = events.drop_columns([OFFSET])
+    # Phase 1, no side effects: every view's rows (a transform that raises changes nothing).
+    work: list[tuple[FeatureView, pa.Table | None, pa.Table | None, int, int]] = []
     for view in plan.views:
         cut = cutovers.get(view.name)
         keep = np.ones(len(ts), bool) if cut is None else ts >= cut
@@ -194,16 +185,13 @@ def process_batch(
         on_mask = keep & ~too_late & (offsets > on_fence) if view.online else np.zeros(len(ts), bool)
         off_mask = keep & (offsets > off_fence) if view.offline else np.zeros(len(ts), bool)
         if cut is not None:
-            n_before = int((~keep & fresh_src).sum())
-            STATS.inc("before_cutover_events", src.name, n_before)
-        dup = int(((offsets <= on_fence) & keep).sum()) if view.online else 0
-        STATS.inc("duplicate_events", src.name, dup)
+            STATS.inc("before_cutover_events", src.name, int((~keep & fresh_src).sum()))
+        if view.online:
+            STATS.inc("duplicate_events", src.name, int(((offsets <= on_fence) & keep).sum()))
         on_rows = apply_transform(view, body.filter(pa.array(on_mask))) if on_mask.any() else None
-        if view.online and (on_rows is not None or online_token and last > on_fence):
-            rows = on_rows if on_rows is not None else apply_transform(view, body.slice(0, 0))
-            apply(view, rows, partition, last if online_token else None)
-            state.applied[view.name] = max(last, on_fence)
-            out.applied_rows += rows.num_rows
+        if on_rows is None and view.online and online_token and last > on_fence:
+            on_rows = apply_transform(view, body.slice(0, 0))  # nothing new: still advance the fence
+        off_rows = None
         if off_mask.any():
             if on_rows is not None and np.array_equal(on_mask, off_mask):
                 off_rows = on_rows  # the common case: one transform serves both
@@ -214,6 +202,27 @@ def process_batch(
             n = off_rows.num_rows
             off_rows = off_rows.append_column(PARTITION, pa.array(np.full(n, partition, dtype=np.int64)))
             off_rows = off_rows.append_column(OFFSET, pa.array(np.full(n, last, dtype=np.int64)))
+        work.append((view, on_rows if view.online else None, off_rows, on_fence, off_fence))
+    # Phase 2: apply online (each view atomically with its fence) and hand rows to the offline log.
+    state.watermark_us = new_wm
+    if raw is not None:
+        n_late, n_too = int((late & fresh_src).sum()), int((too_late & fresh_src).sum())
+        STATS.inc("late_events", src.name, n_late)
+        if n_too:
+            STATS.inc("too_late_events", src.name, n_too)
+            log.warning(
+                "source %s partition %d: %d events older than watermark - allowed_lateness (%s); "
+                "kept offline, not applied online until the next materialize",
+                src.name, partition, n_too, src.allowed_lateness,
+            )
+        out.add(f"src__{src.name}", raw)
+        state.offline["src"] = last
+    for view, on_rows, off_rows, on_fence, off_fence in work:
+        if on_rows is not None:
+            apply(view, on_rows, partition, last if online_token else None)
+            state.applied[view.name] = max(last, on_fence)
+            out.applied_rows += on_rows.num_rows
+        if off_rows is not None:
             out.add(f"fv__{view.name}", off_rows)
         if view.offline:
             state.offline[view.name] = max(last, off_fence)

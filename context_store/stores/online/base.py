@@ -238,9 +238,10 @@ class BaseOnlineStore:
                        t: int) -> tuple[list[list[ViewValues]], list[tuple[int, list[tuple[ViewState, str]], list[Any]]]]:
         out: list[list[ViewValues]] = []
         pending = []
+        lifetime = any(st.is_aggregate and st.has_lifetime for st in states)
         for e, (k, vals) in enumerate(zip(keys, got)):
             reads = [(st, k) for st in states]
-            more = self._lifetime_extra(reads, slots, [vals])
+            more = self._lifetime_extra(reads, slots, [vals]) if lifetime else None
             if more:
                 pending.append((e, reads, more))
                 out.append([])

@@ -243,7 +243,9 @@ class FaissIndex:
             rng = np.random.default_rng(0)
             sample = total if len(total) <= 64 * nlist else total[rng.choice(len(total), 64 * nlist, replace=False)]
             index.train(sample)
-            index.nprobe = self.ivf_nprobe or max(16, nlist // 16)
+            # Calibration (below) raises nprobe from a small start until recall is met; without it,
+            # a conservative 1/16 of the lists.
+            index.nprobe = self.ivf_nprobe or (8 if self.target_recall else max(16, nlist // 16))
             # A hashtable id -> list slot makes remove_ids O(removed) instead of a scan of every list.
             index.set_direct_map_type(faiss.DirectMap.Hashtable)
             self._quantizer = quantizer  # keep alive: the IVF index does not own it from Python
@@ -283,7 +285,7 @@ class FaissIndex:
             options = sorted({floor, *[c for c in (96, 128, 192, 256, 384, 512) if c > floor]})
         else:
             floor = self._index.nprobe
-            options = sorted({min(floor * m, self._index.nlist) for m in (1, 2, 3, 4, 6, 8, 12, 16)})
+            options = sorted({min(floor * m, self._index.nlist) for m in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)})
         recall = 0.0
         faiss.omp_set_num_threads(_build_threads())  # a batch of queries: use the cores
         try:
