@@ -194,6 +194,10 @@ blocks (in-block prefix/suffix extrema + a sparse table over blocks); the view's
 2 threads. Approximate functions use Apache DataSketches (HLL lg_k=12: 1.6% RSE; KLL k=200: 1.65%
 normalized rank error); last/first_distinct_n and the sketches loop per spine row (not in this benchmark).
 
+Target status: backfill {'meets' if n_events / bf >= 1e6 else 'misses'} 1M events/s on wall time
+({'meets' if n_events / bfc >= 1e6 else 'misses'} it per CPU-second); training data {'meets' if n_spine / tr >= 1e6 else 'misses'} 1M spine rows/s on wall
+time ({'meets' if n_spine / trc >= 1e6 else 'misses'} it per CPU-second).
+
 For reference (issue #2): Feast 0.67 measured on this machine did 73k spine rows/s and dropped 0.5% of spine rows.
 
 Machine: {platform.machine()}, {__import__('os').cpu_count()} cores, Python {platform.python_version()},

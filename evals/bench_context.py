@@ -100,8 +100,50 @@ def serve(args: argparse.Namespace) -> None:
     store = cs.ContextStore(args.repo, workspace=args.workspace, online_store=args.online)
     keys = KeyStore(args.keys)
     app = create_mcp_http_app(lambda ws: store, lambda h: authenticate(h, keys))
-    uvicorn.run(create_standalone_app(app), host="127.0.0.1", port=args.port, log_level="warning", access_log=False,
+    timed = _ServerTimer(create_standalone_app(app), Path(args.stats))
+    uvicorn.run(timed, host="127.0.0.1", port=args.port, log_level="warning", access_log=False,
                 loop="uvloop" if _has("uvloop") else "asyncio", http="httptools" if _has("httptools") else "h11")
+
+
+class _ServerTimer:
+    """ASGI wrapper timing each request inside the server (first byte in -> last byte out), by MCP method:
+    the server's own latency, without the client process's share of the CPU."""
+
+    def __init__(self, app: Any, out: Path) -> None:
+        self.app, self.out = app, out
+        self.times: dict[str, list[float]] = {}
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":  # write the times at shutdown (uvicorn re-raises SIGTERM after it)
+
+            async def on_shutdown() -> Any:
+                msg = await receive()
+                if msg["type"] == "lifespan.shutdown":
+                    self.dump()
+                return msg
+
+            await self.app(scope, on_shutdown, send)
+            return
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0, c0 = time.perf_counter(), time.process_time()
+        kind = "call"
+
+        async def recv() -> Any:
+            nonlocal kind
+            msg = await receive()
+            if b'"tools/list"' in msg.get("body", b""):
+                kind = "list"
+            return msg
+
+        await self.app(scope, recv, send)
+        self.times.setdefault(kind, []).append((time.perf_counter() - t0) * 1e3)
+        # CPU of the server process during the request (requests arrive one at a time): load-independent.
+        self.times.setdefault(kind + "_cpu", []).append((time.process_time() - c0) * 1e3)
+
+    def dump(self) -> None:
+        self.out.write_text(json.dumps({k: v[50:] for k, v in self.times.items()}))
 
 
 def _has(mod: str) -> bool:
@@ -248,6 +290,7 @@ def main() -> None:
     p.add_argument("--workspace", help=argparse.SUPPRESS)
     p.add_argument("--keys", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--stats", help=argparse.SUPPRESS)
     a = p.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -277,17 +320,26 @@ def main() -> None:
     port = free_port()
     child = subprocess.Popen([sys.executable, "-m", "evals.bench_context", "--serve", "--repo", str(tmp / "repo"),
                               "--workspace", ws, "--online", a.online, "--keys", str(tmp / "keys.sqlite"),
-                              "--port", str(port)], cwd=ROOT)
+                              "--port", str(port), "--stats", str(tmp / "server_times.json")], cwd=ROOT)
     try:
         _wait_port(port)
         url = f"http://127.0.0.1:{port}/mcp"
-        r["http"], r["ping"] = bench_http(url, key, users, n)
+        # Three rounds: this machine is shared, so report the median round and show the spread.
+        rounds = sorted((bench_http(url, key, users, max(n // 3, 100)) for _ in range(3)), key=lambda x: x[0]["p99"])
+        r["http"], r["ping"] = rounds[1]
+        r["http_rounds"] = [h["p99"] for h, _ in rounds]
         r["sdk"] = bench_sdk_client(url, key, users, max(n // 4, 100))
     finally:
         child.terminate()
-        child.wait(10)
+        child.wait(30)
         store.close()
         _cleanup(a.online, ws)
+    try:
+        inside = json.loads((tmp / "server_times.json").read_text())
+        r["srv"], r["srv_list"] = _pct(inside["call"]), _pct(inside["list"])
+        r["srv_cpu"], r["srv_list_cpu"] = _pct(inside["call_cpu"]), _pct(inside["list_cpu"])
+    except (OSError, KeyError, ValueError):
+        r["srv"] = r["srv_list"] = None
     r["load"] = (load0 + os.getloadavg()[0]) / 2
     report(a, users_n, n, setup_s, r)
 
@@ -299,7 +351,7 @@ def report(a: argparse.Namespace, users: int, n: int, setup_s: float, r: dict[st
     )
     mcp_layer = max(mcp["mean"] - mcp_base["mean"], 0.0)
     transport = max(http["mean"] - mcp["mean"], 0.0)
-    rows = list(share.items()) + [("MCP layer (arguments, worker thread, output model)", mcp_layer),
+    rows = list(share.items()) + [("MCP layer (arguments, output model, content)", mcp_layer),
                                   ("HTTP transport + auth", transport)]
 
     def line(name: str, s: Stats, bold: bool = False) -> str:
@@ -322,20 +374,33 @@ def report(a: argparse.Namespace, users: int, n: int, setup_s: float, r: dict[st
         line("MCP tool server side, no transport (`MCPServer.call_tool`)", mcp),
         line("**MCP tool over streamable HTTP** (Bearer key, separate server process)", http, bold=True),
         line("floor: MCP `tools/list` over HTTP (no work)", ping),
+        *([line("... the HTTP tool call timed inside the server (request in -> response out)", r["srv"]),
+           line("... its server CPU time (process time; insensitive to other load)", r["srv_cpu"]),
+           line("... `tools/list` timed inside the server", r["srv_list"]),
+           line("... its server CPU time", r["srv_list_cpu"])] if r.get("srv") else []),
         line("end to end with the SDK `Client` over HTTP (+ client-side schema validation)", sdk),
         "",
-        f"Target p99 <= 10 ms over HTTP: **{'met' if http['p99'] <= 10 else 'NOT met'}** ({http['p99']:.2f} ms). "
+        f"HTTP rows: the median of 3 rounds by p99 (p99 per round: "
+        f"{' / '.join(f'{x:.1f}' for x in r['http_rounds'])} ms).",
+        "",
+        f"Target p99 <= 10 ms over HTTP: **{'met' if http['p99'] <= 10 else 'NOT met'}** ({http['p99']:.2f} ms "
+        f"at load {r['load']:.1f} on {os.cpu_count()} cores"
+        + (f"; the server's own CPU per call is p50 {r['srv_cpu']['p50']:.2f} / p99 {r['srv_cpu']['p99']:.2f} ms, "
+           "so the rest of the wall time is waiting for a core" if r.get("srv") else "")
+        + "). "
         f"Ratios to the floors measured in the same interleaved loops (p50): get_user_context = "
         f"{ctx['p50'] / fs['p50']:.1f}x get_features in process; the HTTP tool call = "
         f"{http['p50'] / ping['p50']:.1f}x an MCP `tools/list` round trip (p99: {http['p99'] / ping['p99']:.1f}x).",
         "",
-        "Where the time goes over HTTP (mean per call):",
+        "Where the time goes over HTTP (mean per call; parts from the in-process run, MCP layer and transport",
+        "as differences between the runs above):",
         "",
         "| part | ms | share |",
         "|---|---:|---:|",
     ]
+    total = sum(v for _, v in rows)  # the phases ran at different moments (load varies): share of the sum
     for k, v in rows:
-        lines.append(f"| {k} | {v:.3f} | {100 * v / http['mean']:.0f}% |")
+        lines.append(f"| {k} | {v:.3f} | {100 * v / total:.0f}% |")
     lines += [
         "",
         f"The in-process parts sum to {sum(share.values()):.3f} ms (of {ctx['mean']:.3f} ms measured). The MCP layer",

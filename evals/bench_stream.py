@@ -152,7 +152,8 @@ def freshness(store: cs.ContextStore, rate: float, seconds: float, threads: int,
     for t in ths:
         t.join()
     wall = time.perf_counter() - wall
-    return {"n": len(push_ms), "wall": wall, "errors": len(errors), "push": push_ms, "confirm": confirm_ms}
+    return {"n": len(push_ms), "wall": wall, "errors": len(errors), "push": push_ms, "confirm": confirm_ms,
+            "error_samples": errors[:3]}
 
 
 def _fresh_child(repo: str, workspace: str, online: str, rate: float, seconds: float, threads: int,
@@ -181,6 +182,7 @@ def freshness_procs(store: cs.ContextStore, rate: float, seconds: float, procs: 
     wall = max(p["wall"] for p in parts)
     return {
         "n": len(push), "achieved_rate": len(push) / wall, "errors": sum(p["errors"] for p in parts),
+        "error_samples": [e for p in parts for e in p["error_samples"]][:3],
         "push_p50": pct(push, 50), "push_p99": pct(push, 99),
         "confirm_p50": pct(confirm, 50), "confirm_p99": pct(confirm, 99), "samples": push,
     }
@@ -257,8 +259,13 @@ def main() -> None:
     ap.add_argument("--procs", type=int, default=2, help="Pusher processes for the freshness run.")
     ap.add_argument("--threads", type=int, default=4, help="Pusher threads per process.")
     ap.add_argument("--workers", type=int, default=1, help="Worker processes during the freshness run.")
+    ap.add_argument("--nice", type=int, default=0,
+                    help="Scheduling priority for this run and its worker/pusher processes (e.g. -10 on a shared "
+                         "machine, as root); Redis keeps its own.")
     ap.add_argument("--out", default=str(ROOT / "evals" / "results" / "stream.md"))
     args = ap.parse_args()
+    if args.nice:
+        os.nice(args.nice)  # inherited by the worker and pusher processes
     seconds = 5.0 if args.quick else 15.0
     n_ingest = 60_000 if args.quick else 200_000
     tmp = Path(tempfile.mkdtemp(prefix="cs-bench-stream-"))
@@ -271,13 +278,17 @@ def main() -> None:
         store = make_repo(tmp / "fresh", args.redis, ws)
         procs = start_workers(store, args.workers, args.redis)
         try:
+            results["fresh_seq"] = r = summarize(freshness(store, 10_000, 0.05 if args.quick else 0.1, 1))
+            print(f"freshness (redis, 1 worker), one sequential pusher: p50 {r['push_p50']:.2f} ms "
+                  f"p99 {r['push_p99']:.2f} ms", flush=True)
             results["fresh_redis_low"] = r = freshness_procs(store, args.rate / 5, seconds, args.procs, args.threads)
             print(f"freshness (redis, 1 worker) at {r['achieved_rate']:.0f}/s: push->visible p50 {r['push_p50']:.2f} ms "
                   f"p99 {r['push_p99']:.2f} ms", flush=True)
             results["fresh_redis"] = freshness_procs(store, args.rate, seconds, args.procs, args.threads)
             r = results["fresh_redis"]
             print(f"freshness (redis, 1 worker) at {r['achieved_rate']:.0f}/s: push->visible p50 {r['push_p50']:.2f} ms "
-                  f"p99 {r['push_p99']:.2f} ms; +read p99 {r['confirm_p99']:.2f} ms; errors {r['errors']}", flush=True)
+                  f"p99 {r['push_p99']:.2f} ms; +read p99 {r['confirm_p99']:.2f} ms; errors {r['errors']} "
+                  f"{r.get('error_samples') or ''}", flush=True)
             # durable-only push (no read-after-write wait), for reference
             lat = []
             for i in range(500):
@@ -314,7 +325,7 @@ def main() -> None:
 
 
 def write_report(path: Path, res: dict[str, Any], args: Any, seconds: float, n_ingest: int) -> None:
-    f, s, lo = res["fresh_redis"], res["fresh_sqlite"], res["fresh_redis_low"]
+    f, s, lo, sq = res["fresh_redis"], res["fresh_sqlite"], res["fresh_redis_low"], res["fresh_seq"]
     i1, i2 = res["ingest_1"], res["ingest_2"]
     ok_f = "meets" if f["push_p99"] <= 20 else "misses"
     ok_i = "meets" if max(i1["online_rate"], i2["online_rate"]) >= 20_000 else "misses"
@@ -325,7 +336,8 @@ def write_report(path: Path, res: dict[str, Any], args: Any, seconds: float, n_i
         f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, local Redis "
         "(same machine: pushers, workers and Redis share the 2 cores). "
         f"1-min load average {res['load_before']:.1f} before / {res['load_after']:.1f} after the run "
-        "(other jobs on the machine inflate tails).",
+        f"(other jobs on the machine inflate tails); process priority nice {args.nice:+d} "
+        "(benchmark, workers and pushers; Redis unchanged).",
         "View: 9 aggregations (count/sum/mean/max over 1h and 1d, last_distinct_n) on a 4-partition stream source.",
         "",
         "## Freshness (push returns → value visible in `get_features`)",
@@ -341,6 +353,8 @@ def write_report(path: Path, res: dict[str, Any], args: Any, seconds: float, n_i
         f"{f['confirm_p99']:.2f} ms | {f['errors']} |",
         f"| Redis + 1 worker (1/5 of the rate) | {lo['achieved_rate']:.0f}/s | {lo['push_p50']:.2f} ms | "
         f"{lo['push_p99']:.2f} ms | {lo['confirm_p99']:.2f} ms | {lo['errors']} |",
+        f"| Redis + 1 worker, one sequential pusher (unpaced) | {sq['achieved_rate']:.0f}/s | {sq['push_p50']:.2f} ms | "
+        f"{sq['push_p99']:.2f} ms | {sq['confirm_p99']:.2f} ms | {sq['errors']} |",
         f"| embedded sqlite (in-process apply + offline append) | {s['achieved_rate']:.0f}/s | {s['push_p50']:.2f} ms | "
         f"{s['push_p99']:.2f} ms | {s['confirm_p99']:.2f} ms | {s['errors']} |",
         "",
@@ -362,6 +376,21 @@ def write_report(path: Path, res: dict[str, Any], args: Any, seconds: float, n_i
         "",
         f"Target ≥ 20,000 events/s: **{ok_i}**. On 2 cores a second worker process competes with the first and with",
         "Redis for CPU, so it mostly adds failover rather than throughput here; on more cores partitions spread.",
+        "",
+        "## How the numbers come about",
+        "",
+        "- Push (Redis): validate → one Lua script `XADD`s one Arrow-IPC entry per touched partition (all or nothing;",
+        "  optional backlog limit `redis_stream_maxlen` answers 429 instead of trimming) → wait for the worker's",
+        "  pub/sub announcement of the applied offset (fallback: re-read the applied offsets every 50 ms).",
+        "- Worker step: `XREADGROUP` (block 20 ms) over its leased partitions → per partition: decode, fences,",
+        "  watermark, the view transform, `OnlineStore.apply_events` (state + applied offset in one Lua script) →",
+        "  announce. Offline appends (Lance) and `XACK` run on a background thread about once a second.",
+        "- Most worker CPU is the tile update inside `apply_events` (shared with batch materialization);",
+        "  throughput grows with batch size, so a backlog drains faster than single-event pushes arrive.",
+        "- Freshness tails on this box are CPU scheduling: pushers, the worker, Redis and other jobs share 2 cores;",
+        "  the sequential-pusher row shows the path's own latency.",
+        "- Exactly-once is tested, not benchmarked: `tests/test_stream_crash.py` kills a worker (SIGKILL) twice",
+        "  during 50,000 events; online aggregates and the offline log match a recomputation exactly.",
         "",
     ]
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -209,6 +209,8 @@ def bench_size(n: int, queries: int, kind: str, nprobe: int | None, data: str = 
 
 
 def bench_embedders(n: int) -> dict[str, Any]:
+    """Throughput and single-query latency of each backend, interleaved batch by batch so that
+    load from other processes falls on every backend alike."""
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -216,27 +218,42 @@ def bench_embedders(n: int) -> dict[str, Any]:
 
     texts = sentences(n, seed=5)
     singles = sentences(150, seed=6)
-    out: dict[str, Any] = {"sentences": n, "cores": os.cpu_count()}
-
-    def run(name: str, embed: Any, single: Any = None) -> None:
-        embed(texts[:300])
-        t = time.perf_counter()
-        embed(texts)
-        dt = time.perf_counter() - t
-        lat = timed(lambda s: (single or embed)([s]), singles, warmup=10)
-        out[name] = {"sent_per_s": n / dt, "single": lat}
-        print(f"  {name}: {n / dt:.0f} sentences/s, single query p50 {lat['p50']:.2f} ms", flush=True)
-
-    torch.set_num_threads(os.cpu_count() or 1)  # what a plain script gets by default
+    cores = os.cpu_count() or 1
     plain = SentenceTransformer(str(minilm_dir()), device="cpu")
-    run("plain sentence-transformers, all cores", lambda t: plain.encode(t, batch_size=64, normalize_embeddings=True))
-    torch.set_num_threads(1)
-    run("plain sentence-transformers, 1 thread", lambda t: plain.encode(t, batch_size=64, normalize_embeddings=True))
+
+    def plain_with(threads: int) -> Any:
+        def embed(t: list[str]) -> Any:
+            torch.set_num_threads(threads)  # a plain script's default is every core
+            try:
+                return plain.encode(t, batch_size=64, normalize_embeddings=True)
+            finally:
+                torch.set_num_threads(1)
+        return embed
+
     ours = SentenceTransformerEmbedder()
-    run("ours torch (1 thread)", ours.embed)
     onnx = OnnxEmbedder()
-    run("ours ONNX int8 (1 thread)", onnx.embed)
-    run("ours ONNX int8 (bulk: all cores)", OnnxEmbedder(bulk_threads=os.cpu_count()).embed, single=onnx.embed)
+    backends = {
+        "plain sentence-transformers, all cores": (plain_with(cores), None),
+        "plain sentence-transformers, 1 thread": (plain_with(1), None),
+        "ours torch (1 thread)": (ours.embed, None),
+        "ours ONNX int8 (1 thread)": (onnx.embed, None),
+        "ours ONNX int8 (bulk: all cores)": (OnnxEmbedder(bulk_threads=cores).embed, onnx.embed),
+    }
+    batch = 256  # >= BULK_BATCH, so the bulk path is what runs
+    spent = {name: 0.0 for name in backends}
+    names = list(backends)
+    for fn, _ in backends.values():
+        fn(texts[:batch])  # warm-up
+    for r, s in enumerate(range(0, n, batch)):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            t = time.perf_counter()
+            backends[name][0](texts[s : s + batch])
+            spent[name] += time.perf_counter() - t
+    out: dict[str, Any] = {"sentences": n, "cores": cores}
+    single = interleaved({name: (lambda s, f=(q or fn): f([s])) for name, (fn, q) in backends.items()}, singles, warmup=10)
+    for name in names:
+        out[name] = {"sent_per_s": n / spent[name], "single": single[name]}
+        print(f"  {name}: {n / spent[name]:.0f} sentences/s, single query p50 {single[name]['p50']:.2f} ms", flush=True)
     a, b = ours.embed(texts[:200]), onnx.embed(texts[:200])
     out["onnx_vs_torch_cosine_min"] = float(np.min(np.sum(a * b, axis=1)))
     return out
@@ -282,8 +299,8 @@ def write_report(sizes: list[dict[str, Any]], emb: dict[str, Any], quick: bool, 
         f = lambda key, r=r: f"{r[key]['p50']:.3f} / {r[key]['p99']:.3f}"  # noqa: E731
         lines.append(f"| {r['n']:,} | {r['data']} | {f('find_similar_filter_1pct')} | {f('find_similar_filter_30pct')} | "
                      f"{f('find_similar_text_cached')} | {f('upsert_1')} | {f('delete_1')} |")
-    lines += ["", f"## Embedding throughput ({emb['sentences']} sentences of 6-15 words, batch 64/32, "
-              f"{emb['cores']} cores)", "",
+    lines += ["", f"## Embedding throughput ({emb['sentences']} sentences of 6-15 words in batches of 256, "
+              f"{emb['cores']} cores; backends interleaved batch by batch)", "",
               "| backend | sentences/s | vs plain ST (all cores) | single query p50 / p99 ms |", "|---|---|---|---|"]
     base = emb["plain sentence-transformers, all cores"]["sent_per_s"]
     for name, v in emb.items():

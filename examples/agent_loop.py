@@ -2,8 +2,8 @@
 which tool to call next from what it sees -- the loop an LLM agent runs, with rules instead of a model.
 
     python examples/agent_loop.py                        # scaffold a demo repo in a temp dir, talk over stdio
-    python examples/agent_loop.py --repo my_repo --user user_1
-    python examples/agent_loop.py --url http://127.0.0.1:8000/mcp --key cs_... --user user_1   # streamable HTTP
+    python examples/agent_loop.py --repo my_repo --user u0001
+    python examples/agent_loop.py --url http://127.0.0.1:8000/mcp --key cs_... --user u0001   # streamable HTTP
 
 Over stdio the client starts ``context-store mcp --repo ...`` itself (like Claude Desktop would).
 """
@@ -51,7 +51,7 @@ async def agent(client: Client, user: str | None, question: str, max_tokens: int
     _say("agent", f"using context service {ctx_service['name']!r} keyed by {ctx_service['join_key']}")
 
     ctx = await _call(client, "get_user_context", {
-        "entity_id": user or "user_1", "context_service": ctx_service["name"], "max_tokens": max_tokens,
+        "entity_id": user or "u0001", "context_service": ctx_service["name"], "max_tokens": max_tokens,
     })
     if ctx is None:
         return
@@ -69,15 +69,17 @@ async def agent(client: Client, user: str | None, question: str, max_tokens: int
         more = await _call(client, "find_similar", {"view": ctx["similar_view"], "entity_id": top["entity_id"], "k": 3})
         if more:
             _say("tool", ", ".join(f"{i['entity_id']} ({i['score']:.2f})" for i in more["items"]))
-    if services["feature_services"]:
-        fs = services["feature_services"][0]["name"]
-        desc = await _call(client, "describe_feature_service", {"name": fs})
-        if desc and not desc["request_context"]:  # only call what we can fill in
-            vals = await _call(client, "get_features", {
-                "feature_service": fs, "join_keys": {k: ctx["entity_id"] for k in desc["join_keys"][:1]},
-            })
-            if vals:
-                _say("tool", json.dumps(vals["features"], default=str)[:300])
+    for fs in services["feature_services"]:
+        desc = await _call(client, "describe_feature_service", {"name": fs["name"]})
+        if not desc or desc["request_context"] or desc["join_keys"] != [ctx_service["join_key"]]:
+            _say("agent", "needs request data or other keys; skip")  # only call what we can fill in
+            continue
+        vals = await _call(client, "get_features", {
+            "feature_service": fs["name"], "join_keys": {ctx_service["join_key"]: ctx["entity_id"]},
+        })
+        if vals:
+            _say("tool", json.dumps(vals["features"], default=str)[:300])
+        break
     if ctx["knowledge_name"]:
         kb = await _call(client, "search_knowledge", {"knowledge": ctx["knowledge_name"], "query": question, "k": 2})
         for c in (kb or {}).get("chunks", []):
@@ -104,7 +106,7 @@ def main() -> None:
     p.add_argument("--workspace", default=None)
     p.add_argument("--url", help="MCP endpoint over streamable HTTP, e.g. http://127.0.0.1:8000/mcp")
     p.add_argument("--key", help="API key for --url (Bearer)")
-    p.add_argument("--user", default=None, help="entity id (default: user_1)")
+    p.add_argument("--user", default=None, help="entity id (default: u0001, a user of the scaffolded repo)")
     p.add_argument("--question", default="how do refunds work")
     p.add_argument("--max-tokens", type=int, default=300)
     a = p.parse_args()

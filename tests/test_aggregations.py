@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import context_store as cs
 from context_store.compute.aggregations import AggPlan, Columns, aggregate_values
-from context_store.compute.tiles import ViewState, choose_tile_us, decode_raw, encode_raw
+from context_store.compute.tiles import TILES_PER_WINDOW, ViewState, choose_tile_us, decode_raw, decompose, encode_raw
 from tests.reference import aggregate, values_match
 
 user = cs.Entity("user", ["user_id"])
@@ -146,9 +146,21 @@ def test_tile_sizes_bounded() -> None:
 
     for w in ["1m", "30m", "1h", "1d", "7d", "30d"]:
         g = choose_tile_us(view(w))
-        assert view(w).max_window.total_seconds() * 1e6 / g <= 48  # type: ignore[union-attr]
+        assert view(w).max_window.total_seconds() * 1e6 / g <= TILES_PER_WINDOW  # type: ignore[union-attr]
     assert choose_tile_us(view("1d", "1h")) == 3600 * 10**6
-    st7 = ViewState(view("7d"), {"x": cs.Float64})
-    fields = st7.read_ctx(1_700_000_000_123_456).fields
-    assert len(fields) <= 48 + 3  # a 7-day read: bounded fields, one HMGET
-    assert math.isfinite(st7.retention)
+    for v in (view("7d"), view("7d", "1h"), view("30d", "1h")):
+        st = ViewState(v, {"x": cs.Float64})
+        ctx = st.read_ctx(1_700_000_000_123_456)
+        # a long window is a few aligned 4^L blocks (one HMGET of bounded size), not one field per tile
+        assert ctx.n_blocks <= 6 * (st.levels + 1), (v.aggregation_interval, ctx.n_blocks)
+        assert len(ctx.fields) <= ctx.n_blocks + 2
+        assert math.isfinite(st.retention)
+
+
+def test_decompose_covers_exactly() -> None:
+    for a in range(0, 300, 7):
+        for b in range(a, a + 700, 13):
+            blocks = decompose(a, b, 4)
+            covered = [t for lv, j in blocks for t in range(j * 4**lv, (j + 1) * 4**lv)]
+            assert covered == list(range(a, b))
+            assert len(blocks) <= 6 * 5

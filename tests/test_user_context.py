@@ -69,9 +69,13 @@ def test_context_has_every_part_with_provenance(ctx_store: cs.ContextStore) -> N
     assert uc.text.startswith("[user_context for user_id=\"u1\"")
     assert set(uc.timings_ms) == {"features", "recent_events", "similar", "knowledge", "render"}
 
-    other = ctx_store.get_user_context("u2")  # default service: the only one
+    other = ctx_store.get_user_context("u2")  # default service: the first one
     assert other.context_service == "user_context" and other.similar[0].entity_id == "i3"
     assert other.feature_values["user_profile.segment"] == "coffee lover"
+    # u2 pushed nothing: its recent events come from the stream's batch history (ages 9h, 11h, ...).
+    assert [e.values["amount"] for e in other.recent_events] == [20.0, 19.0, 18.0, 17.0, 16.0]
+    replay = ctx_store.get_user_context("u2", as_of=other.served_at)
+    assert [(e.timestamp, e.values) for e in replay.recent_events] == [(e.timestamp, e.values) for e in other.recent_events]
 
 
 def test_similar_from_recent_event_items_without_an_interest_feature(ctx_store: cs.ContextStore) -> None:

@@ -122,7 +122,7 @@ def create_mcp_http_app(
     """The MCP tools over streamable HTTP; see the module docstring for mounting.
 
     ``stateless``/``json_response`` (default): every POST is self-contained and answered with JSON --
-    the lowest latency, and any replica can serve any request. Hosts/origins default to loopback;
+    no session state, so any worker process or replica can serve any request. Hosts/origins default to loopback;
     pass the public host names when serving on another interface (never disable the check).
     """
     mcp = create_mcp_server(get_store)

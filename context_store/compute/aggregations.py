@@ -187,12 +187,14 @@ class AggPlan:
         self.K = 1 + _NSLOT * len(num_cols)
         self.obj_cols = sorted({c for (_, c, _) in slots if not isinstance(self.types[c], Embedding)})
         self.emb_cols = sorted({c for (_, c, _) in slots if isinstance(self.types[c], Embedding)})
-        self.columns = sorted(set(num_cols) | set(self.obj_cols) | set(self.emb_cols) | {a.column for a in view.aggregations})
+        # count counts rows, so a column read only by count carries no state (and no raw bytes).
+        self.columns = sorted(set(num_cols) | set(self.obj_cols) | set(self.emb_cols))
         self._empty_num = np.zeros(self.K)
         for i in range(len(num_cols)):
             self._empty_num[1 + _NSLOT * i + 2] = math.inf
             self._empty_num[1 + _NSLOT * i + 3] = -math.inf
         self.empty_list: list[float] = self._empty_num.tolist()
+        self._struct = struct.Struct(f"<{self.K}d")
 
     # -- building partials -------------------------------------------------------------
     def empty(self) -> Partial:
@@ -308,6 +310,35 @@ class AggPlan:
                 res[b + 4] = mean
                 res[b + 5] = sum(cols[b + 5]) + sum([ni * (mi - mean) ** 2 for ni, mi in zip(cols[b], cols[b + 4])])
         return res
+
+    def merge_pairs(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Row-wise merge of two stacks of numeric blocks (shape (F, K)): the same formulas as
+        ``merge_num``, vectorised across fields (stream applies touch many tiles at once)."""
+        res = np.empty_like(a)
+        res[:, 0] = a[:, 0] + b[:, 0]
+        for i in range(len(self.num_cols)):
+            c = 1 + _NSLOT * i
+            n1, n2 = a[:, c], b[:, c]
+            n = n1 + n2
+            s = a[:, c + 1] + b[:, c + 1]
+            mean = np.divide(s, n, out=np.zeros(len(n)), where=n > 0)
+            res[:, c] = n
+            res[:, c + 1] = s
+            res[:, c + 2] = np.minimum(a[:, c + 2], b[:, c + 2])
+            res[:, c + 3] = np.maximum(a[:, c + 3], b[:, c + 3])
+            res[:, c + 4] = mean
+            res[:, c + 5] = a[:, c + 5] + b[:, c + 5] + n1 * (a[:, c + 4] - mean) ** 2 + n2 * (b[:, c + 4] - mean) ** 2
+        return res
+
+    def merge_encoded(self, old: bytes | None, parts: list[Partial]) -> bytes:
+        """Encoded merge of a stored partial (or None) with new ones (the stream's read-modify-write)."""
+        if self.slots:
+            allp = ([self.decode(old)] if old is not None else []) + parts
+            return self.encode(self.merge(allp))
+        rows = [p.num.tolist() if isinstance(p.num, np.ndarray) else p.num for p in parts]
+        if old is not None:
+            rows.append(list(self._struct.unpack(old)))
+        return self._struct.pack(*self.merge_rows(rows))
 
     def merge_objs(self, objs_list: Sequence[list[Any]]) -> list[Any]:
         if len(objs_list) == 1:

@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 US = 1_000_000
-TILES_PER_WINDOW = 48
+TILES_PER_WINDOW = 96  # finer tiles = smaller exact edges to cut per read; 4^L blocks keep reads short
 # Extra history kept beyond the longest window, so requests a little in the past stay exact.
 RETENTION_SLACK_US = 86_400 * US
 _NICE = [1, 5, 10, 30, 60, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 7 * 86400]

@@ -6,16 +6,17 @@ the request time, like every window here), so online and as-of replay agree.
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from ..errors import NotFoundError
+from ..errors import DefinitionError, NotFoundError
 
 if TYPE_CHECKING:
     from ..definitions import StreamSource
     from .store import ContextStore
 
-__all__ = ["online_recent_events", "offline_recent_events", "offline_row_time"]
+__all__ = ["online_recent_events", "offline_recent_events", "offline_row_time", "history_latest", "merge_newest"]
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -48,6 +49,21 @@ def _newest_first(rows: list[dict[str, Any]], ts_field: str, n: int, before_us: 
     return [r for _, _, r in keyed[:n]]
 
 
+def merge_newest(rows: list[dict[str, Any]], ts_field: str, n: int, before: datetime) -> list[dict[str, Any]]:
+    return _newest_first(rows, ts_field, n, _us(before))
+
+
+def history_latest(store: ContextStore, source: StreamSource, join_keys: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    """The entity's newest ``n`` rows of the source's batch history (per-process index); [] if none."""
+    if getattr(source, "batch_source", None) is None:
+        return []
+    index = _history_index(store, source, n)
+    if index is None:
+        return []
+    got = index.get(tuple(str(join_keys.get(k)) for k in sorted(join_keys)))
+    return got.to_pylist() if got is not None else []
+
+
 def online_recent_events(
     store: ContextStore, source: StreamSource, join_keys: dict[str, Any], n: int, before: datetime
 ) -> list[dict[str, Any]] | None:
@@ -65,29 +81,53 @@ def online_recent_events(
 
 
 def offline_recent_events(
-    store: ContextStore, source: StreamSource, join_keys: dict[str, Any], n: int, before: datetime
+    store: ContextStore, source: StreamSource, join_keys: dict[str, Any], n: int, before: datetime,
+    *, latest: bool = False,
 ) -> list[dict[str, Any]] | None:
-    """From the offline ``src__{source}`` event log (used for as-of replay)."""
+    """From the offline event log ``src__{source}`` (pushed events) and the source's batch history
+    (used for as-of replay, and when the online list holds nothing for the entity). ``latest``: the
+    caller wants the newest events (not a replay), so the history comes from a per-process index."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     from ..stores.offline import source_table
 
-    name = source_table(source.name)
-    offline = store.offline
-    if not offline.exists(name):
-        return None
+    ts = source.timestamp_field
+    cols = [f.name for f in source.schema or ()]
     expr = None
     for k, v in join_keys.items():
         e = pc.field(k) == v
         expr = e if expr is None else expr & e
-    try:
-        table = offline.read(name, ts_column=source.timestamp_field, end_us=_us(before), filter=expr)
-    except NotFoundError:
+    parts: list[pa.Table] = []
+    name = source_table(source.name)
+    if store.offline.exists(name):
+        try:
+            parts.append(store.offline.read(name, ts_column=ts, end_us=_us(before), filter=expr))
+        except NotFoundError:
+            pass
+    if getattr(source, "batch_source", None) is not None:
+        if latest and (index := _history_index(store, source, n)) is not None:
+            got = index.get(tuple(str(join_keys.get(k)) for k in sorted(join_keys)))
+            if got is not None:
+                parts.append(got)
+        else:
+            from ..compute.transform import read_source
+
+            try:
+                hist = read_source(source, store.config.repo, end_us=_us(before))
+            except DefinitionError:  # history files moved or unreadable: pushed events still count
+                hist = None
+            if hist is not None:
+                parts.append(hist.filter(expr) if expr is not None else hist)
+    if not parts:
         return None
-    if table.num_rows == 0:
-        return []
-    table = table.sort_by([(source.timestamp_field, "descending")]).slice(0, n * 4 + 16)
-    return _newest_first(table.to_pylist(), source.timestamp_field, n, _us(before))
+    rows: list[dict[str, Any]] = []
+    for t in parts:
+        if t.num_rows:
+            keep = [c for c in cols if c in t.column_names] or t.column_names
+            t = t.select(keep).sort_by([(ts, "descending")]).slice(0, n * 4 + 16)
+            rows += t.to_pylist()
+    return _newest_first(rows, ts, n, _us(before))
 
 
 def offline_row_time(store: ContextStore, view: Any, join_keys: dict[str, Any], at: datetime) -> datetime | None:
@@ -118,3 +158,64 @@ def offline_row_time(store: ContextStore, view: Any, join_keys: dict[str, Any], 
     if isinstance(latest, datetime):
         return latest if latest.tzinfo else latest.replace(tzinfo=timezone.utc)
     return None
+
+
+# (repo, source, files signature, n) -> entity key tuple -> its newest n history rows. History files
+# change only on a new batch drop, so a per-process index keeps the fallback off the file system.
+_HISTORY: dict[tuple[Any, ...], dict[tuple[str, ...], Any]] = {}
+_HISTORY_MAX_ROWS = 2_000_000  # beyond this, read per call rather than hold the index in memory
+_history_lock = threading.Lock()
+
+
+def _history_index(store: ContextStore, source: StreamSource, n: int) -> dict[tuple[str, ...], Any] | None:
+    import os
+
+    import pyarrow.compute as pc
+
+    from ..compute.transform import batch_source_of, read_source, source_files
+
+    fs = batch_source_of(source)
+    if fs is None:
+        return None
+    files = source_files(fs, store.config.repo)
+    try:
+        sig = tuple((f, os.stat(f).st_mtime_ns, os.stat(f).st_size) for f in files)
+    except OSError:
+        return None
+    key = (str(store.config.repo), source.name, sig, n)
+    hit = _HISTORY.get(key)
+    if hit is not None:
+        return hit
+    with _history_lock:
+        if key in _HISTORY:
+            return _HISTORY[key]
+        try:
+            hist = read_source(source, store.config.repo)
+        except DefinitionError:
+            return None
+        if hist.num_rows > _HISTORY_MAX_ROWS:
+            return None
+        ts = source.timestamp_field
+        entity = [k for k in _entity_keys_of(store, source) if k in hist.column_names]
+        if not entity:
+            return None
+        hist = hist.sort_by([(ts, "descending")])
+        keys = list(zip(*(pc.cast(hist[k], "string").to_pylist() for k in entity)))
+        index: dict[tuple[str, ...], list[int]] = {}
+        for i, k in enumerate(keys):
+            rows = index.setdefault(k, [])
+            if len(rows) < n:
+                rows.append(i)
+        out = {k: hist.take(v) for k, v in index.items()}
+        for stale in [k for k in _HISTORY if k[:2] == key[:2]] + list(_HISTORY)[: max(len(_HISTORY) - 7, 0)]:
+            _HISTORY.pop(stale, None)  # replaced files, and a bound on the number of indexes
+        _HISTORY[key] = out
+        return out
+
+
+def _entity_keys_of(store: ContextStore, source: StreamSource) -> list[str]:
+    """Join keys (sorted) of the context services whose recent events come from ``source``."""
+    for svc in store.definitions.context_services.values():
+        if svc.recent_events is not None and svc.recent_events[0].name == source.name:
+            return sorted(svc.entity.join_keys)
+    return []

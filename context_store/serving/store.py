@@ -107,9 +107,29 @@ class ContextStore:
         views: Sequence[str] | None = None,
         progress: bool = False,
     ) -> Any:
+        """Feature views into the offline store; embedding views and knowledge into their indexes.
+
+        ``views`` names feature views and/or embedding views; knowledge is (re)indexed on a full run.
+        """
         from ..compute.batch import backfill
 
-        return backfill(self.definitions, self.config, self.offline, start=start, end=end, views=views, progress=progress)
+        defs = self.definitions
+        wanted = set(views) if views is not None else None
+        unknown = sorted((wanted or set()) - set(defs.feature_views) - set(defs.embedding_views))
+        if unknown:
+            from ..errors import NotFoundError
+
+            raise NotFoundError(f"unknown view {unknown[0]!r} to backfill", field="views")
+        fv = None if wanted is None else [v for v in wanted if v in defs.feature_views]
+        report = None
+        if wanted is None or fv:
+            report = backfill(defs, self.config, self.offline, start=start, end=end, views=fv, progress=progress)
+        emb = [v for v in defs.embedding_views if wanted is None or v in wanted]
+        if emb:
+            self.vectors.backfill(emb, progress=progress)
+        if wanted is None and defs.knowledge:
+            self.vectors.index_knowledge(progress=progress)
+        return report
 
     def materialize(self, views: Sequence[str] | None = None, progress: bool = False) -> Any:
         from ..compute.materialize import materialize

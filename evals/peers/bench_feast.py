@@ -45,6 +45,7 @@ __all__ = ["generate_events", "main", "precompute_windows"]
 _HERE = Path(__file__).resolve()
 _VENV_PY = _HERE.parents[2] / ".venv-feast" / "bin" / "python"
 ROOT = _HERE.parents[2]
+RAW = ROOT / "evals" / "out" / "feast_raw.json"
 DAY_US = 86_400 * 1_000_000
 T0 = 1_704_067_200_000_000  # 2024-01-01T00:00:00Z, as in bench_batch
 WINDOWS = {"1h": 3_600_000_000, "1d": DAY_US, "7d": 7 * DAY_US}
@@ -317,6 +318,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def session_cpu_s(sid: int) -> float:
+    """CPU seconds of every live process in session ``sid`` plus the children they reaped (cutime/cstime).
+
+    gunicorn recycles workers (``--max-requests``); the master reaps them, so their CPU stays counted.
+    """
+    tck = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            f = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(f[3]) == sid:
+                total += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / tck
+
+
 def wrk(port: int, body: str, seconds: int, connections: int = 16) -> dict[str, Any]:
     """Closed-loop throughput, same parameters as evals/bench_server.py (1 thread, 16 connections)."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
@@ -335,7 +355,9 @@ def wrk(port: int, body: str, seconds: int, connections: int = 16) -> dict[str, 
 
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errs = re.search(r"Socket errors:.*", out)
+    reqs = re.search(r"(\d+) requests in", out)
     return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+            "requests": int(reqs.group(1)) if reqs else 0,
             "p50_ms": ms("50%"), "p99_ms": ms("99%"), "non_2xx": int(non2xx.group(1)) if non2xx else 0,
             "socket_errors": errs.group(0) if errs else ""}
 
@@ -366,10 +388,15 @@ def bench_server(repo: Path, refs: list[str], user: str, seconds: int, runs: int
                 time.sleep(0.5)
         load = os.getloadavg()[0]
         wrk(port, body, 2)  # warm-up
-        res = [wrk(port, body, seconds) for _ in range(runs)]
+        res = []
+        for _ in range(runs):
+            c = session_cpu_s(proc.pid)
+            x = wrk(port, body, seconds)
+            x["server_cpu_us"] = 1e6 * (session_cpu_s(proc.pid) - c) / max(1, x["requests"])
+            res.append(x)
         for x in res:
             print(f"  feast serve {' '.join(extra) or '(defaults)'}: {x['rps']:.0f} req/s, p50 {x['p50_ms']} ms, "
-                  f"p99 {x['p99_ms']} ms, non-2xx {x['non_2xx']}", flush=True)
+                  f"p99 {x['p99_ms']} ms, non-2xx {x['non_2xx']}, server CPU {x['server_cpu_us']:.0f} us/request", flush=True)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # the process group this function started
         try:
@@ -402,7 +429,15 @@ def main() -> None:
     ap.add_argument("--server-seconds", type=int, default=None)
     ap.add_argument("--redis", default=os.environ.get("CONTEXT_STORE_REDIS_URL", "redis://127.0.0.1:6379/0"))
     ap.add_argument("--out", default=str(ROOT / "evals" / "results" / "feast.md"))
+    ap.add_argument("--render", action="store_true", help=f"only re-render --out from the last run's {RAW.name}")
     args = ap.parse_args()
+    if args.render:
+        raw = json.loads(RAW.read_text())
+        a = argparse.Namespace(**raw["args"])
+        md = report(a, raw["meta"], raw["hist"], raw["big"], raw["mats"], raw["online"], raw["server"])
+        Path(args.out).write_text(md)
+        print(md)
+        return
     n_events = args.events or (200_000 if args.quick else 1_000_000)
     n_spine = args.spine or (20_000 if args.quick else 100_000)
     n = args.samples or (1_000 if args.quick else 5_000)
@@ -478,6 +513,11 @@ def main() -> None:
         meta["leftover_keys"] = left
         shutil.rmtree(tmp, ignore_errors=True)
     meta["load_end"] = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    if online:
+        online = {k: v for k, v in online.items() if k != "users"} | {"n_users": len(online["users"])}
+    raw = {"args": vars(args), "meta": meta, "hist": hist, "big": big, "mats": mats, "online": online, "server": server}
+    RAW.parent.mkdir(parents=True, exist_ok=True)
+    RAW.write_text(json.dumps(raw, default=str))  # evals/out/ is gitignored; `--render` re-renders it
     md = report(args, meta, hist, big, mats, online, server)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(md)

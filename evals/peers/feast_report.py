@@ -64,33 +64,37 @@ def _hist_section(args: argparse.Namespace, meta: dict[str, Any], hist: list[dic
     ]
     for h in hist + big:
         w = statistics.median(h["walls"])
-        L.append(f"| {h['offline']} | {h.get('events', meta['events']):,} | {h['rows_in']:,} | {w:.2f}s | {h['rows_in'] / w:,.0f} | "
+        L.append(f"| {h['offline']} | {h.get('events', meta['events']):,} | {h['rows_in']:,} | {w:.2f}s | "
+                 f"{h['rows_in'] / w:,.0f} | "
                  f"{statistics.median(h['cpus']):.2f}s | {h['rows_out']:,} / {h['rows_in']:,} | "
                  f"{h['missing']:,} ({100 * h['missing'] / h['rows_in']:.2f}%) | "
                  f"{'n/a' if 'order_kept' not in h else ('yes' if h['order_kept'] else 'no')} | "
                  f"{h['value_mismatches']:,} of {h['values_compared']:,} |")
     L.append("")
     for h in hist + big:
-        L.append(f"- {h['offline']}, {h.get('events', meta['events']):,} events, {h['rows_in']:,} spine rows: runs {', '.join(f'{w:.2f}s' for w in h['walls'])}; "
+        L.append(f"- {h['offline']}, {h.get('events', meta['events']):,} events, {h['rows_in']:,} spine rows: runs "
+                 f"{', '.join(f'{w:.2f}s' for w in h['walls'])}; "
                  f"dropped: {h['missing_unknown_user']:,} with an unknown user, {h['missing_before_first_row']:,} "
                  f"whose user's first feature row is after the spine time, {h['missing_other']:,} other; duplicated "
                  f"output rows: {h['dup_out']:,}. Floor in the same run: pandas `merge_asof` of the same spine and "
                  f"features took {h['merge_asof_s']:.2f}s ({h['rows_in'] / h['merge_asof_s']:,.0f} rows/s).")
+    drops = "; ".join(f"{h['missing'] / h['rows_in']:.2%} with {h.get('events', meta['events']):,} events and "
+                      f"{h['rows_in']:,} spine rows" for h in hist + big if h["missing"])
     L += ["", (
-        "The file (dask) store drops a spine row **silently** (no error, no warning; only a shorter frame) when its "
-        "entity has feature rows but all of them are later than the spine time: `_filter_ttl` removes the joined "
-        "candidates and nothing is left to carry the row, while rows of entities with no feature rows at all "
-        "survive with nulls. So the drop rate is data-dependent (the share of spine rows before the entity's first "
-        "event): ~19% with 1M events (~10 per user), fewer with denser histories (see the 10M-event rows, if run; "
-        "the issue's 0.5% came from a different data set). The DuckDB (ibis) store keeps every row with nulls. The file store also returns rows in neither spine "
-        "nor timestamp order (dask partitions); context-store returns every spine row, in spine order."), ""]
+        "Where a store drops rows, it does so **silently** (no error, no warning; only a shorter frame). The file "
+        "(dask) store drops a spine row when its entity has feature rows but all of them are later than the spine "
+        "time: `_filter_ttl` removes the joined candidates and nothing is left to carry the row, while rows of "
+        "entities with no feature rows at all survive with nulls. So the drop rate depends on the data (the share "
+        f"of spine rows before the entity's first event): {drops or 'none in this run'}. The issue's 0.5% fits "
+        "this cause on denser histories. The DuckDB (ibis) store keeps every row, with nulls. context-store "
+        "returns every spine row, in spine order."), ""]
     return L
 
 
 def _online_section(online: dict[str, Any]) -> list[str]:
     return [
         "## 2. Online serving (`get_online_features`, Redis online store)", "",
-        (f"In-process Python SDK, one process, keys drawn at random from {len(online['users']):,} materialized users; "
+        (f"In-process Python SDK, one process, keys drawn at random from {online['n_users']:,} materialized users; "
          "floor = redis-py against the same Redis, measured interleaved with Feast in the same run (the scheme of "
          "`evals/bench_online.py`). Feast reads one hash per entity with a pipelined HMGET of the requested fields. "
          "Timed call: `store.get_online_features(features=[10 refs], entity_rows=[...]).to_dict()`."), "",
@@ -127,16 +131,21 @@ def _server_section(args: argparse.Namespace, server: list[dict[str, Any]]) -> l
     L = ["## 4. Feature server (`feast serve -w 2`, HTTP `POST /get-online-features`, 1 entity x 10 features)", "",
          (f"wrk closed loop, 1 thread, 16 connections, {args.server_seconds}s per run (median of {args.runs}) after a "
           "2 s warm-up, same parameters as `evals/bench_server.py`; wrk runs on the same 2 cores as the server."), "",
-         "| command | req/s (median) | p50 ms | p99 ms | non-2xx | all runs req/s | load avg before |",
-         "|---|---:|---:|---:|---:|---:|---:|"]
+         ("| command | req/s (median) | p50 ms | p99 ms | non-2xx | server CPU µs/request (median) | all runs req/s "
+          "| load avg before |"),
+         "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for s in server:
         m = s["median"]
-        L.append(f"| `{s['cmd']}` | {m['rps']:,.0f} | {m['p50_ms']} | {m['p99_ms']} | {m['non_2xx']} | "
+        cpu = statistics.median(x["server_cpu_us"] for x in s["runs"])
+        L.append(f"| `{s['cmd']}` | {m['rps']:,.0f} | {m['p50_ms']} | {m['p99_ms']} | {m['non_2xx']} | {cpu:,.0f} | "
                  f"{', '.join(format(x['rps'], ',.0f') for x in s['runs'])} | {s['load']:.1f} |")
     L += ["", (
         "`feast serve` defaults to `--max-requests 1000` (gunicorn): each worker is recycled after ~1000 requests, "
         "i.e. several times per second at these rates, which costs most of the throughput; the second row turns "
-        "that off. Feast's response carries a status and an event timestamp per feature."), "",
+        "that off. Server CPU per request = CPU of the `feast serve` process tree (gunicorn master, workers, and "
+        "recycled workers via the master's reaped-children time) over the run / requests served: the load-independent "
+        "cost, comparable with `evals/bench_server.py`'s column. Feast's response carries a status and an event "
+        "timestamp per feature."), "",
         f"Sample response (truncated): `{server[0]['sample'][:400]}`", ""]
     return L
 

@@ -265,7 +265,10 @@ class RedisStreamLog:
         self.r.hset(self.offline_key, f"{table}|{partition}", offset)
 
     def announce(self, applied: dict[tuple[str, int], int]) -> None:
-        if applied:
+        if len(applied) == 1:
+            ((source, p), off), = applied.items()
+            self.r.publish(self.applied_channel, f"{source}|{p}|{off}")
+        elif applied:
             pipe = self.r.pipeline(transaction=False)
             for (source, p), off in applied.items():
                 pipe.publish(self.applied_channel, f"{source}|{p}|{off}")

@@ -339,14 +339,13 @@ class StreamWorker:
         keys = [self.key(p) for p in sorted(self.owned)]
         res = self.log.read(self.name, keys, self.count, self.block_ms)
         n = 0
-        applied: dict[Part, int] = {}
         for key, entries in res:
             part = self._by_key[key if isinstance(key, bytes) else key.encode()]
             if entries:
                 self._process(part, entries)
                 n += len(entries)
-                applied[part] = id_to_offset(entries[-1][0])
-        self.log.announce(applied)  # wakes pushers waiting for read-after-write
+                # Wake pushers waiting for read-after-write now, not after the other partitions.
+                self.log.announce({part: id_to_offset(entries[-1][0])})
         if self._buffered_rows >= 4 * self.flush_rows:
             self.flush()  # the flusher cannot keep up: wait for it
         elif self._buffered_rows >= self.flush_rows or time.monotonic() - self._last_flush >= self.flush_interval:

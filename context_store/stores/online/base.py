@@ -17,7 +17,7 @@ import orjson
 import pyarrow as pa
 
 from ...compute.aggregations import Partial
-from ...compute.tiles import ViewState, columns_from_arrow, encode_raw, ts_to_us
+from ...compute.tiles import ViewState, columns_from_arrow, encode_raw_groups, ts_to_us
 from ...errors import ConflictError
 from .codec import RowCodec, entity_keys
 
@@ -378,22 +378,22 @@ class BaseOnlineStore:
         gk = kidx[starts].tolist()
         gt = eff[starts].tolist()
         # New partials per field: the tile and its enclosing 4^L blocks (merged per field).
-        acc: dict[int, dict[str, list[Partial]]] = {}
+        raws = None if state.interval else encode_raw_groups(cols, plan, starts, ends)
+        acc: dict[int, dict[str, list[int]]] = {}  # key -> field -> new groups
         late_by_key: dict[int, list[Partial]] = {}
         dropped = 0
         for gi, (k, ti) in enumerate(zip(gk, gt)):
-            p = Partial(num[gi], objs[gi])
             if ti < h:
                 if state.has_lifetime:
-                    late_by_key.setdefault(k, []).append(p)
+                    late_by_key.setdefault(k, []).append(Partial(num[gi], objs[gi]))
                 else:
                     dropped += int(ends[gi] - starts[gi])
                 continue
             d = acc.setdefault(k, {})
             for lv in range(state.levels + 1):
-                d.setdefault(state.block(lv, ti >> (2 * lv)), []).append(p)
-            if not state.interval:
-                ops.appends.setdefault(kvals[k], {})[state.raw(ti)] = encode_raw(cols.take(np.arange(starts[gi], ends[gi])), plan)
+                d.setdefault(state.block(lv, ti >> (2 * lv)), []).append(gi)
+            if raws is not None:
+                ops.appends.setdefault(kvals[k], {})[state.raw(ti)] = raws[gi]
         if dropped:
             log.warning("view %s: %d events older than the retention horizon were not applied online", state.name, dropped)
         klist = sorted(set(gk))
@@ -404,15 +404,26 @@ class BaseOnlineStore:
         maxts: dict[int, int] = {}
         for k, e in zip(kidx[ends - 1].tolist(), cols.ts[ends - 1].tolist()):
             maxts[k] = max(maxts.get(k, e), e)
+        if plan.slots:
+            for k in klist:
+                for f, old in zip(want[k], cur[k]):
+                    ops.set(kvals[k], f, plan.merge_encoded(old, [Partial(num[g], objs[g]) for g in acc[k][f]]))
+        else:  # numbers only: merge every touched field at once with numpy
+            flat = [(kvals[k], f, old, acc[k][f]) for k in klist for f, old in zip(want[k], cur[k])]
+            if flat:
+                new_arr = np.stack([num[gl[0]] if len(gl) == 1 else plan.merge_num(num[gl]) for _, _, _, gl in flat])
+                old_arr = np.tile(plan.empty().num, (len(flat), 1))
+                present = [i for i, x in enumerate(flat) if x[2] is not None]
+                if present:
+                    old_arr[present] = np.frombuffer(b"".join(flat[i][2] for i in present), dtype="<f8").reshape(-1, plan.K)
+                merged = plan.merge_pairs(old_arr, new_arr).astype("<f8", copy=False).tobytes()
+                w = 8 * plan.K
+                for i, (key, f, _, _) in enumerate(flat):
+                    ops.set(key, f, merged[i * w : (i + 1) * w])
         for k in klist:
             key = kvals[k]
             vals = cur[k]
             fields = want[k]
-            for f, old in zip(fields, vals):
-                parts = acc[k][f]
-                if old is not None:
-                    parts = [plan.decode(old)] + parts
-                ops.set(key, f, plan.encode(plan.merge(parts)))
             nw = len(fields)
             m_old = int(vals[nw]) if vals[nw] is not None else None
             fold_to = h

@@ -9,6 +9,7 @@ Writes go through one Lua script, so a batch of tiles plus its applied offset is
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from typing import Any
 
@@ -99,6 +100,8 @@ class RedisOnlineStore(BaseOnlineStore):
         self._mhmget = self._r.register_script(_MHMGET)
         self._aclients: dict[int, Any] = {}
         self._alock = threading.Lock()
+        self._tl = threading.local()
+        self._held: list[Any] = []
         self._offsets = self.prefix + "offsets"
         self._sha: Any = None
 
@@ -109,14 +112,41 @@ class RedisOnlineStore(BaseOnlineStore):
         return self.prefix + "e:" + key
 
     # -- reads --------------------------------------------------------------------------
+    def _conn(self) -> Any:
+        """A connection owned by this thread: the hot path skips the pool's per-command bookkeeping."""
+        c = getattr(self._tl, "conn", None)
+        if c is None or self._tl.pid != os.getpid():  # never share a socket with a forked parent
+            self._tl.pid = os.getpid()
+            c = self._tl.conn = self._r.connection_pool.make_connection()
+            with self._alock:
+                self._held.append(c)
+        return c
+
+    def _direct(self, *args: Any) -> Any:
+        """One command on this thread's connection; a broken connection is retried once."""
+        for attempt in (0, 1):
+            c = self._conn()
+            try:
+                c.send_command(*args)
+                return c.read_response()
+            except self._errors:
+                c.disconnect()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
     def _hmget(self, reqs: list[tuple[str, list[str]]]) -> list[list[bytes | None]]:
         try:
             if len(reqs) == 1:
                 key, fields = reqs[0]
-                return [self._r.execute_command("HMGET", self.prefix + "e:" + key, *fields)] if fields else [[]]
+                return [self._direct("HMGET", self.prefix + "e:" + key, *fields)] if fields else [[]]
             f0 = reqs[0][1]
             if f0 and all(f is f0 or f == f0 for _, f in reqs):
-                return self._mhmget(keys=[self.prefix + "e:" + k for k, _ in reqs], args=f0)
+                keys = [self.prefix + "e:" + k for k, _ in reqs]
+                try:
+                    return self._direct("EVALSHA", self._mhmget.sha, len(keys), *keys, *f0)
+                except _import_redis().exceptions.NoScriptError:
+                    return self._mhmget(keys=keys, args=f0)  # loads the script
             pipe = self._r.pipeline(transaction=False)
             for key, fields in reqs:
                 if fields:
@@ -319,6 +349,10 @@ class RedisOnlineStore(BaseOnlineStore):
             raise self._unavailable(e) from None
 
     def close(self) -> None:
+        for c in self._held:
+            c.disconnect()
+        self._held.clear()
+        self._tl = threading.local()
         self._r.close()
         for c in list(self._aclients.values()):
             try:

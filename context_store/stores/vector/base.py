@@ -276,7 +276,12 @@ def _eval_coded(col: _Coded, n: int, c: Condition) -> np.ndarray:
         if any(_is_num(w) for w in wanted):  # a mixed column: 1 and 1.0 are the same value
             hits |= {code for code, x in enumerate(col.values) if _is_num(x) and any(_same(x, w) for w in wanted)}
         hits.discard(None)
-        hit = np.isin(codes, np.fromiter(hits, dtype=np.int32, count=len(hits))) if hits else np.zeros(n, dtype=bool)
+        if len(hits) == 1:
+            hit = codes == hits.pop()  # the common equality filter: one vectorised compare
+        elif hits:
+            hit = np.isin(codes, np.fromiter(hits, dtype=np.int32, count=len(hits)))
+        else:
+            hit = np.zeros(n, dtype=bool)
         return hit if op in ("eq", "in") else ~hit
 
     def cmp(x: Any) -> bool:
