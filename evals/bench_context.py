@@ -341,6 +341,9 @@ def main() -> None:
     except (OSError, KeyError, ValueError):
         r["srv"] = r["srv_list"] = None
     r["load"] = (load0 + os.getloadavg()[0]) / 2
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
     report(a, users_n, n, setup_s, r)
 
 

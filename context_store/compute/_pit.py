@@ -27,6 +27,7 @@ __all__ = ["EventIndex", "build_index", "lookup_segments", "RangeExtrema", "HLL_
 HLL_LG_K = 12  # DataSketches HLL: relative standard error ~1.04/sqrt(2^12) = 1.6% (exact while small)
 KLL_K = 200  # DataSketches KLL: normalized rank error ~1.65% (exact below ~k items)
 _BLOCK = 64
+_CHUNK = 1 << 15  # elements per cache-resident chunk of the prefix-sum build
 
 
 def _encode(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
@@ -39,8 +40,8 @@ def _encode(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
 
 
 def _runs(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array] | None:
-    """Codes of a key column already grouped into runs (the backfill's sorted log): cheaper than
-    hashing every value. None when some key appears in two runs (or is null)."""
+    """Run starts and run keys of a key column already grouped into runs (the backfill's sorted
+    log): cheaper than hashing every value. None when some key appears in two runs (or is null)."""
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     n = len(arr)
     if n < 2 or arr.null_count:
@@ -50,8 +51,7 @@ def _runs(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array] | None
     heads = arr.take(pa.array(starts))
     if len(pc.unique(heads)) != len(heads):
         return None
-    codes = np.repeat(np.arange(len(starts), dtype=np.int64), np.diff(np.r_[starts, n]))
-    return codes, heads
+    return starts.astype(np.int64, copy=False), heads
 
 
 @dataclass
@@ -60,9 +60,9 @@ class EventIndex:
 
     n: int
     perm: np.ndarray | None  # sorted position -> original row; None when the input was sorted
-    seg: np.ndarray  # segment id per sorted event
+    starts: np.ndarray  # first sorted position of every segment (plus n at the end)
     ts: np.ndarray  # ts (us) per sorted event
-    key: np.ndarray  # seg * span + compressed ts, non-decreasing
+    key: np.ndarray  # seg * span + compressed ts, non-decreasing (null-key events: -1, first)
     span: int
     ts_min: int
     ts_max: int
@@ -71,6 +71,19 @@ class EventIndex:
     seg_codes: np.ndarray  # sorted unique mixed-radix code per segment (multi-key only)
     radices: list[int]
     has_ties: bool
+    n_null: int = 0  # events with a null join key (sorted first, segment -1)
+
+    @property
+    def seg(self) -> np.ndarray:
+        """Segment id per sorted event (-1: null key); built on first use (most queries never need it)."""
+        cached = self.__dict__.get("_seg")
+        if cached is None:
+            lens = np.diff(self.starts)
+            cached = np.empty(self.n, dtype=np.int64)
+            cached[: self.n_null] = -1
+            cached[self.n_null :] = np.repeat(np.arange(len(lens), dtype=np.int64), lens)
+            self.__dict__["_seg"] = cached
+        return cached
 
     def take(self, col: pa.ChunkedArray | pa.Array) -> pa.Array:
         """A column of the events in sorted order."""
@@ -81,7 +94,8 @@ class EventIndex:
         b = np.clip(bound, self.ts_min, self.ts_max + 1)
         if self.uniq_ts is not None:
             return np.searchsorted(self.uniq_ts, b, side="left").astype(np.int64)
-        return b - self.ts_min
+        b -= self.ts_min  # b is a fresh array (np.clip)
+        return b
 
     def positions(self, seg: np.ndarray, bound: np.ndarray) -> np.ndarray:
         """Index of the first event of ``seg`` with ``ts >= bound`` (so ``[lo, hi)`` = ``start <= ts < end``).
@@ -90,7 +104,9 @@ class EventIndex:
         """
         if self.n == 0:
             return np.zeros(len(seg), dtype=np.int64)
-        out = np.searchsorted(self.key, seg * self.span + self._tb(bound), side="left").astype(np.int64)
+        q = self._tb(bound)
+        q += seg * self.span
+        out = np.searchsorted(self.key, q, side="left").astype(np.int64, copy=False)
         out[seg < 0] = 0
         return out
 
@@ -100,11 +116,32 @@ def build_index(keys: list[pa.ChunkedArray], ts: np.ndarray) -> EventIndex:
     n = len(ts)
     dicts: list[pa.Array] = []
     radices: list[int] = []
+    runs = _runs(keys[0]) if len(keys) == 1 else None
+    if runs is not None:
+        # The backfill's layout: one run per entity. Codes are run numbers, so the events are
+        # already grouped by segment; only timestamps inside runs may need sorting.
+        starts, heads = runs
+        ts_min, ts_max = int(ts.min()), int(ts.max())
+        span = ts_max - ts_min + 2
+        if len(starts) * span < (1 << 62):
+            # seg * span + (ts - ts_min) without a per-event segment array: two passes
+            key = np.repeat(np.arange(len(starts), dtype=np.int64) * span - ts_min, np.diff(np.r_[starts, n]))
+            key += ts
+            unsorted = bool(np.any(key[1:] < key[:-1])) if n > 1 else False
+            if not unsorted:
+                has_ties = bool(np.any(key[1:] == key[:-1])) if n > 1 else False
+                return EventIndex(
+                    n, None, np.r_[starts, n].astype(np.int64), ts, key, span, ts_min, ts_max, None,
+                    [heads], np.arange(len(starts), dtype=np.int64), [max(len(heads), 1)], has_ties,
+                )
     code: np.ndarray | None = None
     null: np.ndarray | None = None
-    runs = _runs(keys[0]) if len(keys) == 1 else None
     for col in keys:
-        c, d = runs if runs is not None else _encode(col)
+        if runs is not None:
+            starts, heads = runs
+            c, d = np.repeat(np.arange(len(starts), dtype=np.int64), np.diff(np.r_[starts, n])), heads
+        else:
+            c, d = _encode(col)
         if len(c) and c.min() < 0:
             null = (c < 0) if null is None else (null | (c < 0))
             c = np.maximum(c, 0)
@@ -140,15 +177,22 @@ def build_index(keys: list[pa.ChunkedArray], ts: np.ndarray) -> EventIndex:
     key += tsr
     if null is not None:
         key[null] = -1  # before every segment, and never searched for (lookups use seg >= 0)
-    d = np.diff(key) if n > 1 else np.zeros(0, dtype=np.int64)
-    if len(d) and d.min() < 0:
+    unsorted = bool(np.any(key[1:] < key[:-1])) if n > 1 else False
+    if unsorted:
         perm = np.argsort(key, kind="stable")
         key, seg, ts = key[perm], seg[perm], ts[perm]
-        d = np.diff(key)
     else:
         perm = None
-    has_ties = bool(len(d) and not d.all())
-    return EventIndex(n, perm, seg, ts, key, span, ts_min, ts_max, uniq, dicts, seg_codes, radices, has_ties)
+    has_ties = bool(np.any(key[1:] == key[:-1])) if n > 1 else False
+    n_null = int(np.count_nonzero(seg < 0)) if null is not None else 0
+    # segment starts over the sorted events (segments without events -- all-null combos -- are empty)
+    starts_ = np.searchsorted(seg[n_null:], np.arange(n_seg + 1, dtype=np.int64)) + n_null
+    idx = EventIndex(
+        n, perm, starts_.astype(np.int64), ts, key, span, ts_min, ts_max, uniq, dicts, seg_codes, radices,
+        has_ties, n_null,
+    )
+    idx.__dict__["_seg"] = seg
+    return idx
 
 
 def lookup_segments(index: EventIndex, spine_keys: list[pa.ChunkedArray], names: list[str]) -> np.ndarray:
@@ -197,16 +241,29 @@ class CompensatedPrefix:
 
     def __init__(self, x: np.ndarray) -> None:
         x = np.ascontiguousarray(x, dtype=np.float64)
-        self.p = prefix(x, np.float64)  # np.add.accumulate: strictly sequential, so TwoSum below is exact
-        a, s = self.p[:-1], self.p[1:]
-        # err = (a - (s - bb)) + (x - bb) with bb = s - a, computed in place (big temporaries are costly)
-        bb = np.subtract(s, a)
-        tmp = np.subtract(s, bb)
-        np.subtract(a, tmp, out=tmp)
-        np.subtract(x, bb, out=bb)
-        np.add(tmp, bb, out=bb)
-        del tmp
-        self.c = prefix(bb, np.float64)
+        n = len(x)
+        self.p = p = np.empty(n + 1, dtype=np.float64)
+        self.c = c = np.empty(n + 1, dtype=np.float64)
+        p[0] = c[0] = 0.0
+        # Chunks that stay in L2: one pass over memory instead of seven. Within and across chunks
+        # p[i + 1] = fl(p[i] + x[i]) strictly in order (add.accumulate is sequential), so TwoSum's
+        # error term err = (a - (s - bb)) + (x - bb), bb = s - a, is exact.
+        bb_buf = np.empty(min(n, _CHUNK), dtype=np.float64)
+        tmp_buf = np.empty(min(n, _CHUNK), dtype=np.float64)
+        for i in range(0, n, _CHUNK):
+            j = min(i + _CHUNK, n)
+            xs, ps, cs = x[i:j], p[i : j + 1], c[i : j + 1]
+            bb, tmp = bb_buf[: j - i], tmp_buf[: j - i]
+            ps[1:] = xs
+            np.add.accumulate(ps, out=ps)
+            a, s = ps[:-1], ps[1:]
+            np.subtract(s, a, out=bb)
+            np.subtract(s, bb, out=tmp)
+            np.subtract(a, tmp, out=tmp)
+            np.subtract(xs, bb, out=bb)
+            np.add(tmp, bb, out=bb)
+            cs[1:] = bb
+            np.add.accumulate(cs, out=cs)
 
     def window(self, lo: np.ndarray, hi: np.ndarray, extended: bool = False) -> np.ndarray:
         """Sums over [lo, hi): float64 within ~2 ulp of the exact sum, or long double (``extended``,
@@ -220,8 +277,8 @@ class CompensatedPrefix:
 class RangeExtrema:
     """min or max over index ranges [lo, hi) of a numeric array (invalid entries ignored).
 
-    Blocks of 64: in-block prefix/suffix extrema (stored transposed, so building them is 64
-    vectorized passes over all blocks) and a sparse table over block extrema. A range spanning
+    Blocks of 64: in-block prefix/suffix extrema (one ``accumulate`` along the rows of an
+    (nb, 64) view) and a sparse table over block extrema. A range spanning
     blocks costs O(1); a range inside one block is scanned (short ranges: little work).
     """
 
@@ -239,18 +296,22 @@ class RangeExtrema:
         # scans stay inside [0, n): no padding needed, and no copy when nothing is null
         v = values if valid.all() else np.where(valid, values, ident)
         self.v = v
-        # (64, nb): row k = k-th element of every block, padded with the identity
-        t = np.full((_BLOCK, nb), ident, dtype=values.dtype)
+        # in-block prefix / suffix extrema, natural layout: (nb, 64) rows accumulated along axis 1
         full = n // _BLOCK
-        t[:, :full] = v[: full * _BLOCK].reshape(full, _BLOCK).T
-        if n > full * _BLOCK:
-            t[: n - full * _BLOCK, full] = v[full * _BLOCK :]
-        pref, suf = t, t.copy()
-        for k in range(1, _BLOCK):  # row-wise passes: contiguous and vectorized over all blocks
-            self.uf(pref[k - 1], pref[k], out=pref[k])
-            self.uf(suf[_BLOCK - k], suf[_BLOCK - k - 1], out=suf[_BLOCK - k - 1])
+        pref = np.empty((nb, _BLOCK), dtype=values.dtype)
+        suf = np.empty((nb, _BLOCK), dtype=values.dtype)
+        if full:
+            blocks = v[: full * _BLOCK].reshape(full, _BLOCK)
+            self.uf.accumulate(blocks, axis=1, out=pref[:full])
+            self.uf.accumulate(blocks[:, ::-1], axis=1, out=suf[:full, ::-1])
+        if n > full * _BLOCK or n == 0:
+            tail = np.full(_BLOCK, ident, dtype=values.dtype)
+            tail[: n - full * _BLOCK] = v[full * _BLOCK :]
+            self.uf.accumulate(tail, out=pref[full])
+            self.uf.accumulate(tail[::-1], out=suf[full, ::-1])
         self.pref = pref.reshape(-1)
         self.suf = suf.reshape(-1)
+        pref = pref.T  # row -1: block extrema
         levels = [pref[-1].copy()]
         k = 1
         while (1 << k) <= nb:
@@ -259,10 +320,6 @@ class RangeExtrema:
             levels.append(self.uf(prev[:-half], prev[half:]))
             k += 1
         self.levels = levels
-
-    def _t(self, i: np.ndarray) -> np.ndarray:
-        """Flat index of element i in the transposed (64, nb) layout."""
-        return (i % _BLOCK) * self.nb + i // _BLOCK
 
     def query(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         res = np.full(len(lo), self.ident, dtype=self.v.dtype)
@@ -275,7 +332,7 @@ class RangeExtrema:
         # ranges spanning blocks: suffix of the first, prefix of the last, sparse table between
         d = np.nonzero(~same)[0]
         if len(d):
-            r = self.uf(self.suf[self._t(lo_[d])], self.pref[self._t(h[d])])
+            r = self.uf(self.suf[lo_[d]], self.pref[h[d]])
             a, b = bl[d] + 1, bh[d] - 1
             has = np.nonzero(a <= b)[0]
             if len(has):
@@ -298,10 +355,13 @@ class RangeExtrema:
             start = lo_[s]
             desc = length[order]
             r = self.v[start]
+            buf = np.empty_like(r)
             asc = desc[::-1]
             for k in range(1, int(desc[0]) if len(desc) else 1):
                 c = len(asc) - int(np.searchsorted(asc, k, side="right"))  # ranges longer than k
-                self.uf(r[:c], self.v[start[:c] + k], out=r[:c])
+                # v[k:][start] == v[start + k] without a temporary index array
+                np.take(self.v[k:], start[:c], out=buf[:c], mode="clip")
+                self.uf(r[:c], buf[:c], out=r[:c])
             res[ne[s]] = r
         return res
 

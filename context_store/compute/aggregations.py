@@ -330,6 +330,31 @@ class AggPlan:
             res[:, c + 5] = a[:, c + 5] + b[:, c + 5] + n1 * (a[:, c + 4] - mean) ** 2 + n2 * (b[:, c + 4] - mean) ** 2
         return res
 
+    def merge_grouped(self, arr: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """``merge_num`` of consecutive row groups of ``arr`` (shape (T, K)) starting at ``starts``,
+        vectorised: one merged block per group (stream applies merge many tiles into blocks)."""
+        if len(starts) == len(arr):
+            return arr
+        G = len(starts)
+        sizes = np.diff(np.append(starts, len(arr)))
+        gid = np.repeat(np.arange(G), sizes)
+        res = np.empty((G, self.K))
+        res[:, 0] = np.add.reduceat(arr[:, 0], starts)
+        for i in range(len(self.num_cols)):
+            c = 1 + _NSLOT * i
+            n_i = arr[:, c]
+            n = np.add.reduceat(n_i, starts)
+            s = np.add.reduceat(arr[:, c + 1], starts)
+            mean = np.divide(s, n, out=np.zeros(G), where=n > 0)
+            d = arr[:, c + 4] - mean[gid]
+            res[:, c] = n
+            res[:, c + 1] = s
+            res[:, c + 2] = np.minimum.reduceat(arr[:, c + 2], starts)
+            res[:, c + 3] = np.maximum.reduceat(arr[:, c + 3], starts)
+            res[:, c + 4] = mean
+            res[:, c + 5] = np.where(n > 0, np.add.reduceat(arr[:, c + 5] + n_i * d * d, starts), 0.0)
+        return res
+
     def merge_encoded(self, old: bytes | None, parts: list[Partial]) -> bytes:
         """Encoded merge of a stored partial (or None) with new ones (the stream's read-modify-write)."""
         if self.slots:

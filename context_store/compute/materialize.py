@@ -137,6 +137,7 @@ def materialize(
         vr.rows = table.num_rows
         if table.num_rows:
             vr.entities, vr.fields = materialize_table(state, table, online, now, bar)
+            online.flush()  # the watermark below must only cover written data
             max_ts = int(ts_to_us(table[view.timestamp_field]).max())
             prev = wm.get("max_ts") if wm and wm.get("vid") == state.vid else None
             vr.watermark_us = max(max_ts, prev) if prev is not None else max_ts
@@ -152,7 +153,8 @@ def materialize(
 
 
 def materialize_table(state: ViewState, table: pa.Table, online: Any, now_us: int, bar: Any = None) -> tuple[int, int]:
-    """Write the online state of ``table`` (rows of one view); returns (entities, fields written)."""
+    """Write the online state of ``table`` (rows of one view); returns (entities, fields written).
+    Writes may still be in flight on return: call ``online.flush()`` before relying on them."""
     from ..stores.online import Ops
     from ..stores.online.codec import entity_keys
 
@@ -200,31 +202,48 @@ def materialize_table(state: ViewState, table: pa.Table, online: Any, now_us: in
         ops = Ops()
         gt_l = gt[g0:g1].tolist()
         gk_l = gk[g0:g1].tolist()
-        for i, (k, ti) in enumerate(zip(gk_l, gt_l)):
-            key = kvals[k]
-            d = ops.sets.get(key)
-            if d is None:
-                d = ops.sets[key] = {}
-                d[f"{vid}:m"] = m_val
-            if state.has_lifetime and ti == h - 1:
-                d[state.L] = h_bytes + enc[i]
-                continue
-            d[f"{vid}:{ti}"] = enc[i]
-            if raws is not None:
-                d[f"{vid}:{ti}r"] = raws[i]
+        if state.has_lifetime:
+            for i, (k, ti) in enumerate(zip(gk_l, gt_l)):
+                key = kvals[k]
+                d = ops.sets.get(key)
+                if d is None:
+                    d = ops.sets[key] = {}
+                    d[f"{vid}:m"] = m_val
+                if ti == h - 1:
+                    d[state.L] = h_bytes + enc[i]
+                    continue
+                d[f"{vid}:{ti}"] = enc[i]
+                if raws is not None:
+                    d[f"{vid}:{ti}r"] = raws[i]
+        else:  # per entity one dict built from slices (C loops, not one Python step per tile)
+            pre = f"{vid}:"
+            names = [pre + x for x in map(str, gt_l)]
+            rnames = [x + "r" for x in names] if raws is not None else None
+            ks = (key_starts[c0:c1] - g0).tolist()
+            ke = (key_ends[c0:c1] - g0).tolist()
+            for a, e in zip(ks, ke):
+                d = {state.M: m_val}
+                d.update(zip(names[a:e], enc[a:e]))
+                if rnames is not None and raws is not None:
+                    d.update(zip(rnames[a:e], raws[a:e]))
+                ops.sets[kvals[gk_l[a]]] = d
         # Enclosing 4^L-tile blocks (rows are sorted by (entity, tile), hence by (entity, block)).
         sk, stl = kidx[r0:r1], tiles[r0:r1]
         for lv in range(1, state.levels + 1):
             blk = stl >> (2 * lv)
-            bs = np.concatenate([[0], np.flatnonzero((np.diff(sk) != 0) | (np.diff(blk) != 0)) + 1]).astype(np.int64)
+            bs = np.flatnonzero(np.r_[True, (np.diff(sk) != 0) | (np.diff(blk) != 0)])
             bnum, bobjs = plan.partials_grouped(sub, bs)
-            benc = [plan.encode_parts(bnum[i], bobjs[i]) for i in range(len(bs))] if plan.slots else list(
-                map(bytes, bnum.astype("<f8", copy=False)))
+            bj = blk[bs]
+            keep = np.flatnonzero(((bj + 1) << (2 * lv)) > h)  # blocks entirely older than the horizon: unreachable
+            benc_all = [plan.encode_parts(bnum[i], bobjs[i]) for i in keep.tolist()] if plan.slots else list(
+                map(bytes, bnum[keep].astype("<f8", copy=False)))
             pre = f"{vid}:{lv}:"
-            for i, (k, j) in enumerate(zip(sk[bs].tolist(), blk[bs].tolist())):
-                if (j + 1) << (2 * lv) <= h:
-                    continue  # entirely older than the horizon: no reachable window uses it
-                ops.sets[kvals[k]][pre + str(j)] = benc[i]
+            bnames = [pre + x for x in map(str, bj[keep].tolist())]
+            bk = sk[bs][keep]
+            kb = np.flatnonzero(np.r_[True, np.diff(bk) != 0])
+            kbe = np.append(kb[1:], len(bk)).tolist()
+            for a, e, k in zip(kb.tolist(), kbe, bk[kb].tolist()):
+                ops.sets[kvals[k]].update(zip(bnames[a:e], benc_all[a:e]))
         if state.has_lifetime:
             empty = None
             for d in ops.sets.values():
@@ -236,7 +255,7 @@ def materialize_table(state: ViewState, table: pa.Table, online: Any, now_us: in
         for k, mt in zip(gk[key_starts[c0:c1]].tolist(), cols.ts[last_rows].tolist()):
             ops.expire[kvals[k]] = state.expire_ms(mt, now_us)
         fields += len(ops)
-        online.write_ops(ops)
+        online.write_ops(ops, wait=False)  # overlap Redis work with building the next chunk
         if bar is not None:
             bar.update(r1 - r0)
     return len(kvals), fields
@@ -273,9 +292,9 @@ def _rows(state: ViewState, table: pa.Table, online: Any, kidx: np.ndarray, kval
         ops.sets[key] = {vid: codec.encode(t, [c[j] for c in cols])}
         ops.expire[key] = state.expire_ms(t, now_us)
         if len(ops.sets) >= _CHUNK_KEYS:
-            online.write_ops(ops)
+            online.write_ops(ops, wait=False)
             ops = Ops()
-    online.write_ops(ops)
+    online.write_ops(ops, wait=False)
     if bar is not None:
         bar.update(table.num_rows)
     return len(lk), len(lk)

@@ -166,22 +166,25 @@ def encode_raw_groups(cols: Columns, plan: AggPlan, starts: np.ndarray, ends: np
     return out
 
 
-def parse_raw_num(buf: bytes, plan: AggPlan) -> tuple[list[int], dict[str, Any], dict[str, Any]]:
-    """Timestamps, validity and values of the numeric columns of a raw field, as Python
-    sequences (no arrays: edges hold few events and are read on the hot path)."""
-    ts_all: list[int] = []
-    valid_all: dict[str, Any] = {c: b"" for c in plan.num_cols}
-    vals_all: dict[str, Any] = {c: () for c in plan.num_cols}
+_NP_EDGE = 48  # edges with more events than this are cut with numpy (hot entities); fewer: plain Python
+
+
+def parse_raw_num(buf: bytes, plan: AggPlan) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Timestamps, validity and values of the numeric columns of a raw field: Python sequences
+    for small edges (read on the hot path, arrays cost more than they save), numpy arrays for big ones."""
+    blocks: list[tuple[int, int, dict[str, tuple[int, str]]]] = []  # (n, ts offset, column -> (offset, kind))
     off = 0
     end = len(buf)
+    total = 0
     while off < end:
         (n,) = _HDR.unpack_from(buf, off)
         off += 4
-        ts_all += struct.unpack_from(f"<{n}q", buf, off)
+        ts_off = off
         off += 8 * n
+        where: dict[str, tuple[int, str]] = {}
         for c in plan.columns:
             dt = plan.types[c]
-            valid = buf[off : off + n]
+            v_off = off
             off += n
             if isinstance(dt, Embedding):
                 off += 4 * n * dt.dim
@@ -190,17 +193,49 @@ def parse_raw_num(buf: bytes, plan: AggPlan) -> tuple[list[int], dict[str, Any],
             elif dt.name == "bool":
                 off += n
             else:
-                if c in valid_all:
-                    valid_all[c] += valid
-                    vals_all[c] += struct.unpack_from(f"<{n}{'d' if dt.name == 'float64' else 'q'}", buf, off)
+                where[c] = (v_off, "d" if dt.name == "float64" else "q")
                 off += 8 * n
+        blocks.append((n, ts_off, where))
+        total += n
+    if total > _NP_EDGE:
+        ts_np = np.concatenate([np.frombuffer(buf, "<i8", n, o) for n, o, _ in blocks]) if blocks else np.zeros(0, np.int64)
+        valid_np: dict[str, Any] = {}
+        vals_np: dict[str, Any] = {}
+        for c in plan.num_cols:
+            valid_np[c] = np.concatenate([np.frombuffer(buf, np.uint8, n, w[c][0]) for n, _, w in blocks]).astype(bool)
+            vals_np[c] = np.concatenate([np.frombuffer(buf, "<f8" if w[c][1] == "d" else "<i8", n, w[c][0] + n)
+                                         for n, _, w in blocks]).astype(np.float64)
+        return ts_np, valid_np, vals_np
+    ts_all: list[int] = []
+    valid_all: dict[str, Any] = {c: b"" for c in plan.num_cols}
+    vals_all: dict[str, Any] = {c: () for c in plan.num_cols}
+    for n, o, w in blocks:
+        ts_all += struct.unpack_from(f"<{n}q", buf, o)
+        for c in plan.num_cols:
+            v_off, kind = w[c]
+            valid_all[c] += buf[v_off : v_off + n]
+            vals_all[c] += struct.unpack_from(f"<{n}{kind}", buf, v_off + n)
     return ts_all, valid_all, vals_all
 
 
-def raw_num_block(parsed: tuple[list[int], dict[str, Any], dict[str, Any]], plan: AggPlan, lo: int | None, hi: int) -> list[float]:
+def raw_num_block(parsed: tuple[Any, dict[str, Any], dict[str, Any]], plan: AggPlan, lo: int | None, hi: int) -> list[float]:
     """The numeric block (same formulas as AggPlan.partials_grouped) of the parsed raw events
     with ``lo <= ts < hi``: the continuous-mode edge of a numbers-only view."""
     ts_all, valid_all, vals_all = parsed
+    if isinstance(ts_all, np.ndarray):
+        sel_m = ts_all < hi if lo is None else (ts_all < hi) & (ts_all >= lo)
+        res = [float(np.count_nonzero(sel_m))]
+        for c in plan.num_cols:
+            x = vals_all[c][sel_m & valid_all[c]]
+            if not len(x):
+                res += [0.0, 0.0, math.inf, -math.inf, 0.0, 0.0]
+                continue
+            cnt = float(len(x))
+            sm = float(x.sum())
+            mean = sm / cnt
+            d = x - mean
+            res += [cnt, sm, float(x.min()), float(x.max()), mean, float(np.dot(d, d))]
+        return res
     sel = [i for i, x in enumerate(ts_all) if x < hi and (lo is None or x >= lo)]
     res = [float(len(sel))]
     for c in plan.num_cols:
@@ -210,9 +245,9 @@ def raw_num_block(parsed: tuple[list[int], dict[str, Any], dict[str, Any]], plan
             res += [0.0, 0.0, math.inf, -math.inf, 0.0, 0.0]
             continue
         cnt = float(len(vals))
-        s = sum(vals)
-        mean = s / cnt
-        res += [cnt, s, min(vals), max(vals), mean, sum((y - mean) ** 2 for y in vals)]
+        sm = sum(vals)
+        mean = sm / cnt
+        res += [cnt, sm, min(vals), max(vals), mean, sum((y - mean) ** 2 for y in vals)]
     return res
 
 
@@ -415,6 +450,7 @@ class ViewState:
         out: list[Any] = [None] * len(plan.outputs)
         g = self.g
         numl: list[list[float]] | None = None
+        cuts: dict[int | None, list[float]] = {}
         for (w, which), ids in zip(self.windows, ctx.per_window):
             rows = [pos[i] for i in ids if i in pos]
             edges: list[Partial] = []
@@ -429,7 +465,10 @@ class ViewState:
                         parts_l.append(raw_num_block(raws[s // g], plan, s, t))
                     if ctx.b in raws:
                         lo = s if s is not None and s // g >= ctx.b else None
-                        parts_l.append(raw_num_block(raws[ctx.b], plan, lo, t))
+                        cut = cuts.get(lo)  # windows starting before tile b share this edge
+                        if cut is None:
+                            cut = cuts[lo] = raw_num_block(raws[ctx.b], plan, lo, t)
+                        parts_l.append(cut)
                 mnum = plan.merge_rows(parts_l) if parts_l else plan.empty_list
                 for i in which:
                     out[i] = plan.finalize(plan.outputs[i], mnum, [])

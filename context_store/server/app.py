@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import os
 import time
@@ -171,6 +172,11 @@ def create_app(
             if mcp is not None:
                 await stack.enter_async_context(mcp.lifespan())
             await run_in_threadpool(_warm, state)
+            if state.settings.freeze_gc:
+                # Measured: a full collection over the ~80k objects of imports and definitions paused the event
+                # loop for 45-140 ms (the p99 stalls). Frozen objects are never scanned again.
+                gc.collect()
+                gc.freeze()
             refresher = asyncio.create_task(_refresh_loop(state))
             try:
                 yield

@@ -81,7 +81,7 @@ def app_from_env() -> Any:
     from .app import create_app
 
     opts = ServeOptions(**orjson.loads(os.environ[ENV_OPTIONS]))
-    overrides: dict[str, Any] = {"rate_limit": opts.rate_limit, "mcp": opts.mcp}
+    overrides: dict[str, Any] = {"rate_limit": opts.rate_limit, "mcp": opts.mcp, "freeze_gc": True}
     if opts.max_body:
         overrides["max_body"] = opts.max_body
     hosts = _mcp_hosts(opts)

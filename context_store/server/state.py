@@ -31,6 +31,7 @@ class ServerSettings:
     allowed_hosts: tuple[str, ...] = ()  # extra Host headers MCP accepts (DNS-rebinding protection)
     allowed_origins: tuple[str, ...] = ()
     fast_path: bool = True               # serve the Tecton routes without FastAPI's per-request layers
+    freeze_gc: bool = False              # gc.freeze() after warm-up (dedicated server processes: ``serve``)
 
 
 class ServerState:

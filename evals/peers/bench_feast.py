@@ -45,7 +45,7 @@ __all__ = ["generate_events", "main", "precompute_windows"]
 _HERE = Path(__file__).resolve()
 _VENV_PY = _HERE.parents[2] / ".venv-feast" / "bin" / "python"
 ROOT = _HERE.parents[2]
-RAW = ROOT / "evals" / "out" / "feast_raw.json"
+OUT_DIR = ROOT / "evals" / "out"  # gitignored: raw numbers of the last run, for --render
 DAY_US = 86_400 * 1_000_000
 T0 = 1_704_067_200_000_000  # 2024-01-01T00:00:00Z, as in bench_batch
 WINDOWS = {"1h": 3_600_000_000, "1d": DAY_US, "7d": 7 * DAY_US}
@@ -240,7 +240,7 @@ def bench_historical(repo_root: Path, offline: str, feats_path: Path, feats: pd.
               f"{len(out):,} rows out of {len(spine):,}", flush=True)
     store.teardown()
     chk = check_training(spine, out, feats, ttl)
-    return {"offline": offline, "walls": walls, "cpus": cpus, **chk}
+    return {"offline": offline, "walls": walls, "cpus": cpus, **chk}  # "events" is added by the caller
 
 
 def bench_materialize(repo_root: Path, offline: str, feats_path: Path, feats: pd.DataFrame, redis_url: str,
@@ -429,10 +429,12 @@ def main() -> None:
     ap.add_argument("--server-seconds", type=int, default=None)
     ap.add_argument("--redis", default=os.environ.get("CONTEXT_STORE_REDIS_URL", "redis://127.0.0.1:6379/0"))
     ap.add_argument("--out", default=str(ROOT / "evals" / "results" / "feast.md"))
-    ap.add_argument("--render", action="store_true", help=f"only re-render --out from the last run's {RAW.name}")
+    ap.add_argument("--render", action="store_true",
+                    help="only re-render --out from the last run's evals/out/<out name>_raw.json")
     args = ap.parse_args()
+    raw_path = OUT_DIR / f"{Path(args.out).stem}_raw.json"
     if args.render:
-        raw = json.loads(RAW.read_text())
+        raw = json.loads(raw_path.read_text())
         a = argparse.Namespace(**raw["args"])
         md = report(a, raw["meta"], raw["hist"], raw["big"], raw["mats"], raw["online"], raw["server"])
         Path(args.out).write_text(md)
@@ -467,7 +469,8 @@ def main() -> None:
         feats_path = tmp / "txn_features.parquet"
         feats.to_parquet(feats_path, index=False)
         for offline in [o for o in args.offline.split(",") if o]:
-            hist.append(bench_historical(tmp, offline, feats_path, feats, spine, ttl, args.runs, args.redis))
+            h = bench_historical(tmp, offline, feats_path, feats, spine, ttl, args.runs, args.redis)
+            hist.append({**h, "events": n_events})
         for point in args.scale:  # extra scale points, a single run per store each
             ne, ns = (int(x) for x in point.split(":"))
             ev = events if ne == n_events else generate_events(ne, args.users, args.days)
@@ -516,8 +519,8 @@ def main() -> None:
     if online:
         online = {k: v for k, v in online.items() if k != "users"} | {"n_users": len(online["users"])}
     raw = {"args": vars(args), "meta": meta, "hist": hist, "big": big, "mats": mats, "online": online, "server": server}
-    RAW.parent.mkdir(parents=True, exist_ok=True)
-    RAW.write_text(json.dumps(raw, default=str))  # evals/out/ is gitignored; `--render` re-renders it
+    raw_path.parent.mkdir(parents=True, exist_ok=True)
+    raw_path.write_text(json.dumps(raw, default=str))
     md = report(args, meta, hist, big, mats, online, server)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(md)

@@ -88,8 +88,13 @@ class OnlineStore(Protocol):
 
     async def read_entities_async(self, states: Sequence[ViewState], keys: Sequence[str], t_us: int) -> list[list[ViewValues]]: ...
 
-    def write_ops(self, ops: Ops) -> None:
-        """Bulk writes (materialization): pipelined, not atomic across keys."""
+    def write_ops(self, ops: Ops, wait: bool = True) -> None:
+        """Bulk writes (materialization): pipelined, not atomic across keys. ``wait=False`` may
+        return before the writes are done (call ``flush()``)."""
+        ...
+
+    def flush(self) -> None:
+        """Wait for bulk writes sent with ``wait=False``; raises their error, if any."""
         ...
 
     def apply_events(
@@ -297,9 +302,12 @@ class BaseOnlineStore:
         return c
 
     # -- writes -------------------------------------------------------------------------
-    def write_ops(self, ops: Ops) -> None:
+    def write_ops(self, ops: Ops, wait: bool = True) -> None:
         if ops.keys():
             self._commit(ops, None)
+
+    def flush(self) -> None:
+        pass
 
     def applied_offset(self, view: str | ViewState, partition: str) -> str | None:
         return self._get_offset(self._offset_field(view, partition))
@@ -358,73 +366,87 @@ class BaseOnlineStore:
             ops.expire[k] = state.expire_ms(ts[i], now)
 
     def _tile_ops(self, state: ViewState, table: pa.Table, now: int, ops: Ops) -> None:
+        """Merge a batch into per-(entity, tile) partials, then per touched field (tile + 4^L blocks)
+        one partial, vectorised; one read of the touched fields, one write (``_commit``)."""
         plan = state.plan
         assert plan is not None
-        g = state.g
         h = state.horizon(now)
         cols = columns_from_arrow(table, plan, state.view.timestamp_field)
         keys_arr = entity_keys(table, state.view.join_keys).dictionary_encode()
         kidx = np.asarray(keys_arr.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
         kvals = keys_arr.dictionary.to_pylist()
-        tiles = cols.ts // g
-        eff = np.maximum(tiles, h - 1)  # h - 1 stands for "older than the horizon"
+        eff = np.maximum(cols.ts // state.g, h - 1)  # h - 1 stands for "older than the horizon"
         order = np.lexsort((cols.ts, eff, kidx))
         cols = cols.take(order)
         kidx, eff = kidx[order], eff[order]
-        brk = np.flatnonzero((np.diff(kidx) != 0) | (np.diff(eff) != 0)) + 1
-        starts = np.concatenate([[0], brk]).astype(np.int64)
-        ends = np.append(starts[1:], len(kidx))
+        nrows = len(kidx)
+        starts = np.flatnonzero(np.r_[True, (np.diff(kidx) != 0) | (np.diff(eff) != 0)])
+        ends = np.append(starts[1:], nrows)
         num, objs = plan.partials_grouped(cols, starts)
-        gk = kidx[starts].tolist()
-        gt = eff[starts].tolist()
-        # New partials per field: the tile and its enclosing 4^L blocks (merged per field).
-        raws = None if state.interval else encode_raw_groups(cols, plan, starts, ends)
-        acc: dict[int, dict[str, list[int]]] = {}  # key -> field -> new groups
+        gk, gt = kidx[starts], eff[starts]
+        live = gt >= h
         late_by_key: dict[int, list[Partial]] = {}
-        dropped = 0
-        for gi, (k, ti) in enumerate(zip(gk, gt)):
-            if ti < h:
+        if not live.all():
+            dropped = 0
+            for gi in np.flatnonzero(~live).tolist():
                 if state.has_lifetime:
-                    late_by_key.setdefault(k, []).append(Partial(num[gi], objs[gi]))
+                    late_by_key.setdefault(int(gk[gi]), []).append(Partial(num[gi], objs[gi]))
                 else:
                     dropped += int(ends[gi] - starts[gi])
-                continue
-            d = acc.setdefault(k, {})
-            for lv in range(state.levels + 1):
-                d.setdefault(state.block(lv, ti >> (2 * lv)), []).append(gi)
-            if raws is not None:
-                ops.appends.setdefault(kvals[k], {})[state.raw(ti)] = raws[gi]
-        if dropped:
-            log.warning("view %s: %d events older than the retention horizon were not applied online", state.name, dropped)
-        klist = sorted(set(gk))
-        # Read the touched fields, fold marker and lifetime base of every key: one round trip.
-        want = {k: list(acc.get(k, {})) for k in klist}
-        reqs = [(kvals[k], want[k] + [state.M] + ([state.L] if state.has_lifetime else [])) for k in klist]
-        cur = dict(zip(klist, self._hmget(reqs)))
-        maxts: dict[int, int] = {}
-        for k, e in zip(kidx[ends - 1].tolist(), cols.ts[ends - 1].tolist()):
-            maxts[k] = max(maxts.get(k, e), e)
+            if dropped:
+                log.warning("view %s: %d events older than the retention horizon were not applied online", state.name, dropped)
+        li = np.flatnonzero(live)
+        k_l, t_l, num_l = gk[li], gt[li], num[li]
+        li_l = li.tolist()
+        # Touched fields per level: consecutive groups of one (key, block) merge into one partial.
+        f_key, f_num, f_names, f_objs = [], [], [], []
+        for lv in range(state.levels + 1):
+            bl = t_l >> (2 * lv)
+            fst = np.flatnonzero(np.r_[True, (np.diff(k_l) != 0) | (np.diff(bl) != 0)]) if len(li) else li
+            pre = f"{state.vid}:" if lv == 0 else f"{state.vid}:{lv}:"
+            f_key.append(k_l[fst])
+            f_num.append(plan.merge_grouped(num_l, fst))
+            f_names += [pre + str(j) for j in bl[fst].tolist()]
+            if plan.slots:
+                fe = np.append(fst[1:], len(li)).tolist()
+                f_objs += [plan.merge_objs([objs[li_l[x]] for x in range(a, e)]) for a, e in zip(fst.tolist(), fe)]
+        fk = np.concatenate(f_key)
+        fo = np.argsort(fk, kind="stable")  # per key contiguous
+        fk = fk[fo]
+        new_arr = np.concatenate(f_num)[fo]
+        fol = fo.tolist()
+        names = [f_names[i] for i in fol]
+        nobjs = [f_objs[i] for i in fol] if plan.slots else None
+        kb = np.flatnonzero(np.diff(kidx)) + 1
+        klist = kidx[np.r_[0, kb]] if nrows else kidx
+        maxts = cols.ts[np.append(kb, nrows) - 1].tolist()  # rows sorted by (key, tile, ts)
+        lo_i = np.searchsorted(fk, klist, "left").tolist()
+        hi_i = np.searchsorted(fk, klist, "right").tolist()
+        klist_l = klist.tolist()
+        tail = [state.M, state.L] if state.has_lifetime else [state.M]
+        reqs = [(kvals[k], names[a:e] + tail) for k, a, e in zip(klist_l, lo_i, hi_i)]
+        got = self._hmget(reqs)
+        olds = [v for vals, a, e in zip(got, lo_i, hi_i) for v in vals[: e - a]]
         if plan.slots:
-            for k in klist:
-                for f, old in zip(want[k], cur[k]):
-                    ops.set(kvals[k], f, plan.merge_encoded(old, [Partial(num[g], objs[g]) for g in acc[k][f]]))
-        else:  # numbers only: merge every touched field at once with numpy
-            flat = [(kvals[k], f, old, acc[k][f]) for k in klist for f, old in zip(want[k], cur[k])]
-            if flat:
-                new_arr = np.stack([num[gl[0]] if len(gl) == 1 else plan.merge_num(num[gl]) for _, _, _, gl in flat])
-                old_arr = np.tile(plan.empty().num, (len(flat), 1))
-                present = [i for i, x in enumerate(flat) if x[2] is not None]
-                if present:
-                    old_arr[present] = np.frombuffer(b"".join(flat[i][2] for i in present), dtype="<f8").reshape(-1, plan.K)
-                merged = plan.merge_pairs(old_arr, new_arr).astype("<f8", copy=False).tobytes()
-                w = 8 * plan.K
-                for i, (key, f, _, _) in enumerate(flat):
-                    ops.set(key, f, merged[i * w : (i + 1) * w])
-        for k in klist:
+            assert nobjs is not None
+            enc = [plan.merge_encoded(old, [Partial(new_arr[i], nobjs[i])]) for i, old in enumerate(olds)]
+        else:  # numbers only: merge every touched field at once
+            old_arr = np.tile(plan.empty().num, (len(olds), 1))
+            present = [i for i, x in enumerate(olds) if x is not None]
+            if present:
+                old_arr[present] = np.frombuffer(b"".join([olds[i] for i in present]), dtype="<f8").reshape(-1, plan.K)
+            merged = plan.merge_pairs(old_arr, new_arr).astype("<f8", copy=False).tobytes()
+            w = 8 * plan.K
+            enc = [merged[i : i + w] for i in range(0, len(merged), w)]
+        raws = None if state.interval else encode_raw_groups(cols, plan, starts[li], ends[li])
+        raw_key = k_l.tolist()
+        if raws is not None:
+            for k, ti, rb in zip(raw_key, t_l.tolist(), raws):
+                ops.appends.setdefault(kvals[k], {})[state.raw(ti)] = rb
+        for k, a, e, vals, mt in zip(klist_l, lo_i, hi_i, got, maxts):
             key = kvals[k]
-            vals = cur[k]
-            fields = want[k]
-            nw = len(fields)
+            nw = e - a
+            sets = ops.sets[key] = dict(zip(names[a:e], enc[a:e]))
             m_old = int(vals[nw]) if vals[nw] is not None else None
             fold_to = h
             if state.has_lifetime:
@@ -438,10 +460,10 @@ class BaseOnlineStore:
                 parts = [base] + late_by_key.get(k, [])
                 if fold_from < h:  # fold tiles that left the retention into the lifetime base
                     rng = list(range(max(fold_from, h - 4 * state.retention), h))
-                    olds = self._hmget([(key, [state.tile(i) for i in rng])])[0]
-                    parts += [plan.decode(b) for b in olds if b is not None]
+                    olds_l = self._hmget([(key, [state.tile(i) for i in rng])])[0]
+                    parts += [plan.decode(b) for b in olds_l if b is not None]
                 if len(parts) > 1 or lv_b is None or fold_from < h:
-                    ops.set(key, state.L, np.array([fold_to], dtype=_I64).tobytes() + plan.encode(plan.merge(parts)))
+                    sets[state.L] = np.array([fold_to], dtype=_I64).tobytes() + plan.encode(plan.merge(parts))
                 m_old = fold_from if m_old is None else min(m_old, fold_from)
             if m_old is not None and m_old < h:
                 lo = max(m_old, h - 4 * state.retention)
@@ -450,8 +472,8 @@ class BaseOnlineStore:
                 for lv in range(state.levels + 1):
                     dels += [state.block(lv, j) for j in range(lo >> (2 * lv), h >> (2 * lv))]
             if m_old is None or m_old < fold_to:
-                ops.set(key, state.M, str(fold_to).encode())
-            ops.expire[key] = state.expire_ms(maxts[k], now)
+                sets[state.M] = str(fold_to).encode()
+            ops.expire[key] = state.expire_ms(mt, now)
 
     def delete(self, state: ViewState, keys: Sequence[str]) -> None:
         """Remove a view's state for these entity keys (other views' fields stay)."""

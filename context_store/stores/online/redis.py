@@ -35,17 +35,16 @@ end
 for k = 2, #KEYS do
   local key = KEYS[k]
   local n = tonumber(ARGV[a]); a = a + 1
-  if n > 0 then
-    local args = {}
-    for i = 1, n do args[#args + 1] = ARGV[a]; args[#args + 1] = ARGV[a + 1]; a = a + 2 end
-    batched('HSET', key, args)
-  end
+  local args = {}
+  for i = 1, n do args[#args + 1] = ARGV[a]; args[#args + 1] = ARGV[a + 1]; a = a + 2 end
   n = tonumber(ARGV[a]); a = a + 1
-  for i = 1, n do
+  for i = 1, n do  -- appends join the same HSET (Redis hashes have no in-place append)
     local old = redis.call('HGET', key, ARGV[a])
-    if old then redis.call('HSET', key, ARGV[a], old .. ARGV[a + 1]) else redis.call('HSET', key, ARGV[a], ARGV[a + 1]) end
+    args[#args + 1] = ARGV[a]
+    if old then args[#args + 1] = old .. ARGV[a + 1] else args[#args + 1] = ARGV[a + 1] end
     a = a + 2
   end
+  if #args > 0 then batched('HSET', key, args) end
   n = tonumber(ARGV[a]); a = a + 1
   if n > 0 then
     local args = {}
@@ -55,14 +54,29 @@ for k = 2, #KEYS do
   local ex = tonumber(ARGV[a]); a = a + 1
   if ex == -1 then
     redis.call('HSET', key, '_p', '1'); redis.call('PERSIST', key)
-  elseif ex > 0 and redis.call('HEXISTS', key, '_p') == 0 then
-    if redis.call('PTTL', key) < ex then redis.call('PEXPIRE', key, ex) end
+  elseif ex > 0 then
+    -- GT: only ever extend; a key without TTL is new (set it) or persisted ('_p': leave it)
+    if redis.call('PEXPIRE', key, ex, 'GT') == 0 and redis.call('PTTL', key) == -1
+       and redis.call('HEXISTS', key, '_p') == 0 then
+      redis.call('PEXPIRE', key, ex)
+    end
   end
 end
 if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
 return 1
 """
 _CHUNK_KEYS = 500
+# Many entities, a field list each (the stream apply's read): ARGV = per key n, field*.
+_VHMGET = """
+local out = {}
+local a = 1
+for i = 1, #KEYS do
+  local n = tonumber(ARGV[a])
+  if n > 0 then out[i] = redis.call('HMGET', KEYS[i], unpack(ARGV, a + 1, a + n)) else out[i] = {} end
+  a = a + 1 + n
+end
+return out
+"""
 # Many entities, same fields (a batch lookup of one service): one command instead of N.
 _MHMGET = """
 local out = {}
@@ -104,6 +118,9 @@ class RedisOnlineStore(BaseOnlineStore):
         self._held: list[Any] = []
         self._offsets = self.prefix + "offsets"
         self._sha: Any = None
+        self._shas: dict[str, bytes] = {}
+        self._pending: tuple[Any, int, Ops, list[str]] | None = None  # bulk writes sent, replies unread
+        self._wlock = threading.RLock()
 
     def _unavailable(self, e: Exception) -> UnavailableError:
         return UnavailableError(f"online store: Redis at {self.url} is unreachable ({type(e).__name__}: {e}); retry when it is back")
@@ -147,6 +164,13 @@ class RedisOnlineStore(BaseOnlineStore):
                     return self._direct("EVALSHA", self._mhmget.sha, len(keys), *keys, *f0)
                 except _import_redis().exceptions.NoScriptError:
                     return self._mhmget(keys=keys, args=f0)  # loads the script
+            if len(reqs) <= 4000 and all(len(f) <= 4000 for _, f in reqs):  # one script call, RESP built here
+                head = [str(len(reqs)).encode()] + [(self.prefix + "e:" + k).encode() for k, _ in reqs]
+                body: list[bytes] = []
+                for _, fields in reqs:
+                    body.append(str(len(fields)).encode())
+                    body += [f.encode() for f in fields]
+                return self._eval_packed(_VHMGET, head, [b"$%d\r\n%b\r\n" % (len(x), x) for x in body], len(body))
             pipe = self._r.pipeline(transaction=False)
             for key, fields in reqs:
                 if fields:
@@ -155,6 +179,29 @@ class RedisOnlineStore(BaseOnlineStore):
             return [next(res) if fields else [] for _, fields in reqs]
         except self._errors as e:
             raise self._unavailable(e) from None
+
+    def _eval_packed(self, script: str, head: list[bytes], body: list[bytes], n_body: int) -> Any:
+        """EVALSHA of ``script`` on this thread's connection: ``head`` (numkeys, keys, ...) plain,
+        ``body`` already RESP-encoded (``n_body`` arguments). Skips redis-py's argument packing."""
+        redis = _import_redis()
+        for attempt in (0, 1):
+            sha = self._shas.get(script)
+            if sha is None:
+                loaded = self._r.script_load(script)
+                sha = self._shas[script] = loaded.encode() if isinstance(loaded, str) else loaded
+            c = self._conn()
+            cmd = _resp([b"EVALSHA", sha] + head, 2 + len(head) + n_body) + b"".join(body)
+            try:
+                c.send_packed_command([cmd])
+                return c.read_response()
+            except redis.exceptions.ResponseError as e:
+                if "NOSCRIPT" not in str(e) or attempt:
+                    raise
+                self._shas.pop(script, None)  # Redis restarted: load the script again
+            except self._errors:
+                c.disconnect()
+                raise
+        raise AssertionError("unreachable")
 
     def _aclient(self) -> Any:
         # redis.asyncio clients are bound to the event loop that first used them.
@@ -201,27 +248,6 @@ class RedisOnlineStore(BaseOnlineStore):
             raise self._unavailable(e) from None
 
     # -- writes -------------------------------------------------------------------------
-    def _args(self, ops: Ops, keys: list[str]) -> list[Any]:
-        args: list[Any] = []
-        for k in keys:
-            s = ops.sets.get(k, {})
-            args.append(len(s))
-            for f, v in s.items():
-                args += (f, v)
-            ap = ops.appends.get(k, {})
-            args.append(len(ap))
-            for f, v in ap.items():
-                args += (f, v)
-            d = ops.dels.get(k, [])
-            args.append(len(d))
-            args += d
-            if k in ops.expire:
-                ex = ops.expire[k]
-                args.append(-1 if ex is None else int(ex))
-            else:
-                args.append(0)
-        return args
-
     @staticmethod
     def _args_resp(ops: Ops, k: str) -> tuple[int, bytes]:
         """The script's per-key arguments (see _COMMIT), already RESP-encoded: (count, bytes)."""
@@ -234,7 +260,7 @@ class RedisOnlineStore(BaseOnlineStore):
             c = b"%d" % len(group)
             out.append(b"$%d\r\n%b\r\n" % (len(c), c))
             out += [b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(fb), fb, len(v), v)
-                    for fb, v in ((f.encode(), v) for f, v in group.items())]
+                    for fb, v in zip(map(str.encode, group), group.values())]
             n += 2 * len(group)
         d = [f.encode() for f in ops.dels.get(k, ())]
         c = b"%d" % len(d)
@@ -250,17 +276,40 @@ class RedisOnlineStore(BaseOnlineStore):
         keys = ops.keys()
         try:
             if cas is not None:  # one atomic script for the whole batch
-                head = [cas[0], cas[1] or "", cas[2]]
-                return bool(self._script(keys=[self._offsets] + [self._k(k) for k in keys], args=head + self._args(ops, keys)))
-            self._bulk(ops, keys)
+                head = [str(len(keys) + 1).encode(), self._offsets.encode()] + [self._k(k).encode() for k in keys]
+                head += [cas[0].encode(), (cas[1] or "").encode(), cas[2].encode()]
+                body = [self._args_resp(ops, k) for k in keys]
+                return bool(self._eval_packed(_COMMIT, head, [b for _, b in body], sum(c for c, _ in body)))
+            with self._wlock:
+                self._bulk(ops, keys)
             return True
         except self._errors as e:
             raise self._unavailable(e) from None
 
-    def _bulk(self, ops: Ops, keys: list[str]) -> None:
+    def write_ops(self, ops: Ops, wait: bool = True) -> None:
+        """Bulk writes. ``wait=False`` returns once the commands are sent: Redis executes them while
+        the caller builds the next chunk; replies are checked at the next write or ``flush()``."""
+        keys = ops.keys()
+        if not keys:
+            return
+        try:
+            with self._wlock:
+                self._bulk(ops, keys, wait)
+        except self._errors as e:
+            raise self._unavailable(e) from None
+
+    def flush(self) -> None:
+        """Wait for (and check) bulk writes sent with ``wait=False``."""
+        try:
+            with self._wlock:
+                self._drain()
+        except self._errors as e:
+            raise self._unavailable(e) from None
+
+    def _bulk(self, ops: Ops, keys: list[str], wait: bool = True) -> None:
         """Bulk writes (materialize): the same script, chunks of keys, RESP built here and
         pipelined on one connection (redis-py's per-argument packing dominated otherwise)."""
-        redis = _import_redis()
+        self._drain()
         if self._sha is None:
             self._sha = self._r.script_load(_COMMIT)
         cmds: list[bytes] = []
@@ -274,10 +323,27 @@ class RedisOnlineStore(BaseOnlineStore):
             cmds.append(_resp(head, n_args) + b"".join(b for _, b in body))
         pool = self._r.connection_pool
         conn = pool.get_connection()
-        errors = []
         try:
             conn.send_packed_command(cmds)
-            for _ in cmds:
+        except BaseException:
+            conn.disconnect()
+            pool.release(conn)
+            raise
+        self._pending = (conn, len(cmds), ops, keys)
+        if wait:
+            self._drain()
+
+    def _drain(self) -> None:
+        p = self._pending
+        if p is None:
+            return
+        self._pending = None
+        conn, n, ops, keys = p
+        redis = _import_redis()
+        pool = self._r.connection_pool
+        errors = []
+        try:
+            for _ in range(n):
                 try:
                     conn.read_response()
                 except redis.exceptions.ResponseError as e:
@@ -288,7 +354,7 @@ class RedisOnlineStore(BaseOnlineStore):
         finally:
             pool.release(conn)
         if errors:
-            if "NOSCRIPT" in str(errors[0]):  # Redis restarted: load the script and redo (writes are idempotent)
+            if "NOSCRIPT" in str(errors[0]):  # Redis restarted: load the script and redo (sets only: idempotent)
                 self._sha = None
                 self._bulk(ops, keys)
                 return
@@ -308,6 +374,7 @@ class RedisOnlineStore(BaseOnlineStore):
             raise self._unavailable(e) from None
 
     def set_meta(self, name: str, value: bytes) -> None:
+        self.flush()  # a watermark is only recorded after the data it covers
         try:
             self._r.hset(self.prefix + "meta", name, value)
         except self._errors as e:
@@ -349,6 +416,7 @@ class RedisOnlineStore(BaseOnlineStore):
             raise self._unavailable(e) from None
 
     def close(self) -> None:
+        self.flush()
         for c in self._held:
             c.disconnect()
         self._held.clear()
