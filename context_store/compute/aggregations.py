@@ -290,10 +290,11 @@ class AggPlan:
                 res[b + 5] = 0.0
         return res
 
-    def merge_rows(self, rows: list[list[float]]) -> list[float]:
-        """``merge_num`` for a few blocks given as Python lists (same formulas, no numpy overhead)."""
+    def merge_rows(self, rows: Sequence[Sequence[float]], spread: bool = True) -> list[float]:
+        """``merge_num`` for a few blocks given as Python lists (same formulas, no numpy overhead).
+        ``spread=False``: only rows, n, sum and mean are merged (enough for count/sum/mean reads)."""
         if len(rows) == 1:
-            return rows[0]
+            return list(rows[0])
         cols = list(zip(*rows))
         res = [0.0] * self.K
         res[0] = sum(cols[0])
@@ -303,6 +304,8 @@ class AggPlan:
             s = sum(cols[b + 1])
             res[b] = n
             res[b + 1] = s
+            if not spread:
+                continue
             res[b + 2] = min(cols[b + 2])
             res[b + 3] = max(cols[b + 3])
             if n > 0:

@@ -355,6 +355,8 @@ class ViewState:
         for i, o in enumerate(self.plan.outputs):
             by_w.setdefault(o.window_us, []).append(i)
         self.windows = sorted(by_w.items(), key=lambda kv: -(kv[0] if kv[0] is not None else 1 << 62))
+        # Per window: does any output need min/max/M2 (else reads merge only rows, n and sum)?
+        self._spread = [any(self.plan.outputs[i].function not in ("count", "sum", "mean") for i in which) for _, which in self.windows]
         self.L = f"{self.vid}:L"
         self.M = f"{self.vid}:m"
         self._cache: tuple[Any, _ReadCtx] | None = None
@@ -427,10 +429,50 @@ class ViewState:
         self._cache = (key, ctx)
         return ctx
 
+    def _evaluate_num(self, t: int, ctx: _ReadCtx, values: list[bytes | None]) -> list[Any]:
+        """``evaluate`` for numbers-only views without Lifetime (the common case): blocks unpacked
+        with one struct call each and merged as Python tuples (no numpy for a dozen tiny blocks)."""
+        plan = self.plan
+        assert plan is not None
+        nb = ctx.n_blocks
+        unpack = plan._struct.unpack
+        blocks = [None if v is None else unpack(v) for v in values[:nb]]
+        raws: dict[int, Any] = {}
+        if ctx.raw_tiles:
+            for j, ti in enumerate(ctx.raw_tiles):
+                v = values[nb + j]
+                if v is not None:
+                    raws[ti] = parse_raw_num(v, plan)
+        out: list[Any] = [None] * len(plan.outputs)
+        g = self.g
+        b = ctx.b
+        cuts: dict[int | None, list[float]] = {}
+        finalize = plan.finalize
+        outputs = plan.outputs
+        for (w, which), ids, spread in zip(self.windows, ctx.per_window, self._spread):
+            parts: list[Any] = [x for x in (blocks[i] for i in ids) if x is not None]
+            if raws:
+                s = t - w
+                sb = s // g
+                if sb < b and sb in raws:
+                    parts.append(raw_num_block(raws[sb], plan, s, t))
+                if b in raws:
+                    lo = s if sb >= b else None
+                    cut = cuts.get(lo)  # windows starting before tile b share this edge
+                    if cut is None:
+                        cut = cuts[lo] = raw_num_block(raws[b], plan, lo, t)
+                    parts.append(cut)
+            mnum = (parts[0] if len(parts) == 1 else plan.merge_rows(parts, spread)) if parts else plan.empty_list
+            for i in which:
+                out[i] = finalize(outputs[i], mnum, [])  # type: ignore[arg-type]
+        return out
+
     def evaluate(self, t: int, ctx: _ReadCtx, values: list[bytes | None], extra: dict[int, bytes] | None = None) -> list[Any]:
         """All outputs (in plan order) at ``t`` from the fetched ``values`` (aligned with ctx.fields)."""
         plan = self.plan
         assert plan is not None
+        if not plan.slots and not self.has_lifetime:
+            return self._evaluate_num(t, ctx, values)
         nb = ctx.n_blocks
         present = [i for i in range(nb) if values[i] is not None]
         pos = {i: k for k, i in enumerate(present)}

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..definitions import (
     Aggregate,
@@ -126,17 +127,17 @@ def _read_events(
             "after changing the view",
             field="feature_view",
         )
-    ts = view.timestamp_field
-    if start_us is not None or end_us is not None:
-        # Push the spine's time range down only when it skips a good part of the log: a filter
-        # costs more than it saves when the spine spans (nearly) the whole history.
-        tsv = offline.read(name, columns=[ts]).column(ts).cast(pa.int64()).to_numpy()
+    events = offline.read(name, columns=columns)
+    if (start_us is not None or end_us is not None) and events.num_rows:
+        # One read, then drop the rows outside the spine's time range in memory when that skips a
+        # good part of the log (a Lance filter re-reads and costs more when the spine spans it all).
+        tsv = events.column(view.timestamp_field).cast(pa.int64())
         lo = start_us if start_us is not None else np.iinfo(np.int64).min
         hi = end_us if end_us is not None else np.iinfo(np.int64).max
-        kept = int(np.count_nonzero((tsv >= lo) & (tsv < hi)))
-        if kept < 0.8 * len(tsv):
-            return offline.read(name, columns=columns, ts_column=ts, start_us=start_us, end_us=end_us)
-    return offline.read(name, columns=columns)
+        keep = pc.and_(pc.greater_equal(tsv, lo), pc.less(tsv, hi))
+        if (pc.sum(keep).as_py() or 0) < 0.5 * events.num_rows:
+            events = events.filter(keep)
+    return events
 
 
 def _bounds(view: FeatureView, t: np.ndarray) -> np.ndarray:

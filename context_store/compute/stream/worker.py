@@ -59,6 +59,7 @@ class StreamWorker:
         flush_interval: float = 1.0,
         flush_rows: int = 100_000,
         transient: bool = False,
+        parallel: int = 4,
     ) -> None:
         if not store.config.is_redis:
             raise ContextStoreError("stream workers need a Redis online store (online_store: redis://...)",
@@ -91,6 +92,9 @@ class StreamWorker:
         self._appends: dict[str, int] = {}
         self._flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cs-stream-flush")
         self._flushing: Future[None] | None = None
+        self.parallel = parallel
+        self._pool = ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="cs-stream-part")
+        self._count_lock = threading.Lock()
         self.compact_every = 100
 
     def _plans(self) -> dict[str, SourcePlan]:
@@ -244,13 +248,20 @@ class StreamWorker:
             batch = process_batch(plan, events, part[1], state, self._apply, self._cutovers)
             if plan.recent:
                 append_recent(self.store, plan, batch.offline.get(f"src__{plan.source.name}", []))
-            buf = self._buffers.setdefault(part, {})
-            for table, rows in batch.offline.items():
-                buf.setdefault(table, []).extend(rows)
-                if table.startswith("src__"):
-                    self._buffered_rows += sum(t.num_rows for t in rows)
-            self.processed += events.num_rows
-        self._unacked.setdefault(part, []).extend(ids)
+            with self._count_lock:  # partitions may be processed on parallel threads
+                buf = self._buffers.setdefault(part, {})
+                for table, rows in batch.offline.items():
+                    buf.setdefault(table, []).extend(rows)
+                    if table.startswith("src__"):
+                        self._buffered_rows += sum(t.num_rows for t in rows)
+                self.processed += events.num_rows
+        with self._count_lock:
+            self._unacked.setdefault(part, []).extend(ids)
+
+    def _process_and_announce(self, part: Part, entries: list[Any]) -> None:
+        self._process(part, entries)
+        # Wake pushers waiting for read-after-write now, not after the other partitions.
+        self.log.announce({part: id_to_offset(entries[-1][0])})
 
     @property
     def _cutovers(self) -> dict[str, int]:
@@ -338,14 +349,15 @@ class StreamWorker:
             self.rebalance()
         keys = [self.key(p) for p in sorted(self.owned)]
         res = self.log.read(self.name, keys, self.count, self.block_ms)
-        n = 0
-        for key, entries in res:
-            part = self._by_key[key if isinstance(key, bytes) else key.encode()]
-            if entries:
-                self._process(part, entries)
-                n += len(entries)
-                # Wake pushers waiting for read-after-write now, not after the other partitions.
-                self.log.announce({part: id_to_offset(entries[-1][0])})
+        work = [(self._by_key[k if isinstance(k, bytes) else k.encode()], entries) for k, entries in res if entries]
+        if len(work) > 1 and self.parallel > 1:
+            # Partitions are independent: overlap their Redis round trips (I/O releases the GIL).
+            for f in [self._pool.submit(self._process_and_announce, part, entries) for part, entries in work]:
+                f.result()
+        else:
+            for part, entries in work:
+                self._process_and_announce(part, entries)
+        n = sum(len(e) for _, e in work)
         if self._buffered_rows >= 4 * self.flush_rows:
             self.flush()  # the flusher cannot keep up: wait for it
         elif self._buffered_rows >= self.flush_rows or time.monotonic() - self._last_flush >= self.flush_interval:
@@ -395,6 +407,7 @@ class StreamWorker:
             self.flush()
         finally:
             self._flusher.shutdown(wait=True)
+            self._pool.shutdown(wait=True)
             for part in list(self.owned):
                 self.log.release_lease(*part, self.name)
             self.owned.clear()
