@@ -27,6 +27,7 @@ __all__ = ["EventIndex", "build_index", "lookup_segments", "RangeExtrema", "HLL_
 HLL_LG_K = 12  # DataSketches HLL: relative standard error ~1.04/sqrt(2^12) = 1.6% (exact while small)
 KLL_K = 200  # DataSketches KLL: normalized rank error ~1.65% (exact below ~k items)
 _BLOCK = 64
+_SHIFT = 6  # log2(_BLOCK)
 _CHUNK = 1 << 15  # elements per cache-resident chunk of the prefix-sum build
 
 
@@ -327,7 +328,7 @@ class RangeExtrema:
         if not len(ne):
             return res
         lo_, h = lo[ne], hi[ne] - 1
-        bl, bh = lo_ // _BLOCK, h // _BLOCK
+        bl, bh = lo_ >> _SHIFT, h >> _SHIFT
         same = bl == bh
         # ranges spanning blocks: suffix of the first, prefix of the last, sparse table between
         d = np.nonzero(~same)[0]
@@ -356,9 +357,10 @@ class RangeExtrema:
             desc = length[order]
             r = self.v[start]
             buf = np.empty_like(r)
-            asc = desc[::-1]
+            # longer[k] = number of ranges longer than k (a prefix of the descending order)
+            longer = len(desc) - np.cumsum(np.bincount(desc, minlength=_BLOCK + 1))
             for k in range(1, int(desc[0]) if len(desc) else 1):
-                c = len(asc) - int(np.searchsorted(asc, k, side="right"))  # ranges longer than k
+                c = int(longer[k])
                 # v[k:][start] == v[start + k] without a temporary index array
                 np.take(self.v[k:], start[:c], out=buf[:c], mode="clip")
                 self.uf(r[:c], buf[:c], out=r[:c])

@@ -480,41 +480,20 @@ class ViewState:
             num, objs = plan.decode_many([values[i] for i in present])  # type: ignore[misc]
         else:
             num, objs = np.empty((0, plan.K)), None
-        fast = objs is None and not plan.slots and not self.has_lifetime
         raws: dict[int, Any] = {}
         for j, ti in enumerate(ctx.raw_tiles):
             v = values[nb + j]
             if v is not None:
-                raws[ti] = parse_raw_num(v, plan) if fast else decode_raw(v, plan)
+                raws[ti] = decode_raw(v, plan)
         base: Partial | None = None
         if self.has_lifetime and values[-1] is not None:
             base = plan.decode(values[-1][8:])  # type: ignore[index]
         out: list[Any] = [None] * len(plan.outputs)
         g = self.g
         numl: list[list[float]] | None = None
-        cuts: dict[int | None, list[float]] = {}
         for (w, which), ids in zip(self.windows, ctx.per_window):
             rows = [pos[i] for i in ids if i in pos]
             edges: list[Partial] = []
-            if fast:
-                # Numbers only (the common case): plain-Python merge of a few blocks and edge events.
-                if numl is None:
-                    numl = num.tolist()
-                parts_l = [numl[r] for r in rows]
-                if not self.interval:
-                    s = None if w is None else t - w
-                    if s is not None and s // g < ctx.b and s // g in raws:
-                        parts_l.append(raw_num_block(raws[s // g], plan, s, t))
-                    if ctx.b in raws:
-                        lo = s if s is not None and s // g >= ctx.b else None
-                        cut = cuts.get(lo)  # windows starting before tile b share this edge
-                        if cut is None:
-                            cut = cuts[lo] = raw_num_block(raws[ctx.b], plan, lo, t)
-                        parts_l.append(cut)
-                mnum = plan.merge_rows(parts_l) if parts_l else plan.empty_list
-                for i in which:
-                    out[i] = plan.finalize(plan.outputs[i], mnum, [])
-                continue
             if not self.interval:
                 s = None if w is None else t - w
                 if s is not None and s // g < ctx.b:

@@ -92,6 +92,46 @@ def _resp(args: list[bytes], total: int | None = None) -> bytes:
     return b"".join(out)
 
 
+class _Raw:
+    """A connection redis-py opened (auth, db selected), then driven directly with hiredis:
+    one ``sendall`` and ``recv_into`` per call, replies parsed by hiredis (no per-command layers)."""
+
+    __slots__ = ("conn", "sock", "reader", "buf", "pid", "_err", "_noscript")
+
+    def __init__(self, conn: Any, pid: int) -> None:
+        import hiredis
+
+        redis = _import_redis()
+        conn.connect()
+        self.conn = conn
+        self.sock = conn._sock
+        self.pid = pid
+        self._err = redis.exceptions.ResponseError
+        self._noscript = redis.exceptions.NoScriptError
+        self.reader = hiredis.Reader(replyError=self._err)
+        self.buf = bytearray(1 << 16)
+
+    def call(self, packed: bytes) -> Any:
+        self.sock.sendall(packed)
+        reader = self.reader
+        r = reader.gets()
+        while r is False:
+            n = self.sock.recv_into(self.buf)
+            if not n:
+                raise ConnectionError("Redis closed the connection")
+            reader.feed(self.buf, 0, n)
+            r = reader.gets()
+        if isinstance(r, self._err):
+            raise self._noscript(str(r)) if str(r).startswith("NOSCRIPT") else r
+        return r
+
+
+def _pack(args: Any) -> bytes:
+    import hiredis
+
+    return hiredis.pack_command(args)
+
+
 def _import_redis() -> Any:
     try:
         import redis
@@ -129,25 +169,31 @@ class RedisOnlineStore(BaseOnlineStore):
         return self.prefix + "e:" + key
 
     # -- reads --------------------------------------------------------------------------
-    def _conn(self) -> Any:
-        """A connection owned by this thread: the hot path skips the pool's per-command bookkeeping."""
-        c = getattr(self._tl, "conn", None)
-        if c is None or self._tl.pid != os.getpid():  # never share a socket with a forked parent
-            self._tl.pid = os.getpid()
-            c = self._tl.conn = self._r.connection_pool.make_connection()
+    def _raw(self) -> _Raw:
+        """This thread's own connection: the hot path skips the pool and redis-py's command layer."""
+        c = getattr(self._tl, "raw", None)
+        if c is None or c.pid != os.getpid():  # never share a socket with a forked parent
+            conn = self._r.connection_pool.make_connection()
             with self._alock:
-                self._held.append(c)
+                self._held.append(conn)
+            c = self._tl.raw = _Raw(conn, os.getpid())
         return c
 
+    def _drop_raw(self) -> None:
+        c = getattr(self._tl, "raw", None)
+        self._tl.raw = None
+        if c is not None:
+            c.conn.disconnect()
+
     def _direct(self, *args: Any) -> Any:
-        """One command on this thread's connection; a broken connection is retried once."""
+        """One command on this thread's connection; a broken connection is retried once (reads only)."""
+        packed = _pack(args)
         for attempt in (0, 1):
-            c = self._conn()
+            c = self._raw()
             try:
-                c.send_command(*args)
-                return c.read_response()
+                return c.call(packed)
             except self._errors:
-                c.disconnect()
+                self._drop_raw()
                 if attempt:
                     raise
         raise AssertionError("unreachable")
@@ -189,17 +235,15 @@ class RedisOnlineStore(BaseOnlineStore):
             if sha is None:
                 loaded = self._r.script_load(script)
                 sha = self._shas[script] = loaded.encode() if isinstance(loaded, str) else loaded
-            c = self._conn()
             cmd = _resp([b"EVALSHA", sha] + head, 2 + len(head) + n_body) + b"".join(body)
             try:
-                c.send_packed_command([cmd])
-                return c.read_response()
-            except redis.exceptions.ResponseError as e:
-                if "NOSCRIPT" not in str(e) or attempt:
+                return self._raw().call(cmd)
+            except redis.exceptions.NoScriptError:
+                if attempt:
                     raise
                 self._shas.pop(script, None)  # Redis restarted: load the script again
             except self._errors:
-                c.disconnect()
+                self._drop_raw()
                 raise
         raise AssertionError("unreachable")
 
