@@ -186,12 +186,16 @@ Correctness: every output row present and in spine order; 30 sampled rows x 12 f
 brute-force reference (`tests/reference.py`): {bad} mismatches.
 
 How: backfill writes each view's rows sorted by (entity, ts) (one read per source, numpy argsort of an
-(entity code, ts) int64 key, one Lance write). `get_training_data` reads the log, sorts the spine by
-(entity, window end), and answers every window with two binary searches over the sorted (entity, ts)
-keys: count is `hi - lo`, sum/mean come from compensated prefix sums (float64 cumsum plus a TwoSum
-error prefix: ~1e-16 relative to the window sum however long the history), min/max from 64-event
-blocks (in-block prefix/suffix extrema + a sparse table over blocks); the view's aggregations run on
-2 threads. Approximate functions use Apache DataSketches (HLL lg_k=12: 1.6% RSE; KLL k=200: 1.65%
+(entity code, ts) int64 key, one Lance write). `get_training_data` reads the log's needed columns once
+(64k-row Lance batches), finds the entity runs of the sorted log (no hashing of 10M keys, no per-event
+segment array), sorts the spine by (entity, window end) and answers every window with two binary
+searches over the sorted (entity, ts) keys, done block-wise so each block of sorted queries searches a
+cache-sized slice: count is `hi - lo`, sum/mean come from compensated prefix sums (float64 plus a
+TwoSum error prefix, built in L2-sized chunks: ~1e-16 relative to the window sum however long the
+history), min/max from 16-event blocks (in-block prefix/suffix extrema + a flattened sparse table over
+blocks: O(1) per window, short in-block windows scanned); numeric results are put back in spine order
+in numpy; the view's aggregations run on 2 threads; numpy's huge-page hint is off during the call
+(synchronous THP compaction doubled the CPU time of cold calls on this machine). Approximate functions use Apache DataSketches (HLL lg_k=12: 1.6% RSE; KLL k=200: 1.65%
 normalized rank error); last/first_distinct_n and the sketches loop per spine row (not in this benchmark).
 
 Target status: backfill {'meets' if n_events / bf >= 1e6 else 'misses'} 1M events/s on wall time

@@ -13,11 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
 import context_store as cs
-from context_store.compute.aggregations import aggregate_values
+from context_store.compute.aggregations import Columns, aggregate_values
 from context_store.compute.tiles import ViewState
 from context_store.config import load_config
 from context_store.errors import UnavailableError
@@ -165,6 +166,42 @@ def test_tiles_exact_windows_all_functions(store: BaseOnlineStore, interval: str
     by = dict(zip(names, empty))
     assert by["amount_count_1h"] == 0 and by["amount_sum_1d"] == 0.0 and by["amount_mean_1d"] is None
     assert by["cat_last_distinct_3_1d"] == [] and by["cat_first_distinct_2_1h"] == [] and by["last_cat"] is None
+
+
+NUM_AGGS = [cs.Aggregate("amount", f, w) for f in ["count", "sum", "mean", "min", "max", "stddev_samp", "var_pop"]
+            for w in ["1h", "1d"]] + [cs.Aggregate("amount", "sum", "10m", name="sum_10m")]
+
+
+@pytest.mark.parametrize("interval", [None, "5m"])
+def test_numbers_only_dense_tiles_stream_batches(store: BaseOnlineStore, interval: str | None) -> None:
+    """Numbers-only views take the vectorised apply and the struct/tuple read path; a hot entity
+    puts > 48 events in an edge tile (cut with numpy) and batches span several tiles/blocks."""
+    st = agg_state(interval, NUM_AGGS, name="numstats")
+    ev = events(1500, seed=5, span_s=3 * 3600, users=("hot", "hot", "hot", "cold"))
+    for lo, hi in ((0, 700), (700, 701), (701, 1300), (1300, 1500)):
+        assert store.apply_events(st, table(ev, lo, hi), token=("p", str(hi)), now_us=NOW) == hi - lo
+    assert store.apply_events(st, table(ev, 1300, 1500), token=("p", "1500"), now_us=NOW) == 0  # replay
+    names = [o.name for o in st.plan.outputs]  # type: ignore[union-attr]
+    for t in (NOW, NOW - 1800 * US - 17, NOW - 2 * 3600 * US + 3, NOW + 7 * US):
+        for uid in ("hot", "cold"):
+            got = store.read_features([(st, key(uid))], t)[0].values
+            assert_same(names, got, expected(st, ev, uid, t))  # type: ignore[arg-type]
+        batch = store.read_entities([st], [key("hot"), key("cold"), key("ghost")], t)
+        assert [b[0].values for b in batch[:2]] == [store.read_features([(st, key(u))], t)[0].values for u in ("hot", "cold")]
+
+
+def test_bulk_writes_may_be_deferred_until_flush(store: BaseOnlineStore) -> None:
+    st = agg_state("1h", [cs.Aggregate("amount", "sum", "1d")], name="bulk")
+    ops = Ops()
+    assert st.plan is not None
+    one = Columns(ts=np.array([NOW - st.g], dtype=np.int64), valid={"amount": np.array([True])}, num={"amount": np.array([5.5])})
+    for u in ("u8", "u9"):
+        ops.sets[key(u)] = {st.read_ctx(NOW).fields[0]: st.plan.encode(st.plan.partial(one))}  # a block the read uses
+        ops.expire[key(u)] = 3_600_000
+    store.write_ops(ops, wait=False)
+    store.flush()
+    assert [v[0].values for v in store.read_entities([st], [key("u8"), key("u9"), key("u7")], NOW)] == [[5.5], [5.5], [0.0]]
+    store.flush()  # nothing pending: a no-op
 
 
 def test_many_views_many_keys_one_call(store: BaseOnlineStore) -> None:

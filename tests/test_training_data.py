@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -454,3 +455,136 @@ def test_sketches_stay_within_their_error_bounds(tmp_path: Path) -> None:
             got = out.column(name)[i].as_py()
             rank = sum(1 for x in window if x <= got) / len(window)
             assert abs(rank - p) <= 0.03, (name, rank, p)  # KLL k=200: 1.65% normalized rank error
+
+
+def test_index_fast_path_matches_general_path() -> None:
+    """The backfill layout (one run per entity) takes a shortcut; it must agree with a full sort."""
+    import numpy as np
+
+    from context_store.compute import _pit
+
+    rng = np.random.default_rng(11)
+    n = 5000
+    users = np.sort(rng.integers(0, 40, n))
+    ts = rng.integers(0, 10_000, n)
+    for sorted_in_runs in (True, False):
+        t = ts.copy()
+        if sorted_in_runs:
+            t = t[np.lexsort((t, users))]
+        keys = pa.chunked_array([pa.array([f"k{u}" for u in users[:2000]]), pa.array([f"k{u}" for u in users[2000:]])])
+        fast = _pit.build_index([keys], t.astype(np.int64))
+        codes = pc.dictionary_encode(keys.combine_chunks()).indices  # first-seen order == run order
+        ref_order = np.lexsort((np.arange(n), t, np.asarray(codes)))
+        assert (fast.perm is None) == sorted_in_runs
+        got_ts = fast.ts
+        assert got_ts.tolist() == t[ref_order].tolist()
+        assert fast.seg.tolist() == np.asarray(codes)[ref_order].tolist()
+        assert np.all(np.diff(fast.key) >= 0)
+        assert fast.has_ties == bool(np.any(np.diff(fast.key) == 0))
+        assert fast.starts.tolist() == [*np.searchsorted(fast.seg, np.arange(40)).tolist(), n]
+        spine_keys = pa.chunked_array([pa.array(["k3", "k39", "nope", None, "k0"])])
+        seg = _pit.lookup_segments(fast, [spine_keys], ["user_id"])
+        assert seg.tolist() == [3, 39, -1, -1, 0]
+        bound = np.array([5000, 0, 5000, 5000, 10_001])
+        pos = fast.positions(seg, bound)
+        for s, b, p in zip(seg.tolist(), bound.tolist(), pos.tolist()):
+            if s >= 0:
+                lo, hi = fast.starts[s], fast.starts[s + 1]
+                assert p == lo + int(np.count_nonzero(fast.ts[lo:hi] < b))
+
+
+def test_index_with_null_keys_and_two_key_columns() -> None:
+    import numpy as np
+
+    from context_store.compute import _pit
+
+    a = pa.chunked_array([pa.array(["x", None, "y", "x", "y", "x"])])
+    b = pa.chunked_array([pa.array([1, 1, None, 2, 1, 1])])
+    ts = np.array([5, 1, 3, 2, 4, 0], dtype=np.int64)
+    idx = _pit.build_index([a, b], ts)
+    assert idx.n_null == 2  # null in either key: never found
+    assert idx.seg[:2].tolist() == [-1, -1]
+    segs = idx.seg[2:].tolist()
+    assert segs == sorted(segs)
+    assert idx.starts[-1] == 6
+    for s in range(len(idx.starts) - 1):
+        assert np.all(idx.seg[idx.starts[s] : idx.starts[s + 1]] == s)
+
+
+def test_kernels_edge_sizes() -> None:
+    """Block and chunk boundaries: tails shorter than a block, exact multiples, many prefix chunks."""
+    import numpy as np
+
+    from context_store.compute import _pit
+
+    rng = np.random.default_rng(3)
+    for n in (0, 1, 63, 64, 65, 128, 1000):
+        v = rng.normal(0, 10, n)
+        valid = rng.random(n) > 0.1
+        lo = rng.integers(0, n + 1, 500)
+        hi = np.minimum(lo + rng.integers(0, 130, 500), n)
+        for op, f in (("min", min), ("max", max)):
+            got = _pit.RangeExtrema(v, valid, op).query(lo, hi)
+            for a_, b_, g in zip(lo, hi, got):
+                vals = [v[i] for i in range(a_, b_) if valid[i]]
+                assert g == (f(vals) if vals else (np.inf if op == "min" else -np.inf))
+    # the chunked compensated prefix equals the one-pass (unchunked) computation bit for bit
+    n = 3 * _pit._CHUNK + 17
+    x = rng.lognormal(3, 2, n) * rng.choice([-1.0, 1.0], n)
+    cp = _pit.CompensatedPrefix(x)
+    p = np.concatenate([[0.0], np.cumsum(x)])
+    bb = p[1:] - p[:-1]
+    err = (p[:-1] - (p[1:] - bb)) + (x - bb)
+    c = np.concatenate([[0.0], np.cumsum(err)])
+    assert np.array_equal(cp.p, p) and np.array_equal(cp.c, c)
+    lo = rng.integers(0, n, 200)
+    hi = np.minimum(lo + rng.integers(0, 3 * _pit._CHUNK, 200), n)
+    for a_, b_, g in zip(lo, hi, cp.window(lo, hi)):
+        assert math.isclose(float(g), math.fsum(x[a_:b_]), rel_tol=1e-12, abs_tol=1e-12)
+
+
+def test_large_log_threaded_and_time_filtered(tmp_path: Path) -> None:
+    """A log long enough for the 2-thread path and several prefix chunks; a spine covering only the
+    log's last hours (rows outside its range are dropped in memory) gives the same answers."""
+    import numpy as np
+
+    rng = np.random.default_rng(4)
+    n = 120_000
+    ev = pa.table({
+        "user_id": pa.array(rng.choice(["a", "b", "c", "d"], n)),
+        "ts": ts_array((T0 + rng.integers(0, 48 * 3600, n) * SEC).tolist()),
+        "amount": np.round(rng.lognormal(2, 1, n), 2),
+    })
+    write_parquet(tmp_path, "tx.parquet", ev)
+    user = cs.Entity("user", ["user_id"])
+    view = cs.FeatureView("big", [user], cs.FileSource("data/tx.parquet", "ts"), aggregations=[
+        cs.Aggregate("amount", f, w) for w in ("10m", "1h") for f in ("count", "sum", "mean", "max", "min")
+    ])
+    defs, config, offline = build(tmp_path, [view], [cs.FeatureService("svc", [view])])
+    m = 150_000  # spine + log above the threading threshold
+    for lo_s, hi_s in ((0, 48 * 3600), (46 * 3600, 48 * 3600)):
+        keys = rng.choice(["a", "b", "c", "d", "zz"], m).tolist()
+        times = (T0 + rng.integers(lo_s, hi_s, m) * SEC).tolist()
+        sp = pa.table({"user_id": keys, "timestamp": ts_array(times)})
+        out = get_training_data(defs, config, offline, sp, "svc")
+        assert out.select(["user_id", "timestamp"]).equals(sp)
+        users = ev.column("user_id").to_pylist()
+        tss = ev.column("ts").cast(pa.int64()).to_numpy()
+        amt = ev.column("amount").to_numpy()
+        for i in rng.choice(m, 25, replace=False).tolist():
+            sel = np.array([u == keys[i] for u in users])
+            rows = [{"user_id": keys[i], "ts": int(t), "amount": float(a)} for t, a in zip(tss[sel], amt[sel])]
+            want = expected_view_row(view, rows, {"user_id": keys[i]}, times[i])
+            for name, w in want.items():
+                assert values_match(out.column(f"big__{name}")[i].as_py(), w), (i, name)
+
+
+def test_sorted_search_equals_searchsorted() -> None:
+    import numpy as np
+
+    from context_store.compute import _pit
+
+    rng = np.random.default_rng(9)
+    key = np.sort(rng.integers(0, 5000, 50_000))  # many duplicates
+    for q in (np.sort(rng.integers(-10, 5010, 40_000)), rng.integers(-10, 5010, 40_000), np.full(20_000, 7)):
+        assert np.array_equal(_pit._sorted_search(key, q), np.searchsorted(key, q, side="left"))

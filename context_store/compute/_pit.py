@@ -6,7 +6,7 @@ index range ``[lo, hi)``. Window functions are then O(1) or O(log n) per row:
 
 - count: ``hi - lo``; sum/mean/var: compensated prefix sums (float64 + TwoSum error prefix;
   variance on values shifted by each entity's first value, finished in long double);
-- min/max: blocks of 64 with in-block prefix/suffix extrema + a sparse table over blocks;
+- min/max: blocks of 16 with in-block prefix/suffix extrema + a sparse table over blocks;
 - last: a running "last non-null index";
 - last/first_distinct_n, approx_*: a short Python loop per row (DataSketches HLL / KLL).
 """
@@ -26,8 +26,8 @@ __all__ = ["EventIndex", "build_index", "lookup_segments", "RangeExtrema", "HLL_
 
 HLL_LG_K = 12  # DataSketches HLL: relative standard error ~1.04/sqrt(2^12) = 1.6% (exact while small)
 KLL_K = 200  # DataSketches KLL: normalized rank error ~1.65% (exact below ~k items)
-_BLOCK = 64
-_SHIFT = 6  # log2(_BLOCK)
+_BLOCK = 16
+_SHIFT = 4  # log2(_BLOCK)
 _CHUNK = 1 << 15  # elements per cache-resident chunk of the prefix-sum build
 
 
@@ -43,13 +43,15 @@ def _encode(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
 def _runs(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array] | None:
     """Run starts and run keys of a key column already grouped into runs (the backfill's sorted
     log): cheaper than hashing every value. None when some key appears in two runs (or is null)."""
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    arr = col  # chunked is fine: no need to copy the strings into one buffer
     n = len(arr)
     if n < 2 or arr.null_count:
         return None
     ne = pc.not_equal(arr.slice(1), arr.slice(0, n - 1)).to_numpy(zero_copy_only=False)
     starts = np.r_[0, np.nonzero(ne)[0] + 1]
     heads = arr.take(pa.array(starts))
+    if isinstance(heads, pa.ChunkedArray):
+        heads = heads.combine_chunks()
     if len(pc.unique(heads)) != len(heads):
         return None
     return starts.astype(np.int64, copy=False), heads
@@ -107,9 +109,32 @@ class EventIndex:
             return np.zeros(len(seg), dtype=np.int64)
         q = self._tb(bound)
         q += seg * self.span
-        out = np.searchsorted(self.key, q, side="left").astype(np.int64, copy=False)
+        out = _sorted_search(self.key, q)
         out[seg < 0] = 0
         return out
+
+
+_SEARCH_CHUNK = 4096
+
+
+def _sorted_search(key: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """``np.searchsorted(key, q)``; when ``q`` is sorted (the usual case: queries in (segment, time)
+    order), each block of queries searches only the slice of ``key`` its neighbours bracket, which
+    stays in cache (~30% faster on 10M keys)."""
+    m = len(q)
+    if m < 4 * _SEARCH_CHUNK or len(key) < 4 * _SEARCH_CHUNK or bool(np.any(q[1:] < q[:-1])):
+        return np.searchsorted(key, q, side="left").astype(np.int64, copy=False)
+    heads = np.searchsorted(key, q[::_SEARCH_CHUNK], side="left")
+    bounds = np.r_[heads, len(key)].tolist()
+    out = np.empty(m, dtype=np.int64)
+    for i in range(len(heads)):
+        a, b = bounds[i], bounds[i + 1]
+        j = i * _SEARCH_CHUNK
+        # every query of this block is >= q[j] and <= the next block's first query
+        res = out[j : j + _SEARCH_CHUNK]
+        res[:] = np.searchsorted(key[a:b], q[j : j + _SEARCH_CHUNK], side="left")
+        res += a
+    return out
 
 
 def build_index(keys: list[pa.ChunkedArray], ts: np.ndarray) -> EventIndex:
@@ -278,9 +303,10 @@ class CompensatedPrefix:
 class RangeExtrema:
     """min or max over index ranges [lo, hi) of a numeric array (invalid entries ignored).
 
-    Blocks of 64: in-block prefix/suffix extrema (one ``accumulate`` along the rows of an
-    (nb, 64) view) and a sparse table over block extrema. A range spanning
-    blocks costs O(1); a range inside one block is scanned (short ranges: little work).
+    Blocks of 16: in-block prefix/suffix extrema, stored transposed -- (16, nb), so building them
+    is 15 vectorized passes over all blocks -- and a sparse table over block extrema, flattened so
+    a query is one gather per side. A range spanning blocks costs O(1); a range inside one block
+    (< 16 events) is scanned, longest first (work = their total length).
     """
 
     def __init__(self, values: np.ndarray, valid: np.ndarray, op: str) -> None:
@@ -297,72 +323,78 @@ class RangeExtrema:
         # scans stay inside [0, n): no padding needed, and no copy when nothing is null
         v = values if valid.all() else np.where(valid, values, ident)
         self.v = v
-        # in-block prefix / suffix extrema, natural layout: (nb, 64) rows accumulated along axis 1
+        # (16, nb): row k = k-th element of every block, the last block padded with the identity
+        t = np.empty((_BLOCK, nb), dtype=values.dtype)
         full = n // _BLOCK
-        pref = np.empty((nb, _BLOCK), dtype=values.dtype)
-        suf = np.empty((nb, _BLOCK), dtype=values.dtype)
-        if full:
-            blocks = v[: full * _BLOCK].reshape(full, _BLOCK)
-            self.uf.accumulate(blocks, axis=1, out=pref[:full])
-            self.uf.accumulate(blocks[:, ::-1], axis=1, out=suf[:full, ::-1])
-        if n > full * _BLOCK or n == 0:
-            tail = np.full(_BLOCK, ident, dtype=values.dtype)
-            tail[: n - full * _BLOCK] = v[full * _BLOCK :]
-            self.uf.accumulate(tail, out=pref[full])
-            self.uf.accumulate(tail[::-1], out=suf[full, ::-1])
+        t[:, :full] = v[: full * _BLOCK].reshape(full, _BLOCK).T
+        if full < nb:
+            t[:, full] = ident
+            t[: n - full * _BLOCK, full] = v[full * _BLOCK :]
+        pref, suf = t, t.copy()
+        for k in range(1, _BLOCK):  # row-wise passes: contiguous and vectorized over all blocks
+            self.uf(pref[k - 1], pref[k], out=pref[k])
+            self.uf(suf[_BLOCK - k], suf[_BLOCK - k - 1], out=suf[_BLOCK - k - 1])
         self.pref = pref.reshape(-1)
         self.suf = suf.reshape(-1)
-        pref = pref.T  # row -1: block extrema
-        levels = [pref[-1].copy()]
-        k = 1
+        # sparse table over block extrema: level k (ranges of 2**k blocks) at offset off[k]
+        sizes = []
+        k = 0
         while (1 << k) <= nb:
-            prev = levels[-1]
-            half = 1 << (k - 1)
-            levels.append(self.uf(prev[:-half], prev[half:]))
+            sizes.append(nb - (1 << k) + 1)
             k += 1
-        self.levels = levels
+        self.off = np.r_[0, np.cumsum(sizes)].astype(np.int64)
+        flat = np.empty(int(self.off[-1]), dtype=values.dtype)
+        flat[:nb] = pref[_BLOCK - 1]
+        for k in range(1, len(sizes)):
+            prev = flat[self.off[k - 1] : self.off[k]]
+            half = 1 << (k - 1)
+            self.uf(prev[: sizes[k]], prev[half : half + sizes[k]], out=flat[self.off[k] : self.off[k + 1]])
+        self.table = flat
+
+    def _t(self, i: np.ndarray) -> np.ndarray:
+        """Flat index of element i in the transposed (16, nb) layout."""
+        out = i & (_BLOCK - 1)
+        out *= self.nb
+        out += i >> _SHIFT
+        return out
 
     def query(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         res = np.full(len(lo), self.ident, dtype=self.v.dtype)
-        ne = np.nonzero(hi > lo)[0]
+        ne = np.flatnonzero(hi > lo)
         if not len(ne):
             return res
         lo_, h = lo[ne], hi[ne] - 1
         bl, bh = lo_ >> _SHIFT, h >> _SHIFT
         same = bl == bh
         # ranges spanning blocks: suffix of the first, prefix of the last, sparse table between
-        d = np.nonzero(~same)[0]
+        d = np.flatnonzero(~same)
         if len(d):
-            r = self.uf(self.suf[lo_[d]], self.pref[h[d]])
-            a, b = bl[d] + 1, bh[d] - 1
-            has = np.nonzero(a <= b)[0]
+            r = self.uf(self.suf[self._t(lo_[d])], self.pref[self._t(h[d])])
+            a = bl[d] + 1
+            cnt = bh[d] - a  # whole blocks strictly between
+            has = np.flatnonzero(cnt > 0)
             if len(has):
-                a, b = a[has], b[has]
-                lvl = np.floor(np.log2(b - a + 1)).astype(np.int64)
-                mid = np.empty(len(a), dtype=self.v.dtype)
-                for k in np.unique(lvl):
-                    sel = np.nonzero(lvl == k)[0]
-                    tab = self.levels[int(k)]
-                    mid[sel] = self.uf(tab[a[sel]], tab[b[sel] - (1 << int(k)) + 1])
-                r[has] = self.uf(r[has], mid)
+                a, cnt = a[has], cnt[has]
+                lvl = np.log2(cnt).astype(np.int64)  # floor: exact for powers of two
+                first = self.off[lvl] + a
+                second = first + cnt - (np.int64(1) << lvl)
+                r[has] = self.uf(r[has], self.uf(self.table[first], self.table[second]))
             res[ne[d]] = r
-        # ranges inside one block (mostly short): longest first, then pass k extends the ranges
-        # longer than k -- a prefix of that order -- by one element (work = their total length)
-        s = np.nonzero(same)[0]
+        # ranges inside one block: longest first, then pass k extends the ranges longer than k --
+        # a prefix of that order -- by one element
+        s = np.flatnonzero(same)
         if len(s):
-            length = h[s] - lo_[s] + 1  # 1..64
-            order = np.argsort((_BLOCK - length).astype(np.int16), kind="stable")  # radix sort
+            length = h[s] - lo_[s] + 1  # 1..16
+            order = np.argsort((_BLOCK - length).astype(np.int8), kind="stable")  # radix sort
             s = s[order]
             start = lo_[s]
             desc = length[order]
             r = self.v[start]
             buf = np.empty_like(r)
-            # longer[k] = number of ranges longer than k (a prefix of the descending order)
-            longer = len(desc) - np.cumsum(np.bincount(desc, minlength=_BLOCK + 1))
-            for k in range(1, int(desc[0]) if len(desc) else 1):
+            longer = len(desc) - np.cumsum(np.bincount(desc, minlength=_BLOCK + 1))  # ranges longer than k
+            for k in range(1, int(desc[0])):
                 c = int(longer[k])
-                # v[k:][start] == v[start + k] without a temporary index array
-                np.take(self.v[k:], start[:c], out=buf[:c], mode="clip")
+                np.take(self.v[k:], start[:c], out=buf[:c], mode="clip")  # v[start + k], no index temp
                 self.uf(r[:c], buf[:c], out=r[:c])
             res[ne[s]] = r
         return res

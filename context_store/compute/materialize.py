@@ -21,7 +21,7 @@ from ..registry.repo import RepoDefinitions
 from .aggregations import Columns
 from .tiles import ViewState, columns_from_arrow, encode_raw_groups, ts_to_us
 
-__all__ = ["materialize", "MaterializeReport", "ViewReport", "materialize_table"]
+__all__ = ["MaterializeReport", "ViewReport", "materialize", "materialize_table"]
 
 _CHUNK_KEYS = 2000
 

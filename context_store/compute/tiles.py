@@ -18,8 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import operator
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -29,10 +30,19 @@ import pyarrow.compute as pc
 
 from ..definitions import DType, Embedding, FeatureView, StreamSource
 from .aggregations import AggPlan, Columns, Partial
+from .raw_events import decode_raw, encode_raw, encode_raw_groups, parse_raw_num, raw_num_block
 
 __all__ = [
-    "ViewState", "decompose", "columns_from_arrow", "choose_tile_us", "encode_raw", "encode_raw_groups", "decode_raw", "ts_to_us",
-    "TILES_PER_WINDOW", "RETENTION_SLACK_US",
+    "RETENTION_SLACK_US",
+    "TILES_PER_WINDOW",
+    "ViewState",
+    "choose_tile_us",
+    "columns_from_arrow",
+    "decode_raw",
+    "decompose",
+    "encode_raw",
+    "encode_raw_groups",
+    "ts_to_us",
 ]
 
 US = 1_000_000
@@ -104,199 +114,6 @@ def columns_from_arrow(table: pa.Table, plan: AggPlan, ts_column: str) -> Column
     return cols
 
 
-# -- raw event blocks (continuous mode edge tiles) --------------------------------------
-
-def encode_raw(cols: Columns, plan: AggPlan) -> bytes:
-    """u32 n, i64 ts[n], then per plan column: u8 valid[n] + values; blocks concatenate."""
-    n = len(cols)
-    out = [_HDR.pack(n), cols.ts.astype("<i8").tobytes()]
-    for c in plan.columns:
-        dt = plan.types[c]
-        valid = cols.valid[c]
-        out.append(valid.astype(np.uint8).tobytes())
-        if isinstance(dt, Embedding):
-            out.append(cols.emb[c].astype("<f4").tobytes())
-        elif dt.name == "string":
-            enc = [(v or "").encode() for v in cols.obj[c]]
-            out.append(np.array([len(b) for b in enc], dtype="<u4").tobytes())
-            out.append(b"".join(enc))
-        elif dt.name in ("int64", "timestamp"):
-            src = cols.obj.get(c)
-            vals = np.array([v or 0 for v in src], dtype="<i8") if src is not None else cols.num[c].astype("<i8")
-            out.append(vals.tobytes())
-        elif dt.name == "bool":
-            out.append(np.array([bool(v) for v in cols.obj[c]], dtype=np.uint8).tobytes())
-        else:
-            out.append(cols.num[c].astype("<f8").tobytes())
-    return b"".join(out)
-
-
-def encode_raw_groups(cols: Columns, plan: AggPlan, starts: np.ndarray, ends: np.ndarray) -> list[bytes]:
-    """``encode_raw`` of many consecutive row groups at once: whole columns are converted to
-    bytes once and each group's block is assembled from slices (materialization)."""
-    n = len(cols)
-    st, en = starts.tolist(), ends.tolist()
-    pieces: list[tuple[bytes, int, list[int] | None]] = [(cols.ts.astype("<i8").tobytes(), 8, None)]
-    for c in plan.columns:
-        dt = plan.types[c]
-        pieces.append((cols.valid[c].astype(np.uint8).tobytes(), 1, None))
-        if isinstance(dt, Embedding):
-            pieces.append((cols.emb[c].astype("<f4").tobytes(), 4 * dt.dim, None))
-        elif dt.name == "string":
-            enc = [(v or "").encode() for v in cols.obj[c]]
-            lens = np.array([len(b) for b in enc], dtype=np.int64)
-            off = np.concatenate([[0], np.cumsum(lens)]).tolist()
-            pieces.append((lens.astype("<u4").tobytes(), 4, None))
-            pieces.append((b"".join(enc), 0, off))
-        elif dt.name in ("int64", "timestamp"):
-            src = cols.obj.get(c)
-            vals = np.array([v or 0 for v in src], dtype="<i8") if src is not None else cols.num[c].astype("<i8")
-            pieces.append((vals.tobytes(), 8, None))
-        elif dt.name == "bool":
-            pieces.append((np.array([bool(v) for v in cols.obj[c]], dtype=np.uint8).tobytes(), 1, None))
-        else:
-            pieces.append((cols.num[c].astype("<f8").tobytes(), 8, None))
-    assert n == 0 or len(pieces[0][0]) == 8 * n
-    out = []
-    for a, b in zip(st, en):
-        parts = [_HDR.pack(b - a)]
-        for buf, w, off in pieces:
-            parts.append(buf[w * a : w * b] if off is None else buf[off[a] : off[b]])
-        out.append(b"".join(parts))
-    return out
-
-
-_NP_EDGE = 48  # edges with more events than this are cut with numpy (hot entities); fewer: plain Python
-
-
-def parse_raw_num(buf: bytes, plan: AggPlan) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """Timestamps, validity and values of the numeric columns of a raw field: Python sequences
-    for small edges (read on the hot path, arrays cost more than they save), numpy arrays for big ones."""
-    blocks: list[tuple[int, int, dict[str, tuple[int, str]]]] = []  # (n, ts offset, column -> (offset, kind))
-    off = 0
-    end = len(buf)
-    total = 0
-    while off < end:
-        (n,) = _HDR.unpack_from(buf, off)
-        off += 4
-        ts_off = off
-        off += 8 * n
-        where: dict[str, tuple[int, str]] = {}
-        for c in plan.columns:
-            dt = plan.types[c]
-            v_off = off
-            off += n
-            if isinstance(dt, Embedding):
-                off += 4 * n * dt.dim
-            elif dt.name == "string":
-                off += 4 * n + sum(struct.unpack_from(f"<{n}I", buf, off))
-            elif dt.name == "bool":
-                off += n
-            else:
-                where[c] = (v_off, "d" if dt.name == "float64" else "q")
-                off += 8 * n
-        blocks.append((n, ts_off, where))
-        total += n
-    if total > _NP_EDGE:
-        ts_np = np.concatenate([np.frombuffer(buf, "<i8", n, o) for n, o, _ in blocks]) if blocks else np.zeros(0, np.int64)
-        valid_np: dict[str, Any] = {}
-        vals_np: dict[str, Any] = {}
-        for c in plan.num_cols:
-            valid_np[c] = np.concatenate([np.frombuffer(buf, np.uint8, n, w[c][0]) for n, _, w in blocks]).astype(bool)
-            vals_np[c] = np.concatenate([np.frombuffer(buf, "<f8" if w[c][1] == "d" else "<i8", n, w[c][0] + n)
-                                         for n, _, w in blocks]).astype(np.float64)
-        return ts_np, valid_np, vals_np
-    ts_all: list[int] = []
-    valid_all: dict[str, Any] = {c: b"" for c in plan.num_cols}
-    vals_all: dict[str, Any] = {c: () for c in plan.num_cols}
-    for n, o, w in blocks:
-        ts_all += struct.unpack_from(f"<{n}q", buf, o)
-        for c in plan.num_cols:
-            v_off, kind = w[c]
-            valid_all[c] += buf[v_off : v_off + n]
-            vals_all[c] += struct.unpack_from(f"<{n}{kind}", buf, v_off + n)
-    return ts_all, valid_all, vals_all
-
-
-def raw_num_block(parsed: tuple[Any, dict[str, Any], dict[str, Any]], plan: AggPlan, lo: int | None, hi: int) -> list[float]:
-    """The numeric block (same formulas as AggPlan.partials_grouped) of the parsed raw events
-    with ``lo <= ts < hi``: the continuous-mode edge of a numbers-only view."""
-    ts_all, valid_all, vals_all = parsed
-    if isinstance(ts_all, np.ndarray):
-        sel_m = ts_all < hi if lo is None else (ts_all < hi) & (ts_all >= lo)
-        res = [float(np.count_nonzero(sel_m))]
-        for c in plan.num_cols:
-            x = vals_all[c][sel_m & valid_all[c]]
-            if not len(x):
-                res += [0.0, 0.0, math.inf, -math.inf, 0.0, 0.0]
-                continue
-            cnt = float(len(x))
-            sm = float(x.sum())
-            mean = sm / cnt
-            d = x - mean
-            res += [cnt, sm, float(x.min()), float(x.max()), mean, float(np.dot(d, d))]
-        return res
-    sel = [i for i, x in enumerate(ts_all) if x < hi and (lo is None or x >= lo)]
-    res = [float(len(sel))]
-    for c in plan.num_cols:
-        v, x = valid_all[c], vals_all[c]
-        vals = [float(x[i]) for i in sel if v[i]]
-        if not vals:
-            res += [0.0, 0.0, math.inf, -math.inf, 0.0, 0.0]
-            continue
-        cnt = float(len(vals))
-        sm = sum(vals)
-        mean = sm / cnt
-        res += [cnt, sm, min(vals), max(vals), mean, sum((y - mean) ** 2 for y in vals)]
-    return res
-
-
-def decode_raw(buf: bytes, plan: AggPlan) -> Columns:
-    parts: list[Columns] = []
-    off = 0
-    while off < len(buf):
-        (n,) = _HDR.unpack_from(buf, off)
-        off += 4
-        ts = np.frombuffer(buf, dtype="<i8", count=n, offset=off).astype(np.int64)
-        off += 8 * n
-        cols = Columns(ts=ts)
-        for c in plan.columns:
-            dt = plan.types[c]
-            valid = np.frombuffer(buf, dtype=np.uint8, count=n, offset=off).astype(bool)
-            off += n
-            cols.valid[c] = valid
-            if isinstance(dt, Embedding):
-                cols.emb[c] = np.frombuffer(buf, dtype="<f4", count=n * dt.dim, offset=off).reshape(n, dt.dim)
-                off += 4 * n * dt.dim
-            elif dt.name == "string":
-                lens = np.frombuffer(buf, dtype="<u4", count=n, offset=off).tolist()
-                off += 4 * n
-                vals: list[Any] = []
-                for ln, v in zip(lens, valid.tolist()):
-                    vals.append(buf[off : off + ln].decode() if v else None)
-                    off += ln
-                cols.obj[c] = vals
-            elif dt.name in ("int64", "timestamp"):
-                x = np.frombuffer(buf, dtype="<i8", count=n, offset=off)
-                off += 8 * n
-                cols.num[c] = x.astype(np.float64)
-                cols.obj[c] = [v if ok else None for v, ok in zip(x.tolist(), valid.tolist())]
-            elif dt.name == "bool":
-                x = np.frombuffer(buf, dtype=np.uint8, count=n, offset=off)
-                off += n
-                cols.obj[c] = [bool(v) if ok else None for v, ok in zip(x.tolist(), valid.tolist())]
-            else:
-                x = np.frombuffer(buf, dtype="<f8", count=n, offset=off)
-                off += 8 * n
-                cols.num[c] = x.astype(np.float64)
-                if c in plan.obj_cols:
-                    cols.obj[c] = [v if ok else None for v, ok in zip(x.tolist(), valid.tolist())]
-        parts.append(cols)
-    if not parts:
-        return Columns(ts=np.zeros(0, dtype=np.int64))
-    return Columns.concat(parts)
-
-
 # -- per-view state plan ----------------------------------------------------------------
 
 @dataclass(eq=False)  # hashed by identity: a layout cache key
@@ -307,6 +124,7 @@ class _ReadCtx:
     lo: int                         # first tile covered by the lifetime read (tiles [lo, b))
     b: int                          # tile containing t (exclusive end of full tiles)
     raw_tiles: list[int]
+    pickers: list[Any] = field(default_factory=list)  # per window: blocks list -> tuple of its blocks
 
 
 def decompose(a: int, b: int, max_level: int) -> list[tuple[int, int]]:
@@ -426,6 +244,8 @@ class ViewState:
         if self.has_lifetime:
             fields.append(self.L)
         ctx = _ReadCtx(fields, n_blocks, per_window, lo, b, raw_tiles)
+        ctx.pickers = [(lambda xs, _i=ids[0]: (xs[_i],)) if len(ids) == 1 else (operator.itemgetter(*ids) if ids else (lambda xs: ()))
+                       for ids in per_window]
         self._cache = (key, ctx)
         return ctx
 
@@ -449,19 +269,21 @@ class ViewState:
         cuts: dict[int | None, list[float]] = {}
         finalize = plan.finalize
         outputs = plan.outputs
-        for (w, which), ids, spread in zip(self.windows, ctx.per_window, self._spread):
-            parts: list[Any] = [x for x in (blocks[i] for i in ids) if x is not None]
+        for (w, which), pick, spread in zip(self.windows, ctx.pickers, self._spread):
+            parts: Any = pick(blocks)
+            if None in parts:
+                parts = [x for x in parts if x is not None]
             if raws:
                 s = t - w
                 sb = s // g
                 if sb < b and sb in raws:
-                    parts.append(raw_num_block(raws[sb], plan, s, t))
+                    parts = [*parts, raw_num_block(raws[sb], plan, s, t)]
                 if b in raws:
                     lo = s if sb >= b else None
                     cut = cuts.get(lo)  # windows starting before tile b share this edge
                     if cut is None:
                         cut = cuts[lo] = raw_num_block(raws[b], plan, lo, t)
-                    parts.append(cut)
+                    parts = [*parts, cut]
             mnum = (parts[0] if len(parts) == 1 else plan.merge_rows(parts, spread)) if parts else plan.empty_list
             for i in which:
                 out[i] = finalize(outputs[i], mnum, [])  # type: ignore[arg-type]

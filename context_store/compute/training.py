@@ -12,8 +12,10 @@ KLL (k=200, normalized rank error 1.65%, exact -- the nearest-rank percentile --
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -317,6 +319,38 @@ def _plan(service_views: list[FeatureSelection]) -> dict[str, tuple[Any, set[str
     return need
 
 
+@contextmanager
+def _small_pages() -> Iterator[None]:
+    """Turn off numpy's MADV_HUGEPAGE on new arrays while building training data.
+
+    With transparent huge pages in ``madvise`` mode the kernel compacts memory synchronously on
+    first touch of every hinted region; this job allocates ~1 GB of short-lived arrays, and on a
+    busy machine that doubled the CPU time of a cold call (10M events: 2.5-2.9s -> 1.6s). Process
+    wide while it runs (numpy has one switch); restored afterwards; a no-op if numpy lacks it.
+    """
+    setter = getattr(getattr(getattr(np, "_core", None), "multiarray", None), "_set_madvise_hugepage", None)
+    if setter is None:
+        yield
+        return
+    global _pages_users, _pages_prev
+    with _pages_lock:  # concurrent calls: the first one in saves the setting, the last one out restores it
+        if _pages_users == 0:
+            _pages_prev = bool(setter(False))
+        _pages_users += 1
+    try:
+        yield
+    finally:
+        with _pages_lock:
+            _pages_users -= 1
+            if _pages_users == 0:
+                setter(_pages_prev)
+
+
+_pages_lock = threading.Lock()
+_pages_users = 0
+_pages_prev = True
+
+
 def get_training_data(
     defs: RepoDefinitions,
     config: Config,
@@ -348,8 +382,9 @@ def get_training_data(
             ordered = [f for f in view.feature_names if f in feats]
             values[name] = compute_view_features(defs, offline, view, ordered, table, t)
 
-    for name in need:
-        compute(name)
+    with _small_pages():
+        for name in need:
+            compute(name)
     new_cols = {
         f"{sel.view.name}__{f}": values[sel.view.name][f] for sel in service.selections for f in sel.features
     }

@@ -8,12 +8,13 @@ trip) -> assemble. No registry work per request.
 
 from __future__ import annotations
 
+import operator
 import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from ..compute.aggregations import us_to_datetime
@@ -30,7 +31,7 @@ __all__ = ["FeatureServer", "to_us"]
 _INT = re.compile(r"^-?\d{1,19}$")
 
 
-def to_us(t: datetime | str | int | float | None) -> int:
+def to_us(t: datetime | str | float | None) -> int:
     """A request time (datetime, ISO string, epoch seconds) -> µs since epoch, UTC; None -> now."""
     if t is None:
         return time.time_ns() // 1000
@@ -41,8 +42,8 @@ def to_us(t: datetime | str | int | float | None) -> int:
             raise InvalidInputError(f"request_time {t!r} is not an ISO-8601 timestamp", field="request_time") from None
     if isinstance(t, datetime):
         if t.tzinfo is None:
-            t = t.replace(tzinfo=timezone.utc)
-        d = t - datetime(1970, 1, 1, tzinfo=timezone.utc)
+            t = t.replace(tzinfo=UTC)
+        d = t - datetime(1970, 1, 1, tzinfo=UTC)
         return (d.days * 86400 + d.seconds) * 1_000_000 + d.microseconds
     if isinstance(t, (int, float)) and not isinstance(t, bool):
         return int(t * 1_000_000)
@@ -68,6 +69,9 @@ class _Plan:
     request_fields: dict[str, DType]
     specs: list[tuple[int, int, str, str, dict[str, Any], str]] = field(default_factory=list)
     single_key: bool = False                    # every view is keyed by the same join keys
+    # Fast assembly (no realtime views, outputs grouped by read in order): per read
+    # (read index, output names, value picker or None when the read's values are taken whole).
+    groups: list[tuple[int, list[str], Any]] | None = None
 
 
 class FeatureServer:
@@ -150,7 +154,9 @@ class FeatureServer:
                     meta.append((nm, dt.describe() if dt is not None else {"type": "unknown"}, view.name))
         specs = [(ri, vi, fname, nm, dt, vn) for (ri, vi, fname), nm, (_, dt, vn) in zip(outputs, names, meta)]
         single = bool(reads) and all(r.join_keys == reads[0].join_keys for r in reads)
-        return _Plan(svc.name, join_keys, reads, outputs, names, meta, realtimes, req_fields, specs, single)
+        p = _Plan(svc.name, join_keys, reads, outputs, names, meta, realtimes, req_fields, specs, single)
+        p.groups = _groups(p)
+        return p
 
     # -- validation ---------------------------------------------------------------------
     def _keys(self, plan: _Plan, join_keys: Any) -> dict[str, Any]:
@@ -224,6 +230,8 @@ class FeatureServer:
             if not isinstance(out, Mapping):
                 raise InvalidInputError(f"realtime feature view {view.name!r} must return a dict, got {type(out).__name__}", field=view.name)
             rt_out.append(out)  # type: ignore[arg-type]
+        if plan.groups is not None and shared is not None:
+            return self._assemble_fast(plan, keys, res, shared)
         values: dict[str, Any] = {}
         metadata: list[FeatureMetadata] = []
         if shared is None:
@@ -255,6 +263,41 @@ class FeatureServer:
                     m = shared[mk] = FeatureMetadata(name, dtype, MISSING_DATA if v is None else PRESENT, eff, vname)
                 metadata.append(m)
         return FeatureVector(values, metadata, keys, None)
+
+    def _assemble_fast(self, plan: _Plan, keys: dict[str, Any], res: list[ViewValues], shared: dict[Any, Any]) -> FeatureVector:
+        """Stored features only: values copied per read, metadata memoised per (service, read,
+        effective time, null pattern) — FeatureMetadata objects are immutable."""
+        values: dict[str, Any] = {}
+        meta: list[FeatureMetadata] = []
+        assert plan.groups is not None
+        for gi, (ri, names, pick) in enumerate(plan.groups):
+            r = res[ri]
+            vv = r.values
+            if vv is None:
+                values.update(dict.fromkeys(names))
+                mk: tuple[Any, ...] = (plan.name, gi, None, None)
+                sel: Any = None
+            else:
+                sel = vv if pick is None else pick(vv)
+                values.update(zip(names, sel))
+                mk = (plan.name, gi, r.effective_us, tuple([x is None for x in sel]) if None in sel else True)
+            m = shared.get(mk)
+            if m is None:
+                m = shared[mk] = self._group_meta(plan, gi, None if vv is None else r.effective_us, sel, shared)
+            meta += m
+        return FeatureVector(values, meta, keys, None)
+
+    def _group_meta(self, plan: _Plan, gi: int, eff_us: int | None, sel: Any, shared: dict[Any, Any]) -> tuple[FeatureMetadata, ...]:
+        eff = None
+        if eff_us is not None:
+            eff = shared.get(eff_us)
+            if eff is None:
+                eff = shared[eff_us] = us_to_datetime(eff_us)
+        assert plan.groups is not None
+        ri = plan.groups[gi][0]
+        specs = [sp for sp in plan.specs if sp[0] == ri]
+        return tuple(FeatureMetadata(name, dtype, MISSING_DATA if sel is None or sel[j] is None else PRESENT, eff, vname)
+                     for j, (_, _, _, name, dtype, vname) in enumerate(specs))
 
     def get_features(
         self,
@@ -358,6 +401,34 @@ class FeatureServer:
             fv.request_time = rt
             out.append(fv)
         return out
+
+
+def _groups(plan: _Plan) -> list[tuple[int, list[str], Any]] | None:
+    """Outputs grouped by read for ``_assemble_fast``; None when that shape does not apply."""
+    if plan.realtimes:
+        return None
+    groups: list[tuple[int, list[str], list[int]]] = []
+    for ri, vi, _, name, _, _ in plan.specs:
+        if groups and groups[-1][0] == ri:
+            groups[-1][1].append(name)
+            groups[-1][2].append(vi)
+        else:
+            groups.append((ri, [name], [vi]))
+    if len({g[0] for g in groups}) != len(groups):
+        return None  # one read's outputs interleaved with another's: keep the declared order exactly
+    out: list[tuple[int, list[str], Any]] = []
+    for ri, names, idx in groups:
+        n_vals = len(plan.reads[ri].state.plan.outputs) if plan.reads[ri].state.plan is not None else len(
+            plan.reads[ri].state.view.features_in)
+        whole = idx == list(range(n_vals))
+        if whole:
+            pick = None
+        elif len(idx) == 1:
+            pick = (lambda vv, _i=idx[0]: (vv[_i],))
+        else:
+            pick = operator.itemgetter(*idx)
+        out.append((ri, names, pick))
+    return out
 
 
 def _feature_dtype(st: ViewState, fname: str) -> DType | None:

@@ -2,16 +2,21 @@
 
 Each view / knowledge base is a ``stores.vector.VectorCollection``: a LanceDB table under
 ``<offline_path>/vectors`` (durable) plus an in-memory FAISS index built from it on first use,
-kept in sync on every write and refreshed from other processes' writes. A view that was never
-backfilled is backfilled from its source on first use; a knowledge base is indexed likewise.
+kept in sync on every write and refreshed from other processes' writes. The index is restored
+from its snapshot beside the table when there is one (only rows changed since are replayed),
+so a restart does not rebuild it; ``warm`` loads every index eagerly (a server calls it at start
+and reports ``ready`` on /readyz). A view that was never backfilled is backfilled from its
+source on first use; a knowledge base is indexed likewise.
 This module owns the definitions side: validation, embedding, change detection, chunking.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +45,7 @@ MAX_K = 100
 MAX_TEXT = 10_000  # characters of a query text
 _KEY = "entity_id"  # the key column of emb__ tables (the view's join key values, as strings)
 _KB_ATTRS = ["file", "source", "start", "end", "text"]
+_log = logging.getLogger(__name__)
 
 
 def _check_k(k: Any) -> int:
@@ -65,12 +71,20 @@ class VectorService:
         *,
         refresh_interval: float = 1.0,
         flat_threshold: int = 10_000,
+        snapshots: bool = True,
+        snapshot_min_rows: int = 1000,
+        snapshot_every: int = 10_000,
+        snapshot_interval: float = 300.0,
     ) -> None:
         self.defs = defs
         self.config = config
         self.offline = offline
         self.refresh_interval = refresh_interval
         self.flat_threshold = flat_threshold
+        self._snapshot_opts = {"snapshots": snapshots, "snapshot_min_rows": snapshot_min_rows,
+                               "snapshot_every": snapshot_every, "snapshot_interval": snapshot_interval}
+        self._warm_thread: threading.Thread | None = None
+        self._warm_state: dict[str, Any] = {"state": "cold", "collections": {}, "error": None, "seconds": None}
         self._lock = threading.RLock()
         self._views: dict[str, VectorCollection] = {}
         self._kbs: dict[str, VectorCollection] = {}
@@ -113,7 +127,7 @@ class VectorService:
     def _collection(self, table: str, embedder: str, key: str, attrs: list[str], kind: str) -> VectorCollection:
         return VectorCollection(
             self.lance, table, dim=self._dim(embedder), key=key, attributes=attrs, embedder=embedder, kind=kind,
-            flat_threshold=self.flat_threshold, refresh_interval=self.refresh_interval,
+            flat_threshold=self.flat_threshold, refresh_interval=self.refresh_interval, **self._snapshot_opts,
         ).open()
 
     def _view_state(self, view: EmbeddingView, auto_backfill: bool = True) -> VectorCollection:
@@ -126,6 +140,8 @@ class VectorService:
                     self._views[view.name] = coll
                     if auto_backfill and not coll.exists:
                         self._backfill_view(view, coll, progress=False)
+                        coll.loaded_from = "backfill"
+                        coll.checkpoint()
             return coll
         coll.refresh()
         return coll
@@ -211,6 +227,7 @@ class VectorService:
             view = self._view(name)
             state = self._view_state(view, auto_backfill=False)
             out[name] = self._backfill_view(view, state, progress)
+            state.checkpoint()  # the next start loads this instead of rebuilding
         return out
 
     def upsert_entities(self, view: str, rows: Iterable[Mapping[str, Any]] | pa.Table) -> int:
@@ -330,6 +347,8 @@ class VectorService:
                     self._kbs[kb.name] = coll
                     if auto_index and not coll.exists:
                         self._index_kb(kb, coll)
+                        coll.loaded_from = "backfill"
+                        coll.checkpoint()
             return coll
         coll.refresh()
         return coll
@@ -391,7 +410,9 @@ class VectorService:
         out: dict[str, dict[str, int]] = {}
         for name in list(names) if names is not None else list(self.defs.knowledge):
             kb = self._kb(name)
-            out[name] = self._index_kb(kb, self._kb_state(kb, auto_index=False), progress)
+            state = self._kb_state(kb, auto_index=False)
+            out[name] = self._index_kb(kb, state, progress)
+            state.checkpoint()
         return out
 
     def search_knowledge(
@@ -410,15 +431,92 @@ class VectorService:
         ]
         return KnowledgeResult(knowledge=kb.name, query=query, chunks=chunks)
 
+    # -- warm-up / readiness ---------------------------------------------------------------------
+    def warm(
+        self, views: Sequence[str] | None = None, knowledge: Sequence[str] | None = None, *, background: bool = False
+    ) -> None:
+        """Load the indexes of ``views`` and ``knowledge`` (default: all) now: from their snapshots,
+        else by a rebuild (a never-backfilled view is backfilled, as on first use).
+
+        ``background=True`` returns at once and loads in a daemon thread; poll ``ready`` /
+        ``readiness()`` (e.g. from /readyz) or block with ``wait_ready``; a failure there is
+        reported by ``readiness()["error"]``, in the foreground it is raised. Unknown names raise
+        NotFoundError up front.
+        """
+        names = [self._view(n).name for n in views] if views is not None else list(self.defs.embedding_views)
+        kbs = [self._kb(n).name for n in knowledge] if knowledge is not None else list(self.defs.knowledge)
+        if self._warm_thread is not None:
+            self._warm_thread.join()  # one warm-up at a time
+        pending = {**{f"view:{n}": "pending" for n in names}, **{f"knowledge:{n}": "pending" for n in kbs}}
+        self._warm_state = {"state": "warming", "collections": pending, "error": None, "seconds": None}
+        if not background:
+            return self._warm(names, kbs, reraise=True)
+        self._warm_thread = threading.Thread(target=self._warm, args=(names, kbs), name="vector-warm", daemon=True)
+        self._warm_thread.start()
+
+    def _warm(self, names: list[str], kbs: list[str], reraise: bool = False) -> None:
+        t0, st = time.perf_counter(), self._warm_state
+        try:
+            for key, load in [*((f"view:{n}", lambda n=n: self._view_state(self._view(n))) for n in names),
+                              *((f"knowledge:{n}", lambda n=n: self._kb_state(self._kb(n))) for n in kbs)]:
+                st["collections"][key] = "loading"
+                st["collections"][key] = load().loaded_from or "empty"
+            st["state"] = "ready"
+        except Exception as e:  # reported through readiness(), never an unhandled thread error
+            _log.exception("vector warm-up failed")
+            st["state"], st["error"] = "failed", f"{type(e).__name__}: {e}"
+            if reraise:
+                raise
+        finally:
+            st["seconds"] = round(time.perf_counter() - t0, 3)
+
+    @property
+    def ready(self) -> bool:
+        """False while a ``warm`` is loading or after it failed; True otherwise (also if never warmed:
+        indexes then load lazily on first use)."""
+        return self._warm_state["state"] in ("cold", "ready")
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until a background ``warm`` finishes (or ``timeout`` seconds); returns ``ready``."""
+        t = self._warm_thread
+        if t is not None:
+            t.join(timeout)
+        return self.ready
+
+    def readiness(self) -> dict[str, Any]:
+        """``{"ready", "state": cold|warming|ready|failed, "collections": {"view:<n>": pending|loading|
+        snapshot|rebuild|backfill|empty}, "error", "seconds"}`` — the body of a /readyz answer."""
+        st = self._warm_state
+        return {"ready": self.ready, "state": st["state"], "collections": dict(st["collections"]),
+                "error": st["error"], "seconds": st["seconds"]}
+
+    def save_snapshots(self) -> dict[str, int]:
+        """Snapshot every loaded index now; returns bytes written per ``view:<n>`` / ``knowledge:<n>``."""
+        out: dict[str, int] = {}
+        for prefix, colls in (("view", self._views), ("knowledge", self._kbs)):
+            for n, c in list(colls.items()):
+                if c.exists:
+                    out[f"{prefix}:{n}"] = c.save_snapshot()
+        return out
+
     # -- lifecycle -----------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
+        def one(c: VectorCollection) -> dict[str, Any]:
+            return {**c.index.stats(), "loaded_from": c.loaded_from, "replayed": c.replayed}
+
         return {
-            "views": {n: c.index.stats() for n, c in self._views.items()},
-            "knowledge": {n: c.index.stats() for n, c in self._kbs.items()},
+            "views": {n: one(c) for n, c in self._views.items()},
+            "knowledge": {n: one(c) for n, c in self._kbs.items()},
         }
 
     def close(self) -> None:
+        """Finish a running warm-up, snapshot indexes changed since their last snapshot, release."""
+        t = self._warm_thread
+        if t is not None:
+            t.join()
         with self._lock:
+            for c in [*self._views.values(), *self._kbs.values()]:
+                c.close()
             self._views.clear()
             self._kbs.clear()
             if self._lance is not None:

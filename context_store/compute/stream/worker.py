@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
@@ -249,6 +249,8 @@ class StreamWorker:
             if plan.recent:
                 append_recent(self.store, plan, batch.offline.get(f"src__{plan.source.name}", []))
             with self._count_lock:  # partitions may be processed on parallel threads
+                if self.owned.get(part) is not state:
+                    return  # dropped meanwhile (lease lost / reset): the successor replays these entries
                 buf = self._buffers.setdefault(part, {})
                 for table, rows in batch.offline.items():
                     buf.setdefault(table, []).extend(rows)
@@ -352,7 +354,9 @@ class StreamWorker:
         work = [(self._by_key[k if isinstance(k, bytes) else k.encode()], entries) for k, entries in res if entries]
         if len(work) > 1 and self.parallel > 1:
             # Partitions are independent: overlap their Redis round trips (I/O releases the GIL).
-            for f in [self._pool.submit(self._process_and_announce, part, entries) for part, entries in work]:
+            futs = [self._pool.submit(self._process_and_announce, part, entries) for part, entries in work]
+            wait(futs)  # all of them, even when one failed: a reset must not race a running batch
+            for f in futs:
                 f.result()
         else:
             for part, entries in work:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ...config import Config
 from .base import BaseOnlineStore, OnlineStore, Ops, ViewValues, compare_offsets
 
-__all__ = ["OnlineStore", "BaseOnlineStore", "Ops", "ViewValues", "compare_offsets", "open_online_store"]
+__all__ = ["BaseOnlineStore", "OnlineStore", "Ops", "ViewValues", "compare_offsets", "open_online_store"]
 
 
 def open_online_store(config: Config) -> BaseOnlineStore:

@@ -21,7 +21,7 @@ from ...compute.tiles import ViewState, columns_from_arrow, encode_raw_groups, t
 from ...errors import ConflictError
 from .codec import RowCodec, entity_keys
 
-__all__ = ["OnlineStore", "BaseOnlineStore", "ViewValues", "Ops", "compare_offsets"]
+__all__ = ["BaseOnlineStore", "OnlineStore", "Ops", "ViewValues", "compare_offsets"]
 
 log = logging.getLogger("context_store.online")
 _I64 = np.dtype("<i8")
@@ -38,7 +38,7 @@ class ViewValues(NamedTuple):
 class Ops:
     """Writes to one batch of entity hashes (applied atomically by ``_commit``)."""
 
-    __slots__ = ("sets", "appends", "dels", "expire")
+    __slots__ = ("appends", "dels", "expire", "sets")
 
     def __init__(self) -> None:
         self.sets: dict[str, dict[str, bytes]] = {}
@@ -244,9 +244,26 @@ class BaseOnlineStore:
         out: list[list[ViewValues]] = []
         pending = []
         lifetime = any(st.is_aggregate and st.has_lifetime for st in states)
+        if not lifetime:  # hoisted per batch: codecs, window ends, slot offsets
+            plan = [(st, start, start + n, ctx, None if ctx is not None else self._codec(st), st.window_end(t))
+                    for st, (_, start, n, ctx) in zip(states, slots)]
+            for vals in got:
+                row: list[ViewValues] = []
+                for st, a, e, ctx, codec, we in plan:
+                    if ctx is not None:
+                        row.append(ViewValues(st.evaluate(t, ctx, vals[a:e]), we))
+                        continue
+                    buf = vals[a]
+                    if buf is None:
+                        row.append(ViewValues(None, None))
+                        continue
+                    ts, r = codec.decode(buf)
+                    row.append(ViewValues(None, ts) if ts > t or (st.ttl_us is not None and t - ts > st.ttl_us) else ViewValues(r, ts))
+                out.append(row)
+            return out, pending
         for e, (k, vals) in enumerate(zip(keys, got)):
             reads = [(st, k) for st in states]
-            more = self._lifetime_extra(reads, slots, [vals]) if lifetime else None
+            more = self._lifetime_extra(reads, slots, [vals])
             if more:
                 pending.append((e, reads, more))
                 out.append([])

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from ...compute.aggregations import us_to_datetime
 from ...definitions import Array, DType, Embedding
 
-__all__ = ["RowCodec", "entity_key", "entity_keys", "KEY_SEP"]
+__all__ = ["KEY_SEP", "RowCodec", "entity_key", "entity_keys"]
 
 KEY_SEP = "\x1f"
 _Q = struct.Struct("<q")
@@ -54,8 +54,8 @@ def entity_keys(table: pa.Table, join_keys: Sequence[str]) -> pa.Array:
 def _ts_value(v: Any) -> int:
     if isinstance(v, datetime):
         if v.tzinfo is None:
-            v = v.replace(tzinfo=timezone.utc)
-        d = v - datetime(1970, 1, 1, tzinfo=timezone.utc)
+            v = v.replace(tzinfo=UTC)
+        d = v - datetime(1970, 1, 1, tzinfo=UTC)
         return (d.days * 86400 + d.seconds) * 1_000_000 + d.microseconds
     return int(v)
 

@@ -96,7 +96,7 @@ class _Raw:
     """A connection redis-py opened (auth, db selected), then driven directly with hiredis:
     one ``sendall`` and ``recv_into`` per call, replies parsed by hiredis (no per-command layers)."""
 
-    __slots__ = ("conn", "sock", "reader", "buf", "pid", "_err", "_noscript")
+    __slots__ = ("_err", "_noscript", "buf", "conn", "pid", "reader", "sock")
 
     def __init__(self, conn: Any, pid: int) -> None:
         import hiredis

@@ -1,9 +1,10 @@
-"""Vector stores: LanceDB tables (durable) + an in-memory FAISS index (serving)."""
+"""Vector stores: LanceDB tables (durable) + an in-memory FAISS index (serving) + its snapshots."""
 
 from .base import AttributeColumns, Condition, VectorIndex, compile_filter
 from .collection import ATTR_PREFIX, VectorCollection
 from .faiss_index import FaissIndex
 from .lance_vectors import LanceVectors, embedding_table, knowledge_table, vector_array
+from .snapshot import Snapshot, SnapshotError, read_snapshot, write_snapshot
 
 __all__ = [
     "VectorIndex",
@@ -17,4 +18,8 @@ __all__ = [
     "embedding_table",
     "knowledge_table",
     "vector_array",
+    "Snapshot",
+    "SnapshotError",
+    "read_snapshot",
+    "write_snapshot",
 ]

@@ -9,10 +9,18 @@ Table layout: ``<key>`` string, ``vector`` fixed_size_list<float32>[dim], ``row_
 (identifies the row's content, so unchanged rows are skipped), ``updated_us`` int64, and one
 ``a__<name>`` column per attribute (prefixed so they never clash with ours). The schema
 metadata records the embedder: vectors of another model are never mixed in.
+
+Start-up: the index is restored from its snapshot (``snapshot.py``) when one exists and fits
+(same format, dim, embedder, index kind, key and attributes); the table's ``(key, row_hash)``
+columns are then compared with the snapshot's and only rows that differ are replayed. A missing,
+corrupt or foreign snapshot means a full rebuild, after which a snapshot is written. Snapshots
+are rewritten after ``snapshot_every`` changed rows or ``snapshot_interval`` seconds with
+changes (in a background thread) and on ``close``.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -23,11 +31,13 @@ import pyarrow as pa
 
 from .faiss_index import FaissIndex
 from .lance_vectors import LanceVectors, vector_array
+from .snapshot import read_snapshot, write_snapshot
 
 __all__ = ["VectorCollection", "ATTR_PREFIX"]
 
 ATTR_PREFIX = "a__"
 _LOOKBACK_US = 5_000_000  # re-read this much before the newest row seen (clock skew between writers)
+_log = logging.getLogger(__name__)
 
 
 def _vectors_of(col: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
@@ -50,6 +60,10 @@ class VectorCollection:
         kind: str = "auto",
         flat_threshold: int = 10_000,
         refresh_interval: float = 1.0,
+        snapshots: bool = True,
+        snapshot_min_rows: int = 1000,
+        snapshot_every: int = 10_000,
+        snapshot_interval: float = 300.0,
     ) -> None:
         self.lance = lance
         self.table = table
@@ -60,7 +74,14 @@ class VectorCollection:
         self.kind = kind
         self.flat_threshold = flat_threshold
         self.refresh_interval = refresh_interval
+        self.snapshots = snapshots
+        self.snapshot_min_rows = snapshot_min_rows  # below this a rebuild is as fast as a load
+        self.snapshot_every = snapshot_every
+        self.snapshot_interval = snapshot_interval
         self._lock = threading.RLock()
+        self._saver: threading.Thread | None = None
+        self.loaded_from: str | None = None  # "snapshot" | "rebuild" | None (no table yet)
+        self.replayed = 0  # rows replayed on top of the snapshot at the last open
         self._reset()
 
     def _reset(self) -> None:
@@ -69,6 +90,8 @@ class VectorCollection:
         self.version: int | None = None
         self.max_updated = 0
         self.checked_at = time.monotonic()
+        self.changes = 0  # rows changed in the index since the last snapshot
+        self.snapshot_at = time.monotonic()
 
     # -- loading -------------------------------------------------------------------------
     def open(self) -> VectorCollection:
@@ -79,10 +102,133 @@ class VectorCollection:
                 self.lance.drop(self.table)
             self._reset()
             self.version = self.lance.version(self.table)
-            data = self.lance.read(self.table)
+            self.loaded_from, self.replayed = None, 0
+            if self.version is None:
+                return self
+            if not (self.snapshots and self._load_snapshot()):
+                data = self.lance.read(self.table)
+                if data is not None and data.num_rows:
+                    self._apply(data)
+                self.loaded_from = "rebuild"
+                if self.snapshots and len(self.index) >= self.snapshot_min_rows:
+                    self.save_snapshot()
+            self.changes = 0 if self.loaded_from == "rebuild" else self.changes
+        return self
+
+    # -- snapshots ---------------------------------------------------------------------------
+    def _meta(self) -> dict[str, Any]:
+        return {"embedder": self.embedder, "dim": self.dim, "kind": self.kind, "key": self.key,
+                "attributes": self.attributes, "table": self.table}
+
+    def _base_columns(self) -> list[str]:
+        return [self.key, "row_hash", "updated_us", *(ATTR_PREFIX + a for a in self.attributes)]
+
+    def _load_snapshot(self) -> bool:
+        """Restore the index from its snapshot and replay newer rows; False: rebuild instead."""
+        path = self.lance.snapshot_path(self.table)
+        try:
+            snap = read_snapshot(path)
+            if snap is None:
+                return False
+            want = self._meta()
+            foreign = {k: snap.meta.get(k) for k, v in want.items() if snap.meta.get(k) != v}
+            if foreign:
+                _log.info("snapshot of %s does not fit (%s): rebuilding", self.table, foreign)
+                return False
+            cur = self.lance.read(self.table, columns=[c for c in self._base_columns() if c in self._names()])
+            row_of = {k: i for i, k in enumerate(cur.column(self.key).to_pylist())} if cur is not None else {}
+            cur_hash = cur.column("row_hash").to_pylist() if cur is not None else []
+            cols = {a: cur.column(ATTR_PREFIX + a).to_pylist() for a in self.attributes
+                    if cur is not None and ATTR_PREFIX + a in cur.column_names}
+            rows: list[dict[str, Any]] = []
+            hashes: dict[str, str] = {}
+            alive = snap.arrays["alive"]
+            for p, (id_, h) in enumerate(zip(snap.ids, snap.hashes)):
+                r = row_of.get(id_) if alive[p] else None
+                # Rows changed since the snapshot keep no attributes here: they are replayed below.
+                rows.append({a: c[r] for a, c in cols.items()} if r is not None and cur_hash[r] == h else {})
+                if alive[p]:
+                    hashes[id_] = h
+            index = FaissIndex(self.dim, self.kind, flat_threshold=self.flat_threshold)
+            index.restore_state(snap.meta, snap.ids, snap.arrays, rows)
+        except Exception as e:  # noqa: BLE001 - any unreadable snapshot (corrupt, foreign, torn) means rebuild
+            _log.warning("snapshot of %s is unusable (%s): rebuilding from the table", self.table, e)
+            return False
+        self.index, self.hashes = index, hashes
+        self.max_updated = int(snap.meta.get("max_updated") or 0)
+        self.loaded_from = "snapshot"
+        self.replayed = self._sync(cur)
+        self.changes = self.replayed
+        return True
+
+    def _names(self) -> set[str]:
+        schema = self.lance.schema(self.table)
+        return set(schema.names) if schema is not None else set()
+
+    def _sync(self, cur: pa.Table | None) -> int:
+        """Make the index equal the table ``cur`` (key, row_hash, updated_us columns): delete the
+        ids it lacks, re-read only the rows whose hash differs. Returns rows replayed."""
+        ids = cur.column(self.key).to_pylist() if cur is not None else []
+        current = dict(zip(ids, cur.column("row_hash").to_pylist())) if cur is not None else {}
+        gone = [i for i in self.hashes if i not in current]
+        if gone:
+            self.index.delete(gone)
+            for i in gone:
+                del self.hashes[i]
+        changed = [i for i, h in current.items() if self.hashes.get(i) != h]
+        if changed:
+            # Many changes: one scan (unchanged rows are skipped by hash); few: fetch them by key.
+            data = (self.lance.read(self.table) if len(changed) > max(2000, len(current) // 10)
+                    else self.lance.read_keys(self.table, self.key, changed))
             if data is not None and data.num_rows:
                 self._apply(data)
-        return self
+        if cur is not None and cur.num_rows:
+            self.max_updated = max(self.max_updated, int(max(cur.column("updated_us").to_pylist())))
+        self.changes += len(gone)
+        return len(gone) + len(changed)
+
+    def save_snapshot(self) -> int:
+        """Write the index's snapshot now (atomically); returns its size in bytes."""
+        with self._lock:
+            meta, ids, arrays = self.index.export_state()
+            alive = arrays["alive"]
+            hashes = [self.hashes.get(i, "") if alive[p] else "" for p, i in enumerate(ids)]
+            meta.update(self._meta(), version=self.version, max_updated=self.max_updated,
+                        written_at=time.time())
+            self.changes, self.snapshot_at = 0, time.monotonic()
+        try:
+            return write_snapshot(self.lance.snapshot_path(self.table), meta, ids, hashes, arrays)
+        except BaseException:
+            with self._lock:
+                self.changes += 1  # not saved: try again later
+            raise
+
+    def _maybe_snapshot(self) -> None:
+        """Start a background snapshot when enough has changed (called after every write)."""
+        if not self.snapshots or not self.changes or len(self.index) < self.snapshot_min_rows:
+            return
+        due = self.changes >= self.snapshot_every or time.monotonic() - self.snapshot_at >= self.snapshot_interval
+        if not due or (self._saver is not None and self._saver.is_alive()):
+            return
+        self._saver = threading.Thread(target=self._save_quietly, name=f"snapshot-{self.table}", daemon=True)
+        self._saver.start()
+
+    def _save_quietly(self) -> None:
+        try:
+            self.save_snapshot()
+        except Exception as e:  # a snapshot is an optimisation: the table stays the truth
+            _log.warning("snapshot of %s failed: %s", self.table, e)
+
+    def checkpoint(self) -> None:
+        """Save a snapshot now if rows changed since the last one (after a backfill, on close)."""
+        saver = self._saver
+        if saver is not None:
+            saver.join()
+        if self.snapshots and self.changes and self.exists and len(self.index) >= self.snapshot_min_rows:
+            self._save_quietly()
+
+    def close(self) -> None:
+        self.checkpoint()
 
     @property
     def exists(self) -> bool:
@@ -114,6 +260,7 @@ class VectorCollection:
         rows = [{a: cols[a][i] for a in cols} for i in range(len(ids))]
         self.index.upsert(ids, _vectors_of(data.column("vector"), self.dim), rows)
         self.hashes.update(zip(ids, hashes))
+        self.changes += len(ids)
         self.max_updated = max(self.max_updated, int(max(data.column("updated_us").to_pylist())))
 
     def refresh(self) -> None:
@@ -131,7 +278,9 @@ class VectorCollection:
                 self._apply(delta)
             self.version = version
             if self.lance.count(self.table) != len(self.index):
-                self.open()  # rows were deleted elsewhere: rebuild from the durable table
+                # Rows were deleted elsewhere: diff ids and hashes against the table (no vectors read).
+                self._sync(self.lance.read(self.table, columns=[self.key, "row_hash", "updated_us"]))
+            self._maybe_snapshot()
 
     # -- writes --------------------------------------------------------------------------
     def rows(
@@ -164,6 +313,7 @@ class VectorCollection:
             self.lance.upsert(self.table, data, self.key)
             self._apply(data)
             self.version = self.lance.version(self.table)
+            self._maybe_snapshot()
 
     def replace(self, data: pa.Table | None, scope: str, old_ids: Sequence[str]) -> None:
         """Make the rows matching SQL ``scope`` (whose ids are ``old_ids``) equal ``data``, atomically."""
@@ -174,9 +324,11 @@ class VectorCollection:
             self.index.delete(stale)
             for i in stale:
                 self.hashes.pop(i, None)
+            self.changes += len(stale)
             if data is not None and data.num_rows:
                 self._apply(data)
             self.version = self.lance.version(self.table)
+            self._maybe_snapshot()
 
     def delete(self, ids: Sequence[str]) -> int:
         with self._lock:
@@ -185,6 +337,8 @@ class VectorCollection:
             for i in ids:
                 self.hashes.pop(i, None)
             self.version = self.lance.version(self.table)
+            self.changes += n
+            self._maybe_snapshot()
             return n
 
     def read(self, columns: list[str]) -> pa.Table | None:

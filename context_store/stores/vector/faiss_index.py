@@ -142,6 +142,57 @@ class FaissIndex:
                 out["calibrated_recall"] = round(self.calibrated_recall, 4)
             return out
 
+    # -- snapshots (file I/O lives in .snapshot) -----------------------------------------
+    def export_state(self) -> tuple[dict[str, Any], list[str], dict[str, np.ndarray]]:
+        """(meta, id by position, arrays) restoring this index without a rebuild; attributes are
+        not included (the collection re-reads them from Lance, which it reads anyway)."""
+        faiss = _faiss()
+        with self._lock:
+            arrays = {"index": faiss.serialize_index(self._index), "alive": self._alive.copy()}
+            if self.mode == "ivf":
+                arrays["flat"] = faiss.serialize_index(self._flat)
+            meta = {"dim": self.dim, "kind": self.kind, "mode": self.mode, "hnsw_m": self.hnsw_m,
+                    "ef_search": self.ef_search, "calibrated_recall": self.calibrated_recall}
+            return meta, list(self._ids), arrays
+
+    def restore_state(
+        self, meta: Mapping[str, Any], ids: Sequence[str], arrays: Mapping[str, np.ndarray],
+        attributes: Sequence[Mapping[str, Any]],
+    ) -> None:
+        """Replace this (empty) index with an exported one; raises ValueError if it does not fit."""
+        faiss = _faiss()
+        mode = meta.get("mode")
+        if mode not in ("flat", "hnsw", "ivf") or int(meta.get("dim", -1)) != self.dim:
+            raise ValueError(f"snapshot index is {mode} dim {meta.get('dim')}, expected dim {self.dim}")
+        alive = np.asarray(arrays["alive"], dtype=bool)
+        index = faiss.deserialize_index(np.asarray(arrays["index"], dtype=np.uint8))  # already downcast
+        want = {"flat": faiss.IndexFlatIP, "hnsw": faiss.IndexHNSWFlat, "ivf": faiss.IndexIVFFlat}[mode]
+        if not isinstance(index, want) or index.d != self.dim or index.metric_type != faiss.METRIC_INNER_PRODUCT:
+            raise ValueError(f"snapshot holds a {type(index).__name__}, expected {want.__name__}")
+        if mode == "ivf":
+            flat = faiss.deserialize_index(np.asarray(arrays["flat"], dtype=np.uint8))
+            ok = isinstance(flat, faiss.IndexFlatIP) and flat.ntotal == len(ids) and index.ntotal == int(alive.sum())
+        else:
+            flat = index if mode == "flat" else faiss.downcast_index(index.storage)
+            ok = index.ntotal == len(ids)
+        if not ok or len(alive) != len(ids) or len(attributes) != len(ids):
+            raise ValueError("snapshot index, ids and tombstones disagree in size")
+        with self._lock:
+            self._reset("flat")
+            self.mode, self._index, self._flat = mode, index, flat
+            self._ids = list(ids)
+            self._pos = {i: p for p, i in enumerate(self._ids) if alive[p]}
+            if len(self._pos) != int(alive.sum()):
+                raise ValueError("snapshot has duplicate live ids")
+            self._alive = alive.copy()
+            self._dead = len(ids) - len(self._pos)
+            self._attrs.append(list(attributes), len(ids))
+            if mode == "hnsw":
+                self.ef_search = int(meta.get("ef_search") or self.ef_search)
+                self._index.hnsw.efSearch = self.ef_search
+            rec = meta.get("calibrated_recall")
+            self.calibrated_recall = float(rec) if rec is not None else None
+
     # -- writes ------------------------------------------------------------------------
     def _check_vectors(self, vectors: Any, n: int) -> np.ndarray:
         x = np.asarray(vectors, dtype=np.float32)

@@ -1,6 +1,7 @@
 """Durable vectors in LanceDB: ``emb__{view}`` (one row per entity) and ``kn__{name}`` (chunks).
 
-This is the source of truth; the FAISS index is a cache rebuilt from it at startup.
+This is the source of truth; the FAISS index is a cache loaded at startup from its snapshot
+(``<table>.faiss-snapshot``, see ``snapshot.py``) plus the rows changed since, or rebuilt from it.
 Rows carry ``updated_us`` (microseconds, monotonically assigned per write) so that a serving
 process can pick up rows written by another process (a stream worker) without a full reload.
 """
@@ -100,16 +101,28 @@ class LanceVectors:
         tbl = self._open(name)
         if tbl is None:
             return None
-        if where is None:
-            data = tbl.to_arrow()
-            return data.select(columns) if columns else data
-        q = tbl.search().where(where)
+        if where is None and not columns:
+            return tbl.to_arrow()
+        # A projected scan reads only the named columns (not the vectors) from disk.
+        q = tbl.search() if where is None else tbl.search().where(where)
         if columns:
             q = q.select(columns)
         return q.limit(None).to_arrow() if hasattr(q, "limit") else q.to_arrow()
 
     def read_since(self, name: str, updated_us: int, columns: list[str] | None = None) -> pa.Table | None:
         return self.read(name, columns, where=f"updated_us > {int(updated_us)}")
+
+    def read_keys(self, name: str, key: str, values: Sequence[str], columns: list[str] | None = None) -> pa.Table | None:
+        """Rows whose ``key`` is one of ``values`` (read in chunks of 500 ids)."""
+        parts = [self.read(name, columns, where=_in_list(key, list(values[i : i + 500]))) for i in range(0, len(values), 500)]
+        got = [p for p in parts if p is not None]
+        if not got:
+            return None
+        return pa.concat_tables(got) if len(got) > 1 else got[0]
+
+    def snapshot_path(self, name: str) -> Path:
+        """Where the serving index of table ``name`` is snapshotted (beside the table)."""
+        return self.path / f"{name}.faiss-snapshot"
 
     def upsert(self, name: str, data: pa.Table, key: str) -> None:
         """Insert or replace rows by ``key``; creates the table on first use."""
@@ -166,6 +179,7 @@ class LanceVectors:
     def drop(self, name: str) -> None:
         with self._lock:
             self._tables.pop(name, None)
+            self.snapshot_path(name).unlink(missing_ok=True)  # an index of the dropped rows
             if self.exists(name):
                 try:
                     self._db.drop_table(name)
