@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pytest
 
 import context_store as cs
 from tests.helpers import make_repo
@@ -40,3 +42,37 @@ def test_count_only_string_column_materializes_and_matches_training(tmp_path: Pa
     assert offline["pop__user_id_count_1d"].tolist() == [3]
     assert offline["pop__user_id_count_25m"].tolist() == [2]
     store.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_pushed_items_reach_the_embedding_view(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    # An EmbeddingView over a StreamSource: a push must update the similarity index.
+    online = request.getfixturevalue("redis_url") if backend == "redis" else None
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    items = pa.table({
+        "item_id": ["i1", "i2"],
+        "title": ["red running shoes", "blue denim jacket"],
+        "ts": pa.array([now - dt.timedelta(days=1)] * 2, pa.timestamp("us", tz="UTC")),
+    })
+    repo = make_repo(
+        tmp_path / "r",
+        """
+        import context_store as cs
+        item = cs.Entity("item", join_keys=["item_id"])
+        items = cs.StreamSource("items", schema=[cs.Field("item_id", cs.String), cs.Field("title", cs.String),
+                                cs.Field("ts", cs.Timestamp)], timestamp_field="ts",
+                                batch_source=cs.FileSource("data/items.parquet", timestamp_field="ts"))
+        emb = cs.EmbeddingView("item_emb", [item], items, text="title", embedder="hash-64")
+        """,
+        {"items.parquet": items},
+    )
+    store = cs.ContextStore(repo, workspace=f"t{uuid.uuid4().hex[:10]}", online_store=online)
+    try:
+        store.apply()
+        store.backfill()
+        assert {i.entity_id for i in store.find_similar("item_emb", text="red running shoes", k=5).items} == {"i1", "i2"}
+        store.push("items", [{"item_id": "i3", "title": "green garden hose", "ts": now}])
+        top = store.find_similar("item_emb", text="green garden hose", k=1).items
+        assert [i.entity_id for i in top] == ["i3"]
+    finally:
+        store.close()

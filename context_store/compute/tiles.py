@@ -289,6 +289,48 @@ class ViewState:
                 out[i] = finalize(outputs[i], mnum, [])  # type: ignore[arg-type]
         return out
 
+    @property
+    def numbers_only(self) -> bool:
+        """No object slots and no Lifetime window: the tuple/numpy read paths apply."""
+        return self.plan is not None and not self.plan.slots and not self.has_lifetime
+
+    def evaluate_many(self, t: int, ctx: _ReadCtx, rows: list[list[bytes | None]]) -> list[list[Any]]:
+        """``evaluate`` for many entities at once (a batch lookup, numbers-only views): all blocks
+        decoded with one ``frombuffer`` and merged per window with numpy across entities; only the
+        exact raw edges (continuous mode) and ``finalize`` run per entity."""
+        plan = self.plan
+        assert plan is not None and self.numbers_only
+        nb, K, E = ctx.n_blocks, plan.K, len(rows)
+        empty = plan.encode(plan.empty())
+        arr = np.frombuffer(b"".join([v if v is not None else empty for r in rows for v in r[:nb]]), dtype="<f8").reshape(E, nb, K)
+        outputs, finalize = plan.outputs, plan.finalize
+        out: list[list[Any]] = [[None] * len(outputs) for _ in range(E)]
+        parsed: list[dict[int, Any]] = [{} for _ in range(E)]
+        for e, r in enumerate(rows):
+            for j, ti in enumerate(ctx.raw_tiles):
+                v = r[nb + j]
+                if v is not None:
+                    parsed[e][ti] = parse_raw_num(v, plan)
+        g, b = self.g, ctx.b
+        for (w, which), ids, spread in zip(self.windows, ctx.per_window, self._spread):
+            merged = _merge_axis1(arr[:, ids, :], plan, spread).tolist() if ids else [plan.empty_list] * E
+            s = t - w
+            sb = s // g
+            for e in range(E):
+                mnum = merged[e]
+                raws = parsed[e]
+                if raws:
+                    parts = [mnum]
+                    if sb < b and sb in raws:
+                        parts.append(raw_num_block(raws[sb], plan, s, t))
+                    if b in raws:
+                        parts.append(raw_num_block(raws[b], plan, s if sb >= b else None, t))
+                    mnum = plan.merge_rows(parts, spread)
+                oe = out[e]
+                for i in which:
+                    oe[i] = finalize(outputs[i], mnum, [])
+        return out
+
     def evaluate(self, t: int, ctx: _ReadCtx, values: list[bytes | None], extra: dict[int, bytes] | None = None) -> list[Any]:
         """All outputs (in plan order) at ``t`` from the fetched ``values`` (aligned with ctx.fields)."""
         plan = self.plan
@@ -354,3 +396,24 @@ class ViewState:
 
     def window_end(self, t: int) -> int:
         return (t // self.g) * self.g if self.is_aggregate and self.interval else t
+
+
+def _merge_axis1(a: np.ndarray, plan: AggPlan, spread: bool) -> np.ndarray:
+    """Merge numeric blocks along axis 1 of ``a`` (shape (E, W, K)): one merged block per entity,
+    the same formulas as ``AggPlan.merge_num`` (``spread=False``: rows, n, sum and mean only)."""
+    E = a.shape[0]
+    res = np.zeros((E, plan.K))
+    res[:, 0] = a[:, :, 0].sum(axis=1)
+    for i in range(len(plan.num_cols)):
+        c = 1 + 6 * i
+        n_i = a[:, :, c]
+        n = n_i.sum(axis=1)
+        sm = a[:, :, c + 1].sum(axis=1)
+        mean = np.divide(sm, n, out=np.zeros(E), where=n > 0)
+        res[:, c], res[:, c + 1], res[:, c + 4] = n, sm, mean
+        if spread:
+            d = a[:, :, c + 4] - mean[:, None]
+            res[:, c + 2] = a[:, :, c + 2].min(axis=1)
+            res[:, c + 3] = a[:, :, c + 3].max(axis=1)
+            res[:, c + 5] = np.where(n > 0, a[:, :, c + 5].sum(axis=1) + (n_i * d * d).sum(axis=1), 0.0)
+    return res

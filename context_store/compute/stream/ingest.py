@@ -37,6 +37,7 @@ from .processor import (
     partition_of,
     process_batch,
     source_plan,
+    update_embeddings,
 )
 from .stats import STATS
 from .validate import validate_records
@@ -124,6 +125,7 @@ def _push_embedded(store: Any, plan: SourcePlan, table: pa.Table) -> PushResult:
         batch = process_batch(plan, events, 0, state, _apply_embedded(store), _cutovers(store), online_token=False)
         if plan.recent:
             append_recent(store, plan, batch.offline.get(f"src__{src}", []))
+        update_embeddings(store, plan, batch.offline.get(f"src__{src}", []))
         writer = store.__dict__.get("_cs_offline_writer")
         if writer is None:
             writer = store.__dict__["_cs_offline_writer"] = OfflineWriter(store.offline)
@@ -175,6 +177,9 @@ def _push_redis(store: Any, plan: SourcePlan, table: pa.Table, timeout: float | 
     except Exception as e:  # noqa: BLE001 - redis.ConnectionError etc.: nothing was added (one script)
         raise UnavailableError(f"cannot write to the Redis stream of {src.name!r}: {e}", field="online_store") from None
     STATS.inc("pushed_events", src.name, table.num_rows)
+    # Embedding views track no stream offsets: update them here for read-after-write (the worker's
+    # own update of the same rows is then a no-op: unchanged texts are not re-embedded).
+    update_embeddings(store, plan, [table])
     visible = False if timeout is None else _wait_visible(store, plan, offsets, timeout)
     return PushResult(src.name, table.num_rows, table.num_rows, visible=visible,
                       offsets={str(p): o for p, o in offsets.items()})

@@ -42,6 +42,7 @@ class SourcePlan:
     views: tuple[FeatureView, ...]         # feature views reading this source
     partition_keys: tuple[str, ...]        # columns hashed to pick a partition
     recent: tuple[tuple[tuple[str, ...], int], ...] = ()  # (entity join keys, n) of context services
+    embeds: bool = False                   # an embedding view reads this source
 
     @property
     def required(self) -> set[str]:
@@ -70,7 +71,8 @@ def source_plan(definitions: Any, source_name: str) -> SourcePlan:
         if re_ and re_[0].name == source_name and all(k in schema for k in cs_.entity.join_keys):
             jk = tuple(cs_.entity.join_keys)
             recent[jk] = max(recent.get(jk, 0), int(re_[1]))
-    return SourcePlan(src, views, tuple(keys), tuple(recent.items()))
+    embeds = any(v.source.name == source_name for v in getattr(definitions, "embedding_views", {}).values())
+    return SourcePlan(src, views, tuple(keys), tuple(recent.items()), embeds)
 
 
 def append_recent(store: Any, plan: SourcePlan, raw: list[pa.Table]) -> None:
@@ -86,6 +88,17 @@ def append_recent(store: Any, plan: SourcePlan, raw: list[pa.Table]) -> None:
                 groups.setdefault(entity_key(list(keys), vals), []).append(r)
         for key, items in groups.items():
             store.online.append_recent(plan.source.name, key, items[-n:], n)
+
+
+def update_embeddings(store: Any, plan: SourcePlan, raw: list[pa.Table]) -> None:
+    """New or changed texts of the applied events into the embedding views on this source
+    (LanceDB first, then the FAISS index), so ``find_similar`` sees them."""
+    if not plan.embeds or not raw:
+        return
+    table = concat(raw)
+    table = table.drop_columns([c for c in (PARTITION, OFFSET) if c in table.column_names])
+    if table.num_rows:
+        store.vectors.ingest(plan.source.name, table)
 
 
 def partition_of(table: pa.Table, keys: tuple[str, ...], n: int) -> np.ndarray:

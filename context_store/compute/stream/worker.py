@@ -34,7 +34,17 @@ from ...definitions import StreamSource
 from ...errors import ContextStoreError, DefinitionError, NotFoundError
 from . import online_adapter
 from .cutover import load_cutovers
-from .processor import OFFSET, OfflineWriter, PartitionState, SourcePlan, append_recent, concat, process_batch, source_plan
+from .processor import (
+    OFFSET,
+    OfflineWriter,
+    PartitionState,
+    SourcePlan,
+    append_recent,
+    concat,
+    process_batch,
+    source_plan,
+    update_embeddings,
+)
 from .redis_streams import RedisStreamLog, decode_entry, id_to_offset
 from .stats import STATS
 from .validate import validate_records
@@ -248,6 +258,7 @@ class StreamWorker:
             batch = process_batch(plan, events, part[1], state, self._apply, self._cutovers)
             if plan.recent:
                 append_recent(self.store, plan, batch.offline.get(f"src__{plan.source.name}", []))
+            update_embeddings(self.store, plan, batch.offline.get(f"src__{plan.source.name}", []))
             with self._count_lock:  # partitions may be processed on parallel threads
                 if self.owned.get(part) is not state:
                     return  # dropped meanwhile (lease lost / reset): the successor replays these entries

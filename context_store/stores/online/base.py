@@ -247,11 +247,14 @@ class BaseOnlineStore:
         if not lifetime:  # hoisted per batch: codecs, window ends, slot offsets
             plan = [(st, start, start + n, ctx, None if ctx is not None else self._codec(st), st.window_end(t))
                     for st, (_, start, n, ctx) in zip(states, slots)]
-            for vals in got:
+            many = {j: st.evaluate_many(t, ctx, [vals[a:e] for vals in got])
+                    for j, (st, a, e, ctx, _, _) in enumerate(plan) if ctx is not None and st.numbers_only and len(got) > 4}
+            for x, vals in enumerate(got):
                 row: list[ViewValues] = []
-                for st, a, e, ctx, codec, we in plan:
+                for j, (st, a, e, ctx, codec, we) in enumerate(plan):
                     if ctx is not None:
-                        row.append(ViewValues(st.evaluate(t, ctx, vals[a:e]), we))
+                        m = many.get(j)
+                        row.append(ViewValues(m[x] if m is not None else st.evaluate(t, ctx, vals[a:e]), we))
                         continue
                     buf = vals[a]
                     if buf is None:

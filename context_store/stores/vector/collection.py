@@ -216,7 +216,7 @@ class VectorCollection:
     def _save_quietly(self) -> None:
         try:
             self.save_snapshot()
-        except Exception as e:  # a snapshot is an optimisation: the table stays the truth
+        except Exception as e:  # noqa: BLE001 - a snapshot is an optimisation: the table stays the truth
             _log.warning("snapshot of %s failed: %s", self.table, e)
 
     def checkpoint(self) -> None:

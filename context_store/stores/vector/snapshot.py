@@ -120,12 +120,10 @@ def _sweep(path: Path, age: float = 3600.0) -> None:
 
 def read_snapshot(path: Path) -> Snapshot | None:
     """The snapshot at ``path``, None when there is none; SnapshotError when it is unusable."""
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
+    if not path.exists():
         return None
     try:
-        with f, np.load(f, allow_pickle=False) as z:
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
             # Reading each member whole makes zipfile check its CRC-32.
             loaded = {name: z[name] for name in z.files}
         meta = json.loads(loaded.pop("meta").tobytes().decode("utf-8"))
