@@ -79,7 +79,7 @@ def run_quickstart(
                        f"{SERVICE} user_id={user} --request amount=250")
         else:
             click.echo("\nDone (the temporary repo is removed; `--keep` or `--dir DIR` keeps it). "
-                       "Next: `context-store init my_repo` and docs/getting-started.md.")
+                       "Next: `context-store init my_repo` and the README's Getting started.")
         return vector
 
 
