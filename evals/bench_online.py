@@ -283,7 +283,7 @@ def main() -> None:
               "",
               "- Layout (docs/online-state.md): one hash per entity holding every view's fields; a lookup is one `HMGET` "
               "(~12 fields here: the row + tiles/4^L blocks covering 1h, 1d and 7d; continuous mode adds the raw edge tiles). "
-              "A batch of entities is one `EVALSHA` running `HMGET` per key.",
+              "A batch of entities is one round trip of pipelined `HMGET`s.",
               "- Where the CPU goes per single lookup (measured in isolation, replies prefetched, min of 7 runs): "
               "the `HMGET` itself ~12-13 µs CPU on the thread's own connection driven with hiredis (the floor's "
               "redis-py `HGETALL` ~21 µs); Python beyond it ~14 µs (interval) / ~21 µs (continuous: exact edges cut "
@@ -292,7 +292,7 @@ def main() -> None:
               "metadata ~2 µs, request time ~1 µs.",
               "- Batches of entities evaluate numbers-only views for all entities at once (one `frombuffer`, numpy "
               "merges per window across entities); only raw edges and finalize run per entity.",
-              "- Stream apply: per batch one offset `HGET`, one read script (`HMGET` of the touched fields per entity) "
+              "- Stream apply: per batch one offset `HGET`, one round trip of pipelined `HMGET`s (the touched fields per entity) "
               "and one commit script (one `HSET` per entity incl. raw appends, `PEXPIRE GT`, offset CAS); the "
               "partials are merged per (entity, field) with numpy first, so the cost is per touched field, not per "
               "event. Redis CPU (measured on a private server, INFO cpu) is ~12-15 µs per event at 500-5,000-event "

@@ -8,7 +8,9 @@ index range ``[lo, hi)``. Window functions are then O(1) or O(log n) per row:
   variance on values shifted by each entity's first value, finished in long double);
 - min/max: blocks of 16 with in-block prefix/suffix extrema + a sparse table over blocks;
 - last: a running "last non-null index";
-- last/first_distinct_n, approx_*: a short Python loop per row (DataSketches HLL / KLL).
+- last/first_distinct_n: vectorised scans over "next/previous occurrence of the same value" links
+  (a Python loop only for rows with long duplicate runs, and for nested or NaN values);
+- approx_*: a short Python loop per row (DataSketches HLL / KLL).
 """
 
 from __future__ import annotations
@@ -432,6 +434,86 @@ def distinct_n(vals: list[Any], lo: np.ndarray, hi: np.ndarray, n: int, last: bo
             res.reverse()
         out.append(res)
     return out
+
+
+def value_codes(values: pa.Array) -> np.ndarray | None:
+    """Equality codes of scalar values as Python's ``==`` sees them (-1 for null), or None when
+    that is not safe to vectorise (nested values; NaN, which Python never finds equal)."""
+    t = values.type
+    if pa.types.is_floating(t):
+        x = values.cast(pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False)
+        if np.isnan(x).any():
+            return None
+        _, codes = np.unique(x, return_inverse=True)  # -0.0 == 0.0, as in Python
+        codes = codes.astype(np.int64)
+    elif pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_string(t) or pa.types.is_large_string(t):
+        enc = pc.dictionary_encode(values)
+        codes = enc.indices.cast(pa.int64()).fill_null(-1).to_numpy(zero_copy_only=False)
+    else:
+        return None
+    if values.null_count:
+        codes = np.where(values.is_valid().to_numpy(zero_copy_only=False), codes, -1)
+    return codes
+
+
+_DISTINCT_STEPS = 64  # vectorised scan steps before the few rows with long duplicate runs go to Python
+
+
+def distinct_n_indices(
+    codes: np.ndarray, seg: np.ndarray, lo: np.ndarray, hi: np.ndarray, n: int, last: bool, vals: Any,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Event indices of ``distinct_n`` per row, vectorised: (flat indices, per-row counts).
+
+    Event i is the latest occurrence of its value in ``[lo, hi)`` iff the next event of its entity
+    with that value is at or after hi (first occurrence: the previous one is before lo). Rows scan
+    back from hi (forward from lo) one step at a time, all rows at once; ``vals`` (Python values,
+    fetched lazily) answers the rows still unfinished after ``_DISTINCT_STEPS`` steps.
+    """
+    m, ne = len(lo), len(codes)
+    g = seg * (int(codes.max(initial=0)) + 2) + codes  # (entity, value) group; codes >= -1
+    order = np.argsort(g, kind="stable")
+    same = g[order[1:]] == g[order[:-1]]
+    a, b = order[:-1][same], order[1:][same]
+    if last:
+        link = np.full(ne, np.iinfo(np.int64).max, dtype=np.int64)  # next occurrence
+        link[a] = b
+    else:
+        link = np.full(ne, -1, dtype=np.int64)  # previous occurrence
+        link[b] = a
+    valid = codes >= 0
+    res = np.full((m, n), -1, dtype=np.int64)
+    cnt = np.zeros(m, dtype=np.int64)
+    act = np.flatnonzero(hi > lo)
+    cur = (hi[act] - 1) if last else lo[act].copy()
+    for _ in range(_DISTINCT_STEPS):
+        if not len(act):
+            break
+        ok = valid[cur] & ((link[cur] >= hi[act]) if last else (link[cur] < lo[act]))
+        rows = act[ok]
+        res[rows, cnt[rows]] = cur[ok]
+        cnt[rows] += 1
+        cur = cur - 1 if last else cur + 1
+        keep = ((cur >= lo[act]) if last else (cur < hi[act])) & (cnt[act] < n)
+        act, cur = act[keep], cur[keep]
+    if len(act):
+        pyvals = vals()
+        for r, c in zip(act.tolist(), cur.tolist()):
+            seen = {_hashable(pyvals[i]) for i in res[r, : cnt[r]].tolist()}
+            rng = range(c, int(lo[r]) - 1, -1) if last else range(c, int(hi[r]))
+            for i in rng:
+                v = pyvals[i]
+                if v is None:
+                    continue
+                hv = _hashable(v)
+                if hv not in seen:
+                    seen.add(hv)
+                    res[r, cnt[r]] = i
+                    cnt[r] += 1
+                    if cnt[r] == n:
+                        break
+    if last:  # found newest first: oldest -> newest per row
+        res = np.where(np.arange(n) < cnt[:, None], res, -1)[:, ::-1]
+    return res[res >= 0], cnt
 
 
 def approx_count_distinct(vals: list[Any], lo: np.ndarray, hi: np.ndarray) -> list[int]:

@@ -161,9 +161,24 @@ def aggregate(vd: ViewData, agg: Aggregate, lo: np.ndarray, hi: np.ndarray, in_t
         ok = (j >= lo) & (hi > lo)
         return vals.take(pa.array(np.where(ok, j, 0), mask=~ok)).cast(out_type)
     if fn in ("last_distinct_n", "first_distinct_n"):
-        pyvals = vd.cached(("py", col), lambda: vd.ordered(col).to_pylist())
-        lists = _pit.distinct_n(pyvals, lo, hi, int(agg.n or 1), last=fn == "last_distinct_n")
-        return pa.array(lists, type=out_type)
+        ordered = vd.ordered(col)
+        codes = vd.cached(("codes", col), lambda: _pit.value_codes(ordered))
+
+        def pyvals() -> list[Any]:
+            return vd.cached(("py", col), lambda: ordered.to_pylist())
+
+        last = fn == "last_distinct_n"
+        if codes is None:  # nested values or NaN: Python's equality, row by row
+            return pa.array(_pit.distinct_n(pyvals(), lo, hi, int(agg.n or 1), last=last), type=out_type)
+        flat, cnt = _pit.distinct_n_indices(codes, vd.idx.seg, lo, hi, int(agg.n or 1), last, pyvals)
+        offsets = np.zeros(len(cnt) + 1, dtype=np.int64)
+        np.cumsum(cnt, out=offsets[1:])
+        values = ordered.take(pa.array(flat, pa.int64()))
+        if offsets[-1] < 2**31 - 1:
+            lists = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values)
+        else:  # pragma: no cover - more than 2**31 list items
+            lists = pa.LargeListArray.from_arrays(pa.array(offsets), values)
+        return lists.cast(out_type)
     valid = vd.valid(col)
     if vd.column(col).null_count:
         nnp = vd.nn_prefix(col)

@@ -17,6 +17,7 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -183,21 +184,26 @@ def compute_view_features(
     if view.is_aggregate:
         end_s = vd.end
 
-        def one(a: Aggregate) -> pa.Array:
-            hi = vd.pos("end", end_s)
-            w = a.window_td
-            if w is None:
-                lo = vd.pos("life", np.full(len(end_s), vd.idx.ts_min, dtype=np.int64))
-            else:
-                wu = _td_us(w)
-                lo = vd.pos(("w", wu), end_s - wu)
-            in_type = in_types.get(a.column) or _arrow_dtype(vd.events, a.column)
-            return vd.unsort(aggregate(vd, a, lo, hi, in_type))
+        def hi_pos() -> np.ndarray:
+            return vd.pos("end", end_s)
 
-        # numpy releases the GIL on big arrays: two threads (2-core machines) build the per-column
-        # structures (prefix sums, block extrema) and answer windows side by side.
+        def lo_pos(w: timedelta | None) -> np.ndarray:
+            if w is None:
+                return vd.pos("life", np.full(len(end_s), vd.idx.ts_min, dtype=np.int64))
+            wu = _td_us(w)
+            return vd.pos(("w", wu), end_s - wu)
+
+        def one(a: Aggregate) -> pa.Array:
+            in_type = in_types.get(a.column) or _arrow_dtype(vd.events, a.column)
+            return vd.unsort(aggregate(vd, a, lo_pos(a.window_td), hi_pos(), in_type))
+
+        # numpy releases the GIL on big arrays: two threads (2-core machines) run the binary
+        # searches side by side, then build the per-column structures (prefix sums, block
+        # extrema) and answer windows.
         if len(aggs) > 1 and vd.idx.n + len(end_s) >= _PARALLEL_MIN:
+            searches = [hi_pos, *(partial(lo_pos, w) for w in dict.fromkeys(a.window_td for a in aggs))]
             with ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="cs-pit") as pool:
+                list(pool.map(lambda f: f(), searches))
                 results = list(pool.map(one, _interleave(aggs)))
             by_name = {a.output_name: r for a, r in zip(_interleave(aggs), results)}
             out = {a.output_name: by_name[a.output_name] for a in aggs}

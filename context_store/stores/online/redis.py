@@ -66,18 +66,7 @@ if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
 return 1
 """
 _CHUNK_KEYS = 500
-# Many entities, a field list each (the stream apply's read): ARGV = per key n, field*.
-_VHMGET = """
-local out = {}
-local a = 1
-for i = 1, #KEYS do
-  local n = tonumber(ARGV[a])
-  if n > 0 then out[i] = redis.call('HMGET', KEYS[i], unpack(ARGV, a + 1, a + n)) else out[i] = {} end
-  a = a + 1 + n
-end
-return out
-"""
-# Many entities, same fields (a batch lookup of one service): one command instead of N.
+# Many entities, same fields (async batch lookups): one command instead of N.
 _MHMGET = """
 local out = {}
 for i = 1, #KEYS do out[i] = redis.call('HMGET', KEYS[i], unpack(ARGV)) end
@@ -124,6 +113,26 @@ class _Raw:
         if isinstance(r, self._err):
             raise self._noscript(str(r)) if str(r).startswith("NOSCRIPT") else r
         return r
+
+    def call_many(self, packed: bytes, n: int) -> list[Any]:
+        """``n`` pipelined replies; every reply is read before an error is raised (stays in sync)."""
+        self.sock.sendall(packed)
+        reader, out = self.reader, []
+        err = None
+        while len(out) < n:
+            r = reader.gets()
+            if r is False:
+                k = self.sock.recv_into(self.buf)
+                if not k:
+                    raise ConnectionError("Redis closed the connection")
+                reader.feed(self.buf, 0, k)
+                continue
+            if isinstance(r, self._err) and err is None:
+                err = r
+            out.append(r)
+        if err is not None:
+            raise err
+        return out
 
 
 def _pack(args: Any) -> bytes:
@@ -198,31 +207,36 @@ class RedisOnlineStore(BaseOnlineStore):
                     raise
         raise AssertionError("unreachable")
 
+    def _many(self, packed: bytes, n: int) -> list[Any]:
+        """``n`` pipelined commands (already packed) on this thread's connection (reads: retried once)."""
+        for attempt in (0, 1):
+            c = self._raw()
+            try:
+                return c.call_many(packed, n)
+            except self._errors:
+                self._drop_raw()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
     def _hmget(self, reqs: list[tuple[str, list[str]]]) -> list[list[bytes | None]]:
         try:
             if len(reqs) == 1:
                 key, fields = reqs[0]
                 return [self._direct("HMGET", self.prefix + "e:" + key, *fields)] if fields else [[]]
+            # Many keys: plain HMGETs pipelined on this thread's connection. Redis runs them ~3x cheaper
+            # than the same HMGETs inside a Lua script (which converts every reply to Lua strings and back).
+            pre = self.prefix + "e:"
             f0 = reqs[0][1]
-            if f0 and all(f is f0 or f == f0 for _, f in reqs):
-                keys = [self.prefix + "e:" + k for k, _ in reqs]
-                try:
-                    return self._direct("EVALSHA", self._mhmget.sha, len(keys), *keys, *f0)
-                except _import_redis().exceptions.NoScriptError:
-                    return self._mhmget(keys=keys, args=f0)  # loads the script
-            if len(reqs) <= 4000 and all(len(f) <= 4000 for _, f in reqs):  # one script call, RESP built here
-                head = [str(len(reqs)).encode()] + [(self.prefix + "e:" + k).encode() for k, _ in reqs]
-                body: list[bytes] = []
-                for _, fields in reqs:
-                    body.append(str(len(fields)).encode())
-                    body += [f.encode() for f in fields]
-                return self._eval_packed(_VHMGET, head, [b"$%d\r\n%b\r\n" % (len(x), x) for x in body], len(body))
-            pipe = self._r.pipeline(transaction=False)
-            for key, fields in reqs:
-                if fields:
-                    pipe.execute_command("HMGET", self.prefix + "e:" + key, *fields)
-            res = iter(pipe.execute())
-            return [next(res) if fields else [] for _, fields in reqs]
+            if f0 and all(f is f0 or f == f0 for _, f in reqs):  # one field list: its RESP is built once
+                tail = b"".join([b"$%d\r\n%b\r\n" % (len(x), x) for x in (f.encode() for f in f0)])
+                head = b"*%d\r\n$5\r\nHMGET\r\n" % (len(f0) + 2)
+                packed = b"".join([head + b"$%d\r\n%b\r\n" % (len(kb), kb) + tail
+                                   for kb in (f"{pre}{k}".encode() for k, _ in reqs)])
+                return self._many(packed, len(reqs))
+            live = [(k, f) for k, f in reqs if f]
+            res = iter(self._many(b"".join([_pack(("HMGET", pre + k, *f)) for k, f in live]), len(live)))
+            return [next(res) if f else [] for _, f in reqs]
         except self._errors as e:
             raise self._unavailable(e) from None
 
