@@ -195,8 +195,9 @@ TwoSum error prefix, built in L2-sized chunks: ~1e-16 relative to the window sum
 history), min/max from 16-event blocks (in-block prefix/suffix extrema + a flattened sparse table over
 blocks: O(1) per window, short in-block windows scanned); numeric results are put back in spine order
 in numpy; the view's aggregations run on 2 threads; numpy's huge-page hint is off during the call
-(synchronous THP compaction doubled the CPU time of cold calls on this machine). Approximate functions use Apache DataSketches (HLL lg_k=12: 1.6% RSE; KLL k=200: 1.65%
-normalized rank error) and loop per spine row; last/first_distinct_n are vectorised (neither is in this benchmark).
+(synchronous THP compaction doubled the CPU time of cold calls on this machine). Approximate
+functions use Apache DataSketches (HLL lg_k=12: 1.6% RSE; KLL k=200: 1.65% normalized rank error)
+and loop per spine row; last/first_distinct_n are vectorised (neither is in this benchmark).
 
 Target status: backfill {'meets' if n_events / bf >= 1e6 else 'misses'} 1M events/s on wall time
 ({'meets' if n_events / bfc >= 1e6 else 'misses'} it per CPU-second); training data {'meets' if n_spine / tr >= 1e6 else 'misses'} 1M spine rows/s on wall

@@ -248,8 +248,9 @@ def test_faiss_index_export_restore_with_tombstones(kind: str) -> None:
     meta, ids, arrays = idx.export_state()
     assert meta["mode"] == kind and len(ids) == len(arrays["alive"]) == n + 1
     rows = [idx.get_attributes(i) if arrays["alive"][p] else {} for p, i in enumerate(ids)]
+    cols = {name: [r.get(name) for r in rows] for name in ("cat", "price")}
     copy = FaissIndex(dim, kind, flat_threshold=1000)
-    copy.restore_state(meta, ids, arrays, rows)
+    copy.restore_state(meta, ids, arrays, cols)
     assert len(copy) == len(idx) and copy.stats() == idx.stats()
     rng = np.random.default_rng(0)
     for q in x[rng.choice(n, 30, replace=False)]:
@@ -261,4 +262,4 @@ def test_faiss_index_export_restore_with_tombstones(kind: str) -> None:
         target.delete(["e2"])
     assert copy.search(x[5], 5) == idx.search(x[5], 5)
     with pytest.raises(ValueError):
-        FaissIndex(dim + 1, kind).restore_state(meta, ids, arrays, rows)
+        FaissIndex(dim + 1, kind).restore_state(meta, ids, arrays, cols)

@@ -157,9 +157,10 @@ class FaissIndex:
 
     def restore_state(
         self, meta: Mapping[str, Any], ids: Sequence[str], arrays: Mapping[str, np.ndarray],
-        attributes: Sequence[Mapping[str, Any]],
+        attributes: Mapping[str, Any],
     ) -> None:
-        """Replace this (empty) index with an exported one; raises ValueError if it does not fit."""
+        """Replace this index with an exported one; ``attributes``: column name -> value per
+        position (None where unknown; or ``AttributeColumns.append_columns`` fast forms). Raises ValueError if the snapshot does not fit."""
         faiss = _faiss()
         mode = meta.get("mode")
         if mode not in ("flat", "hnsw", "ivf") or int(meta.get("dim", -1)) != self.dim:
@@ -175,7 +176,7 @@ class FaissIndex:
         else:
             flat = index if mode == "flat" else faiss.downcast_index(index.storage)
             ok = index.ntotal == len(ids)
-        if not ok or len(alive) != len(ids) or len(attributes) != len(ids):
+        if not ok or len(alive) != len(ids) or any(len(v) != len(ids) for v in attributes.values()):
             raise ValueError("snapshot index, ids and tombstones disagree in size")
         with self._lock:
             self._reset("flat")
@@ -186,7 +187,7 @@ class FaissIndex:
                 raise ValueError("snapshot has duplicate live ids")
             self._alive = alive.copy()
             self._dead = len(ids) - len(self._pos)
-            self._attrs.append(list(attributes), len(ids))
+            self._attrs.append_columns(attributes, len(ids))
             if mode == "hnsw":
                 self.ef_search = int(meta.get("ef_search") or self.ef_search)
                 self._index.hnsw.efSearch = self.ef_search
