@@ -76,3 +76,42 @@ def test_pushed_items_reach_the_embedding_view(tmp_path: Path, backend: str, req
         assert [i.entity_id for i in top] == ["i3"]
     finally:
         store.close()
+
+
+def test_server_warms_vector_indexes_and_readyz_reports_them(tmp_path: Path) -> None:
+    # /readyz is 200 only once the FAISS indexes (loaded in the background at start-up) are ready.
+    import httpx
+
+    from context_store.server.app import create_app
+    from tests.fixtures_server import running_server
+
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    items = pa.table({
+        "item_id": [f"i{i}" for i in range(50)],
+        "title": [f"item number {i}" for i in range(50)],
+        "ts": pa.array([now - dt.timedelta(days=1)] * 50, pa.timestamp("us", tz="UTC")),
+    })
+    repo = make_repo(
+        tmp_path / "r",
+        """
+        import context_store as cs
+        item = cs.Entity("item", join_keys=["item_id"])
+        items = cs.FileSource("data/items.parquet", timestamp_field="ts")
+        emb = cs.EmbeddingView("item_emb", [item], items, text="title", embedder="hash-64")
+        """,
+        {"items.parquet": items},
+    )
+    store = cs.ContextStore(repo)
+    store.apply()
+    store.backfill()
+    store.close()
+    app = create_app(repo, auth=False)
+    with running_server(app) as url:
+        store = app.state.cs.resolver(None)
+        assert "vectors" in store.__dict__  # warm-up started at start-up, before any similarity request
+        assert store.vectors.wait_ready(timeout=60)
+        r = httpx.get(url + "/readyz", timeout=30)
+        assert r.status_code == 200, r.text
+        assert r.json()["ready"] is True
+        found = httpx.post(url + "/v1/similar", json={"view": "item_emb", "entity_id": "i1", "k": 3}, timeout=30)
+        assert found.status_code == 200, found.text

@@ -139,6 +139,10 @@ def _warm(state: ServerState) -> None:
     try:
         store = state.resolver(None)
         _ = store.features
+        defs = store.definitions
+        if defs.embedding_views or defs.knowledge:
+            # FAISS indexes load from their snapshots (or rebuild) in the background; /readyz waits for them.
+            store.vectors.warm(background=True)
     except Exception as e:  # nothing applied yet, or the online store is down: requests will say so
         log.info("warm-up skipped: %s", e)
 

@@ -36,7 +36,13 @@ def health_router(state: ServerState) -> APIRouter:
             reason = "timed out" if isinstance(e, asyncio.TimeoutError) else str(e) or type(e).__name__
             return json_response({"ready": False, "message": f"online store unreachable: {reason}"}, 503)
         state.metrics.online_up.set(1)
-        return json_response({"ready": True, "online_store_ping_ms": round((time.perf_counter() - t0) * 1000, 3)})
+        ping_ms = round((time.perf_counter() - t0) * 1000, 3)
+        vectors = store.__dict__.get("vectors")  # only once the server warmed (or used) them
+        if vectors is not None and not vectors.ready:
+            return json_response(
+                {"ready": False, "message": "vector indexes are loading", "vectors": vectors.readiness()}, 503
+            )
+        return json_response({"ready": True, "online_store_ping_ms": ping_ms})
 
     @router.get("/metrics", include_in_schema=True)
     async def metrics(request: Request) -> Response:
