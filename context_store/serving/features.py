@@ -306,11 +306,18 @@ class FeatureServer:
         request_context: Mapping[str, Any] | None = None,
         request_time: datetime | str | None = None,
     ) -> FeatureVector:
-        plan = self.plan(service)
-        keys = self._keys(plan, join_keys)
-        ctx = self._context(plan, request_context)
-        t = to_us(request_time)
+        plan, keys, ctx, t = self._prepare(service, join_keys, request_context, request_time)
         res = self.online.read_features(self._reads(plan, keys), t)
+        return self._finish(plan, keys, ctx, res, t, request_time)
+
+    def _prepare(
+        self, service: str, join_keys: Mapping[str, Any], request_context: Mapping[str, Any] | None, request_time: Any
+    ) -> tuple[_Plan, Any, Any, int]:
+        """Validate the request against the service's compiled plan (shared by sync and async)."""
+        plan = self.plan(service)
+        return plan, self._keys(plan, join_keys), self._context(plan, request_context), to_us(request_time)
+
+    def _finish(self, plan: _Plan, keys: Any, ctx: Any, res: Any, t: int, request_time: Any) -> FeatureVector:
         fv = self._assemble(plan, keys, ctx, res, t, self._shared())
         fv.request_time = request_time if isinstance(request_time, datetime) else us_to_datetime(t)
         return fv
@@ -328,14 +335,9 @@ class FeatureServer:
         request_context: Mapping[str, Any] | None = None,
         request_time: datetime | str | None = None,
     ) -> FeatureVector:
-        plan = self.plan(service)
-        keys = self._keys(plan, join_keys)
-        ctx = self._context(plan, request_context)
-        t = to_us(request_time)
+        plan, keys, ctx, t = self._prepare(service, join_keys, request_context, request_time)
         res = await self.online.read_features_async(self._reads(plan, keys), t)
-        fv = self._assemble(plan, keys, ctx, res, t, self._shared())
-        fv.request_time = us_to_datetime(t)
-        return fv
+        return self._finish(plan, keys, ctx, res, t, request_time)
 
     def _batch_prepare(self, service: str, join_keys: Sequence[Mapping[str, Any]], request_context: Any) -> tuple[_Plan, list[dict[str, Any]], list[Mapping[str, Any]], list[tuple[ViewState, str]]]:
         plan = self.plan(service)
