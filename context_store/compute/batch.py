@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from ..registry.repo import RepoDefinitions
     from ..stores.offline.base import OfflineStore
 
-__all__ = ["BackfillReport", "backfill", "to_us", "sort_for_pit"]
+__all__ = ["BackfillReport", "backfill", "to_us", "sort_for_pit", "write_view"]
 
 
 @dataclass
@@ -140,16 +140,26 @@ def backfill(
     end: datetime | str | None = None,
     views: Sequence[str] | None = None,
     progress: bool = False,
+    engine: str = "local",
 ) -> BackfillReport:
-    """Compute every (or the named) offline feature view's input rows for ``[start, end)``."""
-    from ..stores.offline.base import view_table
+    """Compute every (or the named) offline feature view's input rows for ``[start, end)``.
 
+    ``engine="ray"`` reads and transforms the sources' files as Ray tasks (same definitions, same rows).
+    """
+    if engine not in ("local", "ray"):
+        raise InvalidInputError(f"engine must be 'local' or 'ray', got {engine!r}", field="engine")
     t0 = time.perf_counter()
     start_us, end_us = to_us(start, "start"), to_us(end, "end")
     if start_us is not None and end_us is not None and start_us >= end_us:
         raise InvalidInputError("start must be before end", field="start")
     report = BackfillReport()
     todo = _views_to_run(defs, views, report)
+    if engine == "ray":
+        from .ray_backfill import ray_backfill
+
+        ray_backfill(todo, config, offline, start_us, end_us, report, progress=progress)
+        report.seconds = time.perf_counter() - t0
+        return report
     cache: dict[str, pa.Table] = {}  # one read per source, shared by its views
     bar: Any = None
     if progress:
@@ -165,32 +175,41 @@ def backfill(
             if key not in cache:
                 cache[key] = read_source(src, config.repo, start_us, end_us)  # type: ignore[arg-type]
                 report.events += cache[key].num_rows
-            rows = apply_transform(view, cache[key])
-            ts = view.timestamp_field
-            hi = end_us
-            if isinstance(src, StreamSource):
-                hi = _stream_cutover(config, view, rows, end_us)
-                if hi is None:
-                    # no history in range and no end: nothing to replace -- the stream's rows stay;
-                    # an empty append only creates the table (so the view counts as backfilled)
-                    offline.append(view_table(view.name), rows)
-                    report.rows[view.name] = 0
-                    if bar is not None:
-                        bar.update(1)
-                    continue
-                if end_us is None:
-                    rows = rows.filter(pc.less(rows.column(ts).cast(pa.int64()), hi))
-            rows = sort_for_pit(rows, view.join_keys, ts, stable=not view.is_aggregate)
-            offline.overwrite_range(view_table(view.name), rows, ts, start_us, hi)
-            report.rows[view.name] = rows.num_rows
+            n = write_view(config, offline, view, apply_transform(view, cache[key]), start_us, end_us)
+            report.rows[view.name] = n
             if bar is not None:
-                bar.set_postfix_str(f"{view.name}: {rows.num_rows:,} rows")
+                bar.set_postfix_str(f"{view.name}: {n:,} rows")
                 bar.update(1)
     finally:
         if bar is not None:
             bar.close()
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def write_view(
+    config: Config, offline: OfflineStore, view: FeatureView, rows: pa.Table, start_us: int | None, end_us: int | None
+) -> int:
+    """Replace the view's ``[start, end)`` rows in ``fv__{view}`` with ``rows`` (its transformed input).
+
+    Shared by every engine so they write the same layout; returns the rows written.
+    """
+    from ..stores.offline.base import view_table
+
+    ts = view.timestamp_field
+    hi = end_us
+    if isinstance(view.source, StreamSource):
+        hi = _stream_cutover(config, view, rows, end_us)
+        if hi is None:
+            # no history in range and no end: nothing to replace -- the stream's rows stay;
+            # an empty append only creates the table (so the view counts as backfilled)
+            offline.append(view_table(view.name), rows)
+            return 0
+        if end_us is None:
+            rows = rows.filter(pc.less(rows.column(ts).cast(pa.int64()), hi))
+    rows = sort_for_pit(rows, view.join_keys, ts, stable=not view.is_aggregate)
+    offline.overwrite_range(view_table(view.name), rows, ts, start_us, hi)
+    return rows.num_rows
 
 
 def _stream_cutover(config: Config, view: FeatureView, rows: pa.Table, end_us: int | None) -> int | None:
