@@ -119,16 +119,20 @@ def apply_cmd(force: bool, yes: bool) -> None:
 @click.option("--start", default=None, metavar="TIME", help="Only events at or after TIME (ISO-8601, UTC).")
 @click.option("--end", default=None, metavar="TIME", help="Only events before TIME (ISO-8601, UTC).")
 @click.option("--view", "views", multiple=True, metavar="NAME", help="Only this feature view (repeatable).")
+@click.option(
+    "--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+    help="Compute locally, or as Ray tasks (cluster from CONTEXT_STORE_RAY_ADDRESS, else a local one).",
+)
 @repo_options
 @handle_errors
-def backfill_cmd(start: str | None, end: str | None, views: tuple[str, ...]) -> None:
+def backfill_cmd(start: str | None, end: str | None, views: tuple[str, ...], engine: str = "local") -> None:
     """Compute feature views from their batch sources into the offline store."""
     s, e = parse_time(start, "start"), parse_time(end, "end")
     if s and e and s >= e:
         raise InvalidInputError(f"--start {start} must be before --end {end}", field="start")
     store = store_from_ctx()
     _check_views(store, views)
-    print_result(store.backfill(start=s, end=e, views=list(views) or None, progress=True))
+    print_result(store.backfill(start=s, end=e, views=list(views) or None, progress=True, engine=engine))
     click.echo("Backfill done.")
 
 

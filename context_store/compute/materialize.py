@@ -66,6 +66,21 @@ def _wm_key(view: str) -> str:
     return f"wm:{view}"
 
 
+_NOT_STREAM: Any = object()
+
+
+def _stream_cut(config: Config, view: Any) -> Any:
+    """For a StreamSource view, the identity of its cut-over record (``[C, recorded_at]``, or
+    None when never backfilled: the stream owns everything); ``_NOT_STREAM`` otherwise."""
+    from ..definitions import StreamSource
+    from .stream.cutover import load_cutovers
+
+    if not isinstance(view.source, StreamSource):
+        return _NOT_STREAM
+    c = load_cutovers(config).get(view.name)
+    return [c.ts_us, c.recorded_at_us] if c else None
+
+
 def materialize(
     defs: RepoDefinitions,
     config: Config,
@@ -104,6 +119,16 @@ def materialize(
             continue
         wm_raw = online.get_meta(_wm_key(name))
         wm = json.loads(wm_raw) if wm_raw else None
+        cut = _stream_cut(config, view)
+        if cut is not _NOT_STREAM and not full and wm and wm.get("vid") == state.vid and wm.get("cut", _NOT_STREAM) == cut:
+            # The stream owns this view's online state since the cut-over (batch history < C is
+            # loaded and does not change until the next backfill records a new cut-over): a
+            # rewrite from fv__ would drop stream events not yet appended offline.
+            vr.mode, vr.watermark_us = "incremental", wm.get("max_ts")
+            vr.note = "(stream-owned since the cut-over: nothing to reload)"
+            vr.seconds = time.perf_counter() - t1
+            report.views.append(vr)
+            continue
         start: int | None = None
         if not full and wm and wm.get("vid") == state.vid and wm.get("max_ts") is not None and not (
             state.is_aggregate and state.has_lifetime
@@ -143,7 +168,10 @@ def materialize(
             vr.watermark_us = max(max_ts, prev) if prev is not None else max_ts
         else:
             vr.watermark_us = wm.get("max_ts") if wm else None
-        online.set_meta(_wm_key(name), json.dumps({"vid": state.vid, "max_ts": vr.watermark_us, "at": now}).encode())
+        meta: dict[str, Any] = {"vid": state.vid, "max_ts": vr.watermark_us, "at": now}
+        if cut is not _NOT_STREAM:
+            meta["cut"] = cut
+        online.set_meta(_wm_key(name), json.dumps(meta).encode())
         vr.seconds = time.perf_counter() - t1
         report.views.append(vr)
     if bar is not None:

@@ -106,10 +106,12 @@ class ContextStore:
         end: datetime | str | None = None,
         views: Sequence[str] | None = None,
         progress: bool = False,
+        engine: str = "local",
     ) -> Any:
         """Feature views into the offline store; embedding views and knowledge into their indexes.
 
         ``views`` names feature views and/or embedding views; knowledge is (re)indexed on a full run.
+        ``engine="ray"`` computes the feature views as Ray tasks (same rows as ``"local"``).
         """
         from ..compute.batch import backfill
 
@@ -123,7 +125,9 @@ class ContextStore:
         fv = None if wanted is None else [v for v in wanted if v in defs.feature_views]
         report = None
         if wanted is None or fv:
-            report = backfill(defs, self.config, self.offline, start=start, end=end, views=fv, progress=progress)
+            report = backfill(
+                defs, self.config, self.offline, start=start, end=end, views=fv, progress=progress, engine=engine
+            )
         emb = [v for v in defs.embedding_views if wanted is None or v in wanted]
         if emb:
             self.vectors.backfill(emb, progress=progress)
