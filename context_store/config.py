@@ -25,7 +25,7 @@ __all__ = ["Config", "load_config", "CONFIG_FILE"]
 
 CONFIG_FILE = "context_store.yaml"
 _WORKSPACE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_KEYS = ("online_store", "data_dir", "offline_store", "registry", "workspace", "redis_stream_maxlen")
+_KEYS = ("online_store", "data_dir", "offline_store", "registry", "workspace", "redis_stream_maxlen", "ray_address")
 
 
 @dataclass(frozen=True)

@@ -116,3 +116,16 @@ def _repo_shifted(root: Path) -> None:
         t = _part(p)
         amount = pa.array([None if a is None else a + 0.5 for a in t.column("amount").to_pylist()], pa.float64())
         write_parquet(root, f"tx_{p}.parquet", t.set_column(2, "amount", amount))
+
+
+def test_missing_ray_names_the_install_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    views, svc = _views()
+    _repo(tmp_path)
+    defs, config, offline = build(tmp_path, views, [svc], run_backfill=False)
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were not installed
+    with pytest.raises(InvalidInputError, match=r"pip install 'context-store\[ray\]'") as err:
+        backfill(defs, config, offline, engine="ray")
+    assert err.value.field == "engine"
+    assert not offline.exists("fv__stats")  # nothing written

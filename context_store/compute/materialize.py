@@ -8,6 +8,7 @@ chunk on Redis, one transaction on SQLite). A watermark per view makes reruns in
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,9 +22,11 @@ from ..registry.repo import RepoDefinitions
 from .aggregations import Columns
 from .tiles import ViewState, columns_from_arrow, encode_raw_groups, ts_to_us
 
-__all__ = ["MaterializeReport", "ViewReport", "materialize", "materialize_table"]
+__all__ = ["HIST_MARK", "MaterializeReport", "ViewReport", "history_signature", "materialize", "materialize_recent",
+           "materialize_table"]
 
 _CHUNK_KEYS = 2000
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,6 +45,7 @@ class ViewReport:
 class MaterializeReport:
     views: list[ViewReport] = field(default_factory=list)
     seconds: float = 0.0
+    recent: dict[str, int] = field(default_factory=dict)  # source -> entities whose recent list was filled
 
     @property
     def rows(self) -> int:
@@ -129,6 +133,9 @@ def materialize(
             vr.seconds = time.perf_counter() - t1
             report.views.append(vr)
             continue
+        if cut is not _NOT_STREAM and config.is_redis:
+            # First load since a backfill: fv__ must hold what the stream workers applied.
+            _wait_offline_log(offline, online, view)
         start: int | None = None
         if not full and wm and wm.get("vid") == state.vid and wm.get("max_ts") is not None and not (
             state.is_aggregate and state.has_lifetime
@@ -176,8 +183,118 @@ def materialize(
         report.views.append(vr)
     if bar is not None:
         bar.close()
+    report.recent = materialize_recent(defs, config, online)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _wait_offline_log(offline: Any, online: Any, view: Any, timeout: float = 5.0) -> bool:
+    """Wait (bounded) until the offline log holds every event the stream workers applied to
+    ``view`` online (they append it about once a second). Workers append ``fv__`` before
+    ``src__``, so ``src__`` reaching the applied offset of each partition is enough."""
+    from ..errors import NotFoundError
+    from ..stores.offline import source_table
+
+    table = source_table(view.source.name)
+    deadline = time.monotonic() + timeout
+    for p in range(int(getattr(view.source, "partitions", 1) or 1)):
+        applied = online.applied_offset(view.name, str(p))
+        if applied is None:
+            continue
+        while True:
+            try:
+                if offline.exists(table) and offline.read(
+                    table, columns=["_offset"], filter=f"_partition = {p} AND _offset >= {int(applied)}"
+                ).num_rows:
+                    break
+            except (NotFoundError, ValueError, OSError):
+                return False  # not a tagged stream log: nothing to wait for
+            if time.monotonic() >= deadline:
+                log.warning("materialize %s: offline log of partition %d is behind the stream; "
+                            "unflushed stream events may be overwritten", view.name, p)
+                return False
+            time.sleep(0.05)
+    return True
+
+
+HIST_MARK = "_hist"  # key on recent-list rows filled from batch history: the history's signature
+
+
+def history_signature(source: Any, repo: Any) -> str | None:
+    """A short id of the source's batch history files (paths, mtimes, sizes); None without history."""
+    import hashlib
+    import os
+
+    from .transform import batch_source_of, source_files
+
+    fs = batch_source_of(source)
+    if fs is None:
+        return None
+    try:
+        sig = [(f, os.stat(f).st_mtime_ns, os.stat(f).st_size) for f in source_files(fs, repo)]
+    except OSError:
+        return None
+    return hashlib.sha1(repr(sig).encode()).hexdigest()[:16] if sig else None
+
+
+def materialize_recent(defs: RepoDefinitions, config: Config, online: Any) -> dict[str, int]:
+    """Fill the per-entity recent-events lists (``get_user_context``) with the newest ``n`` rows of
+    the batch history of each source named by a ContextService's ``recent_events``.
+
+    Only entities whose list is empty are filled (a list is append-only with a trim, so rows can
+    not be merged into one that already holds stream events without breaking its order): a rerun
+    appends nothing twice. Filled rows carry ``HIST_MARK`` = the history's signature, so a reader
+    knows whether they still stand for the current history files."""
+    import pyarrow.compute as pc
+
+    from ..errors import DefinitionError
+    from ..stores.online.codec import entity_key
+    from .transform import read_source
+
+    if getattr(online, "append_recent", None) is None or getattr(online, "read_recent", None) is None:
+        return {}
+    wanted: dict[tuple[str, tuple[str, ...]], tuple[Any, int]] = {}
+    for svc in defs.context_services.values():
+        if svc.recent_events is None:
+            continue
+        src, n = svc.recent_events
+        k = (src.name, tuple(svc.entity.join_keys))
+        wanted[k] = (src, max(int(n), wanted.get(k, (src, 0))[1]))
+    out: dict[str, int] = {}
+    for (name, keys), (src, n) in wanted.items():
+        sig = history_signature(src, config.repo)
+        if sig is None or n <= 0:
+            continue
+        try:
+            hist = read_source(src, config.repo)
+        except DefinitionError:
+            continue  # history unreadable: get_user_context still has the offline fallback
+        ts = src.timestamp_field
+        if not set(keys) <= set(hist.column_names) or ts not in hist.column_names or hist.num_rows == 0:
+            continue
+        cols = [f.name for f in src.schema or ()] or hist.column_names
+        hist = hist.select([c for c in cols if c in hist.column_names])
+        valid = None
+        for k in keys:
+            v = pc.is_valid(hist[k])
+            valid = v if valid is None else pc.and_(valid, v)
+        hist = hist.filter(valid).sort_by([(ts, "ascending")])
+        ekeys = list(zip(*(hist[k].to_pylist() for k in keys)))
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i, kv in enumerate(ekeys):
+            groups.setdefault(kv, []).append(i)
+        filled = 0
+        for kv, idx in groups.items():
+            key = entity_key(list(keys), list(kv))
+            if online.read_recent(name, key, 1):
+                continue  # already holds events (stream or an earlier fill): never duplicate
+            rows = hist.take(idx[-n:]).to_pylist()
+            for r in rows:
+                r[HIST_MARK] = sig
+            online.append_recent(name, key, rows, n)
+            filled += 1
+        out[name] = out.get(name, 0) + filled
+    return out
 
 
 def materialize_table(state: ViewState, table: pa.Table, online: Any, now_us: int, bar: Any = None) -> tuple[int, int]:

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ..stores.offline.base import OfflineStore
     from .batch import BackfillReport
 
-__all__ = ["ray_backfill", "RAY_ADDRESS_ENV"]
+__all__ = ["RAY_ADDRESS_ENV", "ray_backfill"]
 
 RAY_ADDRESS_ENV = "CONTEXT_STORE_RAY_ADDRESS"
 _INSTALL_HINT = "the ray engine needs Ray: pip install 'context-store[ray]'"
@@ -65,9 +65,10 @@ def _connect(ray: Any, config: Config) -> bool:
         return False
     address = os.environ.get(RAY_ADDRESS_ENV) or config.extra.get("ray_address")
     with warnings.catch_warnings():
-        # Ray starts its processes with fork+exec (preexec_fn), which fires lance's at-fork warning;
-        # nothing of lance's state survives the exec, so the warning does not apply
+        # Ray starts its processes with fork+exec (preexec_fn), which fires lance's/lancedb's at-fork
+        # warnings; nothing of their state survives the exec, so the warnings do not apply
         warnings.filterwarnings("ignore", message="lance is not fork-safe")
+        warnings.filterwarnings("ignore", message="lancedb fork support is experimental")
         if address:
             ray.init(address=str(address), log_to_driver=False)
         else:

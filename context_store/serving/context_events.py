@@ -49,7 +49,17 @@ def _newest_first(rows: list[dict[str, Any]], ts_field: str, n: int, before_us: 
     return [r for _, _, r in keyed[:n]]
 
 
+# Origin tags (under HIST_MARK) while merging the online list with the history index: rows the
+# online list holds from materialize's fill of the *current* history make the index rows redundant.
+_FROM_LIST, _FROM_INDEX = "list", "index"
+
+
 def merge_newest(rows: list[dict[str, Any]], ts_field: str, n: int, before: datetime) -> list[dict[str, Any]]:
+    from ..compute.materialize import HIST_MARK
+
+    if any(r.get(HIST_MARK) == _FROM_LIST for r in rows):
+        rows = [r for r in rows if r.get(HIST_MARK) != _FROM_INDEX]
+    rows = [{k: v for k, v in r.items() if k != HIST_MARK} if HIST_MARK in r else r for r in rows]
     return _newest_first(rows, ts_field, n, _us(before))
 
 
@@ -61,7 +71,11 @@ def history_latest(store: ContextStore, source: StreamSource, join_keys: dict[st
     if index is None:
         return []
     got = index.get(tuple(str(join_keys.get(k)) for k in sorted(join_keys)))
-    return got.to_pylist() if got is not None else []
+    if got is None:
+        return []
+    from ..compute.materialize import HIST_MARK
+
+    return [{**r, HIST_MARK: _FROM_INDEX} for r in got.to_pylist()]
 
 
 def online_recent_events(
@@ -77,7 +91,21 @@ def online_recent_events(
     rows = read(source.name, entity_key(list(join_keys), list(join_keys.values())), n + 8)
     if not rows:
         return None
-    return _newest_first([dict(r) for r in rows], source.timestamp_field, n, _us(before))
+    from ..compute.materialize import HIST_MARK, history_signature
+
+    out: list[dict[str, Any]] = []
+    sig: Any = False
+    for r in rows:
+        mark = r.get(HIST_MARK)
+        if mark is not None:
+            # Filled by materialize from batch history: valid only for the same history files.
+            if sig is False:
+                sig = history_signature(source, store.config.repo)
+            if mark != sig:
+                continue
+            r = {**r, HIST_MARK: _FROM_LIST}
+        out.append(dict(r))
+    return _newest_first(out, source.timestamp_field, n, _us(before))
 
 
 def offline_recent_events(
