@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import random
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+import context_store as cs
+from context_store.compute.materialize import HIST_MARK
+from context_store.serving import context_events
+from context_store.stores.online.codec import entity_key
+from tests.fixtures_context import build_context_repo, txn_rows
 from tests.fixtures_stream import T0, event, make_store
 from tests.test_stream_parity import _check_parity
 
@@ -63,14 +70,6 @@ def test_materialize_fills_recent_events_from_history(
     tmp_path: Path, online: str, request: pytest.FixtureRequest, workspace_name: str, redis_cleanup: list[str]
 ) -> None:
     """materialize puts each entity's newest n history rows on its recent-events list, once."""
-    import pyarrow.parquet as pq
-
-    import context_store as cs
-    from context_store.compute.materialize import HIST_MARK
-    from context_store.serving import context_events
-    from context_store.stores.online.codec import entity_key
-    from tests.fixtures_context import build_context_repo
-
     if online == "redis":
         online = request.getfixturevalue("redis_url")
         redis_cleanup.append(f"*{workspace_name}*")
@@ -88,11 +87,7 @@ def test_materialize_fills_recent_events_from_history(
             assert [g["amount"] for g in got] == [r["amount"] for r in rows]
             assert all(g.get(HIST_MARK) for g in got)
         # Pushed events for u1, then a rerun: nothing is appended twice, u1's list keeps its order.
-        from datetime import datetime, timedelta, timezone
-
-        from tests.fixtures_context import txn_rows
-
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         store.push("transactions", txn_rows("u1", now - timedelta(seconds=30), 2, timedelta(seconds=10), amount0=100.0))
         again = store.materialize()
         assert again.recent == {"transactions": 0}
@@ -109,8 +104,6 @@ def test_materialize_fills_recent_events_from_history(
         # so the reader falls back to the history itself and still sees the newest rows.
         extra = dict(want["u2"][-1], amount=999.0, ts=want["u2"][-1]["ts"] + timedelta(minutes=30))
         table = pq.read_table(root / "data" / "transactions.parquet")
-        import pyarrow as pa
-
         pq.write_table(pa.concat_tables([table, pa.Table.from_pylist([extra], schema=table.schema)]),
                        root / "data" / "transactions.parquet")
         uc2 = store.get_user_context("u2", context_service="user_context")
