@@ -405,3 +405,31 @@ def test_row_codec_roundtrip() -> None:
     some_null = [None, when, None, True, None, [], None, "x"]
     assert codec.decode(codec.encode(-1, some_null)) == (-1, some_null)
     assert RowCodec.ts_of(codec.encode(123, full)) == 123
+
+
+@pytest.mark.redis
+def test_redis_scripts_flushed_every_path_reloads(tmp_path: Path, workspace_name: str, redis_url: str) -> None:
+    """After a Redis restart (or SCRIPT FLUSH) the cached scripts are gone: every read and write
+    path must load them again rather than fail with NOSCRIPT (a fresh CI Redis found one that did)."""
+    import redis
+
+    store = open_online_store(load_config(tmp_path, workspace=workspace_name, online_store=redis_url))
+    a, r = agg_state(None, [cs.Aggregate("amount", "sum", "1d")]), row_state(None)
+    users = ("u1", "u2", "u3")
+    ev = events(60, seed=3, users=users)
+    reads = [x for u in users for x in ((a, key(u)), (r, key(u)))]
+    flush = redis.Redis.from_url(redis_url)
+    try:
+        flush.script_flush()
+        store.apply_events(a, table(ev), token=("0", "1"), now_us=NOW)
+        flush.script_flush()
+        batch = store.read_features(reads, NOW)
+        flush.script_flush()
+        assert asyncio.run(store.read_features_async(reads, NOW)) == batch
+        flush.script_flush()
+        assert asyncio.run(store.read_entities_async([a, r], [key(u) for u in users], NOW)) == [
+            batch[i : i + 2] for i in range(0, len(batch), 2)]
+        assert_same(["sum"], batch[0].values, expected(a, ev, "u1", NOW))  # type: ignore[arg-type]
+    finally:
+        flush.close()
+        store.close()

@@ -282,11 +282,14 @@ class AppliedWaiter:
     """Wakes pushers when a worker announces an applied offset (pub/sub) instead of polling.
 
     Announcements are hints: a waiter also re-reads the authoritative applied offsets now and then,
-    so a message missed (e.g. before the subscription was active) only delays, never blocks."""
+    so a message missed (e.g. before the subscription was active) only delays, never blocks.
+    Each waiter has its own event, set only when its partition reaches its offset: with many
+    concurrent pushes (a server's threads) an announcement wakes just the pushes it completes."""
 
     def __init__(self, log: RedisStreamLog) -> None:
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._seen: dict[tuple[str, int], int] = {}
+        self._waiting: dict[tuple[str, int], list[tuple[int, threading.Event]]] = {}
         self._closed = False
         self._pubsub = log.r.pubsub(ignore_subscribe_messages=True)
         self._pubsub.subscribe(log.applied_channel)
@@ -307,17 +310,38 @@ class AppliedWaiter:
                 key, value = (source, int(p)), int(off)
             except ValueError:
                 continue
-            with self._cond:
-                if value > self._seen.get(key, -1):
-                    self._seen[key] = value
-                self._cond.notify_all()
+            with self._lock:
+                if value <= self._seen.get(key, -1):
+                    continue
+                self._seen[key] = value
+                waiting = self._waiting.get(key)
+                if not waiting:
+                    continue
+                keep = []
+                for off_ev in waiting:
+                    if off_ev[0] <= value:
+                        off_ev[1].set()
+                    else:
+                        keep.append(off_ev)
+                self._waiting[key] = keep
 
     def wait(self, source: str, offsets: dict[int, int], timeout: float) -> bool:
         """True once every partition's announced offset reaches ``offsets`` (False on timeout)."""
-        with self._cond:
-            return self._cond.wait_for(
-                lambda: all(self._seen.get((source, p), -1) >= off for p, off in offsets.items()), timeout
-            )
+        deadline = time.monotonic() + timeout
+        for p, off in offsets.items():
+            key = (source, p)
+            with self._lock:
+                if self._seen.get(key, -1) >= off:
+                    continue
+                entry = (off, threading.Event())
+                self._waiting.setdefault(key, []).append(entry)
+            if not entry[1].wait(max(0.0, deadline - time.monotonic())):
+                with self._lock:
+                    lst = self._waiting.get(key, [])
+                    if entry in lst:
+                        lst.remove(entry)
+                return entry[1].is_set()
+        return True
 
     def close(self) -> None:
         self._closed = True

@@ -283,8 +283,8 @@ class RedisOnlineStore(BaseOnlineStore):
                 keys = [self.prefix + "e:" + k for k, _ in reqs]
                 try:
                     return await r.evalsha(self._mhmget.sha, len(keys), *keys, *f0)
-                except Exception as e:  # NOSCRIPT after a Redis restart: send the script itself
-                    if "NOSCRIPT" not in str(e):
+                except Exception as e:  # NOSCRIPT (a fresh or restarted Redis): send the script itself
+                    if type(e).__name__ != "NoScriptError" and "NOSCRIPT" not in str(e):
                         raise
                     return await r.eval(_MHMGET, len(keys), *keys, *f0)
             pipe = r.pipeline(transaction=False)
@@ -412,7 +412,7 @@ class RedisOnlineStore(BaseOnlineStore):
         finally:
             pool.release(conn)
         if errors:
-            if "NOSCRIPT" in str(errors[0]):  # Redis restarted: load the script and redo (sets only: idempotent)
+            if type(errors[0]).__name__ == "NoScriptError" or "NOSCRIPT" in str(errors[0]):  # Redis restarted: load the script and redo (sets only: idempotent)
                 self._sha = None
                 self._bulk(ops, keys)
                 return
