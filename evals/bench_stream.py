@@ -165,6 +165,105 @@ def freshness(store: cs.ContextStore, rate: float, seconds: float, threads: int,
             "sched": sched_ms, "lag": lag_ms, "error_samples": errors[:3]}
 
 
+def freshness_observed(store: cs.ContextStore, rate: float, seconds: float) -> dict[str, Any]:
+    """The issue's definition, open loop: single-event pushes paced at ``rate`` by one thread,
+    each returning once durable (``wait=False``); an observer thread hears the workers'
+    applied-offset announcements and, for every event they cover, reads ``get_features`` (one
+    batch read per announcement) and checks the new count. Freshness = push returned -> that
+    read returned with the new value. (Pushers that wait for read-after-write are measured too,
+    below; this mode keeps the load generator's own CPU small on a 2-core box.)"""
+    import queue
+    from collections import deque
+
+    import redis
+
+    log = _stream_log(store)
+    r = redis.Redis.from_url(store.config.online_store)
+    ps = r.pubsub(ignore_subscribe_messages=True)
+    ps.subscribe(log.applied_channel)
+    while ps.get_message(timeout=0.1) is not None:  # drain the subscribe confirmation
+        pass
+    now = datetime.now(timezone.utc)
+    total = int(rate * seconds)
+    run_id = uuid.uuid4().hex[:6]
+    users = [f"o{run_id}_{i}" for i in range(1000)]  # a user recurs once per 1,000 events (~1 s)
+    q: Any = queue.SimpleQueue()
+    ret_ms: list[float] = []
+    start_ms: list[float] = []
+    lag_ms: list[float] = []
+    series: list[tuple[float, float]] = []  # (push returned, s since start; freshness ms)
+    errors: list[str] = []
+    state = {"confirmed": 0, "stop": False}
+
+    def observer() -> None:
+        pending: dict[int, Any] = {}
+        seen: dict[int, int] = {}
+        while state["confirmed"] < total and not state["stop"]:
+            while True:
+                try:
+                    ev = q.get_nowait()
+                except queue.Empty:
+                    break
+                pending.setdefault(ev[0], deque()).append(ev)
+            msg = ps.get_message(timeout=0.005)
+            if msg and msg.get("type") == "message":
+                for line in msg["data"].decode().split("\n"):
+                    src, p, off = line.rsplit("|", 2)
+                    if src == "transactions":
+                        seen[int(p)] = max(seen.get(int(p), -1), int(off))
+            ready = []
+            for p, dq in pending.items():
+                s_ = seen.get(p, -1)
+                while dq and dq[0][1] <= s_:
+                    ready.append(dq.popleft())
+            if not ready:
+                continue
+            got = store.get_features_batch("fraud", [{"user_id": e[4]} for e in ready],
+                                           request_time=now + timedelta(seconds=1))
+            t = time.perf_counter()
+            for e, fv in zip(ready, got):
+                n = fv.feature_values["txn_stats.amount_count_1h"]
+                if n != e[5]:
+                    errors.append(f"{e[4]}: expected {e[5]}, got {n}")
+                ret_ms.append((t - e[3]) * 1000)
+                start_ms.append((t - e[2]) * 1000)
+                series.append((e[3] - wall, (t - e[3]) * 1000))
+            state["confirmed"] += len(ready)
+
+    th = threading.Thread(target=observer, name="observer")
+    counts = dict.fromkeys(users, 0)
+    wall = time.perf_counter()
+    th.start()
+    base = wall + 0.05
+    try:
+        for k in range(total):
+            t_sched = base + k / rate
+            delay = t_sched - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            u = users[k % len(users)]
+            counts[u] += 1
+            t0 = time.perf_counter()
+            res = ingest.push(store, "transactions", [{"user_id": u, "ts": now, "amount": 1.0, "merchant": "m"}],
+                              wait=False)
+            t1 = time.perf_counter()
+            lag_ms.append((t0 - t_sched) * 1000)
+            ((p, off),) = res.offsets.items()
+            q.put((int(p), int(off), t0, t1, u, counts[u]))
+        push_wall = time.perf_counter() - wall
+        th.join(30)
+    finally:
+        state["stop"] = True
+        th.join(5)
+        ps.close()
+        r.close()
+    missing = total - state["confirmed"]
+    return {"n": len(ret_ms), "achieved_rate": total / push_wall, "errors": len(errors) + missing,
+            "error_samples": errors[:3], "push_p50": pct(ret_ms, 50), "push_p99": pct(ret_ms, 99),
+            "confirm_p50": pct(start_ms, 50), "confirm_p99": pct(start_ms, 99), "lag_p99": pct(lag_ms, 99),
+            "samples": ret_ms, "max": max(ret_ms) if ret_ms else float("nan"), "series": series}
+
+
 def sequential(store: cs.ContextStore, n: int) -> dict[str, Any]:
     """One pusher, closed loop (the next push when the previous is visible): the path's own latency."""
     now = datetime.now(timezone.utc)

@@ -196,22 +196,25 @@ def test_worker_rejects_unknown_source_and_reloads_on_apply(rstore) -> None:
 
 
 def test_failure_mid_batch_is_replayed_exactly_once(rstore) -> None:
-    """Redis/Lance errors in the middle of a batch (after one view applied, before the other):
-    the worker drops its memory, re-claims its own pending entries and the fences skip the half
-    that was applied."""
+    """Redis errors in the middle of a round (after some commits, before others; also after a
+    commit succeeded but before the worker heard so): the worker drops its memory, re-claims its
+    own pending entries and the fences skip what was applied."""
     from context_store.compute.stream import ingest
 
     online = rstore.online
-    real = online.apply_events
+    real = online._commit
     calls = {"n": 0}
 
-    def flaky(state, rows, token=None, **kw):  # views apply in name order: call 4 fails after 3 succeeded
+    def flaky(ops, cas=(), notify=None):
         calls["n"] += 1
         if calls["n"] in (4, 9, 14):
             raise ConnectionError("injected failure")
-        return real(state, rows, token=token, **kw)
+        ok = real(ops, cas, notify)
+        if calls["n"] in (6, 11):  # committed, but the reply is lost
+            raise ConnectionError("injected failure after the commit")
+        return ok
 
-    online.apply_events = flaky
+    online._commit = flaky
     rows = _events(600)
     for i in range(0, 600, 20):
         ingest.push(rstore, "transactions", rows[i : i + 20], wait=False)
@@ -229,8 +232,8 @@ def test_failure_mid_batch_is_replayed_exactly_once(rstore) -> None:
     finally:
         stop.set()
         t.join(10)
-        online.apply_events = real
-    assert calls["n"] > 14  # all three injected failures happened
+        online._commit = real
+    assert calls["n"] > 14  # all injected failures happened
     for user, n in _expected_counts(rows).items():
         assert _vals(rstore, user)["txn_stats.amount_count_1d"] == n
     assert rstore.offline.count("src__transactions") == 600
@@ -262,3 +265,57 @@ def test_backlog_limit_refuses_pushes_instead_of_dropping(rstore) -> None:
         assert _vals(store, "u1")["txn_stats.amount_count_1d"] == 3
     finally:
         store.close()
+
+
+def test_view_keyed_by_another_entity_counts_exactly_with_two_workers(tmp_path: Path, redis_url: str,
+                                                                     workspace_name: str, redis_cleanup: list[str]) -> None:
+    """A merchant-keyed view on a source partitioned by user: every partition (and so both
+    workers) writes the same merchants. Their read-modify-writes are guarded (optimistic
+    concurrency), so concurrent commits never lose an update."""
+    from context_store.compute.stream import ingest
+    from context_store.compute.stream.processor import source_plan
+    from tests.fixtures_stream import REPO, events_table
+    from tests.helpers import make_repo
+
+    import context_store as cs
+
+    redis_cleanup.extend([f"cs:{workspace_name}:*", f"*{workspace_name}*"])
+    code = REPO.format(partitions=4, lateness="1h", interval="") + '''
+merchant = cs.Entity("merchant", join_keys=["merchant"])
+merchant_stats = cs.FeatureView("merchant_stats", entities=[merchant], source=txns,
+    aggregations=[cs.Aggregate("amount", "count", "1d"), cs.Aggregate("amount", "sum", "1d")])
+merchants = cs.FeatureService("merchants", [merchant_stats])
+'''
+    make_repo(tmp_path / "repo", code, data={"txns.parquet": events_table([])})
+    store = cs.ContextStore(tmp_path / "repo", workspace=workspace_name, online_store=redis_url)
+    store.apply(force=True)
+    plan = source_plan(store.definitions, "transactions")
+    assert plan.partition_keys == ("user_id",) and plan.shared == frozenset({"merchant_stats"})
+    stop = threading.Event()
+    pool = run_workers(store, 2, stop, flush_interval=0.2, count=50)
+    try:
+        deadline = time.time() + 10
+        while time.time() < deadline and sorted(len(w.owned) for w in pool.workers) != [2, 2]:
+            time.sleep(0.05)
+        rows = [event(f"u{i % 40}", i * 0.01, float(i % 7), f"m{i % 3}") for i in range(3000)]
+        pushers = [threading.Thread(target=lambda k=k: [ingest.push(store, "transactions", rows[i : i + 25], wait=False)
+                                                       for i in range(k * 25, len(rows), 100)]) for k in range(4)]
+        for t in pushers:
+            t.start()
+        for t in pushers:
+            t.join()
+        log = _stream_log(store)
+        keys = [log.stream_key("transactions", p) for p in range(4)]
+        while time.time() < deadline + 60 and log.lag(keys):
+            time.sleep(0.05)
+        assert log.lag(keys) == 0
+    finally:
+        pool.stop()
+    for m in ("m0", "m1", "m2"):
+        mine = [r["amount"] for r in rows if r["merchant"] == m]
+        got = store.get_features("merchants", {"merchant": m}, request_time=T_REQ).feature_values
+        assert got["merchant_stats.amount_count_1d"] == len(mine)
+        assert got["merchant_stats.amount_sum_1d"] == pytest.approx(sum(mine))
+    for user, n in _expected_counts(rows).items():
+        assert _vals(store, user)["txn_stats.amount_count_1d"] == n
+    store.close()

@@ -346,15 +346,27 @@ class AggPlan:
             res[:, c + 5] = np.where(n > 0, np.add.reduceat(arr[:, c + 5] + n_i * d * d, starts), 0.0)
         return res
 
-    def merge_encoded(self, old: bytes | None, parts: list[Partial]) -> bytes:
-        """Encoded merge of a stored partial (or None) with new ones (the stream's read-modify-write)."""
-        if self.slots:
-            allp = ([self.decode(old)] if old is not None else []) + parts
-            return self.encode(self.merge(allp))
-        rows = [p.num.tolist() if isinstance(p.num, np.ndarray) else p.num for p in parts]
-        if old is not None:
-            rows.append(list(self._struct.unpack(old)))
-        return self._struct.pack(*self.merge_rows(rows))
+    def merge_encoded_many(self, olds: Sequence[bytes | None], new_num: np.ndarray,
+                           new_objs: Sequence[list[Any]] | None = None) -> list[bytes]:
+        """The stream's read-modify-write: stored partials (or None) merged with new ones, one per
+        row of ``new_num``. Numeric blocks merge in one vectorised call; only object slots
+        (sketches, last-n sets) are decoded and merged one by one, and only where one was stored."""
+        n, w = len(olds), 8 * self.K
+        old_arr = np.tile(self._empty_num, (n, 1))
+        present = [i for i, x in enumerate(olds) if x is not None]
+        if present:
+            old_arr[present] = np.frombuffer(b"".join([olds[i][:w] for i in present]),  # type: ignore[index]
+                                             dtype="<f8").reshape(-1, self.K)
+        merged = self.merge_pairs(old_arr, new_num).astype("<f8", copy=False)
+        if not self.slots:
+            buf = merged.tobytes()
+            return [buf[i : i + w] for i in range(0, len(buf), w)]
+        assert new_objs is not None
+        out = []
+        for i, old in enumerate(olds):
+            objs = new_objs[i] if old is None else self.merge_objs([self._decode_objs(old), new_objs[i]])
+            out.append(self.encode_parts(merged[i], objs))
+        return out
 
     def merge_objs(self, objs_list: Sequence[list[Any]]) -> list[Any]:
         if len(objs_list) == 1:
@@ -444,7 +456,9 @@ class AggPlan:
         return b"".join(chunks)
 
     def decode(self, buf: bytes) -> Partial:
-        num = np.frombuffer(buf, dtype="<f8", count=self.K)
+        return Partial(np.frombuffer(buf, dtype="<f8", count=self.K), self._decode_objs(buf))
+
+    def _decode_objs(self, buf: bytes) -> list[Any]:
         objs: list[Any] = []
         off = 8 * self.K
         for kind, c, _ in self.slots:
@@ -452,7 +466,7 @@ class AggPlan:
             off += 4
             objs.append(None if ln == 0 else _decode_obj(kind, scalar_kind(self.types[c]), buf[off : off + ln], self.types[c]))
             off += ln
-        return Partial(num, objs)
+        return objs
 
     def decode_many(self, bufs: Sequence[bytes]) -> tuple[np.ndarray, list[list[Any]] | None]:
         """Numeric blocks as one (T, K) array (one numpy call when there are no object slots)."""

@@ -9,6 +9,8 @@ A feature view with aggregations keeps, per entity, tiles of ``g`` microseconds
   a window can be cut exactly at ``t - W`` and ``t``
 - ``{vid}:L``    lifetime base: i64 fold tile F, then the partial of every event before tile F
 - ``{vid}:m``    i64: lowest tile index that may still exist (for folding/expiry)
+- ``{vid}:v``    version of this entity's state, for views that several stream partitions write
+  (keyed by other columns than the partition key): a write commits only if it is unchanged
 
 A batch (row) view keeps ``{vid}``: the latest row (stores/online/codec.py).
 """
@@ -151,6 +153,7 @@ class ViewState:
                 "i": view.aggregation_interval.total_seconds() if view.aggregation_interval else None,
                 "k": view.join_keys}
         self.vid = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
+        self.V = f"{self.vid}:v"  # version, bumped by guarded writes (views written by several partitions)
         self.ttl_us = view.ttl // timedelta(microseconds=1) if view.ttl else None
         self.plan: AggPlan | None = None
         if not self.is_aggregate:

@@ -179,10 +179,21 @@ class ContextStore:
         return get_training_data(self.definitions, self.config, self.offline, spine, feature_service, timestamp_field)
 
     # -- stream ingest -----------------------------------------------------------------
-    def push(self, source: str, rows: Iterable[Mapping[str, Any]] | pa.Table | pd.DataFrame, dry_run: bool = False) -> Any:
+    def push(
+        self,
+        source: str,
+        rows: Iterable[Mapping[str, Any]] | pa.Table | pd.DataFrame,
+        dry_run: bool = False,
+        *,
+        wait: bool = True,
+        timeout: float = 5.0,
+    ) -> Any:
+        """Validate and ingest ``rows`` (all or nothing). Returns when durable and, with ``wait``
+        (the default), visible online (read-after-write, up to ``timeout`` s; ``.visible`` says
+        which). ``wait=False`` returns once durable in the stream: for bulk loads."""
         from ..compute.stream.ingest import push
 
-        return push(self, source, rows, dry_run=dry_run)
+        return push(self, source, rows, dry_run=dry_run, timeout=timeout, wait=wait)
 
     # -- embeddings, similarity, knowledge, agent context --------------------------------
     def find_similar(

@@ -107,7 +107,8 @@ def push(
 
 def _apply_embedded(store: Any):  # type: ignore[no-untyped-def]
     def apply(view: Any, rows: pa.Table, partition: int, offset: int | None) -> None:
-        online_adapter.apply(store, view, rows, partition, offset)
+        # Guarded: another process may push into the same embedded store.
+        online_adapter.apply(store, view, rows, partition, offset, guard=True)
         STATS.inc("applied_events", view.source.name, rows.num_rows)
 
     return apply

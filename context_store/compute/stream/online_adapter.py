@@ -5,6 +5,8 @@
   ``compute.aggregations`` like batch materialization) and, when ``offset`` is given, advance
   the applied offset of ``(view, partition)`` in the same commit; a replay whose offset is not
   above the recorded one changes nothing.
+- ``apply_many(store, batches, notify)``: a stream worker's whole step (several views and
+  partitions) in one commit, CAS'd against the worker's fences.
 - ``applied_offset(store, view, partition) -> int``: that recorded offset (-1 when none).
 
 Offsets are the stream ids encoded as ints (``redis_streams.id_to_offset``), passed as strings.
@@ -19,7 +21,7 @@ import pyarrow as pa
 
 from ...definitions import FeatureView
 
-__all__ = ["apply", "applied_offset", "view_state"]
+__all__ = ["apply", "apply_many", "applied_offset", "view_state"]
 
 _lock = threading.Lock()
 
@@ -38,9 +40,22 @@ def view_state(store: Any, view: FeatureView) -> Any:
     return st
 
 
-def apply(store: Any, view: FeatureView, rows: pa.Table, partition: int, offset: int | None) -> int:
+def apply(store: Any, view: FeatureView, rows: pa.Table, partition: int, offset: int | None, guard: bool = False) -> int:
     token = (str(partition), str(offset)) if offset is not None else None
-    return int(store.online.apply_events(view_state(store, view), rows, token=token) or 0)
+    return int(store.online.apply_events(view_state(store, view), rows, token=token, guard=guard) or 0)
+
+
+def apply_many(store: Any, batches: list[tuple[FeatureView, pa.Table, list[tuple[int, int, int]], bool]],
+               notify: tuple[str, str] | None = None) -> bool:
+    """Several views' rows, each with [(partition, new offset, expected applied offset or -1)],
+    in one atomic commit, then ``notify``; False (nothing written) when an offset moved."""
+    from ...stores.online.base import ApplyItem
+
+    items = [
+        ApplyItem(view_state(store, view), rows, [(str(p), str(new), None if exp < 0 else str(exp)) for p, new, exp in toks], guard)
+        for view, rows, toks, guard in batches
+    ]
+    return bool(store.online.apply_many(items, notify=notify))
 
 
 def applied_offset(store: Any, view: FeatureView, partition: int) -> int:

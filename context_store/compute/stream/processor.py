@@ -43,6 +43,9 @@ class SourcePlan:
     partition_keys: tuple[str, ...]        # columns hashed to pick a partition
     recent: tuple[tuple[tuple[str, ...], int], ...] = ()  # (entity join keys, n) of context services
     embeds: bool = False                   # an embedding view reads this source
+    # Views keyed by other columns than the partition key: several partitions (workers) write
+    # the same entities, so their writes are guarded (optimistic concurrency).
+    shared: frozenset[str] = frozenset()
 
     @property
     def required(self) -> set[str]:
@@ -72,7 +75,8 @@ def source_plan(definitions: Any, source_name: str) -> SourcePlan:
             jk = tuple(cs_.entity.join_keys)
             recent[jk] = max(recent.get(jk, 0), int(re_[1]))
     embeds = any(v.source.name == source_name for v in getattr(definitions, "embedding_views", {}).values())
-    return SourcePlan(src, views, tuple(keys), tuple(recent.items()), embeds)
+    shared = frozenset(v.name for v in views if src.partitions > 1 and keys and not set(keys) <= set(v.join_keys))
+    return SourcePlan(src, views, tuple(keys), tuple(recent.items()), embeds, shared)
 
 
 def append_recent(store: Any, plan: SourcePlan, raw: list[pa.Table]) -> None:
@@ -184,7 +188,8 @@ def process_batch(
     fresh_src = offsets > state.offline.get("src", -1)
     raw = None
     if fresh_src.any():
-        raw = events.filter(pa.array(fresh_src)).drop_columns([OFFSET])
+        # (filters only when needed: a no-op filter is the priciest step of a small batch)
+        raw = (events if fresh_src.all() else events.filter(pa.array(fresh_src))).drop_columns([OFFSET])
         raw = raw.append_column(PARTITION, pa.array(np.full(raw.num_rows, partition, dtype=np.int64)))
         raw = raw.append_column(OFFSET, pa.array(offsets[fresh_src]))
     body = events.drop_columns([OFFSET])
@@ -201,7 +206,7 @@ def process_batch(
             STATS.inc("before_cutover_events", src.name, int((~keep & fresh_src).sum()))
         if view.online:
             STATS.inc("duplicate_events", src.name, int(((offsets <= on_fence) & keep).sum()))
-        on_rows = apply_transform(view, body.filter(pa.array(on_mask))) if on_mask.any() else None
+        on_rows = apply_transform(view, _take(body, on_mask)) if on_mask.any() else None
         if on_rows is None and view.online and online_token and last > on_fence:
             on_rows = apply_transform(view, body.slice(0, 0))  # nothing new: still advance the fence
         off_rows = None
@@ -209,7 +214,7 @@ def process_batch(
             if on_rows is not None and np.array_equal(on_mask, off_mask):
                 off_rows = on_rows  # the common case: one transform serves both
             else:
-                off_rows = apply_transform(view, body.filter(pa.array(off_mask)))
+                off_rows = apply_transform(view, _take(body, off_mask))
             # Tag with the batch's last offset: a transform may drop or reshape rows, but each
             # batch is appended whole, so max(_offset) per partition is the exact offline fence.
             n = off_rows.num_rows
@@ -282,6 +287,10 @@ class OfflineWriter:
         if t.num_rows == 0:
             return above
         return max(above, int(pc.max(t.column(OFFSET)).as_py()))
+
+
+def _take(table: pa.Table, mask: np.ndarray) -> pa.Table:
+    return table if mask.all() else table.filter(pa.array(mask))
 
 
 def concat(tables: list[pa.Table]) -> pa.Table:

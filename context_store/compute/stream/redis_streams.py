@@ -264,15 +264,14 @@ class RedisStreamLog:
     def set_offline_mark(self, table: str, partition: int, offset: int) -> None:
         self.r.hset(self.offline_key, f"{table}|{partition}", offset)
 
+    @staticmethod
+    def applied_message(applied: dict[tuple[str, int], int]) -> str:
+        """One announcement for a worker round: ``source|partition|offset`` lines."""
+        return "\n".join(f"{source}|{p}|{off}" for (source, p), off in applied.items())
+
     def announce(self, applied: dict[tuple[str, int], int]) -> None:
-        if len(applied) == 1:
-            ((source, p), off), = applied.items()
-            self.r.publish(self.applied_channel, f"{source}|{p}|{off}")
-        elif applied:
-            pipe = self.r.pipeline(transaction=False)
-            for (source, p), off in applied.items():
-                pipe.publish(self.applied_channel, f"{source}|{p}|{off}")
-            pipe.execute()
+        if applied:
+            self.r.publish(self.applied_channel, self.applied_message(applied))
 
     def close(self) -> None:
         self.r.close()
@@ -305,25 +304,28 @@ class AppliedWaiter:
                 continue
             if not msg or msg.get("type") != "message":
                 continue
-            try:
-                source, p, off = msg["data"].decode().rsplit("|", 2)
-                key, value = (source, int(p)), int(off)
-            except ValueError:
-                continue
-            with self._lock:
-                if value <= self._seen.get(key, -1):
+            for line in msg["data"].decode().split("\n"):
+                try:
+                    source, p, off = line.rsplit("|", 2)
+                    self._seen_offset((source, int(p)), int(off))
+                except ValueError:
                     continue
-                self._seen[key] = value
-                waiting = self._waiting.get(key)
-                if not waiting:
-                    continue
-                keep = []
-                for off_ev in waiting:
-                    if off_ev[0] <= value:
-                        off_ev[1].set()
-                    else:
-                        keep.append(off_ev)
-                self._waiting[key] = keep
+
+    def _seen_offset(self, key: tuple[str, int], value: int) -> None:
+        with self._lock:
+            if value <= self._seen.get(key, -1):
+                return
+            self._seen[key] = value
+            waiting = self._waiting.get(key)
+            if not waiting:
+                return
+            keep = []
+            for off_ev in waiting:
+                if off_ev[0] <= value:
+                    off_ev[1].set()
+                else:
+                    keep.append(off_ev)
+            self._waiting[key] = keep
 
     def wait(self, source: str, offsets: dict[int, int], timeout: float) -> bool:
         """True once every partition's announced offset reaches ``offsets`` (False on timeout)."""

@@ -24,7 +24,8 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,7 @@ from . import online_adapter
 from .cutover import load_cutovers
 from .processor import (
     OFFSET,
+    Batch,
     OfflineWriter,
     PartitionState,
     SourcePlan,
@@ -55,6 +57,29 @@ log = logging.getLogger("context_store.stream.worker")
 Part = tuple[str, int]
 
 
+def _background_priority() -> None:
+    """The offline flush may lag; applying online must not: on a busy machine the scheduler
+    should prefer the applying thread (Linux: a thread's own nice value)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):  # not Linux / not permitted: plain priority
+        pass
+
+
+@dataclass
+class _Step:
+    """One partition's share of a worker round, between transform and commit."""
+
+    part: Part
+    state: PartitionState
+    plan: SourcePlan
+    ids: list[bytes]
+    last: int                     # offset of the last entry read
+    applies: list[tuple[Any, pa.Table, int, int, int]] = field(default_factory=list)  # view, rows, p, offset, fence
+    batch: Batch | None = None
+    n: int = 0
+
+
 class StreamWorker:
     """One consumer. ``step()`` does one read/apply round; ``run(stop)`` loops until ``stop`` is set."""
 
@@ -69,7 +94,6 @@ class StreamWorker:
         flush_interval: float = 1.0,
         flush_rows: int = 100_000,
         transient: bool = False,
-        parallel: int = 4,
     ) -> None:
         if not store.config.is_redis:
             raise ContextStoreError("stream workers need a Redis online store (online_store: redis://...)",
@@ -100,11 +124,9 @@ class StreamWorker:
         self.processed = 0
         self.writer = OfflineWriter(store.offline)
         self._appends: dict[str, int] = {}
-        self._flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cs-stream-flush")
+        self._flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cs-stream-flush",
+                                           initializer=_background_priority)
         self._flushing: Future[None] | None = None
-        self.parallel = parallel
-        self._pool = ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="cs-stream-part")
-        self._count_lock = threading.Lock()
         self.compact_every = 100
 
     def _plans(self) -> dict[str, SourcePlan]:
@@ -191,7 +213,7 @@ class StreamWorker:
             STATS.inc("claimed_events", source, len(pending))
             log.info("worker %s took %s/%d with %d pending entries", self.name, source, p, len(pending))
             for i in range(0, len(pending), self.count):
-                self._process(part, pending[i : i + self.count])
+                self._process([(part, pending[i : i + self.count])])
 
     @property
     def _wm_key(self) -> str:
@@ -243,38 +265,74 @@ class StreamWorker:
             return None
         return concat(tables)
 
-    def _apply(self, view: Any, rows: pa.Table, partition: int, offset: int | None) -> None:
-        online_adapter.apply(self.store, view, rows, partition, offset)
-        STATS.inc("applied_events", view.source.name, rows.num_rows)
-
-    def _process(self, part: Part, entries: list[Any]) -> None:
+    def _prepare(self, part: Part, entries: list[Any], cutovers: dict[str, int]) -> _Step | None:
+        """Decode and transform one partition's entries; collect (not yet apply) its online rows."""
         state = self.owned.get(part)
         if state is None:
-            return
+            return None
         plan = self.plans[part[0]]
-        ids = [e[0] for e in entries]
+        step = _Step(part, state, plan, [e[0] for e in entries], id_to_offset(entries[-1][0]))
         events = self._decode(plan, entries)
         if events is not None:
-            batch = process_batch(plan, events, part[1], state, self._apply, self._cutovers)
-            if plan.recent:
-                append_recent(self.store, plan, batch.offline.get(f"src__{plan.source.name}", []))
-            update_embeddings(self.store, plan, batch.offline.get(f"src__{plan.source.name}", []))
-            with self._count_lock:  # partitions may be processed on parallel threads
-                if self.owned.get(part) is not state:
-                    return  # dropped meanwhile (lease lost / reset): the successor replays these entries
-                buf = self._buffers.setdefault(part, {})
-                for table, rows in batch.offline.items():
-                    buf.setdefault(table, []).extend(rows)
-                    if table.startswith("src__"):
-                        self._buffered_rows += sum(t.num_rows for t in rows)
-                self.processed += events.num_rows
-        with self._count_lock:
-            self._unacked.setdefault(part, []).extend(ids)
+            before = dict(state.applied)
 
-    def _process_and_announce(self, part: Part, entries: list[Any]) -> None:
-        self._process(part, entries)
-        # Wake pushers waiting for read-after-write now, not after the other partitions.
-        self.log.announce({part: id_to_offset(entries[-1][0])})
+            def collect(view: Any, rows: pa.Table, partition: int, offset: int | None) -> None:
+                step.applies.append((view, rows, partition, int(offset if offset is not None else -1),
+                                     before.get(view.name, -1)))
+
+            step.batch = process_batch(plan, events, part[1], state, collect, cutovers)
+            step.n = events.num_rows
+        return step
+
+    def _commit(self, steps: list[_Step]) -> None:
+        """Every partition's online rows of this round in one atomic commit (per view: its rows
+        from all partitions, CAS'd against each partition's fence), which also announces the
+        applied offsets to waiting pushers. If a fence moved meanwhile (another owner, a
+        cut-over), fall back to one ``apply_events`` per view and partition (re-reads offsets)."""
+        by_view: dict[str, tuple[Any, list[pa.Table], list[tuple[int, int, int]], bool]] = {}
+        for st in steps:
+            for view, rows, p, off, before in st.applies:
+                b = by_view.setdefault(view.name, (view, [], [], view.name in st.plan.shared))
+                b[1].append(rows)
+                b[2].append((p, off, before))
+        notify = (self.log.applied_channel, self.log.applied_message({st.part: st.last for st in steps}))
+        batches = [(v, concat(rows), toks, guard) for v, rows, toks, guard in by_view.values()]
+        if not batches:
+            self.log.announce({st.part: st.last for st in steps})
+            return
+        if not online_adapter.apply_many(self.store, batches, notify):
+            for st in steps:
+                for view, rows, p, off, _ in st.applies:
+                    online_adapter.apply(self.store, view, rows, p, off, guard=view.name in st.plan.shared)
+            self.log.announce({st.part: st.last for st in steps})
+        for st in steps:
+            for view, rows, *_ in st.applies:
+                STATS.inc("applied_events", view.source.name, rows.num_rows)
+
+    def _finish(self, st: _Step) -> None:
+        """After the commit: recent-events lists, embeddings, rows for the offline log, acks."""
+        if st.batch is not None:
+            raw = st.batch.offline.get(f"src__{st.plan.source.name}", [])
+            if st.plan.recent:
+                append_recent(self.store, st.plan, raw)
+            update_embeddings(self.store, st.plan, raw)
+            if self.owned.get(st.part) is not st.state:
+                return  # dropped meanwhile (lease lost / reset): the successor replays these entries
+            buf = self._buffers.setdefault(st.part, {})
+            for table, rows in st.batch.offline.items():
+                buf.setdefault(table, []).extend(rows)
+                if table.startswith("src__"):
+                    self._buffered_rows += sum(t.num_rows for t in rows)
+            self.processed += st.n
+        self._unacked.setdefault(st.part, []).extend(st.ids)
+
+    def _process(self, work: list[tuple[Part, list[Any]]]) -> None:
+        cutovers = self._cutovers
+        steps = [st for part, entries in work if (st := self._prepare(part, entries, cutovers)) is not None]
+        if steps:
+            self._commit(steps)
+            for st in steps:
+                self._finish(st)
 
     @property
     def _cutovers(self) -> dict[str, int]:
@@ -363,15 +421,8 @@ class StreamWorker:
         keys = [self.key(p) for p in sorted(self.owned)]
         res = self.log.read(self.name, keys, self.count, self.block_ms)
         work = [(self._by_key[k if isinstance(k, bytes) else k.encode()], entries) for k, entries in res if entries]
-        if len(work) > 1 and self.parallel > 1:
-            # Partitions are independent: overlap their Redis round trips (I/O releases the GIL).
-            futs = [self._pool.submit(self._process_and_announce, part, entries) for part, entries in work]
-            wait(futs)  # all of them, even when one failed: a reset must not race a running batch
-            for f in futs:
-                f.result()
-        else:
-            for part, entries in work:
-                self._process_and_announce(part, entries)
+        if work:
+            self._process(work)
         n = sum(len(e) for _, e in work)
         if self._buffered_rows >= 4 * self.flush_rows:
             self.flush()  # the flusher cannot keep up: wait for it
@@ -413,7 +464,7 @@ class StreamWorker:
                 res = self.log.read(self.name, [self.key(part)], self.count, 0)
                 if not res or not res[0][1]:
                     break
-                self._process(part, res[0][1])
+                self._process([(part, res[0][1])])
         self.flush()
         return ok
 
@@ -422,7 +473,6 @@ class StreamWorker:
             self.flush()
         finally:
             self._flusher.shutdown(wait=True)
-            self._pool.shutdown(wait=True)
             for part in list(self.owned):
                 self.log.release_lease(*part, self.name)
             self.owned.clear()

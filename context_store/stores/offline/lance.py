@@ -146,6 +146,9 @@ class LanceOfflineStore:
         if data.num_rows == 0:
             return 0
         conformed = self._conform(tbl, data)
+        if conformed.num_columns and conformed.column(0).num_chunks > 1:
+            # Stream flushes are many one-event tables: Lance writes a contiguous batch ~4x faster.
+            conformed = conformed.combine_chunks()
         self._retry(lambda: tbl.add(conformed))
         return data.num_rows
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from ...errors import UnavailableError
@@ -19,14 +20,27 @@ from .base import BaseOnlineStore, Ops
 __all__ = ["RedisOnlineStore"]
 
 # KEYS[1] offsets hash, KEYS[2..] entity hashes.
-# ARGV: cas_field ('' = none), expected ('' = unset), new, then per entity key:
+# ARGV: ncas, (field, expected ('' = unset), new)*, nguards, (key index, field, expected)*,
+#   notify channel ('' = none), message, then per entity key:
 #   nsets, (f, v)*, nappends, (f, v)*, ndels, f*, expire_ms (-1 persist, 0 leave as is)
+# Checks first (nothing is written unless every offset and guard holds), then writes, then
+# the offsets and the notification (pushers waiting for read-after-write).
 _COMMIT = """
-if ARGV[1] ~= '' then
-  local cur = redis.call('HGET', KEYS[1], ARGV[1])
-  if (cur or '') ~= ARGV[2] then return 0 end
+local a = 1
+local ncas = tonumber(ARGV[a]); a = a + 1
+for i = 1, ncas do
+  if (redis.call('HGET', KEYS[1], ARGV[a]) or '') ~= ARGV[a + 1] then return 0 end
+  a = a + 3
 end
-local a = 4
+local ng = tonumber(ARGV[a]); local g0 = a + 1; a = a + 1
+for i = 1, ng do
+  if (redis.call('HGET', KEYS[tonumber(ARGV[a])], ARGV[a + 1]) or '') ~= ARGV[a + 2] then return 0 end
+  a = a + 3
+end
+local chan, msg = ARGV[a], ARGV[a + 1]; a = a + 2
+for i = 0, ng - 1 do  -- before the writes: a new key then still gets its expiry below
+  redis.call('HINCRBY', KEYS[tonumber(ARGV[g0 + 3 * i])], ARGV[g0 + 3 * i + 1], 1)
+end
 local function batched(cmd, key, args)
   for i = 1, #args, 4000 do
     redis.call(cmd, key, unpack(args, i, math.min(i + 3999, #args)))
@@ -62,7 +76,8 @@ for k = 2, #KEYS do
     end
   end
 end
-if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
+for i = 0, ncas - 1 do redis.call('HSET', KEYS[1], ARGV[2 + 3 * i], ARGV[4 + 3 * i]) end
+if chan ~= '' then redis.call('PUBLISH', chan, msg) end
 return 1
 """
 _CHUNK_KEYS = 500
@@ -330,12 +345,21 @@ class RedisOnlineStore(BaseOnlineStore):
         out.append(b"$%d\r\n%b\r\n" % (len(e), e))
         return n, b"".join(out)
 
-    def _commit(self, ops: Ops, cas: tuple[str, str | None, str] | None) -> bool:
+    def _commit(self, ops: Ops, cas: Sequence[tuple[str, str | None, str]] = (),
+                notify: tuple[str, str] | None = None) -> bool:
         keys = ops.keys()
         try:
-            if cas is not None:  # one atomic script for the whole batch
+            if cas or ops.guards or notify:  # one atomic script for the whole batch
                 head = [str(len(keys) + 1).encode(), self._offsets.encode()] + [self._k(k).encode() for k in keys]
-                head += [cas[0].encode(), (cas[1] or "").encode(), cas[2].encode()]
+                head.append(str(len(cas)).encode())
+                for field, expected, new in cas:
+                    head += [field.encode(), (expected or "").encode(), new.encode()]
+                guards = [(str(i + 2).encode(), f.encode(), (v or "").encode())
+                          for i, k in enumerate(keys) for f, v in ops.guards.get(k, {}).items()]
+                head.append(str(len(guards)).encode())
+                for g in guards:
+                    head += g
+                head += [notify[0].encode(), notify[1].encode()] if notify else [b"", b""]
                 body = [self._args_resp(ops, k) for k in keys]
                 return bool(self._eval_packed(_COMMIT, head, [b for _, b in body], sum(c for c, _ in body)))
             with self._wlock:
@@ -375,7 +399,7 @@ class RedisOnlineStore(BaseOnlineStore):
         for i in range(0, len(keys), _CHUNK_KEYS):
             part = keys[i : i + _CHUNK_KEYS]
             head = [b"EVALSHA", sha, str(len(part) + 1).encode(), self._offsets.encode()] + [self._k(k).encode() for k in part]
-            head += [b"", b"", b""]
+            head += [b"0", b"0", b"", b""]  # no offsets, no guards, no notification
             body = [self._args_resp(ops, k) for k in part]
             n_args = len(head) + sum(c for c, _ in body)
             cmds.append(_resp(head, n_args) + b"".join(b for _, b in body))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from ...errors import UnavailableError
@@ -69,15 +70,30 @@ class SqliteOnlineStore(BaseOnlineStore):
         c = self._conn()
         return [[r[0] for r in c.execute("SELECT f FROM kv WHERE k = ?", (k,))] for k in keys]
 
-    def _commit(self, ops: Ops, cas: tuple[str, str | None, str] | None) -> bool:
+    def _commit(self, ops: Ops, cas: Sequence[tuple[str, str | None, str]] = (),
+                notify: tuple[str, str] | None = None) -> bool:
+        # notify: nothing to publish to; in-process pushers see the commit when this returns.
         c = self._conn()
         c.execute("BEGIN IMMEDIATE")
         try:
-            if cas is not None:
-                row = c.execute("SELECT v FROM offsets WHERE f = ?", (cas[0],)).fetchone()
-                if (row[0] if row else None) != cas[1]:
+            for field, expected, _ in cas:
+                row = c.execute("SELECT v FROM offsets WHERE f = ?", (field,)).fetchone()
+                if (row[0] if row else None) != expected:
                     c.execute("ROLLBACK")
                     return False
+            bumps = []
+            for k, fv in ops.guards.items():
+                for f, expected in fv.items():
+                    row = c.execute("SELECT v FROM kv WHERE k = ? AND f = ?", (k, f)).fetchone()
+                    cur = bytes(row[0]).decode() if row else None
+                    if cur != expected:
+                        c.execute("ROLLBACK")
+                        return False
+                    bumps.append((k, f, str(int(cur or 0) + 1).encode()))
+            if bumps:
+                c.executemany(
+                    "INSERT INTO kv (k, f, v) VALUES (?, ?, ?) ON CONFLICT (k, f) DO UPDATE SET v = excluded.v", bumps
+                )
             if ops.sets:
                 c.executemany(
                     "INSERT INTO kv (k, f, v) VALUES (?, ?, ?) ON CONFLICT (k, f) DO UPDATE SET v = excluded.v",
@@ -95,9 +111,10 @@ class SqliteOnlineStore(BaseOnlineStore):
                 )
             if ops.dels:
                 c.executemany("DELETE FROM kv WHERE k = ? AND f = ?", [(k, f) for k, fs in ops.dels.items() for f in fs])
-            if cas is not None:
-                c.execute(
-                    "INSERT INTO offsets (f, v) VALUES (?, ?) ON CONFLICT (f) DO UPDATE SET v = excluded.v", (cas[0], cas[2])
+            if cas:
+                c.executemany(
+                    "INSERT INTO offsets (f, v) VALUES (?, ?) ON CONFLICT (f) DO UPDATE SET v = excluded.v",
+                    [(field, new) for field, _, new in cas],
                 )
             c.execute("COMMIT")
             return True
