@@ -56,7 +56,10 @@ def test_push_with_live_worker_is_visible_on_return(rstore) -> None:
             res = rstore.push("transactions", [event("u1", i, 2.0)])
             assert res.visible
             assert _vals(rstore, "u1")["txn_stats.amount_count_1d"] == i + 1  # read-after-write
-        time.sleep(0.5)
+        deadline = time.time() + 15  # the offline log follows about once a second
+        while time.time() < deadline and not all(rstore.offline.exists(t) and rstore.offline.count(t) == 20
+                                                 for t in ("fv__txn_stats", "src__transactions")):
+            time.sleep(0.1)
         assert rstore.offline.count("src__transactions") == 20
         assert rstore.offline.count("fv__txn_stats") == 20
     finally:

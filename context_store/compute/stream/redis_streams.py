@@ -134,6 +134,11 @@ class RedisStreamLog:
     def offline_key(self) -> str:
         return f"cs:{self.workspace}:stream:offline"
 
+    @property
+    def watermark_key(self) -> str:
+        """Hash ``source|partition`` -> event-time watermark (µs) as of the last flush."""
+        return f"cs:{self.workspace}:stream:watermark"
+
     def key_patterns(self) -> list[str]:
         """Every key this workspace's streams use (tests delete them)."""
         return [f"cs:{self.workspace}:{{s:*", f"cs:{self.workspace}:stream:*"]

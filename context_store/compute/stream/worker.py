@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,7 @@ from ...definitions import StreamSource
 from ...errors import ContextStoreError, DefinitionError, NotFoundError
 from . import online_adapter
 from .cutover import load_cutovers
+from .flusher import Flusher, FlushJob
 from .processor import (
     OFFSET,
     Batch,
@@ -55,15 +56,6 @@ __all__ = ["StreamWorker", "run_workers", "WorkerPool"]
 
 log = logging.getLogger("context_store.stream.worker")
 Part = tuple[str, int]
-
-
-def _background_priority() -> None:
-    """The offline flush may lag; applying online must not: on a busy machine the scheduler
-    should prefer the applying thread (Linux: a thread's own nice value)."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-    except (AttributeError, OSError):  # not Linux / not permitted: plain priority
-        pass
 
 
 @dataclass
@@ -122,12 +114,9 @@ class StreamWorker:
         self._last_flush = time.monotonic()
         self._last_balance = 0.0
         self.processed = 0
-        self.writer = OfflineWriter(store.offline)
-        self._appends: dict[str, int] = {}
-        self._flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cs-stream-flush",
-                                           initializer=_background_priority)
-        self._flushing: Future[None] | None = None
-        self.compact_every = 100
+        self.writer = OfflineWriter(store.offline)  # marks of acquired partitions (reads only)
+        self._flusher = Flusher(store.offline, self.log)
+        self._flushing: Future[dict[str, int]] | None = None
 
     def _plans(self) -> dict[str, SourcePlan]:
         return {
@@ -204,7 +193,7 @@ class StreamWorker:
                 state.offline[view.name] = self.writer.mark(table, p, self.log.offline_marks(table, p))
         table = f"src__{source}"
         state.offline["src"] = self.writer.mark(table, p, self.log.offline_marks(table, p))
-        wm = self.log.r.hget(self._wm_key, f"{source}|{p}")
+        wm = self.log.r.hget(self.log.watermark_key, f"{source}|{p}")
         state.watermark_us = int(wm) if wm else None
         self.owned[part] = state
         self._unacked.setdefault(part, [])
@@ -214,10 +203,6 @@ class StreamWorker:
             log.info("worker %s took %s/%d with %d pending entries", self.name, source, p, len(pending))
             for i in range(0, len(pending), self.count):
                 self._process([(part, pending[i : i + self.count])])
-
-    @property
-    def _wm_key(self) -> str:
-        return f"cs:{self.store.config.workspace}:stream:watermark"
 
     def release(self, part: Part) -> None:
         self.flush()
@@ -320,7 +305,13 @@ class StreamWorker:
                 return  # dropped meanwhile (lease lost / reset): the successor replays these entries
             buf = self._buffers.setdefault(st.part, {})
             for table, rows in st.batch.offline.items():
-                buf.setdefault(table, []).extend(rows)
+                pending = buf.setdefault(table, [])
+                pending.extend(rows)
+                if len(pending) >= 64:
+                    # Merge small batches as they come: a flush of thousands of one-event tables
+                    # spends tens of ms holding the GIL (concat, pickling, freeing them at once),
+                    # which stalls the applying thread: that was the whole freshness tail.
+                    buf[table] = [concat(pending).combine_chunks()]
                 if table.startswith("src__"):
                     self._buffered_rows += sum(t.num_rows for t in rows)
             self.processed += st.n
@@ -338,7 +329,7 @@ class StreamWorker:
     def _cutovers(self) -> dict[str, int]:
         return {v: c.ts_us for v, c in load_cutovers(self.store.config).items()}
 
-    def _snapshot(self) -> tuple[dict[str, list[pa.Table]], dict[str, int], dict[str, int], dict[Part, list[bytes]]]:
+    def _snapshot(self) -> FlushJob:
         """Take the buffered rows, marks, watermarks and entry ids to flush (processing goes on)."""
         by_table: dict[str, list[pa.Table]] = {}
         for buf in self._buffers.values():
@@ -352,66 +343,35 @@ class StreamWorker:
                 marks[f"{table}|{p}"] = off
             if state.watermark_us is not None:
                 wms[f"{source}|{p}"] = state.watermark_us
-        unacked = {part: ids for part, ids in self._unacked.items() if ids}
+        acks = {self.key(part): ids for part, ids in self._unacked.items() if ids}
         self._buffers = {}
         self._unacked = {part: [] for part in self._unacked}
         self._buffered_rows = 0
-        return by_table, marks, wms, unacked
-
-    def _write(self, by_table: dict[str, list[pa.Table]], marks: dict[str, int], wms: dict[str, int],
-               unacked: dict[Part, list[bytes]]) -> None:
-        # Views first, raw events last; each table's marks right after its append (they only
-        # matter for tables without offset columns, whose replays they fence). Acks come last:
-        # until then the entries stay pending and a successor replays them.
-        for table in sorted(by_table, key=lambda t: t.startswith("src__")):
-            rows = concat(by_table[table])
-            self.writer.append(table, rows)
-            self._maybe_compact(table)
-            if table.startswith("src__"):
-                STATS.inc("offline_events", table[5:], rows.num_rows)
-            mine = {k: v for k, v in marks.items() if k.startswith(table + "|")}
-            if mine:
-                self.log.r.hset(self.log.offline_key, mapping=mine)
-        pipe = self.log.r.pipeline(transaction=False)
-        if marks:
-            pipe.hset(self.log.offline_key, mapping=marks)
-        if wms:
-            pipe.hset(self._wm_key, mapping=wms)
-        for part, ids in unacked.items():
-            pipe.xack(self.key(part), "cs-workers", *ids)
-        pipe.execute()
-        for part in unacked:
-            self.log.trim_acked(self.key(part))
+        return by_table, marks, wms, acks
 
     def flush(self) -> None:
-        """Append buffered rows offline, record the marks, then acknowledge the entries (inline)."""
+        """Append buffered rows offline, record the marks, then acknowledge the entries (waits)."""
         self._wait_flush()
         self._last_flush = time.monotonic()
         if self._buffers or any(self._unacked.values()):
-            self._write(*self._snapshot())
+            self._flushing = self._flusher.submit(self._snapshot())
+            self._wait_flush()
 
     def _flush_background(self) -> None:
-        """Same as ``flush`` on the flusher thread, so a slow Lance commit never stalls applying."""
+        """The same without waiting (``flusher.py``), so a slow Lance commit never stalls applying."""
         if self._flushing is not None and not self._flushing.done():
             return  # the previous one is still writing: keep buffering (back-pressure via flush_rows)
         self._wait_flush()
         self._last_flush = time.monotonic()
         if self._buffers or any(self._unacked.values()):
-            self._flushing = self._flusher.submit(self._write, *self._snapshot())
+            self._flushing = self._flusher.submit(self._snapshot())
 
     def _wait_flush(self) -> None:
         f, self._flushing = self._flushing, None
         if f is not None:
-            f.result()  # re-raises a failed write: the entries stay pending, nothing is lost
-
-    def _maybe_compact(self, table: str) -> None:
-        """Stream appends are small: merge their files now and then so reads stay fast."""
-        n = self._appends[table] = self._appends.get(table, 0) + 1
-        if n % self.compact_every == 0:
-            try:
-                self.store.offline.compact(table)
-            except Exception as e:  # noqa: BLE001 - a concurrent commit; the next round retries
-                log.info("compaction of %s skipped: %s", table, e)
+            # re-raises a failed write: the entries stay pending, nothing is lost
+            for source, n in f.result().items():
+                STATS.inc("offline_events", source, n)
 
     def step(self) -> int:
         """One round: rebalance when due, read, apply, flush when due. Returns entries read."""
@@ -472,7 +432,7 @@ class StreamWorker:
         try:
             self.flush()
         finally:
-            self._flusher.shutdown(wait=True)
+            self._flusher.close()
             for part in list(self.owned):
                 self.log.release_lease(*part, self.name)
             self.owned.clear()
