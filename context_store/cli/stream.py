@@ -91,8 +91,12 @@ def worker(threads: int, sources: tuple[str, ...], batch: int, flush_interval: f
 
     Needs a Redis online store. Stops cleanly on Ctrl-C / SIGTERM (flushes, releases partitions).
     """
+    import logging
+
     from ..compute.stream.worker import run_workers
 
+    if not logging.getLogger().handlers:  # a worker's partition moves and replays belong in its log
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     store = store_from_ctx()
     if not store.config.is_redis:
         raise click.ClickException(

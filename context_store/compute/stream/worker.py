@@ -113,6 +113,7 @@ class StreamWorker:
         self._buffered_rows = 0
         self._last_flush = time.monotonic()
         self._last_balance = 0.0
+        self._short = True
         self.processed = 0
         self.writer = OfflineWriter(store.offline)  # marks of acquired partitions (reads only)
         self._flusher = Flusher(store.offline, self.log)
@@ -179,6 +180,9 @@ class StreamWorker:
                 break
             if part not in self.owned and self.log.try_lease(*part, self.name, self.lease_ms):
                 self.acquire(part)
+        # Short of a fair share (just joined: others release theirs at their next rebalance):
+        # look again soon, so a moved partition is unowned for ~0.1 s rather than a second.
+        self._short = len(self.owned) < share
 
     def acquire(self, part: Part) -> None:
         """Take a partition: load fences, replay the previous owner's pending entries first."""
@@ -376,7 +380,7 @@ class StreamWorker:
     def step(self) -> int:
         """One round: rebalance when due, read, apply, flush when due. Returns entries read."""
         now = time.monotonic()
-        if now - self._last_balance > self.lease_ms / 3000:
+        if now - self._last_balance > (0.1 if self._short else self.lease_ms / 3000):
             self.rebalance()
         keys = [self.key(p) for p in sorted(self.owned)]
         res = self.log.read(self.name, keys, self.count, self.block_ms)
