@@ -281,6 +281,29 @@ def test_apply_many_is_one_atomic_commit(store: BaseOnlineStore) -> None:
         assert_same(["sum", "count"], store.read_features([(a, key(u))], NOW)[0].values, expected(a, ev, u, NOW))  # type: ignore[arg-type]
 
 
+def test_recent_appends_are_fenced_per_partition(store: BaseOnlineStore) -> None:
+    """Recent-events appends commit with their own applied offset: a replay appends nothing."""
+    from context_store.stores.online.base import ApplyItem, RecentItem
+
+    a = agg_state(None, [cs.Aggregate("amount", "count", "1d")])
+    ev = events(6, seed=5, users=("u1",))
+    rows = [{"user_id": "u1", "i": i} for i in range(5)]
+    first = RecentItem("txns", "0", "10", None, {key("u1"): (rows[:3], 4)})
+    assert store.apply_many([ApplyItem(a, table(ev, 0, 3), [("0", "10", None)])], recent=[first], now_us=NOW)
+    assert store.read_recent("txns", key("u1"), 10) == rows[:3]
+    assert store.applied_offset(store.recent_fence("txns"), "0") == "10"
+    # the same batch again (a replay with a stale fence): nothing written, lists unchanged
+    assert not store.apply_many([], recent=[first], now_us=NOW)
+    assert not store.append_recent_once(first)
+    assert store.read_recent("txns", key("u1"), 10) == rows[:3]
+    # the next batch: appended and capped at 4, oldest first
+    assert store.append_recent_once(RecentItem("txns", "0", "12", "10", {key("u1"): (rows[3:], 4)}))
+    assert store.read_recent("txns", key("u1"), 10) == rows[1:]
+    # recent appends alone (no view rows) are one commit too; another partition is independent
+    assert store.apply_many([], recent=[RecentItem("txns", "1", "3", None, {key("u2"): ([{"x": 1}], 4)})], now_us=NOW)
+    assert store.read_recent("txns", key("u2"), 10) == [{"x": 1}]
+
+
 @pytest.mark.parametrize("kind", ["tiles", "rows"])
 def test_guarded_concurrent_writers_lose_nothing(store: BaseOnlineStore, kind: str) -> None:
     """Writers of the same entities from different partitions (a view keyed by another column

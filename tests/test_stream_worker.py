@@ -44,6 +44,41 @@ def _expected_counts(rows: list[dict]) -> dict[str, int]:
     return out
 
 
+def _flaky_commits(online, before: tuple[int, ...], after: tuple[int, ...]) -> dict:
+    """Make ``online._commit`` fail on the given calls: before writing, or after (reply lost)."""
+    real = online._commit
+    calls = {"n": 0, "real": real}
+
+    def flaky(ops, cas=(), notify=None):
+        calls["n"] += 1
+        if calls["n"] in before:
+            raise ConnectionError("injected failure")
+        ok = real(ops, cas, notify)
+        if calls["n"] in after:
+            raise ConnectionError("injected failure after the commit")
+        return ok
+
+    online._commit = flaky
+    return calls
+
+
+def _run_until_drained(store, worker: StreamWorker, seconds: float = 30) -> None:
+    """Run ``worker`` on a thread until every stream entry is applied and acknowledged."""
+    stop = threading.Event()
+    t = threading.Thread(target=worker.run, args=(stop,))
+    t.start()
+    try:
+        log = _stream_log(store)
+        keys = [log.stream_key("transactions", p) for p in range(4)]
+        deadline = time.time() + seconds
+        while time.time() < deadline and log.lag(keys):
+            time.sleep(0.1)
+        assert log.lag(keys) == 0
+    finally:
+        stop.set()
+        t.join(10)
+
+
 def test_push_with_live_worker_is_visible_on_return(rstore) -> None:
     stop = threading.Event()
     pool = run_workers(rstore, 1, stop, flush_interval=0.2)
@@ -205,37 +240,14 @@ def test_failure_mid_batch_is_replayed_exactly_once(rstore) -> None:
     from context_store.compute.stream import ingest
 
     online = rstore.online
-    real = online._commit
-    calls = {"n": 0}
-
-    def flaky(ops, cas=(), notify=None):
-        calls["n"] += 1
-        if calls["n"] in (4, 9, 14):
-            raise ConnectionError("injected failure")
-        ok = real(ops, cas, notify)
-        if calls["n"] in (6, 11):  # committed, but the reply is lost
-            raise ConnectionError("injected failure after the commit")
-        return ok
-
-    online._commit = flaky
+    calls = _flaky_commits(online, before=(4, 9, 14), after=(6, 11))
     rows = _events(600)
     for i in range(0, 600, 20):
         ingest.push(rstore, "transactions", rows[i : i + 20], wait=False)
-    stop = threading.Event()
-    w = StreamWorker(rstore, name="flaky", flush_interval=0.1, count=5)
-    t = threading.Thread(target=w.run, args=(stop,))
-    t.start()
     try:
-        deadline = time.time() + 30
-        log = _stream_log(rstore)
-        keys = [log.stream_key("transactions", p) for p in range(4)]
-        while time.time() < deadline and log.lag(keys):
-            time.sleep(0.1)
-        assert log.lag(keys) == 0
+        _run_until_drained(rstore, StreamWorker(rstore, name="flaky", flush_interval=0.1, count=5))
     finally:
-        stop.set()
-        t.join(10)
-        online._commit = real
+        online._commit = calls["real"]
     assert calls["n"] > 14  # all injected failures happened
     for user, n in _expected_counts(rows).items():
         assert _vals(rstore, user)["txn_stats.amount_count_1d"] == n
@@ -321,4 +333,40 @@ merchants = cs.FeatureService("merchants", [merchant_stats])
         assert got["merchant_stats.amount_sum_1d"] == pytest.approx(sum(mine))
     for user, n in _expected_counts(rows).items():
         assert _vals(store, user)["txn_stats.amount_count_1d"] == n
+    store.close()
+
+
+def test_recent_events_lists_exactly_once_across_failures(tmp_path: Path, redis_url: str, workspace_name: str,
+                                                           redis_cleanup: list[str]) -> None:
+    """A context service's recent-events lists commit with the round (fenced per partition): commits
+    that fail, and commits that succeed but whose reply is lost, are replayed without duplicates."""
+    from context_store.compute.stream import ingest
+    from context_store.stores.online.codec import entity_key
+    from tests.fixtures_stream import REPO, events_table
+    from tests.helpers import make_repo
+
+    import context_store as cs
+
+    redis_cleanup.extend([f"cs:{workspace_name}:*", f"*{workspace_name}*"])
+    code = REPO.format(partitions=4, lateness="1h", interval="") + """
+ctx = cs.ContextService("ctx", entity=user, features=[txn_stats], recent_events=(txns, 50))
+"""
+    make_repo(tmp_path / "repo", code, data={"txns.parquet": events_table([])})
+    store = cs.ContextStore(tmp_path / "repo", workspace=workspace_name, online_store=redis_url)
+    store.apply(force=True)
+    online = store.online
+    calls = _flaky_commits(online, before=(3, 8), after=(5, 11, 12))
+    rows = _events(400, users=10)
+    for i in range(0, len(rows), 10):
+        ingest.push(store, "transactions", rows[i : i + 10], wait=False)
+    try:
+        _run_until_drained(store, StreamWorker(store, name="flaky-recent", flush_interval=0.1, count=7))
+    finally:
+        online._commit = calls["real"]
+    assert calls["n"] > 12
+    for u in range(10):
+        mine = [r for r in rows if r["user_id"] == f"u{u}"]
+        got = online.read_recent("transactions", entity_key(["user_id"], [f"u{u}"]), 100)
+        assert [g["amount"] for g in got] == [r["amount"] for r in mine]  # all 40: none twice
+        assert [g["ts"] for g in got] == [r["ts"].isoformat() for r in mine]
     store.close()

@@ -46,7 +46,7 @@ def apply(store: Any, view: FeatureView, rows: pa.Table, partition: int, offset:
 
 
 def apply_many(store: Any, batches: list[tuple[FeatureView, pa.Table, list[tuple[int, int, int]], bool]],
-               notify: tuple[str, str] | None = None) -> bool:
+               notify: tuple[str, str] | None = None, recent: Any = ()) -> bool:
     """Several views' rows, each with [(partition, new offset, expected applied offset or -1)],
     in one atomic commit, then ``notify``; False (nothing written) when an offset moved."""
     from ...stores.online.base import ApplyItem
@@ -55,7 +55,7 @@ def apply_many(store: Any, batches: list[tuple[FeatureView, pa.Table, list[tuple
         ApplyItem(view_state(store, view), rows, [(str(p), str(new), None if exp < 0 else str(exp)) for p, new, exp in toks], guard)
         for view, rows, toks, guard in batches
     ]
-    return bool(store.online.apply_many(items, notify=notify))
+    return bool(store.online.apply_many(items, notify=notify, recent=recent))
 
 
 def applied_offset(store: Any, view: FeatureView, partition: int) -> int:

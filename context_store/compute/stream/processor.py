@@ -81,9 +81,16 @@ def source_plan(definitions: Any, source_name: str) -> SourcePlan:
 
 def append_recent(store: Any, plan: SourcePlan, raw: list[pa.Table]) -> None:
     """Newly applied raw events onto the per-entity recent-events lists (``get_user_context``)."""
+    rows = [r for t in raw for r in t.drop_columns([c for c in (PARTITION, OFFSET) if c in t.column_names]).to_pylist()]
+    for key, (items, n) in recent_lists(plan, rows).items():
+        store.online.append_recent(plan.source.name, key, items, n)
+
+
+def recent_lists(plan: SourcePlan, rows: list[dict[str, Any]]) -> dict[str, tuple[list[dict[str, Any]], int]]:
+    """Per entity key of each context service on this source: its newest rows (oldest first), cap."""
     from ...stores.online.codec import entity_key
 
-    rows = [r for t in raw for r in t.drop_columns([c for c in (PARTITION, OFFSET) if c in t.column_names]).to_pylist()]
+    out: dict[str, tuple[list[dict[str, Any]], int]] = {}
     for keys, n in plan.recent:
         groups: dict[str, list[dict[str, Any]]] = {}
         for r in rows:
@@ -91,7 +98,8 @@ def append_recent(store: Any, plan: SourcePlan, raw: list[pa.Table]) -> None:
             if all(v is not None for v in vals):
                 groups.setdefault(entity_key(list(keys), vals), []).append(r)
         for key, items in groups.items():
-            store.online.append_recent(plan.source.name, key, items[-n:], n)
+            out[key] = (items[-n:], n)
+    return out
 
 
 def update_embeddings(store: Any, plan: SourcePlan, raw: list[pa.Table]) -> None:

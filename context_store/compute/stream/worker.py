@@ -42,9 +42,9 @@ from .processor import (
     OfflineWriter,
     PartitionState,
     SourcePlan,
-    append_recent,
     concat,
     process_batch,
+    recent_lists,
     source_plan,
     update_embeddings,
 )
@@ -56,6 +56,7 @@ __all__ = ["StreamWorker", "run_workers", "WorkerPool"]
 
 log = logging.getLogger("context_store.stream.worker")
 Part = tuple[str, int]
+_RECENT = "~recent"  # PartitionState.applied key of the recent-events fence
 
 
 @dataclass
@@ -70,6 +71,7 @@ class _Step:
     applies: list[tuple[Any, pa.Table, int, int, int]] = field(default_factory=list)  # view, rows, p, offset, fence
     batch: Batch | None = None
     n: int = 0
+    recent: Any = None            # RecentItem: this batch's recent-events appends
 
 
 class StreamWorker:
@@ -195,6 +197,9 @@ class StreamWorker:
             if view.offline:
                 table = f"fv__{view.name}"
                 state.offline[view.name] = self.writer.mark(table, p, self.log.offline_marks(table, p))
+        if plan.recent:
+            fence = self.store.online.applied_offset(self.store.online.recent_fence(source), str(p))
+            state.applied[_RECENT] = int(fence) if fence is not None else -1
         table = f"src__{source}"
         state.offline["src"] = self.writer.mark(table, p, self.log.offline_marks(table, p))
         wm = self.log.r.hget(self.log.watermark_key, f"{source}|{p}")
@@ -271,7 +276,24 @@ class StreamWorker:
 
             step.batch = process_batch(plan, events, part[1], state, collect, cutovers)
             step.n = events.num_rows
+            if plan.recent:
+                step.recent = self._recent(plan, part, state, events, step.last)
         return step
+
+    @staticmethod
+    def _recent(plan: SourcePlan, part: Part, state: PartitionState, events: pa.Table, last: int) -> Any:
+        """This batch's recent-events appends, fenced by their own applied offset (committed with
+        the round, so a replay after a crash appends nothing twice)."""
+        from ...stores.online.base import RecentItem
+
+        fence = state.applied.get(_RECENT, -1)
+        if last <= fence:
+            return None
+        offsets = events.column(OFFSET).to_numpy()
+        new = events.filter(pa.array(offsets > fence)).drop_columns([OFFSET])
+        state.applied[_RECENT] = last
+        return RecentItem(plan.source.name, str(part[1]), str(last), None if fence < 0 else str(fence),
+                          recent_lists(plan, new.to_pylist()))
 
     def _commit(self, steps: list[_Step]) -> None:
         """Every partition's online rows of this round in one atomic commit (per view: its rows
@@ -286,25 +308,25 @@ class StreamWorker:
                 b[2].append((p, off, before))
         notify = (self.log.applied_channel, self.log.applied_message({st.part: st.last for st in steps}))
         batches = [(v, concat(rows), toks, guard) for v, rows, toks, guard in by_view.values()]
-        if not batches:
+        recent = [st.recent for st in steps if st.recent is not None]
+        if not batches and not recent:
             self.log.announce({st.part: st.last for st in steps})
             return
-        if not online_adapter.apply_many(self.store, batches, notify):
+        if not online_adapter.apply_many(self.store, batches, notify, recent):
             for st in steps:
                 for view, rows, p, off, _ in st.applies:
                     online_adapter.apply(self.store, view, rows, p, off, guard=view.name in st.plan.shared)
+            for item in recent:
+                self.store.online.append_recent_once(item)
             self.log.announce({st.part: st.last for st in steps})
         for st in steps:
             for view, rows, *_ in st.applies:
                 STATS.inc("applied_events", view.source.name, rows.num_rows)
 
     def _finish(self, st: _Step) -> None:
-        """After the commit: recent-events lists, embeddings, rows for the offline log, acks."""
+        """After the commit: embeddings, rows for the offline log, acks."""
         if st.batch is not None:
-            raw = st.batch.offline.get(f"src__{st.plan.source.name}", [])
-            if st.plan.recent:
-                append_recent(self.store, st.plan, raw)
-            update_embeddings(self.store, st.plan, raw)
+            update_embeddings(self.store, st.plan, st.batch.offline.get(f"src__{st.plan.source.name}", []))
             if self.owned.get(st.part) is not st.state:
                 return  # dropped meanwhile (lease lost / reset): the successor replays these entries
             buf = self._buffers.setdefault(st.part, {})

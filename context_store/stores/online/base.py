@@ -21,7 +21,7 @@ from ...compute.tiles import ViewState, columns_from_arrow, encode_raw_groups, t
 from ...errors import ConflictError
 from .codec import RowCodec, entity_keys
 
-__all__ = ["ApplyItem", "BaseOnlineStore", "OnlineStore", "Ops", "ViewValues", "compare_offsets"]
+__all__ = ["ApplyItem", "BaseOnlineStore", "OnlineStore", "Ops", "RecentItem", "ViewValues", "compare_offsets"]
 
 log = logging.getLogger("context_store.online")
 _I64 = np.dtype("<i8")
@@ -45,10 +45,22 @@ class ApplyItem(NamedTuple):
     guard: bool = False
 
 
+class RecentItem(NamedTuple):
+    """Recent-events appends of one (source, partition) batch for ``apply_many``: per entity key
+    the rows (oldest first) and the list's cap; ``offset`` advances the partition's fence from
+    ``expected`` (None = unset)."""
+
+    source: str
+    partition: str
+    offset: str
+    expected: str | None
+    lists: Mapping[str, tuple[Sequence[Mapping[str, Any]], int]]
+
+
 class Ops:
     """Writes to one batch of entity hashes (applied atomically by ``_commit``)."""
 
-    __slots__ = ("appends", "dels", "expire", "guards", "sets")
+    __slots__ = ("appends", "dels", "expire", "guards", "lists", "sets")
 
     def __init__(self) -> None:
         self.sets: dict[str, dict[str, bytes]] = {}
@@ -58,6 +70,8 @@ class Ops:
         # Optimistic concurrency: per key, version fields that must still hold the value read
         # (None = unset) when the commit runs; the commit then increments them.
         self.guards: dict[str, dict[str, str | None]] = {}
+        # Capped lists (recent events), by list key: items to append, then keep the last max_len.
+        self.lists: dict[str, tuple[list[bytes], int]] = {}
 
     def set(self, key: str, field: str, value: bytes) -> None:
         self.sets.setdefault(key, {})[field] = value
@@ -69,6 +83,10 @@ class Ops:
                 mine.setdefault(k, {}).update(fv)  # type: ignore[attr-defined]
         for k, fs in other.dels.items():
             self.dels.setdefault(k, []).extend(fs)
+        for k, (items, n) in other.lists.items():
+            mine_l = self.lists.setdefault(k, ([], n))
+            mine_l[0].extend(items)
+            self.lists[k] = (mine_l[0], max(mine_l[1], n))
         for k, ex in other.expire.items():
             old = self.expire.get(k, 0)
             self.expire[k] = None if ex is None or (k in self.expire and old is None) else max(old or 0, ex)
@@ -136,8 +154,12 @@ class OnlineStore(Protocol):
         ...
 
     def apply_many(self, items: Sequence[ApplyItem], notify: tuple[str, str] | None = None,
-                   now_us: int | None = None) -> bool:
+                   now_us: int | None = None, recent: Sequence[RecentItem] = ()) -> bool:
         """Several views and partitions in one atomic commit if every expected offset holds."""
+        ...
+
+    def append_recent_once(self, item: RecentItem) -> bool:
+        """Recent-events appends of one partition batch, fenced by its offset (replays skip)."""
         ...
 
     def applied_offset(self, view: str | ViewState, partition: str) -> str | None: ...
@@ -399,17 +421,47 @@ class BaseOnlineStore:
         raise ConflictError(f"apply_events for view {state.name!r}: too many concurrent writers of partition {token}")
 
     def apply_many(self, items: Sequence[ApplyItem], notify: tuple[str, str] | None = None,
-                   now_us: int | None = None) -> bool:
+                   now_us: int | None = None, recent: Sequence[RecentItem] = ()) -> bool:
         """Several views' rows, each with the applied offsets of the partitions they came from,
         in ONE atomic commit (a stream worker's whole step: one round trip instead of three per
         view and partition). The offsets are CAS'd against the caller's ``expected`` fences: if
         any moved (or a guard failed) nothing is written and False returned; the caller then
-        applies per partition with ``apply_events``, which re-reads the offsets."""
+        applies per partition with ``apply_events``, which re-reads the offsets. ``recent``:
+        recent-events appends, fenced the same way (their own offset per source and partition),
+        so a replay never appends an event twice."""
         ops, cas = Ops(), []
         for it in items:
             ops.update(self._ops(it.state, it.rows, now_us, it.guard))
             cas += [(self._offset_field(it.state, p), exp, new) for p, new, exp in it.tokens]
+        for r in recent:
+            ops.update(self._recent_ops(r))
+            cas.append((self._offset_field(self.recent_fence(r.source), r.partition), r.expected, r.offset))
         return self._commit(ops, cas, notify)
+
+    @staticmethod
+    def recent_fence(source: str) -> str:
+        """The name under which a source's recent-events appends record applied offsets."""
+        return f"~recent:{source}"
+
+    def append_recent_once(self, item: RecentItem) -> bool:
+        """``item``'s appends unless its partition already recorded ``item.offset`` (False then)."""
+        field = self._offset_field(self.recent_fence(item.source), item.partition)
+        for _ in range(16):
+            cur = self._get_offset(field)
+            if cur is not None and compare_offsets(cur, item.offset) >= 0:
+                return False
+            if self._commit(self._recent_ops(item), [(field, cur, item.offset)]):
+                return True
+        raise ConflictError(f"recent events of {item.source!r}: too many concurrent writers of partition {item.partition}")
+
+    @staticmethod
+    def _recent_ops(item: RecentItem) -> Ops:
+        ops = Ops()
+        for key, (rows, n) in item.lists.items():
+            data = [orjson.dumps(dict(r), default=str, option=orjson.OPT_NAIVE_UTC | orjson.OPT_SERIALIZE_NUMPY) for r in rows]
+            if data:
+                ops.lists[f"r:{item.source}:{key}"] = (data, n)
+        return ops
 
     def _ops(self, state: ViewState, table: pa.Table, now_us: int | None, guard: bool) -> Ops:
         now = now_us if now_us is not None else time.time_ns() // 1000

@@ -19,10 +19,11 @@ from .base import BaseOnlineStore, Ops
 
 __all__ = ["RedisOnlineStore"]
 
-# KEYS[1] offsets hash, KEYS[2..] entity hashes.
+# KEYS[1] offsets hash, KEYS[2..1+nent] entity hashes, then capped lists (recent events).
 # ARGV: ncas, (field, expected ('' = unset), new)*, nguards, (key index, field, expected)*,
-#   notify channel ('' = none), message, then per entity key:
+#   notify channel ('' = none), message, nent, then per entity key:
 #   nsets, (f, v)*, nappends, (f, v)*, ndels, f*, expire_ms (-1 persist, 0 leave as is)
+#   then per list: max_len, nitems, item*
 # Checks first (nothing is written unless every offset and guard holds), then writes, then
 # the offsets and the notification (pushers waiting for read-after-write).
 _COMMIT = """
@@ -38,6 +39,7 @@ for i = 1, ng do
   a = a + 3
 end
 local chan, msg = ARGV[a], ARGV[a + 1]; a = a + 2
+local nent = tonumber(ARGV[a]); a = a + 1
 for i = 0, ng - 1 do  -- before the writes: a new key then still gets its expiry below
   redis.call('HINCRBY', KEYS[tonumber(ARGV[g0 + 3 * i])], ARGV[g0 + 3 * i + 1], 1)
 end
@@ -46,7 +48,7 @@ local function batched(cmd, key, args)
     redis.call(cmd, key, unpack(args, i, math.min(i + 3999, #args)))
   end
 end
-for k = 2, #KEYS do
+for k = 2, 1 + nent do
   local key = KEYS[k]
   local n = tonumber(ARGV[a]); a = a + 1
   local args = {}
@@ -76,6 +78,11 @@ for k = 2, #KEYS do
     end
   end
 end
+for k = 2 + nent, #KEYS do
+  local cap, n = tonumber(ARGV[a]), tonumber(ARGV[a + 1]); a = a + 2
+  batched('RPUSH', KEYS[k], {unpack(ARGV, a, a + n - 1)}); a = a + n
+  redis.call('LTRIM', KEYS[k], -cap, -1)
+end
 for i = 0, ncas - 1 do redis.call('HSET', KEYS[1], ARGV[2 + 3 * i], ARGV[4 + 3 * i]) end
 if chan ~= '' then redis.call('PUBLISH', chan, msg) end
 return 1
@@ -94,6 +101,11 @@ def _resp(args: list[bytes], total: int | None = None) -> bytes:
     out = [b"*%d\r\n" % (len(args) if total is None else total)]
     out += [b"$%d\r\n%b\r\n" % (len(a), a) for a in args]
     return b"".join(out)
+
+
+def _resp_args(args: list[bytes]) -> bytes:
+    """RESP bulk strings, no array header (appended to a command built by ``_resp``)."""
+    return b"".join([b"$%d\r\n%b\r\n" % (len(a), a) for a in args])
 
 
 class _Raw:
@@ -349,8 +361,10 @@ class RedisOnlineStore(BaseOnlineStore):
                 notify: tuple[str, str] | None = None) -> bool:
         keys = ops.keys()
         try:
-            if cas or ops.guards or notify:  # one atomic script for the whole batch
-                head = [str(len(keys) + 1).encode(), self._offsets.encode()] + [self._k(k).encode() for k in keys]
+            if cas or ops.guards or notify or ops.lists:  # one atomic script for the whole batch
+                lists = list(ops.lists)
+                head = [str(len(keys) + 1 + len(lists)).encode(), self._offsets.encode()] + [self._k(k).encode() for k in keys]
+                head += [(self.prefix + k).encode() for k in lists]
                 head.append(str(len(cas)).encode())
                 for field, expected, new in cas:
                     head += [field.encode(), (expected or "").encode(), new.encode()]
@@ -360,7 +374,11 @@ class RedisOnlineStore(BaseOnlineStore):
                 for g in guards:
                     head += g
                 head += [notify[0].encode(), notify[1].encode()] if notify else [b"", b""]
+                head.append(str(len(keys)).encode())
                 body = [self._args_resp(ops, k) for k in keys]
+                for k in lists:
+                    items, cap = ops.lists[k]
+                    body.append((2 + len(items), _resp_args([str(cap).encode(), str(len(items)).encode(), *items])))
                 return bool(self._eval_packed(_COMMIT, head, [b for _, b in body], sum(c for c, _ in body)))
             with self._wlock:
                 self._bulk(ops, keys)
@@ -399,7 +417,7 @@ class RedisOnlineStore(BaseOnlineStore):
         for i in range(0, len(keys), _CHUNK_KEYS):
             part = keys[i : i + _CHUNK_KEYS]
             head = [b"EVALSHA", sha, str(len(part) + 1).encode(), self._offsets.encode()] + [self._k(k).encode() for k in part]
-            head += [b"0", b"0", b"", b""]  # no offsets, no guards, no notification
+            head += [b"0", b"0", b"", b"", str(len(part)).encode()]  # no offsets, guards, notification
             body = [self._args_resp(ops, k) for k in part]
             n_args = len(head) + sum(c for c, _ in body)
             cmds.append(_resp(head, n_args) + b"".join(b for _, b in body))

@@ -111,6 +111,8 @@ class SqliteOnlineStore(BaseOnlineStore):
                 )
             if ops.dels:
                 c.executemany("DELETE FROM kv WHERE k = ? AND f = ?", [(k, f) for k, fs in ops.dels.items() for f in fs])
+            for key, (items, cap) in ops.lists.items():
+                self._recent_write(c, key, items, cap)
             if cas:
                 c.executemany(
                     "INSERT INTO offsets (f, v) VALUES (?, ?) ON CONFLICT (f) DO UPDATE SET v = excluded.v",
@@ -137,15 +139,19 @@ class SqliteOnlineStore(BaseOnlineStore):
         c = self._conn()
         c.execute("BEGIN IMMEDIATE")
         try:
-            c.executemany("INSERT INTO recent (k, v) VALUES (?, ?)", [(key, b) for b in items])
-            c.execute(
-                "DELETE FROM recent WHERE k = ? AND seq <= (SELECT seq FROM recent WHERE k = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
-                (key, key, max_len),
-            )
+            self._recent_write(c, key, items, max_len)
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")
             raise
+
+    @staticmethod
+    def _recent_write(c: sqlite3.Connection, key: str, items: list[bytes], max_len: int) -> None:
+        c.executemany("INSERT INTO recent (k, v) VALUES (?, ?)", [(key, b) for b in items])
+        c.execute(
+            "DELETE FROM recent WHERE k = ? AND seq <= (SELECT seq FROM recent WHERE k = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+            (key, key, max_len),
+        )
 
     def _recent_read(self, key: str, n: int) -> list[bytes]:
         rows = self._conn().execute("SELECT v FROM recent WHERE k = ? ORDER BY seq DESC LIMIT ?", (key, n)).fetchall()
