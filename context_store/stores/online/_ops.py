@@ -1,0 +1,95 @@
+"""The write vocabulary of the online stores: what a commit changes and what it checks.
+
+``Ops`` is one atomic batch of writes to entity hashes (plus capped lists); ``ApplyItem`` and
+``RecentItem`` are a stream worker's round for ``apply_many``; stream offsets compare as Redis
+stream ids or integers (``compare_offsets``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import pyarrow as pa
+
+from ...compute.tiles import ViewState
+
+__all__ = ["ApplyItem", "Ops", "RecentItem", "compare_offsets"]
+
+
+class ApplyItem(NamedTuple):
+    """One view's transformed rows for ``apply_many`` and the stream offsets they advance:
+    ``tokens`` = [(partition, new offset, expected current offset or None when unset)]."""
+
+    state: ViewState
+    rows: pa.Table
+    tokens: Sequence[tuple[str, str, str | None]]
+    guard: bool = False
+
+
+class RecentItem(NamedTuple):
+    """Recent-events appends of one (source, partition) batch for ``apply_many``: per entity key
+    the rows (oldest first) and the list's cap; ``offset`` advances the partition's fence from
+    ``expected`` (None = unset)."""
+
+    source: str
+    partition: str
+    offset: str
+    expected: str | None
+    lists: Mapping[str, tuple[Sequence[Mapping[str, Any]], int]]
+
+
+class Ops:
+    """Writes to one batch of entity hashes (applied atomically by ``_commit``)."""
+
+    __slots__ = ("appends", "dels", "expire", "guards", "lists", "sets")
+
+    def __init__(self) -> None:
+        self.sets: dict[str, dict[str, bytes]] = {}
+        self.appends: dict[str, dict[str, bytes]] = {}
+        self.dels: dict[str, list[str]] = {}
+        self.expire: dict[str, int | None] = {}  # ms to live; None = persist
+        # Optimistic concurrency: per key, version fields that must still hold the value read
+        # (None = unset) when the commit runs; the commit then increments them.
+        self.guards: dict[str, dict[str, str | None]] = {}
+        # Capped lists (recent events), by list key: items to append, then keep the last max_len.
+        self.lists: dict[str, tuple[list[bytes], int]] = {}
+
+    def set(self, key: str, field: str, value: bytes) -> None:
+        self.sets.setdefault(key, {})[field] = value
+
+    def update(self, other: Ops) -> None:
+        """Add ``other``'s writes (another view's: the fields differ; the longer expiry wins)."""
+        for mine, theirs in ((self.sets, other.sets), (self.appends, other.appends), (self.guards, other.guards)):
+            for k, fv in theirs.items():
+                mine.setdefault(k, {}).update(fv)  # type: ignore[attr-defined]
+        for k, fs in other.dels.items():
+            self.dels.setdefault(k, []).extend(fs)
+        for k, (items, n) in other.lists.items():
+            mine_l = self.lists.setdefault(k, ([], n))
+            mine_l[0].extend(items)
+            self.lists[k] = (mine_l[0], max(mine_l[1], n))
+        for k, ex in other.expire.items():
+            old = self.expire.get(k, 0)
+            self.expire[k] = None if ex is None or (k in self.expire and old is None) else max(old or 0, ex)
+
+    def keys(self) -> list[str]:
+        ks = dict.fromkeys(self.sets)
+        ks.update(dict.fromkeys(self.appends))
+        ks.update(dict.fromkeys(self.dels))
+        ks.update(dict.fromkeys(self.expire))
+        ks.update(dict.fromkeys(self.guards))
+        return list(ks)
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.sets.values()) + sum(len(v) for v in self.appends.values())
+
+
+def _offset_key(off: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in str(off).split("-"))
+
+
+def compare_offsets(a: str, b: str) -> int:
+    """Order of stream offsets: Redis stream ids ``ms-seq`` or plain integers."""
+    ka, kb = _offset_key(a), _offset_key(b)
+    return (ka > kb) - (ka < kb)
