@@ -212,10 +212,9 @@ def freshness_observed(store: cs.ContextStore, rate: float, seconds: float, conf
             msg = ps.get_message(timeout=0.005)
             if msg and msg.get("type") == "message":
                 t_msg = time.perf_counter()
-                for line in msg["data"].decode().split("\n"):
-                    src, p, off = line.rsplit("|", 2)
-                    if src == "transactions" and int(off) > seen.get(int(p), (-1, 0.0))[0]:
-                        seen[int(p)] = (int(off), t_msg)
+                for (src, p), off in log.parse_applied(msg["data"]):
+                    if src == "transactions" and off > seen.get(p, (-1, 0.0))[0]:
+                        seen[p] = (off, t_msg)
             while True:
                 try:
                     ev = q.get_nowait()

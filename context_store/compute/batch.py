@@ -36,6 +36,13 @@ class BackfillReport:
     seconds: float = 0.0
     skipped: dict[str, str] = field(default_factory=dict)  # view -> why
 
+    def wrote(self, view: str, n: int, bar: Any = None) -> None:
+        """Record ``n`` rows written for ``view`` (and advance the progress bar, if any)."""
+        self.rows[view] = n
+        if bar is not None:
+            bar.set_postfix_str(f"{view}: {n:,} rows")
+            bar.update(1)
+
     @property
     def events_per_s(self) -> float:
         return self.events / self.seconds if self.seconds > 0 else 0.0
@@ -175,11 +182,7 @@ def backfill(
             if key not in cache:
                 cache[key] = read_source(src, config.repo, start_us, end_us)  # type: ignore[arg-type]
                 report.events += cache[key].num_rows
-            n = write_view(config, offline, view, apply_transform(view, cache[key]), start_us, end_us)
-            report.rows[view.name] = n
-            if bar is not None:
-                bar.set_postfix_str(f"{view.name}: {n:,} rows")
-                bar.update(1)
+            report.wrote(view.name, write_view(config, offline, view, apply_transform(view, cache[key]), start_us, end_us), bar)
     finally:
         if bar is not None:
             bar.close()

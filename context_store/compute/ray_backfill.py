@@ -119,11 +119,7 @@ def ray_backfill(
                     report.events += sum(n for n, _ in done[key])
                 i = groups[key][1].index(view)
                 rows = pa.concat_tables([tables[i] for _, tables in done[key]], promote_options="permissive")
-                n = write_view(config, offline, view, rows, start_us, end_us)
-                report.rows[view.name] = n
-                if bar is not None:
-                    bar.set_postfix_str(f"{view.name}: {n:,} rows")
-                    bar.update(1)
+                report.wrote(view.name, write_view(config, offline, view, rows, start_us, end_us), bar)
         finally:
             if bar is not None:
                 bar.close()

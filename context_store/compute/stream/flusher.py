@@ -22,6 +22,7 @@ from typing import Any
 import pyarrow as pa
 
 from .processor import OfflineWriter, concat
+from .redis_streams import GROUP
 
 __all__ = ["FlushJob", "Flusher"]
 
@@ -31,14 +32,28 @@ log = logging.getLogger("context_store.stream.flusher")
 FlushJob = tuple[dict[str, list[pa.Table]], dict[str, int], dict[str, int], dict[bytes, list[bytes]]]
 
 
-class _Writer:
-    """What one flush needs: the offline store, the stream log, compaction counters."""
+def _lower_priority() -> None:
+    try:  # Linux: a thread's own nice value (elsewhere: unchanged)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):
+        pass
+
+
+class Flusher:
+    """Flushes on one background thread of this process (lower OS priority where possible)."""
 
     def __init__(self, offline: Any, stream_log: Any, compact_every: int = 100) -> None:
         self.offline, self.log = offline, stream_log
         self.writer = OfflineWriter(offline)
         self.compact_every = compact_every
         self._appends: dict[str, int] = {}
+        self._ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cs-stream-flush", initializer=_lower_priority)
+
+    def submit(self, job: FlushJob) -> Future[dict[str, int]]:
+        return self._ex.submit(self.write, job)
+
+    def close(self) -> None:
+        self._ex.shutdown(wait=True)
 
     def write(self, job: FlushJob) -> dict[str, int]:
         """Views first, raw events last; each table's marks right after its append (they only
@@ -61,7 +76,7 @@ class _Writer:
         if wms:
             pipe.hset(self.log.watermark_key, mapping=wms)
         for key, ids in acks.items():
-            pipe.xack(key, "cs-workers", *ids)
+            pipe.xack(key, GROUP, *ids)
         pipe.execute()
         for key in acks:
             self.log.trim_acked(key)
@@ -75,24 +90,3 @@ class _Writer:
                 self.offline.compact(table)
             except Exception as e:  # noqa: BLE001 - a concurrent commit; the next round retries
                 log.info("compaction of %s skipped: %s", table, e)
-
-
-def _lower_priority() -> None:
-    try:  # Linux: a thread's own nice value (elsewhere: unchanged)
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-    except (AttributeError, OSError):
-        pass
-
-
-class Flusher:
-    """Flushes on one background thread of this process (lower OS priority where possible)."""
-
-    def __init__(self, offline: Any, stream_log: Any) -> None:
-        self._w = _Writer(offline, stream_log)
-        self._ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cs-stream-flush", initializer=_lower_priority)
-
-    def submit(self, job: FlushJob) -> Future[dict[str, int]]:
-        return self._ex.submit(self._w.write, job)
-
-    def close(self) -> None:
-        self._ex.shutdown(wait=True)

@@ -196,8 +196,7 @@ def process_batch(
     fresh_src = offsets > state.offline.get("src", -1)
     raw = None
     if fresh_src.any():
-        # (filters only when needed: a no-op filter is the priciest step of a small batch)
-        raw = (events if fresh_src.all() else events.filter(pa.array(fresh_src))).drop_columns([OFFSET])
+        raw = take_rows(events, fresh_src).drop_columns([OFFSET])
         raw = raw.append_column(PARTITION, pa.array(np.full(raw.num_rows, partition, dtype=np.int64)))
         raw = raw.append_column(OFFSET, pa.array(offsets[fresh_src]))
     body = events.drop_columns([OFFSET])
@@ -214,7 +213,7 @@ def process_batch(
             STATS.inc("before_cutover_events", src.name, int((~keep & fresh_src).sum()))
         if view.online:
             STATS.inc("duplicate_events", src.name, int(((offsets <= on_fence) & keep).sum()))
-        on_rows = apply_transform(view, _take(body, on_mask)) if on_mask.any() else None
+        on_rows = apply_transform(view, take_rows(body, on_mask)) if on_mask.any() else None
         if on_rows is None and view.online and online_token and last > on_fence:
             on_rows = apply_transform(view, body.slice(0, 0))  # nothing new: still advance the fence
         off_rows = None
@@ -222,7 +221,7 @@ def process_batch(
             if on_rows is not None and np.array_equal(on_mask, off_mask):
                 off_rows = on_rows  # the common case: one transform serves both
             else:
-                off_rows = apply_transform(view, _take(body, off_mask))
+                off_rows = apply_transform(view, take_rows(body, off_mask))
             # Tag with the batch's last offset: a transform may drop or reshape rows, but each
             # batch is appended whole, so max(_offset) per partition is the exact offline fence.
             n = off_rows.num_rows
@@ -297,7 +296,9 @@ class OfflineWriter:
         return max(above, int(pc.max(t.column(OFFSET)).as_py()))
 
 
-def _take(table: pa.Table, mask: np.ndarray) -> pa.Table:
+def take_rows(table: pa.Table, mask: np.ndarray) -> pa.Table:
+    """The rows where ``mask`` holds (no filter when all do: a no-op filter is the priciest step
+    of a small stream batch)."""
     return table if mask.all() else table.filter(pa.array(mask))
 
 

@@ -274,6 +274,18 @@ class RedisStreamLog:
         """One announcement for a worker round: ``source|partition|offset`` lines."""
         return "\n".join(f"{source}|{p}|{off}" for (source, p), off in applied.items())
 
+    @staticmethod
+    def parse_applied(data: bytes) -> list[tuple[tuple[str, int], int]]:
+        """An announcement's ((source, partition), offset) pairs; malformed lines are skipped."""
+        out = []
+        for line in data.decode().split("\n"):
+            try:
+                source, p, off = line.rsplit("|", 2)
+                out.append(((source, int(p)), int(off)))
+            except ValueError:
+                continue
+        return out
+
     def announce(self, applied: dict[tuple[str, int], int]) -> None:
         if applied:
             self.r.publish(self.applied_channel, self.applied_message(applied))
@@ -309,12 +321,8 @@ class AppliedWaiter:
                 continue
             if not msg or msg.get("type") != "message":
                 continue
-            for line in msg["data"].decode().split("\n"):
-                try:
-                    source, p, off = line.rsplit("|", 2)
-                    self._seen_offset((source, int(p)), int(off))
-                except ValueError:
-                    continue
+            for key, off in RedisStreamLog.parse_applied(msg["data"]):
+                self._seen_offset(key, off)
 
     def _seen_offset(self, key: tuple[str, int], value: int) -> None:
         with self._lock:

@@ -39,13 +39,13 @@ from .flusher import Flusher, FlushJob
 from .processor import (
     OFFSET,
     Batch,
-    OfflineWriter,
     PartitionState,
     SourcePlan,
     concat,
     process_batch,
     recent_lists,
     source_plan,
+    take_rows,
     update_embeddings,
 )
 from .redis_streams import RedisStreamLog, decode_entry, id_to_offset
@@ -117,8 +117,8 @@ class StreamWorker:
         self._last_balance = 0.0
         self._short = True
         self.processed = 0
-        self.writer = OfflineWriter(store.offline)  # marks of acquired partitions (reads only)
         self._flusher = Flusher(store.offline, self.log)
+        self.writer = self._flusher.writer  # also reads the marks of partitions this worker takes
         self._flushing: Future[dict[str, int]] | None = None
 
     def _plans(self) -> dict[str, SourcePlan]:
@@ -198,8 +198,7 @@ class StreamWorker:
                 table = f"fv__{view.name}"
                 state.offline[view.name] = self.writer.mark(table, p, self.log.offline_marks(table, p))
         if plan.recent:
-            fence = self.store.online.applied_offset(self.store.online.recent_fence(source), str(p))
-            state.applied[_RECENT] = int(fence) if fence is not None else -1
+            state.applied[_RECENT] = online_adapter.recent_applied(self.store, source, p)
         table = f"src__{source}"
         state.offline["src"] = self.writer.mark(table, p, self.log.offline_marks(table, p))
         wm = self.log.r.hget(self.log.watermark_key, f"{source}|{p}")
@@ -284,16 +283,12 @@ class StreamWorker:
     def _recent(plan: SourcePlan, part: Part, state: PartitionState, events: pa.Table, last: int) -> Any:
         """This batch's recent-events appends, fenced by their own applied offset (committed with
         the round, so a replay after a crash appends nothing twice)."""
-        from ...stores.online.base import RecentItem
-
         fence = state.applied.get(_RECENT, -1)
         if last <= fence:
             return None
-        offsets = events.column(OFFSET).to_numpy()
-        new = events.filter(pa.array(offsets > fence)).drop_columns([OFFSET])
+        new = take_rows(events, events.column(OFFSET).to_numpy() > fence).drop_columns([OFFSET])
         state.applied[_RECENT] = last
-        return RecentItem(plan.source.name, str(part[1]), str(last), None if fence < 0 else str(fence),
-                          recent_lists(plan, new.to_pylist()))
+        return online_adapter.recent_item(plan.source.name, part[1], last, fence, recent_lists(plan, new.to_pylist()))
 
     def _commit(self, steps: list[_Step]) -> None:
         """Every partition's online rows of this round in one atomic commit (per view: its rows
@@ -306,19 +301,20 @@ class StreamWorker:
                 b = by_view.setdefault(view.name, (view, [], [], view.name in st.plan.shared))
                 b[1].append(rows)
                 b[2].append((p, off, before))
-        notify = (self.log.applied_channel, self.log.applied_message({st.part: st.last for st in steps}))
+        applied = {st.part: st.last for st in steps}
         batches = [(v, concat(rows), toks, guard) for v, rows, toks, guard in by_view.values()]
         recent = [st.recent for st in steps if st.recent is not None]
         if not batches and not recent:
-            self.log.announce({st.part: st.last for st in steps})
+            self.log.announce(applied)
             return
+        notify = (self.log.applied_channel, self.log.applied_message(applied))
         if not online_adapter.apply_many(self.store, batches, notify, recent):
             for st in steps:
                 for view, rows, p, off, _ in st.applies:
                     online_adapter.apply(self.store, view, rows, p, off, guard=view.name in st.plan.shared)
             for item in recent:
-                self.store.online.append_recent_once(item)
-            self.log.announce({st.part: st.last for st in steps})
+                online_adapter.append_recent_once(self.store, item)
+            self.log.announce(applied)
         for st in steps:
             for view, rows, *_ in st.applies:
                 STATS.inc("applied_events", view.source.name, rows.num_rows)

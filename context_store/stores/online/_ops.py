@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
+import orjson
 import pyarrow as pa
 
 from ...compute.tiles import ViewState
 
-__all__ = ["ApplyItem", "Ops", "RecentItem", "compare_offsets"]
+__all__ = ["ApplyItem", "Ops", "RecentItem", "compare_offsets", "encode_recent", "recent_key"]
 
 
 class ApplyItem(NamedTuple):
@@ -93,3 +94,13 @@ def compare_offsets(a: str, b: str) -> int:
     """Order of stream offsets: Redis stream ids ``ms-seq`` or plain integers."""
     ka, kb = _offset_key(a), _offset_key(b)
     return (ka > kb) - (ka < kb)
+
+
+def recent_key(source: str, entity_key: str) -> str:
+    """The list (Redis key / SQLite ``recent.k``) of an entity's recent events of ``source``."""
+    return f"r:{source}:{entity_key}"
+
+
+def encode_recent(rows: Sequence[Mapping[str, Any]]) -> list[bytes]:
+    """Recent events as stored: one JSON document per event."""
+    return [orjson.dumps(dict(r), default=str, option=orjson.OPT_NAIVE_UTC | orjson.OPT_SERIALIZE_NUMPY) for r in rows]

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
-import orjson
 import pyarrow as pa
 
 from ...compute.aggregations import Partial
 from ...compute.tiles import ViewState, columns_from_arrow, encode_raw_groups, ts_to_us
 from ...errors import ConflictError
-from ._ops import ApplyItem, Ops, RecentItem, compare_offsets
+from ._ops import ApplyItem, Ops, RecentItem, compare_offsets, encode_recent, recent_key
 from .codec import RowCodec, entity_keys
 
 log = logging.getLogger("context_store.online")
@@ -66,21 +65,32 @@ class WritePath:
         now_us: int | None = None,
         guard: bool = False,
     ) -> int:
-        off_field = self._offset_field(state, token[0]) if token else None
-        for attempt in range(64):
-            cur = self._get_offset(off_field) if off_field else None
-            if token and cur is not None and compare_offsets(cur, token[1]) >= 0:
-                return 0  # already applied: idempotent replay
+        def build(cur: str | None) -> tuple[Ops, int]:
             table = rows
             if row_offsets is not None and cur is not None:
                 keep = np.array([compare_offsets(o, cur) > 0 for o in row_offsets], dtype=bool)
                 table = rows.filter(pa.array(keep))
-            ops = self._ops(state, table, now_us, guard)
-            if self._commit(ops, [(off_field, cur, token[1])] if token and off_field else ()):
-                return table.num_rows
+            return self._ops(state, table, now_us, guard), table.num_rows
+
+        field = self._offset_field(state, token[0]) if token else None
+        return self._fenced(field, token[1] if token else None, build, 64,
+                            f"apply_events for view {state.name!r}: too many concurrent writers of partition {token}")
+
+    def _fenced(self, field: str | None, offset: str | None, build: Callable[[str | None], tuple[Ops, int]],
+                tries: int, conflict: str) -> int:
+        """Commit ``build(current offset)`` and advance ``field`` to ``offset`` in one step, unless
+        it already reached it (0: an idempotent replay); re-read and rebuild when another writer
+        committed first (the offset moved or a guard failed). No ``field``: a plain commit."""
+        for attempt in range(tries):
+            cur = self._get_offset(field) if field else None
+            if offset is not None and cur is not None and compare_offsets(cur, offset) >= 0:
+                return 0
+            ops, n = build(cur)
+            if self._commit(ops, [(field, cur, offset)] if field and offset is not None else ()):
+                return n
             if attempt >= 4:  # another writer of the same entities (guarded views): back off a little
                 time.sleep(0.0005 * attempt)
-        raise ConflictError(f"apply_events for view {state.name!r}: too many concurrent writers of partition {token}")
+        raise ConflictError(conflict)
 
     def apply_many(self, items: Sequence[ApplyItem], notify: tuple[str, str] | None = None,
                    now_us: int | None = None, recent: Sequence[RecentItem] = ()) -> bool:
@@ -108,21 +118,16 @@ class WritePath:
     def append_recent_once(self, item: RecentItem) -> bool:
         """``item``'s appends unless its partition already recorded ``item.offset`` (False then)."""
         field = self._offset_field(self.recent_fence(item.source), item.partition)
-        for _ in range(16):
-            cur = self._get_offset(field)
-            if cur is not None and compare_offsets(cur, item.offset) >= 0:
-                return False
-            if self._commit(self._recent_ops(item), [(field, cur, item.offset)]):
-                return True
-        raise ConflictError(f"recent events of {item.source!r}: too many concurrent writers of partition {item.partition}")
+        return self._fenced(field, item.offset, lambda cur: (self._recent_ops(item), 1), 16,
+                            f"recent events of {item.source!r}: too many concurrent writers of partition {item.partition}") > 0
 
     @staticmethod
     def _recent_ops(item: RecentItem) -> Ops:
         ops = Ops()
         for key, (rows, n) in item.lists.items():
-            data = [orjson.dumps(dict(r), default=str, option=orjson.OPT_NAIVE_UTC | orjson.OPT_SERIALIZE_NUMPY) for r in rows]
+            data = encode_recent(rows)
             if data:
-                ops.lists[f"r:{item.source}:{key}"] = (data, n)
+                ops.lists[recent_key(item.source, key)] = (data, n)
         return ops
 
     def _ops(self, state: ViewState, table: pa.Table, now_us: int | None, guard: bool) -> Ops:

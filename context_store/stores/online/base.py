@@ -17,7 +17,7 @@ import orjson
 import pyarrow as pa
 
 from ...compute.tiles import ViewState
-from ._ops import ApplyItem, Ops, RecentItem, compare_offsets
+from ._ops import ApplyItem, Ops, RecentItem, compare_offsets, encode_recent, recent_key
 from ._writes import WritePath
 from .codec import RowCodec
 
@@ -302,13 +302,13 @@ class BaseOnlineStore(WritePath):
 
     # -- recent events (context service) -------------------------------------------------
     def append_recent(self, source: str, key: str, rows: Sequence[Mapping[str, Any]], max_len: int) -> None:
-        items = [orjson.dumps(dict(r), default=str, option=orjson.OPT_NAIVE_UTC | orjson.OPT_SERIALIZE_NUMPY) for r in rows]
+        items = encode_recent(rows)
         if items:
-            self._recent_append(f"r:{source}:{key}", items, max_len)
+            self._recent_append(recent_key(source, key), items, max_len)
 
     def read_recent(self, source: str, key: str, n: int) -> list[dict[str, Any]]:
         """The last ``n`` events, oldest -> newest."""
-        return [orjson.loads(b) for b in self._recent_read(f"r:{source}:{key}", n)]
+        return [orjson.loads(b) for b in self._recent_read(recent_key(source, key), n)]
 
     def _recent_append(self, key: str, items: list[bytes], max_len: int) -> None:
         raise NotImplementedError

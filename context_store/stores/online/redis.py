@@ -98,9 +98,7 @@ return out
 
 def _resp(args: list[bytes], total: int | None = None) -> bytes:
     """RESP array header (of ``total`` elements) and ``args``."""
-    out = [b"*%d\r\n" % (len(args) if total is None else total)]
-    out += [b"$%d\r\n%b\r\n" % (len(a), a) for a in args]
-    return b"".join(out)
+    return b"*%d\r\n" % (len(args) if total is None else total) + _resp_args(args)
 
 
 def _resp_args(args: list[bytes]) -> bytes:
