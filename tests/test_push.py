@@ -79,6 +79,14 @@ def test_records_must_be_a_list(store) -> None:
     assert ei.value.field == "records[1]"
 
 
+@pytest.mark.parametrize("timeout", [0, -1, 301, "5", None, True, float("nan")])
+def test_bad_timeout_is_rejected_before_anything_is_written(store, timeout) -> None:
+    with pytest.raises(InvalidInputError, match="timeout") as ei:
+        store.push("transactions", [event("u1", 1, 1.0)], timeout=timeout)
+    assert ei.value.field == "timeout"
+    assert store.offline.exists("src__transactions") is False or store.offline.count("src__transactions") == 0
+
+
 def test_timestamp_forms() -> None:
     want = parse_timestamp_us(datetime(2026, 1, 1, 0, 0, 1, tzinfo=timezone.utc))
     assert parse_timestamp_us("2026-01-01T00:00:01Z") == want

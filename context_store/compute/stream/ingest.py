@@ -93,6 +93,8 @@ def push(
     Redis mode: ``wait=False`` returns once the events are durable in the stream (bulk loads);
     ``timeout`` bounds the wait for the workers to apply them (read-after-write).
     """
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 300:
+        raise InvalidInputError(f"timeout must be a number of seconds in (0, 300], got {timeout!r}", field="timeout")
     plan, table = validate_push(store, source, rows)
     if dry_run:
         for view in plan.views:  # surface transform errors too, without writing anything
