@@ -42,7 +42,10 @@ pair = cs.FeatureService("pair", [txn_stats[["amount_count_1d"]], merchant_stats
 
 
 def _data() -> dict[str, pa.Table]:
-    ts = [NOW - timedelta(minutes=m) for m in (5, 20, 90, 60 * 30, 60 * 24 * 5)]
+    # The oldest event (6.5 days) lies inside txn_stats' 7d window and retention but always before
+    # the top-level 4^L-tile block (128 h) that an incremental materialize reloads from, whatever
+    # the time of day (at 5 days it fell inside that block during part of each 128-h period).
+    ts = [NOW - timedelta(minutes=m) for m in (5, 20, 90, 60 * 30, 60 * 156)]
     txns = pa.table({
         "user_id": ["u1", "u1", "u1", "u1", "u2"],
         "merchant_id": [10, 11, 10, 12, 10],
