@@ -35,10 +35,21 @@ _GET = "/api/v1/feature-service/get-features"
 _BATCH = "/api/v1/feature-service/get-features-batch"
 _META = "/api/v1/feature-service/metadata"
 _ERRORS: dict[int, type[ContextStoreError]] = {
-    400: InvalidInputError, 401: UnauthorizedError, 403: ForbiddenError, 404: NotFoundError,
-    413: InvalidInputError, 429: RateLimitedError, 503: UnavailableError, 504: UnavailableError,
+    400: InvalidInputError,
+    401: UnauthorizedError,
+    403: ForbiddenError,
+    404: NotFoundError,
+    413: InvalidInputError,
+    429: RateLimitedError,
+    503: UnavailableError,
+    504: UnavailableError,
 }
-_ALL_META = {"includeNames": True, "includeDataTypes": True, "includeEffectiveTimes": True, "includeServingStatus": True}
+_ALL_META = {
+    "includeNames": True,
+    "includeDataTypes": True,
+    "includeEffectiveTimes": True,
+    "includeServingStatus": True,
+}
 
 
 def _service_name(feature_service: Any) -> str:
@@ -77,7 +88,9 @@ def _decode(dtype: Mapping[str, Any] | None, v: Any) -> Any:
     return v
 
 
-def _vector(values: list[Any], meta: list[dict[str, Any]], statuses: list[dict[str, Any]] | None, join_keys: Any) -> FeatureVector:
+def _vector(
+    values: list[Any], meta: list[dict[str, Any]], statuses: list[dict[str, Any]] | None, join_keys: Any
+) -> FeatureVector:
     out: dict[str, Any] = {}
     md: list[FeatureMetadata] = []
     for i, (v, m) in enumerate(zip(values, meta)):
@@ -86,27 +99,39 @@ def _vector(values: list[Any], meta: list[dict[str, Any]], statuses: list[dict[s
         out[name] = _decode(dt, v)
         et = m.get("effectiveTime")
         status = (statuses[i] if statuses else m).get("status", "PRESENT" if v is not None else "MISSING_DATA")
-        md.append(FeatureMetadata(
-            name=name, data_type=dict(dt), status=status,
-            effective_time=datetime.fromisoformat(et.replace("Z", "+00:00")) if et else None,
-            view=name.split(".", 1)[0],
-        ))
+        md.append(
+            FeatureMetadata(
+                name=name,
+                data_type=dict(dt),
+                status=status,
+                effective_time=datetime.fromisoformat(et.replace("Z", "+00:00")) if et else None,
+                view=name.split(".", 1)[0],
+            )
+        )
     return FeatureVector(out, md, dict(join_keys or {}))
 
 
-def _get_body(service: str, join_keys: Mapping[str, Any], request_context: Mapping[str, Any] | None,
-              workspace: str | None) -> bytes:
-    params: dict[str, Any] = {"featureServiceName": service, "joinKeyMap": dict(join_keys),
-                              "requestContextMap": dict(request_context or {}), "metadataOptions": _ALL_META}
+def _get_body(
+    service: str, join_keys: Mapping[str, Any], request_context: Mapping[str, Any] | None, workspace: str | None
+) -> bytes:
+    params: dict[str, Any] = {
+        "featureServiceName": service,
+        "joinKeyMap": dict(join_keys),
+        "requestContextMap": dict(request_context or {}),
+        "metadataOptions": _ALL_META,
+    }
     if workspace:
         params["workspaceName"] = workspace
     return orjson.dumps({"params": params})
 
 
-def _batch_body(service: str, join_keys: Sequence[Mapping[str, Any]], request_context: Any, workspace: str | None) -> bytes:
+def _batch_body(
+    service: str, join_keys: Sequence[Mapping[str, Any]], request_context: Any, workspace: str | None
+) -> bytes:
     ctxs = request_context if isinstance(request_context, (list, tuple)) else [request_context or {}] * len(join_keys)
     params: dict[str, Any] = {
-        "featureServiceName": service, "metadataOptions": _ALL_META,
+        "featureServiceName": service,
+        "metadataOptions": _ALL_META,
         "requestData": [{"joinKeyMap": dict(k), "requestContextMap": dict(c or {})} for k, c in zip(join_keys, ctxs)],
     }
     if workspace:
@@ -133,14 +158,18 @@ def _parse_batch(resp: httpx.Response, join_keys: Sequence[Any]) -> list[Feature
 def _parse_similar(resp: httpx.Response) -> SimilarResult:
     _raise_for(resp)
     b = orjson.loads(resp.content)
-    return SimilarResult(b.get("view", ""), [SimilarItem(i["entity_id"], i["score"], i.get("attributes") or {})
-                                             for i in b.get("items", [])])
+    return SimilarResult(
+        b.get("view", ""),
+        [SimilarItem(i["entity_id"], i["score"], i.get("attributes") or {}) for i in b.get("items", [])],
+    )
 
 
 def _parse_knowledge(resp: httpx.Response) -> KnowledgeResult:
     _raise_for(resp)
     b = orjson.loads(resp.content)
-    return KnowledgeResult(b.get("knowledge", ""), b.get("query", ""), [KnowledgeChunk(**c) for c in b.get("chunks", [])])
+    return KnowledgeResult(
+        b.get("knowledge", ""), b.get("query", ""), [KnowledgeChunk(**c) for c in b.get("chunks", [])]
+    )
 
 
 def _json(resp: httpx.Response) -> Any:
@@ -148,8 +177,15 @@ def _json(resp: httpx.Response) -> Any:
     return orjson.loads(resp.content)
 
 
-def _similar_body(view: str, text: str | None, entity_id: str | None, vector: Sequence[float] | None, k: int,
-                  filter: Mapping[str, Any] | None, workspace: str | None) -> bytes:
+def _similar_body(
+    view: str,
+    text: str | None,
+    entity_id: str | None,
+    vector: Sequence[float] | None,
+    k: int,
+    filter: Mapping[str, Any] | None,
+    workspace: str | None,
+) -> bytes:
     body: dict[str, Any] = {"view": view, "k": k}
     for name, v in (("text", text), ("entity_id", entity_id), ("filter", filter), ("workspace", workspace)):
         if v is not None:
@@ -183,8 +219,15 @@ class _Base:
 class FeatureServerClient(_Base):
     """Synchronous client; reuses one keep-alive connection pool. Use as a context manager or ``close()``."""
 
-    def __init__(self, url: str, api_key: str | None = None, *, workspace: str | None = None, timeout: float = 10.0,
-                 client: httpx.Client | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None = None,
+        *,
+        workspace: str | None = None,
+        timeout: float = 10.0,
+        client: httpx.Client | None = None,
+    ) -> None:
         super().__init__(url, api_key, workspace)
         self._client = client or httpx.Client(base_url=self.url, timeout=timeout, headers=self._headers)
 
@@ -200,13 +243,23 @@ class FeatureServerClient(_Base):
         except httpx.TransportError as e:
             raise UnavailableError(f"feature server at {self.url} unreachable: {e}") from None
 
-    def get_features(self, feature_service: Any, join_keys: Mapping[str, Any],
-                     request_context: Mapping[str, Any] | None = None, workspace: str | None = None) -> FeatureVector:
+    def get_features(
+        self,
+        feature_service: Any,
+        join_keys: Mapping[str, Any],
+        request_context: Mapping[str, Any] | None = None,
+        workspace: str | None = None,
+    ) -> FeatureVector:
         body = _get_body(_service_name(feature_service), join_keys, request_context, workspace or self.workspace)
         return _parse_get(self._post(_GET, body), join_keys)
 
-    def get_features_batch(self, feature_service: Any, join_keys: Sequence[Mapping[str, Any]],
-                           request_context: Any = None, workspace: str | None = None) -> list[FeatureVector]:
+    def get_features_batch(
+        self,
+        feature_service: Any,
+        join_keys: Sequence[Mapping[str, Any]],
+        request_context: Any = None,
+        workspace: str | None = None,
+    ) -> list[FeatureVector]:
         body = _batch_body(_service_name(feature_service), join_keys, request_context, workspace or self.workspace)
         return _parse_batch(self._post(_BATCH, body), join_keys)
 
@@ -214,16 +267,37 @@ class FeatureServerClient(_Base):
         params = {"featureServiceName": _service_name(feature_service), "workspaceName": workspace or self.workspace}
         return _json(self._post(_META, orjson.dumps({"params": params})))
 
-    def get_user_context(self, entity_id: str, context_service: str | None = None, max_tokens: int | None = None) -> Any:
-        return _json(self._get(f"/v1/context/{entity_id}", {"service": context_service, "max_tokens": max_tokens,
-                                                            "workspace": self.workspace}))
+    def get_user_context(
+        self, entity_id: str, context_service: str | None = None, max_tokens: int | None = None
+    ) -> Any:
+        return _json(
+            self._get(
+                f"/v1/context/{entity_id}",
+                {"service": context_service, "max_tokens": max_tokens, "workspace": self.workspace},
+            )
+        )
 
-    def find_similar(self, view: str, *, text: str | None = None, entity_id: str | None = None,
-                     vector: Sequence[float] | None = None, k: int = 10, filter: Mapping[str, Any] | None = None) -> SimilarResult:
-        return _parse_similar(self._post("/v1/similar", _similar_body(view, text, entity_id, vector, k, filter, self.workspace)))
+    def find_similar(
+        self,
+        view: str,
+        *,
+        text: str | None = None,
+        entity_id: str | None = None,
+        vector: Sequence[float] | None = None,
+        k: int = 10,
+        filter: Mapping[str, Any] | None = None,
+    ) -> SimilarResult:
+        return _parse_similar(
+            self._post("/v1/similar", _similar_body(view, text, entity_id, vector, k, filter, self.workspace))
+        )
 
     def search_knowledge(self, knowledge: str, query: str, k: int = 5) -> KnowledgeResult:
-        body = {"knowledge": knowledge, "query": query, "k": k, **({"workspace": self.workspace} if self.workspace else {})}
+        body = {
+            "knowledge": knowledge,
+            "query": query,
+            "k": k,
+            **({"workspace": self.workspace} if self.workspace else {}),
+        }
         return _parse_knowledge(self._post("/v1/knowledge/search", orjson.dumps(body)))
 
     def push(self, source: str, rows: Sequence[Mapping[str, Any]], dry_run: bool = False) -> dict[str, Any]:
@@ -242,8 +316,15 @@ class FeatureServerClient(_Base):
 class AsyncFeatureServerClient(_Base):
     """Asynchronous client (``await client.get_features(...)``); one pooled ``httpx.AsyncClient``."""
 
-    def __init__(self, url: str, api_key: str | None = None, *, workspace: str | None = None, timeout: float = 10.0,
-                 client: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None = None,
+        *,
+        workspace: str | None = None,
+        timeout: float = 10.0,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
         super().__init__(url, api_key, workspace)
         self._client = client or httpx.AsyncClient(base_url=self.url, timeout=timeout, headers=self._headers)
 
@@ -253,13 +334,23 @@ class AsyncFeatureServerClient(_Base):
         except httpx.TransportError as e:
             raise UnavailableError(f"feature server at {self.url} unreachable: {e}") from None
 
-    async def get_features(self, feature_service: Any, join_keys: Mapping[str, Any],
-                           request_context: Mapping[str, Any] | None = None, workspace: str | None = None) -> FeatureVector:
+    async def get_features(
+        self,
+        feature_service: Any,
+        join_keys: Mapping[str, Any],
+        request_context: Mapping[str, Any] | None = None,
+        workspace: str | None = None,
+    ) -> FeatureVector:
         body = _get_body(_service_name(feature_service), join_keys, request_context, workspace or self.workspace)
         return _parse_get(await self._post(_GET, body), join_keys)
 
-    async def get_features_batch(self, feature_service: Any, join_keys: Sequence[Mapping[str, Any]],
-                                 request_context: Any = None, workspace: str | None = None) -> list[FeatureVector]:
+    async def get_features_batch(
+        self,
+        feature_service: Any,
+        join_keys: Sequence[Mapping[str, Any]],
+        request_context: Any = None,
+        workspace: str | None = None,
+    ) -> list[FeatureVector]:
         body = _batch_body(_service_name(feature_service), join_keys, request_context, workspace or self.workspace)
         return _parse_batch(await self._post(_BATCH, body), join_keys)
 
@@ -267,14 +358,26 @@ class AsyncFeatureServerClient(_Base):
         params = {"featureServiceName": _service_name(feature_service), "workspaceName": workspace or self.workspace}
         return _json(await self._post(_META, orjson.dumps({"params": params})))
 
-    async def find_similar(self, view: str, *, text: str | None = None, entity_id: str | None = None,
-                           vector: Sequence[float] | None = None, k: int = 10,
-                           filter: Mapping[str, Any] | None = None) -> SimilarResult:
+    async def find_similar(
+        self,
+        view: str,
+        *,
+        text: str | None = None,
+        entity_id: str | None = None,
+        vector: Sequence[float] | None = None,
+        k: int = 10,
+        filter: Mapping[str, Any] | None = None,
+    ) -> SimilarResult:
         body = _similar_body(view, text, entity_id, vector, k, filter, self.workspace)
         return _parse_similar(await self._post("/v1/similar", body))
 
     async def search_knowledge(self, knowledge: str, query: str, k: int = 5) -> KnowledgeResult:
-        body = {"knowledge": knowledge, "query": query, "k": k, **({"workspace": self.workspace} if self.workspace else {})}
+        body = {
+            "knowledge": knowledge,
+            "query": query,
+            "k": k,
+            **({"workspace": self.workspace} if self.workspace else {}),
+        }
         return _parse_knowledge(await self._post("/v1/knowledge/search", orjson.dumps(body)))
 
     async def push(self, source: str, rows: Sequence[Mapping[str, Any]], dry_run: bool = False) -> dict[str, Any]:
@@ -290,8 +393,14 @@ class AsyncFeatureServerClient(_Base):
         await self.aclose()
 
 
-def get_feature_server_client(url: str, api_key: str | None = None, *, workspace: str | None = None,
-                              timeout: float = 10.0, asynchronous: bool = False) -> Any:
+def get_feature_server_client(
+    url: str,
+    api_key: str | None = None,
+    *,
+    workspace: str | None = None,
+    timeout: float = 10.0,
+    asynchronous: bool = False,
+) -> Any:
     """A ``FeatureServerClient`` (or ``AsyncFeatureServerClient`` with ``asynchronous=True``)."""
     cls = AsyncFeatureServerClient if asynchronous else FeatureServerClient
     return cls(url, api_key, workspace=workspace, timeout=timeout)

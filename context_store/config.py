@@ -65,9 +65,7 @@ class Config:
 
 def check_workspace(name: str) -> str:
     if not isinstance(name, str) or not _WORKSPACE.match(name):
-        raise InvalidInputError(
-            f"workspace {name!r} must be 1-64 letters, digits, '-' or '_'", field="workspace"
-        )
+        raise InvalidInputError(f"workspace {name!r} must be 1-64 letters, digits, '-' or '_'", field="workspace")
     return name
 
 
@@ -85,7 +83,9 @@ def load_config(repo: str | os.PathLike[str] = ".", **overrides: Any) -> Config:
             raise InvalidInputError(f"{path}: expected a mapping of settings", field=CONFIG_FILE)
         unknown = sorted(set(loaded) - set(_KEYS))
         if unknown:
-            raise InvalidInputError(f"{path}: unknown setting {unknown[0]!r}; known: {', '.join(_KEYS)}", field=unknown[0])
+            raise InvalidInputError(
+                f"{path}: unknown setting {unknown[0]!r}; known: {', '.join(_KEYS)}", field=unknown[0]
+            )
         values.update(loaded)
     for key in _KEYS:
         env = os.environ.get(f"CONTEXT_STORE_{key.upper()}")
@@ -94,9 +94,7 @@ def load_config(repo: str | os.PathLike[str] = ".", **overrides: Any) -> Config:
     values.update({k: v for k, v in overrides.items() if v is not None})
     online = str(values.get("online_store") or "sqlite")
     if online not in ("sqlite",) and not online.startswith(("redis://", "rediss://", "unix://", "sqlite:")):
-        raise InvalidInputError(
-            f"online_store {online!r} must be 'sqlite' or a redis:// URL", field="online_store"
-        )
+        raise InvalidInputError(f"online_store {online!r} must be 'sqlite' or a redis:// URL", field="online_store")
 
     def _path(v: Any) -> Path | None:
         if v in (None, ""):
@@ -104,7 +102,9 @@ def load_config(repo: str | os.PathLike[str] = ".", **overrides: Any) -> Config:
         p = Path(str(v)).expanduser()
         return p if p.is_absolute() else root / p
 
-    extra = {k: values[k] for k in values if k not in ("online_store", "data_dir", "offline_store", "registry", "workspace")}
+    extra = {
+        k: values[k] for k in values if k not in ("online_store", "data_dir", "offline_store", "registry", "workspace")
+    }
     return Config(
         repo=root,
         workspace=check_workspace(str(values.get("workspace") or "default")),

@@ -7,8 +7,15 @@ from datetime import datetime
 from typing import Any
 
 __all__ = [
-    "JoinKeys", "Row", "FeatureStatus", "FeatureMetadata", "FeatureVector",
-    "SimilarItem", "SimilarResult", "KnowledgeChunk", "KnowledgeResult",
+    "JoinKeys",
+    "Row",
+    "FeatureStatus",
+    "FeatureMetadata",
+    "FeatureVector",
+    "SimilarItem",
+    "SimilarResult",
+    "KnowledgeChunk",
+    "KnowledgeResult",
 ]
 
 JoinKeys = dict[str, Any]
@@ -21,8 +28,8 @@ FeatureStatus = str  # PRESENT | MISSING_DATA
 
 @dataclass(frozen=True, slots=True)
 class FeatureMetadata:
-    name: str                      # "{view}.{feature}"
-    data_type: dict[str, Any]      # Tecton dataType object, e.g. {"type": "float64"}
+    name: str  # "{view}.{feature}"
+    data_type: dict[str, Any]  # Tecton dataType object, e.g. {"type": "float64"}
     status: FeatureStatus
     effective_time: datetime | None
     view: str
@@ -44,7 +51,7 @@ class FeatureVector:
 @dataclass(frozen=True, slots=True)
 class SimilarItem:
     entity_id: str
-    score: float                   # cosine similarity
+    score: float  # cosine similarity
     attributes: dict[str, Any]
 
 
@@ -58,8 +65,8 @@ class SimilarResult:
 class KnowledgeChunk:
     text: str
     score: float
-    source: str                    # file path relative to the repo
-    start: int                     # character offsets in the source document
+    source: str  # file path relative to the repo
+    start: int  # character offsets in the source document
     end: int
     chunk_id: str
 

@@ -62,7 +62,10 @@ class SentenceTransformerEmbedder:
     """The reference MiniLM on sentence-transformers + PyTorch (CPU)."""
 
     def __init__(
-        self, name: str = "all-MiniLM-L6-v2", threads: int | None = None, batch_size: int = 64,
+        self,
+        name: str = "all-MiniLM-L6-v2",
+        threads: int | None = None,
+        batch_size: int = 64,
         bulk_threads: int | None = None,
     ) -> None:
         self.name = name
@@ -125,7 +128,10 @@ class OnnxEmbedder:
     """MiniLM int8 on onnxruntime: tokenizer -> transformer -> mean pooling -> L2 norm."""
 
     def __init__(
-        self, name: str = "all-MiniLM-L6-v2-int8", threads: int | None = None, batch_size: int = 32,
+        self,
+        name: str = "all-MiniLM-L6-v2-int8",
+        threads: int | None = None,
+        batch_size: int = 32,
         bulk_threads: int | None = None,
     ) -> None:
         self.name = name

@@ -32,7 +32,7 @@ import context_store as cs  # noqa: E402
 DAY_US = 86_400 * 1_000_000
 T0 = 1_704_067_200_000_000  # 2024-01-01T00:00:00Z
 
-DEFINITIONS = '''
+DEFINITIONS = """
 import context_store as cs
 
 user = cs.Entity("user", join_keys=["user_id"])
@@ -42,7 +42,7 @@ txn_stats = cs.FeatureView(
     aggregations=[cs.Aggregate("amount", f, w) for w in ("1h", "1d", "7d") for f in ("count", "sum", "mean", "max")],
 )
 fraud = cs.FeatureService("fraud", [txn_stats])
-'''
+"""
 
 
 def generate(n_events: int, n_users: int, days: int, seed: int = 0) -> pa.Table:
@@ -53,11 +53,13 @@ def generate(n_events: int, n_users: int, days: int, seed: int = 0) -> pa.Table:
     ts = T0 + rng.integers(0, days * DAY_US, size=n_events)
     amount = np.round(rng.lognormal(3.0, 1.2, size=n_events), 2)
     names = pa.array([f"u{i:07d}" for i in range(n_users)])
-    return pa.table({
-        "user_id": names.take(pa.array(users)),
-        "ts": pa.array(ts, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-        "amount": amount,
-    })
+    return pa.table(
+        {
+            "user_id": names.take(pa.array(users)),
+            "ts": pa.array(ts, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+            "amount": amount,
+        }
+    )
 
 
 def make_spine(n_rows: int, n_users: int, days: int, seed: int = 1) -> pa.Table:
@@ -65,17 +67,19 @@ def make_spine(n_rows: int, n_users: int, days: int, seed: int = 1) -> pa.Table:
     users = rng.integers(0, int(n_users * 1.05), size=n_rows)  # ~5% unknown users
     names = pa.array([f"u{i:07d}" for i in range(int(n_users * 1.05))])
     ts = T0 + rng.integers(0, (days + 1) * DAY_US, size=n_rows)
-    return pa.table({
-        "user_id": names.take(pa.array(users)),
-        "timestamp": pa.array(ts, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-    })
+    return pa.table(
+        {
+            "user_id": names.take(pa.array(users)),
+            "timestamp": pa.array(ts, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+        }
+    )
 
 
 def spot_check(events: pa.Table, spine: pa.Table, out: pa.Table, view: cs.FeatureView, samples: int = 30) -> int:
     """Compare sampled rows with the brute-force reference (restricted to the row's user)."""
-    from tests.reference import expected_view_row, values_match
-
     import pyarrow.compute as pc
+
+    from tests.reference import expected_view_row, values_match
 
     rng = np.random.default_rng(2)
     bad = 0
@@ -83,8 +87,10 @@ def spot_check(events: pa.Table, spine: pa.Table, out: pa.Table, view: cs.Featur
         user = spine.column("user_id")[i].as_py()
         t = spine.column("timestamp").cast(pa.int64())[i].as_py()
         sub = events.filter(pc.equal(events.column("user_id"), user))
-        rows = [{"user_id": user, "ts": ts, "amount": a} for ts, a in zip(
-            sub.column("ts").cast(pa.int64()).to_pylist(), sub.column("amount").to_pylist())]
+        rows = [
+            {"user_id": user, "ts": ts, "amount": a}
+            for ts, a in zip(sub.column("ts").cast(pa.int64()).to_pylist(), sub.column("amount").to_pylist())
+        ]
         want = expected_view_row(view, rows, {"user_id": user}, t)
         for name, w in want.items():
             if not values_match(out.column(f"txn_stats__{name}")[i].as_py(), w):
@@ -126,8 +132,11 @@ def main() -> None:
             report = store.backfill()
             backfill_s.append(time.perf_counter() - t)
             backfill_cpu.append(time.process_time() - c)
-            print(f"backfill: {backfill_s[-1]:.2f}s ({n_events / backfill_s[-1]:,.0f} events/s), "
-                  f"cpu {backfill_cpu[-1]:.2f}s", flush=True)
+            print(
+                f"backfill: {backfill_s[-1]:.2f}s ({n_events / backfill_s[-1]:,.0f} events/s), "
+                f"cpu {backfill_cpu[-1]:.2f}s",
+                flush=True,
+            )
         assert report.rows == {"txn_stats": n_events}
 
         training_s: list[float] = []
@@ -137,8 +146,11 @@ def main() -> None:
             out = store.get_training_data(spine, "fraud")
             training_s.append(time.perf_counter() - t)
             training_cpu.append(time.process_time() - c)
-            print(f"training data: {training_s[-1]:.2f}s ({n_spine / training_s[-1]:,.0f} rows/s), "
-                  f"cpu {training_cpu[-1]:.2f}s", flush=True)
+            print(
+                f"training data: {training_s[-1]:.2f}s ({n_spine / training_s[-1]:,.0f} rows/s), "
+                f"cpu {training_cpu[-1]:.2f}s",
+                flush=True,
+            )
         load_after = os.getloadavg()[0]
         # Floor measured in the same run: one read of the event log plus one numpy sort of its
         # timestamps -- the least any point-in-time join over this log must do.
@@ -165,7 +177,7 @@ def main() -> None:
     trc = statistics.median(training_cpu)
     md = f"""# Batch engine: backfill and point-in-time training data
 
-Command: `python -m evals.bench_batch{' --quick' if args.quick else ''}` (median of {args.runs} runs each).
+Command: `python -m evals.bench_batch{" --quick" if args.quick else ""}` (median of {args.runs} runs each).
 
 Data: {n_events:,} transaction events ({args.users:,} users with Zipf-like activity, log-normal amounts,
 {args.days} days, unsorted), spine of {n_spine:,} rows (~5% unknown users), feature view with
@@ -176,8 +188,8 @@ Data: {n_events:,} transaction events ({args.users:,} users with Zipf-like activ
 | backfill (Parquet -> transform -> sort -> Lance `fv__txn_stats`) | {bf:.2f}s | {n_events / bf:,.0f} events/s | {bfc:.2f}s | {n_events / bfc:,.0f} events/s | >= 1,000,000 events/s |
 | get_training_data (Lance read + PIT join, spine order kept) | {tr:.2f}s | {n_spine / tr:,.0f} spine rows/s | {trc:.2f}s | {n_spine / trc:,.0f} spine rows/s | >= 1,000,000 rows/s |
 
-All runs (wall / process CPU): backfill {', '.join(f'{s:.2f}s/{c:.2f}s' for s, c in zip(backfill_s, backfill_cpu))};
-training {', '.join(f'{s:.2f}s/{c:.2f}s' for s, c in zip(training_s, training_cpu))}.
+All runs (wall / process CPU): backfill {", ".join(f"{s:.2f}s/{c:.2f}s" for s, c in zip(backfill_s, backfill_cpu))};
+training {", ".join(f"{s:.2f}s/{c:.2f}s" for s, c in zip(training_s, training_cpu))}.
 Floor measured in the same run (read the 3 log columns from Lance + sort its timestamps once): {fl:.2f}s,
 so training data costs {tr / fl:.1f}x that floor. Load average (1 min) before/after the timed runs:
 {load_before:.1f} / {load_after:.1f} on {os.cpu_count()} cores -- other work shared the machine, so wall
@@ -199,13 +211,13 @@ in numpy; the view's aggregations run on 2 threads; numpy's huge-page hint is of
 functions use Apache DataSketches (HLL lg_k=12: 1.6% RSE; KLL k=200: 1.65% normalized rank error)
 and loop per spine row; last/first_distinct_n are vectorised (neither is in this benchmark).
 
-Target status: backfill {'meets' if n_events / bf >= 1e6 else 'misses'} 1M events/s on wall time
-({'meets' if n_events / bfc >= 1e6 else 'misses'} it per CPU-second); training data {'meets' if n_spine / tr >= 1e6 else 'misses'} 1M spine rows/s on wall
-time ({'meets' if n_spine / trc >= 1e6 else 'misses'} it per CPU-second).
+Target status: backfill {"meets" if n_events / bf >= 1e6 else "misses"} 1M events/s on wall time
+({"meets" if n_events / bfc >= 1e6 else "misses"} it per CPU-second); training data {"meets" if n_spine / tr >= 1e6 else "misses"} 1M spine rows/s on wall
+time ({"meets" if n_spine / trc >= 1e6 else "misses"} it per CPU-second).
 
 For reference (issue #2): Feast 0.67 measured on this machine did 73k spine rows/s and dropped 0.5% of spine rows.
 
-Machine: {platform.machine()}, {__import__('os').cpu_count()} cores, Python {platform.python_version()},
+Machine: {platform.machine()}, {__import__("os").cpu_count()} cores, Python {platform.python_version()},
 pyarrow {pa.__version__}, duckdb {duckdb.__version__}, lancedb {lancedb.__version__}, numpy {np.__version__}.
 """
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,12 @@ Stats = dict[str, float]
 
 def _pct(xs: list[float]) -> Stats:
     a = np.asarray(xs)
-    return {"p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "n": len(xs)}
+    return {
+        "p50": float(np.percentile(a, 50)),
+        "p99": float(np.percentile(a, 99)),
+        "mean": float(a.mean()),
+        "n": len(xs),
+    }
 
 
 def build(root: Path, workspace: str, online: str, users: int) -> Any:
@@ -54,33 +59,56 @@ def build(root: Path, workspace: str, online: str, users: int) -> Any:
 
     build_context_repo(root)
     rng = random.Random(7)
-    end = datetime.now(timezone.utc).replace(microsecond=0)
+    end = datetime.now(UTC).replace(microsecond=0)
     rows: list[dict[str, Any]] = []
     for u in range(users):
         rows += txn_rows(f"u{u}", end - timedelta(hours=47), 20, timedelta(hours=2), amount0=rng.random() * 10)
     ts = pa.timestamp("us", tz="UTC")
-    pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema([
-        ("user_id", pa.string()), ("item_id", pa.string()), ("amount", pa.float64()), ("note", pa.string()), ("ts", ts),
-    ])), root / "data" / "transactions.parquet")
+    pq.write_table(
+        pa.Table.from_pylist(
+            rows,
+            schema=pa.schema(
+                [
+                    ("user_id", pa.string()),
+                    ("item_id", pa.string()),
+                    ("amount", pa.float64()),
+                    ("note", pa.string()),
+                    ("ts", ts),
+                ]
+            ),
+        ),
+        root / "data" / "transactions.parquet",
+    )
     words = ["red", "blue", "green", "running", "shoes", "coffee", "tea", "speaker", "headphones", "wireless", "beans"]
     n_items = 2000
-    pq.write_table(pa.table({
-        "item_id": [f"i{i}" for i in range(n_items)],
-        "title": [" ".join(rng.sample(words, 3)) for _ in range(n_items)],
-        "category": [rng.choice(["shoes", "food", "audio"]) for _ in range(n_items)],
-        "ts": pa.array([end - timedelta(days=3)] * n_items, type=ts),
-    }), root / "data" / "items.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "item_id": [f"i{i}" for i in range(n_items)],
+                "title": [" ".join(rng.sample(words, 3)) for _ in range(n_items)],
+                "category": [rng.choice(["shoes", "food", "audio"]) for _ in range(n_items)],
+                "ts": pa.array([end - timedelta(days=3)] * n_items, type=ts),
+            }
+        ),
+        root / "data" / "items.parquet",
+    )
     emb = get_embedder("hash-64").embed([" ".join(rng.sample(words, 3)) for _ in range(users)])
-    pq.write_table(pa.table({
-        "user_id": [f"u{u}" for u in range(users)], "segment": [rng.choice(["a", "b", "c"]) for _ in range(users)],
-        "interest": pa.array([list(map(float, v)) for v in emb], type=pa.list_(pa.float32(), 64)),
-        "ts": pa.array([end - timedelta(days=3)] * users, type=ts),
-    }), root / "data" / "profiles.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": [f"u{u}" for u in range(users)],
+                "segment": [rng.choice(["a", "b", "c"]) for _ in range(users)],
+                "interest": pa.array([list(map(float, v)) for v in emb], type=pa.list_(pa.float32(), 64)),
+                "ts": pa.array([end - timedelta(days=3)] * users, type=ts),
+            }
+        ),
+        root / "data" / "profiles.parquet",
+    )
     store = cs.ContextStore(root, workspace=workspace, online_store=online)
     store.apply()
     store.backfill()
     store.materialize()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     fresh: list[dict[str, Any]] = []
     for u in range(users):
         fresh += txn_rows(f"u{u}", now - timedelta(seconds=120), 6, timedelta(seconds=15), amount0=100.0)
@@ -101,8 +129,15 @@ def serve(args: argparse.Namespace) -> None:
     keys = KeyStore(args.keys)
     app = create_mcp_http_app(lambda ws: store, lambda h: authenticate(h, keys))
     timed = _ServerTimer(create_standalone_app(app), Path(args.stats))
-    uvicorn.run(timed, host="127.0.0.1", port=args.port, log_level="warning", access_log=False,
-                loop="uvloop" if _has("uvloop") else "asyncio", http="httptools" if _has("httptools") else "h11")
+    uvicorn.run(
+        timed,
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        loop="uvloop" if _has("uvloop") else "asyncio",
+        http="httptools" if _has("httptools") else "h11",
+    )
 
 
 class _ServerTimer:
@@ -209,18 +244,26 @@ def bench_http(url: str, key: str, users: list[str], n: int) -> tuple[Stats, Sta
     import httpx
 
     headers = {
-        "Authorization": f"Bearer {key}", "Content-Type": "application/json",
-        "Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18",
+        "Authorization": f"Bearer {key}",
+        "Content-Type": "application/json",
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": "2025-06-18",
     }
     lat, ping = [], []
     with httpx.Client(timeout=30) as c:
         for i in range(n + 50):  # 50 warm-up rounds
-            body = {"jsonrpc": "2.0", "id": i, "method": "tools/call",
-                    "params": {"name": "get_user_context", "arguments": {"entity_id": users[i % len(users)]}}}
-            for what in (("list", "call") if i % 2 else ("call", "list")):  # alternate the order
+            body = {
+                "jsonrpc": "2.0",
+                "id": i,
+                "method": "tools/call",
+                "params": {"name": "get_user_context", "arguments": {"entity_id": users[i % len(users)]}},
+            }
+            for what in ("list", "call") if i % 2 else ("call", "list"):  # alternate the order
                 t0 = time.perf_counter()
                 if what == "list":
-                    r = c.post(url, content=json.dumps({"jsonrpc": "2.0", "id": i, "method": "tools/list"}), headers=headers)
+                    r = c.post(
+                        url, content=json.dumps({"jsonrpc": "2.0", "id": i, "method": "tools/list"}), headers=headers
+                    )
                 else:
                     r = c.post(url, content=json.dumps(body), headers=headers)
                 dt = (time.perf_counter() - t0) * 1e3
@@ -318,9 +361,27 @@ def main() -> None:
     keys = KeyStore(tmp / "keys.sqlite")
     key, _ = keys.create(ws, scope="read")
     port = free_port()
-    child = subprocess.Popen([sys.executable, "-m", "evals.bench_context", "--serve", "--repo", str(tmp / "repo"),
-                              "--workspace", ws, "--online", a.online, "--keys", str(tmp / "keys.sqlite"),
-                              "--port", str(port), "--stats", str(tmp / "server_times.json")], cwd=ROOT)
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "evals.bench_context",
+            "--serve",
+            "--repo",
+            str(tmp / "repo"),
+            "--workspace",
+            ws,
+            "--online",
+            a.online,
+            "--keys",
+            str(tmp / "keys.sqlite"),
+            "--port",
+            str(port),
+            "--stats",
+            str(tmp / "server_times.json"),
+        ],
+        cwd=ROOT,
+    )
     try:
         _wait_port(port)
         url = f"http://127.0.0.1:{port}/mcp"
@@ -354,8 +415,10 @@ def report(a: argparse.Namespace, users: int, n: int, setup_s: float, r: dict[st
     )
     mcp_layer = max(mcp["mean"] - mcp_base["mean"], 0.0)
     transport = max(http["mean"] - mcp["mean"], 0.0)
-    rows = list(share.items()) + [("MCP layer (arguments, output model, content)", mcp_layer),
-                                  ("HTTP transport + auth", transport)]
+    rows = list(share.items()) + [
+        ("MCP layer (arguments, output model, content)", mcp_layer),
+        ("HTTP transport + auth", transport),
+    ]
 
     def line(name: str, s: Stats, bold: bool = False) -> str:
         b = "**" if bold else ""
@@ -377,10 +440,16 @@ def report(a: argparse.Namespace, users: int, n: int, setup_s: float, r: dict[st
         line("MCP tool server side, no transport (`MCPServer.call_tool`)", mcp),
         line("**MCP tool over streamable HTTP** (Bearer key, separate server process)", http, bold=True),
         line("floor: MCP `tools/list` over HTTP (no work)", ping),
-        *([line("... the HTTP tool call timed inside the server (request in -> response out)", r["srv"]),
-           line("... its server CPU time (process time; insensitive to other load)", r["srv_cpu"]),
-           line("... `tools/list` timed inside the server", r["srv_list"]),
-           line("... its server CPU time", r["srv_list_cpu"])] if r.get("srv") else []),
+        *(
+            [
+                line("... the HTTP tool call timed inside the server (request in -> response out)", r["srv"]),
+                line("... its server CPU time (process time; insensitive to other load)", r["srv_cpu"]),
+                line("... `tools/list` timed inside the server", r["srv_list"]),
+                line("... its server CPU time", r["srv_list_cpu"]),
+            ]
+            if r.get("srv")
+            else []
+        ),
         line("end to end with the SDK `Client` over HTTP (+ client-side schema validation)", sdk),
         "",
         f"HTTP rows: the median of 3 rounds by p99 (p99 per round: "
@@ -388,8 +457,12 @@ def report(a: argparse.Namespace, users: int, n: int, setup_s: float, r: dict[st
         "",
         f"Target p99 <= 10 ms over HTTP: **{'met' if http['p99'] <= 10 else 'NOT met'}** ({http['p99']:.2f} ms "
         f"at load {r['load']:.1f} on {os.cpu_count()} cores"
-        + (f"; the server's own CPU per call is p50 {r['srv_cpu']['p50']:.2f} / p99 {r['srv_cpu']['p99']:.2f} ms, "
-           "so the rest of the wall time is waiting for a core" if r.get("srv") else "")
+        + (
+            f"; the server's own CPU per call is p50 {r['srv_cpu']['p50']:.2f} / p99 {r['srv_cpu']['p99']:.2f} ms, "
+            "so the rest of the wall time is waiting for a core"
+            if r.get("srv")
+            else ""
+        )
         + "). "
         f"Ratios to the floors measured in the same interleaved loops (p50): get_user_context = "
         f"{ctx['p50'] / fs['p50']:.1f}x get_features in process; the HTTP tool call = "

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +32,7 @@ from context_store.registry.registry import Registry  # noqa: E402
 from context_store.scaffold import scaffold  # noqa: E402
 from context_store.scaffold.generator import generate  # noqa: E402
 
-END = datetime(2024, 6, 1, tzinfo=timezone.utc)
+END = datetime(2024, 6, 1, tzinfo=UTC)
 
 
 def median_time(fn: Callable[[], object], runs: int) -> float:
@@ -78,7 +78,9 @@ def main() -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONTEXT_STORE_")}
         floor = median_time(lambda: subprocess.run([sys.executable, "-c", "pass"], check=True, env=env), runs)
         t = median_time(lambda: subprocess.run([*argv, "--help"], check=True, capture_output=True, env=env), runs)
-        rows.append(("`context-store --help` process", f"{t * 1000:.0f} ms (python -c pass floor: {floor * 1000:.0f} ms)"))
+        rows.append(
+            ("`context-store --help` process", f"{t * 1000:.0f} ms (python -c pass floor: {floor * 1000:.0f} ms)")
+        )
         t = median_time(
             lambda: subprocess.run([*argv, "plan", "--repo", str(root)], check=True, capture_output=True, env=env), runs
         )

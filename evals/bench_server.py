@@ -27,7 +27,7 @@ import tempfile
 import textwrap
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ REDIS_URL = os.environ.get("CONTEXT_STORE_REDIS_URL", "redis://127.0.0.1:6379/0"
 PATH = "/api/v1/feature-service/get-features"
 FEAST_RPS = 881.0
 
-DEFINITIONS = '''
+DEFINITIONS = """
 import context_store as cs
 
 user = cs.Entity("user", join_keys=["user_id"])
@@ -51,10 +51,11 @@ txn_stats = cs.FeatureView(
     aggregations=[cs.Aggregate("amount", f, w) for w in ("1h", "1d") for f in ("count", "sum", "mean", "min", "max")],
 )
 bench = cs.FeatureService("bench", [txn_stats])
-'''
+"""
 
 
 # -- servers ---------------------------------------------------------------------------------
+
 
 def floor_app() -> Any:
     """uvicorn factory: the floor -- read the body, one Redis GET, return the bytes."""
@@ -110,9 +111,28 @@ def _start_cs(repo: Path, port: int, workers: int) -> subprocess.Popen[bytes]:
 
 def _start_floor(port: int, workers: int, key: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "CS_BENCH_REDIS": REDIS_URL, "CS_BENCH_KEY": key}
-    cmd = [sys.executable, "-m", "uvicorn", "--factory", "bench_server:floor_app", "--app-dir", str(Path(__file__).parent),
-           "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers), "--loop", "uvloop", "--http",
-           "httptools", "--log-level", "error", "--no-access-log"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "bench_server:floor_app",
+        "--app-dir",
+        str(Path(__file__).parent),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--log-level",
+        "error",
+        "--no-access-log",
+    ]
     return subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True)
 
 
@@ -155,18 +175,32 @@ def _tree_cpu_s(pid: int) -> float:
 
 # -- load generators ---------------------------------------------------------------------------
 
+
 def wrk_throughput(port: int, body: bytes, seconds: int, connections: int = 16, threads: int = 1) -> dict[str, Any]:
     """Closed-loop max throughput with wrk (POST via a Lua script)."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(textwrap.dedent(f"""
+        f.write(
+            textwrap.dedent(f"""
             wrk.method = "POST"
             wrk.body = {json.dumps(body.decode())}
             wrk.headers["Content-Type"] = "application/json"
-        """))
+        """)
+        )
         script = f.name
     out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script,
-         f"http://127.0.0.1:{port}{PATH}"], capture_output=True, text=True, check=True,
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            script,
+            f"http://127.0.0.1:{port}{PATH}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     os.unlink(script)
 
@@ -181,16 +215,23 @@ def wrk_throughput(port: int, body: bytes, seconds: int, connections: int = 16, 
     errors = re.search(r"Socket errors:.*", out)
     max_lat = re.search(r"^\s+Latency\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", out, re.M)
     return {
-        "rps": rps, "p50_ms": ms("50%"), "p99_ms": ms("99%"),
-        "max_ms": float(max_lat.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[max_lat.group(2)] if max_lat else None,
-        "non_2xx": int(non2xx.group(1)) if non2xx else 0, "socket_errors": errors.group(0) if errors else "",
+        "rps": rps,
+        "p50_ms": ms("50%"),
+        "p99_ms": ms("99%"),
+        "max_ms": float(max_lat.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[max_lat.group(2)]
+        if max_lat
+        else None,
+        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+        "socket_errors": errors.group(0) if errors else "",
         "connections": connections,
     }
 
 
 async def _open_loop(port: int, body: bytes, rate: float, seconds: float, conns: int) -> dict[str, Any]:
-    req = (f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-           f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    req = (
+        f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
     pool: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
     for _ in range(conns):
         pool.put_nowait(await asyncio.open_connection("127.0.0.1", port))
@@ -233,33 +274,50 @@ async def _open_loop(port: int, body: bytes, rate: float, seconds: float, conns:
     def pct(p: float) -> float:
         return lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else float("nan")
 
-    return {"rate": rate, "sent": n, "achieved_rps": len(lat) / elapsed, "p50_ms": pct(0.50), "p90_ms": pct(0.90),
-            "p99_ms": pct(0.99), "p999_ms": pct(0.999), "max_ms": lat[-1] * 1000 if lat else None,
-            "over_100ms": sum(x > 0.1 for x in lat), "errors": errors, "statuses": statuses, "connections": conns}
+    return {
+        "rate": rate,
+        "sent": n,
+        "achieved_rps": len(lat) / elapsed,
+        "p50_ms": pct(0.50),
+        "p90_ms": pct(0.90),
+        "p99_ms": pct(0.99),
+        "p999_ms": pct(0.999),
+        "max_ms": lat[-1] * 1000 if lat else None,
+        "over_100ms": sum(x > 0.1 for x in lat),
+        "errors": errors,
+        "statuses": statuses,
+        "connections": conns,
+    }
 
 
 def fixed_rate(port: int, body: bytes, rate: float, seconds: float, conns: int = 32) -> dict[str, Any]:
     """Run the open-loop generator in its own process (so it does not share the server's event loop)."""
-    code = (f"import asyncio, json, uvloop, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
-            f"import bench_server as b; uvloop.install(); "
-            f"print(json.dumps(asyncio.run(b._open_loop({port}, {body!r}, {rate}, {seconds}, {conns}))))")
+    code = (
+        f"import asyncio, json, uvloop, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+        f"import bench_server as b; uvloop.install(); "
+        f"print(json.dumps(asyncio.run(b._open_loop({port}, {body!r}, {rate}, {seconds}, {conns}))))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 # -- setup -------------------------------------------------------------------------------------
 
+
 def seed(repo: Path, users: int) -> None:
     import context_store as cs
 
     store = cs.ContextStore(repo)
     store.apply()
-    now = datetime.now(timezone.utc)
-    rows = [{"user_id": f"u{u}", "amount": float(1 + (u * 7 + k) % 50), "ts": now - timedelta(minutes=5 + 9 * k)}
-            for u in range(users) for k in range(5)]
+    now = datetime.now(UTC)
+    rows = [
+        {"user_id": f"u{u}", "amount": float(1 + (u * 7 + k) % 50), "ts": now - timedelta(minutes=5 + 9 * k)}
+        for u in range(users)
+        for k in range(5)
+    ]
     for i in range(0, len(rows), 5000):
-        res = store.push("transactions", rows[i:i + 5000])
-        assert res.accepted == len(rows[i:i + 5000])
+        res = store.push("transactions", rows[i : i + 5000])
+        assert res.accepted == len(rows[i : i + 5000])
     store.close()
 
 
@@ -282,10 +340,21 @@ def _asgi_caller(app: Any, body: bytes) -> Any:
             if msg["type"] == "http.response.start":
                 status = msg["status"]
 
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-                 "path": PATH, "raw_path": PATH.encode(), "query_string": b"", "root_path": "",
-                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "state": {}}
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": PATH,
+            "raw_path": PATH.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+            "state": {},
+        }
         await app(scope, receive, send)
         return status
 
@@ -319,7 +388,9 @@ def profile(repo: Path, n: int = 3000) -> str:
 
     async def run() -> tuple[dict[str, float], str]:
         costs = {
-            "ContextStore.get_features_async alone": await timed(lambda: store.get_features_async("bench", {"user_id": "u1"})),
+            "ContextStore.get_features_async alone": await timed(
+                lambda: store.get_features_async("bench", {"user_id": "u1"})
+            ),
             "full app, fast path (default)": await timed(fast),
             "full app, FastAPI routing (fast_path=False)": await timed(slow),
         }
@@ -341,7 +412,9 @@ def machine() -> str:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{platform.system()} {platform.release()}, {os.cpu_count()} cores ({cpu}), Python {platform.python_version()}"
+    return (
+        f"{platform.system()} {platform.release()}, {os.cpu_count()} cores ({cpu}), Python {platform.python_version()}"
+    )
 
 
 def main() -> None:
@@ -375,8 +448,9 @@ def main() -> None:
         cs_port, floor_port = _free_port(), _free_port()
         procs.append(_start_cs(repo, cs_port, args.workers))
         _wait_up(cs_port, procs[-1])
-        body = json.dumps({"params": {"workspaceName": ws, "featureServiceName": "bench",
-                                      "joinKeyMap": {"user_id": "u1"}}}).encode()
+        body = json.dumps(
+            {"params": {"workspaceName": ws, "featureServiceName": "bench", "joinKeyMap": {"user_id": "u1"}}}
+        ).encode()
         import httpx
 
         sample = httpx.post(f"http://127.0.0.1:{cs_port}{PATH}", content=body, timeout=10)
@@ -452,7 +526,7 @@ def write(out: Path, results: dict[str, Any], args: Any, dur: float, prof: str |
     lines = [
         "# Feature server benchmark (`python -m evals.bench_server`)",
         "",
-        f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {machine()}; Redis at {REDIS_URL}.",
+        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}; Redis at {REDIS_URL}.",
         f"Server: uvicorn + uvloop + httptools, {args.workers} worker processes, auth off, metrics on. "
         f"Request: Tecton `get-features`, 1 entity x 10 features (window aggregates), {dur:.0f} s per run.",
         "Load generators run on the same 2-core machine as the servers (they compete for CPU; numbers are conservative).",
@@ -467,8 +541,10 @@ def write(out: Path, results: dict[str, Any], args: Any, dur: float, prof: str |
     ]
     for name, r in results.items():
         t = r["throughput"]
-        lines.append(f"| {name} | {t['rps']:.0f} | {t['p50_ms']:.2f} | {t['p99_ms']:.2f} | {t['max_ms']:.1f} | {t['non_2xx']} | "
-                     f"{t['server_cpu_us_per_request']:.0f} | {t['loadavg_1m_before']:.1f} |")
+        lines.append(
+            f"| {name} | {t['rps']:.0f} | {t['p50_ms']:.2f} | {t['p99_ms']:.2f} | {t['max_ms']:.1f} | {t['non_2xx']} | "
+            f"{t['server_cpu_us_per_request']:.0f} | {t['loadavg_1m_before']:.1f} |"
+        )
     lines += [
         "",
         f"## Latency at a fixed {args.rate:.0f} req/s (open loop, separate process, latency from scheduled send time)",
@@ -478,8 +554,10 @@ def write(out: Path, results: dict[str, Any], args: Any, dur: float, prof: str |
     ]
     for name, r in results.items():
         f = r["fixed"]
-        lines.append(f"| {name} | {f['achieved_rps']:.0f} | {f['p50_ms']:.2f} | {f['p90_ms']:.2f} | {f['p99_ms']:.2f} | "
-                     f"{f['p999_ms']:.2f} | {f['max_ms']:.1f} | {f['over_100ms']} | {f['errors']} |")
+        lines.append(
+            f"| {name} | {f['achieved_rps']:.0f} | {f['p50_ms']:.2f} | {f['p90_ms']:.2f} | {f['p99_ms']:.2f} | "
+            f"{f['p999_ms']:.2f} | {f['max_ms']:.1f} | {f['over_100ms']} | {f['errors']} |"
+        )
     lines += [
         "",
         "## Every run (interleaved; the load average shows how busy the shared machine was)",
@@ -492,9 +570,11 @@ def write(out: Path, results: dict[str, Any], args: Any, dur: float, prof: str |
         for name, r in results.items():
             if i < len(r["runs"]):
                 t, f = r["runs"][i]["throughput"], r["runs"][i]["fixed"]
-                lines.append(f"| {i} | {name} | {t['loadavg_1m_before']:.1f} | {t['rps']:.0f} | "
-                             f"{t['server_cpu_us_per_request']:.0f} | {f['p50_ms']:.2f} | {f['p99_ms']:.2f} | "
-                             f"{f['max_ms']:.1f} | {f['over_100ms']} |")
+                lines.append(
+                    f"| {i} | {name} | {t['loadavg_1m_before']:.1f} | {t['rps']:.0f} | "
+                    f"{t['server_cpu_us_per_request']:.0f} | {f['p50_ms']:.2f} | {f['p99_ms']:.2f} | "
+                    f"{f['max_ms']:.1f} | {f['over_100ms']} |"
+                )
     best_rps = max(x["throughput"]["rps"] for x in cs_r["runs"])
     best_p99 = min(x["fixed"]["p99_ms"] for x in cs_r["runs"])
     ratio = cs_r["throughput"]["rps"] / FEAST_RPS
@@ -520,7 +600,14 @@ def write(out: Path, results: dict[str, Any], args: Any, dur: float, prof: str |
         "```",
     ]
     if prof:
-        lines += ["", "## Where the time goes (in-process ASGI calls, no network; then pyinstrument)", "", "```", prof.strip(), "```"]
+        lines += [
+            "",
+            "## Where the time goes (in-process ASGI calls, no network; then pyinstrument)",
+            "",
+            "```",
+            prof.strip(),
+            "```",
+        ]
     out.parent.mkdir(parents=True, exist_ok=True)
     png = plot(results, args.rate, out.with_suffix(".png"))
     if png:

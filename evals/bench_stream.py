@@ -32,7 +32,7 @@ import textwrap
 import threading
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ from context_store.compute.stream import ingest  # noqa: E402
 from context_store.compute.stream.ingest import _stream_log  # noqa: E402
 from context_store.compute.stream.online_adapter import applied_offset  # noqa: E402
 
-DEFINITIONS = '''
+DEFINITIONS = """
 import context_store as cs
 
 user = cs.Entity("user", join_keys=["user_id"])
@@ -66,9 +66,15 @@ txn_stats = cs.FeatureView(
     + [cs.Aggregate("merchant", "last_distinct_n", "1d", n=3)],
 )
 fraud = cs.FeatureService("fraud", [txn_stats])
-'''
-SCHEMA = pa.schema([("user_id", pa.string()), ("ts", pa.timestamp("us", tz="UTC")), ("amount", pa.float64()),
-                    ("merchant", pa.string())])
+"""
+SCHEMA = pa.schema(
+    [
+        ("user_id", pa.string()),
+        ("ts", pa.timestamp("us", tz="UTC")),
+        ("amount", pa.float64()),
+        ("merchant", pa.string()),
+    ]
+)
 
 
 def make_repo(root: Path, online: str, workspace: str, partitions: int = 4) -> cs.ContextStore:
@@ -84,8 +90,17 @@ def start_workers(store: cs.ContextStore, n: int, redis_url: str) -> list[subpro
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONTEXT_STORE_")}
     procs = []
     for _ in range(n):
-        cmd = [sys.executable, "-c", "from context_store.cli.stream import worker; worker()", "--repo",
-               str(store.config.repo), "--workspace", store.workspace, "--online-store", redis_url]
+        cmd = [
+            sys.executable,
+            "-c",
+            "from context_store.cli.stream import worker; worker()",
+            "--repo",
+            str(store.config.repo),
+            "--workspace",
+            store.workspace,
+            "--online-store",
+            redis_url,
+        ]
         # BENCH_WORKER_LOG=path keeps the workers' logs (lease moves, claims, failed steps)
         err = open(os.environ["BENCH_WORKER_LOG"], "ab") if os.environ.get("BENCH_WORKER_LOG") else subprocess.DEVNULL
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err))
@@ -113,15 +128,16 @@ def pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q)) if xs else float("nan")
 
 
-def freshness(store: cs.ContextStore, rate: float, seconds: float, threads: int, t_start: float | None = None,
-              tag: str = "") -> dict[str, Any]:
+def freshness(
+    store: cs.ContextStore, rate: float, seconds: float, threads: int, t_start: float | None = None, tag: str = ""
+) -> dict[str, Any]:
     """Open-loop single-event pushes at ``rate``: a dispatcher thread hands each event to a pool of
     ``threads`` at its scheduled time (so a slow push never slows the offered rate), and per push
     records the latency until visible (``push`` waits for read-after-write) and until a
     ``get_features`` confirms the new count; also how late the dispatch was (open-loop fidelity)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     push_ms: list[float] = []
     confirm_ms: list[float] = []
     sched_ms: list[float] = []  # scheduled time -> visible (includes any dispatch delay)
@@ -169,8 +185,16 @@ def freshness(store: cs.ContextStore, rate: float, seconds: float, threads: int,
     # From the scheduled start (waiting for the other pusher processes to start does not count)
     # to the last push's completion: below the offered rate when the pool could not keep up.
     wall = time.perf_counter() - max(base, wall)
-    return {"n": len(push_ms), "wall": wall, "errors": len(errors), "push": push_ms, "confirm": confirm_ms,
-            "sched": sched_ms, "lag": lag_ms, "error_samples": errors[:3]}
+    return {
+        "n": len(push_ms),
+        "wall": wall,
+        "errors": len(errors),
+        "push": push_ms,
+        "confirm": confirm_ms,
+        "sched": sched_ms,
+        "lag": lag_ms,
+        "error_samples": errors[:3],
+    }
 
 
 def freshness_observed(store: cs.ContextStore, rate: float, seconds: float, confirm_every: int = 10) -> dict[str, Any]:
@@ -193,7 +217,7 @@ def freshness_observed(store: cs.ContextStore, rate: float, seconds: float, conf
     ps.subscribe(log.applied_channel)
     while ps.get_message(timeout=0.1) is not None:  # drain the subscribe confirmation
         pass
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     total = int(rate * seconds)
     run_id = uuid.uuid4().hex[:6]
     users = [f"o{run_id}_{i}" for i in range(1000)]  # a user recurs once per 1,000 events (~1 s)
@@ -234,8 +258,9 @@ def freshness_observed(store: cs.ContextStore, rate: float, seconds: float, conf
                 series.append((e[3] - wall, (t_vis - e[3]) * 1000))
             check = [e for e, _ in ready if e[6] % confirm_every == 0]
             if check:
-                got = store.get_features_batch("fraud", [{"user_id": e[4]} for e in check],
-                                               request_time=now + timedelta(seconds=1))
+                got = store.get_features_batch(
+                    "fraud", [{"user_id": e[4]} for e in check], request_time=now + timedelta(seconds=1)
+                )
                 t = time.perf_counter()
                 for e, fv in zip(check, got):
                     n = fv.feature_values["txn_stats.amount_count_1h"]
@@ -258,8 +283,9 @@ def freshness_observed(store: cs.ContextStore, rate: float, seconds: float, conf
             u = users[k % len(users)]
             counts[u] += 1
             t0 = time.perf_counter()
-            res = ingest.push(store, "transactions", [{"user_id": u, "ts": now, "amount": 1.0, "merchant": "m"}],
-                              wait=False)
+            res = ingest.push(
+                store, "transactions", [{"user_id": u, "ts": now, "amount": 1.0, "merchant": "m"}], wait=False
+            )
             t1 = time.perf_counter()
             lag_ms.append((t0 - t_sched) * 1000)
             ((p, off),) = res.offsets.items()
@@ -272,16 +298,26 @@ def freshness_observed(store: cs.ContextStore, rate: float, seconds: float, conf
         ps.close()
         r.close()
     missing = total - state["done"]
-    return {"n": len(vis_ms), "achieved_rate": total / push_wall, "errors": len(errors) + missing,
-            "error_samples": errors[:3] + ([f"{missing} events never announced"] if missing else []),
-            "push_p50": pct(vis_ms, 50), "push_p99": pct(vis_ms, 99), "n_confirmed": len(confirm_ms),
-            "confirm_p50": pct(confirm_ms, 50), "confirm_p99": pct(confirm_ms, 99), "lag_p99": pct(lag_ms, 99),
-            "samples": vis_ms, "max": max(vis_ms) if vis_ms else float("nan"), "series": series}
+    return {
+        "n": len(vis_ms),
+        "achieved_rate": total / push_wall,
+        "errors": len(errors) + missing,
+        "error_samples": errors[:3] + ([f"{missing} events never announced"] if missing else []),
+        "push_p50": pct(vis_ms, 50),
+        "push_p99": pct(vis_ms, 99),
+        "n_confirmed": len(confirm_ms),
+        "confirm_p50": pct(confirm_ms, 50),
+        "confirm_p99": pct(confirm_ms, 99),
+        "lag_p99": pct(lag_ms, 99),
+        "samples": vis_ms,
+        "max": max(vis_ms) if vis_ms else float("nan"),
+        "series": series,
+    }
 
 
 def sequential(store: cs.ContextStore, n: int) -> dict[str, Any]:
     """One pusher, closed loop (the next push when the previous is visible): the path's own latency."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     push_ms: list[float] = []
     confirm_ms: list[float] = []
     errors = 0
@@ -297,15 +333,23 @@ def sequential(store: cs.ContextStore, n: int) -> dict[str, Any]:
         push_ms.append((t1 - t0) * 1000)
         confirm_ms.append((t2 - t0) * 1000)
     wall = time.perf_counter() - wall
-    return {"n": n, "wall": wall, "errors": errors, "push": push_ms, "confirm": confirm_ms, "sched": push_ms,
-            "lag": [0.0]}
+    return {
+        "n": n,
+        "wall": wall,
+        "errors": errors,
+        "push": push_ms,
+        "confirm": confirm_ms,
+        "sched": push_ms,
+        "lag": [0.0],
+    }
 
 
-def _fresh_child(repo: str, workspace: str, online: str, rate: float, seconds: float, threads: int,
-                 t_start: float, tag: str) -> dict[str, Any]:
+def _fresh_child(
+    repo: str, workspace: str, online: str, rate: float, seconds: float, threads: int, t_start: float, tag: str
+) -> dict[str, Any]:
     store = cs.ContextStore(repo, workspace=workspace, online_store=online)
     try:
-        store.push("transactions", [{"user_id": "warm" + tag, "ts": datetime.now(timezone.utc), "amount": 1.0}])
+        store.push("transactions", [{"user_id": "warm" + tag, "ts": datetime.now(UTC), "amount": 1.0}])
         return freshness(store, rate, seconds, threads, t_start, tag)
     finally:
         store.close()
@@ -319,8 +363,20 @@ def freshness_procs(store: cs.ContextStore, rate: float, seconds: float, procs: 
 
     t_start = time.time() + 4.0  # after the children imported and warmed up
     with ProcessPoolExecutor(procs, mp_context=mp.get_context("spawn")) as ex:
-        futs = [ex.submit(_fresh_child, str(store.config.repo), store.workspace, store.config.online_store,
-                          rate / procs, seconds, threads, t_start, f"p{i}") for i in range(procs)]
+        futs = [
+            ex.submit(
+                _fresh_child,
+                str(store.config.repo),
+                store.workspace,
+                store.config.online_store,
+                rate / procs,
+                seconds,
+                threads,
+                t_start,
+                f"p{i}",
+            )
+            for i in range(procs)
+        ]
         parts = [f.result() for f in futs]
     push = [x for p in parts for x in p["push"]]
     confirm = [x for p in parts for x in p["confirm"]]
@@ -328,20 +384,34 @@ def freshness_procs(store: cs.ContextStore, rate: float, seconds: float, procs: 
     lag = [x for p in parts for x in p["lag"]]
     wall = max(p["wall"] for p in parts)
     return {
-        "n": len(push), "achieved_rate": len(push) / wall, "errors": sum(p["errors"] for p in parts),
+        "n": len(push),
+        "achieved_rate": len(push) / wall,
+        "errors": sum(p["errors"] for p in parts),
         "error_samples": [e for p in parts for e in p["error_samples"]][:3],
-        "push_p50": pct(push, 50), "push_p99": pct(push, 99),
-        "confirm_p50": pct(confirm, 50), "confirm_p99": pct(confirm, 99), "samples": push,
-        "sched_p99": pct(sched, 99), "lag_p99": pct(lag, 99), "max": max(push, default=float("nan")),
+        "push_p50": pct(push, 50),
+        "push_p99": pct(push, 99),
+        "confirm_p50": pct(confirm, 50),
+        "confirm_p99": pct(confirm, 99),
+        "samples": push,
+        "sched_p99": pct(sched, 99),
+        "lag_p99": pct(lag, 99),
+        "max": max(push, default=float("nan")),
     }
 
 
 def summarize(r: dict[str, Any]) -> dict[str, Any]:
     return {
-        "n": r["n"], "achieved_rate": r["n"] / r["wall"], "errors": r["errors"],
-        "push_p50": pct(r["push"], 50), "push_p99": pct(r["push"], 99),
-        "confirm_p50": pct(r["confirm"], 50), "confirm_p99": pct(r["confirm"], 99), "samples": r["push"],
-        "sched_p99": pct(r["sched"], 99), "lag_p99": pct(r["lag"], 99), "max": max(r["push"], default=float("nan")),
+        "n": r["n"],
+        "achieved_rate": r["n"] / r["wall"],
+        "errors": r["errors"],
+        "push_p50": pct(r["push"], 50),
+        "push_p99": pct(r["push"], 99),
+        "confirm_p50": pct(r["confirm"], 50),
+        "confirm_p99": pct(r["confirm"], 99),
+        "samples": r["push"],
+        "sched_p99": pct(r["sched"], 99),
+        "lag_p99": pct(r["lag"], 99),
+        "max": max(r["push"], default=float("nan")),
     }
 
 
@@ -350,12 +420,14 @@ def backlog(store: cs.ContextStore, n: int, users: int = 10_000, chunk: int = 50
     rng = np.random.default_rng(1)
     now_us = int(time.time() * 1e6)
     ts = now_us - rng.integers(0, 600_000_000, n)  # the last 10 minutes, out of order (< lateness)
-    table = pa.table({
-        "user_id": pa.array([f"u{i}" for i in rng.integers(0, users, n)]),
-        "ts": pa.array(ts, pa.timestamp("us", tz="UTC")),
-        "amount": pa.array(rng.lognormal(3, 1, n)),
-        "merchant": pa.array([f"m{i}" for i in rng.integers(0, 50, n)]),
-    })
+    table = pa.table(
+        {
+            "user_id": pa.array([f"u{i}" for i in rng.integers(0, users, n)]),
+            "ts": pa.array(ts, pa.timestamp("us", tz="UTC")),
+            "amount": pa.array(rng.lognormal(3, 1, n)),
+            "merchant": pa.array([f"m{i}" for i in rng.integers(0, 50, n)]),
+        }
+    )
     last: dict[int, int] = {}
     t0 = time.perf_counter()
     for i in range(0, n, chunk):
@@ -387,8 +459,15 @@ def drain_rate(store: cs.ContextStore, n: int, workers: int, redis_url: str) -> 
     finally:
         stop_workers(procs)
     assert t_applied is not None, "workers did not finish"
-    return {"workers": workers, "events": n, "online_rate": n / t_applied, "acked_rate": n / t_acked,
-            "push_rate": push_rate, "t_online": t_applied, "t_acked": t_acked}
+    return {
+        "workers": workers,
+        "events": n,
+        "online_rate": n / t_applied,
+        "acked_rate": n / t_acked,
+        "push_rate": push_rate,
+        "t_online": t_applied,
+        "t_acked": t_acked,
+    }
 
 
 def cleanup(redis_url: str, workspace: str) -> None:
@@ -401,8 +480,10 @@ def cleanup(redis_url: str, workspace: str) -> None:
 
 
 def _fmt(r: dict[str, Any]) -> str:
-    return (f"{r['achieved_rate']:.0f}/s: p50 {r['push_p50']:.2f} ms p99 {r['push_p99']:.2f} ms; "
-            f"read-back p99 {r['confirm_p99']:.2f} ms; mismatches {r['errors']} {r.get('error_samples') or ''}")
+    return (
+        f"{r['achieved_rate']:.0f}/s: p50 {r['push_p50']:.2f} ms p99 {r['push_p99']:.2f} ms; "
+        f"read-back p99 {r['confirm_p99']:.2f} ms; mismatches {r['errors']} {r.get('error_samples') or ''}"
+    )
 
 
 def main() -> None:
@@ -412,9 +493,13 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=1000.0)
     ap.add_argument("--procs", type=int, default=2, help="Pusher processes for the read-after-write runs.")
     ap.add_argument("--threads", type=int, default=16, help="Pusher pool threads per process (open loop).")
-    ap.add_argument("--nice", type=int, default=0,
-                    help="Scheduling priority for this run and its worker/pusher processes (e.g. -10 on a shared "
-                         "machine, as root); Redis keeps its own.")
+    ap.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="Scheduling priority for this run and its worker/pusher processes (e.g. -10 on a shared "
+        "machine, as root); Redis keeps its own.",
+    )
     ap.add_argument("--out", default=str(ROOT / "evals" / "results" / "stream.md"))
     args = ap.parse_args()
     if args.nice:
@@ -451,8 +536,12 @@ def main() -> None:
                     lat = []
                     for i in range(500):
                         t0 = time.perf_counter()
-                        ingest.push(store, "transactions", [{"user_id": f"d{i % 50}", "ts": datetime.now(timezone.utc),
-                                                             "amount": 1.0}], wait=False)
+                        ingest.push(
+                            store,
+                            "transactions",
+                            [{"user_id": f"d{i % 50}", "ts": datetime.now(UTC), "amount": 1.0}],
+                            wait=False,
+                        )
                         lat.append((time.perf_counter() - t0) * 1000)
                     results["durable_only"] = {"p50": pct(lat, 50), "p99": pct(lat, 99)}
             finally:
@@ -470,8 +559,11 @@ def main() -> None:
             workspaces.append(ws)
             store = make_repo(tmp / f"ingest{n_workers}", args.redis, ws)
             results[f"ingest_{n_workers}"] = r = drain_rate(store, n_ingest, n_workers, args.redis)
-            print(f"ingest with {n_workers} worker(s): {r['online_rate']:,.0f} events/s applied online, "
-                  f"{r['acked_rate']:,.0f} events/s incl. offline log + ack (push {r['push_rate']:,.0f}/s)", flush=True)
+            print(
+                f"ingest with {n_workers} worker(s): {r['online_rate']:,.0f} events/s applied online, "
+                f"{r['acked_rate']:,.0f} events/s incl. offline log + ack (push {r['push_rate']:,.0f}/s)",
+                flush=True,
+            )
             store.close()
     finally:
         for ws in workspaces:
@@ -482,20 +574,26 @@ def main() -> None:
 
 
 def _row(name: str, r: dict[str, Any]) -> str:
-    return (f"| {name} | {r['achieved_rate']:.0f}/s | {r['push_p50']:.2f} ms | {r['push_p99']:.2f} ms | "
-            f"{r.get('max', float('nan')):.1f} ms | {r['confirm_p99']:.2f} ms | {r['errors']} |")
+    return (
+        f"| {name} | {r['achieved_rate']:.0f}/s | {r['push_p50']:.2f} ms | {r['push_p99']:.2f} ms | "
+        f"{r.get('max', float('nan')):.1f} ms | {r['confirm_p99']:.2f} ms | {r['errors']} |"
+    )
 
 
 def write_report(path: Path, res: dict[str, Any], args: Any, seconds: float, n_ingest: int) -> None:
     f1, f2, s = res["fresh_1"], res["fresh_2"], res["fresh_sqlite"]
     i1, i2 = res["ingest_1"], res["ingest_2"]
-    ok_f = "meets" if max(f1["push_p99"], f2["push_p99"]) <= 20 and min(f1["achieved_rate"], f2["achieved_rate"]) >= 0.98 * args.rate \
+    ok_f = (
+        "meets"
+        if max(f1["push_p99"], f2["push_p99"]) <= 20
+        and min(f1["achieved_rate"], f2["achieved_rate"]) >= 0.98 * args.rate
         else "misses"
+    )
     ok_i = "meets" if max(i1["online_rate"], i2["online_rate"]) >= 20_000 else "misses"
     lines = [
         "# Streaming: freshness and ingest rate",
         "",
-        f"`python -m evals.bench_stream{' --quick' if args.quick else ''}` — {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
+        f"`python -m evals.bench_stream{' --quick' if args.quick else ''}` — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
         f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, local Redis "
         "(same machine: load generator, workers and Redis share the 2 cores). "
         f"1-min load average {res['load_before']:.1f} before / {res['load_after']:.1f} after the run; "
@@ -509,7 +607,7 @@ def write_report(path: Path, res: dict[str, Any], args: Any, seconds: float, n_i
         "returning once durable in the stream. An observer hears the workers' applied-offset announcements, which the",
         "commit script publishes itself after writing the state (an announced event is visible to any later read):",
         "freshness = push returned → announcement covering the event. Every 10th event is read back with",
-        "`get_features` at that moment and its count checked (\"read-back\"; mismatches must be 0). The harness",
+        '`get_features` at that moment and its count checked ("read-back"; mismatches must be 0). The harness',
         "runs `gc.freeze()` before each phase so that its own heap of earlier samples adds no GC pauses.",
         "",
         "| mode | achieved rate | p50 | p99 | max | p99 read-back | mismatches |",

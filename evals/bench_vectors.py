@@ -43,14 +43,21 @@ RESULTS = ROOT / "evals" / "results"
 DIM = 384
 LOAD = os.getloadavg()
 
-WORDS = ("red blue green black white wool silk cotton leather steel oak glass running trail hiking shoes boots "
-         "shirt jacket lamp desk chair mug teapot cake recipe chocolate vanilla laptop gaming keyboard monitor "
-         "garden hose kayak tent backpack camera lens phone case charger vintage modern small large soft bright").split()
+WORDS = (
+    "red blue green black white wool silk cotton leather steel oak glass running trail hiking shoes boots "
+    "shirt jacket lamp desk chair mug teapot cake recipe chocolate vanilla laptop gaming keyboard monitor "
+    "garden hose kayak tent backpack camera lens phone case charger vintage modern small large soft bright"
+).split()
 
 
 def pct(xs: list[float]) -> dict[str, float]:
     a = np.asarray(xs) * 1e3  # ms
-    return {"p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "n": len(xs)}
+    return {
+        "p50": float(np.percentile(a, 50)),
+        "p99": float(np.percentile(a, 99)),
+        "mean": float(a.mean()),
+        "n": len(xs),
+    }
 
 
 def timed(fn: Any, args: list[Any], warmup: int = 20) -> dict[str, float]:
@@ -73,15 +80,16 @@ def interleaved(fns: dict[str, Any], args: list[Any], warmup: int = 20) -> dict[
             fns[nm](a)
     times: dict[str, list[float]] = {nm: [] for nm in names}
     for i, a in enumerate(args):
-        for nm in names[i % len(names):] + names[: i % len(names)]:
+        for nm in names[i % len(names) :] + names[: i % len(names)]:
             t = time.perf_counter()
             fns[nm](a)
             times[nm].append(time.perf_counter() - t)
     return {nm: pct(ts) for nm, ts in times.items()}
 
 
-def lowrank(n: int, seed: int = 0, clusters: int = 1000, intrinsic: int = 64, spread: float = 0.6,
-            iso: float = 0.05) -> np.ndarray:
+def lowrank(
+    n: int, seed: int = 0, clusters: int = 1000, intrinsic: int = 64, spread: float = 0.6, iso: float = 0.05
+) -> np.ndarray:
     """Unit vectors on a 64-dim subspace of R^384 (topics + spread) plus a little isotropic noise.
 
     Sentence embeddings have a low intrinsic dimension; with these settings a noisy query's
@@ -164,21 +172,34 @@ def bench_size(n: int, queries: int, kind: str, nprobe: int | None, data: str = 
     view = EmbeddingView("items", [item], src, text="title", attributes=["category", "price"])
     defs = RepoDefinitions(entities={"item": item}, sources={src.name: src}, embedding_views={"items": view})
     vs = VectorService(defs, load_config(tmp), None)
-    coll = VectorCollection(LanceVectors(tmp / "vectors"), "emb__items", dim=DIM, key="entity_id",
-                            attributes=["title", "category", "price"], embedder="all-MiniLM-L6-v2")
+    coll = VectorCollection(
+        LanceVectors(tmp / "vectors"),
+        "emb__items",
+        dim=DIM,
+        key="entity_id",
+        attributes=["title", "category", "price"],
+        embedder="all-MiniLM-L6-v2",
+    )
     coll.index = idx  # inject the prebuilt index: the service path is measured, not a Lance load
     vs._views["items"] = coll
     qlists = [q.tolist() for q in qv]
     args = list(range(len(qv)))
-    res.update(interleaved({
-        "raw_faiss": lambda i: raw.search(qv[i : i + 1], 10),
-        "store_search": lambda i: idx.search(qv[i], 10),
-        "find_similar_vector": lambda i: vs.find_similar("items", vector=qlists[i], k=10),
-    }, args))
+    res.update(
+        interleaved(
+            {
+                "raw_faiss": lambda i: raw.search(qv[i : i + 1], 10),
+                "store_search": lambda i: idx.search(qv[i], 10),
+                "find_similar_vector": lambda i: vs.find_similar("items", vector=qlists[i], k=10),
+            },
+            args,
+        )
+    )
     res["find_similar_filter_1pct"] = timed(
-        lambda q: vs.find_similar("items", vector=q, k=10, filter={"category": "c7"}), qlists[:300])
+        lambda q: vs.find_similar("items", vector=q, k=10, filter={"category": "c7"}), qlists[:300]
+    )
     res["find_similar_filter_30pct"] = timed(
-        lambda q: vs.find_similar("items", vector=q, k=10, filter={"price": {"$lt": 3}}), qlists[:300])
+        lambda q: vs.find_similar("items", vector=q, k=10, filter={"price": {"$lt": 3}}), qlists[:300]
+    )
 
     from embedders import get_embedder
 
@@ -203,7 +224,9 @@ def bench_size(n: int, queries: int, kind: str, nprobe: int | None, data: str = 
 
     # incremental changes (single rows, visible immediately)
     newv = lowrank(200, seed=99)
-    res["upsert_1"] = timed(lambda i: idx.upsert([f"new{i}"], newv[i : i + 1], [{"category": "new"}]), list(range(200)), warmup=0)
+    res["upsert_1"] = timed(
+        lambda i: idx.upsert([f"new{i}"], newv[i : i + 1], [{"category": "new"}]), list(range(200)), warmup=0
+    )
     res["delete_1"] = timed(lambda i: idx.delete([f"new{i}"]), list(range(200)), warmup=0)
     vs.close()
     return res
@@ -223,14 +246,27 @@ def bench_startup(n: int, changes: int = 1000, repeats: int = 3, kind: str | Non
 
     def coll(snapshots: bool = True) -> VectorCollection:
         # a fresh LanceVectors per start: nothing cached from the previous "process"
-        return VectorCollection(LanceVectors(tmp), table, dim=DIM, key="entity_id", attributes=["category", "price"],
-                                embedder="bench", kind=kind, snapshots=snapshots)
+        return VectorCollection(
+            LanceVectors(tmp),
+            table,
+            dim=DIM,
+            key="entity_id",
+            attributes=["category", "price"],
+            embedder="bench",
+            kind=kind,
+            snapshots=snapshots,
+        )
 
     def rows(c: VectorCollection, idx: np.ndarray, x: np.ndarray, tag: str) -> pa.Table:
-        return c.rows([f"e{i}" for i in idx.tolist()], x, [f"{tag}{i}" for i in idx.tolist()], {
-            "category": pa.array([f"c{i % 100}" for i in idx.tolist()], pa.string()),
-            "price": pa.array([float(i % 10) for i in idx.tolist()], pa.float64()),
-        })
+        return c.rows(
+            [f"e{i}" for i in idx.tolist()],
+            x,
+            [f"{tag}{i}" for i in idx.tolist()],
+            {
+                "category": pa.array([f"c{i % 100}" for i in idx.tolist()], pa.string()),
+                "price": pa.array([float(i % 10) for i in idx.tolist()], pa.float64()),
+            },
+        )
 
     res: dict[str, Any] = {"n": n, "changes": changes, "load": list(os.getloadavg())}
     x = lowrank(n, seed=n)
@@ -263,8 +299,11 @@ def bench_startup(n: int, changes: int = 1000, repeats: int = 3, kind: str | Non
     res["snapshot_load_s"] = float(np.median(loads))
     res["snapshot_load_all_s"] = loads
     res["identical_results"] = all(loaded.index.search(q, 10) == rebuilt.index.search(q, 10) for q in qv)
-    print(f"  cold start, snapshot: {res['snapshot_load_s']:.2f}s (median of {repeats}); identical results: "
-          f"{res['identical_results']}", flush=True)
+    print(
+        f"  cold start, snapshot: {res['snapshot_load_s']:.2f}s (median of {repeats}); identical results: "
+        f"{res['identical_results']}",
+        flush=True,
+    )
 
     # another process changes 1% of the rows after the snapshot was written
     loaded = rebuilt = None
@@ -302,6 +341,7 @@ def bench_embedders(n: int) -> dict[str, Any]:
                 return plain.encode(t, batch_size=64, normalize_embeddings=True)
             finally:
                 torch.set_num_threads(1)
+
         return embed
 
     ours = SentenceTransformerEmbedder()
@@ -319,12 +359,14 @@ def bench_embedders(n: int) -> dict[str, Any]:
     for fn, _ in backends.values():
         fn(texts[:batch])  # warm-up
     for r, s in enumerate(range(0, n, batch)):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             t = time.perf_counter()
             backends[name][0](texts[s : s + batch])
             spent[name] += time.perf_counter() - t
     out: dict[str, Any] = {"sentences": n, "cores": cores}
-    single = interleaved({name: (lambda s, f=(q or fn): f([s])) for name, (fn, q) in backends.items()}, singles, warmup=10)
+    single = interleaved(
+        {name: (lambda s, f=(q or fn): f([s])) for name, (fn, q) in backends.items()}, singles, warmup=10
+    )
     for name in names:
         out[name] = {"sent_per_s": n / spent[name], "single": single[name]}
         print(f"  {name}: {n / spent[name]:.0f} sentences/s, single query p50 {single[name]['p50']:.2f} ms", flush=True)
@@ -338,11 +380,19 @@ def _breadth(st: dict[str, Any]) -> str:
     return b + (f", {st['calibrated_recall']:.3f}" if "calibrated_recall" in st else "")
 
 
-def write_report(sizes: list[dict[str, Any]], emb: dict[str, Any], quick: bool, elapsed: float,
-                 startup: list[dict[str, Any]] | None = None) -> None:
+def write_report(
+    sizes: list[dict[str, Any]],
+    emb: dict[str, Any],
+    quick: bool,
+    elapsed: float,
+    startup: list[dict[str, Any]] | None = None,
+) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "vectors.json").write_text(json.dumps(
-        {"sizes": sizes, "embedders": emb, "startup": startup, "elapsed_s": elapsed, "quick": quick}, indent=2))
+    (RESULTS / "vectors.json").write_text(
+        json.dumps(
+            {"sizes": sizes, "embedders": emb, "startup": startup, "elapsed_s": elapsed, "quick": quick}, indent=2
+        )
+    )
     lines = [
         "# Vector search and embeddings",
         "",
@@ -369,67 +419,102 @@ def write_report(sizes: list[dict[str, Any]], emb: dict[str, Any], quick: bool, 
             f"| {r['n']:,} | {r['data']} ({r['cos_nn1']:.2f} / {r['cos_nn10']:.2f}) | {r['mode']} ({_breadth(r['stats'])}) | {r['build_s']:.0f} | {f('raw_faiss')} | {f('store_search')} | "
             f"{f('find_similar_vector')} | {f('find_similar_text')} | {r['recall_raw']:.3f} / {r['recall_find_similar']:.3f} |"
         )
-    lines += ["", "| N | data | filter 1% p50 / p99 | filter 30% p50 / p99 | text, cached query p50 / p99 | upsert 1 row p50 / p99 | delete 1 row p50 / p99 |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| N | data | filter 1% p50 / p99 | filter 30% p50 / p99 | text, cached query p50 / p99 | upsert 1 row p50 / p99 | delete 1 row p50 / p99 |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in sizes:
         f = lambda key, r=r: f"{r[key]['p50']:.3f} / {r[key]['p99']:.3f}"  # noqa: E731
-        lines.append(f"| {r['n']:,} | {r['data']} | {f('find_similar_filter_1pct')} | {f('find_similar_filter_30pct')} | "
-                     f"{f('find_similar_text_cached')} | {f('upsert_1')} | {f('delete_1')} |")
+        lines.append(
+            f"| {r['n']:,} | {r['data']} | {f('find_similar_filter_1pct')} | {f('find_similar_filter_30pct')} | "
+            f"{f('find_similar_text_cached')} | {f('upsert_1')} | {f('delete_1')} |"
+        )
     if startup:
-        lines += ["", "## Start-up: index snapshot vs full rebuild (lowrank x 384, LanceDB on local disk)", "",
-                  "A serving process opens the collection with a fresh LanceVectors (in-process; the OS page cache is",
-                  "warm, as on a restart). Full rebuild = read every row from LanceDB and build + calibrate the index",
-                  "(what every start did before snapshots). Snapshot = read `<table>.faiss-snapshot` + the table's",
-                  "key/hash/attribute columns (not the vectors), then replay only rows whose hash differs. Writing the",
-                  "snapshot happens once after a build, then in the background every 10k changed rows / 5 min, and on close.",
-                  "", "| N | index | full rebuild s | snapshot load s (median of 3) | vs rebuild | snapshot + replay of rows changed after it s | "
-                  "snapshot size MiB / write s | results identical (200 queries) | load avg (1 min) |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Start-up: index snapshot vs full rebuild (lowrank x 384, LanceDB on local disk)",
+            "",
+            "A serving process opens the collection with a fresh LanceVectors (in-process; the OS page cache is",
+            "warm, as on a restart). Full rebuild = read every row from LanceDB and build + calibrate the index",
+            "(what every start did before snapshots). Snapshot = read `<table>.faiss-snapshot` + the table's",
+            "key/hash/attribute columns (not the vectors), then replay only rows whose hash differs. Writing the",
+            "snapshot happens once after a build, then in the background every 10k changed rows / 5 min, and on close.",
+            "",
+            "| N | index | full rebuild s | snapshot load s (median of 3) | vs rebuild | snapshot + replay of rows changed after it s | "
+            "snapshot size MiB / write s | results identical (200 queries) | load avg (1 min) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for su in startup:
             lines.append(
                 f"| {su['n']:,} | {su['mode']} | {su['rebuild_s']:.1f} | {su['snapshot_load_s']:.2f} | "
                 f"{su['rebuild_s'] / su['snapshot_load_s']:.0f}x faster | {su['snapshot_replay_s']:.2f} ({su['replayed']:,} rows) | "
                 f"{su['snapshot_bytes'] / 2**20:.0f} / {su['snapshot_save_s']:.2f} | {'yes' if su['identical_results'] else 'NO'} | "
-                f"{su['load'][0]:.1f} |")
-        lines += ["", "The rebuild is CPU-bound and suffers most from the other sessions' load; the snapshot load is mostly I/O:",
-                  "an HNSW snapshot holds the vectors once (graph storage), an IVF one twice (the inverted lists + the flat",
-                  "copy kept for exact fallbacks), and IVF builds are cheap anyway, so the gain is largest where it matters",
-                  "(HNSW). The replay re-inserts only the changed rows (their HNSW insertion is most of its cost)."]
-    lines += ["", f"## Embedding throughput ({emb['sentences']} sentences of 6-15 words in batches of 256, "
-              f"{emb['cores']} cores; backends interleaved batch by batch)", "",
-              "| backend | sentences/s | vs plain ST (all cores) | single query p50 / p99 ms |", "|---|---|---|---|"]
+                f"{su['load'][0]:.1f} |"
+            )
+        lines += [
+            "",
+            "The rebuild is CPU-bound and suffers most from the other sessions' load; the snapshot load is mostly I/O:",
+            "an HNSW snapshot holds the vectors once (graph storage), an IVF one twice (the inverted lists + the flat",
+            "copy kept for exact fallbacks), and IVF builds are cheap anyway, so the gain is largest where it matters",
+            "(HNSW). The replay re-inserts only the changed rows (their HNSW insertion is most of its cost).",
+        ]
+    lines += [
+        "",
+        f"## Embedding throughput ({emb['sentences']} sentences of 6-15 words in batches of 256, "
+        f"{emb['cores']} cores; backends interleaved batch by batch)",
+        "",
+        "| backend | sentences/s | vs plain ST (all cores) | single query p50 / p99 ms |",
+        "|---|---|---|---|",
+    ]
     base = emb["plain sentence-transformers, all cores"]["sent_per_s"]
     for name, v in emb.items():
         if isinstance(v, dict):
-            lines.append(f"| {name} | {v['sent_per_s']:.0f} | {v['sent_per_s'] / base:.2f}x | "
-                         f"{v['single']['p50']:.2f} / {v['single']['p99']:.2f} |")
-    lines += ["", f"ONNX int8 vs torch vectors: min cosine {emb['onnx_vs_torch_cosine_min']:.4f} over 200 sentences "
-              "(close but not identical, so `all-MiniLM-L6-v2-int8` is a separate embedder name).", ""]
+            lines.append(
+                f"| {name} | {v['sent_per_s']:.0f} | {v['sent_per_s'] / base:.2f}x | "
+                f"{v['single']['p50']:.2f} / {v['single']['p99']:.2f} |"
+            )
+    lines += [
+        "",
+        f"ONNX int8 vs torch vectors: min cosine {emb['onnx_vs_torch_cosine_min']:.4f} over 200 sentences "
+        "(close but not identical, so `all-MiniLM-L6-v2-int8` is a separate embedder name).",
+        "",
+    ]
     hundred = next((r for r in sizes if r["n"] == 100_000 and r["data"] == "lowrank"), None)
     lines += ["## Targets", ""]
     for r in sizes:
         ok = r["recall_find_similar"] >= 0.95
-        lines.append(f"- recall@10 >= 0.95 at {r['n']:,} ({r['data']}): {r['recall_find_similar']:.3f} — "
-                     f"{'met' if ok else 'NOT met'}")
+        lines.append(
+            f"- recall@10 >= 0.95 at {r['n']:,} ({r['data']}): {r['recall_find_similar']:.3f} — "
+            f"{'met' if ok else 'NOT met'}"
+        )
     if hundred is not None:
         p99 = hundred["find_similar_vector"]["p99"]
-        lines.append(f"- p99 <= 1 ms by vector at 100k: find_similar {p99:.3f} ms, raw FAISS floor "
-                     f"{hundred['raw_faiss']['p99']:.3f} ms in the same run — {'met' if p99 <= 1 else 'NOT met'}"
-                     f" (find_similar p50 overhead over raw FAISS: "
-                     f"{hundred['find_similar_vector']['p50'] - hundred['raw_faiss']['p50']:+.3f} ms)")
+        lines.append(
+            f"- p99 <= 1 ms by vector at 100k: find_similar {p99:.3f} ms, raw FAISS floor "
+            f"{hundred['raw_faiss']['p99']:.3f} ms in the same run — {'met' if p99 <= 1 else 'NOT met'}"
+            f" (find_similar p50 overhead over raw FAISS: "
+            f"{hundred['find_similar_vector']['p50'] - hundred['raw_faiss']['p50']:+.3f} ms)"
+        )
     torch_ours = next((v for k, v in emb.items() if k.startswith("ours torch")), None)
     if torch_ours:
-        lines.append(f"- embedding throughput >= plain sentence-transformers: ours torch {torch_ours['sent_per_s']:.0f}/s "
-                     f"vs {base:.0f}/s ({torch_ours['sent_per_s'] / base:.2f}x); ONNX int8 "
-                     f"{emb[next(k for k in emb if k.startswith('ours ONNX'))]['sent_per_s'] / base:.2f}x")
-    lines += ["", f"Load average (1 min) at start / end of the run: {LOAD[0]:.1f} / {os.getloadavg()[0]:.1f} "
-              f"on {os.cpu_count()} cores — above ~1 the other sessions' work competes with every query, which "
-              "shows up in the p99 columns (the raw FAISS floor suffers alike).", ""]
+        lines.append(
+            f"- embedding throughput >= plain sentence-transformers: ours torch {torch_ours['sent_per_s']:.0f}/s "
+            f"vs {base:.0f}/s ({torch_ours['sent_per_s'] / base:.2f}x); ONNX int8 "
+            f"{emb[next(k for k in emb if k.startswith('ours ONNX'))]['sent_per_s'] / base:.2f}x"
+        )
+    lines += [
+        "",
+        f"Load average (1 min) at start / end of the run: {LOAD[0]:.1f} / {os.getloadavg()[0]:.1f} "
+        f"on {os.cpu_count()} cores — above ~1 the other sessions' work competes with every query, which "
+        "shows up in the p99 columns (the raw FAISS floor suffers alike).",
+        "",
+    ]
     lines += [
         "## Notes",
         "",
-        "- Index: the product default (`EmbeddingView(index=\"auto\")`) is an exact flat scan below 10k rows and HNSW",
-        "  (M=32, efConstruction=128) above; `index=\"ivf\"` selects IVF-Flat (nlist = sqrt(N)). The 1M row uses IVF",
+        '- Index: the product default (`EmbeddingView(index="auto")`) is an exact flat scan below 10k rows and HNSW',
+        '  (M=32, efConstruction=128) above; `index="ivf"` selects IVF-Flat (nlist = sqrt(N)). The 1M row uses IVF',
         "  because an HNSW build of 1M x 384 on this 2-core box takes tens of minutes (100k took the build time above).",
         "- Search breadth is calibrated per build on probe queries (stored vectors, means of two vectors, noisy vectors):",
         "  easy data keeps efSearch 64, hard data gets the breadth that still reaches recall 0.97 — so recall holds on",
@@ -465,7 +550,9 @@ def write_report(sizes: list[dict[str, Any]], emb: dict[str, Any], quick: bool, 
             xs = np.arange(len(keys)) + j * width
             ax.bar(xs, [r[k]["p50"] for k in keys], width, label=f"p50, N={r['n']:,} {r['data']} ({r['mode']})")
             ax.scatter(xs, [r[k]["p99"] for k in keys], marker="_", s=300, color="k", zorder=3)
-        ax.set_xticks(np.arange(len(keys)) + width * (len(sizes) - 1) / 2, [k.replace("_", "\n") for k in keys], fontsize=8)
+        ax.set_xticks(
+            np.arange(len(keys)) + width * (len(sizes) - 1) / 2, [k.replace("_", "\n") for k in keys], fontsize=8
+        )
         ax.set_yscale("log")
         ax.set_ylabel("ms (bar p50, tick p99)")
         ax.set_title("find_similar latency vs raw FAISS (k=10, dim 384)")
@@ -488,7 +575,9 @@ def main() -> None:
     p.add_argument("--startup-n", default="100000", help="comma-separated rows of the start-up measurement (0: skip)")
     p.add_argument("--startup-only", action="store_true", help="only the start-up measurement (report not rewritten)")
     args = p.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else ([100_000] if args.quick else [100_000, 1_000_000])
+    sizes = (
+        [int(s) for s in args.sizes.split(",")] if args.sizes else ([100_000] if args.quick else [100_000, 1_000_000])
+    )
     t0 = time.perf_counter()
     startup_sizes = [int(v) for v in str(args.startup_n).split(",") if int(v) > 0]
     if args.startup_only:  # merged into vectors.json / vectors.md when those exist
@@ -498,9 +587,13 @@ def main() -> None:
         if old.exists():
             prev = json.loads(old.read_text())
             merged = {r["n"]: r for r in [*(prev.get("startup") or []), *got]}
-            write_report(prev["sizes"], prev["embedders"], prev.get("quick", False),
-                         prev.get("elapsed_s", 0.0) + time.perf_counter() - t0,
-                         [merged[n] for n in sorted(merged)])
+            write_report(
+                prev["sizes"],
+                prev["embedders"],
+                prev.get("quick", False),
+                prev.get("elapsed_s", 0.0) + time.perf_counter() - t0,
+                [merged[n] for n in sorted(merged)],
+            )
         return
     out = []
     runs = [(n, "lowrank") for n in sizes] + ([(100_000, "isotropic")] if args.hard else [])
@@ -509,9 +602,12 @@ def main() -> None:
         print(f"N={n:,} {data} ({kind})", flush=True)
         out.append(bench_size(n, args.queries, kind, args.nprobe, data))
         r = out[-1]
-        print(f"  raw p50 {r['raw_faiss']['p50']:.3f} p99 {r['raw_faiss']['p99']:.3f} | find_similar p50 "
-              f"{r['find_similar_vector']['p50']:.3f} p99 {r['find_similar_vector']['p99']:.3f} | text p50 "
-              f"{r['find_similar_text']['p50']:.2f} | recall {r['recall_find_similar']:.3f}", flush=True)
+        print(
+            f"  raw p50 {r['raw_faiss']['p50']:.3f} p99 {r['raw_faiss']['p99']:.3f} | find_similar p50 "
+            f"{r['find_similar_vector']['p50']:.3f} p99 {r['find_similar_vector']['p99']:.3f} | text p50 "
+            f"{r['find_similar_text']['p50']:.2f} | recall {r['recall_find_similar']:.3f}",
+            flush=True,
+        )
     startup = []
     for n in startup_sizes:
         print(f"start-up {n:,}", flush=True)

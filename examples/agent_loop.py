@@ -40,8 +40,11 @@ async def _call(client: Client, tool: str, args: dict[str, Any]) -> dict[str, An
 async def agent(client: Client, user: str | None, question: str, max_tokens: int) -> None:
     _say("server", (client.instructions or "").strip().splitlines()[0])
     tools = {t.name: t for t in (await client.list_tools()).tools}
-    _say("agent", f"tools: {', '.join(sorted(tools))} (all read-only: "
-         f"{all(t.annotations and t.annotations.read_only_hint for t in tools.values())})")
+    _say(
+        "agent",
+        f"tools: {', '.join(sorted(tools))} (all read-only: "
+        f"{all(t.annotations and t.annotations.read_only_hint for t in tools.values())})",
+    )
 
     services = await _call(client, "list_feature_services", {})
     if not services or not services["context_services"]:
@@ -50,9 +53,15 @@ async def agent(client: Client, user: str | None, question: str, max_tokens: int
     ctx_service = services["context_services"][0]
     _say("agent", f"using context service {ctx_service['name']!r} keyed by {ctx_service['join_key']}")
 
-    ctx = await _call(client, "get_user_context", {
-        "entity_id": user or "u0001", "context_service": ctx_service["name"], "max_tokens": max_tokens,
-    })
+    ctx = await _call(
+        client,
+        "get_user_context",
+        {
+            "entity_id": user or "u0001",
+            "context_service": ctx_service["name"],
+            "max_tokens": max_tokens,
+        },
+    )
     if ctx is None:
         return
     _say("tool", f"{ctx['tokens']} tokens of context; left out: {ctx['omitted'] or 'nothing'}")
@@ -74,9 +83,14 @@ async def agent(client: Client, user: str | None, question: str, max_tokens: int
         if not desc or desc["request_context"] or desc["join_keys"] != [ctx_service["join_key"]]:
             _say("agent", "needs request data or other keys; skip")  # only call what we can fill in
             continue
-        vals = await _call(client, "get_features", {
-            "feature_service": fs["name"], "join_keys": {ctx_service["join_key"]: ctx["entity_id"]},
-        })
+        vals = await _call(
+            client,
+            "get_features",
+            {
+                "feature_service": fs["name"],
+                "join_keys": {ctx_service["join_key"]: ctx["entity_id"]},
+            },
+        )
         if vals:
             _say("tool", json.dumps(vals["features"], default=str)[:300])
         break
@@ -91,8 +105,12 @@ def _demo_repo() -> Path:
     """Scaffold the example repo with the CLI, then apply/backfill/materialize it."""
     exe = shutil.which("context-store") or str(Path(sys.executable).parent / "context-store")
     root = Path(tempfile.mkdtemp(prefix="cs-agent-")) / "repo"
-    for cmd in (["init", str(root)], ["apply", "--repo", str(root), "--yes"], ["backfill", "--repo", str(root)],
-                ["materialize", "--repo", str(root)]):
+    for cmd in (
+        ["init", str(root)],
+        ["apply", "--repo", str(root), "--yes"],
+        ["backfill", "--repo", str(root)],
+        ["materialize", "--repo", str(root)],
+    ):
         _say("setup", "context-store " + " ".join(cmd))
         proc = subprocess.run([exe, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if proc.returncode:

@@ -6,7 +6,7 @@ vector (the hash-64 embedding of a phrase), items with hash-64 embeddings, and o
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from tests.helpers import make_repo
 
 __all__ = ["DEFINITIONS", "ITEMS", "build_context_repo", "interest_of", "txn_rows"]
 
-DEFINITIONS = '''
+DEFINITIONS = """
 import context_store as cs
 
 user = cs.Entity("user", join_keys=["user_id"])
@@ -63,7 +63,7 @@ user_context_events = cs.ContextService(
     "user_context_events", entity=user, features=user_features, recent_events=(transactions, 5),
     similar=(item_embeddings, 2),
 )
-'''
+"""
 
 ITEMS = [
     ("i1", "red running shoes", "shoes"),
@@ -93,33 +93,56 @@ def interest_of(user: str) -> list[float]:
 
 def txn_rows(user: str, start: datetime, n: int, step: timedelta, amount0: float = 1.0) -> list[dict[str, Any]]:
     return [
-        {"user_id": user, "item_id": f"i{1 + i % 6}", "amount": amount0 + i, "note": f"order {i}", "ts": start + i * step}
+        {
+            "user_id": user,
+            "item_id": f"i{1 + i % 6}",
+            "amount": amount0 + i,
+            "note": f"order {i}",
+            "ts": start + i * step,
+        }
         for i in range(n)
     ]
 
 
 def build_context_repo(root: Path, config: dict[str, Any] | None = None, history_end: datetime | None = None) -> Path:
     """Write the repo. Each user has 20 transactions 2h apart, the last 9h before ``history_end`` (default: now)."""
-    end = history_end or datetime.now(timezone.utc).replace(microsecond=0)
+    end = history_end or datetime.now(UTC).replace(microsecond=0)
     t0 = end - timedelta(hours=47)  # events at ages 47h, 45h, ..., 9h: none on a 1d window edge
     hist: list[dict[str, Any]] = []
     for u in INTERESTS:
         hist += txn_rows(u, t0, 20, timedelta(hours=2))
     ts_type = pa.timestamp("us", tz="UTC")
-    txn = pa.Table.from_pylist(hist, schema=pa.schema([
-        ("user_id", pa.string()), ("item_id", pa.string()), ("amount", pa.float64()), ("note", pa.string()), ("ts", ts_type),
-    ]))
-    profiles = pa.table({
-        "user_id": list(INTERESTS),
-        "segment": ["runner", "coffee lover", "audiophile"],
-        "interest": pa.array([interest_of(u) for u in INTERESTS], type=pa.list_(pa.float32(), 64)),
-        "ts": pa.array([t0] * len(INTERESTS), type=ts_type),
-    })
-    items = pa.table({
-        "item_id": [i for i, _, _ in ITEMS], "title": [t for _, t, _ in ITEMS], "category": [c for _, _, c in ITEMS],
-        "ts": pa.array([t0] * len(ITEMS), type=ts_type),
-    })
-    make_repo(root, DEFINITIONS, {"transactions.parquet": txn, "profiles.parquet": profiles, "items.parquet": items}, config)
+    txn = pa.Table.from_pylist(
+        hist,
+        schema=pa.schema(
+            [
+                ("user_id", pa.string()),
+                ("item_id", pa.string()),
+                ("amount", pa.float64()),
+                ("note", pa.string()),
+                ("ts", ts_type),
+            ]
+        ),
+    )
+    profiles = pa.table(
+        {
+            "user_id": list(INTERESTS),
+            "segment": ["runner", "coffee lover", "audiophile"],
+            "interest": pa.array([interest_of(u) for u in INTERESTS], type=pa.list_(pa.float32(), 64)),
+            "ts": pa.array([t0] * len(INTERESTS), type=ts_type),
+        }
+    )
+    items = pa.table(
+        {
+            "item_id": [i for i, _, _ in ITEMS],
+            "title": [t for _, t, _ in ITEMS],
+            "category": [c for _, _, c in ITEMS],
+            "ts": pa.array([t0] * len(ITEMS), type=ts_type),
+        }
+    )
+    make_repo(
+        root, DEFINITIONS, {"transactions.parquet": txn, "profiles.parquet": profiles, "items.parquet": items}, config
+    )
     (root / "docs").mkdir(exist_ok=True)
     (root / "docs" / "help.md").write_text(HELP)
     return root

@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,11 @@ from tests.fixtures_context import build_context_repo, txn_rows
 __all__ = ["prepare_store", "TOOL_CALLS", "check_all_tools", "serve_in_thread", "free_port"]
 
 TOOL_NAMES = {
-    "get_user_context", "get_features", "find_similar", "search_knowledge", "list_feature_services",
+    "get_user_context",
+    "get_features",
+    "find_similar",
+    "search_knowledge",
+    "list_feature_services",
     "describe_feature_service",
 }
 
@@ -39,7 +43,7 @@ def prepare_store(root: Path, workspace: str, online: str) -> cs.ContextStore:
     store.apply()
     store.backfill()
     store.materialize()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     store.push("transactions", txn_rows("u1", now - timedelta(seconds=60), 3, timedelta(seconds=10), amount0=100.0))
     return store
 
@@ -63,10 +67,14 @@ def _check(name: str, sc: dict[str, Any]) -> None:
         assert len(sc["chunks"]) == 1 and "Refunds" in sc["chunks"][0]["text"]
     elif name == "list_feature_services":
         assert [s["name"] for s in sc["feature_services"]] == ["user_features"]
-        assert [c for c in sc["context_services"] if c["name"] == "user_context"] == [{
-            "name": "user_context", "description": "What an agent should know about a user", "entity": "user",
-            "join_key": "user_id",
-        }]
+        assert [c for c in sc["context_services"] if c["name"] == "user_context"] == [
+            {
+                "name": "user_context",
+                "description": "What an agent should know about a user",
+                "entity": "user",
+                "join_key": "user_id",
+            }
+        ]
     elif name == "describe_feature_service":
         assert sc["join_keys"] == ["user_id"]
         names = [f["name"] for f in sc["features"]]

@@ -16,7 +16,7 @@ from tests.helpers import make_repo
 
 __all__ = ["SERVER_DEFINITIONS", "make_server_repo", "free_port", "running_server", "FEATURES_10"]
 
-SERVER_DEFINITIONS = '''
+SERVER_DEFINITIONS = """
 import context_store as cs
 
 user = cs.Entity("user", join_keys=["user_id"])
@@ -54,7 +54,7 @@ def slow_echo(req):
 user_features = cs.FeatureService("user_features", [txn_stats])
 fraud = cs.FeatureService("fraud", [txn_stats[["amount_count_1h", "amount_sum_1d"]], amount_check])
 slow = cs.FeatureService("slow", [txn_stats[["amount_count_1h"]], slow_echo])
-'''
+"""
 
 FEATURES_10 = [f"txn_stats.amount_{f}_{w}" for w in ("1h", "1d") for f in ("count", "sum", "mean", "min", "max")]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ from tests.helpers import make_repo
 
 # Online state keeps tiles relative to the wall clock (retention = windows + lateness + 1 day),
 # so test events live in the recent past.
-_NOW = datetime.now(timezone.utc)
+_NOW = datetime.now(UTC)
 T0 = _NOW.replace(minute=0, second=0, microsecond=0) - timedelta(hours=12)
 
 REPO = """
@@ -61,7 +61,12 @@ fraud = cs.FeatureService("fraud", [txn_stats, big_spend])
 """
 
 SCHEMA = pa.schema(
-    [("user_id", pa.string()), ("ts", pa.timestamp("us", tz="UTC")), ("amount", pa.float64()), ("merchant", pa.string())]
+    [
+        ("user_id", pa.string()),
+        ("ts", pa.timestamp("us", tz="UTC")),
+        ("amount", pa.float64()),
+        ("merchant", pa.string()),
+    ]
 )
 
 

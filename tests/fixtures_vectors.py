@@ -16,8 +16,14 @@ from context_store.serving.similar import VectorService
 from .helpers import make_repo
 
 TITLES = [
-    "red running shoes", "blue running shoes", "chocolate cake recipe", "vanilla cake recipe",
-    "laptop computer", "gaming laptop", "garden hose", "trail running shoes",
+    "red running shoes",
+    "blue running shoes",
+    "chocolate cake recipe",
+    "vanilla cake recipe",
+    "laptop computer",
+    "gaming laptop",
+    "garden hose",
+    "trail running shoes",
 ]
 
 
@@ -57,9 +63,15 @@ def build(
         p.write_text(text)
     item = Entity("item", join_keys=["item_id"])
     src = FileSource("data/items.parquet", timestamp_field="ts")
-    view = EmbeddingView("items", [item], src, text="title", embedder=embedder, attributes=["category", "price"], index=index)
-    kb = Knowledge("help", kb_source, text=kb_text, chunk_size=chunk_size, chunk_overlap=chunk_overlap, embedder=embedder)
-    defs = RepoDefinitions(entities={"item": item}, sources={src.name: src}, embedding_views={"items": view}, knowledge={"help": kb})
+    view = EmbeddingView(
+        "items", [item], src, text="title", embedder=embedder, attributes=["category", "price"], index=index
+    )
+    kb = Knowledge(
+        "help", kb_source, text=kb_text, chunk_size=chunk_size, chunk_overlap=chunk_overlap, embedder=embedder
+    )
+    defs = RepoDefinitions(
+        entities={"item": item}, sources={src.name: src}, embedding_views={"items": view}, knowledge={"help": kb}
+    )
     return VectorService(defs, load_config(root), None, **service_kwargs)
 
 

@@ -10,7 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
-def make_repo(root: Path, definitions: str, data: dict[str, pa.Table] | None = None, config: dict[str, Any] | None = None) -> Path:
+def make_repo(
+    root: Path, definitions: str, data: dict[str, pa.Table] | None = None, config: dict[str, Any] | None = None
+) -> Path:
     """Write ``features.py`` (dedented), parquet files under ``data/`` and an optional yaml config."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "features.py").write_text(textwrap.dedent(definitions))

@@ -142,8 +142,12 @@ def expected_value(
 
 
 def latest_row(
-    events: Sequence[Mapping[str, Any]], keys: Sequence[str], ts_field: str, spine_key: Sequence[Any],
-    t_us: int, ttl_us: int | None,
+    events: Sequence[Mapping[str, Any]],
+    keys: Sequence[str],
+    ts_field: str,
+    spine_key: Sequence[Any],
+    t_us: int,
+    ttl_us: int | None,
 ) -> Mapping[str, Any] | None:
     """Batch features: the latest row with ts <= t (ties: last in log order), None past ttl."""
     want = tuple(spine_key)
@@ -158,7 +162,9 @@ def latest_row(
     return best
 
 
-def expected_view_row(view: Any, events: Sequence[Mapping[str, Any]], spine_row: Mapping[str, Any], t_us: int) -> dict[str, Any]:
+def expected_view_row(
+    view: Any, events: Sequence[Mapping[str, Any]], spine_row: Mapping[str, Any], t_us: int
+) -> dict[str, Any]:
     """Every feature of a (non-realtime) ``cs.FeatureView`` for one spine row."""
     keys = view.join_keys
     ts = view.timestamp_field
@@ -169,8 +175,17 @@ def expected_view_row(view: Any, events: Sequence[Mapping[str, Any]], spine_row:
         for a in view.aggregations:
             w = a.window_td
             out[a.output_name] = expected_value(
-                events, keys, ts, sk, t_us, a.column, a.function,
-                _us(w), interval, n=a.n, percentile=a.percentile,
+                events,
+                keys,
+                ts,
+                sk,
+                t_us,
+                a.column,
+                a.function,
+                _us(w),
+                interval,
+                n=a.n,
+                percentile=a.percentile,
             )
         return out
     ttl = _us(view.ttl)

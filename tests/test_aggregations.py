@@ -17,11 +17,24 @@ from tests.reference import aggregate, values_match
 
 user = cs.Entity("user", ["user_id"])
 src = cs.FileSource("x.parquet", "ts")
-NUM_FUNCS = ["count", "sum", "mean", "min", "max", "last", "stddev_samp", "stddev_pop", "var_samp", "var_pop",
-             "approx_count_distinct", "approx_percentile"]
+NUM_FUNCS = [
+    "count",
+    "sum",
+    "mean",
+    "min",
+    "max",
+    "last",
+    "stddev_samp",
+    "stddev_pop",
+    "var_samp",
+    "var_pop",
+    "approx_count_distinct",
+    "approx_percentile",
+]
 AGGS = [cs.Aggregate("x", f, "1d") for f in NUM_FUNCS] + [
     cs.Aggregate("x", "approx_percentile", "1d", percentile=0.9, name="p90"),
-    cs.Aggregate("i", "sum", "1d", name="isum"), cs.Aggregate("i", "max", "1d", name="imax"),
+    cs.Aggregate("i", "sum", "1d", name="isum"),
+    cs.Aggregate("i", "max", "1d", name="imax"),
     cs.Aggregate("s", "last", "1d", name="slast"),
     cs.Aggregate("s", "last_distinct_n", "1d", n=3, name="ldn"),
     cs.Aggregate("s", "first_distinct_n", "1d", n=2, name="fdn"),
@@ -33,7 +46,7 @@ TYPES = {"x": cs.Float64, "i": cs.Int64, "s": cs.String, "b": cs.Bool, "v": cs.E
 PLAN = AggPlan(cs.FeatureView("v", [user], src, aggregations=AGGS), TYPES)
 
 event = st.tuples(
-    st.integers(0, 50),                                        # ts (few values: many ties)
+    st.integers(0, 50),  # ts (few values: many ties)
     st.one_of(st.none(), st.integers(-400, 400).map(lambda v: v / 8)),
     st.one_of(st.none(), st.integers(-(2**40), 2**40)),
     st.one_of(st.none(), st.sampled_from(["a", "b", "c", "d", "é"])),
@@ -71,8 +84,9 @@ def check(evs: list[tuple[Any, ...]], got: list[Any]) -> None:
         if o.function.startswith(("var", "stddev")):
             scale = 1e6
         rel = 1e-7 if o.name == "vmean" else 1e-9  # an embedding mean is served as float32
-        assert values_match(g, w, rel=rel, scale=scale, approx="hll" if "distinct" in o.function and "approx" in o.function else None), (
-            o.name, g, w)
+        assert values_match(
+            g, w, rel=rel, scale=scale, approx="hll" if "distinct" in o.function and "approx" in o.function else None
+        ), (o.name, g, w)
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -98,7 +112,7 @@ def test_grouped_partials_equal_single(evs: list[tuple[Any, ...]], groups: int) 
     for g, (a, b) in enumerate(zip(starts, ends)):
         single = PLAN.partial(cols_of(evs[a:b]))
         np.testing.assert_allclose(num[g], single.num, rtol=1e-12, atol=1e-12)
-        assert PLAN.encode_parts(num[g], objs[g])[8 * PLAN.K:] == PLAN.encode(single)[8 * PLAN.K:]
+        assert PLAN.encode_parts(num[g], objs[g])[8 * PLAN.K :] == PLAN.encode(single)[8 * PLAN.K :]
 
 
 @settings(max_examples=40, deadline=None)
@@ -116,7 +130,9 @@ def test_variance_is_stable_with_a_large_offset() -> None:
     """Chan's merge keeps precision where a sum-of-squares formula loses it all."""
     rng = np.random.default_rng(0)
     x = 1e6 + rng.normal(0, 1, 5000)  # a sum-of-squares formula loses ~4 digits here
-    plan = AggPlan(cs.FeatureView("v", [user], src, aggregations=[cs.Aggregate("x", "var_samp", "1d")]), {"x": cs.Float64})
+    plan = AggPlan(
+        cs.FeatureView("v", [user], src, aggregations=[cs.Aggregate("x", "var_samp", "1d")]), {"x": cs.Float64}
+    )
     parts = []
     for chunk in np.array_split(x, 37):
         c = Columns(ts=np.zeros(len(chunk), dtype=np.int64), valid={"x": np.ones(len(chunk), bool)}, num={"x": chunk})
@@ -142,7 +158,9 @@ def test_empty_window_and_ordering_semantics() -> None:
 
 def test_tile_sizes_bounded() -> None:
     def view(w: str, interval: str | None = None) -> cs.FeatureView:
-        return cs.FeatureView("v", [user], src, aggregations=[cs.Aggregate("x", "sum", w)], aggregation_interval=interval)
+        return cs.FeatureView(
+            "v", [user], src, aggregations=[cs.Aggregate("x", "sum", w)], aggregation_interval=interval
+        )
 
     for w in ["1m", "30m", "1h", "1d", "7d", "30d"]:
         g = choose_tile_us(view(w))

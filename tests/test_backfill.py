@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -22,16 +22,21 @@ USER = cs.Entity("user", ["user_id"])
 
 
 def _events(n: int = 100, shift: float = 0.0) -> pa.Table:
-    return pa.table({
-        "user_id": [f"u{i % 7}" for i in range(n)],
-        "ts": ts_array([T0 + ((i * 37) % n) * 60 * SEC for i in range(n)]),  # out of order
-        "amount": [float(i) + shift for i in range(n)],
-    })
+    return pa.table(
+        {
+            "user_id": [f"u{i % 7}" for i in range(n)],
+            "ts": ts_array([T0 + ((i * 37) % n) * 60 * SEC for i in range(n)]),  # out of order
+            "amount": [float(i) + shift for i in range(n)],
+        }
+    )
 
 
 def _pairs(t: pa.Table) -> list[tuple]:
-    return sorted(zip(t.column("user_id").to_pylist(), t.column("ts").cast(pa.int64()).to_pylist(),
-                      t.column("amount").to_pylist()))
+    return sorted(
+        zip(
+            t.column("user_id").to_pylist(), t.column("ts").cast(pa.int64()).to_pylist(), t.column("amount").to_pylist()
+        )
+    )
 
 
 def test_backfill_writes_sorted_rows_and_is_idempotent(tmp_path: Path) -> None:
@@ -58,7 +63,7 @@ def test_range_backfill_replaces_only_the_range(tmp_path: Path) -> None:
     view = cs.FeatureView("stats", [USER], src, aggregations=[cs.Aggregate("amount", "sum", "1h")])
     defs, config, offline = build(tmp_path, [view], [cs.FeatureService("svc", [view])])
     write_parquet(tmp_path, "tx.parquet", _events(shift=1000.0))  # the history changed
-    start = datetime.fromtimestamp((T0 + 20 * 60 * SEC) / SEC, tz=timezone.utc)
+    start = datetime.fromtimestamp((T0 + 20 * 60 * SEC) / SEC, tz=UTC)
     end = "2023-11-14T23:13:20Z"  # T0 + 60 minutes
     for _ in range(2):
         report = backfill(defs, config, offline, start=start, end=end)
@@ -73,15 +78,20 @@ def test_range_backfill_replaces_only_the_range(tmp_path: Path) -> None:
 def test_transforms_csv_glob_and_pandas(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     for part in range(2):
-        df = pd.DataFrame({
-            "user_id": [f"u{i}" for i in range(3)],
-            "ts": [f"2024-01-0{part + 1}T0{i}:00:00Z" for i in range(3)],
-            "amount": [1.5 * (i + 1) for i in range(3)],
-        })
+        df = pd.DataFrame(
+            {
+                "user_id": [f"u{i}" for i in range(3)],
+                "ts": [f"2024-01-0{part + 1}T0{i}:00:00Z" for i in range(3)],
+                "amount": [1.5 * (i + 1) for i in range(3)],
+            }
+        )
         df.to_csv(tmp_path / "data" / f"tx_{part}.csv", index=False)
     src = cs.FileSource("data/tx_*.csv", "ts")
     sql_view = cs.FeatureView(
-        "sql_v", [USER], src, transform="SELECT user_id, ts, amount * 10 AS amount10 FROM source WHERE amount > 2",
+        "sql_v",
+        [USER],
+        src,
+        transform="SELECT user_id, ts, amount * 10 AS amount10 FROM source WHERE amount > 2",
         aggregations=[cs.Aggregate("amount10", "sum", "1d")],
     )
 
@@ -114,21 +124,24 @@ def test_stream_view_records_the_cutover(tmp_path: Path) -> None:
     stream = cs.StreamSource(
         "transactions",
         schema=[cs.Field("user_id", cs.String), cs.Field("ts", cs.Timestamp), cs.Field("amount", cs.Float64)],
-        timestamp_field="ts", batch_source=cs.FileSource("data/tx.parquet", "ts"),
+        timestamp_field="ts",
+        batch_source=cs.FileSource("data/tx.parquet", "ts"),
     )
     view = cs.FeatureView("stats", [USER], stream, aggregations=[cs.Aggregate("amount", "count", "1h")])
-    live = cs.StreamSource("live", schema=[cs.Field("user_id", cs.String), cs.Field("ts", cs.Timestamp)], timestamp_field="ts")
+    live = cs.StreamSource(
+        "live", schema=[cs.Field("user_id", cs.String), cs.Field("ts", cs.Timestamp)], timestamp_field="ts"
+    )
     live_view = cs.FeatureView("live_stats", [USER], live, aggregations=[cs.Aggregate("ts", "count", "1h")])
     defs, config, offline = build(tmp_path, [view, live_view], [])
     newest = pc.max(ev.column("ts").cast(pa.int64())).as_py()
     assert get_cutover(config, "stats") == newest + 1
     assert offline.count("fv__stats") == 100
-    report = backfill(defs, config, offline, end=datetime.fromtimestamp((T0 + 30 * 60 * SEC) / SEC, tz=timezone.utc))
+    report = backfill(defs, config, offline, end=datetime.fromtimestamp((T0 + 30 * 60 * SEC) / SEC, tz=UTC))
     assert get_cutover(config, "stats") == T0 + 30 * 60 * SEC
     assert report.skipped == {"live_stats": "stream source without batch_source"}
     # stream rows past the cut-over (as a worker appends them) survive a backfill with no newer history
     offline.append("fv__stats", pa.table({"user_id": ["u1"], "ts": ts_array([newest + 10 * SEC]), "amount": [9.0]}))
-    report = backfill(defs, config, offline, start=datetime.fromtimestamp((newest + SEC) / SEC, tz=timezone.utc))
+    report = backfill(defs, config, offline, start=datetime.fromtimestamp((newest + SEC) / SEC, tz=UTC))
     assert report.rows["stats"] == 0
     assert 9.0 in offline.read("fv__stats").column("amount").to_pylist()
 
@@ -165,11 +178,18 @@ def test_bad_input(tmp_path: Path) -> None:
         read_source(missing, tmp_path)
     with pytest.raises(DefinitionError, match="timestamp_field 'when'"):
         read_source(cs.FileSource("data/tx.parquet", "when"), tmp_path)
-    drops_ts = cs.FeatureView("d", [USER], src, transform="SELECT user_id, amount FROM source",
-                              aggregations=[cs.Aggregate("amount", "sum", "1h")])
+    drops_ts = cs.FeatureView(
+        "d",
+        [USER],
+        src,
+        transform="SELECT user_id, amount FROM source",
+        aggregations=[cs.Aggregate("amount", "sum", "1h")],
+    )
     with pytest.raises(DefinitionError, match="lack column 'ts'"):
         input_schema(drops_ts, tmp_path)
-    bad_sql = cs.FeatureView("e", [USER], src, transform="SELEC nonsense", aggregations=[cs.Aggregate("amount", "sum", "1h")])
+    bad_sql = cs.FeatureView(
+        "e", [USER], src, transform="SELEC nonsense", aggregations=[cs.Aggregate("amount", "sum", "1h")]
+    )
     with pytest.raises(DefinitionError, match="feature_view 'e'.*transform SQL failed"):
         apply_transform(bad_sql, read_source(src, tmp_path))
 
@@ -185,9 +205,13 @@ def test_timestamp_normalisation() -> None:
     utc = pa.timestamp("us", tz="UTC")
     naive = pa.array([datetime(2024, 1, 1, 12)], pa.timestamp("ns"))
     assert normalize_timestamp(naive).cast(pa.int64()).to_pylist() == [1_704_110_400 * SEC]
-    assert normalize_timestamp(pa.array(["2024-01-01T13:00:00+01:00"])).cast(pa.int64()).to_pylist() == [1_704_110_400 * SEC]
+    assert normalize_timestamp(pa.array(["2024-01-01T13:00:00+01:00"])).cast(pa.int64()).to_pylist() == [
+        1_704_110_400 * SEC
+    ]
     for scale in (1, 1000, SEC):  # epoch seconds, ms, us
-        assert normalize_timestamp(pa.array([1_704_110_400 * scale])).cast(pa.int64()).to_pylist() == [1_704_110_400 * SEC]
+        assert normalize_timestamp(pa.array([1_704_110_400 * scale])).cast(pa.int64()).to_pylist() == [
+            1_704_110_400 * SEC
+        ]
     assert normalize_timestamp(pa.array([0], utc)).type == utc
     with pytest.raises(InvalidInputError, match="'when'") as e:
         normalize_timestamp(pa.array(["not a time"]), "when")
@@ -201,12 +225,16 @@ def test_sort_for_pit_is_stable_for_ties() -> None:
 
 
 def test_through_the_sdk(tmp_path: Path) -> None:
-    make_repo(tmp_path, '''
+    make_repo(
+        tmp_path,
+        """
         import context_store as cs
         user = cs.Entity("user", join_keys=["user_id"])
         tx = cs.FileSource("data/tx.parquet", timestamp_field="ts")
         stats = cs.FeatureView("stats", [user], tx, aggregations=[cs.Aggregate("amount", "sum", "1h")])
-    ''', {"tx.parquet": _events()})
+    """,
+        {"tx.parquet": _events()},
+    )
     with cs.ContextStore(tmp_path) as store:
         store.apply()
         report = store.backfill(start="2023-11-14T22:13:20Z")

@@ -7,7 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -31,7 +31,7 @@ def example(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from context_store.scaffold import scaffold
 
     root = tmp_path_factory.mktemp("example") / "repo"
-    scaffold(root, users=20, events=400, items=30, end=datetime(2024, 6, 1, tzinfo=timezone.utc))
+    scaffold(root, users=20, events=400, items=30, end=datetime(2024, 6, 1, tzinfo=UTC))
     return root
 
 
@@ -64,8 +64,11 @@ def test_init_plan_apply(runner: CliRunner, tmp_path: Path) -> None:
     assert "+ feature view user_transaction_stats" in res.output and "(nothing applied yet)" in res.output
     res = runner.invoke(cli, ["plan", "--repo", str(root), "--json"])
     data = json.loads(res.output)
-    assert data["from_version"] == 0 and {"action": "add", "name": "fraud_detection_service"}.items() <= next(
-        c for c in data["changes"] if c["name"] == "fraud_detection_service").items()
+    assert (
+        data["from_version"] == 0
+        and {"action": "add", "name": "fraud_detection_service"}.items()
+        <= next(c for c in data["changes"] if c["name"] == "fraud_detection_service").items()
+    )
     res = runner.invoke(cli, ["apply", "--repo", str(root)])  # stdin is not a terminal: no prompt
     assert res.exit_code == 0, res.output
     assert "Applied version 1 to workspace 'default'" in res.output
@@ -78,7 +81,12 @@ def test_breaking_apply_needs_force(runner: CliRunner, example: Path, tmp_path: 
     root = copy_repo(example, tmp_path)
     assert runner.invoke(cli, ["apply", "-r", str(root)]).exit_code == 0
     fraud = root / "fraud.py"
-    fraud.write_text(fraud.read_text().replace('cs.Aggregate("amount", "sum", "1d"),\n        cs.Aggregate("risky', 'cs.Aggregate("amount", "sum", "2d"),\n        cs.Aggregate("risky'))
+    fraud.write_text(
+        fraud.read_text().replace(
+            'cs.Aggregate("amount", "sum", "1d"),\n        cs.Aggregate("risky',
+            'cs.Aggregate("amount", "sum", "2d"),\n        cs.Aggregate("risky',
+        )
+    )
     res = runner.invoke(cli, ["plan", "-r", str(root)])
     assert res.exit_code == 0 and "[BREAKING]" in res.output  # plan always exits 0
     res = runner.invoke(cli, ["apply", "-r", str(root)])
@@ -199,7 +207,9 @@ def test_full_flow_backfill_materialize_get(runner: CliRunner, tmp_path: Path) -
     txn = pq.read_table(root / "data" / "transactions.parquet")
     counts = pc.value_counts(txn.column("user_id")).to_pylist()
     user = max(counts, key=lambda c: c["counts"])["values"]
-    res = runner.invoke(cli, ["get", "fraud_detection_service", f"user_id={user}", "-q", "amount=250", "--json", "-r", str(root)])
+    res = runner.invoke(
+        cli, ["get", "fraud_detection_service", f"user_id={user}", "-q", "amount=250", "--json", "-r", str(root)]
+    )
     assert res.exit_code == 0, res.stderr
     out = json.loads(res.output)
     values = out["feature_values"]
@@ -211,7 +221,9 @@ def test_full_flow_backfill_materialize_get(runner: CliRunner, tmp_path: Path) -
     expected = sum(1 for u, x in zip(ids, ts) if u == user and t - __import__("datetime").timedelta(days=7) <= x < t)
     assert values["user_transaction_stats.amount_count_7d"] == expected
     assert {m["status"] for m in out["metadata"]} <= {"PRESENT", "MISSING_DATA"}
-    text = runner.invoke(cli, ["get", "fraud_detection_service", f"user_id={user}", "-q", "amount=250", "-r", str(root)])
+    text = runner.invoke(
+        cli, ["get", "fraud_detection_service", f"user_id={user}", "-q", "amount=250", "-r", str(root)]
+    )
     assert text.exit_code == 0 and f"features for user_id={user}:" in text.output
     assert "user_transaction_stats.amount_count_7d" in text.output and "PRESENT" in text.output
 
@@ -233,7 +245,7 @@ def test_synthetic_data_is_deterministic_and_realistic(tmp_path: Path) -> None:
 
     from context_store.scaffold.generator import generate
 
-    end = datetime(2024, 6, 1, tzinfo=timezone.utc)
+    end = datetime(2024, 6, 1, tzinfo=UTC)
     a = generate(tmp_path / "a", users=200, events=20_000, seed=3, end=end)
     b = generate(tmp_path / "b", users=200, events=20_000, seed=3, end=end)
     c = generate(tmp_path / "c", users=200, events=20_000, seed=4, end=end)
@@ -258,7 +270,8 @@ def test_synthetic_data_is_deterministic_and_realistic(tmp_path: Path) -> None:
     window = 600 * 1_000_000
     assert any(
         any(ts_u[i + 4] - ts_u[i] <= window for i in range(len(ts_u) - 4))
-        for ts_u in (sorted(v) for v in by_user.values()) if len(ts_u) >= 5
+        for ts_u in (sorted(v) for v in by_user.values())
+        if len(ts_u) >= 5
     )
     titles = pq.read_table(a.files["items"]).column("title").to_pylist()
     assert len(set(titles)) > len(titles) // 3 and all(t.strip() and t[0].isupper() for t in titles)
@@ -278,8 +291,14 @@ def test_apply_asks_for_confirmation_only_on_a_terminal(tmp_path: Path) -> None:
         master, slave = pty.openpty()
         try:
             os.write(master, answer)  # typed ahead; read by click.confirm from the terminal
-            return subprocess.run([*_cli_argv(), "apply", "--repo", str(root), *extra], stdin=slave,
-                                  capture_output=True, text=True, env=env, timeout=120)
+            return subprocess.run(
+                [*_cli_argv(), "apply", "--repo", str(root), *extra],
+                stdin=slave,
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=120,
+            )
         finally:
             os.close(master)
             os.close(slave)

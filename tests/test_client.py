@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -41,10 +41,12 @@ def srv(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[di
 
 
 def test_sync_client_push_and_get(srv: dict[str, Any]) -> None:
-    ts = (datetime.now(timezone.utc) - timedelta(minutes=5)).isoformat()
+    ts = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
     with get_feature_server_client(srv["url"], api_key=srv["ingest"]) as client:
         assert isinstance(client, FeatureServerClient)
-        res = client.push("transactions", [{"user_id": "cu1", "amount": 4.0, "ts": ts}, {"user_id": "cu1", "amount": 6.0, "ts": ts}])
+        res = client.push(
+            "transactions", [{"user_id": "cu1", "amount": 4.0, "ts": ts}, {"user_id": "cu1", "amount": 6.0, "ts": ts}]
+        )
         assert res["recordCounts"] == {"transactions": 2}
         vec = client.get_features(feature_service=cs.FeatureService(name="user_features"), join_keys={"user_id": "cu1"})
         assert list(vec.feature_values) == FEATURES_10
@@ -68,8 +70,9 @@ def test_async_client(srv: dict[str, Any]) -> None:
     async def run() -> list[Any]:
         async with get_feature_server_client(srv["url"], srv["read"], asynchronous=True) as client:
             assert isinstance(client, AsyncFeatureServerClient)
-            return await asyncio.gather(*[client.get_features("fraud", {"user_id": "cu1"}, {"amount": 100.0})
-                                          for _ in range(4)])
+            return await asyncio.gather(
+                *[client.get_features("fraud", {"user_id": "cu1"}, {"amount": 100.0}) for _ in range(4)]
+            )
 
     vecs = asyncio.run(run())
     assert all(v.feature_values["amount_check.amount_over_max"] in (True, False) for v in vecs)

@@ -65,7 +65,7 @@ def test_service_commands_parse_with_the_cli(compose: dict[str, Any]) -> None:
         # --repo points at the mounted feature repo.
         assert "/repo" in cmd and any(v.endswith(":/repo:ro") for v in svc["volumes"])
     assert {"serve", "worker", "apply"} <= seen
-    dockerfile_cmd = re.search(r'^CMD (\[.*\])$', (ROOT / "Dockerfile").read_text(), re.M)
+    dockerfile_cmd = re.search(r"^CMD (\[.*\])$", (ROOT / "Dockerfile").read_text(), re.M)
     assert dockerfile_cmd
     _cli_parse(yaml.safe_load(dockerfile_cmd.group(1)))
 

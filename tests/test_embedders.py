@@ -85,14 +85,16 @@ def test_minilm_loads_offline_and_behaves(monkeypatch: pytest.MonkeyPatch) -> No
     assert (minilm_dir() / "model.safetensors").exists()
     e = SentenceTransformerEmbedder()
     assert e.dim == 384 and e.threads >= 1
-    v = e.embed([
-        "A man is eating food.",
-        "A man is eating a piece of bread.",
-        "The stock market fell sharply today.",
-        "How do I get a refund for my order?",
-        "I want my money back for this purchase.",
-        "The weather is sunny in Paris.",
-    ])
+    v = e.embed(
+        [
+            "A man is eating food.",
+            "A man is eating a piece of bread.",
+            "The stock market fell sharply today.",
+            "How do I get a refund for my order?",
+            "I want my money back for this purchase.",
+            "The weather is sunny in Paris.",
+        ]
+    )
     assert v.shape == (6, 384) and v.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, rtol=1e-5)
     sim = v @ v.T

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -14,9 +14,9 @@ import context_store as cs
 from context_store.errors import InvalidInputError, NotFoundError
 from tests.helpers import make_repo
 
-NOW = datetime.now(timezone.utc).replace(microsecond=0)
+NOW = datetime.now(UTC).replace(microsecond=0)
 
-DEFS = '''
+DEFS = """
 import context_store as cs
 user = cs.Entity("user", join_keys=["user_id"])
 merchant = cs.Entity("merchant", join_keys=[cs.Field("merchant_id", cs.Int64)])
@@ -38,7 +38,7 @@ def amount_ratio(r, s):
 
 fraud = cs.FeatureService("fraud", [user_profile[["city", "age"]], txn_stats, amount_ratio])
 pair = cs.FeatureService("pair", [txn_stats[["amount_count_1d"]], merchant_stats])
-'''
+"""
 
 
 def _data() -> dict[str, pa.Table]:
@@ -46,17 +46,25 @@ def _data() -> dict[str, pa.Table]:
     # the top-level 4^L-tile block (128 h) that an incremental materialize reloads from, whatever
     # the time of day (at 5 days it fell inside that block during part of each 128-h period).
     ts = [NOW - timedelta(minutes=m) for m in (5, 20, 90, 60 * 30, 60 * 156)]
-    txns = pa.table({
-        "user_id": ["u1", "u1", "u1", "u1", "u2"],
-        "merchant_id": [10, 11, 10, 12, 10],
-        "ts": pa.array(ts, pa.timestamp("us", tz="UTC")),
-        "amount": [10.0, 20.0, 30.0, 40.0, 5.0],
-    })
-    profiles = pa.table({
-        "user_id": ["u1", "u2", "u3"],
-        "ts": pa.array([NOW - timedelta(days=1), NOW - timedelta(hours=2), NOW - timedelta(days=10)], pa.timestamp("us", tz="UTC")),
-        "age": [31, 42, 50], "city": ["Paris", None, "Rome"],
-    })
+    txns = pa.table(
+        {
+            "user_id": ["u1", "u1", "u1", "u1", "u2"],
+            "merchant_id": [10, 11, 10, 12, 10],
+            "ts": pa.array(ts, pa.timestamp("us", tz="UTC")),
+            "amount": [10.0, 20.0, 30.0, 40.0, 5.0],
+        }
+    )
+    profiles = pa.table(
+        {
+            "user_id": ["u1", "u2", "u3"],
+            "ts": pa.array(
+                [NOW - timedelta(days=1), NOW - timedelta(hours=2), NOW - timedelta(days=10)],
+                pa.timestamp("us", tz="UTC"),
+            ),
+            "age": [31, 42, 50],
+            "city": ["Paris", None, "Rome"],
+        }
+    )
     return {"txns.parquet": txns, "profiles.parquet": profiles}
 
 
@@ -75,8 +83,13 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cs.ContextStore]
 def test_values_order_and_metadata(store: cs.ContextStore) -> None:
     fv = store.get_features("fraud", {"user_id": "u1"}, {"amount": 50.0})
     assert list(fv.feature_values) == [
-        "user_profile.city", "user_profile.age", "txn_stats.amount_sum_1h", "txn_stats.amount_count_1d",
-        "txn_stats.amount_mean_7d", "txn_stats.merchant_id_last_distinct_2_1d", "amount_ratio.ratio",
+        "user_profile.city",
+        "user_profile.age",
+        "txn_stats.amount_sum_1h",
+        "txn_stats.amount_count_1d",
+        "txn_stats.amount_mean_7d",
+        "txn_stats.merchant_id_last_distinct_2_1d",
+        "amount_ratio.ratio",
     ]
     v = fv.feature_values
     assert v["user_profile.city"] == "Paris" and v["user_profile.age"] == 31
@@ -87,7 +100,10 @@ def test_values_order_and_metadata(store: cs.ContextStore) -> None:
     assert v["amount_ratio.ratio"] == pytest.approx(2.0)
     meta = {m.name: m for m in fv.metadata}
     assert meta["user_profile.age"].data_type == {"type": "int64"}
-    assert meta["txn_stats.merchant_id_last_distinct_2_1d"].data_type == {"type": "array", "elementType": {"type": "int64"}}
+    assert meta["txn_stats.merchant_id_last_distinct_2_1d"].data_type == {
+        "type": "array",
+        "elementType": {"type": "int64"},
+    }
     assert meta["user_profile.age"].effective_time == NOW - timedelta(days=1)
     assert all(m.status == "PRESENT" for m in fv.metadata)
     assert meta["txn_stats.amount_count_1d"].view == "txn_stats"
@@ -116,8 +132,12 @@ def test_request_time_windows(store: cs.ContextStore) -> None:
     fv = store.get_features("fraud", {"user_id": "u1"}, {"amount": 1.0}, request_time=NOW - timedelta(minutes=5))
     assert fv.feature_values["txn_stats.amount_sum_1h"] == 20.0
     iso = (NOW - timedelta(minutes=10)).isoformat()
-    assert store.get_features("fraud", {"user_id": "u1"}, {"amount": 1.0}, request_time=iso).feature_values[
-        "txn_stats.amount_count_1d"] == 2
+    assert (
+        store.get_features("fraud", {"user_id": "u1"}, {"amount": 1.0}, request_time=iso).feature_values[
+            "txn_stats.amount_count_1d"
+        ]
+        == 2
+    )
 
 
 def test_multi_entity_and_int_keys(store: cs.ContextStore) -> None:
@@ -138,9 +158,12 @@ def test_batch_and_async_equal_single(store: cs.ContextStore) -> None:
     assert per_entity[1].feature_values["amount_ratio.ratio"] == pytest.approx(2.0 / 5.0)
     ab = asyncio.run(store.features.get_features_batch_async("fraud", keys, {"amount": 3.0}))
     assert [b.feature_values for b in ab] == singles
-    pair = store.get_features_batch("pair", [{"user_id": "u1", "merchant_id": 10}, {"user_id": "u2", "merchant_id": 11}])
+    pair = store.get_features_batch(
+        "pair", [{"user_id": "u1", "merchant_id": 10}, {"user_id": "u2", "merchant_id": 11}]
+    )
     assert [p.feature_values for p in pair] == [
-        store.get_features("pair", {"user_id": u, "merchant_id": m}).feature_values for u, m in (("u1", 10), ("u2", 11))]
+        store.get_features("pair", {"user_id": u, "merchant_id": m}).feature_values for u, m in (("u1", 10), ("u2", 11))
+    ]
     a = asyncio.run(store.get_features_async("fraud", {"user_id": "u1"}, {"amount": 3.0}))
     assert a.feature_values == singles[0]
     assert store.get_features_batch("fraud", [], None) == []
@@ -148,24 +171,69 @@ def test_batch_and_async_equal_single(store: cs.ContextStore) -> None:
 
 # -- bad input: each names the problem ---------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("service", "keys", "ctx", "error", "field", "words"),
     [
         ("nope", {"user_id": "u1"}, None, NotFoundError, "feature_service", "unknown feature service 'nope'"),
         ("fraud", {}, {"amount": 1.0}, InvalidInputError, "join_keys.user_id", "missing join key 'user_id'"),
-        ("fraud", {"user_id": "u1", "color": "red"}, {"amount": 1.0}, InvalidInputError, "join_keys.color", "unexpected join key 'color'"),
+        (
+            "fraud",
+            {"user_id": "u1", "color": "red"},
+            {"amount": 1.0},
+            InvalidInputError,
+            "join_keys.color",
+            "unexpected join key 'color'",
+        ),
         ("fraud", {"user_id": 7}, {"amount": 1.0}, InvalidInputError, "join_keys.user_id", "must be a string"),
-        ("pair", {"user_id": "u1", "merchant_id": "ten"}, None, InvalidInputError, "join_keys.merchant_id", "must be an int64"),
-        ("pair", {"user_id": "u1", "merchant_id": True}, None, InvalidInputError, "join_keys.merchant_id", "must be an int64"),
-        ("pair", {"user_id": "u1", "merchant_id": 1.5}, None, InvalidInputError, "join_keys.merchant_id", "must be an int64"),
+        (
+            "pair",
+            {"user_id": "u1", "merchant_id": "ten"},
+            None,
+            InvalidInputError,
+            "join_keys.merchant_id",
+            "must be an int64",
+        ),
+        (
+            "pair",
+            {"user_id": "u1", "merchant_id": True},
+            None,
+            InvalidInputError,
+            "join_keys.merchant_id",
+            "must be an int64",
+        ),
+        (
+            "pair",
+            {"user_id": "u1", "merchant_id": 1.5},
+            None,
+            InvalidInputError,
+            "join_keys.merchant_id",
+            "must be an int64",
+        ),
         ("fraud", ["u1"], {"amount": 1.0}, InvalidInputError, "join_keys", "must be an object"),
-        ("fraud", {"user_id": "u1"}, None, InvalidInputError, "request_context.amount", "missing request context field 'amount'"),
-        ("fraud", {"user_id": "u1"}, {"amt": 1.0}, InvalidInputError, "request_context.amount", "missing request context field 'amount'"),
+        (
+            "fraud",
+            {"user_id": "u1"},
+            None,
+            InvalidInputError,
+            "request_context.amount",
+            "missing request context field 'amount'",
+        ),
+        (
+            "fraud",
+            {"user_id": "u1"},
+            {"amt": 1.0},
+            InvalidInputError,
+            "request_context.amount",
+            "missing request context field 'amount'",
+        ),
         ("fraud", {"user_id": "u1"}, {"amount": "12"}, InvalidInputError, "request_context.amount", "must be float64"),
         ("fraud", {"user_id": "u1"}, [1.0], InvalidInputError, "request_context", "must be an object"),
     ],
 )
-def test_bad_input(store: cs.ContextStore, service: str, keys: object, ctx: object, error: type, field: str, words: str) -> None:
+def test_bad_input(
+    store: cs.ContextStore, service: str, keys: object, ctx: object, error: type, field: str, words: str
+) -> None:
     with pytest.raises(error, match=words) as ei:
         store.get_features(service, keys, ctx)  # type: ignore[arg-type]
     assert ei.value.field == field
@@ -188,12 +256,15 @@ def test_bad_batch_input_names_the_entity(store: cs.ContextStore) -> None:
 
 
 def test_failing_realtime_view_is_a_clear_error(tmp_path: Path) -> None:
-    defs = DEFS + '''
+    defs = (
+        DEFS
+        + """
 @cs.realtime_feature_view(sources=[req], output=[cs.Field("boom", cs.Float64)])
 def boom(r):
     return {"boom": 1 / 0}
 bad = cs.FeatureService("bad", [boom])
-'''
+"""
+    )
     s = cs.ContextStore(make_repo(tmp_path / "r", defs, _data()))
     s.apply()
     with pytest.raises(InvalidInputError, match="realtime feature view 'boom' failed: ZeroDivisionError") as ei:
@@ -209,7 +280,11 @@ def test_materialize_is_incremental_and_idempotent(tmp_path: Path) -> None:
     s.apply()
     s.backfill()
     first = s.materialize()
-    assert {v.view: v.mode for v in first.views} == {"txn_stats": "full", "merchant_stats": "full", "user_profile": "full"}
+    assert {v.view: v.mode for v in first.views} == {
+        "txn_stats": "full",
+        "merchant_stats": "full",
+        "user_profile": "full",
+    }
     before = s.get_features("fraud", {"user_id": "u1"}, {"amount": 1.0}).feature_values
     # a rerun with nothing new changes nothing
     again = s.materialize()
@@ -217,9 +292,14 @@ def test_materialize_is_incremental_and_idempotent(tmp_path: Path) -> None:
     assert s.get_features("fraud", {"user_id": "u1"}, {"amount": 1.0}).feature_values == before
     # new events arrive in the offline log: the rerun loads them (and not the whole history)
     txns = data["txns.parquet"]
-    new = pa.table({"user_id": ["u1", "u9"], "merchant_id": [13, 10],
-                    "ts": pa.array([NOW - timedelta(minutes=1), NOW - timedelta(minutes=2)], pa.timestamp("us", tz="UTC")),
-                    "amount": [100.0, 7.0]})
+    new = pa.table(
+        {
+            "user_id": ["u1", "u9"],
+            "merchant_id": [13, 10],
+            "ts": pa.array([NOW - timedelta(minutes=1), NOW - timedelta(minutes=2)], pa.timestamp("us", tz="UTC")),
+            "amount": [100.0, 7.0],
+        }
+    )
     import pyarrow.parquet as pq
 
     pq.write_table(pa.concat_tables([txns, new]), root / "data" / "txns.parquet")

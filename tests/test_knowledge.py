@@ -121,8 +121,12 @@ def test_knowledge_errors(tmp_path: Path) -> None:
     with pytest.raises(NotFoundError) as e:
         vs.search_knowledge("nope", "q")
     assert e.value.field == "knowledge"
-    for kwargs, field in [({"query": ""}, "query"), ({"query": "q", "k": 0}, "k"), ({"query": "q", "k": 500}, "k"),
-                          ({"query": "q", "filter": {"text": "x"}}, "filter.text")]:
+    for kwargs, field in [
+        ({"query": ""}, "query"),
+        ({"query": "q", "k": 0}, "k"),
+        ({"query": "q", "k": 500}, "k"),
+        ({"query": "q", "filter": {"text": "x"}}, "filter.text"),
+    ]:
         with pytest.raises(InvalidInputError) as e:
             vs.search_knowledge("help", **kwargs)
         assert e.value.field == field

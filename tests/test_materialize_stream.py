@@ -31,13 +31,21 @@ def test_materialize_before_offline_flush_keeps_stream_events(
 
     redis_cleanup.append(f"cs:{workspace_name}:*")
     rng = random.Random(11)
-    history = sorted((event(f"u{rng.randrange(3)}", rng.randrange(0, 120), float(rng.randrange(50)), f"m{rng.randrange(4)}")
-                      for _ in range(60)), key=lambda r: r["ts"])
+    history = sorted(
+        (
+            event(f"u{rng.randrange(3)}", rng.randrange(0, 120), float(rng.randrange(50)), f"m{rng.randrange(4)}")
+            for _ in range(60)
+        ),
+        key=lambda r: r["ts"],
+    )
     # Live events fall into tiles/blocks that also hold batch rows (same hours as the history's tail).
-    live = [event(f"u{rng.randrange(3)}", rng.randrange(121, 200), float(rng.randrange(50)), f"m{rng.randrange(4)}")
-            for _ in range(40)]
-    store = make_store(tmp_path / "repo", online_store=redis_url, workspace=workspace_name, history=history,
-                       lateness="1d")
+    live = [
+        event(f"u{rng.randrange(3)}", rng.randrange(121, 200), float(rng.randrange(50)), f"m{rng.randrange(4)}")
+        for _ in range(40)
+    ]
+    store = make_store(
+        tmp_path / "repo", online_store=redis_url, workspace=workspace_name, history=history, lateness="1d"
+    )
     stop = threading.Event()
     pool = run_workers(store, 1, stop, flush_interval=3600.0, flush_rows=10**9)  # no offline flush until stop
     t = T0 + timedelta(hours=5)
@@ -47,7 +55,9 @@ def test_materialize_before_offline_flush_keeps_stream_events(
         for i in range(0, len(live), 8):
             assert store.push("transactions", live[i : i + 8]).visible
         assert store.offline.count("fv__txn_stats") == len(history)  # the live events are not offline yet
-        before = {u: store.get_features("fraud", {"user_id": u}, request_time=t).feature_values for u in ("u0", "u1", "u2")}
+        before = {
+            u: store.get_features("fraud", {"user_id": u}, request_time=t).feature_values for u in ("u0", "u1", "u2")
+        }
         for u, fv in before.items():
             assert fv["txn_stats.amount_count_1d"] == sum(1 for r in history + live if r["user_id"] == u)
         store.materialize()  # before the worker's offline flush
@@ -81,7 +91,9 @@ def test_materialize_fills_recent_events_from_history(
         first = store.materialize()
         assert first.recent == {"transactions": 3}
         hist = pq.read_table(root / "data" / "transactions.parquet").to_pylist()
-        want = {u: sorted((r for r in hist if r["user_id"] == u), key=lambda r: r["ts"])[-5:] for u in ("u1", "u2", "u3")}
+        want = {
+            u: sorted((r for r in hist if r["user_id"] == u), key=lambda r: r["ts"])[-5:] for u in ("u1", "u2", "u3")
+        }
         for u, rows in want.items():
             got = store.online.read_recent("transactions", entity_key(["user_id"], [u]), 50)
             assert [g["amount"] for g in got] == [r["amount"] for r in rows]
@@ -99,15 +111,21 @@ def test_materialize_fills_recent_events_from_history(
         assert [e.values["amount"] for e in uc.recent_events] == [r["amount"] for r in reversed(want["u2"])]
         assert all(HIST_MARK not in e.values for e in uc.recent_events)
         uc1 = store.get_user_context("u1", context_service="user_context")
-        assert [e.values["amount"] for e in uc1.recent_events] == [101.0, 100.0] + [r["amount"] for r in reversed(want["u1"])][:3]
+        assert [e.values["amount"] for e in uc1.recent_events] == [101.0, 100.0] + [
+            r["amount"] for r in reversed(want["u1"])
+        ][:3]
         # New history files (a newer u2 row): the filled rows no longer stand for the history,
         # so the reader falls back to the history itself and still sees the newest rows.
         extra = dict(want["u2"][-1], amount=999.0, ts=want["u2"][-1]["ts"] + timedelta(minutes=30))
         table = pq.read_table(root / "data" / "transactions.parquet")
-        pq.write_table(pa.concat_tables([table, pa.Table.from_pylist([extra], schema=table.schema)]),
-                       root / "data" / "transactions.parquet")
+        pq.write_table(
+            pa.concat_tables([table, pa.Table.from_pylist([extra], schema=table.schema)]),
+            root / "data" / "transactions.parquet",
+        )
         uc2 = store.get_user_context("u2", context_service="user_context")
-        assert [e.values["amount"] for e in uc2.recent_events] == [999.0] + [r["amount"] for r in reversed(want["u2"])][:4]
+        assert [e.values["amount"] for e in uc2.recent_events] == [999.0] + [r["amount"] for r in reversed(want["u2"])][
+            :4
+        ]
     finally:
         store.close()
 
@@ -122,11 +140,14 @@ def test_materialize_after_a_new_backfill_waits_for_the_offline_log(
 
     redis_cleanup.append(f"cs:{workspace_name}:*")
     rng = random.Random(5)
-    history = sorted((event(f"u{rng.randrange(2)}", rng.randrange(0, 100), float(rng.randrange(50))) for _ in range(30)),
-                     key=lambda r: r["ts"])
+    history = sorted(
+        (event(f"u{rng.randrange(2)}", rng.randrange(0, 100), float(rng.randrange(50))) for _ in range(30)),
+        key=lambda r: r["ts"],
+    )
     live = [event(f"u{rng.randrange(2)}", rng.randrange(101, 160), float(rng.randrange(50))) for _ in range(20)]
-    store = make_store(tmp_path / "repo", online_store=redis_url, workspace=workspace_name, history=history,
-                       lateness="1d")
+    store = make_store(
+        tmp_path / "repo", online_store=redis_url, workspace=workspace_name, history=history, lateness="1d"
+    )
     stop = threading.Event()
     pool = run_workers(store, 1, stop, flush_interval=1.0)
     t = T0 + timedelta(hours=5)

@@ -22,7 +22,9 @@ from tools.http import create_mcp_http_app, create_standalone_app
 pytestmark = pytest.mark.redis
 
 INIT = {
-    "jsonrpc": "2.0", "id": 1, "method": "initialize",
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
     "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}},
 }
 HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
@@ -115,4 +117,6 @@ def test_workspace_comes_from_the_key(http_server: dict[str, Any]) -> None:
     listed, ctx = anyio.run(main)
     # The other key's workspace has nothing applied: it cannot see the first workspace's services.
     for res in (listed, ctx):
-        assert res.is_error and "nothing applied" in res.content[0].text and http_server["ws"] not in res.content[0].text
+        assert (
+            res.is_error and "nothing applied" in res.content[0].text and http_server["ws"] not in res.content[0].text
+        )

@@ -31,7 +31,10 @@ pytestmark = pytest.mark.skipif(NPX is None, reason="npx (Node.js) is not instal
 def _inspector(*args: str) -> Any:
     assert NPX is not None
     proc = subprocess.run(
-        [NPX, "-y", INSPECTOR, "--cli", *args], capture_output=True, text=True, timeout=240,
+        [NPX, "-y", INSPECTOR, "--cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
         env={**os.environ, "npm_config_update_notifier": "false", "NODE_NO_WARNINGS": "1"},
     )
     assert proc.returncode == 0, f"inspector failed ({proc.returncode}): {proc.stderr[-2000:]} {proc.stdout[-2000:]}"
@@ -48,8 +51,14 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[cs.ContextS
 
 def _check_listing(listing: dict[str, Any]) -> dict[str, Any]:
     tools = {t["name"]: t for t in listing["tools"]}
-    assert {"get_user_context", "get_features", "find_similar", "search_knowledge", "list_feature_services",
-            "describe_feature_service"} <= set(tools)
+    assert {
+        "get_user_context",
+        "get_features",
+        "find_similar",
+        "search_knowledge",
+        "list_feature_services",
+        "describe_feature_service",
+    } <= set(tools)
     for t in tools.values():
         assert t["annotations"]["readOnlyHint"] is True and t["outputSchema"]["type"] == "object"
     return tools
@@ -61,11 +70,23 @@ def test_inspector_over_stdio(repo: tuple[cs.ContextStore, str]) -> None:
     assert exe
     server = [exe, "mcp", "--repo", str(store.config.repo), "--workspace", ws]
     tools = _check_listing(_inspector(*server, "--method", "tools/list"))
-    out = _inspector(*server, "--method", "tools/call", "--tool-name", "get_user_context",
-                     "--tool-arg", "entity_id=u1", "--tool-arg", "max_tokens=120")
+    out = _inspector(
+        *server,
+        "--method",
+        "tools/call",
+        "--tool-name",
+        "get_user_context",
+        "--tool-arg",
+        "entity_id=u1",
+        "--tool-arg",
+        "max_tokens=120",
+    )
     assert out["isError"] is False
     jsonschema.validate(out["structuredContent"], tools["get_user_context"]["outputSchema"])
-    assert out["structuredContent"]["tokens"] <= 120 and out["structuredContent"]["features"]["user_profile.segment"] == "runner"
+    assert (
+        out["structuredContent"]["tokens"] <= 120
+        and out["structuredContent"]["features"]["user_profile.segment"] == "runner"
+    )
 
 
 def test_inspector_over_http_with_a_key(repo: tuple[cs.ContextStore, str], tmp_path: Path) -> None:
@@ -81,11 +102,33 @@ def test_inspector_over_http_with_a_key(repo: tuple[cs.ContextStore, str], tmp_p
         url = base + "/mcp"
         auth = ["--transport", "http", "--header", f"Authorization: Bearer {key}"]
         tools = _check_listing(_inspector(url, *auth, "--method", "tools/list"))
-        out = _inspector(url, *auth, "--method", "tools/call", "--tool-name", "find_similar",
-                         "--tool-arg", "view=item_embeddings", "--tool-arg", "text=red running shoes", "--tool-arg", "k=2")
+        out = _inspector(
+            url,
+            *auth,
+            "--method",
+            "tools/call",
+            "--tool-name",
+            "find_similar",
+            "--tool-arg",
+            "view=item_embeddings",
+            "--tool-arg",
+            "text=red running shoes",
+            "--tool-arg",
+            "k=2",
+        )
         assert out["isError"] is False and out["structuredContent"]["items"][0]["entity_id"] == "i1"
         jsonschema.validate(out["structuredContent"], tools["find_similar"]["outputSchema"])
-        bad = _inspector(url, *auth, "--method", "tools/call", "--tool-name", "find_similar",
-                         "--tool-arg", "view=nope", "--tool-arg", "text=shoes")
+        bad = _inspector(
+            url,
+            *auth,
+            "--method",
+            "tools/call",
+            "--tool-name",
+            "find_similar",
+            "--tool-arg",
+            "view=nope",
+            "--tool-arg",
+            "text=shoes",
+        )
         assert bad["isError"] is True and "nope" in bad["content"][0]["text"]  # an error result, not a crash
     keys.close()

@@ -22,7 +22,9 @@ SEC = 1_000_000
 
 
 def _rows(keys: list[str], secs: list[int], amounts: list[float | None]) -> pa.Table:
-    return pa.table({"user_id": keys, "ts": ts_array([T0 + s * SEC for s in secs]), "amount": pa.array(amounts, pa.float64())})
+    return pa.table(
+        {"user_id": keys, "ts": ts_array([T0 + s * SEC for s in secs]), "amount": pa.array(amounts, pa.float64())}
+    )
 
 
 def test_open_from_config_and_names(tmp_path: Path) -> None:
@@ -93,7 +95,7 @@ def test_overwrite_range_is_idempotent(tmp_path: Path) -> None:
     assert store.count("fv__v") == 1
 
 
-_WRITER = textwrap.dedent('''
+_WRITER = textwrap.dedent("""
     import sys
     import pyarrow as pa
     from context_store.stores.offline.lance import LanceOfflineStore
@@ -106,7 +108,7 @@ _WRITER = textwrap.dedent('''
             "seq": pa.array([b * n + i for i in range(n)], pa.int64()),
             "ts": pa.array([b * n + i for i in range(n)], pa.int64()).cast(pa.timestamp("us", tz="UTC")),
         }))
-''')
+""")
 
 
 def test_concurrent_appends_from_processes_lose_nothing(tmp_path: Path) -> None:
@@ -117,8 +119,12 @@ def test_concurrent_appends_from_processes_lose_nothing(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[1]
     batches = 15
     procs = [
-        subprocess.Popen([sys.executable, str(script), str(path), str(w), str(batches)], cwd=root,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        subprocess.Popen(
+            [sys.executable, str(script), str(path), str(w), str(batches)],
+            cwd=root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         for w in range(2)
     ]
     seen_counts = []

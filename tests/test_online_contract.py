@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,20 @@ user = cs.Entity("user", ["user_id"])
 src = cs.FileSource("x.parquet", "ts")
 ALL_AGGS = [
     cs.Aggregate("amount", f, w)
-    for f in ["count", "sum", "mean", "min", "max", "last", "stddev_samp", "stddev_pop", "var_samp", "var_pop",
-              "approx_count_distinct", "approx_percentile"]
+    for f in [
+        "count",
+        "sum",
+        "mean",
+        "min",
+        "max",
+        "last",
+        "stddev_samp",
+        "stddev_pop",
+        "var_samp",
+        "var_pop",
+        "approx_count_distinct",
+        "approx_percentile",
+    ]
     for w in ["1h", "1d"]
 ] + [
     cs.Aggregate("cat", "last_distinct_n", "1d", n=3),
@@ -53,9 +66,17 @@ def agg_state(interval: str | None = None, aggs: list[cs.Aggregate] | None = Non
 
 def row_state(ttl: str | None = "1d") -> ViewState:
     view = cs.FeatureView(
-        "profile", [user], src,
-        features=[cs.Field("age", cs.Int64), cs.Field("city", cs.String), cs.Field("score", cs.Float64),
-                  cs.Field("tags", cs.Array(cs.String)), cs.Field("vec", cs.Embedding(3)), cs.Field("ok", cs.Bool)],
+        "profile",
+        [user],
+        src,
+        features=[
+            cs.Field("age", cs.Int64),
+            cs.Field("city", cs.String),
+            cs.Field("score", cs.Float64),
+            cs.Field("tags", cs.Array(cs.String)),
+            cs.Field("vec", cs.Embedding(3)),
+            cs.Field("ok", cs.Bool),
+        ],
         ttl=ttl,
     )
     return ViewState(view, {})
@@ -77,10 +98,14 @@ def events(n: int, seed: int, span_s: int = 2 * 86400, users: tuple[str, ...] = 
 
 def table(ev: dict[str, list[Any]], lo: int = 0, hi: int | None = None) -> pa.Table:
     hi = len(ev["ts"]) if hi is None else hi
-    return pa.table({
-        "user_id": ev["user_id"][lo:hi], "ts": ts_arr(ev["ts"][lo:hi]),
-        "amount": pa.array(ev["amount"][lo:hi], pa.float64()), "cat": pa.array(ev["cat"][lo:hi], pa.string()),
-    })
+    return pa.table(
+        {
+            "user_id": ev["user_id"][lo:hi],
+            "ts": ts_arr(ev["ts"][lo:hi]),
+            "amount": pa.array(ev["amount"][lo:hi], pa.float64()),
+            "cat": pa.array(ev["cat"][lo:hi], pa.string()),
+        }
+    )
 
 
 def expected(st: ViewState, ev: dict[str, list[Any]], uid: str, t: int) -> list[Any]:
@@ -88,10 +113,16 @@ def expected(st: ViewState, ev: dict[str, list[Any]], uid: str, t: int) -> list[
     end = (t // st.g) * st.g if st.interval else t
     out = []
     for o in st.plan.outputs:
-        sel = [i for i, u in enumerate(ev["user_id"]) if u == uid and ev["ts"][i] < end
-               and (o.window_us is None or ev["ts"][i] >= end - o.window_us)]
-        out.append(aggregate_values(o.function, [ev["ts"][i] for i in sel], [ev[o.column][i] for i in sel],
-                                    n=o.n, percentile=o.percentile))
+        sel = [
+            i
+            for i, u in enumerate(ev["user_id"])
+            if u == uid and ev["ts"][i] < end and (o.window_us is None or ev["ts"][i] >= end - o.window_us)
+        ]
+        out.append(
+            aggregate_values(
+                o.function, [ev["ts"][i] for i in sel], [ev[o.column][i] for i in sel], n=o.n, percentile=o.percentile
+            )
+        )
     return out
 
 
@@ -123,15 +154,21 @@ def key(uid: str) -> str:
 
 # -- rows ---------------------------------------------------------------------------------
 
+
 def test_rows_latest_wins_and_ttl(store: BaseOnlineStore) -> None:
     st = row_state("1d")
-    rows = pa.table({
-        "user_id": ["u1", "u1", "u2"],
-        "ts": ts_arr([NOW - 3600 * US, NOW - 7200 * US, NOW - 2 * 86400 * US]),
-        "age": [30, 29, 50], "city": ["Paris", "Lyon", None], "score": [0.5, 0.25, 1.0],
-        "tags": [["a", None], [], None], "vec": pa.array([[1.0, 2.0, 3.0], None, [0.5, 0.5, 0.5]], pa.list_(pa.float32(), 3)),
-        "ok": [True, False, None],
-    })
+    rows = pa.table(
+        {
+            "user_id": ["u1", "u1", "u2"],
+            "ts": ts_arr([NOW - 3600 * US, NOW - 7200 * US, NOW - 2 * 86400 * US]),
+            "age": [30, 29, 50],
+            "city": ["Paris", "Lyon", None],
+            "score": [0.5, 0.25, 1.0],
+            "tags": [["a", None], [], None],
+            "vec": pa.array([[1.0, 2.0, 3.0], None, [0.5, 0.5, 0.5]], pa.list_(pa.float32(), 3)),
+            "ok": [True, False, None],
+        }
+    )
     assert store.apply_events(st, rows) == 3
     r1, r2, r3 = store.read_features([(st, key("u1")), (st, key("u2")), (st, key("nobody"))], NOW)
     assert r1.values == [30, "Paris", 0.5, ["a", None], [1.0, 2.0, 3.0], True]
@@ -149,6 +186,7 @@ def test_rows_latest_wins_and_ttl(store: BaseOnlineStore) -> None:
 
 
 # -- aggregation state ----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("interval", [None, "10m"])
 def test_tiles_exact_windows_all_functions(store: BaseOnlineStore, interval: str | None) -> None:
@@ -168,8 +206,11 @@ def test_tiles_exact_windows_all_functions(store: BaseOnlineStore, interval: str
     assert by["cat_last_distinct_3_1d"] == [] and by["cat_first_distinct_2_1h"] == [] and by["last_cat"] is None
 
 
-NUM_AGGS = [cs.Aggregate("amount", f, w) for f in ["count", "sum", "mean", "min", "max", "stddev_samp", "var_pop"]
-            for w in ["1h", "1d"]] + [cs.Aggregate("amount", "sum", "10m", name="sum_10m")]
+NUM_AGGS = [
+    cs.Aggregate("amount", f, w)
+    for f in ["count", "sum", "mean", "min", "max", "stddev_samp", "var_pop"]
+    for w in ["1h", "1d"]
+] + [cs.Aggregate("amount", "sum", "10m", name="sum_10m")]
 
 
 @pytest.mark.parametrize("interval", [None, "5m"])
@@ -196,13 +237,19 @@ def test_bulk_writes_may_be_deferred_until_flush(store: BaseOnlineStore) -> None
     st = agg_state("1h", [cs.Aggregate("amount", "sum", "1d")], name="bulk")
     ops = Ops()
     assert st.plan is not None
-    one = Columns(ts=np.array([NOW - st.g], dtype=np.int64), valid={"amount": np.array([True])}, num={"amount": np.array([5.5])})
+    one = Columns(
+        ts=np.array([NOW - st.g], dtype=np.int64), valid={"amount": np.array([True])}, num={"amount": np.array([5.5])}
+    )
     for u in ("u8", "u9"):
         ops.sets[key(u)] = {st.read_ctx(NOW).fields[0]: st.plan.encode(st.plan.partial(one))}  # a block the read uses
         ops.expire[key(u)] = 3_600_000
     store.write_ops(ops, wait=False)
     store.flush()
-    assert [v[0].values for v in store.read_entities([st], [key("u8"), key("u9"), key("u7")], NOW)] == [[5.5], [5.5], [0.0]]
+    assert [v[0].values for v in store.read_entities([st], [key("u8"), key("u9"), key("u7")], NOW)] == [
+        [5.5],
+        [5.5],
+        [0.0],
+    ]
     store.flush()  # nothing pending: a no-op
 
 
@@ -210,8 +257,21 @@ def test_many_views_many_keys_one_call(store: BaseOnlineStore) -> None:
     a, r = agg_state("1h", [cs.Aggregate("amount", "sum", "1d")]), row_state(None)
     ev = events(100, seed=3, users=("u1", "u2", "u3"))
     store.apply_events(a, table(ev), now_us=NOW)
-    store.apply_events(r, pa.table({"user_id": ["u1"], "ts": ts_arr([NOW - US]), "age": [1], "city": ["c"], "score": [1.0],
-                                    "tags": [["x"]], "vec": pa.array([[0.0, 0.0, 1.0]], pa.list_(pa.float32(), 3)), "ok": [True]}))
+    store.apply_events(
+        r,
+        pa.table(
+            {
+                "user_id": ["u1"],
+                "ts": ts_arr([NOW - US]),
+                "age": [1],
+                "city": ["c"],
+                "score": [1.0],
+                "tags": [["x"]],
+                "vec": pa.array([[0.0, 0.0, 1.0]], pa.list_(pa.float32(), 3)),
+                "ok": [True],
+            }
+        ),
+    )
     reads = [(a, key("u1")), (r, key("u1")), (a, key("u2")), (r, key("u2")), (a, key("u3"))]
     out = store.read_features(reads, NOW)
     for (st, k), res in zip(reads, out):
@@ -228,7 +288,7 @@ def test_apply_is_idempotent_per_token(store: BaseOnlineStore) -> None:
     assert store.applied_offset(st, "p0") is None
     assert store.apply_events(st, table(ev, 0, 30), token=("p0", "100-0"), now_us=NOW) == 30
     assert store.apply_events(st, table(ev, 0, 30), token=("p0", "100-0"), now_us=NOW) == 0  # replay
-    assert store.apply_events(st, table(ev, 0, 30), token=("p0", "99-5"), now_us=NOW) == 0   # older
+    assert store.apply_events(st, table(ev, 0, 30), token=("p0", "99-5"), now_us=NOW) == 0  # older
     assert store.applied_offset(st, "p0") == "100-0"
     # a batch mixing applied and new messages after a restart: per-row offsets skip the applied ones
     offs = [f"{90 + i}-0" for i in range(30)]  # rows 0..10 are <= 100-0
@@ -261,13 +321,17 @@ def test_apply_many_is_one_atomic_commit(store: BaseOnlineStore) -> None:
     a = agg_state(None, [cs.Aggregate("amount", "sum", "1d"), cs.Aggregate("amount", "count", "1d")])
     b = agg_state(None, [cs.Aggregate("cat", "last_distinct_n", "1d", n=2)], name="cats")
     ev = events(80, seed=21, users=("u1", "u2", "u3"))
-    items = [ApplyItem(a, table(ev, 0, 40), [("0", "5", None), ("1", "7", None)]),
-             ApplyItem(b, table(ev, 0, 40), [("0", "5", None)])]
+    items = [
+        ApplyItem(a, table(ev, 0, 40), [("0", "5", None), ("1", "7", None)]),
+        ApplyItem(b, table(ev, 0, 40), [("0", "5", None)]),
+    ]
     assert store.apply_many(items, now_us=NOW)
     assert (store.applied_offset(a, "0"), store.applied_offset(a, "1"), store.applied_offset(b, "0")) == ("5", "7", "5")
     # a stale expectation on any one offset: nothing of the round is written
-    stale = [ApplyItem(a, table(ev, 40, 80), [("0", "9", "5"), ("1", "9", "6")]),
-             ApplyItem(b, table(ev, 40, 80), [("0", "9", "5")])]
+    stale = [
+        ApplyItem(a, table(ev, 40, 80), [("0", "9", "5"), ("1", "9", "6")]),
+        ApplyItem(b, table(ev, 40, 80), [("0", "9", "5")]),
+    ]
     assert not store.apply_many(stale, now_us=NOW)
     assert (store.applied_offset(a, "0"), store.applied_offset(b, "0")) == ("5", "5")
     first = {k: v[:40] for k, v in ev.items()}
@@ -275,8 +339,13 @@ def test_apply_many_is_one_atomic_commit(store: BaseOnlineStore) -> None:
         got = store.read_features([(a, key(u)), (b, key(u))], NOW)
         assert_same(["sum", "count"], got[0].values, expected(a, first, u, NOW))  # type: ignore[arg-type]
         assert got[1].values == expected(b, first, u, NOW)
-    assert store.apply_many([ApplyItem(a, table(ev, 40, 80), [("0", "9", "5"), ("1", "9", "7")]),
-                             ApplyItem(b, table(ev, 40, 80), [("0", "9", "5")])], now_us=NOW)
+    assert store.apply_many(
+        [
+            ApplyItem(a, table(ev, 40, 80), [("0", "9", "5"), ("1", "9", "7")]),
+            ApplyItem(b, table(ev, 40, 80), [("0", "9", "5")]),
+        ],
+        now_us=NOW,
+    )
     for u in ("u1", "u2", "u3"):
         assert_same(["sum", "count"], store.read_features([(a, key(u))], NOW)[0].values, expected(a, ev, u, NOW))  # type: ignore[arg-type]
 
@@ -311,19 +380,40 @@ def test_guarded_concurrent_writers_lose_nothing(store: BaseOnlineStore, kind: s
     commit is redone, so no update is lost."""
     import threading
 
-    st = agg_state(None, [cs.Aggregate("amount", "count", "1d"), cs.Aggregate("amount", "sum", "1d")]) \
-        if kind == "tiles" else row_state(None)
+    st = (
+        agg_state(None, [cs.Aggregate("amount", "count", "1d"), cs.Aggregate("amount", "sum", "1d")])
+        if kind == "tiles"
+        else row_state(None)
+    )
     errors: list[BaseException] = []
 
     def writer(p: int) -> None:
         try:
             for i in range(40):
                 t = NOW - (200 - i * 4 - p) * US
-                rows = pa.table({"user_id": ["u1"], "ts": ts_arr([t]), "amount": pa.array([1.0]), "cat": ["a"],
-                                 "age": [i], "city": [f"p{p}"], "score": [1.0], "tags": pa.array([["x"]]),
-                                 "vec": pa.array([[1.0, 2.0, 3.0]], pa.list_(pa.float32(), 3)), "ok": [True]})
-                store.apply_events(st, rows if kind == "tiles" else rows.select(["user_id", "ts", "age", "city", "score",
-                                   "tags", "vec", "ok"]), token=(str(p), str(i + 1)), now_us=NOW, guard=True)
+                rows = pa.table(
+                    {
+                        "user_id": ["u1"],
+                        "ts": ts_arr([t]),
+                        "amount": pa.array([1.0]),
+                        "cat": ["a"],
+                        "age": [i],
+                        "city": [f"p{p}"],
+                        "score": [1.0],
+                        "tags": pa.array([["x"]]),
+                        "vec": pa.array([[1.0, 2.0, 3.0]], pa.list_(pa.float32(), 3)),
+                        "ok": [True],
+                    }
+                )
+                store.apply_events(
+                    st,
+                    rows
+                    if kind == "tiles"
+                    else rows.select(["user_id", "ts", "age", "city", "score", "tags", "vec", "ok"]),
+                    token=(str(p), str(i + 1)),
+                    now_us=NOW,
+                    guard=True,
+                )
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
@@ -341,11 +431,21 @@ def test_guarded_concurrent_writers_lose_nothing(store: BaseOnlineStore, kind: s
 
 
 def test_retention_folds_into_lifetime_and_drops_unreachable(store: BaseOnlineStore) -> None:
-    st = agg_state(None, [cs.Aggregate("amount", "sum", "1h"), cs.Aggregate("amount", "sum", cs.Lifetime(), name="life"),
-                          cs.Aggregate("amount", "count", cs.Lifetime(), name="n")])
+    st = agg_state(
+        None,
+        [
+            cs.Aggregate("amount", "sum", "1h"),
+            cs.Aggregate("amount", "sum", cs.Lifetime(), name="life"),
+            cs.Aggregate("amount", "count", cs.Lifetime(), name="n"),
+        ],
+    )
     fin = agg_state(None, [cs.Aggregate("amount", "sum", "1h")], name="finite")
-    ev = {"user_id": ["u1"] * 4, "ts": [NOW - 3 * 86400 * US, NOW - 600 * US, NOW - 120 * US, NOW - 60 * US],
-          "amount": [1.0, 2.0, 4.0, 8.0], "cat": ["a"] * 4}
+    ev = {
+        "user_id": ["u1"] * 4,
+        "ts": [NOW - 3 * 86400 * US, NOW - 600 * US, NOW - 120 * US, NOW - 60 * US],
+        "amount": [1.0, 2.0, 4.0, 8.0],
+        "cat": ["a"] * 4,
+    }
     # the first event is already older than the retention horizon
     store.apply_events(st, table(ev), now_us=NOW)
     assert store.apply_events(fin, table(ev), now_us=NOW) == 4
@@ -386,6 +486,7 @@ def test_meta_ping_clear(store: BaseOnlineStore) -> None:
 
 
 # -- backend specifics ------------------------------------------------------------------------
+
 
 def test_sqlite_reader_while_writer(tmp_path: Path) -> None:
     """A server process reads while a CLI materialize writes the same file (WAL)."""
@@ -432,8 +533,11 @@ def test_redis_unavailable_then_recovers(tmp_path: Path, workspace_name: str) ->
         store.read_features([(st, key("u1"))], NOW)
     with pytest.raises(UnavailableError):
         store.ping()
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         for _ in range(100):
             try:
@@ -453,7 +557,10 @@ def test_redis_unavailable_then_recovers(tmp_path: Path, workspace_name: str) ->
 
 def test_batch_of_entities_equals_single_reads(store: BaseOnlineStore) -> None:
     """Many entities with the same fields (one batch lookup) read in one command on Redis."""
-    a, r = agg_state(None, [cs.Aggregate("amount", "sum", "1d"), cs.Aggregate("cat", "last", "1h", name="c")]), row_state(None)
+    a, r = (
+        agg_state(None, [cs.Aggregate("amount", "sum", "1d"), cs.Aggregate("cat", "last", "1h", name="c")]),
+        row_state(None),
+    )
     users = tuple(f"u{i}" for i in range(30))
     ev = events(300, seed=9, users=users)
     store.apply_events(a, table(ev), now_us=NOW)
@@ -467,7 +574,11 @@ def test_batch_of_entities_equals_single_reads(store: BaseOnlineStore) -> None:
 
 
 def test_read_entities_matches_read_features(store: BaseOnlineStore) -> None:
-    life = agg_state(None, [cs.Aggregate("amount", "sum", "1h"), cs.Aggregate("amount", "sum", cs.Lifetime(), name="life")], name="lv")
+    life = agg_state(
+        None,
+        [cs.Aggregate("amount", "sum", "1h"), cs.Aggregate("amount", "sum", cs.Lifetime(), name="life")],
+        name="lv",
+    )
     r = row_state(None)
     ev = events(120, seed=4, users=("u1", "u2", "u3"))
     store.apply_events(life, table(ev), now_us=NOW)
@@ -480,12 +591,14 @@ def test_read_entities_matches_read_features(store: BaseOnlineStore) -> None:
 
 
 def test_row_codec_roundtrip() -> None:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from context_store.stores.online.codec import RowCodec
 
-    codec = RowCodec([cs.Int64, cs.Timestamp, cs.String, cs.Bool, cs.Float64, cs.Array(cs.Int64), cs.Embedding(2), cs.String])
-    when = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc)
+    codec = RowCodec(
+        [cs.Int64, cs.Timestamp, cs.String, cs.Bool, cs.Float64, cs.Array(cs.Int64), cs.Embedding(2), cs.String]
+    )
+    when = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
     full = [7, when, "é", False, -1.5, [1, None, 3], [0.5, 0.25], ""]
     assert codec.decode(codec.encode(42, full)) == (42, full)
     some_null = [None, when, None, True, None, [], None, "x"]
@@ -514,7 +627,8 @@ def test_redis_scripts_flushed_every_path_reloads(tmp_path: Path, workspace_name
         assert asyncio.run(store.read_features_async(reads, NOW)) == batch
         flush.script_flush()
         assert asyncio.run(store.read_entities_async([a, r], [key(u) for u in users], NOW)) == [
-            batch[i : i + 2] for i in range(0, len(batch), 2)]
+            batch[i : i + 2] for i in range(0, len(batch), 2)
+        ]
         assert_same(["sum"], batch[0].values, expected(a, ev, "u1", NOW))  # type: ignore[arg-type]
     finally:
         flush.close()

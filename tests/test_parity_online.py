@@ -23,8 +23,20 @@ from tests.reference import values_match
 US = 1_000_000
 NOW = (int(time.time()) // 60) * 60 * US + 7 * US  # fixed for the module, not aligned to tiles
 
-FUNCS = ["count", "sum", "mean", "min", "max", "last", "stddev_samp", "stddev_pop", "var_samp", "var_pop",
-         "approx_count_distinct", "approx_percentile"]
+FUNCS = [
+    "count",
+    "sum",
+    "mean",
+    "min",
+    "max",
+    "last",
+    "stddev_samp",
+    "stddev_pop",
+    "var_samp",
+    "var_pop",
+    "approx_count_distinct",
+    "approx_percentile",
+]
 
 
 def _aggs(windows: list[str]) -> str:
@@ -38,7 +50,7 @@ def _aggs(windows: list[str]) -> str:
     return ",\n    ".join(out)
 
 
-DEFS = f'''
+DEFS = f"""
 import context_store as cs
 user = cs.Entity("user", join_keys=["user_id"])
 events = cs.FileSource("data/events.parquet", timestamp_field="ts")
@@ -57,39 +69,49 @@ nums_tiled = cs.FeatureView("nums_tiled", [user], events, aggregations=NUMS, agg
 profile = cs.FeatureView("profile", [user], profiles, ttl="1d",
     features=[cs.Field("age", cs.Int64), cs.Field("city", cs.String), cs.Field("score", cs.Float64)])
 svc = cs.FeatureService("svc", [cont, tiled, nums, nums_tiled, profile])
-'''
+"""
 USERS = ["u1", "u2", "u3"]
 
 
 def _events(rng: random.Random, n: int) -> pa.Table:
     ts = [NOW - rng.randint(0, 2 * 86400) * US - rng.choice([0, 0, 0, 123456]) for _ in range(n)]
-    return pa.table({
-        "user_id": pa.array([rng.choice(USERS) for _ in range(n)], pa.string()),
-        "ts": pa.array(ts, pa.timestamp("us", tz="UTC")),
-        "amount": pa.array([rng.choice([None, rng.randint(-400, 4000) / 4]) for _ in range(n)], pa.float64()),
-        "qty": pa.array([rng.choice([None, rng.randint(-5, 50)]) for _ in range(n)], pa.int64()),
-        "cat": pa.array([rng.choice([None, "a", "b", "c", "d", "e"]) for _ in range(n)], pa.string()),
-        "vec": pa.array([rng.choice([None, [rng.randint(-8, 8) / 4, rng.randint(-8, 8) / 4]]) for _ in range(n)],
-                        pa.list_(pa.float32(), 2)),
-    })
+    return pa.table(
+        {
+            "user_id": pa.array([rng.choice(USERS) for _ in range(n)], pa.string()),
+            "ts": pa.array(ts, pa.timestamp("us", tz="UTC")),
+            "amount": pa.array([rng.choice([None, rng.randint(-400, 4000) / 4]) for _ in range(n)], pa.float64()),
+            "qty": pa.array([rng.choice([None, rng.randint(-5, 50)]) for _ in range(n)], pa.int64()),
+            "cat": pa.array([rng.choice([None, "a", "b", "c", "d", "e"]) for _ in range(n)], pa.string()),
+            "vec": pa.array(
+                [rng.choice([None, [rng.randint(-8, 8) / 4, rng.randint(-8, 8) / 4]]) for _ in range(n)],
+                pa.list_(pa.float32(), 2),
+            ),
+        }
+    )
 
 
 def _profiles(rng: random.Random) -> pa.Table:
     # Rows end before any request time (online keeps only the latest row per entity).
     rows = [(u, NOW - rng.randint(13 * 3600, 3 * 86400) * US) for u in USERS for _ in range(rng.randint(0, 3))]
-    return pa.table({
-        "user_id": pa.array([u for u, _ in rows], pa.string()), "ts": pa.array([t for _, t in rows], pa.timestamp("us", tz="UTC")),
-        "age": pa.array([rng.randint(18, 90) for _ in rows], pa.int64()),
-        "city": pa.array([rng.choice([None, "Paris", "Oslo"]) for _ in rows], pa.string()),
-        "score": pa.array([rng.random() for _ in rows], pa.float64()),
-    })
+    return pa.table(
+        {
+            "user_id": pa.array([u for u, _ in rows], pa.string()),
+            "ts": pa.array([t for _, t in rows], pa.timestamp("us", tz="UTC")),
+            "age": pa.array([rng.randint(18, 90) for _ in rows], pa.int64()),
+            "city": pa.array([rng.choice([None, "Paris", "Oslo"]) for _ in rows], pa.string()),
+            "score": pa.array([rng.random() for _ in rows], pa.float64()),
+        }
+    )
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
 def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[cs.ContextStore]:
     rng = random.Random(0)
-    root = make_repo(tmp_path_factory.mktemp("parity") / "repo", DEFS,
-                     {"events.parquet": _events(rng, 50), "profiles.parquet": _profiles(rng)})
+    root = make_repo(
+        tmp_path_factory.mktemp("parity") / "repo",
+        DEFS,
+        {"events.parquet": _events(rng, 50), "profiles.parquet": _profiles(rng)},
+    )
     online = request.getfixturevalue("redis_url") if request.param == "redis" else None
     s = cs.ContextStore(root, online_store=online, workspace="par" + hex(random.getrandbits(40))[2:])
     s.apply()
@@ -100,8 +122,12 @@ def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 def _compare(store: cs.ContextStore, times: list[int], what: str) -> None:
     spine_rows = [(u, t) for t in times for u in USERS]
-    spine = pa.table({"user_id": [u for u, _ in spine_rows],
-                      "timestamp": pa.array([t for _, t in spine_rows], pa.timestamp("us", tz="UTC"))})
+    spine = pa.table(
+        {
+            "user_id": [u for u, _ in spine_rows],
+            "timestamp": pa.array([t for _, t in spine_rows], pa.timestamp("us", tz="UTC")),
+        }
+    )
     train = store.get_training_data(spine, "svc").to_pylist()
     svc = store.definitions.feature_service("svc")
     for (u, t), row in zip(spine_rows, train):
@@ -120,7 +146,9 @@ def _dt(t: int) -> Any:
     return us_to_datetime(t)
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 120))
 def test_online_equals_training_data(store: cs.ContextStore, seed: int, n: int) -> None:
     rng = random.Random(seed)

@@ -4,7 +4,7 @@ read-after-write, late events, the CLI command."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -45,7 +45,11 @@ def store(tmp_path: Path):
         ({"user_id": "u1", "amount": 1.0}, "records[2].ts", "required"),
         ({"ts": "2026-01-01T00:00:00Z", "amount": 1.0}, "records[2].user_id", "required"),
         ({"user_id": "u1", "ts": "yesterday-ish", "amount": 1.0}, "records[2].ts", "ISO-8601"),
-        ({"user_id": "u1", "ts": "2026-01-01T00:00:00Z", "amount": 1.0, "colour": "red"}, "records[2].colour", "schema"),
+        (
+            {"user_id": "u1", "ts": "2026-01-01T00:00:00Z", "amount": 1.0, "colour": "red"},
+            "records[2].colour",
+            "schema",
+        ),
         ({"user_id": 7, "ts": "2026-01-01T00:00:00Z", "amount": 1.0}, "records[2].user_id", "string"),
         ({"user_id": "u1", "ts": True, "amount": 1.0}, "records[2].ts", "bool"),
     ],
@@ -88,7 +92,7 @@ def test_bad_timeout_is_rejected_before_anything_is_written(store, timeout) -> N
 
 
 def test_timestamp_forms() -> None:
-    want = parse_timestamp_us(datetime(2026, 1, 1, 0, 0, 1, tzinfo=timezone.utc))
+    want = parse_timestamp_us(datetime(2026, 1, 1, 0, 0, 1, tzinfo=UTC))
     assert parse_timestamp_us("2026-01-01T00:00:01Z") == want
     assert parse_timestamp_us("2026-01-01T01:00:01+01:00") == want
     assert parse_timestamp_us("2026-01-01 00:00:01") == want  # naive = UTC
@@ -218,13 +222,14 @@ def test_cli_push(store, tmp_path: Path) -> None:
 def test_a_failing_transform_applies_nothing(tmp_path: Path) -> None:
     """Transforms run before any write: a user function that raises on one record leaves every
     view (and the offline log) untouched, and the error names the view, not a traceback."""
+    import context_store as cs
     from context_store.errors import DefinitionError
     from tests.fixtures_stream import REPO, SCHEMA
     from tests.helpers import make_repo
 
-    import context_store as cs
-
-    code = REPO.format(partitions=4, lateness="1h", interval="") + '''
+    code = (
+        REPO.format(partitions=4, lateness="1h", interval="")
+        + """
 def picky(table):
     if 13.0 in table.column("amount").to_pylist():
         raise ValueError("unlucky amount")
@@ -232,7 +237,8 @@ def picky(table):
 
 zz_picky = cs.FeatureView("zz_picky", entities=[user], source=txns, transform=picky,
                           aggregations=[cs.Aggregate("amount", "sum", "1h")])
-'''
+"""
+    )
     make_repo(tmp_path / "r", code, data={"txns.parquet": SCHEMA.empty_table()})
     store = cs.ContextStore(tmp_path / "r")
     store.apply(force=True)

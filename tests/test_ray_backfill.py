@@ -28,13 +28,17 @@ def _part(p: int, n: int = 60) -> pa.Table:
     users = [f"u{(i * 3 + p) % 7}" for i in range(n)] + ["u0"]
     ts = [T0 + ((i * 37 + p * 11) % (4 * n)) * 60 * SEC for i in range(n)] + [T0 + 5 * SEC]
     amount = [None if (i + p) % 9 == 0 else float(i * 10 + p) for i in range(n)] + [1000.0 + p]
-    return pa.table({"user_id": users, "ts": ts_array(ts), "amount": amount, "cat": [f"c{i % 3}" for i in range(n + 1)]})
+    return pa.table(
+        {"user_id": users, "ts": ts_array(ts), "amount": amount, "cat": [f"c{i % 3}" for i in range(n + 1)]}
+    )
 
 
 def _views() -> tuple[list[cs.FeatureView], cs.FeatureService]:
     src = cs.FileSource("data/tx_*.parquet", "ts", name="tx")
     stats = cs.FeatureView(
-        "stats", [USER], src,
+        "stats",
+        [USER],
+        src,
         transform="SELECT user_id, ts, amount * 2 AS amount2, cat FROM source WHERE amount IS NOT NULL",
         aggregations=[
             cs.Aggregate("amount2", "sum", "1h"),
@@ -43,7 +47,9 @@ def _views() -> tuple[list[cs.FeatureView], cs.FeatureService]:
         ],
     )
     latest = cs.FeatureView(
-        "latest", [USER], src,
+        "latest",
+        [USER],
+        src,
         transform="SELECT user_id, ts, amount, upper(cat) AS cat_u FROM source",
         features=[cs.Field("amount", cs.Float64), cs.Field("cat_u", cs.String)],
         ttl="1d",
@@ -62,10 +68,12 @@ def _repo(root: Path) -> None:
 
 def _spine() -> pa.Table:
     n = 40
-    return pa.table({
-        "user_id": [f"u{i % 8}" for i in range(n)],  # u7 is unknown
-        "timestamp": ts_array([T0 + (i * 29 % 250) * 60 * SEC for i in range(n)]),
-    })
+    return pa.table(
+        {
+            "user_id": [f"u{i % 8}" for i in range(n)],  # u7 is unknown
+            "timestamp": ts_array([T0 + (i * 29 % 250) * 60 * SEC for i in range(n)]),
+        }
+    )
 
 
 def test_ray_backfill_matches_local(tmp_path: Path) -> None:
@@ -80,8 +88,14 @@ def test_ray_backfill_matches_local(tmp_path: Path) -> None:
 
     local = backfill(defs_l, config_l, off_l)
     remote = backfill(defs_r, config_r, off_r, engine="ray")
-    assert remote.rows == local.rows == {"stats": N_FILES * 61 - sum(
-        1 for p in range(N_FILES) for i in range(60) if (i + p) % 9 == 0), "latest": N_FILES * 61}
+    assert (
+        remote.rows
+        == local.rows
+        == {
+            "stats": N_FILES * 61 - sum(1 for p in range(N_FILES) for i in range(60) if (i + p) % 9 == 0),
+            "latest": N_FILES * 61,
+        }
+    )
     assert remote.events == local.events == N_FILES * 61
     for view in ("stats", "latest"):
         a, b = off_l.read(f"fv__{view}"), off_r.read(f"fv__{view}")

@@ -57,7 +57,9 @@ def test_first_plan_adds_everything_and_apply_commits(tmp_path: Path) -> None:
     plan = reg.plan()
     assert plan.from_version == 0 and not plan.breaking
     assert {(c.action, c.kind, c.name) for c in plan.changes} == {
-        ("add", "entity", "user"), ("add", "stream_source", "transactions"), ("add", "feature_view", "stats"),
+        ("add", "entity", "user"),
+        ("add", "stream_source", "transactions"),
+        ("add", "feature_view", "stats"),
         ("add", "feature_service", "svc"),
     }
     assert change_of(plan, "stats").forces == [REBACKFILL, REMATERIALIZE]
@@ -109,7 +111,9 @@ def test_breaking_change_needs_force(tmp_path: Path) -> None:
     reg = registry(root)
     reg.apply()
     rewrite(root, 'cs.Aggregate("amount", "count", "7d")', 'cs.Aggregate("amount", "count", "7d", name="n7")')
-    rewrite(root, 'cs.Aggregate("amount", "sum", "1d")', 'cs.Aggregate("merchant", "count", "1d", name="amount_sum_1d")')
+    rewrite(
+        root, 'cs.Aggregate("amount", "sum", "1d")', 'cs.Aggregate("merchant", "count", "1d", name="amount_sum_1d")'
+    )
     plan = reg.plan()
     c = change_of(plan, "stats")
     assert c.breaking and "amount_sum_1d" in " ".join(c.reasons)
@@ -164,7 +168,9 @@ def test_applied_is_the_snapshot_not_the_working_copy(tmp_path: Path) -> None:
 
 
 def test_python_transform_and_realtime_code_survive_the_snapshot(tmp_path: Path) -> None:
-    text = BASE + '''
+    text = (
+        BASE
+        + """
 def double(t):
     import pyarrow.compute as pc
     return t.append_column("double", pc.multiply(t.column("amount"), 2))
@@ -175,7 +181,8 @@ req = cs.RequestSource([cs.Field("amount", cs.Float64)])
 @cs.realtime_feature_view(sources=[req], output=[cs.Field("half", cs.Float64)])
 def half(r):
     return {"half": r["amount"] / 2}
-'''
+"""
+    )
     root = repo(tmp_path, text)
     reg = registry(root)
     reg.apply()
@@ -243,15 +250,23 @@ def test_concurrent_reader_never_sees_a_partial_version(tmp_path: Path) -> None:
 def test_embedding_and_knowledge_force_reindex(tmp_path: Path) -> None:
     import pyarrow as pa
 
-    text = BASE + '''
+    text = (
+        BASE
+        + """
 item = cs.Entity("item", join_keys=["item_id"])
 items = cs.FileSource("data/items.parquet", timestamp_field="updated_at", name="items")
 emb = cs.EmbeddingView("emb", [item], items, text="title")
 kb = cs.Knowledge("kb", "docs/*.md")
-'''
+"""
+    )
     root = make_repo(
-        tmp_path / "repo", text.replace("AGGS", AGGS),
-        data={"items.parquet": pa.table({"item_id": ["i1"], "title": ["A film"], "updated_at": pa.array([0], pa.timestamp("us", tz="UTC"))})},
+        tmp_path / "repo",
+        text.replace("AGGS", AGGS),
+        data={
+            "items.parquet": pa.table(
+                {"item_id": ["i1"], "title": ["A film"], "updated_at": pa.array([0], pa.timestamp("us", tz="UTC"))}
+            )
+        },
     )
     (root / "docs").mkdir()
     (root / "docs" / "a.md").write_text("# Help\nsome text\n")

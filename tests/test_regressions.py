@@ -17,7 +17,7 @@ from tests.helpers import make_repo
 def test_count_only_string_column_materializes_and_matches_training(tmp_path: Path) -> None:
     # A string column read only by `count` once crashed materialize (no raw bytes for it);
     # count counts rows, so the event with a null user_id counts too.
-    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     ts = pa.array([now - dt.timedelta(minutes=m) for m in (5, 10, 20, 30)], pa.timestamp("us", tz="UTC"))
     table = pa.table({"user_id": ["u1", "u2", None, "u3"], "item_id": ["a", "b", "a", "a"], "ts": ts})
     repo = make_repo(
@@ -48,12 +48,14 @@ def test_count_only_string_column_materializes_and_matches_training(tmp_path: Pa
 def test_pushed_items_reach_the_embedding_view(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
     # An EmbeddingView over a StreamSource: a push must update the similarity index.
     online = request.getfixturevalue("redis_url") if backend == "redis" else None
-    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-    items = pa.table({
-        "item_id": ["i1", "i2"],
-        "title": ["red running shoes", "blue denim jacket"],
-        "ts": pa.array([now - dt.timedelta(days=1)] * 2, pa.timestamp("us", tz="UTC")),
-    })
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    items = pa.table(
+        {
+            "item_id": ["i1", "i2"],
+            "title": ["red running shoes", "blue denim jacket"],
+            "ts": pa.array([now - dt.timedelta(days=1)] * 2, pa.timestamp("us", tz="UTC")),
+        }
+    )
     repo = make_repo(
         tmp_path / "r",
         """
@@ -70,7 +72,10 @@ def test_pushed_items_reach_the_embedding_view(tmp_path: Path, backend: str, req
     try:
         store.apply()
         store.backfill()
-        assert {i.entity_id for i in store.find_similar("item_emb", text="red running shoes", k=5).items} == {"i1", "i2"}
+        assert {i.entity_id for i in store.find_similar("item_emb", text="red running shoes", k=5).items} == {
+            "i1",
+            "i2",
+        }
         store.push("items", [{"item_id": "i3", "title": "green garden hose", "ts": now}])
         top = store.find_similar("item_emb", text="green garden hose", k=1).items
         assert [i.entity_id for i in top] == ["i3"]
@@ -85,12 +90,14 @@ def test_server_warms_vector_indexes_and_readyz_reports_them(tmp_path: Path) -> 
     from context_store.server.app import create_app
     from tests.fixtures_server import running_server
 
-    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-    items = pa.table({
-        "item_id": [f"i{i}" for i in range(50)],
-        "title": [f"item number {i}" for i in range(50)],
-        "ts": pa.array([now - dt.timedelta(days=1)] * 50, pa.timestamp("us", tz="UTC")),
-    })
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    items = pa.table(
+        {
+            "item_id": [f"i{i}" for i in range(50)],
+            "title": [f"item number {i}" for i in range(50)],
+            "ts": pa.array([now - dt.timedelta(days=1)] * 50, pa.timestamp("us", tz="UTC")),
+        }
+    )
     repo = make_repo(
         tmp_path / "r",
         """

@@ -7,7 +7,7 @@ import asyncio
 import re
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -27,7 +27,7 @@ BATCH = "/api/v1/feature-service/get-features-batch"
 
 
 def _ts(minutes_ago: float) -> str:
-    return (datetime.now(timezone.utc) - timedelta(minutes=minutes_ago)).isoformat()
+    return (datetime.now(UTC) - timedelta(minutes=minutes_ago)).isoformat()
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,9 @@ def srv(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[di
     app = create_app(repo, key_store=keys, mcp=False, max_body=64 * 1024)
     with running_server(app) as url:
         h = {"authorization": f"Bearer {key}"}
-        records = [{"record": {"user_id": "u1", "amount": a, "ts": _ts(m)}} for a, m in ((10.0, 30), (20.0, 20), (30.0, 10))]
+        records = [
+            {"record": {"user_id": "u1", "amount": a, "ts": _ts(m)}} for a, m in ((10.0, 30), (20.0, 20), (30.0, 10))
+        ]
         records += [{"record": {"user_id": "u2", "amount": 5.0, "ts": _ts(120)}}]
         r = httpx.post(url + "/v1/ingest", json={"workspace_name": ws, "records": {"transactions": records}}, headers=h)
         assert r.status_code == 200, r.text
@@ -79,18 +81,25 @@ def test_tecton_client_get_features(srv: dict[str, Any]) -> None:
     assert meta[0]["effectiveTime"].endswith("Z")
     assert resp.slo_info is not None and resp.slo_info.server_time_seconds > 0
     # u2's only event is 2 h old: outside the 1 h windows, inside the 1 d ones.
-    d2 = client.get_features(feature_service_name="user_features", join_key_map={"user_id": "u2"},
-                             metadata_options=MetadataOptions(include_names=True, include_data_types=True)).get_features_dict()
+    d2 = client.get_features(
+        feature_service_name="user_features",
+        join_key_map={"user_id": "u2"},
+        metadata_options=MetadataOptions(include_names=True, include_data_types=True),
+    ).get_features_dict()
     assert d2["txn_stats.amount_count_1h"] == 0 and d2["txn_stats.amount_count_1d"] == 1
     assert d2["txn_stats.amount_sum_1d"] == pytest.approx(5.0) and d2["txn_stats.amount_mean_1h"] is None
 
 
 def test_tecton_client_realtime_and_metadata(srv: dict[str, Any]) -> None:
     client = TectonClient(srv["url"], api_key=srv["key"], default_workspace_name=srv["ws"])
-    d = client.get_features(feature_service_name="fraud", join_key_map={"user_id": "u1"},
-                            request_context_map={"amount": 100.0}).get_features_dict()
-    assert d == {"txn_stats.amount_count_1h": 3, "txn_stats.amount_sum_1d": pytest.approx(60.0),
-                 "amount_check.amount_over_max": True}
+    d = client.get_features(
+        feature_service_name="fraud", join_key_map={"user_id": "u1"}, request_context_map={"amount": 100.0}
+    ).get_features_dict()
+    assert d == {
+        "txn_stats.amount_count_1h": 3,
+        "txn_stats.amount_sum_1d": pytest.approx(60.0),
+        "amount_check.amount_over_max": True,
+    }
     md = client.get_feature_service_metadata(feature_service_name="user_features")
     assert [f["name"] for f in md.feature_values] == FEATURES_10
     assert [k["name"] for k in md.input_join_keys] == ["user_id"]
@@ -105,28 +114,43 @@ def test_tecton_client_errors(srv: dict[str, Any]) -> None:
     assert "nope" in str(e.value)
     with pytest.raises(UnauthorizedError):
         TectonClient(srv["url"], api_key="cs_x_y", default_workspace_name=srv["ws"]).get_features(
-            feature_service_name="user_features", join_key_map={"user_id": "u1"})
+            feature_service_name="user_features", join_key_map={"user_id": "u1"}
+        )
     with pytest.raises(BadRequestError):
-        client.get_features(feature_service_name="fraud", join_key_map={"user_id": "u1"},
-                            request_options=RequestOptions(latency_budget_ms=-5))
+        client.get_features(
+            feature_service_name="fraud",
+            join_key_map={"user_id": "u1"},
+            request_options=RequestOptions(latency_budget_ms=-5),
+        )
 
 
 def test_async_tecton_client(srv: dict[str, Any]) -> None:
     async def run() -> dict[str, Any]:
         client = AsyncTectonClient(srv["url"], api_key=srv["key"], default_workspace_name=srv["ws"])
-        rs = await asyncio.gather(*[
-            client.get_features(feature_service_name="user_features", join_key_map={"user_id": "u1"}) for _ in range(5)
-        ])
+        rs = await asyncio.gather(
+            *[
+                client.get_features(feature_service_name="user_features", join_key_map={"user_id": "u1"})
+                for _ in range(5)
+            ]
+        )
         return rs[-1].get_features_dict()
 
     assert asyncio.run(run())["txn_stats.amount_count_1h"] == 3
 
 
 def test_batch(srv: dict[str, Any]) -> None:
-    body = {"params": {"workspaceName": srv["ws"], "featureServiceName": "user_features",
-                       "requestData": [{"joinKeyMap": {"user_id": "u2"}}, {"joinKeyMap": {"user_id": "u1"}},
-                                       {"joinKeyMap": {"user_id": "nobody"}}],
-                       "metadataOptions": {"includeServingStatus": True, "includeSloInfo": True}}}
+    body = {
+        "params": {
+            "workspaceName": srv["ws"],
+            "featureServiceName": "user_features",
+            "requestData": [
+                {"joinKeyMap": {"user_id": "u2"}},
+                {"joinKeyMap": {"user_id": "u1"}},
+                {"joinKeyMap": {"user_id": "nobody"}},
+            ],
+            "metadataOptions": {"includeServingStatus": True, "includeSloInfo": True},
+        }
+    }
     r = _post(srv, BATCH, body)
     assert r.status_code == 200, r.text
     b = r.json()
@@ -137,17 +161,29 @@ def test_batch(srv: dict[str, Any]) -> None:
 
 
 def test_snake_case_params_are_accepted(srv: dict[str, Any]) -> None:
-    body = {"params": {"workspace_name": srv["ws"], "feature_service_name": "fraud", "join_key_map": {"user_id": "u1"},
-                       "request_context_map": {"amount": 1.0}, "metadata_options": {"include_names": True}}}
+    body = {
+        "params": {
+            "workspace_name": srv["ws"],
+            "feature_service_name": "fraud",
+            "join_key_map": {"user_id": "u1"},
+            "request_context_map": {"amount": 1.0},
+            "metadata_options": {"include_names": True},
+        }
+    }
     r = _post(srv, GET, body)
     assert r.status_code == 200, r.text
     assert r.json()["result"]["features"] == ["3", 60.0, False]
 
 
 def test_latency_budget_with_partial_results(srv: dict[str, Any]) -> None:
-    params = {"workspaceName": srv["ws"], "featureServiceName": "slow", "joinKeyMap": {"user_id": "u1"},
-              "requestContextMap": {"amount": -1.0}, "requestOptions": {"latencyBudgetMs": 100},
-              "metadataOptions": {"includeServingStatus": True, "includeSloInfo": True}}
+    params = {
+        "workspaceName": srv["ws"],
+        "featureServiceName": "slow",
+        "joinKeyMap": {"user_id": "u1"},
+        "requestContextMap": {"amount": -1.0},
+        "requestOptions": {"latencyBudgetMs": 100},
+        "metadataOptions": {"includeServingStatus": True, "includeSloInfo": True},
+    }
     r = _post(srv, GET, {"params": params})
     assert r.status_code == 504 and "latency budget" in r.json()["message"]
     r = _post(srv, GET, {"params": {**params, "allowPartialResults": True}})
@@ -157,7 +193,11 @@ def test_latency_budget_with_partial_results(srv: dict[str, Any]) -> None:
     assert {f["status"] for f in b["metadata"]["features"]} == {"MISSING_DATA"}
     assert b["metadata"]["sloInfo"]["sloEligible"] is False
     # Within budget: the full answer.
-    r = _post(srv, GET, {"params": {**params, "requestContextMap": {"amount": 2.0}, "requestOptions": {"latencyBudgetMs": 5000}}})
+    r = _post(
+        srv,
+        GET,
+        {"params": {**params, "requestContextMap": {"amount": 2.0}, "requestOptions": {"latencyBudgetMs": 5000}}},
+    )
     assert r.json()["result"]["features"] == ["3", 2.0]
 
 
@@ -173,10 +213,22 @@ def test_latency_budget_with_partial_results(srv: dict[str, Any]) -> None:
         (b'{"params": {"featureServiceName": "fraud", "joinKeyMap": [1]}}', 400, "joinKeyMap"),
         (b'{"params": {"featureServiceName": "fraud", "joinKeyMap": {"user_id": [1]}}}', 400, "joinKeyMap.user_id"),
         (b'{"params": {"featureServiceName": "fraud", "joinKeyMap": {"user_id": true}}}', 400, "joinKeyMap.user_id"),
-        (b'{"params": {"featureServiceName": "fraud", "metadataOptions": {"includeNames": "yes"}}}', 400, "includeNames"),
-        (b'{"params": {"featureServiceName": "fraud", "requestOptions": {"latencyBudgetMs": "1"}}}', 400, "latencyBudgetMs"),
+        (
+            b'{"params": {"featureServiceName": "fraud", "metadataOptions": {"includeNames": "yes"}}}',
+            400,
+            "includeNames",
+        ),
+        (
+            b'{"params": {"featureServiceName": "fraud", "requestOptions": {"latencyBudgetMs": "1"}}}',
+            400,
+            "latencyBudgetMs",
+        ),
         (b'{"params": {"featureServiceName": "fraud", "allowPartialResults": 1}}', 400, "allowPartialResults"),
-        (b'{"params": {"featureServiceName": "no_such_service", "joinKeyMap": {"user_id": "u1"}}}', 404, "no_such_service"),
+        (
+            b'{"params": {"featureServiceName": "no_such_service", "joinKeyMap": {"user_id": "u1"}}}',
+            404,
+            "no_such_service",
+        ),
     ],
 )
 def test_bad_get_features_requests(srv: dict[str, Any], raw: bytes, status: int, needle: str) -> None:
@@ -187,9 +239,11 @@ def test_bad_get_features_requests(srv: dict[str, Any], raw: bytes, status: int,
 
 def test_store_level_bad_input_is_4xx(srv: dict[str, Any]) -> None:
     # Missing join key, and a request context value of the wrong type: the store's errors, as 400s.
-    for params in ({"featureServiceName": "fraud", "joinKeyMap": {}, "requestContextMap": {"amount": 1.0}},
-                   {"featureServiceName": "fraud", "joinKeyMap": {"user_id": "u1"}, "requestContextMap": {"amount": "x"}},
-                   {"featureServiceName": "fraud", "joinKeyMap": {"user_id": "u1"}}):
+    for params in (
+        {"featureServiceName": "fraud", "joinKeyMap": {}, "requestContextMap": {"amount": 1.0}},
+        {"featureServiceName": "fraud", "joinKeyMap": {"user_id": "u1"}, "requestContextMap": {"amount": "x"}},
+        {"featureServiceName": "fraud", "joinKeyMap": {"user_id": "u1"}},
+    ):
         r = _post(srv, GET, {"params": params})
         assert 400 <= r.status_code < 500, (params, r.text)
         assert r.json()["message"]
@@ -216,7 +270,10 @@ def test_bad_native_requests(srv: dict[str, Any]) -> None:
 
 
 def test_ingest_then_read_after_write(srv: dict[str, Any]) -> None:
-    body = {"workspace_name": srv["ws"], "records": {"transactions": [{"record": {"user_id": "u3", "amount": 7.5, "ts": _ts(1)}}]}}
+    body = {
+        "workspace_name": srv["ws"],
+        "records": {"transactions": [{"record": {"user_id": "u3", "amount": 7.5, "ts": _ts(1)}}]},
+    }
     r = _post(srv, "/v1/ingest", body)
     assert r.status_code == 200 and r.json()["ingestMetrics"]["transactions"]["accepted"] == 1
     r = _post(srv, GET, {"params": {"featureServiceName": "user_features", "joinKeyMap": {"user_id": "u3"}}})
@@ -241,7 +298,14 @@ def test_health_ready_and_openapi(srv: dict[str, Any]) -> None:
     r = httpx.get(srv["url"] + "/readyz")
     assert r.status_code == 200 and r.json()["ready"] is True
     spec = httpx.get(srv["url"] + "/openapi.json").json()
-    for path in (GET, BATCH, "/api/v1/feature-service/metadata", "/v1/ingest", "/v1/similar", "/v1/context/{entity_id}"):
+    for path in (
+        GET,
+        BATCH,
+        "/api/v1/feature-service/metadata",
+        "/v1/ingest",
+        "/v1/similar",
+        "/v1/context/{entity_id}",
+    ):
         assert path in spec["paths"]
     assert "requestBody" in spec["paths"][GET]["post"]
 
@@ -251,8 +315,11 @@ def test_metrics_openmetrics(srv: dict[str, Any]) -> None:
     r = httpx.get(srv["url"] + "/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/openmetrics-text")
     text = r.text
-    assert re.search(r'cs_http_request_duration_seconds_bucket\{le="0.005",route="/api/v1/feature-service/get-features",'
-                     r'service="user_features"\} [1-9]', text)
+    assert re.search(
+        r'cs_http_request_duration_seconds_bucket\{le="0.005",route="/api/v1/feature-service/get-features",'
+        r'service="user_features"\} [1-9]',
+        text,
+    )
     assert "cs_online_store_read_duration_seconds_bucket" in text
     assert f'cs_ingest_records_total{{dry_run="false",source="transactions",workspace="{srv["ws"]}"}}' in text
     assert text.rstrip().endswith("# EOF")

@@ -83,20 +83,28 @@ def test_key_decides_the_workspace(env: dict[str, Any]) -> None:
 
 
 def test_read_key_cannot_ingest(env: dict[str, Any]) -> None:
-    body = {"workspace_name": env["ws"], "dry_run": True,
-            "records": {"transactions": [{"record": {"user_id": "u1", "amount": 1.0, "ts": "2026-01-01T00:00:00Z"}}]}}
+    body = {
+        "workspace_name": env["ws"],
+        "dry_run": True,
+        "records": {"transactions": [{"record": {"user_id": "u1", "amount": 1.0, "ts": "2026-01-01T00:00:00Z"}}]},
+    }
     r = httpx.post(env["url"] + "/v1/ingest", json=body, headers={"authorization": f"Bearer {env['keys']['read']}"})
     assert r.status_code == 403 and "ingest" in r.json()["message"]
     # An ingest key of another workspace is refused too.
     body_other = dict(body, workspace_name=env["other"])
-    r = httpx.post(env["url"] + "/v1/ingest", json=body_other, headers={"authorization": f"Bearer {env['keys']['ingest']}"})
+    r = httpx.post(
+        env["url"] + "/v1/ingest", json=body_other, headers={"authorization": f"Bearer {env['keys']['ingest']}"}
+    )
     assert r.status_code == 403
 
 
 @pytest.mark.parametrize("scope", ["ingest", "admin"])
 def test_ingest_and_admin_keys_can_ingest(env: dict[str, Any], scope: str) -> None:
-    body = {"workspace_name": env["ws"], "dry_run": True,
-            "records": {"transactions": [{"record": {"user_id": "u1", "amount": 1.0, "ts": "2026-01-01T00:00:00Z"}}]}}
+    body = {
+        "workspace_name": env["ws"],
+        "dry_run": True,
+        "records": {"transactions": [{"record": {"user_id": "u1", "amount": 1.0, "ts": "2026-01-01T00:00:00Z"}}]},
+    }
     r = httpx.post(env["url"] + "/v1/ingest", json=body, headers={"authorization": f"Bearer {env['keys'][scope]}"})
     assert r.status_code == 200, r.text
     assert r.json()["recordCounts"] == {"transactions": 1} and r.json()["dryRun"] is True

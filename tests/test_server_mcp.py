@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -16,10 +16,17 @@ from tests.fixtures_server import make_server_repo, running_server
 
 pytestmark = pytest.mark.redis
 
-_H = {"accept": "application/json, text/event-stream", "content-type": "application/json",
-      "mcp-protocol-version": "2025-06-18"}
-_INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-         "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}}}
+_H = {
+    "accept": "application/json, text/event-stream",
+    "content-type": "application/json",
+    "mcp-protocol-version": "2025-06-18",
+}
+_INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}},
+}
 
 
 def test_mcp_at_slash_mcp_uses_the_keys_workspace(tmp_path: Path, redis_url: str) -> None:
@@ -31,8 +38,13 @@ def test_mcp_at_slash_mcp_uses_the_keys_workspace(tmp_path: Path, redis_url: str
     key = keys.create(ws, "ingest")[0]
     with running_server(create_app(repo, key_store=keys)) as url:
         auth = {**_H, "authorization": f"Bearer {key}"}
-        rec = {"records": {"transactions": [{"record": {"user_id": "m1", "amount": 2.5,
-                                                        "ts": datetime.now(timezone.utc).isoformat()}}]}}
+        rec = {
+            "records": {
+                "transactions": [
+                    {"record": {"user_id": "m1", "amount": 2.5, "ts": datetime.now(UTC).isoformat()}}
+                ]
+            }
+        }
         assert httpx.post(url + "/v1/ingest", json=rec, headers=auth).status_code == 200
         assert httpx.post(url + "/mcp", json=_INIT, headers={k: v for k, v in _H.items()}).status_code == 401
         r = httpx.post(url + "/mcp", json=_INIT, headers=auth)
@@ -40,9 +52,19 @@ def test_mcp_at_slash_mcp_uses_the_keys_workspace(tmp_path: Path, redis_url: str
         r = httpx.post(url + "/mcp", json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, headers=auth)
         names = {t["name"] for t in r.json()["result"]["tools"]}
         assert {"get_features", "get_user_context", "find_similar", "search_knowledge"} <= names
-        call = {"jsonrpc": "2.0", "id": 3, "method": "tools/call",
-                "params": {"name": "get_features", "arguments": {"feature_service": "fraud", "join_keys": {"user_id": "m1"},
-                                                                 "request_context": {"amount": 1.0}}}}
+        call = {
+            "jsonrpc": "2.0",
+            "id": 3,
+            "method": "tools/call",
+            "params": {
+                "name": "get_features",
+                "arguments": {
+                    "feature_service": "fraud",
+                    "join_keys": {"user_id": "m1"},
+                    "request_context": {"amount": 1.0},
+                },
+            },
+        }
         r = httpx.post(url + "/mcp", json=call, headers=auth)
         result = r.json()["result"]
         assert not result.get("isError"), result

@@ -6,7 +6,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -23,9 +23,21 @@ GET = "/api/v1/feature-service/get-features"
 
 def _start_redis(port: int, tmp: Path) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(tmp)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            shutil.which("redis-server") or "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -56,8 +68,13 @@ def test_redis_down_gives_503_then_recovers(private_redis: tuple[int, Path]) -> 
         cs.ContextStore(repo).apply()
         with running_server(create_app(repo, auth=False, mcp=False)) as url:
             body = {"params": {"featureServiceName": "user_features", "joinKeyMap": {"user_id": "u1"}}}
-            rec = {"records": {"transactions": [{"record": {"user_id": "u1", "amount": 3.0,
-                                                            "ts": datetime.now(timezone.utc).isoformat()}}]}}
+            rec = {
+                "records": {
+                    "transactions": [
+                        {"record": {"user_id": "u1", "amount": 3.0, "ts": datetime.now(UTC).isoformat()}}
+                    ]
+                }
+            }
             assert httpx.post(url + "/v1/ingest", json=rec, timeout=30).status_code == 200
             r = httpx.post(url + GET, json=body, timeout=30)
             assert r.status_code == 200 and r.json()["result"]["features"][0] == "1"
@@ -99,7 +116,9 @@ def test_apply_while_serving_is_picked_up(tmp_path: Path, redis_url: str) -> Non
     with running_server(create_app(repo, auth=False, mcp=False, refresh_interval=0.2)) as url:
         body = {"params": {"featureServiceName": "extra"}}
         assert httpx.post(url + meta, json=body).status_code == 404
-        (repo / "features.py").write_text(SERVER_DEFINITIONS + '\nextra = cs.FeatureService("extra", [txn_stats[["amount_max_1d"]]])\n')
+        (repo / "features.py").write_text(
+            SERVER_DEFINITIONS + '\nextra = cs.FeatureService("extra", [txn_stats[["amount_max_1d"]]])\n'
+        )
         cs.ContextStore(repo).apply()
         deadline = time.monotonic() + 10
         while (r := httpx.post(url + meta, json=body)).status_code != 200:

@@ -44,7 +44,9 @@ def test_filter_on_attributes(tmp_path: Path) -> None:
     vs = build(tmp_path, items_table(n=400))
     r = vs.find_similar("items", text="running shoes", k=10, filter={"category": "tech"})
     assert len(r.items) == 10 and all(i.attributes["category"] == "tech" for i in r.items)
-    r = vs.find_similar("items", text="cake", k=10, filter={"price": {"$gte": 10, "$lt": 12}, "category": ["shoes", "tech"]})
+    r = vs.find_similar(
+        "items", text="cake", k=10, filter={"price": {"$gte": 10, "$lt": 12}, "category": ["shoes", "tech"]}
+    )
     # price in {10, 11} -> ids i%100 in {10, 11}; category shoes (i%4==0) or tech (i%4==2) -> i%100 == 10 only
     assert sorted(i.entity_id for i in r.items) == ["i10", "i110", "i210", "i310"]
     assert vs.find_similar("items", text="cake", k=5, filter={"category": "none-such"}).items == []
@@ -81,8 +83,30 @@ def test_bad_requests_name_the_field(tmp_path: Path, kwargs: dict, field: str, e
 
 
 def test_recall_at_10_against_brute_force_20k(tmp_path: Path) -> None:
-    words = ["red", "blue", "green", "wool", "silk", "shoe", "shirt", "lamp", "desk", "mug", "cake", "tea",
-             "small", "large", "vintage", "modern", "cotton", "steel", "oak", "glass", "soft", "bright"]
+    words = [
+        "red",
+        "blue",
+        "green",
+        "wool",
+        "silk",
+        "shoe",
+        "shirt",
+        "lamp",
+        "desk",
+        "mug",
+        "cake",
+        "tea",
+        "small",
+        "large",
+        "vintage",
+        "modern",
+        "cotton",
+        "steel",
+        "oak",
+        "glass",
+        "soft",
+        "bright",
+    ]
     rng = np.random.default_rng(0)
     n = 20_000
     titles = [" ".join(rng.choice(words, size=5)) + f" {i % 997}" for i in range(n)]
@@ -104,7 +128,10 @@ def test_recall_at_10_against_brute_force_20k(tmp_path: Path) -> None:
 
 def test_incremental_changes_are_visible_and_durable(tmp_path: Path) -> None:
     vs = build(tmp_path)
-    assert vs.upsert_entities("items", [{"item_id": "new1", "title": "purple umbrella", "category": "home", "price": 3}]) == 1
+    assert (
+        vs.upsert_entities("items", [{"item_id": "new1", "title": "purple umbrella", "category": "home", "price": 3}])
+        == 1
+    )
     assert vs.find_similar("items", text="purple umbrella", k=1).items[0].entity_id == "new1"
     vs.upsert_entities("items", [{"item_id": "i0", "title": "espresso machine", "category": "home", "price": 99}])
     top = vs.find_similar("items", text="espresso machine", k=1).items[0]
@@ -162,13 +189,15 @@ def test_cli_similar_and_errors(tmp_path: Path) -> None:
     from context_store.cli.main import cli
 
     build(tmp_path)  # writes data/ and docs/
-    (tmp_path / "features.py").write_text(textwrap.dedent("""
+    (tmp_path / "features.py").write_text(
+        textwrap.dedent("""
         import context_store as cs
         item = cs.Entity("item", join_keys=["item_id"])
         src = cs.FileSource("data/items.parquet", timestamp_field="ts")
         items = cs.EmbeddingView("items", [item], src, text="title", embedder="hash-64", attributes=["category", "price"])
         help = cs.Knowledge("help", "docs/*.md", chunk_size=200, chunk_overlap=20, embedder="hash-64")
-    """))
+    """)
+    )
     runner = CliRunner()
     repo = ["--repo", str(tmp_path), "--workspace", "vec"]
     res = runner.invoke(cli, ["apply", "--yes", *repo])
@@ -207,8 +236,18 @@ def test_ingest_routes_pushed_rows_to_views_on_the_source(tmp_path: Path) -> Non
     vs = build(tmp_path)
     src = vs.defs.embedding_views["items"].source.name
     assert vs.views_on_source(src) == ["items"] and vs.views_on_source("other") == []
-    out = vs.ingest(src, [{"item_id": "p1", "title": "copper kettle", "category": "home", "price": 12.0,
-                           "ts": items_table().column("ts")[0].as_py()}])
+    out = vs.ingest(
+        src,
+        [
+            {
+                "item_id": "p1",
+                "title": "copper kettle",
+                "category": "home",
+                "price": 12.0,
+                "ts": items_table().column("ts")[0].as_py(),
+            }
+        ],
+    )
     assert out == {"items": 1}
     assert vs.find_similar("items", text="copper kettle", k=1).items[0].entity_id == "p1"
     assert vs.ingest(src, [{"item_id": "p2"}]) == {}  # rows without the text column are not for this view

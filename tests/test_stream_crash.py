@@ -32,9 +32,19 @@ T_REQ = T0 + timedelta(hours=7, minutes=1)
 
 def _start_worker(store, redis_url: str) -> subprocess.Popen:
     cmd = [
-        sys.executable, "-c", "from context_store.cli.stream import worker; worker()",
-        "--repo", str(store.config.repo), "--workspace", store.workspace, "--online-store", redis_url,
-        "--batch", "8", "--flush-interval", "0.25",
+        sys.executable,
+        "-c",
+        "from context_store.cli.stream import worker; worker()",
+        "--repo",
+        str(store.config.repo),
+        "--workspace",
+        store.workspace,
+        "--online-store",
+        redis_url,
+        "--batch",
+        "8",
+        "--flush-interval",
+        "0.25",
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONTEXT_STORE_")}
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -55,13 +65,21 @@ def _wait(proc: subprocess.Popen, cond, timeout: float) -> None:
         time.sleep(0.01)
 
 
-def test_sigkill_midway_neither_loses_nor_double_counts(tmp_path: Path, redis_url: str, workspace_name: str,
-                                                        redis_cleanup: list[str]) -> None:
+def test_sigkill_midway_neither_loses_nor_double_counts(
+    tmp_path: Path, redis_url: str, workspace_name: str, redis_cleanup: list[str]
+) -> None:
     redis_cleanup.append(f"cs:{workspace_name}:*")
     store = make_store(tmp_path / "repo", online_store=redis_url, workspace=workspace_name, lateness="1d")
     rng = random.Random(20260101)
-    rows = [event(f"u{rng.randrange(USERS)}", rng.randrange(420 * 60) / 60, float(rng.randrange(-5, 100)),
-                  f"m{rng.randrange(12)}") for _ in range(N)]
+    rows = [
+        event(
+            f"u{rng.randrange(USERS)}",
+            rng.randrange(420 * 60) / 60,
+            float(rng.randrange(-5, 100)),
+            f"m{rng.randrange(12)}",
+        )
+        for _ in range(N)
+    ]
     table = events_table(rows)
     view = store.definitions.feature_view("txn_stats")
     # All events durable in the streams first (no worker alive yet): ~4,000 entries.
@@ -116,11 +134,15 @@ def test_sigkill_midway_neither_loses_nor_double_counts(tmp_path: Path, redis_ur
     assert src.num_rows == N
     assert store.offline.count("fv__txn_stats") == N
     assert store.offline.count("fv__big_spend") == sum(1 for r in rows if r["amount"] >= 0)
-    got_rows = sorted(zip(src.column("user_id").to_pylist(), src.column("ts").to_pylist(), src.column("amount").to_pylist()))
+    got_rows = sorted(
+        zip(src.column("user_id").to_pylist(), src.column("ts").to_pylist(), src.column("amount").to_pylist())
+    )
     assert got_rows == sorted((r["user_id"], r["ts"], r["amount"]) for r in rows)
 
     # And the batch path over that log (training data) agrees with what is served.
-    spine = pa.table({"user_id": sorted(by_user), "timestamp": pa.array([T_REQ] * len(by_user), pa.timestamp("us", tz="UTC"))})
+    spine = pa.table(
+        {"user_id": sorted(by_user), "timestamp": pa.array([T_REQ] * len(by_user), pa.timestamp("us", tz="UTC"))}
+    )
     td = store.get_training_data(spine, "fraud").to_pylist()
     for row in td:
         evs = by_user[row["user_id"]]

@@ -23,10 +23,10 @@ from tests.fixtures_stream import T0, event, make_store
 TS = pa.timestamp("us", tz="UTC")
 
 _event = st.tuples(
-    st.integers(0, 3),                                   # user
-    st.integers(0, 6 * 3600),                            # seconds after T0
-    st.one_of(st.none(), st.integers(-20, 100)),         # amount (nulls are ignored by all but count)
-    st.integers(0, 4),                                   # merchant
+    st.integers(0, 3),  # user
+    st.integers(0, 6 * 3600),  # seconds after T0
+    st.one_of(st.none(), st.integers(-20, 100)),  # amount (nulls are ignored by all but count)
+    st.integers(0, 4),  # merchant
 )
 
 
@@ -41,10 +41,12 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _check_parity(store, users: list[str], times: list) -> int:
-    spine = pa.table({
-        "user_id": [u for t in times for u in users],
-        "timestamp": pa.array([t for t in times for _ in users], TS),
-    })
+    spine = pa.table(
+        {
+            "user_id": [u for t in times for u in users],
+            "timestamp": pa.array([t for t in times for _ in users], TS),
+        }
+    )
     td = store.get_training_data(spine, "fraud").to_pylist()
     svc = store.definitions.feature_service("fraud")
     checked = 0
@@ -94,17 +96,22 @@ def test_backfill_then_stream_equals_training_data(tmp_path: Path, interval: str
 
 
 @pytest.mark.redis
-def test_parity_through_redis_workers(tmp_path: Path, redis_url: str, workspace_name: str, redis_cleanup: list[str]) -> None:
+def test_parity_through_redis_workers(
+    tmp_path: Path, redis_url: str, workspace_name: str, redis_cleanup: list[str]
+) -> None:
     """The same property through Redis Streams and two workers (one fixed random history)."""
     from context_store.compute.stream.worker import run_workers
 
     redis_cleanup.append(f"cs:{workspace_name}:*")
     rng = random.Random(7)
-    events = [(rng.randrange(4), rng.randrange(6 * 3600), rng.choice([None, *range(-5, 60)]), rng.randrange(5))
-              for _ in range(400)]
+    events = [
+        (rng.randrange(4), rng.randrange(6 * 3600), rng.choice([None, *range(-5, 60)]), rng.randrange(5))
+        for _ in range(400)
+    ]
     history, live, _ = _split_history(events, rng)
-    store = make_store(tmp_path / "repo", online_store=redis_url, workspace=workspace_name, history=history,
-                       lateness="1d")
+    store = make_store(
+        tmp_path / "repo", online_store=redis_url, workspace=workspace_name, history=history, lateness="1d"
+    )
     stop = threading.Event()
     pool = run_workers(store, 2, stop, flush_interval=0.1)
     try:

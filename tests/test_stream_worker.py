@@ -92,8 +92,9 @@ def test_push_with_live_worker_is_visible_on_return(rstore) -> None:
             assert res.visible
             assert _vals(rstore, "u1")["txn_stats.amount_count_1d"] == i + 1  # read-after-write
         deadline = time.time() + 15  # the offline log follows about once a second
-        while time.time() < deadline and not all(rstore.offline.exists(t) and rstore.offline.count(t) == 20
-                                                 for t in ("fv__txn_stats", "src__transactions")):
+        while time.time() < deadline and not all(
+            rstore.offline.exists(t) and rstore.offline.count(t) == 20 for t in ("fv__txn_stats", "src__transactions")
+        ):
             time.sleep(0.1)
         assert rstore.offline.count("src__transactions") == 20
         assert rstore.offline.count("fv__txn_stats") == 20
@@ -282,25 +283,28 @@ def test_backlog_limit_refuses_pushes_instead_of_dropping(rstore) -> None:
         store.close()
 
 
-def test_view_keyed_by_another_entity_counts_exactly_with_two_workers(tmp_path: Path, redis_url: str,
-                                                                     workspace_name: str, redis_cleanup: list[str]) -> None:
+def test_view_keyed_by_another_entity_counts_exactly_with_two_workers(
+    tmp_path: Path, redis_url: str, workspace_name: str, redis_cleanup: list[str]
+) -> None:
     """A merchant-keyed view on a source partitioned by user: every partition (and so both
     workers) writes the same merchants. Their read-modify-writes are guarded (optimistic
     concurrency), so concurrent commits never lose an update."""
+    import context_store as cs
     from context_store.compute.stream import ingest
     from context_store.compute.stream.processor import source_plan
     from tests.fixtures_stream import REPO, events_table
     from tests.helpers import make_repo
 
-    import context_store as cs
-
     redis_cleanup.extend([f"cs:{workspace_name}:*", f"*{workspace_name}*"])
-    code = REPO.format(partitions=4, lateness="1h", interval="") + '''
+    code = (
+        REPO.format(partitions=4, lateness="1h", interval="")
+        + """
 merchant = cs.Entity("merchant", join_keys=["merchant"])
 merchant_stats = cs.FeatureView("merchant_stats", entities=[merchant], source=txns,
     aggregations=[cs.Aggregate("amount", "count", "1d"), cs.Aggregate("amount", "sum", "1d")])
 merchants = cs.FeatureService("merchants", [merchant_stats])
-'''
+"""
+    )
     make_repo(tmp_path / "repo", code, data={"txns.parquet": events_table([])})
     store = cs.ContextStore(tmp_path / "repo", workspace=workspace_name, online_store=redis_url)
     store.apply(force=True)
@@ -313,8 +317,15 @@ merchants = cs.FeatureService("merchants", [merchant_stats])
         while time.time() < deadline and sorted(len(w.owned) for w in pool.workers) != [2, 2]:
             time.sleep(0.05)
         rows = [event(f"u{i % 40}", i * 0.01, float(i % 7), f"m{i % 3}") for i in range(3000)]
-        pushers = [threading.Thread(target=lambda k=k: [ingest.push(store, "transactions", rows[i : i + 25], wait=False)
-                                                       for i in range(k * 25, len(rows), 100)]) for k in range(4)]
+        pushers = [
+            threading.Thread(
+                target=lambda k=k: [
+                    ingest.push(store, "transactions", rows[i : i + 25], wait=False)
+                    for i in range(k * 25, len(rows), 100)
+                ]
+            )
+            for k in range(4)
+        ]
         for t in pushers:
             t.start()
         for t in pushers:
@@ -336,21 +347,24 @@ merchants = cs.FeatureService("merchants", [merchant_stats])
     store.close()
 
 
-def test_recent_events_lists_exactly_once_across_failures(tmp_path: Path, redis_url: str, workspace_name: str,
-                                                           redis_cleanup: list[str]) -> None:
+def test_recent_events_lists_exactly_once_across_failures(
+    tmp_path: Path, redis_url: str, workspace_name: str, redis_cleanup: list[str]
+) -> None:
     """A context service's recent-events lists commit with the round (fenced per partition): commits
     that fail, and commits that succeed but whose reply is lost, are replayed without duplicates."""
+    import context_store as cs
     from context_store.compute.stream import ingest
     from context_store.stores.online.codec import entity_key
     from tests.fixtures_stream import REPO, events_table
     from tests.helpers import make_repo
 
-    import context_store as cs
-
     redis_cleanup.extend([f"cs:{workspace_name}:*", f"*{workspace_name}*"])
-    code = REPO.format(partitions=4, lateness="1h", interval="") + """
+    code = (
+        REPO.format(partitions=4, lateness="1h", interval="")
+        + """
 ctx = cs.ContextService("ctx", entity=user, features=[txn_stats], recent_events=(txns, 50))
 """
+    )
     make_repo(tmp_path / "repo", code, data={"txns.parquet": events_table([])})
     store = cs.ContextStore(tmp_path / "repo", workspace=workspace_name, online_store=redis_url)
     store.apply(force=True)

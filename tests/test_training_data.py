@@ -23,8 +23,20 @@ from tests.reference import expected_view_row, values_match
 
 SEC = 1_000_000
 KEYS = ["a", "b", "c"]
-NUMERIC_FUNCS = ["count", "sum", "mean", "min", "max", "last", "stddev_samp", "stddev_pop", "var_samp",
-                 "var_pop", "approx_count_distinct", "approx_percentile"]
+NUMERIC_FUNCS = [
+    "count",
+    "sum",
+    "mean",
+    "min",
+    "max",
+    "last",
+    "stddev_samp",
+    "stddev_pop",
+    "var_samp",
+    "var_pop",
+    "approx_count_distinct",
+    "approx_percentile",
+]
 WINDOWS = ["2m", "5m", cs.Lifetime()]
 
 
@@ -73,14 +85,18 @@ def histories(draw: st.DrawFn) -> tuple[list[tuple], list[tuple[str | None, int]
 
 
 def _tables(events: list[tuple], spine: list[tuple]) -> tuple[pa.Table, pa.Table]:
-    ev = pa.table({
-        "user_id": pa.array([e[0] for e in events], pa.string()),
-        "ts": ts_array([T0 + e[1] * 15 * SEC for e in events]),
-        "x": pa.array([e[2] for e in events], pa.float64()),
-        "i": pa.array([e[3] for e in events], pa.int64()),
-        "s": pa.array([e[4] for e in events], pa.string()),
-    })
-    sp = pa.table({"user_id": pa.array([s[0] for s in spine], pa.string()), "timestamp": ts_array([s[1] for s in spine])})
+    ev = pa.table(
+        {
+            "user_id": pa.array([e[0] for e in events], pa.string()),
+            "ts": ts_array([T0 + e[1] * 15 * SEC for e in events]),
+            "x": pa.array([e[2] for e in events], pa.float64()),
+            "i": pa.array([e[3] for e in events], pa.int64()),
+            "s": pa.array([e[4] for e in events], pa.string()),
+        }
+    )
+    sp = pa.table(
+        {"user_id": pa.array([s[0] for s in spine], pa.string()), "timestamp": ts_array([s[1] for s in spine])}
+    )
     return ev, sp
 
 
@@ -112,7 +128,9 @@ def test_window_aggregates_match_reference(history: tuple, interval_mode: bool, 
         write_parquet(root, "ev.parquet", ev)
         user = cs.Entity("user", ["user_id"])
         src = cs.FileSource("data/ev.parquet", "ts")
-        view = cs.FeatureView("w", [user], src, aggregations=_aggs(), aggregation_interval="1m" if interval_mode else None)
+        view = cs.FeatureView(
+            "w", [user], src, aggregations=_aggs(), aggregation_interval="1m" if interval_mode else None
+        )
         svc = cs.FeatureService("svc", [view])
         defs, config, offline = build(root, [view], [svc], run_backfill=via_backfill)
         if not via_backfill:  # an unsorted log in two appends, as a stream worker writes it
@@ -137,7 +155,10 @@ def test_batch_features_match_reference(history: tuple, ttl: str | None) -> None
         user = cs.Entity("user", ["user_id"])
         src = cs.FileSource("data/ev.parquet", "ts")
         view = cs.FeatureView(
-            "prof", [user], src, ttl=ttl,
+            "prof",
+            [user],
+            src,
+            ttl=ttl,
             features=[cs.Field("x", cs.Float64), cs.Field("i", cs.Int64), cs.Field("s", cs.String)],
         )
         svc = cs.FeatureService("svc", [view])
@@ -148,17 +169,26 @@ def test_batch_features_match_reference(history: tuple, ttl: str | None) -> None
 
 def _simple_repo(root: Path, n: int = 200, seed: int = 0) -> tuple[pa.Table, cs.FeatureView]:
     rng = random.Random(seed)
-    ev = pa.table({
-        "user_id": [rng.choice(KEYS) for _ in range(n)],
-        "ts": ts_array([T0 + rng.randrange(0, 3600) * SEC for _ in range(n)]),
-        "amount": [float(rng.randrange(1, 100)) for _ in range(n)],
-    })
+    ev = pa.table(
+        {
+            "user_id": [rng.choice(KEYS) for _ in range(n)],
+            "ts": ts_array([T0 + rng.randrange(0, 3600) * SEC for _ in range(n)]),
+            "amount": [float(rng.randrange(1, 100)) for _ in range(n)],
+        }
+    )
     write_parquet(root, "tx.parquet", ev)
     user = cs.Entity("user", ["user_id"])
     src = cs.FileSource("data/tx.parquet", "ts")
-    view = cs.FeatureView("stats", [user], src, aggregations=[
-        cs.Aggregate("amount", "sum", "10m"), cs.Aggregate("amount", "count", "1h"), cs.Aggregate("amount", "max", "30m"),
-    ])
+    view = cs.FeatureView(
+        "stats",
+        [user],
+        src,
+        aggregations=[
+            cs.Aggregate("amount", "sum", "10m"),
+            cs.Aggregate("amount", "count", "1h"),
+            cs.Aggregate("amount", "max", "30m"),
+        ],
+    )
     return ev, view
 
 
@@ -175,8 +205,14 @@ def test_spine_order_kept_and_no_row_dropped(tmp_path: Path) -> None:
     out = get_training_data(defs, config, offline, sp, "svc")
     assert out.num_rows == n
     assert out.column("row").to_pylist() == list(range(n))
-    assert out.column_names == ["row", "user_id", "timestamp", "stats__amount_sum_10m", "stats__amount_count_1h",
-                                "stats__amount_max_30m"]
+    assert out.column_names == [
+        "row",
+        "user_id",
+        "timestamp",
+        "stats__amount_sum_10m",
+        "stats__amount_count_1h",
+        "stats__amount_max_30m",
+    ]
     rows = rows_of(ev, "ts")
     for i in rng.sample(range(n), 200):
         want = expected_view_row(view, rows, {"user_id": keys[i]}, times[i])
@@ -191,15 +227,23 @@ def test_spine_order_kept_and_no_row_dropped(tmp_path: Path) -> None:
 def test_pandas_in_pandas_out(tmp_path: Path) -> None:
     ev, view = _simple_repo(tmp_path)
     defs, config, offline = build(tmp_path, [view], [cs.FeatureService("svc", [view])])
-    sp = pd.DataFrame({
-        "user_id": ["a", "b", "zz"],
-        "timestamp": pd.to_datetime([T0 // SEC + 3000, T0 // SEC + 100, T0 // SEC], unit="s"),  # naive = UTC
-    }, index=[10, 5, 7])
+    sp = pd.DataFrame(
+        {
+            "user_id": ["a", "b", "zz"],
+            "timestamp": pd.to_datetime([T0 // SEC + 3000, T0 // SEC + 100, T0 // SEC], unit="s"),  # naive = UTC
+        },
+        index=[10, 5, 7],
+    )
     out = get_training_data(defs, config, offline, sp, "svc")
     assert isinstance(out, pd.DataFrame)
     assert list(out.index) == [10, 5, 7]
-    assert list(out.columns) == ["user_id", "timestamp", "stats__amount_sum_10m", "stats__amount_count_1h",
-                                 "stats__amount_max_30m"]
+    assert list(out.columns) == [
+        "user_id",
+        "timestamp",
+        "stats__amount_sum_10m",
+        "stats__amount_count_1h",
+        "stats__amount_max_30m",
+    ]
     arrow = get_training_data(defs, config, offline, pa.Table.from_pandas(sp, preserve_index=False), "svc")
     assert out["stats__amount_count_1h"].tolist() == arrow.column("stats__amount_count_1h").to_pylist()
     assert out["stats__amount_count_1h"].iloc[2] == 0
@@ -207,11 +251,13 @@ def test_pandas_in_pandas_out(tmp_path: Path) -> None:
 
 def test_embedding_mean_is_elementwise(tmp_path: Path) -> None:
     vecs = [[1.0, 0.0, 2.0], [3.0, 4.0, 0.0], None, [0.5, 0.5, 0.5]]
-    ev = pa.table({
-        "user_id": ["a", "a", "a", "b"],
-        "ts": ts_array([T0, T0 + 10 * SEC, T0 + 20 * SEC, T0]),
-        "vec": pa.array(vecs, pa.list_(pa.float32(), 3)),
-    })
+    ev = pa.table(
+        {
+            "user_id": ["a", "a", "a", "b"],
+            "ts": ts_array([T0, T0 + 10 * SEC, T0 + 20 * SEC, T0]),
+            "vec": pa.array(vecs, pa.list_(pa.float32(), 3)),
+        }
+    )
     write_parquet(tmp_path, "views.parquet", ev)
     user = cs.Entity("user", ["user_id"])
     src = cs.FileSource("data/views.parquet", "ts")
@@ -228,15 +274,18 @@ def test_realtime_view_from_request_and_features(tmp_path: Path) -> None:
     ev, view = _simple_repo(tmp_path)
     req = cs.RequestSource([cs.Field("amount", cs.Float64)])
 
-    @cs.realtime_feature_view(sources=[req, view[["amount_max_30m"]]], output=[cs.Field("over_max", cs.Bool),
-                                                                                cs.Field("ratio", cs.Float64)])
+    @cs.realtime_feature_view(
+        sources=[req, view[["amount_max_30m"]]], output=[cs.Field("over_max", cs.Bool), cs.Field("ratio", cs.Float64)]
+    )
     def amount_check(r: dict, f: dict) -> dict:
         m = f["amount_max_30m"]
         return {"over_max": m is not None and r["amount"] > m, "ratio": None if not m else r["amount"] / m}
 
     svc = cs.FeatureService("svc", [amount_check])  # the dependency view is not in the service itself
     defs, config, offline = build(tmp_path, [view], [svc], realtime=[amount_check])
-    sp = pa.table({"user_id": ["a", "b", "zz"], "timestamp": ts_array([T0 + 3000 * SEC] * 3), "amount": [50.0, 1000.0, 3.0]})
+    sp = pa.table(
+        {"user_id": ["a", "b", "zz"], "timestamp": ts_array([T0 + 3000 * SEC] * 3), "amount": [50.0, 1000.0, 3.0]}
+    )
     out = get_training_data(defs, config, offline, sp, "svc")
     assert out.column_names == ["user_id", "timestamp", "amount", "amount_check__over_max", "amount_check__ratio"]
     rows = rows_of(ev, "ts")
@@ -263,7 +312,9 @@ def test_bad_input(tmp_path: Path) -> None:
     with pytest.raises(NotFoundError, match="nope") as e:
         get_training_data(defs, config, offline, sp, "nope")
     with pytest.raises(InvalidInputError, match="null"):
-        get_training_data(defs, config, offline, pa.table({"user_id": ["a"], "timestamp": pa.nulls(1, pa.timestamp("us"))}), "svc")
+        get_training_data(
+            defs, config, offline, pa.table({"user_id": ["a"], "timestamp": pa.nulls(1, pa.timestamp("us"))}), "svc"
+        )
     with pytest.raises(InvalidInputError, match="spine must be"):
         get_training_data(defs, config, offline, [{"user_id": "a"}], "svc")  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError, match="already has a column"):
@@ -275,7 +326,9 @@ def test_bad_input(tmp_path: Path) -> None:
 def test_empty_spine_and_every_function_on_no_events(tmp_path: Path) -> None:
     ev, _ = _tables([], [])
     write_parquet(tmp_path, "ev.parquet", ev)
-    view = cs.FeatureView("w", [cs.Entity("user", ["user_id"])], cs.FileSource("data/ev.parquet", "ts"), aggregations=_aggs())
+    view = cs.FeatureView(
+        "w", [cs.Entity("user", ["user_id"])], cs.FileSource("data/ev.parquet", "ts"), aggregations=_aggs()
+    )
     defs, config, offline = build(tmp_path, [view], [cs.FeatureService("svc", [view])])
     empty = pa.table({"user_id": pa.array([], pa.string()), "timestamp": ts_array([])})
     out = get_training_data(defs, config, offline, empty, "svc")
@@ -290,8 +343,13 @@ def test_empty_spine_and_every_function_on_no_events(tmp_path: Path) -> None:
 def test_online_only_view_has_no_training_data(tmp_path: Path) -> None:
     write_parquet(tmp_path, "tx.parquet", _simple_repo(tmp_path)[0])
     user = cs.Entity("user", ["user_id"])
-    view = cs.FeatureView("live", [user], cs.FileSource("data/tx.parquet", "ts"), offline=False,
-                          aggregations=[cs.Aggregate("amount", "sum", "1h")])
+    view = cs.FeatureView(
+        "live",
+        [user],
+        cs.FileSource("data/tx.parquet", "ts"),
+        offline=False,
+        aggregations=[cs.Aggregate("amount", "sum", "1h")],
+    )
     defs, config, offline = build(tmp_path, [view], [cs.FeatureService("svc", [view])])
     with pytest.raises(InvalidInputError, match="online-only"):
         get_training_data(defs, config, offline, pa.table({"user_id": ["a"], "timestamp": ts_array([T0])}), "svc")
@@ -308,13 +366,17 @@ def test_through_context_store(tmp_path: Path) -> None:
     """The whole user path: definitions file -> apply -> backfill -> get_training_data."""
     rng = random.Random(3)
     n = 500
-    ev = pa.table({
-        "user_id": [rng.choice(KEYS) for _ in range(n)],
-        "ts": ts_array([T0 + rng.randrange(0, 7200) * SEC for _ in range(n)]),
-        "amount": [float(rng.randrange(1, 1000)) / 10 for _ in range(n)],
-        "merchant": [rng.choice(["m1", "m2", "m3", "m4"]) for _ in range(n)],
-    })
-    make_repo(tmp_path, '''
+    ev = pa.table(
+        {
+            "user_id": [rng.choice(KEYS) for _ in range(n)],
+            "ts": ts_array([T0 + rng.randrange(0, 7200) * SEC for _ in range(n)]),
+            "amount": [float(rng.randrange(1, 1000)) / 10 for _ in range(n)],
+            "merchant": [rng.choice(["m1", "m2", "m3", "m4"]) for _ in range(n)],
+        }
+    )
+    make_repo(
+        tmp_path,
+        """
         import context_store as cs
         user = cs.Entity("user", join_keys=["user_id"])
         tx = cs.FileSource("data/tx.parquet", timestamp_field="ts")
@@ -335,7 +397,9 @@ def test_through_context_store(tmp_path: Path) -> None:
             return {"doubled": r["amount"] * 2 + (f["amount2_sum_30m"] or 0)}
 
         svc = cs.FeatureService("svc", [stats, doubled])
-    ''', {"tx.parquet": ev})
+    """,
+        {"tx.parquet": ev},
+    )
     store = cs.ContextStore(tmp_path)
     store.apply()
     report = store.backfill()
@@ -349,8 +413,9 @@ def test_through_context_store(tmp_path: Path) -> None:
     for i in range(100):
         want = expected_view_row(view, rows, {"user_id": keys[i]}, times[i])
         assert values_match(out.column("stats__amount2_sum_30m")[i].as_py(), want["amount2_sum_30m"])
-        assert values_match(out.column("stats__amount2_stddev_samp_1h")[i].as_py(), want["amount2_stddev_samp_1h"],
-                            scale=200.0)
+        assert values_match(
+            out.column("stats__amount2_stddev_samp_1h")[i].as_py(), want["amount2_stddev_samp_1h"], scale=200.0
+        )
         assert out.column("stats__merchant_last_distinct_2_1h")[i].as_py() == want["merchant_last_distinct_2_1h"]
         assert math.isclose(out.column("doubled__doubled")[i].as_py(), 2.0 + want["amount2_sum_30m"])
     store.close()
@@ -373,26 +438,40 @@ def test_failing_realtime_function_names_the_view(tmp_path: Path) -> None:
 def test_multi_key_view_and_null_keys(tmp_path: Path) -> None:
     rng = random.Random(11)
     n = 400
-    ev = pa.table({
-        "user_id": [rng.choice(["a", "b", None]) for _ in range(n)] + [None, None],
-        "merchant": pa.array([rng.choice([1, 2, 3]) for _ in range(n)] + [1, None], pa.int64()),
-        # null-key events far outside the keyed events' time range must not leak into any window
-        "ts": ts_array([T0 + rng.randrange(0, 3600) * SEC for _ in range(n)] + [T0 + 3 * 3600 * SEC + 1900 * SEC, T0 - 10**6 * SEC]),
-        "amount": [float(rng.randrange(0, 50)) for _ in range(n)] + [1e6, -1e6],
-    })
+    ev = pa.table(
+        {
+            "user_id": [rng.choice(["a", "b", None]) for _ in range(n)] + [None, None],
+            "merchant": pa.array([rng.choice([1, 2, 3]) for _ in range(n)] + [1, None], pa.int64()),
+            # null-key events far outside the keyed events' time range must not leak into any window
+            "ts": ts_array(
+                [T0 + rng.randrange(0, 3600) * SEC for _ in range(n)]
+                + [T0 + 3 * 3600 * SEC + 1900 * SEC, T0 - 10**6 * SEC]
+            ),
+            "amount": [float(rng.randrange(0, 50)) for _ in range(n)] + [1e6, -1e6],
+        }
+    )
     write_parquet(tmp_path, "tx.parquet", ev)
     user = cs.Entity("user", ["user_id"])
     merchant = cs.Entity("merchant", [cs.Field("merchant", cs.Int64)])
-    view = cs.FeatureView("um", [user, merchant], cs.FileSource("data/tx.parquet", "ts"), aggregations=[
-        cs.Aggregate("amount", "count", "10m"), cs.Aggregate("amount", "mean", "30m"), cs.Aggregate("amount", "min", cs.Lifetime()),
-    ])
+    view = cs.FeatureView(
+        "um",
+        [user, merchant],
+        cs.FileSource("data/tx.parquet", "ts"),
+        aggregations=[
+            cs.Aggregate("amount", "count", "10m"),
+            cs.Aggregate("amount", "mean", "30m"),
+            cs.Aggregate("amount", "min", cs.Lifetime()),
+        ],
+    )
     defs, config, offline = build(tmp_path, [view], [cs.FeatureService("svc", [view])])
     m = 300
-    sp = pa.table({
-        "user_id": [rng.choice(["a", "b", "c", None]) for _ in range(m)],
-        "merchant": pa.array([rng.choice([1, 2, 3, 4]) for _ in range(m)], pa.int64()),
-        "timestamp": ts_array([T0 + rng.randrange(0, 4000) * SEC for _ in range(m - 1)] + [T0 + 2 * 10**6 * SEC]),
-    })
+    sp = pa.table(
+        {
+            "user_id": [rng.choice(["a", "b", "c", None]) for _ in range(m)],
+            "merchant": pa.array([rng.choice([1, 2, 3, 4]) for _ in range(m)], pa.int64()),
+            "timestamp": ts_array([T0 + rng.randrange(0, 4000) * SEC for _ in range(m - 1)] + [T0 + 2 * 10**6 * SEC]),
+        }
+    )
     out = get_training_data(defs, config, offline, sp, "svc")
     _check(view, out, ev, sp, value="amount")
 
@@ -431,21 +510,30 @@ def test_sketches_stay_within_their_error_bounds(tmp_path: Path) -> None:
     rng = random.Random(13)
     n = 6000
     values = [rng.random() * 1000 for _ in range(n)]
-    ev = pa.table({
-        "user_id": ["a"] * n,
-        "ts": ts_array([T0 + i * SEC for i in range(n)]),
-        "v": values,
-        "k": pa.array([rng.randrange(0, 4000) for _ in range(n)], pa.int64()),
-    })
+    ev = pa.table(
+        {
+            "user_id": ["a"] * n,
+            "ts": ts_array([T0 + i * SEC for i in range(n)]),
+            "v": values,
+            "k": pa.array([rng.randrange(0, 4000) for _ in range(n)], pa.int64()),
+        }
+    )
     write_parquet(tmp_path, "ev.parquet", ev)
-    view = cs.FeatureView("s", [cs.Entity("user", ["user_id"])], cs.FileSource("data/ev.parquet", "ts"), aggregations=[
-        cs.Aggregate("k", "approx_count_distinct", cs.Lifetime(), name="distinct"),
-        cs.Aggregate("v", "approx_percentile", cs.Lifetime(), percentile=0.9, name="p90"),
-        cs.Aggregate("v", "approx_percentile", "30m", percentile=0.5, name="p50"),
-    ])
+    view = cs.FeatureView(
+        "s",
+        [cs.Entity("user", ["user_id"])],
+        cs.FileSource("data/ev.parquet", "ts"),
+        aggregations=[
+            cs.Aggregate("k", "approx_count_distinct", cs.Lifetime(), name="distinct"),
+            cs.Aggregate("v", "approx_percentile", cs.Lifetime(), percentile=0.9, name="p90"),
+            cs.Aggregate("v", "approx_percentile", "30m", percentile=0.5, name="p50"),
+        ],
+    )
     defs, config, offline = build(tmp_path, [view], [cs.FeatureService("svc", [view])])
     times = [T0 + n * SEC, T0 + 3000 * SEC]
-    out = get_training_data(defs, config, offline, pa.table({"user_id": ["a", "a"], "timestamp": ts_array(times)}), "svc")
+    out = get_training_data(
+        defs, config, offline, pa.table({"user_id": ["a", "a"], "timestamp": ts_array(times)}), "svc"
+    )
     for i, t in enumerate(times):
         upto = (t - T0) // SEC
         exact = len(set(ev.column("k").to_pylist()[:upto]))
@@ -550,16 +638,23 @@ def test_large_log_threaded_and_time_filtered(tmp_path: Path) -> None:
 
     rng = np.random.default_rng(4)
     n = 120_000
-    ev = pa.table({
-        "user_id": pa.array(rng.choice(["a", "b", "c", "d"], n)),
-        "ts": ts_array((T0 + rng.integers(0, 48 * 3600, n) * SEC).tolist()),
-        "amount": np.round(rng.lognormal(2, 1, n), 2),
-    })
+    ev = pa.table(
+        {
+            "user_id": pa.array(rng.choice(["a", "b", "c", "d"], n)),
+            "ts": ts_array((T0 + rng.integers(0, 48 * 3600, n) * SEC).tolist()),
+            "amount": np.round(rng.lognormal(2, 1, n), 2),
+        }
+    )
     write_parquet(tmp_path, "tx.parquet", ev)
     user = cs.Entity("user", ["user_id"])
-    view = cs.FeatureView("big", [user], cs.FileSource("data/tx.parquet", "ts"), aggregations=[
-        cs.Aggregate("amount", f, w) for w in ("10m", "1h") for f in ("count", "sum", "mean", "max", "min")
-    ])
+    view = cs.FeatureView(
+        "big",
+        [user],
+        cs.FileSource("data/tx.parquet", "ts"),
+        aggregations=[
+            cs.Aggregate("amount", f, w) for w in ("10m", "1h") for f in ("count", "sum", "mean", "max", "min")
+        ],
+    )
     defs, config, offline = build(tmp_path, [view], [cs.FeatureService("svc", [view])])
     m = 150_000  # spine + log above the threading threshold
     for lo_s, hi_s in ((0, 48 * 3600), (46 * 3600, 48 * 3600)):
@@ -601,8 +696,10 @@ def test_vectorised_distinct_n_matches_python_loop() -> None:
     n_ev = 3000
     seg = np.sort(rng.integers(0, 5, n_ev))
     arrays = [
-        pa.array(rng.choice(["a", "b", "c", "d", "e", "f"], n_ev, p=[0.9, 0.02, 0.02, 0.02, 0.02, 0.02]).tolist(),
-                 mask=rng.random(n_ev) < 0.1),
+        pa.array(
+            rng.choice(["a", "b", "c", "d", "e", "f"], n_ev, p=[0.9, 0.02, 0.02, 0.02, 0.02, 0.02]).tolist(),
+            mask=rng.random(n_ev) < 0.1,
+        ),
         pa.array(rng.integers(0, 4, n_ev), mask=rng.random(n_ev) < 0.1),
         pa.array(rng.choice([0.0, -0.0, 1.5, 2.5], n_ev)),
         pa.array(rng.random(n_ev) < 0.5),

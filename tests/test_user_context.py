@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -26,14 +26,16 @@ def _open(root: Path, workspace: str, online: str) -> cs.ContextStore:
 
 
 @pytest.fixture(params=["sqlite", "redis"])
-def ctx_store(request: pytest.FixtureRequest, tmp_path: Path, workspace_name: str, redis_cleanup: list[str]) -> Iterator[cs.ContextStore]:
+def ctx_store(
+    request: pytest.FixtureRequest, tmp_path: Path, workspace_name: str, redis_cleanup: list[str]
+) -> Iterator[cs.ContextStore]:
     online = "sqlite"
     if request.param == "redis":
         online = request.getfixturevalue("redis_url")
         redis_cleanup.append(f"*{workspace_name}*")
     store = _open(build_context_repo(tmp_path / "repo"), workspace_name, online)
     # Fresh events for u1: the recent-events list and the 1d aggregates see them.
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     store.push("transactions", txn_rows("u1", now - timedelta(seconds=70), 7, timedelta(seconds=10), amount0=100.0))
     yield store
     store.close()
@@ -66,7 +68,7 @@ def test_context_has_every_part_with_provenance(ctx_store: cs.ContextStore) -> N
     # Knowledge needs a query.
     assert uc.knowledge == [] and any("knowledge" in n for n in uc.notes)
     assert "txn_stats.amount_sum_1d" in uc.text and "recent events" in uc.text and '"i1"' in uc.text
-    assert uc.text.startswith("[user_context for user_id=\"u1\"")
+    assert uc.text.startswith('[user_context for user_id="u1"')
     assert set(uc.timings_ms) == {"features", "recent_events", "similar", "knowledge", "render"}
 
     other = ctx_store.get_user_context("u2")  # default service: the first one
@@ -75,7 +77,9 @@ def test_context_has_every_part_with_provenance(ctx_store: cs.ContextStore) -> N
     # u2 pushed nothing: its recent events come from the stream's batch history (ages 9h, 11h, ...).
     assert [e.values["amount"] for e in other.recent_events] == [20.0, 19.0, 18.0, 17.0, 16.0]
     replay = ctx_store.get_user_context("u2", as_of=other.served_at)
-    assert [(e.timestamp, e.values) for e in replay.recent_events] == [(e.timestamp, e.values) for e in other.recent_events]
+    assert [(e.timestamp, e.values) for e in replay.recent_events] == [
+        (e.timestamp, e.values) for e in other.recent_events
+    ]
 
 
 def test_similar_from_recent_event_items_without_an_interest_feature(ctx_store: cs.ContextStore) -> None:
@@ -101,7 +105,7 @@ def test_knowledge_for_a_query(ctx_store: cs.ContextStore) -> None:
 def test_max_tokens_trims_by_priority_with_real_token_counts(ctx_store: cs.ContextStore) -> None:
     from context_store.serving.context import get_user_context
 
-    at = datetime.now(timezone.utc)  # one request time: ages (and so the text) do not drift between calls
+    at = datetime.now(UTC)  # one request time: ages (and so the text) do not drift between calls
     full = get_user_context(ctx_store, "u1", request_time=at)
     full_tokens = count_tokens([full.text])[0]
     roomy = get_user_context(ctx_store, "u1", max_tokens=full_tokens + 10, request_time=at)
@@ -162,7 +166,7 @@ def test_as_of_replays_the_context_that_was_served(ctx_store: cs.ContextStore) -
     served = ctx_store.get_user_context("u1")
     t = served.served_at
     time.sleep(0.02)
-    later = datetime.now(timezone.utc)
+    later = datetime.now(UTC)
     assert later > t
     ctx_store.push("transactions", txn_rows("u1", later, 3, timedelta(milliseconds=1), amount0=500.0))
     now_ctx = ctx_store.get_user_context("u1")
@@ -172,7 +176,7 @@ def test_as_of_replays_the_context_that_was_served(ctx_store: cs.ContextStore) -
     replay = ctx_store.get_user_context("u1", as_of=t.isoformat())
     assert replay.as_of == t and replay.served_at == t
     assert _comparable(replay) == _comparable(served)
-    assert replay.text.startswith("[user_context for user_id=\"u1\" as of ")
+    assert replay.text.startswith('[user_context for user_id="u1" as of ')
 
 
 def test_clean_text_strips_controls_and_bounds_length() -> None:
@@ -181,6 +185,8 @@ def test_clean_text_strips_controls_and_bounds_length() -> None:
     assert "\x00" not in out and "\x1b" not in out and "\u202e" not in out and "\u200b" not in out
     assert "\n" not in out and len(out) == 100 and out.endswith("…")
     assert clean_text("a\nb", keep_newlines=True) == "a\nb"
-    assert jsonable({"t": datetime(2026, 1, 1, tzinfo=timezone.utc), "f": float("nan"), "s": "a\x07b"}) == {
-        "t": "2026-01-01T00:00:00Z", "f": None, "s": "ab",
+    assert jsonable({"t": datetime(2026, 1, 1, tzinfo=UTC), "f": float("nan"), "s": "a\x07b"}) == {
+        "t": "2026-01-01T00:00:00Z",
+        "f": None,
+        "s": "ab",
     }

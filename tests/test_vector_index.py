@@ -195,7 +195,11 @@ def _matches(v, op, x):  # type: ignore[no-untyped-def]
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    rows=st.lists(st.fixed_dictionaries({"num": st.one_of(st.none(), st.integers(-3, 3)), "any": _VALUES}), min_size=1, max_size=40),
+    rows=st.lists(
+        st.fixed_dictionaries({"num": st.one_of(st.none(), st.integers(-3, 3)), "any": _VALUES}),
+        min_size=1,
+        max_size=40,
+    ),
     column=st.sampled_from(["num", "any"]),
     op=_OPS,
     value=st.one_of(st.integers(-3, 3), st.sampled_from(["a", "b"]), st.none(), st.booleans()),

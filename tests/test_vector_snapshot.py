@@ -85,7 +85,9 @@ def test_changes_after_the_snapshot_are_replayed(snapped: tuple[Path, list]) -> 
     worker = _svc(root, snapshots=False)  # another process writing; it never writes snapshots
     worker.upsert_entities("items", [{"item_id": "new1", "title": "purple umbrella", "category": "home", "price": 3}])
     worker.upsert_entities("items", [{"item_id": "i0", "title": "espresso machine", "category": "tech", "price": 99}])
-    worker.upsert_entities("items", [{"item_id": "i1", "title": TITLE_1, "category": "food", "price": 42}])  # attrs only
+    worker.upsert_entities(
+        "items", [{"item_id": "i1", "title": TITLE_1, "category": "food", "price": 42}]
+    )  # attrs only
     assert worker.delete_entities("items", ["i5", "i6"]) == 2
     worker.close()
     assert path.stat().st_mtime_ns == mtime
@@ -121,7 +123,10 @@ def test_changes_after_the_snapshot_are_replayed(snapped: tuple[Path, list]) -> 
     assert path.stat().st_mtime_ns != mtime
     again = _svc(root)
     again.warm()
-    assert again.stats()["views"]["items"]["replayed"] == 0 and again.stats()["views"]["items"]["loaded_from"] == "snapshot"
+    assert (
+        again.stats()["views"]["items"]["replayed"] == 0
+        and again.stats()["views"]["items"]["loaded_from"] == "snapshot"
+    )
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "garbage"])

@@ -37,7 +37,13 @@ from context_store.serving.store import ContextStore
 
 from .server import PRINCIPAL_SCOPE_KEY, create_mcp_server
 
-__all__ = ["McpHttpApp", "create_mcp_http_app", "create_standalone_app", "DEFAULT_ALLOWED_HOSTS", "DEFAULT_ALLOWED_ORIGINS"]
+__all__ = [
+    "McpHttpApp",
+    "create_mcp_http_app",
+    "create_standalone_app",
+    "DEFAULT_ALLOWED_HOSTS",
+    "DEFAULT_ALLOWED_ORIGINS",
+]
 
 DEFAULT_ALLOWED_HOSTS = ["127.0.0.1", "127.0.0.1:*", "localhost", "localhost:*", "[::1]", "[::1]:*"]
 DEFAULT_ALLOWED_ORIGINS = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]

@@ -30,8 +30,18 @@ from context_store.serving.store import ContextStore
 from context_store.types import FeatureVector
 
 from .models import (
-    ChunkOut, ContextServiceSummary, FeatureInfo, FeaturesResult, KnowledgeResultOut, Provenance, ServiceDescription,
-    ServiceList, ServiceSummary, SimilarItemOut, SimilarResultOut, UserContextResult,
+    ChunkOut,
+    ContextServiceSummary,
+    FeatureInfo,
+    FeaturesResult,
+    KnowledgeResultOut,
+    Provenance,
+    ServiceDescription,
+    ServiceList,
+    ServiceSummary,
+    SimilarItemOut,
+    SimilarResultOut,
+    UserContextResult,
 )
 
 __all__ = ["create_mcp_server", "run_stdio", "INSTRUCTIONS", "PRINCIPAL_SCOPE_KEY"]
@@ -54,7 +64,9 @@ _READ = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_
 
 StoreFor = Callable[[str | None], ContextStore]
 Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$")]
-EntityId = Annotated[str, Field(min_length=1, max_length=256, description="The entity's join key value, e.g. 'user_123'.")]
+EntityId = Annotated[
+    str, Field(min_length=1, max_length=256, description="The entity's join key value, e.g. 'user_123'.")
+]
 JoinKeyMap = Annotated[
     dict[str, str | int],
     Field(min_length=1, max_length=16, description="Join key name -> value, e.g. {'user_id': 'user_123'}."),
@@ -86,8 +98,11 @@ def _provenance(vec: FeatureVector) -> dict[str, Provenance]:
     for m in vec.metadata:
         age = int((t - m.effective_time).total_seconds() * 1000) if (t and m.effective_time) else None
         out[m.name] = Provenance(
-            view=m.view, status=m.status, effective_time=_iso(m.effective_time) if m.effective_time else None,
-            age_ms=age, data_type=m.data_type,
+            view=m.view,
+            status=m.status,
+            effective_time=_iso(m.effective_time) if m.effective_time else None,
+            age_ms=age,
+            data_type=m.data_type,
         )
     return out
 
@@ -126,15 +141,24 @@ def create_mcp_server(store_for: StoreFor | ContextStore, *, name: str = "contex
         ctx: Context,
         context_service: Annotated[Name | None, Field(description="Context service; default: the first one.")] = None,
         max_tokens: Annotated[int | None, Field(ge=16, le=100_000, description="Token budget of `text`.")] = None,
-        as_of: Annotated[str | None, Field(max_length=64, description="ISO-8601 UTC time to replay the context at.")] = None,
-        query: Annotated[str | None, Field(max_length=2000, description="Adds knowledge chunks for this question.")] = None,
+        as_of: Annotated[
+            str | None, Field(max_length=64, description="ISO-8601 UTC time to replay the context at.")
+        ] = None,
+        query: Annotated[
+            str | None, Field(max_length=2000, description="Adds knowledge chunks for this question.")
+        ] = None,
     ) -> UserContextResult:
         """Features, recent events, similar items (and knowledge for a query) of one entity, with provenance
         and a compact prompt-ready `text`. With as_of, the context as it was at that time (replay/audit)."""
         with _errors():
             call = functools.partial(
-                _get_user_context, store(ctx), entity_id,
-                context_service=context_service, max_tokens=max_tokens, as_of=as_of, query=query,
+                _get_user_context,
+                store(ctx),
+                entity_id,
+                context_service=context_service,
+                max_tokens=max_tokens,
+                as_of=as_of,
+                query=query,
             )
             # Replays (offline joins) and queries (embedding) take a worker thread; online reads stay inline.
             uc = await _run(call, offload=as_of is not None or query is not None)
@@ -153,9 +177,11 @@ def create_mcp_server(store_for: StoreFor | ContextStore, *, name: str = "contex
         with _errors():
             vec = await store(ctx).get_features_async(feature_service, join_keys, request_context)
             return FeaturesResult(
-                feature_service=feature_service, join_keys=jsonable(vec.join_keys or join_keys),
+                feature_service=feature_service,
+                join_keys=jsonable(vec.join_keys or join_keys),
                 request_time=_iso(vec.request_time) if vec.request_time else None,
-                features=jsonable(vec.feature_values), provenance=_provenance(vec),
+                features=jsonable(vec.feature_values),
+                provenance=_provenance(vec),
             )
 
     @tool("Find similar")
@@ -163,8 +189,12 @@ def create_mcp_server(store_for: StoreFor | ContextStore, *, name: str = "contex
         view: Name,
         ctx: Context,
         k: Annotated[int, Field(ge=1, le=100, description="How many items.")] = 10,
-        text: Annotated[str | None, Field(min_length=1, max_length=2000, description="Find items like this text.")] = None,
-        entity_id: Annotated[str | None, Field(min_length=1, max_length=256, description="Find items like this one.")] = None,
+        text: Annotated[
+            str | None, Field(min_length=1, max_length=2000, description="Find items like this text.")
+        ] = None,
+        entity_id: Annotated[
+            str | None, Field(min_length=1, max_length=256, description="Find items like this one.")
+        ] = None,
         filter: Annotated[
             dict[str, str | int | float | bool] | None, Field(max_length=16, description="Attribute equality filter.")
         ] = None,
@@ -175,9 +205,13 @@ def create_mcp_server(store_for: StoreFor | ContextStore, *, name: str = "contex
         with _errors():
             call = functools.partial(store(ctx).find_similar, view, text=text, entity_id=entity_id, k=k, filter=filter)
             res = await _run(call, offload=text is not None)  # embedding a text may take a model
-            return SimilarResultOut(view=res.view, items=[
-                SimilarItemOut(entity_id=str(i.entity_id), score=float(i.score), attributes=i.attributes) for i in res.items
-            ])
+            return SimilarResultOut(
+                view=res.view,
+                items=[
+                    SimilarItemOut(entity_id=str(i.entity_id), score=float(i.score), attributes=i.attributes)
+                    for i in res.items
+                ],
+            )
 
     @tool("Search knowledge")
     async def search_knowledge(
@@ -189,10 +223,21 @@ def create_mcp_server(store_for: StoreFor | ContextStore, *, name: str = "contex
         """Chunks of a knowledge collection most relevant to a query, with source and offsets."""
         with _errors():
             res = await _run(functools.partial(store(ctx).search_knowledge, knowledge, query, k=k), offload=True)
-            return KnowledgeResultOut(knowledge=res.knowledge, query=res.query, chunks=[
-                ChunkOut(text=c.text, score=float(c.score), source=c.source, start=c.start, end=c.end, chunk_id=c.chunk_id)
-                for c in res.chunks
-            ])
+            return KnowledgeResultOut(
+                knowledge=res.knowledge,
+                query=res.query,
+                chunks=[
+                    ChunkOut(
+                        text=c.text,
+                        score=float(c.score),
+                        source=c.source,
+                        start=c.start,
+                        end=c.end,
+                        chunk_id=c.chunk_id,
+                    )
+                    for c in res.chunks
+                ],
+            )
 
     @tool("List feature services")
     def list_feature_services(ctx: Context) -> ServiceList:
@@ -201,13 +246,21 @@ def create_mcp_server(store_for: StoreFor | ContextStore, *, name: str = "contex
             defs = store(ctx).definitions
             return ServiceList(
                 feature_services=[
-                    ServiceSummary(name=fs.name, description=fs.description, join_keys=_join_keys(fs),
-                                   num_features=len(fs.feature_names))
+                    ServiceSummary(
+                        name=fs.name,
+                        description=fs.description,
+                        join_keys=_join_keys(fs),
+                        num_features=len(fs.feature_names),
+                    )
                     for fs in defs.feature_services.values()
                 ],
                 context_services=[
-                    ContextServiceSummary(name=cs.name, description=cs.description, entity=cs.entity.name,
-                                          join_key=cs.entity.join_keys[0] if len(cs.entity.join_keys) == 1 else None)
+                    ContextServiceSummary(
+                        name=cs.name,
+                        description=cs.description,
+                        entity=cs.entity.name,
+                        join_key=cs.entity.join_keys[0] if len(cs.entity.join_keys) == 1 else None,
+                    )
                     for cs in defs.context_services.values()
                 ],
             )
@@ -219,12 +272,20 @@ def create_mcp_server(store_for: StoreFor | ContextStore, *, name: str = "contex
             defs = store(ctx).definitions
             fs = defs.feature_service(name)
             feats = [
-                FeatureInfo(name=f"{s.view.name}.{f}", view=s.view.name, description=s.view.description,
-                            data_type=_dtype(defs.feature_types.get(s.view.name, {}).get(f)))
-                for s in fs.selections for f in s.features
+                FeatureInfo(
+                    name=f"{s.view.name}.{f}",
+                    view=s.view.name,
+                    description=s.view.description,
+                    data_type=_dtype(defs.feature_types.get(s.view.name, {}).get(f)),
+                )
+                for s in fs.selections
+                for f in s.features
             ]
             return ServiceDescription(
-                name=fs.name, description=fs.description, join_keys=_join_keys(fs), features=feats,
+                name=fs.name,
+                description=fs.description,
+                join_keys=_join_keys(fs),
+                features=feats,
                 request_context={k: v.describe() for k, v in defs.request_fields(fs).items()},
             )
 
@@ -244,8 +305,9 @@ def _dtype(d: Any) -> dict[str, Any] | None:
     return d.describe() if d is not None else None
 
 
-def run_stdio(repo: str = ".", *, workspace: str | None = None, online_store: str | None = None,
-              store: ContextStore | None = None) -> None:
+def run_stdio(
+    repo: str = ".", *, workspace: str | None = None, online_store: str | None = None, store: ContextStore | None = None
+) -> None:
     """Serve the tools over stdio for one workspace (the operator's choice, e.g. in an MCP client config)."""
     import logging
 

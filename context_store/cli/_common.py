@@ -23,7 +23,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterable
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -35,8 +35,17 @@ if TYPE_CHECKING:
     from ..serving.store import ContextStore
 
 __all__ = [
-    "repo_options", "store_from_ctx", "config_from_ctx", "handle_errors", "run_guarded", "parse_pairs",
-    "parse_time", "echo_json", "to_jsonable", "print_vector", "DEBUG_ENV",
+    "repo_options",
+    "store_from_ctx",
+    "config_from_ctx",
+    "handle_errors",
+    "run_guarded",
+    "parse_pairs",
+    "parse_time",
+    "echo_json",
+    "to_jsonable",
+    "print_vector",
+    "DEBUG_ENV",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -52,16 +61,35 @@ def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
 def repo_options(f: F) -> F:
     """Add ``--repo``, ``--workspace`` and ``--online-store``; read them with ``store_from_ctx``."""
     f = click.option(
-        "--online-store", default=None, metavar="URL", expose_value=False, callback=_remember, is_eager=True,
+        "--online-store",
+        default=None,
+        metavar="URL",
+        expose_value=False,
+        callback=_remember,
+        is_eager=True,
         help="Override the online store: 'sqlite' or redis://host:port/db (default: from config).",
     )(f)
     f = click.option(
-        "--workspace", "-w", default=None, metavar="NAME", expose_value=False, callback=_remember, is_eager=True,
+        "--workspace",
+        "-w",
+        default=None,
+        metavar="NAME",
+        expose_value=False,
+        callback=_remember,
+        is_eager=True,
         help="Workspace (isolated registry, keys and data; default: from config, else 'default').",
     )(f)
     f = click.option(
-        "--repo", "-r", default=".", show_default=True, metavar="DIR", expose_value=False, callback=_remember,
-        is_eager=True, type=click.Path(file_okay=False), help="Feature repo directory.",
+        "--repo",
+        "-r",
+        default=".",
+        show_default=True,
+        metavar="DIR",
+        expose_value=False,
+        callback=_remember,
+        is_eager=True,
+        type=click.Path(file_okay=False),
+        help="Feature repo directory.",
     )(f)
     return f
 
@@ -171,7 +199,7 @@ def parse_time(value: str | None, field: str) -> datetime | None:
         raise InvalidInputError(
             f"--{field} {value!r} is not an ISO-8601 time such as 2024-05-01 or 2024-05-01T12:00:00Z", field=field
         ) from None
-    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
 def to_jsonable(v: Any) -> Any:
@@ -213,7 +241,10 @@ def vector_dict(vector: Any) -> dict[str, Any]:
         "feature_values": to_jsonable(vector.feature_values),
         "metadata": [
             {
-                "name": m.name, "view": m.view, "data_type": m.data_type, "status": m.status,
+                "name": m.name,
+                "view": m.view,
+                "data_type": m.data_type,
+                "status": m.status,
                 "effective_time": to_jsonable(m.effective_time),
             }
             for m in vector.metadata

@@ -21,7 +21,16 @@ from ._common import (
     to_jsonable,
 )
 
-__all__ = ["init_cmd", "plan_cmd", "apply_cmd", "backfill_cmd", "materialize_cmd", "get_cmd", "coerce_value", "print_result"]
+__all__ = [
+    "init_cmd",
+    "plan_cmd",
+    "apply_cmd",
+    "backfill_cmd",
+    "materialize_cmd",
+    "get_cmd",
+    "coerce_value",
+    "print_result",
+]
 
 
 def print_result(result: Any) -> None:
@@ -40,8 +49,13 @@ def print_result(result: Any) -> None:
 @click.command("init")
 @click.argument("directory", required=False, type=click.Path(file_okay=False))
 @click.option("--users", default=100, show_default=True, type=click.IntRange(1), help="Number of synthetic users.")
-@click.option("--events", default=5000, show_default=True, type=click.IntRange(1),
-              help="Number of synthetic transactions (and about as many item views).")
+@click.option(
+    "--events",
+    default=5000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Number of synthetic transactions (and about as many item views).",
+)
 @click.option("--items", default=200, show_default=True, type=click.IntRange(1), help="Number of catalog items.")
 @click.option("--days", default=14, show_default=True, type=click.IntRange(1), help="Days of history, ending now.")
 @click.option("--seed", default=7, show_default=True, type=int, help="Random seed (same seed, same data).")
@@ -110,7 +124,9 @@ def apply_cmd(force: bool, yes: bool) -> None:
     click.echo(f"Applied version {done.to_version} to workspace '{store.workspace}'.")
     forces = done.forces or plan.forces
     if "rebackfill" in forces or "reindex" in forces:
-        click.echo("Next: context-store backfill" + (" && context-store materialize" if "rematerialize" in forces else ""))
+        click.echo(
+            "Next: context-store backfill" + (" && context-store materialize" if "rematerialize" in forces else "")
+        )
     elif "rematerialize" in forces:
         click.echo("Next: context-store materialize")
 
@@ -120,7 +136,10 @@ def apply_cmd(force: bool, yes: bool) -> None:
 @click.option("--end", default=None, metavar="TIME", help="Only events before TIME (ISO-8601, UTC).")
 @click.option("--view", "views", multiple=True, metavar="NAME", help="Only this feature view (repeatable).")
 @click.option(
-    "--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
     help="Compute locally, or as Ray tasks (cluster from CONTEXT_STORE_RAY_ADDRESS, else a local one).",
 )
 @repo_options
@@ -184,7 +203,9 @@ def coerce_value(raw: str, dtype: Any, field: str) -> Any:
 @click.command("get")
 @click.argument("service")
 @click.argument("keys", nargs=-1, metavar="KEY=VALUE...")
-@click.option("--request", "-q", "request", multiple=True, metavar="NAME=VALUE", help="Request-context field (repeatable).")
+@click.option(
+    "--request", "-q", "request", multiple=True, metavar="NAME=VALUE", help="Request-context field (repeatable)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the feature vector as JSON.")
 @click.option("--time", "at", default=None, metavar="TIME", help="Request time (ISO-8601, UTC; default: now).")
 @repo_options

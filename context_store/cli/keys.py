@@ -27,8 +27,13 @@ def keys() -> None:
 
 
 @keys.command("create")
-@click.option("--scope", default="read", show_default=True, type=click.Choice(["read", "ingest", "admin"]),
-              help="read: serve features; ingest: also push events; admin: everything.")
+@click.option(
+    "--scope",
+    default="read",
+    show_default=True,
+    type=click.Choice(["read", "ingest", "admin"]),
+    help="read: serve features; ingest: also push events; admin: everything.",
+)
 @click.option("--description", default="", help="A note shown by `keys list`.")
 @click.option("--rate-limit", default=None, type=float, help="Requests/second for this key (default: the server's).")
 @repo_options
@@ -37,8 +42,10 @@ def create(scope: str, description: str, rate_limit: float | None) -> None:
     """Create a key for --workspace and print it (alone, on the last line). It is shown only once."""
     workspace = config_from_ctx().workspace
     key, rec = _store().create(workspace, scope, description=description, rate_limit=rate_limit)
-    click.echo(f"created key {rec.key_id} (workspace={rec.workspace}, scope={rec.scope}); store it now, it is not shown again:",
-               err=True)
+    click.echo(
+        f"created key {rec.key_id} (workspace={rec.workspace}, scope={rec.scope}); store it now, it is not shown again:",
+        err=True,
+    )
     click.echo(key)
 
 
@@ -54,7 +61,9 @@ def list_keys(all_workspaces: bool, active: bool) -> None:
     click.echo(f"{'KEY ID':<10} {'WORKSPACE':<20} {'SCOPE':<7} {'CREATED (UTC)':<20} {'STATUS':<8} DESCRIPTION")
     for k in rows:
         status = "active" if k.active else "revoked"
-        click.echo(f"{k.key_id:<10} {k.workspace:<20} {k.scope:<7} {k.created_at:%Y-%m-%d %H:%M:%S}  {status:<8} {k.description}")
+        click.echo(
+            f"{k.key_id:<10} {k.workspace:<20} {k.scope:<7} {k.created_at:%Y-%m-%d %H:%M:%S}  {status:<8} {k.description}"
+        )
 
 
 @keys.command("revoke")

@@ -18,12 +18,22 @@ __all__ = ["cli", "main", "LAZY_COMMANDS"]
 
 # name -> (module, attribute, one-line help shown by --help without importing the module, extra hint)
 LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
-    "serve": ("context_store.cli.serve", "serve", "Serve the REST API, MCP over HTTP at /mcp and stream workers.", "server"),
+    "serve": (
+        "context_store.cli.serve",
+        "serve",
+        "Serve the REST API, MCP over HTTP at /mcp and stream workers.",
+        "server",
+    ),
     "mcp": ("context_store.cli.mcp_cmd", "mcp", "Run the MCP server over stdio (for agent hosts).", "mcp"),
     "keys": ("context_store.cli.keys", "keys", "Create, list and revoke API keys.", "server"),
     "push": ("context_store.cli.stream", "push", "Push events from a file (JSONL/CSV/Parquet) to a stream source.", ""),
     "worker": ("context_store.cli.stream", "worker", "Run the stream workers alone.", "redis"),
-    "similar": ("context_store.cli.vectors", "similar", "Find the items most similar to a text, entity or vector.", "embeddings"),
+    "similar": (
+        "context_store.cli.vectors",
+        "similar",
+        "Find the items most similar to a text, entity or vector.",
+        "embeddings",
+    ),
     "knowledge": ("context_store.cli.vectors", "knowledge", "Search a knowledge collection.", "embeddings"),
 }
 _CORE = ("context_store.cli.core", ["init", "plan", "apply", "backfill", "materialize", "get"])
@@ -33,8 +43,12 @@ _QUICKSTART = ("context_store.cli.quickstart", ["quickstart"])
 def _unavailable(name: str, module: str, reason: str, extra: str) -> click.Command:
     hint = f" Install the extra: pip install 'context-store[{extra}]'." if extra else ""
 
-    @click.command(name=name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-                   add_help_option=False, help=f"(unavailable: {reason})")
+    @click.command(
+        name=name,
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+        add_help_option=False,
+        help=f"(unavailable: {reason})",
+    )
     def cmd() -> None:
         raise click.ClickException(f"command '{name}' is not available: {reason}.{hint}")
 
@@ -80,7 +94,9 @@ class LazyGroup(click.Group):
             cmd = self.get_command(ctx, name)
             if cmd is None or cmd.hidden:
                 continue
-            rows.append((name, cmd.get_short_help_str(limit=formatter.width - 6 - max(len(n) for n in self.list_commands(ctx)))))
+            rows.append(
+                (name, cmd.get_short_help_str(limit=formatter.width - 6 - max(len(n) for n in self.list_commands(ctx))))
+            )
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)

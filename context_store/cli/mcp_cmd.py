@@ -22,7 +22,9 @@ def mcp() -> None:
     try:
         from tools.server import run_stdio
     except ImportError as e:  # the mcp SDK is an optional extra
-        raise click.ClickException(f"the MCP server needs the mcp SDK: pip install 'context-store[mcp]' ({e})") from None
+        raise click.ClickException(
+            f"the MCP server needs the mcp SDK: pip install 'context-store[mcp]' ({e})"
+        ) from None
     try:
         run_stdio(store=store_from_ctx())
     except KeyboardInterrupt:

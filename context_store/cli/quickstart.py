@@ -6,7 +6,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,8 +43,10 @@ def run_quickstart(
     from ..scaffold import scaffold
     from ..serving.store import ContextStore
 
-    res = _step(f"init {directory} ({users} users, {events} transactions)",
-                lambda: scaffold(directory, users=users, events=events))
+    res = _step(
+        f"init {directory} ({users} users, {events} transactions)",
+        lambda: scaffold(directory, users=users, events=events),
+    )
     user = res.data.busiest_user
     # The embedded default unless asked otherwise: quickstart never needs a server.
     with ContextStore(res.root, workspace=workspace, online_store=online_store or "sqlite") as store:
@@ -53,10 +55,16 @@ def run_quickstart(
         print_result(_step("backfill", lambda: store.backfill(progress=True)))
         print_result(_step("materialize", lambda: store.materialize(progress=True)))
         before = store.get_features(SERVICE, {"user_id": user}, {"amount": 250.0})
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         rows = [
-            {"user_id": user, "amount": amt, "merchant": "Quickstart Online", "category": "online",
-             "country": "US", "ts": now - timedelta(seconds=s)}
+            {
+                "user_id": user,
+                "amount": amt,
+                "merchant": "Quickstart Online",
+                "category": "online",
+                "country": "US",
+                "ts": now - timedelta(seconds=s),
+            }
             for amt, s in ((19.99, 30), (480.0, 20), (1250.0, 10))
         ]
         try:
@@ -73,19 +81,30 @@ def run_quickstart(
         print_vector(vector, as_json=as_json)
         key = "user_transaction_stats.amount_count_1h"
         if pushed and key in vector.feature_values:
-            click.echo(f"\n{key}: {before.feature_values.get(key)} before the push, {vector.feature_values[key]} after.")
+            click.echo(
+                f"\n{key}: {before.feature_values.get(key)} before the push, {vector.feature_values[key]} after."
+            )
         if keep:
-            click.echo(f"\nThe example repo is in {res.root}; try: context-store get --repo {res.root} "
-                       f"{SERVICE} user_id={user} --request amount=250")
+            click.echo(
+                f"\nThe example repo is in {res.root}; try: context-store get --repo {res.root} "
+                f"{SERVICE} user_id={user} --request amount=250"
+            )
         else:
-            click.echo("\nDone (the temporary repo is removed; `--keep` or `--dir DIR` keeps it). "
-                       "Next: `context-store init my_repo` and the README's Getting started.")
+            click.echo(
+                "\nDone (the temporary repo is removed; `--keep` or `--dir DIR` keeps it). "
+                "Next: `context-store init my_repo` and the README's Getting started."
+            )
         return vector
 
 
 @click.command("quickstart")
-@click.option("--dir", "directory", default=None, type=click.Path(file_okay=False),
-              help="Create the example repo here (kept) instead of a temporary directory.")
+@click.option(
+    "--dir",
+    "directory",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Create the example repo here (kept) instead of a temporary directory.",
+)
 @click.option("--keep", is_flag=True, help="Keep the temporary directory.")
 @click.option("--users", default=100, show_default=True, type=click.IntRange(1), help="Synthetic users.")
 @click.option("--events", default=5000, show_default=True, type=click.IntRange(1), help="Synthetic transactions.")
@@ -105,8 +124,15 @@ def quickstart_cmd(directory: str | None, keep: bool, users: int, events: int, a
         tmp = Path(tempfile.mkdtemp(prefix="context-store-quickstart-"))
         directory = str(tmp / "repo")
     try:
-        run_quickstart(Path(directory), users=users, events=events, workspace=opts.get("workspace"),
-                       online_store=opts.get("online_store"), as_json=as_json, keep=tmp is None or keep)
+        run_quickstart(
+            Path(directory),
+            users=users,
+            events=events,
+            workspace=opts.get("workspace"),
+            online_store=opts.get("online_store"),
+            as_json=as_json,
+            keep=tmp is None or keep,
+        )
     finally:
         if tmp is not None and not keep:
             shutil.rmtree(tmp, ignore_errors=True)

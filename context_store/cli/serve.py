@@ -13,21 +13,44 @@ __all__ = ["serve"]
 @click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; non-loopback requires auth.")
 @click.option("--port", default=8000, show_default=True, type=int, help="Port to bind.")
-@click.option("--workers", default=1, show_default=True, type=int, help="Server processes (each runs its own event loop).")
+@click.option(
+    "--workers", default=1, show_default=True, type=int, help="Server processes (each runs its own event loop)."
+)
 @click.option("--no-auth", is_flag=True, help="Disable API keys (only allowed on a loopback address).")
 @click.option("--rate-limit", default=None, type=float, help="Default per-key rate limit, requests/second per worker.")
 @click.option("--max-body", default=None, type=int, help="Maximum request body in bytes (default 4 MiB).")
 @click.option("--no-mcp", is_flag=True, help="Do not serve MCP at /mcp.")
-@click.option("--no-workers", "no_stream_workers", is_flag=True, help="Do not start stream workers (run `context-store worker` separately).")
-@click.option("--allowed-host", "allowed_hosts", multiple=True, help="Host header MCP accepts (repeatable), e.g. api.example.com:*.")
-@click.option("--log-level", default="warning", show_default=True,
-              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@click.option(
+    "--no-workers",
+    "no_stream_workers",
+    is_flag=True,
+    help="Do not start stream workers (run `context-store worker` separately).",
+)
+@click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    help="Host header MCP accepts (repeatable), e.g. api.example.com:*.",
+)
+@click.option(
+    "--log-level",
+    default="warning",
+    show_default=True,
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+)
 @repo_options
 @handle_errors
 def serve(
-    host: str, port: int, workers: int, no_auth: bool,
-    rate_limit: float | None, max_body: int | None, no_mcp: bool, no_stream_workers: bool,
-    allowed_hosts: tuple[str, ...], log_level: str,
+    host: str,
+    port: int,
+    workers: int,
+    no_auth: bool,
+    rate_limit: float | None,
+    max_body: int | None,
+    no_mcp: bool,
+    no_stream_workers: bool,
+    allowed_hosts: tuple[str, ...],
+    log_level: str,
 ) -> None:
     """Serve features over Tecton's HTTP API, the native API and MCP (streamable HTTP at /mcp).
 
@@ -39,9 +62,19 @@ def serve(
 
     config = config_from_ctx()
     opts = ServeOptions(
-        repo=str(config.repo), workspace=config.workspace, online_store=config.online_store, host=host, port=port, workers=workers,
-        auth=not no_auth, rate_limit=rate_limit, max_body=max_body, mcp=not no_mcp,
-        stream_workers=not no_stream_workers, log_level=log_level, allowed_hosts=list(allowed_hosts),
+        repo=str(config.repo),
+        workspace=config.workspace,
+        online_store=config.online_store,
+        host=host,
+        port=port,
+        workers=workers,
+        auth=not no_auth,
+        rate_limit=rate_limit,
+        max_body=max_body,
+        mcp=not no_mcp,
+        stream_workers=not no_stream_workers,
+        log_level=log_level,
+        allowed_hosts=list(allowed_hosts),
     )
     try:
         from ..server.run import check_options

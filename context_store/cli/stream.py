@@ -80,10 +80,20 @@ def push(source: str, file: str, dry_run: bool, as_json: bool) -> None:
 @click.command("worker")
 @click.option("--threads", "-n", default=1, show_default=True, type=click.IntRange(1, 64), help="Worker threads.")
 @click.option("--source", "sources", multiple=True, help="Only these stream sources (default: all).")
-@click.option("--batch", default=2000, show_default=True, type=click.IntRange(1, 100_000),
-              help="Stream entries read per round (one entry = one push to one partition).")
-@click.option("--flush-interval", default=1.0, show_default=True, type=click.FloatRange(0.01, 3600),
-              help="Seconds between offline-log appends (entries are acknowledged after them).")
+@click.option(
+    "--batch",
+    default=2000,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="Stream entries read per round (one entry = one push to one partition).",
+)
+@click.option(
+    "--flush-interval",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0.01, 3600),
+    help="Seconds between offline-log appends (entries are acknowledged after them).",
+)
 @repo_options
 @handle_errors
 def worker(threads: int, sources: tuple[str, ...], batch: int, flush_interval: float) -> None:

@@ -21,7 +21,7 @@ def _parse_filter(raw: str | None) -> dict[str, Any] | None:
     except json.JSONDecodeError as e:
         raise InvalidInputError(f"--filter must be a JSON object: {e.msg}", field="filter") from None
     if not isinstance(value, dict):
-        raise InvalidInputError("--filter must be a JSON object such as '{\"category\": \"shoes\"}'", field="filter")
+        raise InvalidInputError('--filter must be a JSON object such as \'{"category": "shoes"}\'', field="filter")
     return value
 
 
@@ -41,21 +41,29 @@ def _parse_vector(raw: str | None) -> list[float] | None:
 @click.option("--entity-id", "-e", default=None, help="Find items similar to this entity (itself excluded).")
 @click.option("--vector", default=None, metavar="JSON", help="Query vector as a JSON list of numbers.")
 @click.option("-k", "k", default=10, show_default=True, type=int, help="How many results (1..100).")
-@click.option("--filter", "filter_", default=None, metavar="JSON", help='Attribute filter, e.g. \'{"price": {"$lt": 50}}\'.')
+@click.option(
+    "--filter", "filter_", default=None, metavar="JSON", help='Attribute filter, e.g. \'{"price": {"$lt": 50}}\'.'
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @repo_options
 @handle_errors
-def similar(view: str, text: str | None, entity_id: str | None, vector: str | None, k: int,
-            filter_: str | None, as_json: bool) -> None:
+def similar(
+    view: str, text: str | None, entity_id: str | None, vector: str | None, k: int, filter_: str | None, as_json: bool
+) -> None:
     """Find the items of embedding view VIEW most similar to a text, an entity or a vector."""
     store = store_from_ctx()
     result = store.find_similar(
         view, text=text, entity_id=entity_id, vector=_parse_vector(vector), k=k, filter=_parse_filter(filter_)
     )
     if as_json:
-        echo_json({"view": result.view, "items": [
-            {"entity_id": i.entity_id, "score": i.score, "attributes": i.attributes} for i in result.items
-        ]})
+        echo_json(
+            {
+                "view": result.view,
+                "items": [
+                    {"entity_id": i.entity_id, "score": i.score, "attributes": i.attributes} for i in result.items
+                ],
+            }
+        )
         return
     if not result.items:
         click.echo("no results")
@@ -81,10 +89,23 @@ def search(name: str, query: str, k: int, as_json: bool) -> None:
     store = store_from_ctx()
     result = store.search_knowledge(name, query, k=k)
     if as_json:
-        echo_json({"knowledge": result.knowledge, "query": result.query, "chunks": [
-            {"chunk_id": c.chunk_id, "score": c.score, "source": c.source, "start": c.start, "end": c.end, "text": c.text}
-            for c in result.chunks
-        ]})
+        echo_json(
+            {
+                "knowledge": result.knowledge,
+                "query": result.query,
+                "chunks": [
+                    {
+                        "chunk_id": c.chunk_id,
+                        "score": c.score,
+                        "source": c.source,
+                        "start": c.start,
+                        "end": c.end,
+                        "text": c.text,
+                    }
+                    for c in result.chunks
+                ],
+            }
+        )
         return
     if not result.chunks:
         click.echo("no results")
@@ -103,4 +124,6 @@ def index(names: tuple[str, ...]) -> None:
     store = store_from_ctx()
     stats = store.vectors.index_knowledge(list(names) or None, progress=True)
     for name, s in stats.items():
-        click.echo(f"{name}: {s['files']} files, {s['reindexed']} re-indexed ({s['chunks']} chunks), {s['removed']} removed")
+        click.echo(
+            f"{name}: {s['files']} files, {s['reindexed']} re-indexed ({s['chunks']} chunks), {s['removed']} removed"
+        )

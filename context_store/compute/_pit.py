@@ -159,8 +159,19 @@ def build_index(keys: list[pa.ChunkedArray], ts: np.ndarray) -> EventIndex:
             if not unsorted:
                 has_ties = bool(np.any(key[1:] == key[:-1])) if n > 1 else False
                 return EventIndex(
-                    n, None, np.r_[starts, n].astype(np.int64), ts, key, span, ts_min, ts_max, None,
-                    [heads], np.arange(len(starts), dtype=np.int64), [max(len(heads), 1)], has_ties,
+                    n,
+                    None,
+                    np.r_[starts, n].astype(np.int64),
+                    ts,
+                    key,
+                    span,
+                    ts_min,
+                    ts_max,
+                    None,
+                    [heads],
+                    np.arange(len(starts), dtype=np.int64),
+                    [max(len(heads), 1)],
+                    has_ties,
                 )
     code: np.ndarray | None = None
     null: np.ndarray | None = None
@@ -216,8 +227,20 @@ def build_index(keys: list[pa.ChunkedArray], ts: np.ndarray) -> EventIndex:
     # segment starts over the sorted events (segments without events -- all-null combos -- are empty)
     starts_ = np.searchsorted(seg[n_null:], np.arange(n_seg + 1, dtype=np.int64)) + n_null
     idx = EventIndex(
-        n, perm, starts_.astype(np.int64), ts, key, span, ts_min, ts_max, uniq, dicts, seg_codes, radices,
-        has_ties, n_null,
+        n,
+        perm,
+        starts_.astype(np.int64),
+        ts,
+        key,
+        span,
+        ts_min,
+        ts_max,
+        uniq,
+        dicts,
+        seg_codes,
+        radices,
+        has_ties,
+        n_null,
     )
     idx.__dict__["_seg"] = seg
     return idx
@@ -460,7 +483,13 @@ _DISTINCT_STEPS = 64  # vectorised scan steps before the few rows with long dupl
 
 
 def distinct_n_indices(
-    codes: np.ndarray, seg: np.ndarray, lo: np.ndarray, hi: np.ndarray, n: int, last: bool, vals: Any,
+    codes: np.ndarray,
+    seg: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    n: int,
+    last: bool,
+    vals: Any,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Event indices of ``distinct_n`` per row, vectorised: (flat indices, per-row counts).
 
@@ -530,7 +559,9 @@ def approx_count_distinct(vals: list[Any], lo: np.ndarray, hi: np.ndarray) -> li
     return out
 
 
-def approx_percentile(values: np.ndarray, valid: np.ndarray, lo: np.ndarray, hi: np.ndarray, p: float) -> list[float | None]:
+def approx_percentile(
+    values: np.ndarray, valid: np.ndarray, lo: np.ndarray, hi: np.ndarray, p: float
+) -> list[float | None]:
     """KLL quantile at normalized rank p, inclusive (the nearest-rank percentile while exact)."""
     from datasketches import kll_doubles_sketch
 
@@ -571,4 +602,3 @@ def value_order(values: pa.Array) -> np.ndarray | None:
     if pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_timestamp(t):
         return values.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
     return pc.rank(values, sort_keys="ascending", tiebreaker="dense").to_numpy().astype(np.int64)
-

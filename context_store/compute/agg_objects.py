@@ -24,6 +24,7 @@ _F64 = struct.Struct("<d")
 
 # -- scalar codec (typed by the column's dtype, so no per-value tag) ---------------------
 
+
 def pack_scalar(kind: str, v: Any) -> bytes:
     if kind == "s":
         b = v.encode()

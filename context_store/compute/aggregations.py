@@ -122,10 +122,10 @@ class _Out:
     name: str
     function: str
     column: str
-    window_us: int | None      # None: lifetime
+    window_us: int | None  # None: lifetime
     dtype: DType
-    num_base: int               # offset of the column's numeric slots, -1 if none
-    slot: int                   # object slot index, -1 if none
+    num_base: int  # offset of the column's numeric slots, -1 if none
+    slot: int  # object slot index, -1 if none
     n: int | None
     percentile: float | None
 
@@ -151,15 +151,25 @@ class AggPlan:
             num_base, slot = -1, -1
             if fn in NUM_FUNCS and not (fn == "mean" and isinstance(dt, Embedding)):
                 if not dt.is_numeric:
-                    raise DefinitionError(f"feature view {view.name!r}: {fn} of {a.column!r} needs a numeric column, got {dt!r}")
+                    raise DefinitionError(
+                        f"feature view {view.name!r}: {fn} of {a.column!r} needs a numeric column, got {dt!r}"
+                    )
                 if a.column not in num_cols:
                     num_cols.append(a.column)
                 num_base = 1 + _NSLOT * num_cols.index(a.column)
             elif fn != "count":
-                kind = {"mean": "emb", "last": "last", "last_distinct_n": "ldn", "first_distinct_n": "fdn",
-                        "approx_count_distinct": "hll", "approx_percentile": "kll"}[fn]
+                kind = {
+                    "mean": "emb",
+                    "last": "last",
+                    "last_distinct_n": "ldn",
+                    "first_distinct_n": "fdn",
+                    "approx_count_distinct": "hll",
+                    "approx_percentile": "kll",
+                }[fn]
                 if kind in ("last", "ldn", "fdn", "hll") and not scalar_kind(dt):
-                    raise DefinitionError(f"feature view {view.name!r}: {fn} of {a.column!r} is not supported for {dt!r}")
+                    raise DefinitionError(
+                        f"feature view {view.name!r}: {fn} of {a.column!r} is not supported for {dt!r}"
+                    )
                 if kind == "kll" and not dt.is_numeric:
                     raise DefinitionError(f"feature view {view.name!r}: {fn} of {a.column!r} needs a numeric column")
                 key = (kind, a.column, a.n or 0)
@@ -167,8 +177,19 @@ class AggPlan:
                     slots.append(key)
                 slot = slots.index(key)
             w = a.window_td
-            outs.append(_Out(a.output_name, fn, a.column, None if w is None else w // timedelta(microseconds=1), aggregate_dtype(fn, dt),
-                             num_base, slot, a.n, a.percentile))
+            outs.append(
+                _Out(
+                    a.output_name,
+                    fn,
+                    a.column,
+                    None if w is None else w // timedelta(microseconds=1),
+                    aggregate_dtype(fn, dt),
+                    num_base,
+                    slot,
+                    a.n,
+                    a.percentile,
+                )
+            )
         self.num_cols = num_cols
         self.slots = slots
         self.outputs = outs
@@ -230,16 +251,16 @@ class AggPlan:
                     valid = cols.valid[c]
                     m = cols.emb[c]
                     for g in range(G):
-                        vv = valid[st[g]:en[g]]
+                        vv = valid[st[g] : en[g]]
                         cnt = int(vv.sum())
                         if cnt:
-                            objs[g][si] = (cnt, m[st[g]:en[g]][vv].sum(axis=0, dtype=np.float64))
+                            objs[g][si] = (cnt, m[st[g] : en[g]][vv].sum(axis=0, dtype=np.float64))
                     continue
                 if kind == "kll":
                     valid = cols.valid[c]
                     x = cols.num[c]
                     for g in range(G):
-                        vals = x[st[g]:en[g]][valid[st[g]:en[g]]]
+                        vals = x[st[g] : en[g]][valid[st[g] : en[g]]]
                         if len(vals):
                             sk = _kll()
                             sk.update(np.ascontiguousarray(vals, dtype=np.float64))
@@ -247,7 +268,7 @@ class AggPlan:
                     continue
                 vals = cols.obj[c]
                 for g in range(G):
-                    pairs = [(t, v) for t, v in zip(ts_l[st[g]:en[g]], vals[st[g]:en[g]]) if v is not None]
+                    pairs = [(t, v) for t, v in zip(ts_l[st[g] : en[g]], vals[st[g] : en[g]]) if v is not None]
                     if pairs:
                         objs[g][si] = _obj_from_pairs(kind, n, pairs)
         return out, objs
@@ -346,8 +367,9 @@ class AggPlan:
             res[:, c + 5] = np.where(n > 0, np.add.reduceat(arr[:, c + 5] + n_i * d * d, starts), 0.0)
         return res
 
-    def merge_encoded_many(self, olds: Sequence[bytes | None], new_num: np.ndarray,
-                           new_objs: Sequence[list[Any]] | None = None) -> list[bytes]:
+    def merge_encoded_many(
+        self, olds: Sequence[bytes | None], new_num: np.ndarray, new_objs: Sequence[list[Any]] | None = None
+    ) -> list[bytes]:
         """The stream's read-modify-write: stored partials (or None) merged with new ones, one per
         row of ``new_num``. Numeric blocks merge in one vectorised call; only object slots
         (sketches, last-n sets) are decoded and merged one by one, and only where one was stored."""
@@ -355,8 +377,10 @@ class AggPlan:
         old_arr = np.tile(self._empty_num, (n, 1))
         present = [i for i, x in enumerate(olds) if x is not None]
         if present:
-            old_arr[present] = np.frombuffer(b"".join([olds[i][:w] for i in present]),  # type: ignore[index]
-                                             dtype="<f8").reshape(-1, self.K)
+            old_arr[present] = np.frombuffer(
+                b"".join([olds[i][:w] for i in present]),  # type: ignore[index]
+                dtype="<f8",
+            ).reshape(-1, self.K)
         merged = self.merge_pairs(old_arr, new_num).astype("<f8", copy=False)
         if not self.slots:
             buf = merged.tobytes()
@@ -416,11 +440,13 @@ class AggPlan:
         kind = self.slots[out.slot][0]
         if o is None:
             return [] if kind in ("ldn", "fdn") else None
-        ts_out = out.dtype.name == "timestamp" or (kind in ("ldn", "fdn") and self.types[out.column].name == "timestamp")
+        ts_out = out.dtype.name == "timestamp" or (
+            kind in ("ldn", "fdn") and self.types[out.column].name == "timestamp"
+        )
         if kind == "last":
             v = o[1]
         elif kind == "ldn":
-            items = sorted(((t, v) for v, t in o.items()))[-out.n:]  # type: ignore[index]
+            items = sorted(((t, v) for v, t in o.items()))[-out.n :]  # type: ignore[index]
             v = [x for _, x in items]
         elif kind == "fdn":
             items = sorted(((t, v) for v, t in o.items()))[: out.n]
@@ -464,7 +490,9 @@ class AggPlan:
         for kind, c, _ in self.slots:
             (ln,) = _U32.unpack_from(buf, off)
             off += 4
-            objs.append(None if ln == 0 else _decode_obj(kind, scalar_kind(self.types[c]), buf[off : off + ln], self.types[c]))
+            objs.append(
+                None if ln == 0 else _decode_obj(kind, scalar_kind(self.types[c]), buf[off : off + ln], self.types[c])
+            )
             off += ln
         return objs
 
@@ -477,7 +505,11 @@ class AggPlan:
 
 
 def aggregate_values(
-    function: str, ts_us: Sequence[int], values: Sequence[Any], n: int | None = None, percentile: float | None = None,
+    function: str,
+    ts_us: Sequence[int],
+    values: Sequence[Any],
+    n: int | None = None,
+    percentile: float | None = None,
 ) -> Any:
     """Reference: one aggregate over a list of events (the same code path as online).
 
@@ -499,7 +531,9 @@ def aggregate_values(
     else:
         dt = String
     view = FeatureView(
-        "ref", [Entity("e", ["k"])], FileSource("x.parquet", "ts"),
+        "ref",
+        [Entity("e", ["k"])],
+        FileSource("x.parquet", "ts"),
         aggregations=[Aggregate("c", function, "1d", n=n, percentile=percentile)],
     )
     plan = AggPlan(view, {"c": dt})
@@ -510,7 +544,9 @@ def aggregate_values(
     if dt.is_numeric:
         cols.num["c"] = np.array([0.0 if v is None else float(v) for v in vals], dtype=np.float64)
     if isinstance(dt, Embedding):
-        cols.emb["c"] = np.array([np.zeros(dt.dim) if v is None else v for v in vals], dtype=np.float32).reshape(-1, dt.dim)
+        cols.emb["c"] = np.array([np.zeros(dt.dim) if v is None else v for v in vals], dtype=np.float32).reshape(
+            -1, dt.dim
+        )
     else:
         cols.obj["c"] = vals
     p = plan.partial(cols)

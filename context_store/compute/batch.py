@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -73,8 +73,8 @@ def to_us(value: datetime | str | int | None, field_name: str) -> int | None:
     if not isinstance(value, datetime):
         raise InvalidInputError(f"{field_name} must be a datetime or ISO-8601 string", field=field_name)
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    delta = value - datetime(1970, 1, 1, tzinfo=timezone.utc)
+        value = value.replace(tzinfo=UTC)
+    delta = value - datetime(1970, 1, 1, tzinfo=UTC)
     return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
@@ -182,7 +182,9 @@ def backfill(
             if key not in cache:
                 cache[key] = read_source(src, config.repo, start_us, end_us)  # type: ignore[arg-type]
                 report.events += cache[key].num_rows
-            report.wrote(view.name, write_view(config, offline, view, apply_transform(view, cache[key]), start_us, end_us), bar)
+            report.wrote(
+                view.name, write_view(config, offline, view, apply_transform(view, cache[key]), start_us, end_us), bar
+            )
     finally:
         if bar is not None:
             bar.close()

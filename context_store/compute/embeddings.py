@@ -79,7 +79,8 @@ def latest_rows(view: EmbeddingView, table: pa.Table, timestamp_field: str | Non
     if missing:
         raise DefinitionError(
             f"column {missing[0]!r} is not in source {view.source.name!r}; columns: {table.column_names}",
-            location=view.location, obj=f"embedding_view '{view.name}'",
+            location=view.location,
+            obj=f"embedding_view '{view.name}'",
         )
     if table.num_rows == 0:
         return table.select(wanted)
@@ -97,15 +98,16 @@ def latest_rows(view: EmbeddingView, table: pa.Table, timestamp_field: str | Non
 
 # -- knowledge ------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True, slots=True)
 class Chunk:
     chunk_id: str
-    file: str        # path relative to the repo (what re-indexing replaces)
-    source: str      # file, or "file#line" for a JSONL record
-    start: int       # character offsets into the document (the JSONL record's text)
+    file: str  # path relative to the repo (what re-indexing replaces)
+    source: str  # file, or "file#line" for a JSONL record
+    start: int  # character offsets into the document (the JSONL record's text)
     end: int
     text: str
-    context: str     # heading trail prepended for embedding (Markdown), not returned
+    context: str  # heading trail prepended for embedding (Markdown), not returned
 
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$", re.MULTILINE)
@@ -168,7 +170,9 @@ def knowledge_files(kb: Knowledge, repo_root: Path) -> list[Path]:
     if glob.has_magic(pattern):
         files = [Path(p) for p in sorted(glob.glob(pattern, recursive=True))]
     elif Path(pattern).is_dir():
-        files = sorted(p for p in Path(pattern).rglob("*") if p.suffix.lower() in (".md", ".markdown", ".txt", ".jsonl"))
+        files = sorted(
+            p for p in Path(pattern).rglob("*") if p.suffix.lower() in (".md", ".markdown", ".txt", ".jsonl")
+        )
     else:
         files = [Path(pattern)] if Path(pattern).exists() else []
     return [f for f in files if f.is_file()]

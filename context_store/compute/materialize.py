@@ -22,8 +22,15 @@ from ..registry.repo import RepoDefinitions
 from .aggregations import Columns
 from .tiles import ViewState, columns_from_arrow, encode_raw_groups, ts_to_us
 
-__all__ = ["HIST_MARK", "MaterializeReport", "ViewReport", "history_signature", "materialize", "materialize_recent",
-           "materialize_table"]
+__all__ = [
+    "HIST_MARK",
+    "MaterializeReport",
+    "ViewReport",
+    "history_signature",
+    "materialize",
+    "materialize_recent",
+    "materialize_table",
+]
 
 _CHUNK_KEYS = 2000
 log = logging.getLogger(__name__)
@@ -36,7 +43,7 @@ class ViewReport:
     entities: int = 0
     fields: int = 0
     seconds: float = 0.0
-    mode: str = "full"            # full | incremental | skipped
+    mode: str = "full"  # full | incremental | skipped
     watermark_us: int | None = None
     note: str = ""
 
@@ -56,8 +63,12 @@ class MaterializeReport:
         return self.rows / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows, "seconds": round(self.seconds, 3), "rows_per_s": round(self.rows_per_s),
-                "views": [v.__dict__ for v in self.views]}
+        return {
+            "rows": self.rows,
+            "seconds": round(self.seconds, 3),
+            "rows_per_s": round(self.rows_per_s),
+            "views": [v.__dict__ for v in self.views],
+        }
 
     def __str__(self) -> str:
         lines = [f"materialized {self.rows} rows in {self.seconds:.2f}s ({self.rows_per_s:,.0f} rows/s)"]
@@ -124,7 +135,13 @@ def materialize(
         wm_raw = online.get_meta(_wm_key(name))
         wm = json.loads(wm_raw) if wm_raw else None
         cut = _stream_cut(config, view)
-        if cut is not _NOT_STREAM and not full and wm and wm.get("vid") == state.vid and wm.get("cut", _NOT_STREAM) == cut:
+        if (
+            cut is not _NOT_STREAM
+            and not full
+            and wm
+            and wm.get("vid") == state.vid
+            and wm.get("cut", _NOT_STREAM) == cut
+        ):
             # The stream owns this view's online state since the cut-over (batch history < C is
             # loaded and does not change until the next backfill records a new cut-over): a
             # rewrite from fv__ would drop stream events not yet appended offline.
@@ -137,13 +154,17 @@ def materialize(
             # First load since a backfill: fv__ must hold what the stream workers applied.
             _wait_offline_log(offline, online, view)
         start: int | None = None
-        if not full and wm and wm.get("vid") == state.vid and wm.get("max_ts") is not None and not (
-            state.is_aggregate and state.has_lifetime
+        if (
+            not full
+            and wm
+            and wm.get("vid") == state.vid
+            and wm.get("max_ts") is not None
+            and not (state.is_aggregate and state.has_lifetime)
         ):
             if state.is_aggregate:
                 # Reload from the start of the top-level block holding the watermark: blocks are
                 # recomputed whole, so none is rewritten from a part of its rows.
-                span = 4 ** state.levels
+                span = 4**state.levels
                 start = ((wm["max_ts"] // state.g) // span) * span * state.g
             else:
                 start = wm["max_ts"]
@@ -153,15 +174,21 @@ def materialize(
             start = h_start if start is None else max(start, h_start)
         if vr.mode == "incremental":
             # Nothing newer than the watermark: nothing to reload (a cheap filtered probe).
-            probe = offline.read(table_name, columns=[view.timestamp_field], ts_column=view.timestamp_field,
-                                 start_us=wm["max_ts"] + 1)
+            probe = offline.read(
+                table_name, columns=[view.timestamp_field], ts_column=view.timestamp_field, start_us=wm["max_ts"] + 1
+            )
             if probe.num_rows == 0:
                 vr.watermark_us = wm["max_ts"]
                 vr.seconds = time.perf_counter() - t1
                 report.views.append(vr)
                 continue
-        cols = list(dict.fromkeys(view.join_keys + [view.timestamp_field] + (
-            state.plan.columns if state.plan else [f.name for f in view.features_in])))
+        cols = list(
+            dict.fromkeys(
+                view.join_keys
+                + [view.timestamp_field]
+                + (state.plan.columns if state.plan else [f.name for f in view.features_in])
+            )
+        )
         table = offline.read(table_name, columns=cols, ts_column=view.timestamp_field, start_us=start)
         if bar is not None:
             bar.total += table.num_rows
@@ -203,15 +230,22 @@ def _wait_offline_log(offline: Any, online: Any, view: Any, timeout: float = 5.0
             continue
         while True:
             try:
-                if offline.exists(table) and offline.read(
-                    table, columns=["_offset"], filter=f"_partition = {p} AND _offset >= {int(applied)}"
-                ).num_rows:
+                if (
+                    offline.exists(table)
+                    and offline.read(
+                        table, columns=["_offset"], filter=f"_partition = {p} AND _offset >= {int(applied)}"
+                    ).num_rows
+                ):
                     break
             except (NotFoundError, ValueError, OSError):
                 return False  # not a tagged stream log: nothing to wait for
             if time.monotonic() >= deadline:
-                log.warning("materialize %s: offline log of partition %d is behind the stream; "
-                            "unflushed stream events may be overwritten", view.name, p)
+                log.warning(
+                    "materialize %s: offline log of partition %d is behind the stream; "
+                    "unflushed stream events may be overwritten",
+                    view.name,
+                    p,
+                )
                 return False
             time.sleep(0.05)
     return True
@@ -340,8 +374,10 @@ def materialize_table(state: ViewState, table: pa.Table, online: Any, now_us: in
         r0, r1 = int(starts[g0]), int(ends[g1 - 1])
         sub = _slice(cols, r0, r1)
         num, objs = plan.partials_grouped(sub, starts[g0:g1] - r0)
-        enc = [plan.encode_parts(num[i], objs[i]) for i in range(g1 - g0)] if plan.slots else list(
-            map(bytes, num.astype("<f8", copy=False))
+        enc = (
+            [plan.encode_parts(num[i], objs[i]) for i in range(g1 - g0)]
+            if plan.slots
+            else list(map(bytes, num.astype("<f8", copy=False)))
         )
         raws = encode_raw_groups(sub, plan, starts[g0:g1] - r0, ends[g0:g1] - r0) if not state.interval else None
         ops = Ops()
@@ -380,8 +416,11 @@ def materialize_table(state: ViewState, table: pa.Table, online: Any, now_us: in
             bnum, bobjs = plan.partials_grouped(sub, bs)
             bj = blk[bs]
             keep = np.flatnonzero(((bj + 1) << (2 * lv)) > h)  # blocks entirely older than the horizon: unreachable
-            benc_all = [plan.encode_parts(bnum[i], bobjs[i]) for i in keep.tolist()] if plan.slots else list(
-                map(bytes, bnum[keep].astype("<f8", copy=False)))
+            benc_all = (
+                [plan.encode_parts(bnum[i], bobjs[i]) for i in keep.tolist()]
+                if plan.slots
+                else list(map(bytes, bnum[keep].astype("<f8", copy=False)))
+            )
             pre = f"{vid}:{lv}:"
             bnames = [pre + x for x in map(str, bj[keep].tolist())]
             bk = sk[bs][keep]
@@ -396,7 +435,7 @@ def materialize_table(state: ViewState, table: pa.Table, online: Any, now_us: in
                     empty = empty or h_bytes + plan.encode(plan.empty())
                     d[state.L] = empty
         # Expiry from each entity's latest event.
-        last_rows = (ends[key_ends[c0:c1] - 1] - 1)
+        last_rows = ends[key_ends[c0:c1] - 1] - 1
         for k, mt in zip(gk[key_starts[c0:c1]].tolist(), cols.ts[last_rows].tolist()):
             ops.expire[kvals[k]] = state.expire_ms(mt, now_us)
         fields += len(ops)
@@ -416,7 +455,9 @@ def _slice(cols: Columns, a: int, b: int) -> Columns:
     )
 
 
-def _rows(state: ViewState, table: pa.Table, online: Any, kidx: np.ndarray, kvals: list[str], now_us: int, bar: Any) -> tuple[int, int]:
+def _rows(
+    state: ViewState, table: pa.Table, online: Any, kidx: np.ndarray, kvals: list[str], now_us: int, bar: Any
+) -> tuple[int, int]:
     from ..stores.online import Ops
     from ..stores.online.codec import RowCodec
 

@@ -115,13 +115,16 @@ def parse_raw_num(buf: bytes, plan: AggPlan) -> tuple[Any, dict[str, Any], dict[
         blocks.append((n, ts_off, where))
         total += n
     if total > _NP_EDGE:
-        ts_np = np.concatenate([np.frombuffer(buf, "<i8", n, o) for n, o, _ in blocks]) if blocks else np.zeros(0, np.int64)
+        ts_np = (
+            np.concatenate([np.frombuffer(buf, "<i8", n, o) for n, o, _ in blocks]) if blocks else np.zeros(0, np.int64)
+        )
         valid_np: dict[str, Any] = {}
         vals_np: dict[str, Any] = {}
         for c in plan.num_cols:
             valid_np[c] = np.concatenate([np.frombuffer(buf, np.uint8, n, w[c][0]) for n, _, w in blocks]).astype(bool)
-            vals_np[c] = np.concatenate([np.frombuffer(buf, "<f8" if w[c][1] == "d" else "<i8", n, w[c][0] + n)
-                                         for n, _, w in blocks]).astype(np.float64)
+            vals_np[c] = np.concatenate(
+                [np.frombuffer(buf, "<f8" if w[c][1] == "d" else "<i8", n, w[c][0] + n) for n, _, w in blocks]
+            ).astype(np.float64)
         return ts_np, valid_np, vals_np
     ts_all: list[int] = []
     valid_all: dict[str, Any] = {c: b"" for c in plan.num_cols}
@@ -135,7 +138,9 @@ def parse_raw_num(buf: bytes, plan: AggPlan) -> tuple[Any, dict[str, Any], dict[
     return ts_all, valid_all, vals_all
 
 
-def raw_num_block(parsed: tuple[Any, dict[str, Any], dict[str, Any]], plan: AggPlan, lo: int | None, hi: int) -> list[float]:
+def raw_num_block(
+    parsed: tuple[Any, dict[str, Any], dict[str, Any]], plan: AggPlan, lo: int | None, hi: int
+) -> list[float]:
     """The numeric block (same formulas as AggPlan.partials_grouped) of the parsed raw events
     with ``lo <= ts < hi``: the continuous-mode edge of a numbers-only view."""
     ts_all, valid_all, vals_all = parsed

@@ -118,13 +118,14 @@ def columns_from_arrow(table: pa.Table, plan: AggPlan, ts_column: str) -> Column
 
 # -- per-view state plan ----------------------------------------------------------------
 
+
 @dataclass(eq=False)  # hashed by identity: a layout cache key
 class _ReadCtx:
     fields: list[str]
-    n_blocks: int                   # fields[:n_blocks] are partial blocks
-    per_window: list[list[int]]     # per entry of ViewState.windows: indices of its blocks
-    lo: int                         # first tile covered by the lifetime read (tiles [lo, b))
-    b: int                          # tile containing t (exclusive end of full tiles)
+    n_blocks: int  # fields[:n_blocks] are partial blocks
+    per_window: list[list[int]]  # per entry of ViewState.windows: indices of its blocks
+    lo: int  # first tile covered by the lifetime read (tiles [lo, b))
+    b: int  # tile containing t (exclusive end of full tiles)
     raw_tiles: list[int]
     pickers: list[Any] = field(default_factory=list)  # per window: blocks list -> tuple of its blocks
 
@@ -149,9 +150,13 @@ class ViewState:
         self.view = view
         self.name = view.name
         self.is_aggregate = view.is_aggregate
-        spec = {"n": view.name, "a": [a.spec() for a in view.aggregations], "f": [f.spec() for f in view.features_in],
-                "i": view.aggregation_interval.total_seconds() if view.aggregation_interval else None,
-                "k": view.join_keys}
+        spec = {
+            "n": view.name,
+            "a": [a.spec() for a in view.aggregations],
+            "f": [f.spec() for f in view.features_in],
+            "i": view.aggregation_interval.total_seconds() if view.aggregation_interval else None,
+            "k": view.join_keys,
+        }
         self.vid = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
         self.V = f"{self.vid}:v"  # version, bumped by guarded writes (views written by several partitions)
         self.ttl_us = view.ttl // timedelta(microseconds=1) if view.ttl else None
@@ -167,7 +172,9 @@ class ViewState:
         max_w = max(finite) if finite else 0
         self.max_tiles = math.ceil(max_w / self.g) + 1
         # Tiles older than now_tile - retention can no longer be reached by a request at >= now - slack.
-        self.retention = self.max_tiles + math.ceil((lateness // timedelta(microseconds=1) + RETENTION_SLACK_US) / self.g) + 1
+        self.retention = (
+            self.max_tiles + math.ceil((lateness // timedelta(microseconds=1) + RETENTION_SLACK_US) / self.g) + 1
+        )
         # Levels of 4^L-tile blocks kept beside the tiles, so a long window reads O(log) fields.
         span = self.retention if self.has_lifetime else self.max_tiles
         self.levels = max(0, min(5, int(math.log(max(span, 1), 4) + 1e-9)))
@@ -177,7 +184,10 @@ class ViewState:
             by_w.setdefault(o.window_us, []).append(i)
         self.windows = sorted(by_w.items(), key=lambda kv: -(kv[0] if kv[0] is not None else 1 << 62))
         # Per window: does any output need min/max/M2 (else reads merge only rows, n and sum)?
-        self._spread = [any(self.plan.outputs[i].function not in ("count", "sum", "mean") for i in which) for _, which in self.windows]
+        self._spread = [
+            any(self.plan.outputs[i].function not in ("count", "sum", "mean") for i in which)
+            for _, which in self.windows
+        ]
         self.L = f"{self.vid}:L"
         self.M = f"{self.vid}:m"
         self._cache: tuple[Any, _ReadCtx] | None = None
@@ -247,8 +257,12 @@ class ViewState:
         if self.has_lifetime:
             fields.append(self.L)
         ctx = _ReadCtx(fields, n_blocks, per_window, lo, b, raw_tiles)
-        ctx.pickers = [(lambda xs, _i=ids[0]: (xs[_i],)) if len(ids) == 1 else (operator.itemgetter(*ids) if ids else (lambda xs: ()))
-                       for ids in per_window]
+        ctx.pickers = [
+            (lambda xs, _i=ids[0]: (xs[_i],))
+            if len(ids) == 1
+            else (operator.itemgetter(*ids) if ids else (lambda xs: ()))
+            for ids in per_window
+        ]
         self._cache = (key, ctx)
         return ctx
 
@@ -305,7 +319,9 @@ class ViewState:
         assert plan is not None and self.numbers_only
         nb, K, E = ctx.n_blocks, plan.K, len(rows)
         empty = plan.encode(plan.empty())
-        arr = np.frombuffer(b"".join([v if v is not None else empty for r in rows for v in r[:nb]]), dtype="<f8").reshape(E, nb, K)
+        arr = np.frombuffer(
+            b"".join([v if v is not None else empty for r in rows for v in r[:nb]]), dtype="<f8"
+        ).reshape(E, nb, K)
         outputs, finalize = plan.outputs, plan.finalize
         out: list[list[Any]] = [[None] * len(outputs) for _ in range(E)]
         parsed: list[dict[int, Any]] = [{} for _ in range(E)]
@@ -334,7 +350,9 @@ class ViewState:
                     oe[i] = finalize(outputs[i], mnum, [])
         return out
 
-    def evaluate(self, t: int, ctx: _ReadCtx, values: list[bytes | None], extra: dict[int, bytes] | None = None) -> list[Any]:
+    def evaluate(
+        self, t: int, ctx: _ReadCtx, values: list[bytes | None], extra: dict[int, bytes] | None = None
+    ) -> list[Any]:
         """All outputs (in plan order) at ``t`` from the fetched ``values`` (aligned with ctx.fields)."""
         plan = self.plan
         assert plan is not None

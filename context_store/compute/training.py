@@ -102,15 +102,20 @@ def _empty_events(view: FeatureView, defs: RepoDefinitions, columns: list[str]) 
 
 
 def _read_events(
-    view: FeatureView, defs: RepoDefinitions, offline: OfflineStore, columns: list[str],
-    start_us: int | None, end_us: int | None,
+    view: FeatureView,
+    defs: RepoDefinitions,
+    offline: OfflineStore,
+    columns: list[str],
+    start_us: int | None,
+    end_us: int | None,
 ) -> pa.Table:
     from ..stores.offline.base import view_table
 
     name = view_table(view.name)
     if not view.offline:
         raise InvalidInputError(
-            f"feature view {view.name!r} is online-only (offline=False): it has no training data", field="feature_service"
+            f"feature view {view.name!r} is online-only (offline=False): it has no training data",
+            field="feature_service",
         )
     if not offline.exists(name):
         src = view.source
@@ -161,9 +166,7 @@ def compute_view_features(
     """Point-in-time values of ``features`` of one (non-realtime) feature view for every spine row."""
     for k in view.join_keys:
         if k not in spine.column_names:
-            raise InvalidInputError(
-                f"spine has no join key column {k!r} needed by feature view {view.name!r}", field=k
-            )
+            raise InvalidInputError(f"spine has no join key column {k!r} needed by feature view {view.name!r}", field=k)
     aggs = [a for a in view.aggregations if a.output_name in features]
     feats = [f for f in view.features_in if f.name in features]
     needed = [a.column for a in aggs] + [f.name for f in feats]
@@ -391,9 +394,7 @@ def get_training_data(
     with _small_pages():
         for name in need:
             compute(name)
-    new_cols = {
-        f"{sel.view.name}__{f}": values[sel.view.name][f] for sel in service.selections for f in sel.features
-    }
+    new_cols = {f"{sel.view.name}__{f}": values[sel.view.name][f] for sel in service.selections for f in sel.features}
     if was_pandas:
         out = spine.copy()  # type: ignore[union-attr]
         for name, arr in new_cols.items():

@@ -57,8 +57,10 @@ def batch_source_of(source: Source) -> FileSource | None:
 def source_files(source: FileSource, repo_root: Path) -> list[str]:
     path = Path(source.path)
     pattern = str(path if path.is_absolute() else Path(repo_root) / path)
-    files = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else (
-        [pattern] if Path(pattern).exists() else []
+    files = (
+        sorted(glob.glob(pattern, recursive=True))
+        if glob.has_magic(pattern)
+        else ([pattern] if Path(pattern).exists() else [])
     )
     files = [f for f in files if Path(f).is_file()]
     if not files:
@@ -119,7 +121,8 @@ def _cast_declared(table: pa.Table, source: Source) -> pa.Table:
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
                     raise DefinitionError(
                         f"column {f.name!r} cannot be read as {f.dtype!r}: {e}",
-                        location=source.location, obj=f"{source.kind} '{source.name}'",
+                        location=source.location,
+                        obj=f"{source.kind} '{source.name}'",
                     ) from None
     return table
 
@@ -151,7 +154,8 @@ def read_source(
             if ts not in dataset.schema.names:
                 raise DefinitionError(
                     f"timestamp_field {ts!r} is not a column of {fs.path!r}; columns: {dataset.schema.names}",
-                    location=fs.location, obj=f"{fs.kind} '{fs.name}'",
+                    location=fs.location,
+                    obj=f"{fs.kind} '{fs.name}'",
                 )
             table = dataset.head(limit, columns=columns) if limit is not None else dataset.to_table(columns=columns)
         else:
@@ -165,11 +169,14 @@ def read_source(
             if columns is not None:
                 table = table.select(columns)
     except (pa.ArrowInvalid, OSError) as e:
-        raise DefinitionError(f"cannot read {fs.path!r}: {e}", location=fs.location, obj=f"{fs.kind} '{fs.name}'") from None
+        raise DefinitionError(
+            f"cannot read {fs.path!r}: {e}", location=fs.location, obj=f"{fs.kind} '{fs.name}'"
+        ) from None
     if ts not in table.column_names:
         raise DefinitionError(
             f"timestamp_field {ts!r} is not a column of {fs.path!r}; columns: {table.column_names}",
-            location=fs.location, obj=f"{fs.kind} '{fs.name}'",
+            location=fs.location,
+            obj=f"{fs.kind} '{fs.name}'",
         )
     table = _set_column(table, ts, normalize_timestamp(table.column(ts), ts))
     table = _cast_declared(table, source)
@@ -280,7 +287,9 @@ def _sample(source: Source, repo_root: Path, n: int = 100) -> pa.Table:
         if source.schema is None or isinstance(source, FileSource):
             raise
     if source.schema is None:
-        raise DefinitionError("has no schema and no files", location=source.location, obj=f"{source.kind} '{source.name}'")
+        raise DefinitionError(
+            "has no schema and no files", location=source.location, obj=f"{source.kind} '{source.name}'"
+        )
     return _empty_from_schema(source)
 
 

@@ -62,9 +62,7 @@ class Array(DType):
         return pa.list_(self.element.to_arrow())
 
     def accepts(self, value: Any) -> bool:
-        return value is None or (
-            isinstance(value, (list, tuple)) and all(self.element.accepts(v) for v in value)
-        )
+        return value is None or (isinstance(value, (list, tuple)) and all(self.element.accepts(v) for v in value))
 
     def describe(self) -> dict[str, Any]:
         return {"type": "array", "elementType": self.element.describe()}

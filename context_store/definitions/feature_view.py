@@ -67,8 +67,8 @@ class Aggregate:
     location: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
-        from .base import caller_location
         from ..errors import DefinitionError
+        from .base import caller_location
 
         loc = caller_location()
         object.__setattr__(self, "location", loc)
@@ -191,11 +191,17 @@ class FeatureView(Definition):
         if (features is None) == (aggregations is None):
             self.fail("give exactly one of features=[...] or aggregations=[...]")
         if features is not None:
-            if not isinstance(features, (list, tuple)) or not features or not all(isinstance(f, Field) for f in features):
+            if (
+                not isinstance(features, (list, tuple))
+                or not features
+                or not all(isinstance(f, Field) for f in features)
+            ):
                 self.fail("features must be a non-empty list of cs.Field")
         if aggregations is not None:
-            if not isinstance(aggregations, (list, tuple)) or not aggregations or not all(
-                isinstance(a, Aggregate) for a in aggregations
+            if (
+                not isinstance(aggregations, (list, tuple))
+                or not aggregations
+                or not all(isinstance(a, Aggregate) for a in aggregations)
             ):
                 self.fail("aggregations must be a non-empty list of cs.Aggregate")
         self.features_in: tuple[Field, ...] = tuple(features or ())

@@ -65,7 +65,9 @@ class RealtimeFeatureView(Definition):
 
     @property
     def feature_view_sources(self) -> list[FeatureView]:
-        return [s.view if isinstance(s, FeatureSelection) else s for s in self.sources if not isinstance(s, RequestSource)]
+        return [
+            s.view if isinstance(s, FeatureSelection) else s for s in self.sources if not isinstance(s, RequestSource)
+        ]
 
     def __call__(self, *args: Any) -> dict[str, Any]:
         return self.fn(*args)

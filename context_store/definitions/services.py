@@ -124,7 +124,12 @@ class ContextService(Definition):
         self.knowledge: tuple[Knowledge, int] | None = None
         if knowledge is not None:
             kn = (knowledge, 3) if isinstance(knowledge, Knowledge) else knowledge
-            if not isinstance(kn, tuple) or len(kn) != 2 or not isinstance(kn[0], Knowledge) or not isinstance(kn[1], int):
+            if (
+                not isinstance(kn, tuple)
+                or len(kn) != 2
+                or not isinstance(kn[0], Knowledge)
+                or not isinstance(kn[1], int)
+            ):
                 self.fail("knowledge must be a cs.Knowledge or (cs.Knowledge, k)")
             self.knowledge = kn
 

@@ -30,9 +30,7 @@ def parse_duration(value: object, what: str = "window") -> timedelta:
     elif isinstance(value, str):
         m = _PATTERN.match(value)
         if not m:
-            raise ValueError(
-                f"bad {what} {value!r}: expected a number and a unit s/m/h/d/w such as '30m' or '7d'"
-            )
+            raise ValueError(f"bad {what} {value!r}: expected a number and a unit s/m/h/d/w such as '30m' or '7d'")
         td = timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
     else:
         raise ValueError(f"bad {what} {value!r}: expected a string such as '7d' or a timedelta")

@@ -56,7 +56,8 @@ def find_definition_files(repo_root: Path, exclude: Sequence[Path] = ()) -> list
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
         dirnames[:] = sorted(
-            d for d in dirnames
+            d
+            for d in dirnames
             if not d.startswith((".", "_")) and d not in SKIP_DIRS and (here / d).resolve() not in excluded
         )
         for fn in sorted(filenames):
@@ -122,7 +123,9 @@ class _RepoFinder(importlib.abc.MetaPathFinder):
         is_pkg = fullname in self.packages
         if file is None and not is_pkg:
             return None
-        spec = importlib.machinery.ModuleSpec(fullname, _SourceLoader(file), origin=str(file) if file else None, is_package=is_pkg)
+        spec = importlib.machinery.ModuleSpec(
+            fullname, _SourceLoader(file), origin=str(file) if file else None, is_package=is_pkg
+        )
         if is_pkg:
             spec.submodule_search_locations = [str(self.packages[fullname])]
         if file is not None:
@@ -225,8 +228,13 @@ _TABLES: dict[type, str] = {
     ContextService: "context_services",
 }
 _KIND_LABEL = {
-    "entities": "entity", "sources": "source", "feature_views": "feature view", "realtime_views": "feature view",
-    "embedding_views": "embedding view", "knowledge": "knowledge", "feature_services": "feature service",
+    "entities": "entity",
+    "sources": "source",
+    "feature_views": "feature view",
+    "realtime_views": "feature view",
+    "embedding_views": "embedding view",
+    "knowledge": "knowledge",
+    "feature_services": "feature service",
     "context_services": "context service",
 }
 
@@ -255,14 +263,17 @@ class _Collector:
             return  # ``FeatureService(name="x")`` is a client-side reference, not a definition
         self.seen.add(id(obj))
         # Feature views and realtime views share one namespace: both are addressed as ``view.feature``.
-        tables = ("feature_views", "realtime_views") if table_name in ("feature_views", "realtime_views") else (table_name,)
+        tables = (
+            ("feature_views", "realtime_views") if table_name in ("feature_views", "realtime_views") else (table_name,)
+        )
         for t in tables:
             other = getattr(self.repo, t).get(obj.name)
             if other is not None and other is not obj:
                 label = _KIND_LABEL[table_name]
                 raise DefinitionError(
                     f"duplicate {label} name {obj.name!r}: also defined at {other.location}",
-                    location=obj.location, obj=f"{obj.kind} '{obj.name}'",
+                    location=obj.location,
+                    obj=f"{obj.kind} '{obj.name}'",
                 )
         getattr(self.repo, table_name)[obj.name] = obj
         # Objects a definition depends on are registered with it (a source written inline, ...).

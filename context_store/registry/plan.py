@@ -13,7 +13,17 @@ from typing import Any
 from ..definitions import DType
 from ..definitions.dtypes import Array, Bool, Embedding, Float64, Int64, String, Timestamp
 
-__all__ = ["Plan", "Change", "FieldDiff", "compute_plan", "dtype_to_str", "dtype_from_str", "REBACKFILL", "REMATERIALIZE", "REINDEX"]
+__all__ = [
+    "Plan",
+    "Change",
+    "FieldDiff",
+    "compute_plan",
+    "dtype_to_str",
+    "dtype_from_str",
+    "REBACKFILL",
+    "REMATERIALIZE",
+    "REINDEX",
+]
 
 REBACKFILL = "rebackfill"
 REMATERIALIZE = "rematerialize"
@@ -21,8 +31,14 @@ REINDEX = "reindex"
 
 # Order of kinds in a plan: dependencies first.
 TABLE_ORDER = (
-    "entities", "sources", "feature_views", "realtime_views", "embedding_views", "knowledge",
-    "feature_services", "context_services",
+    "entities",
+    "sources",
+    "feature_views",
+    "realtime_views",
+    "embedding_views",
+    "knowledge",
+    "feature_services",
+    "context_services",
 )
 
 _SCALARS = {"int64": Int64, "float64": Float64, "string": String, "bool": Bool, "timestamp": Timestamp}
@@ -78,9 +94,14 @@ class Change:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "action": self.action, "kind": self.kind, "name": self.name,
+            "action": self.action,
+            "kind": self.kind,
+            "name": self.name,
             "diffs": [{"path": d.path, "old": d.old, "new": d.new} for d in self.diffs],
-            "forces": self.forces, "breaking": self.breaking, "reasons": self.reasons, "affects": self.affects,
+            "forces": self.forces,
+            "breaking": self.breaking,
+            "reasons": self.reasons,
+            "affects": self.affects,
         }
 
 
@@ -119,7 +140,9 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "workspace": self.workspace, "from_version": self.from_version, "to_version": self.to_version,
+            "workspace": self.workspace,
+            "from_version": self.from_version,
+            "to_version": self.to_version,
             "changes": [c.to_dict() for c in self.changes],
         }
 
@@ -155,7 +178,9 @@ class Plan:
         if todo:
             verbs = {REBACKFILL: "backfill", REINDEX: "backfill", REMATERIALIZE: "materialize"}
             order = [w for w in (REBACKFILL, REINDEX, REMATERIALIZE) if w in todo]
-            lines.append("After apply, run: " + ", then ".join(dict.fromkeys(f"context-store {verbs[w]}" for w in order)) + ".")
+            lines.append(
+                "After apply, run: " + ", then ".join(dict.fromkeys(f"context-store {verbs[w]}" for w in order)) + "."
+            )
         return "\n".join(lines)
 
 
@@ -178,13 +203,16 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
         if not value and prefix:
             out[prefix] = {}
     elif (
-        isinstance(value, list) and value and all(isinstance(v, dict) and "name" in v for v in value)
+        isinstance(value, list)
+        and value
+        and all(isinstance(v, dict) and "name" in v for v in value)
         and len({v["name"] for v in value}) == len(value)
     ):
         for v in value:
             out[f"{prefix}[{v['name']}]"] = {k: x for k, x in v.items() if k != "name"} or v["name"]
     elif (
-        isinstance(value, list) and value
+        isinstance(value, list)
+        and value
         and all(isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) for v in value)
         and len({v[0] for v in value}) == len(value)
     ):  # a feature service's [[view, [features]], ...]

@@ -28,7 +28,7 @@ from typing import Any
 
 from ..config import Config
 from ..errors import ConflictError, InvalidInputError, NotFoundError, UnavailableError
-from .loader import find_definition_files, import_definitions, collect
+from .loader import collect, find_definition_files, import_definitions
 from .plan import Plan, compute_plan, dtype_from_str, dtype_to_str
 from .repo import RepoDefinitions
 from .validate import validate
@@ -36,8 +36,14 @@ from .validate import validate
 __all__ = ["Registry", "Plan"]
 
 _TABLES = (
-    "entities", "sources", "feature_views", "realtime_views", "embedding_views", "knowledge",
-    "feature_services", "context_services",
+    "entities",
+    "sources",
+    "feature_views",
+    "realtime_views",
+    "embedding_views",
+    "knowledge",
+    "feature_services",
+    "context_services",
 )
 
 
@@ -133,7 +139,8 @@ class Registry:
         except (OSError, ValueError) as e:
             raise UnavailableError(
                 f"registry version {v} of workspace '{self.config.workspace}' cannot be read ({e}); "
-                "re-run `context-store apply`", field="registry",
+                "re-run `context-store apply`",
+                field="registry",
             ) from None
         snap = vdir / "repo"
         files = [snap / rel for rel in meta["files"]]
@@ -174,7 +181,9 @@ class Registry:
         with self._locked():
             plan = self.plan()
             if plan.breaking and not force:
-                items = "; ".join(f"{c.kind.replace('_', ' ')} '{c.name}' ({', '.join(c.reasons)})" for c in plan.breaking)
+                items = "; ".join(
+                    f"{c.kind.replace('_', ' ')} '{c.name}' ({', '.join(c.reasons)})" for c in plan.breaking
+                )
                 raise ConflictError(
                     f"refusing {len(plan.breaking)} breaking change(s) without --force: {items}", field="force"
                 )

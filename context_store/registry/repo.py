@@ -44,8 +44,14 @@ class RepoDefinitions:
     def all_objects(self) -> list[Any]:
         out: list[Any] = []
         for d in (
-            self.entities, self.sources, self.feature_views, self.realtime_views,
-            self.embedding_views, self.knowledge, self.feature_services, self.context_services,
+            self.entities,
+            self.sources,
+            self.feature_views,
+            self.realtime_views,
+            self.embedding_views,
+            self.knowledge,
+            self.feature_services,
+            self.context_services,
         ):
             out.extend(d.values())
         return out

@@ -82,8 +82,11 @@ def _check_references(repo: RepoDefinitions) -> None:
         if cs.recent_events is not None:
             src = cs.recent_events[0]
             if repo.sources.get(src.name) is None:
-                raise _err(cs, f"recent_events stream source {src.name!r} is not registered; assign it to a "
-                               "module-level variable in a definitions file")
+                raise _err(
+                    cs,
+                    f"recent_events stream source {src.name!r} is not registered; assign it to a "
+                    "module-level variable in a definitions file",
+                )
         if cs.similar is not None and repo.embedding_views.get(cs.similar[0].name) is None:
             raise _err(cs, f"similar: embedding view {cs.similar[0].name!r} is not registered")
         if cs.knowledge is not None and repo.knowledge.get(cs.knowledge[0].name) is None:
@@ -100,11 +103,16 @@ def _check_feature_view(view: FeatureView, cols: dict[str, DType]) -> dict[str, 
     if view.timestamp_field not in cols:
         raise _err(view, f"unknown timestamp field {view.timestamp_field!r}; input columns: {_fmt_cols(cols)}")
     if cols[view.timestamp_field].name != "timestamp":
-        raise _err(view, f"timestamp field {view.timestamp_field!r} has type {cols[view.timestamp_field]!r}, not a timestamp")
+        raise _err(
+            view, f"timestamp field {view.timestamp_field!r} has type {cols[view.timestamp_field]!r}, not a timestamp"
+        )
     for entity in view.entities:
         for key in entity.join_key_fields:
             if key.name not in cols:
-                raise _err(view, f"unknown join key column {key.name!r} (entity '{entity.name}'); input columns: {_fmt_cols(cols)}")
+                raise _err(
+                    view,
+                    f"unknown join key column {key.name!r} (entity '{entity.name}'); input columns: {_fmt_cols(cols)}",
+                )
             got = cols[key.name]
             if got != key.dtype:
                 raise _err(
@@ -124,8 +132,12 @@ def _check_feature_view(view: FeatureView, cols: dict[str, DType]) -> dict[str, 
         numeric, _, _ = AGGREGATION_FUNCTIONS[agg.function]
         if isinstance(dtype, Embedding):
             if agg.function not in ("mean", "count", "last"):
-                raise _err(view, f"type mismatch: aggregate {agg.output_name!r}: {agg.function} is not defined over "
-                                 f"the embedding column {agg.column!r} (use mean)", location=agg.location or None)
+                raise _err(
+                    view,
+                    f"type mismatch: aggregate {agg.output_name!r}: {agg.function} is not defined over "
+                    f"the embedding column {agg.column!r} (use mean)",
+                    location=agg.location or None,
+                )
         elif numeric and not dtype.is_numeric:
             raise _err(
                 view,
@@ -134,14 +146,20 @@ def _check_feature_view(view: FeatureView, cols: dict[str, DType]) -> dict[str, 
                 location=agg.location or None,
             )
         elif dtype.name == "array" and agg.function != "count":
-            raise _err(view, f"type mismatch: aggregate {agg.output_name!r}: {agg.function} over the array column "
-                             f"{agg.column!r} is not supported", location=agg.location or None)
+            raise _err(
+                view,
+                f"type mismatch: aggregate {agg.output_name!r}: {agg.function} over the array column "
+                f"{agg.column!r} is not supported",
+                location=agg.location or None,
+            )
         types[agg.output_name] = aggregate_dtype(agg.function, dtype)
     for f in view.features_in:
         if f.name not in cols:
             raise _err(view, f"feature {f.name!r}: unknown column; input columns: {_fmt_cols(cols)}")
         if cols[f.name] != f.dtype:
-            raise _err(view, f"type mismatch: feature {f.name!r} is declared {f.dtype!r} but the column is {cols[f.name]!r}")
+            raise _err(
+                view, f"type mismatch: feature {f.name!r} is declared {f.dtype!r} but the column is {cols[f.name]!r}"
+            )
         types[f.name] = f.dtype
     return types
 

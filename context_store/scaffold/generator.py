@@ -12,7 +12,7 @@ The same ``seed`` and ``end`` always give byte-identical files.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -27,22 +27,78 @@ TS = pa.timestamp("us", tz="UTC")
 _COUNTRIES = ["US", "GB", "DE", "FR", "ES", "IT", "NL", "CA", "BR", "IN", "JP", "AU"]
 _COUNTRY_P = np.array([40, 10, 8, 7, 5, 5, 4, 6, 4, 5, 3, 3], dtype=float)
 _CATEGORIES = ["grocery", "restaurants", "travel", "electronics", "fashion", "online", "fuel", "entertainment"]
-_MERCHANT_A = ["Blue", "Golden", "Urban", "North", "Silver", "Green", "Royal", "Metro", "Sunny", "Red", "Prime", "Happy"]
-_MERCHANT_B = ["Harbor", "Oak", "Peak", "River", "Street", "Valley", "Corner", "Bridge", "Garden", "Market", "Lane", "Hill"]
+_MERCHANT_A = [
+    "Blue",
+    "Golden",
+    "Urban",
+    "North",
+    "Silver",
+    "Green",
+    "Royal",
+    "Metro",
+    "Sunny",
+    "Red",
+    "Prime",
+    "Happy",
+]
+_MERCHANT_B = [
+    "Harbor",
+    "Oak",
+    "Peak",
+    "River",
+    "Street",
+    "Valley",
+    "Corner",
+    "Bridge",
+    "Garden",
+    "Market",
+    "Lane",
+    "Hill",
+]
 _MERCHANT_C = {
-    "grocery": "Grocers", "restaurants": "Bistro", "travel": "Travel", "electronics": "Electronics",
-    "fashion": "Boutique", "online": "Online", "fuel": "Fuel", "entertainment": "Cinema",
+    "grocery": "Grocers",
+    "restaurants": "Bistro",
+    "travel": "Travel",
+    "electronics": "Electronics",
+    "fashion": "Boutique",
+    "online": "Online",
+    "fuel": "Fuel",
+    "entertainment": "Cinema",
 }
 _GENRES = ["drama", "comedy", "thriller", "sci-fi", "documentary", "romance", "animation", "horror"]
 _TITLE_WORDS = {
-    "drama": (["Silent", "Broken", "Last", "Distant", "Quiet", "Long"], ["Summer", "Promise", "River", "Letters", "Road", "Winter"]),
-    "comedy": (["Crazy", "Lucky", "Big", "Accidental", "Wild", "Happy"], ["Wedding", "Roommates", "Vacation", "Neighbors", "Weekend", "Plan"]),
-    "thriller": (["Dark", "Hidden", "Cold", "Deadly", "Final", "Silent"], ["Signal", "Witness", "Protocol", "Code", "Target", "Alibi"]),
-    "sci-fi": (["Stellar", "Quantum", "Lost", "Red", "Infinite", "Machine"], ["Horizon", "Colony", "Orbit", "Frontier", "Signal", "Dawn"]),
-    "documentary": (["Inside", "Wild", "Hidden", "Secret", "Ocean", "Ancient"], ["Planet", "Kitchens", "Cities", "Forests", "Empires", "Lives"]),
-    "romance": (["Paris", "Endless", "Sweet", "Second", "Midnight", "Falling"], ["Kiss", "Chance", "Love", "Hearts", "Letters", "Spring"]),
-    "animation": (["Little", "Brave", "Magic", "Tiny", "Flying", "Clever"], ["Dragon", "Robot", "Fox", "Island", "Kingdom", "Friends"]),
-    "horror": (["Haunted", "Black", "Cursed", "Hollow", "Bleeding", "Silent"], ["House", "Woods", "Night", "Doll", "Asylum", "Lake"]),
+    "drama": (
+        ["Silent", "Broken", "Last", "Distant", "Quiet", "Long"],
+        ["Summer", "Promise", "River", "Letters", "Road", "Winter"],
+    ),
+    "comedy": (
+        ["Crazy", "Lucky", "Big", "Accidental", "Wild", "Happy"],
+        ["Wedding", "Roommates", "Vacation", "Neighbors", "Weekend", "Plan"],
+    ),
+    "thriller": (
+        ["Dark", "Hidden", "Cold", "Deadly", "Final", "Silent"],
+        ["Signal", "Witness", "Protocol", "Code", "Target", "Alibi"],
+    ),
+    "sci-fi": (
+        ["Stellar", "Quantum", "Lost", "Red", "Infinite", "Machine"],
+        ["Horizon", "Colony", "Orbit", "Frontier", "Signal", "Dawn"],
+    ),
+    "documentary": (
+        ["Inside", "Wild", "Hidden", "Secret", "Ocean", "Ancient"],
+        ["Planet", "Kitchens", "Cities", "Forests", "Empires", "Lives"],
+    ),
+    "romance": (
+        ["Paris", "Endless", "Sweet", "Second", "Midnight", "Falling"],
+        ["Kiss", "Chance", "Love", "Hearts", "Letters", "Spring"],
+    ),
+    "animation": (
+        ["Little", "Brave", "Magic", "Tiny", "Flying", "Clever"],
+        ["Dragon", "Robot", "Fox", "Island", "Kingdom", "Friends"],
+    ),
+    "horror": (
+        ["Haunted", "Black", "Cursed", "Hollow", "Bleeding", "Silent"],
+        ["House", "Woods", "Night", "Doll", "Asylum", "Lake"],
+    ),
 }
 _SUFFIX = ["", "", "", " II", " Returns", ": The Beginning", " Reloaded", " Forever"]
 
@@ -100,7 +156,7 @@ def generate(
     rng = np.random.default_rng(seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    end = (end or datetime.now(timezone.utc)).astimezone(timezone.utc).replace(second=0, microsecond=0)
+    end = (end or datetime.now(UTC)).astimezone(UTC).replace(second=0, microsecond=0)
     start = end - timedelta(days=days)
     end_us, start_us = int(end.timestamp() * _US), int(start.timestamp() * _US)
     span = end_us - start_us
@@ -112,9 +168,9 @@ def generate(
     # Merchants: Zipf-popular, each with a fixed category.
     n_merch = 60
     merch_cat = rng.choice(_CATEGORIES, size=n_merch)
-    merchants = np.array([
-        f"{_MERCHANT_A[rng.integers(12)]} {_MERCHANT_B[rng.integers(12)]} {_MERCHANT_C[c]}" for c in merch_cat
-    ])
+    merchants = np.array(
+        [f"{_MERCHANT_A[rng.integers(12)]} {_MERCHANT_B[rng.integers(12)]} {_MERCHANT_C[c]}" for c in merch_cat]
+    )
     merch_p = _zipf_weights(n_merch, 1.2, rng)
 
     # -- transactions: background traffic + bursts of bursty users -------------------------
@@ -134,7 +190,9 @@ def generate(
     n_bg = events - len(b_users)
     bg_users = rng.choice(users, size=n_bg, p=activity)
     # Daily rhythm: more traffic in the day than at night (hour-of-day weights).
-    hour_w = np.array([1, 0.6, 0.4, 0.3, 0.3, 0.5, 1, 2, 3, 3.5, 3.5, 4, 4.5, 4, 3.5, 3.5, 4, 4.5, 5, 5, 4.5, 3.5, 2.5, 1.5])
+    hour_w = np.array(
+        [1, 0.6, 0.4, 0.3, 0.3, 0.5, 1, 2, 3, 3.5, 3.5, 4, 4.5, 4, 3.5, 3.5, 4, 4.5, 5, 5, 4.5, 3.5, 2.5, 1.5]
+    )
     day = rng.integers(days, size=n_bg)
     hour = rng.choice(24, size=n_bg, p=hour_w / hour_w.sum())
     bg_ts = start_us + day * 86400 * _US + hour * 3600 * _US + rng.integers(3600 * _US, size=n_bg)
@@ -149,14 +207,16 @@ def generate(
     country = np.where(abroad, rng.choice(_COUNTRIES, size=events), home[u_idx])
     order = np.lexsort((u_idx, ts))
     u_idx, ts, amount, m_idx, country = u_idx[order], ts[order], amount[order], m_idx[order], country[order]
-    transactions = pa.table({
-        "user_id": pa.array(user_ids[u_idx].tolist(), pa.string()),
-        "amount": pa.array(_with_nulls(amount.tolist(), rng, 0.003), pa.float64()),
-        "merchant": pa.array(merchants[m_idx].tolist(), pa.string()),
-        "category": pa.array(_with_nulls(merch_cat[m_idx].tolist(), rng, 0.01), pa.string()),
-        "country": pa.array(country.tolist(), pa.string()),
-        "ts": _ts_array(ts),
-    })
+    transactions = pa.table(
+        {
+            "user_id": pa.array(user_ids[u_idx].tolist(), pa.string()),
+            "amount": pa.array(_with_nulls(amount.tolist(), rng, 0.003), pa.float64()),
+            "merchant": pa.array(merchants[m_idx].tolist(), pa.string()),
+            "category": pa.array(_with_nulls(merch_cat[m_idx].tolist(), rng, 0.01), pa.string()),
+            "country": pa.array(country.tolist(), pa.string()),
+            "ts": _ts_array(ts),
+        }
+    )
 
     # -- user profiles: a snapshot before the window, and updates for some users ----------
     prof_ts = start_us - rng.integers(1, 10 * 86400, size=users) * _US
@@ -164,30 +224,35 @@ def generate(
     acct = np.minimum(rng.exponential(700, size=users), 20 * 365).astype(np.int64) + 1
     score = np.clip(rng.normal(690, 70, size=users), 300, 850).astype(np.int64)
     upd = rng.choice(users, size=max(1, users // 5), replace=False)
-    profiles = pa.table({
-        "user_id": pa.array(user_ids.tolist() + user_ids[upd].tolist(), pa.string()),
-        "age": pa.array(age.tolist() + age[upd].tolist(), pa.int64()),
-        "account_age_days": pa.array(acct.tolist() + (acct[upd] + days // 2).tolist(), pa.int64()),
-        "country": pa.array(home.tolist() + home[upd].tolist(), pa.string()),
-        "credit_score": pa.array(
-            _with_nulls(score.tolist(), rng, 0.03) + np.clip(score[upd] + rng.integers(-40, 41, size=len(upd)), 300, 850).tolist(),
-            pa.int64(),
-        ),
-        "updated_at": _ts_array(np.concatenate([prof_ts, start_us + rng.integers(span, size=len(upd))])),
-    })
+    profiles = pa.table(
+        {
+            "user_id": pa.array(user_ids.tolist() + user_ids[upd].tolist(), pa.string()),
+            "age": pa.array(age.tolist() + age[upd].tolist(), pa.int64()),
+            "account_age_days": pa.array(acct.tolist() + (acct[upd] + days // 2).tolist(), pa.int64()),
+            "country": pa.array(home.tolist() + home[upd].tolist(), pa.string()),
+            "credit_score": pa.array(
+                _with_nulls(score.tolist(), rng, 0.03)
+                + np.clip(score[upd] + rng.integers(-40, 41, size=len(upd)), 300, 850).tolist(),
+                pa.int64(),
+            ),
+            "updated_at": _ts_array(np.concatenate([prof_ts, start_us + rng.integers(span, size=len(upd))])),
+        }
+    )
 
     # -- items and item views --------------------------------------------------------------
     item_ids = np.array([f"i{i:04d}" for i in range(1, items + 1)])
     genre = rng.choice(_GENRES, size=items)
     titles = [item_title(rng, g) for g in genre]
     year = rng.integers(1970, 2026, size=items)
-    items_t = pa.table({
-        "item_id": pa.array(item_ids.tolist(), pa.string()),
-        "title": pa.array(titles, pa.string()),
-        "genre": pa.array(genre.tolist(), pa.string()),
-        "year": pa.array(year.tolist(), pa.int64()),
-        "updated_at": _ts_array(np.full(items, start_us - 86400 * _US)),
-    })
+    items_t = pa.table(
+        {
+            "item_id": pa.array(item_ids.tolist(), pa.string()),
+            "title": pa.array(titles, pa.string()),
+            "genre": pa.array(genre.tolist(), pa.string()),
+            "year": pa.array(year.tolist(), pa.int64()),
+            "updated_at": _ts_array(np.full(items, start_us - 86400 * _US)),
+        }
+    )
     item_pop = _zipf_weights(items, 1.0, rng)
     fav = rng.choice(len(_GENRES), size=(users, 2))
     n_views = events
@@ -206,12 +271,14 @@ def generate(
     rating = np.clip(np.round(rng.normal(np.where(is_fav, 4.1, 2.9), 0.9)), 1, 5)
     rated = rng.random(n_views) < 0.4  # most views carry no rating
     v_ts = np.sort(start_us + rng.integers(span, size=n_views))
-    views = pa.table({
-        "user_id": pa.array(user_ids[v_users].tolist(), pa.string()),
-        "item_id": pa.array(item_ids[v_items].tolist(), pa.string()),
-        "rating": pa.array([float(r) if k else None for r, k in zip(rating, rated)], pa.float64()),
-        "ts": _ts_array(v_ts),
-    })
+    views = pa.table(
+        {
+            "user_id": pa.array(user_ids[v_users].tolist(), pa.string()),
+            "item_id": pa.array(item_ids[v_items].tolist(), pa.string()),
+            "rating": pa.array([float(r) if k else None for r, k in zip(rating, rated)], pa.float64()),
+            "ts": _ts_array(v_ts),
+        }
+    )
 
     files = {
         "transactions": out / "transactions.parquet",
@@ -219,12 +286,22 @@ def generate(
         "items": out / "items.parquet",
         "item_views": out / "item_views.parquet",
     }
-    for name, table in (("transactions", transactions), ("user_profiles", profiles), ("items", items_t), ("item_views", views)):
+    for name, table in (
+        ("transactions", transactions),
+        ("user_profiles", profiles),
+        ("items", items_t),
+        ("item_views", views),
+    ):
         pq.write_table(table, files[name])
     counts = np.bincount(u_idx, minlength=users)
     return GeneratedData(
         files=files,
-        rows={"transactions": transactions.num_rows, "user_profiles": profiles.num_rows, "items": items, "item_views": n_views},
+        rows={
+            "transactions": transactions.num_rows,
+            "user_profiles": profiles.num_rows,
+            "items": items,
+            "item_views": n_views,
+        },
         start=start,
         end=end,
         busiest_user=str(user_ids[int(np.argmax(counts))]),

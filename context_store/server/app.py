@@ -74,7 +74,9 @@ class _App(FastAPI):
     _fast: FastPath | None = None
 
     def enable_fast_path(self, routes: dict[tuple[str, str], Any], metrics: Metrics, max_body: int) -> None:
-        self._fast = FastPath(functools.partial(FastAPI.__call__, self), routes=routes, metrics=metrics, max_body=max_body)
+        self._fast = FastPath(
+            functools.partial(FastAPI.__call__, self), routes=routes, metrics=metrics, max_body=max_body
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._fast is not None:
@@ -204,7 +206,9 @@ def create_app(
     app.include_router(health_router(state))
     if mcp is not None:
         # An exact-path route (not a Mount): POST /mcp without a trailing-slash redirect.
-        app.router.routes.append(Route("/mcp", endpoint=mcp, methods=["GET", "POST", "DELETE"], include_in_schema=False))
+        app.router.routes.append(
+            Route("/mcp", endpoint=mcp, methods=["GET", "POST", "DELETE"], include_in_schema=False)
+        )
     app.add_middleware(_RequestMetrics, metrics=state.metrics)
     app.add_middleware(BodySizeLimit, max_body=settings.max_body)
     if settings.fast_path:

@@ -63,8 +63,13 @@ class FastPath:
             else:
                 log.exception("unhandled error on %s", scope.get("path"))
                 status, body, extra = self._error(500, f"internal error: {type(e).__name__}", None)
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [_JSON, (b"content-length", str(len(body)).encode()), *extra]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [_JSON, (b"content-length", str(len(body)).encode()), *extra],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
         path = scope["path"]
         self.metrics.observe_request(path, scope.get("cs.service", ""), time.perf_counter() - t0)

@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ..config import check_workspace
@@ -51,7 +51,7 @@ def key_store_path(data_dir: Path) -> Path:
 
 
 def _ts(v: float | None) -> datetime | None:
-    return None if v is None else datetime.fromtimestamp(v, tz=timezone.utc)
+    return None if v is None else datetime.fromtimestamp(v, tz=UTC)
 
 
 class KeyStore:
@@ -134,11 +134,15 @@ class KeyStore:
         hit = self._cache.get(digest)
         if hit is not None and hit[0] > now:
             return hit[1]
-        row = self._conn().execute(
-            "SELECT key_id, workspace, scope, created_at, revoked_at, description, rate_limit, key_hash "
-            "FROM api_keys WHERE key_hash = ?",
-            (digest,),
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute(
+                "SELECT key_id, workspace, scope, created_at, revoked_at, description, rate_limit, key_hash "
+                "FROM api_keys WHERE key_hash = ?",
+                (digest,),
+            )
+            .fetchone()
+        )
         rec: ApiKey | None = None
         if row is not None and row[4] is None and hmac.compare_digest(row[7], digest):
             rec = ApiKey(row[0], row[1], row[2], _ts(row[3]), None, row[5], row[6])  # type: ignore[arg-type]

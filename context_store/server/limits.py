@@ -21,8 +21,13 @@ class _TooLarge(Exception):
 
 async def _send_error(send: Send, status: int, message: str) -> None:
     body = orjson.dumps({"message": message})
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -98,6 +103,7 @@ class RateLimiter:
         if tokens < 1.0:
             b[0] = tokens
             raise RateLimitedError(
-                f"rate limit of {rate:g} requests/second for this API key exceeded; retry shortly", field="Authorization"
+                f"rate limit of {rate:g} requests/second for this API key exceeded; retry shortly",
+                field="Authorization",
             )
         b[0] = tokens - 1.0

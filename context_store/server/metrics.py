@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -50,25 +50,35 @@ class Metrics:
         self.registry: CollectorRegistry | None = None if self.multiprocess else CollectorRegistry()
         kw: dict[str, Any] = {} if self.multiprocess else {"registry": self.registry}
         self.request_latency = Histogram(
-            "cs_http_request_duration_seconds", "HTTP request latency by route and feature service",
-            ["route", "service"], buckets=_LATENCY_BUCKETS, **kw,
+            "cs_http_request_duration_seconds",
+            "HTTP request latency by route and feature service",
+            ["route", "service"],
+            buckets=_LATENCY_BUCKETS,
+            **kw,
         )
         self.requests = Counter("cs_http_requests", "HTTP requests by route and status", ["route", "status"], **kw)
         self.online_latency = Histogram(
-            "cs_online_store_read_duration_seconds", "Online feature read latency (store round trip + compute)",
-            ["workspace"], buckets=_LATENCY_BUCKETS, **kw,
+            "cs_online_store_read_duration_seconds",
+            "Online feature read latency (store round trip + compute)",
+            ["workspace"],
+            buckets=_LATENCY_BUCKETS,
+            **kw,
         )
         self.ingest_records = Counter(
             "cs_ingest_records", "Records accepted by the ingest API", ["workspace", "source", "dry_run"], **kw
         )
         gauge_kw = dict(kw, multiprocess_mode="mostrecent") if self.multiprocess else kw
         self.freshness = Gauge(
-            "cs_feature_freshness_age_seconds", "Age of the newest served value per feature view",
-            ["workspace", "view"], **gauge_kw,
+            "cs_feature_freshness_age_seconds",
+            "Age of the newest served value per feature view",
+            ["workspace", "view"],
+            **gauge_kw,
         )
         self.stream_lag = Gauge(
-            "cs_stream_lag_entries", "Stream entries not yet applied by the workers (pending + undelivered)",
-            ["workspace", "source"], **gauge_kw,
+            "cs_stream_lag_entries",
+            "Stream entries not yet applied by the workers (pending + undelivered)",
+            ["workspace", "source"],
+            **gauge_kw,
         )
         self.online_up = Gauge("cs_online_store_up", "1 when the online store answered the last ping", **gauge_kw)
         if self.registry is not None:
@@ -92,7 +102,7 @@ class Metrics:
         for m in metadata:
             et: datetime | None = m.effective_time
             if et is not None:
-                ts = et.timestamp() if et.tzinfo else et.replace(tzinfo=timezone.utc).timestamp()
+                ts = et.timestamp() if et.tzinfo else et.replace(tzinfo=UTC).timestamp()
                 if ts > newest.get(m.view, 0.0):
                     newest[m.view] = ts
         for view, ts in newest.items():

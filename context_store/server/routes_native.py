@@ -137,31 +137,34 @@ def native_router(state: ServerState) -> APIRouter:
         results = await run_in_threadpool(run)
         for source, rows in batches.items():
             state.metrics.ingest_records.labels(ws, source, str(dry_run).lower()).inc(len(rows))
-        return json_response({
-            "workspaceName": ws,
-            "dryRun": dry_run,
-            "recordCounts": {s: len(r) for s, r in batches.items()},
-            "ingestMetrics": {s: to_jsonable(r) for s, r in results.items()},
-        })
+        return json_response(
+            {
+                "workspaceName": ws,
+                "dryRun": dry_run,
+                "recordCounts": {s: len(r) for s, r in batches.items()},
+                "ingestMetrics": {s: to_jsonable(r) for s, r in results.items()},
+            }
+        )
 
     return router
 
 
 def _parse_records(records: Any, limit: int) -> dict[str, list[dict[str, Any]]]:
     if not isinstance(records, dict) or not records:
-        raise InvalidInputError("records must be a JSON object of source name -> [{\"record\": {...}}, ...]",
-                                field="records")
+        raise InvalidInputError(
+            'records must be a JSON object of source name -> [{"record": {...}}, ...]', field="records"
+        )
     out: dict[str, list[dict[str, Any]]] = {}
     total = 0
     for source, items in records.items():
         where = f"records.{source}"
         if not isinstance(items, list) or not items:
-            raise InvalidInputError(f"{where} must be a non-empty list of {{\"record\": {{...}}}}", field=where)
+            raise InvalidInputError(f'{where} must be a non-empty list of {{"record": {{...}}}}', field=where)
         rows = []
         for i, item in enumerate(items):
             rec = item.get("record") if isinstance(item, dict) else None
             if not isinstance(rec, dict):
-                raise InvalidInputError(f"{where}[{i}] must be {{\"record\": {{...}}}}", field=f"{where}[{i}].record")
+                raise InvalidInputError(f'{where}[{i}] must be {{"record": {{...}}}}', field=f"{where}[{i}].record")
             rows.append(rec)
         total += len(rows)
         if total > limit:

@@ -47,22 +47,30 @@ def _missing(store: ContextStore, service: str) -> FeatureVector:
             name = f"{sel.view.name}.{f}"
             values[name] = None
             t = types.get(f)
-            meta.append(FeatureMetadata(name, t.describe() if t else {"type": "unknown"}, MISSING_DATA, None, sel.view.name))
+            meta.append(
+                FeatureMetadata(name, t.describe() if t else {"type": "unknown"}, MISSING_DATA, None, sel.view.name)
+            )
     return FeatureVector(values, meta)
 
 
 async def _with_budget(awaitable: Any, budget_ms: int) -> Any:
     try:
         return await asyncio.wait_for(awaitable, budget_ms / 1000.0)
-    except asyncio.TimeoutError:
-        raise BudgetExceeded(f"latency budget of {budget_ms} ms exceeded; set allowPartialResults to get a partial "
-                             "result", field="params.requestOptions.latencyBudgetMs") from None
+    except TimeoutError:
+        raise BudgetExceeded(
+            f"latency budget of {budget_ms} ms exceeded; set allowPartialResults to get a partial result",
+            field="params.requestOptions.latencyBudgetMs",
+        ) from None
 
 
 def _slo(t0: float, store_s: float, eligible: bool = True) -> dict[str, Any]:
     server_s = time.perf_counter() - t0
-    slo: dict[str, Any] = {"sloEligible": eligible, "sloServerTimeSeconds": server_s,
-                           "serverTimeSeconds": server_s, "storeMaxLatency": store_s}
+    slo: dict[str, Any] = {
+        "sloEligible": eligible,
+        "sloServerTimeSeconds": server_s,
+        "serverTimeSeconds": server_s,
+        "storeMaxLatency": store_s,
+    }
     if not eligible:
         slo["sloIneligibilityReasons"] = ["LATENCY_BUDGET_EXCEEDED"]
     return slo
@@ -163,16 +171,34 @@ def tecton_router(handlers: TectonHandlers) -> APIRouter:
 
     def route(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
-            return json_response(await handler(request.headers.get("authorization"), await request.body(), request.scope))
+            return json_response(
+                await handler(request.headers.get("authorization"), await request.body(), request.scope)
+            )
+
         return endpoint
 
-    router.add_api_route("/get-features", route(handlers.get_features), methods=["POST"], name="get_features",
-                         summary="Feature values of one entity (Tecton API)",
-                         openapi_extra=schemas.body(schemas.GET_FEATURES))
-    router.add_api_route("/get-features-batch", route(handlers.get_features_batch), methods=["POST"],
-                         name="get_features_batch", summary="Feature values of many entities (Tecton API)",
-                         openapi_extra=schemas.body(schemas.GET_FEATURES_BATCH))
-    router.add_api_route("/metadata", route(handlers.metadata), methods=["POST"], name="feature_service_metadata",
-                         summary="Join keys, request context and features of a feature service (Tecton API)",
-                         openapi_extra=schemas.body(schemas.METADATA))
+    router.add_api_route(
+        "/get-features",
+        route(handlers.get_features),
+        methods=["POST"],
+        name="get_features",
+        summary="Feature values of one entity (Tecton API)",
+        openapi_extra=schemas.body(schemas.GET_FEATURES),
+    )
+    router.add_api_route(
+        "/get-features-batch",
+        route(handlers.get_features_batch),
+        methods=["POST"],
+        name="get_features_batch",
+        summary="Feature values of many entities (Tecton API)",
+        openapi_extra=schemas.body(schemas.GET_FEATURES_BATCH),
+    )
+    router.add_api_route(
+        "/metadata",
+        route(handlers.metadata),
+        methods=["POST"],
+        name="feature_service_metadata",
+        summary="Join keys, request context and features of a feature service (Tecton API)",
+        openapi_extra=schemas.body(schemas.METADATA),
+    )
     return router

@@ -5,7 +5,16 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["body", "GET_FEATURES", "GET_FEATURES_BATCH", "METADATA", "SIMILAR", "KNOWLEDGE", "INGEST", "ERROR_RESPONSES"]
+__all__ = [
+    "body",
+    "GET_FEATURES",
+    "GET_FEATURES_BATCH",
+    "METADATA",
+    "SIMILAR",
+    "KNOWLEDGE",
+    "INGEST",
+    "ERROR_RESPONSES",
+]
 
 _JOIN_KEYS = {"type": "object", "additionalProperties": {"type": ["string", "integer", "null"]}}
 # Values of request context, ingest records and filters: scalars or lists of scalars (embeddings, tags).
@@ -13,8 +22,10 @@ _SCALAR = {"type": ["string", "number", "integer", "boolean", "null"]}
 _VALUES = {"type": "object", "additionalProperties": {"anyOf": [_SCALAR, {"type": "array", "items": _SCALAR}]}}
 _OPTIONS = {
     "type": "object",
-    "properties": {k: {"type": "boolean"} for k in (
-        "includeNames", "includeDataTypes", "includeEffectiveTimes", "includeSloInfo", "includeServingStatus")},
+    "properties": {
+        k: {"type": "boolean"}
+        for k in ("includeNames", "includeDataTypes", "includeEffectiveTimes", "includeSloInfo", "includeServingStatus")
+    },
 }
 _REQUEST_OPTIONS = {
     "type": "object",
@@ -55,7 +66,9 @@ GET_FEATURES_BATCH = _params(
         "workspaceName": {"type": "string"},
         "featureServiceName": {"type": "string", "minLength": 1},
         "requestData": {
-            "type": "array", "minItems": 1, "maxItems": 1000,
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 1000,
             "items": {"type": "object", "properties": {"joinKeyMap": _JOIN_KEYS, "requestContextMap": _VALUES}},
         },
         "metadataOptions": _OPTIONS,
@@ -112,9 +125,17 @@ INGEST = {
     },
 }
 
-_ERR = {"content": {"application/json": {"schema": {
-    "type": "object", "required": ["message"], "properties": {"message": {"type": "string"}, "field": {"type": "string"}},
-}}}}
+_ERR = {
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["message"],
+                "properties": {"message": {"type": "string"}, "field": {"type": "string"}},
+            }
+        }
+    }
+}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"description": "Bad request (the message names the field)", **_ERR},
     401: {"description": "Missing or invalid API key", **_ERR},

@@ -20,18 +20,18 @@ __all__ = ["ServerSettings", "ServerState"]
 
 @dataclass
 class ServerSettings:
-    auth: bool = True                    # False only for loopback development (``serve --no-auth``)
-    max_body: int = DEFAULT_MAX_BODY     # bytes
-    rate_limit: float | None = None      # default per-key requests/second (keys may carry their own)
+    auth: bool = True  # False only for loopback development (``serve --no-auth``)
+    max_body: int = DEFAULT_MAX_BODY  # bytes
+    rate_limit: float | None = None  # default per-key requests/second (keys may carry their own)
     max_batch_rows: int = 1000
     max_ingest_records: int = 10_000
-    refresh_interval: float = 5.0        # seconds between registry-change checks
+    refresh_interval: float = 5.0  # seconds between registry-change checks
     mcp: bool = True
-    freshness_sample: int = 16           # record freshness age on 1 request in N
+    freshness_sample: int = 16  # record freshness age on 1 request in N
     allowed_hosts: tuple[str, ...] = ()  # extra Host headers MCP accepts (DNS-rebinding protection)
     allowed_origins: tuple[str, ...] = ()
-    fast_path: bool = True               # serve the Tecton routes without FastAPI's per-request layers
-    freeze_gc: bool = False              # gc.freeze() after warm-up (dedicated server processes: ``serve``)
+    fast_path: bool = True  # serve the Tecton routes without FastAPI's per-request layers
+    freeze_gc: bool = False  # gc.freeze() after warm-up (dedicated server processes: ``serve``)
 
 
 class ServerState:

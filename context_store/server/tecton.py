@@ -7,7 +7,7 @@ Plain dict/list code on purpose (no pydantic per request): this is the hot path.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import InvalidInputError
@@ -15,18 +15,33 @@ from ..registry.repo import RepoDefinitions
 from ..types import FeatureVector
 
 __all__ = [
-    "GetFeaturesParams", "MetadataOptions", "parse_get_features", "parse_batch", "parse_metadata_request",
-    "encode_vector", "encode_values", "encode_feature_metadata", "service_metadata", "rfc3339",
+    "GetFeaturesParams",
+    "MetadataOptions",
+    "parse_get_features",
+    "parse_batch",
+    "parse_metadata_request",
+    "encode_vector",
+    "encode_values",
+    "encode_feature_metadata",
+    "service_metadata",
+    "rfc3339",
 ]
 
 _META_KEYS = {
-    "includeNames": "names", "include_names": "names",
-    "includeDataTypes": "data_types", "include_data_types": "data_types",
-    "includeEffectiveTimes": "effective_times", "include_effective_times": "effective_times",
-    "includeSloInfo": "slo_info", "include_slo_info": "slo_info",
-    "includeServingStatus": "serving_status", "include_serving_status": "serving_status",
-    "includeFeatureDescriptions": "descriptions", "include_feature_descriptions": "descriptions",
-    "includeFeatureTags": "tags", "include_feature_tags": "tags",
+    "includeNames": "names",
+    "include_names": "names",
+    "includeDataTypes": "data_types",
+    "include_data_types": "data_types",
+    "includeEffectiveTimes": "effective_times",
+    "include_effective_times": "effective_times",
+    "includeSloInfo": "slo_info",
+    "include_slo_info": "slo_info",
+    "includeServingStatus": "serving_status",
+    "include_serving_status": "serving_status",
+    "includeFeatureDescriptions": "descriptions",
+    "include_feature_descriptions": "descriptions",
+    "includeFeatureTags": "tags",
+    "include_feature_tags": "tags",
 }
 
 
@@ -60,7 +75,7 @@ def _get(params: dict[str, Any], camel: str, snake: str) -> Any:
 
 def _params(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
-        raise InvalidInputError("request body must be a JSON object {\"params\": {...}}", field="params")
+        raise InvalidInputError('request body must be a JSON object {"params": {...}}', field="params")
     params = body.get("params")
     if not isinstance(params, dict):
         raise InvalidInputError("'params' must be a JSON object", field="params")
@@ -111,7 +126,9 @@ def _meta(params: dict[str, Any]) -> MetadataOptions:
         if attr is None:
             continue  # unknown options are ignored, as Tecton does for forward compatibility
         if not isinstance(v, bool):
-            raise InvalidInputError(f"params.metadataOptions.{k} must be true or false", field=f"params.metadataOptions.{k}")
+            raise InvalidInputError(
+                f"params.metadataOptions.{k} must be true or false", field=f"params.metadataOptions.{k}"
+            )
         setattr(opts, attr, v)
     return opts
 
@@ -156,16 +173,20 @@ def parse_get_features(body: Any) -> GetFeaturesParams:
     )
 
 
-def parse_batch(body: Any, max_rows: int = 1000) -> tuple[GetFeaturesParams, list[dict[str, Any]], list[dict[str, Any]]]:
+def parse_batch(
+    body: Any, max_rows: int = 1000
+) -> tuple[GetFeaturesParams, list[dict[str, Any]], list[dict[str, Any]]]:
     """``params.requestData: [{joinKeyMap, requestContextMap}, ...]`` -> (params, join keys, contexts)."""
     p = _params(body)
     rows = _get(p, "requestData", "request_data")
     if not isinstance(rows, list) or not rows:
-        raise InvalidInputError("params.requestData must be a non-empty list of {joinKeyMap, requestContextMap}",
-                                field="params.requestData")
+        raise InvalidInputError(
+            "params.requestData must be a non-empty list of {joinKeyMap, requestContextMap}", field="params.requestData"
+        )
     if len(rows) > max_rows:
-        raise InvalidInputError(f"params.requestData has {len(rows)} rows; the limit is {max_rows}",
-                                field="params.requestData")
+        raise InvalidInputError(
+            f"params.requestData has {len(rows)} rows; the limit is {max_rows}", field="params.requestData"
+        )
     keys: list[dict[str, Any]] = []
     ctxs: list[dict[str, Any]] = []
     for i, r in enumerate(rows):
@@ -177,7 +198,10 @@ def parse_batch(body: Any, max_rows: int = 1000) -> tuple[GetFeaturesParams, lis
     params = GetFeaturesParams(
         workspace=_str(p, "workspaceName", "workspace_name", False),
         service=_str(p, "featureServiceName", "feature_service_name", True),  # type: ignore[arg-type]
-        join_keys={}, request_context={}, meta=_meta(p), latency_budget_ms=_request_options(p),
+        join_keys={},
+        request_context={},
+        meta=_meta(p),
+        latency_budget_ms=_request_options(p),
         allow_partial=_bool(p, "allowPartialResults", "allow_partial_results"),
     )
     return params, keys, ctxs
@@ -193,11 +217,12 @@ def parse_metadata_request(body: Any) -> tuple[str | None, str]:
 
 # -- encoding -------------------------------------------------------------------------------
 
+
 def rfc3339(t: datetime | None) -> str | None:
     if t is None:
         return None
     if t.tzinfo is not None:
-        t = t.astimezone(timezone.utc).replace(tzinfo=None)
+        t = t.astimezone(UTC).replace(tzinfo=None)
     return t.isoformat(timespec="seconds" if not t.microsecond else "microseconds") + "Z"
 
 
@@ -231,7 +256,9 @@ def _wire_type(dtype: dict[str, Any]) -> dict[str, Any]:
     return dtype
 
 
-def encode_feature_metadata(vec: FeatureVector, meta: MetadataOptions, with_status: bool = True) -> list[dict[str, Any]]:
+def encode_feature_metadata(
+    vec: FeatureVector, meta: MetadataOptions, with_status: bool = True
+) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for m in vec.metadata:
         d: dict[str, Any] = {}
@@ -260,7 +287,7 @@ def service_metadata(defs: RepoDefinitions, name: str) -> dict[str, Any]:
     join: dict[str, dict[str, Any]] = {}
     for view in svc.views:
         fvs = getattr(view, "feature_view_sources", None)
-        for fv in (fvs if fvs is not None else [view]):
+        for fv in fvs if fvs is not None else [view]:
             for f in getattr(fv, "join_key_fields", ()):
                 join.setdefault(f.name, _wire_type(f.dtype.describe()))
     ctx = {k: _wire_type(t.describe()) for k, t in defs.request_fields(svc).items()}
@@ -270,8 +297,9 @@ def service_metadata(defs: RepoDefinitions, name: str) -> dict[str, Any]:
         for f in sel.features:
             t = types.get(f)
             dt = _wire_type(t.describe()) if t is not None else {"type": "unknown"}
-            values.append({"name": f"{sel.view.name}.{f}", "dataType": dt, "type": dt["type"],
-                           "featureViewName": sel.view.name})
+            values.append(
+                {"name": f"{sel.view.name}.{f}", "dataType": dt, "type": dt["type"], "featureViewName": sel.view.name}
+            )
     return {
         "featureServiceType": "DEFAULT",
         "inputJoinKeys": [{"name": k, "dataType": t, "type": t["type"]} for k, t in join.items()],

@@ -21,7 +21,7 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInputError, NotFoundError
@@ -34,8 +34,16 @@ if TYPE_CHECKING:
     from .store import ContextStore
 
 __all__ = [
-    "FeatureValue", "RecentEvent", "UserContext", "get_user_context",
-    "clean_text", "jsonable", "count_tokens", "iso", "parse_time", "MAX_TEXT_CHARS",
+    "FeatureValue",
+    "RecentEvent",
+    "UserContext",
+    "get_user_context",
+    "clean_text",
+    "jsonable",
+    "count_tokens",
+    "iso",
+    "parse_time",
+    "MAX_TEXT_CHARS",
 ]
 
 _MIN_TOKENS = 16
@@ -50,7 +58,7 @@ def parse_time(value: datetime | str | int | float | None, field_name: str = "as
         if isinstance(value, datetime):
             t = value
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            t = datetime.fromtimestamp(float(value), tz=timezone.utc)
+            t = datetime.fromtimestamp(float(value), tz=UTC)
         elif isinstance(value, str):
             t = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
         else:
@@ -59,7 +67,7 @@ def parse_time(value: datetime | str | int | float | None, field_name: str = "as
         raise InvalidInputError(
             f"{field_name} must be an ISO-8601 time such as '2026-01-31T12:00:00Z', got {value!r}", field=field_name
         ) from None
-    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
 # -- result types ------------------------------------------------------------------------------
@@ -67,17 +75,21 @@ def parse_time(value: datetime | str | int | float | None, field_name: str = "as
 class FeatureValue:
     """One feature value with its provenance."""
 
-    name: str                      # "view.feature"
+    name: str  # "view.feature"
     value: Any
     view: str
-    status: str                    # PRESENT | MISSING_DATA
+    status: str  # PRESENT | MISSING_DATA
     effective_time: datetime | None
-    age_ms: int | None             # served_at - effective_time
+    age_ms: int | None  # served_at - effective_time
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "value": jsonable(self.value), "view": self.view, "status": self.status,
-            "effective_time": iso(self.effective_time) if self.effective_time else None, "age_ms": self.age_ms,
+            "name": self.name,
+            "value": jsonable(self.value),
+            "view": self.view,
+            "status": self.status,
+            "effective_time": iso(self.effective_time) if self.effective_time else None,
+            "age_ms": self.age_ms,
         }
 
 
@@ -85,7 +97,7 @@ class FeatureValue:
 class RecentEvent:
     timestamp: datetime
     age_ms: int
-    values: dict[str, Any]         # the event's columns (untrusted: they came from users/clients)
+    values: dict[str, Any]  # the event's columns (untrusted: they came from users/clients)
 
     def to_dict(self) -> dict[str, Any]:
         return {"timestamp": iso(self.timestamp), "age_ms": self.age_ms, "values": jsonable(self.values)}
@@ -98,8 +110,8 @@ class UserContext:
     entity_id: str
     context_service: str
     join_keys: dict[str, Any]
-    served_at: datetime            # the time the context is valid for (request time, or as_of)
-    as_of: datetime | None         # set when rebuilt from the offline store
+    served_at: datetime  # the time the context is valid for (request time, or as_of)
+    as_of: datetime | None  # set when rebuilt from the offline store
     features: list[FeatureValue]
     recent_events_source: str | None
     recent_events: list[RecentEvent]
@@ -108,10 +120,10 @@ class UserContext:
     knowledge_name: str | None
     knowledge: list[KnowledgeChunk]
     text: str
-    tokens: int | None             # MiniLM tokens of ``text`` (counted when max_tokens is set)
+    tokens: int | None  # MiniLM tokens of ``text`` (counted when max_tokens is set)
     max_tokens: int | None
-    omitted: dict[str, int] = field(default_factory=dict)   # section -> items left out of ``text``
-    notes: list[str] = field(default_factory=list)           # parts skipped, and why
+    omitted: dict[str, int] = field(default_factory=dict)  # section -> items left out of ``text``
+    notes: list[str] = field(default_factory=list)  # parts skipped, and why
     timings_ms: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -126,18 +138,30 @@ class UserContext:
             "served_at": iso(self.served_at),
             "as_of": iso(self.as_of) if self.as_of else None,
             "features": {f.name: jsonable(f.value) for f in self.features},
-            "provenance": {f.name: {k: v for k, v in f.to_dict().items() if k not in ("name", "value")} for f in self.features},
+            "provenance": {
+                f.name: {k: v for k, v in f.to_dict().items() if k not in ("name", "value")} for f in self.features
+            },
             "recent_events_source": self.recent_events_source,
             "recent_events": [e.to_dict() for e in self.recent_events],
             "similar_view": self.similar_view,
             "similar": [
-                {"entity_id": clean_text(str(i.entity_id), 256), "score": jsonable(i.score), "attributes": jsonable(i.attributes)}
+                {
+                    "entity_id": clean_text(str(i.entity_id), 256),
+                    "score": jsonable(i.score),
+                    "attributes": jsonable(i.attributes),
+                }
                 for i in self.similar
             ],
             "knowledge_name": self.knowledge_name,
             "knowledge": [
-                {"text": clean_text(c.text, MAX_TEXT_CHARS, keep_newlines=True), "score": jsonable(c.score),
-                 "source": clean_text(c.source, 512), "start": c.start, "end": c.end, "chunk_id": c.chunk_id}
+                {
+                    "text": clean_text(c.text, MAX_TEXT_CHARS, keep_newlines=True),
+                    "score": jsonable(c.score),
+                    "source": clean_text(c.source, 512),
+                    "start": c.start,
+                    "end": c.end,
+                    "chunk_id": c.chunk_id,
+                }
                 for c in self.knowledge
             ],
             "text": self.text,
@@ -165,10 +189,12 @@ def get_user_context(
     if max_tokens is not None and (
         not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not _MIN_TOKENS <= max_tokens <= 100_000
     ):
-        raise InvalidInputError(f"max_tokens must be an int in {_MIN_TOKENS}..100000, got {max_tokens!r}", field="max_tokens")
+        raise InvalidInputError(
+            f"max_tokens must be an int in {_MIN_TOKENS}..100000, got {max_tokens!r}", field="max_tokens"
+        )
     if query is not None and (not isinstance(query, str) or not query.strip() or len(query) > 2000):
         raise InvalidInputError("query must be a non-empty string of at most 2000 characters", field="query")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     replay = parse_time(as_of, "as_of")
     if replay is not None and replay > now + timedelta(seconds=1):
         raise InvalidInputError(f"as_of {iso(replay)} is in the future; a context can only be replayed", field="as_of")
@@ -209,7 +235,8 @@ def get_user_context(
             vector, seen = _events_interest(store, view, events)
         if vector is None:
             notes.append(
-                "similar: skipped, no interest vector for this entity" if svc.interest
+                "similar: skipped, no interest vector for this entity"
+                if svc.interest
                 else "similar: skipped, no interest feature and no recent events with items"
             )
         else:
@@ -235,10 +262,23 @@ def get_user_context(
     timings["knowledge"] = (t4 - t3) * 1e3
 
     ctx = UserContext(
-        entity_id=str(entity_id), context_service=svc.name, join_keys=join_keys, served_at=served_at, as_of=replay,
-        features=features, recent_events_source=source_name, recent_events=events, similar_view=similar_view,
-        similar=similar, knowledge_name=knowledge_name, knowledge=chunks, text="", tokens=None,
-        max_tokens=max_tokens, notes=notes, timings_ms=timings,
+        entity_id=str(entity_id),
+        context_service=svc.name,
+        join_keys=join_keys,
+        served_at=served_at,
+        as_of=replay,
+        features=features,
+        recent_events_source=source_name,
+        recent_events=events,
+        similar_view=similar_view,
+        similar=similar,
+        knowledge_name=knowledge_name,
+        knowledge=chunks,
+        text="",
+        tokens=None,
+        max_tokens=max_tokens,
+        notes=notes,
+        timings_ms=timings,
     )
     ctx.text, ctx.tokens, ctx.omitted = render(ctx, max_tokens)
     timings["render"] = (time.perf_counter() - t4) * 1e3
@@ -267,14 +307,17 @@ def _join_keys(svc: ContextService, entity_id: Any) -> dict[str, Any]:
     fields = svc.entity.join_key_fields
     if len(fields) != 1:
         raise InvalidInputError(
-            f"entity {svc.entity.name!r} has join keys {svc.entity.join_keys}; get_user_context needs one", field="entity_id"
+            f"entity {svc.entity.name!r} has join keys {svc.entity.join_keys}; get_user_context needs one",
+            field="entity_id",
         )
     key = fields[0]
     if key.dtype.name == "int64":
         try:
             return {key.name: int(sid)}
         except ValueError:
-            raise InvalidInputError(f"entity_id must be an integer ({key.name} is int64), got {sid!r}", field="entity_id") from None
+            raise InvalidInputError(
+                f"entity_id must be an integer ({key.name} is int64), got {sid!r}", field="entity_id"
+            ) from None
     return {key.name: sid}
 
 
@@ -282,11 +325,13 @@ def _age_ms(served_at: datetime, t: datetime | None) -> int | None:
     if t is None:
         return None
     if t.tzinfo is None:
-        t = t.replace(tzinfo=timezone.utc)
+        t = t.replace(tzinfo=UTC)
     return int((served_at - t) / timedelta(milliseconds=1))
 
 
-def _features_online(store: ContextStore, svc: ContextService, join_keys: dict[str, Any], at: datetime) -> list[FeatureValue]:
+def _features_online(
+    store: ContextStore, svc: ContextService, join_keys: dict[str, Any], at: datetime
+) -> list[FeatureValue]:
     fs = svc.feature_service
     assert fs is not None
     vec = store.get_features(fs.name, join_keys, None, at)
@@ -295,15 +340,22 @@ def _features_online(store: ContextStore, svc: ContextService, join_keys: dict[s
     for name, value in vec.feature_values.items():
         m = meta.get(name)
         eff = m.effective_time if m else None
-        out.append(FeatureValue(
-            name=name, value=value, view=m.view if m else name.split(".", 1)[0],
-            status=m.status if m else ("MISSING_DATA" if value is None else "PRESENT"),
-            effective_time=eff, age_ms=_age_ms(at, eff),
-        ))
+        out.append(
+            FeatureValue(
+                name=name,
+                value=value,
+                view=m.view if m else name.split(".", 1)[0],
+                status=m.status if m else ("MISSING_DATA" if value is None else "PRESENT"),
+                effective_time=eff,
+                age_ms=_age_ms(at, eff),
+            )
+        )
     return out
 
 
-def _features_as_of(store: ContextStore, svc: ContextService, join_keys: dict[str, Any], at: datetime) -> list[FeatureValue]:
+def _features_as_of(
+    store: ContextStore, svc: ContextService, join_keys: dict[str, Any], at: datetime
+) -> list[FeatureValue]:
     """Point-in-time values from the offline store: a one-row spine at ``at``."""
     import pyarrow as pa
 
@@ -325,10 +377,16 @@ def _features_as_of(store: ContextStore, svc: ContextService, join_keys: dict[st
         for feat in sel.features:
             value = row.get(f"{sel.view.name}__{feat}")
             eff = view_eff if (is_agg or value is not None) else None
-            out.append(FeatureValue(
-                name=f"{sel.view.name}.{feat}", value=value, view=sel.view.name,
-                status="MISSING_DATA" if value is None else "PRESENT", effective_time=eff, age_ms=_age_ms(at, eff),
-            ))
+            out.append(
+                FeatureValue(
+                    name=f"{sel.view.name}.{feat}",
+                    value=value,
+                    view=sel.view.name,
+                    status="MISSING_DATA" if value is None else "PRESENT",
+                    effective_time=eff,
+                    age_ms=_age_ms(at, eff),
+                )
+            )
     return out
 
 
@@ -336,7 +394,7 @@ def _window_end(view: Any, at: datetime) -> datetime:
     interval = getattr(view, "aggregation_interval", None)
     if not interval:
         return at
-    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
     return epoch + ((at - epoch) // interval) * interval
 
 
@@ -370,8 +428,14 @@ def _events_interest(store: ContextStore, view: Any, events: list[RecentEvent]) 
 
 
 def _recent_events(
-    store: ContextStore, source: Any, join_keys: dict[str, Any], n: int, before: datetime,
-    *, from_offline: bool, notes: list[str],
+    store: ContextStore,
+    source: Any,
+    join_keys: dict[str, Any],
+    n: int,
+    before: datetime,
+    *,
+    from_offline: bool,
+    notes: list[str],
 ) -> list[dict[str, Any]]:
     """The last ``n`` events with ``ts < before``, newest first: pushed events (online list, or the
     offline log when replaying) merged with the source's batch history, the same union both ways."""
@@ -393,5 +457,3 @@ def _event(row: Mapping[str, Any], ts_field: str, cols: list[str], served_at: da
     ts = parse_time(row.get(ts_field), ts_field) or served_at
     values = {c: row.get(c) for c in cols if c != ts_field} if cols else {k: v for k, v in row.items() if k != ts_field}
     return RecentEvent(timestamp=ts, age_ms=_age_ms(served_at, ts) or 0, values=values)
-
-

@@ -7,7 +7,7 @@ the request time, like every window here), so online and as-of replay agree.
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DefinitionError, NotFoundError
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 __all__ = ["online_recent_events", "offline_recent_events", "offline_row_time", "history_latest", "merge_newest"]
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
 
 
@@ -31,7 +31,7 @@ def _ts_us(value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, datetime):
-        return _us(value if value.tzinfo else value.replace(tzinfo=timezone.utc))
+        return _us(value if value.tzinfo else value.replace(tzinfo=UTC))
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return int(value)  # already int64 microseconds (the internal convention)
     if isinstance(value, str):
@@ -39,7 +39,7 @@ def _ts_us(value: Any) -> int | None:
             t = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             return None
-        return _us(t if t.tzinfo else t.replace(tzinfo=timezone.utc))
+        return _us(t if t.tzinfo else t.replace(tzinfo=UTC))
     return None
 
 
@@ -63,7 +63,9 @@ def merge_newest(rows: list[dict[str, Any]], ts_field: str, n: int, before: date
     return _newest_first(rows, ts_field, n, _us(before))
 
 
-def history_latest(store: ContextStore, source: StreamSource, join_keys: dict[str, Any], n: int) -> list[dict[str, Any]]:
+def history_latest(
+    store: ContextStore, source: StreamSource, join_keys: dict[str, Any], n: int
+) -> list[dict[str, Any]]:
     """The entity's newest ``n`` rows of the source's batch history (per-process index); [] if none."""
     if getattr(source, "batch_source", None) is None:
         return []
@@ -109,8 +111,13 @@ def online_recent_events(
 
 
 def offline_recent_events(
-    store: ContextStore, source: StreamSource, join_keys: dict[str, Any], n: int, before: datetime,
-    *, latest: bool = False,
+    store: ContextStore,
+    source: StreamSource,
+    join_keys: dict[str, Any],
+    n: int,
+    before: datetime,
+    *,
+    latest: bool = False,
 ) -> list[dict[str, Any]] | None:
     """From the offline event log ``src__{source}`` (pushed events) and the source's batch history
     (used for as-of replay, and when the online list holds nothing for the entity). ``latest``: the
@@ -184,7 +191,7 @@ def offline_row_time(store: ContextStore, view: Any, join_keys: dict[str, Any], 
         return None
     latest = pc.max(table[ts_field]).as_py()
     if isinstance(latest, datetime):
-        return latest if latest.tzinfo else latest.replace(tzinfo=timezone.utc)
+        return latest if latest.tzinfo else latest.replace(tzinfo=UTC)
     return None
 
 

@@ -47,7 +47,9 @@ def to_us(t: datetime | str | float | None) -> int:
         return (d.days * 86400 + d.seconds) * 1_000_000 + d.microseconds
     if isinstance(t, (int, float)) and not isinstance(t, bool):
         return int(t * 1_000_000)
-    raise InvalidInputError(f"request_time must be a datetime or ISO string, got {type(t).__name__}", field="request_time")
+    raise InvalidInputError(
+        f"request_time must be a datetime or ISO string, got {type(t).__name__}", field="request_time"
+    )
 
 
 @dataclass
@@ -59,16 +61,18 @@ class _Read:
 @dataclass
 class _Plan:
     name: str
-    join_keys: dict[str, DType]                 # every join key the service needs
-    reads: list[_Read]                          # one per feature view used (selected or realtime source)
+    join_keys: dict[str, DType]  # every join key the service needs
+    reads: list[_Read]  # one per feature view used (selected or realtime source)
     # outputs: (read index, value index) for stored features, or (-1, rt index, output name)
     outputs: list[tuple[int, int, str]]
     names: list[str]
     meta: list[tuple[str, dict[str, Any], str]]  # (name, dataType, view)
-    realtimes: list[tuple[RealtimeFeatureView, list[Any]]]  # view, per source: ("req", fields) | ("fv", read idx, names, idx)
+    realtimes: list[
+        tuple[RealtimeFeatureView, list[Any]]
+    ]  # view, per source: ("req", fields) | ("fv", read idx, names, idx)
     request_fields: dict[str, DType]
     specs: list[tuple[int, int, str, str, dict[str, Any], str]] = field(default_factory=list)
-    single_key: bool = False                    # every view is keyed by the same join keys
+    single_key: bool = False  # every view is keyed by the same join keys
     # Fast assembly (no realtime views, outputs grouped by read in order): per read
     # (read index, output names, value picker or None when the read's values are taken whole).
     groups: list[tuple[int, list[str], Any]] | None = None
@@ -96,7 +100,9 @@ class FeatureServer:
         p = self._plans.get(service)
         if p is None:
             if not isinstance(service, str):
-                raise InvalidInputError(f"feature_service must be a name, got {type(service).__name__}", field="feature_service")
+                raise InvalidInputError(
+                    f"feature_service must be a name, got {type(service).__name__}", field="feature_service"
+                )
             svc = self.defs.feature_service(service)  # NotFoundError naming the known services
             with self._lock:
                 p = self._plans[service] = self._compile(svc)
@@ -161,7 +167,9 @@ class FeatureServer:
     # -- validation ---------------------------------------------------------------------
     def _keys(self, plan: _Plan, join_keys: Any) -> dict[str, Any]:
         if not isinstance(join_keys, Mapping):
-            raise InvalidInputError(f"join_keys must be an object of join key -> value, got {type(join_keys).__name__}", field="join_keys")
+            raise InvalidInputError(
+                f"join_keys must be an object of join key -> value, got {type(join_keys).__name__}", field="join_keys"
+            )
         out: dict[str, Any] = {}
         for k, dt in plan.join_keys.items():
             if k not in join_keys:
@@ -174,9 +182,13 @@ class FeatureServer:
                 if isinstance(v, str) and _INT.match(v):
                     v = int(v)
                 elif not isinstance(v, int) or isinstance(v, bool):
-                    raise InvalidInputError(f"join key {k!r} must be an int64, got {type(v).__name__} {v!r}", field=f"join_keys.{k}")
+                    raise InvalidInputError(
+                        f"join key {k!r} must be an int64, got {type(v).__name__} {v!r}", field=f"join_keys.{k}"
+                    )
             elif not isinstance(v, str):
-                raise InvalidInputError(f"join key {k!r} must be a string, got {type(v).__name__} {v!r}", field=f"join_keys.{k}")
+                raise InvalidInputError(
+                    f"join key {k!r} must be a string, got {type(v).__name__} {v!r}", field=f"join_keys.{k}"
+                )
             out[k] = v
         if len(join_keys) != len(out):
             extra = sorted(set(join_keys) - set(out), key=str)
@@ -192,11 +204,14 @@ class FeatureServer:
         if ctx is None:
             ctx = {}
         if not isinstance(ctx, Mapping):
-            raise InvalidInputError(f"request_context must be an object, got {type(ctx).__name__}", field="request_context")
+            raise InvalidInputError(
+                f"request_context must be an object, got {type(ctx).__name__}", field="request_context"
+            )
         for name, dt in plan.request_fields.items():
             if name not in ctx or ctx[name] is None:
                 raise InvalidInputError(
-                    f"missing request context field {name!r} for feature service {plan.name!r}", field=f"request_context.{name}"
+                    f"missing request context field {name!r} for feature service {plan.name!r}",
+                    field=f"request_context.{name}",
                 )
             if not dt.accepts(ctx[name]):
                 raise InvalidInputError(
@@ -209,8 +224,15 @@ class FeatureServer:
     def _reads(self, plan: _Plan, keys: dict[str, Any]) -> list[tuple[ViewState, str]]:
         return [(r.state, KEY_SEP.join(f"{k}={keys[k]}" for k in r.join_keys)) for r in plan.reads]
 
-    def _assemble(self, plan: _Plan, keys: dict[str, Any], ctx: Mapping[str, Any], res: list[ViewValues], t: int,
-                  shared: dict[Any, Any] | None = None) -> FeatureVector:
+    def _assemble(
+        self,
+        plan: _Plan,
+        keys: dict[str, Any],
+        ctx: Mapping[str, Any],
+        res: list[ViewValues],
+        t: int,
+        shared: dict[Any, Any] | None = None,
+    ) -> FeatureVector:
         """``shared`` (batches): identical metadata and effective times are built once (they are immutable)."""
         rt_out: list[dict[str, Any]] = []
         for view, srcs in plan.realtimes:
@@ -226,16 +248,23 @@ class FeatureServer:
             except ContextStoreError:
                 raise
             except Exception as e:
-                raise InvalidInputError(f"realtime feature view {view.name!r} failed: {type(e).__name__}: {e}", field=view.name) from None
+                raise InvalidInputError(
+                    f"realtime feature view {view.name!r} failed: {type(e).__name__}: {e}", field=view.name
+                ) from None
             if not isinstance(out, Mapping):
-                raise InvalidInputError(f"realtime feature view {view.name!r} must return a dict, got {type(out).__name__}", field=view.name)
+                raise InvalidInputError(
+                    f"realtime feature view {view.name!r} must return a dict, got {type(out).__name__}", field=view.name
+                )
             rt_out.append(out)  # type: ignore[arg-type]
         if plan.groups is not None and shared is not None:
             return self._assemble_fast(plan, keys, res, shared)
         values: dict[str, Any] = {}
         metadata: list[FeatureMetadata] = []
         if shared is None:
-            effs = [us_to_datetime(r.effective_us) if r.values is not None and r.effective_us is not None else None for r in res]
+            effs = [
+                us_to_datetime(r.effective_us) if r.values is not None and r.effective_us is not None else None
+                for r in res
+            ]
         else:
             effs = []
             for r in res:
@@ -264,7 +293,9 @@ class FeatureServer:
                 metadata.append(m)
         return FeatureVector(values, metadata, keys, None)
 
-    def _assemble_fast(self, plan: _Plan, keys: dict[str, Any], res: list[ViewValues], shared: dict[Any, Any]) -> FeatureVector:
+    def _assemble_fast(
+        self, plan: _Plan, keys: dict[str, Any], res: list[ViewValues], shared: dict[Any, Any]
+    ) -> FeatureVector:
         """Stored features only: values copied per read, metadata memoised per (service, read,
         effective time, null pattern) — FeatureMetadata objects are immutable."""
         values: dict[str, Any] = {}
@@ -287,7 +318,9 @@ class FeatureServer:
             meta += m
         return FeatureVector(values, meta, keys, None)
 
-    def _group_meta(self, plan: _Plan, gi: int, eff_us: int | None, sel: Any, shared: dict[Any, Any]) -> tuple[FeatureMetadata, ...]:
+    def _group_meta(
+        self, plan: _Plan, gi: int, eff_us: int | None, sel: Any, shared: dict[Any, Any]
+    ) -> tuple[FeatureMetadata, ...]:
         eff = None
         if eff_us is not None:
             eff = shared.get(eff_us)
@@ -296,8 +329,10 @@ class FeatureServer:
         assert plan.groups is not None
         ri = plan.groups[gi][0]
         specs = [sp for sp in plan.specs if sp[0] == ri]
-        return tuple(FeatureMetadata(name, dtype, MISSING_DATA if sel is None or sel[j] is None else PRESENT, eff, vname)
-                     for j, (_, _, _, name, dtype, vname) in enumerate(specs))
+        return tuple(
+            FeatureMetadata(name, dtype, MISSING_DATA if sel is None or sel[j] is None else PRESENT, eff, vname)
+            for j, (_, _, _, name, dtype, vname) in enumerate(specs)
+        )
 
     def get_features(
         self,
@@ -339,7 +374,9 @@ class FeatureServer:
         res = await self.online.read_features_async(self._reads(plan, keys), t)
         return self._finish(plan, keys, ctx, res, t, request_time)
 
-    def _batch_prepare(self, service: str, join_keys: Sequence[Mapping[str, Any]], request_context: Any) -> tuple[_Plan, list[dict[str, Any]], list[Mapping[str, Any]], list[tuple[ViewState, str]]]:
+    def _batch_prepare(
+        self, service: str, join_keys: Sequence[Mapping[str, Any]], request_context: Any
+    ) -> tuple[_Plan, list[dict[str, Any]], list[Mapping[str, Any]], list[tuple[ViewState, str]]]:
         plan = self.plan(service)
         if isinstance(join_keys, Mapping) or not isinstance(join_keys, Sequence):
             raise InvalidInputError("join_keys must be a list of join key objects", field="join_keys")
@@ -348,7 +385,9 @@ class FeatureServer:
         elif isinstance(request_context, Sequence) and len(request_context) == len(join_keys):
             ctxs_in = list(request_context)
         else:
-            raise InvalidInputError("request_context must be one object or a list with one object per entity", field="request_context")
+            raise InvalidInputError(
+                "request_context must be one object or a list with one object per entity", field="request_context"
+            )
         keys_l, ctxs, reads = [], [], []
         for i, (jk, c) in enumerate(zip(join_keys, ctxs_in)):
             try:
@@ -387,13 +426,17 @@ class FeatureServer:
         plan, keys_l, ctxs, reads = self._batch_prepare(service, join_keys, request_context)
         t = to_us(request_time)
         if plan.single_key and hasattr(self.online, "read_entities_async"):
-            per = await self.online.read_entities_async([r.state for r in plan.reads], [k for _, k in reads[:: len(plan.reads)]], t)
+            per = await self.online.read_entities_async(
+                [r.state for r in plan.reads], [k for _, k in reads[:: len(plan.reads)]], t
+            )
             res = [v for vs in per for v in vs]
         else:
             res = await self.online.read_features_async(reads, t) if reads else []
         return self._split(plan, keys_l, ctxs, res, t)
 
-    def _split(self, plan: _Plan, keys_l: list[dict[str, Any]], ctxs: list[Mapping[str, Any]], res: list[ViewValues], t: int) -> list[FeatureVector]:
+    def _split(
+        self, plan: _Plan, keys_l: list[dict[str, Any]], ctxs: list[Mapping[str, Any]], res: list[ViewValues], t: int
+    ) -> list[FeatureVector]:
         n = len(plan.reads)
         rt = us_to_datetime(t)
         shared = self._shared()
@@ -420,13 +463,16 @@ def _groups(plan: _Plan) -> list[tuple[int, list[str], Any]] | None:
         return None  # one read's outputs interleaved with another's: keep the declared order exactly
     out: list[tuple[int, list[str], Any]] = []
     for ri, names, idx in groups:
-        n_vals = len(plan.reads[ri].state.plan.outputs) if plan.reads[ri].state.plan is not None else len(
-            plan.reads[ri].state.view.features_in)
+        n_vals = (
+            len(plan.reads[ri].state.plan.outputs)
+            if plan.reads[ri].state.plan is not None
+            else len(plan.reads[ri].state.view.features_in)
+        )
         whole = idx == list(range(n_vals))
         if whole:
             pick = None
         elif len(idx) == 1:
-            pick = (lambda vv, _i=idx[0]: (vv[_i],))
+            pick = lambda vv, _i=idx[0]: (vv[_i],)
         else:
             pick = operator.itemgetter(*idx)
         out.append((ri, names, pick))

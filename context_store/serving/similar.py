@@ -81,8 +81,12 @@ class VectorService:
         self.offline = offline
         self.refresh_interval = refresh_interval
         self.flat_threshold = flat_threshold
-        self._snapshot_opts = {"snapshots": snapshots, "snapshot_min_rows": snapshot_min_rows,
-                               "snapshot_every": snapshot_every, "snapshot_interval": snapshot_interval}
+        self._snapshot_opts = {
+            "snapshots": snapshots,
+            "snapshot_min_rows": snapshot_min_rows,
+            "snapshot_every": snapshot_every,
+            "snapshot_interval": snapshot_interval,
+        }
         self._warm_thread: threading.Thread | None = None
         self._warm_state: dict[str, Any] = {"state": "cold", "collections": {}, "error": None, "seconds": None}
         self._lock = threading.RLock()
@@ -126,8 +130,16 @@ class VectorService:
     # -- loading ---------------------------------------------------------------------------
     def _collection(self, table: str, embedder: str, key: str, attrs: list[str], kind: str) -> VectorCollection:
         return VectorCollection(
-            self.lance, table, dim=self._dim(embedder), key=key, attributes=attrs, embedder=embedder, kind=kind,
-            flat_threshold=self.flat_threshold, refresh_interval=self.refresh_interval, **self._snapshot_opts,
+            self.lance,
+            table,
+            dim=self._dim(embedder),
+            key=key,
+            attributes=attrs,
+            embedder=embedder,
+            kind=kind,
+            flat_threshold=self.flat_threshold,
+            refresh_interval=self.refresh_interval,
+            **self._snapshot_opts,
         ).open()
 
     def _view_state(self, view: EmbeddingView, auto_backfill: bool = True) -> VectorCollection:
@@ -136,7 +148,9 @@ class VectorService:
             with self._lock:
                 coll = self._views.get(view.name)
                 if coll is None:
-                    coll = self._collection(embedding_table(view.name), view.embedder, _KEY, self._columns(view), view.index)
+                    coll = self._collection(
+                        embedding_table(view.name), view.embedder, _KEY, self._columns(view), view.index
+                    )
                     self._views[view.name] = coll
                     if auto_backfill and not coll.exists:
                         self._backfill_view(view, coll, progress=False)
@@ -236,7 +250,9 @@ class VectorService:
         try:
             table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(list(rows))
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as e:
-            raise InvalidInputError(f"rows must be a list of objects with consistent types: {e}", field="rows") from None
+            raise InvalidInputError(
+                f"rows must be a list of objects with consistent types: {e}", field="rows"
+            ) from None
         for col in (v.join_key, v.text):
             if col not in table.column_names:
                 raise InvalidInputError(f"rows need a {col!r} column", field=col)
@@ -314,7 +330,9 @@ class VectorService:
         if q is None or q.ndim != 1:
             raise InvalidInputError("vector must be a list of numbers", field="vector")
         if q.shape[0] != dim:
-            raise InvalidInputError(f"vector has dimension {q.shape[0]}, the view's embeddings have {dim}", field="vector")
+            raise InvalidInputError(
+                f"vector has dimension {q.shape[0]}, the view's embeddings have {dim}", field="vector"
+            )
         n = float(np.linalg.norm(q))
         if not math.isfinite(n) or n == 0.0:
             raise InvalidInputError("vector must be finite and non-zero", field="vector")
@@ -426,7 +444,9 @@ class VectorService:
         q = self._embed([query], kb.embedder)[0]
         hits = state.index.search(q, k, filter=filter if conds else None)
         chunks = [
-            KnowledgeChunk(text=a["text"], score=s, source=a["source"], start=int(a["start"]), end=int(a["end"]), chunk_id=i)
+            KnowledgeChunk(
+                text=a["text"], score=s, source=a["source"], start=int(a["start"]), end=int(a["end"]), chunk_id=i
+            )
             for (i, s), a in zip(hits, state.index.search_attributes(hits))
         ]
         return KnowledgeResult(knowledge=kb.name, query=query, chunks=chunks)
@@ -457,8 +477,10 @@ class VectorService:
     def _warm(self, names: list[str], kbs: list[str], reraise: bool = False) -> None:
         t0, st = time.perf_counter(), self._warm_state
         try:
-            for key, load in [*((f"view:{n}", lambda n=n: self._view_state(self._view(n))) for n in names),
-                              *((f"knowledge:{n}", lambda n=n: self._kb_state(self._kb(n))) for n in kbs)]:
+            for key, load in [
+                *((f"view:{n}", lambda n=n: self._view_state(self._view(n))) for n in names),
+                *((f"knowledge:{n}", lambda n=n: self._kb_state(self._kb(n))) for n in kbs),
+            ]:
                 st["collections"][key] = "loading"
                 st["collections"][key] = load().loaded_from or "empty"
             st["state"] = "ready"
@@ -487,8 +509,13 @@ class VectorService:
         """``{"ready", "state": cold|warming|ready|failed, "collections": {"view:<n>": pending|loading|
         snapshot|rebuild|backfill|empty}, "error", "seconds"}`` — the body of a /readyz answer."""
         st = self._warm_state
-        return {"ready": self.ready, "state": st["state"], "collections": dict(st["collections"]),
-                "error": st["error"], "seconds": st["seconds"]}
+        return {
+            "ready": self.ready,
+            "state": st["state"],
+            "collections": dict(st["collections"]),
+            "error": st["error"],
+            "seconds": st["seconds"],
+        }
 
     def save_snapshots(self) -> dict[str, int]:
         """Snapshot every loaded index now; returns bytes written per ``view:<n>`` / ``knowledge:<n>``."""

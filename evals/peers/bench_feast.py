@@ -66,6 +66,7 @@ def _ensure_feast_python() -> None:
 
 # -- data (same shape as evals/bench_batch.py) ------------------------------------------------------
 
+
 def generate_events(n_events: int, n_users: int, days: int, seed: int = 0) -> pd.DataFrame:
     """Bursty users (Zipf-like activity), log-normal amounts, unsorted timestamps."""
     rng = np.random.default_rng(seed)
@@ -82,8 +83,13 @@ def make_spine(n_rows: int, n_users: int, days: int, seed: int = 1) -> pd.DataFr
     users = rng.integers(0, int(n_users * 1.05), size=n_rows)  # ~5% unknown users
     names = np.array([f"u{i:07d}" for i in range(int(n_users * 1.05))], dtype=object)
     ts = T0 + rng.integers(0, (days + 1) * DAY_US, size=n_rows)
-    return pd.DataFrame({"user_id": names[users], "event_timestamp": pd.to_datetime(ts, unit="us", utc=True),
-                         "spine_id": np.arange(n_rows, dtype=np.int64)})
+    return pd.DataFrame(
+        {
+            "user_id": names[users],
+            "event_timestamp": pd.to_datetime(ts, unit="us", utc=True),
+            "spine_id": np.arange(n_rows, dtype=np.int64),
+        }
+    )
 
 
 def precompute_windows(events: pd.DataFrame) -> pd.DataFrame:
@@ -107,7 +113,10 @@ def precompute_windows(events: pd.DataFrame) -> pd.DataFrame:
         prev, half = table[-1], 1 << (len(table) - 1)
         table.append(np.maximum(prev[:-half], prev[half:]))
     hi = np.searchsorted(key, key, side="right")  # ties at the same ts are all included
-    out: dict[str, Any] = {"user_id": uniq.to_numpy()[codes[order]], "ts": pd.to_datetime(ts[order], unit="us", utc=True)}
+    out: dict[str, Any] = {
+        "user_id": uniq.to_numpy()[codes[order]],
+        "ts": pd.to_datetime(ts[order], unit="us", utc=True),
+    }
     for w, us in WINDOWS.items():
         lo = np.searchsorted(key, key - us, side="right")
         cnt = hi - lo
@@ -117,27 +126,36 @@ def precompute_windows(events: pd.DataFrame) -> pd.DataFrame:
         for k in np.unique(lvl):
             m = lvl == k
             mx[m] = np.maximum(table[k][lo[m]], table[k][hi[m] - (1 << k)])
-        out.update({f"amount_count_{w}": cnt.astype(np.int64), f"amount_sum_{w}": sm,
-                    f"amount_mean_{w}": sm / cnt, f"amount_max_{w}": mx})
+        out.update(
+            {
+                f"amount_count_{w}": cnt.astype(np.int64),
+                f"amount_sum_{w}": sm,
+                f"amount_mean_{w}": sm / cnt,
+                f"amount_max_{w}": mx,
+            }
+        )
     return pd.DataFrame(out)
 
 
 # -- Feast repo ---------------------------------------------------------------------------------------
 
+
 def write_repo(repo: Path, project: str, offline: str, redis_url: str) -> None:
     u = urlparse(redis_url)
     db = (u.path or "/0").lstrip("/") or "0"
-    (repo / "feature_store.yaml").write_text(textwrap.dedent(f"""\
+    (repo / "feature_store.yaml").write_text(
+        textwrap.dedent(f"""\
         project: {project}
-        registry: {repo / 'registry.db'}
+        registry: {repo / "registry.db"}
         provider: local
         online_store:
           type: redis
-          connection_string: "{u.hostname or '127.0.0.1'}:{u.port or 6379},db={db}"
+          connection_string: "{u.hostname or "127.0.0.1"}:{u.port or 6379},db={db}"
         offline_store:
           type: {offline}
         entity_key_serialization_version: 3
-        """))
+        """)
+    )
 
 
 def feast_objects(features_path: Path, ttl: timedelta | None) -> list[Any]:
@@ -147,7 +165,11 @@ def feast_objects(features_path: Path, ttl: timedelta | None) -> list[Any]:
     user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING)
     src = FileSource(name="txn_features_src", path=str(features_path), timestamp_field="ts")
     fv = FeatureView(
-        name="txn_stats", entities=[user], ttl=ttl or timedelta(0), source=src, online=True,
+        name="txn_stats",
+        entities=[user],
+        ttl=ttl or timedelta(0),
+        source=src,
+        online=True,
         schema=[Field(name=c, dtype=Int64 if "_count_" in c else Float64) for c in AGG_COLS],
     )
     return [user, fv]
@@ -163,6 +185,7 @@ def open_store(repo: Path, features_path: Path, ttl: timedelta | None) -> Any:
 
 # -- measurement helpers ------------------------------------------------------------------------------
 
+
 def timed(fn: Callable[[], Any], n: int) -> list[float]:
     out = []
     for _ in range(n):
@@ -172,8 +195,9 @@ def timed(fn: Callable[[], Any], n: int) -> list[float]:
     return out
 
 
-def interleaved(cases: dict[str, Callable[[], Any]], n: int, rounds: int = 5,
-                warmup: int = 100) -> tuple[dict[str, list[float]], dict[str, float]]:
+def interleaved(
+    cases: dict[str, Callable[[], Any]], n: int, rounds: int = 5, warmup: int = 100
+) -> tuple[dict[str, list[float]], dict[str, float]]:
     """Same scheme as evals/bench_online.py: floor and measured cases alternate, so noise hits both.
 
     Returns latencies (µs) per case and this process's CPU µs per call (steadier on a loaded machine).
@@ -190,7 +214,9 @@ def interleaved(cases: dict[str, Callable[[], Any]], n: int, rounds: int = 5,
     return res, {k: 1e6 * cpu[k] / len(res[k]) for k in cases}
 
 
-def check_training(spine: pd.DataFrame, out: pd.DataFrame, feats: pd.DataFrame, ttl: timedelta | None) -> dict[str, Any]:
+def check_training(
+    spine: pd.DataFrame, out: pd.DataFrame, feats: pd.DataFrame, ttl: timedelta | None
+) -> dict[str, Any]:
     """Rows in vs out, why rows went missing, and values vs a pandas merge_asof reference."""
     got_ids = out["spine_id"].to_numpy()
     missing = spine[~spine["spine_id"].isin(got_ids)]
@@ -199,9 +225,16 @@ def check_training(spine: pd.DataFrame, out: pd.DataFrame, feats: pd.DataFrame, 
     unknown_user = ~missing["user_id"].isin(known)
     before_first = (~unknown_user) & (missing["event_timestamp"] < missing["user_id"].map(first_ts))
     t0 = time.perf_counter()
-    ref = pd.merge_asof(spine.sort_values("event_timestamp"), feats.sort_values("ts"), left_on="event_timestamp",
-                        right_on="ts", by="user_id", direction="backward", allow_exact_matches=True,
-                        tolerance=ttl if ttl else None)
+    ref = pd.merge_asof(
+        spine.sort_values("event_timestamp"),
+        feats.sort_values("ts"),
+        left_on="event_timestamp",
+        right_on="ts",
+        by="user_id",
+        direction="backward",
+        allow_exact_matches=True,
+        tolerance=ttl if ttl else None,
+    )
     asof_s = time.perf_counter() - t0
     ref = ref.set_index("spine_id")
     o = out.drop_duplicates("spine_id").set_index("spine_id")
@@ -213,17 +246,31 @@ def check_training(spine: pd.DataFrame, out: pd.DataFrame, feats: pd.DataFrame, 
         ok = (np.isnan(a) & np.isnan(b)) | np.isclose(a, b, rtol=1e-9, atol=0, equal_nan=False)
         bad += int((~ok).sum())
     return {
-        "rows_in": len(spine), "rows_out": len(out), "dup_out": int(out["spine_id"].duplicated().sum()),
-        "missing": len(missing), "missing_unknown_user": int(unknown_user.sum()),
+        "rows_in": len(spine),
+        "rows_out": len(out),
+        "dup_out": int(out["spine_id"].duplicated().sum()),
+        "missing": len(missing),
+        "missing_unknown_user": int(unknown_user.sum()),
         "missing_before_first_row": int(before_first.sum()),
         "missing_other": int(len(missing) - unknown_user.sum() - before_first.sum()),
         "order_kept": bool(len(out) == len(spine) and (got_ids == spine["spine_id"].to_numpy()).all()),
-        "value_mismatches": bad, "values_compared": len(common) * len(AGG_COLS), "merge_asof_s": asof_s,
+        "value_mismatches": bad,
+        "values_compared": len(common) * len(AGG_COLS),
+        "merge_asof_s": asof_s,
     }
 
 
-def bench_historical(repo_root: Path, offline: str, feats_path: Path, feats: pd.DataFrame, spine: pd.DataFrame,
-                     ttl: timedelta | None, runs: int, redis_url: str, tag: str = "") -> dict[str, Any]:
+def bench_historical(
+    repo_root: Path,
+    offline: str,
+    feats_path: Path,
+    feats: pd.DataFrame,
+    spine: pd.DataFrame,
+    ttl: timedelta | None,
+    runs: int,
+    redis_url: str,
+    tag: str = "",
+) -> dict[str, Any]:
     repo = repo_root / f"repo_{tag or offline}"
     repo.mkdir()
     project = f"ctxbench_hist_{offline}_{random.getrandbits(24):06x}"
@@ -236,15 +283,19 @@ def bench_historical(repo_root: Path, offline: str, feats_path: Path, feats: pd.
         out = store.get_historical_features(entity_df=spine, features=refs).to_df()
         walls.append(time.perf_counter() - t)
         cpus.append(time.process_time() - c)
-        print(f"  [{offline}] run {i + 1}: {walls[-1]:.2f}s ({len(spine) / walls[-1]:,.0f} spine rows/s), "
-              f"{len(out):,} rows out of {len(spine):,}", flush=True)
+        print(
+            f"  [{offline}] run {i + 1}: {walls[-1]:.2f}s ({len(spine) / walls[-1]:,.0f} spine rows/s), "
+            f"{len(out):,} rows out of {len(spine):,}",
+            flush=True,
+        )
     store.teardown()
     chk = check_training(spine, out, feats, ttl)
     return {"offline": offline, "walls": walls, "cpus": cpus, **chk}  # "events" is added by the caller
 
 
-def bench_materialize(repo_root: Path, offline: str, feats_path: Path, feats: pd.DataFrame, redis_url: str,
-                      runs: int) -> tuple[dict[str, Any], Any, str, Path]:
+def bench_materialize(
+    repo_root: Path, offline: str, feats_path: Path, feats: pd.DataFrame, redis_url: str, runs: int
+) -> tuple[dict[str, Any], Any, str, Path]:
     """Time ``FeatureStore.materialize`` (what ``feast materialize START END`` runs) into Redis."""
     repo = repo_root / f"repo_online_{offline}"
     repo.mkdir()
@@ -260,8 +311,11 @@ def bench_materialize(repo_root: Path, offline: str, feats_path: Path, feats: pd
         store.materialize(start_date=start, end_date=end)
         mat.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
-        print(f"  [{offline}] materialize run {i + 1}: {entities:,} entities ({len(feats):,} source rows) in "
-              f"{mat[-1]:.2f}s = {entities / mat[-1]:,.0f} rows/s, cpu {cpu[-1]:.2f}s", flush=True)
+        print(
+            f"  [{offline}] materialize run {i + 1}: {entities:,} entities ({len(feats):,} source rows) in "
+            f"{mat[-1]:.2f}s = {entities / mat[-1]:,.0f} rows/s, cpu {cpu[-1]:.2f}s",
+            flush=True,
+        )
     res = {"offline": offline, "mat_s": mat, "cpu_s": cpu, "entities": entities, "source_rows": len(feats)}
     return res, store, project, repo
 
@@ -283,11 +337,15 @@ def bench_online(store: Any, project: str, feats: pd.DataFrame, redis_url: str, 
     fk = f"{project}:floor"
     r.hset(fk, mapping={f"feature_{i}": str(1000.5 + i) for i in range(10)})
     sample = store.get_online_features(features=refs, entity_rows=[{"user_id": users[0]}]).to_dict()
-    lat, lat_cpu = interleaved({
-        "floor: redis-py HGETALL 10-field hash": lambda: r.hgetall(fk),
-        "Feast get_online_features 1 entity x 10 features (.to_dict())":
-            lambda: store.get_online_features(features=refs, entity_rows=[{"user_id": nxt()}]).to_dict(),
-    }, n)
+    lat, lat_cpu = interleaved(
+        {
+            "floor: redis-py HGETALL 10-field hash": lambda: r.hgetall(fk),
+            "Feast get_online_features 1 entity x 10 features (.to_dict())": lambda: store.get_online_features(
+                features=refs, entity_rows=[{"user_id": nxt()}]
+            ).to_dict(),
+        },
+        n,
+    )
     batches = [[{"user_id": users[rng.randrange(len(users))]} for _ in range(100)] for _ in range(50)]
     bi = {"i": 0}
 
@@ -301,16 +359,30 @@ def bench_online(store: Any, project: str, feats: pd.DataFrame, redis_url: str, 
             p.hgetall(fk)
         p.execute()
 
-    blat, blat_cpu = interleaved({
-        "floor: pipeline of 100 HGETALL": floor100,
-        "Feast get_online_features 100 entities x 10 features (.to_dict())":
-            lambda: store.get_online_features(features=refs, entity_rows=nb()).to_dict(),
-    }, max(100, n // 20), warmup=10)
+    blat, blat_cpu = interleaved(
+        {
+            "floor: pipeline of 100 HGETALL": floor100,
+            "Feast get_online_features 100 entities x 10 features (.to_dict())": lambda: store.get_online_features(
+                features=refs, entity_rows=nb()
+            ).to_dict(),
+        },
+        max(100, n // 20),
+        warmup=10,
+    )
     r.delete(fk)
-    return {"lat": lat, "blat": blat, "lat_cpu": lat_cpu, "blat_cpu": blat_cpu, "sample": {k: v[0] for k, v in sample.items()}, "refs": refs, "users": users}
+    return {
+        "lat": lat,
+        "blat": blat,
+        "lat_cpu": lat_cpu,
+        "blat_cpu": blat_cpu,
+        "sample": {k: v[0] for k, v in sample.items()},
+        "refs": refs,
+        "users": users,
+    }
 
 
 # -- feature server -----------------------------------------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -340,12 +412,27 @@ def session_cpu_s(sid: int) -> float:
 def wrk(port: int, body: str, seconds: int, connections: int = 16) -> dict[str, Any]:
     """Closed-loop throughput, same parameters as evals/bench_server.py (1 thread, 16 connections)."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\nwrk.headers["Content-Type"] = "application/json"\n')
+        f.write(
+            f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\nwrk.headers["Content-Type"] = "application/json"\n'
+        )
         script = f.name
     try:
-        out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script,
-                              f"http://127.0.0.1:{port}/get-online-features"],
-                             capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
+        out = subprocess.run(
+            [
+                "wrk",
+                "-t1",
+                f"-c{connections}",
+                f"-d{seconds}s",
+                "--latency",
+                "-s",
+                script,
+                f"http://127.0.0.1:{port}/get-online-features",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=seconds + 60,
+        ).stdout
     finally:
         os.unlink(script)
 
@@ -356,20 +443,35 @@ def wrk(port: int, body: str, seconds: int, connections: int = 16) -> dict[str, 
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errs = re.search(r"Socket errors:.*", out)
     reqs = re.search(r"(\d+) requests in", out)
-    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-            "requests": int(reqs.group(1)) if reqs else 0,
-            "p50_ms": ms("50%"), "p99_ms": ms("99%"), "non_2xx": int(non2xx.group(1)) if non2xx else 0,
-            "socket_errors": errs.group(0) if errs else ""}
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "requests": int(reqs.group(1)) if reqs else 0,
+        "p50_ms": ms("50%"),
+        "p99_ms": ms("99%"),
+        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+        "socket_errors": errs.group(0) if errs else "",
+    }
 
 
-def bench_server(repo: Path, refs: list[str], user: str, seconds: int, runs: int,
-                 extra: list[str]) -> dict[str, Any]:
+def bench_server(repo: Path, refs: list[str], user: str, seconds: int, runs: int, extra: list[str]) -> dict[str, Any]:
     import urllib.request
 
     port = free_port()
     feast_bin = str(Path(sys.executable).parent / "feast")
-    cmd = [feast_bin, "--chdir", str(repo), "serve", "-h", "127.0.0.1", "-p", str(port), "-w", "2",
-           "--no-access-log", *extra]
+    cmd = [
+        feast_bin,
+        "--chdir",
+        str(repo),
+        "serve",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-w",
+        "2",
+        "--no-access-log",
+        *extra,
+    ]
     log_path = repo / f"serve_{port}.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -378,8 +480,11 @@ def bench_server(repo: Path, refs: list[str], user: str, seconds: int, runs: int
         deadline = time.time() + 90
         while True:
             try:
-                req = urllib.request.Request(f"http://127.0.0.1:{port}/get-online-features", data=body.encode(),
-                                             headers={"Content-Type": "application/json"})
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/get-online-features",
+                    data=body.encode(),
+                    headers={"Content-Type": "application/json"},
+                )
                 sample = urllib.request.urlopen(req, timeout=5).read().decode()
                 break
             except OSError:
@@ -395,8 +500,11 @@ def bench_server(repo: Path, refs: list[str], user: str, seconds: int, runs: int
             x["server_cpu_us"] = 1e6 * (session_cpu_s(proc.pid) - c) / max(1, x["requests"])
             res.append(x)
         for x in res:
-            print(f"  feast serve {' '.join(extra) or '(defaults)'}: {x['rps']:.0f} req/s, p50 {x['p50_ms']} ms, "
-                  f"p99 {x['p99_ms']} ms, non-2xx {x['non_2xx']}, server CPU {x['server_cpu_us']:.0f} us/request", flush=True)
+            print(
+                f"  feast serve {' '.join(extra) or '(defaults)'}: {x['rps']:.0f} req/s, p50 {x['p50_ms']} ms, "
+                f"p99 {x['p99_ms']} ms, non-2xx {x['non_2xx']}, server CPU {x['server_cpu_us']:.0f} us/request",
+                flush=True,
+            )
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # the process group this function started
         try:
@@ -404,8 +512,13 @@ def bench_server(repo: Path, refs: list[str], user: str, seconds: int, runs: int
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
     best = sorted(res, key=lambda x: x["rps"])[len(res) // 2]
-    return {"cmd": " ".join(["feast", "serve", "-w", "2", "--no-access-log", *extra]), "runs": res,
-            "median": best, "load": load, "sample": sample}
+    return {
+        "cmd": " ".join(["feast", "serve", "-w", "2", "--no-access-log", *extra]),
+        "runs": res,
+        "median": best,
+        "load": load,
+        "sample": sample,
+    }
 
 
 def main() -> None:
@@ -418,19 +531,27 @@ def main() -> None:
     ap.add_argument("--spine", type=int, default=None)
     ap.add_argument("--users", type=int, default=100_000)
     ap.add_argument("--days", type=int, default=30)
-    ap.add_argument("--scale", action="append", default=[], metavar="EVENTS:SPINE",
-                    help="extra historical scale point (one run per store), e.g. 10000000:100000; repeatable")
+    ap.add_argument(
+        "--scale",
+        action="append",
+        default=[],
+        metavar="EVENTS:SPINE",
+        help="extra historical scale point (one run per store), e.g. 10000000:100000; repeatable",
+    )
     ap.add_argument("--ttl-days", type=int, default=0, help="FeatureView ttl (0 = none)")
     ap.add_argument("--runs", type=int, default=3, help="runs of each historical / server measurement")
-    ap.add_argument("--mat-runs", type=int, default=None, help="materialize runs per offline store (default 2, quick 1)")
+    ap.add_argument(
+        "--mat-runs", type=int, default=None, help="materialize runs per offline store (default 2, quick 1)"
+    )
     ap.add_argument("--offline", default="file,duckdb", help="offline stores to measure (file = dask)")
     ap.add_argument("--samples", type=int, default=None, help="online latency samples per case")
     ap.add_argument("--no-server", action="store_true")
     ap.add_argument("--server-seconds", type=int, default=None)
     ap.add_argument("--redis", default=os.environ.get("CONTEXT_STORE_REDIS_URL", "redis://127.0.0.1:6379/0"))
     ap.add_argument("--out", default=str(ROOT / "evals" / "results" / "feast.md"))
-    ap.add_argument("--render", action="store_true",
-                    help="only re-render --out from the last run's evals/out/<out name>_raw.json")
+    ap.add_argument(
+        "--render", action="store_true", help="only re-render --out from the last run's evals/out/<out name>_raw.json"
+    )
     args = ap.parse_args()
     raw_path = OUT_DIR / f"{Path(args.out).stem}_raw.json"
     if args.render:
@@ -445,9 +566,13 @@ def main() -> None:
     n = args.samples or (1_000 if args.quick else 5_000)
     args.server_seconds = args.server_seconds or (3 if args.quick else 10)
     ttl = timedelta(days=args.ttl_days) if args.ttl_days else None
-    meta: dict[str, Any] = {"started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M"), "argv": sys.argv[1:],
-                            "load_start": " / ".join(f"{x:.1f}" for x in os.getloadavg()),
-                            "events": n_events, "spine": n_spine}
+    meta: dict[str, Any] = {
+        "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M"),
+        "argv": sys.argv[1:],
+        "load_start": " / ".join(f"{x:.1f}" for x in os.getloadavg()),
+        "events": n_events,
+        "spine": n_spine,
+    }
     import redis
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_feast_"))
@@ -486,8 +611,9 @@ def main() -> None:
             del ev, fe, sp
         serving: tuple[Any, str, Path] | None = None
         for offline in [o for o in args.offline.split(",") if o]:
-            m, store, project, repo = bench_materialize(tmp, offline, feats_path, feats, args.redis,
-                                                      args.mat_runs or (1 if args.quick else 2))
+            m, store, project, repo = bench_materialize(
+                tmp, offline, feats_path, feats, args.redis, args.mat_runs or (1 if args.quick else 2)
+            )
             projects.append(project)
             mats.append(m)
             if serving is None:
@@ -503,8 +629,9 @@ def main() -> None:
             else:
                 user = online["users"][0]
                 server.append(bench_server(repo, online["refs"], user, args.server_seconds, args.runs, []))
-                server.append(bench_server(repo, online["refs"], user, args.server_seconds, args.runs,
-                                           ["--max-requests", "0"]))
+                server.append(
+                    bench_server(repo, online["refs"], user, args.server_seconds, args.runs, ["--max-requests", "0"])
+                )
         store.teardown()
     finally:
         r = redis.Redis.from_url(args.redis)

@@ -28,8 +28,12 @@ def venv_python(venv: Path = DEFAULT_VENV) -> Path:
 def _installed_version(python: Path) -> str | None:
     if not python.exists():
         return None
-    r = subprocess.run([str(python), "-c", "import importlib.metadata as m; print(m.version('feast'))"],
-                       capture_output=True, text=True, check=False)
+    r = subprocess.run(
+        [str(python), "-c", "import importlib.metadata as m; print(m.version('feast'))"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     return r.stdout.strip() if r.returncode == 0 else None
 
 

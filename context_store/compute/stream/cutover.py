@@ -41,9 +41,9 @@ _cache: dict[Path, tuple[float, dict[str, Cutover]]] = {}
 @dataclass(frozen=True)
 class Cutover:
     view: str
-    ts_us: int                       # batch covers ts < ts_us; the stream covers ts >= ts_us
+    ts_us: int  # batch covers ts < ts_us; the stream covers ts >= ts_us
     recorded_at_us: int
-    offsets: dict[str, int]          # stream offsets per partition when recorded (for audit)
+    offsets: dict[str, int]  # stream offsets per partition when recorded (for audit)
 
 
 def _path(config: Config) -> Path:
@@ -73,7 +73,12 @@ def load_cutovers(config: Config) -> dict[str, Cutover]:
     except (OSError, ValueError):
         return hit[1] if hit else {}
     out = {
-        v: Cutover(v, int(d["ts_us"]), int(d.get("recorded_at_us", 0)), {str(k): int(o) for k, o in (d.get("offsets") or {}).items()})
+        v: Cutover(
+            v,
+            int(d["ts_us"]),
+            int(d.get("recorded_at_us", 0)),
+            {str(k): int(o) for k, o in (d.get("offsets") or {}).items()},
+        )
         for v, d in raw.items()
     }
     _cache[path] = (mtime, out)
@@ -93,7 +98,9 @@ def _write(config: Config, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def record_cutover(config: Config, view: str, ts_us: int | None, offsets: dict[str, int] | None = None) -> Cutover | None:
+def record_cutover(
+    config: Config, view: str, ts_us: int | None, offsets: dict[str, int] | None = None
+) -> Cutover | None:
     """Record (or with ``ts_us=None`` remove) the cut-over of ``view``; returns it."""
     with _lock:
         path = _path(config)

@@ -53,16 +53,20 @@ _last_seq = 0
 @dataclass(frozen=True)
 class PushResult:
     source: str
-    accepted: int                       # records written (0 on a dry run)
-    validated: int                      # records that passed validation
+    accepted: int  # records written (0 on a dry run)
+    validated: int  # records that passed validation
     dry_run: bool = False
-    visible: bool = False               # online state includes the records when push returned
+    visible: bool = False  # online state includes the records when push returned
     offsets: dict[str, int] = field(default_factory=dict)  # partition -> last offset written (JSON-able)
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "source": self.source, "accepted": self.accepted, "validated": self.validated,
-            "dry_run": self.dry_run, "visible": self.visible, "offsets": dict(self.offsets),
+            "source": self.source,
+            "accepted": self.accepted,
+            "validated": self.validated,
+            "dry_run": self.dry_run,
+            "visible": self.visible,
+            "offsets": dict(self.offsets),
         }
 
 
@@ -175,7 +179,8 @@ def _push_redis(store: Any, plan: SourcePlan, table: pa.Table, timeout: float | 
     except BacklogFullError as e:
         raise RateLimitedError(
             f"{e}; the stream workers are behind (is `context-store worker` running?). Nothing of this push "
-            "was written; retry later", field="source",
+            "was written; retry later",
+            field="source",
         ) from None
     except Exception as e:  # noqa: BLE001 - redis.ConnectionError etc.: nothing was added (one script)
         raise UnavailableError(f"cannot write to the Redis stream of {src.name!r}: {e}", field="online_store") from None
@@ -184,8 +189,9 @@ def _push_redis(store: Any, plan: SourcePlan, table: pa.Table, timeout: float | 
     # own update of the same rows is then a no-op: unchanged texts are not re-embedded).
     update_embeddings(store, plan, [table])
     visible = False if timeout is None else _wait_visible(store, plan, offsets, timeout)
-    return PushResult(src.name, table.num_rows, table.num_rows, visible=visible,
-                      offsets={str(p): o for p, o in offsets.items()})
+    return PushResult(
+        src.name, table.num_rows, table.num_rows, visible=visible, offsets={str(p): o for p, o in offsets.items()}
+    )
 
 
 def _max_len(store: Any) -> int:
@@ -194,7 +200,9 @@ def _max_len(store: Any) -> int:
     try:
         return max(0, int(v)) if v not in (None, "") else 0
     except (TypeError, ValueError):
-        raise InvalidInputError(f"redis_stream_maxlen must be an integer, got {v!r}", field="redis_stream_maxlen") from None
+        raise InvalidInputError(
+            f"redis_stream_maxlen must be an integer, got {v!r}", field="redis_stream_maxlen"
+        ) from None
 
 
 def _live_workers(store: Any, log: Any) -> bool:

@@ -42,13 +42,19 @@ def view_state(store: Any, view: FeatureView) -> Any:
     return st
 
 
-def apply(store: Any, view: FeatureView, rows: pa.Table, partition: int, offset: int | None, guard: bool = False) -> int:
+def apply(
+    store: Any, view: FeatureView, rows: pa.Table, partition: int, offset: int | None, guard: bool = False
+) -> int:
     token = (str(partition), str(offset)) if offset is not None else None
     return int(store.online.apply_events(view_state(store, view), rows, token=token, guard=guard) or 0)
 
 
-def apply_many(store: Any, batches: list[tuple[FeatureView, pa.Table, list[tuple[int, int, int]], bool]],
-               notify: tuple[str, str] | None = None, recent: Sequence[Any] = ()) -> bool:
+def apply_many(
+    store: Any,
+    batches: list[tuple[FeatureView, pa.Table, list[tuple[int, int, int]], bool]],
+    notify: tuple[str, str] | None = None,
+    recent: Sequence[Any] = (),
+) -> bool:
     """Several views' rows, each with [(partition, new offset, expected applied offset or -1)],
     and ``recent_item``s, in one atomic commit, then ``notify``; False (nothing written) when an
     offset moved."""
@@ -61,8 +67,9 @@ def apply_many(store: Any, batches: list[tuple[FeatureView, pa.Table, list[tuple
     return bool(store.online.apply_many(items, notify=notify, recent=recent))
 
 
-def recent_item(source: str, partition: int, offset: int, fence: int,
-                lists: dict[str, tuple[list[dict[str, Any]], int]]) -> Any:
+def recent_item(
+    source: str, partition: int, offset: int, fence: int, lists: dict[str, tuple[list[dict[str, Any]], int]]
+) -> Any:
     """Recent-events appends of one partition batch, advancing its recent fence to ``offset``."""
     from ...stores.online.base import RecentItem
 

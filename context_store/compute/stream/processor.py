@@ -26,8 +26,15 @@ from ..transform import apply_transform
 from .stats import STATS
 
 __all__ = [
-    "SourcePlan", "source_plan", "partition_of", "PartitionState", "Batch", "process_batch", "OfflineWriter",
-    "OFFSET", "PARTITION",
+    "SourcePlan",
+    "source_plan",
+    "partition_of",
+    "PartitionState",
+    "Batch",
+    "process_batch",
+    "OfflineWriter",
+    "OFFSET",
+    "PARTITION",
 ]
 
 log = logging.getLogger("context_store.stream")
@@ -39,10 +46,10 @@ PARTITION = "_partition"
 @dataclass(frozen=True)
 class SourcePlan:
     source: StreamSource
-    views: tuple[FeatureView, ...]         # feature views reading this source
-    partition_keys: tuple[str, ...]        # columns hashed to pick a partition
+    views: tuple[FeatureView, ...]  # feature views reading this source
+    partition_keys: tuple[str, ...]  # columns hashed to pick a partition
     recent: tuple[tuple[tuple[str, ...], int], ...] = ()  # (entity join keys, n) of context services
-    embeds: bool = False                   # an embedding view reads this source
+    embeds: bool = False  # an embedding view reads this source
     # Views keyed by other columns than the partition key: several partitions (workers) write
     # the same entities, so their writes are guarded (optimistic concurrency).
     shared: frozenset[str] = frozenset()
@@ -129,8 +136,8 @@ def partition_of(table: pa.Table, keys: tuple[str, ...], n: int) -> np.ndarray:
 class PartitionState:
     """What the owner of one (source, partition) knows: fences and the event-time watermark."""
 
-    applied: dict[str, int] = field(default_factory=dict)    # view -> online applied offset
-    offline: dict[str, int] = field(default_factory=dict)    # offline table -> offset buffered/written
+    applied: dict[str, int] = field(default_factory=dict)  # view -> online applied offset
+    offline: dict[str, int] = field(default_factory=dict)  # offline table -> offset buffered/written
     watermark_us: int | None = None
 
 
@@ -238,7 +245,10 @@ def process_batch(
             log.warning(
                 "source %s partition %d: %d events older than watermark - allowed_lateness (%s); "
                 "kept offline, not applied online until the next materialize",
-                src.name, partition, n_too, src.allowed_lateness,
+                src.name,
+                partition,
+                n_too,
+                src.allowed_lateness,
             )
         out.add(f"src__{src.name}", raw)
         state.offline["src"] = last
@@ -274,7 +284,11 @@ class OfflineWriter:
         from ...errors import InvalidInputError
 
         for _ in range(2):
-            data = rows if self.tagged(table) else rows.drop_columns([c for c in (PARTITION, OFFSET) if c in rows.column_names])
+            data = (
+                rows
+                if self.tagged(table)
+                else rows.drop_columns([c for c in (PARTITION, OFFSET) if c in rows.column_names])
+            )
             try:
                 return int(self.offline.append(table, data))
             except InvalidInputError as e:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
@@ -23,7 +23,7 @@ from ...errors import InvalidInputError
 __all__ = ["validate_records", "parse_timestamp_us", "required_fields", "MAX_RECORDS"]
 
 MAX_RECORDS = 1_000_000  # one call; larger loads belong in the batch source
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 TS_TYPE = pa.timestamp("us", tz="UTC")
 
 
@@ -34,7 +34,7 @@ def _bad(index: int, name: str, reason: str) -> InvalidInputError:
 def parse_timestamp_us(value: Any) -> int:
     """A timestamp as int64 microseconds since the epoch (UTC); ValueError when unparseable."""
     if isinstance(value, datetime):
-        dt = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        dt = value if value.tzinfo else value.replace(tzinfo=UTC)
         delta = dt - _EPOCH
         return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
     if isinstance(value, bool):
@@ -106,8 +106,9 @@ def _from_rows(source: StreamSource, rows: Sequence[Any], required: set[str]) ->
         if isinstance(row, Mapping) and "record" in row and len(row) == 1 and isinstance(row["record"], Mapping):
             row = row["record"]  # Tecton ingest shape: {"record": {...}}
         if not isinstance(row, Mapping):
-            raise InvalidInputError(f"record {i}: expected an object of field values, got {type(row).__name__}",
-                                    field=f"records[{i}]")
+            raise InvalidInputError(
+                f"record {i}: expected an object of field values, got {type(row).__name__}", field=f"records[{i}]"
+            )
         for key in row:
             if key not in names:
                 raise _bad(i, str(key), f"not in the schema of source '{source.name}' ({', '.join(sorted(names))})")

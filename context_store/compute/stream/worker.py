@@ -67,11 +67,11 @@ class _Step:
     state: PartitionState
     plan: SourcePlan
     ids: list[bytes]
-    last: int                     # offset of the last entry read
+    last: int  # offset of the last entry read
     applies: list[tuple[Any, pa.Table, int, int, int]] = field(default_factory=list)  # view, rows, p, offset, fence
     batch: Batch | None = None
     n: int = 0
-    recent: Any = None            # RecentItem: this batch's recent-events appends
+    recent: Any = None  # RecentItem: this batch's recent-events appends
 
 
 class StreamWorker:
@@ -90,8 +90,9 @@ class StreamWorker:
         transient: bool = False,
     ) -> None:
         if not store.config.is_redis:
-            raise ContextStoreError("stream workers need a Redis online store (online_store: redis://...)",
-                                    field="online_store")
+            raise ContextStoreError(
+                "stream workers need a Redis online store (online_store: redis://...)", field="online_store"
+            )
         self.store = store
         self.defs = store.definitions
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -100,8 +101,9 @@ class StreamWorker:
         streams = sorted(n for n, s in self.defs.sources.items() if isinstance(s, StreamSource))
         unknown = [n for n in self.sources or () if n not in streams]
         if unknown:
-            raise NotFoundError(f"{unknown[0]!r} is not a stream source; stream sources: {', '.join(streams) or 'none'}",
-                                field="source")
+            raise NotFoundError(
+                f"{unknown[0]!r} is not a stream source; stream sources: {', '.join(streams) or 'none'}", field="source"
+            )
         self._version = self._applied_version()
         self.plans = self._plans()
         self.count, self.block_ms, self.lease_ms = count, block_ms, lease_ms
@@ -270,8 +272,9 @@ class StreamWorker:
             before = dict(state.applied)
 
             def collect(view: Any, rows: pa.Table, partition: int, offset: int | None) -> None:
-                step.applies.append((view, rows, partition, int(offset if offset is not None else -1),
-                                     before.get(view.name, -1)))
+                step.applies.append(
+                    (view, rows, partition, int(offset if offset is not None else -1), before.get(view.name, -1))
+                )
 
             step.batch = process_batch(plan, events, part[1], state, collect, cutovers)
             step.n = events.num_rows
@@ -413,7 +416,9 @@ class StreamWorker:
         return n
 
     def run(self, stop: threading.Event) -> None:
-        log.info("stream worker %s started (%d partitions in %d sources)", self.name, len(self.all_parts), len(self.plans))
+        log.info(
+            "stream worker %s started (%d partitions in %d sources)", self.name, len(self.all_parts), len(self.plans)
+        )
         try:
             while not stop.is_set():
                 try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ def _import_lancedb() -> Any:
 
 
 def _sql_ts(us: int) -> str:
-    dt = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=us)
+    dt = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
     return f"TIMESTAMP '{dt.strftime('%Y-%m-%d %H:%M:%S.%f')}'"
 
 
@@ -159,7 +159,9 @@ class LanceOfflineStore:
             ts = data.column(ts_column).cast(_TS).cast(pa.int64())
             lo, hi = pc.min(ts).as_py(), pc.max(ts).as_py()
             if (start_us is not None and lo < start_us) or (end_us is not None and hi >= end_us):
-                raise InvalidInputError(f"rows outside [{start_us}, {end_us}) given to overwrite_range", field=ts_column)
+                raise InvalidInputError(
+                    f"rows outside [{start_us}, {end_us}) given to overwrite_range", field=ts_column
+                )
         if start_us is None and end_us is None:
             # Whole table: one atomic overwrite (also adopts a changed schema).
             with self._lock:

@@ -21,6 +21,6 @@ def open_online_store(config: Config) -> BaseOnlineStore:
     if spec.startswith("sqlite:") and spec.rstrip("/") != "sqlite:":
         from pathlib import Path
 
-        raw = spec[len("sqlite://"):] if spec.startswith("sqlite://") else spec[len("sqlite:"):]
+        raw = spec[len("sqlite://") :] if spec.startswith("sqlite://") else spec[len("sqlite:") :]
         path = Path(raw) if Path(raw).is_absolute() else config.repo / raw
     return SqliteOnlineStore(path, workspace=config.workspace)

@@ -30,8 +30,9 @@ class WritePath:
     def _hmget(self, reqs: list[tuple[str, list[str]]]) -> list[list[bytes | None]]:
         raise NotImplementedError
 
-    def _commit(self, ops: Ops, cas: Sequence[tuple[str, str | None, str]] = (),
-                notify: tuple[str, str] | None = None) -> bool:
+    def _commit(
+        self, ops: Ops, cas: Sequence[tuple[str, str | None, str]] = (), notify: tuple[str, str] | None = None
+    ) -> bool:
         raise NotImplementedError
 
     def _get_offset(self, field: str) -> str | None:
@@ -73,11 +74,22 @@ class WritePath:
             return self._ops(state, table, now_us, guard), table.num_rows
 
         field = self._offset_field(state, token[0]) if token else None
-        return self._fenced(field, token[1] if token else None, build, 64,
-                            f"apply_events for view {state.name!r}: too many concurrent writers of partition {token}")
+        return self._fenced(
+            field,
+            token[1] if token else None,
+            build,
+            64,
+            f"apply_events for view {state.name!r}: too many concurrent writers of partition {token}",
+        )
 
-    def _fenced(self, field: str | None, offset: str | None, build: Callable[[str | None], tuple[Ops, int]],
-                tries: int, conflict: str) -> int:
+    def _fenced(
+        self,
+        field: str | None,
+        offset: str | None,
+        build: Callable[[str | None], tuple[Ops, int]],
+        tries: int,
+        conflict: str,
+    ) -> int:
         """Commit ``build(current offset)`` and advance ``field`` to ``offset`` in one step, unless
         it already reached it (0: an idempotent replay); re-read and rebuild when another writer
         committed first (the offset moved or a guard failed). No ``field``: a plain commit."""
@@ -92,8 +104,13 @@ class WritePath:
                 time.sleep(0.0005 * attempt)
         raise ConflictError(conflict)
 
-    def apply_many(self, items: Sequence[ApplyItem], notify: tuple[str, str] | None = None,
-                   now_us: int | None = None, recent: Sequence[RecentItem] = ()) -> bool:
+    def apply_many(
+        self,
+        items: Sequence[ApplyItem],
+        notify: tuple[str, str] | None = None,
+        now_us: int | None = None,
+        recent: Sequence[RecentItem] = (),
+    ) -> bool:
         """Several views' rows, each with the applied offsets of the partitions they came from,
         in ONE atomic commit (a stream worker's whole step: one round trip instead of three per
         view and partition). The offsets are CAS'd against the caller's ``expected`` fences: if
@@ -118,8 +135,16 @@ class WritePath:
     def append_recent_once(self, item: RecentItem) -> bool:
         """``item``'s appends unless its partition already recorded ``item.offset`` (False then)."""
         field = self._offset_field(self.recent_fence(item.source), item.partition)
-        return self._fenced(field, item.offset, lambda cur: (self._recent_ops(item), 1), 16,
-                            f"recent events of {item.source!r}: too many concurrent writers of partition {item.partition}") > 0
+        return (
+            self._fenced(
+                field,
+                item.offset,
+                lambda cur: (self._recent_ops(item), 1),
+                16,
+                f"recent events of {item.source!r}: too many concurrent writers of partition {item.partition}",
+            )
+            > 0
+        )
 
     @staticmethod
     def _recent_ops(item: RecentItem) -> Ops:
@@ -193,7 +218,9 @@ class WritePath:
                 else:
                     dropped += int(ends[gi] - starts[gi])
             if dropped:
-                log.warning("view %s: %d events older than the retention horizon were not applied online", state.name, dropped)
+                log.warning(
+                    "view %s: %d events older than the retention horizon were not applied online", state.name, dropped
+                )
         li = np.flatnonzero(live)
         k_l, t_l, num_l = gk[li], gt[li], num[li]
         li_l = li.tolist()

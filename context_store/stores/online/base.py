@@ -50,7 +50,9 @@ class OnlineStore(Protocol):
         """The same views for many entity keys (batch lookups): one round trip."""
         ...
 
-    async def read_entities_async(self, states: Sequence[ViewState], keys: Sequence[str], t_us: int) -> list[list[ViewValues]]: ...
+    async def read_entities_async(
+        self, states: Sequence[ViewState], keys: Sequence[str], t_us: int
+    ) -> list[list[ViewValues]]: ...
 
     def write_ops(self, ops: Ops, wait: bool = True) -> None:
         """Bulk writes (materialization): pipelined, not atomic across keys. ``wait=False`` may
@@ -74,8 +76,13 @@ class OnlineStore(Protocol):
         ``guard``: other writers may update the same entities concurrently (optimistic retry)."""
         ...
 
-    def apply_many(self, items: Sequence[ApplyItem], notify: tuple[str, str] | None = None,
-                   now_us: int | None = None, recent: Sequence[RecentItem] = ()) -> bool:
+    def apply_many(
+        self,
+        items: Sequence[ApplyItem],
+        notify: tuple[str, str] | None = None,
+        now_us: int | None = None,
+        recent: Sequence[RecentItem] = (),
+    ) -> bool:
         """Several views and partitions in one atomic commit if every expected offset holds."""
         ...
 
@@ -115,8 +122,9 @@ class BaseOnlineStore(WritePath):
     async def _ahmget(self, reqs: list[tuple[str, list[str]]]) -> list[list[bytes | None]]:
         return self._hmget(reqs)
 
-    def _commit(self, ops: Ops, cas: Sequence[tuple[str, str | None, str]] = (),
-                notify: tuple[str, str] | None = None) -> bool:
+    def _commit(
+        self, ops: Ops, cas: Sequence[tuple[str, str | None, str]] = (), notify: tuple[str, str] | None = None
+    ) -> bool:
         """Apply ``ops`` atomically, only if every applied offset of ``cas=[(field, expected,
         new)]`` currently equals ``expected`` (None = unset) and every guard of ``ops`` holds;
         then set those offsets to ``new``, bump the guards and publish ``notify=(channel,
@@ -166,7 +174,9 @@ class BaseOnlineStore(WritePath):
             self._layout_cache[sig] = (reqs[0][1], slots)
         return reqs, slots
 
-    def _lifetime_extra(self, reads: Sequence[tuple[ViewState, str]], slots: list[Any], got: list[list[Any]]) -> list[tuple[int, str, list[int]]]:
+    def _lifetime_extra(
+        self, reads: Sequence[tuple[ViewState, str]], slots: list[Any], got: list[list[Any]]
+    ) -> list[tuple[int, str, list[int]]]:
         """Tiles between a lifetime base's fold point and the read range (entities idle for long)."""
         out = []
         for i, ((st, key), (ri, start, n, ctx)) in enumerate(zip(reads, slots)):
@@ -180,8 +190,14 @@ class BaseOnlineStore(WritePath):
                 out.append((i, key, list(range(fold, ctx.lo))))
         return out
 
-    def _evaluate(self, reads: Sequence[tuple[ViewState, str]], slots: list[Any], got: list[list[Any]], t: int,
-                  extra: dict[int, dict[int, bytes]]) -> list[ViewValues]:
+    def _evaluate(
+        self,
+        reads: Sequence[tuple[ViewState, str]],
+        slots: list[Any],
+        got: list[list[Any]],
+        t: int,
+        extra: dict[int, dict[int, bytes]],
+    ) -> list[ViewValues]:
         res: list[ViewValues] = []
         for i, ((st, _), (ri, start, n, ctx)) in enumerate(zip(reads, slots)):
             vals = got[ri]
@@ -199,8 +215,9 @@ class BaseOnlineStore(WritePath):
                 res.append(ViewValues(st.evaluate(t, ctx, vals[start : start + n], extra.get(i)), st.window_end(t)))
         return res
 
-    def _extra(self, reads: Sequence[tuple[ViewState, str]], more: list[tuple[int, str, list[int]]],
-               rows: list[list[Any]]) -> dict[int, dict[int, bytes]]:
+    def _extra(
+        self, reads: Sequence[tuple[ViewState, str]], more: list[tuple[int, str, list[int]]], rows: list[list[Any]]
+    ) -> dict[int, dict[int, bytes]]:
         return {i: {x: v for x, v in zip(tiles, vals) if v is not None} for (i, _, tiles), vals in zip(more, rows)}
 
     def read_features(self, reads: Sequence[tuple[ViewState, str]], t_us: int) -> list[ViewValues]:
@@ -211,23 +228,31 @@ class BaseOnlineStore(WritePath):
         more = self._lifetime_extra(reads, slots, got)
         extra: dict[int, dict[int, bytes]] = {}
         if more:  # rare second round trip
-            extra = self._extra(reads, more, self._hmget([(key, [reads[i][0].tile(x) for x in tiles]) for i, key, tiles in more]))
+            extra = self._extra(
+                reads, more, self._hmget([(key, [reads[i][0].tile(x) for x in tiles]) for i, key, tiles in more])
+            )
         return self._evaluate(reads, slots, got, t_us, extra)
 
     def _entities_plan(self, states: Sequence[ViewState], keys: Sequence[str], t: int) -> tuple[list[str], list[Any]]:
         reqs0, slots = self._layout([(st, keys[0]) for st in states], t)
         return reqs0[0][1], slots
 
-    def _entities_eval(self, states: Sequence[ViewState], keys: Sequence[str], slots: list[Any], got: list[list[Any]],
-                       t: int) -> tuple[list[list[ViewValues]], list[tuple[int, list[tuple[ViewState, str]], list[Any]]]]:
+    def _entities_eval(
+        self, states: Sequence[ViewState], keys: Sequence[str], slots: list[Any], got: list[list[Any]], t: int
+    ) -> tuple[list[list[ViewValues]], list[tuple[int, list[tuple[ViewState, str]], list[Any]]]]:
         out: list[list[ViewValues]] = []
         pending = []
         lifetime = any(st.is_aggregate and st.has_lifetime for st in states)
         if not lifetime:  # hoisted per batch: codecs, window ends, slot offsets
-            plan = [(st, start, start + n, ctx, None if ctx is not None else self._codec(st), st.window_end(t))
-                    for st, (_, start, n, ctx) in zip(states, slots)]
-            many = {j: st.evaluate_many(t, ctx, [vals[a:e] for vals in got])
-                    for j, (st, a, e, ctx, _, _) in enumerate(plan) if ctx is not None and st.numbers_only and len(got) > 4}
+            plan = [
+                (st, start, start + n, ctx, None if ctx is not None else self._codec(st), st.window_end(t))
+                for st, (_, start, n, ctx) in zip(states, slots)
+            ]
+            many = {
+                j: st.evaluate_many(t, ctx, [vals[a:e] for vals in got])
+                for j, (st, a, e, ctx, _, _) in enumerate(plan)
+                if ctx is not None and st.numbers_only and len(got) > 4
+            }
             for x, vals in enumerate(got):
                 row: list[ViewValues] = []
                 for j, (st, a, e, ctx, codec, we) in enumerate(plan):
@@ -240,7 +265,11 @@ class BaseOnlineStore(WritePath):
                         row.append(ViewValues(None, None))
                         continue
                     ts, r = codec.decode(buf)
-                    row.append(ViewValues(None, ts) if ts > t or (st.ttl_us is not None and t - ts > st.ttl_us) else ViewValues(r, ts))
+                    row.append(
+                        ViewValues(None, ts)
+                        if ts > t or (st.ttl_us is not None and t - ts > st.ttl_us)
+                        else ViewValues(r, ts)
+                    )
                 out.append(row)
             return out, pending
         for e, (k, vals) in enumerate(zip(keys, got)):
@@ -262,11 +291,15 @@ class BaseOnlineStore(WritePath):
         got = self._hmget([(k, fields) for k in keys])
         out, pending = self._entities_eval(states, keys, slots, got, t_us)
         for e, reads, more in pending:
-            extra = self._extra(reads, more, self._hmget([(key, [reads[i][0].tile(x) for x in tiles]) for i, key, tiles in more]))
+            extra = self._extra(
+                reads, more, self._hmget([(key, [reads[i][0].tile(x) for x in tiles]) for i, key, tiles in more])
+            )
             out[e] = self._evaluate(reads, slots, [got[e]], t_us, extra)
         return out
 
-    async def read_entities_async(self, states: Sequence[ViewState], keys: Sequence[str], t_us: int) -> list[list[ViewValues]]:
+    async def read_entities_async(
+        self, states: Sequence[ViewState], keys: Sequence[str], t_us: int
+    ) -> list[list[ViewValues]]:
         if not keys or not states:
             return [[] for _ in keys]
         fields, slots = self._entities_plan(states, keys, t_us)
@@ -285,7 +318,9 @@ class BaseOnlineStore(WritePath):
         more = self._lifetime_extra(reads, slots, got)
         extra: dict[int, dict[int, bytes]] = {}
         if more:
-            extra = self._extra(reads, more, await self._ahmget([(key, [reads[i][0].tile(x) for x in tiles]) for i, key, tiles in more]))
+            extra = self._extra(
+                reads, more, await self._ahmget([(key, [reads[i][0].tile(x) for x in tiles]) for i, key, tiles in more])
+            )
         return self._evaluate(reads, slots, got, t_us, extra)
 
     _codecs: dict[str, RowCodec]

@@ -76,9 +76,11 @@ def _packer(dt: DType) -> Callable[[Any], bytes]:
     if n == "bool":
         return lambda v: b"\x01" if v else b"\x00"
     if n == "string":
+
         def pack_s(v: Any) -> bytes:
             b = str(v).encode()
             return _U32.pack(len(b)) + b
+
         return pack_s
     raise TypeError(f"unsupported online dtype {dt!r}")
 
@@ -102,6 +104,7 @@ def _unpacker(dt: DType) -> Callable[[bytes, int], tuple[Any, int]]:
                     v, o = el(b, o + 1)
                     out.append(v)
             return out, o
+
         return un_arr
     n = dt.name
     if n == "int64":
@@ -116,6 +119,7 @@ def _unpacker(dt: DType) -> Callable[[bytes, int], tuple[Any, int]]:
     def un_s(b: bytes, o: int) -> tuple[Any, int]:
         (ln,) = _U32.unpack_from(b, o)
         return b[o + 4 : o + 4 + ln].decode(), o + 4 + ln
+
     return un_s
 
 

@@ -197,7 +197,9 @@ class RedisOnlineStore(BaseOnlineStore):
         self._wlock = threading.RLock()
 
     def _unavailable(self, e: Exception) -> UnavailableError:
-        return UnavailableError(f"online store: Redis at {self.url} is unreachable ({type(e).__name__}: {e}); retry when it is back")
+        return UnavailableError(
+            f"online store: Redis at {self.url} is unreachable ({type(e).__name__}: {e}); retry when it is back"
+        )
 
     def _k(self, key: str) -> str:
         return self.prefix + "e:" + key
@@ -256,8 +258,9 @@ class RedisOnlineStore(BaseOnlineStore):
             if f0 and all(f is f0 or f == f0 for _, f in reqs):  # one field list: its RESP is built once
                 tail = b"".join([b"$%d\r\n%b\r\n" % (len(x), x) for x in (f.encode() for f in f0)])
                 head = b"*%d\r\n$5\r\nHMGET\r\n" % (len(f0) + 2)
-                packed = b"".join([head + b"$%d\r\n%b\r\n" % (len(kb), kb) + tail
-                                   for kb in (f"{pre}{k}".encode() for k, _ in reqs)])
+                packed = b"".join(
+                    [head + b"$%d\r\n%b\r\n" % (len(kb), kb) + tail for kb in (f"{pre}{k}".encode() for k, _ in reqs)]
+                )
                 return self._many(packed, len(reqs))
             live = [(k, f) for k, f in reqs if f]
             res = iter(self._many(b"".join([_pack(("HMGET", pre + k, *f)) for k, f in live]), len(live)))
@@ -294,7 +297,9 @@ class RedisOnlineStore(BaseOnlineStore):
             import redis.asyncio as aredis
 
             with self._alock:
-                c = self._aclients[id(loop)] = aredis.Redis.from_url(self.url, socket_connect_timeout=2, socket_timeout=10)
+                c = self._aclients[id(loop)] = aredis.Redis.from_url(
+                    self.url, socket_connect_timeout=2, socket_timeout=10
+                )
         return c
 
     async def _ahmget(self, reqs: list[tuple[str, list[str]]]) -> list[list[bytes | None]]:
@@ -342,8 +347,10 @@ class RedisOnlineStore(BaseOnlineStore):
                 continue
             c = b"%d" % len(group)
             out.append(b"$%d\r\n%b\r\n" % (len(c), c))
-            out += [b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(fb), fb, len(v), v)
-                    for fb, v in zip(map(str.encode, group), group.values())]
+            out += [
+                b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(fb), fb, len(v), v)
+                for fb, v in zip(map(str.encode, group), group.values())
+            ]
             n += 2 * len(group)
         d = [f.encode() for f in ops.dels.get(k, ())]
         c = b"%d" % len(d)
@@ -355,19 +362,25 @@ class RedisOnlineStore(BaseOnlineStore):
         out.append(b"$%d\r\n%b\r\n" % (len(e), e))
         return n, b"".join(out)
 
-    def _commit(self, ops: Ops, cas: Sequence[tuple[str, str | None, str]] = (),
-                notify: tuple[str, str] | None = None) -> bool:
+    def _commit(
+        self, ops: Ops, cas: Sequence[tuple[str, str | None, str]] = (), notify: tuple[str, str] | None = None
+    ) -> bool:
         keys = ops.keys()
         try:
             if cas or ops.guards or notify or ops.lists:  # one atomic script for the whole batch
                 lists = list(ops.lists)
-                head = [str(len(keys) + 1 + len(lists)).encode(), self._offsets.encode()] + [self._k(k).encode() for k in keys]
+                head = [str(len(keys) + 1 + len(lists)).encode(), self._offsets.encode()] + [
+                    self._k(k).encode() for k in keys
+                ]
                 head += [(self.prefix + k).encode() for k in lists]
                 head.append(str(len(cas)).encode())
                 for field, expected, new in cas:
                     head += [field.encode(), (expected or "").encode(), new.encode()]
-                guards = [(str(i + 2).encode(), f.encode(), (v or "").encode())
-                          for i, k in enumerate(keys) for f, v in ops.guards.get(k, {}).items()]
+                guards = [
+                    (str(i + 2).encode(), f.encode(), (v or "").encode())
+                    for i, k in enumerate(keys)
+                    for f, v in ops.guards.get(k, {}).items()
+                ]
                 head.append(str(len(guards)).encode())
                 for g in guards:
                     head += g
@@ -414,7 +427,9 @@ class RedisOnlineStore(BaseOnlineStore):
         sha = self._sha.encode() if isinstance(self._sha, str) else self._sha
         for i in range(0, len(keys), _CHUNK_KEYS):
             part = keys[i : i + _CHUNK_KEYS]
-            head = [b"EVALSHA", sha, str(len(part) + 1).encode(), self._offsets.encode()] + [self._k(k).encode() for k in part]
+            head = [b"EVALSHA", sha, str(len(part) + 1).encode(), self._offsets.encode()] + [
+                self._k(k).encode() for k in part
+            ]
             head += [b"0", b"0", b"", b"", str(len(part)).encode()]  # no offsets, guards, notification
             body = [self._args_resp(ops, k) for k in part]
             n_args = len(head) + sum(c for c, _ in body)
@@ -452,7 +467,9 @@ class RedisOnlineStore(BaseOnlineStore):
         finally:
             pool.release(conn)
         if errors:
-            if type(errors[0]).__name__ == "NoScriptError" or "NOSCRIPT" in str(errors[0]):  # Redis restarted: load the script and redo (sets only: idempotent)
+            if type(errors[0]).__name__ == "NoScriptError" or "NOSCRIPT" in str(
+                errors[0]
+            ):  # Redis restarted: load the script and redo (sets only: idempotent)
                 self._sha = None
                 self._bulk(ops, keys)
                 return

@@ -70,8 +70,9 @@ class SqliteOnlineStore(BaseOnlineStore):
         c = self._conn()
         return [[r[0] for r in c.execute("SELECT f FROM kv WHERE k = ?", (k,))] for k in keys]
 
-    def _commit(self, ops: Ops, cas: Sequence[tuple[str, str | None, str]] = (),
-                notify: tuple[str, str] | None = None) -> bool:
+    def _commit(
+        self, ops: Ops, cas: Sequence[tuple[str, str | None, str]] = (), notify: tuple[str, str] | None = None
+    ) -> bool:
         # notify: nothing to publish to; in-process pushers see the commit when this returns.
         c = self._conn()
         c.execute("BEGIN IMMEDIATE")
@@ -110,7 +111,9 @@ class SqliteOnlineStore(BaseOnlineStore):
                     "INSERT INTO kv (k, f, v) VALUES (?, ?, ?) ON CONFLICT (k, f) DO UPDATE SET v = excluded.v", rows
                 )
             if ops.dels:
-                c.executemany("DELETE FROM kv WHERE k = ? AND f = ?", [(k, f) for k, fs in ops.dels.items() for f in fs])
+                c.executemany(
+                    "DELETE FROM kv WHERE k = ? AND f = ?", [(k, f) for k, fs in ops.dels.items() for f in fs]
+                )
             for key, (items, cap) in ops.lists.items():
                 self._recent_write(c, key, items, cap)
             if cas:
@@ -133,7 +136,9 @@ class SqliteOnlineStore(BaseOnlineStore):
         return bytes(row[0]) if row else None
 
     def set_meta(self, name: str, value: bytes) -> None:
-        self._conn().execute("INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v", (name, value))
+        self._conn().execute(
+            "INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v", (name, value)
+        )
 
     def _recent_append(self, key: str, items: list[bytes], max_len: int) -> None:
         c = self._conn()

@@ -27,7 +27,9 @@ class VectorIndex(Protocol):
 
     dim: int
 
-    def upsert(self, ids: Sequence[str], vectors: np.ndarray, attributes: Sequence[Mapping[str, Any]] | None = None) -> None: ...
+    def upsert(
+        self, ids: Sequence[str], vectors: np.ndarray, attributes: Sequence[Mapping[str, Any]] | None = None
+    ) -> None: ...
 
     def delete(self, ids: Sequence[str]) -> int: ...
 
@@ -261,9 +263,7 @@ class AttributeColumns:
             col = self._cols.get(c.column)
             if col is None:
                 # The column was never set: every row is null there.
-                out &= c.op in ("ne", "nin") or (c.op == "eq" and c.value is None) or (
-                    c.op == "in" and None in c.value
-                )
+                out &= c.op in ("ne", "nin") or (c.op == "eq" and c.value is None) or (c.op == "in" and None in c.value)
             elif isinstance(col, _Coded):
                 out &= _eval_coded(col, n, c)
             else:

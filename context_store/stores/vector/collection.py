@@ -132,8 +132,14 @@ class VectorCollection:
 
     # -- snapshots ---------------------------------------------------------------------------
     def _meta(self) -> dict[str, Any]:
-        return {"embedder": self.embedder, "dim": self.dim, "kind": self.kind, "key": self.key,
-                "attributes": self.attributes, "table": self.table}
+        return {
+            "embedder": self.embedder,
+            "dim": self.dim,
+            "kind": self.kind,
+            "key": self.key,
+            "attributes": self.attributes,
+            "table": self.table,
+        }
 
     def _base_columns(self) -> list[str]:
         return [self.key, "row_hash", "updated_us", *(ATTR_PREFIX + a for a in self.attributes)]
@@ -158,12 +164,17 @@ class VectorCollection:
             if cur is not None and cur.num_rows:
                 found = pc.index_in(pa.array(snap.ids, pa.string()), value_set=cur.column(self.key).combine_chunks())
                 row = pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64)
-                same = pc.equal(cur.column("row_hash").combine_chunks().take(pc.fill_null(found, 0)),
-                                pa.array(snap.hashes, pa.string()))
+                same = pc.equal(
+                    cur.column("row_hash").combine_chunks().take(pc.fill_null(found, 0)),
+                    pa.array(snap.hashes, pa.string()),
+                )
                 row[~(pc.fill_null(same, False).to_numpy(zero_copy_only=False) & alive)] = -1
             take = pa.array(row, mask=row < 0)
-            cols = {a: _column(cur.column(ATTR_PREFIX + a).take(take)) for a in self.attributes
-                    if cur is not None and ATTR_PREFIX + a in cur.column_names}
+            cols = {
+                a: _column(cur.column(ATTR_PREFIX + a).take(take))
+                for a in self.attributes
+                if cur is not None and ATTR_PREFIX + a in cur.column_names
+            }
             hashes = {i: h for i, h, live in zip(snap.ids, snap.hashes, alive.tolist()) if live}
             index = FaissIndex(self.dim, self.kind, flat_threshold=self.flat_threshold)
             index.restore_state(snap.meta, snap.ids, snap.arrays, cols)
@@ -194,8 +205,11 @@ class VectorCollection:
         changed = [i for i, h in current.items() if self.hashes.get(i) != h]
         if changed:
             # Many changes: one scan (unchanged rows are skipped by hash); few: fetch them by key.
-            data = (self.lance.read(self.table) if len(changed) > max(2000, len(current) // 10)
-                    else self.lance.read_keys(self.table, self.key, changed))
+            data = (
+                self.lance.read(self.table)
+                if len(changed) > max(2000, len(current) // 10)
+                else self.lance.read_keys(self.table, self.key, changed)
+            )
             if data is not None and data.num_rows:
                 self._apply(data)
         if cur is not None and cur.num_rows:
@@ -209,8 +223,7 @@ class VectorCollection:
             meta, ids, arrays = self.index.export_state()
             alive = arrays["alive"]
             hashes = [self.hashes.get(i, "") if alive[p] else "" for p, i in enumerate(ids)]
-            meta.update(self._meta(), version=self.version, max_updated=self.max_updated,
-                        written_at=time.time())
+            meta.update(self._meta(), version=self.version, max_updated=self.max_updated, written_at=time.time())
             self.changes, self.snapshot_at = 0, time.monotonic()
         try:
             return write_snapshot(self.lance.snapshot_path(self.table), meta, ids, hashes, arrays)
@@ -258,7 +271,7 @@ class VectorCollection:
         stored = (schema.metadata or {}).get(b"embedder")
         if stored is not None and stored.decode() != self.embedder:
             return False  # same dim, other model: the old vectors are not comparable
-        have = {n[len(ATTR_PREFIX):] for n in schema.names if n.startswith(ATTR_PREFIX)}
+        have = {n[len(ATTR_PREFIX) :] for n in schema.names if n.startswith(ATTR_PREFIX)}
         return have == set(self.attributes)
 
     def _apply(self, data: pa.Table) -> None:
@@ -272,7 +285,9 @@ class VectorCollection:
             data = data.take(pa.array(fresh, type=pa.int64()))
             ids = [ids[i] for i in fresh]
             hashes = [hashes[i] for i in fresh]
-        cols = {a: data.column(ATTR_PREFIX + a).to_pylist() for a in self.attributes if ATTR_PREFIX + a in data.column_names}
+        cols = {
+            a: data.column(ATTR_PREFIX + a).to_pylist() for a in self.attributes if ATTR_PREFIX + a in data.column_names
+        }
         rows = [{a: cols[a][i] for a in cols} for i in range(len(ids))]
         self.index.upsert(ids, _vectors_of(data.column("vector"), self.dim), rows)
         self.hashes.update(zip(ids, hashes))

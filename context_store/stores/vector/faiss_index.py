@@ -133,7 +133,13 @@ class FaissIndex:
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            out = {"mode": self.mode, "live": len(self._pos), "positions": len(self._ids), "dead": self._dead, "dim": self.dim}
+            out = {
+                "mode": self.mode,
+                "live": len(self._pos),
+                "positions": len(self._ids),
+                "dead": self._dead,
+                "dim": self.dim,
+            }
             if self.mode == "hnsw":
                 out["ef_search"] = self.ef_search
             elif self.mode == "ivf":
@@ -151,12 +157,21 @@ class FaissIndex:
             arrays = {"index": faiss.serialize_index(self._index), "alive": self._alive.copy()}
             if self.mode == "ivf":
                 arrays["flat"] = faiss.serialize_index(self._flat)
-            meta = {"dim": self.dim, "kind": self.kind, "mode": self.mode, "hnsw_m": self.hnsw_m,
-                    "ef_search": self.ef_search, "calibrated_recall": self.calibrated_recall}
+            meta = {
+                "dim": self.dim,
+                "kind": self.kind,
+                "mode": self.mode,
+                "hnsw_m": self.hnsw_m,
+                "ef_search": self.ef_search,
+                "calibrated_recall": self.calibrated_recall,
+            }
             return meta, list(self._ids), arrays
 
     def restore_state(
-        self, meta: Mapping[str, Any], ids: Sequence[str], arrays: Mapping[str, np.ndarray],
+        self,
+        meta: Mapping[str, Any],
+        ids: Sequence[str],
+        arrays: Mapping[str, np.ndarray],
         attributes: Mapping[str, Any],
     ) -> None:
         """Replace this index with an exported one; ``attributes``: column name -> value per

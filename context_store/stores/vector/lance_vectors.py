@@ -112,9 +112,13 @@ class LanceVectors:
     def read_since(self, name: str, updated_us: int, columns: list[str] | None = None) -> pa.Table | None:
         return self.read(name, columns, where=f"updated_us > {int(updated_us)}")
 
-    def read_keys(self, name: str, key: str, values: Sequence[str], columns: list[str] | None = None) -> pa.Table | None:
+    def read_keys(
+        self, name: str, key: str, values: Sequence[str], columns: list[str] | None = None
+    ) -> pa.Table | None:
         """Rows whose ``key`` is one of ``values`` (read in chunks of 500 ids)."""
-        parts = [self.read(name, columns, where=_in_list(key, list(values[i : i + 500]))) for i in range(0, len(values), 500)]
+        parts = [
+            self.read(name, columns, where=_in_list(key, list(values[i : i + 500]))) for i in range(0, len(values), 500)
+        ]
         got = [p for p in parts if p is not None]
         if not got:
             return None
@@ -160,11 +164,13 @@ class LanceVectors:
                 return
             data = self._conform(tbl, data)
             self._retry(
-                lambda: tbl.merge_insert(key)
-                .when_matched_update_all()
-                .when_not_matched_insert_all()
-                .when_not_matched_by_source_delete(scope)
-                .execute(data)
+                lambda: (
+                    tbl.merge_insert(key)
+                    .when_matched_update_all()
+                    .when_not_matched_insert_all()
+                    .when_not_matched_by_source_delete(scope)
+                    .execute(data)
+                )
             )
 
     def delete(self, name: str, column: str, values: Sequence[str]) -> None:
