@@ -40,12 +40,15 @@ import context_store as cs
 user = cs.Entity("user", join_keys=["user_id"])
 txns = cs.FileSource("data/txns.parquet", timestamp_field="ts")
 profiles = cs.FileSource("data/profiles.parquet", timestamp_field="ts")
-AGGS = [cs.Aggregate("amount", "sum", "1h"), cs.Aggregate("amount", "count", "1d"), cs.Aggregate("amount", "mean", "7d")]
+AGGS = [
+    cs.Aggregate("amount", "sum", "1h"), cs.Aggregate("amount", "count", "1d"), cs.Aggregate("amount", "mean", "7d"),
+]
 txn_stats = cs.FeatureView("txn_stats", [user], txns, aggregations=AGGS)                     # continuous windows
 txn_stats_1h = cs.FeatureView("txn_stats_1h", [user], txns, aggregations=AGGS, aggregation_interval="1h")
 user_profile = cs.FeatureView("user_profile", [user], profiles, ttl="30d", features=[
-    cs.Field("age", cs.Int64), cs.Field("city", cs.String), cs.Field("score", cs.Float64), cs.Field("tenure_days", cs.Int64),
-    cs.Field("credit_limit", cs.Float64), cs.Field("is_verified", cs.Bool), cs.Field("segment", cs.String)])
+    cs.Field("age", cs.Int64), cs.Field("city", cs.String), cs.Field("score", cs.Float64),
+    cs.Field("tenure_days", cs.Int64), cs.Field("credit_limit", cs.Float64), cs.Field("is_verified", cs.Bool),
+    cs.Field("segment", cs.String)])
 fraud_continuous = cs.FeatureService("fraud_continuous", [user_profile, txn_stats])
 fraud_tiled = cs.FeatureService("fraud_tiled", [user_profile, txn_stats_1h])
 """
@@ -312,8 +315,10 @@ def main() -> None:
         f"{mat_rows / mat_cpu:,.0f} rows per CPU-second of this process "
         f"(2 aggregation views with 3 windows each, tiles + 4^L blocks + raw edge events for the continuous view, "
         f"plus 1 row view); Feast: 30k rows/s, target >= 600k rows/s.",
-        f"- rerun with nothing new: {rerun.rows:,} rows in {rerun.seconds:.2f} s (watermark per view: incremental, idempotent).",
-        f"- embedded SQLite full load: {srep.rows:,} rows in {srep.seconds:.2f} s = {srep.rows / srep.seconds:,.0f} rows/s.",
+        f"- rerun with nothing new: {rerun.rows:,} rows in {rerun.seconds:.2f} s (watermark per view: incremental, "
+        "idempotent).",
+        f"- embedded SQLite full load: {srep.rows:,} rows in {srep.seconds:.2f} s = {srep.rows / srep.seconds:,.0f} "
+        "rows/s.",
         "",
         "## Stream apply (`online.apply_events`, fresh events for random users, one process, one token per batch)",
         "",
@@ -331,8 +336,8 @@ def main() -> None:
         "## Notes",
         "",
         "- Layout (docs/online-state.md): one hash per entity holding every view's fields; a lookup is one `HMGET` "
-        "(~12 fields here: the row + tiles/4^L blocks covering 1h, 1d and 7d; continuous mode adds the raw edge tiles). "
-        "A batch of entities is one round trip of pipelined `HMGET`s.",
+        "(~12 fields here: the row + tiles/4^L blocks covering 1h, 1d and 7d; continuous mode adds the raw edge "
+        "tiles). A batch of entities is one round trip of pipelined `HMGET`s.",
         "- Where the CPU goes per single lookup (measured in isolation, replies prefetched, min of 7 runs): "
         "the `HMGET` itself ~12-13 µs CPU on the thread's own connection driven with hiredis (the floor's "
         "redis-py `HGETALL` ~21 µs); Python beyond it ~14 µs (interval) / ~21 µs (continuous: exact edges cut "
@@ -341,12 +346,12 @@ def main() -> None:
         "metadata ~2 µs, request time ~1 µs.",
         "- Batches of entities evaluate numbers-only views for all entities at once (one `frombuffer`, numpy "
         "merges per window across entities); only raw edges and finalize run per entity.",
-        "- Stream apply: per batch one offset `HGET`, one round trip of pipelined `HMGET`s (the touched fields per entity) "
-        "and one commit script (one `HSET` per entity incl. raw appends, `PEXPIRE GT`, offset CAS); the "
-        "partials are merged per (entity, field) with numpy first, so the cost is per touched field, not per "
-        "event. Redis CPU (measured on a private server, INFO cpu) is ~12-15 µs per event at 500-5,000-event "
-        "batches over 10k users; the shared server's `hash-max-listpack-entries 512` makes field lookups in "
-        "big entity hashes linear scans (default 128 is cheaper).",
+        "- Stream apply: per batch one offset `HGET`, one round trip of pipelined `HMGET`s (the touched fields per "
+        "entity) and one commit script (one `HSET` per entity incl. raw appends, `PEXPIRE GT`, offset CAS); the "
+        "partials are merged per (entity, field) with numpy first, so the cost is per touched field, not per event. "
+        "Redis CPU (measured on a private server, INFO cpu) is ~12-15 µs per event at 500-5,000-event batches over "
+        "10k users; the shared server's `hash-max-listpack-entries 512` makes field lookups in big entity hashes "
+        "linear scans (default 128 is cheaper).",
         "- On a shared 2-core machine (other sessions' tests and benchmarks, load average 5-8) the wall "
         "ratios move by +-0.5x between runs; the CPU column is the steadier comparison.",
         "- Materialization is CPU-bound (this process: partials, field dicts, RESP built in Python; Redis: the "

@@ -90,8 +90,9 @@ def main() -> None:
         "# Registry and CLI",
         "",
         f"`python -m evals.bench_registry{' --quick' if args.quick else ''}` — median of {runs} runs.",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}; "
-        f"load average at the end {os.getloadavg()[0]:.1f} (other work on the machine inflates wall times).",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{platform.system()}; load average at the end {os.getloadavg()[0]:.1f} (other work on the machine inflates "
+        "wall times).",
         "Process times are dominated by importing pyarrow/duckdb and by interpreter exit, not by the registry.",
         "",
         "| what | time |",

@@ -529,10 +529,11 @@ def write(out: Path, results: dict[str, Any], args: Any, dur: float, prof: str |
         f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}; Redis at {REDIS_URL}.",
         f"Server: uvicorn + uvloop + httptools, {args.workers} worker processes, auth off, metrics on. "
         f"Request: Tecton `get-features`, 1 entity x 10 features (window aggregates), {dur:.0f} s per run.",
-        "Load generators run on the same 2-core machine as the servers (they compete for CPU; numbers are conservative).",
-        f"Each server measured {1 if args.quick else args.repeat}x, interleaved with the other; the median run is shown "
-        "(all runs in server.json). Other sessions were running tests/benchmarks on this machine at the same time: "
-        "see the load average column.",
+        "Load generators run on the same 2-core machine as the servers (they compete for CPU; numbers are "
+        "conservative).",
+        f"Each server measured {1 if args.quick else args.repeat}x, interleaved with the other; the median run is "
+        "shown (all runs in server.json). Other sessions were running tests/benchmarks on this machine at the same "
+        "time: see the load average column.",
         "",
         "## Max throughput (wrk, closed loop, 16 connections, 1 thread)",
         "",
@@ -582,16 +583,18 @@ def write(out: Path, results: dict[str, Any], args: Any, dur: float, prof: str |
         "",
         "## Against the targets",
         "",
-        f"- Throughput (median run): {cs_r['throughput']['rps']:.0f} req/s = **{ratio:.1f}x** Feast 0.67's 881 req/s (target >= 5x); "
-        f"{cs_r['throughput']['rps'] / fl['throughput']['rps']:.0%} of the floor's {fl['throughput']['rps']:.0f} req/s.",
+        f"- Throughput (median run): {cs_r['throughput']['rps']:.0f} req/s = **{ratio:.1f}x** Feast 0.67's 881 req/s "
+        f"(target >= 5x); {cs_r['throughput']['rps'] / fl['throughput']['rps']:.0%} of the floor's "
+        f"{fl['throughput']['rps']:.0f} req/s.",
         f"- Server CPU per request: {cs_r['throughput']['server_cpu_us_per_request']:.0f} us vs the floor's "
-        f"{fl['throughput']['server_cpu_us_per_request']:.0f} us (same run). Derived, not measured: with 2 cores to itself the "
-        f"server would be CPU-bound near {2e6 / cs_r['throughput']['server_cpu_us_per_request']:.0f} req/s "
+        f"{fl['throughput']['server_cpu_us_per_request']:.0f} us (same run). Derived, not measured: with 2 cores to "
+        f"itself the server would be CPU-bound near {2e6 / cs_r['throughput']['server_cpu_us_per_request']:.0f} req/s "
         f"(floor: {2e6 / fl['throughput']['server_cpu_us_per_request']:.0f}).",
-        f"- Best run (least disturbed by the other sessions): {best_rps:.0f} req/s = {best_rps / FEAST_RPS:.1f}x Feast; "
-        f"p99 {best_p99:.2f} ms at {args.rate:.0f} req/s.",
-        f"- p99 at {args.rate:.0f} req/s (median run): **{cs_r['fixed']['p99_ms']:.2f} ms** (target <= 5 ms; floor {fl['fixed']['p99_ms']:.2f} ms); "
-        f"max {cs_r['fixed']['max_ms']:.1f} ms, {cs_r['fixed']['over_100ms']} requests over 100 ms (stalls).",
+        f"- Best run (least disturbed by the other sessions): {best_rps:.0f} req/s = {best_rps / FEAST_RPS:.1f}x "
+        f"Feast; p99 {best_p99:.2f} ms at {args.rate:.0f} req/s.",
+        f"- p99 at {args.rate:.0f} req/s (median run): **{cs_r['fixed']['p99_ms']:.2f} ms** (target <= 5 ms; floor "
+        f"{fl['fixed']['p99_ms']:.2f} ms); max {cs_r['fixed']['max_ms']:.1f} ms, {cs_r['fixed']['over_100ms']} "
+        "requests over 100 ms (stalls).",
         "",
         "Sample response:",
         "",

@@ -643,8 +643,10 @@ def write_report(path: Path, res: dict[str, Any], args: Any, seconds: float, n_i
         "",
         "| workers | applied online | incl. offline log (Lance) + XACK | durable push (bulk 500) |",
         "|---|---|---|---|",
-        f"| 1 | {i1['online_rate']:,.0f} events/s | {i1['acked_rate']:,.0f} events/s | {i1['push_rate']:,.0f} events/s |",
-        f"| 2 | {i2['online_rate']:,.0f} events/s | {i2['acked_rate']:,.0f} events/s | {i2['push_rate']:,.0f} events/s |",
+        f"| 1 | {i1['online_rate']:,.0f} events/s | {i1['acked_rate']:,.0f} events/s | "
+        f"{i1['push_rate']:,.0f} events/s |",
+        f"| 2 | {i2['online_rate']:,.0f} events/s | {i2['acked_rate']:,.0f} events/s | "
+        f"{i2['push_rate']:,.0f} events/s |",
         "",
         f"Target ≥ 20,000 events/s: **{ok_i}**. On 2 cores a second worker process competes with the first and with",
         "Redis for CPU, so it mostly adds failover rather than throughput here; on more cores partitions spread.",

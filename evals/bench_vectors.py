@@ -12,7 +12,8 @@ calibrated by the index at build time to recall 0.97):
   * filtered ``find_similar`` (1% and 30% of rows pass),
   * recall@10 against brute-force numpy cosine, single-row upsert and delete latency.
 Then serving start-up at 100k (``--startup-n``): full rebuild from LanceDB vs loading the index
-snapshot (and snapshot + 1% rows changed after it). Then embedding throughput (sentences/s) and single-query latency: plain sentence-transformers
+snapshot (and snapshot + 1% rows changed after it). Then embedding throughput (sentences/s) and \
+single-query latency: plain sentence-transformers
 (the floor) vs our torch backend vs the ONNX int8 backend.
 Writes evals/results/vectors.md (+ vectors.png, vectors.json). ``--quick``: 100k only;
 ``--hard``: add 100k near-uniform vectors (worst case for ANN recall).
@@ -396,32 +397,39 @@ def write_report(
     lines = [
         "# Vector search and embeddings",
         "",
-        f"`python -m evals.bench_vectors{' --quick' if quick else ''}` — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-        f"{elapsed:.0f} s total.",
-        f"Machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
-        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}. Other sessions were using the machine during the run, so "
-        "absolute numbers are noisy; compare rows of the same run (the raw FAISS row is the floor).",
+        f"`python -m evals.bench_vectors{' --quick' if quick else ''}` — "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {elapsed:.0f} s total.",
+        f"Machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python "
+        f"{platform.python_version()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}. Other sessions were using "
+        "the machine during the run, so absolute numbers are noisy; compare rows of the same run (the raw FAISS row "
+        "is the floor).",
         "",
         "Vectors: synthetic unit vectors. `lowrank`: 1000 topics on a 64-dim subspace plus 5% isotropic noise (low",
-        "intrinsic dimension, like sentence embeddings). `isotropic` (`--hard`): 1000 clusters drowned in noise in all 384",
-        "dims, near-uniform — a worst case for any ANN index. Queries: stored vectors plus noise (cosine ~0.7 to their source);",
+        "intrinsic dimension, like sentence embeddings). `isotropic` (`--hard`): 1000 clusters drowned in noise in "
+        "all 384",
+        "dims, near-uniform — a worst case for any ANN index. Queries: stored vectors plus noise (cosine ~0.7 to "
+        "their source);",
         "k=10. Latency in ms, one query at a time, single thread of the caller; raw FAISS, FaissIndex.search and",
         "find_similar(vector) are timed interleaved on the same queries. Search breadth is calibrated at build time",
         "(smallest efSearch/nprobe reaching recall 0.97 on probe queries; see stores/vector/faiss_index.py).",
         "",
-        "| N | data (query cos to nn1 / nn10) | index (search breadth, calibrated recall) | build s | raw FAISS p50 / p99 | FaissIndex.search p50 / p99 | find_similar(vector) p50 / p99 | "
-        "find_similar(text, MiniLM) p50 / p99 | recall@10 raw / find_similar |",
+        "| N | data (query cos to nn1 / nn10) | index (search breadth, calibrated recall) | build s | raw FAISS p50 / "
+        "p99 | FaissIndex.search p50 / p99 | find_similar(vector) p50 / p99 | find_similar(text, MiniLM) p50 / p99 | "
+        "recall@10 raw / find_similar |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sizes:
         f = lambda key, r=r: f"{r[key]['p50']:.3f} / {r[key]['p99']:.3f}"  # noqa: E731
         lines.append(
-            f"| {r['n']:,} | {r['data']} ({r['cos_nn1']:.2f} / {r['cos_nn10']:.2f}) | {r['mode']} ({_breadth(r['stats'])}) | {r['build_s']:.0f} | {f('raw_faiss')} | {f('store_search')} | "
-            f"{f('find_similar_vector')} | {f('find_similar_text')} | {r['recall_raw']:.3f} / {r['recall_find_similar']:.3f} |"
+            f"| {r['n']:,} | {r['data']} ({r['cos_nn1']:.2f} / {r['cos_nn10']:.2f}) | {r['mode']} "
+            f"({_breadth(r['stats'])}) | {r['build_s']:.0f} | {f('raw_faiss')} | {f('store_search')} | "
+            f"{f('find_similar_vector')} | {f('find_similar_text')} | {r['recall_raw']:.3f} / "
+            f"{r['recall_find_similar']:.3f} |"
         )
     lines += [
         "",
-        "| N | data | filter 1% p50 / p99 | filter 30% p50 / p99 | text, cached query p50 / p99 | upsert 1 row p50 / p99 | delete 1 row p50 / p99 |",
+        "| N | data | filter 1% p50 / p99 | filter 30% p50 / p99 | text, cached query p50 / p99 | upsert 1 row p50 / "
+        "p99 | delete 1 row p50 / p99 |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in sizes:
@@ -441,16 +449,16 @@ def write_report(
             "key/hash/attribute columns (not the vectors), then replay only rows whose hash differs. Writing the",
             "snapshot happens once after a build, then in the background every 10k changed rows / 5 min, and on close.",
             "",
-            "| N | index | full rebuild s | snapshot load s (median of 3) | vs rebuild | snapshot + replay of rows changed after it s | "
-            "snapshot size MiB / write s | results identical (200 queries) | load avg (1 min) |",
+            "| N | index | full rebuild s | snapshot load s (median of 3) | vs rebuild | snapshot + replay of rows "
+            "changed after it s | snapshot size MiB / write s | results identical (200 queries) | load avg (1 min) |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for su in startup:
             lines.append(
                 f"| {su['n']:,} | {su['mode']} | {su['rebuild_s']:.1f} | {su['snapshot_load_s']:.2f} | "
-                f"{su['rebuild_s'] / su['snapshot_load_s']:.0f}x faster | {su['snapshot_replay_s']:.2f} ({su['replayed']:,} rows) | "
-                f"{su['snapshot_bytes'] / 2**20:.0f} / {su['snapshot_save_s']:.2f} | {'yes' if su['identical_results'] else 'NO'} | "
-                f"{su['load'][0]:.1f} |"
+                f"{su['rebuild_s'] / su['snapshot_load_s']:.0f}x faster | {su['snapshot_replay_s']:.2f} "
+                f"({su['replayed']:,} rows) | {su['snapshot_bytes'] / 2**20:.0f} / {su['snapshot_save_s']:.2f} | "
+                f"{'yes' if su['identical_results'] else 'NO'} | {su['load'][0]:.1f} |"
             )
         lines += [
             "",
@@ -515,12 +523,15 @@ def write_report(
         "",
         '- Index: the product default (`EmbeddingView(index="auto")`) is an exact flat scan below 10k rows and HNSW',
         '  (M=32, efConstruction=128) above; `index="ivf"` selects IVF-Flat (nlist = sqrt(N)). The 1M row uses IVF',
-        "  because an HNSW build of 1M x 384 on this 2-core box takes tens of minutes (100k took the build time above).",
-        "- Search breadth is calibrated per build on probe queries (stored vectors, means of two vectors, noisy vectors):",
+        "  because an HNSW build of 1M x 384 on this 2-core box takes tens of minutes (100k took the build time "
+        "above).",
+        "- Search breadth is calibrated per build on probe queries (stored vectors, means of two vectors, noisy "
+        "vectors):",
         "  easy data keeps efSearch 64, hard data gets the breadth that still reaches recall 0.97 — so recall holds on",
         "  any data and the latency shows what that data costs.",
         "- Updates are incremental: an upsert appends to the index (HNSW insert / IVF add) and tombstones the old row;",
-        "  deletes tombstone (HNSW/flat, skipped through a FAISS IDSelectorBitmap) or remove (IVF, hashtable direct map);",
+        "  deletes tombstone (HNSW/flat, skipped through a FAISS IDSelectorBitmap) or remove (IVF, hashtable direct "
+        "map);",
         "  the index compacts itself when a quarter of its rows are tombstones. Durable state is LanceDB; the index is",
         "  snapshotted beside its table (after a build, every 10k changed rows or 5 min with changes, and on close;",
         "  temp file + rename) and a restart loads the snapshot and replays only rows whose hash changed since; a",

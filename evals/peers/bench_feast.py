@@ -487,9 +487,9 @@ def bench_server(repo: Path, refs: list[str], user: str, seconds: int, runs: int
                 )
                 sample = urllib.request.urlopen(req, timeout=5).read().decode()
                 break
-            except OSError:
+            except OSError as err:
                 if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"feast serve did not come up: {log_path.read_text()[-2000:]}")
+                    raise RuntimeError(f"feast serve did not come up: {log_path.read_text()[-2000:]}") from err
                 time.sleep(0.5)
         load = os.getloadavg()[0]
         wrk(port, body, 2)  # warm-up

@@ -58,13 +58,13 @@ def _hist_section(
         "",
         (
             f"Data (generated in the script, same generator as `evals/bench_batch.py`): {meta['events']:,} transaction "
-            f"events, {args.users:,} users (Zipf-like activity), {args.days} days; spine of {meta['spine']:,} rows over "
-            f"{args.days + 1} days with ~5% unknown users. Feast has no window aggregations, so 3 windows (1h, 1d, 7d) "
-            "x 4 functions (count, sum, mean, max) were **precomputed per event** over `(ts - W, ts]` (vectorised "
-            f"numpy, checked equal to pandas `groupby().rolling(W)`; {meta['precompute_s']:.2f}s = "
+            f"events, {args.users:,} users (Zipf-like activity), {args.days} days; spine of {meta['spine']:,} rows "
+            f"over {args.days + 1} days with ~5% unknown users. Feast has no window aggregations, so 3 windows (1h, "
+            "1d, 7d) x 4 functions (count, sum, mean, max) were **precomputed per event** over `(ts - W, ts]` "
+            f"(vectorised numpy, checked equal to pandas `groupby().rolling(W)`; {meta['precompute_s']:.2f}s = "
             f"{meta['events'] / meta['precompute_s']:,.0f} events/s, not included below) into a Parquet file of "
             f"{meta['events']:,} rows x 12 features, registered as one FeatureView (ttl={ttl}). Feast then only does "
-            f"the as-of join, so its values are as of the user's last event, not windows ending at the spine time. "
+            "the as-of join, so its values are as of the user's last event, not windows ending at the spine time. "
             f"Median of {args.runs} runs; extra scale points (rows below the first {len(hist)}) are single runs."
         ),
         "",
@@ -162,13 +162,13 @@ def _mat_section(mats: list[dict[str, Any]]) -> list[str]:
         "",
         (
             "This is the call `feast materialize START END` makes, timed in-process (the CLI's ~2 s import is "
-            "excluded). Feast writes only the latest row per entity per feature view, so rows written = distinct users. "
-            "The time is Feast's own Python: a cProfile of the file-store run shows ~45% in Arrow -> protobuf conversion "
-            "(`_convert_arrow_to_proto`, per value) and ~50% in `RedisOnlineStore.online_write_batch` (per-entity key "
-            "serialisation and mmh3 field names, a pipeline of HMGET of each key's stored timestamp, then a pipeline of "
-            "HSETs; `skip_dedup` is off by default); reading the offline store is < 5%. Wall time is 2-3x the process "
-            "CPU because other sessions loaded the 2 cores (and Redis's own CPU is not in the column); the CPU column is "
-            "the steadier number."
+            "excluded). Feast writes only the latest row per entity per feature view, so rows written = distinct "
+            "users. The time is Feast's own Python: a cProfile of the file-store run shows ~45% in Arrow -> protobuf "
+            "conversion (`_convert_arrow_to_proto`, per value) and ~50% in `RedisOnlineStore.online_write_batch` "
+            "(per-entity key serialisation and mmh3 field names, a pipeline of HMGET of each key's stored timestamp, "
+            "then a pipeline of HSETs; `skip_dedup` is off by default); reading the offline store is < 5%. Wall time "
+            "is 2-3x the process CPU because other sessions loaded the 2 cores (and Redis's own CPU is not in the "
+            "column); the CPU column is the steadier number."
         ),
         "",
     ]
@@ -180,8 +180,8 @@ def _server_section(args: argparse.Namespace, server: list[dict[str, Any]]) -> l
         "## 4. Feature server (`feast serve -w 2`, HTTP `POST /get-online-features`, 1 entity x 10 features)",
         "",
         (
-            f"wrk closed loop, 1 thread, 16 connections, {args.server_seconds}s per run (median of {args.runs}) after a "
-            "2 s warm-up, same parameters as `evals/bench_server.py`; wrk runs on the same 2 cores as the server."
+            f"wrk closed loop, 1 thread, 16 connections, {args.server_seconds}s per run (median of {args.runs}) after "
+            "a 2 s warm-up, same parameters as `evals/bench_server.py`; wrk runs on the same 2 cores as the server."
         ),
         "",
         (
@@ -200,12 +200,12 @@ def _server_section(args: argparse.Namespace, server: list[dict[str, Any]]) -> l
     L += [
         "",
         (
-            "`feast serve` defaults to `--max-requests 1000` (gunicorn): each worker is recycled after ~1000 requests, "
-            "i.e. several times per second at these rates, which costs most of the throughput; the second row turns "
-            "that off. Server CPU per request = CPU of the `feast serve` process tree (gunicorn master, workers, and "
-            "recycled workers via the master's reaped-children time) over the run / requests served: the load-independent "
-            "cost, comparable with `evals/bench_server.py`'s column. Feast's response carries a status and an event "
-            "timestamp per feature."
+            "`feast serve` defaults to `--max-requests 1000` (gunicorn): each worker is recycled after ~1000 "
+            "requests, i.e. several times per second at these rates, which costs most of the throughput; the second "
+            "row turns that off. Server CPU per request = CPU of the `feast serve` process tree (gunicorn master, "
+            "workers, and recycled workers via the master's reaped-children time) over the run / requests served: the "
+            "load-independent cost, comparable with `evals/bench_server.py`'s column. Feast's response carries a "
+            "status and an event timestamp per feature."
         ),
         "",
         f"Sample response (truncated): `{server[0]['sample'][:400]}`",
@@ -256,8 +256,8 @@ def _summary(
                 f"{statistics.median(online['lat'][k1]) / 1000:.3f} ms ({f1:.3f} ms) |"
             ),
             (
-                f"| online p50, 100 entities (floor) | 7.1 ms | {statistics.median(online['blat'][k100]) / 1000:.1f} ms "
-                f"({statistics.median(online['blat']['floor: pipeline of 100 HGETALL']) / 1000:.1f} ms) |"
+                f"| online p50, 100 entities (floor) | 7.1 ms | {statistics.median(online['blat'][k100]) / 1000:.1f} "
+                f"ms ({statistics.median(online['blat']['floor: pipeline of 100 HGETALL']) / 1000:.1f} ms) |"
             ),
         ]
     if mats:
@@ -314,8 +314,8 @@ def report(
         "```",
         "",
         (
-            "The script re-executes itself with `.venv-feast/bin/python`; each Feast project gets a random `ctxbench_*` "
-            "name, and `FeatureStore.teardown()` plus a key scan remove its Redis keys afterwards "
+            "The script re-executes itself with `.venv-feast/bin/python`; each Feast project gets a random "
+            "`ctxbench_*` name, and `FeatureStore.teardown()` plus a key scan remove its Redis keys afterwards "
             f"({meta['leftover_keys']} keys were left for the scan to delete)."
         ),
     ]
