@@ -41,21 +41,6 @@ class RepoDefinitions:
     # Output type of every feature of every (realtime) feature view: view -> feature -> dtype.
     feature_types: dict[str, dict[str, DType]] = field(default_factory=dict)
 
-    def all_objects(self) -> list[Any]:
-        out: list[Any] = []
-        for d in (
-            self.entities,
-            self.sources,
-            self.feature_views,
-            self.realtime_views,
-            self.embedding_views,
-            self.knowledge,
-            self.feature_services,
-            self.context_services,
-        ):
-            out.extend(d.values())
-        return out
-
     def _get(self, table: dict[str, Any], name: str, what: str) -> Any:
         try:
             return table[name]
@@ -68,12 +53,6 @@ class RepoDefinitions:
 
     def feature_view(self, name: str) -> FeatureView:
         return self._get(self.feature_views, name, "feature view")
-
-    def embedding_view(self, name: str) -> EmbeddingView:
-        return self._get(self.embedding_views, name, "embedding view")
-
-    def knowledge_base(self, name: str) -> Knowledge:
-        return self._get(self.knowledge, name, "knowledge")
 
     def context_service(self, name: str) -> ContextService:
         return self._get(self.context_services, name, "context service")
