@@ -84,7 +84,7 @@ def online_recent_events(
     store: ContextStore, source: StreamSource, join_keys: dict[str, Any], n: int, before: datetime
 ) -> list[dict[str, Any]] | None:
     """From the online store's bounded per-entity list; None when it holds nothing for the entity."""
-    from ..stores.online.codec import entity_key
+    from ..state.codec import entity_key
 
     read = getattr(store.online, "read_recent", None)
     if read is None:

@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ..compute.aggregations import us_to_datetime
-from ..compute.tiles import ViewState
 from ..definitions import DType, FeatureSelection, FeatureView, RealtimeFeatureView, RequestSource
 from ..errors import ContextStoreError, InvalidInputError
 from ..registry.repo import RepoDefinitions
+from ..state.codec import KEY_SEP
+from ..state.tiles import ViewState
 from ..stores.online.base import OnlineStore, ViewValues
-from ..stores.online.codec import KEY_SEP
 from ..types import MISSING_DATA, PRESENT, FeatureMetadata, FeatureVector
+from ..vocab.time import us_to_datetime
 
 __all__ = ["FeatureServer", "to_us"]
 

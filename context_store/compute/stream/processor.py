@@ -4,7 +4,7 @@ For each feature view on the source: drop events already applied (offset fence),
 batch backfill owns (``ts < cut-over``) and, online only, events too late for the watermark;
 run the view's transform (``compute.transform.apply_transform``, the batch code path); apply the
 rows to online aggregation state through the online store's atomic ``apply_events`` (the same
-partial/merge code batch materialization uses, ``compute.aggregations``); and collect rows for
+partial/merge code batch materialization uses, ``state.aggregations``); and collect rows for
 the offline log (``fv__{view}``, ``src__{source}``).
 """
 
@@ -95,7 +95,7 @@ def append_recent(store: Any, plan: SourcePlan, raw: list[pa.Table]) -> None:
 
 def recent_lists(plan: SourcePlan, rows: list[dict[str, Any]]) -> dict[str, tuple[list[dict[str, Any]], int]]:
     """Per entity key of each context service on this source: its newest rows (oldest first), cap."""
-    from ...stores.online.codec import entity_key
+    from ...state.codec import entity_key
 
     out: dict[str, tuple[list[dict[str, Any]], int]] = {}
     for keys, n in plan.recent:

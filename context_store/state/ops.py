@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import orjson
 import pyarrow as pa
 
-from ...compute.tiles import ViewState
+from .tiles import ViewState
 
 __all__ = ["ApplyItem", "Ops", "RecentItem", "compare_offsets", "encode_recent", "recent_key"]
 
