@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from ..definitions import DType, FeatureSelection, FeatureView, RealtimeFeatureView, RequestSource
@@ -24,7 +24,7 @@ from ..state.codec import KEY_SEP
 from ..state.tiles import ViewState
 from ..stores.online.base import OnlineStore, ViewValues
 from ..types import MISSING_DATA, PRESENT, FeatureMetadata, FeatureVector
-from ..vocab.time import us_to_datetime
+from ..vocab.time import datetime_to_us, parse_iso, us_to_datetime
 
 __all__ = ["FeatureServer", "to_us"]
 
@@ -37,14 +37,11 @@ def to_us(t: datetime | str | float | None) -> int:
         return time.time_ns() // 1000
     if isinstance(t, str):
         try:
-            t = datetime.fromisoformat(t.replace("Z", "+00:00"))
+            t = parse_iso(t)
         except ValueError:
             raise InvalidInputError(f"request_time {t!r} is not an ISO-8601 timestamp", field="request_time") from None
     if isinstance(t, datetime):
-        if t.tzinfo is None:
-            t = t.replace(tzinfo=UTC)
-        d = t - datetime(1970, 1, 1, tzinfo=UTC)
-        return (d.days * 86400 + d.seconds) * 1_000_000 + d.microseconds
+        return datetime_to_us(t)
     if isinstance(t, (int, float)) and not isinstance(t, bool):
         return int(t * 1_000_000)
     raise InvalidInputError(

@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 
 from ...definitions import FeatureView, StreamSource
 from ...errors import NotFoundError
+from ...state.columns import ts_to_us
 from ..transform import apply_transform
 from .stats import STATS
 
@@ -156,10 +157,6 @@ class Batch:
 ApplyFn = Callable[[FeatureView, pa.Table, int, int | None], None]  # (view, rows, partition, offset)
 
 
-def _ts_us(table: pa.Table, ts: str) -> np.ndarray:
-    return table.column(ts).cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy(zero_copy_only=False)
-
-
 def _late_masks(ts: np.ndarray, watermark: int | None, lateness_us: int) -> tuple[np.ndarray, np.ndarray, int | None]:
     """(late, too_late, new watermark): the watermark is the max event time seen before each row."""
     if len(ts) == 0:
@@ -196,7 +193,7 @@ def process_batch(
         return out
     offsets = events.column(OFFSET).to_numpy()
     last = int(offsets[-1])
-    ts = _ts_us(events, src.timestamp_field)
+    ts = ts_to_us(events[src.timestamp_field])
     lateness = int(src.allowed_lateness.total_seconds() * 1_000_000)
     late, too_late, new_wm = _late_masks(ts, state.watermark_us, lateness)
     # Only events newer than the fence count as late (replays don't count twice).
