@@ -197,7 +197,7 @@ def write_view(
 
     Shared by every engine so they write the same layout; returns the rows written.
     """
-    from ..stores.offline.base import view_table
+    from ..vocab.tables import view_table
 
     ts = view.timestamp_field
     hi = end_us

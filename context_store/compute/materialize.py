@@ -20,6 +20,7 @@ from ..registry.repo import RepoDefinitions
 from ..state.columns import ts_to_us
 from ..state.tiles import ViewState
 from ..state.writes import bulk_writes
+from ..vocab.tables import source_table, view_table
 
 __all__ = [
     "HIST_MARK",
@@ -123,7 +124,7 @@ def materialize(
     for name in names:
         view = defs.feature_views[name]
         state = ViewState(view, defs.input_schemas.get(name, {}))
-        table_name = f"fv__{name}"
+        table_name = view_table(name)
         vr = ViewReport(name)
         t1 = time.perf_counter()
         if not offline.exists(table_name):
@@ -218,7 +219,6 @@ def _wait_offline_log(offline: Any, online: Any, view: Any, timeout: float = 5.0
     ``view`` online (they append it about once a second). Workers append ``fv__`` before
     ``src__``, so ``src__`` reaching the applied offset of each partition is enough."""
     from ..errors import NotFoundError
-    from ..stores.offline import source_table
 
     table = source_table(view.source.name)
     deadline = time.monotonic() + timeout

@@ -117,7 +117,7 @@ def offline_recent_events(
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from ..stores.offline import source_table
+    from ..vocab.tables import source_table
 
     ts = source.timestamp_field
     cols = [f.name for f in source.schema or ()]
@@ -162,7 +162,7 @@ def offline_row_time(store: ContextStore, view: Any, join_keys: dict[str, Any], 
     offline log: the effective time of a replayed row feature. None for other views or no row."""
     import pyarrow.compute as pc
 
-    from ..stores.offline import view_table
+    from ..vocab.tables import view_table
 
     keys = getattr(view, "join_keys", None)
     ts_field = getattr(view, "timestamp_field", None)

@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 from ...definitions import FeatureView, StreamSource
 from ...errors import NotFoundError
 from ...state.columns import ts_to_us
+from ...vocab.tables import source_table, view_table
 from ..transform import apply_transform
 from .stats import STATS
 
@@ -247,7 +248,7 @@ def process_batch(
                 n_too,
                 src.allowed_lateness,
             )
-        out.add(f"src__{src.name}", raw)
+        out.add(source_table(src.name), raw)
         state.offline["src"] = last
     for view, on_rows, off_rows, on_fence, off_fence in work:
         if on_rows is not None:
@@ -255,7 +256,7 @@ def process_batch(
             state.applied[view.name] = max(last, on_fence)
             out.applied_rows += on_rows.num_rows
         if off_rows is not None:
-            out.add(f"fv__{view.name}", off_rows)
+            out.add(view_table(view.name), off_rows)
         if view.offline:
             state.offline[view.name] = max(last, off_fence)
     return out
