@@ -28,6 +28,7 @@ from .errors import (
     UnavailableError,
 )
 from .types import FeatureMetadata, FeatureVector, KnowledgeChunk, KnowledgeResult, SimilarItem, SimilarResult
+from .vocab.json import RECORD_OPTIONS
 
 __all__ = ["get_feature_server_client", "FeatureServerClient", "AsyncFeatureServerClient"]
 
@@ -199,7 +200,7 @@ def _ingest_body(source: str, rows: Sequence[Mapping[str, Any]], dry_run: bool, 
     body: dict[str, Any] = {"dry_run": dry_run, "records": {source: [{"record": dict(r)} for r in rows]}}
     if workspace:
         body["workspace_name"] = workspace
-    return orjson.dumps(body, option=orjson.OPT_NAIVE_UTC | orjson.OPT_SERIALIZE_NUMPY)
+    return orjson.dumps(body, option=RECORD_OPTIONS)
 
 
 def _headers(api_key: str | None) -> dict[str, str]:

@@ -220,7 +220,7 @@ def main() -> None:
             n // 2,
         )
         # Stream-style incremental applies (the stream worker's call): fresh events for random users.
-        from context_store.compute.tiles import ViewState
+        from context_store.state.tiles import ViewState
 
         apply_rates: dict[tuple[str, int], tuple[float, float]] = {}  # (view, batch) -> (events/s wall, CPU µs/event)
         nprng = np.random.default_rng(2)

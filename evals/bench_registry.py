@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from context_store.compute.schema_probe import TransformSchemaProbe  # noqa: E402
 from context_store.config import load_config  # noqa: E402
 from context_store.registry.registry import Registry  # noqa: E402
 from context_store.scaffold import scaffold  # noqa: E402
@@ -58,7 +59,7 @@ def main() -> None:
         rows.append((f"generate {n:,} transactions + {n:,} item views", f"{t:.2f} s ({2 * n / t:,.0f} rows/s)"))
 
         root = scaffold(base / "repo", users=100, events=5000, end=END).root
-        reg = Registry(load_config(root))
+        reg = Registry(load_config(root), TransformSchemaProbe())
         t = median_time(reg.plan, runs)
         rows.append(("plan (load + validate 18 objects, 5 views read their sources)", f"{t * 1000:.0f} ms"))
         i = 0
@@ -66,7 +67,7 @@ def main() -> None:
         def apply_new() -> None:
             nonlocal i
             i += 1
-            Registry(load_config(root, workspace=f"w{i}")).apply()
+            Registry(load_config(root, workspace=f"w{i}"), TransformSchemaProbe()).apply()
 
         t = median_time(apply_new, runs)
         rows.append(("apply (plan + snapshot + atomic commit, new workspace)", f"{t * 1000:.0f} ms"))

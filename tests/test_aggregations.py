@@ -11,8 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import context_store as cs
-from context_store.compute.aggregations import AggPlan, Columns, aggregate_values
-from context_store.compute.tiles import TILES_PER_WINDOW, ViewState, choose_tile_us, decode_raw, decompose, encode_raw
+from context_store.state.aggregations import AggPlan, aggregate_values
+from context_store.state.columns import Columns
+from context_store.state.raw_events import decode_raw, encode_raw
+from context_store.state.tiles import TILES_PER_WINDOW, ViewState, choose_tile_us, decompose
 from tests.reference import aggregate, values_match
 
 user = cs.Entity("user", ["user_id"])

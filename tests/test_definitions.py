@@ -11,9 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from context_store.compute.schema_probe import load_checked_repo as load_repo
 from context_store.definitions import Float64, Int64, String, Timestamp
 from context_store.errors import DefinitionError
-from context_store.registry.loader import find_definition_files, load_repo
+from context_store.registry.loader import find_definition_files
 
 HEADER = """\
 import context_store as cs

@@ -15,7 +15,7 @@ import pytest
 import context_store as cs
 from context_store.compute.materialize import HIST_MARK
 from context_store.serving import context_events
-from context_store.stores.online.codec import entity_key
+from context_store.state.codec import entity_key
 from tests.fixtures_context import build_context_repo, txn_rows
 from tests.fixtures_stream import T0, event, make_store
 from tests.test_stream_parity import _check_parity

@@ -14,8 +14,9 @@ import pytest
 
 from context_store.config import load_config
 from context_store.errors import InvalidInputError, NotFoundError
-from context_store.stores.offline import OfflineStore, open_offline_store, source_table, view_table
+from context_store.stores.offline import OfflineStore, open_offline_store
 from context_store.stores.offline.lance import LanceOfflineStore
+from context_store.vocab.tables import source_table, view_table
 from tests.fixtures_batch import T0, ts_array
 
 SEC = 1_000_000

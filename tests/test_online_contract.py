@@ -19,12 +19,14 @@ import pyarrow as pa
 import pytest
 
 import context_store as cs
-from context_store.compute.aggregations import Columns, aggregate_values
-from context_store.compute.tiles import ViewState
 from context_store.config import load_config
 from context_store.errors import UnavailableError
-from context_store.stores.online import BaseOnlineStore, Ops, compare_offsets, open_online_store
-from context_store.stores.online.codec import entity_key
+from context_store.state.aggregations import aggregate_values
+from context_store.state.codec import entity_key
+from context_store.state.columns import Columns
+from context_store.state.ops import Ops, compare_offsets
+from context_store.state.tiles import ViewState
+from context_store.stores.online import BaseOnlineStore, open_online_store
 
 US = 1_000_000
 NOW = (int(time.time()) // 3600) * 3600 * US + 1234567  # not tile aligned
@@ -316,7 +318,7 @@ def test_commit_compare_and_set(store: BaseOnlineStore) -> None:
 
 def test_apply_many_is_one_atomic_commit(store: BaseOnlineStore) -> None:
     """A stream worker's round: two views, two partitions, one commit CAS'd on every offset."""
-    from context_store.stores.online.base import ApplyItem
+    from context_store.state.ops import ApplyItem
 
     a = agg_state(None, [cs.Aggregate("amount", "sum", "1d"), cs.Aggregate("amount", "count", "1d")])
     b = agg_state(None, [cs.Aggregate("cat", "last_distinct_n", "1d", n=2)], name="cats")
@@ -352,7 +354,7 @@ def test_apply_many_is_one_atomic_commit(store: BaseOnlineStore) -> None:
 
 def test_recent_appends_are_fenced_per_partition(store: BaseOnlineStore) -> None:
     """Recent-events appends commit with their own applied offset: a replay appends nothing."""
-    from context_store.stores.online.base import ApplyItem, RecentItem
+    from context_store.state.ops import ApplyItem, RecentItem
 
     a = agg_state(None, [cs.Aggregate("amount", "count", "1d")])
     ev = events(6, seed=5, users=("u1",))
@@ -593,7 +595,7 @@ def test_read_entities_matches_read_features(store: BaseOnlineStore) -> None:
 def test_row_codec_roundtrip() -> None:
     from datetime import datetime
 
-    from context_store.stores.online.codec import RowCodec
+    from context_store.state.codec import RowCodec
 
     codec = RowCodec(
         [cs.Int64, cs.Timestamp, cs.String, cs.Bool, cs.Float64, cs.Array(cs.Int64), cs.Embedding(2), cs.String]

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import context_store as cs
-from context_store.compute.tiles import ViewState
+from context_store.state.tiles import ViewState
 from tests.helpers import make_repo
 from tests.reference import values_match
 
@@ -141,7 +141,7 @@ def _compare(store: cs.ContextStore, times: list[int], what: str) -> None:
 
 
 def _dt(t: int) -> Any:
-    from context_store.compute.aggregations import us_to_datetime
+    from context_store.vocab.time import us_to_datetime
 
     return us_to_datetime(t)
 

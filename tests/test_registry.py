@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from context_store.compute.schema_probe import TransformSchemaProbe
 from context_store.config import load_config
 from context_store.errors import ConflictError, NotFoundError
 from context_store.registry.plan import REBACKFILL, REINDEX, REMATERIALIZE
@@ -34,7 +35,7 @@ def repo(tmp_path: Path, text: str = BASE, aggs: str = AGGS) -> Path:
 
 
 def registry(root: Path, workspace: str = "default") -> Registry:
-    return Registry(load_config(root, workspace=workspace))
+    return Registry(load_config(root, workspace=workspace), TransformSchemaProbe())
 
 
 def rewrite(root: Path, old: str, new: str) -> None:

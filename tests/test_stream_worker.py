@@ -354,7 +354,7 @@ def test_recent_events_lists_exactly_once_across_failures(
     that fail, and commits that succeed but whose reply is lost, are replayed without duplicates."""
     import context_store as cs
     from context_store.compute.stream import ingest
-    from context_store.stores.online.codec import entity_key
+    from context_store.state.codec import entity_key
     from tests.fixtures_stream import REPO, events_table
     from tests.helpers import make_repo
 

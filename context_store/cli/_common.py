@@ -23,12 +23,14 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterable
-from datetime import UTC, date, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from ..errors import ContextStoreError, InvalidInputError
+from ..vocab.json import to_jsonable
+from ..vocab.time import as_utc, parse_iso
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -194,28 +196,12 @@ def parse_time(value: str | None, field: str) -> datetime | None:
     if value is None:
         return None
     try:
-        dt = datetime.fromisoformat(value.strip())
+        dt = parse_iso(value)
     except ValueError:
         raise InvalidInputError(
             f"--{field} {value!r} is not an ISO-8601 time such as 2024-05-01 or 2024-05-01T12:00:00Z", field=field
         ) from None
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
-
-
-def to_jsonable(v: Any) -> Any:
-    if isinstance(v, datetime):
-        return v.isoformat()
-    if isinstance(v, date):
-        return v.isoformat()
-    if isinstance(v, dict):
-        return {str(k): to_jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [to_jsonable(x) for x in v]
-    if hasattr(v, "tolist"):  # numpy scalars/arrays
-        return to_jsonable(v.tolist())
-    if isinstance(v, float) and v != v:
-        return None
-    return v
+    return as_utc(dt)
 
 
 def echo_json(obj: Any) -> None:

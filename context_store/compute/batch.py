@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from ..definitions import FeatureView, FileSource, StreamSource
 from ..errors import InvalidInputError
+from ..vocab.time import datetime_to_us, parse_iso
 from .transform import apply_transform, read_source
 
 if TYPE_CHECKING:
@@ -64,7 +65,7 @@ def to_us(value: datetime | str | int | None, field_name: str) -> int | None:
         return value
     if isinstance(value, str):
         try:
-            value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+            value = parse_iso(value)
         except ValueError:
             raise InvalidInputError(
                 f"{field_name} {value!r} is not an ISO-8601 date/time such as 2024-01-31 or 2024-01-31T12:00:00Z",
@@ -72,10 +73,7 @@ def to_us(value: datetime | str | int | None, field_name: str) -> int | None:
             ) from None
     if not isinstance(value, datetime):
         raise InvalidInputError(f"{field_name} must be a datetime or ISO-8601 string", field=field_name)
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    delta = value - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return datetime_to_us(value)
 
 
 def sort_for_pit(table: pa.Table, keys: list[str], ts: str, stable: bool = True) -> pa.Table:
@@ -199,7 +197,7 @@ def write_view(
 
     Shared by every engine so they write the same layout; returns the rows written.
     """
-    from ..stores.offline.base import view_table
+    from ..vocab.tables import view_table
 
     ts = view.timestamp_field
     hi = end_us

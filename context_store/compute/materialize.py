@@ -1,8 +1,7 @@
 """Materialization: offline ``fv__{view}`` rows -> online rows/tiles, in bulk.
 
-Vectorised: rows are sorted once by (entity, tile, ts) and every (entity, tile) partial is
-computed with numpy ``reduceat``; writes go out in chunks of entity hashes (one Lua call per
-chunk on Redis, one transaction on SQLite). A watermark per view makes reruns incremental.
+The writes are built by ``state.writes.bulk_writes`` (vectorised, chunks of entity hashes: one
+Lua call per chunk on Redis, one transaction on SQLite). A watermark per view makes reruns incremental.
 """
 
 from __future__ import annotations
@@ -14,13 +13,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from ..config import Config
 from ..registry.repo import RepoDefinitions
-from .aggregations import Columns
-from .tiles import ViewState, columns_from_arrow, encode_raw_groups, ts_to_us
+from ..state.columns import ts_to_us
+from ..state.tiles import ViewState
+from ..state.writes import bulk_writes
+from ..vocab.tables import source_table, view_table
 
 __all__ = [
     "HIST_MARK",
@@ -32,7 +32,6 @@ __all__ = [
     "materialize_table",
 ]
 
-_CHUNK_KEYS = 2000
 log = logging.getLogger(__name__)
 
 
@@ -125,7 +124,7 @@ def materialize(
     for name in names:
         view = defs.feature_views[name]
         state = ViewState(view, defs.input_schemas.get(name, {}))
-        table_name = f"fv__{name}"
+        table_name = view_table(name)
         vr = ViewReport(name)
         t1 = time.perf_counter()
         if not offline.exists(table_name):
@@ -220,7 +219,6 @@ def _wait_offline_log(offline: Any, online: Any, view: Any, timeout: float = 5.0
     ``view`` online (they append it about once a second). Workers append ``fv__`` before
     ``src__``, so ``src__`` reaching the applied offset of each partition is enough."""
     from ..errors import NotFoundError
-    from ..stores.offline import source_table
 
     table = source_table(view.source.name)
     deadline = time.monotonic() + timeout
@@ -282,7 +280,7 @@ def materialize_recent(defs: RepoDefinitions, config: Config, online: Any) -> di
     import pyarrow.compute as pc
 
     from ..errors import DefinitionError
-    from ..stores.online.codec import entity_key
+    from ..state.codec import entity_key
     from .transform import read_source
 
     if getattr(online, "append_recent", None) is None or getattr(online, "read_recent", None) is None:
@@ -334,153 +332,11 @@ def materialize_recent(defs: RepoDefinitions, config: Config, online: Any) -> di
 def materialize_table(state: ViewState, table: pa.Table, online: Any, now_us: int, bar: Any = None) -> tuple[int, int]:
     """Write the online state of ``table`` (rows of one view); returns (entities, fields written).
     Writes may still be in flight on return: call ``online.flush()`` before relying on them."""
-    from ..stores.online import Ops
-    from ..stores.online.codec import entity_keys
-
-    keys = entity_keys(table, state.view.join_keys).dictionary_encode()
-    kidx = np.asarray(keys.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
-    kvals = keys.dictionary.to_pylist()
-    if not state.is_aggregate:
-        return _rows(state, table, online, kidx, kvals, now_us, bar)
-    plan = state.plan
-    assert plan is not None
-    g = state.g
-    h = state.horizon(now_us)
-    cols = columns_from_arrow(table, plan, state.view.timestamp_field)
-    tiles = cols.ts // g
-    if state.has_lifetime:
-        tiles = np.maximum(tiles, h - 1)  # tile h-1 stands for the lifetime base L (F = h)
-    order = np.lexsort((cols.ts, tiles, kidx))
-    if not np.array_equal(order, np.arange(len(order))):
-        cols = cols.take(order)
-        kidx, tiles = kidx[order], tiles[order]
-    n = len(kidx)
-    brk = np.flatnonzero((np.diff(kidx) != 0) | (np.diff(tiles) != 0)) + 1
-    starts = np.concatenate([[0], brk]).astype(np.int64)
-    ends = np.append(starts[1:], n)
-    gk = kidx[starts]
-    gt = tiles[starts]
-    key_brk = np.flatnonzero(np.diff(gk) != 0) + 1
-    key_starts = np.concatenate([[0], key_brk]).astype(np.int64)
-    key_ends = np.append(key_starts[1:], len(gk))
-    fields = 0
-    m_val = str(h).encode()
-    h_bytes = np.array([h], dtype="<i8").tobytes()
-    vid = state.vid
-    # Process entities in chunks so memory and per-call payloads stay bounded.
-    for c0 in range(0, len(key_starts), _CHUNK_KEYS):
-        c1 = min(c0 + _CHUNK_KEYS, len(key_starts))
-        g0, g1 = int(key_starts[c0]), int(key_ends[c1 - 1])
-        r0, r1 = int(starts[g0]), int(ends[g1 - 1])
-        sub = _slice(cols, r0, r1)
-        num, objs = plan.partials_grouped(sub, starts[g0:g1] - r0)
-        enc = (
-            [plan.encode_parts(num[i], objs[i]) for i in range(g1 - g0)]
-            if plan.slots
-            else list(map(bytes, num.astype("<f8", copy=False)))
-        )
-        raws = encode_raw_groups(sub, plan, starts[g0:g1] - r0, ends[g0:g1] - r0) if not state.interval else None
-        ops = Ops()
-        gt_l = gt[g0:g1].tolist()
-        gk_l = gk[g0:g1].tolist()
-        if state.has_lifetime:
-            for i, (k, ti) in enumerate(zip(gk_l, gt_l)):
-                key = kvals[k]
-                d = ops.sets.get(key)
-                if d is None:
-                    d = ops.sets[key] = {}
-                    d[f"{vid}:m"] = m_val
-                if ti == h - 1:
-                    d[state.L] = h_bytes + enc[i]
-                    continue
-                d[f"{vid}:{ti}"] = enc[i]
-                if raws is not None:
-                    d[f"{vid}:{ti}r"] = raws[i]
-        else:  # per entity one dict built from slices (C loops, not one Python step per tile)
-            pre = f"{vid}:"
-            names = [pre + x for x in map(str, gt_l)]
-            rnames = [x + "r" for x in names] if raws is not None else None
-            ks = (key_starts[c0:c1] - g0).tolist()
-            ke = (key_ends[c0:c1] - g0).tolist()
-            for a, e in zip(ks, ke):
-                d = {state.M: m_val}
-                d.update(zip(names[a:e], enc[a:e]))
-                if rnames is not None and raws is not None:
-                    d.update(zip(rnames[a:e], raws[a:e]))
-                ops.sets[kvals[gk_l[a]]] = d
-        # Enclosing 4^L-tile blocks (rows are sorted by (entity, tile), hence by (entity, block)).
-        sk, stl = kidx[r0:r1], tiles[r0:r1]
-        for lv in range(1, state.levels + 1):
-            blk = stl >> (2 * lv)
-            bs = np.flatnonzero(np.r_[True, (np.diff(sk) != 0) | (np.diff(blk) != 0)])
-            bnum, bobjs = plan.partials_grouped(sub, bs)
-            bj = blk[bs]
-            keep = np.flatnonzero(((bj + 1) << (2 * lv)) > h)  # blocks entirely older than the horizon: unreachable
-            benc_all = (
-                [plan.encode_parts(bnum[i], bobjs[i]) for i in keep.tolist()]
-                if plan.slots
-                else list(map(bytes, bnum[keep].astype("<f8", copy=False)))
-            )
-            pre = f"{vid}:{lv}:"
-            bnames = [pre + x for x in map(str, bj[keep].tolist())]
-            bk = sk[bs][keep]
-            kb = np.flatnonzero(np.r_[True, np.diff(bk) != 0])
-            kbe = np.append(kb[1:], len(bk)).tolist()
-            for a, e, k in zip(kb.tolist(), kbe, bk[kb].tolist()):
-                ops.sets[kvals[k]].update(zip(bnames[a:e], benc_all[a:e]))
-        if state.has_lifetime:
-            empty = None
-            for d in ops.sets.values():
-                if state.L not in d:
-                    empty = empty or h_bytes + plan.encode(plan.empty())
-                    d[state.L] = empty
-        # Expiry from each entity's latest event.
-        last_rows = ends[key_ends[c0:c1] - 1] - 1
-        for k, mt in zip(gk[key_starts[c0:c1]].tolist(), cols.ts[last_rows].tolist()):
-            ops.expire[kvals[k]] = state.expire_ms(mt, now_us)
+    entities = fields = 0
+    for ops, rows in bulk_writes(state, table, now_us):
+        entities += len(ops.sets)
         fields += len(ops)
         online.write_ops(ops, wait=False)  # overlap Redis work with building the next chunk
-        if bar is not None:
-            bar.update(r1 - r0)
-    return len(kvals), fields
-
-
-def _slice(cols: Columns, a: int, b: int) -> Columns:
-    return Columns(
-        ts=cols.ts[a:b],
-        valid={k: v[a:b] for k, v in cols.valid.items()},
-        num={k: v[a:b] for k, v in cols.num.items()},
-        obj={k: v[a:b] for k, v in cols.obj.items()},
-        emb={k: v[a:b] for k, v in cols.emb.items()},
-    )
-
-
-def _rows(
-    state: ViewState, table: pa.Table, online: Any, kidx: np.ndarray, kvals: list[str], now_us: int, bar: Any
-) -> tuple[int, int]:
-    from ..stores.online import Ops
-    from ..stores.online.codec import RowCodec
-
-    ts = ts_to_us(table[state.view.timestamp_field])
-    order = np.lexsort((np.arange(len(ts)), ts, kidx))
-    k_sorted = kidx[order]
-    last = order[np.append(np.flatnonzero(np.diff(k_sorted) != 0), len(order) - 1)]
-    names = [f.name for f in state.view.features_in]
-    sub = table.take(pa.array(last))
-    cols = [sub[n].to_pylist() for n in names]
-    codec = RowCodec([f.dtype for f in state.view.features_in])
-    lk = kidx[last].tolist()
-    lts = ts[last].tolist()
-    ops = Ops()
-    vid = state.vid
-    for j, (k, t) in enumerate(zip(lk, lts)):
-        key = kvals[k]
-        ops.sets[key] = {vid: codec.encode(t, [c[j] for c in cols])}
-        ops.expire[key] = state.expire_ms(t, now_us)
-        if len(ops.sets) >= _CHUNK_KEYS:
-            online.write_ops(ops, wait=False)
-            ops = Ops()
-    online.write_ops(ops, wait=False)
-    if bar is not None:
-        bar.update(table.num_rows)
-    return len(lk), len(lk)
+        if bar is not None and rows:
+            bar.update(rows)
+    return entities, fields

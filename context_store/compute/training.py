@@ -109,7 +109,7 @@ def _read_events(
     start_us: int | None,
     end_us: int | None,
 ) -> pa.Table:
-    from ..stores.offline.base import view_table
+    from ..vocab.tables import view_table
 
     name = view_table(view.name)
     if not view.offline:

@@ -21,7 +21,7 @@ import types
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..definitions import (
     ContextService,
@@ -37,6 +37,9 @@ from ..definitions import (
 )
 from ..errors import DefinitionError
 from .repo import RepoDefinitions
+
+if TYPE_CHECKING:
+    from .validate import SchemaProbe
 
 __all__ = ["load_repo", "find_definition_files", "import_definitions", "SKIP_DIRS"]
 
@@ -302,13 +305,14 @@ def load_repo(
     repo_root: str | os.PathLike[str],
     *,
     exclude: Sequence[Path] = (),
-    resolve: bool = True,
+    probe: SchemaProbe | None = None,
 ) -> RepoDefinitions:
     """Import every definitions file of the repo, collect and validate the objects.
 
-    ``resolve`` reads each view's input columns from its source (after the transform) to
-    check columns and types and to fill ``input_schemas``/``feature_types``; the registry
-    turns it off when reloading an applied snapshot (types come from the stored registry).
+    ``probe`` reads each view's input columns from its source (after the transform) to check
+    columns and types and to fill ``input_schemas``/``feature_types``; without one only
+    references are checked (as when the registry reloads an applied snapshot: types come from
+    the stored registry). ``compute.schema_probe.load_checked_repo`` passes the compute one.
     """
     from .validate import validate
 
@@ -316,5 +320,5 @@ def load_repo(
     files = find_definition_files(root, exclude=exclude)
     modules = import_definitions(root, files)
     repo = collect(m for _, m in modules)
-    validate(repo, root, resolve=resolve)
+    validate(repo, root, probe)
     return repo

@@ -31,7 +31,7 @@ from ..errors import ConflictError, InvalidInputError, NotFoundError, Unavailabl
 from .loader import collect, find_definition_files, import_definitions
 from .plan import Plan, compute_plan, dtype_from_str, dtype_to_str
 from .repo import RepoDefinitions
-from .validate import validate
+from .validate import SchemaProbe, validate
 
 __all__ = ["Registry", "Plan"]
 
@@ -72,8 +72,12 @@ def _atomic_write(path: Path, data: bytes) -> None:
 class Registry:
     """``Registry(config)``: plan/apply the repo's definitions into ``config.workspace``."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, probe: SchemaProbe | None = None) -> None:
+        """``probe``: how ``plan``/``apply`` learn input schemas from the data (compute's
+        ``TransformSchemaProbe``, passed in by ``ContextStore``); without one they check
+        references only and record no input types."""
         self.config = config
+        self.probe = probe
         self._cache: tuple[int, RepoDefinitions] | None = None
         self._cache_lock = threading.Lock()
 
@@ -94,7 +98,7 @@ class Registry:
         """Load and validate the repo's definitions (reads sources to check columns)."""
         from .loader import load_repo
 
-        return load_repo(self.config.repo, exclude=self._exclude())
+        return load_repo(self.config.repo, exclude=self._exclude(), probe=self.probe)
 
     # -- what is applied -----------------------------------------------------------------
     def applied_version(self) -> int:
@@ -146,7 +150,7 @@ class Registry:
         files = [snap / rel for rel in meta["files"]]
         modules = import_definitions(snap, files)
         defs = collect(m for _, m in modules)
-        validate(defs, Path(self.config.repo), resolve=False)
+        validate(defs, Path(self.config.repo))
         for key, rec in meta["objects"].items():
             table, name = key.split("/", 1)
             if "feature_types" in rec:

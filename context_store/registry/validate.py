@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import glob
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ..definitions import (
     DType,
@@ -20,12 +20,25 @@ from ..definitions import (
     Source,
     aggregate_dtype,
 )
-from ..definitions.dtypes import Embedding, from_arrow
+from ..definitions.dtypes import Embedding
 from ..definitions.feature_view import AGGREGATION_FUNCTIONS, FeatureSelection
 from ..errors import DefinitionError
 from .repo import RepoDefinitions
 
-__all__ = ["validate", "source_columns"]
+__all__ = ["SchemaProbe", "source_columns", "validate"]
+
+
+class SchemaProbe(Protocol):
+    """What validation needs to learn from data, supplied by the caller (compute implements it:
+    ``compute.schema_probe.TransformSchemaProbe``); the registry itself reads no data files."""
+
+    def source_schema(self, source: Source, repo_root: Path) -> dict[str, DType]:
+        """Columns of a source's files (its declared schema is used without calling this)."""
+        ...
+
+    def input_schema(self, view: FeatureView, repo_root: Path) -> dict[str, DType]:
+        """Columns of a feature view's rows after its transform."""
+        ...
 
 
 def _err(obj: Any, message: str, location: str | None = None) -> DefinitionError:
@@ -36,20 +49,11 @@ def _fmt_cols(cols: dict[str, DType]) -> str:
     return ", ".join(sorted(cols)) or "none"
 
 
-def source_columns(source: Source, repo_root: Path) -> dict[str, DType]:
+def source_columns(source: Source, repo_root: Path, probe: SchemaProbe) -> dict[str, DType]:
     """Declared schema of a source, or the columns of its files when none is declared."""
     if source.schema:
         return {f.name: f.dtype for f in source.schema}
-    from ..compute.transform import read_source
-
-    table = read_source(source, repo_root, limit=10)  # type: ignore[arg-type]
-    out: dict[str, DType] = {}
-    for f in table.schema:
-        try:
-            out[f.name] = from_arrow(f.type)
-        except TypeError:
-            continue
-    return out
+    return probe.source_schema(source, repo_root)
 
 
 def _check_references(repo: RepoDefinitions) -> None:
@@ -176,18 +180,16 @@ def _check_embedding_view(ev: EmbeddingView, cols: dict[str, DType]) -> None:
             raise _err(ev, f"unknown attribute column {a!r}; source columns: {_fmt_cols(cols)}")
 
 
-def validate(repo: RepoDefinitions, repo_root: Path, resolve: bool = True) -> None:
-    """Check references always; with ``resolve``, read sources to check columns and fill types."""
+def validate(repo: RepoDefinitions, repo_root: Path, probe: SchemaProbe | None = None) -> None:
+    """Check references always; with a ``probe``, read sources to check columns and fill types."""
     _check_references(repo)
     for rt in repo.realtime_views.values():
         repo.feature_types[rt.name] = {f.name: f.dtype for f in rt.output}
-    if not resolve:
+    if probe is None:
         return
-    from ..compute.transform import input_schema
-
     for view in repo.feature_views.values():
         try:
-            cols = input_schema(view, repo_root)
+            cols = probe.input_schema(view, repo_root)
         except DefinitionError:
             raise
         except Exception as e:  # unreadable files, a broken transform...: a definition problem
@@ -196,7 +198,7 @@ def validate(repo: RepoDefinitions, repo_root: Path, resolve: bool = True) -> No
         repo.feature_types[view.name] = _check_feature_view(view, cols)
     for ev in repo.embedding_views.values():
         try:
-            cols = source_columns(ev.source, repo_root)
+            cols = source_columns(ev.source, repo_root, probe)
         except DefinitionError:
             raise
         except Exception as e:

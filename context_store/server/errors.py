@@ -13,26 +13,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..errors import ContextStoreError, InvalidInputError
+from ..vocab.json import dumps_api
 
 __all__ = ["install_error_handlers", "error_response", "json_response", "dumps", "loads_body", "is_unavailable"]
 
 log = logging.getLogger("context_store.server")
 
-_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC | orjson.OPT_NON_STR_KEYS
-
-
-def _default(o: Any) -> Any:
-    if isinstance(o, (set, frozenset, tuple)):
-        return list(o)
-    if hasattr(o, "item"):  # numpy / pyarrow scalars
-        return o.item()
-    if hasattr(o, "as_py"):
-        return o.as_py()
-    return str(o)
-
-
-def dumps(obj: Any) -> bytes:
-    return orjson.dumps(obj, default=_default, option=_OPTS)
+dumps = dumps_api
 
 
 def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInputError, NotFoundError
 from ..types import KnowledgeChunk, SimilarItem
+from ..vocab.time import EPOCH, as_utc, parse_iso
 from .context_events import merge_newest, offline_row_time
 from .context_text import _CONTROL, _SPACE, MAX_TEXT_CHARS, clean_text, count_tokens, iso, jsonable, render
 
@@ -60,14 +61,14 @@ def parse_time(value: datetime | str | int | float | None, field_name: str = "as
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             t = datetime.fromtimestamp(float(value), tz=UTC)
         elif isinstance(value, str):
-            t = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+            t = parse_iso(value)
         else:
             raise TypeError
     except (TypeError, ValueError, OverflowError, OSError):
         raise InvalidInputError(
             f"{field_name} must be an ISO-8601 time such as '2026-01-31T12:00:00Z', got {value!r}", field=field_name
         ) from None
-    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+    return as_utc(t)
 
 
 # -- result types ------------------------------------------------------------------------------
@@ -394,8 +395,7 @@ def _window_end(view: Any, at: datetime) -> datetime:
     interval = getattr(view, "aggregation_interval", None)
     if not interval:
         return at
-    epoch = datetime(1970, 1, 1, tzinfo=UTC)
-    return epoch + ((at - epoch) // interval) * interval
+    return EPOCH + ((at - EPOCH) // interval) * interval
 
 
 def _interest_vector(svc: ContextService, values: Mapping[str, Any]) -> list[float] | None:

@@ -7,10 +7,11 @@ the request time, like every window here), so online and as-of replay agree.
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DefinitionError, NotFoundError
+from ..vocab.time import datetime_to_us, parse_iso
 
 if TYPE_CHECKING:
     from ..definitions import StreamSource
@@ -19,27 +20,18 @@ if TYPE_CHECKING:
 __all__ = ["online_recent_events", "offline_recent_events", "offline_row_time", "history_latest", "merge_newest"]
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_US = timedelta(microseconds=1)
-
-
-def _us(t: datetime) -> int:
-    return (t - _EPOCH) // _ONE_US
-
-
 def _ts_us(value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, datetime):
-        return _us(value if value.tzinfo else value.replace(tzinfo=UTC))
+        return datetime_to_us(value)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return int(value)  # already int64 microseconds (the internal convention)
     if isinstance(value, str):
         try:
-            t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            return datetime_to_us(parse_iso(value))
         except ValueError:
             return None
-        return _us(t if t.tzinfo else t.replace(tzinfo=UTC))
     return None
 
 
@@ -60,7 +52,7 @@ def merge_newest(rows: list[dict[str, Any]], ts_field: str, n: int, before: date
     if any(r.get(HIST_MARK) == _FROM_LIST for r in rows):
         rows = [r for r in rows if r.get(HIST_MARK) != _FROM_INDEX]
     rows = [{k: v for k, v in r.items() if k != HIST_MARK} if HIST_MARK in r else r for r in rows]
-    return _newest_first(rows, ts_field, n, _us(before))
+    return _newest_first(rows, ts_field, n, datetime_to_us(before))
 
 
 def history_latest(
@@ -84,7 +76,7 @@ def online_recent_events(
     store: ContextStore, source: StreamSource, join_keys: dict[str, Any], n: int, before: datetime
 ) -> list[dict[str, Any]] | None:
     """From the online store's bounded per-entity list; None when it holds nothing for the entity."""
-    from ..stores.online.codec import entity_key
+    from ..state.codec import entity_key
 
     read = getattr(store.online, "read_recent", None)
     if read is None:
@@ -107,7 +99,7 @@ def online_recent_events(
                 continue
             r = {**r, HIST_MARK: _FROM_LIST}
         out.append(dict(r))
-    return _newest_first(out, source.timestamp_field, n, _us(before))
+    return _newest_first(out, source.timestamp_field, n, datetime_to_us(before))
 
 
 def offline_recent_events(
@@ -125,7 +117,7 @@ def offline_recent_events(
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from ..stores.offline import source_table
+    from ..vocab.tables import source_table
 
     ts = source.timestamp_field
     cols = [f.name for f in source.schema or ()]
@@ -137,7 +129,7 @@ def offline_recent_events(
     name = source_table(source.name)
     if store.offline.exists(name):
         try:
-            parts.append(store.offline.read(name, ts_column=ts, end_us=_us(before), filter=expr))
+            parts.append(store.offline.read(name, ts_column=ts, end_us=datetime_to_us(before), filter=expr))
         except NotFoundError:
             pass
     if getattr(source, "batch_source", None) is not None:
@@ -149,7 +141,7 @@ def offline_recent_events(
             from ..compute.transform import read_source
 
             try:
-                hist = read_source(source, store.config.repo, end_us=_us(before))
+                hist = read_source(source, store.config.repo, end_us=datetime_to_us(before))
             except DefinitionError:  # history files moved or unreadable: pushed events still count
                 hist = None
             if hist is not None:
@@ -162,7 +154,7 @@ def offline_recent_events(
             keep = [c for c in cols if c in t.column_names] or t.column_names
             t = t.select(keep).sort_by([(ts, "descending")]).slice(0, n * 4 + 16)
             rows += t.to_pylist()
-    return _newest_first(rows, ts, n, _us(before))
+    return _newest_first(rows, ts, n, datetime_to_us(before))
 
 
 def offline_row_time(store: ContextStore, view: Any, join_keys: dict[str, Any], at: datetime) -> datetime | None:
@@ -170,7 +162,7 @@ def offline_row_time(store: ContextStore, view: Any, join_keys: dict[str, Any], 
     offline log: the effective time of a replayed row feature. None for other views or no row."""
     import pyarrow.compute as pc
 
-    from ..stores.offline import view_table
+    from ..vocab.tables import view_table
 
     keys = getattr(view, "join_keys", None)
     ts_field = getattr(view, "timestamp_field", None)
@@ -184,7 +176,9 @@ def offline_row_time(store: ContextStore, view: Any, join_keys: dict[str, Any], 
         e = pc.field(k) == join_keys[k]
         expr = e if expr is None else expr & e
     try:
-        table = store.offline.read(name, columns=[ts_field], ts_column=ts_field, end_us=_us(at) + 1, filter=expr)
+        table = store.offline.read(
+            name, columns=[ts_field], ts_column=ts_field, end_us=datetime_to_us(at) + 1, filter=expr
+        )
     except NotFoundError:
         return None
     if table.num_rows == 0:

@@ -7,10 +7,11 @@ import math
 import re
 import threading
 from collections.abc import Mapping, Sequence
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UnavailableError
+from ..vocab.time import format_iso_z
 
 if TYPE_CHECKING:
     from .context import UserContext
@@ -60,9 +61,7 @@ def jsonable(value: Any, limit: int = MAX_TEXT_CHARS) -> Any:
 
 
 def iso(t: datetime) -> str:
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=UTC)
-    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return format_iso_z(t)
 
 
 # -- tokenizer -------------------------------------------------------------------------------

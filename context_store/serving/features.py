@@ -12,19 +12,19 @@ import operator
 import re
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
+from typing import Any, NamedTuple
 
-from ..compute.aggregations import us_to_datetime
-from ..compute.tiles import ViewState
 from ..definitions import DType, FeatureSelection, FeatureView, RealtimeFeatureView, RequestSource
 from ..errors import ContextStoreError, InvalidInputError
 from ..registry.repo import RepoDefinitions
+from ..state.codec import KEY_SEP
+from ..state.tiles import ViewState
 from ..stores.online.base import OnlineStore, ViewValues
-from ..stores.online.codec import KEY_SEP
 from ..types import MISSING_DATA, PRESENT, FeatureMetadata, FeatureVector
+from ..vocab.time import datetime_to_us, parse_iso, us_to_datetime
 
 __all__ = ["FeatureServer", "to_us"]
 
@@ -37,14 +37,11 @@ def to_us(t: datetime | str | float | None) -> int:
         return time.time_ns() // 1000
     if isinstance(t, str):
         try:
-            t = datetime.fromisoformat(t.replace("Z", "+00:00"))
+            t = parse_iso(t)
         except ValueError:
             raise InvalidInputError(f"request_time {t!r} is not an ISO-8601 timestamp", field="request_time") from None
     if isinstance(t, datetime):
-        if t.tzinfo is None:
-            t = t.replace(tzinfo=UTC)
-        d = t - datetime(1970, 1, 1, tzinfo=UTC)
-        return (d.days * 86400 + d.seconds) * 1_000_000 + d.microseconds
+        return datetime_to_us(t)
     if isinstance(t, (int, float)) and not isinstance(t, bool):
         return int(t * 1_000_000)
     raise InvalidInputError(
@@ -58,24 +55,69 @@ class _Read:
     join_keys: tuple[str, ...]
 
 
+class _Output(NamedTuple):
+    """A stored feature: ``read`` index, ``index`` in its values; or a realtime one: read -1,
+    ``index`` of the realtime view, ``feature`` its output name."""
+
+    read: int
+    index: int
+    feature: str
+
+
+class _Meta(NamedTuple):
+    name: str  # "view.feature"
+    dtype: dict[str, Any]  # dataType description
+    view: str
+
+
+class _RequestArg(NamedTuple):
+    """A realtime view's request-source argument: these request fields."""
+
+    fields: list[str]
+
+
+class _ViewArg(NamedTuple):
+    """A realtime view's feature-view argument: ``names`` taken from read ``read`` at ``index``."""
+
+    read: int
+    names: list[str]
+    index: list[int]
+
+
+class _Spec(NamedTuple):
+    """One output of the service in order (``_Output`` and ``_Meta`` joined)."""
+
+    read: int
+    index: int
+    feature: str
+    name: str
+    dtype: dict[str, Any]
+    view: str
+
+
+class _Group(NamedTuple):
+    """``_assemble_fast``: a read's consecutive outputs, and the picker of their values (None:
+    the read's values are taken whole)."""
+
+    read: int
+    names: list[str]
+    pick: Callable[[list[Any]], Sequence[Any]] | None
+
+
 @dataclass
 class _Plan:
     name: str
     join_keys: dict[str, DType]  # every join key the service needs
     reads: list[_Read]  # one per feature view used (selected or realtime source)
-    # outputs: (read index, value index) for stored features, or (-1, rt index, output name)
-    outputs: list[tuple[int, int, str]]
+    outputs: list[_Output]
     names: list[str]
-    meta: list[tuple[str, dict[str, Any], str]]  # (name, dataType, view)
-    realtimes: list[
-        tuple[RealtimeFeatureView, list[Any]]
-    ]  # view, per source: ("req", fields) | ("fv", read idx, names, idx)
+    meta: list[_Meta]
+    realtimes: list[tuple[RealtimeFeatureView, list[_RequestArg | _ViewArg]]]  # view, its arguments
     request_fields: dict[str, DType]
-    specs: list[tuple[int, int, str, str, dict[str, Any], str]] = field(default_factory=list)
+    specs: list[_Spec] = field(default_factory=list)
     single_key: bool = False  # every view is keyed by the same join keys
-    # Fast assembly (no realtime views, outputs grouped by read in order): per read
-    # (read index, output names, value picker or None when the read's values are taken whole).
-    groups: list[tuple[int, list[str], Any]] | None = None
+    # Fast assembly (no realtime views, outputs grouped by read in order).
+    groups: list[_Group] | None = None
 
 
 class FeatureServer:
@@ -121,44 +163,44 @@ class FeatureServer:
                     join_keys.setdefault(f.name, f.dtype)
             return read_idx[view.name]
 
-        outputs: list[tuple[int, int, str]] = []
+        outputs: list[_Output] = []
         names: list[str] = []
-        meta: list[tuple[str, dict[str, Any], str]] = []
-        realtimes: list[tuple[RealtimeFeatureView, list[Any]]] = []
+        meta: list[_Meta] = []
+        realtimes: list[tuple[RealtimeFeatureView, list[_RequestArg | _ViewArg]]] = []
         req_fields: dict[str, DType] = {}
         for sel in svc.selections:
             view = sel.view
             types = self.defs.feature_types.get(view.name, {})
             if isinstance(view, RealtimeFeatureView):
-                srcs: list[Any] = []
+                srcs: list[_RequestArg | _ViewArg] = []
                 for s in view.sources:
                     if isinstance(s, RequestSource):
                         for f in s.schema or ():
                             req_fields[f.name] = f.dtype
-                        srcs.append(("req", [f.name for f in s.schema or ()]))
+                        srcs.append(_RequestArg([f.name for f in s.schema or ()]))
                     else:
                         fv = s.view if isinstance(s, FeatureSelection) else s
                         fnames = list(s.features) if isinstance(s, FeatureSelection) else fv.feature_names
                         ri = use(fv)
-                        srcs.append(("fv", ri, fnames, [fv.feature_names.index(n) for n in fnames]))
+                        srcs.append(_ViewArg(ri, fnames, [fv.feature_names.index(n) for n in fnames]))
                 ri_rt = len(realtimes)
                 realtimes.append((view, srcs))
                 out_types = {f.name: f.dtype for f in view.output}
                 for fname in sel.features:
-                    outputs.append((-1, ri_rt, fname))
+                    outputs.append(_Output(-1, ri_rt, fname))
                     nm = f"{view.name}.{fname}"
                     names.append(nm)
-                    meta.append((nm, out_types[fname].describe(), view.name))
+                    meta.append(_Meta(nm, out_types[fname].describe(), view.name))
             else:
                 ri = use(view)
                 st = reads[ri].state
                 for fname in sel.features:
-                    outputs.append((ri, view.feature_names.index(fname), fname))
+                    outputs.append(_Output(ri, view.feature_names.index(fname), fname))
                     nm = f"{view.name}.{fname}"
                     names.append(nm)
                     dt = types.get(fname) or _feature_dtype(st, fname)
-                    meta.append((nm, dt.describe() if dt is not None else {"type": "unknown"}, view.name))
-        specs = [(ri, vi, fname, nm, dt, vn) for (ri, vi, fname), nm, (_, dt, vn) in zip(outputs, names, meta)]
+                    meta.append(_Meta(nm, dt.describe() if dt is not None else {"type": "unknown"}, view.name))
+        specs = [_Spec(o.read, o.index, o.feature, m.name, m.dtype, m.view) for o, m in zip(outputs, meta)]
         single = bool(reads) and all(r.join_keys == reads[0].join_keys for r in reads)
         p = _Plan(svc.name, join_keys, reads, outputs, names, meta, realtimes, req_fields, specs, single)
         p.groups = _groups(p)
@@ -238,11 +280,11 @@ class FeatureServer:
         for view, srcs in plan.realtimes:
             args: list[dict[str, Any]] = []
             for s in srcs:
-                if s[0] == "req":
-                    args.append({f: ctx.get(f) for f in s[1]})
+                if isinstance(s, _RequestArg):
+                    args.append({f: ctx.get(f) for f in s.fields})
                 else:
-                    vv = res[s[1]].values
-                    args.append({n: (vv[i] if vv is not None else None) for n, i in zip(s[2], s[3])})
+                    vv = res[s.read].values
+                    args.append({n: (vv[i] if vv is not None else None) for n, i in zip(s.names, s.index)})
             try:
                 out = view(*args)
             except ContextStoreError:
@@ -327,8 +369,8 @@ class FeatureServer:
             if eff is None:
                 eff = shared[eff_us] = us_to_datetime(eff_us)
         assert plan.groups is not None
-        ri = plan.groups[gi][0]
-        specs = [sp for sp in plan.specs if sp[0] == ri]
+        ri = plan.groups[gi].read
+        specs = [sp for sp in plan.specs if sp.read == ri]
         return tuple(
             FeatureMetadata(name, dtype, MISSING_DATA if sel is None or sel[j] is None else PRESENT, eff, vname)
             for j, (_, _, _, name, dtype, vname) in enumerate(specs)
@@ -448,12 +490,13 @@ class FeatureServer:
         return out
 
 
-def _groups(plan: _Plan) -> list[tuple[int, list[str], Any]] | None:
+def _groups(plan: _Plan) -> list[_Group] | None:
     """Outputs grouped by read for ``_assemble_fast``; None when that shape does not apply."""
     if plan.realtimes:
         return None
     groups: list[tuple[int, list[str], list[int]]] = []
-    for ri, vi, _, name, _, _ in plan.specs:
+    for sp in plan.specs:
+        ri, vi, name = sp.read, sp.index, sp.name
         if groups and groups[-1][0] == ri:
             groups[-1][1].append(name)
             groups[-1][2].append(vi)
@@ -461,22 +504,27 @@ def _groups(plan: _Plan) -> list[tuple[int, list[str], Any]] | None:
             groups.append((ri, [name], [vi]))
     if len({g[0] for g in groups}) != len(groups):
         return None  # one read's outputs interleaved with another's: keep the declared order exactly
-    out: list[tuple[int, list[str], Any]] = []
+    out: list[_Group] = []
     for ri, names, idx in groups:
         n_vals = (
             len(plan.reads[ri].state.plan.outputs)
             if plan.reads[ri].state.plan is not None
             else len(plan.reads[ri].state.view.features_in)
         )
-        whole = idx == list(range(n_vals))
-        if whole:
+        pick: Callable[[list[Any]], Sequence[Any]] | None
+        if idx == list(range(n_vals)):
             pick = None
         elif len(idx) == 1:
-            pick = lambda vv, _i=idx[0]: (vv[_i],)
+            pick = _one(idx[0])
         else:
             pick = operator.itemgetter(*idx)
-        out.append((ri, names, pick))
+        out.append(_Group(ri, names, pick))
     return out
+
+
+def _one(i: int) -> Callable[[list[Any]], Sequence[Any]]:
+    """A picker of one value (``itemgetter`` of one index returns the value, not a 1-tuple)."""
+    return lambda vv: (vv[i],)
 
 
 def _feature_dtype(st: ViewState, fname: str) -> DType | None:

@@ -176,7 +176,7 @@ class VectorService:
             parts.append(read_source(src, self.config.repo))
         if isinstance(src, StreamSource) and self.offline is not None:
             try:
-                from ..stores.offline import source_table
+                from ..vocab.tables import source_table
 
                 name = source_table(src.name)
                 if self.offline.exists(name):

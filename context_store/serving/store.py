@@ -50,9 +50,10 @@ class ContextStore:
 
     @cached_property
     def registry(self) -> Registry:
+        from ..compute.schema_probe import TransformSchemaProbe
         from ..registry.registry import Registry
 
-        return Registry(self.config)
+        return Registry(self.config, TransformSchemaProbe())
 
     @property
     def definitions(self) -> RepoDefinitions:

@@ -21,6 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from ...vocab.tables import is_source_table
 from .processor import OfflineWriter, concat
 from .redis_streams import GROUP
 
@@ -61,11 +62,11 @@ class Flusher:
         Returns rows appended per ``src__`` table (for the caller's metrics)."""
         by_table, marks, wms, acks = job
         out: dict[str, int] = {}
-        for table in sorted(by_table, key=lambda t: t.startswith("src__")):
+        for table in sorted(by_table, key=is_source_table):
             rows = concat(by_table[table])
             self.writer.append(table, rows)
             self._maybe_compact(table)
-            if table.startswith("src__"):
+            if is_source_table(table):
                 out[table[5:]] = rows.num_rows
             mine = {k: v for k, v in marks.items() if k.startswith(table + "|")}
             if mine:

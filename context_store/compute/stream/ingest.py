@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from ...errors import InvalidInputError, RateLimitedError, UnavailableError
+from ...vocab.tables import is_source_table, source_table
 from ..transform import apply_transform
 from . import online_adapter
 from .cutover import load_cutovers
@@ -131,15 +132,15 @@ def _push_embedded(store: Any, plan: SourcePlan, table: pa.Table) -> PushResult:
         state.offline.clear()
         batch = process_batch(plan, events, 0, state, _apply_embedded(store), _cutovers(store), online_token=False)
         if plan.recent:
-            append_recent(store, plan, batch.offline.get(f"src__{src}", []))
-        update_embeddings(store, plan, batch.offline.get(f"src__{src}", []))
+            append_recent(store, plan, batch.offline.get(source_table(src), []))
+        update_embeddings(store, plan, batch.offline.get(source_table(src), []))
         writer = store.__dict__.get("_cs_offline_writer")
         if writer is None:
             writer = store.__dict__["_cs_offline_writer"] = OfflineWriter(store.offline)
-        for name, parts in sorted(batch.offline.items(), key=lambda kv: kv[0].startswith("src__")):
+        for name, parts in sorted(batch.offline.items(), key=lambda kv: is_source_table(kv[0])):
             rows = concat(parts)
             writer.append(name, rows)
-            if name.startswith("src__"):
+            if is_source_table(name):
                 STATS.inc("offline_events", src, rows.num_rows)
     STATS.inc("pushed_events", src, table.num_rows)
     return PushResult(src, table.num_rows, table.num_rows, visible=True, offsets={"0": seq + table.num_rows - 1})

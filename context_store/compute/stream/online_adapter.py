@@ -2,7 +2,7 @@
 
 - ``apply(store, view, rows, partition, offset)``: atomically merge ``rows`` (a view's input rows
   after its transform) into the view's online state (``OnlineStore.apply_events``, which uses
-  ``compute.aggregations`` like batch materialization) and, when ``offset`` is given, advance
+  ``state.aggregations`` like batch materialization) and, when ``offset`` is given, advance
   the applied offset of ``(view, partition)`` in the same commit; a replay whose offset is not
   above the recorded one changes nothing.
 - ``apply_many(store, batches, notify, recent)``: a stream worker's whole step (several views and
@@ -36,7 +36,7 @@ def view_state(store: Any, view: FeatureView) -> Any:
             cache = store.__dict__.setdefault("_cs_stream_states", {})
     st = cache.get(view.name)
     if st is None or st.view is not view:
-        from ..tiles import ViewState
+        from ...state.tiles import ViewState
 
         st = cache[view.name] = ViewState(view, store.definitions.input_schemas.get(view.name, {}))
     return st
@@ -58,7 +58,7 @@ def apply_many(
     """Several views' rows, each with [(partition, new offset, expected applied offset or -1)],
     and ``recent_item``s, in one atomic commit, then ``notify``; False (nothing written) when an
     offset moved."""
-    from ...stores.online.base import ApplyItem
+    from ...state.ops import ApplyItem
 
     items = [
         ApplyItem(view_state(store, view), rows, [(str(p), str(new), _expected(exp)) for p, new, exp in toks], guard)
@@ -71,7 +71,7 @@ def recent_item(
     source: str, partition: int, offset: int, fence: int, lists: dict[str, tuple[list[dict[str, Any]], int]]
 ) -> Any:
     """Recent-events appends of one partition batch, advancing its recent fence to ``offset``."""
-    from ...stores.online.base import RecentItem
+    from ...state.ops import RecentItem
 
     return RecentItem(source, str(partition), str(offset), _expected(fence), lists)
 

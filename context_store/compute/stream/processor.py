@@ -4,7 +4,7 @@ For each feature view on the source: drop events already applied (offset fence),
 batch backfill owns (``ts < cut-over``) and, online only, events too late for the watermark;
 run the view's transform (``compute.transform.apply_transform``, the batch code path); apply the
 rows to online aggregation state through the online store's atomic ``apply_events`` (the same
-partial/merge code batch materialization uses, ``compute.aggregations``); and collect rows for
+partial/merge code batch materialization uses, ``state.aggregations``); and collect rows for
 the offline log (``fv__{view}``, ``src__{source}``).
 """
 
@@ -22,6 +22,8 @@ import pyarrow.compute as pc
 
 from ...definitions import FeatureView, StreamSource
 from ...errors import NotFoundError
+from ...state.columns import ts_to_us
+from ...vocab.tables import source_table, view_table
 from ..transform import apply_transform
 from .stats import STATS
 
@@ -95,7 +97,7 @@ def append_recent(store: Any, plan: SourcePlan, raw: list[pa.Table]) -> None:
 
 def recent_lists(plan: SourcePlan, rows: list[dict[str, Any]]) -> dict[str, tuple[list[dict[str, Any]], int]]:
     """Per entity key of each context service on this source: its newest rows (oldest first), cap."""
-    from ...stores.online.codec import entity_key
+    from ...state.codec import entity_key
 
     out: dict[str, tuple[list[dict[str, Any]], int]] = {}
     for keys, n in plan.recent:
@@ -156,10 +158,6 @@ class Batch:
 ApplyFn = Callable[[FeatureView, pa.Table, int, int | None], None]  # (view, rows, partition, offset)
 
 
-def _ts_us(table: pa.Table, ts: str) -> np.ndarray:
-    return table.column(ts).cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy(zero_copy_only=False)
-
-
 def _late_masks(ts: np.ndarray, watermark: int | None, lateness_us: int) -> tuple[np.ndarray, np.ndarray, int | None]:
     """(late, too_late, new watermark): the watermark is the max event time seen before each row."""
     if len(ts) == 0:
@@ -196,7 +194,7 @@ def process_batch(
         return out
     offsets = events.column(OFFSET).to_numpy()
     last = int(offsets[-1])
-    ts = _ts_us(events, src.timestamp_field)
+    ts = ts_to_us(events[src.timestamp_field])
     lateness = int(src.allowed_lateness.total_seconds() * 1_000_000)
     late, too_late, new_wm = _late_masks(ts, state.watermark_us, lateness)
     # Only events newer than the fence count as late (replays don't count twice).
@@ -250,7 +248,7 @@ def process_batch(
                 n_too,
                 src.allowed_lateness,
             )
-        out.add(f"src__{src.name}", raw)
+        out.add(source_table(src.name), raw)
         state.offline["src"] = last
     for view, on_rows, off_rows, on_fence, off_fence in work:
         if on_rows is not None:
@@ -258,7 +256,7 @@ def process_batch(
             state.applied[view.name] = max(last, on_fence)
             out.applied_rows += on_rows.num_rows
         if off_rows is not None:
-            out.add(f"fv__{view.name}", off_rows)
+            out.add(view_table(view.name), off_rows)
         if view.offline:
             state.offline[view.name] = max(last, off_fence)
     return out

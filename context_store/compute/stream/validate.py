@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
@@ -19,11 +19,11 @@ import pyarrow.compute as pc
 from ...definitions import DType, Embedding, StreamSource
 from ...definitions.dtypes import Array
 from ...errors import InvalidInputError
+from ...vocab.time import datetime_to_us, epoch_number_to_us, parse_iso
 
 __all__ = ["validate_records", "parse_timestamp_us", "required_fields", "MAX_RECORDS"]
 
 MAX_RECORDS = 1_000_000  # one call; larger loads belong in the batch source
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 TS_TYPE = pa.timestamp("us", tz="UTC")
 
 
@@ -34,27 +34,18 @@ def _bad(index: int, name: str, reason: str) -> InvalidInputError:
 def parse_timestamp_us(value: Any) -> int:
     """A timestamp as int64 microseconds since the epoch (UTC); ValueError when unparseable."""
     if isinstance(value, datetime):
-        dt = value if value.tzinfo else value.replace(tzinfo=UTC)
-        delta = dt - _EPOCH
-        return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+        return datetime_to_us(value)
     if isinstance(value, bool):
         raise ValueError("a bool is not a timestamp")
     if isinstance(value, (int, float)):
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{value!r} is not a timestamp")
-        mag = abs(value)
-        scale = 1_000_000 if mag < 1e11 else 1_000 if mag < 1e14 else 1 if mag < 1e17 else 0.001
-        return int(round(value * scale))
+        return epoch_number_to_us(value)
     if isinstance(value, str):
-        s = value.strip()
-        if s.endswith(("Z", "z")):
-            s = s[:-1] + "+00:00"
         try:
-            return parse_timestamp_us(datetime.fromisoformat(s))
+            return datetime_to_us(parse_iso(value))
         except ValueError:
             pass
         try:
-            return parse_timestamp_us(float(s))
+            return epoch_number_to_us(float(value.strip()))
         except ValueError:
             raise ValueError(f"{value!r} is not an ISO-8601 timestamp or epoch number") from None
     if hasattr(value, "to_pydatetime"):  # pandas.Timestamp

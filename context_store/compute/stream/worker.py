@@ -33,6 +33,7 @@ import pyarrow as pa
 
 from ...definitions import StreamSource
 from ...errors import ContextStoreError, DefinitionError, NotFoundError
+from ...vocab.tables import is_source_table, source_table, view_table
 from . import online_adapter
 from .cutover import load_cutovers
 from .flusher import Flusher, FlushJob
@@ -197,11 +198,11 @@ class StreamWorker:
             if view.online:
                 state.applied[view.name] = online_adapter.applied_offset(self.store, view, p)
             if view.offline:
-                table = f"fv__{view.name}"
+                table = view_table(view.name)
                 state.offline[view.name] = self.writer.mark(table, p, self.log.offline_marks(table, p))
         if plan.recent:
             state.applied[_RECENT] = online_adapter.recent_applied(self.store, source, p)
-        table = f"src__{source}"
+        table = source_table(source)
         state.offline["src"] = self.writer.mark(table, p, self.log.offline_marks(table, p))
         wm = self.log.r.hget(self.log.watermark_key, f"{source}|{p}")
         state.watermark_us = int(wm) if wm else None
@@ -222,7 +223,7 @@ class StreamWorker:
     def _drop(self, part: Part) -> None:
         self.owned.pop(part, None)
         buf = self._buffers.pop(part, {})
-        self._buffered_rows -= sum(t.num_rows for name, ts in buf.items() if name.startswith("src__") for t in ts)
+        self._buffered_rows -= sum(t.num_rows for name, ts in buf.items() if is_source_table(name) for t in ts)
         self._unacked.pop(part, None)
 
     def _reset(self) -> None:
@@ -325,7 +326,7 @@ class StreamWorker:
     def _finish(self, st: _Step) -> None:
         """After the commit: embeddings, rows for the offline log, acks."""
         if st.batch is not None:
-            update_embeddings(self.store, st.plan, st.batch.offline.get(f"src__{st.plan.source.name}", []))
+            update_embeddings(self.store, st.plan, st.batch.offline.get(source_table(st.plan.source.name), []))
             if self.owned.get(st.part) is not st.state:
                 return  # dropped meanwhile (lease lost / reset): the successor replays these entries
             buf = self._buffers.setdefault(st.part, {})
@@ -337,7 +338,7 @@ class StreamWorker:
                     # spends tens of ms holding the GIL (concat, pickling, freeing them at once),
                     # which stalls the applying thread: that was the whole freshness tail.
                     buf[table] = [concat(pending).combine_chunks()]
-                if table.startswith("src__"):
+                if is_source_table(table):
                     self._buffered_rows += sum(t.num_rows for t in rows)
             self.processed += st.n
         self._unacked.setdefault(st.part, []).extend(st.ids)
@@ -364,7 +365,7 @@ class StreamWorker:
         wms: dict[str, int] = {}
         for (source, p), state in self.owned.items():
             for name, off in state.offline.items():
-                table = f"src__{source}" if name == "src" else f"fv__{name}"
+                table = source_table(source) if name == "src" else view_table(name)
                 marks[f"{table}|{p}"] = off
             if state.watermark_us is not None:
                 wms[f"{source}|{p}"] = state.watermark_us

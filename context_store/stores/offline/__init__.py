@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import OfflineStore, source_table, view_table
+from .base import OfflineStore
 
 if TYPE_CHECKING:
     from ...config import Config

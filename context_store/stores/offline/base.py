@@ -1,7 +1,7 @@
 """The offline store protocol: append-only Arrow tables with time-range reads and idempotent range rewrites.
 
-Table names: ``fv__{view}`` (a feature view's input rows after its transform) and
-``src__{source}`` (raw stream events). Values go in and out as Arrow only: no backend type
+Table names: ``vocab.tables`` (``fv__{view}``: a feature view's input rows after its transform;
+``src__{source}``: raw stream events). Values go in and out as Arrow only: no backend type
 leaves ``stores/``.
 """
 
@@ -11,17 +11,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import pyarrow as pa
 
-__all__ = ["OfflineStore", "view_table", "source_table"]
-
-
-def view_table(view: str) -> str:
-    """Offline table of a feature view's input rows (join keys, timestamp, input columns)."""
-    return f"fv__{view}"
-
-
-def source_table(source: str) -> str:
-    """Offline table of a stream source's raw events."""
-    return f"src__{source}"
+__all__ = ["OfflineStore"]
 
 
 @runtime_checkable

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from ...config import Config
-from .base import BaseOnlineStore, OnlineStore, Ops, ViewValues, compare_offsets
+from .base import BaseOnlineStore, OnlineStore, ViewValues
 
-__all__ = ["BaseOnlineStore", "OnlineStore", "Ops", "ViewValues", "compare_offsets", "open_online_store"]
+__all__ = ["BaseOnlineStore", "OnlineStore", "ViewValues", "open_online_store"]
 
 
 def open_online_store(config: Config) -> BaseOnlineStore:

@@ -1,5 +1,7 @@
 """Writes shared by every online store backend: stream applies (tiles and rows, idempotent per
 offset, optionally guarded), a worker round's single commit, recent-events appends, deletes.
+What a write changes is built by ``state.writes.merged_writes``; this module keeps the store
+side: reading current partials, offset fences and CAS, the commit.
 
 A mixin of ``BaseOnlineStore``; it relies on the backend primitives ``_hmget``, ``_commit`` and
 ``_get_offset`` and on ``_codec`` (row views). Layout and API: docs/online-state.md.
@@ -7,21 +9,17 @@ A mixin of ``BaseOnlineStore``; it relies on the backend primitives ``_hmget``, 
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
 
-from ...compute.aggregations import Partial
-from ...compute.tiles import ViewState, columns_from_arrow, encode_raw_groups, ts_to_us
 from ...errors import ConflictError
-from ._ops import ApplyItem, Ops, RecentItem, compare_offsets, encode_recent, recent_key
-from .codec import RowCodec, entity_keys
-
-log = logging.getLogger("context_store.online")
-_I64 = np.dtype("<i8")
+from ...state.codec import RowCodec
+from ...state.ops import ApplyItem, Ops, RecentItem, compare_offsets, encode_recent, recent_key
+from ...state.tiles import ViewState
+from ...state.writes import merged_writes
 
 
 class WritePath:
@@ -157,143 +155,7 @@ class WritePath:
 
     def _ops(self, state: ViewState, table: pa.Table, now_us: int | None, guard: bool) -> Ops:
         now = now_us if now_us is not None else time.time_ns() // 1000
-        ops = Ops()
-        if table.num_rows:
-            if state.is_aggregate:
-                self._tile_ops(state, table, now, ops, guard)
-            else:
-                self._row_ops(state, table, now, ops, guard)
-        return ops
-
-    def _row_ops(self, state: ViewState, table: pa.Table, now: int, ops: Ops, guard: bool = False) -> None:
-        keys = entity_keys(table, state.view.join_keys).to_pylist()
-        ts = ts_to_us(table[state.view.timestamp_field]).tolist()
-        latest: dict[str, int] = {}
-        for i, (k, t) in enumerate(zip(keys, ts)):
-            j = latest.get(k)
-            if j is None or ts[j] <= t:
-                latest[k] = i
-        names = [f.name for f in state.view.features_in]
-        cols = {n: table[n].to_pylist() for n in names}
-        klist = list(latest)
-        existing = self._hmget([(k, [state.vid, state.V] if guard else [state.vid]) for k in klist])
-        codec = self._codec(state)
-        for k, old in zip(klist, existing):
-            if guard:
-                ops.guards[k] = {state.V: old[1].decode() if old[1] is not None else None}
-            i = latest[k]
-            if old[0] is not None and RowCodec.ts_of(old[0]) > ts[i]:
-                continue
-            ops.set(k, state.vid, codec.encode(ts[i], [cols[n][i] for n in names]))
-            ops.expire[k] = state.expire_ms(ts[i], now)
-
-    def _tile_ops(self, state: ViewState, table: pa.Table, now: int, ops: Ops, guard: bool = False) -> None:
-        """Merge a batch into per-(entity, tile) partials, then per touched field (tile + 4^L blocks)
-        one partial, vectorised; one read of the touched fields, one write (``_commit``).
-        ``guard``: other writers may touch the same entities (a view not keyed by the stream's
-        partition key): read each entity's version too, and commit only if it is unchanged."""
-        plan = state.plan
-        assert plan is not None
-        h = state.horizon(now)
-        cols = columns_from_arrow(table, plan, state.view.timestamp_field)
-        keys_arr = entity_keys(table, state.view.join_keys).dictionary_encode()
-        kidx = np.asarray(keys_arr.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
-        kvals = keys_arr.dictionary.to_pylist()
-        eff = np.maximum(cols.ts // state.g, h - 1)  # h - 1 stands for "older than the horizon"
-        order = np.lexsort((cols.ts, eff, kidx))
-        cols = cols.take(order)
-        kidx, eff = kidx[order], eff[order]
-        nrows = len(kidx)
-        starts = np.flatnonzero(np.r_[True, (np.diff(kidx) != 0) | (np.diff(eff) != 0)])
-        ends = np.append(starts[1:], nrows)
-        num, objs = plan.partials_grouped(cols, starts)
-        gk, gt = kidx[starts], eff[starts]
-        live = gt >= h
-        late_by_key: dict[int, list[Partial]] = {}
-        if not live.all():
-            dropped = 0
-            for gi in np.flatnonzero(~live).tolist():
-                if state.has_lifetime:
-                    late_by_key.setdefault(int(gk[gi]), []).append(Partial(num[gi], objs[gi]))
-                else:
-                    dropped += int(ends[gi] - starts[gi])
-            if dropped:
-                log.warning(
-                    "view %s: %d events older than the retention horizon were not applied online", state.name, dropped
-                )
-        li = np.flatnonzero(live)
-        k_l, t_l, num_l = gk[li], gt[li], num[li]
-        li_l = li.tolist()
-        # Touched fields per level: consecutive groups of one (key, block) merge into one partial.
-        f_key, f_num, f_names, f_objs = [], [], [], []
-        for lv in range(state.levels + 1):
-            bl = t_l >> (2 * lv)
-            fst = np.flatnonzero(np.r_[True, (np.diff(k_l) != 0) | (np.diff(bl) != 0)]) if len(li) else li
-            pre = f"{state.vid}:" if lv == 0 else f"{state.vid}:{lv}:"
-            f_key.append(k_l[fst])
-            f_num.append(plan.merge_grouped(num_l, fst))
-            f_names += [pre + str(j) for j in bl[fst].tolist()]
-            if plan.slots:
-                fe = np.append(fst[1:], len(li)).tolist()
-                f_objs += [plan.merge_objs([objs[li_l[x]] for x in range(a, e)]) for a, e in zip(fst.tolist(), fe)]
-        fk = np.concatenate(f_key)
-        fo = np.argsort(fk, kind="stable")  # per key contiguous
-        fk = fk[fo]
-        new_arr = np.concatenate(f_num)[fo]
-        fol = fo.tolist()
-        names = [f_names[i] for i in fol]
-        nobjs = [f_objs[i] for i in fol] if plan.slots else None
-        kb = np.flatnonzero(np.diff(kidx)) + 1
-        klist = kidx[np.r_[0, kb]] if nrows else kidx
-        maxts = cols.ts[np.append(kb, nrows) - 1].tolist()  # rows sorted by (key, tile, ts)
-        lo_i = np.searchsorted(fk, klist, "left").tolist()
-        hi_i = np.searchsorted(fk, klist, "right").tolist()
-        klist_l = klist.tolist()
-        tail = [state.M, state.L] if state.has_lifetime else [state.M]
-        if guard:
-            tail.append(state.V)
-        reqs = [(kvals[k], names[a:e] + tail) for k, a, e in zip(klist_l, lo_i, hi_i)]
-        got = self._hmget(reqs)
-        olds = [v for vals, a, e in zip(got, lo_i, hi_i) for v in vals[: e - a]]
-        enc = plan.merge_encoded_many(olds, new_arr, nobjs)
-        raws = None if state.interval else encode_raw_groups(cols, plan, starts[li], ends[li])
-        raw_key = k_l.tolist()
-        if raws is not None:
-            for k, ti, rb in zip(raw_key, t_l.tolist(), raws):
-                ops.appends.setdefault(kvals[k], {})[state.raw(ti)] = rb
-        for k, a, e, vals, mt in zip(klist_l, lo_i, hi_i, got, maxts):
-            key = kvals[k]
-            nw = e - a
-            sets = ops.sets[key] = dict(zip(names[a:e], enc[a:e]))
-            if guard:
-                ops.guards[key] = {state.V: vals[-1].decode() if vals[-1] is not None else None}
-            m_old = int(vals[nw]) if vals[nw] is not None else None
-            fold_to = h
-            if state.has_lifetime:
-                lv_b = vals[nw + 1]
-                if lv_b is None:
-                    fold_from, base = h, plan.empty()
-                else:
-                    fold_from = int(np.frombuffer(lv_b, dtype=_I64, count=1)[0])
-                    base = plan.decode(lv_b[8:])
-                fold_to = max(h, fold_from)
-                parts = [base] + late_by_key.get(k, [])
-                if fold_from < h:  # fold tiles that left the retention into the lifetime base
-                    rng = list(range(max(fold_from, h - 4 * state.retention), h))
-                    olds_l = self._hmget([(key, [state.tile(i) for i in rng])])[0]
-                    parts += [plan.decode(b) for b in olds_l if b is not None]
-                if len(parts) > 1 or lv_b is None or fold_from < h:
-                    sets[state.L] = np.array([fold_to], dtype=_I64).tobytes() + plan.encode(plan.merge(parts))
-                m_old = fold_from if m_old is None else min(m_old, fold_from)
-            if m_old is not None and m_old < h:
-                lo = max(m_old, h - 4 * state.retention)
-                dels = ops.dels.setdefault(key, [])
-                dels += [state.raw(i) for i in range(lo, h)]
-                for lv in range(state.levels + 1):
-                    dels += [state.block(lv, j) for j in range(lo >> (2 * lv), h >> (2 * lv))]
-            if m_old is None or m_old < fold_to:
-                sets[state.M] = str(fold_to).encode()
-            ops.expire[key] = state.expire_ms(mt, now)
+        return merged_writes(state, table, now, self._hmget, self._codec(state), guard)
 
     def delete(self, state: ViewState, keys: Sequence[str]) -> None:
         """Remove a view's state for these entity keys (other views' fields stay)."""

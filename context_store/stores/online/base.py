@@ -2,8 +2,9 @@
 
 Backends (sqlite.py, redis.py) implement a handful of hash primitives (``_hmget``,
 ``_commit``, ...); everything about rows, tiles and folding lives here once: the read path
-in this module, the write path (stream applies, a worker round's commit) in ``_writes.py``,
-the write vocabulary (``Ops``, ``ApplyItem``, ...) in ``_ops.py``. Layout and API:
+in this module, the write path (stream applies, a worker round's commit) in ``_writes.py``;
+the layout itself, the write vocabulary (``Ops``, ``ApplyItem``, ...) and the write builder
+are in ``context_store.state``. Layout and API:
 docs/online-state.md.
 """
 
@@ -16,12 +17,12 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from ...compute.tiles import ViewState
-from ._ops import ApplyItem, Ops, RecentItem, compare_offsets, encode_recent, recent_key
+from ...state.codec import RowCodec
+from ...state.ops import ApplyItem, Ops, RecentItem, encode_recent, recent_key
+from ...state.tiles import ViewState
 from ._writes import WritePath
-from .codec import RowCodec
 
-__all__ = ["ApplyItem", "BaseOnlineStore", "OnlineStore", "Ops", "RecentItem", "ViewValues", "compare_offsets"]
+__all__ = ["BaseOnlineStore", "OnlineStore", "ViewValues"]
 
 _I64 = np.dtype("<i8")
 

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ...errors import UnavailableError
-from .base import BaseOnlineStore, Ops
+from ...state.ops import Ops
+from .base import BaseOnlineStore
 
 __all__ = ["RedisOnlineStore"]
 

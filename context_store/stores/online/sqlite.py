@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ...errors import UnavailableError
-from .base import BaseOnlineStore, Ops
+from ...state.ops import Ops
+from .base import BaseOnlineStore
 
 __all__ = ["SqliteOnlineStore"]
 

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ...compute.aggregations import us_to_datetime
-from ...definitions import Array, DType, Embedding
+from ..definitions import Array, DType, Embedding
+from ..vocab.time import datetime_to_us, us_to_datetime
 
 __all__ = ["KEY_SEP", "RowCodec", "entity_key", "entity_keys"]
 
@@ -52,12 +52,7 @@ def entity_keys(table: pa.Table, join_keys: Sequence[str]) -> pa.Array:
 
 
 def _ts_value(v: Any) -> int:
-    if isinstance(v, datetime):
-        if v.tzinfo is None:
-            v = v.replace(tzinfo=UTC)
-        d = v - datetime(1970, 1, 1, tzinfo=UTC)
-        return (d.days * 86400 + d.seconds) * 1_000_000 + d.microseconds
-    return int(v)
+    return datetime_to_us(v) if isinstance(v, datetime) else int(v)
 
 
 def _packer(dt: DType) -> Callable[[Any], bytes]:

@@ -21,14 +21,15 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
 
 from ..definitions import Aggregate, DType, Embedding, FeatureView, aggregate_dtype
 from ..errors import DefinitionError
+from ..vocab.time import us_to_datetime
 from .agg_objects import (
     HLL_LG_K,
     KLL_K,
@@ -41,6 +42,7 @@ from .agg_objects import (
     scalar_kind,
     unpack_scalar,
 )
+from .columns import Columns
 
 __all__ = [
     "HLL_LG_K",
@@ -52,63 +54,12 @@ __all__ = [
     "aggregate_values",
     "pack_scalar",
     "unpack_scalar",
-    "us_to_datetime",
 ]
 
 # Functions served from the numeric block of their column.
 NUM_FUNCS = frozenset({"sum", "mean", "min", "max", "stddev_samp", "stddev_pop", "var_samp", "var_pop"})
 _NSLOT = 6  # n, sum, min, max, mean, m2
 _U32 = struct.Struct("<I")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def us_to_datetime(us: int) -> datetime:
-    return datetime.fromtimestamp(us // 1_000_000, tz=UTC).replace(microsecond=us % 1_000_000)
-
-
-@dataclass
-class Columns:
-    """Events of one feature view in columnar form (the input of partials).
-
-    ``num``: float64 values of numeric columns (garbage where invalid), ``valid``: masks,
-    ``obj``: Python values (None = null) of columns used by object slots,
-    ``emb``: float32 matrices of embedding columns.
-    """
-
-    ts: np.ndarray
-    valid: dict[str, np.ndarray] = field(default_factory=dict)
-    num: dict[str, np.ndarray] = field(default_factory=dict)
-    obj: dict[str, list[Any]] = field(default_factory=dict)
-    emb: dict[str, np.ndarray] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.ts)
-
-    def take(self, idx: np.ndarray) -> Columns:
-        """Rows at ``idx`` (an index array or boolean mask)."""
-        if idx.dtype == bool:
-            idx = np.flatnonzero(idx)
-        il = idx.tolist()
-        return Columns(
-            ts=self.ts[idx],
-            valid={k: v[idx] for k, v in self.valid.items()},
-            num={k: v[idx] for k, v in self.num.items()},
-            obj={k: [v[i] for i in il] for k, v in self.obj.items()},
-            emb={k: v[idx] for k, v in self.emb.items()},
-        )
-
-    @staticmethod
-    def concat(parts: Sequence[Columns]) -> Columns:
-        if len(parts) == 1:
-            return parts[0]
-        first = parts[0]
-        return Columns(
-            ts=np.concatenate([p.ts for p in parts]),
-            valid={k: np.concatenate([p.valid[k] for p in parts]) for k in first.valid},
-            num={k: np.concatenate([p.num[k] for p in parts]) for k in first.num},
-            obj={k: [x for p in parts for x in p.obj[k]] for k in first.obj},
-            emb={k: np.concatenate([p.emb[k] for p in parts]) for k in first.emb},
-        )
 
 
 @dataclass
@@ -461,9 +412,6 @@ class AggPlan:
         if ts_out:
             v = [us_to_datetime(x) for x in v] if isinstance(v, list) else us_to_datetime(v)
         return v
-
-    def finalize_all(self, num: np.ndarray, objs: list[Any], which: Sequence[int]) -> list[Any]:
-        return [self.finalize(self.outputs[i], num, objs) for i in which]
 
     # -- encoding ----------------------------------------------------------------------
     def encode(self, p: Partial) -> bytes:

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-import orjson
 import pyarrow as pa
 
-from ...compute.tiles import ViewState
+from ..vocab.json import dumps_record
+from .tiles import ViewState
 
 __all__ = ["ApplyItem", "Ops", "RecentItem", "compare_offsets", "encode_recent", "recent_key"]
 
@@ -103,4 +103,4 @@ def recent_key(source: str, entity_key: str) -> str:
 
 def encode_recent(rows: Sequence[Mapping[str, Any]]) -> list[bytes]:
     """Recent events as stored: one JSON document per event."""
-    return [orjson.dumps(dict(r), default=str, option=orjson.OPT_NAIVE_UTC | orjson.OPT_SERIALIZE_NUMPY) for r in rows]
+    return [dumps_record(dict(r)) for r in rows]

@@ -1,7 +1,7 @@
 """Object slots of aggregation partials (what is not a fixed-size number): ``last``,
 ``last_distinct_n``/``first_distinct_n``, HLL (``approx_count_distinct``), KLL
 (``approx_percentile``) and embedding means — build, merge, encode, decode. Used by
-:class:`context_store.compute.aggregations.AggPlan`.
+:class:`context_store.state.aggregations.AggPlan`.
 """
 
 from __future__ import annotations

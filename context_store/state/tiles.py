@@ -12,7 +12,7 @@ A feature view with aggregations keeps, per entity, tiles of ``g`` microseconds
 - ``{vid}:v``    version of this entity's state, for views that several stream partitions write
   (keyed by other columns than the partition key): a write commits only if it is unchanged
 
-A batch (row) view keeps ``{vid}``: the latest row (stores/online/codec.py).
+A batch (row) view keeps ``{vid}``: the latest row (state/codec.py). Writes: state/writes.py.
 """
 
 from __future__ import annotations
@@ -21,39 +21,23 @@ import hashlib
 import json
 import math
 import operator
-import struct
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
-from ..definitions import DType, Embedding, FeatureView, StreamSource
-from .aggregations import AggPlan, Columns, Partial
-from .raw_events import decode_raw, encode_raw, encode_raw_groups, parse_raw_num, raw_num_block
+from ..definitions import DType, FeatureView, StreamSource
+from .aggregations import AggPlan, Partial
+from .raw_events import decode_raw, parse_raw_num, raw_num_block
 
-__all__ = [
-    "RETENTION_SLACK_US",
-    "TILES_PER_WINDOW",
-    "ViewState",
-    "choose_tile_us",
-    "columns_from_arrow",
-    "decode_raw",
-    "decompose",
-    "encode_raw",
-    "encode_raw_groups",
-    "ts_to_us",
-]
+__all__ = ["RETENTION_SLACK_US", "TILES_PER_WINDOW", "ViewState", "choose_tile_us", "decompose"]
 
 US = 1_000_000
 TILES_PER_WINDOW = 96  # finer tiles = smaller exact edges to cut per read; 4^L blocks keep reads short
 # Extra history kept beyond the longest window, so requests a little in the past stay exact.
 RETENTION_SLACK_US = 86_400 * US
 _NICE = [1, 5, 10, 30, 60, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 7 * 86400]
-_HDR = struct.Struct("<I")
-_I64 = struct.Struct("<q")
 
 
 def choose_tile_us(view: FeatureView) -> int:
@@ -68,52 +52,6 @@ def choose_tile_us(view: FeatureView) -> int:
         if s >= target:
             return s * US
     return _NICE[-1] * US
-
-
-def ts_to_us(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """Any Arrow timestamp/date/int column -> int64 µs since epoch (UTC)."""
-    t = col.type
-    if pa.types.is_timestamp(t):
-        if t.unit != "us":
-            col = pc.cast(col, pa.timestamp("us", tz=t.tz))
-        arr = pc.cast(col, pa.int64())
-    elif pa.types.is_date(t):
-        arr = pc.multiply(pc.cast(pc.cast(col, pa.timestamp("us")), pa.int64()), 1)
-    else:
-        arr = pc.cast(col, pa.int64())
-    return np.asarray(arr.to_numpy(zero_copy_only=False) if hasattr(arr, "to_numpy") else arr, dtype=np.int64)
-
-
-def columns_from_arrow(table: pa.Table, plan: AggPlan, ts_column: str) -> Columns:
-    cols = Columns(ts=ts_to_us(table[ts_column]))
-    for c in plan.columns:
-        if c not in table.column_names:
-            from ..errors import InvalidInputError
-
-            raise InvalidInputError(f"rows of feature view {plan.view.name!r} lack column {c!r}", field=c)
-        arr = table[c]
-        dt = plan.types[c]
-        valid = np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
-        cols.valid[c] = valid
-        if isinstance(dt, Embedding):
-            m = np.zeros((len(arr), dt.dim), dtype=np.float32)
-            if valid.any():
-                flat = pc.list_flatten(arr.filter(pa.array(valid))).to_numpy(zero_copy_only=False)
-                m[valid] = np.asarray(flat, dtype=np.float32).reshape(-1, dt.dim)
-            cols.emb[c] = m
-            continue
-        if dt.name == "timestamp":
-            us = ts_to_us(arr.fill_null(0) if arr.null_count else arr)
-            if c in plan.num_cols or dt.is_numeric:
-                cols.num[c] = us.astype(np.float64)
-            cols.obj[c] = [int(x) if v else None for x, v in zip(us.tolist(), valid.tolist())]
-            continue
-        if dt.is_numeric:
-            filled = arr.fill_null(0) if arr.null_count else arr
-            cols.num[c] = np.asarray(filled.to_numpy(zero_copy_only=False), dtype=np.float64)
-        if c in plan.obj_cols:
-            cols.obj[c] = arr.to_pylist()
-    return cols
 
 
 # -- per-view state plan ----------------------------------------------------------------
@@ -198,6 +136,10 @@ class ViewState:
 
     def block(self, level: int, j: int) -> str:
         return f"{self.vid}:{j}" if level == 0 else f"{self.vid}:{level}:{j}"
+
+    def block_prefix(self, level: int) -> str:
+        """``block(level, j) == block_prefix(level) + str(j)`` (bulk writers build names by joins)."""
+        return f"{self.vid}:" if level == 0 else f"{self.vid}:{level}:"
 
     def raw(self, i: int) -> str:
         return f"{self.vid}:{i}r"

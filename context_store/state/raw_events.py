@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from ..definitions import Embedding
-from .aggregations import AggPlan, Columns
+from .aggregations import AggPlan
+from .columns import Columns
 
 __all__ = ["decode_raw", "encode_raw", "encode_raw_groups", "parse_raw_num", "raw_num_block"]
 

@@ -1,0 +1,23 @@
+"""Offline table names: ``fv__{view}`` (a feature view's input rows after its transform) and
+``src__{source}`` (a stream source's raw events)."""
+
+from __future__ import annotations
+
+__all__ = ["SOURCE_PREFIX", "VIEW_PREFIX", "is_source_table", "source_table", "view_table"]
+
+VIEW_PREFIX = "fv__"
+SOURCE_PREFIX = "src__"
+
+
+def view_table(view: str) -> str:
+    """Offline table of a feature view's input rows (join keys, timestamp, input columns)."""
+    return VIEW_PREFIX + view
+
+
+def source_table(source: str) -> str:
+    """Offline table of a stream source's raw events."""
+    return SOURCE_PREFIX + source
+
+
+def is_source_table(table: str) -> bool:
+    return table.startswith(SOURCE_PREFIX)
