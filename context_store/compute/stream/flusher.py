@@ -17,12 +17,16 @@ import logging
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 from .processor import OfflineWriter, concat
 from .redis_streams import GROUP
+
+if TYPE_CHECKING:
+    from ...stores.offline.base import OfflineStore
+    from .redis_streams import RedisStreamLog
 
 __all__ = ["FlushJob", "Flusher"]
 
@@ -42,7 +46,7 @@ def _lower_priority() -> None:
 class Flusher:
     """Flushes on one background thread of this process (lower OS priority where possible)."""
 
-    def __init__(self, offline: Any, stream_log: Any, compact_every: int = 100) -> None:
+    def __init__(self, offline: OfflineStore, stream_log: RedisStreamLog, compact_every: int = 100) -> None:
         self.offline, self.log = offline, stream_log
         self.writer = OfflineWriter(offline)
         self.compact_every = compact_every
