@@ -45,8 +45,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import context_store as cs  # noqa: E402
-from context_store.compute.stream import ingest  # noqa: E402
-from context_store.compute.stream.ingest import _stream_log  # noqa: E402
 from context_store.compute.stream.online_adapter import applied_offset  # noqa: E402
 
 DEFINITIONS = """
@@ -104,7 +102,7 @@ def start_workers(store: cs.ContextStore, n: int, redis_url: str) -> list[subpro
         # BENCH_WORKER_LOG=path keeps the workers' logs (lease moves, claims, failed steps)
         err = open(os.environ["BENCH_WORKER_LOG"], "ab") if os.environ.get("BENCH_WORKER_LOG") else subprocess.DEVNULL
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err))
-    log = _stream_log(store)
+    log = store.ingestor.stream_log
     deadline = time.monotonic() + 30
     parts = store.definitions.sources["transactions"].partitions
     share = -(-parts // n)
@@ -211,7 +209,7 @@ def freshness_observed(store: cs.ContextStore, rate: float, seconds: float, conf
 
     import redis
 
-    log = _stream_log(store)
+    log = store.ingestor.stream_log
     r = redis.Redis.from_url(store.config.online_store)
     ps = r.pubsub(ignore_subscribe_messages=True)
     ps.subscribe(log.applied_channel)
@@ -283,8 +281,8 @@ def freshness_observed(store: cs.ContextStore, rate: float, seconds: float, conf
             u = users[k % len(users)]
             counts[u] += 1
             t0 = time.perf_counter()
-            res = ingest.push(
-                store, "transactions", [{"user_id": u, "ts": now, "amount": 1.0, "merchant": "m"}], wait=False
+            res = store.ingestor.push(
+                "transactions", [{"user_id": u, "ts": now, "amount": 1.0, "merchant": "m"}], wait=False
             )
             t1 = time.perf_counter()
             lag_ms.append((t0 - t_sched) * 1000)
@@ -431,7 +429,7 @@ def backlog(store: cs.ContextStore, n: int, users: int = 10_000, chunk: int = 50
     last: dict[int, int] = {}
     t0 = time.perf_counter()
     for i in range(0, n, chunk):
-        res = ingest.push(store, "transactions", table.slice(i, chunk), wait=False)
+        res = store.ingestor.push("transactions", table.slice(i, chunk), wait=False)
         for p, off in res.offsets.items():
             last[p] = max(last.get(p, 0), off)
     return last, n / (time.perf_counter() - t0)
@@ -441,7 +439,7 @@ def drain_rate(store: cs.ContextStore, n: int, workers: int, redis_url: str) -> 
     """Workers already running and idle; the clock starts with the first push and stops when every
     event is applied online (and, second number, appended offline and acknowledged)."""
     view = store.definitions.feature_view("txn_stats")
-    log = _stream_log(store)
+    log = store.ingestor.stream_log
     keys = [log.stream_key("transactions", p) for p in range(4)]
     procs = start_workers(store, workers, redis_url)
     try:
@@ -450,7 +448,7 @@ def drain_rate(store: cs.ContextStore, n: int, workers: int, redis_url: str) -> 
         t_applied = None
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
-            if t_applied is None and all(applied_offset(store, view, p) >= off for p, off in last.items()):
+            if t_applied is None and all(applied_offset(store.online, view, p) >= off for p, off in last.items()):
                 t_applied = time.perf_counter() - t0
             if t_applied is not None and log.lag(keys) == 0:
                 break
@@ -536,8 +534,7 @@ def main() -> None:
                     lat = []
                     for i in range(500):
                         t0 = time.perf_counter()
-                        ingest.push(
-                            store,
+                        store.ingestor.push(
                             "transactions",
                             [{"user_id": f"d{i % 50}", "ts": datetime.now(UTC), "amount": 1.0}],
                             wait=False,

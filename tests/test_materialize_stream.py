@@ -47,7 +47,9 @@ def test_materialize_before_offline_flush_keeps_stream_events(
         tmp_path / "repo", online_store=redis_url, workspace=workspace_name, history=history, lateness="1d"
     )
     stop = threading.Event()
-    pool = run_workers(store, 1, stop, flush_interval=3600.0, flush_rows=10**9)  # no offline flush until stop
+    pool = run_workers(
+        store.stream_context(), 1, stop, flush_interval=3600.0, flush_rows=10**9
+    )  # no offline flush until stop
     t = T0 + timedelta(hours=5)
     try:
         store.backfill()
@@ -149,7 +151,7 @@ def test_materialize_after_a_new_backfill_waits_for_the_offline_log(
         tmp_path / "repo", online_store=redis_url, workspace=workspace_name, history=history, lateness="1d"
     )
     stop = threading.Event()
-    pool = run_workers(store, 1, stop, flush_interval=1.0)
+    pool = run_workers(store.stream_context(), 1, stop, flush_interval=1.0)
     t = T0 + timedelta(hours=5)
     try:
         store.backfill()

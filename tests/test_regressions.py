@@ -115,7 +115,7 @@ def test_server_warms_vector_indexes_and_readyz_reports_them(tmp_path: Path) -> 
     app = create_app(repo, auth=False)
     with running_server(app) as url:
         store = app.state.cs.resolver(None)
-        assert "vectors" in store.__dict__  # warm-up started at start-up, before any similarity request
+        assert store.opened_vectors is not None  # warm-up started at start-up, before any similarity request
         assert store.vectors.wait_ready(timeout=60)
         r = httpx.get(url + "/readyz", timeout=30)
         assert r.status_code == 200, r.text

@@ -40,9 +40,7 @@ def test_mcp_at_slash_mcp_uses_the_keys_workspace(tmp_path: Path, redis_url: str
         auth = {**_H, "authorization": f"Bearer {key}"}
         rec = {
             "records": {
-                "transactions": [
-                    {"record": {"user_id": "m1", "amount": 2.5, "ts": datetime.now(UTC).isoformat()}}
-                ]
+                "transactions": [{"record": {"user_id": "m1", "amount": 2.5, "ts": datetime.now(UTC).isoformat()}}]
             }
         }
         assert httpx.post(url + "/v1/ingest", json=rec, headers=auth).status_code == 200

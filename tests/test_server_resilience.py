@@ -70,9 +70,7 @@ def test_redis_down_gives_503_then_recovers(private_redis: tuple[int, Path]) -> 
             body = {"params": {"featureServiceName": "user_features", "joinKeyMap": {"user_id": "u1"}}}
             rec = {
                 "records": {
-                    "transactions": [
-                        {"record": {"user_id": "u1", "amount": 3.0, "ts": datetime.now(UTC).isoformat()}}
-                    ]
+                    "transactions": [{"record": {"user_id": "u1", "amount": 3.0, "ts": datetime.now(UTC).isoformat()}}]
                 }
             }
             assert httpx.post(url + "/v1/ingest", json=rec, timeout=30).status_code == 200

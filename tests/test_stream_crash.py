@@ -18,8 +18,6 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from context_store.compute.stream import ingest
-from context_store.compute.stream.ingest import _stream_log
 from context_store.compute.stream.online_adapter import applied_offset
 from tests.fixtures_stream import T0, event, events_table, make_store
 
@@ -52,7 +50,7 @@ def _start_worker(store, redis_url: str) -> subprocess.Popen:
 
 def _progress(store, view, all_offsets: dict[int, list[int]]) -> int:
     """Entries whose offset the online state has applied (per-partition fence)."""
-    return sum(bisect.bisect_right(offs, applied_offset(store, view, p)) for p, offs in all_offsets.items())
+    return sum(bisect.bisect_right(offs, applied_offset(store.online, view, p)) for p, offs in all_offsets.items())
 
 
 def _wait(proc: subprocess.Popen, cond, timeout: float) -> None:
@@ -85,7 +83,7 @@ def test_sigkill_midway_neither_loses_nor_double_counts(
     # All events durable in the streams first (no worker alive yet): ~4,000 entries.
     all_offsets: dict[int, list[int]] = defaultdict(list)
     for i in range(0, N, 50):
-        res = ingest.push(store, "transactions", table.slice(i, 50), wait=False)
+        res = store.ingestor.push("transactions", table.slice(i, 50), wait=False)
         for p, off in res.offsets.items():
             all_offsets[p].append(off)
     total = sum(len(v) for v in all_offsets.values())
@@ -100,7 +98,7 @@ def test_sigkill_midway_neither_loses_nor_double_counts(
             proc.stderr.close()
         kills += 1
         assert _progress(store, view, all_offsets) < total, "killed too late to test anything"
-    log = _stream_log(store)
+    log = store.ingestor.stream_log
     keys = [log.stream_key("transactions", p) for p in range(4)]
     assert log.lag(keys) > 0  # the dead worker left pending (unacknowledged) entries behind
     proc = _start_worker(store, redis_url)

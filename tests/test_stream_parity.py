@@ -113,7 +113,7 @@ def test_parity_through_redis_workers(
         tmp_path / "repo", online_store=redis_url, workspace=workspace_name, history=history, lateness="1d"
     )
     stop = threading.Event()
-    pool = run_workers(store, 2, stop, flush_interval=0.1)
+    pool = run_workers(store.stream_context(), 2, stop, flush_interval=0.1)
     try:
         store.backfill()
         store.materialize()

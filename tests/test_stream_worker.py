@@ -11,7 +11,6 @@ from pathlib import Path
 import orjson
 import pytest
 
-from context_store.compute.stream.ingest import _stream_log
 from context_store.compute.stream.stats import STATS
 from context_store.compute.stream.worker import StreamWorker, run_workers
 from tests.fixtures_stream import T0, event, make_store
@@ -27,6 +26,10 @@ def rstore(tmp_path: Path, redis_url: str, workspace_name: str, redis_cleanup: l
     s = make_store(tmp_path / "repo", online_store=redis_url, workspace=workspace_name)
     yield s
     s.close()
+
+
+def _stream_log(store):
+    return store.ingestor.stream_log
 
 
 def _vals(store, user: str) -> dict:
@@ -81,7 +84,7 @@ def _run_until_drained(store, worker: StreamWorker, seconds: float = 30) -> None
 
 def test_push_with_live_worker_is_visible_on_return(rstore) -> None:
     stop = threading.Event()
-    pool = run_workers(rstore, 1, stop, flush_interval=0.2)
+    pool = run_workers(rstore.stream_context(), 1, stop, flush_interval=0.2)
     try:
         deadline = time.time() + 5
         while len(pool.workers[0].owned) < 4 and time.time() < deadline:
@@ -117,7 +120,7 @@ def test_push_without_worker_drains_inline(rstore) -> None:
     assert all((log.lease_owner("transactions", p) or "").startswith("push-") for p in range(4))
     # ...and hands them to a worker as soon as one is alive.
     stop = threading.Event()
-    pool = run_workers(rstore, 1, stop, flush_interval=0.2)
+    pool = run_workers(rstore.stream_context(), 1, stop, flush_interval=0.2)
     try:
         time.sleep(0.3)
         assert rstore.push("transactions", [event("u0", 1, 1.0)]).visible
@@ -132,7 +135,7 @@ def test_push_without_worker_drains_inline(rstore) -> None:
 
 def test_two_workers_share_partitions_and_count_exactly(rstore) -> None:
     stop = threading.Event()
-    pool = run_workers(rstore, 2, stop, flush_interval=0.2)
+    pool = run_workers(rstore.stream_context(), 2, stop, flush_interval=0.2)
     try:
         deadline = time.time() + 10
         while time.time() < deadline and sorted(len(w.owned) for w in pool.workers) != [2, 2]:
@@ -155,25 +158,24 @@ def test_new_worker_claims_pending_entries_of_a_dead_one(rstore) -> None:
     owner takes them over (XAUTOCLAIM); online skips what was applied, offline gets all."""
     rows = _events(500)
     log = _stream_log(rstore)
-    dead = StreamWorker(rstore, name="dead", lease_ms=400, flush_interval=3600)
+    dead = StreamWorker(rstore.stream_context(), name="dead", lease_ms=400, flush_interval=3600)
     dead.rebalance()
     assert len(dead.owned) == 4
     # Add without waiting: write to the streams the way push does, then let `dead` read half.
-    from context_store.compute.stream.ingest import _push_redis
     from context_store.compute.stream.processor import source_plan
     from context_store.compute.stream.validate import validate_records
 
     plan = source_plan(rstore.definitions, "transactions")
-    _push_redis(rstore, plan, validate_records(plan.source, rows[:250], plan.required), timeout=None)
+    rstore.ingestor.push_redis(plan, validate_records(plan.source, rows[:250], plan.required), timeout=None)
     while dead.step():
         pass
     assert dead.processed == 250
-    _push_redis(rstore, plan, validate_records(plan.source, rows[250:], plan.required), timeout=None)
+    rstore.ingestor.push_redis(plan, validate_records(plan.source, rows[250:], plan.required), timeout=None)
     # `dead` stops here without flushing/acking (as after kill -9); its leases expire.
     log.leave("dead")
     time.sleep(0.5)
     claimed_before = STATS.get("claimed_events", "transactions")
-    heir = StreamWorker(rstore, name="heir", lease_ms=2000, flush_interval=3600)
+    heir = StreamWorker(rstore.stream_context(), name="heir", lease_ms=2000, flush_interval=3600)
     heir.rebalance()
     assert len(heir.owned) == 4
     assert STATS.get("claimed_events", "transactions") - claimed_before >= 4  # the dead one's entries
@@ -196,7 +198,7 @@ def test_outside_producer_json_entries(rstore) -> None:
     log.r.xadd(key, {"json": orjson.dumps([good, {**good, "amount": 6.0}])})
     log.r.xadd(key, {"json": orjson.dumps({**good, "amount": "NaN-ish"})})
     rejected = STATS.get("rejected_pushes", "transactions")
-    w = StreamWorker(rstore, name="w1")
+    w = StreamWorker(rstore.stream_context(), name="w1")
     w.rebalance()
     while w.step():
         pass
@@ -211,7 +213,7 @@ def test_worker_needs_redis(tmp_path: Path) -> None:
 
     s = make_store(tmp_path / "r")
     with pytest.raises(ContextStoreError, match="Redis"):
-        StreamWorker(s)
+        StreamWorker(s.stream_context())
     s.close()
 
 
@@ -219,8 +221,8 @@ def test_worker_rejects_unknown_source_and_reloads_on_apply(rstore) -> None:
     from context_store.errors import NotFoundError
 
     with pytest.raises(NotFoundError, match="not a stream source"):
-        StreamWorker(rstore, sources=["nope"])
-    w = StreamWorker(rstore, name="reloader")
+        StreamWorker(rstore.stream_context(), sources=["nope"])
+    w = StreamWorker(rstore.stream_context(), name="reloader")
     w.rebalance()
     assert len(w.owned) == 4 and w.plans["transactions"].source.partitions == 4
     # Another process applies a change (8 partitions): the worker hands back and reloads.
@@ -238,15 +240,14 @@ def test_failure_mid_batch_is_replayed_exactly_once(rstore) -> None:
     """Redis errors in the middle of a round (after some commits, before others; also after a
     commit succeeded but before the worker heard so): the worker drops its memory, re-claims its
     own pending entries and the fences skip what was applied."""
-    from context_store.compute.stream import ingest
 
     online = rstore.online
     calls = _flaky_commits(online, before=(4, 9, 14), after=(6, 11))
     rows = _events(600)
     for i in range(0, 600, 20):
-        ingest.push(rstore, "transactions", rows[i : i + 20], wait=False)
+        rstore.ingestor.push("transactions", rows[i : i + 20], wait=False)
     try:
-        _run_until_drained(rstore, StreamWorker(rstore, name="flaky", flush_interval=0.1, count=5))
+        _run_until_drained(rstore, StreamWorker(rstore.stream_context(), name="flaky", flush_interval=0.1, count=5))
     finally:
         online._commit = calls["real"]
     assert calls["n"] > 14  # all injected failures happened
@@ -257,7 +258,6 @@ def test_failure_mid_batch_is_replayed_exactly_once(rstore) -> None:
 
 
 def test_backlog_limit_refuses_pushes_instead_of_dropping(rstore) -> None:
-    from context_store.compute.stream import ingest
     from context_store.errors import RateLimitedError
 
     repo = Path(rstore.config.repo)
@@ -265,14 +265,14 @@ def test_backlog_limit_refuses_pushes_instead_of_dropping(rstore) -> None:
     store = type(rstore)(repo, workspace=rstore.workspace, online_store=rstore.config.online_store)
     try:
         for i in range(2):
-            ingest.push(store, "transactions", [event("u1", i, 1.0)], wait=False)
+            store.ingestor.push("transactions", [event("u1", i, 1.0)], wait=False)
         with pytest.raises(RateLimitedError, match="behind") as ei:
-            ingest.push(store, "transactions", [event("u1", 5, 1.0), event("u2", 5, 1.0)], wait=False)
+            store.ingestor.push("transactions", [event("u1", 5, 1.0), event("u2", 5, 1.0)], wait=False)
         assert ei.value.status == 429
         log = _stream_log(store)
         assert sum(log.r.xlen(log.stream_key("transactions", p)) for p in range(4)) == 2  # nothing half-written
         # A worker catches up (applies, logs offline, acks, trims): pushes are accepted again.
-        w = StreamWorker(store, name="catch-up")
+        w = StreamWorker(store.stream_context(), name="catch-up")
         w.rebalance()
         while w.step():
             pass
@@ -290,7 +290,6 @@ def test_view_keyed_by_another_entity_counts_exactly_with_two_workers(
     workers) writes the same merchants. Their read-modify-writes are guarded (optimistic
     concurrency), so concurrent commits never lose an update."""
     import context_store as cs
-    from context_store.compute.stream import ingest
     from context_store.compute.stream.processor import source_plan
     from tests.fixtures_stream import REPO, events_table
     from tests.helpers import make_repo
@@ -311,7 +310,7 @@ merchants = cs.FeatureService("merchants", [merchant_stats])
     plan = source_plan(store.definitions, "transactions")
     assert plan.partition_keys == ("user_id",) and plan.shared == frozenset({"merchant_stats"})
     stop = threading.Event()
-    pool = run_workers(store, 2, stop, flush_interval=0.2, count=50)
+    pool = run_workers(store.stream_context(), 2, stop, flush_interval=0.2, count=50)
     try:
         deadline = time.time() + 10
         while time.time() < deadline and sorted(len(w.owned) for w in pool.workers) != [2, 2]:
@@ -320,7 +319,7 @@ merchants = cs.FeatureService("merchants", [merchant_stats])
         pushers = [
             threading.Thread(
                 target=lambda k=k: [
-                    ingest.push(store, "transactions", rows[i : i + 25], wait=False)
+                    store.ingestor.push("transactions", rows[i : i + 25], wait=False)
                     for i in range(k * 25, len(rows), 100)
                 ]
             )
@@ -353,7 +352,6 @@ def test_recent_events_lists_exactly_once_across_failures(
     """A context service's recent-events lists commit with the round (fenced per partition): commits
     that fail, and commits that succeed but whose reply is lost, are replayed without duplicates."""
     import context_store as cs
-    from context_store.compute.stream import ingest
     from context_store.state.codec import entity_key
     from tests.fixtures_stream import REPO, events_table
     from tests.helpers import make_repo
@@ -372,9 +370,11 @@ ctx = cs.ContextService("ctx", entity=user, features=[txn_stats], recent_events=
     calls = _flaky_commits(online, before=(3, 8), after=(5, 11, 12))
     rows = _events(400, users=10)
     for i in range(0, len(rows), 10):
-        ingest.push(store, "transactions", rows[i : i + 10], wait=False)
+        store.ingestor.push("transactions", rows[i : i + 10], wait=False)
     try:
-        _run_until_drained(store, StreamWorker(store, name="flaky-recent", flush_interval=0.1, count=7))
+        _run_until_drained(
+            store, StreamWorker(store.stream_context(), name="flaky-recent", flush_interval=0.1, count=7)
+        )
     finally:
         online._commit = calls["real"]
     assert calls["n"] > 12

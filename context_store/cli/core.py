@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -31,6 +31,9 @@ __all__ = [
     "coerce_value",
     "print_result",
 ]
+
+if TYPE_CHECKING:
+    from ..serving.store import ContextStore
 
 
 def print_result(result: Any) -> None:
@@ -167,7 +170,7 @@ def materialize_cmd(views: tuple[str, ...]) -> None:
     click.echo("Materialize done.")
 
 
-def _check_views(store: Any, views: tuple[str, ...]) -> None:
+def _check_views(store: ContextStore, views: tuple[str, ...]) -> None:
     defs = store.definitions
     for v in views:
         if v not in defs.feature_views and v not in defs.embedding_views and v not in defs.knowledge:

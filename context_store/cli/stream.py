@@ -120,7 +120,9 @@ def worker(threads: int, sources: tuple[str, ...], batch: int, flush_interval: f
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    pool = run_workers(store, threads, stop, sources=list(sources) or None, count=batch, flush_interval=flush_interval)
+    pool = run_workers(
+        store.stream_context(), threads, stop, sources=list(sources) or None, count=batch, flush_interval=flush_interval
+    )
     click.echo(f"stream workers running ({threads} thread(s), workspace {store.workspace}); Ctrl-C to stop", err=True)
     while not stop.wait(0.5):
         if not any(t.is_alive() for t in pool.threads):

@@ -10,7 +10,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -66,7 +66,7 @@ class MaterializeReport:
             "rows": self.rows,
             "seconds": round(self.seconds, 3),
             "rows_per_s": round(self.rows_per_s),
-            "views": [v.__dict__ for v in self.views],
+            "views": [asdict(v) for v in self.views],
         }
 
     def __str__(self) -> str:

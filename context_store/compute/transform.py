@@ -96,11 +96,11 @@ def normalize_timestamp(column: pa.ChunkedArray | pa.Array, field: str = "timest
         if pa.types.is_string(t) or pa.types.is_large_string(t):
             con = duckdb_connect()
             arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-            con.register("_cs_ts", pa.table({"x": arr}))
+            con.register("_ts_input", pa.table({"x": arr}))
             try:
-                out = con.sql("SELECT CAST(x AS TIMESTAMPTZ) AS x FROM _cs_ts").to_arrow_table()
+                out = con.sql("SELECT CAST(x AS TIMESTAMPTZ) AS x FROM _ts_input").to_arrow_table()
             finally:
-                con.unregister("_cs_ts")
+                con.unregister("_ts_input")
             return out.column(0).cast(TS_TYPE)
     except (pa.ArrowInvalid, duckdb.Error) as e:
         raise InvalidInputError(f"column {field!r} is not a valid timestamp: {e}", field=field) from None

@@ -37,7 +37,7 @@ def health_router(state: ServerState) -> APIRouter:
             return json_response({"ready": False, "message": f"online store unreachable: {reason}"}, 503)
         state.metrics.online_up.set(1)
         ping_ms = round((time.perf_counter() - t0) * 1000, 3)
-        vectors = store.__dict__.get("vectors")  # only once the server warmed (or used) them
+        vectors = store.opened_vectors  # only once the server warmed (or used) them
         if vectors is not None and not vectors.ready:
             return json_response(
                 {"ready": False, "message": "vector indexes are loading", "vectors": vectors.readiness()}, 503

@@ -10,7 +10,6 @@ import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from ..config import Config, load_config
@@ -20,10 +19,17 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
+    from ..compute.batch import BackfillReport
+    from ..compute.materialize import MaterializeReport
+    from ..compute.stream.context import StreamContext
+    from ..compute.stream.ingestor import Ingestor, PushResult
     from ..registry.registry import Plan, Registry
     from ..registry.repo import RepoDefinitions
     from ..stores.offline.base import OfflineStore
     from ..stores.online.base import OnlineStore
+    from .context import UserContext
+    from .features import FeatureServer
+    from .similar import VectorService
 
 __all__ = ["ContextStore"]
 
@@ -39,21 +45,32 @@ class ContextStore:
         online_store: str | None = None,
         config: Config | None = None,
     ) -> None:
-        self.config = config or load_config(repo, workspace=workspace, online_store=online_store)
+        self.config: Config = config or load_config(repo, workspace=workspace, online_store=online_store)
         self._lock = threading.RLock()
+        # Components, each opened on first use (a CLI ``plan`` never opens Redis).
+        self._registry: Registry | None = None
         self._definitions: RepoDefinitions | None = None
+        self._online: OnlineStore | None = None
+        self._offline: OfflineStore | None = None
+        self._features: FeatureServer | None = None
+        self._vectors: VectorService | None = None
+        self._ingestor: Ingestor | None = None
 
     # -- components --------------------------------------------------------------------
     @property
     def workspace(self) -> str:
         return self.config.workspace
 
-    @cached_property
+    @property
     def registry(self) -> Registry:
-        from ..compute.schema_probe import TransformSchemaProbe
-        from ..registry.registry import Registry
+        if self._registry is None:
+            from ..compute.schema_probe import TransformSchemaProbe
+            from ..registry.registry import Registry
 
-        return Registry(self.config, TransformSchemaProbe())
+            with self._lock:
+                if self._registry is None:
+                    self._registry = Registry(self.config, TransformSchemaProbe())
+        return self._registry
 
     @property
     def definitions(self) -> RepoDefinitions:
@@ -68,29 +85,93 @@ class ContextStore:
         """Reload the applied definitions (after an apply by another process)."""
         with self._lock:
             self._definitions = None
-            self.__dict__.pop("features", None)
-            vectors = self.__dict__.pop("vectors", None)  # built on the old definitions
+            self._features = None
+            vectors, self._vectors = self._vectors, None  # built on the old definitions
             if vectors is not None:
                 vectors.close()
 
-    @cached_property
+    @property
     def online(self) -> OnlineStore:
-        from ..stores.online import open_online_store
+        if self._online is None:
+            from ..stores.online import open_online_store
 
-        return open_online_store(self.config)
+            with self._lock:
+                if self._online is None:
+                    self._online = open_online_store(self.config)
+        return self._online
 
-    @cached_property
+    @property
     def offline(self) -> OfflineStore:
-        from ..stores.offline import open_offline_store
+        if self._offline is None:
+            from ..stores.offline import open_offline_store
 
-        return open_offline_store(self.config)
+            with self._lock:
+                if self._offline is None:
+                    self._offline = open_offline_store(self.config)
+        return self._offline
 
-    @cached_property
-    def features(self) -> Any:
-        """The compiled online read path (``serving.features.FeatureServer``)."""
+    @property
+    def features(self) -> FeatureServer:
+        """The compiled online read path."""
+        return self._features or self._open_features()
+
+    def _open_features(self) -> FeatureServer:
         from .features import FeatureServer
 
-        return FeatureServer(self.definitions, self.online)
+        with self._lock:
+            if self._features is None:
+                self._features = FeatureServer(self.definitions, self.online)
+            return self._features
+
+    @property
+    def vectors(self) -> VectorService:
+        """Embedding views and knowledge."""
+        if self._vectors is None:
+            from .similar import VectorService
+
+            with self._lock:
+                if self._vectors is None:
+                    self._vectors = VectorService(self.definitions, self.config, self.offline)
+        return self._vectors
+
+    @property
+    def opened_vectors(self) -> VectorService | None:
+        """The vector service if something opened it already (never opens it)."""
+        return self._vectors
+
+    def stream_context(self) -> StreamContext:
+        """The typed parts the stream path (pushes, workers) works on."""
+        from ..compute.stream.context import StreamContext
+
+        return StreamContext(
+            self.config,
+            self.definitions,
+            self.online,
+            self.offline,
+            embedding_sink=lambda: self.vectors,  # opened only for sources with embedding views
+            version=self.registry.applied_version,
+            reload=self._reloaded_stream_context,
+        )
+
+    def _reloaded_stream_context(self) -> StreamContext:
+        self.refresh()
+        return self.stream_context()
+
+    @property
+    def ingestor(self) -> Ingestor:
+        """Stream ingest (``push``), on the current definitions."""
+        ing = self._ingestor
+        defs = self.definitions
+        if ing is None or ing.definitions is not defs:
+            from ..compute.stream.ingestor import Ingestor
+
+            with self._lock:
+                ing = self._ingestor
+                if ing is None:
+                    ing = self._ingestor = Ingestor(self.stream_context())
+                elif ing.definitions is not self.definitions:
+                    ing.rebind(self.stream_context())
+        return ing
 
     # -- lifecycle (the CLI verbs) -------------------------------------------------------
     def plan(self) -> Plan:
@@ -108,7 +189,7 @@ class ContextStore:
         views: Sequence[str] | None = None,
         progress: bool = False,
         engine: str = "local",
-    ) -> Any:
+    ) -> BackfillReport | None:
         """Feature views into the offline store; embedding views and knowledge into their indexes.
 
         ``views`` names feature views and/or embedding views; knowledge is (re)indexed on a full run.
@@ -136,7 +217,7 @@ class ContextStore:
             self.vectors.index_knowledge(progress=progress)
         return report
 
-    def materialize(self, views: Sequence[str] | None = None, progress: bool = False) -> Any:
+    def materialize(self, views: Sequence[str] | None = None, progress: bool = False) -> MaterializeReport:
         from ..compute.materialize import materialize
 
         return materialize(self.definitions, self.config, self.offline, self.online, views=views, progress=progress)
@@ -149,7 +230,10 @@ class ContextStore:
         request_context: Mapping[str, Any] | None = None,
         request_time: datetime | None = None,
     ) -> FeatureVector:
-        return self.features.get_features(feature_service, join_keys, request_context, request_time)
+        # No property call on the read path: the opened server, else open it.
+        return (self._features or self._open_features()).get_features(
+            feature_service, join_keys, request_context, request_time
+        )
 
     async def get_features_async(
         self,
@@ -158,7 +242,9 @@ class ContextStore:
         request_context: Mapping[str, Any] | None = None,
         request_time: datetime | None = None,
     ) -> FeatureVector:
-        return await self.features.get_features_async(feature_service, join_keys, request_context, request_time)
+        return await (self._features or self._open_features()).get_features_async(
+            feature_service, join_keys, request_context, request_time
+        )
 
     def get_features_batch(
         self,
@@ -167,7 +253,9 @@ class ContextStore:
         request_context: Sequence[Mapping[str, Any]] | Mapping[str, Any] | None = None,
         request_time: datetime | None = None,
     ) -> list[FeatureVector]:
-        return self.features.get_features_batch(feature_service, join_keys, request_context, request_time)
+        return (self._features or self._open_features()).get_features_batch(
+            feature_service, join_keys, request_context, request_time
+        )
 
     def get_training_data(
         self,
@@ -188,13 +276,11 @@ class ContextStore:
         *,
         wait: bool = True,
         timeout: float = 5.0,
-    ) -> Any:
+    ) -> PushResult:
         """Validate and ingest ``rows`` (all or nothing). Returns when durable and, with ``wait``
         (the default), visible online (read-after-write, up to ``timeout`` s; ``.visible`` says
         which). ``wait=False`` returns once durable in the stream: for bulk loads."""
-        from ..compute.stream.ingest import push
-
-        return push(self, source, rows, dry_run=dry_run, timeout=timeout, wait=wait)
+        return self.ingestor.push(source, rows, dry_run=dry_run, timeout=timeout, wait=wait)
 
     # -- embeddings, similarity, knowledge, agent context --------------------------------
     def find_similar(
@@ -214,31 +300,27 @@ class ContextStore:
     ) -> KnowledgeResult:
         return self.vectors.search_knowledge(knowledge, query, k=k, filter=filter)
 
-    @cached_property
-    def vectors(self) -> Any:
-        """Embedding views and knowledge (``serving.similar.VectorService``)."""
-        from .similar import VectorService
-
-        return VectorService(self.definitions, self.config, self.offline)
-
     def get_user_context(
         self,
         entity_id: str,
         context_service: str | None = None,
         max_tokens: int | None = None,
         as_of: datetime | str | None = None,
-    ) -> Any:
+    ) -> UserContext:
         from .context import get_user_context
 
         return get_user_context(self, entity_id, context_service=context_service, max_tokens=max_tokens, as_of=as_of)
 
     def close(self) -> None:
-        if "_cs_stream_log" in self.__dict__:  # pushed through Redis: inline leases, pub/sub
-            from ..compute.stream.ingest import close_stream
-
-            close_stream(self)
-        for name in ("online", "offline", "vectors"):
-            comp = self.__dict__.pop(name, None)
+        with self._lock:
+            ingestor, self._ingestor = self._ingestor, None
+            online, self._online = self._online, None
+            offline, self._offline = self._offline, None
+            vectors, self._vectors = self._vectors, None
+            self._features = None
+        if ingestor is not None:  # pushed: inline leases, pub/sub, the stream connection
+            ingestor.close()
+        for comp in (online, offline, vectors):
             if comp is not None and hasattr(comp, "close"):
                 comp.close()
 

@@ -1,11 +1,13 @@
 """Streaming: push ingest, Redis Streams workers, exactly-once effect, late events, cut-over.
 
-- ``ingest.push(store, source, rows, dry_run=False, timeout=5.0, wait=True) -> PushResult``
+- ``context.StreamContext``: the typed parts everything here works on (applied definitions,
+  config, online and offline stores, an ``sinks.EmbeddingSink`` opened on first use).
+- ``ingestor.Ingestor(ctx).push(source, rows, dry_run=False, timeout=5.0, wait=True) -> PushResult``
   validates (``validate``: all or nothing, errors name ``records[i].field``) and ingests. Embedded
   (sqlite): applied in-process before returning. Redis: one ``XADD`` per touched partition in one
   MULTI/EXEC (durable), then waits until the workers applied it (read-after-write); with no live
   worker the pusher drains its partitions itself.
-- ``worker.StreamWorker`` / ``worker.run_workers(store, n, stop_event)``: consumer group
+- ``worker.StreamWorker(ctx)`` / ``worker.run_workers(ctx, n, stop_event)``: consumer group
   ``cs-workers`` over ``cs:{ws}:{s:<source>}:p<k>``; partitions leased to one worker at a time;
   a new owner ``XAUTOCLAIM``s the previous owner's pending entries and replays them.
 - ``processor.process_batch``: the per-batch logic (offset fences, cut-over, watermark/lateness,

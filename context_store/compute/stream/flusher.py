@@ -17,13 +17,17 @@ import logging
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 from ...vocab.tables import is_source_table
 from .processor import OfflineWriter, concat
 from .redis_streams import GROUP
+
+if TYPE_CHECKING:
+    from ...stores.offline.base import OfflineStore
+    from .redis_streams import RedisStreamLog
 
 __all__ = ["FlushJob", "Flusher"]
 
@@ -43,7 +47,7 @@ def _lower_priority() -> None:
 class Flusher:
     """Flushes on one background thread of this process (lower OS priority where possible)."""
 
-    def __init__(self, offline: Any, stream_log: Any, compact_every: int = 100) -> None:
+    def __init__(self, offline: OfflineStore, stream_log: RedisStreamLog, compact_every: int = 100) -> None:
         self.offline, self.log = offline, stream_log
         self.writer = OfflineWriter(offline)
         self.compact_every = compact_every

@@ -1,14 +1,15 @@
 """The two calls the stream makes into the online store, in one place.
 
-- ``apply(store, view, rows, partition, offset)``: atomically merge ``rows`` (a view's input rows
-  after its transform) into the view's online state (``OnlineStore.apply_events``, which uses
-  ``state.aggregations`` like batch materialization) and, when ``offset`` is given, advance
-  the applied offset of ``(view, partition)`` in the same commit; a replay whose offset is not
-  above the recorded one changes nothing.
-- ``apply_many(store, batches, notify, recent)``: a stream worker's whole step (several views and
-  partitions, and recent-events appends) in one commit, CAS'd against the worker's fences;
-  ``recent_item``, ``recent_applied`` and ``append_recent_once`` for those appends.
-- ``applied_offset(store, view, partition) -> int``: that recorded offset (-1 when none).
+- ``apply(online, states, view, rows, partition, offset)``: atomically merge ``rows`` (a view's
+  input rows after its transform) into the view's online state (``OnlineStore.apply_events``,
+  which uses ``state.aggregations`` like batch materialization) and, when ``offset`` is given,
+  advance the applied offset of ``(view, partition)`` in the same commit; a replay whose offset is
+  not above the recorded one changes nothing.
+- ``apply_many(online, states, batches, notify, recent)``: a stream worker's whole step (several
+  views and partitions, and recent-events appends) in one commit, CAS'd against the worker's
+  fences; ``recent_item``, ``recent_applied`` and ``append_recent_once`` for those appends.
+- ``applied_offset(online, view, partition) -> int``: that recorded offset (-1 when none).
+- ``ViewStates``: the compiled online state layout of each view (``view_state``), cached.
 
 Offsets are the stream ids encoded as ints (``redis_streams.id_to_offset``), passed as strings.
 """
@@ -17,43 +18,72 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from ...definitions import FeatureView
 
-__all__ = ["append_recent_once", "apply", "apply_many", "applied_offset", "recent_applied", "recent_item", "view_state"]
+if TYPE_CHECKING:
+    from ...registry.repo import RepoDefinitions
+    from ...state.ops import RecentItem
+    from ...state.tiles import ViewState
+    from ...stores.online.base import OnlineStore
 
-_lock = threading.Lock()
+__all__ = [
+    "ViewStates",
+    "append_recent_once",
+    "apply",
+    "apply_many",
+    "applied_offset",
+    "recent_applied",
+    "recent_item",
+    "view_state",
+]
 
 
-def view_state(store: Any, view: FeatureView) -> Any:
-    """The compiled online state layout of ``view`` (cached on the store object)."""
-    cache: dict[str, Any] | None = store.__dict__.get("_cs_stream_states")
-    if cache is None:
-        with _lock:
-            cache = store.__dict__.setdefault("_cs_stream_states", {})
-    st = cache.get(view.name)
-    if st is None or st.view is not view:
-        from ...state.tiles import ViewState
+class ViewStates:
+    """Compiled online state layouts of the views of ``definitions``, built on first use."""
 
-        st = cache[view.name] = ViewState(view, store.definitions.input_schemas.get(view.name, {}))
-    return st
+    def __init__(self, definitions: RepoDefinitions) -> None:
+        self.definitions = definitions
+        self._cache: dict[str, ViewState] = {}
+        self._lock = threading.Lock()
+
+    def get(self, view: FeatureView) -> ViewState:
+        st = self._cache.get(view.name)
+        if st is None or st.view is not view:
+            from ...state.tiles import ViewState
+
+            with self._lock:
+                st = self._cache[view.name] = ViewState(view, self.definitions.input_schemas.get(view.name, {}))
+        return st
+
+
+def view_state(states: ViewStates, view: FeatureView) -> ViewState:
+    """The compiled online state layout of ``view``."""
+    return states.get(view)
 
 
 def apply(
-    store: Any, view: FeatureView, rows: pa.Table, partition: int, offset: int | None, guard: bool = False
+    online: OnlineStore,
+    states: ViewStates,
+    view: FeatureView,
+    rows: pa.Table,
+    partition: int,
+    offset: int | None,
+    guard: bool = False,
 ) -> int:
     token = (str(partition), str(offset)) if offset is not None else None
-    return int(store.online.apply_events(view_state(store, view), rows, token=token, guard=guard) or 0)
+    return int(online.apply_events(states.get(view), rows, token=token, guard=guard) or 0)
 
 
 def apply_many(
-    store: Any,
+    online: OnlineStore,
+    states: ViewStates,
     batches: list[tuple[FeatureView, pa.Table, list[tuple[int, int, int]], bool]],
     notify: tuple[str, str] | None = None,
-    recent: Sequence[Any] = (),
+    recent: Sequence[RecentItem] = (),
 ) -> bool:
     """Several views' rows, each with [(partition, new offset, expected applied offset or -1)],
     and ``recent_item``s, in one atomic commit, then ``notify``; False (nothing written) when an
@@ -61,36 +91,36 @@ def apply_many(
     from ...state.ops import ApplyItem
 
     items = [
-        ApplyItem(view_state(store, view), rows, [(str(p), str(new), _expected(exp)) for p, new, exp in toks], guard)
+        ApplyItem(states.get(view), rows, [(str(p), str(new), _expected(exp)) for p, new, exp in toks], guard)
         for view, rows, toks, guard in batches
     ]
-    return bool(store.online.apply_many(items, notify=notify, recent=recent))
+    return bool(online.apply_many(items, notify=notify, recent=recent))
 
 
 def recent_item(
     source: str, partition: int, offset: int, fence: int, lists: dict[str, tuple[list[dict[str, Any]], int]]
-) -> Any:
+) -> RecentItem:
     """Recent-events appends of one partition batch, advancing its recent fence to ``offset``."""
     from ...state.ops import RecentItem
 
     return RecentItem(source, str(partition), str(offset), _expected(fence), lists)
 
 
-def recent_applied(store: Any, source: str, partition: int) -> int:
+def recent_applied(online: OnlineStore, source: str, partition: int) -> int:
     """The offset up to which ``source``'s recent-events lists hold partition's events (-1: none)."""
-    v = store.online.applied_offset(store.online.recent_fence(source), str(partition))
+    v = online.applied_offset(online.recent_fence(source), str(partition))
     return int(v) if v is not None else -1
 
 
-def append_recent_once(store: Any, item: Any) -> bool:
+def append_recent_once(online: OnlineStore, item: RecentItem) -> bool:
     """``item``'s appends on their own (outside a round), unless already recorded."""
-    return bool(store.online.append_recent_once(item))
+    return bool(online.append_recent_once(item))
 
 
 def _expected(offset: int) -> str | None:
     return None if offset < 0 else str(offset)
 
 
-def applied_offset(store: Any, view: FeatureView, partition: int) -> int:
-    v = store.online.applied_offset(view.name, str(partition))
+def applied_offset(online: OnlineStore, view: FeatureView, partition: int) -> int:
+    v = online.applied_offset(view.name, str(partition))
     return int(v) if v is not None else -1

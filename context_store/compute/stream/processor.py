@@ -14,7 +14,7 @@ import logging
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +26,11 @@ from ...state.columns import ts_to_us
 from ...vocab.tables import source_table, view_table
 from ..transform import apply_transform
 from .stats import STATS
+
+if TYPE_CHECKING:
+    from ...stores.offline.base import OfflineStore
+    from ...stores.online.base import OnlineStore
+    from .sinks import EmbeddingSink
 
 __all__ = [
     "SourcePlan",
@@ -88,11 +93,11 @@ def source_plan(definitions: Any, source_name: str) -> SourcePlan:
     return SourcePlan(src, views, tuple(keys), tuple(recent.items()), embeds, shared)
 
 
-def append_recent(store: Any, plan: SourcePlan, raw: list[pa.Table]) -> None:
+def append_recent(online: OnlineStore, plan: SourcePlan, raw: list[pa.Table]) -> None:
     """Newly applied raw events onto the per-entity recent-events lists (``get_user_context``)."""
     rows = [r for t in raw for r in t.drop_columns([c for c in (PARTITION, OFFSET) if c in t.column_names]).to_pylist()]
     for key, (items, n) in recent_lists(plan, rows).items():
-        store.online.append_recent(plan.source.name, key, items, n)
+        online.append_recent(plan.source.name, key, items, n)
 
 
 def recent_lists(plan: SourcePlan, rows: list[dict[str, Any]]) -> dict[str, tuple[list[dict[str, Any]], int]]:
@@ -111,15 +116,16 @@ def recent_lists(plan: SourcePlan, rows: list[dict[str, Any]]) -> dict[str, tupl
     return out
 
 
-def update_embeddings(store: Any, plan: SourcePlan, raw: list[pa.Table]) -> None:
+def update_embeddings(sink: Callable[[], EmbeddingSink], plan: SourcePlan, raw: list[pa.Table]) -> None:
     """New or changed texts of the applied events into the embedding views on this source
-    (LanceDB first, then the FAISS index), so ``find_similar`` sees them."""
+    (LanceDB first, then the FAISS index), so ``find_similar`` sees them. ``sink`` is opened
+    only when this source feeds an embedding view."""
     if not plan.embeds or not raw:
         return
     table = concat(raw)
     table = table.drop_columns([c for c in (PARTITION, OFFSET) if c in table.column_names])
     if table.num_rows:
-        store.vectors.ingest(plan.source.name, table)
+        sink().ingest(plan.source.name, table)
 
 
 def partition_of(table: pa.Table, keys: tuple[str, ...], n: int) -> np.ndarray:
@@ -267,7 +273,7 @@ class OfflineWriter:
     ``fv__`` table was created without them (a batch backfill wrote it first) they are left out
     and the per-table marks kept in Redis fence replays instead."""
 
-    def __init__(self, offline: Any) -> None:
+    def __init__(self, offline: OfflineStore) -> None:
         self.offline = offline
         self._tagged: dict[str, bool] = {}
 

@@ -10,7 +10,8 @@ appended about once a second; only then are entries acknowledged (``XACK``), so 
 never lost: until acked it stays pending and the next owner replays it (online skips it by the
 fence, offline by the per-table marks).
 
-``run_workers(store, n, stop_event)`` starts ``n`` workers as threads (``serve`` does this);
+A worker works on a ``StreamContext`` (typed parts: definitions, config, online and offline
+stores, embedding sink). ``run_workers(ctx, n, stop_event)`` starts ``n`` workers as threads (``serve`` does this);
 ``context-store worker`` runs one per process.
 """
 
@@ -26,7 +27,7 @@ import uuid
 from collections.abc import Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -52,6 +53,9 @@ from .processor import (
 from .redis_streams import RedisStreamLog, decode_entry, id_to_offset
 from .stats import STATS
 from .validate import validate_records
+
+if TYPE_CHECKING:
+    from .context import StreamContext
 
 __all__ = ["StreamWorker", "run_workers", "WorkerPool"]
 
@@ -80,7 +84,7 @@ class StreamWorker:
 
     def __init__(
         self,
-        store: Any,
+        ctx: StreamContext,
         name: str | None = None,
         sources: Iterable[str] | None = None,
         count: int = 2000,
@@ -90,14 +94,14 @@ class StreamWorker:
         flush_rows: int = 100_000,
         transient: bool = False,
     ) -> None:
-        if not store.config.is_redis:
+        if not ctx.config.is_redis:
             raise ContextStoreError(
                 "stream workers need a Redis online store (online_store: redis://...)", field="online_store"
             )
-        self.store = store
-        self.defs = store.definitions
+        self.ctx = ctx
+        self.defs = ctx.definitions
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.log = RedisStreamLog(store.config.online_store, store.config.workspace)
+        self.log = RedisStreamLog(ctx.config.online_store, ctx.config.workspace)
         self.sources = None if sources is None else list(sources)
         streams = sorted(n for n, s in self.defs.sources.items() if isinstance(s, StreamSource))
         unknown = [n for n in self.sources or () if n not in streams]
@@ -120,7 +124,7 @@ class StreamWorker:
         self._last_balance = 0.0
         self._short = True
         self.processed = 0
-        self._flusher = Flusher(store.offline, self.log)
+        self._flusher = Flusher(ctx.offline, self.log)
         self.writer = self._flusher.writer  # also reads the marks of partitions this worker takes
         self._flushing: Future[dict[str, int]] | None = None
 
@@ -132,22 +136,23 @@ class StreamWorker:
         }
 
     def _applied_version(self) -> int:
+        if self.ctx.version is None:
+            return -1
         try:
-            return int(self.store.registry.applied_version())
-        except (ContextStoreError, AttributeError):
+            return int(self.ctx.version())
+        except ContextStoreError:
             return -1
 
     def _reload_if_applied(self) -> None:
         """A new ``apply`` (maybe by another process): hand back partitions, reload definitions."""
         v = self._applied_version()
-        if v == self._version or v <= 0:
+        if v == self._version or v <= 0 or self.ctx.reload is None:
             return
         log.info("worker %s: registry version %d -> %d, reloading definitions", self.name, self._version, v)
         for part in list(self.owned):
             self.release(part)
-        self.store.refresh()
-        self.store.__dict__.pop("_cs_stream_states", None)
-        self.defs = self.store.definitions
+        self.ctx = self.ctx.reload()
+        self.defs = self.ctx.definitions
         self.plans = self._plans()
         self._version = v
 
@@ -196,12 +201,12 @@ class StreamWorker:
         state = PartitionState()
         for view in plan.views:
             if view.online:
-                state.applied[view.name] = online_adapter.applied_offset(self.store, view, p)
+                state.applied[view.name] = online_adapter.applied_offset(self.ctx.online, view, p)
             if view.offline:
                 table = view_table(view.name)
                 state.offline[view.name] = self.writer.mark(table, p, self.log.offline_marks(table, p))
         if plan.recent:
-            state.applied[_RECENT] = online_adapter.recent_applied(self.store, source, p)
+            state.applied[_RECENT] = online_adapter.recent_applied(self.ctx.online, source, p)
         table = source_table(source)
         state.offline["src"] = self.writer.mark(table, p, self.log.offline_marks(table, p))
         wm = self.log.r.hget(self.log.watermark_key, f"{source}|{p}")
@@ -312,12 +317,13 @@ class StreamWorker:
             self.log.announce(applied)
             return
         notify = (self.log.applied_channel, self.log.applied_message(applied))
-        if not online_adapter.apply_many(self.store, batches, notify, recent):
+        online, states = self.ctx.online, self.ctx.states
+        if not online_adapter.apply_many(online, states, batches, notify, recent):
             for st in steps:
                 for view, rows, p, off, _ in st.applies:
-                    online_adapter.apply(self.store, view, rows, p, off, guard=view.name in st.plan.shared)
+                    online_adapter.apply(online, states, view, rows, p, off, guard=view.name in st.plan.shared)
             for item in recent:
-                online_adapter.append_recent_once(self.store, item)
+                online_adapter.append_recent_once(online, item)
             self.log.announce(applied)
         for st in steps:
             for view, rows, *_ in st.applies:
@@ -326,7 +332,9 @@ class StreamWorker:
     def _finish(self, st: _Step) -> None:
         """After the commit: embeddings, rows for the offline log, acks."""
         if st.batch is not None:
-            update_embeddings(self.store, st.plan, st.batch.offline.get(source_table(st.plan.source.name), []))
+            update_embeddings(
+                self.ctx.embedding_sink, st.plan, st.batch.offline.get(source_table(st.plan.source.name), [])
+            )
             if self.owned.get(st.part) is not st.state:
                 return  # dropped meanwhile (lease lost / reset): the successor replays these entries
             buf = self._buffers.setdefault(st.part, {})
@@ -353,7 +361,7 @@ class StreamWorker:
 
     @property
     def _cutovers(self) -> dict[str, int]:
-        return {v: c.ts_us for v, c in load_cutovers(self.store.config).items()}
+        return {v: c.ts_us for v, c in load_cutovers(self.ctx.config).items()}
 
     def _snapshot(self) -> FlushJob:
         """Take the buffered rows, marks, watermarks and entry ids to flush (processing goes on)."""
@@ -468,11 +476,11 @@ class StreamWorker:
 
 
 class WorkerPool:
-    """``n`` worker threads of one store; ``stop()`` flushes and releases their partitions."""
+    """``n`` worker threads on one context; ``stop()`` flushes and releases their partitions."""
 
-    def __init__(self, store: Any, n: int = 1, stop_event: threading.Event | None = None, **kw: Any) -> None:
+    def __init__(self, ctx: StreamContext, n: int = 1, stop_event: threading.Event | None = None, **kw: Any) -> None:
         self.stop_event = stop_event or threading.Event()
-        self.workers = [StreamWorker(store, **kw) for _ in range(n)]
+        self.workers = [StreamWorker(ctx, **kw) for _ in range(n)]
         self.threads = [
             threading.Thread(target=w.run, args=(self.stop_event,), name=f"cs-stream-{i}", daemon=True)
             for i, w in enumerate(self.workers)
@@ -486,7 +494,7 @@ class WorkerPool:
             t.join(timeout)
 
 
-def run_workers(store: Any, n: int = 1, stop_event: threading.Event | None = None, **kw: Any) -> WorkerPool:
+def run_workers(ctx: StreamContext, n: int = 1, stop_event: threading.Event | None = None, **kw: Any) -> WorkerPool:
     """Start ``n`` stream workers in threads of this process (non-blocking). Stop them with
     ``stop_event.set()`` or ``pool.stop()``. Does nothing useful without a Redis online store."""
-    return WorkerPool(store, n, stop_event, **kw)
+    return WorkerPool(ctx, n, stop_event, **kw)

@@ -8,7 +8,7 @@ from .base import BaseOnlineStore, OnlineStore, ViewValues
 __all__ = ["BaseOnlineStore", "OnlineStore", "ViewValues", "open_online_store"]
 
 
-def open_online_store(config: Config) -> BaseOnlineStore:
+def open_online_store(config: Config) -> OnlineStore:
     """SQLite at ``config.sqlite_path`` (default) or Redis from a ``redis://`` URL (prefix ``cs:{workspace}:``)."""
     if config.is_redis:
         from .redis import RedisOnlineStore
