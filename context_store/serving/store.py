@@ -20,10 +20,13 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
+    from ..compute.vectors import VectorIndexer
     from ..registry.registry import Plan, Registry
     from ..registry.repo import RepoDefinitions
     from ..stores.offline.base import OfflineStore
     from ..stores.online.base import OnlineStore
+    from ..stores.vector import VectorCollections
+    from .similar import VectorService
 
 __all__ = ["ContextStore"]
 
@@ -68,9 +71,12 @@ class ContextStore:
         with self._lock:
             self._definitions = None
             self.__dict__.pop("features", None)
-            vectors = self.__dict__.pop("vectors", None)  # built on the old definitions
-            if vectors is not None:
-                vectors.close()
+            # vector reader, indexer and their collections are built on the old definitions
+            self.__dict__.pop("vectors", None)
+            self.__dict__.pop("indexer", None)
+            collections = self.__dict__.pop("vector_collections", None)
+            if collections is not None:
+                collections.close()
 
     @cached_property
     def online(self) -> OnlineStore:
@@ -130,9 +136,9 @@ class ContextStore:
             )
         emb = [v for v in defs.embedding_views if wanted is None or v in wanted]
         if emb:
-            self.vectors.backfill(emb, progress=progress)
+            self.indexer.backfill(emb, progress=progress)
         if wanted is None and defs.knowledge:
-            self.vectors.index_knowledge(progress=progress)
+            self.indexer.index_knowledge(progress=progress)
         return report
 
     def materialize(self, views: Sequence[str] | None = None, progress: bool = False) -> Any:
@@ -213,12 +219,27 @@ class ContextStore:
     ) -> KnowledgeResult:
         return self.vectors.search_knowledge(knowledge, query, k=k, filter=filter)
 
+    # -- vector indexes: one registry of open collections, shared by the indexer (compute, writes)
+    # and the reader (serving), so a stream ingest is searchable as soon as it returns.
     @cached_property
-    def vectors(self) -> Any:
-        """Embedding views and knowledge (``serving.similar.VectorService``)."""
+    def vector_collections(self) -> VectorCollections:
+        from ..stores.vector import VectorCollections
+
+        return VectorCollections(self.definitions, self.config)
+
+    @cached_property
+    def vectors(self) -> VectorService:
+        """Reads of embedding views and knowledge (``serving.similar.VectorService``)."""
         from .similar import VectorService
 
-        return VectorService(self.definitions, self.config, self.offline)
+        return VectorService(self.vector_collections)
+
+    @cached_property
+    def indexer(self) -> VectorIndexer:
+        """Builds the vector indexes: backfill, the stream's embedding sink, knowledge indexing."""
+        from ..compute.vectors import VectorIndexer
+
+        return VectorIndexer(self.vector_collections, self.offline)
 
     def get_user_context(
         self,
@@ -236,7 +257,7 @@ class ContextStore:
             from ..compute.stream.ingest import close_stream
 
             close_stream(self)
-        for name in ("online", "offline", "vectors"):
+        for name in ("online", "offline", "vectors", "indexer", "vector_collections"):
             comp = self.__dict__.pop(name, None)
             if comp is not None and hasattr(comp, "close"):
                 comp.close()

@@ -117,7 +117,7 @@ def update_embeddings(store: Any, plan: SourcePlan, raw: list[pa.Table]) -> None
     table = concat(raw)
     table = table.drop_columns([c for c in (PARTITION, OFFSET) if c in table.column_names])
     if table.num_rows:
-        store.vectors.ingest(plan.source.name, table)
+        store.indexer.ingest(plan.source.name, table)
 
 
 def partition_of(table: pa.Table, keys: tuple[str, ...], n: int) -> np.ndarray:
