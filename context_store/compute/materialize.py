@@ -312,8 +312,8 @@ def materialize_recent(defs: RepoDefinitions, config: Config, online: Any, offli
             promote_options="permissive",
         )
         valid = None
-        for k in keys:
-            v = pc.is_valid(table[k])
+        for col in keys:
+            v = pc.is_valid(table[col])
             valid = v if valid is None else pc.and_(valid, v)
         table = table.filter(valid).sort_by([(ts, "ascending")])
         ekeys = list(zip(*(table[k].to_pylist() for k in keys)))
