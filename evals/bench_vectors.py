@@ -143,7 +143,7 @@ def bench_size(n: int, queries: int, kind: str, nprobe: int | None, data: str = 
     from context_store.definitions import EmbeddingView, Entity, FileSource
     from context_store.registry.repo import RepoDefinitions
     from context_store.serving.similar import VectorService
-    from context_store.stores.vector import FaissIndex, LanceVectors, VectorCollection
+    from context_store.stores.vector import FaissIndex, LanceVectors, VectorCollection, VectorCollections
 
     res: dict[str, Any] = {"n": n, "dim": DIM, "index": kind, "data": data}
     t = time.perf_counter()
@@ -172,7 +172,7 @@ def bench_size(n: int, queries: int, kind: str, nprobe: int | None, data: str = 
     src = FileSource("items.parquet", timestamp_field="ts")
     view = EmbeddingView("items", [item], src, text="title", attributes=["category", "price"])
     defs = RepoDefinitions(entities={"item": item}, sources={src.name: src}, embedding_views={"items": view})
-    vs = VectorService(defs, load_config(tmp), None)
+    vs = VectorService(VectorCollections(defs, load_config(tmp)))
     coll = VectorCollection(
         LanceVectors(tmp / "vectors"),
         "emb__items",
@@ -182,7 +182,8 @@ def bench_size(n: int, queries: int, kind: str, nprobe: int | None, data: str = 
         embedder="all-MiniLM-L6-v2",
     )
     coll.index = idx  # inject the prebuilt index: the service path is measured, not a Lance load
-    vs._views["items"] = coll
+    coll.version, coll.refresh_interval = 0, float("inf")  # built, and no table to refresh from
+    vs.collections.views["items"] = coll
     qlists = [q.tolist() for q in qv]
     args = list(range(len(qv)))
     res.update(

@@ -1,4 +1,5 @@
-"""Helpers for the embeddings/similarity/knowledge tests: a small repo and a VectorService on it."""
+"""Helpers for the embeddings/similarity/knowledge tests: a small repo, a VectorService on it and the
+VectorIndexer that builds its indexes (sharing its collections, as in a ContextStore)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from context_store.compute.vectors import VectorIndexer
 from context_store.config import load_config
 from context_store.definitions import EmbeddingView, Entity, FileSource, Knowledge
 from context_store.registry.repo import RepoDefinitions
 from context_store.serving.similar import VectorService
+from context_store.stores.vector import CollectionOptions, VectorCollections
 
 from .helpers import make_repo
 
@@ -53,9 +56,13 @@ def build(
     chunk_overlap: int = 20,
     kb_source: str = "docs/*",
     kb_text: str | None = None,
-    **service_kwargs: Any,
+    backfill: bool = True,
+    **options: Any,
 ) -> VectorService:
-    """A repo under ``root`` with an ``items`` embedding view and a ``help`` knowledge base."""
+    """A repo under ``root`` with an ``items`` embedding view and a ``help`` knowledge base.
+
+    ``backfill``: build the indexes that were never built (a deployment's first backfill); a
+    repo whose indexes exist (a restarted server) is opened as it is."""
     make_repo(root, "", {"items.parquet": items if items is not None else items_table()})
     for rel, text in (docs or {"docs/readme.md": "# Readme\n\nNothing here.\n"}).items():
         p = root / rel
@@ -72,7 +79,20 @@ def build(
     defs = RepoDefinitions(
         entities={"item": item}, sources={src.name: src}, embedding_views={"items": view}, knowledge={"help": kb}
     )
-    return VectorService(defs, load_config(root), None, **service_kwargs)
+    vs = VectorService(VectorCollections(defs, load_config(root), CollectionOptions(**options)))
+    if backfill:
+        ix = indexer(vs)
+        colls = vs.collections
+        if not colls.view(view).exists:
+            ix.backfill()
+        if not colls.knowledge(kb).exists:
+            ix.index_knowledge()
+    return vs
+
+
+def indexer(vs: VectorService) -> VectorIndexer:
+    """The writer of ``vs``'s collections (what ``ContextStore.indexer`` is to ``ContextStore.vectors``)."""
+    return VectorIndexer(vs.collections)
 
 
 def clustered(n: int, dim: int, seed: int = 0, clusters: int = 100, spread: float = 1.0) -> np.ndarray:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from context_store.compute.embeddings import chunk_text
 from context_store.errors import InvalidInputError, NotFoundError
 
-from .fixtures_vectors import build
+from .fixtures_vectors import build, indexer
 
 REFUNDS = """# Refunds
 
@@ -95,12 +95,12 @@ def test_search_returns_chunks_with_sources_and_offsets(tmp_path: Path) -> None:
 
 def test_reindex_replaces_changed_files_and_removes_deleted(tmp_path: Path) -> None:
     vs = build(tmp_path, docs=_docs(), chunk_size=120, chunk_overlap=20)
-    assert vs.search_knowledge("help", "refunds", k=1).chunks  # first search indexes
-    again = vs.index_knowledge()["help"]
+    assert vs.search_knowledge("help", "refunds", k=1).chunks  # build() indexed it
+    again = indexer(vs).index_knowledge()["help"]
     assert again == {"files": 3, "reindexed": 0, "removed": 0, "chunks": 0}  # nothing changed, nothing embedded
     (tmp_path / "docs/refunds.md").write_text("# Returns\n\nReturns of kayaks are accepted within 30 days.\n")
     (tmp_path / "docs/shipping.txt").unlink()
-    stats = vs.index_knowledge()["help"]
+    stats = indexer(vs).index_knowledge()["help"]
     assert stats["files"] == 2 and stats["reindexed"] == 1 and stats["removed"] == 1 and stats["chunks"] == 1
     res = vs.search_knowledge("help", "kayaks returns", k=10)
     sources = [c.source for c in res.chunks]
@@ -132,7 +132,7 @@ def test_knowledge_errors(tmp_path: Path) -> None:
         assert e.value.field == field
     (tmp_path / "docs/bad.jsonl").write_text('{"text": "ok"}\nnot json\n')
     with pytest.raises(InvalidInputError, match="bad.jsonl:2"):
-        vs.index_knowledge()
+        indexer(vs).index_knowledge()
 
 
 @pytest.mark.model

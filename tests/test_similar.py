@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from context_store.errors import InvalidInputError, NotFoundError
 from embedders import get_embedder
 
-from .fixtures_vectors import brute_topk, build, items_table
+from .fixtures_vectors import brute_topk, build, indexer, items_table
 
 
 def test_find_similar_by_text_entity_and_vector(tmp_path: Path) -> None:
@@ -111,7 +111,7 @@ def test_recall_at_10_against_brute_force_20k(tmp_path: Path) -> None:
     n = 20_000
     titles = [" ".join(rng.choice(words, size=5)) + f" {i % 997}" for i in range(n)]
     vs = build(tmp_path, items_table(titles=titles[:10]), embedder="hash-384", index="hnsw")
-    vs.upsert_entities("items", [{"item_id": f"x{i}", "title": t} for i, t in enumerate(titles)])
+    indexer(vs).upsert_entities("items", [{"item_id": f"x{i}", "title": t} for i, t in enumerate(titles)])
     assert vs.stats()["views"]["items"]["mode"] == "hnsw"
     emb = get_embedder("hash-384")
     data = emb.embed(titles)
@@ -129,14 +129,18 @@ def test_recall_at_10_against_brute_force_20k(tmp_path: Path) -> None:
 def test_incremental_changes_are_visible_and_durable(tmp_path: Path) -> None:
     vs = build(tmp_path)
     assert (
-        vs.upsert_entities("items", [{"item_id": "new1", "title": "purple umbrella", "category": "home", "price": 3}])
+        indexer(vs).upsert_entities(
+            "items", [{"item_id": "new1", "title": "purple umbrella", "category": "home", "price": 3}]
+        )
         == 1
     )
     assert vs.find_similar("items", text="purple umbrella", k=1).items[0].entity_id == "new1"
-    vs.upsert_entities("items", [{"item_id": "i0", "title": "espresso machine", "category": "home", "price": 99}])
+    indexer(vs).upsert_entities(
+        "items", [{"item_id": "i0", "title": "espresso machine", "category": "home", "price": 99}]
+    )
     top = vs.find_similar("items", text="espresso machine", k=1).items[0]
     assert top.entity_id == "i0" and top.attributes["price"] == 99
-    assert vs.delete_entities("items", ["i5"]) == 1
+    assert indexer(vs).delete_entities("items", ["i5"]) == 1
     assert "i5" not in [i.entity_id for i in vs.find_similar("items", text="gaming laptop", k=20).items]
     # a new service (a restarted server) rebuilds the same state from LanceDB
     vs2 = build(tmp_path)
@@ -150,17 +154,19 @@ def test_other_process_writes_are_picked_up(tmp_path: Path) -> None:
     reader = build(tmp_path, refresh_interval=0.0)
     writer = build(tmp_path)
     assert reader.find_similar("items", text="x", k=1).items
-    writer.upsert_entities("items", [{"item_id": "w1", "title": "silver teapot", "category": "home", "price": 1}])
+    indexer(writer).upsert_entities(
+        "items", [{"item_id": "w1", "title": "silver teapot", "category": "home", "price": 1}]
+    )
     assert reader.find_similar("items", text="silver teapot", k=1).items[0].entity_id == "w1"
-    writer.delete_entities("items", ["w1", "i1"])
+    indexer(writer).delete_entities("items", ["w1", "i1"])
     ids = [i.entity_id for i in reader.find_similar("items", text="silver teapot", k=20).items]
     assert "w1" not in ids and "i1" not in ids and len(ids) == 7
 
 
 def test_backfill_embeds_only_new_and_changed_rows(tmp_path: Path) -> None:
     vs = build(tmp_path)
-    assert vs.find_similar("items", text="cake", k=1).items  # first use backfills automatically
-    first = vs.backfill()["items"]
+    assert vs.find_similar("items", text="cake", k=1).items  # build() ran the first backfill
+    first = indexer(vs).backfill()["items"]
     assert first["rows"] == 8 and first["embedded"] == 0 and first["unchanged"] == 8
     t = items_table().to_pylist()
     t[2]["title"] = "lemon tart recipe"  # text changed -> re-embed
@@ -168,21 +174,21 @@ def test_backfill_embeds_only_new_and_changed_rows(tmp_path: Path) -> None:
     t.append({**t[0], "item_id": "i8", "title": "wool socks"})  # new row
     t.append({**t[1], "title": "blue suede shoes", "ts": t[1]["ts"].replace(year=2020)})  # older duplicate: ignored
     pq.write_table(pa.Table.from_pylist(t, schema=items_table().schema), tmp_path / "data" / "items.parquet")
-    stats = vs.backfill()["items"]
+    stats = indexer(vs).backfill()["items"]
     assert stats == {"rows": 9, "unchanged": 6, "embedded": 2, "updated": 3}
     assert vs.find_similar("items", text="lemon tart", k=1).items[0].entity_id == "i2"
     assert vs.find_similar("items", entity_id="i3", k=1, filter={"price": 42}).items == []  # i3 itself excluded
     assert vs.find_similar("items", text="blue running shoes", k=1).items[0].attributes["title"] == "blue running shoes"
-    assert vs.backfill()["items"]["updated"] == 0  # idempotent
+    assert indexer(vs).backfill()["items"]["updated"] == 0  # idempotent
 
 
 def test_upsert_entities_validates_rows(tmp_path: Path) -> None:
     vs = build(tmp_path)
     with pytest.raises(InvalidInputError) as e:
-        vs.upsert_entities("items", [{"item_id": "a"}])
+        indexer(vs).upsert_entities("items", [{"item_id": "a"}])
     assert e.value.field == "title"
     with pytest.raises(NotFoundError):
-        vs.upsert_entities("nope", [])
+        indexer(vs).upsert_entities("nope", [])
 
 
 def test_cli_similar_and_errors(tmp_path: Path) -> None:
@@ -201,6 +207,8 @@ def test_cli_similar_and_errors(tmp_path: Path) -> None:
     runner = CliRunner()
     repo = ["--repo", str(tmp_path), "--workspace", "vec"]
     res = runner.invoke(cli, ["apply", "--yes", *repo])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(cli, ["backfill", *repo])  # builds the view's index and the knowledge's
     assert res.exit_code == 0, res.output
     res = runner.invoke(cli, ["similar", "items", "--text", "running shoes", "-k", "2", *repo])
     assert res.exit_code == 0, res.output
@@ -235,8 +243,8 @@ def test_changing_the_embedder_recomputes_vectors(tmp_path: Path) -> None:
 def test_ingest_routes_pushed_rows_to_views_on_the_source(tmp_path: Path) -> None:
     vs = build(tmp_path)
     src = vs.defs.embedding_views["items"].source.name
-    assert vs.views_on_source(src) == ["items"] and vs.views_on_source("other") == []
-    out = vs.ingest(
+    assert indexer(vs).views_on_source(src) == ["items"] and indexer(vs).views_on_source("other") == []
+    out = indexer(vs).ingest(
         src,
         [
             {
@@ -250,4 +258,30 @@ def test_ingest_routes_pushed_rows_to_views_on_the_source(tmp_path: Path) -> Non
     )
     assert out == {"items": 1}
     assert vs.find_similar("items", text="copper kettle", k=1).items[0].entity_id == "p1"
-    assert vs.ingest(src, [{"item_id": "p2"}]) == {}  # rows without the text column are not for this view
+    assert indexer(vs).ingest(src, [{"item_id": "p2"}]) == {}  # rows without the text column are not for this view
+
+
+def test_reads_of_an_index_never_built_name_the_command(tmp_path: Path) -> None:
+    """Serving never builds an index: a read before any backfill is a clear 404, then a backfill fixes it."""
+    vs = build(tmp_path, backfill=False)
+    with pytest.raises(NotFoundError, match="context-store backfill --view items") as e:
+        vs.find_similar("items", text="cake", k=1)
+    assert e.value.field == "view" and e.value.status == 404
+    with pytest.raises(NotFoundError, match="not indexed yet") as e:
+        vs.search_knowledge("help", "readme")
+    assert e.value.field == "knowledge"
+    vs.warm()
+    assert vs.readiness()["collections"] == {"view:items": "unbuilt", "knowledge:help": "unbuilt"}
+    assert indexer(vs).backfill()["items"]["embedded"] == 8
+    assert vs.find_similar("items", text="cake", k=1).items  # same collections: visible at once
+
+
+def test_backfill_of_an_empty_source_builds_an_empty_index(tmp_path: Path) -> None:
+    vs = build(tmp_path, items_table(titles=[]), docs={}, kb_source="nothing/*", backfill=False)
+    assert indexer(vs).backfill()["items"]["rows"] == 0
+    assert indexer(vs).index_knowledge()["help"]["files"] == 0
+    assert vs.find_similar("items", text="cake", k=3).items == []
+    assert vs.search_knowledge("help", "readme").chunks == []
+    vs.close()
+    again = build(tmp_path, items_table(titles=[]), docs={}, kb_source="nothing/*", backfill=False)
+    assert again.find_similar("items", text="cake", k=3).items == []  # built, across a restart

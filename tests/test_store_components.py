@@ -42,6 +42,6 @@ def test_stream_context_reload_refreshes_the_store(tmp_path: Path) -> None:
         assert ctx.reload is not None
         new = ctx.reload()
         assert new.definitions is store.definitions and new.states is not ctx.states
-        assert new.embedding_sink() is store.vectors  # the sink is the store's vector service, opened on demand
+        assert new.embedding_sink() is store.indexer  # the sink is the store's vector indexer, opened on demand
     finally:
         store.close()

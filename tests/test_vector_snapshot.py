@@ -1,5 +1,6 @@
 """Index snapshots: restart from a snapshot instead of a rebuild, replay later changes, fall back
 to a rebuild when the snapshot is corrupt or foreign; warm-up / readiness of VectorService.
+The fixtures build the indexes with an explicit backfill (``fixtures_vectors.build``).
 
 Real FAISS + LanceDB with the deterministic hash embedder. Start-up *time* is measured in
 ``evals/bench_vectors.py``; these tests check correctness.
@@ -19,7 +20,7 @@ from context_store.serving.similar import VectorService
 from context_store.stores.vector import FaissIndex
 from context_store.stores.vector.snapshot import SnapshotError, read_snapshot, write_snapshot
 
-from .fixtures_vectors import build, clustered, items_table
+from .fixtures_vectors import build, clustered, indexer, items_table
 
 N = 3000
 TITLE_1 = items_table(n=N).column("title")[1].as_py()
@@ -83,12 +84,16 @@ def test_changes_after_the_snapshot_are_replayed(snapped: tuple[Path, list]) -> 
     path = _snapshot_path(root)
     mtime = path.stat().st_mtime_ns
     worker = _svc(root, snapshots=False)  # another process writing; it never writes snapshots
-    worker.upsert_entities("items", [{"item_id": "new1", "title": "purple umbrella", "category": "home", "price": 3}])
-    worker.upsert_entities("items", [{"item_id": "i0", "title": "espresso machine", "category": "tech", "price": 99}])
-    worker.upsert_entities(
+    indexer(worker).upsert_entities(
+        "items", [{"item_id": "new1", "title": "purple umbrella", "category": "home", "price": 3}]
+    )
+    indexer(worker).upsert_entities(
+        "items", [{"item_id": "i0", "title": "espresso machine", "category": "tech", "price": 99}]
+    )
+    indexer(worker).upsert_entities(
         "items", [{"item_id": "i1", "title": TITLE_1, "category": "food", "price": 42}]
     )  # attrs only
-    assert worker.delete_entities("items", ["i5", "i6"]) == 2
+    assert indexer(worker).delete_entities("items", ["i5", "i6"]) == 2
     worker.close()
     assert path.stat().st_mtime_ns == mtime
 
@@ -167,8 +172,8 @@ def test_periodic_snapshot_after_incremental_changes(tmp_path: Path) -> None:
     vs.warm()
     path = _snapshot_path(tmp_path)
     mtime = path.stat().st_mtime_ns
-    vs.upsert_entities("items", [{"item_id": "p1", "title": "copper kettle", "category": "home", "price": 5}])
-    saver = vs._views["items"]._saver
+    indexer(vs).upsert_entities("items", [{"item_id": "p1", "title": "copper kettle", "category": "home", "price": 5}])
+    saver = vs.collections.views["items"]._saver
     assert saver is not None
     saver.join(30)
     assert path.stat().st_mtime_ns != mtime
@@ -198,7 +203,7 @@ def test_background_warm_and_readiness(snapped: tuple[Path, list]) -> None:
 
 
 def test_failed_background_warm_is_reported(tmp_path: Path) -> None:
-    vs = _svc(tmp_path, embedder="no-such-embedder")
+    vs = _svc(tmp_path, embedder="no-such-embedder", backfill=False)
     vs.warm(background=True)
     assert not vs.wait_ready(60)
     r = vs.readiness()

@@ -1,8 +1,8 @@
 """Embedding-view compute (latest text per entity -> vectors) and knowledge chunking.
 
-Pure functions over Arrow and files; storage and serving live in ``stores.vector`` and
-``serving.similar``. Feature-view code calls ``embed_texts`` / ``embed_table`` to embed an
-event's item text with a view's embedder.
+Pure functions over Arrow and files; index building lives in ``compute.vectors``, storage in
+``stores.vector`` and reads in ``serving.similar``. Feature-view code calls ``embed_texts`` /
+``embed_table`` to embed an event's item text with a view's embedder.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from ..errors import DefinitionError, InvalidInputError
 
 __all__ = [
     "embed_texts",
+    "embed_checked",
     "embed_table",
     "text_hash",
     "latest_rows",
@@ -42,6 +43,14 @@ def embed_texts(texts: Sequence[str], embedder: str) -> np.ndarray:
 
     emb = get_embedder(embedder)
     return emb.embed(["" if t is None else str(t) for t in texts])
+
+
+def embed_checked(texts: Sequence[str], embedder: str) -> np.ndarray:
+    """``embed_texts``, an unknown embedder answered as invalid input naming the field."""
+    try:
+        return embed_texts(texts, embedder)
+    except KeyError as e:
+        raise InvalidInputError(str(e.args[0] if e.args else e), field="embedder") from None
 
 
 def embed_table(table: pa.Table, text_column: str, embedder: str, output_column: str = "embedding") -> pa.Table:

@@ -209,7 +209,7 @@ def materialize(
         report.views.append(vr)
     if bar is not None:
         bar.close()
-    report.recent = materialize_recent(defs, config, online)
+    report.recent = materialize_recent(defs, config, online, offline)
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -269,19 +269,19 @@ def history_signature(source: Any, repo: Any) -> str | None:
     return hashlib.sha1(repr(sig).encode()).hexdigest()[:16] if sig else None
 
 
-def materialize_recent(defs: RepoDefinitions, config: Config, online: Any) -> dict[str, int]:
-    """Fill the per-entity recent-events lists (``get_user_context``) with the newest ``n`` rows of
-    the batch history of each source named by a ContextService's ``recent_events``.
+def materialize_recent(defs: RepoDefinitions, config: Config, online: Any, offline: Any = None) -> dict[str, int]:
+    """Build the per-entity recent-events lists (``get_user_context`` serves them as they are) of
+    each source named by a ContextService's ``recent_events``: the newest ``n`` rows of the batch
+    history and of the offline event log (pushed events an empty list lacks, e.g. a new online store).
 
     Only entities whose list is empty are filled (a list is append-only with a trim, so rows can
     not be merged into one that already holds stream events without breaking its order): a rerun
-    appends nothing twice. Filled rows carry ``HIST_MARK`` = the history's signature, so a reader
-    knows whether they still stand for the current history files."""
+    appends nothing twice. Filled history rows carry ``HIST_MARK`` = the history's signature, so a
+    reader knows whether they still stand for the current history files."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
-    from ..errors import DefinitionError
     from ..state.codec import entity_key
-    from .transform import read_source
 
     if getattr(online, "append_recent", None) is None or getattr(online, "read_recent", None) is None:
         return {}
@@ -294,24 +294,27 @@ def materialize_recent(defs: RepoDefinitions, config: Config, online: Any) -> di
         wanted[k] = (src, max(int(n), wanted.get(k, (src, 0))[1]))
     out: dict[str, int] = {}
     for (name, keys), (src, n) in wanted.items():
-        sig = history_signature(src, config.repo)
-        if sig is None or n <= 0:
-            continue
-        try:
-            hist = read_source(src, config.repo)
-        except DefinitionError:
-            continue  # history unreadable: get_user_context still has the offline fallback
         ts = src.timestamp_field
-        if not set(keys) <= set(hist.column_names) or ts not in hist.column_names or hist.num_rows == 0:
+        cols = [f.name for f in src.schema or ()]
+        sig = history_signature(src, config.repo)
+        parts = [t for t in (_recent_history(src, config, sig), _recent_log(src, offline)) if t is not None]
+        if n <= 0 or not parts:
             continue
-        cols = [f.name for f in src.schema or ()] or hist.column_names
-        hist = hist.select([c for c in cols if c in hist.column_names])
+        need = [*keys, ts]
+        parts = [t for t in parts if set(need) <= set(t.column_names) and t.num_rows]
+        if not parts:
+            continue
+        keep = cols or [c for c in parts[0].column_names if c != HIST_MARK]
+        table = pa.concat_tables(
+            [t.select([c for c in keep if c in t.column_names] + [HIST_MARK]) for t in parts],
+            promote_options="permissive",
+        )
         valid = None
-        for k in keys:
-            v = pc.is_valid(hist[k])
+        for col in keys:
+            v = pc.is_valid(table[col])
             valid = v if valid is None else pc.and_(valid, v)
-        hist = hist.filter(valid).sort_by([(ts, "ascending")])
-        ekeys = list(zip(*(hist[k].to_pylist() for k in keys)))
+        table = table.filter(valid).sort_by([(ts, "ascending")])
+        ekeys = list(zip(*(table[k].to_pylist() for k in keys)))
         groups: dict[tuple[Any, ...], list[int]] = {}
         for i, kv in enumerate(ekeys):
             groups.setdefault(kv, []).append(i)
@@ -320,13 +323,43 @@ def materialize_recent(defs: RepoDefinitions, config: Config, online: Any) -> di
             key = entity_key(list(keys), list(kv))
             if online.read_recent(name, key, 1):
                 continue  # already holds events (stream or an earlier fill): never duplicate
-            rows = hist.take(idx[-n:]).to_pylist()
+            rows = table.take(idx[-n:]).to_pylist()
             for r in rows:
-                r[HIST_MARK] = sig
+                if r[HIST_MARK] is None:  # a pushed event: no history signature
+                    del r[HIST_MARK]
             online.append_recent(name, key, rows, n)
             filled += 1
         out[name] = out.get(name, 0) + filled
     return out
+
+
+def _recent_history(src: Any, config: Config, sig: str | None) -> pa.Table | None:
+    """The source's batch history, each row marked with the history's signature; None without one."""
+    from ..errors import DefinitionError
+    from .transform import read_source
+
+    if sig is None:
+        return None
+    try:
+        hist = read_source(src, config.repo)
+    except DefinitionError:
+        return None  # history unreadable: get_user_context falls back to its history index
+    return hist.append_column(HIST_MARK, pa.array([sig] * hist.num_rows, pa.string()))
+
+
+def _recent_log(src: Any, offline: Any) -> pa.Table | None:
+    """The source's offline event log (pushed events), unmarked; None when there is none."""
+    from ..errors import NotFoundError
+    from ..vocab.tables import source_table
+
+    name = source_table(src.name)
+    if offline is None or not offline.exists(name):
+        return None
+    try:
+        log = offline.read(name)
+    except NotFoundError:
+        return None
+    return log.append_column(HIST_MARK, pa.nulls(log.num_rows, pa.string()))
 
 
 def materialize_table(state: ViewState, table: pa.Table, online: Any, now_us: int, bar: Any = None) -> tuple[int, int]:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import InvalidInputError, NotFoundError
 from ..types import KnowledgeChunk, SimilarItem
 from ..vocab.time import EPOCH, as_utc, parse_iso
-from .context_events import merge_newest, offline_row_time
+from .context_events import offline_row_time
 from .context_text import _CONTROL, _SPACE, MAX_TEXT_CHARS, clean_text, count_tokens, iso, jsonable, render
 
 if TYPE_CHECKING:
@@ -437,15 +437,11 @@ def _recent_events(
     from_offline: bool,
     notes: list[str],
 ) -> list[dict[str, Any]]:
-    """The last ``n`` events with ``ts < before``, newest first: pushed events (online list, or the
-    offline log when replaying) merged with the source's batch history, the same union both ways."""
-    from .context_events import history_latest, offline_recent_events, online_recent_events
+    """The last ``n`` events with ``ts < before``, newest first: the online list when serving, the
+    offline log merged with the source's batch history when replaying (the same union both ways)."""
+    from .context_events import offline_recent_events, online_recent_events
 
-    if not from_offline:
-        rows = online_recent_events(store, source, join_keys, n, before)
-        if rows is not None:
-            return merge_newest(rows + history_latest(store, source, join_keys, n), source.timestamp_field, n, before)
-    found = offline_recent_events(store, source, join_keys, n, before, latest=not from_offline)
+    found = (offline_recent_events if from_offline else online_recent_events)(store, source, join_keys, n, before)
     if found is None:
         notes.append(f"recent_events: source {source.name!r} has no stored events yet")
         return []

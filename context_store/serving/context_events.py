@@ -1,7 +1,10 @@
-"""Recent events of one entity for ``get_user_context``: online list first, offline log as fallback.
+"""Recent events of one entity for ``get_user_context``.
 
-Rows are dicts of the source's columns, newest first, all with ``ts < before`` (strictly before
-the request time, like every window here), so online and as-of replay agree.
+Serving reads the online store: the entity's recent-events list, filled at materialize time
+(``compute.materialize.materialize_recent``) and appended by the stream. As-of replay reads the
+offline event log and the source's batch history. Rows are dicts of the source's columns, newest
+first, all with ``ts < before`` (strictly before the request time, like every window here), so
+online and as-of replay agree.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ if TYPE_CHECKING:
     from ..definitions import StreamSource
     from .store import ContextStore
 
-__all__ = ["online_recent_events", "offline_recent_events", "offline_row_time", "history_latest", "merge_newest"]
+__all__ = ["online_recent_events", "offline_recent_events", "offline_row_time", "history_latest"]
 
 
 def _ts_us(value: Any) -> int | None:
@@ -41,85 +44,63 @@ def _newest_first(rows: list[dict[str, Any]], ts_field: str, n: int, before_us: 
     return [r for _, _, r in keyed[:n]]
 
 
-# Origin tags (under HIST_MARK) while merging the online list with the history index: rows the
-# online list holds from materialize's fill of the *current* history make the index rows redundant.
-_FROM_LIST, _FROM_INDEX = "list", "index"
-
-
-def merge_newest(rows: list[dict[str, Any]], ts_field: str, n: int, before: datetime) -> list[dict[str, Any]]:
-    from ..compute.materialize import HIST_MARK
-
-    if any(r.get(HIST_MARK) == _FROM_LIST for r in rows):
-        rows = [r for r in rows if r.get(HIST_MARK) != _FROM_INDEX]
-    rows = [{k: v for k, v in r.items() if k != HIST_MARK} if HIST_MARK in r else r for r in rows]
-    return _newest_first(rows, ts_field, n, datetime_to_us(before))
-
-
 def history_latest(
     store: ContextStore, source: StreamSource, join_keys: dict[str, Any], n: int
 ) -> list[dict[str, Any]]:
     """The entity's newest ``n`` rows of the source's batch history (per-process index); [] if none."""
-    if getattr(source, "batch_source", None) is None:
-        return []
-    index = _history_index(store, source, n)
-    if index is None:
-        return []
-    got = index.get(tuple(str(join_keys.get(k)) for k in sorted(join_keys)))
-    if got is None:
-        return []
-    from ..compute.materialize import HIST_MARK
-
-    return [{**r, HIST_MARK: _FROM_INDEX} for r in got.to_pylist()]
+    index = _history_index(store, source, n) if getattr(source, "batch_source", None) is not None else None
+    got = None if index is None else index.get(_index_key(join_keys))
+    return [] if got is None else got.to_pylist()
 
 
 def online_recent_events(
     store: ContextStore, source: StreamSource, join_keys: dict[str, Any], n: int, before: datetime
 ) -> list[dict[str, Any]] | None:
-    """From the online store's bounded per-entity list; None when it holds nothing for the entity."""
+    """The serving path, from the entity's online list: ``materialize`` filled it with the newest
+    history rows (and pushed events the list lacked), the stream appends what is pushed since.
+
+    Only a list without a fill of the *current* history files (stream events arrived before
+    materialize filled it, or new history files were dropped since) gets the history from a
+    per-process index. None: the entity has nothing stored and the source has no history."""
+    from ..compute.materialize import HIST_MARK, history_signature
     from ..state.codec import entity_key
 
     read = getattr(store.online, "read_recent", None)
-    if read is None:
-        return None
     # A few extra: events stamped at/after ``before`` (clock skew, future timestamps) are skipped.
-    rows = read(source.name, entity_key(list(join_keys), list(join_keys.values())), n + 8)
-    if not rows:
-        return None
-    from ..compute.materialize import HIST_MARK, history_signature
-
+    rows = read(source.name, entity_key(list(join_keys), list(join_keys.values())), n + 8) if read else []
     out: list[dict[str, Any]] = []
+    filled = False
     sig: Any = False
     for r in rows:
         mark = r.get(HIST_MARK)
         if mark is not None:
-            # Filled by materialize from batch history: valid only for the same history files.
             if sig is False:
                 sig = history_signature(source, store.config.repo)
             if mark != sig:
-                continue
-            r = {**r, HIST_MARK: _FROM_LIST}
-        out.append(dict(r))
+                continue  # filled from history files that were replaced since
+            filled = True
+            r = {k: v for k, v in r.items() if k != HIST_MARK}
+        out.append(r)
+    if not filled:
+        if not out and getattr(source, "batch_source", None) is None:
+            return None
+        out += history_latest(store, source, join_keys, n)
     return _newest_first(out, source.timestamp_field, n, datetime_to_us(before))
 
 
 def offline_recent_events(
-    store: ContextStore,
-    source: StreamSource,
-    join_keys: dict[str, Any],
-    n: int,
-    before: datetime,
-    *,
-    latest: bool = False,
+    store: ContextStore, source: StreamSource, join_keys: dict[str, Any], n: int, before: datetime
 ) -> list[dict[str, Any]] | None:
-    """From the offline event log ``src__{source}`` (pushed events) and the source's batch history
-    (used for as-of replay, and when the online list holds nothing for the entity). ``latest``: the
-    caller wants the newest events (not a replay), so the history comes from a per-process index."""
+    """As-of replay: pushed events from the offline event log ``src__{source}`` and the source's
+    batch history, both strictly before ``before``. The history comes from the per-process index
+    when that is exact for ``before`` (it holds the entity's newest ``n`` rows), else from the files."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     from ..vocab.tables import source_table
 
     ts = source.timestamp_field
+    before_us = datetime_to_us(before)
     cols = [f.name for f in source.schema or ()]
     expr = None
     for k, v in join_keys.items():
@@ -129,32 +110,54 @@ def offline_recent_events(
     name = source_table(source.name)
     if store.offline.exists(name):
         try:
-            parts.append(store.offline.read(name, ts_column=ts, end_us=datetime_to_us(before), filter=expr))
+            parts.append(store.offline.read(name, ts_column=ts, end_us=before_us, filter=expr))
         except NotFoundError:
             pass
+    rows: list[dict[str, Any]] = []
     if getattr(source, "batch_source", None) is not None:
-        if latest and (index := _history_index(store, source, n)) is not None:
-            got = index.get(tuple(str(join_keys.get(k)) for k in sorted(join_keys)))
-            if got is not None:
-                parts.append(got)
+        exact = _history_before(store, source, join_keys, n, before_us)
+        if exact is not None:
+            rows += exact
         else:
             from ..compute.transform import read_source
 
             try:
-                hist = read_source(source, store.config.repo, end_us=datetime_to_us(before))
+                hist = read_source(source, store.config.repo, end_us=before_us)
             except DefinitionError:  # history files moved or unreadable: pushed events still count
                 hist = None
             if hist is not None:
                 parts.append(hist.filter(expr) if expr is not None else hist)
-    if not parts:
+        if not parts and exact is None:
+            return None
+    elif not parts:
         return None
-    rows: list[dict[str, Any]] = []
     for t in parts:
         if t.num_rows:
             keep = [c for c in cols if c in t.column_names] or t.column_names
             t = t.select(keep).sort_by([(ts, "descending")]).slice(0, n * 4 + 16)
             rows += t.to_pylist()
-    return _newest_first(rows, ts, n, datetime_to_us(before))
+    return _newest_first(rows, ts, n, before_us)
+
+
+def _history_before(
+    store: ContextStore, source: StreamSource, join_keys: dict[str, Any], n: int, before_us: int
+) -> list[dict[str, Any]] | None:
+    """The entity's newest ``n`` history rows before ``before_us`` from the index, when it holds
+    them all: the entity has fewer than ``n`` rows, or its newest ``n`` are all before. Else None."""
+    index = _history_index(store, source, n)
+    if index is None or sorted(join_keys) != _entity_keys_of(store, source):
+        return None
+    got = index.get(_index_key(join_keys))
+    if got is None:
+        return []  # the history has no row of this entity
+    rows = got.to_pylist()
+    ts = source.timestamp_field
+    early = [r for r in rows if (t := _ts_us(r.get(ts))) is not None and t < before_us]
+    return early if len(rows) < n or len(early) == n else None
+
+
+def _index_key(join_keys: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(str(join_keys.get(k)) for k in sorted(join_keys))
 
 
 def offline_row_time(store: ContextStore, view: Any, join_keys: dict[str, Any], at: datetime) -> datetime | None:

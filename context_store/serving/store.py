@@ -23,10 +23,12 @@ if TYPE_CHECKING:
     from ..compute.materialize import MaterializeReport
     from ..compute.stream.context import StreamContext
     from ..compute.stream.ingestor import Ingestor, PushResult
+    from ..compute.vectors import VectorIndexer
     from ..registry.registry import Plan, Registry
     from ..registry.repo import RepoDefinitions
     from ..stores.offline.base import OfflineStore
     from ..stores.online.base import OnlineStore
+    from ..stores.vector import VectorCollections
     from .context import UserContext
     from .features import FeatureServer
     from .similar import VectorService
@@ -53,7 +55,9 @@ class ContextStore:
         self._online: OnlineStore | None = None
         self._offline: OfflineStore | None = None
         self._features: FeatureServer | None = None
+        self._vector_collections: VectorCollections | None = None
         self._vectors: VectorService | None = None
+        self._indexer: VectorIndexer | None = None
         self._ingestor: Ingestor | None = None
 
     # -- components --------------------------------------------------------------------
@@ -86,9 +90,14 @@ class ContextStore:
         with self._lock:
             self._definitions = None
             self._features = None
-            vectors, self._vectors = self._vectors, None  # built on the old definitions
-            if vectors is not None:
-                vectors.close()
+            # the vector reader, the indexer and their collections are built on the old definitions
+            vectors, self._vectors = self._vectors, None
+            self._indexer = None
+            collections, self._vector_collections = self._vector_collections, None
+        if vectors is not None:
+            vectors.close()  # joins a running warm-up
+        if collections is not None:
+            collections.close()
 
     @property
     def online(self) -> OnlineStore:
@@ -123,16 +132,41 @@ class ContextStore:
                 self._features = FeatureServer(self.definitions, self.online)
             return self._features
 
+    # Vector indexes: one registry of open collections, shared by the indexer (compute, writes)
+    # and the reader (serving), so a stream ingest is searchable as soon as it returns.
+    @property
+    def vector_collections(self) -> VectorCollections:
+        if self._vector_collections is None:
+            from ..stores.vector import VectorCollections
+
+            with self._lock:
+                if self._vector_collections is None:
+                    self._vector_collections = VectorCollections(self.definitions, self.config)
+        return self._vector_collections
+
     @property
     def vectors(self) -> VectorService:
-        """Embedding views and knowledge."""
+        """Reads of embedding views and knowledge."""
         if self._vectors is None:
             from .similar import VectorService
 
+            collections = self.vector_collections
             with self._lock:
                 if self._vectors is None:
-                    self._vectors = VectorService(self.definitions, self.config, self.offline)
+                    self._vectors = VectorService(collections)
         return self._vectors
+
+    @property
+    def indexer(self) -> VectorIndexer:
+        """Builds the vector indexes: backfill, the stream's embedding sink, knowledge indexing."""
+        if self._indexer is None:
+            from ..compute.vectors import VectorIndexer
+
+            collections, offline = self.vector_collections, self.offline
+            with self._lock:
+                if self._indexer is None:
+                    self._indexer = VectorIndexer(collections, offline)
+        return self._indexer
 
     @property
     def opened_vectors(self) -> VectorService | None:
@@ -148,7 +182,7 @@ class ContextStore:
             self.definitions,
             self.online,
             self.offline,
-            embedding_sink=lambda: self.vectors,  # opened only for sources with embedding views
+            embedding_sink=lambda: self.indexer,  # opened only for sources with embedding views
             version=self.registry.applied_version,
             reload=self._reloaded_stream_context,
         )
@@ -212,9 +246,9 @@ class ContextStore:
             )
         emb = [v for v in defs.embedding_views if wanted is None or v in wanted]
         if emb:
-            self.vectors.backfill(emb, progress=progress)
+            self.indexer.backfill(emb, progress=progress)
         if wanted is None and defs.knowledge:
-            self.vectors.index_knowledge(progress=progress)
+            self.indexer.index_knowledge(progress=progress)
         return report
 
     def materialize(self, views: Sequence[str] | None = None, progress: bool = False) -> MaterializeReport:
@@ -317,10 +351,12 @@ class ContextStore:
             online, self._online = self._online, None
             offline, self._offline = self._offline, None
             vectors, self._vectors = self._vectors, None
+            collections, self._vector_collections = self._vector_collections, None
+            self._indexer = None
             self._features = None
         if ingestor is not None:  # pushed: inline leases, pub/sub, the stream connection
             ingestor.close()
-        for comp in (online, offline, vectors):
+        for comp in (online, offline, vectors, collections):
             if comp is not None and hasattr(comp, "close"):
                 comp.close()
 

@@ -4,6 +4,7 @@ from .base import AttributeColumns, Condition, VectorIndex, compile_filter
 from .collection import ATTR_PREFIX, VectorCollection
 from .faiss_index import FaissIndex
 from .lance_vectors import LanceVectors, embedding_table, knowledge_table, vector_array
+from .registry import CollectionOptions, VectorCollections, view_columns
 from .snapshot import Snapshot, SnapshotError, read_snapshot, write_snapshot
 
 __all__ = [
@@ -11,6 +12,9 @@ __all__ = [
     "FaissIndex",
     "LanceVectors",
     "VectorCollection",
+    "VectorCollections",
+    "CollectionOptions",
+    "view_columns",
     "ATTR_PREFIX",
     "AttributeColumns",
     "Condition",

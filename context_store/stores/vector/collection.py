@@ -336,6 +336,15 @@ class VectorCollection:
         cols.update(extra or {})
         return pa.table(cols).replace_schema_metadata({"embedder": self.embedder})
 
+    def create_empty(self, data: pa.Table) -> None:
+        """Create the durable table with ``data``'s layout and no rows: the collection is built
+        (``exists``), e.g. by a backfill of a source that has no rows yet."""
+        with self._lock:
+            if self.exists:
+                return
+            self.lance.create(self.table, data.schema)
+            self.version = self.lance.version(self.table)
+
     def upsert(self, data: pa.Table) -> None:
         """Insert or replace rows by key: durable in Lance, then visible in the index."""
         if data.num_rows == 0:

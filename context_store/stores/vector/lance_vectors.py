@@ -143,6 +143,12 @@ class LanceVectors:
             )
             self._wrote(name, tbl)
 
+    def create(self, name: str, schema: pa.Schema) -> None:
+        """Create ``name`` empty (a built collection with no rows yet); a no-op when it exists."""
+        with self._lock:
+            if self._open(name) is None:
+                self._tables[name] = self._db.create_table(name, schema=schema, exist_ok=True)
+
     def _wrote(self, name: str, tbl: Any) -> None:
         n = self._writes[name] = self._writes.get(name, 0) + 1
         if n % _OPTIMIZE_EVERY == 0:

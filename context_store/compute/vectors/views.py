@@ -1,0 +1,91 @@
+"""Embedding-view rows into a collection: read the view's source, embed new or changed texts only."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+
+from ...errors import NotFoundError
+from ...stores.vector import VectorCollection, view_columns
+from ..embeddings import embed_checked, text_hash
+
+if TYPE_CHECKING:
+    from ...config import Config
+    from ...definitions import EmbeddingView
+    from ...stores.offline.base import OfflineStore
+
+__all__ = ["source_rows", "write_rows"]
+
+_EMBED_BATCH = 512
+
+
+def source_rows(view: EmbeddingView, config: Config, offline: OfflineStore | None) -> pa.Table:
+    """Every row of the view's source: its batch files and, for a stream, the pushed-event log."""
+    from ...definitions import StreamSource
+    from ..transform import batch_source_of, read_source
+
+    src = view.source
+    parts: list[pa.Table] = []
+    if batch_source_of(src) is not None:
+        parts.append(read_source(src, config.repo))
+    if isinstance(src, StreamSource) and offline is not None:
+        try:
+            from ...vocab.tables import source_table
+
+            name = source_table(src.name)
+            if offline.exists(name):
+                parts.append(offline.read(name))
+        except NotFoundError:
+            pass
+    if not parts:
+        return pa.table({c: pa.array([], pa.string()) for c in [view.join_key, *view_columns(view)]})
+    return pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
+
+
+def write_rows(view: EmbeddingView, coll: VectorCollection, rows: pa.Table, progress: bool = False) -> dict[str, int]:
+    """Upsert ``rows`` (one per entity) into ``coll``: unchanged rows are skipped, rows whose text is
+    unchanged keep their vector, the others are embedded. Visible to readers when this returns."""
+    key, attrs = view.join_key, view_columns(view)
+    ids = rows.column(key).cast(pa.string()).to_pylist()
+    texts = ["" if t is None else str(t) for t in rows.column(view.text).to_pylist()]
+    cols = {a: rows.column(a) for a in attrs}
+    thash = [text_hash(t, view.embedder) for t in texts]
+    pyattrs = {a: c.to_pylist() for a, c in cols.items()}
+    # Row hash = text hash + attributes hash, so "text unchanged" is a prefix test.
+    full = [th + text_hash(repr([pyattrs[a][i] for a in attrs]), "row") for i, th in enumerate(thash)]
+    todo = [i for i, id_ in enumerate(ids) if coll.hashes.get(id_) != full[i]]
+    stats = {"rows": len(ids), "unchanged": len(ids) - len(todo), "embedded": 0, "updated": len(todo)}
+    if not todo:
+        if not coll.exists:  # a source without rows yet: the view is built, and empty
+            empty = pa.array([], pa.int64())
+            coll.create_empty(
+                coll.rows([], np.zeros((0, coll.dim), np.float32), [], {a: cols[a].take(empty) for a in attrs})
+            )
+        return stats
+    vecs = np.zeros((len(todo), coll.index.dim), dtype=np.float32)
+    need: list[int] = []
+    for j, i in enumerate(todo):
+        old = coll.index.get_vector(ids[i]) if coll.hashes.get(ids[i], "").startswith(thash[i]) else None
+        if old is not None:
+            vecs[j] = old  # only attributes changed: keep the vector
+        else:
+            need.append(j)
+    stats["embedded"] = len(need)
+    bar = None
+    if progress and need:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(need), desc=f"embed {view.name}", unit="row")
+    for s in range(0, len(need), _EMBED_BATCH):
+        part = need[s : s + _EMBED_BATCH]
+        vecs[part] = embed_checked([texts[todo[j]] for j in part], view.embedder)
+        if bar is not None:
+            bar.update(len(part))
+    if bar is not None:
+        bar.close()
+    sel = pa.array(todo, type=pa.int64())
+    data = coll.rows([ids[i] for i in todo], vecs, [full[i] for i in todo], {a: cols[a].take(sel) for a in attrs})
+    coll.upsert(data)  # durable first, then visible
+    return stats
