@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-import socket
-import urllib.parse
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
-REDIS_URL = os.environ.get("CONTEXT_STORE_REDIS_URL", "redis://127.0.0.1:6379/0")
+from tests.support.redis import REDIS_URL, redis_up
 
 # Tests must not read the developer's own config.
 for _k in list(os.environ):
@@ -21,20 +19,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def _redis_up(url: str) -> bool:
-    u = urllib.parse.urlparse(url)
-    try:
-        with socket.create_connection((u.hostname or "127.0.0.1", u.port or 6379), timeout=1) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     """A real Redis URL. Fails (not skips) when none answers: run scripts/ensure_redis.sh."""
-    if not _redis_up(REDIS_URL):
+    if not redis_up(REDIS_URL):
         pytest.fail(f"no Redis answers at {REDIS_URL}; start one with scripts/ensure_redis.sh")
     return REDIS_URL
 

@@ -18,12 +18,12 @@ from context_store.serving import context_events
 from context_store.stores.online.codec import entity_key
 from tests.compute.stream.test_stream_parity import _check_parity
 from tests.support.context import build_context_repo, txn_rows
-from tests.support.stream import T0, event, make_store
+from tests.support.stream import T0, StoreFactory, event
 
 
 @pytest.mark.redis
 def test_materialize_before_offline_flush_keeps_stream_events(
-    tmp_path: Path, redis_url: str, workspace_name: str, redis_cleanup: list[str]
+    tmp_path: Path, redis_url: str, workspace_name: str, redis_cleanup: list[str], make_store: StoreFactory
 ) -> None:
     """A live worker applies pushed events online at once but appends them to ``fv__`` later
     (here: a long flush interval). A materialize in that window must not erase their effect."""
@@ -132,7 +132,7 @@ def test_materialize_fills_recent_events_from_history(
 
 @pytest.mark.redis
 def test_materialize_after_a_new_backfill_waits_for_the_offline_log(
-    tmp_path: Path, redis_url: str, workspace_name: str, redis_cleanup: list[str]
+    tmp_path: Path, redis_url: str, workspace_name: str, redis_cleanup: list[str], make_store: StoreFactory
 ) -> None:
     """A new cut-over (re-backfill) makes materialize reload from fv__: it first waits until the
     workers' offline log holds what they applied online, so those events are not overwritten."""

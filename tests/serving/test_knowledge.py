@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from context_store.compute.embeddings import chunk_text
 from context_store.errors import InvalidInputError, NotFoundError
-from tests.support.vectors import build
+from tests.support.vectors import VectorServiceFactory
 
 REFUNDS = """# Refunds
 
@@ -74,7 +74,7 @@ def test_chunk_overlap_and_boundaries() -> None:
         chunk_text("abc", 10, 10)
 
 
-def test_search_returns_chunks_with_sources_and_offsets(tmp_path: Path) -> None:
+def test_search_returns_chunks_with_sources_and_offsets(tmp_path: Path, build: VectorServiceFactory) -> None:
     vs = build(tmp_path, docs=_docs(), chunk_size=120, chunk_overlap=20)
     res = vs.search_knowledge("help", "refunds payment method", k=3)
     assert res.knowledge == "help" and res.query == "refunds payment method" and len(res.chunks) == 3
@@ -92,7 +92,7 @@ def test_search_returns_chunks_with_sources_and_offsets(tmp_path: Path) -> None:
     assert only.chunks and all(c.source == "docs/shipping.txt" for c in only.chunks)
 
 
-def test_reindex_replaces_changed_files_and_removes_deleted(tmp_path: Path) -> None:
+def test_reindex_replaces_changed_files_and_removes_deleted(tmp_path: Path, build: VectorServiceFactory) -> None:
     vs = build(tmp_path, docs=_docs(), chunk_size=120, chunk_overlap=20)
     assert vs.search_knowledge("help", "refunds", k=1).chunks  # first search indexes
     again = vs.index_knowledge()["help"]
@@ -115,7 +115,7 @@ def test_reindex_replaces_changed_files_and_removes_deleted(tmp_path: Path) -> N
     )
 
 
-def test_knowledge_errors(tmp_path: Path) -> None:
+def test_knowledge_errors(tmp_path: Path, build: VectorServiceFactory) -> None:
     vs = build(tmp_path, docs=_docs())
     with pytest.raises(NotFoundError) as e:
         vs.search_knowledge("nope", "q")
@@ -135,7 +135,7 @@ def test_knowledge_errors(tmp_path: Path) -> None:
 
 
 @pytest.mark.model
-def test_real_model_finds_the_relevant_passage(tmp_path: Path) -> None:
+def test_real_model_finds_the_relevant_passage(tmp_path: Path, build: VectorServiceFactory) -> None:
     vs = build(tmp_path, docs=_docs(), chunk_size=200, chunk_overlap=20, embedder="all-MiniLM-L6-v2")
     res = vs.search_knowledge("help", "how do I get my money back?", k=2)
     assert res.chunks[0].source == "docs/refunds.md"

@@ -13,10 +13,10 @@ from click.testing import CliRunner
 
 from context_store.errors import InvalidInputError, NotFoundError
 from embedders import get_embedder
-from tests.support.vectors import brute_topk, build, items_table
+from tests.support.vectors import VectorServiceFactory, brute_topk, items_table
 
 
-def test_find_similar_by_text_entity_and_vector(tmp_path: Path) -> None:
+def test_find_similar_by_text_entity_and_vector(tmp_path: Path, build: VectorServiceFactory) -> None:
     vs = build(tmp_path)
     r = vs.find_similar("items", text="running shoes", k=3)
     assert r.view == "items" and len(r.items) == 3
@@ -39,7 +39,7 @@ def test_find_similar_by_text_entity_and_vector(tmp_path: Path) -> None:
     np.testing.assert_allclose(vs.embed_query("items", "gaming laptop"), q, atol=1e-6)
 
 
-def test_filter_on_attributes(tmp_path: Path) -> None:
+def test_filter_on_attributes(tmp_path: Path, build: VectorServiceFactory) -> None:
     vs = build(tmp_path, items_table(n=400))
     r = vs.find_similar("items", text="running shoes", k=10, filter={"category": "tech"})
     assert len(r.items) == 10 and all(i.attributes["category"] == "tech" for i in r.items)
@@ -73,7 +73,9 @@ def test_filter_on_attributes(tmp_path: Path) -> None:
         ({"view": "items", "text": "x", "filter": "price=1"}, "filter", InvalidInputError),
     ],
 )
-def test_bad_requests_name_the_field(tmp_path: Path, kwargs: dict, field: str, exc: type) -> None:
+def test_bad_requests_name_the_field(
+    tmp_path: Path, kwargs: dict, field: str, exc: type, build: VectorServiceFactory
+) -> None:
     vs = build(tmp_path)
     view = kwargs.pop("view")
     with pytest.raises(exc) as e:
@@ -81,7 +83,7 @@ def test_bad_requests_name_the_field(tmp_path: Path, kwargs: dict, field: str, e
     assert e.value.field == field
 
 
-def test_recall_at_10_against_brute_force_20k(tmp_path: Path) -> None:
+def test_recall_at_10_against_brute_force_20k(tmp_path: Path, build: VectorServiceFactory) -> None:
     words = [
         "red",
         "blue",
@@ -125,7 +127,7 @@ def test_recall_at_10_against_brute_force_20k(tmp_path: Path) -> None:
     assert hit / (10 * len(queries)) >= 0.95
 
 
-def test_incremental_changes_are_visible_and_durable(tmp_path: Path) -> None:
+def test_incremental_changes_are_visible_and_durable(tmp_path: Path, build: VectorServiceFactory) -> None:
     vs = build(tmp_path)
     assert (
         vs.upsert_entities("items", [{"item_id": "new1", "title": "purple umbrella", "category": "home", "price": 3}])
@@ -145,7 +147,7 @@ def test_incremental_changes_are_visible_and_durable(tmp_path: Path) -> None:
     assert vs2.find_similar("items", text="espresso machine", k=1).items[0].attributes["category"] == "home"
 
 
-def test_other_process_writes_are_picked_up(tmp_path: Path) -> None:
+def test_other_process_writes_are_picked_up(tmp_path: Path, build: VectorServiceFactory) -> None:
     reader = build(tmp_path, refresh_interval=0.0)
     writer = build(tmp_path)
     assert reader.find_similar("items", text="x", k=1).items
@@ -156,7 +158,7 @@ def test_other_process_writes_are_picked_up(tmp_path: Path) -> None:
     assert "w1" not in ids and "i1" not in ids and len(ids) == 7
 
 
-def test_backfill_embeds_only_new_and_changed_rows(tmp_path: Path) -> None:
+def test_backfill_embeds_only_new_and_changed_rows(tmp_path: Path, build: VectorServiceFactory) -> None:
     vs = build(tmp_path)
     assert vs.find_similar("items", text="cake", k=1).items  # first use backfills automatically
     first = vs.backfill()["items"]
@@ -175,7 +177,7 @@ def test_backfill_embeds_only_new_and_changed_rows(tmp_path: Path) -> None:
     assert vs.backfill()["items"]["updated"] == 0  # idempotent
 
 
-def test_upsert_entities_validates_rows(tmp_path: Path) -> None:
+def test_upsert_entities_validates_rows(tmp_path: Path, build: VectorServiceFactory) -> None:
     vs = build(tmp_path)
     with pytest.raises(InvalidInputError) as e:
         vs.upsert_entities("items", [{"item_id": "a"}])
@@ -184,7 +186,7 @@ def test_upsert_entities_validates_rows(tmp_path: Path) -> None:
         vs.upsert_entities("nope", [])
 
 
-def test_cli_similar_and_errors(tmp_path: Path) -> None:
+def test_cli_similar_and_errors(tmp_path: Path, build: VectorServiceFactory) -> None:
     from context_store.cli.main import cli
 
     build(tmp_path)  # writes data/ and docs/
@@ -214,7 +216,7 @@ def test_cli_similar_and_errors(tmp_path: Path) -> None:
     assert res.exit_code == 0 and "docs/readme.md" in res.output
 
 
-def test_changing_the_embedder_recomputes_vectors(tmp_path: Path) -> None:
+def test_changing_the_embedder_recomputes_vectors(tmp_path: Path, build: VectorServiceFactory) -> None:
     from embedders import HashEmbedder, register_embedder
 
     class Reversed:
@@ -231,7 +233,7 @@ def test_changing_the_embedder_recomputes_vectors(tmp_path: Path) -> None:
     assert top.entity_id == "i5" and top.score == pytest.approx(1.0, abs=1e-5)
 
 
-def test_ingest_routes_pushed_rows_to_views_on_the_source(tmp_path: Path) -> None:
+def test_ingest_routes_pushed_rows_to_views_on_the_source(tmp_path: Path, build: VectorServiceFactory) -> None:
     vs = build(tmp_path)
     src = vs.defs.embedding_views["items"].source.name
     assert vs.views_on_source(src) == ["items"] and vs.views_on_source("other") == []

@@ -1,22 +1,20 @@
-"""Shared pieces of the MCP tests: a prepared store, the calls every transport must answer, a uvicorn thread."""
+"""Shared pieces of the MCP tests: the calls every transport must answer, a uvicorn thread."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jsonschema
 
 import context_store as cs
-from tests.support.context import build_context_repo, txn_rows
+from tests.support.server import free_port
 
-__all__ = ["prepare_store", "TOOL_CALLS", "check_all_tools", "serve_in_thread", "free_port"]
+__all__ = ["McpStoreFactory", "TOOL_CALLS", "check_all_tools", "serve_in_thread", "free_port"]
 
 TOOL_NAMES = {
     "get_user_context",
@@ -38,14 +36,11 @@ TOOL_CALLS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-def prepare_store(root: Path, workspace: str, online: str) -> cs.ContextStore:
-    store = cs.ContextStore(build_context_repo(root), workspace=workspace, online_store=online)
-    store.apply()
-    store.backfill()
-    store.materialize()
-    now = datetime.now(UTC)
-    store.push("transactions", txn_rows("u1", now - timedelta(seconds=60), 3, timedelta(seconds=10), amount0=100.0))
-    return store
+class McpStoreFactory(Protocol):
+    """The module-scoped ``prepare_store`` fixture (tests/tools/conftest.py): the context repo of
+    ``tests.support.context`` applied, backfilled, materialized, with 3 fresh pushed events of u1."""
+
+    def __call__(self, root: Path, workspace: str, online: str) -> cs.ContextStore: ...
 
 
 def _check(name: str, sc: dict[str, Any]) -> None:
@@ -109,12 +104,6 @@ async def check_all_tools(client: Any) -> dict[str, dict[str, Any]]:
     bad = await client.call_tool("get_user_context", {"entity_id": "u1", "as_of": "not a time"})
     assert bad.is_error and "as_of" in bad.content[0].text
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager

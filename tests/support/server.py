@@ -66,7 +66,7 @@ def make_server_repo(root: Path, online_store: str, workspace: str) -> Path:
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 @contextmanager

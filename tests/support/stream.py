@@ -1,15 +1,14 @@
-"""A feature repo with one stream source and aggregate views, for the streaming tests."""
+"""Data of the streaming tests: a repo with one stream source and aggregate views, events near ``T0``."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 
 import context_store as cs
-from tests.support.repo import make_repo
 
 # Online state keeps tiles relative to the wall clock (retention = windows + lateness + 1 day),
 # so test events live in the recent past.
@@ -74,24 +73,19 @@ def events_table(rows: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=SCHEMA)
 
 
-def make_store(
-    root: Path,
-    online_store: str = "sqlite",
-    workspace: str = "default",
-    history: list[dict[str, Any]] | None = None,
-    partitions: int = 4,
-    lateness: str = "1h",
-    interval: str | None = None,
-) -> cs.ContextStore:
-    code = REPO.format(
-        partitions=partitions,
-        lateness=lateness,
-        interval=f'aggregation_interval="{interval}",' if interval else "",
-    )
-    make_repo(root, code, data={"txns.parquet": events_table(history or [])})
-    store = cs.ContextStore(root, workspace=workspace, online_store=online_store)
-    store.apply(force=True)
-    return store
+class StoreFactory(Protocol):
+    """The ``make_store`` fixture (tests/compute/conftest.py): REPO applied under ``root``, closed at teardown."""
+
+    def __call__(
+        self,
+        root: Path,
+        online_store: str = "sqlite",
+        workspace: str = "default",
+        history: list[dict[str, Any]] | None = None,
+        partitions: int = 4,
+        lateness: str = "1h",
+        interval: str | None = None,
+    ) -> cs.ContextStore: ...
 
 
 def event(user: str, minutes: float, amount: float | None, merchant: str | None = "m0") -> dict[str, Any]:

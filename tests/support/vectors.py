@@ -1,9 +1,13 @@
-"""Helpers for the embeddings/similarity/knowledge tests: a small repo and a VectorService on it."""
+"""Data of the embeddings/similarity/knowledge tests: a small repo and a VectorService on it.
+
+Tests under tests/serving get ``build`` as a fixture that closes what it built (tests/serving/conftest.py);
+the snapshot tests call it from a module helper, so the plain function stays here.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -12,8 +16,7 @@ from context_store.config import load_config
 from context_store.definitions import EmbeddingView, Entity, FileSource, Knowledge
 from context_store.registry.repo import RepoDefinitions
 from context_store.serving.similar import VectorService
-
-from .repo import make_repo
+from tests.support.repo import make_repo
 
 TITLES = [
     "red running shoes",
@@ -73,6 +76,12 @@ def build(
         entities={"item": item}, sources={src.name: src}, embedding_views={"items": view}, knowledge={"help": kb}
     )
     return VectorService(defs, load_config(root), None, **service_kwargs)
+
+
+class VectorServiceFactory(Protocol):
+    """The ``build`` fixture: ``build`` below, each service closed at teardown."""
+
+    def __call__(self, root: Path, items: pa.Table | None = None, **kwargs: Any) -> VectorService: ...
 
 
 def clustered(n: int, dim: int, seed: int = 0, clusters: int = 100, spread: float = 1.0) -> np.ndarray:

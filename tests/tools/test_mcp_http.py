@@ -16,7 +16,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 import context_store as cs
 from context_store.server.auth import authenticate
 from context_store.server.keys import KeyStore
-from tests.support.mcp import check_all_tools, free_port, prepare_store, serve_in_thread
+from tests.support.mcp import McpStoreFactory, check_all_tools, free_port, serve_in_thread
 from tools.http import create_mcp_http_app, create_standalone_app
 
 pytestmark = pytest.mark.redis
@@ -31,10 +31,11 @@ HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text
 
 
 @pytest.fixture(scope="module")
-def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def http_server(tmp_path_factory: pytest.TempPathFactory, prepare_store: McpStoreFactory) -> Iterator[dict[str, Any]]:
     import redis
 
-    from tests.conftest import REDIS_URL, _redis_up
+    from tests.support.redis import REDIS_URL
+    from tests.support.redis import redis_up as _redis_up
 
     if not _redis_up(REDIS_URL):
         pytest.fail(f"no Redis answers at {REDIS_URL}")

@@ -21,7 +21,7 @@ import jsonschema
 import pytest
 
 import context_store as cs
-from tests.support.mcp import free_port, prepare_store, serve_in_thread
+from tests.support.mcp import McpStoreFactory, free_port, serve_in_thread
 
 INSPECTOR = os.environ.get("CONTEXT_STORE_MCP_INSPECTOR", "@modelcontextprotocol/inspector@0.17.2")
 NPX = shutil.which("npx")
@@ -42,7 +42,9 @@ def _inspector(*args: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[cs.ContextStore, str]]:
+def repo(
+    tmp_path_factory: pytest.TempPathFactory, prepare_store: McpStoreFactory
+) -> Iterator[tuple[cs.ContextStore, str]]:
     ws = "t" + uuid.uuid4().hex[:12]
     store = prepare_store(tmp_path_factory.mktemp("insp") / "repo", ws, "sqlite")
     yield store, ws

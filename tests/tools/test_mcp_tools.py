@@ -16,12 +16,14 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
 import context_store as cs
-from tests.support.mcp import check_all_tools, prepare_store
+from tests.support.mcp import McpStoreFactory, check_all_tools
 from tools.server import INSTRUCTIONS, create_mcp_server
 
 
 @pytest.fixture(scope="module")
-def mcp_repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[cs.ContextStore, str]]:
+def mcp_repo(
+    tmp_path_factory: pytest.TempPathFactory, prepare_store: McpStoreFactory
+) -> Iterator[tuple[cs.ContextStore, str]]:
     import uuid
 
     ws = "t" + uuid.uuid4().hex[:12]

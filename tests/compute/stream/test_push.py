@@ -16,7 +16,7 @@ from context_store.compute.stream.cutover import get_cutover, record_cutover
 from context_store.compute.stream.stats import STATS
 from context_store.compute.stream.validate import parse_timestamp_us
 from context_store.errors import InvalidInputError, NotFoundError
-from tests.support.stream import T0, event, events_table, make_store
+from tests.support.stream import T0, StoreFactory, event, events_table
 
 T_REQ = T0 + timedelta(hours=3)
 
@@ -31,7 +31,7 @@ def _offline_rows(store, table: str) -> int:
 
 
 @pytest.fixture
-def store(tmp_path: Path):
+def store(tmp_path: Path, make_store: StoreFactory):
     s = make_store(tmp_path / "repo")
     yield s
     s.close()
@@ -160,7 +160,7 @@ def test_arrow_with_bad_column_type_names_the_field(store) -> None:
     assert ei.value.field == "records[1].user_id"
 
 
-def test_late_and_too_late_events_are_counted_and_kept_offline(tmp_path: Path) -> None:
+def test_late_and_too_late_events_are_counted_and_kept_offline(tmp_path: Path, make_store: StoreFactory) -> None:
     store = make_store(tmp_path / "r", lateness="30m")
     try:
         before_late = STATS.get("late_events", "transactions")

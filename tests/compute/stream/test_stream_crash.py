@@ -21,7 +21,7 @@ import pytest
 from context_store.compute.stream import ingest
 from context_store.compute.stream.ingest import _stream_log
 from context_store.compute.stream.online_adapter import applied_offset
-from tests.support.stream import T0, event, events_table, make_store
+from tests.support.stream import T0, StoreFactory, event, events_table
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -66,7 +66,7 @@ def _wait(proc: subprocess.Popen, cond, timeout: float) -> None:
 
 
 def test_sigkill_midway_neither_loses_nor_double_counts(
-    tmp_path: Path, redis_url: str, workspace_name: str, redis_cleanup: list[str]
+    tmp_path: Path, redis_url: str, workspace_name: str, redis_cleanup: list[str], make_store: StoreFactory
 ) -> None:
     redis_cleanup.append(f"cs:{workspace_name}:*")
     store = make_store(tmp_path / "repo", online_store=redis_url, workspace=workspace_name, lateness="1d")

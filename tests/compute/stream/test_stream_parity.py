@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from context_store.compute.stream.cutover import get_cutover
-from tests.support.stream import T0, event, make_store
+from tests.support.stream import T0, StoreFactory, event
 
 TS = pa.timestamp("us", tz="UTC")
 
@@ -71,7 +71,9 @@ def _split_history(events: list[tuple], rng: random.Random) -> tuple[list[dict],
 @pytest.mark.parametrize("interval", [None, "30m"])
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(events=st.lists(_event, min_size=1, max_size=60), seed=st.integers(0, 2**32 - 1))
-def test_backfill_then_stream_equals_training_data(tmp_path: Path, interval: str | None, events, seed: int) -> None:
+def test_backfill_then_stream_equals_training_data(
+    tmp_path: Path, interval: str | None, events, seed: int, make_store: StoreFactory
+) -> None:
     rng = random.Random(seed)
     history, live, _ = _split_history(events, rng)
     store = make_store(tmp_path / uuid.uuid4().hex, history=history, lateness="1d", interval=interval)
@@ -97,7 +99,7 @@ def test_backfill_then_stream_equals_training_data(tmp_path: Path, interval: str
 
 @pytest.mark.redis
 def test_parity_through_redis_workers(
-    tmp_path: Path, redis_url: str, workspace_name: str, redis_cleanup: list[str]
+    tmp_path: Path, redis_url: str, workspace_name: str, redis_cleanup: list[str], make_store: StoreFactory
 ) -> None:
     """The same property through Redis Streams and two workers (one fixed random history)."""
     from context_store.compute.stream.worker import run_workers
@@ -127,7 +129,7 @@ def test_parity_through_redis_workers(
     store.close()
 
 
-def test_backfill_after_live_pushes_does_not_double_count(tmp_path: Path) -> None:
+def test_backfill_after_live_pushes_does_not_double_count(tmp_path: Path, make_store: StoreFactory) -> None:
     """Events pushed live and later also present in the batch history (the lake caught up): the
     backfill owns ts < C, replaces the stream's rows there, and nothing is counted twice."""
     from tests.support.stream import events_table

@@ -14,7 +14,7 @@ import pytest
 from context_store.compute.stream.ingest import _stream_log
 from context_store.compute.stream.stats import STATS
 from context_store.compute.stream.worker import StreamWorker, run_workers
-from tests.support.stream import T0, event, make_store
+from tests.support.stream import T0, StoreFactory, event
 
 pytestmark = pytest.mark.redis
 
@@ -22,7 +22,7 @@ T_REQ = T0 + timedelta(hours=6)
 
 
 @pytest.fixture
-def rstore(tmp_path: Path, redis_url: str, workspace_name: str, redis_cleanup: list[str]):
+def rstore(tmp_path: Path, redis_url: str, workspace_name: str, redis_cleanup: list[str], make_store: StoreFactory):
     redis_cleanup.extend([f"cs:{workspace_name}:*", f"*{workspace_name}*"])
     s = make_store(tmp_path / "repo", online_store=redis_url, workspace=workspace_name)
     yield s
@@ -206,7 +206,7 @@ def test_outside_producer_json_entries(rstore) -> None:
     assert v["txn_stats.amount_count_1d"] == 2 and v["txn_stats.amount_max_1d"] == 6.0
 
 
-def test_worker_needs_redis(tmp_path: Path) -> None:
+def test_worker_needs_redis(tmp_path: Path, make_store: StoreFactory) -> None:
     from context_store.errors import ContextStoreError
 
     s = make_store(tmp_path / "r")
