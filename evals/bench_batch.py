@@ -4,7 +4,7 @@
     python -m evals.bench_batch --quick    # 1M events, 100k spine rows
 
 Writes ``evals/results/batch.md``. Each phase is run ``--runs`` times (median reported) in a fresh
-offline store; a correctness spot check against ``tests/reference.py`` runs on sampled rows.
+offline store; a correctness spot check against ``tests/support/reference.py`` runs on sampled rows.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def spot_check(events: pa.Table, spine: pa.Table, out: pa.Table, view: cs.Featur
     """Compare sampled rows with the brute-force reference (restricted to the row's user)."""
     import pyarrow.compute as pc
 
-    from tests.reference import expected_view_row, values_match
+    from tests.support.reference import expected_view_row, values_match
 
     rng = np.random.default_rng(2)
     bad = 0
@@ -207,7 +207,7 @@ so training data costs {tr / fl:.1f}x that floor. Load average (1 min) before/af
 {load_before:.1f} / {load_after:.1f} on {os.cpu_count()} cores -- other work shared the machine, so wall
 times are pessimistic; CPU time is the steadier number.
 Correctness: every output row present and in spine order; 30 sampled rows x 12 features compared with the
-brute-force reference (`tests/reference.py`): {bad} mismatches.
+brute-force reference (`tests/support/reference.py`): {bad} mismatches.
 
 How: backfill writes each view's rows sorted by (entity, ts) (one read per source, numpy argsort of an
 (entity code, ts) int64 key, one Lance write). `get_training_data` reads the log's needed columns once

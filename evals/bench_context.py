@@ -55,7 +55,7 @@ def build(root: Path, workspace: str, online: str, users: int) -> Any:
 
     import context_store as cs
     from embedders.registry import get_embedder
-    from tests.fixtures_context import build_context_repo, txn_rows
+    from tests.support.context import build_context_repo, txn_rows
 
     build_context_repo(root)
     rng = random.Random(7)
@@ -356,7 +356,7 @@ def main() -> None:
     r["mcp"], r["mcp_base"] = bench_mcp_server(store, users, n)
 
     from context_store.server.keys import KeyStore
-    from tests.fixtures_mcp import free_port
+    from tests.support.server import free_port
 
     keys = KeyStore(tmp / "keys.sqlite")
     key, _ = keys.create(ws, scope="read")

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
-import socket
-import urllib.parse
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
-REDIS_URL = os.environ.get("CONTEXT_STORE_REDIS_URL", "redis://127.0.0.1:6379/0")
+import context_store as cs
+from tests.support.redis import REDIS_URL, redis_up
+from tests.support.repo import make_repo
+from tests.support.stream import REPO, StoreFactory, events_table
 
 # Tests must not read the developer's own config.
 for _k in list(os.environ):
@@ -21,20 +22,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def _redis_up(url: str) -> bool:
-    u = urllib.parse.urlparse(url)
-    try:
-        with socket.create_connection((u.hostname or "127.0.0.1", u.port or 6379), timeout=1) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     """A real Redis URL. Fails (not skips) when none answers: run scripts/ensure_redis.sh."""
-    if not _redis_up(REDIS_URL):
+    if not redis_up(REDIS_URL):
         pytest.fail(f"no Redis answers at {REDIS_URL}; start one with scripts/ensure_redis.sh")
     return REDIS_URL
 
@@ -58,3 +49,36 @@ def redis_cleanup(redis_url: str) -> Iterator[list[str]]:
         for i in range(0, len(keys), 500):
             r.delete(*keys[i : i + 500])
     r.close()
+
+
+@pytest.fixture
+def make_store() -> Iterator[StoreFactory]:
+    """Factory: the streaming repo (``tests.support.stream.REPO``) written under ``root`` and applied.
+
+    Every store it made is closed at teardown (closing twice is harmless, tests may close their own).
+    """
+    made: list[cs.ContextStore] = []
+
+    def make(
+        root: Path,
+        online_store: str = "sqlite",
+        workspace: str = "default",
+        history: list[dict[str, Any]] | None = None,
+        partitions: int = 4,
+        lateness: str = "1h",
+        interval: str | None = None,
+    ) -> cs.ContextStore:
+        code = REPO.format(
+            partitions=partitions,
+            lateness=lateness,
+            interval=f'aggregation_interval="{interval}",' if interval else "",
+        )
+        make_repo(root, code, data={"txns.parquet": events_table(history or [])})
+        store = cs.ContextStore(root, workspace=workspace, online_store=online_store)
+        made.append(store)
+        store.apply(force=True)
+        return store
+
+    yield make
+    for store in made:
+        store.close()

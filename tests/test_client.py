@@ -15,7 +15,7 @@ from context_store.client import AsyncFeatureServerClient, FeatureServerClient, 
 from context_store.errors import ForbiddenError, InvalidInputError, NotFoundError, UnauthorizedError, UnavailableError
 from context_store.server import create_app
 from context_store.server.keys import KeyStore, key_store_path
-from tests.fixtures_server import FEATURES_10, free_port, make_server_repo, running_server
+from tests.support.server import FEATURES_10, free_port, make_server_repo, running_server
 
 pytestmark = pytest.mark.redis
 

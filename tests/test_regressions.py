@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 import context_store as cs
-from tests.helpers import make_repo
+from tests.support.repo import make_repo
 
 
 def test_count_only_string_column_materializes_and_matches_training(tmp_path: Path) -> None:
@@ -88,7 +88,7 @@ def test_server_warms_vector_indexes_and_readyz_reports_them(tmp_path: Path) -> 
     import httpx
 
     from context_store.server.app import create_app
-    from tests.fixtures_server import running_server
+    from tests.support.server import running_server
 
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     items = pa.table(
