@@ -76,7 +76,7 @@ class McpHttpApp:
             yield
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":  # served on its own (uvicorn tools.http:...)
+        if scope["type"] == "lifespan":  # served on its own (uvicorn context_store.tools.http:...)
             await _lifespan(self, receive, send)
             return
         if scope["type"] != "http":
@@ -148,7 +148,7 @@ def create_mcp_http_app(
 
 
 def create_standalone_app(mcp_app: McpHttpApp, path: str = "/mcp") -> Any:
-    """A Starlette app serving only ``mcp_app`` at ``path`` (tests, benchmarks, ``python -m tools``)."""
+    """A Starlette app serving only ``mcp_app`` at ``path`` (tests, benchmarks, ``python -m context_store.tools``)."""
     from starlette.applications import Starlette
     from starlette.routing import Route
 

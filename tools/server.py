@@ -2,7 +2,7 @@
 
 ``create_mcp_server(store_for)`` builds an ``MCPServer`` (official ``mcp`` SDK 2.x). Which
 workspace a call reads is never a tool argument: over HTTP it is the workspace of the caller's
-API key (put on the request scope by ``tools.http``); over stdio and in memory it is the store the
+API key (put on the request scope by ``context_store.tools.http``); over stdio and in memory it is the store the
 operator started the server with.
 """
 
@@ -46,7 +46,7 @@ from .models import (
 
 __all__ = ["create_mcp_server", "run_stdio", "INSTRUCTIONS", "PRINCIPAL_SCOPE_KEY"]
 
-# Key under which ``tools.http`` stores the authenticated principal in the ASGI scope.
+# Key under which ``context_store.tools.http`` stores the authenticated principal in the ASGI scope.
 PRINCIPAL_SCOPE_KEY = "context_store.principal"
 
 INSTRUCTIONS = """\

@@ -108,9 +108,9 @@ def _stream_lag_hook(state: ServerState) -> Any:
 
 
 def _mcp_app(state: ServerState) -> Any:
-    """The MCP streamable-HTTP app from ``tools.http`` (the MCP package), when importable."""
+    """The MCP streamable-HTTP app from ``context_store.tools.http`` (the MCP package), when importable."""
     try:
-        from tools.http import create_mcp_http_app
+        from context_store.tools.http import create_mcp_http_app
     except ImportError as e:  # the mcp extra is not installed: serve REST only
         log.warning("MCP endpoint disabled: %s (pip install 'context-store[mcp]')", e)
         return None

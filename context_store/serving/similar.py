@@ -161,7 +161,7 @@ class VectorService:
         return coll
 
     def _dim(self, embedder: str) -> int:
-        from embedders import embedder_dim
+        from context_store.embedders import embedder_dim
 
         dim = embedder_dim(embedder)
         return dim if dim is not None else int(self._embed(["dim probe"], embedder).shape[1])
