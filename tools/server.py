@@ -22,7 +22,7 @@ from mcp_types import ToolAnnotations
 from pydantic import Field
 
 from context_store.definitions import RealtimeFeatureView
-from context_store.errors import ContextStoreError
+from context_store.errors import ContextStoreError, InvalidInputError, UnauthorizedError, tool_error_text
 from context_store.serving.context import get_user_context as _get_user_context
 from context_store.serving.context import iso as _iso
 from context_store.serving.context import jsonable
@@ -79,8 +79,7 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except ContextStoreError as e:
-        where = f" (field: {e.field})" if e.field else ""
-        raise ToolError(f"{type(e).__name__}: {e.message}{where}") from e
+        raise ToolError(tool_error_text(e)) from e
 
 
 async def _run(call: Callable[[], Any], *, offload: bool) -> Any:
@@ -131,7 +130,7 @@ def create_mcp_server(store_for: StoreFor | ContextStore, *, name: str = "contex
             return resolve(None)
         principal = request.scope.get(PRINCIPAL_SCOPE_KEY)
         if principal is None:  # an HTTP request that bypassed tools.http's auth: refuse, never default
-            raise ToolError("UnauthorizedError: no authenticated API key on this request")
+            raise ToolError(tool_error_text(UnauthorizedError("no authenticated API key on this request")))
         with _errors():
             return resolve(principal.workspace)
 
@@ -201,7 +200,7 @@ def create_mcp_server(store_for: StoreFor | ContextStore, *, name: str = "contex
     ) -> SimilarResultOut:
         """Top-k entities of an embedding view closest to a text or to another entity (cosine)."""
         if (text is None) == (entity_id is None):
-            raise ToolError("InvalidInputError: give exactly one of text or entity_id (field: text)")
+            raise ToolError(tool_error_text(InvalidInputError("give exactly one of text or entity_id", field="text")))
         with _errors():
             call = functools.partial(store(ctx).find_similar, view, text=text, entity_id=entity_id, k=k, filter=filter)
             res = await _run(call, offload=text is not None)  # embedding a text may take a model
