@@ -12,7 +12,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from context_store.serving.context import MAX_TEXT_CHARS, clean_text, jsonable
+# Shared vocabulary (untrusted-text cleaning, JSON-safe values); moves to context_store.vocab.json at merge.
+from context_store.serving.context_text import MAX_TEXT_CHARS, clean_text, jsonable
 
 __all__ = [
     "Provenance",

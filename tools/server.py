@@ -23,9 +23,10 @@ from pydantic import Field
 
 from context_store.definitions import RealtimeFeatureView
 from context_store.errors import ContextStoreError, InvalidInputError, UnauthorizedError, tool_error_text
-from context_store.serving.context import get_user_context as _get_user_context
-from context_store.serving.context import iso as _iso
-from context_store.serving.context import jsonable
+
+# Shared vocabulary (JSON-safe values, ISO times); moves to context_store.vocab.{json,time} at merge.
+from context_store.serving.context_text import iso as _iso
+from context_store.serving.context_text import jsonable
 from context_store.serving.store import ContextStore
 from context_store.types import FeatureVector
 
@@ -151,8 +152,7 @@ def create_mcp_server(store_for: StoreFor | ContextStore, *, name: str = "contex
         and a compact prompt-ready `text`. With as_of, the context as it was at that time (replay/audit)."""
         with _errors():
             call = functools.partial(
-                _get_user_context,
-                store(ctx),
+                store(ctx).get_user_context,
                 entity_id,
                 context_service=context_service,
                 max_tokens=max_tokens,
@@ -315,7 +315,7 @@ def run_stdio(
     own = store is None
     store = store or ContextStore(repo, workspace=workspace, online_store=online_store)
     try:
-        store.definitions  # fail before the handshake if the workspace has nothing applied or bad config
+        _ = store.definitions  # fail before the handshake if the workspace has nothing applied or bad config
         create_mcp_server(store).run("stdio")
     finally:
         if own:

@@ -139,12 +139,8 @@ async def _refresh_loop(state: ServerState) -> None:
 def _warm(state: ServerState) -> None:
     """Open the default workspace's store and compile its read path before the first request."""
     try:
-        store = state.resolver(None)
-        _ = store.features
-        defs = store.definitions
-        if defs.embedding_views or defs.knowledge:
-            # FAISS indexes load from their snapshots (or rebuild) in the background; /readyz waits for them.
-            store.vectors.warm(background=True)
+        # FAISS indexes load from their snapshots (or rebuild) in the background; /readyz waits for them.
+        state.resolver(None).warm()
     except Exception as e:  # nothing applied yet, or the online store is down: requests will say so
         log.info("warm-up skipped: %s", e)
 
