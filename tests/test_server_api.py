@@ -289,6 +289,35 @@ def test_body_size_limit(srv: dict[str, Any]) -> None:
     assert r.status_code == 413 and "limit" in r.json()["message"]
 
 
+def test_body_size_limit_while_streaming(srv: dict[str, Any]) -> None:
+    """No Content-Length (chunked): the limit is enforced while the body arrives, with the same answer."""
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"params": {"featureServiceName": "fraud", "pad": "'
+        for _ in range(10):
+            yield b"x" * 10_000
+        yield b'"}}'
+
+    r = httpx.post(srv["url"] + GET, content=chunks(), headers={**srv["h"], "content-type": "application/json"})
+    assert r.status_code == 413 and "limit" in r.json()["message"] and r.json()["field"] == "body"
+
+
+def test_fast_path_limits_a_chunked_body_that_arrives_whole() -> None:
+    """The server may hand over a chunked body in one message: the limit still holds (as in BodySizeLimit)."""
+    from context_store.errors import PayloadTooLargeError
+    from context_store.server.fastpath import FastPath
+    from context_store.server.metrics import Metrics
+
+    fast = FastPath(app=None, routes={}, metrics=Metrics(), max_body=10)  # type: ignore[arg-type]
+
+    async def one_message() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"x" * 11, "more_body": False}
+
+    with pytest.raises(PayloadTooLargeError) as e:
+        asyncio.run(fast._body(one_message, None))  # type: ignore[arg-type]
+    assert e.value.status == 413 and e.value.field == "body"
+
+
 def test_unknown_route_and_method(srv: dict[str, Any]) -> None:
     r = httpx.get(srv["url"] + "/api/v1/nothing-here", headers=srv["h"])
     assert r.status_code == 404 and r.json()["message"]

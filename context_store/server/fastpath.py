@@ -91,10 +91,12 @@ class FastPath:
                 )
         msg = await receive()
         chunk = msg.get("body", b"")
+        size = len(chunk)
+        if size > self.max_body:  # a body without Content-Length can arrive whole in one message
+            raise PayloadTooLargeError(f"request body exceeds the limit of {self.max_body} bytes", field="body")
         if not msg.get("more_body", False):
             return chunk
         parts = [chunk]
-        size = len(chunk)
         while msg.get("more_body", False):
             msg = await receive()
             if msg["type"] == "http.disconnect":
