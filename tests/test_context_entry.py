@@ -1,12 +1,12 @@
-"""One entry point: ``ContextStore.get_user_context`` serves the SDK, REST ``/v1/context`` and the MCP tool,
-so the same arguments (``query`` included) give the same context through each of them."""
+"""One entry point: ``ContextStore.get_user_context`` serves the SDK, REST ``/v1/context``, the MCP tool and
+the CLI, so the same arguments (``query`` included) give the same context through each of them."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import pytest
@@ -21,14 +21,20 @@ from tests.fixtures_mcp import prepare_store
 QUERY = "how long do refunds take"
 
 
+class Env(NamedTuple):
+    store: cs.ContextStore
+    client: TestClient  # the REST app, in process
+    cli_args: list[str]  # the same repo and workspace for ``context-store``
+
+
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[cs.ContextStore, TestClient]]:
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     ws = "e" + uuid.uuid4().hex[:12]
     root = tmp_path_factory.mktemp("entry") / "repo"
     store = prepare_store(root, ws, "sqlite")
     app = create_app(root, workspace=ws, online_store="sqlite", auth=False, mcp=False)
     with TestClient(app) as client:
-        yield store, client
+        yield Env(store, client, ["-r", str(root), "-w", ws, "--online-store", "sqlite"])
     store.close()
 
 
@@ -64,8 +70,8 @@ def _stable(d: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def test_query_gives_the_same_context_through_sdk_rest_and_mcp(env: tuple[cs.ContextStore, TestClient]) -> None:
-    store, client = env
+def test_query_gives_the_same_context_through_sdk_rest_and_mcp(env: Env) -> None:
+    store, client, _ = env
     sdk = store.get_user_context("u1", context_service="user_context", max_tokens=400, query=QUERY).to_dict()
     rest = _rest(client, "u1", {"service": "user_context", "max_tokens": 400, "query": QUERY})
     mcp = _mcp(store, {"entity_id": "u1", "context_service": "user_context", "max_tokens": 400, "query": QUERY})
@@ -76,9 +82,9 @@ def test_query_gives_the_same_context_through_sdk_rest_and_mcp(env: tuple[cs.Con
     assert _stable(mcp) == _stable(sdk)
 
 
-def test_replay_with_query_is_identical_through_sdk_rest_and_mcp(env: tuple[cs.ContextStore, TestClient]) -> None:
+def test_replay_with_query_is_identical_through_sdk_rest_and_mcp(env: Env) -> None:
     """With ``as_of`` nothing depends on the call time: the whole answer, ``text`` included, is the same."""
-    store, client = env
+    store, client, _ = env
     as_of = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0).isoformat()
     sdk = store.get_user_context("u2", as_of=as_of, query=QUERY).to_dict()
     rest = _rest(client, "u2", {"as_of": as_of, "query": QUERY})
@@ -92,8 +98,8 @@ def test_replay_with_query_is_identical_through_sdk_rest_and_mcp(env: tuple[cs.C
     assert mcp == sdk
 
 
-def test_rest_context_documents_and_validates_query(env: tuple[cs.ContextStore, TestClient]) -> None:
-    _, client = env
+def test_rest_context_documents_and_validates_query(env: Env) -> None:
+    _, client, _ = env
     params = client.get("/openapi.json").json()["paths"]["/v1/context/{entity_id}"]["get"]["parameters"]
     by_name = {p["name"]: p for p in params}
     assert {"query", "max_tokens", "as_of", "service"} <= set(by_name)
@@ -104,11 +110,28 @@ def test_rest_context_documents_and_validates_query(env: tuple[cs.ContextStore, 
     assert r.status_code == 400 and r.json()["field"] == "query"
 
 
-def test_remote_client_passes_query(env: tuple[cs.ContextStore, TestClient]) -> None:
-    store, client = env
+def test_remote_client_passes_query(env: Env) -> None:
+    store, client, _ = env
     from context_store.client import FeatureServerClient
 
     remote = FeatureServerClient("http://testserver", client=client)  # the in-process app instead of a socket
     got = remote.get_user_context("u1", context_service="user_context", query=QUERY)
     want = store.get_user_context("u1", context_service="user_context", query=QUERY).to_dict()
     assert _stable(got) == _stable(want)
+
+
+def test_cli_context_is_the_same_context(env: Env) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from context_store.cli.main import cli
+
+    store, _, cli_args = env
+    as_of = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0).isoformat()
+    args = ["context", "u3", "--as-of", as_of, "--query", QUERY, "--max-tokens", "300"]
+    res = CliRunner().invoke(cli, [*args, "--json", *cli_args])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output) == store.get_user_context("u3", max_tokens=300, as_of=as_of, query=QUERY).to_dict()
+    res = CliRunner().invoke(cli, [*args, *cli_args])
+    assert res.exit_code == 0 and res.output.startswith('[user_context for user_id="u3" as of ')
