@@ -32,8 +32,8 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import Receive, Scope, Send
 
+from context_store import ContextStore
 from context_store.errors import ContextStoreError, UnauthorizedError, error_body, error_headers, http_status
-from context_store.serving.store import ContextStore
 
 from .server import PRINCIPAL_SCOPE_KEY, create_mcp_server
 

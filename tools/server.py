@@ -21,13 +21,13 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import ToolAnnotations
 from pydantic import Field
 
+from context_store import ContextStore
 from context_store.definitions import RealtimeFeatureView
 from context_store.errors import ContextStoreError, InvalidInputError, UnauthorizedError, tool_error_text
 
 # Shared vocabulary (JSON-safe values, ISO times); moves to context_store.vocab.{json,time} at merge.
 from context_store.serving.context_text import iso as _iso
 from context_store.serving.context_text import jsonable
-from context_store.serving.store import ContextStore
 from context_store.types import FeatureVector
 
 from .models import (
