@@ -13,6 +13,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY context_store ./context_store
+# context_store/tools and context_store/embedders are symlinks to these two folders (installed as subpackages).
 COPY tools ./tools
 COPY embedders ./embedders
 RUN pip install ".[${EXTRAS}]"

@@ -269,14 +269,16 @@ class FeatureServerClient(_Base):
         return _json(self._post(_META, orjson.dumps({"params": params})))
 
     def get_user_context(
-        self, entity_id: str, context_service: str | None = None, max_tokens: int | None = None
+        self,
+        entity_id: str,
+        context_service: str | None = None,
+        max_tokens: int | None = None,
+        as_of: str | None = None,
+        query: str | None = None,
     ) -> Any:
-        return _json(
-            self._get(
-                f"/v1/context/{entity_id}",
-                {"service": context_service, "max_tokens": max_tokens, "workspace": self.workspace},
-            )
-        )
+        """``GET /v1/context/{entity_id}``: the same arguments as ``ContextStore.get_user_context``."""
+        params = {"service": context_service, "max_tokens": max_tokens, "as_of": as_of, "query": query}
+        return _json(self._get(f"/v1/context/{entity_id}", {**params, "workspace": self.workspace}))
 
     def find_similar(
         self,

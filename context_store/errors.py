@@ -1,7 +1,9 @@
-"""One exception hierarchy for every layer.
+"""One exception hierarchy for every layer, and its one mapping to HTTP.
 
 Each error names what is wrong (``field``) so that REST maps it to a 4xx body,
 MCP to an ``isError`` result and the CLI to a non-zero exit -- never a traceback.
+``http_status``/``error_body``/``error_headers`` are that mapping, used by the FastAPI routes, the
+fast path, the body-size limit and the MCP HTTP transport; ``tool_error_text`` is the MCP ``isError`` text.
 """
 
 from __future__ import annotations
@@ -16,6 +18,12 @@ __all__ = [
     "RateLimitedError",
     "UnavailableError",
     "ConflictError",
+    "PayloadTooLargeError",
+    "http_status",
+    "error_body",
+    "error_headers",
+    "tool_error_text",
+    "is_unavailable",
 ]
 
 
@@ -77,3 +85,49 @@ class UnavailableError(ContextStoreError):
     """A backing service (Redis, ...) cannot be reached; retry later."""
 
     status = 503
+
+
+class PayloadTooLargeError(ContextStoreError):
+    """A request body above the server's size limit."""
+
+    status = 413
+
+
+# -- the one error -> HTTP mapping (REST routes, fast path, MCP transport) -------------------------
+def is_unavailable(exc: BaseException) -> bool:
+    """A backing service is down (Redis refused / timed out): 503, retry later."""
+    mod = type(exc).__module__ or ""
+    if mod.startswith("redis") and type(exc).__name__ in ("ConnectionError", "TimeoutError", "BusyLoadingError"):
+        return True
+    return isinstance(exc, (ConnectionError, TimeoutError))
+
+
+def http_status(exc: BaseException) -> int:
+    """Ours carry their status; a backing service that is down is 503; anything else is a 500."""
+    if isinstance(exc, ContextStoreError):
+        return exc.status
+    return 503 if is_unavailable(exc) else 500
+
+
+def error_body(exc: BaseException) -> dict[str, str]:
+    """``{"message", "field"?}``: the field only when the caller can fix it; never a traceback."""
+    if isinstance(exc, ContextStoreError):
+        return {"message": exc.message, "field": exc.field} if exc.field else {"message": exc.message}
+    if is_unavailable(exc):
+        return {"message": f"online store unreachable: {exc}; retry shortly"}
+    return {"message": f"internal error: {type(exc).__name__}"}
+
+
+def error_headers(status: int) -> dict[str, str]:
+    """Retry hints for 429/503, the auth scheme for 401 (header names lower-case, as ASGI sends them)."""
+    if status in (429, 503):
+        return {"retry-after": "1"}
+    if status == 401:
+        return {"www-authenticate": 'Bearer realm="context-store"'}
+    return {}
+
+
+def tool_error_text(exc: ContextStoreError) -> str:
+    """The text of an MCP ``isError`` result: the error class, the message and the field to fix."""
+    where = f" (field: {exc.field})" if exc.field else ""
+    return f"{type(exc).__name__}: {exc.message}{where}"

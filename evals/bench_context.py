@@ -54,7 +54,7 @@ def build(root: Path, workspace: str, online: str, users: int) -> Any:
     import pyarrow.parquet as pq
 
     import context_store as cs
-    from embedders.registry import get_embedder
+    from context_store.embedders.registry import get_embedder
     from tests.support.context import build_context_repo, txn_rows
 
     build_context_repo(root)
@@ -123,7 +123,7 @@ def serve(args: argparse.Namespace) -> None:
     import context_store as cs
     from context_store.server.auth import authenticate
     from context_store.server.keys import KeyStore
-    from tools.http import create_mcp_http_app, create_standalone_app
+    from context_store.tools.http import create_mcp_http_app, create_standalone_app
 
     store = cs.ContextStore(args.repo, workspace=args.workspace, online_store=args.online)
     keys = KeyStore(args.keys)
@@ -216,7 +216,7 @@ def bench_mcp_server(store: Any, users: list[str], n: int) -> tuple[Stats, Stats
     interleaved with the plain in-process call."""
     import anyio
 
-    from tools.server import create_mcp_server
+    from context_store.tools.server import create_mcp_server
 
     server = create_mcp_server(store)
     lat: list[float] = []

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")  # see embedders.minilm: 1 thread, no stalls
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # see context_store.embedders.minilm: 1 thread, no stalls
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -203,7 +203,7 @@ def bench_size(n: int, queries: int, kind: str, nprobe: int | None, data: str = 
         lambda q: vs.find_similar("items", vector=q, k=10, filter={"price": {"$lt": 3}}), qlists[:300]
     )
 
-    from embedders import get_embedder
+    from context_store.embedders import get_embedder
 
     emb = get_embedder("all-MiniLM-L6-v2")
     texts = sentences(min(queries, 300), seed=n + len(data))  # fresh texts per run: no cache hits
@@ -329,7 +329,7 @@ def bench_embedders(n: int) -> dict[str, Any]:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from embedders.minilm import OnnxEmbedder, SentenceTransformerEmbedder, minilm_dir
+    from context_store.embedders.minilm import OnnxEmbedder, SentenceTransformerEmbedder, minilm_dir
 
     texts = sentences(n, seed=5)
     singles = sentences(150, seed=6)

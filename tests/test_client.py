@@ -15,13 +15,15 @@ from context_store.client import AsyncFeatureServerClient, FeatureServerClient, 
 from context_store.errors import ForbiddenError, InvalidInputError, NotFoundError, UnauthorizedError, UnavailableError
 from context_store.server import create_app
 from context_store.server.keys import KeyStore, key_store_path
-from tests.support.server import FEATURES_10, free_port, make_server_repo, running_server
+from tests.support.server import FEATURES_10, SERVING_MODES, free_port, make_server_repo, running_server
 
 pytestmark = pytest.mark.redis
 
 
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[dict[str, Any]]:
+@pytest.fixture(scope="module", params=SERVING_MODES)
+def srv(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, redis_url: str
+) -> Iterator[dict[str, Any]]:
     ws = "c" + uuid.uuid4().hex[:10]
     repo = make_server_repo(tmp_path_factory.mktemp("client") / "repo", redis_url, ws)
     store = cs.ContextStore(repo)
@@ -29,7 +31,7 @@ def srv(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[di
     keys = KeyStore(key_store_path(store.config.data_dir))
     ingest_key = keys.create(ws, "ingest")[0]
     read_key = keys.create(ws, "read")[0]
-    with running_server(create_app(repo, key_store=keys, mcp=False)) as url:
+    with running_server(create_app(repo, key_store=keys, mcp=False, fast_path=request.param)) as url:
         yield {"url": url, "ws": ws, "ingest": ingest_key, "read": read_key}
     store.close()
     import redis

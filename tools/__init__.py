@@ -1,6 +1,6 @@
 """MCP tool server of context-store: ``create_mcp_server`` (tools) and ``create_mcp_http_app`` (HTTP + auth).
 
-Imports are lazy so that ``import tools`` stays cheap and the ``mcp`` SDK is needed only when used.
+Imports are lazy so that ``import context_store.tools`` stays cheap and the ``mcp`` SDK is needed only when used.
 """
 
 from __future__ import annotations

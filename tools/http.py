@@ -32,8 +32,8 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import Receive, Scope, Send
 
-from context_store.errors import ContextStoreError, UnauthorizedError
-from context_store.serving.store import ContextStore
+from context_store import ContextStore
+from context_store.errors import ContextStoreError, UnauthorizedError, error_body, error_headers, http_status
 
 from .server import PRINCIPAL_SCOPE_KEY, create_mcp_server
 
@@ -49,11 +49,12 @@ DEFAULT_ALLOWED_HOSTS = ["127.0.0.1", "127.0.0.1:*", "localhost", "localhost:*",
 DEFAULT_ALLOWED_ORIGINS = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
 
 
-async def _reply(send: Send, status: int, message: str, field: str | None = None) -> None:
-    body = orjson.dumps({"message": message, **({"field": field} if field else {})})
+async def _reply(send: Send, exc: ContextStoreError) -> None:
+    """The REST error mapping (``context_store.errors``): same status, body and headers as the routes."""
+    body = orjson.dumps(error_body(exc))
+    status = http_status(exc)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if status == 401:
-        headers.append((b"www-authenticate", b'Bearer realm="context-store"'))
+    headers += [(k.encode(), v.encode()) for k, v in error_headers(status).items()]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -76,7 +77,7 @@ class McpHttpApp:
             yield
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":  # served on its own (uvicorn tools.http:...)
+        if scope["type"] == "lifespan":  # served on its own (uvicorn context_store.tools.http:...)
             await _lifespan(self, receive, send)
             return
         if scope["type"] != "http":
@@ -90,7 +91,7 @@ class McpHttpApp:
             if principal is None:
                 raise UnauthorizedError("invalid or revoked API key", field="Authorization")
         except ContextStoreError as e:
-            await _reply(send, e.status, e.message, e.field)
+            await _reply(send, e)
             return
         scope = dict(scope)
         scope[PRINCIPAL_SCOPE_KEY] = principal
@@ -148,7 +149,7 @@ def create_mcp_http_app(
 
 
 def create_standalone_app(mcp_app: McpHttpApp, path: str = "/mcp") -> Any:
-    """A Starlette app serving only ``mcp_app`` at ``path`` (tests, benchmarks, ``python -m tools``)."""
+    """A Starlette app serving only ``mcp_app`` at ``path`` (tests, benchmarks, ``python -m context_store.tools``)."""
     from starlette.applications import Starlette
     from starlette.routing import Route
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic.json_schema import JsonDict
 
-from context_store.serving.context import MAX_TEXT_CHARS, clean_text, jsonable
+# Shared vocabulary (untrusted-text cleaning, JSON-safe values); moves to context_store.vocab.json at merge.
+from context_store.serving.context_text import MAX_TEXT_CHARS, clean_text, jsonable
 
 __all__ = [
     "Provenance",
@@ -32,7 +34,7 @@ __all__ = [
     "UntrustedData",
 ]
 
-_UNTRUSTED = {"x-untrusted": True}
+_UNTRUSTED: JsonDict = {"x-untrusted": True}
 
 UntrustedText = Annotated[
     str,

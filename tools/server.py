@@ -2,7 +2,7 @@
 
 ``create_mcp_server(store_for)`` builds an ``MCPServer`` (official ``mcp`` SDK 2.x). Which
 workspace a call reads is never a tool argument: over HTTP it is the workspace of the caller's
-API key (put on the request scope by ``tools.http``); over stdio and in memory it is the store the
+API key (put on the request scope by ``context_store.tools.http``); over stdio and in memory it is the store the
 operator started the server with.
 """
 
@@ -21,12 +21,13 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import ToolAnnotations
 from pydantic import Field
 
+from context_store import ContextStore
 from context_store.definitions import RealtimeFeatureView
-from context_store.errors import ContextStoreError
-from context_store.serving.context import get_user_context as _get_user_context
-from context_store.serving.context import iso as _iso
-from context_store.serving.context import jsonable
-from context_store.serving.store import ContextStore
+from context_store.errors import ContextStoreError, InvalidInputError, UnauthorizedError, tool_error_text
+
+# Shared vocabulary (JSON-safe values, ISO times); moves to context_store.vocab.{json,time} at merge.
+from context_store.serving.context_text import iso as _iso
+from context_store.serving.context_text import jsonable
 from context_store.types import FeatureVector
 
 from .models import (
@@ -46,7 +47,7 @@ from .models import (
 
 __all__ = ["create_mcp_server", "run_stdio", "INSTRUCTIONS", "PRINCIPAL_SCOPE_KEY"]
 
-# Key under which ``tools.http`` stores the authenticated principal in the ASGI scope.
+# Key under which ``context_store.tools.http`` stores the authenticated principal in the ASGI scope.
 PRINCIPAL_SCOPE_KEY = "context_store.principal"
 
 INSTRUCTIONS = """\
@@ -79,8 +80,7 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except ContextStoreError as e:
-        where = f" (field: {e.field})" if e.field else ""
-        raise ToolError(f"{type(e).__name__}: {e.message}{where}") from e
+        raise ToolError(tool_error_text(e)) from e
 
 
 async def _run(call: Callable[[], Any], *, offload: bool) -> Any:
@@ -131,7 +131,7 @@ def create_mcp_server(store_for: StoreFor | ContextStore, *, name: str = "contex
             return resolve(None)
         principal = request.scope.get(PRINCIPAL_SCOPE_KEY)
         if principal is None:  # an HTTP request that bypassed tools.http's auth: refuse, never default
-            raise ToolError("UnauthorizedError: no authenticated API key on this request")
+            raise ToolError(tool_error_text(UnauthorizedError("no authenticated API key on this request")))
         with _errors():
             return resolve(principal.workspace)
 
@@ -152,8 +152,7 @@ def create_mcp_server(store_for: StoreFor | ContextStore, *, name: str = "contex
         and a compact prompt-ready `text`. With as_of, the context as it was at that time (replay/audit)."""
         with _errors():
             call = functools.partial(
-                _get_user_context,
-                store(ctx),
+                store(ctx).get_user_context,
                 entity_id,
                 context_service=context_service,
                 max_tokens=max_tokens,
@@ -201,7 +200,7 @@ def create_mcp_server(store_for: StoreFor | ContextStore, *, name: str = "contex
     ) -> SimilarResultOut:
         """Top-k entities of an embedding view closest to a text or to another entity (cosine)."""
         if (text is None) == (entity_id is None):
-            raise ToolError("InvalidInputError: give exactly one of text or entity_id (field: text)")
+            raise ToolError(tool_error_text(InvalidInputError("give exactly one of text or entity_id", field="text")))
         with _errors():
             call = functools.partial(store(ctx).find_similar, view, text=text, entity_id=entity_id, k=k, filter=filter)
             res = await _run(call, offload=text is not None)  # embedding a text may take a model
@@ -316,7 +315,7 @@ def run_stdio(
     own = store is None
     store = store or ContextStore(repo, workspace=workspace, online_store=online_store)
     try:
-        store.definitions  # fail before the handshake if the workspace has nothing applied or bad config
+        _ = store.definitions  # fail before the handshake if the workspace has nothing applied or bad config
         create_mcp_server(store).run("stdio")
     finally:
         if own:

@@ -35,6 +35,12 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "embeddings",
     ),
     "knowledge": ("context_store.cli.vectors", "knowledge", "Search a knowledge collection.", "embeddings"),
+    "context": (
+        "context_store.cli.context_cmd",
+        "context",
+        "The user context of one entity (features, events, similar items, knowledge).",
+        "",
+    ),
 }
 _CORE = ("context_store.cli.core", ["init", "plan", "apply", "backfill", "materialize", "get"])
 _QUICKSTART = ("context_store.cli.quickstart", ["quickstart"])

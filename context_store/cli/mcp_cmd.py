@@ -20,7 +20,7 @@ __all__ = ["mcp"]
 def mcp() -> None:
     """Serve the MCP tools (get_user_context, get_features, ...) over stdio."""
     try:
-        from tools.server import run_stdio
+        from context_store.tools.server import run_stdio
     except ImportError as e:  # the mcp SDK is an optional extra
         raise click.ClickException(
             f"the MCP server needs the mcp SDK: pip install 'context-store[mcp]' ({e})"

@@ -122,7 +122,7 @@ def search(name: str, query: str, k: int, as_json: bool) -> None:
 def index(names: tuple[str, ...]) -> None:
     """(Re)index knowledge collections NAMES (default: all); unchanged files are skipped."""
     store = store_from_ctx()
-    stats = store.indexer.index_knowledge(list(names) or None, progress=True)
+    stats = store.index_knowledge(list(names) or None, progress=True)
     for name, s in stats.items():
         click.echo(
             f"{name}: {s['files']} files, {s['reindexed']} re-indexed ({s['chunks']} chunks), {s['removed']} removed"

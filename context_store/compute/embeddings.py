@@ -39,7 +39,7 @@ __all__ = [
 
 def embed_texts(texts: Sequence[str], embedder: str) -> np.ndarray:
     """``(len(texts), dim)`` float32 unit vectors from the named embedder (nulls embed as "")."""
-    from embedders import get_embedder
+    from context_store.embedders import get_embedder
 
     emb = get_embedder(embedder)
     return emb.embed(["" if t is None else str(t) for t in texts])
@@ -66,7 +66,7 @@ def embed_table(table: pa.Table, text_column: str, embedder: str, output_column:
 
 
 def _dim_of(embedder: str) -> int:
-    from embedders import get_embedder
+    from context_store.embedders import get_embedder
 
     return get_embedder(embedder).dim
 

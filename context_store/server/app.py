@@ -108,9 +108,9 @@ def _stream_lag_hook(state: ServerState) -> Any:
 
 
 def _mcp_app(state: ServerState) -> Any:
-    """The MCP streamable-HTTP app from ``tools.http`` (the MCP package), when importable."""
+    """The MCP streamable-HTTP app from ``context_store.tools.http`` (the MCP package), when importable."""
     try:
-        from tools.http import create_mcp_http_app
+        from context_store.tools.http import create_mcp_http_app
     except ImportError as e:  # the mcp extra is not installed: serve REST only
         log.warning("MCP endpoint disabled: %s (pip install 'context-store[mcp]')", e)
         return None
@@ -139,12 +139,8 @@ async def _refresh_loop(state: ServerState) -> None:
 def _warm(state: ServerState) -> None:
     """Open the default workspace's store and compile its read path before the first request."""
     try:
-        store = state.resolver(None)
-        _ = store.features
-        defs = store.definitions
-        if defs.embedding_views or defs.knowledge:
-            # FAISS indexes load from their snapshots (or rebuild) in the background; /readyz waits for them.
-            store.vectors.warm(background=True)
+        # FAISS indexes load from their snapshots (or rebuild) in the background; /readyz waits for them.
+        state.resolver(None).warm()
     except Exception as e:  # nothing applied yet, or the online store is down: requests will say so
         log.info("warm-up skipped: %s", e)
 

@@ -1,4 +1,7 @@
-"""Exception handlers: every error becomes ``{"message": ...}`` with a 4xx/503 status, never a traceback."""
+"""Exception handlers: every error becomes ``{"message": ...}`` with a 4xx/503 status, never a traceback.
+
+The mapping itself (status, body, headers) is ``context_store.errors``'s, shared with the fast path and MCP.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +15,10 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..errors import ContextStoreError, InvalidInputError
+from ..errors import ContextStoreError, InvalidInputError, error_body, error_headers, http_status, is_unavailable
 from ..vocab.json import dumps_api
 
-__all__ = ["install_error_handlers", "error_response", "json_response", "dumps", "loads_body", "is_unavailable"]
+__all__ = ["install_error_handlers", "error_response", "json_response", "dumps", "loads_body"]
 
 log = logging.getLogger("context_store.server")
 
@@ -26,14 +29,9 @@ def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = 
     return Response(dumps(obj), status_code=status, media_type="application/json", headers=headers)
 
 
-def error_response(status: int, message: str, field: str | None = None) -> Response:
-    body: dict[str, Any] = {"message": message}
-    if field:
-        body["field"] = field
-    headers = {"Retry-After": "1"} if status in (429, 503) else None
-    if status == 401:
-        headers = {"WWW-Authenticate": 'Bearer realm="context-store"'}
-    return json_response(body, status, headers)
+def error_response(exc: BaseException) -> Response:
+    status = http_status(exc)
+    return json_response(error_body(exc), status, error_headers(status) or None)
 
 
 def loads_body(raw: bytes) -> Any:
@@ -44,14 +42,6 @@ def loads_body(raw: bytes) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as e:
         raise InvalidInputError(f"request body is not valid JSON: {e}", field="body") from None
-
-
-def is_unavailable(exc: BaseException) -> bool:
-    """A backing service is down (Redis refused / timed out): 503, retry later."""
-    mod = type(exc).__module__ or ""
-    if mod.startswith("redis") and type(exc).__name__ in ("ConnectionError", "TimeoutError", "BusyLoadingError"):
-        return True
-    return isinstance(exc, (ConnectionError, TimeoutError))
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str]:
@@ -66,24 +56,23 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str]:
 
 def install_error_handlers(app: FastAPI) -> None:
     async def cs_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ContextStoreError)
-        return error_response(exc.status, exc.message, exc.field)
+        return error_response(exc)
 
     async def validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         msg, field = _validation_message(exc)
-        return error_response(400, msg, field)
+        return error_response(InvalidInputError(msg, field=field))
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        detail = exc.detail if isinstance(exc.detail, str) else "request failed"
-        return error_response(exc.status_code, detail)
+        err = ContextStoreError(exc.detail if isinstance(exc.detail, str) else "request failed")
+        err.status = exc.status_code  # Starlette's own 404/405: keep its status
+        return error_response(err)
 
     async def unexpected(request: Request, exc: Exception) -> Response:
-        if is_unavailable(exc):
-            return error_response(503, f"online store unreachable: {exc}; retry shortly")
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, f"internal error: {type(exc).__name__}")
+        if not is_unavailable(exc):
+            log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(exc)
 
     app.add_exception_handler(ContextStoreError, cs_error)
     app.add_exception_handler(RequestValidationError, validation_error)

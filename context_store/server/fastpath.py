@@ -13,8 +13,16 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..errors import ContextStoreError
-from .errors import dumps, is_unavailable
+from ..errors import (
+    ContextStoreError,
+    InvalidInputError,
+    PayloadTooLargeError,
+    error_body,
+    error_headers,
+    http_status,
+    is_unavailable,
+)
+from .errors import dumps
 from .metrics import Metrics
 from .routes_tecton import Handler
 
@@ -22,10 +30,6 @@ __all__ = ["FastPath"]
 
 log = logging.getLogger("context_store.server")
 _JSON = (b"content-type", b"application/json")
-
-
-class _TooLarge(Exception):
-    pass
 
 
 class FastPath:
@@ -49,20 +53,17 @@ class FastPath:
                 auth = value.decode("latin-1")
             elif name == b"content-length":
                 length = value
-        status, body, extra = 200, b"", ()
+        status, body = 200, b""
+        extra: tuple[tuple[bytes, bytes], ...] = ()
         try:
             raw = await self._body(receive, length)
             body = dumps(await handler(auth, raw, scope))
-        except ContextStoreError as e:
-            status, body, extra = self._error(e.status, e.message, e.field)
-        except _TooLarge as e:
-            status, body, extra = self._error(413, str(e), "body")
         except Exception as e:
-            if is_unavailable(e):
-                status, body, extra = self._error(503, f"online store unreachable: {e}; retry shortly", None)
-            else:
+            if not isinstance(e, ContextStoreError) and not is_unavailable(e):
                 log.exception("unhandled error on %s", scope.get("path"))
-                status, body, extra = self._error(500, f"internal error: {type(e).__name__}", None)
+            status = http_status(e)
+            body = dumps(error_body(e))
+            extra = tuple((k.encode(), v.encode()) for k, v in error_headers(status).items())
         await send(
             {
                 "type": "http.response.start",
@@ -83,15 +84,19 @@ class FastPath:
             try:
                 n = int(length)
             except ValueError:
-                raise ContextStoreError("Content-Length header is not an integer", field="Content-Length") from None
+                raise InvalidInputError("Content-Length header is not an integer", field="Content-Length") from None
             if n > self.max_body:
-                raise _TooLarge(f"request body of {n} bytes exceeds the limit of {self.max_body} bytes")
+                raise PayloadTooLargeError(
+                    f"request body of {n} bytes exceeds the limit of {self.max_body} bytes", field="body"
+                )
         msg = await receive()
         chunk = msg.get("body", b"")
+        size = len(chunk)
+        if size > self.max_body:  # a body without Content-Length can arrive whole in one message
+            raise PayloadTooLargeError(f"request body exceeds the limit of {self.max_body} bytes", field="body")
         if not msg.get("more_body", False):
             return chunk
         parts = [chunk]
-        size = len(chunk)
         while msg.get("more_body", False):
             msg = await receive()
             if msg["type"] == "http.disconnect":
@@ -99,18 +104,6 @@ class FastPath:
             chunk = msg.get("body", b"")
             size += len(chunk)
             if size > self.max_body:
-                raise _TooLarge(f"request body exceeds the limit of {self.max_body} bytes")
+                raise PayloadTooLargeError(f"request body exceeds the limit of {self.max_body} bytes", field="body")
             parts.append(chunk)
         return b"".join(parts)
-
-    @staticmethod
-    def _error(status: int, message: str, field: str | None) -> tuple[int, bytes, tuple[tuple[bytes, bytes], ...]]:
-        body: dict[str, Any] = {"message": message}
-        if field:
-            body["field"] = field
-        extra: tuple[tuple[bytes, bytes], ...] = ()
-        if status in (429, 503):
-            extra = ((b"retry-after", b"1"),)
-        elif status == 401:
-            extra = ((b"www-authenticate", b'Bearer realm="context-store"'),)
-        return status, dumps(body), extra

@@ -8,7 +8,15 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import RateLimitedError
+from ..errors import (
+    ContextStoreError,
+    InvalidInputError,
+    PayloadTooLargeError,
+    RateLimitedError,
+    error_body,
+    error_headers,
+    http_status,
+)
 
 __all__ = ["BodySizeLimit", "RateLimiter", "DEFAULT_MAX_BODY"]
 
@@ -19,15 +27,13 @@ class _TooLarge(Exception):
     pass
 
 
-async def _send_error(send: Send, status: int, message: str) -> None:
-    body = orjson.dumps({"message": message})
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
+async def _send_error(send: Send, exc: ContextStoreError) -> None:
+    """The same status, body and headers as the routes and the fast path give (``context_store.errors``)."""
+    body = orjson.dumps(error_body(exc))
+    status = http_status(exc)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.encode(), v.encode()) for k, v in error_headers(status).items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -48,10 +54,17 @@ class BodySizeLimit:
                 try:
                     size = int(value)
                 except ValueError:
-                    await _send_error(send, 400, "Content-Length header is not an integer")
+                    await _send_error(
+                        send, InvalidInputError("Content-Length header is not an integer", field="Content-Length")
+                    )
                     return
                 if size > limit:
-                    await _send_error(send, 413, f"request body of {size} bytes exceeds the limit of {limit} bytes")
+                    await _send_error(
+                        send,
+                        PayloadTooLargeError(
+                            f"request body of {size} bytes exceeds the limit of {limit} bytes", field="body"
+                        ),
+                    )
                     return
                 break
         seen = 0
@@ -76,7 +89,9 @@ class BodySizeLimit:
             await self.app(scope, limited_receive, tracking_send)
         except _TooLarge:
             if not started:
-                await _send_error(send, 413, f"request body exceeds the limit of {limit} bytes")
+                await _send_error(
+                    send, PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes", field="body")
+                )
 
 
 class RateLimiter:

@@ -28,8 +28,8 @@ def health_router(state: ServerState) -> APIRouter:
         t0 = time.perf_counter()
         try:
             store = (state.resolver.open_stores() or [None])[0] or state.resolver(None)
-            ok = await asyncio.wait_for(run_in_threadpool(lambda: store.online.ping()), timeout=2.0)
-            if ok is False:
+            ok = await asyncio.wait_for(run_in_threadpool(store.ping), timeout=2.0)
+            if not ok:
                 raise ConnectionError("ping failed")
         except Exception as e:  # whatever the cause, the answer is "not ready" with the reason
             state.metrics.online_up.set(0)
@@ -37,11 +37,9 @@ def health_router(state: ServerState) -> APIRouter:
             return json_response({"ready": False, "message": f"online store unreachable: {reason}"}, 503)
         state.metrics.online_up.set(1)
         ping_ms = round((time.perf_counter() - t0) * 1000, 3)
-        vectors = store.opened_vectors  # only once the server warmed (or used) them
-        if vectors is not None and not vectors.ready:
-            return json_response(
-                {"ready": False, "message": "vector indexes are loading", "vectors": vectors.readiness()}, 503
-            )
+        loading = store.vectors_loading()  # only once the server warmed (or used) them
+        if loading is not None:
+            return json_response({"ready": False, "message": "vector indexes are loading", "vectors": loading}, 503)
         return json_response({"ready": True, "online_store_ping_ms": ping_ms})
 
     @router.get("/metrics", include_in_schema=True)

@@ -72,14 +72,15 @@ def native_router(state: ServerState) -> APIRouter:
         request: Request,
         entity_id: str,
         service: str | None = Query(None, description="context service name (default: the only one)"),
-        max_tokens: int | None = Query(None, ge=1, le=1_000_000),
-        as_of: str | None = Query(None, description="ISO-8601 time; default now"),
+        max_tokens: int | None = Query(None, ge=1, le=1_000_000, description="token budget of `text` (16..100000)"),
+        as_of: str | None = Query(None, description="ISO-8601 time to replay the context at; default now"),
+        query: str | None = Query(None, max_length=2000, description="a question: adds matching knowledge chunks"),
         workspace: str | None = Query(None),
     ) -> Response:
         principal = state.authenticate(request)
         _, store = state.store_for(principal, "read", workspace)
         result = await run_in_threadpool(
-            store.get_user_context, entity_id, context_service=service, max_tokens=max_tokens, as_of=as_of
+            store.get_user_context, entity_id, context_service=service, max_tokens=max_tokens, as_of=as_of, query=query
         )
         request.scope["cs.service"] = service or ""  # labels only names that exist (bounded cardinality)
         return json_response(to_jsonable(result))

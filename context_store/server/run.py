@@ -70,7 +70,7 @@ def _mcp_hosts(opts: ServeOptions) -> list[str]:
     if not from_cli:
         return []
     try:
-        from tools.http import DEFAULT_ALLOWED_HOSTS
+        from context_store.tools.http import DEFAULT_ALLOWED_HOSTS
     except ImportError:
         DEFAULT_ALLOWED_HOSTS = []
     return list(DEFAULT_ALLOWED_HOSTS) + from_cli

@@ -30,7 +30,9 @@ class ServerSettings:
     freshness_sample: int = 16  # record freshness age on 1 request in N
     allowed_hosts: tuple[str, ...] = ()  # extra Host headers MCP accepts (DNS-rebinding protection)
     allowed_origins: tuple[str, ...] = ()
-    fast_path: bool = True  # serve the Tecton routes without FastAPI's per-request layers
+    # Serve the Tecton routes without FastAPI's per-request layers; False serves them through the FastAPI
+    # routes (same responses: the tests run both ways).
+    fast_path: bool = True
     freeze_gc: bool = False  # gc.freeze() after warm-up (dedicated server processes: ``serve``)
 
 

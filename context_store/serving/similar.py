@@ -198,12 +198,10 @@ class VectorService:
     def _warm(self, names: list[str], kbs: list[str], reraise: bool = False) -> None:
         t0, st, colls = time.perf_counter(), self._warm_state, self.collections
         try:
-            for key, load in [
-                *((f"view:{n}", lambda n=n: colls.view(colls.view_def(n))) for n in names),
-                *((f"knowledge:{n}", lambda n=n: colls.knowledge(colls.kb_def(n))) for n in kbs),
-            ]:
+            for kind, n in [*(("view", n) for n in names), *(("knowledge", n) for n in kbs)]:
+                key = f"{kind}:{n}"
                 st["collections"][key] = "loading"
-                coll = load()
+                coll = colls.view(colls.view_def(n)) if kind == "view" else colls.knowledge(colls.kb_def(n))
                 st["collections"][key] = (coll.loaded_from or "empty") if coll.exists else "unbuilt"
             st["state"] = "ready"
         except Exception as e:  # reported through readiness(), never an unhandled thread error

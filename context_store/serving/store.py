@@ -334,16 +334,44 @@ class ContextStore:
     ) -> KnowledgeResult:
         return self.vectors.search_knowledge(knowledge, query, k=k, filter=filter)
 
+    # -- entry points for REST, MCP and the CLI: they call only these methods ------------------------
     def get_user_context(
         self,
         entity_id: str,
         context_service: str | None = None,
         max_tokens: int | None = None,
         as_of: datetime | str | None = None,
+        query: str | None = None,
     ) -> UserContext:
+        """Features, recent events, similar items and (for a ``query``) knowledge of one entity, with
+        provenance and a prompt-ready ``text``; ``as_of`` replays it at a past time."""
         from .context import get_user_context
 
-        return get_user_context(self, entity_id, context_service=context_service, max_tokens=max_tokens, as_of=as_of)
+        return get_user_context(
+            self, entity_id, context_service=context_service, max_tokens=max_tokens, as_of=as_of, query=query
+        )
+
+    def index_knowledge(self, names: Sequence[str] | None = None, progress: bool = False) -> dict[str, dict[str, int]]:
+        """(Re)index knowledge collections (default: all); unchanged files are skipped. Counts per collection."""
+        return self.indexer.index_knowledge(names, progress=progress)
+
+    def warm(self) -> None:
+        """Compile the online read path now and load vector indexes in the background (server start-up)."""
+        _ = self.features
+        defs = self.definitions
+        if defs.embedding_views or defs.knowledge:
+            self.vectors.warm(background=True)
+
+    def ping(self) -> bool:
+        """The online store answers (raises or returns False when it does not)."""
+        return self.online.ping() is not False
+
+    def vectors_loading(self) -> dict[str, Any] | None:
+        """Readiness of the vector indexes while they load; None when ready or never opened here."""
+        vectors = self._vectors  # only once warmed or used: never opens them
+        return None if vectors is None or vectors.ready else vectors.readiness()
+
+    # -- end of entry points ---------------------------------------------------------------------------
 
     def close(self) -> None:
         with self._lock:

@@ -7,7 +7,14 @@ import socket
 import numpy as np
 import pytest
 
-from embedders import CachedEmbedder, Embedder, HashEmbedder, embedder_dim, get_embedder, register_embedder
+from context_store.embedders import (
+    CachedEmbedder,
+    Embedder,
+    HashEmbedder,
+    embedder_dim,
+    get_embedder,
+    register_embedder,
+)
 
 
 def test_hash_embedder_is_deterministic_unit_norm_and_lexical() -> None:
@@ -75,7 +82,7 @@ def test_lru_cache_hits_evicts_and_matches_inner() -> None:
 
 @pytest.mark.model
 def test_minilm_loads_offline_and_behaves(monkeypatch: pytest.MonkeyPatch) -> None:
-    from embedders.minilm import SentenceTransformerEmbedder, minilm_dir
+    from context_store.embedders.minilm import SentenceTransformerEmbedder, minilm_dir
 
     def no_network(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise AssertionError("the model tried to use the network")
@@ -106,7 +113,7 @@ def test_minilm_loads_offline_and_behaves(monkeypatch: pytest.MonkeyPatch) -> No
 
 @pytest.mark.model
 def test_onnx_int8_matches_torch_model() -> None:
-    from embedders.minilm import OnnxEmbedder
+    from context_store.embedders.minilm import OnnxEmbedder
 
     torch_model = get_embedder("all-MiniLM-L6-v2")
     onnx = OnnxEmbedder()

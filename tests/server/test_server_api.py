@@ -18,7 +18,7 @@ from tecton_client.exceptions import BadRequestError, NotFoundError, Unauthorize
 import context_store as cs
 from context_store.server import create_app
 from context_store.server.keys import KeyStore, key_store_path
-from tests.support.server import FEATURES_10, make_server_repo, running_server
+from tests.support.server import FEATURES_10, SERVING_MODES, make_server_repo, running_server
 
 pytestmark = pytest.mark.redis
 
@@ -30,22 +30,25 @@ def _ts(minutes_ago: float) -> str:
     return (datetime.now(UTC) - timedelta(minutes=minutes_ago)).isoformat()
 
 
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[dict[str, Any]]:
+@pytest.fixture(scope="module", params=SERVING_MODES)
+def srv(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, redis_url: str
+) -> Iterator[dict[str, Any]]:
     ws = "s" + uuid.uuid4().hex[:10]
     repo = make_server_repo(tmp_path_factory.mktemp("api") / "repo", redis_url, ws)
     store = cs.ContextStore(repo)
     store.apply()
     keys = KeyStore(key_store_path(store.config.data_dir))
     key = keys.create(ws, "admin")[0]
-    app = create_app(repo, key_store=keys, mcp=False, max_body=64 * 1024)
+    app = create_app(repo, key_store=keys, mcp=False, max_body=64 * 1024, fast_path=request.param)
     with running_server(app) as url:
         h = {"authorization": f"Bearer {key}"}
         records = [
             {"record": {"user_id": "u1", "amount": a, "ts": _ts(m)}} for a, m in ((10.0, 30), (20.0, 20), (30.0, 10))
         ]
         records += [{"record": {"user_id": "u2", "amount": 5.0, "ts": _ts(120)}}]
-        r = httpx.post(url + "/v1/ingest", json={"workspace_name": ws, "records": {"transactions": records}}, headers=h)
+        body = {"workspace_name": ws, "records": {"transactions": records}}
+        r = httpx.post(url + "/v1/ingest", json=body, headers=h, timeout=30)  # the first push loads its modules
         assert r.status_code == 200, r.text
         yield {"url": url, "ws": ws, "key": key, "h": h}
     store.close()
@@ -284,6 +287,35 @@ def test_body_size_limit(srv: dict[str, Any]) -> None:
     big = b'{"params": {"featureServiceName": "fraud", "pad": "' + b"x" * 100_000 + b'"}}'
     r = _post(srv, GET, raw=big)
     assert r.status_code == 413 and "limit" in r.json()["message"]
+
+
+def test_body_size_limit_while_streaming(srv: dict[str, Any]) -> None:
+    """No Content-Length (chunked): the limit is enforced while the body arrives, with the same answer."""
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"params": {"featureServiceName": "fraud", "pad": "'
+        for _ in range(10):
+            yield b"x" * 10_000
+        yield b'"}}'
+
+    r = httpx.post(srv["url"] + GET, content=chunks(), headers={**srv["h"], "content-type": "application/json"})
+    assert r.status_code == 413 and "limit" in r.json()["message"] and r.json()["field"] == "body"
+
+
+def test_fast_path_limits_a_chunked_body_that_arrives_whole() -> None:
+    """The server may hand over a chunked body in one message: the limit still holds (as in BodySizeLimit)."""
+    from context_store.errors import PayloadTooLargeError
+    from context_store.server.fastpath import FastPath
+    from context_store.server.metrics import Metrics
+
+    fast = FastPath(app=None, routes={}, metrics=Metrics(), max_body=10)  # type: ignore[arg-type]
+
+    async def one_message() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"x" * 11, "more_body": False}
+
+    with pytest.raises(PayloadTooLargeError) as e:
+        asyncio.run(fast._body(one_message, None))  # type: ignore[arg-type]
+    assert e.value.status == 413 and e.value.field == "body"
 
 
 def test_unknown_route_and_method(srv: dict[str, Any]) -> None:

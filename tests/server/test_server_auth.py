@@ -17,15 +17,17 @@ from context_store.server import create_app
 from context_store.server.auth import authenticate
 from context_store.server.keys import KeyStore, key_store_path
 from context_store.server.run import ServeOptions, check_options, is_loopback
-from tests.support.server import make_server_repo, running_server
+from tests.support.server import SERVING_MODES, make_server_repo, running_server
 
 pytestmark = pytest.mark.redis
 
 META = "/api/v1/feature-service/metadata"
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[dict[str, Any]]:
+@pytest.fixture(scope="module", params=SERVING_MODES)
+def env(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, redis_url: str
+) -> Iterator[dict[str, Any]]:
     import uuid
 
     ws, other = "a" + uuid.uuid4().hex[:10], "b" + uuid.uuid4().hex[:10]
@@ -41,7 +43,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[di
         "other": keys.create(other, "read")[0],
         "limited": keys.create(ws, "read", rate_limit=2.0)[0],
     }
-    app = create_app(repo, key_store=keys, mcp=False)
+    app = create_app(repo, key_store=keys, mcp=False, fast_path=request.param)
     with running_server(app) as url:
         yield {"url": url, "ws": ws, "other": other, "keys": k, "store": keys, "repo": repo}
 

@@ -14,7 +14,7 @@ import pytest
 
 import context_store as cs
 from context_store.server import create_app
-from tests.support.server import free_port, make_server_repo, running_server
+from tests.support.server import SERVING_MODES, free_port, make_server_repo, running_server
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -60,13 +60,14 @@ def private_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     yield port, tmp_path
 
 
-def test_redis_down_gives_503_then_recovers(private_redis: tuple[int, Path]) -> None:
+@pytest.mark.parametrize("fast_path", SERVING_MODES)
+def test_redis_down_gives_503_then_recovers(private_redis: tuple[int, Path], fast_path: bool) -> None:
     port, tmp = private_redis
     proc = _start_redis(port, tmp)
     try:
         repo = make_server_repo(tmp / "repo", f"redis://127.0.0.1:{port}/0", "default")
         cs.ContextStore(repo).apply()
-        with running_server(create_app(repo, auth=False, mcp=False)) as url:
+        with running_server(create_app(repo, auth=False, mcp=False, fast_path=fast_path)) as url:
             body = {"params": {"featureServiceName": "user_features", "joinKeyMap": {"user_id": "u1"}}}
             rec = {
                 "records": {

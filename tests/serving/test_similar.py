@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
+from context_store.embedders import get_embedder
 from context_store.errors import InvalidInputError, NotFoundError
-from embedders import get_embedder
 from tests.support.vectors import VectorServiceFactory, brute_topk, indexer, items_table
 
 
@@ -225,7 +225,7 @@ def test_cli_similar_and_errors(tmp_path: Path, build: VectorServiceFactory) -> 
 
 
 def test_changing_the_embedder_recomputes_vectors(tmp_path: Path, build: VectorServiceFactory) -> None:
-    from embedders import HashEmbedder, register_embedder
+    from context_store.embedders import HashEmbedder, register_embedder
 
     class Reversed:
         name, dim = "reversed-64", 64

@@ -86,7 +86,7 @@ Standard shipping takes 3 to 7 days. Express shipping takes 1 to 2 days and cost
 
 
 def interest_of(user: str) -> list[float]:
-    from embedders.registry import get_embedder
+    from context_store.embedders.registry import get_embedder
 
     return [float(x) for x in get_embedder("hash-64").embed([INTERESTS[user]])[0]]
 

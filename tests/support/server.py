@@ -10,11 +10,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import uvicorn
 
 from tests.support.repo import make_repo
 
-__all__ = ["SERVER_DEFINITIONS", "make_server_repo", "free_port", "running_server", "FEATURES_10"]
+__all__ = ["SERVER_DEFINITIONS", "SERVING_MODES", "make_server_repo", "free_port", "running_server", "FEATURES_10"]
+
+# The Tecton routes are served two ways: the ASGI fast path (default) and, with create_app(fast_path=False),
+# the FastAPI routes it skips. Tests of those routes run through both (``fast_path`` param), same assertions.
+SERVING_MODES = [pytest.param(True, id="fastpath"), pytest.param(False, id="fastapi")]
 
 SERVER_DEFINITIONS = """
 import context_store as cs

@@ -16,8 +16,8 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 import context_store as cs
 from context_store.server.auth import authenticate
 from context_store.server.keys import KeyStore
+from context_store.tools.http import create_mcp_http_app, create_standalone_app
 from tests.support.mcp import McpStoreFactory, check_all_tools, free_port, serve_in_thread
-from tools.http import create_mcp_http_app, create_standalone_app
 
 pytestmark = pytest.mark.redis
 

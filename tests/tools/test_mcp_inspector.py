@@ -94,7 +94,7 @@ def test_inspector_over_stdio(repo: tuple[cs.ContextStore, str]) -> None:
 def test_inspector_over_http_with_a_key(repo: tuple[cs.ContextStore, str], tmp_path: Path) -> None:
     from context_store.server.auth import authenticate
     from context_store.server.keys import KeyStore
-    from tools.http import create_mcp_http_app, create_standalone_app
+    from context_store.tools.http import create_mcp_http_app, create_standalone_app
 
     store, ws = repo
     keys = KeyStore(tmp_path / "keys.sqlite")

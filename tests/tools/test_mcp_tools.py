@@ -16,8 +16,8 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
 import context_store as cs
+from context_store.tools.server import INSTRUCTIONS, create_mcp_server
 from tests.support.mcp import McpStoreFactory, check_all_tools
-from tools.server import INSTRUCTIONS, create_mcp_server
 
 
 @pytest.fixture(scope="module")

@@ -50,8 +50,8 @@ def view_columns(view: EmbeddingView) -> list[str]:
 
 def embedder_dim(embedder: str) -> int:
     """The dimension of ``embedder``'s vectors (a probe embedding when the registry does not know it)."""
-    from embedders import embedder_dim as known_dim
-    from embedders import get_embedder
+    from ...embedders import embedder_dim as known_dim
+    from ...embedders import get_embedder
 
     dim = known_dim(embedder)
     if dim is not None:
