@@ -336,6 +336,7 @@ class RangeExtrema:
 
     def __init__(self, values: np.ndarray, valid: np.ndarray, op: str) -> None:
         self.uf: np.ufunc = np.minimum if op == "min" else np.maximum
+        ident: float
         if values.dtype.kind in "iu":
             info = np.iinfo(values.dtype)
             ident = info.max if op == "min" else info.min

@@ -116,6 +116,7 @@ class ViewData:
         def f() -> np.ndarray:
             col = self.column(name)
             t = col.type
+            zero: float
             if pa.types.is_integer(t) or pa.types.is_boolean(t):
                 target, zero = pa.int64(), 0
             elif pa.types.is_floating(t) or pa.types.is_decimal(t):
@@ -187,8 +188,8 @@ def aggregate(vd: ViewData, agg: Aggregate, lo: np.ndarray, hi: np.ndarray, in_t
         n = hi - lo
     empty = n == 0
     if fn == "approx_count_distinct":
-        pyvals = vd.cached(("py", col), lambda: vd.ordered(col).to_pylist())
-        return pa.array(_pit.approx_count_distinct(pyvals, lo, hi), pa.int64(), mask=empty)
+        py_list = vd.cached(("py", col), lambda: vd.ordered(col).to_pylist())
+        return pa.array(_pit.approx_count_distinct(py_list, lo, hi), pa.int64(), mask=empty)
     if isinstance(in_type, Embedding) and fn == "mean":
         return _embedding_mean(vd, col, lo, hi, n, in_type.dim)
     x = vd.numeric(col)
@@ -232,7 +233,7 @@ def _shifted_prefixes(vd: ViewData, x: np.ndarray, valid: np.ndarray) -> tuple[A
     xf = x.astype(np.float64)
     shift = np.zeros(len(x), dtype=np.float64)
     if len(x):
-        starts = np.r_[0, np.nonzero(seg[1:] != seg[:-1])[0] + 1]
+        starts: np.ndarray = np.r_[0, np.nonzero(seg[1:] != seg[:-1])[0] + 1]
         seg_first = np.full(len(starts), -1, dtype=np.int64)
         vidx = np.nonzero(valid)[0]
         pos = np.searchsorted(vidx, starts)

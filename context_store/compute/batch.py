@@ -174,11 +174,11 @@ def backfill(
     try:
         for view in todo:
             src = view.source
-            fs = src if isinstance(src, FileSource) else src.batch_source  # type: ignore[union-attr]
+            fs = src if isinstance(src, FileSource) else src.batch_source
             assert fs is not None
             key = f"{src.kind}:{src.name}"
             if key not in cache:
-                cache[key] = read_source(src, config.repo, start_us, end_us)  # type: ignore[arg-type]
+                cache[key] = read_source(src, config.repo, start_us, end_us)
                 report.events += cache[key].num_rows
             report.wrote(
                 view.name, write_view(config, offline, view, apply_transform(view, cache[key]), start_us, end_us), bar

@@ -172,6 +172,7 @@ def materialize(
             h_start = state.horizon(now) * state.g  # older tiles are unreachable
             start = h_start if start is None else max(start, h_start)
         if vr.mode == "incremental":
+            assert wm is not None  # incremental mode is only chosen with a watermark
             # Nothing newer than the watermark: nothing to reload (a cheap filtered probe).
             probe = offline.read(
                 table_name, columns=[view.timestamp_field], ts_column=view.timestamp_field, start_us=wm["max_ts"] + 1

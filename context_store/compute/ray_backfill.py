@@ -93,7 +93,7 @@ def ray_backfill(
     groups: dict[str, tuple[FileSource | StreamSource, list[FeatureView]]] = {}
     for view in todo:
         src = view.source
-        groups.setdefault(f"{src.kind}:{src.name}", (src, []))[1].append(view)  # type: ignore[arg-type]
+        groups.setdefault(f"{src.kind}:{src.name}", (src, []))[1].append(view)
     # resolve files on the driver: a missing file is a DefinitionError before any cluster work
     files = {key: source_files(batch_source_of(src), config.repo) for key, (src, _) in groups.items()}  # type: ignore[arg-type]
     if not groups:

@@ -396,7 +396,7 @@ def get_training_data(
             compute(name)
     new_cols = {f"{sel.view.name}__{f}": values[sel.view.name][f] for sel in service.selections for f in sel.features}
     if was_pandas:
-        out = spine.copy()  # type: ignore[union-attr]
+        out = spine.copy()
         for name, arr in new_cols.items():
             out[name] = arr.to_pandas().set_axis(out.index)
         return out

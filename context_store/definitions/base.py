@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import os
 import re
-from typing import Any
+from typing import Any, NoReturn
 
 from ..errors import DefinitionError
 
@@ -60,7 +60,7 @@ class Definition:
             self.fail("tags must be a dict of str to str")
         self.tags = dict(tags or {})
 
-    def fail(self, message: str) -> DefinitionError:
+    def fail(self, message: str) -> NoReturn:
         """Raise a DefinitionError naming this object and where it was defined."""
         raise DefinitionError(message, location=self.location, obj=f"{self.kind} '{getattr(self, 'name', '?')}'")
 

@@ -7,7 +7,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from .base import Definition
 from .dtypes import Array, DType, Embedding, Float64, Int64
@@ -74,7 +74,7 @@ class Aggregate:
         object.__setattr__(self, "location", loc)
         what = f"aggregate {self.column!r}/{self.function!r}"
 
-        def fail(msg: str) -> None:
+        def fail(msg: str) -> NoReturn:
             raise DefinitionError(msg, location=loc, obj=what)
 
         if not isinstance(self.column, str) or not self.column:

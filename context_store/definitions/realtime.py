@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .base import Definition
@@ -48,6 +48,7 @@ class RealtimeFeatureView(Definition):
         names = [f.name for f in output]
         if len(set(names)) != len(names):
             self.fail(f"duplicate output field in {names}")
+        params: Mapping[str, inspect.Parameter]
         try:
             params = inspect.signature(fn).parameters
         except (TypeError, ValueError):

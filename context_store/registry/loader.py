@@ -173,8 +173,8 @@ def import_definitions(repo_root: Path, files: Sequence[Path] | None = None) -> 
         finder = _RepoFinder(root, files, shadowed)
         sys.meta_path.insert(0, finder)
         importlib.invalidate_caches()
-        for f in abs_files:  # inspect.getsource (spec hashes of transforms) must see the current text
-            linecache.cache.pop(f, None)
+        for abs_f in abs_files:  # inspect.getsource (spec hashes of transforms) must see the current text
+            linecache.cache.pop(abs_f, None)
         loaded: list[tuple[Path, types.ModuleType]] = []
         try:
             for f in files:

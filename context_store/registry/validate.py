@@ -84,11 +84,11 @@ def _check_references(repo: RepoDefinitions) -> None:
             for sel in cs.feature_service.selections:
                 registered(sel.view, cs, "uses")
         if cs.recent_events is not None:
-            src = cs.recent_events[0]
-            if repo.sources.get(src.name) is None:
+            stream = cs.recent_events[0]
+            if repo.sources.get(stream.name) is None:
                 raise _err(
                     cs,
-                    f"recent_events stream source {src.name!r} is not registered; assign it to a "
+                    f"recent_events stream source {stream.name!r} is not registered; assign it to a "
                     "module-level variable in a definitions file",
                 )
         if cs.similar is not None and repo.embedding_views.get(cs.similar[0].name) is None:

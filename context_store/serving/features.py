@@ -56,11 +56,11 @@ class _Read:
 
 
 class _Output(NamedTuple):
-    """A stored feature: ``read`` index, ``index`` in its values; or a realtime one: read -1,
-    ``index`` of the realtime view, ``feature`` its output name."""
+    """A stored feature: ``read`` index, ``pos`` in its values; or a realtime one: read -1,
+    ``pos`` of the realtime view, ``feature`` its output name."""
 
     read: int
-    index: int
+    pos: int
     feature: str
 
 
@@ -77,18 +77,18 @@ class _RequestArg(NamedTuple):
 
 
 class _ViewArg(NamedTuple):
-    """A realtime view's feature-view argument: ``names`` taken from read ``read`` at ``index``."""
+    """A realtime view's feature-view argument: ``names`` taken from read ``read`` at ``positions``."""
 
     read: int
     names: list[str]
-    index: list[int]
+    positions: list[int]
 
 
 class _Spec(NamedTuple):
     """One output of the service in order (``_Output`` and ``_Meta`` joined)."""
 
     read: int
-    index: int
+    pos: int
     feature: str
     name: str
     dtype: dict[str, Any]
@@ -200,7 +200,7 @@ class FeatureServer:
                     names.append(nm)
                     dt = types.get(fname) or _feature_dtype(st, fname)
                     meta.append(_Meta(nm, dt.describe() if dt is not None else {"type": "unknown"}, view.name))
-        specs = [_Spec(o.read, o.index, o.feature, m.name, m.dtype, m.view) for o, m in zip(outputs, meta)]
+        specs = [_Spec(o.read, o.pos, o.feature, m.name, m.dtype, m.view) for o, m in zip(outputs, meta)]
         single = bool(reads) and all(r.join_keys == reads[0].join_keys for r in reads)
         p = _Plan(svc.name, join_keys, reads, outputs, names, meta, realtimes, req_fields, specs, single)
         p.groups = _groups(p)
@@ -284,7 +284,7 @@ class FeatureServer:
                     args.append({f: ctx.get(f) for f in s.fields})
                 else:
                     vv = res[s.read].values
-                    args.append({n: (vv[i] if vv is not None else None) for n, i in zip(s.names, s.index)})
+                    args.append({n: (vv[i] if vv is not None else None) for n, i in zip(s.names, s.positions)})
             try:
                 out = view(*args)
             except ContextStoreError:
@@ -297,7 +297,7 @@ class FeatureServer:
                 raise InvalidInputError(
                     f"realtime feature view {view.name!r} must return a dict, got {type(out).__name__}", field=view.name
                 )
-            rt_out.append(out)  # type: ignore[arg-type]
+            rt_out.append(out)
         if plan.groups is not None and shared is not None:
             return self._assemble_fast(plan, keys, res, shared)
         values: dict[str, Any] = {}
@@ -310,10 +310,10 @@ class FeatureServer:
         else:
             effs = []
             for r in res:
-                e = r.effective_us if r.values is not None else None
-                d = shared.get(e)
-                if d is None and e is not None:
-                    d = shared[e] = us_to_datetime(e)
+                eff_us = r.effective_us if r.values is not None else None
+                d = shared.get(eff_us)
+                if d is None and eff_us is not None:
+                    d = shared[eff_us] = us_to_datetime(eff_us)
                 effs.append(d)
         req_dt = us_to_datetime(t) if rt_out else None
         for i, (ri, vi, fname, name, dtype, vname) in enumerate(plan.specs):
@@ -496,7 +496,7 @@ def _groups(plan: _Plan) -> list[_Group] | None:
         return None
     groups: list[tuple[int, list[str], list[int]]] = []
     for sp in plan.specs:
-        ri, vi, name = sp.read, sp.index, sp.name
+        ri, vi, name = sp.read, sp.pos, sp.name
         if groups and groups[-1][0] == ri:
             groups[-1][1].append(name)
             groups[-1][2].append(vi)
@@ -506,11 +506,8 @@ def _groups(plan: _Plan) -> list[_Group] | None:
         return None  # one read's outputs interleaved with another's: keep the declared order exactly
     out: list[_Group] = []
     for ri, names, idx in groups:
-        n_vals = (
-            len(plan.reads[ri].state.plan.outputs)
-            if plan.reads[ri].state.plan is not None
-            else len(plan.reads[ri].state.view.features_in)
-        )
+        st = plan.reads[ri].state
+        n_vals = len(st.plan.outputs) if st.plan is not None else len(st.view.features_in)
         pick: Callable[[list[Any]], Sequence[Any]] | None
         if idx == list(range(n_vals)):
             pick = None

@@ -197,7 +197,7 @@ class AggPlan:
             ts_l = cols.ts.tolist()
             st = starts.tolist()
             en = ends.tolist()
-            for si, (kind, c, n) in enumerate(self.slots):
+            for si, (kind, c, slot_n) in enumerate(self.slots):
                 if kind == "emb":
                     valid = cols.valid[c]
                     m = cols.emb[c]
@@ -221,7 +221,7 @@ class AggPlan:
                 for g in range(G):
                     pairs = [(t, v) for t, v in zip(ts_l[st[g] : en[g]], vals[st[g] : en[g]]) if v is not None]
                     if pairs:
-                        objs[g][si] = _obj_from_pairs(kind, n, pairs)
+                        objs[g][si] = _obj_from_pairs(kind, slot_n, pairs)
         return out, objs
 
     # -- merging -----------------------------------------------------------------------
@@ -360,7 +360,7 @@ class AggPlan:
         return Partial(self.merge_num(np.stack([p.num for p in parts])), self.merge_objs([p.objs for p in parts]))
 
     # -- finalize ----------------------------------------------------------------------
-    def finalize(self, out: _Out, num: np.ndarray, objs: list[Any]) -> Any:
+    def finalize(self, out: _Out, num: np.ndarray | Sequence[float], objs: list[Any]) -> Any:
         fn = out.function
         if fn == "count":
             return int(num[0])
@@ -388,7 +388,7 @@ class AggPlan:
                 var = m2 / n
             return math.sqrt(var) if fn.startswith("stddev") else var
         o = objs[out.slot]
-        kind = self.slots[out.slot][0]
+        kind, _, slot_n = self.slots[out.slot]  # slot_n: the n of last/first_distinct_n
         if o is None:
             return [] if kind in ("ldn", "fdn") else None
         ts_out = out.dtype.name == "timestamp" or (
@@ -397,10 +397,10 @@ class AggPlan:
         if kind == "last":
             v = o[1]
         elif kind == "ldn":
-            items = sorted(((t, v) for v, t in o.items()))[-out.n :]  # type: ignore[index]
+            items = sorted(((t, v) for v, t in o.items()))[-slot_n:]
             v = [x for _, x in items]
         elif kind == "fdn":
-            items = sorted(((t, v) for v, t in o.items()))[: out.n]
+            items = sorted(((t, v) for v, t in o.items()))[:slot_n]
             v = [x for _, x in items]
         elif kind == "hll":
             return int(round(o.get_estimate()))

@@ -90,7 +90,7 @@ def _unpacker(dt: DType) -> Callable[[bytes, int], tuple[Any, int]]:
         def un_arr(b: bytes, o: int) -> tuple[Any, int]:
             (cnt,) = _U32.unpack_from(b, o)
             o += 4
-            out = []
+            out: list[Any] = []
             for _ in range(cnt):
                 if b[o] == 1:
                     out.append(None)

@@ -8,7 +8,7 @@ stream ids or integers (``compare_offsets``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import pyarrow as pa
 
@@ -16,6 +16,13 @@ from ..vocab.json import dumps_record
 from .tiles import ViewState
 
 __all__ = ["ApplyItem", "Ops", "RecentItem", "compare_offsets", "encode_recent", "recent_key"]
+
+_V = TypeVar("_V")
+
+
+def _merge_fields(mine: dict[str, dict[str, _V]], theirs: dict[str, dict[str, _V]]) -> None:
+    for k, fv in theirs.items():
+        mine.setdefault(k, {}).update(fv)
 
 
 class ApplyItem(NamedTuple):
@@ -61,9 +68,9 @@ class Ops:
 
     def update(self, other: Ops) -> None:
         """Add ``other``'s writes (another view's: the fields differ; the longer expiry wins)."""
-        for mine, theirs in ((self.sets, other.sets), (self.appends, other.appends), (self.guards, other.guards)):
-            for k, fv in theirs.items():
-                mine.setdefault(k, {}).update(fv)  # type: ignore[attr-defined]
+        _merge_fields(self.sets, other.sets)
+        _merge_fields(self.appends, other.appends)
+        _merge_fields(self.guards, other.guards)
         for k, fs in other.dels.items():
             self.dels.setdefault(k, []).extend(fs)
         for k, (items, n) in other.lists.items():

@@ -121,6 +121,8 @@ class ViewState:
         for i, o in enumerate(self.plan.outputs):
             by_w.setdefault(o.window_us, []).append(i)
         self.windows = sorted(by_w.items(), key=lambda kv: -(kv[0] if kv[0] is not None else 1 << 62))
+        # The finite windows; all of ``windows`` (same order) on the numbers-only read paths.
+        self._finite_windows = [(w, which) for w, which in self.windows if w is not None]
         # Per window: does any output need min/max/M2 (else reads merge only rows, n and sum)?
         self._spread = [
             any(self.plan.outputs[i].function not in ("count", "sum", "mean") for i in which)
@@ -228,7 +230,7 @@ class ViewState:
         cuts: dict[int | None, list[float]] = {}
         finalize = plan.finalize
         outputs = plan.outputs
-        for (w, which), pick, spread in zip(self.windows, ctx.pickers, self._spread):
+        for (w, which), pick, spread in zip(self._finite_windows, ctx.pickers, self._spread):
             parts: Any = pick(blocks)
             if None in parts:
                 parts = [x for x in parts if x is not None]
@@ -245,7 +247,7 @@ class ViewState:
                     parts = [*parts, cut]
             mnum = (parts[0] if len(parts) == 1 else plan.merge_rows(parts, spread)) if parts else plan.empty_list
             for i in which:
-                out[i] = finalize(outputs[i], mnum, [])  # type: ignore[arg-type]
+                out[i] = finalize(outputs[i], mnum, [])
         return out
 
     @property
@@ -273,7 +275,7 @@ class ViewState:
                 if v is not None:
                     parsed[e][ti] = parse_raw_num(v, plan)
         g, b = self.g, ctx.b
-        for (w, which), ids, spread in zip(self.windows, ctx.per_window, self._spread):
+        for (w, which), ids, spread in zip(self._finite_windows, ctx.per_window, self._spread):
             merged = _merge_axis1(arr[:, ids, :], plan, spread).tolist() if ids else [plan.empty_list] * E
             s = t - w
             sb = s // g
@@ -314,10 +316,11 @@ class ViewState:
                 raws[ti] = decode_raw(v, plan)
         base: Partial | None = None
         if self.has_lifetime and values[-1] is not None:
-            base = plan.decode(values[-1][8:])  # type: ignore[index]
+            base = plan.decode(values[-1][8:])
         out: list[Any] = [None] * len(plan.outputs)
         g = self.g
         numl: list[list[float]] | None = None
+        mnum: np.ndarray | list[float]
         for (w, which), ids in zip(self.windows, ctx.per_window):
             rows = [pos[i] for i in ids if i in pos]
             edges: list[Partial] = []

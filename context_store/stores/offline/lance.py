@@ -204,7 +204,7 @@ class LanceOfflineStore:
             else:
                 flt = _range_expr(ts_column, start_us, end_us)
                 if filter is not None:
-                    flt = flt & filter  # type: ignore[operator]
+                    flt = flt & filter
         else:
             flt = filter
         # 64k-row batches: far fewer chunks than Lance's default 8k (cheaper to scan and to combine)

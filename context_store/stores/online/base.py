@@ -246,7 +246,7 @@ class BaseOnlineStore(WritePath):
         self, states: Sequence[ViewState], keys: Sequence[str], slots: list[Any], got: list[list[Any]], t: int
     ) -> tuple[list[list[ViewValues]], list[tuple[int, list[tuple[ViewState, str]], list[Any]]]]:
         out: list[list[ViewValues]] = []
-        pending = []
+        pending: list[tuple[int, list[tuple[ViewState, str]], list[Any]]] = []
         lifetime = any(st.is_aggregate and st.has_lifetime for st in states)
         if not lifetime:  # hoisted per batch: codecs, window ends, slot offsets
             plan = [
@@ -261,7 +261,7 @@ class BaseOnlineStore(WritePath):
             for x, vals in enumerate(got):
                 row: list[ViewValues] = []
                 for j, (st, a, e, ctx, codec, we) in enumerate(plan):
-                    if ctx is not None:
+                    if codec is None:  # an aggregate view (codec is None exactly when ctx is set)
                         m = many.get(j)
                         row.append(ViewValues(m[x] if m is not None else st.evaluate(t, ctx, vals[a:e]), we))
                         continue

@@ -134,7 +134,7 @@ class _Raw:
             n = self.sock.recv_into(self.buf)
             if not n:
                 raise ConnectionError("Redis closed the connection")
-            reader.feed(self.buf, 0, n)
+            reader.feed(self.buf, 0, n)  # type: ignore[arg-type]  # hiredis stubs: feed takes any buffer, not only str/bytes
             r = reader.gets()
         if isinstance(r, self._err):
             raise self._noscript(str(r)) if str(r).startswith("NOSCRIPT") else r
@@ -143,6 +143,7 @@ class _Raw:
     def call_many(self, packed: bytes, n: int) -> list[Any]:
         """``n`` pipelined replies; every reply is read before an error is raised (stays in sync)."""
         self.sock.sendall(packed)
+        out: list[Any]
         reader, out = self.reader, []
         err = None
         while len(out) < n:
@@ -151,7 +152,7 @@ class _Raw:
                 k = self.sock.recv_into(self.buf)
                 if not k:
                     raise ConnectionError("Redis closed the connection")
-                reader.feed(self.buf, 0, k)
+                reader.feed(self.buf, 0, k)  # type: ignore[arg-type]  # hiredis stubs: feed takes any buffer
                 continue
             if isinstance(r, self._err) and err is None:
                 err = r

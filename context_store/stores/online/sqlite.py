@@ -104,10 +104,10 @@ class SqliteOnlineStore(BaseOnlineStore):
             if ops.appends:
                 # Read-and-concatenate inside the write transaction (SQLite's || would make TEXT).
                 rows = []
-                for k, fv in ops.appends.items():
-                    for f, v in fv.items():
+                for k, afv in ops.appends.items():
+                    for f, chunk in afv.items():
                         old = c.execute("SELECT v FROM kv WHERE k = ? AND f = ?", (k, f)).fetchone()
-                        rows.append((k, f, bytes(old[0]) + v if old else v))
+                        rows.append((k, f, bytes(old[0]) + chunk if old else chunk))
                 c.executemany(
                     "INSERT INTO kv (k, f, v) VALUES (?, ?, ?) ON CONFLICT (k, f) DO UPDATE SET v = excluded.v", rows
                 )

@@ -213,6 +213,7 @@ class AttributeColumns:
                 col = self._cols.get(name)
                 if col is None or not isinstance(col, _Coded):
                     col = self._cols.setdefault(name, np.full(self._cap, np.nan))
+                    assert isinstance(col, np.ndarray)
                     col[start : start + count] = values
                     continue
                 values = [None if np.isnan(v) else _num_out(v) for v in values]

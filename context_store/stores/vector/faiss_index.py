@@ -342,7 +342,7 @@ class FaissIndex:
         probes /= np.maximum(np.linalg.norm(probes, axis=1, keepdims=True), 1e-12)
         q = np.ascontiguousarray(probes, dtype=np.float32)
         pick = np.concatenate([pick, np.full(2 * m, -1)])  # -1: no self to exclude
-        truth = []
+        truth: list[list[int]] = []
         for s in range(0, len(q), 25):
             scores = q[s : s + 25] @ vecs.T
             top = np.argsort(-scores, axis=1)[:, : k + 1]
@@ -461,6 +461,7 @@ class FaissIndex:
         with self._lock:
             n = len(self._ids)
             excl = {self._pos[e] for e in exclude if e in self._pos}
+            mask: np.ndarray | None
             if conds:
                 mask = self._attrs.mask(conds) & self._alive[:n]
                 allowed = int(mask.sum())

@@ -78,7 +78,9 @@ def write_snapshot(
     ids_data, ids_off = _pack(ids)
     h_data, h_off = _pack(hashes)
     body = dict(meta, format=FORMAT)
-    members = {
+    # Any values: a typed ``**members`` would also be matched against savez's ``allow_pickle: bool``
+    # keyword (numpy>=2.1 stubs); no member has that name.
+    members: dict[str, Any] = {
         "meta": np.frombuffer(json.dumps(body).encode("utf-8"), dtype=np.uint8),
         "ids_data": ids_data,
         "ids_off": ids_off,
