@@ -89,7 +89,7 @@ class SentenceTransformerEmbedder:
         try:  # the weight-loading progress bar is noise on a CLI's stderr
             from transformers.utils import logging as hf_logging
 
-            hf_logging.disable_progress_bar()
+            hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # unannotated upstream
         except Exception:  # pragma: no cover - cosmetic only
             pass
         self._torch = torch

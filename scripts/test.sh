@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh machine: venv, install, Redis, pytest. `.ci/run` calls this.
+# The whole test suite on a fresh machine: venv, install, Redis, the gates, pytest. `.ci/run` calls this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
@@ -18,6 +18,13 @@ if command -v npx >/dev/null 2>&1; then
 else
   echo "note: npx not found; the MCP Inspector conformance test will be skipped"
 fi
+# The gates, before the tests (the same checks as .pre-commit-config.yaml): lint, format, types
+# (mypy strict, listed exceptions in pyproject.toml) and the layer contracts (import-linter).
+echo "gates: ruff check, ruff format --check, mypy, lint-imports"
+"$VENV/bin/ruff" check --quiet .
+"$VENV/bin/ruff" format --check --quiet .
+"$VENV/bin/mypy"
+"$VENV/bin/lint-imports" --no-cache >/dev/null || { "$VENV/bin/lint-imports" --no-cache; exit 1; }
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 set +e
 "$PY" -m pytest "$@"

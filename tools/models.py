@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
-from pydantic.json_schema import JsonDict
 
 # Shared vocabulary (untrusted-text cleaning, JSON-safe values); moves to context_store.vocab.json at merge.
 from context_store.serving.context_text import MAX_TEXT_CHARS, clean_text, jsonable
@@ -34,7 +33,7 @@ __all__ = [
     "UntrustedData",
 ]
 
-_UNTRUSTED: JsonDict = {"x-untrusted": True}
+_UNTRUSTED: dict[str, Any] = {"x-untrusted": True}
 
 UntrustedText = Annotated[
     str,

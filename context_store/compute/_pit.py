@@ -15,7 +15,7 @@ index range ``[lo, hi)``. Window functions are then O(1) or O(log n) per row:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -77,17 +77,18 @@ class EventIndex:
     radices: list[int]
     has_ties: bool
     n_null: int = 0  # events with a null join key (sorted first, segment -1)
+    _seg: np.ndarray | None = field(default=None, repr=False, compare=False)  # see ``seg``
 
     @property
     def seg(self) -> np.ndarray:
         """Segment id per sorted event (-1: null key); built on first use (most queries never need it)."""
-        cached = self.__dict__.get("_seg")
+        cached = self._seg
         if cached is None:
             lens = np.diff(self.starts)
             cached = np.empty(self.n, dtype=np.int64)
             cached[: self.n_null] = -1
             cached[self.n_null :] = np.repeat(np.arange(len(lens), dtype=np.int64), lens)
-            self.__dict__["_seg"] = cached
+            self._seg = cached
         return cached
 
     def take(self, col: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -242,7 +243,7 @@ def build_index(keys: list[pa.ChunkedArray], ts: np.ndarray) -> EventIndex:
         has_ties,
         n_null,
     )
-    idx.__dict__["_seg"] = seg
+    idx._seg = seg
     return idx
 
 

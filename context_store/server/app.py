@@ -9,7 +9,7 @@ import gc
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -85,24 +85,13 @@ class _App(FastAPI):
             await super().__call__(scope, receive, send)
 
 
-def _stream_lag_hook(state: ServerState) -> Any:
+def _stream_lag_hook(state: ServerState) -> Callable[[Metrics], None]:
     """At scrape time: entries each stream source's workers have not applied yet (Redis only)."""
-    logs: dict[str, Any] = {}
 
     def hook(metrics: Metrics) -> None:
-        from ..compute.stream.redis_streams import RedisStreamLog
-        from ..definitions import StreamSource
-
         for store in state.resolver.open_stores():
-            if not store.config.is_redis:
-                continue
-            log = logs.get(store.workspace)
-            if log is None:
-                log = logs[store.workspace] = RedisStreamLog(store.config.online_store, store.workspace)
-            for name, src in store.definitions.sources.items():
-                if isinstance(src, StreamSource):
-                    keys = [log.stream_key(name, k) for k in range(src.partitions)]
-                    metrics.stream_lag.labels(store.workspace, name).set(log.lag(keys))
+            for name, lag in store.stream_lag().items():
+                metrics.stream_lag.labels(store.workspace, name).set(lag)
 
     return hook
 

@@ -22,18 +22,16 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.0
 
 
 class _StreamCounters:
-    """The stream layer's process-wide counters (``compute.stream.stats.STATS``) as Prometheus counters."""
+    """The stream layer's process-wide counters (``ContextStore.stream_counters``) as Prometheus counters."""
 
     def collect(self) -> Iterable[Any]:
         from prometheus_client.core import CounterMetricFamily
 
-        try:
-            from ..compute.stream.stats import COUNTERS, STATS
-        except ImportError:
-            return []
-        snap = STATS.snapshot()
+        from ..serving.store import ContextStore
+
+        counters, snap = ContextStore.stream_counters()
         out = []
-        for name, doc in COUNTERS.items():
+        for name, doc in counters.items():
             fam = CounterMetricFamily(f"cs_stream_{name}", doc, labels=["source"])
             for source, value in sorted(snap.get(name, {}).items()):
                 fam.add_metric([source], value)
@@ -123,8 +121,9 @@ class Metrics:
             from prometheus_client import multiprocess
 
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # unannotated upstream
         # OpenMetrics unless the scraper asks for the classic text format only.
         if accept and "text/plain" in accept and "openmetrics" not in accept:
             return text_exposition.generate_latest(registry), text_exposition.CONTENT_TYPE_LATEST
-        return om_exposition.generate_latest(registry), om_exposition.CONTENT_TYPE_LATEST
+        body = om_exposition.generate_latest(registry)  # type: ignore[no-untyped-call]  # unannotated upstream
+        return body, om_exposition.CONTENT_TYPE_LATEST

@@ -27,7 +27,8 @@ def health_router(state: ServerState) -> APIRouter:
     async def readyz() -> Response:
         t0 = time.perf_counter()
         try:
-            store = (state.resolver.open_stores() or [None])[0] or state.resolver(None)
+            opened = state.resolver.open_stores()
+            store = opened[0] if opened else state.resolver(None)
             ok = await asyncio.wait_for(run_in_threadpool(store.ping), timeout=2.0)
             if not ok:
                 raise ConnectionError("ping failed")

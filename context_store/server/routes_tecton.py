@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from fastapi import APIRouter
@@ -28,7 +28,7 @@ __all__ = ["TectonHandlers", "tecton_router", "PREFIX", "Handler"]
 
 PREFIX = "/api/v1/feature-service"
 # (authorization header, raw body, scope) -> (JSON-ready response, feature service name)
-Handler = Callable[[str | None, bytes, dict[str, Any]], Awaitable[Any]]
+Handler = Callable[[str | None, bytes, MutableMapping[str, Any]], Awaitable[Any]]
 
 
 class BudgetExceeded(ContextStoreError):
@@ -88,7 +88,7 @@ class TectonHandlers:
             child = self._online[ws] = self.metrics.online_latency.labels(ws)
         child.observe(seconds)
 
-    async def get_features(self, auth: str | None, body: bytes, scope: dict[str, Any]) -> Any:
+    async def get_features(self, auth: str | None, body: bytes, scope: MutableMapping[str, Any]) -> Any:
         t0 = time.perf_counter()
         state = self.state
         principal = state.authenticate_header(auth)
@@ -116,7 +116,7 @@ class TectonHandlers:
             self.metrics.observe_freshness(ws, vec.metadata)
         return tecton.encode_vector(vec, p.meta, _slo(t0, store_s, eligible) if p.meta.slo_info else None)
 
-    async def get_features_batch(self, auth: str | None, body: bytes, scope: dict[str, Any]) -> Any:
+    async def get_features_batch(self, auth: str | None, body: bytes, scope: MutableMapping[str, Any]) -> Any:
         t0 = time.perf_counter()
         state = self.state
         principal = state.authenticate_header(auth)
@@ -148,7 +148,7 @@ class TectonHandlers:
             meta["batchSloInfo"] = _slo(t0, store_s, eligible)
         return {"result": rows, "metadata": meta}
 
-    async def metadata(self, auth: str | None, body: bytes, scope: dict[str, Any]) -> Any:
+    async def metadata(self, auth: str | None, body: bytes, scope: MutableMapping[str, Any]) -> Any:
         principal = self.state.authenticate_header(auth)
         workspace, service = tecton.parse_metadata_request(loads_body(body))
         _, store = self.state.store_for(principal, "read", workspace)

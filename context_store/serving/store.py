@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from ..compute.materialize import MaterializeReport
     from ..compute.stream.context import StreamContext
     from ..compute.stream.ingestor import Ingestor, PushResult
+    from ..compute.stream.redis_streams import RedisStreamLog
     from ..compute.vectors import VectorIndexer
     from ..registry.registry import Plan, Registry
     from ..registry.repo import RepoDefinitions
@@ -59,6 +60,7 @@ class ContextStore:
         self._vectors: VectorService | None = None
         self._indexer: VectorIndexer | None = None
         self._ingestor: Ingestor | None = None
+        self._lag_log: RedisStreamLog | None = None  # a scrape-time reader of stream lag
 
     # -- components --------------------------------------------------------------------
     @property
@@ -371,6 +373,30 @@ class ContextStore:
         vectors = self._vectors  # only once warmed or used: never opens them
         return None if vectors is None or vectors.ready else vectors.readiness()
 
+    def stream_lag(self) -> dict[str, int]:
+        """Entries each stream source's workers have not applied yet (Redis only; empty embedded)."""
+        if not self.config.is_redis:
+            return {}
+        from ..compute.stream.redis_streams import RedisStreamLog
+        from ..definitions import StreamSource
+
+        with self._lock:
+            if self._lag_log is None:
+                self._lag_log = RedisStreamLog(self.config.online_store, self.workspace)
+            log = self._lag_log
+        return {
+            name: log.lag([log.stream_key(name, k) for k in range(src.partitions)])
+            for name, src in self.definitions.sources.items()
+            if isinstance(src, StreamSource)
+        }
+
+    @staticmethod
+    def stream_counters() -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+        """The stream layer's process-wide counters: (name -> description, name -> source -> value)."""
+        from ..compute.stream.stats import COUNTERS, STATS
+
+        return dict(COUNTERS), STATS.snapshot()
+
     # -- end of entry points ---------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -380,8 +406,11 @@ class ContextStore:
             offline, self._offline = self._offline, None
             vectors, self._vectors = self._vectors, None
             collections, self._vector_collections = self._vector_collections, None
+            lag_log, self._lag_log = self._lag_log, None
             self._indexer = None
             self._features = None
+        if lag_log is not None:
+            lag_log.close()
         if ingestor is not None:  # pushed: inline leases, pub/sub, the stream connection
             ingestor.close()
         for comp in (online, offline, vectors, collections):

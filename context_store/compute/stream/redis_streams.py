@@ -139,10 +139,6 @@ class RedisStreamLog:
         """Hash ``source|partition`` -> event-time watermark (µs) as of the last flush."""
         return f"cs:{self.workspace}:stream:watermark"
 
-    def key_patterns(self) -> list[str]:
-        """Every key this workspace's streams use (tests delete them)."""
-        return [f"cs:{self.workspace}:{{s:*", f"cs:{self.workspace}:stream:*"]
-
     # -- producing ---------------------------------------------------------------------
     def ensure_group(self, key: bytes) -> None:
         if key in self._groups:
@@ -197,10 +193,6 @@ class RedisStreamLog:
                 break
         out.sort(key=lambda e: id_to_offset(e[0]))
         return out
-
-    def ack(self, key: bytes, ids: Sequence[bytes]) -> None:
-        if ids:
-            self.r.xack(key, GROUP, *ids)
 
     def trim_acked(self, key: bytes) -> None:
         """Drop entries every consumer has acked (never an unapplied one).
@@ -265,9 +257,6 @@ class RedisStreamLog:
     def offline_marks(self, table: str, partition: int) -> int:
         v = self.r.hget(self.offline_key, f"{table}|{partition}")
         return int(v) if v else 0
-
-    def set_offline_mark(self, table: str, partition: int, offset: int) -> None:
-        self.r.hset(self.offline_key, f"{table}|{partition}", offset)
 
     @staticmethod
     def applied_message(applied: dict[tuple[str, int], int]) -> str:

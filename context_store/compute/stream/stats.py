@@ -42,9 +42,5 @@ class StreamStats:
         with self._lock:
             return {c: dict(v) for c, v in self._values.items()}
 
-    def reset(self) -> None:
-        with self._lock:
-            self._values.clear()
-
 
 STATS = StreamStats()
