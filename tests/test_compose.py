@@ -56,7 +56,7 @@ def test_services_and_images(compose: dict[str, Any]) -> None:
 
 def test_service_commands_parse_with_the_cli(compose: dict[str, Any]) -> None:
     seen = set()
-    for name, svc in compose["services"].items():
+    for _name, svc in compose["services"].items():
         cmd = svc.get("command")
         if not cmd or cmd[0] != "context-store":
             continue

@@ -43,7 +43,8 @@ def create(scope: str, description: str, rate_limit: float | None) -> None:
     workspace = config_from_ctx().workspace
     key, rec = _store().create(workspace, scope, description=description, rate_limit=rate_limit)
     click.echo(
-        f"created key {rec.key_id} (workspace={rec.workspace}, scope={rec.scope}); store it now, it is not shown again:",
+        f"created key {rec.key_id} (workspace={rec.workspace}, scope={rec.scope}); "
+        "store it now, it is not shown again:",
         err=True,
     )
     click.echo(key)
@@ -62,7 +63,8 @@ def list_keys(all_workspaces: bool, active: bool) -> None:
     for k in rows:
         status = "active" if k.active else "revoked"
         click.echo(
-            f"{k.key_id:<10} {k.workspace:<20} {k.scope:<7} {k.created_at:%Y-%m-%d %H:%M:%S}  {status:<8} {k.description}"
+            f"{k.key_id:<10} {k.workspace:<20} {k.scope:<7} "
+            f"{k.created_at:%Y-%m-%d %H:%M:%S}  {status:<8} {k.description}"
         )
 
 

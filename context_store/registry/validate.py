@@ -64,7 +64,8 @@ def _check_references(repo: RepoDefinitions) -> None:
             raise _err(
                 owner,
                 f"{what} {view.kind.replace('_', ' ')} {view.name!r} is not registered; assign it to a "
-                f"module-level variable in a definitions file (registered views: {', '.join(sorted(repo.feature_views) + sorted(repo.realtime_views)) or 'none'})",
+                "module-level variable in a definitions file (registered views: "
+                f"{', '.join(sorted(repo.feature_views) + sorted(repo.realtime_views)) or 'none'})",
             )
         if found is not view and found.spec() != view.spec():
             raise _err(owner, f"{what} {view.name!r} differs from the registered view of that name ({found.location})")
@@ -122,7 +123,8 @@ def _check_feature_view(view: FeatureView, cols: dict[str, DType]) -> dict[str, 
                 raise _err(
                     view,
                     f"type mismatch: join key {key.name!r} is {got!r} in the input but entity '{entity.name}' "
-                    f"declares {key.dtype!r}; declare cs.Field({key.name!r}, {got!r}) in the entity or cast in a transform",
+                    f"declares {key.dtype!r}; declare cs.Field({key.name!r}, {got!r}) in the entity "
+                    "or cast in a transform",
                 )
     types: dict[str, DType] = {}
     for agg in view.aggregations:

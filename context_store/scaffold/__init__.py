@@ -51,7 +51,8 @@ def scaffold(
         raise InvalidInputError(f"{str(root)!r} exists and is not a directory", field="dir")
     if root.exists() and any(p for p in root.iterdir() if not p.name.startswith(".")) and not force:
         raise InvalidInputError(
-            f"directory {str(root)!r} is not empty; choose a new directory or pass --force to overwrite the example files",
+            f"directory {str(root)!r} is not empty; choose a new directory "
+            "or pass --force to overwrite the example files",
             field="dir",
         )
     root.mkdir(parents=True, exist_ok=True)

@@ -235,7 +235,8 @@ class FeatureServer:
         if len(join_keys) != len(out):
             extra = sorted(set(join_keys) - set(out), key=str)
             raise InvalidInputError(
-                f"unexpected join key {extra[0]!r} for feature service {plan.name!r} (it needs {', '.join(plan.join_keys) or 'none'})",
+                f"unexpected join key {extra[0]!r} for feature service {plan.name!r} "
+                f"(it needs {', '.join(plan.join_keys) or 'none'})",
                 field=f"join_keys.{extra[0]}",
             )
         return out

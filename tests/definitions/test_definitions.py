@@ -138,14 +138,17 @@ def test_cross_file_imports_and_isolation(tmp_path: Path) -> None:
         {
             "entities.py": 'import context_store as cs\nuser = cs.Entity("user", join_keys=["user_id"])\n',
             "views.py": HEADER.replace('user = cs.Entity("user", join_keys=["user_id"])', "from entities import user")
-            + 'stats = cs.FeatureView("stats_a", entities=[user], source=txn, aggregations=[cs.Aggregate("amount", "sum", "1d")])\n',
-            "sub/more.py": 'from entities import user\nimport context_store as cs\nother = cs.Entity("account", join_keys=["account_id"])\n',
+            + 'stats = cs.FeatureView("stats_a", entities=[user], source=txn, '
+            'aggregations=[cs.Aggregate("amount", "sum", "1d")])\n',
+            "sub/more.py": "from entities import user\nimport context_store as cs\n"
+            'other = cs.Entity("account", join_keys=["account_id"])\n',
         },
     )
     b = write(
         tmp_path / "b",
         {
-            "entities.py": 'import context_store as cs\nuser = cs.Entity("user", join_keys=[cs.Field("user_id", cs.Int64)])\n',
+            "entities.py": "import context_store as cs\n"
+            'user = cs.Entity("user", join_keys=[cs.Field("user_id", cs.Int64)])\n',
         },
     )
     before = set(sys.modules)
@@ -188,10 +191,11 @@ def test_duplicate_name_across_files(tmp_path: Path) -> None:
     root = write(
         tmp_path,
         {
-            "a.py": HEADER
-            + 'v = cs.FeatureView("stats", entities=[user], source=txn, aggregations=[cs.Aggregate("amount", "sum", "1d")])  # <-a\n',
+            "a.py": HEADER + 'v = cs.FeatureView("stats", entities=[user], source=txn, '
+            'aggregations=[cs.Aggregate("amount", "sum", "1d")])  # <-a\n',
             "b.py": "import context_store as cs\nfrom a import user, txn\n"
-            + 'w = cs.FeatureView("stats", entities=[user], source=txn, aggregations=[cs.Aggregate("amount", "max", "1d")])  # <-b\n',
+            + 'w = cs.FeatureView("stats", entities=[user], source=txn, '
+            'aggregations=[cs.Aggregate("amount", "max", "1d")])  # <-b\n',
         },
     )
     msg = load_error(root)
@@ -205,7 +209,8 @@ def test_duplicate_source_name(tmp_path: Path) -> None:
         {
             "f.py": HEADER
             + """
-txn2 = cs.StreamSource("transactions", schema=[cs.Field("user_id", cs.String), cs.Field("ts", cs.Timestamp)], timestamp_field="ts")  # <-
+txn2 = cs.StreamSource("transactions",  # <-
+    schema=[cs.Field("user_id", cs.String), cs.Field("ts", cs.Timestamp)], timestamp_field="ts")
 """
         },
     )
@@ -296,7 +301,8 @@ def test_unknown_join_key_column(tmp_path: Path) -> None:
             "f.py": HEADER
             + """
 account = cs.Entity("account", join_keys=["account_id"])
-stats = cs.FeatureView("stats", entities=[account], source=txn, aggregations=[cs.Aggregate("amount", "sum", "1d")])  # <-
+stats = cs.FeatureView("stats", entities=[account], source=txn,  # <-
+    aggregations=[cs.Aggregate("amount", "sum", "1d")])
 """
         },
     )
@@ -355,7 +361,8 @@ def test_join_key_dtype_mismatch(tmp_path: Path) -> None:
             "f.py": HEADER
             + """
 num_user = cs.Entity("num_user", join_keys=[cs.Field("user_id", cs.Int64)])
-stats = cs.FeatureView("stats", entities=[num_user], source=txn, aggregations=[cs.Aggregate("amount", "sum", "1d")])  # <-
+stats = cs.FeatureView("stats", entities=[num_user], source=txn,  # <-
+    aggregations=[cs.Aggregate("amount", "sum", "1d")])
 """
         },
     )
@@ -413,7 +420,8 @@ item = cs.Entity("item", join_keys=["item_id"])
             "f.py": base
             + """
 def hidden():
-    return cs.EmbeddingView("emb", [item], cs.FileSource("data/items.parquet", timestamp_field="updated_at"), text="title")
+    return cs.EmbeddingView("emb", [item], cs.FileSource("data/items.parquet", timestamp_field="updated_at"),
+                            text="title")
 ctx = cs.ContextService("ctx", entity=user, similar=(hidden(), 5))  # <-
 """
         },
@@ -427,7 +435,8 @@ ctx = cs.ContextService("ctx", entity=user, similar=(hidden(), 5))  # <-
             "f.py": base
             + """
 def hidden():
-    return cs.StreamSource("clicks", schema=[cs.Field("user_id", cs.String), cs.Field("ts", cs.Timestamp)], timestamp_field="ts")
+    return cs.StreamSource("clicks", schema=[cs.Field("user_id", cs.String), cs.Field("ts", cs.Timestamp)],
+                           timestamp_field="ts")
 ctx = cs.ContextService("ctx", entity=user, recent_events=(hidden(), 5))  # <-
 """
         },
@@ -478,7 +487,8 @@ def test_embedding_view_text_column_not_string(tmp_path: Path) -> None:
             "f.py": """
 import context_store as cs
 item = cs.Entity("item", join_keys=["item_id"])
-emb = cs.EmbeddingView("emb", [item], cs.FileSource("data/items.parquet", timestamp_field="updated_at"), text="year")  # <-
+emb = cs.EmbeddingView("emb", [item], cs.FileSource("data/items.parquet", timestamp_field="updated_at"),  # <-
+                       text="year")
 """
         },
     )

@@ -67,7 +67,7 @@ def test_chunk_overlap_and_boundaries() -> None:
     text = " ".join(f"word{i}" for i in range(200))
     spans = chunk_text(text, 100, 30)
     assert len(spans) > 5
-    for (s1, e1), (s2, _) in zip(spans, spans[1:]):
+    for (_s1, e1), (s2, _) in zip(spans, spans[1:]):
         assert s2 < e1  # consecutive chunks overlap
         assert text[s2 - 1] == " " and (e1 == len(text) or text[e1] == " ")  # cut between words
     with pytest.raises(ValueError):

@@ -201,7 +201,8 @@ def test_cli_similar_and_errors(tmp_path: Path, build: VectorServiceFactory) -> 
         import context_store as cs
         item = cs.Entity("item", join_keys=["item_id"])
         src = cs.FileSource("data/items.parquet", timestamp_field="ts")
-        items = cs.EmbeddingView("items", [item], src, text="title", embedder="hash-64", attributes=["category", "price"])
+        items = cs.EmbeddingView("items", [item], src, text="title", embedder="hash-64",
+                                 attributes=["category", "price"])
         help = cs.Knowledge("help", "docs/*.md", chunk_size=200, chunk_overlap=20, embedder="hash-64")
     """)
     )

@@ -12,6 +12,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.shared.exceptions import MCPError
 
 import context_store as cs
 from context_store.server.auth import authenticate
@@ -96,8 +97,11 @@ def test_no_key_or_a_bad_key_is_401(http_server: dict[str, Any]) -> None:
         async with _client(url, None) as client:
             await client.list_tools()
 
-    with pytest.raises(BaseException):  # the SDK client cannot even connect without a key
+    # The SDK client cannot even connect without a key: its initialize request gets an error
+    # response (MCPError), which reaches us wrapped in the client's anyio task-group ExceptionGroups.
+    with pytest.raises(ExceptionGroup) as exc:
         anyio.run(main)
+    assert exc.value.subgroup(MCPError) is not None, exc.value
 
 
 def test_host_and_origin_are_checked(http_server: dict[str, Any]) -> None:

@@ -155,7 +155,8 @@ class SqliteOnlineStore(BaseOnlineStore):
     def _recent_write(c: sqlite3.Connection, key: str, items: list[bytes], max_len: int) -> None:
         c.executemany("INSERT INTO recent (k, v) VALUES (?, ?)", [(key, b) for b in items])
         c.execute(
-            "DELETE FROM recent WHERE k = ? AND seq <= (SELECT seq FROM recent WHERE k = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+            "DELETE FROM recent WHERE k = ? AND seq <= "
+            "(SELECT seq FROM recent WHERE k = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
             (key, key, max_len),
         )
 

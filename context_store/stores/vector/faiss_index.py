@@ -175,7 +175,8 @@ class FaissIndex:
         attributes: Mapping[str, Any],
     ) -> None:
         """Replace this index with an exported one; ``attributes``: column name -> value per
-        position (None where unknown; or ``AttributeColumns.append_columns`` fast forms). Raises ValueError if the snapshot does not fit."""
+        position (None where unknown; or ``AttributeColumns.append_columns`` fast forms).
+        Raises ValueError if the snapshot does not fit."""
         faiss = _faiss()
         mode = meta.get("mode")
         if mode not in ("flat", "hnsw", "ivf") or int(meta.get("dim", -1)) != self.dim:
@@ -413,9 +414,9 @@ class FaissIndex:
         faiss.omp_set_num_threads(1)  # per-thread setting: this query never waits for a second core
         if mask is None and (self.mode != "hnsw" or k <= self.ef_search):
             # The common case: the index's own efSearch / nprobe, no parameter object to build.
-            D, I = self._index.search(q.reshape(1, -1), k)
-            ok = I[0] >= 0
-            return D[0][ok], I[0][ok]
+            D, labels = self._index.search(q.reshape(1, -1), k)
+            ok = labels[0] >= 0
+            return D[0][ok], labels[0][ok]
         sel = keep = None
         if mask is self._alive:  # the tombstone-only mask is packed once per change, not per query
             if self._bits is None:
@@ -433,10 +434,10 @@ class FaissIndex:
             params.nprobe = int(min(self._index.nprobe / max(fraction, 1e-3), self._index.nlist))
         if sel is not None:
             params.sel = sel
-        D, I = self._index.search(q.reshape(1, -1), k, params=params)
+        D, labels = self._index.search(q.reshape(1, -1), k, params=params)
         del keep  # the bitmap had to outlive the search call
-        ok = I[0] >= 0
-        return D[0][ok], I[0][ok]
+        ok = labels[0] >= 0
+        return D[0][ok], labels[0][ok]
 
     def search(
         self,
@@ -474,14 +475,14 @@ class FaissIndex:
                 return []
             if self.mode == "flat" or (conds and allowed <= self.exact_limit):
                 positions = None if mask is None else np.flatnonzero(mask)
-                D, I = self._exact(q, positions, want)
+                D, labels = self._exact(q, positions, want)
             else:
-                D, I = self._ann(q, want, mask, allowed / max(n, 1))
-                if len(I) < want:
+                D, labels = self._ann(q, want, mask, allowed / max(n, 1))
+                if len(labels) < want:
                     live = mask if mask is not None else (self._alive if self._dead else None)
-                    D, I = self._exact(q, None if live is None else np.flatnonzero(live), want)
+                    D, labels = self._exact(q, None if live is None else np.flatnonzero(live), want)
             out: list[tuple[str, float]] = []
-            for score, p in zip(D.tolist(), I.tolist()):
+            for score, p in zip(D.tolist(), labels.tolist()):
                 if p in excl:
                     continue
                 out.append((self._ids[p], float(min(max(score, -1.0), 1.0))))
