@@ -661,8 +661,8 @@ def write_report(path: Path, res: dict[str, Any], args: Any, seconds: float, n_i
         "- The tail used to be that flush: it took a second's worth of one-event Arrow tables (thousands) and, in",
         "  concatenating and freeing them, held the GIL for tens of ms, stalling the applying thread (p99 ~40 ms at",
         "  1,000 events/s; with flushes disabled p99 was 7 ms). The worker now merges buffered batches as they come.",
-        "- Exactly-once is tested, not benchmarked: `tests/compute/stream/test_stream_crash.py` kills a worker (SIGKILL) twice",
-        "  during 50,000 events; online aggregates and the offline log match a recomputation exactly.",
+        "- Exactly-once is tested, not benchmarked: `tests/compute/stream/test_stream_crash.py` kills a worker",
+        "  (SIGKILL) twice during 50,000 events; online aggregates and the offline log match a recomputation exactly.",
         "",
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
