@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 from ..definitions import Aggregate, DType, Embedding, FeatureView, aggregate_dtype
 from ..errors import InvalidInputError
 from . import _pit
+from . import _range_kernels as rk
 
 __all__ = ["ViewData", "aggregate", "NumResult"]
 
@@ -132,7 +133,7 @@ class ViewData:
         return self.cached(("num", name), f)
 
     def nn_prefix(self, name: str) -> np.ndarray:
-        return self.cached(("nnp", name), lambda: _pit.prefix(self.valid(name).astype(np.int64), np.int64))
+        return self.cached(("nnp", name), lambda: rk.prefix(self.valid(name).astype(np.int64), np.int64))
 
     def ordered(self, name: str) -> pa.Array:
         """The column with equal-timestamp events of an entity ordered by value (ascending)."""
@@ -157,21 +158,21 @@ def aggregate(vd: ViewData, agg: Aggregate, lo: np.ndarray, hi: np.ndarray, in_t
         return NumResult(hi - lo, None, pa.int64())
     if fn == "last":
         vals = vd.ordered(col)
-        lv = vd.cached(("lastnn", col), lambda: _pit.last_valid(vals.is_valid().to_numpy(zero_copy_only=False)))
+        lv = vd.cached(("lastnn", col), lambda: rk.last_valid(vals.is_valid().to_numpy(zero_copy_only=False)))
         j = np.where(hi > lo, lv[np.maximum(hi - 1, 0)] if len(lv) else -1, -1)
         ok = (j >= lo) & (hi > lo)
         return vals.take(pa.array(np.where(ok, j, 0), mask=~ok)).cast(out_type)
     if fn in ("last_distinct_n", "first_distinct_n"):
         ordered = vd.ordered(col)
-        codes = vd.cached(("codes", col), lambda: _pit.value_codes(ordered))
+        codes = vd.cached(("codes", col), lambda: rk.value_codes(ordered))
 
         def pyvals() -> list[Any]:
             return vd.cached(("py", col), lambda: ordered.to_pylist())
 
         last = fn == "last_distinct_n"
         if codes is None:  # nested values or NaN: Python's equality, row by row
-            return pa.array(_pit.distinct_n(pyvals(), lo, hi, int(agg.n or 1), last=last), type=out_type)
-        flat, cnt = _pit.distinct_n_indices(codes, vd.idx.seg, lo, hi, int(agg.n or 1), last, pyvals)
+            return pa.array(rk.distinct_n(pyvals(), lo, hi, int(agg.n or 1), last=last), type=out_type)
+        flat, cnt = rk.distinct_n_indices(codes, vd.idx.seg, lo, hi, int(agg.n or 1), last, pyvals)
         offsets = np.zeros(len(cnt) + 1, dtype=np.int64)
         np.cumsum(cnt, out=offsets[1:])
         values = ordered.take(pa.array(flat, pa.int64()))
@@ -189,17 +190,17 @@ def aggregate(vd: ViewData, agg: Aggregate, lo: np.ndarray, hi: np.ndarray, in_t
     empty = n == 0
     if fn == "approx_count_distinct":
         py_list = vd.cached(("py", col), lambda: vd.ordered(col).to_pylist())
-        return pa.array(_pit.approx_count_distinct(py_list, lo, hi), pa.int64(), mask=empty)
+        return pa.array(rk.approx_count_distinct(py_list, lo, hi), pa.int64(), mask=empty)
     if isinstance(in_type, Embedding) and fn == "mean":
         return _embedding_mean(vd, col, lo, hi, n, in_type.dim)
     x = vd.numeric(col)
     is_int = x.dtype.kind == "i"
     if fn in ("sum", "mean"):
         if is_int:
-            p = vd.cached(("sum", col), lambda: _pit.prefix(np.where(valid, x, 0), np.int64))
+            p = vd.cached(("sum", col), lambda: rk.prefix(np.where(valid, x, 0), np.int64))
             s = p[hi] - p[lo]
         else:
-            cp = vd.cached(("sum", col), lambda: _pit.CompensatedPrefix(x if valid.all() else np.where(valid, x, 0.0)))
+            cp = vd.cached(("sum", col), lambda: rk.CompensatedPrefix(x if valid.all() else np.where(valid, x, 0.0)))
             # p[hi], c[hi] are shared by the view's windows: gather them once
             ph, ch = vd.cached(("sumhi", col, id(hi)), lambda: (cp.p[hi], cp.c[hi]))
             s = vd.cached(("sumw", col, id(lo)), lambda: (ph - cp.p[lo]) + (ch - cp.c[lo]))
@@ -209,7 +210,7 @@ def aggregate(vd: ViewData, agg: Aggregate, lo: np.ndarray, hi: np.ndarray, in_t
             m = (s / np.maximum(n, 1)).astype(np.float64)
         return NumResult(m, empty, pa.float64())
     if fn in ("min", "max"):
-        rx = vd.cached((fn, col), lambda: _pit.RangeExtrema(x, valid, fn))
+        rx = vd.cached((fn, col), lambda: rk.RangeExtrema(x, valid, fn))
         return NumResult(rx.query(lo, hi), empty, out_type)
     if fn in ("var_samp", "var_pop", "stddev_samp", "stddev_pop"):
         p1, p2 = vd.cached(("var", col), lambda: _shifted_prefixes(vd, x, valid))
@@ -223,7 +224,7 @@ def aggregate(vd: ViewData, agg: Aggregate, lo: np.ndarray, hi: np.ndarray, in_t
         out = np.sqrt(var) if fn.startswith("stddev") else var
         return NumResult(out, (n < 2) if samp else empty, pa.float64())
     if fn == "approx_percentile":
-        return pa.array(_pit.approx_percentile(x, valid, lo, hi, float(agg.percentile or 0.5)), pa.float64())
+        return pa.array(rk.approx_percentile(x, valid, lo, hi, float(agg.percentile or 0.5)), pa.float64())
     raise InvalidInputError(f"unknown aggregation function {fn!r}", field="function")  # pragma: no cover
 
 
@@ -244,7 +245,7 @@ def _shifted_prefixes(vd: ViewData, x: np.ndarray, valid: np.ndarray) -> tuple[A
         vals = np.where(ok, xf[np.maximum(seg_first, 0)], 0.0)
         shift = np.repeat(vals, ends - starts)
     y = np.where(valid, xf - shift, 0.0)
-    return _pit.CompensatedPrefix(y), _pit.CompensatedPrefix(y * y)
+    return rk.CompensatedPrefix(y), rk.CompensatedPrefix(y * y)
 
 
 def _embedding_mean(vd: ViewData, col: str, lo: np.ndarray, hi: np.ndarray, n: np.ndarray, dim: int) -> pa.Array:

@@ -479,7 +479,7 @@ def test_multi_key_view_and_null_keys(tmp_path: Path) -> None:
 def test_kernels_against_brute_force() -> None:
     import numpy as np
 
-    from context_store.compute import _pit
+    from context_store.compute import _pit, _range_kernels
 
     rng = np.random.default_rng(5)
     n = 20_011
@@ -489,13 +489,13 @@ def test_kernels_against_brute_force() -> None:
         lo = rng.integers(0, n, 3000)
         hi = np.minimum(lo + rng.choice([0, 1, 5, 63, 64, 65, 200, 5000], 3000), n)
         for op, f in (("min", min), ("max", max)):
-            got = _pit.RangeExtrema(v, valid, op).query(lo, hi)
+            got = _range_kernels.RangeExtrema(v, valid, op).query(lo, hi)
             for a, b, g in zip(lo, hi, got):
                 vals = [v[i] for i in range(a, b) if valid[i]]
                 if vals:
                     assert g == f(vals)
     x = np.concatenate([rng.normal(0, 1e8, 5000), rng.normal(0, 1e-4, 100)])
-    cp = _pit.CompensatedPrefix(x)
+    cp = _range_kernels.CompensatedPrefix(x)
     lo = np.array([5000, 0, 4990, 5050])
     hi = np.array([5100, 5100, 5010, 5051])
     for a, b, g in zip(lo, hi, cp.window(lo, hi)):
@@ -603,7 +603,7 @@ def test_kernels_edge_sizes() -> None:
     """Block and chunk boundaries: tails shorter than a block, exact multiples, many prefix chunks."""
     import numpy as np
 
-    from context_store.compute import _pit
+    from context_store.compute import _range_kernels
 
     rng = np.random.default_rng(3)
     for n in (0, 1, 63, 64, 65, 128, 1000):
@@ -612,21 +612,21 @@ def test_kernels_edge_sizes() -> None:
         lo = rng.integers(0, n + 1, 500)
         hi = np.minimum(lo + rng.integers(0, 130, 500), n)
         for op, f in (("min", min), ("max", max)):
-            got = _pit.RangeExtrema(v, valid, op).query(lo, hi)
+            got = _range_kernels.RangeExtrema(v, valid, op).query(lo, hi)
             for a_, b_, g in zip(lo, hi, got):
                 vals = [v[i] for i in range(a_, b_) if valid[i]]
                 assert g == (f(vals) if vals else (np.inf if op == "min" else -np.inf))
     # the chunked compensated prefix equals the one-pass (unchunked) computation bit for bit
-    n = 3 * _pit._CHUNK + 17
+    n = 3 * _range_kernels._CHUNK + 17
     x = rng.lognormal(3, 2, n) * rng.choice([-1.0, 1.0], n)
-    cp = _pit.CompensatedPrefix(x)
+    cp = _range_kernels.CompensatedPrefix(x)
     p = np.concatenate([[0.0], np.cumsum(x)])
     bb = p[1:] - p[:-1]
     err = (p[:-1] - (p[1:] - bb)) + (x - bb)
     c = np.concatenate([[0.0], np.cumsum(err)])
     assert np.array_equal(cp.p, p) and np.array_equal(cp.c, c)
     lo = rng.integers(0, n, 200)
-    hi = np.minimum(lo + rng.integers(0, 3 * _pit._CHUNK, 200), n)
+    hi = np.minimum(lo + rng.integers(0, 3 * _range_kernels._CHUNK, 200), n)
     for a_, b_, g in zip(lo, hi, cp.window(lo, hi)):
         assert math.isclose(float(g), math.fsum(x[a_:b_]), rel_tol=1e-12, abs_tol=1e-12)
 
@@ -690,7 +690,7 @@ def test_vectorised_distinct_n_matches_python_loop() -> None:
     hold long runs of repeated values (finished by the Python fallback) and nulls."""
     import numpy as np
 
-    from context_store.compute import _pit
+    from context_store.compute import _range_kernels
 
     rng = np.random.default_rng(21)
     n_ev = 3000
@@ -711,14 +711,14 @@ def test_vectorised_distinct_n_matches_python_loop() -> None:
     hi = np.minimum(lo + rng.integers(0, 600, m), starts[s + 1])
     lo = np.minimum(lo, hi)
     for arr in arrays:
-        codes = _pit.value_codes(arr)
+        codes = _range_kernels.value_codes(arr)
         assert codes is not None
         py = arr.to_pylist()
         for n in (1, 3, 5):
             for last in (True, False):
-                flat, cnt = _pit.distinct_n_indices(codes, seg, lo, hi, n, last, lambda py=py: py)
+                flat, cnt = _range_kernels.distinct_n_indices(codes, seg, lo, hi, n, last, lambda py=py: py)
                 offsets = np.r_[0, np.cumsum(cnt)]
                 got = [[py[i] for i in flat[offsets[r] : offsets[r + 1]]] for r in range(m)]
-                assert got == _pit.distinct_n(py, lo, hi, n, last), (arr.type, n, last)
-    assert _pit.value_codes(pa.array([1.0, float("nan")])) is None  # Python never finds NaN equal
-    assert _pit.value_codes(pa.array([[1], [2]])) is None
+                assert got == _range_kernels.distinct_n(py, lo, hi, n, last), (arr.type, n, last)
+    assert _range_kernels.value_codes(pa.array([1.0, float("nan")])) is None  # Python never finds NaN equal
+    assert _range_kernels.value_codes(pa.array([[1], [2]])) is None
