@@ -90,5 +90,7 @@ def serve(
     except ContextStoreError as e:
         raise click.UsageError(str(e)) from None
     scheme = "auth: API keys" if opts.auth else "auth: DISABLED (loopback development)"
+    if opts.auth and opts.public_metrics:
+        scheme += ", /metrics public"
     click.echo(f"serving on http://{host}:{port} ({workers} worker(s), {scheme}); MCP at /mcp", err=True)
     run_server(opts)
