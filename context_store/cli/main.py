@@ -25,7 +25,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "server",
     ),
     "mcp": ("context_store.cli.mcp_cmd", "mcp", "Run the MCP server over stdio (for agent hosts).", "mcp"),
-    "keys": ("context_store.cli.keys", "keys", "Create, list and revoke API keys.", "server"),
+    "keys": ("context_store.cli.keys", "keys", "Create, list, revoke and rotate API keys.", "server"),
     "push": ("context_store.cli.stream", "push", "Push events from a file (JSONL/CSV/Parquet) to a stream source.", ""),
     "worker": ("context_store.cli.stream", "worker", "Run the stream workers alone.", "redis"),
     "similar": (

@@ -17,6 +17,11 @@ __all__ = ["serve"]
     "--workers", default=1, show_default=True, type=int, help="Server processes (each runs its own event loop)."
 )
 @click.option("--no-auth", is_flag=True, help="Disable API keys (only allowed on a loopback address).")
+@click.option(
+    "--public-metrics",
+    is_flag=True,
+    help="Serve /metrics without an API key (default: a key with the metrics or admin scope).",
+)
 @click.option("--rate-limit", default=None, type=float, help="Default per-key rate limit, requests/second per worker.")
 @click.option("--max-body", default=None, type=int, help="Maximum request body in bytes (default 4 MiB).")
 @click.option("--no-mcp", is_flag=True, help="Do not serve MCP at /mcp.")
@@ -45,6 +50,7 @@ def serve(
     port: int,
     workers: int,
     no_auth: bool,
+    public_metrics: bool,
     rate_limit: float | None,
     max_body: int | None,
     no_mcp: bool,
@@ -75,6 +81,7 @@ def serve(
         stream_workers=not no_stream_workers,
         log_level=log_level,
         allowed_hosts=list(allowed_hosts),
+        public_metrics=public_metrics,
     )
     try:
         from ..server.run import check_options
@@ -83,5 +90,7 @@ def serve(
     except ContextStoreError as e:
         raise click.UsageError(str(e)) from None
     scheme = "auth: API keys" if opts.auth else "auth: DISABLED (loopback development)"
+    if opts.auth and opts.public_metrics:
+        scheme += ", /metrics public"
     click.echo(f"serving on http://{host}:{port} ({workers} worker(s), {scheme}); MCP at /mcp", err=True)
     run_server(opts)

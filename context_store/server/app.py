@@ -19,6 +19,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import Config, load_config
+from .auth import authorize
 from .errors import install_error_handlers
 from .fastpath import FastPath
 from .keys import KeyStore, key_store_path
@@ -105,8 +106,11 @@ def _mcp_app(state: ServerState) -> Any:
         return None
 
     def auth(header_value: str | None) -> Any:
-        # Same keys and per-key rate limit as REST; the key's workspace is the MCP tenant.
-        return state.authenticate_header(header_value)
+        # Same keys and per-key rate limit as REST; the key's workspace is the MCP tenant. The MCP tools read
+        # data, so a key must grant ``read`` (a metrics-only key does not).
+        principal = state.authenticate_header(header_value)
+        authorize(principal, "read", None)
+        return principal
 
     kw: dict[str, Any] = {}
     if state.settings.allowed_hosts:

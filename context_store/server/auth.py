@@ -8,11 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ForbiddenError, UnauthorizedError
-from .keys import SCOPES, KeyStore
+from .keys import GRANTS, KeyStore
 
 __all__ = ["Principal", "ANONYMOUS", "authenticate", "parse_authorization", "authorize"]
-
-_RANK = {s: i for i, s in enumerate(SCOPES)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +23,7 @@ class Principal:
     rate_limit: float | None = None
 
     def can(self, scope: str) -> bool:
-        return _RANK[self.scope] >= _RANK[scope]
+        return scope in GRANTS[self.scope]
 
 
 ANONYMOUS = Principal(workspace=None, scope="admin", key_id=None)
@@ -50,9 +48,7 @@ def authenticate(header_value: str | None, key_store: KeyStore | None) -> Princi
     """Verify an Authorization header value. ``key_store=None`` means auth is disabled."""
     if key_store is None:
         return ANONYMOUS
-    rec = key_store.lookup(parse_authorization(header_value))
-    if rec is None:
-        raise UnauthorizedError("invalid or revoked API key", field="Authorization")
+    rec = key_store.verify(parse_authorization(header_value))  # 401 when unknown, revoked or expired
     return Principal(workspace=rec.workspace, scope=rec.scope, key_id=rec.key_id, rate_limit=rec.rate_limit)
 
 

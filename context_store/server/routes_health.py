@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .auth import authorize
 from .errors import json_response
 from .state import ServerState
 
@@ -43,8 +44,16 @@ def health_router(state: ServerState) -> APIRouter:
             return json_response({"ready": False, "message": "vector indexes are loading", "vectors": loading}, 503)
         return json_response({"ready": True, "online_store_ping_ms": ping_ms})
 
-    @router.get("/metrics", include_in_schema=True)
+    @router.get(
+        "/metrics",
+        include_in_schema=True,
+        responses={401: {"description": "no API key"}, 403: {"description": "the key lacks the metrics scope"}},
+    )
     async def metrics(request: Request) -> Response:
+        # Metric labels name workspaces, services and views: a key with the metrics scope (or admin) reads
+        # them, unless the operator chose ``serve --public-metrics``. With auth off (loopback) it is open.
+        if not state.settings.public_metrics:
+            authorize(state.authenticate(request), "metrics", None)
         # In a thread: collect hooks talk to Redis.
         body, content_type = await run_in_threadpool(state.metrics.render, request.headers.get("accept"))
         return Response(body, media_type=content_type)

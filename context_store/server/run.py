@@ -36,6 +36,7 @@ class ServeOptions:
     stream_workers: bool = True
     log_level: str = "warning"
     allowed_hosts: list[str] = field(default_factory=list)
+    public_metrics: bool = False
 
 
 def is_loopback(host: str) -> bool:
@@ -81,7 +82,12 @@ def app_from_env() -> Any:
     from .app import create_app
 
     opts = ServeOptions(**orjson.loads(os.environ[ENV_OPTIONS]))
-    overrides: dict[str, Any] = {"rate_limit": opts.rate_limit, "mcp": opts.mcp, "freeze_gc": True}
+    overrides: dict[str, Any] = {
+        "rate_limit": opts.rate_limit,
+        "mcp": opts.mcp,
+        "freeze_gc": True,
+        "public_metrics": opts.public_metrics,
+    }
     if opts.max_body:
         overrides["max_body"] = opts.max_body
     hosts = _mcp_hosts(opts)

@@ -33,6 +33,7 @@ class ServerSettings:
     # Serve the Tecton routes without FastAPI's per-request layers; False serves them through the FastAPI
     # routes (same responses: the tests run both ways).
     fast_path: bool = True
+    public_metrics: bool = False  # serve /metrics without a key (``serve --public-metrics``)
     freeze_gc: bool = False  # gc.freeze() after warm-up (dedicated server processes: ``serve``)
 
 

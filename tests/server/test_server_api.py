@@ -40,6 +40,7 @@ def srv(
     store.apply()
     keys = KeyStore(key_store_path(store.config.data_dir))
     key = keys.create(ws, "admin")[0]
+    metrics_h = {"authorization": f"Bearer {keys.create(ws, 'metrics')[0]}"}  # what Prometheus scrapes with
     app = create_app(repo, key_store=keys, mcp=False, max_body=64 * 1024, fast_path=request.param)
     with running_server(app) as url:
         h = {"authorization": f"Bearer {key}"}
@@ -50,7 +51,7 @@ def srv(
         body = {"workspace_name": ws, "records": {"transactions": records}}
         r = httpx.post(url + "/v1/ingest", json=body, headers=h, timeout=30)  # the first push loads its modules
         assert r.status_code == 200, r.text
-        yield {"url": url, "ws": ws, "key": key, "h": h}
+        yield {"url": url, "ws": ws, "key": key, "h": h, "metrics_h": metrics_h}
     store.close()
     import redis
 
@@ -344,7 +345,7 @@ def test_health_ready_and_openapi(srv: dict[str, Any]) -> None:
 
 def test_metrics_openmetrics(srv: dict[str, Any]) -> None:
     _post(srv, GET, {"params": {"featureServiceName": "user_features", "joinKeyMap": {"user_id": "u1"}}})
-    r = httpx.get(srv["url"] + "/metrics")
+    r = httpx.get(srv["url"] + "/metrics", headers=srv["metrics_h"])
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/openmetrics-text")
     text = r.text
     assert re.search(
@@ -358,5 +359,5 @@ def test_metrics_openmetrics(srv: dict[str, Any]) -> None:
     assert f'cs_feature_freshness_age_seconds{{view="txn_stats",workspace="{srv["ws"]}"}}' in text
     assert f'cs_stream_lag_entries{{source="transactions",workspace="{srv["ws"]}"}}' in text
     assert 'cs_stream_pushed_events_total{source="transactions"}' in text
-    classic = httpx.get(srv["url"] + "/metrics", headers={"accept": "text/plain"})
+    classic = httpx.get(srv["url"] + "/metrics", headers={**srv["metrics_h"], "accept": "text/plain"})
     assert classic.headers["content-type"].startswith("text/plain")

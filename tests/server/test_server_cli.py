@@ -36,6 +36,15 @@ def test_serve_with_two_workers_and_cli_keys(tmp_path: Path, redis_url: str) -> 
     assert out.returncode == 0, out.stderr
     key = out.stdout.strip().splitlines()[-1]
     assert key.startswith("cs_") and " " not in key
+    out = subprocess.run(
+        [*CLI, "keys", "create", "--repo", str(repo), "--scope", "metrics"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    metrics_key = out.stdout.strip().splitlines()[-1]
     port = free_port()
     proc = subprocess.Popen(
         [*CLI, "serve", "--repo", str(repo), "--port", str(port), "--workers", "2", "--no-workers"],
@@ -63,7 +72,8 @@ def test_serve_with_two_workers_and_cli_keys(tmp_path: Path, redis_url: str) -> 
             )
             assert r.status_code == 200, r.text
         assert httpx.post(url + "/api/v1/feature-service/metadata", json=body).status_code == 401
-        metrics = httpx.get(url + "/metrics")
+        assert httpx.get(url + "/metrics").status_code == 401
+        metrics = httpx.get(url + "/metrics", headers={"authorization": f"Bearer {metrics_key}"})
         assert metrics.status_code == 200
         # Multiprocess mode aggregates the workers: all 6 successful metadata requests are counted.
         line = next(
