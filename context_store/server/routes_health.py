@@ -4,16 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from .errors import json_response
 from .state import ServerState
 
 __all__ = ["health_router"]
+
+# Both exposition formats the route negotiates (by Accept), documented so clients and the
+# conformance run know the content types.
+_TEXT: dict[str, Any] = {"schema": {"type": "string"}}
+_METRICS_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Prometheus text exposition, or OpenMetrics when the Accept header asks for it",
+        "content": {"text/plain": _TEXT, "application/openmetrics-text": _TEXT},
+    }
+}
 
 
 def health_router(state: ServerState) -> APIRouter:
@@ -43,7 +54,7 @@ def health_router(state: ServerState) -> APIRouter:
             return json_response({"ready": False, "message": "vector indexes are loading", "vectors": loading}, 503)
         return json_response({"ready": True, "online_store_ping_ms": ping_ms})
 
-    @router.get("/metrics", include_in_schema=True)
+    @router.get("/metrics", include_in_schema=True, response_class=PlainTextResponse, responses=_METRICS_DOC)
     async def metrics(request: Request) -> Response:
         # In a thread: collect hooks talk to Redis.
         body, content_type = await run_in_threadpool(state.metrics.render, request.headers.get("accept"))

@@ -1,4 +1,6 @@
-"""Schemathesis fuzzes every operation of /openapi.json against a real server: 0 server errors."""
+"""Schemathesis fuzzes every operation of /openapi.json against a real server with every check
+(server errors, status codes, content types, schema conformance, undeclared methods): 0 failures.
+Bounded: a fixed seed, a few examples per operation, ~35 s of generation."""
 
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ def test_schemathesis_finds_no_server_errors(tmp_path: Path, redis_url: str) -> 
                 "run",
                 f"{url}/openapi.json",
                 "--checks",
-                "not_a_server_error",
+                "all",
                 "--max-examples",
                 "12",
                 "--seed",
