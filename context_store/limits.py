@@ -30,6 +30,7 @@ __all__ = [
     "TIME_TEXT_CHARS",
     "BATCH_ROWS",
     "INGEST_RECORDS",
+    "INGEST_SOURCES",
     "PUSH_RECORDS",
     "BODY_BYTES",
     "TIME_MIN",
@@ -76,7 +77,8 @@ JOIN_KEYS = 16  # join keys of one MCP get_features call
 FILTER_KEYS = 16  # attribute filters of one MCP similarity call
 REQUEST_CONTEXT_KEYS = 256  # request-time values of one MCP get_features call
 BATCH_ROWS = 1_000  # rows of one get-features-batch request
-INGEST_RECORDS = 10_000  # records of one REST ingest request (all sources)
+INGEST_RECORDS = 10_000  # records of one source in one REST ingest request
+INGEST_SOURCES = 16  # sources of one REST ingest request (per-source and source limits are exact in JSON Schema)
 PUSH_RECORDS = 1_000_000  # records of one SDK push; larger loads belong in the batch source
 BODY_BYTES = 4 * 1024 * 1024  # a request body (REST and MCP), checked before parsing
 

@@ -13,6 +13,7 @@ from starlette.responses import Response
 from ..errors import InvalidInputError
 from ..limits import (
     CONTEXT_QUERY_CHARS,
+    INGEST_SOURCES,
     KNOWLEDGE_K,
     KNOWLEDGE_K_DEFAULT,
     MAX_TOKENS,
@@ -179,8 +180,9 @@ def _parse_records(records: Any, limit: int) -> dict[str, list[dict[str, Any]]]:
         raise InvalidInputError(
             'records must be a JSON object of source name -> [{"record": {...}}, ...]', field="records"
         )
+    if len(records) > INGEST_SOURCES:
+        raise InvalidInputError(f"at most {INGEST_SOURCES} sources in one request; split it", field="records")
     out: dict[str, list[dict[str, Any]]] = {}
-    total = 0
     for source, items in records.items():
         where = f"records.{source}"
         if not isinstance(items, list) or not items:
@@ -191,8 +193,7 @@ def _parse_records(records: Any, limit: int) -> dict[str, list[dict[str, Any]]]:
             if not isinstance(rec, dict):
                 raise InvalidInputError(f'{where}[{i}] must be {{"record": {{...}}}}', field=f"{where}[{i}].record")
             rows.append(rec)
-        total += len(rows)
-        if total > limit:
-            raise InvalidInputError(f"more than {limit} records in one request; split it", field="records")
+        if len(rows) > limit:
+            raise InvalidInputError(f"more than {limit} records of one source in one request; split it", field=where)
         out[source] = rows
     return out

@@ -8,6 +8,7 @@ from typing import Any
 from ..limits import (
     BATCH_ROWS,
     INGEST_RECORDS,
+    INGEST_SOURCES,
     KNOWLEDGE_K,
     LATENCY_BUDGET_MS,
     QUERY_TEXT_CHARS,
@@ -129,7 +130,8 @@ INGEST = {
         "records": {
             "type": "object",
             "minProperties": 1,
-            "description": f"source name -> records; at most {INGEST_RECORDS} records in all",
+            "maxProperties": INGEST_SOURCES,
+            "description": "source name -> records",
             "additionalProperties": {
                 "type": "array",
                 "minItems": 1,

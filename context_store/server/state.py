@@ -25,7 +25,7 @@ class ServerSettings:
     max_body: int = DEFAULT_MAX_BODY  # bytes
     rate_limit: float | None = None  # default per-key requests/second (keys may carry their own)
     max_batch_rows: int = BATCH_ROWS
-    max_ingest_records: int = INGEST_RECORDS
+    max_ingest_records: int = INGEST_RECORDS  # per source of one request
     refresh_interval: float = 5.0  # seconds between registry-change checks
     mcp: bool = True
     freshness_sample: int = 16  # record freshness age on 1 request in N

@@ -66,7 +66,8 @@ def test_schemathesis_finds_no_server_errors(tmp_path: Path, redis_url: str) -> 
             env={**os.environ, "SCHEMATHESIS_HOOKS": ""},
         )
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-6000:]
+    # Long lines are generated bodies (curl reproductions); the findings and the summary fit in short ones.
+    assert proc.returncode == 0, "\n".join(line for line in out.splitlines() if len(line) < 400)[-8000:]
     assert "Server error" not in out
     generated = re.search(r"(\d+) generated", out)
     assert generated and int(generated.group(1)) >= 100, out[-3000:]  # the fuzzing really ran
