@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
@@ -24,6 +25,22 @@ from pydantic import Field
 from context_store import ContextStore
 from context_store.definitions import RealtimeFeatureView
 from context_store.errors import ContextStoreError, InvalidInputError, UnauthorizedError, tool_error_text
+from context_store.limits import (
+    CONTEXT_QUERY_CHARS,
+    ENTITY_ID_CHARS,
+    FILTER_KEYS,
+    JOIN_KEYS,
+    KNOWLEDGE_K,
+    KNOWLEDGE_K_DEFAULT,
+    MAX_TOKENS,
+    NAME_CHARS,
+    REQUEST_CONTEXT_KEYS,
+    SIMILAR_K,
+    SIMILAR_K_DEFAULT,
+    TIME_MAX,
+    TIME_MIN,
+    TIME_TEXT_CHARS,
+)
 
 # Shared vocabulary (JSON-safe values, ISO times); moves to context_store.vocab.{json,time} at merge.
 from context_store.serving.context_text import iso as _iso
@@ -64,14 +81,29 @@ fresh values and say when a value is missing (null) rather than guessing.
 _READ = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 
 StoreFor = Callable[[str | None], ContextStore]
-Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$")]
+Name = Annotated[str, Field(min_length=1, max_length=NAME_CHARS, pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$")]
 EntityId = Annotated[
-    str, Field(min_length=1, max_length=256, description="The entity's join key value, e.g. 'user_123'.")
+    str, Field(min_length=1, max_length=ENTITY_ID_CHARS, description="The entity's join key value, e.g. 'user_123'.")
 ]
 JoinKeyMap = Annotated[
     dict[str, str | int],
-    Field(min_length=1, max_length=16, description="Join key name -> value, e.g. {'user_id': 'user_123'}."),
+    Field(min_length=1, max_length=JOIN_KEYS, description="Join key name -> value, e.g. {'user_id': 'user_123'}."),
 ]
+
+
+@contextmanager
+def _root_logging_kept() -> Iterator[None]:
+    """Undo what the SDK's constructor does to the root logger (``logging.basicConfig`` with a
+    RichHandler that renders tracebacks synchronously): the process's logging is its owner's."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield
+    finally:
+        for h in list(root.handlers):
+            if h not in handlers:
+                root.removeHandler(h)
+        root.setLevel(level)
 
 
 @contextmanager
@@ -113,7 +145,8 @@ def create_mcp_server(store_for: StoreFor | ContextStore, *, name: str = "contex
     stdio / in-memory calls (no HTTP request) use ``store_for(None)``: the operator's own workspace.
     """
     resolve: StoreFor = (lambda _ws: store_for) if isinstance(store_for, ContextStore) else store_for
-    mcp = MCPServer(name, instructions=INSTRUCTIONS, version="0.1.0", log_level="WARNING")
+    with _root_logging_kept():
+        mcp = MCPServer(name, instructions=INSTRUCTIONS, version="0.1.0", log_level="WARNING")
 
     def tool(title: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def register(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -140,12 +173,18 @@ def create_mcp_server(store_for: StoreFor | ContextStore, *, name: str = "contex
         entity_id: EntityId,
         ctx: Context,
         context_service: Annotated[Name | None, Field(description="Context service; default: the first one.")] = None,
-        max_tokens: Annotated[int | None, Field(ge=16, le=100_000, description="Token budget of `text`.")] = None,
+        max_tokens: Annotated[
+            int | None, Field(ge=MAX_TOKENS.lo, le=MAX_TOKENS.hi, description="Token budget of `text`.")
+        ] = None,
         as_of: Annotated[
-            str | None, Field(max_length=64, description="ISO-8601 UTC time to replay the context at.")
+            str | None,
+            Field(
+                max_length=TIME_TEXT_CHARS,
+                description=f"ISO-8601 UTC time to replay the context at ({TIME_MIN:%Y-%m-%d} .. {TIME_MAX:%Y-%m-%d}).",
+            ),
         ] = None,
         query: Annotated[
-            str | None, Field(max_length=2000, description="Adds knowledge chunks for this question.")
+            str | None, Field(max_length=CONTEXT_QUERY_CHARS, description="Adds knowledge chunks for this question.")
         ] = None,
     ) -> UserContextResult:
         """Features, recent events, similar items (and knowledge for a query) of one entity, with provenance
@@ -169,7 +208,8 @@ def create_mcp_server(store_for: StoreFor | ContextStore, *, name: str = "contex
         join_keys: JoinKeyMap,
         ctx: Context,
         request_context: Annotated[
-            dict[str, Any] | None, Field(max_length=256, description="Request-time values for realtime features.")
+            dict[str, Any] | None,
+            Field(max_length=REQUEST_CONTEXT_KEYS, description="Request-time values for realtime features."),
         ] = None,
     ) -> FeaturesResult:
         """Current feature values of a feature service for one entity (features: 'view.feature' -> value)."""
@@ -187,15 +227,16 @@ def create_mcp_server(store_for: StoreFor | ContextStore, *, name: str = "contex
     async def find_similar(
         view: Name,
         ctx: Context,
-        k: Annotated[int, Field(ge=1, le=100, description="How many items.")] = 10,
+        k: Annotated[int, Field(ge=SIMILAR_K.lo, le=SIMILAR_K.hi, description="How many items.")] = SIMILAR_K_DEFAULT,
         text: Annotated[
-            str | None, Field(min_length=1, max_length=2000, description="Find items like this text.")
+            str | None, Field(min_length=1, max_length=CONTEXT_QUERY_CHARS, description="Find items like this text.")
         ] = None,
         entity_id: Annotated[
-            str | None, Field(min_length=1, max_length=256, description="Find items like this one.")
+            str | None, Field(min_length=1, max_length=ENTITY_ID_CHARS, description="Find items like this one.")
         ] = None,
         filter: Annotated[
-            dict[str, str | int | float | bool] | None, Field(max_length=16, description="Attribute equality filter.")
+            dict[str, str | int | float | bool] | None,
+            Field(max_length=FILTER_KEYS, description="Attribute equality filter."),
         ] = None,
     ) -> SimilarResultOut:
         """Top-k entities of an embedding view closest to a text or to another entity (cosine)."""
@@ -215,9 +256,13 @@ def create_mcp_server(store_for: StoreFor | ContextStore, *, name: str = "contex
     @tool("Search knowledge")
     async def search_knowledge(
         knowledge: Name,
-        query: Annotated[str, Field(min_length=1, max_length=2000, description="The question to find passages for.")],
+        query: Annotated[
+            str, Field(min_length=1, max_length=CONTEXT_QUERY_CHARS, description="The question to find passages for.")
+        ],
         ctx: Context,
-        k: Annotated[int, Field(ge=1, le=100, description="How many chunks.")] = 5,
+        k: Annotated[
+            int, Field(ge=KNOWLEDGE_K.lo, le=KNOWLEDGE_K.hi, description="How many chunks.")
+        ] = KNOWLEDGE_K_DEFAULT,
     ) -> KnowledgeResultOut:
         """Chunks of a knowledge collection most relevant to a query, with source and offsets."""
         with _errors():

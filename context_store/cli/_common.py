@@ -30,7 +30,7 @@ import click
 
 from ..errors import ContextStoreError, InvalidInputError
 from ..vocab.json import to_jsonable
-from ..vocab.time import as_utc, parse_iso
+from ..vocab.time import checked_utc, parse_iso
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -201,7 +201,7 @@ def parse_time(value: str | None, field: str) -> datetime | None:
         raise InvalidInputError(
             f"--{field} {value!r} is not an ISO-8601 time such as 2024-05-01 or 2024-05-01T12:00:00Z", field=field
         ) from None
-    return as_utc(dt)
+    return checked_utc(dt, field, label=f"--{field}")
 
 
 def echo_json(obj: Any) -> None:

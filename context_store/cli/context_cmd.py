@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..limits import MAX_TOKENS
 from ._common import echo_json, handle_errors, repo_options, store_from_ctx
 
 __all__ = ["context"]
@@ -12,7 +13,7 @@ __all__ = ["context"]
 @click.command("context")
 @click.argument("entity_id")
 @click.option("--service", "-s", default=None, help="Context service (default: the first one).")
-@click.option("--max-tokens", type=int, default=None, help="Token budget of the rendered text (16..100000).")
+@click.option("--max-tokens", type=int, default=None, help=f"Token budget of the rendered text ({MAX_TOKENS}).")
 @click.option("--as-of", default=None, metavar="TIME", help="Replay the context at this ISO-8601 time.")
 @click.option("--query", "-q", default=None, help="A question: adds matching knowledge chunks.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole context as JSON (as REST and MCP return it).")

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from ..definitions import FeatureView, FileSource, StreamSource
 from ..errors import InvalidInputError
-from ..vocab.time import datetime_to_us, parse_iso
+from ..vocab.time import check_us, checked_us, parse_iso
 from .transform import apply_transform, read_source
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ def to_us(value: datetime | str | int | None, field_name: str) -> int | None:
     if isinstance(value, bool):
         raise InvalidInputError(f"{field_name} must be a datetime or ISO-8601 string", field=field_name)
     if isinstance(value, int):
-        return value
+        return check_us(value, field_name)
     if isinstance(value, str):
         try:
             value = parse_iso(value)
@@ -73,7 +73,7 @@ def to_us(value: datetime | str | int | None, field_name: str) -> int | None:
             ) from None
     if not isinstance(value, datetime):
         raise InvalidInputError(f"{field_name} must be a datetime or ISO-8601 string", field=field_name)
-    return datetime_to_us(value)
+    return checked_us(value, field_name)
 
 
 def sort_for_pit(table: pa.Table, keys: list[str], ts: str, stable: bool = True) -> pa.Table:

@@ -6,6 +6,7 @@ The mapping itself (status, body, headers) is ``context_store.errors``'s, shared
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -29,9 +30,9 @@ def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = 
     return Response(dumps(obj), status_code=status, media_type="application/json", headers=headers)
 
 
-def error_response(exc: BaseException) -> Response:
+def error_response(exc: BaseException, headers: Mapping[str, str] | None = None) -> Response:
     status = http_status(exc)
-    return json_response(error_body(exc), status, error_headers(status) or None)
+    return json_response(error_body(exc), status, {**error_headers(status), **(headers or {})} or None)
 
 
 def loads_body(raw: bytes) -> Any:
@@ -56,6 +57,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str]:
 
 def install_error_handlers(app: FastAPI) -> None:
     async def cs_error(request: Request, exc: Exception) -> Response:
+        # A client's mistake: one line (off at the default level), never a traceback.
+        log.info("%s %s -> %d: %s", request.method, request.url.path, http_status(exc), exc)
         return error_response(exc)
 
     async def validation_error(request: Request, exc: Exception) -> Response:
@@ -67,7 +70,7 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, HTTPException)
         err = ContextStoreError(exc.detail if isinstance(exc.detail, str) else "request failed")
         err.status = exc.status_code  # Starlette's own 404/405: keep its status
-        return error_response(err)
+        return error_response(err, exc.headers)  # 405 carries Allow (RFC 9110)
 
     async def unexpected(request: Request, exc: Exception) -> Response:
         if not is_unavailable(exc):

@@ -17,10 +17,11 @@ from ..errors import (
     error_headers,
     http_status,
 )
+from ..limits import BODY_BYTES
 
 __all__ = ["BodySizeLimit", "RateLimiter", "DEFAULT_MAX_BODY"]
 
-DEFAULT_MAX_BODY = 4 * 1024 * 1024
+DEFAULT_MAX_BODY = BODY_BYTES  # ``serve --max-body`` overrides it
 
 
 class _TooLarge(Exception):

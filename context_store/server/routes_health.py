@@ -4,17 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from .auth import authorize
 from .errors import json_response
 from .state import ServerState
 
 __all__ = ["health_router"]
+
+# Both exposition formats the route negotiates (by Accept), documented so clients and the
+# conformance run know the content types.
+_TEXT: dict[str, Any] = {"schema": {"type": "string"}}
+_METRICS_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Prometheus text exposition, or OpenMetrics when the Accept header asks for it",
+        "content": {"text/plain": _TEXT, "application/openmetrics-text": _TEXT},
+    },
+    401: {"description": "no API key"},
+    403: {"description": "the key lacks the metrics scope"},
+}
 
 
 def health_router(state: ServerState) -> APIRouter:
@@ -44,11 +57,7 @@ def health_router(state: ServerState) -> APIRouter:
             return json_response({"ready": False, "message": "vector indexes are loading", "vectors": loading}, 503)
         return json_response({"ready": True, "online_store_ping_ms": ping_ms})
 
-    @router.get(
-        "/metrics",
-        include_in_schema=True,
-        responses={401: {"description": "no API key"}, 403: {"description": "the key lacks the metrics scope"}},
-    )
+    @router.get("/metrics", include_in_schema=True, response_class=PlainTextResponse, responses=_METRICS_DOC)
     async def metrics(request: Request) -> Response:
         # Metric labels name workspaces, services and views: a key with the metrics scope (or admin) reads
         # them, unless the operator chose ``serve --public-metrics``. With auth off (loopback) it is open.

@@ -11,6 +11,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..errors import InvalidInputError
+from ..limits import (
+    CONTEXT_QUERY_CHARS,
+    INGEST_SOURCES,
+    KNOWLEDGE_K,
+    KNOWLEDGE_K_DEFAULT,
+    MAX_TOKENS,
+    SIMILAR_K,
+    SIMILAR_K_DEFAULT,
+    TIME_MAX,
+    TIME_MIN,
+    TIME_TEXT_CHARS,
+    IntRange,
+)
 from . import schemas
 from .errors import json_response, loads_body
 from .state import ServerState
@@ -55,12 +68,15 @@ def _req_str(body: dict[str, Any], name: str) -> str:
     return v
 
 
-def _k(body: dict[str, Any], default: int, hi: int) -> int:
-    k = _opt(body, "k", int, f"an integer between 1 and {hi}")
+def _k(body: dict[str, Any], default: int, allowed: IntRange) -> int:
+    k = body.get("k")
     if k is None:
         return default
-    if not 1 <= k <= hi:
-        raise InvalidInputError(f"k must be an integer between 1 and {hi}", field="k")
+    if isinstance(k, float) and k.is_integer():
+        k = int(k)  # JSON has one number type: 24.0 is the integer 24 (as JSON Schema says)
+    if k not in allowed:
+        raise InvalidInputError(f"k must be an integer between {allowed.lo} and {allowed.hi}", field="k")
+    assert isinstance(k, int)
     return k
 
 
@@ -72,9 +88,18 @@ def native_router(state: ServerState) -> APIRouter:
         request: Request,
         entity_id: str,
         service: str | None = Query(None, description="context service name (default: the only one)"),
-        max_tokens: int | None = Query(None, ge=1, le=1_000_000, description="token budget of `text` (16..100000)"),
-        as_of: str | None = Query(None, description="ISO-8601 time to replay the context at; default now"),
-        query: str | None = Query(None, max_length=2000, description="a question: adds matching knowledge chunks"),
+        max_tokens: int | None = Query(
+            None, ge=MAX_TOKENS.lo, le=MAX_TOKENS.hi, description=f"token budget of `text` ({MAX_TOKENS})"
+        ),
+        as_of: str | None = Query(
+            None,
+            max_length=TIME_TEXT_CHARS,
+            description=f"ISO-8601 time to replay the context at ({TIME_MIN:%Y-%m-%d} .. {TIME_MAX:%Y-%m-%d} UTC); "
+            "default now",
+        ),
+        query: str | None = Query(
+            None, max_length=CONTEXT_QUERY_CHARS, description="a question: adds matching knowledge chunks"
+        ),
         workspace: str | None = Query(None),
     ) -> Response:
         principal = state.authenticate(request)
@@ -98,7 +123,7 @@ def native_router(state: ServerState) -> APIRouter:
         if sum(x is not None for x in (text, entity_id, vector)) != 1:
             raise InvalidInputError("give exactly one of text, entity_id or vector", field="text")
         flt = _opt(body, "filter", dict, "a JSON object")
-        k = _k(body, 10, 1000)
+        k = _k(body, SIMILAR_K_DEFAULT, SIMILAR_K)
         _, store = state.store_for(principal, "read", _opt(body, "workspace", str, "a string"))
         result = await run_in_threadpool(
             lambda: store.find_similar(view, text=text, entity_id=entity_id, vector=vector, k=k, filter=flt)
@@ -112,7 +137,7 @@ def native_router(state: ServerState) -> APIRouter:
         body = _object(loads_body(await request.body()))
         knowledge = _req_str(body, "knowledge")
         query = _req_str(body, "query")
-        k = _k(body, 5, 100)
+        k = _k(body, KNOWLEDGE_K_DEFAULT, KNOWLEDGE_K)
         flt = _opt(body, "filter", dict, "a JSON object")
         _, store = state.store_for(principal, "read", _opt(body, "workspace", str, "a string"))
         result = await run_in_threadpool(lambda: store.search_knowledge(knowledge, query, k=k, filter=flt))
@@ -155,8 +180,9 @@ def _parse_records(records: Any, limit: int) -> dict[str, list[dict[str, Any]]]:
         raise InvalidInputError(
             'records must be a JSON object of source name -> [{"record": {...}}, ...]', field="records"
         )
+    if len(records) > INGEST_SOURCES:
+        raise InvalidInputError(f"at most {INGEST_SOURCES} sources in one request; split it", field="records")
     out: dict[str, list[dict[str, Any]]] = {}
-    total = 0
     for source, items in records.items():
         where = f"records.{source}"
         if not isinstance(items, list) or not items:
@@ -167,8 +193,7 @@ def _parse_records(records: Any, limit: int) -> dict[str, list[dict[str, Any]]]:
             if not isinstance(rec, dict):
                 raise InvalidInputError(f'{where}[{i}] must be {{"record": {{...}}}}', field=f"{where}[{i}].record")
             rows.append(rec)
-        total += len(rows)
-        if total > limit:
-            raise InvalidInputError(f"more than {limit} records in one request; split it", field="records")
+        if len(rows) > limit:
+            raise InvalidInputError(f"more than {limit} records of one source in one request; split it", field=where)
         out[source] = rows
     return out

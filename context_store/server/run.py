@@ -80,8 +80,10 @@ def _mcp_hosts(opts: ServeOptions) -> list[str]:
 def app_from_env() -> Any:
     """uvicorn factory (``context_store.server.run:app_from_env``): each worker builds its app from env."""
     from .app import create_app
+    from .logs import configure_server_logging
 
     opts = ServeOptions(**orjson.loads(os.environ[ENV_OPTIONS]))
+    configure_server_logging(opts.log_level)  # each worker process: the queue handler, before the app logs
     overrides: dict[str, Any] = {
         "rate_limit": opts.rate_limit,
         "mcp": opts.mcp,
@@ -117,7 +119,10 @@ def serve(opts: ServeOptions) -> None:
     """Run until interrupted: REST + MCP (/mcp) in ``opts.workers`` processes, plus stream workers."""
     import uvicorn
 
+    from .logs import configure_server_logging
+
     check_options(opts)
+    configure_server_logging(opts.log_level)
     os.environ[ENV_OPTIONS] = orjson.dumps(asdict(opts)).decode()
     tmp = None
     if opts.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -134,6 +139,7 @@ def serve(opts: ServeOptions) -> None:
             loop="uvloop",
             http="httptools",
             log_level=opts.log_level,
+            log_config=None,  # uvicorn's loggers propagate to our queue handler (server/logs.py)
             access_log=False,
             timeout_graceful_shutdown=5,
         )

@@ -5,6 +5,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..limits import (
+    BATCH_ROWS,
+    INGEST_RECORDS,
+    INGEST_SOURCES,
+    KNOWLEDGE_K,
+    LATENCY_BUDGET_MS,
+    QUERY_TEXT_CHARS,
+    SIMILAR_K,
+)
+
 __all__ = [
     "body",
     "GET_FEATURES",
@@ -29,7 +39,7 @@ _OPTIONS = {
 }
 _REQUEST_OPTIONS = {
     "type": "object",
-    "properties": {"latencyBudgetMs": {"type": "integer", "minimum": 100, "maximum": 600000}},
+    "properties": {"latencyBudgetMs": {"type": "integer", **LATENCY_BUDGET_MS.schema()}},
 }
 
 
@@ -68,7 +78,7 @@ GET_FEATURES_BATCH = _params(
         "requestData": {
             "type": "array",
             "minItems": 1,
-            "maxItems": 1000,
+            "maxItems": BATCH_ROWS,
             "items": {"type": "object", "properties": {"joinKeyMap": _JOIN_KEYS, "requestContextMap": _VALUES}},
         },
         "metadataOptions": _OPTIONS,
@@ -88,13 +98,15 @@ SIMILAR = {
     "required": ["view"],
     "properties": {
         "view": {"type": "string", "minLength": 1},
-        "text": {"type": "string"},
+        "text": {"type": "string", "minLength": 1, "maxLength": QUERY_TEXT_CHARS, "pattern": r"\S"},
         "entity_id": {"type": "string"},
         "vector": {"type": "array", "items": {"type": "number"}},
-        "k": {"type": "integer", "minimum": 1, "maximum": 1000},
+        "k": {"type": "integer", **SIMILAR_K.schema()},
         "filter": _VALUES,
         "workspace": {"type": "string"},
     },
+    # Exactly one query: the service answers 400 to none or several.
+    "oneOf": [{"required": ["text"]}, {"required": ["entity_id"]}, {"required": ["vector"]}],
 }
 
 KNOWLEDGE = {
@@ -102,8 +114,8 @@ KNOWLEDGE = {
     "required": ["knowledge", "query"],
     "properties": {
         "knowledge": {"type": "string", "minLength": 1},
-        "query": {"type": "string", "minLength": 1},
-        "k": {"type": "integer", "minimum": 1, "maximum": 100},
+        "query": {"type": "string", "minLength": 1, "maxLength": QUERY_TEXT_CHARS, "pattern": r"\S"},
+        "k": {"type": "integer", **KNOWLEDGE_K.schema()},
         "filter": _VALUES,
         "workspace": {"type": "string"},
     },
@@ -117,8 +129,13 @@ INGEST = {
         "dry_run": {"type": "boolean"},
         "records": {
             "type": "object",
+            "minProperties": 1,
+            "maxProperties": INGEST_SOURCES,
+            "description": "source name -> records",
             "additionalProperties": {
                 "type": "array",
+                "minItems": 1,
+                "maxItems": INGEST_RECORDS,
                 "items": {"type": "object", "required": ["record"], "properties": {"record": _VALUES}},
             },
         },

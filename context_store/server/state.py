@@ -8,6 +8,7 @@ from typing import Any
 from starlette.requests import Request
 
 from ..config import Config
+from ..limits import BATCH_ROWS, INGEST_RECORDS
 from ..serving.store import ContextStore
 from .auth import Principal, authenticate, authorize
 from .keys import KeyStore
@@ -23,8 +24,8 @@ class ServerSettings:
     auth: bool = True  # False only for loopback development (``serve --no-auth``)
     max_body: int = DEFAULT_MAX_BODY  # bytes
     rate_limit: float | None = None  # default per-key requests/second (keys may carry their own)
-    max_batch_rows: int = 1000
-    max_ingest_records: int = 10_000
+    max_batch_rows: int = BATCH_ROWS
+    max_ingest_records: int = INGEST_RECORDS  # per source of one request
     refresh_interval: float = 5.0  # seconds between registry-change checks
     mcp: bool = True
     freshness_sample: int = 16  # record freshness age on 1 request in N

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import InvalidInputError
+from ..limits import BATCH_ROWS, LATENCY_BUDGET_MS
 from ..registry.repo import RepoDefinitions
 from ..types import FeatureVector
 
@@ -100,6 +101,9 @@ def _join_keys(v: Any, where: str) -> dict[str, Any]:
         raise InvalidInputError(f"{where} must be a JSON object of join key -> value", field=where)
     for k, x in v.items():
         if x is not None and (isinstance(x, bool) or not isinstance(x, (str, int))):
+            if isinstance(x, float) and x.is_integer():
+                v = {**v, k: int(x)}  # JSON has one number type: 7.0 is the integer 7 (as JSON Schema says)
+                continue
             raise InvalidInputError(
                 f"{where}.{k} must be a string or an integer, got {type(x).__name__}", field=f"{where}.{k}"
             )
@@ -142,10 +146,12 @@ def _request_options(params: dict[str, Any]) -> int | None:
     budget = _get(raw, "latencyBudgetMs", "latency_budget_ms")
     if budget is None:
         return None
-    # Tecton's floor: below 100 ms a budget would mostly measure scheduling noise.
-    if isinstance(budget, bool) or not isinstance(budget, int) or not 100 <= budget <= 600_000:
+    if isinstance(budget, float) and budget.is_integer():
+        budget = int(budget)  # JSON has one number type: 8300.0 is the integer 8300
+    if budget not in LATENCY_BUDGET_MS:
         raise InvalidInputError(
-            "params.requestOptions.latencyBudgetMs must be an integer between 100 and 600000",
+            f"params.requestOptions.latencyBudgetMs must be an integer between {LATENCY_BUDGET_MS.lo} and "
+            f"{LATENCY_BUDGET_MS.hi}",
             field="params.requestOptions.latencyBudgetMs",
         )
     return budget
@@ -174,7 +180,7 @@ def parse_get_features(body: Any) -> GetFeaturesParams:
 
 
 def parse_batch(
-    body: Any, max_rows: int = 1000
+    body: Any, max_rows: int = BATCH_ROWS
 ) -> tuple[GetFeaturesParams, list[dict[str, Any]], list[dict[str, Any]]]:
     """``params.requestData: [{joinKeyMap, requestContextMap}, ...]`` -> (params, join keys, contexts)."""
     p = _params(body)

@@ -25,8 +25,9 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInputError, NotFoundError
+from ..limits import CONTEXT_QUERY_CHARS, ENTITY_ID_CHARS, MAX_TOKENS, SIMILAR_K
 from ..types import KnowledgeChunk, SimilarItem
-from ..vocab.time import EPOCH, as_utc, parse_iso
+from ..vocab.time import EPOCH, checked_seconds_us, checked_utc, parse_iso, us_to_datetime
 from .context_events import offline_row_time
 from .context_text import _CONTROL, _SPACE, MAX_TEXT_CHARS, clean_text, count_tokens, iso, jsonable, render
 
@@ -47,8 +48,7 @@ __all__ = [
     "MAX_TEXT_CHARS",
 ]
 
-_MIN_TOKENS = 16
-_MAX_ENTITY_ID = 256
+_MAX_ENTITY_ID = ENTITY_ID_CHARS
 
 
 def parse_time(value: datetime | str | int | float | None, field_name: str = "as_of") -> datetime | None:
@@ -59,16 +59,17 @@ def parse_time(value: datetime | str | int | float | None, field_name: str = "as
         if isinstance(value, datetime):
             t = value
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            t = datetime.fromtimestamp(float(value), tz=UTC)
+            return us_to_datetime(checked_seconds_us(value, field_name))
         elif isinstance(value, str):
             t = parse_iso(value)
         else:
             raise TypeError
-    except (TypeError, ValueError, OverflowError, OSError):
+    except (TypeError, ValueError):
         raise InvalidInputError(
-            f"{field_name} must be an ISO-8601 time such as '2026-01-31T12:00:00Z', got {value!r}", field=field_name
+            f"{field_name} must be an ISO-8601 time such as '2026-01-31T12:00:00Z', got {value!r:.80}",
+            field=field_name,
         ) from None
-    return as_utc(t)
+    return checked_utc(t, field_name)  # a 400 naming the field, not an OverflowError, for far offsets
 
 
 # -- result types ------------------------------------------------------------------------------
@@ -187,14 +188,12 @@ def get_user_context(
     """Build the context of one entity; see the module docstring. ``query`` adds knowledge chunks."""
     svc = _resolve_service(store, context_service)
     join_keys = _join_keys(svc, entity_id)
-    if max_tokens is not None and (
-        not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not _MIN_TOKENS <= max_tokens <= 100_000
-    ):
+    if max_tokens is not None and max_tokens not in MAX_TOKENS:
+        raise InvalidInputError(f"max_tokens must be an int in {MAX_TOKENS}, got {max_tokens!r}", field="max_tokens")
+    if query is not None and (not isinstance(query, str) or not query.strip() or len(query) > CONTEXT_QUERY_CHARS):
         raise InvalidInputError(
-            f"max_tokens must be an int in {_MIN_TOKENS}..100000, got {max_tokens!r}", field="max_tokens"
+            f"query must be a non-empty string of at most {CONTEXT_QUERY_CHARS} characters", field="query"
         )
-    if query is not None and (not isinstance(query, str) or not query.strip() or len(query) > 2000):
-        raise InvalidInputError("query must be a non-empty string of at most 2000 characters", field="query")
     now = datetime.now(UTC)
     replay = parse_time(as_of, "as_of")
     if replay is not None and replay > now + timedelta(seconds=1):
@@ -241,7 +240,7 @@ def get_user_context(
                 else "similar: skipped, no interest feature and no recent events with items"
             )
         else:
-            found = store.find_similar(view.name, vector=vector, k=min(k + len(seen), 100)).items
+            found = store.find_similar(view.name, vector=vector, k=min(k + len(seen), SIMILAR_K.hi)).items
             similar = [i for i in found if str(i.entity_id) not in seen][:k]
             if seen:
                 notes.append(f"similar: interest = mean vector of {len(seen)} recently seen items (excluded)")

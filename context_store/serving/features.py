@@ -24,7 +24,7 @@ from ..state.codec import KEY_SEP
 from ..state.tiles import ViewState
 from ..stores.online.base import OnlineStore, ViewValues
 from ..types import MISSING_DATA, PRESENT, FeatureMetadata, FeatureVector
-from ..vocab.time import datetime_to_us, parse_iso, us_to_datetime
+from ..vocab.time import checked_seconds_us, checked_us, parse_iso, us_to_datetime
 
 __all__ = ["FeatureServer", "to_us"]
 
@@ -39,11 +39,13 @@ def to_us(t: datetime | str | float | None) -> int:
         try:
             t = parse_iso(t)
         except ValueError:
-            raise InvalidInputError(f"request_time {t!r} is not an ISO-8601 timestamp", field="request_time") from None
+            raise InvalidInputError(
+                f"request_time {t!r:.80} is not an ISO-8601 timestamp", field="request_time"
+            ) from None
     if isinstance(t, datetime):
-        return datetime_to_us(t)
+        return checked_us(t, "request_time")
     if isinstance(t, (int, float)) and not isinstance(t, bool):
-        return int(t * 1_000_000)
+        return checked_seconds_us(t, "request_time")
     raise InvalidInputError(
         f"request_time must be a datetime or ISO string, got {type(t).__name__}", field="request_time"
     )

@@ -25,20 +25,21 @@ import numpy as np
 from ..compute.embeddings import embed_checked
 from ..definitions import EmbeddingView, Knowledge
 from ..errors import InvalidInputError, NotFoundError
+from ..limits import KNOWLEDGE_K, QUERY_TEXT_CHARS, SIMILAR_K, IntRange
 from ..registry.repo import RepoDefinitions
 from ..stores.vector import VectorCollection, VectorCollections, compile_filter, view_columns
 from ..types import KnowledgeChunk, KnowledgeResult, SimilarItem, SimilarResult
 
 __all__ = ["VectorService", "MAX_K", "MAX_TEXT"]
 
-MAX_K = 100
-MAX_TEXT = 10_000  # characters of a query text
+MAX_K = SIMILAR_K.hi
+MAX_TEXT = QUERY_TEXT_CHARS  # characters of a query text
 _log = logging.getLogger(__name__)
 
 
-def _check_k(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= int(k) <= MAX_K:
-        raise InvalidInputError(f"k must be an integer in 1..{MAX_K}, got {k!r}", field="k")
+def _check_k(k: Any, allowed: IntRange = SIMILAR_K) -> int:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or int(k) not in allowed:
+        raise InvalidInputError(f"k must be an integer in {allowed}, got {k!r}", field="k")
     return int(k)
 
 
@@ -156,7 +157,7 @@ class VectorService:
         self, name: str, query: str, k: int = 5, filter: Mapping[str, Any] | None = None
     ) -> KnowledgeResult:
         kb = self.collections.kb_def(name)
-        k = _check_k(k)
+        k = _check_k(k, KNOWLEDGE_K)
         query = _check_text(query, "query")
         conds = compile_filter(filter, ["file", "source"])
         state = self._kb_index(kb)

@@ -1,9 +1,11 @@
 """Scalar time conversions, one implementation for the whole project.
 
 The internal convention is int64 microseconds since the epoch, UTC; naive datetimes are UTC.
-These functions raise ``ValueError``/``TypeError`` only: each caller turns that into its own
-error naming the offending field (request_time, --start, as_of, ...). The vectorised Arrow
-column conversion is ``context_store.state.columns.ts_to_us``.
+The conversions raise ``ValueError``/``TypeError`` only: each caller turns that into its own
+error naming the offending field (request_time, --start, as_of, ...). The ``checked_*`` functions
+are the gate for times a caller gives: a time outside ``limits.TIME_MIN``..``TIME_MAX`` (UTC) is an
+``InvalidInputError`` naming the field (a 400), never an ``OverflowError`` from a far offset or unit.
+The vectorised Arrow column conversion is ``context_store.state.columns.ts_to_us``.
 """
 
 from __future__ import annotations
@@ -11,9 +13,18 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 
+from ..errors import InvalidInputError
+from ..limits import TIME_MAX, TIME_MIN
+
 __all__ = [
     "EPOCH",
+    "MAX_US",
+    "MIN_US",
     "as_utc",
+    "check_us",
+    "checked_seconds_us",
+    "checked_us",
+    "checked_utc",
     "datetime_to_us",
     "epoch_number_to_us",
     "format_iso_z",
@@ -64,3 +75,44 @@ def epoch_number_to_us(value: float) -> int:
 def format_iso_z(t: datetime) -> str:
     """ISO-8601 in UTC with a ``Z`` suffix (naive = UTC)."""
     return as_utc(t).isoformat().replace("+00:00", "Z")
+
+
+MIN_US = datetime_to_us(TIME_MIN)
+MAX_US = datetime_to_us(TIME_MAX)  # exclusive
+
+
+def _out_of_range(field: str, shown: object, label: str | None) -> InvalidInputError:
+    what = label or field
+    value = f" {shown!s:.64}" if shown is not None else ""
+    return InvalidInputError(
+        f"{what}{value} is outside the supported time range {TIME_MIN:%Y-%m-%d} .. {TIME_MAX:%Y-%m-%d} (UTC)",
+        field=field,
+    )
+
+
+def check_us(us: int, field: str, shown: object = None, *, label: str | None = None) -> int:
+    """``us`` when it lies in ``[MIN_US, MAX_US)``; otherwise an ``InvalidInputError`` naming ``field``
+    (``shown``: the value as the caller gave it, for the message; ``label``: the field as the caller
+    spells it, e.g. ``--start``)."""
+    if MIN_US <= us < MAX_US:
+        return us
+    raise _out_of_range(field, shown, label)
+
+
+def checked_us(t: datetime, field: str, *, label: str | None = None) -> int:
+    """A caller's datetime (naive = UTC) -> µs, range-checked (exact: no offset conversion can overflow)."""
+    return check_us(datetime_to_us(t), field, t.isoformat(), label=label)
+
+
+def checked_utc(t: datetime, field: str, *, label: str | None = None) -> datetime:
+    """A caller's datetime -> aware UTC, range-checked before converting (``astimezone`` overflows
+    near year 1 and 9999)."""
+    check_us(datetime_to_us(t), field, t.isoformat(), label=label)
+    return as_utc(t)
+
+
+def checked_seconds_us(value: float, field: str, *, label: str | None = None) -> int:
+    """Epoch seconds -> µs, range-checked (NaN and infinities included)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _out_of_range(field, value, label)
+    return check_us(int(value * 1_000_000), field, value, label=label)

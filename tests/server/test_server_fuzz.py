@@ -1,4 +1,6 @@
-"""Schemathesis fuzzes every operation of /openapi.json against a real server: 0 server errors."""
+"""Schemathesis fuzzes every operation of /openapi.json against a real server with every check
+(server errors, status codes, content types, schema conformance, undeclared methods): 0 failures.
+Bounded: a fixed seed, a few examples per operation, ~35 s of generation."""
 
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ def test_schemathesis_finds_no_server_errors(tmp_path: Path, redis_url: str) -> 
                 "run",
                 f"{url}/openapi.json",
                 "--checks",
-                "not_a_server_error",
+                "all",
                 "--max-examples",
                 "12",
                 "--seed",
@@ -64,7 +66,8 @@ def test_schemathesis_finds_no_server_errors(tmp_path: Path, redis_url: str) -> 
             env={**os.environ, "SCHEMATHESIS_HOOKS": ""},
         )
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-6000:]
+    # Long lines are generated bodies (curl reproductions); the findings and the summary fit in short ones.
+    assert proc.returncode == 0, "\n".join(line for line in out.splitlines() if len(line) < 400)[-8000:]
     assert "Server error" not in out
     generated = re.search(r"(\d+) generated", out)
     assert generated and int(generated.group(1)) >= 100, out[-3000:]  # the fuzzing really ran

@@ -19,11 +19,12 @@ import pyarrow.compute as pc
 from ...definitions import DType, Embedding, StreamSource
 from ...definitions.dtypes import Array
 from ...errors import InvalidInputError
-from ...vocab.time import datetime_to_us, epoch_number_to_us, parse_iso
+from ...limits import PUSH_RECORDS, TIME_MAX, TIME_MIN
+from ...vocab.time import MAX_US, MIN_US, datetime_to_us, epoch_number_to_us, parse_iso
 
 __all__ = ["validate_records", "parse_timestamp_us", "required_fields", "MAX_RECORDS"]
 
-MAX_RECORDS = 1_000_000  # one call; larger loads belong in the batch source
+MAX_RECORDS = PUSH_RECORDS  # one call; larger loads belong in the batch source
 TS_TYPE = pa.timestamp("us", tz="UTC")
 
 
@@ -189,7 +190,7 @@ def validate_records(source: StreamSource, rows: Any, required: set[str] | None 
     if isinstance(rows, pa.Table):
         if rows.num_rows > MAX_RECORDS:
             raise InvalidInputError(f"at most {MAX_RECORDS} records per push, got {rows.num_rows}", field="records")
-        return _from_arrow(source, rows, required)
+        return _in_time_range(_from_arrow(source, rows, required))
     if isinstance(rows, Mapping) or isinstance(rows, (str, bytes)) or not isinstance(rows, Iterable):
         raise InvalidInputError(
             "records must be a list of objects, an Arrow table or a pandas DataFrame", field="records"
@@ -197,4 +198,20 @@ def validate_records(source: StreamSource, rows: Any, required: set[str] | None 
     rows = list(rows)
     if len(rows) > MAX_RECORDS:
         raise InvalidInputError(f"at most {MAX_RECORDS} records per push, got {len(rows)}", field="records")
-    return _from_rows(source, rows, required)
+    return _in_time_range(_from_rows(source, rows, required))
+
+
+def _in_time_range(table: pa.Table) -> pa.Table:
+    """Every timestamp lies in the supported range (``limits.TIME_MIN``..``TIME_MAX``): a far-off time
+    would overflow a datetime when read back. One vectorised pass per timestamp column."""
+    for name, col in zip(table.column_names, table.columns, strict=True):
+        if col.type != TS_TYPE or not len(col):
+            continue
+        us = col.cast(pa.int64())
+        lo_hi = pc.min_max(us).as_py()
+        if lo_hi["min"] is None or (lo_hi["min"] >= MIN_US and lo_hi["max"] < MAX_US):
+            continue
+        bad = pc.or_(pc.less(us, MIN_US), pc.greater_equal(us, MAX_US))
+        i = int(pc.index(bad, True).as_py())
+        raise _bad(i, name, f"outside the supported time range {TIME_MIN:%Y-%m-%d} .. {TIME_MAX:%Y-%m-%d} (UTC)")
+    return table
