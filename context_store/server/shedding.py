@@ -15,9 +15,10 @@ from .metrics import Metrics
 
 __all__ = ["DEFAULT_MAX_IN_FLIGHT", "EXEMPT_PATHS", "LoadShedder"]
 
-# Measured with evals/bench_server.py --overload (2 cores): enough to keep both cores busy through Redis
-# round trips, small enough that an admitted request waits for at most a few tens of ms of queued work.
-DEFAULT_MAX_IN_FLIGHT = 64
+# Measured with evals/bench_server.py --overload (2 workers, 2 shared cores, docs/security.md): accepted p99
+# at 2x saturation grew with the limit (16: 177 ms, 32: 695-802 ms, 64: 1107 ms, unbounded: 1.1-6.4 s),
+# while 8 and 16 already shed ~1% at half load with 32 connections; 32 shed nothing there.
+DEFAULT_MAX_IN_FLIGHT = 32
 # Probes and scrapes must answer while the server sheds: that is when they matter most.
 EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 

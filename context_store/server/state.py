@@ -34,7 +34,7 @@ class ServerSettings:
     # routes (same responses: the tests run both ways).
     fast_path: bool = True
     freeze_gc: bool = False  # gc.freeze() after warm-up (dedicated server processes: ``serve``)
-    max_in_flight: int = 0  # requests in flight before 503 (load shedding); 0 = unbounded (``serve``: 64)
+    max_in_flight: int = 0  # requests in flight before 503 (load shedding); 0 = unbounded (``serve``: 32)
 
 
 class ServerState:

@@ -96,12 +96,24 @@ def serve(tmp_path: Path, redis_url: str) -> Iterator[Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROMETHEUS_")}
     started: list[subprocess.Popen[bytes]] = []
 
-    def start(*extra: str) -> tuple[subprocess.Popen[bytes], str]:
+    def start(streams: int, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
         port = free_port()
         log = tmp_path / f"serve-{port}.log"
         with log.open("wb") as err:
             proc = subprocess.Popen(
-                [*CLI, "serve", "--repo", str(repo), "--port", str(port), "--no-auth", "--no-mcp", *extra],
+                [
+                    *CLI,
+                    "serve",
+                    "--repo",
+                    str(repo),
+                    "--port",
+                    str(port),
+                    "--no-auth",
+                    "--no-mcp",
+                    "--stream-processes",
+                    str(streams),
+                    *extra,
+                ],
                 env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=err,  # the stream workers inherit it: their "running" lines tell when they are up
@@ -109,12 +121,11 @@ def serve(tmp_path: Path, redis_url: str) -> Iterator[Any]:
             )
         started.append(proc)
         url = f"http://127.0.0.1:{port}"
-        n = 2 if "2" in extra else 1
 
         def up() -> bool:
             body = _readyz(url) or {}
             running = log.read_text(errors="replace").count("stream workers running")
-            return body.get("workers", {}).get("alive") == n and running >= n
+            return body.get("workers", {}).get("alive") == streams and running >= streams
 
         _wait(up, 120, "server and stream workers never came up: " + log.read_text(errors="replace")[-2000:])
         return proc, url
@@ -129,7 +140,7 @@ def serve(tmp_path: Path, redis_url: str) -> Iterator[Any]:
 
 
 def test_sigkill_of_serve_takes_every_child_with_it(serve: Any) -> None:
-    proc, url = serve("--workers", "2", "--stream-processes", "2")
+    proc, url = serve(2, "--workers", "2")
     kids = _descendants(proc.pid)
     assert len(_stream_workers(proc.pid)) == 2
     assert len(kids) >= 4, [_cmdline(p) for p in kids]  # 2 uvicorn workers + 2 stream workers
@@ -148,7 +159,7 @@ def test_sigkill_of_serve_takes_every_child_with_it(serve: Any) -> None:
 
 
 def test_dead_stream_worker_is_restarted_and_readyz_counts_it(serve: Any) -> None:
-    proc, url = serve("--stream-processes", "2")
+    proc, url = serve(2)
     body = _readyz(url)
     assert body is not None and body["ready"] is True
     assert body["workers"] == {"expected": 2, "alive": 2, "restarts": 0}
