@@ -17,6 +17,7 @@ __all__ = [
     "ForbiddenError",
     "RateLimitedError",
     "UnavailableError",
+    "OverloadedError",
     "ConflictError",
     "PayloadTooLargeError",
     "http_status",
@@ -85,6 +86,10 @@ class UnavailableError(ContextStoreError):
     """A backing service (Redis, ...) cannot be reached; retry later."""
 
     status = 503
+
+
+class OverloadedError(UnavailableError):
+    """This server process is at its in-flight request limit (load shedding); retry shortly."""
 
 
 class PayloadTooLargeError(ContextStoreError):

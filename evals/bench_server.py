@@ -1,6 +1,7 @@
 """Feature server benchmark: Tecton-style get-features (1 entity x 10 features) against Redis.
 
     python -m evals.bench_server [--quick] [--workers 2] [--duration 10] [--rate 1000]
+    python -m evals.bench_server --overload [--max-in-flight 16 32 64] [--duration 5]
 
 Measures, in the same run and on the same machine:
 - the context-store server (``context-store serve`` equivalent, uvicorn + uvloop + httptools), and
@@ -8,6 +9,11 @@ Measures, in the same run and on the same machine:
 with (1) max throughput from ``wrk`` (closed loop, 16 connections) and (2) latency at a fixed
 request rate from an open-loop generator (separate process; latency counted from each request's
 scheduled send time, so queueing behind a stall is not hidden). Results -> evals/results/server.md.
+
+``--overload`` measures load shedding instead: saturation (wrk), then the open-loop generator at half of
+it (the unsaturated p99) and at twice it with many connections, for a server with ``--max-in-flight`` and
+one without a bound; it reports the p99 of accepted (200) requests against the unsaturated p99 and the
+latency of the rejected (503) ones. Printed, not written to the results file.
 """
 
 from __future__ import annotations
@@ -100,11 +106,12 @@ def _wait_up(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> N
     raise RuntimeError(f"server on port {port} did not start")
 
 
-def _start_cs(repo: Path, port: int, workers: int) -> subprocess.Popen[bytes]:
+def _start_cs(repo: Path, port: int, workers: int, max_in_flight: int | None = None) -> subprocess.Popen[bytes]:
+    limit = "" if max_in_flight is None else f", max_in_flight={max_in_flight}"
     code = (
         "from context_store.server.run import ServeOptions, serve; "
         f"serve(ServeOptions(repo={str(repo)!r}, host='127.0.0.1', port={port}, workers={workers}, auth=False, "
-        "mcp=False, stream_workers=False, log_level='error'))"
+        f"mcp=False, stream_workers=False, log_level='error'{limit}))"
     )
     return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, start_new_session=True)
 
@@ -236,6 +243,7 @@ async def _open_loop(port: int, body: bytes, rate: float, seconds: float, conns:
     for _ in range(conns):
         pool.put_nowait(await asyncio.open_connection("127.0.0.1", port))
     lat: list[float] = []
+    by_status: dict[int, list[float]] = {}
     errors = 0
     statuses: dict[int, int] = {}
 
@@ -249,7 +257,9 @@ async def _open_loop(port: int, body: bytes, rate: float, seconds: float, conns:
             m = re.search(rb"(?i)content-length:\s*(\d+)", head)
             await reader.readexactly(int(m.group(1)) if m else 0)
             statuses[status] = statuses.get(status, 0) + 1
-            lat.append(time.perf_counter() - scheduled)
+            took = time.perf_counter() - scheduled
+            lat.append(took)
+            by_status.setdefault(status, []).append(took)
         except Exception:
             errors += 1
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -271,9 +281,11 @@ async def _open_loop(port: int, body: bytes, rate: float, seconds: float, conns:
     elapsed = time.perf_counter() - start
     lat.sort()
 
-    def pct(p: float) -> float:
-        return lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else float("nan")
+    def pct(p: float, xs: list[float] = lat) -> float:
+        return xs[min(len(xs) - 1, int(p * len(xs)))] * 1000 if xs else float("nan")
 
+    for xs in by_status.values():
+        xs.sort()
     return {
         "rate": rate,
         "sent": n,
@@ -287,6 +299,10 @@ async def _open_loop(port: int, body: bytes, rate: float, seconds: float, conns:
         "errors": errors,
         "statuses": statuses,
         "connections": conns,
+        "by_status": {
+            st: {"n": len(xs), "p50_ms": pct(0.5, xs), "p99_ms": pct(0.99, xs), "max_ms": xs[-1] * 1000}
+            for st, xs in sorted(by_status.items())
+        },
     }
 
 
@@ -417,6 +433,62 @@ def machine() -> str:
     )
 
 
+def overload(repo: Path, ws: str, args: Any, dur: float) -> None:
+    """Load shedding under 2x saturation: accepted p99 vs unsaturated p99, and how fast 503s come back."""
+    body = json.dumps(
+        {"params": {"workspaceName": ws, "featureServiceName": "bench", "joinKeyMap": {"user_id": "u1"}}}
+    ).encode()
+    rows = []
+    sat = 0.0
+    # The unbounded server first: its wrk throughput is the saturation rate every server is then driven at
+    # (wrk against a bounded server would count its 503s as throughput).
+    for limit in (0, *args.max_in_flight):
+        port = _free_port()
+        proc = _start_cs(repo, port, args.workers, limit)
+        try:
+            _wait_up(port, proc)
+            wrk_throughput(port, body, 2)  # warm-up
+            load0 = os.getloadavg()
+            sat = sat or wrk_throughput(port, body, int(dur))["rps"]
+            calm = fixed_rate(port, body, sat / 2, dur, conns=32)
+            hot = fixed_rate(port, body, sat * 2, dur, conns=args.overload_connections)
+            load1 = os.getloadavg()
+        finally:
+            _stop(proc)
+        ok = hot["by_status"].get("200", {})
+        calm_ok = calm["by_status"].get("200", {})
+        row = {
+            "max_in_flight": limit or "unbounded",
+            "saturation_rps": sat,
+            "calm": calm,
+            "hot": hot,
+            "accepted_p99_ratio": (ok["p99_ms"] / calm_ok["p99_ms"]) if ok and calm_ok else None,
+            "loadavg_before": load0,
+            "loadavg_after": load1,
+        }
+        rows.append(row)
+        print(json.dumps(row, default=str), file=sys.stderr)
+    print(f"\n## Overload: 2x saturation, open loop, {args.overload_connections} connections ({machine()})\n")
+    print(
+        "| max in flight | saturation req/s (wrk, unbounded server) | p99 ms of 200s at 0.5x | sent req/s at 2x "
+        "| 200s | p50 / p99 ms of 200s "
+        "| p99 200s / p99 at 0.5x | 503s | p50 / p99 / max ms of 503s | errors | load avg before -> after |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for r in rows:
+        hot, calm = r["hot"], r["calm"]
+        ok, shed = hot["by_status"].get("200", {}), hot["by_status"].get("503", {})
+        ratio = f"{r['accepted_p99_ratio']:.1f}x" if r["accepted_p99_ratio"] is not None else "-"
+        shed_ms = f"{shed['p50_ms']:.1f} / {shed['p99_ms']:.1f} / {shed['max_ms']:.1f}" if shed else "-"
+        print(
+            f"| {r['max_in_flight']} | {r['saturation_rps']:.0f} | "
+            f"{calm['by_status'].get('200', {}).get('p99_ms', float('nan')):.2f} | "
+            f"{hot['sent'] / dur:.0f} | {ok.get('n', 0)} | {ok.get('p50_ms', float('nan')):.1f} / "
+            f"{ok.get('p99_ms', float('nan')):.1f} | {ratio} | {shed.get('n', 0)} | {shed_ms} | {hot['errors']} | "
+            f"{r['loadavg_before'][0]:.1f} -> {r['loadavg_after'][0]:.1f} |"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="short runs (3 s) for a smoke check")
@@ -427,6 +499,11 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="interleaved repeats per server (median reported)")
     ap.add_argument("--profile", action="store_true", help="also profile the request path with pyinstrument")
     ap.add_argument("--out", default=str(RESULTS / "server.md"))
+    ap.add_argument("--overload", action="store_true", help="measure load shedding at 2x saturation instead")
+    ap.add_argument(
+        "--max-in-flight", type=int, nargs="+", default=[32], help="server limits to compare in --overload mode"
+    )
+    ap.add_argument("--overload-connections", type=int, default=512, help="client connections at 2x saturation")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install -y wrk")
@@ -445,6 +522,9 @@ def main() -> None:
         t0 = time.perf_counter()
         seed(repo, 100 if args.quick else args.users)
         print(f"seeded in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+        if args.overload:
+            overload(repo, ws, args, dur)
+            return
         cs_port, floor_port = _free_port(), _free_port()
         procs.append(_start_cs(repo, cs_port, args.workers))
         _wait_up(cs_port, procs[-1])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import ContextStoreError
+from ..server.shedding import DEFAULT_MAX_IN_FLIGHT
 from ._common import config_from_ctx, handle_errors, repo_options
 
 __all__ = ["serve"]
@@ -32,6 +33,20 @@ __all__ = ["serve"]
     help="Do not start stream workers (run `context-store worker` separately).",
 )
 @click.option(
+    "--stream-processes",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Stream worker processes (Redis only); supervised: restarted with backoff, stopped with the server.",
+)
+@click.option(
+    "--max-in-flight",
+    default=DEFAULT_MAX_IN_FLIGHT,
+    show_default=True,
+    type=click.IntRange(0, 100_000),
+    help="Requests in flight per server process before answering 503 + Retry-After (0: unbounded).",
+)
+@click.option(
     "--allowed-host",
     "allowed_hosts",
     multiple=True,
@@ -55,6 +70,8 @@ def serve(
     max_body: int | None,
     no_mcp: bool,
     no_stream_workers: bool,
+    stream_processes: int,
+    max_in_flight: int,
     allowed_hosts: tuple[str, ...],
     log_level: str,
 ) -> None:
@@ -79,6 +96,8 @@ def serve(
         max_body=max_body,
         mcp=not no_mcp,
         stream_workers=not no_stream_workers,
+        stream_processes=stream_processes,
+        max_in_flight=max_in_flight,
         log_level=log_level,
         allowed_hosts=list(allowed_hosts),
         public_metrics=public_metrics,

@@ -28,6 +28,7 @@ from .metrics import Metrics
 from .routes_health import health_router
 from .routes_native import native_router
 from .routes_tecton import TectonHandlers, tecton_router
+from .shedding import LoadShedder
 from .state import ServerSettings, ServerState
 
 __all__ = ["create_app", "ServerSettings"]
@@ -69,19 +70,27 @@ class _RequestMetrics:
 
 
 class _App(FastAPI):
-    """FastAPI with the fast path in front: hot routes skip every FastAPI layer (telemetry, error and body-limit
-    middleware, router); ``FastPath`` does their error mapping, size limit and metrics itself."""
+    """FastAPI with the fast path and load shedding in front: hot routes skip every FastAPI layer (telemetry,
+    error and body-limit middleware, router); ``FastPath`` does their error mapping, size limit and metrics
+    itself. ``LoadShedder`` (outermost) bounds the requests in flight across both."""
 
-    _fast: FastPath | None = None
+    _entry: ASGIApp | None = None
 
-    def enable_fast_path(self, routes: dict[tuple[str, str], Any], metrics: Metrics, max_body: int) -> None:
-        self._fast = FastPath(
-            functools.partial(FastAPI.__call__, self), routes=routes, metrics=metrics, max_body=max_body
-        )
+    def enable_front(self, handlers: TectonHandlers, state: ServerState) -> None:
+        entry: ASGIApp | None = None
+        settings = state.settings
+        if settings.fast_path:
+            inner = functools.partial(FastAPI.__call__, self)
+            entry = FastPath(inner, routes=handlers.routes(), metrics=state.metrics, max_body=settings.max_body)
+        if settings.max_in_flight > 0:
+            entry = LoadShedder(
+                entry or functools.partial(FastAPI.__call__, self), settings.max_in_flight, state.metrics
+            )
+        self._entry = entry
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self._fast is not None:
-            await self._fast(scope, receive, send)  # falls through to FastAPI for other routes
+        if self._entry is not None:
+            await self._entry(scope, receive, send)  # falls through to FastAPI for other routes
         else:
             await super().__call__(scope, receive, send)
 
@@ -200,6 +209,5 @@ def create_app(
         )
     app.add_middleware(_RequestMetrics, metrics=state.metrics)
     app.add_middleware(BodySizeLimit, max_body=settings.max_body)
-    if settings.fast_path:
-        app.enable_fast_path(handlers.routes(), state.metrics, settings.max_body)
+    app.enable_front(handlers, state)
     return app

@@ -55,6 +55,7 @@ class Metrics:
             **kw,
         )
         self.requests = Counter("cs_http_requests", "HTTP requests by route and status", ["route", "status"], **kw)
+        self.shed = Counter("cs_http_shed", "Requests refused with 503: the process was at its in-flight limit", **kw)
         self.online_latency = Histogram(
             "cs_online_store_read_duration_seconds",
             "Online feature read latency (store round trip + compute)",

@@ -14,6 +14,7 @@ from starlette.responses import PlainTextResponse, Response
 from .auth import authorize
 from .errors import json_response
 from .state import ServerState
+from .supervise import worker_health
 
 __all__ = ["health_router"]
 
@@ -55,7 +56,13 @@ def health_router(state: ServerState) -> APIRouter:
         loading = store.vectors_loading()  # only once the server warmed (or used) them
         if loading is not None:
             return json_response({"ready": False, "message": "vector indexes are loading", "vectors": loading}, 503)
-        return json_response({"ready": True, "online_store_ping_ms": ping_ms})
+        workers = worker_health()  # None unless ``serve`` supervises stream worker processes
+        if workers is None:
+            return json_response({"ready": True, "online_store_ping_ms": ping_ms})
+        if workers.alive == 0:  # pushes still apply (the pusher drains), but nothing consumes the streams
+            body = {"ready": False, "message": "no stream worker process is alive", "workers": workers.to_dict()}
+            return json_response(body, 503)
+        return json_response({"ready": True, "online_store_ping_ms": ping_ms, "workers": workers.to_dict()})
 
     @router.get("/metrics", include_in_schema=True, response_class=PlainTextResponse, responses=_METRICS_DOC)
     async def metrics(request: Request) -> Response:

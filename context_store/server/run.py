@@ -6,7 +6,6 @@ import importlib.util
 import ipaddress
 import os
 import socket
-import subprocess
 import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -15,6 +14,8 @@ from typing import Any
 import orjson
 
 from ..errors import InvalidInputError
+from .shedding import DEFAULT_MAX_IN_FLIGHT
+from .supervise import ENV_PARENT_PID, ENV_WORKER_STATUS, Supervisor, die_with_parent
 
 __all__ = ["ServeOptions", "serve", "app_from_env", "is_loopback", "ENV_OPTIONS"]
 
@@ -34,6 +35,8 @@ class ServeOptions:
     max_body: int | None = None
     mcp: bool = True
     stream_workers: bool = True
+    stream_processes: int = 1  # supervised ``context-store worker`` children (Redis only)
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT  # per server process; 0 = unbounded
     log_level: str = "warning"
     allowed_hosts: list[str] = field(default_factory=list)
     public_metrics: bool = False
@@ -62,6 +65,10 @@ def check_options(opts: ServeOptions) -> None:
         raise InvalidInputError("port must be between 1 and 65535", field="--port")
     if not 1 <= opts.workers <= 64:
         raise InvalidInputError("workers must be between 1 and 64", field="--workers")
+    if not 1 <= opts.stream_processes <= 64:
+        raise InvalidInputError("stream processes must be between 1 and 64", field="--stream-processes")
+    if opts.max_in_flight < 0:
+        raise InvalidInputError("max in-flight must be >= 0 (0 = unbounded)", field="--max-in-flight")
 
 
 def _mcp_hosts(opts: ServeOptions) -> list[str]:
@@ -82,6 +89,7 @@ def app_from_env() -> Any:
     from .app import create_app
     from .logs import configure_server_logging
 
+    die_with_parent()  # a uvicorn worker process must not outlive a SIGKILLed serve
     opts = ServeOptions(**orjson.loads(os.environ[ENV_OPTIONS]))
     configure_server_logging(opts.log_level)  # each worker process: the queue handler, before the app logs
     overrides: dict[str, Any] = {
@@ -89,6 +97,7 @@ def app_from_env() -> Any:
         "mcp": opts.mcp,
         "freeze_gc": True,
         "public_metrics": opts.public_metrics,
+        "max_in_flight": opts.max_in_flight,
     }
     if opts.max_body:
         overrides["max_body"] = opts.max_body
@@ -98,21 +107,28 @@ def app_from_env() -> Any:
     return create_app(opts.repo, workspace=opts.workspace, online_store=opts.online_store, auth=opts.auth, **overrides)
 
 
-def _start_stream_workers(opts: ServeOptions) -> subprocess.Popen[bytes] | None:
-    """``context-store worker`` as a child process (the stream layer owns it) when the store is Redis."""
+def _start_stream_workers(opts: ServeOptions) -> Supervisor | None:
+    """``context-store worker`` children (the stream layer owns them), supervised, when the store is Redis."""
     from ..config import load_config
 
     if not opts.stream_workers or not load_config(opts.repo, online_store=opts.online_store).is_redis:
         return None
     if importlib.util.find_spec("context_store.cli.main") is None:
         return None
-    cmd = [sys.executable, "-c", "from context_store.cli.main import main; main()", "worker", "--repo", opts.repo]
+    code = (
+        "from context_store.server.supervise import die_with_parent; die_with_parent(); "
+        "from context_store.cli.main import main; main()"
+    )
+    cmd = [sys.executable, "-c", code, "worker", "--repo", opts.repo]
     if opts.workspace:
         cmd += ["--workspace", opts.workspace]
     env = dict(os.environ)
     if opts.online_store:
         env["CONTEXT_STORE_ONLINE_STORE"] = opts.online_store
-    return subprocess.Popen(cmd, env=env)
+    sup = Supervisor(cmd, opts.stream_processes, env)
+    sup.start()
+    os.environ[ENV_WORKER_STATUS] = str(sup.status_path)  # /readyz reads it (uvicorn workers inherit it)
+    return sup
 
 
 def serve(opts: ServeOptions) -> None:
@@ -128,7 +144,8 @@ def serve(opts: ServeOptions) -> None:
     if opts.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         tmp = tempfile.TemporaryDirectory(prefix="cs-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tmp.name
-    worker = _start_stream_workers(opts)
+    os.environ[ENV_PARENT_PID] = str(os.getpid())
+    workers = _start_stream_workers(opts)
     try:
         uvicorn.run(
             "context_store.server.run:app_from_env",
@@ -144,11 +161,7 @@ def serve(opts: ServeOptions) -> None:
             timeout_graceful_shutdown=5,
         )
     finally:
-        if worker is not None:
-            worker.terminate()
-            try:
-                worker.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        if workers is not None:
+            workers.stop()
         if tmp is not None:
             tmp.cleanup()
