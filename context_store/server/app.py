@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..config import Config, load_config
 from .errors import install_error_handlers
 from .fastpath import FastPath
+from .guard import RequestGuard, cors_middleware
 from .keys import KeyStore, key_store_path
 from .limits import BodySizeLimit
 from .metrics import Metrics
@@ -68,19 +69,23 @@ class _RequestMetrics:
 
 
 class _App(FastAPI):
-    """FastAPI with the fast path in front: hot routes skip every FastAPI layer (telemetry, error and body-limit
+    """FastAPI behind the request guard (Host, Origin, Content-Type: ``guard.py``), CORS when origins are
+    configured, and the fast path: hot routes skip every FastAPI layer (telemetry, error and body-limit
     middleware, router); ``FastPath`` does their error mapping, size limit and metrics itself."""
 
-    _fast: FastPath | None = None
+    _entry: ASGIApp | None = None
 
-    def enable_fast_path(self, routes: dict[tuple[str, str], Any], metrics: Metrics, max_body: int) -> None:
-        self._fast = FastPath(
-            functools.partial(FastAPI.__call__, self), routes=routes, metrics=metrics, max_body=max_body
-        )
+    def build_entry(self, state: ServerState, fast_routes: dict[tuple[str, str], Any] | None) -> None:
+        app: ASGIApp = functools.partial(FastAPI.__call__, self)
+        if fast_routes is not None:
+            app = FastPath(app, routes=fast_routes, metrics=state.metrics, max_body=state.settings.max_body)
+        if state.hosts.origins:
+            app = cors_middleware(app, state.hosts.origins)
+        self._entry = RequestGuard(app, state.hosts)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self._fast is not None:
-            await self._fast(scope, receive, send)  # falls through to FastAPI for other routes
+        if self._entry is not None:
+            await self._entry(scope, receive, send)  # falls through to FastAPI for other routes
         else:
             await super().__call__(scope, receive, send)
 
@@ -108,12 +113,10 @@ def _mcp_app(state: ServerState) -> Any:
         # Same keys and per-key rate limit as REST; the key's workspace is the MCP tenant.
         return state.authenticate_header(header_value)
 
-    kw: dict[str, Any] = {}
-    if state.settings.allowed_hosts:
-        kw["allowed_hosts"] = list(state.settings.allowed_hosts)
-    if state.settings.allowed_origins:
-        kw["allowed_origins"] = list(state.settings.allowed_origins)
-    return create_mcp_http_app(state.resolver, auth, **kw)
+    # The same lists as the request guard in front of it: the two checks never disagree.
+    return create_mcp_http_app(
+        state.resolver, auth, allowed_hosts=state.hosts.mcp_hosts(), allowed_origins=state.hosts.mcp_origins()
+    )
 
 
 async def _refresh_loop(state: ServerState) -> None:
@@ -196,6 +199,5 @@ def create_app(
         )
     app.add_middleware(_RequestMetrics, metrics=state.metrics)
     app.add_middleware(BodySizeLimit, max_body=settings.max_body)
-    if settings.fast_path:
-        app.enable_fast_path(handlers.routes(), state.metrics, settings.max_body)
+    app.build_entry(state, handlers.routes() if settings.fast_path else None)
     return app

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import ipaddress
+import logging
 import os
 import socket
 import subprocess
@@ -14,18 +15,21 @@ from typing import Any
 
 import orjson
 
+from ..config import Config, check_host_list, load_config
 from ..errors import InvalidInputError
 
-__all__ = ["ServeOptions", "serve", "app_from_env", "is_loopback", "ENV_OPTIONS"]
+__all__ = ["ServeOptions", "serve", "app_from_env", "is_loopback", "public_bind_warning", "ENV_OPTIONS"]
 
 ENV_OPTIONS = "CONTEXT_STORE_SERVER_OPTIONS"
+_ANY_ADDRESS = ("0.0.0.0", "::", "")
+log = logging.getLogger("context_store.server")
 
 
 @dataclass
 class ServeOptions:
     repo: str = "."
     workspace: str | None = None
-    online_store: str | None = None
+    online_store: str | None = field(default=None, repr=False)  # may carry a password
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
@@ -36,6 +40,7 @@ class ServeOptions:
     stream_workers: bool = True
     log_level: str = "warning"
     allowed_hosts: list[str] = field(default_factory=list)
+    allowed_origins: list[str] = field(default_factory=list)
 
 
 def is_loopback(host: str) -> bool:
@@ -61,19 +66,27 @@ def check_options(opts: ServeOptions) -> None:
         raise InvalidInputError("port must be between 1 and 65535", field="--port")
     if not 1 <= opts.workers <= 64:
         raise InvalidInputError("workers must be between 1 and 64", field="--workers")
+    check_host_list("allowed_hosts", tuple(opts.allowed_hosts), "--allowed-host")
+    check_host_list("allowed_origins", tuple(opts.allowed_origins), "--allowed-origin")
 
 
-def _mcp_hosts(opts: ServeOptions) -> list[str]:
-    from_cli = list(opts.allowed_hosts)
-    if not is_loopback(opts.host) and opts.host not in ("0.0.0.0", "::"):
-        from_cli += [opts.host, f"{opts.host}:*"]
-    if not from_cli:
-        return []
-    try:
-        from context_store.tools.http import DEFAULT_ALLOWED_HOSTS
-    except ImportError:
-        DEFAULT_ALLOWED_HOSTS = []
-    return list(DEFAULT_ALLOWED_HOSTS) + from_cli
+def _extra_hosts(opts: ServeOptions) -> list[str]:
+    """Host names answered besides loopback and the config's: ``--allowed-host`` and a specific bound address."""
+    hosts = list(opts.allowed_hosts)
+    if not is_loopback(opts.host) and opts.host not in _ANY_ADDRESS:
+        hosts.append(f"[{opts.host}]" if ":" in opts.host else opts.host)
+    return hosts
+
+
+def public_bind_warning(opts: ServeOptions, config: Config) -> str | None:
+    """Bound to every interface without public host names: remote clients will get 421 (say so; do not refuse)."""
+    if opts.host not in _ANY_ADDRESS or opts.allowed_hosts or config.allowed_hosts:
+        return None
+    return (
+        f"serving on {opts.host} but no --allowed-host (or allowed_hosts in context_store.yaml) is set: only "
+        "requests whose Host header is localhost, 127.0.0.1 or [::1] are answered; others get 421. "
+        "Pass the public names clients use, e.g. --allowed-host api.example.com"
+    )
 
 
 def app_from_env() -> Any:
@@ -84,16 +97,13 @@ def app_from_env() -> Any:
     overrides: dict[str, Any] = {"rate_limit": opts.rate_limit, "mcp": opts.mcp, "freeze_gc": True}
     if opts.max_body:
         overrides["max_body"] = opts.max_body
-    hosts = _mcp_hosts(opts)
-    if hosts:
-        overrides["allowed_hosts"] = tuple(hosts)
+    overrides["allowed_hosts"] = tuple(_extra_hosts(opts))
+    overrides["allowed_origins"] = tuple(opts.allowed_origins)
     return create_app(opts.repo, workspace=opts.workspace, online_store=opts.online_store, auth=opts.auth, **overrides)
 
 
 def _start_stream_workers(opts: ServeOptions) -> subprocess.Popen[bytes] | None:
     """``context-store worker`` as a child process (the stream layer owns it) when the store is Redis."""
-    from ..config import load_config
-
     if not opts.stream_workers or not load_config(opts.repo, online_store=opts.online_store).is_redis:
         return None
     if importlib.util.find_spec("context_store.cli.main") is None:
@@ -112,6 +122,11 @@ def serve(opts: ServeOptions) -> None:
     import uvicorn
 
     check_options(opts)
+    warning = public_bind_warning(
+        opts, load_config(opts.repo, workspace=opts.workspace, online_store=opts.online_store)
+    )
+    if warning:
+        log.warning(warning)
     os.environ[ENV_OPTIONS] = orjson.dumps(asdict(opts)).decode()
     tmp = None
     if opts.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
