@@ -76,12 +76,15 @@ class _App(FastAPI):
     _entry: ASGIApp | None = None
 
     def build_entry(self, state: ServerState, fast_routes: dict[tuple[str, str], Any] | None) -> None:
-        app: ASGIApp = functools.partial(FastAPI.__call__, self)
+        # [CORS] -> [FastPath] -> guard -> FastAPI. The fast path runs the guard's checks in its own header
+        # scan (one scan per hot request); every other request meets the guard as a middleware.
+        guard = RequestGuard(functools.partial(FastAPI.__call__, self), state.hosts)
+        app: ASGIApp = guard
         if fast_routes is not None:
-            app = FastPath(app, routes=fast_routes, metrics=state.metrics, max_body=state.settings.max_body)
+            app = FastPath(app, fast_routes, state.metrics, state.settings.max_body, guard=guard)
         if state.hosts.origins:
-            app = cors_middleware(app, state.hosts.origins)
-        self._entry = RequestGuard(app, state.hosts)
+            app = cors_middleware(app, state.hosts.origins)  # answers preflights, adds headers to every response
+        self._entry = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._entry is not None:
