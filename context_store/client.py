@@ -29,6 +29,7 @@ from .errors import (
 )
 from .types import FeatureMetadata, FeatureVector, KnowledgeChunk, KnowledgeResult, SimilarItem, SimilarResult
 from .vocab.json import RECORD_OPTIONS
+from .vocab.redact import redact_url
 
 __all__ = ["get_feature_server_client", "FeatureServerClient", "AsyncFeatureServerClient"]
 
@@ -213,6 +214,7 @@ def _headers(api_key: str | None) -> dict[str, str]:
 class _Base:
     def __init__(self, url: str, api_key: str | None, workspace: str | None) -> None:
         self.url = url.rstrip("/")
+        self._shown_url = redact_url(self.url)  # error messages never carry the URL's credentials
         self.workspace = workspace
         self._headers = _headers(api_key)
 
@@ -236,13 +238,13 @@ class FeatureServerClient(_Base):
         try:
             return self._client.post(path, content=content)
         except httpx.TransportError as e:
-            raise UnavailableError(f"feature server at {self.url} unreachable: {e}") from None
+            raise UnavailableError(f"feature server at {self._shown_url} unreachable: {e}") from None
 
     def _get(self, path: str, params: dict[str, Any]) -> httpx.Response:
         try:
             return self._client.get(path, params={k: v for k, v in params.items() if v is not None})
         except httpx.TransportError as e:
-            raise UnavailableError(f"feature server at {self.url} unreachable: {e}") from None
+            raise UnavailableError(f"feature server at {self._shown_url} unreachable: {e}") from None
 
     def get_features(
         self,
@@ -335,7 +337,7 @@ class AsyncFeatureServerClient(_Base):
         try:
             return await self._client.post(path, content=content)
         except httpx.TransportError as e:
-            raise UnavailableError(f"feature server at {self.url} unreachable: {e}") from None
+            raise UnavailableError(f"feature server at {self._shown_url} unreachable: {e}") from None
 
     async def get_features(
         self,

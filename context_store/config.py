@@ -2,11 +2,15 @@
 environment variables, overridden by keyword arguments.
 
 ```yaml
-online_store: sqlite            # or redis://127.0.0.1:6379/0
+online_store: sqlite            # or redis://127.0.0.1:6379/0 (a password in it never appears in output)
 data_dir: .context_store        # registry, offline store (Lance) and sqlite online store live here
 offline_store: null             # default: <data_dir>/<workspace>/offline
 registry: null                  # default: <data_dir>/registry
+allowed_hosts: []               # Host headers the server answers besides loopback, e.g. [api.example.com]
+allowed_origins: []             # browser origins that get CORS headers, e.g. [https://app.example.com]
 ```
+
+Lists come from the environment comma-separated (``CONTEXT_STORE_ALLOWED_HOSTS=a.example,b.example``).
 """
 
 from __future__ import annotations
@@ -20,15 +24,29 @@ from typing import Any
 import yaml
 
 from .errors import InvalidInputError
+from .vocab.redact import redact_url, register_url
 
-__all__ = ["Config", "load_config", "CONFIG_FILE"]
+__all__ = ["Config", "load_config", "check_host_list", "CONFIG_FILE"]
 
 CONFIG_FILE = "context_store.yaml"
 _WORKSPACE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_KEYS = ("online_store", "data_dir", "offline_store", "registry", "workspace", "redis_stream_maxlen", "ray_address")
+_KEYS = (
+    "online_store",
+    "data_dir",
+    "offline_store",
+    "registry",
+    "workspace",
+    "redis_stream_maxlen",
+    "ray_address",
+    "allowed_hosts",
+    "allowed_origins",
+)
+_LISTS = ("allowed_hosts", "allowed_origins")
+_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(:(\*|[0-9]{1,5}))?$")
+_ORIGIN = re.compile(r"^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(:[0-9]{1,5})?$")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Config:
     repo: Path
     workspace: str = "default"
@@ -37,6 +55,20 @@ class Config:
     offline_store: Path | None = None
     registry: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    allowed_hosts: tuple[str, ...] = ()  # besides loopback; see docs/security.md
+    allowed_origins: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        # The store URL may carry a password: the repr (tracebacks, debug logs) shows it masked.
+        extra = {k: redact_url(v) if isinstance(v, str) else v for k, v in self.extra.items()}
+        return (
+            f"Config(repo={str(self.repo)!r}, workspace={self.workspace!r}, "
+            f"online_store={redact_url(self.online_store)!r}, data_dir={str(self.data_dir)!r}, "
+            f"offline_store={self.offline_store!r}, registry={self.registry!r}, extra={extra!r}, "
+            f"allowed_hosts={self.allowed_hosts!r}, allowed_origins={self.allowed_origins!r})"
+        )
+
+    __str__ = __repr__
 
     @property
     def workspace_dir(self) -> Path:
@@ -93,8 +125,14 @@ def load_config(repo: str | os.PathLike[str] = ".", **overrides: Any) -> Config:
             values[key] = env
     values.update({k: v for k, v in overrides.items() if v is not None})
     online = str(values.get("online_store") or "sqlite")
+    register_url(online)
+    if isinstance(values.get("ray_address"), str):
+        register_url(values["ray_address"])
     if online not in ("sqlite",) and not online.startswith(("redis://", "rediss://", "unix://", "sqlite:")):
-        raise InvalidInputError(f"online_store {online!r} must be 'sqlite' or a redis:// URL", field="online_store")
+        raise InvalidInputError(
+            f"online_store {redact_url(online)!r} must be 'sqlite' or a redis:// URL", field="online_store"
+        )
+    lists = {k: check_host_list(k, _string_list(values.get(k), k)) for k in _LISTS}
 
     def _path(v: Any) -> Path | None:
         if v in (None, ""):
@@ -103,7 +141,9 @@ def load_config(repo: str | os.PathLike[str] = ".", **overrides: Any) -> Config:
         return p if p.is_absolute() else root / p
 
     extra = {
-        k: values[k] for k in values if k not in ("online_store", "data_dir", "offline_store", "registry", "workspace")
+        k: values[k]
+        for k in values
+        if k not in ("online_store", "data_dir", "offline_store", "registry", "workspace", *_LISTS)
     }
     return Config(
         repo=root,
@@ -113,4 +153,30 @@ def load_config(repo: str | os.PathLike[str] = ".", **overrides: Any) -> Config:
         offline_store=_path(values.get("offline_store")),
         registry=_path(values.get("registry")),
         extra=extra,
+        allowed_hosts=lists["allowed_hosts"],
+        allowed_origins=lists["allowed_origins"],
     )
+
+
+def check_host_list(key: str, entries: tuple[str, ...], field: str | None = None) -> tuple[str, ...]:
+    """Validate ``allowed_hosts`` (``name``, ``name:port``, ``name:*``) or ``allowed_origins`` entries."""
+    for e in entries:
+        if key == "allowed_hosts" and not _HOST.match(e):
+            raise InvalidInputError(
+                f"allowed host {e!r} must be a host name or address, optionally with :port or :*", field=field or key
+            )
+        if key == "allowed_origins" and not _ORIGIN.match(e):
+            raise InvalidInputError(
+                f"allowed origin {e!r} must look like https://app.example.com[:port]", field=field or key
+            )
+    return entries
+
+
+def _string_list(value: Any, key: str) -> tuple[str, ...]:
+    """A yaml list or a comma-separated string (environment) -> stripped, non-empty entries."""
+    if value in (None, ""):
+        return ()
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(x, str) for x in items):
+        raise InvalidInputError(f"{key} must be a list of strings", field=key)
+    return tuple(x.strip() for x in items if x.strip())

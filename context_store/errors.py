@@ -8,6 +8,8 @@ fast path, the body-size limit and the MCP HTTP transport; ``tool_error_text`` i
 
 from __future__ import annotations
 
+from .vocab.redact import redact_text
+
 __all__ = [
     "ContextStoreError",
     "DefinitionError",
@@ -20,6 +22,8 @@ __all__ = [
     "OverloadedError",
     "ConflictError",
     "PayloadTooLargeError",
+    "UnsupportedMediaTypeError",
+    "MisdirectedRequestError",
     "http_status",
     "error_body",
     "error_headers",
@@ -98,6 +102,18 @@ class PayloadTooLargeError(ContextStoreError):
     status = 413
 
 
+class UnsupportedMediaTypeError(ContextStoreError):
+    """A write whose body is not declared ``application/json`` (cross-site forms and ``text/plain`` posts)."""
+
+    status = 415
+
+
+class MisdirectedRequestError(ContextStoreError):
+    """A ``Host`` header this server was not told to answer for (DNS rebinding); the status ``/mcp`` uses."""
+
+    status = 421
+
+
 # -- the one error -> HTTP mapping (REST routes, fast path, MCP transport) -------------------------
 def is_unavailable(exc: BaseException) -> bool:
     """A backing service is down (Redis refused / timed out): 503, retry later."""
@@ -115,11 +131,13 @@ def http_status(exc: BaseException) -> int:
 
 
 def error_body(exc: BaseException) -> dict[str, str]:
-    """``{"message", "field"?}``: the field only when the caller can fix it; never a traceback."""
+    """``{"message", "field"?}``: the field only when the caller can fix it; never a traceback, never a
+    credential (a driver's error text may quote the store URL)."""
     if isinstance(exc, ContextStoreError):
-        return {"message": exc.message, "field": exc.field} if exc.field else {"message": exc.message}
+        message = redact_text(exc.message)
+        return {"message": message, "field": exc.field} if exc.field else {"message": message}
     if is_unavailable(exc):
-        return {"message": f"online store unreachable: {exc}; retry shortly"}
+        return {"message": redact_text(f"online store unreachable: {exc}; retry shortly")}
     return {"message": f"internal error: {type(exc).__name__}"}
 
 
@@ -135,4 +153,4 @@ def error_headers(status: int) -> dict[str, str]:
 def tool_error_text(exc: ContextStoreError) -> str:
     """The text of an MCP ``isError`` result: the error class, the message and the field to fix."""
     where = f" (field: {exc.field})" if exc.field else ""
-    return f"{type(exc).__name__}: {exc.message}{where}"
+    return f"{type(exc).__name__}: {redact_text(exc.message)}{where}"

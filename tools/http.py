@@ -94,6 +94,8 @@ class McpHttpApp:
             await _reply(send, e)
             return
         scope = dict(scope)
+        # Host names are case-insensitive; the SDK's Host/Origin check compares exactly: give it lower case.
+        scope["headers"] = [(k, v.lower()) if k in (b"host", b"origin") else (k, v) for k, v in scope["headers"]]
         scope[PRINCIPAL_SCOPE_KEY] = principal
         # The SDK binds a stateful session to the credential that opened it; give it a stable id.
         client_id = getattr(principal, "key_id", None) or hashlib.sha256((header or "").encode()).hexdigest()[:16]

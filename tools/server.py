@@ -24,7 +24,15 @@ from pydantic import Field
 
 from context_store import ContextStore
 from context_store.definitions import RealtimeFeatureView
-from context_store.errors import ContextStoreError, InvalidInputError, UnauthorizedError, tool_error_text
+from context_store.errors import (
+    ContextStoreError,
+    InvalidInputError,
+    UnauthorizedError,
+    UnavailableError,
+    error_body,
+    is_unavailable,
+    tool_error_text,
+)
 from context_store.limits import (
     CONTEXT_QUERY_CHARS,
     ENTITY_ID_CHARS,
@@ -113,6 +121,11 @@ def _errors() -> Iterator[None]:
         yield
     except ContextStoreError as e:
         raise ToolError(tool_error_text(e)) from e
+    except Exception as e:
+        if not is_unavailable(e):
+            raise
+        # A driver's connection error may quote the store URL: the REST 503 text, masked.
+        raise ToolError(tool_error_text(UnavailableError(error_body(e)["message"]))) from e
 
 
 async def _run(call: Callable[[], Any], *, offload: bool) -> Any:

@@ -30,6 +30,7 @@ import click
 
 from ..errors import ContextStoreError, InvalidInputError
 from ..vocab.json import to_jsonable
+from ..vocab.redact import redact_text
 from ..vocab.time import checked_utc, parse_iso
 
 if TYPE_CHECKING:
@@ -144,11 +145,11 @@ def _passthrough(e: BaseException) -> bool:
 
 
 def run_guarded(fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` turning our errors (and unexpected ones) into a clean ClickException."""
+    """Run ``fn`` turning our errors (and unexpected ones) into a clean ClickException (credentials masked)."""
     try:
         return fn()
     except ContextStoreError as e:
-        raise click.ClickException(str(e)) from None
+        raise click.ClickException(redact_text(str(e))) from None
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
@@ -162,7 +163,7 @@ def run_guarded(fn: Callable[[], Any]) -> Any:
     except Exception as e:
         if _passthrough(e) or os.environ.get(DEBUG_ENV):
             raise
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        msg = redact_text(str(e).strip().splitlines()[0]) if str(e).strip() else ""
         raise click.ClickException(
             f"unexpected {type(e).__name__}{': ' + msg if msg else ''} (set {DEBUG_ENV}=1 for the traceback)"
         ) from None

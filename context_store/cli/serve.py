@@ -6,6 +6,7 @@ import click
 
 from ..errors import ContextStoreError
 from ..server.shedding import DEFAULT_MAX_IN_FLIGHT
+from ..vocab.redact import redact_text
 from ._common import config_from_ctx, handle_errors, repo_options
 
 __all__ = ["serve"]
@@ -50,7 +51,14 @@ __all__ = ["serve"]
     "--allowed-host",
     "allowed_hosts",
     multiple=True,
-    help="Host header MCP accepts (repeatable), e.g. api.example.com:*.",
+    help="Host name clients use to reach this server (repeatable), e.g. api.example.com or api.example.com:8443; "
+    "loopback names are always answered, other Host headers get 421. Needed with --host 0.0.0.0.",
+)
+@click.option(
+    "--allowed-origin",
+    "allowed_origins",
+    multiple=True,
+    help="Browser origin that gets CORS headers (repeatable), e.g. https://app.example.com. None by default.",
 )
 @click.option(
     "--log-level",
@@ -73,6 +81,7 @@ def serve(
     stream_processes: int,
     max_in_flight: int,
     allowed_hosts: tuple[str, ...],
+    allowed_origins: tuple[str, ...],
     log_level: str,
 ) -> None:
     """Serve features over Tecton's HTTP API, the native API and MCP (streamable HTTP at /mcp).
@@ -101,13 +110,14 @@ def serve(
         log_level=log_level,
         allowed_hosts=list(allowed_hosts),
         public_metrics=public_metrics,
+        allowed_origins=list(allowed_origins),
     )
     try:
         from ..server.run import check_options
 
         check_options(opts)
     except ContextStoreError as e:
-        raise click.UsageError(str(e)) from None
+        raise click.UsageError(redact_text(str(e))) from None
     scheme = "auth: API keys" if opts.auth else "auth: DISABLED (loopback development)"
     if opts.auth and opts.public_metrics:
         scheme += ", /metrics public"

@@ -15,13 +15,14 @@ from typing import Any
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
-from starlette.routing import Route
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import Config, load_config
 from .auth import authorize
 from .errors import install_error_handlers
 from .fastpath import FastPath
+from .guard import RequestGuard, cors_middleware
 from .keys import KeyStore, key_store_path
 from .limits import BodySizeLimit
 from .metrics import Metrics
@@ -70,23 +71,29 @@ class _RequestMetrics:
 
 
 class _App(FastAPI):
-    """FastAPI with the fast path and load shedding in front: hot routes skip every FastAPI layer (telemetry,
-    error and body-limit middleware, router); ``FastPath`` does their error mapping, size limit and metrics
-    itself. ``LoadShedder`` (outermost) bounds the requests in flight across both."""
+    """FastAPI behind load shedding, the request guard (Host, Origin, Content-Type: ``guard.py``), CORS when
+    origins are configured, and the fast path: hot routes skip every FastAPI layer (telemetry, error and
+    body-limit middleware, router); ``FastPath`` does their error mapping, size limit and metrics itself.
+    ``LoadShedder`` (outermost) bounds the requests in flight across all of them."""
 
     _entry: ASGIApp | None = None
 
-    def enable_front(self, handlers: TectonHandlers, state: ServerState) -> None:
-        entry: ASGIApp | None = None
-        settings = state.settings
-        if settings.fast_path:
-            inner = functools.partial(FastAPI.__call__, self)
-            entry = FastPath(inner, routes=handlers.routes(), metrics=state.metrics, max_body=settings.max_body)
-        if settings.max_in_flight > 0:
-            entry = LoadShedder(
-                entry or functools.partial(FastAPI.__call__, self), settings.max_in_flight, state.metrics
-            )
-        self._entry = entry
+    def _routed(self, scope: Scope) -> bool:
+        """A route takes this method at this path (only asked for a write the guard would refuse)."""
+        return any(route.matches(scope)[0] == Match.FULL for route in self.router.routes)
+
+    def build_entry(self, state: ServerState, fast_routes: dict[tuple[str, str], Any] | None) -> None:
+        # [LoadShedder] -> [CORS] -> [FastPath] -> guard -> FastAPI. The fast path runs the guard's checks in its
+        # own header scan (one scan per hot request); every other request meets the guard as a middleware.
+        guard = RequestGuard(functools.partial(FastAPI.__call__, self), state.hosts, self._routed)
+        app: ASGIApp = guard
+        if fast_routes is not None:
+            app = FastPath(app, fast_routes, state.metrics, state.settings.max_body, guard=guard)
+        if state.hosts.origins:
+            app = cors_middleware(app, state.hosts.origins)  # answers preflights, adds headers to every response
+        if state.settings.max_in_flight > 0:
+            app = LoadShedder(app, state.settings.max_in_flight, state.metrics)  # refuses before reading a body
+        self._entry = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._entry is not None:
@@ -121,12 +128,10 @@ def _mcp_app(state: ServerState) -> Any:
         authorize(principal, "read", None)
         return principal
 
-    kw: dict[str, Any] = {}
-    if state.settings.allowed_hosts:
-        kw["allowed_hosts"] = list(state.settings.allowed_hosts)
-    if state.settings.allowed_origins:
-        kw["allowed_origins"] = list(state.settings.allowed_origins)
-    return create_mcp_http_app(state.resolver, auth, **kw)
+    # The same lists as the request guard in front of it: the two checks never disagree.
+    return create_mcp_http_app(
+        state.resolver, auth, allowed_hosts=state.hosts.mcp_hosts(), allowed_origins=state.hosts.mcp_origins()
+    )
 
 
 async def _refresh_loop(state: ServerState) -> None:
@@ -209,5 +214,5 @@ def create_app(
         )
     app.add_middleware(_RequestMetrics, metrics=state.metrics)
     app.add_middleware(BodySizeLimit, max_body=settings.max_body)
-    app.enable_front(handlers, state)
+    app.build_entry(state, handlers.routes() if settings.fast_path else None)
     return app

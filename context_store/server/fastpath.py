@@ -23,6 +23,7 @@ from ..errors import (
     is_unavailable,
 )
 from .errors import dumps
+from .guard import RequestGuard
 from .metrics import Metrics
 from .routes_tecton import Handler
 
@@ -33,8 +34,16 @@ _JSON = (b"content-type", b"application/json")
 
 
 class FastPath:
-    def __init__(self, app: ASGIApp, routes: dict[tuple[str, str], Handler], metrics: Metrics, max_body: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        routes: dict[tuple[str, str], Handler],
+        metrics: Metrics,
+        max_body: int,
+        guard: RequestGuard | None = None,
+    ) -> None:
         self.app = app
+        self.guard = guard  # its Host/Origin/Content-Type checks, done here from this class's one header scan
         self.routes = routes
         self.metrics = metrics
         self.max_body = max_body
@@ -46,16 +55,25 @@ class FastPath:
             await self.app(scope, receive, send)
             return
         t0 = time.perf_counter()
-        auth = None
-        length = None
+        auth = length = host = origin = content_type = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 auth = value.decode("latin-1")
             elif name == b"content-length":
                 length = value
+            elif name == b"host":
+                host = value
+            elif name == b"content-type":
+                content_type = value
+            elif name == b"origin":
+                origin = value
         status, body = 200, b""
         extra: tuple[tuple[bytes, bytes], ...] = ()
         try:
+            if self.guard is not None:
+                refused = self.guard.verdict(scope, host, origin, content_type)
+                if refused is not None:
+                    raise refused
             raw = await self._body(receive, length)
             body = dumps(await handler(auth, raw, scope))
         except Exception as e:

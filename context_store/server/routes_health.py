@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
+from ..vocab.redact import redact_text
 from .auth import authorize
 from .errors import json_response
 from .state import ServerState
@@ -49,7 +50,7 @@ def health_router(state: ServerState) -> APIRouter:
                 raise ConnectionError("ping failed")
         except Exception as e:  # whatever the cause, the answer is "not ready" with the reason
             state.metrics.online_up.set(0)
-            reason = "timed out" if isinstance(e, asyncio.TimeoutError) else str(e) or type(e).__name__
+            reason = "timed out" if isinstance(e, asyncio.TimeoutError) else redact_text(str(e)) or type(e).__name__
             return json_response({"ready": False, "message": f"online store unreachable: {reason}"}, 503)
         state.metrics.online_up.set(1)
         ping_ms = round((time.perf_counter() - t0) * 1000, 3)

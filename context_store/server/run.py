@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import ipaddress
+import logging
 import os
 import socket
 import sys
@@ -13,20 +14,23 @@ from typing import Any
 
 import orjson
 
+from ..config import Config, check_host_list, load_config
 from ..errors import InvalidInputError
 from .shedding import DEFAULT_MAX_IN_FLIGHT
 from .supervise import ENV_PARENT_PID, ENV_WORKER_STATUS, Supervisor, die_with_parent
 
-__all__ = ["ServeOptions", "serve", "app_from_env", "is_loopback", "ENV_OPTIONS"]
+__all__ = ["ServeOptions", "serve", "app_from_env", "is_loopback", "public_bind_warning", "ENV_OPTIONS"]
 
 ENV_OPTIONS = "CONTEXT_STORE_SERVER_OPTIONS"
+_ANY_ADDRESS = ("0.0.0.0", "::", "")
+log = logging.getLogger("context_store.server")
 
 
 @dataclass
 class ServeOptions:
     repo: str = "."
     workspace: str | None = None
-    online_store: str | None = None
+    online_store: str | None = field(default=None, repr=False)  # may carry a password
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
@@ -40,6 +44,7 @@ class ServeOptions:
     log_level: str = "warning"
     allowed_hosts: list[str] = field(default_factory=list)
     public_metrics: bool = False
+    allowed_origins: list[str] = field(default_factory=list)
 
 
 def is_loopback(host: str) -> bool:
@@ -69,19 +74,27 @@ def check_options(opts: ServeOptions) -> None:
         raise InvalidInputError("stream processes must be between 1 and 64", field="--stream-processes")
     if opts.max_in_flight < 0:
         raise InvalidInputError("max in-flight must be >= 0 (0 = unbounded)", field="--max-in-flight")
+    check_host_list("allowed_hosts", tuple(opts.allowed_hosts), "--allowed-host")
+    check_host_list("allowed_origins", tuple(opts.allowed_origins), "--allowed-origin")
 
 
-def _mcp_hosts(opts: ServeOptions) -> list[str]:
-    from_cli = list(opts.allowed_hosts)
-    if not is_loopback(opts.host) and opts.host not in ("0.0.0.0", "::"):
-        from_cli += [opts.host, f"{opts.host}:*"]
-    if not from_cli:
-        return []
-    try:
-        from context_store.tools.http import DEFAULT_ALLOWED_HOSTS
-    except ImportError:
-        DEFAULT_ALLOWED_HOSTS = []
-    return list(DEFAULT_ALLOWED_HOSTS) + from_cli
+def _extra_hosts(opts: ServeOptions) -> list[str]:
+    """Host names answered besides loopback and the config's: ``--allowed-host`` and a specific bound address."""
+    hosts = list(opts.allowed_hosts)
+    if not is_loopback(opts.host) and opts.host not in _ANY_ADDRESS:
+        hosts.append(f"[{opts.host}]" if ":" in opts.host else opts.host)
+    return hosts
+
+
+def public_bind_warning(opts: ServeOptions, config: Config) -> str | None:
+    """Bound to every interface without public host names: remote clients will get 421 (say so; do not refuse)."""
+    if opts.host not in _ANY_ADDRESS or opts.allowed_hosts or config.allowed_hosts:
+        return None
+    return (
+        f"serving on {opts.host} but no --allowed-host (or allowed_hosts in context_store.yaml) is set: only "
+        "requests whose Host header is localhost, 127.0.0.1 or [::1] are answered; others get 421. "
+        "Pass the public names clients use, e.g. --allowed-host api.example.com"
+    )
 
 
 def app_from_env() -> Any:
@@ -101,9 +114,8 @@ def app_from_env() -> Any:
     }
     if opts.max_body:
         overrides["max_body"] = opts.max_body
-    hosts = _mcp_hosts(opts)
-    if hosts:
-        overrides["allowed_hosts"] = tuple(hosts)
+    overrides["allowed_hosts"] = tuple(_extra_hosts(opts))
+    overrides["allowed_origins"] = tuple(opts.allowed_origins)
     return create_app(opts.repo, workspace=opts.workspace, online_store=opts.online_store, auth=opts.auth, **overrides)
 
 
@@ -139,6 +151,11 @@ def serve(opts: ServeOptions) -> None:
 
     check_options(opts)
     configure_server_logging(opts.log_level)
+    warning = public_bind_warning(
+        opts, load_config(opts.repo, workspace=opts.workspace, online_store=opts.online_store)
+    )
+    if warning:
+        log.warning(warning)
     os.environ[ENV_OPTIONS] = orjson.dumps(asdict(opts)).decode()
     tmp = None
     if opts.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -159,6 +159,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     403: {"description": "Key not allowed for this workspace or scope", **_ERR},
     404: {"description": "Unknown feature service / view / knowledge", **_ERR},
     413: {"description": "Request body too large", **_ERR},
+    415: {"description": "A write without Content-Type: application/json", **_ERR},
     429: {"description": "Rate limit exceeded", **_ERR},
     503: {"description": "Online store unreachable; retry", **_ERR},
 }

@@ -11,6 +11,7 @@ from ..config import Config
 from ..limits import BATCH_ROWS, INGEST_RECORDS
 from ..serving.store import ContextStore
 from .auth import Principal, authenticate, authorize
+from .guard import HostPolicy
 from .keys import KeyStore
 from .limits import DEFAULT_MAX_BODY, RateLimiter
 from .metrics import Metrics
@@ -29,7 +30,9 @@ class ServerSettings:
     refresh_interval: float = 5.0  # seconds between registry-change checks
     mcp: bool = True
     freshness_sample: int = 16  # record freshness age on 1 request in N
-    allowed_hosts: tuple[str, ...] = ()  # extra Host headers MCP accepts (DNS-rebinding protection)
+    # Host names answered besides loopback (DNS-rebinding protection, REST and MCP alike), added to the
+    # config's ``allowed_hosts``; browser origins that get CORS headers, added to ``allowed_origins``.
+    allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     # Serve the Tecton routes without FastAPI's per-request layers; False serves them through the FastAPI
     # routes (same responses: the tests run both ways).
@@ -47,6 +50,9 @@ class ServerState:
         self.resolver = StoreResolver(config)
         self.limiter = RateLimiter(settings.rate_limit)
         self.metrics = Metrics()
+        self.hosts = HostPolicy.build(
+            (*config.allowed_hosts, *settings.allowed_hosts), (*config.allowed_origins, *settings.allowed_origins)
+        )
         self.counter = 0
 
     def authenticate(self, request: Request) -> Principal:

@@ -32,7 +32,8 @@ def env(tmp_path_factory: pytest.TempPathFactory, prepare_store: McpStoreFactory
     ws = "e" + uuid.uuid4().hex[:12]
     root = tmp_path_factory.mktemp("entry") / "repo"
     store = prepare_store(root, ws, "sqlite")
-    app = create_app(root, workspace=ws, online_store="sqlite", auth=False, mcp=False)
+    # TestClient sends Host: testserver, which only tests allow.
+    app = create_app(root, workspace=ws, online_store="sqlite", auth=False, mcp=False, allowed_hosts=("testserver",))
     with TestClient(app) as client:
         yield Env(store, client, ["-r", str(root), "-w", ws, "--online-store", "sqlite"])
     store.close()

@@ -23,6 +23,8 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
+from ...vocab.redact import register_url
+
 __all__ = [
     "RedisStreamLog",
     "AppliedWaiter",
@@ -101,6 +103,7 @@ class RedisStreamLog:
     """The stream transport of one workspace (shared by pushers and workers)."""
 
     def __init__(self, url: str, workspace: str, client: Any = None) -> None:
+        register_url(url)
         self.url = url
         self.workspace = workspace
         self.r = client or connect(url)

@@ -16,6 +16,7 @@ from typing import Any
 
 from ...errors import UnavailableError
 from ...state.ops import Ops
+from ...vocab.redact import redact_url, register_url
 from .base import BaseOnlineStore
 
 __all__ = ["RedisOnlineStore"]
@@ -181,6 +182,7 @@ class RedisOnlineStore(BaseOnlineStore):
 
     def __init__(self, url: str, workspace: str = "default") -> None:
         redis = _import_redis()
+        register_url(url)  # its password is masked in every message and log line from now on
         self.url = url
         self.workspace = workspace
         self.prefix = f"cs:{workspace}:"
@@ -200,7 +202,8 @@ class RedisOnlineStore(BaseOnlineStore):
 
     def _unavailable(self, e: Exception) -> UnavailableError:
         return UnavailableError(
-            f"online store: Redis at {self.url} is unreachable ({type(e).__name__}: {e}); retry when it is back"
+            f"online store: Redis at {redact_url(self.url)} is unreachable ({type(e).__name__}: {e}); "
+            "retry when it is back"
         )
 
     def _k(self, key: str) -> str:
