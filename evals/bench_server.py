@@ -533,7 +533,9 @@ def main() -> None:
         ).encode()
         import httpx
 
-        sample = httpx.post(f"http://127.0.0.1:{cs_port}{PATH}", content=body, timeout=10)
+        sample = httpx.post(
+            f"http://127.0.0.1:{cs_port}{PATH}", content=body, headers={"Content-Type": "application/json"}, timeout=10
+        )
         assert sample.status_code == 200, sample.text
         features = sample.json()["result"]["features"]
         assert len(features) == 10 and features[0] not in (None, "0"), features
