@@ -8,6 +8,11 @@ fast path, the body-size limit and the MCP HTTP transport; ``tool_error_text`` i
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+
 from .vocab.redact import redact_text
 
 __all__ = [
@@ -29,6 +34,7 @@ __all__ = [
     "error_headers",
     "tool_error_text",
     "is_unavailable",
+    "send_error",
 ]
 
 
@@ -154,3 +160,13 @@ def tool_error_text(exc: ContextStoreError) -> str:
     """The text of an MCP ``isError`` result: the error class, the message and the field to fix."""
     where = f" (field: {exc.field})" if exc.field else ""
     return f"{type(exc).__name__}: {redact_text(exc.message)}{where}"
+
+
+async def send_error(send: Callable[[MutableMapping[str, Any]], Awaitable[None]], exc: BaseException) -> None:
+    """An error as a raw ASGI response, for middleware in front of the routes (same status, body and headers)."""
+    body = orjson.dumps(error_body(exc))
+    status = http_status(exc)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.encode(), v.encode()) for k, v in error_headers(status).items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

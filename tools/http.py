@@ -25,7 +25,6 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-import orjson
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
@@ -33,7 +32,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import Receive, Scope, Send
 
 from context_store import ContextStore
-from context_store.errors import ContextStoreError, UnauthorizedError, error_body, error_headers, http_status
+from context_store.errors import ContextStoreError, UnauthorizedError, send_error
 
 from .server import PRINCIPAL_SCOPE_KEY, create_mcp_server
 
@@ -47,16 +46,6 @@ __all__ = [
 
 DEFAULT_ALLOWED_HOSTS = ["127.0.0.1", "127.0.0.1:*", "localhost", "localhost:*", "[::1]", "[::1]:*"]
 DEFAULT_ALLOWED_ORIGINS = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
-
-
-async def _reply(send: Send, exc: ContextStoreError) -> None:
-    """The REST error mapping (``context_store.errors``): same status, body and headers as the routes."""
-    body = orjson.dumps(error_body(exc))
-    status = http_status(exc)
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers += [(k.encode(), v.encode()) for k, v in error_headers(status).items()]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 class McpHttpApp:
@@ -91,7 +80,7 @@ class McpHttpApp:
             if principal is None:
                 raise UnauthorizedError("invalid or revoked API key", field="Authorization")
         except ContextStoreError as e:
-            await _reply(send, e)
+            await send_error(send, e)
             return
         scope = dict(scope)
         # Host names are case-insensitive; the SDK's Host/Origin check compares exactly: give it lower case.

@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-import orjson
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -27,9 +26,7 @@ from ..errors import (
     ForbiddenError,
     MisdirectedRequestError,
     UnsupportedMediaTypeError,
-    error_body,
-    error_headers,
-    http_status,
+    send_error,
 )
 
 __all__ = ["HostPolicy", "RequestGuard", "LOOPBACK_HOSTS", "cors_middleware"]
@@ -110,15 +107,6 @@ def _is_json(content_type: bytes | None) -> bool:
     return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
 
 
-async def _reply(send: Send, exc: ContextStoreError) -> None:
-    body = orjson.dumps(error_body(exc))
-    status = http_status(exc)
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers += [(k.encode(), v.encode()) for k, v in error_headers(status).items()]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
 class RequestGuard:
     """Pure ASGI, outermost: one scan of the headers, then set lookups of values accepted before (measured:
     under a microsecond per request); the full checks run only for a value not seen yet."""
@@ -144,7 +132,7 @@ class RequestGuard:
                     content_type = value
             err = self.verdict(scope, host, origin, content_type)
             if err is not None:
-                await _reply(send, err)
+                await send_error(send, err)
                 return
         await self.app(scope, receive, send)
 

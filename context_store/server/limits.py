@@ -5,17 +5,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import (
-    ContextStoreError,
     InvalidInputError,
     PayloadTooLargeError,
     RateLimitedError,
-    error_body,
-    error_headers,
-    http_status,
+    send_error,
 )
 from ..limits import BODY_BYTES
 
@@ -26,16 +22,6 @@ DEFAULT_MAX_BODY = BODY_BYTES  # ``serve --max-body`` overrides it
 
 class _TooLarge(Exception):
     pass
-
-
-async def _send_error(send: Send, exc: ContextStoreError) -> None:
-    """The same status, body and headers as the routes and the fast path give (``context_store.errors``)."""
-    body = orjson.dumps(error_body(exc))
-    status = http_status(exc)
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers += [(k.encode(), v.encode()) for k, v in error_headers(status).items()]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 class BodySizeLimit:
@@ -55,12 +41,12 @@ class BodySizeLimit:
                 try:
                     size = int(value)
                 except ValueError:
-                    await _send_error(
+                    await send_error(
                         send, InvalidInputError("Content-Length header is not an integer", field="Content-Length")
                     )
                     return
                 if size > limit:
-                    await _send_error(
+                    await send_error(
                         send,
                         PayloadTooLargeError(
                             f"request body of {size} bytes exceeds the limit of {limit} bytes", field="body"
@@ -90,7 +76,7 @@ class BodySizeLimit:
             await self.app(scope, limited_receive, tracking_send)
         except _TooLarge:
             if not started:
-                await _send_error(
+                await send_error(
                     send, PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes", field="body")
                 )
 
