@@ -17,179 +17,25 @@ from typing import Any
 from ...errors import UnavailableError
 from ...state.ops import Ops
 from ...vocab.redact import redact_url, register_url
+from ._resp import CHUNK_KEYS, COMMIT, MHMGET, RawConnection, import_redis, pack, resp, resp_args
 from .base import BaseOnlineStore
 
 __all__ = ["RedisOnlineStore"]
-
-# KEYS[1] offsets hash, KEYS[2..1+nent] entity hashes, then capped lists (recent events).
-# ARGV: ncas, (field, expected ('' = unset), new)*, nguards, (key index, field, expected)*,
-#   notify channel ('' = none), message, nent, then per entity key:
-#   nsets, (f, v)*, nappends, (f, v)*, ndels, f*, expire_ms (-1 persist, 0 leave as is)
-#   then per list: max_len, nitems, item*
-# Checks first (nothing is written unless every offset and guard holds), then writes, then
-# the offsets and the notification (pushers waiting for read-after-write).
-_COMMIT = """
-local a = 1
-local ncas = tonumber(ARGV[a]); a = a + 1
-for i = 1, ncas do
-  if (redis.call('HGET', KEYS[1], ARGV[a]) or '') ~= ARGV[a + 1] then return 0 end
-  a = a + 3
-end
-local ng = tonumber(ARGV[a]); local g0 = a + 1; a = a + 1
-for i = 1, ng do
-  if (redis.call('HGET', KEYS[tonumber(ARGV[a])], ARGV[a + 1]) or '') ~= ARGV[a + 2] then return 0 end
-  a = a + 3
-end
-local chan, msg = ARGV[a], ARGV[a + 1]; a = a + 2
-local nent = tonumber(ARGV[a]); a = a + 1
-for i = 0, ng - 1 do  -- before the writes: a new key then still gets its expiry below
-  redis.call('HINCRBY', KEYS[tonumber(ARGV[g0 + 3 * i])], ARGV[g0 + 3 * i + 1], 1)
-end
-local function batched(cmd, key, args)
-  for i = 1, #args, 4000 do
-    redis.call(cmd, key, unpack(args, i, math.min(i + 3999, #args)))
-  end
-end
-for k = 2, 1 + nent do
-  local key = KEYS[k]
-  local n = tonumber(ARGV[a]); a = a + 1
-  local args = {}
-  for i = 1, n do args[#args + 1] = ARGV[a]; args[#args + 1] = ARGV[a + 1]; a = a + 2 end
-  n = tonumber(ARGV[a]); a = a + 1
-  for i = 1, n do  -- appends join the same HSET (Redis hashes have no in-place append)
-    local old = redis.call('HGET', key, ARGV[a])
-    args[#args + 1] = ARGV[a]
-    if old then args[#args + 1] = old .. ARGV[a + 1] else args[#args + 1] = ARGV[a + 1] end
-    a = a + 2
-  end
-  if #args > 0 then batched('HSET', key, args) end
-  n = tonumber(ARGV[a]); a = a + 1
-  if n > 0 then
-    local args = {}
-    for i = 1, n do args[#args + 1] = ARGV[a]; a = a + 1 end
-    batched('HDEL', key, args)
-  end
-  local ex = tonumber(ARGV[a]); a = a + 1
-  if ex == -1 then
-    redis.call('HSET', key, '_p', '1'); redis.call('PERSIST', key)
-  elseif ex > 0 then
-    -- GT: only ever extend; a key without TTL is new (set it) or persisted ('_p': leave it)
-    if redis.call('PEXPIRE', key, ex, 'GT') == 0 and redis.call('PTTL', key) == -1
-       and redis.call('HEXISTS', key, '_p') == 0 then
-      redis.call('PEXPIRE', key, ex)
-    end
-  end
-end
-for k = 2 + nent, #KEYS do
-  local cap, n = tonumber(ARGV[a]), tonumber(ARGV[a + 1]); a = a + 2
-  batched('RPUSH', KEYS[k], {unpack(ARGV, a, a + n - 1)}); a = a + n
-  redis.call('LTRIM', KEYS[k], -cap, -1)
-end
-for i = 0, ncas - 1 do redis.call('HSET', KEYS[1], ARGV[2 + 3 * i], ARGV[4 + 3 * i]) end
-if chan ~= '' then redis.call('PUBLISH', chan, msg) end
-return 1
-"""
-_CHUNK_KEYS = 500
-# Many entities, same fields (async batch lookups): one command instead of N.
-_MHMGET = """
-local out = {}
-for i = 1, #KEYS do out[i] = redis.call('HMGET', KEYS[i], unpack(ARGV)) end
-return out
-"""
-
-
-def _resp(args: list[bytes], total: int | None = None) -> bytes:
-    """RESP array header (of ``total`` elements) and ``args``."""
-    return b"*%d\r\n" % (len(args) if total is None else total) + _resp_args(args)
-
-
-def _resp_args(args: list[bytes]) -> bytes:
-    """RESP bulk strings, no array header (appended to a command built by ``_resp``)."""
-    return b"".join([b"$%d\r\n%b\r\n" % (len(a), a) for a in args])
-
-
-class _Raw:
-    """A connection redis-py opened (auth, db selected), then driven directly with hiredis:
-    one ``sendall`` and ``recv_into`` per call, replies parsed by hiredis (no per-command layers)."""
-
-    __slots__ = ("_err", "_noscript", "buf", "conn", "pid", "reader", "sock")
-
-    def __init__(self, conn: Any, pid: int) -> None:
-        import hiredis
-
-        redis = _import_redis()
-        conn.connect()
-        self.conn = conn
-        self.sock = conn._sock
-        self.pid = pid
-        self._err = redis.exceptions.ResponseError
-        self._noscript = redis.exceptions.NoScriptError
-        self.reader = hiredis.Reader(replyError=self._err)
-        self.buf = bytearray(1 << 16)
-
-    def call(self, packed: bytes) -> Any:
-        self.sock.sendall(packed)
-        reader = self.reader
-        r = reader.gets()
-        while r is False:
-            n = self.sock.recv_into(self.buf)
-            if not n:
-                raise ConnectionError("Redis closed the connection")
-            reader.feed(self.buf, 0, n)  # type: ignore[arg-type]  # hiredis stubs: feed takes any buffer, not only str/bytes
-            r = reader.gets()
-        if isinstance(r, self._err):
-            raise self._noscript(str(r)) if str(r).startswith("NOSCRIPT") else r
-        return r
-
-    def call_many(self, packed: bytes, n: int) -> list[Any]:
-        """``n`` pipelined replies; every reply is read before an error is raised (stays in sync)."""
-        self.sock.sendall(packed)
-        out: list[Any]
-        reader, out = self.reader, []
-        err = None
-        while len(out) < n:
-            r = reader.gets()
-            if r is False:
-                k = self.sock.recv_into(self.buf)
-                if not k:
-                    raise ConnectionError("Redis closed the connection")
-                reader.feed(self.buf, 0, k)  # type: ignore[arg-type]  # hiredis stubs: feed takes any buffer
-                continue
-            if isinstance(r, self._err) and err is None:
-                err = r
-            out.append(r)
-        if err is not None:
-            raise err
-        return out
-
-
-def _pack(args: Any) -> bytes:
-    import hiredis
-
-    return hiredis.pack_command(args)
-
-
-def _import_redis() -> Any:
-    try:
-        import redis
-    except ImportError:  # pragma: no cover
-        raise UnavailableError("the Redis online store needs redis-py: pip install 'context-store[redis]'") from None
-    return redis
 
 
 class RedisOnlineStore(BaseOnlineStore):
     backend = "redis"
 
     def __init__(self, url: str, workspace: str = "default") -> None:
-        redis = _import_redis()
+        redis = import_redis()
         register_url(url)  # its password is masked in every message and log line from now on
         self.url = url
         self.workspace = workspace
         self.prefix = f"cs:{workspace}:"
         self._errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
         self._r = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=30)
-        self._script = self._r.register_script(_COMMIT)
-        self._mhmget = self._r.register_script(_MHMGET)
+        self._script = self._r.register_script(COMMIT)
+        self._mhmget = self._r.register_script(MHMGET)
         self._aclients: dict[int, Any] = {}
         self._alock = threading.Lock()
         self._tl = threading.local()
@@ -210,14 +56,14 @@ class RedisOnlineStore(BaseOnlineStore):
         return self.prefix + "e:" + key
 
     # -- reads --------------------------------------------------------------------------
-    def _raw(self) -> _Raw:
+    def _raw(self) -> RawConnection:
         """This thread's own connection: the hot path skips the pool and redis-py's command layer."""
         c = getattr(self._tl, "raw", None)
         if c is None or c.pid != os.getpid():  # never share a socket with a forked parent
             conn = self._r.connection_pool.make_connection()
             with self._alock:
                 self._held.append(conn)
-            c = self._tl.raw = _Raw(conn, os.getpid())
+            c = self._tl.raw = RawConnection(conn, os.getpid())
         return c
 
     def _drop_raw(self) -> None:
@@ -228,7 +74,7 @@ class RedisOnlineStore(BaseOnlineStore):
 
     def _direct(self, *args: Any) -> Any:
         """One command on this thread's connection; a broken connection is retried once (reads only)."""
-        packed = _pack(args)
+        packed = pack(args)
         for attempt in (0, 1):
             c = self._raw()
             try:
@@ -268,7 +114,7 @@ class RedisOnlineStore(BaseOnlineStore):
                 )
                 return self._many(packed, len(reqs))
             live = [(k, f) for k, f in reqs if f]
-            res = iter(self._many(b"".join([_pack(("HMGET", pre + k, *f)) for k, f in live]), len(live)))
+            res = iter(self._many(b"".join([pack(("HMGET", pre + k, *f)) for k, f in live]), len(live)))
             return [next(res) if f else [] for _, f in reqs]
         except self._errors as e:
             raise self._unavailable(e) from None
@@ -276,13 +122,13 @@ class RedisOnlineStore(BaseOnlineStore):
     def _eval_packed(self, script: str, head: list[bytes], body: list[bytes], n_body: int) -> Any:
         """EVALSHA of ``script`` on this thread's connection: ``head`` (numkeys, keys, ...) plain,
         ``body`` already RESP-encoded (``n_body`` arguments). Skips redis-py's argument packing."""
-        redis = _import_redis()
+        redis = import_redis()
         for attempt in (0, 1):
             sha = self._shas.get(script)
             if sha is None:
                 loaded = self._r.script_load(script)
                 sha = self._shas[script] = loaded.encode() if isinstance(loaded, str) else loaded
-            cmd = _resp([b"EVALSHA", sha] + head, 2 + len(head) + n_body) + b"".join(body)
+            cmd = resp([b"EVALSHA", sha] + head, 2 + len(head) + n_body) + b"".join(body)
             try:
                 return self._raw().call(cmd)
             except redis.exceptions.NoScriptError:
@@ -321,7 +167,7 @@ class RedisOnlineStore(BaseOnlineStore):
                 except Exception as e:  # NOSCRIPT (a fresh or restarted Redis): send the script itself
                     if type(e).__name__ != "NoScriptError" and "NOSCRIPT" not in str(e):
                         raise
-                    return await r.eval(_MHMGET, len(keys), *keys, *f0)
+                    return await r.eval(MHMGET, len(keys), *keys, *f0)
             pipe = r.pipeline(transaction=False)
             for key, fields in reqs:
                 if fields:
@@ -343,7 +189,7 @@ class RedisOnlineStore(BaseOnlineStore):
     # -- writes -------------------------------------------------------------------------
     @staticmethod
     def _args_resp(ops: Ops, k: str) -> tuple[int, bytes]:
-        """The script's per-key arguments (see _COMMIT), already RESP-encoded: (count, bytes)."""
+        """The script's per-key arguments (see COMMIT), already RESP-encoded: (count, bytes)."""
         out: list[bytes] = []
         n = 4
         for group in (ops.sets.get(k), ops.appends.get(k)):
@@ -394,8 +240,8 @@ class RedisOnlineStore(BaseOnlineStore):
                 body = [self._args_resp(ops, k) for k in keys]
                 for k in lists:
                     items, cap = ops.lists[k]
-                    body.append((2 + len(items), _resp_args([str(cap).encode(), str(len(items)).encode(), *items])))
-                return bool(self._eval_packed(_COMMIT, head, [b for _, b in body], sum(c for c, _ in body)))
+                    body.append((2 + len(items), resp_args([str(cap).encode(), str(len(items)).encode(), *items])))
+                return bool(self._eval_packed(COMMIT, head, [b for _, b in body], sum(c for c, _ in body)))
             with self._wlock:
                 self._bulk(ops, keys)
             return True
@@ -427,18 +273,18 @@ class RedisOnlineStore(BaseOnlineStore):
         pipelined on one connection (redis-py's per-argument packing dominated otherwise)."""
         self._drain()
         if self._sha is None:
-            self._sha = self._r.script_load(_COMMIT)
+            self._sha = self._r.script_load(COMMIT)
         cmds: list[bytes] = []
         sha = self._sha.encode() if isinstance(self._sha, str) else self._sha
-        for i in range(0, len(keys), _CHUNK_KEYS):
-            part = keys[i : i + _CHUNK_KEYS]
+        for i in range(0, len(keys), CHUNK_KEYS):
+            part = keys[i : i + CHUNK_KEYS]
             head = [b"EVALSHA", sha, str(len(part) + 1).encode(), self._offsets.encode()] + [
                 self._k(k).encode() for k in part
             ]
             head += [b"0", b"0", b"", b"", str(len(part)).encode()]  # no offsets, guards, notification
             body = [self._args_resp(ops, k) for k in part]
             n_args = len(head) + sum(c for c, _ in body)
-            cmds.append(_resp(head, n_args) + b"".join(b for _, b in body))
+            cmds.append(resp(head, n_args) + b"".join(b for _, b in body))
         pool = self._r.connection_pool
         conn = pool.get_connection()
         try:
@@ -457,7 +303,7 @@ class RedisOnlineStore(BaseOnlineStore):
             return
         self._pending = None
         conn, n, ops, keys = p
-        redis = _import_redis()
+        redis = import_redis()
         pool = self._r.connection_pool
         errors = []
         try:
