@@ -8,14 +8,12 @@ trip) -> assemble. No registry work per request.
 
 from __future__ import annotations
 
-import operator
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 from ..definitions import DType, FeatureSelection, FeatureView, RealtimeFeatureView, RequestSource
 from ..errors import ContextStoreError, InvalidInputError
@@ -25,6 +23,17 @@ from ..state.tiles import ViewState
 from ..stores.online.base import OnlineStore, ViewValues
 from ..types import MISSING_DATA, PRESENT, FeatureMetadata, FeatureVector
 from ..vocab.time import checked_seconds_us, checked_us, parse_iso, us_to_datetime
+from .feature_plans import (
+    Meta,
+    Output,
+    Plan,
+    Read,
+    RequestArg,
+    Spec,
+    ViewArg,
+    feature_dtype,
+    groups,
+)
 
 __all__ = ["FeatureServer", "to_us"]
 
@@ -51,84 +60,13 @@ def to_us(t: datetime | str | float | None) -> int:
     )
 
 
-@dataclass
-class _Read:
-    state: ViewState
-    join_keys: tuple[str, ...]
-
-
-class _Output(NamedTuple):
-    """A stored feature: ``read`` index, ``pos`` in its values; or a realtime one: read -1,
-    ``pos`` of the realtime view, ``feature`` its output name."""
-
-    read: int
-    pos: int
-    feature: str
-
-
-class _Meta(NamedTuple):
-    name: str  # "view.feature"
-    dtype: dict[str, Any]  # dataType description
-    view: str
-
-
-class _RequestArg(NamedTuple):
-    """A realtime view's request-source argument: these request fields."""
-
-    fields: list[str]
-
-
-class _ViewArg(NamedTuple):
-    """A realtime view's feature-view argument: ``names`` taken from read ``read`` at ``positions``."""
-
-    read: int
-    names: list[str]
-    positions: list[int]
-
-
-class _Spec(NamedTuple):
-    """One output of the service in order (``_Output`` and ``_Meta`` joined)."""
-
-    read: int
-    pos: int
-    feature: str
-    name: str
-    dtype: dict[str, Any]
-    view: str
-
-
-class _Group(NamedTuple):
-    """``_assemble_fast``: a read's consecutive outputs, and the picker of their values (None:
-    the read's values are taken whole)."""
-
-    read: int
-    names: list[str]
-    pick: Callable[[list[Any]], Sequence[Any]] | None
-
-
-@dataclass
-class _Plan:
-    name: str
-    join_keys: dict[str, DType]  # every join key the service needs
-    reads: list[_Read]  # one per feature view used (selected or realtime source)
-    outputs: list[_Output]
-    names: list[str]
-    meta: list[_Meta]
-    realtimes: list[tuple[RealtimeFeatureView, list[_RequestArg | _ViewArg]]]  # view, its arguments
-    request_fields: dict[str, DType]
-    specs: list[_Spec] = field(default_factory=list)
-    single_key: bool = False  # every view is keyed by the same join keys
-    # Fast assembly (no realtime views, outputs grouped by read in order).
-    groups: list[_Group] | None = None
-
-
 class FeatureServer:
     """``FeatureServer(defs, online).get_features("fraud", {"user_id": "u1"})``."""
 
     def __init__(self, defs: RepoDefinitions, online: OnlineStore) -> None:
         self.defs = defs
         self.online = online
-        self._plans: dict[str, _Plan] = {}
+        self._plans: dict[str, Plan] = {}
         self._states: dict[str, ViewState] = {}
         self._lock = threading.Lock()
         self._memo: dict[Any, Any] = {}
@@ -140,7 +78,7 @@ class FeatureServer:
             st = self._states[view.name] = ViewState(view, self.defs.input_schemas.get(view.name, {}))
         return st
 
-    def plan(self, service: str) -> _Plan:
+    def plan(self, service: str) -> Plan:
         p = self._plans.get(service)
         if p is None:
             if not isinstance(service, str):
@@ -152,64 +90,64 @@ class FeatureServer:
                 p = self._plans[service] = self._compile(svc)
         return p
 
-    def _compile(self, svc: Any) -> _Plan:
-        reads: list[_Read] = []
+    def _compile(self, svc: Any) -> Plan:
+        reads: list[Read] = []
         read_idx: dict[str, int] = {}
         join_keys: dict[str, DType] = {}
 
         def use(view: FeatureView) -> int:
             if view.name not in read_idx:
                 read_idx[view.name] = len(reads)
-                reads.append(_Read(self.state(view), tuple(view.join_keys)))
+                reads.append(Read(self.state(view), tuple(view.join_keys)))
                 for f in view.join_key_fields:
                     join_keys.setdefault(f.name, f.dtype)
             return read_idx[view.name]
 
-        outputs: list[_Output] = []
+        outputs: list[Output] = []
         names: list[str] = []
-        meta: list[_Meta] = []
-        realtimes: list[tuple[RealtimeFeatureView, list[_RequestArg | _ViewArg]]] = []
+        meta: list[Meta] = []
+        realtimes: list[tuple[RealtimeFeatureView, list[RequestArg | ViewArg]]] = []
         req_fields: dict[str, DType] = {}
         for sel in svc.selections:
             view = sel.view
             types = self.defs.feature_types.get(view.name, {})
             if isinstance(view, RealtimeFeatureView):
-                srcs: list[_RequestArg | _ViewArg] = []
+                srcs: list[RequestArg | ViewArg] = []
                 for s in view.sources:
                     if isinstance(s, RequestSource):
                         for f in s.schema or ():
                             req_fields[f.name] = f.dtype
-                        srcs.append(_RequestArg([f.name for f in s.schema or ()]))
+                        srcs.append(RequestArg([f.name for f in s.schema or ()]))
                     else:
                         fv = s.view if isinstance(s, FeatureSelection) else s
                         fnames = list(s.features) if isinstance(s, FeatureSelection) else fv.feature_names
                         ri = use(fv)
-                        srcs.append(_ViewArg(ri, fnames, [fv.feature_names.index(n) for n in fnames]))
+                        srcs.append(ViewArg(ri, fnames, [fv.feature_names.index(n) for n in fnames]))
                 ri_rt = len(realtimes)
                 realtimes.append((view, srcs))
                 out_types = {f.name: f.dtype for f in view.output}
                 for fname in sel.features:
-                    outputs.append(_Output(-1, ri_rt, fname))
+                    outputs.append(Output(-1, ri_rt, fname))
                     nm = f"{view.name}.{fname}"
                     names.append(nm)
-                    meta.append(_Meta(nm, out_types[fname].describe(), view.name))
+                    meta.append(Meta(nm, out_types[fname].describe(), view.name))
             else:
                 ri = use(view)
                 st = reads[ri].state
                 for fname in sel.features:
-                    outputs.append(_Output(ri, view.feature_names.index(fname), fname))
+                    outputs.append(Output(ri, view.feature_names.index(fname), fname))
                     nm = f"{view.name}.{fname}"
                     names.append(nm)
-                    dt = types.get(fname) or _feature_dtype(st, fname)
-                    meta.append(_Meta(nm, dt.describe() if dt is not None else {"type": "unknown"}, view.name))
-        specs = [_Spec(o.read, o.pos, o.feature, m.name, m.dtype, m.view) for o, m in zip(outputs, meta)]
+                    dt = types.get(fname) or feature_dtype(st, fname)
+                    meta.append(Meta(nm, dt.describe() if dt is not None else {"type": "unknown"}, view.name))
+        specs = [Spec(o.read, o.pos, o.feature, m.name, m.dtype, m.view) for o, m in zip(outputs, meta)]
         single = bool(reads) and all(r.join_keys == reads[0].join_keys for r in reads)
-        p = _Plan(svc.name, join_keys, reads, outputs, names, meta, realtimes, req_fields, specs, single)
-        p.groups = _groups(p)
+        p = Plan(svc.name, join_keys, reads, outputs, names, meta, realtimes, req_fields, specs, single)
+        p.groups = groups(p)
         return p
 
     # -- validation ---------------------------------------------------------------------
-    def _keys(self, plan: _Plan, join_keys: Any) -> dict[str, Any]:
+    def _keys(self, plan: Plan, join_keys: Any) -> dict[str, Any]:
         if not isinstance(join_keys, Mapping):
             raise InvalidInputError(
                 f"join_keys must be an object of join key -> value, got {type(join_keys).__name__}", field="join_keys"
@@ -243,7 +181,7 @@ class FeatureServer:
             )
         return out
 
-    def _context(self, plan: _Plan, ctx: Any) -> Mapping[str, Any]:
+    def _context(self, plan: Plan, ctx: Any) -> Mapping[str, Any]:
         if not plan.request_fields:
             return ctx or {}
         if ctx is None:
@@ -266,12 +204,12 @@ class FeatureServer:
         return ctx
 
     # -- reads --------------------------------------------------------------------------
-    def _reads(self, plan: _Plan, keys: dict[str, Any]) -> list[tuple[ViewState, str]]:
+    def _reads(self, plan: Plan, keys: dict[str, Any]) -> list[tuple[ViewState, str]]:
         return [(r.state, KEY_SEP.join(f"{k}={keys[k]}" for k in r.join_keys)) for r in plan.reads]
 
     def _assemble(
         self,
-        plan: _Plan,
+        plan: Plan,
         keys: dict[str, Any],
         ctx: Mapping[str, Any],
         res: list[ViewValues],
@@ -283,7 +221,7 @@ class FeatureServer:
         for view, srcs in plan.realtimes:
             args: list[dict[str, Any]] = []
             for s in srcs:
-                if isinstance(s, _RequestArg):
+                if isinstance(s, RequestArg):
                     args.append({f: ctx.get(f) for f in s.fields})
                 else:
                     vv = res[s.read].values
@@ -339,7 +277,7 @@ class FeatureServer:
         return FeatureVector(values, metadata, keys, None)
 
     def _assemble_fast(
-        self, plan: _Plan, keys: dict[str, Any], res: list[ViewValues], shared: dict[Any, Any]
+        self, plan: Plan, keys: dict[str, Any], res: list[ViewValues], shared: dict[Any, Any]
     ) -> FeatureVector:
         """Stored features only: values copied per read, metadata memoised per (service, read,
         effective time, null pattern) — FeatureMetadata objects are immutable."""
@@ -364,7 +302,7 @@ class FeatureServer:
         return FeatureVector(values, meta, keys, None)
 
     def _group_meta(
-        self, plan: _Plan, gi: int, eff_us: int | None, sel: Any, shared: dict[Any, Any]
+        self, plan: Plan, gi: int, eff_us: int | None, sel: Any, shared: dict[Any, Any]
     ) -> tuple[FeatureMetadata, ...]:
         eff = None
         if eff_us is not None:
@@ -392,12 +330,12 @@ class FeatureServer:
 
     def _prepare(
         self, service: str, join_keys: Mapping[str, Any], request_context: Mapping[str, Any] | None, request_time: Any
-    ) -> tuple[_Plan, Any, Any, int]:
+    ) -> tuple[Plan, Any, Any, int]:
         """Validate the request against the service's compiled plan (shared by sync and async)."""
         plan = self.plan(service)
         return plan, self._keys(plan, join_keys), self._context(plan, request_context), to_us(request_time)
 
-    def _finish(self, plan: _Plan, keys: Any, ctx: Any, res: Any, t: int, request_time: Any) -> FeatureVector:
+    def _finish(self, plan: Plan, keys: Any, ctx: Any, res: Any, t: int, request_time: Any) -> FeatureVector:
         fv = self._assemble(plan, keys, ctx, res, t, self._shared())
         fv.request_time = request_time if isinstance(request_time, datetime) else us_to_datetime(t)
         return fv
@@ -421,7 +359,7 @@ class FeatureServer:
 
     def _batch_prepare(
         self, service: str, join_keys: Sequence[Mapping[str, Any]], request_context: Any
-    ) -> tuple[_Plan, list[dict[str, Any]], list[Mapping[str, Any]], list[tuple[ViewState, str]]]:
+    ) -> tuple[Plan, list[dict[str, Any]], list[Mapping[str, Any]], list[tuple[ViewState, str]]]:
         plan = self.plan(service)
         if isinstance(join_keys, Mapping) or not isinstance(join_keys, Sequence):
             raise InvalidInputError("join_keys must be a list of join key objects", field="join_keys")
@@ -480,7 +418,7 @@ class FeatureServer:
         return self._split(plan, keys_l, ctxs, res, t)
 
     def _split(
-        self, plan: _Plan, keys_l: list[dict[str, Any]], ctxs: list[Mapping[str, Any]], res: list[ViewValues], t: int
+        self, plan: Plan, keys_l: list[dict[str, Any]], ctxs: list[Mapping[str, Any]], res: list[ViewValues], t: int
     ) -> list[FeatureVector]:
         n = len(plan.reads)
         rt = us_to_datetime(t)
@@ -491,48 +429,3 @@ class FeatureServer:
             fv.request_time = rt
             out.append(fv)
         return out
-
-
-def _groups(plan: _Plan) -> list[_Group] | None:
-    """Outputs grouped by read for ``_assemble_fast``; None when that shape does not apply."""
-    if plan.realtimes:
-        return None
-    groups: list[tuple[int, list[str], list[int]]] = []
-    for sp in plan.specs:
-        ri, vi, name = sp.read, sp.pos, sp.name
-        if groups and groups[-1][0] == ri:
-            groups[-1][1].append(name)
-            groups[-1][2].append(vi)
-        else:
-            groups.append((ri, [name], [vi]))
-    if len({g[0] for g in groups}) != len(groups):
-        return None  # one read's outputs interleaved with another's: keep the declared order exactly
-    out: list[_Group] = []
-    for ri, names, idx in groups:
-        st = plan.reads[ri].state
-        n_vals = len(st.plan.outputs) if st.plan is not None else len(st.view.features_in)
-        pick: Callable[[list[Any]], Sequence[Any]] | None
-        if idx == list(range(n_vals)):
-            pick = None
-        elif len(idx) == 1:
-            pick = _one(idx[0])
-        else:
-            pick = operator.itemgetter(*idx)
-        out.append(_Group(ri, names, pick))
-    return out
-
-
-def _one(i: int) -> Callable[[list[Any]], Sequence[Any]]:
-    """A picker of one value (``itemgetter`` of one index returns the value, not a 1-tuple)."""
-    return lambda vv: (vv[i],)
-
-
-def _feature_dtype(st: ViewState, fname: str) -> DType | None:
-    if st.plan is not None:
-        for o in st.plan.outputs:
-            if o.name == fname:
-                return o.dtype
-    for f in st.view.features_in:
-        if f.name == fname:
-            return f.dtype
-    return None
