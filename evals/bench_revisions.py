@@ -72,10 +72,16 @@ def run_once(side: Side, bench: str, extra: list[str]) -> None:
         if bench in ("server", "stream"):
             args += ["--out", str(out)]
         env = {**os.environ, "PYTHONPATH": str(side.tree)}
-        proc = subprocess.run(args, cwd=side.tree, env=env, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise SystemExit(f"{side.name}: bench_{bench} failed:\n{proc.stderr[-3000:]}")
-        text = out.read_text() if out.exists() else (side.tree / "evals" / "results" / f"{bench}.md").read_text()
+        # bench_online writes into its tree's evals/results/: keep the tree's committed results as they were.
+        kept = {p: p.read_bytes() for p in (side.tree / "evals" / "results").glob(f"{bench}*") if p.is_file()}
+        try:
+            proc = subprocess.run(args, cwd=side.tree, env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SystemExit(f"{side.name}: bench_{bench} failed:\n{proc.stderr[-3000:]}")
+            text = out.read_text() if out.exists() else (side.tree / "evals" / "results" / f"{bench}.md").read_text()
+        finally:
+            for path, data in kept.items():
+                path.write_bytes(data)
     side.runs.append(parse_tables(text))
 
 
