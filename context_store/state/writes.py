@@ -190,9 +190,13 @@ def _bulk_tiles(state: ViewState, table: pa.Table, now_us: int, chunk_keys: int)
         for lv in range(1, state.levels + 1):
             blk = stl >> (2 * lv)
             bs = np.flatnonzero(np.r_[True, (np.diff(sk) != 0) | (np.diff(blk) != 0)])
-            bnum, bobjs = plan.partials_grouped(sub, bs)
             bj = blk[bs]
             keep = np.flatnonzero(((bj + 1) << (2 * lv)) > h)  # blocks entirely older than the horizon: unreachable
+            if keep.size == 0:
+                # Every block of this level is older than the horizon (old events, e.g. only a
+                # Lifetime() window): nothing to write at this level (and nothing to group by entity).
+                continue
+            bnum, bobjs = plan.partials_grouped(sub, bs)
             benc_all = (
                 [plan.encode_parts(bnum[i], bobjs[i]) for i in keep.tolist()]
                 if plan.slots
