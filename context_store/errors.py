@@ -34,6 +34,7 @@ __all__ = [
     "error_headers",
     "tool_error_text",
     "is_unavailable",
+    "error_messages",
     "send_error",
 ]
 
@@ -162,11 +163,21 @@ def tool_error_text(exc: ContextStoreError) -> str:
     return f"{type(exc).__name__}: {redact_text(exc.message)}{where}"
 
 
-async def send_error(send: Callable[[MutableMapping[str, Any]], Awaitable[None]], exc: BaseException) -> None:
-    """An error as a raw ASGI response, for middleware in front of the routes (same status, body and headers)."""
+def error_messages(exc: BaseException) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An error as the two raw ASGI messages (``http.response.start``, ``http.response.body``): the same status,
+    body and headers as the routes give, for middleware in front of them (and prebuilt by the load shedder)."""
     body = orjson.dumps(error_body(exc))
     status = http_status(exc)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.encode(), v.encode()) for k, v in error_headers(status).items()]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    return {"type": "http.response.start", "status": status, "headers": headers}, {
+        "type": "http.response.body",
+        "body": body,
+    }
+
+
+async def send_error(send: Callable[[MutableMapping[str, Any]], Awaitable[None]], exc: BaseException) -> None:
+    """Answer ``exc`` on a raw ASGI ``send`` (see ``error_messages``)."""
+    start, body = error_messages(exc)
+    await send(start)
+    await send(body)

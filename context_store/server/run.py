@@ -121,8 +121,6 @@ def app_from_env() -> Any:
 
 def _start_stream_workers(opts: ServeOptions) -> Supervisor | None:
     """``context-store worker`` children (the stream layer owns them), supervised, when the store is Redis."""
-    from ..config import load_config
-
     if not opts.stream_workers or not load_config(opts.repo, online_store=opts.online_store).is_redis:
         return None
     if importlib.util.find_spec("context_store.cli.main") is None:

@@ -7,10 +7,9 @@ excess is refused in microseconds, before any body is read, so clients can retry
 
 from __future__ import annotations
 
-import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..errors import OverloadedError, error_body, error_headers, http_status
+from ..errors import OverloadedError, error_messages
 from .metrics import Metrics
 
 __all__ = ["DEFAULT_MAX_IN_FLIGHT", "EXEMPT_PATHS", "LoadShedder"]
@@ -36,11 +35,7 @@ class LoadShedder:
         self.in_flight = 0
         self.metrics = metrics
         exc = OverloadedError(f"server overloaded: {max_in_flight} requests in flight in this process; retry shortly")
-        body = orjson.dumps(error_body(exc))
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        headers += [(k.encode(), v.encode()) for k, v in error_headers(http_status(exc)).items()]
-        self._start = {"type": "http.response.start", "status": http_status(exc), "headers": headers}
-        self._body = {"type": "http.response.body", "body": body}
+        self._start, self._body = error_messages(exc)  # built once: a refusal costs two sends
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
