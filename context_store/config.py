@@ -37,6 +37,7 @@ _KEYS = (
     "registry",
     "workspace",
     "redis_stream_maxlen",
+    "embedded_push_timeout",
     "ray_address",
     "allowed_hosts",
     "allowed_origins",

@@ -1,8 +1,8 @@
 """``Ingestor.push(source, rows)``: validate, make durable, make visible (read-after-write).
 
-- Embedded (``online_store: sqlite``): applied in-process -- each view's transform, the online
-  state update (sqlite commit) and the offline appends (``fv__{view}``, ``src__{source}``)
-  all happen before ``push`` returns.
+- Embedded (``online_store: sqlite``): applied in-process (``embedded.py``) -- each view's
+  transform, the online state update and the offline appends (``fv__{view}``, ``src__{source}``)
+  commit together (both or neither) before ``push`` returns.
 - Redis: one ``XADD`` per touched partition in a single MULTI/EXEC (all or nothing; durable in
   Redis when it returns). Then ``push`` waits until the workers' applied offsets pass its entries,
   so the values are served when it returns (as Tecton's ingest API). When no worker is alive the
@@ -28,27 +28,15 @@ import numpy as np
 import pyarrow as pa
 
 from ...errors import InvalidInputError, RateLimitedError, UnavailableError
-from ...vocab.tables import is_source_table, source_table
 from ..transform import apply_transform
 from . import online_adapter
 from .cutover import load_cutovers
-from .processor import (
-    OFFSET,
-    OfflineWriter,
-    PartitionState,
-    SourcePlan,
-    append_recent,
-    concat,
-    partition_of,
-    process_batch,
-    source_plan,
-    update_embeddings,
-)
+from .embedded import EmbeddedPusher
+from .processor import SourcePlan, partition_of, source_plan, update_embeddings
 from .stats import STATS
 from .validate import validate_records
 
 if TYPE_CHECKING:
-    from ...definitions import FeatureView
     from ...registry.repo import RepoDefinitions
     from .context import StreamContext
     from .redis_streams import AppliedWaiter, RedisStreamLog
@@ -57,11 +45,6 @@ if TYPE_CHECKING:
 __all__ = ["Ingestor", "PushResult"]
 
 log = logging.getLogger("context_store.stream")
-
-_embedded_lock = threading.Lock()
-_embedded_states: dict[tuple[str, str, str], PartitionState] = {}
-_seq_lock = threading.Lock()
-_last_seq = 0
 
 
 @dataclass(frozen=True)
@@ -84,15 +67,6 @@ class PushResult:
         }
 
 
-def _next_seq(n: int) -> int:
-    """Embedded ingest order: a per-process increasing sequence (µs clock based)."""
-    global _last_seq
-    with _seq_lock:
-        start = max(_last_seq + 1, time.time_ns() // 1000)
-        _last_seq = start + n - 1
-        return start
-
-
 _LIVE_TTL_S = 1.0
 
 
@@ -106,7 +80,7 @@ class Ingestor:
         self._waiter: AppliedWaiter | None = None
         self._inline_lock = threading.Lock()
         self._inline: StreamWorker | None = None
-        self._writer: OfflineWriter | None = None
+        self._embedded = EmbeddedPusher()
         self._live: tuple[float, bool] | None = None  # (when checked, any live worker)
 
     @property
@@ -154,33 +128,9 @@ class Ingestor:
 
     # -- embedded ----------------------------------------------------------------------
     def _push_embedded(self, plan: SourcePlan, table: pa.Table) -> PushResult:
-        ctx = self.ctx
+        """Online and offline both or neither (``embedded.py``); 503 when a store cannot be written."""
+        seq = self._embedded.push(self.ctx, plan, table, self._cutovers())
         src = plan.source.name
-        seq = _next_seq(table.num_rows)
-        events = table.append_column(OFFSET, pa.array(np.arange(seq, seq + table.num_rows, dtype=np.int64)))
-        key = (str(ctx.config.workspace_dir), ctx.config.workspace, src)
-
-        def apply(view: FeatureView, rows: pa.Table, partition: int, offset: int | None) -> None:
-            # Guarded: another process may push into the same embedded store.
-            online_adapter.apply(ctx.online, ctx.states, view, rows, partition, offset, guard=True)
-            STATS.inc("applied_events", view.source.name, rows.num_rows)
-
-        with _embedded_lock:
-            state = _embedded_states.setdefault(key, PartitionState())
-            state.applied.clear()  # no replay in-process: fences only guard the Redis path
-            state.offline.clear()
-            batch = process_batch(plan, events, 0, state, apply, self._cutovers(), online_token=False)
-            if plan.recent:
-                append_recent(ctx.online, plan, batch.offline.get(source_table(src), []))
-            update_embeddings(ctx.embedding_sink, plan, batch.offline.get(source_table(src), []))
-            writer = self._writer
-            if writer is None or writer.offline is not ctx.offline:
-                writer = self._writer = OfflineWriter(ctx.offline)
-            for name, parts in sorted(batch.offline.items(), key=lambda kv: is_source_table(kv[0])):
-                rows = concat(parts)
-                writer.append(name, rows)
-                if is_source_table(name):
-                    STATS.inc("offline_events", src, rows.num_rows)
         STATS.inc("pushed_events", src, table.num_rows)
         return PushResult(src, table.num_rows, table.num_rows, visible=True, offsets={"0": seq + table.num_rows - 1})
 

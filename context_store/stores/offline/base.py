@@ -32,6 +32,18 @@ class OfflineStore(Protocol):
         """
         ...
 
+    def version(self, table_name: str) -> int | None:
+        """The table's latest committed version (None: no such table)."""
+        ...
+
+    def delete_where(self, table_name: str, predicate: str) -> int:
+        """Delete the rows matching the SQL ``predicate``; returns how many."""
+        ...
+
+    def revert(self, table_name: str, to_version: int, latest: int) -> bool:
+        """Make ``to_version``'s data current again if the table is still at ``latest`` (else False)."""
+        ...
+
     def read(
         self,
         table_name: str,

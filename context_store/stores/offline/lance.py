@@ -181,6 +181,30 @@ class LanceOfflineStore:
             self._retry(lambda: tbl.add(conformed))
         return data.num_rows
 
+    # -- undo (a failed embedded push takes back its appends) ----------------------------
+    def version(self, table_name: str) -> int | None:
+        """The table's latest committed version (None: no such table)."""
+        if not self.exists(table_name):
+            return None
+        return int(self._open(table_name).version)
+
+    def delete_where(self, table_name: str, predicate: str) -> int:
+        """Delete the rows matching the SQL ``predicate``; returns how many (0: no such table)."""
+        if not self.exists(table_name):
+            return 0
+        tbl = self._open(table_name)
+        before = int(tbl.count_rows())
+        self._retry(lambda: tbl.delete(predicate))
+        return before - int(tbl.count_rows())
+
+    def revert(self, table_name: str, to_version: int, latest: int) -> bool:
+        """Make ``to_version``'s data current again (a new version), only if the table is still at
+        ``latest`` (no other writer committed since): False otherwise, nothing changed."""
+        if self.version(table_name) != latest:
+            return False
+        self._open(table_name).restore(to_version)
+        return True
+
     # -- reads -------------------------------------------------------------------------
     def read(
         self,

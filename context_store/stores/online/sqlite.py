@@ -3,20 +3,27 @@
 The same hash model as Redis: table ``kv(k, f, v)`` keyed by (entity key, field). WAL mode
 and a busy timeout let a server process read while a CLI ``materialize`` writes.
 Key expiry is not enforced here (reads ignore stale state; tile folding bounds growth).
+
+Embedded pushes (``compute/stream/embedded.py``) use ``transaction()`` (their online writes and
+the offline appends commit together or not at all) and the push journal (``begin_push`` /
+``pending_pushes`` / ``end_push``): see docs/online-state.md, "Embedded push".
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 from ...errors import UnavailableError
 from ...state.ops import Ops
 from .base import BaseOnlineStore
 
-__all__ = ["SqliteOnlineStore"]
+__all__ = ["SqliteOnlineStore", "PendingPush"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (k TEXT NOT NULL, f TEXT NOT NULL, v BLOB NOT NULL, PRIMARY KEY (k, f)) WITHOUT ROWID;
@@ -25,7 +32,23 @@ CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL) WITHOUT RO
 CREATE TABLE IF NOT EXISTS recent (k TEXT NOT NULL, seq INTEGER PRIMARY KEY AUTOINCREMENT, v BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS recent_k ON recent (k, seq);
 """
+# Embedded pushes in flight: an entry is committed before the push's offline appends and
+# deleted in the commit of its online writes, so one left behind marks a pusher that died in
+# between (its offline rows, offsets seq..last, are undone by the next push).
+_JOURNAL = """
+CREATE TABLE IF NOT EXISTS push_journal (seq INTEGER PRIMARY KEY, last INTEGER NOT NULL, tables TEXT NOT NULL);
+"""
+_PUSH_SEQ = "push_seq"  # meta: the last offset handed to an embedded push (all processes)
+_BUSY_MS = 30000
 _CHUNK = 900  # stay under SQLite's bound-parameter limit
+
+
+class PendingPush(NamedTuple):
+    """A journal entry: an embedded push of offsets ``seq..last`` into ``tables`` (opaque text)."""
+
+    seq: int
+    last: int
+    tables: str
 
 
 class SqliteOnlineStore(BaseOnlineStore):
@@ -38,7 +61,7 @@ class SqliteOnlineStore(BaseOnlineStore):
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        self._conn().executescript(_SCHEMA)
+        self._conn().executescript(_SCHEMA + _JOURNAL)
 
     def _conn(self) -> sqlite3.Connection:
         c = getattr(self._local, "conn", None)
@@ -47,7 +70,7 @@ class SqliteOnlineStore(BaseOnlineStore):
                 c = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
                 c.execute("PRAGMA journal_mode=WAL")
                 c.execute("PRAGMA synchronous=NORMAL")
-                c.execute("PRAGMA busy_timeout=30000")
+                c.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
             except sqlite3.Error as e:
                 raise UnavailableError(f"cannot open the online store {self.path}: {e}") from None
             self._local.conn = c
@@ -76,20 +99,24 @@ class SqliteOnlineStore(BaseOnlineStore):
     ) -> bool:
         # notify: nothing to publish to; in-process pushers see the commit when this returns.
         c = self._conn()
-        c.execute("BEGIN IMMEDIATE")
+        outer = self._in_txn()  # inside transaction(): its COMMIT/ROLLBACK decide
+        if not outer:
+            c.execute("BEGIN IMMEDIATE")
         try:
             for field, expected, _ in cas:
                 row = c.execute("SELECT v FROM offsets WHERE f = ?", (field,)).fetchone()
                 if (row[0] if row else None) != expected:
-                    c.execute("ROLLBACK")
-                    return False
+                    if not outer:
+                        c.execute("ROLLBACK")
+                    return False  # nothing written yet: every check comes before the writes
             bumps = []
             for k, fv in ops.guards.items():
                 for f, expected in fv.items():
                     row = c.execute("SELECT v FROM kv WHERE k = ? AND f = ?", (k, f)).fetchone()
                     cur = bytes(row[0]).decode() if row else None
                     if cur != expected:
-                        c.execute("ROLLBACK")
+                        if not outer:
+                            c.execute("ROLLBACK")
                         return False
                     bumps.append((k, f, str(int(cur or 0) + 1).encode()))
             if bumps:
@@ -122,10 +149,12 @@ class SqliteOnlineStore(BaseOnlineStore):
                     "INSERT INTO offsets (f, v) VALUES (?, ?) ON CONFLICT (f) DO UPDATE SET v = excluded.v",
                     [(field, new) for field, _, new in cas],
                 )
-            c.execute("COMMIT")
+            if not outer:
+                c.execute("COMMIT")
             return True
         except BaseException:
-            c.execute("ROLLBACK")
+            if not outer:
+                c.execute("ROLLBACK")
             raise
 
     def _get_offset(self, field: str) -> str | None:
@@ -143,6 +172,9 @@ class SqliteOnlineStore(BaseOnlineStore):
 
     def _recent_append(self, key: str, items: list[bytes], max_len: int) -> None:
         c = self._conn()
+        if self._in_txn():
+            self._recent_write(c, key, items, max_len)
+            return
         c.execute("BEGIN IMMEDIATE")
         try:
             self._recent_write(c, key, items, max_len)
@@ -164,13 +196,87 @@ class SqliteOnlineStore(BaseOnlineStore):
         rows = self._conn().execute("SELECT v FROM recent WHERE k = ? ORDER BY seq DESC LIMIT ?", (key, n)).fetchall()
         return [bytes(r[0]) for r in reversed(rows)]
 
+    # -- transactions and the embedded push journal ---------------------------------------
+    def _in_txn(self) -> bool:
+        return bool(getattr(self._local, "txn", False))
+
+    @contextmanager
+    def _busy(self, timeout_s: float | None) -> Iterator[sqlite3.Connection]:
+        """This thread's connection with a busy timeout of ``timeout_s`` (None: the default)."""
+        c = self._conn()
+        if timeout_s is None:
+            yield c
+            return
+        c.execute(f"PRAGMA busy_timeout={max(1, int(timeout_s * 1000))}")
+        try:
+            yield c
+        finally:
+            c.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
+
+    @contextmanager
+    def transaction(self, timeout_s: float | None = None) -> Iterator[None]:
+        """One write transaction on this thread: ``apply_events``, ``apply_many``, ``append_recent``
+        and ``end_push`` inside it join it, and are committed when the block ends (rolled back if it
+        raises). Waits up to ``timeout_s`` for another writer's lock (sqlite3.OperationalError)."""
+        if self._in_txn():
+            raise RuntimeError("SqliteOnlineStore.transaction() does not nest")
+        with self._busy(timeout_s) as c:
+            c.execute("BEGIN IMMEDIATE")
+            self._local.txn = True
+            try:
+                yield
+                c.execute("COMMIT")
+            except BaseException:
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+                raise
+            finally:
+                self._local.txn = False
+
+    def begin_push(self, n: int, tables: str, timeout_s: float | None = None) -> int:
+        """Journal an embedded push of ``n`` events into ``tables``; returns its first offset.
+
+        Offsets are unique across every process pushing into this file (the counter lives here)
+        and increase with the wall clock (µs) like stream ids do."""
+        with self._busy(timeout_s) as c:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                row = c.execute("SELECT v FROM meta WHERE k = ?", (_PUSH_SEQ,)).fetchone()
+                last = int(bytes(row[0]).decode()) if row else -1
+                seq = max(last + 1, time.time_ns() // 1000)
+                c.execute(
+                    "INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+                    (_PUSH_SEQ, str(seq + n - 1).encode()),
+                )
+                c.execute("INSERT INTO push_journal (seq, last, tables) VALUES (?, ?, ?)", (seq, seq + n - 1, tables))
+                c.execute("COMMIT")
+            except BaseException:
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+                raise
+        return seq
+
+    def pending_pushes(self) -> list[PendingPush]:
+        """Journal entries not ended: pushes whose pusher died between offline and online commits
+        (or that are running now, when the caller does not hold the push lock)."""
+        rows = self._conn().execute("SELECT seq, last, tables FROM push_journal ORDER BY seq").fetchall()
+        return [PendingPush(int(a), int(b), str(t)) for a, b, t in rows]
+
+    def end_push(self, seq: int, timeout_s: float | None = None) -> None:
+        """Remove the journal entry of ``seq`` (inside ``transaction()``: with its commit)."""
+        if self._in_txn():
+            self._conn().execute("DELETE FROM push_journal WHERE seq = ?", (seq,))
+            return
+        with self._busy(timeout_s) as c:
+            c.execute("DELETE FROM push_journal WHERE seq = ?", (seq,))
+
     def ping(self) -> bool:
         self._conn().execute("SELECT 1").fetchone()
         return True
 
     def clear(self) -> None:
         c = self._conn()
-        for t in ("kv", "offsets", "meta", "recent"):
+        for t in ("kv", "offsets", "meta", "recent"):  # not push_journal: it is about the offline log
             c.execute(f"DELETE FROM {t}")
 
     def close(self) -> None:
