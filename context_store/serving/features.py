@@ -210,8 +210,7 @@ class FeatureServer:
     def _reads(self, plan: Plan, keys: dict[str, Any], cov: PlanCover | None = None) -> list[tuple[ViewState, str]]:
         if cov is not None:
             return [
-                (st, KEY_SEP.join(f"{k}={keys[k]}" for k in r.join_keys))
-                for st, r in zip(cov.states(plan), plan.reads)
+                (st, KEY_SEP.join(f"{k}={keys[k]}" for k in r.join_keys)) for st, r in zip(cov.states(plan), plan.reads)
             ]
         return [(r.state, KEY_SEP.join(f"{k}={keys[k]}" for k in r.join_keys)) for r in plan.reads]
 

@@ -171,8 +171,6 @@ def test_live_apply_keeps_old_features_and_hides_new_ones_until_materialized(
         store.materialize(views=["stats"])
         for u in ("u1", "u2"):
             got = _statuses(store.get_features("svc", {"user_id": u}))
-            assert got == {
-                f"stats.amount_{f}_1d": (_ref(events, u, f), PRESENT) for f in ("count", "sum", "max")
-            }, u
+            assert got == {f"stats.amount_{f}_1d": (_ref(events, u, f), PRESENT) for f in ("count", "sum", "max")}, u
     finally:
         store.close()

@@ -114,8 +114,10 @@ def test_worker_recreates_groups_after_redis_restarts_empty(
         events += more
         store.push("transactions", more, wait=False)
         _wait(
-            lambda: store.get_features("fraud", {"user_id": "u3"}).feature_values["txn_stats.amount_count_1d"]
-            == _count(events, "u3"),
+            lambda: (
+                store.get_features("fraud", {"user_id": "u3"}).feature_values["txn_stats.amount_count_1d"]
+                == _count(events, "u3")
+            ),
             "a push after the restore was not applied",
         )
     finally:
