@@ -10,6 +10,9 @@ __all__ = [
     "JoinKeys",
     "Row",
     "FeatureStatus",
+    "MISSING_DATA",
+    "NOT_MATERIALIZED",
+    "PRESENT",
     "FeatureMetadata",
     "FeatureVector",
     "SimilarItem",
@@ -21,9 +24,17 @@ __all__ = [
 JoinKeys = dict[str, Any]
 Row = dict[str, Any]
 
+# Feature statuses. PRESENT: a value the online state holds. MISSING_DATA: the state holds
+# nothing for this entity (no row, older than ttl, an aggregate null over an empty window).
+# NOT_MATERIALIZED: the online state of the feature's view is not complete -- never materialized in
+# this workspace, a feature added by a later apply and not backfilled yet, or state lost (online
+# store reset) -- so no value is served (null) rather than a wrong one; run `context-store
+# materialize` (after `backfill`). Tecton's wire has no such status: the Tecton-compatible REST
+# routes send it as UNKNOWN (docs/online-state.md, "Markers").
 PRESENT = "PRESENT"
 MISSING_DATA = "MISSING_DATA"
-FeatureStatus = str  # PRESENT | MISSING_DATA
+NOT_MATERIALIZED = "NOT_MATERIALIZED"
+FeatureStatus = str  # PRESENT | MISSING_DATA | NOT_MATERIALIZED
 
 
 @dataclass(frozen=True, slots=True)

@@ -126,7 +126,10 @@ def apply_cmd(force: bool, yes: bool) -> None:
     done = store.apply(force=force)
     click.echo(f"Applied version {done.to_version} to workspace '{store.workspace}'.")
     forces = done.forces or plan.forces
-    if "rebackfill" in forces or "reindex" in forces:
+    steps = store.applied_coverage.next_steps() if store.applied_coverage is not None else ""
+    if steps:  # features of a live workspace not materialized yet: name them and the commands
+        click.echo(steps)
+    elif "rebackfill" in forces or "reindex" in forces:
         click.echo(
             "Next: context-store backfill" + (" && context-store materialize" if "rematerialize" in forces else "")
         )
@@ -160,13 +163,19 @@ def backfill_cmd(start: str | None, end: str | None, views: tuple[str, ...], eng
 
 @click.command("materialize")
 @click.option("--view", "views", multiple=True, metavar="NAME", help="Only this feature view (repeatable).")
+@click.option(
+    "--full",
+    is_flag=True,
+    help="Reload every view's whole history (within its windows), ignoring watermarks: "
+    "restores online state after the online store lost it (e.g. Redis restarted empty).",
+)
 @repo_options
 @handle_errors
-def materialize_cmd(views: tuple[str, ...]) -> None:
+def materialize_cmd(views: tuple[str, ...], full: bool = False) -> None:
     """Load online state (latest values, window tiles) from the offline store."""
     store = store_from_ctx()
     _check_views(store, views)
-    print_result(store.materialize(views=list(views) or None, progress=True))
+    print_result(store.materialize(views=list(views) or None, progress=True, full=full))
     click.echo("Materialize done.")
 
 

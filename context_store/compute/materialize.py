@@ -21,6 +21,7 @@ from ..state.columns import ts_to_us
 from ..state.tiles import ViewState
 from ..state.writes import bulk_writes
 from ..vocab.tables import source_table, view_table
+from .coverage import has_history, mark_view
 
 __all__ = [
     "HIST_MARK",
@@ -42,7 +43,7 @@ class ViewReport:
     entities: int = 0
     fields: int = 0
     seconds: float = 0.0
-    mode: str = "full"  # full | incremental | skipped
+    mode: str = "full"  # full | incremental | skipped | empty (no history: marked complete)
     watermark_us: int | None = None
     note: str = ""
 
@@ -128,7 +129,11 @@ def materialize(
         vr = ViewReport(name)
         t1 = time.perf_counter()
         if not offline.exists(table_name):
-            vr.mode, vr.note = "skipped", f"(no offline table {table_name}: run backfill first)"
+            if has_history(view, config, offline):
+                vr.mode, vr.note = "skipped", f"(no offline table {table_name}: run backfill first)"
+            else:  # nothing to load: complete as it is (the stream fills it)
+                vr.mode, vr.note = "empty", "(no history: nothing to load)"
+                mark_view(online, state)
             report.views.append(vr)
             continue
         wm_raw = online.get_meta(_wm_key(name))
@@ -147,6 +152,7 @@ def materialize(
             vr.mode, vr.watermark_us = "incremental", wm.get("max_ts")
             vr.note = "(stream-owned since the cut-over: nothing to reload)"
             vr.seconds = time.perf_counter() - t1
+            mark_view(online, state)
             report.views.append(vr)
             continue
         if cut is not _NOT_STREAM and config.is_redis:
@@ -180,6 +186,7 @@ def materialize(
             if probe.num_rows == 0:
                 vr.watermark_us = wm["max_ts"]
                 vr.seconds = time.perf_counter() - t1
+                mark_view(online, state)
                 report.views.append(vr)
                 continue
         cols = list(
@@ -206,6 +213,7 @@ def materialize(
         if cut is not _NOT_STREAM:
             meta["cut"] = cut
         online.set_meta(_wm_key(name), json.dumps(meta).encode())
+        mark_view(online, state)  # serving may now answer this view's features (state.markers)
         vr.seconds = time.perf_counter() - t1
         report.views.append(vr)
     if bar is not None:

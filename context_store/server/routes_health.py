@@ -32,6 +32,25 @@ _METRICS_DOC: dict[int | str, dict[str, Any]] = {
 }
 
 
+async def _missing_state(stores: list[Any]) -> str:
+    """Why the online state cannot answer (views never materialized, or state lost), or ""."""
+    parts = []
+    for store in stores:
+        try:
+            views = await asyncio.wait_for(run_in_threadpool(store.missing_online_state), timeout=2.0)
+        except Exception as e:  # noqa: BLE001 - reported like any other cause
+            reason = "timed out" if isinstance(e, asyncio.TimeoutError) else redact_text(str(e)) or type(e).__name__
+            return f"online state markers unreadable: {reason}"
+        if views:
+            parts.append(f"workspace '{store.workspace}': {', '.join(views)}")
+    if not parts:
+        return ""
+    return (
+        f"online state for views {'; '.join(parts)} is missing (never materialized, or the online store "
+        "lost it); run `context-store materialize --full`"
+    )
+
+
 def health_router(state: ServerState) -> APIRouter:
     router = APIRouter(tags=["health"])
 
@@ -39,7 +58,10 @@ def health_router(state: ServerState) -> APIRouter:
     async def healthz() -> Response:
         return json_response({"status": "ok"})
 
-    @router.get("/readyz", responses={503: {"description": "online store unreachable"}})
+    @router.get(
+        "/readyz",
+        responses={503: {"description": "online store unreachable, online state missing, or vector indexes loading"}},
+    )
     async def readyz() -> Response:
         t0 = time.perf_counter()
         try:
@@ -57,6 +79,9 @@ def health_router(state: ServerState) -> APIRouter:
         loading = store.vectors_loading()  # only once the server warmed (or used) them
         if loading is not None:
             return json_response({"ready": False, "message": "vector indexes are loading", "vectors": loading}, 503)
+        missing = await _missing_state(opened or [store])
+        if missing:
+            return json_response({"ready": False, "message": missing}, 503)
         workers = worker_health()  # None unless ``serve`` supervises stream worker processes
         if workers is None:
             return json_response({"ready": True, "online_store_ping_ms": ping_ms})

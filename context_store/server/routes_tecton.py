@@ -139,7 +139,7 @@ class TectonHandlers:
         for v in vecs:
             row: dict[str, Any] = {"features": tecton.encode_values(v)}
             if p.meta.serving_status:
-                row["metadata"] = {"features": [{"status": m.status} for m in v.metadata]}
+                row["metadata"] = {"features": [{"status": tecton.wire_status(m.status)} for m in v.metadata]}
             rows.append(row)
         meta: dict[str, Any] = {}
         if vecs:

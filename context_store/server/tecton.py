@@ -13,7 +13,7 @@ from typing import Any
 from ..errors import InvalidInputError
 from ..limits import BATCH_ROWS, LATENCY_BUDGET_MS
 from ..registry.repo import RepoDefinitions
-from ..types import FeatureVector
+from ..types import NOT_MATERIALIZED, FeatureVector
 
 __all__ = [
     "GetFeaturesParams",
@@ -262,6 +262,13 @@ def _wire_type(dtype: dict[str, Any]) -> dict[str, Any]:
     return dtype
 
 
+def wire_status(status: str) -> str:
+    """Tecton's serving statuses are PRESENT, MISSING_DATA and UNKNOWN: NOT_MATERIALIZED (the
+    online state is not complete, value null) goes out as UNKNOWN, so Tecton clients parse it and
+    never take the null for a known-missing value."""
+    return "UNKNOWN" if status == NOT_MATERIALIZED else status
+
+
 def encode_feature_metadata(
     vec: FeatureVector, meta: MetadataOptions, with_status: bool = True
 ) -> list[dict[str, Any]]:
@@ -275,7 +282,7 @@ def encode_feature_metadata(
         if meta.effective_times and m.effective_time is not None:
             d["effectiveTime"] = rfc3339(m.effective_time)
         if meta.serving_status and with_status:
-            d["status"] = m.status
+            d["status"] = wire_status(m.status)
         out.append(d)
     return out
 

@@ -80,7 +80,7 @@ class FeatureValue:
     name: str  # "view.feature"
     value: Any
     view: str
-    status: str  # PRESENT | MISSING_DATA
+    status: str  # PRESENT | MISSING_DATA | NOT_MATERIALIZED (types.py)
     effective_time: datetime | None
     age_ms: int | None  # served_at - effective_time
 

@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import UnavailableError
 from ..limits import OUTPUT_TEXT_CHARS
+from ..types import NOT_MATERIALIZED
 from ..vocab.time import format_iso_z
 
 if TYPE_CHECKING:
-    from .context import UserContext
+    from .context import FeatureValue, UserContext
 
 __all__ = ["MAX_TEXT_CHARS", "UNTRUSTED_NOTE", "clean_text", "jsonable", "iso", "count_tokens", "render"]
 
@@ -125,6 +126,11 @@ def _fmt(value: Any) -> str:
     return _quote(str(value))
 
 
+def _feature_value(f: FeatureValue) -> str:
+    # Unknown is not null: an agent must not read a not-materialized count as "no activity".
+    return "(not materialized)" if f.status == NOT_MATERIALIZED else _fmt(f.value)
+
+
 def _quote(value: str) -> str:
     """A double-quoted, escaped, cleaned string: untrusted text can never break out of its quotes."""
     s = clean_text(value, _RENDER_CHARS)  # no control characters or newlines left
@@ -153,7 +159,7 @@ def _sections(ctx: UserContext) -> list[tuple[str, str, list[str]]]:
             (
                 "features",
                 "features (name = value [view, age]):",
-                [f"- {f.name} = {_fmt(f.value)} [{f.view}, {_age(f.age_ms)}]" for f in ctx.features],
+                [f"- {f.name} = {_feature_value(f)} [{f.view}, {_age(f.age_ms)}]" for f in ctx.features],
             )
         )
     if ctx.recent_events:

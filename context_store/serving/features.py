@@ -23,6 +23,7 @@ from ..state.tiles import ViewState
 from ..stores.online.base import OnlineStore, ViewValues
 from ..types import MISSING_DATA, PRESENT, FeatureMetadata, FeatureVector
 from ..vocab.time import checked_seconds_us, checked_us, parse_iso, us_to_datetime
+from .coverage import Coverage, PlanCover
 from .feature_plans import (
     Meta,
     Output,
@@ -70,6 +71,8 @@ class FeatureServer:
         self._states: dict[str, ViewState] = {}
         self._lock = threading.Lock()
         self._memo: dict[Any, Any] = {}
+        # What the online state holds per view: features it lacks are NOT_MATERIALIZED, never zeros.
+        self.coverage = Coverage(defs, online, self.state)
 
     # -- compilation --------------------------------------------------------------------
     def state(self, view: FeatureView) -> ViewState:
@@ -204,8 +207,18 @@ class FeatureServer:
         return ctx
 
     # -- reads --------------------------------------------------------------------------
-    def _reads(self, plan: Plan, keys: dict[str, Any]) -> list[tuple[ViewState, str]]:
+    def _reads(self, plan: Plan, keys: dict[str, Any], cov: PlanCover | None = None) -> list[tuple[ViewState, str]]:
+        if cov is not None:
+            return [
+                (st, KEY_SEP.join(f"{k}={keys[k]}" for k in r.join_keys)) for st, r in zip(cov.states(plan), plan.reads)
+            ]
         return [(r.state, KEY_SEP.join(f"{k}={keys[k]}" for k in r.join_keys)) for r in plan.reads]
+
+    def _cover(self, plan: Plan) -> PlanCover | None:
+        """None when the online state holds every view of ``plan`` (a clock read per request)."""
+        c = self.coverage
+        c.refresh_if_due()
+        return c.plan_cover(plan) if c.gaps else None
 
     def _assemble(
         self,
@@ -325,8 +338,9 @@ class FeatureServer:
         request_time: datetime | str | None = None,
     ) -> FeatureVector:
         plan, keys, ctx, t = self._prepare(service, join_keys, request_context, request_time)
-        res = self.online.read_features(self._reads(plan, keys), t)
-        return self._finish(plan, keys, ctx, res, t, request_time)
+        cov = self._cover(plan)
+        res = self.online.read_features(self._reads(plan, keys, cov), t)
+        return self._finish(plan, keys, ctx, res, t, request_time, cov)
 
     def _prepare(
         self, service: str, join_keys: Mapping[str, Any], request_context: Mapping[str, Any] | None, request_time: Any
@@ -335,8 +349,14 @@ class FeatureServer:
         plan = self.plan(service)
         return plan, self._keys(plan, join_keys), self._context(plan, request_context), to_us(request_time)
 
-    def _finish(self, plan: Plan, keys: Any, ctx: Any, res: Any, t: int, request_time: Any) -> FeatureVector:
+    def _finish(
+        self, plan: Plan, keys: Any, ctx: Any, res: Any, t: int, request_time: Any, cov: PlanCover | None = None
+    ) -> FeatureVector:
+        if cov is not None:
+            res = cov.fix(plan, res)
         fv = self._assemble(plan, keys, ctx, res, t, self._shared())
+        if cov is not None:
+            cov.mark(plan, fv)
         fv.request_time = request_time if isinstance(request_time, datetime) else us_to_datetime(t)
         return fv
 
@@ -354,13 +374,15 @@ class FeatureServer:
         request_time: datetime | str | None = None,
     ) -> FeatureVector:
         plan, keys, ctx, t = self._prepare(service, join_keys, request_context, request_time)
-        res = await self.online.read_features_async(self._reads(plan, keys), t)
-        return self._finish(plan, keys, ctx, res, t, request_time)
+        cov = self._cover(plan)
+        res = await self.online.read_features_async(self._reads(plan, keys, cov), t)
+        return self._finish(plan, keys, ctx, res, t, request_time, cov)
 
     def _batch_prepare(
         self, service: str, join_keys: Sequence[Mapping[str, Any]], request_context: Any
-    ) -> tuple[Plan, list[dict[str, Any]], list[Mapping[str, Any]], list[tuple[ViewState, str]]]:
+    ) -> tuple[Plan, list[dict[str, Any]], list[Mapping[str, Any]], list[tuple[ViewState, str]], PlanCover | None]:
         plan = self.plan(service)
+        cov = self._cover(plan)
         if isinstance(join_keys, Mapping) or not isinstance(join_keys, Sequence):
             raise InvalidInputError("join_keys must be a list of join key objects", field="join_keys")
         if request_context is None or isinstance(request_context, Mapping):
@@ -379,8 +401,8 @@ class FeatureServer:
             except InvalidInputError as e:
                 raise InvalidInputError(f"entity {i}: {e.message}", field=f"[{i}].{e.field}") from None
             keys_l.append(keys)
-            reads.extend(self._reads(plan, keys))
-        return plan, keys_l, ctxs, reads
+            reads.extend(self._reads(plan, keys, cov))
+        return plan, keys_l, ctxs, reads, cov
 
     def get_features_batch(
         self,
@@ -390,14 +412,15 @@ class FeatureServer:
         request_time: datetime | str | None = None,
     ) -> list[FeatureVector]:
         """Many entities, one round trip."""
-        plan, keys_l, ctxs, reads = self._batch_prepare(service, join_keys, request_context)
+        plan, keys_l, ctxs, reads, cov = self._batch_prepare(service, join_keys, request_context)
         t = to_us(request_time)
         if plan.single_key and hasattr(self.online, "read_entities"):
-            per = self.online.read_entities([r.state for r in plan.reads], [k for _, k in reads[:: len(plan.reads)]], t)
+            states = cov.states(plan) if cov is not None else [r.state for r in plan.reads]
+            per = self.online.read_entities(states, [k for _, k in reads[:: len(plan.reads)]], t)
             res = [v for vs in per for v in vs]
         else:
             res = self.online.read_features(reads, t) if reads else []
-        return self._split(plan, keys_l, ctxs, res, t)
+        return self._split(plan, keys_l, ctxs, res, t, cov)
 
     async def get_features_batch_async(
         self,
@@ -406,26 +429,34 @@ class FeatureServer:
         request_context: Sequence[Mapping[str, Any]] | Mapping[str, Any] | None = None,
         request_time: datetime | str | None = None,
     ) -> list[FeatureVector]:
-        plan, keys_l, ctxs, reads = self._batch_prepare(service, join_keys, request_context)
+        plan, keys_l, ctxs, reads, cov = self._batch_prepare(service, join_keys, request_context)
         t = to_us(request_time)
         if plan.single_key and hasattr(self.online, "read_entities_async"):
-            per = await self.online.read_entities_async(
-                [r.state for r in plan.reads], [k for _, k in reads[:: len(plan.reads)]], t
-            )
+            states = cov.states(plan) if cov is not None else [r.state for r in plan.reads]
+            per = await self.online.read_entities_async(states, [k for _, k in reads[:: len(plan.reads)]], t)
             res = [v for vs in per for v in vs]
         else:
             res = await self.online.read_features_async(reads, t) if reads else []
-        return self._split(plan, keys_l, ctxs, res, t)
+        return self._split(plan, keys_l, ctxs, res, t, cov)
 
     def _split(
-        self, plan: Plan, keys_l: list[dict[str, Any]], ctxs: list[Mapping[str, Any]], res: list[ViewValues], t: int
+        self,
+        plan: Plan,
+        keys_l: list[dict[str, Any]],
+        ctxs: list[Mapping[str, Any]],
+        res: list[ViewValues],
+        t: int,
+        cov: PlanCover | None = None,
     ) -> list[FeatureVector]:
         n = len(plan.reads)
         rt = us_to_datetime(t)
         shared = self._shared()
         out = []
         for i, (keys, ctx) in enumerate(zip(keys_l, ctxs)):
-            fv = self._assemble(plan, keys, ctx, res[i * n : (i + 1) * n], t, shared)
+            part = res[i * n : (i + 1) * n]
+            fv = self._assemble(plan, keys, ctx, part if cov is None else cov.fix(plan, part), t, shared)
+            if cov is not None:
+                cov.mark(plan, fv)
             fv.request_time = rt
             out.append(fv)
         return out

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from ..compute.batch import BackfillReport
+    from ..compute.coverage import ApplyCoverage
     from ..compute.materialize import MaterializeReport
     from ..compute.stream.context import StreamContext
     from ..compute.stream.ingestor import Ingestor, PushResult
@@ -61,6 +62,7 @@ class ContextStore:
         self._indexer: VectorIndexer | None = None
         self._ingestor: Ingestor | None = None
         self._lag_log: RedisStreamLog | None = None  # a scrape-time reader of stream lag
+        self.applied_coverage: ApplyCoverage | None = None  # the last apply's: views still to materialize
 
     # -- components --------------------------------------------------------------------
     @property
@@ -216,7 +218,21 @@ class ContextStore:
     def apply(self, force: bool = False) -> Plan:
         plan = self.registry.apply(force=force)
         self.refresh()
+        self.applied_coverage = self._mark_after_apply()
         return plan
+
+    def _mark_after_apply(self) -> ApplyCoverage | None:
+        """Views with no history are complete as they are; the others wait for a materialize."""
+        import logging
+
+        from ..compute.coverage import mark_after_apply
+        from ..errors import ContextStoreError
+
+        try:
+            return mark_after_apply(self.definitions, self.config, self.offline, self.online)
+        except ContextStoreError as e:  # the online store is down: its views stay NOT_MATERIALIZED
+            logging.getLogger(__name__).warning("apply: cannot record online state markers: %s", e)
+            return None
 
     def backfill(
         self,
@@ -253,10 +269,24 @@ class ContextStore:
             self.indexer.index_knowledge(progress=progress)
         return report
 
-    def materialize(self, views: Sequence[str] | None = None, progress: bool = False) -> MaterializeReport:
+    def materialize(
+        self, views: Sequence[str] | None = None, progress: bool = False, full: bool = False
+    ) -> MaterializeReport:
+        """Load online state from the offline store; ``full`` reloads every view's whole history
+        (within its windows), e.g. after the online store lost its state."""
         from ..compute.materialize import materialize
 
-        return materialize(self.definitions, self.config, self.offline, self.online, views=views, progress=progress)
+        try:
+            return materialize(
+                self.definitions, self.config, self.offline, self.online, views=views, progress=progress, full=full
+            )
+        finally:
+            if self._features is not None:
+                self._features.coverage.invalidate()  # serve what was just loaded at once
+
+    def missing_online_state(self) -> list[str]:
+        """Online views whose state the online store does not hold (never materialized, or lost)."""
+        return self.features.coverage.missing_views()
 
     # -- reads -------------------------------------------------------------------------
     def get_features(

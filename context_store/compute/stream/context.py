@@ -37,4 +37,4 @@ class StreamContext:
     states: ViewStates = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.states = ViewStates(self.definitions)
+        self.states = ViewStates(self.definitions, self.online)

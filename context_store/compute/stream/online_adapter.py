@@ -17,6 +17,7 @@ Offsets are the stream ids encoded as ints (``redis_streams.id_to_offset``), pas
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -43,12 +44,40 @@ __all__ = [
 
 
 class ViewStates:
-    """Compiled online state layouts of the views of ``definitions``, built on first use."""
+    """Compiled online state layouts of the views of ``definitions``, built on first use.
 
-    def __init__(self, definitions: RepoDefinitions) -> None:
+    With ``online``, also the old layout of a view whose features a live ``apply`` extended
+    (``state.markers.legacy_state``): the stream keeps writing it, so the features it covers stay
+    served, right, until the new layout is materialized (then the marker names the new vid)."""
+
+    LEGACY_TTL = 2.0  # seconds between re-reads of a view's marker
+
+    def __init__(self, definitions: RepoDefinitions, online: OnlineStore | None = None) -> None:
         self.definitions = definitions
+        self.online = online
         self._cache: dict[str, ViewState] = {}
+        self._legacy: dict[str, tuple[float, ViewState | None]] = {}
         self._lock = threading.Lock()
+
+    def legacy(self, view: FeatureView) -> ViewState | None:
+        """The older layout serving still reads for ``view``'s old features, if any."""
+        if self.online is None or not view.online:
+            return None
+        now = time.monotonic()
+        hit = self._legacy.get(view.name)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        from ...state.markers import legacy_state, read_marker
+
+        try:
+            m = read_marker(self.online, view.name)
+        except Exception:  # noqa: BLE001 - the store is down: the apply itself fails and is retried
+            m = None
+        old = None
+        if m is not None and m.vid != self.get(view).vid:
+            old = legacy_state(view, m, self.definitions.input_schemas.get(view.name, {}))
+        self._legacy[view.name] = (now + self.LEGACY_TTL, old)
+        return old
 
     def get(self, view: FeatureView) -> ViewState:
         st = self._cache.get(view.name)
@@ -75,7 +104,11 @@ def apply(
     guard: bool = False,
 ) -> int:
     token = (str(partition), str(offset)) if offset is not None else None
-    return int(online.apply_events(states.get(view), rows, token=token, guard=guard) or 0)
+    n = int(online.apply_events(states.get(view), rows, token=token, guard=guard) or 0)
+    old = states.legacy(view)
+    if old is not None and (n or token is None):  # not a replay: the old layout gets the same rows
+        online.apply_events(old, rows, guard=guard)
+    return n
 
 
 def apply_many(
@@ -93,6 +126,10 @@ def apply_many(
     items = [
         ApplyItem(states.get(view), rows, [(str(p), str(new), _expected(exp)) for p, new, exp in toks], guard)
         for view, rows, toks, guard in batches
+    ]
+    # Old layouts of live-extended views: in the same commit, fenced by the view's own offsets.
+    items += [
+        ApplyItem(old, rows, [], guard) for view, rows, _, guard in batches if (old := states.legacy(view)) is not None
     ]
     return bool(online.apply_many(items, notify=notify, recent=recent))
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -155,6 +155,29 @@ class RedisStreamLog:
                 raise
         self._groups.add(key)
 
+    def _regrouped(self, keys: Sequence[bytes], call: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        """``call(*args, **kw)``; when Redis lost the consumer group (restarted empty, flushed: NOGROUP) the
+        cached groups of ``keys`` are dropped, recreated (from id 0: every entry added since is
+        consumed) and ``call`` retried once -- rather than failing every round forever."""
+        import redis
+
+        try:
+            return call(*args, **kw)
+        except redis.ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+        import logging
+
+        logging.getLogger("context_store.stream").warning(
+            "stream consumer group missing (Redis restarted empty or flushed?): recreating it on %d stream(s); "
+            "online state may be gone too: run `context-store materialize --full`",
+            len(keys),
+        )
+        for k in keys:
+            self._groups.discard(k)
+            self.ensure_group(k)
+        return call(*args, **kw)
+
     def add(self, source: str, parts: dict[int, pa.Table], max_len: int = 0) -> dict[int, int]:
         """Append one entry per partition atomically (one script: all or nothing); returns
         partition -> offset. With ``max_len`` > 0, refuses (BacklogFullError) when a partition
@@ -176,7 +199,9 @@ class RedisStreamLog:
         for k in keys:
             self.ensure_group(k)
         # block=0 would wait forever in Redis; None means "return at once".
-        res = self.r.xreadgroup(GROUP, consumer, {k: ">" for k in keys}, count=count, block=block_ms or None)
+        res = self._regrouped(
+            keys, self.r.xreadgroup, GROUP, consumer, {k: ">" for k in keys}, count=count, block=block_ms or None
+        )
         if not res:
             return []
         if isinstance(res, dict):  # RESP3 shape
@@ -189,7 +214,9 @@ class RedisStreamLog:
         out: list[Any] = []
         start = "0-0"
         while True:
-            res = self.r.xautoclaim(key, GROUP, consumer, min_idle_time=0, start_id=start, count=count)
+            res = self._regrouped(
+                [key], self.r.xautoclaim, key, GROUP, consumer, min_idle_time=0, start_id=start, count=count
+            )
             start, entries = res[0], res[1]
             out.extend(e for e in entries if e[1] is not None)  # deleted entries come back as None
             if start in (b"0-0", "0-0") or not entries:
