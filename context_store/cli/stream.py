@@ -138,7 +138,7 @@ def stream() -> None:
 
 
 def _when(t: Any) -> str:
-    return "-" if t is None else t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return "-" if t is None else t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @stream.command("watermarks")

@@ -39,7 +39,7 @@ import numpy as np
 
 from ...definitions.windows import format_duration
 from ...vocab.time import us_to_datetime
-from .processor import watermark_cap
+from .processor import PartitionState, watermark_cap
 
 if TYPE_CHECKING:
     from ...definitions import StreamSource
@@ -50,7 +50,7 @@ __all__ = [
     "PartitionAdmission",
     "Admission",
     "admit",
-    "bound_watermark",
+    "bound_watermarks",
     "AdmissionFile",
     "embedded_admission",
     "TOO_LATE",
@@ -176,14 +176,15 @@ def admit(
     return Admission(accepted, tuple(rejected), tuple(parts))
 
 
-def bound_watermark(log_: RedisStreamLog, src: StreamSource, partition: int, wm: int | None) -> int | None:
-    """A worker's watermark, never above the admitted one (pushes decide lateness against it; an
-    operator may have reset it) nor past now + max_future_skew (one stored by an older version)."""
-    if wm is None:
-        return None
-    adm = log_.admitted_watermarks(src.name, [partition]).get(partition)
-    wm = min(wm, watermark_cap(src))
-    return wm if adm is None else min(wm, adm)
+def bound_watermarks(log_: RedisStreamLog, src: StreamSource, states: Mapping[int, PartitionState]) -> None:
+    """Workers' watermarks (partition -> state of one source), never above the admitted ones
+    (pushes decide lateness against those; an operator may have reset one) nor past now +
+    max_future_skew (one stored by an older version). One read per source."""
+    parts = [p for p, st in states.items() if st.watermark_us is not None]
+    cap = watermark_cap(src)
+    for p, adm in log_.admitted_watermarks(src.name, parts).items():
+        wm = min(int(states[p].watermark_us or 0), cap)
+        states[p].watermark_us = wm if adm is None else min(wm, adm)
 
 
 # -- embedded: one JSON file per workspace, under a file lock ------------------------------

@@ -190,40 +190,45 @@ class Ingestor:
             online_adapter.apply(ctx.online, ctx.states, view, rows, partition, offset, guard=True)
             STATS.inc("applied_events", view.source.name, rows.num_rows)
 
-        # The admission file lock also orders pushes of other processes (their watermark is ours).
+        # [admission] The file lock also orders other processes' pushes (one watermark for all).
         with _embedded_lock, embedded_admission(ctx.config.workspace_dir) as admitted:
-            before = admitted.watermark(src, 0)
-            adm = self._admit(plan, table, np.zeros(table.num_rows, dtype=np.int64), {0: before})
-            n = int(adm.accepted.sum())
-            if n:
-                table = table if n == table.num_rows else table.filter(pa.array(adm.accepted))
-                seq = _next_seq(n)
-                events = table.append_column(OFFSET, pa.array(np.arange(seq, seq + n, dtype=np.int64)))
-                state = _embedded_states.setdefault(key, PartitionState())
-                state.applied.clear()  # no replay in-process: fences only guard the Redis path
-                state.offline.clear()
-                state.watermark_us = before
-                batch = process_batch(
-                    plan, events, 0, state, apply, self._cutovers(), online_token=False, admitted=np.ones(n, bool)
-                )
-                if plan.recent:
-                    append_recent(ctx.online, plan, batch.offline.get(source_table(src), []))
-                update_embeddings(ctx.embedding_sink, plan, batch.offline.get(source_table(src), []))
-                writer = self._writer
-                if writer is None or writer.offline is not ctx.offline:
-                    writer = self._writer = OfflineWriter(ctx.offline)
-                for name, parts in sorted(batch.offline.items(), key=lambda kv: is_source_table(kv[0])):
-                    rows = concat(parts)
-                    writer.append(name, rows)
-                    if is_source_table(name):
-                        STATS.inc("offline_events", src, rows.num_rows)
-            admitted.commit(src, adm.partitions[0])
+            validated = table.num_rows
+            adm = self._admit(plan, table, np.zeros(validated, dtype=np.int64), {0: admitted.watermark(src, 0)})
+            if not adm.accepted.all():
+                table = table.filter(pa.array(adm.accepted))  # too late: written nowhere, reported
+            seq = _next_seq(table.num_rows)
+            events = table.append_column(OFFSET, pa.array(np.arange(seq, seq + table.num_rows, dtype=np.int64)))
+            state = _embedded_states.setdefault(key, PartitionState())
+            state.applied.clear()  # no replay in-process: fences only guard the Redis path
+            state.offline.clear()
+            state.watermark_us = admitted.watermark(src, 0)
+            batch = process_batch(
+                plan, events, 0, state, apply, self._cutovers(), online_token=False, admitted=adm.accepted[adm.accepted]
+            )
+            if plan.recent:
+                append_recent(ctx.online, plan, batch.offline.get(source_table(src), []))
+            update_embeddings(ctx.embedding_sink, plan, batch.offline.get(source_table(src), []))
+            writer = self._writer
+            if writer is None or writer.offline is not ctx.offline:
+                writer = self._writer = OfflineWriter(ctx.offline)
+            for name, parts in sorted(batch.offline.items(), key=lambda kv: is_source_table(kv[0])):
+                rows = concat(parts)
+                writer.append(name, rows)
+                if is_source_table(name):
+                    STATS.inc("offline_events", src, rows.num_rows)
+            admitted.commit(src, adm.partitions[0])  # [admission] only once applied (an error commits nothing)
         _count_rejections(src, adm)
-        if not n:
+        if table.num_rows == 0:
             raise _all_rejected(adm)
-        STATS.inc("pushed_events", src, n)
+        STATS.inc("pushed_events", src, table.num_rows)
         return PushResult(
-            src, n, adm.accepted.size, visible=True, offsets={"0": seq + n - 1}, rejected=adm.rejected, late=adm.late
+            src,
+            table.num_rows,
+            validated,
+            visible=True,
+            offsets={"0": seq + table.num_rows - 1},
+            rejected=adm.rejected,
+            late=adm.late,
         )
 
     def _admit(

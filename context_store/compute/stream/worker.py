@@ -36,7 +36,7 @@ from ...definitions import StreamSource
 from ...errors import ContextStoreError, DefinitionError, NotFoundError
 from ...vocab.tables import is_source_table, source_table, view_table
 from . import online_adapter
-from .admission import bound_watermark
+from .admission import bound_watermarks
 from .cutover import load_cutovers
 from .flusher import Flusher, FlushJob
 from .processor import (
@@ -179,9 +179,8 @@ class StreamWorker:
             if not self.log.renew_lease(*part, self.name, self.lease_ms):
                 log.warning("worker %s lost the lease of %s/%d; dropping its unflushed state", self.name, *part)
                 self._drop(part)
-            else:  # an operator's reset of the admitted watermark reaches the owner here
-                st = self.owned[part]
-                st.watermark_us = bound_watermark(self.log, self.plans[part[0]].source, part[1], st.watermark_us)
+        for source, plan in self.plans.items():  # an operator's reset of a watermark reaches its owner here
+            bound_watermarks(self.log, plan.source, {p: st for (s, p), st in self.owned.items() if s == source})
         live = max(1, len(self.log.live_workers(self.lease_ms)))
         parts = self.all_parts
         share = math.ceil(len(parts) / live)
@@ -213,8 +212,8 @@ class StreamWorker:
             state.applied[_RECENT] = online_adapter.recent_applied(self.ctx.online, source, p)
         table = source_table(source)
         state.offline["src"] = self.writer.mark(table, p, self.log.offline_marks(table, p))
-        wm = self.log.r.hget(self.log.watermark_key, f"{source}|{p}")
-        state.watermark_us = bound_watermark(self.log, plan.source, p, int(wm) if wm else None)
+        state.watermark_us = int(wm) if (wm := self.log.r.hget(self.log.watermark_key, f"{source}|{p}")) else None
+        bound_watermarks(self.log, plan.source, {p: state})
         self.owned[part] = state
         self._unacked.setdefault(part, [])
         pending = self.log.claim_pending(self.key(part), self.name)
@@ -259,8 +258,7 @@ class StreamWorker:
             off = id_to_offset(entry_id)
             try:
                 data = decode_entry(fields)
-                pushed = isinstance(data, pa.Table)
-                if not isinstance(data, pa.Table):
+                if not (pushed := isinstance(data, pa.Table)):
                     data = validate_records(plan.source, data, plan.required)
             except (ContextStoreError, pa.ArrowInvalid, ValueError) as e:
                 # An outside producer's bad record: it cannot be applied anywhere; keep it visible.
