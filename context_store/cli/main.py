@@ -28,6 +28,12 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "keys": ("context_store.cli.keys", "keys", "Create, list, revoke and rotate API keys.", "server"),
     "push": ("context_store.cli.stream", "push", "Push events from a file (JSONL/CSV/Parquet) to a stream source.", ""),
     "worker": ("context_store.cli.stream", "worker", "Run the stream workers alone.", "redis"),
+    "stream": (
+        "context_store.cli.stream",
+        "stream",
+        "Stream operations: watermarks, lag and late counts; reset a watermark.",
+        "",
+    ),
     "similar": (
         "context_store.cli.vectors",
         "similar",

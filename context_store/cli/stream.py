@@ -1,4 +1,4 @@
-"""``context-store push SOURCE FILE`` and ``context-store worker``."""
+"""``context-store push SOURCE FILE``, ``context-store worker`` and ``context-store stream watermarks``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import click
 from ..errors import InvalidInputError
 from ._common import echo_json, handle_errors, repo_options, store_from_ctx
 
-__all__ = ["push", "worker", "read_records"]
+__all__ = ["push", "worker", "stream", "read_records"]
 
 
 def read_records(path: str) -> Any:
@@ -75,6 +75,8 @@ def push(source: str, file: str, dry_run: bool, as_json: bool) -> None:
     else:
         note = "" if result.visible else " (durable; not yet applied online)"
         click.echo(f"pushed {result.accepted} records to {source}{note}")
+        for r in result.rejected:
+            click.echo(f"rejected record {r.index}: field '{r.field}': {r.message}", err=True)
 
 
 @click.command("worker")
@@ -128,3 +130,57 @@ def worker(threads: int, sources: tuple[str, ...], batch: int, flush_interval: f
         if not any(t.is_alive() for t in pool.threads):
             raise click.ClickException("every stream worker stopped; see the log above")
     pool.stop()
+
+
+@click.group("stream")
+def stream() -> None:
+    """Stream operations: watermarks, lag and late counts per partition."""
+
+
+def _when(t: Any) -> str:
+    return "-" if t is None else t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@stream.command("watermarks")
+@click.option(
+    "--reset",
+    "target",
+    default=None,
+    metavar="SOURCE[:PARTITION]",
+    help="Set the watermark of every partition of SOURCE (or of one) to --to, default now.",
+)
+@click.option("--to", "to", default=None, metavar="TIME", help="ISO-8601 time for --reset (default: now).")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+@repo_options
+@handle_errors
+def watermarks(target: str | None, to: str | None, as_json: bool) -> None:
+    """Per stream source and partition: the watermark pushes decide lateness against, entries not
+    yet applied (lag), and late (counted) / rejected (too late or before a cut-over) records."""
+    if to is not None and target is None:
+        raise InvalidInputError("--to needs --reset SOURCE[:PARTITION]", field="to")
+    store = store_from_ctx()
+    rows = store.reset_stream_watermark(target, to) if target is not None else store.stream_watermarks()
+    if as_json:
+        echo_json([r.__dict__ for r in rows])
+        return
+    if not rows:
+        click.echo("no stream sources")
+        return
+    if target is not None:
+        click.echo(f"reset {len(rows)} watermark(s) of {rows[0].source}")
+    head = ("source", "partition", "watermark", "applied", "lag", "late", "rejected")
+    table = [head] + [
+        (
+            r.source,
+            str(r.partition),
+            _when(r.watermark),
+            _when(r.applied_watermark),
+            str(r.lag),
+            str(r.late),
+            str(r.rejected),
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    for row in table:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())

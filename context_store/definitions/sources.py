@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from ..limits import TIME_MIN
+from ..vocab.time import as_utc, parse_iso
 from .base import Definition
 from .entity import Field
 from .windows import parse_duration
 
-__all__ = ["Source", "FileSource", "StreamSource", "RequestSource"]
+__all__ = ["Source", "FileSource", "StreamSource", "RequestSource", "DEFAULT_MIN_EVENT_TIME"]
+
+DEFAULT_MIN_EVENT_TIME = "2000-01-01T00:00:00Z"
 
 
 class Source(Definition):
@@ -85,8 +89,15 @@ class FileSource(Source):
 class StreamSource(Source):
     """Live events (push API or Redis Streams); ``batch_source`` holds the history for backfill.
 
-    ``allowed_lateness``: events older than the watermark by at most this still update
-    online state; older ones are counted and logged (never silently dropped).
+    ``allowed_lateness``: events older than the partition's watermark by at most this still
+    update online state; older ones are rejected by push and reported in ``PushResult.rejected``.
+
+    Event-time bounds (checked by push, 4xx naming the record and field):
+    ``max_future_skew`` (default 5m): an event later than now + this is refused, so one bad clock
+    cannot move a watermark (and make every real event late) into the future.
+    ``min_event_time`` (default 2000-01-01 UTC; ``None``: only the global 1900 floor): older
+    events are refused. Epoch 0 and year-1 defaults of a producer's unset field land before it;
+    a stream carries live events, history belongs in ``batch_source``.
     """
 
     kind = "stream_source"
@@ -101,6 +112,8 @@ class StreamSource(Source):
         partitions: int = 4,
         description: str | None = None,
         tags: dict[str, str] | None = None,
+        max_future_skew: str | timedelta = "5m",
+        min_event_time: str | datetime | None = DEFAULT_MIN_EVENT_TIME,
     ) -> None:
         self._init_common(name, description, tags)
         self.schema = _check_schema(self, schema, required=True)
@@ -117,9 +130,25 @@ class StreamSource(Source):
         if not isinstance(partitions, int) or not 1 <= partitions <= 1024:
             self.fail("partitions must be an int in 1..1024")
         self.partitions = partitions
+        try:
+            self.max_future_skew = parse_duration(max_future_skew, "max_future_skew")
+        except ValueError as e:
+            self.fail(str(e))
+        self.min_event_time = self._min_event_time(min_event_time)
+
+    def _min_event_time(self, value: object) -> datetime | None:
+        if value is None:
+            return None
+        try:
+            t = parse_iso(value) if isinstance(value, str) else value
+        except ValueError:
+            t = None
+        if not isinstance(t, datetime) or not TIME_MIN <= as_utc(t) <= datetime.now(UTC):
+            self.fail(f"min_event_time must be None or a past time after 1900 (ISO string or datetime), got {value!r}")
+        return as_utc(t)
 
     def spec(self) -> dict[str, Any]:
-        return {
+        out = {
             **super().spec(),
             "schema": [f.spec() for f in self.schema or ()],
             "timestamp_field": self.timestamp_field,
@@ -127,6 +156,12 @@ class StreamSource(Source):
             "allowed_lateness_s": self.allowed_lateness.total_seconds(),
             "partitions": self.partitions,
         }
+        # Only when set: an upgrade must not show every applied stream source as changed.
+        if self.max_future_skew != timedelta(minutes=5):
+            out["max_future_skew_s"] = self.max_future_skew.total_seconds()
+        if self.min_event_time != parse_iso(DEFAULT_MIN_EVENT_TIME):
+            out["min_event_time"] = None if self.min_event_time is None else self.min_event_time.isoformat()
+        return out
 
 
 class RequestSource(Source):

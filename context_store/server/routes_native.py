@@ -146,7 +146,10 @@ def native_router(state: ServerState) -> APIRouter:
 
     @router.post("/ingest", openapi_extra=schemas.body(schemas.INGEST))
     async def ingest(request: Request) -> Response:
-        """Tecton Stream Ingest API shape: ``{"workspace_name", "dry_run", "records": {source: [{"record": {}}]}}``."""
+        """Tecton Stream Ingest API shape: ``{"workspace_name", "dry_run", "records": {source: [{"record": {}}]}}``.
+
+        ``ingestMetrics[source].rejected`` lists the records too late to count (index, field, reason,
+        message): written nowhere; a source whose every record is too late is a 400."""
         principal = state.authenticate(request)
         body = _object(loads_body(await request.body()))
         dry_run = bool(_opt(body, "dry_run", bool, "true or false"))

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from ..compute.stream.context import StreamContext
     from ..compute.stream.ingestor import Ingestor, PushResult
     from ..compute.stream.redis_streams import RedisStreamLog
+    from ..compute.stream.watermarks import WatermarkStatus
     from ..compute.vectors import VectorIndexer
     from ..registry.registry import Plan, Registry
     from ..registry.repo import RepoDefinitions
@@ -403,22 +404,39 @@ class ContextStore:
         vectors = self._vectors  # only once warmed or used: never opens them
         return None if vectors is None or vectors.ready else vectors.readiness()
 
-    def stream_lag(self) -> dict[str, int]:
-        """Entries each stream source's workers have not applied yet (Redis only; empty embedded)."""
-        if not self.config.is_redis:
-            return {}
+    def _stream_log(self) -> RedisStreamLog:
         from ..compute.stream.redis_streams import RedisStreamLog
-        from ..definitions import StreamSource
 
         with self._lock:
             if self._lag_log is None:
                 self._lag_log = RedisStreamLog(self.config.online_store, self.workspace)
-            log = self._lag_log
+            return self._lag_log
+
+    def stream_lag(self) -> dict[str, int]:
+        """Entries each stream source's workers have not applied yet (Redis only; empty embedded)."""
+        if not self.config.is_redis:
+            return {}
+        from ..definitions import StreamSource
+
+        log = self._stream_log()
         return {
             name: log.lag([log.stream_key(name, k) for k in range(src.partitions)])
             for name, src in self.definitions.sources.items()
             if isinstance(src, StreamSource)
         }
+
+    def stream_watermarks(self) -> list[WatermarkStatus]:
+        """Per stream source and partition: admitted watermark, lag, late and rejected counts."""
+        from ..compute.stream.watermarks import watermark_status
+
+        return watermark_status(self.config, self.definitions, self._stream_log() if self.config.is_redis else None)
+
+    def reset_stream_watermark(self, target: str, to: datetime | str | None = None) -> list[WatermarkStatus]:
+        """Set the watermark of ``SOURCE`` (every partition) or ``SOURCE:PARTITION`` to ``to`` (default now)."""
+        from ..compute.stream.watermarks import reset_watermarks
+
+        log = self._stream_log() if self.config.is_redis else None
+        return reset_watermarks(self.config, self.definitions, target, to, log)
 
     @staticmethod
     def stream_counters() -> tuple[dict[str, str], dict[str, dict[str, int]]]:

@@ -110,9 +110,13 @@ def test_sdk_names_the_field(store: cs.ContextStore) -> None:
     with pytest.raises(InvalidInputError) as info:
         store.get_features("user_features", {"user_id": "u1"}, request_time=datetime(1, 1, 2))
     assert info.value.field == "request_time"
-    # Historical data stays welcome: an event in 1950 is accepted.
-    ok = {"user_id": "u1", "item_id": "i1", "amount": 1.0, "note": "x", "ts": "1950-06-01T00:00:00Z"}
-    store.push("transactions", [ok], dry_run=True)
+    # A stream source's events are live: before its min_event_time (default 2000-01-01, issue 12) is a
+    # 400 naming the field too; history back to 1900 belongs in the batch source (or min_event_time=None).
+    old = {"user_id": "u1", "item_id": "i1", "amount": 1.0, "note": "x", "ts": "1950-06-01T00:00:00Z"}
+    with pytest.raises(InvalidInputError, match="min_event_time") as info:
+        store.push("transactions", [old], dry_run=True)
+    assert info.value.field == "records[0].ts"
+    store.push("transactions", [{**old, "ts": "2001-06-01T00:00:00Z"}], dry_run=True)
 
 
 def test_mcp_tool_gives_an_error_result_naming_the_field(store: cs.ContextStore) -> None:

@@ -165,8 +165,16 @@ class EmbeddedPusher:
             w = self._writer = OfflineWriter(offline)
         return w
 
-    def push(self, ctx: StreamContext, plan: SourcePlan, table: pa.Table, cutovers: dict[str, int]) -> int:
-        """Apply ``table`` (validated rows of ``plan``'s source) online and offline, all or nothing;
+    def push(
+        self,
+        ctx: StreamContext,
+        plan: SourcePlan,
+        table: pa.Table,
+        cutovers: dict[str, int],
+        watermark: int | None = None,
+    ) -> int:
+        """Apply ``table`` (validated rows of ``plan``'s source, every one admitted against the
+        event-time ``watermark`` by ``admission.py``) online and offline, all or nothing;
         returns the first offset given to its rows. UnavailableError (503) when a store cannot be
         written: then neither store holds any of it."""
         online = ctx.online
@@ -186,7 +194,7 @@ class EmbeddedPusher:
                     seq = online.begin_push(table.num_rows, json.dumps(before), timeout)
                 except sqlite3.Error as e:
                     raise _Failed("online_store", None, e) from None
-                self._apply(ctx, online, writer, plan, table, seq, cutovers, before, timeout)
+                self._apply(ctx, online, writer, plan, table, seq, cutovers, before, timeout, watermark)
             except _Failed as f:
                 raise self._error(f, timeout) from None
         return seq
@@ -202,6 +210,7 @@ class EmbeddedPusher:
         cutovers: dict[str, int],
         before: dict[str, int | None],
         timeout: float,
+        admitted_wm: int | None,
     ) -> None:
         src = plan.source.name
         last = seq + table.num_rows - 1
@@ -210,12 +219,20 @@ class EmbeddedPusher:
         state.applied.clear()  # no replay in-process: fences only guard the Redis path
         state.offline.clear()
         watermark = state.watermark_us
+        state.watermark_us = admitted_wm  # the workspace's (every process's) admitted watermark
         applies: list[tuple[FeatureView, pa.Table]] = []
         appended: list[_Appended] = []
         stage, current = "online_store", None
         try:
             batch = process_batch(
-                plan, events, 0, state, lambda v, r, _p, _o: applies.append((v, r)), cutovers, online_token=False
+                plan,
+                events,
+                0,
+                state,
+                lambda v, r, _p, _o: applies.append((v, r)),
+                cutovers,
+                online_token=False,
+                admitted=np.ones(table.num_rows, dtype=bool),  # the pusher admitted every row
             )
             raw = batch.offline.get(source_table(src), [])
             update_embeddings(ctx.embedding_sink, plan, raw)

@@ -28,8 +28,10 @@ import numpy as np
 import pyarrow as pa
 
 from ...errors import InvalidInputError, RateLimitedError, UnavailableError
+from ...state.columns import ts_to_us
 from ..transform import apply_transform
 from . import online_adapter
+from .admission import BEFORE_CUTOVER, Admission, RejectedRecord, admit, embedded_admission
 from .cutover import load_cutovers
 from .embedded import EmbeddedPusher
 from .processor import SourcePlan, partition_of, source_plan, update_embeddings
@@ -53,8 +55,12 @@ class PushResult:
     accepted: int  # records written (0 on a dry run)
     validated: int  # records that passed validation
     dry_run: bool = False
-    visible: bool = False  # online state includes the records when push returned
+    visible: bool = False  # online state includes the accepted records when push returned
     offsets: dict[str, int] = field(default_factory=dict)  # partition -> last offset written (JSON-able)
+    # Valid records not written because they were too late to count (admission.py): never counted
+    # anywhere, so ``visible`` stays true of everything accepted.
+    rejected: tuple[RejectedRecord, ...] = ()
+    late: int = 0  # accepted records older than their partition's watermark (within allowed_lateness)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -64,10 +70,30 @@ class PushResult:
             "dry_run": self.dry_run,
             "visible": self.visible,
             "offsets": dict(self.offsets),
+            "rejected": [
+                {"index": r.index, "field": r.field, "reason": r.reason, "message": r.message} for r in self.rejected
+            ],
+            "late": self.late,
         }
 
 
 _LIVE_TTL_S = 1.0
+_ADMIT_TRIES = 50  # push-script conflicts in a row (each one means another push made progress)
+
+
+def _count_rejections(source: str, adm: Admission) -> None:
+    if adm.rejected:
+        n_cut = sum(r.reason == BEFORE_CUTOVER for r in adm.rejected)
+        STATS.inc("before_cutover_events", source, n_cut)
+        STATS.inc("too_late_events", source, len(adm.rejected) - n_cut)
+
+
+def _all_rejected(adm: Admission) -> InvalidInputError:
+    r = adm.rejected[0]
+    return InvalidInputError(
+        f"every record was rejected, nothing written: record {r.index}: field '{r.field}': {r.message}",
+        field=f"records[{r.index}].{r.field}",
+    )
 
 
 class Ingestor:
@@ -82,6 +108,7 @@ class Ingestor:
         self._inline: StreamWorker | None = None
         self._embedded = EmbeddedPusher()
         self._live: tuple[float, bool] | None = None  # (when checked, any live worker)
+        self._wms: dict[tuple[str, int], int | None] = {}  # (source, partition) -> admitted watermark seen
 
     @property
     def definitions(self) -> RepoDefinitions:
@@ -128,11 +155,44 @@ class Ingestor:
 
     # -- embedded ----------------------------------------------------------------------
     def _push_embedded(self, plan: SourcePlan, table: pa.Table) -> PushResult:
-        """Online and offline both or neither (``embedded.py``); 503 when a store cannot be written."""
-        seq = self._embedded.push(self.ctx, plan, table, self._cutovers())
+        """Online and offline both or neither (``embedded.py``); 503 when a store cannot be written.
+        Too-late records are decided first (``admission.py``) and written nowhere."""
         src = plan.source.name
+        validated = table.num_rows
+        # [admission] The file lock orders every process's pushes (one watermark for all); it is
+        # taken before the push lock, by every pusher, so the two never deadlock.
+        with embedded_admission(self.ctx.config.workspace_dir) as admitted:
+            wm = admitted.watermark(src, 0)
+            adm = self._admit(plan, table, np.zeros(validated, dtype=np.int64), {0: wm})
+            if not adm.accepted.all():
+                table = table.filter(pa.array(adm.accepted))  # too late: written nowhere, reported
+            seq = 0
+            if table.num_rows:
+                seq = self._embedded.push(self.ctx, plan, table, self._cutovers(), watermark=wm)
+            admitted.commit(src, adm.partitions[0])  # only once applied (an error commits nothing)
+        _count_rejections(src, adm)
+        if table.num_rows == 0:
+            raise _all_rejected(adm)
         STATS.inc("pushed_events", src, table.num_rows)
-        return PushResult(src, table.num_rows, table.num_rows, visible=True, offsets={"0": seq + table.num_rows - 1})
+        return PushResult(
+            src,
+            table.num_rows,
+            validated,
+            visible=True,
+            offsets={"0": seq + table.num_rows - 1},
+            rejected=adm.rejected,
+            late=adm.late,
+        )
+
+    def _admit(
+        self, plan: SourcePlan, table: pa.Table, part: np.ndarray, watermarks: dict[int, int | None]
+    ) -> Admission:
+        """The event-time decision on every record (``admission.py``) against the assumed watermarks."""
+        src = plan.source
+        cuts = self._cutovers()
+        cut = max(((v.name, cuts[v.name]) for v in plan.views if v.name in cuts), key=lambda c: c[1], default=None)
+        ts = ts_to_us(table.column(src.timestamp_field))
+        return admit(ts, part, watermarks, src.allowed_lateness, cut, src.timestamp_field)
 
     def _cutovers(self) -> dict[str, int]:
         return {v: c.ts_us for v, c in load_cutovers(self.ctx.config).items()}
@@ -152,34 +212,74 @@ class Ingestor:
         return log_
 
     def push_redis(self, plan: SourcePlan, table: pa.Table, timeout: float | None) -> PushResult:
-        """Validated rows into the streams (one MULTI/EXEC); with ``timeout``, wait until applied."""
+        """Validated rows into the streams (one script: all or nothing), minus the records too late
+        to count (decided with the script, ``admission.py``); with ``timeout``, wait until applied."""
         src = plan.source
         log_ = self.stream_log
         part = partition_of(table, plan.partition_keys, src.partitions)
-        uniq = np.unique(part).tolist()
-        parts = {int(uniq[0]): table} if len(uniq) == 1 else {int(p): table.filter(pa.array(part == p)) for p in uniq}
-        from .redis_streams import BacklogFullError
+        uniq = [int(p) for p in np.unique(part).tolist()]
+        from .redis_streams import BacklogFullError, WatermarkConflict
 
+        max_len = self._max_len()
         try:
-            offsets = log_.add(src.name, parts, max_len=self._max_len())
+            for _ in range(_ADMIT_TRIES):
+                adm = self._admit(plan, table, part, self._assumed_watermarks(log_, src.name, uniq))
+                keep = adm.accepted
+                if keep.all():
+                    parts = {uniq[0]: table} if len(uniq) == 1 else {p: table.filter(pa.array(part == p)) for p in uniq}
+                else:
+                    parts = {p: table.filter(pa.array((part == p) & keep)) for p in np.unique(part[keep]).tolist()}
+                try:
+                    offsets = log_.add(src.name, parts, max_len=max_len, admission=adm.partitions)
+                    break
+                except WatermarkConflict as e:  # another push moved a watermark: decide again
+                    self._wms.update(((src.name, p), w) for p, w in e.current.items())
+            else:
+                raise UnavailableError(
+                    f"the watermarks of {src.name!r} kept moving under this push; nothing was written, retry",
+                    field="source",
+                )
         except BacklogFullError as e:
             raise RateLimitedError(
                 f"{e}; the stream workers are behind (is `context-store worker` running?). Nothing of this push "
                 "was written; retry later",
                 field="source",
             ) from None
+        except UnavailableError:
+            raise
         except Exception as e:  # noqa: BLE001 - redis.ConnectionError etc.: nothing was added (one script)
             raise UnavailableError(
                 f"cannot write to the Redis stream of {src.name!r}: {e}", field="online_store"
             ) from None
-        STATS.inc("pushed_events", src.name, table.num_rows)
+        for a in adm.partitions:
+            if a.watermark is not None:
+                old = self._wms.get((src.name, a.partition))
+                self._wms[(src.name, a.partition)] = a.watermark if old is None else max(old, a.watermark)
+        _count_rejections(src.name, adm)
+        n = int(keep.sum())
+        if not n:
+            raise _all_rejected(adm)
+        STATS.inc("pushed_events", src.name, n)
         # Embedding views track no stream offsets: update them here for read-after-write (the worker's
         # own update of the same rows is then a no-op: unchanged texts are not re-embedded).
-        update_embeddings(self.ctx.embedding_sink, plan, [table])
+        update_embeddings(self.ctx.embedding_sink, plan, list(parts.values()))
         visible = False if timeout is None else self._wait_visible(plan, offsets, timeout)
         return PushResult(
-            src.name, table.num_rows, table.num_rows, visible=visible, offsets={str(p): o for p, o in offsets.items()}
+            src.name,
+            n,
+            table.num_rows,
+            visible=visible,
+            offsets={str(p): o for p, o in offsets.items()},
+            rejected=adm.rejected,
+            late=adm.late,
         )
+
+    def _assumed_watermarks(self, log_: RedisStreamLog, source: str, parts: list[int]) -> dict[int, int | None]:
+        """The admitted watermarks this pusher last saw (read once; the push script corrects them)."""
+        missing = [p for p in parts if (source, p) not in self._wms]
+        if missing:
+            self._wms.update(((source, p), w) for p, w in log_.admitted_watermarks(source, missing).items())
+        return {p: self._wms[(source, p)] for p in parts}
 
     def _max_len(self) -> int:
         """``redis_stream_maxlen`` (yaml/env): unprocessed entries per partition before pushes get 429."""

@@ -11,9 +11,11 @@ the offline log (``fv__{view}``, ``src__{source}``).
 from __future__ import annotations
 
 import logging
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -37,6 +39,7 @@ __all__ = [
     "source_plan",
     "partition_of",
     "PartitionState",
+    "watermark_cap",
     "Batch",
     "process_batch",
     "OfflineWriter",
@@ -164,11 +167,20 @@ class Batch:
 ApplyFn = Callable[[FeatureView, pa.Table, int, int | None], None]  # (view, rows, partition, offset)
 
 
-def _late_masks(ts: np.ndarray, watermark: int | None, lateness_us: int) -> tuple[np.ndarray, np.ndarray, int | None]:
-    """(late, too_late, new watermark): the watermark is the max event time seen before each row."""
+def _late_masks(
+    ts: np.ndarray, watermark: int | None, lateness_us: int, cap_us: int | None = None
+) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """(late, too_late, new watermark): the watermark is the max event time seen before each row.
+
+    ``cap_us`` (now + the source's max_future_skew): the watermark never moves past it, so one
+    event from a wrong clock that got past validation cannot make every later event late."""
     if len(ts) == 0:
         return np.zeros(0, bool), np.zeros(0, bool), watermark
+    if cap_us is not None and watermark is not None:
+        watermark = min(watermark, cap_us)
     run = np.maximum.accumulate(ts)
+    if cap_us is not None:
+        run = np.minimum(run, cap_us)
     before = np.empty_like(run)
     before[0] = watermark if watermark is not None else ts[0]
     before[1:] = run[:-1]
@@ -180,6 +192,11 @@ def _late_masks(ts: np.ndarray, watermark: int | None, lateness_us: int) -> tupl
     return late & ~too_late, too_late, new_wm
 
 
+def watermark_cap(src: StreamSource) -> int:
+    """The furthest a watermark of ``src`` may be: now + ``max_future_skew`` (µs)."""
+    return time.time_ns() // 1000 + src.max_future_skew // timedelta(microseconds=1)
+
+
 def process_batch(
     plan: SourcePlan,
     events: pa.Table,
@@ -188,11 +205,14 @@ def process_batch(
     apply: ApplyFn,
     cutovers: dict[str, int],
     online_token: bool = True,
+    admitted: np.ndarray | None = None,
 ) -> Batch:
     """Apply ``events`` (schema columns + ``_offset``, in stream order) of one partition.
 
     ``online_token``: pass each batch's last offset to ``apply`` (Redis workers); the embedded
-    path passes None (its durability is the sqlite commit itself).
+    path passes None (its durability is the sqlite commit itself). ``admitted``: rows whose
+    lateness the pusher already decided against the admitted watermark (``admission.py``): they
+    are never dropped as too late here (an outside producer's rows still are).
     """
     src = plan.source
     out = Batch()
@@ -202,7 +222,10 @@ def process_batch(
     last = int(offsets[-1])
     ts = ts_to_us(events[src.timestamp_field])
     lateness = int(src.allowed_lateness.total_seconds() * 1_000_000)
-    late, too_late, new_wm = _late_masks(ts, state.watermark_us, lateness)
+    late, too_late, new_wm = _late_masks(ts, state.watermark_us, lateness, watermark_cap(src))
+    if admitted is not None:  # late by this worker's watermark, on time by the admitted one
+        late |= too_late & admitted
+        too_late &= ~admitted
     # Only events newer than the fence count as late (replays don't count twice).
     fresh_src = offsets > state.offline.get("src", -1)
     raw = None
@@ -247,8 +270,8 @@ def process_batch(
         if n_too:
             STATS.inc("too_late_events", src.name, n_too)
             log.warning(
-                "source %s partition %d: %d events older than watermark - allowed_lateness (%s); "
-                "kept offline, not applied online until the next materialize",
+                "source %s partition %d: %d events of an outside producer older than watermark - "
+                "allowed_lateness (%s); kept offline, not applied online until the next materialize",
                 src.name,
                 partition,
                 n_too,

@@ -7,7 +7,10 @@ multi-partition push is one MULTI/EXEC -- all or nothing):
   (one entry per push per partition) or ``{"json": <record or list of records>}`` from outside producers
 - ``cs:{ws}:{s:<source>}:lease:<k>``    which worker owns partition k (SET NX PX, renewed)
 - ``cs:{ws}:stream:workers``            heartbeat zset of live workers (score = last beat, ms)
+- ``cs:{ws}:{s:<source>}:admission``    hash: admitted event-time watermark and late/rejected counts
+  per partition (``admission.py``; kept by the push script with its XADDs)
 - ``cs:{ws}:stream:offline``            hash ``<table>|<k>`` -> last offset appended offline
+- ``cs:{ws}:stream:watermark``          hash ``<source>|<k>`` -> the workers' watermark as of their last flush
 
 Only one worker owns a partition at a time, so each partition is applied in stream order and the
 per-(view, partition) applied offset kept by the online store is a correct exactly-once fence.
@@ -18,17 +21,21 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import pyarrow as pa
 
 from ...vocab.redact import register_url
 
+if TYPE_CHECKING:
+    from .admission import PartitionAdmission
+
 __all__ = [
     "RedisStreamLog",
     "AppliedWaiter",
     "BacklogFullError",
+    "WatermarkConflict",
     "GROUP",
     "id_to_offset",
     "offset_to_id",
@@ -81,16 +88,70 @@ def decode_entry(fields: dict[bytes, bytes]) -> pa.Table | list[Any]:
 
 
 _ADD_LUA = """
+-- KEYS[1..n]: the stream keys this push writes (n >= 0); KEYS[n+1]: the source's admission hash.
+-- ARGV[1]: maxlen (0 = unbounded); ARGV[2..n+1]: one Arrow payload per stream key;
+-- ARGV[n+2]: m, then m groups of 6 (event-time admission, admission.py PartitionAdmission):
+--   partition, lo, hi, watermark, late, rejected ('' = none for lo/hi/watermark).
+-- Returns the new entry ids; i (1-based stream key) when that partition's backlog is full;
+-- {'conflict', current wm of each of the m partitions ('' = none)} when a decision is stale.
+local n = #KEYS - 1
+-- [admission: check] before anything is written. The pusher's decision holds for any current
+-- watermark W with lo < W <= hi (no watermark = below every time).
+local adm = KEYS[n + 1]
+local m = tonumber(ARGV[n + 2])
+local cur, stale = {}, false
+for j = 0, m - 1 do
+  local b = n + 3 + 6 * j
+  local w = redis.call('HGET', adm, 'wm:' .. ARGV[b])
+  cur[j + 1] = w or ''
+  local wn = w and tonumber(w)
+  if ARGV[b + 1] ~= '' and (not wn or wn <= tonumber(ARGV[b + 1])) then stale = true end
+  if ARGV[b + 2] ~= '' and wn and wn > tonumber(ARGV[b + 2]) then stale = true end
+end
+if stale then
+  table.insert(cur, 1, 'conflict')
+  return cur
+end
+-- [end admission: check]
 local maxlen = tonumber(ARGV[1])
 if maxlen > 0 then
-  for i, k in ipairs(KEYS) do
-    if redis.call('XLEN', k) >= maxlen then return i end
+  for i = 1, n do
+    if redis.call('XLEN', KEYS[i]) >= maxlen then return i end
   end
 end
 local ids = {}
-for i, k in ipairs(KEYS) do ids[i] = redis.call('XADD', k, '*', 'arrow', ARGV[i + 1]) end
+for i = 1, n do ids[i] = redis.call('XADD', KEYS[i], '*', 'arrow', ARGV[i + 1]) end
+-- [admission: commit] the watermark moves with the entries, in the same atomic script.
+for j = 0, m - 1 do
+  local b = n + 3 + 6 * j
+  local p = ARGV[b]
+  if ARGV[b + 3] ~= '' then
+    local w = tonumber(cur[j + 1])
+    if not w or tonumber(ARGV[b + 3]) > w then redis.call('HSET', adm, 'wm:' .. p, ARGV[b + 3]) end
+  end
+  if ARGV[b + 4] ~= '0' then redis.call('HINCRBY', adm, 'late:' .. p, ARGV[b + 4]) end
+  if ARGV[b + 5] ~= '0' then redis.call('HINCRBY', adm, 'rejected:' .. p, ARGV[b + 5]) end
+end
+-- [end admission: commit]
 return ids
 """
+
+
+class WatermarkConflict(Exception):
+    """The push script found a watermark its admission decision did not hold under; nothing was
+    written. ``current``: partition -> the admitted watermark now (None: none yet)."""
+
+    def __init__(self, current: dict[int, int | None]) -> None:
+        super().__init__(f"admission watermarks moved: {current}")
+        self.current = current
+
+
+def _opt(v: int | None) -> str | int:
+    return "" if v is None else int(v)
+
+
+def _int_or_none(v: Any) -> int | None:
+    return None if v in (None, b"", "") else int(v)
 
 
 class BacklogFullError(Exception):
@@ -137,6 +198,12 @@ class RedisStreamLog:
     def offline_key(self) -> str:
         return f"cs:{self.workspace}:stream:offline"
 
+    def admission_key(self, source: str) -> bytes:
+        """Hash of the source's event-time admission (``admission.py``): ``wm:<k>`` the newest
+        admitted event time (µs) of partition k, ``late:<k>``/``rejected:<k>`` counts. Same hash
+        slot as the streams: the push script updates it with its XADDs."""
+        return f"cs:{self.workspace}:{{s:{source}}}:admission".encode()
+
     @property
     def watermark_key(self) -> str:
         """Hash ``source|partition`` -> event-time watermark (µs) as of the last flush."""
@@ -178,18 +245,38 @@ class RedisStreamLog:
             self.ensure_group(k)
         return call(*args, **kw)
 
-    def add(self, source: str, parts: dict[int, pa.Table], max_len: int = 0) -> dict[int, int]:
+    def add(
+        self,
+        source: str,
+        parts: dict[int, pa.Table],
+        max_len: int = 0,
+        admission: Sequence[PartitionAdmission] = (),
+    ) -> dict[int, int]:
         """Append one entry per partition atomically (one script: all or nothing); returns
         partition -> offset. With ``max_len`` > 0, refuses (BacklogFullError) when a partition
-        already holds that many entries -- workers far behind -- instead of ever trimming unapplied ones."""
+        already holds that many entries -- workers far behind -- instead of ever trimming unapplied ones.
+        ``admission``: the event-time decisions the push made (``admission.py``), re-checked and
+        committed by the script; WatermarkConflict when one no longer holds (nothing written)."""
         order = sorted(parts)
         keys = [self.stream_key(source, p) for p in order]
         for k in keys:
             self.ensure_group(k)
-        res = self._add(keys=keys, args=[int(max_len), *(encode_table(parts[p]) for p in order)])
+        args: list[Any] = [int(max_len), *(encode_table(parts[p]) for p in order), len(admission)]
+        for a in admission:
+            args += [a.partition, _opt(a.lo), _opt(a.hi), _opt(a.watermark), a.late, a.rejected]
+        res = self._add(keys=[*keys, self.admission_key(source)], args=args)
         if isinstance(res, int):
             raise BacklogFullError(source, order[res - 1], max_len)
+        if res and res[0] in (b"conflict", "conflict"):
+            raise WatermarkConflict({a.partition: _int_or_none(v) for a, v in zip(admission, res[1:])})
         return {p: id_to_offset(i) for p, i in zip(order, res)}
+
+    def admitted_watermarks(self, source: str, partitions: Sequence[int]) -> dict[int, int | None]:
+        """partition -> the admitted watermark (µs) of the source's partitions (None: none yet)."""
+        if not partitions:
+            return {}
+        vals = self.r.hmget(self.admission_key(source), [f"wm:{p}" for p in partitions])
+        return {p: _int_or_none(v) for p, v in zip(partitions, vals)}
 
     # -- consuming ---------------------------------------------------------------------
     def read(self, consumer: str, keys: Sequence[bytes], count: int, block_ms: int) -> list[tuple[bytes, list[Any]]]:

@@ -16,8 +16,10 @@ COUNTERS: dict[str, str] = {
     "applied_events": "Events applied to online aggregation state.",
     "offline_events": "Events appended to the offline log.",
     "late_events": "Events older than the watermark but within allowed_lateness (applied to their tiles).",
-    "too_late_events": "Events older than watermark - allowed_lateness: not applied online, kept offline.",
-    "before_cutover_events": "Events older than the backfill cut-over: covered by batch history, kept in src__ only.",
+    "too_late_events": "Events older than watermark - allowed_lateness: rejected by push (reported, written "
+    "nowhere); an outside producer's are kept offline only.",
+    "before_cutover_events": "Events older than a view's backfill cut-over: rejected by push (reported); "
+    "ones that raced a new cut-over are kept in src__ only.",
     "duplicate_events": "Events skipped because their offset was already applied (replay after a crash).",
     "claimed_events": "Pending events taken over from a dead consumer (XAUTOCLAIM).",
 }

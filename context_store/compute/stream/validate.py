@@ -9,8 +9,9 @@ numbers, whose unit is inferred from the magnitude (s < 1e11 <= ms < 1e14 <= us 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
@@ -18,11 +19,12 @@ import pyarrow.compute as pc
 
 from ...definitions import DType, Embedding, StreamSource
 from ...definitions.dtypes import Array
+from ...definitions.windows import format_duration
 from ...errors import InvalidInputError
 from ...limits import PUSH_RECORDS, TIME_MAX, TIME_MIN
-from ...vocab.time import MAX_US, MIN_US, datetime_to_us, epoch_number_to_us, parse_iso
+from ...vocab.time import MAX_US, MIN_US, datetime_to_us, epoch_number_to_us, parse_iso, us_to_datetime
 
-__all__ = ["validate_records", "parse_timestamp_us", "required_fields", "MAX_RECORDS"]
+__all__ = ["validate_records", "parse_timestamp_us", "required_fields", "event_time_bounds", "MAX_RECORDS"]
 
 MAX_RECORDS = PUSH_RECORDS  # one call; larger loads belong in the batch source
 TS_TYPE = pa.timestamp("us", tz="UTC")
@@ -190,7 +192,7 @@ def validate_records(source: StreamSource, rows: Any, required: set[str] | None 
     if isinstance(rows, pa.Table):
         if rows.num_rows > MAX_RECORDS:
             raise InvalidInputError(f"at most {MAX_RECORDS} records per push, got {rows.num_rows}", field="records")
-        return _in_time_range(_from_arrow(source, rows, required))
+        return _in_time_range(_from_arrow(source, rows, required), source)
     if isinstance(rows, Mapping) or isinstance(rows, (str, bytes)) or not isinstance(rows, Iterable):
         raise InvalidInputError(
             "records must be a list of objects, an Arrow table or a pandas DataFrame", field="records"
@@ -198,20 +200,58 @@ def validate_records(source: StreamSource, rows: Any, required: set[str] | None 
     rows = list(rows)
     if len(rows) > MAX_RECORDS:
         raise InvalidInputError(f"at most {MAX_RECORDS} records per push, got {len(rows)}", field="records")
-    return _in_time_range(_from_rows(source, rows, required))
+    return _in_time_range(_from_rows(source, rows, required), source)
 
 
-def _in_time_range(table: pa.Table) -> pa.Table:
+def event_time_bounds(source: StreamSource, now_us: int | None = None) -> tuple[int, int]:
+    """``[lo, hi]`` (µs) an event time of ``source`` must lie in: ``min_event_time`` (else the
+    global floor) .. now + ``max_future_skew``."""
+    now = time.time_ns() // 1000 if now_us is None else now_us
+    lo = MIN_US if source.min_event_time is None else max(MIN_US, datetime_to_us(source.min_event_time))
+    return lo, min(MAX_US - 1, now + source.max_future_skew // _US)
+
+
+_US = timedelta(microseconds=1)
+
+
+def _in_time_range(table: pa.Table, source: StreamSource) -> pa.Table:
     """Every timestamp lies in the supported range (``limits.TIME_MIN``..``TIME_MAX``): a far-off time
-    would overflow a datetime when read back. One vectorised pass per timestamp column."""
+    would overflow a datetime when read back; the event time also within ``event_time_bounds``
+    (a far-future event would move its partition's watermark past every real event). One
+    vectorised pass per timestamp column."""
     for name, col in zip(table.column_names, table.columns, strict=True):
         if col.type != TS_TYPE or not len(col):
             continue
         us = col.cast(pa.int64())
         lo_hi = pc.min_max(us).as_py()
-        if lo_hi["min"] is None or (lo_hi["min"] >= MIN_US and lo_hi["max"] < MAX_US):
+        if lo_hi["min"] is None:
             continue
-        bad = pc.or_(pc.less(us, MIN_US), pc.greater_equal(us, MAX_US))
-        i = int(pc.index(bad, True).as_py())
-        raise _bad(i, name, f"outside the supported time range {TIME_MIN:%Y-%m-%d} .. {TIME_MAX:%Y-%m-%d} (UTC)")
+        if lo_hi["min"] < MIN_US or lo_hi["max"] >= MAX_US:
+            bad = pc.or_(pc.less(us, MIN_US), pc.greater_equal(us, MAX_US))
+            i = int(pc.index(bad, True).as_py())
+            raise _bad(i, name, f"outside the supported time range {TIME_MIN:%Y-%m-%d} .. {TIME_MAX:%Y-%m-%d} (UTC)")
+        if name != source.timestamp_field:
+            continue
+        lo, hi = event_time_bounds(source)
+        if lo_hi["max"] > hi:
+            i = int(pc.index(pc.greater(us, hi), True).as_py())
+            raise _bad(
+                i,
+                name,
+                f"{_iso(us[i].as_py())} is later than now + max_future_skew "
+                f"({format_duration(source.max_future_skew)}) of source '{source.name}': is the producer's "
+                "clock or time zone wrong?",
+            )
+        if lo_hi["min"] < lo:
+            i = int(pc.index(pc.less(us, lo), True).as_py())
+            raise _bad(
+                i,
+                name,
+                f"{_iso(us[i].as_py())} is before min_event_time {_iso(lo)} of source '{source.name}' "
+                "(an unset time? history belongs in the batch source)",
+            )
     return table
+
+
+def _iso(us: int) -> str:
+    return us_to_datetime(int(us)).isoformat().replace("+00:00", "Z")

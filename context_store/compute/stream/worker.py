@@ -36,6 +36,7 @@ from ...definitions import StreamSource
 from ...errors import ContextStoreError, DefinitionError, NotFoundError
 from ...vocab.tables import is_source_table, source_table, view_table
 from . import online_adapter
+from .admission import bound_watermarks
 from .cutover import load_cutovers
 from .flusher import Flusher, FlushJob
 from .processor import (
@@ -178,6 +179,8 @@ class StreamWorker:
             if not self.log.renew_lease(*part, self.name, self.lease_ms):
                 log.warning("worker %s lost the lease of %s/%d; dropping its unflushed state", self.name, *part)
                 self._drop(part)
+        for source, plan in self.plans.items():  # an operator's reset of a watermark reaches its owner here
+            bound_watermarks(self.log, plan.source, {p: st for (s, p), st in self.owned.items() if s == source})
         live = max(1, len(self.log.live_workers(self.lease_ms)))
         parts = self.all_parts
         share = math.ceil(len(parts) / live)
@@ -209,8 +212,8 @@ class StreamWorker:
             state.applied[_RECENT] = online_adapter.recent_applied(self.ctx.online, source, p)
         table = source_table(source)
         state.offline["src"] = self.writer.mark(table, p, self.log.offline_marks(table, p))
-        wm = self.log.r.hget(self.log.watermark_key, f"{source}|{p}")
-        state.watermark_us = int(wm) if wm else None
+        state.watermark_us = int(wm) if (wm := self.log.r.hget(self.log.watermark_key, f"{source}|{p}")) else None
+        bound_watermarks(self.log, plan.source, {p: state})
         self.owned[part] = state
         self._unacked.setdefault(part, [])
         pending = self.log.claim_pending(self.key(part), self.name)
@@ -248,13 +251,14 @@ class StreamWorker:
         self._last_balance = 0.0
 
     # -- processing ----------------------------------------------------------------------
-    def _decode(self, plan: SourcePlan, entries: list[Any]) -> pa.Table | None:
-        tables = []
+    def _decode(self, plan: SourcePlan, entries: list[Any]) -> tuple[pa.Table, np.ndarray] | None:
+        """The entries' rows, and which of them a pusher admitted (Arrow entries: see admission.py)."""
+        tables, admitted = [], []
         for entry_id, fields in entries:
             off = id_to_offset(entry_id)
             try:
                 data = decode_entry(fields)
-                if not isinstance(data, pa.Table):
+                if not (pushed := isinstance(data, pa.Table)):
                     data = validate_records(plan.source, data, plan.required)
             except (ContextStoreError, pa.ArrowInvalid, ValueError) as e:
                 # An outside producer's bad record: it cannot be applied anywhere; keep it visible.
@@ -262,9 +266,10 @@ class StreamWorker:
                 log.error("source %s entry %s rejected: %s", plan.source.name, entry_id, e)
                 continue
             tables.append(data.append_column(OFFSET, pa.array(np.full(data.num_rows, off, dtype=np.int64))))
+            admitted.append(np.full(data.num_rows, pushed, dtype=bool))
         if not tables:
             return None
-        return concat(tables)
+        return concat(tables), np.concatenate(admitted)
 
     def _prepare(self, part: Part, entries: list[Any], cutovers: dict[str, int]) -> _Step | None:
         """Decode and transform one partition's entries; collect (not yet apply) its online rows."""
@@ -273,8 +278,9 @@ class StreamWorker:
             return None
         plan = self.plans[part[0]]
         step = _Step(part, state, plan, [e[0] for e in entries], id_to_offset(entries[-1][0]))
-        events = self._decode(plan, entries)
-        if events is not None:
+        decoded = self._decode(plan, entries)
+        if decoded is not None:
+            events, admitted = decoded
             before = dict(state.applied)
 
             def collect(view: Any, rows: pa.Table, partition: int, offset: int | None) -> None:
@@ -282,7 +288,7 @@ class StreamWorker:
                     (view, rows, partition, int(offset if offset is not None else -1), before.get(view.name, -1))
                 )
 
-            step.batch = process_batch(plan, events, part[1], state, collect, cutovers)
+            step.batch = process_batch(plan, events, part[1], state, collect, cutovers, admitted=admitted)
             step.n = events.num_rows
             if plan.recent:
                 step.recent = self._recent(plan, part, state, events, step.last)

@@ -160,35 +160,46 @@ def test_arrow_with_bad_column_type_names_the_field(store) -> None:
     assert ei.value.field == "records[1].user_id"
 
 
-def test_late_and_too_late_events_are_counted_and_kept_offline(tmp_path: Path, make_store: StoreFactory) -> None:
+def test_late_events_count_and_too_late_ones_are_rejected_and_reported(
+    tmp_path: Path, make_store: StoreFactory
+) -> None:
     store = make_store(tmp_path / "r", lateness="30m")
     try:
         before_late = STATS.get("late_events", "transactions")
         before_too = STATS.get("too_late_events", "transactions")
         store.push("transactions", [event("u1", 120, 1.0)])
-        store.push("transactions", [event("u1", 100, 2.0)])  # 20 min late: applied to its tile
-        store.push("transactions", [event("u1", 30, 4.0)])  # 90 min late: offline only
-        assert STATS.get("late_events", "transactions") - before_late == 1
-        assert STATS.get("too_late_events", "transactions") - before_too == 1
+        res = store.push("transactions", [event("u1", 100, 2.0)])  # 20 min late: applied to its tile
+        assert res.accepted == 1 and res.late == 1 and not res.rejected
+        with pytest.raises(InvalidInputError) as ei:  # 90 min late, alone: nothing to accept -> 4xx
+            store.push("transactions", [event("u1", 30, 4.0)])
+        assert ei.value.field == "records[0].ts" and "allowed_lateness (30m)" in str(ei.value)
+        res = store.push("transactions", [event("u1", 110, 8.0), event("u1", 30, 4.0)])
+        assert res.accepted == 1 and res.validated == 2 and res.visible
+        assert [(r.index, r.field, r.reason) for r in res.rejected] == [(1, "ts", "too_late")]
+        assert res.to_dict()["rejected"][0]["index"] == 1
+        assert STATS.get("late_events", "transactions") - before_late == 2
+        assert STATS.get("too_late_events", "transactions") - before_too == 2
         t = T0 + timedelta(minutes=150)
         fv = store.get_features("fraud", {"user_id": "u1"}, request_time=t)
-        assert fv.feature_values["txn_stats.amount_count_1d"] == 2
-        assert store.offline.count("fv__txn_stats") == 3  # never silently dropped
+        assert fv.feature_values["txn_stats.amount_count_1d"] == 3
+        # Rejected means written nowhere: online, offline and the raw log agree.
+        assert store.offline.count("fv__txn_stats") == 3
         assert store.offline.count("src__transactions") == 3
     finally:
         store.close()
 
 
-def test_events_before_the_cutover_belong_to_the_batch_history(store) -> None:
+def test_events_before_the_cutover_are_rejected_and_reported(store) -> None:
     record_cutover(store.config, "txn_stats", int((T0 + timedelta(minutes=60)).timestamp() * 1_000_000))
     assert get_cutover(store.config, "txn_stats") is not None
-    store.push("transactions", [event("u1", 59, 1.0), event("u1", 60, 2.0)])
+    res = store.push("transactions", [event("u1", 59, 1.0), event("u1", 60, 2.0)])
+    assert res.accepted == 1 and [(r.index, r.reason) for r in res.rejected] == [(0, "before_cutover")]
+    assert "txn_stats" in res.rejected[0].message
     fv = store.get_features("fraud", {"user_id": "u1"}, request_time=T_REQ).feature_values
     assert fv["txn_stats.amount_count_1d"] == 1  # only the event at/after the cut-over
-    # The other view has no cut-over: both events count, but at 03:00 its 2h window starts at 01:00.
     assert fv["big_spend.doubled_sum_2h"] == pytest.approx(4.0)
     assert store.offline.count("fv__txn_stats") == 1
-    assert store.offline.count("src__transactions") == 2  # raw log keeps both
+    assert store.offline.count("src__transactions") == 1  # a rejected record is written nowhere
 
 
 # -- CLI --------------------------------------------------------------------------------
