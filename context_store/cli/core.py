@@ -123,7 +123,7 @@ def apply_cmd(force: bool, yes: bool, take_over: bool = False) -> None:
         if previous is not None:
             click.echo(
                 f"Moved workspace '{store.workspace}' to this repo; it belonged to deployment {previous.describe()}, "
-                "whose workers have stopped. Its online state stays: run `context-store materialize` to load this "
+                "whose workers stop consuming. Its online state stays: run `context-store materialize` to load this "
                 "repo's."
             )
     else:

@@ -105,16 +105,23 @@ class Registry:
         except FileNotFoundError:
             if not create:
                 return None
-        self.root.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".DEPLOYMENT.{uuid.uuid4().hex[:8]}.tmp")
-        _atomic_write(tmp, f"{uuid.uuid4().hex[:16]}\n".encode())
         try:
-            os.link(tmp, path)  # create-if-absent: of two processes creating it at once, both keep the winner's
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path.read_text().strip() or None
+            self.root.mkdir(parents=True, exist_ok=True)
+            _atomic_write(tmp, f"{uuid.uuid4().hex[:16]}\n".encode())
+            try:
+                os.link(tmp, path)  # create-if-absent: of two processes creating it at once, all keep the winner's
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink(missing_ok=True)
+            return path.read_text().strip() or None
+        except OSError as e:
+            raise UnavailableError(
+                f"cannot create this registry's deployment id {path} ({e}); run `context-store apply` once where "
+                "the registry is writable",
+                field="registry",
+            ) from None
 
     # -- the repo ----------------------------------------------------------------------
     def load_repo(self) -> RepoDefinitions:
@@ -206,6 +213,7 @@ class Registry:
     def apply(self, force: bool = False) -> Plan:
         """Commit the repo's definitions as a new version; breaking changes need ``force``."""
         with self._locked():
+            self.deployment_id()  # the first apply creates this registry's deployment identity
             plan = self.plan()
             if plan.breaking and not force:
                 items = "; ".join(
