@@ -172,13 +172,17 @@ class SqliteOnlineStore(BaseOnlineStore):
 
     def claim_meta(self, name: str, value: bytes) -> bytes:
         c = self._conn()
-        c.execute("BEGIN IMMEDIATE")
+        own = not self._in_txn()  # inside ``transaction()``: part of it
+        if own:
+            c.execute("BEGIN IMMEDIATE")
         try:
             c.execute("INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT (k) DO NOTHING", (name, value))
             row = c.execute("SELECT v FROM meta WHERE k = ?", (name,)).fetchone()
-            c.execute("COMMIT")
+            if own:
+                c.execute("COMMIT")
         except BaseException:
-            c.execute("ROLLBACK")
+            if own and c.in_transaction:
+                c.execute("ROLLBACK")
             raise
         return bytes(row[0])
 
