@@ -26,6 +26,7 @@ __all__ = [
     "UnavailableError",
     "OverloadedError",
     "ConflictError",
+    "DeploymentConflictError",
     "PayloadTooLargeError",
     "UnsupportedMediaTypeError",
     "MisdirectedRequestError",
@@ -87,6 +88,11 @@ class ConflictError(ContextStoreError):
     """A breaking change without ``force``, or a concurrent registry write."""
 
     status = 409
+
+
+class DeploymentConflictError(ConflictError):
+    """The online namespace (Redis database + workspace, or SQLite file) is claimed by another deployment
+    (another repo's registry): this process refuses to serve, push or consume there."""
 
 
 class RateLimitedError(ContextStoreError):

@@ -103,14 +103,31 @@ def plan_cmd(as_json: bool) -> None:
 @click.command("apply")
 @click.option("--force", is_flag=True, help="Apply breaking changes too.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "--take-over",
+    is_flag=True,
+    help="Move the workspace's online namespace (Redis db + workspace) to this repo when another deployment "
+    "holds it; that deployment's workers and servers then refuse to run there.",
+)
 @repo_options
 @handle_errors
-def apply_cmd(force: bool, yes: bool) -> None:
+def apply_cmd(force: bool, yes: bool, take_over: bool = False) -> None:
     """Register the repo's definitions in the workspace (a new registry version).
 
-    Refuses breaking changes without --force. Asks for confirmation when run in a terminal.
+    Refuses breaking changes without --force. Asks for confirmation when run in a terminal. Refuses when
+    another deployment (another repo) holds the workspace's online namespace, unless --take-over.
     """
     store = store_from_ctx()
+    if take_over:
+        previous = store.take_over()
+        if previous is not None:
+            click.echo(
+                f"Moved workspace '{store.workspace}' to this repo; it belonged to deployment {previous.describe()}, "
+                "whose workers stop consuming. Its online state stays: run `context-store materialize` to load this "
+                "repo's."
+            )
+    else:
+        _check_deployment(store)
     plan = store.plan()
     click.echo(str(plan))
     if plan.is_empty and plan.from_version:
@@ -177,6 +194,17 @@ def materialize_cmd(views: tuple[str, ...], full: bool = False) -> None:
     _check_views(store, views)
     print_result(store.materialize(views=list(views) or None, progress=True, full=full))
     click.echo("Materialize done.")
+
+
+def _check_deployment(store: ContextStore) -> None:
+    """Refuse before printing a plan when another deployment holds the online namespace (an unreachable
+    store does not stop an apply: serve, worker and push claim the namespace when they start)."""
+    from ..errors import UnavailableError
+
+    try:
+        store.check_deployment()
+    except UnavailableError:
+        pass
 
 
 def _check_views(store: ContextStore, views: tuple[str, ...]) -> None:

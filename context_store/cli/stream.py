@@ -128,6 +128,9 @@ def worker(threads: int, sources: tuple[str, ...], batch: int, flush_interval: f
     click.echo(f"stream workers running ({threads} thread(s), workspace {store.workspace}); Ctrl-C to stop", err=True)
     while not stop.wait(0.5):
         if not any(t.is_alive() for t in pool.threads):
+            lost = next((w.stopped_by for w in pool.workers if w.stopped_by is not None), None)
+            if lost is not None:  # another deployment holds (or took over) the namespace: one line, exit 1
+                raise lost
             raise click.ClickException("every stream worker stopped; see the log above")
     pool.stop()
 

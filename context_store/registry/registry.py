@@ -3,6 +3,7 @@
 Layout under ``config.registry_path / <workspace>``::
 
     CURRENT                     the applied version number (replaced atomically)
+    DEPLOYMENT                  this registry's deployment id (random, created once; see ``deployment_id``)
     .lock                       serialises concurrent ``apply`` calls (flock)
     versions/000003/registry.json   every object's spec + resolved types
     versions/000003/repo/...py      a copy of the definitions files that were applied
@@ -92,6 +93,35 @@ class Registry:
     def _exclude(self) -> list[Path]:
         c = self.config
         return [p for p in (c.data_dir, c.registry_path, c.offline_store) if p is not None]
+
+    def deployment_id(self, create: bool = True) -> str | None:
+        """This registry's deployment identity: a random id written once (at the first ``apply``, or the
+        first open of a registry applied before ids existed) and read by every process of this repo, so
+        they agree; a fresh repo (a new registry) gets a new one. The online namespace is claimed by it
+        (``stores/online/claim.py``). None when absent and not ``create``."""
+        path = self.root / "DEPLOYMENT"
+        try:
+            return path.read_text().strip() or None
+        except FileNotFoundError:
+            if not create:
+                return None
+        tmp = path.with_name(f".DEPLOYMENT.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            _atomic_write(tmp, f"{uuid.uuid4().hex[:16]}\n".encode())
+            try:
+                os.link(tmp, path)  # create-if-absent: of two processes creating it at once, all keep the winner's
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink(missing_ok=True)
+            return path.read_text().strip() or None
+        except OSError as e:
+            raise UnavailableError(
+                f"cannot create this registry's deployment id {path} ({e}); run `context-store apply` once where "
+                "the registry is writable",
+                field="registry",
+            ) from None
 
     # -- the repo ----------------------------------------------------------------------
     def load_repo(self) -> RepoDefinitions:
@@ -183,6 +213,7 @@ class Registry:
     def apply(self, force: bool = False) -> Plan:
         """Commit the repo's definitions as a new version; breaking changes need ``force``."""
         with self._locked():
+            self.deployment_id()  # the first apply creates this registry's deployment identity
             plan = self.plan()
             if plan.breaking and not force:
                 items = "; ".join(

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
 from ..config import Config, check_workspace
+from ..errors import ContextStoreError
 from ..serving.store import ContextStore
 
 __all__ = ["StoreResolver"]
+
+log = logging.getLogger("context_store.server")
 
 
 class StoreResolver:
@@ -20,6 +24,7 @@ class StoreResolver:
         self._stores: dict[str, ContextStore] = {}
         self._lock = threading.Lock()
         self._versions: dict[str, Any] = {}
+        self._conflicts: set[str] = set()  # workspaces whose namespace another deployment holds (logged once)
 
     def __call__(self, workspace: str | None = None) -> ContextStore:
         ws = workspace or self.config.workspace
@@ -51,12 +56,23 @@ class StoreResolver:
             return None
 
     def refresh_changed(self) -> None:
-        """Reload definitions of workspaces whose registry changed (after an ``apply`` elsewhere)."""
+        """Reload definitions of workspaces whose registry changed (after an ``apply`` elsewhere), and re-check
+        that this deployment still holds each opened online namespace (a take-over elsewhere: requests then
+        answer the conflict, 409, instead of serving another deployment's values)."""
         for ws, store in list(self._stores.items()):
             v = self._version(store)
             if v is not None and self._versions.get(ws) != v:
                 store.refresh()
                 self._versions[ws] = v
+            try:
+                store.recheck_deployment()
+                self._conflicts.discard(ws)
+            except ContextStoreError as e:
+                if ws not in self._conflicts:  # once, not every refresh
+                    log.warning("workspace %s: %s", ws, e)
+                    self._conflicts.add(ws)
+            except Exception as e:  # noqa: BLE001 - the store is down: /readyz and requests say so
+                log.debug("workspace %s: deployment claim not re-checked: %s", ws, e)
 
     def close(self) -> None:
         with self._lock:

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
+from ..errors import DeploymentConflictError
 from ..vocab.redact import redact_text
 from .auth import authorize
 from .errors import json_response
@@ -70,6 +71,8 @@ def health_router(state: ServerState) -> APIRouter:
             ok = await asyncio.wait_for(run_in_threadpool(store.ping), timeout=2.0)
             if not ok:
                 raise ConnectionError("ping failed")
+        except DeploymentConflictError as e:  # reachable, but another deployment's namespace: never serve it
+            return json_response({"ready": False, "message": redact_text(e.message)}, 503)
         except Exception as e:  # whatever the cause, the answer is "not ready" with the reason
             state.metrics.online_up.set(0)
             reason = "timed out" if isinstance(e, asyncio.TimeoutError) else redact_text(str(e)) or type(e).__name__

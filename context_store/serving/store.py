@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from ..registry.repo import RepoDefinitions
     from ..stores.offline.base import OfflineStore
     from ..stores.online.base import OnlineStore
+    from ..stores.online.claim import Claim, NamespaceClaim
     from ..stores.vector import VectorCollections
     from .context import UserContext
     from .features import FeatureServer
@@ -64,6 +65,7 @@ class ContextStore:
         self._ingestor: Ingestor | None = None
         self._lag_log: RedisStreamLog | None = None  # a scrape-time reader of stream lag
         self.applied_coverage: ApplyCoverage | None = None  # the last apply's: views still to materialize
+        self._claim: NamespaceClaim | None = None  # this deployment's claim on the online namespace
 
     # -- components --------------------------------------------------------------------
     @property
@@ -106,6 +108,15 @@ class ContextStore:
 
     @property
     def online(self) -> OnlineStore:
+        """The online store, once this deployment's claim on its namespace is checked (then no more checks
+        here: a worker, a pusher and the server re-check on their own cadence; see ``stores/online/claim.py``)."""
+        online, claim = self._online, self._claim
+        if online is None or claim is None or not claim.ok:
+            online = self._open_online()
+            self._ensure_claim(online)
+        return online
+
+    def _open_online(self) -> OnlineStore:
         if self._online is None:
             from ..stores.online import open_online_store
 
@@ -113,6 +124,52 @@ class ContextStore:
                 if self._online is None:
                     self._online = open_online_store(self.config)
         return self._online
+
+    def _namespace_claim(self, online: OnlineStore, create: bool) -> NamespaceClaim | None:
+        """The claim object of this registry's deployment id (None while nothing is applied and not ``create``)."""
+        if self._claim is None:
+            from ..stores.online.claim import NamespaceClaim
+
+            reg = self.registry
+            dep = reg.deployment_id(create=create or reg.applied_version() > 0)
+            if dep is None:
+                return None
+            with self._lock:
+                if self._claim is None:
+                    self._claim = NamespaceClaim(online, dep, str(self.config.repo), self.workspace)
+        return self._claim
+
+    def _ensure_claim(self, online: OnlineStore, recheck: bool = False) -> None:
+        """Claim the namespace (first process of this deployment) or check the claim is ours: raises
+        ``DeploymentConflictError``. Nothing applied yet: nothing to check (the first apply claims it)."""
+        claim = self._namespace_claim(online, create=False)
+        if claim is not None and (recheck or not claim.ok):
+            from ..errors import DeploymentConflictError
+
+            try:
+                claim.verify()
+            except DeploymentConflictError:
+                self._features = None  # requests go through ``_open_features`` again, which re-checks
+                raise
+
+    def check_deployment(self) -> None:
+        """Raise ``DeploymentConflictError`` if another deployment holds this online namespace (writes nothing)."""
+        claim = self._namespace_claim(self._open_online(), create=True)
+        if claim is not None:
+            claim.precheck()
+
+    def take_over(self) -> Claim | None:
+        """Move the online namespace's claim to this deployment (deliberately: ``apply --take-over``). Returns the
+        previous holder when it was another deployment, after waiting for its workers to stop consuming."""
+        claim = self._namespace_claim(self._open_online(), create=True)
+        return None if claim is None else claim.take_over()
+
+    def recheck_deployment(self) -> None:
+        """Re-read the claim of an opened store (the server's refresh loop); raises when another deployment
+        holds it -- requests then answer the conflict (409) until it is ours again."""
+        online, claim = self._online, self._claim
+        if online is not None and claim is not None:
+            self._ensure_claim(online, recheck=True)
 
     @property
     def offline(self) -> OfflineStore:
@@ -182,14 +239,16 @@ class ContextStore:
         """The typed parts the stream path (pushes, workers) works on."""
         from ..compute.stream.context import StreamContext
 
+        online = self.online  # checks the claim: a worker or pusher of another deployment stops here
         return StreamContext(
             self.config,
             self.definitions,
-            self.online,
+            online,
             self.offline,
             embedding_sink=lambda: self.indexer,  # opened only for sources with embedding views
             version=self.registry.applied_version,
             reload=self._reloaded_stream_context,
+            claim=self._claim,
         )
 
     def _reloaded_stream_context(self) -> StreamContext:
@@ -216,8 +275,25 @@ class ContextStore:
     def plan(self) -> Plan:
         return self.registry.plan()
 
-    def apply(self, force: bool = False) -> Plan:
+    def apply(self, force: bool = False, take_over: bool = False) -> Plan:
+        """Apply the repo's definitions. Refused (``DeploymentConflictError``, before writing anything) when another
+        deployment holds the online namespace, unless ``take_over`` moves it here. An unreachable online store
+        does not stop an apply: serve, worker and push claim the namespace when they open it."""
+        from ..errors import UnavailableError
+
+        reachable = True
+        try:
+            if take_over:
+                self.take_over()
+            else:
+                self.check_deployment()
+        except UnavailableError:
+            if take_over:
+                raise
+            reachable = False
         plan = self.registry.apply(force=force)
+        if reachable:
+            self._ensure_claim(self._open_online(), recheck=True)  # the first apply writes the claim
         self.refresh()
         self.applied_coverage = self._mark_after_apply()
         return plan
@@ -396,8 +472,12 @@ class ContextStore:
             self.vectors.warm(background=True)
 
     def ping(self) -> bool:
-        """The online store answers (raises or returns False when it does not)."""
-        return self.online.ping() is not False
+        """The online store answers and this deployment holds its namespace (raises or returns False when not)."""
+        online = self._open_online()
+        if online.ping() is False:
+            return False
+        self._ensure_claim(online, recheck=True)
+        return True
 
     def vectors_loading(self) -> dict[str, Any] | None:
         """Readiness of the vector indexes while they load; None when ready or never opened here."""
@@ -455,6 +535,7 @@ class ContextStore:
             vectors, self._vectors = self._vectors, None
             collections, self._vector_collections = self._vector_collections, None
             lag_log, self._lag_log = self._lag_log, None
+            self._claim = None
             self._indexer = None
             self._features = None
         if lag_log is not None:

@@ -278,3 +278,27 @@ kb = cs.Knowledge("kb", "docs/*.md")
     rewrite(root, 'text="title")', 'text="title", embedder="other-model")')
     c = change_of(reg.plan(), "emb")
     assert c.breaking and c.forces == [REINDEX]
+
+
+def test_deployment_id_is_created_once_and_shared_by_every_process_of_a_repo(tmp_path: Path) -> None:
+    root = repo(tmp_path / "a")
+    assert registry(root).deployment_id(create=False) is None
+    got: list[str | None] = []
+    barrier = threading.Barrier(8)
+
+    def create() -> None:
+        barrier.wait()
+        got.append(registry(root).deployment_id())  # each a separate Registry, as separate processes would be
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(got)) == 1 and got[0] and len(got[0]) == 16
+    registry(root).apply()
+    assert registry(root).deployment_id(create=False) == got[0]  # apply keeps it
+    other = repo(tmp_path / "b")
+    registry(other).apply()
+    assert registry(other).deployment_id(create=False) not in (None, got[0])  # a fresh repo: a new one
+    assert registry(root, "dev").deployment_id(create=False) is None  # per workspace registry

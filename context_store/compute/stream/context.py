@@ -3,7 +3,8 @@
 The applied definitions, the config, the online and offline stores, and the embedding sink. The
 sink is opened on first use (a source with embedding views): opening a vector service is not free
 and the server reports vector readiness only once one is open. ``version``/``reload`` let a
-long-running worker notice an ``apply`` made elsewhere and pick up the new definitions.
+long-running worker notice an ``apply`` made elsewhere and pick up the new definitions; ``claim`` lets it
+notice that another deployment took the online namespace over (``stores/online/claim.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from ...registry.repo import RepoDefinitions
     from ...stores.offline.base import OfflineStore
     from ...stores.online.base import OnlineStore
+    from ...stores.online.claim import NamespaceClaim
     from .sinks import EmbeddingSink
 
 __all__ = ["StreamContext"]
@@ -33,6 +35,9 @@ class StreamContext:
     embedding_sink: Callable[[], EmbeddingSink]  # called only when a source feeds embedding views
     version: Callable[[], int] | None = None  # the applied registry version (None: never reload)
     reload: Callable[[], StreamContext] | None = None  # the parts on the newly applied definitions
+    # This deployment's claim on the online namespace: workers re-verify it at every rebalance, pushers at most
+    # once a second, and stop when another deployment took it over (None: no check, hand-built contexts).
+    claim: NamespaceClaim | None = None
     # Compiled online state layouts of this context's views (shared by its pusher and workers).
     states: ViewStates = field(init=False, repr=False)
 

@@ -147,6 +147,8 @@ class Ingestor:
             for view in plan.views:  # surface transform errors too, without writing anything
                 apply_transform(view, table.slice(0, min(table.num_rows, 100)))
             return PushResult(source, 0, table.num_rows, dry_run=True)
+        if self.ctx.claim is not None:  # another deployment took the namespace over: refuse (re-read once a second)
+            self.ctx.claim.check()
         if table.num_rows == 0:
             return PushResult(source, 0, 0, visible=True)
         if self.ctx.config.is_redis:

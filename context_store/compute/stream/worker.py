@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from ...definitions import StreamSource
-from ...errors import ContextStoreError, DefinitionError, NotFoundError
+from ...errors import ContextStoreError, DefinitionError, DeploymentConflictError, NotFoundError
 from ...vocab.tables import is_source_table, source_table, view_table
 from . import online_adapter
 from .admission import bound_watermarks
@@ -128,6 +128,7 @@ class StreamWorker:
         self._flusher = Flusher(ctx.offline, self.log)
         self.writer = self._flusher.writer  # also reads the marks of partitions this worker takes
         self._flushing: Future[dict[str, int]] | None = None
+        self.stopped_by: DeploymentConflictError | None = None  # another deployment took the namespace over
 
     def _plans(self) -> dict[str, SourcePlan]:
         return {
@@ -174,6 +175,8 @@ class StreamWorker:
         self._last_balance = time.monotonic()
         if not self.transient:
             self._reload_if_applied()
+            if self.ctx.claim is not None:  # taken over by another deployment: stop before reading another entry
+                self.ctx.claim.verify()
             self.log.heartbeat(self.name)
         for part in list(self.owned):
             if not self.log.renew_lease(*part, self.name, self.lease_ms):
@@ -443,6 +446,10 @@ class StreamWorker:
                     # pending and are applied once the definition is fixed and applied).
                     log.exception("stream worker %s: a feature view cannot process its events", self.name)
                     raise
+                except DeploymentConflictError as e:  # flushes what it applied, releases its partitions
+                    log.error("stream worker %s stops: %s", self.name, e)
+                    self.stopped_by = e
+                    return
                 except Exception:  # noqa: BLE001 - Redis/Lance hiccup: back off, keep the entries pending
                     log.exception("stream worker %s: step failed; replaying its partitions", self.name)
                     self._reset()

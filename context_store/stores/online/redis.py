@@ -346,6 +346,19 @@ class RedisOnlineStore(BaseOnlineStore):
         except self._errors as e:
             raise self._unavailable(e) from None
 
+    def claim_meta(self, name: str, value: bytes) -> bytes:
+        try:
+            pipe = self._r.pipeline(transaction=True)
+            pipe.hsetnx(self.prefix + "meta", name, value)
+            pipe.hget(self.prefix + "meta", name)
+            return bytes(pipe.execute()[1])
+        except self._errors as e:
+            raise self._unavailable(e) from None
+
+    @property
+    def location(self) -> str:
+        return redact_url(self.url)
+
     def _recent_append(self, key: str, items: list[bytes], max_len: int) -> None:
         try:
             pipe = self._r.pipeline(transaction=True)

@@ -170,6 +170,26 @@ class SqliteOnlineStore(BaseOnlineStore):
             "INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v", (name, value)
         )
 
+    def claim_meta(self, name: str, value: bytes) -> bytes:
+        c = self._conn()
+        own = not self._in_txn()  # inside ``transaction()``: part of it
+        if own:
+            c.execute("BEGIN IMMEDIATE")
+        try:
+            c.execute("INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT (k) DO NOTHING", (name, value))
+            row = c.execute("SELECT v FROM meta WHERE k = ?", (name,)).fetchone()
+            if own:
+                c.execute("COMMIT")
+        except BaseException:
+            if own and c.in_transaction:
+                c.execute("ROLLBACK")
+            raise
+        return bytes(row[0])
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
     def _recent_append(self, key: str, items: list[bytes], max_len: int) -> None:
         c = self._conn()
         if self._in_txn():

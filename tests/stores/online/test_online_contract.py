@@ -20,13 +20,14 @@ import pytest
 
 import context_store as cs
 from context_store.config import load_config
-from context_store.errors import UnavailableError
+from context_store.errors import DeploymentConflictError, UnavailableError
 from context_store.state.aggregations import aggregate_values
 from context_store.state.codec import entity_key
 from context_store.state.columns import Columns
 from context_store.state.ops import Ops, compare_offsets
 from context_store.state.tiles import ViewState
 from context_store.stores.online import BaseOnlineStore, open_online_store
+from context_store.stores.online.claim import NamespaceClaim
 
 US = 1_000_000
 NOW = (int(time.time()) // 3600) * 3600 * US + 1234567  # not tile aligned
@@ -485,6 +486,53 @@ def test_meta_ping_clear(store: BaseOnlineStore) -> None:
     assert store.get_meta("wm:x") == b"\x00\x01"
     store.clear()
     assert store.get_meta("wm:x") is None
+
+
+def test_claim_meta_is_an_atomic_set_if_absent(store: BaseOnlineStore) -> None:
+    """Many writers race for one name: exactly one value wins and every writer is told which."""
+    assert store.get_meta("deployment") is None
+    values = [f"d{i}".encode() for i in range(16)]
+    got: list[bytes] = []
+    barrier = threading.Barrier(len(values))
+
+    def claim(v: bytes) -> None:
+        barrier.wait()
+        got.append(store.claim_meta("deployment", v))
+
+    threads = [threading.Thread(target=claim, args=(v,)) for v in values]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == len(values) and len(set(got)) == 1 and got[0] in values
+    assert store.get_meta("deployment") == got[0]
+    store.set_meta("deployment", b"moved")  # a deliberate take-over overwrites
+    assert store.claim_meta("deployment", b"late") == b"moved"
+    assert store.location and "@" not in store.location  # names the namespace, never a credential
+
+
+def test_namespace_claim_refuses_another_deployment(store: BaseOnlineStore, workspace_name: str) -> None:
+    a = NamespaceClaim(store, "aaaa", "/repo/a", workspace_name, interval=0.0)
+    b = NamespaceClaim(store, "bbbb", "/repo/b", workspace_name, interval=0.0)
+    b.precheck()  # unclaimed: nothing to refuse, nothing written
+    assert store.get_meta("deployment") is None
+    a.verify()  # the first one claims it
+    a.verify()
+    with pytest.raises(DeploymentConflictError) as e:
+        b.verify()
+    msg = str(e.value)
+    assert e.value.status == 409 and "\n" not in msg
+    assert all(s in msg for s in (workspace_name, "aaaa", "/repo/a", "bbbb", "--take-over", store.location))
+    with pytest.raises(DeploymentConflictError):
+        b.precheck()
+    assert b.take_over(wait=0).id == "aaaa"  # type: ignore[union-attr]
+    b.check()
+    with pytest.raises(DeploymentConflictError, match="bbbb"):
+        a.check()
+    assert not a.ok and b.ok
+    store.clear()  # the namespace flushed: the next process to look claims it again
+    a.verify()
+    assert a.ok
 
 
 # -- backend specifics ------------------------------------------------------------------------
