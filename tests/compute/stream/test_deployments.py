@@ -260,10 +260,12 @@ def test_embedded_single_repo_unchanged_and_a_shared_sqlite_file_is_claimed(
     rows = _events("u", 120)
     for i in range(0, len(rows), 30):
         assert a.push("transactions", rows[i : i + 30]).visible
+    # In order (embedded: one partition, one watermark): an event older than it by > lateness is rejected.
+    more = {**event("w1", 0, 2.0), "ts": max(r["ts"] for r in rows) + timedelta(seconds=1)}
     with cs.ContextStore(tmp_path / "a", online_store=spec) as a2:  # another process of the same repo agrees
         _assert_online_equals_recomputation(a2, rows)
-        assert a2.push("transactions", [event("w1", 3, 2.0)]).visible
-    assert _offline_rows(a) == _rows([*rows, event("w1", 3, 2.0)])
+        assert a2.push("transactions", [more]).visible
+    assert _offline_rows(a) == _rows([*rows, more])
 
     make_repo(
         tmp_path / "b", REPO.format(partitions=4, lateness="1h", interval=""), data={"txns.parquet": events_table([])}
