@@ -87,6 +87,11 @@ class StreamSource(Source):
 
     ``allowed_lateness``: events older than the watermark by at most this still update
     online state; older ones are counted and logged (never silently dropped).
+
+    ``event_id_field``: a schema column identifying each event. A record whose id was already
+    ingested within ``event_id_retention`` (default 24h) is dropped -- counted once online and
+    offline -- and reported in ``PushResult.duplicates``, so a client may retry any push. The
+    retention also bounds how long an ``Idempotency-Key`` of a push to this source is remembered.
     """
 
     kind = "stream_source"
@@ -101,6 +106,8 @@ class StreamSource(Source):
         partitions: int = 4,
         description: str | None = None,
         tags: dict[str, str] | None = None,
+        event_id_field: str | None = None,
+        event_id_retention: str | timedelta = "24h",
     ) -> None:
         self._init_common(name, description, tags)
         self.schema = _check_schema(self, schema, required=True)
@@ -117,6 +124,20 @@ class StreamSource(Source):
         if not isinstance(partitions, int) or not 1 <= partitions <= 1024:
             self.fail("partitions must be an int in 1..1024")
         self.partitions = partitions
+        if event_id_field is not None:
+            f = self.field(event_id_field) if isinstance(event_id_field, str) else None
+            if f is None:
+                names = ", ".join(x.name for x in self.schema or ())
+                self.fail(f"event_id_field {event_id_field!r} is not in the schema ({names})")
+            elif f.dtype.name not in ("string", "int64"):
+                self.fail(f"event_id_field {event_id_field!r} must be a String or Int64 field, not {f.dtype.name}")
+        self.event_id_field = event_id_field
+        try:
+            self.event_id_retention = parse_duration(event_id_retention, "event_id_retention")
+        except ValueError as e:
+            self.fail(str(e))
+        if not timedelta(seconds=1) <= self.event_id_retention <= timedelta(days=90):
+            self.fail(f"event_id_retention must be between 1s and 90d, got {event_id_retention!r}")
 
     def spec(self) -> dict[str, Any]:
         return {
@@ -126,6 +147,12 @@ class StreamSource(Source):
             "batch_source": self.batch_source.spec() if self.batch_source else None,
             "allowed_lateness_s": self.allowed_lateness.total_seconds(),
             "partitions": self.partitions,
+            **({"event_id_field": self.event_id_field} if self.event_id_field else {}),
+            **(
+                {"event_id_retention_s": self.event_id_retention.total_seconds()}
+                if self.event_id_retention != timedelta(hours=24)
+                else {}
+            ),
         }
 
 

@@ -28,10 +28,22 @@ import numpy as np
 import pyarrow as pa
 
 from ...errors import InvalidInputError, RateLimitedError, UnavailableError
+from ...vocab.redact import redact_text
 from ...vocab.tables import is_source_table, source_table
 from ..transform import apply_transform
 from . import online_adapter
 from .cutover import load_cutovers
+from .dedup import (
+    PushDedup,
+    Replayed,
+    StoredResult,
+    check_idempotency_key,
+    claim_embedded,
+    decode_stored,
+    encode_stored,
+    first_occurrences,
+    push_dedup,
+)
 from .processor import (
     OFFSET,
     OfflineWriter,
@@ -51,7 +63,7 @@ if TYPE_CHECKING:
     from ...definitions import FeatureView
     from ...registry.repo import RepoDefinitions
     from .context import StreamContext
-    from .redis_streams import AppliedWaiter, RedisStreamLog
+    from .redis_streams import AddDedup, AddOutcome, AppliedWaiter, RedisStreamLog
     from .worker import StreamWorker
 
 __all__ = ["Ingestor", "PushResult"]
@@ -72,6 +84,12 @@ class PushResult:
     dry_run: bool = False
     visible: bool = False  # online state includes the records when push returned
     offsets: dict[str, int] = field(default_factory=dict)  # partition -> last offset written (JSON-able)
+    # Idempotent ingest (dedup.py): records dropped because their event id was already ingested
+    # (or repeated within this push), by index in the pushed records; ``replayed``: a retry with
+    # the same Idempotency-Key, answered with the first push's result (nothing written).
+    duplicates: int = 0
+    duplicate_indices: tuple[int, ...] = ()
+    replayed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,7 +99,24 @@ class PushResult:
             "dry_run": self.dry_run,
             "visible": self.visible,
             "offsets": dict(self.offsets),
+            "duplicates": self.duplicates,
+            "duplicate_indices": list(self.duplicate_indices),
+            "replayed": self.replayed,
         }
+
+
+def _replayed(source: str, got: StoredResult, visible: bool) -> PushResult:
+    """The result of the first push with this Idempotency-Key, answered to a retry."""
+    return PushResult(
+        source,
+        got.accepted,
+        got.validated,
+        visible=visible,
+        offsets={str(p): o for p, o in got.offsets.items()},
+        duplicates=len(got.duplicate_indices),
+        duplicate_indices=got.duplicate_indices,
+        replayed=True,
+    )
 
 
 def _next_seq(n: int) -> int:
@@ -130,18 +165,28 @@ class Ingestor:
         return plan, table
 
     def push(
-        self, source: str, rows: Any, dry_run: bool = False, timeout: float = 5.0, wait: bool = True
+        self,
+        source: str,
+        rows: Any,
+        dry_run: bool = False,
+        timeout: float = 5.0,
+        wait: bool = True,
+        idempotency_key: str | None = None,
     ) -> PushResult:
         """Validate ``rows`` against the stream source's schema and ingest them (all or nothing).
 
         Redis mode: ``wait=False`` returns once the events are durable in the stream (bulk loads);
         ``timeout`` bounds the wait for the workers to apply them (read-after-write).
+        ``idempotency_key``: a retry with the same key and rows returns the first result and writes
+        nothing (409 with other rows); records with an already ingested event id are dropped.
         """
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 300:
             raise InvalidInputError(
                 f"timeout must be a number of seconds in (0, 300], got {timeout!r}", field="timeout"
             )
+        key = check_idempotency_key(idempotency_key) if idempotency_key is not None else None
         plan, table = self.validate_push(source, rows)
+        dedup = push_dedup(plan.source, table, key)
         if dry_run:
             for view in plan.views:  # surface transform errors too, without writing anything
                 apply_transform(view, table.slice(0, min(table.num_rows, 100)))
@@ -149,11 +194,11 @@ class Ingestor:
         if table.num_rows == 0:
             return PushResult(source, 0, 0, visible=True)
         if self.ctx.config.is_redis:
-            return self.push_redis(plan, table, timeout if wait else None)
-        return self._push_embedded(plan, table)
+            return self.push_redis(plan, table, timeout if wait else None, dedup)
+        return self._push_embedded(plan, table, dedup)
 
     # -- embedded ----------------------------------------------------------------------
-    def _push_embedded(self, plan: SourcePlan, table: pa.Table) -> PushResult:
+    def _push_embedded(self, plan: SourcePlan, table: pa.Table, dedup: PushDedup | None = None) -> PushResult:
         ctx = self.ctx
         src = plan.source.name
         seq = _next_seq(table.num_rows)
@@ -165,24 +210,40 @@ class Ingestor:
             online_adapter.apply(ctx.online, ctx.states, view, rows, partition, offset, guard=True)
             STATS.inc("applied_events", view.source.name, rows.num_rows)
 
-        with _embedded_lock:
-            state = _embedded_states.setdefault(key, PartitionState())
-            state.applied.clear()  # no replay in-process: fences only guard the Redis path
-            state.offline.clear()
-            batch = process_batch(plan, events, 0, state, apply, self._cutovers(), online_token=False)
-            if plan.recent:
-                append_recent(ctx.online, plan, batch.offline.get(source_table(src), []))
-            update_embeddings(ctx.embedding_sink, plan, batch.offline.get(source_table(src), []))
-            writer = self._writer
-            if writer is None or writer.offline is not ctx.offline:
-                writer = self._writer = OfflineWriter(ctx.offline)
-            for name, parts in sorted(batch.offline.items(), key=lambda kv: is_source_table(kv[0])):
-                rows = concat(parts)
-                writer.append(name, rows)
-                if is_source_table(name):
-                    STATS.inc("offline_events", src, rows.num_rows)
-        STATS.inc("pushed_events", src, table.num_rows)
-        return PushResult(src, table.num_rows, table.num_rows, visible=True, offsets={"0": seq + table.num_rows - 1})
+        dups: list[int] = []
+        try:
+            # One online transaction: every view's apply and the seen event ids (dedup) commit together.
+            with _embedded_lock, ctx.online.transaction():
+                if dedup is not None:  # drops records seen before; raises Replayed for a known Idempotency-Key
+                    events, dups = claim_embedded(ctx.online, src, events, dedup, seq + table.num_rows - 1)
+                state = _embedded_states.setdefault(key, PartitionState())
+                state.applied.clear()  # no replay in-process: fences only guard the Redis path
+                state.offline.clear()
+                batch = process_batch(plan, events, 0, state, apply, self._cutovers(), online_token=False)
+                if plan.recent:
+                    append_recent(ctx.online, plan, batch.offline.get(source_table(src), []))
+                update_embeddings(ctx.embedding_sink, plan, batch.offline.get(source_table(src), []))
+                writer = self._writer
+                if writer is None or writer.offline is not ctx.offline:
+                    writer = self._writer = OfflineWriter(ctx.offline)
+                for name, parts in sorted(batch.offline.items(), key=lambda kv: is_source_table(kv[0])):
+                    rows = concat(parts)
+                    writer.append(name, rows)
+                    if is_source_table(name):
+                        STATS.inc("offline_events", src, rows.num_rows)
+        except Replayed as r:
+            return _replayed(src, r.result, visible=True)
+        STATS.inc("pushed_events", src, events.num_rows)
+        STATS.inc("deduplicated_events", src, len(dups))
+        return PushResult(
+            src,
+            events.num_rows,
+            table.num_rows,
+            visible=True,
+            offsets={"0": seq + table.num_rows - 1},
+            duplicates=len(dups),
+            duplicate_indices=tuple(dups),
+        )
 
     def _cutovers(self) -> dict[str, int]:
         return {v: c.ts_us for v, c in load_cutovers(self.ctx.config).items()}
@@ -198,38 +259,111 @@ class Ingestor:
             with self._lock:
                 log_ = self._log
                 if log_ is None:
-                    log_ = self._log = RedisStreamLog(self.ctx.config.online_store, self.ctx.config.workspace)
+                    log_ = self._log = RedisStreamLog(
+                        self.ctx.config.online_store, self.ctx.config.workspace, timeouts=self.ctx.config.redis_timeouts
+                    )
         return log_
 
-    def push_redis(self, plan: SourcePlan, table: pa.Table, timeout: float | None) -> PushResult:
-        """Validated rows into the streams (one MULTI/EXEC); with ``timeout``, wait until applied."""
+    def push_redis(
+        self, plan: SourcePlan, table: pa.Table, timeout: float | None, dedup: PushDedup | None = None
+    ) -> PushResult:
+        """Validated rows into the streams (one script); with ``timeout``, wait until applied.
+        ``dedup``: records whose event id was seen are dropped, a known Idempotency-Key replays."""
         src = plan.source
-        log_ = self.stream_log
-        part = partition_of(table, plan.partition_keys, src.partitions)
-        uniq = np.unique(part).tolist()
-        parts = {int(uniq[0]): table} if len(uniq) == 1 else {int(p): table.filter(pa.array(part == p)) for p in uniq}
+        n_in = table.num_rows
+        index = np.arange(n_in)  # the pushed records still to write
+        dups: list[int] = []
+        seen_at: dict[int, int] = {}  # partition -> offset of entries that carried duplicates
+        if dedup is not None and dedup.event_ids is not None:
+            index = first_occurrences(dedup.event_ids)
+            dups = sorted(set(range(n_in)) - set(index.tolist()))
+        for _ in range(8):  # another attempt only when a concurrent push claimed some ids meanwhile
+            rows = table if len(index) == n_in else table.take(pa.array(index))
+            part = partition_of(rows, plan.partition_keys, src.partitions)
+            uniq = np.unique(part).tolist()
+            parts = {int(uniq[0]): rows} if len(uniq) == 1 else {int(p): rows.filter(pa.array(part == p)) for p in uniq}
+            order = sorted(parts)
+            by_part = {p: index[part == p] for p in order}  # record indices in the script's event-id order
+            if not parts and (dedup is None or dedup.key is None):
+                offsets: dict[int, int] = {}
+                break
+            out = self._add(plan, parts, self._add_dedup(dedup, by_part, len(index), n_in, dups))
+            if out.replay is not None and dedup is not None and dedup.key is not None:
+                got = decode_stored(out.replay, dedup.fingerprint, dedup.key, src.name)
+                visible = False if timeout is None else self._wait_visible(plan, got.offsets, timeout)
+                return _replayed(src.name, got, visible)
+            if not out.seen:
+                offsets = out.offsets
+                break
+            flat = np.concatenate([by_part[p] for p in order])
+            for pos, (p, off) in out.seen.items():
+                dups.append(int(flat[pos]))
+                seen_at[p] = max(off, seen_at.get(p, -1))
+            index = np.setdiff1d(index, flat[list(out.seen)])
+            dups.sort()
+        else:
+            raise UnavailableError(
+                f"push to {src.name!r}: concurrent pushes keep claiming the same event ids; retry", field="source"
+            )
+        STATS.inc("pushed_events", src.name, len(index))
+        STATS.inc("deduplicated_events", src.name, len(dups))
+        # Embedding views track no stream offsets: update them here for read-after-write (the worker's
+        # own update of the same rows is then a no-op: unchanged texts are not re-embedded).
+        if len(index):
+            update_embeddings(self.ctx.embedding_sink, plan, [rows])
+        wait_for = {**seen_at, **offsets}  # duplicates too: their first push may not be applied yet
+        for p, off in seen_at.items():
+            wait_for[p] = max(off, offsets.get(p, -1))
+        visible = True if not wait_for else False if timeout is None else self._wait_visible(plan, wait_for, timeout)
+        return PushResult(
+            src.name,
+            len(index),
+            n_in,
+            visible=visible,
+            offsets={str(p): o for p, o in offsets.items()},
+            duplicates=len(dups),
+            duplicate_indices=tuple(dups),
+        )
+
+    @staticmethod
+    def _add_dedup(
+        dedup: PushDedup | None, by_part: dict[int, np.ndarray], accepted: int, n_in: int, dups: list[int]
+    ) -> AddDedup | None:
+        if dedup is None:
+            return None
+        from .redis_streams import AddDedup
+
+        ids = dedup.event_ids
+        stored = b""
+        if dedup.key is not None:
+            stored = encode_stored(dedup.fingerprint, accepted, n_in, dups, partitions=sorted(by_part))
+        return AddDedup(
+            {p: [ids[i] for i in idx.tolist()] for p, idx in by_part.items()} if ids is not None else {},
+            dedup.ttl_ms,
+            dedup.key,
+            stored,
+        )
+
+    def _add(self, plan: SourcePlan, parts: dict[int, pa.Table], dedup: AddDedup | None) -> AddOutcome:
+        """One push script; its failures as our errors (nothing was written: one script)."""
         from .redis_streams import BacklogFullError
 
+        src = plan.source
         try:
-            offsets = log_.add(src.name, parts, max_len=self._max_len())
+            return self.stream_log.add_once(src.name, parts, max_len=self._max_len(), dedup=dedup)
         except BacklogFullError as e:
             raise RateLimitedError(
                 f"{e}; the stream workers are behind (is `context-store worker` running?). Nothing of this push "
                 "was written; retry later",
                 field="source",
             ) from None
-        except Exception as e:  # noqa: BLE001 - redis.ConnectionError etc.: nothing was added (one script)
+        except Exception as e:  # noqa: BLE001 - redis.ConnectionError, TimeoutError, ...
+            # A timeout leaves it unknown whether Redis ran the script (it may once it resumes): a retry
+            # is safe with event ids or an Idempotency-Key, else it may count the records twice.
             raise UnavailableError(
-                f"cannot write to the Redis stream of {src.name!r}: {e}", field="online_store"
+                f"cannot write to the Redis stream of {src.name!r}: {type(e).__name__}: {redact_text(str(e))}",
+                field="online_store",
             ) from None
-        STATS.inc("pushed_events", src.name, table.num_rows)
-        # Embedding views track no stream offsets: update them here for read-after-write (the worker's
-        # own update of the same rows is then a no-op: unchanged texts are not re-embedded).
-        update_embeddings(self.ctx.embedding_sink, plan, [table])
-        visible = False if timeout is None else self._wait_visible(plan, offsets, timeout)
-        return PushResult(
-            src.name, table.num_rows, table.num_rows, visible=visible, offsets={str(p): o for p, o in offsets.items()}
-        )
 
     def _max_len(self) -> int:
         """``redis_stream_maxlen`` (yaml/env): unprocessed entries per partition before pushes get 429."""

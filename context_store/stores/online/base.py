@@ -11,6 +11,7 @@ docs/online-state.md.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
@@ -106,6 +107,17 @@ class OnlineStore(Protocol):
     def get_meta(self, name: str) -> bytes | None: ...
 
     def set_meta(self, name: str, value: bytes) -> None: ...
+
+    def claim_ids(self, scope: str, ids: Sequence[str], value: bytes, ttl_ms: int) -> list[bytes | None]:
+        """Record each of ``ids`` under ``scope`` with ``value`` for ``ttl_ms``, unless already
+        recorded (and not expired): per id None when this call recorded it, else the value recorded
+        first. Atomic (idempotent ingest: event ids and Idempotency-Keys of embedded pushes)."""
+        ...
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """One local transaction around several writes (embedded SQLite: an embedded push's applies
+        and ``claim_ids`` commit together or not at all). Redis writes are single scripts: raises."""
+        ...
 
     def ping(self) -> bool: ...
 

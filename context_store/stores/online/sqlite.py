@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from ...errors import UnavailableError
@@ -24,6 +26,9 @@ CREATE TABLE IF NOT EXISTS offsets (f TEXT PRIMARY KEY, v TEXT NOT NULL) WITHOUT
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS recent (k TEXT NOT NULL, seq INTEGER PRIMARY KEY AUTOINCREMENT, v BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS recent_k ON recent (k, seq);
+CREATE TABLE IF NOT EXISTS claims (scope TEXT NOT NULL, id TEXT NOT NULL, v BLOB NOT NULL, exp INTEGER NOT NULL,
+  PRIMARY KEY (scope, id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS claims_exp ON claims (scope, exp);
 """
 _CHUNK = 900  # stay under SQLite's bound-parameter limit
 
@@ -71,17 +76,84 @@ class SqliteOnlineStore(BaseOnlineStore):
         c = self._conn()
         return [[r[0] for r in c.execute("SELECT f FROM kv WHERE k = ?", (k,))] for k in keys]
 
+    # -- transactions: an outer ``transaction()`` turns the inner ones into savepoints ----------
+    def _begin(self, c: sqlite3.Connection) -> None:
+        c.execute("SAVEPOINT cs_inner" if getattr(self._local, "depth", 0) else "BEGIN IMMEDIATE")
+
+    def _end(self, c: sqlite3.Connection, ok: bool) -> None:
+        if getattr(self._local, "depth", 0):
+            c.execute("RELEASE cs_inner" if ok else "ROLLBACK TO cs_inner")
+            if not ok:
+                c.execute("RELEASE cs_inner")
+        elif not ok:
+            c.execute("ROLLBACK")
+        else:
+            try:
+                c.execute("COMMIT")
+            except sqlite3.Error:
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction (held for the block; WAL readers are not blocked)."""
+        c = self._conn()
+        depth = getattr(self._local, "depth", 0)
+        c.execute("SAVEPOINT cs_outer" if depth else "BEGIN IMMEDIATE")
+        self._local.depth = depth + 1
+        try:
+            yield
+        except BaseException:
+            self._local.depth = depth
+            c.execute("ROLLBACK TO cs_outer" if depth else "ROLLBACK")
+            if depth:
+                c.execute("RELEASE cs_outer")
+            raise
+        self._local.depth = depth
+        if depth:
+            c.execute("RELEASE cs_outer")
+        else:
+            self._end(c, True)
+
+    def claim_ids(self, scope: str, ids: Sequence[str], value: bytes, ttl_ms: int) -> list[bytes | None]:
+        now = time.time_ns() // 1_000_000
+        c = self._conn()
+        self._begin(c)
+        try:
+            c.execute("DELETE FROM claims WHERE scope = ? AND exp <= ?", (scope, now))
+            found: dict[str, bytes] = {}
+            uniq = list(dict.fromkeys(ids))
+            for i in range(0, len(uniq), _CHUNK):
+                part = uniq[i : i + _CHUNK]
+                q = f"SELECT id, v FROM claims WHERE scope = ? AND id IN ({','.join('?' * len(part))})"
+                found.update((k, bytes(v)) for k, v in c.execute(q, (scope, *part)))
+            out: list[bytes | None] = []
+            new = []
+            for k in ids:
+                prev = found.get(k)
+                out.append(prev)
+                if prev is None:
+                    found[k] = value  # a repeated id in ``ids``: the first one claims it
+                    new.append((scope, k, value, now + ttl_ms))
+            c.executemany("INSERT INTO claims (scope, id, v, exp) VALUES (?, ?, ?, ?)", new)
+        except BaseException:
+            self._end(c, False)
+            raise
+        self._end(c, True)
+        return out
+
     def _commit(
         self, ops: Ops, cas: Sequence[tuple[str, str | None, str]] = (), notify: tuple[str, str] | None = None
     ) -> bool:
         # notify: nothing to publish to; in-process pushers see the commit when this returns.
         c = self._conn()
-        c.execute("BEGIN IMMEDIATE")
+        self._begin(c)
         try:
             for field, expected, _ in cas:
                 row = c.execute("SELECT v FROM offsets WHERE f = ?", (field,)).fetchone()
                 if (row[0] if row else None) != expected:
-                    c.execute("ROLLBACK")
+                    self._end(c, False)
                     return False
             bumps = []
             for k, fv in ops.guards.items():
@@ -89,7 +161,7 @@ class SqliteOnlineStore(BaseOnlineStore):
                     row = c.execute("SELECT v FROM kv WHERE k = ? AND f = ?", (k, f)).fetchone()
                     cur = bytes(row[0]).decode() if row else None
                     if cur != expected:
-                        c.execute("ROLLBACK")
+                        self._end(c, False)
                         return False
                     bumps.append((k, f, str(int(cur or 0) + 1).encode()))
             if bumps:
@@ -122,11 +194,11 @@ class SqliteOnlineStore(BaseOnlineStore):
                     "INSERT INTO offsets (f, v) VALUES (?, ?) ON CONFLICT (f) DO UPDATE SET v = excluded.v",
                     [(field, new) for field, _, new in cas],
                 )
-            c.execute("COMMIT")
-            return True
         except BaseException:
-            c.execute("ROLLBACK")
+            self._end(c, False)
             raise
+        self._end(c, True)
+        return True
 
     def _get_offset(self, field: str) -> str | None:
         row = self._conn().execute("SELECT v FROM offsets WHERE f = ?", (field,)).fetchone()
@@ -143,13 +215,13 @@ class SqliteOnlineStore(BaseOnlineStore):
 
     def _recent_append(self, key: str, items: list[bytes], max_len: int) -> None:
         c = self._conn()
-        c.execute("BEGIN IMMEDIATE")
+        self._begin(c)
         try:
             self._recent_write(c, key, items, max_len)
-            c.execute("COMMIT")
         except BaseException:
-            c.execute("ROLLBACK")
+            self._end(c, False)
             raise
+        self._end(c, True)
 
     @staticmethod
     def _recent_write(c: sqlite3.Connection, key: str, items: list[bytes], max_len: int) -> None:
@@ -170,7 +242,7 @@ class SqliteOnlineStore(BaseOnlineStore):
 
     def clear(self) -> None:
         c = self._conn()
-        for t in ("kv", "offsets", "meta", "recent"):
+        for t in ("kv", "offsets", "meta", "recent", "claims"):
             c.execute(f"DELETE FROM {t}")
 
     def close(self) -> None:
