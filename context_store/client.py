@@ -204,6 +204,10 @@ def _ingest_body(source: str, rows: Sequence[Mapping[str, Any]], dry_run: bool, 
     return orjson.dumps(body, option=RECORD_OPTIONS)
 
 
+def _key_header(key: str | None) -> dict[str, str] | None:
+    return {"idempotency-key": key} if key is not None else None
+
+
 def _headers(api_key: str | None) -> dict[str, str]:
     h = {"content-type": "application/json", "user-agent": "context-store-client/0.1"}
     if api_key:
@@ -234,9 +238,9 @@ class FeatureServerClient(_Base):
         super().__init__(url, api_key, workspace)
         self._client = client or httpx.Client(base_url=self.url, timeout=timeout, headers=self._headers)
 
-    def _post(self, path: str, content: bytes) -> httpx.Response:
+    def _post(self, path: str, content: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
         try:
-            return self._client.post(path, content=content)
+            return self._client.post(path, content=content, headers=headers)
         except httpx.TransportError as e:
             raise UnavailableError(f"feature server at {self._shown_url} unreachable: {e}") from None
 
@@ -305,8 +309,17 @@ class FeatureServerClient(_Base):
         }
         return _parse_knowledge(self._post("/v1/knowledge/search", orjson.dumps(body)))
 
-    def push(self, source: str, rows: Sequence[Mapping[str, Any]], dry_run: bool = False) -> dict[str, Any]:
-        return _json(self._post("/v1/ingest", _ingest_body(source, rows, dry_run, self.workspace)))
+    def push(
+        self,
+        source: str,
+        rows: Sequence[Mapping[str, Any]],
+        dry_run: bool = False,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """``POST /v1/ingest``. With ``idempotency_key`` (e.g. a UUID per logical push, reused on
+        retries) a retry answers the first result and writes nothing."""
+        body = _ingest_body(source, rows, dry_run, self.workspace)
+        return _json(self._post("/v1/ingest", body, _key_header(idempotency_key)))
 
     def close(self) -> None:
         self._client.close()
@@ -333,9 +346,9 @@ class AsyncFeatureServerClient(_Base):
         super().__init__(url, api_key, workspace)
         self._client = client or httpx.AsyncClient(base_url=self.url, timeout=timeout, headers=self._headers)
 
-    async def _post(self, path: str, content: bytes) -> httpx.Response:
+    async def _post(self, path: str, content: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
         try:
-            return await self._client.post(path, content=content)
+            return await self._client.post(path, content=content, headers=headers)
         except httpx.TransportError as e:
             raise UnavailableError(f"feature server at {self._shown_url} unreachable: {e}") from None
 
@@ -385,8 +398,15 @@ class AsyncFeatureServerClient(_Base):
         }
         return _parse_knowledge(await self._post("/v1/knowledge/search", orjson.dumps(body)))
 
-    async def push(self, source: str, rows: Sequence[Mapping[str, Any]], dry_run: bool = False) -> dict[str, Any]:
-        return _json(await self._post("/v1/ingest", _ingest_body(source, rows, dry_run, self.workspace)))
+    async def push(
+        self,
+        source: str,
+        rows: Sequence[Mapping[str, Any]],
+        dry_run: bool = False,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        body = _ingest_body(source, rows, dry_run, self.workspace)
+        return _json(await self._post("/v1/ingest", body, _key_header(idempotency_key)))
 
     async def aclose(self) -> None:
         await self._client.aclose()

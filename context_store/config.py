@@ -8,6 +8,8 @@ offline_store: null             # default: <data_dir>/<workspace>/offline
 registry: null                  # default: <data_dir>/registry
 allowed_hosts: []               # Host headers the server answers besides loopback, e.g. [api.example.com]
 allowed_origins: []             # browser origins that get CORS headers, e.g. [https://app.example.com]
+redis_read_timeout_ms: 100      # a Redis read (serving) fails with 503 after this long
+redis_write_timeout_ms: 2000    # a Redis write (push, worker commit) fails with 503 after this long
 ```
 
 Lists come from the environment comma-separated (``CONTEXT_STORE_ALLOWED_HOSTS=a.example,b.example``).
@@ -19,14 +21,14 @@ import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
 from .errors import InvalidInputError
 from .vocab.redact import redact_url, register_url
 
-__all__ = ["Config", "load_config", "check_host_list", "CONFIG_FILE"]
+__all__ = ["Config", "RedisTimeouts", "load_config", "check_host_list", "CONFIG_FILE"]
 
 CONFIG_FILE = "context_store.yaml"
 _WORKSPACE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -38,6 +40,8 @@ _KEYS = (
     "workspace",
     "redis_stream_maxlen",
     "embedded_push_timeout",
+    "redis_read_timeout_ms",
+    "redis_write_timeout_ms",
     "ray_address",
     "allowed_hosts",
     "allowed_origins",
@@ -45,6 +49,32 @@ _KEYS = (
 _LISTS = ("allowed_hosts", "allowed_origins")
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(:(\*|[0-9]{1,5}))?$")
 _ORIGIN = re.compile(r"^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(:[0-9]{1,5})?$")
+
+
+class RedisTimeouts(NamedTuple):
+    """Socket timeouts (s) of Redis calls: reads within the serving latency budget, writes (a push,
+    a worker's commit) within a bounded time, so a hung Redis answers 503 fast instead of after 30 s."""
+
+    read_s: float = 0.1
+    write_s: float = 2.0
+
+
+_TIMEOUT_MS_MAX = 600_000
+
+
+def _timeout_ms(extra: dict[str, Any], key: str, default_s: float) -> float:
+    v = extra.get(key)
+    if v in (None, ""):
+        return default_s
+    try:
+        ms = int(v)
+    except (TypeError, ValueError):
+        ms = -1
+    if isinstance(v, bool) or not 1 <= ms <= _TIMEOUT_MS_MAX:
+        raise InvalidInputError(
+            f"{key} must be an integer of milliseconds in 1..{_TIMEOUT_MS_MAX}, got {v!r}", field=key
+        )
+    return ms / 1000
 
 
 @dataclass(frozen=True, repr=False)
@@ -87,6 +117,15 @@ class Config:
     @property
     def sqlite_path(self) -> Path:
         return self.workspace_dir / "online.sqlite"
+
+    @property
+    def redis_timeouts(self) -> RedisTimeouts:
+        """``redis_read_timeout_ms`` (default 100) and ``redis_write_timeout_ms`` (default 2000)."""
+        d = RedisTimeouts()
+        return RedisTimeouts(
+            _timeout_ms(self.extra, "redis_read_timeout_ms", d.read_s),
+            _timeout_ms(self.extra, "redis_write_timeout_ms", d.write_s),
+        )
 
     @property
     def is_redis(self) -> bool:
@@ -146,7 +185,7 @@ def load_config(repo: str | os.PathLike[str] = ".", **overrides: Any) -> Config:
         for k in values
         if k not in ("online_store", "data_dir", "offline_store", "registry", "workspace", *_LISTS)
     }
-    return Config(
+    config = Config(
         repo=root,
         workspace=check_workspace(str(values.get("workspace") or "default")),
         online_store=online,
@@ -157,6 +196,8 @@ def load_config(repo: str | os.PathLike[str] = ".", **overrides: Any) -> Config:
         allowed_hosts=lists["allowed_hosts"],
         allowed_origins=lists["allowed_origins"],
     )
+    config.redis_timeouts  # noqa: B018 - a bad timeout fails at load, naming its key
+    return config
 
 
 def check_host_list(key: str, entries: tuple[str, ...], field: str | None = None) -> tuple[str, ...]:

@@ -98,6 +98,11 @@ class StreamSource(Source):
     ``min_event_time`` (default 2000-01-01 UTC; ``None``: only the global 1900 floor): older
     events are refused. Epoch 0 and year-1 defaults of a producer's unset field land before it;
     a stream carries live events, history belongs in ``batch_source``.
+
+    ``event_id_field``: a schema column identifying each event. A record whose id was already
+    ingested within ``event_id_retention`` (default 24h) is dropped -- counted once online and
+    offline -- and reported in ``PushResult.duplicates``, so a client may retry any push. The
+    retention also bounds how long an ``Idempotency-Key`` of a push to this source is remembered.
     """
 
     kind = "stream_source"
@@ -114,6 +119,8 @@ class StreamSource(Source):
         tags: dict[str, str] | None = None,
         max_future_skew: str | timedelta = "5m",
         min_event_time: str | datetime | None = DEFAULT_MIN_EVENT_TIME,
+        event_id_field: str | None = None,
+        event_id_retention: str | timedelta = "24h",
     ) -> None:
         self._init_common(name, description, tags)
         self.schema = _check_schema(self, schema, required=True)
@@ -135,6 +142,20 @@ class StreamSource(Source):
         except ValueError as e:
             self.fail(str(e))
         self.min_event_time = self._min_event_time(min_event_time)
+        if event_id_field is not None:
+            f = self.field(event_id_field) if isinstance(event_id_field, str) else None
+            if f is None:
+                names = ", ".join(x.name for x in self.schema or ())
+                self.fail(f"event_id_field {event_id_field!r} is not in the schema ({names})")
+            elif f.dtype.name not in ("string", "int64"):
+                self.fail(f"event_id_field {event_id_field!r} must be a String or Int64 field, not {f.dtype.name}")
+        self.event_id_field = event_id_field
+        try:
+            self.event_id_retention = parse_duration(event_id_retention, "event_id_retention")
+        except ValueError as e:
+            self.fail(str(e))
+        if not timedelta(seconds=1) <= self.event_id_retention <= timedelta(days=90):
+            self.fail(f"event_id_retention must be between 1s and 90d, got {event_id_retention!r}")
 
     def _min_event_time(self, value: object) -> datetime | None:
         if value is None:
@@ -155,6 +176,12 @@ class StreamSource(Source):
             "batch_source": self.batch_source.spec() if self.batch_source else None,
             "allowed_lateness_s": self.allowed_lateness.total_seconds(),
             "partitions": self.partitions,
+            **({"event_id_field": self.event_id_field} if self.event_id_field else {}),
+            **(
+                {"event_id_retention_s": self.event_id_retention.total_seconds()}
+                if self.event_id_retention != timedelta(hours=24)
+                else {}
+            ),
         }
         # Only when set: an upgrade must not show every applied stream source as changed.
         if self.max_future_skew != timedelta(minutes=5):

@@ -144,7 +144,7 @@ def native_router(state: ServerState) -> APIRouter:
         request.scope["cs.service"] = knowledge
         return json_response(to_jsonable(result))
 
-    @router.post("/ingest", openapi_extra=schemas.body(schemas.INGEST))
+    @router.post("/ingest", openapi_extra={**schemas.body(schemas.INGEST), **schemas.INGEST_PARAMETERS})
     async def ingest(request: Request) -> Response:
         """Tecton Stream Ingest API shape: ``{"workspace_name", "dry_run", "records": {source: [{"record": {}}]}}``.
 
@@ -155,18 +155,23 @@ def native_router(state: ServerState) -> APIRouter:
         dry_run = bool(_opt(body, "dry_run", bool, "true or false"))
         batches = _parse_records(body.get("records"), state.settings.max_ingest_records)
         ws, store = state.store_for(principal, "ingest", _opt(body, "workspace_name", str, "a string"))
+        # A retry with the same key and records answers the first result and writes nothing (per source).
+        key = request.headers.get("idempotency-key")
 
         def run() -> dict[str, Any]:
             if len(batches) > 1 and not dry_run:
                 # Validate every source first so a bad second source does not leave the first half-applied.
                 for source, rows in batches.items():
                     store.push(source, rows, dry_run=True)
-            return {source: store.push(source, rows, dry_run=dry_run) for source, rows in batches.items()}
+            return {
+                source: store.push(source, rows, dry_run=dry_run, idempotency_key=key)
+                for source, rows in batches.items()
+            }
 
         results = await run_in_threadpool(run)
         for source, rows in batches.items():
             state.metrics.ingest_records.labels(ws, source, str(dry_run).lower()).inc(len(rows))
-        return json_response(
+        resp = json_response(
             {
                 "workspaceName": ws,
                 "dryRun": dry_run,
@@ -174,6 +179,9 @@ def native_router(state: ServerState) -> APIRouter:
                 "ingestMetrics": {s: to_jsonable(r) for s, r in results.items()},
             }
         )
+        if results and all(getattr(r, "replayed", False) for r in results.values()):
+            resp.headers["Idempotent-Replayed"] = "true"
+        return resp
 
     return router
 

@@ -23,6 +23,7 @@ __all__ = [
     "SIMILAR",
     "KNOWLEDGE",
     "INGEST",
+    "INGEST_PARAMETERS",
     "ERROR_RESPONSES",
 ]
 
@@ -121,6 +122,20 @@ KNOWLEDGE = {
     },
 }
 
+# A retry with the same key and records answers the first result (header Idempotent-Replayed: true)
+# and writes nothing; the same key with other records is a 409.
+INGEST_PARAMETERS = {
+    "parameters": [
+        {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string", "minLength": 1, "maxLength": 256},
+            "description": "One key per logical push (e.g. a UUID), reused on its retries; remembered for "
+            "the source's event_id_retention (default 24h).",
+        }
+    ]
+}
 INGEST = {
     "type": "object",
     "required": ["records"],

@@ -419,11 +419,18 @@ class ContextStore:
         *,
         wait: bool = True,
         timeout: float = 5.0,
+        idempotency_key: str | None = None,
     ) -> PushResult:
         """Validate and ingest ``rows`` (all or nothing). Returns when durable and, with ``wait``
         (the default), visible online (read-after-write, up to ``timeout`` s; ``.visible`` says
-        which). ``wait=False`` returns once durable in the stream: for bulk loads."""
-        return self.ingestor.push(source, rows, dry_run=dry_run, timeout=timeout, wait=wait)
+        which). ``wait=False`` returns once durable in the stream: for bulk loads.
+
+        Retries are safe with ``idempotency_key`` (the same key and rows: the first result,
+        ``.replayed``; nothing written) and/or a source ``event_id_field`` (records whose id was
+        ingested are dropped, ``.duplicates``)."""
+        return self.ingestor.push(
+            source, rows, dry_run=dry_run, timeout=timeout, wait=wait, idempotency_key=idempotency_key
+        )
 
     # -- embeddings, similarity, knowledge, agent context --------------------------------
     def find_similar(
@@ -489,7 +496,9 @@ class ContextStore:
 
         with self._lock:
             if self._lag_log is None:
-                self._lag_log = RedisStreamLog(self.config.online_store, self.workspace)
+                self._lag_log = RedisStreamLog(
+                    self.config.online_store, self.workspace, timeouts=self.config.redis_timeouts
+                )
             return self._lag_log
 
     def stream_lag(self) -> dict[str, int]:

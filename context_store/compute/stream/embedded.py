@@ -46,9 +46,11 @@ from ...stores.online.sqlite import SqliteOnlineStore
 from ...vocab.redact import redact_text
 from ...vocab.tables import is_source_table, source_table, view_table
 from . import online_adapter
+from .dedup import PushDedup, claim_embedded
 from .processor import (
     OFFSET,
     PARTITION,
+    Batch,
     OfflineWriter,
     PartitionState,
     SourcePlan,
@@ -69,7 +71,7 @@ try:
 except ImportError:  # pragma: no cover - not POSIX: threads of one process are still serialized
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["EmbeddedPusher", "push_timeout"]
+__all__ = ["EmbeddedOutcome", "EmbeddedPusher", "push_timeout"]
 
 log = logging.getLogger("context_store.stream")
 
@@ -77,6 +79,12 @@ DEFAULT_TIMEOUT_S = 10.0
 _locks_guard = threading.Lock()
 _locks: dict[str, threading.Lock] = {}
 _states: dict[tuple[str, str, str], PartitionState] = {}
+
+
+class EmbeddedOutcome(NamedTuple):
+    written: int  # records applied online and offline
+    last: int  # the last offset given to the push
+    duplicates: tuple[int, ...]  # indices (in the pushed table) dropped as already ingested
 
 
 class _Appended(NamedTuple):
@@ -172,10 +180,12 @@ class EmbeddedPusher:
         table: pa.Table,
         cutovers: dict[str, int],
         watermark: int | None = None,
-    ) -> int:
+        dedup: PushDedup | None = None,
+    ) -> EmbeddedOutcome:
         """Apply ``table`` (validated rows of ``plan``'s source, every one admitted against the
         event-time ``watermark`` by ``admission.py``) online and offline, all or nothing;
-        returns the first offset given to its rows. UnavailableError (503) when a store cannot be
+        ``dedup``: records whose event id was seen are dropped, in the same SQLite transaction
+        (``dedup.py``; ``Replayed`` for a known Idempotency-Key). UnavailableError (503) when a store cannot be
         written: then neither store holds any of it."""
         online = ctx.online
         if not isinstance(online, SqliteOnlineStore):
@@ -194,10 +204,9 @@ class EmbeddedPusher:
                     seq = online.begin_push(table.num_rows, json.dumps(before), timeout)
                 except sqlite3.Error as e:
                     raise _Failed("online_store", None, e) from None
-                self._apply(ctx, online, writer, plan, table, seq, cutovers, before, timeout, watermark)
+                return self._apply(ctx, online, writer, plan, table, seq, cutovers, before, timeout, watermark, dedup)
             except _Failed as f:
                 raise self._error(f, timeout) from None
-        return seq
 
     def _apply(
         self,
@@ -211,20 +220,23 @@ class EmbeddedPusher:
         before: dict[str, int | None],
         timeout: float,
         admitted_wm: int | None,
-    ) -> None:
+        dedup: PushDedup | None,
+    ) -> EmbeddedOutcome:
         src = plan.source.name
         last = seq + table.num_rows - 1
         events = table.append_column(OFFSET, pa.array(np.arange(seq, last + 1, dtype=np.int64)))
         state = _states.setdefault((str(ctx.config.workspace_dir), ctx.config.workspace, src), PartitionState())
-        state.applied.clear()  # no replay in-process: fences only guard the Redis path
-        state.offline.clear()
         watermark = state.watermark_us
-        state.watermark_us = admitted_wm  # the workspace's (every process's) admitted watermark
         applies: list[tuple[FeatureView, pa.Table]] = []
         appended: list[_Appended] = []
         stage, current = "online_store", None
-        try:
-            batch = process_batch(
+
+        def run(events: pa.Table) -> Batch:  # transforms only: no side effects
+            applies.clear()
+            state.applied.clear()  # no replay in-process: fences only guard the Redis path
+            state.offline.clear()
+            state.watermark_us = admitted_wm
+            return process_batch(
                 plan,
                 events,
                 0,
@@ -232,11 +244,20 @@ class EmbeddedPusher:
                 lambda v, r, _p, _o: applies.append((v, r)),
                 cutovers,
                 online_token=False,
-                admitted=np.ones(table.num_rows, dtype=bool),  # the pusher admitted every row
+                admitted=np.ones(events.num_rows, dtype=bool),  # the pusher admitted every row
             )
+
+        try:
+            batch = run(events)
             raw = batch.offline.get(source_table(src), [])
             update_embeddings(ctx.embedding_sink, plan, raw)
+            dups: list[int] = []
             with online.transaction(timeout):
+                if dedup is not None:  # seen event ids dropped; the claims commit with this push
+                    kept, dups = claim_embedded(online, src, events, dedup, last)
+                    if dups:
+                        events, batch = kept, run(kept)
+                        raw = batch.offline.get(source_table(src), [])
                 for view, rows in applies:  # guarded: another process may push into this file too
                     online_adapter.apply(online, ctx.states, view, rows, 0, None, guard=True)
                 if plan.recent:
@@ -264,6 +285,7 @@ class EmbeddedPusher:
             raise
         for _view, rows in applies:
             STATS.inc("applied_events", src, rows.num_rows)
+        return EmbeddedOutcome(events.num_rows, last, tuple(dups))
         for name, parts in batch.offline.items():
             if is_source_table(name):
                 STATS.inc("offline_events", src, sum(p.num_rows for p in parts))

@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,10 +29,21 @@ import pyarrow as pa
 
 from ...errors import InvalidInputError, RateLimitedError, UnavailableError
 from ...state.columns import ts_to_us
+from ...vocab.redact import redact_text
 from ..transform import apply_transform
 from . import online_adapter
 from .admission import BEFORE_CUTOVER, Admission, RejectedRecord, admit, embedded_admission
 from .cutover import load_cutovers
+from .dedup import (
+    PushDedup,
+    Replayed,
+    StoredResult,
+    check_idempotency_key,
+    decode_stored,
+    encode_stored,
+    first_occurrences,
+    push_dedup,
+)
 from .embedded import EmbeddedPusher
 from .processor import SourcePlan, partition_of, source_plan, update_embeddings
 from .stats import STATS
@@ -41,7 +52,7 @@ from .validate import validate_records
 if TYPE_CHECKING:
     from ...registry.repo import RepoDefinitions
     from .context import StreamContext
-    from .redis_streams import AppliedWaiter, RedisStreamLog
+    from .redis_streams import AddDedup, AddOutcome, AppliedWaiter, RedisStreamLog
     from .worker import StreamWorker
 
 __all__ = ["Ingestor", "PushResult"]
@@ -61,6 +72,12 @@ class PushResult:
     # anywhere, so ``visible`` stays true of everything accepted.
     rejected: tuple[RejectedRecord, ...] = ()
     late: int = 0  # accepted records older than their partition's watermark (within allowed_lateness)
+    # Idempotent ingest (dedup.py): records dropped because their event id was already ingested
+    # (or repeated within this push), by index in the pushed records; ``replayed``: a retry with
+    # the same Idempotency-Key, answered with the first push's result (nothing written).
+    duplicates: int = 0
+    duplicate_indices: tuple[int, ...] = ()
+    replayed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -74,7 +91,24 @@ class PushResult:
                 {"index": r.index, "field": r.field, "reason": r.reason, "message": r.message} for r in self.rejected
             ],
             "late": self.late,
+            "duplicates": self.duplicates,
+            "duplicate_indices": list(self.duplicate_indices),
+            "replayed": self.replayed,
         }
+
+
+def _replayed(source: str, got: StoredResult, visible: bool) -> PushResult:
+    """The result of the first push with this Idempotency-Key, answered to a retry."""
+    return PushResult(
+        source,
+        got.accepted,
+        got.validated,
+        visible=visible,
+        offsets={str(p): o for p, o in got.offsets.items()},
+        duplicates=len(got.duplicate_indices),
+        duplicate_indices=got.duplicate_indices,
+        replayed=True,
+    )
 
 
 _LIVE_TTL_S = 1.0
@@ -131,18 +165,28 @@ class Ingestor:
         return plan, table
 
     def push(
-        self, source: str, rows: Any, dry_run: bool = False, timeout: float = 5.0, wait: bool = True
+        self,
+        source: str,
+        rows: Any,
+        dry_run: bool = False,
+        timeout: float = 5.0,
+        wait: bool = True,
+        idempotency_key: str | None = None,
     ) -> PushResult:
         """Validate ``rows`` against the stream source's schema and ingest them (all or nothing).
 
         Redis mode: ``wait=False`` returns once the events are durable in the stream (bulk loads);
         ``timeout`` bounds the wait for the workers to apply them (read-after-write).
+        ``idempotency_key``: a retry with the same key and rows returns the first result and writes
+        nothing (409 with other rows); records with an already ingested event id are dropped.
         """
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 300:
             raise InvalidInputError(
                 f"timeout must be a number of seconds in (0, 300], got {timeout!r}", field="timeout"
             )
+        key = check_idempotency_key(idempotency_key) if idempotency_key is not None else None
         plan, table = self.validate_push(source, rows)
+        dedup = push_dedup(plan.source, table, key)
         if dry_run:
             for view in plan.views:  # surface transform errors too, without writing anything
                 apply_transform(view, table.slice(0, min(table.num_rows, 100)))
@@ -152,13 +196,14 @@ class Ingestor:
         if table.num_rows == 0:
             return PushResult(source, 0, 0, visible=True)
         if self.ctx.config.is_redis:
-            return self.push_redis(plan, table, timeout if wait else None)
-        return self._push_embedded(plan, table)
+            return self.push_redis(plan, table, timeout if wait else None, dedup)
+        return self._push_embedded(plan, table, dedup)
 
     # -- embedded ----------------------------------------------------------------------
-    def _push_embedded(self, plan: SourcePlan, table: pa.Table) -> PushResult:
+    def _push_embedded(self, plan: SourcePlan, table: pa.Table, dedup: PushDedup | None = None) -> PushResult:
         """Online and offline both or neither (``embedded.py``); 503 when a store cannot be written.
-        Too-late records are decided first (``admission.py``) and written nowhere."""
+        Too-late records are decided first (``admission.py``) and written nowhere; then records whose
+        event id was seen are dropped in the push's own SQLite transaction (``dedup.py``)."""
         src = plan.source.name
         validated = table.num_rows
         # [admission] The file lock orders every process's pushes (one watermark for all); it is
@@ -166,24 +211,35 @@ class Ingestor:
         with embedded_admission(self.ctx.config.workspace_dir) as admitted:
             wm = admitted.watermark(src, 0)
             adm = self._admit(plan, table, np.zeros(validated, dtype=np.int64), {0: wm})
-            if not adm.accepted.all():
-                table = table.filter(pa.array(adm.accepted))  # too late: written nowhere, reported
-            seq = 0
-            if table.num_rows:
-                seq = self._embedded.push(self.ctx, plan, table, self._cutovers(), watermark=wm)
+            kept = np.flatnonzero(adm.accepted)  # pushed-record index of each row still written
+            if len(kept) < validated:
+                table = table.take(pa.array(kept))  # too late: written nowhere, reported
+                if dedup is not None and dedup.event_ids is not None:
+                    dedup = replace(dedup, event_ids=[dedup.event_ids[i] for i in kept.tolist()])
+            out = None
+            if table.num_rows or (dedup is not None and dedup.key is not None):
+                try:
+                    out = self._embedded.push(self.ctx, plan, table, self._cutovers(), watermark=wm, dedup=dedup)
+                except Replayed as r:
+                    return _replayed(src, r.result, visible=True)
             admitted.commit(src, adm.partitions[0])  # only once applied (an error commits nothing)
         _count_rejections(src, adm)
-        if table.num_rows == 0:
+        dups = [int(kept[i]) for i in out.duplicates] if out is not None else []
+        written = out.written if out is not None else 0
+        if written == 0 and not dups and adm.rejected:
             raise _all_rejected(adm)
-        STATS.inc("pushed_events", src, table.num_rows)
+        STATS.inc("pushed_events", src, written)
+        STATS.inc("deduplicated_events", src, len(dups))
         return PushResult(
             src,
-            table.num_rows,
+            written,
             validated,
             visible=True,
-            offsets={"0": seq + table.num_rows - 1},
+            offsets={"0": out.last} if out is not None and written else {},
             rejected=adm.rejected,
             late=adm.late,
+            duplicates=len(dups),
+            duplicate_indices=tuple(dups),
         )
 
     def _admit(
@@ -210,71 +266,141 @@ class Ingestor:
             with self._lock:
                 log_ = self._log
                 if log_ is None:
-                    log_ = self._log = RedisStreamLog(self.ctx.config.online_store, self.ctx.config.workspace)
+                    log_ = self._log = RedisStreamLog(
+                        self.ctx.config.online_store, self.ctx.config.workspace, timeouts=self.ctx.config.redis_timeouts
+                    )
         return log_
 
-    def push_redis(self, plan: SourcePlan, table: pa.Table, timeout: float | None) -> PushResult:
-        """Validated rows into the streams (one script: all or nothing), minus the records too late
-        to count (decided with the script, ``admission.py``); with ``timeout``, wait until applied."""
+    def push_redis(
+        self, plan: SourcePlan, table: pa.Table, timeout: float | None, dedup: PushDedup | None = None
+    ) -> PushResult:
+        """Validated rows into the streams (one script: all or nothing), minus the records too late to
+        count (decided with the script, ``admission.py``) and those whose event id was seen
+        (``dedup.py``; a known Idempotency-Key replays the first result); with ``timeout``, wait
+        until applied."""
         src = plan.source
         log_ = self.stream_log
-        part = partition_of(table, plan.partition_keys, src.partitions)
-        uniq = [int(p) for p in np.unique(part).tolist()]
+        n_in = table.num_rows
+        index = np.arange(n_in)  # pushed-record index of each row still to write
+        dups: list[int] = []
+        seen_at: dict[int, int] = {}  # partition -> offset of entries that carried duplicates
+        if dedup is not None and dedup.event_ids is not None:
+            index = first_occurrences(dedup.event_ids)
+            dups = sorted(set(range(n_in)) - set(index.tolist()))
+        from .redis_streams import WatermarkConflict
+
+        for _ in range(_ADMIT_TRIES):
+            rows = table if len(index) == n_in else table.take(pa.array(index))
+            part = partition_of(rows, plan.partition_keys, src.partitions)
+            uniq = [int(p) for p in np.unique(part).tolist()]
+            adm = self._admit(plan, rows, part, self._assumed_watermarks(log_, src.name, uniq))
+            keep = adm.accepted
+            if keep.all() and len(uniq) == 1:
+                parts = {uniq[0]: rows}
+            else:
+                parts = {int(p): rows.filter(pa.array((part == p) & keep)) for p in np.unique(part[keep]).tolist()}
+            by_part = {p: index[(part == p) & keep] for p in sorted(parts)}  # the script's event-id order
+            if not parts and not adm.rejected and (dedup is None or dedup.key is None):
+                offsets: dict[int, int] = {}
+                break
+            try:
+                out = self._add(plan, parts, self._add_dedup(dedup, by_part, int(keep.sum()), n_in, dups), adm)
+            except WatermarkConflict as e:  # another push moved a watermark: decide again
+                self._wms.update(((src.name, p), w) for p, w in e.current.items())
+                continue
+            if out.replay is not None and dedup is not None and dedup.key is not None:
+                got = decode_stored(out.replay, dedup.fingerprint, dedup.key, src.name)
+                visible = False if timeout is None else self._wait_visible(plan, got.offsets, timeout)
+                return _replayed(src.name, got, visible)
+            if not out.seen:
+                offsets = out.offsets
+                break
+            flat = np.concatenate([by_part[p] for p in sorted(by_part)])
+            for pos, (p, off) in out.seen.items():
+                dups.append(int(flat[pos]))
+                seen_at[p] = max(off, seen_at.get(p, -1))
+            index = np.setdiff1d(index, flat[list(out.seen)])
+            dups.sort()
+        else:
+            raise UnavailableError(
+                f"concurrent pushes to {src.name!r} kept moving its watermarks or claiming the same event ids; "
+                "nothing of this push was written, retry",
+                field="source",
+            )
+        for a in adm.partitions:
+            if a.watermark is not None:
+                old = self._wms.get((src.name, a.partition))
+                self._wms[(src.name, a.partition)] = a.watermark if old is None else max(old, a.watermark)
+        rejected = tuple(replace(r, index=int(index[r.index])) for r in adm.rejected)  # pushed-record indices
+        _count_rejections(src.name, adm)
+        n = sum(t.num_rows for t in parts.values())
+        if n == 0 and not dups and rejected:
+            raise _all_rejected(replace(adm, rejected=rejected))
+        STATS.inc("pushed_events", src.name, n)
+        STATS.inc("deduplicated_events", src.name, len(dups))
+        # Embedding views track no stream offsets: update them here for read-after-write (the worker's
+        # own update of the same rows is then a no-op: unchanged texts are not re-embedded).
+        if n:
+            update_embeddings(self.ctx.embedding_sink, plan, list(parts.values()))
+        wait_for = dict(offsets)  # duplicates too: their first push may not be applied yet
+        for p, off in seen_at.items():
+            wait_for[p] = max(off, offsets.get(p, -1))
+        visible = True if not wait_for else False if timeout is None else self._wait_visible(plan, wait_for, timeout)
+        return PushResult(
+            src.name,
+            n,
+            n_in,
+            visible=visible,
+            offsets={str(p): o for p, o in offsets.items()},
+            rejected=rejected,
+            late=adm.late,
+            duplicates=len(dups),
+            duplicate_indices=tuple(dups),
+        )
+
+    @staticmethod
+    def _add_dedup(
+        dedup: PushDedup | None, by_part: dict[int, np.ndarray], accepted: int, n_in: int, dups: list[int]
+    ) -> AddDedup | None:
+        if dedup is None:
+            return None
+        from .redis_streams import AddDedup
+
+        ids = dedup.event_ids
+        stored = b""
+        if dedup.key is not None:
+            stored = encode_stored(dedup.fingerprint, accepted, n_in, dups, partitions=sorted(by_part))
+        return AddDedup(
+            {p: [ids[i] for i in idx.tolist()] for p, idx in by_part.items()} if ids is not None else {},
+            dedup.ttl_ms,
+            dedup.key,
+            stored,
+        )
+
+    def _add(self, plan: SourcePlan, parts: dict[int, pa.Table], dedup: AddDedup | None, adm: Admission) -> AddOutcome:
+        """One push script; its failures as our errors (nothing was written: one script)."""
         from .redis_streams import BacklogFullError, WatermarkConflict
 
-        max_len = self._max_len()
+        src = plan.source
         try:
-            for _ in range(_ADMIT_TRIES):
-                adm = self._admit(plan, table, part, self._assumed_watermarks(log_, src.name, uniq))
-                keep = adm.accepted
-                if keep.all():
-                    parts = {uniq[0]: table} if len(uniq) == 1 else {p: table.filter(pa.array(part == p)) for p in uniq}
-                else:
-                    parts = {p: table.filter(pa.array((part == p) & keep)) for p in np.unique(part[keep]).tolist()}
-                try:
-                    offsets = log_.add(src.name, parts, max_len=max_len, admission=adm.partitions)
-                    break
-                except WatermarkConflict as e:  # another push moved a watermark: decide again
-                    self._wms.update(((src.name, p), w) for p, w in e.current.items())
-            else:
-                raise UnavailableError(
-                    f"the watermarks of {src.name!r} kept moving under this push; nothing was written, retry",
-                    field="source",
-                )
+            return self.stream_log.add_once(
+                src.name, parts, max_len=self._max_len(), dedup=dedup, admission=adm.partitions
+            )
         except BacklogFullError as e:
             raise RateLimitedError(
                 f"{e}; the stream workers are behind (is `context-store worker` running?). Nothing of this push "
                 "was written; retry later",
                 field="source",
             ) from None
-        except UnavailableError:
+        except WatermarkConflict:
             raise
-        except Exception as e:  # noqa: BLE001 - redis.ConnectionError etc.: nothing was added (one script)
+        except Exception as e:  # noqa: BLE001 - redis.ConnectionError, TimeoutError, ...
+            # A timeout leaves it unknown whether Redis ran the script (it may once it resumes): a retry
+            # is safe with event ids or an Idempotency-Key, else it may count the records twice.
             raise UnavailableError(
-                f"cannot write to the Redis stream of {src.name!r}: {e}", field="online_store"
+                f"cannot write to the Redis stream of {src.name!r}: {type(e).__name__}: {redact_text(str(e))}",
+                field="online_store",
             ) from None
-        for a in adm.partitions:
-            if a.watermark is not None:
-                old = self._wms.get((src.name, a.partition))
-                self._wms[(src.name, a.partition)] = a.watermark if old is None else max(old, a.watermark)
-        _count_rejections(src.name, adm)
-        n = int(keep.sum())
-        if not n:
-            raise _all_rejected(adm)
-        STATS.inc("pushed_events", src.name, n)
-        # Embedding views track no stream offsets: update them here for read-after-write (the worker's
-        # own update of the same rows is then a no-op: unchanged texts are not re-embedded).
-        update_embeddings(self.ctx.embedding_sink, plan, list(parts.values()))
-        visible = False if timeout is None else self._wait_visible(plan, offsets, timeout)
-        return PushResult(
-            src.name,
-            n,
-            table.num_rows,
-            visible=visible,
-            offsets={str(p): o for p, o in offsets.items()},
-            rejected=adm.rejected,
-            late=adm.late,
-        )
 
     def _assumed_watermarks(self, log_: RedisStreamLog, source: str, parts: list[int]) -> dict[int, int | None]:
         """The admitted watermarks this pusher last saw (read once; the push script corrects them)."""

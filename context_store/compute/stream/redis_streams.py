@@ -21,11 +21,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 import pyarrow as pa
 
+from ...config import RedisTimeouts
 from ...vocab.redact import register_url
 
 if TYPE_CHECKING:
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RedisStreamLog",
+    "AddDedup",
+    "AddOutcome",
     "AppliedWaiter",
     "BacklogFullError",
     "WatermarkConflict",
@@ -48,12 +51,25 @@ GROUP = "cs-workers"
 _SEQ_BITS = 12  # offset = ms << 12 | seq: exact in a Lua double until 2109 for seq < 4096
 
 
-def connect(url: str) -> Any:
+def connect(url: str, timeout_s: float = RedisTimeouts().write_s) -> Any:
+    """A client whose every call fails within ``timeout_s`` (``redis_write_timeout_ms``).
+
+    No automatic retries (redis-py retries timeouts 3x by default): a timed-out script may still
+    run when Redis resumes, so re-sending it would write twice; the caller decides (event ids and
+    ``Idempotency-Key`` make a client's retry safe)."""
     try:
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
     except ImportError as e:  # pragma: no cover
         raise ImportError("Redis streams need redis-py: pip install 'context-store[redis]'") from e
-    return redis.Redis.from_url(url, socket_timeout=30, health_check_interval=30)
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        health_check_interval=30,
+        retry=Retry(NoBackoff(), 0),
+    )
 
 
 def id_to_offset(entry_id: bytes | str) -> int:
@@ -87,21 +103,55 @@ def decode_entry(fields: dict[bytes, bytes]) -> pa.Table | list[Any]:
     return [{k.decode(): v.decode() for k, v in fields.items()}]  # flat XADD field/value pairs
 
 
-_ADD_LUA = """
--- KEYS[1..n]: the stream keys this push writes (n >= 0); KEYS[n+1]: the source's admission hash.
--- ARGV[1]: maxlen (0 = unbounded); ARGV[2..n+1]: one Arrow payload per stream key;
--- ARGV[n+2]: m, then m groups of 6 (event-time admission, admission.py PartitionAdmission):
---   partition, lo, hi, watermark, late, rejected ('' = none for lo/hi/watermark).
--- Returns the new entry ids; i (1-based stream key) when that partition's backlog is full;
--- {'conflict', current wm of each of the m partitions ('' = none)} when a decision is stale.
-local n = #KEYS - 1
--- [admission: check] before anything is written. The pusher's decision holds for any current
--- watermark W with lo < W <= hi (no watermark = below every time).
-local adm = KEYS[n + 1]
-local m = tonumber(ARGV[n + 2])
+# The push script: one EVALSHA per push, all or nothing. It is assembled from sections so that
+# each concern stays a separate block.
+#
+# KEYS: [1..np] the stream of each partition written, in ascending partition order (np >= 0);
+#       [np+1] the source's admission hash (event-time watermarks, admission.py);
+#       then the DEDUP keys: [np+2] the Idempotency-Key record (only when ARGV[np+3] == '1'),
+#       then one key per event id, grouped by partition in the same order as the streams.
+# ARGV: [1] maxlen (0: unlimited), [2] np, [3..np+2] the Arrow payload of each partition;
+#       then the DEDUP args from d = np+3: [d] '1' when an Idempotency-Key record is given,
+#       [d+1] its value prefix (fingerprint and result, see dedup.py), [d+2] its ttl (ms),
+#       [d+3] the event ids' ttl (ms), then per partition i = 1..np: [d+2+2i] its partition
+#       number and [d+3+2i] how many event-id keys it has;
+#       then the ADMISSION args from a0 = d+4+2np: [a0] m, then m groups of 6
+#       (admission.py PartitionAdmission): partition, lo, hi, watermark, late, rejected
+#       ('' = none for lo/hi/watermark).
+# Returns: the stream ids written (one per partition); or the 1-based index of a partition whose
+# backlog is full; or {'replay', <stored record>}; or {'seen', pos, stream id, ...} (0-based
+# positions among the event-id keys, each with '<partition>:<stream id>' of the entry that
+# carried it); or {'conflict', current wm of each of the m partitions ('' = none)} when an
+# admission decision is stale -- in those cases nothing is written.
+_ADD_HEAD = """
+local maxlen = tonumber(ARGV[1])
+local np = tonumber(ARGV[2])
+local adm = KEYS[np + 1]
+local d = np + 3
+local a0 = d + 4 + 2 * np
+"""
+# -- DEDUP (check): before anything is written, so a retry of a committed push writes nothing.
+_ADD_DEDUP_CHECK = """
+local idem = ARGV[d] == '1'
+local e0 = np + (idem and 3 or 2)
+if idem then
+  local prev = redis.call('GET', KEYS[np + 2])
+  if prev then return {'replay', prev} end
+end
+local seen = {}
+for i = e0, #KEYS do
+  local v = redis.call('GET', KEYS[i])
+  if v then seen[#seen + 1] = i - e0; seen[#seen + 1] = v end
+end
+if #seen > 0 then table.insert(seen, 1, 'seen'); return seen end
+"""
+# -- ADMISSION (check): the pusher's event-time decision holds for any current watermark W with
+# lo < W <= hi (no watermark = below every time); else nothing is written.
+_ADD_ADMISSION_CHECK = """
+local m = tonumber(ARGV[a0])
 local cur, stale = {}, false
 for j = 0, m - 1 do
-  local b = n + 3 + 6 * j
+  local b = a0 + 1 + 6 * j
   local w = redis.call('HGET', adm, 'wm:' .. ARGV[b])
   cur[j + 1] = w or ''
   local wn = w and tonumber(w)
@@ -112,18 +162,22 @@ if stale then
   table.insert(cur, 1, 'conflict')
   return cur
 end
--- [end admission: check]
-local maxlen = tonumber(ARGV[1])
+"""
+_ADD_BACKLOG = """
 if maxlen > 0 then
-  for i = 1, n do
+  for i = 1, np do
     if redis.call('XLEN', KEYS[i]) >= maxlen then return i end
   end
 end
+"""
+_ADD_WRITE = """
 local ids = {}
-for i = 1, n do ids[i] = redis.call('XADD', KEYS[i], '*', 'arrow', ARGV[i + 1]) end
--- [admission: commit] the watermark moves with the entries, in the same atomic script.
+for i = 1, np do ids[i] = redis.call('XADD', KEYS[i], '*', 'arrow', ARGV[i + 2]) end
+"""
+# -- ADMISSION (commit): the watermark moves with the entries, in the same atomic script.
+_ADD_ADMISSION_COMMIT = """
 for j = 0, m - 1 do
-  local b = n + 3 + 6 * j
+  local b = a0 + 1 + 6 * j
   local p = ARGV[b]
   if ARGV[b + 3] ~= '' then
     local w = tonumber(cur[j + 1])
@@ -132,9 +186,55 @@ for j = 0, m - 1 do
   if ARGV[b + 4] ~= '0' then redis.call('HINCRBY', adm, 'late:' .. p, ARGV[b + 4]) end
   if ARGV[b + 5] ~= '0' then redis.call('HINCRBY', adm, 'rejected:' .. p, ARGV[b + 5]) end
 end
--- [end admission: commit]
-return ids
 """
+# -- DEDUP (record): each event id -> '<partition>:<stream id>' of its entry; the
+# Idempotency-Key -> fingerprint, result and stream ids.
+_ADD_DEDUP_RECORD = """
+local k = e0
+for i = 1, np do
+  local v = ARGV[d + 2 + 2 * i] .. ':' .. ids[i]
+  for j = 1, tonumber(ARGV[d + 3 + 2 * i]) do
+    redis.call('SET', KEYS[k], v, 'PX', ARGV[d + 3]); k = k + 1
+  end
+end
+if idem then redis.call('SET', KEYS[np + 2], ARGV[d + 1] .. table.concat(ids, ','), 'PX', ARGV[d + 2]) end
+"""
+_ADD_LUA = (
+    _ADD_HEAD
+    + _ADD_DEDUP_CHECK
+    + _ADD_ADMISSION_CHECK
+    + _ADD_BACKLOG
+    + _ADD_WRITE
+    + _ADD_ADMISSION_COMMIT
+    + _ADD_DEDUP_RECORD
+    + "return ids\n"
+)
+
+
+class AddDedup(NamedTuple):
+    """The dedup part of a push (see the script's layout above). ``event_ids`` per partition, in
+    the order of that partition's rows; ``idem_key``/``idem_value`` the Idempotency-Key record."""
+
+    event_ids: dict[int, list[str]]
+    ttl_ms: int
+    idem_key: str | None = None
+    idem_value: bytes = b""
+
+
+class AddOutcome(NamedTuple):
+    """What the push script did: ``offsets`` written (partition -> offset), or nothing written
+    because ``replay`` (the stored Idempotency-Key record) or ``seen`` (position among the event
+    ids in partition order -> (partition, offset) of the entry that carried it) is set."""
+
+    offsets: dict[int, int]
+    replay: bytes | None = None
+    seen: dict[int, tuple[int, int]] | None = None
+
+
+def _parse_seen(value: bytes | str) -> tuple[int, int]:
+    s = value.decode() if isinstance(value, bytes) else value
+    p, _, sid = s.partition(":")
+    return int(p), id_to_offset(sid)
 
 
 class WatermarkConflict(Exception):
@@ -163,11 +263,13 @@ class BacklogFullError(Exception):
 class RedisStreamLog:
     """The stream transport of one workspace (shared by pushers and workers)."""
 
-    def __init__(self, url: str, workspace: str, client: Any = None) -> None:
+    def __init__(self, url: str, workspace: str, client: Any = None, timeouts: RedisTimeouts | None = None) -> None:
         register_url(url)
         self.url = url
         self.workspace = workspace
-        self.r = client or connect(url)
+        self.timeouts = timeouts or RedisTimeouts()
+        self.r = client or connect(url, self.timeouts.write_s)
+        self._blocking: tuple[float, Any] | None = None  # (socket timeout, client) of long XREADGROUPs
         self._groups: set[bytes] = set()
         self._renew = self.r.register_script(
             "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) "
@@ -245,6 +347,11 @@ class RedisStreamLog:
             self.ensure_group(k)
         return call(*args, **kw)
 
+    def dedup_key(self, source: str, kind: str, ident: str) -> bytes:
+        """An event id (``kind="eid"``) or Idempotency-Key (``"idem"``) record of ``source``; under
+        the source's hash tag, so the push script touches one slot."""
+        return f"cs:{self.workspace}:{{s:{source}}}:{kind}:{ident}".encode()
+
     def add(
         self,
         source: str,
@@ -257,19 +364,52 @@ class RedisStreamLog:
         already holds that many entries -- workers far behind -- instead of ever trimming unapplied ones.
         ``admission``: the event-time decisions the push made (``admission.py``), re-checked and
         committed by the script; WatermarkConflict when one no longer holds (nothing written)."""
+        return self.add_once(source, parts, max_len, admission=admission).offsets
+
+    def add_once(
+        self,
+        source: str,
+        parts: dict[int, pa.Table],
+        max_len: int = 0,
+        dedup: AddDedup | None = None,
+        admission: Sequence[PartitionAdmission] = (),
+    ) -> AddOutcome:
+        """``add`` that first checks ``dedup`` in the same script: when the Idempotency-Key or an
+        event id was seen, nothing is written and the outcome says why (see ``AddOutcome``)."""
         order = sorted(parts)
         keys = [self.stream_key(source, p) for p in order]
         for k in keys:
             self.ensure_group(k)
-        args: list[Any] = [int(max_len), *(encode_table(parts[p]) for p in order), len(admission)]
+        dkeys: list[bytes] = []
+        dargs: list[Any] = ["0", b"", 1, 1]
+        counts: list[int] = []
+        if dedup is not None:
+            if dedup.idem_key is not None:
+                dkeys.append(self.dedup_key(source, "idem", dedup.idem_key))
+                dargs = ["1", dedup.idem_value, dedup.ttl_ms, dedup.ttl_ms]
+            else:
+                dargs = ["0", b"", dedup.ttl_ms, dedup.ttl_ms]
+            for p in order:
+                ids = dedup.event_ids.get(p, [])
+                dkeys += [self.dedup_key(source, "eid", e) for e in ids]
+                counts += [p, len(ids)]
+        else:
+            for p in order:
+                counts += [p, 0]
+        args: list[Any] = [int(max_len), len(order), *(encode_table(parts[p]) for p in order), *dargs, *counts]
+        args.append(len(admission))
         for a in admission:
             args += [a.partition, _opt(a.lo), _opt(a.hi), _opt(a.watermark), a.late, a.rejected]
-        res = self._add(keys=[*keys, self.admission_key(source)], args=args)
+        res = self._add(keys=[*keys, self.admission_key(source), *dkeys], args=args)
         if isinstance(res, int):
             raise BacklogFullError(source, order[res - 1], max_len)
         if res and res[0] in (b"conflict", "conflict"):
             raise WatermarkConflict({a.partition: _int_or_none(v) for a, v in zip(admission, res[1:])})
-        return {p: id_to_offset(i) for p, i in zip(order, res)}
+        if res and res[0] in (b"replay", "replay"):
+            return AddOutcome({}, replay=res[1] if isinstance(res[1], bytes) else str(res[1]).encode())
+        if res and res[0] in (b"seen", "seen"):
+            return AddOutcome({}, seen={int(res[i]): _parse_seen(res[i + 1]) for i in range(1, len(res), 2)})
+        return AddOutcome({p: id_to_offset(i) for p, i in zip(order, res)})
 
     def admitted_watermarks(self, source: str, partitions: Sequence[int]) -> dict[int, int | None]:
         """partition -> the admitted watermark (µs) of the source's partitions (None: none yet)."""
@@ -287,13 +427,32 @@ class RedisStreamLog:
             self.ensure_group(k)
         # block=0 would wait forever in Redis; None means "return at once".
         res = self._regrouped(
-            keys, self.r.xreadgroup, GROUP, consumer, {k: ">" for k in keys}, count=count, block=block_ms or None
+            keys,
+            self._reader(block_ms).xreadgroup,
+            GROUP,
+            consumer,
+            {k: ">" for k in keys},
+            count=count,
+            block=block_ms or None,
         )
         if not res:
             return []
         if isinstance(res, dict):  # RESP3 shape
             return [(k, v[0] if v and isinstance(v[0], list) else v) for k, v in res.items()]
         return [(k, entries) for k, entries in res]
+
+    def _reader(self, block_ms: int) -> Any:
+        """The client for an XREADGROUP blocking ``block_ms``: its socket timeout must outlast the
+        block (else every idle read would time out), so long blocks get their own connection."""
+        need = block_ms / 1000 + self.timeouts.write_s
+        if block_ms <= 0 or block_ms / 1000 < self.timeouts.write_s / 2:
+            return self.r
+        b = self._blocking
+        if b is None or b[0] < need:
+            if b is not None:
+                b[1].close()
+            b = self._blocking = (need, connect(self.url, need))
+        return b[1]
 
     def claim_pending(self, key: bytes, consumer: str, count: int = 1000) -> list[Any]:
         """Every pending entry of the partition (a dead owner's), now ours, in id order."""
@@ -398,6 +557,8 @@ class RedisStreamLog:
 
     def close(self) -> None:
         self.r.close()
+        if self._blocking is not None:
+            self._blocking[1].close()
 
 
 class AppliedWaiter:

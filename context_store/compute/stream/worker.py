@@ -102,7 +102,7 @@ class StreamWorker:
         self.ctx = ctx
         self.defs = ctx.definitions
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.log = RedisStreamLog(ctx.config.online_store, ctx.config.workspace)
+        self.log = RedisStreamLog(ctx.config.online_store, ctx.config.workspace, timeouts=ctx.config.redis_timeouts)
         self.sources = None if sources is None else list(sources)
         streams = sorted(n for n, s in self.defs.sources.items() if isinstance(s, StreamSource))
         unknown = [n for n in self.sources or () if n not in streams]

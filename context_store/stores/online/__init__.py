@@ -13,7 +13,7 @@ def open_online_store(config: Config) -> OnlineStore:
     if config.is_redis:
         from .redis import RedisOnlineStore
 
-        return RedisOnlineStore(config.online_store, workspace=config.workspace)
+        return RedisOnlineStore(config.online_store, workspace=config.workspace, timeouts=config.redis_timeouts)
     from .sqlite import SqliteOnlineStore
 
     path = config.sqlite_path

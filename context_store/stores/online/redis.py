@@ -9,11 +9,13 @@ Writes go through one Lua script, so a batch of tiles plus its applied offset is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 from collections.abc import Sequence
 from typing import Any
 
+from ...config import RedisTimeouts
 from ...errors import UnavailableError
 from ...state.ops import Ops
 from ...vocab.redact import redact_url, register_url
@@ -22,18 +24,46 @@ from .base import BaseOnlineStore
 
 __all__ = ["RedisOnlineStore"]
 
+# claim_ids: per key, its value if set, else SET it (value ARGV[1], ttl ARGV[2] ms) and answer nil.
+_CLAIM = """
+local out = {}
+for i = 1, #KEYS do
+  local v = redis.call('GET', KEYS[i])
+  if v then out[i] = v else redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[2]); out[i] = false end
+end
+return out
+"""
+
+
+def _timed_out(e: BaseException) -> bool:
+    return isinstance(e, TimeoutError) or type(e).__name__ == "TimeoutError"
+
 
 class RedisOnlineStore(BaseOnlineStore):
     backend = "redis"
 
-    def __init__(self, url: str, workspace: str = "default") -> None:
+    def __init__(self, url: str, workspace: str = "default", timeouts: RedisTimeouts | None = None) -> None:
         redis = import_redis()
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
         register_url(url)  # its password is masked in every message and log line from now on
         self.url = url
         self.workspace = workspace
         self.prefix = f"cs:{workspace}:"
         self._errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
-        self._r = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=30)
+        # Bounded calls (config ``redis_read_timeout_ms``/``redis_write_timeout_ms``): a hung Redis is a
+        # fast 503. A broken connection (Redis restarted) is retried once, a timeout never: retrying it
+        # would double the wait (and could run a write twice).
+        self.timeouts = t = timeouts or RedisTimeouts()
+        once = Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,))
+        self._r = redis.Redis.from_url(
+            url, socket_connect_timeout=t.write_s, socket_timeout=t.write_s, health_check_interval=30, retry=once
+        )
+        # The hot read path's own connections (``_raw``) come from this pool: reads time out within the
+        # serving budget, also while (re)connecting.
+        self._rr = redis.Redis.from_url(url, socket_connect_timeout=t.read_s, socket_timeout=t.read_s, retry=once)
+        self._claim = self._r.register_script(_CLAIM)
         self._script = self._r.register_script(COMMIT)
         self._mhmget = self._r.register_script(MHMGET)
         self._aclients: dict[int, Any] = {}
@@ -60,7 +90,7 @@ class RedisOnlineStore(BaseOnlineStore):
         """This thread's own connection: the hot path skips the pool and redis-py's command layer."""
         c = getattr(self._tl, "raw", None)
         if c is None or c.pid != os.getpid():  # never share a socket with a forked parent
-            conn = self._r.connection_pool.make_connection()
+            conn = self._rr.connection_pool.make_connection()
             with self._alock:
                 self._held.append(conn)
             c = self._tl.raw = RawConnection(conn, os.getpid())
@@ -72,28 +102,36 @@ class RedisOnlineStore(BaseOnlineStore):
         if c is not None:
             c.conn.disconnect()
 
+    def _read_timeout(self, n_fields: int) -> float:
+        """The read budget (``redis_read_timeout_ms``), plus 10 ms per 1,000 fields: a large batch
+        lookup is not cut off on a busy host, a hung Redis still fails fast."""
+        return self.timeouts.read_s + n_fields * 1e-5
+
     def _direct(self, *args: Any) -> Any:
-        """One command on this thread's connection; a broken connection is retried once (reads only)."""
+        """One command on this thread's connection; a broken connection is retried once, a timeout
+        is not (the read budget is spent)."""
         packed = pack(args)
         for attempt in (0, 1):
             c = self._raw()
             try:
+                c.sock.settimeout(self._read_timeout(len(args)))
                 return c.call(packed)
-            except self._errors:
+            except self._errors as e:
                 self._drop_raw()
-                if attempt:
+                if attempt or _timed_out(e):
                     raise
         raise AssertionError("unreachable")
 
-    def _many(self, packed: bytes, n: int) -> list[Any]:
-        """``n`` pipelined commands (already packed) on this thread's connection (reads: retried once)."""
+    def _many(self, packed: bytes, n: int, n_fields: int) -> list[Any]:
+        """``n`` pipelined commands (already packed) on this thread's connection (as ``_direct``)."""
         for attempt in (0, 1):
             c = self._raw()
             try:
+                c.sock.settimeout(self._read_timeout(n_fields))
                 return c.call_many(packed, n)
-            except self._errors:
+            except self._errors as e:
                 self._drop_raw()
-                if attempt:
+                if attempt or _timed_out(e):
                     raise
         raise AssertionError("unreachable")
 
@@ -112,9 +150,10 @@ class RedisOnlineStore(BaseOnlineStore):
                 packed = b"".join(
                     [head + b"$%d\r\n%b\r\n" % (len(kb), kb) + tail for kb in (f"{pre}{k}".encode() for k, _ in reqs)]
                 )
-                return self._many(packed, len(reqs))
+                return self._many(packed, len(reqs), len(reqs) * (len(f0) + 1))
             live = [(k, f) for k, f in reqs if f]
-            res = iter(self._many(b"".join([pack(("HMGET", pre + k, *f)) for k, f in live]), len(live)))
+            n = sum(len(f) + 1 for _, f in live)
+            res = iter(self._many(b"".join([pack(("HMGET", pre + k, *f)) for k, f in live]), len(live), n))
             return [next(res) if f else [] for _, f in reqs]
         except self._errors as e:
             raise self._unavailable(e) from None
@@ -129,8 +168,14 @@ class RedisOnlineStore(BaseOnlineStore):
                 loaded = self._r.script_load(script)
                 sha = self._shas[script] = loaded.encode() if isinstance(loaded, str) else loaded
             cmd = resp([b"EVALSHA", sha] + head, 2 + len(head) + n_body) + b"".join(body)
+            raw = self._raw()
             try:
-                return self._raw().call(cmd)
+                raw.sock.settimeout(self.timeouts.write_s)  # a write on the read connection: the write budget
+                try:
+                    return raw.call(cmd)
+                finally:
+                    with contextlib.suppress(OSError):
+                        raw.sock.settimeout(self.timeouts.read_s)
             except redis.exceptions.NoScriptError:
                 if attempt:
                     raise
@@ -146,36 +191,46 @@ class RedisOnlineStore(BaseOnlineStore):
         c = self._aclients.get(id(loop))
         if c is None:
             import redis.asyncio as aredis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
 
+            t = self.timeouts
+            once = Retry(NoBackoff(), 1, supported_errors=(import_redis().exceptions.ConnectionError,))
             with self._alock:
+                # Each read is bounded by ``asyncio.timeout`` (``_ahmget``); the socket's own timeout
+                # only backs it up (a cancelled read drops its connection).
                 c = self._aclients[id(loop)] = aredis.Redis.from_url(
-                    self.url, socket_connect_timeout=2, socket_timeout=10
+                    self.url, socket_connect_timeout=t.write_s, socket_timeout=t.write_s, retry=once
                 )
         return c
 
     async def _ahmget(self, reqs: list[tuple[str, list[str]]]) -> list[list[bytes | None]]:
-        r = self._aclient()
         try:
-            if len(reqs) == 1:
-                key, fields = reqs[0]
-                return [await r.execute_command("HMGET", self.prefix + "e:" + key, *fields)] if fields else [[]]
-            f0 = reqs[0][1]
-            if f0 and all(f is f0 or f == f0 for _, f in reqs):
-                keys = [self.prefix + "e:" + k for k, _ in reqs]
-                try:
-                    return await r.evalsha(self._mhmget.sha, len(keys), *keys, *f0)
-                except Exception as e:  # NOSCRIPT (a fresh or restarted Redis): send the script itself
-                    if type(e).__name__ != "NoScriptError" and "NOSCRIPT" not in str(e):
-                        raise
-                    return await r.eval(MHMGET, len(keys), *keys, *f0)
-            pipe = r.pipeline(transaction=False)
-            for key, fields in reqs:
-                if fields:
-                    pipe.execute_command("HMGET", self.prefix + "e:" + key, *fields)
-            res = iter(await pipe.execute())
-            return [next(res) if fields else [] for _, fields in reqs]
+            async with asyncio.timeout(self._read_timeout(sum(len(f) + 1 for _, f in reqs))):
+                return await self._ahmget_unbounded(reqs)
         except self._errors as e:
             raise self._unavailable(e) from None
+
+    async def _ahmget_unbounded(self, reqs: list[tuple[str, list[str]]]) -> list[list[bytes | None]]:
+        r = self._aclient()
+        if len(reqs) == 1:
+            key, fields = reqs[0]
+            return [await r.execute_command("HMGET", self.prefix + "e:" + key, *fields)] if fields else [[]]
+        f0 = reqs[0][1]
+        if f0 and all(f is f0 or f == f0 for _, f in reqs):
+            keys = [self.prefix + "e:" + k for k, _ in reqs]
+            try:
+                return await r.evalsha(self._mhmget.sha, len(keys), *keys, *f0)
+            except Exception as e:  # NOSCRIPT (a fresh or restarted Redis): send the script itself
+                if type(e).__name__ != "NoScriptError" and "NOSCRIPT" not in str(e):
+                    raise
+                return await r.eval(MHMGET, len(keys), *keys, *f0)
+        pipe = r.pipeline(transaction=False)
+        for key, fields in reqs:
+            if fields:
+                pipe.execute_command("HMGET", self.prefix + "e:" + key, *fields)
+        res = iter(await pipe.execute())
+        return [next(res) if fields else [] for _, fields in reqs]
 
     def _fields(self, keys: list[str]) -> list[list[str]]:
         try:
@@ -334,8 +389,10 @@ class RedisOnlineStore(BaseOnlineStore):
         return v.decode() if v is not None else None
 
     def get_meta(self, name: str) -> bytes | None:
+        # On the read path (serving's marker refresh): the read budget, not the write one.
         try:
-            return self._r.hget(self.prefix + "meta", name)
+            v = self._direct("HGET", self.prefix + "meta", name)
+            return None if v is None else bytes(v)
         except self._errors as e:
             raise self._unavailable(e) from None
 
@@ -374,6 +431,14 @@ class RedisOnlineStore(BaseOnlineStore):
         except self._errors as e:
             raise self._unavailable(e) from None
 
+    def claim_ids(self, scope: str, ids: Sequence[str], value: bytes, ttl_ms: int) -> list[bytes | None]:
+        keys = [f"{self.prefix}claim:{scope}:{i}" for i in ids]
+        try:
+            got = self._claim(keys=keys, args=[value, int(ttl_ms)]) if keys else []
+        except self._errors as e:
+            raise self._unavailable(e) from None
+        return [v if v else None for v in got]
+
     def ping(self) -> bool:
         try:
             return bool(self._r.ping())
@@ -401,6 +466,7 @@ class RedisOnlineStore(BaseOnlineStore):
         self._held.clear()
         self._tl = threading.local()
         self._r.close()
+        self._rr.close()
         for c in list(self._aclients.values()):
             try:
                 asyncio.get_running_loop()

@@ -31,6 +31,9 @@ CREATE TABLE IF NOT EXISTS offsets (f TEXT PRIMARY KEY, v TEXT NOT NULL) WITHOUT
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS recent (k TEXT NOT NULL, seq INTEGER PRIMARY KEY AUTOINCREMENT, v BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS recent_k ON recent (k, seq);
+CREATE TABLE IF NOT EXISTS claims (scope TEXT NOT NULL, id TEXT NOT NULL, v BLOB NOT NULL, exp INTEGER NOT NULL,
+  PRIMARY KEY (scope, id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS claims_exp ON claims (scope, exp);
 """
 # Embedded pushes in flight: an entry is committed before the push's offline appends and
 # deleted in the commit of its online writes, so one left behind marks a pusher that died in
@@ -93,6 +96,37 @@ class SqliteOnlineStore(BaseOnlineStore):
     def _fields(self, keys: list[str]) -> list[list[str]]:
         c = self._conn()
         return [[r[0] for r in c.execute("SELECT f FROM kv WHERE k = ?", (k,))] for k in keys]
+
+    def claim_ids(self, scope: str, ids: Sequence[str], value: bytes, ttl_ms: int) -> list[bytes | None]:
+        now = time.time_ns() // 1_000_000
+        c = self._conn()
+        own = not self._in_txn()  # inside ``transaction()`` (an embedded push): committed with it
+        if own:
+            c.execute("BEGIN IMMEDIATE")
+        try:
+            c.execute("DELETE FROM claims WHERE scope = ? AND exp <= ?", (scope, now))
+            found: dict[str, bytes] = {}
+            uniq = list(dict.fromkeys(ids))
+            for i in range(0, len(uniq), _CHUNK):
+                part = uniq[i : i + _CHUNK]
+                q = f"SELECT id, v FROM claims WHERE scope = ? AND id IN ({','.join('?' * len(part))})"
+                found.update((k, bytes(v)) for k, v in c.execute(q, (scope, *part)))
+            out: list[bytes | None] = []
+            new = []
+            for k in ids:
+                prev = found.get(k)
+                out.append(prev)
+                if prev is None:
+                    found[k] = value  # a repeated id in ``ids``: the first one claims it
+                    new.append((scope, k, value, now + ttl_ms))
+            c.executemany("INSERT INTO claims (scope, id, v, exp) VALUES (?, ?, ?, ?)", new)
+            if own:
+                c.execute("COMMIT")
+        except BaseException:
+            if own and c.in_transaction:
+                c.execute("ROLLBACK")
+            raise
+        return out
 
     def _commit(
         self, ops: Ops, cas: Sequence[tuple[str, str | None, str]] = (), notify: tuple[str, str] | None = None
@@ -296,7 +330,7 @@ class SqliteOnlineStore(BaseOnlineStore):
 
     def clear(self) -> None:
         c = self._conn()
-        for t in ("kv", "offsets", "meta", "recent"):  # not push_journal: it is about the offline log
+        for t in ("kv", "offsets", "meta", "recent", "claims"):  # not push_journal: it is about the offline log
             c.execute(f"DELETE FROM {t}")
 
     def close(self) -> None:

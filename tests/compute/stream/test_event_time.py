@@ -376,7 +376,7 @@ def test_a_stale_pusher_is_corrected_by_the_push_script(
     a = make_store(tmp_path / "repo", online_store=redis_url, workspace=workspace_name, lateness="30m", partitions=1)
     b = cs.ContextStore(a.config.repo, workspace=workspace_name, online_store=redis_url)
     conflicts = []
-    add = redis_streams.RedisStreamLog.add
+    add = redis_streams.RedisStreamLog.add_once
 
     def counting_add(self: Any, *args: Any, **kw: Any) -> Any:
         try:
@@ -389,7 +389,7 @@ def test_a_stale_pusher_is_corrected_by_the_push_script(
         assert a.push("transactions", [event("u1", 120, 1.0)]).accepted == 1  # A's cache: 120
         # B's push is durable at once (A's inline drain owns the partition and applies it next).
         assert b.push("transactions", [event("u2", 200, 2.0)], wait=False).accepted == 1  # the true one: 200
-        monkeypatch.setattr(redis_streams.RedisStreamLog, "add", counting_add)  # counts, then does the real call
+        monkeypatch.setattr(redis_streams.RedisStreamLog, "add_once", counting_add)  # counts, then does the real call
         with pytest.raises(InvalidInputError, match="too late"):
             a.push("transactions", [event("u1", 100, 4.0)])  # on time for 120, not for 200
         assert conflicts == [{0: datetime_to_us(T0 + timedelta(minutes=200))}]
