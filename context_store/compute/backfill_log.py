@@ -223,7 +223,7 @@ def write_stream_view(
     """Backfill one stream view from ``history`` (its source's batch rows in range, or None) and
     the source's offline log. Returns (rows written, log events read)."""
     from .batch import sort_for_pit
-    from .stream.cutover import choose_cutover, record_cutover
+    from .stream.cutover import choose_cutover, get_cutover, record_cutover
 
     source = view.source
     assert isinstance(source, StreamSource)
@@ -233,8 +233,10 @@ def write_stream_view(
     if hist_rows is not None and hist_rows.num_rows:
         newest = pc.max(hist_rows.column(ts).cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())).as_py()
     cut = choose_cutover(newest, end_us)
-    if cut is None:
-        cut = NO_HISTORY
+    if cut is None:  # no history in range: the recorded hand-over stands (else the stream owns all)
+        cut = get_cutover(config, view.name)
+        if cut is None:
+            cut = NO_HISTORY
     record_cutover(config, view.name, cut)  # FIRST: from now on the stream leaves ts < cut to us
     settle_log(config, source)
     logged = log_rows(config, offline, source, history, start_us, end_us)
@@ -249,6 +251,7 @@ def write_stream_view(
     rows = concat([parts[0], *(_like(p, parts[0]) for p in parts[1:])])
     table = view_table(view.name)
     hi = end_us
+    kept = 0  # rows the stream had appended that the log does not hold (kept, not written by us)
     if end_us is None:
         # ts >= cut is the stream's: add only what the table lacks (events pushed before the view existed).
         before, after = _split(rows, ts, cut)
@@ -257,13 +260,15 @@ def write_stream_view(
             lo = start_us if lo is None else max(lo, start_us)
         existing = offline.read(table, ts_column=ts, start_us=lo) if offline.exists(table) else None
         if existing is not None:
+            n = after.num_rows
             after = _union(after, existing)
+            kept = after.num_rows - n
         rows = concat([before, _like(after, before)]) if after.num_rows else before
     rows = sort_for_pit(rows, view.join_keys, ts, stable=not view.is_aggregate)
     if start_us is None and hi is None and offline.exists(table):
         rows = _keep_tags(offline, table, rows)
     offline.overwrite_range(table, rows, ts, start_us, hi)
-    return rows.num_rows, n_log
+    return rows.num_rows - kept, n_log
 
 
 def _keep_tags(offline: OfflineStore, table: str, rows: pa.Table) -> pa.Table:
