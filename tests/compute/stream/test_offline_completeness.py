@@ -78,9 +78,9 @@ def burst_then_idle(store: Any, rows: list[dict[str, Any]], chunk: int = 7) -> f
     while True:
         got = _counts(store)
         waited = time.monotonic() - t_last
+        assert waited <= DEADLINE_S, f"offline log incomplete {waited:.2f}s after the last push: {got} != {want}"
         if got == want:
             return waited
-        assert waited <= DEADLINE_S, f"offline log incomplete {waited:.2f}s after the last push: {got} != {want}"
         time.sleep(0.02)
 
 
@@ -170,3 +170,77 @@ def test_burst_then_idle_embedded(tmp_path: Path, workspace_name: str, make_stor
         assert check_parity(store, rows) > 0
     finally:
         store.close()
+
+
+_OFFLINE_ONLY = """
+import context_store as cs
+
+user = cs.Entity("user", join_keys=["user_id"])
+clicks = cs.StreamSource(
+    "clicks",
+    schema=[cs.Field("user_id", cs.String), cs.Field("ts", cs.Timestamp), cs.Field("amount", cs.Float64)],
+    timestamp_field="ts",
+    partitions=2,
+)
+clicks_offline = cs.FeatureView(
+    "clicks_offline", entities=[user], source=clicks, online=False,
+    aggregations=[cs.Aggregate("amount", "sum", "1d")],
+)
+"""
+
+
+@pytest.mark.redis
+def test_inline_drain_of_a_source_with_no_online_view(
+    tmp_path: Path, redis_url: str, workspace_name: str, redis_cleanup: list[str]
+) -> None:
+    """Nothing to wait for online, yet the pusher (no worker alive) drains to the offline log."""
+    import context_store as cs
+    from tests.support.repo import make_repo
+
+    redis_cleanup.append(f"*{workspace_name}*")
+    root = make_repo(tmp_path / "repo", _OFFLINE_ONLY)
+    store = cs.ContextStore(root, workspace=workspace_name, online_store=redis_url)
+    try:
+        store.apply(force=True)
+        rows = [{"user_id": f"u{i % 3}", "ts": T0 + timedelta(minutes=i), "amount": float(i)} for i in range(20)]
+        t = time.monotonic()
+        store.push("clicks", rows)
+        while not (
+            store.offline.exists("src__clicks")
+            and store.offline.count("src__clicks") == 20
+            and store.offline.count("fv__clicks_offline") == 20
+        ):
+            assert time.monotonic() - t <= DEADLINE_S, "offline log incomplete"
+            time.sleep(0.02)
+        assert time.monotonic() - t <= DEADLINE_S
+    finally:
+        store.close()
+
+
+@pytest.mark.redis
+def test_inline_drain_by_two_pushers(
+    tmp_path: Path, redis_url: str, workspace_name: str, redis_cleanup: list[str], make_store: StoreFactory
+) -> None:
+    """Two pushing processes (two stores), no worker: the second one's events reach the offline
+    log within the bound although the first one holds the partitions it drained."""
+    import context_store as cs
+
+    redis_cleanup.append(f"*{workspace_name}*")
+    a = make_store(tmp_path / "repo", online_store=redis_url, workspace=workspace_name, lateness="1d")
+    b = cs.ContextStore(tmp_path / "repo", workspace=workspace_name, online_store=redis_url)
+    try:
+        rows = _burst(5, 80)
+        burst_then_idle(a, rows[:40])
+        t = time.monotonic()  # from the push call: its events are durable before it returns
+        res = b.push("transactions", rows[40:])  # a's inline worker still holds the leases
+        assert res.accepted == 40 and res.visible
+        while _counts(a) != (80, 80, sum(1 for r in rows if r["amount"] >= 0)):
+            assert time.monotonic() - t <= DEADLINE_S, f"offline log incomplete: {_counts(a)}"
+            time.sleep(0.02)
+        assert time.monotonic() - t <= DEADLINE_S, (
+            f"offline log complete only {time.monotonic() - t:.2f}s after the push"
+        )
+        assert check_parity(a, rows) > 0
+    finally:
+        b.close()
+        a.close()
