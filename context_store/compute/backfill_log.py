@@ -145,18 +145,21 @@ def log_rows(
                 keep[i] = False
             seen.add(k)
     id_field = getattr(source, "event_id_field", None)
-    held_by_id: set[Hashable] = set()
-    if id_field and id_field in table.column_names:
-        if history is not None and id_field in history.column_names:
-            held_by_id = {v for v in _ids(history.column(id_field)) if v is not None}
+    by_id = bool(id_field) and id_field in table.column_names
+    exact = by_id and history is not None and id_field in history.column_names
+    if by_id:
+        held: set[Hashable] = set()
+        if exact:
+            assert history is not None
+            held = {v for v in _ids(history.column(id_field)) if v is not None}
         first: set[Hashable] = set()
         for i, v in enumerate(_ids(table.column(id_field))):
             if v is None:
                 continue
-            if v in held_by_id or v in first:
+            if v in held or v in first:
                 keep[i] = False
             first.add(v)
-    elif history is not None and history.num_rows and tagged:
+    if not exact and history is not None and history.num_rows and tagged:
         # No ids to match: an event no newer than the history, pushed before its files were written,
         # is taken to be in them (the lake caught up on the stream).
         mtime = _history_mtime_us(source, config.repo)

@@ -224,3 +224,36 @@ def test_log_rows_deduplicated_and_held_by_history(tmp_path: Path, workspace_nam
         assert check_view(store, "stats", "svc", first + second) > 0
     finally:
         store.close()
+
+
+def test_log_rows_deduplicated_by_event_id(tmp_path: Path, workspace_name: str) -> None:
+    """With an event id (``StreamSource.event_id_field``): a retried event counts once, and log
+    events whose id the history holds are the history's."""
+    from types import SimpleNamespace
+
+    from context_store.compute.backfill_log import log_rows
+
+    root = make_repo(tmp_path / "repo", _code(False, stats2=False))
+    store = cs.ContextStore(root, workspace=workspace_name, online_store="sqlite")
+    try:
+        store.apply(force=True)
+        ts = [T0 + timedelta(minutes=m) for m in range(6)]
+        store.offline.append(
+            "src__ex",
+            pa.table(
+                {
+                    "user_id": ["a"] * 6,
+                    "ts": pa.array(ts, TS),
+                    "eid": ["e1", "e2", "e2", "e3", "e4", None],  # e2 retried; e3 also in the history
+                    "_partition": pa.array([0] * 6, pa.int64()),
+                    "_offset": pa.array(range(6), pa.int64()),
+                }
+            ),
+        )
+        history = pa.table({"user_id": ["a"], "ts": pa.array([ts[3]], TS), "eid": ["e3"]})
+        source = SimpleNamespace(name="ex", timestamp_field="ts", event_id_field="eid", partitions=1)
+        got = log_rows(store.config, store.offline, source, history, None, None)  # type: ignore[arg-type]
+        assert got is not None and got.column("eid").to_pylist() == ["e1", "e2", "e4", None]
+        assert "_offset" not in got.column_names
+    finally:
+        store.close()
