@@ -2,6 +2,7 @@
 
     python -m evals.bench_stream            # 15 s runs at 1,000 events/s; 200k-event ingest runs
     python -m evals.bench_stream --quick    # 5 s; 60k events
+    python -m evals.bench_stream --offline-delay   # only the offline completeness delay (3 x 10 s)
 
 Against the local Redis (``--redis``, default redis://127.0.0.1:6379/0). Workers run as separate
 ``context-store worker`` processes (as in production: a worker container applies, clients push).
@@ -468,6 +469,147 @@ def drain_rate(store: cs.ContextStore, n: int, workers: int, redis_url: str) -> 
     }
 
 
+def offline_delay(store: cs.ContextStore, rate: float, seconds: float) -> dict[str, Any]:
+    """Offline completeness delay: single-event pushes paced at ``rate`` by one thread, each
+    returning once durable (``wait=False``); an observer polls the offline log every 20 ms and
+    records, per event, when both ``src__transactions`` and ``fv__txn_stats`` hold it (each is
+    appended whole per worker batch in stream order, tagged ``_partition``/``_offset``, so an
+    event is there once the table's highest offset of its partition reaches it). Delay = push
+    returned -> first poll that finds it (resolution: the poll period plus a read)."""
+    off = store.offline
+    tables = ("src__transactions", "fv__txn_stats")
+    parts = store.definitions.sources["transactions"].partitions
+    seen = {(t, p): -1 for t in tables for p in range(parts)}
+    pending: list[tuple[int, int, float]] = []  # (partition, offset, push returned)
+    delays_ms: list[float] = []
+    lock = threading.Lock()
+    state = {"stop": False, "polls": 0, "poll_ms": 0.0}
+
+    def poll() -> None:
+        t0 = time.perf_counter()
+        for t in tables:
+            if not off.exists(t):
+                continue
+            floor = min(seen[(t, p)] for p in range(parts))
+            got = off.read(t, columns=["_partition", "_offset"], filter=f"_offset > {floor}")
+            if got.num_rows == 0:
+                continue
+            g = got.group_by("_partition").aggregate([("_offset", "max")])
+            for p, o in zip(g.column("_partition").to_pylist(), g.column("_offset_max").to_pylist()):
+                seen[(t, p)] = max(seen[(t, p)], int(o))
+        now = time.perf_counter()
+        state["polls"] += 1
+        state["poll_ms"] += (now - t0) * 1000
+        with lock:
+            keep = []
+            for p, o, t_ret in pending:
+                if all(seen[(t, p)] >= o for t in tables):
+                    delays_ms.append((now - t_ret) * 1000)
+                else:
+                    keep.append((p, o, t_ret))
+            pending[:] = keep
+
+    def observer() -> None:
+        while not state["stop"] or pending:
+            poll()
+            time.sleep(0.02)
+            if state["stop"] and time.perf_counter() - state["t_end"] > 30:
+                break  # events never offline: reported as missing
+
+    obs = threading.Thread(target=observer, daemon=True)
+    obs.start()
+    now_ts = datetime.now(UTC)
+    total = int(rate * seconds)
+    users = [f"x{uuid.uuid4().hex[:6]}_{i}" for i in range(1000)]
+    base = time.perf_counter() + 0.05
+    for k in range(total):
+        delay = base + k / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        res = store.ingestor.push(
+            "transactions", [{"user_id": users[k % 1000], "ts": now_ts, "amount": 1.0, "merchant": "m"}], wait=False
+        )
+        t_ret = time.perf_counter()
+        ((p, o),) = res.offsets.items()
+        with lock:
+            pending.append((int(p), int(o), t_ret))
+    wall = time.perf_counter() - base
+    state["t_end"] = time.perf_counter()
+    state["stop"] = True
+    obs.join(60)
+    return {
+        "n": total,
+        "achieved_rate": total / wall,
+        "p50": pct(delays_ms, 50),
+        "p99": pct(delays_ms, 99),
+        "max": max(delays_ms) if delays_ms else float("nan"),
+        "missing": len(pending),
+        "poll_ms": state["poll_ms"] / max(1, state["polls"]),
+    }
+
+
+def offline_delay_main(args: Any) -> None:
+    """``--offline-delay``: only the offline completeness delay (1 worker process, ``--repeats`` runs)."""
+    seconds = 5.0 if args.quick else 10.0
+    tmp = Path(tempfile.mkdtemp(prefix="cs-bench-offline-"))
+    ws = "bench" + uuid.uuid4().hex[:8]
+    load_before = os.getloadavg()
+    runs: list[dict[str, Any]] = []
+    try:
+        store = make_repo(tmp / "offline", args.redis, ws)
+        procs = start_workers(store, 1, args.redis)
+        try:
+            sequential(store, 50)  # warm up
+            for i in range(args.repeats):
+                runs.append(r := offline_delay(store, args.rate, seconds))
+                print(
+                    f"offline delay run {i + 1}: {r['achieved_rate']:.0f}/s, p50 {r['p50']:.0f} ms, "
+                    f"p99 {r['p99']:.0f} ms, max {r['max']:.0f} ms, missing {r['missing']}",
+                    flush=True,
+                )
+        finally:
+            stop_workers(procs)
+            store.close()
+    finally:
+        cleanup(args.redis, ws)
+        shutil.rmtree(tmp, ignore_errors=True)
+    load_after = os.getloadavg()
+
+    def span(key: str) -> str:
+        vals = [r[key] for r in runs]
+        return f"{min(vals):.0f}-{max(vals):.0f}"
+
+    lines = [
+        "# Streaming: offline completeness delay",
+        "",
+        f"`python -m evals.bench_stream --offline-delay{' --quick' if args.quick else ''} --rate {args.rate:g} "
+        f"--repeats {args.repeats}` — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
+        f"{os.cpu_count()} cores (shared with other jobs), Python {platform.python_version()}, local Redis. "
+        f"Load average (1/5/15 min) {load_before[0]:.1f}/{load_before[1]:.1f}/{load_before[2]:.1f} before, "
+        f"{load_after[0]:.1f}/{load_after[1]:.1f}/{load_after[2]:.1f} after.",
+        "",
+        "One `context-store worker` process (default `--flush-interval 1.0`); single-event pushes paced at the "
+        f"rate by one thread for {seconds:.0f} s per run, each returning once durable (`wait=False`). Delay = push "
+        "returned -> the event is in both `src__transactions` and `fv__txn_stats` (observer polls every 20 ms; "
+        f"mean poll {sum(r['poll_ms'] for r in runs) / max(1, len(runs)):.0f} ms). Bound: 2,000 ms.",
+        "",
+        "| run | events | achieved rate | p50 | p99 | max | missing |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for i, r in enumerate(runs, 1):
+        lines.append(
+            f"| {i} | {r['n']:,} | {r['achieved_rate']:.0f}/s | {r['p50']:.0f} ms | {r['p99']:.0f} ms | "
+            f"{r['max']:.0f} ms | {r['missing']} |"
+        )
+    lines += [
+        "",
+        f"Over the runs: p50 {span('p50')} ms, p99 {span('p99')} ms, max {span('max')} ms (min-max).",
+        "",
+    ]
+    Path(args.offline_out).write_text("\n".join(lines))
+    print(f"wrote {args.offline_out}")
+
+
 def cleanup(redis_url: str, workspace: str) -> None:
     import redis
 
@@ -499,9 +641,19 @@ def main() -> None:
         "machine, as root); Redis keeps its own.",
     )
     ap.add_argument("--out", default=str(ROOT / "evals" / "results" / "stream.md"))
+    ap.add_argument(
+        "--offline-delay",
+        action="store_true",
+        help="Only measure the offline completeness delay (push returned -> row in the offline log).",
+    )
+    ap.add_argument("--repeats", type=int, default=3, help="Runs of the offline-delay measurement.")
+    ap.add_argument("--offline-out", default=str(ROOT / "evals" / "results" / "stream-offline.md"))
     args = ap.parse_args()
     if args.nice:
         os.nice(args.nice)  # inherited by the worker and pusher processes
+    if args.offline_delay:
+        offline_delay_main(args)
+        return
     seconds = 5.0 if args.quick else 15.0
     n_ingest = 60_000 if args.quick else 200_000
     tmp = Path(tempfile.mkdtemp(prefix="cs-bench-stream-"))

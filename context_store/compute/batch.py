@@ -130,9 +130,6 @@ def _views_to_run(defs: RepoDefinitions, views: Sequence[str] | None, report: Ba
         if not v.offline:
             report.skipped[v.name] = "offline=False"
             continue
-        if isinstance(v.source, StreamSource) and v.source.batch_source is None:
-            report.skipped[v.name] = "stream source without batch_source"
-            continue
         out.append(v)
     return out
 
@@ -162,9 +159,17 @@ def backfill(
     if engine == "ray":
         from .ray_backfill import ray_backfill
 
-        ray_backfill(todo, config, offline, start_us, end_us, report, progress=progress)
-        report.seconds = time.perf_counter() - t0
-        return report
+        # Stream views also read the stream's offline log: they run locally below.
+        ray_backfill(
+            [v for v in todo if not isinstance(v.source, StreamSource)],
+            config,
+            offline,
+            start_us,
+            end_us,
+            report,
+            progress=progress,
+        )
+        todo = [v for v in todo if isinstance(v.source, StreamSource)]
     cache: dict[str, pa.Table] = {}  # one read per source, shared by its views
     bar: Any = None
     if progress:
@@ -172,14 +177,22 @@ def backfill(
 
         bar = tqdm(total=len(todo), desc="backfill", unit="view")
     try:
+        logged: set[str] = set()
         for view in todo:
             src = view.source
-            fs = src if isinstance(src, FileSource) else src.batch_source
-            assert fs is not None
             key = f"{src.kind}:{src.name}"
-            if key not in cache:
+            if key not in cache and (isinstance(src, FileSource) or src.batch_source is not None):
                 cache[key] = read_source(src, config.repo, start_us, end_us)
                 report.events += cache[key].num_rows
+            if isinstance(src, StreamSource):
+                from .backfill_log import write_stream_view
+
+                n, n_log = write_stream_view(config, offline, view, cache.get(key), start_us, end_us)
+                if src.name not in logged:  # each source's log counted once, like its history
+                    logged.add(src.name)
+                    report.events += n_log
+                report.wrote(view.name, n, bar)
+                continue
             report.wrote(
                 view.name, write_view(config, offline, view, apply_transform(view, cache[key]), start_us, end_us), bar
             )

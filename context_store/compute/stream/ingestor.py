@@ -130,6 +130,9 @@ def _all_rejected(adm: Admission) -> InvalidInputError:
     )
 
 
+_INLINE_LEASE_MS = 1000
+
+
 class Ingestor:
     """Push into the stream sources of one workspace (see the module docstring)."""
 
@@ -443,7 +446,11 @@ class Ingestor:
         with self._inline_lock:
             w = self._inline
             if w is None:
-                w = self._inline = StreamWorker(self.ctx, name=f"push-{os.getpid()}-{time.time_ns()}", transient=True)
+                # A short lease: another process pushing with no worker alive takes the partitions
+                # (and drains its events) within about a second after this one stops pushing.
+                w = self._inline = StreamWorker(
+                    self.ctx, name=f"push-{os.getpid()}-{time.time_ns()}", transient=True, lease_ms=_INLINE_LEASE_MS
+                )
             return w.drain([(plan.source.name, p) for p in sorted(offsets)])
 
     def _retire_inline(self) -> None:
@@ -475,9 +482,13 @@ class Ingestor:
         """Until every online view has applied ``offsets``. Workers announce applied offsets over
         pub/sub (an announcement is sent after the commit, so it is proof enough); the applied offsets
         themselves are re-read every 50 ms in case an announcement was missed."""
-        if not any(v.online for v in plan.views):
-            return True
         log_ = self.stream_log
+        if not any(v.online for v in plan.views):
+            # Nothing to show online, but the offline log must still get the events soon: with
+            # no worker alive nobody else would drain them.
+            if not self._live_workers(log_):
+                self._inline_drain(plan, offsets)
+            return True
         waiter = self._applied_waiter(log_)
         deadline = time.monotonic() + timeout
         if self._live_workers(log_) and waiter.wait(plan.source.name, offsets, min(timeout, 0.05)):
