@@ -153,6 +153,11 @@ class Registry:
 
     def applied(self) -> RepoDefinitions:
         """The applied definitions, loaded from the snapshot of the applied version (cached)."""
+        return self.applied_with_version()[1]
+
+    def applied_with_version(self) -> tuple[int, RepoDefinitions]:
+        """The applied definitions and the version they were loaded from (a stream worker stamps its
+        announcements with it: see ``compute/stream/applied.py``)."""
         v = self.applied_version()
         if v == 0:
             raise NotFoundError(
@@ -160,11 +165,9 @@ class Registry:
                 field="workspace",
             )
         with self._cache_lock:
-            if self._cache is not None and self._cache[0] == v:
-                return self._cache[1]
-            defs = self._load_version(v)
-            self._cache = (v, defs)
-            return defs
+            if self._cache is None or self._cache[0] != v:
+                self._cache = (v, self._load_version(v))
+            return self._cache
 
     def _load_version(self, v: int) -> RepoDefinitions:
         vdir = self._version_dir(v)

@@ -56,6 +56,7 @@ class ContextStore:
         # Components, each opened on first use (a CLI ``plan`` never opens Redis).
         self._registry: Registry | None = None
         self._definitions: RepoDefinitions | None = None
+        self._definitions_version = -1  # the registry version ``_definitions`` was loaded from
         self._online: OnlineStore | None = None
         self._offline: OfflineStore | None = None
         self._features: FeatureServer | None = None
@@ -89,7 +90,7 @@ class ContextStore:
         if self._definitions is None:
             with self._lock:
                 if self._definitions is None:
-                    self._definitions = self.registry.applied()
+                    self._definitions_version, self._definitions = self.registry.applied_with_version()
         return self._definitions
 
     def refresh(self) -> None:
@@ -240,15 +241,18 @@ class ContextStore:
         from ..compute.stream.context import StreamContext
 
         online = self.online  # checks the claim: a worker or pusher of another deployment stops here
+        with self._lock:  # the definitions and their version as one pair
+            defs, version = self.definitions, self._definitions_version
         return StreamContext(
             self.config,
-            self.definitions,
+            defs,
             online,
             self.offline,
             embedding_sink=lambda: self.indexer,  # opened only for sources with embedding views
             version=self.registry.applied_version,
             reload=self._reloaded_stream_context,
             claim=self._claim,
+            definitions_version=version,
         )
 
     def _reloaded_stream_context(self) -> StreamContext:

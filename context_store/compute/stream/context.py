@@ -38,6 +38,9 @@ class StreamContext:
     # This deployment's claim on the online namespace: workers re-verify it at every rebalance, pushers at most
     # once a second, and stop when another deployment took it over (None: no check, hand-built contexts).
     claim: NamespaceClaim | None = None
+    # The registry version ``definitions`` were loaded from (-1: unknown, hand-built). A worker stamps its
+    # applied-offset announcements with it; a pusher trusts only announcements at least this new.
+    definitions_version: int = -1
     # Compiled online state layouts of this context's views (shared by its pusher and workers).
     states: ViewStates = field(init=False, repr=False)
 

@@ -470,7 +470,7 @@ class Ingestor:
     def _applied_waiter(self, log_: RedisStreamLog) -> AppliedWaiter:
         w = self._waiter
         if w is None:
-            from .redis_streams import AppliedWaiter
+            from .applied import AppliedWaiter
 
             with self._lock:
                 w = self._waiter
@@ -480,9 +480,11 @@ class Ingestor:
 
     def _wait_visible(self, plan: SourcePlan, offsets: dict[int, int], timeout: float) -> bool:
         """Until every online view has applied ``offsets``. Workers announce applied offsets over
-        pub/sub (an announcement is sent after the commit, so it is proof enough); the applied offsets
-        themselves are re-read every 50 ms in case an announcement was missed."""
+        pub/sub (an announcement is sent after the commit, so it is proof enough when the worker ran
+        definitions at least as new as ours: an older one knows nothing of views added since); the
+        applied offsets themselves are re-read every 50 ms in case an announcement was missed."""
         log_ = self.stream_log
+        version = self.ctx.definitions_version
         if not any(v.online for v in plan.views):
             # Nothing to show online, but the offline log must still get the events soon: with
             # no worker alive nobody else would drain them.
@@ -491,7 +493,7 @@ class Ingestor:
             return True
         waiter = self._applied_waiter(log_)
         deadline = time.monotonic() + timeout
-        if self._live_workers(log_) and waiter.wait(plan.source.name, offsets, min(timeout, 0.05)):
+        if self._live_workers(log_) and waiter.wait(plan.source.name, offsets, min(timeout, 0.05), version):
             return True
         while True:
             if self._applied(plan, offsets):
@@ -505,7 +507,7 @@ class Ingestor:
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
-            if waiter.wait(plan.source.name, offsets, min(left, 0.05)):
+            if waiter.wait(plan.source.name, offsets, min(left, 0.05), version):
                 return True
 
     def close(self) -> None:

@@ -37,7 +37,9 @@ from ...errors import ContextStoreError, DefinitionError, DeploymentConflictErro
 from ...vocab.tables import is_source_table, source_table, view_table
 from . import online_adapter
 from .admission import bound_watermarks
+from .applied import applied_message
 from .cutover import load_cutovers
+from .entries import decode_entry, id_to_offset
 from .flusher import Flusher, FlushJob
 from .processor import (
     OFFSET,
@@ -51,7 +53,7 @@ from .processor import (
     take_rows,
     update_embeddings,
 )
-from .redis_streams import RedisStreamLog, decode_entry, id_to_offset
+from .redis_streams import RedisStreamLog
 from .stats import STATS
 from .validate import validate_records
 
@@ -63,6 +65,7 @@ __all__ = ["StreamWorker", "run_workers", "WorkerPool"]
 log = logging.getLogger("context_store.stream.worker")
 Part = tuple[str, int]
 _RECENT = "~recent"  # PartitionState.applied key of the recent-events fence
+_VERSION_CHECK_S = 0.25  # how often an idle worker looks for a new apply
 
 
 @dataclass
@@ -110,7 +113,8 @@ class StreamWorker:
             raise NotFoundError(
                 f"{unknown[0]!r} is not a stream source; stream sources: {', '.join(streams) or 'none'}", field="source"
             )
-        self._version = self._applied_version()
+        # The registry version of the definitions this worker runs (stamped on its announcements).
+        self._version = ctx.definitions_version if ctx.definitions_version >= 0 else self._applied_version()
         self.plans = self._plans()
         self.count, self.block_ms, self.lease_ms = count, block_ms, lease_ms
         self.flush_interval, self.flush_rows = flush_interval, flush_rows
@@ -123,6 +127,7 @@ class StreamWorker:
         self._buffered_rows = 0
         self._last_flush = time.monotonic()
         self._last_balance = 0.0
+        self._last_version_check = time.monotonic()
         self._short = True
         self.processed = 0
         self._flusher = Flusher(ctx.offline, self.log)
@@ -145,18 +150,19 @@ class StreamWorker:
         except ContextStoreError:
             return -1
 
-    def _reload_if_applied(self) -> None:
+    def _reload_if_applied(self) -> bool:
         """A new ``apply`` (maybe by another process): hand back partitions, reload definitions."""
         v = self._applied_version()
         if v == self._version or v <= 0 or self.ctx.reload is None:
-            return
+            return False
         log.info("worker %s: registry version %d -> %d, reloading definitions", self.name, self._version, v)
         for part in list(self.owned):
             self.release(part)
         self.ctx = self.ctx.reload()
         self.defs = self.ctx.definitions
         self.plans = self._plans()
-        self._version = v
+        self._version = self.ctx.definitions_version if self.ctx.definitions_version >= 0 else v
+        return True
 
     # -- partitions ----------------------------------------------------------------------
     @property
@@ -322,10 +328,11 @@ class StreamWorker:
         applied = {st.part: st.last for st in steps}
         batches = [(v, concat(rows), toks, guard) for v, rows, toks, guard in by_view.values()]
         recent = [st.recent for st in steps if st.recent is not None]
+        version = self.ctx.definitions_version  # what the announcement proves: see applied.py
         if not batches and not recent:
-            self.log.announce(applied)
+            self.log.announce(applied, version)
             return
-        notify = (self.log.applied_channel, self.log.applied_message(applied))
+        notify = (self.log.applied_channel, applied_message(applied, version))
         online, states = self.ctx.online, self.ctx.states
         if not online_adapter.apply_many(online, states, batches, notify, recent):
             for st in steps:
@@ -333,7 +340,7 @@ class StreamWorker:
                     online_adapter.apply(online, states, view, rows, p, off, guard=view.name in st.plan.shared)
             for item in recent:
                 online_adapter.append_recent_once(online, item)
-            self.log.announce(applied)
+            self.log.announce(applied, version)
         for st in steps:
             for view, rows, *_ in st.applies:
                 STATS.inc("applied_events", view.source.name, rows.num_rows)
@@ -419,14 +426,25 @@ class StreamWorker:
     def step(self) -> int:
         """One round: rebalance when due, read, apply, flush when due. Returns entries read."""
         now = time.monotonic()
+        if not self.transient and now - self._last_version_check >= _VERSION_CHECK_S:
+            # An apply is picked up within this, whatever the lease cadence (one small file read).
+            self._last_version_check = now
+            if self._reload_if_applied():
+                self._last_balance = 0.0
         if now - self._last_balance > (0.1 if self._short else self.lease_ms / 3000):
             self.rebalance()
         keys = [self.key(p) for p in sorted(self.owned)]
         res = self.log.read(self.name, keys, self.count, self.block_ms)
         work = [(self._by_key[k if isinstance(k, bytes) else k.encode()], entries) for k, entries in res if entries]
+        n = sum(len(e) for _, e in work)
+        if work and not self.transient and self._reload_if_applied():
+            # Entries read after an apply may come from pushers on the new definitions (they push once
+            # it is written): never apply them on the old ones. They stay pending; re-taking the
+            # partitions replays them on the new definitions.
+            self.rebalance()
+            return n
         if work:
             self._process(work)
-        n = sum(len(e) for _, e in work)
         if self._buffered_rows >= 4 * self.flush_rows:
             self.flush()  # the flusher cannot keep up: wait for it
         elif self._buffered_rows >= self.flush_rows or time.monotonic() - self._last_flush >= self.flush_interval:
