@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import Config, load_config
 from ..types import FeatureVector, JoinKeys, KnowledgeResult, SimilarResult
+from .deployment import Deployment
+from .stream_admin import StreamAdmin
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -24,14 +26,13 @@ if TYPE_CHECKING:
     from ..compute.materialize import MaterializeReport
     from ..compute.stream.context import StreamContext
     from ..compute.stream.ingestor import Ingestor, PushResult
-    from ..compute.stream.redis_streams import RedisStreamLog
     from ..compute.stream.watermarks import WatermarkStatus
     from ..compute.vectors import VectorIndexer
     from ..registry.registry import Plan, Registry
     from ..registry.repo import RepoDefinitions
     from ..stores.offline.base import OfflineStore
     from ..stores.online.base import OnlineStore
-    from ..stores.online.claim import Claim, NamespaceClaim
+    from ..stores.online.claim import Claim
     from ..stores.vector import VectorCollections
     from .context import UserContext
     from .features import FeatureServer
@@ -64,9 +65,12 @@ class ContextStore:
         self._vectors: VectorService | None = None
         self._indexer: VectorIndexer | None = None
         self._ingestor: Ingestor | None = None
-        self._lag_log: RedisStreamLog | None = None  # a scrape-time reader of stream lag
+        self.stream_admin = StreamAdmin(self.config)  # lag, watermarks, counters (its own stream log)
         self.applied_coverage: ApplyCoverage | None = None  # the last apply's: views still to materialize
-        self._claim: NamespaceClaim | None = None  # this deployment's claim on the online namespace
+        # This deployment's claim on the online namespace.
+        self.deployment = Deployment(
+            lambda: self.registry, self._open_online, str(self.config.repo), self.workspace, self._forget_features
+        )
 
     # -- components --------------------------------------------------------------------
     @property
@@ -111,10 +115,10 @@ class ContextStore:
     def online(self) -> OnlineStore:
         """The online store, once this deployment's claim on its namespace is checked (then no more checks
         here: a worker, a pusher and the server re-check on their own cadence; see ``stores/online/claim.py``)."""
-        online, claim = self._online, self._claim
-        if online is None or claim is None or not claim.ok:
+        online = self._online
+        if online is None or not self.deployment.ok:
             online = self._open_online()
-            self._ensure_claim(online)
+            self.deployment.ensure()
         return online
 
     def _open_online(self) -> OnlineStore:
@@ -126,51 +130,24 @@ class ContextStore:
                     self._online = open_online_store(self.config)
         return self._online
 
-    def _namespace_claim(self, online: OnlineStore, create: bool) -> NamespaceClaim | None:
-        """The claim object of this registry's deployment id (None while nothing is applied and not ``create``)."""
-        if self._claim is None:
-            from ..stores.online.claim import NamespaceClaim
+    def _forget_features(self) -> None:
+        self._features = None  # requests go through ``_open_features`` again, which re-checks the claim
 
-            reg = self.registry
-            dep = reg.deployment_id(create=create or reg.applied_version() > 0)
-            if dep is None:
-                return None
-            with self._lock:
-                if self._claim is None:
-                    self._claim = NamespaceClaim(online, dep, str(self.config.repo), self.workspace)
-        return self._claim
-
-    def _ensure_claim(self, online: OnlineStore, recheck: bool = False) -> None:
-        """Claim the namespace (first process of this deployment) or check the claim is ours: raises
-        ``DeploymentConflictError``. Nothing applied yet: nothing to check (the first apply claims it)."""
-        claim = self._namespace_claim(online, create=False)
-        if claim is not None and (recheck or not claim.ok):
-            from ..errors import DeploymentConflictError
-
-            try:
-                claim.verify()
-            except DeploymentConflictError:
-                self._features = None  # requests go through ``_open_features`` again, which re-checks
-                raise
-
+    # Deployment verbs (``deployment.py``): thin over the store's ``Deployment``.
     def check_deployment(self) -> None:
         """Raise ``DeploymentConflictError`` if another deployment holds this online namespace (writes nothing)."""
-        claim = self._namespace_claim(self._open_online(), create=True)
-        if claim is not None:
-            claim.precheck()
+        self.deployment.check()
 
     def take_over(self) -> Claim | None:
         """Move the online namespace's claim to this deployment (deliberately: ``apply --take-over``). Returns the
         previous holder when it was another deployment, after waiting for its workers to stop consuming."""
-        claim = self._namespace_claim(self._open_online(), create=True)
-        return None if claim is None else claim.take_over()
+        return self.deployment.take_over()
 
     def recheck_deployment(self) -> None:
         """Re-read the claim of an opened store (the server's refresh loop); raises when another deployment
         holds it -- requests then answer the conflict (409) until it is ours again."""
-        online, claim = self._online, self._claim
-        if online is not None and claim is not None:
-            self._ensure_claim(online, recheck=True)
+        if self._online is not None:
+            self.deployment.recheck()
 
     @property
     def offline(self) -> OfflineStore:
@@ -251,7 +228,7 @@ class ContextStore:
             embedding_sink=lambda: self.indexer,  # opened only for sources with embedding views
             version=self.registry.applied_version,
             reload=self._reloaded_stream_context,
-            claim=self._claim,
+            claim=self.deployment.claim,
             definitions_version=version,
         )
 
@@ -282,38 +259,11 @@ class ContextStore:
     def apply(self, force: bool = False, take_over: bool = False) -> Plan:
         """Apply the repo's definitions. Refused (``DeploymentConflictError``, before writing anything) when another
         deployment holds the online namespace, unless ``take_over`` moves it here. An unreachable online store
-        does not stop an apply: serve, worker and push claim the namespace when they open it."""
-        from ..errors import UnavailableError
+        does not stop an apply: serve, worker and push claim the namespace when they open it. Sets
+        ``applied_coverage`` (``lifecycle.py``)."""
+        from .lifecycle import apply
 
-        reachable = True
-        try:
-            if take_over:
-                self.take_over()
-            else:
-                self.check_deployment()
-        except UnavailableError:
-            if take_over:
-                raise
-            reachable = False
-        plan = self.registry.apply(force=force)
-        if reachable:
-            self._ensure_claim(self._open_online(), recheck=True)  # the first apply writes the claim
-        self.refresh()
-        self.applied_coverage = self._mark_after_apply()
-        return plan
-
-    def _mark_after_apply(self) -> ApplyCoverage | None:
-        """Views with no history are complete as they are; the others wait for a materialize."""
-        import logging
-
-        from ..compute.coverage import mark_after_apply
-        from ..errors import ContextStoreError
-
-        try:
-            return mark_after_apply(self.definitions, self.config, self.offline, self.online)
-        except ContextStoreError as e:  # the online store is down: its views stay NOT_MATERIALIZED
-            logging.getLogger(__name__).warning("apply: cannot record online state markers: %s", e)
-            return None
+        return apply(self, force=force, take_over=take_over)
 
     def backfill(
         self,
@@ -328,27 +278,9 @@ class ContextStore:
         ``views`` names feature views and/or embedding views; knowledge is (re)indexed on a full run.
         ``engine="ray"`` computes the feature views as Ray tasks (same rows as ``"local"``).
         """
-        from ..compute.batch import backfill
+        from .lifecycle import backfill
 
-        defs = self.definitions
-        wanted = set(views) if views is not None else None
-        unknown = sorted((wanted or set()) - set(defs.feature_views) - set(defs.embedding_views))
-        if unknown:
-            from ..errors import NotFoundError
-
-            raise NotFoundError(f"unknown view {unknown[0]!r} to backfill", field="views")
-        fv = None if wanted is None else [v for v in wanted if v in defs.feature_views]
-        report = None
-        if wanted is None or fv:
-            report = backfill(
-                defs, self.config, self.offline, start=start, end=end, views=fv, progress=progress, engine=engine
-            )
-        emb = [v for v in defs.embedding_views if wanted is None or v in wanted]
-        if emb:
-            self.indexer.backfill(emb, progress=progress)
-        if wanted is None and defs.knowledge:
-            self.indexer.index_knowledge(progress=progress)
-        return report
+        return backfill(self, start=start, end=end, views=views, progress=progress, engine=engine)
 
     def materialize(
         self, views: Sequence[str] | None = None, progress: bool = False, full: bool = False
@@ -487,7 +419,7 @@ class ContextStore:
         online = self._open_online()
         if online.ping() is False:
             return False
-        self._ensure_claim(online, recheck=True)
+        self.deployment.ensure(recheck=True)
         return True
 
     def vectors_loading(self) -> dict[str, Any] | None:
@@ -495,48 +427,22 @@ class ContextStore:
         vectors = self._vectors  # only once warmed or used: never opens them
         return None if vectors is None or vectors.ready else vectors.readiness()
 
-    def _stream_log(self) -> RedisStreamLog:
-        from ..compute.stream.redis_streams import RedisStreamLog
-
-        with self._lock:
-            if self._lag_log is None:
-                self._lag_log = RedisStreamLog(
-                    self.config.online_store, self.workspace, timeouts=self.config.redis_timeouts
-                )
-            return self._lag_log
-
     def stream_lag(self) -> dict[str, int]:
         """Entries each stream source's workers have not applied yet (Redis only; empty embedded)."""
-        if not self.config.is_redis:
-            return {}
-        from ..definitions import StreamSource
-
-        log = self._stream_log()
-        return {
-            name: log.lag([log.stream_key(name, k) for k in range(src.partitions)])
-            for name, src in self.definitions.sources.items()
-            if isinstance(src, StreamSource)
-        }
+        return self.stream_admin.lag(self.definitions)
 
     def stream_watermarks(self) -> list[WatermarkStatus]:
         """Per stream source and partition: admitted watermark, lag, late and rejected counts."""
-        from ..compute.stream.watermarks import watermark_status
-
-        return watermark_status(self.config, self.definitions, self._stream_log() if self.config.is_redis else None)
+        return self.stream_admin.watermarks(self.definitions)
 
     def reset_stream_watermark(self, target: str, to: datetime | str | None = None) -> list[WatermarkStatus]:
         """Set the watermark of ``SOURCE`` (every partition) or ``SOURCE:PARTITION`` to ``to`` (default now)."""
-        from ..compute.stream.watermarks import reset_watermarks
-
-        log = self._stream_log() if self.config.is_redis else None
-        return reset_watermarks(self.config, self.definitions, target, to, log)
+        return self.stream_admin.reset_watermark(self.definitions, target, to)
 
     @staticmethod
     def stream_counters() -> tuple[dict[str, str], dict[str, dict[str, int]]]:
         """The stream layer's process-wide counters: (name -> description, name -> source -> value)."""
-        from ..compute.stream.stats import COUNTERS, STATS
-
-        return dict(COUNTERS), STATS.snapshot()
+        return StreamAdmin.counters()
 
     # -- end of entry points ---------------------------------------------------------------------------
 
@@ -547,12 +453,10 @@ class ContextStore:
             offline, self._offline = self._offline, None
             vectors, self._vectors = self._vectors, None
             collections, self._vector_collections = self._vector_collections, None
-            lag_log, self._lag_log = self._lag_log, None
-            self._claim = None
+            self.deployment.reset()
             self._indexer = None
             self._features = None
-        if lag_log is not None:
-            lag_log.close()
+        self.stream_admin.close()
         if ingestor is not None:  # pushed: inline leases, pub/sub, the stream connection
             ingestor.close()
         for comp in (online, offline, vectors, collections):

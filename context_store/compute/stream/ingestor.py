@@ -11,126 +11,36 @@
   ``PushResult.visible`` is False.
 
 An ``Ingestor`` works on a ``StreamContext`` (typed parts: definitions, config, online and
-offline stores, embedding sink) and owns what pushing opens: the Redis stream log, the
-applied-offset waiter, the inline drain worker, the embedded offline writer.
+offline stores, embedding sink) and owns what pushing opens: the embedded offline writer and a
+``RedisPusher`` (``redis_push.py``: the stream log, the applied-offset waiter, the inline drain
+worker). ``PushResult`` and the event-time decision shared by both paths: ``push_outcome.py``.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import threading
-import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
-from ...errors import InvalidInputError, RateLimitedError, UnavailableError
-from ...state.columns import ts_to_us
-from ...vocab.redact import redact_text
+from ...errors import InvalidInputError
 from ..transform import apply_transform
-from . import online_adapter
-from .admission import BEFORE_CUTOVER, Admission, RejectedRecord, admit, embedded_admission
-from .cutover import load_cutovers
-from .dedup import (
-    PushDedup,
-    Replayed,
-    StoredResult,
-    check_idempotency_key,
-    decode_stored,
-    encode_stored,
-    first_occurrences,
-    push_dedup,
-)
+from .admission import embedded_admission
+from .dedup import PushDedup, Replayed, check_idempotency_key, push_dedup
 from .embedded import EmbeddedPusher
-from .processor import SourcePlan, partition_of, source_plan, update_embeddings
+from .processor import SourcePlan, source_plan
+from .push_outcome import PushResult, admit_rows, all_rejected, count_rejections, cutovers, replayed_result
+from .redis_push import RedisPusher
 from .stats import STATS
 from .validate import validate_records
 
 if TYPE_CHECKING:
     from ...registry.repo import RepoDefinitions
     from .context import StreamContext
-    from .redis_streams import AddDedup, AddOutcome, AppliedWaiter, RedisStreamLog
-    from .worker import StreamWorker
+    from .redis_streams import RedisStreamLog
 
 __all__ = ["Ingestor", "PushResult"]
-
-log = logging.getLogger("context_store.stream")
-
-
-@dataclass(frozen=True)
-class PushResult:
-    source: str
-    accepted: int  # records written (0 on a dry run)
-    validated: int  # records that passed validation
-    dry_run: bool = False
-    visible: bool = False  # online state includes the accepted records when push returned
-    offsets: dict[str, int] = field(default_factory=dict)  # partition -> last offset written (JSON-able)
-    # Valid records not written because they were too late to count (admission.py): never counted
-    # anywhere, so ``visible`` stays true of everything accepted.
-    rejected: tuple[RejectedRecord, ...] = ()
-    late: int = 0  # accepted records older than their partition's watermark (within allowed_lateness)
-    # Idempotent ingest (dedup.py): records dropped because their event id was already ingested
-    # (or repeated within this push), by index in the pushed records; ``replayed``: a retry with
-    # the same Idempotency-Key, answered with the first push's result (nothing written).
-    duplicates: int = 0
-    duplicate_indices: tuple[int, ...] = ()
-    replayed: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "accepted": self.accepted,
-            "validated": self.validated,
-            "dry_run": self.dry_run,
-            "visible": self.visible,
-            "offsets": dict(self.offsets),
-            "rejected": [
-                {"index": r.index, "field": r.field, "reason": r.reason, "message": r.message} for r in self.rejected
-            ],
-            "late": self.late,
-            "duplicates": self.duplicates,
-            "duplicate_indices": list(self.duplicate_indices),
-            "replayed": self.replayed,
-        }
-
-
-def _replayed(source: str, got: StoredResult, visible: bool) -> PushResult:
-    """The result of the first push with this Idempotency-Key, answered to a retry."""
-    return PushResult(
-        source,
-        got.accepted,
-        got.validated,
-        visible=visible,
-        offsets={str(p): o for p, o in got.offsets.items()},
-        duplicates=len(got.duplicate_indices),
-        duplicate_indices=got.duplicate_indices,
-        replayed=True,
-    )
-
-
-_LIVE_TTL_S = 1.0
-_ADMIT_TRIES = 50  # push-script conflicts in a row (each one means another push made progress)
-
-
-def _count_rejections(source: str, adm: Admission) -> None:
-    if adm.rejected:
-        n_cut = sum(r.reason == BEFORE_CUTOVER for r in adm.rejected)
-        STATS.inc("before_cutover_events", source, n_cut)
-        STATS.inc("too_late_events", source, len(adm.rejected) - n_cut)
-
-
-def _all_rejected(adm: Admission) -> InvalidInputError:
-    r = adm.rejected[0]
-    return InvalidInputError(
-        f"every record was rejected, nothing written: record {r.index}: field '{r.field}': {r.message}",
-        field=f"records[{r.index}].{r.field}",
-    )
-
-
-_INLINE_LEASE_MS = 1000
 
 
 class Ingestor:
@@ -138,14 +48,8 @@ class Ingestor:
 
     def __init__(self, ctx: StreamContext) -> None:
         self.ctx = ctx
-        self._lock = threading.Lock()  # creation of the log and the waiter
-        self._log: RedisStreamLog | None = None
-        self._waiter: AppliedWaiter | None = None
-        self._inline_lock = threading.Lock()
-        self._inline: StreamWorker | None = None
         self._embedded = EmbeddedPusher()
-        self._live: tuple[float, bool] | None = None  # (when checked, any live worker)
-        self._wms: dict[tuple[str, int], int | None] = {}  # (source, partition) -> admitted watermark seen
+        self.redis = RedisPusher(ctx)  # opens nothing until a push goes through Redis
 
     @property
     def definitions(self) -> RepoDefinitions:
@@ -155,7 +59,7 @@ class Ingestor:
         """Newly applied definitions: push with ``ctx`` from now on. The inline worker was built
         on the old ones: it hands its partitions back (a next drain takes them again)."""
         self.ctx = ctx
-        self._retire_inline_quietly()
+        self.redis.rebind(ctx)
 
     # -- push --------------------------------------------------------------------------
     def validate_push(self, source: str, rows: Any) -> tuple[SourcePlan, pa.Table]:
@@ -213,7 +117,7 @@ class Ingestor:
         # taken before the push lock, by every pusher, so the two never deadlock.
         with embedded_admission(self.ctx.config.workspace_dir) as admitted:
             wm = admitted.watermark(src, 0)
-            adm = self._admit(plan, table, np.zeros(validated, dtype=np.int64), {0: wm})
+            adm = admit_rows(self.ctx, plan, table, np.zeros(validated, dtype=np.int64), {0: wm})
             kept = np.flatnonzero(adm.accepted)  # pushed-record index of each row still written
             if len(kept) < validated:
                 table = table.take(pa.array(kept))  # too late: written nowhere, reported
@@ -222,15 +126,15 @@ class Ingestor:
             out = None
             if table.num_rows or (dedup is not None and dedup.key is not None):
                 try:
-                    out = self._embedded.push(self.ctx, plan, table, self._cutovers(), watermark=wm, dedup=dedup)
+                    out = self._embedded.push(self.ctx, plan, table, cutovers(self.ctx), watermark=wm, dedup=dedup)
                 except Replayed as r:
-                    return _replayed(src, r.result, visible=True)
+                    return replayed_result(src, r.result, visible=True)
             admitted.commit(src, adm.partitions[0])  # only once applied (an error commits nothing)
-        _count_rejections(src, adm)
+        count_rejections(src, adm)
         dups = [int(kept[i]) for i in out.duplicates] if out is not None else []
         written = out.written if out is not None else 0
         if written == 0 and not dups and adm.rejected:
-            raise _all_rejected(adm)
+            raise all_rejected(adm)
         STATS.inc("pushed_events", src, written)
         STATS.inc("deduplicated_events", src, len(dups))
         return PushResult(
@@ -245,278 +149,18 @@ class Ingestor:
             duplicate_indices=tuple(dups),
         )
 
-    def _admit(
-        self, plan: SourcePlan, table: pa.Table, part: np.ndarray, watermarks: dict[int, int | None]
-    ) -> Admission:
-        """The event-time decision on every record (``admission.py``) against the assumed watermarks."""
-        src = plan.source
-        cuts = self._cutovers()
-        cut = max(((v.name, cuts[v.name]) for v in plan.views if v.name in cuts), key=lambda c: c[1], default=None)
-        ts = ts_to_us(table.column(src.timestamp_field))
-        return admit(ts, part, watermarks, src.allowed_lateness, cut, src.timestamp_field)
-
-    def _cutovers(self) -> dict[str, int]:
-        return {v: c.ts_us for v, c in load_cutovers(self.ctx.config).items()}
-
-    # -- Redis -------------------------------------------------------------------------
+    # -- Redis (redis_push.py) ---------------------------------------------------------
     @property
     def stream_log(self) -> RedisStreamLog:
         """The Redis stream log pushes go to (opened on first use)."""
-        log_ = self._log
-        if log_ is None:
-            from .redis_streams import RedisStreamLog
-
-            with self._lock:
-                log_ = self._log
-                if log_ is None:
-                    log_ = self._log = RedisStreamLog(
-                        self.ctx.config.online_store, self.ctx.config.workspace, timeouts=self.ctx.config.redis_timeouts
-                    )
-        return log_
+        return self.redis.stream_log
 
     def push_redis(
         self, plan: SourcePlan, table: pa.Table, timeout: float | None, dedup: PushDedup | None = None
     ) -> PushResult:
-        """Validated rows into the streams (one script: all or nothing), minus the records too late to
-        count (decided with the script, ``admission.py``) and those whose event id was seen
-        (``dedup.py``; a known Idempotency-Key replays the first result); with ``timeout``, wait
-        until applied."""
-        src = plan.source
-        log_ = self.stream_log
-        n_in = table.num_rows
-        index = np.arange(n_in)  # pushed-record index of each row still to write
-        dups: list[int] = []
-        seen_at: dict[int, int] = {}  # partition -> offset of entries that carried duplicates
-        if dedup is not None and dedup.event_ids is not None:
-            index = first_occurrences(dedup.event_ids)
-            dups = sorted(set(range(n_in)) - set(index.tolist()))
-        from .redis_streams import WatermarkConflict
-
-        for _ in range(_ADMIT_TRIES):
-            rows = table if len(index) == n_in else table.take(pa.array(index))
-            part = partition_of(rows, plan.partition_keys, src.partitions)
-            uniq = [int(p) for p in np.unique(part).tolist()]
-            adm = self._admit(plan, rows, part, self._assumed_watermarks(log_, src.name, uniq))
-            keep = adm.accepted
-            if keep.all() and len(uniq) == 1:
-                parts = {uniq[0]: rows}
-            else:
-                parts = {int(p): rows.filter(pa.array((part == p) & keep)) for p in np.unique(part[keep]).tolist()}
-            by_part = {p: index[(part == p) & keep] for p in sorted(parts)}  # the script's event-id order
-            if not parts and not adm.rejected and (dedup is None or dedup.key is None):
-                offsets: dict[int, int] = {}
-                break
-            try:
-                out = self._add(plan, parts, self._add_dedup(dedup, by_part, int(keep.sum()), n_in, dups), adm)
-            except WatermarkConflict as e:  # another push moved a watermark: decide again
-                self._wms.update(((src.name, p), w) for p, w in e.current.items())
-                continue
-            if out.replay is not None and dedup is not None and dedup.key is not None:
-                got = decode_stored(out.replay, dedup.fingerprint, dedup.key, src.name)
-                visible = False if timeout is None else self._wait_visible(plan, got.offsets, timeout)
-                return _replayed(src.name, got, visible)
-            if not out.seen:
-                offsets = out.offsets
-                break
-            flat = np.concatenate([by_part[p] for p in sorted(by_part)])
-            for pos, (p, off) in out.seen.items():
-                dups.append(int(flat[pos]))
-                seen_at[p] = max(off, seen_at.get(p, -1))
-            index = np.setdiff1d(index, flat[list(out.seen)])
-            dups.sort()
-        else:
-            raise UnavailableError(
-                f"concurrent pushes to {src.name!r} kept moving its watermarks or claiming the same event ids; "
-                "nothing of this push was written, retry",
-                field="source",
-            )
-        for a in adm.partitions:
-            if a.watermark is not None:
-                old = self._wms.get((src.name, a.partition))
-                self._wms[(src.name, a.partition)] = a.watermark if old is None else max(old, a.watermark)
-        rejected = tuple(replace(r, index=int(index[r.index])) for r in adm.rejected)  # pushed-record indices
-        _count_rejections(src.name, adm)
-        n = sum(t.num_rows for t in parts.values())
-        if n == 0 and not dups and rejected:
-            raise _all_rejected(replace(adm, rejected=rejected))
-        STATS.inc("pushed_events", src.name, n)
-        STATS.inc("deduplicated_events", src.name, len(dups))
-        # Embedding views track no stream offsets: update them here for read-after-write (the worker's
-        # own update of the same rows is then a no-op: unchanged texts are not re-embedded).
-        if n:
-            update_embeddings(self.ctx.embedding_sink, plan, list(parts.values()))
-        wait_for = dict(offsets)  # duplicates too: their first push may not be applied yet
-        for p, off in seen_at.items():
-            wait_for[p] = max(off, offsets.get(p, -1))
-        visible = True if not wait_for else False if timeout is None else self._wait_visible(plan, wait_for, timeout)
-        return PushResult(
-            src.name,
-            n,
-            n_in,
-            visible=visible,
-            offsets={str(p): o for p, o in offsets.items()},
-            rejected=rejected,
-            late=adm.late,
-            duplicates=len(dups),
-            duplicate_indices=tuple(dups),
-        )
-
-    @staticmethod
-    def _add_dedup(
-        dedup: PushDedup | None, by_part: dict[int, np.ndarray], accepted: int, n_in: int, dups: list[int]
-    ) -> AddDedup | None:
-        if dedup is None:
-            return None
-        from .redis_streams import AddDedup
-
-        ids = dedup.event_ids
-        stored = b""
-        if dedup.key is not None:
-            stored = encode_stored(dedup.fingerprint, accepted, n_in, dups, partitions=sorted(by_part))
-        return AddDedup(
-            {p: [ids[i] for i in idx.tolist()] for p, idx in by_part.items()} if ids is not None else {},
-            dedup.ttl_ms,
-            dedup.key,
-            stored,
-        )
-
-    def _add(self, plan: SourcePlan, parts: dict[int, pa.Table], dedup: AddDedup | None, adm: Admission) -> AddOutcome:
-        """One push script; its failures as our errors (nothing was written: one script)."""
-        from .redis_streams import BacklogFullError, WatermarkConflict
-
-        src = plan.source
-        try:
-            return self.stream_log.add_once(
-                src.name, parts, max_len=self._max_len(), dedup=dedup, admission=adm.partitions
-            )
-        except BacklogFullError as e:
-            raise RateLimitedError(
-                f"{e}; the stream workers are behind (is `context-store worker` running?). Nothing of this push "
-                "was written; retry later",
-                field="source",
-            ) from None
-        except WatermarkConflict:
-            raise
-        except Exception as e:  # noqa: BLE001 - redis.ConnectionError, TimeoutError, ...
-            # A timeout leaves it unknown whether Redis ran the script (it may once it resumes): a retry
-            # is safe with event ids or an Idempotency-Key, else it may count the records twice.
-            raise UnavailableError(
-                f"cannot write to the Redis stream of {src.name!r}: {type(e).__name__}: {redact_text(str(e))}",
-                field="online_store",
-            ) from None
-
-    def _assumed_watermarks(self, log_: RedisStreamLog, source: str, parts: list[int]) -> dict[int, int | None]:
-        """The admitted watermarks this pusher last saw (read once; the push script corrects them)."""
-        missing = [p for p in parts if (source, p) not in self._wms]
-        if missing:
-            self._wms.update(((source, p), w) for p, w in log_.admitted_watermarks(source, missing).items())
-        return {p: self._wms[(source, p)] for p in parts}
-
-    def _max_len(self) -> int:
-        """``redis_stream_maxlen`` (yaml/env): unprocessed entries per partition before pushes get 429."""
-        v = self.ctx.config.extra.get("redis_stream_maxlen")
-        try:
-            return max(0, int(v)) if v not in (None, "") else 0
-        except (TypeError, ValueError):
-            raise InvalidInputError(
-                f"redis_stream_maxlen must be an integer, got {v!r}", field="redis_stream_maxlen"
-            ) from None
-
-    def _live_workers(self, log_: RedisStreamLog) -> bool:
-        cached = self._live
-        now = time.monotonic()
-        if cached is not None and now - cached[0] < _LIVE_TTL_S and cached[1]:
-            return True
-        live = bool(log_.live_workers(3000))
-        self._live = (now, live)
-        return live
-
-    def _applied(self, plan: SourcePlan, offsets: dict[int, int]) -> bool:
-        online = self.ctx.online
-        for view in plan.views:
-            if view.online:
-                for p, off in offsets.items():
-                    if online_adapter.applied_offset(online, view, p) < off:
-                        return False
-        return True
-
-    def _inline_drain(self, plan: SourcePlan, offsets: dict[int, int]) -> bool:
-        from .worker import StreamWorker
-
-        with self._inline_lock:
-            w = self._inline
-            if w is None:
-                # A short lease: another process pushing with no worker alive takes the partitions
-                # (and drains its events) within about a second after this one stops pushing.
-                w = self._inline = StreamWorker(
-                    self.ctx, name=f"push-{os.getpid()}-{time.time_ns()}", transient=True, lease_ms=_INLINE_LEASE_MS
-                )
-            return w.drain([(plan.source.name, p) for p in sorted(offsets)])
-
-    def _retire_inline(self) -> None:
-        """A real worker is up: hand it the partitions this process drained inline."""
-        with self._inline_lock:
-            w, self._inline = self._inline, None
-            if w is not None:
-                w.close()
-
-    def _retire_inline_quietly(self) -> None:
-        if self._inline is not None:
-            try:
-                self._retire_inline()
-            except Exception as e:  # noqa: BLE001 - Redis gone: the leases expire, entries stay pending
-                log.warning("could not hand over inline partitions: %s", e)
-
-    def _applied_waiter(self, log_: RedisStreamLog) -> AppliedWaiter:
-        w = self._waiter
-        if w is None:
-            from .applied import AppliedWaiter
-
-            with self._lock:
-                w = self._waiter
-                if w is None:
-                    w = self._waiter = AppliedWaiter(log_)
-        return w
-
-    def _wait_visible(self, plan: SourcePlan, offsets: dict[int, int], timeout: float) -> bool:
-        """Until every online view has applied ``offsets``. Workers announce applied offsets over
-        pub/sub (an announcement is sent after the commit, so it is proof enough when the worker ran
-        definitions at least as new as ours: an older one knows nothing of views added since); the
-        applied offsets themselves are re-read every 50 ms in case an announcement was missed."""
-        log_ = self.stream_log
-        version = self.ctx.definitions_version
-        if not any(v.online for v in plan.views):
-            # Nothing to show online, but the offline log must still get the events soon: with
-            # no worker alive nobody else would drain them.
-            if not self._live_workers(log_):
-                self._inline_drain(plan, offsets)
-            return True
-        waiter = self._applied_waiter(log_)
-        deadline = time.monotonic() + timeout
-        if self._live_workers(log_) and waiter.wait(plan.source.name, offsets, min(timeout, 0.05), version):
-            return True
-        while True:
-            if self._applied(plan, offsets):
-                return True
-            if not self._live_workers(log_):
-                self._inline_drain(plan, offsets)
-                if self._applied(plan, offsets):
-                    return True
-            elif self._inline is not None:
-                self._retire_inline()
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            if waiter.wait(plan.source.name, offsets, min(left, 0.05), version):
-                return True
+        """Validated rows into the streams; with ``timeout``, wait until applied (``RedisPusher.push``)."""
+        return self.redis.push(plan, table, timeout, dedup)
 
     def close(self) -> None:
         """Release what pushing through Redis opened (inline leases, pub/sub, connection)."""
-        self._retire_inline_quietly()
-        with self._lock:
-            waiter, self._waiter = self._waiter, None
-            log_, self._log = self._log, None
-        if waiter is not None:
-            waiter.close()
-        if log_ is not None:
-            log_.close()
+        self.redis.close()

@@ -25,7 +25,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -34,13 +33,13 @@ import pyarrow as pa
 
 from ...definitions import StreamSource
 from ...errors import ContextStoreError, DefinitionError, DeploymentConflictError, NotFoundError
-from ...vocab.tables import is_source_table, source_table, view_table
+from ...vocab.tables import source_table, view_table
 from . import online_adapter
 from .admission import bound_watermarks
 from .applied import applied_message
 from .cutover import load_cutovers
 from .entries import decode_entry, id_to_offset
-from .flusher import Flusher, FlushJob
+from .flusher import OfflineBuffer
 from .processor import (
     OFFSET,
     Batch,
@@ -122,17 +121,12 @@ class StreamWorker:
         self.owned: dict[Part, PartitionState] = {}
         self._keys: dict[Part, bytes] = {}
         self._by_key: dict[bytes, Part] = {}
-        self._unacked: dict[Part, list[bytes]] = {}
-        self._buffers: dict[Part, dict[str, list[pa.Table]]] = {}
-        self._buffered_rows = 0
-        self._last_flush = time.monotonic()
         self._last_balance = 0.0
         self._last_version_check = time.monotonic()
         self._short = True
         self.processed = 0
-        self._flusher = Flusher(ctx.offline, self.log)
-        self.writer = self._flusher.writer  # also reads the marks of partitions this worker takes
-        self._flushing: Future[dict[str, int]] | None = None
+        self.buffer = OfflineBuffer(ctx.offline, self.log)  # rows for the offline log, acks (flusher.py)
+        self.writer = self.buffer.writer  # also reads the marks of partitions this worker takes
         self.stopped_by: DeploymentConflictError | None = None  # another deployment took the namespace over
 
     def _plans(self) -> dict[str, SourcePlan]:
@@ -224,7 +218,6 @@ class StreamWorker:
         state.watermark_us = int(wm) if (wm := self.log.r.hget(self.log.watermark_key, f"{source}|{p}")) else None
         bound_watermarks(self.log, plan.source, {p: state})
         self.owned[part] = state
-        self._unacked.setdefault(part, [])
         pending = self.log.claim_pending(self.key(part), self.name)
         if pending:
             STATS.inc("claimed_events", source, len(pending))
@@ -239,15 +232,13 @@ class StreamWorker:
 
     def _drop(self, part: Part) -> None:
         self.owned.pop(part, None)
-        buf = self._buffers.pop(part, {})
-        self._buffered_rows -= sum(t.num_rows for name, ts in buf.items() if is_source_table(name) for t in ts)
-        self._unacked.pop(part, None)
+        self.buffer.drop(part)
 
     def _reset(self) -> None:
         """Forget everything in memory after a failure mid-batch; the partitions are re-acquired
         on the next rebalance and their pending entries replayed through the fences."""
         try:
-            self._wait_flush()
+            self.buffer.wait()
         except Exception as e:  # noqa: BLE001 - that write is retried by the replay
             log.warning("stream worker %s: offline flush failed: %s", self.name, e)
         for part in list(self.owned):
@@ -256,7 +247,7 @@ class StreamWorker:
                 self.log.release_lease(*part, self.name)
             except Exception:  # noqa: BLE001 - Redis down: the lease expires by itself
                 pass
-        self._buffers, self._unacked, self._buffered_rows = {}, {}, 0
+        self.buffer.clear()
         self._last_balance = 0.0
 
     # -- processing ----------------------------------------------------------------------
@@ -353,19 +344,10 @@ class StreamWorker:
             )
             if self.owned.get(st.part) is not st.state:
                 return  # dropped meanwhile (lease lost / reset): the successor replays these entries
-            buf = self._buffers.setdefault(st.part, {})
-            for table, rows in st.batch.offline.items():
-                pending = buf.setdefault(table, [])
-                pending.extend(rows)
-                if len(pending) >= 64:
-                    # Merge small batches as they come: a flush of thousands of one-event tables
-                    # spends tens of ms holding the GIL (concat, pickling, freeing them at once),
-                    # which stalls the applying thread: that was the whole freshness tail.
-                    buf[table] = [concat(pending).combine_chunks()]
-                if is_source_table(table):
-                    self._buffered_rows += sum(t.num_rows for t in rows)
+            self.buffer.add(st.part, st.batch.offline, st.ids)
             self.processed += st.n
-        self._unacked.setdefault(st.part, []).extend(st.ids)
+        else:
+            self.buffer.ack_later(st.part, st.ids)
 
     def _process(self, work: list[tuple[Part, list[Any]]]) -> None:
         cutovers = self._cutovers
@@ -379,49 +361,9 @@ class StreamWorker:
     def _cutovers(self) -> dict[str, int]:
         return {v: c.ts_us for v, c in load_cutovers(self.ctx.config).items()}
 
-    def _snapshot(self) -> FlushJob:
-        """Take the buffered rows, marks, watermarks and entry ids to flush (processing goes on)."""
-        by_table: dict[str, list[pa.Table]] = {}
-        for buf in self._buffers.values():
-            for table, rows in buf.items():
-                by_table.setdefault(table, []).extend(rows)
-        marks: dict[str, int] = {}
-        wms: dict[str, int] = {}
-        for (source, p), state in self.owned.items():
-            for name, off in state.offline.items():
-                table = source_table(source) if name == "src" else view_table(name)
-                marks[f"{table}|{p}"] = off
-            if state.watermark_us is not None:
-                wms[f"{source}|{p}"] = state.watermark_us
-        acks = {self.key(part): ids for part, ids in self._unacked.items() if ids}
-        self._buffers = {}
-        self._unacked = {part: [] for part in self._unacked}
-        self._buffered_rows = 0
-        return by_table, marks, wms, acks
-
     def flush(self) -> None:
         """Append buffered rows offline, record the marks, then acknowledge the entries (waits)."""
-        self._wait_flush()
-        self._last_flush = time.monotonic()
-        if self._buffers or any(self._unacked.values()):
-            self._flushing = self._flusher.submit(self._snapshot())
-            self._wait_flush()
-
-    def _flush_background(self) -> None:
-        """The same without waiting (``flusher.py``), so a slow Lance commit never stalls applying."""
-        if self._flushing is not None and not self._flushing.done():
-            return  # the previous one is still writing: keep buffering (back-pressure via flush_rows)
-        self._wait_flush()
-        self._last_flush = time.monotonic()
-        if self._buffers or any(self._unacked.values()):
-            self._flushing = self._flusher.submit(self._snapshot())
-
-    def _wait_flush(self) -> None:
-        f, self._flushing = self._flushing, None
-        if f is not None:
-            # re-raises a failed write: the entries stay pending, nothing is lost
-            for source, n in f.result().items():
-                STATS.inc("offline_events", source, n)
+        self.buffer.flush(self.owned, self.key)
 
     def step(self) -> int:
         """One round: rebalance when due, read, apply, flush when due. Returns entries read."""
@@ -445,10 +387,11 @@ class StreamWorker:
             return n
         if work:
             self._process(work)
-        if self._buffered_rows >= 4 * self.flush_rows:
+        buf = self.buffer
+        if buf.buffered_rows >= 4 * self.flush_rows:
             self.flush()  # the flusher cannot keep up: wait for it
-        elif self._buffered_rows >= self.flush_rows or time.monotonic() - self._last_flush >= self.flush_interval:
-            self._flush_background()
+        elif buf.buffered_rows >= self.flush_rows or time.monotonic() - buf.last_flush >= self.flush_interval:
+            buf.flush_background(self.owned, self.key)
         return n
 
     def run(self, stop: threading.Event) -> None:
@@ -499,7 +442,7 @@ class StreamWorker:
         try:
             self.flush()
         finally:
-            self._flusher.close()
+            self.buffer.close()
             for part in list(self.owned):
                 self.log.release_lease(*part, self.name)
             self.owned.clear()

@@ -154,7 +154,7 @@ def test_burst_then_idle_inline_drain(
         assert not store.ingestor.stream_log.live_workers(3000)
         rows = _burst(2, 150)
         burst_then_idle(store, rows[:100])
-        assert store.ingestor._inline is not None  # the pusher drained (no worker alive)
+        assert store.ingestor.redis.inline_worker is not None  # the pusher drained (no worker alive)
         burst_then_idle(store, rows[100:], chunk=1)
         assert check_parity(store, rows) > 0
     finally:

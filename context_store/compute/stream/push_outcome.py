@@ -1,0 +1,105 @@
+"""What a push decides and answers, on either path (embedded ``ingestor.py``, Redis ``redis_push.py``):
+the event-time decision on each record (``admission.py``) and the ``PushResult``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from ...errors import InvalidInputError
+from ...state.columns import ts_to_us
+from .admission import BEFORE_CUTOVER, Admission, RejectedRecord, admit
+from .cutover import load_cutovers
+from .dedup import StoredResult
+from .stats import STATS
+
+if TYPE_CHECKING:
+    from .context import StreamContext
+    from .processor import SourcePlan
+
+__all__ = ["PushResult", "admit_rows", "all_rejected", "count_rejections", "cutovers", "replayed_result"]
+
+
+@dataclass(frozen=True)
+class PushResult:
+    source: str
+    accepted: int  # records written (0 on a dry run)
+    validated: int  # records that passed validation
+    dry_run: bool = False
+    visible: bool = False  # online state includes the accepted records when push returned
+    offsets: dict[str, int] = field(default_factory=dict)  # partition -> last offset written (JSON-able)
+    # Valid records not written because they were too late to count (admission.py): never counted
+    # anywhere, so ``visible`` stays true of everything accepted.
+    rejected: tuple[RejectedRecord, ...] = ()
+    late: int = 0  # accepted records older than their partition's watermark (within allowed_lateness)
+    # Idempotent ingest (dedup.py): records dropped because their event id was already ingested
+    # (or repeated within this push), by index in the pushed records; ``replayed``: a retry with
+    # the same Idempotency-Key, answered with the first push's result (nothing written).
+    duplicates: int = 0
+    duplicate_indices: tuple[int, ...] = ()
+    replayed: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "accepted": self.accepted,
+            "validated": self.validated,
+            "dry_run": self.dry_run,
+            "visible": self.visible,
+            "offsets": dict(self.offsets),
+            "rejected": [
+                {"index": r.index, "field": r.field, "reason": r.reason, "message": r.message} for r in self.rejected
+            ],
+            "late": self.late,
+            "duplicates": self.duplicates,
+            "duplicate_indices": list(self.duplicate_indices),
+            "replayed": self.replayed,
+        }
+
+
+def replayed_result(source: str, got: StoredResult, visible: bool) -> PushResult:
+    """The result of the first push with this Idempotency-Key, answered to a retry."""
+    return PushResult(
+        source,
+        got.accepted,
+        got.validated,
+        visible=visible,
+        offsets={str(p): o for p, o in got.offsets.items()},
+        duplicates=len(got.duplicate_indices),
+        duplicate_indices=got.duplicate_indices,
+        replayed=True,
+    )
+
+
+def cutovers(ctx: StreamContext) -> dict[str, int]:
+    """View -> the event time (µs) from which the stream feeds it (``cutover.py``)."""
+    return {v: c.ts_us for v, c in load_cutovers(ctx.config).items()}
+
+
+def admit_rows(
+    ctx: StreamContext, plan: SourcePlan, table: pa.Table, part: np.ndarray, watermarks: dict[int, int | None]
+) -> Admission:
+    """The event-time decision on every record (``admission.py``) against the assumed watermarks."""
+    src = plan.source
+    cuts = cutovers(ctx)
+    cut = max(((v.name, cuts[v.name]) for v in plan.views if v.name in cuts), key=lambda c: c[1], default=None)
+    ts = ts_to_us(table.column(src.timestamp_field))
+    return admit(ts, part, watermarks, src.allowed_lateness, cut, src.timestamp_field)
+
+
+def count_rejections(source: str, adm: Admission) -> None:
+    if adm.rejected:
+        n_cut = sum(r.reason == BEFORE_CUTOVER for r in adm.rejected)
+        STATS.inc("before_cutover_events", source, n_cut)
+        STATS.inc("too_late_events", source, len(adm.rejected) - n_cut)
+
+
+def all_rejected(adm: Admission) -> InvalidInputError:
+    r = adm.rejected[0]
+    return InvalidInputError(
+        f"every record was rejected, nothing written: record {r.index}: field '{r.field}': {r.message}",
+        field=f"records[{r.index}].{r.field}",
+    )
