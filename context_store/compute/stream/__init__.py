@@ -7,6 +7,9 @@
   (sqlite): applied in-process before returning. Redis: one ``XADD`` per touched partition in one
   MULTI/EXEC (durable), then waits until the workers applied it (read-after-write); with no live
   worker the pusher drains its partitions itself.
+  The Redis path is ``redis_push.RedisPusher``: ``push_script`` (one atomic script per push: entries,
+  dedup, admission), then a wait on ``applied`` (workers' announcements, stamped with their
+  definitions' registry version) or the per-view applied offsets.
 - ``worker.StreamWorker(ctx)`` / ``worker.run_workers(ctx, n, stop_event)``: consumer group
   ``cs-workers`` over ``cs:{ws}:{s:<source>}:p<k>``; partitions leased to one worker at a time;
   a new owner ``XAUTOCLAIM``s the previous owner's pending entries and replays them.
