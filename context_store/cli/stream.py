@@ -59,21 +59,30 @@ def read_records(path: str) -> Any:
 @click.argument("file", metavar="FILE")
 @click.option("--dry-run", is_flag=True, help="Validate only; write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option(
+    "--idempotency-key",
+    default=None,
+    help="A retry with the same key and FILE answers the first result and writes nothing (safe to retry).",
+)
 @repo_options
 @handle_errors
-def push(source: str, file: str, dry_run: bool, as_json: bool) -> None:
+def push(source: str, file: str, dry_run: bool, as_json: bool, idempotency_key: str | None) -> None:
     """Push the records of FILE (Parquet, CSV, JSON, JSON lines; '-' = stdin) to stream SOURCE.
 
     All or nothing: a bad record is reported with its index and field and nothing is written.
     """
     store = store_from_ctx()
-    result = store.push(source, read_records(file), dry_run=dry_run)
+    result = store.push(source, read_records(file), dry_run=dry_run, idempotency_key=idempotency_key)
     if as_json:
         echo_json(result.to_dict())
     elif dry_run:
         click.echo(f"{result.validated} records valid for {source} (dry run, nothing written)")
     else:
         note = "" if result.visible else " (durable; not yet applied online)"
+        if result.replayed:
+            note += " (a retry: the first push's result; nothing written)"
+        if result.duplicates:
+            note += f" ({result.duplicates} already ingested, dropped)"
         click.echo(f"pushed {result.accepted} records to {source}{note}")
         for r in result.rejected:
             click.echo(f"rejected record {r.index}: field '{r.field}': {r.message}", err=True)

@@ -61,6 +61,7 @@ log = logging.getLogger("context_store.stream")
 
 TOO_LATE = "too_late"
 BEFORE_CUTOVER = "before_cutover"
+_SMALL = 16  # records per push decided in plain Python (see _admit_small)
 _NONE = -(2**62)  # "no watermark yet": below every event time, and ``_NONE - lateness`` cannot overflow
 
 
@@ -117,6 +118,86 @@ def admit(
     in push order; ``watermarks``: partition -> admitted watermark assumed; ``cutover``: (view, µs)
     of the latest backfill cut-over among the source's views."""
     lateness_us = lateness // timedelta(microseconds=1)
+    if len(ts) <= _SMALL:
+        return _admit_small(ts.tolist(), part.tolist(), watermarks, lateness_us, lateness, cutover, ts_field)
+    return _admit_arrays(ts, part, watermarks, lateness_us, lateness, cutover, ts_field)
+
+
+def _pre_cutover(i: int, t: int, field: str, view: str, cut: int) -> RejectedRecord:
+    return RejectedRecord(
+        i,
+        field,
+        BEFORE_CUTOVER,
+        f"{_iso(t)} is before the backfill cut-over {_iso(cut)} of view '{view}': that range is the batch history's",
+    )
+
+
+def _too_late(i: int, t: int, field: str, p: int, before: int, lateness: timedelta) -> RejectedRecord:
+    return RejectedRecord(
+        i,
+        field,
+        TOO_LATE,
+        f"{_iso(t)} is older than partition {p}'s watermark {_iso(before)} minus "
+        f"allowed_lateness ({format_duration(lateness)}): too late to count",
+    )
+
+
+def _admit_small(
+    tl: list[int],
+    pl: list[int],
+    watermarks: Mapping[int, int | None],
+    lateness_us: int,
+    lateness: timedelta,
+    cutover: tuple[str, int] | None,
+    ts_field: str,
+) -> Admission:
+    """``_admit_arrays`` in plain Python, for small pushes (most are one record), where numpy's
+    per-call overhead would be most of a push's client CPU. Same decisions (a property test holds them equal)."""
+    n = len(tl)
+    accepted = [True] * n
+    rejected: list[RejectedRecord] = []
+    parts: list[PartitionAdmission] = []
+    for p in sorted(set(pl)):
+        w = watermarks.get(int(p))
+        run: int | None = None  # running max of this push's records (after the cut-over) so far
+        lo = hi = top = None
+        n_late = n_too = n_pre = 0
+        for i in range(n):
+            if pl[i] != p:
+                continue
+            t = tl[i]
+            if cutover is not None and t < cutover[1]:
+                rejected.append(_pre_cutover(i, t, ts_field, *cutover))
+                accepted[i] = False
+                n_pre += 1
+                continue
+            rb = _NONE if run is None else run
+            before = rb if w is None else max(rb, w)
+            if t < before - lateness_us:
+                rejected.append(_too_late(i, t, ts_field, int(p), before, lateness))
+                accepted[i] = False
+                n_too += 1
+                if t >= rb - lateness_us:  # rejected only because of the watermark
+                    lo = t + lateness_us if lo is None else max(lo, t + lateness_us)
+            else:
+                n_late += t < before
+                hi = t + lateness_us if hi is None else min(hi, t + lateness_us)
+                top = t if top is None else max(top, t)
+            run = t if run is None else max(run, t)
+        parts.append(PartitionAdmission(int(p), lo, hi, top, n_late, n_too + n_pre))
+    rejected.sort(key=lambda r: r.index)
+    return Admission(np.array(accepted, dtype=bool), tuple(rejected), tuple(parts))
+
+
+def _admit_arrays(
+    ts: np.ndarray,
+    part: np.ndarray,
+    watermarks: Mapping[int, int | None],
+    lateness_us: int,
+    lateness: timedelta,
+    cutover: tuple[str, int] | None,
+    ts_field: str,
+) -> Admission:
     accepted = np.ones(len(ts), bool)
     rejected: list[RejectedRecord] = []
     parts: list[PartitionAdmission] = []
@@ -129,15 +210,7 @@ def admit(
             view, cut = cutover
             pre = t < cut
             for i in idx[pre].tolist():
-                rejected.append(
-                    RejectedRecord(
-                        i,
-                        ts_field,
-                        BEFORE_CUTOVER,
-                        f"{_iso(ts[i])} is before the backfill cut-over {_iso(cut)} of view '{view}': "
-                        "that range is the batch history's",
-                    )
-                )
+                rejected.append(_pre_cutover(i, int(ts[i]), ts_field, view, cut))
         rest = idx[~pre]
         tr = t[~pre]
         lo = hi = top = None
@@ -160,15 +233,7 @@ def admit(
             n_late, n_too = int(late.sum()), int(too_late.sum())
             for j in np.flatnonzero(too_late).tolist():
                 i = int(rest[j])
-                rejected.append(
-                    RejectedRecord(
-                        i,
-                        ts_field,
-                        TOO_LATE,
-                        f"{_iso(ts[i])} is older than partition {p}'s watermark {_iso(before[j])} minus "
-                        f"allowed_lateness ({format_duration(lateness)}): too late to count",
-                    )
-                )
+                rejected.append(_too_late(i, int(ts[i]), ts_field, int(p), int(before[j]), lateness))
             accepted[rest[too_late]] = False
         accepted[idx[pre]] = False
         parts.append(PartitionAdmission(int(p), lo, hi, top, n_late, n_too + int(pre.sum())))

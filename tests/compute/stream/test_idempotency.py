@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pyarrow as pa
 import pytest
 
@@ -299,3 +300,25 @@ def test_redis_hang_pushes_and_reads_fail_fast_and_retries_count_once(tmp_path: 
             store.close()
         proc.kill()
         proc.wait(10)
+
+
+def test_cli_push_with_an_idempotency_key_writes_once(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from context_store.cli.main import cli
+
+    store = _store(tmp_path / "repo")
+    try:
+        rows = [_ev(i) for i in range(5)]
+        f = tmp_path / "events.jsonl"
+        f.write_text("\n".join(orjson.dumps({**r, "ts": r["ts"].isoformat()}).decode() for r in rows))
+        args = ["push", "transactions", str(f), "--repo", str(tmp_path / "repo"), "--idempotency-key", "load-1"]
+        first = CliRunner().invoke(cli, args)
+        assert first.exit_code == 0 and "pushed 5 records" in first.output, first.output
+        again = CliRunner().invoke(cli, args)
+        assert again.exit_code == 0 and "a retry" in again.output, again.output
+        other = CliRunner().invoke(cli, [*args[:2], str(f), *args[3:-1], "load-2"])  # a new key: ids dedupe
+        assert other.exit_code == 0 and "5 already ingested" in other.output, other.output
+        _check_once(store, rows)
+    finally:
+        store.close()
