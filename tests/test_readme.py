@@ -53,6 +53,7 @@ def _check(block: Block, out: str) -> None:
         assert '"features"' in out, out
 
 
+@pytest.mark.timeout(900)  # ~2 min on an idle 2-core machine; the whole walkthrough, model loads included
 def test_readme_runs_in_order(tmp_path: Path) -> None:
     port = free_port()
     blocks = readme_blocks(_readme(port))
@@ -83,5 +84,11 @@ def test_readme_runs_in_order(tmp_path: Path) -> None:
         session.close()
     ran = [b for b in blocks if b.mode != "skip"]
     assert len(ran) >= 20, f"only {len(ran)} blocks ran"
+    slowest = sorted(session.timings, key=lambda t: -t[0])[:8]
+    print(
+        "slowest blocks:",
+        *(f"{s:6.1f} s  README.md:{b.line} {b.code.splitlines()[0][:70]}" for s, b in slowest),
+        sep="\n  ",
+    )
     if session.skipped:
         print("skipped:", *session.skipped, sep="\n  ")

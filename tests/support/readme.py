@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,9 +103,16 @@ class ReadmeSession:
         self.background: list[tuple[subprocess.Popen[bytes], Path]] = []
         self.python: subprocess.Popen[str] | None = None
         self.skipped: list[str] = []
+        self.timings: list[tuple[float, Block]] = []  # seconds per block run, in order
 
     def run(self, block: Block, timeout: float = 300) -> str:
         """Run one block; returns its output. Raises AssertionError naming the block when it fails."""
+        t0 = time.perf_counter()
+        out = self._run(block, timeout)
+        self.timings.append((time.perf_counter() - t0, block))
+        return out
+
+    def _run(self, block: Block, timeout: float) -> str:
         if block.mode == "skip":
             return ""
         if block.code.lstrip().startswith("npx") and shutil.which("npx", path=self.env.get("PATH")) is None:
