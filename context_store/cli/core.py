@@ -36,17 +36,17 @@ if TYPE_CHECKING:
     from ..serving.store import ContextStore
 
 
-def print_result(result: Any) -> None:
-    """Print what a backfill/materialize returned (a summary object, dict or nothing)."""
+def print_result(result: Any, err: bool = False) -> None:
+    """Print what a backfill/materialize returned (a summary object, dict or nothing); ``err``: to stderr."""
     if result is None:
         return
     if isinstance(result, dict):
         for k, v in result.items():
-            click.echo(f"  {k}: {to_jsonable(v)}")
+            click.echo(f"  {k}: {to_jsonable(v)}", err=err)
         return
     text = str(result)
     if text and not text.startswith("<"):
-        click.echo(text)
+        click.echo(text, err=err)
 
 
 @click.command("init")

@@ -239,6 +239,23 @@ def test_quickstart(runner: CliRunner, tmp_path: Path) -> None:
     assert int(m.group(2)) == int(m.group(1)) + 3  # the three pushed events are visible at once
 
 
+def test_quickstart_json_stdout_is_one_json_document(tmp_path: Path) -> None:
+    """A real process (libraries that print would show up on fd 1): progress on stderr, JSON alone on stdout."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTEXT_STORE_")}
+    p = subprocess.run(
+        [*_cli_argv(), "quickstart", "--json", "--dir", str(tmp_path / "qs"), "--users", "10", "--events", "200"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)  # raises on any progress line mixed in
+    assert out["join_keys"]["user_id"].startswith("u") and "transaction_amount_check.is_unusual" in out["feature_values"]
+    assert "-> apply ..." in p.stderr and "before the push" in p.stderr and "The example repo is in" in p.stderr
+
+
 def test_synthetic_data_is_deterministic_and_realistic(tmp_path: Path) -> None:
     import numpy as np
     import pyarrow.parquet as pq
