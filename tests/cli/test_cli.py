@@ -137,6 +137,47 @@ def test_bad_arguments(runner: CliRunner, example: Path, tmp_path: Path) -> None
     assert res.exit_code == 1 and "amount='lots' is not a valid float64" in res.stderr
     res = runner.invoke(cli, ["materialize", "-r", str(root), "--view", "nope"])
     assert res.exit_code == 1 and "unknown feature view 'nope'" in res.stderr
+
+
+def test_backfill_view_accepts_and_lists_every_kind(runner: CliRunner, example: Path, tmp_path: Path) -> None:
+    root = copy_repo(example, tmp_path)
+    assert runner.invoke(cli, ["apply", "-r", str(root)]).exit_code == 0
+    res = runner.invoke(cli, ["backfill", "-r", str(root), "--view", "item_embedding"])
+    assert res.exit_code == 1, res.output
+    assert res.stderr.strip() == (
+        "Error: unknown view 'item_embedding' (--view); known feature views: item_popularity, user_profile, "
+        "user_spend_hourly, user_transaction_stats, user_view_stats; embedding views: item_embeddings; "
+        "knowledge: help_articles"
+    )
+    # materialize loads feature views only: it lists those
+    res = runner.invoke(cli, ["materialize", "-r", str(root), "--view", "item_embeddings"])
+    assert res.exit_code == 1 and "known feature views: item_popularity" in res.stderr
+    assert "embedding views" not in res.stderr
+    # a listed name is accepted: knowledge alone is indexed, no feature view is computed
+    res = runner.invoke(cli, ["backfill", "-r", str(root), "--view", "help_articles"])
+    assert res.exit_code == 0, res.stderr
+    assert "Backfill done." in res.output and "user_profile:" not in res.output
+    assert "index help_articles" in res.stderr
+
+
+def test_unknown_keys_are_named_with_the_known_ones(runner: CliRunner, example: Path, tmp_path: Path) -> None:
+    """A typo in a key name is named as unknown (with the close match), not reported as a missing key."""
+    root = copy_repo(example, tmp_path)
+    assert runner.invoke(cli, ["apply", "-r", str(root)]).exit_code == 0
+    res = runner.invoke(cli, ["get", "fraud_detection_service", "usr_id=u0001", "-q", "amount=250", "-r", str(root)])
+    assert res.exit_code == 1 and "missing" not in res.stderr, res.stderr
+    assert res.stderr.strip() == (
+        "Error: unknown join key 'usr_id' for feature service 'fraud_detection_service'; "
+        "did you mean 'user_id'? known join keys: user_id"
+    )
+    res = runner.invoke(cli, ["get", "fraud_detection_service", "user_id=u0001", "--request", "amt=250", "-r", str(root)])
+    assert res.exit_code == 1 and "missing" not in res.stderr, res.stderr
+    assert "unknown request field 'amt' (--request)" in res.stderr and "did you mean 'amount'?" in res.stderr
+    assert "known request fields: amount" in res.stderr
+    res = runner.invoke(cli, ["get", "personalization_service", "user_id=u0001", "-q", "amount=1", "-r", str(root)])
+    assert res.exit_code == 1 and "unknown request field 'amount'" in res.stderr and "it takes no request fields" in (
+        res.stderr
+    )
     res = runner.invoke(cli, ["plan", "--no-such-option"])
     assert res.exit_code == 2 and "No such option" in res.stderr
 
