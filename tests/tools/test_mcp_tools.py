@@ -101,3 +101,27 @@ def test_stdio_process_calls_every_tool(mcp_repo: tuple[cs.ContextStore, str]) -
                 await check_all_tools(client)
 
     anyio.run(main)
+
+
+def test_stdio_with_a_wrong_workspace_fails_before_the_handshake(mcp_repo: tuple[cs.ContextStore, str]) -> None:
+    """The client would only show "Connection closed": the command says why on stderr and exits 1, and
+    writes nothing on the protocol's stdout."""
+    import json
+    import subprocess
+
+    store, ws = mcp_repo
+    exe = shutil.which("context-store", path=str(Path(sys.executable).parent))
+    assert exe
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18"}}
+    p = subprocess.run(
+        [exe, "mcp", "--repo", str(store.config.repo), "--workspace", ws + "x"],
+        input=json.dumps(init) + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 1 and p.stdout == "", (p.stdout, p.stderr)
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
+    assert lines[0].startswith(f"Error: workspace '{ws}x' has nothing applied in {store.config.repo}")
+    assert f"(workspaces applied there: {ws})" in lines[0]
