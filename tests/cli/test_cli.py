@@ -170,13 +170,17 @@ def test_unknown_keys_are_named_with_the_known_ones(runner: CliRunner, example: 
         "Error: unknown join key 'usr_id' for feature service 'fraud_detection_service'; "
         "did you mean 'user_id'? known join keys: user_id"
     )
-    res = runner.invoke(cli, ["get", "fraud_detection_service", "user_id=u0001", "--request", "amt=250", "-r", str(root)])
+    res = runner.invoke(
+        cli, ["get", "fraud_detection_service", "user_id=u0001", "--request", "amt=250", "-r", str(root)]
+    )
     assert res.exit_code == 1 and "missing" not in res.stderr, res.stderr
     assert "unknown request field 'amt' (--request)" in res.stderr and "did you mean 'amount'?" in res.stderr
     assert "known request fields: amount" in res.stderr
     res = runner.invoke(cli, ["get", "personalization_service", "user_id=u0001", "-q", "amount=1", "-r", str(root)])
-    assert res.exit_code == 1 and "unknown request field 'amount'" in res.stderr and "it takes no request fields" in (
-        res.stderr
+    assert (
+        res.exit_code == 1
+        and "unknown request field 'amount'" in res.stderr
+        and "it takes no request fields" in (res.stderr)
     )
     res = runner.invoke(cli, ["plan", "--no-such-option"])
     assert res.exit_code == 2 and "No such option" in res.stderr
@@ -293,7 +297,9 @@ def test_quickstart_json_stdout_is_one_json_document(tmp_path: Path) -> None:
     )
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)  # raises on any progress line mixed in
-    assert out["join_keys"]["user_id"].startswith("u") and "transaction_amount_check.is_unusual" in out["feature_values"]
+    assert (
+        out["join_keys"]["user_id"].startswith("u") and "transaction_amount_check.is_unusual" in out["feature_values"]
+    )
     assert "-> apply ..." in p.stderr and "before the push" in p.stderr and "The example repo is in" in p.stderr
 
 
