@@ -11,11 +11,13 @@ Over stdio the client starts ``context-store mcp --repo ...`` itself (like Claud
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -101,21 +103,54 @@ async def agent(client: Client, user: str | None, question: str, max_tokens: int
     _say("agent", "done: an LLM would now answer the user with this context")
 
 
-def _demo_repo() -> Path:
-    """Scaffold the example repo with the CLI, then apply/backfill/materialize it."""
+def _demo_repo(root: Path, workspace: str | None) -> None:
+    """Scaffold the example repo in ``root`` with the CLI, then apply/backfill/materialize it."""
     exe = shutil.which("context-store") or str(Path(sys.executable).parent / "context-store")
-    root = Path(tempfile.mkdtemp(prefix="cs-agent-")) / "repo"
+    ws = ["--workspace", workspace] if workspace else []
     for cmd in (
         ["init", str(root)],
-        ["apply", "--repo", str(root), "--yes"],
-        ["backfill", "--repo", str(root)],
-        ["materialize", "--repo", str(root)],
+        ["apply", "--repo", str(root), "--yes", *ws],
+        ["backfill", "--repo", str(root), *ws],
+        ["materialize", "--repo", str(root), *ws],
     ):
         _say("setup", "context-store " + " ".join(cmd))
         proc = subprocess.run([exe, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if proc.returncode:
-            sys.exit(f"context-store {cmd[0]} failed:\n{proc.stderr[-2000:]}")
-    return root
+            last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+            raise SetupError(f"context-store {cmd[0]} failed: {last}")
+
+
+class SetupError(Exception):
+    """A step of the demo repo's set-up failed (the message ends with the last line of its stderr)."""
+
+
+def _leaves(e: BaseException) -> list[BaseException]:
+    """The real errors inside (nested) exception groups: anyio task groups wrap whatever a task raised."""
+    if isinstance(e, BaseExceptionGroup):
+        return [leaf for sub in e.exceptions for leaf in _leaves(sub)]
+    return [e]
+
+
+def _one_line(e: BaseException, a: argparse.Namespace, http_errors: list[int]) -> str:
+    """What went wrong, in one line (an agent's operator needs the cause, not an ExceptionGroup traceback).
+    ``http_errors``: statuses >= 400 the endpoint answered (the SDK reports them only as an error response)."""
+    leaf = next((x for x in _leaves(e) if not isinstance(x, asyncio.CancelledError)), e)
+    text = str(leaf).strip().splitlines()[0] if str(leaf).strip() else ""
+    if a.url and http_errors:
+        code = http_errors[0]
+        hint = "; check --key (an API key of the workspace: `context-store keys create`)" if code in (401, 403) else ""
+        return f"{a.url} answered HTTP {code}{hint}"
+    if not a.url and "Connection closed" in text:
+        return "the `context-store mcp` process exited before answering (its error is printed above)"
+    return f"{type(leaf).__name__}: {text}" if text else type(leaf).__name__
+
+
+def _noting(statuses: list[int]) -> Callable[[Any], Awaitable[None]]:
+    async def note(response: Any) -> None:
+        if response.status_code >= 400:
+            statuses.append(response.status_code)
+
+    return note
 
 
 def main() -> None:
@@ -128,23 +163,41 @@ def main() -> None:
     p.add_argument("--question", default="how do refunds work")
     p.add_argument("--max-tokens", type=int, default=300)
     a = p.parse_args()
-    if a.url:
-        from mcp.client.streamable_http import streamable_http_client
-        from mcp.shared._httpx_utils import create_mcp_http_client
+    tmp: Path | None = None
+    http_errors: list[int] = []
+    try:
+        if a.url:
+            from mcp.client.streamable_http import streamable_http_client
+            from mcp.shared._httpx_utils import create_mcp_http_client
 
-        headers = {"Authorization": f"Bearer {a.key}"} if a.key else {}
-        server: Any = streamable_http_client(a.url, http_client=create_mcp_http_client(headers=headers))
-    else:
-        repo = a.repo or _demo_repo()
-        exe = shutil.which("context-store") or str(Path(sys.executable).parent / "context-store")
-        args = ["mcp", "--repo", str(repo)] + (["--workspace", a.workspace] if a.workspace else [])
-        server = StdioServerParameters(command=exe, args=args)
+            headers = {"Authorization": f"Bearer {a.key}"} if a.key else {}
+            http = create_mcp_http_client(headers=headers)
+            http.event_hooks["response"].append(_noting(http_errors))
+            server: Any = streamable_http_client(a.url, http_client=http)
+        else:
+            repo = a.repo
+            if repo is None:
+                tmp = Path(tempfile.mkdtemp(prefix="cs-agent-"))
+                repo = tmp / "repo"
+                _demo_repo(repo, a.workspace)
+            exe = shutil.which("context-store") or str(Path(sys.executable).parent / "context-store")
+            args = ["mcp", "--repo", str(repo)] + (["--workspace", a.workspace] if a.workspace else [])
+            server = StdioServerParameters(command=exe, args=args)
 
-    async def run() -> None:
-        async with Client(server) as client:
-            await agent(client, a.user, a.question, a.max_tokens)
+        async def run() -> None:
+            async with Client(server) as client:
+                await agent(client, a.user, a.question, a.max_tokens)
 
-    anyio.run(run)
+        anyio.run(run)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except SetupError as e:
+        sys.exit(f"agent_loop: {e}")
+    except Exception as e:  # noqa: BLE001 - an example script: one line, not a traceback
+        sys.exit(f"agent_loop: error: {_one_line(e, a, http_errors)}")
+    finally:
+        if tmp is not None:  # the demo repo is throw-away, whatever happened
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

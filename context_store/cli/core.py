@@ -36,17 +36,17 @@ if TYPE_CHECKING:
     from ..serving.store import ContextStore
 
 
-def print_result(result: Any) -> None:
-    """Print what a backfill/materialize returned (a summary object, dict or nothing)."""
+def print_result(result: Any, err: bool = False) -> None:
+    """Print what a backfill/materialize returned (a summary object, dict or nothing); ``err``: to stderr."""
     if result is None:
         return
     if isinstance(result, dict):
         for k, v in result.items():
-            click.echo(f"  {k}: {to_jsonable(v)}")
+            click.echo(f"  {k}: {to_jsonable(v)}", err=err)
         return
     text = str(result)
     if text and not text.startswith("<"):
-        click.echo(text)
+        click.echo(text, err=err)
 
 
 @click.command("init")
@@ -173,7 +173,7 @@ def backfill_cmd(start: str | None, end: str | None, views: tuple[str, ...], eng
     if s and e and s >= e:
         raise InvalidInputError(f"--start {start} must be before --end {end}", field="start")
     store = store_from_ctx()
-    _check_views(store, views)
+    _check_views(store, views, indexes=True)
     print_result(store.backfill(start=s, end=e, views=list(views) or None, progress=True, engine=engine))
     click.echo("Backfill done.")
 
@@ -207,12 +207,33 @@ def _check_deployment(store: ContextStore) -> None:
         pass
 
 
-def _check_views(store: ContextStore, views: tuple[str, ...]) -> None:
+def _check_views(store: ContextStore, views: tuple[str, ...], indexes: bool = False) -> None:
+    """Every ``--view`` names a feature view (or, with ``indexes`` as backfill builds them, an embedding
+    view or knowledge); an unknown one is listed with every name the command accepts."""
     defs = store.definitions
+    groups = {"feature views": sorted(defs.feature_views)}
+    if indexes:
+        groups |= {"embedding views": sorted(defs.embedding_views), "knowledge": sorted(defs.knowledge)}
     for v in views:
-        if v not in defs.feature_views and v not in defs.embedding_views and v not in defs.knowledge:
-            known = ", ".join(sorted(defs.feature_views)) or "none"
-            raise NotFoundError(f"unknown feature view {v!r} (--view); known: {known}", field="view")
+        if not any(v in names for names in groups.values()):
+            known = "; ".join(f"{g}: {', '.join(names)}" for g, names in groups.items() if names) or "none"
+            what = "view" if indexes else "feature view"
+            raise NotFoundError(f"unknown {what} {v!r} (--view); known {known}", field="view")
+
+
+def _check_known(given: dict[str, str], known: list[str], what: str, service: str, where: str) -> None:
+    """A misspelt name (``usr_id=``) is named as unknown, with the close match and the known ones,
+    instead of surfacing later as a missing key."""
+    import difflib
+
+    for name in given:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            takes = f"known {what}s: {', '.join(known)}" if known else f"it takes no {what}s"
+            raise InvalidInputError(
+                f"unknown {what} {name!r}{where} for feature service {service!r}; {hint}{takes}", field=name
+            )
 
 
 def coerce_value(raw: str, dtype: Any, field: str) -> Any:
@@ -265,8 +286,10 @@ def get_cmd(service: str, keys: tuple[str, ...], request: tuple[str, ...], as_js
         for v in srcs:
             for f in v.join_key_fields:
                 key_types.setdefault(f.name, f.dtype)
+    _check_known(join_raw, list(key_types), "join key", service, "")
     join_keys = {k: coerce_value(v, key_types.get(k), k) for k, v in join_raw.items()}
     req_types = defs.request_fields(svc)
+    _check_known(req_raw, list(req_types), "request field", service, " (--request)")
     request_context = {k: coerce_value(v, req_types.get(k), k) for k, v in req_raw.items()}
     vector = store.get_features(service, join_keys, request_context or None, parse_time(at, "time"))
     print_vector(vector, as_json=as_json)

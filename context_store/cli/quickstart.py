@@ -21,11 +21,11 @@ T = TypeVar("T")
 SERVICE = "fraud_detection_service"
 
 
-def _step(label: str, fn: Callable[[], T]) -> T:
-    click.echo(f"-> {label} ...")
+def _step(label: str, fn: Callable[[], T], err: bool = False) -> T:
+    click.echo(f"-> {label} ...", err=err)
     t0 = time.perf_counter()
     out = fn()
-    click.echo(f"   done in {time.perf_counter() - t0:.2f} s")
+    click.echo(f"   done in {time.perf_counter() - t0:.2f} s", err=err)
     return out
 
 
@@ -43,17 +43,25 @@ def run_quickstart(
     from ..scaffold import scaffold
     from ..serving.store import ContextStore
 
-    res = _step(
+    err = as_json  # with --json, stdout carries exactly one JSON document: progress goes to stderr
+
+    def say(text: str) -> None:
+        click.echo(text, err=err)
+
+    def step(label: str, fn: Callable[[], T]) -> T:
+        return _step(label, fn, err=err)
+
+    res = step(
         f"init {directory} ({users} users, {events} transactions)",
         lambda: scaffold(directory, users=users, events=events),
     )
     user = res.data.busiest_user
     # The embedded default unless asked otherwise: quickstart never needs a server.
     with ContextStore(res.root, workspace=workspace, online_store=online_store or "sqlite") as store:
-        plan = _step("apply", lambda: store.apply())
-        click.echo(f"   registered {len(plan.changes)} objects (version {plan.to_version})")
-        print_result(_step("backfill", lambda: store.backfill(progress=True)))
-        print_result(_step("materialize", lambda: store.materialize(progress=True)))
+        plan = step("apply", lambda: store.apply())
+        say(f"   registered {len(plan.changes)} objects (version {plan.to_version})")
+        print_result(step("backfill", lambda: store.backfill(progress=True)), err=err)
+        print_result(step("materialize", lambda: store.materialize(progress=True)), err=err)
         before = store.get_features(SERVICE, {"user_id": user}, {"amount": 250.0})
         now = datetime.now(UTC)
         rows = [
@@ -68,29 +76,27 @@ def run_quickstart(
             for amt, s in ((19.99, 30), (480.0, 20), (1250.0, 10))
         ]
         try:
-            _step(f"push {len(rows)} live transactions for {user}", lambda: store.push("transactions", rows))
+            step(f"push {len(rows)} live transactions for {user}", lambda: store.push("transactions", rows))
             pushed = True
         except Exception as e:  # noqa: BLE001 - the demo goes on without live events
-            click.echo(f"   skipped: stream ingest is unavailable ({type(e).__name__}: {e})")
+            say(f"   skipped: stream ingest is unavailable ({type(e).__name__}: {e})")
             pushed = False
-        vector = _step(
+        vector = step(
             f"get_features({SERVICE!r}, user_id={user!r}, amount=250.0)",
             lambda: store.get_features(SERVICE, {"user_id": user}, {"amount": 250.0}),
         )
-        click.echo("")
+        say("")
         print_vector(vector, as_json=as_json)
         key = "user_transaction_stats.amount_count_1h"
         if pushed and key in vector.feature_values:
-            click.echo(
-                f"\n{key}: {before.feature_values.get(key)} before the push, {vector.feature_values[key]} after."
-            )
+            say(f"\n{key}: {before.feature_values.get(key)} before the push, {vector.feature_values[key]} after.")
         if keep:
-            click.echo(
+            say(
                 f"\nThe example repo is in {res.root}; try: context-store get --repo {res.root} "
                 f"{SERVICE} user_id={user} --request amount=250"
             )
         else:
-            click.echo(
+            say(
                 "\nDone (the temporary repo is removed; `--keep` or `--dir DIR` keeps it). "
                 "Next: `context-store init my_repo` and the README's Getting started."
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import os
 import re
@@ -63,6 +64,22 @@ class Definition:
     def fail(self, message: str) -> NoReturn:
         """Raise a DefinitionError naming this object and where it was defined."""
         raise DefinitionError(message, location=self.location, obj=f"{self.kind} '{getattr(self, 'name', '?')}'")
+
+    def select(self, names: list[str] | str, available: list[str]) -> tuple[str, ...]:
+        """Check a slice ``view[["a", "b"]]``; a typo is reported at the slice's own line, not the view's."""
+        if isinstance(names, str):
+            names = [names]
+        for n in names:
+            if n not in available:
+                close = difflib.get_close_matches(str(n), available, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise DefinitionError(
+                    f"no feature {n!r}{hint}; it has {available} (the {self.kind.replace('_', ' ')} is defined at "
+                    f"{self.location})",
+                    location=caller_location(),
+                    obj=f"{self.kind} '{self.name}'",
+                )
+        return tuple(names)
 
     def spec(self) -> dict[str, Any]:
         """A JSON-able description used by the registry to diff versions (subclasses extend)."""

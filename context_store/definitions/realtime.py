@@ -74,12 +74,7 @@ class RealtimeFeatureView(Definition):
         return self.fn(*args)
 
     def __getitem__(self, names: list[str]) -> FeatureSelection:
-        if isinstance(names, str):
-            names = [names]
-        unknown = [n for n in names if n not in self.feature_names]
-        if unknown:
-            self.fail(f"no feature {unknown[0]!r}; it has {self.feature_names}")
-        return FeatureSelection(self, tuple(names))
+        return FeatureSelection(self, self.select(names, self.feature_names))
 
     def spec(self) -> dict[str, Any]:
         try:

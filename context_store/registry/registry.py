@@ -34,7 +34,7 @@ from .plan import Plan, compute_plan, dtype_from_str, dtype_to_str
 from .repo import RepoDefinitions
 from .validate import SchemaProbe, validate
 
-__all__ = ["Registry", "Plan"]
+__all__ = ["Registry", "Plan", "applied_workspaces"]
 
 _TABLES = (
     "entities",
@@ -59,6 +59,16 @@ def _records(defs: RepoDefinitions) -> dict[str, dict[str, Any]]:
                 rec["input_schema"] = {k: dtype_to_str(v) for k, v in defs.input_schemas[name].items()}
             out[f"{table}/{name}"] = rec
     return out
+
+
+def applied_workspaces(registry_path: Path) -> list[str]:
+    """Workspaces with an applied version under ``registry_path``. For an operator's hints (CLI) only:
+    over HTTP a caller must not learn other workspaces' names."""
+    try:
+        dirs = sorted(d for d in Path(registry_path).iterdir() if d.is_dir())
+    except OSError:
+        return []
+    return [d.name for d in dirs if (d / "CURRENT").is_file() and (d / "CURRENT").read_text().strip() not in ("", "0")]
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -65,9 +65,12 @@ def backfill(
 
     defs = store.definitions
     wanted = set(views) if views is not None else None
-    unknown = sorted((wanted or set()) - set(defs.feature_views) - set(defs.embedding_views))
+    unknown = sorted((wanted or set()) - set(defs.feature_views) - set(defs.embedding_views) - set(defs.knowledge))
     if unknown:
-        raise NotFoundError(f"unknown view {unknown[0]!r} to backfill", field="views")
+        known = sorted(defs.feature_views) + sorted(defs.embedding_views) + sorted(defs.knowledge)
+        raise NotFoundError(
+            f"unknown view {unknown[0]!r} to backfill; known: {', '.join(known) or 'none'}", field="views"
+        )
     fv = None if wanted is None else [v for v in wanted if v in defs.feature_views]
     report = None
     if wanted is None or fv:
@@ -77,6 +80,7 @@ def backfill(
     emb = [v for v in defs.embedding_views if wanted is None or v in wanted]
     if emb:
         store.indexer.backfill(emb, progress=progress)
-    if wanted is None and defs.knowledge:
-        store.indexer.index_knowledge(progress=progress)
+    kb = [k for k in defs.knowledge if wanted is None or k in wanted]
+    if kb:
+        store.indexer.index_knowledge(None if wanted is None else kb, progress=progress)
     return report

@@ -275,7 +275,7 @@ class ContextStore:
     ) -> BackfillReport | None:
         """Feature views into the offline store; embedding views and knowledge into their indexes.
 
-        ``views`` names feature views and/or embedding views; knowledge is (re)indexed on a full run.
+        ``views`` names feature views, embedding views and/or knowledge (default: all of them).
         ``engine="ray"`` computes the feature views as Ray tasks (same rows as ``"local"``).
         """
         from .lifecycle import backfill

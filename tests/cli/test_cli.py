@@ -137,6 +137,51 @@ def test_bad_arguments(runner: CliRunner, example: Path, tmp_path: Path) -> None
     assert res.exit_code == 1 and "amount='lots' is not a valid float64" in res.stderr
     res = runner.invoke(cli, ["materialize", "-r", str(root), "--view", "nope"])
     assert res.exit_code == 1 and "unknown feature view 'nope'" in res.stderr
+
+
+def test_backfill_view_accepts_and_lists_every_kind(runner: CliRunner, example: Path, tmp_path: Path) -> None:
+    root = copy_repo(example, tmp_path)
+    assert runner.invoke(cli, ["apply", "-r", str(root)]).exit_code == 0
+    res = runner.invoke(cli, ["backfill", "-r", str(root), "--view", "item_embedding"])
+    assert res.exit_code == 1, res.output
+    assert res.stderr.strip() == (
+        "Error: unknown view 'item_embedding' (--view); known feature views: item_popularity, user_profile, "
+        "user_spend_hourly, user_transaction_stats, user_view_stats; embedding views: item_embeddings; "
+        "knowledge: help_articles"
+    )
+    # materialize loads feature views only: it lists those
+    res = runner.invoke(cli, ["materialize", "-r", str(root), "--view", "item_embeddings"])
+    assert res.exit_code == 1 and "known feature views: item_popularity" in res.stderr
+    assert "embedding views" not in res.stderr
+    # a listed name is accepted: knowledge alone is indexed, no feature view is computed
+    res = runner.invoke(cli, ["backfill", "-r", str(root), "--view", "help_articles"])
+    assert res.exit_code == 0, res.stderr
+    assert "Backfill done." in res.output and "user_profile:" not in res.output
+    assert "index help_articles" in res.stderr
+
+
+def test_unknown_keys_are_named_with_the_known_ones(runner: CliRunner, example: Path, tmp_path: Path) -> None:
+    """A typo in a key name is named as unknown (with the close match), not reported as a missing key."""
+    root = copy_repo(example, tmp_path)
+    assert runner.invoke(cli, ["apply", "-r", str(root)]).exit_code == 0
+    res = runner.invoke(cli, ["get", "fraud_detection_service", "usr_id=u0001", "-q", "amount=250", "-r", str(root)])
+    assert res.exit_code == 1 and "missing" not in res.stderr, res.stderr
+    assert res.stderr.strip() == (
+        "Error: unknown join key 'usr_id' for feature service 'fraud_detection_service'; "
+        "did you mean 'user_id'? known join keys: user_id"
+    )
+    res = runner.invoke(
+        cli, ["get", "fraud_detection_service", "user_id=u0001", "--request", "amt=250", "-r", str(root)]
+    )
+    assert res.exit_code == 1 and "missing" not in res.stderr, res.stderr
+    assert "unknown request field 'amt' (--request)" in res.stderr and "did you mean 'amount'?" in res.stderr
+    assert "known request fields: amount" in res.stderr
+    res = runner.invoke(cli, ["get", "personalization_service", "user_id=u0001", "-q", "amount=1", "-r", str(root)])
+    assert (
+        res.exit_code == 1
+        and "unknown request field 'amount'" in res.stderr
+        and "it takes no request fields" in (res.stderr)
+    )
     res = runner.invoke(cli, ["plan", "--no-such-option"])
     assert res.exit_code == 2 and "No such option" in res.stderr
 
@@ -237,6 +282,25 @@ def test_quickstart(runner: CliRunner, tmp_path: Path) -> None:
     m = re.search(r"amount_count_1h: (\d+) before the push, (\d+) after", res.output)
     assert m is not None, res.output
     assert int(m.group(2)) == int(m.group(1)) + 3  # the three pushed events are visible at once
+
+
+def test_quickstart_json_stdout_is_one_json_document(tmp_path: Path) -> None:
+    """A real process (libraries that print would show up on fd 1): progress on stderr, JSON alone on stdout."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTEXT_STORE_")}
+    p = subprocess.run(
+        [*_cli_argv(), "quickstart", "--json", "--dir", str(tmp_path / "qs"), "--users", "10", "--events", "200"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)  # raises on any progress line mixed in
+    assert (
+        out["join_keys"]["user_id"].startswith("u") and "transaction_amount_check.is_unusual" in out["feature_values"]
+    )
+    assert "-> apply ..." in p.stderr and "before the push" in p.stderr and "The example repo is in" in p.stderr
 
 
 def test_synthetic_data_is_deterministic_and_realistic(tmp_path: Path) -> None:

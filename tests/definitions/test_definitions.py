@@ -587,6 +587,53 @@ svc = cs.FeatureService("svc", [stats[["amount_sum_7d"]]])  # <-
     )
     msg = load_error(root)
     assert "feature_view 'stats'" in msg and "no feature 'amount_sum_7d'" in msg and str(root / "f.py") in msg
+    assert_points_at(msg, root / "f.py", "# <-", "feature_view 'stats'", "did you mean 'amount_sum_1d'?")
+
+
+def test_slice_typo_is_reported_at_the_slice_line_not_the_view_line(tmp_path: Path) -> None:
+    """The view is fine; the typo is in a slice written in another file: point there (and at the view)."""
+    root = write(
+        tmp_path,
+        {
+            "views.py": HEADER
+            + """
+stats = cs.FeatureView("stats", entities=[user], source=txn, aggregations=[
+    cs.Aggregate("amount", "sum", "1d"), cs.Aggregate("amount", "count", "1d"),
+])
+req = cs.RequestSource([cs.Field("amount", cs.Float64)])
+@cs.realtime_feature_view(sources=[req, stats], output=[cs.Field("ratio", cs.Float64)])
+def check(request, stats):
+    return {"ratio": request["amount"]}
+""",
+            "services.py": """
+import context_store as cs
+from views import stats, check
+
+svc = cs.FeatureService(
+    "svc",
+    [
+        stats[["amount_count_1d"]],
+        stats[["amount_sum_1d", "amount_sum_id"]],  # <-
+    ],
+)
+""",
+            "other.py": """
+import context_store as cs
+from views import check
+
+svc2 = cs.FeatureService("svc2", [check[["ratoi"]]])  # <-
+""",
+        },
+    )
+    msg = load_error(root)  # files load in name order: other.py first
+    assert_points_at(msg, root / "other.py", "# <-", "realtime_feature_view 'check'", "no feature 'ratoi'")
+    assert "did you mean 'ratio'?" in msg and f"defined at {root / 'views.py'}:" in msg
+    (root / "other.py").unlink()
+    msg = load_error(root)
+    assert_points_at(msg, root / "services.py", "# <-", "feature_view 'stats'", "no feature 'amount_sum_id'")
+    assert "did you mean 'amount_sum_1d'?" in msg
+    assert f"{root / 'views.py'}:{line_of(root / 'views.py', 'stats = ')}" in msg  # the view, as a pointer
+    assert msg.startswith(f"{root / 'services.py'}:")
 
 
 def test_missing_data_file(tmp_path: Path) -> None:

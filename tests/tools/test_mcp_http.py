@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -125,3 +126,33 @@ def test_workspace_comes_from_the_key(http_server: dict[str, Any]) -> None:
         assert (
             res.is_error and "nothing applied" in res.content[0].text and http_server["ws"] not in res.content[0].text
         )
+
+
+def test_agent_loop_example_with_a_bad_key_says_so_in_one_line(http_server: dict[str, Any], tmp_path: Path) -> None:
+    """examples/agent_loop.py against the real server with a wrong key: one line naming the HTTP status
+    and --key, no ExceptionGroup traceback, exit 1."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "examples" / "agent_loop.py"
+    p = subprocess.run(
+        [sys.executable, str(script), "--url", http_server["url"], "--key", "cs_not_a_real_key", "--user", "u1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert p.returncode == 1, (p.stdout, p.stderr)
+    assert p.stderr.strip().splitlines() == [
+        f"agent_loop: error: {http_server['url']} answered HTTP 401; check --key "
+        "(an API key of the workspace: `context-store keys create`)"
+    ], p.stderr
+    # the good key still works through the same script
+    p = subprocess.run(
+        [sys.executable, str(script), "--url", http_server["url"], "--key", http_server["key"], "--user", "u1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert p.returncode == 0 and "[agent] done" in p.stdout, (p.stdout, p.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import UTC
@@ -101,3 +102,56 @@ def test_stdio_process_calls_every_tool(mcp_repo: tuple[cs.ContextStore, str]) -
                 await check_all_tools(client)
 
     anyio.run(main)
+
+
+def test_stdio_with_a_wrong_workspace_fails_before_the_handshake(mcp_repo: tuple[cs.ContextStore, str]) -> None:
+    """The client would only show "Connection closed": the command says why on stderr and exits 1, and
+    writes nothing on the protocol's stdout."""
+    import json
+    import subprocess
+
+    store, ws = mcp_repo
+    exe = shutil.which("context-store", path=str(Path(sys.executable).parent))
+    assert exe
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18"}}
+    p = subprocess.run(
+        [exe, "mcp", "--repo", str(store.config.repo), "--workspace", ws + "x"],
+        input=json.dumps(init) + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 1 and p.stdout == "", (p.stdout, p.stderr)
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
+    assert lines[0].startswith(f"Error: workspace '{ws}x' has nothing applied in {store.config.repo}")
+    assert f"(workspaces applied there: {ws})" in lines[0]
+
+
+def _agent_loop(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    script = Path(__file__).resolve().parents[2] / "examples" / "agent_loop.py"
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp")}  # where the demo repo is scaffolded
+    return subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env
+    )
+
+
+def test_agent_loop_example_fails_in_one_line_and_cleans_up(
+    mcp_repo: tuple[cs.ContextStore, str], tmp_path: Path
+) -> None:
+    store, ws = mcp_repo
+    # over stdio, a workspace the repo does not have: the server's own line, then the example's one line
+    p = _agent_loop(tmp_path, "--repo", str(store.config.repo), "--workspace", ws + "x")
+    assert p.returncode == 1 and "Traceback" not in p.stderr and "ExceptionGroup" not in p.stderr, p.stderr
+    assert p.stderr.strip().splitlines()[-1] == (
+        "agent_loop: error: the `context-store mcp` process exited before answering (its error is printed above)"
+    )
+    assert f"workspace '{ws}x'" in p.stderr
+    # the demo repo (no --repo) fails to set up: one line, and its temporary directory is removed
+    p = _agent_loop(tmp_path, "--workspace", "bad/ws")
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("agent_loop: context-store apply failed: Error: workspace 'bad/ws'")
+    assert "[setup] context-store init" in p.stdout
+    assert list((tmp_path / "tmp").iterdir()) == []
