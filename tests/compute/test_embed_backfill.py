@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -52,7 +53,7 @@ def test_backfill_encodes_each_text_once_and_a_rerun_encodes_nothing(
     monkeypatch.setattr(shared, "inner", counting)  # the process-wide model, counted
     n = EMBED_BATCH * 2 + 37  # several batches, the last one partial
     titles = _titles(n)
-    opts = {"embedder": MODEL, "docs": {}, "kb_source": "nothing/*", "backfill": False}
+    opts: dict[str, Any] = {"embedder": MODEL, "docs": {}, "kb_source": "nothing/*", "backfill": False}
 
     vs = build(tmp_path, items_table(titles), **opts)
     try:
