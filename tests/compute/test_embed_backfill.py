@@ -67,7 +67,9 @@ def test_backfill_encodes_each_text_once_and_a_rerun_encodes_nothing(
         assert len(coll.index) == n
         # the stored vectors are the model's vectors of each row's own title
         for i in (0, 5, 7, n - 1):
-            np.testing.assert_allclose(coll.index.get_vector(f"i{i}"), counting.inner.embed([titles[i]])[0], atol=1e-5)
+            stored = coll.index.get_vector(f"i{i}")
+            assert stored is not None
+            np.testing.assert_allclose(stored, counting.inner.embed([titles[i]])[0], atol=1e-5)
         err = capsys.readouterr().err
         assert "embed items" in err and "row/s" in err  # the progress bar
         assert f"items: {n} rows, {n} embedded, 0 unchanged" in err
