@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -234,7 +234,7 @@ def write_report(res: dict[str, Any], cli: dict[str, Any] | None, total_s: float
     ratio = statistics.median(ours) / statistics.median(plain)
     per_repeat = [o / p for o, p in zip(ours, plain)]
     loads = [x for r in runs for x in (r["load_before"], r["load_after"])]
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# Embedding backfill vs the plain encoder",
         "",
