@@ -14,7 +14,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -23,9 +23,13 @@ import pyarrow.compute as pc
 from ..definitions import EmbeddingView, Knowledge
 from ..errors import DefinitionError, InvalidInputError
 
+if TYPE_CHECKING:
+    from ..embedders import Embedder
+
 __all__ = [
     "embed_texts",
     "embed_checked",
+    "bulk_embedder",
     "embed_table",
     "text_hash",
     "latest_rows",
@@ -49,6 +53,17 @@ def embed_checked(texts: Sequence[str], embedder: str) -> np.ndarray:
     """``embed_texts``, an unknown embedder answered as invalid input naming the field."""
     try:
         return embed_texts(texts, embedder)
+    except KeyError as e:
+        raise InvalidInputError(str(e.args[0] if e.args else e), field="embedder") from None
+
+
+def bulk_embedder(embedder: str) -> Embedder:
+    """The named embedder's model for bulk writes (backfills, upserts), loaded once per process and
+    shared with queries, but past the query LRU cache: backfill texts would only evict hot queries."""
+    from context_store.embedders import get_embedder
+
+    try:
+        return get_embedder(embedder).inner
     except KeyError as e:
         raise InvalidInputError(str(e.args[0] if e.args else e), field="embedder") from None
 

@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import sys
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
 from ...errors import NotFoundError
 from ...stores.vector import VectorCollection, view_columns
-from ..embeddings import embed_checked, text_hash
+from ..embeddings import bulk_embedder, text_hash
 
 if TYPE_CHECKING:
     from ...config import Config
     from ...definitions import EmbeddingView
     from ...stores.offline.base import OfflineStore
 
-__all__ = ["source_rows", "write_rows"]
+__all__ = ["source_rows", "write_rows", "embed_rows"]
 
-_EMBED_BATCH = 512
+# Texts per encode call: big enough that per-call overhead vanishes (the model batches by 64 inside,
+# length-sorted), small enough that the progress bar moves every second or so on one core.
+EMBED_BATCH = 256
 
 
 def source_rows(view: EmbeddingView, config: Config, offline: OfflineStore | None) -> pa.Table:
@@ -58,6 +61,8 @@ def write_rows(view: EmbeddingView, coll: VectorCollection, rows: pa.Table, prog
     todo = [i for i, id_ in enumerate(ids) if coll.hashes.get(id_) != full[i]]
     stats = {"rows": len(ids), "unchanged": len(ids) - len(todo), "embedded": 0, "updated": len(todo)}
     if not todo:
+        if progress:
+            _summary(view.name, stats)
         if not coll.exists:  # a source without rows yet: the view is built, and empty
             empty = pa.array([], pa.int64())
             coll.create_empty(
@@ -73,19 +78,50 @@ def write_rows(view: EmbeddingView, coll: VectorCollection, rows: pa.Table, prog
         else:
             need.append(j)
     stats["embedded"] = len(need)
-    bar = None
-    if progress and need:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(need), desc=f"embed {view.name}", unit="row")
-    for s in range(0, len(need), _EMBED_BATCH):
-        part = need[s : s + _EMBED_BATCH]
-        vecs[part] = embed_checked([texts[todo[j]] for j in part], view.embedder)
-        if bar is not None:
-            bar.update(len(part))
-    if bar is not None:
-        bar.close()
+    if need:
+        vecs[need] = embed_rows([texts[todo[j]] for j in need], view.embedder, f"embed {view.name}", progress)
+    if progress:
+        _summary(view.name, stats)
     sel = pa.array(todo, type=pa.int64())
     data = coll.rows([ids[i] for i in todo], vecs, [full[i] for i in todo], {a: cols[a].take(sel) for a in attrs})
     coll.upsert(data)  # durable first, then visible
     return stats
+
+
+def embed_rows(texts: list[str], embedder: str, desc: str = "embed", progress: bool = False) -> np.ndarray:
+    """``(len(texts), dim)`` vectors: the model is loaded once (before the progress bar starts, so the
+    bar's rate is the encode rate), each distinct text is encoded once, in ``EMBED_BATCH`` batches."""
+    bar: Any = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(texts), desc=desc, unit="row")
+        bar.set_postfix_str(f"loading {embedder}")
+    try:
+        emb = bulk_embedder(embedder)
+        uniq = list(dict.fromkeys(texts))
+        if bar is not None:
+            bar.reset(total=len(uniq))  # restarts the clock: loading the model is not encoding
+            bar.set_postfix_str(f"{len(texts) - len(uniq)} duplicate texts" if len(uniq) < len(texts) else "")
+        out = np.empty((len(uniq), emb.dim), dtype=np.float32)
+        for s in range(0, len(uniq), EMBED_BATCH):
+            part = uniq[s : s + EMBED_BATCH]
+            out[s : s + len(part)] = emb.embed(part)
+            if bar is not None:
+                bar.update(len(part))
+    finally:
+        if bar is not None:
+            bar.close()
+    if len(uniq) == len(texts):
+        return out
+    at = {t: k for k, t in enumerate(uniq)}
+    return out[[at[t] for t in texts]]
+
+
+def _summary(view: str, stats: dict[str, int]) -> None:
+    # On the progress stream (stderr), so a rerun that embeds nothing still says why it was quick.
+    print(
+        f"{view}: {stats['rows']} rows, {stats['embedded']} embedded, {stats['unchanged']} unchanged",
+        file=sys.stderr,
+        flush=True,
+    )
