@@ -25,6 +25,7 @@ __all__ = [
     "RateLimitedError",
     "UnavailableError",
     "OverloadedError",
+    "MissingDependencyError",
     "ConflictError",
     "DeploymentConflictError",
     "PayloadTooLargeError",
@@ -107,6 +108,12 @@ class UnavailableError(ContextStoreError):
 
 class OverloadedError(UnavailableError):
     """This server process is at its in-flight request limit (load shedding); retry shortly."""
+
+
+class MissingDependencyError(UnavailableError, ImportError):
+    """This installation lacks an optional extra the request needs (e.g. a text query on an image built
+    without embeddings): 503 whose message names what to install, not a 500 ``internal error: ImportError``.
+    Still an ``ImportError``, so code that falls back when an import is missing keeps doing so."""
 
 
 class PayloadTooLargeError(ContextStoreError):

