@@ -3,41 +3,44 @@
 ``import context_store as cs`` gives the definitions API and ``cs.ContextStore``.
 """
 
-from .definitions import (
-    Aggregate,
-    Array,
-    Bool,
-    ContextService,
-    Embedding,
-    EmbeddingView,
-    Entity,
-    FeatureService,
-    FeatureView,
-    Field,
-    FileSource,
-    Float64,
-    Int64,
-    Knowledge,
-    Lifetime,
-    RealtimeFeatureView,
-    RequestSource,
-    StreamSource,
-    String,
-    Timestamp,
-    realtime_feature_view,
-)
-from .errors import (
-    ContextStoreError,
-    DefinitionError,
-    ForbiddenError,
-    InvalidInputError,
-    NotFoundError,
-    RateLimitedError,
-    UnauthorizedError,
-    UnavailableError,
-)
-from .serving.store import ContextStore
-from .types import FeatureVector
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .definitions import (
+        Aggregate,
+        Array,
+        Bool,
+        ContextService,
+        Embedding,
+        EmbeddingView,
+        Entity,
+        FeatureService,
+        FeatureView,
+        Field,
+        FileSource,
+        Float64,
+        Int64,
+        Knowledge,
+        Lifetime,
+        RealtimeFeatureView,
+        RequestSource,
+        StreamSource,
+        String,
+        Timestamp,
+        realtime_feature_view,
+    )
+    from .errors import (
+        ContextStoreError,
+        DefinitionError,
+        ForbiddenError,
+        InvalidInputError,
+        NotFoundError,
+        RateLimitedError,
+        UnauthorizedError,
+        UnavailableError,
+    )
+    from .serving.store import ContextStore
+    from .types import FeatureVector
 
 __version__ = "0.1.0"
 
@@ -74,3 +77,30 @@ __all__ = [
     "UnavailableError",
     "realtime_feature_view",
 ]
+
+# Names are imported on first use (PEP 562): ``context-store --help`` and the CLI's other light
+# commands must not pay for pyarrow/numpy (definitions) or the serving layer at start-up.
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(
+        [n for n in __all__ if n not in ("ContextStore", "FeatureVector") and not n.endswith("Error")],
+        ".definitions",
+    ),
+    **{n: ".errors" for n in __all__ if n.endswith("Error")},
+    "ContextStore": ".serving.store",
+    "FeatureVector": ".types",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -136,6 +136,8 @@ def materialize(
                 mark_view(online, state)
             report.views.append(vr)
             continue
+        # Read before any row: a commit after this changes it, so a stored token never covers unread rows.
+        token = _change_token(offline, table_name)
         wm_raw = online.get_meta(_wm_key(name))
         wm = json.loads(wm_raw) if wm_raw else None
         cut = _stream_cut(config, view)
@@ -179,11 +181,22 @@ def materialize(
             start = h_start if start is None else max(start, h_start)
         if vr.mode == "incremental":
             assert wm is not None  # incremental mode is only chosen with a watermark
-            # Nothing newer than the watermark: nothing to reload (a cheap filtered probe).
-            probe = offline.read(
-                table_name, columns=[view.timestamp_field], ts_column=view.timestamp_field, start_us=wm["max_ts"] + 1
+            # Nothing newer than the watermark: nothing to reload. The table unchanged since the
+            # watermark was written says so without opening it; else a cheap filtered probe.
+            unchanged = token is not None and wm.get("ot") == token
+            probe_rows = (
+                0
+                if unchanged
+                else offline.read(
+                    table_name,
+                    columns=[view.timestamp_field],
+                    ts_column=view.timestamp_field,
+                    start_us=wm["max_ts"] + 1,
+                ).num_rows
             )
-            if probe.num_rows == 0:
+            if probe_rows == 0:
+                if not unchanged and token is not None:  # the next rerun needs no probe
+                    online.set_meta(_wm_key(name), json.dumps({**wm, "ot": token}).encode())
                 vr.watermark_us = wm["max_ts"]
                 vr.seconds = time.perf_counter() - t1
                 mark_view(online, state)
@@ -210,6 +223,8 @@ def materialize(
         else:
             vr.watermark_us = wm.get("max_ts") if wm else None
         meta: dict[str, Any] = {"vid": state.vid, "max_ts": vr.watermark_us, "at": now}
+        if token is not None:
+            meta["ot"] = token  # the offline table as it was read up to this watermark
         if cut is not _NOT_STREAM:
             meta["cut"] = cut
         online.set_meta(_wm_key(name), json.dumps(meta).encode())
@@ -218,9 +233,14 @@ def materialize(
         report.views.append(vr)
     if bar is not None:
         bar.close()
-    report.recent = materialize_recent(defs, config, online, offline)
+    report.recent = materialize_recent(defs, config, online, offline, full=full)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _change_token(offline: Any, table_name: str) -> str | None:
+    fn = getattr(offline, "change_token", None)  # optional: a store without it is always probed
+    return fn(table_name) if fn is not None else None
 
 
 def _wait_offline_log(offline: Any, online: Any, view: Any, timeout: float = 5.0) -> bool:
@@ -278,7 +298,9 @@ def history_signature(source: Any, repo: Any) -> str | None:
     return hashlib.sha1(repr(sig).encode()).hexdigest()[:16] if sig else None
 
 
-def materialize_recent(defs: RepoDefinitions, config: Config, online: Any, offline: Any = None) -> dict[str, int]:
+def materialize_recent(
+    defs: RepoDefinitions, config: Config, online: Any, offline: Any = None, full: bool = False
+) -> dict[str, int]:
     """Build the per-entity recent-events lists (``get_user_context`` serves them as they are) of
     each source named by a ContextService's ``recent_events``: the newest ``n`` rows of the batch
     history and of the offline event log (pushed events an empty list lacks, e.g. a new online store).
@@ -286,7 +308,10 @@ def materialize_recent(defs: RepoDefinitions, config: Config, online: Any, offli
     Only entities whose list is empty are filled (a list is append-only with a trim, so rows can
     not be merged into one that already holds stream events without breaking its order): a rerun
     appends nothing twice. Filled history rows carry ``HIST_MARK`` = the history's signature, so a
-    reader knows whether they still stand for the current history files."""
+    reader knows whether they still stand for the current history files.
+
+    A rerun with the same history files and an unchanged offline log reads neither (a stamp in the
+    online meta); ``full`` always reads them."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -306,6 +331,12 @@ def materialize_recent(defs: RepoDefinitions, config: Config, online: Any, offli
         ts = src.timestamp_field
         cols = [f.name for f in src.schema or ()]
         sig = history_signature(src, config.repo)
+        # Taken before the log is read (a later append changes it); None when it cannot be told.
+        stamp = _recent_stamp(offline, name, sig, n)
+        stamp_key = f"{_RECENT_PREFIX}{name}:{','.join(keys)}"
+        if stamp is not None and not full and online.get_meta(stamp_key) == stamp:
+            out.setdefault(name, 0)  # filled from these same inputs already: nothing new to fill
+            continue
         parts = [t for t in (_recent_history(src, config, sig), _recent_log(src, offline)) if t is not None]
         if n <= 0 or not parts:
             continue
@@ -339,7 +370,22 @@ def materialize_recent(defs: RepoDefinitions, config: Config, online: Any, offli
             online.append_recent(name, key, rows, n)
             filled += 1
         out[name] = out.get(name, 0) + filled
+        if stamp is not None:
+            online.set_meta(stamp_key, stamp)
     return out
+
+
+_RECENT_PREFIX = "recent_fill:"  # online meta: the inputs the recent lists of a source were last filled from
+
+
+def _recent_stamp(offline: Any, source: str, sig: str | None, n: int) -> bytes | None:
+    """The inputs of one recent-list fill: history signature, offline log version and list size."""
+    from ..vocab.tables import source_table
+
+    if offline is None or getattr(offline, "change_token", None) is None:
+        return None  # the log's version cannot be told: always read
+    log_token = offline.change_token(source_table(source))
+    return json.dumps({"sig": sig, "log": log_token, "n": n}).encode()
 
 
 def _recent_history(src: Any, config: Config, sig: str | None) -> pa.Table | None:

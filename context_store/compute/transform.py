@@ -11,15 +11,17 @@ import inspect
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..definitions import DType, FeatureView, FileSource, Source, StreamSource
 from ..definitions.dtypes import from_arrow
 from ..errors import DefinitionError, InvalidInputError
+
+if TYPE_CHECKING:
+    import duckdb  # imported where a query runs: reading a parquet file or a schema needs no DuckDB
 
 __all__ = [
     "read_source",
@@ -39,6 +41,8 @@ def duckdb_connect() -> duckdb.DuckDBPyConnection:
     """A per-thread in-memory DuckDB connection pinned to UTC (connections are not thread-safe)."""
     con = getattr(_local, "con", None)
     if con is None:
+        import duckdb
+
         con = duckdb.connect(":memory:")
         con.execute("SET TimeZone='UTC'")
         _local.con = con
@@ -94,15 +98,19 @@ def normalize_timestamp(column: pa.ChunkedArray | pa.Array, field: str = "timest
         if pa.types.is_floating(t):
             return pc.multiply(column, 1_000_000.0).cast(pa.int64()).cast(TS_TYPE)
         if pa.types.is_string(t) or pa.types.is_large_string(t):
+            import duckdb
+
             con = duckdb_connect()
             arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
             con.register("_ts_input", pa.table({"x": arr}))
             try:
                 out = con.sql("SELECT CAST(x AS TIMESTAMPTZ) AS x FROM _ts_input").to_arrow_table()
+            except duckdb.Error as e:
+                raise InvalidInputError(f"column {field!r} is not a valid timestamp: {e}", field=field) from None
             finally:
                 con.unregister("_ts_input")
             return out.column(0).cast(TS_TYPE)
-    except (pa.ArrowInvalid, duckdb.Error) as e:
+    except pa.ArrowInvalid as e:
         raise InvalidInputError(f"column {field!r} is not a valid timestamp: {e}", field=field) from None
     raise InvalidInputError(f"column {field!r} has type {t}, not a timestamp", field=field)
 
@@ -241,6 +249,8 @@ def apply_transform(view: FeatureView, table: pa.Table) -> pa.Table:
     if tf is None:
         out = table
     elif isinstance(tf, str):
+        import duckdb
+
         con = duckdb_connect()
         con.register("source", table)
         try:

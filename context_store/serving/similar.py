@@ -51,11 +51,34 @@ def _check_text(text: Any, name: str) -> str:
     return text
 
 
+_WARM_TEXTS = ("warm-up", "a longer warm-up query, so the first real text query runs on a warm model")
+
+
+def _warm_embedder(name: str) -> str:
+    """Load embedder ``name`` and run it (the first runs of a model are slow), so the first text query
+    after a server reports ready is as fast as later ones. A model that cannot load is reported, not
+    raised: features and vector reads still serve, and a text query answers the load error itself."""
+    try:
+        for text in _WARM_TEXTS:
+            embed_checked([text], name)
+        embed_checked(list(_WARM_TEXTS), name)  # a batch as well: the indexer's path
+    except Exception as e:  # noqa: BLE001 - reported by readiness()
+        _log.warning("embedder %s could not be warmed: %s", name, e)
+        return f"unavailable: {type(e).__name__}: {e}"
+    return "ready"
+
+
 class VectorService:
     def __init__(self, collections: VectorCollections) -> None:
         self.collections = collections
         self._warm_thread: threading.Thread | None = None
-        self._warm_state: dict[str, Any] = {"state": "cold", "collections": {}, "error": None, "seconds": None}
+        self._warm_state: dict[str, Any] = {
+            "state": "cold",
+            "collections": {},
+            "embedders": {},
+            "error": None,
+            "seconds": None,
+        }
 
     @property
     def defs(self) -> RepoDefinitions:
@@ -190,7 +213,16 @@ class VectorService:
         if self._warm_thread is not None:
             self._warm_thread.join()  # one warm-up at a time
         pending = {**{f"view:{n}": "pending" for n in names}, **{f"knowledge:{n}": "pending" for n in kbs}}
-        self._warm_state = {"state": "warming", "collections": pending, "error": None, "seconds": None}
+        embedders = dict.fromkeys(
+            [colls.view_def(n).embedder for n in names] + [colls.kb_def(n).embedder for n in kbs], "pending"
+        )
+        self._warm_state = {
+            "state": "warming",
+            "collections": pending,
+            "embedders": embedders,
+            "error": None,
+            "seconds": None,
+        }
         if not background:
             return self._warm(names, kbs, reraise=True)
         self._warm_thread = threading.Thread(target=self._warm, args=(names, kbs), name="vector-warm", daemon=True)
@@ -204,6 +236,8 @@ class VectorService:
                 st["collections"][key] = "loading"
                 coll = colls.view(colls.view_def(n)) if kind == "view" else colls.knowledge(colls.kb_def(n))
                 st["collections"][key] = (coll.loaded_from or "empty") if coll.exists else "unbuilt"
+            for emb in list(st["embedders"]):
+                st["embedders"][emb] = _warm_embedder(emb)
             st["state"] = "ready"
         except Exception as e:  # reported through readiness(), never an unhandled thread error
             _log.exception("vector warm-up failed")
@@ -228,12 +262,14 @@ class VectorService:
 
     def readiness(self) -> dict[str, Any]:
         """``{"ready", "state": cold|warming|ready|failed, "collections": {"view:<n>": pending|loading|
-        snapshot|rebuild|backfill|empty|unbuilt}, "error", "seconds"}`` — the body of a /readyz answer."""
+        snapshot|rebuild|backfill|empty|unbuilt}, "embedders": {"<name>": pending|ready|unavailable: <why>},
+        "error", "seconds"}`` — the body of a /readyz answer."""
         st = self._warm_state
         return {
             "ready": self.ready,
             "state": st["state"],
             "collections": dict(st["collections"]),
+            "embedders": dict(st["embedders"]),
             "error": st["error"],
             "seconds": st["seconds"],
         }

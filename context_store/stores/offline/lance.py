@@ -66,10 +66,18 @@ class LanceOfflineStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
-        lancedb = _import_lancedb()
-        self._db = lancedb.connect(str(self.path), read_consistency_interval=timedelta(0))
+        self._conn: Any = None  # connected on first table access: ``import lancedb`` costs seconds
         self._lock = threading.RLock()
         self._tables: dict[str, Any] = {}
+
+    @property
+    def _db(self) -> Any:
+        if self._conn is None:
+            with self._lock:
+                if self._conn is None:
+                    lancedb = _import_lancedb()
+                    self._conn = lancedb.connect(str(self.path), read_consistency_interval=timedelta(0))
+        return self._conn
 
     # -- helpers -----------------------------------------------------------------------
     def _dir(self, name: str) -> Path:
@@ -82,6 +90,26 @@ class LanceOfflineStore:
             return any(versions.iterdir())
         except (FileNotFoundError, NotADirectoryError):
             return False
+
+    def change_token(self, table_name: str) -> str | None:
+        """Changes with every commit to the table (its manifests), read from the file system only."""
+        versions = self._dir(table_name) / "_versions"
+        try:
+            names = sorted(p.name for p in versions.iterdir() if p.name.endswith(".manifest"))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if not names:
+            return None
+        # Newest first (V2 names count down) or last (V1 count up): stat both ends, so a table
+        # dropped and recreated at the same version number still gets a new token.
+        parts = [str(len(names))]
+        for n in {names[0], names[-1]}:
+            try:
+                st = (versions / n).stat()
+            except FileNotFoundError:
+                return None  # cleaned up meanwhile: unknown
+            parts.append(f"{n}:{st.st_mtime_ns}:{st.st_size}:{st.st_ino}")
+        return "|".join(sorted(parts))
 
     def _open(self, name: str) -> Any:
         tbl = self._tables.get(name)
