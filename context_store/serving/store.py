@@ -220,11 +220,15 @@ class ContextStore:
         online = self.online  # checks the claim: a worker or pusher of another deployment stops here
         with self._lock:  # the definitions and their version as one pair
             defs, version = self.definitions, self._definitions_version
+        offline = self.offline
+        connect = getattr(offline, "connect", None)
+        if connect is not None:
+            connect()  # the stream path writes it: import LanceDB now, not in the first offline flush
         return StreamContext(
             self.config,
             defs,
             online,
-            self.offline,
+            offline,
             embedding_sink=lambda: self.indexer,  # opened only for sources with embedding views
             version=self.registry.applied_version,
             reload=self._reloaded_stream_context,

@@ -70,6 +70,10 @@ class LanceOfflineStore:
         self._lock = threading.RLock()
         self._tables: dict[str, Any] = {}
 
+    def connect(self) -> None:
+        """Connect now (imports LanceDB): for processes that will write, so their first write is not slow."""
+        _ = self._db
+
     @property
     def _db(self) -> Any:
         if self._conn is None:
