@@ -52,18 +52,35 @@ class LanceVectors:
     """``LanceVectors(path)``; every method takes a table name and Arrow data, nothing Lance leaks."""
 
     def __init__(self, path: str | Path) -> None:
-        try:
-            import lancedb
-        except ImportError:
-            raise ImportError("durable vectors need LanceDB: pip install lancedb") from None
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
-        # interval 0: always read the latest version, so writes of other processes are visible.
-        self._db = lancedb.connect(str(self.path), read_consistency_interval=timedelta(0))
+        self._conn: Any = None  # LanceDB, for writes only: its import costs seconds, reads need none of it
         self._lock = threading.RLock()
         self._tables: dict[str, Any] = {}
         self._last_us = 0
         self._writes: dict[str, int] = {}
+
+    @property
+    def _db(self) -> Any:
+        if self._conn is None:
+            with self._lock:
+                if self._conn is None:
+                    try:
+                        import lancedb
+                    except ImportError:
+                        raise ImportError("durable vectors need LanceDB: pip install lancedb") from None
+                    # interval 0: always read the latest version, so writes of other processes are visible.
+                    self._conn = lancedb.connect(str(self.path), read_consistency_interval=timedelta(0))
+        return self._conn
+
+    def _dataset(self, name: str) -> Any | None:
+        """The table's latest committed version, for reading (the Lance format library: a fraction of
+        LanceDB's import time; opened per read, so other processes' writes are seen as with LanceDB)."""
+        if not self.exists(name):
+            return None
+        import lance
+
+        return lance.dataset(str(self._dir(name)))
 
     def _dir(self, name: str) -> Path:
         return self.path / f"{name}.lance"
@@ -86,28 +103,24 @@ class LanceVectors:
             return self._last_us
 
     def schema(self, name: str) -> pa.Schema | None:
-        tbl = self._open(name)
-        return None if tbl is None else tbl.schema
+        ds = self._dataset(name)
+        return None if ds is None else ds.schema
 
     def version(self, name: str) -> int | None:
-        tbl = self._open(name)
-        return None if tbl is None else int(tbl.version)
+        ds = self._dataset(name)
+        return None if ds is None else int(ds.version)
 
     def count(self, name: str) -> int:
-        tbl = self._open(name)
-        return 0 if tbl is None else int(tbl.count_rows())
+        ds = self._dataset(name)
+        return 0 if ds is None else int(ds.count_rows())
 
     def read(self, name: str, columns: list[str] | None = None, where: str | None = None) -> pa.Table | None:
-        tbl = self._open(name)
-        if tbl is None:
+        ds = self._dataset(name)
+        if ds is None:
             return None
-        if where is None and not columns:
-            return tbl.to_arrow()
         # A projected scan reads only the named columns (not the vectors) from disk.
-        q = tbl.search() if where is None else tbl.search().where(where)
-        if columns:
-            q = q.select(columns)
-        return q.limit(None).to_arrow() if hasattr(q, "limit") else q.to_arrow()
+        table: pa.Table = ds.to_table(columns=columns or None, filter=where)
+        return table
 
     def read_since(self, name: str, updated_us: int, columns: list[str] | None = None) -> pa.Table | None:
         return self.read(name, columns, where=f"updated_us > {int(updated_us)}")
