@@ -1,6 +1,6 @@
 """CLI cold starts: wall time of fresh ``context-store`` processes on a scaffolded, materialized repo.
 
-    python -m evals.bench_cli [--repeats 5] [--no-serve] [--out evals/results/cli.md]
+    python -m evals.bench_cli [--repeats 5] [--no-serve] [--baseline REV] [--out evals/results/cli.md]
 
 Set-up (not timed): ``init`` (the scaffold: 100 users, 5000 transactions, 200 items), ``apply``,
 ``backfill`` (feature views, item embeddings with all-MiniLM-L6-v2, help articles) and ``materialize``,
@@ -15,7 +15,9 @@ round runs every command once, so a load spike hits all of them alike), the wall
   and the tenth (each text new, so no query cache helps).
 
 Reported: median and min-max per command, and the 1-minute load average seen during the rounds (the
-machine is shared: read the numbers with it). Results -> evals/results/cli.md.
+machine is shared: read the numbers with it). ``--baseline REV`` also runs every command with the code
+of git revision REV (``git archive``d to a temp dir), interleaved in the same rounds on the same repo.
+Results -> evals/results/cli.md.
 """
 
 from __future__ import annotations
@@ -56,16 +58,16 @@ def cli_argv() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "context_store.cli"]
 
 
-def env() -> dict[str, str]:
+def env(code: Path = ROOT) -> dict[str, str]:
     e = {k: v for k, v in os.environ.items() if not k.startswith("CONTEXT_STORE_")}
-    e["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [e.get("PYTHONPATH")])])  # this checkout
+    e["PYTHONPATH"] = os.pathsep.join([str(code), *filter(None, [e.get("PYTHONPATH")])])  # that checkout's code
     e.setdefault("HF_HUB_OFFLINE", "1")  # the model is cached by the set-up's backfill: never ask the network
     return e
 
 
-def run(args: list[str], cwd: Path) -> float:
+def run(args: list[str], cwd: Path, code: Path = ROOT) -> float:
     t0 = time.perf_counter()
-    p = subprocess.run([*cli_argv(), *args], cwd=cwd, env=env(), capture_output=True, text=True, timeout=600)
+    p = subprocess.run([*cli_argv(), *args], cwd=cwd, env=env(code), capture_output=True, text=True, timeout=600)
     dt = time.perf_counter() - t0
     if p.returncode != 0:
         raise RuntimeError(f"context-store {' '.join(args)} failed:\n{p.stdout}\n{p.stderr}")
@@ -78,7 +80,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def serve_round(repo: Path, round_no: int) -> dict[str, float]:
+def serve_round(repo: Path, round_no: int, code: Path = ROOT) -> dict[str, float]:
     """Start ``serve``; seconds until ready, then the 1st and the 10th text query (each text new)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -86,7 +88,7 @@ def serve_round(repo: Path, round_no: int) -> dict[str, float]:
     proc = subprocess.Popen(
         [*cli_argv(), "serve", "--port", str(port), "--no-auth", "--no-mcp"],
         cwd=repo,
-        env=env(),
+        env=env(code),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -136,40 +138,67 @@ def setup(root: Path) -> Path:
     return repo
 
 
+def checkout(rev: str, dest: Path) -> Path:
+    """The tree of git revision ``rev`` in ``dest`` (no worktree, no repository metadata touched)."""
+    dest.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-serve", action="store_true", help="skip the serve measurements")
+    ap.add_argument("--baseline", metavar="REV", help="also time the code of this git revision, interleaved")
     ap.add_argument("--out", type=Path, default=RESULTS / "cli.md")
     a = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_cli_"))
     try:
+        codes = {"this": ROOT}
+        if a.baseline:
+            codes[f"baseline {a.baseline}"] = checkout(a.baseline, tmp / "baseline")
         print("set-up (not timed) ...", flush=True)
         repo = setup(tmp)
-        commands: list[tuple[str, Callable[[], float]]] = [
-            ("--help", lambda: run(["--help"], repo)),
-            ("get", lambda: run(["get", *SERVICE_ARGS], repo)),
-            ("materialize (no-op)", lambda: run(["materialize"], repo)),
-            ("similar --text", lambda: run(["similar", "item_embeddings", "--text", "quiet winter", "-k", "5"], repo)),
-        ]
-        samples: dict[str, list[float]] = {name: [] for name in TARGETS}
+        samples: dict[str, dict[str, list[float]]] = {c: {name: [] for name in TARGETS} for c in codes}
         loads: list[float] = []
         for r in range(a.repeats):
             loads.append(os.getloadavg()[0])
-            for name, fn in commands:
-                samples[name].append(fn())
-            if not a.no_serve:
-                for name, v in serve_round(repo, r).items():
-                    samples[name].append(v)
+            for label, code in codes.items():
+                got = samples[label]
+                for name, fn in commands(repo, code):
+                    got[name].append(fn())
+                if not a.no_serve:
+                    for name, v in serve_round(repo, r, code).items():
+                        got[name].append(v)
+                print(
+                    f"round {r + 1}/{a.repeats} {label}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in got.items() if v)
+                )
             loads.append(os.getloadavg()[0])
-            print(f"round {r + 1}/{a.repeats}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in samples.items() if v))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     write(a.out, samples, loads, a.repeats)
 
 
-def write(out: Path, samples: dict[str, list[float]], loads: list[float], repeats: int) -> None:
+def commands(repo: Path, code: Path) -> list[tuple[str, Callable[[], float]]]:
+    return [
+        ("--help", lambda: run(["--help"], repo, code)),
+        ("get", lambda: run(["get", *SERVICE_ARGS], repo, code)),
+        ("materialize (no-op)", lambda: run(["materialize"], repo, code)),
+        (
+            "similar --text",
+            lambda: run(["similar", "item_embeddings", "--text", "quiet winter", "-k", "5"], repo, code),
+        ),
+    ]
+
+
+def _cell(vals: list[float]) -> str:
+    return f"{statistics.median(vals):.3f} ({min(vals):.3f}-{max(vals):.3f})" if vals else ""
+
+
+def write(out: Path, samples: dict[str, dict[str, list[float]]], loads: list[float], repeats: int) -> None:
+    labels = list(samples)
     lines = [
         "# CLI cold starts (`python -m evals.bench_cli`)",
         "",
@@ -178,23 +207,27 @@ def write(out: Path, samples: dict[str, list[float]], loads: list[float], repeat
         f"{min(loads):.2f}-{max(loads):.2f} (a shared machine: other processes ran meanwhile).",
         "",
         "Embedded scaffold (`context-store init`: 100 users, 5000 transactions, 200 items), applied, backfilled and "
-        "materialized before timing. Wall time of a fresh process (the console script), seconds.",
+        "materialized before timing. Wall time of a fresh process (the console script), seconds: median (min-max).",
         "",
-        "| command | median | min-max | target |",
-        "|---|---:|---:|---|",
+        "| command | " + " | ".join(labels) + " | target (on this code's median) |",
+        "|---|" + "---:|" * len(labels) + "---|",
     ]
-    for name, vals in samples.items():
-        if not vals:
+    for name, target in TARGETS.items():
+        cells = [_cell(samples[c][name]) for c in labels]
+        if not any(cells):
             continue
-        med = statistics.median(vals)
-        target = TARGETS.get(name)
-        verdict = "" if target is None else f"<= {target} s: {'met' if med <= target else 'MISSED'} (median)"
-        lines.append(f"| `{name}` | {med:.3f} | {min(vals):.3f}-{max(vals):.3f} | {verdict} |")
+        this = samples["this"][name]
+        verdict = (
+            ""
+            if target is None or not this
+            else f"<= {target} s: " + ("met" if statistics.median(this) <= target else "MISSED")
+        )
+        lines.append(f"| `{name}` | " + " | ".join(cells) + f" | {verdict} |")
     lines += [
         "",
-        "`serve: until /readyz 200` counts from process start until /readyz says ready, which it does only once the "
-        "vector indexes are loaded and the embedder loaded and warmed; the text queries are POST /v1/similar over "
-        "HTTP with a new text each (no query cache).",
+        "`serve: until /readyz 200` counts from process start until /readyz says ready; with this code that is once "
+        "the vector indexes are loaded and the embedder is loaded and warmed. The text queries are POST /v1/similar "
+        "over HTTP, each with a new text (no query cache).",
         "",
     ]
     out.parent.mkdir(parents=True, exist_ok=True)
