@@ -158,7 +158,10 @@ def main() -> None:
     try:
         codes = {"this": ROOT}
         if a.baseline:
-            codes[f"baseline {a.baseline}"] = checkout(a.baseline, tmp / "baseline")
+            short = subprocess.run(
+                ["git", "-C", str(ROOT), "rev-parse", "--short", a.baseline], check=True, capture_output=True, text=True
+            ).stdout.strip()
+            codes[f"baseline {a.baseline} ({short})"] = checkout(a.baseline, tmp / "baseline")
         print("set-up (not timed) ...", flush=True)
         repo = setup(tmp)
         samples: dict[str, dict[str, list[float]]] = {c: {name: [] for name in TARGETS} for c in codes}
