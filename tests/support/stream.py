@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -90,3 +93,23 @@ class StoreFactory(Protocol):
 
 def event(user: str, minutes: float, amount: float | None, merchant: str | None = "m0") -> dict[str, Any]:
     return {"user_id": user, "ts": T0 + timedelta(minutes=minutes), "amount": amount, "merchant": merchant}
+
+
+def start_worker(store: Any, redis_url: str, *extra: str) -> subprocess.Popen[bytes]:
+    """A real ``context-store worker`` process on ``store``'s repo and workspace (``extra``: more CLI
+    options, e.g. ``--batch 8``); this checkout first on its path, no CONTEXT_STORE_* from the caller."""
+    cmd = [
+        sys.executable,
+        "-c",
+        "from context_store.cli.stream import worker; worker()",
+        "--repo",
+        str(store.config.repo),
+        "--workspace",
+        store.workspace,
+        "--online-store",
+        redis_url,
+        *extra,
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTEXT_STORE_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")])
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -6,11 +6,9 @@ recomputation."""
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -20,29 +18,11 @@ import pyarrow as pa
 import pytest
 
 from tests.support.reference import expected_view_row, values_match
-from tests.support.stream import T0, StoreFactory, event
+from tests.support.stream import T0, StoreFactory, event, start_worker
 
 TS = pa.timestamp("us", tz="UTC")
 T_REQ = T0 + timedelta(hours=8)
 DEADLINE_S = 2.0
-
-
-def start_worker(store: Any, redis_url: str) -> subprocess.Popen[bytes]:
-    """A real ``context-store worker`` process with its default offline flush cadence."""
-    cmd = [
-        sys.executable,
-        "-c",
-        "from context_store.cli.stream import worker; worker()",
-        "--repo",
-        str(store.config.repo),
-        "--workspace",
-        store.workspace,
-        "--online-store",
-        redis_url,
-    ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTEXT_STORE_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[3]), env.get("PYTHONPATH", "")])
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def wait_live(store: Any, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:

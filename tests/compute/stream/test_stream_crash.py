@@ -5,11 +5,9 @@ events, restarted each time; final online aggregates equal a recomputation from 
 from __future__ import annotations
 
 import bisect
-import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections import defaultdict
 from datetime import timedelta
@@ -19,33 +17,13 @@ import pyarrow as pa
 import pytest
 
 from context_store.compute.stream.online_adapter import applied_offset
-from tests.support.stream import T0, StoreFactory, event, events_table
+from tests.support.stream import T0, StoreFactory, event, events_table, start_worker
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 N = 50_000
 USERS = 400
 T_REQ = T0 + timedelta(hours=7, minutes=1)
-
-
-def _start_worker(store, redis_url: str) -> subprocess.Popen:
-    cmd = [
-        sys.executable,
-        "-c",
-        "from context_store.cli.stream import worker; worker()",
-        "--repo",
-        str(store.config.repo),
-        "--workspace",
-        store.workspace,
-        "--online-store",
-        redis_url,
-        "--batch",
-        "8",
-        "--flush-interval",
-        "0.25",
-    ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTEXT_STORE_")}
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def _progress(store, view, all_offsets: dict[int, list[int]]) -> int:
@@ -89,7 +67,7 @@ def test_sigkill_midway_neither_loses_nor_double_counts(
     total = sum(len(v) for v in all_offsets.values())
     kills = 0
     for frac in (0.3, 0.65):
-        proc = _start_worker(store, redis_url)
+        proc = start_worker(store, redis_url, "--batch", "8", "--flush-interval", "0.25")
         try:
             _wait(proc, lambda f=frac: _progress(store, view, all_offsets) >= f * total, 120)
         finally:
@@ -101,7 +79,7 @@ def test_sigkill_midway_neither_loses_nor_double_counts(
     log = store.ingestor.stream_log
     keys = [log.stream_key("transactions", p) for p in range(4)]
     assert log.lag(keys) > 0  # the dead worker left pending (unacknowledged) entries behind
-    proc = _start_worker(store, redis_url)
+    proc = start_worker(store, redis_url, "--batch", "8", "--flush-interval", "0.25")
     try:
         _wait(proc, lambda: _progress(store, view, all_offsets) == total and log.lag(keys) == 0, 120)
     finally:
