@@ -115,9 +115,10 @@ class Ingestor:
         validated = table.num_rows
         # [admission] The file lock orders every process's pushes (one watermark for all); it is
         # taken before the push lock, by every pusher, so the two never deadlock.
+        cuts = cutovers(self.ctx)
         with embedded_admission(self.ctx.config.workspace_dir) as admitted:
             wm = admitted.watermark(src, 0)
-            adm = admit_rows(self.ctx, plan, table, np.zeros(validated, dtype=np.int64), {0: wm})
+            adm = admit_rows(cuts, plan, table, np.zeros(validated, dtype=np.int64), {0: wm})
             kept = np.flatnonzero(adm.accepted)  # pushed-record index of each row still written
             if len(kept) < validated:
                 table = table.take(pa.array(kept))  # too late: written nowhere, reported
@@ -126,7 +127,7 @@ class Ingestor:
             out = None
             if table.num_rows or (dedup is not None and dedup.key is not None):
                 try:
-                    out = self._embedded.push(self.ctx, plan, table, cutovers(self.ctx), watermark=wm, dedup=dedup)
+                    out = self._embedded.push(self.ctx, plan, table, cuts, watermark=wm, dedup=dedup)
                 except Replayed as r:
                     return replayed_result(src, r.result, visible=True)
             admitted.commit(src, adm.partitions[0])  # only once applied (an error commits nothing)

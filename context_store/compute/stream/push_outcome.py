@@ -80,11 +80,11 @@ def cutovers(ctx: StreamContext) -> dict[str, int]:
 
 
 def admit_rows(
-    ctx: StreamContext, plan: SourcePlan, table: pa.Table, part: np.ndarray, watermarks: dict[int, int | None]
+    cuts: dict[str, int], plan: SourcePlan, table: pa.Table, part: np.ndarray, watermarks: dict[int, int | None]
 ) -> Admission:
-    """The event-time decision on every record (``admission.py``) against the assumed watermarks."""
+    """The event-time decision on every record (``admission.py``) against the assumed watermarks;
+    ``cuts``: the views' cut-overs (``cutovers``), read once per push."""
     src = plan.source
-    cuts = cutovers(ctx)
     cut = max(((v.name, cuts[v.name]) for v in plan.views if v.name in cuts), key=lambda c: c[1], default=None)
     ts = ts_to_us(table.column(src.timestamp_field))
     return admit(ts, part, watermarks, src.allowed_lateness, cut, src.timestamp_field)

@@ -29,7 +29,7 @@ from . import online_adapter
 from .admission import Admission
 from .dedup import PushDedup, decode_stored, encode_stored, first_occurrences
 from .processor import SourcePlan, partition_of, update_embeddings
-from .push_outcome import PushResult, admit_rows, all_rejected, count_rejections, replayed_result
+from .push_outcome import PushResult, admit_rows, all_rejected, count_rejections, cutovers, replayed_result
 from .stats import STATS
 
 if TYPE_CHECKING:
@@ -105,11 +105,12 @@ class RedisPusher:
             dups = sorted(set(range(n_in)) - set(index.tolist()))
         from .push_script import WatermarkConflict
 
+        cuts = cutovers(self.ctx)
         for _ in range(_ADMIT_TRIES):
             rows = table if len(index) == n_in else table.take(pa.array(index))
             part = partition_of(rows, plan.partition_keys, src.partitions)
             uniq = [int(p) for p in np.unique(part).tolist()]
-            adm = admit_rows(self.ctx, plan, rows, part, self._assumed_watermarks(log_, src.name, uniq))
+            adm = admit_rows(cuts, plan, rows, part, self._assumed_watermarks(log_, src.name, uniq))
             keep = adm.accepted
             if keep.all() and len(uniq) == 1:
                 parts = {uniq[0]: rows}
