@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..access import Subject
 from ..errors import ForbiddenError, UnauthorizedError
 from .keys import GRANTS, KeyStore
 
@@ -21,6 +22,7 @@ class Principal:
     scope: str
     key_id: str | None = None
     rate_limit: float | None = None
+    subject: Subject | None = None  # the one entity this token may touch (``context_store.access``)
 
     def can(self, scope: str) -> bool:
         return scope in GRANTS[self.scope]

@@ -1,0 +1,76 @@
+"""What a caller may touch beyond workspace and scope: the one entity a token is bound to.
+
+A key created with ``--subject user_id=u0001`` (or a JWT whose subject claim maps to one) carries a
+``Subject``. Serving checks every entity a call names against it, in one place, so REST, MCP and the
+SDK refuse the same things: another entity is a 403 (MCP: ``isError``), and an omitted entity id
+defaults to the subject's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ForbiddenError, InvalidInputError
+
+__all__ = ["Subject", "check_join_keys", "subject_entity_id"]
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """The one entity a token may read or write: ``join_key=value``."""
+
+    join_key: str
+    value: str
+
+    @classmethod
+    def parse(cls, text: str, field: str = "subject") -> Subject:
+        """``"user_id=u0001"`` -> ``Subject("user_id", "u0001")``; 400 naming ``field`` otherwise."""
+        key, sep, value = text.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise InvalidInputError(
+                f"a subject is JOIN_KEY=VALUE (for example user_id=u0001), got {text!r}", field=field
+            )
+        return cls(key, value)
+
+    def __str__(self) -> str:
+        return f"{self.join_key}={self.value}"
+
+
+def check_join_keys(subject: Subject | None, join_keys: Mapping[str, Any], field: str = "join_keys") -> None:
+    """403 unless ``join_keys`` names the subject's entity (a request keyed otherwise reaches past it)."""
+    if subject is None:
+        return
+    got = join_keys.get(subject.join_key)
+    if got is None:
+        raise ForbiddenError(
+            f"this token is bound to {subject}; the request has no {subject.join_key!r} join key",
+            field=f"{field}.{subject.join_key}",
+        )
+    if str(got) != subject.value:
+        raise ForbiddenError(
+            f"this token is bound to {subject}; it may not use {subject.join_key}={got}",
+            field=f"{field}.{subject.join_key}",
+        )
+
+
+def subject_entity_id(subject: Subject | None, join_key: str, entity_id: Any, field: str = "entity_id") -> str:
+    """The entity id a call runs for: ``entity_id``, or the subject's when omitted; 403 on another entity.
+
+    ``join_key`` is the join key of the entity the call is about (the context service's, the view's).
+    """
+    if subject is None:
+        if entity_id is None or str(entity_id) == "":
+            raise InvalidInputError("entity_id is required", field=field)
+        return str(entity_id)
+    if join_key != subject.join_key:
+        raise ForbiddenError(
+            f"this token is bound to {subject}; entities keyed by {join_key!r} are out of its reach", field=field
+        )
+    if entity_id is None or str(entity_id) == "":
+        return subject.value
+    if str(entity_id) != subject.value:
+        raise ForbiddenError(f"this token is bound to {subject}; it may not use {join_key}={entity_id}", field=field)
+    return subject.value
