@@ -13,7 +13,7 @@ import inspect
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import anyio.to_thread
 from mcp.server import MCPServer
@@ -23,6 +23,7 @@ from mcp_types import ToolAnnotations
 from pydantic import Field
 
 from context_store import ContextStore
+from context_store.access import Subject
 from context_store.definitions import RealtimeFeatureView
 from context_store.errors import (
     ContextStoreError,
@@ -70,7 +71,7 @@ from .models import (
     UserContextResult,
 )
 
-__all__ = ["create_mcp_server", "run_stdio", "INSTRUCTIONS", "PRINCIPAL_SCOPE_KEY"]
+__all__ = ["create_mcp_server", "run_stdio", "caller", "subject_of", "Caller", "INSTRUCTIONS", "PRINCIPAL_SCOPE_KEY"]
 
 # Key under which ``context_store.tools.http`` stores the authenticated principal in the ASGI scope.
 PRINCIPAL_SCOPE_KEY = "context_store.principal"
@@ -97,6 +98,38 @@ JoinKeyMap = Annotated[
     dict[str, str | int],
     Field(min_length=1, max_length=JOIN_KEYS, description="Join key name -> value, e.g. {'user_id': 'user_123'}."),
 ]
+
+
+class Caller(Protocol):
+    """The authenticated caller ``tools.http`` puts on the request scope (``server.auth.Principal``)."""
+
+    @property
+    def workspace(self) -> str | None: ...
+    @property
+    def scope(self) -> str: ...
+    @property
+    def subject(self) -> Subject | None: ...
+    def can(self, scope: str) -> bool: ...
+
+
+def caller(ctx: Context) -> Caller | None:
+    """Who calls a tool: the HTTP request's principal; ``None`` over stdio or in memory (the operator)."""
+    try:
+        request = ctx.request_context.request
+    except ValueError:  # called directly (MCPServer.call_tool) outside a transport
+        request = None
+    if request is None:  # stdio or in-memory: the operator picked the workspace at startup
+        return None
+    principal: Caller | None = request.scope.get(PRINCIPAL_SCOPE_KEY)
+    if principal is None:  # an HTTP request that bypassed tools.http's auth: refuse, never default
+        raise ToolError(tool_error_text(UnauthorizedError("no authenticated API key on this request")))
+    return principal
+
+
+def subject_of(ctx: Context) -> Subject | None:
+    """The entity the caller's token is bound to, if any (``context_store.access``)."""
+    principal = caller(ctx)
+    return None if principal is None else principal.subject
 
 
 @contextmanager
@@ -169,17 +202,9 @@ def create_mcp_server(store_for: StoreFor | ContextStore, *, name: str = "contex
         return register
 
     def store(ctx: Context) -> ContextStore:
-        try:
-            request = ctx.request_context.request
-        except ValueError:  # called directly (MCPServer.call_tool) outside a transport
-            request = None
-        if request is None:  # stdio or in-memory: the operator picked the workspace at startup
-            return resolve(None)
-        principal = request.scope.get(PRINCIPAL_SCOPE_KEY)
-        if principal is None:  # an HTTP request that bypassed tools.http's auth: refuse, never default
-            raise ToolError(tool_error_text(UnauthorizedError("no authenticated API key on this request")))
+        principal = caller(ctx)
         with _errors():
-            return resolve(principal.workspace)
+            return resolve(None if principal is None else principal.workspace)
 
     @tool("Get user context")
     async def get_user_context(
