@@ -306,7 +306,7 @@ class ContextStore:
         """Online views whose state the online store does not hold (never materialized, or lost)."""
         return self.features.coverage.missing_views()
 
-    # -- reads -------------------------------------------------------------------------
+    # -- reads (``subject=``: the one entity the caller may touch, ``context_store.access``) ------------
     def get_features(
         self,
         feature_service: str,
@@ -316,7 +316,6 @@ class ContextStore:
         *,
         subject: Subject | None = None,
     ) -> FeatureVector:
-        """``subject``: the one entity the caller may read (``context_store.access``); another is a 403."""
         if subject is not None:
             check_join_keys(subject, join_keys)
         # No property call on the read path: the opened server, else open it.
@@ -399,7 +398,6 @@ class ContextStore:
         filter: Mapping[str, Any] | None = None,
         subject: Subject | None = None,
     ) -> SimilarResult:
-        """``subject``: by ``entity_id``, only the subject's own entity (403 otherwise); text and vector stay open."""
         return self.vectors.find_similar(
             view, text=text, entity_id=entity_id, vector=vector, k=k, filter=filter, subject=subject
         )
@@ -421,8 +419,7 @@ class ContextStore:
         subject: Subject | None = None,
     ) -> UserContext:
         """Features, recent events, similar items and (for a ``query``) knowledge of one entity, with
-        provenance and a prompt-ready ``text``; ``as_of`` replays it at a past time. With a ``subject``,
-        only its entity (``entity_id=None``: the subject's)."""
+        provenance and a prompt-ready ``text``; ``as_of`` replays it at a past time; ``subject``: see access.py."""
         from .context import get_user_context
 
         return get_user_context(
