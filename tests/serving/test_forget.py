@@ -147,8 +147,9 @@ def test_forget_erases_everything_and_nothing_brings_it_back(store: cs.ContextSt
     assert {k: v for k, v in after_u2.items() if "txn_stats" not in k} == {
         k: v for k, v in before_u2.items() if "txn_stats" not in k
     }
-    assert train[1]["user_profile__segment" if "user_profile__segment" in train[1] else "segment"] == (
-        train_before[1]["user_profile__segment" if "user_profile__segment" in train[1] else "segment"]
+    assert (
+        train[1]["user_profile__segment" if "user_profile__segment" in train[1] else "segment"]
+        == (train_before[1]["user_profile__segment" if "user_profile__segment" in train[1] else "segment"])
     )
     assert [e.values for e in store.get_user_context("u2", context_service="user_context").recent_events][1:] == [
         e.values for e in ctx_u2.recent_events
@@ -183,3 +184,49 @@ def test_forget_checks_its_input(store: cs.ContextStore) -> None:
     assert store.forget_audit() == []
     res = store.forget({"user_id": "nobody"})  # an unknown entity: nothing to erase, still audited
     assert res.total == 0 and len(store.forget_audit()) == 1
+
+
+@pytest.mark.redis
+def test_a_worker_drops_events_of_a_forgotten_entity_still_in_the_stream(
+    tmp_path: Path, redis_url: str, workspace_name: str, redis_cleanup: list[str]
+) -> None:
+    """Events durable in the Redis stream before the forget, applied by a worker process after it:
+    the worker (another process) sees the tombstone and drops them; other entities' events apply."""
+    import signal
+    import time
+
+    from tests.support.stream import start_worker
+
+    redis_cleanup.append(f"*{workspace_name}*")
+    s = cs.ContextStore(build_context_repo(tmp_path / "repo"), workspace=workspace_name, online_store=redis_url)
+    try:
+        s.apply()
+        s.backfill()
+        s.materialize()
+        now = datetime.now(UTC)
+        for u in ("u3", "u2"):
+            pushed = s.push(
+                "transactions", txn_rows(u, now - timedelta(seconds=30), 2, timedelta(seconds=5)), wait=False
+            )
+            assert pushed.accepted == 2 and not pushed.visible
+        assert sum(s.stream_lag().values()) > 0  # in the stream, not applied
+        count_u2 = _features(s, "u2")["txn_stats.amount_count_1d"]
+        res = s.forget({"user_id": "u3"})
+        assert res.online["entities"] == 1  # its batch history's state
+        proc = start_worker(s, redis_url)
+        try:
+            deadline = time.monotonic() + 60
+            while sum(s.stream_lag().values()) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert sum(s.stream_lag().values()) == 0
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+            if proc.stderr:
+                proc.stderr.close()
+        assert _features(s, "u2")["txn_stats.amount_count_1d"] == count_u2 + 2
+        assert s.online.forget_entity("user_id", "u3") == (0, 0)  # the worker wrote nothing of u3
+        assert _empty(_features(s, "u3"))
+        assert "src__transactions" in _rows_of(s, "u2") and _rows_of(s, "u3") == {}
+    finally:
+        s.close()
