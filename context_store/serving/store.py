@@ -418,6 +418,12 @@ class ContextStore:
 
         return forget(self, join_keys, actor)
 
+    def forget_entity(self, entity: str, entity_id: str, *, actor: str | None = None) -> ForgetResult:
+        """``forget`` by entity definition name (REST): 404 for an unknown entity."""
+        from .forget import forget_entity
+
+        return forget_entity(self, entity, entity_id, actor)
+
     def forget_audit(self, join_keys: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
         """The audit of forgets (no entity data: a salted hash of the value), oldest first."""
         from .forget import forget_audit
