@@ -90,6 +90,12 @@ def _rows_of(store: cs.ContextStore, value: str) -> dict[str, int]:
     return out
 
 
+def _old_versions(store: cs.ContextStore, table: str) -> int:
+    import lance
+
+    return len(lance.dataset(str(Path(store.config.offline_path) / f"{table}.lance")).versions()) - 1
+
+
 def _features(store: cs.ContextStore, user: str) -> dict[str, Any]:
     return dict(store.get_features("user_features", {"user_id": user}).to_dict())
 
@@ -118,6 +124,9 @@ def test_forget_erases_everything_and_nothing_brings_it_back(store: cs.ContextSt
     assert res.total == sum(res.offline.values()) + 2 + 3
     assert _rows_of(store, "u1") == {}
     assert _rows_of(store, "u1' OR '1'='1") == {MEMORY: 1}
+    assert _old_versions(store, "fv__txn_stats") == 0  # no old version keeps the rows on disk
+    assert _old_versions(store, "vectors/emb__user_bios") == 0
+    assert not (Path(store.config.offline_path) / "vectors" / "emb__user_bios.faiss-snapshot").exists()
 
     # Nothing brings it back: backfill (the batch files still hold u1), materialize, a late event.
     store.backfill()
