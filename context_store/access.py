@@ -8,7 +8,7 @@ defaults to the subject's.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,10 +39,25 @@ class Subject:
         return f"{self.join_key}={self.value}"
 
 
-def check_join_keys(subject: Subject | None, join_keys: Mapping[str, Any], field: str = "join_keys") -> None:
-    """403 unless ``join_keys`` names the subject's entity (a request keyed otherwise reaches past it)."""
+def check_join_keys(
+    subject: Subject | None,
+    join_keys: Mapping[str, Any],
+    field: str = "join_keys",
+    keyed_by: Collection[str] | None = None,
+) -> None:
+    """403 unless ``join_keys`` names the subject's entity (a request keyed otherwise reaches past it).
+
+    ``keyed_by``: the join keys of what is read (a feature service's). A service not keyed by the
+    subject's join key (item features, say) is refused too: an extra ``user_id`` the service ignores
+    must not unlock it.
+    """
     if subject is None:
         return
+    if keyed_by is not None and subject.join_key not in keyed_by:
+        raise ForbiddenError(
+            f"this token is bound to {subject}; this feature service is not keyed by {subject.join_key!r}",
+            field=field,
+        )
     got = join_keys.get(subject.join_key)
     if got is None:
         raise ForbiddenError(

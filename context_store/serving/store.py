@@ -318,7 +318,7 @@ class ContextStore:
         subject: Subject | None = None,
     ) -> FeatureVector:
         if subject is not None:
-            check_join_keys(subject, join_keys)
+            self._check_subject(subject, feature_service, [join_keys], single=True)
         # No property call on the read path: the opened server, else open it.
         return (self._features or self._open_features()).get_features(
             feature_service, join_keys, request_context, request_time
@@ -334,7 +334,7 @@ class ContextStore:
         subject: Subject | None = None,
     ) -> FeatureVector:
         if subject is not None:
-            check_join_keys(subject, join_keys)
+            self._check_subject(subject, feature_service, [join_keys], single=True)
         return await (self._features or self._open_features()).get_features_async(
             feature_service, join_keys, request_context, request_time
         )
@@ -349,11 +349,16 @@ class ContextStore:
         subject: Subject | None = None,
     ) -> list[FeatureVector]:
         if subject is not None:  # every row: one foreign entity refuses the whole batch
-            for i, keys in enumerate(join_keys):
-                check_join_keys(subject, keys if isinstance(keys, Mapping) else {}, f"join_keys[{i}]")
+            self._check_subject(subject, feature_service, join_keys, single=False)
         return (self._features or self._open_features()).get_features_batch(
             feature_service, join_keys, request_context, request_time
         )
+
+    def _check_subject(self, subject: Subject, service: str, rows: Sequence[JoinKeys], single: bool) -> None:
+        keyed_by = (self._features or self._open_features()).plan(service).join_keys
+        for i, keys in enumerate(rows):
+            field = "join_keys" if single else f"join_keys[{i}]"
+            check_join_keys(subject, keys if isinstance(keys, Mapping) else {}, field, keyed_by=keyed_by)
 
     def get_training_data(
         self,

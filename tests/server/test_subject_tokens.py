@@ -59,6 +59,20 @@ def test_get_features_only_for_the_subject(srv: dict[str, Any], who: str) -> Non
 
 
 @pytest.mark.parametrize("who", ["u1", "jwt_u1"])
+def test_a_service_not_keyed_by_the_subject_is_refused(srv: dict[str, Any], who: str) -> None:
+    """An extra user_id the item service ignores must not unlock item features for a user-bound token."""
+    body: dict[str, Any] = {
+        "params": {"featureServiceName": "item_features", "joinKeyMap": {"item_id": "i1", "user_id": "u1"}}
+    }
+    r = httpx.post(srv["url"] + FEATURES, json=body, headers=_h(srv["keys"][who]))
+    assert r.status_code == 403 and "not keyed by 'user_id'" in r.json()["message"], r.text
+    body["params"]["joinKeyMap"] = {"item_id": "i1"}
+    assert _features(srv, srv["keys"][who], {"item_id": "i1"}).status_code == 403
+    free = httpx.post(srv["url"] + FEATURES, json=body, headers=_h(srv["keys"]["free"]))
+    assert free.status_code == 200, free.text
+
+
+@pytest.mark.parametrize("who", ["u1", "jwt_u1"])
 def test_batch_with_one_foreign_entity_is_refused_whole(srv: dict[str, Any], who: str) -> None:
     key = srv["keys"][who]
     ok = _batch(srv, key, ["u1", "u1"])

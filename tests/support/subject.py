@@ -27,6 +27,8 @@ JWT_SECRET = "test-secret-" + "x" * 40  # an HS256 secret of more than 32 bytes
 AUDIENCE = "context-store"
 USER_EMBEDDINGS = """
 user_embeddings = cs.EmbeddingView("user_embeddings", [user], profiles, text="segment", embedder="hash-64")
+item_profile = cs.FeatureView("item_profile", [item], items, features=[cs.Field("category", cs.String)], ttl="3650d")
+item_features = cs.FeatureService("item_features", [item_profile])
 """
 
 
