@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
+    from ..access import Subject
     from ..compute.batch import BackfillReport
     from ..compute.coverage import ApplyCoverage
     from ..compute.materialize import MaterializeReport
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from ..stores.vector import VectorCollections
     from .context import UserContext
     from .features import FeatureServer
+    from .record import RecordedEvent
     from .similar import VectorService
 
 __all__ = ["ContextStore"]
@@ -371,6 +373,20 @@ class ContextStore:
         return self.ingestor.push(
             source, rows, dry_run=dry_run, timeout=timeout, wait=wait, idempotency_key=idempotency_key
         )
+
+    def record_event(
+        self,
+        source: str,
+        record: Mapping[str, Any],
+        *,
+        subject: Subject | None = None,
+        idempotency_key: str | None = None,
+    ) -> RecordedEvent:
+        """Push one event (validated like ``push``) and read back the online values of the views it feeds,
+        for the record's entity (``record.py``). ``subject``: only events about that entity."""
+        from .record import record_event
+
+        return record_event(self, source, record, subject=subject, idempotency_key=idempotency_key)
 
     # -- embeddings, similarity, knowledge, agent context --------------------------------
     def find_similar(
