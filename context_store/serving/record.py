@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ..access import Subject, check_join_keys
 from ..compute.stream.processor import source_plan
 from ..errors import InvalidInputError
+from ..limits import RECORD_FIELDS
 from ..types import FeatureMetadata
 from .context_text import iso, jsonable
 
@@ -88,6 +89,8 @@ def record_event(
     """Push ``record`` to the stream source ``source`` and read back the views it feeds."""
     if not isinstance(record, Mapping) or not record:
         raise InvalidInputError("record must be a non-empty object of field -> value", field="record")
+    if len(record) > RECORD_FIELDS:
+        raise InvalidInputError(f"record has {len(record)} fields; at most {RECORD_FIELDS}", field="record")
     plan = source_plan(store.definitions, source)  # 404 naming the stream sources
     check_join_keys(subject, record, field="record")  # before anything is written
     try:
