@@ -20,8 +20,6 @@ from ..errors import InvalidInputError
 
 __all__ = ["KNOWN_QUERY_PARAMS", "known_query_params", "check_query_params"]
 
-_DECLARED: dict[Any, frozenset[str]] = {}  # route -> the query parameters it declares
-
 
 def check_query_params(request: Request, allowed: frozenset[str] | set[str], route: str = "this route") -> None:
     """400 naming the first query parameter not in ``allowed``."""
@@ -29,13 +27,6 @@ def check_query_params(request: Request, allowed: frozenset[str] | set[str], rou
         if name not in allowed:
             takes = ", ".join(sorted(allowed)) or "no query parameters"
             raise InvalidInputError(f"unknown query parameter {name!r}; {route} takes: {takes}", field=name)
-
-
-def _declared(route: Any) -> frozenset[str]:
-    got = _DECLARED.get(route)
-    if got is None:
-        got = _DECLARED[route] = frozenset(_query_names(getattr(route, "dependant", None)))
-    return got
 
 
 def _query_names(dependant: Any) -> list[str]:
@@ -53,7 +44,9 @@ async def known_query_params(request: Request) -> None:
     if request.method != "GET" or not request.query_params:
         return
     route = request.scope.get("route")
-    check_query_params(request, _declared(route), getattr(route, "path", "this route"))
+    # Walked per request (a handful of parameters; routes are not hashable to cache by).
+    declared = frozenset(_query_names(getattr(route, "dependant", None)))
+    check_query_params(request, declared, getattr(route, "path", "this route"))
 
 
 KNOWN_QUERY_PARAMS = Depends(known_query_params)
