@@ -10,6 +10,8 @@ allowed_hosts: []               # Host headers the server answers besides loopba
 allowed_origins: []             # browser origins that get CORS headers, e.g. [https://app.example.com]
 redis_read_timeout_ms: 100      # a Redis read (serving) fails with 503 after this long
 redis_write_timeout_ms: 2000    # a Redis write (push, worker commit) fails with 503 after this long
+auth:                           # optional: JWT bearer tokens besides API keys (``jwt_config.py``)
+  jwt: {secret_env: CONTEXT_STORE_JWT_SECRET, audience: context-store, subject_join_key: user_id}
 ```
 
 Lists come from the environment comma-separated (``CONTEXT_STORE_ALLOWED_HOSTS=a.example,b.example``).
@@ -26,6 +28,7 @@ from typing import Any, NamedTuple
 import yaml
 
 from .errors import InvalidInputError
+from .jwt_config import JwtConfig, parse_auth
 from .vocab.redact import redact_url, register_url
 
 __all__ = ["Config", "RedisTimeouts", "load_config", "check_host_list", "CONFIG_FILE"]
@@ -45,7 +48,9 @@ _KEYS = (
     "ray_address",
     "allowed_hosts",
     "allowed_origins",
+    "auth",
 )
+_NOT_FROM_ENV = ("auth",)  # a nested mapping: only from the yaml (or a keyword argument)
 _LISTS = ("allowed_hosts", "allowed_origins")
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(:(\*|[0-9]{1,5}))?$")
 _ORIGIN = re.compile(r"^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(:[0-9]{1,5})?$")
@@ -88,6 +93,7 @@ class Config:
     extra: dict[str, Any] = field(default_factory=dict)
     allowed_hosts: tuple[str, ...] = ()  # besides loopback; see docs/security.md
     allowed_origins: tuple[str, ...] = ()
+    jwt: JwtConfig | None = None  # ``auth: jwt:``: bearer JWTs verified locally (docs/security.md)
 
     def __repr__(self) -> str:
         # The store URL may carry a password: the repr (tracebacks, debug logs) shows it masked.
@@ -160,6 +166,8 @@ def load_config(repo: str | os.PathLike[str] = ".", **overrides: Any) -> Config:
             )
         values.update(loaded)
     for key in _KEYS:
+        if key in _NOT_FROM_ENV:
+            continue
         env = os.environ.get(f"CONTEXT_STORE_{key.upper()}")
         if env:
             values[key] = env
@@ -183,7 +191,7 @@ def load_config(repo: str | os.PathLike[str] = ".", **overrides: Any) -> Config:
     extra = {
         k: values[k]
         for k in values
-        if k not in ("online_store", "data_dir", "offline_store", "registry", "workspace", *_LISTS)
+        if k not in ("online_store", "data_dir", "offline_store", "registry", "workspace", "auth", *_LISTS)
     }
     config = Config(
         repo=root,
@@ -195,6 +203,7 @@ def load_config(repo: str | os.PathLike[str] = ".", **overrides: Any) -> Config:
         extra=extra,
         allowed_hosts=lists["allowed_hosts"],
         allowed_origins=lists["allowed_origins"],
+        jwt=parse_auth(values.get("auth"), root),
     )
     config.redis_timeouts  # noqa: B018 - a bad timeout fails at load, naming its key
     return config

@@ -70,6 +70,7 @@ from .models import (
     SimilarResultOut,
     UserContextResult,
 )
+from .scopes import ScopeGate
 
 __all__ = ["create_mcp_server", "run_stdio", "caller", "subject_of", "Caller", "INSTRUCTIONS", "PRINCIPAL_SCOPE_KEY"]
 
@@ -196,6 +197,8 @@ def create_mcp_server(store_for: StoreFor | ContextStore, *, name: str = "contex
     resolve: StoreFor = (lambda _ws: store_for) if isinstance(store_for, ContextStore) else store_for
     with _root_logging_kept():
         mcp = MCPServer(name, instructions=INSTRUCTIONS, version="0.1.0", log_level="WARNING")
+    # Tools the caller's token cannot use are not listed, and calling them is an isError (``scopes.py``).
+    mcp.middleware.append(ScopeGate(PRINCIPAL_SCOPE_KEY))
 
     def tool(title: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def register(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -211,8 +214,15 @@ def create_mcp_server(store_for: StoreFor | ContextStore, *, name: str = "contex
 
     @tool("Get user context")
     async def get_user_context(
-        entity_id: EntityId,
         ctx: Context,
+        entity_id: Annotated[
+            str | None,
+            Field(
+                min_length=1,
+                max_length=ENTITY_ID_CHARS,
+                description="The entity's join key value, e.g. 'user_123'; default: the entity your token is bound to.",
+            ),
+        ] = None,
         context_service: Annotated[Name | None, Field(description="Context service; default: the first one.")] = None,
         max_tokens: Annotated[
             int | None, Field(ge=MAX_TOKENS.lo, le=MAX_TOKENS.hi, description="Token budget of `text`.")
@@ -238,6 +248,7 @@ def create_mcp_server(store_for: StoreFor | ContextStore, *, name: str = "contex
                 max_tokens=max_tokens,
                 as_of=as_of,
                 query=query,
+                subject=subject_of(ctx),
             )
             # Replays (offline joins) and queries (embedding) take a worker thread; online reads stay inline.
             uc = await _run(call, offload=as_of is not None or query is not None)
@@ -255,7 +266,9 @@ def create_mcp_server(store_for: StoreFor | ContextStore, *, name: str = "contex
     ) -> FeaturesResult:
         """Current feature values of a feature service for one entity (features: 'view.feature' -> value)."""
         with _errors():
-            vec = await store(ctx).get_features_async(feature_service, join_keys, request_context)
+            vec = await store(ctx).get_features_async(
+                feature_service, join_keys, request_context, subject=subject_of(ctx)
+            )
             return FeaturesResult(
                 feature_service=feature_service,
                 join_keys=jsonable(vec.join_keys or join_keys),
@@ -284,7 +297,8 @@ def create_mcp_server(store_for: StoreFor | ContextStore, *, name: str = "contex
         if (text is None) == (entity_id is None):
             raise ToolError(tool_error_text(InvalidInputError("give exactly one of text or entity_id", field="text")))
         with _errors():
-            call = functools.partial(store(ctx).find_similar, view, text=text, entity_id=entity_id, k=k, filter=filter)
+            find, who = store(ctx).find_similar, subject_of(ctx)
+            call = functools.partial(find, view, text=text, entity_id=entity_id, k=k, filter=filter, subject=who)
             res = await _run(call, offload=text is not None)  # embedding a text may take a model
             return SimilarResultOut(
                 view=res.view,

@@ -58,7 +58,8 @@ def _when(t: datetime | None) -> str:
 
 def _describe(rec: ApiKey) -> str:
     expiry = "" if rec.expires_at is None else f", expires {_when(rec.expires_at)} UTC"
-    return f"{rec.key_id} (workspace={rec.workspace}, scope={rec.scope}{expiry})"
+    subject = "" if rec.subject is None else f", subject={rec.subject}"
+    return f"{rec.key_id} (workspace={rec.workspace}, scope={rec.scope}{subject}{expiry})"
 
 
 @click.group("keys")
@@ -77,15 +78,26 @@ def keys() -> None:
 @click.option("--description", default="", help="A note shown by `keys list`.")
 @click.option("--rate-limit", default=None, type=float, help="Requests/second for this key (default: the server's).")
 @click.option("--expires", default=None, metavar="DURATION", help="Expire the key after e.g. 30d, 12h or 45m.")
+@click.option(
+    "--subject",
+    default=None,
+    metavar="JOIN_KEY=VALUE",
+    help="Bind the key to one entity, e.g. user_id=u0001: every call may touch only that entity.",
+)
 @repo_options
 @handle_errors
-def create(scope: str, description: str, rate_limit: float | None, expires: str | None) -> None:
+def create(scope: str, description: str, rate_limit: float | None, expires: str | None, subject: str | None) -> None:
     """Create a key for --workspace and print it (alone, on the last line). It is shown only once."""
     workspace = config_from_ctx().workspace
     expires_in = None if expires is None else _duration(expires, "--expires")
     if expires_in is not None and expires_in <= timedelta(0):
         raise InvalidInputError("--expires must be a positive duration such as 30d", field="--expires")
-    key, rec = _store().create(workspace, scope, description=description, rate_limit=rate_limit, expires_in=expires_in)
+    from ..access import Subject
+
+    bound = None if subject is None else Subject.parse(subject, field="--subject")
+    key, rec = _store().create(
+        workspace, scope, description=description, rate_limit=rate_limit, expires_in=expires_in, subject=bound
+    )
     click.echo(f"created key {_describe(rec)}; store it now, it is not shown again:", err=True)
     click.echo(key)
 
@@ -101,12 +113,12 @@ def list_keys(all_workspaces: bool, active: bool) -> None:
     rows = _store().list(workspace, include_revoked=not active)
     click.echo(
         f"{'KEY ID':<10} {'WORKSPACE':<20} {'SCOPE':<7} {'CREATED (UTC)':<19}  {'EXPIRES (UTC)':<19}  "
-        f"{'LAST USED (UTC)':<19}  {'STATUS':<8} DESCRIPTION"
+        f"{'LAST USED (UTC)':<19}  {'STATUS':<8} {'SUBJECT':<20} DESCRIPTION"
     )
     for k in rows:
         click.echo(
             f"{k.key_id:<10} {k.workspace:<20} {k.scope:<7} {_when(k.created_at):<19}  {_when(k.expires_at):<19}  "
-            f"{_when(k.last_used_at):<19}  {k.status:<8} {k.description}"
+            f"{_when(k.last_used_at):<19}  {k.status:<8} {str(k.subject or '-'):<20} {k.description}"
         )
 
 
@@ -134,7 +146,7 @@ def revoke(key_id: str, all_workspaces: bool) -> None:
 @repo_options
 @handle_errors
 def rotate(key_id: str, grace: str, all_workspaces: bool) -> None:
-    """Replace a key: a new key with the same workspace, scope, description, rate limit and lifetime is printed
+    """Replace a key: a new key with the same workspace, scope, subject, description, rate limit and lifetime is printed
     (alone, on the last line; shown only once); the old key expires after --grace."""
     key, new, old = _store().rotate(key_id, _duration(grace, "--grace"), _scope_workspace(all_workspaces))
     click.echo(

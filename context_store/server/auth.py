@@ -1,4 +1,8 @@
-"""Authentication: ``Authorization: Tecton-key <key>`` or ``Bearer <key>`` -> a ``Principal``.
+"""Authentication: ``Authorization: Tecton-key <key>`` or ``Bearer <key or JWT>`` -> a ``Principal``.
+
+An API key (``cs_<id>_<secret>``) is looked up in the key store; a JWT (three dot-separated segments) is
+verified locally by ``tokens.JwtVerifier`` when ``auth.jwt`` is configured. Either may bind the caller to one
+entity (``Principal.subject``).
 
 ``authenticate`` is also what the MCP transport calls, so REST and MCP agree on who a caller is.
 """
@@ -10,6 +14,7 @@ from dataclasses import dataclass
 from ..access import Subject
 from ..errors import ForbiddenError, UnauthorizedError
 from .keys import GRANTS, KeyStore
+from .tokens import JwtVerifier, looks_like_jwt
 
 __all__ = ["Principal", "ANONYMOUS", "authenticate", "parse_authorization", "authorize"]
 
@@ -46,12 +51,22 @@ def parse_authorization(header_value: str | None) -> str:
     return key.strip()
 
 
-def authenticate(header_value: str | None, key_store: KeyStore | None) -> Principal:
+def authenticate(header_value: str | None, key_store: KeyStore | None, jwt: JwtVerifier | None = None) -> Principal:
     """Verify an Authorization header value. ``key_store=None`` means auth is disabled."""
     if key_store is None:
         return ANONYMOUS
-    rec = key_store.verify(parse_authorization(header_value))  # 401 when unknown, revoked or expired
-    return Principal(workspace=rec.workspace, scope=rec.scope, key_id=rec.key_id, rate_limit=rec.rate_limit)
+    token = parse_authorization(header_value)
+    if looks_like_jwt(token):
+        if jwt is None:
+            raise UnauthorizedError(
+                "this server does not accept JWT bearer tokens (configure auth.jwt in context_store.yaml) "
+                "or use an API key",
+                field="Authorization",
+            )
+        ident = jwt.verify(token)  # 401 when invalid, expired, for another audience ...
+        return Principal(ident.workspace, ident.scope, key_id=ident.key_id, subject=ident.subject)
+    rec = key_store.verify(token)  # 401 when unknown, revoked or expired
+    return Principal(rec.workspace, rec.scope, key_id=rec.key_id, rate_limit=rec.rate_limit, subject=rec.subject)
 
 
 def authorize(principal: Principal, scope: str, workspace: str | None) -> str:

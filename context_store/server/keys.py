@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from ..access import Subject
 from ..config import check_workspace
 from ..errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError, UnauthorizedError
 
@@ -40,10 +41,10 @@ GRANTS: dict[str, frozenset[str]] = {
 }
 _PREFIX = "cs"
 _NEVER = float("inf")
-_COLS = "key_id, workspace, scope, created_at, revoked_at, description, rate_limit, expires_at, last_used_at"
+_COLS = "key_id, workspace, scope, created_at, revoked_at, description, rate_limit, expires_at, last_used_at, subject"
 _SELECT = f"SELECT {_COLS} FROM api_keys"
 # Columns added after the first release: files created before them are migrated in place.
-_ADDED_COLUMNS = {"expires_at": "REAL", "last_used_at": "REAL"}
+_ADDED_COLUMNS = {"expires_at": "REAL", "last_used_at": "REAL", "subject": "TEXT"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,7 @@ class ApiKey:
     rate_limit: float | None = None  # requests per second; None: the server default
     expires_at: datetime | None = None
     last_used_at: datetime | None = None  # as last written (up to ``last_used_interval`` behind)
+    subject: Subject | None = None  # the one entity this key may touch (``context_store.access``)
 
     def expired(self, now: datetime | None = None) -> bool:
         return self.expires_at is not None and self.expires_at <= (now or datetime.now(UTC))
@@ -85,7 +87,12 @@ def _ts(v: float | None) -> datetime | None:
 def _row(r: Sequence[Any]) -> ApiKey:
     """An ``_SELECT`` row (SQLite values) -> ``ApiKey``."""
     created = datetime.fromtimestamp(r[3], tz=UTC)
-    return ApiKey(r[0], r[1], r[2], created, _ts(r[4]), r[5], r[6], _ts(r[7]), _ts(r[8]))
+    subject = None if r[9] is None else Subject.parse(r[9])
+    return ApiKey(r[0], r[1], r[2], created, _ts(r[4]), r[5], r[6], _ts(r[7]), _ts(r[8]), subject)
+
+
+def _text(subject: Subject | None) -> str | None:
+    return None if subject is None else str(subject)
 
 
 def _key_id(key_or_id: str) -> str:
@@ -112,7 +119,8 @@ class KeyStore:
             c.execute(
                 "CREATE TABLE IF NOT EXISTS api_keys (key_id TEXT PRIMARY KEY, key_hash TEXT UNIQUE NOT NULL, "
                 "workspace TEXT NOT NULL, scope TEXT NOT NULL, created_at REAL NOT NULL, revoked_at REAL, "
-                "description TEXT NOT NULL DEFAULT '', rate_limit REAL, expires_at REAL, last_used_at REAL)"
+                "description TEXT NOT NULL DEFAULT '', rate_limit REAL, expires_at REAL, last_used_at REAL, "
+                "subject TEXT)"
             )
             have = {r[1] for r in c.execute("PRAGMA table_info(api_keys)")}
             for name, kind in _ADDED_COLUMNS.items():
@@ -140,8 +148,10 @@ class KeyStore:
         description: str = "",
         rate_limit: float | None = None,
         expires_in: timedelta | None = None,
+        subject: Subject | str | None = None,
     ) -> tuple[str, ApiKey]:
-        """Return ``(secret key, record)``; the secret is shown once and never stored."""
+        """Return ``(secret key, record)``; the secret is shown once and never stored. A ``subject``
+        (``"user_id=u0001"``) binds the key to that one entity."""
         check_workspace(workspace)
         if scope not in SCOPES:
             raise InvalidInputError(f"scope {scope!r} must be one of {', '.join(SCOPES)}", field="scope")
@@ -149,7 +159,9 @@ class KeyStore:
             raise InvalidInputError("rate_limit must be a positive number of requests per second", field="rate_limit")
         if expires_in is not None and expires_in <= timedelta(0):
             raise InvalidInputError("expiry must be a positive duration such as 30d", field="expires")
-        return self._insert(self._conn(), workspace, scope, description, rate_limit, expires_in)
+        if isinstance(subject, str):
+            subject = Subject.parse(subject)
+        return self._insert(self._conn(), workspace, scope, description, rate_limit, expires_in, subject)
 
     def _insert(
         self,
@@ -159,6 +171,7 @@ class KeyStore:
         description: str,
         rate_limit: float | None,
         expires_in: timedelta | None,
+        subject: Subject | None = None,
     ) -> tuple[str, ApiKey]:
         key_id = secrets.token_hex(4)
         key = f"{_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
@@ -166,11 +179,12 @@ class KeyStore:
         expires = None if expires_in is None else now + expires_in.total_seconds()
         conn.execute(
             "INSERT INTO api_keys (key_id, key_hash, workspace, scope, created_at, revoked_at, description, "
-            "rate_limit, expires_at, last_used_at) VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?, NULL)",
-            (key_id, hash_key(key), workspace, scope, now, description, rate_limit, expires),
+            "rate_limit, expires_at, last_used_at, subject) VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?, NULL, ?)",
+            (key_id, hash_key(key), workspace, scope, now, description, rate_limit, expires, _text(subject)),
         )
         created = datetime.fromtimestamp(now, tz=UTC)
-        return key, ApiKey(key_id, workspace, scope, created, None, description, rate_limit, _ts(expires))
+        rec = ApiKey(key_id, workspace, scope, created, None, description, rate_limit, _ts(expires), None, subject)
+        return key, rec
 
     def list(self, workspace: str | None = None, include_revoked: bool = True) -> list[ApiKey]:
         """Keys of ``workspace`` (None: every workspace); ``include_revoked=False`` also hides expired keys."""
@@ -212,8 +226,8 @@ class KeyStore:
         return self.get(rec.key_id)
 
     def rotate(self, key_or_id: str, grace: timedelta, workspace: str | None = None) -> tuple[str, ApiKey, ApiKey]:
-        """A new key with the old one's workspace, scope, description, rate limit and lifetime; the old key
-        expires after ``grace`` (or earlier if it already would). Returns ``(new secret, new, old)``."""
+        """A new key with the old one's workspace, scope, subject, description, rate limit and lifetime; the old
+        key expires after ``grace`` (or earlier if it already would). Returns ``(new secret, new, old)``."""
         if grace < timedelta(0):
             raise InvalidInputError("grace must not be negative", field="grace")
         conn = self._conn()
@@ -223,7 +237,9 @@ class KeyStore:
             if not old.active:
                 raise ConflictError(f"key {old.key_id!r} is {old.status}: create a new key instead", field="key_id")
             lifetime = None if old.expires_at is None else old.expires_at - old.created_at
-            key, new = self._insert(conn, old.workspace, old.scope, old.description, old.rate_limit, lifetime)
+            key, new = self._insert(
+                conn, old.workspace, old.scope, old.description, old.rate_limit, lifetime, old.subject
+            )
             until = time.time() + grace.total_seconds()
             conn.execute(
                 "UPDATE api_keys SET expires_at = MIN(COALESCE(expires_at, ?), ?) WHERE key_id = ?",
@@ -266,8 +282,8 @@ class KeyStore:
     def _load(self, digest: str, now: float) -> tuple[float, ApiKey | None, float]:
         r = self._conn().execute(f"SELECT {_COLS}, key_hash FROM api_keys WHERE key_hash = ?", (digest,)).fetchone()
         rec: ApiKey | None = None
-        if r is not None and r[4] is None and hmac.compare_digest(r[9], digest):
-            rec = _row(r[:9])
+        if r is not None and r[4] is None and hmac.compare_digest(r[10], digest):
+            rec = _row(r[:10])
         expires = _NEVER if rec is None or r[7] is None else float(r[7])
         if len(self._cache) > 10_000:  # bound memory under a flood of random keys
             self._cache.clear()

@@ -108,7 +108,13 @@ def native_router(state: ServerState) -> APIRouter:
         principal = state.authenticate(request)
         _, store = state.store_for(principal, "read", workspace)
         result = await run_in_threadpool(
-            store.get_user_context, entity_id, context_service=service, max_tokens=max_tokens, as_of=as_of, query=query
+            store.get_user_context,
+            entity_id,
+            context_service=service,
+            max_tokens=max_tokens,
+            as_of=as_of,
+            query=query,
+            subject=principal.subject,
         )
         request.scope["cs.service"] = service or ""  # labels only names that exist (bounded cardinality)
         return json_response(to_jsonable(result))
@@ -129,7 +135,9 @@ def native_router(state: ServerState) -> APIRouter:
         k = _k(body, SIMILAR_K_DEFAULT, SIMILAR_K)
         _, store = state.store_for(principal, "read", _opt(body, "workspace", str, "a string"))
         result = await run_in_threadpool(
-            lambda: store.find_similar(view, text=text, entity_id=entity_id, vector=vector, k=k, filter=flt)
+            lambda: store.find_similar(
+                view, text=text, entity_id=entity_id, vector=vector, k=k, filter=flt, subject=principal.subject
+            )
         )
         request.scope["cs.service"] = view
         return json_response(to_jsonable(result))

@@ -97,12 +97,16 @@ class TectonHandlers:
         eligible = True
         try:
             if p.latency_budget_ms is None:
-                vec = await store.get_features_async(p.service, p.join_keys, p.request_context)
+                vec = await store.get_features_async(
+                    p.service, p.join_keys, p.request_context, subject=principal.subject
+                )
             else:
                 store.definitions.feature_service(p.service)  # an unknown service is a 404, not a timeout
                 # In a thread, so the budget holds even when a realtime view computes synchronously.
                 vec = await _with_budget(
-                    run_in_threadpool(store.get_features, p.service, p.join_keys, p.request_context),
+                    run_in_threadpool(
+                        store.get_features, p.service, p.join_keys, p.request_context, subject=principal.subject
+                    ),
                     p.latency_budget_ms,
                 )
         except BudgetExceeded:
@@ -125,7 +129,7 @@ class TectonHandlers:
         eligible = True
         if p.latency_budget_ms is not None:
             store.definitions.feature_service(p.service)  # an unknown service is a 404, not a timeout
-        call = run_in_threadpool(store.get_features_batch, p.service, keys, ctxs)
+        call = run_in_threadpool(store.get_features_batch, p.service, keys, ctxs, subject=principal.subject)
         try:
             vecs = await (call if p.latency_budget_ms is None else _with_budget(call, p.latency_budget_ms))
         except BudgetExceeded:

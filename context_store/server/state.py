@@ -16,6 +16,7 @@ from .keys import KeyStore
 from .limits import DEFAULT_MAX_BODY, RateLimiter
 from .metrics import Metrics
 from .resolver import StoreResolver
+from .tokens import JwtVerifier
 
 __all__ = ["ServerSettings", "ServerState"]
 
@@ -47,6 +48,8 @@ class ServerState:
         self.config = config
         self.settings = settings
         self.keys = key_store if settings.auth else None
+        # JWTs beside API keys (``auth.jwt``): key material is read now, so a bad config fails at start-up.
+        self.jwt = JwtVerifier(config.jwt) if settings.auth and config.jwt is not None else None
         self.resolver = StoreResolver(config)
         self.limiter = RateLimiter(settings.rate_limit)
         self.metrics = Metrics()
@@ -60,7 +63,7 @@ class ServerState:
         return self.authenticate_header(request.headers.get("authorization"))
 
     def authenticate_header(self, header_value: str | None) -> Principal:
-        p = authenticate(header_value, self.keys)
+        p = authenticate(header_value, self.keys, self.jwt)
         if p.key_id is not None:
             self.limiter.check(p.key_id, p.rate_limit)
         return p

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from ..access import Subject, subject_entity_id
 from ..errors import InvalidInputError, NotFoundError
 from ..limits import CONTEXT_QUERY_CHARS, ENTITY_ID_CHARS, MAX_TOKENS, SIMILAR_K
 from ..types import KnowledgeChunk, SimilarItem
@@ -177,16 +178,19 @@ class UserContext:
 # -- the call ------------------------------------------------------------------------------------
 def get_user_context(
     store: ContextStore,
-    entity_id: str,
+    entity_id: str | None,
     *,
     context_service: str | None = None,
     max_tokens: int | None = None,
     as_of: datetime | str | None = None,
     query: str | None = None,
     request_time: datetime | None = None,
+    subject: Subject | None = None,
 ) -> UserContext:
     """Build the context of one entity; see the module docstring. ``query`` adds knowledge chunks."""
     svc = _resolve_service(store, context_service)
+    if subject is not None or entity_id is None:  # the subject's own entity only (None: the subject's)
+        entity_id = subject_entity_id(subject, svc.entity.join_keys[0], entity_id)
     join_keys = _join_keys(svc, entity_id)
     if max_tokens is not None and max_tokens not in MAX_TOKENS:
         raise InvalidInputError(f"max_tokens must be an int in {MAX_TOKENS}, got {max_tokens!r}", field="max_tokens")

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ..access import Subject, subject_entity_id
 from ..compute.embeddings import embed_checked
 from ..definitions import EmbeddingView, Knowledge
 from ..errors import InvalidInputError, NotFoundError
@@ -114,8 +115,11 @@ class VectorService:
         vector: Sequence[float] | None = None,
         k: int = 10,
         filter: Mapping[str, Any] | None = None,
+        subject: Subject | None = None,
     ) -> SimilarResult:
         v = self.collections.view_def(view)
+        if subject is not None and entity_id is not None:  # by entity: only the subject's own
+            entity_id = subject_entity_id(subject, v.entities[0].join_keys[0], entity_id)
         k = _check_k(k)
         given = [n for n, x in (("text", text), ("entity_id", entity_id), ("vector", vector)) if x is not None]
         if len(given) != 1:

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from ..access import Subject, check_join_keys
 from ..config import Config, load_config
 from ..types import FeatureVector, JoinKeys, KnowledgeResult, SimilarResult
 from .deployment import Deployment
@@ -307,14 +308,18 @@ class ContextStore:
         """Online views whose state the online store does not hold (never materialized, or lost)."""
         return self.features.coverage.missing_views()
 
-    # -- reads -------------------------------------------------------------------------
+    # -- reads (``subject=``: the one entity the caller may touch, ``context_store.access``) ------------
     def get_features(
         self,
         feature_service: str,
         join_keys: JoinKeys,
         request_context: Mapping[str, Any] | None = None,
         request_time: datetime | None = None,
+        *,
+        subject: Subject | None = None,
     ) -> FeatureVector:
+        if subject is not None:
+            check_join_keys(subject, join_keys)
         # No property call on the read path: the opened server, else open it.
         return (self._features or self._open_features()).get_features(
             feature_service, join_keys, request_context, request_time
@@ -326,7 +331,11 @@ class ContextStore:
         join_keys: JoinKeys,
         request_context: Mapping[str, Any] | None = None,
         request_time: datetime | None = None,
+        *,
+        subject: Subject | None = None,
     ) -> FeatureVector:
+        if subject is not None:
+            check_join_keys(subject, join_keys)
         return await (self._features or self._open_features()).get_features_async(
             feature_service, join_keys, request_context, request_time
         )
@@ -337,7 +346,12 @@ class ContextStore:
         join_keys: Sequence[JoinKeys],
         request_context: Sequence[Mapping[str, Any]] | Mapping[str, Any] | None = None,
         request_time: datetime | None = None,
+        *,
+        subject: Subject | None = None,
     ) -> list[FeatureVector]:
+        if subject is not None:  # every row: one foreign entity refuses the whole batch
+            for i, keys in enumerate(join_keys):
+                check_join_keys(subject, keys if isinstance(keys, Mapping) else {}, f"join_keys[{i}]")
         return (self._features or self._open_features()).get_features_batch(
             feature_service, join_keys, request_context, request_time
         )
@@ -398,8 +412,11 @@ class ContextStore:
         vector: Sequence[float] | None = None,
         k: int = 10,
         filter: Mapping[str, Any] | None = None,
+        subject: Subject | None = None,
     ) -> SimilarResult:
-        return self.vectors.find_similar(view, text=text, entity_id=entity_id, vector=vector, k=k, filter=filter)
+        return self.vectors.find_similar(
+            view, text=text, entity_id=entity_id, vector=vector, k=k, filter=filter, subject=subject
+        )
 
     def search_knowledge(
         self, knowledge: str, query: str, k: int = 5, filter: Mapping[str, Any] | None = None
@@ -409,18 +426,26 @@ class ContextStore:
     # -- entry points for REST, MCP and the CLI: they call only these methods ------------------------
     def get_user_context(
         self,
-        entity_id: str,
+        entity_id: str | None,
         context_service: str | None = None,
         max_tokens: int | None = None,
         as_of: datetime | str | None = None,
         query: str | None = None,
+        *,
+        subject: Subject | None = None,
     ) -> UserContext:
         """Features, recent events, similar items and (for a ``query``) knowledge of one entity, with
-        provenance and a prompt-ready ``text``; ``as_of`` replays it at a past time."""
+        provenance and a prompt-ready ``text``; ``as_of`` replays it at a past time; ``subject``: see access.py."""
         from .context import get_user_context
 
         return get_user_context(
-            self, entity_id, context_service=context_service, max_tokens=max_tokens, as_of=as_of, query=query
+            self,
+            entity_id,
+            context_service=context_service,
+            max_tokens=max_tokens,
+            as_of=as_of,
+            query=query,
+            subject=subject,
         )
 
     def index_knowledge(self, names: Sequence[str] | None = None, progress: bool = False) -> dict[str, dict[str, int]]:
