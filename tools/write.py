@@ -26,12 +26,15 @@ from context_store.errors import ForbiddenError, tool_error_text
 from context_store.limits import IDEMPOTENCY_KEY_CHARS, NAME_CHARS, RECORD_FIELDS
 
 from .models import Provenance
+from .scopes import REQUIRED_SCOPE
 from .server import _errors, _run, caller, subject_of
 
 __all__ = ["WRITE_TOOL_SCOPES", "RecordedEventOut", "register_write_tools"]
 
-# Tool -> the scope its caller's key needs (a scope-filtered tools/list reads this too).
+# Tool -> the scope its caller's key needs: ``scopes.ScopeGate`` hides the tool from other keys' tools/list
+# and refuses their calls; the tool checks it again itself (the gate is middleware, the check is local).
 WRITE_TOOL_SCOPES: dict[str, str] = {"record_event": "ingest"}
+REQUIRED_SCOPE.update(WRITE_TOOL_SCOPES)
 
 _WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False)
 

@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
-    from ..access import Subject
     from ..compute.batch import BackfillReport
     from ..compute.coverage import ApplyCoverage
     from ..compute.materialize import MaterializeReport
@@ -396,8 +395,7 @@ class ContextStore:
         subject: Subject | None = None,
         idempotency_key: str | None = None,
     ) -> RecordedEvent:
-        """Push one event (validated like ``push``) and read back the online values of the views it feeds,
-        for the record's entity (``record.py``). ``subject``: only events about that entity."""
+        """One event pushed like ``push``, answered with the online values it changed (``record.py``)."""
         from .record import record_event
 
         return record_event(self, source, record, subject=subject, idempotency_key=idempotency_key)
