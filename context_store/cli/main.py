@@ -34,6 +34,12 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "Stream operations: watermarks, lag and late counts; reset a watermark.",
         "",
     ),
+    "forget": (
+        "context_store.cli.forget",
+        "forget",
+        "Erase an entity from every store (right to erasure); --audit lists past forgets.",
+        "",
+    ),
     "similar": (
         "context_store.cli.vectors",
         "similar",

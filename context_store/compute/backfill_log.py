@@ -42,6 +42,7 @@ import pyarrow.compute as pc
 from ..definitions import FeatureView, StreamSource
 from ..errors import NotFoundError
 from ..vocab.tables import source_table, view_table
+from . import tombstones
 from .transform import apply_transform, batch_source_of, source_files
 
 if TYPE_CHECKING:
@@ -267,6 +268,7 @@ def write_stream_view(
             after = _union(after, existing)
             kept = after.num_rows - n
         rows = concat([before, _like(after, before)]) if after.num_rows else before
+    rows = tombstones.load(offline).filter(rows, ts)  # forgotten entities (also rows kept from the table)
     rows = sort_for_pit(rows, view.join_keys, ts, stable=not view.is_aggregate)
     if start_us is None and hi is None and offline.exists(table):
         rows = _keep_tags(offline, table, rows)

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from ..definitions import FeatureView, FileSource, StreamSource
 from ..errors import InvalidInputError
 from ..vocab.time import check_us, checked_us, parse_iso
+from . import tombstones
 from .transform import apply_transform, read_source
 
 if TYPE_CHECKING:
@@ -178,11 +179,12 @@ def backfill(
         bar = tqdm(total=len(todo), desc="backfill", unit="view")
     try:
         logged: set[str] = set()
+        forgotten = tombstones.load(offline)  # entities forgotten: their history is never written again
         for view in todo:
             src = view.source
             key = f"{src.kind}:{src.name}"
             if key not in cache and (isinstance(src, FileSource) or src.batch_source is not None):
-                cache[key] = read_source(src, config.repo, start_us, end_us)
+                cache[key] = forgotten.filter(read_source(src, config.repo, start_us, end_us), src.timestamp_field)
                 report.events += cache[key].num_rows
             if isinstance(src, StreamSource):
                 from .backfill_log import write_stream_view
@@ -223,6 +225,7 @@ def write_view(
             return 0
         if end_us is None:
             rows = rows.filter(pc.less(rows.column(ts).cast(pa.int64()), hi))
+    rows = tombstones.load(offline).filter(rows, ts)  # every engine's rows (Ray's too)
     rows = sort_for_pit(rows, view.join_keys, ts, stable=not view.is_aggregate)
     offline.overwrite_range(view_table(view.name), rows, ts, start_us, hi)
     return rows.num_rows

@@ -21,6 +21,7 @@ from ..state.columns import ts_to_us
 from ..state.tiles import ViewState
 from ..state.writes import bulk_writes
 from ..vocab.tables import source_table, view_table
+from . import tombstones
 from .coverage import has_history, mark_view
 
 __all__ = [
@@ -210,6 +211,7 @@ def materialize(
             )
         )
         table = offline.read(table_name, columns=cols, ts_column=view.timestamp_field, start_us=start)
+        table = tombstones.load(offline).filter(table, view.timestamp_field)  # rows a racing writer left
         if bar is not None:
             bar.total += table.num_rows
             bar.refresh()
@@ -354,6 +356,8 @@ def materialize_recent(
             v = pc.is_valid(table[col])
             valid = v if valid is None else pc.and_(valid, v)
         table = table.filter(valid).sort_by([(ts, "ascending")])
+        if offline is not None:  # forgotten entities: the history files still hold them
+            table = tombstones.load(offline).filter(table, ts)
         ekeys = list(zip(*(table[k].to_pylist() for k in keys)))
         groups: dict[tuple[Any, ...], list[int]] = {}
         for i, kv in enumerate(ekeys):

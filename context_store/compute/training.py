@@ -36,6 +36,7 @@ from ..definitions import (
 )
 from ..definitions.dtypes import from_arrow
 from ..errors import InvalidInputError, NotFoundError
+from . import tombstones
 from ._windows import ViewData, aggregate
 from .transform import TS_TYPE, normalize_timestamp
 
@@ -145,7 +146,7 @@ def _read_events(
         keep = pc.and_(pc.greater_equal(tsv, lo), pc.less(tsv, hi))
         if (pc.sum(keep).as_py() or 0) < 0.5 * events.num_rows:
             events = events.filter(keep)
-    return events
+    return tombstones.load(offline).filter(events, view.timestamp_field)  # rows a racing writer left
 
 
 def _bounds(view: FeatureView, t: np.ndarray) -> np.ndarray:

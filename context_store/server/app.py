@@ -26,6 +26,7 @@ from .guard import RequestGuard, cors_middleware
 from .keys import KeyStore, key_store_path
 from .limits import BodySizeLimit
 from .metrics import Metrics
+from .routes_forget import forget_router
 from .routes_health import health_router
 from .routes_native import native_router
 from .routes_tecton import TectonHandlers, tecton_router
@@ -207,6 +208,7 @@ def create_app(
     app.include_router(tecton_router(handlers))
     app.include_router(native_router(state))
     app.include_router(health_router(state))
+    app.include_router(forget_router(state))
     if mcp is not None:
         # An exact-path route (not a Mount): POST /mcp without a trailing-slash redirect.
         app.router.routes.append(

@@ -50,7 +50,26 @@ def history_latest(
     """The entity's newest ``n`` rows of the source's batch history (per-process index); [] if none."""
     index = _history_index(store, source, n) if getattr(source, "batch_source", None) is not None else None
     got = None if index is None else index.get(_index_key(join_keys))
-    return [] if got is None else got.to_pylist()
+    return [] if got is None else unforgotten(store, join_keys, got.to_pylist(), source.timestamp_field)
+
+
+def unforgotten(
+    store: ContextStore, join_keys: dict[str, Any], rows: list[dict[str, Any]], ts_field: str
+) -> list[dict[str, Any]]:
+    """``rows`` of the entity ``join_keys`` less those at or before its forget (docs/erasure.md):
+    the history files and replays still hold a forgotten entity's events."""
+    from ..compute import tombstones
+
+    if not rows:
+        return rows
+    tombs = tombstones.load(store.offline)
+    if not tombs:
+        return rows
+    at = [a for k, v in join_keys.items() if (a := tombs.forgotten_at(k, v)) is not None]
+    if not at:
+        return rows
+    limit = max(at)
+    return [r for r in rows if (t := _ts_us(r.get(ts_field))) is not None and t > limit]
 
 
 def online_recent_events(
@@ -136,7 +155,7 @@ def offline_recent_events(
             keep = [c for c in cols if c in t.column_names] or t.column_names
             t = t.select(keep).sort_by([(ts, "descending")]).slice(0, n * 4 + 16)
             rows += t.to_pylist()
-    return _newest_first(rows, ts, n, before_us)
+    return unforgotten(store, join_keys, _newest_first(rows, ts, n, before_us), ts)
 
 
 def _history_before(

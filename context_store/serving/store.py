@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from ..stores.vector import VectorCollections
     from .context import UserContext
     from .features import FeatureServer
+    from .forget import ForgetResult
     from .record import RecordedEvent
     from .similar import VectorService
 
@@ -449,6 +450,24 @@ class ContextStore:
     def index_knowledge(self, names: Sequence[str] | None = None, progress: bool = False) -> dict[str, dict[str, int]]:
         """(Re)index knowledge collections (default: all); unchanged files are skipped. Counts per collection."""
         return self.indexer.index_knowledge(names, progress=progress)
+
+    def forget(self, join_keys: Mapping[str, str], *, actor: str | None = None) -> ForgetResult:
+        """Erase an entity (one join key) from every store, for good; audited (docs/erasure.md)."""
+        from .forget import forget
+
+        return forget(self, join_keys, actor)
+
+    def forget_entity(self, entity: str, entity_id: str, *, actor: str | None = None) -> ForgetResult:
+        """``forget`` by entity definition name (REST): 404 for an unknown entity."""
+        from .forget import forget_entity
+
+        return forget_entity(self, entity, entity_id, actor)
+
+    def forget_audit(self, join_keys: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+        """The audit of forgets (no entity data: a salted hash of the value), oldest first."""
+        from .forget import forget_audit
+
+        return forget_audit(self, join_keys)
 
     def warm(self) -> None:
         """Compile the online read path now and load vector indexes in the background (server start-up)."""

@@ -15,7 +15,16 @@ import pyarrow as pa
 from ..vocab.json import dumps_record
 from .tiles import ViewState
 
-__all__ = ["ApplyItem", "Ops", "RecentItem", "compare_offsets", "encode_recent", "recent_key"]
+__all__ = [
+    "ApplyItem",
+    "Ops",
+    "RecentItem",
+    "compare_offsets",
+    "encode_recent",
+    "entity_key_has",
+    "recent_key",
+    "recent_key_has",
+]
 
 _V = TypeVar("_V")
 
@@ -106,6 +115,17 @@ def compare_offsets(a: str, b: str) -> int:
 def recent_key(source: str, entity_key: str) -> str:
     """The list (Redis key / SQLite ``recent.k``) of an entity's recent events of ``source``."""
     return f"r:{source}:{entity_key}"
+
+
+def entity_key_has(key: str, join_key: str, value: str) -> bool:
+    """Whether entity key ``key`` names ``join_key=value`` (one of its ``\\x1f``-joined parts)."""
+    return f"{join_key}={value}" in key.split("\x1f")
+
+
+def recent_key_has(key: str, join_key: str, value: str) -> bool:
+    """Whether recent-events list ``key`` (``r:{source}:{entity key}``) belongs to ``join_key=value``."""
+    parts = key.split(":", 2)
+    return len(parts) == 3 and parts[0] == "r" and entity_key_has(parts[2], join_key, value)
 
 
 def encode_recent(rows: Sequence[Mapping[str, Any]]) -> list[bytes]:

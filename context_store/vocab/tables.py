@@ -1,12 +1,24 @@
 """Offline table names: ``fv__{view}`` (a feature view's input rows after its transform) and
-``src__{source}`` (a stream source's raw events)."""
+``src__{source}`` (a stream source's raw events); ``sys__forgotten`` / ``audit__forget`` (erasure)."""
 
 from __future__ import annotations
 
-__all__ = ["SOURCE_PREFIX", "VIEW_PREFIX", "is_source_table", "source_table", "view_table"]
+__all__ = [
+    "FORGET_AUDIT_TABLE",
+    "SOURCE_PREFIX",
+    "TOMBSTONE_TABLE",
+    "VIEW_PREFIX",
+    "is_source_table",
+    "source_table",
+    "view_table",
+]
 
 VIEW_PREFIX = "fv__"
 SOURCE_PREFIX = "src__"
+# Right to erasure (docs/erasure.md): entities forgotten (join key, value, when) -- every compute
+# path drops their rows up to that time -- and the audit of each forget (no entity data).
+TOMBSTONE_TABLE = "sys__forgotten"
+FORGET_AUDIT_TABLE = "audit__forget"
 
 
 def view_table(view: str) -> str:

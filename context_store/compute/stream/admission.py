@@ -61,6 +61,7 @@ log = logging.getLogger("context_store.stream")
 
 TOO_LATE = "too_late"
 BEFORE_CUTOVER = "before_cutover"
+FORGOTTEN = "forgotten"  # the entity was forgotten after the event's time (push_outcome.admit_rows)
 _SMALL = 16  # records per push decided in plain Python (see _admit_small)
 _NONE = -(2**62)  # "no watermark yet": below every event time, and ``_NONE - lateness`` cannot overflow
 
@@ -71,7 +72,7 @@ class RejectedRecord:
 
     index: int  # position in the push
     field: str  # the source's timestamp field
-    reason: str  # TOO_LATE or BEFORE_CUTOVER
+    reason: str  # TOO_LATE, BEFORE_CUTOVER or FORGOTTEN
     message: str
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from ...errors import InvalidInputError
+from .. import tombstones
 from ..transform import apply_transform
 from .admission import embedded_admission
 from .dedup import PushDedup, Replayed, check_idempotency_key, push_dedup
@@ -118,7 +119,8 @@ class Ingestor:
         cuts = cutovers(self.ctx)
         with embedded_admission(self.ctx.config.workspace_dir) as admitted:
             wm = admitted.watermark(src, 0)
-            adm = admit_rows(cuts, plan, table, np.zeros(validated, dtype=np.int64), {0: wm})
+            forgotten = tombstones.load(self.ctx.offline)
+            adm = admit_rows(cuts, plan, table, np.zeros(validated, dtype=np.int64), {0: wm}, forgotten)
             kept = np.flatnonzero(adm.accepted)  # pushed-record index of each row still written
             if len(kept) < validated:
                 table = table.take(pa.array(kept))  # too late: written nowhere, reported

@@ -3,7 +3,7 @@ the event-time decision on each record (``admission.py``) and the ``PushResult``
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -11,7 +11,8 @@ import pyarrow as pa
 
 from ...errors import InvalidInputError
 from ...state.columns import ts_to_us
-from .admission import BEFORE_CUTOVER, Admission, RejectedRecord, admit
+from ..tombstones import NONE, Tombstones
+from .admission import BEFORE_CUTOVER, FORGOTTEN, Admission, PartitionAdmission, RejectedRecord, admit
 from .cutover import load_cutovers
 from .dedup import StoredResult
 from .stats import STATS
@@ -80,21 +81,47 @@ def cutovers(ctx: StreamContext) -> dict[str, int]:
 
 
 def admit_rows(
-    cuts: dict[str, int], plan: SourcePlan, table: pa.Table, part: np.ndarray, watermarks: dict[int, int | None]
+    cuts: dict[str, int],
+    plan: SourcePlan,
+    table: pa.Table,
+    part: np.ndarray,
+    watermarks: dict[int, int | None],
+    forgotten: Tombstones = NONE,
 ) -> Admission:
     """The event-time decision on every record (``admission.py``) against the assumed watermarks;
-    ``cuts``: the views' cut-overs (``cutovers``), read once per push."""
+    ``cuts``: the views' cut-overs (``cutovers``), read once per push. Records of a ``forgotten``
+    entity at or before its forget are rejected first (they move no watermark; docs/erasure.md)."""
     src = plan.source
     cut = max(((v.name, cuts[v.name]) for v in plan.views if v.name in cuts), key=lambda c: c[1], default=None)
     ts = ts_to_us(table.column(src.timestamp_field))
-    return admit(ts, part, watermarks, src.allowed_lateness, cut, src.timestamp_field)
+    gone = forgotten.mask(table, src.timestamp_field) if forgotten else None
+    if gone is None:
+        return admit(ts, part, watermarks, src.allowed_lateness, cut, src.timestamp_field)
+    keep = np.flatnonzero(~gone)
+    adm = admit(ts[keep], part[keep], watermarks, src.allowed_lateness, cut, src.timestamp_field)
+    accepted = np.zeros(len(ts), dtype=bool)
+    accepted[keep] = adm.accepted
+    msg = "this entity was forgotten (right to erasure) after this event's time: not written"
+    rejected = [replace(r, index=int(keep[r.index])) for r in adm.rejected]
+    rejected += [RejectedRecord(int(i), src.timestamp_field, FORGOTTEN, msg) for i in np.flatnonzero(gone)]
+    # A partition whose every record was forgotten: a decision that assumes and changes nothing.
+    have = {p.partition for p in adm.partitions}
+    parts = adm.partitions + tuple(
+        PartitionAdmission(int(p), None, None, None, 0, 0) for p in np.unique(part).tolist() if int(p) not in have
+    )
+    return Admission(
+        accepted, tuple(sorted(rejected, key=lambda r: r.index)), tuple(sorted(parts, key=lambda p: p.partition))
+    )
 
 
 def count_rejections(source: str, adm: Admission) -> None:
     if adm.rejected:
         n_cut = sum(r.reason == BEFORE_CUTOVER for r in adm.rejected)
+        n_gone = sum(r.reason == FORGOTTEN for r in adm.rejected)
         STATS.inc("before_cutover_events", source, n_cut)
-        STATS.inc("too_late_events", source, len(adm.rejected) - n_cut)
+        STATS.inc("too_late_events", source, len(adm.rejected) - n_cut - n_gone)
+        if n_gone:
+            STATS.inc("forgotten_events", source, n_gone)
 
 
 def all_rejected(adm: Admission) -> InvalidInputError:

@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from ...errors import InvalidInputError, RateLimitedError, UnavailableError
 from ...vocab.redact import redact_text
+from .. import tombstones
 from . import online_adapter
 from .admission import Admission
 from .dedup import PushDedup, decode_stored, encode_stored, first_occurrences
@@ -110,7 +111,8 @@ class RedisPusher:
             rows = table if len(index) == n_in else table.take(pa.array(index))
             part = partition_of(rows, plan.partition_keys, src.partitions)
             uniq = [int(p) for p in np.unique(part).tolist()]
-            adm = admit_rows(cuts, plan, rows, part, self._assumed_watermarks(log_, src.name, uniq))
+            wms = self._assumed_watermarks(log_, src.name, uniq)
+            adm = admit_rows(cuts, plan, rows, part, wms, tombstones.load(self.ctx.offline))
             keep = adm.accepted
             if keep.all() and len(uniq) == 1:
                 parts = {uniq[0]: rows}

@@ -20,6 +20,8 @@ COUNTERS: dict[str, str] = {
     "nowhere); an outside producer's are kept offline only.",
     "before_cutover_events": "Events older than a view's backfill cut-over: rejected by push (reported); "
     "ones that raced a new cut-over are kept in src__ only.",
+    "forgotten_events": "Events of an entity forgotten after their time (right to erasure): rejected by push, "
+    "dropped by workers (docs/erasure.md).",
     "duplicate_events": "Events skipped because their offset was already applied (replay after a crash).",
     "claimed_events": "Pending events taken over from a dead consumer (XAUTOCLAIM).",
 }

@@ -34,6 +34,7 @@ import pyarrow as pa
 from ...definitions import StreamSource
 from ...errors import ContextStoreError, DefinitionError, DeploymentConflictError, NotFoundError
 from ...vocab.tables import source_table, view_table
+from .. import tombstones
 from . import online_adapter
 from .admission import bound_watermarks
 from .applied import applied_message
@@ -280,6 +281,8 @@ class StreamWorker:
         step = _Step(part, state, plan, [e[0] for e in entries], id_to_offset(entries[-1][0]))
         decoded = self._decode(plan, entries)
         if decoded is not None:
+            decoded = self._unforgotten(plan, *decoded)
+        if decoded is not None:
             events, admitted = decoded
             before = dict(state.applied)
 
@@ -293,6 +296,19 @@ class StreamWorker:
             if plan.recent:
                 step.recent = self._recent(plan, part, state, events, step.last)
         return step
+
+    def _unforgotten(
+        self, plan: SourcePlan, events: pa.Table, admitted: np.ndarray
+    ) -> tuple[pa.Table, np.ndarray] | None:
+        """Drop events of entities forgotten after their time: ones in the stream before the forget,
+        or an outside producer's (pushes reject them at admission). Cheap when nothing changed."""
+        gone = tombstones.load(self.ctx.offline).mask(events, plan.source.timestamp_field)
+        if gone is None:
+            return events, admitted
+        STATS.inc("forgotten_events", plan.source.name, int(gone.sum()))
+        if gone.all():
+            return None
+        return take_rows(events, ~gone), admitted[~gone]
 
     @staticmethod
     def _recent(plan: SourcePlan, part: Part, state: PartitionState, events: pa.Table, last: int) -> Any:

@@ -44,7 +44,12 @@ def source_rows(view: EmbeddingView, config: Config, offline: OfflineStore | Non
             pass
     if not parts:
         return pa.table({c: pa.array([], pa.string()) for c in [view.join_key, *view_columns(view)]})
-    return pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
+    rows = pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
+    if offline is not None:  # forgotten entities: the history files still hold them
+        from ..tombstones import load
+
+        rows = load(offline).filter(rows, src.timestamp_field)
+    return rows
 
 
 def write_rows(view: EmbeddingView, coll: VectorCollection, rows: pa.Table, progress: bool = False) -> dict[str, int]:

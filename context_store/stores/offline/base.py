@@ -11,7 +11,26 @@ from typing import Any, Protocol, runtime_checkable
 
 import pyarrow as pa
 
-__all__ = ["OfflineStore"]
+__all__ = ["OfflineStore", "sql_equals"]
+
+
+def sql_equals(schema: pa.Schema, column: str, value: str) -> str | None:
+    """A SQL predicate ``column = value`` for a table of ``schema``, the value a quoted literal of
+    the column's type (a hostile value stays one literal); None when no row can match (no such
+    column, or the value is not of the column's type)."""
+    i = schema.get_field_index(column)
+    if i < 0 or "`" in column:
+        return None
+    t = schema.field(i).type
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return f"`{column}` = '" + value.replace("'", "''") + "'"
+    if pa.types.is_integer(t):
+        try:
+            n = int(value)
+        except ValueError:
+            return None
+        return f"`{column}` = {n}" if str(n) == value else None
+    return None
 
 
 @runtime_checkable
@@ -38,6 +57,11 @@ class OfflineStore(Protocol):
 
     def delete_where(self, table_name: str, predicate: str) -> int:
         """Delete the rows matching the SQL ``predicate``; returns how many."""
+        ...
+
+    def purge(self, table_name: str) -> None:
+        """Make deleted rows leave the disk: rewrite files holding them and drop older versions
+        (right to erasure; ``delete_where`` alone only hides rows)."""
         ...
 
     def revert(self, table_name: str, to_version: int, latest: int) -> bool:

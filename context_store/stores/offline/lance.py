@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from ...errors import InvalidInputError, NotFoundError
 
-__all__ = ["LanceOfflineStore"]
+__all__ = ["LanceOfflineStore", "purge_dataset"]
 
 _TS = pa.timestamp("us", tz="UTC")
 _RETRIES = 5
@@ -58,6 +58,13 @@ def _range_expr(ts_column: str, start_us: int | None, end_us: int | None) -> pc.
         e2 = pc.field(ts_column) < pa.scalar(end_us, _TS)
         expr = e2 if expr is None else (expr & e2)
     return expr
+
+
+def purge_dataset(ds: Any) -> None:
+    """Rewrite every fragment with deleted rows, then remove versions older than now: deleted
+    rows no longer exist in any file (Lance deletes only mark rows; old versions keep them)."""
+    ds.optimize.compact_files(materialize_deletions=True, materialize_deletions_threshold=0.0)
+    ds.cleanup_old_versions(older_than=timedelta(0))
 
 
 class LanceOfflineStore:
@@ -228,6 +235,10 @@ class LanceOfflineStore:
         before = int(tbl.count_rows())
         self._retry(lambda: tbl.delete(predicate))
         return before - int(tbl.count_rows())
+
+    def purge(self, table_name: str) -> None:
+        if self.exists(table_name):
+            purge_dataset(self._open(table_name).to_lance())
 
     def revert(self, table_name: str, to_version: int, latest: int) -> bool:
         """Make ``to_version``'s data current again (a new version), only if the table is still at

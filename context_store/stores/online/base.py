@@ -22,7 +22,7 @@ from ...state.ops import ApplyItem, Ops, RecentItem, encode_recent, recent_key
 from ...state.tiles import ViewState
 from ._writes import WritePath
 
-__all__ = ["BaseOnlineStore", "OnlineStore", "ViewValues"]
+__all__ = ["BaseOnlineStore", "EntityErased", "OnlineStore", "ViewValues"]
 
 _I64 = np.dtype("<i8")
 
@@ -33,6 +33,14 @@ class ViewValues(NamedTuple):
 
     values: list[Any] | None
     effective_us: int | None
+
+
+class EntityErased(NamedTuple):
+    """What ``forget_entity`` removed: entity hashes (every view's state of those keys) and
+    recent-events lists."""
+
+    entities: int
+    recent_lists: int
 
 
 @runtime_checkable
@@ -98,6 +106,11 @@ class OnlineStore(Protocol):
         ...
 
     def delete(self, state: ViewState, keys: Sequence[str]) -> None: ...
+
+    def forget_entity(self, join_key: str, value: str) -> EntityErased:
+        """Remove every entity hash whose key names ``join_key=value`` (all views, also
+        composite keys holding it) and every recent-events list of such a key (right to erasure)."""
+        ...
 
     def append_recent(self, source: str, key: str, rows: Sequence[Mapping[str, Any]], max_len: int) -> None: ...
 

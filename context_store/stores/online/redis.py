@@ -17,10 +17,10 @@ from typing import Any
 
 from ...config import RedisTimeouts
 from ...errors import UnavailableError
-from ...state.ops import Ops
+from ...state.ops import Ops, entity_key_has, recent_key_has
 from ...vocab.redact import redact_url, register_url
 from ._resp import CHUNK_KEYS, COMMIT, MHMGET, RawConnection, import_redis, pack, resp, resp_args
-from .base import BaseOnlineStore
+from .base import BaseOnlineStore, EntityErased
 
 __all__ = ["RedisOnlineStore"]
 
@@ -33,6 +33,11 @@ for i = 1, #KEYS do
 end
 return out
 """
+
+
+def _glob_escape(s: str) -> str:
+    """``s`` matched literally in a SCAN ``MATCH`` pattern."""
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in s)
 
 
 def _timed_out(e: BaseException) -> bool:
@@ -430,6 +435,25 @@ class RedisOnlineStore(BaseOnlineStore):
             return self._r.lrange(self.prefix + key, -n, -1)
         except self._errors as e:
             raise self._unavailable(e) from None
+
+    def forget_entity(self, join_key: str, value: str) -> EntityErased:
+        # SCAN (not KEYS): a rare admin call must not block Redis; the glob only narrows, the
+        # exact test is on the key's parts.
+        part = _glob_escape(f"{join_key}={value}")
+        found: dict[str, list[bytes]] = {"e": [], "r": []}
+        try:
+            for kind, test in (("e", entity_key_has), ("r", recent_key_has)):
+                pattern = _glob_escape(self.prefix) + kind + ":*" + part + "*"
+                for k in self._r.scan_iter(match=pattern, count=1000):
+                    rest = k.decode()[len(self.prefix) :]
+                    if test(rest[2:] if kind == "e" else rest, join_key, value):
+                        found[kind].append(k)
+            for keys in found.values():
+                for i in range(0, len(keys), 500):
+                    self._r.delete(*keys[i : i + 500])
+        except self._errors as e:
+            raise self._unavailable(e) from None
+        return EntityErased(len(found["e"]), len(found["r"]))
 
     def claim_ids(self, scope: str, ids: Sequence[str], value: bytes, ttl_ms: int) -> list[bytes | None]:
         keys = [f"{self.prefix}claim:{scope}:{i}" for i in ids]

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ...errors import UnavailableError
-from ...state.ops import Ops
-from .base import BaseOnlineStore
+from ...state.ops import Ops, entity_key_has, recent_key_has
+from .base import BaseOnlineStore, EntityErased
 
 __all__ = ["SqliteOnlineStore", "PendingPush"]
 
@@ -236,6 +236,24 @@ class SqliteOnlineStore(BaseOnlineStore):
         except BaseException:
             c.execute("ROLLBACK")
             raise
+
+    def forget_entity(self, join_key: str, value: str) -> EntityErased:
+        part = f"{join_key}={value}"
+        c = self._conn()
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            # instr() narrows to candidate keys; the exact test is on the key's parts (no LIKE escaping).
+            keys = [r[0] for r in c.execute("SELECT DISTINCT k FROM kv WHERE instr(k, ?) > 0", (part,))]
+            keys = [k for k in keys if entity_key_has(k, join_key, value)]
+            lists = [r[0] for r in c.execute("SELECT DISTINCT k FROM recent WHERE instr(k, ?) > 0", (part,))]
+            lists = [k for k in lists if recent_key_has(k, join_key, value)]
+            c.executemany("DELETE FROM kv WHERE k = ?", [(k,) for k in keys])
+            c.executemany("DELETE FROM recent WHERE k = ?", [(k,) for k in lists])
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        return EntityErased(len(keys), len(lists))
 
     @staticmethod
     def _recent_write(c: sqlite3.Connection, key: str, items: list[bytes], max_len: int) -> None:

@@ -381,5 +381,23 @@ class VectorCollection:
             self._maybe_snapshot()
             return n
 
+    def erase_where(self, where: str) -> int:
+        """Delete the rows matching SQL ``where`` for good (Lance, its old versions, the index and
+        the snapshot, rewritten without them): right to erasure. Returns how many rows."""
+        saver = self._saver
+        if saver is not None:
+            saver.join()  # a snapshot exported before the delete must not land after it
+        with self._lock:
+            got = self.lance.read(self.table, columns=[self.key], where=where)
+            ids = [] if got is None else [str(v) for v in got.column(0).to_pylist()]
+            n = self.lance.erase_where(self.table, where)
+            self.index.delete(ids)
+            for i in ids:
+                self.hashes.pop(i, None)
+            self.version = self.lance.version(self.table)
+            if n and self.snapshots and len(self.index) >= self.snapshot_min_rows:
+                self.save_snapshot()
+            return n
+
     def read(self, columns: list[str]) -> pa.Table | None:
         return self.lance.read(self.table, columns=columns)

@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["LanceVectors", "embedding_table", "knowledge_table", "vector_array"]
+from ..offline.lance import purge_dataset
+
+__all__ = ["LanceVectors", "embedding_table", "knowledge_table", "sql_str", "vector_array"]
 
 _RETRIES = 5
 _log = logging.getLogger(__name__)
@@ -40,12 +42,12 @@ def vector_array(vectors: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1])
 
 
-def _sql_str(s: str) -> str:
+def sql_str(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
 def _in_list(column: str, values: Sequence[str]) -> str:
-    return f"{column} IN ({', '.join(_sql_str(v) for v in values)})"
+    return f"{column} IN ({', '.join(sql_str(v) for v in values)})"
 
 
 class LanceVectors:
@@ -200,6 +202,27 @@ class LanceVectors:
             for i in range(0, len(values), 1000):
                 chunk = list(values[i : i + 1000])
                 self._retry(lambda chunk=chunk: tbl.delete(_in_list(column, chunk)))
+
+    def tables(self) -> list[str]:
+        """Every table under this directory (collections of any kind, also ones no definition names)."""
+        return sorted(p.name[: -len(".lance")] for p in self.path.glob("*.lance") if p.is_dir())
+
+    def erase_where(self, name: str, where: str) -> int:
+        """Delete the rows matching SQL ``where`` for good (right to erasure): their old versions
+        and the table's snapshot go too (a snapshot holds vectors). Returns how many rows."""
+        ds = self._dataset(name)
+        if ds is None:
+            return 0
+        n = int(ds.count_rows(filter=where))
+        if not n:
+            return 0
+        with self._lock:
+            tbl = self._db.open_table(name)  # fresh: a cached handle may trail other processes' writes
+            self._retry(lambda: tbl.delete(where))
+            purge_dataset(tbl.to_lance())
+            self._tables.pop(name, None)
+        self.snapshot_path(name).unlink(missing_ok=True)
+        return n
 
     def drop(self, name: str) -> None:
         with self._lock:

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ...errors import InvalidInputError, NotFoundError
-from .collection import VectorCollection
+from ..offline.base import sql_equals
+from .collection import ATTR_PREFIX, VectorCollection
 from .lance_vectors import LanceVectors, embedding_table, knowledge_table
 
 if TYPE_CHECKING:
@@ -137,6 +138,30 @@ class VectorCollections:
             snapshot_every=o.snapshot_every,
             snapshot_interval=o.snapshot_interval,
         ).open()
+
+    # -- right to erasure ----------------------------------------------------------------------
+    def forget_entity(self, join_key: str, value: str) -> dict[str, int]:
+        """Erase every vector item of ``join_key=value``: items of embedding views keyed by it, and
+        items of any table under the vectors directory (memories too) whose attribute ``join_key``
+        equals ``value``. Returns rows erased per table (tables with none left out)."""
+        lance = self.lance
+        keyed = {embedding_table(v.name) for v in self.defs.embedding_views.values() if v.join_key == join_key}
+        opened = {c.table: c for c in [*self.views.values(), *self.kbs.values()]}
+        out: dict[str, int] = {}
+        for name in lance.tables():
+            schema = lance.schema(name)
+            if schema is None:
+                continue
+            cols = [ATTR_PREFIX + join_key, join_key] + ([ENTITY_KEY] if name in keyed else [])
+            conds = [c for c in (sql_equals(schema, col, value) for col in cols) if c is not None]
+            if not conds:
+                continue
+            where = " OR ".join(f"({c})" for c in conds)
+            coll = opened.get(name)
+            n = coll.erase_where(where) if coll is not None else lance.erase_where(name, where)
+            if n:
+                out[name] = n
+        return out
 
     # -- lifecycle -----------------------------------------------------------------------------
     def close(self) -> None:

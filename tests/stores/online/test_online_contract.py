@@ -479,6 +479,34 @@ def test_recent_events_bounded(store: BaseOnlineStore) -> None:
     assert store.read_recent("txns", key("u2"), 3) == []
 
 
+def test_forget_entity_removes_every_view_and_recent_list_of_that_entity_only(store: BaseOnlineStore) -> None:
+    """Right to erasure: every hash naming ``user_id=u1`` (also a composite key) and its recent lists go;
+    other entities, a value that merely contains "u1" and a hostile value are untouched."""
+    a = agg_state("1h", [cs.Aggregate("amount", "sum", "1d")])
+    ev = events(60, seed=5, users=("u1", "u2", "u11"))
+    store.apply_events(a, table(ev), now_us=NOW)
+    pair = entity_key(["item_id", "user_id"], ["i9", "u1"])
+    ops = Ops()
+    ops.set(pair, "zz", b"x")
+    ops.set(key("u1*"), "zz", b"y")
+    store.write_ops(ops)
+    for uid in ("u1", "u2", "u11"):
+        store.append_recent("txns", key(uid), [{"i": 1}], max_len=4)
+    store.append_recent("clicks", key("u1"), [{"i": 2}], max_len=4)
+    assert store.forget_entity("user_id", "u1*") == (1, 0)  # a glob/LIKE character matches itself only
+    assert store.forget_entity("user_id", "u1' OR '1'='1") == (0, 0)
+    got = store.forget_entity("user_id", "u1")
+    assert got == (2, 2) and got.entities == 2 and got.recent_lists == 2
+    gone = store.read_features([(a, key("u1"))], NOW)[0].values
+    assert gone == pytest.approx(expected(a, {**ev, "user_id": []}, "u1", NOW))
+    assert store._hmget([(pair, ["zz"])]) == [[None]]  # type: ignore[attr-defined]
+    for uid in ("u2", "u11"):
+        assert store.read_features([(a, key(uid))], NOW)[0].values == pytest.approx(expected(a, ev, uid, NOW))
+        assert store.read_recent("txns", key(uid), 4) == [{"i": 1}]
+    assert store.read_recent("txns", key("u1"), 4) == [] and store.read_recent("clicks", key("u1"), 4) == []
+    assert store.forget_entity("user_id", "u1") == (0, 0)  # idempotent
+
+
 def test_meta_ping_clear(store: BaseOnlineStore) -> None:
     assert store.ping()
     assert store.get_meta("wm:x") is None
