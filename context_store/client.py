@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -204,6 +205,29 @@ def _ingest_body(source: str, rows: Sequence[Mapping[str, Any]], dry_run: bool, 
     return orjson.dumps(body, option=RECORD_OPTIONS)
 
 
+def _event_body(source: str, record: Mapping[str, Any], workspace: str | None) -> bytes:
+    body: dict[str, Any] = {"source": source, "record": dict(record)}
+    if workspace:
+        body["workspace"] = workspace
+    return orjson.dumps(body, option=RECORD_OPTIONS)
+
+
+def _context_request(
+    entity_id: str,
+    context_service: str | None,
+    max_tokens: int | None,
+    as_of: datetime | str | None,
+    query: str | None,
+    workspace: str | None,
+) -> tuple[str, dict[str, Any]]:
+    """The path and query parameters of ``GET /v1/context/{entity_id}`` (unset ones left out)."""
+    if isinstance(as_of, datetime):
+        as_of = as_of.isoformat()
+    params = {"service": context_service, "max_tokens": max_tokens, "as_of": as_of, "query": query}
+    params["workspace"] = workspace
+    return f"/v1/context/{quote(str(entity_id), safe='')}", {k: v for k, v in params.items() if v is not None}
+
+
 def _key_header(key: str | None) -> dict[str, str] | None:
     return {"idempotency-key": key} if key is not None else None
 
@@ -279,12 +303,12 @@ class FeatureServerClient(_Base):
         entity_id: str,
         context_service: str | None = None,
         max_tokens: int | None = None,
-        as_of: str | None = None,
+        as_of: datetime | str | None = None,
         query: str | None = None,
     ) -> Any:
         """``GET /v1/context/{entity_id}``: the same arguments as ``ContextStore.get_user_context``."""
-        params = {"service": context_service, "max_tokens": max_tokens, "as_of": as_of, "query": query}
-        return _json(self._get(f"/v1/context/{entity_id}", {**params, "workspace": self.workspace}))
+        path, params = _context_request(entity_id, context_service, max_tokens, as_of, query, self.workspace)
+        return _json(self._get(path, params))
 
     def find_similar(
         self,
@@ -321,6 +345,14 @@ class FeatureServerClient(_Base):
         body = _ingest_body(source, rows, dry_run, self.workspace)
         return _json(self._post("/v1/ingest", body, _key_header(idempotency_key)))
 
+    def record_event(
+        self, source: str, record: Mapping[str, Any], *, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        """``POST /v1/events``: one event (an ingest key), answered with the push result and the online values
+        of the views the source feeds, for the record's entity (``ContextStore.record_event``)."""
+        body = _event_body(source, record, self.workspace)
+        return _json(self._post("/v1/events", body, _key_header(idempotency_key)))
+
     def close(self) -> None:
         self._client.close()
 
@@ -349,6 +381,12 @@ class AsyncFeatureServerClient(_Base):
     async def _post(self, path: str, content: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
         try:
             return await self._client.post(path, content=content, headers=headers)
+        except httpx.TransportError as e:
+            raise UnavailableError(f"feature server at {self._shown_url} unreachable: {e}") from None
+
+    async def _get(self, path: str, params: dict[str, Any]) -> httpx.Response:
+        try:
+            return await self._client.get(path, params=params)
         except httpx.TransportError as e:
             raise UnavailableError(f"feature server at {self._shown_url} unreachable: {e}") from None
 
@@ -407,6 +445,23 @@ class AsyncFeatureServerClient(_Base):
     ) -> dict[str, Any]:
         body = _ingest_body(source, rows, dry_run, self.workspace)
         return _json(await self._post("/v1/ingest", body, _key_header(idempotency_key)))
+
+    async def record_event(
+        self, source: str, record: Mapping[str, Any], *, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        body = _event_body(source, record, self.workspace)
+        return _json(await self._post("/v1/events", body, _key_header(idempotency_key)))
+
+    async def get_user_context(
+        self,
+        entity_id: str,
+        context_service: str | None = None,
+        max_tokens: int | None = None,
+        as_of: datetime | str | None = None,
+        query: str | None = None,
+    ) -> Any:
+        path, params = _context_request(entity_id, context_service, max_tokens, as_of, query, self.workspace)
+        return _json(await self._get(path, params))
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -28,6 +28,8 @@ __all__ = [
     "FILTER_KEYS",
     "REQUEST_CONTEXT_KEYS",
     "TIME_TEXT_CHARS",
+    "IDEMPOTENCY_KEY_CHARS",
+    "RECORD_FIELDS",
     "BATCH_ROWS",
     "INGEST_RECORDS",
     "INGEST_SOURCES",
@@ -71,6 +73,7 @@ OUTPUT_TEXT_CHARS = 2_000  # one untrusted string (attribute, event field, chunk
 ENTITY_ID_CHARS = 256
 NAME_CHARS = 128  # feature service / view / knowledge names in MCP tool arguments
 TIME_TEXT_CHARS = 64  # an ISO-8601 time argument
+IDEMPOTENCY_KEY_CHARS = 256  # an Idempotency-Key, and an event id (visible ASCII)
 
 # -- sizes of one request -----------------------------------------------------------------------
 JOIN_KEYS = 16  # join keys of one MCP get_features call
@@ -79,6 +82,7 @@ REQUEST_CONTEXT_KEYS = 256  # request-time values of one MCP get_features call
 BATCH_ROWS = 1_000  # rows of one get-features-batch request
 INGEST_RECORDS = 10_000  # records of one source in one REST ingest request
 INGEST_SOURCES = 16  # sources of one REST ingest request (per-source and source limits are exact in JSON Schema)
+RECORD_FIELDS = 256  # fields of the one event of a record_event call (MCP, POST /v1/events)
 PUSH_RECORDS = 1_000_000  # records of one SDK push; larger loads belong in the batch source
 BODY_BYTES = 4 * 1024 * 1024  # a request body (REST and MCP), checked before parsing
 

@@ -26,6 +26,7 @@ from ..limits import (
 )
 from . import schemas
 from .errors import json_response, loads_body
+from .params import KNOWN_QUERY_PARAMS
 from .state import ServerState
 
 __all__ = ["native_router", "to_jsonable"]
@@ -81,7 +82,9 @@ def _k(body: dict[str, Any], default: int, allowed: IntRange) -> int:
 
 
 def native_router(state: ServerState) -> APIRouter:
-    router = APIRouter(prefix="/v1", tags=["native"], responses=schemas.ERROR_RESPONSES)
+    router = APIRouter(
+        prefix="/v1", tags=["native"], responses=schemas.ERROR_RESPONSES, dependencies=[KNOWN_QUERY_PARAMS]
+    )
 
     @router.get("/context/{entity_id}")
     async def get_context(
@@ -188,6 +191,28 @@ def native_router(state: ServerState) -> APIRouter:
             }
         )
         if results and all(getattr(r, "replayed", False) for r in results.values()):
+            resp.headers["Idempotent-Replayed"] = "true"
+        return resp
+
+    @router.post("/events", openapi_extra={**schemas.body(schemas.EVENT), **schemas.INGEST_PARAMETERS})
+    async def record_event(request: Request) -> Response:
+        """One event, as the MCP ``record_event`` tool: ``{"source", "record": {...}, "workspace"}``, validated and
+        idempotent (``Idempotency-Key``) like ``/v1/ingest``; answers the push result and the online values of the
+        views the source feeds, for the record's entity (read-after-write)."""
+        principal = state.authenticate(request)
+        body = _object(loads_body(await request.body()))
+        source = _req_str(body, "source")
+        record = _opt(body, "record", dict, "a JSON object of field -> value")
+        if record is None:
+            raise InvalidInputError("record is required (a JSON object of field -> value)", field="record")
+        ws, store = state.store_for(principal, "ingest", _opt(body, "workspace", str, "a string"))
+        key = request.headers.get("idempotency-key")
+        result = await run_in_threadpool(
+            lambda: store.record_event(source, record, subject=principal.subject, idempotency_key=key)
+        )
+        state.metrics.ingest_records.labels(ws, source, "false").inc(1)
+        resp = json_response(to_jsonable(result))
+        if result.result.replayed:
             resp.headers["Idempotent-Replayed"] = "true"
         return resp
 

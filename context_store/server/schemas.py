@@ -12,6 +12,7 @@ from ..limits import (
     KNOWLEDGE_K,
     LATENCY_BUDGET_MS,
     QUERY_TEXT_CHARS,
+    RECORD_FIELDS,
     SIMILAR_K,
 )
 
@@ -24,6 +25,7 @@ __all__ = [
     "KNOWLEDGE",
     "INGEST",
     "INGEST_PARAMETERS",
+    "EVENT",
     "ERROR_RESPONSES",
 ]
 
@@ -154,6 +156,17 @@ INGEST = {
                 "items": {"type": "object", "required": ["record"], "properties": {"record": _VALUES}},
             },
         },
+    },
+}
+
+# POST /v1/events: one event (the MCP record_event tool's arguments).
+EVENT = {
+    "type": "object",
+    "required": ["source", "record"],
+    "properties": {
+        "source": {"type": "string", "minLength": 1},
+        "record": {**_VALUES, "minProperties": 1, "maxProperties": RECORD_FIELDS},
+        "workspace": {"type": "string"},
     },
 }
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from ..definitions import DType, FeatureSelection, FeatureView, RealtimeFeatureView, RequestSource
+from ..definitions import DType, FeatureSelection, FeatureService, FeatureView, RealtimeFeatureView, RequestSource
 from ..errors import ContextStoreError, InvalidInputError
 from ..registry.repo import RepoDefinitions
 from ..state.codec import KEY_SEP
@@ -68,6 +68,7 @@ class FeatureServer:
         self.defs = defs
         self.online = online
         self._plans: dict[str, Plan] = {}
+        self._view_plans: dict[str, Plan] = {}  # one view's features (``get_view_features``)
         self._states: dict[str, ViewState] = {}
         self._lock = threading.Lock()
         self._memo: dict[Any, Any] = {}
@@ -341,6 +342,21 @@ class FeatureServer:
         cov = self._cover(plan)
         res = self.online.read_features(self._reads(plan, keys, cov), t)
         return self._finish(plan, keys, ctx, res, t, request_time, cov)
+
+    def get_view_features(
+        self, view: FeatureView, join_keys: Mapping[str, Any], request_time: datetime | str | None = None
+    ) -> FeatureVector:
+        """Every feature of one view, no feature service needed (what a write changed: ``record.py``)."""
+        plan = self._view_plans.get(view.name)
+        if plan is None:
+            with self._lock:
+                plan = self._compile(FeatureService(view.name, [view]))
+                plan.name = f"view:{view.name}"  # coverage and the memo key plans by name: never a service's
+                self._view_plans[view.name] = plan
+        keys, t = self._keys(plan, join_keys), to_us(request_time)
+        cov = self._cover(plan)
+        res = self.online.read_features(self._reads(plan, keys, cov), t)
+        return self._finish(plan, keys, {}, res, t, request_time, cov)
 
     def _prepare(
         self, service: str, join_keys: Mapping[str, Any], request_context: Mapping[str, Any] | None, request_time: Any

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from .context import UserContext
     from .features import FeatureServer
     from .forget import ForgetResult
+    from .record import RecordedEvent
     from .similar import VectorService
 
 __all__ = ["ContextStore"]
@@ -391,6 +392,19 @@ class ContextStore:
         return self.ingestor.push(
             source, rows, dry_run=dry_run, timeout=timeout, wait=wait, idempotency_key=idempotency_key
         )
+
+    def record_event(
+        self,
+        source: str,
+        record: Mapping[str, Any],
+        *,
+        subject: Subject | None = None,
+        idempotency_key: str | None = None,
+    ) -> RecordedEvent:
+        """One event pushed like ``push``, answered with the online values it changed (``record.py``)."""
+        from .record import record_event
+
+        return record_event(self, source, record, subject=subject, idempotency_key=idempotency_key)
 
     # -- embeddings, similarity, knowledge, agent context --------------------------------
     def find_similar(

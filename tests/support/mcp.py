@@ -14,9 +14,18 @@ import jsonschema
 import context_store as cs
 from tests.support.server import free_port
 
-__all__ = ["McpStoreFactory", "TOOL_CALLS", "check_all_tools", "serve_in_thread", "free_port"]
+__all__ = [
+    "McpStoreFactory",
+    "TOOL_CALLS",
+    "READ_TOOLS",
+    "WRITE_TOOLS",
+    "check_all_tools",
+    "check_annotations",
+    "serve_in_thread",
+    "free_port",
+]
 
-TOOL_NAMES = {
+READ_TOOLS = {
     "get_user_context",
     "get_features",
     "find_similar",
@@ -24,6 +33,8 @@ TOOL_NAMES = {
     "list_feature_services",
     "describe_feature_service",
 }
+WRITE_TOOLS = {"record_event"}  # listed to keys that may call them (a read key may not see them)
+TOOL_NAMES = READ_TOOLS | WRITE_TOOLS
 
 # (tool, arguments, check on structured content)
 TOOL_CALLS: list[tuple[str, dict[str, Any]]] = [
@@ -76,12 +87,24 @@ def _check(name: str, sc: dict[str, Any]) -> None:
         assert "txn_stats.amount_sum_1d" in names and "user_profile.interest" in names
 
 
+def check_annotations(tools: Any) -> None:
+    """Read tools: read-only, idempotent, closed world. Write tools: not read-only, not destructive (they
+    append), not idempotent without a key, closed world."""
+    for t in tools:
+        a = t.annotations
+        assert a is not None and a.destructive_hint is False and a.open_world_hint is False, t.name
+        if t.name in READ_TOOLS:
+            assert a.read_only_hint is True and a.idempotent_hint is True, t.name
+        else:
+            assert t.name in WRITE_TOOLS and a.read_only_hint is False and a.idempotent_hint is False, t.name
+
+
 async def check_all_tools(client: Any) -> dict[str, dict[str, Any]]:
     """List tools, call each one, validate structured content against its output schema; return the contents."""
     tools = {t.name: t for t in (await client.list_tools()).tools}
-    assert set(tools) == TOOL_NAMES
+    assert READ_TOOLS <= set(tools) <= TOOL_NAMES, set(tools)
+    check_annotations(tools.values())
     for t in tools.values():
-        assert t.annotations is not None and t.annotations.read_only_hint is True
         assert t.output_schema and t.output_schema.get("type") == "object"
         assert t.description
         assert "workspace" not in t.input_schema.get("properties", {})

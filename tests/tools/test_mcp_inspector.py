@@ -21,7 +21,7 @@ import jsonschema
 import pytest
 
 import context_store as cs
-from tests.support.mcp import McpStoreFactory, free_port, serve_in_thread
+from tests.support.mcp import WRITE_TOOLS, McpStoreFactory, free_port, serve_in_thread
 
 INSPECTOR = os.environ.get("CONTEXT_STORE_MCP_INSPECTOR", "@modelcontextprotocol/inspector@0.17.2")
 NPX = shutil.which("npx")
@@ -62,7 +62,9 @@ def _check_listing(listing: dict[str, Any]) -> dict[str, Any]:
         "describe_feature_service",
     } <= set(tools)
     for t in tools.values():
-        assert t["annotations"]["readOnlyHint"] is True and t["outputSchema"]["type"] == "object"
+        # Read tools are read-only; write tools (record_event) say they are not (tests/support/mcp.py).
+        assert t["annotations"]["readOnlyHint"] is (t["name"] not in WRITE_TOOLS), t["name"]
+        assert t["annotations"]["openWorldHint"] is False and t["outputSchema"]["type"] == "object"
     return tools
 
 

@@ -12,7 +12,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 from context_store.tools.scopes import REQUIRED_SCOPE
-from tests.support.mcp import TOOL_NAMES
+from tests.support.mcp import READ_TOOLS, TOOL_NAMES
 from tests.support.subject import make_jwt, subject_server
 
 pytestmark = pytest.mark.redis
@@ -88,11 +88,11 @@ def test_an_unbound_key_reads_any_entity_and_must_name_one(srv: dict[str, Any]) 
 
 def test_tools_are_listed_by_scope(srv: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     listed = _calls(srv, srv["keys"]["free"], [])[0]
-    assert listed == TOOL_NAMES  # today every tool reads
+    assert listed == READ_TOOLS  # a read token does not see record_event
     # A tool needing "ingest" (as record_event / remember will): hidden from read tokens, refused when called.
     monkeypatch.setitem(REQUIRED_SCOPE, "describe_feature_service", "ingest")
     listed, called = _calls(srv, srv["keys"]["free"], [("describe_feature_service", {"name": "user_features"})])
-    assert listed == TOOL_NAMES - {"describe_feature_service"}
+    assert listed == READ_TOOLS - {"describe_feature_service"}
     _forbidden(called, "describe_feature_service", "'ingest'")
     for who in ("ingest", "u1_ingest"):
         listed, called = _calls(srv, srv["keys"][who], [("describe_feature_service", {"name": "user_features"})])
