@@ -173,9 +173,9 @@ def native_router(state: ServerState) -> APIRouter:
             if len(batches) > 1 and not dry_run:
                 # Validate every source first so a bad second source does not leave the first half-applied.
                 for source, rows in batches.items():
-                    store.push(source, rows, dry_run=True)
+                    store.push(source, rows, dry_run=True, subject=principal.subject)
             return {
-                source: store.push(source, rows, dry_run=dry_run, idempotency_key=key)
+                source: store.push(source, rows, dry_run=dry_run, idempotency_key=key, subject=principal.subject)
                 for source, rows in batches.items()
             }
 

@@ -108,3 +108,16 @@ def record_event(
         values.update(vec.feature_values)
         meta += vec.metadata
     return RecordedEvent(plan.source.name, result, keys, tuple(v.name for v in views), values, tuple(meta), read_at)
+
+
+def subject_rows(subject: Subject, rows: Any) -> list[dict[str, Any]]:
+    """The rows of a push by a subject-bound token, each checked to be about its entity (403 otherwise)."""
+    if hasattr(rows, "to_pylist"):  # a pyarrow Table
+        listed: list[dict[str, Any]] = rows.to_pylist()
+    elif hasattr(rows, "to_dict"):  # a pandas DataFrame
+        listed = rows.to_dict("records")
+    else:
+        listed = [dict(r) if isinstance(r, Mapping) else r for r in rows]
+    for i, row in enumerate(listed):
+        check_join_keys(subject, row if isinstance(row, Mapping) else {}, f"records[{i}]")
+    return listed

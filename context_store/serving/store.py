@@ -381,6 +381,7 @@ class ContextStore:
         wait: bool = True,
         timeout: float = 5.0,
         idempotency_key: str | None = None,
+        subject: Subject | None = None,
     ) -> PushResult:
         """Validate and ingest ``rows`` (all or nothing). Returns when durable and, with ``wait``
         (the default), visible online (read-after-write, up to ``timeout`` s; ``.visible`` says
@@ -388,7 +389,11 @@ class ContextStore:
 
         Retries are safe with ``idempotency_key`` (the same key and rows: the first result,
         ``.replayed``; nothing written) and/or a source ``event_id_field`` (records whose id was
-        ingested are dropped, ``.duplicates``)."""
+        ingested are dropped, ``.duplicates``). ``subject``: only rows about that entity (``access.py``)."""
+        if subject is not None:
+            from .record import subject_rows
+
+            rows = subject_rows(subject, rows)
         return self.ingestor.push(
             source, rows, dry_run=dry_run, timeout=timeout, wait=wait, idempotency_key=idempotency_key
         )

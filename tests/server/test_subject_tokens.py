@@ -125,3 +125,17 @@ def test_jwt_errors_over_http(srv: dict[str, Any]) -> None:
     ingest = {"workspace_name": srv["ws"], "records": {"transactions": [{"record": {"user_id": "u1"}}]}}
     r = httpx.post(srv["url"] + "/v1/ingest", json=ingest, headers=_h(read_only))
     assert r.status_code == 403 and "ingest" in r.json()["message"]
+
+
+def test_ingest_by_a_subject_bound_key_only_for_its_entity(srv: dict[str, Any]) -> None:
+    """A bound ingest key pushes events about its own entity; one foreign record refuses the whole push."""
+
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    rows = [{"record": {"user_id": u, "item_id": "i1", "amount": 1.0, "note": "n", "ts": now}} for u in ("u1", "u2")]
+    bad = {"workspace_name": srv["ws"], "records": {"transactions": rows}}
+    r = httpx.post(srv["url"] + "/v1/ingest", json=bad, headers=_h(srv["keys"]["u1_ingest"]))
+    assert r.status_code == 403 and r.json()["field"] == "records[1].user_id", r.text
+    ok = {"workspace_name": srv["ws"], "records": {"transactions": rows[:1]}}
+    r = httpx.post(srv["url"] + "/v1/ingest", json=ok, headers=_h(srv["keys"]["u1_ingest"]))
+    assert r.status_code == 200, r.text
+    assert r.json()["ingestMetrics"]["transactions"]["accepted"] == 1
