@@ -371,6 +371,9 @@ def create_mcp_server(store_for: StoreFor | ContextStore, *, name: str = "contex
                 request_context={k: v.describe() for k, v in defs.request_fields(fs).items()},
             )
 
+    from .memory import register_memory_tools  # a module beside this one: imports its helpers
+
+    register_memory_tools(mcp, store)
     return mcp
 
 

@@ -18,6 +18,7 @@ import hashlib
 import re
 import time
 import unicodedata
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -64,7 +65,8 @@ def memory_of(store: ContextStore, name: str | None = None, subject: Subject | N
     if name is not None:
         found = [m for m in mems if m.name == name]
         if not found:
-            raise NotFoundError(f"unknown memory {name!r}; known: {', '.join(m.name for m in mems) or 'none'}", "memory")
+            known = ", ".join(m.name for m in mems) or "none"
+            raise NotFoundError(f"unknown memory {name!r}; known: {known}", field="memory")
         return found[0]
     if len(mems) == 1:
         return mems[0]
@@ -76,13 +78,13 @@ def memory_of(store: ContextStore, name: str | None = None, subject: Subject | N
             else "no context service names an entity with one join key"
         )
         raise NotFoundError(
-            f"this workspace has no memory: {why}; declare one, e.g. memories = cs.Memory(entity=user)", "memory"
+            f"this workspace has no memory: {why}; declare one, e.g. memories = cs.Memory(entity=user)", field="memory"
         )
     keyed = [m for m in mems if subject is not None and m.join_key == subject.join_key]
     if len(keyed) == 1:
         return keyed[0]
     raise InvalidInputError(
-        f"this workspace declares several memories ({', '.join(m.name for m in mems)}); name one", "memory"
+        f"this workspace declares several memories ({', '.join(m.name for m in mems)}); name one", field="memory"
     )
 
 
@@ -99,7 +101,9 @@ def _entity(mem: Memory, subject: Subject | None, entity_id: Any) -> tuple[str, 
         try:
             return eid, int(eid)
         except ValueError:
-            raise InvalidInputError(f"entity_id must be an integer ({mem.join_key} is int64)", "entity_id") from None
+            raise InvalidInputError(
+                f"entity_id must be an integer ({mem.join_key} is int64)", field="entity_id"
+            ) from None
     return eid, eid
 
 
@@ -126,13 +130,14 @@ def _optional(value: Any, field: str, limit: int) -> str | None:
 def _metadata(value: Any) -> str:
     if value is None:
         return "{}"
-    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
         raise InvalidInputError("metadata must be an object with string keys", field="metadata")
     try:
-        data = orjson.dumps(value)
+        data = orjson.dumps(dict(value))
     except (TypeError, orjson.JSONEncodeError):
-        raise InvalidInputError("metadata must hold JSON values (strings, numbers, booleans, null, lists, objects)",
-                                field="metadata") from None
+        raise InvalidInputError(
+            "metadata must hold JSON values (strings, numbers, booleans, null, lists, objects)", field="metadata"
+        ) from None
     if len(data) > MEMORY_METADATA_BYTES:
         raise InvalidInputError(
             f"metadata must be at most {MEMORY_METADATA_BYTES} bytes as JSON, got {len(data)}", field="metadata"
@@ -211,7 +216,7 @@ def remember(
     text: str,
     entity_id: str | int | None = None,
     kind: str | None = None,
-    metadata: dict[str, Any] | None = None,
+    metadata: Mapping[str, Any] | None = None,
     *,
     subject: Subject | None = None,
     written_by: str | None = None,

@@ -22,8 +22,6 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from ..access import Subject
-    from ..memory_types import MemoryRecord, MemoryResult
-
     from ..compute.batch import BackfillReport
     from ..compute.coverage import ApplyCoverage
     from ..compute.materialize import MaterializeReport
@@ -31,6 +29,7 @@ if TYPE_CHECKING:
     from ..compute.stream.ingestor import Ingestor, PushResult
     from ..compute.stream.watermarks import WatermarkStatus
     from ..compute.vectors import VectorIndexer
+    from ..memory_types import MemoryRecord, MemoryResult
     from ..registry.registry import Plan, Registry
     from ..registry.repo import RepoDefinitions
     from ..stores.offline.base import OfflineStore
