@@ -24,6 +24,7 @@ TOOL_NAMES = {
     "list_feature_services",
     "describe_feature_service",
 }
+MEMORY_TOOLS = {"remember", "forget_memory", "search_memories"}  # tools/memory.py: annotated on their own
 
 # (tool, arguments, check on structured content)
 TOOL_CALLS: list[tuple[str, dict[str, Any]]] = [
@@ -79,9 +80,9 @@ def _check(name: str, sc: dict[str, Any]) -> None:
 async def check_all_tools(client: Any) -> dict[str, dict[str, Any]]:
     """List tools, call each one, validate structured content against its output schema; return the contents."""
     tools = {t.name: t for t in (await client.list_tools()).tools}
-    assert set(tools) == TOOL_NAMES
+    assert set(tools) == TOOL_NAMES | MEMORY_TOOLS
     for t in tools.values():
-        assert t.annotations is not None and t.annotations.read_only_hint is True
+        assert t.annotations is not None and (t.annotations.read_only_hint is True or t.name in MEMORY_TOOLS)
         assert t.output_schema and t.output_schema.get("type") == "object"
         assert t.description
         assert "workspace" not in t.input_schema.get("properties", {})
