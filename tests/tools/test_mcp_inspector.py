@@ -21,7 +21,7 @@ import jsonschema
 import pytest
 
 import context_store as cs
-from tests.support.mcp import McpStoreFactory, free_port, serve_in_thread
+from tests.support.mcp import MEMORY_TOOLS, McpStoreFactory, free_port, serve_in_thread
 
 INSPECTOR = os.environ.get("CONTEXT_STORE_MCP_INSPECTOR", "@modelcontextprotocol/inspector@0.17.2")
 NPX = shutil.which("npx")
@@ -62,7 +62,8 @@ def _check_listing(listing: dict[str, Any]) -> dict[str, Any]:
         "describe_feature_service",
     } <= set(tools)
     for t in tools.values():
-        assert t["annotations"]["readOnlyHint"] is True and t["outputSchema"]["type"] == "object"
+        writes = t["name"] in MEMORY_TOOLS and t["name"] != "search_memories"
+        assert t["annotations"]["readOnlyHint"] is not writes and t["outputSchema"]["type"] == "object"
     return tools
 
 
