@@ -28,6 +28,7 @@ from .errors import (
     UnauthorizedError,
     UnavailableError,
 )
+from .memory_types import MemoryRecord, MemoryResult
 from .types import FeatureMetadata, FeatureVector, KnowledgeChunk, KnowledgeResult, SimilarItem, SimilarResult
 from .vocab.json import RECORD_OPTIONS
 from .vocab.redact import redact_url
@@ -175,6 +176,35 @@ def _parse_knowledge(resp: httpx.Response) -> KnowledgeResult:
     )
 
 
+def _memory(d: Mapping[str, Any]) -> MemoryRecord:
+    from .vocab.time import parse_iso
+
+    return MemoryRecord(
+        id=d["id"],
+        entity=dict(d.get("entity") or {}),
+        text=d.get("text", ""),
+        kind=d.get("kind"),
+        metadata=dict(d.get("metadata") or {}),
+        created_at=parse_iso(d["created_at"]),
+        written_by=d.get("written_by"),
+        score=d.get("score"),
+        memory=d.get("memory", ""),
+        deduplicated=bool(d.get("deduplicated")),
+    )
+
+
+def _parse_memories(resp: httpx.Response) -> MemoryResult:
+    b = _json(resp)
+    return MemoryResult(b["memory"], b["entity"], b["query"], [_memory(m) for m in b.get("memories", [])])
+
+
+def _remember_body(
+    text: str, entity_id: Any, kind: str | None, metadata: Mapping[str, Any] | None, workspace: str | None
+) -> bytes:
+    body = {"text": text, "entity_id": entity_id, "kind": kind, "metadata": metadata, "workspace": workspace}
+    return orjson.dumps({k: v for k, v in body.items() if v is not None})
+
+
 def _json(resp: httpx.Response) -> Any:
     _raise_for(resp)
     return orjson.loads(resp.content)
@@ -274,6 +304,12 @@ class FeatureServerClient(_Base):
         except httpx.TransportError as e:
             raise UnavailableError(f"feature server at {self._shown_url} unreachable: {e}") from None
 
+    def _delete(self, path: str, params: dict[str, Any]) -> httpx.Response:
+        try:
+            return self._client.delete(path, params={k: v for k, v in params.items() if v is not None})
+        except httpx.TransportError as e:
+            raise UnavailableError(f"feature server at {self._shown_url} unreachable: {e}") from None
+
     def get_features(
         self,
         feature_service: Any,
@@ -333,6 +369,25 @@ class FeatureServerClient(_Base):
         }
         return _parse_knowledge(self._post("/v1/knowledge/search", orjson.dumps(body)))
 
+    def remember(
+        self,
+        text: str,
+        entity_id: str | int | None = None,
+        kind: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> MemoryRecord:
+        """``POST /v1/memories`` (docs/memory.md); ``.deduplicated`` when the text was stored within the window."""
+        return _memory(
+            _json(self._post("/v1/memories", _remember_body(text, entity_id, kind, metadata, self.workspace)))
+        )
+
+    def search_memories(self, query: str, entity_id: str | int | None = None, k: int = 5) -> MemoryResult:
+        params = {"q": query, "entity_id": entity_id, "k": k, "workspace": self.workspace}
+        return _parse_memories(self._get("/v1/memories/search", params))
+
+    def forget_memory(self, memory_id: str) -> bool:
+        return bool(_json(self._delete(f"/v1/memories/{memory_id}", {"workspace": self.workspace}))["forgotten"])
+
     def push(
         self,
         source: str,
@@ -386,7 +441,13 @@ class AsyncFeatureServerClient(_Base):
 
     async def _get(self, path: str, params: dict[str, Any]) -> httpx.Response:
         try:
-            return await self._client.get(path, params=params)
+            return await self._client.get(path, params={k: v for k, v in params.items() if v is not None})
+        except httpx.TransportError as e:
+            raise UnavailableError(f"feature server at {self._shown_url} unreachable: {e}") from None
+
+    async def _delete(self, path: str, params: dict[str, Any]) -> httpx.Response:
+        try:
+            return await self._client.delete(path, params={k: v for k, v in params.items() if v is not None})
         except httpx.TransportError as e:
             raise UnavailableError(f"feature server at {self._shown_url} unreachable: {e}") from None
 
@@ -435,6 +496,24 @@ class AsyncFeatureServerClient(_Base):
             **({"workspace": self.workspace} if self.workspace else {}),
         }
         return _parse_knowledge(await self._post("/v1/knowledge/search", orjson.dumps(body)))
+
+    async def remember(
+        self,
+        text: str,
+        entity_id: str | int | None = None,
+        kind: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> MemoryRecord:
+        body = _remember_body(text, entity_id, kind, metadata, self.workspace)
+        return _memory(_json(await self._post("/v1/memories", body)))
+
+    async def search_memories(self, query: str, entity_id: str | int | None = None, k: int = 5) -> MemoryResult:
+        params = {"q": query, "entity_id": entity_id, "k": k, "workspace": self.workspace}
+        return _parse_memories(await self._get("/v1/memories/search", params))
+
+    async def forget_memory(self, memory_id: str) -> bool:
+        resp = await self._delete(f"/v1/memories/{memory_id}", {"workspace": self.workspace})
+        return bool(_json(resp)["forgotten"])
 
     async def push(
         self,

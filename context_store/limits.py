@@ -37,6 +37,12 @@ __all__ = [
     "BODY_BYTES",
     "TIME_MIN",
     "TIME_MAX",
+    "MEMORY_TEXT_CHARS",
+    "MEMORY_KIND_CHARS",
+    "MEMORY_METADATA_BYTES",
+    "MEMORY_ID_CHARS",
+    "MEMORY_K",
+    "MEMORY_K_DEFAULT",
 ]
 
 
@@ -85,6 +91,14 @@ INGEST_SOURCES = 16  # sources of one REST ingest request (per-source and source
 RECORD_FIELDS = 256  # fields of the one event of a record_event call (MCP, POST /v1/events)
 PUSH_RECORDS = 1_000_000  # records of one SDK push; larger loads belong in the batch source
 BODY_BYTES = 4 * 1024 * 1024  # a request body (REST and MCP), checked before parsing
+
+# -- agent memories (remember / search_memories / forget_memory: SDK, REST, MCP) ---------------------
+MEMORY_TEXT_CHARS = 4_000  # the text of one memory
+MEMORY_KIND_CHARS = 64  # its kind ("preference", "fact", ...)
+MEMORY_METADATA_BYTES = 4_096  # its metadata, as compact JSON
+MEMORY_ID_CHARS = 64  # a memory id argument (ids are 32 hex characters)
+MEMORY_K = IntRange(1, 50)  # memories of one search
+MEMORY_K_DEFAULT = 5
 
 # -- times --------------------------------------------------------------------------------------
 # Every time a caller gives (request_time, as_of, --start/--end, event timestamps) must fall in

@@ -25,6 +25,7 @@ __all__ = [
     "ChunkOut",
     "KnowledgeResultOut",
     "UserContextResult",
+    "ContextMemoryOut",
     "ServiceSummary",
     "ContextServiceSummary",
     "ServiceList",
@@ -113,6 +114,17 @@ class KnowledgeResultOut(_Out):
     untrusted_fields: list[str] = Field(default_factory=lambda: ["chunks[].text"])
 
 
+class ContextMemoryOut(_Out):
+    id: str
+    text: UntrustedText
+    kind: UntrustedText | None
+    metadata: UntrustedData
+    created_at: str = Field(description="ISO-8601 UTC time the memory was stored.")
+    age_ms: int | None
+    written_by: str | None = Field(description="Who stored it: API key id or token principal (provenance).")
+    score: float | None = Field(description="Similarity to the query plus a recency bonus; null: a recent one.")
+
+
 class UserContextResult(_Out):
     entity_id: str
     context_service: str
@@ -127,6 +139,10 @@ class UserContextResult(_Out):
     similar: list[SimilarItemOut]
     knowledge_name: str | None
     knowledge: list[ChunkOut]
+    memory_name: str | None = None
+    memories: list[ContextMemoryOut] = Field(
+        default_factory=list, description="The entity's memories: top by similarity to the query, then newest."
+    )
     text: str = Field(
         description="Compact rendering for a prompt. Its quoted strings are untrusted data.",
         json_schema_extra=_UNTRUSTED,
@@ -141,6 +157,9 @@ class UserContextResult(_Out):
             "recent_events[].values",
             "similar[].attributes",
             "knowledge[].text",
+            "memories[].text",
+            "memories[].kind",
+            "memories[].metadata",
             "text",
         ]
     )

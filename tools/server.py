@@ -27,6 +27,7 @@ from context_store.access import Subject
 from context_store.definitions import RealtimeFeatureView
 from context_store.errors import (
     ContextStoreError,
+    ForbiddenError,
     InvalidInputError,
     UnauthorizedError,
     UnavailableError,
@@ -72,7 +73,16 @@ from .models import (
 )
 from .scopes import ScopeGate
 
-__all__ = ["create_mcp_server", "run_stdio", "caller", "subject_of", "Caller", "INSTRUCTIONS", "PRINCIPAL_SCOPE_KEY"]
+__all__ = [
+    "create_mcp_server",
+    "run_stdio",
+    "caller",
+    "require_scope",
+    "subject_of",
+    "Caller",
+    "INSTRUCTIONS",
+    "PRINCIPAL_SCOPE_KEY",
+]
 
 # Key under which ``context_store.tools.http`` stores the authenticated principal in the ASGI scope.
 PRINCIPAL_SCOPE_KEY = "context_store.principal"
@@ -128,6 +138,18 @@ def caller(ctx: Context) -> Caller | None:
     if principal is None:  # an HTTP request that bypassed tools.http's auth: refuse, never default
         raise ToolError(tool_error_text(UnauthorizedError("no authenticated API key on this request")))
     return principal
+
+
+def require_scope(ctx: Context, scope: str) -> None:
+    """403 (isError) unless the caller's key grants ``scope``; the stdio operator (no caller) may.
+
+    ``scopes.ScopeGate`` already refuses such calls; the tools check again (the gate is middleware)."""
+    principal = caller(ctx)
+    if principal is not None and not principal.can(scope):
+        err = ForbiddenError(
+            f"this API key has scope {principal.scope!r}; this tool needs {scope!r}", field="Authorization"
+        )
+        raise ToolError(tool_error_text(err))
 
 
 def subject_of(ctx: Context) -> Subject | None:
@@ -388,9 +410,12 @@ def create_mcp_server(store_for: StoreFor | ContextStore, *, name: str = "contex
                 request_context={k: v.describe() for k, v in defs.request_fields(fs).items()},
             )
 
-    from .write import register_write_tools  # imports this module: registered once it is loaded
+    # Modules beside this one import its helpers: registered once it is loaded.
+    from .memory import register_memory_tools
+    from .write import register_write_tools
 
     register_write_tools(mcp, store)
+    register_memory_tools(mcp, store)
     return mcp
 
 

@@ -17,17 +17,15 @@ from typing import Annotated, Any
 
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
-from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import ToolAnnotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from context_store import ContextStore
-from context_store.errors import ForbiddenError, tool_error_text
 from context_store.limits import IDEMPOTENCY_KEY_CHARS, NAME_CHARS, RECORD_FIELDS
 
 from .models import Provenance
 from .scopes import REQUIRED_SCOPE
-from .server import _errors, _run, caller, subject_of
+from .server import _errors, _run, require_scope, subject_of
 
 __all__ = ["WRITE_TOOL_SCOPES", "RecordedEventOut", "register_write_tools"]
 
@@ -54,16 +52,6 @@ class RecordedEventOut(BaseModel):
     features: dict[str, Any] = Field(description="'view.feature' -> value, now served for the entity.")
     provenance: dict[str, Provenance]
     untrusted_fields: list[str] = Field(default_factory=lambda: ["features (string values)", "join_keys"])
-
-
-def _require(ctx: Context, scope: str) -> None:
-    """403 (isError) unless the caller's key grants ``scope``; the stdio operator (no caller) may."""
-    principal = caller(ctx)
-    if principal is not None and not principal.can(scope):
-        err = ForbiddenError(
-            f"this API key has scope {principal.scope!r}; this tool needs {scope!r}", field="Authorization"
-        )
-        raise ToolError(tool_error_text(err))
 
 
 def register_write_tools(mcp: MCPServer, store: Callable[[Context], ContextStore]) -> None:
@@ -105,7 +93,7 @@ def register_write_tools(mcp: MCPServer, store: Callable[[Context], ContextStore
         """Write one event to a stream source (needs an ingest key), validated like any push, and return the
         feature values now served for its entity, so you see the effect. Not idempotent unless you pass
         idempotency_key (or the source dedups by event id)."""
-        _require(ctx, WRITE_TOOL_SCOPES["record_event"])
+        require_scope(ctx, WRITE_TOOL_SCOPES["record_event"])
         with _errors():
             call = functools.partial(
                 store(ctx).record_event, source, record, subject=subject_of(ctx), idempotency_key=idempotency_key

@@ -8,6 +8,7 @@ from .dtypes import Array, Bool, DType, Embedding, Float64, Int64, String, Times
 from .embedding import EmbeddingView, Knowledge
 from .entity import Entity, Field
 from .feature_view import AGGREGATION_FUNCTIONS, Aggregate, FeatureSelection, FeatureView, aggregate_dtype
+from .memory import Memory
 from .realtime import RealtimeFeatureView, realtime_feature_view
 from .services import ContextService, FeatureService
 from .sources import FileSource, RequestSource, Source, StreamSource
@@ -33,6 +34,7 @@ __all__ = [
     "Int64",
     "Knowledge",
     "Lifetime",
+    "Memory",
     "RealtimeFeatureView",
     "RequestSource",
     "Source",

@@ -86,6 +86,7 @@ class ContextService(Definition):
         knowledge: Knowledge | tuple[Knowledge, int] | None = None,
         description: str | None = None,
         tags: dict[str, str] | None = None,
+        memories: int = 5,
     ) -> None:
         self._init_common(name, description, tags)
         if not isinstance(entity, Entity):
@@ -132,6 +133,10 @@ class ContextService(Definition):
             ):
                 self.fail("knowledge must be a cs.Knowledge or (cs.Knowledge, k)")
             self.knowledge = kn
+        # How many of the entity's memories (cs.Memory, docs/memory.md) the context holds; 0: none.
+        if isinstance(memories, bool) or not isinstance(memories, int) or not 0 <= memories <= 50:
+            self.fail(f"memories must be an int in 0..50, got {memories!r}")
+        self.memories = memories
 
     def spec(self) -> dict[str, Any]:
         return {
@@ -142,4 +147,5 @@ class ContextService(Definition):
             "similar": [self.similar[0].name, self.similar[1]] if self.similar else None,
             "interest": self.interest,
             "knowledge": [self.knowledge[0].name, self.knowledge[1]] if self.knowledge else None,
+            **({"memories": self.memories} if self.memories != 5 else {}),  # an upgrade shows no change
         }

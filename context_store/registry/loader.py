@@ -31,10 +31,12 @@ from ..definitions import (
     FeatureService,
     FeatureView,
     Knowledge,
+    Memory,
     RealtimeFeatureView,
     RequestSource,
     Source,
 )
+from ..definitions.memory import builtin_memory
 from ..errors import DefinitionError
 from .repo import RepoDefinitions
 
@@ -284,6 +286,8 @@ class _Collector:
             for e in obj.entities:
                 self.add(e)
             self.add(obj.source)
+        elif isinstance(obj, Memory):
+            self.add(obj.entity)
         elif isinstance(obj, ContextService):
             self.add(obj.entity)
             fs = obj.feature_service
@@ -298,6 +302,9 @@ def collect(modules: Iterable[types.ModuleType]) -> RepoDefinitions:
             # A FeatureSelection (``view[["a"]]``) is not a definition: its view is registered itself.
             if isinstance(value, Definition):
                 c.add(value)
+    builtin = builtin_memory(c.repo.sources.values(), c.repo.context_services.values())
+    if builtin is not None:  # docs/memory.md: one per workspace unless the repo declares a cs.Memory
+        c.repo.sources[builtin.name] = builtin
     return c.repo
 
 

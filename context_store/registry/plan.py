@@ -392,7 +392,7 @@ def compute_plan(
             elif table in ("embedding_views", "knowledge"):
                 c.breaking = True
                 c.reasons.append("its vectors are no longer served")
-            elif o["spec"]["kind"] == "stream_source":
+            elif o["spec"]["kind"] in ("stream_source", "memory"):
                 c.breaking = True
                 c.reasons.append("producers pushing to it will be rejected")
             changes.append(c)

@@ -28,6 +28,7 @@ from .limits import BodySizeLimit
 from .metrics import Metrics
 from .routes_forget import forget_router
 from .routes_health import health_router
+from .routes_memory import memory_router
 from .routes_native import native_router
 from .routes_tecton import TectonHandlers, tecton_router
 from .shedding import LoadShedder
@@ -207,6 +208,7 @@ def create_app(
     handlers = TectonHandlers(state)
     app.include_router(tecton_router(handlers))
     app.include_router(native_router(state))
+    app.include_router(memory_router(state))
     app.include_router(health_router(state))
     app.include_router(forget_router(state))
     if mcp is not None:

@@ -31,9 +31,11 @@ from ..types import KnowledgeChunk, SimilarItem
 from ..vocab.time import EPOCH, checked_seconds_us, checked_utc, parse_iso, us_to_datetime
 from .context_events import offline_row_time
 from .context_text import _CONTROL, _SPACE, MAX_TEXT_CHARS, clean_text, count_tokens, iso, jsonable, render
+from .memory import context_memories
 
 if TYPE_CHECKING:
     from ..definitions import ContextService
+    from ..memory_types import MemoryRecord
     from .store import ContextStore
 
 __all__ = [
@@ -128,6 +130,8 @@ class UserContext:
     omitted: dict[str, int] = field(default_factory=dict)  # section -> items left out of ``text``
     notes: list[str] = field(default_factory=list)  # parts skipped, and why
     timings_ms: dict[str, float] = field(default_factory=dict)
+    memory_name: str | None = None  # the cs.Memory of the entity (docs/memory.md)
+    memories: list[MemoryRecord] = field(default_factory=list)  # untrusted: written by users or agents
 
     @property
     def feature_values(self) -> dict[str, Any]:
@@ -167,6 +171,8 @@ class UserContext:
                 }
                 for c in self.knowledge
             ],
+            "memory_name": self.memory_name,
+            "memories": [memory_dict(m, self.served_at) for m in self.memories],
             "text": self.text,
             "tokens": self.tokens,
             "max_tokens": self.max_tokens,
@@ -264,6 +270,11 @@ def get_user_context(
             notes.append("knowledge: skipped, no query given")
     t4 = time.perf_counter()
     timings["knowledge"] = (t4 - t3) * 1e3
+    memory_name, memories, memory_notes = context_memories(
+        store, svc.entity, join_keys, svc.memories, query, served_at, replay is not None
+    )
+    notes += memory_notes
+    timings["memories"] = (time.perf_counter() - t4) * 1e3
 
     ctx = UserContext(
         entity_id=str(entity_id),
@@ -283,9 +294,11 @@ def get_user_context(
         max_tokens=max_tokens,
         notes=notes,
         timings_ms=timings,
+        memory_name=memory_name,
+        memories=memories,
     )
     ctx.text, ctx.tokens, ctx.omitted = render(ctx, max_tokens)
-    timings["render"] = (time.perf_counter() - t4) * 1e3
+    timings["render"] = (time.perf_counter() - t4) * 1e3 - timings["memories"]
     return ctx
 
 
@@ -456,3 +469,17 @@ def _event(row: Mapping[str, Any], ts_field: str, cols: list[str], served_at: da
     ts = parse_time(row.get(ts_field), ts_field) or served_at
     values = {c: row.get(c) for c in cols if c != ts_field} if cols else {k: v for k, v in row.items() if k != ts_field}
     return RecentEvent(timestamp=ts, age_ms=_age_ms(served_at, ts) or 0, values=values)
+
+
+def memory_dict(m: MemoryRecord, served_at: datetime) -> dict[str, Any]:
+    """A memory in a context's structured output: its text, kind and metadata are untrusted (cleaned)."""
+    return {
+        "id": m.id,
+        "text": clean_text(m.text, MAX_TEXT_CHARS, keep_newlines=True),
+        "kind": clean_text(m.kind, 64) if m.kind else None,
+        "metadata": jsonable(m.metadata),
+        "created_at": iso(m.created_at),
+        "age_ms": _age_ms(served_at, m.created_at),
+        "written_by": clean_text(m.written_by, 256) if m.written_by else None,
+        "score": m.score,
+    }

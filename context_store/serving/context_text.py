@@ -176,6 +176,17 @@ def _sections(ctx: UserContext) -> list[tuple[str, str, list[str]]]:
                 ],
             )
         )
+    if ctx.memories:
+        out.append(
+            (
+                "memories",
+                f"memories from {ctx.memory_name} (kind: text [age]):",
+                [
+                    f"- {_quote(m.kind or 'note')}: {_fmt(m.text)} [{_age(_ms_since(ctx.served_at, m.created_at))}]"
+                    for m in ctx.memories
+                ],
+            )
+        )
     if ctx.similar:
         out.append(
             (
@@ -197,6 +208,10 @@ def _sections(ctx: UserContext) -> list[tuple[str, str, list[str]]]:
             )
         )
     return out
+
+
+def _ms_since(served_at: datetime, t: datetime) -> int:
+    return int((served_at - t).total_seconds() * 1000)
 
 
 def render(ctx: UserContext, max_tokens: int | None) -> tuple[str, int | None, dict[str, int]]:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
+    from ..access import Subject
     from ..compute.batch import BackfillReport
     from ..compute.coverage import ApplyCoverage
     from ..compute.materialize import MaterializeReport
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from ..compute.stream.ingestor import Ingestor, PushResult
     from ..compute.stream.watermarks import WatermarkStatus
     from ..compute.vectors import VectorIndexer
+    from ..memory_types import MemoryRecord, MemoryResult
     from ..registry.registry import Plan, Registry
     from ..registry.repo import RepoDefinitions
     from ..stores.offline.base import OfflineStore
@@ -431,6 +433,37 @@ class ContextStore:
         self, knowledge: str, query: str, k: int = 5, filter: Mapping[str, Any] | None = None
     ) -> KnowledgeResult:
         return self.vectors.search_knowledge(knowledge, query, k=k, filter=filter)
+
+    # -- agent memories (memory.py) --------------------------------------------------------------------
+    def remember(
+        self,
+        text: str,
+        entity_id: str | int | None = None,
+        kind: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        subject: Subject | None = None,
+        written_by: str | None = None,
+    ) -> MemoryRecord:
+        """Store a memory of one entity (searchable when this returns); the same text within the dedup
+        window returns the existing memory (``deduplicated``)."""
+        from .memory import remember
+
+        return remember(self, text, entity_id, kind, metadata, subject=subject, written_by=written_by)
+
+    def search_memories(
+        self, query: str, entity_id: str | int | None = None, k: int = 5, *, subject: Subject | None = None
+    ) -> MemoryResult:
+        """The entity's top-``k`` memories for ``query`` (similarity plus recency)."""
+        from .memory import search_memories
+
+        return search_memories(self, query, entity_id, k, subject=subject)
+
+    def forget_memory(self, memory_id: str, *, subject: Subject | None = None) -> bool:
+        """Remove a memory from search, the online state and the offline log (404 when unknown)."""
+        from .memory import forget_memory
+
+        return forget_memory(self, memory_id, subject=subject)
 
     # -- entry points for REST, MCP and the CLI: they call only these methods ------------------------
     def get_user_context(

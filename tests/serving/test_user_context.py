@@ -69,7 +69,7 @@ def test_context_has_every_part_with_provenance(ctx_store: cs.ContextStore) -> N
     assert uc.knowledge == [] and any("knowledge" in n for n in uc.notes)
     assert "txn_stats.amount_sum_1d" in uc.text and "recent events" in uc.text and '"i1"' in uc.text
     assert uc.text.startswith('[user_context for user_id="u1"')
-    assert set(uc.timings_ms) == {"features", "recent_events", "similar", "knowledge", "render"}
+    assert set(uc.timings_ms) == {"features", "recent_events", "similar", "knowledge", "memories", "render"}
 
     other = ctx_store.get_user_context("u2")  # default service: the first one
     assert other.context_service == "user_context" and other.similar[0].entity_id == "i3"

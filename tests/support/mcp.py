@@ -33,7 +33,12 @@ READ_TOOLS = {
     "list_feature_services",
     "describe_feature_service",
 }
-WRITE_TOOLS = {"record_event"}  # listed to keys that may call them (a read key may not see them)
+READ_TOOLS.add("search_memories")
+# Listed to keys that may call them (a read key does not see them): tools/write.py, tools/memory.py.
+WRITE_TOOLS = {"record_event", "remember", "forget_memory"}
+MEMORY_TOOLS = {"remember", "forget_memory", "search_memories"}
+DESTRUCTIVE_TOOLS = {"forget_memory"}
+IDEMPOTENT_WRITE_TOOLS = {"remember", "forget_memory"}  # remember dedups; forgetting twice forgets once
 TOOL_NAMES = READ_TOOLS | WRITE_TOOLS
 
 # (tool, arguments, check on structured content)
@@ -88,15 +93,18 @@ def _check(name: str, sc: dict[str, Any]) -> None:
 
 
 def check_annotations(tools: Any) -> None:
-    """Read tools: read-only, idempotent, closed world. Write tools: not read-only, not destructive (they
-    append), not idempotent without a key, closed world."""
+    """Read tools: read-only, idempotent, closed world. Write tools: not read-only, closed world; only
+    forget_memory is destructive; remember (dedup) and forget_memory are idempotent, record_event is not
+    without a key."""
     for t in tools:
         a = t.annotations
-        assert a is not None and a.destructive_hint is False and a.open_world_hint is False, t.name
+        assert a is not None and a.open_world_hint is False, t.name
+        assert a.destructive_hint is (t.name in DESTRUCTIVE_TOOLS), t.name
         if t.name in READ_TOOLS:
             assert a.read_only_hint is True and a.idempotent_hint is True, t.name
         else:
-            assert t.name in WRITE_TOOLS and a.read_only_hint is False and a.idempotent_hint is False, t.name
+            assert t.name in WRITE_TOOLS and a.read_only_hint is False, t.name
+            assert a.idempotent_hint is (t.name in IDEMPOTENT_WRITE_TOOLS), t.name
 
 
 async def check_all_tools(client: Any) -> dict[str, dict[str, Any]]:

@@ -91,7 +91,11 @@ def source_plan(definitions: Any, source_name: str) -> SourcePlan:
         if re_ and re_[0].name == source_name and all(k in schema for k in cs_.entity.join_keys):
             jk = tuple(cs_.entity.join_keys)
             recent[jk] = max(recent.get(jk, 0), int(re_[1]))
-    embeds = any(v.source.name == source_name for v in getattr(definitions, "embedding_views", {}).values())
+    for jk, n in getattr(src, "recent_lists", ()):  # a cs.Memory keeps each entity's recent memories online
+        recent[jk] = max(recent.get(jk, 0), n)
+    embeds = src.kind == "memory" or any(
+        v.source.name == source_name for v in getattr(definitions, "embedding_views", {}).values()
+    )
     shared = frozenset(v.name for v in views if src.partitions > 1 and keys and not set(keys) <= set(v.join_keys))
     return SourcePlan(src, views, tuple(keys), tuple(recent.items()), embeds, shared)
 

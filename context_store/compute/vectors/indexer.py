@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from ...definitions.memory import Memory
 from ...errors import InvalidInputError
 from ...stores.vector import VectorCollection, VectorCollections, view_columns
 from ..embeddings import latest_rows
 from .knowledge import index_knowledge_base
+from .memories import index_memories
 from .views import source_rows, write_rows
 
 if TYPE_CHECKING:
@@ -89,6 +91,9 @@ class VectorIndexer:
         embedded and visible to ``find_similar`` when this returns. Returns rows updated per view."""
         table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(list(rows))
         out: dict[str, int] = {}
+        src = self.collections.defs.sources.get(source)
+        if isinstance(src, Memory):  # a memory source: its texts into its own collection
+            out[source] = index_memories(src, self.collections.memory(src), table)
         for name in self.views_on_source(source):
             v = self.collections.defs.embedding_views[name]
             if v.join_key in table.column_names and v.text in table.column_names:

@@ -116,6 +116,8 @@ class OnlineStore(Protocol):
 
     def read_recent(self, source: str, key: str, n: int) -> list[dict[str, Any]]: ...
 
+    def remove_recent(self, source: str, key: str, field: str, value: str) -> int: ...
+
     def get_meta(self, name: str) -> bytes | None: ...
 
     def set_meta(self, name: str, value: bytes) -> None: ...
@@ -377,6 +379,15 @@ class BaseOnlineStore(WritePath):
     def read_recent(self, source: str, key: str, n: int) -> list[dict[str, Any]]:
         """The last ``n`` events, oldest -> newest."""
         return [orjson.loads(b) for b in self._recent_read(recent_key(source, key), n)]
+
+    def remove_recent(self, source: str, key: str, field: str, value: str) -> int:
+        """Remove the items of an entity's recent list whose ``field`` equals ``value`` (forget one memory)."""
+        full = recent_key(source, key)
+        items = [b for b in self._recent_read(full, 1 << 30) if str(orjson.loads(b).get(field)) == value]
+        return self._recent_remove(full, items) if items else 0
+
+    def _recent_remove(self, key: str, items: list[bytes]) -> int:
+        raise NotImplementedError
 
     def _recent_append(self, key: str, items: list[bytes], max_len: int) -> None:
         raise NotImplementedError

@@ -430,6 +430,15 @@ class RedisOnlineStore(BaseOnlineStore):
         except self._errors as e:
             raise self._unavailable(e) from None
 
+    def _recent_remove(self, key: str, items: list[bytes]) -> int:
+        try:
+            pipe = self._r.pipeline(transaction=True)
+            for b in items:
+                pipe.lrem(self.prefix + key, 0, b)
+            return sum(int(n) for n in pipe.execute())
+        except self._errors as e:
+            raise self._unavailable(e) from None
+
     def _recent_read(self, key: str, n: int) -> list[bytes]:
         try:
             return self._r.lrange(self.prefix + key, -n, -1)

@@ -264,6 +264,20 @@ class SqliteOnlineStore(BaseOnlineStore):
             (key, key, max_len),
         )
 
+    def _recent_remove(self, key: str, items: list[bytes]) -> int:
+        c = self._conn()
+        rows = [(key, b) for b in items]
+        if self._in_txn():
+            return int(c.executemany("DELETE FROM recent WHERE k = ? AND v = ?", rows).rowcount)
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            n = int(c.executemany("DELETE FROM recent WHERE k = ? AND v = ?", rows).rowcount)
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        return n
+
     def _recent_read(self, key: str, n: int) -> list[bytes]:
         rows = self._conn().execute("SELECT v FROM recent WHERE k = ? ORDER BY seq DESC LIMIT ?", (key, n)).fetchall()
         return [bytes(r[0]) for r in reversed(rows)]

@@ -22,14 +22,25 @@ from .lance_vectors import LanceVectors, embedding_table, knowledge_table
 
 if TYPE_CHECKING:
     from ...config import Config
-    from ...definitions import EmbeddingView, Knowledge
+    from ...definitions import EmbeddingView, Knowledge, Memory
     from ...registry.repo import RepoDefinitions
 
-__all__ = ["VectorCollections", "CollectionOptions", "ENTITY_KEY", "KB_KEY", "KB_ATTRS", "view_columns"]
+__all__ = [
+    "VectorCollections",
+    "CollectionOptions",
+    "ENTITY_KEY",
+    "KB_KEY",
+    "KB_ATTRS",
+    "MEMORY_KEY",
+    "memory_columns",
+    "memory_table",
+    "view_columns",
+]
 
 ENTITY_KEY = "entity_id"  # the key column of emb__ tables (the view's join key values, as strings)
 KB_KEY = "chunk_id"
 KB_ATTRS = ["file", "source", "start", "end", "text"]
+MEMORY_KEY = "memory_id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +58,16 @@ class CollectionOptions:
 def view_columns(view: EmbeddingView) -> list[str]:
     """Attributes stored beside each vector: the text column, then the declared attributes."""
     return list(dict.fromkeys([view.text, *[a for a in view.attributes if a != view.join_key]]))
+
+
+def memory_columns(mem: Memory) -> list[str]:
+    """Attributes beside each memory's vector: the entity's join key (named as such, so per-entity
+    filters and erasure by ``join_key == value`` work like on any collection), then its columns."""
+    return [mem.join_key, "text", "kind", "metadata", "written_by", "created_us"]
+
+
+def memory_table(name: str) -> str:
+    return f"mem__{name}"
 
 
 def embedder_dim(embedder: str) -> int:
@@ -71,6 +92,7 @@ class VectorCollections:
         self._lock = threading.RLock()
         self.views: dict[str, VectorCollection] = {}
         self.kbs: dict[str, VectorCollection] = {}
+        self.memories: dict[str, VectorCollection] = {}
         self._lance: LanceVectors | None = None
 
     @property
@@ -106,6 +128,14 @@ class VectorCollections:
     def knowledge(self, kb: Knowledge) -> VectorCollection:
         return self._get(
             self.kbs, kb.name, lambda: self._open(knowledge_table(kb.name), kb.embedder, KB_KEY, KB_ATTRS, "auto")
+        )
+
+    def memory(self, mem: Memory) -> VectorCollection:
+        """The memory source's collection (one vector per memory, keyed by ``memory_id``)."""
+        return self._get(
+            self.memories,
+            mem.name,
+            lambda: self._open(memory_table(mem.name), mem.embedder, MEMORY_KEY, memory_columns(mem), "auto"),
         )
 
     def _get(
@@ -167,10 +197,11 @@ class VectorCollections:
     def close(self) -> None:
         """Snapshot indexes changed since their last snapshot and release; reopens lazily on next use."""
         with self._lock:
-            for c in [*self.views.values(), *self.kbs.values()]:
+            for c in [*self.views.values(), *self.kbs.values(), *self.memories.values()]:
                 c.close()
             self.views.clear()
             self.kbs.clear()
+            self.memories.clear()
             if self._lance is not None:
                 self._lance.close()
                 self._lance = None
