@@ -34,6 +34,12 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "Stream operations: watermarks, lag and late counts; reset a watermark.",
         "",
     ),
+    "status": (
+        "context_store.cli.status",
+        "status",
+        "Per view freshness against expected_freshness, stream lag, late/rejected counts.",
+        "",
+    ),
     "forget": (
         "context_store.cli.forget",
         "forget",

@@ -32,6 +32,7 @@ __all__ = [
     "materialize",
     "materialize_recent",
     "materialize_table",
+    "materialized_until",
 ]
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,16 @@ class MaterializeReport:
 
 def _wm_key(view: str) -> str:
     return f"wm:{view}"
+
+
+def materialized_until(online: Any, view: str) -> int | None:
+    """The newest event time (µs) ``materialize`` loaded into ``view``'s online state (its watermark)."""
+    raw = online.get_meta(_wm_key(view))
+    try:
+        v = json.loads(raw).get("max_ts") if raw else None
+    except (ValueError, AttributeError):
+        return None
+    return int(v) if isinstance(v, int) else None
 
 
 _NOT_STREAM: Any = object()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from .base import Definition
 from .entity import Entity
+from .slo import freshness_slo, freshness_spec
 from .sources import FileSource, StreamSource
 
 __all__ = ["EmbeddingView", "Knowledge", "DEFAULT_EMBEDDER"]
@@ -33,8 +35,10 @@ class EmbeddingView(Definition):
         index: str = "auto",
         description: str | None = None,
         tags: dict[str, str] | None = None,
+        expected_freshness: str | timedelta | None = None,
     ) -> None:
         self._init_common(name, description, tags)
+        self.expected_freshness = freshness_slo(self, expected_freshness)
         if not isinstance(entities, (list, tuple)) or len(entities) != 1 or not isinstance(entities[0], Entity):
             self.fail("entities must be a list of exactly one cs.Entity")
         self.entities = tuple(entities)
@@ -71,6 +75,7 @@ class EmbeddingView(Definition):
             "embedder": self.embedder,
             "attributes": list(self.attributes),
             "index": self.index,
+            **freshness_spec(self.expected_freshness),
         }
 
 

@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 from .base import Definition
 from .dtypes import Array, DType, Embedding, Float64, Int64
 from .entity import Entity, Field
+from .slo import freshness_slo, freshness_spec
 from .sources import FileSource, Source, StreamSource
 from .windows import Lifetime, Window, format_duration, parse_duration, parse_window
 
@@ -177,8 +178,10 @@ class FeatureView(Definition):
         timestamp_field: str | None = None,
         description: str | None = None,
         tags: dict[str, str] | None = None,
+        expected_freshness: str | timedelta | None = None,
     ) -> None:
         self._init_common(name, description, tags)
+        self.expected_freshness = freshness_slo(self, expected_freshness)
         if not isinstance(entities, (list, tuple)) or not entities or not all(isinstance(e, Entity) for e in entities):
             self.fail("entities must be a non-empty list of cs.Entity")
         self.entities: tuple[Entity, ...] = tuple(entities)
@@ -285,4 +288,5 @@ class FeatureView(Definition):
             "online": self.online,
             "offline": self.offline,
             "timestamp_field": self.timestamp_field,
+            **freshness_spec(self.expected_freshness),
         }

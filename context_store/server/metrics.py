@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import exposition as text_exposition
 from prometheus_client.openmetrics import exposition as om_exposition
 
-__all__ = ["Metrics"]
+__all__ = ["Metrics", "ViewStatusCollector"]
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -37,6 +37,70 @@ class _StreamCounters:
                 fam.add_metric([source], value)
             out.append(fam)
         return out
+
+
+class ViewStatusCollector:
+    """Scrape-time gauges from ``ContextStore.view_status()`` of every opened store: per view its
+    freshness, expected freshness and SLO breach; per stream partition its lag (entries, seconds)
+    and late/rejected counts. Computed from Redis/SQLite at each scrape, so any server process
+    (and any number of them) reports the same values (docs/observability.md)."""
+
+    def __init__(self, stores: Callable[[], Iterable[Any]]) -> None:
+        self.stores = stores
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        view, part = ["workspace", "view"], ["workspace", "source", "partition"]
+        fresh = GaugeMetricFamily(
+            "context_store_view_freshness_seconds",
+            "Now minus the newest event time applied online (stream) or materialized (batch)",
+            labels=view,
+        )
+        expected = GaugeMetricFamily(
+            "context_store_view_expected_freshness_seconds", "The view's expected_freshness (its SLO)", labels=view
+        )
+        breached = GaugeMetricFamily(
+            "context_store_view_freshness_slo_breached",
+            "1 when the view is staler than its expected_freshness (or has nothing applied), else 0",
+            labels=view,
+        )
+        lag_n = GaugeMetricFamily(
+            "context_store_stream_lag_entries", "Stream entries not yet applied and acknowledged", labels=part
+        )
+        lag_s = GaugeMetricFamily(
+            "context_store_stream_lag_seconds", "Age of the oldest stream entry no worker has read yet", labels=part
+        )
+        late = CounterMetricFamily(
+            "context_store_stream_late_records", "Admitted records older than the watermark", labels=part
+        )
+        rejected = CounterMetricFamily(
+            "context_store_stream_rejected_records", "Records refused as too late or before a cut-over", labels=part
+        )
+        for store in self.stores():
+            ws = store.workspace
+            try:
+                rows = store.view_status()
+            except Exception:  # noqa: BLE001 - a store that cannot answer must not break the scrape
+                continue
+            seen: set[tuple[str, int]] = set()
+            for r in rows:
+                if r.freshness_seconds is not None:
+                    fresh.add_metric([ws, r.view], r.freshness_seconds)
+                if r.expected_freshness_seconds is not None:
+                    expected.add_metric([ws, r.view], r.expected_freshness_seconds)
+                    breached.add_metric([ws, r.view], 1.0 if r.slo_breached else 0.0)
+                for p in r.lag:
+                    if (p.source, p.partition) in seen:
+                        continue
+                    seen.add((p.source, p.partition))
+                    labels = [ws, p.source, str(p.partition)]
+                    lag_n.add_metric(labels, p.entries)
+                    if p.seconds is not None:
+                        lag_s.add_metric(labels, p.seconds)
+                    late.add_metric(labels, p.late)
+                    rejected.add_metric(labels, p.rejected)
+        return [fresh, expected, breached, lag_n, lag_s, late, rejected]
 
 
 class Metrics:
@@ -67,9 +131,12 @@ class Metrics:
             "cs_ingest_records", "Records accepted by the ingest API", ["workspace", "source", "dry_run"], **kw
         )
         gauge_kw = dict(kw, multiprocess_mode="mostrecent") if self.multiprocess else kw
+        # Served value age, NOT data freshness: the effective time of a sampled response (for aggregates
+        # the request time, so ~0 even with every worker stopped). Freshness: context_store_view_freshness_seconds.
         self.freshness = Gauge(
             "cs_feature_freshness_age_seconds",
-            "Age of the newest served value per feature view",
+            "Served value age: now minus the effective time of 1 sampled response in N per view "
+            "(not data freshness: see context_store_view_freshness_seconds)",
             ["workspace", "view"],
             **gauge_kw,
         )
@@ -84,6 +151,13 @@ class Metrics:
             self.registry.register(_StreamCounters())
         self._children: dict[tuple[str, str], Any] = {}
         self._collect_hooks: list[Callable[[Metrics], None]] = []
+        self._collectors: list[Any] = []  # scrape-time collectors, also in multiprocess mode
+
+    def add_collector(self, collector: Any) -> None:
+        """A prometheus_client custom collector (``collect()``) run at each scrape."""
+        self._collectors.append(collector)
+        if self.registry is not None:
+            self.registry.register(collector)
 
     def observe_request(self, route: str, service: str, seconds: float) -> None:
         child = self._children.get((route, service))
@@ -123,6 +197,8 @@ class Metrics:
 
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # unannotated upstream
+            for c in self._collectors:  # they read the stores, not this process: one answer for all workers
+                registry.register(c)
         # OpenMetrics unless the scraper asks for the classic text format only.
         if accept and "text/plain" in accept and "openmetrics" not in accept:
             return text_exposition.generate_latest(registry), text_exposition.CONTENT_TYPE_LATEST

@@ -52,6 +52,32 @@ async def _missing_state(stores: list[Any]) -> str:
     )
 
 
+async def _out_of_slo(stores: list[Any]) -> list[dict[str, Any]]:
+    """Views staler than their ``expected_freshness`` (``ContextStore.view_status``); [] when unreadable:
+    the checks above already reported an unreachable store."""
+    out = []
+    for store in stores:
+        try:
+            defs = store.definitions
+            views = (*defs.feature_views.values(), *defs.embedding_views.values())
+            if not any(getattr(v, "expected_freshness", None) for v in views):
+                continue  # no SLO to check: a probe costs nothing more
+            rows = await asyncio.wait_for(run_in_threadpool(store.view_status), timeout=2.0)
+        except Exception:  # noqa: BLE001
+            continue
+        out += [
+            {
+                "workspace": store.workspace,
+                "view": r.view,
+                "freshness_seconds": r.freshness_seconds,
+                "expected_freshness_seconds": r.expected_freshness_seconds,
+            }
+            for r in rows
+            if r.slo_breached
+        ]
+    return out
+
+
 def health_router(state: ServerState) -> APIRouter:
     router = APIRouter(tags=["health"])
 
@@ -85,13 +111,19 @@ def health_router(state: ServerState) -> APIRouter:
         missing = await _missing_state(opened or [store])
         if missing:
             return json_response({"ready": False, "message": missing}, 503)
+        # Reported, not failing readiness unless configured (``ready_requires_fresh``): see docs/observability.md.
+        stale = await _out_of_slo(opened or [store])
+        detail: dict[str, Any] = {"views_out_of_slo": stale} if stale else {}
+        if stale and state.settings.ready_requires_fresh:
+            names = ", ".join(f"{v['workspace']}/{v['view']}" for v in stale)
+            return json_response({"ready": False, "message": f"views out of freshness SLO: {names}", **detail}, 503)
         workers = worker_health()  # None unless ``serve`` supervises stream worker processes
         if workers is None:
-            return json_response({"ready": True, "online_store_ping_ms": ping_ms})
+            return json_response({"ready": True, "online_store_ping_ms": ping_ms, **detail})
         if workers.alive == 0:  # pushes still apply (the pusher drains), but nothing consumes the streams
             body = {"ready": False, "message": "no stream worker process is alive", "workers": workers.to_dict()}
-            return json_response(body, 503)
-        return json_response({"ready": True, "online_store_ping_ms": ping_ms, "workers": workers.to_dict()})
+            return json_response({**body, **detail}, 503)
+        return json_response({"ready": True, "online_store_ping_ms": ping_ms, "workers": workers.to_dict(), **detail})
 
     @router.get("/metrics", include_in_schema=True, response_class=PlainTextResponse, responses=_METRICS_DOC)
     async def metrics(request: Request) -> Response:

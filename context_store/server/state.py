@@ -41,6 +41,9 @@ class ServerSettings:
     public_metrics: bool = False  # serve /metrics without a key (``serve --public-metrics``)
     freeze_gc: bool = False  # gc.freeze() after warm-up (dedicated server processes: ``serve``)
     max_in_flight: int = 0  # requests in flight before 503 (load shedding); 0 = unbounded (``serve``: 32)
+    # /readyz lists views staler than their expected_freshness; True also answers 503 then (a stale view is
+    # usually a stream problem no restart of this server fixes, hence off by default).
+    ready_requires_fresh: bool = False
 
 
 class ServerState:

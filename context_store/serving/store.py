@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .context import UserContext
     from .forget import ForgetResult
     from .record import RecordedEvent
+    from .view_status import ViewStatus
 
 __all__ = ["ContextStore"]
 
@@ -334,6 +335,13 @@ class ContextStore(StoreComponents):
     def reset_stream_watermark(self, target: str, to: datetime | str | None = None) -> list[WatermarkStatus]:
         """Set the watermark of ``SOURCE`` (every partition) or ``SOURCE:PARTITION`` to ``to`` (default now)."""
         return self.stream_admin.reset_watermark(self.definitions, target, to)
+
+    def view_status(self, now: float | None = None) -> list[ViewStatus]:
+        """Per view with online state: freshness (now - newest applied event time), its SLO, stream lag
+        per partition, late/rejected counts (``view_status.py``; docs/observability.md)."""
+        from .view_status import view_status
+
+        return view_status(self.definitions, self.online, self.stream_admin, now)
 
     @staticmethod
     def stream_counters() -> tuple[dict[str, str], dict[str, dict[str, int]]]:

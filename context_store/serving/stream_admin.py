@@ -6,6 +6,7 @@ ingestor's: a metrics scrape never waits behind pushes."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     from ..compute.stream.redis_streams import RedisStreamLog
     from ..compute.stream.watermarks import WatermarkStatus
     from ..registry.repo import RepoDefinitions
+    from ..stores.online.base import OnlineStore
 
 __all__ = ["StreamAdmin"]
 
@@ -57,6 +59,27 @@ class StreamAdmin:
         from ..compute.stream.watermarks import reset_watermarks
 
         return reset_watermarks(self.config, defs, target, to, self._stream_log())
+
+    def applied_times(self, online: OnlineStore, views: Iterable[str]) -> dict[str, int]:
+        """View -> newest event time (µs) applied online by the stream (``compute/stream/freshness.py``)."""
+        from ..compute.stream.freshness import read_applied, read_embedded_applied
+
+        log = self._stream_log()
+        return read_embedded_applied(online, views) if log is None else read_applied(log)
+
+    def lag_seconds(self, defs: RepoDefinitions, now_ms: int) -> dict[tuple[str, int], float]:
+        """(source, partition) -> age of its oldest entry no worker has read (Redis; empty embedded)."""
+        from ..compute.stream.freshness import undelivered_age_s
+
+        log = self._stream_log()
+        if log is None:
+            return {}
+        return {
+            (name, p): undelivered_age_s(log, log.stream_key(name, p), now_ms)
+            for name, src in sorted(defs.sources.items())
+            if isinstance(src, StreamSource)
+            for p in range(src.partitions)
+        }
 
     @staticmethod
     def counters() -> tuple[dict[str, str], dict[str, dict[str, int]]]:

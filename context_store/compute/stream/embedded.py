@@ -47,6 +47,7 @@ from ...vocab.redact import redact_text
 from ...vocab.tables import is_source_table, source_table, view_table
 from . import online_adapter
 from .dedup import PushDedup, claim_embedded
+from .freshness import note_embedded_applied
 from .processor import (
     OFFSET,
     PARTITION,
@@ -260,6 +261,7 @@ class EmbeddedPusher:
                         raw = batch.offline.get(source_table(src), [])
                 for view, rows in applies:  # guarded: another process may push into this file too
                     online_adapter.apply(online, ctx.states, view, rows, 0, None, guard=True)
+                note_embedded_applied(online, ctx.definitions, plan, [v.name for v, _ in applies], state.watermark_us)
                 if plan.recent:
                     append_recent(online, plan, raw)
                 stage = "offline_store"

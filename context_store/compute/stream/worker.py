@@ -41,6 +41,7 @@ from .applied import applied_message
 from .cutover import load_cutovers
 from .entries import decode_entry, id_to_offset
 from .flusher import OfflineBuffer
+from .freshness import AppliedTimes
 from .processor import (
     OFFSET,
     Batch,
@@ -128,6 +129,7 @@ class StreamWorker:
         self.processed = 0
         self.buffer = OfflineBuffer(ctx.offline, self.log)  # rows for the offline log, acks (flusher.py)
         self.writer = self.buffer.writer  # also reads the marks of partitions this worker takes
+        self.applied_times = AppliedTimes(self.log)  # newest applied event time per view (freshness.py)
         self.stopped_by: DeploymentConflictError | None = None  # another deployment took the namespace over
 
     def _plans(self) -> dict[str, SourcePlan]:
@@ -351,6 +353,16 @@ class StreamWorker:
         for st in steps:
             for view, rows, *_ in st.applies:
                 STATS.inc("applied_events", view.source.name, rows.num_rows)
+        self._note_applied(steps)
+
+    def _note_applied(self, steps: list[_Step]) -> None:
+        """After the commit: the partitions' watermarks as their views' newest applied event time."""
+        for st in steps:
+            views = [view.name for view, *_ in st.applies]
+            if st.batch is not None and st.plan.embeds:  # embedding views are updated in this round too
+                views += [n for n, e in self.defs.embedding_views.items() if e.source.name == st.part[0]]
+            self.applied_times.note(views, st.part[1], st.state.watermark_us)
+        self.applied_times.write()
 
     def _finish(self, st: _Step) -> None:
         """After the commit: embeddings, rows for the offline log, acks."""
@@ -403,6 +415,8 @@ class StreamWorker:
             return n
         if work:
             self._process(work)
+        else:
+            self.applied_times.write()  # what a busy spell noted within the last interval
         buf = self.buffer
         if buf.buffered_rows >= 4 * self.flush_rows:
             self.flush()  # the flusher cannot keep up: wait for it
@@ -451,11 +465,16 @@ class StreamWorker:
                 if not res or not res[0][1]:
                     break
                 self._process([(part, res[0][1])])
+        self.applied_times.write(force=True)
         self.flush()
         return ok
 
     def close(self) -> None:
         try:
+            try:
+                self.applied_times.write(force=True)
+            except Exception:  # noqa: BLE001 - Redis down: freshness reads older until the next owner commits
+                pass
             self.flush()
         finally:
             self.buffer.close()
