@@ -7,7 +7,7 @@ declares none is searched lexically only, so ``search`` never loads a model the 
 Item texts are embedded once per catalog, i.e. per registry version (``catalog.catalog_of``).
 
 Scores are in [0, 1]: ``lexical`` = the weighted share of query words found (a word in the name counts
-most), ``semantic`` = the cosine above a noise floor, rescaled; with an embedder the score is their mean.
+most; items with more of the words first), ``semantic`` = the cosine above a noise floor, rescaled; with an embedder the score is their mean.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ class CatalogIndex:
             if not words:
                 out.append(0.0)
                 continue
-            total = 0.0
+            total, found = 0.0, 0
             for w in words:
                 best = 0.0
                 for f, toks in fields.items():
@@ -121,8 +121,11 @@ class CatalogIndex:
                     elif len(w) >= 3 and any(t.startswith(w) or (len(t) >= 4 and w.startswith(t)) for t in toks):
                         best = max(best, weight / 2)  # "spend" ~ "spending", "refunds" ~ "refund"
                 total += best
-            score = total / (_TOP * len(words))
-            out.append(min(score, 1.0))
+                found += best > 0
+            # Items matching more of the words rank first: "usual amount" prefers both words in a description
+            # to one of them as a feature name.
+            coverage = found / len(words)
+            out.append(min(total / (_TOP * len(words)) * (0.5 + 0.5 * coverage), 1.0))
         return out
 
     def semantic(self, query: str) -> list[float] | None:
