@@ -7,7 +7,8 @@ declares none is searched lexically only, so ``search`` never loads a model the 
 Item texts are embedded once per catalog, i.e. per registry version (``catalog.catalog_of``).
 
 Scores are in [0, 1]: ``lexical`` = the weighted share of query words found (a word in the name counts
-most; items with more of the words first), ``semantic`` = the cosine above a noise floor, rescaled; with an embedder the score is their mean.
+most; items with more of the words first), ``semantic`` = the cosine above a noise floor, rescaled; with
+an embedder the score is their mean. An item whose name is the query scores 1.
 """
 
 from __future__ import annotations
