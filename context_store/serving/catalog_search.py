@@ -7,13 +7,15 @@ declares none is searched lexically only, so ``search`` never loads a model the 
 Item texts are embedded once per catalog, i.e. per registry version (``catalog.catalog_of``).
 
 Scores are in [0, 1]: ``lexical`` = the weighted share of query words found (a word in the name counts
-most; items with more of the words first), ``semantic`` = the cosine above a noise floor, rescaled; with
+most, rare words more than common ones (IDF), question words not at all; items with more of the words
+first), ``semantic`` = the cosine above a noise floor, rescaled; with
 an embedder the score is their mean. An item whose name is the query scores 1.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -36,6 +38,11 @@ SEMANTIC_FLOOR = 0.2  # cosines below this are noise for MiniLM (unrelated short
 _WEIGHTS = {"name": 3.0, "features": 2.0, "tags": 2.0, "kind": 1.0, "description": 1.0, "owner": 1.0}
 _TOP = max(_WEIGHTS.values())
 _WORD = re.compile(r"[a-z0-9]+")
+# Words of a question that match everything and mean nothing here (dropped unless the query is only these).
+_STOP = frozenset(
+    "a an and are as at be by do does for from has have how i in is it me much many my of on or per the this "
+    "to was what when where which who with".split()
+)
 
 
 def tokens(text: str) -> list[str]:
@@ -105,28 +112,32 @@ class CatalogIndex:
             self.embedder = None
             return None
 
+    def _match(self, fields: dict[str, set[str]], w: str) -> float:
+        """The weight of the best field holding ``w`` (a word sharing a prefix of 3+ letters: 3/4 of it)."""
+        best = 0.0
+        for f, toks in fields.items():
+            if w in toks:
+                best = max(best, _WEIGHTS[f])
+            elif len(w) >= 3 and any(t.startswith(w) or (len(t) >= 4 and w.startswith(t)) for t in toks):
+                best = max(best, _WEIGHTS[f] * 0.75)  # "spend" ~ "spending", "refunds" ~ "refund"
+        return best
+
     def lexical(self, query: str) -> list[float]:
-        words = list(dict.fromkeys(tokens(query)))
+        words = [w for w in dict.fromkeys(tokens(query)) if w not in _STOP] or list(dict.fromkeys(tokens(query)))
+        if not words:
+            return [0.0] * len(self.items)
+        matches = [[self._match(fields, w) for w in words] for fields in self._fields]
+        # A word most items have ("user") tells less than a rare one ("spend"): weighted by IDF.
+        n = len(self.items)
+        idf = [math.log(1 + n / max(1, sum(1 for m in matches if m[j] > 0))) for j in range(len(words))]
+        top = _TOP * sum(idf)
         out = []
-        for fields in self._fields:
-            if not words:
-                out.append(0.0)
-                continue
-            total, found = 0.0, 0
-            for w in words:
-                best = 0.0
-                for f, toks in fields.items():
-                    weight = _WEIGHTS[f]
-                    if w in toks:
-                        best = max(best, weight)
-                    elif len(w) >= 3 and any(t.startswith(w) or (len(t) >= 4 and w.startswith(t)) for t in toks):
-                        best = max(best, weight / 2)  # "spend" ~ "spending", "refunds" ~ "refund"
-                total += best
-                found += best > 0
+        for m in matches:
+            total = sum(x * i for x, i in zip(m, idf, strict=True))
             # Items matching more of the words rank first: "usual amount" prefers both words in a description
             # to one of them as a feature name.
-            coverage = found / len(words)
-            out.append(min(total / (_TOP * len(words)) * (0.5 + 0.5 * coverage), 1.0))
+            coverage = sum(1 for x in m if x > 0) / len(words)
+            out.append(min(total / top * (0.5 + 0.5 * coverage), 1.0))
         return out
 
     def semantic(self, query: str) -> list[float] | None:

@@ -97,7 +97,9 @@ def test_describe_shape_and_404(env: dict[str, Any]) -> None:
     assert list(body) == [*ITEM_KEYS, "spec", "features", "lineage"]
     jsonschema.validate(body, _schema(env, "/v1/catalog/{name}"))
     assert body["kind"] == "context_service" and body["spec"]["entity"] == "user"
-    assert body["lineage"][-1] == ["context_service", "user_context"] and ["feature_view", "txn_stats"] in body["lineage"]
+    assert (
+        body["lineage"][-1] == ["context_service", "user_context"] and ["feature_view", "txn_stats"] in body["lineage"]
+    )
     assert {"name": "txn_stats.amount_sum_1d", "dtype": "float64", "description": "Spending of a user"} in body[
         "features"
     ]
