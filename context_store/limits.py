@@ -100,6 +100,10 @@ MEMORY_ID_CHARS = 64  # a memory id argument (ids are 32 hex characters)
 MEMORY_K = IntRange(1, 50)  # memories of one search
 MEMORY_K_DEFAULT = 5
 
+# -- data quality (GET /v1/status/quality, ContextStore.quality_runs) ----------------------------------
+QUALITY_RUNS = IntRange(1, 1000)  # runs of one listing
+QUALITY_RUNS_DEFAULT = 50
+
 # -- times --------------------------------------------------------------------------------------
 # Every time a caller gives (request_time, as_of, --start/--end, event timestamps) must fall in
 # [TIME_MIN, TIME_MAX) once converted to UTC. Wide enough for historical data (1900) and far-future

@@ -479,7 +479,7 @@ def after_materialize(offline: OfflineStore, view: FeatureView, table: pa.Table,
     if run is not None:
         safely("recording a run", record_run, offline, run)
         _log_failures(run)
-    return run  # type: ignore[no-any-return]
+    return run
 
 
 def _log_failures(run: QualityRun) -> None:

@@ -98,7 +98,11 @@ class StreamQuality:
             results = []
             for label, last in p.last.items():
                 failed = p.failed.get(label, 0)
-                observed = {"sampled_batches": p.batches, "sampled_rows": p.rows, "failed_batches": failed}
+                observed: dict[str, Any] = {
+                    "sampled_batches": p.batches,
+                    "sampled_rows": p.rows,
+                    "failed_batches": failed,
+                }
                 observed["last"] = last.observed
                 results.append(CheckResult(last.expectation, failed == 0, observed, p.rows, failed))
             runs.append(QualityRun(new_run_id(), view, "stream", now, results))
