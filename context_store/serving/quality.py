@@ -153,6 +153,7 @@ def validate(store: ContextStore, views: Sequence[str] | None = None) -> Validat
     A view with input history but no table fails (not backfilled); one with no input yet (a stream
     nobody pushed to) has nothing to check."""
     from ..compute.coverage import has_history
+
     defs = store.definitions
     if isinstance(views, str):
         views = [views]

@@ -176,5 +176,6 @@ def test_status_route_and_metrics(tmp_path: Path, workspace_name: str) -> None:
         assert client.get("/v1/status/quality?stage=nope").status_code == 400
         text = client.get("/metrics").text
         ws = workspace_name
-        assert f'context_store_quality_failures_total{{expectation="range(amount)",view="profile",workspace="{ws}"}} 1.0' in text
+        failures = f'expectation="range(amount)",view="profile",workspace="{ws}"'
+        assert f"context_store_quality_failures_total{{{failures}}} 1.0" in text
         assert f'context_store_quality_last_run_passed{{stage="backfill",view="profile",workspace="{ws}"}} 0.0' in text
