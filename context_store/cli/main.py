@@ -47,6 +47,19 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "embeddings",
     ),
     "knowledge": ("context_store.cli.vectors", "knowledge", "Search a knowledge collection.", "embeddings"),
+    "list": ("context_store.cli.catalog_cmd", "list_cmd", "List the applied definitions (--kind, --tag).", ""),
+    "describe": (
+        "context_store.cli.catalog_cmd",
+        "describe_cmd",
+        "Describe one definition: owner, tags, features, lineage.",
+        "",
+    ),
+    "search": (
+        "context_store.cli.catalog_cmd",
+        "search_cmd",
+        "Search the catalog by name, description, tag or feature.",
+        "",
+    ),
     "context": (
         "context_store.cli.context_cmd",
         "context",

@@ -33,8 +33,9 @@ class EmbeddingView(Definition):
         index: str = "auto",
         description: str | None = None,
         tags: dict[str, str] | None = None,
+        owner: str | None = None,
     ) -> None:
-        self._init_common(name, description, tags)
+        self._init_common(name, description, tags, owner)
         if not isinstance(entities, (list, tuple)) or len(entities) != 1 or not isinstance(entities[0], Entity):
             self.fail("entities must be a list of exactly one cs.Entity")
         self.entities = tuple(entities)
@@ -89,8 +90,9 @@ class Knowledge(Definition):
         embedder: str = DEFAULT_EMBEDDER,
         description: str | None = None,
         tags: dict[str, str] | None = None,
+        owner: str | None = None,
     ) -> None:
-        self._init_common(name, description, tags)
+        self._init_common(name, description, tags, owner)
         if not isinstance(source, str) or not source:
             self.fail("source must be a path or glob of documents")
         self.source = source

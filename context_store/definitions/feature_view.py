@@ -178,9 +178,10 @@ class FeatureView(Definition):
         timestamp_field: str | None = None,
         description: str | None = None,
         tags: dict[str, str] | None = None,
+        owner: str | None = None,
         expectations: list[Expectation] | None = None,
     ) -> None:
-        self._init_common(name, description, tags)
+        self._init_common(name, description, tags, owner)
         if not isinstance(entities, (list, tuple)) or not entities or not all(isinstance(e, Entity) for e in entities):
             self.fail("entities must be a non-empty list of cs.Entity")
         self.entities: tuple[Entity, ...] = tuple(entities)

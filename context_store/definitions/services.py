@@ -32,8 +32,9 @@ class FeatureService(Definition):
         features: list[ViewLike | FeatureSelection] | None = None,
         description: str | None = None,
         tags: dict[str, str] | None = None,
+        owner: str | None = None,
     ) -> None:
-        self._init_common(name, description, tags)
+        self._init_common(name, description, tags, owner)
         self.is_reference = features is None
         if features is not None and (not isinstance(features, (list, tuple)) or not features):
             self.fail("features must be a non-empty list of feature views or view[['feature', ...]]")
@@ -87,15 +88,16 @@ class ContextService(Definition):
         description: str | None = None,
         tags: dict[str, str] | None = None,
         memories: int = 5,
+        owner: str | None = None,
     ) -> None:
-        self._init_common(name, description, tags)
+        self._init_common(name, description, tags, owner)
         if not isinstance(entity, Entity):
             self.fail("entity must be a cs.Entity")
         self.entity = entity
         if features is None or isinstance(features, FeatureService):
             self.feature_service = features
         elif isinstance(features, (list, tuple)):
-            self.feature_service = FeatureService(f"{name}_features", list(features))
+            self.feature_service = FeatureService(f"{name}_features", list(features), owner=owner)
         else:
             self.fail("features must be a cs.FeatureService or a list of feature views")
         self.recent_events: tuple[StreamSource, int] | None = None

@@ -26,6 +26,7 @@ from .guard import RequestGuard, cors_middleware
 from .keys import KeyStore, key_store_path
 from .limits import BodySizeLimit
 from .metrics import Metrics, QualityCollector
+from .routes_catalog import catalog_router
 from .routes_forget import forget_router
 from .routes_health import health_router
 from .routes_memory import memory_router
@@ -213,6 +214,7 @@ def create_app(
     app.include_router(memory_router(state))
     app.include_router(health_router(state))
     app.include_router(forget_router(state))
+    app.include_router(catalog_router(state))
     app.include_router(quality_router(state))
     if mcp is not None:
         # An exact-path route (not a Mount): POST /mcp without a trailing-slash redirect.

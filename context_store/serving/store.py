@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from ..memory_types import MemoryRecord, MemoryResult
     from ..registry.registry import Plan
     from ..stores.online.claim import Claim
+    from .catalog import CatalogHit, CatalogItem
     from .context import UserContext
     from .forget import ForgetResult
     from .quality import DriftReport, QualityMetrics, ValidationReport
@@ -282,6 +283,26 @@ class ContextStore(StoreComponents):
             query=query,
             subject=subject,
         )
+
+    # -- the catalog (catalog.py): what the workspace defines, who owns it, what feeds what ----------------
+    def catalog(self, kind: str | None = None, tag: str | None = None) -> list[CatalogItem]:
+        """Every applied definition (or those of ``kind`` / carrying ``tag``, ``KEY`` or ``KEY=VALUE``)."""
+        from .catalog import catalog_of
+
+        return catalog_of(self.definitions).items(kind=kind, tag=tag)
+
+    def describe(self, name: str, kind: str | None = None) -> CatalogItem:
+        """One definition with its spec, features and full lineage (404 when unknown)."""
+        from .catalog import catalog_of
+
+        return catalog_of(self.definitions).get(name, kind=kind)
+
+    def search_catalog(self, query: str, k: int = 10) -> list[CatalogHit]:
+        """Definitions matching ``query``: names, descriptions, tags, features; semantic with the workspace's
+        embedder (lexical only when it declares none)."""
+        from .catalog import catalog_of
+
+        return catalog_of(self.definitions).search(query, k)
 
     def index_knowledge(self, names: Sequence[str] | None = None, progress: bool = False) -> dict[str, dict[str, int]]:
         """(Re)index knowledge collections (default: all); unchanged files are skipped. Counts per collection."""

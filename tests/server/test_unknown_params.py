@@ -20,7 +20,7 @@ pytestmark = pytest.mark.redis
 
 # Probes and scrapes tolerate what a load balancer or scraper appends (context_store/server/params.py).
 LENIENT = {"/healthz", "/readyz", "/metrics"}
-PATH_VALUES = {"entity_id": "u1"}
+PATH_VALUES = {"entity_id": "u1", "name": "txn_stats"}
 
 
 @pytest.fixture(scope="module")
