@@ -106,6 +106,10 @@ MEMORY_K_DEFAULT = 5
 CATALOG_K = IntRange(1, 100)  # items of one catalog search; the query is at most CONTEXT_QUERY_CHARS
 CATALOG_K_DEFAULT = 10
 
+# -- data quality (GET /v1/status/quality, ContextStore.quality_runs) ----------------------------------
+QUALITY_RUNS = IntRange(1, 1000)  # runs of one listing
+QUALITY_RUNS_DEFAULT = 50
+
 # -- times --------------------------------------------------------------------------------------
 # Every time a caller gives (request_time, as_of, --start/--end, event timestamps) must fall in
 # [TIME_MIN, TIME_MAX) once converted to UTC. Wide enough for historical data (1900) and far-future

@@ -66,6 +66,13 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "The user context of one entity (features, events, similar items, knowledge).",
         "",
     ),
+    "validate": (
+        "context_store.cli.quality_cmd",
+        "validate",
+        "Run the data quality expectations on the offline data; exit 1 on failure (CI).",
+        "",
+    ),
+    "drift": ("context_store.cli.quality_cmd", "drift", "Drift (PSI per feature): training data against serving.", ""),
 }
 _CORE = ("context_store.cli.core", ["init", "plan", "apply", "backfill", "materialize", "get"])
 _QUICKSTART = ("context_store.cli.quickstart", ["quickstart"])

@@ -7,6 +7,7 @@ from .base import Definition
 from .dtypes import Array, Bool, DType, Embedding, Float64, Int64, String, Timestamp
 from .embedding import EmbeddingView, Knowledge
 from .entity import Entity, Field
+from .expectations import Expect, Expectation
 from .feature_view import AGGREGATION_FUNCTIONS, Aggregate, FeatureSelection, FeatureView, aggregate_dtype
 from .memory import Memory
 from .realtime import RealtimeFeatureView, realtime_feature_view
@@ -25,6 +26,8 @@ __all__ = [
     "Embedding",
     "EmbeddingView",
     "Entity",
+    "Expect",
+    "Expectation",
     "FeatureSelection",
     "FeatureService",
     "FeatureView",

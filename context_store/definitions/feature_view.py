@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 from .base import Definition
 from .dtypes import Array, DType, Embedding, Float64, Int64
 from .entity import Entity, Field
+from .expectations import Expectation, check_expectations
 from .sources import FileSource, Source, StreamSource
 from .windows import Lifetime, Window, format_duration, parse_duration, parse_window
 
@@ -178,6 +179,7 @@ class FeatureView(Definition):
         description: str | None = None,
         tags: dict[str, str] | None = None,
         owner: str | None = None,
+        expectations: list[Expectation] | None = None,
     ) -> None:
         self._init_common(name, description, tags, owner)
         if not isinstance(entities, (list, tuple)) or not entities or not all(isinstance(e, Entity) for e in entities):
@@ -243,6 +245,7 @@ class FeatureView(Definition):
         self.online = bool(online)
         self.offline = bool(offline)
         self.timestamp_field = timestamp_field or source.timestamp_field
+        self.expectations = check_expectations(self, expectations)  # data quality (docs/data-quality.md)
 
     @property
     def join_keys(self) -> list[str]:
@@ -286,4 +289,6 @@ class FeatureView(Definition):
             "online": self.online,
             "offline": self.offline,
             "timestamp_field": self.timestamp_field,
+            # only when set: specs applied before expectations existed stay unchanged (no plan noise)
+            **({"expectations": [e.spec() for e in self.expectations]} if self.expectations else {}),
         }

@@ -25,12 +25,13 @@ from .fastpath import FastPath
 from .guard import RequestGuard, cors_middleware
 from .keys import KeyStore, key_store_path
 from .limits import BodySizeLimit
-from .metrics import Metrics
+from .metrics import Metrics, QualityCollector
 from .routes_catalog import catalog_router
 from .routes_forget import forget_router
 from .routes_health import health_router
 from .routes_memory import memory_router
 from .routes_native import native_router
+from .routes_quality import quality_router
 from .routes_tecton import TectonHandlers, tecton_router
 from .shedding import LoadShedder
 from .state import ServerSettings, ServerState
@@ -176,6 +177,7 @@ def create_app(
         key_store = KeyStore(key_store_path(config.data_dir))
     state = ServerState(config, settings, key_store)
     state.metrics.on_collect(_stream_lag_hook(state))
+    state.metrics.add_collector(QualityCollector(state.resolver.open_stores))
     mcp = _mcp_app(state) if settings.mcp else None
 
     @contextlib.asynccontextmanager
@@ -213,6 +215,7 @@ def create_app(
     app.include_router(health_router(state))
     app.include_router(forget_router(state))
     app.include_router(catalog_router(state))
+    app.include_router(quality_router(state))
     if mcp is not None:
         # An exact-path route (not a Mount): POST /mcp without a trailing-slash redirect.
         app.router.routes.append(

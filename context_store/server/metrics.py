@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import exposition as text_exposition
 from prometheus_client.openmetrics import exposition as om_exposition
 
-__all__ = ["Metrics"]
+__all__ = ["Metrics", "QualityCollector"]
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -37,6 +37,38 @@ class _StreamCounters:
                 fam.add_metric([source], value)
             out.append(fam)
         return out
+
+
+class QualityCollector:
+    """Data quality of each open workspace (``ContextStore.quality_metrics``: stored runs, re-read only
+    when they changed, plus this process's sampled stream checks)."""
+
+    def __init__(self, stores: Callable[[], Iterable[Any]]) -> None:
+        self.stores = stores
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        failures = CounterMetricFamily(
+            "context_store_quality_failures",
+            "Failed data quality checks (a stream failure is one failed sampled batch)",
+            labels=["workspace", "view", "expectation"],
+        )
+        passed = GaugeMetricFamily(
+            "context_store_quality_last_run_passed",
+            "1 when the view's last quality run of the stage passed",
+            labels=["workspace", "view", "stage"],
+        )
+        for store in self.stores():
+            try:
+                q = store.quality_metrics()
+            except Exception:  # an unreadable offline store must not break the scrape
+                continue
+            for (view, label), n in sorted(q.failures.items()):
+                failures.add_metric([store.workspace, view, label], n)
+            for (view, stage), ok in sorted(q.last_passed.items()):
+                passed.add_metric([store.workspace, view, stage], 1.0 if ok else 0.0)
+        return [failures, passed]
 
 
 class Metrics:
@@ -84,6 +116,7 @@ class Metrics:
             self.registry.register(_StreamCounters())
         self._children: dict[tuple[str, str], Any] = {}
         self._collect_hooks: list[Callable[[Metrics], None]] = []
+        self._collectors: list[Any] = []  # read at scrape time; also in multiprocess mode (render)
 
     def observe_request(self, route: str, service: str, seconds: float) -> None:
         child = self._children.get((route, service))
@@ -107,6 +140,12 @@ class Metrics:
         for view, ts in newest.items():
             self.freshness.labels(workspace, view).set(max(0.0, now - ts))
 
+    def add_collector(self, collector: Any) -> None:
+        """A custom collector (``collect()`` yields metric families) of this app's metrics."""
+        self._collectors.append(collector)
+        if self.registry is not None:
+            self.registry.register(collector)
+
     def on_collect(self, hook: Callable[[Metrics], None]) -> None:
         """Run ``hook(metrics)`` before every scrape (e.g. to read stream lag)."""
         self._collect_hooks.append(hook)
@@ -123,6 +162,8 @@ class Metrics:
 
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # unannotated upstream
+            for c in self._collectors:
+                registry.register(c)
         # OpenMetrics unless the scraper asks for the classic text format only.
         if accept and "text/plain" in accept and "openmetrics" not in accept:
             return text_exposition.generate_latest(registry), text_exposition.CONTENT_TYPE_LATEST

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from ..compute.batch import BackfillReport
     from ..compute.materialize import MaterializeReport
+    from ..compute.quality import QualityRun
     from ..compute.stream.ingestor import PushResult
     from ..compute.stream.watermarks import WatermarkStatus
     from ..memory_types import MemoryRecord, MemoryResult
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from .catalog import CatalogHit, CatalogItem
     from .context import UserContext
     from .forget import ForgetResult
+    from .quality import DriftReport, QualityMetrics, ValidationReport
     from .record import RecordedEvent
 
 __all__ = ["ContextStore"]
@@ -360,6 +362,38 @@ class ContextStore(StoreComponents):
     def stream_counters() -> tuple[dict[str, str], dict[str, dict[str, int]]]:
         """The stream layer's process-wide counters: (name -> description, name -> source -> value)."""
         return StreamAdmin.counters()
+
+    # -- data quality (quality.py; docs/data-quality.md) ------------------------------------------------
+    def quality_runs(self, view: str | None = None, stage: str | None = None, limit: int = 50) -> list[QualityRun]:
+        """Stored expectation runs (backfill, materialize, sampled stream), newest first."""
+        from .quality import quality_runs
+
+        return quality_runs(self, view=view, stage=stage, limit=limit)
+
+    def validate(self, views: Sequence[str] | None = None) -> ValidationReport:
+        """Every expectation against the offline tables ``fv__{view}`` (read-only; ``.passed``, ``.lines()``)."""
+        from .quality import validate
+
+        return validate(self, views)
+
+    def drift_report(
+        self,
+        name: str,
+        reference: pa.Table | pd.DataFrame | None = None,
+        start: datetime | str | None = None,
+        end: datetime | str | None = None,
+    ) -> DriftReport:
+        """PSI per feature of a view or service: training data (``reference`` or ``fv__`` in [start, end))
+        against what is served (``log__{service}`` when logged, else the latest materialization's statistics)."""
+        from .quality import drift_report
+
+        return drift_report(self, name, reference=reference, start=start, end=end)
+
+    def quality_metrics(self) -> QualityMetrics:
+        """Failed checks per (view, expectation) and the last run's outcome per (view, stage), for ``/metrics``."""
+        from .quality import quality_metrics
+
+        return quality_metrics(self)
 
     # -- end of entry points ---------------------------------------------------------------------------
 

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 __all__ = [
+    "FEATURE_STATS_TABLE",
     "FORGET_AUDIT_TABLE",
+    "QUALITY_TABLE",
     "SOURCE_PREFIX",
     "TOMBSTONE_TABLE",
     "VIEW_PREFIX",
@@ -19,6 +21,10 @@ SOURCE_PREFIX = "src__"
 # path drops their rows up to that time -- and the audit of each forget (no entity data).
 TOMBSTONE_TABLE = "sys__forgotten"
 FORGET_AUDIT_TABLE = "audit__forget"
+# Data quality (docs/data-quality.md): one row per expectation result of each run (backfill,
+# materialize, sampled stream), and per-feature distribution statistics of each materialization.
+QUALITY_TABLE = "sys__quality"
+FEATURE_STATS_TABLE = "sys__feature_stats"
 
 
 def view_table(view: str) -> str:
