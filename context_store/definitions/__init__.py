@@ -11,7 +11,7 @@ from .expectations import Expect, Expectation
 from .feature_view import AGGREGATION_FUNCTIONS, Aggregate, FeatureSelection, FeatureView, aggregate_dtype
 from .memory import Memory
 from .realtime import RealtimeFeatureView, realtime_feature_view
-from .services import ContextService, FeatureService
+from .services import ContextService, FeatureService, LoggingConfig
 from .sources import FileSource, RequestSource, Source, StreamSource
 from .windows import Lifetime, format_duration, parse_duration
 
@@ -37,6 +37,7 @@ __all__ = [
     "Int64",
     "Knowledge",
     "Lifetime",
+    "LoggingConfig",
     "Memory",
     "RealtimeFeatureView",
     "RequestSource",

@@ -117,6 +117,18 @@ def _stream_lag_hook(state: ServerState) -> Callable[[Metrics], None]:
     return hook
 
 
+def _feature_log_hook(state: ServerState) -> Callable[[Metrics], None]:
+    """At scrape time: the feature log's counters of each open workspace (``serving/feature_log.py``)."""
+
+    def hook(metrics: Metrics) -> None:
+        for store in state.resolver.open_stores():
+            for name, value in store.feature_log_stats().items():
+                if name != "accepted":
+                    metrics.feature_log.labels(store.workspace, name).set(value)
+
+    return hook
+
+
 def _mcp_app(state: ServerState) -> Any:
     """The MCP streamable-HTTP app from ``context_store.tools.http`` (the MCP package), when importable."""
     try:
@@ -178,6 +190,7 @@ def create_app(
     state = ServerState(config, settings, key_store)
     state.metrics.on_collect(_stream_lag_hook(state))
     state.metrics.add_collector(QualityCollector(state.resolver.open_stores))
+    state.metrics.on_collect(_feature_log_hook(state))
     mcp = _mcp_app(state) if settings.mcp else None
 
     @contextlib.asynccontextmanager

@@ -111,6 +111,12 @@ class Metrics:
             ["workspace", "source"],
             **gauge_kw,
         )
+        self.feature_log = Gauge(
+            "cs_feature_log_rows",
+            "Served vectors of logged feature services: logged, dropped (queue full), failed, queued",
+            ["workspace", "state"],
+            **gauge_kw,
+        )
         self.online_up = Gauge("cs_online_store_up", "1 when the online store answered the last ping", **gauge_kw)
         if self.registry is not None:
             self.registry.register(_StreamCounters())

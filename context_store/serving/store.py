@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from ..stores.online.claim import Claim
     from .catalog import CatalogHit, CatalogItem
     from .context import UserContext
+    from .feature_log import LogContext
+    from .feature_log_read import SkewReport
     from .forget import ForgetResult
     from .quality import DriftReport, QualityMetrics, ValidationReport
     from .record import RecordedEvent
@@ -113,12 +115,13 @@ class ContextStore(StoreComponents):
         request_time: datetime | None = None,
         *,
         subject: Subject | None = None,
+        log_context: LogContext | None = None,
     ) -> FeatureVector:
         if subject is not None:
             self._check_subject(subject, feature_service, [join_keys], single=True)
         # No property call on the read path: the opened server, else open it.
         return (self._features or self._open_features()).get_features(
-            feature_service, join_keys, request_context, request_time
+            feature_service, join_keys, request_context, request_time, log_context=log_context
         )
 
     async def get_features_async(
@@ -129,11 +132,12 @@ class ContextStore(StoreComponents):
         request_time: datetime | None = None,
         *,
         subject: Subject | None = None,
+        log_context: LogContext | None = None,
     ) -> FeatureVector:
         if subject is not None:
             self._check_subject(subject, feature_service, [join_keys], single=True)
         return await (self._features or self._open_features()).get_features_async(
-            feature_service, join_keys, request_context, request_time
+            feature_service, join_keys, request_context, request_time, log_context=log_context
         )
 
     def get_features_batch(
@@ -144,11 +148,12 @@ class ContextStore(StoreComponents):
         request_time: datetime | None = None,
         *,
         subject: Subject | None = None,
+        log_context: LogContext | None = None,
     ) -> list[FeatureVector]:
         if subject is not None:  # every row: one foreign entity refuses the whole batch
             self._check_subject(subject, feature_service, join_keys, single=False)
         return (self._features or self._open_features()).get_features_batch(
-            feature_service, join_keys, request_context, request_time
+            feature_service, join_keys, request_context, request_time, log_context=log_context
         )
 
     def _check_subject(self, subject: Subject, service: str, rows: Sequence[JoinKeys], single: bool) -> None:
@@ -166,6 +171,38 @@ class ContextStore(StoreComponents):
         from ..compute.training import get_training_data
 
         return get_training_data(self.definitions, self.config, self.offline, spine, feature_service, timestamp_field)
+
+    # Feature logging (``feature_log.py``, ``feature_log_read.py``).
+    def get_logged_features(
+        self,
+        feature_service: str,
+        start: datetime | str | None = None,
+        end: datetime | str | None = None,
+        join_keys: JoinKeys | None = None,
+    ) -> pa.Table:
+        """The vectors this workspace served for ``feature_service`` (``start <= request_time < end``)."""
+        from .feature_log_read import get_logged_features
+
+        return get_logged_features(self, feature_service, start=start, end=end, join_keys=join_keys)
+
+    def logged_feature_skew(
+        self, feature_service: str, start: datetime | str | None = None, end: datetime | str | None = None
+    ) -> SkewReport:
+        """Logged (served) values against a point-in-time recomputation at the same keys and times."""
+        from .feature_log_read import logged_feature_skew
+
+        return logged_feature_skew(self, feature_service, start=start, end=end)
+
+    def flush_feature_log(self) -> dict[str, int]:
+        """Write the queued logged vectors now; the writer's counters (empty when nothing logs)."""
+        writer = self._feature_log
+        if writer is not None:
+            writer.flush()
+        return writer.stats() if writer is not None else {}
+
+    def feature_log_stats(self) -> dict[str, int]:
+        """accepted / logged / dropped / failed / queued logged vectors of this process (empty: nothing logs)."""
+        return self._feature_log.stats() if self._feature_log is not None else {}
 
     # -- stream ingest -----------------------------------------------------------------
     def push(
