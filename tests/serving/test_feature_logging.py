@@ -155,6 +155,20 @@ def test_every_served_vector_is_logged_with_what_was_served(repo: tuple[Path, di
         assert e.value.field == "join_keys.merchant_id"
 
 
+def test_forget_erases_logged_vectors_including_queued_ones(repo: tuple[Path, dict[str, Any]]) -> None:
+    root, kw = repo
+    with cs.ContextStore(root, **kw) as store:
+        _serve(store, 8)
+        store.flush_feature_log()
+        assert store._feature_log is not None
+        store._feature_log.pause()
+        _serve(store, 8)  # still queued when the forget runs
+        store.forget({"user_id": "u1"})
+    with cs.ContextStore(root, **kw) as reader:
+        users = reader.get_logged_features("fraud").column("user_id").to_pylist()
+    assert len(users) == 12 and "u1" not in users
+
+
 def test_sampling_is_deterministic_by_request_id(tmp_path: Path) -> None:
     root = make_repo(tmp_path / "repo", DEFS, _data())
     with cs.ContextStore(root) as store:
