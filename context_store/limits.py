@@ -43,6 +43,8 @@ __all__ = [
     "MEMORY_ID_CHARS",
     "MEMORY_K",
     "MEMORY_K_DEFAULT",
+    "CATALOG_K",
+    "CATALOG_K_DEFAULT",
 ]
 
 
@@ -99,6 +101,14 @@ MEMORY_METADATA_BYTES = 4_096  # its metadata, as compact JSON
 MEMORY_ID_CHARS = 64  # a memory id argument (ids are 32 hex characters)
 MEMORY_K = IntRange(1, 50)  # memories of one search
 MEMORY_K_DEFAULT = 5
+
+# -- the catalog (search_catalog / GET /v1/catalog/search / MCP search_features) -------------------
+CATALOG_K = IntRange(1, 100)  # items of one catalog search; the query is at most CONTEXT_QUERY_CHARS
+CATALOG_K_DEFAULT = 10
+
+# -- data quality (GET /v1/status/quality, ContextStore.quality_runs) ----------------------------------
+QUALITY_RUNS = IntRange(1, 1000)  # runs of one listing
+QUALITY_RUNS_DEFAULT = 50
 
 # -- times --------------------------------------------------------------------------------------
 # Every time a caller gives (request_time, as_of, --start/--end, event timestamps) must fall in

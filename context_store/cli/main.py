@@ -53,12 +53,32 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "embeddings",
     ),
     "knowledge": ("context_store.cli.vectors", "knowledge", "Search a knowledge collection.", "embeddings"),
+    "list": ("context_store.cli.catalog_cmd", "list_cmd", "List the applied definitions (--kind, --tag).", ""),
+    "describe": (
+        "context_store.cli.catalog_cmd",
+        "describe_cmd",
+        "Describe one definition: owner, tags, features, lineage.",
+        "",
+    ),
+    "search": (
+        "context_store.cli.catalog_cmd",
+        "search_cmd",
+        "Search the catalog by name, description, tag or feature.",
+        "",
+    ),
     "context": (
         "context_store.cli.context_cmd",
         "context",
         "The user context of one entity (features, events, similar items, knowledge).",
         "",
     ),
+    "validate": (
+        "context_store.cli.quality_cmd",
+        "validate",
+        "Run the data quality expectations on the offline data; exit 1 on failure (CI).",
+        "",
+    ),
+    "drift": ("context_store.cli.quality_cmd", "drift", "Drift (PSI per feature): training data against serving.", ""),
 }
 _CORE = ("context_store.cli.core", ["init", "plan", "apply", "backfill", "materialize", "get"])
 _QUICKSTART = ("context_store.cli.quickstart", ["quickstart"])

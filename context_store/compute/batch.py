@@ -37,6 +37,7 @@ class BackfillReport:
     events: int = 0  # source rows read (each source once)
     seconds: float = 0.0
     skipped: dict[str, str] = field(default_factory=dict)  # view -> why
+    quality: list[Any] = field(default_factory=list)  # QualityRun of each view with expectations
 
     def wrote(self, view: str, n: int, bar: Any = None) -> None:
         """Record ``n`` rows written for ``view`` (and advance the progress bar, if any)."""
@@ -52,6 +53,7 @@ class BackfillReport:
     def __str__(self) -> str:
         lines = [f"{v}: {n} rows" for v, n in self.rows.items()]
         lines += [f"{v}: skipped ({why})" for v, why in self.skipped.items()]
+        lines += [f"{r.view}: quality {'passed' if r.passed else 'FAILED'}" for r in self.quality]
         lines.append(f"{self.events} events in {self.seconds:.2f}s ({self.events_per_s:,.0f} events/s)")
         return "\n".join(lines)
 
@@ -157,6 +159,7 @@ def backfill(
         raise InvalidInputError("start must be before end", field="start")
     report = BackfillReport()
     todo = _views_to_run(defs, views, report)
+    selected = list(todo)
     if engine == "ray":
         from .ray_backfill import ray_backfill
 
@@ -201,6 +204,9 @@ def backfill(
     finally:
         if bar is not None:
             bar.close()
+    from .quality import after_backfill
+
+    report.quality = after_backfill(offline, [v for v in selected if v.name in report.rows], start_us, end_us)
     report.seconds = time.perf_counter() - t0
     return report
 

@@ -23,6 +23,7 @@ from ..state.writes import bulk_writes
 from ..vocab.tables import source_table, view_table
 from . import tombstones
 from .coverage import has_history, mark_view
+from .quality import after_materialize
 
 __all__ = [
     "HIST_MARK",
@@ -55,6 +56,7 @@ class MaterializeReport:
     views: list[ViewReport] = field(default_factory=list)
     seconds: float = 0.0
     recent: dict[str, int] = field(default_factory=dict)  # source -> entities whose recent list was filled
+    quality: list[Any] = field(default_factory=list)  # QualityRun of each loaded view with expectations
 
     @property
     def rows(self) -> int:
@@ -70,12 +72,14 @@ class MaterializeReport:
             "seconds": round(self.seconds, 3),
             "rows_per_s": round(self.rows_per_s),
             "views": [asdict(v) for v in self.views],
+            "quality": [r.to_dict() for r in self.quality],
         }
 
     def __str__(self) -> str:
         lines = [f"materialized {self.rows} rows in {self.seconds:.2f}s ({self.rows_per_s:,.0f} rows/s)"]
         for v in self.views:
             lines.append(f"  {v.view}: {v.mode}, {v.rows} rows, {v.entities} entities {v.note}".rstrip())
+        lines += [f"  {r.view}: quality {'passed' if r.passed else 'FAILED'}" for r in self.quality]
         return "\n".join(lines)
 
 
@@ -228,6 +232,9 @@ def materialize(
             bar.refresh()
         vr.rows = table.num_rows
         if table.num_rows:
+            run = after_materialize(offline, view, table, now)  # checks and statistics (compute/quality.py)
+            if run is not None:
+                report.quality.append(run)
             vr.entities, vr.fields = materialize_table(state, table, online, now, bar)
             online.flush()  # the watermark below must only cover written data
             max_ts = int(ts_to_us(table[view.timestamp_field]).max())

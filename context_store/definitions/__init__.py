@@ -7,10 +7,11 @@ from .base import Definition
 from .dtypes import Array, Bool, DType, Embedding, Float64, Int64, String, Timestamp
 from .embedding import EmbeddingView, Knowledge
 from .entity import Entity, Field
+from .expectations import Expect, Expectation
 from .feature_view import AGGREGATION_FUNCTIONS, Aggregate, FeatureSelection, FeatureView, aggregate_dtype
 from .memory import Memory
 from .realtime import RealtimeFeatureView, realtime_feature_view
-from .services import ContextService, FeatureService
+from .services import ContextService, FeatureService, LoggingConfig
 from .sources import FileSource, RequestSource, Source, StreamSource
 from .windows import Lifetime, format_duration, parse_duration
 
@@ -25,6 +26,8 @@ __all__ = [
     "Embedding",
     "EmbeddingView",
     "Entity",
+    "Expect",
+    "Expectation",
     "FeatureSelection",
     "FeatureService",
     "FeatureView",
@@ -34,6 +37,7 @@ __all__ = [
     "Int64",
     "Knowledge",
     "Lifetime",
+    "LoggingConfig",
     "Memory",
     "RealtimeFeatureView",
     "RequestSource",

@@ -14,6 +14,8 @@ __all__ = ["Definition", "caller_location", "check_name"]
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OWNER_CHARS = 256  # a team, a person or an email address
+TAG_CHARS = 256
 
 
 def caller_location() -> str:
@@ -40,6 +42,18 @@ def check_name(name: Any, kind: str, location: str) -> str:
     return name
 
 
+def _check_owner(obj: Definition, owner: Any) -> str | None:
+    """``owner``: None, or a one-line non-empty string (who to ask about this object: the catalog shows it)."""
+    if owner is None:
+        return None
+    if not isinstance(owner, str):
+        obj.fail(f"owner must be a string such as 'fraud-team@example.com', got {type(owner).__name__}")
+    owner = owner.strip()
+    if not owner or len(owner) > OWNER_CHARS or any(c in owner for c in "\r\n\t"):
+        obj.fail(f"owner must be a non-empty single line of at most {OWNER_CHARS} characters, got {owner!r}")
+    return owner
+
+
 class Definition:
     """Base for registered objects. ``kind`` is used in plans and errors."""
 
@@ -48,8 +62,11 @@ class Definition:
     location: str
     description: str
     tags: dict[str, str]
+    owner: str | None
 
-    def _init_common(self, name: Any, description: str | None, tags: dict[str, str] | None) -> None:
+    def _init_common(
+        self, name: Any, description: str | None, tags: dict[str, str] | None, owner: str | None = None
+    ) -> None:
         self.location = caller_location()
         self.name = check_name(name, self.kind, self.location)
         if description is not None and not isinstance(description, str):
@@ -60,6 +77,10 @@ class Definition:
         ):
             self.fail("tags must be a dict of str to str")
         self.tags = dict(tags or {})
+        for k, v in self.tags.items():
+            if not k or len(k) > TAG_CHARS or len(v) > TAG_CHARS:
+                self.fail(f"tag {k!r}: keys must be non-empty and keys and values at most {TAG_CHARS} characters")
+        self.owner = _check_owner(self, owner)
 
     def fail(self, message: str) -> NoReturn:
         """Raise a DefinitionError naming this object and where it was defined."""
@@ -83,7 +104,10 @@ class Definition:
 
     def spec(self) -> dict[str, Any]:
         """A JSON-able description used by the registry to diff versions (subclasses extend)."""
-        return {"kind": self.kind, "name": self.name, "description": self.description, "tags": self.tags}
+        out = {"kind": self.kind, "name": self.name, "description": self.description, "tags": self.tags}
+        if self.owner is not None:  # only when set: an upgrade must not show every applied object as changed
+            out["owner"] = self.owner
+        return out
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"

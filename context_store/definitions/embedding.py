@@ -35,9 +35,10 @@ class EmbeddingView(Definition):
         index: str = "auto",
         description: str | None = None,
         tags: dict[str, str] | None = None,
+        owner: str | None = None,
         expected_freshness: str | timedelta | None = None,
     ) -> None:
-        self._init_common(name, description, tags)
+        self._init_common(name, description, tags, owner)
         self.expected_freshness = freshness_slo(self, expected_freshness)
         if not isinstance(entities, (list, tuple)) or len(entities) != 1 or not isinstance(entities[0], Entity):
             self.fail("entities must be a list of exactly one cs.Entity")
@@ -94,8 +95,9 @@ class Knowledge(Definition):
         embedder: str = DEFAULT_EMBEDDER,
         description: str | None = None,
         tags: dict[str, str] | None = None,
+        owner: str | None = None,
     ) -> None:
-        self._init_common(name, description, tags)
+        self._init_common(name, description, tags, owner)
         if not isinstance(source, str) or not source:
             self.fail("source must be a path or glob of documents")
         self.source = source

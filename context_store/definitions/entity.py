@@ -46,8 +46,9 @@ class Entity(Definition):
         join_keys: list[str | Field],
         description: str | None = None,
         tags: dict[str, str] | None = None,
+        owner: str | None = None,
     ) -> None:
-        self._init_common(name, description, tags)
+        self._init_common(name, description, tags, owner)
         if isinstance(join_keys, (str, Field)) or not isinstance(join_keys, (list, tuple)) or not join_keys:
             self.fail("join_keys must be a non-empty list of names or cs.Field")
         keys: list[Field] = []

@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 from .base import Definition
 from .dtypes import Array, DType, Embedding, Float64, Int64
 from .entity import Entity, Field
+from .expectations import Expectation, check_expectations
 from .slo import freshness_slo, freshness_spec
 from .sources import FileSource, Source, StreamSource
 from .windows import Lifetime, Window, format_duration, parse_duration, parse_window
@@ -178,9 +179,11 @@ class FeatureView(Definition):
         timestamp_field: str | None = None,
         description: str | None = None,
         tags: dict[str, str] | None = None,
+        owner: str | None = None,
+        expectations: list[Expectation] | None = None,
         expected_freshness: str | timedelta | None = None,
     ) -> None:
-        self._init_common(name, description, tags)
+        self._init_common(name, description, tags, owner)
         self.expected_freshness = freshness_slo(self, expected_freshness)
         if not isinstance(entities, (list, tuple)) or not entities or not all(isinstance(e, Entity) for e in entities):
             self.fail("entities must be a non-empty list of cs.Entity")
@@ -245,6 +248,7 @@ class FeatureView(Definition):
         self.online = bool(online)
         self.offline = bool(offline)
         self.timestamp_field = timestamp_field or source.timestamp_field
+        self.expectations = check_expectations(self, expectations)  # data quality (docs/data-quality.md)
 
     @property
     def join_keys(self) -> list[str]:
@@ -289,4 +293,6 @@ class FeatureView(Definition):
             "offline": self.offline,
             "timestamp_field": self.timestamp_field,
             **freshness_spec(self.expected_freshness),
+            # only when set: specs applied before expectations existed stay unchanged (no plan noise)
+            **({"expectations": [e.spec() for e in self.expectations]} if self.expectations else {}),
         }

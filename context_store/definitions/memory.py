@@ -51,8 +51,9 @@ class Memory(StreamSource):
         partitions: int = 1,
         description: str | None = None,
         tags: dict[str, str] | None = None,
+        owner: str | None = None,
     ) -> None:
-        self._init_common(name, description, tags)
+        self._init_common(name, description, tags, owner)
         if not isinstance(entity, Entity):
             self.fail("entity must be a cs.Entity (whose memories these are)")
         if len(entity.join_key_fields) != 1:
@@ -87,6 +88,7 @@ class Memory(StreamSource):
             partitions=partitions,
             description=description,
             tags=tags,
+            owner=owner,
             event_id_field="memory_id",
             event_id_retention=window * 2,
         )

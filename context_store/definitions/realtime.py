@@ -33,8 +33,10 @@ class RealtimeFeatureView(Definition):
         name: str | None = None,
         description: str | None = None,
         tags: dict[str, str] | None = None,
+        owner: str | None = None,
     ) -> None:
-        self._init_common(name or getattr(fn, "__name__", "realtime"), description or (fn.__doc__ or "").strip(), tags)
+        doc = description or (fn.__doc__ or "").strip()
+        self._init_common(name or getattr(fn, "__name__", "realtime"), doc, tags, owner)
         self.fn = fn
         if not isinstance(sources, (list, tuple)) or not sources:
             self.fail("sources must be a non-empty list of cs.RequestSource or cs.FeatureView")
@@ -95,10 +97,11 @@ def realtime_feature_view(
     name: str | None = None,
     description: str | None = None,
     tags: dict[str, str] | None = None,
+    owner: str | None = None,
 ) -> Callable[[Callable[..., dict[str, Any]]], RealtimeFeatureView]:
     """Decorator: ``@cs.realtime_feature_view(sources=[req, txn_stats], output=[...])``."""
 
     def wrap(fn: Callable[..., dict[str, Any]]) -> RealtimeFeatureView:
-        return RealtimeFeatureView(fn, sources, output, name=name, description=description, tags=tags)
+        return RealtimeFeatureView(fn, sources, output, name=name, description=description, tags=tags, owner=owner)
 
     return wrap

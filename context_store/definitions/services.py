@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import DefinitionError
 from .base import Definition
 from .embedding import EmbeddingView, Knowledge
 from .entity import Entity
@@ -11,9 +12,26 @@ from .feature_view import FeatureSelection, FeatureView
 from .realtime import RealtimeFeatureView
 from .sources import StreamSource
 
-__all__ = ["FeatureService", "ContextService"]
+__all__ = ["FeatureService", "ContextService", "LoggingConfig"]
 
 ViewLike = FeatureView | RealtimeFeatureView
+
+
+class LoggingConfig:
+    """Feature logging of a service: ``cs.FeatureService("fraud", [...], logging=cs.LoggingConfig(sample_rate=0.1))``
+    writes each served vector (a deterministic ``sample_rate`` share of request ids) to the offline table
+    ``log__{service}``, off the request path (docs/feature-logging.md)."""
+
+    def __init__(self, sample_rate: float = 1.0) -> None:
+        if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, float)) or not 0 < sample_rate <= 1:
+            raise DefinitionError(f"LoggingConfig: sample_rate must be a number in (0, 1], got {sample_rate!r}")
+        self.sample_rate = float(sample_rate)
+
+    def spec(self) -> dict[str, Any]:
+        return {"sample_rate": self.sample_rate}
+
+    def __repr__(self) -> str:
+        return f"LoggingConfig(sample_rate={self.sample_rate})"
 
 
 class FeatureService(Definition):
@@ -22,6 +40,7 @@ class FeatureService(Definition):
     Online results name features ``{view}.{feature}`` and training data names columns
     ``{view}__{feature}`` (Tecton's conventions), in declared order.
     ``FeatureService(name="x")`` with no features is a reference by name (for clients).
+    ``logging=cs.LoggingConfig(...)`` logs served vectors to the offline store (docs/feature-logging.md).
     """
 
     kind = "feature_service"
@@ -32,9 +51,14 @@ class FeatureService(Definition):
         features: list[ViewLike | FeatureSelection] | None = None,
         description: str | None = None,
         tags: dict[str, str] | None = None,
+        owner: str | None = None,
+        logging: LoggingConfig | None = None,
     ) -> None:
-        self._init_common(name, description, tags)
+        self._init_common(name, description, tags, owner)
         self.is_reference = features is None
+        if logging is not None and not isinstance(logging, LoggingConfig):
+            self.fail(f"logging must be a cs.LoggingConfig, got {type(logging).__name__}")
+        self.logging = logging
         if features is not None and (not isinstance(features, (list, tuple)) or not features):
             self.fail("features must be a non-empty list of feature views or view[['feature', ...]]")
         selections: list[FeatureSelection] = []
@@ -67,7 +91,10 @@ class FeatureService(Definition):
         return [s.view for s in self.selections]
 
     def spec(self) -> dict[str, Any]:
-        return {**super().spec(), "features": [[s.view.name, list(s.features)] for s in self.selections]}
+        spec = {**super().spec(), "features": [[s.view.name, list(s.features)] for s in self.selections]}
+        if self.logging is not None:  # absent when off: services applied before logging existed show no change
+            spec["logging"] = self.logging.spec()
+        return spec
 
 
 class ContextService(Definition):
@@ -87,15 +114,16 @@ class ContextService(Definition):
         description: str | None = None,
         tags: dict[str, str] | None = None,
         memories: int = 5,
+        owner: str | None = None,
     ) -> None:
-        self._init_common(name, description, tags)
+        self._init_common(name, description, tags, owner)
         if not isinstance(entity, Entity):
             self.fail("entity must be a cs.Entity")
         self.entity = entity
         if features is None or isinstance(features, FeatureService):
             self.feature_service = features
         elif isinstance(features, (list, tuple)):
-            self.feature_service = FeatureService(f"{name}_features", list(features))
+            self.feature_service = FeatureService(f"{name}_features", list(features), owner=owner)
         else:
             self.fail("features must be a cs.FeatureService or a list of feature views")
         self.recent_events: tuple[StreamSource, int] | None = None

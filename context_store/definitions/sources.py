@@ -59,13 +59,14 @@ class FileSource(Source):
         file_format: str | None = None,
         description: str | None = None,
         tags: dict[str, str] | None = None,
+        owner: str | None = None,
     ) -> None:
         if not isinstance(path, str) or not path:
             self.name = name or "file_source"
-            self._init_common(self.name, description, tags)
+            self._init_common(self.name, description, tags, owner)
             self.fail(f"path must be a non-empty string, got {path!r}")
         default_name = "src_" + "".join(c if c.isalnum() else "_" for c in path.rsplit("/", 1)[-1].split(".")[0])
-        self._init_common(name or default_name[:120], description, tags)
+        self._init_common(name or default_name[:120], description, tags, owner)
         self.path = path
         fmt = file_format or ("csv" if path.lower().endswith(".csv") else "parquet")
         if fmt not in ("parquet", "csv"):
@@ -121,8 +122,9 @@ class StreamSource(Source):
         min_event_time: str | datetime | None = DEFAULT_MIN_EVENT_TIME,
         event_id_field: str | None = None,
         event_id_retention: str | timedelta = "24h",
+        owner: str | None = None,
     ) -> None:
-        self._init_common(name, description, tags)
+        self._init_common(name, description, tags, owner)
         self.schema = _check_schema(self, schema, required=True)
         if not isinstance(timestamp_field, str) or self.field(timestamp_field) is None:
             self.fail(f"timestamp_field {timestamp_field!r} is not in the schema")

@@ -23,6 +23,7 @@ from ..definitions import (
 from ..definitions.dtypes import Embedding
 from ..definitions.feature_view import AGGREGATION_FUNCTIONS, FeatureSelection
 from ..errors import DefinitionError
+from ..vocab.tables import LOG_COLUMNS
 from .repo import RepoDefinitions
 
 __all__ = ["SchemaProbe", "source_columns", "validate"]
@@ -73,6 +74,8 @@ def _check_references(repo: RepoDefinitions) -> None:
     for fs in repo.feature_services.values():
         for sel in fs.selections:
             registered(sel.view, fs, "uses")
+        if fs.logging is not None:
+            _check_logged_service(fs)
     for rt in repo.realtime_views.values():
         for src in rt.sources:
             if isinstance(src, RequestSource):
@@ -101,6 +104,14 @@ def _check_references(repo: RepoDefinitions) -> None:
             names = cs.feature_service.feature_names if cs.feature_service else []
             if cs.interest not in cols and cs.interest not in names:
                 raise _err(cs, f"interest {cs.interest!r} is not a feature of its feature service; it has {cols}")
+
+
+def _check_logged_service(fs: FeatureService) -> None:
+    """A logged service's join keys name columns of ``log__{service}`` beside its request columns."""
+    for view in fs.views:
+        for key in getattr(view, "join_keys", ()):
+            if key in LOG_COLUMNS:
+                raise _err(fs, f"join key {key!r} is a column of the feature log; rename it or drop logging=")
 
 
 def _check_feature_view(view: FeatureView, cols: dict[str, DType]) -> dict[str, DType]:

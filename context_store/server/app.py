@@ -25,11 +25,13 @@ from .fastpath import FastPath
 from .guard import RequestGuard, cors_middleware
 from .keys import KeyStore, key_store_path
 from .limits import BodySizeLimit
-from .metrics import Metrics, ViewStatusCollector
+from .metrics import Metrics, QualityCollector, ViewStatusCollector
+from .routes_catalog import catalog_router
 from .routes_forget import forget_router
 from .routes_health import health_router
 from .routes_memory import memory_router
 from .routes_native import native_router
+from .routes_quality import quality_router
 from .routes_status import status_router
 from .routes_tecton import TectonHandlers, tecton_router
 from .shedding import LoadShedder
@@ -116,6 +118,18 @@ def _stream_lag_hook(state: ServerState) -> Callable[[Metrics], None]:
     return hook
 
 
+def _feature_log_hook(state: ServerState) -> Callable[[Metrics], None]:
+    """At scrape time: the feature log's counters of each open workspace (``serving/feature_log.py``)."""
+
+    def hook(metrics: Metrics) -> None:
+        for store in state.resolver.open_stores():
+            for name, value in store.feature_log_stats().items():
+                if name != "accepted":
+                    metrics.feature_log.labels(store.workspace, name).set(value)
+
+    return hook
+
+
 def _mcp_app(state: ServerState) -> Any:
     """The MCP streamable-HTTP app from ``context_store.tools.http`` (the MCP package), when importable."""
     try:
@@ -176,6 +190,8 @@ def create_app(
         key_store = KeyStore(key_store_path(config.data_dir))
     state = ServerState(config, settings, key_store)
     state.metrics.on_collect(_stream_lag_hook(state))
+    state.metrics.add_collector(QualityCollector(state.resolver.open_stores))
+    state.metrics.on_collect(_feature_log_hook(state))
     state.metrics.add_collector(ViewStatusCollector(state.resolver.open_stores))
     mcp = _mcp_app(state) if settings.mcp else None
 
@@ -213,6 +229,8 @@ def create_app(
     app.include_router(memory_router(state))
     app.include_router(health_router(state))
     app.include_router(forget_router(state))
+    app.include_router(catalog_router(state))
+    app.include_router(quality_router(state))
     app.include_router(status_router(state))
     if mcp is not None:
         # An exact-path route (not a Mount): POST /mcp without a trailing-slash redirect.

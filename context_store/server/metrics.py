@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import exposition as text_exposition
 from prometheus_client.openmetrics import exposition as om_exposition
 
-__all__ = ["Metrics", "ViewStatusCollector"]
+__all__ = ["Metrics", "QualityCollector", "ViewStatusCollector"]
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -103,6 +103,38 @@ class ViewStatusCollector:
         return [fresh, expected, breached, lag_n, lag_s, late, rejected]
 
 
+class QualityCollector:
+    """Data quality of each open workspace (``ContextStore.quality_metrics``: stored runs, re-read only
+    when they changed, plus this process's sampled stream checks)."""
+
+    def __init__(self, stores: Callable[[], Iterable[Any]]) -> None:
+        self.stores = stores
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        failures = CounterMetricFamily(
+            "context_store_quality_failures",
+            "Failed data quality checks (a stream failure is one failed sampled batch)",
+            labels=["workspace", "view", "expectation"],
+        )
+        passed = GaugeMetricFamily(
+            "context_store_quality_last_run_passed",
+            "1 when the view's last quality run of the stage passed",
+            labels=["workspace", "view", "stage"],
+        )
+        for store in self.stores():
+            try:
+                q = store.quality_metrics()
+            except Exception:  # an unreadable offline store must not break the scrape
+                continue
+            for (view, label), n in sorted(q.failures.items()):
+                failures.add_metric([store.workspace, view, label], n)
+            for (view, stage), ok in sorted(q.last_passed.items()):
+                passed.add_metric([store.workspace, view, stage], 1.0 if ok else 0.0)
+        return [failures, passed]
+
+
 class Metrics:
     """All server metrics in one registry (one per app, so tests can build several apps)."""
 
@@ -146,18 +178,18 @@ class Metrics:
             ["workspace", "source"],
             **gauge_kw,
         )
+        self.feature_log = Gauge(
+            "cs_feature_log_rows",
+            "Served vectors of logged feature services: logged, dropped (queue full), failed, queued",
+            ["workspace", "state"],
+            **gauge_kw,
+        )
         self.online_up = Gauge("cs_online_store_up", "1 when the online store answered the last ping", **gauge_kw)
         if self.registry is not None:
             self.registry.register(_StreamCounters())
         self._children: dict[tuple[str, str], Any] = {}
         self._collect_hooks: list[Callable[[Metrics], None]] = []
-        self._collectors: list[Any] = []  # scrape-time collectors, also in multiprocess mode
-
-    def add_collector(self, collector: Any) -> None:
-        """A prometheus_client custom collector (``collect()``) run at each scrape."""
-        self._collectors.append(collector)
-        if self.registry is not None:
-            self.registry.register(collector)
+        self._collectors: list[Any] = []  # read at scrape time; also in multiprocess mode (render)
 
     def observe_request(self, route: str, service: str, seconds: float) -> None:
         child = self._children.get((route, service))
@@ -181,6 +213,12 @@ class Metrics:
         for view, ts in newest.items():
             self.freshness.labels(workspace, view).set(max(0.0, now - ts))
 
+    def add_collector(self, collector: Any) -> None:
+        """A custom collector (``collect()`` yields metric families) of this app's metrics."""
+        self._collectors.append(collector)
+        if self.registry is not None:
+            self.registry.register(collector)
+
     def on_collect(self, hook: Callable[[Metrics], None]) -> None:
         """Run ``hook(metrics)`` before every scrape (e.g. to read stream lag)."""
         self._collect_hooks.append(hook)
@@ -197,7 +235,7 @@ class Metrics:
 
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # unannotated upstream
-            for c in self._collectors:  # they read the stores, not this process: one answer for all workers
+            for c in self._collectors:
                 registry.register(c)
         # OpenMetrics unless the scraper asks for the classic text format only.
         if accept and "text/plain" in accept and "openmetrics" not in accept:

@@ -25,6 +25,7 @@ from ..limits import (
 )
 from . import schemas
 from .errors import json_response, loads_body
+from .params import KNOWN_QUERY_PARAMS
 from .state import ServerState
 
 __all__ = ["memory_router", "REMEMBER"]
@@ -42,11 +43,12 @@ REMEMBER: dict[str, Any] = {
     },
 }
 _FIELDS = set(REMEMBER["properties"])
-_SEARCH_PARAMS = {"q", "entity_id", "k", "workspace"}
 
 
 def memory_router(state: ServerState) -> APIRouter:
-    router = APIRouter(prefix="/v1", tags=["memory"], responses=schemas.ERROR_RESPONSES)
+    router = APIRouter(
+        prefix="/v1", tags=["memory"], responses=schemas.ERROR_RESPONSES, dependencies=[KNOWN_QUERY_PARAMS]
+    )
 
     @router.post("/memories", openapi_extra=schemas.body(REMEMBER))
     async def remember(request: Request) -> Response:
@@ -81,9 +83,6 @@ def memory_router(state: ServerState) -> APIRouter:
         k: int = Query(MEMORY_K_DEFAULT, ge=MEMORY_K.lo, le=MEMORY_K.hi, description=f"how many ({MEMORY_K})"),
         workspace: str | None = Query(None),
     ) -> Response:
-        unknown = sorted(set(request.query_params) - _SEARCH_PARAMS)
-        if unknown:
-            raise InvalidInputError(f"unknown query parameter {unknown[0]!r}", field=unknown[0])
         principal = state.authenticate(request)
         _, store = state.store_for(principal, "read", workspace)
         res = await run_in_threadpool(store.search_memories, q, entity_id, k, subject=principal.subject)

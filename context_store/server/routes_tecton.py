@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..errors import ContextStoreError
+from ..serving.feature_log import LogContext
 from ..serving.store import ContextStore
 from ..types import MISSING_DATA, FeatureMetadata, FeatureVector
 from . import schemas, tecton
@@ -95,17 +96,23 @@ class TectonHandlers:
         p = tecton.parse_get_features(loads_body(body))
         ws, store = state.store_for(principal, "read", p.workspace)
         eligible = True
+        lc = LogContext(key_id=principal.key_id)  # the feature log's key id (a logged service only)
         try:
             if p.latency_budget_ms is None:
                 vec = await store.get_features_async(
-                    p.service, p.join_keys, p.request_context, subject=principal.subject
+                    p.service, p.join_keys, p.request_context, subject=principal.subject, log_context=lc
                 )
             else:
                 store.definitions.feature_service(p.service)  # an unknown service is a 404, not a timeout
                 # In a thread, so the budget holds even when a realtime view computes synchronously.
                 vec = await _with_budget(
                     run_in_threadpool(
-                        store.get_features, p.service, p.join_keys, p.request_context, subject=principal.subject
+                        store.get_features,
+                        p.service,
+                        p.join_keys,
+                        p.request_context,
+                        subject=principal.subject,
+                        log_context=lc,
                     ),
                     p.latency_budget_ms,
                 )
@@ -129,7 +136,10 @@ class TectonHandlers:
         eligible = True
         if p.latency_budget_ms is not None:
             store.definitions.feature_service(p.service)  # an unknown service is a 404, not a timeout
-        call = run_in_threadpool(store.get_features_batch, p.service, keys, ctxs, subject=principal.subject)
+        lc = LogContext(key_id=principal.key_id)
+        call = run_in_threadpool(
+            store.get_features_batch, p.service, keys, ctxs, subject=principal.subject, log_context=lc
+        )
         try:
             vecs = await (call if p.latency_budget_ms is None else _with_budget(call, p.latency_budget_ms))
         except BudgetExceeded:

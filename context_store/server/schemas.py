@@ -15,6 +15,7 @@ from ..limits import (
     RECORD_FIELDS,
     SIMILAR_K,
 )
+from ..serving.catalog import KINDS
 
 __all__ = [
     "body",
@@ -27,6 +28,10 @@ __all__ = [
     "INGEST_PARAMETERS",
     "EVENT",
     "ERROR_RESPONSES",
+    "ok",
+    "CATALOG_LIST",
+    "CATALOG_SEARCH",
+    "CATALOG_DESCRIBE",
 ]
 
 _JOIN_KEYS = {"type": "object", "additionalProperties": {"type": ["string", "integer", "null"]}}
@@ -169,6 +174,76 @@ EVENT = {
         "workspace": {"type": "string"},
     },
 }
+
+# GET /v1/catalog*: response shapes (the web console reads them; docs/catalog.md).
+_REF = {
+    "type": "object",
+    "required": ["kind", "name"],
+    "properties": {"kind": {"type": "string"}, "name": {"type": "string"}},
+}
+_ITEM_PROPS: dict[str, Any] = {
+    "kind": {"type": "string", "enum": list(KINDS)},
+    "name": {"type": "string"},
+    "description": {"type": "string"},
+    "owner": {"type": ["string", "null"]},
+    "tags": {"type": "object", "additionalProperties": {"type": "string"}},
+    "entities": {"type": "array", "items": {"type": "string"}},
+    "upstream": {"type": "array", "items": _REF, "description": "what it reads from (one hop)"},
+    "downstream": {"type": "array", "items": _REF, "description": "what reads from it (one hop)"},
+}
+_ITEM = {"type": "object", "required": list(_ITEM_PROPS), "properties": _ITEM_PROPS}
+CATALOG_LIST = {
+    "type": "object",
+    "required": ["workspace", "items"],
+    "properties": {"workspace": {"type": "string"}, "items": {"type": "array", "items": _ITEM}},
+}
+CATALOG_SEARCH = {
+    "type": "object",
+    "required": ["workspace", "query", "items"],
+    "properties": {
+        "workspace": {"type": "string"},
+        "query": {"type": "string"},
+        "items": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": [*_ITEM_PROPS, "score"],
+                "properties": {**_ITEM_PROPS, "score": {"type": "number", "minimum": 0, "maximum": 1}},
+            },
+        },
+    },
+}
+CATALOG_DESCRIBE = {
+    "type": "object",
+    "required": [*_ITEM_PROPS, "spec", "features", "lineage"],
+    "properties": {
+        **_ITEM_PROPS,
+        "spec": {"type": "object", "description": "the definition as the registry stores it"},
+        "features": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "dtype", "description"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "dtype": {"type": ["string", "null"]},
+                    "description": {"type": "string"},
+                },
+            },
+        },
+        "lineage": {
+            "type": "array",
+            "description": "the full chain [kind, name], each after what it reads from",
+            "items": {"type": "array", "items": {"type": "string"}, "minItems": 2, "maxItems": 2},
+        },
+    },
+}
+
+
+def ok(schema: dict[str, Any], description: str = "OK") -> dict[int | str, dict[str, Any]]:
+    """A documented 200 response of a GET route."""
+    return {200: {"description": description, "content": {"application/json": {"schema": schema}}}}
+
 
 _ERR = {
     "content": {

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from ..stores.offline.base import OfflineStore
     from ..stores.online.base import OnlineStore
     from ..stores.vector import VectorCollections
+    from .feature_log import FeatureLogWriter
     from .features import FeatureServer
     from .similar import VectorService
 
@@ -51,6 +52,7 @@ class StoreComponents:
         self._online: OnlineStore | None = None
         self._offline: OfflineStore | None = None
         self._features: FeatureServer | None = None
+        self._feature_log: FeatureLogWriter | None = None  # outlives refreshes: its queue is never dropped
         self._vector_collections: VectorCollections | None = None
         self._vectors: VectorService | None = None
         self._indexer: VectorIndexer | None = None
@@ -139,12 +141,20 @@ class StoreComponents:
         return self._features or self._open_features()
 
     def _open_features(self) -> FeatureServer:
+        from .feature_log import log_writer
         from .features import FeatureServer
 
         with self._lock:
             if self._features is None:
-                self._features = FeatureServer(self.definitions, self.online)
+                defs = self.definitions
+                self._feature_log = log_writer(
+                    self._feature_log, defs.feature_services, self.workspace, self._log_sink, on_exit=self.close
+                )
+                self._features = FeatureServer(defs, self.online, self._feature_log)
             return self._features
+
+    def _log_sink(self) -> OfflineStore:
+        return self.offline
 
     # Vector indexes: one registry of open collections, shared by the indexer (compute, writes)
     # and the reader (serving), so a stream ingest is searchable as soon as it returns.
@@ -231,6 +241,9 @@ class StoreComponents:
         return ing
 
     def close(self) -> None:
+        writer, self._feature_log = self._feature_log, None
+        if writer is not None:
+            writer.close()  # first: it writes the logged vectors through the offline store closed below
         with self._lock:
             ingestor, self._ingestor = self._ingestor, None
             online, self._online = self._online, None

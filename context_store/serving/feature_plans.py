@@ -85,6 +85,7 @@ class Plan:
     single_key: bool = False  # every view is keyed by the same join keys
     # Fast assembly (no realtime views, outputs grouped by read in order).
     groups: list[Group] | None = None
+    log: Any = None  # ``feature_log.ServiceLog`` when the service logs its served vectors
 
 
 def groups(plan: Plan) -> list[Group] | None:

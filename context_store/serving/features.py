@@ -24,6 +24,7 @@ from ..stores.online.base import OnlineStore, ViewValues
 from ..types import MISSING_DATA, PRESENT, FeatureMetadata, FeatureVector
 from ..vocab.time import checked_seconds_us, checked_us, parse_iso, us_to_datetime
 from .coverage import Coverage, PlanCover
+from .feature_log import FeatureLogWriter, LogContext
 from .feature_plans import (
     Meta,
     Output,
@@ -64,9 +65,10 @@ def to_us(t: datetime | str | float | None) -> int:
 class FeatureServer:
     """``FeatureServer(defs, online).get_features("fraud", {"user_id": "u1"})``."""
 
-    def __init__(self, defs: RepoDefinitions, online: OnlineStore) -> None:
+    def __init__(self, defs: RepoDefinitions, online: OnlineStore, feature_log: FeatureLogWriter | None = None) -> None:
         self.defs = defs
         self.online = online
+        self.feature_log = feature_log  # logged services enqueue what they serve (``feature_log.py``)
         self._plans: dict[str, Plan] = {}
         self._view_plans: dict[str, Plan] = {}  # one view's features (``get_view_features``)
         self._states: dict[str, ViewState] = {}
@@ -110,6 +112,7 @@ class FeatureServer:
         outputs: list[Output] = []
         names: list[str] = []
         meta: list[Meta] = []
+        dtypes: list[DType | None] = []  # typed columns of the feature log
         realtimes: list[tuple[RealtimeFeatureView, list[RequestArg | ViewArg]]] = []
         req_fields: dict[str, DType] = {}
         for sel in svc.selections:
@@ -135,6 +138,7 @@ class FeatureServer:
                     nm = f"{view.name}.{fname}"
                     names.append(nm)
                     meta.append(Meta(nm, out_types[fname].describe(), view.name))
+                    dtypes.append(out_types[fname])
             else:
                 ri = use(view)
                 st = reads[ri].state
@@ -144,10 +148,13 @@ class FeatureServer:
                     names.append(nm)
                     dt = types.get(fname) or feature_dtype(st, fname)
                     meta.append(Meta(nm, dt.describe() if dt is not None else {"type": "unknown"}, view.name))
+                    dtypes.append(dt)
         specs = [Spec(o.read, o.pos, o.feature, m.name, m.dtype, m.view) for o, m in zip(outputs, meta)]
         single = bool(reads) and all(r.join_keys == reads[0].join_keys for r in reads)
         p = Plan(svc.name, join_keys, reads, outputs, names, meta, realtimes, req_fields, specs, single)
         p.groups = groups(p)
+        if svc.logging is not None and self.feature_log is not None:
+            p.log = self.feature_log.service_log(svc, join_keys, dtypes)
         return p
 
     # -- validation ---------------------------------------------------------------------
@@ -337,11 +344,16 @@ class FeatureServer:
         join_keys: Mapping[str, Any],
         request_context: Mapping[str, Any] | None = None,
         request_time: datetime | str | None = None,
+        *,
+        log_context: LogContext | None = None,
     ) -> FeatureVector:
         plan, keys, ctx, t = self._prepare(service, join_keys, request_context, request_time)
         cov = self._cover(plan)
         res = self.online.read_features(self._reads(plan, keys, cov), t)
-        return self._finish(plan, keys, ctx, res, t, request_time, cov)
+        fv = self._finish(plan, keys, ctx, res, t, request_time, cov)
+        if plan.log is not None:
+            plan.log.record(fv, ctx, t, log_context)
+        return fv
 
     def get_view_features(
         self, view: FeatureView, join_keys: Mapping[str, Any], request_time: datetime | str | None = None
@@ -388,11 +400,16 @@ class FeatureServer:
         join_keys: Mapping[str, Any],
         request_context: Mapping[str, Any] | None = None,
         request_time: datetime | str | None = None,
+        *,
+        log_context: LogContext | None = None,
     ) -> FeatureVector:
         plan, keys, ctx, t = self._prepare(service, join_keys, request_context, request_time)
         cov = self._cover(plan)
         res = await self.online.read_features_async(self._reads(plan, keys, cov), t)
-        return self._finish(plan, keys, ctx, res, t, request_time, cov)
+        fv = self._finish(plan, keys, ctx, res, t, request_time, cov)
+        if plan.log is not None:
+            plan.log.record(fv, ctx, t, log_context)
+        return fv
 
     def _batch_prepare(
         self, service: str, join_keys: Sequence[Mapping[str, Any]], request_context: Any
@@ -426,6 +443,8 @@ class FeatureServer:
         join_keys: Sequence[Mapping[str, Any]],
         request_context: Sequence[Mapping[str, Any]] | Mapping[str, Any] | None = None,
         request_time: datetime | str | None = None,
+        *,
+        log_context: LogContext | None = None,
     ) -> list[FeatureVector]:
         """Many entities, one round trip."""
         plan, keys_l, ctxs, reads, cov = self._batch_prepare(service, join_keys, request_context)
@@ -436,7 +455,7 @@ class FeatureServer:
             res = [v for vs in per for v in vs]
         else:
             res = self.online.read_features(reads, t) if reads else []
-        return self._split(plan, keys_l, ctxs, res, t, cov)
+        return self._split(plan, keys_l, ctxs, res, t, cov, log_context)
 
     async def get_features_batch_async(
         self,
@@ -444,6 +463,8 @@ class FeatureServer:
         join_keys: Sequence[Mapping[str, Any]],
         request_context: Sequence[Mapping[str, Any]] | Mapping[str, Any] | None = None,
         request_time: datetime | str | None = None,
+        *,
+        log_context: LogContext | None = None,
     ) -> list[FeatureVector]:
         plan, keys_l, ctxs, reads, cov = self._batch_prepare(service, join_keys, request_context)
         t = to_us(request_time)
@@ -453,7 +474,7 @@ class FeatureServer:
             res = [v for vs in per for v in vs]
         else:
             res = await self.online.read_features_async(reads, t) if reads else []
-        return self._split(plan, keys_l, ctxs, res, t, cov)
+        return self._split(plan, keys_l, ctxs, res, t, cov, log_context)
 
     def _split(
         self,
@@ -463,6 +484,7 @@ class FeatureServer:
         res: list[ViewValues],
         t: int,
         cov: PlanCover | None = None,
+        log_context: LogContext | None = None,
     ) -> list[FeatureVector]:
         n = len(plan.reads)
         rt = us_to_datetime(t)
@@ -475,4 +497,6 @@ class FeatureServer:
                 cov.mark(plan, fv)
             fv.request_time = rt
             out.append(fv)
+        if plan.log is not None:
+            plan.log.record_batch(out, ctxs, t, log_context)
         return out

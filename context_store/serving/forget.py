@@ -117,6 +117,7 @@ def forget(store: ContextStore, join_keys: Mapping[str, Any], actor: str | None 
     offline = store.offline
     at_us = time.time_ns() // 1000
     tombstones.record(offline, key, value, at_us)  # FIRST: every compute path drops it from now on
+    store.flush_feature_log()  # vectors served before the forget and still queued: erased below with the rest
     erased_offline: dict[str, int] = {}
     for table in offline.tables():
         if table in _SYSTEM_TABLES:

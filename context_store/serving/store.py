@@ -21,13 +21,18 @@ if TYPE_CHECKING:
 
     from ..compute.batch import BackfillReport
     from ..compute.materialize import MaterializeReport
+    from ..compute.quality import QualityRun
     from ..compute.stream.ingestor import PushResult
     from ..compute.stream.watermarks import WatermarkStatus
     from ..memory_types import MemoryRecord, MemoryResult
     from ..registry.registry import Plan
     from ..stores.online.claim import Claim
+    from .catalog import CatalogHit, CatalogItem
     from .context import UserContext
+    from .feature_log import LogContext
+    from .feature_log_read import SkewReport
     from .forget import ForgetResult
+    from .quality import DriftReport, QualityMetrics, ValidationReport
     from .record import RecordedEvent
     from .view_status import ViewStatus
 
@@ -111,12 +116,13 @@ class ContextStore(StoreComponents):
         request_time: datetime | None = None,
         *,
         subject: Subject | None = None,
+        log_context: LogContext | None = None,
     ) -> FeatureVector:
         if subject is not None:
             self._check_subject(subject, feature_service, [join_keys], single=True)
         # No property call on the read path: the opened server, else open it.
         return (self._features or self._open_features()).get_features(
-            feature_service, join_keys, request_context, request_time
+            feature_service, join_keys, request_context, request_time, log_context=log_context
         )
 
     async def get_features_async(
@@ -127,11 +133,12 @@ class ContextStore(StoreComponents):
         request_time: datetime | None = None,
         *,
         subject: Subject | None = None,
+        log_context: LogContext | None = None,
     ) -> FeatureVector:
         if subject is not None:
             self._check_subject(subject, feature_service, [join_keys], single=True)
         return await (self._features or self._open_features()).get_features_async(
-            feature_service, join_keys, request_context, request_time
+            feature_service, join_keys, request_context, request_time, log_context=log_context
         )
 
     def get_features_batch(
@@ -142,11 +149,12 @@ class ContextStore(StoreComponents):
         request_time: datetime | None = None,
         *,
         subject: Subject | None = None,
+        log_context: LogContext | None = None,
     ) -> list[FeatureVector]:
         if subject is not None:  # every row: one foreign entity refuses the whole batch
             self._check_subject(subject, feature_service, join_keys, single=False)
         return (self._features or self._open_features()).get_features_batch(
-            feature_service, join_keys, request_context, request_time
+            feature_service, join_keys, request_context, request_time, log_context=log_context
         )
 
     def _check_subject(self, subject: Subject, service: str, rows: Sequence[JoinKeys], single: bool) -> None:
@@ -164,6 +172,38 @@ class ContextStore(StoreComponents):
         from ..compute.training import get_training_data
 
         return get_training_data(self.definitions, self.config, self.offline, spine, feature_service, timestamp_field)
+
+    # Feature logging (``feature_log.py``, ``feature_log_read.py``).
+    def get_logged_features(
+        self,
+        feature_service: str,
+        start: datetime | str | None = None,
+        end: datetime | str | None = None,
+        join_keys: JoinKeys | None = None,
+    ) -> pa.Table:
+        """The vectors this workspace served for ``feature_service`` (``start <= request_time < end``)."""
+        from .feature_log_read import get_logged_features
+
+        return get_logged_features(self, feature_service, start=start, end=end, join_keys=join_keys)
+
+    def logged_feature_skew(
+        self, feature_service: str, start: datetime | str | None = None, end: datetime | str | None = None
+    ) -> SkewReport:
+        """Logged (served) values against a point-in-time recomputation at the same keys and times."""
+        from .feature_log_read import logged_feature_skew
+
+        return logged_feature_skew(self, feature_service, start=start, end=end)
+
+    def flush_feature_log(self) -> dict[str, int]:
+        """Write the queued logged vectors now; the writer's counters (empty when nothing logs)."""
+        writer = self._feature_log
+        if writer is not None:
+            writer.flush()
+        return writer.stats() if writer is not None else {}
+
+    def feature_log_stats(self) -> dict[str, int]:
+        """accepted / logged / dropped / failed / queued logged vectors of this process (empty: nothing logs)."""
+        return self._feature_log.stats() if self._feature_log is not None else {}
 
     # -- stream ingest -----------------------------------------------------------------
     def push(
@@ -282,6 +322,26 @@ class ContextStore(StoreComponents):
             subject=subject,
         )
 
+    # -- the catalog (catalog.py): what the workspace defines, who owns it, what feeds what ----------------
+    def catalog(self, kind: str | None = None, tag: str | None = None) -> list[CatalogItem]:
+        """Every applied definition (or those of ``kind`` / carrying ``tag``, ``KEY`` or ``KEY=VALUE``)."""
+        from .catalog import catalog_of
+
+        return catalog_of(self.definitions).items(kind=kind, tag=tag)
+
+    def describe(self, name: str, kind: str | None = None) -> CatalogItem:
+        """One definition with its spec, features and full lineage (404 when unknown)."""
+        from .catalog import catalog_of
+
+        return catalog_of(self.definitions).get(name, kind=kind)
+
+    def search_catalog(self, query: str, k: int = 10) -> list[CatalogHit]:
+        """Definitions matching ``query``: names, descriptions, tags, features; semantic with the workspace's
+        embedder (lexical only when it declares none)."""
+        from .catalog import catalog_of
+
+        return catalog_of(self.definitions).search(query, k)
+
     def index_knowledge(self, names: Sequence[str] | None = None, progress: bool = False) -> dict[str, dict[str, int]]:
         """(Re)index knowledge collections (default: all); unchanged files are skipped. Counts per collection."""
         return self.indexer.index_knowledge(names, progress=progress)
@@ -347,6 +407,38 @@ class ContextStore(StoreComponents):
     def stream_counters() -> tuple[dict[str, str], dict[str, dict[str, int]]]:
         """The stream layer's process-wide counters: (name -> description, name -> source -> value)."""
         return StreamAdmin.counters()
+
+    # -- data quality (quality.py; docs/data-quality.md) ------------------------------------------------
+    def quality_runs(self, view: str | None = None, stage: str | None = None, limit: int = 50) -> list[QualityRun]:
+        """Stored expectation runs (backfill, materialize, sampled stream), newest first."""
+        from .quality import quality_runs
+
+        return quality_runs(self, view=view, stage=stage, limit=limit)
+
+    def validate(self, views: Sequence[str] | None = None) -> ValidationReport:
+        """Every expectation against the offline tables ``fv__{view}`` (read-only; ``.passed``, ``.lines()``)."""
+        from .quality import validate
+
+        return validate(self, views)
+
+    def drift_report(
+        self,
+        name: str,
+        reference: pa.Table | pd.DataFrame | None = None,
+        start: datetime | str | None = None,
+        end: datetime | str | None = None,
+    ) -> DriftReport:
+        """PSI per feature of a view or service: training data (``reference`` or ``fv__`` in [start, end))
+        against what is served (``log__{service}`` when logged, else the latest materialization's statistics)."""
+        from .quality import drift_report
+
+        return drift_report(self, name, reference=reference, start=start, end=end)
+
+    def quality_metrics(self) -> QualityMetrics:
+        """Failed checks per (view, expectation) and the last run's outcome per (view, stage), for ``/metrics``."""
+        from .quality import quality_metrics
+
+        return quality_metrics(self)
 
     # -- end of entry points ---------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ READ_TOOLS = {
     "describe_feature_service",
 }
 READ_TOOLS.add("search_memories")
+READ_TOOLS.add("search_features")  # tools/catalog.py
 # Listed to keys that may call them (a read key does not see them): tools/write.py, tools/memory.py.
 WRITE_TOOLS = {"record_event", "remember", "forget_memory"}
 MEMORY_TOOLS = {"remember", "forget_memory", "search_memories"}
@@ -49,6 +50,7 @@ TOOL_CALLS: list[tuple[str, dict[str, Any]]] = [
     ("search_knowledge", {"knowledge": "help_articles", "query": "refunds", "k": 1}),
     ("list_feature_services", {}),
     ("describe_feature_service", {"name": "user_features"}),
+    ("search_features", {"query": "spending", "k": 3}),
 ]
 
 
@@ -86,6 +88,11 @@ def _check(name: str, sc: dict[str, Any]) -> None:
                 "join_key": "user_id",
             }
         ]
+    elif name == "search_features":
+        assert sc["query"] == "spending" and 1 <= len(sc["items"]) <= 3
+        top = sc["items"][0]
+        assert (top["kind"], top["name"], top["description"]) == ("feature_view", "txn_stats", "Spending of a user")
+        assert top["upstream"] == [{"kind": "stream_source", "name": "transactions"}] and 0 < top["score"] <= 1
     elif name == "describe_feature_service":
         assert sc["join_keys"] == ["user_id"]
         names = [f["name"] for f in sc["features"]]

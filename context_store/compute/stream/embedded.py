@@ -45,6 +45,7 @@ from ...errors import ContextStoreError, InvalidInputError, UnavailableError
 from ...stores.online.sqlite import SqliteOnlineStore
 from ...vocab.redact import redact_text
 from ...vocab.tables import is_source_table, source_table, view_table
+from ..quality_stream import stream_quality
 from . import online_adapter
 from .dedup import PushDedup, claim_embedded
 from .freshness import note_embedded_applied
@@ -246,6 +247,7 @@ class EmbeddedPusher:
                 cutovers,
                 online_token=False,
                 admitted=np.ones(events.num_rows, dtype=bool),  # the pusher admitted every row
+                quality=stream_quality(ctx.config, ctx.offline).observe,  # sampled checks (quality_stream.py)
             )
 
         try:

@@ -210,13 +210,15 @@ def process_batch(
     cutovers: dict[str, int],
     online_token: bool = True,
     admitted: np.ndarray | None = None,
+    quality: Callable[[FeatureView, pa.Table], None] | None = None,
 ) -> Batch:
     """Apply ``events`` (schema columns + ``_offset``, in stream order) of one partition.
 
     ``online_token``: pass each batch's last offset to ``apply`` (Redis workers); the embedded
     path passes None (its durability is the sqlite commit itself). ``admitted``: rows whose
     lateness the pusher already decided against the admitted watermark (``admission.py``): they
-    are never dropped as too late here (an outside producer's rows still are).
+    are never dropped as too late here (an outside producer's rows still are). ``quality``: the
+    sampled data quality check (``compute/quality_stream.py``), given each view's transformed rows.
     """
     src = plan.source
     out = Batch()
@@ -290,6 +292,9 @@ def process_batch(
             out.applied_rows += on_rows.num_rows
         if off_rows is not None:
             out.add(view_table(view.name), off_rows)
+        checked = off_rows if off_rows is not None else on_rows
+        if quality is not None and checked is not None and checked.num_rows:
+            quality(view, checked)
         if view.offline:
             state.offline[view.name] = max(last, off_fence)
     return out

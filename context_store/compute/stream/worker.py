@@ -35,6 +35,7 @@ from ...definitions import StreamSource
 from ...errors import ContextStoreError, DefinitionError, DeploymentConflictError, NotFoundError
 from ...vocab.tables import source_table, view_table
 from .. import tombstones
+from ..quality_stream import stream_quality
 from . import online_adapter
 from .admission import bound_watermarks
 from .applied import applied_message
@@ -293,7 +294,16 @@ class StreamWorker:
                     (view, rows, partition, int(offset if offset is not None else -1), before.get(view.name, -1))
                 )
 
-            step.batch = process_batch(plan, events, part[1], state, collect, cutovers, admitted=admitted)
+            step.batch = process_batch(
+                plan,
+                events,
+                part[1],
+                state,
+                collect,
+                cutovers,
+                admitted=admitted,
+                quality=stream_quality(self.ctx.config, self.ctx.offline).observe,
+            )
             step.n = events.num_rows
             if plan.recent:
                 step.recent = self._recent(plan, part, state, events, step.last)

@@ -176,7 +176,7 @@ class VectorCollections:
         equals ``value``. Returns rows erased per table (tables with none left out)."""
         lance = self.lance
         keyed = {embedding_table(v.name) for v in self.defs.embedding_views.values() if v.join_key == join_key}
-        opened = {c.table: c for c in [*self.views.values(), *self.kbs.values()]}
+        opened = {c.table: c for c in [*self.views.values(), *self.kbs.values(), *self.memories.values()]}
         out: dict[str, int] = {}
         for name in lance.tables():
             schema = lance.schema(name)
