@@ -181,17 +181,17 @@ def test_lookup_shows_what_the_store_returns(srv: dict[str, Any], browser: Any) 
 def test_agent_context_preview_is_the_text_the_agent_gets(srv: dict[str, Any], browser: Any) -> None:
     sign_in(browser, srv["url"], srv["key"], "context")
     wait_for(browser, visible(browser, "#context-entity")).send_keys("u1")
-    browser.find_element(By.ID, "context-max_tokens").send_keys("90")
+    browser.find_element(By.ID, "context-max_tokens").send_keys("200")
     browser.find_element(By.ID, "context-query").send_keys("how long do refunds take")
     browser.find_element(By.ID, "context-submit").click()
     pre = wait_for(browser, visible(browser, "#context-text"), timeout=30, what="the context text")
     served_at = browser.find_element(By.ID, "context-meta").get_attribute("data-served-at")
     # The same call at the same instant (the text says "at <time>" and ages): byte-for-byte what the agent gets.
     # (ContextStore.get_user_context is this function with request_time=now.)
-    ctx = get_user_context(srv["store"], "u1", max_tokens=90, query="how long do refunds take", request_time=served_at)
+    ctx = get_user_context(srv["store"], "u1", max_tokens=200, query="how long do refunds take", request_time=served_at)
     assert text_of(browser, pre) == ctx.text
     assert browser.find_element(By.ID, "context-tokens").get_attribute("data-tokens") == str(ctx.tokens)
-    assert ctx.tokens is not None and ctx.tokens <= 90 and ctx.omitted  # a tight budget leaves something out
+    assert ctx.tokens is not None and ctx.tokens <= 200 and ctx.omitted  # a tight budget leaves something out
     shown = {
         li.get_attribute("data-section"): int(li.get_attribute("data-count"))
         for li in browser.find_elements(By.CSS_SELECTOR, "#context-omitted li")

@@ -24,7 +24,7 @@ function show(body, c) {
       ? [h("span", {}, "left out for the budget: "),
         h("ul", {}, omitted.map(([k, n]) => h("li", { "data-section": k, "data-count": n }, `${k}: ${n}`)))]
       : h("span", { class: "muted" }, "nothing left out")),
-    (c.notes || []).length ? h("ul", { class: "notes" }, c.notes.map((n) => h("li", {}, n))) : null,
+    h("ul", { class: "notes", id: "context-notes" }, (c.notes || []).map((n) => h("li", {}, n))),
     h("pre", { id: "context-text", class: "agent-text" }, c.text));
 }
 
