@@ -18,7 +18,7 @@ from context_store.server import create_app
 from context_store.server.keys import KeyStore, key_store_path
 from context_store.server.metrics import Metrics
 from context_store.server.routes_ui import CSP
-from context_store.server.serving_stats import ServingSeries, quantile
+from context_store.server.serving_stats import ServingSeries, _read_children, _read_collected, quantile
 from tests.support.server import make_server_repo, running_server
 
 pytestmark = pytest.mark.redis
@@ -113,6 +113,8 @@ def test_series_from_the_request_metrics(tmp_path: Path) -> None:
         metrics.requests.labels("/api/v1/feature-service/get-features", "404").inc()
     for _ in range(50):  # the console's own polling is not serving traffic
         metrics.observe_request("/v1/status/serving", "", 0.001)
+    # The direct read of the children and the public collect() API agree (the latter is the fallback).
+    assert _read_children(metrics) == _read_collected(metrics)
     series.sample(now=1002.0)
     (point,) = series.points
     assert point["t"] == 1002.0 and point["qps"] == 50.0  # 100 serving requests in 2 s
