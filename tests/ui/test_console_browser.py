@@ -259,6 +259,9 @@ def test_catalog_lists_searches_and_shows_lineage(srv: dict[str, Any], browser: 
     links = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "#catalog-lineage a")]
     assert links == [r["name"] for r in item["upstream"]] + [r["name"] for r in item["downstream"]]
     assert {"txn_stats", "user_profile"} <= {r["name"] for r in item["upstream"]}
+    if item.get("lineage"):  # the full chain, names in order
+        chain = browser.find_element(By.CSS_SELECTOR, "#catalog-detail .chain").text
+        assert chain == "lineage: " + " → ".join(name for _, name in item["lineage"]), chain
     shot(browser, "catalog")
 
 
