@@ -34,6 +34,8 @@ from .routes_native import native_router
 from .routes_quality import quality_router
 from .routes_status import status_router
 from .routes_tecton import TectonHandlers, tecton_router
+from .routes_ui import serving_status_router, ui_router
+from .serving_stats import ServingSeries
 from .shedding import LoadShedder
 from .state import ServerSettings, ServerState
 
@@ -194,6 +196,7 @@ def create_app(
     state.metrics.on_collect(_feature_log_hook(state))
     state.metrics.add_collector(ViewStatusCollector(state.resolver.open_stores))
     mcp = _mcp_app(state) if settings.mcp else None
+    series = ServingSeries(state.metrics)  # reads the request metrics every 2 s (off the request path)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -207,10 +210,12 @@ def create_app(
                 gc.collect()
                 gc.freeze()
             refresher = asyncio.create_task(_refresh_loop(state))
+            sampler = asyncio.create_task(series.run())
             try:
                 yield
             finally:
                 refresher.cancel()
+                sampler.cancel()
                 await run_in_threadpool(state.close)
 
     app = _App(
@@ -232,6 +237,9 @@ def create_app(
     app.include_router(catalog_router(state))
     app.include_router(quality_router(state))
     app.include_router(status_router(state))
+    app.include_router(serving_status_router(state, series))
+    if settings.console:
+        app.include_router(ui_router())  # the web console (docs/console.md): static files, no key needed
     if mcp is not None:
         # An exact-path route (not a Mount): POST /mcp without a trailing-slash redirect.
         app.router.routes.append(
