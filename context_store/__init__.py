@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .definitions import (
+        MMR,
         Aggregate,
         Array,
         Bool,
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
         Memory,
         RealtimeFeatureView,
         RequestSource,
+        Rerank,
+        Similar,
         StreamSource,
         String,
         Timestamp,
@@ -68,10 +71,13 @@ __all__ = [
     "Knowledge",
     "Lifetime",
     "Memory",
+    "MMR",
     "NotFoundError",
     "RateLimitedError",
     "RealtimeFeatureView",
+    "Rerank",
     "RequestSource",
+    "Similar",
     "StreamSource",
     "String",
     "Timestamp",

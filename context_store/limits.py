@@ -15,6 +15,8 @@ __all__ = [
     "IntRange",
     "SIMILAR_K",
     "SIMILAR_K_DEFAULT",
+    "SEEN_MAX",
+    "SIMILAR_FILTER_IDS",
     "KNOWLEDGE_K",
     "KNOWLEDGE_K_DEFAULT",
     "MAX_TOKENS",
@@ -67,6 +69,8 @@ class IntRange:
 # -- counts and budgets -------------------------------------------------------------------------
 SIMILAR_K = IntRange(1, 100)  # items of one similarity search (REST, MCP, SDK)
 SIMILAR_K_DEFAULT = 10
+SEEN_MAX = 10_000  # seen items of one entity left out of its similar items (newest first)
+SIMILAR_FILTER_IDS = 10_000  # ids in one $in/$nin list of a similarity filter (REST, MCP)
 KNOWLEDGE_K = IntRange(1, 100)  # chunks of one knowledge search
 KNOWLEDGE_K_DEFAULT = 5
 MAX_TOKENS = IntRange(16, 100_000)  # token budget of a context's text: below 16 not even the header fits

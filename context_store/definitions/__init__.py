@@ -10,6 +10,7 @@ from .entity import Entity, Field
 from .feature_view import AGGREGATION_FUNCTIONS, Aggregate, FeatureSelection, FeatureView, aggregate_dtype
 from .memory import Memory
 from .realtime import RealtimeFeatureView, realtime_feature_view
+from .retrieval import MMR, Rerank, Similar
 from .services import ContextService, FeatureService
 from .sources import FileSource, RequestSource, Source, StreamSource
 from .windows import Lifetime, format_duration, parse_duration
@@ -35,8 +36,11 @@ __all__ = [
     "Knowledge",
     "Lifetime",
     "Memory",
+    "MMR",
     "RealtimeFeatureView",
+    "Rerank",
     "RequestSource",
+    "Similar",
     "Source",
     "StreamSource",
     "String",
