@@ -264,7 +264,7 @@ def _entity_predicate(view: FeatureView, offline: OfflineStore, spine: pa.Table)
     if len(values) > ENTITY_PUSHDOWN_MAX or not offline.exists(name):
         return None
     schema = offline.schema(name)
-    if schema.field(view.join_keys[0]).type != col.type if view.join_keys[0] in schema.names else True:
+    if view.join_keys[0] not in schema.names or schema.field(view.join_keys[0]).type != col.type:
         return None  # a spine key of another type than the log's: leave the matching to the join
     preds = [sql_equals(schema, view.join_keys[0], v) for v in values]
     if any(p is None for p in preds):
