@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .definitions import (
+        MMR,
         Aggregate,
         Array,
         Bool,
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
         Memory,
         RealtimeFeatureView,
         RequestSource,
+        Rerank,
+        Similar,
         StreamSource,
         String,
         Timestamp,
@@ -72,10 +75,13 @@ __all__ = [
     "Lifetime",
     "LoggingConfig",
     "Memory",
+    "MMR",
     "NotFoundError",
     "RateLimitedError",
     "RealtimeFeatureView",
+    "Rerank",
     "RequestSource",
+    "Similar",
     "StreamSource",
     "String",
     "Timestamp",

@@ -249,11 +249,15 @@ def _context_request(
     as_of: datetime | str | None,
     query: str | None,
     workspace: str | None,
+    k: int | None = None,
+    filter: Mapping[str, Any] | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """The path and query parameters of ``GET /v1/context/{entity_id}`` (unset ones left out)."""
     if isinstance(as_of, datetime):
         as_of = as_of.isoformat()
-    params = {"service": context_service, "max_tokens": max_tokens, "as_of": as_of, "query": query}
+    params: dict[str, Any] = {"service": context_service, "max_tokens": max_tokens, "as_of": as_of, "query": query}
+    params["k"] = k
+    params["filter"] = orjson.dumps(filter).decode() if filter is not None else None  # JSON in one parameter
     params["workspace"] = workspace
     return f"/v1/context/{quote(str(entity_id), safe='')}", {k: v for k, v in params.items() if v is not None}
 
@@ -341,9 +345,15 @@ class FeatureServerClient(_Base):
         max_tokens: int | None = None,
         as_of: datetime | str | None = None,
         query: str | None = None,
+        *,
+        k: int | None = None,
+        filter: Mapping[str, Any] | None = None,
     ) -> Any:
-        """``GET /v1/context/{entity_id}``: the same arguments as ``ContextStore.get_user_context``."""
-        path, params = _context_request(entity_id, context_service, max_tokens, as_of, query, self.workspace)
+        """``GET /v1/context/{entity_id}``: the same arguments as ``ContextStore.get_user_context``
+        (``k`` and ``filter``: this call's similar items)."""
+        path, params = _context_request(
+            entity_id, context_service, max_tokens, as_of, query, self.workspace, k=k, filter=filter
+        )
         return _json(self._get(path, params))
 
     def find_similar(
@@ -538,8 +548,13 @@ class AsyncFeatureServerClient(_Base):
         max_tokens: int | None = None,
         as_of: datetime | str | None = None,
         query: str | None = None,
+        *,
+        k: int | None = None,
+        filter: Mapping[str, Any] | None = None,
     ) -> Any:
-        path, params = _context_request(entity_id, context_service, max_tokens, as_of, query, self.workspace)
+        path, params = _context_request(
+            entity_id, context_service, max_tokens, as_of, query, self.workspace, k=k, filter=filter
+        )
         return _json(await self._get(path, params))
 
     async def aclose(self) -> None:

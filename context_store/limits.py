@@ -15,6 +15,10 @@ __all__ = [
     "IntRange",
     "SIMILAR_K",
     "SIMILAR_K_DEFAULT",
+    "SEEN_MAX",
+    "SIMILAR_FILTER_IDS",
+    "SIMILAR_FILTER_CHARS",
+    "VECTOR_DIM_MAX",
     "KNOWLEDGE_K",
     "KNOWLEDGE_K_DEFAULT",
     "MAX_TOKENS",
@@ -69,6 +73,10 @@ class IntRange:
 # -- counts and budgets -------------------------------------------------------------------------
 SIMILAR_K = IntRange(1, 100)  # items of one similarity search (REST, MCP, SDK)
 SIMILAR_K_DEFAULT = 10
+SEEN_MAX = 10_000  # seen items of one entity left out of its similar items (newest first)
+SIMILAR_FILTER_IDS = 10_000  # ids in one $in/$nin list of a similarity filter (MCP)
+VECTOR_DIM_MAX = 4_096  # numbers of a query vector (MCP find_similar)
+SIMILAR_FILTER_CHARS = 8_000  # the JSON filter of GET /v1/context/{id} (a query parameter: keep URLs sane)
 KNOWLEDGE_K = IntRange(1, 100)  # chunks of one knowledge search
 KNOWLEDGE_K_DEFAULT = 5
 MAX_TOKENS = IntRange(16, 100_000)  # token budget of a context's text: below 16 not even the header fits

@@ -64,6 +64,7 @@ class SimilarItem:
     entity_id: str
     score: float  # cosine similarity
     attributes: dict[str, Any]
+    rank_score: float | None = None  # the combined score when re-ranked (cs.Rerank)
 
 
 @dataclass(slots=True)

@@ -90,6 +90,7 @@ class SimilarItemOut(_Out):
     entity_id: str
     score: float = Field(description="Cosine similarity, higher is closer.")
     attributes: UntrustedData
+    rank_score: float | None = Field(default=None, description="The combined score when re-ranked (cs.Rerank).")
 
 
 class SimilarResultOut(_Out):

@@ -45,11 +45,13 @@ from context_store.limits import (
     MAX_TOKENS,
     NAME_CHARS,
     REQUEST_CONTEXT_KEYS,
+    SIMILAR_FILTER_IDS,
     SIMILAR_K,
     SIMILAR_K_DEFAULT,
     TIME_MAX,
     TIME_MIN,
     TIME_TEXT_CHARS,
+    VECTOR_DIM_MAX,
 )
 
 # Shared vocabulary (JSON-safe values, ISO times); moves to context_store.vocab.{json,time} at merge.
@@ -112,6 +114,24 @@ EntityId = Annotated[
 JoinKeyMap = Annotated[
     dict[str, str | int],
     Field(min_length=1, max_length=JOIN_KEYS, description="Join key name -> value, e.g. {'user_id': 'user_123'}."),
+]
+
+Scalar = str | int | float | bool | None
+# {attribute or the item's key: value | [values] | {"$op": value | [values]}}, ops $eq $ne $in $nin
+# $gt $gte $lt $lte (the vector store's compile_filter checks names and operators).
+FilterMap = Annotated[
+    dict[
+        str,
+        Scalar
+        | Annotated[list[Scalar], Field(max_length=SIMILAR_FILTER_IDS)]
+        | dict[str, Scalar | Annotated[list[Scalar], Field(max_length=SIMILAR_FILTER_IDS)]],
+    ],
+    Field(
+        max_length=FILTER_KEYS,
+        description="Filter on attributes or the item id (the view's key): {name: value | [values] | "
+        '{"$eq|$ne|$gt|$gte|$lt|$lte": value, "$in|$nin": [values]}}, all conditions must hold, '
+        'e.g. {"genre": "drama", "item_id": {"$nin": ["i1", "i2"]}, "year": {"$gte": 2000}}.',
+    ),
 ]
 
 
@@ -260,6 +280,10 @@ def create_mcp_server(store_for: StoreFor | ContextStore, *, name: str = "contex
         query: Annotated[
             str | None, Field(max_length=CONTEXT_QUERY_CHARS, description="Adds knowledge chunks for this question.")
         ] = None,
+        k: Annotated[
+            int | None, Field(ge=SIMILAR_K.lo, le=SIMILAR_K.hi, description="How many similar items (this call).")
+        ] = None,
+        filter: FilterMap | None = None,
     ) -> UserContextResult:
         """Features, recent events, similar items (and knowledge for a query) of one entity, with provenance
         and a compact prompt-ready `text`. With as_of, the context as it was at that time (replay/audit)."""
@@ -272,6 +296,8 @@ def create_mcp_server(store_for: StoreFor | ContextStore, *, name: str = "contex
                 as_of=as_of,
                 query=query,
                 subject=subject_of(ctx),
+                k=k,
+                filter=filter,
             )
             # Replays (offline joins) and queries (embedding) take a worker thread; online reads stay inline.
             uc = await _run(call, offload=as_of is not None or query is not None)
@@ -311,17 +337,22 @@ def create_mcp_server(store_for: StoreFor | ContextStore, *, name: str = "contex
         entity_id: Annotated[
             str | None, Field(min_length=1, max_length=ENTITY_ID_CHARS, description="Find items like this one.")
         ] = None,
-        filter: Annotated[
-            dict[str, str | int | float | bool] | None,
-            Field(max_length=FILTER_KEYS, description="Attribute equality filter."),
+        vector: Annotated[
+            list[float] | None,
+            Field(min_length=1, max_length=VECTOR_DIM_MAX, description="Find items near this vector."),
         ] = None,
+        filter: FilterMap | None = None,
     ) -> SimilarResultOut:
-        """Top-k entities of an embedding view closest to a text or to another entity (cosine)."""
-        if (text is None) == (entity_id is None):
-            raise ToolError(tool_error_text(InvalidInputError("give exactly one of text or entity_id", field="text")))
+        """Top-k entities of an embedding view closest to a text, another entity or a vector (cosine),
+        optionally filtered on attributes and on the item id."""
+        if sum(x is not None for x in (text, entity_id, vector)) != 1:
+            err = InvalidInputError("give exactly one of text, entity_id or vector", field="text")
+            raise ToolError(tool_error_text(err))
         with _errors():
             find, who = store(ctx).find_similar, subject_of(ctx)
-            call = functools.partial(find, view, text=text, entity_id=entity_id, k=k, filter=filter, subject=who)
+            call = functools.partial(
+                find, view, text=text, entity_id=entity_id, vector=vector, k=k, filter=filter, subject=who
+            )
             res = await _run(call, offload=text is not None)  # embedding a text may take a model
             return SimilarResultOut(
                 view=res.view,

@@ -109,7 +109,10 @@ def _read_events(
     columns: list[str],
     start_us: int | None,
     end_us: int | None,
+    entities: str | None = None,
 ) -> pa.Table:
+    """``entities``: a SQL predicate on the join key (a spine of a few entities, e.g. an as_of
+    replay): only their rows are read (a scan of the key column, or its index), not the whole log."""
     from ..vocab.tables import view_table
 
     name = view_table(view.name)
@@ -136,6 +139,11 @@ def _read_events(
             "after changing the view",
             field="feature_view",
         )
+    if entities is not None:
+        events = offline.read(
+            name, columns=columns, ts_column=view.timestamp_field, start_us=start_us, end_us=end_us, filter=entities
+        )
+        return tombstones.load(offline).filter(events, view.timestamp_field)
     events = offline.read(name, columns=columns)
     if (start_us is not None or end_us is not None) and events.num_rows:
         # One read, then drop the rows outside the spine's time range in memory when that skips a
@@ -181,7 +189,7 @@ def compute_view_features(
             start_us = int(end.min()) - max(_td_us(a.window_td) for a in aggs)  # type: ignore[arg-type]
         elif not view.is_aggregate and view.ttl is not None:
             start_us = int(t.min()) - _td_us(view.ttl)
-    events = _read_events(view, defs, offline, columns, start_us, end_us)
+    events = _read_events(view, defs, offline, columns, start_us, end_us, _entity_predicate(view, offline, spine))
     vd = ViewData(view, events, [spine.column(k) for k in view.join_keys], end)
     in_types = defs.input_schemas.get(view.name, {})
     out: dict[str, pa.Array] = {}
@@ -234,6 +242,34 @@ def compute_view_features(
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
                 raise InvalidInputError(f"feature {view.name}.{f.name}: {e}", field=f.name) from None
     return out
+
+
+# A spine of at most this many entities reads only their rows (windows are per entity: exact).
+ENTITY_PUSHDOWN_MAX = 64
+
+
+def _entity_predicate(view: FeatureView, offline: OfflineStore, spine: pa.Table) -> str | None:
+    """``key = v1 OR key = v2 ...`` for a spine of few entities of a one-key view; None (read the
+    whole log) for large spines, several keys, null keys or values not of the log's key type."""
+    from ..stores.offline.base import sql_equals
+    from ..vocab.tables import view_table
+
+    if len(view.join_keys) != 1 or spine.num_rows == 0 or spine.num_rows > 4 * ENTITY_PUSHDOWN_MAX:
+        return None
+    col = spine.column(view.join_keys[0])
+    if col.null_count:
+        return None
+    values = list(dict.fromkeys(str(v) for v in col.to_pylist()))
+    name = view_table(view.name)
+    if len(values) > ENTITY_PUSHDOWN_MAX or not offline.exists(name):
+        return None
+    schema = offline.schema(name)
+    if view.join_keys[0] not in schema.names or schema.field(view.join_keys[0]).type != col.type:
+        return None  # a spine key of another type than the log's: leave the matching to the join
+    preds = [sql_equals(schema, view.join_keys[0], v) for v in values]
+    if any(p is None for p in preds):
+        return None
+    return " OR ".join(f"({p})" for p in preds)
 
 
 _PARALLEL_MIN = 200_000

@@ -11,6 +11,7 @@ from .expectations import Expect, Expectation
 from .feature_view import AGGREGATION_FUNCTIONS, Aggregate, FeatureSelection, FeatureView, aggregate_dtype
 from .memory import Memory
 from .realtime import RealtimeFeatureView, realtime_feature_view
+from .retrieval import MMR, Rerank, Similar
 from .services import ContextService, FeatureService, LoggingConfig
 from .sources import FileSource, RequestSource, Source, StreamSource
 from .windows import Lifetime, format_duration, parse_duration
@@ -39,8 +40,11 @@ __all__ = [
     "Lifetime",
     "LoggingConfig",
     "Memory",
+    "MMR",
     "RealtimeFeatureView",
+    "Rerank",
     "RequestSource",
+    "Similar",
     "Source",
     "StreamSource",
     "String",

@@ -10,6 +10,7 @@ from .embedding import EmbeddingView, Knowledge
 from .entity import Entity
 from .feature_view import FeatureSelection, FeatureView
 from .realtime import RealtimeFeatureView
+from .retrieval import Similar, check_budget
 from .sources import StreamSource
 
 __all__ = ["FeatureService", "ContextService", "LoggingConfig"]
@@ -98,7 +99,11 @@ class FeatureService(Definition):
 
 
 class ContextService(Definition):
-    """What ``get_user_context`` returns for one entity: features, recent events, similar items, knowledge."""
+    """What ``get_user_context`` returns for one entity: features, recent events, similar items, knowledge.
+
+    ``similar``: ``(view, k)`` or a ``cs.Similar`` (seen items left out, filters, re-ranking;
+    definitions/retrieval.py). ``budget``: section -> share of ``max_tokens`` it may claim first
+    (``{"similar": 0.35, "recent_events": 0.25}``; unnamed sections keep their default share)."""
 
     kind = "context_service"
 
@@ -108,12 +113,13 @@ class ContextService(Definition):
         entity: Entity,
         features: FeatureService | list[ViewLike | FeatureSelection] | None = None,
         recent_events: tuple[StreamSource, int] | None = None,
-        similar: tuple[EmbeddingView, int] | None = None,
+        similar: tuple[EmbeddingView, int] | Similar | None = None,
         interest: str | None = None,
         knowledge: Knowledge | tuple[Knowledge, int] | None = None,
         description: str | None = None,
         tags: dict[str, str] | None = None,
         memories: int = 5,
+        budget: dict[str, float] | None = None,
         owner: str | None = None,
     ) -> None:
         self._init_common(name, description, tags, owner)
@@ -138,7 +144,11 @@ class ContextService(Definition):
                 self.fail("recent_events must be (cs.StreamSource, n) with 1 <= n <= 1000")
             self.recent_events = recent_events
         self.similar: tuple[EmbeddingView, int] | None = None
-        if similar is not None:
+        self.similar_options: Similar | None = None
+        if isinstance(similar, Similar):
+            self.similar_options = similar
+            self.similar = (similar.view, similar.k)
+        elif similar is not None:
             if (
                 not isinstance(similar, tuple)
                 or len(similar) != 2
@@ -148,6 +158,7 @@ class ContextService(Definition):
             ):
                 self.fail("similar must be (cs.EmbeddingView, k) with 1 <= k <= 100")
             self.similar = similar
+            self.similar_options = Similar(similar[0], similar[1])
         # Which feature (``view__feature``) of the service is the entity's interest vector.
         self.interest = interest
         self.knowledge: tuple[Knowledge, int] | None = None
@@ -165,6 +176,10 @@ class ContextService(Definition):
         if isinstance(memories, bool) or not isinstance(memories, int) or not 0 <= memories <= 50:
             self.fail(f"memories must be an int in 0..50, got {memories!r}")
         self.memories = memories
+        try:
+            self.budget = check_budget(budget)
+        except ValueError as e:
+            self.fail(str(e))
 
     def spec(self) -> dict[str, Any]:
         return {
@@ -176,4 +191,15 @@ class ContextService(Definition):
             "interest": self.interest,
             "knowledge": [self.knowledge[0].name, self.knowledge[1]] if self.knowledge else None,
             **({"memories": self.memories} if self.memories != 5 else {}),  # an upgrade shows no change
+            **({"similar_options": opts} if (opts := self._similar_spec()) else {}),
+            **({"budget": self.budget} if self.budget else {}),
         }
+
+    def _similar_spec(self) -> dict[str, Any] | None:
+        """The retrieval options when they differ from ``(view, k)``'s defaults (no change on upgrade)."""
+        o = self.similar_options
+        if o is None:
+            return None
+        spec = o.spec()
+        default = Similar(o.view, o.k).spec()
+        return spec if spec != default else None

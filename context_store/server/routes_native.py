@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Query
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -17,6 +18,7 @@ from ..limits import (
     KNOWLEDGE_K,
     KNOWLEDGE_K_DEFAULT,
     MAX_TOKENS,
+    SIMILAR_FILTER_CHARS,
     SIMILAR_K,
     SIMILAR_K_DEFAULT,
     TIME_MAX,
@@ -81,6 +83,19 @@ def _k(body: dict[str, Any], default: int, allowed: IntRange) -> int:
     return k
 
 
+def _json_param(value: str | None, name: str) -> dict[str, Any] | None:
+    """A JSON object given in one query parameter (a 400 naming it otherwise)."""
+    if value is None:
+        return None
+    try:
+        out = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        out = None
+    if not isinstance(out, dict):
+        raise InvalidInputError(f"{name} must be a JSON object", field=name)
+    return out
+
+
 def native_router(state: ServerState) -> APIRouter:
     router = APIRouter(
         prefix="/v1", tags=["native"], responses=schemas.ERROR_RESPONSES, dependencies=[KNOWN_QUERY_PARAMS]
@@ -103,10 +118,17 @@ def native_router(state: ServerState) -> APIRouter:
         query: str | None = Query(
             None, max_length=CONTEXT_QUERY_CHARS, description="a question: adds matching knowledge chunks"
         ),
+        k: int | None = Query(None, ge=SIMILAR_K.lo, le=SIMILAR_K.hi, description=f"similar items ({SIMILAR_K})"),
+        filter: str | None = Query(
+            None,
+            max_length=SIMILAR_FILTER_CHARS,
+            description='similar items filter, a JSON object: {"genre": "drama", "item_id": {"$nin": ["i1"]}}',
+        ),
         workspace: str | None = Query(None),
     ) -> Response:
         principal = state.authenticate(request)
         _, store = state.store_for(principal, "read", workspace)
+        flt = _json_param(filter, "filter")
         result = await run_in_threadpool(
             store.get_user_context,
             entity_id,
@@ -115,6 +137,8 @@ def native_router(state: ServerState) -> APIRouter:
             as_of=as_of,
             query=query,
             subject=principal.subject,
+            k=k,
+            filter=flt,
         )
         request.scope["cs.service"] = service or ""  # labels only names that exist (bounded cardinality)
         return json_response(to_jsonable(result))

@@ -9,7 +9,12 @@ budget counted with the MiniLM tokenizer (ships offline, no network).
 
 ``as_of=t`` rebuilds the context as it was at ``t`` from the offline store (point-in-time
 features via ``get_training_data`` with their effective times, events strictly before ``t``, the
-interest vector of that time; item vectors are the current ones) so a decision can be replayed.
+interest vector of that time, the items the catalogue held at ``t``; item vectors are the current
+ones) so a decision can be replayed. A replay reads only the entity's rows (``retrieval.py``,
+``compute/training.py``: a filter on the join key), so it costs about as much with a long log.
+
+Similar items (``retrieval.py``) leave out the items the entity has seen, and may be re-ranked by
+live features of the items (``cs.Rerank``) with an MMR diversity step.
 
 Free text from users and documents is *data*: control characters are stripped, lengths are
 bounded, and the rendered text says so in its first line.
@@ -25,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from ..access import Subject, subject_entity_id
+from ..definitions import Rerank
 from ..errors import InvalidInputError, NotFoundError
 from ..limits import CONTEXT_QUERY_CHARS, ENTITY_ID_CHARS, MAX_TOKENS, SIMILAR_K
 from ..types import KnowledgeChunk, SimilarItem
@@ -132,6 +138,7 @@ class UserContext:
     timings_ms: dict[str, float] = field(default_factory=dict)
     memory_name: str | None = None  # the cs.Memory of the entity (docs/memory.md)
     memories: list[MemoryRecord] = field(default_factory=list)  # untrusted: written by users or agents
+    similar_label: str | None = None  # the attribute naming a similar item in ``text`` (the view's text column)
 
     @property
     def feature_values(self) -> dict[str, Any]:
@@ -156,6 +163,7 @@ class UserContext:
                     "entity_id": clean_text(str(i.entity_id), 256),
                     "score": jsonable(i.score),
                     "attributes": jsonable(i.attributes),
+                    **({"rank_score": jsonable(i.rank_score)} if i.rank_score is not None else {}),
                 }
                 for i in self.similar
             ],
@@ -192,8 +200,12 @@ def get_user_context(
     query: str | None = None,
     request_time: datetime | None = None,
     subject: Subject | None = None,
+    k: int | None = None,
+    filter: Mapping[str, Any] | None = None,
+    rerank: Rerank | None = None,
 ) -> UserContext:
-    """Build the context of one entity; see the module docstring. ``query`` adds knowledge chunks."""
+    """Build the context of one entity; see the module docstring. ``query`` adds knowledge chunks;
+    ``k``, ``filter`` and ``rerank`` override the service's similar-items options for this call."""
     svc = _resolve_service(store, context_service)
     if subject is not None or entity_id is None:  # the subject's own entity only (None: the subject's)
         entity_id = subject_entity_id(subject, svc.entity.join_keys[0], entity_id)
@@ -204,6 +216,12 @@ def get_user_context(
         raise InvalidInputError(
             f"query must be a non-empty string of at most {CONTEXT_QUERY_CHARS} characters", field="query"
         )
+    if k is not None and k not in SIMILAR_K:
+        raise InvalidInputError(f"k must be an integer in {SIMILAR_K}, got {k!r}", field="k")
+    if filter is not None and not isinstance(filter, Mapping):
+        raise InvalidInputError("filter must be an object of {attribute: value | {op: value}}", field="filter")
+    if rerank is not None and not isinstance(rerank, Rerank):
+        raise InvalidInputError("rerank must be a cs.Rerank", field="rerank")
     now = datetime.now(UTC)
     replay = parse_time(as_of, "as_of")
     if replay is not None and replay > now + timedelta(seconds=1):
@@ -235,27 +253,9 @@ def get_user_context(
 
     similar: list[SimilarItem] = []
     similar_view = None
-    if svc.similar is not None:
-        view, k = svc.similar
-        similar_view = view.name
-        vector = _interest_vector(svc, raw)
-        seen: list[str] = []
-        if vector is None and not svc.interest:
-            # No interest feature: the mean of the vectors of the items in the recent events.
-            vector, seen = _events_interest(store, view, events)
-        if vector is None:
-            notes.append(
-                "similar: skipped, no interest vector for this entity"
-                if svc.interest
-                else "similar: skipped, no interest feature and no recent events with items"
-            )
-        else:
-            found = store.find_similar(view.name, vector=vector, k=min(k + len(seen), SIMILAR_K.hi)).items
-            similar = [i for i in found if str(i.entity_id) not in seen][:k]
-            if seen:
-                notes.append(f"similar: interest = mean vector of {len(seen)} recently seen items (excluded)")
-            if replay is not None:
-                notes.append("similar: ranked with the interest vector as of as_of against current item vectors")
+    if svc.similar_options is not None:
+        similar_view = svc.similar_options.view.name
+        similar = _similar(store, svc, join_keys, raw, events, served_at, replay, notes, k, filter, rerank)
     t3 = time.perf_counter()
     timings["similar"] = (t3 - t2) * 1e3
 
@@ -296,8 +296,9 @@ def get_user_context(
         timings_ms=timings,
         memory_name=memory_name,
         memories=memories,
+        similar_label=svc.similar_options.view.text if svc.similar_options is not None else None,
     )
-    ctx.text, ctx.tokens, ctx.omitted = render(ctx, max_tokens)
+    ctx.text, ctx.tokens, ctx.omitted = render(ctx, max_tokens, svc.budget)
     timings["render"] = (time.perf_counter() - t4) * 1e3 - timings["memories"]
     return ctx
 
@@ -427,20 +428,76 @@ def _interest_vector(svc: ContextService, values: Mapping[str, Any]) -> list[flo
     return [float(x) for x in vec]
 
 
-def _events_interest(store: ContextStore, view: Any, events: list[RecentEvent]) -> tuple[list[float] | None, list[str]]:
+def _similar(
+    store: ContextStore,
+    svc: ContextService,
+    join_keys: dict[str, Any],
+    raw: Mapping[str, Any],
+    events: list[RecentEvent],
+    served_at: datetime,
+    replay: datetime | None,
+    notes: list[str],
+    k: int | None,
+    filter: Mapping[str, Any] | None,
+    rerank: Rerank | None,
+) -> list[SimilarItem]:
+    from .retrieval import retrieve, seen_items
+
+    opts = svc.similar_options
+    assert opts is not None
+    view = opts.view
+    vector = _interest_vector(svc, raw)
+    from_events = 0
+    if vector is None and not svc.interest:
+        # No interest feature: the mean of the vectors of the items in the recent events.
+        vector, from_events, why = _events_interest(store, view, events)
+        if vector is None:
+            notes.append(f"similar: skipped, no interest feature and {why}")
+            return []
+    elif vector is None:
+        notes.append("similar: skipped, no interest vector for this entity")
+        return []
+    seen = seen_items(store, opts, join_keys, [e.values for e in events], raw, served_at) if opts.exclude_seen else []
+    got = retrieve(
+        store,
+        opts,
+        vector,
+        k=k if k is not None else opts.k,
+        filter=filter,
+        seen=seen,
+        as_of=replay,
+        served_at=served_at,
+        rerank_with=rerank if rerank is not None else opts.rerank,
+    )
+    if from_events:
+        notes.append(f"similar: interest = mean vector of {from_events} recently seen items")
+    if got.seen:
+        notes.append(f"similar: {got.seen} seen items excluded")
+    if replay is not None:
+        notes.append(
+            f"similar: catalogue as of as_of ({got.unreleased} later items excluded); item vectors are the current ones"
+        )
+    return got.items
+
+
+def _events_interest(store: ContextStore, view: Any, events: list[RecentEvent]) -> tuple[list[float] | None, int, str]:
+    """(mean vector of the recent events' items, how many, why none)."""
     key = view.join_key
     ids = list(dict.fromkeys(str(e.values[key]) for e in events if e.values.get(key) is not None))
+    if not events:
+        return None, 0, "no recent events"
     if not ids:
-        return None, []
+        return None, 0, f"none of the {len(events)} recent events has a {key!r}"
     vecs = store.vectors.get_vectors(view.name, ids)
     if not vecs:
-        return None, []
+        shown = ", ".join(ids[:3]) + (", …" if len(ids) > 3 else "")
+        return None, 0, f"none of the {len(ids)} recent items ({shown}) has a vector in {view.name!r}"
     import numpy as np
 
     mean = np.mean(np.stack([np.asarray(v, dtype=np.float64) for v in vecs.values()]), axis=0)
     if not np.isfinite(mean).all() or float(np.linalg.norm(mean)) == 0.0:
-        return None, []
-    return [float(x) for x in mean], ids
+        return None, 0, f"the vectors of the {len(vecs)} recent items average to zero"
+    return [float(x) for x in mean], len(vecs), ""
 
 
 def _recent_events(

@@ -48,9 +48,9 @@ def history_latest(
     store: ContextStore, source: StreamSource, join_keys: dict[str, Any], n: int
 ) -> list[dict[str, Any]]:
     """The entity's newest ``n`` rows of the source's batch history (per-process index); [] if none."""
-    index = _history_index(store, source, n) if getattr(source, "batch_source", None) is not None else None
-    got = None if index is None else index.get(_index_key(join_keys))
-    return [] if got is None else unforgotten(store, join_keys, got.to_pylist(), source.timestamp_field)
+    index = _history_index(store, source) if getattr(source, "batch_source", None) is not None else None
+    got = None if index is None else index.rows(_index_key(join_keys), n, None)
+    return [] if got is None else unforgotten(store, join_keys, got, source.timestamp_field)
 
 
 def unforgotten(
@@ -112,7 +112,7 @@ def offline_recent_events(
 ) -> list[dict[str, Any]] | None:
     """As-of replay: pushed events from the offline event log ``src__{source}`` and the source's
     batch history, both strictly before ``before``. The history comes from the per-process index
-    when that is exact for ``before`` (it holds the entity's newest ``n`` rows), else from the files."""
+    (every history row, by entity), else from the files."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -161,22 +161,16 @@ def offline_recent_events(
 def _history_before(
     store: ContextStore, source: StreamSource, join_keys: dict[str, Any], n: int, before_us: int
 ) -> list[dict[str, Any]] | None:
-    """The entity's newest ``n`` history rows before ``before_us`` from the index, when it holds
-    them all: the entity has fewer than ``n`` rows, or its newest ``n`` are all before. Else None."""
-    index = _history_index(store, source, n)
+    """The entity's newest ``n`` history rows before ``before_us`` from the per-process index (every
+    history row of every entity, so exact for any time); None when there is no index."""
+    index = _history_index(store, source)
     if index is None or sorted(join_keys) != _entity_keys_of(store, source):
         return None
-    got = index.get(_index_key(join_keys))
-    if got is None:
-        return []  # the history has no row of this entity
-    rows = got.to_pylist()
-    ts = source.timestamp_field
-    early = [r for r in rows if (t := _ts_us(r.get(ts))) is not None and t < before_us]
-    return early if len(rows) < n or len(early) == n else None
+    return index.rows(_index_key(join_keys), n, before_us) or []
 
 
-def _index_key(join_keys: dict[str, Any]) -> tuple[str, ...]:
-    return tuple(str(join_keys.get(k)) for k in sorted(join_keys))
+def _index_key(join_keys: dict[str, Any]) -> str:
+    return "\x1f".join(str(join_keys.get(k)) for k in sorted(join_keys))
 
 
 def offline_row_time(store: ContextStore, view: Any, join_keys: dict[str, Any], at: datetime) -> datetime | None:
@@ -211,17 +205,52 @@ def offline_row_time(store: ContextStore, view: Any, join_keys: dict[str, Any], 
     return None
 
 
-# (repo, source, files signature, n) -> entity key tuple -> its newest n history rows. History files
-# change only on a new batch drop, so a per-process index keeps the fallback off the file system.
-_HISTORY: dict[tuple[Any, ...], dict[tuple[str, ...], Any]] = {}
-_HISTORY_MAX_ROWS = 2_000_000  # beyond this, read per call rather than hold the index in memory
+class _HistoryIndex:
+    """The batch history sorted by (entity, ts descending), with each entity's row range: an entity's
+    newest rows before any time are a binary search and a slice, never a scan of the files."""
+
+    def __init__(self, hist: Any, entity: list[str], ts: str) -> None:
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        key = pc.cast(hist[entity[0]], pa.string())
+        for k in entity[1:]:  # several join keys: one string key per row (a separator no id holds)
+            key = pc.binary_join_element_wise(key, pc.cast(hist[k], pa.string()), "\x1f")
+        hist = hist.append_column("__key", key).sort_by([("__key", "ascending"), (ts, "descending")])
+        keys = hist["__key"].to_pylist()
+        self.table = hist.drop_columns(["__key"])
+        self.neg_ts = -hist[ts].cast(pa.int64()).fill_null(np.iinfo(np.int64).min + 1).to_numpy()
+        self.ranges: dict[str, tuple[int, int]] = {}
+        start = 0
+        for i in range(1, len(keys) + 1):
+            if i == len(keys) or keys[i] != keys[start]:
+                if keys[start] is not None:
+                    self.ranges[keys[start]] = (start, i)
+                start = i
+
+    def rows(self, key: str, n: int, before_us: int | None) -> list[dict[str, Any]] | None:
+        """The entity's newest ``n`` rows (with ``ts < before_us``), newest first; None: no row at all."""
+        import numpy as np
+
+        got = self.ranges.get(key)
+        if got is None:
+            return None
+        lo, hi = got
+        if before_us is not None:  # ts descending = neg_ts ascending: first row with ts < before
+            lo += int(np.searchsorted(self.neg_ts[lo:hi], -before_us, side="right"))
+        return self.table.slice(lo, max(min(hi, lo + n) - lo, 0)).to_pylist()
+
+
+# (repo, source, files signature) -> the history index. History files change only on a new batch
+# drop, so a per-process index keeps replays and the fallback off the file system.
+_HISTORY: dict[tuple[Any, ...], _HistoryIndex] = {}
+_HISTORY_MAX_BYTES = 1 << 30  # beyond this, read per call rather than hold the history in memory
 _history_lock = threading.Lock()
 
 
-def _history_index(store: ContextStore, source: StreamSource, n: int) -> dict[tuple[str, ...], Any] | None:
+def _history_index(store: ContextStore, source: StreamSource) -> _HistoryIndex | None:
     import os
-
-    import pyarrow.compute as pc
 
     from ..compute.transform import batch_source_of, read_source, source_files
 
@@ -233,7 +262,7 @@ def _history_index(store: ContextStore, source: StreamSource, n: int) -> dict[tu
         sig = tuple((f, os.stat(f).st_mtime_ns, os.stat(f).st_size) for f in files)
     except OSError:
         return None
-    key = (str(store.config.repo), source.name, sig, n)
+    key = (str(store.config.repo), source.name, sig)
     hit = _HISTORY.get(key)
     if hit is not None:
         return hit
@@ -244,20 +273,13 @@ def _history_index(store: ContextStore, source: StreamSource, n: int) -> dict[tu
             hist = read_source(source, store.config.repo)
         except DefinitionError:
             return None
-        if hist.num_rows > _HISTORY_MAX_ROWS:
+        if hist.nbytes > _HISTORY_MAX_BYTES:
             return None
         ts = source.timestamp_field
         entity = [k for k in _entity_keys_of(store, source) if k in hist.column_names]
         if not entity:
             return None
-        hist = hist.sort_by([(ts, "descending")])
-        keys = list(zip(*(pc.cast(hist[k], "string").to_pylist() for k in entity)))
-        index: dict[tuple[str, ...], list[int]] = {}
-        for i, k in enumerate(keys):
-            rows = index.setdefault(k, [])
-            if len(rows) < n:
-                rows.append(i)
-        out = {k: hist.take(v) for k, v in index.items()}
+        out = _HistoryIndex(hist, entity, ts)
         for stale in [k for k in _HISTORY if k[:2] == key[:2]] + list(_HISTORY)[: max(len(_HISTORY) - 7, 0)]:
             _HISTORY.pop(stale, None)  # replaced files, and a bound on the number of indexes
         _HISTORY[key] = out

@@ -359,16 +359,26 @@ class FeatureServer:
         self, view: FeatureView, join_keys: Mapping[str, Any], request_time: datetime | str | None = None
     ) -> FeatureVector:
         """Every feature of one view, no feature service needed (what a write changed: ``record.py``)."""
+        plan = self._view_plan(view)
+        keys, t = self._keys(plan, join_keys), to_us(request_time)
+        cov = self._cover(plan)
+        res = self.online.read_features(self._reads(plan, keys, cov), t)
+        return self._finish(plan, keys, {}, res, t, request_time, cov)
+
+    def _view_plan(self, view: FeatureView) -> Plan:
         plan = self._view_plans.get(view.name)
         if plan is None:
             with self._lock:
                 plan = self._compile(FeatureService(view.name, [view]))
                 plan.name = f"view:{view.name}"  # coverage and the memo key plans by name: never a service's
                 self._view_plans[view.name] = plan
-        keys, t = self._keys(plan, join_keys), to_us(request_time)
-        cov = self._cover(plan)
-        res = self.online.read_features(self._reads(plan, keys, cov), t)
-        return self._finish(plan, keys, {}, res, t, request_time, cov)
+        return plan
+
+    def get_view_features_batch(
+        self, view: FeatureView, join_keys: Sequence[Mapping[str, Any]], request_time: datetime | str | None = None
+    ) -> list[FeatureVector]:
+        """Every feature of one view for many entities, one round trip (re-ranking candidates by live values)."""
+        return self.get_features_batch(self._view_plan(view), join_keys, None, request_time)
 
     def _prepare(
         self, service: str, join_keys: Mapping[str, Any], request_context: Mapping[str, Any] | None, request_time: Any
@@ -412,9 +422,9 @@ class FeatureServer:
         return fv
 
     def _batch_prepare(
-        self, service: str, join_keys: Sequence[Mapping[str, Any]], request_context: Any
+        self, service: str | Plan, join_keys: Sequence[Mapping[str, Any]], request_context: Any
     ) -> tuple[Plan, list[dict[str, Any]], list[Mapping[str, Any]], list[tuple[ViewState, str]], PlanCover | None]:
-        plan = self.plan(service)
+        plan = service if isinstance(service, Plan) else self.plan(service)
         cov = self._cover(plan)
         if isinstance(join_keys, Mapping) or not isinstance(join_keys, Sequence):
             raise InvalidInputError("join_keys must be a list of join key objects", field="join_keys")
@@ -439,14 +449,14 @@ class FeatureServer:
 
     def get_features_batch(
         self,
-        service: str,
+        service: str | Plan,
         join_keys: Sequence[Mapping[str, Any]],
         request_context: Sequence[Mapping[str, Any]] | Mapping[str, Any] | None = None,
         request_time: datetime | str | None = None,
         *,
         log_context: LogContext | None = None,
     ) -> list[FeatureVector]:
-        """Many entities, one round trip."""
+        """Many entities, one round trip (``service``: a name, or a compiled plan such as a view's)."""
         plan, keys_l, ctxs, reads, cov = self._batch_prepare(service, join_keys, request_context)
         t = to_us(request_time)
         if plan.single_key and hasattr(self.online, "read_entities"):

@@ -29,6 +29,7 @@ from ..errors import InvalidInputError, NotFoundError
 from ..limits import KNOWLEDGE_K, QUERY_TEXT_CHARS, SIMILAR_K, IntRange
 from ..registry.repo import RepoDefinitions
 from ..stores.vector import VectorCollection, VectorCollections, compile_filter, view_columns
+from ..stores.vector.base import split_id
 from ..types import KnowledgeChunk, KnowledgeResult, SimilarItem, SimilarResult
 
 __all__ = ["VectorService", "MAX_K", "MAX_TEXT"]
@@ -127,7 +128,9 @@ class VectorService:
                 "give exactly one of text, entity_id or vector" + (f" (got {', '.join(given)})" if given else ""),
                 field="query",
             )
-        conds = compile_filter(filter, view_columns(v))  # validates names and ops up front
+        # Validates names and ops up front; the view's key names the item id itself ($in/$nin on it).
+        conds, ids = split_id(compile_filter(filter, [*view_columns(v), v.join_key]), v.join_key)
+        attr_filter = {c: s for c, s in (filter or {}).items() if c != v.join_key} if conds else None
         state = self._view_index(v)
         exclude: tuple[str, ...] = ()
         if text is not None:
@@ -142,7 +145,7 @@ class VectorService:
             q, exclude = found, (eid,)
         else:
             q = self._check_vector(vector, state.index.dim)
-        hits = state.index.search(q, k, filter=filter if conds else None, exclude=exclude)
+        hits = state.index.search(q, k, filter=attr_filter, exclude=exclude, ids=ids)
         attrs = state.index.search_attributes(hits)
         return SimilarResult(view=v.name, items=[SimilarItem(i, s, a) for (i, s), a in zip(hits, attrs)])
 

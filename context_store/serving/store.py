@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ..compute.quality import QualityRun
     from ..compute.stream.ingestor import PushResult
     from ..compute.stream.watermarks import WatermarkStatus
+    from ..definitions import Rerank
     from ..memory_types import MemoryRecord, MemoryResult
     from ..registry.registry import Plan
     from ..stores.online.claim import Claim
@@ -307,9 +308,13 @@ class ContextStore(StoreComponents):
         query: str | None = None,
         *,
         subject: Subject | None = None,
+        k: int | None = None,
+        filter: Mapping[str, Any] | None = None,
+        rerank: Rerank | None = None,
     ) -> UserContext:
         """Features, recent events, similar items and (for a ``query``) knowledge of one entity, with
-        provenance and a prompt-ready ``text``; ``as_of`` replays it at a past time; ``subject``: see access.py."""
+        provenance and a prompt-ready ``text``; ``as_of`` replays it at a past time; ``subject``: see access.py;
+        ``k``, ``filter`` (attributes and the item id) and ``rerank`` (a ``cs.Rerank``): this call's similar items."""
         from .context import get_user_context
 
         return get_user_context(
@@ -320,6 +325,9 @@ class ContextStore(StoreComponents):
             as_of=as_of,
             query=query,
             subject=subject,
+            k=k,
+            filter=filter,
+            rerank=rerank,
         )
 
     # -- the catalog (catalog.py): what the workspace defines, who owns it, what feeds what ----------------

@@ -102,7 +102,7 @@ def test_knowledge_for_a_query(ctx_store: cs.ContextStore) -> None:
     assert "knowledge from help_articles" in uc.text
 
 
-def test_max_tokens_trims_by_priority_with_real_token_counts(ctx_store: cs.ContextStore) -> None:
+def test_max_tokens_trims_by_section_shares_with_real_token_counts(ctx_store: cs.ContextStore) -> None:
     from context_store.serving.context import get_user_context
 
     at = datetime.now(UTC)  # one request time: ages (and so the text) do not drift between calls
@@ -117,12 +117,11 @@ def test_max_tokens_trims_by_priority_with_real_token_counts(ctx_store: cs.Conte
         assert n == uc.tokens and n <= budget, (budget, n)
         assert uc.omitted, budget
         assert "left out" in uc.text or "header" in uc.omitted
-        # Lower-priority sections go first: similar before recent events before features.
-        if "features" in uc.omitted:
-            assert uc.omitted.get("recent_events") == len(full.recent_events)
-            assert uc.omitted.get("similar") == len(full.similar)
-        if "recent_events" in uc.omitted:
-            assert uc.omitted.get("similar") == len(full.similar)
+        # Every section gets its share first (tests/serving/test_context_budget.py): with room for
+        # a few lines, each section keeps some, not the first sections all of theirs.
+        if budget >= 150:
+            kept = {s: n - uc.omitted.get(s, 0) for s, n in (("features", len(full.features)), ("similar", 3))}
+            assert all(v >= 1 for v in kept.values()), (budget, uc.omitted)
         dropped = sum(uc.omitted.values())
         assert previous is None or dropped >= previous
         previous = dropped

@@ -55,7 +55,8 @@ help_articles = cs.Knowledge("help_articles", source="docs/*.md", chunk_size=200
 user_features = cs.FeatureService("user_features", [txn_stats, user_profile], description="Features of a user")
 user_context = cs.ContextService(
     "user_context", entity=user, features=user_features, recent_events=(transactions, 5),
-    similar=(item_embeddings, 3), interest="user_profile.interest", knowledge=(help_articles, 2),
+    similar=cs.Similar(item_embeddings, 3, exclude_seen=False), interest="user_profile.interest",
+    knowledge=(help_articles, 2),
     description="What an agent should know about a user",
 )
 # No interest feature: similar items come from the items of the recent events.

@@ -4,6 +4,9 @@ A filter is a mapping ``{column: value}`` (equality), ``{column: [v1, v2]}`` (me
 ``{column: {"$op": value}}`` with ops ``$eq $ne $gt $gte $lt $lte $in $nin`` (the ``$`` is
 optional). All conditions must hold (AND). A null attribute matches only ``{column: None}``,
 ``$ne`` and ``$nin`` (never an ordering op).
+
+The id of an entry can be filtered too, by the collection's key name (``{"item_id": {"$nin": [...]}}``,
+``split_id`` separates those conditions): equality and membership only (``$eq $ne $in $nin``).
 """
 
 from __future__ import annotations
@@ -17,9 +20,19 @@ import numpy as np
 
 from ...errors import InvalidInputError
 
-__all__ = ["VectorIndex", "Condition", "compile_filter", "AttributeColumns", "EncodedColumn", "FILTER_OPS"]
+__all__ = [
+    "VectorIndex",
+    "Condition",
+    "compile_filter",
+    "split_id",
+    "AttributeColumns",
+    "EncodedColumn",
+    "FILTER_OPS",
+    "ID_OPS",
+]
 
 FILTER_OPS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "nin")
+ID_OPS = ("eq", "ne", "in", "nin")  # an id has no order worth filtering on
 
 
 class VectorIndex(Protocol):
@@ -34,7 +47,12 @@ class VectorIndex(Protocol):
     def delete(self, ids: Sequence[str]) -> int: ...
 
     def search(
-        self, query: np.ndarray, k: int, filter: Mapping[str, Any] | None = None, exclude: Sequence[str] = ()
+        self,
+        query: np.ndarray,
+        k: int,
+        filter: Mapping[str, Any] | None = None,
+        exclude: Sequence[str] = (),
+        ids: Sequence[Condition] = (),
     ) -> list[tuple[str, float]]: ...
 
     def get_vector(self, id: str) -> np.ndarray | None: ...
@@ -108,6 +126,18 @@ def compile_filter(filter: Mapping[str, Any] | None, columns: Sequence[str] | No
         else:
             out.append(Condition(col, "eq", _scalar(spec, where)))
     return out
+
+
+def split_id(conditions: Sequence[Condition], id_column: str) -> tuple[list[Condition], list[Condition]]:
+    """(attribute conditions, id conditions) of a compiled filter; an ordering op on the id is a 400."""
+    ids = [c for c in conditions if c.column == id_column]
+    for c in ids:
+        if c.op not in ID_OPS:
+            raise InvalidInputError(
+                f"filter.{id_column}: the id takes " + ", ".join("$" + o for o in ID_OPS) + f", not ${c.op}",
+                field=f"filter.{id_column}",
+            )
+    return [c for c in conditions if c.column != id_column], ids
 
 
 def _is_num(v: Any) -> bool:

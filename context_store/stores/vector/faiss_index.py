@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import AttributeColumns, compile_filter
+from .base import AttributeColumns, Condition, compile_filter
 
 __all__ = ["FaissIndex"]
 
@@ -445,8 +445,10 @@ class FaissIndex:
         k: int,
         filter: Mapping[str, Any] | None = None,
         exclude: Sequence[str] = (),
+        ids: Sequence[Condition] = (),
     ) -> list[tuple[str, float]]:
-        """Top ``k`` (id, cosine) for one query vector, best first; filters use attributes.
+        """Top ``k`` (id, cosine) for one query vector, best first; filters use attributes, ``ids``
+        conditions (``base.split_id``: $eq $ne $in $nin) the ids themselves.
 
         Returns ``k`` results whenever ``k`` live rows pass the filter (falls back to an exact
         scan if the ANN search comes back short).
@@ -463,8 +465,9 @@ class FaissIndex:
             n = len(self._ids)
             excl = {self._pos[e] for e in exclude if e in self._pos}
             mask: np.ndarray | None
-            if conds:
-                mask = self._attrs.mask(conds) & self._alive[:n]
+            if conds or ids:
+                mask = self._attrs.mask(conds) & self._alive[:n] if conds else self._alive[:n].copy()
+                self._id_mask(mask, ids)
                 allowed = int(mask.sum())
             else:
                 # IVF removes deleted rows for real; flat/HNSW skip tombstones via the alive mask.
@@ -473,7 +476,7 @@ class FaissIndex:
             want = min(k + len(excl), allowed)
             if want <= 0:
                 return []
-            if self.mode == "flat" or (conds and allowed <= self.exact_limit):
+            if self.mode == "flat" or ((conds or ids) and allowed <= self.exact_limit):
                 positions = None if mask is None else np.flatnonzero(mask)
                 D, labels = self._exact(q, positions, want)
             else:
@@ -489,6 +492,18 @@ class FaissIndex:
                 if len(out) == k:
                     break
             return out
+
+    def _id_mask(self, mask: np.ndarray, ids: Sequence[Condition]) -> None:
+        """Narrow ``mask`` (in place) to the positions whose id passes every condition."""
+        for c in ids:
+            vals = [c.value] if c.op in ("eq", "ne") else list(c.value)
+            pos = [p for v in vals if v is not None and (p := self._pos.get(str(v))) is not None]
+            if c.op in ("eq", "in"):
+                keep = np.zeros(len(mask), dtype=bool)
+                keep[pos] = True
+                mask &= keep
+            else:
+                mask[pos] = False
 
     def search_attributes(self, hits: Sequence[tuple[str, float]]) -> list[dict[str, Any]]:
         with self._lock:

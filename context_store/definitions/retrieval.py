@@ -1,0 +1,150 @@
+"""How a context service retrieves and ranks its similar items: ``cs.Similar``, ``cs.Rerank``, ``cs.MMR``.
+
+``cs.Similar(items, k=10)`` leaves out the items the entity has already seen (``exclude_seen``):
+the items of its recent events, plus those of ``seen_from`` -- a list feature of the context's
+feature service (``"user_seen.item_id_last_distinct_1000_lifetime"``: online and point-in-time for
+free) or a ``cs.StreamSource`` whose events of the entity are read before the request time.
+``cs.Rerank`` re-orders the candidates by live features of the item entity, and ``cs.MMR`` trades
+relevance for diversity. Per-call ``k`` and ``filter`` override the declared ones.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, NoReturn
+
+from .embedding import EmbeddingView
+from .sources import StreamSource
+
+__all__ = ["Similar", "Rerank", "MMR", "SECTIONS", "DEFAULT_BUDGET", "check_budget"]
+
+# The sections of a rendered context, and the default share of the token budget each may claim
+# before the others (unused shares go to whoever still has lines: see serving/context_text.py).
+SECTIONS = ("features", "recent_events", "memories", "similar", "knowledge")
+DEFAULT_BUDGET: dict[str, float] = {
+    "features": 0.25,
+    "recent_events": 0.2,
+    "memories": 0.1,
+    "similar": 0.35,
+    "knowledge": 0.1,
+}
+
+
+def _fail(what: str, msg: str) -> NoReturn:
+    from ..errors import DefinitionError
+    from .base import caller_location
+
+    raise DefinitionError(msg, location=caller_location(), obj=what)
+
+
+class MMR:
+    """Maximal marginal relevance: pick ``lambda_ * relevance - (1 - lambda_) * max cosine to the picked``."""
+
+    def __init__(self, lambda_: float = 0.7) -> None:
+        if isinstance(lambda_, bool) or not isinstance(lambda_, (int, float)) or not 0.0 <= lambda_ <= 1.0:
+            _fail("cs.MMR", f"lambda_ must be a number in [0, 1], got {lambda_!r}")
+        self.lambda_ = float(lambda_)
+
+    def spec(self) -> dict[str, Any]:
+        return {"mmr": self.lambda_}
+
+
+class Rerank:
+    """Candidates re-scored by ``similarity * sim + sum(weight * feature)``, every term min-max
+    normalised over the candidates (a missing value scores 0); ``features`` are ``"view.feature"``
+    of feature views keyed by the item entity, read in one batched online read (as of the replay
+    time for ``as_of``). ``candidates``: how many nearest items are re-ranked."""
+
+    def __init__(
+        self,
+        features: Mapping[str, float] | None = None,
+        *,
+        similarity: float = 1.0,
+        diversity: MMR | None = None,
+        candidates: int = 50,
+    ) -> None:
+        feats = dict(features or {})
+        for name, w in feats.items():
+            if not isinstance(name, str) or name.count(".") != 1 or not all(name.split(".")):
+                _fail("cs.Rerank", f"features: {name!r} is not 'view.feature'")
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+                _fail("cs.Rerank", f"features: the weight of {name!r} must be a finite number, got {w!r}")
+        if isinstance(similarity, bool) or not isinstance(similarity, (int, float)) or not math.isfinite(similarity):
+            _fail("cs.Rerank", f"similarity must be a finite number, got {similarity!r}")
+        if diversity is not None and not isinstance(diversity, MMR):
+            _fail("cs.Rerank", "diversity must be a cs.MMR")
+        if isinstance(candidates, bool) or not isinstance(candidates, int) or not 1 <= candidates <= 100:
+            _fail("cs.Rerank", f"candidates must be an int in 1..100, got {candidates!r}")
+        self.features = {k: float(v) for k, v in feats.items()}
+        self.similarity = float(similarity)
+        self.diversity = diversity
+        self.candidates = candidates
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "features": dict(self.features),
+            "similarity": self.similarity,
+            "diversity": self.diversity.spec() if self.diversity else None,
+            "candidates": self.candidates,
+        }
+
+
+class Similar:
+    """The similar items of a context: ``cs.Similar(items, k=10, exclude_seen=True, seen_from=..., filter=...)``."""
+
+    def __init__(
+        self,
+        view: EmbeddingView,
+        k: int = 10,
+        *,
+        exclude_seen: bool = True,
+        seen_from: StreamSource | str | None = None,
+        filter: Mapping[str, Any] | None = None,
+        rerank: Rerank | None = None,
+    ) -> None:
+        if not isinstance(view, EmbeddingView):
+            _fail("cs.Similar", "view must be a cs.EmbeddingView")
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 100:
+            _fail("cs.Similar", f"k must be an int in 1..100, got {k!r}")
+        if not isinstance(exclude_seen, bool):
+            _fail("cs.Similar", "exclude_seen must be True or False")
+        if seen_from is not None and not isinstance(seen_from, (StreamSource, str)):
+            _fail("cs.Similar", "seen_from must be a cs.StreamSource or a 'view.feature' list feature")
+        if filter is not None and not isinstance(filter, Mapping):
+            _fail("cs.Similar", "filter must be a dict of {attribute: value | {op: value}}")
+        if rerank is not None and not isinstance(rerank, Rerank):
+            _fail("cs.Similar", "rerank must be a cs.Rerank")
+        self.view = view
+        self.k = k
+        self.exclude_seen = exclude_seen
+        self.seen_from = seen_from
+        self.filter = dict(filter) if filter else None
+        self.rerank = rerank
+
+    def spec(self) -> dict[str, Any]:
+        src = self.seen_from
+        return {
+            "view": self.view.name,
+            "k": self.k,
+            "exclude_seen": self.exclude_seen,
+            "seen_from": src.name if isinstance(src, StreamSource) else src,
+            "filter": self.filter,
+            "rerank": self.rerank.spec() if self.rerank else None,
+        }
+
+
+def check_budget(budget: Mapping[str, float] | None) -> dict[str, float] | None:
+    """Section -> share of ``max_tokens`` (shares of the named sections; the rest keep the defaults)."""
+    if budget is None:
+        return None
+    if not isinstance(budget, Mapping) or not budget:
+        raise ValueError("budget must be a dict of {section: share}")
+    out = dict(DEFAULT_BUDGET)
+    for name, share in budget.items():
+        if name not in SECTIONS:
+            raise ValueError(f"budget: unknown section {name!r}; sections: {', '.join(SECTIONS)}")
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
+            raise ValueError(f"budget: the share of {name!r} must be a number in [0, 1], got {share!r}")
+        out[name] = float(share)
+    return out

@@ -1,0 +1,305 @@
+"""The similar items of a context: retrieval that knows the entity, then re-ranking by live features.
+
+1. **Candidates**: the nearest items of the view to the interest vector, with the service's and the
+   call's filter, and -- as one id filter (``$nin`` on the view's key) -- the items the entity has
+   seen (``cs.Similar.exclude_seen``: items of its recent events and of ``seen_from``, as of the
+   request time) and, for an ``as_of`` replay, the items the catalogue did not hold yet (first row
+   of the view's source after ``as_of``: ``catalogue_after``).
+2. **Re-ranking** (``cs.Rerank``): the candidates' feature values read in one batched read (online,
+   or point-in-time from the offline log for a replay); every term min-max normalised over the
+   candidates, weighted and summed; ties by id, so the order is deterministic.
+3. **Diversity** (``cs.MMR``): greedy maximal marginal relevance over the candidates' vectors.
+
+Not versioned: an item's vector and attributes are the current ones in a replay (the view keeps one
+vector per item); membership in the catalogue is point-in-time.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..definitions import MMR, EmbeddingView, FeatureView, Rerank, Similar, StreamSource
+from ..errors import InvalidInputError
+from ..limits import SEEN_MAX, SIMILAR_K
+from ..types import SimilarItem
+from ..vocab.time import datetime_to_us
+
+if TYPE_CHECKING:
+    from .store import ContextStore
+
+__all__ = ["Retrieval", "retrieve", "seen_items", "catalogue_after", "with_excluded", "rerank", "mmr"]
+
+
+@dataclass(slots=True)
+class Retrieval:
+    items: list[SimilarItem]
+    seen: int  # seen items left out
+    unreleased: int  # items left out of a replay: not in the catalogue yet at as_of
+    reranked: bool
+
+
+def with_excluded(filter: Mapping[str, Any] | None, key: str, ids: Sequence[str]) -> dict[str, Any] | None:
+    """``filter`` AND ``key`` not in ``ids``."""
+    if not ids:
+        return dict(filter) if filter else None
+    out = dict(filter or {})
+    spec = out.get(key)
+    if spec is None:
+        out[key] = {"$nin": list(ids)}
+    elif isinstance(spec, Mapping):
+        out[key] = (
+            {**spec, "$nin": [*spec["$nin"], *ids]}
+            if isinstance(spec.get("$nin"), list)
+            else {
+                **spec,
+                "$nin": list(ids),
+            }
+        )
+    elif isinstance(spec, (list, tuple)):
+        out[key] = {"$in": list(spec), "$nin": list(ids)}
+    else:
+        out[key] = {"$eq": spec, "$nin": list(ids)}
+    return out
+
+
+def seen_items(
+    store: ContextStore,
+    opts: Similar,
+    join_keys: dict[str, Any],
+    events: Sequence[Mapping[str, Any]],
+    features: Mapping[str, Any],
+    before: datetime,
+) -> list[str]:
+    """Ids of the items the entity has seen before ``before``: its recent events' items, plus ``seen_from``."""
+    key = opts.view.join_key
+    ids = [str(e[key]) for e in events if e.get(key) is not None]
+    src = opts.seen_from
+    if isinstance(src, str):
+        got = features.get(src)
+        if got is not None and not isinstance(got, (str, bytes)):
+            ids += [str(v) for v in list(got) if v is not None]
+    elif isinstance(src, StreamSource):
+        from .context_events import offline_recent_events
+
+        rows = offline_recent_events(store, src, join_keys, SEEN_MAX, before) or []
+        ids += [str(r[key]) for r in rows if r.get(key) is not None]
+    return list(dict.fromkeys(ids))[:SEEN_MAX]
+
+
+# (repo, view, source signature) -> (ids sorted by first-seen time, those times in us)
+_FIRST_SEEN: dict[tuple[Any, ...], tuple[list[str], np.ndarray]] = {}
+_first_seen_lock = threading.Lock()
+
+
+def _signature(store: ContextStore, view: EmbeddingView) -> tuple[Any, ...]:
+    from ..compute.transform import batch_source_of, source_files
+    from ..vocab.tables import source_table
+
+    files: tuple[Any, ...] = ()
+    fs = batch_source_of(view.source)
+    if fs is not None:
+        try:
+            files = tuple((f, os.stat(f).st_mtime_ns, os.stat(f).st_size) for f in source_files(fs, store.config.repo))
+        except OSError:
+            files = ()
+    pushed = (
+        store.offline.change_token(source_table(view.source.name)) if isinstance(view.source, StreamSource) else None
+    )
+    return (str(store.config.repo), view.name, files, pushed)
+
+
+def first_seen(store: ContextStore, view: EmbeddingView) -> tuple[list[str], np.ndarray]:
+    """Every item of ``view`` by the time of its first source row (per process, until the source changes)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from ..compute.vectors.views import source_rows
+
+    sig = _signature(store, view)
+    hit = _FIRST_SEEN.get(sig)
+    if hit is not None:
+        return hit
+    with _first_seen_lock:
+        ts = view.source.timestamp_field
+        rows = source_rows(view, store.config, store.offline)
+        if not ts or ts not in rows.column_names or view.join_key not in rows.column_names or not rows.num_rows:
+            out: tuple[list[str], np.ndarray] = ([], np.zeros(0, np.int64))
+        else:
+            t = rows.select([view.join_key, ts])
+            t = pa.table({"id": pc.cast(t[view.join_key], pa.string()), "ts": t[ts].cast(pa.int64())})
+            g = t.group_by("id").aggregate([("ts", "min")]).sort_by([("ts_min", "ascending"), ("id", "ascending")])
+            out = (g["id"].to_pylist(), g["ts_min"].to_numpy(zero_copy_only=False).astype(np.int64))
+        for stale in [k for k in _FIRST_SEEN if k[:2] == sig[:2]]:
+            _FIRST_SEEN.pop(stale, None)
+        _FIRST_SEEN[sig] = out
+        return out
+
+
+def catalogue_after(store: ContextStore, view: EmbeddingView, at: datetime) -> list[str]:
+    """Ids of the items whose first source row is after ``at``: unknown to a replay at ``at``."""
+    ids, times = first_seen(store, view)
+    cut = int(np.searchsorted(times, datetime_to_us(at), side="right"))
+    return ids[cut:]
+
+
+def retrieve(
+    store: ContextStore,
+    opts: Similar,
+    vector: Sequence[float],
+    *,
+    k: int,
+    filter: Mapping[str, Any] | None,
+    seen: Sequence[str],
+    as_of: datetime | None,
+    served_at: datetime,
+    rerank_with: Rerank | None,
+) -> Retrieval:
+    view = opts.view
+    later = catalogue_after(store, view, as_of) if as_of is not None else []
+    flt: dict[str, Any] = {**(opts.filter or {})}
+    for col, spec in (filter or {}).items():  # the call's conditions AND the declared ones
+        flt[col] = spec if col not in flt else _and(flt[col], spec)
+    excluded = list(dict.fromkeys([*seen, *later]))
+    want = max(k, rerank_with.candidates) if rerank_with is not None else k
+    found = store.find_similar(
+        view.name, vector=vector, k=min(want, SIMILAR_K.hi), filter=with_excluded(flt or None, view.join_key, excluded)
+    ).items
+    items = found[:k]
+    if rerank_with is not None and found:
+        items = rerank(store, view, found, rerank_with, as_of=as_of, served_at=served_at)[:k]
+    return Retrieval(items, len(seen), len(later), rerank_with is not None)
+
+
+def _and(a: Any, b: Any) -> Any:
+    def ops(spec: Any) -> dict[str, Any]:
+        if isinstance(spec, Mapping):
+            return {("$" + str(o).lstrip("$")): v for o, v in spec.items()}
+        return {"$in": list(spec)} if isinstance(spec, (list, tuple)) else {"$eq": spec}
+
+    oa, ob = ops(a), ops(b)
+    clash = set(oa) & set(ob)
+    if clash:
+        raise InvalidInputError(
+            f"filter: {sorted(clash)[0]} is set by both the context service and the call", field="filter"
+        )
+    return {**oa, **ob}
+
+
+def _minmax(x: np.ndarray) -> np.ndarray:
+    """Min-max over the finite values; missing (NaN) scores 0, a constant column 0 everywhere."""
+    ok = np.isfinite(x)
+    out = np.zeros(len(x))
+    if ok.any():
+        lo, hi = float(x[ok].min()), float(x[ok].max())
+        if hi > lo:
+            out[ok] = (x[ok] - lo) / (hi - lo)
+    return out
+
+
+def _feature_values(
+    store: ContextStore, rr: Rerank, ids: list[str], as_of: datetime | None, served_at: datetime
+) -> dict[str, np.ndarray]:
+    """``view.feature`` -> value per candidate (NaN: missing), one read per view."""
+    defs = store.definitions
+    by_view: dict[str, list[str]] = {}
+    for name in rr.features:
+        v, f = name.split(".", 1)
+        by_view.setdefault(v, []).append(f)
+    out: dict[str, np.ndarray] = {}
+    for vname, feats in by_view.items():
+        view = defs.feature_view(vname)
+        if not isinstance(view, FeatureView) or len(view.join_keys) != 1:
+            raise InvalidInputError(f"rerank: {vname!r} must be a feature view with one join key", field="rerank")
+        unknown = [f for f in feats if f not in view.feature_names]
+        if unknown:
+            raise InvalidInputError(f"rerank: feature view {vname!r} has no feature {unknown[0]!r}", field="rerank")
+        kf = view.join_key_fields[0]
+        keys = [int(i) if kf.dtype.name == "int64" and i.lstrip("-").isdigit() else i for i in ids]
+        if as_of is None:
+            vecs = store.features.get_view_features_batch(view, [{kf.name: x} for x in keys], served_at)
+            rows = [{f: fv.feature_values.get(f"{vname}.{f}") for f in feats} for fv in vecs]
+        else:
+            rows = _offline_values(store, view, feats, kf, keys, as_of)
+        for f in feats:
+            out[f"{vname}.{f}"] = np.array([_num(r.get(f)) for r in rows], dtype=np.float64)
+    return out
+
+
+def _offline_values(
+    store: ContextStore, view: FeatureView, feats: list[str], kf: Any, keys: list[Any], at: datetime
+) -> list[dict[str, Any]]:
+    import pyarrow as pa
+
+    from ..compute.training import compute_view_features
+
+    spine = pa.table(
+        {
+            kf.name: pa.array(keys, type=kf.dtype.to_arrow()),
+            "__t": pa.array([at] * len(keys), type=pa.timestamp("us", tz="UTC")),
+        }
+    )
+    t = np.full(len(keys), datetime_to_us(at), dtype=np.int64)
+    cols = compute_view_features(store.definitions, store.offline, view, feats, spine, t)
+    got = {f: cols[f].to_pylist() for f in feats}
+    return [{f: got[f][i] for f in feats} for i in range(len(keys))]
+
+
+def _num(v: Any) -> float:
+    if isinstance(v, bool):
+        return float(v)
+    if isinstance(v, (int, float)):
+        return float(v)
+    return float("nan")
+
+
+def rerank(
+    store: ContextStore,
+    view: EmbeddingView,
+    items: list[SimilarItem],
+    rr: Rerank,
+    *,
+    as_of: datetime | None,
+    served_at: datetime,
+) -> list[SimilarItem]:
+    """``items`` re-ordered by the weighted, normalised similarity and features (then MMR); each
+    item's ``rank_score`` is its combined score."""
+    ids = [str(i.entity_id) for i in items]
+    score = rr.similarity * _minmax(np.array([i.score for i in items], dtype=np.float64))
+    for name, values in _feature_values(store, rr, ids, as_of, served_at).items():
+        score = score + rr.features[name] * _minmax(values)
+    order = sorted(range(len(items)), key=lambda j: (-score[j], ids[j]))
+    if rr.diversity is not None:
+        order = mmr(store, view, ids, score, order, rr.diversity)
+    return [
+        SimilarItem(items[j].entity_id, items[j].score, items[j].attributes, rank_score=float(score[j])) for j in order
+    ]
+
+
+def mmr(
+    store: ContextStore, view: EmbeddingView, ids: list[str], score: np.ndarray, order: list[int], div: MMR
+) -> list[int]:
+    """Greedy MMR over the candidates (relevance: the combined score, normalised); ``order`` breaks ties."""
+    vecs = store.vectors.get_vectors(view.name, ids)
+    if len(vecs) < 2:
+        return order
+    dim = len(next(iter(vecs.values())))
+    m = np.stack([np.asarray(vecs.get(i, np.zeros(dim)), dtype=np.float64) for i in ids])
+    m /= np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
+    rel = _minmax(score)
+    rank = {j: r for r, j in enumerate(order)}
+    left, picked = list(order), []
+    max_sim = np.full(len(ids), -np.inf)
+    while left:
+        penalty = np.where(np.isfinite(max_sim), max_sim, 0.0)
+        best = max(left, key=lambda j: (div.lambda_ * rel[j] - (1 - div.lambda_) * penalty[j], -rank[j]))
+        picked.append(best)
+        left.remove(best)
+        max_sim = np.maximum(max_sim, m @ m[best])
+    return picked
