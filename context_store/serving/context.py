@@ -163,7 +163,7 @@ class UserContext:
                     "entity_id": clean_text(str(i.entity_id), 256),
                     "score": jsonable(i.score),
                     "attributes": jsonable(i.attributes),
-                    **({"rank_score": jsonable(i.rank_score)} if i.rank_score is not None else {}),
+                    "rank_score": jsonable(i.rank_score),  # None unless re-ranked (cs.Rerank)
                 }
                 for i in self.similar
             ],
