@@ -8,6 +8,7 @@ from .dtypes import Array, Bool, DType, Embedding, Float64, Int64, String, Times
 from .embedding import EmbeddingView, Knowledge
 from .entity import Entity, Field
 from .feature_view import AGGREGATION_FUNCTIONS, Aggregate, FeatureSelection, FeatureView, aggregate_dtype
+from .interactions import InteractionEmbeddingView, InterestVector
 from .memory import Memory
 from .realtime import RealtimeFeatureView, realtime_feature_view
 from .services import ContextService, FeatureService
@@ -32,6 +33,8 @@ __all__ = [
     "FileSource",
     "Float64",
     "Int64",
+    "InteractionEmbeddingView",
+    "InterestVector",
     "Knowledge",
     "Lifetime",
     "Memory",

@@ -15,6 +15,7 @@ from ..definitions import (
     EmbeddingView,
     FeatureService,
     FeatureView,
+    InteractionEmbeddingView,
     RealtimeFeatureView,
     RequestSource,
     Source,
@@ -171,6 +172,13 @@ def _check_feature_view(view: FeatureView, cols: dict[str, DType]) -> dict[str, 
 
 
 def _check_embedding_view(ev: EmbeddingView, cols: dict[str, DType]) -> None:
+    if isinstance(ev, InteractionEmbeddingView):  # learned: its source holds interactions, not texts
+        for what, c in (("user", ev.user), ("item", ev.item), ("weight", ev.weight)):
+            if c is not None and c not in cols:
+                raise _err(ev, f"unknown {what} column {c!r}; source columns: {_fmt_cols(cols)}")
+        if ev.weight is not None and not cols[ev.weight].is_numeric:
+            raise _err(ev, f"type mismatch: weight column {ev.weight!r} is {cols[ev.weight]!r}, not numeric")
+        return
     if ev.join_key not in cols:
         raise _err(ev, f"unknown join key column {ev.join_key!r}; source columns: {_fmt_cols(cols)}")
     if ev.text not in cols:
