@@ -80,6 +80,8 @@ class InteractionEmbeddingView(EmbeddingView):
         self.weight = weight
         if min_weight is not None and (isinstance(min_weight, bool) or not isinstance(min_weight, (int, float))):
             self.fail("min_weight must be a number")
+        if min_weight is not None and weight is None:
+            self.fail("min_weight needs weight=<column>")
         self.min_weight = None if min_weight is None else float(min_weight)
         self.method = method
         if isinstance(dim, bool) or not isinstance(dim, int) or not 2 <= dim <= 1024:

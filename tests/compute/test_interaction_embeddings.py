@@ -153,7 +153,9 @@ def test_interest_stream_equals_backfill(store: cs.ContextStore) -> None:
     for e in events:  # one by one: the stream path, incrementally
         store.push("ratings", [e])
     at = _dt(time.time_ns() // 1000)
-    online = {u: store.get_features("recs", {"user_id": u}).feature_values["user_interest.interest"] for u in ("ua", "ub")}
+    online = {
+        u: store.get_features("recs", {"user_id": u}).feature_values["user_interest.interest"] for u in ("ua", "ub")
+    }
     # The reference: decayed, weighted mean of the item vectors (unknown items do not count).
     root = str(Path(store.config.offline_path) / "vectors")
     from context_store.compute.vectors.interactions import load_version
@@ -165,7 +167,9 @@ def test_interest_stream_equals_backfill(store: cs.ContextStore) -> None:
         mine = [e for e in events if e["user_id"] == u and e["item_id"] in vecs]
         want = np.mean(
             [
-                e["rating"] * 2 ** ((e["ts"].timestamp() - origin) / (30 * 86400)) * vecs[e["item_id"]].astype(np.float64)
+                e["rating"]
+                * 2 ** ((e["ts"].timestamp() - origin) / (30 * 86400))
+                * vecs[e["item_id"]].astype(np.float64)
                 for e in mine
             ],
             axis=0,
