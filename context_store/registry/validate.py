@@ -16,6 +16,7 @@ from ..definitions import (
     FeatureService,
     FeatureView,
     InteractionEmbeddingView,
+    InterestVector,
     RealtimeFeatureView,
     RequestSource,
     Source,
@@ -58,6 +59,9 @@ def source_columns(source: Source, repo_root: Path, probe: SchemaProbe) -> dict[
 
 
 def _check_references(repo: RepoDefinitions) -> None:
+    for fv in repo.feature_views.values():
+        if isinstance(fv, InterestVector) and repo.embedding_views.get(fv.item_vectors.name) is None:
+            raise _err(fv, f"item_vectors: embedding view {fv.item_vectors.name!r} is not registered")
     def registered(view: Any, owner: Any, what: str) -> None:
         table = repo.realtime_views if isinstance(view, RealtimeFeatureView) else repo.feature_views
         found = table.get(view.name)

@@ -186,3 +186,16 @@ def test_interest_stream_equals_backfill(store: cs.ContextStore) -> None:
     # The context service ranks with it: a B-cluster user gets B items.
     ctx = store.get_user_context("ub", "ctx")
     assert ctx.similar and all(i.entity_id.startswith("b") for i in ctx.similar)
+
+
+def test_cold_start_items_get_projected_text_vectors() -> None:
+    """An item with too few interactions gets its text vector mapped into the learned space."""
+    rng = np.random.default_rng(5)
+    rows = _interactions(random.Random(6), 60, NOW - 10 * 86400 * US, NOW)
+    centre = {"a": rng.normal(size=16), "b": rng.normal(size=16)}
+    text = {i: centre[i[0]] + 0.1 * rng.normal(size=16) for i in A + B}
+    text["a_new"] = centre["a"] + 0.1 * rng.normal(size=16)  # never interacted with
+    got = train_vectors(_view(), rows, None, text)
+    assert got.meta["projected"] == 1 and got.ids[-1] == "a_new" and got.counts[-1] == 0
+    sims = got.vectors[:-1] @ got.vectors[-1]
+    assert got.ids[int(np.argmax(sims))].startswith("a")
