@@ -62,6 +62,7 @@ def _check_references(repo: RepoDefinitions) -> None:
     for fv in repo.feature_views.values():
         if isinstance(fv, InterestVector) and repo.embedding_views.get(fv.item_vectors.name) is None:
             raise _err(fv, f"item_vectors: embedding view {fv.item_vectors.name!r} is not registered")
+
     def registered(view: Any, owner: Any, what: str) -> None:
         table = repo.realtime_views if isinstance(view, RealtimeFeatureView) else repo.feature_views
         found = table.get(view.name)
