@@ -33,7 +33,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Hashable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -194,6 +194,14 @@ def _split(rows: pa.Table, ts: str, cut: int) -> tuple[pa.Table, pa.Table]:
     return rows.filter(pc.less(t, cut)), rows.filter(pc.greater_equal(t, cut))
 
 
+def _keys(col: pa.ChunkedArray) -> list[Any]:
+    """A column's values as dict keys: list values (embeddings, arrays) as tuples."""
+    vals = col.to_pylist()
+    if pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type) or pa.types.is_large_list(col.type):
+        return [tuple(v) if v is not None else None for v in vals]
+    return vals
+
+
 def _union(new: pa.Table, existing: pa.Table) -> pa.Table:
     """``new`` plus each row of ``existing`` beyond its count in ``new`` (multiset union): the
     stream's rows already in the table that the log also holds are not doubled, and the rows
@@ -202,9 +210,9 @@ def _union(new: pa.Table, existing: pa.Table) -> pa.Table:
     if existing.num_rows == 0:
         return new
     existing = existing.select(cols)
-    have = Counter(zip(*(new.column(c).to_pylist() for c in cols)))
+    have = Counter(zip(*(_keys(new.column(c)) for c in cols)))
     extra = []
-    for i, row in enumerate(zip(*(existing.column(c).to_pylist() for c in cols))):
+    for i, row in enumerate(zip(*(_keys(existing.column(c)) for c in cols))):
         if have[row] > 0:
             have[row] -= 1
         else:

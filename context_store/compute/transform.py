@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..definitions import DType, FeatureView, FileSource, Source, StreamSource
+from ..definitions import DType, FeatureView, FileSource, InterestVector, Source, StreamSource
 from ..definitions.dtypes import from_arrow
 from ..errors import DefinitionError, InvalidInputError
 
@@ -277,6 +277,10 @@ def apply_transform(view: FeatureView, table: pa.Table) -> pa.Table:
     ts = view.timestamp_field
     if out.schema.field(ts).type != TS_TYPE:
         out = _set_column(out, ts, normalize_timestamp(out.column(ts), ts))
+    if isinstance(view, InterestVector):  # the stream and backfill join item vectors the same way
+        from .interest import join_item_vectors
+
+        out = join_item_vectors(view, out)
     return out
 
 

@@ -9,6 +9,7 @@ from .embedding import EmbeddingView, Knowledge
 from .entity import Entity, Field
 from .expectations import Expect, Expectation
 from .feature_view import AGGREGATION_FUNCTIONS, Aggregate, FeatureSelection, FeatureView, aggregate_dtype
+from .interactions import InteractionEmbeddingView, InterestVector
 from .memory import Memory
 from .realtime import RealtimeFeatureView, realtime_feature_view
 from .retrieval import MMR, Rerank, Similar
@@ -36,6 +37,8 @@ __all__ = [
     "FileSource",
     "Float64",
     "Int64",
+    "InteractionEmbeddingView",
+    "InterestVector",
     "Knowledge",
     "Lifetime",
     "LoggingConfig",

@@ -138,7 +138,17 @@ class Registry:
         """Load and validate the repo's definitions (reads sources to check columns)."""
         from .loader import load_repo
 
-        return load_repo(self.config.repo, exclude=self._exclude(), probe=self.probe)
+        return self._bind(load_repo(self.config.repo, exclude=self._exclude(), probe=self.probe))
+
+    def _bind(self, defs: RepoDefinitions) -> RepoDefinitions:
+        """Tell interest vectors where this workspace keeps item vectors (``compute.interest`` joins them)."""
+        from ..definitions import InterestVector
+
+        root = str(Path(self.config.offline_path) / "vectors")
+        for view in defs.feature_views.values():
+            if isinstance(view, InterestVector):
+                view.vectors_root = root
+        return defs
 
     # -- what is applied -----------------------------------------------------------------
     def applied_version(self) -> int:
@@ -200,7 +210,7 @@ class Registry:
                 defs.feature_types[name] = {k: dtype_from_str(s) for k, s in rec["feature_types"].items()}
             if "input_schema" in rec:
                 defs.input_schemas[name] = {k: dtype_from_str(s) for k, s in rec["input_schema"].items()}
-        return defs
+        return self._bind(defs)
 
     # -- plan / apply --------------------------------------------------------------------
     def plan(self) -> Plan:

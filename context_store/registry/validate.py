@@ -15,6 +15,8 @@ from ..definitions import (
     EmbeddingView,
     FeatureService,
     FeatureView,
+    InteractionEmbeddingView,
+    InterestVector,
     RealtimeFeatureView,
     RequestSource,
     Source,
@@ -58,6 +60,10 @@ def source_columns(source: Source, repo_root: Path, probe: SchemaProbe) -> dict[
 
 
 def _check_references(repo: RepoDefinitions) -> None:
+    for fv in repo.feature_views.values():
+        if isinstance(fv, InterestVector) and repo.embedding_views.get(fv.item_vectors.name) is None:
+            raise _err(fv, f"item_vectors: embedding view {fv.item_vectors.name!r} is not registered")
+
     def registered(view: Any, owner: Any, what: str) -> None:
         table = repo.realtime_views if isinstance(view, RealtimeFeatureView) else repo.feature_views
         found = table.get(view.name)
@@ -182,6 +188,13 @@ def _check_feature_view(view: FeatureView, cols: dict[str, DType]) -> dict[str, 
 
 
 def _check_embedding_view(ev: EmbeddingView, cols: dict[str, DType]) -> None:
+    if isinstance(ev, InteractionEmbeddingView):  # learned: its source holds interactions, not texts
+        for what, c in (("user", ev.user), ("item", ev.item), ("weight", ev.weight)):
+            if c is not None and c not in cols:
+                raise _err(ev, f"unknown {what} column {c!r}; source columns: {_fmt_cols(cols)}")
+        if ev.weight is not None and not cols[ev.weight].is_numeric:
+            raise _err(ev, f"type mismatch: weight column {ev.weight!r} is {cols[ev.weight]!r}, not numeric")
+        return
     if ev.join_key not in cols:
         raise _err(ev, f"unknown join key column {ev.join_key!r}; source columns: {_fmt_cols(cols)}")
     if ev.text not in cols:

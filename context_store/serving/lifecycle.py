@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from ..definitions import InteractionEmbeddingView
 from ..errors import ContextStoreError, NotFoundError, UnavailableError
 
 if TYPE_CHECKING:
@@ -73,11 +74,22 @@ def backfill(
         )
     fv = None if wanted is None else [v for v in wanted if v in defs.feature_views]
     report = None
+    # Interaction-trained item vectors first (on interactions before ``end``): interest vectors
+    # computed by the feature views below join them (docs/recommendations.md).
+    learned = [
+        n
+        for n, v in defs.embedding_views.items()
+        if isinstance(v, InteractionEmbeddingView) and (wanted is None or n in wanted)
+    ]
+    if learned:
+        from ..compute.batch import to_us
+
+        store.indexer.backfill(learned, progress=progress, end_us=to_us(end, "end"))
     if wanted is None or fv:
         report = backfill_views(
             defs, store.config, store.offline, start=start, end=end, views=fv, progress=progress, engine=engine
         )
-    emb = [v for v in defs.embedding_views if wanted is None or v in wanted]
+    emb = [v for v in defs.embedding_views if (wanted is None or v in wanted) and v not in learned]
     if emb:
         store.indexer.backfill(emb, progress=progress)
     kb = [k for k in defs.knowledge if wanted is None or k in wanted]

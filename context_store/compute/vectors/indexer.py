@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from ...definitions.interactions import InteractionEmbeddingView
 from ...definitions.memory import Memory
 from ...errors import InvalidInputError
 from ...stores.vector import VectorCollection, VectorCollections, view_columns
@@ -33,16 +34,38 @@ class VectorIndexer:
         self.offline = offline
 
     # -- embedding views -------------------------------------------------------------------
-    def backfill(self, views: Sequence[str] | None = None, progress: bool = False) -> dict[str, dict[str, int]]:
+    def backfill(
+        self, views: Sequence[str] | None = None, progress: bool = False, end_us: int | None = None
+    ) -> dict[str, dict[str, int]]:
         """Embed every named view's latest source rows (default: all views); only new or changed
-        rows are embedded. A view that had no index is then built (``exists``), even if empty."""
+        rows are embedded. A view that had no index is then built (``exists``), even if empty.
+        An interaction-trained view trains a new model version on its interactions before
+        ``end_us`` (all of them when None) and commits it (``vectors.interactions``)."""
         colls = self.collections
         names = list(views) if views is not None else list(colls.defs.embedding_views)
         out: dict[str, dict[str, int]] = {}
         for name in names:
             view = colls.view_def(name)
+            if isinstance(view, InteractionEmbeddingView):
+                out[name] = self._train(view, end_us)
+                continue
             out[name] = self._backfill(view, colls.view(view), progress)
         return out
+
+    def _train(self, view: InteractionEmbeddingView, end_us: int | None) -> dict[str, int]:
+        from pathlib import Path
+
+        from .interactions import commit_version, train_vectors
+
+        text: dict[str, Any] | None = None
+        if view.text_view is not None:
+            tc = self.collections.view(view.text_view)
+            text = {k: v for k in list(tc.hashes) if (v := tc.index.get_vector(k)) is not None}
+        rows = source_rows(view, self.collections.config, self.offline)
+        trained = train_vectors(view, rows, end_us, text)
+        root = str(Path(self.collections.config.offline_path) / "vectors")
+        meta = commit_version(view, self.collections.view(view), root, trained)
+        return {"rows": int(meta["items"]), "interactions": int(meta["interactions"]), "projected": meta["projected"]}
 
     def _backfill(self, view: EmbeddingView, coll: VectorCollection, progress: bool) -> dict[str, int]:
         fresh = not coll.exists
@@ -84,7 +107,11 @@ class VectorIndexer:
     # -- the stream's embedding sink ----------------------------------------------------------
     def views_on_source(self, source: str) -> list[str]:
         """Embedding views fed by ``source`` (a stream's push should update them)."""
-        return [v.name for v in self.collections.defs.embedding_views.values() if v.source.name == source]
+        return [
+            v.name
+            for v in self.collections.defs.embedding_views.values()
+            if v.source.name == source and not isinstance(v, InteractionEmbeddingView)  # learned by backfill
+        ]
 
     def ingest(self, source: str, rows: pa.Table | Iterable[Mapping[str, Any]]) -> dict[str, int]:
         """Route pushed rows of ``source`` to every embedding view on it: new or changed texts are

@@ -122,7 +122,14 @@ class VectorCollections:
         return self._get(
             self.views,
             view.name,
-            lambda: self._open(embedding_table(view.name), view.embedder, ENTITY_KEY, view_columns(view), view.index),
+            lambda: self._open(
+                embedding_table(view.name),
+                view.embedder,
+                ENTITY_KEY,
+                view_columns(view),
+                view.index,
+                dim=getattr(view, "dim", None),  # an interaction-trained view declares its dim
+            ),
         )
 
     def knowledge(self, kb: Knowledge) -> VectorCollection:
@@ -151,12 +158,14 @@ class VectorCollections:
         coll.refresh()
         return coll
 
-    def _open(self, table: str, embedder: str, key: str, attrs: list[str], kind: str) -> VectorCollection:
+    def _open(
+        self, table: str, embedder: str, key: str, attrs: list[str], kind: str, dim: int | None = None
+    ) -> VectorCollection:
         o = self.options
         return VectorCollection(
             self.lance,
             table,
-            dim=embedder_dim(embedder),
+            dim=dim or embedder_dim(embedder),
             key=key,
             attributes=attrs,
             embedder=embedder,

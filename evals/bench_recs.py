@@ -1,0 +1,454 @@
+"""Recommendation quality on MovieLens (issue #15): baselines vs context-store's ``get_user_context``.
+
+Leak-free temporal split: many cut-offs c; a test case is a user with >= 5 ratings before c whose
+next ratings after c (up to 10) include a movie rated >= 4 (the targets). Candidates for that case:
+movies first rated before c (released by then) that the user has not rated before c. Every system
+sees only ratings before c. Metrics @10 with 95% bootstrap intervals, catalogue coverage.
+
+Systems (``--systems``, comma separated):
+  pop180   most rated movies of the 180 days before c
+  itemknn  item-item cosine on the binary user-item matrix before c
+  als      ``implicit`` ALS, 64 factors, untuned
+  cs-math  the product's own trainer and interest formula in numpy (no store): a fast check
+  cs       the product path: a repo built from the dataset, ``backfill(end=c)`` (trains the
+           interaction-trained item vectors on ratings before c and writes the interest view),
+           then ``get_user_context(user, as_of=c)`` similar items; latency per call is reported.
+
+``--cs-filter eval|none``: whether this script removes seen / not-yet-released movies from the
+product's similar list (``eval``, the default until the product excludes them itself) or takes the
+list as the product returns it (``none``: rerun like that once seen-exclusion is merged).
+
+Run: ``python evals/bench_recs.py [--data ../shared/datasets/movielens-small] [--cutoffs 12]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import tempfile
+import textwrap
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+from scipy.sparse import csr_matrix
+
+K = 10
+DAY = 86400
+
+
+@dataclass
+class Case:
+    cutoff: int
+    user: int
+    history: list[tuple[int, float, int]]  # (movie, rating, ts) before the cut-off
+    targets: set[int]
+    candidates: np.ndarray  # bool mask over movie index
+
+
+def load(data: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    t = pcsv.read_csv(data / "ratings.csv")
+    return (
+        t.column("userId").to_numpy(),
+        t.column("movieId").to_numpy(),
+        t.column("rating").to_numpy(),
+        t.column("timestamp").to_numpy(),
+    )
+
+
+def make_cases(
+    u: np.ndarray, m: np.ndarray, r: np.ndarray, ts: np.ndarray, n_cut: int, per_cut: int, seed: int
+) -> tuple[list[Case], np.ndarray]:
+    movies = np.unique(m)
+    midx = {int(x): i for i, x in enumerate(movies)}
+    first = np.full(len(movies), np.iinfo(np.int64).max)
+    np.minimum.at(first, np.array([midx[int(x)] for x in m]), ts)
+    order = np.argsort(ts, kind="stable")
+    cutoffs = [int(np.quantile(ts, q)) for q in np.linspace(0.45, 0.95, n_cut)]
+    rng = random.Random(seed)
+    by_user: dict[int, list[int]] = {}
+    for i in order:
+        by_user.setdefault(int(u[i]), []).append(int(i))
+    cases: list[Case] = []
+    for c in cutoffs:
+        released = first < c
+        eligible = []
+        for user, idx in by_user.items():
+            before = [i for i in idx if ts[i] < c]
+            after = [i for i in idx if ts[i] >= c][:10]
+            if len(before) < 5 or not after:
+                continue
+            seen = {midx[int(m[i])] for i in before}
+            tg = {midx[int(m[i])] for i in after if r[i] >= 4.0}
+            tg = {t for t in tg if released[t] and t not in seen}
+            if tg:
+                eligible.append((user, before, tg, seen))
+        for user, before, tg, seen in rng.sample(eligible, min(per_cut, len(eligible))):
+            cand = released.copy()
+            cand[list(seen)] = False
+            hist = [(midx[int(m[i])], float(r[i]), int(ts[i])) for i in before]
+            cases.append(Case(c, user, hist, tg, cand))
+    return cases, movies
+
+
+def metrics(recs: list[list[int]], cases: list[Case]) -> dict[str, np.ndarray]:
+    hr, rec, ndcg = [], [], []
+    for top, case in zip(recs, cases):
+        hits = [1.0 if x in case.targets else 0.0 for x in top[:K]]
+        hr.append(1.0 if any(hits) else 0.0)
+        rec.append(sum(hits) / min(len(case.targets), K))
+        dcg = sum(h / np.log2(i + 2) for i, h in enumerate(hits))
+        idcg = sum(1 / np.log2(i + 2) for i in range(min(len(case.targets), K)))
+        ndcg.append(dcg / idcg)
+    return {"HR@10": np.array(hr), "Recall@10": np.array(rec), "NDCG@10": np.array(ndcg)}
+
+
+def boot(x: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), (n, len(x)))].mean(axis=1)
+    return float(x.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def top_k(scores: np.ndarray, mask: np.ndarray, k: int = K) -> list[int]:
+    s = np.where(mask, scores, -np.inf)
+    idx = np.argpartition(-s, k)[:k]
+    return [int(i) for i in idx[np.argsort(-s[idx])] if np.isfinite(s[i])]
+
+
+# -- baselines (ratings before the cut-off only) -------------------------------------------------
+def train_matrix(
+    u: np.ndarray, m: np.ndarray, ts: np.ndarray, c: int, midx: dict[int, int]
+) -> tuple[Any, dict[int, int]]:
+    sel = ts < c
+    users = np.unique(u[sel])
+    uidx = {int(x): i for i, x in enumerate(users)}
+    rows = np.array([uidx[int(x)] for x in u[sel]])
+    cols = np.array([midx[int(x)] for x in m[sel]])
+    x = csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(len(users), len(midx)))
+    x.data[:] = 1.0
+    return x, uidx
+
+
+def run_baselines(
+    systems: list[str], cases: list[Case], u: np.ndarray, m: np.ndarray, ts: np.ndarray, movies: np.ndarray
+) -> dict[str, tuple[list[list[int]], float]]:
+    midx = {int(x): i for i, x in enumerate(movies)}
+    out: dict[str, tuple[list[list[int]], float]] = {s: ([], 0.0) for s in systems}
+    recs: dict[str, list[list[int]]] = {s: [] for s in systems}
+    secs: dict[str, float] = dict.fromkeys(systems, 0.0)
+    for c in sorted({case.cutoff for case in cases}):
+        group = [case for case in cases if case.cutoff == c]
+        x, uidx = train_matrix(u, m, ts, c, midx)
+        models: dict[str, Any] = {}
+        t0 = time.perf_counter()
+        if "pop180" in systems:
+            sel = (ts < c) & (ts >= c - 180 * DAY)
+            pop = np.bincount([midx[int(v)] for v in m[sel]], minlength=len(movies)).astype(float)
+            models["pop180"] = pop
+        t1 = time.perf_counter()
+        secs["pop180"] = secs.get("pop180", 0.0) + t1 - t0
+        if "itemknn" in systems:
+            norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel())
+            xn = x.multiply(1 / np.maximum(norms, 1e-9)).tocsc()
+            models["itemknn"] = (xn.T @ xn).tocsr()
+        t2 = time.perf_counter()
+        secs["itemknn"] = secs.get("itemknn", 0.0) + t2 - t1
+        if "als" in systems:
+            from implicit.cpu.als import AlternatingLeastSquares
+            from threadpoolctl import threadpool_limits
+
+            with threadpool_limits(1, "blas"):
+                als = AlternatingLeastSquares(factors=64, random_state=0)
+                als.fit(x, show_progress=False)
+            models["als"] = als
+        secs["als"] = secs.get("als", 0.0) + time.perf_counter() - t2
+        for case in group:
+            items = [h[0] for h in case.history]
+            for s in systems:
+                t = time.perf_counter()
+                if s == "pop180":
+                    sc = models["pop180"]
+                elif s == "itemknn":
+                    sc = np.asarray(models["itemknn"][items].sum(axis=0)).ravel()
+                elif s == "als":
+                    a = models["als"]
+                    sc = a.item_factors @ a.user_factors[uidx[case.user]]
+                else:
+                    continue
+                recs[s].append(top_k(sc, case.candidates))
+                secs[s] += time.perf_counter() - t
+    for s in systems:
+        out[s] = (recs[s], secs[s])
+    return out
+
+
+# -- context-store: the product's math without a store ---------------------------------------------
+def interest(
+    hist: list[tuple[int, float, int]], vecs: dict[int, np.ndarray], half_life_days: float, origin: int
+) -> np.ndarray | None:
+    acc = None
+    for item, rating, t in hist:
+        v = vecs.get(item)
+        if v is None:
+            continue
+        w = rating * 2 ** np.clip((t - origin) / (half_life_days * DAY), -50, 50)
+        acc = v * w if acc is None else acc + v * w
+    return acc
+
+
+def run_cs_math(
+    cases: list[Case],
+    u: np.ndarray,
+    m: np.ndarray,
+    r: np.ndarray,
+    ts: np.ndarray,
+    movies: np.ndarray,
+    args: argparse.Namespace,
+) -> tuple[list[list[int]], float]:
+    import context_store as cs
+    from context_store.compute.vectors.interactions import train_vectors
+
+    midx = {int(x): i for i, x in enumerate(movies)}
+    table = pa.table(
+        {
+            "user_id": u.astype(str),
+            "movie_id": m.astype(str),
+            "rating": r,
+            "ts": pa.array(ts * 1_000_000, pa.timestamp("us", tz="UTC")),
+        }
+    )
+    view = _cf_view(cs, args)
+    origin = int(datetime(2010, 1, 1, tzinfo=UTC).timestamp())
+    recs: list[list[int]] = []
+    t0 = time.perf_counter()
+    for c in sorted({case.cutoff for case in cases}):
+        tv = train_vectors(view, table, c * 1_000_000)
+        vecs = {midx[int(i)]: v for i, v in zip(tv.ids, tv.vectors)}
+        mat = np.zeros((len(movies), tv.vectors.shape[1]), np.float32)
+        for j, v in vecs.items():
+            mat[j] = v
+        has = np.zeros(len(movies), bool)
+        has[list(vecs)] = True
+        for case in (x for x in cases if x.cutoff == c):
+            q = interest(case.history, vecs, args.half_life, origin)
+            if q is None:
+                recs.append([])
+                continue
+            sc = mat @ (q / np.linalg.norm(q))
+            recs.append(top_k(sc, case.candidates & has))
+    return recs, time.perf_counter() - t0
+
+
+def _cf_view(cs: Any, args: argparse.Namespace) -> Any:
+    item = cs.Entity("movie", join_keys=["movie_id"])
+    src = cs.FileSource("data/ratings.parquet", timestamp_field="ts")
+    return cs.InteractionEmbeddingView(
+        "item_cf",
+        [item],
+        src,
+        user="user_id",
+        weight="rating",
+        method=args.method,
+        dim=args.dim,
+        min_interactions=args.min_interactions,
+        min_weight=args.min_weight,
+    )
+
+
+# -- context-store: the product path -----------------------------------------------------------
+REPO = """
+import context_store as cs
+user = cs.Entity("user", join_keys=["user_id"])
+movie = cs.Entity("movie", join_keys=["movie_id"])
+ratings = cs.FileSource("data/ratings.parquet", timestamp_field="ts")
+item_cf = cs.InteractionEmbeddingView("item_cf", [movie], ratings, user="user_id", weight="rating",
+    method={method!r}, dim={dim},
+    min_interactions={min_interactions}, min_weight={min_weight!r})
+user_interest = cs.InterestVector("user_interest", user, ratings, item_vectors=item_cf, weight="rating",
+    half_life="{half_life}d", origin="2010-01-01")
+recs = cs.FeatureService("recs", [user_interest])
+ctx = cs.ContextService("ctx", user, features=recs, similar=(item_cf, 100), interest="user_interest.interest")
+"""
+
+
+def run_cs(
+    cases: list[Case],
+    u: np.ndarray,
+    m: np.ndarray,
+    r: np.ndarray,
+    ts: np.ndarray,
+    movies: np.ndarray,
+    args: argparse.Namespace,
+) -> tuple[list[list[int]], float, list[float]]:
+    import context_store as cs
+
+    midx = {str(x): i for i, x in enumerate(movies)}
+    root = Path(tempfile.mkdtemp(prefix="bench_recs_"))
+    try:
+        (root / "data").mkdir()
+        pq.write_table(
+            pa.table(
+                {
+                    "user_id": u.astype(str),
+                    "movie_id": m.astype(str),
+                    "rating": r,
+                    "ts": pa.array(ts * 1_000_000, pa.timestamp("us", tz="UTC")),
+                }
+            ),
+            root / "data" / "ratings.parquet",
+        )
+        (root / "features.py").write_text(
+            textwrap.dedent(
+                REPO.format(
+                    method=args.method,
+                    dim=args.dim,
+                    min_interactions=args.min_interactions,
+                    min_weight=args.min_weight,
+                    half_life=int(args.half_life),
+                )
+            )
+        )
+        store = cs.ContextStore(root, workspace="bench_recs")
+        store.apply()
+        recs: list[list[int]] = []
+        lat: list[float] = []
+        t0 = time.perf_counter()
+        for c in sorted({case.cutoff for case in cases}):
+            at = datetime.fromtimestamp(c, tz=UTC)
+            store.backfill(end=at)  # point-in-time: trains on, and writes, ratings before c only
+            for case in (x for x in cases if x.cutoff == c):
+                t = time.perf_counter()
+                ctx = store.get_user_context(str(case.user), "ctx", as_of=at)
+                lat.append((time.perf_counter() - t) * 1e3)
+                got = [midx[str(i.entity_id)] for i in ctx.similar if str(i.entity_id) in midx]
+                if args.cs_filter == "eval":
+                    got = [g for g in got if case.candidates[g]]
+                recs.append(got[:K])
+        secs = time.perf_counter() - t0
+        store.close()
+        return recs, secs, lat
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--data", default=str(Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "movielens-small")
+    )
+    ap.add_argument("--cutoffs", type=int, default=12)
+    ap.add_argument("--per-cutoff", type=int, default=40)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--systems", default="pop180,itemknn,als,cs-math,cs")
+    ap.add_argument("--method", default="pmi_svd", choices=["pmi_svd", "als"])
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--min-interactions", type=int, default=3)
+    ap.add_argument("--min-weight", type=float, default=None)
+    ap.add_argument("--half-life", type=float, default=365.0, help="days")
+    ap.add_argument("--cs-filter", default="eval", choices=["eval", "none"])
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "recs.md"))
+    args = ap.parse_args()
+    data = Path(args.data)
+    u, m, r, ts = load(data)
+    cases, movies = make_cases(u, m, r, ts, args.cutoffs, args.per_cutoff, args.seed)
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    print(f"{len(cases)} test cases, {len({c.user for c in cases})} users, {len({c.cutoff for c in cases})} cut-offs")
+    results: dict[str, tuple[list[list[int]], float]] = {}
+    base = [s for s in systems if s in ("pop180", "itemknn", "als")]
+    if base:
+        results.update(run_baselines(base, cases, u, m, ts, movies))
+    if "cs-math" in systems:
+        results["cs-math"] = run_cs_math(cases, u, m, r, ts, movies, args)
+    lat: list[float] = []
+    if "cs" in systems:
+        recs, secs, lat = run_cs(cases, u, m, r, ts, movies, args)
+        results["cs"] = (recs, secs)
+    report(results, cases, movies, lat, args)
+
+
+def report(
+    results: dict[str, tuple[list[list[int]], float]],
+    cases: list[Case],
+    movies: np.ndarray,
+    lat: list[float],
+    args: argparse.Namespace,
+) -> None:
+    rows = []
+    for s, (recs, secs) in results.items():
+        ms = metrics(recs, cases)
+        cov = len({x for top in recs for x in top}) / len(movies)
+        rows.append((s, {k: boot(v) for k, v in ms.items()}, cov, secs))
+        print(s, {k: round(v.mean(), 3) for k, v in ms.items()}, f"coverage {cov:.3f}", f"{secs:.1f}s")
+    base = [row for row in rows if row[0] in ("pop180", "itemknn", "als")]
+    best = max(base, key=lambda x: x[1]["HR@10"][0]) if base else None
+    lines = [
+        "# Recommendations on MovieLens (issue #15)",
+        "",
+        f"`python evals/bench_recs.py --cutoffs {args.cutoffs} --per-cutoff {args.per_cutoff} --method {args.method} "
+        f"--dim {args.dim} --min-interactions {args.min_interactions} --half-life {args.half_life:g} "
+        f"--cs-filter {args.cs_filter}`",
+        "",
+        f"{len(cases)} test cases from {len({c.user for c in cases})} users "
+        f"at {len({c.cutoff for c in cases})} cut-offs "
+        "(45%..95% quantiles of rating time). Targets: the movies rated >= 4 among the user's next 10 ratings after "
+        "the cut-off; candidates: movies first rated before the cut-off and not rated by the user before it. "
+        "Every system sees ratings before the cut-off only. 95% bootstrap intervals (2,000 resamples of test cases).",
+        "",
+        "| system | HR@10 | Recall@10 | NDCG@10 | coverage | time (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s, ms, cov, secs in rows:
+        cells = [f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]" for v in ms.values()]
+        lines.append(f"| {s} | {' | '.join(cells)} | {cov:.3f} | {secs:.1f} |")
+    if best is not None:
+        lines += [
+            "",
+            f"Best baseline by HR@10: **{best[0]}** ({best[1]['HR@10'][0]:.3f}); "
+            f"target (+20%): {1.2 * best[1]['HR@10'][0]:.3f}.",
+        ]
+        for s, ms, _, _ in rows:
+            if s.startswith("cs"):
+                rel = ms["HR@10"][0] / best[1]["HR@10"][0] - 1 if best[1]["HR@10"][0] else float("nan")
+                lines.append(f"- {s}: HR@10 {ms['HR@10'][0]:.3f}, {rel:+.1%} relative to {best[0]}.")
+    if lat:
+        a = np.array(lat)
+        lines += [
+            "",
+            f"`get_user_context(as_of=cut-off)` latency over {len(a)} calls: p50 {np.percentile(a, 50):.1f} ms, "
+            f"p90 {np.percentile(a, 90):.1f} ms, p99 {np.percentile(a, 99):.1f} ms.",
+        ]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        names = [row[0] for row in rows]
+        mean = [row[1]["HR@10"][0] for row in rows]
+        err = np.array(
+            [[row[1]["HR@10"][0] - row[1]["HR@10"][1], row[1]["HR@10"][2] - row[1]["HR@10"][0]] for row in rows]
+        ).T
+        ax.bar(names, mean, yerr=err, capsize=4, color=["#888" if not n.startswith("cs") else "#2a7" for n in names])
+        ax.set_ylabel("HR@10 (95% CI)")
+        ax.set_title(f"MovieLens, {len(cases)} temporal test cases")
+        fig.tight_layout()
+        fig.savefig(out.with_suffix(".png"), dpi=120)
+        lines += ["", f"![HR@10]({out.with_suffix('.png').name})"]
+    except ImportError:
+        pass
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
