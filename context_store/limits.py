@@ -45,6 +45,8 @@ __all__ = [
     "MEMORY_KIND_CHARS",
     "MEMORY_METADATA_BYTES",
     "MEMORY_ID_CHARS",
+    "MEMORY_ID_PATTERN",
+    "NO_CONTROL_PATTERN",
     "MEMORY_K",
     "MEMORY_K_DEFAULT",
     "CATALOG_K",
@@ -107,6 +109,9 @@ MEMORY_TEXT_CHARS = 4_000  # the text of one memory
 MEMORY_KIND_CHARS = 64  # its kind ("preference", "fact", ...)
 MEMORY_METADATA_BYTES = 4_096  # its metadata, as compact JSON
 MEMORY_ID_CHARS = 64  # a memory id argument (ids are 32 hex characters)
+MEMORY_ID_PATTERN = r"^[A-Za-z0-9_\-]+$"
+# Ids and keys in URL paths: no C0 control characters (what serving refuses), said in the OpenAPI schema too.
+NO_CONTROL_PATTERN = r"^[^\u0000-\u001f]+$"
 MEMORY_K = IntRange(1, 50)  # memories of one search
 MEMORY_K_DEFAULT = 5
 

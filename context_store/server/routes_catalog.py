@@ -21,6 +21,7 @@ from .state import ServerState
 __all__ = ["catalog_router"]
 
 _KIND = "one of: " + ", ".join(KINDS)
+_KIND_PATTERN = "^(" + "|".join(KINDS) + ")$"
 
 
 def catalog_router(state: ServerState) -> APIRouter:
@@ -31,8 +32,8 @@ def catalog_router(state: ServerState) -> APIRouter:
     @router.get("/catalog", responses=schemas.ok(schemas.CATALOG_LIST))
     async def list_catalog(
         request: Request,
-        kind: str | None = Query(None, max_length=NAME_CHARS, description=_KIND),
-        tag: str | None = Query(None, max_length=NAME_CHARS * 4, description="KEY or KEY=VALUE"),
+        kind: str | None = Query(None, pattern=_KIND_PATTERN, description=_KIND),
+        tag: str | None = Query(None, max_length=NAME_CHARS * 4, pattern=r"^\s*[^=\s]", description="KEY or KEY=VALUE"),
         workspace: str | None = Query(None),
     ) -> Response:
         """Every definition of the workspace (or those of one kind / with one tag), with one hop of lineage."""
@@ -59,7 +60,7 @@ def catalog_router(state: ServerState) -> APIRouter:
     async def describe(
         request: Request,
         name: str = Path(..., max_length=NAME_CHARS, description="a definition's name"),
-        kind: str | None = Query(None, max_length=NAME_CHARS, description=f"when kinds share the name; {_KIND}"),
+        kind: str | None = Query(None, pattern=_KIND_PATTERN, description=f"when kinds share the name; {_KIND}"),
         workspace: str | None = Query(None),
     ) -> Response:
         """One definition: its item, spec, features and the full lineage chain. 404 when unknown."""

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..limits import ENTITY_ID_CHARS, NAME_CHARS
+from ..limits import ENTITY_ID_CHARS, NAME_CHARS, NO_CONTROL_PATTERN
 from . import schemas
 from .errors import json_response
 from .state import ServerState
@@ -25,7 +25,9 @@ def forget_router(state: ServerState) -> APIRouter:
     async def forget_entity(
         request: Request,
         entity: str = Path(..., max_length=NAME_CHARS, description="entity definition name, e.g. `user`"),
-        entity_id: str = Path(..., max_length=ENTITY_ID_CHARS, description="the value of its join key"),
+        entity_id: str = Path(
+            ..., max_length=ENTITY_ID_CHARS, pattern=NO_CONTROL_PATTERN, description="the value of its join key"
+        ),
         workspace: str | None = Query(None),
     ) -> Response:
         """Erase the entity from the offline, online and vector stores; returns the counts per store."""

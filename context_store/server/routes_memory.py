@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -18,6 +18,7 @@ from ..limits import (
     CONTEXT_QUERY_CHARS,
     ENTITY_ID_CHARS,
     MEMORY_ID_CHARS,
+    MEMORY_ID_PATTERN,
     MEMORY_K,
     MEMORY_K_DEFAULT,
     MEMORY_KIND_CHARS,
@@ -89,7 +90,11 @@ def memory_router(state: ServerState) -> APIRouter:
         return json_response(res.to_dict())
 
     @router.delete("/memories/{memory_id}")
-    async def forget(request: Request, memory_id: str, workspace: str | None = Query(None)) -> Response:
+    async def forget(
+        request: Request,
+        memory_id: str = Path(..., min_length=1, max_length=MEMORY_ID_CHARS, pattern=MEMORY_ID_PATTERN),
+        workspace: str | None = Query(None),
+    ) -> Response:
         if len(memory_id) > MEMORY_ID_CHARS:
             raise InvalidInputError(f"memory_id must be at most {MEMORY_ID_CHARS} characters", field="memory_id")
         principal = state.authenticate(request)

@@ -101,7 +101,7 @@ def native_router(state: ServerState) -> APIRouter:
         prefix="/v1", tags=["native"], responses=schemas.ERROR_RESPONSES, dependencies=[KNOWN_QUERY_PARAMS]
     )
 
-    @router.get("/context/{entity_id}")
+    @router.get("/context/{entity_id}", openapi_extra=schemas.CONTEXT_FILTER_PARAM)
     async def get_context(
         request: Request,
         entity_id: str,
@@ -119,11 +119,8 @@ def native_router(state: ServerState) -> APIRouter:
             None, max_length=CONTEXT_QUERY_CHARS, description="a question: adds matching knowledge chunks"
         ),
         k: int | None = Query(None, ge=SIMILAR_K.lo, le=SIMILAR_K.hi, description=f"similar items ({SIMILAR_K})"),
-        filter: str | None = Query(
-            None,
-            max_length=SIMILAR_FILTER_CHARS,
-            description='similar items filter, a JSON object: {"genre": "drama", "item_id": {"$nin": ["i1"]}}',
-        ),
+        # Documented as JSON content in schemas.CONTEXT_FILTER_PARAM (a string schema cannot say "a JSON object").
+        filter: str | None = Query(None, max_length=SIMILAR_FILTER_CHARS, include_in_schema=False),
         workspace: str | None = Query(None),
     ) -> Response:
         principal = state.authenticate(request)

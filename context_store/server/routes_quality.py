@@ -28,7 +28,9 @@ def quality_router(state: ServerState) -> APIRouter:
     async def quality_status(
         request: Request,
         view: str | None = Query(None, max_length=NAME_CHARS, description="only this feature view"),
-        stage: str | None = Query(None, description="backfill, materialize or stream"),
+        stage: str | None = Query(
+            None, pattern="^(backfill|materialize|stream)$", description="backfill, materialize or stream"
+        ),
         limit: int = Query(QUALITY_RUNS_DEFAULT, ge=QUALITY_RUNS.lo, le=QUALITY_RUNS.hi, description="newest runs"),
         workspace: str | None = Query(None),
     ) -> Response:

@@ -18,6 +18,7 @@ from ..limits import (
 from ..serving.catalog import KINDS
 
 __all__ = [
+    "CONTEXT_FILTER_PARAM",
     "body",
     "GET_FEATURES",
     "GET_FEATURES_BATCH",
@@ -100,6 +101,19 @@ METADATA = _params(
     {"workspaceName": {"type": "string"}, "featureServiceName": {"type": "string", "minLength": 1}},
     ["featureServiceName"],
 )
+
+# GET /v1/context/{id}?filter=<JSON>: the similar items' filter, a JSON object in a query parameter.
+CONTEXT_FILTER_PARAM: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": "filter",
+            "in": "query",
+            "required": False,
+            "description": 'similar items filter, a JSON object: {"genre": "drama", "item_id": {"$nin": ["i1"]}}',
+            "content": {"application/json": {"schema": _VALUES}},
+        }
+    ]
+}
 
 SIMILAR = {
     "type": "object",

@@ -150,7 +150,9 @@ def test_stopped_worker_grows_freshness_and_lag_then_recovers(
         b = v["profile"]
         assert b["kind"] == "batch" and b["lag"] == [] and not b["slo_breached"]
         assert b["newest_event_time"] == BATCH_NEWEST.isoformat()
-        assert 300 <= b["freshness_seconds"] < 400
+        # The batch's newest event was 5 min before this module was imported (the suite may run it later).
+        since = (datetime.now(UTC) - BATCH_NEWEST).total_seconds()
+        assert since - 5 <= b["freshness_seconds"] <= since + 5
         # The worker must be the one applying: wait until it consumes a wait=False push by itself.
         _push(store, wait=False)
         _until(lambda: all(p["entries"] == 0 for p in _views(client)["click_stats"]["lag"]), 15, "worker drains")
