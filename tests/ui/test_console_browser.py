@@ -1,5 +1,5 @@
 """The web console (/ui) in a real headless Chromium: sign-in, lookup, agent context, serving charts, catalog and
-views, checked against what the store itself returns. Screenshots go to evals/results/ui-*.png (README).
+views, checked against what the store itself returns. Screenshots: see SHOTS (the README shows evals/results/ui-*.png).
 
 Chromium and ChromeDriver are Debian's (scripts/ensure_chromium.sh installs them when missing), driven by
 Selenium. The catalog, freshness and quality endpoints may not be on this server yet: their panels must then
@@ -9,8 +9,10 @@ say "not available"; once they answer 200 the same tests check the rows against 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -38,7 +40,10 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 pytestmark = [pytest.mark.browser, pytest.mark.redis]
 
 ROOT = Path(__file__).resolve().parents[2]
-SHOTS = ROOT / "evals" / "results"
+# The README's screenshots are refreshed with CONTEXT_STORE_UI_SCREENSHOTS=evals/results; otherwise a test run
+# writes them to a scratch folder and leaves the tracked PNGs alone.
+SHOTS = Path(os.environ.get("CONTEXT_STORE_UI_SCREENSHOTS") or tempfile.gettempdir() + "/context-store-ui-shots")
+SHOTS.mkdir(parents=True, exist_ok=True)
 CHROMEDRIVER = "/usr/bin/chromedriver"
 
 
