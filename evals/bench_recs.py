@@ -10,13 +10,17 @@ Systems (``--systems``, comma separated):
   itemknn  item-item cosine on the binary user-item matrix before c
   als      ``implicit`` ALS, 64 factors, untuned
   cs-math  the product's own trainer and interest formula in numpy (no store): a fast check
-  cs       the product path: a repo built from the dataset, ``backfill(end=c)`` (trains the
-           interaction-trained item vectors on ratings before c and writes the interest view),
-           then ``get_user_context(user, as_of=c)`` similar items; latency per call is reported.
+  cs       the product path: a repo built from the dataset (ratings as a ``cs.StreamSource``, an
+           interaction-trained item view, a declared interest vector, ``movie_pop`` rating counts /
+           mean per movie), ``backfill(end=c)``, then ``get_user_context(user, as_of=c)`` whose
+           ``cs.Similar(..., exclude_seen=True, seen_from=ratings, rerank=cs.Rerank(...))`` leaves
+           out seen and not-yet-released movies and re-ranks by the movie features as of c.
 
-``--cs-filter eval|none``: whether this script removes seen / not-yet-released movies from the
-product's similar list (``eval``, the default until the product excludes them itself) or takes the
-list as the product returns it (``none``: rerun like that once seen-exclusion is merged).
+``--cs-rerank "view.feature=w,...;candidates=N;similarity=S"`` (repeatable; the first is declared,
+the others are per-call overrides, one ``cs[...]`` row each): tune on earlier cut-offs
+(``--quantiles 0.25,0.43``), report on the test ones (default ``0.45,0.95``).
+``--cs-filter none|eval``: take the product's similar list as is (default) or also remove seen /
+not-yet-released movies in this script (counted either way as "recommended items already rated").
 
 Run: ``python evals/bench_recs.py [--data ../shared/datasets/movielens-small] [--cutoffs 12]``.
 """
@@ -25,7 +29,9 @@ from __future__ import annotations
 
 import argparse
 import random
+import shlex
 import shutil
+import sys
 import tempfile
 import textwrap
 import time
@@ -64,14 +70,22 @@ def load(data: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 def make_cases(
-    u: np.ndarray, m: np.ndarray, r: np.ndarray, ts: np.ndarray, n_cut: int, per_cut: int, seed: int
+    u: np.ndarray,
+    m: np.ndarray,
+    r: np.ndarray,
+    ts: np.ndarray,
+    n_cut: int,
+    per_cut: int,
+    seed: int,
+    lo: float = 0.45,
+    hi: float = 0.95,
 ) -> tuple[list[Case], np.ndarray]:
     movies = np.unique(m)
     midx = {int(x): i for i, x in enumerate(movies)}
     first = np.full(len(movies), np.iinfo(np.int64).max)
     np.minimum.at(first, np.array([midx[int(x)] for x in m]), ts)
     order = np.argsort(ts, kind="stable")
-    cutoffs = [int(np.quantile(ts, q)) for q in np.linspace(0.45, 0.95, n_cut)]
+    cutoffs = [int(np.quantile(ts, q)) for q in np.linspace(lo, hi, n_cut)]
     rng = random.Random(seed)
     by_user: dict[int, list[int]] = {}
     for i in order:
@@ -263,19 +277,54 @@ def _cf_view(cs: Any, args: argparse.Namespace) -> Any:
 
 
 # -- context-store: the product path -----------------------------------------------------------
+# Tuned on validation cut-offs (results/recs_tuning.md).
+DEFAULT_RERANK = (
+    "movie_pop.rating_count_180d=4,movie_pop.rating_count_30d=1,movie_pop.rating_mean_lifetime=0.5;candidates=100"
+)
+
 REPO = """
 import context_store as cs
 user = cs.Entity("user", join_keys=["user_id"])
 movie = cs.Entity("movie", join_keys=["movie_id"])
-ratings = cs.FileSource("data/ratings.parquet", timestamp_field="ts")
+ratings = cs.StreamSource("ratings", schema=[cs.Field("user_id", cs.String), cs.Field("movie_id", cs.String),
+    cs.Field("rating", cs.Float64), cs.Field("ts", cs.Timestamp)], timestamp_field="ts", min_event_time=None,
+    batch_source=cs.FileSource("data/ratings.parquet", timestamp_field="ts"))
 item_cf = cs.InteractionEmbeddingView("item_cf", [movie], ratings, user="user_id", weight="rating",
     method={method!r}, dim={dim},
     min_interactions={min_interactions}, min_weight={min_weight!r})
 user_interest = cs.InterestVector("user_interest", user, ratings, item_vectors=item_cf, weight="rating",
     half_life="{half_life}d", origin="2010-01-01")
+# Popularity and trend of each movie: the live aggregates the similar items are re-ranked by.
+movie_pop = cs.FeatureView("movie_pop", [movie], ratings, aggregations=[
+    cs.Aggregate("rating", "count", "7d"), cs.Aggregate("rating", "count", "30d"),
+    cs.Aggregate("rating", "count", "180d"), cs.Aggregate("rating", "count", cs.Lifetime()),
+    cs.Aggregate("rating", "mean", cs.Lifetime())])
 recs = cs.FeatureService("recs", [user_interest])
-ctx = cs.ContextService("ctx", user, features=recs, similar=(item_cf, 100), interest="user_interest.interest")
+ctx = cs.ContextService("ctx", user, features=recs, interest="user_interest.interest",
+    similar=cs.Similar(item_cf, k=10, exclude_seen=True, seen_from=ratings, rerank={rerank}))
 """
+
+
+def parse_rerank(spec: str) -> tuple[dict[str, float], int, float]:
+    """``"movie_pop.rating_count_180d=2,movie_pop.rating_count_30d=1;candidates=100;similarity=1"``."""
+    feats: dict[str, float] = {}
+    cand, sim = 50, 1.0
+    for part in spec.split(";"):
+        part = part.strip()
+        if part.startswith("candidates="):
+            cand = int(part.split("=", 1)[1])
+        elif part.startswith("similarity="):
+            sim = float(part.split("=", 1)[1])
+        elif part and part != "none":
+            for kv in part.split(","):
+                name, w = kv.split("=")
+                feats[name.strip()] = float(w)
+    return feats, cand, sim
+
+
+def rerank_expr(spec: str) -> str:
+    feats, cand, sim = parse_rerank(spec)
+    return f"cs.Rerank(features={feats!r}, similarity={sim!r}, candidates={cand})"
 
 
 def run_cs(
@@ -286,11 +335,21 @@ def run_cs(
     ts: np.ndarray,
     movies: np.ndarray,
     args: argparse.Namespace,
-) -> tuple[list[list[int]], float, list[float]]:
+) -> dict[str, tuple[list[list[int]], float, list[float], int]]:
+    """One repo; per cut-off ``backfill(end=c)``, then per case and re-rank config one
+    ``get_user_context(as_of=c)``: the first config is the declared one, the others per-call overrides.
+    Returns label -> (recs, seconds, latencies in ms, recommended items the case may not get)."""
     import context_store as cs
 
     midx = {str(x): i for i, x in enumerate(movies)}
+    specs: list[str] = args.cs_rerank or [DEFAULT_RERANK]
+    labels = ["cs" if len(specs) == 1 else f"cs[{s}]" for s in specs]
+    overrides: list[Any] = [None]
+    for spec in specs[1:]:
+        feats, cand, sim = parse_rerank(spec)
+        overrides.append(cs.Rerank(features=feats, similarity=sim, candidates=cand))
     root = Path(tempfile.mkdtemp(prefix="bench_recs_"))
+    out: dict[str, tuple[list[list[int]], float, list[float], int]] = {}
     try:
         (root / "data").mkdir()
         pq.write_table(
@@ -312,28 +371,35 @@ def run_cs(
                     min_interactions=args.min_interactions,
                     min_weight=args.min_weight,
                     half_life=int(args.half_life),
+                    rerank=rerank_expr(specs[0]),
                 )
             )
         )
         store = cs.ContextStore(root, workspace="bench_recs")
         store.apply()
-        recs: list[list[int]] = []
-        lat: list[float] = []
-        t0 = time.perf_counter()
+        recs: list[list[list[int]]] = [[] for _ in specs]
+        lat: list[list[float]] = [[] for _ in specs]
+        secs = [0.0 for _ in specs]
+        leaks = [0 for _ in specs]
         for c in sorted({case.cutoff for case in cases}):
             at = datetime.fromtimestamp(c, tz=UTC)
             store.backfill(end=at)  # point-in-time: trains on, and writes, ratings before c only
             for case in (x for x in cases if x.cutoff == c):
-                t = time.perf_counter()
-                ctx = store.get_user_context(str(case.user), "ctx", as_of=at)
-                lat.append((time.perf_counter() - t) * 1e3)
-                got = [midx[str(i.entity_id)] for i in ctx.similar if str(i.entity_id) in midx]
-                if args.cs_filter == "eval":
-                    got = [g for g in got if case.candidates[g]]
-                recs.append(got[:K])
-        secs = time.perf_counter() - t0
+                for j, override in enumerate(overrides):
+                    t = time.perf_counter()
+                    ctx = store.get_user_context(str(case.user), "ctx", as_of=at, rerank=override)
+                    dt = time.perf_counter() - t
+                    lat[j].append(dt * 1e3)
+                    secs[j] += dt
+                    got = [midx[str(i.entity_id)] for i in ctx.similar if str(i.entity_id) in midx]
+                    leaks[j] += sum(1 for g in got if not case.candidates[g])
+                    if args.cs_filter == "eval":
+                        got = [g for g in got if case.candidates[g]]
+                    recs[j].append(got[:K])
         store.close()
-        return recs, secs, lat
+        for j, label in enumerate(labels):
+            out[label] = (recs[j], secs[j], lat[j], leaks[j])
+        return out
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -352,12 +418,21 @@ def main() -> None:
     ap.add_argument("--min-interactions", type=int, default=3)
     ap.add_argument("--min-weight", type=float, default=None)
     ap.add_argument("--half-life", type=float, default=365.0, help="days")
-    ap.add_argument("--cs-filter", default="eval", choices=["eval", "none"])
+    ap.add_argument("--cs-filter", default="none", choices=["eval", "none"])
+    ap.add_argument(
+        "--quantiles", default="0.45,0.95", help="first,last cut-off as quantiles of rating time (tune on earlier ones)"
+    )
+    ap.add_argument(
+        "--cs-rerank",
+        action="append",
+        help=f"re-rank config of cs (repeatable: one cs row each; the first is declared). Default: {DEFAULT_RERANK!r}",
+    )
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "recs.md"))
     args = ap.parse_args()
     data = Path(args.data)
     u, m, r, ts = load(data)
-    cases, movies = make_cases(u, m, r, ts, args.cutoffs, args.per_cutoff, args.seed)
+    lo, hi = (float(x) for x in args.quantiles.split(","))
+    cases, movies = make_cases(u, m, r, ts, args.cutoffs, args.per_cutoff, args.seed, lo, hi)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     print(f"{len(cases)} test cases, {len({c.user for c in cases})} users, {len({c.cutoff for c in cases})} cut-offs")
     results: dict[str, tuple[list[list[int]], float]] = {}
@@ -366,18 +441,32 @@ def main() -> None:
         results.update(run_baselines(base, cases, u, m, ts, movies))
     if "cs-math" in systems:
         results["cs-math"] = run_cs_math(cases, u, m, r, ts, movies, args)
-    lat: list[float] = []
+    lat: dict[str, tuple[list[float], int]] = {}
     if "cs" in systems:
-        recs, secs, lat = run_cs(cases, u, m, r, ts, movies, args)
-        results["cs"] = (recs, secs)
+        for label, (recs, secs, ms, leaks) in run_cs(cases, u, m, r, ts, movies, args).items():
+            results[label] = (recs, secs)
+            lat[label] = (ms, leaks)
     report(results, cases, movies, lat, args)
+
+
+def _argv_without_out() -> list[str]:
+    argv, out = sys.argv[1:], []
+    skip = False
+    for a in argv:
+        if skip or a.startswith("--out="):
+            skip = False
+            continue
+        skip = a == "--out"
+        if not skip:
+            out.append(a)
+    return out
 
 
 def report(
     results: dict[str, tuple[list[list[int]], float]],
     cases: list[Case],
     movies: np.ndarray,
-    lat: list[float],
+    lat: dict[str, tuple[list[float], int]],
     args: argparse.Namespace,
 ) -> None:
     rows = []
@@ -391,13 +480,12 @@ def report(
     lines = [
         "# Recommendations on MovieLens (issue #15)",
         "",
-        f"`python evals/bench_recs.py --cutoffs {args.cutoffs} --per-cutoff {args.per_cutoff} --method {args.method} "
-        f"--dim {args.dim} --min-interactions {args.min_interactions} --half-life {args.half_life:g} "
-        f"--cs-filter {args.cs_filter}`",
+        "`python evals/bench_recs.py " + " ".join(shlex.quote(a) for a in _argv_without_out()) + "`",
         "",
         f"{len(cases)} test cases from {len({c.user for c in cases})} users "
         f"at {len({c.cutoff for c in cases})} cut-offs "
-        "(45%..95% quantiles of rating time). Targets: the movies rated >= 4 among the user's next 10 ratings after "
+        f"({args.quantiles.replace(',', '..')} quantiles of rating time). "
+        "Targets: the movies rated >= 4 among the user's next 10 ratings after "
         "the cut-off; candidates: movies first rated before the cut-off and not rated by the user before it. "
         "Every system sees ratings before the cut-off only. 95% bootstrap intervals (2,000 resamples of test cases).",
         "",
@@ -417,12 +505,13 @@ def report(
             if s.startswith("cs"):
                 rel = ms["HR@10"][0] / best[1]["HR@10"][0] - 1 if best[1]["HR@10"][0] else float("nan")
                 lines.append(f"- {s}: HR@10 {ms['HR@10'][0]:.3f}, {rel:+.1%} relative to {best[0]}.")
-    if lat:
-        a = np.array(lat)
+    for label, (ms_list, leaks) in lat.items():
+        a = np.array(ms_list)
         lines += [
             "",
-            f"`get_user_context(as_of=cut-off)` latency over {len(a)} calls: p50 {np.percentile(a, 50):.1f} ms, "
-            f"p90 {np.percentile(a, 90):.1f} ms, p99 {np.percentile(a, 99):.1f} ms.",
+            f"{label}: `get_user_context(as_of=cut-off)` latency over {len(a)} calls: "
+            f"p50 {np.percentile(a, 50):.1f} ms, p90 {np.percentile(a, 90):.1f} ms, p99 {np.percentile(a, 99):.1f} ms; "
+            f"{leaks} recommended items already rated or not yet released (--cs-filter {args.cs_filter}).",
         ]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
