@@ -16,6 +16,7 @@ The measured calls are data: add a ``Call`` to ``CALLS`` (e.g. ``remember``) and
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -55,6 +56,7 @@ txn_stats = cs.FeatureView(
     + [cs.Aggregate("item_id", "last_distinct_n", "7d", n=3)],
 )
 user_features = cs.FeatureService("user_features", [txn_stats])
+memories = cs.Memory("memories", entity=user)  # the default embedder: MiniLM
 """
 
 
@@ -81,12 +83,35 @@ def _check_recorded(i: int, sc: dict[str, Any]) -> None:
     assert sc["join_keys"] == {"user_id": f"u{i % USERS}"} and sc["features"]["txn_stats.amount_count_1h"] >= 1, sc
 
 
+_TEXTS = itertools.count()  # warm-up and rounds reuse i: every remembered text must still be new
+
+
+def _check_remembered(i: int, sc: dict[str, Any]) -> None:
+    assert sc["id"] and sc["deduplicated"] is False, sc  # every text is new: stored, not deduplicated
+
+
+def _check_found(i: int, sc: dict[str, Any]) -> None:
+    assert isinstance(sc["memories"], list) and len(sc["memories"]) <= 5, sc
+
+
 CALLS: list[Call] = [
     Call(
         "record_event",
         "`record_event` (push 1 event, wait until applied, read the view back)",
         lambda i: {"source": "transactions", "record": _event(i)},
         _check_recorded,
+    ),
+    Call(
+        "remember",
+        "`remember` (embed 1 text with MiniLM, append the memory event, durable and searchable on return)",
+        lambda i: {"text": f"prefers seat {next(_TEXTS)} on long flights", "entity_id": f"u{i % USERS}"},
+        _check_remembered,
+    ),
+    Call(
+        "search_memories",
+        "`search_memories` (embed the query, filtered vector search, k=5)",
+        lambda i: {"query": "seat preference", "entity_id": f"u{i % USERS}", "k": 5},
+        _check_found,
     ),
 ]
 
