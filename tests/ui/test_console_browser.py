@@ -40,9 +40,9 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 pytestmark = [pytest.mark.browser, pytest.mark.redis]
 
 ROOT = Path(__file__).resolve().parents[2]
-# The README's screenshots are refreshed with CONTEXT_STORE_UI_SCREENSHOTS=evals/results; otherwise a test run
+# The README's screenshots are refreshed with UI_SCREENSHOTS_DIR=evals/results; otherwise a test run
 # writes them to a scratch folder and leaves the tracked PNGs alone.
-SHOTS = Path(os.environ.get("CONTEXT_STORE_UI_SCREENSHOTS") or tempfile.gettempdir() + "/context-store-ui-shots")
+SHOTS = Path(os.environ.get("UI_SCREENSHOTS_DIR") or tempfile.gettempdir() + "/context-store-ui-shots")
 SHOTS.mkdir(parents=True, exist_ok=True)
 CHROMEDRIVER = "/usr/bin/chromedriver"
 
