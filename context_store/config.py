@@ -5,7 +5,7 @@ environment variables, overridden by keyword arguments.
 online_store: sqlite            # or redis://127.0.0.1:6379/0 (a password in it never appears in output)
 data_dir: .context_store        # registry, offline store (Lance) and sqlite online store live here
 offline_store: null             # default: <data_dir>/<workspace>/offline
-registry: null                  # default: <data_dir>/registry
+registry: null                  # default: <data_dir>/registry; or postgresql://user@host:5432/db (shared)
 allowed_hosts: []               # Host headers the server answers besides loopback, e.g. [api.example.com]
 allowed_origins: []             # browser origins that get CORS headers, e.g. [https://app.example.com]
 redis_read_timeout_ms: 100      # a Redis read (serving) fails with 503 after this long
@@ -94,6 +94,7 @@ class Config:
     allowed_hosts: tuple[str, ...] = ()  # besides loopback; see docs/security.md
     allowed_origins: tuple[str, ...] = ()
     jwt: JwtConfig | None = None  # ``auth: jwt:``: bearer JWTs verified locally (docs/security.md)
+    registry_url: str | None = None  # ``registry: postgresql://...``: a shared registry (docs/deploy.md)
 
     def __repr__(self) -> str:
         # The store URL may carry a password: the repr (tracebacks, debug logs) shows it masked.
@@ -101,7 +102,8 @@ class Config:
         return (
             f"Config(repo={str(self.repo)!r}, workspace={self.workspace!r}, "
             f"online_store={redact_url(self.online_store)!r}, data_dir={str(self.data_dir)!r}, "
-            f"offline_store={self.offline_store!r}, registry={self.registry!r}, extra={extra!r}, "
+            f"offline_store={self.offline_store!r}, registry={self.registry!r}, "
+            f"registry_url={redact_url(self.registry_url) if self.registry_url else None!r}, extra={extra!r}, "
             f"allowed_hosts={self.allowed_hosts!r}, allowed_origins={self.allowed_origins!r})"
         )
 
@@ -180,6 +182,7 @@ def load_config(repo: str | os.PathLike[str] = ".", **overrides: Any) -> Config:
         raise InvalidInputError(
             f"online_store {redact_url(online)!r} must be 'sqlite' or a redis:// URL", field="online_store"
         )
+    registry_url = _registry_url(values.get("registry"))
     lists = {k: check_host_list(k, _string_list(values.get(k), k)) for k in _LISTS}
 
     def _path(v: Any) -> Path | None:
@@ -199,7 +202,8 @@ def load_config(repo: str | os.PathLike[str] = ".", **overrides: Any) -> Config:
         online_store=online,
         data_dir=_path(values.get("data_dir")) or root / ".context_store",
         offline_store=_path(values.get("offline_store")),
-        registry=_path(values.get("registry")),
+        registry=None if registry_url else _path(values.get("registry")),
+        registry_url=registry_url,
         extra=extra,
         allowed_hosts=lists["allowed_hosts"],
         allowed_origins=lists["allowed_origins"],
@@ -207,6 +211,21 @@ def load_config(repo: str | os.PathLike[str] = ".", **overrides: Any) -> Config:
     )
     config.redis_timeouts  # noqa: B018 - a bad timeout fails at load, naming its key
     return config
+
+
+_PG_SCHEMES = ("postgresql://", "postgres://")
+
+
+def _registry_url(value: Any) -> str | None:
+    """``registry:`` as a URL (a shared PostgreSQL registry), None for a path; other URL schemes are refused."""
+    if not isinstance(value, str) or "://" not in value:
+        return None
+    register_url(value)
+    if not value.startswith(_PG_SCHEMES):
+        raise InvalidInputError(
+            f"registry {redact_url(value)!r} must be a directory or a postgresql:// URL", field="registry"
+        )
+    return value
 
 
 def check_host_list(key: str, entries: tuple[str, ...], field: str | None = None) -> tuple[str, ...]:

@@ -1,29 +1,15 @@
-"""The registry: what is applied in each workspace, versioned, on local disk.
+"""The registry: what is applied in each workspace, versioned.
 
-Layout under ``config.registry_path / <workspace>``::
-
-    CURRENT                     the applied version number (replaced atomically)
-    DEPLOYMENT                  this registry's deployment id (random, created once; see ``deployment_id``)
-    .lock                       serialises concurrent ``apply`` calls (flock)
-    versions/000003/registry.json   every object's spec + resolved types
-    versions/000003/repo/...py      a copy of the definitions files that were applied
-
-A version directory is written under a temporary name and renamed into place before
-``CURRENT`` moves, so a reader (a server calling ``applied()``) never sees a partial version.
-``applied()`` reloads the snapshot files, so serving runs exactly the code that was applied
-while data paths stay relative to ``config.repo``.
+Storage is a backend behind ``storage.RegistryStorage``: local files by default (``file_storage.py``, layout
+there), or PostgreSQL shared by several hosts (``registry: postgresql://...``, ``pg_storage.py``).
+``applied()`` reloads the applied version's snapshot of the definitions files, so serving runs exactly the
+code that was applied while data paths stay relative to ``config.repo``.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import threading
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +18,7 @@ from ..errors import ConflictError, InvalidInputError, NotFoundError, Unavailabl
 from .loader import collect, find_definition_files, import_definitions
 from .plan import Plan, compute_plan, dtype_from_str, dtype_to_str
 from .repo import RepoDefinitions
+from .storage import RegistryStorage, open_storage
 from .validate import SchemaProbe, validate
 
 __all__ = ["Registry", "Plan", "applied_workspaces"]
@@ -71,15 +58,6 @@ def applied_workspaces(registry_path: Path) -> list[str]:
     return [d.name for d in dirs if (d / "CURRENT").is_file() and (d / "CURRENT").read_text().strip() not in ("", "0")]
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class Registry:
     """``Registry(config)``: plan/apply the repo's definitions into ``config.workspace``."""
 
@@ -91,14 +69,12 @@ class Registry:
         self.probe = probe
         self._cache: tuple[int, RepoDefinitions] | None = None
         self._cache_lock = threading.Lock()
+        self.storage: RegistryStorage = open_storage(config)
 
     # -- paths -------------------------------------------------------------------------
     @property
     def root(self) -> Path:
         return Path(self.config.registry_path) / self.config.workspace
-
-    def _version_dir(self, version: int) -> Path:
-        return self.root / "versions" / f"{version:06d}"
 
     def _exclude(self) -> list[Path]:
         c = self.config
@@ -109,29 +85,7 @@ class Registry:
         first open of a registry applied before ids existed) and read by every process of this repo, so
         they agree; a fresh repo (a new registry) gets a new one. The online namespace is claimed by it
         (``stores/online/claim.py``). None when absent and not ``create``."""
-        path = self.root / "DEPLOYMENT"
-        try:
-            return path.read_text().strip() or None
-        except FileNotFoundError:
-            if not create:
-                return None
-        tmp = path.with_name(f".DEPLOYMENT.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            _atomic_write(tmp, f"{uuid.uuid4().hex[:16]}\n".encode())
-            try:
-                os.link(tmp, path)  # create-if-absent: of two processes creating it at once, all keep the winner's
-            except FileExistsError:
-                pass
-            finally:
-                tmp.unlink(missing_ok=True)
-            return path.read_text().strip() or None
-        except OSError as e:
-            raise UnavailableError(
-                f"cannot create this registry's deployment id {path} ({e}); run `context-store apply` once where "
-                "the registry is writable",
-                field="registry",
-            ) from None
+        return self.storage.deployment_id(create)
 
     # -- the repo ----------------------------------------------------------------------
     def load_repo(self) -> RepoDefinitions:
@@ -153,20 +107,16 @@ class Registry:
     # -- what is applied -----------------------------------------------------------------
     def applied_version(self) -> int:
         """The applied version number, 0 when nothing was applied in this workspace."""
-        try:
-            return int((self.root / "CURRENT").read_text().strip() or 0)
-        except FileNotFoundError:
-            return 0
-        except ValueError:
-            raise ConflictError(f"registry file {self.root / 'CURRENT'} is corrupt") from None
+        return self.storage.current_version()
 
     def applied_records(self, version: int | None = None) -> dict[str, dict[str, Any]]:
         v = self.applied_version() if version is None else version
         if v == 0:
             return {}
         try:
-            return json.loads((self._version_dir(v) / "registry.json").read_text())["objects"]
-        except (OSError, ValueError, KeyError) as e:
+            objects: dict[str, dict[str, Any]] = self.storage.read_meta(v)["objects"]
+            return objects
+        except (OSError, ValueError, LookupError) as e:
             raise UnavailableError(
                 f"registry version {v} of workspace '{self.config.workspace}' cannot be read ({e})", field="registry"
             ) from None
@@ -190,16 +140,15 @@ class Registry:
             return self._cache
 
     def _load_version(self, v: int) -> RepoDefinitions:
-        vdir = self._version_dir(v)
         try:
-            meta = json.loads((vdir / "registry.json").read_text())
-        except (OSError, ValueError) as e:
+            meta = self.storage.read_meta(v)
+        except (OSError, ValueError, LookupError) as e:
             raise UnavailableError(
                 f"registry version {v} of workspace '{self.config.workspace}' cannot be read ({e}); "
                 "re-run `context-store apply`",
                 field="registry",
             ) from None
-        snap = vdir / "repo"
+        snap = self.storage.snapshot_dir(v)
         files = [snap / rel for rel in meta["files"]]
         modules = import_definitions(snap, files)
         defs = collect(m for _, m in modules)
@@ -221,21 +170,9 @@ class Registry:
         plan.records = _records(defs)
         return plan
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        import fcntl
-
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a+") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
     def apply(self, force: bool = False) -> Plan:
         """Commit the repo's definitions as a new version; breaking changes need ``force``."""
-        with self._locked():
+        with self.storage.locked():
             self.deployment_id()  # the first apply creates this registry's deployment identity
             plan = self.plan()
             if plan.breaking and not force:
@@ -254,37 +191,19 @@ class Registry:
                     "(`context-store init DIR` creates an example repo)",
                     field="repo",
                 )
-            v = plan.from_version + 1
-            self._write_version(v, plan)
-            _atomic_write(self.root / "CURRENT", f"{v}\n".encode())
-            plan.to_version = v
+            plan.to_version = self._write_version(plan.from_version + 1, plan)
             return plan
 
-    def _write_version(self, v: int, plan: Plan) -> None:
+    def _write_version(self, v: int, plan: Plan) -> int:
         root = Path(self.config.repo).resolve()
-        versions = self.root / "versions"
-        versions.mkdir(parents=True, exist_ok=True)
-        tmp = versions / f".tmp-{uuid.uuid4().hex[:10]}"
-        (tmp / "repo").mkdir(parents=True)
-        files = find_definition_files(root, exclude=self._exclude())
-        rels = []
-        for f in files:
-            rel = f.relative_to(root)
-            dst = tmp / "repo" / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(f, dst)
-            rels.append(rel.as_posix())
+        files = {f.relative_to(root).as_posix(): f for f in find_definition_files(root, exclude=self._exclude())}
         meta = {
             "version": v,
             "workspace": self.config.workspace,
             "applied_at": time.time(),
             "repo": str(root),
-            "files": rels,
+            "files": list(files),
             "objects": plan.records,
             "plan": plan.to_dict(),
         }
-        _atomic_write(tmp / "registry.json", json.dumps(meta, indent=1, sort_keys=True, default=str).encode())
-        final = self._version_dir(v)
-        if final.exists():  # a crashed earlier apply left it behind without moving CURRENT
-            shutil.rmtree(final)
-        os.rename(tmp, final)
+        return self.storage.write_version(v - 1, meta, files)
