@@ -76,10 +76,11 @@ def test_apply_plan_refresh_round_trip(tmp_path: Path, pg: str, ws: str) -> None
     assert reg.applied_records(1)["feature_views/stats"]["spec"]["description"] == "d1"
     assert reg.deployment_id() == reg.deployment_id(create=False) is not None
     # a breaking change is refused and leaves nothing behind (the transaction rolls back)
-    rewrite(root, 'cs.Field("amount", cs.Float64)', 'cs.Field("amount", cs.String)')
-    with pytest.raises(Exception):  # noqa: B017 - a DefinitionError or ConflictError, either refuses
+    rewrite(root, 'cs.Field("merchant", cs.String)', 'cs.Field("merchant", cs.Int64)')
+    with pytest.raises(ConflictError, match="--force"):
         reg.apply()
     assert reg.applied_version() == 2 and reg.storage.versions() == [1, 2]
+    assert reg.apply(force=True).to_version == 3
     # nothing was written under the file registry's directory
     assert not (reg.config.registry_path / ws).exists()
 
