@@ -71,6 +71,12 @@ class Registry:
         self._cache_lock = threading.Lock()
         self.storage: RegistryStorage = open_storage(config)
 
+    def close(self) -> None:
+        """Release the storage's connection (a PostgreSQL registry); reopened on next use."""
+        close = getattr(self.storage, "close", None)
+        if close is not None:
+            close()
+
     # -- paths -------------------------------------------------------------------------
     @property
     def root(self) -> Path:

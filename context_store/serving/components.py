@@ -256,6 +256,6 @@ class StoreComponents:
         self.stream_admin.close()
         if ingestor is not None:  # pushed: inline leases, pub/sub, the stream connection
             ingestor.close()
-        for comp in (online, offline, vectors, collections):
+        for comp in (online, offline, vectors, collections, self._registry):
             if comp is not None and hasattr(comp, "close"):
                 comp.close()
