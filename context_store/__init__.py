@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         StreamSource,
         String,
         Timestamp,
+        TopItems,
         realtime_feature_view,
     )
     from .errors import (
@@ -84,6 +85,7 @@ __all__ = [
     "RateLimitedError",
     "RealtimeFeatureView",
     "Rerank",
+    "TopItems",
     "RequestSource",
     "Similar",
     "StreamSource",

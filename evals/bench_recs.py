@@ -16,7 +16,8 @@ Systems (``--systems``, comma separated):
            ``cs.Similar(..., exclude_seen=True, seen_from=ratings, rerank=cs.Rerank(...))`` leaves
            out seen and not-yet-released movies and re-ranks by the movie features as of c.
 
-``--cs-rerank "view.feature=w,...;candidates=N;similarity=S"`` (repeatable; the first is declared,
+``--cs-rerank "view.feature=w,...;candidates=N;similarity=S;also=view.feature:n"`` (``also``: a
+``cs.TopItems`` second candidate source merged into the re-rank pool; repeatable; the first is declared,
 the others are per-call overrides, one ``cs[...]`` row each): tune on earlier cut-offs
 (``--quantiles 0.25,0.43``), report on the test ones (default ``0.45,0.95``).
 ``--cs-filter none|eval``: take the product's similar list as is (default) or also remove seen /
@@ -305,13 +306,18 @@ ctx = cs.ContextService("ctx", user, features=recs, interest="user_interest.inte
 """
 
 
-def parse_rerank(spec: str) -> tuple[dict[str, float], int, float]:
-    """``"movie_pop.rating_count_180d=2,movie_pop.rating_count_30d=1;candidates=100;similarity=1"``."""
+def parse_rerank(spec: str) -> tuple[dict[str, float], int, float, list[tuple[str, int]]]:
+    """``"movie_pop.rating_count_180d=2,movie_pop.rating_count_30d=1;candidates=100;similarity=1;
+    also=movie_pop.rating_count_180d:100"`` (``also``: a ``cs.TopItems(feature, n)`` candidate source)."""
     feats: dict[str, float] = {}
     cand, sim = 50, 1.0
+    also: list[tuple[str, int]] = []
     for part in spec.split(";"):
         part = part.strip()
-        if part.startswith("candidates="):
+        if part.startswith("also="):
+            name, n = part.split("=", 1)[1].split(":")
+            also.append((name.strip(), int(n)))
+        elif part.startswith("candidates="):
             cand = int(part.split("=", 1)[1])
         elif part.startswith("similarity="):
             sim = float(part.split("=", 1)[1])
@@ -319,12 +325,13 @@ def parse_rerank(spec: str) -> tuple[dict[str, float], int, float]:
             for kv in part.split(","):
                 name, w = kv.split("=")
                 feats[name.strip()] = float(w)
-    return feats, cand, sim
+    return feats, cand, sim, also
 
 
 def rerank_expr(spec: str) -> str:
-    feats, cand, sim = parse_rerank(spec)
-    return f"cs.Rerank(features={feats!r}, similarity={sim!r}, candidates={cand})"
+    feats, cand, sim, also = parse_rerank(spec)
+    pool = "[" + ", ".join(f"cs.TopItems({f!r}, n={n})" for f, n in also) + "]"
+    return f"cs.Rerank(features={feats!r}, similarity={sim!r}, candidates={cand}, also={pool})"
 
 
 def run_cs(
@@ -346,8 +353,9 @@ def run_cs(
     labels = ["cs" if len(specs) == 1 else f"cs[{s}]" for s in specs]
     overrides: list[Any] = [None]
     for spec in specs[1:]:
-        feats, cand, sim = parse_rerank(spec)
-        overrides.append(cs.Rerank(features=feats, similarity=sim, candidates=cand))
+        feats, cand, sim, also = parse_rerank(spec)
+        pool = [cs.TopItems(f, n=n) for f, n in also]
+        overrides.append(cs.Rerank(features=feats, similarity=sim, candidates=cand, also=pool))
     root = Path(tempfile.mkdtemp(prefix="bench_recs_"))
     out: dict[str, tuple[list[list[int]], float, list[float], int]] = {}
     try:

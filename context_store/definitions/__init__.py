@@ -12,7 +12,7 @@ from .feature_view import AGGREGATION_FUNCTIONS, Aggregate, FeatureSelection, Fe
 from .interactions import InteractionEmbeddingView, InterestVector
 from .memory import Memory
 from .realtime import RealtimeFeatureView, realtime_feature_view
-from .retrieval import MMR, Rerank, Similar
+from .retrieval import MMR, Rerank, Similar, TopItems
 from .services import ContextService, FeatureService, LoggingConfig
 from .sources import FileSource, RequestSource, Source, StreamSource
 from .windows import Lifetime, format_duration, parse_duration
@@ -46,6 +46,7 @@ __all__ = [
     "MMR",
     "RealtimeFeatureView",
     "Rerank",
+    "TopItems",
     "RequestSource",
     "Similar",
     "Source",

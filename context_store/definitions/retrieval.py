@@ -11,13 +11,13 @@ relevance for diversity. Per-call ``k`` and ``filter`` override the declared one
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
 from .embedding import EmbeddingView
 from .sources import StreamSource
 
-__all__ = ["Similar", "Rerank", "MMR", "SECTIONS", "DEFAULT_BUDGET", "check_budget"]
+__all__ = ["Similar", "Rerank", "MMR", "TopItems", "SECTIONS", "DEFAULT_BUDGET", "check_budget"]
 
 # The sections of a rendered context, and the default share of the token budget each may claim
 # before the others (unused shares go to whoever still has lines: see serving/context_text.py).
@@ -50,11 +50,40 @@ class MMR:
         return {"mmr": self.lambda_}
 
 
+class TopItems:
+    """A second candidate source for ``cs.Rerank(also=...)``: the ``n`` items with the highest value
+    of ``feature`` (``"view.feature"`` of a feature view keyed by the item entity), so that items
+    far from the interest vector but high on the feature (e.g. popular now) can be re-ranked too.
+    Online: the current values, recomputed per process at most every ``refresh_seconds``; in an
+    ``as_of`` replay: point-in-time from the offline log, as of the start of ``as_of``'s UTC day
+    (cached per day; never after ``as_of``)."""
+
+    def __init__(self, feature: str, n: int = 100, *, refresh_seconds: float = 60.0) -> None:
+        if not isinstance(feature, str) or feature.count(".") != 1 or not all(feature.split(".")):
+            _fail("cs.TopItems", f"feature: {feature!r} is not 'view.feature'")
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 100:
+            _fail("cs.TopItems", f"n must be an int in 1..100, got {n!r}")
+        if (
+            isinstance(refresh_seconds, bool)
+            or not isinstance(refresh_seconds, (int, float))
+            or not math.isfinite(refresh_seconds)
+            or refresh_seconds < 0
+        ):
+            _fail("cs.TopItems", f"refresh_seconds must be a finite number >= 0, got {refresh_seconds!r}")
+        self.feature = feature
+        self.n = n
+        self.refresh_seconds = float(refresh_seconds)
+
+    def spec(self) -> dict[str, Any]:
+        return {"top_items": self.feature, "n": self.n, "refresh_seconds": self.refresh_seconds}
+
+
 class Rerank:
     """Candidates re-scored by ``similarity * sim + sum(weight * feature)``, every term min-max
     normalised over the candidates (a missing value scores 0); ``features`` are ``"view.feature"``
     of feature views keyed by the item entity, read in one batched online read (as of the replay
-    time for ``as_of``). ``candidates``: how many nearest items are re-ranked."""
+    time for ``as_of``). ``candidates``: how many nearest items are re-ranked; ``also``: more
+    candidates from other sources (``cs.TopItems``), merged with the nearest ones before scoring."""
 
     def __init__(
         self,
@@ -63,7 +92,15 @@ class Rerank:
         similarity: float = 1.0,
         diversity: MMR | None = None,
         candidates: int = 50,
+        also: TopItems | Sequence[TopItems] = (),
     ) -> None:
+        extra = [also] if isinstance(also, TopItems) else also
+        if (
+            isinstance(extra, (str, bytes))
+            or not isinstance(extra, Sequence)
+            or not all(isinstance(x, TopItems) for x in extra)
+        ):
+            _fail("cs.Rerank", "also must be a cs.TopItems or a list of them")
         feats = dict(features or {})
         for name, w in feats.items():
             if not isinstance(name, str) or name.count(".") != 1 or not all(name.split(".")):
@@ -80,14 +117,18 @@ class Rerank:
         self.similarity = float(similarity)
         self.diversity = diversity
         self.candidates = candidates
+        self.also: tuple[TopItems, ...] = tuple(extra)
 
     def spec(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "features": dict(self.features),
             "similarity": self.similarity,
             "diversity": self.diversity.spec() if self.diversity else None,
             "candidates": self.candidates,
         }
+        if self.also:  # only when set: existing definitions keep their spec
+            out["also"] = [x.spec() for x in self.also]
+        return out
 
 
 class Similar:

@@ -8,6 +8,11 @@
 2. **Re-ranking** (``cs.Rerank``): the candidates' feature values read in one batched read (online,
    or point-in-time from the offline log for a replay); every term min-max normalised over the
    candidates, weighted and summed; ties by id, so the order is deterministic.
+   ``cs.Rerank(also=cs.TopItems(feature, n))`` adds a second candidate source before scoring: the
+   ``n`` highest items by a feature of the item entity not already excluded (``top_items``: a
+   per-process ranking, refreshed every ``refresh_seconds`` online, point-in-time per UTC day in a
+   replay), fetched from the view with the same filter and exclusions so they carry their real
+   similarity to the interest vector. Items without a vector are not in the view, so not returned.
 3. **Diversity** (``cs.MMR``): greedy maximal marginal relevance over the candidates' vectors.
 
 Not versioned: an item's vector and attributes are the current ones in a replay (the view keeps one
@@ -18,14 +23,15 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..definitions import MMR, EmbeddingView, FeatureView, Rerank, Similar, StreamSource
+from ..definitions import MMR, EmbeddingView, FeatureView, Rerank, Similar, StreamSource, TopItems
 from ..errors import InvalidInputError
 from ..limits import SEEN_MAX, SIMILAR_K
 from ..types import SimilarItem
@@ -34,7 +40,16 @@ from ..vocab.time import datetime_to_us
 if TYPE_CHECKING:
     from .store import ContextStore
 
-__all__ = ["Retrieval", "retrieve", "seen_items", "catalogue_after", "with_excluded", "rerank", "mmr"]
+__all__ = [
+    "Retrieval",
+    "retrieve",
+    "seen_items",
+    "catalogue_after",
+    "with_excluded",
+    "rerank",
+    "mmr",
+    "top_items",
+]
 
 
 @dataclass(slots=True)
@@ -171,10 +186,100 @@ def retrieve(
     found = store.find_similar(
         view.name, vector=vector, k=min(want, SIMILAR_K.hi), filter=with_excluded(flt or None, view.join_key, excluded)
     ).items
+    if rerank_with is not None and rerank_with.also:
+        found = _merge(found, _also(store, view, rerank_with, vector, flt, excluded, as_of, served_at))
     items = found[:k]
     if rerank_with is not None and found:
         items = rerank(store, view, found, rerank_with, as_of=as_of, served_at=served_at)[:k]
     return Retrieval(items, len(seen), len(later), rerank_with is not None)
+
+
+def _merge(first: list[SimilarItem], more: list[SimilarItem]) -> list[SimilarItem]:
+    have = {str(i.entity_id) for i in first}
+    out = list(first)
+    for i in more:
+        if str(i.entity_id) not in have:
+            have.add(str(i.entity_id))
+            out.append(i)
+    return out
+
+
+def _also(
+    store: ContextStore,
+    view: EmbeddingView,
+    rr: Rerank,
+    vector: Sequence[float],
+    flt: Mapping[str, Any],
+    excluded: Sequence[str],
+    as_of: datetime | None,
+    served_at: datetime,
+) -> list[SimilarItem]:
+    """The ``cs.TopItems`` candidates, read from the view with the filter and exclusions (so each
+    carries its similarity to ``vector``)."""
+    out: list[SimilarItem] = []
+    skip = set(excluded)
+    for src in rr.also:
+        ranked = top_items(store, view, src, as_of=as_of, served_at=served_at)
+        top = [i for i in ranked if i not in skip][: src.n]
+        if not top:
+            continue
+        f = dict(flt)
+        spec = f.get(view.join_key)
+        if spec is None:
+            f[view.join_key] = {"$in": top}
+        elif isinstance(spec, Mapping) and isinstance(spec.get("$in"), list):
+            allowed = {str(x) for x in spec["$in"]}
+            f[view.join_key] = {**spec, "$in": [i for i in top if i in allowed]}
+        else:
+            f[view.join_key] = _and(spec, {"$in": top})
+        if f[view.join_key].get("$in") == []:
+            continue
+        got = store.find_similar(
+            view.name, vector=vector, k=min(len(top), SIMILAR_K.hi), filter=with_excluded(f, view.join_key, excluded)
+        )
+        out += got.items
+    return out
+
+
+# (repo, item view, feature, catalogue signature, bucket) -> (computed at, ids ranked by the feature)
+_TOP: dict[tuple[Any, ...], tuple[float, list[str]]] = {}
+_top_lock = threading.Lock()
+_TOP_KEEP = 2000  # ranked ids kept per entry: the top n left after excluding a user's seen items
+_TOP_ENTRIES = 256
+_DAY_US = 86_400 * 1_000_000
+
+
+def top_items(
+    store: ContextStore, view: EmbeddingView, src: TopItems, *, as_of: datetime | None, served_at: datetime
+) -> list[str]:
+    """Ids of ``view``'s items by ``src.feature``, highest first (ties by id; missing values left
+    out). Online: the current values, cached for ``src.refresh_seconds``; replay: as of the start of
+    ``as_of``'s UTC day, over the items known then (cached per day)."""
+    sig = _signature(store, view)
+    if as_of is None:
+        key: tuple[Any, ...] = (*sig, src.feature, "online")
+        at, ttl = served_at, src.refresh_seconds
+    else:
+        day = datetime_to_us(as_of) // _DAY_US * _DAY_US
+        key = (*sig, src.feature, day)
+        at, ttl = datetime.fromtimestamp(day / 1e6, tz=UTC), float("inf")
+    hit = _TOP.get(key)
+    now = time.monotonic()
+    if hit is not None and now - hit[0] <= ttl:
+        return hit[1]
+    with _top_lock:
+        ids, times = first_seen(store, view)
+        known = ids[: int(np.searchsorted(times, datetime_to_us(at), side="right"))] if as_of is not None else ids
+        values = _feature_values(store, [src.feature], known, as_of=at if as_of is not None else None, served_at=at)
+        x = values[src.feature]
+        ok = [j for j in range(len(known)) if np.isfinite(x[j])]
+        ok.sort(key=lambda j: (-x[j], known[j]))
+        ranked = [known[j] for j in ok[:_TOP_KEEP]]
+        if len(_TOP) >= _TOP_ENTRIES:
+            for old in sorted(_TOP, key=lambda k: _TOP[k][0])[: len(_TOP) - _TOP_ENTRIES + 1]:
+                _TOP.pop(old, None)
+        _TOP[key] = (now, ranked)
+        return ranked
 
 
 def _and(a: Any, b: Any) -> Any:
@@ -204,12 +309,12 @@ def _minmax(x: np.ndarray) -> np.ndarray:
 
 
 def _feature_values(
-    store: ContextStore, rr: Rerank, ids: list[str], as_of: datetime | None, served_at: datetime
+    store: ContextStore, names: Sequence[str], ids: list[str], as_of: datetime | None, served_at: datetime
 ) -> dict[str, np.ndarray]:
     """``view.feature`` -> value per candidate (NaN: missing), one read per view."""
     defs = store.definitions
     by_view: dict[str, list[str]] = {}
-    for name in rr.features:
+    for name in names:
         v, f = name.split(".", 1)
         by_view.setdefault(v, []).append(f)
     out: dict[str, np.ndarray] = {}
@@ -272,7 +377,7 @@ def rerank(
     item's ``rank_score`` is its combined score."""
     ids = [str(i.entity_id) for i in items]
     score = rr.similarity * _minmax(np.array([i.score for i in items], dtype=np.float64))
-    for name, values in _feature_values(store, rr, ids, as_of, served_at).items():
+    for name, values in _feature_values(store, list(rr.features), ids, as_of, served_at).items():
         score = score + rr.features[name] * _minmax(values)
     order = sorted(range(len(items)), key=lambda j: (-score[j], ids[j]))
     if rr.diversity is not None:
