@@ -84,6 +84,11 @@ def register_secret(secret: str) -> None:
         _install_record_factory()
 
 
+# Schemes whose lone userinfo is a user name, never a password (``postgresql://reader@host/db``): masking it
+# would also mask that word everywhere else (``context-store[postgres]`` in an install hint).
+_USER_NAME_SCHEMES = frozenset({"postgresql", "postgres"})
+
+
 def register_url(url: str | None) -> None:
     """Register the credentials of a store URL (password, lone userinfo, password-like query values)."""
     if not url or "://" not in url:
@@ -98,7 +103,10 @@ def register_url(url: str | None) -> None:
     info = parts.netloc.rpartition("@")[0] if "@" in parts.netloc else ""
     if info:
         user, sep, password = info.partition(":")
-        register_secret(password if sep else user)
+        if sep:
+            register_secret(password)
+        elif parts.scheme not in _USER_NAME_SCHEMES:  # ``redis://token@host``: a lone userinfo may be a secret
+            register_secret(user)
     for key, value in parse_qsl(parts.query):
         if _SECRET_KEY.fullmatch(key):
             register_secret(value)

@@ -18,6 +18,7 @@ from context_store.config import load_config
 from context_store.errors import ConflictError, InvalidInputError, MissingDependencyError, UnavailableError
 from context_store.registry.pg_storage import PostgresStorage
 from context_store.registry.registry import Registry
+from context_store.vocab.redact import redact_text
 from tests.registry.test_registry import BASE, repo, rewrite
 from tests.support.postgres import postgres_dsn
 from tests.support.repo import make_repo
@@ -49,8 +50,10 @@ def test_config_reads_a_postgres_registry_from_yaml_and_env(tmp_path: Path, monk
     c = load_config(root)
     assert c.registry_url == "postgresql://u:S3cretPw@db.example:5432/reg" and c.registry is None
     assert "S3cretPw" not in repr(c) and "db.example" in repr(c)
-    monkeypatch.setenv("CONTEXT_STORE_REGISTRY", "postgres://other@h/db")
-    assert load_config(root).registry_url == "postgres://other@h/db"
+    monkeypatch.setenv("CONTEXT_STORE_REGISTRY", "postgres://reg-reader@h/db")
+    assert load_config(root).registry_url == "postgres://reg-reader@h/db"
+    # A PostgreSQL DSN's lone userinfo is a user name, not a secret: it is not masked everywhere else.
+    assert redact_text("connected as reg-reader") == "connected as reg-reader"
     monkeypatch.setenv("CONTEXT_STORE_REGISTRY", "mysql://u:pw1234@h/db")
     with pytest.raises(InvalidInputError, match="postgresql://") as e:
         load_config(root)
