@@ -19,7 +19,7 @@ from starlette.responses import Response
 from ..errors import ContextStoreError, InvalidInputError, error_body, error_headers, http_status, is_unavailable
 from ..vocab.json import dumps_api
 
-__all__ = ["install_error_handlers", "error_response", "json_response", "dumps", "loads_body"]
+__all__ = ["install_error_handlers", "error_response", "json_response", "dumps", "loads_body", "loads_object"]
 
 log = logging.getLogger("context_store.server")
 
@@ -43,6 +43,14 @@ def loads_body(raw: bytes) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as e:
         raise InvalidInputError(f"request body is not valid JSON: {e}", field="body") from None
+
+
+def loads_object(raw: bytes) -> dict[str, Any]:
+    """``loads_body`` for routes whose body is a JSON object: 400 naming ``body`` for anything else."""
+    body = loads_body(raw)
+    if not isinstance(body, dict):
+        raise InvalidInputError("request body must be a JSON object", field="body")
+    return body
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str]:

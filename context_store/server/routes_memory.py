@@ -25,7 +25,7 @@ from ..limits import (
     MEMORY_TEXT_CHARS,
 )
 from . import schemas
-from .errors import json_response, loads_body
+from .errors import json_response, loads_object
 from .params import KNOWN_QUERY_PARAMS
 from .state import ServerState
 
@@ -54,9 +54,7 @@ def memory_router(state: ServerState) -> APIRouter:
     @router.post("/memories", openapi_extra=schemas.body(REMEMBER))
     async def remember(request: Request) -> Response:
         principal = state.authenticate(request)
-        body = loads_body(await request.body())
-        if not isinstance(body, dict):
-            raise InvalidInputError("request body must be a JSON object", field="body")
+        body = loads_object(await request.body())
         unknown = sorted(set(body) - _FIELDS)
         if unknown:
             raise InvalidInputError(

@@ -27,7 +27,7 @@ from ..limits import (
     IntRange,
 )
 from . import schemas
-from .errors import json_response, loads_body
+from .errors import json_response, loads_object
 from .params import KNOWN_QUERY_PARAMS
 from .state import ServerState
 
@@ -45,12 +45,6 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [to_jsonable(v) for v in obj]
     return obj
-
-
-def _object(body: Any) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise InvalidInputError("request body must be a JSON object", field="body")
-    return body
 
 
 def _opt(body: dict[str, Any], name: str, kind: type | tuple[type, ...], what: str) -> Any:
@@ -143,7 +137,7 @@ def native_router(state: ServerState) -> APIRouter:
     @router.post("/similar", openapi_extra=schemas.body(schemas.SIMILAR))
     async def similar(request: Request) -> Response:
         principal = state.authenticate(request)
-        body = _object(loads_body(await request.body()))
+        body = loads_object(await request.body())
         view = _req_str(body, "view")
         text = _opt(body, "text", str, "a string")
         entity_id = _opt(body, "entity_id", str, "a string")
@@ -166,7 +160,7 @@ def native_router(state: ServerState) -> APIRouter:
     @router.post("/knowledge/search", openapi_extra=schemas.body(schemas.KNOWLEDGE))
     async def knowledge_search(request: Request) -> Response:
         principal = state.authenticate(request)
-        body = _object(loads_body(await request.body()))
+        body = loads_object(await request.body())
         knowledge = _req_str(body, "knowledge")
         query = _req_str(body, "query")
         k = _k(body, KNOWLEDGE_K_DEFAULT, KNOWLEDGE_K)
@@ -183,7 +177,7 @@ def native_router(state: ServerState) -> APIRouter:
         ``ingestMetrics[source].rejected`` lists the records too late to count (index, field, reason,
         message): written nowhere; a source whose every record is too late is a 400."""
         principal = state.authenticate(request)
-        body = _object(loads_body(await request.body()))
+        body = loads_object(await request.body())
         dry_run = bool(_opt(body, "dry_run", bool, "true or false"))
         batches = _parse_records(body.get("records"), state.settings.max_ingest_records)
         ws, store = state.store_for(principal, "ingest", _opt(body, "workspace_name", str, "a string"))
@@ -221,7 +215,7 @@ def native_router(state: ServerState) -> APIRouter:
         idempotent (``Idempotency-Key``) like ``/v1/ingest``; answers the push result and the online values of the
         views the source feeds, for the record's entity (read-after-write)."""
         principal = state.authenticate(request)
-        body = _object(loads_body(await request.body()))
+        body = loads_object(await request.body())
         source = _req_str(body, "source")
         record = _opt(body, "record", dict, "a JSON object of field -> value")
         if record is None:
