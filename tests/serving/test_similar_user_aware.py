@@ -9,7 +9,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx
 import numpy as np
 import pyarrow.parquet as pq
@@ -17,6 +16,7 @@ import pytest
 
 import context_store as cs
 from context_store.errors import InvalidInputError
+from tests.support.mcp import session_calls
 from tests.support.recs import T0, build_recs_repo
 
 SIMILAR = 'cs.Similar(items, k=10, seen_from=ratings, rerank=None, filter={"genre": {"$ne": "none"}})'
@@ -161,22 +161,10 @@ def test_rest_and_mcp_take_k_and_filter(recs: cs.ContextStore) -> None:
 
 
 def _mcp(url: str, calls: list[tuple[str, dict[str, Any]]]) -> list[Any]:
-    from mcp import Client
-    from mcp.client.streamable_http import streamable_http_client
-    from mcp.shared._httpx_utils import create_mcp_http_client
-
-    async def main() -> list[Any]:
-        http = create_mcp_http_client(headers={"Authorization": "Bearer t"})
-        with anyio.fail_after(60):
-            async with Client(streamable_http_client(url, http_client=http)) as client:
-                out = []
-                for name, args in calls:
-                    res = await client.call_tool(name, args)
-                    assert not res.is_error, res.content
-                    out.append(res.structured_content)
-                return out
-
-    return anyio.run(main)
+    _, results = session_calls(url, "t", calls)
+    for res in results:
+        assert not res.is_error, res.content
+    return [res.structured_content for res in results]
 
 
 def test_replayed_seen_set_is_point_in_time(recs: cs.ContextStore) -> None:

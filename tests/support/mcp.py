@@ -9,12 +9,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
+import anyio
 import jsonschema
 
 import context_store as cs
 from tests.support.server import free_port
 
 __all__ = [
+    "session_calls",
     "McpStoreFactory",
     "TOOL_CALLS",
     "READ_TOOLS",
@@ -162,3 +164,29 @@ def serve_in_thread(app: Any, port: int) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def session_calls(
+    url: str, key: str, calls: list[tuple[str, dict[str, Any]]], *, validate: bool = False
+) -> tuple[dict[str, Any], list[Any]]:
+    """One MCP session over streamable HTTP with ``Authorization: Bearer <key>``: list the tools, then make
+    ``calls`` in order. Returns (tool name -> tool, results); ``validate`` checks every successful result's
+    structured content against its tool's output schema."""
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared._httpx_utils import create_mcp_http_client
+
+    async def main() -> tuple[dict[str, Any], list[Any]]:
+        http = create_mcp_http_client(headers={"Authorization": f"Bearer {key}"})
+        with anyio.fail_after(60):
+            async with Client(streamable_http_client(url, http_client=http)) as client:
+                tools = {t.name: t for t in (await client.list_tools()).tools}
+                out = []
+                for name, args in calls:
+                    res = await client.call_tool(name, args)
+                    if validate and not res.is_error:
+                        jsonschema.validate(res.structured_content, tools[name].output_schema)
+                    out.append(res)
+                return tools, out
+
+    return anyio.run(main)

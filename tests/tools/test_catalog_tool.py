@@ -5,19 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import anyio
-import jsonschema
 import pytest
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 
 import context_store as cs
 from context_store.errors import UnauthorizedError
 from context_store.server.auth import Principal, parse_authorization
 from context_store.tools.http import create_mcp_http_app, create_standalone_app
 from tests.support.catalog import RISK, build_catalog_repo
-from tests.support.mcp import free_port, serve_in_thread
+from tests.support.mcp import free_port, serve_in_thread, session_calls
 
 
 @pytest.fixture(scope="module")
@@ -43,20 +38,8 @@ def mcp_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def _call(url: str, token: str, calls: list[tuple[str, dict[str, Any]]]) -> list[Any]:
-    async def main() -> list[Any]:
-        http = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
-        with anyio.fail_after(60):
-            async with Client(streamable_http_client(url, http_client=http)) as client:
-                tools = {t.name: t for t in (await client.list_tools()).tools}
-                out: list[Any] = [tools]
-                for name, args in calls:
-                    res = await client.call_tool(name, args)
-                    if not res.is_error:
-                        jsonschema.validate(res.structured_content, tools[name].output_schema)
-                    out.append(res)
-                return out
-
-    return anyio.run(main)
+    tools, results = session_calls(url, token, calls, validate=True)
+    return [tools, *results]
 
 
 def test_search_features_over_http(mcp_url: str) -> None:

@@ -5,14 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import anyio
 import pytest
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 
 from context_store.tools.scopes import REQUIRED_SCOPE
-from tests.support.mcp import READ_TOOLS, TOOL_NAMES
+from tests.support.mcp import READ_TOOLS, TOOL_NAMES, session_calls
 from tests.support.subject import make_jwt, subject_server
 
 pytestmark = pytest.mark.redis
@@ -26,16 +22,8 @@ def srv(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[di
 
 
 def _calls(srv: dict[str, Any], key: str, calls: list[tuple[str, dict[str, Any]]]) -> list[Any]:
-    async def main() -> list[Any]:
-        http = create_mcp_http_client(headers={"Authorization": f"Bearer {key}"})
-        with anyio.fail_after(60):
-            async with Client(streamable_http_client(srv["url"] + "/mcp", http_client=http)) as client:
-                out: list[Any] = [{t.name for t in (await client.list_tools()).tools}]
-                for name, args in calls:
-                    out.append(await client.call_tool(name, args))
-                return out
-
-    return anyio.run(main)
+    tools, results = session_calls(srv["url"] + "/mcp", key, calls)
+    return [set(tools), *results]
 
 
 def _forbidden(res: Any, *words: str) -> None:

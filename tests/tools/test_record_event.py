@@ -8,19 +8,15 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import anyio
 import jsonschema
 import pytest
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 
 from context_store.access import Subject
 from context_store.server.auth import authenticate
 from context_store.server.keys import KeyStore
 from context_store.tools.http import create_mcp_http_app, create_standalone_app
 from context_store.tools.write import WRITE_TOOL_SCOPES
-from tests.support.mcp import McpStoreFactory, check_annotations, free_port, serve_in_thread
+from tests.support.mcp import McpStoreFactory, check_annotations, free_port, serve_in_thread, session_calls
 
 pytestmark = pytest.mark.redis
 
@@ -58,15 +54,7 @@ def srv(tmp_path_factory: pytest.TempPathFactory, prepare_store: McpStoreFactory
 
 def _calls(url: str, key: str, calls: list[tuple[str, dict[str, Any]]]) -> tuple[dict[str, Any], list[Any]]:
     """List the tools, then make ``calls`` in order, in one MCP session."""
-
-    async def main() -> tuple[dict[str, Any], list[Any]]:
-        http = create_mcp_http_client(headers={"Authorization": f"Bearer {key}"})
-        with anyio.fail_after(60):
-            async with Client(streamable_http_client(url, http_client=http)) as client:
-                tools = {t.name: t for t in (await client.list_tools()).tools}
-                return tools, [await client.call_tool(name, args) for name, args in calls]
-
-    return anyio.run(main)
+    return session_calls(url, key, calls)
 
 
 def _txn(user: str, ts: datetime, amount: float, item: str) -> dict[str, Any]:
