@@ -8,13 +8,18 @@ defaults to the subject's.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import ForbiddenError, InvalidInputError
+from .limits import ENTITY_ID_CHARS, INVISIBLE_CHARS
 
-__all__ = ["Subject", "check_join_keys", "subject_entity_id"]
+__all__ = ["Subject", "check_join_keys", "entity_id_value", "subject_entity_id"]
+
+_INVISIBLE = re.compile(INVISIBLE_CHARS + "|[\t\n]")
+_C0 = re.compile("[\x00-\x1f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,3 +94,30 @@ def subject_entity_id(subject: Subject | None, join_key: str, entity_id: Any, fi
     if str(entity_id) != subject.value:
         raise ForbiddenError(f"this token is bound to {subject}; it may not use {join_key}={entity_id}", field=field)
     return subject.value
+
+
+def entity_id_value(
+    raw: Any, join_key: str, int64: bool, field: str = "entity_id", *, erasure: bool = False
+) -> tuple[str, str | int]:
+    """(the id as text, the typed join-key value) of one entity a call names: the one rule of every verb
+    (context, memories, forget). A string or an integer (never a bool), 1-ENTITY_ID_CHARS characters, not
+    blank, no control or invisible characters; an int64 join key takes an integer. 400 naming ``field``.
+
+    ``erasure``: only C0 controls are refused, so an id stored with zero-width or bidi characters can
+    still be forgotten."""
+    if isinstance(raw, bool) or not isinstance(raw, (str, int)):
+        raise InvalidInputError(f"{field} must be a string or an integer", field=field)
+    text = str(raw)
+    bad = (_C0 if erasure else _INVISIBLE).search(text)
+    if not text.strip() or len(text) > ENTITY_ID_CHARS or bad:
+        raise InvalidInputError(
+            f"{field} must be 1-{ENTITY_ID_CHARS} characters without control characters", field=field
+        )
+    if not int64:
+        return text, text
+    try:
+        return text, int(text)
+    except ValueError:
+        raise InvalidInputError(
+            f"{field} must be an integer ({join_key} is int64), got {text!r}", field=field
+        ) from None

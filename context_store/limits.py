@@ -47,6 +47,7 @@ __all__ = [
     "MEMORY_ID_CHARS",
     "MEMORY_ID_PATTERN",
     "NO_CONTROL_PATTERN",
+    "INVISIBLE_CHARS",
     "MEMORY_K",
     "MEMORY_K_DEFAULT",
     "CATALOG_K",
@@ -112,6 +113,8 @@ MEMORY_ID_CHARS = 64  # a memory id argument (ids are 32 hex characters)
 MEMORY_ID_PATTERN = r"^[A-Za-z0-9_\-]+$"
 # Ids and keys in URL paths: no C0 control characters (what serving refuses), said in the OpenAPI schema too.
 NO_CONTROL_PATTERN = r"^[^\u0000-\u001f]+$"
+# C0/C1 controls, DEL, zero-width and bidi overrides: invisible text an attacker could hide in (a regex class).
+INVISIBLE_CHARS = "[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]"
 MEMORY_K = IntRange(1, 50)  # memories of one search
 MEMORY_K_DEFAULT = 5
 

@@ -29,14 +29,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from ..access import Subject, subject_entity_id
+from ..access import Subject, entity_id_value, subject_entity_id
 from ..definitions import Rerank
 from ..errors import InvalidInputError, NotFoundError
-from ..limits import CONTEXT_QUERY_CHARS, ENTITY_ID_CHARS, MAX_TOKENS, SIMILAR_K
+from ..limits import CONTEXT_QUERY_CHARS, MAX_TOKENS, SIMILAR_K
 from ..types import KnowledgeChunk, SimilarItem
 from ..vocab.time import EPOCH, checked_seconds_us, checked_utc, parse_iso, us_to_datetime
 from .context_events import offline_row_time
-from .context_text import _CONTROL, _SPACE, MAX_TEXT_CHARS, clean_text, count_tokens, iso, jsonable, render
+from .context_text import MAX_TEXT_CHARS, clean_text, count_tokens, iso, jsonable, render
 from .memory import context_memories
 
 if TYPE_CHECKING:
@@ -57,7 +57,6 @@ __all__ = [
     "MAX_TEXT_CHARS",
 ]
 
-_MAX_ENTITY_ID = ENTITY_ID_CHARS
 
 
 def parse_time(value: datetime | str | int | float | None, field_name: str = "as_of") -> datetime | None:
@@ -315,13 +314,6 @@ def _resolve_service(store: ContextStore, name: str | None) -> ContextService:
 
 
 def _join_keys(svc: ContextService, entity_id: Any) -> dict[str, Any]:
-    if isinstance(entity_id, bool) or not isinstance(entity_id, (str, int)):
-        raise InvalidInputError("entity_id must be a string", field="entity_id")
-    sid = str(entity_id)
-    if not sid or len(sid) > _MAX_ENTITY_ID or _CONTROL.search(sid) or _SPACE.search(sid):
-        raise InvalidInputError(
-            f"entity_id must be 1-{_MAX_ENTITY_ID} characters without control characters", field="entity_id"
-        )
     fields = svc.entity.join_key_fields
     if len(fields) != 1:
         raise InvalidInputError(
@@ -329,14 +321,7 @@ def _join_keys(svc: ContextService, entity_id: Any) -> dict[str, Any]:
             field="entity_id",
         )
     key = fields[0]
-    if key.dtype.name == "int64":
-        try:
-            return {key.name: int(sid)}
-        except ValueError:
-            raise InvalidInputError(
-                f"entity_id must be an integer ({key.name} is int64), got {sid!r}", field="entity_id"
-            ) from None
-    return {key.name: sid}
+    return {key.name: entity_id_value(entity_id, key.name, key.dtype.name == "int64")[1]}
 
 
 def _age_ms(served_at: datetime, t: datetime | None) -> int | None:

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from ..access import entity_id_value
 from ..compute import tombstones
 from ..errors import InvalidInputError, NotFoundError
-from ..limits import ENTITY_ID_CHARS
 from ..stores.offline.base import sql_equals
 from ..vocab.tables import FORGET_AUDIT_TABLE, TOMBSTONE_TABLE
 from ..vocab.time import us_to_datetime
@@ -101,13 +101,7 @@ def _check(store: ContextStore, join_keys: Mapping[str, Any]) -> tuple[str, str]
         raise InvalidInputError(
             f"{key!r} is not a join key of any entity; known: {', '.join(known) or 'none'}", field="join_keys"
         )
-    if isinstance(raw, bool) or not isinstance(raw, (str, int)):
-        raise InvalidInputError(f"{key} must be a string or an integer", field=f"join_keys.{key}")
-    value = str(raw)
-    if not value or len(value) > ENTITY_ID_CHARS or any(ord(c) < 32 for c in value):
-        raise InvalidInputError(
-            f"{key} must be 1..{ENTITY_ID_CHARS} characters without control characters", field=f"join_keys.{key}"
-        )
+    value = entity_id_value(raw, key, False, field=f"join_keys.{key}", erasure=True)[0]
     return key, value
 
 

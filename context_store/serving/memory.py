@@ -24,12 +24,11 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..access import Subject, subject_entity_id
+from ..access import Subject, entity_id_value, subject_entity_id
 from ..definitions.memory import Memory, memory_candidates
 from ..errors import InvalidInputError, NotFoundError
 from ..limits import (
     CONTEXT_QUERY_CHARS,
-    ENTITY_ID_CHARS,
     MEMORY_ID_CHARS,
     MEMORY_K,
     MEMORY_K_DEFAULT,
@@ -90,21 +89,10 @@ def memory_of(store: ContextStore, name: str | None = None, subject: Subject | N
 
 def _entity(mem: Memory, subject: Subject | None, entity_id: Any) -> tuple[str, Any]:
     """(entity id as text, typed join key value); 403 for another entity than the subject's."""
-    if entity_id is not None and (isinstance(entity_id, bool) or not isinstance(entity_id, (str, int))):
-        raise InvalidInputError("entity_id must be a string", field="entity_id")
+    if entity_id is not None:
+        entity_id_value(entity_id, mem.join_key, False)  # the type and characters, before the subject check
     eid = subject_entity_id(subject, mem.join_key, entity_id)
-    if len(eid) > ENTITY_ID_CHARS or _CONTROL.search(eid) or not eid.strip():
-        raise InvalidInputError(
-            f"entity_id must be 1-{ENTITY_ID_CHARS} characters without control characters", field="entity_id"
-        )
-    if mem.entity.join_key_fields[0].dtype.name == "int64":
-        try:
-            return eid, int(eid)
-        except ValueError:
-            raise InvalidInputError(
-                f"entity_id must be an integer ({mem.join_key} is int64)", field="entity_id"
-            ) from None
-    return eid, eid
+    return entity_id_value(eid, mem.join_key, mem.entity.join_key_fields[0].dtype.name == "int64")
 
 
 # -- validation ----------------------------------------------------------------------------------
