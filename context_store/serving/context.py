@@ -58,7 +58,6 @@ __all__ = [
 ]
 
 
-
 def parse_time(value: datetime | str | int | float | None, field_name: str = "as_of") -> datetime | None:
     """ISO-8601 string, aware/naive datetime (naive = UTC) or epoch seconds -> aware UTC datetime."""
     if value is None:
