@@ -296,6 +296,8 @@ class LanceOfflineStore:
         import lance.fragment
 
         frags = [lance.fragment.FragmentMetadata.from_json(f) for f in fragments]
+        if self.path is not None:
+            self._check_visible(target.table_name, frags)
         opts = self.storage_options or None
         uri = target.uri
         with self._lock:
@@ -311,6 +313,20 @@ class LanceOfflineStore:
             if frags:
                 append = lance.LanceOperation.Append(frags)
                 lance.LanceDataset.commit(uri, append, read_version=int(tbl.version), storage_options=opts)
+
+    def _check_visible(self, table_name: str, frags: list[Any]) -> None:
+        """Refuse to commit data files this host cannot see: written by a Ray worker on another host
+        into its own local disk (a multi-host cluster needs a shared offline store: a URI or a mount)."""
+        data = self._dir(table_name) / "data"
+        for f in frags:
+            for df in f.files:
+                if not (data / df.path).is_file():
+                    raise InvalidInputError(
+                        f"offline table {table_name!r}: data file {df.path} written by a worker is not at "
+                        f"{data} on this host; with Ray workers on several hosts the offline store must be "
+                        "shared (offline_store: s3://..., gs://, az://, or the same mount on every host)",
+                        field="offline_store",
+                    )
 
     # -- undo (a failed embedded push takes back its appends) ----------------------------
     def version(self, table_name: str) -> int | None:

@@ -83,6 +83,18 @@ def test_fragments_committed_once(store: LanceOfflineStore) -> None:
     assert store.version("fv__f") == before + 2  # the delete, then one append
 
 
+def test_fragments_another_host_wrote_are_refused(tmp_path: Path) -> None:
+    """A worker on another host writes a local-path store's files to its own disk: never committed."""
+    store = LanceOfflineStore(tmp_path / "here")
+    data = _rows(["a"], [0], [1.0])
+    target = store.fragment_target("fv__f", data.schema, whole_table=True)
+    elsewhere = target._replace(location=str(tmp_path / "other_host_disk"))
+    frags = write_fragments(elsewhere, data)
+    with pytest.raises(InvalidInputError, match="must be shared") as err:
+        store.commit_fragments(target, frags, "ts", None, None)
+    assert err.value.field == "offline_store" and not store.exists("fv__f")
+
+
 def test_config_offline_uri_and_storage_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for bad in ("http://bucket/x", "s3://", "ftp://h/x"):
         with pytest.raises(InvalidInputError, match="offline_store") as err:
