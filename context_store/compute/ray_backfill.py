@@ -302,6 +302,7 @@ def ray_backfill(
         parts = cpus * PARTITIONS_PER_CPU
         read = ray.remote(_read_unit)
         write = ray.remote(_write_part)
+        tombs = ray.put(forgotten)  # shipped once, not pickled into every task
         reads: dict[str, list[list[Any]]] = {}
         for key, (src, views) in groups.items():
             fs = batch_source_of(src)
@@ -309,7 +310,7 @@ def ray_backfill(
             units = plan_units(fs, files[key], start_us, end_us, cpus)
             n_out = 1 + len(views) * parts
             reads[key] = [
-                read.options(num_returns=n_out).remote(src, views, u, start_us, end_us, parts, forgotten) for u in units
+                read.options(num_returns=n_out).remote(src, views, u, start_us, end_us, parts, tombs) for u in units
             ]
         # stage 2 for every view before waiting on any: the cluster never idles between views
         writes: dict[str, tuple[FragmentTarget, list[Any]]] = {}
@@ -328,7 +329,7 @@ def ray_backfill(
                             view.join_keys,
                             view.timestamp_field,
                             stable,
-                            forgotten,
+                            tombs,
                             *[refs[1 + i * parts + p] for refs in reads[key]],
                         )
                         for p in range(parts)

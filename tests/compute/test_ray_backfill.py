@@ -249,6 +249,13 @@ def test_ray_backfill_small_repo_matches_local(tmp_path: Path, ray_cluster: None
     assert err.value.field == "engine"
     assert backfill(defs_r, config_r, off_r, engine="ray").rows == backfill(defs_l, config_l, off_l).rows == {"v": 6}
     assert _canon(off_r.read("fv__v"), True).equals(_canon(off_l.read("fv__v"), True))
+    # a range with no event: every row group pruned, nothing read, the same (empty) range rewrite
+    src_files = sorted(str(p) for p in (tmp_path / "ray" / "data").glob("tx_*.parquet"))
+    assert rb.plan_units(src, src_files, T0 + 10 * HOUR, T0 + 11 * HOUR, cpus=2) == [(src_files[0], (), 0)]
+    rl = backfill(defs_l, config_l, off_l, start=_dt(T0 + 10 * HOUR), end=_dt(T0 + 11 * HOUR))
+    rr = backfill(defs_r, config_r, off_r, start=_dt(T0 + 10 * HOUR), end=_dt(T0 + 11 * HOUR), engine="ray")
+    assert rr.rows == rl.rows == {"v": 0} and rr.events == rl.events == 0
+    assert off_r.count("fv__v") == off_l.count("fv__v") == 6
     # rows the transform moves outside [start, end) are refused by both engines, before any commit
     view.transform = "SELECT user_id, ts + INTERVAL 1 DAY AS ts, amount FROM source"
     for defs, config, off, engine in ((defs_l, config_l, off_l, "local"), (defs_r, config_r, off_r, "ray")):

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import pyarrow as pa
 
-from .lance import _import_lancedb, conform, table_uri
+from .lance import _import_lance, conform, table_uri
 
 __all__ = ["FragmentTarget", "write_fragments"]
 
@@ -35,9 +35,7 @@ def write_fragments(target: FragmentTarget, data: pa.Table) -> list[str]:
     yet in any version; returns each fragment's metadata as JSON for ``commit_fragments``."""
     if data.num_rows == 0:
         return []
-    _import_lancedb()  # sets LANCE_LOG before lance loads
-    import lance.fragment
-
+    lance = _import_lance()  # not LanceDB: a worker that only writes files skips its import
     rows = conform(target.schema, data, target.table_name)
     frags = lance.fragment.write_fragments(
         rows, target.uri, schema=target.schema, storage_options=target.storage_options or None

@@ -35,8 +35,17 @@ _RETRIES = 5
 _BATCH_ROWS = 1 << 16
 
 
-def _import_lancedb() -> Any:
+def _import_lance() -> Any:
+    """Lance alone (~1 s to import; LanceDB on top costs seconds more): what fragments and URI checks need."""
     # Lance logs "No existing dataset ... will be created" at WARN on every new table.
+    os.environ.setdefault("LANCE_LOG", "error")
+    import lance
+    import lance.fragment
+
+    return lance
+
+
+def _import_lancedb() -> Any:
     os.environ.setdefault("LANCE_LOG", "error")
     try:
         import lancedb
@@ -150,9 +159,7 @@ class LanceOfflineStore:
 
     def _dataset(self, name: str) -> Any:
         """The table's latest version opened with Lance (a URI store's checks), None if none."""
-        _import_lancedb()  # sets LANCE_LOG before lance loads
-        import lance
-
+        lance = _import_lance()
         try:
             return lance.dataset(table_uri(self.uri, name), storage_options=self.storage_options or None)
         except (ValueError, FileNotFoundError, OSError):  # no manifest (yet): no table
@@ -292,9 +299,7 @@ class LanceOfflineStore:
     ) -> None:
         """Make ``fragments`` (in order) the table's rows in ``[start, end)``, as ``overwrite_range`` does:
         a whole-table rewrite (or a new table) is one commit; a range is a delete, then one append."""
-        import lance
-        import lance.fragment
-
+        lance = _import_lance()
         frags = [lance.fragment.FragmentMetadata.from_json(f) for f in fragments]
         if self.path is not None:
             self._check_visible(target.table_name, frags)
