@@ -297,13 +297,14 @@ def ray_backfill(
     whole = start_us is None and end_us is None
     started = _connect(ray, config, address)
     bar: Any = None
+    reads: dict[str, list[list[Any]]] = {}
+    writes: dict[str, tuple[FragmentTarget, list[Any]]] = {}
     try:
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         parts = cpus * PARTITIONS_PER_CPU
         read = ray.remote(_read_unit)
         write = ray.remote(_write_part)
         tombs = ray.put(forgotten)  # shipped once, not pickled into every task
-        reads: dict[str, list[list[Any]]] = {}
         for key, (src, views) in groups.items():
             fs = batch_source_of(src)
             assert fs is not None
@@ -313,7 +314,6 @@ def ray_backfill(
                 read.options(num_returns=n_out).remote(src, views, u, start_us, end_us, parts, tombs) for u in units
             ]
         # stage 2 for every view before waiting on any: the cluster never idles between views
-        writes: dict[str, tuple[FragmentTarget, list[Any]]] = {}
         for key, (_, views) in groups.items():
             metas: list[UnitResult] = _get(ray, [refs[0] for refs in reads[key]])
             report.events += sum(m.events for m in metas)
@@ -353,6 +353,14 @@ def ray_backfill(
             fragments = [f for w in done for f in w.fragments]
             offline.commit_fragments(target, fragments, view.timestamp_field, start_us, end_us)
             report.wrote(view.name, sum(w.rows for w in done), bar)
+    except BaseException:
+        # a failed view (or ^C) stops the rest: on a shared cluster they would run on, writing files for nothing
+        for ref in [r[0] for rs in reads.values() for r in rs] + [r for _, rs in writes.values() for r in rs]:
+            try:
+                ray.cancel(ref)
+            except Exception:  # noqa: BLE001 - best effort: finished or already gone
+                pass
+        raise
     finally:
         if bar is not None:
             bar.close()

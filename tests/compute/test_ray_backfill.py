@@ -21,7 +21,7 @@ import context_store as cs
 from context_store.compute import ray_backfill as rb
 from context_store.compute.batch import backfill
 from context_store.config import load_config
-from context_store.errors import InvalidInputError
+from context_store.errors import DefinitionError, InvalidInputError
 from tests.support.batch import T0, build, ts_array, write_parquet
 from tests.support.repo import make_repo
 
@@ -256,6 +256,11 @@ def test_ray_backfill_small_repo_matches_local(tmp_path: Path, ray_cluster: None
     rr = backfill(defs_r, config_r, off_r, start=_dt(T0 + 10 * HOUR), end=_dt(T0 + 11 * HOUR), engine="ray")
     assert rr.rows == rl.rows == {"v": 0} and rr.events == rl.events == 0
     assert off_r.count("fv__v") == off_l.count("fv__v") == 6
+    # a transform failing inside a task is the same one-line definition error as locally
+    view.transform = "SELECT user_id, ts, nope FROM source"
+    for defs, config, off, engine in ((defs_l, config_l, off_l, "local"), (defs_r, config_r, off_r, "ray")):
+        with pytest.raises(DefinitionError, match="transform SQL failed"):
+            backfill(defs, config, off, engine=engine)
     # rows the transform moves outside [start, end) are refused by both engines, before any commit
     view.transform = "SELECT user_id, ts + INTERVAL 1 DAY AS ts, amount FROM source"
     for defs, config, off, engine in ((defs_l, config_l, off_l, "local"), (defs_r, config_r, off_r, "ray")):
