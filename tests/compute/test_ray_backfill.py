@@ -71,7 +71,14 @@ latest = cs.FeatureView("latest", [user], tx,
     features=[cs.Field("amount", cs.Float64), cs.Field("cat_u", cs.String)], ttl="1d")
 profile = cs.FeatureView("profile", [user], profiles, ttl="3d",
     features=[cs.Field("age", cs.Int64), cs.Field("city", cs.String)])
-svc = cs.FeatureService("svc", [stats, tiled, latest, profile])
+
+def flag_big(t):  # a Python transform: shipped to the Ray workers by value
+    import pyarrow.compute as pc
+    return t.append_column("big", pc.greater(t["amount"], 50.0))
+
+flags = cs.FeatureView("flags", [user], tx, transform=flag_big, ttl="1d",
+    features=[cs.Field("big", cs.Bool), cs.Field("amount", cs.Float64)])
+svc = cs.FeatureService("svc", [stats, tiled, latest, profile, flags])
 """
 
 
@@ -157,10 +164,10 @@ def _stores(tmp_path: Path, ray_offline: str) -> tuple[cs.ContextStore, cs.Conte
 
 
 def _compare_offline(local: cs.ContextStore, remote: cs.ContextStore, whole: bool = True) -> None:
-    for view in ("stats", "tiled", "latest", "profile"):
+    for view in ("stats", "tiled", "latest", "profile", "flags"):
         a, b = local.offline.read(f"fv__{view}"), remote.offline.read(f"fv__{view}")
         assert b.schema == a.schema
-        ties = view in ("latest", "profile")  # batch views: "the last row wins" among equal (key, ts)
+        ties = view in ("latest", "profile", "flags")  # batch views: "the last row wins" among equal (key, ts)
         assert _canon(b, ties).equals(_canon(a, ties)), view
         # a whole rewrite keeps each entity in one run; a range rewrite appends its range (both engines)
         assert _contiguous_sorted(b) or not whole, view
