@@ -4,7 +4,8 @@ environment variables, overridden by keyword arguments.
 ```yaml
 online_store: sqlite            # or redis://127.0.0.1:6379/0 (a password in it never appears in output)
 data_dir: .context_store        # registry, offline store (Lance) and sqlite online store live here
-offline_store: null             # default: <data_dir>/<workspace>/offline
+offline_store: null             # default: <data_dir>/<workspace>/offline; or s3://bucket/prefix (gs://, az://, file://)
+offline_storage_options: {}     # passed to Lance for a URI, e.g. {region: eu-west-1, aws_secret_access_key: env:MY_KEY}
 registry: null                  # default: <data_dir>/registry; or postgresql://user@host:5432/db (shared)
 allowed_hosts: []               # Host headers the server answers besides loopback, e.g. [api.example.com]
 allowed_origins: []             # browser origins that get CORS headers, e.g. [https://app.example.com]
@@ -29,7 +30,7 @@ import yaml
 
 from .errors import InvalidInputError
 from .jwt_config import JwtConfig, parse_auth
-from .vocab.redact import redact_url, register_url
+from .vocab.redact import redact_url, register_secret, register_url
 
 __all__ = ["Config", "RedisTimeouts", "load_config", "check_host_list", "CONFIG_FILE"]
 
@@ -39,6 +40,7 @@ _KEYS = (
     "online_store",
     "data_dir",
     "offline_store",
+    "offline_storage_options",
     "registry",
     "workspace",
     "redis_stream_maxlen",
@@ -50,9 +52,11 @@ _KEYS = (
     "allowed_origins",
     "auth",
 )
-_NOT_FROM_ENV = ("auth",)  # a nested mapping: only from the yaml (or a keyword argument)
+_NOT_FROM_ENV = ("auth", "offline_storage_options")  # a nested mapping: only from the yaml (or a keyword argument)
 _LISTS = ("allowed_hosts", "allowed_origins")
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(:(\*|[0-9]{1,5}))?$")
+# URI schemes Lance opens natively (object stores, and file:// for a local directory through the same code path)
+_OFFLINE_SCHEMES = ("s3", "s3+ddb", "gs", "az", "abfs", "abfss", "file")
 _ORIGIN = re.compile(r"^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(:[0-9]{1,5})?$")
 
 
@@ -95,6 +99,8 @@ class Config:
     allowed_origins: tuple[str, ...] = ()
     jwt: JwtConfig | None = None  # ``auth: jwt:``: bearer JWTs verified locally (docs/security.md)
     registry_url: str | None = None  # ``registry: postgresql://...``: a shared registry (docs/deploy.md)
+    offline_url: str | None = None  # ``offline_store: s3://...``: Lance tables in an object store (docs/deploy.md)
+    offline_storage_options: dict[str, str] = field(default_factory=dict)  # may hold secrets: never printed
 
     def __repr__(self) -> str:
         # The store URL may carry a password: the repr (tracebacks, debug logs) shows it masked.
@@ -102,7 +108,9 @@ class Config:
         return (
             f"Config(repo={str(self.repo)!r}, workspace={self.workspace!r}, "
             f"online_store={redact_url(self.online_store)!r}, data_dir={str(self.data_dir)!r}, "
-            f"offline_store={self.offline_store!r}, registry={self.registry!r}, "
+            f"offline_store={self.offline_url or self.offline_store!r}, "
+            f"offline_storage_options={dict.fromkeys(self.offline_storage_options, '***')!r}, "
+            f"registry={self.registry!r}, "
             f"registry_url={redact_url(self.registry_url) if self.registry_url else None!r}, extra={extra!r}, "
             f"allowed_hosts={self.allowed_hosts!r}, allowed_origins={self.allowed_origins!r})"
         )
@@ -115,7 +123,16 @@ class Config:
 
     @property
     def offline_path(self) -> Path:
+        """The workspace's local offline directory: its Lance tables (unless ``offline_store`` is a
+        URI) and, always, its vector files (indexes, snapshots and trained item vectors stay local)."""
         return self.offline_store / self.workspace if self.offline_store else self.workspace_dir / "offline"
+
+    @property
+    def offline_uri(self) -> str:
+        """Where the workspace's offline Lance tables live: ``<uri>/<workspace>`` or the local directory."""
+        if self.offline_url:
+            return f"{self.offline_url.rstrip('/')}/{self.workspace}"
+        return str(self.offline_path)
 
     @property
     def registry_path(self) -> Path:
@@ -183,6 +200,7 @@ def load_config(repo: str | os.PathLike[str] = ".", **overrides: Any) -> Config:
             f"online_store {redact_url(online)!r} must be 'sqlite' or a redis:// URL", field="online_store"
         )
     registry_url = _registry_url(values.get("registry"))
+    offline_url = _offline_url(values.get("offline_store"))
     lists = {k: check_host_list(k, _string_list(values.get(k), k)) for k in _LISTS}
 
     def _path(v: Any) -> Path | None:
@@ -194,14 +212,26 @@ def load_config(repo: str | os.PathLike[str] = ".", **overrides: Any) -> Config:
     extra = {
         k: values[k]
         for k in values
-        if k not in ("online_store", "data_dir", "offline_store", "registry", "workspace", "auth", *_LISTS)
+        if k
+        not in (
+            "online_store",
+            "data_dir",
+            "offline_store",
+            "offline_storage_options",
+            "registry",
+            "workspace",
+            "auth",
+            *_LISTS,
+        )
     }
     config = Config(
         repo=root,
         workspace=check_workspace(str(values.get("workspace") or "default")),
         online_store=online,
         data_dir=_path(values.get("data_dir")) or root / ".context_store",
-        offline_store=_path(values.get("offline_store")),
+        offline_store=None if offline_url else _path(values.get("offline_store")),
+        offline_url=offline_url,
+        offline_storage_options=_storage_options(values.get("offline_storage_options")),
         registry=None if registry_url else _path(values.get("registry")),
         registry_url=registry_url,
         extra=extra,
@@ -226,6 +256,51 @@ def _registry_url(value: Any) -> str | None:
             f"registry {redact_url(value)!r} must be a directory or a postgresql:// URL", field="registry"
         )
     return value
+
+
+def _offline_url(value: Any) -> str | None:
+    """``offline_store:`` as a URI Lance opens natively, None for a local path; other schemes are refused."""
+    if not isinstance(value, str) or "://" not in value:
+        return None
+    register_url(value)
+    scheme = value.split("://", 1)[0].lower()
+    if scheme not in _OFFLINE_SCHEMES or not value.split("://", 1)[1].strip("/"):
+        raise InvalidInputError(
+            f"offline_store {redact_url(value)!r} must be a directory or a URI with a path "
+            f"({', '.join(s + '://' for s in _OFFLINE_SCHEMES)})",
+            field="offline_store",
+        )
+    return value
+
+
+def _storage_options(value: Any) -> dict[str, str]:
+    """``offline_storage_options:``: a mapping of strings; a value ``env:NAME`` is read from the
+    environment variable NAME (keeps credentials out of the yaml)."""
+    if value in (None, ""):
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInputError(
+            "offline_storage_options must be a mapping of option: value", field="offline_storage_options"
+        )
+    out: dict[str, str] = {}
+    for k, v in value.items():
+        if not isinstance(k, str) or isinstance(v, (dict, list)) or v is None:
+            raise InvalidInputError(
+                f"offline_storage_options.{k} must be a string, number or boolean", field="offline_storage_options"
+            )
+        text = str(v).lower() if isinstance(v, bool) else str(v)
+        if text.startswith("env:"):
+            env = os.environ.get(text[4:])
+            if env is None:
+                raise InvalidInputError(
+                    f"offline_storage_options.{k}: environment variable {text[4:]!r} is not set",
+                    field="offline_storage_options",
+                )
+            text = env
+        if re.search(r"secret|token|key|password|sas|credential", k, re.IGNORECASE):
+            register_secret(text)  # masked in every log line and error text of this process
+        out[k] = text
+    return out
 
 
 def check_host_list(key: str, entries: tuple[str, ...], field: str | None = None) -> tuple[str, ...]:

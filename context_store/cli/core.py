@@ -163,18 +163,30 @@ def apply_cmd(force: bool, yes: bool, take_over: bool = False) -> None:
     type=click.Choice(["local", "ray"]),
     default="local",
     show_default=True,
-    help="Compute locally, or as Ray tasks (cluster from CONTEXT_STORE_RAY_ADDRESS, else a local one).",
+    help="Compute locally, or as Ray tasks (cluster from --address / CONTEXT_STORE_RAY_ADDRESS, else a local one).",
+)
+@click.option(
+    "--address",
+    default=None,
+    metavar="ADDR",
+    help="With --engine ray: join this Ray cluster (ray.init(address=...), e.g. ray://head:10001 or auto).",
 )
 @repo_options
 @handle_errors
-def backfill_cmd(start: str | None, end: str | None, views: tuple[str, ...], engine: str = "local") -> None:
+def backfill_cmd(
+    start: str | None, end: str | None, views: tuple[str, ...], engine: str = "local", address: str | None = None
+) -> None:
     """Compute feature views from their batch sources into the offline store."""
     s, e = parse_time(start, "start"), parse_time(end, "end")
+    if address and engine != "ray":
+        raise InvalidInputError("--address joins a Ray cluster: use it with --engine ray", field="address")
     if s and e and s >= e:
         raise InvalidInputError(f"--start {start} must be before --end {end}", field="start")
     store = store_from_ctx()
     _check_views(store, views, indexes=True)
-    print_result(store.backfill(start=s, end=e, views=list(views) or None, progress=True, engine=engine))
+    print_result(
+        store.backfill(start=s, end=e, views=list(views) or None, progress=True, engine=engine, ray_address=address)
+    )
     click.echo("Backfill done.")
 
 

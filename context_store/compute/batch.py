@@ -146,10 +146,13 @@ def backfill(
     views: Sequence[str] | None = None,
     progress: bool = False,
     engine: str = "local",
+    ray_address: str | None = None,
 ) -> BackfillReport:
     """Compute every (or the named) offline feature view's input rows for ``[start, end)``.
 
-    ``engine="ray"`` reads and transforms the sources' files as Ray tasks (same definitions, same rows).
+    ``engine="ray"`` reads, transforms and writes the sources' rows as Ray tasks (same definitions,
+    same rows; ``compute/ray_backfill.py``), on the cluster at ``ray_address`` (default:
+    ``CONTEXT_STORE_RAY_ADDRESS`` / ``ray_address:``, else a local Ray).
     """
     if engine not in ("local", "ray"):
         raise InvalidInputError(f"engine must be 'local' or 'ray', got {engine!r}", field="engine")
@@ -172,6 +175,7 @@ def backfill(
             end_us,
             report,
             progress=progress,
+            address=ray_address,
         )
         todo = [v for v in todo if isinstance(v.source, StreamSource)]
     cache: dict[str, pa.Table] = {}  # one read per source, shared by its views

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "read_source",
+    "prepare_rows",
     "apply_transform",
     "input_schema",
     "normalize_timestamp",
@@ -180,6 +181,17 @@ def read_source(
         raise DefinitionError(
             f"cannot read {fs.path!r}: {e}", location=fs.location, obj=f"{fs.kind} '{fs.name}'"
         ) from None
+    return prepare_rows(source, table, start_us, end_us)
+
+
+def prepare_rows(
+    source: FileSource | StreamSource, table: pa.Table, start_us: int | None = None, end_us: int | None = None
+) -> pa.Table:
+    """Raw rows read from a source's files -> the timestamp as ``timestamp[us, UTC]``, declared types
+    applied, only ``start_us <= ts < end_us`` (the Ray engine reads row groups itself, then this)."""
+    fs = batch_source_of(source)
+    assert fs is not None
+    ts = fs.timestamp_field
     if ts not in table.column_names:
         raise DefinitionError(
             f"timestamp_field {ts!r} is not a column of {fs.path!r}; columns: {table.column_names}",

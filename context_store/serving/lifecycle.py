@@ -59,6 +59,7 @@ def backfill(
     views: Sequence[str] | None = None,
     progress: bool = False,
     engine: str = "local",
+    ray_address: str | None = None,
 ) -> BackfillReport | None:
     """Feature views into the offline store; embedding views and knowledge into their indexes
     (``ContextStore.backfill``)."""
@@ -87,7 +88,15 @@ def backfill(
         store.indexer.backfill(learned, progress=progress, end_us=to_us(end, "end"))
     if wanted is None or fv:
         report = backfill_views(
-            defs, store.config, store.offline, start=start, end=end, views=fv, progress=progress, engine=engine
+            defs,
+            store.config,
+            store.offline,
+            start=start,
+            end=end,
+            views=fv,
+            progress=progress,
+            engine=engine,
+            ray_address=ray_address,
         )
     emb = [v for v in defs.embedding_views if (wanted is None or v in wanted) and v not in learned]
     if emb:

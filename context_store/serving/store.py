@@ -79,15 +79,20 @@ class ContextStore(StoreComponents):
         views: Sequence[str] | None = None,
         progress: bool = False,
         engine: str = "local",
+        ray_address: str | None = None,
     ) -> BackfillReport | None:
         """Feature views into the offline store; embedding views and knowledge into their indexes.
 
         ``views`` names feature views, embedding views and/or knowledge (default: all of them).
-        ``engine="ray"`` computes the feature views as Ray tasks (same rows as ``"local"``).
+        ``engine="ray"`` computes the feature views as Ray tasks (same rows as ``"local"``), on the
+        cluster at ``ray_address`` (``ray.init(address=...)``; default: ``CONTEXT_STORE_RAY_ADDRESS``,
+        else a local Ray).
         """
         from .lifecycle import backfill
 
-        return backfill(self, start=start, end=end, views=views, progress=progress, engine=engine)
+        return backfill(
+            self, start=start, end=end, views=views, progress=progress, engine=engine, ray_address=ray_address
+        )
 
     def materialize(
         self, views: Sequence[str] | None = None, progress: bool = False, full: bool = False

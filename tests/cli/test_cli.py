@@ -128,6 +128,8 @@ def test_bad_arguments(runner: CliRunner, example: Path, tmp_path: Path) -> None
     assert res.exit_code == 1 and "--start 'yesterday' is not an ISO-8601 time" in res.stderr
     res = runner.invoke(cli, ["backfill", "-r", str(root), "--start", "2024-02-01", "--end", "2024-01-01"])
     assert res.exit_code == 1 and "must be before --end" in res.stderr
+    res = runner.invoke(cli, ["backfill", "-r", str(root), "--address", "auto"])
+    assert res.exit_code == 1 and "--address joins a Ray cluster: use it with --engine ray" in res.stderr
     runner.invoke(cli, ["apply", "-r", str(root)])
     res = runner.invoke(cli, ["get", "fraud_detection_service", "user_id", "-r", str(root)])
     assert res.exit_code == 1 and "join key 'user_id' must look like name=value" in res.stderr

@@ -13,7 +13,7 @@ __all__ = ["OfflineStore", "open_offline_store", "source_table", "view_table"]
 
 
 def open_offline_store(config: Config) -> OfflineStore:
-    """The workspace's offline store (LanceDB at ``config.offline_path``)."""
+    """The workspace's offline store (LanceDB at ``config.offline_uri``: a directory or an object-store URI)."""
     from .lance import LanceOfflineStore
 
-    return LanceOfflineStore(config.offline_path)
+    return LanceOfflineStore(config.offline_uri, config.offline_storage_options)

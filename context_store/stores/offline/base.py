@@ -7,11 +7,15 @@ leaves ``stores/``.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import pyarrow as pa
 
-__all__ = ["OfflineStore", "sql_equals"]
+if TYPE_CHECKING:
+    from .fragments import FragmentTarget
+
+__all__ = ["FragmentSink", "OfflineStore", "sql_equals"]
 
 
 def sql_equals(schema: pa.Schema, column: str, value: str) -> str | None:
@@ -101,3 +105,24 @@ class OfflineStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class FragmentSink(Protocol):
+    """A store whose tables other processes can write data files for, made visible by one commit
+    (``stores/offline/fragments.py``; the Ray backfill)."""
+
+    def fragment_target(self, table_name: str, schema: pa.Schema, whole_table: bool) -> FragmentTarget:
+        """Where and in which schema workers write ``table_name``'s new rows."""
+        ...
+
+    def commit_fragments(
+        self,
+        target: FragmentTarget,
+        fragments: Sequence[str],
+        ts_column: str,
+        start_us: int | None,
+        end_us: int | None,
+    ) -> None:
+        """Make ``fragments`` the table's rows in ``[start, end)`` (None = unbounded)."""
+        ...

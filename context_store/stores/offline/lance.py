@@ -3,6 +3,11 @@
 Lance commits are atomic and optimistic, so a stream worker appending and a server reading
 (or a second worker appending) in other processes are safe; readers always see the latest
 committed version (``read_consistency_interval=0``).
+
+The location is a local directory or a URI Lance opens natively (``s3://``, ``gs://``, ``az://``,
+``file://``, with ``storage_options``). On a local directory the cheap checks (``exists``,
+``change_token``, ``tables``) read the file system without importing LanceDB; on a URI they ask
+Lance (one listing / manifest read each).
 """
 
 from __future__ import annotations
@@ -10,24 +15,37 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ...errors import InvalidInputError, NotFoundError
 
-__all__ = ["LanceOfflineStore", "purge_dataset"]
+if TYPE_CHECKING:
+    from .fragments import FragmentTarget
+
+__all__ = ["LanceOfflineStore", "purge_dataset", "conform", "is_uri", "table_uri"]
 
 _TS = pa.timestamp("us", tz="UTC")
 _RETRIES = 5
 _BATCH_ROWS = 1 << 16
 
 
-def _import_lancedb() -> Any:
+def _import_lance() -> Any:
+    """Lance alone (~1 s to import; LanceDB on top costs seconds more): what fragments and URI checks need."""
     # Lance logs "No existing dataset ... will be created" at WARN on every new table.
+    os.environ.setdefault("LANCE_LOG", "error")
+    import lance
+    import lance.fragment
+
+    return lance
+
+
+def _import_lancedb() -> Any:
     os.environ.setdefault("LANCE_LOG", "error")
     try:
         import lancedb
@@ -60,6 +78,41 @@ def _range_expr(ts_column: str, start_us: int | None, end_us: int | None) -> pc.
     return expr
 
 
+def is_uri(location: str | Path) -> bool:
+    """True for ``scheme://...`` (object stores, ``file://``); False for a plain local path."""
+    return "://" in str(location)
+
+
+def table_uri(location: str, table_name: str) -> str:
+    """Where Lance keeps ``table_name`` under the store's ``location`` (a path or a URI)."""
+    return f"{location.rstrip('/')}/{table_name}.lance"
+
+
+def conform(schema: pa.Schema, data: pa.Table, table_name: str) -> pa.Table:
+    """Order/cast ``data`` to ``schema``; missing nullable columns become nulls; an extra column
+    is refused (the table keeps its columns until a full backfill)."""
+    if data.schema.equals(schema, check_metadata=False):
+        return data
+    extra = [c for c in data.column_names if schema.get_field_index(c) < 0]
+    if extra:
+        raise InvalidInputError(
+            f"column {extra[0]!r} is not in offline table {table_name!r} (columns: {schema.names}); "
+            "re-run a full backfill after changing a view's columns",
+            field=extra[0],
+        )
+    cols = []
+    for f in schema:
+        if f.name in data.column_names:
+            col = data.column(f.name)
+            try:
+                cols.append(col if col.type == f.type else col.cast(f.type))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                raise InvalidInputError(f"column {f.name!r}: {e}", field=f.name) from None
+        else:
+            cols.append(pa.nulls(data.num_rows, f.type))
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
 def purge_dataset(ds: Any) -> None:
     """Rewrite every fragment with deleted rows, then remove versions older than now: deleted
     rows no longer exist in any file (Lance deletes only mark rows; old versions keep them)."""
@@ -68,11 +121,16 @@ def purge_dataset(ds: Any) -> None:
 
 
 class LanceOfflineStore:
-    """``LanceOfflineStore(path)``: tables ``fv__{view}`` and ``src__{source}`` under ``path``."""
+    """``LanceOfflineStore(location)``: tables ``fv__{view}`` and ``src__{source}`` under ``location``
+    (a local directory, or a URI with ``storage_options`` such as credentials or an endpoint)."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+    def __init__(self, location: str | Path, storage_options: Mapping[str, str] | None = None) -> None:
+        self.uri = str(location)
+        # the local directory (None for a URI: no path operation applies to it)
+        self.path: Path | None = None if is_uri(location) else Path(location)
+        if self.path is not None:
+            self.path.mkdir(parents=True, exist_ok=True)
+        self.storage_options: dict[str, str] = dict(storage_options or {})
         self._conn: Any = None  # connected on first table access: ``import lancedb`` costs seconds
         self._lock = threading.RLock()
         self._tables: dict[str, Any] = {}
@@ -87,14 +145,29 @@ class LanceOfflineStore:
             with self._lock:
                 if self._conn is None:
                     lancedb = _import_lancedb()
-                    self._conn = lancedb.connect(str(self.path), read_consistency_interval=timedelta(0))
+                    self._conn = lancedb.connect(
+                        self.uri,
+                        read_consistency_interval=timedelta(0),
+                        storage_options=self.storage_options or None,
+                    )
         return self._conn
 
     # -- helpers -----------------------------------------------------------------------
     def _dir(self, name: str) -> Path:
+        assert self.path is not None, "a URI offline store has no local directory"
         return self.path / f"{name}.lance"
 
+    def _dataset(self, name: str) -> Any:
+        """The table's latest version opened with Lance (a URI store's checks), None if none."""
+        lance = _import_lance()
+        try:
+            return lance.dataset(table_uri(self.uri, name), storage_options=self.storage_options or None)
+        except (ValueError, FileNotFoundError, OSError):  # no manifest (yet): no table
+            return None
+
     def exists(self, table_name: str) -> bool:
+        if self.path is None:
+            return self._dataset(table_name) is not None
         # A table another process is creating has its directory before its first manifest.
         versions = self._dir(table_name) / "_versions"
         try:
@@ -103,7 +176,14 @@ class LanceOfflineStore:
             return False
 
     def change_token(self, table_name: str) -> str | None:
-        """Changes with every commit to the table (its manifests), read from the file system only."""
+        """Changes with every commit to the table (its manifests), read from the file system only
+        (a URI store: the latest manifest's version and commit time, read by Lance)."""
+        if self.path is None:
+            ds = self._dataset(table_name)
+            if ds is None:
+                return None
+            v = ds.get_version()
+            return f"{v['version']}:{v['timestamp'].isoformat()}"
         versions = self._dir(table_name) / "_versions"
         try:
             names = sorted(p.name for p in versions.iterdir() if p.name.endswith(".manifest"))
@@ -136,28 +216,7 @@ class LanceOfflineStore:
         return tbl
 
     def _conform(self, tbl: Any, data: pa.Table) -> pa.Table:
-        """Order/cast ``data`` to the table's schema; missing nullable columns become nulls."""
-        schema: pa.Schema = tbl.schema
-        if data.schema.equals(schema, check_metadata=False):
-            return data
-        extra = [c for c in data.column_names if schema.get_field_index(c) < 0]
-        if extra:
-            raise InvalidInputError(
-                f"column {extra[0]!r} is not in offline table {tbl.name!r} (columns: {schema.names}); "
-                "re-run a full backfill after changing a view's columns",
-                field=extra[0],
-            )
-        cols = []
-        for f in schema:
-            if f.name in data.column_names:
-                col = data.column(f.name)
-                try:
-                    cols.append(col if col.type == f.type else col.cast(f.type))
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-                    raise InvalidInputError(f"column {f.name!r}: {e}", field=f.name) from None
-            else:
-                cols.append(pa.nulls(data.num_rows, f.type))
-        return pa.Table.from_arrays(cols, schema=schema)
+        return conform(tbl.schema, data, tbl.name)
 
     def _create_empty(self, name: str, schema: pa.Schema) -> Any:
         # exist_ok: two processes creating the same table at once both end up with it.
@@ -219,6 +278,60 @@ class LanceOfflineStore:
         if conformed.num_rows:
             self._retry(lambda: tbl.add(conformed))
         return data.num_rows
+
+    # -- fragments written elsewhere (the Ray backfill), committed here ---------------------
+    def fragment_target(self, table_name: str, schema: pa.Schema, whole_table: bool) -> FragmentTarget:
+        """Where workers write ``table_name``'s new rows, and in which schema: ``schema`` for a whole-table
+        rewrite (or a new table), else the existing table's (rows are cast to it)."""
+        from .fragments import FragmentTarget
+
+        if not whole_table and self.exists(table_name):
+            schema = self._open(table_name).schema
+        return FragmentTarget(self.uri, table_name, schema, self.storage_options)
+
+    def commit_fragments(
+        self,
+        target: FragmentTarget,
+        fragments: Sequence[str],
+        ts_column: str,
+        start_us: int | None,
+        end_us: int | None,
+    ) -> None:
+        """Make ``fragments`` (in order) the table's rows in ``[start, end)``, as ``overwrite_range`` does:
+        a whole-table rewrite (or a new table) is one commit; a range is a delete, then one append."""
+        lance = _import_lance()
+        frags = [lance.fragment.FragmentMetadata.from_json(f) for f in fragments]
+        if self.path is not None:
+            self._check_visible(target.table_name, frags)
+        opts = self.storage_options or None
+        uri = target.uri
+        with self._lock:
+            self._tables.pop(target.table_name, None)  # a rewrite may change the schema: reopen
+            if (start_us is None and end_us is None) or not self.exists(target.table_name):
+                read = self.version(target.table_name)
+                op: Any = lance.LanceOperation.Overwrite(target.schema, frags)
+                lance.LanceDataset.commit(uri, op, read_version=read, storage_options=opts)
+                return
+            tbl = self._open(target.table_name)
+            # Not one commit (as overwrite_range): a reader between the two may briefly miss the range.
+            self._retry(lambda: tbl.delete(_range_sql(ts_column, start_us, end_us)))
+            if frags:
+                append = lance.LanceOperation.Append(frags)
+                lance.LanceDataset.commit(uri, append, read_version=int(tbl.version), storage_options=opts)
+
+    def _check_visible(self, table_name: str, frags: list[Any]) -> None:
+        """Refuse to commit data files this host cannot see: written by a Ray worker on another host
+        into its own local disk (a multi-host cluster needs a shared offline store: a URI or a mount)."""
+        data = self._dir(table_name) / "data"
+        for f in frags:
+            for df in f.files:
+                if not (data / df.path).is_file():
+                    raise InvalidInputError(
+                        f"offline table {table_name!r}: data file {df.path} written by a worker is not at "
+                        f"{data} on this host; with Ray workers on several hosts the offline store must be "
+                        "shared (offline_store: s3://..., gs://, az://, or the same mount on every host)",
+                        field="offline_store",
+                    )
 
     # -- undo (a failed embedded push takes back its appends) ----------------------------
     def version(self, table_name: str) -> int | None:
@@ -284,6 +397,16 @@ class LanceOfflineStore:
         return int(self._open(table_name).count_rows())
 
     def tables(self) -> list[str]:
+        if self.path is None:
+            names: list[str] = []
+            token: str | None = None
+            while True:  # paged: an object store lists at most ~1000 keys per request
+                page = self._db.list_tables(page_token=token)
+                names += page.tables
+                token = page.page_token
+                if not token:
+                    break
+            return sorted(n for n in names if self.exists(n))
         return sorted(n for n in (p.name[: -len(".lance")] for p in self.path.glob("*.lance")) if self.exists(n))
 
     def drop(self, table_name: str) -> None:
@@ -293,6 +416,8 @@ class LanceOfflineStore:
                 try:
                     self._db.drop_table(table_name)
                 except (ValueError, FileNotFoundError, OSError):
+                    if self.path is None:
+                        raise
                     shutil.rmtree(self._dir(table_name), ignore_errors=True)
 
     def compact(self, table_name: str) -> None:
@@ -304,4 +429,4 @@ class LanceOfflineStore:
             self._tables.clear()
 
     def __repr__(self) -> str:
-        return f"LanceOfflineStore({str(self.path)!r})"
+        return f"LanceOfflineStore({self.uri!r})"
