@@ -1,6 +1,7 @@
 """Load shedding under overload: accepted-request latency at 2x saturation against the unsaturated latency.
 
-    python -m evals.bench_overload [--duration 5] [--repeat 3] [--configs 0:0 32:0 32:10]
+    python evals/bench_overload.py [--duration 5] [--repeat 3] [--configs 0:0 32:0 32:10]
+    python evals/bench_overload.py --spin-ms 4 --workers 1 --connections 64 --append   # known capacity
 
 Each config is ``max_in_flight:max_lag_ms`` of the server (``0:0`` = unbounded, ``32:0`` = the in-flight
 bound alone, ``32:10`` = the ``serve`` default: in-flight bound + event-loop lag shedding). Per repetition, the
@@ -9,13 +10,15 @@ configs are run one after the other (A B C A B C ...), each on a fresh server (2
 1. saturation: ``wrk`` closed loop against the unbounded server (the first config of each repetition: wrk
    against a shedding server would count its 503s as throughput); every config of that repetition is then
    driven at the same rates;
-2. calm: the open-loop generator of ``bench_server`` (latency from each request's scheduled send time) at
-   0.5x saturation, 32 connections: the unsaturated p99 of 200s (and any 503s: there should be none);
+2. calm: an open-loop generator (``bench_server``'s, telling shed 503s from other 503s; latency from each
+   request's scheduled send time) at 0.5x saturation, 32 connections: the unsaturated p99 of 200s;
 3. hot: the same generator at 2x saturation with 512 connections: p99 of the 200s, speed of the 503s, errors.
 
 The ratio hot p99 (200s) / calm p99 (200s) is computed within one run of one server. Medians and ranges over
 the repetitions, with the load average, go to evals/results/overload.md. The generator shares the machine's
-cores with the server, as a co-located client would.
+cores with the server, as a co-located client would; its own delay (scheduled time -> request written) is
+reported, since on a loaded machine it is part of every latency. ``--spin-ms`` serves a request-time view that
+holds the event loop that long instead: a capacity that does not depend on the machine's load (no wrk).
 """
 
 from __future__ import annotations
@@ -40,6 +43,24 @@ sys.path.insert(0, str(Path(__file__).parent))
 import bench_server as bs  # noqa: E402  (a sibling script, not a package)
 
 OUT = bs.RESULTS / "overload.md"
+SPIN_DEFINITIONS = """
+import context_store as cs
+
+request = cs.RequestSource(schema=[cs.Field("amount", cs.Float64)])
+
+
+@cs.realtime_feature_view(sources=[request], output=[cs.Field("spun", cs.Float64)])
+def spin(req):
+    import time
+
+    end = time.perf_counter() + req["amount"] / 1000  # wall time: the capacity does not depend on the load
+    while time.perf_counter() < end:
+        pass
+    return {"spun": req["amount"]}
+
+
+busy = cs.FeatureService("busy", [spin])
+"""
 
 
 def _start(repo: Path, port: int, workers: int, max_in_flight: int, max_lag_ms: float) -> subprocess.Popen[bytes]:
@@ -133,10 +154,15 @@ def run_one(repo: Path, body: bytes, cfg: tuple[int, float], sat: float | None, 
     proc = _start(repo, port, args.workers, *cfg)
     try:
         bs._wait_up(port, proc)
-        bs.wrk_throughput(port, body, 2)  # warm-up
+        if args.spin_ms:  # known capacity: warm one request, no wrk
+            fixed_rate(port, body, 10, 0.5, conns=1)
+            sat = args.workers * 1000 / args.spin_ms
+        else:
+            bs.wrk_throughput(port, body, 2)  # warm-up
         load0 = os.getloadavg()[0]
         if sat is None:
-            sat = bs.wrk_throughput(port, body, int(args.duration))["rps"]
+            thr = bs.wrk_throughput(port, body, int(args.duration))
+            sat = thr["rps"] - thr["non_2xx"] / int(args.duration)  # 200s only (a 503 is not throughput)
         calm = fixed_rate(port, body, sat / 2, args.duration, conns=32)
         hot = fixed_rate(port, body, sat * 2, args.duration, conns=args.connections)
         load1 = os.getloadavg()[0]
@@ -212,7 +238,15 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=512, help="client connections at 2x saturation")
     ap.add_argument("--users", type=int, default=1000)
     ap.add_argument("--configs", nargs="+", default=["0:0", "32:0", "32:10"], help="max_in_flight:max_lag_ms")
+    ap.add_argument(
+        "--spin-ms",
+        type=float,
+        default=0.0,
+        help="instead of get-features from Redis: a request-time view holding the event loop this long per "
+        "request (known capacity: workers x 1000 / spin-ms req/s, not measured with wrk)",
+    )
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--append", action="store_true", help="add this run's section to --out instead of replacing it")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install -y wrk")
@@ -221,11 +255,15 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="cs-bench-overload-"))
     repo = tmp / "repo"
     repo.mkdir()
-    (repo / "features.py").write_text(bs.DEFINITIONS)
-    (repo / "context_store.yaml").write_text(f"online_store: {bs.REDIS_URL}\nworkspace: {ws}\n")
-    body = json.dumps(
-        {"params": {"workspaceName": ws, "featureServiceName": "bench", "joinKeyMap": {"user_id": "u1"}}}
-    ).encode()
+    if args.spin_ms:
+        (repo / "features.py").write_text(SPIN_DEFINITIONS)
+        (repo / "context_store.yaml").write_text(f"online_store: sqlite\nworkspace: {ws}\n")
+        params = {"featureServiceName": "busy", "joinKeyMap": {}, "requestContextMap": {"amount": args.spin_ms}}
+    else:
+        (repo / "features.py").write_text(bs.DEFINITIONS)
+        (repo / "context_store.yaml").write_text(f"online_store: {bs.REDIS_URL}\nworkspace: {ws}\n")
+        params = {"featureServiceName": "bench", "joinKeyMap": {"user_id": "u1"}}
+    body = json.dumps({"params": {"workspaceName": ws, **params}}).encode()
     import redis
 
     rds = redis.Redis.from_url(bs.REDIS_URL)
@@ -233,7 +271,12 @@ def main() -> None:
     started = datetime.now(UTC)
     load_start = Path("/proc/loadavg").read_text().strip()
     try:
-        bs.seed(repo, args.users)
+        if args.spin_ms:
+            import context_store as cs
+
+            cs.ContextStore(repo).apply()
+        else:
+            bs.seed(repo, args.users)
         for rep in range(args.repeat):
             sat: float | None = None
             for cfg in configs:
@@ -256,16 +299,23 @@ def main() -> None:
     sats = [r["saturation_rps"] for r in next(iter(runs.values()))]
     cmd = "python evals/bench_overload.py " + " ".join(sys.argv[1:])
     raw = "\n".join(json.dumps(r) for rs in runs.values() for r in rs)
-    text = f"""# Load shedding at 2x saturation (`{cmd.strip()}`)
+    what = (
+        f"a request-time view holding the event loop {args.spin_ms:g} ms per request (sqlite store): known capacity "
+        f"{sats[0]:.0f} req/s"
+        if args.spin_ms
+        else "get-features of 10 features from Redis; saturation (wrk, unbounded server, per repetition): "
+        + ", ".join(f"{s:.0f}" for s in sats)
+        + " req/s"
+    )
+    text = f"""## {"Known capacity" if args.spin_ms else "get-features"}: `{cmd.strip()}`
 
-Run {started:%Y-%m-%d %H:%M} UTC, {bs.machine()}; {args.workers} server workers, Redis, the load generator
-and other sessions' jobs share the cores. /proc/loadavg before: `{load_start}`; after: `{load_end}`.
-Saturation (wrk, unbounded server, per repetition): {", ".join(f"{s:.0f}" for s in sats)} req/s; the calm run
-sends half of it (32 connections), the hot run twice it ({args.connections} connections), open loop, latency
-from each request's scheduled send time. {args.repeat} interleaved repetitions of {args.duration:g} s runs:
-median (min-max). The ratio is taken within each run (one server, same minutes), then the median of the ratios;
-as the calm p99 of one 5 s run is itself noisy on a shared machine, the next column divides by the median calm
-p99 of all servers in the same repetition (at half load they should not differ: nothing is shed there).
+Run {started:%Y-%m-%d %H:%M} UTC, {bs.machine()}; {args.workers} server worker(s), the load generator and other
+sessions' jobs share the cores. /proc/loadavg before: `{load_start}`; after: `{load_end}`.
+Served: {what}. The calm run sends half of it (32 connections), the hot run twice it ({args.connections}
+connections), open loop, latency from each request's scheduled send time. {args.repeat} interleaved repetitions
+of {args.duration:g} s runs: median (min-max). The ratio is taken within each run (one server, same minutes), then
+the median of the ratios; as the calm p99 of one 5 s run is itself noisy on a shared machine, the next column
+divides by the median calm p99 of all servers in the same repetition.
 
 {table(runs)}
 
@@ -275,7 +325,8 @@ Raw rows (one per run):
 {raw}
 ```
 """
-    Path(args.out).write_text(text)
+    out = Path(args.out)
+    out.write_text((out.read_text() if args.append and out.exists() else "") + text)
     print(text)
 
 

@@ -6,10 +6,13 @@ Two bounds, both per process:
 - **Queueing delay** (``max_lag_ms``, ``serve`` default 10 ms). A bound on requests in flight alone did not keep
   accepted latency down (measured at 2x saturation: accepted p99 27-43x the unsaturated one): the waiting
   happens before a request reaches the app, in socket buffers and in the event loop's backlog of ready
-  callbacks, where no counter sees it. The loop's lag does: a timer that should fire every ``TICK_S`` fires
-  late by about as long as requests wait for the loop. While it is late, a shrinking fraction of new requests
-  is admitted (multiplicative decrease per late tick, additive increase per punctual one: AIMD, the way TCP
-  finds its rate); the loop catches up on cheap refusals and admitted requests keep near-unsaturated latency.
+  callbacks, where no counter sees it (CPU-bound requests never even overlap in flight). The loop's lag does:
+  a timer that should fire every ``TICK_S`` fires late by about as long as requests wait for the loop. Two
+  rules, CoDel-like: a request met when the loop's current turn has already run ``max_lag`` past the next tick
+  is refused (it has waited that long: this bounds one turn); and after two late ticks in a row (a standing
+  queue, not a burst) a shrinking fraction of new requests is admitted (multiplicative decrease per late tick,
+  additive increase per punctual one: AIMD, the way TCP finds its rate). The loop catches up on cheap
+  refusals and admitted requests keep near-unsaturated latency.
 - **In flight** (``max_in_flight``): a hard cap on admitted requests not answered yet (slow downstream calls).
 
 A refusal costs two pre-encoded sends and happens before any body is read or key checked. Probes
@@ -78,12 +81,17 @@ class LoadShedder:
         ):
             await self.app(scope, receive, send)
             return
+        late = False
         if self.max_lag:
             self._seen += 1
             if self._loop is None or self._loop.is_closed():  # not ticking (idle), or a test's old loop
                 self._start_ticker()
+            else:
+                # The loop's current turn has run past the next tick by more than the bound: the requests of this
+                # turn (read at its start) have waited that long already, and admitting them lengthens it.
+                late = time.perf_counter() - self._due > self.max_lag
         # Single-threaded event loop: the checks and the increment below cannot interleave.
-        if self.in_flight >= self.max_in_flight or (self.admit < 1.0 and not self._take()):
+        if self.in_flight >= self.max_in_flight or late or (self.admit < 1.0 and not self._take()):
             if self.metrics is not None:
                 self.metrics.shed.inc()
             start, body = self._full if self.in_flight >= self.max_in_flight else self._late

@@ -1,7 +1,7 @@
 """Issue 13, item 8 under real overload: a served process (uvicorn, its own process) driven open loop at about
 twice what it can serve. With the event-loop lag bound (the ``serve`` default) it sheds the excess with fast
 503 + Retry-After and the requests it accepts stay fast; the same load against an unbounded server queues
-(the control: it proves the latency bound below can fail)."""
+for seconds (the control, which the accepted latencies are compared with: the comparison can fail)."""
 
 from __future__ import annotations
 
