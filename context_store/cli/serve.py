@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import ContextStoreError
-from ..server.shedding import DEFAULT_MAX_IN_FLIGHT
+from ..server.shedding import DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_LAG_MS
 from ..vocab.redact import redact_text
 from ._common import config_from_ctx, handle_errors, repo_options
 
@@ -48,6 +48,14 @@ __all__ = ["serve"]
     help="Requests in flight per server process before answering 503 + Retry-After (0: unbounded).",
 )
 @click.option(
+    "--max-lag-ms",
+    default=DEFAULT_MAX_LAG_MS,
+    show_default=True,
+    type=click.FloatRange(0, 60_000),
+    help="Shed new requests (503 + Retry-After) while a server process's event loop lags more than this "
+    "(the queueing delay of an overloaded process; 0: off).",
+)
+@click.option(
     "--allowed-host",
     "allowed_hosts",
     multiple=True,
@@ -80,6 +88,7 @@ def serve(
     no_stream_workers: bool,
     stream_processes: int,
     max_in_flight: int,
+    max_lag_ms: float,
     allowed_hosts: tuple[str, ...],
     allowed_origins: tuple[str, ...],
     log_level: str,
@@ -107,6 +116,7 @@ def serve(
         stream_workers=not no_stream_workers,
         stream_processes=stream_processes,
         max_in_flight=max_in_flight,
+        max_lag_ms=max_lag_ms,
         log_level=log_level,
         allowed_hosts=list(allowed_hosts),
         public_metrics=public_metrics,

@@ -98,8 +98,9 @@ class _App(FastAPI):
             app = FastPath(app, fast_routes, state.metrics, state.settings.max_body, guard=guard)
         if state.hosts.origins:
             app = cors_middleware(app, state.hosts.origins)  # answers preflights, adds headers to every response
-        if state.settings.max_in_flight > 0:
-            app = LoadShedder(app, state.settings.max_in_flight, state.metrics)  # refuses before reading a body
+        s = state.settings
+        if s.max_in_flight > 0 or s.max_lag_ms > 0:  # refuses before reading a body
+            app = LoadShedder(app, s.max_in_flight, state.metrics, max_lag_ms=s.max_lag_ms)
         self._entry = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
