@@ -12,7 +12,8 @@ A feature view with aggregations keeps, per entity, tiles of ``g`` microseconds
 - ``{vid}:v``    version of this entity's state, for views that several stream partitions write
   (keyed by other columns than the partition key): a write commits only if it is unchanged
 
-A batch (row) view keeps ``{vid}``: the latest row (state/codec.py). Writes: state/writes.py.
+A batch (row) view keeps ``{vid}`` (+ ``{vid}.1``, ... ``row_fields``): the latest row, split into
+fields of <= 64 bytes (state/codec.py). Writes: state/writes.py.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 
 from ..definitions import DType, FeatureView, StreamSource
 from .aggregations import AggPlan, Partial
+from .codec import ROW_FORMAT, row_chunk_count
 from .raw_events import decode_raw, parse_raw_num, raw_num_block
 
 __all__ = ["RETENTION_SLACK_US", "TILES_PER_WINDOW", "ViewState", "choose_tile_us", "decompose"]
@@ -95,11 +97,17 @@ class ViewState:
             "i": view.aggregation_interval.total_seconds() if view.aggregation_interval else None,
             "k": view.join_keys,
         }
+        if not view.is_aggregate:
+            spec["fmt"] = ROW_FORMAT
         self.vid = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
         self.V = f"{self.vid}:v"  # version, bumped by guarded writes (views written by several partitions)
         self.ttl_us = view.ttl // timedelta(microseconds=1) if view.ttl else None
         self.plan: AggPlan | None = None
+        self.row_fields: list[str] = []
         if not self.is_aggregate:
+            k = row_chunk_count([f.dtype for f in view.features_in])
+            # The row's fields, in order (``codec.split_row``); the first holds the event timestamp.
+            self.row_fields = [self.vid] + [f"{self.vid}.{i}" for i in range(1, k)]
             return
         self.plan = AggPlan(view, input_types or {})
         self.g = choose_tile_us(view)

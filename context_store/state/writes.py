@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from .aggregations import AggPlan, Partial
-from .codec import RowCodec, entity_keys
+from .codec import RowCodec, entity_keys, split_row
 from .columns import Columns, columns_from_arrow, ts_to_us
 from .ops import Ops
 from .raw_events import encode_raw_groups
@@ -108,6 +108,13 @@ def _latest_rows(state: ViewState, table: pa.Table, codec: RowCodec) -> tuple[li
     return [kvals[k] for k in kidx[last].tolist()], lts, vals
 
 
+def _set_row(ops: Ops, key: str, names: list[str], pieces: list[bytes]) -> None:
+    """A row's pieces into its fields; the fields it does not use are deleted (a longer row before)."""
+    ops.sets.setdefault(key, {}).update(zip(names, pieces))
+    if len(pieces) < len(names):
+        ops.dels.setdefault(key, []).extend(names[len(pieces) :])
+
+
 # -- bulk (materialization) -----------------------------------------------------------------
 def bulk_writes(
     state: ViewState, table: pa.Table, now_us: int, chunk_keys: int = BULK_CHUNK_KEYS
@@ -124,11 +131,15 @@ def bulk_writes(
 
 def _bulk_rows(state: ViewState, table: pa.Table, now_us: int, chunk_keys: int) -> Iterator[tuple[Ops, int]]:
     keys, ts, vals = _latest_rows(state, table, RowCodec([f.dtype for f in state.view.features_in]))
-    vid = state.vid
+    names = state.row_fields
+    k = len(names)
     for c0 in range(0, len(keys), chunk_keys):
         ops = Ops()
         for key, t, v in zip(keys[c0 : c0 + chunk_keys], ts[c0 : c0 + chunk_keys], vals[c0 : c0 + chunk_keys]):
-            ops.sets[key] = {vid: v}
+            if k == 1:
+                ops.sets[key] = {names[0]: v}
+            else:
+                _set_row(ops, key, names, split_row(v, k))
             ops.expire[key] = state.expire_ms(t, now_us)
         yield ops, table.num_rows if c0 + chunk_keys >= len(keys) else 0
 
@@ -258,7 +269,7 @@ def _merged_rows(
             ops.guards[k] = {state.V: _version(old[1])}
         if old[0] is not None and RowCodec.ts_of(old[0]) > t:
             continue  # the stored row is newer
-        ops.set(k, state.vid, v)
+        _set_row(ops, k, state.row_fields, split_row(v, len(state.row_fields)))
         ops.expire[k] = state.expire_ms(t, now)
 
 

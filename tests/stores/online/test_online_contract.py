@@ -26,6 +26,7 @@ from context_store.state.codec import entity_key
 from context_store.state.columns import Columns
 from context_store.state.ops import Ops, compare_offsets
 from context_store.state.tiles import ViewState
+from context_store.state.writes import bulk_writes
 from context_store.stores.online import BaseOnlineStore, open_online_store
 from context_store.stores.online.claim import NamespaceClaim
 
@@ -682,6 +683,90 @@ def test_row_codec_roundtrip() -> None:
     some_null = [None, when, None, True, None, [], None, "x"]
     assert codec.decode(codec.encode(-1, some_null)) == (-1, some_null)
     assert RowCodec.ts_of(codec.encode(123, full)) == 123
+    ints = RowCodec([cs.Int64])
+    for v in (0, -1, 1, 63, -64, 64, 8191, 8192, -(1 << 40), (1 << 63) - 1, -(1 << 63)):
+        assert ints.decode(ints.encode(5, [v])) == (5, [v])
+    assert len(ints.encode(5, [42])) == 8 + 1 + 1  # ts, bitmap, one-byte varint
+    long = RowCodec([cs.String, cs.Array(cs.String)])
+    vals = ["x" * 300, ["y" * 200, None]]
+    assert long.decode(long.encode(9, vals)) == (9, vals)
+
+
+def test_split_row_pieces_fit_listpack_values() -> None:
+    from context_store.state.codec import LISTPACK_VALUE_MAX, join_row, split_row
+
+    for n, k in [(9, 1), (64, 2), (65, 2), (128, 2), (129, 2), (300, 2), (500, 8)]:
+        buf = bytes(range(256)) * 2
+        buf = buf[:n]
+        pieces = split_row(buf, k)
+        assert 1 <= len(pieces) <= k and join_row(pieces) == buf
+        assert len(pieces[0]) >= 9
+        if n <= LISTPACK_VALUE_MAX * k:
+            assert all(len(p) <= LISTPACK_VALUE_MAX for p in pieces)
+        assert join_row([*pieces, *([None] * (k - len(pieces)))]) == buf
+    assert join_row([None, b"x"]) is None
+
+
+def test_rows_longer_than_one_field_and_shorter_after(store: BaseOnlineStore) -> None:
+    """A row wider than one 64-byte field spans several; a later shorter row deletes the unused ones."""
+    st = row_state(None)
+    assert len(st.row_fields) > 1
+
+    def row(t: int, city: str) -> pa.Table:
+        return pa.table(
+            {
+                "user_id": ["u1"],
+                "ts": ts_arr([t]),
+                "age": [30],
+                "city": [city],
+                "score": [0.5],
+                "tags": [["a"]],
+                "vec": pa.array([[1.0, 2.0, 3.0]], pa.list_(pa.float32(), 3)),
+                "ok": [True],
+            }
+        )
+
+    long_city = "Llanfairpwllgwyngyll" * 8
+    store.apply_events(st, row(NOW - 10 * US, long_city))
+    assert store.read_features([(st, key("u1"))], NOW)[0].values[1] == long_city
+    assert len([f for f in store._fields([key("u1")])[0] if f.startswith(st.vid)]) == len(st.row_fields)
+    store.apply_events(st, row(NOW - 5 * US, "Oslo"))
+    assert store.read_features([(st, key("u1"))], NOW)[0].values == [30, "Oslo", 0.5, ["a"], [1.0, 2.0, 3.0], True]
+    assert [f for f in store._fields([key("u1")])[0] if f.startswith(st.vid)] == [st.vid]
+    # bulk writes (materialize) the same way
+    store.write_ops(next(bulk_writes(st, row(NOW - 1 * US, long_city), NOW))[0])
+    assert store.read_features([(st, key("u1"))], NOW)[0].values[1] == long_city
+    store.write_ops(next(bulk_writes(st, row(NOW, "Lima"), NOW))[0])
+    assert store.read_entities([st], [key("u1")] * 6, NOW)[0][0].values[1] == "Lima"
+    assert [f for f in store._fields([key("u1")])[0] if f.startswith(st.vid)] == [st.vid]
+
+
+@pytest.mark.redis
+def test_redis_typical_row_is_a_listpack_without_ttl_unless_the_view_has_one(
+    tmp_path: Path, workspace_name: str, redis_url: str
+) -> None:
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    if int(r.config_get("hash-max-listpack-value")["hash-max-listpack-value"]) < 64:
+        pytest.skip("this Redis runs a non-default hash-max-listpack-value")
+    s = open_online_store(load_config(tmp_path, workspace=workspace_name, online_store=redis_url))
+    try:
+        feats = [cs.Field(f"i{j}", cs.Int64) for j in range(3)] + [cs.Field(f"f{j}", cs.Float64) for j in range(4)]
+        feats += [cs.Field("b", cs.Bool), cs.Field("city", cs.String), cs.Field("seg", cs.String)]
+        vals = {"i0": [30], "i1": [1200], "i2": [7], "f0": [0.1], "f1": [2.5], "f2": [1e4 / 3], "f3": [0.75]}
+        vals |= {"b": [True], "city": ["Austin"], "seg": ["silver"]}
+        for ttl, has_ttl in ((None, False), ("30d", True)):
+            view = cs.FeatureView(f"p{has_ttl}", [user], src, features=feats, ttl=ttl)
+            st = ViewState(view, {})
+            s.write_ops(next(bulk_writes(st, pa.table({"user_id": ["u1"], "ts": ts_arr([NOW])} | vals), NOW))[0])
+            k = s.prefix + "e:" + key("u1")  # type: ignore[attr-defined]
+            assert r.object("encoding", k) == b"listpack"
+            assert (r.pttl(k) > 0) is has_ttl
+            r.delete(k)
+    finally:
+        s.clear()
+        s.close()
 
 
 @pytest.mark.redis
