@@ -29,6 +29,7 @@ import pyarrow as pa
 from .aggregations import AggPlan, Partial
 from .codec import RowCodec, entity_keys, split_row
 from .columns import Columns, columns_from_arrow, ts_to_us
+from .events_mode import Conversion, bulk_events, concat_common, convert, merge_events
 from .ops import Ops
 from .raw_events import encode_raw_groups
 from .tiles import ViewState
@@ -79,7 +80,12 @@ def _group(state: ViewState, plan: AggPlan, table: pa.Table, clamp_below: int | 
     cols = columns_from_arrow(table, plan, state.view.timestamp_field)
     keys = entity_keys(table, state.view.join_keys).dictionary_encode()
     kidx = np.asarray(keys.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
-    kvals = keys.dictionary.to_pylist()
+    return _group_cols(state, cols, kidx, keys.dictionary.to_pylist(), clamp_below)
+
+
+def _group_cols(
+    state: ViewState, cols: Columns, kidx: np.ndarray, kvals: list[str], clamp_below: int | None
+) -> _Groups:
     tiles = cols.ts // state.g
     if clamp_below is not None:
         tiles = np.maximum(tiles, clamp_below - 1)
@@ -220,6 +226,9 @@ def _bulk_tiles(state: ViewState, table: pa.Table, now_us: int, chunk_keys: int)
             kbe = np.append(kb[1:], len(bk)).tolist()
             for a, e, k in zip(kb.tolist(), kbe, bk[kb].tolist()):
                 ops.sets[kvals[k]].update(zip(bnames[a:e], benc_all[a:e]))
+        if state.events_mode:  # entities with few events keep them instead of tiles
+            ent_rows = starts[key_starts[c0:c1]] - r0, ends[key_ends[c0:c1] - 1] - r0
+            bulk_events(state, plan, sub, [kvals[k] for k in gk[key_starts[c0:c1]].tolist()], *ent_rows, ops)
         if state.has_lifetime:
             empty = None
             for d in ops.sets.values():
@@ -275,11 +284,28 @@ def _merged_rows(
 
 def _merged_tiles(state: ViewState, table: pa.Table, now: int, read: Reader, ops: Ops, guard: bool) -> None:
     """Merge a batch into per-(entity, tile) partials, then per touched field (tile + 4^L blocks)
-    one partial, vectorised; one read of the touched fields."""
+    one partial, vectorised; one read of the touched fields (and of the events fields: events mode)."""
     plan = state.plan
     assert plan is not None
     h = state.horizon(now)
     gr = _group(state, plan, table, h)  # tile h - 1 stands for "older than the horizon"
+    _merged_groups(state, plan, gr, h, now, read, ops, guard, state.events_mode)
+
+
+def _tiles_of(state: ViewState, plan: AggPlan, conv: list[Conversion], h: int, now: int) -> Ops:
+    """Tile writes of entities with no stored tile state, from all their events (events -> tiles)."""
+    cols = concat_common([c.events for c in conv])
+    kidx = np.repeat(np.arange(len(conv), dtype=np.int64), [len(c.events) for c in conv])
+    ops = Ops()
+    none: Reader = lambda reqs: [[None] * len(f) for _, f in reqs]  # noqa: E731
+    gr = _group_cols(state, cols, kidx, [c.key for c in conv], h)
+    _merged_groups(state, plan, gr, h, now, none, ops, False, False)
+    return ops
+
+
+def _merged_groups(
+    state: ViewState, plan: AggPlan, gr: _Groups, h: int, now: int, read: Reader, ops: Ops, guard: bool, events: bool
+) -> None:
     cols, kidx, kvals, starts, ends = gr.cols, gr.kidx, gr.kvals, gr.starts, gr.ends
     nrows = len(kidx)
     num, objs = plan.partials_grouped(cols, starts)
@@ -326,6 +352,8 @@ def _merged_tiles(state: ViewState, table: pa.Table, now: int, read: Reader, ops
     hi_i = np.searchsorted(fk, klist, "right").tolist()
     klist_l = klist.tolist()
     tail = [state.M, state.L] if state.has_lifetime else [state.M]
+    ev = state.ev_fields if events else []
+    tail += ev  # events mode: never with L
     if guard:
         tail.append(state.V)
     got = read([(kvals[k], names[a:e] + tail) for k, a, e in zip(klist_l, lo_i, hi_i)])
@@ -368,3 +396,18 @@ def _merged_tiles(state: ViewState, table: pa.Table, now: int, read: Reader, ops
         if m_old is None or m_old < fold_to:
             sets[state.M] = _mark_value(fold_to)
         ops.expire[key] = state.expire_ms(mt, now)
+    if ev:  # events mode: entities with few events keep them instead of the tiles computed above
+        conv: list[Conversion] = []
+        row_ends = np.append(kb, nrows).tolist()
+        row_starts = [0, *kb.tolist()]
+        for k, a, e, vals, r0, r1 in zip(klist_l, lo_i, hi_i, got, row_starts, row_ends):
+            nw = e - a
+            stored = vals[nw + 1 : nw + 1 + len(ev)]
+            if stored[0] is None and vals[nw] is not None:
+                continue  # a tile entity
+            new = cols.take(np.arange(r0, r1))
+            c = merge_events(state, plan, kvals[k], stored, vals[nw] is not None, new, h * state.g, ops)
+            if c is not None:
+                conv.append(c)
+        if conv:
+            convert(state, conv, now, lambda cs: _tiles_of(state, plan, cs, h, now), ops)

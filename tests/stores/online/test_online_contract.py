@@ -237,6 +237,82 @@ def test_numbers_only_dense_tiles_stream_batches(store: BaseOnlineStore, interva
             assert_same(names, b[0].values, store.read_features([(st, key(u))], t)[0].values)  # type: ignore[arg-type]
 
 
+def _mine(store: BaseOnlineStore, st: ViewState, uid: str) -> list[str]:
+    return sorted(f for f in store._fields([key(uid)])[0] if f.startswith(st.vid + ":"))
+
+
+@pytest.mark.parametrize("interval", [None, "5m"])
+def test_events_mode_few_events_then_tiles(store: BaseOnlineStore, interval: str | None) -> None:
+    """A numbers-only entity with few events keeps only them (events fields, <= 64 bytes each);
+    past EVENTS_MAX_BYTES it converts to tiles once; windows stay exact all along, on every path
+    (stream applies, materialize over either state, batch reads)."""
+    st = agg_state(interval, NUM_AGGS, name="evstats")
+    assert st.events_mode and st.ev_fields
+    ev = events(60, seed=11, span_s=3 * 3600, users=("u1",))
+    names = [o.name for o in st.plan.outputs]  # type: ignore[union-attr]
+
+    def check(upto: int) -> None:
+        sub = {k: v[:upto] for k, v in ev.items()}
+        for t in (NOW, NOW - 1800 * US - 17, NOW - 2 * 3600 * US + 3):
+            got = store.read_features([(st, key("u1"))], t)[0].values
+            assert_same(names, got, expected(st, sub, "u1", t))  # type: ignore[arg-type]
+            for m in store.read_entities([st], [key("u1")] * 6, t):  # > 4 entities: evaluate_many
+                assert_same(names, m[0].values, got)  # type: ignore[arg-type]
+
+    store.apply_events(st, table(ev, 0, 3), now_us=NOW)
+    check(3)
+    assert _mine(store, st, "u1") == [st.ev_fields[0]]  # 3 events: one field, no tiles, no mark
+    hi = 3
+    for hi in range(7, 60, 4):
+        store.apply_events(st, table(ev, hi - 4, hi), now_us=NOW)
+        check(hi)
+        if st.M in _mine(store, st, "u1"):
+            break
+    assert 4 < hi < 40 and not set(st.ev_fields) & set(_mine(store, st, "u1"))  # converted to tiles
+    store.apply_events(st, table(ev, hi, 60), now_us=NOW)
+    check(60)
+    # materialize: few events over a tile state -> events (the mark goes); many -> tiles (events go)
+    few = table(ev, 0, 2)
+    store.write_ops(next(bulk_writes(st, few, NOW))[0])
+    check(2)
+    assert st.M not in _mine(store, st, "u1") and st.ev_fields[0] in _mine(store, st, "u1")
+    # the stream converts it again: stale tile fields from before must not count
+    store.apply_events(st, table(ev, 2, 60), now_us=NOW)
+    check(60)
+    store.write_ops(next(bulk_writes(st, table(ev, 0, 60), NOW))[0])
+    check(60)
+    assert not set(st.ev_fields) & set(_mine(store, st, "u1"))
+    store.delete(st, [key("u1")])
+    assert _mine(store, st, "u1") == []
+
+
+@pytest.mark.redis
+def test_redis_events_mode_entity_is_a_small_listpack(tmp_path: Path, workspace_name: str, redis_url: str) -> None:
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    s = open_online_store(load_config(tmp_path, workspace=workspace_name, online_store=redis_url))
+    try:
+        aggs = [cs.Aggregate("amount", f, w) for w in ("1h", "1d", "7d") for f in ("count", "sum", "mean", "max")]
+        st = ViewState(cs.FeatureView("ev10", [user], src, aggregations=aggs), TYPES)
+        ev = events(10, seed=2, span_s=6 * 86400, users=("u1",))
+        s.write_ops(next(bulk_writes(st, table(ev), NOW))[0])
+        k = s.prefix + "e:" + key("u1")  # type: ignore[attr-defined]
+        assert r.object("encoding", k) == b"listpack"
+        vals = r.hgetall(k)
+        assert all(len(v) <= 64 for v in vals.values()) and len(vals) <= len(st.ev_fields)
+        assert (r.memory_usage(k) or 0) < 400  # vs ~2,600 bytes as tiles and blocks
+        for t in (NOW, NOW - 86400 * US):
+            assert_same(
+                [o.name for o in st.plan.outputs],
+                s.read_features([(st, key("u1"))], t)[0].values,  # type: ignore[union-attr]
+                expected(st, ev, "u1", t),
+            )  # type: ignore[arg-type]
+    finally:
+        s.clear()
+        s.close()
+
+
 def test_bulk_writes_may_be_deferred_until_flush(store: BaseOnlineStore) -> None:
     st = agg_state("1h", [cs.Aggregate("amount", "sum", "1d")], name="bulk")
     ops = Ops()
