@@ -2,8 +2,8 @@
 
 Most entities have few events inside a view's retention (a user with ten purchases a week). For
 those, ~36 tile and 4^L block partials (56 bytes each, plus raw edges) are ~10x the bytes of the
-events themselves. An entity whose events in the retention encode (raw block format,
-``raw_events.encode_raw``) to at most ``EVENTS_MAX_BYTES`` keeps only them, split into
+events themselves. An entity whose events in the retention encode (``events_codec``, ~9 bytes an
+event with cents) to at most ``EVENTS_MAX_BYTES`` keeps only them, split into
 ``ViewState.ev_fields`` of <= 64 bytes each (so its hash stays a Redis listpack); a read computes
 every window exactly from them. Past that size the entity converts to tiles once (its events
 become the first tiles) and stays there (until its state expires).
@@ -23,11 +23,26 @@ import numpy as np
 from .aggregations import AggPlan
 from .codec import join_row, split_row
 from .columns import Columns
+from .events_codec import decode_events, encode_events
 from .ops import Ops
-from .raw_events import decode_raw, encode_raw, encode_raw_groups
 from .tiles import EVENTS_MAX_BYTES, ViewState
 
 __all__ = ["Conversion", "bulk_events", "concat_common", "convert", "merge_events"]
+
+
+def _events_columns(buf: bytes, plan: AggPlan) -> Columns:
+    ts, cols = decode_events(buf, len(plan.columns))
+    out = Columns(ts=np.array(ts, dtype=np.int64))
+    for c, (valid, vals) in zip(plan.columns, cols):
+        out.valid[c] = np.frombuffer(valid, dtype=np.uint8).astype(bool)
+        out.num[c] = np.array(vals, dtype=np.float64)
+    return out
+
+
+def _encode_cols(cols: Columns, plan: AggPlan, a: int, b: int) -> bytes:
+    return encode_events(
+        cols.ts[a:b].tolist(), [(cols.valid[c][a:b].tolist(), cols.num[c][a:b].tolist()) for c in plan.columns]
+    )
 
 
 def bulk_events(
@@ -37,7 +52,8 @@ def bulk_events(
     events fit are written as events instead of the tiles already in ``ops``; the others drop any
     events fields a previous state left."""
     ev = state.ev_fields
-    for key, buf in zip(keys, encode_raw_groups(cols, plan, starts, ends)):
+    for key, a, b in zip(keys, starts.tolist(), ends.tolist()):
+        buf = _encode_cols(cols, plan, a, b)
         if len(buf) <= EVENTS_MAX_BYTES:
             pieces = split_row(buf, len(ev))
             ops.sets[key] = dict(zip(ev, pieces))
@@ -86,12 +102,12 @@ def merge_events(
     old = join_row(stored)
     if old is None and tiled:
         return None  # a tile entity: the tile writes stand
-    parts = [new] if old is None else [new, decode_raw(old, plan)]
+    parts = [new] if old is None else [new, _events_columns(old, plan)]
     union = concat_common(parts)
     order = np.argsort(union.ts, kind="stable")
     union = union.take(order[union.ts[order] >= horizon_us])  # older ones are out of every window
     ev = state.ev_fields
-    buf = encode_raw(union, plan) if len(union) else b""
+    buf = _encode_cols(union, plan, 0, len(union)) if len(union) else b""
     if len(buf) <= EVENTS_MAX_BYTES:
         ops.appends.pop(key, None)
         if buf:

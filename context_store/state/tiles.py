@@ -31,6 +31,7 @@ import numpy as np
 from ..definitions import DType, FeatureView, StreamSource
 from .aggregations import NUM_FUNCS, AggPlan, Partial
 from .codec import LISTPACK_VALUE_MAX, ROW_FORMAT, join_row, row_chunk_count
+from .events_codec import parse_events
 from .raw_events import decode_raw, parse_raw_num, raw_num_block
 
 __all__ = [
@@ -44,9 +45,10 @@ __all__ = [
 ]
 
 US = 1_000_000
-# Events mode (numbers-only views without Lifetime): an entity whose events in the retention encode
-# to <= EVENT_FIELDS x 64 bytes (one float column: 14 events) stores them raw in that many fields of
-# <= 64 bytes (listpack-sized) instead of tiles and blocks; reads compute every window from them.
+# Events mode (numbers-only views without Lifetime over int/float columns): an entity whose events in
+# the retention encode to <= EVENT_FIELDS x 64 bytes (state/events_codec.py; one column: ~25 events
+# with cents, ~16 arbitrary floats) keeps them in that many fields of <= 64 bytes (listpack-sized)
+# instead of tiles and blocks; reads compute every window from them.
 EVENT_FIELDS = 4
 EVENTS_FORMAT = 2
 EVENTS_MAX_BYTES = EVENT_FIELDS * LISTPACK_VALUE_MAX
@@ -133,7 +135,11 @@ class ViewState:
             return
         self.plan = AggPlan(view, input_types or {})
         # Events mode: an entity with few events keeps them compactly in ``ev_fields`` instead of tiles.
-        self.events_mode = _events_capable(view) and not self.plan.slots
+        self.events_mode = (
+            _events_capable(view)
+            and not self.plan.slots
+            and all(self.plan.types[c].name in ("float64", "int64") for c in self.plan.columns)
+        )
         self.ev_fields = [f"{self.vid}:e"] + [f"{self.vid}:e{i}" for i in range(1, EVENT_FIELDS)]
         if not self.events_mode:
             self.ev_fields = []
@@ -293,7 +299,7 @@ class ViewState:
         plan = self.plan
         assert plan is not None
         buf = join_row(ev)
-        parsed = parse_raw_num(buf or b"", plan)
+        parsed = parse_events(buf or b"\x00", plan)
         hi = self.window_end(t)
         out: list[Any] = [None] * len(plan.outputs)
         for w, which in self._finite_windows:

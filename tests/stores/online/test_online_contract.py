@@ -6,6 +6,7 @@ import asyncio
 import random
 import shutil
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -248,7 +249,7 @@ def test_events_mode_few_events_then_tiles(store: BaseOnlineStore, interval: str
     (stream applies, materialize over either state, batch reads)."""
     st = agg_state(interval, NUM_AGGS, name="evstats")
     assert st.events_mode and st.ev_fields
-    ev = events(60, seed=11, span_s=3 * 3600, users=("u1",))
+    ev = events(100, seed=11, span_s=3 * 3600, users=("u1",))
     names = [o.name for o in st.plan.outputs]  # type: ignore[union-attr]
 
     def check(upto: int) -> None:
@@ -263,24 +264,24 @@ def test_events_mode_few_events_then_tiles(store: BaseOnlineStore, interval: str
     check(3)
     assert _mine(store, st, "u1") == [st.ev_fields[0]]  # 3 events: one field, no tiles, no mark
     hi = 3
-    for hi in range(7, 60, 4):
+    for hi in range(7, 100, 4):
         store.apply_events(st, table(ev, hi - 4, hi), now_us=NOW)
         check(hi)
         if st.M in _mine(store, st, "u1"):
             break
-    assert 4 < hi < 40 and not set(st.ev_fields) & set(_mine(store, st, "u1"))  # converted to tiles
-    store.apply_events(st, table(ev, hi, 60), now_us=NOW)
-    check(60)
+    assert 4 < hi < 100 and not set(st.ev_fields) & set(_mine(store, st, "u1"))  # converted to tiles
+    store.apply_events(st, table(ev, hi, 100), now_us=NOW)
+    check(100)
     # materialize: few events over a tile state -> events (the mark goes); many -> tiles (events go)
     few = table(ev, 0, 2)
     store.write_ops(next(bulk_writes(st, few, NOW))[0])
     check(2)
     assert st.M not in _mine(store, st, "u1") and st.ev_fields[0] in _mine(store, st, "u1")
     # the stream converts it again: stale tile fields from before must not count
-    store.apply_events(st, table(ev, 2, 60), now_us=NOW)
-    check(60)
-    store.write_ops(next(bulk_writes(st, table(ev, 0, 60), NOW))[0])
-    check(60)
+    store.apply_events(st, table(ev, 2, 100), now_us=NOW)
+    check(100)
+    store.write_ops(next(bulk_writes(st, table(ev, 0, 100), NOW))[0])
+    check(100)
     assert not set(st.ev_fields) & set(_mine(store, st, "u1"))
     store.delete(st, [key("u1")])
     assert _mine(store, st, "u1") == []
@@ -872,3 +873,25 @@ def test_redis_scripts_flushed_every_path_reloads(tmp_path: Path, workspace_name
     finally:
         flush.close()
         store.close()
+
+
+def test_events_codec_is_exact_and_compact() -> None:
+    from context_store.state.events_codec import decode_events, encode_events
+
+    rng = random.Random(4)
+    ts = sorted(NOW - rng.randint(0, 7 * 86400 * US) for _ in range(10))
+    cents = [round(rng.lognormvariate(3, 1), 2) for _ in ts]
+    ints = [float(rng.randint(-(10**12), 10**12)) for _ in ts]
+    wild = [rng.random() * 1e6, -0.0, float("inf"), float("nan"), 1e300, 2.0**60, 0.1, -3.25, 5e-324, 1 / 3]
+    valid = [i % 3 != 1 for i in range(10)]
+    cols = [([True] * 10, cents), (valid, ints), ([True] * 10, wild), ([False] * 10, [0.0] * 10)]
+    buf = encode_events(ts, cols)
+    got_ts, got = decode_events(buf, len(cols))
+    assert got_ts == ts
+    for (v, xs), (gv, gxs) in zip(cols, got):
+        assert list(gv) == [int(x) for x in v]
+        for ok, x, g in zip(v, xs, gxs):
+            if ok:
+                assert struct.pack("<d", g) == struct.pack("<d", x)  # bit for bit (-0.0, nan too)
+    assert len(encode_events(ts, cols[:1])) < 100  # 10 events with cents: ~9 bytes each
+    assert decode_events(encode_events([], [([], [])]), 1) == ([], [(b"", [])])
