@@ -121,7 +121,12 @@ def _varint(x: int) -> bytes:
     return bytes(out)
 
 
+_SMALL_INTS = [bytes(((v << 1) ^ (v >> 63),)) for v in range(-64, 64)]  # one-byte zigzag varints
+
+
 def _zigzag(v: int) -> bytes:
+    if -64 <= v < 64:
+        return _SMALL_INTS[v + 64]
     return _varint((v << 1) ^ (v >> 63))
 
 

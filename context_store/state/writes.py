@@ -9,6 +9,9 @@ Two entry points, one layout (docs/online-state.md):
   ``Reader`` the store provides (the store keeps fences, CAS and the commit); also folds tiles
   leaving the retention into the lifetime base and deletes expired ones.
 
+Numbers-only views keep entities with few events as events instead of tiles (``events_mode``): both
+entry points compute tiles, then rewrite such entities' writes.
+
 Both share the grouping of rows into (entity, tile) runs, the field naming (``ViewState``), the
 row selection and encoding, the lifetime/mark encodings and the expiry. The per-level block
 computation stays different on purpose: the bulk path recomputes blocks from rows (no stored
@@ -27,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from .aggregations import AggPlan, Partial
-from .codec import RowCodec, entity_keys, split_row
+from .codec import LISTPACK_VALUE_MAX, RowCodec, entity_keys, split_row
 from .columns import Columns, columns_from_arrow, ts_to_us
 from .events_mode import Conversion, bulk_events, concat_common, convert, merge_events
 from .ops import Ops
@@ -142,8 +145,10 @@ def _bulk_rows(state: ViewState, table: pa.Table, now_us: int, chunk_keys: int) 
     for c0 in range(0, len(keys), chunk_keys):
         ops = Ops()
         for key, t, v in zip(keys[c0 : c0 + chunk_keys], ts[c0 : c0 + chunk_keys], vals[c0 : c0 + chunk_keys]):
-            if k == 1:
+            if k == 1 or len(v) <= LISTPACK_VALUE_MAX:  # the usual row: one field (the others deleted)
                 ops.sets[key] = {names[0]: v}
+                if k > 1:
+                    ops.dels[key] = names[1:]
             else:
                 _set_row(ops, key, names, split_row(v, k))
             ops.expire[key] = state.expire_ms(t, now_us)
