@@ -38,18 +38,40 @@ def _read_uvarint(b: bytes, o: int) -> tuple[int, int]:
         shift += 7
 
 
+def _scale(xs: list[float]) -> int:
+    """Smallest s with ``round(v * 10^s) / 10^s == v`` for every v (exact for one s: for every
+    larger one too, the same decimal), 255 when none <= 4 (or a value is huge, inf or NaN)."""
+    best = 0
+    for v in xs:
+        if not -4e15 < v < 4e15:  # also false for NaN
+            return 255
+        s = best
+        while s < len(_SCALES):
+            f = _SCALES[s]
+            if round(v * f) / f == v:
+                break
+            s += 1
+        if s == len(_SCALES):
+            return 255
+        best = s
+    return best
+
+
 def encode_events(ts: list[int], cols: list[tuple[list[bool], list[float]]]) -> bytes:
     """Events sorted by ``ts``; per plan column its validity and values (any where invalid)."""
     out = bytearray()
     n = len(ts)
     _uvarint(out, n)
-    prev = 0
-    for i, t in enumerate(ts):
-        if i == 0:
-            _uvarint(out, 2 * t if t >= 0 else -2 * t - 1)
-        else:
-            _uvarint(out, t - prev)
-        prev = t
+    if n:
+        prev = ts[0]
+        _uvarint(out, 2 * prev if prev >= 0 else -2 * prev - 1)
+        for t in ts[1:]:
+            d = t - prev
+            if d < 0x80:
+                out.append(d)
+            else:
+                _uvarint(out, d)
+            prev = t
     for valid, vals in cols:
         bm = bytearray((n + 7) // 8)
         for i, ok in enumerate(valid):
@@ -57,9 +79,7 @@ def encode_events(ts: list[int], cols: list[tuple[list[bool], list[float]]]) -> 
                 bm[i >> 3] |= 1 << (i & 7)
         out += bm
         xs = [v for v, ok in zip(vals, valid) if ok]
-        scale = next(
-            (s for s, f in enumerate(_SCALES) if all(abs(v) < 2**52 and round(v * f) / f == v for v in xs)), 255
-        )
+        scale = _scale(xs)
         out.append(scale)
         if scale == 255:
             out += np.asarray(xs, dtype="<f8").tobytes()
@@ -67,7 +87,11 @@ def encode_events(ts: list[int], cols: list[tuple[list[bool], list[float]]]) -> 
             f = _SCALES[scale]
             for v in xs:
                 k = round(v * f)
-                _uvarint(out, 2 * k if k >= 0 else -2 * k - 1)
+                z = 2 * k if k >= 0 else -2 * k - 1
+                if z < 0x80:
+                    out.append(z)
+                else:
+                    _uvarint(out, z)
     return bytes(out)
 
 

@@ -27,16 +27,7 @@ from .events_codec import decode_events, encode_events
 from .ops import Ops
 from .tiles import EVENTS_MAX_BYTES, ViewState
 
-__all__ = ["Conversion", "bulk_events", "concat_common", "convert", "merge_events"]
-
-
-def _events_columns(buf: bytes, plan: AggPlan) -> Columns:
-    ts, cols = decode_events(buf, len(plan.columns))
-    out = Columns(ts=np.array(ts, dtype=np.int64))
-    for c, (valid, vals) in zip(plan.columns, cols):
-        out.valid[c] = np.frombuffer(valid, dtype=np.uint8).astype(bool)
-        out.num[c] = np.array(vals, dtype=np.float64)
-    return out
+__all__ = ["Conversion", "EventLists", "bulk_events", "concat_common", "convert", "event_lists", "merge_events"]
 
 
 def _encode_cols(cols: Columns, plan: AggPlan, a: int, b: int) -> bytes:
@@ -85,13 +76,21 @@ def concat_common(parts: list[Columns]) -> Columns:
     )
 
 
+EventLists = tuple[list[int], list[tuple[list[bool], list[float]]]]  # ts, per plan column (valid, values)
+
+
+def event_lists(cols: Columns, plan: AggPlan) -> EventLists:
+    """``cols`` as Python lists (sliced per entity by the stream path: no numpy call per entity)."""
+    return cols.ts.tolist(), [(cols.valid[c].tolist(), cols.num[c].tolist()) for c in plan.columns]
+
+
 def merge_events(
     state: ViewState,
     plan: AggPlan,
     key: str,
     stored: list[bytes | None],
     tiled: bool,
-    new: Columns,
+    new: EventLists,
     horizon_us: int,
     ops: Ops,
 ) -> Conversion | None:
@@ -102,12 +101,17 @@ def merge_events(
     old = join_row(stored)
     if old is None and tiled:
         return None  # a tile entity: the tile writes stand
-    parts = [new] if old is None else [new, _events_columns(old, plan)]
-    union = concat_common(parts)
-    order = np.argsort(union.ts, kind="stable")
-    union = union.take(order[union.ts[order] >= horizon_us])  # older ones are out of every window
+    ts, cols = new
+    if old is not None:
+        ots, ocols = decode_events(old, len(plan.columns))
+        ts = ots + ts
+        cols = [([bool(x) for x in ov] + v, ox + x) for (ov, ox), (v, x) in zip(ocols, cols)]
+    keep = [i for i in sorted(range(len(ts)), key=ts.__getitem__) if ts[i] >= horizon_us]  # stable
+    if keep != list(range(len(ts))):
+        ts = [ts[i] for i in keep]
+        cols = [([v[i] for i in keep], [x[i] for i in keep]) for v, x in cols]
     ev = state.ev_fields
-    buf = _encode_cols(union, plan, 0, len(union)) if len(union) else b""
+    buf = encode_events(ts, cols) if ts else b""
     if len(buf) <= EVENTS_MAX_BYTES:
         ops.appends.pop(key, None)
         if buf:
@@ -120,7 +124,11 @@ def merge_events(
         return None
     if old is None:
         return None  # a new entity with a big first batch: the tile writes stand
-    return Conversion(key, union)
+    events = Columns(ts=np.array(ts, dtype=np.int64))
+    for c, (v, x) in zip(plan.columns, cols):
+        events.valid[c] = np.array(v, dtype=bool)
+        events.num[c] = np.array(x, dtype=np.float64)
+    return Conversion(key, events)
 
 
 def convert(

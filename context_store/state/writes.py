@@ -32,7 +32,7 @@ import pyarrow as pa
 from .aggregations import AggPlan, Partial
 from .codec import LISTPACK_VALUE_MAX, RowCodec, entity_keys, split_row
 from .columns import Columns, columns_from_arrow, ts_to_us
-from .events_mode import Conversion, bulk_events, concat_common, convert, merge_events
+from .events_mode import Conversion, bulk_events, concat_common, convert, event_lists, merge_events
 from .ops import Ops
 from .raw_events import encode_raw_groups
 from .tiles import ViewState
@@ -405,12 +405,13 @@ def _merged_groups(
         conv: list[Conversion] = []
         row_ends = np.append(kb, nrows).tolist()
         row_starts = [0, *kb.tolist()]
+        all_ts, all_cols = event_lists(cols, plan)
         for k, a, e, vals, r0, r1 in zip(klist_l, lo_i, hi_i, got, row_starts, row_ends):
             nw = e - a
             stored = vals[nw + 1 : nw + 1 + len(ev)]
             if stored[0] is None and vals[nw] is not None:
                 continue  # a tile entity
-            new = cols.take(np.arange(r0, r1))
+            new = all_ts[r0:r1], [(v[r0:r1], x[r0:r1]) for v, x in all_cols]
             c = merge_events(state, plan, kvals[k], stored, vals[nw] is not None, new, h * state.g, ops)
             if c is not None:
                 conv.append(c)
