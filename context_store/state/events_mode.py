@@ -93,11 +93,11 @@ def merge_events(
     new: EventLists,
     horizon_us: int,
     ops: Ops,
-) -> Conversion | None:
+) -> Conversion | bool | None:
     """A stream apply for one entity of an events-mode view: ``stored`` = its events fields as read,
-    ``tiled`` = it has tile state, ``new`` = the batch's events of it. Rewrites the entity's writes
-    in ``ops`` (computed as tiles) when it is or becomes an events entity; returns a Conversion when
-    its stored events and the new ones no longer fit."""
+    ``tiled`` = it has tile state, ``new`` = the batch's events of it. None: a tile entity (the
+    caller writes tiles); True: written to ``ops`` as events; a Conversion: its stored events and
+    the new ones no longer fit (the caller turns them into tiles)."""
     old = join_row(stored)
     if old is None and tiled:
         return None  # a tile entity: the tile writes stand
@@ -121,9 +121,9 @@ def merge_events(
         else:
             ops.sets.pop(key, None)
             ops.dels[key] = [*ev, state.M]
-        return None
+        return True
     if old is None:
-        return None  # a new entity with a big first batch: the tile writes stand
+        return None  # a new entity with a big first batch: tiles
     events = Columns(ts=np.array(ts, dtype=np.int64))
     for c, (v, x) in zip(plan.columns, cols):
         events.valid[c] = np.array(v, dtype=bool)

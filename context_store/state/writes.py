@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -362,18 +363,50 @@ def _merged_groups(
     if guard:
         tail.append(state.V)
     got = read([(kvals[k], names[a:e] + tail) for k, a, e in zip(klist_l, lo_i, hi_i)])
-    olds = [v for vals, a, e in zip(got, lo_i, hi_i) for v in vals[: e - a]]
-    enc = plan.merge_encoded_many(olds, new_arr, nobjs)
+    # Events mode first: entities written as events (or converting to tiles) skip the tile merge.
+    conv: list[Conversion] = []
+    skip: set[int] = set()
+    if ev:
+        row_ends = np.append(kb, nrows).tolist()
+        row_starts = [0, *kb.tolist()]
+        all_ts, all_cols = event_lists(cols, plan)
+        for k, a, e, vals, r0, r1 in zip(klist_l, lo_i, hi_i, got, row_starts, row_ends):
+            nw = e - a
+            stored = vals[nw + 1 : nw + 1 + len(ev)]
+            if stored[0] is None and vals[nw] is not None:
+                continue  # a tile entity
+            new = all_ts[r0:r1], [(v[r0:r1], x[r0:r1]) for v, x in all_cols]
+            c = merge_events(state, plan, kvals[k], stored, vals[nw] is not None, new, h * state.g, ops)
+            if c is not None:
+                skip.add(k)
+                if isinstance(c, Conversion):
+                    conv.append(c)
+    if skip:
+        keep = np.flatnonzero(~np.isin(fk, np.fromiter(skip, dtype=np.int64, count=len(skip))))
+        olds = [v for vals, a, e in zip(got, lo_i, hi_i) for v in vals[: e - a]]
+        enc_l: list[bytes | None] = [None] * len(names)
+        kl = keep.tolist()
+        if kl:
+            for i, b in zip(kl, plan.merge_encoded_many([olds[i] for i in kl], new_arr[keep], None)):
+                enc_l[i] = b
+        enc: list[Any] = enc_l
+    else:
+        olds = [v for vals, a, e in zip(got, lo_i, hi_i) for v in vals[: e - a]]
+        enc = plan.merge_encoded_many(olds, new_arr, nobjs)
     raws = None if state.interval else encode_raw_groups(cols, plan, starts[li], ends[li])
     if raws is not None:
         for k, ti, rb in zip(k_l.tolist(), t_l.tolist(), raws):
-            ops.appends.setdefault(kvals[k], {})[state.raw(ti)] = rb
+            if k not in skip:
+                ops.appends.setdefault(kvals[k], {})[state.raw(ti)] = rb
     for k, a, e, vals, mt in zip(klist_l, lo_i, hi_i, got, maxts):
         key = kvals[k]
         nw = e - a
-        sets = ops.sets[key] = dict(zip(names[a:e], enc[a:e]))
         if guard:
             ops.guards[key] = {state.V: _version(vals[-1])}
+        if k in skip:  # written as events by merge_events (or converting: ``convert`` below)
+            ops.expire[key] = state.expire_ms(mt, now)
+            continue
+        sets = ops.sets[key] = dict(zip(names[a:e], enc[a:e]))
         m_old = int(vals[nw]) if vals[nw] is not None else None
         fold_to = h
         if state.has_lifetime:
@@ -401,19 +434,5 @@ def _merged_groups(
         if m_old is None or m_old < fold_to:
             sets[state.M] = _mark_value(fold_to)
         ops.expire[key] = state.expire_ms(mt, now)
-    if ev:  # events mode: entities with few events keep them instead of the tiles computed above
-        conv: list[Conversion] = []
-        row_ends = np.append(kb, nrows).tolist()
-        row_starts = [0, *kb.tolist()]
-        all_ts, all_cols = event_lists(cols, plan)
-        for k, a, e, vals, r0, r1 in zip(klist_l, lo_i, hi_i, got, row_starts, row_ends):
-            nw = e - a
-            stored = vals[nw + 1 : nw + 1 + len(ev)]
-            if stored[0] is None and vals[nw] is not None:
-                continue  # a tile entity
-            new = all_ts[r0:r1], [(v[r0:r1], x[r0:r1]) for v, x in all_cols]
-            c = merge_events(state, plan, kvals[k], stored, vals[nw] is not None, new, h * state.g, ops)
-            if c is not None:
-                conv.append(c)
-        if conv:
-            convert(state, conv, now, lambda cs: _tiles_of(state, plan, cs, h, now), ops)
+    if conv:
+        convert(state, conv, now, lambda cs: _tiles_of(state, plan, cs, h, now), ops)
