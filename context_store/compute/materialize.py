@@ -184,7 +184,9 @@ def materialize(
             and wm.get("max_ts") is not None
             and not (state.is_aggregate and state.has_lifetime)
         ):
-            if state.is_aggregate:
+            if state.is_aggregate and state.events_mode:
+                start = None  # from the horizon: an events-mode entity is rewritten from all its events
+            elif state.is_aggregate:
                 # Reload from the start of the top-level block holding the watermark: blocks are
                 # recomputed whole, so none is rewritten from a part of its rows.
                 span = 4**state.levels

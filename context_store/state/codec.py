@@ -1,12 +1,15 @@
 """Compact binary encodings of online values (no JSON on the hot path).
 
-Row of a batch feature view (field ``{vid}``)::
+Row of a batch feature view (``ROW_FORMAT`` 2)::
 
     i64 event_ts_us | null bitmap (ceil(n/8) bytes, bit i set = feature i is null) | values
 
-Values of non-null features in feature order: int64/timestamp ``<q``, float64 ``<d``,
-bool 1 byte, string u32 length + UTF-8, embedding ``dim`` x ``<f4``, array u32 count then per
-element 1 null byte + element.
+Values of non-null features in feature order: int64 zigzag varint (LEB128: 1 byte below 64, 2 below
+8192, ...), timestamp ``<q``, float64 ``<d``, bool 1 byte, string varint length + UTF-8, embedding
+``dim`` x ``<f4``, array varint count then per element 1 null byte + element.
+Stored in up to ``row_chunk_count`` hash fields (``split_row``) of at most 64 bytes each, Redis's
+default ``hash-max-listpack-value``: one longer value turns the whole entity hash into Redis's
+hashtable encoding (about twice the bytes of a listpack for a typical entity). A read joins them.
 Entity keys: ``name=value`` per join key joined by ``\\x1f`` (ints in decimal).
 """
 
@@ -24,12 +27,32 @@ import pyarrow.compute as pc
 from ..definitions import Array, DType, Embedding
 from ..vocab.time import datetime_to_us, us_to_datetime
 
-__all__ = ["KEY_SEP", "RowCodec", "entity_key", "entity_keys"]
+__all__ = [
+    "KEY_SEP",
+    "LISTPACK_VALUE_MAX",
+    "ROW_FORMAT",
+    "RowCodec",
+    "entity_key",
+    "entity_keys",
+    "join_row",
+    "row_chunk_count",
+    "split_row",
+]
 
 KEY_SEP = "\x1f"
 _Q = struct.Struct("<q")
 _D = struct.Struct("<d")
-_U32 = struct.Struct("<I")
+# Layout version of row views (part of their vid, so a changed layout is never misread).
+ROW_FORMAT = 2
+# Redis's default ``hash-max-listpack-value``: a longer field value converts the hash to a hashtable.
+LISTPACK_VALUE_MAX = 64
+_MAX_ROW_CHUNKS = 32
+# Generous widths of variable-size values, for the number of fields a read asks for (a row uses only
+# the fields it needs; a longer one still round-trips: its last field holds the rest, deliberately
+# accepting the hashtable encoding for that entity).
+_EST_INT = 9
+_EST_STRING = 24
+_EST_ARRAY = 48
 
 
 def entity_key(join_keys: Sequence[str], values: Sequence[Any]) -> str:
@@ -51,6 +74,85 @@ def entity_keys(table: pa.Table, join_keys: Sequence[str]) -> pa.Array:
     return out.combine_chunks() if isinstance(out, pa.ChunkedArray) else out
 
 
+def _est_width(dt: DType) -> int:
+    if isinstance(dt, Embedding):
+        return 4 * dt.dim
+    if isinstance(dt, Array):
+        return _EST_ARRAY
+    return {"int64": _EST_INT, "timestamp": 8, "float64": 8, "bool": 1}.get(dt.name, _EST_STRING)
+
+
+def row_chunk_count(dtypes: Sequence[DType]) -> int:
+    """Most hash fields a row of these features is stored in (each <= 64 bytes)."""
+    est = 8 + (len(dtypes) + 7) // 8 + sum(_est_width(d) for d in dtypes)
+    return max(1, min(_MAX_ROW_CHUNKS, -(-est // LISTPACK_VALUE_MAX)))
+
+
+def split_row(buf: bytes, k: int) -> list[bytes]:
+    """``buf`` as 1..``k`` pieces of <= 64 bytes (when ``len(buf) > 64 * k`` the last holds the rest).
+    The first holds the event timestamp (``RowCodec.ts_of``). A writer deletes the fields of the
+    pieces it does not use (a shorter row replacing a longer one)."""
+    n = len(buf)
+    if n <= LISTPACK_VALUE_MAX or k == 1:
+        return [buf]
+    m = min(k, -(-n // LISTPACK_VALUE_MAX))
+    step = LISTPACK_VALUE_MAX
+    return [buf[i * step : (i + 1) * step] for i in range(m - 1)] + [buf[(m - 1) * step :]]
+
+
+def join_row(pieces: Sequence[bytes | None]) -> bytes | None:
+    """The row stored in ``pieces`` (``split_row``'s fields as read); None when absent."""
+    if pieces[0] is None:
+        return None
+    if len(pieces) == 1:
+        return pieces[0]
+    return b"".join([x for x in pieces if x is not None])
+
+
+def _varint(x: int) -> bytes:
+    """Unsigned LEB128."""
+    if x < 0x80:
+        return bytes((x,))
+    out = bytearray()
+    while x >= 0x80:
+        out.append((x & 0x7F) | 0x80)
+        x >>= 7
+    out.append(x)
+    return bytes(out)
+
+
+_SMALL_INTS = [bytes(((v << 1) ^ (v >> 63),)) for v in range(-64, 64)]  # one-byte zigzag varints
+
+
+def _zigzag(v: int) -> bytes:
+    if -64 <= v < 64:
+        return _SMALL_INTS[v + 64]
+    return _varint((v << 1) ^ (v >> 63))
+
+
+def _read_varint(b: bytes, o: int) -> tuple[int, int]:
+    x = b[o]
+    if x < 0x80:
+        return x, o + 1
+    x &= 0x7F
+    shift = 7
+    while True:
+        o += 1
+        c = b[o]
+        x |= (c & 0x7F) << shift
+        if c < 0x80:
+            return x, o + 1
+        shift += 7
+
+
+def _read_zigzag(b: bytes, o: int) -> tuple[int, int]:
+    x = b[o]
+    if x < 0x80:
+        return (x >> 1) ^ -(x & 1), o + 1
+    u, o = _read_varint(b, o)
+    return (u >> 1) ^ -(u & 1), o
+
+
 def _ts_value(v: Any) -> int:
     return datetime_to_us(v) if isinstance(v, datetime) else int(v)
 
@@ -60,10 +162,10 @@ def _packer(dt: DType) -> Callable[[Any], bytes]:
         return lambda v: np.asarray(v, dtype="<f4").tobytes()
     if isinstance(dt, Array):
         el = _packer(dt.element)
-        return lambda v: _U32.pack(len(v)) + b"".join(b"\x01" if x is None else b"\x00" + el(x) for x in v)
+        return lambda v: _varint(len(v)) + b"".join(b"\x01" if x is None else b"\x00" + el(x) for x in v)
     n = dt.name
     if n == "int64":
-        return lambda v: _Q.pack(int(v))
+        return lambda v: _zigzag(int(v))
     if n == "timestamp":
         return lambda v: _Q.pack(_ts_value(v))
     if n == "float64":
@@ -74,7 +176,7 @@ def _packer(dt: DType) -> Callable[[Any], bytes]:
 
         def pack_s(v: Any) -> bytes:
             b = str(v).encode()
-            return _U32.pack(len(b)) + b
+            return _varint(len(b)) + b
 
         return pack_s
     raise TypeError(f"unsupported online dtype {dt!r}")
@@ -88,8 +190,7 @@ def _unpacker(dt: DType) -> Callable[[bytes, int], tuple[Any, int]]:
         el = _unpacker(dt.element)
 
         def un_arr(b: bytes, o: int) -> tuple[Any, int]:
-            (cnt,) = _U32.unpack_from(b, o)
-            o += 4
+            cnt, o = _read_varint(b, o)
             out: list[Any] = []
             for _ in range(cnt):
                 if b[o] == 1:
@@ -103,7 +204,7 @@ def _unpacker(dt: DType) -> Callable[[bytes, int], tuple[Any, int]]:
         return un_arr
     n = dt.name
     if n == "int64":
-        return lambda b, o: (_Q.unpack_from(b, o)[0], o + 8)
+        return _read_zigzag
     if n == "timestamp":
         return lambda b, o: (us_to_datetime(_Q.unpack_from(b, o)[0]), o + 8)
     if n == "float64":
@@ -112,8 +213,11 @@ def _unpacker(dt: DType) -> Callable[[bytes, int], tuple[Any, int]]:
         return lambda b, o: (b[o] == 1, o + 1)
 
     def un_s(b: bytes, o: int) -> tuple[Any, int]:
-        (ln,) = _U32.unpack_from(b, o)
-        return b[o + 4 : o + 4 + ln].decode(), o + 4 + ln
+        ln = b[o]
+        if ln < 0x80:
+            return b[o + 1 : o + 1 + ln].decode(), o + 1 + ln
+        ln, o = _read_varint(b, o)
+        return b[o : o + ln].decode(), o + ln
 
     return un_s
 
@@ -126,7 +230,7 @@ class RowCodec:
         self.nb = (self.n + 7) // 8
         self.packers = [_packer(d) for d in dtypes]
         self.unpackers = [_unpacker(d) for d in dtypes]
-        fixed = {"int64": "q", "float64": "d", "timestamp": "q", "bool": "?"}
+        fixed = {"float64": "d", "timestamp": "q", "bool": "?"}
         # Fast path when nothing is null: runs of fixed-width features decode with one struct call.
         codes = [fixed.get(d.name) if not isinstance(d, (Array, Embedding)) else None for d in dtypes]
         self._segments: list[Any] = []

@@ -12,7 +12,8 @@ A feature view with aggregations keeps, per entity, tiles of ``g`` microseconds
 - ``{vid}:v``    version of this entity's state, for views that several stream partitions write
   (keyed by other columns than the partition key): a write commits only if it is unchanged
 
-A batch (row) view keeps ``{vid}``: the latest row (state/codec.py). Writes: state/writes.py.
+A batch (row) view keeps ``{vid}`` (+ ``{vid}.1``, ... ``row_fields``): the latest row, split into
+fields of <= 64 bytes (state/codec.py). Writes: state/writes.py.
 """
 
 from __future__ import annotations
@@ -28,12 +29,29 @@ from typing import Any
 import numpy as np
 
 from ..definitions import DType, FeatureView, StreamSource
-from .aggregations import AggPlan, Partial
+from .aggregations import NUM_FUNCS, AggPlan, Partial
+from .codec import LISTPACK_VALUE_MAX, ROW_FORMAT, join_row, row_chunk_count
+from .events_codec import parse_events
 from .raw_events import decode_raw, parse_raw_num, raw_num_block
 
-__all__ = ["RETENTION_SLACK_US", "TILES_PER_WINDOW", "ViewState", "choose_tile_us", "decompose"]
+__all__ = [
+    "EVENT_FIELDS",
+    "EVENTS_MAX_BYTES",
+    "RETENTION_SLACK_US",
+    "TILES_PER_WINDOW",
+    "ViewState",
+    "choose_tile_us",
+    "decompose",
+]
 
 US = 1_000_000
+# Events mode (numbers-only views without Lifetime over int/float columns): an entity whose events in
+# the retention encode to <= EVENT_FIELDS x 64 bytes (state/events_codec.py; one column: ~25 events
+# with cents, ~16 arbitrary floats) keeps them in that many fields of <= 64 bytes (listpack-sized)
+# instead of tiles and blocks; reads compute every window from them.
+EVENT_FIELDS = 4
+EVENTS_FORMAT = 2
+EVENTS_MAX_BYTES = EVENT_FIELDS * LISTPACK_VALUE_MAX
 TILES_PER_WINDOW = 96  # finer tiles = smaller exact edges to cut per read; 4^L blocks keep reads short
 # Extra history kept beyond the longest window, so requests a little in the past stay exact.
 RETENTION_SLACK_US = 86_400 * US
@@ -68,6 +86,12 @@ class _ReadCtx:
     pickers: list[Any] = field(default_factory=list)  # per window: blocks list -> tuple of its blocks
 
 
+def _events_capable(view: FeatureView) -> bool:
+    return all(a.function in NUM_FUNCS or a.function == "count" for a in view.aggregations) and all(
+        a.window_td is not None for a in view.aggregations
+    )
+
+
 def decompose(a: int, b: int, max_level: int) -> list[tuple[int, int]]:
     """Aligned blocks ``(level, index)`` covering tiles ``[a, b)``: block j of level L covers
     tiles ``[j*4^L, (j+1)*4^L)``; at most ~3 blocks per level on each side."""
@@ -95,13 +119,30 @@ class ViewState:
             "i": view.aggregation_interval.total_seconds() if view.aggregation_interval else None,
             "k": view.join_keys,
         }
+        if not view.is_aggregate:
+            spec["fmt"] = ROW_FORMAT
+        elif _events_capable(view):
+            spec["fmt"] = EVENTS_FORMAT
         self.vid = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
         self.V = f"{self.vid}:v"  # version, bumped by guarded writes (views written by several partitions)
         self.ttl_us = view.ttl // timedelta(microseconds=1) if view.ttl else None
         self.plan: AggPlan | None = None
+        self.row_fields: list[str] = []
         if not self.is_aggregate:
+            k = row_chunk_count([f.dtype for f in view.features_in])
+            # The row's fields, in order (``codec.split_row``); the first holds the event timestamp.
+            self.row_fields = [self.vid] + [f"{self.vid}.{i}" for i in range(1, k)]
             return
         self.plan = AggPlan(view, input_types or {})
+        # Events mode: an entity with few events keeps them compactly in ``ev_fields`` instead of tiles.
+        self.events_mode = (
+            _events_capable(view)
+            and not self.plan.slots
+            and all(self.plan.types[c].name in ("float64", "int64") for c in self.plan.columns)
+        )
+        self.ev_fields = [f"{self.vid}:e"] + [f"{self.vid}:e{i}" for i in range(1, EVENT_FIELDS)]
+        if not self.events_mode:
+            self.ev_fields = []
         self.g = choose_tile_us(view)
         self.interval = view.aggregation_interval is not None
         lateness = view.source.allowed_lateness if isinstance(view.source, StreamSource) else timedelta(0)
@@ -200,6 +241,7 @@ class ViewState:
             fields += [f"{self.vid}:{i}r" for i in raw_tiles]
         if self.has_lifetime:
             fields.append(self.L)
+        fields += self.ev_fields  # last: events mode (numbers-only views, never with L)
         ctx = _ReadCtx(fields, n_blocks, per_window, lo, b, raw_tiles)
         ctx.pickers = [
             (lambda xs, _i=ids[0]: (xs[_i],))
@@ -215,6 +257,8 @@ class ViewState:
         with one struct call each and merged as Python tuples (no numpy for a dozen tiny blocks)."""
         plan = self.plan
         assert plan is not None
+        if self.ev_fields and values[-len(self.ev_fields)] is not None:
+            return self.evaluate_events(t, values[-len(self.ev_fields) :])
         nb = ctx.n_blocks
         unpack = plan._struct.unpack
         blocks = [None if v is None else unpack(v) for v in values[:nb]]
@@ -248,6 +292,20 @@ class ViewState:
             mnum = (parts[0] if len(parts) == 1 else plan.merge_rows(parts, spread)) if parts else plan.empty_list
             for i in which:
                 out[i] = finalize(outputs[i], mnum, [])
+        return out
+
+    def evaluate_events(self, t: int, ev: list[bytes | None]) -> list[Any]:
+        """Every output at ``t`` from an events-mode entity's events (``ev_fields`` as read)."""
+        plan = self.plan
+        assert plan is not None
+        buf = join_row(ev)
+        parsed = parse_events(buf or b"\x00", plan)
+        hi = self.window_end(t)
+        out: list[Any] = [None] * len(plan.outputs)
+        for w, which in self._finite_windows:
+            mnum = raw_num_block(parsed, plan, hi - w, hi)
+            for i in which:
+                out[i] = plan.finalize(plan.outputs[i], mnum, [])
         return out
 
     @property
@@ -292,6 +350,11 @@ class ViewState:
                 oe = out[e]
                 for i in which:
                     oe[i] = finalize(outputs[i], mnum, [])
+        k = len(self.ev_fields)
+        if k:
+            for e, r in enumerate(rows):
+                if r[-k] is not None:
+                    out[e] = self.evaluate_events(t, r[-k:])
         return out
 
     def evaluate(

@@ -9,6 +9,9 @@ Two entry points, one layout (docs/online-state.md):
   ``Reader`` the store provides (the store keeps fences, CAS and the commit); also folds tiles
   leaving the retention into the lifetime base and deletes expired ones.
 
+Numbers-only views keep entities with few events as events instead of tiles (``events_mode``): both
+entry points compute tiles, then rewrite such entities' writes.
+
 Both share the grouping of rows into (entity, tile) runs, the field naming (``ViewState``), the
 row selection and encoding, the lifetime/mark encodings and the expiry. The per-level block
 computation stays different on purpose: the bulk path recomputes blocks from rows (no stored
@@ -22,13 +25,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from .aggregations import AggPlan, Partial
-from .codec import RowCodec, entity_keys
+from .codec import LISTPACK_VALUE_MAX, RowCodec, entity_keys, split_row
 from .columns import Columns, columns_from_arrow, ts_to_us
+from .events_mode import Conversion, bulk_events, concat_common, convert, event_lists, merge_events
 from .ops import Ops
 from .raw_events import encode_raw_groups
 from .tiles import ViewState
@@ -79,7 +84,12 @@ def _group(state: ViewState, plan: AggPlan, table: pa.Table, clamp_below: int | 
     cols = columns_from_arrow(table, plan, state.view.timestamp_field)
     keys = entity_keys(table, state.view.join_keys).dictionary_encode()
     kidx = np.asarray(keys.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
-    kvals = keys.dictionary.to_pylist()
+    return _group_cols(state, cols, kidx, keys.dictionary.to_pylist(), clamp_below)
+
+
+def _group_cols(
+    state: ViewState, cols: Columns, kidx: np.ndarray, kvals: list[str], clamp_below: int | None
+) -> _Groups:
     tiles = cols.ts // state.g
     if clamp_below is not None:
         tiles = np.maximum(tiles, clamp_below - 1)
@@ -108,6 +118,13 @@ def _latest_rows(state: ViewState, table: pa.Table, codec: RowCodec) -> tuple[li
     return [kvals[k] for k in kidx[last].tolist()], lts, vals
 
 
+def _set_row(ops: Ops, key: str, names: list[str], pieces: list[bytes]) -> None:
+    """A row's pieces into its fields; the fields it does not use are deleted (a longer row before)."""
+    ops.sets.setdefault(key, {}).update(zip(names, pieces))
+    if len(pieces) < len(names):
+        ops.dels.setdefault(key, []).extend(names[len(pieces) :])
+
+
 # -- bulk (materialization) -----------------------------------------------------------------
 def bulk_writes(
     state: ViewState, table: pa.Table, now_us: int, chunk_keys: int = BULK_CHUNK_KEYS
@@ -124,11 +141,17 @@ def bulk_writes(
 
 def _bulk_rows(state: ViewState, table: pa.Table, now_us: int, chunk_keys: int) -> Iterator[tuple[Ops, int]]:
     keys, ts, vals = _latest_rows(state, table, RowCodec([f.dtype for f in state.view.features_in]))
-    vid = state.vid
+    names = state.row_fields
+    k = len(names)
     for c0 in range(0, len(keys), chunk_keys):
         ops = Ops()
         for key, t, v in zip(keys[c0 : c0 + chunk_keys], ts[c0 : c0 + chunk_keys], vals[c0 : c0 + chunk_keys]):
-            ops.sets[key] = {vid: v}
+            if k == 1 or len(v) <= LISTPACK_VALUE_MAX:  # the usual row: one field (the others deleted)
+                ops.sets[key] = {names[0]: v}
+                if k > 1:
+                    ops.dels[key] = names[1:]
+            else:
+                _set_row(ops, key, names, split_row(v, k))
             ops.expire[key] = state.expire_ms(t, now_us)
         yield ops, table.num_rows if c0 + chunk_keys >= len(keys) else 0
 
@@ -209,6 +232,9 @@ def _bulk_tiles(state: ViewState, table: pa.Table, now_us: int, chunk_keys: int)
             kbe = np.append(kb[1:], len(bk)).tolist()
             for a, e, k in zip(kb.tolist(), kbe, bk[kb].tolist()):
                 ops.sets[kvals[k]].update(zip(bnames[a:e], benc_all[a:e]))
+        if state.events_mode:  # entities with few events keep them instead of tiles
+            ent_rows = starts[key_starts[c0:c1]] - r0, ends[key_ends[c0:c1] - 1] - r0
+            bulk_events(state, plan, sub, [kvals[k] for k in gk[key_starts[c0:c1]].tolist()], *ent_rows, ops)
         if state.has_lifetime:
             empty = None
             for d in ops.sets.values():
@@ -258,17 +284,34 @@ def _merged_rows(
             ops.guards[k] = {state.V: _version(old[1])}
         if old[0] is not None and RowCodec.ts_of(old[0]) > t:
             continue  # the stored row is newer
-        ops.set(k, state.vid, v)
+        _set_row(ops, k, state.row_fields, split_row(v, len(state.row_fields)))
         ops.expire[k] = state.expire_ms(t, now)
 
 
 def _merged_tiles(state: ViewState, table: pa.Table, now: int, read: Reader, ops: Ops, guard: bool) -> None:
     """Merge a batch into per-(entity, tile) partials, then per touched field (tile + 4^L blocks)
-    one partial, vectorised; one read of the touched fields."""
+    one partial, vectorised; one read of the touched fields (and of the events fields: events mode)."""
     plan = state.plan
     assert plan is not None
     h = state.horizon(now)
     gr = _group(state, plan, table, h)  # tile h - 1 stands for "older than the horizon"
+    _merged_groups(state, plan, gr, h, now, read, ops, guard, state.events_mode)
+
+
+def _tiles_of(state: ViewState, plan: AggPlan, conv: list[Conversion], h: int, now: int) -> Ops:
+    """Tile writes of entities with no stored tile state, from all their events (events -> tiles)."""
+    cols = concat_common([c.events for c in conv])
+    kidx = np.repeat(np.arange(len(conv), dtype=np.int64), [len(c.events) for c in conv])
+    ops = Ops()
+    none: Reader = lambda reqs: [[None] * len(f) for _, f in reqs]  # noqa: E731
+    gr = _group_cols(state, cols, kidx, [c.key for c in conv], h)
+    _merged_groups(state, plan, gr, h, now, none, ops, False, False)
+    return ops
+
+
+def _merged_groups(
+    state: ViewState, plan: AggPlan, gr: _Groups, h: int, now: int, read: Reader, ops: Ops, guard: bool, events: bool
+) -> None:
     cols, kidx, kvals, starts, ends = gr.cols, gr.kidx, gr.kvals, gr.starts, gr.ends
     nrows = len(kidx)
     num, objs = plan.partials_grouped(cols, starts)
@@ -315,21 +358,55 @@ def _merged_tiles(state: ViewState, table: pa.Table, now: int, read: Reader, ops
     hi_i = np.searchsorted(fk, klist, "right").tolist()
     klist_l = klist.tolist()
     tail = [state.M, state.L] if state.has_lifetime else [state.M]
+    ev = state.ev_fields if events else []
+    tail += ev  # events mode: never with L
     if guard:
         tail.append(state.V)
     got = read([(kvals[k], names[a:e] + tail) for k, a, e in zip(klist_l, lo_i, hi_i)])
-    olds = [v for vals, a, e in zip(got, lo_i, hi_i) for v in vals[: e - a]]
-    enc = plan.merge_encoded_many(olds, new_arr, nobjs)
+    # Events mode first: entities written as events (or converting to tiles) skip the tile merge.
+    conv: list[Conversion] = []
+    skip: set[int] = set()
+    if ev:
+        row_ends = np.append(kb, nrows).tolist()
+        row_starts = [0, *kb.tolist()]
+        all_ts, all_cols = event_lists(cols, plan)
+        for k, a, e, vals, r0, r1 in zip(klist_l, lo_i, hi_i, got, row_starts, row_ends):
+            nw = e - a
+            stored = vals[nw + 1 : nw + 1 + len(ev)]
+            if stored[0] is None and vals[nw] is not None:
+                continue  # a tile entity
+            new = all_ts[r0:r1], [(v[r0:r1], x[r0:r1]) for v, x in all_cols]
+            c = merge_events(state, plan, kvals[k], stored, vals[nw] is not None, new, h * state.g, ops)
+            if c is not None:
+                skip.add(k)
+                if isinstance(c, Conversion):
+                    conv.append(c)
+    if skip:
+        keep = np.flatnonzero(~np.isin(fk, np.fromiter(skip, dtype=np.int64, count=len(skip))))
+        olds = [v for vals, a, e in zip(got, lo_i, hi_i) for v in vals[: e - a]]
+        enc_l: list[bytes | None] = [None] * len(names)
+        kl = keep.tolist()
+        if kl:
+            for i, b in zip(kl, plan.merge_encoded_many([olds[i] for i in kl], new_arr[keep], None)):
+                enc_l[i] = b
+        enc: list[Any] = enc_l
+    else:
+        olds = [v for vals, a, e in zip(got, lo_i, hi_i) for v in vals[: e - a]]
+        enc = plan.merge_encoded_many(olds, new_arr, nobjs)
     raws = None if state.interval else encode_raw_groups(cols, plan, starts[li], ends[li])
     if raws is not None:
         for k, ti, rb in zip(k_l.tolist(), t_l.tolist(), raws):
-            ops.appends.setdefault(kvals[k], {})[state.raw(ti)] = rb
+            if k not in skip:
+                ops.appends.setdefault(kvals[k], {})[state.raw(ti)] = rb
     for k, a, e, vals, mt in zip(klist_l, lo_i, hi_i, got, maxts):
         key = kvals[k]
         nw = e - a
-        sets = ops.sets[key] = dict(zip(names[a:e], enc[a:e]))
         if guard:
             ops.guards[key] = {state.V: _version(vals[-1])}
+        if k in skip:  # written as events by merge_events (or converting: ``convert`` below)
+            ops.expire[key] = state.expire_ms(mt, now)
+            continue
+        sets = ops.sets[key] = dict(zip(names[a:e], enc[a:e]))
         m_old = int(vals[nw]) if vals[nw] is not None else None
         fold_to = h
         if state.has_lifetime:
@@ -357,3 +434,5 @@ def _merged_tiles(state: ViewState, table: pa.Table, now: int, read: Reader, ops
         if m_old is None or m_old < fold_to:
             sets[state.M] = _mark_value(fold_to)
         ops.expire[key] = state.expire_ms(mt, now)
+    if conv:
+        convert(state, conv, now, lambda cs: _tiles_of(state, plan, cs, h, now), ops)

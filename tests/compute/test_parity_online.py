@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import context_store as cs
+from context_store.compute.coverage import mark_view
 from context_store.state.tiles import ViewState
 from tests.support.reference import values_match
 from tests.support.repo import make_repo
@@ -179,4 +180,8 @@ def test_online_equals_training_data(store: cs.ContextStore, seed: int, n: int) 
             i += k
     pstate = ViewState(store.definitions.feature_views["profile"], store.definitions.input_schemas["profile"])
     store.online.apply_events(pstate, pq.read_table(store.config.repo / "data" / "profiles.parquet"))
+    # clear() removed the markers too: mark every view complete again (the state now holds all of it),
+    # else serving reports NOT_MATERIALIZED as soon as its 1 s marker cache refreshes (on a slow box).
+    for view in ("cont", "tiled", "nums", "nums_tiled", "profile"):
+        mark_view(store.online, ViewState(store.definitions.feature_views[view], store.definitions.input_schemas[view]))
     _compare(store, times, "stream")

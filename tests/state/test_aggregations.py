@@ -173,7 +173,7 @@ def test_tile_sizes_bounded() -> None:
         ctx = st.read_ctx(1_700_000_000_123_456)
         # a long window is a few aligned 4^L blocks (one HMGET of bounded size), not one field per tile
         assert ctx.n_blocks <= 6 * (st.levels + 1), (v.aggregation_interval, ctx.n_blocks)
-        assert len(ctx.fields) <= ctx.n_blocks + 2
+        assert len(ctx.fields) <= ctx.n_blocks + 2 + len(st.ev_fields)  # raw edges, events fields
         assert math.isfinite(st.retention)
 
 

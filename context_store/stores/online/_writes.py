@@ -160,7 +160,7 @@ class WritePath:
     def delete(self, state: ViewState, keys: Sequence[str]) -> None:
         """Remove a view's state for these entity keys (other views' fields stay)."""
         ops = Ops()
-        names = [state.vid, state.V] if not state.is_aggregate else None
+        names = [*state.row_fields, state.V] if not state.is_aggregate else None
         if names is None:
             got = self._fields(list(keys))
             for k, fields in zip(keys, got):

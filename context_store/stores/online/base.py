@@ -17,7 +17,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from ...state.codec import RowCodec
+from ...state.codec import RowCodec, join_row
 from ...state.ops import ApplyItem, Ops, RecentItem, encode_recent, recent_key
 from ...state.tiles import ViewState
 from ._writes import WritePath
@@ -201,8 +201,8 @@ class BaseOnlineStore(WritePath):
                 fl.extend(ctx.fields)
                 slots.append((ri, start, len(ctx.fields), ctx))
             else:
-                fl.append(st.vid)
-                slots.append((ri, start, 1, None))
+                fl.extend(st.row_fields)
+                slots.append((ri, start, len(st.row_fields), None))
         if single:
             if len(self._layout_cache) > 512:
                 self._layout_cache.clear()
@@ -237,7 +237,7 @@ class BaseOnlineStore(WritePath):
         for i, ((st, _), (ri, start, n, ctx)) in enumerate(zip(reads, slots)):
             vals = got[ri]
             if ctx is None:
-                buf = vals[start]
+                buf = vals[start] if n == 1 else join_row(vals[start : start + n])
                 if buf is None:
                     res.append(ViewValues(None, None))
                     continue
@@ -295,7 +295,7 @@ class BaseOnlineStore(WritePath):
                         m = many.get(j)
                         row.append(ViewValues(m[x] if m is not None else st.evaluate(t, ctx, vals[a:e]), we))
                         continue
-                    buf = vals[a]
+                    buf = vals[a] if e - a == 1 else join_row(vals[a:e])
                     if buf is None:
                         row.append(ViewValues(None, None))
                         continue

@@ -6,6 +6,7 @@ import asyncio
 import random
 import shutil
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -26,6 +27,7 @@ from context_store.state.codec import entity_key
 from context_store.state.columns import Columns
 from context_store.state.ops import Ops, compare_offsets
 from context_store.state.tiles import ViewState
+from context_store.state.writes import bulk_writes
 from context_store.stores.online import BaseOnlineStore, open_online_store
 from context_store.stores.online.claim import NamespaceClaim
 
@@ -234,6 +236,82 @@ def test_numbers_only_dense_tiles_stream_batches(store: BaseOnlineStore, interva
         batch = store.read_entities([st], [key(u) for u in users], t)
         for u, b in zip(users, batch):
             assert_same(names, b[0].values, store.read_features([(st, key(u))], t)[0].values)  # type: ignore[arg-type]
+
+
+def _mine(store: BaseOnlineStore, st: ViewState, uid: str) -> list[str]:
+    return sorted(f for f in store._fields([key(uid)])[0] if f.startswith(st.vid + ":"))
+
+
+@pytest.mark.parametrize("interval", [None, "5m"])
+def test_events_mode_few_events_then_tiles(store: BaseOnlineStore, interval: str | None) -> None:
+    """A numbers-only entity with few events keeps only them (events fields, <= 64 bytes each);
+    past EVENTS_MAX_BYTES it converts to tiles once; windows stay exact all along, on every path
+    (stream applies, materialize over either state, batch reads)."""
+    st = agg_state(interval, NUM_AGGS, name="evstats")
+    assert st.events_mode and st.ev_fields
+    ev = events(100, seed=11, span_s=3 * 3600, users=("u1",))
+    names = [o.name for o in st.plan.outputs]  # type: ignore[union-attr]
+
+    def check(upto: int) -> None:
+        sub = {k: v[:upto] for k, v in ev.items()}
+        for t in (NOW, NOW - 1800 * US - 17, NOW - 2 * 3600 * US + 3):
+            got = store.read_features([(st, key("u1"))], t)[0].values
+            assert_same(names, got, expected(st, sub, "u1", t))  # type: ignore[arg-type]
+            for m in store.read_entities([st], [key("u1")] * 6, t):  # > 4 entities: evaluate_many
+                assert_same(names, m[0].values, got)  # type: ignore[arg-type]
+
+    store.apply_events(st, table(ev, 0, 3), now_us=NOW)
+    check(3)
+    assert _mine(store, st, "u1") == [st.ev_fields[0]]  # 3 events: one field, no tiles, no mark
+    hi = 3
+    for hi in range(7, 100, 4):
+        store.apply_events(st, table(ev, hi - 4, hi), now_us=NOW)
+        check(hi)
+        if st.M in _mine(store, st, "u1"):
+            break
+    assert 4 < hi < 100 and not set(st.ev_fields) & set(_mine(store, st, "u1"))  # converted to tiles
+    store.apply_events(st, table(ev, hi, 100), now_us=NOW)
+    check(100)
+    # materialize: few events over a tile state -> events (the mark goes); many -> tiles (events go)
+    few = table(ev, 0, 2)
+    store.write_ops(next(bulk_writes(st, few, NOW))[0])
+    check(2)
+    assert st.M not in _mine(store, st, "u1") and st.ev_fields[0] in _mine(store, st, "u1")
+    # the stream converts it again: stale tile fields from before must not count
+    store.apply_events(st, table(ev, 2, 100), now_us=NOW)
+    check(100)
+    store.write_ops(next(bulk_writes(st, table(ev, 0, 100), NOW))[0])
+    check(100)
+    assert not set(st.ev_fields) & set(_mine(store, st, "u1"))
+    store.delete(st, [key("u1")])
+    assert _mine(store, st, "u1") == []
+
+
+@pytest.mark.redis
+def test_redis_events_mode_entity_is_a_small_listpack(tmp_path: Path, workspace_name: str, redis_url: str) -> None:
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    s = open_online_store(load_config(tmp_path, workspace=workspace_name, online_store=redis_url))
+    try:
+        aggs = [cs.Aggregate("amount", f, w) for w in ("1h", "1d", "7d") for f in ("count", "sum", "mean", "max")]
+        st = ViewState(cs.FeatureView("ev10", [user], src, aggregations=aggs), TYPES)
+        ev = events(10, seed=2, span_s=6 * 86400, users=("u1",))
+        s.write_ops(next(bulk_writes(st, table(ev), NOW))[0])
+        k = s.prefix + "e:" + key("u1")  # type: ignore[attr-defined]
+        assert r.object("encoding", k) == b"listpack"
+        vals = r.hgetall(k)
+        assert all(len(v) <= 64 for v in vals.values()) and len(vals) <= len(st.ev_fields)
+        assert (r.memory_usage(k) or 0) < 400  # vs ~2,600 bytes as tiles and blocks
+        for t in (NOW, NOW - 86400 * US):
+            assert_same(
+                [o.name for o in st.plan.outputs],
+                s.read_features([(st, key("u1"))], t)[0].values,  # type: ignore[union-attr]
+                expected(st, ev, "u1", t),
+            )  # type: ignore[arg-type]
+    finally:
+        s.clear()
+        s.close()
 
 
 def test_bulk_writes_may_be_deferred_until_flush(store: BaseOnlineStore) -> None:
@@ -682,6 +760,90 @@ def test_row_codec_roundtrip() -> None:
     some_null = [None, when, None, True, None, [], None, "x"]
     assert codec.decode(codec.encode(-1, some_null)) == (-1, some_null)
     assert RowCodec.ts_of(codec.encode(123, full)) == 123
+    ints = RowCodec([cs.Int64])
+    for v in (0, -1, 1, 63, -64, 64, 8191, 8192, -(1 << 40), (1 << 63) - 1, -(1 << 63)):
+        assert ints.decode(ints.encode(5, [v])) == (5, [v])
+    assert len(ints.encode(5, [42])) == 8 + 1 + 1  # ts, bitmap, one-byte varint
+    long = RowCodec([cs.String, cs.Array(cs.String)])
+    vals = ["x" * 300, ["y" * 200, None]]
+    assert long.decode(long.encode(9, vals)) == (9, vals)
+
+
+def test_split_row_pieces_fit_listpack_values() -> None:
+    from context_store.state.codec import LISTPACK_VALUE_MAX, join_row, split_row
+
+    for n, k in [(9, 1), (64, 2), (65, 2), (128, 2), (129, 2), (300, 2), (500, 8)]:
+        buf = bytes(range(256)) * 2
+        buf = buf[:n]
+        pieces = split_row(buf, k)
+        assert 1 <= len(pieces) <= k and join_row(pieces) == buf
+        assert len(pieces[0]) >= 9
+        if n <= LISTPACK_VALUE_MAX * k:
+            assert all(len(p) <= LISTPACK_VALUE_MAX for p in pieces)
+        assert join_row([*pieces, *([None] * (k - len(pieces)))]) == buf
+    assert join_row([None, b"x"]) is None
+
+
+def test_rows_longer_than_one_field_and_shorter_after(store: BaseOnlineStore) -> None:
+    """A row wider than one 64-byte field spans several; a later shorter row deletes the unused ones."""
+    st = row_state(None)
+    assert len(st.row_fields) > 1
+
+    def row(t: int, city: str) -> pa.Table:
+        return pa.table(
+            {
+                "user_id": ["u1"],
+                "ts": ts_arr([t]),
+                "age": [30],
+                "city": [city],
+                "score": [0.5],
+                "tags": [["a"]],
+                "vec": pa.array([[1.0, 2.0, 3.0]], pa.list_(pa.float32(), 3)),
+                "ok": [True],
+            }
+        )
+
+    long_city = "Llanfairpwllgwyngyll" * 8
+    store.apply_events(st, row(NOW - 10 * US, long_city))
+    assert store.read_features([(st, key("u1"))], NOW)[0].values[1] == long_city
+    assert len([f for f in store._fields([key("u1")])[0] if f.startswith(st.vid)]) == len(st.row_fields)
+    store.apply_events(st, row(NOW - 5 * US, "Oslo"))
+    assert store.read_features([(st, key("u1"))], NOW)[0].values == [30, "Oslo", 0.5, ["a"], [1.0, 2.0, 3.0], True]
+    assert [f for f in store._fields([key("u1")])[0] if f.startswith(st.vid)] == [st.vid]
+    # bulk writes (materialize) the same way
+    store.write_ops(next(bulk_writes(st, row(NOW - 1 * US, long_city), NOW))[0])
+    assert store.read_features([(st, key("u1"))], NOW)[0].values[1] == long_city
+    store.write_ops(next(bulk_writes(st, row(NOW, "Lima"), NOW))[0])
+    assert store.read_entities([st], [key("u1")] * 6, NOW)[0][0].values[1] == "Lima"
+    assert [f for f in store._fields([key("u1")])[0] if f.startswith(st.vid)] == [st.vid]
+
+
+@pytest.mark.redis
+def test_redis_typical_row_is_a_listpack_without_ttl_unless_the_view_has_one(
+    tmp_path: Path, workspace_name: str, redis_url: str
+) -> None:
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    if int(r.config_get("hash-max-listpack-value")["hash-max-listpack-value"]) < 64:
+        pytest.skip("this Redis runs a non-default hash-max-listpack-value")
+    s = open_online_store(load_config(tmp_path, workspace=workspace_name, online_store=redis_url))
+    try:
+        feats = [cs.Field(f"i{j}", cs.Int64) for j in range(3)] + [cs.Field(f"f{j}", cs.Float64) for j in range(4)]
+        feats += [cs.Field("b", cs.Bool), cs.Field("city", cs.String), cs.Field("seg", cs.String)]
+        vals = {"i0": [30], "i1": [1200], "i2": [7], "f0": [0.1], "f1": [2.5], "f2": [1e4 / 3], "f3": [0.75]}
+        vals |= {"b": [True], "city": ["Austin"], "seg": ["silver"]}
+        for ttl, has_ttl in ((None, False), ("30d", True)):
+            view = cs.FeatureView(f"p{has_ttl}", [user], src, features=feats, ttl=ttl)
+            st = ViewState(view, {})
+            s.write_ops(next(bulk_writes(st, pa.table({"user_id": ["u1"], "ts": ts_arr([NOW])} | vals), NOW))[0])
+            k = s.prefix + "e:" + key("u1")  # type: ignore[attr-defined]
+            assert r.object("encoding", k) == b"listpack"
+            assert (r.pttl(k) > 0) is has_ttl
+            r.delete(k)
+    finally:
+        s.clear()
+        s.close()
 
 
 @pytest.mark.redis
@@ -711,3 +873,25 @@ def test_redis_scripts_flushed_every_path_reloads(tmp_path: Path, workspace_name
     finally:
         flush.close()
         store.close()
+
+
+def test_events_codec_is_exact_and_compact() -> None:
+    from context_store.state.events_codec import decode_events, encode_events
+
+    rng = random.Random(4)
+    ts = sorted(NOW - rng.randint(0, 7 * 86400 * US) for _ in range(10))
+    cents = [round(rng.lognormvariate(3, 1), 2) for _ in ts]
+    ints = [float(rng.randint(-(10**12), 10**12)) for _ in ts]
+    wild = [rng.random() * 1e6, -0.0, float("inf"), float("nan"), 1e300, 2.0**60, 0.1, -3.25, 5e-324, 1 / 3]
+    valid = [i % 3 != 1 for i in range(10)]
+    cols = [([True] * 10, cents), (valid, ints), ([True] * 10, wild), ([False] * 10, [0.0] * 10)]
+    buf = encode_events(ts, cols)
+    got_ts, got = decode_events(buf, len(cols))
+    assert got_ts == ts
+    for (v, xs), (gv, gxs) in zip(cols, got):
+        assert list(gv) == [int(x) for x in v]
+        for ok, x, g in zip(v, xs, gxs):
+            if ok:
+                assert struct.pack("<d", g) == struct.pack("<d", x)  # bit for bit (-0.0, nan too)
+    assert len(encode_events(ts, cols[:1])) < 100  # 10 events with cents: ~9 bytes each
+    assert decode_events(encode_events([], [([], [])]), 1) == ([], [(b"", [])])
