@@ -134,6 +134,22 @@ class RedisClusterProcs:
             )
         raise RuntimeError("no cluster node answers")
 
+    def master_of(self, key: bytes | str) -> int:
+        """The port of the master serving ``key``'s slot now."""
+        import redis
+        from redis.crc import key_slot
+
+        slot = key_slot(key.encode() if isinstance(key, str) else key)
+        for port in self.procs:
+            try:
+                slots = redis.Redis(host="127.0.0.1", port=port, socket_timeout=0.5).execute_command("CLUSTER SLOTS")
+            except Exception:  # noqa: BLE001 - this node is down; ask another
+                continue
+            for lo, hi, master, *_ in slots:
+                if int(lo) <= slot <= int(hi):
+                    return int(master[1])
+        raise RuntimeError("no cluster node answers")
+
     def kill(self, port: int) -> None:
         """SIGKILL one node (no save): a crash, for failover tests."""
         proc = self.procs.pop(port, None)

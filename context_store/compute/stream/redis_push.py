@@ -83,8 +83,9 @@ class RedisPusher:
             with self._lock:
                 log_ = self._log
                 if log_ is None:
+                    c = self.ctx.config
                     log_ = self._log = RedisStreamLog(
-                        self.ctx.config.online_store, self.ctx.config.workspace, timeouts=self.ctx.config.redis_timeouts
+                        c.online_store, c.workspace, timeouts=c.redis_timeouts, wait=c.redis_wait
                     )
         return log_
 

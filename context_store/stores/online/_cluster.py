@@ -15,7 +15,15 @@ from urllib.parse import unquote, urlsplit
 from ...errors import InvalidInputError
 from ._resp import COMMIT
 
-__all__ = ["GLOBAL_COMMIT", "SHARD_COMMIT", "ClusterUrl", "NodeBatches", "parse_cluster_url", "shard_of"]
+__all__ = [
+    "GLOBAL_COMMIT",
+    "SHARD_COMMIT",
+    "ClusterUrl",
+    "NodeBatches",
+    "cluster_client",
+    "parse_cluster_url",
+    "shard_of",
+]
 
 DEFAULT_SHARDS = 64
 
@@ -48,6 +56,25 @@ def parse_cluster_url(url: str) -> ClusterUrl:
             )
         nodes.append((host.strip("[]"), int(port)))
     return ClusterUrl(nodes, user, password, parts.scheme == "rediss+cluster")
+
+
+def cluster_client(url: str, timeout_s: float, retries: int) -> Any:
+    """redis-py's cluster client for ``url``: follows MOVED/ASK and, on a lost node, re-reads the
+    topology (with ``retries`` > 0 it also retries the call with backoff: only for idempotent calls)."""
+    from redis.backoff import ExponentialBackoff
+    from redis.cluster import ClusterNode, RedisCluster
+    from redis.retry import Retry
+
+    spec = parse_cluster_url(url)
+    return RedisCluster(
+        startup_nodes=[ClusterNode(h, p) for h, p in spec.nodes],  # type: ignore[no-untyped-call]
+        username=spec.username,
+        password=spec.password,
+        ssl=spec.ssl,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries),
+    )
 
 
 def shard_of(key: str, shards: int) -> int:

@@ -17,13 +17,12 @@ counts once per shard. Why this layout: docs/online-state.md ("Redis Cluster").
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from ...config import RedisTimeouts, RedisWait
 from ...errors import UnavailableError
 from ...state.ops import Ops, entity_key_has, recent_key_has
 from ...vocab.redact import redact_text, redact_url, register_url
-from ._cluster import DEFAULT_SHARDS, GLOBAL_COMMIT, SHARD_COMMIT, NodeBatches, parse_cluster_url, shard_of
+from ._cluster import DEFAULT_SHARDS, GLOBAL_COMMIT, SHARD_COMMIT, NodeBatches, cluster_client, shard_of
 from .base import BaseOnlineStore, EntityErased
 
 __all__ = ["RedisClusterOnlineStore"]
@@ -55,34 +54,16 @@ class RedisClusterOnlineStore(BaseOnlineStore):
         shards: int = DEFAULT_SHARDS,
     ) -> None:
         import redis
-        from redis.backoff import ExponentialBackoff
-        from redis.cluster import ClusterNode, RedisCluster
-        from redis.retry import Retry
 
         register_url(url)
         self.url = url
         self.workspace = workspace
         self.timeouts = t = timeouts or RedisTimeouts()
         self.wait = wait or RedisWait()
-        spec = parse_cluster_url(url)
         self._errors = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError)
-
-        def client(timeout: float, retries: int) -> Any:
-            # redis-py's cluster client follows MOVED/ASK and, on a lost node, re-reads the
-            # topology and retries with backoff: a promoted replica is found by itself.
-            return RedisCluster(
-                startup_nodes=[ClusterNode(h, p) for h, p in spec.nodes],  # type: ignore[no-untyped-call]
-                username=spec.username,
-                password=spec.password,
-                ssl=spec.ssl,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-                retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries),
-            )
-
         try:
-            self._r = client(t.write_s, 6)
-            self._rr = client(t.read_s, 2)  # reads: within the serving budget, a short retry
+            self._r = cluster_client(url, t.write_s, 6)
+            self._rr = cluster_client(url, t.read_s, 2)  # reads: within the serving budget, a short retry
         except self._errors as e:
             raise self._unavailable(e) from None
         self._g = f"cs:{{{workspace}}}:"  # per-workspace keys (one slot)
