@@ -12,6 +12,9 @@ multi-partition push is one MULTI/EXEC -- all or nothing):
 - ``cs:{ws}:stream:offline``            hash ``<table>|<k>`` -> last offset appended offline
 - ``cs:{ws}:stream:watermark``          hash ``<source>|<k>`` -> the workers' watermark as of their last flush
 
+On a Redis Cluster (``redis+cluster://``) the same keys work unchanged (the push script touches one
+slot); reads run one XREADGROUP per slot (``_read_slots``); docs/online-state.md, "Redis Cluster".
+
 Only one worker owns a partition at a time, so each partition is applied in stream order and the
 per-(view, partition) applied offset kept by the online store is a correct exactly-once fence.
 """
