@@ -281,7 +281,13 @@ class RedisStreamLog:
             pipe = client.pipeline(transaction=False)
             pipe.evalsha(script.sha, len(keys), *keys, *args)
             pipe.execute_command("WAIT", n, ms)
-            res, acked = pipe.execute(raise_on_error=False)
+            try:
+                res, acked = pipe.execute(raise_on_error=False)
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                self._refresh_topology()
+                raise
+            if isinstance(res, redis.exceptions.ResponseError) and str(res).startswith(("MOVED", "ASK", "CLUSTERDOWN")):
+                self._refresh_topology()  # a failover moved the slot: the client's retry goes to the new master
             if isinstance(res, redis.exceptions.NoScriptError) and not attempt:
                 client.script_load(script.script)
                 continue
@@ -296,6 +302,16 @@ class RedisStreamLog:
                 )
             return res
         raise AssertionError("unreachable")
+
+    def _refresh_topology(self) -> None:
+        """After a per-node call failed on a cluster: re-read the slot map (redis-py does it for its
+        own calls, not for the node clients used to run a script and WAIT on one connection)."""
+        if not self.cluster:
+            return
+        try:
+            self.r.nodes_manager.initialize()
+        except Exception:  # noqa: BLE001 - still electing; the next failure tries again
+            pass
 
     def _reader(self, block_ms: int) -> Any:
         """The client for an XREADGROUP blocking ``block_ms``: its socket timeout must outlast the

@@ -16,7 +16,9 @@ from ...errors import InvalidInputError
 from ._resp import COMMIT
 
 __all__ = [
+    "GLOBAL_BEGIN",
     "GLOBAL_COMMIT",
+    "INFLIGHT",
     "SHARD_COMMIT",
     "ClusterUrl",
     "NodeBatches",
@@ -118,6 +120,20 @@ if _CAS_EQUAL not in COMMIT:  # pragma: no cover - COMMIT's fence check changed:
     raise ImportError("stores.online._cluster: COMMIT's offset check is not where expected")
 SHARD_COMMIT = COMMIT.replace(_CAS_EQUAL, _CAS_SHARD)
 
+# Before the shard commits: the global fences must equal the caller's expectation; then each
+# field's in-flight offset is recorded (``~inflight|<field>``), so that an owner taking the partition
+# over after a crash mid-commit replays exactly up to it in one batch (the shards that applied it
+# skip it whole). KEYS[1] offsets hash; ARGV ncas, (field, expected, new)*.
+INFLIGHT = "~inflight|"
+GLOBAL_BEGIN = """
+local n = tonumber(ARGV[1])
+for i = 0, n - 1 do
+  if (redis.call('HGET', KEYS[1], ARGV[2 + 3 * i]) or '') ~= ARGV[3 + 3 * i] then return 0 end
+end
+for i = 0, n - 1 do redis.call('HSET', KEYS[1], '~inflight|' .. ARGV[2 + 3 * i], ARGV[4 + 3 * i]) end
+return 1
+"""
+
 # The global fences (what a new partition owner resumes from), advanced after every shard committed:
 # KEYS[1] offsets hash; ARGV ncas, (field, expected, new)*, channel ('' = none), message.
 GLOBAL_COMMIT = """
@@ -125,7 +141,10 @@ local n = tonumber(ARGV[1])
 for i = 0, n - 1 do
   if (redis.call('HGET', KEYS[1], ARGV[2 + 3 * i]) or '') ~= ARGV[3 + 3 * i] then return 0 end
 end
-for i = 0, n - 1 do redis.call('HSET', KEYS[1], ARGV[2 + 3 * i], ARGV[4 + 3 * i]) end
+for i = 0, n - 1 do
+  redis.call('HSET', KEYS[1], ARGV[2 + 3 * i], ARGV[4 + 3 * i])
+  redis.call('HDEL', KEYS[1], '~inflight|' .. ARGV[2 + 3 * i])
+end
 if ARGV[2 + 3 * n] ~= '' then redis.call('PUBLISH', ARGV[2 + 3 * n], ARGV[3 + 3 * n]) end
 return 1
 """

@@ -25,8 +25,18 @@ from typing import Any
 from ...config import RedisTimeouts, RedisWait
 from ...errors import UnavailableError
 from ...state.ops import Ops, entity_key_has, recent_key_has
+from ...state.tiles import ViewState
 from ...vocab.redact import redact_text, redact_url, register_url
-from ._cluster import DEFAULT_SHARDS, GLOBAL_COMMIT, SHARD_COMMIT, NodeBatches, cluster_client, shard_of
+from ._cluster import (
+    DEFAULT_SHARDS,
+    GLOBAL_BEGIN,
+    GLOBAL_COMMIT,
+    INFLIGHT,
+    SHARD_COMMIT,
+    NodeBatches,
+    cluster_client,
+    shard_of,
+)
 from ._resp import RawConnection, pack
 from .base import BaseOnlineStore, EntityErased
 
@@ -191,6 +201,9 @@ class RedisClusterOnlineStore(BaseOnlineStore):
         except self._errors as e:
             raise self._unavailable(e) from None
 
+    def inflight_offset(self, view: str | ViewState, partition: str) -> str | None:
+        return self._get_offset(INFLIGHT + self._offset_field(view, partition))
+
     def _get_offset(self, field: str) -> str | None:
         try:
             v = self._r.hget(self._offsets, field)
@@ -212,18 +225,17 @@ class RedisClusterOnlineStore(BaseOnlineStore):
     ) -> bool:
         from .redis import RedisOnlineStore
 
-        if cas:  # nothing is written when another writer moved a global fence
-            cur = self._r.hmget(self._offsets, [f for f, _, _ in cas])
-            if any((c.decode() if c is not None else None) != exp for c, (_, exp, _) in zip(cur, cas)):
-                return False
+        cas_args: list[bytes | str] = [str(len(cas))]
+        for field, expected, new in cas:
+            cas_args += [field, expected or "", new]
+        # Nothing is written when another writer moved a global fence; else the in-flight offsets.
+        if cas and not int(self._nodes.run(GLOBAL_BEGIN, [(self._offsets, ["1", self._offsets, *cas_args])])[0]):
+            return False
         by_tag: dict[str, tuple[list[str], list[str]]] = {}
         for k in ops.keys():
             by_tag.setdefault(self._tag(k), ([], []))[0].append(k)
         for k in ops.lists:
             by_tag.setdefault(self._tag(k.split(":", 2)[-1]), ([], []))[1].append(k)
-        cas_args: list[bytes | str] = [str(len(cas))]
-        for field, expected, new in cas:
-            cas_args += [field, expected or "", new]
         calls: list[tuple[str, list[bytes | str]]] = []
         for tag, (keys, lists) in by_tag.items():
             args: list[bytes | str] = [str(1 + len(keys) + len(lists)), tag + "offsets"]

@@ -55,6 +55,7 @@ def test_replay_after_a_crash_between_shard_commits_counts_each_event_once(store
     store.apply_events(st, table(ev), token=("p", "7"), now_us=NOW)
     assert store.applied_offset(st, "p") == "7"
     assert store.apply_events(st, table(ev), token=("p", "7"), now_us=NOW) == 0  # a second replay: nothing
+    assert store.inflight_offset(st, "p") is None  # cleared when the global fence advanced
     names = [o.name for o in st.plan.outputs]  # type: ignore[union-attr]
     for uid in USERS[:12]:
         got = store.read_features([(st, entity_key(["user_id"], [uid]))], NOW)[0].values
@@ -69,6 +70,8 @@ def test_a_replay_cut_at_other_offsets_is_refused_not_double_counted(store: Redi
     store._r.hdel(store._offsets, "cl|p")
     ok = store.apply_many([_item(st, table(ev, 0, 50), "9", None)], now_us=NOW)
     assert not ok  # nothing counted twice; the worker falls back (and would report the conflict)
+    # The cut-short commit left its in-flight offset: a new owner replays exactly up to it.
+    assert store.inflight_offset(st, "p") == "9"
     got = store.read_features([(st, entity_key(["user_id"], ["u1"]))], NOW)[0].values
     assert got is not None and got[0] == sum(1 for t in ev["ts"][:30] if t >= NOW - 3600 * US)
 
@@ -130,3 +133,11 @@ def test_redis_py_cluster_client_rejects_cross_slot_scripts(redis_cluster: Redis
             r.eval("return 1", 2, "cs:x:offsets", "cs:x:e:user_id=u1")
     finally:
         r.close()
+
+
+def test_replay_chunks_end_the_first_batch_at_the_cut_short_offset() -> None:
+    from context_store.compute.stream.entries import offset_to_id, replay_chunks
+
+    pending = [(offset_to_id(o), {}) for o in range(10, 20)]
+    assert [len(c) for c in replay_chunks(pending, -1, 4)] == [4, 4, 2]
+    assert [len(c) for c in replay_chunks(pending, 15, 4)] == [6, 4]  # 10..15 as one batch, then by 4
