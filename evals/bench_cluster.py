@@ -43,6 +43,70 @@ def rounds(cases: dict[str, Callable[[], Any]], n: int, k: int = 5, warmup: int 
     return out
 
 
+def ingest(url: str, tmp: Path, wait_replicas: int, n_events: int, push_rows: int = 200) -> tuple[float, float]:
+    """Pushes of ``push_rows`` events (acknowledged after ``WAIT wait_replicas``) into a 4-partition
+    stream source while 2 ``context-store worker`` processes apply them: (acknowledged events/s of
+    the pushing thread, events/s from the first push until every event is applied online)."""
+    import subprocess
+    from datetime import timedelta
+
+    from tests.support.repo import make_repo
+    from tests.support.stream import REPO, T0, events_table
+
+    ws = f"ing{random.getrandbits(24):06x}"
+    root = make_repo(
+        tmp / ws,
+        REPO.format(partitions=4, lateness="1d", interval=""),
+        data={"txns.parquet": events_table([])},
+        config={"online_store": url, "workspace": ws, "redis_wait_replicas": wait_replicas},
+    )
+    store = cs.ContextStore(root)
+    store.apply(force=True)
+    rng = random.Random(wait_replicas)
+    rows = events_table(
+        [
+            {"user_id": f"u{rng.randrange(2000)}", "ts": T0 + timedelta(seconds=rng.randrange(6 * 3600)),
+             "amount": float(rng.randrange(100)), "merchant": f"m{rng.randrange(20)}"}
+            for _ in range(n_events)
+        ]
+    )  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTEXT_STORE_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    cmd = [sys.executable, "-c", "from context_store.cli.stream import worker; worker()", "--repo", str(root)]
+    workers = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+    try:
+        time.sleep(2.0)  # the workers take their leases
+        t0 = time.perf_counter()
+        for i in range(0, n_events, push_rows):
+            store.push("transactions", rows.slice(i, push_rows), wait=False)
+        pushed = time.perf_counter() - t0
+        log = store.ingestor.stream_log
+        keys = [log.stream_key("transactions", p) for p in range(4)]
+        view = store.definitions.feature_view("txn_stats")
+        from context_store.compute.stream.online_adapter import applied_offset
+
+        last = {}
+        for p in range(4):
+            got = log.r.xrevrange(keys[p], count=1)
+            last[p] = _offset(got[0][0]) if got else -1
+        while any(applied_offset(store.online, view, p) < last[p] for p in range(4)) or log.lag(keys):
+            time.sleep(0.05)
+        total = time.perf_counter() - t0
+    finally:
+        for w in workers:
+            w.terminate()
+            w.wait(30)
+        store.online.clear()
+        store.close()
+    return n_events / pushed, n_events / total
+
+
+def _offset(entry_id: bytes) -> int:
+    from context_store.compute.stream.entries import id_to_offset
+
+    return id_to_offset(entry_id)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller data and fewer samples")
@@ -134,6 +198,10 @@ def main() -> None:
             max(100, n // 20),
             warmup=10,
         )
+        n_ing = 10_000 if args.quick else 40_000
+        ing: dict[int, list[tuple[float, float]]] = {0: [], 1: []}
+        for w in (0, 1, 0, 1):  # interleaved
+            ing[w].append(ingest(url, tmp, w, n_ing))
         load1 = os.getloadavg()
         for fk in fkeys:
             rc.delete(fk)
@@ -177,6 +245,18 @@ def main() -> None:
         "## 100 entities per call",
         "",
         *table(batch),
+        "",
+        "## Sustained ingest: pushes of 200 events, 2 `context-store worker` processes, 4 partitions",
+        "",
+        f"{n_ing:,} events per run, runs interleaved (WAIT 0, WAIT 1, WAIT 0, WAIT 1); per run: acknowledged "
+        "events/s of one pushing thread, and events/s from the first push until all are applied online.",
+        "",
+        "| redis_wait_replicas | pushed events/s (runs) | applied end-to-end events/s (runs) |",
+        "|---:|---:|---:|",
+        *[
+            f"| {w} | {', '.join(f'{a:,.0f}' for a, _ in r)} | {', '.join(f'{b:,.0f}' for _, b in r)} |"
+            for w, r in ing.items()
+        ],
         "",
         f"Load average (1/5/15 min) at the start: {load0[0]:.1f} / {load0[1]:.1f} / {load0[2]:.1f}; "
         f"at the end: {load1[0]:.1f} / {load1[1]:.1f} / {load1[2]:.1f} (2 cores shared with other sessions).",

@@ -229,6 +229,8 @@ class StreamWorker:
         if pending:
             STATS.inc("claimed_events", source, len(pending))
             log.info("worker %s took %s/%d with %d pending entries", self.name, source, p, len(pending))
+            if cut >= 0:
+                log.info("worker %s: %s/%d replays up to the in-flight offset %d first", self.name, source, p, cut)
             for chunk in replay_chunks(pending, cut, self.count):
                 self._process([(part, chunk)])
 

@@ -124,14 +124,12 @@ class RedisClusterOnlineStore(BaseOnlineStore):
     # -- reads --------------------------------------------------------------------------
     def _hmget(self, reqs: list[tuple[str, list[str]]]) -> list[list[bytes | None]]:
         n_fields = sum(len(f) for _, f in reqs)
-        if n_fields <= 2000:
-            try:
-                return self._hmget_raw(reqs, n_fields)
-            except self._errors:
-                # A moved slot, a lost node, a timeout: redis-py's client follows MOVED, re-reads
-                # the topology and retries (within the read budget); its slot map then serves
-                # the fast path again.
-                self._drop_raw()
+        try:  # the fast path, whatever the size (its budget grows with the fields, as on one Redis)
+            return self._hmget_raw(reqs, n_fields)
+        except self._errors:
+            # A moved slot, a lost node, a timeout: redis-py's client follows MOVED, re-reads the
+            # topology and retries (within the read budget); its slot map then serves the fast path again.
+            self._drop_raw()
         # The read budget (``redis_read_timeout_ms``) for lookups; a big read (an idle Lifetime
         # entity's old tiles, a large batch) gets the write budget rather than a spurious 503.
         r = self._rr if n_fields <= 2000 else self._r
@@ -223,8 +221,6 @@ class RedisClusterOnlineStore(BaseOnlineStore):
     def _commit_sharded(
         self, ops: Ops, cas: Sequence[tuple[str, str | None, str]], notify: tuple[str, str] | None
     ) -> bool:
-        from .redis import RedisOnlineStore
-
         cas_args: list[bytes | str] = [str(len(cas))]
         for field, expected, new in cas:
             cas_args += [field, expected or "", new]
@@ -245,9 +241,8 @@ class RedisClusterOnlineStore(BaseOnlineStore):
             for g in guards:
                 args += g
             args += ["", "", str(len(keys))]
-            # The per-key arguments exactly as the single-node store encodes them (one implementation).
-            body = [RedisOnlineStore._args_resp(ops, k)[1] for k in keys]
-            args += _split_resp(b"".join(body))
+            for k in keys:
+                args += key_args(ops, k)
             for k in lists:
                 items, cap = ops.lists[k]
                 args += [str(cap), str(len(items)), *items]
@@ -367,13 +362,18 @@ class RedisClusterOnlineStore(BaseOnlineStore):
         self._rr.close()
 
 
-def _split_resp(data: bytes) -> list[bytes]:
-    """RESP bulk strings (``$n\\r\\nbytes\\r\\n``...) back into arguments."""
-    out: list[bytes] = []
-    i = 0
-    while i < len(data):
-        j = data.index(b"\r\n", i)
-        n = int(data[i + 1 : j])
-        out.append(data[j + 2 : j + 2 + n])
-        i = j + 4 + n
+def key_args(ops: Ops, k: str) -> list[bytes | str]:
+    """COMMIT's per-key arguments (see ``_resp.COMMIT``): nsets, (f, v)*, nappends, (f, v)*, ndels,
+    f*, expire_ms. The single-node store RESP-encodes the same list itself (``RedisOnlineStore._args_resp``;
+    a test keeps the two equal)."""
+    out: list[bytes | str] = []
+    for group in (ops.sets.get(k), ops.appends.get(k)):
+        out.append(str(len(group)) if group else "0")
+        for f, v in (group or {}).items():
+            out += [f, v]
+    d = ops.dels.get(k, ())
+    out.append(str(len(d)))
+    out += d
+    ex = ops.expire.get(k, 0) if k in ops.expire else 0
+    out.append("-1" if ex is None else str(int(ex)))
     return out

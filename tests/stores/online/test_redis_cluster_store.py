@@ -141,3 +141,25 @@ def test_replay_chunks_end_the_first_batch_at_the_cut_short_offset() -> None:
     pending = [(offset_to_id(o), {}) for o in range(10, 20)]
     assert [len(c) for c in replay_chunks(pending, -1, 4)] == [4, 4, 2]
     assert [len(c) for c in replay_chunks(pending, 15, 4)] == [6, 4]  # 10..15 as one batch, then by 4
+
+
+def test_commit_arguments_match_the_single_node_encoding() -> None:
+    """The cluster store builds COMMIT's per-key arguments as a list; the single-node store RESP-encodes
+    them directly: both must stay the same layout."""
+    from context_store.state.ops import Ops
+    from context_store.stores.online._resp import resp_args
+    from context_store.stores.online.redis import RedisOnlineStore
+    from context_store.stores.online.redis_cluster import key_args
+
+    ops = Ops()
+    ops.set("a", "f1", b"x")
+    ops.set("a", "f2", b"\x00yz")
+    ops.appends["a"] = {"r": b"raw"}
+    ops.dels["a"] = ["old1", "old2"]
+    ops.expire["a"] = 1234
+    ops.expire["b"] = None
+    ops.dels["b"] = []
+    for k in ("a", "b"):
+        n, packed = RedisOnlineStore._args_resp(ops, k)
+        args = key_args(ops, k)
+        assert resp_args([a.encode() if isinstance(a, str) else a for a in args]) == packed and n == len(args)
