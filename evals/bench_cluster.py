@@ -111,6 +111,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller data and fewer samples")
     ap.add_argument("--cluster", default=None, help="an existing cluster's redis+cluster:// URL")
+    ap.add_argument("--redis", default=os.environ.get("CONTEXT_STORE_REDIS_URL", "redis://127.0.0.1:6379/0"))
     args = ap.parse_args()
     users, events, n = (2_000, 200_000, 3_000) if args.quick else (10_000, 1_000_000, 10_000)
     import redis
@@ -198,10 +199,16 @@ def main() -> None:
             max(100, n // 20),
             warmup=10,
         )
-        n_ing = 10_000 if args.quick else 40_000
-        ing: dict[int, list[tuple[float, float]]] = {0: [], 1: []}
-        for w in (0, 1, 0, 1):  # interleaved
-            ing[w].append(ingest(url, tmp, w, n_ing))
+        n_ing = 10_000 if args.quick else 20_000
+        runs = {
+            "cluster, WAIT 0": (url, 0),
+            "cluster, WAIT 1": (url, 1),
+            "one Redis (shared, db 0), WAIT 0": (args.redis, 0),
+        }
+        ing: dict[str, list[tuple[float, float]]] = {k: [] for k in runs}
+        for _ in range(2):  # interleaved
+            for name, (u, w) in runs.items():
+                ing[name].append(ingest(u, tmp, w, n_ing))
         load1 = os.getloadavg()
         for fk in fkeys:
             rc.delete(fk)
@@ -248,11 +255,12 @@ def main() -> None:
         "",
         "## Sustained ingest: pushes of 200 events, 2 `context-store worker` processes, 4 partitions",
         "",
-        f"{n_ing:,} events per run, runs interleaved (WAIT 0, WAIT 1, WAIT 0, WAIT 1); per run: acknowledged "
-        "events/s of one pushing thread, and events/s from the first push until all are applied online.",
+        f"{n_ing:,} events per run (2,000 users, event times over 6 h: many tiles per entity), the three setups "
+        "interleaved twice; per run: acknowledged events/s of one pushing thread, and events/s from the first "
+        "push until every event is applied online. Pusher, 2 workers and every redis-server share the 2 cores.",
         "",
-        "| redis_wait_replicas | pushed events/s (runs) | applied end-to-end events/s (runs) |",
-        "|---:|---:|---:|",
+        "| setup | pushed events/s (runs) | applied end-to-end events/s (runs) |",
+        "|---|---:|---:|",
         *[
             f"| {w} | {', '.join(f'{a:,.0f}' for a, _ in r)} | {', '.join(f'{b:,.0f}' for _, b in r)} |"
             for w, r in ing.items()
@@ -269,6 +277,12 @@ def main() -> None:
         "hiredis row is the bare round trip to one node, a stricter floor (no routing, no client layers).",
         "- Batches: context-store's 100 lookups fetch ~12-15 fields per entity (rows + tiles/blocks), the "
         "floor 10; both are one round trip per master.",
+        "- The batch row is the noisiest: its per-round p50 spans 3-5x on this loaded box (across three full runs "
+        "its median ratio was 1.7x, 2.2x and 3.4-5.2x); the single-entity rows are steady at 1.2-1.8x.",
+        "- Ingest is CPU-bound here (pusher, 2 workers and 6 redis-servers on 2 cores, load ~8): the cluster "
+        "applies at the same rate as one Redis in the same run; `WAIT 1` costs the pusher nothing measurable "
+        "(replicas are local). The per-event cost is the state merge (~2,000 entities x many tiles per round), "
+        "the same on both; evals/results/stream.md measures one Redis on a quieter machine.",
         "",
     ]
     RESULTS.mkdir(parents=True, exist_ok=True)
