@@ -10,7 +10,7 @@ allowed_hosts: []               # Host headers the server answers besides loopba
 allowed_origins: []             # browser origins that get CORS headers, e.g. [https://app.example.com]
 redis_read_timeout_ms: 100      # a Redis read (serving) fails with 503 after this long
 redis_write_timeout_ms: 2000    # a Redis write (push, worker commit) fails with 503 after this long
-redis_wait_replicas: 0          # acknowledge writes only once this many replicas have them (WAIT); 1 on a cluster
+redis_wait_replicas: 0          # acknowledge pushes (and cluster commits) once N replicas have them (WAIT)
 redis_wait_timeout_ms: 1000     # how long such a write waits for its replicas before failing with 503
 auth:                           # optional: JWT bearer tokens besides API keys (``jwt_config.py``)
   jwt: {secret_env: CONTEXT_STORE_JWT_SECRET, audience: context-store, subject_join_key: user_id}
@@ -69,8 +69,8 @@ class RedisTimeouts(NamedTuple):
 
 
 class RedisWait(NamedTuple):
-    """Durability of Redis writes: ``WAIT replicas timeout_ms`` after each write that is acknowledged
-    to a client (a push, a worker's commit); fewer replicas in time = 503 (the write may still land)."""
+    """Durability of Redis writes: ``WAIT replicas timeout_ms`` after each push (and, on a Redis
+    Cluster, each online commit); fewer replicas in time = 503 (the write may still land)."""
 
     replicas: int = 0
     timeout_ms: int = 1000
