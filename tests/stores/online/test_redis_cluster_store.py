@@ -163,3 +163,19 @@ def test_commit_arguments_match_the_single_node_encoding() -> None:
         n, packed = RedisOnlineStore._args_resp(ops, k)
         args = key_args(ops, k)
         assert resp_args([a.encode() if isinstance(a, str) else a for a in args]) == packed and n == len(args)
+
+
+def test_the_cluster_url_comes_from_the_environment_too(
+    redis_cluster: RedisClusterProcs, tmp_path: Path, workspace_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONTEXT_STORE_ONLINE_STORE", redis_cluster.url)
+    monkeypatch.setenv("CONTEXT_STORE_REDIS_WAIT_REPLICAS", "1")
+    cfg = load_config(tmp_path, workspace=workspace_name)
+    s = open_online_store(cfg)
+    try:
+        assert isinstance(s, RedisClusterOnlineStore) and s.wait == (1, 1000)
+        st = _state()
+        assert s.apply_events(st, table(events(20, seed=9)), token=("p", "1"), now_us=NOW) == 20  # WAIT 1 met
+    finally:
+        s.clear()
+        s.close()
