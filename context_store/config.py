@@ -11,6 +11,8 @@ allowed_hosts: []               # Host headers the server answers besides loopba
 allowed_origins: []             # browser origins that get CORS headers, e.g. [https://app.example.com]
 redis_read_timeout_ms: 100      # a Redis read (serving) fails with 503 after this long
 redis_write_timeout_ms: 2000    # a Redis write (push, worker commit) fails with 503 after this long
+redis_wait_replicas: 0          # acknowledge pushes (and cluster commits) once N replicas have them (WAIT)
+redis_wait_timeout_ms: 1000     # how long such a write waits for its replicas before failing with 503
 auth:                           # optional: JWT bearer tokens besides API keys (``jwt_config.py``)
   jwt: {secret_env: CONTEXT_STORE_JWT_SECRET, audience: context-store, subject_join_key: user_id}
 ```
@@ -32,7 +34,7 @@ from .errors import InvalidInputError
 from .jwt_config import JwtConfig, parse_auth
 from .vocab.redact import redact_url, register_secret, register_url
 
-__all__ = ["Config", "RedisTimeouts", "load_config", "check_host_list", "CONFIG_FILE"]
+__all__ = ["Config", "RedisTimeouts", "RedisWait", "load_config", "check_host_list", "CONFIG_FILE"]
 
 CONFIG_FILE = "context_store.yaml"
 _WORKSPACE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -47,6 +49,8 @@ _KEYS = (
     "embedded_push_timeout",
     "redis_read_timeout_ms",
     "redis_write_timeout_ms",
+    "redis_wait_replicas",
+    "redis_wait_timeout_ms",
     "ray_address",
     "allowed_hosts",
     "allowed_origins",
@@ -68,7 +72,16 @@ class RedisTimeouts(NamedTuple):
     write_s: float = 2.0
 
 
+class RedisWait(NamedTuple):
+    """Durability of Redis writes: ``WAIT replicas timeout_ms`` after each push (and, on a Redis
+    Cluster, each online commit); fewer replicas in time = 503 (the write may still land)."""
+
+    replicas: int = 0
+    timeout_ms: int = 1000
+
+
 _TIMEOUT_MS_MAX = 600_000
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 
 
 def _timeout_ms(extra: dict[str, Any], key: str, default_s: float) -> float:
@@ -153,8 +166,27 @@ class Config:
         )
 
     @property
+    def redis_wait(self) -> RedisWait:
+        """``redis_wait_replicas`` (default 0: no WAIT) and ``redis_wait_timeout_ms`` (default 1000)."""
+        v = self.extra.get("redis_wait_replicas")
+        try:
+            n = 0 if v in (None, "") else int(v)
+        except (TypeError, ValueError):
+            n = -1
+        if isinstance(v, bool) or not 0 <= n <= 16:
+            raise InvalidInputError(
+                f"redis_wait_replicas must be an integer in 0..16, got {v!r}", field="redis_wait_replicas"
+            )
+        return RedisWait(n, round(_timeout_ms(self.extra, "redis_wait_timeout_ms", 1.0) * 1000))
+
+    @property
     def is_redis(self) -> bool:
-        return self.online_store.startswith(("redis://", "rediss://", "unix://"))
+        """A single Redis or a Redis Cluster (``redis+cluster://``): the Redis stream path."""
+        return self.online_store.startswith(("redis://", "rediss://", "unix://", *CLUSTER_SCHEMES))
+
+    @property
+    def is_redis_cluster(self) -> bool:
+        return self.online_store.startswith(CLUSTER_SCHEMES)
 
     def with_workspace(self, workspace: str) -> Config:
         return replace(self, workspace=check_workspace(workspace))
@@ -195,9 +227,12 @@ def load_config(repo: str | os.PathLike[str] = ".", **overrides: Any) -> Config:
     register_url(online)
     if isinstance(values.get("ray_address"), str):
         register_url(values["ray_address"])
-    if online not in ("sqlite",) and not online.startswith(("redis://", "rediss://", "unix://", "sqlite:")):
+    if online not in ("sqlite",) and not online.startswith(
+        ("redis://", "rediss://", "unix://", "sqlite:", *CLUSTER_SCHEMES)
+    ):
         raise InvalidInputError(
-            f"online_store {redact_url(online)!r} must be 'sqlite' or a redis:// URL", field="online_store"
+            f"online_store {redact_url(online)!r} must be 'sqlite', a redis:// URL or redis+cluster://host:port[,...]",
+            field="online_store",
         )
     registry_url = _registry_url(values.get("registry"))
     offline_url = _offline_url(values.get("offline_store"))
@@ -240,6 +275,7 @@ def load_config(repo: str | os.PathLike[str] = ".", **overrides: Any) -> Config:
         jwt=parse_auth(values.get("auth"), root),
     )
     config.redis_timeouts  # noqa: B018 - a bad timeout fails at load, naming its key
+    config.redis_wait  # noqa: B018
     return config
 
 

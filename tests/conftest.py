@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import context_store as cs
+from tests.support.cluster import redis_cluster  # noqa: F401 - a session fixture (3 masters + 3 replicas)
 from tests.support.redis import REDIS_URL, redis_up
 from tests.support.repo import make_repo
 from tests.support.stream import REPO, StoreFactory, events_table

@@ -105,7 +105,14 @@ def _profiles(rng: random.Random) -> pa.Table:
     )
 
 
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(
+    scope="module",
+    params=[
+        "sqlite",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("redis-cluster", marks=pytest.mark.redis),
+    ],
+)
 def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[cs.ContextStore]:
     rng = random.Random(0)
     root = make_repo(
@@ -113,7 +120,10 @@ def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         DEFS,
         {"events.parquet": _events(rng, 50), "profiles.parquet": _profiles(rng)},
     )
-    online = request.getfixturevalue("redis_url") if request.param == "redis" else None
+    online = {"redis": "redis_url", "redis-cluster": "redis_cluster"}.get(request.param)
+    if online is not None:
+        got = request.getfixturevalue(online)
+        online = got if isinstance(got, str) else got.url
     s = cs.ContextStore(root, online_store=online, workspace="par" + hex(random.getrandbits(40))[2:])
     s.apply()
     yield s

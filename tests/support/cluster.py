@@ -67,6 +67,9 @@ class RedisClusterProcs:
         args = [
             "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
             "--cluster-config-file", f"nodes-{port}.conf", "--cluster-node-timeout", str(self.node_timeout_ms),
+            # a replica always stands for election, however long since it heard from its master
+            # (the default refuses after 10 node timeouts: a busy CI box could leave a slot unserved)
+            "--cluster-replica-validity-factor", "0",
             "--appendonly", "no", "--save", "", "--dir", str(node_dir),
         ]  # fmt: skip
         self.procs[port] = subprocess.Popen(
@@ -112,10 +115,23 @@ class RedisClusterProcs:
                     states.append(info.get("cluster_state") == "ok")
                 except Exception:  # noqa: BLE001 - a node still starting
                     states.append(False)
-            if states and all(states):
+            if states and all(states) and self._replicas_synced():
                 return
             time.sleep(0.2)
         raise RuntimeError("redis cluster did not reach cluster_state:ok")
+
+    def _replicas_synced(self) -> bool:
+        """Every live replica's link to its master is up (initial sync done): WAIT can be met."""
+        import redis
+
+        for port in self.procs:
+            try:
+                info = redis.Redis(host="127.0.0.1", port=port, socket_timeout=0.5).info("replication")
+            except Exception:  # noqa: BLE001 - a node still starting
+                return False
+            if info.get("role") == "slave" and info.get("master_link_status") != "up":
+                return False
+        return True
 
     def master_ports(self) -> list[int]:
         """Ports of the nodes that are masters now (after a failover this changes)."""
@@ -132,6 +148,22 @@ class RedisClusterProcs:
                 for addr, node in nodes.items()
                 if "master" in node["flags"] and "fail" not in node["flags"]
             )
+        raise RuntimeError("no cluster node answers")
+
+    def master_of(self, key: bytes | str) -> int:
+        """The port of the master serving ``key``'s slot now."""
+        import redis
+        from redis.crc import key_slot
+
+        slot = key_slot(key.encode() if isinstance(key, str) else key)
+        for port in self.procs:
+            try:
+                slots = redis.Redis(host="127.0.0.1", port=port, socket_timeout=0.5).execute_command("CLUSTER SLOTS")
+            except Exception:  # noqa: BLE001 - this node is down; ask another
+                continue
+            for lo, hi, master, *_ in slots:
+                if int(lo) <= slot <= int(hi):
+                    return int(master[1])
         raise RuntimeError("no cluster node answers")
 
     def kill(self, port: int) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
-__all__ = ["id_to_offset", "offset_to_id", "encode_table", "decode_entry"]
+__all__ = ["id_to_offset", "offset_to_id", "encode_table", "decode_entry", "replay_chunks"]
 
 _SEQ_BITS = 12  # offset = ms << 12 | seq: exact in a Lua double until 2109 for seq < 4096
 
@@ -41,3 +41,11 @@ def decode_entry(fields: dict[bytes, bytes]) -> pa.Table | list[Any]:
         obj = orjson.loads(fields[b"json"])
         return obj if isinstance(obj, list) else [obj]
     return [{k.decode(): v.decode() for k, v in fields.items()}]  # flat XADD field/value pairs
+
+
+def replay_chunks(pending: list[Any], cut: int, count: int) -> list[list[Any]]:
+    """Pending entries in batches of ``count``, except that the entries up to ``cut`` (the offset of
+    a commit cut short, -1: none) form the first batch: its shards that applied it skip it whole."""
+    head = [e for e in pending if id_to_offset(e[0]) <= cut] if cut >= 0 else []
+    rest = pending[len(head) :]
+    return ([head] if head else []) + [rest[i : i + count] for i in range(0, len(rest), count)]

@@ -37,6 +37,8 @@ __all__ = [
     "apply",
     "apply_many",
     "applied_offset",
+    "inflight_offset",
+    "recent_inflight",
     "recent_applied",
     "recent_item",
     "view_state",
@@ -156,6 +158,19 @@ def append_recent_once(online: OnlineStore, item: RecentItem) -> bool:
 
 def _expected(offset: int) -> str | None:
     return None if offset < 0 else str(offset)
+
+
+def inflight_offset(online: OnlineStore, view: FeatureView, partition: int) -> int:
+    """The offset a cut-short commit of (view, partition) was applying (-1: none; a Redis Cluster
+    commits shard by shard, so a replay must end a batch exactly there)."""
+    v = online.inflight_offset(view.name, str(partition))
+    return int(v) if v is not None else -1
+
+
+def recent_inflight(online: OnlineStore, source: str, partition: int) -> int:
+    """``inflight_offset`` of ``source``'s recent-events appends."""
+    v = online.inflight_offset(online.recent_fence(source), str(partition))
+    return int(v) if v is not None else -1
 
 
 def applied_offset(online: OnlineStore, view: FeatureView, partition: int) -> int:

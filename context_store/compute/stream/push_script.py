@@ -210,7 +210,7 @@ def run_add(
     args.append(len(admission))
     for a in admission:
         args += [a.partition, _opt(a.lo), _opt(a.hi), _opt(a.watermark), a.late, a.rejected]
-    res = script(keys=[*keys, log.admission_key(source), *dkeys], args=args)
+    res = log.run_script(script, [*keys, log.admission_key(source), *dkeys], args)
     if isinstance(res, int):
         raise BacklogFullError(source, order[res - 1], max_len)
     if res and res[0] in (b"conflict", "conflict"):

@@ -83,8 +83,9 @@ class RedisPusher:
             with self._lock:
                 log_ = self._log
                 if log_ is None:
+                    c = self.ctx.config
                     log_ = self._log = RedisStreamLog(
-                        self.ctx.config.online_store, self.ctx.config.workspace, timeouts=self.ctx.config.redis_timeouts
+                        c.online_store, c.workspace, timeouts=c.redis_timeouts, wait=c.redis_wait
                     )
         return log_
 
@@ -225,7 +226,14 @@ class RedisPusher:
         """The admitted watermarks this pusher last saw (read once; the push script corrects them)."""
         missing = [p for p in parts if (source, p) not in self._wms]
         if missing:
-            self._wms.update(((source, p), w) for p, w in log_.admitted_watermarks(source, missing).items())
+            try:
+                got = log_.admitted_watermarks(source, missing)
+            except Exception as e:  # noqa: BLE001 - redis.ConnectionError, ... (Redis down, a failover)
+                raise UnavailableError(
+                    f"cannot read the stream of {source!r}: {type(e).__name__}: {redact_text(str(e))}",
+                    field="online_store",
+                ) from None
+            self._wms.update(((source, p), w) for p, w in got.items())
         return {p: self._wms[(source, p)] for p in parts}
 
     def _max_len(self) -> int:

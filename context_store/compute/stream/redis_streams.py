@@ -12,6 +12,9 @@ multi-partition push is one MULTI/EXEC -- all or nothing):
 - ``cs:{ws}:stream:offline``            hash ``<table>|<k>`` -> last offset appended offline
 - ``cs:{ws}:stream:watermark``          hash ``<source>|<k>`` -> the workers' watermark as of their last flush
 
+On a Redis Cluster (``redis+cluster://``) the same keys work unchanged (the push script touches one
+slot); reads run one XREADGROUP per slot (``_read_slots``); docs/online-state.md, "Redis Cluster".
+
 Only one worker owns a partition at a time, so each partition is applied in stream order and the
 per-(view, partition) applied offset kept by the online store is a correct exactly-once fence.
 """
@@ -24,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from ...config import RedisTimeouts
+from ...config import CLUSTER_SCHEMES, RedisTimeouts, RedisWait
+from ...errors import UnavailableError
 from ...vocab.redact import register_url
 from .applied import AppliedWaiter, applied_message, parse_applied
 from .entries import decode_entry, encode_table, id_to_offset, offset_to_id
@@ -65,6 +69,12 @@ def connect(url: str, timeout_s: float = RedisTimeouts().write_s) -> Any:
         from redis.retry import Retry
     except ImportError as e:  # pragma: no cover
         raise ImportError("Redis streams need redis-py: pip install 'context-store[redis]'") from e
+    if url.startswith(CLUSTER_SCHEMES):
+        from ...stores.online._cluster import cluster_client
+
+        # Cluster: redis-py's client routes by slot and re-reads the topology after a failover;
+        # still no retry of a call that may have run (same rule as above).
+        return cluster_client(url, timeout_s, retries=0)
     return redis.Redis.from_url(
         url,
         socket_timeout=timeout_s,
@@ -77,9 +87,18 @@ def connect(url: str, timeout_s: float = RedisTimeouts().write_s) -> Any:
 class RedisStreamLog:
     """The stream transport of one workspace (shared by pushers and workers)."""
 
-    def __init__(self, url: str, workspace: str, client: Any = None, timeouts: RedisTimeouts | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        workspace: str,
+        client: Any = None,
+        timeouts: RedisTimeouts | None = None,
+        wait: RedisWait | None = None,
+    ) -> None:
         register_url(url)
         self.url = url
+        self.cluster = url.startswith(CLUSTER_SCHEMES)
+        self.wait = wait or RedisWait()
         self.workspace = workspace
         self.timeouts = timeouts or RedisTimeouts()
         self.r = client or connect(url, self.timeouts.write_s)
@@ -208,6 +227,8 @@ class RedisStreamLog:
             return []
         for k in keys:
             self.ensure_group(k)
+        if self.cluster:
+            return self._read_slots(consumer, keys, count, block_ms)
         # block=0 would wait forever in Redis; None means "return at once".
         res = self._regrouped(
             keys,
@@ -223,6 +244,74 @@ class RedisStreamLog:
         if isinstance(res, dict):  # RESP3 shape
             return [(k, v[0] if v and isinstance(v[0], list) else v) for k, v in res.items()]
         return [(k, entries) for k, entries in res]
+
+    def _read_slots(
+        self, consumer: str, keys: Sequence[bytes], count: int, block_ms: int
+    ) -> list[tuple[bytes, list[Any]]]:
+        """A cluster runs one XREADGROUP per slot (a source's partitions share one): each slot is
+        read without blocking, then, if all were empty, the wait is a short sleep (a poll)."""
+        by_slot: dict[int, list[bytes]] = {}
+        for k in keys:
+            by_slot.setdefault(self.r.keyslot(k), []).append(k)
+        deadline = time.monotonic() + block_ms / 1000
+        while True:
+            out: list[tuple[bytes, list[Any]]] = []
+            for ks in by_slot.values():
+                res = self._regrouped(ks, self.r.xreadgroup, GROUP, consumer, {k: ">" for k in ks}, count=count)
+                items = res.items() if isinstance(res, dict) else (res or [])
+                out += [(k, v[0] if v and isinstance(v[0], list) else v) for k, v in items]
+            out = [(k, v) for k, v in out if v]
+            if out or time.monotonic() >= deadline:
+                return out
+            time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
+
+    def run_script(self, script: Any, keys: Sequence[bytes], args: Sequence[Any]) -> Any:
+        """``script`` (registered) on ``keys`` (one slot); with ``redis_wait_replicas`` > 0, then
+        ``WAIT`` on the same connection: the call answers only once replicas hold the writes
+        (a failover then cannot lose what it acknowledged), else UnavailableError."""
+        n, ms = self.wait
+        if not n:
+            return script(keys=keys, args=args)
+        import redis
+
+        client = self.r
+        if self.cluster:
+            client = self.r.get_redis_connection(self.r.nodes_manager.get_node_from_slot(self.r.keyslot(keys[0])))
+        for attempt in (0, 1):
+            pipe = client.pipeline(transaction=False)
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            pipe.execute_command("WAIT", n, ms)
+            try:
+                res, acked = pipe.execute(raise_on_error=False)
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                self._refresh_topology()
+                raise
+            if isinstance(res, redis.exceptions.ResponseError) and str(res).startswith(("MOVED", "ASK", "CLUSTERDOWN")):
+                self._refresh_topology()  # a failover moved the slot: the client's retry goes to the new master
+            if isinstance(res, redis.exceptions.NoScriptError) and not attempt:
+                client.script_load(script.script)
+                continue
+            if isinstance(res, BaseException):
+                raise res
+            if isinstance(acked, BaseException):
+                raise acked
+            if int(acked) < n:
+                raise UnavailableError(
+                    f"stream: the write reached {int(acked)} of {n} replicas within {ms} ms "
+                    "(redis_wait_replicas); retry (with event ids or an Idempotency-Key a retry counts once)"
+                )
+            return res
+        raise AssertionError("unreachable")
+
+    def _refresh_topology(self) -> None:
+        """After a per-node call failed on a cluster: re-read the slot map (redis-py does it for its
+        own calls, not for the node clients used to run a script and WAIT on one connection)."""
+        if not self.cluster:
+            return
+        try:
+            self.r.nodes_manager.initialize()
+        except Exception:  # noqa: BLE001 - still electing; the next failure tries again
+            pass
 
     def _reader(self, block_ms: int) -> Any:
         """The client for an XREADGROUP blocking ``block_ms``: its socket timeout must outlast the

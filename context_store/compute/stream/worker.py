@@ -40,7 +40,7 @@ from . import online_adapter
 from .admission import bound_watermarks
 from .applied import applied_message
 from .cutover import load_cutovers
-from .entries import decode_entry, id_to_offset
+from .entries import decode_entry, id_to_offset, replay_chunks
 from .flusher import OfflineBuffer
 from .freshness import AppliedTimes
 from .processor import (
@@ -209,14 +209,17 @@ class StreamWorker:
         source, p = part
         plan = self.plans[source]
         state = PartitionState()
+        cut = -1  # a previous owner's commit cut short mid-way (Redis Cluster): replay exactly up to it
         for view in plan.views:
             if view.online:
                 state.applied[view.name] = online_adapter.applied_offset(self.ctx.online, view, p)
+                cut = max(cut, online_adapter.inflight_offset(self.ctx.online, view, p))
             if view.offline:
                 table = view_table(view.name)
                 state.offline[view.name] = self.writer.mark(table, p, self.log.offline_marks(table, p))
         if plan.recent:
             state.applied[_RECENT] = online_adapter.recent_applied(self.ctx.online, source, p)
+            cut = max(cut, online_adapter.recent_inflight(self.ctx.online, source, p))
         table = source_table(source)
         state.offline["src"] = self.writer.mark(table, p, self.log.offline_marks(table, p))
         state.watermark_us = int(wm) if (wm := self.log.r.hget(self.log.watermark_key, f"{source}|{p}")) else None
@@ -226,8 +229,10 @@ class StreamWorker:
         if pending:
             STATS.inc("claimed_events", source, len(pending))
             log.info("worker %s took %s/%d with %d pending entries", self.name, source, p, len(pending))
-            for i in range(0, len(pending), self.count):
-                self._process([(part, pending[i : i + self.count])])
+            if cut >= 0:
+                log.info("worker %s: %s/%d replays up to the in-flight offset %d first", self.name, source, p, cut)
+            for chunk in replay_chunks(pending, cut, self.count):
+                self._process([(part, chunk)])
 
     def release(self, part: Part) -> None:
         self.flush()

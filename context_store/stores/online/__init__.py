@@ -9,7 +9,14 @@ __all__ = ["BaseOnlineStore", "OnlineStore", "ViewValues", "open_online_store"]
 
 
 def open_online_store(config: Config) -> OnlineStore:
-    """SQLite at ``config.sqlite_path`` (default) or Redis from a ``redis://`` URL (prefix ``cs:{workspace}:``)."""
+    """SQLite at ``config.sqlite_path`` (default) or Redis from a ``redis://`` URL (prefix ``cs:{workspace}:``),
+    or a Redis Cluster from ``redis+cluster://host:port[,...]``."""
+    if config.is_redis_cluster:
+        from .redis_cluster import RedisClusterOnlineStore
+
+        return RedisClusterOnlineStore(
+            config.online_store, workspace=config.workspace, timeouts=config.redis_timeouts, wait=config.redis_wait
+        )
     if config.is_redis:
         from .redis import RedisOnlineStore
 

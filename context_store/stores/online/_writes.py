@@ -50,6 +50,9 @@ class WritePath:
     def applied_offset(self, view: str | ViewState, partition: str) -> str | None:
         return self._get_offset(self._offset_field(view, partition))
 
+    def inflight_offset(self, view: str | ViewState, partition: str) -> str | None:
+        return None  # one atomic commit: nothing is ever half applied
+
     @staticmethod
     def _offset_field(view: str | ViewState, partition: str) -> str:
         name = view.name if isinstance(view, ViewState) else view

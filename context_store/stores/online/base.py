@@ -101,6 +101,12 @@ class OnlineStore(Protocol):
 
     def applied_offset(self, view: str | ViewState, partition: str) -> str | None: ...
 
+    def inflight_offset(self, view: str | ViewState, partition: str) -> str | None:
+        """The offset a commit of (view, partition) was applying when it was cut short, if it may
+        have reached part of the state (a Redis Cluster commits shard by shard); None otherwise.
+        A replay must re-apply exactly the entries up to it as one batch (see worker.acquire)."""
+        ...
+
     def recent_fence(self, source: str) -> str:
         """The name under which ``source``'s recent-events appends record applied offsets."""
         ...

@@ -98,13 +98,19 @@ def test_backfill_then_stream_equals_training_data(
 
 
 @pytest.mark.redis
+@pytest.mark.parametrize("backend", ["redis", "redis-cluster"])
 def test_parity_through_redis_workers(
-    tmp_path: Path, redis_url: str, workspace_name: str, redis_cleanup: list[str], make_store: StoreFactory
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest, workspace_name: str, make_store: StoreFactory
 ) -> None:
-    """The same property through Redis Streams and two workers (one fixed random history)."""
+    """The same property through Redis Streams and two workers (one fixed random history), on one
+    Redis and on a Redis Cluster (3 masters + 3 replicas; pushes acknowledged after WAIT 1)."""
     from context_store.compute.stream.worker import run_workers
 
-    redis_cleanup.append(f"cs:{workspace_name}:*")
+    if backend == "redis":
+        redis_url = request.getfixturevalue("redis_url")
+        request.getfixturevalue("redis_cleanup").append(f"cs:{workspace_name}:*")
+    else:
+        redis_url = request.getfixturevalue("redis_cluster").url
     rng = random.Random(7)
     events = [
         (rng.randrange(4), rng.randrange(6 * 3600), rng.choice([None, *range(-5, 60)]), rng.randrange(5))
@@ -126,6 +132,8 @@ def test_parity_through_redis_workers(
         pool.stop()  # flushes the offline log the training data reads
     times = [T0 + timedelta(seconds=rng.randrange(0, 7 * 3600)) for _ in range(4)]
     assert _check_parity(store, [f"u{u}" for u in range(4)], times) > 0
+    if backend != "redis":
+        store.online.clear()
     store.close()
 
 

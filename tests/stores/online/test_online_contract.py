@@ -139,10 +139,18 @@ def assert_same(names: list[str], got: list[Any], exp: list[Any]) -> None:
             assert g == e, n
 
 
-@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("redis-cluster", marks=pytest.mark.redis),
+    ]
+)
 def store(request: pytest.FixtureRequest, tmp_path: Path, workspace_name: str) -> Iterator[BaseOnlineStore]:
     if request.param == "sqlite":
         cfg = load_config(tmp_path, workspace=workspace_name)
+    elif request.param == "redis-cluster":
+        cfg = load_config(tmp_path, workspace=workspace_name, online_store=request.getfixturevalue("redis_cluster").url)
     else:
         url = request.getfixturevalue("redis_url")
         cfg = load_config(tmp_path, workspace=workspace_name, online_store=url)
