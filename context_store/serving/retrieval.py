@@ -22,6 +22,7 @@ vector per item); membership in the catalogue is point-in-time.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -236,7 +237,7 @@ def _also(
     skip = set(excluded)
     for src in rr.also:
         ranked = top_items(store, view, src, as_of=as_of, served_at=served_at)
-        top = [i for i in ranked if i not in skip][: src.n]
+        top = list(itertools.islice((i for i in ranked if i not in skip), src.n))  # stop at n
         if not top:
             continue
         f = dict(flt)
