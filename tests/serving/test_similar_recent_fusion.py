@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -135,3 +136,17 @@ def test_id_lists_of_strings_take_the_fast_path_others_are_still_checked() -> No
     assert compile_filter({"item_id": {"$in": ["a", 1, None]}})[0].value == ("a", 1, None)
     with pytest.raises(InvalidInputError):
         compile_filter({"item_id": {"$nin": ["a", {"b": 1}]}})
+
+
+def test_whole_log_reads_are_reused_until_the_table_changes(tmp_path: Path) -> None:
+    from context_store.compute import training
+    from context_store.stores.offline.lance import LanceOfflineStore
+
+    off = LanceOfflineStore(tmp_path / "off")
+    off.append("fv__t", pa.table({"k": ["a", "b"], "x": [1, 2]}))
+    first = training._whole_log(off, "fv__t", ["k", "x"])
+    assert training._whole_log(off, "fv__t", ["k", "x"]) is first  # the same version: no second read
+    off.append("fv__t", pa.table({"k": ["c"], "x": [3]}))
+    again = training._whole_log(off, "fv__t", ["k", "x"])
+    assert again is not first and sorted(again.column("x").to_pylist()) == [1, 2, 3]  # a commit: read anew
+    off.close()
