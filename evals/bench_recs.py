@@ -280,7 +280,8 @@ def _cf_view(cs: Any, args: argparse.Namespace) -> Any:
 # -- context-store: the product path -----------------------------------------------------------
 # Tuned on validation cut-offs (results/recs_tuning.md).
 DEFAULT_RERANK = (
-    "movie_pop.rating_count_180d=4,movie_pop.rating_count_30d=1,movie_pop.rating_mean_lifetime=0.5;candidates=100"
+    "movie_pop.rating_count_180d=0.7,movie_pop.rating_mean_lifetime=0.3;normalize=rank;rank_k=10;candidates=100;"
+    "also=movie_pop.rating_count_180d:50;recent=50"
 )
 
 REPO = """
@@ -301,37 +302,86 @@ movie_pop = cs.FeatureView("movie_pop", [movie], ratings, aggregations=[
     cs.Aggregate("rating", "count", "180d"), cs.Aggregate("rating", "count", cs.Lifetime()),
     cs.Aggregate("rating", "mean", cs.Lifetime())])
 recs = cs.FeatureService("recs", [user_interest])
-ctx = cs.ContextService("ctx", user, features=recs, interest="user_interest.interest",
-    similar=cs.Similar(item_cf, k=10, exclude_seen=True, seen_from=ratings, rerank={rerank}))
 """
 
 
-def parse_rerank(spec: str) -> tuple[dict[str, float], int, float, list[tuple[str, int]]]:
+@dataclass
+class Spec:
+    feats: dict[str, float]
+    cand: int = 50
+    sim: float = 1.0
+    also: list[tuple[str, int]] | None = None
+    normalize: str = "minmax"
+    rank_k: float = 10.0
+    recent: int | None = None  # cs.Similar(recent_items=...): a context service per value
+
+
+def parse_rerank(spec: str) -> Spec:
     """``"movie_pop.rating_count_180d=2,movie_pop.rating_count_30d=1;candidates=100;similarity=1;
-    also=movie_pop.rating_count_180d:100"`` (``also``: a ``cs.TopItems(feature, n)`` candidate source)."""
-    feats: dict[str, float] = {}
-    cand, sim = 50, 1.0
-    also: list[tuple[str, int]] = []
+    also=movie_pop.rating_count_180d:100;normalize=rank;rank_k=10;recent=20"`` (``also``: a
+    ``cs.TopItems(feature, n)`` candidate source; ``recent``: ``cs.Similar(recent_items=n)``)."""
+    out = Spec({}, also=[])
     for part in spec.split(";"):
         part = part.strip()
-        if part.startswith("also="):
-            name, n = part.split("=", 1)[1].split(":")
-            also.append((name.strip(), int(n)))
-        elif part.startswith("candidates="):
-            cand = int(part.split("=", 1)[1])
-        elif part.startswith("similarity="):
-            sim = float(part.split("=", 1)[1])
+        key, _, val = part.partition("=")
+        if key == "also":
+            name, n = val.split(":")
+            assert out.also is not None
+            out.also.append((name.strip(), int(n)))
+        elif key == "candidates":
+            out.cand = int(val)
+        elif key == "similarity":
+            out.sim = float(val)
+        elif key == "normalize":
+            out.normalize = val
+        elif key == "rank_k":
+            out.rank_k = float(val)
+        elif key == "recent":
+            out.recent = int(val) or None
         elif part and part != "none":
             for kv in part.split(","):
                 name, w = kv.split("=")
-                feats[name.strip()] = float(w)
-    return feats, cand, sim, also
+                out.feats[name.strip()] = float(w)
+    return out
 
 
 def rerank_expr(spec: str) -> str:
-    feats, cand, sim, also = parse_rerank(spec)
-    pool = "[" + ", ".join(f"cs.TopItems({f!r}, n={n})" for f, n in also) + "]"
-    return f"cs.Rerank(features={feats!r}, similarity={sim!r}, candidates={cand}, also={pool})"
+    p = parse_rerank(spec)
+    pool = "[" + ", ".join(f"cs.TopItems({f!r}, n={n})" for f, n in p.also or []) + "]"
+    return (
+        f"cs.Rerank(features={p.feats!r}, similarity={p.sim!r}, candidates={p.cand}, also={pool}, "
+        f"normalize={p.normalize!r}, rank_constant={p.rank_k!r})"
+    )
+
+
+def rerank_obj(cs: Any, spec: str) -> Any:
+    p = parse_rerank(spec)
+    pool = [cs.TopItems(f, n=n) for f, n in p.also or []]
+    return cs.Rerank(
+        features=p.feats,
+        similarity=p.sim,
+        candidates=p.cand,
+        also=pool,
+        normalize=p.normalize,
+        rank_constant=p.rank_k,
+    )
+
+
+def service_name(recent: int | None) -> str:
+    return f"ctx_r{recent}" if recent else "ctx"
+
+
+def services_src(specs: list[str]) -> str:
+    """One context service per ``recent`` value of the specs (``ctx``: none), each declared with the
+    first spec's re-rank (calls pass their own as an override)."""
+    out = []
+    for recent in dict.fromkeys(parse_rerank(x).recent for x in specs):
+        out.append(
+            f"{service_name(recent)} = cs.ContextService({service_name(recent)!r}, user, features=recs, "
+            "interest='user_interest.interest', similar=cs.Similar(item_cf, k=10, exclude_seen=True, "
+            f"seen_from=ratings, recent_items={recent!r}, rerank={rerank_expr(specs[0])}))"
+        )
+    return "\n".join(out) + "\n"
 
 
 def run_cs(
@@ -351,11 +401,8 @@ def run_cs(
     midx = {str(x): i for i, x in enumerate(movies)}
     specs: list[str] = args.cs_rerank or [DEFAULT_RERANK]
     labels = ["cs" if len(specs) == 1 else f"cs[{s}]" for s in specs]
-    overrides: list[Any] = [None]
-    for spec in specs[1:]:
-        feats, cand, sim, also = parse_rerank(spec)
-        pool = [cs.TopItems(f, n=n) for f, n in also]
-        overrides.append(cs.Rerank(features=feats, similarity=sim, candidates=cand, also=pool))
+    overrides: list[Any] = [None] + [rerank_obj(cs, spec) for spec in specs[1:]]
+    services = [service_name(parse_rerank(spec).recent) for spec in specs]
     root = Path(tempfile.mkdtemp(prefix="bench_recs_"))
     out: dict[str, tuple[list[list[int]], float, list[float], int]] = {}
     try:
@@ -379,9 +426,9 @@ def run_cs(
                     min_interactions=args.min_interactions,
                     min_weight=args.min_weight,
                     half_life=int(args.half_life),
-                    rerank=rerank_expr(specs[0]),
                 )
             )
+            + services_src(specs)
         )
         store = cs.ContextStore(root, workspace="bench_recs")
         store.apply()
@@ -389,24 +436,43 @@ def run_cs(
         lat: list[list[float]] = [[] for _ in specs]
         secs = [0.0 for _ in specs]
         leaks = [0 for _ in specs]
+        first: list[int] = []
+        cpu: list[list[float]] = [[] for _ in specs]  # CPU time of the process per call: the load-free cost
         for c in sorted({case.cutoff for case in cases}):
             at = datetime.fromtimestamp(c, tz=UTC)
             store.backfill(end=at)  # point-in-time: trains on, and writes, ratings before c only
+            first.append(len(lat[0]))  # the first call after a backfill (config 0) fills per-day caches
             for case in (x for x in cases if x.cutoff == c):
                 for j, override in enumerate(overrides):
-                    t = time.perf_counter()
-                    ctx = store.get_user_context(str(case.user), "ctx", as_of=at, rerank=override)
+                    t, tc = time.perf_counter(), time.process_time()
+                    ctx = store.get_user_context(str(case.user), services[j], as_of=at, rerank=override)
                     dt = time.perf_counter() - t
                     lat[j].append(dt * 1e3)
+                    cpu[j].append((time.process_time() - tc) * 1e3)
                     secs[j] += dt
                     got = [midx[str(i.entity_id)] for i in ctx.similar if str(i.entity_id) in midx]
                     leaks[j] += sum(1 for g in got if not case.candidates[g])
                     if args.cs_filter == "eval":
                         got = [g for g in got if case.candidates[g]]
                     recs[j].append(got[:K])
+        if args.online:
+            # Online: the features of the last cut-off's backfill materialized, then the declared config
+            # served from the online store, no as_of; per-process caches warmed by one call.
+            store.materialize()  # the store as of the last cut-off's backfill, served online
+            users = sorted({str(x) for x in u[ts < max(case.cutoff for case in cases)]})
+            rng = random.Random(args.seed)
+            store.get_user_context(users[0], services[0])
+            ms = []
+            for user in rng.sample(users, min(args.online, len(users))):
+                t = time.perf_counter()
+                store.get_user_context(user, services[0])
+                ms.append((time.perf_counter() - t) * 1e3)
+            out["online"] = ([], 0.0, ms, 0)
         store.close()
         for j, label in enumerate(labels):
             out[label] = (recs[j], secs[j], lat[j], leaks[j])
+        out["first"] = ([], 0.0, [float(i) for i in first], 0)
+        out["cpu"] = ([], 0.0, cpu[0], 0)
         return out
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -427,6 +493,7 @@ def main() -> None:
     ap.add_argument("--min-weight", type=float, default=None)
     ap.add_argument("--half-life", type=float, default=365.0, help="days")
     ap.add_argument("--cs-filter", default="none", choices=["eval", "none"])
+    ap.add_argument("--online", type=int, default=0, help="also time N online get_user_context calls (no as_of)")
     ap.add_argument(
         "--quantiles", default="0.45,0.95", help="first,last cut-off as quantiles of rating time (tune on earlier ones)"
     )
@@ -441,6 +508,7 @@ def main() -> None:
     u, m, r, ts = load(data)
     lo, hi = (float(x) for x in args.quantiles.split(","))
     cases, movies = make_cases(u, m, r, ts, args.cutoffs, args.per_cutoff, args.seed, lo, hi)
+    load_before = _loadavg()
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     print(f"{len(cases)} test cases, {len({c.user for c in cases})} users, {len({c.cutoff for c in cases})} cut-offs")
     results: dict[str, tuple[list[list[int]], float]] = {}
@@ -452,9 +520,18 @@ def main() -> None:
     lat: dict[str, tuple[list[float], int]] = {}
     if "cs" in systems:
         for label, (recs, secs, ms, leaks) in run_cs(cases, u, m, r, ts, movies, args).items():
-            results[label] = (recs, secs)
+            if label not in ("online", "first", "cpu"):
+                results[label] = (recs, secs)
             lat[label] = (ms, leaks)
+    args.load = (load_before, _loadavg())
     report(results, cases, movies, lat, args)
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
 
 
 def _argv_without_out() -> list[str]:
@@ -468,6 +545,37 @@ def _argv_without_out() -> list[str]:
         if not skip:
             out.append(a)
     return out
+
+
+def plot_hr(
+    hr: list[tuple[str, float, float, float]], n_cases: int, target: float | None, path: Path
+) -> dict[str, str] | None:
+    """Bars of HR@10 with their intervals and the target line; long cs[...] names become cs#1, cs#2...
+    Returns short name -> name (None: no matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    names: dict[str, str] = {}
+    for name, *_ in hr:
+        names[f"cs#{sum(1 for n in names if n.startswith('cs#')) + 1}" if name.startswith("cs[") else name] = name
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    mean = [h[1] for h in hr]
+    err = np.array([[h[1] - h[2], h[3] - h[1]] for h in hr]).T
+    ax.bar(list(names), mean, yerr=err, capsize=4, color=["#2a7" if n.startswith("cs") else "#888" for n in names])
+    if target is not None:
+        ax.axhline(target, color="#c33", linestyle="--", linewidth=1, label=f"target {target:.3f} (best baseline +20%)")
+        ax.legend(loc="upper right", fontsize=8)
+    ax.set_ylim(0, 1.25 * max([target or 0.0, *(h[3] for h in hr)]))  # room for the line and the legend
+    ax.set_ylabel("HR@10 (95% CI)")
+    ax.set_title(f"MovieLens, {n_cases} temporal test cases")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return names
 
 
 def report(
@@ -497,6 +605,8 @@ def report(
         "the cut-off; candidates: movies first rated before the cut-off and not rated by the user before it. "
         "Every system sees ratings before the cut-off only. 95% bootstrap intervals (2,000 resamples of test cases).",
         "",
+        f"Load average (1/5/15 min, 2 cores shared with other jobs): {args.load[0]} before, {args.load[1]} after.",
+        "",
         "| system | HR@10 | Recall@10 | NDCG@10 | coverage | time (s) |",
         "|---|---|---|---|---|---|",
     ]
@@ -513,36 +623,47 @@ def report(
             if s.startswith("cs"):
                 rel = ms["HR@10"][0] / best[1]["HR@10"][0] - 1 if best[1]["HR@10"][0] else float("nan")
                 lines.append(f"- {s}: HR@10 {ms['HR@10'][0]:.3f}, {rel:+.1%} relative to {best[0]}.")
+    first = {int(i) for i in lat.pop("first", ([], 0))[0]}
+    cpu = np.array(lat.pop("cpu", ([], 0))[0])
+    declared = next((label for label in lat if label != "online"), None)  # config 0: the first call after a backfill
     for label, (ms_list, leaks) in lat.items():
         a = np.array(ms_list)
+        if label == "online":
+            lines += [
+                "",
+                f"online (declared config, `materialize()` after the last backfill, no as_of): `get_user_context` "
+                f"latency over {len(a)} calls (random users): p50 {np.percentile(a, 50):.1f} ms, "
+                f"p90 {np.percentile(a, 90):.1f} ms, p99 {np.percentile(a, 99):.1f} ms.",
+            ]
+            continue
         lines += [
             "",
             f"{label}: `get_user_context(as_of=cut-off)` latency over {len(a)} calls: "
             f"p50 {np.percentile(a, 50):.1f} ms, p90 {np.percentile(a, 90):.1f} ms, p99 {np.percentile(a, 99):.1f} ms; "
             f"{leaks} recommended items already rated or not yet released (--cs-filter {args.cs_filter}).",
         ]
+        if label == declared and first:
+            warm = np.array([x for i, x in enumerate(ms_list) if i not in first])
+            firsts = np.array([ms_list[i] for i in sorted(first) if i < len(ms_list)])
+            lines.append(
+                f"Of these, the {len(firsts)} first calls after each cut-off's backfill (per-day caches filled): "
+                f"median {np.median(firsts):.1f} ms, max {firsts.max():.1f} ms; the other {len(warm)}: "
+                f"p50 {np.percentile(warm, 50):.1f} ms, p99 {np.percentile(warm, 99):.1f} ms."
+            )
+        if label == declared and len(cpu):
+            lines.append(
+                f"CPU time of the process per call (excludes waiting for a core on the shared machine; includes "
+                f"Lance's reader threads): p50 {np.percentile(cpu, 50):.1f} ms, p90 {np.percentile(cpu, 90):.1f} ms, "
+                f"p99 {np.percentile(cpu, 99):.1f} ms."
+            )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7, 3.5))
-        names = [row[0] for row in rows]
-        mean = [row[1]["HR@10"][0] for row in rows]
-        err = np.array(
-            [[row[1]["HR@10"][0] - row[1]["HR@10"][1], row[1]["HR@10"][2] - row[1]["HR@10"][0]] for row in rows]
-        ).T
-        ax.bar(names, mean, yerr=err, capsize=4, color=["#888" if not n.startswith("cs") else "#2a7" for n in names])
-        ax.set_ylabel("HR@10 (95% CI)")
-        ax.set_title(f"MovieLens, {len(cases)} temporal test cases")
-        fig.tight_layout()
-        fig.savefig(out.with_suffix(".png"), dpi=120)
+    hr = [(row[0], *row[1]["HR@10"]) for row in rows]
+    target = 1.2 * best[1]["HR@10"][0] if best is not None else None
+    short = plot_hr(hr, len(cases), target, out.with_suffix(".png"))
+    if short:
         lines += ["", f"![HR@10]({out.with_suffix('.png').name})"]
-    except ImportError:
-        pass
+        lines += [f"- {a}: `{b}`" for a, b in short.items() if a != b]
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")
 

@@ -39,7 +39,15 @@ def _inverse(order: np.ndarray) -> np.ndarray:
 class ViewData:
     """One view's events, indexed, with per-column caches shared by its aggregations."""
 
-    def __init__(self, view: FeatureView, events: pa.Table, spine_keys: list[Any], end: np.ndarray) -> None:
+    def __init__(
+        self,
+        view: FeatureView,
+        events: pa.Table,
+        spine_keys: list[Any],
+        end: np.ndarray,
+        index: _pit.EventIndex | None = None,
+    ) -> None:
+        """``index``: the events' index built before (it depends on the events only), else built here."""
         # Rows with a null timestamp or join key belong to no entity's history: leave them out.
         needed = [view.timestamp_field, *view.join_keys]
         if any(events.column(c).null_count for c in needed):
@@ -51,7 +59,11 @@ class ViewData:
         ts_col = events.column(view.timestamp_field)
         self.events = events
         ts = ts_col.cast(pa.int64()).to_numpy() if events.num_rows else np.zeros(0, np.int64)
-        self.idx = _pit.build_index([events.column(k) for k in view.join_keys], ts.astype(np.int64, copy=False))
+        self.idx = (
+            index
+            if index is not None and index.n == events.num_rows
+            else _pit.build_index([events.column(k) for k in view.join_keys], ts.astype(np.int64, copy=False))
+        )
         seg = _pit.lookup_segments(self.idx, spine_keys, view.join_keys)
         # Work on the spine sorted by (entity, end): binary searches and prefix lookups then walk
         # memory forward. ``unsort`` puts results back in spine order at the end.

@@ -37,6 +37,7 @@ from ..definitions import (
 from ..definitions.dtypes import from_arrow
 from ..errors import InvalidInputError, NotFoundError
 from . import tombstones
+from ._pit import EventIndex
 from ._windows import ViewData, aggregate
 from .transform import TS_TYPE, normalize_timestamp
 
@@ -144,7 +145,7 @@ def _read_events(
             name, columns=columns, ts_column=view.timestamp_field, start_us=start_us, end_us=end_us, filter=entities
         )
         return tombstones.load(offline).filter(events, view.timestamp_field)
-    events = offline.read(name, columns=columns)
+    events = _whole_log(offline, name, columns)
     if (start_us is not None or end_us is not None) and events.num_rows:
         # One read, then drop the rows outside the spine's time range in memory when that skips a
         # good part of the log (a Lance filter re-reads and costs more when the spine spans it all).
@@ -155,6 +156,51 @@ def _read_events(
         if (pc.sum(keep).as_py() or 0) < 0.5 * events.num_rows:
             events = events.filter(keep)
     return tombstones.load(offline).filter(events, view.timestamp_field)  # rows a racing writer left
+
+
+# (store, table, columns, change token) -> the table's rows: a whole-log read (a spine of many
+# entities, e.g. a replay's re-rank candidates) is reused until the next commit to the table changes
+# its token; bounded, small logs only.
+_WHOLE: dict[tuple[str, str, tuple[str, ...], str], pa.Table] = {}
+_WHOLE_MAX_BYTES = 256 << 20
+_WHOLE_ENTRIES = 8
+_whole_lock = threading.Lock()
+
+
+def _whole_log(offline: OfflineStore, name: str, columns: list[str]) -> pa.Table:
+    token = offline.change_token(name)
+    if token is None:
+        return offline.read(name, columns=columns)
+    key = (repr(offline), name, tuple(columns), token)
+    hit = _WHOLE.get(key)
+    if hit is not None:
+        return hit
+    events = offline.read(name, columns=columns)
+    if events.nbytes <= _WHOLE_MAX_BYTES // _WHOLE_ENTRIES:
+        with _whole_lock:
+            over = max(len(_WHOLE) - _WHOLE_ENTRIES + 1, 0)
+            for stale in [k for k in _WHOLE if k[:3] == key[:3]] + list(_WHOLE)[:over]:
+                _WHOLE.pop(stale, None)  # older versions of this read, and a bound on the entries
+            _WHOLE[key] = events
+    return events
+
+
+# The event index (sort by entity and time) of a cached whole log, built once per log version.
+_WHOLE_INDEX: dict[int, tuple[pa.Table, tuple[str, ...], EventIndex]] = {}
+
+
+def _whole_index(events: pa.Table, view: FeatureView) -> EventIndex | None:
+    hit = _WHOLE_INDEX.get(id(events))
+    return hit[2] if hit is not None and hit[0] is events and hit[1] == tuple(view.join_keys) else None
+
+
+def _keep_index(events: pa.Table, view: FeatureView, index: EventIndex) -> None:
+    if not any(t is events for t in _WHOLE.values()):  # only the cached logs: others are one-offs
+        return
+    with _whole_lock:
+        for k in [k for k, v in _WHOLE_INDEX.items() if not any(t is v[0] for t in _WHOLE.values())]:
+            _WHOLE_INDEX.pop(k, None)  # logs no longer cached
+        _WHOLE_INDEX[id(events)] = (events, tuple(view.join_keys), index)
 
 
 def _bounds(view: FeatureView, t: np.ndarray) -> np.ndarray:
@@ -190,7 +236,9 @@ def compute_view_features(
         elif not view.is_aggregate and view.ttl is not None:
             start_us = int(t.min()) - _td_us(view.ttl)
     events = _read_events(view, defs, offline, columns, start_us, end_us, _entity_predicate(view, offline, spine))
-    vd = ViewData(view, events, [spine.column(k) for k in view.join_keys], end)
+    vd = ViewData(view, events, [spine.column(k) for k in view.join_keys], end, _whole_index(events, view))
+    if vd.events is events:
+        _keep_index(events, view, vd.idx)
     in_types = defs.input_schemas.get(view.name, {})
     out: dict[str, pa.Array] = {}
     if view.is_aggregate:

@@ -78,12 +78,20 @@ class TopItems:
         return {"top_items": self.feature, "n": self.n, "refresh_seconds": self.refresh_seconds}
 
 
+NORMALIZE = ("minmax", "rank")
+
+
 class Rerank:
-    """Candidates re-scored by ``similarity * sim + sum(weight * feature)``, every term min-max
-    normalised over the candidates (a missing value scores 0); ``features`` are ``"view.feature"``
-    of feature views keyed by the item entity, read in one batched online read (as of the replay
-    time for ``as_of``). ``candidates``: how many nearest items are re-ranked; ``also``: more
-    candidates from other sources (``cs.TopItems``), merged with the nearest ones before scoring."""
+    """Candidates re-scored by ``similarity * sim + sum(weight * feature)``; ``features`` are
+    ``"view.feature"`` of feature views keyed by the item entity, read in one batched online read (as
+    of the replay time for ``as_of``). ``candidates``: how many nearest items are re-ranked; ``also``:
+    more candidates from other sources (``cs.TopItems``), merged with the nearest ones before scoring.
+
+    ``normalize``: how each term is put on one scale over the candidates. ``"minmax"`` (default):
+    ``(x - min) / (max - min)``; ``"rank"``: reciprocal-rank fusion, ``1 / (rank_constant + r)`` with
+    ``r`` = 1 for the candidate highest on that term -- robust when the terms come from different
+    sources (a cosine and a heavy-tailed count: min-max lets the largest count squash the rest).
+    A missing value scores 0 either way."""
 
     def __init__(
         self,
@@ -93,7 +101,18 @@ class Rerank:
         diversity: MMR | None = None,
         candidates: int = 50,
         also: TopItems | Sequence[TopItems] = (),
+        normalize: str = "minmax",
+        rank_constant: float = 10.0,
     ) -> None:
+        if normalize not in NORMALIZE:
+            _fail("cs.Rerank", f"normalize must be one of {', '.join(NORMALIZE)}, got {normalize!r}")
+        if (
+            isinstance(rank_constant, bool)
+            or not isinstance(rank_constant, (int, float))
+            or not math.isfinite(rank_constant)
+            or rank_constant < 0
+        ):
+            _fail("cs.Rerank", f"rank_constant must be a finite number >= 0, got {rank_constant!r}")
         extra = [also] if isinstance(also, TopItems) else also
         if (
             isinstance(extra, (str, bytes))
@@ -118,6 +137,8 @@ class Rerank:
         self.diversity = diversity
         self.candidates = candidates
         self.also: tuple[TopItems, ...] = tuple(extra)
+        self.normalize = normalize
+        self.rank_constant = float(rank_constant)
 
     def spec(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -128,11 +149,18 @@ class Rerank:
         }
         if self.also:  # only when set: existing definitions keep their spec
             out["also"] = [x.spec() for x in self.also]
+        if self.normalize != "minmax":
+            out["normalize"] = {"method": self.normalize, "rank_constant": self.rank_constant}
         return out
 
 
 class Similar:
-    """The similar items of a context: ``cs.Similar(items, k=10, exclude_seen=True, seen_from=..., filter=...)``."""
+    """The similar items of a context: ``cs.Similar(items, k=10, exclude_seen=True, seen_from=..., filter=...)``.
+
+    ``recent_items=n``: the query is the entity's last ``n`` seen items (its recent events' items and
+    ``seen_from``, newest first) instead of its interest vector -- item-kNN from its recent items: a
+    candidate's similarity is the mean of its cosines to those items (one search with the mean of
+    their unit vectors). An entity with none of them in the view falls back to its interest vector."""
 
     def __init__(
         self,
@@ -143,6 +171,7 @@ class Similar:
         seen_from: StreamSource | str | None = None,
         filter: Mapping[str, Any] | None = None,
         rerank: Rerank | None = None,
+        recent_items: int | None = None,
     ) -> None:
         if not isinstance(view, EmbeddingView):
             _fail("cs.Similar", "view must be a cs.EmbeddingView")
@@ -156,16 +185,23 @@ class Similar:
             _fail("cs.Similar", "filter must be a dict of {attribute: value | {op: value}}")
         if rerank is not None and not isinstance(rerank, Rerank):
             _fail("cs.Similar", "rerank must be a cs.Rerank")
+        if recent_items is not None and (
+            isinstance(recent_items, bool) or not isinstance(recent_items, int) or not 1 <= recent_items <= 1000
+        ):
+            _fail("cs.Similar", f"recent_items must be None or an int in 1..1000, got {recent_items!r}")
         self.view = view
         self.k = k
         self.exclude_seen = exclude_seen
         self.seen_from = seen_from
         self.filter = dict(filter) if filter else None
         self.rerank = rerank
+        self.recent_items = recent_items
 
     def spec(self) -> dict[str, Any]:
         src = self.seen_from
+        extra: dict[str, Any] = {"recent_items": self.recent_items} if self.recent_items else {}
         return {
+            **extra,
             "view": self.view.name,
             "k": self.k,
             "exclude_seen": self.exclude_seen,

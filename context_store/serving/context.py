@@ -425,14 +425,23 @@ def _similar(
     filter: Mapping[str, Any] | None,
     rerank: Rerank | None,
 ) -> list[SimilarItem]:
-    from .retrieval import retrieve, seen_items
+    from .retrieval import recent_items_query, retrieve, seen_items
 
     opts = svc.similar_options
     assert opts is not None
     view = opts.view
     vector = _interest_vector(svc, raw)
+    seen = (
+        seen_items(store, opts, join_keys, [e.values for e in events], raw, served_at)
+        if opts.exclude_seen or opts.recent_items
+        else []
+    )
+    recent = recent_items_query(store, view.name, seen[: opts.recent_items]) if opts.recent_items else None
     from_events = 0
-    if vector is None and not svc.interest:
+    if recent is not None:  # item-kNN from the last seen items: the interest vector is not the query
+        vector = recent
+        notes.append(f"similar: query = the last {min(len(seen), opts.recent_items or 0)} seen items (item-kNN)")
+    elif vector is None and not svc.interest:
         # No interest feature: the mean of the vectors of the items in the recent events.
         vector, from_events, why = _events_interest(store, view, events)
         if vector is None:
@@ -441,7 +450,8 @@ def _similar(
     elif vector is None:
         notes.append("similar: skipped, no interest vector for this entity")
         return []
-    seen = seen_items(store, opts, join_keys, [e.values for e in events], raw, served_at) if opts.exclude_seen else []
+    if not opts.exclude_seen:
+        seen = []
     got = retrieve(
         store,
         opts,

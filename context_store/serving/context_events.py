@@ -255,7 +255,7 @@ def _history_index(store: ContextStore, source: StreamSource) -> _HistoryIndex |
     from ..compute.transform import batch_source_of, read_source, source_files
 
     fs = batch_source_of(source)
-    if fs is None:
+    if fs is None or not _entity_keys_of(store, source):  # nothing to index by: never read the files
         return None
     files = source_files(fs, store.config.repo)
     try:
@@ -287,8 +287,15 @@ def _history_index(store: ContextStore, source: StreamSource) -> _HistoryIndex |
 
 
 def _entity_keys_of(store: ContextStore, source: StreamSource) -> list[str]:
-    """Join keys (sorted) of the context services whose recent events come from ``source``."""
+    """Join keys (sorted) of the context services whose recent events -- or seen items
+    (``cs.Similar(seen_from=source)``) -- come from ``source``."""
+    from ..definitions import StreamSource as Stream
+
     for svc in store.definitions.context_services.values():
         if svc.recent_events is not None and svc.recent_events[0].name == source.name:
+            return sorted(svc.entity.join_keys)
+        opts = svc.similar_options
+        seen_from = opts.seen_from if opts is not None else None
+        if isinstance(seen_from, Stream) and seen_from.name == source.name:
             return sorted(svc.entity.join_keys)
     return []

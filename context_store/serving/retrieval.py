@@ -6,8 +6,9 @@
    request time) and, for an ``as_of`` replay, the items the catalogue did not hold yet (first row
    of the view's source after ``as_of``: ``catalogue_after``).
 2. **Re-ranking** (``cs.Rerank``): the candidates' feature values read in one batched read (online,
-   or point-in-time from the offline log for a replay); every term min-max normalised over the
-   candidates, weighted and summed; ties by id, so the order is deterministic.
+   or point-in-time from the offline log for a replay); every term normalised over the candidates
+   (min-max, or reciprocal rank with ``normalize="rank"``), weighted and summed; ties by id, so the
+   order is deterministic.
    ``cs.Rerank(also=cs.TopItems(feature, n))`` adds a second candidate source before scoring: the
    ``n`` highest items by a feature of the item entity not already excluded (``top_items``: a
    per-process ranking, refreshed every ``refresh_seconds`` online, point-in-time per UTC day in a
@@ -21,6 +22,7 @@ vector per item); membership in the catalogue is point-in-time.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -49,6 +51,7 @@ __all__ = [
     "rerank",
     "mmr",
     "top_items",
+    "recent_items_query",
 ]
 
 
@@ -164,6 +167,20 @@ def catalogue_after(store: ContextStore, view: EmbeddingView, at: datetime) -> l
     return ids[cut:]
 
 
+def recent_items_query(store: ContextStore, view: str, ids: list[str]) -> list[float] | None:
+    """The mean of the unit vectors of ``ids`` (newest seen items): its cosine to an item ranks like
+    the sum of that item's cosines to each of them. None when none has a vector."""
+    vecs = store.vectors.get_vectors(view, ids)
+    if not vecs:
+        return None
+    m = np.stack([np.asarray(v, dtype=np.float64) for v in vecs.values()])
+    m /= np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
+    mean = m.mean(axis=0)
+    if not np.isfinite(mean).all() or float(np.linalg.norm(mean)) == 0.0:
+        return None
+    return [float(x) for x in mean]
+
+
 def retrieve(
     store: ContextStore,
     opts: Similar,
@@ -220,7 +237,7 @@ def _also(
     skip = set(excluded)
     for src in rr.also:
         ranked = top_items(store, view, src, as_of=as_of, served_at=served_at)
-        top = [i for i in ranked if i not in skip][: src.n]
+        top = list(itertools.islice((i for i in ranked if i not in skip), src.n))  # stop at n
         if not top:
             continue
         f = dict(flt)
@@ -272,9 +289,10 @@ def top_items(
         known = ids[: int(np.searchsorted(times, datetime_to_us(at), side="right"))] if as_of is not None else ids
         values = _feature_values(store, [src.feature], known, as_of=at if as_of is not None else None, served_at=at)
         x = values[src.feature]
-        ok = [j for j in range(len(known)) if np.isfinite(x[j])]
-        ok.sort(key=lambda j: (-x[j], known[j]))
-        ranked = [known[j] for j in ok[:_TOP_KEEP]]
+        ok = np.flatnonzero(np.isfinite(x))
+        # highest first, ties by id (numpy sorts str by code point, like Python): no per-item Python sort
+        order = ok[np.lexsort((np.asarray(known, dtype=str)[ok], -x[ok]))] if len(ok) else ok
+        ranked = [known[j] for j in order[:_TOP_KEEP].tolist()]
         if len(_TOP) >= _TOP_ENTRIES:
             for old in sorted(_TOP, key=lambda k: _TOP[k][0])[: len(_TOP) - _TOP_ENTRIES + 1]:
                 _TOP.pop(old, None)
@@ -305,6 +323,19 @@ def _minmax(x: np.ndarray) -> np.ndarray:
         lo, hi = float(x[ok].min()), float(x[ok].max())
         if hi > lo:
             out[ok] = (x[ok] - lo) / (hi - lo)
+    return out
+
+
+def _rank_score(x: np.ndarray, constant: float) -> np.ndarray:
+    """Reciprocal rank over the finite values: ``1 / (constant + r)``, ``r`` = 1 for the highest (ties
+    share the better rank, so equal values score equally); missing (NaN) scores 0."""
+    ok = np.isfinite(x)
+    out = np.zeros(len(x))
+    if ok.any():
+        v = x[ok]
+        better = np.sort(-v)  # r = 1 + the number of strictly higher values
+        r = 1 + np.searchsorted(better, -v, side="left")
+        out[ok] = 1.0 / (constant + r)
     return out
 
 
@@ -376,9 +407,13 @@ def rerank(
     """``items`` re-ordered by the weighted, normalised similarity and features (then MMR); each
     item's ``rank_score`` is its combined score."""
     ids = [str(i.entity_id) for i in items]
-    score = rr.similarity * _minmax(np.array([i.score for i in items], dtype=np.float64))
+
+    def norm(x: np.ndarray) -> np.ndarray:
+        return _rank_score(x, rr.rank_constant) if rr.normalize == "rank" else _minmax(x)
+
+    score = rr.similarity * norm(np.array([i.score for i in items], dtype=np.float64))
     for name, values in _feature_values(store, list(rr.features), ids, as_of, served_at).items():
-        score = score + rr.features[name] * _minmax(values)
+        score = score + rr.features[name] * norm(values)
     order = sorted(range(len(items)), key=lambda j: (-score[j], ids[j]))
     if rr.diversity is not None:
         order = mmr(store, view, ids, score, order, rr.diversity)

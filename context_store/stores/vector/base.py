@@ -115,7 +115,10 @@ def compile_filter(filter: Mapping[str, Any] | None, columns: Sequence[str] | No
                 if op in ("in", "nin"):
                     if not isinstance(value, (list, tuple, set)):
                         raise InvalidInputError(f"{where}: ${op} needs a list", field=where)
-                    value = tuple(_scalar(v, where) for v in value)
+                    # the common case (thousands of ids: a seen list) in one pass, then the checked one
+                    value = tuple(value)
+                    if not all(type(v) is str for v in value):
+                        value = tuple(_scalar(v, where) for v in value)
                 else:
                     value = _scalar(value, where)
                     if op in ("gt", "gte", "lt", "lte") and (value is None or isinstance(value, bool)):
