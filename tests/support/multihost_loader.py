@@ -3,7 +3,7 @@
 Arguments: SERVERS (comma-separated URLs) KEY WS SECONDS USERS OUT.
 
 Pushes events for SECONDS, one per request, alternating servers; a failed push is retried (the other server first) with
-its Idempotency-Key until acknowledged. A reader thread reads one user's features every 50 ms
+its Idempotency-Key until acknowledged. A reader thread reads a user's features every 50 ms (users in turn)
 (alternating servers) and logs (wall time, ok). Then it
 waits until the served count/sum per user equal what it had acknowledged (or 60 s) and writes a JSON report.
 """
@@ -50,13 +50,14 @@ def main(servers: list[str], key: str, ws: str, seconds: float, users: int, out:
     acked: list[dict[str, Any]] = []
     reads: list[tuple[float, bool]] = []
     attempts = 0
+    failures: list[tuple[float, int, str]] = []  # why pushes failed (the first 200), for a failing test's message
     stop = threading.Event()
 
     def reader() -> None:
         rc = httpx.Client(timeout=1.0)
         n = 0
         while not stop.is_set():
-            ok = _read(rc, servers[n % len(servers)], headers, ws, "u0") is not None
+            ok = _read(rc, servers[n % len(servers)], headers, ws, f"u{n % users}") is not None
             reads.append((time.time(), ok))
             n += 1
             time.sleep(0.05)
@@ -83,8 +84,9 @@ def main(servers: list[str], key: str, ws: str, seconds: float, users: int, out:
                 if r.status_code == 200:
                     acked.append({"i": i, "user": user, "amount": amount, "t": time.time()})
                     break
-            except httpx.HTTPError:
-                pass
+                failures.append((time.time(), r.status_code, r.text[:300]))
+            except httpx.HTTPError as e:
+                failures.append((time.time(), 0, f"{type(e).__name__}: {e}"[:300]))
             k += 1
             time.sleep(0.05)
         i += 1
@@ -102,6 +104,7 @@ def main(servers: list[str], key: str, ws: str, seconds: float, users: int, out:
             break
         time.sleep(0.5)
     report = {"acked": acked, "reads": reads, "attempts": attempts, "expect": expect, "served": served}
+    report["failures"] = failures[:200]
     with open(out, "w") as f:
         json.dump(report, f)
 
