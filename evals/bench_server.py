@@ -131,11 +131,13 @@ def _wait_up(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> N
     raise RuntimeError(f"server on port {port} did not start")
 
 
-def _start_cs(repo: Path, port: int, workers: int, max_in_flight: int | None = None) -> subprocess.Popen[bytes]:
+def _start_cs(
+    repo: Path, port: int, workers: int, max_in_flight: int | None = None, auth: bool = False
+) -> subprocess.Popen[bytes]:
     limit = "" if max_in_flight is None else f", max_in_flight={max_in_flight}"
     code = (
         "from context_store.server.run import ServeOptions, serve; "
-        f"serve(ServeOptions(repo={str(repo)!r}, host='127.0.0.1', port={port}, workers={workers}, auth=False, "
+        f"serve(ServeOptions(repo={str(repo)!r}, host='127.0.0.1', port={port}, workers={workers}, auth={auth}, "
         f"mcp=False, stream_workers=False, log_level='error'{limit}))"
     )
     return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, start_new_session=True)
@@ -205,7 +207,7 @@ def _tree_cpu_s(pid: int) -> float:
 
 
 def wrk_throughput(
-    port: int, body: bytes, seconds: int, connections: int = 16, threads: int = 1, path: str = PATH
+    port: int, body: bytes, seconds: int, connections: int = 16, threads: int = 1, path: str = PATH, auth: str = ""
 ) -> dict[str, Any]:
     """Closed-loop max throughput with wrk (POST via a Lua script)."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
@@ -216,6 +218,8 @@ def wrk_throughput(
             wrk.headers["Content-Type"] = "application/json"
         """)
         )
+        if auth:
+            f.write(f'wrk.headers["Authorization"] = {json.dumps(auth)}\n')
         script = f.name
     out = subprocess.run(
         [
@@ -258,11 +262,12 @@ def wrk_throughput(
 
 
 async def _open_loop(
-    port: int, body: bytes, rate: float, seconds: float, conns: int, path: str = PATH
+    port: int, body: bytes, rate: float, seconds: float, conns: int, path: str = PATH, auth: str = ""
 ) -> dict[str, Any]:
     req = (
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        + (f"Authorization: {auth}\r\n" if auth else "")
+        + f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
     pool: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
     for _ in range(conns):
@@ -332,13 +337,14 @@ async def _open_loop(
 
 
 def fixed_rate(
-    port: int, body: bytes, rate: float, seconds: float, conns: int = 32, path: str = PATH
+    port: int, body: bytes, rate: float, seconds: float, conns: int = 32, path: str = PATH, auth: str = ""
 ) -> dict[str, Any]:
     """Run the open-loop generator in its own process (so it does not share the server's event loop)."""
     code = (
         f"import asyncio, json, uvloop, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
         f"import bench_server as b; uvloop.install(); "
-        f"print(json.dumps(asyncio.run(b._open_loop({port}, {body!r}, {rate}, {seconds}, {conns}, {path!r}))))"
+        f"print(json.dumps(asyncio.run(b._open_loop({port}, {body!r}, {rate}, {seconds}, {conns}, {path!r}, "
+        f"{auth!r}))))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -393,7 +399,11 @@ def _asgi_caller(app: Any, body: bytes) -> Any:
             "raw_path": PATH.encode(),
             "query_string": b"",
             "root_path": "",
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            "headers": [
+                (b"host", b"127.0.0.1"),
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
             "client": ("127.0.0.1", 1),
             "server": ("127.0.0.1", 80),
             "state": {},
@@ -519,6 +529,7 @@ def overload(repo: Path, ws: str, args: Any, dur: float) -> None:
 # -- the interleaved comparison ------------------------------------------------------------------
 
 CS = "context-store"
+CS_KEYED = "context-store, API key"
 FLOOR = "floor: Starlette + HGETALL"
 FLOOR_GET = "floor-GET: Starlette + GET of the pre-encoded response"
 FEAST = "Feast 0.67 feast serve --max-requests 0"
@@ -529,8 +540,18 @@ _JSON_HEADERS = {"Content-Type": "application/json"}
 class Server:
     """One server of the comparison: how to reach it, and how it was started (for the report)."""
 
-    def __init__(self, name: str, port: int, proc: subprocess.Popen[bytes], body: bytes, cmd: str, path: str = PATH):
+    def __init__(
+        self,
+        name: str,
+        port: int,
+        proc: subprocess.Popen[bytes],
+        body: bytes,
+        cmd: str,
+        path: str = PATH,
+        auth: str = "",
+    ):
         self.name, self.port, self.proc, self.body, self.cmd, self.path = name, port, proc, body, cmd, path
+        self.auth = auth  # Authorization header value ("" = none)
 
 
 def _wait_post(port: int, path: str, body: bytes, proc: subprocess.Popen[bytes], timeout: float = 120) -> bytes:
@@ -548,6 +569,16 @@ def _wait_post(port: int, path: str, body: bytes, proc: subprocess.Popen[bytes],
             pass
         time.sleep(0.5)
     raise RuntimeError(f"server on port {port} did not answer {path}")
+
+
+def httpx_post(port: int, body: bytes, auth: str) -> bytes:
+    import httpx
+
+    r = httpx.post(
+        f"http://127.0.0.1:{port}{PATH}", content=body, headers={**_JSON_HEADERS, "Authorization": auth}, timeout=10
+    )
+    assert r.status_code == 200, r.text
+    return r.content
 
 
 def _start_feast(tmp: Path, users: int, workers: int) -> tuple[Server, dict[str, Any]]:
@@ -586,18 +617,18 @@ def measure(srv: Server, dur: float, rate: float) -> dict[str, Any]:
     """wrk throughput + the server processes' CPU per request, then the open-loop fixed rate (skipped
     when the server cannot sustain the rate: its queue would only grow)."""
     load0, cpu0 = os.getloadavg()[0], _tree_cpu_s(srv.proc.pid)
-    thr = wrk_throughput(srv.port, srv.body, int(dur), path=srv.path)
+    thr = wrk_throughput(srv.port, srv.body, int(dur), path=srv.path, auth=srv.auth)
     cpu = _tree_cpu_s(srv.proc.pid) - cpu0
     thr["server_cpu_us_per_request"] = cpu / (thr["rps"] * int(dur)) * 1e6
     thr["loadavg_1m_before"] = load0
-    fixed = fixed_rate(srv.port, srv.body, rate, dur, path=srv.path) if thr["rps"] > 1.2 * rate else None
+    fixed = fixed_rate(srv.port, srv.body, rate, dur, path=srv.path, auth=srv.auth) if thr["rps"] > 1.2 * rate else None
     return {"throughput": thr, "fixed": fixed, "loadavg_1m_after": os.getloadavg()[0]}
 
 
 def _seed_floor(r: Any, prefix: str, users: int, sample: dict[str, Any]) -> None:
     """Plain 10-field hashes (one per user) holding the values context-store answered, as strings."""
     names = [m["name"].split(".", 1)[1] for m in sample["metadata"]["features"]]
-    mapping = {n: str(v) for n, v in zip(names, sample["result"]["features"])}
+    mapping = {n: str(v) for n, v in zip(names, sample["result"]["features"]) if v is not None}
     pipe = r.pipeline(transaction=False)
     for u in range(users):
         pipe.hset(f"{prefix}u{u}", mapping=mapping)
@@ -614,6 +645,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="interleaved repetitions (every server once each)")
     ap.add_argument("--no-feast", action="store_true", help="leave Feast out even when .venv-feast exists")
     ap.add_argument("--no-get-floor", action="store_true", help="leave the GET reference floor out")
+    ap.add_argument("--no-keyed", action="store_true", help="leave out context-store with auth on (an API key)")
     ap.add_argument("--profile", action="store_true", help="also profile the request path with pyinstrument")
     ap.add_argument("--out", default=str(RESULTS / "server.md"))
     ap.add_argument("--overload", action="store_true", help="measure load shedding at 2x saturation instead")
@@ -673,6 +705,20 @@ def main() -> None:
             floor_sample = _wait_post(port, PATH, body, proc)
             if name == FLOOR:
                 assert json.loads(floor_sample) == sample, (floor_sample, sample_raw)  # the same response
+        if not args.no_keyed:
+            from context_store.config import load_config
+            from context_store.server.keys import KeyStore, key_store_path
+
+            keys = KeyStore(key_store_path(load_config(repo).data_dir))
+            secret, _ = keys.create(ws, "read", description="bench_server")
+            keys.close()
+            port = _free_port()
+            proc = _start_cs(repo, port, args.workers, auth=True)
+            srv = Server(CS_KEYED, port, proc, body, shlex.join(proc.args), auth=f"Bearer {secret}")  # type: ignore[arg-type]
+            servers.append(srv)
+            _wait_up(port, proc)
+            keyed = httpx_post(port, body, srv.auth)
+            assert json.loads(keyed) == sample, keyed
         if FEAST_PY.exists() and not args.no_feast:
             try:
                 srv, feast_info = _start_feast(tmp, users, args.workers)
@@ -686,7 +732,7 @@ def main() -> None:
         if feast_missing:
             print(feast_missing, file=sys.stderr)
         for srv in servers:
-            wrk_throughput(srv.port, srv.body, 2, path=srv.path)  # warm-up
+            wrk_throughput(srv.port, srv.body, 2, path=srv.path, auth=srv.auth)  # warm-up
         runs: dict[str, list[dict[str, Any]]] = {srv.name: [] for srv in servers}
         # Interleaved: each repetition measures every server once, so machine load hits them alike.
         for rep in range(reps):
@@ -706,7 +752,10 @@ def main() -> None:
     info = {
         "loadavg_start": loadavg_start,
         "loadavg_end": Path("/proc/loadavg").read_text().strip(),
-        "commands": {srv.name: srv.cmd for srv in servers},
+        "commands": {
+            srv.name: srv.cmd + ("`, requests with `Authorization: Bearer <a read key>" if srv.auth else "")
+            for srv in servers
+        },
         "bodies": {srv.name: srv.body.decode() for srv in servers},
         "argv": ["python", "-m", "evals.bench_server", *sys.argv[1:]],
         "reps": reps,
@@ -754,6 +803,14 @@ def ratios(runs: dict[str, list[dict[str, Any]]]) -> dict[str, list[float]]:
             c["throughput"]["server_cpu_us_per_request"] / g["throughput"]["server_cpu_us_per_request"]
             for c, g in zip(cs, runs[FLOOR_GET])
         ]
+    if CS_KEYED in runs:
+        out["API key: throughput vs auth off"] = [
+            k["throughput"]["rps"] / c["throughput"]["rps"] for c, k in zip(cs, runs[CS_KEYED])
+        ]
+        out["API key: CPU/request vs floor"] = [
+            k["throughput"]["server_cpu_us_per_request"] / f["throughput"]["server_cpu_us_per_request"]
+            for k, f in zip(runs[CS_KEYED], fl)
+        ]
     if FEAST in runs:
         out["throughput vs Feast"] = [c["throughput"]["rps"] / f["throughput"]["rps"] for c, f in zip(cs, runs[FEAST])]
     return out
@@ -776,8 +833,9 @@ def plot(runs: dict[str, list[dict[str, Any]]], rate: float, path: Path) -> Path
     except ImportError:
         return None
     names = list(runs)
-    short = [n.split(":")[0].split(" feast")[0] for n in names]
-    colors = ["#1f77b4", "#2ca02c", "#98df8a", "#999999"][: len(names)]
+    short = [n.split(":")[0].split(" feast")[0].replace("context-store, API key", "cs + key") for n in names]
+    palette = {CS: "#1f77b4", CS_KEYED: "#aec7e8", FLOOR: "#2ca02c", FLOOR_GET: "#98df8a", FEAST: "#999999"}
+    colors = [palette.get(n, "#7f7f7f") for n in names]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
 
     def bars(ax: Any, vals: list[list[float]], title: str, ylabel: str) -> None:
