@@ -101,6 +101,7 @@ class AsyncRawConnection(asyncio.Protocol):
         oldest = self.pending[0].deadline
         if oldest <= self.loop.time():
             self._timed_out = True
+            self.closed = True  # new commands go to a new connection at once
             self.transport.abort()  # connection_lost fails every pending command
         else:
             self._timer = self.loop.call_at(oldest, self._check)
