@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import threading
 from collections.abc import Sequence
@@ -205,26 +206,38 @@ class RedisOnlineStore(BaseOnlineStore):
         import redis.asyncio as aredis
 
         t = self.timeouts
-        return aredis.Redis.from_url(self.url, socket_connect_timeout=t.read_s, socket_timeout=t.write_s)
+        # Opening (connect + AUTH/SELECT) is bounded by the write budget, as the redis.asyncio client was: it
+        # happens once per loop, and a busy host may need more than the read budget for the handshake.
+        return aredis.Redis.from_url(self.url, socket_connect_timeout=t.write_s, socket_timeout=t.write_s)
 
-    async def _araw(self, loop: asyncio.AbstractEventLoop) -> AsyncRawConnection:
+    async def _araw(self, loop: asyncio.AbstractEventLoop, timeout: float) -> AsyncRawConnection:
         """``loop``'s raw connection, (re)opened when missing or closed (one opener per loop). Keyed by the
-        loop's id and checked by identity: a new loop may reuse a closed one's id (``asyncio.run`` in tests)."""
+        loop's id and checked by identity: a new loop may reuse a closed one's id (``asyncio.run`` in tests).
+        The caller waits at most ``timeout`` (its read budget; a hung Redis is a fast 503), the opener itself
+        up to the write budget (a busy host's handshake completes for the requests after it)."""
         key = id(loop)
         c = self._araws.get(key)
         if c is not None and not c.closed and c.loop is loop:
             return c
         opening = self._aopening.get(key)
         if opening is None or opening.get_loop() is not loop:
-            opening = self._aopening[key] = asyncio.ensure_future(open_async_raw(self._aclient(), self.timeouts.read_s))
-            opening.add_done_callback(lambda f: self._aopening.pop(key, None) if self._aopening.get(key) is f else None)
-        fresh = await asyncio.shield(opening)
+            opening = self._aopening[key] = asyncio.ensure_future(
+                open_async_raw(self._aclient(), self.timeouts.write_s)
+            )
+            opening.add_done_callback(functools.partial(self._opened, key))
+        fresh = await asyncio.wait_for(asyncio.shield(opening), timeout)
         with self._alock:
             old = self._araws.get(key)
             self._araws[key] = fresh
         if old is not None and old is not fresh:
             old.close()
         return fresh
+
+    def _opened(self, key: int, f: asyncio.Future[AsyncRawConnection]) -> None:
+        if self._aopening.get(key) is f:
+            self._aopening.pop(key, None)
+        if not f.cancelled():
+            f.exception()  # retrieved: a failure nobody waited for any more (the waiter timed out) is not logged
 
     async def _ahmget(self, reqs: list[tuple[str, list[str]]]) -> list[list[bytes | None]]:
         live = [(k, f) for k, f in reqs if f]
@@ -237,7 +250,7 @@ class RedisOnlineStore(BaseOnlineStore):
             for attempt in (0, 1):
                 c = self._araws.get(id(loop))
                 if c is None or c.closed or c.loop is not loop:
-                    c = await self._araw(loop)
+                    c = await self._araw(loop, timeout)
                 try:
                     got = await c.call(packed, n, timeout)
                     break
