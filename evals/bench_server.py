@@ -859,6 +859,7 @@ def plot(runs: dict[str, list[dict[str, Any]]], rate: float, path: Path) -> Path
         "µs",
     )
     bars(axes[2], [_col(runs[n], "fixed", "p99_ms") for n in names], f"p99 at a fixed {rate:.0f} req/s", "ms")
+    axes[2].set_yscale("log")  # a saturated server's p99 is seconds
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
