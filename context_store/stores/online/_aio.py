@@ -6,9 +6,12 @@ waiting futures in order. Concurrent requests of one worker pipeline on the one 
 the feature server: redis.asyncio's per-command layers (pool checkout, retry wrapper, stream reader,
 ``asyncio.timeout``) cost more CPU than the whole feature computation of a 10-feature lookup.
 
-Timeouts: no timer per command. One timer per connection is armed at the oldest pending command's
-deadline; when it fires with that command still unanswered, the connection is aborted and every pending
-command fails with ``TimeoutError`` (a hung Redis is a fast 503, as on the sync path).
+Timeouts: no timer per command. One timer per connection is armed at the earliest deadline of a waiting
+command. A command past its deadline fails alone with ``TimeoutError`` (a hung Redis is a fast 503, as on
+the sync path); its slot stays in the pipeline so its late reply is read and dropped, and the commands
+behind it keep their own budgets. A reply owed for
+longer than ``abandon_s`` past its deadline (a Redis hung for good) aborts the connection: every command
+on it fails and the next one opens a new connection.
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ class _Pending:
 class AsyncRawConnection(asyncio.Protocol):
     """A connection's transport, taken over from redis-py after its handshake (``open_async_raw``)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, transport: Any, keep: Any, error: type[Exception]) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, transport: Any, keep: Any, error: type[Exception], abandon_s: float = 2.0
+    ) -> None:
         import hiredis
 
         self.loop = loop
@@ -43,7 +48,9 @@ class AsyncRawConnection(asyncio.Protocol):
         self.reader = hiredis.Reader(replyError=error)
         self.pending: collections.deque[_Pending] = collections.deque()
         self.closed = False
+        self.abandon_s = abandon_s
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self._timed_out = False
 
     # -- asyncio.Protocol ---------------------------------------------------------------
@@ -90,21 +97,31 @@ class AsyncRawConnection(asyncio.Protocol):
         deadline = self.loop.time() + timeout
         self.pending.append(_Pending(fut, n, deadline))
         self.transport.write(packed)
-        if self._timer is None:
-            self._timer = self.loop.call_at(deadline, self._check)
+        if self._timer is None or deadline < self._timer_at:
+            self._arm(deadline)
         return fut
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at = self.loop.call_at(when, self._check), when
 
     def _check(self) -> None:
         self._timer = None
-        if not self.pending or self.closed:
+        pending = self.pending
+        if not pending or self.closed:
             return
-        oldest = self.pending[0].deadline
-        if oldest <= self.loop.time():
+        now = self.loop.time()
+        if pending[0].deadline + self.abandon_s <= now:  # owed for too long: Redis is gone for good
             self._timed_out = True
             self.closed = True  # new commands go to a new connection at once
             self.transport.abort()  # connection_lost fails every pending command
-        else:
-            self._timer = self.loop.call_at(oldest, self._check)
+            return
+        for p in pending:
+            if p.deadline <= now and not p.fut.done():
+                p.fut.set_exception(TimeoutError("Redis did not answer within the read timeout"))
+        live = [p.deadline for p in pending if not p.fut.done()]
+        self._arm(min(live) if live else pending[0].deadline + self.abandon_s)
 
     def close(self) -> None:
         """Close from any thread (the server closes stores from a worker thread at shutdown)."""
@@ -118,7 +135,7 @@ class AsyncRawConnection(asyncio.Protocol):
             pass
 
 
-async def open_async_raw(client: Any, timeout: float) -> AsyncRawConnection:
+async def open_async_raw(client: Any, timeout: float, abandon_s: float = 2.0) -> AsyncRawConnection:
     """A connection from redis.asyncio ``client``'s pool (AUTH/SELECT/TLS done by redis-py), taken over."""
     import redis
 
@@ -128,6 +145,6 @@ async def open_async_raw(client: Any, timeout: float) -> AsyncRawConnection:
     writer = conn._writer
     transport = writer.transport
     loop = asyncio.get_running_loop()
-    proto = AsyncRawConnection(loop, transport, conn, redis.exceptions.ResponseError)
+    proto = AsyncRawConnection(loop, transport, conn, redis.exceptions.ResponseError, abandon_s)
     transport.set_protocol(proto)
     return proto

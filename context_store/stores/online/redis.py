@@ -222,7 +222,7 @@ class RedisOnlineStore(BaseOnlineStore):
         opening = self._aopening.get(key)
         if opening is None or opening.get_loop() is not loop:
             opening = self._aopening[key] = asyncio.ensure_future(
-                open_async_raw(self._aclient(), self.timeouts.write_s)
+                open_async_raw(self._aclient(), self.timeouts.write_s, abandon_s=self.timeouts.write_s)
             )
             opening.add_done_callback(functools.partial(self._opened, key))
         fresh = await asyncio.wait_for(asyncio.shield(opening), timeout)

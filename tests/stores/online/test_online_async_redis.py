@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import uvloop
 
 import context_store as cs
 from context_store.config import load_config
@@ -163,3 +164,57 @@ def test_restarted_redis_is_reconnected_on_the_next_read(tmp_path: Path) -> None
         for p in procs:
             p.kill()
             p.wait(10)
+
+
+def test_a_reply_waiting_in_the_socket_after_a_stalled_loop_is_not_a_timeout(shared: BaseOnlineStore) -> None:
+    st = agg_state("1h", [cs.Aggregate("amount", "count", "1d")])
+    ev = events(50, seed=7, users=USERS[:3])
+    shared.apply_events(st, table(ev), now_us=NOW)
+
+    async def run() -> None:
+        await shared.read_features_async([(st, key("u0"))], NOW)  # the connection is open
+        task = asyncio.ensure_future(shared.read_features_async([(st, key("u1"))], NOW))
+        # right after the task sends its command, the loop stalls past the 100 ms read budget; the reply that
+        # waits in the socket meanwhile counts (libuv polls the sockets before it runs the now overdue timer)
+        asyncio.get_running_loop().call_soon(time.sleep, 0.4)
+        assert (await task)[0].values == pytest.approx(expected(st, ev, "u1", NOW))
+
+    uvloop.run(run())  # the server's loop: libuv runs due timers before it polls the sockets (asyncio: after)
+
+
+def test_timed_out_reads_fail_alone_and_the_connection_survives_a_short_hang(tmp_path: Path) -> None:
+    port = free_port()
+    proc = _own_redis(port)
+    try:
+        s = open_online_store(
+            load_config(tmp_path, workspace="ashort", online_store=f"redis://:s3cr3t-pw@127.0.0.1:{port}/0")
+        )
+        _wait(s)
+        st = agg_state("1h", [cs.Aggregate("amount", "count", "1d")])
+        s.apply_events(st, table(events(10, seed=1, users=("u1",))), now_us=NOW)
+
+        async def run() -> None:
+            assert (await s.read_features_async([(st, key("u1"))], NOW))[0].values is not None
+            conn = next(iter(s._araws.values()))  # type: ignore[attr-defined]
+            os.kill(proc.pid, signal.SIGSTOP)
+            try:
+                first = asyncio.ensure_future(s.read_features_async([(st, key("u1"))], NOW))
+                await asyncio.sleep(0.06)
+                second = asyncio.ensure_future(s.read_features_async([(st, key("u1"))], NOW))
+                with pytest.raises(UnavailableError):
+                    await first
+                assert not second.done()  # its own budget is not spent yet
+                with pytest.raises(UnavailableError):
+                    await second
+            finally:
+                os.kill(proc.pid, signal.SIGCONT)
+            # the late replies are read and dropped; the same connection serves on
+            assert (await s.read_features_async([(st, key("u1"))], NOW))[0].values is not None
+            assert next(iter(s._araws.values())) is conn and not conn.closed  # type: ignore[attr-defined]
+
+        asyncio.run(run())
+        s.clear()
+        s.close()
+    finally:
+        proc.kill()
+        proc.wait(10)
