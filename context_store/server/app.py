@@ -50,7 +50,6 @@ class _RequestMetrics:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
-        self._counters: dict[tuple[str, int], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -65,16 +64,14 @@ class _RequestMetrics:
                 status = msg["status"]
             await send(msg)
 
+        self.metrics.active += 1  # batched metrics flush when no request is in flight
         try:
             await self.app(scope, receive, send_status)
         finally:
+            self.metrics.active -= 1
             route = scope.get("route")
             path = getattr(route, "path", None) or "_unmatched"
-            self.metrics.observe_request(path, scope.get("cs.service", ""), time.perf_counter() - t0)
-            c = self._counters.get((path, status))
-            if c is None:
-                c = self._counters[(path, status)] = self.metrics.requests.labels(path, str(status))
-            c.inc()
+            self.metrics.observe_request(path, scope.get("cs.service", ""), time.perf_counter() - t0, status)
 
 
 class _App(FastAPI):
@@ -212,11 +209,14 @@ def create_app(
                 gc.freeze()
             refresher = asyncio.create_task(_refresh_loop(state))
             sampler = asyncio.create_task(series.run())
+            flusher = asyncio.create_task(state.metrics.flush_every(1.0))  # batched request metrics
             try:
                 yield
             finally:
                 refresher.cancel()
                 sampler.cancel()
+                flusher.cancel()
+                state.metrics.flush()
                 await run_in_threadpool(state.close)
 
     app = _App(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -47,7 +46,6 @@ class FastPath:
         self.routes = routes
         self.metrics = metrics
         self.max_body = max_body
-        self._counters: dict[tuple[str, int], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         handler = self.routes.get((scope.get("method", ""), scope.get("path", ""))) if scope["type"] == "http" else None
@@ -67,35 +65,35 @@ class FastPath:
                 content_type = value
             elif name == b"origin":
                 origin = value
-        status, body = 200, b""
-        extra: tuple[tuple[bytes, bytes], ...] = ()
+        metrics = self.metrics
+        metrics.active += 1  # batched metrics flush when no request is in flight
         try:
-            if self.guard is not None:
-                refused = self.guard.verdict(scope, host, origin, content_type)
-                if refused is not None:
-                    raise refused
-            raw = await self._body(receive, length)
-            body = dumps(await handler(auth, raw, scope))
-        except Exception as e:
-            if not isinstance(e, ContextStoreError) and not is_unavailable(e):
-                log.exception("unhandled error on %s", scope.get("path"))
-            status = http_status(e)
-            body = dumps(error_body(e))
-            extra = tuple((k.encode(), v.encode()) for k, v in error_headers(status).items())
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [_JSON, (b"content-length", str(len(body)).encode()), *extra],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
-        path = scope["path"]
-        self.metrics.observe_request(path, scope.get("cs.service", ""), time.perf_counter() - t0)
-        c = self._counters.get((path, status))
-        if c is None:
-            c = self._counters[(path, status)] = self.metrics.requests.labels(path, str(status))
-        c.inc()
+            status, body = 200, b""
+            extra: tuple[tuple[bytes, bytes], ...] = ()
+            try:
+                if self.guard is not None:
+                    refused = self.guard.verdict(scope, host, origin, content_type)
+                    if refused is not None:
+                        raise refused
+                raw = await self._body(receive, length)
+                body = dumps(await handler(auth, raw, scope))
+            except Exception as e:
+                if not isinstance(e, ContextStoreError) and not is_unavailable(e):
+                    log.exception("unhandled error on %s", scope.get("path"))
+                status = http_status(e)
+                body = dumps(error_body(e))
+                extra = tuple((k.encode(), v.encode()) for k, v in error_headers(status).items())
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [_JSON, (b"content-length", str(len(body)).encode()), *extra],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+        finally:
+            metrics.active -= 1
+        metrics.observe_request(scope["path"], scope.get("cs.service", ""), time.perf_counter() - t0, status)
 
     async def _body(self, receive: Receive, length: bytes | None) -> bytes:
         if length is not None:

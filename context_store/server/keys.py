@@ -103,6 +103,9 @@ def _iso(t: datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+_Slot = list[Any]  # one mutable slot (a module-level alias: ``KeyStore.list`` shadows the builtin in the class)
+
+
 class KeyStore:
     """``KeyStore(path)``: create / list / revoke / rotate keys and ``verify(key) -> ApiKey``."""
 
@@ -111,8 +114,10 @@ class KeyStore:
         self.cache_ttl = cache_ttl
         self.last_used_interval = last_used_interval
         self._local = threading.local()
-        # hash -> (cached until (monotonic), record or None, expires_at as epoch seconds or inf)
-        self._cache: dict[str, tuple[float, ApiKey | None, float]] = {}
+        # hash -> (cached until (monotonic), record or None, expires_at as epoch seconds or inf, derived): ``derived``
+        # is a one-slot list the auth layer fills with what it builds from the record (its Principal), so that is
+        # built once per cache period and dropped with the entry (revocations, the TTL)
+        self._cache: dict[str, tuple[float, ApiKey | None, float, _Slot]] = {}
         self._usage = _UsageRecorder(self)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._conn() as c:
@@ -255,11 +260,15 @@ class KeyStore:
     # -- the request path ----------------------------------------------------------------------------
     def verify(self, key: str) -> ApiKey:
         """The record of a usable key; 401 for an unknown, revoked or expired one."""
+        return self.verify_cached(key)[0]
+
+    def verify_cached(self, key: str) -> tuple[ApiKey, _Slot]:
+        """``verify``, plus the cache entry's one-slot list for what a caller derives from the record."""
         now = time.monotonic()
         digest = hash_key(key) if key.startswith(_PREFIX + "_") and len(key) <= 200 else ""
         hit = self._cache.get(digest) if digest else None
         if hit is None or hit[0] <= now:
-            hit = self._load(digest, now) if digest else (0.0, None, _NEVER)
+            hit = self._load(digest, now) if digest else (0.0, None, _NEVER, [None])
         rec, expires = hit[1], hit[2]
         if rec is None:
             raise UnauthorizedError("invalid or revoked API key", field="Authorization")
@@ -270,7 +279,7 @@ class KeyStore:
                 field="Authorization",
             )
         self._usage.note(rec.key_id, now)
-        return rec
+        return rec, hit[3]
 
     def lookup(self, key: str) -> ApiKey | None:
         """The usable key record for a secret, or None (unknown, revoked or expired)."""
@@ -279,7 +288,7 @@ class KeyStore:
         except UnauthorizedError:
             return None
 
-    def _load(self, digest: str, now: float) -> tuple[float, ApiKey | None, float]:
+    def _load(self, digest: str, now: float) -> tuple[float, ApiKey | None, float, _Slot]:
         r = self._conn().execute(f"SELECT {_COLS}, key_hash FROM api_keys WHERE key_hash = ?", (digest,)).fetchone()
         rec: ApiKey | None = None
         if r is not None and r[4] is None and hmac.compare_digest(r[10], digest):
@@ -287,7 +296,7 @@ class KeyStore:
         expires = _NEVER if rec is None or r[7] is None else float(r[7])
         if len(self._cache) > 10_000:  # bound memory under a flood of random keys
             self._cache.clear()
-        entry = (now + self.cache_ttl, rec, expires)
+        entry = (now + self.cache_ttl, rec, expires, [None])
         self._cache[digest] = entry
         return entry
 

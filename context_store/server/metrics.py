@@ -6,6 +6,7 @@ scrape aggregates every worker instead of sampling one.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -15,6 +16,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import exposition as text_exposition
 from prometheus_client.openmetrics import exposition as om_exposition
+
+from .metrics_batch import BatchedCounter, BatchedHistogram, Batches
 
 __all__ = ["Metrics", "QualityCollector", "ViewStatusCollector"]
 
@@ -187,18 +190,52 @@ class Metrics:
         self.online_up = Gauge("cs_online_store_up", "1 when the online store answered the last ping", **gauge_kw)
         if self.registry is not None:
             self.registry.register(_StreamCounters())
-        self._children: dict[tuple[str, str], Any] = {}
+        self._children: dict[tuple[str, str], BatchedHistogram] = {}
+        self._counters: dict[tuple[str, int], BatchedCounter] = {}
+        self._online: dict[str, BatchedHistogram] = {}
+        self._batches = Batches()
+        self.active = 0  # requests in flight in this process (event loop only): flush when it drops to 0
         self._collect_hooks: list[Callable[[Metrics], None]] = []
         self._collectors: list[Any] = []  # read at scrape time; also in multiprocess mode (render)
 
-    def observe_request(self, route: str, service: str, seconds: float) -> None:
+    def observe_request(self, route: str, service: str, seconds: float, status: int | None = None) -> None:
+        """One served request: its latency (per route and service) and its status (per route; None: not
+        counted here). Call with ``active`` already decremented: tallies are flushed when nothing is in flight."""
         child = self._children.get((route, service))
         if child is None:
             # Bound label cardinality: unknown service names from bad requests share one label.
             if len(self._children) > 2000:
                 service = "_other"
-            child = self._children[(route, service)] = self.request_latency.labels(route, service)
+            child = self._children.get((route, service))
+            if child is None:
+                child = BatchedHistogram(self.request_latency.labels(route, service), self._batches)
+                self._children[(route, service)] = child
         child.observe(seconds)
+        if status is not None:
+            counter = self._counters.get((route, status))
+            if counter is None:
+                counter = BatchedCounter(self.requests.labels(route, str(status)), self._batches)
+                self._counters[(route, status)] = counter
+            counter.inc()
+        if not self.active:
+            self._batches.flush()
+
+    def observe_online(self, workspace: str, seconds: float) -> None:
+        """One online feature read (store round trip + compute) of ``workspace``."""
+        child = self._online.get(workspace)
+        if child is None:
+            child = self._online[workspace] = BatchedHistogram(self.online_latency.labels(workspace), self._batches)
+        child.observe(seconds)
+
+    def flush(self) -> None:
+        """Move the batched request metrics into Prometheus (``metrics_batch.py``)."""
+        self._batches.flush()
+
+    async def flush_every(self, seconds: float = 1.0) -> None:
+        """Flush until cancelled (the server's lifespan runs it): under constant load nothing is idle."""
+        while True:
+            await asyncio.sleep(seconds)
+            self.flush()
 
     def observe_freshness(self, workspace: str, metadata: Iterable[Any], now: float | None = None) -> None:
         """Record the age of the newest value per view from a FeatureVector's metadata."""
@@ -224,6 +261,7 @@ class Metrics:
         self._collect_hooks.append(hook)
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
+        self.flush()
         for hook in self._collect_hooks:
             try:
                 hook(self)

@@ -81,13 +81,10 @@ class TectonHandlers:
     def __init__(self, state: ServerState) -> None:
         self.state = state
         self.metrics = state.metrics
-        self._online: dict[str, Any] = {}
+        self._schemas: dict[tuple[str, str, bool, bool], tuple[object, tecton.WireSchema]] = {}
 
     def _observe_store(self, ws: str, seconds: float) -> None:
-        child = self._online.get(ws)
-        if child is None:
-            child = self._online[ws] = self.metrics.online_latency.labels(ws)
-        child.observe(seconds)
+        self.metrics.observe_online(ws, seconds)
 
     async def get_features(self, auth: str | None, body: bytes, scope: MutableMapping[str, Any]) -> Any:
         t0 = time.perf_counter()
@@ -95,6 +92,7 @@ class TectonHandlers:
         principal = state.authenticate_header(auth)
         p = tecton.parse_get_features(loads_body(body))
         ws, store = state.store_for(principal, "read", p.workspace)
+        defs = store.definitions  # before the read: a refresh during it makes the next request rebuild the schema
         eligible = True
         lc = LogContext(key_id=principal.key_id)  # the feature log's key id (a logged service only)
         try:
@@ -125,7 +123,22 @@ class TectonHandlers:
         scope["cs.service"] = p.service
         if state.sample():
             self.metrics.observe_freshness(ws, vec.metadata)
-        return tecton.encode_vector(vec, p.meta, _slo(t0, store_s, eligible) if p.meta.slo_info else None)
+        slo = _slo(t0, store_s, eligible) if p.meta.slo_info else None
+        if eligible and tecton.WireSchema.static(p.meta):
+            return self._schema(ws, p, defs, vec).encode(vec, slo)
+        return tecton.encode_vector(vec, p.meta, slo)
+
+    def _schema(self, ws: str, p: tecton.GetFeaturesParams, defs: object, vec: FeatureVector) -> tecton.WireSchema:
+        """The service's ``WireSchema``, rebuilt when the definitions it came from were replaced (a refresh)."""
+        key = (ws, p.service, p.meta.names, p.meta.data_types)
+        hit = self._schemas.get(key)
+        if hit is not None and hit[0] is defs:
+            return hit[1]
+        if len(self._schemas) > 1024:  # bounded: service names come from requests
+            self._schemas.clear()
+        schema = tecton.WireSchema(vec, p.meta)
+        self._schemas[key] = (defs, schema)
+        return schema
 
     async def get_features_batch(self, auth: str | None, body: bytes, scope: MutableMapping[str, Any]) -> Any:
         t0 = time.perf_counter()

@@ -173,7 +173,7 @@ def serve(opts: ServeOptions) -> None:
             port=opts.port,
             workers=opts.workers,
             loop="uvloop",
-            http="httptools",
+            http="context_store.server.http_protocol:HttpToolsProtocol",  # one write per response
             log_level=opts.log_level,
             log_config=None,  # uvicorn's loggers propagate to our queue handler (server/logs.py)
             access_log=False,

@@ -89,6 +89,7 @@ class ServingSeries:
     def sample(self, now: float | None = None) -> None:
         """Read the metrics once; append the point since the previous reading."""
         now = time.time() if now is None else now
+        self.metrics.flush()  # this process's batched request metrics
         hist, statuses = self._read()
         if self._readings:
             t0, prev, _ = self._readings[-1]

@@ -10,10 +10,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from ..errors import InvalidInputError
 from ..limits import BATCH_ROWS, LATENCY_BUDGET_MS
 from ..registry.repo import RepoDefinitions
 from ..types import NOT_MATERIALIZED, FeatureVector
+from ..vocab.json import dumps_api
 
 __all__ = [
     "GetFeaturesParams",
@@ -22,6 +25,7 @@ __all__ = [
     "parse_batch",
     "parse_metadata_request",
     "encode_vector",
+    "WireSchema",
     "encode_values",
     "encode_feature_metadata",
     "service_metadata",
@@ -292,6 +296,38 @@ def encode_vector(vec: FeatureVector, meta: MetadataOptions, slo: dict[str, Any]
     if slo is not None:
         metadata["sloInfo"] = slo
     return {"result": {"features": encode_values(vec)}, "metadata": metadata}
+
+
+class WireSchema:
+    """What a get-features response of one service repeats on every request, done once: the feature
+    metadata (names, data types) pre-encoded as a JSON fragment, and which values need a wire conversion.
+    Only for responses without per-request metadata (effective times, statuses): ``static(meta)``."""
+
+    __slots__ = ("fragment", "ints", "general")
+
+    def __init__(self, vec: FeatureVector, meta: MetadataOptions) -> None:
+        self.fragment = orjson.Fragment(dumps_api(encode_feature_metadata(vec, meta)))
+        types = [m.data_type for m in vec.metadata]
+        self.ints = [i for i, t in enumerate(types) if t.get("type") == "int64"]
+        self.general = [(i, t) for i, t in enumerate(types) if t.get("type") in ("array", "timestamp")]
+
+    @staticmethod
+    def static(meta: MetadataOptions) -> bool:
+        return not meta.effective_times and not meta.serving_status
+
+    def encode(self, vec: FeatureVector, slo: dict[str, Any] | None) -> dict[str, Any]:
+        """The same object as ``encode_vector`` (with this schema's options), metadata as the fragment."""
+        values = list(vec.feature_values.values())
+        for i in self.ints:
+            v = values[i]
+            if v is not None:
+                values[i] = str(int(v))
+        for i, t in self.general:
+            values[i] = _wire(t, values[i])
+        metadata: dict[str, Any] = {"features": self.fragment}
+        if slo is not None:
+            metadata["sloInfo"] = slo
+        return {"result": {"features": values}, "metadata": metadata}
 
 
 def service_metadata(defs: RepoDefinitions, name: str) -> dict[str, Any]:

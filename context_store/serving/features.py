@@ -236,8 +236,10 @@ class FeatureServer:
         res: list[ViewValues],
         t: int,
         shared: dict[Any, Any] | None = None,
+        single: bool = False,
     ) -> FeatureVector:
-        """``shared`` (batches): identical metadata and effective times are built once (they are immutable)."""
+        """``shared``: identical metadata and effective times are built once (they are immutable); ``single``:
+        one entity's lookup (request-time metadata is not memoised, see ``_assemble_fast``)."""
         rt_out: list[dict[str, Any]] = []
         for view, srcs in plan.realtimes:
             args: list[dict[str, Any]] = []
@@ -261,7 +263,7 @@ class FeatureServer:
                 )
             rt_out.append(out)
         if plan.groups is not None and shared is not None:
-            return self._assemble_fast(plan, keys, res, shared)
+            return self._assemble_fast(plan, keys, res, shared, t if single else None)
         values: dict[str, Any] = {}
         metadata: list[FeatureMetadata] = []
         if shared is None:
@@ -298,12 +300,15 @@ class FeatureServer:
         return FeatureVector(values, metadata, keys, None)
 
     def _assemble_fast(
-        self, plan: Plan, keys: dict[str, Any], res: list[ViewValues], shared: dict[Any, Any]
+        self, plan: Plan, keys: dict[str, Any], res: list[ViewValues], shared: dict[Any, Any], t: int | None = None
     ) -> FeatureVector:
         """Stored features only: values copied per read, metadata memoised per (service, read,
-        effective time, null pattern) — FeatureMetadata objects are immutable."""
+        effective time, null pattern) — FeatureMetadata objects are immutable. An effective time equal
+        to the request time ``t`` (a continuous window ends at the request) is never seen again: such
+        metadata is built, not memoised (memoising it filled the memo with garbage for the collector)."""
         values: dict[str, Any] = {}
         meta: list[FeatureMetadata] = []
+        eff_t: datetime | None = None
         assert plan.groups is not None
         for gi, (ri, names, pick) in enumerate(plan.groups):
             r = res[ri]
@@ -315,7 +320,16 @@ class FeatureServer:
             else:
                 sel = vv if pick is None else pick(vv)
                 values.update(zip(names, sel))
-                mk = (plan.name, gi, r.effective_us, tuple([x is None for x in sel]) if None in sel else True)
+                nulls = tuple([x is None for x in sel]) if None in sel else True
+                if r.effective_us == t and t is not None:
+                    tk = (plan.name, gi, "t", nulls)  # per request: only the effective time differs
+                    tmpl = shared.get(tk)
+                    if tmpl is None:
+                        tmpl = shared[tk] = self._group_meta(plan, gi, None, sel, shared)
+                    eff_t = eff_t or us_to_datetime(t)
+                    meta += [FeatureMetadata(m.name, m.data_type, m.status, eff_t, m.view) for m in tmpl]
+                    continue
+                mk = (plan.name, gi, r.effective_us, nulls)
             m = shared.get(mk)
             if m is None:
                 m = shared[mk] = self._group_meta(plan, gi, None if vv is None else r.effective_us, sel, shared)
@@ -392,7 +406,7 @@ class FeatureServer:
     ) -> FeatureVector:
         if cov is not None:
             res = cov.fix(plan, res)
-        fv = self._assemble(plan, keys, ctx, res, t, self._shared())
+        fv = self._assemble(plan, keys, ctx, res, t, self._shared(), single=True)
         if cov is not None:
             cov.mark(plan, fv)
         fv.request_time = request_time if isinstance(request_time, datetime) else us_to_datetime(t)

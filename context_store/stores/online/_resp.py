@@ -2,7 +2,7 @@
 
 ``RawConnection`` sends pre-packed commands with one ``sendall`` and parses replies with hiredis, skipping
 redis-py's per-command layers (see ``RedisOnlineStore._raw``); ``COMMIT`` is the one write script
-(checks, then writes, then offsets and the notification), ``MHMGET`` a multi-key read.
+(checks, then writes, then offsets and the notification).
 """
 
 from __future__ import annotations
@@ -80,12 +80,6 @@ if chan ~= '' then redis.call('PUBLISH', chan, msg) end
 return 1
 """
 CHUNK_KEYS = 500
-# Many entities, same fields (async batch lookups): one command instead of N.
-MHMGET = """
-local out = {}
-for i = 1, #KEYS do out[i] = redis.call('HMGET', KEYS[i], unpack(ARGV)) end
-return out
-"""
 
 
 def resp(args: list[bytes], total: int | None = None) -> bytes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import threading
 from collections.abc import Sequence
@@ -19,7 +20,8 @@ from ...config import RedisTimeouts
 from ...errors import UnavailableError
 from ...state.ops import Ops, entity_key_has, recent_key_has
 from ...vocab.redact import redact_url, register_url
-from ._resp import CHUNK_KEYS, COMMIT, MHMGET, RawConnection, import_redis, pack, resp, resp_args
+from ._aio import AsyncRawConnection, open_async_raw
+from ._resp import CHUNK_KEYS, COMMIT, RawConnection, import_redis, pack, resp, resp_args
 from .base import BaseOnlineStore, EntityErased
 
 __all__ = ["RedisOnlineStore"]
@@ -70,8 +72,8 @@ class RedisOnlineStore(BaseOnlineStore):
         self._rr = redis.Redis.from_url(url, socket_connect_timeout=t.read_s, socket_timeout=t.read_s, retry=once)
         self._claim = self._r.register_script(_CLAIM)
         self._script = self._r.register_script(COMMIT)
-        self._mhmget = self._r.register_script(MHMGET)
-        self._aclients: dict[int, Any] = {}
+        self._araws: dict[int, AsyncRawConnection] = {}  # per event loop (``_araw``)
+        self._aopening: dict[int, asyncio.Future[AsyncRawConnection]] = {}
         self._alock = threading.Lock()
         self._tl = threading.local()
         self._held: list[Any] = []
@@ -140,6 +142,23 @@ class RedisOnlineStore(BaseOnlineStore):
                     raise
         raise AssertionError("unreachable")
 
+    def _pack_hmget(self, reqs: list[tuple[str, list[str]]]) -> tuple[bytes, int, int]:
+        """HMGETs of ``reqs`` (each with fields), RESP-packed: (bytes, commands, arguments)."""
+        pre = self.prefix + "e:"
+        if len(reqs) == 1:
+            key, fields = reqs[0]
+            return pack(("HMGET", pre + key, *fields)), 1, len(fields) + 1
+        f0 = reqs[0][1]
+        if all(f is f0 or f == f0 for _, f in reqs):  # one field list: its RESP is built once
+            tail = b"".join([b"$%d\r\n%b\r\n" % (len(x), x) for x in (f.encode() for f in f0)])
+            head = b"*%d\r\n$5\r\nHMGET\r\n" % (len(f0) + 2)
+            packed = b"".join(
+                [head + b"$%d\r\n%b\r\n" % (len(kb), kb) + tail for kb in (f"{pre}{k}".encode() for k, _ in reqs)]
+            )
+            return packed, len(reqs), len(reqs) * (len(f0) + 1)
+        n = sum(len(f) + 1 for _, f in reqs)
+        return b"".join([pack(("HMGET", pre + k, *f)) for k, f in reqs]), len(reqs), n
+
     def _hmget(self, reqs: list[tuple[str, list[str]]]) -> list[list[bytes | None]]:
         try:
             if len(reqs) == 1:
@@ -147,18 +166,10 @@ class RedisOnlineStore(BaseOnlineStore):
                 return [self._direct("HMGET", self.prefix + "e:" + key, *fields)] if fields else [[]]
             # Many keys: plain HMGETs pipelined on this thread's connection. Redis runs them ~3x cheaper
             # than the same HMGETs inside a Lua script (which converts every reply to Lua strings and back).
-            pre = self.prefix + "e:"
-            f0 = reqs[0][1]
-            if f0 and all(f is f0 or f == f0 for _, f in reqs):  # one field list: its RESP is built once
-                tail = b"".join([b"$%d\r\n%b\r\n" % (len(x), x) for x in (f.encode() for f in f0)])
-                head = b"*%d\r\n$5\r\nHMGET\r\n" % (len(f0) + 2)
-                packed = b"".join(
-                    [head + b"$%d\r\n%b\r\n" % (len(kb), kb) + tail for kb in (f"{pre}{k}".encode() for k, _ in reqs)]
-                )
-                return self._many(packed, len(reqs), len(reqs) * (len(f0) + 1))
             live = [(k, f) for k, f in reqs if f]
-            n = sum(len(f) + 1 for _, f in live)
-            res = iter(self._many(b"".join([pack(("HMGET", pre + k, *f)) for k, f in live]), len(live), n))
+            if not live:
+                return [[] for _ in reqs]
+            res = iter(self._many(*self._pack_hmget(live)))
             return [next(res) if f else [] for _, f in reqs]
         except self._errors as e:
             raise self._unavailable(e) from None
@@ -191,51 +202,73 @@ class RedisOnlineStore(BaseOnlineStore):
         raise AssertionError("unreachable")
 
     def _aclient(self) -> Any:
-        # redis.asyncio clients are bound to the event loop that first used them.
-        loop = asyncio.get_running_loop()
-        c = self._aclients.get(id(loop))
-        if c is None:
-            import redis.asyncio as aredis
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
+        """A redis.asyncio client per event loop: it only opens (AUTH, SELECT, TLS) the loop's raw connection."""
+        import redis.asyncio as aredis
 
-            t = self.timeouts
-            once = Retry(NoBackoff(), 1, supported_errors=(import_redis().exceptions.ConnectionError,))
-            with self._alock:
-                # Each read is bounded by ``asyncio.timeout`` (``_ahmget``); the socket's own timeout
-                # only backs it up (a cancelled read drops its connection).
-                c = self._aclients[id(loop)] = aredis.Redis.from_url(
-                    self.url, socket_connect_timeout=t.write_s, socket_timeout=t.write_s, retry=once
-                )
-        return c
+        t = self.timeouts
+        # Opening (connect + AUTH/SELECT) is bounded by the write budget, as the redis.asyncio client was: it
+        # happens once per loop, and a busy host may need more than the read budget for the handshake.
+        return aredis.Redis.from_url(self.url, socket_connect_timeout=t.write_s, socket_timeout=t.write_s)
+
+    async def _araw(self, loop: asyncio.AbstractEventLoop, timeout: float) -> AsyncRawConnection:
+        """``loop``'s raw connection, (re)opened when missing or closed (one opener per loop). Keyed by the
+        loop's id and checked by identity: a new loop may reuse a closed one's id (``asyncio.run`` in tests).
+        The caller waits at most ``timeout`` (its read budget; a hung Redis is a fast 503), the opener itself
+        up to the write budget (a busy host's handshake completes for the requests after it)."""
+        key = id(loop)
+        c = self._araws.get(key)
+        if c is not None and not c.closed and c.loop is loop:
+            return c
+        opening = self._aopening.get(key)
+        if opening is None or opening.get_loop() is not loop:
+            opening = self._aopening[key] = asyncio.ensure_future(
+                open_async_raw(self._aclient(), self.timeouts.write_s, abandon_s=self.timeouts.write_s)
+            )
+            opening.add_done_callback(functools.partial(self._opened, key))
+        fresh = await asyncio.wait_for(asyncio.shield(opening), timeout)
+        with self._alock:
+            old = self._araws.get(key)
+            self._araws[key] = fresh
+        if old is not None and old is not fresh:
+            old.close()
+        return fresh
+
+    def _opened(self, key: int, f: asyncio.Future[AsyncRawConnection]) -> None:
+        if self._aopening.get(key) is f:
+            self._aopening.pop(key, None)
+        if not f.cancelled():
+            f.exception()  # retrieved: a failure nobody waited for any more (the waiter timed out) is not logged
 
     async def _ahmget(self, reqs: list[tuple[str, list[str]]]) -> list[list[bytes | None]]:
+        live = [(k, f) for k, f in reqs if f]
+        if not live:
+            return [[] for _ in reqs]
+        packed, n, n_fields = self._pack_hmget(live)
+        timeout = self._read_timeout(n_fields)
         try:
-            async with asyncio.timeout(self._read_timeout(sum(len(f) + 1 for _, f in reqs))):
-                return await self._ahmget_unbounded(reqs)
+            loop = asyncio.get_running_loop()
+            for attempt in (0, 1):
+                c = self._araws.get(id(loop))
+                if c is None or c.closed or c.loop is not loop:
+                    c = await self._araw(loop, timeout)
+                try:
+                    got = await c.call(packed, n, timeout)
+                    break
+                except ConnectionError:  # broken (Redis restarted): retried once; a timeout is not
+                    if attempt:
+                        raise
+            else:  # pragma: no cover
+                raise AssertionError("unreachable")
         except self._errors as e:
             raise self._unavailable(e) from None
-
-    async def _ahmget_unbounded(self, reqs: list[tuple[str, list[str]]]) -> list[list[bytes | None]]:
-        r = self._aclient()
-        if len(reqs) == 1:
-            key, fields = reqs[0]
-            return [await r.execute_command("HMGET", self.prefix + "e:" + key, *fields)] if fields else [[]]
-        f0 = reqs[0][1]
-        if f0 and all(f is f0 or f == f0 for _, f in reqs):
-            keys = [self.prefix + "e:" + k for k, _ in reqs]
-            try:
-                return await r.evalsha(self._mhmget.sha, len(keys), *keys, *f0)
-            except Exception as e:  # NOSCRIPT (a fresh or restarted Redis): send the script itself
-                if type(e).__name__ != "NoScriptError" and "NOSCRIPT" not in str(e):
-                    raise
-                return await r.eval(MHMGET, len(keys), *keys, *f0)
-        pipe = r.pipeline(transaction=False)
-        for key, fields in reqs:
-            if fields:
-                pipe.execute_command("HMGET", self.prefix + "e:" + key, *fields)
-        res = iter(await pipe.execute())
-        return [next(res) if fields else [] for _, fields in reqs]
+        rows = [got] if n == 1 else got
+        for r in rows:
+            if isinstance(r, Exception):
+                raise r
+        if len(live) == len(reqs):
+            return rows
+        res = iter(rows)
+        return [next(res) if f else [] for _, f in reqs]
 
     def _fields(self, keys: list[str]) -> list[list[str]]:
         try:
@@ -500,15 +533,8 @@ class RedisOnlineStore(BaseOnlineStore):
         self._tl = threading.local()
         self._r.close()
         self._rr.close()
-        for c in list(self._aclients.values()):
-            try:
-                asyncio.get_running_loop()
-                running = True
-            except RuntimeError:
-                running = False
-            if not running:
-                try:
-                    asyncio.run(c.aclose())
-                except Exception:  # the loop it was bound to is gone; sockets close with it
-                    pass
-        self._aclients.clear()
+        with self._alock:
+            araws = list(self._araws.values())
+            self._araws.clear()
+        for c in araws:
+            c.close()

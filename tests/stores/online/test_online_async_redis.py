@@ -1,0 +1,220 @@
+"""The Redis store's async read path (``_aio.py``: one raw connection per event loop, pipelined): replies
+reach the right waiters under concurrency and cancellation, a hung Redis fails fast, a restarted one is
+reconnected. Test-owned redis-server processes (SIGSTOP, restart) where the shared Redis must not be touched."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvloop
+
+import context_store as cs
+from context_store.config import load_config
+from context_store.errors import UnavailableError
+from context_store.stores.online import BaseOnlineStore, open_online_store
+from tests.stores.online.test_online_contract import NOW, agg_state, events, expected, key, table
+from tests.support.server import free_port
+
+pytestmark = pytest.mark.redis
+
+USERS = tuple(f"u{i}" for i in range(40))
+
+
+def _own_redis(port: int) -> subprocess.Popen[bytes]:
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server binary needed")
+    return subprocess.Popen(
+        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--requirepass", "s3cr3t-pw"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _wait(s: BaseOnlineStore) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            s.ping()
+            return
+        except UnavailableError:
+            assert time.monotonic() < deadline, "own redis-server did not start"
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def shared(tmp_path: Path, workspace_name: str, redis_url: str) -> Iterator[BaseOnlineStore]:
+    s = open_online_store(load_config(tmp_path, workspace=workspace_name, online_store=redis_url))
+    yield s
+    s.clear()
+    s.close()
+
+
+def test_concurrent_reads_pipeline_on_one_connection_and_cancelled_ones_keep_it_in_sync(
+    shared: BaseOnlineStore,
+) -> None:
+    st = agg_state("1h", [cs.Aggregate("amount", "count", "1d"), cs.Aggregate("amount", "sum", "1d")])
+    ev = events(600, seed=5, users=USERS)
+    shared.apply_events(st, table(ev), now_us=NOW)
+    want = {u: expected(st, ev, u, NOW) for u in USERS}
+
+    async def run() -> None:
+        async def one(u: str) -> tuple[str, list[object] | None]:
+            return u, (await shared.read_features_async([(st, key(u))], NOW))[0].values
+
+        # 400 single-key reads in flight at once, plus multi-key reads between them
+        order = [USERS[i % len(USERS)] for i in range(400)]
+        got = await asyncio.gather(*(one(u) for u in order))
+        for u, vals in got:
+            assert vals == pytest.approx(want[u]), u
+        many = await shared.read_features_async([(st, key(u)) for u in USERS], NOW)
+        assert [v.values for v in many] == [pytest.approx(want[u]) for u in USERS]
+        per = await shared.read_entities_async([st], [key(u) for u in USERS], NOW)
+        assert [p[0].values for p in per] == [pytest.approx(want[u]) for u in USERS]
+        # cancel every other waiter after the commands went out: their replies are read and dropped
+        tasks = [asyncio.ensure_future(one(u)) for u in order[:100]]
+        await asyncio.sleep(0)
+        for t in tasks[::2]:
+            t.cancel()
+        done = await asyncio.gather(*tasks, return_exceptions=True)
+        for t, r in zip(tasks, done):
+            if not t.cancelled():
+                assert isinstance(r, tuple) and r[1] == pytest.approx(want[r[0]])
+        for u in USERS[:5]:
+            assert (await one(u))[1] == pytest.approx(want[u])
+
+    asyncio.run(run())
+    asyncio.run(run())  # a second event loop opens its own connection
+
+
+def test_hung_redis_async_reads_fail_fast_then_recover(tmp_path: Path) -> None:
+    port = free_port()
+    proc = _own_redis(port)
+    try:
+        s = open_online_store(
+            load_config(tmp_path, workspace="ahang", online_store=f"redis://:s3cr3t-pw@127.0.0.1:{port}/0")
+        )
+        _wait(s)
+        st = agg_state("1h", [cs.Aggregate("amount", "count", "1d")])
+        s.apply_events(st, table(events(10, seed=1, users=("u1",))), now_us=NOW)
+
+        async def run() -> None:
+            assert (await s.read_features_async([(st, key("u1"))], NOW))[0].values is not None
+            os.kill(proc.pid, signal.SIGSTOP)
+            try:
+                took = []
+                for _ in range(3):
+                    t = time.monotonic()
+                    results = await asyncio.gather(
+                        *(s.read_features_async([(st, key("u1"))], NOW) for _ in range(5)), return_exceptions=True
+                    )
+                    took.append(time.monotonic() - t)
+                    for r in results:
+                        assert isinstance(r, UnavailableError) and r.status == 503, r
+                        assert "s3cr3t-pw" not in str(r)
+            finally:
+                os.kill(proc.pid, signal.SIGCONT)
+            assert max(took) < 1.0, took  # default read timeout 100 ms; generous for a loaded 2-core box
+            assert (await s.read_features_async([(st, key("u1"))], NOW))[0].values is not None  # recovers
+
+        asyncio.run(run())
+        s.clear()
+        s.close()
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_restarted_redis_is_reconnected_on_the_next_read(tmp_path: Path) -> None:
+    port = free_port()
+    procs = [_own_redis(port)]
+    try:
+        s = open_online_store(
+            load_config(tmp_path, workspace="arestart", online_store=f"redis://:s3cr3t-pw@127.0.0.1:{port}/0")
+        )
+        _wait(s)
+        st = agg_state("1h", [cs.Aggregate("amount", "count", "1d")])
+        s.apply_events(st, table(events(10, seed=1, users=("u1",))), now_us=NOW)
+
+        async def run() -> None:
+            assert (await s.read_features_async([(st, key("u1"))], NOW))[0].values is not None
+            procs[0].kill()
+            procs[0].wait(10)
+            procs.append(_own_redis(port))  # same loop, same (now broken) connection
+            _wait(s)
+            s.apply_events(st, table(events(10, seed=1, users=("u1",))), now_us=NOW)
+            # the broken connection is found on use and the read retried once on a new one
+            assert (await s.read_features_async([(st, key("u1"))], NOW))[0].values is not None
+            procs[-1].kill()
+            procs[-1].wait(10)
+            await asyncio.sleep(0.05)  # the loop sees the connection close
+            with pytest.raises(UnavailableError):
+                await s.read_features_async([(st, key("u1"))], NOW)
+
+        asyncio.run(run())
+        s.close()
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(10)
+
+
+def test_a_reply_waiting_in_the_socket_after_a_stalled_loop_is_not_a_timeout(shared: BaseOnlineStore) -> None:
+    st = agg_state("1h", [cs.Aggregate("amount", "count", "1d")])
+    ev = events(50, seed=7, users=USERS[:3])
+    shared.apply_events(st, table(ev), now_us=NOW)
+
+    async def run() -> None:
+        await shared.read_features_async([(st, key("u0"))], NOW)  # the connection is open
+        task = asyncio.ensure_future(shared.read_features_async([(st, key("u1"))], NOW))
+        # right after the task sends its command, the loop stalls past the 100 ms read budget; the reply that
+        # waits in the socket meanwhile counts (libuv polls the sockets before it runs the now overdue timer)
+        asyncio.get_running_loop().call_soon(time.sleep, 0.4)
+        assert (await task)[0].values == pytest.approx(expected(st, ev, "u1", NOW))
+
+    uvloop.run(run())  # the server's loop: libuv runs due timers before it polls the sockets (asyncio: after)
+
+
+def test_timed_out_reads_fail_alone_and_the_connection_survives_a_short_hang(tmp_path: Path) -> None:
+    port = free_port()
+    proc = _own_redis(port)
+    try:
+        s = open_online_store(
+            load_config(tmp_path, workspace="ashort", online_store=f"redis://:s3cr3t-pw@127.0.0.1:{port}/0")
+        )
+        _wait(s)
+        st = agg_state("1h", [cs.Aggregate("amount", "count", "1d")])
+        s.apply_events(st, table(events(10, seed=1, users=("u1",))), now_us=NOW)
+
+        async def run() -> None:
+            assert (await s.read_features_async([(st, key("u1"))], NOW))[0].values is not None
+            conn = next(iter(s._araws.values()))  # type: ignore[attr-defined]
+            os.kill(proc.pid, signal.SIGSTOP)
+            try:
+                first = asyncio.ensure_future(s.read_features_async([(st, key("u1"))], NOW))
+                await asyncio.sleep(0.06)
+                second = asyncio.ensure_future(s.read_features_async([(st, key("u1"))], NOW))
+                with pytest.raises(UnavailableError):
+                    await first
+                assert not second.done()  # its own budget is not spent yet
+                with pytest.raises(UnavailableError):
+                    await second
+            finally:
+                os.kill(proc.pid, signal.SIGCONT)
+            # the late replies are read and dropped; the same connection serves on
+            assert (await s.read_features_async([(st, key("u1"))], NOW))[0].values is not None
+            assert next(iter(s._araws.values())) is conn and not conn.closed  # type: ignore[attr-defined]
+
+        asyncio.run(run())
+        s.clear()
+        s.close()
+    finally:
+        proc.kill()
+        proc.wait(10)
