@@ -196,7 +196,7 @@ def test_cut_links_mid_load_lose_no_acknowledged_event(tmp_path: Path, topology:
     print(f"{topology}: {len(acked)} acked in {out['attempts']} attempts, {len(fails)} failed reads")
     for t, status, text in out["failures"][:40]:
         print(f"  push failed at {t - cut_start:+.1f} s from the store cut: {status} {text}")
-    assert len(acked) > 100 and [a["i"] for a in acked] == list(range(len(acked))), "every push acknowledged, in order"
+    assert len(acked) > 20 and [a["i"] for a in acked] == list(range(len(acked))), "every push acknowledged, in order"
     assert out["attempts"] > len(acked), "the cuts made some pushes fail and retry"
     for user, (count, total) in out["expect"].items():
         row = out["served"][user]
