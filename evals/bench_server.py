@@ -246,6 +246,9 @@ def wrk_throughput(
 
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    total = re.search(r"(\d+) requests in", out)
+    if non2xx and total and int(total.group(1)) > 0:  # throughput counts answered (2xx) requests only: a shed 503
+        rps *= 1 - int(non2xx.group(1)) / int(total.group(1))  # (lag shedding is on by default) is no answer
     errors = re.search(r"Socket errors:.*", out)
     max_lat = re.search(r"^\s+Latency\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", out, re.M)
     return {
