@@ -1,6 +1,7 @@
 """Feature server benchmark: Tecton-style get-features (1 entity x 10 features) against Redis.
 
     python -m evals.bench_server [--quick] [--workers 2] [--duration 10] [--rate 1000] [--repeat 3] [--no-feast]
+    python -m evals.bench_server --cluster [--repeat 3]       # the same against a Redis Cluster
     python -m evals.bench_server --overload [--max-in-flight 16 32 64] [--duration 5]
 
 Measures, interleaved in one run on the same machine and the same Redis (A B C D A B C D ...):
@@ -16,6 +17,11 @@ request, and (2) latency at a fixed request rate from an open-loop generator (se
 counted from each request's scheduled send time, so queueing behind a stall is not hidden). Each
 repetition measures every server once; medians, ranges, same-repetition ratios, the load average and the
 exact commands go to evals/results/server.md (+ server.json, server.png).
+
+``--cluster`` starts a Redis Cluster of its own (3 masters + 3 replicas of redis-server on this machine,
+tests/support/cluster.py) and serves from it: context-store with ``online_store: redis+cluster://...``, the
+floor app with redis-py's asyncio cluster client (HGETALL routed by slot), no Feast; results go to
+evals/results/server_cluster.md.
 
 ``--overload`` measures load shedding instead: saturation (wrk), then the open-loop generator at half of
 it (the unsaturated p99) and at twice it with many connections, for a server with ``--max-in-flight`` and
@@ -82,7 +88,14 @@ def floor_app() -> Any:
     from starlette.responses import Response
     from starlette.routing import Route
 
-    r = aredis.Redis.from_url(os.environ["CS_BENCH_REDIS"])
+    url = os.environ["CS_BENCH_REDIS"]
+    if url.startswith("redis+cluster://"):
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+        hosts = [h.rsplit(":", 1) for h in url[len("redis+cluster://") :].split(",")]
+        r: Any = RedisCluster(startup_nodes=[ClusterNode(h, int(p)) for h, p in hosts])
+    else:
+        r = aredis.Redis.from_url(url)
 
     async def healthz(request: Request) -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
@@ -651,13 +664,32 @@ def main() -> None:
     ap.add_argument("--no-get-floor", action="store_true", help="leave the GET reference floor out")
     ap.add_argument("--no-keyed", action="store_true", help="leave out context-store with auth on (an API key)")
     ap.add_argument("--profile", action="store_true", help="also profile the request path with pyinstrument")
-    ap.add_argument("--out", default=str(RESULTS / "server.md"))
+    ap.add_argument("--out", default=None, help="results file (default: results/server.md, server_cluster.md)")
+    ap.add_argument("--cluster", action="store_true", help="serve from a Redis Cluster this run starts itself")
     ap.add_argument("--overload", action="store_true", help="measure load shedding at 2x saturation instead")
     ap.add_argument(
         "--max-in-flight", type=int, nargs="+", default=[32], help="server limits to compare in --overload mode"
     )
     ap.add_argument("--overload-connections", type=int, default=512, help="client connections at 2x saturation")
     args = ap.parse_args()
+    global REDIS_URL
+    cluster = None
+    if args.cluster:
+        sys.path.insert(0, str(ROOT))
+        from tests.support.cluster import RedisClusterProcs
+
+        cluster = RedisClusterProcs(Path(tempfile.mkdtemp(prefix="cs-bench-cluster-"))).start()
+        REDIS_URL = cluster.url
+        args.no_feast = True
+    args.out = args.out or str(RESULTS / ("server_cluster.md" if args.cluster else "server.md"))
+    try:
+        _main(args)
+    finally:
+        if cluster is not None:
+            cluster.stop()
+
+
+def _main(args: argparse.Namespace) -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install -y wrk")
     dur = 3.0 if args.quick else args.duration
@@ -671,7 +703,13 @@ def main() -> None:
     (repo / "context_store.yaml").write_text(f"online_store: {REDIS_URL}\nworkspace: {ws}\n")
     import redis
 
-    r = redis.Redis.from_url(REDIS_URL)
+    if REDIS_URL.startswith("redis+cluster://"):
+        from redis.cluster import ClusterNode, RedisCluster
+
+        hosts = [h.rsplit(":", 1) for h in REDIS_URL[len("redis+cluster://") :].split(",")]
+        r: Any = RedisCluster(startup_nodes=[ClusterNode(h, int(p)) for h, p in hosts])
+    else:
+        r = redis.Redis.from_url(REDIS_URL)
     servers: list[Server] = []
     feast_info: dict[str, Any] | None = None
     feast_missing = ""
