@@ -48,6 +48,7 @@ from .transform import apply_transform, batch_source_of, source_files
 if TYPE_CHECKING:
     from ..config import Config
     from ..stores.offline.base import OfflineStore
+    from ..stores.online import OnlineStore
 
 __all__ = ["NO_HISTORY", "log_rows", "settle_log", "write_stream_view"]
 
@@ -231,6 +232,7 @@ def write_stream_view(
     history: pa.Table | None,
     start_us: int | None,
     end_us: int | None,
+    online: OnlineStore | None = None,
 ) -> tuple[int, int]:
     """Backfill one stream view from ``history`` (its source's batch rows in range, or None) and
     the source's offline log. Returns (rows written, log events read)."""
@@ -246,10 +248,10 @@ def write_stream_view(
         newest = pc.max(hist_rows.column(ts).cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())).as_py()
     cut = choose_cutover(newest, end_us)
     if cut is None:  # no history in range: the recorded hand-over stands (else the stream owns all)
-        cut = get_cutover(config, view.name)
+        cut = get_cutover(config, view.name, online)
         if cut is None:
             cut = NO_HISTORY
-    record_cutover(config, view.name, cut)  # FIRST: from now on the stream leaves ts < cut to us
+    record_cutover(config, view.name, cut, online=online)  # FIRST: from now on the stream leaves ts < cut to us
     settle_log(config, source)
     logged = log_rows(config, offline, source, history, start_us, end_us)
     n_log = 0 if logged is None else logged.num_rows

@@ -8,7 +8,7 @@ cut-over protocol of ``compute.stream.cutover`` (batch owns ``ts < C``, the stre
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from ..config import Config
     from ..registry.repo import RepoDefinitions
     from ..stores.offline.base import OfflineStore
+    from ..stores.online import OnlineStore
 
 __all__ = ["BackfillReport", "backfill", "to_us", "sort_for_pit", "write_view"]
 
@@ -147,12 +148,15 @@ def backfill(
     progress: bool = False,
     engine: str = "local",
     ray_address: str | None = None,
+    online: Callable[[], OnlineStore] | None = None,
 ) -> BackfillReport:
     """Compute every (or the named) offline feature view's input rows for ``[start, end)``.
 
     ``engine="ray"`` reads, transforms and writes the sources' rows as Ray tasks (same definitions,
     same rows; ``compute/ray_backfill.py``), on the cluster at ``ray_address`` (default:
-    ``CONTEXT_STORE_RAY_ADDRESS`` / ``ray_address:``, else a local Ray).
+    ``CONTEXT_STORE_RAY_ADDRESS`` / ``ray_address:``, else a local Ray). ``online``: opens the online
+    store where a stream view's cut-over is recorded on Redis (``compute.stream.cutover``; default:
+    one opened from ``config`` for each record).
     """
     if engine not in ("local", "ray"):
         raise InvalidInputError(f"engine must be 'local' or 'ray', got {engine!r}", field="engine")
@@ -179,6 +183,7 @@ def backfill(
         )
         todo = [v for v in todo if isinstance(v.source, StreamSource)]
     cache: dict[str, pa.Table] = {}  # one read per source, shared by its views
+    shared = None  # the online store holding the cut-overs (Redis), opened once a stream view needs it
     bar: Any = None
     if progress:
         from tqdm import tqdm
@@ -196,7 +201,9 @@ def backfill(
             if isinstance(src, StreamSource):
                 from .backfill_log import write_stream_view
 
-                n, n_log = write_stream_view(config, offline, view, cache.get(key), start_us, end_us)
+                if shared is None and online is not None and config.is_redis:
+                    shared = online()
+                n, n_log = write_stream_view(config, offline, view, cache.get(key), start_us, end_us, shared)
                 if src.name not in logged:  # each source's log counted once, like its history
                     logged.add(src.name)
                     report.events += n_log
@@ -216,7 +223,13 @@ def backfill(
 
 
 def write_view(
-    config: Config, offline: OfflineStore, view: FeatureView, rows: pa.Table, start_us: int | None, end_us: int | None
+    config: Config,
+    offline: OfflineStore,
+    view: FeatureView,
+    rows: pa.Table,
+    start_us: int | None,
+    end_us: int | None,
+    online: OnlineStore | None = None,
 ) -> int:
     """Replace the view's ``[start, end)`` rows in ``fv__{view}`` with ``rows`` (its transformed input).
 
@@ -227,7 +240,7 @@ def write_view(
     ts = view.timestamp_field
     hi = end_us
     if isinstance(view.source, StreamSource):
-        hi = _stream_cutover(config, view, rows, end_us)
+        hi = _stream_cutover(config, view, rows, end_us, online)
         if hi is None:
             # no history in range and no end: nothing to replace -- the stream's rows stay;
             # an empty append only creates the table (so the view counts as backfilled)
@@ -241,7 +254,9 @@ def write_view(
     return rows.num_rows
 
 
-def _stream_cutover(config: Config, view: FeatureView, rows: pa.Table, end_us: int | None) -> int | None:
+def _stream_cutover(
+    config: Config, view: FeatureView, rows: pa.Table, end_us: int | None, online: OnlineStore | None
+) -> int | None:
     """Record the batch/stream hand-over C before writing (the stream then skips ts < C)."""
     from .stream.cutover import choose_cutover, record_cutover
 
@@ -249,5 +264,5 @@ def _stream_cutover(config: Config, view: FeatureView, rows: pa.Table, end_us: i
     newest = pc.max(ts).as_py() if rows.num_rows else None
     c = choose_cutover(newest, end_us)
     if c is not None:
-        record_cutover(config, view.name, c)
+        record_cutover(config, view.name, c, online=online)
     return c

@@ -100,7 +100,7 @@ def materialized_until(online: Any, view: str) -> int | None:
 _NOT_STREAM: Any = object()
 
 
-def _stream_cut(config: Config, view: Any) -> Any:
+def _stream_cut(config: Config, view: Any, online: Any) -> Any:
     """For a StreamSource view, the identity of its cut-over record (``[C, recorded_at]``, or
     None when never backfilled: the stream owns everything); ``_NOT_STREAM`` otherwise."""
     from ..definitions import StreamSource
@@ -108,7 +108,7 @@ def _stream_cut(config: Config, view: Any) -> Any:
 
     if not isinstance(view.source, StreamSource):
         return _NOT_STREAM
-    c = load_cutovers(config).get(view.name)
+    c = load_cutovers(config, online).get(view.name)
     return [c.ts_us, c.recorded_at_us] if c else None
 
 
@@ -156,7 +156,7 @@ def materialize(
         token = _change_token(offline, table_name)
         wm_raw = online.get_meta(_wm_key(name))
         wm = json.loads(wm_raw) if wm_raw else None
-        cut = _stream_cut(config, view)
+        cut = _stream_cut(config, view, online)
         if (
             cut is not _NOT_STREAM
             and not full

@@ -97,6 +97,7 @@ def backfill(
             progress=progress,
             engine=engine,
             ray_address=ray_address,
+            online=lambda: store.online,  # the cut-overs of stream views (Redis): after the claim check
         )
     emb = [v for v in defs.embedding_views if (wanted is None or v in wanted) and v not in learned]
     if emb:

@@ -77,7 +77,7 @@ def replayed_result(source: str, got: StoredResult, visible: bool) -> PushResult
 
 def cutovers(ctx: StreamContext) -> dict[str, int]:
     """View -> the event time (µs) from which the stream feeds it (``cutover.py``)."""
-    return {v: c.ts_us for v, c in load_cutovers(ctx.config).items()}
+    return {v: c.ts_us for v, c in load_cutovers(ctx.config, ctx.online).items()}
 
 
 def admit_rows(

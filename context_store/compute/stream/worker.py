@@ -402,7 +402,7 @@ class StreamWorker:
 
     @property
     def _cutovers(self) -> dict[str, int]:
-        return {v: c.ts_us for v, c in load_cutovers(self.ctx.config).items()}
+        return {v: c.ts_us for v, c in load_cutovers(self.ctx.config, self.ctx.online).items()}
 
     def flush(self) -> None:
         """Append buffered rows offline, record the marks, then acknowledge the entries (waits)."""

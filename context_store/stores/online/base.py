@@ -132,6 +132,16 @@ class OnlineStore(Protocol):
         """Set ``name`` to ``value`` only if unset (atomically); the value it holds now (ours or the earlier one)."""
         ...
 
+    def get_shared_map(self, name: str) -> dict[str, bytes]:
+        """Every field of the small shared map ``name`` (one round trip, from the primary: never stale).
+        Shared by every host of the namespace (the streaming backfill's cut-overs, ``compute.stream.cutover``)."""
+        ...
+
+    def set_shared_field(self, name: str, field: str, value: bytes | None, if_absent: bool = False) -> bool:
+        """Set (``None``: remove) ``field`` of the shared map ``name``; with ``if_absent`` only when unset.
+        True when written. Durable like a commit (on a cluster: after ``WAIT`` when configured)."""
+        ...
+
     @property
     def location(self) -> str:
         """Where the namespace lives, for messages: the Redis URL (password masked) or the SQLite file."""

@@ -2,7 +2,8 @@
 
 Keys (``P`` = ``cs:{workspace}:``): ``P e:{entity key}`` hash of every view's fields for that
 entity (see docs/online-state.md), ``P offsets`` hash of applied stream offsets,
-``P meta`` hash of materialization watermarks, ``P r:{source}:{entity key}`` recent events list.
+``P meta`` hash of materialization watermarks, ``P r:{source}:{entity key}`` recent events list,
+``P map:{name}`` small shared maps (the stream cut-overs: ``map:cutover``).
 Writes go through one Lua script, so a batch of tiles plus its applied offset is atomic.
 """
 
@@ -447,6 +448,25 @@ class RedisOnlineStore(BaseOnlineStore):
             pipe.hsetnx(self.prefix + "meta", name, value)
             pipe.hget(self.prefix + "meta", name)
             return bytes(pipe.execute()[1])
+        except self._errors as e:
+            raise self._unavailable(e) from None
+
+    def get_shared_map(self, name: str) -> dict[str, bytes]:
+        try:
+            got = self._r.hgetall(self.prefix + "map:" + name)
+        except self._errors as e:
+            raise self._unavailable(e) from None
+        return {k.decode(): bytes(v) for k, v in got.items()}
+
+    def set_shared_field(self, name: str, field: str, value: bytes | None, if_absent: bool = False) -> bool:
+        key = self.prefix + "map:" + name
+        try:
+            if value is None:
+                return bool(self._r.hdel(key, field))
+            if if_absent:
+                return bool(self._r.hsetnx(key, field, value))
+            self._r.hset(key, field, value)
+            return True
         except self._errors as e:
             raise self._unavailable(e) from None
 

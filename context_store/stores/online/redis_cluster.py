@@ -5,7 +5,7 @@ call touches one slot. Entity keys are spread over ``S`` virtual shards (``crc32
 ``S`` recorded in the workspace's meta hash so it never silently changes); with ``P = cs:{ws|s}:``:
 ``P e:{entity key}`` (hash, as on one Redis), ``P r:{source}:{entity key}`` (recent events),
 ``P offsets`` (the shard's fences). Per workspace (tag ``{ws}``): ``cs:{ws}:offsets`` (the global
-fences a partition's owner resumes from), ``cs:{ws}:meta``, ``cs:{ws}:claim:...``.
+fences a partition's owner resumes from), ``cs:{ws}:meta``, ``cs:{ws}:map:{name}``, ``cs:{ws}:claim:...``.
 
 A commit is split per shard: each shard's part is one atomic script with its own per-(view,
 partition) fence, then the global fences advance (compare-and-set) and the applied offsets are
@@ -49,6 +49,13 @@ for i = 1, #KEYS do
   if v then out[i] = v else redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[2]); out[i] = false end
 end
 return out
+"""
+# The shared maps' writes: one script so that they go through ``NodeBatches`` (WAIT, failover retries).
+_SHARED = """
+if ARGV[1] == 'del' then return redis.call('HDEL', KEYS[1], ARGV[2]) end
+if ARGV[1] == 'nx' then return redis.call('HSETNX', KEYS[1], ARGV[2], ARGV[3]) end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+return 1
 """
 _RECENT = "redis.call('RPUSH', KEYS[1], unpack(ARGV, 2)); redis.call('LTRIM', KEYS[1], -tonumber(ARGV[1]), -1)"
 
@@ -274,6 +281,21 @@ class RedisClusterOnlineStore(BaseOnlineStore):
         try:
             self._r.hsetnx(self._meta, name, value)  # atomic on its own; the read returns the winner
             return bytes(self._r.hget(self._meta, name))
+        except self._errors as e:
+            raise self._unavailable(e) from None
+
+    def get_shared_map(self, name: str) -> dict[str, bytes]:
+        try:  # the write client: the slot's master, with retries (a replica could miss a fresh write)
+            got = self._r.hgetall(self._g + "map:" + name)
+        except self._errors as e:
+            raise self._unavailable(e) from None
+        return {k.decode(): bytes(v) for k, v in got.items()}
+
+    def set_shared_field(self, name: str, field: str, value: bytes | None, if_absent: bool = False) -> bool:
+        key = self._g + "map:" + name
+        mode = "del" if value is None else "nx" if if_absent else "set"
+        try:  # idempotent, so the re-send after a failover is safe; WAIT as a commit's
+            return bool(int(self._nodes.run(_SHARED, [(key, ["1", key, mode, field, value or b""])])[0]))
         except self._errors as e:
             raise self._unavailable(e) from None
 

@@ -220,6 +220,25 @@ class SqliteOnlineStore(BaseOnlineStore):
             raise
         return bytes(row[0])
 
+    # Shared maps: rows ``map:{name}:{field}`` of the meta table (one host: the stream's cut-overs stay in
+    # their file there, see ``compute.stream.cutover``; these keep the protocol whole).
+    def get_shared_map(self, name: str) -> dict[str, bytes]:
+        head = f"map:{name}:"
+        rows = self._conn().execute("SELECT k, v FROM meta WHERE substr(k, 1, ?) = ?", (len(head), head))
+        return {str(k)[len(head) :]: bytes(v) for k, v in rows.fetchall()}
+
+    def set_shared_field(self, name: str, field: str, value: bytes | None, if_absent: bool = False) -> bool:
+        k = f"map:{name}:{field}"
+        c = self._conn()
+        if value is None:
+            return c.execute("DELETE FROM meta WHERE k = ?", (k,)).rowcount > 0
+        if if_absent:
+            return (
+                c.execute("INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT (k) DO NOTHING", (k, value)).rowcount > 0
+            )
+        self.set_meta(k, value)
+        return True
+
     @property
     def location(self) -> str:
         return str(self.path)

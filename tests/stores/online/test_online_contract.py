@@ -602,6 +602,20 @@ def test_meta_ping_clear(store: BaseOnlineStore) -> None:
     assert store.get_meta("wm:x") is None
 
 
+def test_shared_map_set_if_absent_remove(store: BaseOnlineStore) -> None:
+    """The small shared maps (the stream cut-overs on Redis): one read returns every field."""
+    assert store.get_shared_map("m") == {}
+    assert store.set_shared_field("m", "a", b"1") and store.set_shared_field("m", "b:c", b"2")
+    assert not store.set_shared_field("m", "a", b"9", if_absent=True)
+    assert store.set_shared_field("m", "d", b"3", if_absent=True)
+    store.set_shared_field("other", "a", b"x")
+    assert store.get_shared_map("m") == {"a": b"1", "b:c": b"2", "d": b"3"}
+    assert store.set_shared_field("m", "a", None) and not store.set_shared_field("m", "a", None)
+    assert store.get_shared_map("m") == {"b:c": b"2", "d": b"3"}
+    store.clear()
+    assert store.get_shared_map("m") == {}
+
+
 def test_claim_meta_is_an_atomic_set_if_absent(store: BaseOnlineStore) -> None:
     """Many writers race for one name: exactly one value wins and every writer is told which."""
     assert store.get_meta("deployment") is None
