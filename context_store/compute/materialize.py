@@ -19,7 +19,7 @@ from ..config import Config
 from ..registry.repo import RepoDefinitions
 from ..state.columns import ts_to_us
 from ..state.tiles import ViewState
-from ..state.writes import bulk_writes
+from ..state.writes import ROW_CHUNK_KEYS, bulk_row_chunks, bulk_writes
 from ..vocab.tables import source_table, view_table
 from . import tombstones
 from .coverage import has_history, mark_view
@@ -445,6 +445,14 @@ def materialize_table(state: ViewState, table: pa.Table, online: Any, now_us: in
     """Write the online state of ``table`` (rows of one view); returns (entities, fields written).
     Writes may still be in flight on return: call ``online.flush()`` before relying on them."""
     entities = fields = 0
+    if not state.is_aggregate and getattr(online, "write_rows", None) is not None:
+        for chunk, rows in bulk_row_chunks(state, table, now_us, ROW_CHUNK_KEYS):
+            entities += len(chunk.keys)
+            fields += chunk.fields()
+            online.write_rows(chunk, wait=False)
+            if bar is not None and rows:
+                bar.update(rows)
+        return entities, fields
     for ops, rows in bulk_writes(state, table, now_us):
         entities += len(ops.sets)
         fields += len(ops)

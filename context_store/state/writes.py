@@ -36,13 +36,26 @@ from .columns import Columns, columns_from_arrow, ts_to_us
 from .events_mode import Conversion, bulk_events, concat_common, convert, event_lists, merge_events
 from .ops import Ops
 from .raw_events import encode_raw_groups
-from .tiles import ViewState
+from .row_encode import encode_rows
+from .tiles import RETENTION_SLACK_US, ViewState
 
-__all__ = ["BULK_CHUNK_KEYS", "Reader", "bulk_writes", "lifetime_fold", "lifetime_value", "merged_writes"]
+__all__ = [
+    "BULK_CHUNK_KEYS",
+    "ROW_CHUNK_KEYS",
+    "Reader",
+    "RowChunk",
+    "bulk_row_chunks",
+    "bulk_writes",
+    "lifetime_fold",
+    "lifetime_value",
+    "merged_writes",
+]
 
 log = logging.getLogger("context_store.online")
 BULK_CHUNK_KEYS = 2000  # entities per bulk Ops: bounded memory and per-call payloads
+ROW_CHUNK_KEYS = 8000  # entities per RowChunk (a row is ~60 bytes; fewer, larger vectorised encodes)
 _I64 = np.dtype("<i8")
+_VECTOR_ROWS = 64  # rows from which the vectorised row encoding beats the per-row one
 
 # Reads of stored fields: per (entity key, field names) the values (None = unset), aligned.
 Reader = Callable[[list[tuple[str, list[str]]]], list[list[bytes | None]]]
@@ -103,19 +116,29 @@ def _group_cols(
     return _Groups(cols, kidx, kvals, tiles, starts, ends)
 
 
-def _latest_rows(state: ViewState, table: pa.Table, codec: RowCodec) -> tuple[list[str], list[int], list[bytes]]:
-    """Per entity its latest row (ties: the last one), encoded: (keys, ts µs, values)."""
+def _latest(state: ViewState, table: pa.Table) -> tuple[list[str], np.ndarray, pa.Table]:
+    """Per entity its latest row (ties: the last one): (keys, ts µs, the rows)."""
     keys = entity_keys(table, state.view.join_keys).dictionary_encode()
     kidx = np.asarray(keys.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
     kvals = keys.dictionary.to_pylist()
     ts = ts_to_us(table[state.view.timestamp_field])
     order = np.lexsort((np.arange(len(ts)), ts, kidx))
     last = order[np.append(np.flatnonzero(np.diff(kidx[order]) != 0), len(order) - 1)]
-    sub = table.take(pa.array(last))
-    cols = [sub[f.name].to_pylist() for f in state.view.features_in]
-    lts = ts[last].tolist()
-    vals = [codec.encode(t, [c[j] for c in cols]) for j, t in enumerate(lts)]
-    return [kvals[k] for k in kidx[last].tolist()], lts, vals
+    return [kvals[k] for k in kidx[last].tolist()], ts[last], table.take(pa.array(last))
+
+
+def _encode(state: ViewState, codec: RowCodec, ts: np.ndarray, rows: pa.Table) -> list[bytes]:
+    feats = state.view.features_in
+    if len(ts) >= _VECTOR_ROWS:
+        return encode_rows([f.dtype for f in feats], ts, [rows[f.name].combine_chunks() for f in feats])
+    cols = [rows[f.name].to_pylist() for f in feats]
+    return [codec.encode(t, [c[j] for c in cols]) for j, t in enumerate(ts.tolist())]
+
+
+def _latest_rows(state: ViewState, table: pa.Table, codec: RowCodec) -> tuple[list[str], list[int], list[bytes]]:
+    """Per entity its latest row (ties: the last one), encoded: (keys, ts µs, values)."""
+    keys, ts, rows = _latest(state, table)
+    return keys, ts.tolist(), _encode(state, codec, ts, rows)
 
 
 def _set_row(ops: Ops, key: str, names: list[str], pieces: list[bytes]) -> None:
@@ -139,21 +162,58 @@ def bulk_writes(
         yield from _bulk_tiles(state, table, now_us, chunk_keys)
 
 
-def _bulk_rows(state: ViewState, table: pa.Table, now_us: int, chunk_keys: int) -> Iterator[tuple[Ops, int]]:
-    keys, ts, vals = _latest_rows(state, table, RowCodec([f.dtype for f in state.view.features_in]))
-    names = state.row_fields
-    k = len(names)
-    for c0 in range(0, len(keys), chunk_keys):
+@dataclass
+class RowChunk:
+    """The latest rows of a chunk of entities of one row view (materialize), whole: a store may
+    write them with its own fast path (Redis: one short script) or as ``ops()``, the same layout."""
+
+    names: list[str]  # the view's row fields ``{vid}``, ``{vid}.1``, ...
+    keys: list[str]
+    values: list[bytes]  # encoded rows, split into ``names`` by ``split_row``
+    expire: list[int | None]  # ms to live (``ViewState.expire_ms``); None = persist
+
+    def fields(self) -> int:
+        """Hash fields written (a row's pieces)."""
+        k, w = len(self.names), LISTPACK_VALUE_MAX
+        return sum(1 if k == 1 or len(v) <= w else min(k, -(-len(v) // w)) for v in self.values)
+
+    def ops(self) -> Ops:
         ops = Ops()
-        for key, t, v in zip(keys[c0 : c0 + chunk_keys], ts[c0 : c0 + chunk_keys], vals[c0 : c0 + chunk_keys]):
+        names = self.names
+        k = len(names)
+        for key, v, ex in zip(self.keys, self.values, self.expire):
             if k == 1 or len(v) <= LISTPACK_VALUE_MAX:  # the usual row: one field (the others deleted)
                 ops.sets[key] = {names[0]: v}
                 if k > 1:
                     ops.dels[key] = names[1:]
             else:
                 _set_row(ops, key, names, split_row(v, k))
-            ops.expire[key] = state.expire_ms(t, now_us)
-        yield ops, table.num_rows if c0 + chunk_keys >= len(keys) else 0
+            ops.expire[key] = ex
+        return ops
+
+
+def bulk_row_chunks(
+    state: ViewState, table: pa.Table, now_us: int, chunk_keys: int = BULK_CHUNK_KEYS
+) -> Iterator[tuple[RowChunk, int]]:
+    """``bulk_writes`` of a row view as ``RowChunk``s: (chunk, rows covered)."""
+    if table.num_rows == 0:
+        return
+    codec = RowCodec([f.dtype for f in state.view.features_in])
+    keys, ts, rows = _latest(state, table)
+    if state.ttl_us is None:
+        exp: list[int | None] = [None] * len(keys)
+    else:  # ViewState.expire_ms, vectorised
+        exp = np.maximum((ts + (state.ttl_us + RETENTION_SLACK_US) - now_us) // 1000, 60_000).tolist()
+    for c0 in range(0, len(keys), chunk_keys):
+        c1 = c0 + chunk_keys
+        # Encoded per chunk: the store writes the previous chunk meanwhile (``wait=False``).
+        vals = _encode(state, codec, ts[c0:c1], rows.slice(c0, chunk_keys))
+        yield RowChunk(state.row_fields, keys[c0:c1], vals, exp[c0:c1]), table.num_rows if c1 >= len(keys) else 0
+
+
+def _bulk_rows(state: ViewState, table: pa.Table, now_us: int, chunk_keys: int) -> Iterator[tuple[Ops, int]]:
+    for chunk, rows in bulk_row_chunks(state, table, now_us, chunk_keys):
+        yield chunk.ops(), rows
 
 
 def _bulk_tiles(state: ViewState, table: pa.Table, now_us: int, chunk_keys: int) -> Iterator[tuple[Ops, int]]:

@@ -2,7 +2,8 @@
 
 ``RawConnection`` sends pre-packed commands with one ``sendall`` and parses replies with hiredis, skipping
 redis-py's per-command layers (see ``RedisOnlineStore._raw``); ``COMMIT`` is the one write script
-(checks, then writes, then offsets and the notification).
+(checks, then writes, then offsets and the notification); ``ROWS`` is materialize's short form of
+it for row views (``pack_rows``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from ...errors import UnavailableError
+from ...state.codec import LISTPACK_VALUE_MAX
+from ...state.writes import RowChunk
 
 # KEYS[1] offsets hash, KEYS[2..1+nent] entity hashes, then capped lists (recent events).
 # ARGV: ncas, (field, expected ('' = unset), new)*, nguards, (key index, field, expected)*,
@@ -52,15 +55,21 @@ for k = 2, 1 + nent do
     if old then args[#args + 1] = old .. ARGV[a + 1] else args[#args + 1] = ARGV[a + 1] end
     a = a + 2
   end
-  if #args > 0 then batched('HSET', key, args) end
-  n = tonumber(ARGV[a]); a = a + 1
-  if n > 0 then
-    local args = {}
-    for i = 1, n do args[#args + 1] = ARGV[a]; a = a + 1 end
-    batched('HDEL', key, args)
-  end
+  local nd = tonumber(ARGV[a]); local d0 = a + 1; a = a + 1 + nd
   local ex = tonumber(ARGV[a]); a = a + 1
-  if ex == -1 then
+  -- A key that does not exist yet has no field to delete and no TTL or '_p' to respect: its
+  -- write is one HSET (+ PEXPIRE) instead of HSET, HDEL, PEXPIRE GT, PTTL, HEXISTS, PEXPIRE.
+  local new = (nd > 0 or ex ~= 0) and redis.call('EXISTS', key) == 0
+  if new and ex == -1 then args[#args + 1] = '_p'; args[#args + 1] = '1' end
+  if #args > 0 then batched('HSET', key, args) end
+  if nd > 0 and not new then
+    local dargs = {}
+    for i = 0, nd - 1 do dargs[#dargs + 1] = ARGV[d0 + i] end
+    batched('HDEL', key, dargs)
+  end
+  if new then
+    if ex > 0 then redis.call('PEXPIRE', key, ex) end
+  elseif ex == -1 then
     redis.call('HSET', key, '_p', '1'); redis.call('PERSIST', key)
   elseif ex > 0 then
     -- GT: only ever extend; a key without TTL is new (set it) or persisted ('_p': leave it)
@@ -80,6 +89,54 @@ if chan ~= '' then redis.call('PUBLISH', chan, msg) end
 return 1
 """
 CHUNK_KEYS = 500
+
+# Materialize of a row view (``RowChunk``): what COMMIT writes for it, with 2 arguments per entity
+# instead of 6+ (the field names once). KEYS: entity hashes; ARGV: k, the k row field names, then
+# per key the encoded row and expire_ms (-1 persist). The row is split as ``split_row`` splits it.
+ROWS = """
+local k = tonumber(ARGV[1])
+local a = k + 2
+local W = LISTPACK
+for i = 1, #KEYS do
+  local key, v, ex = KEYS[i], ARGV[a], tonumber(ARGV[a + 1]); a = a + 2
+  local m, args = 1, nil
+  if #v > W and k > 1 then m = math.min(k, math.ceil(#v / W)) end
+  if m == 1 then
+    args = {ARGV[2], v}
+  else
+    args = {}
+    for j = 1, m - 1 do args[#args + 1] = ARGV[1 + j]; args[#args + 1] = string.sub(v, (j - 1) * W + 1, j * W) end
+    args[#args + 1] = ARGV[1 + m]; args[#args + 1] = string.sub(v, (m - 1) * W + 1)
+  end
+  -- as in COMMIT: a new key has no stale piece to delete and no TTL or '_p' to respect
+  local new = redis.call('EXISTS', key) == 0
+  if new and ex == -1 then args[#args + 1] = '_p'; args[#args + 1] = '1' end
+  redis.call('HSET', key, unpack(args))
+  if m < k and not new then redis.call('HDEL', key, unpack(ARGV, 2 + m, 1 + k)) end
+  if new then
+    if ex > 0 then redis.call('PEXPIRE', key, ex) end
+  elseif ex == -1 then
+    redis.call('HSET', key, '_p', '1'); redis.call('PERSIST', key)
+  elseif redis.call('PEXPIRE', key, ex, 'GT') == 0 and redis.call('PTTL', key) == -1
+         and redis.call('HEXISTS', key, '_p') == 0 then
+    redis.call('PEXPIRE', key, ex)
+  end
+end
+return 1
+""".replace("LISTPACK", str(LISTPACK_VALUE_MAX))
+
+
+def pack_rows(sha: bytes, prefix: str, chunk: RowChunk) -> list[bytes]:
+    """``EVALSHA`` of ``ROWS`` (``sha``) for ``chunk``, RESP-encoded, one command per ``CHUNK_KEYS`` keys."""
+    names = [str(len(chunk.names)).encode(), *(n.encode() for n in chunk.names)]
+    cmds = []
+    for i in range(0, len(chunk.keys), CHUNK_KEYS):
+        keys = [(prefix + k).encode() for k in chunk.keys[i : i + CHUNK_KEYS]]
+        argv: list[bytes] = []
+        for v, ex in zip(chunk.values[i : i + CHUNK_KEYS], chunk.expire[i : i + CHUNK_KEYS]):
+            argv += (v, b"-1" if ex is None else b"%d" % ex)
+        cmds.append(resp([b"EVALSHA", sha, b"%d" % len(keys), *keys, *names, *argv]))
+    return cmds
 
 
 def resp(args: list[bytes], total: int | None = None) -> bytes:

@@ -19,7 +19,7 @@ from ...errors import ConflictError
 from ...state.codec import RowCodec
 from ...state.ops import ApplyItem, Ops, RecentItem, compare_offsets, encode_recent, recent_key
 from ...state.tiles import ViewState
-from ...state.writes import merged_writes
+from ...state.writes import RowChunk, merged_writes
 
 
 class WritePath:
@@ -43,6 +43,11 @@ class WritePath:
     def write_ops(self, ops: Ops, wait: bool = True) -> None:
         if ops.keys():
             self._commit(ops)
+
+    def write_rows(self, chunk: RowChunk, wait: bool = True) -> None:
+        """Bulk rows of a row view (materialize): as ``write_ops`` of ``chunk.ops()`` unless a
+        backend has a faster form of the same writes."""
+        self.write_ops(chunk.ops(), wait)
 
     def flush(self) -> None:
         pass

@@ -20,6 +20,7 @@ import pyarrow as pa
 from ...state.codec import RowCodec, join_row
 from ...state.ops import ApplyItem, Ops, RecentItem, encode_recent, recent_key
 from ...state.tiles import ViewState
+from ...state.writes import RowChunk
 from ._writes import WritePath
 
 __all__ = ["BaseOnlineStore", "EntityErased", "OnlineStore", "ViewValues"]
@@ -66,6 +67,10 @@ class OnlineStore(Protocol):
     def write_ops(self, ops: Ops, wait: bool = True) -> None:
         """Bulk writes (materialization): pipelined, not atomic across keys. ``wait=False`` may
         return before the writes are done (call ``flush()``)."""
+        ...
+
+    def write_rows(self, chunk: RowChunk, wait: bool = True) -> None:
+        """Bulk rows of a row view (materialize): the writes of ``chunk.ops()``, as ``write_ops``."""
         ...
 
     def flush(self) -> None:

@@ -14,15 +14,16 @@ import contextlib
 import functools
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ...config import RedisTimeouts
 from ...errors import UnavailableError
 from ...state.ops import Ops, entity_key_has, recent_key_has
+from ...state.writes import RowChunk
 from ...vocab.redact import redact_url, register_url
 from ._aio import AsyncRawConnection, open_async_raw
-from ._resp import CHUNK_KEYS, COMMIT, RawConnection, import_redis, pack, resp, resp_args
+from ._resp import CHUNK_KEYS, COMMIT, ROWS, RawConnection, import_redis, pack, pack_rows, resp, resp_args
 from .base import BaseOnlineStore, EntityErased
 
 __all__ = ["RedisOnlineStore"]
@@ -81,7 +82,9 @@ class RedisOnlineStore(BaseOnlineStore):
         self._offsets = self.prefix + "offsets"
         self._sha: Any = None
         self._shas: dict[str, bytes] = {}
-        self._pending: tuple[Any, int, Ops, list[str]] | None = None  # bulk writes sent, replies unread
+        self._rows_sha: bytes | None = None
+        # Bulk writes sent, replies unread: (connection, replies, how to send them again after NOSCRIPT).
+        self._pending: tuple[Any, int, Callable[[], None]] | None = None
         self._wlock = threading.RLock()
 
     def _unavailable(self, e: Exception) -> UnavailableError:
@@ -379,6 +382,26 @@ class RedisOnlineStore(BaseOnlineStore):
             body = [self._args_resp(ops, k) for k in part]
             n_args = len(head) + sum(c for c, _ in body)
             cmds.append(resp(head, n_args) + b"".join(b for _, b in body))
+        self._send(cmds, lambda: self._bulk(ops, keys), wait)
+
+    def write_rows(self, chunk: RowChunk, wait: bool = True) -> None:
+        """Bulk rows of a row view (materialize): the ``ROWS`` script, pipelined (as ``write_ops``)."""
+        if not chunk.keys:
+            return
+        try:
+            with self._wlock:
+                self._bulk_rows(chunk, wait)
+        except self._errors as e:
+            raise self._unavailable(e) from None
+
+    def _bulk_rows(self, chunk: RowChunk, wait: bool = True) -> None:
+        self._drain()
+        if self._rows_sha is None:
+            sha = self._r.script_load(ROWS)
+            self._rows_sha = sha.encode() if isinstance(sha, str) else sha
+        self._send(pack_rows(self._rows_sha, self.prefix + "e:", chunk), lambda: self._bulk_rows(chunk), wait)
+
+    def _send(self, cmds: list[bytes], redo: Callable[[], None], wait: bool) -> None:
         pool = self._r.connection_pool
         conn = pool.get_connection()
         try:
@@ -387,7 +410,7 @@ class RedisOnlineStore(BaseOnlineStore):
             conn.disconnect()
             pool.release(conn)
             raise
-        self._pending = (conn, len(cmds), ops, keys)
+        self._pending = (conn, len(cmds), redo)
         if wait:
             self._drain()
 
@@ -396,7 +419,7 @@ class RedisOnlineStore(BaseOnlineStore):
         if p is None:
             return
         self._pending = None
-        conn, n, ops, keys = p
+        conn, n, redo = p
         redis = import_redis()
         pool = self._r.connection_pool
         errors = []
@@ -414,9 +437,9 @@ class RedisOnlineStore(BaseOnlineStore):
         if errors:
             if type(errors[0]).__name__ == "NoScriptError" or "NOSCRIPT" in str(
                 errors[0]
-            ):  # Redis restarted: load the script and redo (sets only: idempotent)
-                self._sha = None
-                self._bulk(ops, keys)
+            ):  # Redis restarted: load the scripts and redo (sets only: idempotent)
+                self._sha = self._rows_sha = None
+                redo()
                 return
             raise errors[0]
 
