@@ -94,32 +94,33 @@ CHUNK_KEYS = 500
 # instead of 6+ (the field names once). KEYS: entity hashes; ARGV: k, the k row field names, then
 # per key the encoded row and expire_ms (-1 persist). The row is split as ``split_row`` splits it.
 ROWS = """
+local call = redis.call
 local k = tonumber(ARGV[1])
 local a = k + 2
 local W = LISTPACK
+local f1 = ARGV[2]
 for i = 1, #KEYS do
   local key, v, ex = KEYS[i], ARGV[a], tonumber(ARGV[a + 1]); a = a + 2
-  local m, args = 1, nil
+  -- as in COMMIT: a new key has no stale piece to delete and no TTL or '_p' to respect
+  local new = call('EXISTS', key) == 0
+  local m = 1
   if #v > W and k > 1 then m = math.min(k, math.ceil(#v / W)) end
-  if m == 1 then
-    args = {ARGV[2], v}
+  if m == 1 then  -- the usual row: one field, no table
+    if new and ex == -1 then call('HSET', key, f1, v, '_p', '1') else call('HSET', key, f1, v) end
   else
-    args = {}
+    local args = {}
     for j = 1, m - 1 do args[#args + 1] = ARGV[1 + j]; args[#args + 1] = string.sub(v, (j - 1) * W + 1, j * W) end
     args[#args + 1] = ARGV[1 + m]; args[#args + 1] = string.sub(v, (m - 1) * W + 1)
+    if new and ex == -1 then args[#args + 1] = '_p'; args[#args + 1] = '1' end
+    call('HSET', key, unpack(args))
   end
-  -- as in COMMIT: a new key has no stale piece to delete and no TTL or '_p' to respect
-  local new = redis.call('EXISTS', key) == 0
-  if new and ex == -1 then args[#args + 1] = '_p'; args[#args + 1] = '1' end
-  redis.call('HSET', key, unpack(args))
-  if m < k and not new then redis.call('HDEL', key, unpack(ARGV, 2 + m, 1 + k)) end
+  if m < k and not new then call('HDEL', key, unpack(ARGV, 2 + m, 1 + k)) end
   if new then
-    if ex > 0 then redis.call('PEXPIRE', key, ex) end
+    if ex > 0 then call('PEXPIRE', key, ex) end
   elseif ex == -1 then
-    redis.call('HSET', key, '_p', '1'); redis.call('PERSIST', key)
-  elseif redis.call('PEXPIRE', key, ex, 'GT') == 0 and redis.call('PTTL', key) == -1
-         and redis.call('HEXISTS', key, '_p') == 0 then
-    redis.call('PEXPIRE', key, ex)
+    call('HSET', key, '_p', '1'); call('PERSIST', key)
+  elseif call('PEXPIRE', key, ex, 'GT') == 0 and call('PTTL', key) == -1 and call('HEXISTS', key, '_p') == 0 then
+    call('PEXPIRE', key, ex)
   end
 end
 return 1
