@@ -108,17 +108,7 @@ async def _open_loop(port: int, body: bytes, rate: float, seconds: float, conns:
             pool.put_nowait((reader, writer))
 
     n = int(rate * seconds)
-    tasks = []
-    start = time.perf_counter() + 0.05
-    i = 0
-    while i < n:
-        now = time.perf_counter()
-        while i < n and start + i / rate <= now:  # dispatch everything that is due
-            tasks.append(asyncio.create_task(one(start + i / rate)))
-            i += 1
-        if i < n:
-            await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
-    await asyncio.gather(*tasks)
+    await bs.paced(one, rate, seconds)
 
     def pct(xs: list[float], p: float) -> float:
         xs = sorted(xs)

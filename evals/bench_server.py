@@ -122,6 +122,24 @@ def floor_app() -> Any:
     return Starlette(routes=[Route(PATH, get_features, methods=["POST"]), Route("/healthz", healthz)])
 
 
+async def paced(one: Any, rate: float, seconds: float) -> float:
+    """Open loop: start ``one(scheduled_time)`` at ``rate`` per second for ``seconds`` (each request at its
+    scheduled time, whether or not earlier ones answered), wait for all; returns the start time."""
+    n = int(rate * seconds)
+    tasks = []
+    start = time.perf_counter() + 0.05
+    i = 0
+    while i < n:
+        now = time.perf_counter()
+        while i < n and start + i / rate <= now:  # dispatch everything that is due
+            tasks.append(asyncio.create_task(one(start + i / rate)))
+            i += 1
+        if i < n:
+            await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+    await asyncio.gather(*tasks)
+    return start
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -313,17 +331,7 @@ async def _open_loop(
             pool.put_nowait((reader, writer))
 
     n = int(rate * seconds)
-    tasks = []
-    start = time.perf_counter() + 0.05
-    i = 0
-    while i < n:
-        now = time.perf_counter()
-        while i < n and start + i / rate <= now:  # dispatch everything that is due
-            tasks.append(asyncio.create_task(one(start + i / rate)))
-            i += 1
-        if i < n:
-            await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
-    await asyncio.gather(*tasks)
+    start = await paced(one, rate, seconds)
     elapsed = time.perf_counter() - start
     lat.sort()
 
