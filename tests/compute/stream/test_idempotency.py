@@ -293,7 +293,10 @@ def test_redis_hang_pushes_and_reads_fail_fast_and_retries_count_once(tmp_path: 
             assert res.visible
             phantom += res.duplicates + (len(batch) if res.replayed else 0)
         print(f"{phantom} of 30 retried events had been committed by Redis after the hang")
-        assert phantom == 30  # the case that double-counted before: 503 answered, yet committed
+        # Before the cut-over moved into Redis, every push script reached the hung Redis and ran on resume (30
+        # phantom writes: 503 answered, yet committed). A push now reads the shared cut-over first, and that read
+        # may be what times out, so fewer scripts reach Redis; whichever happened, each event counts once.
+        assert 0 <= phantom <= 30
         _check_once(store, rows)
     finally:
         if store is not None:
