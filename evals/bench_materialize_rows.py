@@ -18,7 +18,6 @@ import pstats
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import context_store as cs  # noqa: E402
-from evals.bench_redis_memory import WS, free_port, make_data  # noqa: E402
+from evals.bench_redis_memory import WS, make_data  # noqa: E402
+from tests.support.private_redis import PrivateRedis  # noqa: E402
 
 
 def _cpu(r: object) -> float:
@@ -50,21 +50,11 @@ def main() -> None:
     import redis
 
     n = args.entities
-    port = free_port()
     tmp = Path(tempfile.mkdtemp(prefix="bench_mat_rows_"))
-    srv = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(tmp)],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
+    srv = PrivateRedis(tmp).start()  # a redis-server of this run's own, on a free port
+    url = srv.url
     try:
         r = redis.Redis.from_url(url)
-        for _ in range(100):
-            try:
-                r.ping()
-                break
-            except redis.exceptions.ConnectionError:
-                time.sleep(0.05)
         make_data(tmp, n, 1, time.time_ns() // 1000)
         store = cs.ContextStore(tmp, online_store=url, workspace=WS)
         store.apply()
@@ -116,8 +106,7 @@ def main() -> None:
         if args.out:
             args.out.write_text(text + "\n")
     finally:
-        srv.terminate()
-        srv.wait()
+        srv.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -28,7 +28,6 @@ import os
 import random
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import context_store as cs  # noqa: E402
+from tests.support.private_redis import PrivateRedis  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "evals" / "results"
@@ -96,12 +96,6 @@ class Case:
     run: Callable[[], float]  # writes the shape's N entities, returns seconds
     samples: list[Sample] = field(default_factory=list)
     key_prefix: bytes | None = None  # None: sample by SCAN
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make_data(root: Path, n: int, events: int, now_us: int, seed: int = 0) -> tuple[pa.Table, pa.Table]:
@@ -241,21 +235,11 @@ def main() -> None:
     n, reps = (10_000, 1) if args.quick else (args.entities, args.reps)
     import redis
 
-    port = free_port()
     tmp = Path(tempfile.mkdtemp(prefix="bench_redis_mem_"))
-    srv = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(tmp)],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
+    srv = PrivateRedis(tmp).start()  # a redis-server of this run's own, on a free port
+    url = srv.url
     try:
         r = redis.Redis.from_url(url)
-        for _ in range(100):
-            try:
-                r.ping()
-                break
-            except redis.exceptions.ConnectionError:
-                time.sleep(0.05)
         conf = {k: r.config_get(k)[k] for k in ("hash-max-listpack-value", "hash-max-listpack-entries")}
         version = r.info("server")["redis_version"]
         now_us = time.time_ns() // 1000
@@ -300,8 +284,7 @@ def main() -> None:
         load1 = open("/proc/loadavg").read().split()[:3]
         write_report(args, n, reps, cases, version, conf, load0, load1, py is not None)
     finally:
-        srv.terminate()
-        srv.wait(10)
+        srv.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
