@@ -38,13 +38,20 @@ __all__ = ["Config", "RedisTimeouts", "RedisWait", "load_config", "check_host_li
 
 CONFIG_FILE = "context_store.yaml"
 _WORKSPACE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_KEYS = (
+# Settings that become typed Config fields; every other known key is kept in ``Config.extra``.
+_TYPED = (
     "online_store",
     "data_dir",
     "offline_store",
     "offline_storage_options",
     "registry",
     "workspace",
+    "allowed_hosts",
+    "allowed_origins",
+    "auth",
+)
+_KEYS = (
+    *_TYPED,
     "redis_stream_maxlen",
     "embedded_push_timeout",
     "redis_read_timeout_ms",
@@ -52,9 +59,6 @@ _KEYS = (
     "redis_wait_replicas",
     "redis_wait_timeout_ms",
     "ray_address",
-    "allowed_hosts",
-    "allowed_origins",
-    "auth",
 )
 _NOT_FROM_ENV = ("auth", "offline_storage_options")  # a nested mapping: only from the yaml (or a keyword argument)
 _LISTS = ("allowed_hosts", "allowed_origins")
@@ -244,21 +248,7 @@ def load_config(repo: str | os.PathLike[str] = ".", **overrides: Any) -> Config:
         p = Path(str(v)).expanduser()
         return p if p.is_absolute() else root / p
 
-    extra = {
-        k: values[k]
-        for k in values
-        if k
-        not in (
-            "online_store",
-            "data_dir",
-            "offline_store",
-            "offline_storage_options",
-            "registry",
-            "workspace",
-            "auth",
-            *_LISTS,
-        )
-    }
+    extra = {k: v for k, v in values.items() if k not in _TYPED}
     config = Config(
         repo=root,
         workspace=check_workspace(str(values.get("workspace") or "default")),
