@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,34 +18,42 @@ import uvloop
 import context_store as cs
 from context_store.config import load_config
 from context_store.errors import UnavailableError
+from context_store.state.tiles import ViewState
 from context_store.stores.online import BaseOnlineStore, open_online_store
 from tests.stores.online.test_online_contract import NOW, agg_state, events, expected, key, table
-from tests.support.server import free_port
+from tests.support.private_redis import PrivateRedis
 
 pytestmark = pytest.mark.redis
 
 USERS = tuple(f"u{i}" for i in range(40))
 
 
-def _own_redis(port: int) -> subprocess.Popen[bytes]:
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server binary needed")
-    return subprocess.Popen(
-        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--requirepass", "s3cr3t-pw"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+@dataclass
+class Own:
+    """A test-owned, password-protected redis-server (SIGSTOP / kill are allowed on it), a store on it and
+    one aggregation view with u1's events applied."""
+
+    redis: PrivateRedis
+    store: BaseOnlineStore
+    st: ViewState
+
+    @property
+    def pid(self) -> int:
+        assert self.redis.proc is not None
+        return self.redis.proc.pid
 
 
-def _wait(s: BaseOnlineStore) -> None:
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            s.ping()
-            return
-        except UnavailableError:
-            assert time.monotonic() < deadline, "own redis-server did not start"
-            time.sleep(0.05)
+@pytest.fixture
+def own(tmp_path: Path) -> Iterator[Own]:
+    server = PrivateRedis(tmp_path, password="s3cr3t-pw").start()
+    try:
+        s = open_online_store(load_config(tmp_path, workspace="aown", online_store=server.url))
+        st = agg_state("1h", [cs.Aggregate("amount", "count", "1d")])
+        s.apply_events(st, table(events(10, seed=1, users=("u1",))), now_us=NOW)
+        yield Own(server, s, st)
+        s.close()
+    finally:
+        server.stop()
 
 
 @pytest.fixture
@@ -105,76 +112,46 @@ def test_concurrent_reads_pipeline_on_one_connection_and_cancelled_ones_keep_it_
     asyncio.run(run())  # a second event loop opens its own connection
 
 
-def test_hung_redis_async_reads_fail_fast_then_recover(tmp_path: Path) -> None:
-    port = free_port()
-    proc = _own_redis(port)
-    try:
-        s = open_online_store(
-            load_config(tmp_path, workspace="ahang", online_store=f"redis://:s3cr3t-pw@127.0.0.1:{port}/0")
-        )
-        _wait(s)
-        st = agg_state("1h", [cs.Aggregate("amount", "count", "1d")])
+def test_hung_redis_async_reads_fail_fast_then_recover(own: Own) -> None:
+    s, st = own.store, own.st
+
+    async def run() -> None:
+        assert (await s.read_features_async([(st, key("u1"))], NOW))[0].values is not None
+        os.kill(own.pid, signal.SIGSTOP)
+        try:
+            took = []
+            for _ in range(3):
+                t = time.monotonic()
+                results = await asyncio.gather(
+                    *(s.read_features_async([(st, key("u1"))], NOW) for _ in range(5)), return_exceptions=True
+                )
+                took.append(time.monotonic() - t)
+                for r in results:
+                    assert isinstance(r, UnavailableError) and r.status == 503, r
+                    assert "s3cr3t-pw" not in str(r)
+        finally:
+            os.kill(own.pid, signal.SIGCONT)
+        assert max(took) < 1.0, took  # default read timeout 100 ms; generous for a loaded 2-core box
+        assert (await s.read_features_async([(st, key("u1"))], NOW))[0].values is not None  # recovers
+
+    asyncio.run(run())
+
+
+def test_restarted_redis_is_reconnected_on_the_next_read(own: Own) -> None:
+    s, st = own.store, own.st
+
+    async def run() -> None:
+        assert (await s.read_features_async([(st, key("u1"))], NOW))[0].values is not None
+        own.redis.restart_empty()  # same loop, same (now broken) connection
         s.apply_events(st, table(events(10, seed=1, users=("u1",))), now_us=NOW)
+        # the broken connection is found on use and the read retried once on a new one
+        assert (await s.read_features_async([(st, key("u1"))], NOW))[0].values is not None
+        own.redis.stop()
+        await asyncio.sleep(0.05)  # the loop sees the connection close
+        with pytest.raises(UnavailableError):
+            await s.read_features_async([(st, key("u1"))], NOW)
 
-        async def run() -> None:
-            assert (await s.read_features_async([(st, key("u1"))], NOW))[0].values is not None
-            os.kill(proc.pid, signal.SIGSTOP)
-            try:
-                took = []
-                for _ in range(3):
-                    t = time.monotonic()
-                    results = await asyncio.gather(
-                        *(s.read_features_async([(st, key("u1"))], NOW) for _ in range(5)), return_exceptions=True
-                    )
-                    took.append(time.monotonic() - t)
-                    for r in results:
-                        assert isinstance(r, UnavailableError) and r.status == 503, r
-                        assert "s3cr3t-pw" not in str(r)
-            finally:
-                os.kill(proc.pid, signal.SIGCONT)
-            assert max(took) < 1.0, took  # default read timeout 100 ms; generous for a loaded 2-core box
-            assert (await s.read_features_async([(st, key("u1"))], NOW))[0].values is not None  # recovers
-
-        asyncio.run(run())
-        s.clear()
-        s.close()
-    finally:
-        proc.kill()
-        proc.wait(10)
-
-
-def test_restarted_redis_is_reconnected_on_the_next_read(tmp_path: Path) -> None:
-    port = free_port()
-    procs = [_own_redis(port)]
-    try:
-        s = open_online_store(
-            load_config(tmp_path, workspace="arestart", online_store=f"redis://:s3cr3t-pw@127.0.0.1:{port}/0")
-        )
-        _wait(s)
-        st = agg_state("1h", [cs.Aggregate("amount", "count", "1d")])
-        s.apply_events(st, table(events(10, seed=1, users=("u1",))), now_us=NOW)
-
-        async def run() -> None:
-            assert (await s.read_features_async([(st, key("u1"))], NOW))[0].values is not None
-            procs[0].kill()
-            procs[0].wait(10)
-            procs.append(_own_redis(port))  # same loop, same (now broken) connection
-            _wait(s)
-            s.apply_events(st, table(events(10, seed=1, users=("u1",))), now_us=NOW)
-            # the broken connection is found on use and the read retried once on a new one
-            assert (await s.read_features_async([(st, key("u1"))], NOW))[0].values is not None
-            procs[-1].kill()
-            procs[-1].wait(10)
-            await asyncio.sleep(0.05)  # the loop sees the connection close
-            with pytest.raises(UnavailableError):
-                await s.read_features_async([(st, key("u1"))], NOW)
-
-        asyncio.run(run())
-        s.close()
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait(10)
+    asyncio.run(run())
 
 
 def test_a_reply_waiting_in_the_socket_after_a_stalled_loop_is_not_a_timeout(shared: BaseOnlineStore) -> None:
@@ -193,39 +170,26 @@ def test_a_reply_waiting_in_the_socket_after_a_stalled_loop_is_not_a_timeout(sha
     uvloop.run(run())  # the server's loop: libuv runs due timers before it polls the sockets (asyncio: after)
 
 
-def test_timed_out_reads_fail_alone_and_the_connection_survives_a_short_hang(tmp_path: Path) -> None:
-    port = free_port()
-    proc = _own_redis(port)
-    try:
-        s = open_online_store(
-            load_config(tmp_path, workspace="ashort", online_store=f"redis://:s3cr3t-pw@127.0.0.1:{port}/0")
-        )
-        _wait(s)
-        st = agg_state("1h", [cs.Aggregate("amount", "count", "1d")])
-        s.apply_events(st, table(events(10, seed=1, users=("u1",))), now_us=NOW)
+def test_timed_out_reads_fail_alone_and_the_connection_survives_a_short_hang(own: Own) -> None:
+    s, st = own.store, own.st
 
-        async def run() -> None:
-            assert (await s.read_features_async([(st, key("u1"))], NOW))[0].values is not None
-            conn = next(iter(s._araws.values()))  # type: ignore[attr-defined]
-            os.kill(proc.pid, signal.SIGSTOP)
-            try:
-                first = asyncio.ensure_future(s.read_features_async([(st, key("u1"))], NOW))
-                await asyncio.sleep(0.06)
-                second = asyncio.ensure_future(s.read_features_async([(st, key("u1"))], NOW))
-                with pytest.raises(UnavailableError):
-                    await first
-                assert not second.done()  # its own budget is not spent yet
-                with pytest.raises(UnavailableError):
-                    await second
-            finally:
-                os.kill(proc.pid, signal.SIGCONT)
-            # the late replies are read and dropped; the same connection serves on
-            assert (await s.read_features_async([(st, key("u1"))], NOW))[0].values is not None
-            assert next(iter(s._araws.values())) is conn and not conn.closed  # type: ignore[attr-defined]
+    async def run() -> None:
+        assert (await s.read_features_async([(st, key("u1"))], NOW))[0].values is not None
+        conn = next(iter(s._araws.values()))  # type: ignore[attr-defined]
+        os.kill(own.pid, signal.SIGSTOP)
+        try:
+            first = asyncio.ensure_future(s.read_features_async([(st, key("u1"))], NOW))
+            await asyncio.sleep(0.06)
+            second = asyncio.ensure_future(s.read_features_async([(st, key("u1"))], NOW))
+            with pytest.raises(UnavailableError):
+                await first
+            assert not second.done()  # its own budget is not spent yet
+            with pytest.raises(UnavailableError):
+                await second
+        finally:
+            os.kill(own.pid, signal.SIGCONT)
+        # the late replies are read and dropped; the same connection serves on
+        assert (await s.read_features_async([(st, key("u1"))], NOW))[0].values is not None
+        assert next(iter(s._araws.values())) is conn and not conn.closed  # type: ignore[attr-defined]
 
-        asyncio.run(run())
-        s.clear()
-        s.close()
-    finally:
-        proc.kill()
-        proc.wait(10)
+    asyncio.run(run())
