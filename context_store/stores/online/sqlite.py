@@ -83,6 +83,8 @@ class SqliteOnlineStore(BaseOnlineStore):
 
     def _hmget(self, reqs: list[tuple[str, list[str]]]) -> list[list[bytes | None]]:
         c = self._conn()
+        if len(reqs) > 1 and len(reqs[0][1]) <= _CHUNK // 4 and all(f is reqs[0][1] or f == reqs[0][1] for _, f in reqs):
+            return self._hmget_same(c, [k for k, _ in reqs], reqs[0][1])
         out: list[list[bytes | None]] = []
         for key, fields in reqs:
             found: dict[str, bytes] = {}
@@ -92,6 +94,20 @@ class SqliteOnlineStore(BaseOnlineStore):
                 found.update(c.execute(q, (key, *part)).fetchall())
             out.append([found.get(f) for f in fields])
         return out
+
+    @staticmethod
+    def _hmget_same(c: sqlite3.Connection, keys: list[str], fields: list[str]) -> list[list[bytes | None]]:
+        """Many keys, one field list (a batch lookup of one service's views, e.g. a re-rank's
+        candidates): one query per chunk of keys instead of one per key (the per-statement cost
+        dominated: ~120 keys took ~6 ms)."""
+        found: dict[tuple[str, str], bytes] = {}
+        step = max(1, _CHUNK - len(fields))
+        fq = ",".join("?" * len(fields))
+        for i in range(0, len(keys), step):
+            part = keys[i : i + step]
+            q = f"SELECT k, f, v FROM kv WHERE k IN ({','.join('?' * len(part))}) AND f IN ({fq})"
+            found.update(((k, f), v) for k, f, v in c.execute(q, (*part, *fields)))
+        return [[found.get((k, f)) for f in fields] for k in keys]
 
     def _fields(self, keys: list[str]) -> list[list[str]]:
         c = self._conn()
