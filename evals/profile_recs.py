@@ -129,7 +129,14 @@ def main() -> None:
     svc = service_name(parse_rerank(DEFAULT_RERANK).recent)
     root = Path(tempfile.mkdtemp(prefix="profile_recs_"))
     calls: list[dict[str, Any]] = []
-    lat: dict[str, list[float]] = {"first": [], "replay": [], "replay_warm": [], "online": [], "cpu_replay": []}
+    lat: dict[str, list[float]] = {
+        "first": [],
+        "replay": [],
+        "replay_warm": [],
+        "online": [],
+        "cpu_replay": [],
+        "cpu_online": [],
+    }
     prof = cProfile.Profile() if args.profile else None
     try:
         (root / "data").mkdir()
@@ -155,8 +162,8 @@ def main() -> None:
             ctx = store.get_user_context(user, svc, as_of=at)
             ms = (time.perf_counter() - t) * 1e3
             lat[kind].append(ms)
-            if kind.startswith("replay"):
-                lat["cpu_replay"].append((time.process_time() - tc) * 1e3)
+            if kind.startswith("replay") or kind == "online":
+                lat["cpu_online" if kind == "online" else "cpu_replay"].append((time.process_time() - tc) * 1e3)
             calls.append({"kind": kind, "user": user, "as_of": at.isoformat() if at else None, "similar": _sim(ctx)})
 
         for c in sorted({x.cutoff for x in cases}):
