@@ -365,7 +365,8 @@ class ViewState:
         assert plan is not None
         if not plan.slots and not self.has_lifetime:
             return self._evaluate_num(t, ctx, values)
-        if self.has_lifetime and not plan.slots and not extra and not self.ev_fields and all(v is None for v in values[:-1]):
+        idle = self.has_lifetime and not plan.slots and not extra and not self.ev_fields
+        if idle and all(v is None for v in values[:-1]):  # only the Lifetime base (values[-1]) is stored
             return self._evaluate_idle(values[-1])
         nb = ctx.n_blocks
         present = [i for i in range(nb) if values[i] is not None]

@@ -83,8 +83,9 @@ class SqliteOnlineStore(BaseOnlineStore):
 
     def _hmget(self, reqs: list[tuple[str, list[str]]]) -> list[list[bytes | None]]:
         c = self._conn()
-        if len(reqs) > 1 and len(reqs[0][1]) <= _CHUNK // 4 and all(f is reqs[0][1] or f == reqs[0][1] for _, f in reqs):
-            return self._hmget_same(c, [k for k, _ in reqs], reqs[0][1])
+        first = reqs[0][1] if reqs else []
+        if len(reqs) > 1 and len(first) <= _CHUNK // 4 and all(f is first or f == first for _, f in reqs):
+            return self._hmget_same(c, [k for k, _ in reqs], first)
         out: list[list[bytes | None]] = []
         for key, fields in reqs:
             found: dict[str, bytes] = {}
