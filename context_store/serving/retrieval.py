@@ -254,9 +254,9 @@ def _also(
             f[view.join_key] = _and(spec, {"$in": top})
         if f[view.join_key].get("$in") == []:
             continue
-        got = store.find_similar(
-            view.name, vector=vector, k=min(len(top), SIMILAR_K.hi), filter=with_excluded(f, view.join_key, excluded)
-        )
+        # ``top`` holds no excluded id (``skip`` above): no ``$nin`` of the thousands of seen / later
+        # ids to compile and mask a second time.
+        got = store.find_similar(view.name, vector=vector, k=min(len(top), SIMILAR_K.hi), filter=f)
         out += got.items
     return out
 

@@ -172,6 +172,7 @@ class ViewState:
         self.L = f"{self.vid}:L"
         self.M = f"{self.vid}:m"
         self._cache: tuple[Any, _ReadCtx] | None = None
+        self._empty_num: np.ndarray | None = None
 
     # field names
     def tile(self, i: int) -> str:
@@ -366,7 +367,7 @@ class ViewState:
         if not plan.slots and not self.has_lifetime:
             return self._evaluate_num(t, ctx, values)
         idle = self.has_lifetime and not plan.slots and not extra and not self.ev_fields
-        if idle and all(v is None for v in values[:-1]):  # only the Lifetime base (values[-1]) is stored
+        if idle and values[:-1].count(None) == len(values) - 1:  # only the Lifetime base (values[-1]) is stored
             return self._evaluate_idle(values[-1])
         nb = ctx.n_blocks
         present = [i for i in range(nb) if values[i] is not None]
@@ -434,9 +435,12 @@ class ViewState:
         plan = self.plan
         assert plan is not None
         base = plan.decode(lifetime[8:]).num if lifetime is not None else None
+        empty = self._empty_num
+        if empty is None:
+            empty = self._empty_num = plan.empty().num  # read only (finalize never writes it)
         out: list[Any] = [None] * len(plan.outputs)
         for w, which in self.windows:
-            num = base if w is None and base is not None else plan.empty().num
+            num = base if w is None and base is not None else empty
             for i in which:
                 out[i] = plan.finalize(plan.outputs[i], num, [])
         return out
