@@ -84,7 +84,8 @@ class SqliteOnlineStore(BaseOnlineStore):
     def _hmget(self, reqs: list[tuple[str, list[str]]]) -> list[list[bytes | None]]:
         c = self._conn()
         first = reqs[0][1] if reqs else []
-        if len(reqs) > 1 and len(first) <= _CHUNK // 4 and all(f is first or f == first for _, f in reqs):
+        same = len(reqs) > 1 and len(first) <= _CHUNK // 4 and len(set(first)) == len(first)
+        if same and all(f is first or f == first for _, f in reqs):
             return self._hmget_same(c, [k for k, _ in reqs], first)
         out: list[list[bytes | None]] = []
         for key, fields in reqs:

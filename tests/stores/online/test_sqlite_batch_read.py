@@ -22,6 +22,11 @@ def test_batch_read_matches_per_key_reads(tmp_path: Path) -> None:
         assert got == one_by_one
         assert got[7] == [bytes([7, 0]), bytes([7, 1]), None, bytes([7, 3]), bytes([7, 4]), None]
         assert got[-1] == [None] * len(fields)
+        twice = ["f1", "f0", "f1"]  # a field named twice: both slots filled, as per key
+        assert store._hmget([("k7", twice), ("k8", twice)]) == [
+            [bytes([7, 1]), bytes([7, 0]), bytes([7, 1])],
+            [None, bytes([8, 0]), None],
+        ]
         assert sum(v is not None for r in got for v in r) == len(rows) + 2 * sum(1 for k, _, _ in rows if k == "k7")
     finally:
         store.close()
