@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from ..definitions import StreamSource
     from .store import ContextStore
 
-__all__ = ["online_recent_events", "offline_recent_events", "offline_row_time", "history_latest"]
+__all__ = ["online_recent_events", "offline_recent_events", "offline_seen_ids", "offline_row_time", "history_latest"]
 
 
 def _ts_us(value: Any) -> int | None:
@@ -158,6 +158,64 @@ def offline_recent_events(
     return unforgotten(store, join_keys, _newest_first(rows, ts, n, before_us), ts)
 
 
+def offline_seen_ids(
+    store: ContextStore, source: StreamSource, join_keys: dict[str, Any], column: str, n: int, before: datetime
+) -> list[Any] | None:
+    """``[r[column] for r in offline_recent_events(...)]`` without building a dict per row (a seen
+    set is thousands of rows: that and the datetime round trip were most of a replay's seen-set
+    cost). Same rows, same order: pushed events and the history index, newest first (ties: the later
+    row first), the entity's forget applied. None when the fast path does not apply (no history
+    index, or a time column that is not an Arrow timestamp): the caller takes the general path."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from ..compute import tombstones
+    from ..vocab.tables import source_table
+
+    ts = source.timestamp_field
+    if getattr(source, "batch_source", None) is None:
+        return None
+    index = _history_index(store, source)
+    if index is None or sorted(join_keys) != _entity_keys_of(store, source):
+        return None
+    before_us = datetime_to_us(before)
+    parts: list[pa.Table] = []
+    got = index.slice(_index_key(join_keys), n, before_us)
+    if got is not None:
+        parts.append(got)
+    name = source_table(source.name)
+    if store.offline.exists(name):
+        expr = None
+        for k, v in join_keys.items():
+            e = pc.field(k) == v
+            expr = e if expr is None else expr & e
+        try:
+            pushed = store.offline.read(name, ts_column=ts, end_us=before_us, filter=expr)
+        except NotFoundError:
+            pushed = None
+        if pushed is not None and pushed.num_rows:
+            parts.append(pushed.sort_by([(ts, "descending")]).slice(0, n * 4 + 16))
+    for t in parts:  # µs timestamps (stored UTC; naive = UTC), as _ts_us reads them
+        typ = t.schema.field(ts).type if ts in t.column_names else None
+        if column not in t.column_names or typ is None or not pa.types.is_timestamp(typ) or typ.unit != "us":
+            return None
+    if not parts:
+        return []
+    tsv = np.concatenate(
+        [t[ts].cast(pa.int64()).fill_null(np.iinfo(np.int64).max).to_numpy(zero_copy_only=False) for t in parts]
+    )
+    ok = np.flatnonzero(tsv < before_us)  # null times are dropped, as by _newest_first
+    order = ok[np.lexsort((ok, tsv[ok]))[::-1]][:n]  # (ts, position) descending
+    tombs = tombstones.load(store.offline)
+    if tombs:
+        at = [a for k, v in join_keys.items() if (a := tombs.forgotten_at(k, v)) is not None]
+        if at:
+            order = order[tsv[order] > max(at)]
+    col = pa.chunked_array([t[column] for t in parts]) if len(parts) > 1 else parts[0][column]
+    return col.take(pa.array(order, type=pa.int64())).to_pylist()
+
+
 def _history_before(
     store: ContextStore, source: StreamSource, join_keys: dict[str, Any], n: int, before_us: int
 ) -> list[dict[str, Any]] | None:
@@ -228,6 +286,17 @@ class _HistoryIndex:
                 if keys[start] is not None:
                     self.ranges[keys[start]] = (start, i)
                 start = i
+
+    def slice(self, key: str, n: int, before_us: int) -> Any:
+        """The rows of ``rows`` as an Arrow table (no per-row dicts); None: no row at all."""
+        import numpy as np
+
+        got = self.ranges.get(key)
+        if got is None:
+            return None
+        lo, hi = got
+        lo += int(np.searchsorted(self.neg_ts[lo:hi], -before_us, side="right"))
+        return self.table.slice(lo, max(min(hi, lo + n) - lo, 0))
 
     def rows(self, key: str, n: int, before_us: int | None) -> list[dict[str, Any]] | None:
         """The entity's newest ``n`` rows (with ``ts < before_us``), newest first; None: no row at all."""

@@ -104,10 +104,13 @@ def seen_items(
         if got is not None and not isinstance(got, (str, bytes)):
             ids += [str(v) for v in list(got) if v is not None]
     elif isinstance(src, StreamSource):
-        from .context_events import offline_recent_events
+        from .context_events import offline_recent_events, offline_seen_ids
 
-        rows = offline_recent_events(store, src, join_keys, SEEN_MAX, before) or []
-        ids += [str(r[key]) for r in rows if r.get(key) is not None]
+        got_ids = offline_seen_ids(store, src, join_keys, key, SEEN_MAX, before)
+        if got_ids is None:
+            rows = offline_recent_events(store, src, join_keys, SEEN_MAX, before) or []
+            got_ids = [r.get(key) for r in rows]
+        ids += [str(v) for v in got_ids if v is not None]
     return list(dict.fromkeys(ids))[:SEEN_MAX]
 
 
@@ -251,9 +254,9 @@ def _also(
             f[view.join_key] = _and(spec, {"$in": top})
         if f[view.join_key].get("$in") == []:
             continue
-        got = store.find_similar(
-            view.name, vector=vector, k=min(len(top), SIMILAR_K.hi), filter=with_excluded(f, view.join_key, excluded)
-        )
+        # ``top`` holds no excluded id (``skip`` above): no ``$nin`` of the thousands of seen / later
+        # ids to compile and mask a second time.
+        got = store.find_similar(view.name, vector=vector, k=min(len(top), SIMILAR_K.hi), filter=f)
         out += got.items
     return out
 

@@ -172,6 +172,7 @@ class ViewState:
         self.L = f"{self.vid}:L"
         self.M = f"{self.vid}:m"
         self._cache: tuple[Any, _ReadCtx] | None = None
+        self._empty_num: np.ndarray | None = None
 
     # field names
     def tile(self, i: int) -> str:
@@ -365,6 +366,9 @@ class ViewState:
         assert plan is not None
         if not plan.slots and not self.has_lifetime:
             return self._evaluate_num(t, ctx, values)
+        idle = self.has_lifetime and not plan.slots and not extra and not self.ev_fields
+        if idle and values[:-1].count(None) == len(values) - 1:  # only the Lifetime base (values[-1]) is stored
+            return self._evaluate_idle(values[-1])
         nb = ctx.n_blocks
         present = [i for i in range(nb) if values[i] is not None]
         pos = {i: k for k, i in enumerate(present)}
@@ -421,6 +425,24 @@ class ViewState:
                 mobjs = plan.merge_objs(parts_objs) if parts_objs else [None] * len(plan.slots)
             for i in which:
                 out[i] = plan.finalize(plan.outputs[i], mnum, mobjs)
+        return out
+
+    def _evaluate_idle(self, lifetime: bytes | None) -> list[Any]:
+        """``evaluate`` of a numbers-only Lifetime view for an entity with no tile in the read range
+        (idle for longer than the retention: most of a catalogue's items): every finite window is
+        empty and the Lifetime window is the folded base alone -- the values the general path
+        computes (its merge of one block returns that block), without its per-window numpy work."""
+        plan = self.plan
+        assert plan is not None
+        base = plan.decode(lifetime[8:]).num if lifetime is not None else None
+        empty = self._empty_num
+        if empty is None:
+            empty = self._empty_num = plan.empty().num  # read only (finalize never writes it)
+        out: list[Any] = [None] * len(plan.outputs)
+        for w, which in self.windows:
+            num = base if w is None and base is not None else empty
+            for i in which:
+                out[i] = plan.finalize(plan.outputs[i], num, [])
         return out
 
     def window_end(self, t: int) -> int:

@@ -134,6 +134,9 @@ class LanceOfflineStore:
         self._conn: Any = None  # connected on first table access: ``import lancedb`` costs seconds
         self._lock = threading.RLock()
         self._tables: dict[str, Any] = {}
+        # table -> (change token, Lance dataset at that version): reads between two commits skip
+        # LanceDB's per-access version check (~0.5 ms each, a round trip to its event loop).
+        self._datasets: dict[str, tuple[str, Any]] = {}
 
     def connect(self) -> None:
         """Connect now (imports LanceDB): for processes that will write, so their first write is not slow."""
@@ -307,6 +310,7 @@ class LanceOfflineStore:
         uri = target.uri
         with self._lock:
             self._tables.pop(target.table_name, None)  # a rewrite may change the schema: reopen
+            self._datasets.pop(target.table_name, None)
             if (start_us is None and end_us is None) or not self.exists(target.table_name):
                 read = self.version(target.table_name)
                 op: Any = lance.LanceOperation.Overwrite(target.schema, frags)
@@ -371,8 +375,7 @@ class LanceOfflineStore:
         end_us: int | None = None,
         filter: Any = None,
     ) -> pa.Table:
-        tbl = self._open(table_name)
-        ds = tbl.to_lance()
+        ds = self._latest(table_name)
         if columns is not None:
             missing = [c for c in columns if ds.schema.get_field_index(c) < 0]
             if missing:
@@ -387,11 +390,30 @@ class LanceOfflineStore:
                     flt = flt & filter
         else:
             flt = filter
-        # 64k-row batches: far fewer chunks than Lance's default 8k (cheaper to scan and to combine)
+        # 64k-row batches: far fewer chunks than Lance's default 8k (cheaper to scan and to combine);
+        # a caller's row filter (one entity's rows, e.g. an as_of replay) is selective: the default
+        # batches filter faster there (~4 ms vs ~6 ms for one user's rows of 100k).
+        if filter is not None:
+            return ds.to_table(columns=columns, filter=flt)
         return ds.to_table(columns=columns, filter=flt, batch_size=_BATCH_ROWS)
 
     def schema(self, table_name: str) -> pa.Schema:
-        return self._open(table_name).schema
+        if self.path is None:
+            return self._open(table_name).schema
+        return self._latest(table_name).schema
+
+    def _latest(self, table_name: str) -> Any:
+        """The table's latest version as a Lance dataset, reused until the next commit changes its
+        change token (a local store: the token is a few stats of the manifest directory)."""
+        token = self.change_token(table_name) if self.path is not None else None
+        if token is not None:
+            hit = self._datasets.get(table_name)
+            if hit is not None and hit[0] == token:
+                return hit[1]
+        ds = self._open(table_name).to_lance()
+        if token is not None and self.change_token(table_name) == token:  # no commit while opening
+            self._datasets[table_name] = (token, ds)
+        return ds
 
     def count(self, table_name: str) -> int:
         return int(self._open(table_name).count_rows())
@@ -412,6 +434,7 @@ class LanceOfflineStore:
     def drop(self, table_name: str) -> None:
         with self._lock:
             self._tables.pop(table_name, None)
+            self._datasets.pop(table_name, None)
             if self.exists(table_name):
                 try:
                     self._db.drop_table(table_name)
@@ -427,6 +450,7 @@ class LanceOfflineStore:
     def close(self) -> None:
         with self._lock:
             self._tables.clear()
+            self._datasets.clear()
 
     def __repr__(self) -> str:
         return f"LanceOfflineStore({self.uri!r})"

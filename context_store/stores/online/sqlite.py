@@ -83,6 +83,10 @@ class SqliteOnlineStore(BaseOnlineStore):
 
     def _hmget(self, reqs: list[tuple[str, list[str]]]) -> list[list[bytes | None]]:
         c = self._conn()
+        first = reqs[0][1] if reqs else []
+        same = len(reqs) > 1 and len(first) <= _CHUNK // 4 and len(set(first)) == len(first)
+        if same and all(f is first or f == first for _, f in reqs):
+            return self._hmget_same(c, [k for k, _ in reqs], first)
         out: list[list[bytes | None]] = []
         for key, fields in reqs:
             found: dict[str, bytes] = {}
@@ -91,6 +95,28 @@ class SqliteOnlineStore(BaseOnlineStore):
                 q = f"SELECT f, v FROM kv WHERE k = ? AND f IN ({','.join('?' * len(part))})"
                 found.update(c.execute(q, (key, *part)).fetchall())
             out.append([found.get(f) for f in fields])
+        return out
+
+    @staticmethod
+    def _hmget_same(c: sqlite3.Connection, keys: list[str], fields: list[str]) -> list[list[bytes | None]]:
+        """Many keys, one field list (a batch lookup of one service's views, e.g. a re-rank's
+        candidates): one query per chunk of keys instead of one per key (the per-statement cost
+        dominated: ~120 keys took ~6 ms)."""
+        col = {f: j for j, f in enumerate(fields)}
+        rows: dict[str, list[bytes | None]] = {k: [None] * len(fields) for k in keys}
+        uniq = list(rows)
+        step = max(1, _CHUNK - len(fields))
+        fq = ",".join("?" * len(fields))
+        for i in range(0, len(uniq), step):
+            part = uniq[i : i + step]
+            q = f"SELECT k, f, v FROM kv WHERE k IN ({','.join('?' * len(part))}) AND f IN ({fq})"
+            for k, f, v in c.execute(q, (*part, *fields)):
+                rows[k][col[f]] = v
+        out: list[list[bytes | None]] = []
+        given: set[str] = set()
+        for k in keys:  # a repeated key gets its own list, as from one query per key
+            out.append(list(rows[k]) if k in given else rows[k])
+            given.add(k)
         return out
 
     def _fields(self, keys: list[str]) -> list[list[str]]:
