@@ -9,6 +9,8 @@ Systems (``--systems``, comma separated):
   pop180   most rated movies of the 180 days before c
   itemknn  item-item cosine on the binary user-item matrix before c
   als      ``implicit`` ALS, 64 factors, untuned
+  seqknn   sequence-aware: movies rated within 20 positions after the user's newest rated movie in
+           other users' time-ordered ratings (counts; ties by pop180)
   cs-math  the product's own trainer and interest formula in numpy (no store): a fast check
   cs       the product path: a repo built from the dataset (ratings as a ``cs.StreamSource``, an
            interaction-trained item view, a declared interest vector, ``movie_pop`` rating counts /
@@ -131,10 +133,20 @@ def boot(x: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float, flo
     return float(x.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
+TIE_SEED = 0
+_tie_keys: dict[int, np.ndarray] = {}
+
+
 def top_k(scores: np.ndarray, mask: np.ndarray, k: int = K) -> list[int]:
+    """The k best, ties broken by a fixed random order of the movies (``--tie-seed``): argpartition's
+    order among ties depends on the numpy build and CPU (pop180 scored 0.286 on one machine and 0.295
+    on another on the same cases), and the movie index order (movie id: old movies first) is not neutral."""
     s = np.where(mask, scores, -np.inf)
-    idx = np.argpartition(-s, k)[:k]
-    return [int(i) for i in idx[np.argsort(-s[idx])] if np.isfinite(s[i])]
+    key = _tie_keys.get(len(s))
+    if key is None:
+        key = _tie_keys[len(s)] = np.random.default_rng(TIE_SEED).permutation(len(s))
+    idx = np.lexsort((key, -s))[:k]
+    return [int(i) for i in idx if np.isfinite(s[i])]
 
 
 # -- baselines (ratings before the cut-off only) -------------------------------------------------
@@ -149,6 +161,25 @@ def train_matrix(
     x = csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(len(users), len(midx)))
     x.data[:] = 1.0
     return x, uidx
+
+
+SEQ_WINDOW = 20  # seqknn: chosen on the validation cut-offs (results/recs_tuning.md)
+
+
+def follow_matrix(u: np.ndarray, m: np.ndarray, ts: np.ndarray, c: int, midx: dict[int, int], window: int) -> Any:
+    """Sparse counts of "movie j rated within ``window`` positions after movie i" in each user's
+    time-ordered ratings before ``c`` (ties in time: by movie id)."""
+    sel = np.flatnonzero(ts < c)
+    mi = np.array([midx[int(x)] for x in m[sel]], np.int64)
+    o = np.lexsort((mi, ts[sel], u[sel]))
+    uu, ii = u[sel][o], mi[o]
+    rows, cols = [], []
+    for d in range(1, window + 1):
+        same = uu[d:] == uu[:-d]
+        rows.append(ii[:-d][same])
+        cols.append(ii[d:][same])
+    r, cc = np.concatenate(rows), np.concatenate(cols)
+    return csr_matrix((np.ones(len(r)), (r, cc)), shape=(len(midx), len(midx)))
 
 
 def run_baselines(
@@ -184,6 +215,10 @@ def run_baselines(
                 als.fit(x, show_progress=False)
             models["als"] = als
         secs["als"] = secs.get("als", 0.0) + time.perf_counter() - t2
+        t3 = time.perf_counter()
+        if "seqknn" in systems:
+            models["seqknn"] = follow_matrix(u, m, ts, c, midx, SEQ_WINDOW)
+        secs["seqknn"] = secs.get("seqknn", 0.0) + time.perf_counter() - t3
         for case in group:
             items = [h[0] for h in case.history]
             for s in systems:
@@ -192,6 +227,9 @@ def run_baselines(
                     sc = models["pop180"]
                 elif s == "itemknn":
                     sc = np.asarray(models["itemknn"][items].sum(axis=0)).ravel()
+                elif s == "seqknn":
+                    last = max(case.history, key=lambda h: h[2])[0]  # the newest rated movie
+                    sc = np.asarray(models["seqknn"][last].todense()).ravel() + 1e-9 * models.get("pop180", 0.0)
                 elif s == "als":
                     a = models["als"]
                     sc = a.item_factors @ a.user_factors[uidx[case.user]]
@@ -274,7 +312,18 @@ def _cf_view(cs: Any, args: argparse.Namespace) -> Any:
         dim=args.dim,
         min_interactions=args.min_interactions,
         min_weight=args.min_weight,
+        params=parse_params(args.params),
     )
+
+
+def parse_params(text: str | None) -> dict[str, float]:
+    """``"shift=5,eig_power=1"`` -> the item view's ``params`` (trainer knobs)."""
+    out: dict[str, float] = {}
+    for kv in (text or "").split(","):
+        if kv.strip():
+            k, v = kv.split("=")
+            out[k.strip()] = float(v)
+    return out
 
 
 # -- context-store: the product path -----------------------------------------------------------
@@ -292,7 +341,7 @@ ratings = cs.StreamSource("ratings", schema=[cs.Field("user_id", cs.String), cs.
     cs.Field("rating", cs.Float64), cs.Field("ts", cs.Timestamp)], timestamp_field="ts", min_event_time=None,
     batch_source=cs.FileSource("data/ratings.parquet", timestamp_field="ts"))
 item_cf = cs.InteractionEmbeddingView("item_cf", [movie], ratings, user="user_id", weight="rating",
-    method={method!r}, dim={dim},
+    method={method!r}, dim={dim}, params={params!r},
     min_interactions={min_interactions}, min_weight={min_weight!r})
 user_interest = cs.InterestVector("user_interest", user, ratings, item_vectors=item_cf, weight="rating",
     half_life="{half_life}d", origin="2010-01-01")
@@ -425,6 +474,7 @@ def run_cs(
                     dim=args.dim,
                     min_interactions=args.min_interactions,
                     min_weight=args.min_weight,
+                    params=parse_params(args.params),
                     half_life=int(args.half_life),
                 )
             )
@@ -491,6 +541,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--min-interactions", type=int, default=3)
     ap.add_argument("--min-weight", type=float, default=None)
+    ap.add_argument("--params", default=None, help="trainer params of the item view, e.g. 'shift=5,user_norm=1'")
     ap.add_argument("--half-life", type=float, default=365.0, help="days")
     ap.add_argument("--cs-filter", default="none", choices=["eval", "none"])
     ap.add_argument("--online", type=int, default=0, help="also time N online get_user_context calls (no as_of)")
@@ -502,8 +553,11 @@ def main() -> None:
         action="append",
         help=f"re-rank config of cs (repeatable: one cs row each; the first is declared). Default: {DEFAULT_RERANK!r}",
     )
+    ap.add_argument("--tie-seed", type=int, default=0, help="seed of the baselines' tie-breaking order")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "recs.md"))
     args = ap.parse_args()
+    global TIE_SEED
+    TIE_SEED = args.tie_seed
     data = Path(args.data)
     u, m, r, ts = load(data)
     lo, hi = (float(x) for x in args.quantiles.split(","))
@@ -512,7 +566,7 @@ def main() -> None:
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     print(f"{len(cases)} test cases, {len({c.user for c in cases})} users, {len({c.cutoff for c in cases})} cut-offs")
     results: dict[str, tuple[list[list[int]], float]] = {}
-    base = [s for s in systems if s in ("pop180", "itemknn", "als")]
+    base = [s for s in systems if s in ("pop180", "itemknn", "als", "seqknn")]
     if base:
         results.update(run_baselines(base, cases, u, m, ts, movies))
     if "cs-math" in systems:
@@ -591,7 +645,7 @@ def report(
         cov = len({x for top in recs for x in top}) / len(movies)
         rows.append((s, {k: boot(v) for k, v in ms.items()}, cov, secs))
         print(s, {k: round(v.mean(), 3) for k, v in ms.items()}, f"coverage {cov:.3f}", f"{secs:.1f}s")
-    base = [row for row in rows if row[0] in ("pop180", "itemknn", "als")]
+    base = [row for row in rows if row[0] in ("pop180", "itemknn", "als", "seqknn")]
     best = max(base, key=lambda x: x[1]["HR@10"][0]) if base else None
     lines = [
         "# Recommendations on MovieLens (issue #15)",

@@ -199,3 +199,47 @@ def test_cold_start_items_get_projected_text_vectors() -> None:
     assert got.meta["projected"] == 1 and got.ids[-1] == "a_new" and got.counts[-1] == 0
     sims = got.vectors[:-1] @ got.vectors[-1]
     assert got.ids[int(np.argmax(sims))].startswith("a")
+
+
+CUTOFF_DEFS = """
+import context_store as cs
+user = cs.Entity("user", join_keys=["user_id"])
+item = cs.Entity("item", join_keys=["item_id"])
+ratings = cs.StreamSource("ratings", schema=[
+    cs.Field("user_id", cs.String), cs.Field("item_id", cs.String),
+    cs.Field("rating", cs.Float64), cs.Field("ts", cs.Timestamp)], timestamp_field="ts", min_event_time=None,
+    batch_source=cs.FileSource("data/interactions.parquet", timestamp_field="ts"))
+item_cf = cs.InteractionEmbeddingView("item_cf", [item], ratings, user="user_id", dim=16, min_interactions=3)
+user_interest = cs.InterestVector("user_interest", user, ratings, item_vectors=item_cf,
+    weight="rating", half_life="30d", origin="2025-01-01")
+"""
+
+
+def test_full_backfill_after_cutoff_backfills_keeps_null_item_vectors(tmp_path: Path, workspace_name: str) -> None:
+    """Events whose item has no vector (fewer than ``min_interactions``) carry a null item vector; with
+    ``dim >= 10`` LanceDB took the column for a vector column and a whole-table rewrite (the full
+    ``backfill()``) failed with "variable length vectors", after cut-off backfills had succeeded."""
+    rows = _interactions(random.Random(7), 40, NOW - 20 * 86400 * US, NOW - 86400 * US)
+    rare = pa.table(
+        {
+            "user_id": ["u0", "u1"],
+            "item_id": ["rare0", "rare1"],
+            "rating": pa.array([5.0, 4.0], pa.float64()),
+            "ts": pa.array([NOW - 10 * 86400 * US, NOW - 3 * 86400 * US], pa.timestamp("us", tz="UTC")),
+        }
+    )
+    root = make_repo(tmp_path / "repo", CUTOFF_DEFS, {"interactions.parquet": pa.concat_tables([rows, rare])})
+    s = cs.ContextStore(root, workspace=workspace_name)
+    try:
+        s.apply()
+        for days in (8, 2):  # cut-off backfills, then the full one
+            s.backfill(end=_dt(NOW - days * 86400 * US))
+        s.backfill()
+        log = s.offline.read("fv__user_interest")
+        items = log.column("item_id").to_pylist()
+        vecs = log.column("item_vector__").to_pylist()
+        assert len(items) == rows.num_rows + 2
+        assert all(v is None for i, v in zip(items, vecs) if i.startswith("rare"))  # no vector: null, kept
+        assert all(v is not None and len(v) == 16 for i, v in zip(items, vecs) if not i.startswith("rare"))
+    finally:
+        s.close()

@@ -54,6 +54,18 @@ def _import_lancedb() -> Any:
     return lancedb
 
 
+def _check_no_nan_vectors(data: pa.Table, table_name: str) -> None:
+    """Refuse NaN in fixed-size float list columns (``tbl.add`` refuses them too)."""
+    for field in data.schema:
+        t = field.type
+        if pa.types.is_fixed_size_list(t) and pa.types.is_floating(t.value_type):
+            values = pc.list_flatten(data.column(field.name))
+            if len(values) and pc.any(pc.is_nan(values)).as_py():
+                raise InvalidInputError(
+                    f"offline table {table_name!r}: column {field.name!r} holds NaN in a vector", field=field.name
+                )
+
+
 def _sql_ts(us: int) -> str:
     dt = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
     return f"TIMESTAMP '{dt.strftime('%Y-%m-%d %H:%M:%S.%f')}'"
@@ -263,14 +275,21 @@ class LanceOfflineStore:
                 raise InvalidInputError(
                     f"rows outside [{start_us}, {end_us}) given to overwrite_range", field=ts_column
                 )
+        _check_no_nan_vectors(data, table_name)  # before a range's delete: a refused write loses nothing
         if start_us is None and end_us is None:
             # Whole table: one atomic overwrite (also adopts a changed schema).
+            # LanceDB treats every fixed_size_list<float>[>=10] column as a vector column and, when
+            # creating a table from data, rejects its null rows as "variable length vectors" (``add``
+            # accepts them). Null is a valid value here (e.g. an event whose item has no vector yet), so
+            # nulls are kept as nulls; NaN, the other "bad vector", was refused above (``add`` refuses it too).
             with self._lock:
                 mode = "overwrite" if self.exists(table_name) else "create"
                 try:
-                    self._tables[table_name] = self._db.create_table(table_name, data, mode=mode)
+                    self._tables[table_name] = self._db.create_table(table_name, data, mode=mode, on_bad_vectors="null")
                 except ValueError:  # created meanwhile by another process
-                    self._tables[table_name] = self._db.create_table(table_name, data, mode="overwrite")
+                    self._tables[table_name] = self._db.create_table(
+                        table_name, data, mode="overwrite", on_bad_vectors="null"
+                    )
             return data.num_rows
         if not self.exists(table_name):
             return self.append(table_name, data)

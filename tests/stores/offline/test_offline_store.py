@@ -96,6 +96,29 @@ def test_overwrite_range_is_idempotent(tmp_path: Path) -> None:
     assert store.count("fv__v") == 1
 
 
+def _vectors(rows: list[list[float] | None], dim: int = 16) -> pa.Table:
+    flat = [x for r in rows for x in (r if r is not None else [0.0] * dim)]
+    col = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim, mask=pa.array([r is None for r in rows]))
+    return pa.table({"k": list(range(len(rows))), "ts": ts_array([T0 + i * SEC for i in range(len(rows))]), "v": col})
+
+
+@pytest.mark.parametrize("whole", [True, False])
+def test_null_vectors_survive_every_write(tmp_path: Path, whole: bool) -> None:
+    """A null in a fixed-size float list of >= 10 values (LanceDB's "vector column" heuristic) is a
+    value, not a bad vector: whole-table rewrites (the full backfill) kept failing with "variable
+    length vectors" while appends and range rewrites accepted it. NaN is refused by both."""
+    store = LanceOfflineStore(tmp_path / "off")
+    data = _vectors([[1.0] * 16, None, [2.0] * 16])
+    start, end = (None, None) if whole else (T0, T0 + 10 * SEC)
+    for _ in range(2):  # create, then replace
+        store.overwrite_range("fv__v", data, "ts", start, end)
+        got = store.read("fv__v").sort_by("k").column("v").to_pylist()
+        assert got == [[1.0] * 16, None, [2.0] * 16]
+    with pytest.raises((InvalidInputError, OSError, ValueError), match="NaN"):
+        store.overwrite_range("fv__v", _vectors([[float("nan")] * 16]), "ts", start, end)
+    assert store.read("fv__v").sort_by("k").column("v").to_pylist() == [[1.0] * 16, None, [2.0] * 16]
+
+
 _WRITER = textwrap.dedent("""
     import sys
     import pyarrow as pa
