@@ -27,6 +27,7 @@ from ...errors import UnavailableError
 from ...state.ops import Ops, entity_key_has, recent_key_has
 from ...state.tiles import ViewState
 from ...vocab.redact import redact_text, redact_url, register_url
+from ._aio import AsyncRawConnection, LoopConnections, open_async_raw
 from ._cluster import (
     DEFAULT_SHARDS,
     GLOBAL_BEGIN,
@@ -38,7 +39,6 @@ from ._cluster import (
     parse_cluster_url,
     shard_of,
 )
-from ._aio import AsyncRawConnection, LoopConnections, open_async_raw
 from ._resp import RawConnection, pack
 from .base import BaseOnlineStore, EntityErased
 
