@@ -5,6 +5,7 @@ back to redis-py's cluster client, which follows the redirect, and the right val
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import redis
 
 import context_store as cs
 from context_store.config import load_config
+from context_store.errors import UnavailableError
 from context_store.state.codec import entity_key
 from context_store.stores.online import open_online_store
 from context_store.stores.online._cluster import shard_of
@@ -102,3 +104,42 @@ def test_a_killed_connection_falls_back_then_reconnects(store: RedisClusterOnlin
         assert all(c is not None and c is not before[name] for name, c in after.items())  # reopened
 
     asyncio.run(run())
+
+
+def test_a_master_killed_the_async_reads_recover_on_the_promoted_replica(tmp_path: Path, workspace_name: str) -> None:
+    cluster = RedisClusterProcs(tmp_path / "cluster", node_timeout_ms=1000).start()
+    s = open_online_store(load_config(tmp_path, workspace=workspace_name, online_store=cluster.url))
+    assert isinstance(s, RedisClusterOnlineStore)
+    try:
+        st = agg_state("1h", [cs.Aggregate("amount", "count", "1d")])
+        ev = events(200, seed=14, users=USERS)
+        s.apply_events(st, table(ev), now_us=NOW)
+        for n in s._r.get_primaries():  # every write reached its replica before the crash
+            s._r.get_redis_connection(n).execute_command("WAIT", 1, 2000)
+        reads = [(st, key(u)) for u in USERS]
+        want = [pytest.approx(expected(st, ev, u, NOW)) for u in USERS]
+        victim = cluster.master_of(s._k(key(USERS[0])))
+
+        async def run() -> None:
+            assert [r.values for r in await s.read_features_async(reads, NOW)] == want
+            cluster.kill(victim)
+            deadline = time.monotonic() + 60
+            while True:  # 503s while the replica is elected, then the right values
+                try:
+                    got = await s.read_features_async(reads, NOW)
+                    break
+                except UnavailableError:
+                    assert time.monotonic() < deadline, "reads did not recover after the failover"
+                    await asyncio.sleep(0.2)
+            assert [r.values for r in got] == want
+            loop = asyncio.get_running_loop()
+            for _ in range(3):  # then the raw path again, on the new master's own connection
+                assert [r.values for r in await s.read_features_async(reads, NOW)] == want
+            names = {n.name for n in s._rr.get_primaries()}
+            assert f"127.0.0.1:{victim}" not in names
+            assert all(s._aconns.get(loop, name) is not None for name in names)
+
+        asyncio.run(run())
+    finally:
+        s.close()
+        cluster.stop()
