@@ -221,15 +221,18 @@ class RedisClusterOnlineStore(BaseOnlineStore):
         loop = asyncio.get_running_loop()
         budget = self.timeouts.read_s + n_fields * 1e-5
         sent: list[tuple[list[int], asyncio.Future[Any]]] = []
-        for name, (node, idx) in self._by_node(reqs).items():
-            c = self._aconns.get(loop, name)
-            if c is None:
-                self._anodes[name] = (node.host, node.port)
-                c = await self._aconns.open(loop, name, budget)
-            packed = b"".join([pack(("HMGET", self._k(reqs[i][0]), *reqs[i][1])) for i in idx])
-            sent.append((idx, c.call(packed, len(idx), budget)))
-        out: list[list[bytes | None]] = [[] for _ in reqs]
         failed: BaseException | None = None
+        for name, (node, idx) in self._by_node(reqs).items():
+            try:
+                c = self._aconns.get(loop, name)
+                if c is None:
+                    self._anodes[name] = (node.host, node.port)
+                    c = await self._aconns.open(loop, name, budget)
+                packed = b"".join([pack(("HMGET", self._k(reqs[i][0]), *reqs[i][1])) for i in idx])
+                sent.append((idx, c.call(packed, len(idx), budget)))
+            except self._errors as e:  # a master unreachable: the others' replies are still awaited below
+                failed = failed or e
+        out: list[list[bytes | None]] = [[] for _ in reqs]
         for idx, fut in sent:  # every reply awaited (none left unretrieved), the first failure raised after
             try:
                 got = await fut
