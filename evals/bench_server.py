@@ -10,7 +10,8 @@ Measures, interleaved in one run on the same machine and the same Redis (A B C D
 - a stricter reference floor: the same Starlette route doing one Redis GET of the pre-encoded response
   (no decode, no encode; ``--no-get-floor`` leaves it out);
 - Feast 0.67 ``feast serve -w 2 --max-requests 0`` over the same Redis, when ``.venv-feast`` exists
-  (``python evals/peers/feast_setup.py``; ``--no-feast`` leaves it out);
+  (``python evals/peers/feast_setup.py``; ``--feast-venv DIR`` uses another one, e.g. the main checkout's
+  from a worktree; ``--no-feast`` leaves it out);
 with (1) max throughput from ``wrk`` (closed loop, 16 connections) plus the server processes' CPU per
 request, and (2) latency at a fixed request rate from an open-loop generator (separate process; latency
 counted from each request's scheduled send time, so queueing behind a stall is not hidden). Each
