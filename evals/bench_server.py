@@ -2,7 +2,6 @@
 
     python -m evals.bench_server [--quick] [--workers 2] [--duration 10] [--rate 1000] [--repeat 3] [--no-feast]
     python -m evals.bench_server --cluster [--repeat 3]       # the same against a Redis Cluster
-    python -m evals.bench_server --overload [--max-in-flight 16 32 64] [--duration 5]
 
 Measures, interleaved in one run on the same machine and the same Redis (A B C D A B C D ...):
 - the context-store server (``context-store serve`` equivalent, uvicorn + uvloop + httptools);
@@ -11,7 +10,8 @@ Measures, interleaved in one run on the same machine and the same Redis (A B C D
 - a stricter reference floor: the same Starlette route doing one Redis GET of the pre-encoded response
   (no decode, no encode; ``--no-get-floor`` leaves it out);
 - Feast 0.67 ``feast serve -w 2 --max-requests 0`` over the same Redis, when ``.venv-feast`` exists
-  (``python evals/peers/feast_setup.py``; ``--no-feast`` leaves it out);
+  (``python evals/peers/feast_setup.py``; ``--feast-venv DIR`` uses another one, e.g. the main checkout's
+  from a worktree; ``--no-feast`` leaves it out);
 with (1) max throughput from ``wrk`` (closed loop, 16 connections) plus the server processes' CPU per
 request, and (2) latency at a fixed request rate from an open-loop generator (separate process; latency
 counted from each request's scheduled send time, so queueing behind a stall is not hidden). Each
@@ -23,10 +23,7 @@ tests/support/cluster.py) and serves from it: context-store with ``online_store:
 floor app with redis-py's asyncio cluster client (HGETALL routed by slot), no Feast; results go to
 evals/results/server_cluster.md.
 
-``--overload`` measures load shedding instead: saturation (wrk), then the open-loop generator at half of
-it (the unsaturated p99) and at twice it with many connections, for a server with ``--max-in-flight`` and
-one without a bound; it reports the p99 of accepted (200) requests against the unsaturated p99 and the
-latency of the rejected (503) ones. Printed, not written to the results file.
+Load shedding under overload is measured by ``evals/bench_overload.py`` (it reuses ``paced`` and the helpers here).
 """
 
 from __future__ import annotations
@@ -494,62 +491,6 @@ def machine() -> str:
     )
 
 
-def overload(repo: Path, ws: str, args: Any, dur: float) -> None:
-    """Load shedding under 2x saturation: accepted p99 vs unsaturated p99, and how fast 503s come back."""
-    body = json.dumps(
-        {"params": {"workspaceName": ws, "featureServiceName": "bench", "joinKeyMap": {"user_id": "u1"}}}
-    ).encode()
-    rows = []
-    sat = 0.0
-    # The unbounded server first: its wrk throughput is the saturation rate every server is then driven at
-    # (wrk against a bounded server would count its 503s as throughput).
-    for limit in (0, *args.max_in_flight):
-        port = _free_port()
-        proc = _start_cs(repo, port, args.workers, limit)
-        try:
-            _wait_up(port, proc)
-            wrk_throughput(port, body, 2)  # warm-up
-            load0 = os.getloadavg()
-            sat = sat or wrk_throughput(port, body, int(dur))["rps"]
-            calm = fixed_rate(port, body, sat / 2, dur, conns=32)
-            hot = fixed_rate(port, body, sat * 2, dur, conns=args.overload_connections)
-            load1 = os.getloadavg()
-        finally:
-            _stop(proc)
-        ok = hot["by_status"].get("200", {})
-        calm_ok = calm["by_status"].get("200", {})
-        row = {
-            "max_in_flight": limit or "unbounded",
-            "saturation_rps": sat,
-            "calm": calm,
-            "hot": hot,
-            "accepted_p99_ratio": (ok["p99_ms"] / calm_ok["p99_ms"]) if ok and calm_ok else None,
-            "loadavg_before": load0,
-            "loadavg_after": load1,
-        }
-        rows.append(row)
-        print(json.dumps(row, default=str), file=sys.stderr)
-    print(f"\n## Overload: 2x saturation, open loop, {args.overload_connections} connections ({machine()})\n")
-    print(
-        "| max in flight | saturation req/s (wrk, unbounded server) | p99 ms of 200s at 0.5x | sent req/s at 2x "
-        "| 200s | p50 / p99 ms of 200s "
-        "| p99 200s / p99 at 0.5x | 503s | p50 / p99 / max ms of 503s | errors | load avg before -> after |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-    for r in rows:
-        hot, calm = r["hot"], r["calm"]
-        ok, shed = hot["by_status"].get("200", {}), hot["by_status"].get("503", {})
-        ratio = f"{r['accepted_p99_ratio']:.1f}x" if r["accepted_p99_ratio"] is not None else "-"
-        shed_ms = f"{shed['p50_ms']:.1f} / {shed['p99_ms']:.1f} / {shed['max_ms']:.1f}" if shed else "-"
-        print(
-            f"| {r['max_in_flight']} | {r['saturation_rps']:.0f} | "
-            f"{calm['by_status'].get('200', {}).get('p99_ms', float('nan')):.2f} | "
-            f"{hot['sent'] / dur:.0f} | {ok.get('n', 0)} | {ok.get('p50_ms', float('nan')):.1f} / "
-            f"{ok.get('p99_ms', float('nan')):.1f} | {ratio} | {shed.get('n', 0)} | {shed_ms} | {hot['errors']} | "
-            f"{r['loadavg_before'][0]:.1f} -> {r['loadavg_after'][0]:.1f} |"
-        )
-
-
 # -- the interleaved comparison ------------------------------------------------------------------
 
 CS = "context-store"
@@ -557,7 +498,9 @@ CS_KEYED = "context-store, API key"
 FLOOR = "floor: Starlette + HGETALL"
 FLOOR_GET = "floor-GET: Starlette + GET of the pre-encoded response"
 FEAST = "Feast 0.67 feast serve --max-requests 0"
-FEAST_PY = ROOT / ".venv-feast" / "bin" / "python"
+# Feast's own venv (its pins never touch ours): ``--feast-venv`` (or CS_FEAST_VENV); a worktree can point at
+# the main checkout's.
+FEAST_PY = Path(os.environ.get("CS_FEAST_VENV", ROOT / ".venv-feast")) / "bin" / "python"
 _JSON_HEADERS = {"Content-Type": "application/json"}
 
 
@@ -669,18 +612,16 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=1000)
     ap.add_argument("--repeat", type=int, default=3, help="interleaved repetitions (every server once each)")
     ap.add_argument("--no-feast", action="store_true", help="leave Feast out even when .venv-feast exists")
+    ap.add_argument("--feast-venv", default=None, help="Feast's venv (default: .venv-feast of this checkout)")
     ap.add_argument("--no-get-floor", action="store_true", help="leave the GET reference floor out")
     ap.add_argument("--no-keyed", action="store_true", help="leave out context-store with auth on (an API key)")
     ap.add_argument("--profile", action="store_true", help="also profile the request path with pyinstrument")
     ap.add_argument("--out", default=None, help="results file (default: results/server.md, server_cluster.md)")
     ap.add_argument("--cluster", action="store_true", help="serve from a Redis Cluster this run starts itself")
-    ap.add_argument("--overload", action="store_true", help="measure load shedding at 2x saturation instead")
-    ap.add_argument(
-        "--max-in-flight", type=int, nargs="+", default=[32], help="server limits to compare in --overload mode"
-    )
-    ap.add_argument("--overload-connections", type=int, default=512, help="client connections at 2x saturation")
     args = ap.parse_args()
-    global REDIS_URL
+    global REDIS_URL, FEAST_PY
+    if args.feast_venv:
+        FEAST_PY = Path(args.feast_venv) / "bin" / "python"
     cluster = None
     if args.cluster:
         sys.path.insert(0, str(ROOT))
@@ -726,9 +667,6 @@ def _main(args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         seed(repo, users)
         print(f"seeded in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
-        if args.overload:
-            overload(repo, ws, args, dur)
-            return
         body = json.dumps(
             {"params": {"workspaceName": ws, "featureServiceName": "bench", "joinKeyMap": {"user_id": "u1"}}}
         ).encode()

@@ -2,7 +2,10 @@
 
 redis-py opens the connection (AUTH, SELECT, TLS: whatever the URL asks), then this protocol takes over its
 transport: commands are written pre-packed, replies parsed by hiredis in ``data_received`` and handed to
-waiting futures in order. Concurrent requests of one worker pipeline on the one connection. Measured in
+waiting futures in order. Concurrent requests of one worker pipeline on the one connection, and the commands
+of one event-loop iteration leave in one write (``call`` holds them until the iteration's end): under load
+several requests' HMGETs arrive at Redis together, so both this process and Redis make one write and one read
+for all of them rather than one each (measured with strace under wrk: see evals/results/server.md). Measured in
 the feature server: redis.asyncio's per-command layers (pool checkout, retry wrapper, stream reader,
 ``asyncio.timeout``) cost more CPU than the whole feature computation of a 10-feature lookup.
 
@@ -18,19 +21,26 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
+import threading
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["AsyncRawConnection", "open_async_raw"]
+__all__ = ["AsyncRawConnection", "LoopConnections", "open_async_raw"]
+
+
+_UNSENT = float("inf")  # the deadline of a command still held in ``_out``: its budget starts when it is written
 
 
 class _Pending:
-    __slots__ = ("acc", "deadline", "fut", "left")
+    __slots__ = ("acc", "deadline", "fut", "left", "timeout")
 
-    def __init__(self, fut: asyncio.Future[Any], n: int, deadline: float) -> None:
+    def __init__(self, fut: asyncio.Future[Any], n: int, timeout: float) -> None:
         self.fut = fut
         self.left = n
         self.acc: list[Any] | None = [] if n > 1 else None
-        self.deadline = deadline
+        self.timeout = timeout
+        self.deadline = _UNSENT
 
 
 class AsyncRawConnection(asyncio.Protocol):
@@ -52,6 +62,8 @@ class AsyncRawConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._timed_out = False
+        self._out: list[bytes] = []  # commands of this loop iteration, written by ``_flush`` at its end
+        self._out_p: list[_Pending] = []  # their waiters
 
     # -- asyncio.Protocol ---------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
@@ -94,12 +106,30 @@ class AsyncRawConnection(asyncio.Protocol):
         if self.closed:
             raise ConnectionError("Redis connection is closed")
         fut = self.loop.create_future()
-        deadline = self.loop.time() + timeout
-        self.pending.append(_Pending(fut, n, deadline))
-        self.transport.write(packed)
-        if self._timer is None or deadline < self._timer_at:
-            self._arm(deadline)
+        p = _Pending(fut, n, timeout)
+        self.pending.append(p)
+        out = self._out
+        out.append(packed)
+        self._out_p.append(p)
+        if len(out) == 1:  # the first of this iteration: written when the iteration ends, with any others
+            self.loop.call_soon(self._flush)
         return fut
+
+    def _flush(self) -> None:
+        out, held = self._out, self._out_p
+        self._out, self._out_p = [], []
+        if not out or self.transport.is_closing():  # closing: connection_lost fails their commands
+            return
+        self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        # Budgets start now, not at ``call``: a loop stalled in between (a long request) does not spend
+        # them before the command even left.
+        now = self.loop.time()
+        first = _UNSENT
+        for p in held:
+            p.deadline = d = now + p.timeout
+            first = min(first, d)
+        if self._timer is None or first < self._timer_at:
+            self._arm(first)
 
     def _arm(self, when: float) -> None:
         if self._timer is not None:
@@ -120,8 +150,10 @@ class AsyncRawConnection(asyncio.Protocol):
         for p in pending:
             if p.deadline <= now and not p.fut.done():
                 p.fut.set_exception(TimeoutError("Redis did not answer within the read timeout"))
-        live = [p.deadline for p in pending if not p.fut.done()]
-        self._arm(min(live) if live else pending[0].deadline + self.abandon_s)
+        live = [p.deadline for p in pending if not p.fut.done() and p.deadline != _UNSENT]
+        nxt = min(live) if live else pending[0].deadline + self.abandon_s
+        if nxt != _UNSENT:  # only unsent commands: ``_flush`` arms the timer when they leave
+            self._arm(nxt)
 
     def close(self) -> None:
         """Close from any thread (the server closes stores from a worker thread at shutdown)."""
@@ -148,3 +180,47 @@ async def open_async_raw(client: Any, timeout: float, abandon_s: float = 2.0) ->
     proto = AsyncRawConnection(loop, transport, conn, redis.exceptions.ResponseError, abandon_s)
     transport.set_protocol(proto)
     return proto
+
+
+class LoopConnections:
+    """Raw connections per (event loop, key): each opened once (one opener at a time per loop and key, the
+    others wait for it) and reopened when closed. Keyed by the loop's id and checked by identity: a new loop
+    may reuse a closed one's id (``asyncio.run`` in tests). ``opener(key)`` opens one, bounded by its own
+    budget; a caller waits at most its ``timeout`` (a busy host's handshake completes for later requests)."""
+
+    def __init__(self, opener: Callable[[str], Awaitable[AsyncRawConnection]]) -> None:
+        self._opener = opener
+        self._conns: dict[tuple[int, str], AsyncRawConnection] = {}
+        self._opening: dict[tuple[int, str], asyncio.Future[AsyncRawConnection]] = {}
+        self._lock = threading.Lock()  # ``close_all`` runs from another thread at shutdown
+
+    def get(self, loop: asyncio.AbstractEventLoop, key: str) -> AsyncRawConnection | None:
+        """The open connection of ``loop`` to ``key``, if any (no await: the hot path)."""
+        c = self._conns.get((id(loop), key))
+        return c if c is not None and not c.closed and c.loop is loop else None
+
+    async def open(self, loop: asyncio.AbstractEventLoop, key: str, timeout: float) -> AsyncRawConnection:
+        k = (id(loop), key)
+        opening = self._opening.get(k)
+        if opening is None or opening.get_loop() is not loop:
+            opening = self._opening[k] = asyncio.ensure_future(self._opener(key))
+            opening.add_done_callback(functools.partial(self._opened, k))
+        fresh = await asyncio.wait_for(asyncio.shield(opening), timeout)
+        with self._lock:
+            old = self._conns.get(k)
+            self._conns[k] = fresh
+        if old is not None and old is not fresh:
+            old.close()
+        return fresh
+
+    def _opened(self, k: tuple[int, str], f: asyncio.Future[AsyncRawConnection]) -> None:
+        if self._opening.get(k) is f:
+            self._opening.pop(k, None)
+        if not f.cancelled():
+            f.exception()  # retrieved: a failure nobody waits for any more (the waiter timed out) is not logged
+
+    def close_all(self) -> None:
+        with self._lock:
+            conns, self._conns = list(self._conns.values()), {}
+        for c in conns:
+            c.close()

@@ -27,6 +27,7 @@ from ...errors import UnavailableError
 from ...state.ops import Ops, entity_key_has, recent_key_has
 from ...state.tiles import ViewState
 from ...vocab.redact import redact_text, redact_url, register_url
+from ._aio import AsyncRawConnection, LoopConnections, open_async_raw
 from ._cluster import (
     DEFAULT_SHARDS,
     GLOBAL_BEGIN,
@@ -35,6 +36,7 @@ from ._cluster import (
     SHARD_COMMIT,
     NodeBatches,
     cluster_client,
+    parse_cluster_url,
     shard_of,
 )
 from ._resp import RawConnection, pack
@@ -99,6 +101,8 @@ class RedisClusterOnlineStore(BaseOnlineStore):
         self._tl = threading.local()
         self._lock = threading.Lock()
         self._held: list[Any] = []
+        self._aconns = LoopConnections(self._aopen)  # the async path's connections: per event loop and master
+        self._anodes: dict[str, tuple[str, int]] = {}  # master name -> (host, port), for ``_aopen``
 
     def _stored_shards(self, wanted: int) -> int:
         """The workspace's shard count: the first opener records it; later ones use it whatever they ask."""
@@ -137,6 +141,10 @@ class RedisClusterOnlineStore(BaseOnlineStore):
             # A moved slot, a lost node, a timeout: redis-py's client follows MOVED, re-reads the
             # topology and retries (within the read budget); its slot map then serves the fast path again.
             self._drop_raw()
+        return self._hmget_client(reqs, n_fields)
+
+    def _hmget_client(self, reqs: list[tuple[str, list[str]]], n_fields: int) -> list[list[bytes | None]]:
+        """The reads through redis-py's cluster client (MOVED/ASK, topology refresh, retries)."""
         # The read budget (``redis_read_timeout_ms``) for lookups; a big read (an idle Lifetime
         # entity's old tiles, a large batch) gets the write budget rather than a spurious 503.
         r = self._rr if n_fields <= 2000 else self._r
@@ -157,12 +165,7 @@ class RedisClusterOnlineStore(BaseOnlineStore):
         """The hot path: HMGETs grouped per master, packed once, sent on this thread's own hiredis
         connection to each master (as the single-node store does; redis-py's cluster layers cost
         more than the command)."""
-        nm = self._rr.nodes_manager
-        by_node: dict[str, tuple[Any, list[int]]] = {}
-        for i, (key, fields) in enumerate(reqs):
-            if fields:
-                node = nm.get_node_from_slot(self._slots[shard_of(key, self.shards)])
-                by_node.setdefault(node.name, (node, []))[1].append(i)
+        by_node = self._by_node(reqs)
         out: list[list[bytes | None]] = [[] for _ in reqs]
         budget = self.timeouts.read_s + n_fields * 1e-5
         for name, (node, idx) in by_node.items():
@@ -192,10 +195,75 @@ class RedisClusterOnlineStore(BaseOnlineStore):
         for c in (conns or {}).values():
             c.conn.disconnect()
 
+    def _by_node(self, reqs: list[tuple[str, list[str]]]) -> dict[str, tuple[Any, list[int]]]:
+        """The requests with fields, grouped by the master of their shard's slot (redis-py's slot map)."""
+        nm = self._rr.nodes_manager
+        by_node: dict[str, tuple[Any, list[int]]] = {}
+        for i, (key, fields) in enumerate(reqs):
+            if fields:
+                node = nm.get_node_from_slot(self._slots[shard_of(key, self.shards)])
+                by_node.setdefault(node.name, (node, []))[1].append(i)
+        return by_node
+
     async def _ahmget(self, reqs: list[tuple[str, list[str]]]) -> list[list[bytes | None]]:
-        # The async serving path: the blocking cluster client in a worker thread, so a slow node
-        # (a failover in progress) never stalls the event loop's other requests.
-        return await asyncio.to_thread(self._hmget, reqs)
+        # The async serving path: one raw connection per master and event loop (``_aio``), HMGETs grouped per
+        # master, no thread hop. Anything unusual (MOVED/ASK after a resharding, a lost node, a failover, a
+        # timeout) goes to redis-py's cluster client in a worker thread, which follows redirects and re-reads
+        # the topology (its slot map then serves this path again) without stalling the event loop.
+        n_fields = sum(len(f) for _, f in reqs)
+        try:
+            return await self._ahmget_raw(reqs, n_fields)
+        except self._errors:
+            pass
+        return await asyncio.to_thread(self._hmget_client, reqs, n_fields)
+
+    async def _ahmget_raw(self, reqs: list[tuple[str, list[str]]], n_fields: int) -> list[list[bytes | None]]:
+        loop = asyncio.get_running_loop()
+        budget = self.timeouts.read_s + n_fields * 1e-5
+        sent: list[tuple[list[int], asyncio.Future[Any]]] = []
+        failed: BaseException | None = None
+        for name, (node, idx) in self._by_node(reqs).items():
+            try:
+                c = self._aconns.get(loop, name)
+                if c is None:
+                    self._anodes[name] = (node.host, node.port)
+                    c = await self._aconns.open(loop, name, budget)
+                packed = b"".join([pack(("HMGET", self._k(reqs[i][0]), *reqs[i][1])) for i in idx])
+                sent.append((idx, c.call(packed, len(idx), budget)))
+            except self._errors as e:  # a master unreachable: the others' replies are still awaited below
+                failed = failed or e
+        out: list[list[bytes | None]] = [[] for _ in reqs]
+        for idx, fut in sent:  # every reply awaited (none left unretrieved), the first failure raised after
+            try:
+                got = await fut
+            except self._errors as e:
+                failed = failed or e
+                continue
+            for i, v in zip(idx, [got] if len(idx) == 1 else got):
+                if isinstance(v, Exception):  # MOVED / ASK / CLUSTERDOWN: a ResponseError in its slot
+                    failed = failed or v
+                out[i] = v
+        if failed is not None:
+            raise failed
+        return out
+
+    async def _aopen(self, name: str) -> AsyncRawConnection:
+        """A raw connection to master ``name`` (AUTH/TLS as the URL asks, done by redis.asyncio)."""
+        import redis.asyncio as aredis
+
+        host, port = self._anodes[name]
+        spec = parse_cluster_url(self.url)
+        t = self.timeouts
+        client = aredis.Redis(
+            host=host,
+            port=port,
+            username=spec.username,
+            password=spec.password,
+            ssl=spec.ssl,
+            socket_connect_timeout=t.write_s,
+            socket_timeout=t.write_s,
+        )
+        return await open_async_raw(client, t.write_s, abandon_s=t.write_s)
 
     def _fields(self, keys: list[str]) -> list[list[str]]:
         try:
@@ -376,6 +444,7 @@ class RedisClusterOnlineStore(BaseOnlineStore):
             raise self._unavailable(e) from None
 
     def close(self) -> None:
+        self._aconns.close_all()
         for c in self._held:
             c.disconnect()
         self._held.clear()
