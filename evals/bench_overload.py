@@ -68,8 +68,22 @@ busy = cs.FeatureService("busy", [spin])
 """
 
 
+Config = tuple[int, float, str]  # max_in_flight, max_lag_ms, checkout served ("" = this one)
+
+
+def _parse_config(spec: str) -> Config:
+    limit, lag, *root = spec.split(":", 2)
+    return int(limit), float(lag), root[0] if root else ""
+
+
 def _start(
-    repo: Path, port: int, workers: int, max_in_flight: int, max_lag_ms: float, cpus: str | None = None
+    repo: Path,
+    port: int,
+    workers: int,
+    max_in_flight: int,
+    max_lag_ms: float,
+    root: str = "",
+    cpus: str | None = None,
 ) -> subprocess.Popen[bytes]:
     code = (
         "from context_store.server.run import ServeOptions, serve; "
@@ -77,9 +91,10 @@ def _start(
         f"mcp=False, stream_workers=False, log_level='error', max_in_flight={max_in_flight}, "
         f"max_lag_ms={max_lag_ms}))"
     )
-    env = {**os.environ, "PYTHONPATH": str(bs.ROOT)}  # this checkout's code in the uvicorn workers too
+    src = Path(root or bs.ROOT).resolve()
+    env = {**os.environ, "PYTHONPATH": str(src)}  # that checkout's code in the uvicorn workers too
     pin = ["taskset", "-c", cpus] if cpus else []  # the workers inherit it
-    return subprocess.Popen([*pin, sys.executable, "-c", code], cwd=bs.ROOT, env=env, start_new_session=True)
+    return subprocess.Popen([*pin, sys.executable, "-c", code], cwd=src, env=env, start_new_session=True)
 
 
 def fixed_rate(port: int, body: bytes, rate: float, seconds: float, conns: int, args: Any) -> dict[str, Any]:
@@ -107,15 +122,13 @@ def _cpu_list(spec: str) -> set[int]:
     return cpus
 
 
-def _label(cfg: tuple[int, float]) -> str:
-    limit, lag = cfg
-    if not limit and not lag:
-        return "unbounded"
+def _label(cfg: Config) -> str:
+    limit, lag, root = cfg
     parts = ([f"in-flight {limit}"] if limit else []) + ([f"lag {lag:g} ms"] if lag else [])
-    return " + ".join(parts)
+    return (" + ".join(parts) or "unbounded") + (f" (served from {root})" if root else "")
 
 
-def run_one(repo: Path, body: bytes, cfg: tuple[int, float], sat: float | None, args: Any) -> dict[str, Any]:
+def run_one(repo: Path, body: bytes, cfg: Config, sat: float | None, args: Any) -> dict[str, Any]:
     port = bs._free_port()
     proc = _start(repo, port, args.workers, *cfg, cpus=args.server_cpus)
     try:
@@ -212,7 +225,12 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--connections", type=int, default=512, help="client connections at 2x saturation")
     ap.add_argument("--users", type=int, default=1000)
-    ap.add_argument("--configs", nargs="+", default=["0:0", "32:0", "32:10"], help="max_in_flight:max_lag_ms")
+    ap.add_argument(
+        "--configs",
+        nargs="+",
+        default=["0:0", "32:0", "32:10"],
+        help="max_in_flight:max_lag_ms[:checkout to serve, e.g. /work/main for an A/B of the server code]",
+    )
     ap.add_argument(
         "--spin-ms",
         type=float,
@@ -234,7 +252,7 @@ def main() -> None:
         sys.exit("no C compiler (cc) to build evals/loadgen/openloop.c: apt-get install -y gcc")
     if args.generator_cpus:  # wrk inherits it (openloop is started under taskset)
         os.sched_setaffinity(0, _cpu_list(args.generator_cpus))
-    configs = [(int(c.split(":")[0]), float(c.split(":")[1])) for c in args.configs]
+    configs = [_parse_config(c) for c in args.configs]
     ws = "ovl" + uuid.uuid4().hex[:8]
     tmp = Path(tempfile.mkdtemp(prefix="cs-bench-overload-"))
     repo = tmp / "repo"
