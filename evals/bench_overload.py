@@ -10,15 +10,20 @@ configs are run one after the other (A B C A B C ...), each on a fresh server (2
 1. saturation: ``wrk`` closed loop against the unbounded server (the first config of each repetition: wrk
    against a shedding server would count its 503s as throughput); every config of that repetition is then
    driven at the same rates;
-2. calm: an open-loop generator (``bench_server``'s, telling shed 503s from other 503s; latency from each
-   request's scheduled send time) at 0.5x saturation, 32 connections: the unsaturated p99 of 200s;
+2. calm: ``evals/loadgen/openloop.c`` (built with ``cc -O2`` on first use; open loop, keep-alive, latency from
+   each request's scheduled send time, shed 503s told from other 503s) at 0.5x saturation, 32 connections:
+   the unsaturated p99 of 200s;
 3. hot: the same generator at 2x saturation with 512 connections: p99 of the 200s, speed of the 503s, errors.
+
+A generator in Python could not send 2x saturation (~20k req/s) of get-features from the same 2 cores: its own
+delay reached seconds (evals/results/overload_fast_path.md). The C one uses a fraction of a core (reported,
+with the server's CPU, per run). ``--generator-cpus``/``--server-cpus`` pin them apart with taskset.
 
 The ratio hot p99 (200s) / calm p99 (200s) is computed within one run of one server. Medians and ranges over
 the repetitions, with the load average, go to evals/results/overload.md. The generator shares the machine's
-cores with the server, as a co-located client would; its own delay (scheduled time -> request written) is
-reported, since on a loaded machine it is part of every latency. ``--spin-ms`` serves a request-time view that
-holds the event loop that long instead: a capacity that does not depend on the machine's load (no wrk).
+cores with the server (unless pinned), as a co-located client would; its own delay (scheduled time -> request
+written) is reported, since on a loaded machine it is part of every latency. ``--spin-ms`` serves a request-time
+view that holds the event loop that long instead: a capacity that does not depend on the machine's load (no wrk).
 """
 
 from __future__ import annotations
@@ -27,7 +32,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -41,6 +45,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 import bench_server as bs  # noqa: E402  (a sibling script, not a package)
+
+sys.path.insert(0, str(Path(__file__).parent / "loadgen"))
+import openloop  # noqa: E402
 
 OUT = bs.RESULTS / "overload.md"
 SPIN_DEFINITIONS = """
@@ -63,121 +70,112 @@ busy = cs.FeatureService("busy", [spin])
 """
 
 
-def _start(repo: Path, port: int, workers: int, max_in_flight: int, max_lag_ms: float) -> subprocess.Popen[bytes]:
+Config = tuple[int, float, str]  # max_in_flight, max_lag_ms, checkout served ("" = this one)
+
+
+def _parse_config(spec: str) -> Config:
+    limit, lag, *root = spec.split(":", 2)
+    return int(limit), float(lag), root[0] if root else ""
+
+
+def _start(
+    repo: Path,
+    port: int,
+    workers: int,
+    max_in_flight: int,
+    max_lag_ms: float,
+    root: str = "",
+    cpus: str | None = None,
+) -> subprocess.Popen[bytes]:
     code = (
         "from context_store.server.run import ServeOptions, serve; "
         f"serve(ServeOptions(repo={str(repo)!r}, host='127.0.0.1', port={port}, workers={workers}, auth=False, "
         f"mcp=False, stream_workers=False, log_level='error', max_in_flight={max_in_flight}, "
         f"max_lag_ms={max_lag_ms}))"
     )
-    env = {**os.environ, "PYTHONPATH": str(bs.ROOT)}  # this checkout's code in the uvicorn workers too
-    return subprocess.Popen([sys.executable, "-c", code], cwd=bs.ROOT, env=env, start_new_session=True)
+    src = Path(root or bs.ROOT).resolve()
+    env = {**os.environ, "PYTHONPATH": str(src)}  # that checkout's code in the uvicorn workers too
+    pin = ["taskset", "-c", cpus] if cpus else []  # the workers inherit it
+    return subprocess.Popen([*pin, sys.executable, "-c", code], cwd=src, env=env, start_new_session=True)
 
 
-async def _open_loop(port: int, body: bytes, rate: float, seconds: float, conns: int) -> dict[str, Any]:
-    """``bench_server._open_loop`` telling shed 503s (``overloaded``) from others (e.g. a Redis read over its
-    bound), and recording the generator's own delay (scheduled time -> request written) to show its share."""
-    req = (
-        f"POST {bs.PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
-    pool: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
-    for _ in range(conns):
-        pool.put_nowait(await asyncio.open_connection("127.0.0.1", port))
-    lat: dict[str, list[float]] = {"200": [], "shed": [], "other": []}
-    send_delay: list[float] = []
-    errors = 0
-
-    async def one(scheduled: float) -> None:
-        nonlocal errors
-        reader, writer = await pool.get()
-        try:
-            send_delay.append(time.perf_counter() - scheduled)
-            writer.write(req)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head[9:12])
-            m = re.search(rb"(?i)content-length:\s*(\d+)", head)
-            payload = await reader.readexactly(int(m.group(1)) if m else 0)
-            took = time.perf_counter() - scheduled
-            kind = "200" if status == 200 else "shed" if status == 503 and b"overloaded" in payload else "other"
-            lat[kind].append(took)
-        except Exception:
-            errors += 1
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        finally:
-            pool.put_nowait((reader, writer))
-
-    n = int(rate * seconds)
-    await bs.paced(one, rate, seconds)
-
-    def pct(xs: list[float], p: float) -> float:
-        xs = sorted(xs)
-        return xs[min(len(xs) - 1, int(p * len(xs)))] * 1000 if xs else float("nan")
-
-    out: dict[str, Any] = {"sent": n, "errors": errors, "send_delay_p99_ms": pct(send_delay, 0.99)}
-    for kind, xs in lat.items():
-        out[kind] = {"n": len(xs), "p50_ms": pct(xs, 0.5), "p99_ms": pct(xs, 0.99)}
+def fixed_rate(port: int, body: bytes, rate: float, seconds: float, conns: int, args: Any) -> dict[str, Any]:
+    """``evals/loadgen/openloop.c`` at ``rate`` for ``seconds``: open loop, latency from each request's scheduled
+    time, shed 503s (body says ``overloaded``) told from other 503s, and the generator's own delay and CPU."""
+    out = openloop.run(
+        args.openloop,
+        port,
+        rate=rate,
+        seconds=seconds,
+        connections=conns,
+        body=body,
+        path=bs.PATH,
+        cpus=args.generator_cpus,
+    )
+    out["cpu_share"] = (out["cpu_user_s"] + out["cpu_sys_s"]) / max(out["elapsed_s"], 1e-9)  # of one core
     return out
 
 
-def fixed_rate(port: int, body: bytes, rate: float, seconds: float, conns: int) -> dict[str, Any]:
-    """The generator in its own process (not sharing a loop or the GIL with anything)."""
-    code = (
-        f"import asyncio, json, uvloop, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
-        f"import bench_overload as b; uvloop.install(); "
-        f"print(json.dumps(asyncio.run(b._open_loop({port}, {body!r}, {rate}, {seconds}, {conns}))))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=bs.ROOT)
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+def _cpu_list(spec: str) -> set[int]:
+    cpus: set[int] = set()
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
 
 
-def _label(cfg: tuple[int, float]) -> str:
-    limit, lag = cfg
-    if not limit and not lag:
-        return "unbounded"
+def _label(cfg: Config) -> str:
+    limit, lag, root = cfg
     parts = ([f"in-flight {limit}"] if limit else []) + ([f"lag {lag:g} ms"] if lag else [])
-    return " + ".join(parts)
+    return (" + ".join(parts) or "unbounded") + (f" (served from {root})" if root else "")
 
 
-def run_one(repo: Path, body: bytes, cfg: tuple[int, float], sat: float | None, args: Any) -> dict[str, Any]:
+def run_one(repo: Path, body: bytes, cfg: Config, sat: float | None, args: Any) -> dict[str, Any]:
     port = bs._free_port()
-    proc = _start(repo, port, args.workers, *cfg)
+    proc = _start(repo, port, args.workers, *cfg, cpus=args.server_cpus)
     try:
         bs._wait_up(port, proc)
         if args.spin_ms:  # known capacity: warm one request, no wrk
-            fixed_rate(port, body, 10, 0.5, conns=1)
+            fixed_rate(port, body, 10, 0.5, 1, args)
             sat = args.workers * 1000 / args.spin_ms
         else:
             bs.wrk_throughput(port, body, 2)  # warm-up
         load0 = os.getloadavg()[0]
         if sat is None:
             thr = bs.wrk_throughput(port, body, int(args.duration))
-            sat = thr["rps"] - thr["non_2xx"] / int(args.duration)  # 200s only (a 503 is not throughput)
-        calm = fixed_rate(port, body, sat / 2, args.duration, conns=32)
-        hot = fixed_rate(port, body, sat * 2, args.duration, conns=args.connections)
+            sat = thr["rps"]  # 200s only (wrk_throughput discounts non-2xx: a 503 is not throughput)
+        cpu0 = bs._tree_cpu_s(proc.pid)
+        calm = fixed_rate(port, body, sat / 2, args.duration, 32, args)
+        cpu1 = bs._tree_cpu_s(proc.pid)
+        hot = fixed_rate(port, body, sat * 2, args.duration, args.connections, args)
+        cpu2 = bs._tree_cpu_s(proc.pid)
         load1 = os.getloadavg()[0]
     finally:
         bs._stop(proc)
-    ok, shed = hot["200"], hot["shed"]
+    ok, shed = hot["2xx"], hot["shed"]
     return {
         "config": _label(cfg),
         "saturation_rps": sat,
-        "calm_p99_ms": calm["200"]["p99_ms"],
+        "calm_p99_ms": calm["2xx"]["p99_ms"],
         "calm_shed": calm["shed"]["n"],
-        "calm_other": calm["other"]["n"] + calm["errors"],
-        "calm_send_delay_p99_ms": calm["send_delay_p99_ms"],
+        "calm_other": calm["503_other"]["n"] + calm["other"]["n"] + calm["errors"] + calm["unanswered"],
+        "calm_send_delay_p99_ms": calm["send_delay"]["p99_ms"],
         "hot_sent_rps": hot["sent"] / args.duration,
         "hot_200": ok["n"],
         "hot_200_p50_ms": ok["p50_ms"],
         "hot_200_p99_ms": ok["p99_ms"],
-        "ratio": ok["p99_ms"] / calm["200"]["p99_ms"],
+        "ratio": (ok["p99_ms"] or float("nan")) / calm["2xx"]["p99_ms"],
         "config_args": list(cfg),
         "hot_shed": shed["n"],
-        "hot_shed_p50_ms": shed["p50_ms"],
-        "hot_shed_p99_ms": shed["p99_ms"],
-        "hot_other": hot["other"]["n"],
-        "hot_errors": hot["errors"],
-        "hot_send_delay_p99_ms": hot["send_delay_p99_ms"],
+        "hot_shed_p50_ms": shed["p50_ms"] if shed["n"] else float("nan"),
+        "hot_shed_p99_ms": shed["p99_ms"] if shed["n"] else float("nan"),
+        "hot_other": hot["503_other"]["n"] + hot["other"]["n"],
+        "hot_errors": hot["errors"] + hot["unanswered"],
+        "hot_send_delay_p99_ms": hot["send_delay"]["p99_ms"],
+        "calm_gen_cpu": calm["cpu_share"],
+        "hot_gen_cpu": hot["cpu_share"],
+        "calm_server_cpu": (cpu1 - cpu0) / calm["elapsed_s"],  # cores used by the server's workers
+        "hot_server_cpu": (cpu2 - cpu1) / hot["elapsed_s"],
         "load_before": load0,
         "load_after": load1,
     }
@@ -194,9 +192,10 @@ def table(runs: dict[str, list[dict[str, Any]]]) -> str:
         "| server | p99 ms of 200s at 0.5x | shed at 0.5x | 200s at 2x | p50 / p99 ms of 200s at 2x "
         "| **p99 of 200s at 2x / p99 at 0.5x** | same / median p99 at 0.5x of all servers "
         "| shed (503) at 2x | p50 / p99 ms of shed | other 503s + errors "
-        "| generator's own delay p99 ms at 2x | load avg (1 min) before->after each run |"
+        "| generator's own delay p99 ms at 2x | CPU (cores) at 2x: server / generator "
+        "| load avg (1 min) before->after each run |"
     )
-    lines = [head, "|---|" + "---:|" * 10 + "---|"]
+    lines = [head, "|---|" + "---:|" * 11 + "---|"]
     for name, rs in runs.items():
         shed = (
             f"{_cell(rs, 'hot_shed_p50_ms')} / {_cell(rs, 'hot_shed_p99_ms')}"
@@ -214,10 +213,78 @@ def table(runs: dict[str, list[dict[str, Any]]]) -> str:
             shed,
             str(sum(r["hot_errors"] + r["hot_other"] + r["calm_other"] for r in rs)),
             _cell(rs, "hot_send_delay_p99_ms"),
+            f"{_cell(rs, 'hot_server_cpu', '{:.2f}')} / {_cell(rs, 'hot_gen_cpu', '{:.2f}')}",
             ", ".join(f"{r['load_before']:.1f}->{r['load_after']:.1f}" for r in rs),
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def refusal_cost(n: int = 20000, repeat: int = 3) -> list[tuple[float, float]]:
+    """Python CPU (us) per refused request, fed straight to the HTTP protocol (a fake transport: the syscalls,
+    the same either way, are left out): uvicorn's protocol + the ASGI ``LoadShedder`` (a refusal is a scope, a
+    task and two ASGI sends) against ``serve``'s protocol, which refuses once the headers are parsed."""
+    import uvloop
+    from uvicorn.config import Config
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Plain
+    from uvicorn.server import ServerState
+
+    from context_store.server.http_protocol import HttpToolsProtocol
+    from context_store.server.shedding import LoadShedder
+
+    class Sink(asyncio.Transport):
+        writes = 0
+
+        def write(self, data: Any) -> None:
+            self.writes += 1
+
+        def writelines(self, lines: Any) -> None:
+            self.writes += 1
+
+        def is_closing(self) -> bool:
+            return False
+
+        def close(self) -> None: ...
+
+        def get_extra_info(self, name: str, default: Any = None) -> Any:
+            return {"peername": ("127.0.0.1", 1), "sockname": ("127.0.0.1", 2)}.get(name, default)
+
+        def pause_reading(self) -> None: ...
+
+        def resume_reading(self) -> None: ...
+
+        def get_write_buffer_size(self) -> int:
+            return 0
+
+    async def never(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("everything is refused")
+
+    body = b'{"params": {"workspaceName": "w", "featureServiceName": "bench", "joinKeyMap": {"user_id": "u1"}}}'
+    req = f"POST {bs.PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n".encode()
+    req += b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+    async def per_refusal(cls: Any) -> float:
+        shedder = LoadShedder(never, max_in_flight=1)
+        shedder.in_flight = 1  # full: every request is refused
+        config = Config(app=shedder, loop="none", log_level="error")
+        config.load()
+        proto = cls(config=config, server_state=ServerState(), app_state={})
+        sink = Sink()
+        proto.connection_made(sink)
+        t0 = time.process_time()
+        for _ in range(n):
+            proto.data_received(req)
+            await asyncio.sleep(0)  # the ASGI task (uvicorn) or the coalesced write (serve) runs
+            await asyncio.sleep(0)
+        took = time.process_time() - t0
+        assert sink.writes >= n
+        proto.connection_lost(None)
+        return took / n * 1e6
+
+    async def both() -> list[tuple[float, float]]:
+        return [(await per_refusal(Plain), await per_refusal(HttpToolsProtocol)) for _ in range(repeat)]
+
+    return uvloop.run(both())
 
 
 def main() -> None:
@@ -227,7 +294,12 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--connections", type=int, default=512, help="client connections at 2x saturation")
     ap.add_argument("--users", type=int, default=1000)
-    ap.add_argument("--configs", nargs="+", default=["0:0", "32:0", "32:10"], help="max_in_flight:max_lag_ms")
+    ap.add_argument(
+        "--configs",
+        nargs="+",
+        default=["0:0", "32:0", "32:10"],
+        help="max_in_flight:max_lag_ms[:checkout to serve, e.g. /work/main for an A/B of the server code]",
+    )
     ap.add_argument(
         "--spin-ms",
         type=float,
@@ -235,12 +307,28 @@ def main() -> None:
         help="instead of get-features from Redis: a request-time view holding the event loop this long per "
         "request (known capacity: workers x 1000 / spin-ms req/s, not measured with wrk)",
     )
+    ap.add_argument(
+        "--generator-cpus", help="taskset CPU list for the load generators (wrk, openloop), e.g. 1; default: any"
+    )
+    ap.add_argument("--server-cpus", help="taskset CPU list for the server's processes, e.g. 0; default: any")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--append", action="store_true", help="add this run's section to --out instead of replacing it")
+    ap.add_argument(
+        "--refusal-cost", action="store_true", help="only: Python CPU per refused request, ASGI vs protocol layer"
+    )
     args = ap.parse_args()
+    if args.refusal_cost:
+        for plain, ours in refusal_cost():
+            print(f"per refusal: uvicorn + ASGI LoadShedder {plain:.1f} us, serve's protocol {ours:.1f} us")
+        return
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install -y wrk")
-    configs = [(int(c.split(":")[0]), float(c.split(":")[1])) for c in args.configs]
+    args.openloop = openloop.build()
+    if args.openloop is None:
+        sys.exit("no C compiler (cc) to build evals/loadgen/openloop.c: apt-get install -y gcc")
+    if args.generator_cpus:  # wrk inherits it (openloop is started under taskset)
+        os.sched_setaffinity(0, _cpu_list(args.generator_cpus))
+    configs = [_parse_config(c) for c in args.configs]
     ws = "ovl" + uuid.uuid4().hex[:8]
     tmp = Path(tempfile.mkdtemp(prefix="cs-bench-overload-"))
     repo = tmp / "repo"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _UvicornHttpTools
+from .shedding import SheddingHttpTools
 
 __all__ = ["HttpToolsProtocol", "CoalescingTransport"]
 
@@ -64,6 +64,6 @@ class CoalescingTransport:
         return getattr(self.transport, name)
 
 
-class HttpToolsProtocol(_UvicornHttpTools):
+class HttpToolsProtocol(SheddingHttpTools):  # load shedding before routing (shedding.py)
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]

@@ -15,27 +15,45 @@ Two bounds, both per process:
   refusals and admitted requests keep near-unsaturated latency.
 - **In flight** (``max_in_flight``): a hard cap on admitted requests not answered yet (slow downstream calls).
 
-A refusal costs two pre-encoded sends and happens before any body is read or key checked. Probes
-(``/healthz``, ``/readyz``), ``/metrics`` and the MCP event stream are never shed: that is when they matter.
+Under ``serve`` the decision is taken in the HTTP protocol (``SheddingHttpTools``) as soon as a request's headers
+are parsed: a refusal is one pre-encoded write, with no ASGI scope, task, routing or body read; the connection
+stays open (a retrying client need not reconnect) unless the client asked to close it. At 2x saturation about
+half the requests are refused, so what a refusal costs is capacity taken from the accepted ones (measured in
+evals/results/overload.md). Through ASGI alone (other servers, tests) ``LoadShedder`` refuses with two sends.
+Probes (``/healthz``, ``/readyz``), ``/metrics`` and the MCP event stream are never shed: that is when they matter.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from http import HTTPStatus
+from typing import Any, cast
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+import httptools
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _UvicornHttpTools
 
 from ..errors import OverloadedError, error_messages
 from .metrics import Metrics
 
-__all__ = ["DEFAULT_MAX_IN_FLIGHT", "DEFAULT_MAX_LAG_MS", "EXEMPT_PATHS", "LoadShedder"]
+__all__ = [
+    "ADMITTED",
+    "DEFAULT_MAX_IN_FLIGHT",
+    "DEFAULT_MAX_LAG_MS",
+    "EXEMPT_PATHS",
+    "LoadShedder",
+    "SheddingHttpTools",
+    "find_shedder",
+]
 
 # Measured with evals/bench_overload.py (evals/results/overload.md): the lag bound does the work at 2x
 # saturation; the in-flight cap is a backstop for slow downstream calls.
 DEFAULT_MAX_IN_FLIGHT = 32
 DEFAULT_MAX_LAG_MS = 10.0
 EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+_EXEMPT_RAW = frozenset(p.encode() for p in EXEMPT_PATHS)
+ADMITTED = "context_store.admitted"  # scope key: the protocol layer already took the admission decision
 
 TICK_S = 0.002  # lag sampling period (libuv timers have 1 ms resolution)
 MIN_ADMIT = 1 / 64  # never refuse everything: admitted requests are how recovery shows
@@ -63,11 +81,12 @@ class LoadShedder:
         self._due = 0.0
         self._quiet = 0
         self._last_seen = 0
+        self._raw: dict[tuple[int, bool], bytes] = {}
         # Built once: a refusal costs two sends.
-        self._full = error_messages(
+        self._full: tuple[Message, Message] = error_messages(
             OverloadedError(f"server overloaded: {max_in_flight} requests in flight in this process; retry shortly")
         )
-        self._late = error_messages(
+        self._late: tuple[Message, Message] = error_messages(
             OverloadedError(
                 f"server overloaded: requests wait more than {max_lag_ms:g} ms for this process; retry shortly"
             )
@@ -81,6 +100,23 @@ class LoadShedder:
         ):
             await self.app(scope, receive, send)
             return
+        if scope.get(ADMITTED):  # admitted before routing (SheddingHttpTools): only the count bound is left
+            refusal = self._count_refusal()
+        else:
+            refusal = self.refusal()
+        if refusal is not None:
+            await send(refusal[0])
+            await send(refusal[1])
+            return
+        # Single-threaded event loop: the check above and the increment below cannot interleave.
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    def refusal(self) -> tuple[Message, Message] | None:
+        """The admission decision for one new request: ``None`` admits it, else the two messages refusing it."""
         late = False
         if self.max_lag:
             self._seen += 1
@@ -90,19 +126,32 @@ class LoadShedder:
                 # The loop's current turn has run past the next tick by more than the bound: the requests of this
                 # turn (read at its start) have waited that long already, and admitting them lengthens it.
                 late = time.perf_counter() - self._due > self.max_lag
-        # Single-threaded event loop: the checks and the increment below cannot interleave.
-        if self.in_flight >= self.max_in_flight or late or (self.admit < 1.0 and not self._take()):
+        if self.in_flight >= self.max_in_flight:
+            return self._count_refusal()
+        if late or (self.admit < 1.0 and not self._take()):
             if self.metrics is not None:
                 self.metrics.shed.inc()
-            start, body = self._full if self.in_flight >= self.max_in_flight else self._late
-            await send(start)
-            await send(body)
-            return
-        self.in_flight += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.in_flight -= 1
+            return self._late
+        return None
+
+    def _count_refusal(self) -> tuple[Message, Message] | None:
+        if self.in_flight < self.max_in_flight:
+            return None
+        if self.metrics is not None:
+            self.metrics.shed.inc()
+        return self._full
+
+    def raw_refusal(self, refusal: tuple[Message, Message], keep_alive: bool) -> bytes:
+        """``refusal`` as the bytes of an HTTP/1.1 response (built once per kind and connection mode)."""
+        key = (id(refusal[0]), keep_alive)
+        raw = self._raw.get(key)
+        if raw is None:
+            start, body = refusal
+            head = [b"HTTP/1.1 %d %s\r\n" % (start["status"], HTTPStatus(start["status"]).phrase.encode())]
+            head += [b"%s: %s\r\n" % (k, v) for k, v in start["headers"]]
+            head.append(b"\r\n" if keep_alive else b"connection: close\r\n\r\n")
+            raw = self._raw[key] = b"".join(head) + body["body"]
+        return raw
 
     def _take(self) -> bool:
         """Admit ``admit`` of the requests, evenly spread (a credit counter, not a coin: no runs of refusals)."""
@@ -138,3 +187,69 @@ class LoadShedder:
         self._due = now + TICK_S
         assert self._loop is not None
         self._loop.call_later(TICK_S, self._tick)
+
+
+def find_shedder(app: object) -> LoadShedder | None:
+    """The ``LoadShedder`` of the app uvicorn serves: through its wrappers (``.app``) and ``_App._entry``."""
+    for _ in range(8):
+        if isinstance(app, LoadShedder):
+            return app
+        app = getattr(app, "_entry", None) or getattr(app, "app", None)
+    return None
+
+
+class _Answered:
+    """Stands for the request cycle of a refused request: uvicorn's protocol then skips its body."""
+
+    response_complete = True
+    disconnected = False
+    keep_alive = True
+
+    class message_event:  # noqa: N801  (the attribute uvicorn sets on a lost connection)
+        @staticmethod
+        def set() -> None:
+            pass
+
+
+_ANSWERED = _Answered()
+
+
+class SheddingHttpTools(_UvicornHttpTools):
+    """uvicorn's httptools protocol taking the app's ``LoadShedder`` decision once a request's headers are
+    parsed: a refused request is answered with one write and never becomes an ASGI request (no scope handed
+    on, task, routing or body); an admitted one is marked so the ASGI layer does not decide twice."""
+
+    _shedder: LoadShedder | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._shedder = find_shedder(self.app)
+        super().connection_made(transport)
+
+    def on_headers_complete(self) -> None:
+        shedder = self._shedder
+        if (
+            shedder is None
+            or (self.cycle is not None and not self.cycle.response_complete)  # pipelined: uvicorn queues it
+            or self.limit_concurrency is not None  # uvicorn's own 503 path would skip the app
+            or self.parser.should_upgrade()
+        ):
+            super().on_headers_complete()
+            return
+        path = httptools.parse_url(self.url).path
+        if path in _EXEMPT_RAW or (path == b"/mcp" and self.parser.get_method() == b"GET"):
+            super().on_headers_complete()
+            return
+        refusal = shedder.refusal()
+        if refusal is None:
+            cast(dict[str, Any], self.scope)[ADMITTED] = True
+            super().on_headers_complete()
+            return
+        # Kept open unless the client asked to close, or waits for "100 Continue" (it may then never send the
+        # body the parser would expect before the next request).
+        keep_alive = bool(self.parser.should_keep_alive()) and not self.expect_100_continue
+        self.transport.write(shedder.raw_refusal(refusal, keep_alive))
+        self.cycle = _ANSWERED  # type: ignore[assignment]
+        if keep_alive:
+            self.on_response_complete()  # as after any response: count it, arm the keep-alive timeout
+        else:
+            self.transport.close()
