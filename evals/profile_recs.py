@@ -118,6 +118,10 @@ def main() -> None:
     ap.add_argument("--dump", default=None)
     ap.add_argument("--check", default=None)
     ap.add_argument("--sections", action="store_true", help="time the main steps of a call (wrapped functions)")
+    ap.add_argument("--profile-first", action="store_true", help="cProfile the first call after each backfill")
+    ap.add_argument(
+        "--online-store", default=None, help="e.g. redis://127.0.0.1:6379/0 (a unique workspace, its keys deleted)"
+    )
     args = ap.parse_args()
 
     import context_store as cs
@@ -138,6 +142,7 @@ def main() -> None:
         "cpu_online": [],
     }
     prof = cProfile.Profile() if args.profile else None
+    first_prof = cProfile.Profile() if args.profile_first else None
     try:
         (root / "data").mkdir()
         pq.write_table(
@@ -153,7 +158,9 @@ def main() -> None:
         )
         src = REPO.format(method="pmi_svd", dim=64, min_interactions=3, min_weight=None, half_life=365)
         (root / "features.py").write_text(textwrap.dedent(src) + services_src([DEFAULT_RERANK]))
-        store = cs.ContextStore(root, workspace="profile_recs")
+        # A unique workspace: a Redis online store is shared (its keys are deleted at the end).
+        workspace = f"profile_recs_{root.name.rsplit('_', 1)[-1]}"
+        store = cs.ContextStore(root, workspace=workspace, online_store=args.online_store)
         store.apply()
 
         def call(kind: str, user: str, at: datetime | None) -> None:
@@ -170,7 +177,11 @@ def main() -> None:
             at = datetime.fromtimestamp(c, tz=UTC)
             store.backfill(end=at)
             users = [str(x.user) for x in cases if x.cutoff == c]
+            if first_prof is not None:
+                first_prof.enable()
             call("first", users[0], at)
+            if first_prof is not None:
+                first_prof.disable()
             for user in users[1:]:
                 call("replay", user, at)
             if prof is not None:
@@ -192,6 +203,8 @@ def main() -> None:
                 call("online", user, None)
                 if online_prof is not None:
                     online_prof.disable()
+        if args.online_store:
+            store.online.clear()  # type: ignore[attr-defined]
         store.close()
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -202,6 +215,10 @@ def main() -> None:
             kind: {n: round(float(np.median(v)), 2) for n, v in per.items() if v} for kind, per in sections.items()
         }
     print(json.dumps({"load": _loadavg(), **summary}, indent=1))
+    if first_prof is not None:
+        s = io.StringIO()
+        pstats.Stats(first_prof, stream=s).sort_stats("cumulative").print_stats(60)
+        print("== cProfile first calls after each backfill ==\n" + s.getvalue())
     if prof is not None:
         for name, p in (("replay (warm pass)", prof), ("online", online_prof)):
             if p is None:
