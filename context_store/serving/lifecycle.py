@@ -106,6 +106,10 @@ def backfill(
     kb = [k for k in defs.knowledge if wanted is None or k in wanted]
     if kb:
         store.indexer.index_knowledge(None if wanted is None else kb, progress=progress)
+    if wanted is None or fv:
+        from .warm import index_entity_tables
+
+        index_entity_tables(store, fv)
     if warm:
         from ..compute.batch import to_us
         from ..vocab.time import us_to_datetime

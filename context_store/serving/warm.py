@@ -23,9 +23,37 @@ from ..errors import ContextStoreError
 if TYPE_CHECKING:
     from .store import ContextStore
 
-__all__ = ["warm_replay_caches"]
+__all__ = ["warm_replay_caches", "index_entity_tables"]
 
 _log = logging.getLogger("context_store.serving.warm")
+
+# Below this many rows a scan of the key column is already ~1 ms: no index to build and keep.
+ENTITY_INDEX_MIN_ROWS = 20_000
+
+
+def index_entity_tables(store: ContextStore, views: Iterable[str] | None = None) -> list[str]:
+    """Index the entity key of the backfilled views (all when None) that a context service reads for
+    one entity (its features: an ``as_of`` replay reads that entity's rows). Returns the tables
+    indexed. Best effort, like warming: the reads are correct without the index."""
+    from ..vocab.tables import view_table
+
+    wanted = None if views is None else set(views)
+    out: list[str] = []
+    for svc in store.definitions.context_services.values():
+        fs = svc.feature_service
+        for sel in fs.selections if fs is not None else ():
+            view = sel.view
+            if not isinstance(view, FeatureView) or not view.offline or len(view.join_keys) != 1:
+                continue
+            table = view_table(view.name)
+            if (wanted is not None and view.name not in wanted) or table in out:
+                continue
+            try:
+                if store.offline.index_key(table, view.join_keys[0], ENTITY_INDEX_MIN_ROWS):
+                    out.append(table)
+            except (ContextStoreError, OSError, ValueError, RuntimeError) as e:
+                _log.warning("backfill: no entity index on %s (reads scan it): %s", table, e)
+    return out
 
 
 def warm_replay_caches(store: ContextStore, end: datetime | None, views: Iterable[str] | None = None) -> None:
