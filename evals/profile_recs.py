@@ -77,6 +77,9 @@ def _wrap_sections() -> dict[str, dict[str, list[float]]]:
         ("context_store.serving.retrieval", "rerank"),
         ("context_store.serving.retrieval", "_feature_values"),
         ("context_store.serving.similar", "VectorService.find_similar"),
+        ("context_store.stores.online.base", "BaseOnlineStore.read_entities"),
+        ("context_store.stores.online.redis", "RedisOnlineStore._hmget"),
+        ("context_store.stores.online.redis", "RedisOnlineStore._recent_read"),
     ]
     for mod_name, attr in targets:
         mod = importlib.import_module(mod_name)
