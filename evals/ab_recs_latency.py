@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-KINDS = ("online", "replay", "replay_warm", "first", "cpu_online", "cpu_replay")
+KINDS = ("online", "replay", "replay_warm", "first", "cpu_online", "cpu_replay", "backfill")
 
 
 def _run(tree: str, args: argparse.Namespace, dump: Path, check: Path | None) -> tuple[dict[str, list[float]], str]:
@@ -63,8 +63,8 @@ def main() -> None:
     print(f"\n{'':12} {'side':4} {'p50 (median, range over runs)':32} {'p99 (median, range)':28}")
     for kind in KINDS:
         for side in ("A", "B"):
-            p50 = [float(np.percentile(x[kind], 50)) for x, _ in runs[side] if x[kind]]
-            p99 = [float(np.percentile(x[kind], 99)) for x, _ in runs[side] if x[kind]]
+            p50 = [float(np.percentile(x[kind], 50)) for x, _ in runs[side] if x.get(kind)]
+            p99 = [float(np.percentile(x[kind], 99)) for x, _ in runs[side] if x.get(kind)]
             if not p50:
                 continue
             print(
