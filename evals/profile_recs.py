@@ -77,6 +77,8 @@ def _wrap_sections() -> dict[str, dict[str, list[float]]]:
         ("context_store.serving.retrieval", "rerank"),
         ("context_store.serving.retrieval", "_feature_values"),
         ("context_store.serving.similar", "VectorService.find_similar"),
+        ("context_store.serving.warm", "warm_replay_caches"),
+        ("context_store.serving.warm", "index_entity_tables"),
         ("context_store.stores.online.base", "BaseOnlineStore.read_entities"),
         ("context_store.stores.online.redis", "RedisOnlineStore._hmget"),
         ("context_store.stores.online.redis", "RedisOnlineStore._recent_read"),
@@ -179,7 +181,7 @@ def main() -> None:
 
         for c in sorted({x.cutoff for x in cases}):
             at = datetime.fromtimestamp(c, tz=UTC)
-            tb = time.perf_counter()
+            tb, _KIND[0] = time.perf_counter(), "backfill"
             store.backfill(end=at)
             lat["backfill"].append((time.perf_counter() - tb) * 1e3)
             users = [str(x.user) for x in cases if x.cutoff == c]
