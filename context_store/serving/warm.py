@@ -62,7 +62,7 @@ def warm_replay_caches(store: ContextStore, end: datetime | None, views: Iterabl
     raised (the backfill itself succeeded; the call would rebuild the cache and report the error)."""
     try:
         _warm(store, end, None if views is None else set(views))
-    except (ContextStoreError, OSError, ValueError) as e:
+    except (ContextStoreError, OSError, ValueError, RuntimeError) as e:
         _log.warning("backfill: warming the replay caches failed (the first call builds them): %s", e)
 
 
