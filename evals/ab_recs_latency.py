@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-KINDS = ("online", "replay", "replay_warm", "first", "cpu_online", "cpu_replay")
+KINDS = ("online", "replay", "replay_warm", "first", "cpu_online", "cpu_replay", "backfill")
 
 
 def _run(tree: str, args: argparse.Namespace, dump: Path, check: Path | None) -> tuple[dict[str, list[float]], str]:
@@ -30,6 +30,8 @@ def _run(tree: str, args: argparse.Namespace, dump: Path, check: Path | None) ->
     cmd += ["--cutoffs", str(args.cutoffs), "--per-cutoff", str(args.per_cutoff), "--online", str(args.online)]
     if check is not None:
         cmd += ["--check", str(check)]
+    if args.online_store:
+        cmd += ["--online-store", args.online_store]
     env = {**os.environ, "PYTHONPATH": str(Path(tree).resolve())}
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode != 0:
@@ -48,6 +50,7 @@ def main() -> None:
     ap.add_argument("--cutoffs", type=int, default=2)
     ap.add_argument("--per-cutoff", type=int, default=20)
     ap.add_argument("--online", type=int, default=200)
+    ap.add_argument("--online-store", default=None, help="e.g. redis://127.0.0.1:6379/0 (default: sqlite)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="ab_recs_"))
     runs: dict[str, list[tuple[dict[str, list[float]], str]]] = {"A": [], "B": []}
@@ -60,8 +63,8 @@ def main() -> None:
     print(f"\n{'':12} {'side':4} {'p50 (median, range over runs)':32} {'p99 (median, range)':28}")
     for kind in KINDS:
         for side in ("A", "B"):
-            p50 = [float(np.percentile(x[kind], 50)) for x, _ in runs[side] if x[kind]]
-            p99 = [float(np.percentile(x[kind], 99)) for x, _ in runs[side] if x[kind]]
+            p50 = [float(np.percentile(x[kind], 50)) for x, _ in runs[side] if x.get(kind)]
+            p99 = [float(np.percentile(x[kind], 99)) for x, _ in runs[side] if x.get(kind)]
             if not p50:
                 continue
             print(

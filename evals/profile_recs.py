@@ -77,6 +77,11 @@ def _wrap_sections() -> dict[str, dict[str, list[float]]]:
         ("context_store.serving.retrieval", "rerank"),
         ("context_store.serving.retrieval", "_feature_values"),
         ("context_store.serving.similar", "VectorService.find_similar"),
+        ("context_store.serving.warm", "warm_replay_caches"),
+        ("context_store.serving.warm", "index_entity_tables"),
+        ("context_store.stores.online.base", "BaseOnlineStore.read_entities"),
+        ("context_store.stores.online.redis", "RedisOnlineStore._hmget"),
+        ("context_store.stores.online.redis", "RedisOnlineStore._recent_read"),
     ]
     for mod_name, attr in targets:
         mod = importlib.import_module(mod_name)
@@ -118,6 +123,10 @@ def main() -> None:
     ap.add_argument("--dump", default=None)
     ap.add_argument("--check", default=None)
     ap.add_argument("--sections", action="store_true", help="time the main steps of a call (wrapped functions)")
+    ap.add_argument("--profile-first", action="store_true", help="cProfile the first call after each backfill")
+    ap.add_argument(
+        "--online-store", default=None, help="e.g. redis://127.0.0.1:6379/0 (a unique workspace, its keys deleted)"
+    )
     args = ap.parse_args()
 
     import context_store as cs
@@ -136,8 +145,10 @@ def main() -> None:
         "online": [],
         "cpu_replay": [],
         "cpu_online": [],
+        "backfill": [],  # the backfill call itself (wall ms): what warming and indexing add to it
     }
     prof = cProfile.Profile() if args.profile else None
+    first_prof = cProfile.Profile() if args.profile_first else None
     try:
         (root / "data").mkdir()
         pq.write_table(
@@ -153,7 +164,9 @@ def main() -> None:
         )
         src = REPO.format(method="pmi_svd", dim=64, min_interactions=3, min_weight=None, half_life=365)
         (root / "features.py").write_text(textwrap.dedent(src) + services_src([DEFAULT_RERANK]))
-        store = cs.ContextStore(root, workspace="profile_recs")
+        # A unique workspace: a Redis online store is shared (its keys are deleted at the end).
+        workspace = f"profile_recs_{root.name.rsplit('_', 1)[-1]}"
+        store = cs.ContextStore(root, workspace=workspace, online_store=args.online_store)
         store.apply()
 
         def call(kind: str, user: str, at: datetime | None) -> None:
@@ -168,9 +181,15 @@ def main() -> None:
 
         for c in sorted({x.cutoff for x in cases}):
             at = datetime.fromtimestamp(c, tz=UTC)
+            tb, _KIND[0] = time.perf_counter(), "backfill"
             store.backfill(end=at)
+            lat["backfill"].append((time.perf_counter() - tb) * 1e3)
             users = [str(x.user) for x in cases if x.cutoff == c]
+            if first_prof is not None:
+                first_prof.enable()
             call("first", users[0], at)
+            if first_prof is not None:
+                first_prof.disable()
             for user in users[1:]:
                 call("replay", user, at)
             if prof is not None:
@@ -192,6 +211,8 @@ def main() -> None:
                 call("online", user, None)
                 if online_prof is not None:
                     online_prof.disable()
+        if args.online_store:
+            store.online.clear()  # type: ignore[attr-defined]
         store.close()
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -202,6 +223,10 @@ def main() -> None:
             kind: {n: round(float(np.median(v)), 2) for n, v in per.items() if v} for kind, per in sections.items()
         }
     print(json.dumps({"load": _loadavg(), **summary}, indent=1))
+    if first_prof is not None:
+        s = io.StringIO()
+        pstats.Stats(first_prof, stream=s).sort_stats("cumulative").print_stats(60)
+        print("== cProfile first calls after each backfill ==\n" + s.getvalue())
     if prof is not None:
         for name, p in (("replay (warm pass)", prof), ("online", online_prof)):
             if p is None:

@@ -185,7 +185,9 @@ def backfill_cmd(
     store = store_from_ctx()
     _check_views(store, views, indexes=True)
     print_result(
-        store.backfill(start=s, end=e, views=list(views) or None, progress=True, engine=engine, ray_address=address)
+        store.backfill(
+            start=s, end=e, views=list(views) or None, progress=True, engine=engine, ray_address=address, warm=False
+        )
     )
     click.echo("Backfill done.")
 

@@ -60,6 +60,7 @@ def backfill(
     progress: bool = False,
     engine: str = "local",
     ray_address: str | None = None,
+    warm: bool = True,
 ) -> BackfillReport | None:
     """Feature views into the offline store; embedding views and knowledge into their indexes
     (``ContextStore.backfill``)."""
@@ -105,4 +106,15 @@ def backfill(
     kb = [k for k in defs.knowledge if wanted is None or k in wanted]
     if kb:
         store.indexer.index_knowledge(None if wanted is None else kb, progress=progress)
+    if wanted is None or fv:
+        from .warm import index_entity_tables
+
+        index_entity_tables(store, fv)
+    if warm:
+        from ..compute.batch import to_us
+        from ..vocab.time import us_to_datetime
+        from .warm import warm_replay_caches
+
+        end_us = to_us(end, "end")
+        warm_replay_caches(store, None if end_us is None else us_to_datetime(end_us), wanted)
     return report

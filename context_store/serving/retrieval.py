@@ -363,17 +363,35 @@ def _feature_values(
         keys = [int(i) if kf.dtype.name == "int64" and i.lstrip("-").isdigit() else i for i in ids]
         if as_of is None:
             vecs = store.features.get_view_features_batch(view, [{kf.name: x} for x in keys], served_at)
-            rows = [{f: fv.feature_values.get(f"{vname}.{f}") for f in feats} for fv in vecs]
+            for f in feats:
+                full = f"{vname}.{f}"
+                out[full] = np.array([_num(fv.feature_values.get(full)) for fv in vecs], dtype=np.float64)
         else:
-            rows = _offline_values(store, view, feats, kf, keys, as_of)
-        for f in feats:
-            out[f"{vname}.{f}"] = np.array([_num(r.get(f)) for r in rows], dtype=np.float64)
+            for f, col in _offline_values(store, view, feats, kf, keys, as_of).items():
+                out[f"{vname}.{f}"] = _floats(col)
     return out
+
+
+def _floats(col: Any) -> np.ndarray:
+    """An Arrow column as ``_num`` of each value, in numpy (a replay's top items read thousands of
+    values: no per-value Python objects). Integer and float columns convert exactly as ``float()``
+    does (int64 -> float64 rounds to nearest); nulls -> NaN; other types -> ``_num`` per value."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    t = col.type
+    if not (pa.types.is_integer(t) or pa.types.is_boolean(t) or t in (pa.float32(), pa.float64())):
+        return np.array([_num(v) for v in col.to_pylist()], dtype=np.float64)
+    zero = False if pa.types.is_boolean(t) else 0
+    x = np.asarray(pc.fill_null(col, zero).to_numpy(zero_copy_only=False), dtype=np.float64)
+    if col.null_count:
+        x[~np.asarray(pc.is_valid(col).to_numpy(zero_copy_only=False), dtype=bool)] = np.nan
+    return x
 
 
 def _offline_values(
     store: ContextStore, view: FeatureView, feats: list[str], kf: Any, keys: list[Any], at: datetime
-) -> list[dict[str, Any]]:
+) -> dict[str, Any]:
     import pyarrow as pa
 
     from ..compute.training import compute_view_features
@@ -386,8 +404,7 @@ def _offline_values(
     )
     t = np.full(len(keys), datetime_to_us(at), dtype=np.int64)
     cols = compute_view_features(store.definitions, store.offline, view, feats, spine, t)
-    got = {f: cols[f].to_pylist() for f in feats}
-    return [{f: got[f][i] for f in feats} for i in range(len(keys))]
+    return {f: cols[f] for f in feats}
 
 
 def _num(v: Any) -> float:

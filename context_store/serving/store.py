@@ -80,6 +80,7 @@ class ContextStore(StoreComponents):
         progress: bool = False,
         engine: str = "local",
         ray_address: str | None = None,
+        warm: bool = True,
     ) -> BackfillReport | None:
         """Feature views into the offline store; embedding views and knowledge into their indexes.
 
@@ -87,11 +88,20 @@ class ContextStore(StoreComponents):
         ``engine="ray"`` computes the feature views as Ray tasks (same rows as ``"local"``), on the
         cluster at ``ray_address`` (``ray.init(address=...)``; default: ``CONTEXT_STORE_RAY_ADDRESS``,
         else a local Ray).
+        ``warm``: then fill this process's replay caches as of ``end`` (``serving/warm.py``), so the
+        next ``get_user_context(as_of=...)`` does not rebuild them (a CLI backfill, which exits, skips it).
         """
         from .lifecycle import backfill
 
         return backfill(
-            self, start=start, end=end, views=views, progress=progress, engine=engine, ray_address=ray_address
+            self,
+            start=start,
+            end=end,
+            views=views,
+            progress=progress,
+            engine=engine,
+            ray_address=ray_address,
+            warm=warm,
         )
 
     def materialize(

@@ -104,6 +104,12 @@ class OfflineStore(Protocol):
         """Merge small appends (stream micro-batches) into fewer files; readers are unaffected."""
         ...
 
+    def index_key(self, table_name: str, column: str, min_rows: int) -> bool:
+        """Index ``column`` (an entity key) when the table has at least ``min_rows`` rows, so a read
+        of a few entities' rows finds them without a scan; the same rows in the same order. True if
+        an index was built."""
+        ...
+
     def close(self) -> None: ...
 
 

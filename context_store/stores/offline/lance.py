@@ -466,6 +466,20 @@ class LanceOfflineStore:
         if self.exists(table_name):
             self._open(table_name).to_lance().optimize.compact_files()
 
+    def index_key(self, table_name: str, column: str, min_rows: int) -> bool:
+        """A BTREE scalar index on ``column`` (rebuilt: a backfill rewrote the rows). An entity's
+        rows then come from the index instead of a scan of the key column (~1.6 vs ~4.9 ms for one
+        user of 96k rows, build ~70 ms); rows appended later are scanned until the next build. Same
+        rows in the same order as the scan (evals/lance_btree_check.py, tests/stores/offline)."""
+        if not self.exists(table_name):
+            return False
+        ds = self._open(table_name).to_lance()
+        if ds.count_rows() < min_rows or ds.schema.get_field_index(column) < 0:
+            return False
+        ds.create_scalar_index(column, "BTREE", replace=True)
+        self._datasets.pop(table_name, None)  # a new version
+        return True
+
     def close(self) -> None:
         with self._lock:
             self._tables.clear()

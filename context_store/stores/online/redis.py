@@ -516,8 +516,10 @@ class RedisOnlineStore(BaseOnlineStore):
             raise self._unavailable(e) from None
 
     def _recent_read(self, key: str, n: int) -> list[bytes]:
+        # On this thread's raw connection, like the HMGETs (every context call reads it): redis-py's
+        # pool and command layer cost ~0.3 ms per call here.
         try:
-            return self._r.lrange(self.prefix + key, -n, -1)
+            return list(self._direct("LRANGE", self.prefix + key, -n, -1))
         except self._errors as e:
             raise self._unavailable(e) from None
 
