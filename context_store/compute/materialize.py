@@ -234,10 +234,12 @@ def materialize(
             bar.refresh()
         vr.rows = table.num_rows
         if table.num_rows:
-            run = after_materialize(offline, view, table, now)  # checks and statistics (compute/quality.py)
-            if run is not None:
-                report.quality.append(run)
-            vr.entities, vr.fields = materialize_table(state, table, online, now, bar)
+            try:
+                vr.entities, vr.fields = materialize_table(state, table, online, now, bar)
+            finally:  # while Redis still writes the last chunks (it never raises: compute/quality.py)
+                run = after_materialize(offline, view, table, now)  # checks and statistics
+                if run is not None:
+                    report.quality.append(run)
             online.flush()  # the watermark below must only cover written data
             max_ts = int(ts_to_us(table[view.timestamp_field]).max())
             prev = wm.get("max_ts") if wm and wm.get("vid") == state.vid else None
@@ -448,7 +450,7 @@ def materialize_table(state: ViewState, table: pa.Table, online: Any, now_us: in
     if not state.is_aggregate and getattr(online, "write_rows", None) is not None:
         for chunk, rows in bulk_row_chunks(state, table, now_us, ROW_CHUNK_KEYS):
             entities += len(chunk.keys)
-            fields += chunk.fields()
+            fields += len(chunk.keys) if len(chunk.names) == 1 else chunk.fields()  # one field per row
             online.write_rows(chunk, wait=False)
             if bar is not None and rows:
                 bar.update(rows)
