@@ -122,3 +122,15 @@ def test_pipelined_row_chunks_survive_a_script_flush(tmp_path: Path, redis_url: 
     finally:
         store.clear()
         store.close()
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_materialize_counts_row_fields_as_rowchunk_does(k: int) -> None:
+    import random
+
+    from context_store.compute.materialize import _row_fields
+
+    rng = random.Random(k)
+    vals = [bytes(rng.choice([0, 1, 63, 64, 65, 127, 128, 129, 200, 400])) for _ in range(500)]
+    c = RowChunk([f"f{i}" for i in range(k)], [str(i) for i in range(500)], vals, [None] * 500)
+    assert _row_fields(c) == c.fields()
