@@ -7,7 +7,14 @@ repetition runs ``materialize(full=True)`` of the view with ``ttl="30d"`` (key T
 without (``_p`` marker), interleaved, each on a freshly flushed server. Reports wall rows/s (the
 offline read included), rows/s by CPU (N / (client CPU + Redis server CPU)), medians and ranges,
 and the load average. ``--profile``: one cProfile run of each view instead (top functions).
-Prints a markdown table (``--out`` writes it to a file).
+Prints a markdown table (``--out`` writes it to a file). ``wall / CPU`` is wall time over client + Redis
+CPU: 1.0 when nothing overlaps on idle cores, toward max(client, Redis) / sum with full overlap; above 1
+the process waited for a core (other load).
+
+Base vs new, interleaved, each side importing its own checkout (a second worktree for the base):
+
+    for i in 1 2 3; do for d in /path/base /path/new; do (cd $d && PYTHONPATH=$d python -m \
+        evals.bench_materialize_rows --reps 2); done; done
 """
 
 from __future__ import annotations
@@ -72,7 +79,7 @@ def main() -> None:
                 pstats.Stats(pr).sort_stats("tottime").print_stats(20)
             return
         load0 = open("/proc/loadavg").read().split()[:3]
-        res: dict[str, list[tuple[float, float]]] = {v: [] for v in views}
+        res: dict[str, list[tuple[float, float, float, float, float]]] = {v: [] for v in views}
         for i in range(args.reps):
             for v in views:
                 r.flushall()
@@ -81,7 +88,7 @@ def main() -> None:
                 rcpu, ccpu = _cpu(r) - c0, _self_cpu() - s0
                 cpu = rcpu + ccpu
                 assert rep.rows == n and r.dbsize() >= n, (rep.rows, r.dbsize())
-                res[v].append((n / rep.seconds, n / cpu))
+                res[v].append((n / rep.seconds, n / cpu, ccpu / n * 1e6, rcpu / n * 1e6, rep.seconds / cpu))
                 print(
                     f"rep {i + 1} {v:14} {n / rep.seconds:10,.0f} rows/s wall {n / cpu:10,.0f} rows/s by CPU "
                     f"(client {ccpu:.2f} s, Redis {rcpu:.2f} s, wall {rep.seconds:.2f} s)",
@@ -89,18 +96,20 @@ def main() -> None:
                 )
         load1 = open("/proc/loadavg").read().split()[:3]
 
-        def fmt(xs: list[float]) -> str:
-            return f"{statistics.median(xs):,.0f} ({min(xs):,.0f}–{max(xs):,.0f})"
+        def fmt(xs: list[float], f: str = ",.0f") -> str:
+            return f"{statistics.median(xs):{f}} ({min(xs):{f}}–{max(xs):{f}})"
 
         lines = [
             f"{n:,} entities, {args.reps} repetitions interleaved; load average before {' '.join(load0)}, "
             f"after {' '.join(load1)}",
             "",
-            "| view | rows/s wall | rows/s by CPU |",
-            "|---|---|---|",
+            "| view | rows/s wall | rows/s by CPU | client CPU µs/row | Redis CPU µs/row | wall / CPU |",
+            "|---|---|---|---|---|---|",
         ]
         for v in views:
-            lines.append(f"| {v} | {fmt([a for a, _ in res[v]])} | {fmt([b for _, b in res[v]])} |")
+            c = [list(x) for x in zip(*res[v])]
+            cells = [fmt(c[0]), fmt(c[1]), fmt(c[2], ".2f"), fmt(c[3], ".2f"), fmt(c[4], ".2f")]
+            lines.append(f"| {v} | " + " | ".join(cells) + " |")
         text = "\n".join(lines)
         print(text)
         if args.out:

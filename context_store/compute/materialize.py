@@ -13,13 +13,15 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from ..config import Config
 from ..registry.repo import RepoDefinitions
+from ..state.codec import LISTPACK_VALUE_MAX
 from ..state.columns import ts_to_us
 from ..state.tiles import ViewState
-from ..state.writes import ROW_CHUNK_KEYS, bulk_row_chunks, bulk_writes
+from ..state.writes import ROW_CHUNK_KEYS, RowChunk, bulk_row_chunks, bulk_writes
 from ..vocab.tables import source_table, view_table
 from . import tombstones
 from .coverage import has_history, mark_view
@@ -234,10 +236,12 @@ def materialize(
             bar.refresh()
         vr.rows = table.num_rows
         if table.num_rows:
-            run = after_materialize(offline, view, table, now)  # checks and statistics (compute/quality.py)
-            if run is not None:
-                report.quality.append(run)
-            vr.entities, vr.fields = materialize_table(state, table, online, now, bar)
+            try:
+                vr.entities, vr.fields = materialize_table(state, table, online, now, bar)
+            finally:  # while Redis still writes the last chunks (it never raises: compute/quality.py)
+                run = after_materialize(offline, view, table, now)  # checks and statistics
+                if run is not None:
+                    report.quality.append(run)
             online.flush()  # the watermark below must only cover written data
             max_ts = int(ts_to_us(table[view.timestamp_field]).max())
             prev = wm.get("max_ts") if wm and wm.get("vid") == state.vid else None
@@ -441,6 +445,15 @@ def _recent_log(src: Any, offline: Any) -> pa.Table | None:
     return log.append_column(HIST_MARK, pa.nulls(log.num_rows, pa.string()))
 
 
+def _row_fields(chunk: RowChunk) -> int:
+    """``chunk.fields()`` without a Python step per row (it cost ~0.35 µs/row of materialize)."""
+    k = len(chunk.names)
+    if k == 1:
+        return len(chunk.values)
+    n = np.fromiter(map(len, chunk.values), np.int64, len(chunk.values))
+    return int(np.minimum(k, np.maximum(1, -(-n // LISTPACK_VALUE_MAX))).sum())
+
+
 def materialize_table(state: ViewState, table: pa.Table, online: Any, now_us: int, bar: Any = None) -> tuple[int, int]:
     """Write the online state of ``table`` (rows of one view); returns (entities, fields written).
     Writes may still be in flight on return: call ``online.flush()`` before relying on them."""
@@ -448,7 +461,7 @@ def materialize_table(state: ViewState, table: pa.Table, online: Any, now_us: in
     if not state.is_aggregate and getattr(online, "write_rows", None) is not None:
         for chunk, rows in bulk_row_chunks(state, table, now_us, ROW_CHUNK_KEYS):
             entities += len(chunk.keys)
-            fields += chunk.fields()
+            fields += _row_fields(chunk)
             online.write_rows(chunk, wait=False)
             if bar is not None and rows:
                 bar.update(rows)

@@ -100,24 +100,26 @@ local a = k + 2
 local W = LISTPACK
 local f1 = ARGV[2]
 for i = 1, #KEYS do
-  local key, v, ex = KEYS[i], ARGV[a], tonumber(ARGV[a + 1]); a = a + 2
+  -- ex as sent ('-1' or a positive count of ms): PEXPIRE parses it, no Lua number in between
+  local key, v, ex = KEYS[i], ARGV[a], ARGV[a + 1]; a = a + 2
+  local persist = ex == '-1'
   -- as in COMMIT: a new key has no stale piece to delete and no TTL or '_p' to respect
   local new = call('EXISTS', key) == 0
   local m = 1
-  if #v > W and k > 1 then m = math.min(k, math.ceil(#v / W)) end
+  if k > 1 and #v > W then m = math.min(k, math.ceil(#v / W)) end
   if m == 1 then  -- the usual row: one field, no table
-    if new and ex == -1 then call('HSET', key, f1, v, '_p', '1') else call('HSET', key, f1, v) end
+    if new and persist then call('HSET', key, f1, v, '_p', '1') else call('HSET', key, f1, v) end
   else
     local args = {}
     for j = 1, m - 1 do args[#args + 1] = ARGV[1 + j]; args[#args + 1] = string.sub(v, (j - 1) * W + 1, j * W) end
     args[#args + 1] = ARGV[1 + m]; args[#args + 1] = string.sub(v, (m - 1) * W + 1)
-    if new and ex == -1 then args[#args + 1] = '_p'; args[#args + 1] = '1' end
+    if new and persist then args[#args + 1] = '_p'; args[#args + 1] = '1' end
     call('HSET', key, unpack(args))
   end
   if m < k and not new then call('HDEL', key, unpack(ARGV, 2 + m, 1 + k)) end
   if new then
-    if ex > 0 then call('PEXPIRE', key, ex) end
-  elseif ex == -1 then
+    if not persist then call('PEXPIRE', key, ex) end
+  elseif persist then
     call('HSET', key, '_p', '1'); call('PERSIST', key)
   elseif call('PEXPIRE', key, ex, 'GT') == 0 and call('PTTL', key) == -1 and call('HEXISTS', key, '_p') == 0 then
     call('PEXPIRE', key, ex)
@@ -129,14 +131,15 @@ return 1
 
 def pack_rows(sha: bytes, prefix: str, chunk: RowChunk) -> list[bytes]:
     """``EVALSHA`` of ``ROWS`` (``sha``) for ``chunk``, RESP-encoded, one command per ``CHUNK_KEYS`` keys."""
-    names = [str(len(chunk.names)).encode(), *(n.encode() for n in chunk.names)]
+    names = [b"%d" % len(chunk.names), *(n.encode() for n in chunk.names)]
+    exs = [b"-1" if ex is None else b"%d" % ex for ex in chunk.expire]
     cmds = []
     for i in range(0, len(chunk.keys), CHUNK_KEYS):
-        keys = [(prefix + k).encode() for k in chunk.keys[i : i + CHUNK_KEYS]]
-        argv: list[bytes] = []
-        for v, ex in zip(chunk.values[i : i + CHUNK_KEYS], chunk.expire[i : i + CHUNK_KEYS]):
-            argv += (v, b"-1" if ex is None else b"%d" % ex)
-        cmds.append(resp([b"EVALSHA", sha, b"%d" % len(keys), *keys, *names, *argv]))
+        keys = [prefix + k for k in chunk.keys[i : i + CHUNK_KEYS]]
+        argv = [b""] * (2 * len(keys))  # row, expire_ms per key, interleaved
+        argv[0::2] = chunk.values[i : i + CHUNK_KEYS]
+        argv[1::2] = exs[i : i + CHUNK_KEYS]
+        cmds.append(pack((b"EVALSHA", sha, b"%d" % len(keys), *keys, *names, *argv)))
     return cmds
 
 

@@ -83,8 +83,10 @@ class RedisOnlineStore(BaseOnlineStore):
         self._sha: Any = None
         self._shas: dict[str, bytes] = {}
         self._rows_sha: bytes | None = None
-        # Bulk writes sent, replies unread: (connection, replies, how to send them again after NOSCRIPT).
-        self._pending: tuple[Any, int, Callable[[], None]] | None = None
+        # Bulk writes sent, replies unread, oldest first, all on one connection:
+        # (replies, how to send them again after NOSCRIPT) per batch.
+        self._pconn: Any = None
+        self._pending: list[tuple[int, Callable[[], None]]] = []
         self._wlock = threading.RLock()
 
     def _unavailable(self, e: Exception) -> UnavailableError:
@@ -395,51 +397,72 @@ class RedisOnlineStore(BaseOnlineStore):
             raise self._unavailable(e) from None
 
     def _bulk_rows(self, chunk: RowChunk, wait: bool = True) -> None:
-        self._drain()
         if self._rows_sha is None:
             sha = self._r.script_load(ROWS)
             self._rows_sha = sha.encode() if isinstance(sha, str) else sha
-        self._send(pack_rows(self._rows_sha, self.prefix + "e:", chunk), lambda: self._bulk_rows(chunk), wait)
+        # Packed while Redis still runs the previous chunk, and sent before its replies are read:
+        # Redis goes from one chunk to the next without waiting for the client (a window of 2).
+        cmds = pack_rows(self._rows_sha, self.prefix + "e:", chunk)
+        self._send(cmds, lambda: self._bulk_rows(chunk), wait, keep=1)
 
-    def _send(self, cmds: list[bytes], redo: Callable[[], None], wait: bool) -> None:
-        pool = self._r.connection_pool
-        conn = pool.get_connection()
+    def _send(self, cmds: list[bytes], redo: Callable[[], None], wait: bool, keep: int = 0) -> None:
+        """Send ``cmds`` on the pending connection (or a new one), then read replies until at most
+        ``keep`` earlier batches remain unread besides this one (all of them with ``wait``)."""
+        if self._pconn is None:
+            self._pconn = self._r.connection_pool.get_connection()
         try:
-            conn.send_packed_command(cmds)
+            self._pconn.send_packed_command(cmds)
         except BaseException:
-            conn.disconnect()
-            pool.release(conn)
+            self._abort()
             raise
-        self._pending = (conn, len(cmds), redo)
+        self._pending.append((len(cmds), redo))
         if wait:
             self._drain()
+        elif len(self._pending) > keep + 1:
+            self._drain(keep + 1)
 
-    def _drain(self) -> None:
-        p = self._pending
-        if p is None:
+    def _abort(self) -> None:
+        """Drop the pending connection: unread replies would poison it in the pool."""
+        conn, self._pconn, self._pending = self._pconn, None, []
+        if conn is not None:
+            conn.disconnect()
+            self._r.connection_pool.release(conn)
+
+    def _drain(self, keep: int = 0) -> None:
+        """Read (and check) the replies of all pending batches but the newest ``keep``."""
+        if not self._pending:
             return
-        self._pending = None
-        conn, n, redo = p
         redis = import_redis()
-        pool = self._r.connection_pool
+        conn = self._pconn
+        redo: list[Callable[[], None]] = []
         errors = []
         try:
-            for _ in range(n):
-                try:
-                    conn.read_response()
-                except redis.exceptions.ResponseError as e:
-                    errors.append(e)
+            while len(self._pending) > keep:
+                n, again = self._pending.pop(0)
+                failed = False
+                for _ in range(n):
+                    try:
+                        conn.read_response()
+                    except redis.exceptions.ResponseError as e:
+                        errors.append(e)
+                        failed = True
+                if failed:
+                    redo.append(again)
+                if errors and keep:  # on an error every batch is read first: later ones may need a redo too
+                    keep = 0
         except BaseException:
-            conn.disconnect()  # unread replies would poison the pooled connection
+            self._abort()
             raise
-        finally:
-            pool.release(conn)
+        if not self._pending:
+            self._pconn = None
+            self._r.connection_pool.release(conn)
         if errors:
             if type(errors[0]).__name__ == "NoScriptError" or "NOSCRIPT" in str(
                 errors[0]
             ):  # Redis restarted: load the scripts and redo (sets only: idempotent)
                 self._sha = self._rows_sha = None
-                redo()
+                for again in redo:
+                    again()
                 return
             raise errors[0]
 

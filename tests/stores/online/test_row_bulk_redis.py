@@ -81,3 +81,56 @@ def test_rows_script_writes_what_commit_writes(tmp_path: Path, redis_url: str, t
         for s in stores.values():
             s.clear()
             s.close()
+
+
+@pytest.mark.redis
+def test_pipelined_row_chunks_survive_a_script_flush(tmp_path: Path, redis_url: str) -> None:
+    """``write_rows(wait=False)`` keeps two chunks in flight on one connection; a SCRIPT FLUSH
+    between them (NOSCRIPT on the chunks after it) is redone, and every row lands with its TTL."""
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    ws = f"tpipe{time.time_ns() % 10**9}"
+    store = open_online_store(load_config(tmp_path, workspace=ws, online_store=redis_url))
+    st = ViewState(cs.FeatureView("p", [user], src, features=FEATS, ttl="30d"), {})
+    n = 1200  # 3 commands of CHUNK_KEYS per chunk
+    table = pa.table(
+        {
+            "user_id": [f"u{i}" for i in range(4 * n)],
+            "ts": pa.array([NOW - i * US for i in range(4 * n)], pa.timestamp("us", tz="UTC")),
+            "age": list(range(4 * n)),
+            "city": [f"c{i}" * (1 + i % 40) for i in range(4 * n)],  # 1 to 3 pieces
+            "score": [0.5] * (4 * n),
+        }
+        | {x: ["ab"] * (4 * n) for x in EXTRA}
+    )
+    chunks = [c for c, _ in bulk_row_chunks(st, table, NOW, chunk_keys=n)]
+    assert len(chunks) == 4
+    try:
+        for i, c in enumerate(chunks):
+            store.write_rows(c, wait=False)
+            if i % 2 == 0:
+                r.script_flush()
+        store.flush()
+        pre = store.prefix + "e:"  # type: ignore[attr-defined]
+        keys = [k for c in chunks for k in c.keys]
+        exp = [e for c in chunks for e in c.expire]
+        for k, e in zip(keys, exp):
+            assert e is not None and abs(r.pttl(pre + k) - e) < 60_000, k
+        got = store.read_features([(st, entity_key(["user_id"], [f"u{i}"])) for i in range(4 * n)], NOW)
+        assert [v.values[1] for v in got] == table["city"].to_pylist()
+    finally:
+        store.clear()
+        store.close()
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_materialize_counts_row_fields_as_rowchunk_does(k: int) -> None:
+    import random
+
+    from context_store.compute.materialize import _row_fields
+
+    rng = random.Random(k)
+    vals = [bytes(rng.choice([0, 1, 63, 64, 65, 127, 128, 129, 200, 400])) for _ in range(500)]
+    c = RowChunk([f"f{i}" for i in range(k)], [str(i) for i in range(500)], vals, [None] * 500)
+    assert _row_fields(c) == c.fields()
