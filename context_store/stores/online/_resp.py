@@ -12,6 +12,7 @@ from typing import Any
 
 from ...errors import UnavailableError
 from ...state.codec import LISTPACK_VALUE_MAX
+from ...state.ops import Ops
 from ...state.writes import RowChunk
 
 # KEYS[1] offsets hash, KEYS[2..1+nent] entity hashes, then capped lists (recent events).
@@ -220,3 +221,29 @@ def import_redis() -> Any:
     except ImportError:  # pragma: no cover
         raise UnavailableError("the Redis online store needs redis-py: pip install 'context-store[redis]'") from None
     return redis
+
+
+def key_args_resp(ops: Ops, k: str) -> tuple[int, bytes]:
+    """The script's per-key arguments (see COMMIT), already RESP-encoded: (count, bytes)."""
+    out: list[bytes] = []
+    n = 4
+    for group in (ops.sets.get(k), ops.appends.get(k)):
+        if not group:
+            out.append(b"$1\r\n0\r\n")
+            continue
+        c = b"%d" % len(group)
+        out.append(b"$%d\r\n%b\r\n" % (len(c), c))
+        out += [
+            b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(fb), fb, len(v), v)
+            for fb, v in zip(map(str.encode, group), group.values())
+        ]
+        n += 2 * len(group)
+    d = [f.encode() for f in ops.dels.get(k, ())]
+    c = b"%d" % len(d)
+    out.append(b"$%d\r\n%b\r\n" % (len(c), c))
+    out += [b"$%d\r\n%b\r\n" % (len(f), f) for f in d]
+    n += len(d)
+    ex = ops.expire.get(k, 0) if k in ops.expire else 0
+    e = b"-1" if ex is None else b"%d" % int(ex)
+    out.append(b"$%d\r\n%b\r\n" % (len(e), e))
+    return n, b"".join(out)

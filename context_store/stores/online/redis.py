@@ -14,7 +14,7 @@ import contextlib
 import functools
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from ...config import RedisTimeouts
@@ -23,7 +23,19 @@ from ...state.ops import Ops, entity_key_has, recent_key_has
 from ...state.writes import RowChunk
 from ...vocab.redact import redact_url, register_url
 from ._aio import AsyncRawConnection, open_async_raw
-from ._resp import CHUNK_KEYS, COMMIT, ROWS, RawConnection, import_redis, pack, pack_rows, resp, resp_args
+from ._pipeline import PipelinedBatches
+from ._resp import (
+    CHUNK_KEYS,
+    COMMIT,
+    ROWS,
+    RawConnection,
+    import_redis,
+    key_args_resp,
+    pack,
+    pack_rows,
+    resp,
+    resp_args,
+)
 from .base import BaseOnlineStore, EntityErased
 
 __all__ = ["RedisOnlineStore"]
@@ -83,10 +95,7 @@ class RedisOnlineStore(BaseOnlineStore):
         self._sha: Any = None
         self._shas: dict[str, bytes] = {}
         self._rows_sha: bytes | None = None
-        # Bulk writes sent, replies unread, oldest first, all on one connection:
-        # (replies, how to send them again after NOSCRIPT) per batch.
-        self._pconn: Any = None
-        self._pending: list[tuple[int, Callable[[], None]]] = []
+        self._batches = PipelinedBatches(self._r.connection_pool, self._noscript)  # bulk writes sent, unread
         self._wlock = threading.RLock()
 
     def _unavailable(self, e: Exception) -> UnavailableError:
@@ -286,32 +295,6 @@ class RedisOnlineStore(BaseOnlineStore):
             raise self._unavailable(e) from None
 
     # -- writes -------------------------------------------------------------------------
-    @staticmethod
-    def _args_resp(ops: Ops, k: str) -> tuple[int, bytes]:
-        """The script's per-key arguments (see COMMIT), already RESP-encoded: (count, bytes)."""
-        out: list[bytes] = []
-        n = 4
-        for group in (ops.sets.get(k), ops.appends.get(k)):
-            if not group:
-                out.append(b"$1\r\n0\r\n")
-                continue
-            c = b"%d" % len(group)
-            out.append(b"$%d\r\n%b\r\n" % (len(c), c))
-            out += [
-                b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(fb), fb, len(v), v)
-                for fb, v in zip(map(str.encode, group), group.values())
-            ]
-            n += 2 * len(group)
-        d = [f.encode() for f in ops.dels.get(k, ())]
-        c = b"%d" % len(d)
-        out.append(b"$%d\r\n%b\r\n" % (len(c), c))
-        out += [b"$%d\r\n%b\r\n" % (len(f), f) for f in d]
-        n += len(d)
-        ex = ops.expire.get(k, 0) if k in ops.expire else 0
-        e = b"-1" if ex is None else b"%d" % int(ex)
-        out.append(b"$%d\r\n%b\r\n" % (len(e), e))
-        return n, b"".join(out)
-
     def _commit(
         self, ops: Ops, cas: Sequence[tuple[str, str | None, str]] = (), notify: tuple[str, str] | None = None
     ) -> bool:
@@ -336,7 +319,7 @@ class RedisOnlineStore(BaseOnlineStore):
                     head += g
                 head += [notify[0].encode(), notify[1].encode()] if notify else [b"", b""]
                 head.append(str(len(keys)).encode())
-                body = [self._args_resp(ops, k) for k in keys]
+                body = [key_args_resp(ops, k) for k in keys]
                 for k in lists:
                     items, cap = ops.lists[k]
                     body.append((2 + len(items), resp_args([str(cap).encode(), str(len(items)).encode(), *items])))
@@ -363,14 +346,14 @@ class RedisOnlineStore(BaseOnlineStore):
         """Wait for (and check) bulk writes sent with ``wait=False``."""
         try:
             with self._wlock:
-                self._drain()
+                self._batches.drain()
         except self._errors as e:
             raise self._unavailable(e) from None
 
     def _bulk(self, ops: Ops, keys: list[str], wait: bool = True) -> None:
         """Bulk writes (materialize): the same script, chunks of keys, RESP built here and
         pipelined on one connection (redis-py's per-argument packing dominated otherwise)."""
-        self._drain()
+        self._batches.drain()
         if self._sha is None:
             self._sha = self._r.script_load(COMMIT)
         cmds: list[bytes] = []
@@ -381,10 +364,10 @@ class RedisOnlineStore(BaseOnlineStore):
                 self._k(k).encode() for k in part
             ]
             head += [b"0", b"0", b"", b"", str(len(part)).encode()]  # no offsets, guards, notification
-            body = [self._args_resp(ops, k) for k in part]
+            body = [key_args_resp(ops, k) for k in part]
             n_args = len(head) + sum(c for c, _ in body)
             cmds.append(resp(head, n_args) + b"".join(b for _, b in body))
-        self._send(cmds, lambda: self._bulk(ops, keys), wait)
+        self._batches.send(cmds, lambda: self._bulk(ops, keys), wait)
 
     def write_rows(self, chunk: RowChunk, wait: bool = True) -> None:
         """Bulk rows of a row view (materialize): the ``ROWS`` script, pipelined (as ``write_ops``)."""
@@ -403,68 +386,10 @@ class RedisOnlineStore(BaseOnlineStore):
         # Packed while Redis still runs the previous chunk, and sent before its replies are read:
         # Redis goes from one chunk to the next without waiting for the client (a window of 2).
         cmds = pack_rows(self._rows_sha, self.prefix + "e:", chunk)
-        self._send(cmds, lambda: self._bulk_rows(chunk), wait, keep=1)
+        self._batches.send(cmds, lambda: self._bulk_rows(chunk), wait, keep=1)
 
-    def _send(self, cmds: list[bytes], redo: Callable[[], None], wait: bool, keep: int = 0) -> None:
-        """Send ``cmds`` on the pending connection (or a new one), then read replies until at most
-        ``keep`` earlier batches remain unread besides this one (all of them with ``wait``)."""
-        if self._pconn is None:
-            self._pconn = self._r.connection_pool.get_connection()
-        try:
-            self._pconn.send_packed_command(cmds)
-        except BaseException:
-            self._abort()
-            raise
-        self._pending.append((len(cmds), redo))
-        if wait:
-            self._drain()
-        elif len(self._pending) > keep + 1:
-            self._drain(keep + 1)
-
-    def _abort(self) -> None:
-        """Drop the pending connection: unread replies would poison it in the pool."""
-        conn, self._pconn, self._pending = self._pconn, None, []
-        if conn is not None:
-            conn.disconnect()
-            self._r.connection_pool.release(conn)
-
-    def _drain(self, keep: int = 0) -> None:
-        """Read (and check) the replies of all pending batches but the newest ``keep``."""
-        if not self._pending:
-            return
-        redis = import_redis()
-        conn = self._pconn
-        redo: list[Callable[[], None]] = []
-        errors = []
-        try:
-            while len(self._pending) > keep:
-                n, again = self._pending.pop(0)
-                failed = False
-                for _ in range(n):
-                    try:
-                        conn.read_response()
-                    except redis.exceptions.ResponseError as e:
-                        errors.append(e)
-                        failed = True
-                if failed:
-                    redo.append(again)
-                if errors and keep:  # on an error every batch is read first: later ones may need a redo too
-                    keep = 0
-        except BaseException:
-            self._abort()
-            raise
-        if not self._pending:
-            self._pconn = None
-            self._r.connection_pool.release(conn)
-        if errors:
-            if type(errors[0]).__name__ == "NoScriptError" or "NOSCRIPT" in str(
-                errors[0]
-            ):  # Redis restarted: load the scripts and redo (sets only: idempotent)
-                self._sha = self._rows_sha = None
-                for again in redo:
-                    again()
-                return
-            raise errors[0]
+    def _noscript(self) -> None:
+        self._sha = self._rows_sha = None
 
     def _get_offset(self, field: str) -> str | None:
         try:

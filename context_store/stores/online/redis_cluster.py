@@ -455,7 +455,7 @@ class RedisClusterOnlineStore(BaseOnlineStore):
 
 def key_args(ops: Ops, k: str) -> list[bytes | str]:
     """COMMIT's per-key arguments (see ``_resp.COMMIT``): nsets, (f, v)*, nappends, (f, v)*, ndels,
-    f*, expire_ms. The single-node store RESP-encodes the same list itself (``RedisOnlineStore._args_resp``;
+    f*, expire_ms. The single-node store RESP-encodes the same list itself (``_resp.key_args_resp``;
     a test keeps the two equal)."""
     out: list[bytes | str] = []
     for group in (ops.sets.get(k), ops.appends.get(k)):
