@@ -22,8 +22,10 @@ import hashlib
 import json
 import math
 import operator
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from datetime import timedelta
+from itertools import compress
 from typing import Any
 
 import numpy as np
@@ -55,6 +57,7 @@ EVENTS_MAX_BYTES = EVENT_FIELDS * LISTPACK_VALUE_MAX
 TILES_PER_WINDOW = 96  # finer tiles = smaller exact edges to cut per read; 4^L blocks keep reads short
 # Extra history kept beyond the longest window, so requests a little in the past stay exact.
 RETENTION_SLACK_US = 86_400 * US
+_EMPTY_COL = [0.0, 0.0, math.inf, -math.inf, 0.0, 0.0]  # raw_num_block's block of a column without values
 _NICE = [1, 5, 10, 30, 60, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 7 * 86400]
 
 
@@ -168,6 +171,11 @@ class ViewState:
         self._spread = [
             any(self.plan.outputs[i].function not in ("count", "sum", "mean") for i in which)
             for _, which in self.windows
+        ]
+        # Per finite window: does an output read M2 (variance, stddev)? (events mode computes it only then)
+        self._needs_m2 = [
+            any(self.plan.outputs[i].function not in ("count", "sum", "mean", "min", "max") for i in which)
+            for _, which in self._finite_windows
         ]
         self.L = f"{self.vid}:L"
         self.M = f"{self.vid}:m"
@@ -296,17 +304,36 @@ class ViewState:
         return out
 
     def evaluate_events(self, t: int, ev: list[bytes | None]) -> list[Any]:
-        """Every output at ``t`` from an events-mode entity's events (``ev_fields`` as read)."""
+        """Every output at ``t`` from an events-mode entity's events (``ev_fields`` as read).
+
+        The events are sorted by time, so a window's events are one slice (two bisections) and each
+        window's block is ``raw_num_block``'s, with the same sums in the same order (identical floats);
+        M2 only when an output of the window reads it."""
         plan = self.plan
         assert plan is not None
         buf = join_row(ev)
-        parsed = parse_events(buf or b"\x00", plan)
+        ts, valid, vals = parse_events(buf or b"\x00", plan)
         hi = self.window_end(t)
+        i1 = bisect_left(ts, hi)
         out: list[Any] = [None] * len(plan.outputs)
-        for w, which in self._finite_windows:
-            mnum = raw_num_block(parsed, plan, hi - w, hi)
+        finalize, outputs = plan.finalize, plan.outputs
+        cols = [(valid[c], vals[c]) for c in plan.num_cols]
+        for (w, which), m2 in zip(self._finite_windows, self._needs_m2):
+            i0 = bisect_left(ts, hi - w, 0, i1)
+            mnum = [float(i1 - i0)]
+            for v, x in cols:
+                sv = v[i0:i1]
+                xs = x[i0:i1] if 0 not in sv else list(compress(x[i0:i1], sv))
+                if not xs:
+                    mnum += _EMPTY_COL
+                    continue
+                cnt = float(len(xs))
+                sm = float(sum(xs))
+                mean = sm / cnt
+                mnum += [cnt, sm, float(min(xs)), float(max(xs)), mean]
+                mnum.append(sum([(y - mean) * (y - mean) for y in xs]) if m2 else 0.0)
             for i in which:
-                out[i] = plan.finalize(plan.outputs[i], mnum, [])
+                out[i] = finalize(outputs[i], mnum, [])
         return out
 
     @property
