@@ -172,6 +172,10 @@ class ViewState:
             any(self.plan.outputs[i].function not in ("count", "sum", "mean") for i in which)
             for _, which in self.windows
         ]
+        # Per finite window: its outputs' finalizers (numbers-only read paths: no per-output dispatch).
+        self._fins = [
+            [(i, self.plan.num_finalizer(self.plan.outputs[i])) for i in which] for _, which in self._finite_windows
+        ]
         # Per finite window: does an output read M2 (variance, stddev)? (events mode computes it only then)
         self._needs_m2 = [
             any(self.plan.outputs[i].function not in ("count", "sum", "mean", "min", "max") for i in which)
@@ -281,9 +285,7 @@ class ViewState:
         g = self.g
         b = ctx.b
         cuts: dict[int | None, list[float]] = {}
-        finalize = plan.finalize
-        outputs = plan.outputs
-        for (w, which), pick, spread in zip(self._finite_windows, ctx.pickers, self._spread):
+        for (w, _), pick, spread, fins in zip(self._finite_windows, ctx.pickers, self._spread, self._fins):
             parts: Any = pick(blocks)
             if None in parts:
                 parts = [x for x in parts if x is not None]
@@ -299,8 +301,8 @@ class ViewState:
                         cut = cuts[lo] = raw_num_block(raws[b], plan, lo, t)
                     parts = [*parts, cut]
             mnum = (parts[0] if len(parts) == 1 else plan.merge_rows(parts, spread)) if parts else plan.empty_list
-            for i in which:
-                out[i] = finalize(outputs[i], mnum, [])
+            for i, fin in fins:
+                out[i] = fin(mnum)
         return out
 
     def evaluate_events(self, t: int, ev: list[bytes | None]) -> list[Any]:
@@ -316,9 +318,8 @@ class ViewState:
         hi = self.window_end(t)
         i1 = bisect_left(ts, hi)
         out: list[Any] = [None] * len(plan.outputs)
-        finalize, outputs = plan.finalize, plan.outputs
         cols = [(valid[c], vals[c]) for c in plan.num_cols]
-        for (w, which), m2 in zip(self._finite_windows, self._needs_m2):
+        for (w, _), m2, fins in zip(self._finite_windows, self._needs_m2, self._fins):
             i0 = bisect_left(ts, hi - w, 0, i1)
             mnum = [float(i1 - i0)]
             for v, x in cols:
@@ -332,8 +333,8 @@ class ViewState:
                 mean = sm / cnt
                 mnum += [cnt, sm, float(min(xs)), float(max(xs)), mean]
                 mnum.append(sum([(y - mean) * (y - mean) for y in xs]) if m2 else 0.0)
-            for i in which:
-                out[i] = finalize(outputs[i], mnum, [])
+            for i, fin in fins:
+                out[i] = fin(mnum)
         return out
 
     @property
@@ -352,8 +353,7 @@ class ViewState:
         arr = np.frombuffer(
             b"".join([v if v is not None else empty for r in rows for v in r[:nb]]), dtype="<f8"
         ).reshape(E, nb, K)
-        outputs, finalize = plan.outputs, plan.finalize
-        out: list[list[Any]] = [[None] * len(outputs) for _ in range(E)]
+        out: list[list[Any]] = [[None] * len(plan.outputs) for _ in range(E)]
         parsed: list[dict[int, Any]] = [{} for _ in range(E)]
         for e, r in enumerate(rows):
             for j, ti in enumerate(ctx.raw_tiles):
@@ -361,7 +361,7 @@ class ViewState:
                 if v is not None:
                     parsed[e][ti] = parse_raw_num(v, plan)
         g, b = self.g, ctx.b
-        for (w, which), ids, spread in zip(self._finite_windows, ctx.per_window, self._spread):
+        for (w, _), ids, spread, fins in zip(self._finite_windows, ctx.per_window, self._spread, self._fins):
             merged = _merge_axis1(arr[:, ids, :], plan, spread).tolist() if ids else [plan.empty_list] * E
             s = t - w
             sb = s // g
@@ -376,8 +376,8 @@ class ViewState:
                         parts.append(raw_num_block(raws[b], plan, s if sb >= b else None, t))
                     mnum = plan.merge_rows(parts, spread)
                 oe = out[e]
-                for i in which:
-                    oe[i] = finalize(outputs[i], mnum, [])
+                for i, fin in fins:
+                    oe[i] = fin(mnum)
         k = len(self.ev_fields)
         if k:
             for e, r in enumerate(rows):

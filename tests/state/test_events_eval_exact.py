@@ -25,7 +25,12 @@ NOW = 1_767_225_600 * US
 user = cs.Entity("user", ["user_id"])
 src = cs.StreamSource(
     "t",
-    schema=[cs.Field("user_id", cs.String), cs.Field("a", cs.Float64), cs.Field("q", cs.Int64), cs.Field("ts", cs.Timestamp)],
+    schema=[
+        cs.Field("user_id", cs.String),
+        cs.Field("a", cs.Float64),
+        cs.Field("q", cs.Int64),
+        cs.Field("ts", cs.Timestamp),
+    ],
     timestamp_field="ts",
 )
 FUNCS = ["count", "sum", "mean", "min", "max", "var_samp", "stddev_pop"]
@@ -118,6 +123,32 @@ def test_events_evaluation_is_exactly_the_general_formulas(interval: str | None)
         assert decode_events(buf, 2) == reference_decode(buf, 2)
         ev: list[bytes | None] = [*split_row(buf, EVENT_FIELDS)]
         ev += [None] * (EVENT_FIELDS - len(ev))
-        for t in (NOW + 1, NOW, NOW - 1800 * US - 17, NOW - 3 * 86400 * US, *(x + d for x in ts[:3] for d in (-1, 0, 1))):
+        for t in (
+            NOW + 1,
+            NOW,
+            NOW - 1800 * US - 17,
+            NOW - 3 * 86400 * US,
+            *(x + d for x in ts[:3] for d in (-1, 0, 1)),
+        ):
             got, exp = st.evaluate_events(t, ev), reference_eval(st, t, buf)
             assert all(same(g, e) for g, e in zip(got, exp)), (ts, cols, t, got, exp)
+
+
+def test_num_finalizers_are_finalize() -> None:
+    """``AggPlan.num_finalizer`` (the read paths' per-output closures) == ``finalize``, value and type."""
+    view = cs.FeatureView(
+        "fin", [user], src, aggregations=[cs.Aggregate(c, f, "1h") for c in ("a", "q") for f in FUNCS + ["stddev_samp"]]
+    )
+    st = ViewState(view, {"a": cs.Float64, "q": cs.Int64})
+    plan = st.plan
+    assert plan is not None
+    rng = random.Random(5)
+    for _ in range(300):
+        num: list[float] = [float(rng.randint(0, 3))]
+        for _c in plan.num_cols:
+            n = float(rng.choice([0, 0, 1, 2, 7]))
+            vals = [rng.uniform(-1e3, 1e3) for _ in range(6)]
+            num += [n, vals[0], vals[1], vals[2], vals[3], abs(vals[4])]
+        for o in plan.outputs:
+            assert same(plan.num_finalizer(o)(num), plan.finalize(o, num, [])), (o.name, num)
+            assert same(plan.num_finalizer(o)(tuple(num)), plan.finalize(o, tuple(num), []))
