@@ -250,9 +250,10 @@ class AggPlan:
                 res[b + 5] = 0.0
         return res
 
-    def merge_rows(self, rows: Sequence[Sequence[float]], spread: bool = True) -> list[float]:
+    def merge_rows(self, rows: Sequence[Sequence[float]], spread: bool = True, m2: bool = True) -> list[float]:
         """``merge_num`` for a few blocks given as Python lists (same formulas, no numpy overhead).
-        ``spread=False``: only rows, n, sum and mean are merged (enough for count/sum/mean reads)."""
+        ``spread=False``: only rows, n, sum and mean are merged (enough for count/sum/mean reads);
+        ``m2=False``: min and max too, but not the mean and M2 slots (no variance/stddev read)."""
         if len(rows) == 1:
             return list(rows[0])
         cols = list(zip(*rows))
@@ -268,7 +269,7 @@ class AggPlan:
                 continue
             res[b + 2] = min(cols[b + 2])
             res[b + 3] = max(cols[b + 3])
-            if n > 0:
+            if n > 0 and m2:
                 mean = s / n
                 res[b + 4] = mean
                 res[b + 5] = sum(cols[b + 5]) + sum([ni * (mi - mean) ** 2 for ni, mi in zip(cols[b], cols[b + 4])])

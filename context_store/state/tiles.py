@@ -285,7 +285,9 @@ class ViewState:
         g = self.g
         b = ctx.b
         cuts: dict[int | None, list[float]] = {}
-        for (w, _), pick, spread, fins in zip(self._finite_windows, ctx.pickers, self._spread, self._fins):
+        for (w, _), pick, spread, m2, fins in zip(
+            self._finite_windows, ctx.pickers, self._spread, self._needs_m2, self._fins
+        ):
             parts: Any = pick(blocks)
             if None in parts:
                 parts = [x for x in parts if x is not None]
@@ -300,7 +302,7 @@ class ViewState:
                     if cut is None:
                         cut = cuts[lo] = raw_num_block(raws[b], plan, lo, t)
                     parts = [*parts, cut]
-            mnum = (parts[0] if len(parts) == 1 else plan.merge_rows(parts, spread)) if parts else plan.empty_list
+            mnum = (parts[0] if len(parts) == 1 else plan.merge_rows(parts, spread, m2)) if parts else plan.empty_list
             for i, fin in fins:
                 out[i] = fin(mnum)
         return out
