@@ -63,8 +63,8 @@ class FeatureVector:
         return dict(self.feature_values)
 
 
-_METADATA = FeatureVector.metadata  # the dataclass slots (member descriptors), shadowed below
-_REQUEST_TIME = FeatureVector.request_time
+_METADATA: Any = vars(FeatureVector)["metadata"]  # the dataclass slots (member descriptors), shadowed below
+_REQUEST_TIME: Any = vars(FeatureVector)["request_time"]
 
 
 class LazyFeatureVector(FeatureVector):
@@ -90,10 +90,10 @@ class LazyFeatureVector(FeatureVector):
         if request_time is not None:
             _REQUEST_TIME.__set__(self, request_time)
 
-    @property  # type: ignore[override]
+    @property
     def metadata(self) -> list[FeatureMetadata]:
         try:
-            return _METADATA.__get__(self)  # type: ignore[no-any-return]
+            return _METADATA.__get__(self)
         except AttributeError:
             m = self._build(self._arg)
             _METADATA.__set__(self, m)
@@ -104,10 +104,10 @@ class LazyFeatureVector(FeatureVector):
     def metadata(self, value: list[FeatureMetadata]) -> None:
         _METADATA.__set__(self, value)
 
-    @property  # type: ignore[override]
+    @property
     def request_time(self) -> datetime | None:
         try:
-            return _REQUEST_TIME.__get__(self)  # type: ignore[no-any-return]
+            return _REQUEST_TIME.__get__(self)
         except AttributeError:
             rt = us_to_datetime(self._rt_us)
             _REQUEST_TIME.__set__(self, rt)

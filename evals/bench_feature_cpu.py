@@ -19,7 +19,6 @@ and the parent checks both checkouts produced the same digests. Results: evals/r
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import json
 import os
@@ -72,7 +71,11 @@ def seed(repo: Path) -> datetime:
         ]
     for u in range(HEAVY):  # many events: tiles, blocks and raw edges
         rows += [
-            {"user_id": f"h{u}", "amount": float((u * 13 + k * 7) % 90) / 4, "ts": now - timedelta(seconds=30 + 1423 * k)}
+            {
+                "user_id": f"h{u}",
+                "amount": float((u * 13 + k * 7) % 90) / 4,
+                "ts": now - timedelta(seconds=30 + 1423 * k),
+            }
             for k in range(120)
         ]
     rows.sort(key=lambda r: r["ts"])  # oldest first: a stream source refuses events behind its watermark
@@ -141,7 +144,7 @@ def child(repo: Path, n: int, seeded: datetime) -> dict[str, Any]:
     async def run() -> dict[str, Any]:
         out: dict[str, Any] = {"module": cs.__file__}
         digest = hashlib.sha256()
-        for kind, ids in ents.items():  # every entity's response bytes (request time: now)
+        for ids in ents.values():  # every entity's response bytes (request time: now)
             for uid in ids:
                 digest.update(await call(body(uid)))
         out["asgi_digest"] = digest.hexdigest()
@@ -227,7 +230,8 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace, load0: str, loa
         "CPU = `time.process_time` per call (user + system, the Redis round trip's syscalls included). "
         "Redis at 127.0.0.1:6379 (same machine).",
         "",
-        "| measurement | base µs/call median (min–max) | new µs/call median (min–max) | new/base per round: median (min–max) |",
+        "| measurement | base µs/call median (min–max) | new µs/call median (min–max) "
+        "| new/base per round: median (min–max) |",
         "|---|---:|---:|---:|",
     ]
     for m in metrics:
@@ -254,9 +258,7 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace, load0: str, loa
     ]
     for r in runs:
         lines.append(
-            f"| {r['round']} | {r['side']} | {r['load']} | "
-            + " | ".join(f"{r[m]:.1f}" for m in metrics)
-            + " |"
+            f"| {r['round']} | {r['side']} | {r['load']} | " + " | ".join(f"{r[m]:.1f}" for m in metrics) + " |"
         )
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -34,7 +34,7 @@ def test_tile_reads_skip_only_unread_slots(store: BaseOnlineStore, interval: str
         assert rp is not None
         ref._needs_m2 = [True] * len(ref._finite_windows)
         ref._fins = [
-            [(i, lambda num, o=rp.outputs[i]: rp.finalize(o, num, [])) for i in which]
+            [(i, lambda num, o=rp.outputs[i], p=rp: p.finalize(o, num, [])) for i in which]
             for _, which in ref._finite_windows
         ]
         for uid in ("u1", "u2", "u3", "nobody"):
