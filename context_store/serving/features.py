@@ -35,6 +35,7 @@ from .feature_plans import (
     ViewArg,
     feature_dtype,
     groups,
+    plan_values,
 )
 
 __all__ = ["FeatureServer", "to_us"]
@@ -303,7 +304,7 @@ class FeatureServer:
         self, plan: Plan, keys: dict[str, Any], res: list[ViewValues], shared: dict[Any, Any], t: int | None = None
     ) -> FeatureVector:
         """Stored features only: values copied per read, metadata memoised (``_meta_fast``)."""
-        return FeatureVector(_values_fast(plan, res), self._meta_fast(plan, res, shared, t), keys, None)
+        return FeatureVector(plan_values(plan, res), self._meta_fast(plan, res, shared, t), keys, None)
 
     def _meta_fast(
         self, plan: Plan, res: list[ViewValues], shared: dict[Any, Any], t: int | None = None
@@ -416,7 +417,7 @@ class FeatureServer:
             # The common lookup: values now, metadata and the request time only if read (the wire
             # response of get-features carries neither unless asked for).
             rt = request_time if isinstance(request_time, datetime) else None
-            return LazyFeatureVector(_values_fast(plan, res), keys, self._lazy_meta, (plan, res, t), rt, t)
+            return LazyFeatureVector(plan_values(plan, res), keys, self._lazy_meta, (plan, res, t), rt, t)
         if cov is not None:
             res = cov.fix(plan, res)
         fv = self._assemble(plan, keys, ctx, res, t, self._shared(), single=True)
@@ -537,22 +538,3 @@ class FeatureServer:
         if plan.log is not None:
             plan.log.record_batch(out, ctxs, t, log_context)
         return out
-
-
-def _values_fast(plan: Plan, res: list[ViewValues]) -> dict[str, Any]:
-    """Output name -> value of a plan without realtime views (``plan.groups``): one zip per read."""
-    assert plan.groups is not None
-    if len(plan.groups) == 1:  # one view (the usual service): no intermediate dict
-        ri, names, pick = plan.groups[0]
-        vv = res[ri].values
-        if vv is None:
-            return dict.fromkeys(names)
-        return dict(zip(names, vv if pick is None else pick(vv)))
-    values: dict[str, Any] = {}
-    for ri, names, pick in plan.groups:
-        vv = res[ri].values
-        if vv is None:
-            values.update(dict.fromkeys(names))
-        else:
-            values.update(zip(names, vv if pick is None else pick(vv)))
-    return values
