@@ -215,6 +215,17 @@ def main() -> None:
             print(json.dumps(res), file=sys.stderr)
     load1 = Path("/proc/loadavg").read_text().strip()
     report(runs, args, load0, load1)
+    clear(repo)
+
+
+def clear(repo: Path) -> None:
+    """Delete this run's workspace keys (only its own prefix; the shared Redis keeps everything else)."""
+    from context_store.config import load_config
+    from context_store.stores.online import open_online_store
+
+    online = open_online_store(load_config(repo))
+    online.clear()
+    online.close()
 
 
 def report(runs: list[dict[str, Any]], args: argparse.Namespace, load0: str, load1: str) -> None:
@@ -265,4 +276,7 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace, load0: str, loa
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 3 and sys.argv[1] == "--clear":  # a crashed run's workspace: --clear REPO
+        clear(Path(sys.argv[2]))
+    else:
+        main()
