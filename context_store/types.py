@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+from .vocab.time import us_to_datetime
 
 __all__ = [
     "JoinKeys",
@@ -15,6 +18,7 @@ __all__ = [
     "PRESENT",
     "FeatureMetadata",
     "FeatureVector",
+    "LazyFeatureVector",
     "SimilarItem",
     "SimilarResult",
     "KnowledgeChunk",
@@ -57,6 +61,76 @@ class FeatureVector:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.feature_values)
+
+
+_METADATA: Any = vars(FeatureVector)["metadata"]  # the dataclass slots (member descriptors), shadowed below
+_REQUEST_TIME: Any = vars(FeatureVector)["request_time"]
+
+
+class LazyFeatureVector(FeatureVector):
+    """A ``FeatureVector`` whose ``metadata`` and ``request_time`` are built on first access: the
+    get-features hot path sends neither in the common response, and building them (a datetime and
+    ten metadata objects per lookup: a continuous window ends at the request) was ~15% of its CPU.
+    ``build(arg)`` returns the metadata list; reads, writes and equality behave as a FeatureVector's."""
+
+    __slots__ = ("_build", "_arg", "_rt_us")
+
+    def __init__(
+        self,
+        feature_values: dict[str, Any],
+        join_keys: JoinKeys,
+        build: Callable[[Any], list[FeatureMetadata]],
+        arg: Any,
+        request_time: datetime | None,
+        request_us: int,
+    ) -> None:
+        self.feature_values = feature_values
+        self.join_keys = join_keys
+        self._build, self._arg, self._rt_us = build, arg, request_us
+        if request_time is not None:
+            _REQUEST_TIME.__set__(self, request_time)
+
+    @property
+    def metadata(self) -> list[FeatureMetadata]:
+        try:
+            return _METADATA.__get__(self)
+        except AttributeError:
+            m = self._build(self._arg)
+            _METADATA.__set__(self, m)
+            self._arg = None  # the read results it was built from
+            return m
+
+    @metadata.setter
+    def metadata(self, value: list[FeatureMetadata]) -> None:
+        _METADATA.__set__(self, value)
+
+    @property
+    def request_time(self) -> datetime | None:
+        try:
+            return _REQUEST_TIME.__get__(self)
+        except AttributeError:
+            rt = us_to_datetime(self._rt_us)
+            _REQUEST_TIME.__set__(self, rt)
+            return rt
+
+    @request_time.setter
+    def request_time(self, value: datetime | None) -> None:
+        _REQUEST_TIME.__set__(self, value)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, FeatureVector):
+            return NotImplemented
+        return (self.feature_values, self.metadata, self.join_keys, self.request_time) == (
+            other.feature_values,
+            other.metadata,
+            other.join_keys,
+            other.request_time,
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like FeatureVector
+
+    def __repr__(self) -> str:
+        return "FeatureVector" + FeatureVector.__repr__(self)[len("LazyFeatureVector") :]
 
 
 @dataclass(frozen=True, slots=True)

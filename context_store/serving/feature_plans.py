@@ -12,8 +12,21 @@ from typing import Any, NamedTuple
 
 from ..definitions import DType, RealtimeFeatureView
 from ..state.tiles import ViewState
+from ..stores.online.base import ViewValues
 
-__all__ = ["Group", "Meta", "Output", "Plan", "Read", "RequestArg", "Spec", "ViewArg", "feature_dtype", "groups"]
+__all__ = [
+    "Group",
+    "Meta",
+    "Output",
+    "Plan",
+    "Read",
+    "RequestArg",
+    "Spec",
+    "ViewArg",
+    "feature_dtype",
+    "groups",
+    "plan_values",
+]
 
 
 @dataclass
@@ -131,3 +144,22 @@ def feature_dtype(st: ViewState, fname: str) -> DType | None:
         if f.name == fname:
             return f.dtype
     return None
+
+
+def plan_values(plan: Plan, res: list[ViewValues]) -> dict[str, Any]:
+    """Output name -> value of a plan without realtime views (``plan.groups``): one zip per read."""
+    assert plan.groups is not None
+    if len(plan.groups) == 1:  # one view (the usual service): no intermediate dict
+        ri, names, pick = plan.groups[0]
+        vv = res[ri].values
+        if vv is None:
+            return dict.fromkeys(names)
+        return dict(zip(names, vv if pick is None else pick(vv)))
+    values: dict[str, Any] = {}
+    for ri, names, pick in plan.groups:
+        vv = res[ri].values
+        if vv is None:
+            values.update(dict.fromkeys(names))
+        else:
+            values.update(zip(names, vv if pick is None else pick(vv)))
+    return values

@@ -21,7 +21,7 @@ from ..registry.repo import RepoDefinitions
 from ..state.codec import KEY_SEP
 from ..state.tiles import ViewState
 from ..stores.online.base import OnlineStore, ViewValues
-from ..types import MISSING_DATA, PRESENT, FeatureMetadata, FeatureVector
+from ..types import MISSING_DATA, PRESENT, FeatureMetadata, FeatureVector, LazyFeatureVector
 from ..vocab.time import checked_seconds_us, checked_us, parse_iso, us_to_datetime
 from .coverage import Coverage, PlanCover
 from .feature_log import FeatureLogWriter, LogContext
@@ -35,6 +35,7 @@ from .feature_plans import (
     ViewArg,
     feature_dtype,
     groups,
+    plan_values,
 )
 
 __all__ = ["FeatureServer", "to_us"]
@@ -302,24 +303,27 @@ class FeatureServer:
     def _assemble_fast(
         self, plan: Plan, keys: dict[str, Any], res: list[ViewValues], shared: dict[Any, Any], t: int | None = None
     ) -> FeatureVector:
-        """Stored features only: values copied per read, metadata memoised per (service, read,
-        effective time, null pattern) — FeatureMetadata objects are immutable. An effective time equal
-        to the request time ``t`` (a continuous window ends at the request) is never seen again: such
-        metadata is built, not memoised (memoising it filled the memo with garbage for the collector)."""
-        values: dict[str, Any] = {}
+        """Stored features only: values copied per read, metadata memoised (``_meta_fast``)."""
+        return FeatureVector(plan_values(plan, res), self._meta_fast(plan, res, shared, t), keys, None)
+
+    def _meta_fast(
+        self, plan: Plan, res: list[ViewValues], shared: dict[Any, Any], t: int | None = None
+    ) -> list[FeatureMetadata]:
+        """Metadata memoised per (service, read, effective time, null pattern) -- FeatureMetadata objects
+        are immutable. An effective time equal to the request time ``t`` (a continuous window ends at the
+        request) is never seen again: such metadata is built, not memoised (memoising it filled the memo
+        with garbage for the collector)."""
         meta: list[FeatureMetadata] = []
         eff_t: datetime | None = None
         assert plan.groups is not None
-        for gi, (ri, names, pick) in enumerate(plan.groups):
+        for gi, (ri, _names, pick) in enumerate(plan.groups):
             r = res[ri]
             vv = r.values
             if vv is None:
-                values.update(dict.fromkeys(names))
                 mk: tuple[Any, ...] = (plan.name, gi, None, None)
                 sel: Any = None
             else:
                 sel = vv if pick is None else pick(vv)
-                values.update(zip(names, sel))
                 nulls = tuple([x is None for x in sel]) if None in sel else True
                 if r.effective_us == t and t is not None:
                     tk = (plan.name, gi, "t", nulls)  # per request: only the effective time differs
@@ -334,7 +338,12 @@ class FeatureServer:
             if m is None:
                 m = shared[mk] = self._group_meta(plan, gi, None if vv is None else r.effective_us, sel, shared)
             meta += m
-        return FeatureVector(values, meta, keys, None)
+        return meta
+
+    def _lazy_meta(self, arg: tuple[Plan, list[ViewValues], int]) -> list[FeatureMetadata]:
+        """``LazyFeatureVector``'s builder: the metadata ``_assemble_fast`` builds, when first read."""
+        plan, res, t = arg
+        return self._meta_fast(plan, res, self._shared(), t)
 
     def _group_meta(
         self, plan: Plan, gi: int, eff_us: int | None, sel: Any, shared: dict[Any, Any]
@@ -404,6 +413,11 @@ class FeatureServer:
     def _finish(
         self, plan: Plan, keys: Any, ctx: Any, res: Any, t: int, request_time: Any, cov: PlanCover | None = None
     ) -> FeatureVector:
+        if cov is None and plan.groups is not None:
+            # The common lookup: values now, metadata and the request time only if read (the wire
+            # response of get-features carries neither unless asked for).
+            rt = request_time if isinstance(request_time, datetime) else None
+            return LazyFeatureVector(plan_values(plan, res), keys, self._lazy_meta, (plan, res, t), rt, t)
         if cov is not None:
             res = cov.fix(plan, res)
         fv = self._assemble(plan, keys, ctx, res, t, self._shared(), single=True)

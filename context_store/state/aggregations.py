@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -250,9 +250,10 @@ class AggPlan:
                 res[b + 5] = 0.0
         return res
 
-    def merge_rows(self, rows: Sequence[Sequence[float]], spread: bool = True) -> list[float]:
+    def merge_rows(self, rows: Sequence[Sequence[float]], spread: bool = True, m2: bool = True) -> list[float]:
         """``merge_num`` for a few blocks given as Python lists (same formulas, no numpy overhead).
-        ``spread=False``: only rows, n, sum and mean are merged (enough for count/sum/mean reads)."""
+        ``spread=False``: only rows, n, sum and mean are merged (enough for count/sum/mean reads);
+        ``m2=False``: min and max too, but not the mean and M2 slots (no variance/stddev read)."""
         if len(rows) == 1:
             return list(rows[0])
         cols = list(zip(*rows))
@@ -268,7 +269,7 @@ class AggPlan:
                 continue
             res[b + 2] = min(cols[b + 2])
             res[b + 3] = max(cols[b + 3])
-            if n > 0:
+            if n > 0 and m2:
                 mean = s / n
                 res[b + 4] = mean
                 res[b + 5] = sum(cols[b + 5]) + sum([ni * (mi - mean) ** 2 for ni, mi in zip(cols[b], cols[b + 4])])
@@ -360,6 +361,26 @@ class AggPlan:
         return Partial(self.merge_num(np.stack([p.num for p in parts])), self.merge_objs([p.objs for p in parts]))
 
     # -- finalize ----------------------------------------------------------------------
+    def num_finalizer(self, out: _Out) -> Callable[[Sequence[float]], Any]:
+        """``finalize(out, num, [])`` as one closure with the branches decided once (reads call it for
+        every output of every lookup); the same expressions, so the same values and types."""
+        fn, b = out.function, out.num_base
+        is_int = out.dtype.name == "int64"
+        if fn == "count":
+            return lambda num: int(num[0])
+        if b >= 0 and fn == "sum":
+            if is_int:
+                return lambda num: int(float(num[b + 1]) if num[b] > 0 else 0.0)
+            return lambda num: float(num[b + 1]) if num[b] > 0 else 0.0
+        if b >= 0 and fn == "mean":
+            return lambda num: None if num[b] == 0 else float(num[b + 1] / num[b])
+        if b >= 0 and fn in ("min", "max"):
+            k = b + 2 if fn == "min" else b + 3
+            if is_int:
+                return lambda num: None if num[b] == 0 else int(num[k])
+            return lambda num: None if num[b] == 0 else float(num[k])
+        return lambda num: self.finalize(out, num, [])
+
     def finalize(self, out: _Out, num: np.ndarray | Sequence[float], objs: list[Any]) -> Any:
         fn = out.function
         if fn == "count":

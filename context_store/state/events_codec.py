@@ -96,25 +96,42 @@ def encode_events(ts: list[int], cols: list[tuple[list[bool], list[float]]]) -> 
 
 
 def decode_events(buf: bytes, ncols: int) -> tuple[list[int], list[tuple[bytes, list[float]]]]:
-    """(ts, per column (valid as one 0/1 byte per row, values with 0.0 where invalid))."""
+    """(ts, per column (valid as one 0/1 byte per row, values with 0.0 where invalid)).
+
+    On every read of an events-mode entity: varints are decoded inline (a call per varint cost more
+    than the decoding) and a column without nulls skips the per-row validity work."""
     n, o = _read_uvarint(buf, 0)
     if n == 0:
         return [], [(b"", []) for _ in range(ncols)]
-    ts: list[int] = []
-    t = 0
-    for i in range(n):
-        x, o = _read_uvarint(buf, o)
-        t = ((x >> 1) ^ -(x & 1)) if i == 0 else t + x
+    x, o = _read_uvarint(buf, o)
+    t = (x >> 1) ^ -(x & 1)
+    ts: list[int] = [t]
+    for _ in range(n - 1):
+        c = buf[o]
+        o += 1
+        if c >= 0x80:  # a multi-byte delta
+            x, shift = c & 0x7F, 7
+            while True:
+                c = buf[o]
+                o += 1
+                x |= (c & 0x7F) << shift
+                if c < 0x80:
+                    break
+                shift += 7
+            c = x
+        t += c
         ts.append(t)
     cols: list[tuple[bytes, list[float]]] = []
     nb = (n + 7) // 8
+    full = (1 << n) - 1
     for _ in range(ncols):
         bm = buf[o : o + nb]
         o += nb
-        valid = bytes((bm[i >> 3] >> (i & 7)) & 1 for i in range(n))
+        dense = int.from_bytes(bm, "little") & full == full
+        valid = b"\x01" * n if dense else bytes((bm[i >> 3] >> (i & 7)) & 1 for i in range(n))
         scale = buf[o]
         o += 1
-        m = sum(valid)
+        m = n if dense else sum(valid)
         if scale == 255:
             xs = list(struct.unpack_from(f"<{m}d", buf, o))
             o += 8 * m
@@ -122,10 +139,24 @@ def decode_events(buf: bytes, ncols: int) -> tuple[list[int], list[tuple[bytes, 
             f = _SCALES[scale]
             xs = []
             for _ in range(m):
-                x, o = _read_uvarint(buf, o)
-                xs.append(((x >> 1) ^ -(x & 1)) / f)
-        it = iter(xs)
-        cols.append((valid, [next(it) if ok else 0.0 for ok in valid]))
+                c = buf[o]
+                o += 1
+                if c >= 0x80:
+                    x, shift = c & 0x7F, 7
+                    while True:
+                        c = buf[o]
+                        o += 1
+                        x |= (c & 0x7F) << shift
+                        if c < 0x80:
+                            break
+                        shift += 7
+                    c = x
+                xs.append(((c >> 1) ^ -(c & 1)) / f)
+        if dense:
+            cols.append((valid, xs))
+        else:
+            it = iter(xs)
+            cols.append((valid, [next(it) if ok else 0.0 for ok in valid]))
     return ts, cols
 
 

@@ -22,8 +22,10 @@ import hashlib
 import json
 import math
 import operator
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from datetime import timedelta
+from itertools import compress
 from typing import Any
 
 import numpy as np
@@ -55,6 +57,7 @@ EVENTS_MAX_BYTES = EVENT_FIELDS * LISTPACK_VALUE_MAX
 TILES_PER_WINDOW = 96  # finer tiles = smaller exact edges to cut per read; 4^L blocks keep reads short
 # Extra history kept beyond the longest window, so requests a little in the past stay exact.
 RETENTION_SLACK_US = 86_400 * US
+_EMPTY_COL = [0.0, 0.0, math.inf, -math.inf, 0.0, 0.0]  # raw_num_block's block of a column without values
 _NICE = [1, 5, 10, 30, 60, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 7 * 86400]
 
 
@@ -169,6 +172,15 @@ class ViewState:
             any(self.plan.outputs[i].function not in ("count", "sum", "mean") for i in which)
             for _, which in self.windows
         ]
+        # Per finite window: its outputs' finalizers (numbers-only read paths: no per-output dispatch).
+        self._fins = [
+            [(i, self.plan.num_finalizer(self.plan.outputs[i])) for i in which] for _, which in self._finite_windows
+        ]
+        # Per finite window: does an output read M2 (variance, stddev)? (events mode computes it only then)
+        self._needs_m2 = [
+            any(self.plan.outputs[i].function not in ("count", "sum", "mean", "min", "max") for i in which)
+            for _, which in self._finite_windows
+        ]
         self.L = f"{self.vid}:L"
         self.M = f"{self.vid}:m"
         self._cache: tuple[Any, _ReadCtx] | None = None
@@ -273,9 +285,9 @@ class ViewState:
         g = self.g
         b = ctx.b
         cuts: dict[int | None, list[float]] = {}
-        finalize = plan.finalize
-        outputs = plan.outputs
-        for (w, which), pick, spread in zip(self._finite_windows, ctx.pickers, self._spread):
+        for (w, _), pick, spread, m2, fins in zip(
+            self._finite_windows, ctx.pickers, self._spread, self._needs_m2, self._fins
+        ):
             parts: Any = pick(blocks)
             if None in parts:
                 parts = [x for x in parts if x is not None]
@@ -290,23 +302,41 @@ class ViewState:
                     if cut is None:
                         cut = cuts[lo] = raw_num_block(raws[b], plan, lo, t)
                     parts = [*parts, cut]
-            mnum = (parts[0] if len(parts) == 1 else plan.merge_rows(parts, spread)) if parts else plan.empty_list
-            for i in which:
-                out[i] = finalize(outputs[i], mnum, [])
+            mnum = (parts[0] if len(parts) == 1 else plan.merge_rows(parts, spread, m2)) if parts else plan.empty_list
+            for i, fin in fins:
+                out[i] = fin(mnum)
         return out
 
     def evaluate_events(self, t: int, ev: list[bytes | None]) -> list[Any]:
-        """Every output at ``t`` from an events-mode entity's events (``ev_fields`` as read)."""
+        """Every output at ``t`` from an events-mode entity's events (``ev_fields`` as read).
+
+        The events are sorted by time, so a window's events are one slice (two bisections) and each
+        window's block is ``raw_num_block``'s, with the same sums in the same order (identical floats);
+        M2 only when an output of the window reads it."""
         plan = self.plan
         assert plan is not None
         buf = join_row(ev)
-        parsed = parse_events(buf or b"\x00", plan)
+        ts, valid, vals = parse_events(buf or b"\x00", plan)
         hi = self.window_end(t)
+        i1 = bisect_left(ts, hi)
         out: list[Any] = [None] * len(plan.outputs)
-        for w, which in self._finite_windows:
-            mnum = raw_num_block(parsed, plan, hi - w, hi)
-            for i in which:
-                out[i] = plan.finalize(plan.outputs[i], mnum, [])
+        cols = [(valid[c], vals[c]) for c in plan.num_cols]
+        for (w, _), m2, fins in zip(self._finite_windows, self._needs_m2, self._fins):
+            i0 = bisect_left(ts, hi - w, 0, i1)
+            mnum = [float(i1 - i0)]
+            for v, x in cols:
+                sv = v[i0:i1]
+                xs = x[i0:i1] if 0 not in sv else list(compress(x[i0:i1], sv))
+                if not xs:
+                    mnum += _EMPTY_COL
+                    continue
+                cnt = float(len(xs))
+                sm = float(sum(xs))
+                mean = sm / cnt
+                mnum += [cnt, sm, float(min(xs)), float(max(xs)), mean]
+                mnum.append(sum([(y - mean) * (y - mean) for y in xs]) if m2 else 0.0)
+            for i, fin in fins:
+                out[i] = fin(mnum)
         return out
 
     @property
@@ -325,8 +355,7 @@ class ViewState:
         arr = np.frombuffer(
             b"".join([v if v is not None else empty for r in rows for v in r[:nb]]), dtype="<f8"
         ).reshape(E, nb, K)
-        outputs, finalize = plan.outputs, plan.finalize
-        out: list[list[Any]] = [[None] * len(outputs) for _ in range(E)]
+        out: list[list[Any]] = [[None] * len(plan.outputs) for _ in range(E)]
         parsed: list[dict[int, Any]] = [{} for _ in range(E)]
         for e, r in enumerate(rows):
             for j, ti in enumerate(ctx.raw_tiles):
@@ -334,7 +363,7 @@ class ViewState:
                 if v is not None:
                     parsed[e][ti] = parse_raw_num(v, plan)
         g, b = self.g, ctx.b
-        for (w, which), ids, spread in zip(self._finite_windows, ctx.per_window, self._spread):
+        for (w, _), ids, spread, fins in zip(self._finite_windows, ctx.per_window, self._spread, self._fins):
             merged = _merge_axis1(arr[:, ids, :], plan, spread).tolist() if ids else [plan.empty_list] * E
             s = t - w
             sb = s // g
@@ -349,8 +378,8 @@ class ViewState:
                         parts.append(raw_num_block(raws[b], plan, s if sb >= b else None, t))
                     mnum = plan.merge_rows(parts, spread)
                 oe = out[e]
-                for i in which:
-                    oe[i] = finalize(outputs[i], mnum, [])
+                for i, fin in fins:
+                    oe[i] = fin(mnum)
         k = len(self.ev_fields)
         if k:
             for e, r in enumerate(rows):
