@@ -433,6 +433,21 @@ def services_src(specs: list[str]) -> str:
     return "\n".join(out) + "\n"
 
 
+def write_ratings(root: Path, u: np.ndarray, m: np.ndarray, r: np.ndarray, ts: np.ndarray) -> None:
+    """The ratings as the repo's Parquet source (``data/ratings.parquet``)."""
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": u.astype(str),
+                "movie_id": m.astype(str),
+                "rating": r,
+                "ts": pa.array(ts * 1_000_000, pa.timestamp("us", tz="UTC")),
+            }
+        ),
+        root / "data" / "ratings.parquet",
+    )
+
+
 def run_cs(
     cases: list[Case],
     u: np.ndarray,
@@ -456,17 +471,7 @@ def run_cs(
     out: dict[str, tuple[list[list[int]], float, list[float], int]] = {}
     try:
         (root / "data").mkdir()
-        pq.write_table(
-            pa.table(
-                {
-                    "user_id": u.astype(str),
-                    "movie_id": m.astype(str),
-                    "rating": r,
-                    "ts": pa.array(ts * 1_000_000, pa.timestamp("us", tz="UTC")),
-                }
-            ),
-            root / "data" / "ratings.parquet",
-        )
+        write_ratings(root, u, m, r, ts)
         (root / "features.py").write_text(
             textwrap.dedent(
                 REPO.format(

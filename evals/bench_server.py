@@ -391,6 +391,29 @@ def seed(repo: Path, users: int) -> None:
     store.close()
 
 
+def asgi_scope(body: bytes) -> dict[str, Any]:
+    """The ASGI scope of one get-features POST carrying ``body`` (in-process calls, no socket)."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": PATH,
+        "raw_path": PATH.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"127.0.0.1"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+        "state": {},
+    }
+
+
 def _asgi_caller(app: Any, body: bytes) -> Any:
     """An in-process ASGI request (no network) -> status."""
 
@@ -410,25 +433,7 @@ def _asgi_caller(app: Any, body: bytes) -> Any:
             if msg["type"] == "http.response.start":
                 status = msg["status"]
 
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": PATH,
-            "raw_path": PATH.encode(),
-            "query_string": b"",
-            "root_path": "",
-            "headers": [
-                (b"host", b"127.0.0.1"),
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-            "client": ("127.0.0.1", 1),
-            "server": ("127.0.0.1", 80),
-            "state": {},
-        }
+        scope = asgi_scope(body)
         await app(scope, receive, send)
         return status
 

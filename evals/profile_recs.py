@@ -32,11 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_recs import DEFAULT_RERANK, REPO, load, make_cases, parse_rerank, service_name, services_src  # noqa: E402
+from bench_recs import DEFAULT_RERANK, REPO, load, make_cases, parse_rerank, service_name, services_src, write_ratings  # noqa: E402
 
 
 def _pct(xs: list[float]) -> dict[str, float]:
@@ -151,17 +149,7 @@ def main() -> None:
     first_prof = cProfile.Profile() if args.profile_first else None
     try:
         (root / "data").mkdir()
-        pq.write_table(
-            pa.table(
-                {
-                    "user_id": u.astype(str),
-                    "movie_id": m.astype(str),
-                    "rating": r,
-                    "ts": pa.array(ts * 1_000_000, pa.timestamp("us", tz="UTC")),
-                }
-            ),
-            root / "data" / "ratings.parquet",
-        )
+        write_ratings(root, u, m, r, ts)
         src = REPO.format(method="pmi_svd", dim=64, min_interactions=3, min_weight=None, half_life=365)
         (root / "features.py").write_text(textwrap.dedent(src) + services_src([DEFAULT_RERANK]))
         # A unique workspace: a Redis online store is shared (its keys are deleted at the end).
