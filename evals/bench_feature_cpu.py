@@ -33,26 +33,11 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_server import asgi_scope  # noqa: E402  (a sibling script, not a package)
+from bench_server import DEFINITIONS, asgi_scope  # noqa: E402  (a sibling script, not a package)
 
 ROOT = Path(__file__).resolve().parents[1]
 REDIS_URL = os.environ.get("CONTEXT_STORE_REDIS_URL", "redis://127.0.0.1:6379/0")
 LIGHT, HEAVY = 200, 40
-DEFINITIONS = """
-import context_store as cs
-
-user = cs.Entity("user", join_keys=["user_id"])
-transactions = cs.StreamSource(
-    "transactions",
-    schema=[cs.Field("user_id", cs.String), cs.Field("amount", cs.Float64), cs.Field("ts", cs.Timestamp)],
-    timestamp_field="ts",
-)
-txn_stats = cs.FeatureView(
-    "txn_stats", entities=[user], source=transactions,
-    aggregations=[cs.Aggregate("amount", f, w) for w in ("1h", "1d") for f in ("count", "sum", "mean", "min", "max")],
-)
-bench = cs.FeatureService("bench", [txn_stats])
-"""
 
 
 def seed(repo: Path) -> datetime:
