@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,20 +10,12 @@ import pytest
 import context_store as cs
 from context_store.errors import DefinitionError
 from context_store.serving.context_text import count_tokens
-from tests.support.recs import build_recs_repo
-
-
-def _open(root: Path) -> cs.ContextStore:
-    store = cs.ContextStore(root, workspace="b" + uuid.uuid4().hex[:10], online_store="sqlite")
-    store.apply()
-    store.backfill()
-    store.materialize()
-    return store
+from tests.support.recs import build_recs_repo, open_built
 
 
 @pytest.fixture(scope="module")
 def recs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cs.ContextStore]:
-    store = _open(build_recs_repo(tmp_path_factory.mktemp("budget") / "repo", similar="(items, 10)"))
+    store = open_built(build_recs_repo(tmp_path_factory.mktemp("budget") / "repo", similar="(items, 10)"))
     yield store
     store.close()
 
@@ -53,8 +44,10 @@ def test_item_lines_are_compact(recs: cs.ContextStore) -> None:
 
 
 def test_section_shares_are_configurable(tmp_path: Path) -> None:
-    big = _open(build_recs_repo(tmp_path / "a", similar='(items, 10), budget={"similar": 0.8, "recent_events": 0.05}'))
-    small = _open(
+    big = open_built(
+        build_recs_repo(tmp_path / "a", similar='(items, 10), budget={"similar": 0.8, "recent_events": 0.05}')
+    )
+    small = open_built(
         build_recs_repo(tmp_path / "b", similar='(items, 10), budget={"similar": 0.05, "recent_events": 0.6}')
     )
     try:
@@ -76,7 +69,7 @@ def test_note_says_why_there_is_no_interest_vector(tmp_path: Path) -> None:
     src = (root / "features.py").read_text()
     src = src.replace('interest="user_interest.interest",', "")
     (root / "features.py").write_text(src)
-    store = _open(root)
+    store = open_built(root)
     try:
         uc = store.get_user_context("u1")
         assert uc.similar  # the recent items' vectors make the interest vector

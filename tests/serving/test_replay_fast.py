@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 
 import context_store as cs
 from context_store.vocab.time import datetime_to_us
-from tests.support.recs import T0, build_recs_repo, release
+from tests.support.recs import T0, build_recs_repo, open_built, release
 from tests.support.reference import expected_view_row, values_match
 
 N_ITEMS = 60
@@ -22,10 +21,7 @@ N_ITEMS = 60
 @pytest.fixture(scope="module")
 def recs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cs.ContextStore]:
     root = build_recs_repo(tmp_path_factory.mktemp("replay") / "repo", users=30, n_items=N_ITEMS)
-    store = cs.ContextStore(root, workspace="r" + uuid.uuid4().hex[:10], online_store="sqlite")
-    store.apply()
-    store.backfill()
-    store.materialize()
+    store = open_built(root)
     yield store
     store.close()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
@@ -12,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import context_store as cs
-from tests.support.recs import T0, build_recs_repo
+from tests.support.recs import T0, build_recs_repo, open_built
 
 ITEM_COUNTS = """
 item_counts = cs.FeatureView("item_counts", [item], ratings,
@@ -25,10 +24,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cs.ContextStore]
     root = build_recs_repo(tmp_path_factory.mktemp("rr") / "repo", similar="cs.Similar(items, k=10, seen_from=ratings)")
     with (root / "features.py").open("a") as f:
         f.write(ITEM_COUNTS)
-    s = cs.ContextStore(root, workspace="w" + uuid.uuid4().hex[:10], online_store="sqlite")
-    s.apply()
-    s.backfill()
-    s.materialize()
+    s = open_built(root)
     yield s
     s.close()
 

@@ -4,7 +4,6 @@ ties, point-in-time cut, forget -- and a pushed event is in the very next call's
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -14,7 +13,7 @@ import pytest
 import context_store as cs
 from context_store.limits import SEEN_MAX
 from context_store.serving.context_events import offline_recent_events, offline_seen_ids
-from tests.support.recs import T0, build_recs_repo
+from tests.support.recs import T0, build_recs_repo, open_built
 
 SIMILAR = "cs.Similar(items, k=10, seen_from=ratings, rerank=None)"
 
@@ -22,10 +21,7 @@ SIMILAR = "cs.Similar(items, k=10, seen_from=ratings, rerank=None)"
 @pytest.fixture(scope="module")
 def recs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cs.ContextStore]:
     root = build_recs_repo(tmp_path_factory.mktemp("seen") / "repo", similar=SIMILAR)
-    store = cs.ContextStore(root, workspace="w" + uuid.uuid4().hex[:10], online_store="sqlite")
-    store.apply()
-    store.backfill()
-    store.materialize()
+    store = open_built(root)
     yield store
     store.close()
 

@@ -3,7 +3,6 @@ MCP), re-ranking by live item features and MMR diversity."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 import context_store as cs
 from context_store.errors import InvalidInputError
 from tests.support.mcp import session_calls
-from tests.support.recs import T0, build_recs_repo
+from tests.support.recs import T0, build_recs_repo, open_built
 
 SIMILAR = 'cs.Similar(items, k=10, seen_from=ratings, rerank=None, filter={"genre": {"$ne": "none"}})'
 
@@ -25,10 +24,7 @@ SIMILAR = 'cs.Similar(items, k=10, seen_from=ratings, rerank=None, filter={"genr
 @pytest.fixture(scope="module")
 def recs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cs.ContextStore]:
     root = build_recs_repo(tmp_path_factory.mktemp("recs") / "repo", similar=SIMILAR)
-    store = cs.ContextStore(root, workspace="w" + uuid.uuid4().hex[:10], online_store="sqlite")
-    store.apply()
-    store.backfill()
-    store.materialize()
+    store = open_built(root)
     yield store
     store.close()
 

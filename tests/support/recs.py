@@ -10,6 +10,7 @@ only in later replays.
 from __future__ import annotations
 
 import random
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+import context_store as cs
 from tests.support.repo import make_repo
 
 __all__ = ["DEFINITIONS", "T0", "build_recs_repo", "item_title", "release"]
@@ -123,3 +125,12 @@ def build_recs_repo(
     defs = DEFINITIONS.replace("{dim}", str(dim)).replace("{similar}", similar)
     data: dict[str, Any] = {"ratings.parquet": ratings, "items.parquet": items, "item_stats.parquet": stats}
     return make_repo(root, defs, data)
+
+
+def open_built(root: Path) -> cs.ContextStore:
+    """A ContextStore on ``root`` (embedded SQLite, a fresh workspace), applied, backfilled, materialized."""
+    store = cs.ContextStore(root, workspace="w" + uuid.uuid4().hex[:10], online_store="sqlite")
+    store.apply()
+    store.backfill()
+    store.materialize()
+    return store
