@@ -147,8 +147,7 @@ def test_commit_arguments_match_the_single_node_encoding() -> None:
     """The cluster store builds COMMIT's per-key arguments as a list; the single-node store RESP-encodes
     them directly: both must stay the same layout."""
     from context_store.state.ops import Ops
-    from context_store.stores.online._resp import resp_args
-    from context_store.stores.online.redis import RedisOnlineStore
+    from context_store.stores.online._resp import key_args_resp, resp_args
     from context_store.stores.online.redis_cluster import key_args
 
     ops = Ops()
@@ -160,7 +159,7 @@ def test_commit_arguments_match_the_single_node_encoding() -> None:
     ops.expire["b"] = None
     ops.dels["b"] = []
     for k in ("a", "b"):
-        n, packed = RedisOnlineStore._args_resp(ops, k)
+        n, packed = key_args_resp(ops, k)
         args = key_args(ops, k)
         assert resp_args([a.encode() if isinstance(a, str) else a for a in args]) == packed and n == len(args)
 
