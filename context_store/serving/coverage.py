@@ -140,8 +140,13 @@ class Coverage:
         names = old.view.feature_names
         return ViewCover(False, old, tuple(names.index(f) if f in names else None for f in view.feature_names))
 
-    def missing_views(self) -> list[str]:
-        """Online views with no complete state at all (never materialized, or state lost)."""
+    def missing_views(self, fresh: bool = False) -> list[str]:
+        """Online views with no complete state at all (never materialized, or state lost).
+
+        ``fresh``: re-read the markers now. A readiness probe must not answer from markers read before
+        the store restarted empty (they are kept while it is unreachable)."""
+        if fresh:
+            self.invalidate()
         self.refresh_if_due()
         return sorted(n for n, c in self._views_cover.items() if not c.full and c.state is None)
 

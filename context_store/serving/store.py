@@ -121,7 +121,7 @@ class ContextStore(StoreComponents):
 
     def missing_online_state(self) -> list[str]:
         """Online views whose state the online store does not hold (never materialized, or lost)."""
-        return self.features.coverage.missing_views()
+        return self.features.coverage.missing_views(fresh=True)
 
     # -- reads (``subject=``: the one entity the caller may touch, ``context_store.access``) ------------
     def get_features(

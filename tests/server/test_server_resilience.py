@@ -90,13 +90,23 @@ def test_redis_down_gives_503_then_recovers(private_redis: tuple[int, Path], fas
             assert httpx.post(url + "/v1/ingest", json=rec, timeout=30).status_code == 503
             assert httpx.get(url + "/healthz").status_code == 200  # alive, just not ready
 
-            proc = _start_redis(port, tmp)
+            proc = _start_redis(port, tmp)  # empty: this Redis keeps nothing on disk
             deadline = time.monotonic() + 30  # generous: a loaded 2-core CI box restarts Redis slowly
+            while "missing" not in (ready := httpx.get(url + "/readyz", timeout=30)).json()["message"]:
+                # Reachable again, and readiness says the state died with it (never "ready" on stale markers).
+                assert time.monotonic() < deadline, f"server did not see Redis come back: {ready.text}"
+                time.sleep(0.2)
+            assert ready.status_code == 503 and "materialize --full" in ready.json()["message"]
+            r = httpx.post(url + GET, json=body, timeout=30)
+            assert r.status_code == 200, r.text  # serving recovered; the value is missing, not a made-up 0
+            assert r.json()["result"]["features"][0] is None, r.text
+
+            cs.ContextStore(repo).materialize(full=True)  # the acknowledged event is in the offline log
             while (ready := httpx.get(url + "/readyz", timeout=30)).status_code != 200:
-                assert time.monotonic() < deadline, f"server did not recover after Redis came back: {ready.text}"
+                assert time.monotonic() < deadline + 30, f"server did not recover after materialize: {ready.text}"
                 time.sleep(0.2)
             r = httpx.post(url + GET, json=body, timeout=30)
-            assert r.status_code == 200, r.text  # the data died with this non-persistent Redis; serving did not
+            assert r.status_code == 200 and r.json()["result"]["features"][0] == "1", r.text
     finally:
         proc.kill()
         proc.wait(timeout=10)
