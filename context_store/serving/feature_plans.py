@@ -76,7 +76,7 @@ class Spec(NamedTuple):
 
 
 class Group(NamedTuple):
-    """``_assemble_fast``: a read's consecutive outputs, and the picker of their values (None:
+    """``feature_assembly._assemble_fast``: a read's consecutive outputs, and the picker of their values (None:
     the read's values are taken whole)."""
 
     read: int
@@ -102,7 +102,7 @@ class Plan:
 
 
 def groups(plan: Plan) -> list[Group] | None:
-    """Outputs grouped by read for ``_assemble_fast``; None when that shape does not apply."""
+    """Outputs grouped by read for ``feature_assembly._assemble_fast``; None when that shape does not apply."""
     if plan.realtimes:
         return None
     groups: list[tuple[int, list[str], list[int]]] = []

@@ -3,7 +3,7 @@
 A plan is compiled once per feature service (first use): which (view, entity key) reads to
 issue, which values go to which output names, the realtime views to run and the request
 fields to check. A request is then: validate keys -> one ``online.read_features`` (one round
-trip) -> assemble. No registry work per request.
+trip) -> assemble (``feature_assembly.py``). No registry work per request.
 """
 
 from __future__ import annotations
@@ -16,14 +16,15 @@ from datetime import datetime
 from typing import Any
 
 from ..definitions import DType, FeatureSelection, FeatureService, FeatureView, RealtimeFeatureView, RequestSource
-from ..errors import ContextStoreError, InvalidInputError
+from ..errors import InvalidInputError
 from ..registry.repo import RepoDefinitions
 from ..state.codec import KEY_SEP
 from ..state.tiles import ViewState
 from ..stores.online.base import OnlineStore, ViewValues
-from ..types import MISSING_DATA, PRESENT, FeatureMetadata, FeatureVector, LazyFeatureVector
+from ..types import FeatureMetadata, FeatureVector, LazyFeatureVector
 from ..vocab.time import checked_seconds_us, checked_us, parse_iso, us_to_datetime
 from .coverage import Coverage, PlanCover
+from .feature_assembly import assemble, meta_fast
 from .feature_log import FeatureLogWriter, LogContext
 from .feature_plans import (
     Meta,
@@ -229,137 +230,10 @@ class FeatureServer:
         c.refresh_if_due()
         return c.plan_cover(plan) if c.gaps else None
 
-    def _assemble(
-        self,
-        plan: Plan,
-        keys: dict[str, Any],
-        ctx: Mapping[str, Any],
-        res: list[ViewValues],
-        t: int,
-        shared: dict[Any, Any] | None = None,
-        single: bool = False,
-    ) -> FeatureVector:
-        """``shared``: identical metadata and effective times are built once (they are immutable); ``single``:
-        one entity's lookup (request-time metadata is not memoised, see ``_assemble_fast``)."""
-        rt_out: list[dict[str, Any]] = []
-        for view, srcs in plan.realtimes:
-            args: list[dict[str, Any]] = []
-            for s in srcs:
-                if isinstance(s, RequestArg):
-                    args.append({f: ctx.get(f) for f in s.fields})
-                else:
-                    vv = res[s.read].values
-                    args.append({n: (vv[i] if vv is not None else None) for n, i in zip(s.names, s.positions)})
-            try:
-                out = view(*args)
-            except ContextStoreError:
-                raise
-            except Exception as e:
-                raise InvalidInputError(
-                    f"realtime feature view {view.name!r} failed: {type(e).__name__}: {e}", field=view.name
-                ) from None
-            if not isinstance(out, Mapping):
-                raise InvalidInputError(
-                    f"realtime feature view {view.name!r} must return a dict, got {type(out).__name__}", field=view.name
-                )
-            rt_out.append(out)
-        if plan.groups is not None and shared is not None:
-            return self._assemble_fast(plan, keys, res, shared, t if single else None)
-        values: dict[str, Any] = {}
-        metadata: list[FeatureMetadata] = []
-        if shared is None:
-            effs = [
-                us_to_datetime(r.effective_us) if r.values is not None and r.effective_us is not None else None
-                for r in res
-            ]
-        else:
-            effs = []
-            for r in res:
-                eff_us = r.effective_us if r.values is not None else None
-                d = shared.get(eff_us)
-                if d is None and eff_us is not None:
-                    d = shared[eff_us] = us_to_datetime(eff_us)
-                effs.append(d)
-        req_dt = us_to_datetime(t) if rt_out else None
-        for i, (ri, vi, fname, name, dtype, vname) in enumerate(plan.specs):
-            if ri < 0:
-                v = rt_out[vi].get(fname)
-                eff = req_dt
-            else:
-                vv = res[ri].values
-                v = vv[vi] if vv is not None else None
-                eff = effs[ri]
-            values[name] = v
-            if shared is None:
-                metadata.append(FeatureMetadata(name, dtype, MISSING_DATA if v is None else PRESENT, eff, vname))
-            else:
-                mk = (plan.name, i, v is None, eff)  # memo is shared by every service
-                m = shared.get(mk)
-                if m is None:
-                    m = shared[mk] = FeatureMetadata(name, dtype, MISSING_DATA if v is None else PRESENT, eff, vname)
-                metadata.append(m)
-        return FeatureVector(values, metadata, keys, None)
-
-    def _assemble_fast(
-        self, plan: Plan, keys: dict[str, Any], res: list[ViewValues], shared: dict[Any, Any], t: int | None = None
-    ) -> FeatureVector:
-        """Stored features only: values copied per read, metadata memoised (``_meta_fast``)."""
-        return FeatureVector(plan_values(plan, res), self._meta_fast(plan, res, shared, t), keys, None)
-
-    def _meta_fast(
-        self, plan: Plan, res: list[ViewValues], shared: dict[Any, Any], t: int | None = None
-    ) -> list[FeatureMetadata]:
-        """Metadata memoised per (service, read, effective time, null pattern) -- FeatureMetadata objects
-        are immutable. An effective time equal to the request time ``t`` (a continuous window ends at the
-        request) is never seen again: such metadata is built, not memoised (memoising it filled the memo
-        with garbage for the collector)."""
-        meta: list[FeatureMetadata] = []
-        eff_t: datetime | None = None
-        assert plan.groups is not None
-        for gi, (ri, _names, pick) in enumerate(plan.groups):
-            r = res[ri]
-            vv = r.values
-            if vv is None:
-                mk: tuple[Any, ...] = (plan.name, gi, None, None)
-                sel: Any = None
-            else:
-                sel = vv if pick is None else pick(vv)
-                nulls = tuple([x is None for x in sel]) if None in sel else True
-                if r.effective_us == t and t is not None:
-                    tk = (plan.name, gi, "t", nulls)  # per request: only the effective time differs
-                    tmpl = shared.get(tk)
-                    if tmpl is None:
-                        tmpl = shared[tk] = self._group_meta(plan, gi, None, sel, shared)
-                    eff_t = eff_t or us_to_datetime(t)
-                    meta += [FeatureMetadata(m.name, m.data_type, m.status, eff_t, m.view) for m in tmpl]
-                    continue
-                mk = (plan.name, gi, r.effective_us, nulls)
-            m = shared.get(mk)
-            if m is None:
-                m = shared[mk] = self._group_meta(plan, gi, None if vv is None else r.effective_us, sel, shared)
-            meta += m
-        return meta
-
     def _lazy_meta(self, arg: tuple[Plan, list[ViewValues], int]) -> list[FeatureMetadata]:
-        """``LazyFeatureVector``'s builder: the metadata ``_assemble_fast`` builds, when first read."""
+        """``LazyFeatureVector``'s builder: the metadata ``feature_assembly.meta_fast`` builds, when first read."""
         plan, res, t = arg
-        return self._meta_fast(plan, res, self._shared(), t)
-
-    def _group_meta(
-        self, plan: Plan, gi: int, eff_us: int | None, sel: Any, shared: dict[Any, Any]
-    ) -> tuple[FeatureMetadata, ...]:
-        eff = None
-        if eff_us is not None:
-            eff = shared.get(eff_us)
-            if eff is None:
-                eff = shared[eff_us] = us_to_datetime(eff_us)
-        assert plan.groups is not None
-        ri = plan.groups[gi].read
-        specs = [sp for sp in plan.specs if sp.read == ri]
-        return tuple(
-            FeatureMetadata(name, dtype, MISSING_DATA if sel is None or sel[j] is None else PRESENT, eff, vname)
-            for j, (_, _, _, name, dtype, vname) in enumerate(specs)
-        )
+        return meta_fast(plan, res, self._shared(), t)
 
     def get_features(
         self,
@@ -420,7 +294,7 @@ class FeatureServer:
             return LazyFeatureVector(plan_values(plan, res), keys, self._lazy_meta, (plan, res, t), rt, t)
         if cov is not None:
             res = cov.fix(plan, res)
-        fv = self._assemble(plan, keys, ctx, res, t, self._shared(), single=True)
+        fv = assemble(plan, keys, ctx, res, t, self._shared(), single=True)
         if cov is not None:
             cov.mark(plan, fv)
         fv.request_time = request_time if isinstance(request_time, datetime) else us_to_datetime(t)
@@ -530,7 +404,7 @@ class FeatureServer:
         out = []
         for i, (keys, ctx) in enumerate(zip(keys_l, ctxs)):
             part = res[i * n : (i + 1) * n]
-            fv = self._assemble(plan, keys, ctx, part if cov is None else cov.fix(plan, part), t, shared)
+            fv = assemble(plan, keys, ctx, part if cov is None else cov.fix(plan, part), t, shared)
             if cov is not None:
                 cov.mark(plan, fv)
             fv.request_time = rt

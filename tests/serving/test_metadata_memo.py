@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import context_store as cs
+from context_store.serving.feature_assembly import assemble
 from context_store.serving.features import to_us
 from context_store.vocab.time import us_to_datetime
 from tests.serving.test_get_features import NOW, store  # noqa: F401
@@ -54,7 +55,7 @@ def test_lazy_vectors_equal_the_eagerly_assembled_ones(store: cs.ContextStore) -
             assert isinstance(fv, LazyFeatureVector)
             t = to_us(t_in if t_in is not None else fv.request_time)
             res = fs.online.read_features(fs._reads(plan, keys), t)
-            ref = fs._assemble(plan, fs._keys(plan, keys), {}, res, t, None)  # eager, no memo
+            ref = assemble(plan, fs._keys(plan, keys), {}, res, t, None)  # eager, no memo
             ref.request_time = t_in if t_in is not None else us_to_datetime(t)
             assert fv == ref and ref == fv
             assert fv.metadata == ref.metadata and fv.request_time == ref.request_time

@@ -199,6 +199,12 @@ class LoopConnections:
         c = self._conns.get((id(loop), key))
         return c if c is not None and not c.closed and c.loop is loop else None
 
+    def of(self, loop: asyncio.AbstractEventLoop) -> dict[str, AsyncRawConnection]:
+        """``loop``'s open connections by key (what tests and diagnostics look at; not the hot path)."""
+        with self._lock:
+            held = list(self._conns.items())
+        return {key: c for (lid, key), c in held if lid == id(loop) and not c.closed and c.loop is loop}
+
     async def open(self, loop: asyncio.AbstractEventLoop, key: str, timeout: float) -> AsyncRawConnection:
         k = (id(loop), key)
         opening = self._opening.get(k)

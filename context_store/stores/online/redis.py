@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from ...config import RedisTimeouts
@@ -22,7 +21,7 @@ from ...errors import UnavailableError
 from ...state.ops import Ops, entity_key_has, recent_key_has
 from ...state.writes import RowChunk
 from ...vocab.redact import redact_url, register_url
-from ._aio import AsyncRawConnection, open_async_raw
+from ._aio import AsyncRawConnection, LoopConnections, open_async_raw
 from ._pipeline import PipelinedBatches
 from ._resp import (
     CHUNK_KEYS,
@@ -86,9 +85,8 @@ class RedisOnlineStore(BaseOnlineStore):
         self._rr = redis.Redis.from_url(url, socket_connect_timeout=t.read_s, socket_timeout=t.read_s, retry=once)
         self._claim = self._r.register_script(_CLAIM)
         self._script = self._r.register_script(COMMIT)
-        self._araws: dict[int, AsyncRawConnection] = {}  # per event loop (``_araw``)
-        self._aopening: dict[int, asyncio.Future[AsyncRawConnection]] = {}
-        self._alock = threading.Lock()
+        self.aconns = LoopConnections(self._aopen)  # the async read path's raw connections, one per event loop
+        self._lock = threading.Lock()  # ``_held``: threads' connections, closed by ``close`` from another thread
         self._tl = threading.local()
         self._held: list[Any] = []
         self._offsets = self.prefix + "offsets"
@@ -113,7 +111,7 @@ class RedisOnlineStore(BaseOnlineStore):
         c = getattr(self._tl, "raw", None)
         if c is None or c.pid != os.getpid():  # never share a socket with a forked parent
             conn = self._rr.connection_pool.make_connection()
-            with self._alock:
+            with self._lock:
                 self._held.append(conn)
             c = self._tl.raw = RawConnection(conn, os.getpid())
         return c
@@ -216,43 +214,15 @@ class RedisOnlineStore(BaseOnlineStore):
                 raise
         raise AssertionError("unreachable")
 
-    def _aclient(self) -> Any:
-        """A redis.asyncio client per event loop: it only opens (AUTH, SELECT, TLS) the loop's raw connection."""
+    def _aopen(self, key: str) -> Awaitable[AsyncRawConnection]:
+        """An event loop's raw connection (``aconns``'s opener; one key, this Redis), opened by a redis.asyncio
+        client (AUTH, SELECT, TLS) within the write budget: it happens once per loop, and a busy host may need
+        more than the read budget for the handshake (the waiting request gives up after its read budget)."""
         import redis.asyncio as aredis
 
         t = self.timeouts
-        # Opening (connect + AUTH/SELECT) is bounded by the write budget, as the redis.asyncio client was: it
-        # happens once per loop, and a busy host may need more than the read budget for the handshake.
-        return aredis.Redis.from_url(self.url, socket_connect_timeout=t.write_s, socket_timeout=t.write_s)
-
-    async def _araw(self, loop: asyncio.AbstractEventLoop, timeout: float) -> AsyncRawConnection:
-        """``loop``'s raw connection, (re)opened when missing or closed (one opener per loop). Keyed by the
-        loop's id and checked by identity: a new loop may reuse a closed one's id (``asyncio.run`` in tests).
-        The caller waits at most ``timeout`` (its read budget; a hung Redis is a fast 503), the opener itself
-        up to the write budget (a busy host's handshake completes for the requests after it)."""
-        key = id(loop)
-        c = self._araws.get(key)
-        if c is not None and not c.closed and c.loop is loop:
-            return c
-        opening = self._aopening.get(key)
-        if opening is None or opening.get_loop() is not loop:
-            opening = self._aopening[key] = asyncio.ensure_future(
-                open_async_raw(self._aclient(), self.timeouts.write_s, abandon_s=self.timeouts.write_s)
-            )
-            opening.add_done_callback(functools.partial(self._opened, key))
-        fresh = await asyncio.wait_for(asyncio.shield(opening), timeout)
-        with self._alock:
-            old = self._araws.get(key)
-            self._araws[key] = fresh
-        if old is not None and old is not fresh:
-            old.close()
-        return fresh
-
-    def _opened(self, key: int, f: asyncio.Future[AsyncRawConnection]) -> None:
-        if self._aopening.get(key) is f:
-            self._aopening.pop(key, None)
-        if not f.cancelled():
-            f.exception()  # retrieved: a failure nobody waited for any more (the waiter timed out) is not logged
+        client = aredis.Redis.from_url(self.url, socket_connect_timeout=t.write_s, socket_timeout=t.write_s)
+        return open_async_raw(client, t.write_s, abandon_s=t.write_s)
 
     async def _ahmget(self, reqs: list[tuple[str, list[str]]]) -> list[list[bytes | None]]:
         live = [(k, f) for k, f in reqs if f]
@@ -263,9 +233,9 @@ class RedisOnlineStore(BaseOnlineStore):
         try:
             loop = asyncio.get_running_loop()
             for attempt in (0, 1):
-                c = self._araws.get(id(loop))
-                if c is None or c.closed or c.loop is not loop:
-                    c = await self._araw(loop, timeout)
+                c = self.aconns.get(loop, "")
+                if c is None:  # (re)opened: missing or closed
+                    c = await self.aconns.open(loop, "", timeout)
                 try:
                     got = await c.call(packed, n, timeout)
                     break
@@ -526,8 +496,4 @@ class RedisOnlineStore(BaseOnlineStore):
         self._tl = threading.local()
         self._r.close()
         self._rr.close()
-        with self._alock:
-            araws = list(self._araws.values())
-            self._araws.clear()
-        for c in araws:
-            c.close()
+        self.aconns.close_all()

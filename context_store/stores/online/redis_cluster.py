@@ -101,7 +101,7 @@ class RedisClusterOnlineStore(BaseOnlineStore):
         self._tl = threading.local()
         self._lock = threading.Lock()
         self._held: list[Any] = []
-        self._aconns = LoopConnections(self._aopen)  # the async path's connections: per event loop and master
+        self.aconns = LoopConnections(self._aopen)  # the async path's connections: per event loop and master
         self._anodes: dict[str, tuple[str, int]] = {}  # master name -> (host, port), for ``_aopen``
 
     def _stored_shards(self, wanted: int) -> int:
@@ -224,10 +224,10 @@ class RedisClusterOnlineStore(BaseOnlineStore):
         failed: BaseException | None = None
         for name, (node, idx) in self._by_node(reqs).items():
             try:
-                c = self._aconns.get(loop, name)
+                c = self.aconns.get(loop, name)
                 if c is None:
                     self._anodes[name] = (node.host, node.port)
-                    c = await self._aconns.open(loop, name, budget)
+                    c = await self.aconns.open(loop, name, budget)
                 packed = b"".join([pack(("HMGET", self._k(reqs[i][0]), *reqs[i][1])) for i in idx])
                 sent.append((idx, c.call(packed, len(idx), budget)))
             except self._errors as e:  # a master unreachable: the others' replies are still awaited below
@@ -444,7 +444,7 @@ class RedisClusterOnlineStore(BaseOnlineStore):
             raise self._unavailable(e) from None
 
     def close(self) -> None:
-        self._aconns.close_all()
+        self.aconns.close_all()
         for c in self._held:
             c.disconnect()
         self._held.clear()

@@ -49,7 +49,7 @@ def test_async_reads_group_per_master_on_raw_connections(store: RedisClusterOnli
         assert got[-1].values == pytest.approx(expected(st, ev, "nobody", NOW))
         masters = {n.name for n in store._rr.get_primaries()}
         loop = asyncio.get_running_loop()
-        conns = {name for (lid, name) in store._aconns._conns if lid == id(loop)}
+        conns = set(store.aconns.of(loop))
         assert conns == masters  # one raw connection per master, nothing went through the fallback's thread
         one = await asyncio.gather(*(store.read_features_async([(st, key(u))], NOW) for u in USERS))
         assert [r[0].values for r in one] == [g.values for g in got[:-1]]
@@ -72,13 +72,13 @@ def test_a_moved_slot_falls_back_to_the_cluster_client_and_heals(store: RedisClu
         loop = asyncio.get_running_loop()
         with pytest.raises(redis.exceptions.ResponseError, match="MOVED"):  # the raw path alone: a real MOVED
             await store._ahmget_raw([(key(u), ["x"])], 1)
-        assert store._aconns.get(loop, wrong.name) is not None  # the connection stays usable after it
+        assert store.aconns.get(loop, wrong.name) is not None  # the connection stays usable after it
         got = await store.read_features_async([(st, key(u))], NOW)  # the fallback follows the redirect
         assert got[0].values == pytest.approx(expected(st, ev, u, NOW))
         assert nm.get_node_from_slot(slot).name == right.name  # redis-py's map is fixed: the raw path again
         got = await store.read_features_async([(st, key(u))], NOW)
         assert got[0].values == pytest.approx(expected(st, ev, u, NOW))
-        assert store._aconns.get(loop, right.name) is not None
+        assert store.aconns.get(loop, right.name) is not None
 
     asyncio.run(run())
 
@@ -93,14 +93,14 @@ def test_a_killed_connection_falls_back_then_reconnects(store: RedisClusterOnlin
     async def run() -> None:
         loop = asyncio.get_running_loop()
         assert [r.values for r in await store.read_features_async(reads, NOW)] == want
-        before = {name: store._aconns.get(loop, name) for name in {n.name for n in store._rr.get_primaries()}}
+        before = {name: store.aconns.get(loop, name) for name in {n.name for n in store._rr.get_primaries()}}
         assert all(before.values())
         for n in store._rr.get_primaries():  # the servers drop every client connection (as on a restart)
             store._rr.get_redis_connection(n).client_kill_filter(_type="normal", skipme=True)
         await asyncio.sleep(0.1)
         assert [r.values for r in await store.read_features_async(reads, NOW)] == want
         assert [r.values for r in await store.read_features_async(reads, NOW)] == want
-        after = {name: store._aconns.get(loop, name) for name in before}
+        after = {name: store.aconns.get(loop, name) for name in before}
         assert all(c is not None and c is not before[name] for name, c in after.items())  # reopened
 
     asyncio.run(run())
@@ -137,7 +137,7 @@ def test_a_master_killed_the_async_reads_recover_on_the_promoted_replica(tmp_pat
                 assert [r.values for r in await s.read_features_async(reads, NOW)] == want
             names = {n.name for n in s._rr.get_primaries()}
             assert f"127.0.0.1:{victim}" not in names
-            assert all(s._aconns.get(loop, name) is not None for name in names)
+            assert all(s.aconns.get(loop, name) is not None for name in names)
 
         asyncio.run(run())
     finally:

@@ -20,6 +20,8 @@ from context_store.config import load_config
 from context_store.errors import UnavailableError
 from context_store.state.tiles import ViewState
 from context_store.stores.online import BaseOnlineStore, open_online_store
+from context_store.stores.online._aio import AsyncRawConnection
+from context_store.stores.online.redis import RedisOnlineStore
 from tests.stores.online.test_online_contract import NOW, agg_state, events, expected, key, table
 from tests.support.private_redis import PrivateRedis
 
@@ -172,10 +174,11 @@ def test_a_reply_waiting_in_the_socket_after_a_stalled_loop_is_not_a_timeout(sha
 
 def test_timed_out_reads_fail_alone_and_the_connection_survives_a_short_hang(own: Own) -> None:
     s, st = own.store, own.st
+    assert isinstance(s, RedisOnlineStore)
 
     async def run() -> None:
         assert (await s.read_features_async([(st, key("u1"))], NOW))[0].values is not None
-        conn = next(iter(s._araws.values()))  # type: ignore[attr-defined]
+        [conn] = s.aconns.of(asyncio.get_running_loop()).values()
         os.kill(own.pid, signal.SIGSTOP)
         try:
             first = asyncio.ensure_future(s.read_features_async([(st, key("u1"))], NOW))
@@ -190,6 +193,33 @@ def test_timed_out_reads_fail_alone_and_the_connection_survives_a_short_hang(own
             os.kill(own.pid, signal.SIGCONT)
         # the late replies are read and dropped; the same connection serves on
         assert (await s.read_features_async([(st, key("u1"))], NOW))[0].values is not None
-        assert next(iter(s._araws.values())) is conn and not conn.closed  # type: ignore[attr-defined]
+        assert list(s.aconns.of(asyncio.get_running_loop()).values()) == [conn] and not conn.closed
 
     asyncio.run(run())
+
+
+def test_each_event_loop_reads_on_its_own_connection_and_close_closes_them_all(shared: BaseOnlineStore) -> None:
+    s = shared
+    assert isinstance(s, RedisOnlineStore)
+    st = agg_state("1h", [cs.Aggregate("amount", "count", "1d")])
+    ev = events(20, seed=3, users=USERS[:2])
+    s.apply_events(st, table(ev), now_us=NOW)
+    seen: list[object] = []
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        assert s.aconns.of(loop) == {}  # opened on the first read, not before
+        for _ in range(3):
+            assert (await s.read_features_async([(st, key("u0"))], NOW))[0].values == pytest.approx(
+                expected(st, ev, "u0", NOW)
+            )
+        [conn] = s.aconns.of(loop).values()  # one connection, reused by the loop's reads
+        seen.append(conn)
+
+    asyncio.run(run())
+    asyncio.run(run())  # a new loop (possibly reusing the first one's id) opens its own
+    first, second = seen
+    assert first is not second
+    assert isinstance(second, AsyncRawConnection) and not second.closed
+    s.close()  # the server closes stores from another thread at shutdown: no connection is left open
+    assert all(isinstance(c, AsyncRawConnection) and c.closed for c in seen)
