@@ -24,7 +24,9 @@ USER = "u3"
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cs.ContextStore]:
-    root = build_recs_repo(tmp_path_factory.mktemp("new") / "repo", similar="cs.Similar(items, k=10, seen_from=ratings)")
+    root = build_recs_repo(
+        tmp_path_factory.mktemp("new") / "repo", similar="cs.Similar(items, k=10, seen_from=ratings)"
+    )
     s = open_built(root)
     yield s
     s.close()
