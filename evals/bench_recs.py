@@ -329,8 +329,8 @@ def parse_params(text: str | None) -> dict[str, float]:
 # -- context-store: the product path -----------------------------------------------------------
 # Tuned on validation cut-offs (results/recs_tuning.md).
 DEFAULT_RERANK = (
-    "movie_pop.rating_count_180d=0.7,movie_pop.rating_mean_lifetime=0.3;normalize=rank;rank_k=10;candidates=100;"
-    "also=movie_pop.rating_count_180d:50;recent=50"
+    "movie_pop.rating_count_180d=0.5,movie_pop.rating_mean_lifetime=0.5;normalize=rank;rank_k=10;candidates=100;"
+    "also=movie_pop.rating_count_180d:50;recent=50;newness=1"
 )
 
 REPO = """
