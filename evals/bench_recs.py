@@ -329,8 +329,8 @@ def parse_params(text: str | None) -> dict[str, float]:
 # -- context-store: the product path -----------------------------------------------------------
 # Tuned on validation cut-offs (results/recs_tuning.md).
 DEFAULT_RERANK = (
-    "movie_pop.rating_count_180d=0.7,movie_pop.rating_mean_lifetime=0.3;normalize=rank;rank_k=10;candidates=100;"
-    "also=movie_pop.rating_count_180d:50;recent=50"
+    "movie_pop.rating_count_180d=0.5,movie_pop.rating_mean_lifetime=0.5;normalize=rank;rank_k=10;candidates=100;"
+    "also=movie_pop.rating_count_180d:50;recent=50;newness=1"
 )
 
 REPO = """
@@ -363,12 +363,14 @@ class Spec:
     normalize: str = "minmax"
     rank_k: float = 10.0
     recent: int | None = None  # cs.Similar(recent_items=...): a context service per value
+    newness: float = 0.0  # cs.Rerank(newness=...)
 
 
 def parse_rerank(spec: str) -> Spec:
     """``"movie_pop.rating_count_180d=2,movie_pop.rating_count_30d=1;candidates=100;similarity=1;
-    also=movie_pop.rating_count_180d:100;normalize=rank;rank_k=10;recent=20"`` (``also``: a
-    ``cs.TopItems(feature, n)`` candidate source; ``recent``: ``cs.Similar(recent_items=n)``)."""
+    also=movie_pop.rating_count_180d:100;normalize=rank;rank_k=10;recent=20;newness=1"`` (``also``: a
+    ``cs.TopItems(feature, n)`` candidate source; ``recent``: ``cs.Similar(recent_items=n)``; ``newness``:
+    ``cs.Rerank(newness=w)``)."""
     out = Spec({}, also=[])
     for part in spec.split(";"):
         part = part.strip()
@@ -387,6 +389,8 @@ def parse_rerank(spec: str) -> Spec:
             out.rank_k = float(val)
         elif key == "recent":
             out.recent = int(val) or None
+        elif key == "newness":
+            out.newness = float(val)
         elif part and part != "none":
             for kv in part.split(","):
                 name, w = kv.split("=")
@@ -399,7 +403,7 @@ def rerank_expr(spec: str) -> str:
     pool = "[" + ", ".join(f"cs.TopItems({f!r}, n={n})" for f, n in p.also or []) + "]"
     return (
         f"cs.Rerank(features={p.feats!r}, similarity={p.sim!r}, candidates={p.cand}, also={pool}, "
-        f"normalize={p.normalize!r}, rank_constant={p.rank_k!r})"
+        f"normalize={p.normalize!r}, rank_constant={p.rank_k!r}, newness={p.newness!r})"
     )
 
 
@@ -413,6 +417,7 @@ def rerank_obj(cs: Any, spec: str) -> Any:
         also=pool,
         normalize=p.normalize,
         rank_constant=p.rank_k,
+        newness=p.newness,
     )
 
 

@@ -52,6 +52,7 @@ __all__ = [
     "mmr",
     "top_items",
     "recent_items_query",
+    "first_seen_us",
 ]
 
 
@@ -161,6 +162,21 @@ def first_seen(store: ContextStore, view: EmbeddingView) -> tuple[list[str], np.
             _FIRST_SEEN.pop(stale, None)
         _FIRST_SEEN[sig] = out
         return out
+
+
+_FIRST_AT: dict[tuple[Any, ...], tuple[list[str], dict[str, int]]] = {}
+
+
+def first_seen_us(store: ContextStore, view: EmbeddingView, ids: Sequence[str]) -> np.ndarray:
+    """Each id's first-seen time in ``view``'s source (us; NaN: never seen), for ``Rerank.newness``.
+    Point-in-time as is: a replay's candidates were all first seen before ``as_of``."""
+    known, times = first_seen(store, view)
+    key = (str(store.config.repo), view.name)
+    hit = _FIRST_AT.get(key)
+    if hit is None or hit[0] is not known:  # the source changed: first_seen returned a new list
+        hit = _FIRST_AT[key] = (known, dict(zip(known, times.tolist())))
+    at = hit[1]
+    return np.array([at.get(str(i), np.nan) for i in ids], dtype=np.float64)
 
 
 def catalogue_after(store: ContextStore, view: EmbeddingView, at: datetime) -> list[str]:
@@ -434,6 +450,8 @@ def rerank(
     score = rr.similarity * norm(np.array([i.score for i in items], dtype=np.float64))
     for name, values in _feature_values(store, list(rr.features), ids, as_of, served_at).items():
         score = score + rr.features[name] * norm(values)
+    if rr.newness:
+        score = score + rr.newness * norm(first_seen_us(store, view, ids))
     order = sorted(range(len(items)), key=lambda j: (-score[j], ids[j]))
     if rr.diversity is not None:
         order = mmr(store, view, ids, score, order, rr.diversity)
