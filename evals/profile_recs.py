@@ -150,7 +150,7 @@ def main() -> None:
     try:
         (root / "data").mkdir()
         write_ratings(root, u, m, r, ts)
-        src = REPO.format(method="pmi_svd", dim=64, min_interactions=3, min_weight=None, half_life=365)
+        src = REPO.format(method="pmi_svd", dim=64, params={}, min_interactions=3, min_weight=None, half_life=365)
         (root / "features.py").write_text(textwrap.dedent(src) + services_src([DEFAULT_RERANK]))
         # A unique workspace: a Redis online store is shared (its keys are deleted at the end).
         workspace = f"profile_recs_{root.name.rsplit('_', 1)[-1]}"
