@@ -18,6 +18,7 @@ import orjson
 import pyarrow as pa
 
 from ...state.codec import RowCodec, join_row
+from ...state.idle_batch import evaluate_idle_many, idle_batchable, is_idle
 from ...state.ops import ApplyItem, Ops, RecentItem, encode_recent, recent_key
 from ...state.tiles import ViewState
 from ...state.writes import RowChunk
@@ -34,6 +35,9 @@ class ViewValues(NamedTuple):
 
     values: list[Any] | None
     effective_us: int | None
+
+
+_UNSET = ViewValues(None, None)  # placeholder of a batched cell (``_entities_eval``)
 
 
 class EntityErased(NamedTuple):
@@ -328,14 +332,40 @@ class BaseOnlineStore(WritePath):
                     )
                 out.append(row)
             return out, pending
+        # Lifetime views: an entity whose folded base lags the read range needs a second round trip
+        # (``pending``); of the others, the idle ones (only the base stored: most of a catalogue read
+        # by a re-rank) are evaluated per view in one batch, the rest one by one as in ``read_features``.
+        lag = [False] * len(got)
+        for st, (_, start, n, ctx) in zip(states, slots):
+            if ctx is not None and st.has_lifetime:
+                li, lo = start + n - 1, ctx.lo
+                for e, vals in enumerate(got):
+                    lv = vals[li]
+                    if lv is not None and int.from_bytes(lv[:8], "little", signed=True) < lo:
+                        lag[e] = True
+        idle: list[tuple[int, int]] = []  # (state index, entity) for evaluate_idle_many
+        batch = [ctx is not None and idle_batchable(st) for st, (_, _, _, ctx) in zip(states, slots)]
         for e, (k, vals) in enumerate(zip(keys, got)):
             reads = [(st, k) for st in states]
-            more = self._lifetime_extra(reads, slots, [vals])
-            if more:
-                pending.append((e, reads, more))
+            if lag[e]:
+                pending.append((e, reads, self._lifetime_extra(reads, slots, [vals])))
                 out.append([])
-            else:
-                out.append(self._evaluate(reads, slots, [vals], t, {}))
+                continue
+            cells: list[ViewValues] = []
+            for j, (rd, slot) in enumerate(zip(reads, slots)):
+                if batch[j] and is_idle(vals[slot[1] : slot[1] + slot[2]]):
+                    idle.append((j, e))
+                    cells.append(_UNSET)  # filled below
+                else:
+                    cells.append(self._evaluate([rd], [slot], [vals], t, {})[0])
+            out.append(cells)
+        for j, st in enumerate(states):
+            which = [e for jj, e in idle if jj == j]
+            if which:
+                _, start, n, _ = slots[j]
+                li, we = start + n - 1, st.window_end(t)
+                for e, v in zip(which, evaluate_idle_many(st, [got[e][li] for e in which])):
+                    out[e][j] = ViewValues(v, we)
         return out, pending
 
     def read_entities(self, states: Sequence[ViewState], keys: Sequence[str], t_us: int) -> list[list[ViewValues]]:
