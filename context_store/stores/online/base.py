@@ -18,7 +18,7 @@ import orjson
 import pyarrow as pa
 
 from ...state.codec import RowCodec, join_row
-from ...state.idle_batch import evaluate_idle_many, idle_batchable, is_idle
+from ...state.idle_batch import evaluate_idle_many, idle_batchable
 from ...state.ops import ApplyItem, Ops, RecentItem, encode_recent, recent_key
 from ...state.tiles import ViewState
 from ...state.writes import RowChunk
@@ -343,28 +343,30 @@ class BaseOnlineStore(WritePath):
                     lv = vals[li]
                     if lv is not None and int.from_bytes(lv[:8], "little", signed=True) < lo:
                         lag[e] = True
-        idle: list[tuple[int, int]] = []  # (state index, entity) for evaluate_idle_many
-        batch = [ctx is not None and idle_batchable(st) for st, (_, _, _, ctx) in zip(states, slots)]
+        # per state: (its read slot, first field, index of its Lifetime base or -1 when not batched)
+        lay = [
+            (slot, slot[1], slot[1] + slot[2] - 1 if slot[3] is not None and idle_batchable(st) else -1)
+            for st, slot in zip(states, slots)
+        ]
+        idle: list[list[int]] = [[] for _ in states]  # per state: the entities for evaluate_idle_many
         for e, (k, vals) in enumerate(zip(keys, got)):
-            reads = [(st, k) for st in states]
             if lag[e]:
+                reads = [(st, k) for st in states]
                 pending.append((e, reads, self._lifetime_extra(reads, slots, [vals])))
                 out.append([])
                 continue
             cells: list[ViewValues] = []
-            for j, (rd, slot) in enumerate(zip(reads, slots)):
-                if batch[j] and is_idle(vals[slot[1] : slot[1] + slot[2]]):
-                    idle.append((j, e))
+            for j, (slot, a, li) in enumerate(lay):
+                if li >= 0 and vals[a:li].count(None) == li - a:  # ``is_idle``: only the base may be stored
+                    idle[j].append(e)
                     cells.append(_UNSET)  # filled below
                 else:
-                    cells.append(self._evaluate([rd], [slot], [vals], t, {})[0])
+                    cells.append(self._evaluate([(states[j], k)], [slot], [vals], t, {})[0])
             out.append(cells)
         for j, st in enumerate(states):
-            which = [e for jj, e in idle if jj == j]
-            if which:
-                _, start, n, _ = slots[j]
-                li, we = start + n - 1, st.window_end(t)
-                for e, v in zip(which, evaluate_idle_many(st, [got[e][li] for e in which])):
+            if idle[j]:
+                li, we = lay[j][2], st.window_end(t)
+                for e, v in zip(idle[j], evaluate_idle_many(st, [got[e][li] for e in idle[j]])):
                     out[e][j] = ViewValues(v, we)
         return out, pending
 
