@@ -32,13 +32,16 @@ def _run(tree: str, args: argparse.Namespace, dump: Path, check: Path | None) ->
         cmd += ["--check", str(check)]
     if args.online_store:
         cmd += ["--online-store", args.online_store]
+    if args.freeze_gc:
+        cmd += ["--freeze-gc"]
     env = {**os.environ, "PYTHONPATH": str(Path(tree).resolve())}
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit(f"run on {tree} failed ({out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
     if check is not None:
         print("  " + [ln for ln in out.stdout.splitlines() if ln.startswith("check:")][0])
-    return json.loads(dump.read_text())["latency_ms"], load
+    after = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    return json.loads(dump.read_text())["latency_ms"], f"{load} -> {after}"
 
 
 def main() -> None:
@@ -51,6 +54,7 @@ def main() -> None:
     ap.add_argument("--per-cutoff", type=int, default=20)
     ap.add_argument("--online", type=int, default=200)
     ap.add_argument("--online-store", default=None, help="e.g. redis://127.0.0.1:6379/0 (default: sqlite)")
+    ap.add_argument("--freeze-gc", action="store_true", help="profile_recs.py --freeze-gc (as `serve` does)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="ab_recs_"))
     runs: dict[str, list[tuple[dict[str, list[float]], str]]] = {"A": [], "B": []}
@@ -72,7 +76,7 @@ def main() -> None:
                 f"          {np.median(p99):7.1f} [{min(p99):6.1f}, {max(p99):6.1f}] ms"
             )
     for side in ("A", "B"):
-        print(f"load before {side} runs: " + "; ".join(load for _, load in runs[side]))
+        print(f"load before -> after {side} runs: " + "; ".join(load for _, load in runs[side]))
     names = ("online", "replay", "replay_warm")
     pooled = {s: {k: np.concatenate([np.asarray(x[k]) for x, _ in runs[s]]) for k in names} for s in ("A", "B")}
     for side in ("A", "B"):

@@ -43,7 +43,7 @@ def main() -> None:
         t = {"user_id": u.astype(str), "movie_id": m.astype(str), "rating": r}
         t["ts"] = pa.array(ts * 1_000_000, pa.timestamp("us", tz="UTC"))
         pq.write_table(pa.table(t), root / "data" / "ratings.parquet")
-        src = REPO.format(method="pmi_svd", dim=64, min_interactions=3, min_weight=None, half_life=365)
+        src = REPO.format(method="pmi_svd", dim=64, params={}, min_interactions=3, min_weight=None, half_life=365)
         (root / "features.py").write_text(textwrap.dedent(src) + services_src([DEFAULT_RERANK]))
         store = cs.ContextStore(root, workspace="btree_check")
         store.apply()

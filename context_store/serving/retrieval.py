@@ -38,6 +38,7 @@ from ..errors import InvalidInputError
 from ..limits import SEEN_MAX, SIMILAR_K
 from ..types import SimilarItem
 from ..vocab.time import datetime_to_us
+from .feature_columns import view_feature_columns
 
 if TYPE_CHECKING:
     from .store import ContextStore
@@ -378,10 +379,8 @@ def _feature_values(
         kf = view.join_key_fields[0]
         keys = [int(i) if kf.dtype.name == "int64" and i.lstrip("-").isdigit() else i for i in ids]
         if as_of is None:
-            vecs = store.features.get_view_features_batch(view, [{kf.name: x} for x in keys], served_at)
-            for f in feats:
-                full = f"{vname}.{f}"
-                out[full] = np.array([_num(fv.feature_values.get(full)) for fv in vecs], dtype=np.float64)
+            for f, x in view_feature_columns(store.features, view, feats, keys, served_at).items():
+                out[f"{vname}.{f}"] = x
         else:
             for f, col in _offline_values(store, view, feats, kf, keys, as_of).items():
                 out[f"{vname}.{f}"] = _floats(col)

@@ -170,12 +170,7 @@ class VectorService:
         """Stored unit vectors of ``ids`` (missing ids are left out), e.g. to average the items
         of a user's events into an interest vector without re-embedding their text."""
         coll = self._view_index(self.collections.view_def(view))
-        out: dict[str, np.ndarray] = {}
-        for i in ids:
-            v = coll.index.get_vector(str(i))
-            if v is not None:
-                out[str(i)] = v
-        return out
+        return dict(coll.index.get_vectors([str(i) for i in ids]))
 
     def embed_query(self, view: str, text: str) -> np.ndarray:
         """The query vector ``find_similar(view, text=...)`` would use."""

@@ -18,6 +18,7 @@ import orjson
 import pyarrow as pa
 
 from ...state.codec import RowCodec, join_row
+from ...state.idle_batch import evaluate_idle_many, idle_batchable
 from ...state.ops import ApplyItem, Ops, RecentItem, encode_recent, recent_key
 from ...state.tiles import ViewState
 from ...state.writes import RowChunk
@@ -34,6 +35,9 @@ class ViewValues(NamedTuple):
 
     values: list[Any] | None
     effective_us: int | None
+
+
+_UNSET = ViewValues(None, None)  # placeholder of a batched cell (``_entities_eval``)
 
 
 class EntityErased(NamedTuple):
@@ -328,14 +332,42 @@ class BaseOnlineStore(WritePath):
                     )
                 out.append(row)
             return out, pending
+        # Lifetime views: an entity whose folded base lags the read range needs a second round trip
+        # (``pending``); of the others, the idle ones (only the base stored: most of a catalogue read
+        # by a re-rank) are evaluated per view in one batch, the rest one by one as in ``read_features``.
+        lag = [False] * len(got)
+        for st, (_, start, n, ctx) in zip(states, slots):
+            if ctx is not None and st.has_lifetime:
+                li, lo = start + n - 1, ctx.lo
+                for e, vals in enumerate(got):
+                    lv = vals[li]
+                    if lv is not None and int.from_bytes(lv[:8], "little", signed=True) < lo:
+                        lag[e] = True
+        # per state: (its read slot, first field, index of its Lifetime base or -1 when not batched)
+        lay = [
+            (slot, slot[1], slot[1] + slot[2] - 1 if slot[3] is not None and idle_batchable(st) else -1)
+            for st, slot in zip(states, slots)
+        ]
+        idle: list[list[int]] = [[] for _ in states]  # per state: the entities for evaluate_idle_many
         for e, (k, vals) in enumerate(zip(keys, got)):
-            reads = [(st, k) for st in states]
-            more = self._lifetime_extra(reads, slots, [vals])
-            if more:
-                pending.append((e, reads, more))
+            if lag[e]:
+                reads = [(st, k) for st in states]
+                pending.append((e, reads, self._lifetime_extra(reads, slots, [vals])))
                 out.append([])
-            else:
-                out.append(self._evaluate(reads, slots, [vals], t, {}))
+                continue
+            cells: list[ViewValues] = []
+            for j, (slot, a, li) in enumerate(lay):
+                if li >= 0 and vals[a:li].count(None) == li - a:  # ``is_idle``: only the base may be stored
+                    idle[j].append(e)
+                    cells.append(_UNSET)  # filled below
+                else:
+                    cells.append(self._evaluate([(states[j], k)], [slot], [vals], t, {})[0])
+            out.append(cells)
+        for j, st in enumerate(states):
+            if idle[j]:
+                li, we = lay[j][2], st.window_end(t)
+                for e, v in zip(idle[j], evaluate_idle_many(st, [got[e][li] for e in idle[j]])):
+                    out[e][j] = ViewValues(v, we)
         return out, pending
 
     def read_entities(self, states: Sequence[ViewState], keys: Sequence[str], t_us: int) -> list[list[ViewValues]]:

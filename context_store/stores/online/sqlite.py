@@ -84,7 +84,7 @@ class SqliteOnlineStore(BaseOnlineStore):
     def _hmget(self, reqs: list[tuple[str, list[str]]]) -> list[list[bytes | None]]:
         c = self._conn()
         first = reqs[0][1] if reqs else []
-        same = len(reqs) > 1 and len(first) <= _CHUNK // 4 and len(set(first)) == len(first)
+        same = len(reqs) > 1 and 0 < len(first) <= _CHUNK // 4 and len(set(first)) == len(first)
         if same and all(f is first or f == first for _, f in reqs):
             return self._hmget_same(c, [k for k, _ in reqs], first)
         out: list[list[bytes | None]] = []
@@ -105,12 +105,17 @@ class SqliteOnlineStore(BaseOnlineStore):
         col = {f: j for j, f in enumerate(fields)}
         rows: dict[str, list[bytes | None]] = {k: [None] * len(fields) for k in keys}
         uniq = list(rows)
-        step = max(1, _CHUNK - len(fields))
-        fq = ",".join("?" * len(fields))
+        step = max(1, _CHUNK - len(fields) - 2)
+        fq = f"f >= ? AND f <= ? AND +f IN ({','.join('?' * len(fields))})"
+        # ``+f``: SQLite would otherwise probe the primary key once per (key, field) pair (~2,000
+        # probes for a re-rank's ~120 candidates x 18 fields: ~0.7 ms); with it, each key's rows in
+        # [min field, max field] are one range scan filtered by the field list (~0.17 ms). The
+        # range keeps the scan to the read's own fields when a key holds other views' state.
+        lo, hi = min(fields), max(fields)
         for i in range(0, len(uniq), step):
             part = uniq[i : i + step]
-            q = f"SELECT k, f, v FROM kv WHERE k IN ({','.join('?' * len(part))}) AND f IN ({fq})"
-            for k, f, v in c.execute(q, (*part, *fields)):
+            q = f"SELECT k, f, v FROM kv WHERE k IN ({','.join('?' * len(part))}) AND {fq}"
+            for k, f, v in c.execute(q, (*part, lo, hi, *fields)):
                 rows[k][col[f]] = v
         out: list[list[bytes | None]] = []
         given: set[str] = set()

@@ -57,6 +57,8 @@ class VectorIndex(Protocol):
 
     def get_vector(self, id: str) -> np.ndarray | None: ...
 
+    def get_vectors(self, ids: Sequence[str]) -> list[tuple[str, np.ndarray]]: ...
+
     def get_attributes(self, id: str) -> dict[str, Any]: ...
 
     def __len__(self) -> int: ...
@@ -273,6 +275,20 @@ class AttributeColumns:
             else:
                 v = col[pos]
                 out[name] = None if np.isnan(v) else _num_out(v)
+        return out
+
+    def get_many(self, positions: Sequence[int]) -> list[dict[str, Any]]:
+        """``[get(p) for p in positions]`` with one numpy take per column (a re-rank's ~150 hits)."""
+        out: list[dict[str, Any]] = [{} for _ in positions]
+        idx = np.asarray(positions, dtype=np.int64)
+        for name, col in self._cols.items():
+            if isinstance(col, _Coded):
+                vals = col.values
+                for d, c in zip(out, col.codes[idx].tolist()):
+                    d[name] = None if c < 0 else vals[c]
+            else:
+                for d, v in zip(out, col[idx].tolist()):
+                    d[name] = None if v != v else _num_out(v)  # v != v: NaN (null)
         return out
 
     def take(self, positions: np.ndarray) -> AttributeColumns:

@@ -384,6 +384,12 @@ class FaissIndex:
             p = self._pos.get(id)
             return None if p is None else self._vectors()[p].copy()
 
+    def get_vectors(self, ids: Sequence[str]) -> list[tuple[str, np.ndarray]]:
+        """``(id, get_vector(id))`` of the stored ``ids``, in order (one lock, one view of the storage)."""
+        with self._lock:
+            vecs, pos = self._vectors(), self._pos
+            return [(i, vecs[p].copy()) for i in ids if (p := pos.get(i)) is not None]
+
     def get_attributes(self, id: str) -> dict[str, Any]:
         with self._lock:
             p = self._pos.get(id)
@@ -507,4 +513,7 @@ class FaissIndex:
 
     def search_attributes(self, hits: Sequence[tuple[str, float]]) -> list[dict[str, Any]]:
         with self._lock:
-            return [self._attrs.get(self._pos[i]) if i in self._pos else {} for i, _ in hits]
+            pos = [self._pos.get(i, -1) for i, _ in hits]
+            got = self._attrs.get_many([p for p in pos if p >= 0])
+            it = iter(got)  # hits without a position (none in practice) get no attributes
+            return got if len(got) == len(pos) else [next(it) if p >= 0 else {} for p in pos]

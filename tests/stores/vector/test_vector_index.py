@@ -238,3 +238,32 @@ def test_ivf_deletes_and_updates_are_exact_about_membership() -> None:
     # k larger than what ANN returns falls back to an exact scan that must skip deleted rows too
     everything = [i for i, _ in idx.search(data[0], 100, filter={"flag": {"$in": [True, False]}})]
     assert len(everything) == 100 and "e1" not in everything
+
+
+def test_batch_attribute_and_vector_reads_match_one_by_one() -> None:
+    """``search_attributes`` (one take per column) and ``get_vectors`` return what ``get_attributes``
+    and ``get_vector`` return per id: numbers back as int where integral (also beyond 2**53 as float),
+    nulls, strings, a column missing for some rows, unknown ids."""
+    rng = np.random.default_rng(3)
+    ids = [f"i{j}" for j in range(40)]
+    attrs: list[dict] = [
+        {
+            "n": [1, 2.5, None, 2**60, -0.0, float("inf")][j % 6],
+            "s": None if j % 5 == 0 else f"v{j % 4}",
+            **({"late": j} if j >= 30 else {}),
+        }
+        for j in range(40)
+    ]
+    idx = FaissIndex(8, "flat")
+    idx.upsert(ids, rng.normal(size=(40, 8)).astype(np.float32), attrs)
+    idx.delete(["i7"])
+    hits = [(i, 0.5) for i in ["i3", "i0", "nope", "i35", "i7", "i3", "i39", "i12"]]
+    got = idx.search_attributes(hits)
+    assert repr(got) == repr([idx.get_attributes(i) for i, _ in hits])
+    assert got[0] == {"n": 2**60, "s": "v3", "late": None} and got[2] == {}
+    want = ["i5", "zz", "i5", "i7", "i31"]
+    pairs = idx.get_vectors(want)
+    assert [i for i, _ in pairs] == [i for i in want if idx.get_vector(i) is not None]
+    for i, v in pairs:
+        ref = idx.get_vector(i)
+        assert ref is not None and v.dtype == ref.dtype and v.tobytes() == ref.tobytes()
