@@ -4,9 +4,10 @@
     python evals/bench_overload.py --spin-ms 4 --workers 1 --connections 64 --append   # known capacity
 
 Each config is ``max_in_flight:max_lag_ms[:max_queue_ms]`` of the server (``0:0`` = unbounded, ``32:0`` = the
-in-flight bound alone, ``32:10:0`` = in-flight + event-loop lag, ``32:10:5`` = the ``serve`` default: those + the
-CoDel queue-delay bound; a checkout given without ``max_queue_ms`` runs its own default). Per repetition, the
-configs are run one after the other (A B C A B C ...), each on a fresh server (2 workers, Redis):
+in-flight bound alone, ``32:10:0`` = the ``serve`` default: in-flight + event-loop lag, ``32:10:5`` = those + the
+CoDel queue-delay bound, ``serve --max-queue-ms 5``; a checkout given without ``max_queue_ms`` runs its own
+default). Per repetition, the configs are run one after the other (A B C A B C ...), each on a fresh server
+(2 workers, Redis):
 
 1. saturation: ``wrk`` closed loop against the unbounded server (the first config of each repetition: wrk
    against a shedding server would count its 503s as throughput); every config of that repetition is then
@@ -311,7 +312,7 @@ def main() -> None:
         nargs="+",
         default=["0:0", "32:10:0", "32:10:5"],
         help="max_in_flight:max_lag_ms[:max_queue_ms][:checkout to serve, e.g. /work/main for an A/B of the server "
-        "code]; e.g. 32:10:5 = serve's default, 32:10:0 = without the queue-delay (CoDel) bound",
+        "code]; e.g. 32:10:0 = serve's default, 32:10:5 = with the queue-delay (CoDel) bound",
     )
     ap.add_argument(
         "--spin-ms",

@@ -97,7 +97,7 @@ def test_a_burst_is_served_a_standing_queue_is_refused_and_an_empty_queue_resets
     assert shedder.queued == 0
 
 
-def test_serve_sheds_by_queue_delay_by_default_and_checks_the_option(
+def test_serve_queue_delay_bound_is_opt_in_and_checks_the_option(
     redis_repo: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from click.testing import CliRunner
@@ -111,9 +111,13 @@ def test_serve_sheds_by_queue_delay_by_default_and_checks_the_option(
     opts = ServeOptions(repo=str(repo), workspace=ws, mcp=False, auth=False, stream_workers=False)
     monkeypatch.setenv(ENV_OPTIONS, json.dumps(opts.__dict__))
     app = app_from_env()
-    assert app.state.cs.settings.max_queue_ms == DEFAULT_MAX_QUEUE_MS == 5.0
-    entry = app._entry
-    assert isinstance(entry, LoadShedder) and entry.max_queue == 0.005
+    # Off by default (measured: a win only on an oversubscribed host, evals/results/overload.md).
+    assert app.state.cs.settings.max_queue_ms == DEFAULT_MAX_QUEUE_MS == 0.0
+    assert isinstance(app._entry, LoadShedder) and app._entry.max_queue == 0.0
+    opts.max_queue_ms = 5.0
+    monkeypatch.setenv(ENV_OPTIONS, json.dumps(opts.__dict__))
+    entry = app_from_env()._entry
+    assert isinstance(entry, LoadShedder) and entry.max_queue == 0.005 and entry.max_lag == 0.010
     with pytest.raises(InvalidInputError, match="max queue delay"):
         check_options(ServeOptions(max_queue_ms=-1))
     out = CliRunner().invoke(serve_cmd, ["--max-queue-ms", "-5", "--repo", str(repo)])
