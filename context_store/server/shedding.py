@@ -57,8 +57,8 @@ __all__ = [
     "find_shedder",
 ]
 
-# Measured with evals/bench_overload.py (evals/results/overload.md): the lag and queue-delay bounds do the work
-# at 2x saturation; the in-flight cap is a backstop for slow downstream calls.
+# Measured with evals/bench_overload.py (evals/results/overload.md): the lag bound does the work at 2x
+# saturation; the in-flight cap is a backstop for slow downstream calls; the queue-delay bound is opt-in.
 DEFAULT_MAX_IN_FLIGHT = 32
 DEFAULT_MAX_LAG_MS = 10.0
 DEFAULT_MAX_QUEUE_MS = 0.0  # off: measured a win only on an oversubscribed host (see the module docstring)
@@ -118,6 +118,8 @@ class LoadShedder:
                 f"server overloaded: requests queue more than {max_queue_ms:g} ms in this process; retry shortly"
             )
         )
+        # Refusal by the admitted fraction: names the bound that lowered it last.
+        self._lowered: tuple[Message, Message] = self._late
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         admitted_at: float | None = scope.get(ADMITTED)
@@ -185,7 +187,7 @@ class LoadShedder:
         if late or (self.admit < 1.0 and not self._take()):
             if self.metrics is not None:
                 self.metrics.shed.inc()
-            return self._late
+            return self._late if late else self._lowered
         return None
 
     def _count_refusal(self) -> tuple[Message, Message] | None:
@@ -231,6 +233,7 @@ class LoadShedder:
         # distinction), not a reason to refuse anyone.
         if (lagging and lag > self.max_lag) or self.standing(now):
             self.admit = max(MIN_ADMIT, self.admit * DECREASE)
+            self._lowered = self._late if lagging else self._stale
         elif not lagging and self.admit < 1.0:
             self.admit = min(1.0, self.admit + INCREASE)
         if self._seen == self._last_seen and self.admit >= 1.0:
