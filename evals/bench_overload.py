@@ -1,11 +1,13 @@
 """Load shedding under overload: accepted-request latency at 2x saturation against the unsaturated latency.
 
-    python evals/bench_overload.py [--duration 5] [--repeat 3] [--configs 0:0 32:0 32:10]
+    python evals/bench_overload.py [--duration 5] [--repeat 3] [--configs 0:0 32:10:0 32:10:5]
     python evals/bench_overload.py --spin-ms 4 --workers 1 --connections 64 --append   # known capacity
 
-Each config is ``max_in_flight:max_lag_ms`` of the server (``0:0`` = unbounded, ``32:0`` = the in-flight
-bound alone, ``32:10`` = the ``serve`` default: in-flight bound + event-loop lag shedding). Per repetition, the
-configs are run one after the other (A B C A B C ...), each on a fresh server (2 workers, Redis):
+Each config is ``max_in_flight:max_lag_ms[:max_queue_ms]`` of the server (``0:0`` = unbounded, ``32:0`` = the
+in-flight bound alone, ``32:10:0`` = the ``serve`` default: in-flight + event-loop lag, ``32:10:5`` = those + the
+CoDel queue-delay bound, ``serve --max-queue-ms 5``; a checkout given without ``max_queue_ms`` runs its own
+default). Per repetition, the configs are run one after the other (A B C A B C ...), each on a fresh server
+(2 workers, Redis):
 
 1. saturation: ``wrk`` closed loop against the unbounded server (the first config of each repetition: wrk
    against a shedding server would count its 503s as throughput); every config of that repetition is then
@@ -70,12 +72,20 @@ busy = cs.FeatureService("busy", [spin])
 """
 
 
-Config = tuple[int, float, str]  # max_in_flight, max_lag_ms, checkout served ("" = this one)
+Config = tuple[int, float, float, str]  # max_in_flight, max_lag_ms, max_queue_ms, checkout served ("" = this one)
 
 
 def _parse_config(spec: str) -> Config:
-    limit, lag, *root = spec.split(":", 2)
-    return int(limit), float(lag), root[0] if root else ""
+    """``limit:lag[:queue][:checkout]``; a checkout without ``queue`` is served as it is (it may predate it)."""
+    limit, lag, *rest = spec.split(":", 3)
+    queue = 0.0
+    if rest:
+        try:
+            queue = float(rest[0])
+            rest = rest[1:]
+        except ValueError:
+            queue = -1.0  # not given with a checkout: that checkout's own default
+    return int(limit), float(lag), queue, ":".join(rest)
 
 
 def _start(
@@ -84,14 +94,16 @@ def _start(
     workers: int,
     max_in_flight: int,
     max_lag_ms: float,
+    max_queue_ms: float = 0.0,
     root: str = "",
     cpus: str | None = None,
 ) -> subprocess.Popen[bytes]:
+    queue = f", max_queue_ms={max_queue_ms}" if max_queue_ms >= 0 else ""
     code = (
         "from context_store.server.run import ServeOptions, serve; "
         f"serve(ServeOptions(repo={str(repo)!r}, host='127.0.0.1', port={port}, workers={workers}, auth=False, "
         f"mcp=False, stream_workers=False, log_level='error', max_in_flight={max_in_flight}, "
-        f"max_lag_ms={max_lag_ms}))"
+        f"max_lag_ms={max_lag_ms}{queue}))"
     )
     src = Path(root or bs.ROOT).resolve()
     env = {**os.environ, "PYTHONPATH": str(src)}  # that checkout's code in the uvicorn workers too
@@ -125,8 +137,9 @@ def _cpu_list(spec: str) -> set[int]:
 
 
 def _label(cfg: Config) -> str:
-    limit, lag, root = cfg
+    limit, lag, queue, root = cfg
     parts = ([f"in-flight {limit}"] if limit else []) + ([f"lag {lag:g} ms"] if lag else [])
+    parts += [f"queue {queue:g} ms"] if queue > 0 else []
     return (" + ".join(parts) or "unbounded") + (f" (served from {root})" if root else "")
 
 
@@ -297,8 +310,9 @@ def main() -> None:
     ap.add_argument(
         "--configs",
         nargs="+",
-        default=["0:0", "32:0", "32:10"],
-        help="max_in_flight:max_lag_ms[:checkout to serve, e.g. /work/main for an A/B of the server code]",
+        default=["0:0", "32:10:0", "32:10:5"],
+        help="max_in_flight:max_lag_ms[:max_queue_ms][:checkout to serve, e.g. /work/main for an A/B of the server "
+        "code]; e.g. 32:10:0 = serve's default, 32:10:5 = with the queue-delay (CoDel) bound",
     )
     ap.add_argument(
         "--spin-ms",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import ContextStoreError
-from ..server.shedding import DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_LAG_MS
+from ..server.shedding import DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_LAG_MS, DEFAULT_MAX_QUEUE_MS
 from ..vocab.redact import redact_text
 from ._common import config_from_ctx, handle_errors, repo_options
 
@@ -56,6 +56,16 @@ __all__ = ["serve"]
     "(the queueing delay of an overloaded process; 0: off).",
 )
 @click.option(
+    "--max-queue-ms",
+    default=DEFAULT_MAX_QUEUE_MS,
+    show_default=True,
+    type=click.FloatRange(0, 60_000),
+    help="CoDel-style shedding: once requests have waited longer than this in a server process (from their "
+    "headers being read to their handler starting) for 100 ms on end, answer such requests and most new ones "
+    "503 + Retry-After (0: off). Try 5 on a host whose cores are oversubscribed; on a quiet host it costs "
+    "throughput.",
+)
+@click.option(
     "--allowed-host",
     "allowed_hosts",
     multiple=True,
@@ -89,6 +99,7 @@ def serve(
     stream_processes: int,
     max_in_flight: int,
     max_lag_ms: float,
+    max_queue_ms: float,
     allowed_hosts: tuple[str, ...],
     allowed_origins: tuple[str, ...],
     log_level: str,
@@ -117,6 +128,7 @@ def serve(
         stream_processes=stream_processes,
         max_in_flight=max_in_flight,
         max_lag_ms=max_lag_ms,
+        max_queue_ms=max_queue_ms,
         log_level=log_level,
         allowed_hosts=list(allowed_hosts),
         public_metrics=public_metrics,

@@ -16,7 +16,7 @@ import orjson
 
 from ..config import Config, check_host_list, load_config
 from ..errors import InvalidInputError
-from .shedding import DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_LAG_MS
+from .shedding import DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_LAG_MS, DEFAULT_MAX_QUEUE_MS
 from .supervise import ENV_PARENT_PID, ENV_WORKER_STATUS, Supervisor, die_with_parent
 
 __all__ = ["ServeOptions", "serve", "app_from_env", "is_loopback", "public_bind_warning", "ENV_OPTIONS"]
@@ -42,6 +42,7 @@ class ServeOptions:
     stream_processes: int = 1  # supervised ``context-store worker`` children (Redis only)
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT  # per server process; 0 = unbounded
     max_lag_ms: float = DEFAULT_MAX_LAG_MS  # shed while the event loop lags more than this; 0 = off
+    max_queue_ms: float = DEFAULT_MAX_QUEUE_MS  # shed while requests queue longer than this (standing); 0 = off
     log_level: str = "warning"
     allowed_hosts: list[str] = field(default_factory=list)
     public_metrics: bool = False
@@ -77,6 +78,8 @@ def check_options(opts: ServeOptions) -> None:
         raise InvalidInputError("max in-flight must be >= 0 (0 = unbounded)", field="--max-in-flight")
     if not 0 <= opts.max_lag_ms <= 60_000:
         raise InvalidInputError("max lag must be between 0 and 60000 ms (0 = off)", field="--max-lag-ms")
+    if not 0 <= opts.max_queue_ms <= 60_000:
+        raise InvalidInputError("max queue delay must be between 0 and 60000 ms (0 = off)", field="--max-queue-ms")
     check_host_list("allowed_hosts", tuple(opts.allowed_hosts), "--allowed-host")
     check_host_list("allowed_origins", tuple(opts.allowed_origins), "--allowed-origin")
 
@@ -115,6 +118,7 @@ def app_from_env() -> Any:
         "public_metrics": opts.public_metrics,
         "max_in_flight": opts.max_in_flight,
         "max_lag_ms": opts.max_lag_ms,
+        "max_queue_ms": opts.max_queue_ms,
     }
     if opts.max_body:
         overrides["max_body"] = opts.max_body

@@ -1,7 +1,7 @@
 """Load shedding: an overloaded server process answers the excess 503 + ``Retry-After`` at once instead of
 queueing it.
 
-Two bounds, both per process:
+Three bounds, all per process:
 
 - **Queueing delay** (``max_lag_ms``, ``serve`` default 10 ms). A bound on requests in flight alone did not keep
   accepted latency down (measured at 2x saturation: accepted p99 27-43x the unsaturated one): the waiting
@@ -13,6 +13,15 @@ Two bounds, both per process:
   queue, not a burst) a shrinking fraction of new requests is admitted (multiplicative decrease per late tick,
   additive increase per punctual one: AIMD, the way TCP finds its rate). The loop catches up on cheap
   refusals and admitted requests keep near-unsaturated latency.
+- **Queue delay** (``max_queue_ms``, off unless ``serve --max-queue-ms``): CoDel at dequeue, as in "Fail at Scale"
+  (Maurer, ACM Queue 2015). The protocol stamps each admitted request; when its handler starts, the time it
+  waited in this process is known. Once that wait has stayed above the target for ``INTERVAL_S`` (no request
+  started below it and the queue never emptied: a standing queue, not a burst), a request that waited longer is
+  refused instead of served late, and the ticker lowers the admitted fraction as for a late loop. It bounds
+  the wait of admitted requests inside the process directly, where the lag bound only sees it through late
+  timer ticks. Not a default: at 2x saturation it lowered the accepted p99 on an oversubscribed host (load
+  5-10 on 2 cores; median 0.6x of the lag bound's, 11 of 16 pairs) but not on a quieter one, where with one
+  worker it cost ~20% of the accepted requests (evals/results/overload.md).
 - **In flight** (``max_in_flight``): a hard cap on admitted requests not answered yet (slow downstream calls).
 
 Under ``serve`` the decision is taken in the HTTP protocol (``SheddingHttpTools``) as soon as a request's headers
@@ -41,6 +50,7 @@ __all__ = [
     "ADMITTED",
     "DEFAULT_MAX_IN_FLIGHT",
     "DEFAULT_MAX_LAG_MS",
+    "DEFAULT_MAX_QUEUE_MS",
     "EXEMPT_PATHS",
     "LoadShedder",
     "SheddingHttpTools",
@@ -48,17 +58,21 @@ __all__ = [
 ]
 
 # Measured with evals/bench_overload.py (evals/results/overload.md): the lag bound does the work at 2x
-# saturation; the in-flight cap is a backstop for slow downstream calls.
+# saturation; the in-flight cap is a backstop for slow downstream calls; the queue-delay bound is opt-in.
 DEFAULT_MAX_IN_FLIGHT = 32
 DEFAULT_MAX_LAG_MS = 10.0
+DEFAULT_MAX_QUEUE_MS = 0.0  # off: measured a win only on an oversubscribed host (see the module docstring)
 EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _EXEMPT_RAW = frozenset(p.encode() for p in EXEMPT_PATHS)
-ADMITTED = "context_store.admitted"  # scope key: the protocol layer already took the admission decision
+# Scope key: the protocol layer already took the admission decision; its value is when (perf_counter), so the
+# ASGI layer sees how long the request waited in this process before its handler started.
+ADMITTED = "context_store.admitted"
 
 TICK_S = 0.002  # lag sampling period (libuv timers have 1 ms resolution)
 MIN_ADMIT = 1 / 64  # never refuse everything: admitted requests are how recovery shows
 DECREASE = 0.75  # admitted fraction kept per late tick
 INCREASE = 0.02  # added per punctual tick: back to admitting all in ~100 ms once the loop keeps up
+INTERVAL_S = 0.1  # queue delay above its bound this long (none started below it, never empty): a standing queue
 IDLE_TICKS = 500  # ~1 s without requests while admitting all: stop ticking (an idle server stays idle)
 
 
@@ -66,11 +80,19 @@ class LoadShedder:
     """Pure ASGI, outermost (in front of CORS, the fast path and FastAPI)."""
 
     def __init__(
-        self, app: ASGIApp, max_in_flight: int = 0, metrics: Metrics | None = None, max_lag_ms: float = 0.0
+        self,
+        app: ASGIApp,
+        max_in_flight: int = 0,
+        metrics: Metrics | None = None,
+        max_lag_ms: float = 0.0,
+        max_queue_ms: float = 0.0,
     ) -> None:
         self.app = app
         self.max_in_flight = max_in_flight or 1 << 62  # 0: no count bound
         self.max_lag = max_lag_ms / 1000
+        self.max_queue = max_queue_ms / 1000
+        self.queued = 0  # admitted by the protocol, handler not started yet
+        self._above_since = 0.0  # when the queue delay went (and stayed) above the target; 0: it is below
         self.in_flight = 0
         self.metrics = metrics
         self.admit = 1.0  # fraction of new requests admitted; < 1 only while the loop lags
@@ -91,8 +113,18 @@ class LoadShedder:
                 f"server overloaded: requests wait more than {max_lag_ms:g} ms for this process; retry shortly"
             )
         )
+        self._stale: tuple[Message, Message] = error_messages(
+            OverloadedError(
+                f"server overloaded: requests queue more than {max_queue_ms:g} ms in this process; retry shortly"
+            )
+        )
+        # Refusal by the admitted fraction: names the bound that lowered it last.
+        self._lowered: tuple[Message, Message] = self._late
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        admitted_at: float | None = scope.get(ADMITTED)
+        if admitted_at:
+            self.queued -= 1  # before any return: a leak would keep the queue from ever looking empty
         if (
             scope["type"] != "http"
             or scope["path"] in EXEMPT_PATHS
@@ -100,8 +132,10 @@ class LoadShedder:
         ):
             await self.app(scope, receive, send)
             return
-        if scope.get(ADMITTED):  # admitted before routing (SheddingHttpTools): only the count bound is left
-            refusal = self._count_refusal()
+        if admitted_at:  # admitted before routing (SheddingHttpTools): the queue delay and the count are left
+            refusal = self._queue_refusal(admitted_at) if self.max_queue else None
+            if refusal is None:
+                refusal = self._count_refusal()
         else:
             refusal = self.refusal()
         if refusal is not None:
@@ -115,14 +149,36 @@ class LoadShedder:
         finally:
             self.in_flight -= 1
 
+    def _queue_refusal(self, admitted_at: float) -> tuple[Message, Message] | None:
+        """CoDel at dequeue (the "Fail at Scale" variant): once the time admitted requests wait before their
+        handler starts has stayed above ``max_queue`` for ``INTERVAL_S`` (a standing queue, not a burst), a
+        request that waited longer than that is refused now rather than served late; the ticker meanwhile
+        lowers the admitted fraction, so the protocol refuses most of the excess before it queues."""
+        now = time.perf_counter()
+        if now - admitted_at <= self.max_queue:
+            self._above_since = 0.0
+            return None
+        if not self._above_since:
+            self._above_since = now
+            return None
+        if now - self._above_since < INTERVAL_S:
+            return None
+        if self.metrics is not None:
+            self.metrics.shed.inc()
+        return self._stale
+
+    def standing(self, now: float) -> bool:
+        """The queue delay has been above the target for an interval (and the queue was never empty)."""
+        return bool(self._above_since) and now - self._above_since >= INTERVAL_S
+
     def refusal(self) -> tuple[Message, Message] | None:
         """The admission decision for one new request: ``None`` admits it, else the two messages refusing it."""
         late = False
-        if self.max_lag:
+        if self.max_lag or self.max_queue:
             self._seen += 1
             if self._loop is None or self._loop.is_closed():  # not ticking (idle), or a test's old loop
                 self._start_ticker()
-            else:
+            elif self.max_lag:
                 # The loop's current turn has run past the next tick by more than the bound: the requests of this
                 # turn (read at its start) have waited that long already, and admitting them lengthens it.
                 late = time.perf_counter() - self._due > self.max_lag
@@ -131,7 +187,7 @@ class LoadShedder:
         if late or (self.admit < 1.0 and not self._take()):
             if self.metrics is not None:
                 self.metrics.shed.inc()
-            return self._late
+            return self._late if late else self._lowered
         return None
 
     def _count_refusal(self) -> tuple[Message, Message] | None:
@@ -170,12 +226,15 @@ class LoadShedder:
     def _tick(self) -> None:
         now = time.perf_counter()
         lag, self.lag = self.lag, now - self._due
-        if self.lag > self.max_lag:
-            # Two late ticks in a row: a standing queue. One alone is a burst or a single long request (CoDel's
-            # distinction), not a reason to refuse anyone.
-            if lag > self.max_lag:
-                self.admit = max(MIN_ADMIT, self.admit * DECREASE)
-        elif self.admit < 1.0:
+        if self.queued <= 0:  # nothing waits for a handler: no standing queue (CoDel resets when it empties)
+            self._above_since = 0.0
+        lagging = bool(self.max_lag) and self.lag > self.max_lag
+        # Two late ticks in a row: a standing queue. One alone is a burst or a single long request (CoDel's
+        # distinction), not a reason to refuse anyone.
+        if (lagging and lag > self.max_lag) or self.standing(now):
+            self.admit = max(MIN_ADMIT, self.admit * DECREASE)
+            self._lowered = self._late if lagging else self._stale
+        elif not lagging and self.admit < 1.0:
             self.admit = min(1.0, self.admit + INCREASE)
         if self._seen == self._last_seen and self.admit >= 1.0:
             self._quiet += 1
@@ -241,7 +300,8 @@ class SheddingHttpTools(_UvicornHttpTools):
             return
         refusal = shedder.refusal()
         if refusal is None:
-            cast(dict[str, Any], self.scope)[ADMITTED] = True
+            cast(dict[str, Any], self.scope)[ADMITTED] = time.perf_counter()
+            shedder.queued += 1
             super().on_headers_complete()
             return
         # Kept open unless the client asked to close, or waits for "100 Continue" (it may then never send the

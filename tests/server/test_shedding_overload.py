@@ -58,6 +58,7 @@ class Outcome:
     other: list[int] = field(default_factory=list)  # statuses that are neither (must stay empty)
     errors: int = 0
     retry_after: set[str] = field(default_factory=set)
+    shed_bodies: set[bytes] = field(default_factory=set)  # which bound refused (each has its own message)
 
     @staticmethod
     def p(xs: list[float], q: float) -> float:
@@ -72,12 +73,15 @@ def serve(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     yield repo, ws
 
 
-def _start(repo: Path, max_in_flight: int, max_lag_ms: float) -> tuple[subprocess.Popen[bytes], str]:
+def _start(
+    repo: Path, max_in_flight: int, max_lag_ms: float, max_queue_ms: float = 0.0
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     code = (
         "from context_store.server.run import ServeOptions, serve; "
         f"serve(ServeOptions(repo={str(repo)!r}, port={port}, workers=1, auth=False, mcp=False, "
-        f"stream_workers=False, log_level='error', max_in_flight={max_in_flight}, max_lag_ms={max_lag_ms}))"
+        f"stream_workers=False, log_level='error', max_in_flight={max_in_flight}, max_lag_ms={max_lag_ms}, "
+        f"max_queue_ms={max_queue_ms}))"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROMETHEUS_")}
     env["PYTHONPATH"] = str(ROOT)  # this checkout's code, not an installed one
@@ -119,6 +123,7 @@ async def _overload(port: int, body: bytes) -> tuple[Outcome, float]:
                 out.ok.append(took)
             elif status == 503 and b"overloaded" in payload:
                 out.shed.append(took)
+                out.shed_bodies.add(payload)
                 ra = re.search(rb"(?i)retry-after:\s*(\S+)", head)
                 out.retry_after.add(ra.group(1).decode() if ra else "")
             else:
@@ -145,8 +150,10 @@ async def _overload(port: int, body: bytes) -> tuple[Outcome, float]:
     return out, await probing
 
 
-def _drive(repo: Path, ws: str, max_in_flight: int, max_lag_ms: float) -> tuple[Outcome, float]:
-    proc, url = _start(repo, max_in_flight, max_lag_ms)
+def _drive(
+    repo: Path, ws: str, max_in_flight: int, max_lag_ms: float, max_queue_ms: float = 0.0
+) -> tuple[Outcome, float]:
+    proc, url = _start(repo, max_in_flight, max_lag_ms, max_queue_ms)
 
     def body(amount: float) -> bytes:
         params = {"workspaceName": ws, "featureServiceName": "busy", "requestContextMap": {"amount": amount}}
