@@ -22,6 +22,8 @@ Three bounds, all per process:
   timer ticks. Not a default: at 2x saturation it lowered the accepted p99 on an oversubscribed host (load
   5-10 on 2 cores; median 0.6x of the lag bound's, 11 of 16 pairs) but not on a quieter one, where with one
   worker it cost ~20% of the accepted requests (evals/results/overload.md).
+  Neither rule refuses a lone request (nothing else in flight or queued, no crowd of arrivals since the last
+  tick): a late loop with one client is this process being descheduled by a busy host, not a queue of ours.
 - **In flight** (``max_in_flight``): a hard cap on admitted requests not answered yet (slow downstream calls).
 
 Under ``serve`` the decision is taken in the HTTP protocol (``SheddingHttpTools``) as soon as a request's headers
@@ -73,6 +75,7 @@ MIN_ADMIT = 1 / 64  # never refuse everything: admitted requests are how recover
 DECREASE = 0.75  # admitted fraction kept per late tick
 INCREASE = 0.02  # added per punctual tick: back to admitting all in ~100 ms once the loop keeps up
 INTERVAL_S = 0.1  # queue delay above its bound this long (none started below it, never empty): a standing queue
+LONE_ARRIVALS = 3  # arrivals since the last tick from which requests compete (below it: one client's sequence)
 IDLE_TICKS = 500  # ~1 s without requests while admitting all: stop ticking (an idle server stays idle)
 
 
@@ -103,6 +106,7 @@ class LoadShedder:
         self._due = 0.0
         self._quiet = 0
         self._last_seen = 0
+        self._tick_seen = 0  # ``_seen`` at the last tick: more than one arrival since means requests compete
         self._raw: dict[tuple[int, bool], bytes] = {}
         # Built once: a refusal costs two sends.
         self._full: tuple[Message, Message] = error_messages(
@@ -184,6 +188,12 @@ class LoadShedder:
                 late = time.perf_counter() - self._due > self.max_lag
         if self.in_flight >= self.max_in_flight:
             return self._count_refusal()
+        # A lone request is served whatever the lag: nothing else in flight or queued here, and at most one other
+        # arrival since the last tick (one client's back-to-back requests). Refusing it frees nothing; on a busy
+        # host the lag is the OS descheduling this process (a single agent's MCP call got 503s from an otherwise
+        # idle server). Under overload requests queue in the protocol and many arrive per tick.
+        if not (self.in_flight or self.queued or self._seen - self._tick_seen >= LONE_ARRIVALS):
+            return None
         if late or (self.admit < 1.0 and not self._take()):
             if self.metrics is not None:
                 self.metrics.shed.inc()
@@ -220,11 +230,13 @@ class LoadShedder:
     def _start_ticker(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._quiet = 0
+        self._tick_seen = self._seen - 1  # the request that started it is the one arrival so far
         self._due = time.perf_counter() + TICK_S
         self._loop.call_later(TICK_S, self._tick)
 
     def _tick(self) -> None:
         now = time.perf_counter()
+        self._tick_seen = self._seen
         lag, self.lag = self.lag, now - self._due
         if self.queued <= 0:  # nothing waits for a handler: no standing queue (CoDel resets when it empties)
             self._above_since = 0.0

@@ -226,8 +226,8 @@ def test_lag_bound_sheds_while_the_loop_lags_and_recovers_when_it_keeps_up() -> 
 
     async def run() -> tuple[list[int], list[int], float]:
         busy = []
-        for _ in range(20):  # a burst of 4 per loop turn, each 30 ms: the loop is late by ~100 ms every turn
-            busy += await asyncio.gather(*(call(30) for _ in range(4)))
+        for _ in range(20):  # a burst of 5 per loop turn, each 30 ms: the loop is late by ~100 ms every turn
+            busy += await asyncio.gather(*(call(30) for _ in range(5)))
         assert shedder.admit < 0.5 and shedder.lag > 0.01, (shedder.admit, shedder.lag)
         t0 = time.perf_counter()
         while shedder.admit < 1.0 and time.perf_counter() - t0 < 5:
@@ -237,9 +237,50 @@ def test_lag_bound_sheds_while_the_loop_lags_and_recovers_when_it_keeps_up() -> 
         return busy, calm, recovered
 
     busy, calm, recovered = asyncio.run(run())
-    assert busy.count(503) >= 40 and busy.count(200) >= 8, busy  # most refused, never all
+    # Most refused, never all (the first two of a turn look like one client's sequence: served, see below).
+    assert busy.count(503) >= 50 and busy.count(200) >= 8, busy
     assert recovered < 1.0, f"took {recovered:.2f} s to admit everything again"
     assert calm == [200] * 50
+
+
+def test_a_lone_request_is_served_however_late_the_loop_is() -> None:
+    """A host busy with other work deschedules the server: its loop ticks late although it serves one client.
+    Refusing that client's requests frees nothing (a README walkthrough's MCP call got 503 on an idle server);
+    the same lag with requests competing still sheds (the test above)."""
+    from starlette.types import Message
+
+    from context_store.server.shedding import LoadShedder
+
+    async def app(scope: dict[str, object], receive: object, send: object) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": b"{}"})  # type: ignore[operator]
+
+    shedder = LoadShedder(app, max_in_flight=32, max_lag_ms=10)
+
+    async def call() -> int:
+        status = 0
+
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(msg: Message) -> None:
+            nonlocal status
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+
+        await shedder({"type": "http", "method": "POST", "path": "/mcp", "headers": []}, receive, send)
+        return status
+
+    async def run() -> list[int]:
+        out = []
+        for _ in range(30):
+            time.sleep(0.03)  # the process was off the CPU for 30 ms (3x the bound) before this request
+            out.append(await call())
+            await asyncio.sleep(0.001)  # the client's next request comes in a later loop turn
+        assert shedder.lag > 0.01 and shedder.admit < 1.0, (shedder.lag, shedder.admit)  # the loop did lag
+        return out
+
+    assert asyncio.run(run()) == [200] * 30
 
 
 def test_serve_sheds_by_lag_by_default_and_checks_the_option(
