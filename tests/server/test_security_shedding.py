@@ -11,10 +11,11 @@ from typing import Any
 
 import httpx
 import pytest
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from context_store.server import create_app
 from context_store.server.shedding import LoadShedder
+from tests.support.asgi import http_scope, ok_app, status_of
 from tests.support.server import SERVING_MODES, make_server_repo, running_server
 
 GET = "/api/v1/feature-service/get-features"
@@ -74,10 +75,6 @@ def test_excess_requests_get_503_fast_while_admitted_ones_complete(tmp_path: Pat
     assert health.status_code == 200  # probes are exempt from the limit
 
 
-def _scope(path: str, method: str = "POST") -> Scope:
-    return {"type": "http", "method": method, "path": path, "headers": []}
-
-
 def test_shedder_counts_until_the_response_is_sent_and_exempts_probes() -> None:
     release = asyncio.Event()
     body_reads = 0
@@ -87,33 +84,21 @@ def test_shedder_counts_until_the_response_is_sent_and_exempts_probes() -> None:
         await receive()
         body_reads += 1
         await release.wait()
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"{}"})
+        await ok_app(scope, receive, send)
 
     shedder = LoadShedder(app, max_in_flight=1)
 
     async def call(scope: Scope) -> int:
-        status = 0
-
-        async def receive() -> Message:
-            return {"type": "http.request", "body": b"{}", "more_body": False}
-
-        async def send(msg: Message) -> None:
-            nonlocal status
-            if msg["type"] == "http.response.start":
-                status = msg["status"]
-
-        await shedder(scope, receive, send)
-        return status
+        return await status_of(shedder, scope, b"{}")
 
     async def run() -> list[int]:
-        first = asyncio.create_task(call(_scope(GET)))
+        first = asyncio.create_task(call(http_scope(GET)))
         await asyncio.sleep(0)
         await asyncio.sleep(0)
         assert shedder.in_flight == 1
-        shed = await call(_scope(GET))  # returns at once: no await on the app
+        shed = await call(http_scope(GET))  # returns at once: no await on the app
         assert body_reads == 1  # the shed request's body was never read
-        probes = [asyncio.create_task(call(_scope(p, "GET"))) for p in ("/healthz", "/readyz", "/metrics", "/mcp")]
+        probes = [asyncio.create_task(call(http_scope(p, "GET"))) for p in ("/healthz", "/readyz", "/metrics", "/mcp")]
         await asyncio.sleep(0)
         release.set()
         return [shed, await first, *(await asyncio.gather(*probes))]

@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 import context_store as cs
+from tests.support.asgi import http_scope, ok_app, status_of
 from tests.support.repo import make_repo
 from tests.support.server import free_port
 
@@ -199,30 +200,18 @@ def test_overload_is_shed_and_accepted_requests_stay_fast(serve: tuple[Path, str
 def test_lag_bound_sheds_while_the_loop_lags_and_recovers_when_it_keeps_up() -> None:
     """In process: requests that each hold the loop 30 ms (3x the 10 ms bound) make the shedder refuse most new
     ones; once the loop is free again it admits everything within a fraction of a second."""
-    from starlette.types import Message, Receive, Scope, Send
+    from starlette.types import Receive, Scope, Send
 
     from context_store.server.shedding import LoadShedder
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         time.sleep(float(scope["path"].rsplit("/", 1)[1]) / 1000)  # CPU-bound work in the loop (blocks it)
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"{}"})
+        await ok_app(scope, receive, send)
 
     shedder = LoadShedder(app, max_in_flight=0, max_lag_ms=10)
 
     async def call(ms: int) -> int:
-        status = 0
-
-        async def receive() -> Message:
-            return {"type": "http.request", "body": b"", "more_body": False}
-
-        async def send(msg: Message) -> None:
-            nonlocal status
-            if msg["type"] == "http.response.start":
-                status = msg["status"]
-
-        await shedder({"type": "http", "method": "POST", "path": f"/work/{ms}", "headers": []}, receive, send)
-        return status
+        return await status_of(shedder, http_scope(f"/work/{ms}"))
 
     async def run() -> tuple[list[int], list[int], float]:
         busy = []
@@ -247,29 +236,12 @@ def test_a_lone_request_is_served_however_late_the_loop_is() -> None:
     """A host busy with other work deschedules the server: its loop ticks late although it serves one client.
     Refusing that client's requests frees nothing (a README walkthrough's MCP call got 503 on an idle server);
     the same lag with requests competing still sheds (the test above)."""
-    from starlette.types import Message
-
     from context_store.server.shedding import LoadShedder
 
-    async def app(scope: dict[str, object], receive: object, send: object) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
-        await send({"type": "http.response.body", "body": b"{}"})  # type: ignore[operator]
-
-    shedder = LoadShedder(app, max_in_flight=32, max_lag_ms=10)
+    shedder = LoadShedder(ok_app, max_in_flight=32, max_lag_ms=10)
 
     async def call() -> int:
-        status = 0
-
-        async def receive() -> Message:
-            return {"type": "http.request", "body": b"", "more_body": False}
-
-        async def send(msg: Message) -> None:
-            nonlocal status
-            if msg["type"] == "http.response.start":
-                status = msg["status"]
-
-        await shedder({"type": "http", "method": "POST", "path": "/mcp", "headers": []}, receive, send)
-        return status
+        return await status_of(shedder, http_scope("/mcp"))
 
     async def run() -> list[int]:
         out = []

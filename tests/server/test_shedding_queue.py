@@ -18,6 +18,7 @@ import redis
 
 import context_store as cs
 from tests.server.test_shedding_overload import DEFINITIONS, RATE, SECONDS, _drive
+from tests.support.asgi import http_scope, ok_app, status_of
 from tests.support.redis import REDIS_URL
 from tests.support.repo import make_repo
 
@@ -54,32 +55,15 @@ def test_queue_delay_bound_alone_sheds_and_keeps_accepted_requests_fast(redis_re
 
 
 def test_a_burst_is_served_a_standing_queue_is_refused_and_an_empty_queue_resets() -> None:
-    from starlette.types import Message, Receive, Scope, Send
-
     from context_store.server.shedding import ADMITTED, INTERVAL_S, LoadShedder
 
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"{}"})
-
-    shedder = LoadShedder(app, max_queue_ms=5)
+    shedder = LoadShedder(ok_app, max_queue_ms=5)
 
     async def call(waited_ms: float) -> int:
-        status = 0
-
-        async def receive() -> Message:
-            return {"type": "http.request", "body": b"", "more_body": False}
-
-        async def send(msg: Message) -> None:
-            nonlocal status
-            if msg["type"] == "http.response.start":
-                status = msg["status"]
-
         shedder.queued += 1  # as the protocol does when it admits
-        scope = {"type": "http", "method": "POST", "path": "/x", "headers": []}
+        scope = http_scope("/x")
         scope[ADMITTED] = time.perf_counter() - waited_ms / 1000
-        await shedder(scope, receive, send)
-        return status
+        return await status_of(shedder, scope)
 
     async def run() -> None:
         # A burst: requests that waited 20 ms, for less than an interval, are all served.
