@@ -186,7 +186,8 @@ def test_compose_sequence_serves_scaffolded_values(stack: Stack) -> None:
         assert len(present) >= len(got) // 2, got
         assert int(got["user_transaction_stats.amount_count_7d"][1]) > 0  # int64 travels as a JSON string
         assert httpx.post(url + "/api/v1/feature-service/get-features", json=body).status_code == 401
-        assert _readyz(url)
+        ready = httpx.get(url + "/readyz", timeout=10)
+        assert ready.status_code == 200, ready.text
     finally:
         _stop(list(procs.values()))
 
