@@ -249,7 +249,8 @@ def test_a_lone_request_is_served_however_late_the_loop_is() -> None:
             time.sleep(0.03)  # the process was off the CPU for 30 ms (3x the bound) before this request
             out.append(await call())
             await asyncio.sleep(0.001)  # the client's next request comes in a later loop turn
-        assert shedder.lag > 0.01 and shedder.admit < 1.0, (shedder.lag, shedder.admit)  # the loop did lag
+        # The loop did lag: late ticks lowered the admitted fraction (the last tick alone may be punctual).
+        assert shedder.admit < 0.5, (shedder.lag, shedder.admit)
         return out
 
     assert asyncio.run(run()) == [200] * 30
