@@ -38,7 +38,7 @@ from ..errors import InvalidInputError
 from ..limits import SEEN_MAX, SIMILAR_K
 from ..types import SimilarItem
 from ..vocab.time import datetime_to_us
-from .feature_columns import view_feature_columns
+from .feature_columns import as_float, view_feature_columns
 
 if TYPE_CHECKING:
     from .store import ContextStore
@@ -388,15 +388,15 @@ def _feature_values(
 
 
 def _floats(col: Any) -> np.ndarray:
-    """An Arrow column as ``_num`` of each value, in numpy (a replay's top items read thousands of
+    """An Arrow column as ``as_float`` of each value, in numpy (a replay's top items read thousands of
     values: no per-value Python objects). Integer and float columns convert exactly as ``float()``
-    does (int64 -> float64 rounds to nearest); nulls -> NaN; other types -> ``_num`` per value."""
+    does (int64 -> float64 rounds to nearest); nulls -> NaN; other types -> ``as_float`` per value."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     t = col.type
     if not (pa.types.is_integer(t) or pa.types.is_boolean(t) or t in (pa.float32(), pa.float64())):
-        return np.array([_num(v) for v in col.to_pylist()], dtype=np.float64)
+        return np.array([as_float(v) for v in col.to_pylist()], dtype=np.float64)
     zero = False if pa.types.is_boolean(t) else 0
     x = np.asarray(pc.fill_null(col, zero).to_numpy(zero_copy_only=False), dtype=np.float64)
     if col.null_count:
@@ -420,14 +420,6 @@ def _offline_values(
     t = np.full(len(keys), datetime_to_us(at), dtype=np.int64)
     cols = compute_view_features(store.definitions, store.offline, view, feats, spine, t)
     return {f: cols[f] for f in feats}
-
-
-def _num(v: Any) -> float:
-    if isinstance(v, bool):
-        return float(v)
-    if isinstance(v, (int, float)):
-        return float(v)
-    return float("nan")
 
 
 def rerank(
