@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .tiles import ViewState
+from .tiles import ViewState, is_idle
 
 __all__ = ["idle_batchable", "is_idle", "evaluate_idle_many"]
 
@@ -28,11 +28,6 @@ _SIMPLE = frozenset({"count", "sum", "mean", "min", "max"})
 def idle_batchable(st: ViewState) -> bool:
     """A numbers-only aggregate view with a Lifetime window (``ViewState.evaluate``'s idle path applies)."""
     return st.is_aggregate and st.has_lifetime and st.plan is not None and not st.plan.slots and not st.ev_fields
-
-
-def is_idle(values: Sequence[bytes | None]) -> bool:
-    """Only the Lifetime base (the last field of a read) may be stored: ``evaluate``'s idle test."""
-    return values[:-1].count(None) == len(values) - 1
 
 
 def evaluate_idle_many(st: ViewState, lifetimes: Sequence[bytes | None]) -> list[list[Any]]:

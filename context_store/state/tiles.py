@@ -23,6 +23,7 @@ import json
 import math
 import operator
 from bisect import bisect_left
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from itertools import compress
@@ -37,6 +38,7 @@ from .events_codec import parse_events
 from .raw_events import decode_raw, parse_raw_num, raw_num_block
 
 __all__ = [
+    "is_idle",
     "EVENT_FIELDS",
     "EVENTS_MAX_BYTES",
     "RETENTION_SLACK_US",
@@ -106,6 +108,12 @@ def decompose(a: int, b: int, max_level: int) -> list[tuple[int, int]]:
         out.append((lv, a >> (2 * lv)))
         a += 4**lv
     return out
+
+
+def is_idle(values: Sequence[bytes | None]) -> bool:
+    """Of a Lifetime view's fetched fields, only the folded base (the last one) may be stored: the entity
+    was idle longer than the retention, every finite window is empty (``ViewState._evaluate_idle``)."""
+    return values[:-1].count(None) == len(values) - 1
 
 
 class ViewState:
@@ -396,7 +404,7 @@ class ViewState:
         if not plan.slots and not self.has_lifetime:
             return self._evaluate_num(t, ctx, values)
         idle = self.has_lifetime and not plan.slots and not extra and not self.ev_fields
-        if idle and values[:-1].count(None) == len(values) - 1:  # only the Lifetime base (values[-1]) is stored
+        if idle and is_idle(values):
             return self._evaluate_idle(values[-1])
         nb = ctx.n_blocks
         present = [i for i in range(nb) if values[i] is not None]

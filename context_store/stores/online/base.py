@@ -18,7 +18,7 @@ import orjson
 import pyarrow as pa
 
 from ...state.codec import RowCodec, join_row
-from ...state.idle_batch import evaluate_idle_many, idle_batchable
+from ...state.idle_batch import evaluate_idle_many, idle_batchable, is_idle
 from ...state.ops import ApplyItem, Ops, RecentItem, encode_recent, recent_key
 from ...state.tiles import ViewState
 from ...state.writes import RowChunk
@@ -357,7 +357,7 @@ class BaseOnlineStore(WritePath):
                 continue
             cells: list[ViewValues] = []
             for j, (slot, a, li) in enumerate(lay):
-                if li >= 0 and vals[a:li].count(None) == li - a:  # ``is_idle``: only the base may be stored
+                if li >= 0 and is_idle(vals[a : li + 1]):
                     idle[j].append(e)
                     cells.append(_UNSET)  # filled below
                 else:
