@@ -215,8 +215,12 @@ class LoopConnections:
         with self._lock:
             old = self._conns.get(k)
             self._conns[k] = fresh
-        if old is not None and old is not fresh:
-            old.close()
+            # Connections of loops that ended (``asyncio.run`` in a thread, tests) would be held until
+            # ``close_all``: dropped here, on the rare open path, so their transports can be collected.
+            ended = [kk for kk, c in self._conns.items() if c.loop.is_closed()]
+            gone = [self._conns.pop(kk) for kk in ended]
+        for c in [old, *gone] if old is not None and old is not fresh else gone:
+            c.close()
         return fresh
 
     def _opened(self, k: tuple[int, str], f: asyncio.Future[AsyncRawConnection]) -> None:

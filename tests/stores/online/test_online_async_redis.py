@@ -221,5 +221,6 @@ def test_each_event_loop_reads_on_its_own_connection_and_close_closes_them_all(s
     first, second = seen
     assert first is not second
     assert isinstance(second, AsyncRawConnection) and not second.closed
+    assert isinstance(first, AsyncRawConnection) and first.closed  # its loop ended: dropped when the next opened
     s.close()  # the server closes stores from another thread at shutdown: no connection is left open
     assert all(isinstance(c, AsyncRawConnection) and c.closed for c in seen)
