@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 from scipy.sparse import csr_matrix
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -184,21 +183,8 @@ def main() -> None:
     midx = {int(x): i for i, x in enumerate(movies)}
     mi = np.array([midx[int(x)] for x in m])
     year, gen = movie_attrs(data, movies)
-    table = pa.table(
-        {
-            "user_id": u.astype(str),
-            "movie_id": m.astype(str),
-            "rating": r,
-            "ts": pa.array(ts * 1_000_000, pa.timestamp("us", tz="UTC")),
-        }
-    )
-
-    class A:
-        method, dim, min_interactions, min_weight, params = "pmi_svd", 64, 3, None, None
-
-    import context_store as cs
-
-    view = br._cf_view(cs, A)
+    table = sf.ratings_table(u, m, r, ts)
+    view = sf.pmi_view()
     t0 = time.perf_counter()
     tl: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
     gaps: list[float] = []

@@ -18,6 +18,7 @@ import itertools
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -28,6 +29,29 @@ import bench_recs as br  # noqa: E402
 DAY = br.DAY
 NEWPOOL = 0
 CACHE = Path("/tmp/screen_recs_cache")
+
+
+def ratings_table(u: np.ndarray, m: np.ndarray, r: np.ndarray, ts: np.ndarray) -> pa.Table:
+    """The ratings as the product's source table (what ``train_vectors`` reads)."""
+    return pa.table(
+        {
+            "user_id": u.astype(str),
+            "movie_id": m.astype(str),
+            "rating": r,
+            "ts": pa.array(ts * 1_000_000, pa.timestamp("us", tz="UTC")),
+        }
+    )
+
+
+def pmi_view() -> Any:
+    """The product's interaction-trained item view as bench_recs declares it (``pmi_svd``, 64 dims)."""
+
+    class A:
+        method, dim, min_interactions, min_weight, params = "pmi_svd", 64, 3, None, None
+
+    import context_store as cs
+
+    return br._cf_view(cs, A)
 
 
 def vectors_at(table: pa.Table, c: int, movies: np.ndarray, view: object) -> tuple[np.ndarray, np.ndarray]:
@@ -246,21 +270,8 @@ def main() -> None:
     midx = {int(x): i for i, x in enumerate(movies)}
     mi = np.array([midx[int(x)] for x in m])
     data = (u, mi, r, ts)
-    table = pa.table(
-        {
-            "user_id": u.astype(str),
-            "movie_id": m.astype(str),
-            "rating": r,
-            "ts": pa.array(ts * 1_000_000, pa.timestamp("us", tz="UTC")),
-        }
-    )
-
-    class A:
-        method, dim, min_interactions, min_weight, params = "pmi_svd", 64, 3, None, None
-
-    import context_store as cs
-
-    view = br._cf_view(cs, A)
+    table = ratings_table(u, m, r, ts)
+    view = pmi_view()
     extra = {}
     for part in args.extra.split(";"):
         if part.strip():

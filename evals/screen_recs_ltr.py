@@ -1,5 +1,7 @@
 """Numpy/sklearn screen (not the product path) for issue #15: a learned ranker over the re-rank pool.
 
+Needs scikit-learn, which the project does not depend on: ``pip install scikit-learn``.
+
 For each validation cut-off c: pseudo cut-offs s every ``--step`` days in [c - span, c - 60d] (the
 targets of a pseudo case are its next ratings before c, so nothing at or after c is read), the same pool
 and terms as ``screen_recs2`` as of s, and a logistic regression (pointwise: is this pool item a target)
@@ -16,7 +18,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 from sklearn.linear_model import LogisticRegression
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -58,21 +59,8 @@ def main() -> None:
     midx = {int(v): i for i, v in enumerate(movies)}
     mi = np.array([midx[int(v)] for v in m])
     year, gen = s2.movie_attrs(data, movies)
-    table = pa.table(
-        {
-            "user_id": u.astype(str),
-            "movie_id": m.astype(str),
-            "rating": r,
-            "ts": pa.array(ts * 1_000_000, pa.timestamp("us", tz="UTC")),
-        }
-    )
-
-    class A:
-        method, dim, min_interactions, min_weight, params = "pmi_svd", 64, 3, None, None
-
-    import context_store as cs
-
-    view = br._cf_view(cs, A)
+    table = sf.ratings_table(u, m, r, ts)
+    view = sf.pmi_view()
     dd = (u, mi, r, ts)
     featsets = {
         "base4": FEATS_BASE,
