@@ -39,6 +39,7 @@ from ..limits import SEEN_MAX, SIMILAR_K
 from ..types import SimilarItem
 from ..vocab.time import datetime_to_us
 from .feature_columns import as_float, view_feature_columns
+from .top_refresh import online_ranking
 
 if TYPE_CHECKING:
     from .store import ContextStore
@@ -278,7 +279,7 @@ def _also(
     return out
 
 
-# (repo, item view, feature, catalogue signature, bucket) -> (computed at, ids ranked by the feature)
+# replay: (repo, item view, catalogue signature, feature, day) -> (computed at, ids ranked by the feature)
 _TOP: dict[tuple[Any, ...], tuple[float, list[str]]] = {}
 _top_lock = threading.Lock()
 _TOP_KEEP = 2000  # ranked ids kept per entry: the top n left after excluding a user's seen items
@@ -290,34 +291,41 @@ def top_items(
     store: ContextStore, view: EmbeddingView, src: TopItems, *, as_of: datetime | None, served_at: datetime
 ) -> list[str]:
     """Ids of ``view``'s items by ``src.feature``, highest first (ties by id; missing values left
-    out). Online: the current values, cached for ``src.refresh_seconds``; replay: as of the start of
+    out). Online: the current values, refreshed in the background every ``src.refresh_seconds``
+    (``top_refresh``: the previous ranking is served meanwhile); replay: as of the start of
     ``as_of``'s UTC day, over the items known then (cached per day)."""
-    sig = _signature(store, view)
     if as_of is None:
-        key: tuple[Any, ...] = (*sig, src.feature, "online")
-        at, ttl = served_at, src.refresh_seconds
-    else:
-        day = datetime_to_us(as_of) // _DAY_US * _DAY_US
-        key = (*sig, src.feature, day)
-        at, ttl = datetime.fromtimestamp(day / 1e6, tz=UTC), float("inf")
+        key = (str(store.config.repo), view.name, src.feature, "online")
+        return online_ranking(
+            key, src.refresh_seconds, lambda at: _ranked(store, view, src.feature, None, at), served_at
+        )
+    sig = _signature(store, view)
+    day = datetime_to_us(as_of) // _DAY_US * _DAY_US
+    key = (*sig, src.feature, day)
     hit = _TOP.get(key)
-    now = time.monotonic()
-    if hit is not None and now - hit[0] <= ttl:
+    if hit is not None:
         return hit[1]
     with _top_lock:
-        ids, times = first_seen(store, view)
-        known = ids[: int(np.searchsorted(times, datetime_to_us(at), side="right"))] if as_of is not None else ids
-        values = _feature_values(store, [src.feature], known, as_of=at if as_of is not None else None, served_at=at)
-        x = values[src.feature]
-        ok = np.flatnonzero(np.isfinite(x))
-        # highest first, ties by id (numpy sorts str by code point, like Python): no per-item Python sort
-        order = ok[np.lexsort((np.asarray(known, dtype=str)[ok], -x[ok]))] if len(ok) else ok
-        ranked = [known[j] for j in order[:_TOP_KEEP].tolist()]
+        ranked = _ranked(store, view, src.feature, datetime.fromtimestamp(day / 1e6, tz=UTC), served_at)
         if len(_TOP) >= _TOP_ENTRIES:
             for old in sorted(_TOP, key=lambda k: _TOP[k][0])[: len(_TOP) - _TOP_ENTRIES + 1]:
                 _TOP.pop(old, None)
-        _TOP[key] = (now, ranked)
+        _TOP[key] = (time.monotonic(), ranked)
         return ranked
+
+
+def _ranked(
+    store: ContextStore, view: EmbeddingView, feature: str, as_of: datetime | None, served_at: datetime
+) -> list[str]:
+    """The items known at ``as_of`` (online: all) by ``feature`` as of ``as_of`` (online: ``served_at``)."""
+    ids, times = first_seen(store, view)
+    known = ids[: int(np.searchsorted(times, datetime_to_us(as_of), side="right"))] if as_of is not None else ids
+    at = as_of if as_of is not None else served_at
+    x = _feature_values(store, [feature], known, as_of=as_of, served_at=at)[feature]
+    ok = np.flatnonzero(np.isfinite(x))
+    # highest first, ties by id (numpy sorts str by code point, like Python): no per-item Python sort
+    order = ok[np.lexsort((np.asarray(known, dtype=str)[ok], -x[ok]))] if len(ok) else ok
+    return [known[j] for j in order[:_TOP_KEEP].tolist()]
 
 
 def _and(a: Any, b: Any) -> Any:
