@@ -23,7 +23,6 @@ vector per item); membership in the catalogue is point-in-time.
 from __future__ import annotations
 
 import itertools
-import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -39,6 +38,8 @@ from ..limits import SEEN_MAX, SIMILAR_K
 from ..types import SimilarItem
 from ..vocab.time import datetime_to_us
 from .feature_columns import as_float, view_feature_columns
+from .first_seen import first_seen, first_seen_us
+from .first_seen import signature as _signature
 from .top_refresh import online_ranking
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ __all__ = [
     "top_items",
     "recent_items_query",
     "first_seen_us",
+    "first_seen",
 ]
 
 
@@ -115,70 +117,6 @@ def seen_items(
             got_ids = [r.get(key) for r in rows]
         ids += [str(v) for v in got_ids if v is not None]
     return list(dict.fromkeys(ids))[:SEEN_MAX]
-
-
-# (repo, view, source signature) -> (ids sorted by first-seen time, those times in us)
-_FIRST_SEEN: dict[tuple[Any, ...], tuple[list[str], np.ndarray]] = {}
-_first_seen_lock = threading.Lock()
-
-
-def _signature(store: ContextStore, view: EmbeddingView) -> tuple[Any, ...]:
-    from ..compute.transform import batch_source_of, source_files
-    from ..vocab.tables import source_table
-
-    files: tuple[Any, ...] = ()
-    fs = batch_source_of(view.source)
-    if fs is not None:
-        try:
-            files = tuple((f, os.stat(f).st_mtime_ns, os.stat(f).st_size) for f in source_files(fs, store.config.repo))
-        except OSError:
-            files = ()
-    pushed = (
-        store.offline.change_token(source_table(view.source.name)) if isinstance(view.source, StreamSource) else None
-    )
-    return (str(store.config.repo), view.name, files, pushed)
-
-
-def first_seen(store: ContextStore, view: EmbeddingView) -> tuple[list[str], np.ndarray]:
-    """Every item of ``view`` by the time of its first source row (per process, until the source changes)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    from ..compute.vectors.views import source_rows
-
-    sig = _signature(store, view)
-    hit = _FIRST_SEEN.get(sig)
-    if hit is not None:
-        return hit
-    with _first_seen_lock:
-        ts = view.source.timestamp_field
-        rows = source_rows(view, store.config, store.offline)
-        if not ts or ts not in rows.column_names or view.join_key not in rows.column_names or not rows.num_rows:
-            out: tuple[list[str], np.ndarray] = ([], np.zeros(0, np.int64))
-        else:
-            t = rows.select([view.join_key, ts])
-            t = pa.table({"id": pc.cast(t[view.join_key], pa.string()), "ts": t[ts].cast(pa.int64())})
-            g = t.group_by("id").aggregate([("ts", "min")]).sort_by([("ts_min", "ascending"), ("id", "ascending")])
-            out = (g["id"].to_pylist(), g["ts_min"].to_numpy(zero_copy_only=False).astype(np.int64))
-        for stale in [k for k in _FIRST_SEEN if k[:2] == sig[:2]]:
-            _FIRST_SEEN.pop(stale, None)
-        _FIRST_SEEN[sig] = out
-        return out
-
-
-_FIRST_AT: dict[tuple[Any, ...], tuple[list[str], dict[str, int]]] = {}
-
-
-def first_seen_us(store: ContextStore, view: EmbeddingView, ids: Sequence[str]) -> np.ndarray:
-    """Each id's first-seen time in ``view``'s source (us; NaN: never seen), for ``Rerank.newness``.
-    Point-in-time as is: a replay's candidates were all first seen before ``as_of``."""
-    known, times = first_seen(store, view)
-    key = (str(store.config.repo), view.name)
-    hit = _FIRST_AT.get(key)
-    if hit is None or hit[0] is not known:  # the source changed: first_seen returned a new list
-        hit = _FIRST_AT[key] = (known, dict(zip(known, times.tolist())))
-    at = hit[1]
-    return np.array([at.get(str(i), np.nan) for i in ids], dtype=np.float64)
 
 
 def catalogue_after(store: ContextStore, view: EmbeddingView, at: datetime) -> list[str]:
