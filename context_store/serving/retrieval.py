@@ -40,6 +40,7 @@ from ..vocab.time import datetime_to_us
 from .feature_columns import as_float, view_feature_columns
 from .first_seen import first_seen, first_seen_us
 from .first_seen import signature as _signature
+from .pit_memo import pit_floats
 from .top_refresh import online_ranking
 
 if TYPE_CHECKING:
@@ -328,9 +329,16 @@ def _feature_values(
             for f, x in view_feature_columns(store.features, view, feats, keys, served_at).items():
                 out[f"{vname}.{f}"] = x
         else:
-            for f, col in _offline_values(store, view, feats, kf, keys, as_of).items():
-                out[f"{vname}.{f}"] = _floats(col)
+            for f, x in pit_floats(store, view, feats, keys, as_of, _offline_floats).items():
+                out[f"{vname}.{f}"] = x
     return out
+
+
+def _offline_floats(
+    store: ContextStore, view: FeatureView, feats: list[str], keys: list[Any], at: datetime
+) -> dict[str, np.ndarray]:
+    kf = view.join_key_fields[0]
+    return {f: _floats(col) for f, col in _offline_values(store, view, feats, kf, keys, at).items()}
 
 
 def _floats(col: Any) -> np.ndarray:
@@ -344,7 +352,8 @@ def _floats(col: Any) -> np.ndarray:
     if not (pa.types.is_integer(t) or pa.types.is_boolean(t) or t in (pa.float32(), pa.float64())):
         return np.array([as_float(v) for v in col.to_pylist()], dtype=np.float64)
     zero = False if pa.types.is_boolean(t) else 0
-    x = np.asarray(pc.fill_null(col, zero).to_numpy(zero_copy_only=False), dtype=np.float64)
+    # a copy: a float64 column converts zero-copy to a read-only array, and nulls are written below
+    x = np.array(pc.fill_null(col, zero).to_numpy(zero_copy_only=False), dtype=np.float64)
     if col.null_count:
         x[~np.asarray(pc.is_valid(col).to_numpy(zero_copy_only=False), dtype=bool)] = np.nan
     return x
