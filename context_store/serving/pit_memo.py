@@ -7,6 +7,10 @@ each call computed the point-in-time values of its ~150 candidates again (~5 ms 
 replay). Here each (item, ``as_of``) is computed once; a call computes only its candidates not
 seen yet at that ``as_of``.
 
+When a second call at one ``as_of`` still misses items, the values of the whole catalogue known at
+``as_of`` (``universe``) are computed at once (~25 ms for 9.7k items, once): the later calls at that
+time compute nothing. A replay whose calls all have distinct times computes as before.
+
 Exact: an item's value as of ``t`` depends only on the log (the entry is keyed by the log's change
 token and the view object: a commit or a definitions reload starts over). The values are computed
 through the whole-log path only, as a call of > ``ENTITY_PUSHDOWN_MAX`` candidates always was (a
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -35,15 +40,31 @@ __all__ = ["pit_floats", "clear"]
 
 Compute = Callable[["ContextStore", FeatureView, list[str], list[Any], datetime], dict[str, np.ndarray]]
 
-_ENTRIES = 64  # (view, features, as_of) entries: an evaluation's cut-offs
+_ENTRIES = 32  # (view, features, as_of) entries: an evaluation's cut-offs
 _MAX_ITEMS = 200_000  # remembered (item, as_of) values per entry: a bound on memory
-# (repo, view, features, as_of us) -> (view object, log token, key -> one float per feature)
-_MEMO: dict[tuple[Any, ...], tuple[FeatureView, str, dict[Any, tuple[float, ...]]]] = {}
+
+
+@dataclass(slots=True)
+class _Entry:
+    view: FeatureView  # the definitions it was computed with (a reload starts over)
+    token: str  # the view's offline log change token
+    values: dict[Any, tuple[float, ...]] = field(default_factory=dict)  # key -> one float per feature
+    misses: int = 0  # calls that had to compute
+
+
+# (repo, view, features, as_of us) -> entry
+_MEMO: dict[tuple[Any, ...], _Entry] = {}
 _lock = threading.Lock()
 
 
 def pit_floats(
-    store: ContextStore, view: FeatureView, feats: list[str], keys: list[Any], at: datetime, compute: Compute
+    store: ContextStore,
+    view: FeatureView,
+    feats: list[str],
+    keys: list[Any],
+    at: datetime,
+    compute: Compute,
+    universe: Callable[[], list[Any]] | None = None,
 ) -> dict[str, np.ndarray]:
     """``compute(store, view, feats, keys, at)`` (feature -> float64 per key), remembered per key."""
     from ..compute.training import ENTITY_PUSHDOWN_MAX
@@ -54,21 +75,27 @@ def pit_floats(
         return compute(store, view, feats, keys, at)
     ck = (str(store.config.repo), view.name, tuple(feats), datetime_to_us(at))
     with _lock:
-        hit = _MEMO.get(ck)
-        if hit is None or hit[0] is not view or hit[1] != token or len(hit[2]) > _MAX_ITEMS:
+        e = _MEMO.get(ck)
+        if e is None or e.view is not view or e.token != token or len(e.values) > _MAX_ITEMS:
             if ck not in _MEMO and len(_MEMO) >= _ENTRIES:
                 _MEMO.pop(next(iter(_MEMO)), None)  # the oldest entry
-            hit = _MEMO[ck] = (view, token, {})
-        memo = hit[2]
+            e = _MEMO[ck] = _Entry(view, token)
+        memo = e.values
         missing = [k for k in distinct if k not in memo]
+        if missing:
+            e.misses += 1
+        whole = bool(missing) and universe is not None and e.misses >= 2
     if missing:
         spine = missing
+        if whole:
+            assert universe is not None
+            spine = list(dict.fromkeys([*missing, *(k for k in universe() if k not in memo)]))
         if len(spine) <= ENTITY_PUSHDOWN_MAX:  # keep to the whole-log path (see the module doc)
-            spine = missing + [k for k in distinct if k in memo][: ENTITY_PUSHDOWN_MAX + 1 - len(missing)]
+            spine = spine + [k for k in distinct if k in memo][: ENTITY_PUSHDOWN_MAX + 1 - len(spine)]
         got = compute(store, view, feats, spine, at)
         cols = [got[f].tolist() for f in feats]
         with _lock:
-            for i, k in enumerate(missing):
+            for i, k in enumerate(spine):
                 memo[k] = tuple(c[i] for c in cols)
     return {f: np.array([memo[k][j] for k in keys], dtype=np.float64) for j, f in enumerate(feats)}
 

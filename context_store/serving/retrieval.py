@@ -25,7 +25,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -125,6 +125,12 @@ def catalogue_after(store: ContextStore, view: EmbeddingView, at: datetime) -> l
     ids, times = first_seen(store, view)
     cut = int(np.searchsorted(times, datetime_to_us(at), side="right"))
     return ids[cut:]
+
+
+def catalogue_known(store: ContextStore, view: EmbeddingView, at: datetime) -> list[str]:
+    """Ids of the items whose first source row is at or before ``at``: a replay's catalogue."""
+    ids, times = first_seen(store, view)
+    return ids[: int(np.searchsorted(times, datetime_to_us(at), side="right"))]
 
 
 def recent_items_query(store: ContextStore, view: str, ids: list[str]) -> list[float] | None:
@@ -307,9 +313,15 @@ def _rank_score(x: np.ndarray, constant: float) -> np.ndarray:
 
 
 def _feature_values(
-    store: ContextStore, names: Sequence[str], ids: list[str], as_of: datetime | None, served_at: datetime
+    store: ContextStore,
+    names: Sequence[str],
+    ids: list[str],
+    as_of: datetime | None,
+    served_at: datetime,
+    universe: Callable[[], list[str]] | None = None,
 ) -> dict[str, np.ndarray]:
-    """``view.feature`` -> value per candidate (NaN: missing), one read per view."""
+    """``view.feature`` -> value per candidate (NaN: missing), one read per view. ``universe``: every
+    id a replay at ``as_of`` may ask for (``pit_memo`` computes them all once ``as_of`` repeats)."""
     defs = store.definitions
     by_view: dict[str, list[str]] = {}
     for name in names:
@@ -324,12 +336,17 @@ def _feature_values(
         if unknown:
             raise InvalidInputError(f"rerank: feature view {vname!r} has no feature {unknown[0]!r}", field="rerank")
         kf = view.join_key_fields[0]
-        keys = [int(i) if kf.dtype.name == "int64" and i.lstrip("-").isdigit() else i for i in ids]
+
+        def conv(xs: list[str], kf: Any = kf) -> list[Any]:
+            return [int(i) if kf.dtype.name == "int64" and i.lstrip("-").isdigit() else i for i in xs]
+
+        keys = conv(ids)
         if as_of is None:
             for f, x in view_feature_columns(store.features, view, feats, keys, served_at).items():
                 out[f"{vname}.{f}"] = x
         else:
-            for f, x in pit_floats(store, view, feats, keys, as_of, _offline_floats).items():
+            every = None if universe is None else (lambda u=universe, c=conv: c(u()))
+            for f, x in pit_floats(store, view, feats, keys, as_of, _offline_floats, every).items():
                 out[f"{vname}.{f}"] = x
     return out
 
@@ -394,7 +411,8 @@ def rerank(
         return _rank_score(x, rr.rank_constant) if rr.normalize == "rank" else _minmax(x)
 
     score = rr.similarity * norm(np.array([i.score for i in items], dtype=np.float64))
-    for name, values in _feature_values(store, list(rr.features), ids, as_of, served_at).items():
+    known = None if as_of is None else (lambda: catalogue_known(store, view, as_of))
+    for name, values in _feature_values(store, list(rr.features), ids, as_of, served_at, known).items():
         score = score + rr.features[name] * norm(values)
     if rr.newness:
         score = score + rr.newness * norm(first_seen_us(store, view, ids))

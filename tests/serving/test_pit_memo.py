@@ -99,3 +99,24 @@ def test_float_columns_with_nulls_convert() -> None:
 
     got = _floats(pa.array([1.5, None, 2.0], pa.float64()))
     assert got[0] == 1.5 and np.isnan(got[1]) and got[2] == 2.0
+
+
+def test_a_repeated_time_computes_the_whole_catalogue_once(store: cs.ContextStore) -> None:
+    view = store.definitions.feature_view("item_pop")
+    assert isinstance(view, FeatureView)
+    ids = [f"i{k}" for k in range(N_ITEMS)]
+    at = T0 + timedelta(days=33, hours=7)
+    calls: list[int] = []
+
+    def counted(s: cs.ContextStore, v: FeatureView, f: list[str], keys: list[Any], t: datetime) -> Any:
+        calls.append(len(keys))
+        return _offline_floats(s, v, f, keys, t)
+
+    pit_memo.clear()
+    a, b, c = ids[:66], ids[10:80], ids[30:]
+    for sub in (a, b, c):
+        got = pit_memo.pit_floats(store, view, FEATS, sub, at, counted, lambda: list(ids))
+        assert _bits(got) == _bits(_offline_floats(store, view, FEATS, sub, at))
+    # 1st call: its 66 candidates; 2nd (missing some, same time): the rest of the catalogue (34, padded
+    # with known ones to 65: the whole-log path); 3rd: nothing
+    assert calls == [66, 65]
