@@ -23,10 +23,9 @@ vector per item); membership in the catalogue is point-in-time.
 from __future__ import annotations
 
 import itertools
-import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -39,6 +38,10 @@ from ..limits import SEEN_MAX, SIMILAR_K
 from ..types import SimilarItem
 from ..vocab.time import datetime_to_us
 from .feature_columns import as_float, view_feature_columns
+from .first_seen import first_seen, first_seen_us
+from .first_seen import signature as _signature
+from .pit_memo import pit_floats
+from .top_refresh import online_ranking
 
 if TYPE_CHECKING:
     from .store import ContextStore
@@ -54,6 +57,7 @@ __all__ = [
     "top_items",
     "recent_items_query",
     "first_seen_us",
+    "first_seen",
 ]
 
 
@@ -116,75 +120,17 @@ def seen_items(
     return list(dict.fromkeys(ids))[:SEEN_MAX]
 
 
-# (repo, view, source signature) -> (ids sorted by first-seen time, those times in us)
-_FIRST_SEEN: dict[tuple[Any, ...], tuple[list[str], np.ndarray]] = {}
-_first_seen_lock = threading.Lock()
-
-
-def _signature(store: ContextStore, view: EmbeddingView) -> tuple[Any, ...]:
-    from ..compute.transform import batch_source_of, source_files
-    from ..vocab.tables import source_table
-
-    files: tuple[Any, ...] = ()
-    fs = batch_source_of(view.source)
-    if fs is not None:
-        try:
-            files = tuple((f, os.stat(f).st_mtime_ns, os.stat(f).st_size) for f in source_files(fs, store.config.repo))
-        except OSError:
-            files = ()
-    pushed = (
-        store.offline.change_token(source_table(view.source.name)) if isinstance(view.source, StreamSource) else None
-    )
-    return (str(store.config.repo), view.name, files, pushed)
-
-
-def first_seen(store: ContextStore, view: EmbeddingView) -> tuple[list[str], np.ndarray]:
-    """Every item of ``view`` by the time of its first source row (per process, until the source changes)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    from ..compute.vectors.views import source_rows
-
-    sig = _signature(store, view)
-    hit = _FIRST_SEEN.get(sig)
-    if hit is not None:
-        return hit
-    with _first_seen_lock:
-        ts = view.source.timestamp_field
-        rows = source_rows(view, store.config, store.offline)
-        if not ts or ts not in rows.column_names or view.join_key not in rows.column_names or not rows.num_rows:
-            out: tuple[list[str], np.ndarray] = ([], np.zeros(0, np.int64))
-        else:
-            t = rows.select([view.join_key, ts])
-            t = pa.table({"id": pc.cast(t[view.join_key], pa.string()), "ts": t[ts].cast(pa.int64())})
-            g = t.group_by("id").aggregate([("ts", "min")]).sort_by([("ts_min", "ascending"), ("id", "ascending")])
-            out = (g["id"].to_pylist(), g["ts_min"].to_numpy(zero_copy_only=False).astype(np.int64))
-        for stale in [k for k in _FIRST_SEEN if k[:2] == sig[:2]]:
-            _FIRST_SEEN.pop(stale, None)
-        _FIRST_SEEN[sig] = out
-        return out
-
-
-_FIRST_AT: dict[tuple[Any, ...], tuple[list[str], dict[str, int]]] = {}
-
-
-def first_seen_us(store: ContextStore, view: EmbeddingView, ids: Sequence[str]) -> np.ndarray:
-    """Each id's first-seen time in ``view``'s source (us; NaN: never seen), for ``Rerank.newness``.
-    Point-in-time as is: a replay's candidates were all first seen before ``as_of``."""
-    known, times = first_seen(store, view)
-    key = (str(store.config.repo), view.name)
-    hit = _FIRST_AT.get(key)
-    if hit is None or hit[0] is not known:  # the source changed: first_seen returned a new list
-        hit = _FIRST_AT[key] = (known, dict(zip(known, times.tolist())))
-    at = hit[1]
-    return np.array([at.get(str(i), np.nan) for i in ids], dtype=np.float64)
-
-
 def catalogue_after(store: ContextStore, view: EmbeddingView, at: datetime) -> list[str]:
     """Ids of the items whose first source row is after ``at``: unknown to a replay at ``at``."""
     ids, times = first_seen(store, view)
     cut = int(np.searchsorted(times, datetime_to_us(at), side="right"))
     return ids[cut:]
+
+
+def catalogue_known(store: ContextStore, view: EmbeddingView, at: datetime) -> list[str]:
+    """Ids of the items whose first source row is at or before ``at``: a replay's catalogue."""
+    ids, times = first_seen(store, view)
+    return ids[: int(np.searchsorted(times, datetime_to_us(at), side="right"))]
 
 
 def recent_items_query(store: ContextStore, view: str, ids: list[str]) -> list[float] | None:
@@ -278,7 +224,7 @@ def _also(
     return out
 
 
-# (repo, item view, feature, catalogue signature, bucket) -> (computed at, ids ranked by the feature)
+# replay: (repo, item view, catalogue signature, feature, day) -> (computed at, ids ranked by the feature)
 _TOP: dict[tuple[Any, ...], tuple[float, list[str]]] = {}
 _top_lock = threading.Lock()
 _TOP_KEEP = 2000  # ranked ids kept per entry: the top n left after excluding a user's seen items
@@ -290,34 +236,41 @@ def top_items(
     store: ContextStore, view: EmbeddingView, src: TopItems, *, as_of: datetime | None, served_at: datetime
 ) -> list[str]:
     """Ids of ``view``'s items by ``src.feature``, highest first (ties by id; missing values left
-    out). Online: the current values, cached for ``src.refresh_seconds``; replay: as of the start of
+    out). Online: the current values, refreshed in the background every ``src.refresh_seconds``
+    (``top_refresh``: the previous ranking is served meanwhile); replay: as of the start of
     ``as_of``'s UTC day, over the items known then (cached per day)."""
-    sig = _signature(store, view)
     if as_of is None:
-        key: tuple[Any, ...] = (*sig, src.feature, "online")
-        at, ttl = served_at, src.refresh_seconds
-    else:
-        day = datetime_to_us(as_of) // _DAY_US * _DAY_US
-        key = (*sig, src.feature, day)
-        at, ttl = datetime.fromtimestamp(day / 1e6, tz=UTC), float("inf")
+        key = (str(store.config.repo), view.name, src.feature, "online")
+        return online_ranking(
+            key, src.refresh_seconds, lambda at: _ranked(store, view, src.feature, None, at), served_at
+        )
+    sig = _signature(store, view)
+    day = datetime_to_us(as_of) // _DAY_US * _DAY_US
+    key = (*sig, src.feature, day)
     hit = _TOP.get(key)
-    now = time.monotonic()
-    if hit is not None and now - hit[0] <= ttl:
+    if hit is not None:
         return hit[1]
     with _top_lock:
-        ids, times = first_seen(store, view)
-        known = ids[: int(np.searchsorted(times, datetime_to_us(at), side="right"))] if as_of is not None else ids
-        values = _feature_values(store, [src.feature], known, as_of=at if as_of is not None else None, served_at=at)
-        x = values[src.feature]
-        ok = np.flatnonzero(np.isfinite(x))
-        # highest first, ties by id (numpy sorts str by code point, like Python): no per-item Python sort
-        order = ok[np.lexsort((np.asarray(known, dtype=str)[ok], -x[ok]))] if len(ok) else ok
-        ranked = [known[j] for j in order[:_TOP_KEEP].tolist()]
+        ranked = _ranked(store, view, src.feature, datetime.fromtimestamp(day / 1e6, tz=UTC), served_at)
         if len(_TOP) >= _TOP_ENTRIES:
             for old in sorted(_TOP, key=lambda k: _TOP[k][0])[: len(_TOP) - _TOP_ENTRIES + 1]:
                 _TOP.pop(old, None)
-        _TOP[key] = (now, ranked)
+        _TOP[key] = (time.monotonic(), ranked)
         return ranked
+
+
+def _ranked(
+    store: ContextStore, view: EmbeddingView, feature: str, as_of: datetime | None, served_at: datetime
+) -> list[str]:
+    """The items known at ``as_of`` (online: all) by ``feature`` as of ``as_of`` (online: ``served_at``)."""
+    ids, times = first_seen(store, view)
+    known = ids[: int(np.searchsorted(times, datetime_to_us(as_of), side="right"))] if as_of is not None else ids
+    at = as_of if as_of is not None else served_at
+    x = _feature_values(store, [feature], known, as_of=as_of, served_at=at)[feature]
+    ok = np.flatnonzero(np.isfinite(x))
+    # highest first, ties by id (numpy sorts str by code point, like Python): no per-item Python sort
+    order = ok[np.lexsort((np.asarray(known, dtype=str)[ok], -x[ok]))] if len(ok) else ok
+    return [known[j] for j in order[:_TOP_KEEP].tolist()]
 
 
 def _and(a: Any, b: Any) -> Any:
@@ -360,9 +313,15 @@ def _rank_score(x: np.ndarray, constant: float) -> np.ndarray:
 
 
 def _feature_values(
-    store: ContextStore, names: Sequence[str], ids: list[str], as_of: datetime | None, served_at: datetime
+    store: ContextStore,
+    names: Sequence[str],
+    ids: list[str],
+    as_of: datetime | None,
+    served_at: datetime,
+    universe: Callable[[], list[str]] | None = None,
 ) -> dict[str, np.ndarray]:
-    """``view.feature`` -> value per candidate (NaN: missing), one read per view."""
+    """``view.feature`` -> value per candidate (NaN: missing), one read per view. ``universe``: every
+    id a replay at ``as_of`` may ask for (``pit_memo`` computes them all once ``as_of`` repeats)."""
     defs = store.definitions
     by_view: dict[str, list[str]] = {}
     for name in names:
@@ -377,14 +336,26 @@ def _feature_values(
         if unknown:
             raise InvalidInputError(f"rerank: feature view {vname!r} has no feature {unknown[0]!r}", field="rerank")
         kf = view.join_key_fields[0]
-        keys = [int(i) if kf.dtype.name == "int64" and i.lstrip("-").isdigit() else i for i in ids]
+
+        def conv(xs: list[str], kf: Any = kf) -> list[Any]:
+            return [int(i) if kf.dtype.name == "int64" and i.lstrip("-").isdigit() else i for i in xs]
+
+        keys = conv(ids)
         if as_of is None:
             for f, x in view_feature_columns(store.features, view, feats, keys, served_at).items():
                 out[f"{vname}.{f}"] = x
         else:
-            for f, col in _offline_values(store, view, feats, kf, keys, as_of).items():
-                out[f"{vname}.{f}"] = _floats(col)
+            every = None if universe is None else (lambda u=universe, c=conv: c(u()))
+            for f, x in pit_floats(store, view, feats, keys, as_of, _offline_floats, every).items():
+                out[f"{vname}.{f}"] = x
     return out
+
+
+def _offline_floats(
+    store: ContextStore, view: FeatureView, feats: list[str], keys: list[Any], at: datetime
+) -> dict[str, np.ndarray]:
+    kf = view.join_key_fields[0]
+    return {f: _floats(col) for f, col in _offline_values(store, view, feats, kf, keys, at).items()}
 
 
 def _floats(col: Any) -> np.ndarray:
@@ -398,7 +369,8 @@ def _floats(col: Any) -> np.ndarray:
     if not (pa.types.is_integer(t) or pa.types.is_boolean(t) or t in (pa.float32(), pa.float64())):
         return np.array([as_float(v) for v in col.to_pylist()], dtype=np.float64)
     zero = False if pa.types.is_boolean(t) else 0
-    x = np.asarray(pc.fill_null(col, zero).to_numpy(zero_copy_only=False), dtype=np.float64)
+    # a copy: a float64 column converts zero-copy to a read-only array, and nulls are written below
+    x = np.array(pc.fill_null(col, zero).to_numpy(zero_copy_only=False), dtype=np.float64)
     if col.null_count:
         x[~np.asarray(pc.is_valid(col).to_numpy(zero_copy_only=False), dtype=bool)] = np.nan
     return x
@@ -439,7 +411,8 @@ def rerank(
         return _rank_score(x, rr.rank_constant) if rr.normalize == "rank" else _minmax(x)
 
     score = rr.similarity * norm(np.array([i.score for i in items], dtype=np.float64))
-    for name, values in _feature_values(store, list(rr.features), ids, as_of, served_at).items():
+    known = None if as_of is None else (lambda: catalogue_known(store, view, as_of))
+    for name, values in _feature_values(store, list(rr.features), ids, as_of, served_at, known).items():
         score = score + rr.features[name] * norm(values)
     if rr.newness:
         score = score + rr.newness * norm(first_seen_us(store, view, ids))

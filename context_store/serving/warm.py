@@ -69,7 +69,7 @@ def warm_replay_caches(store: ContextStore, end: datetime | None, views: Iterabl
 def _warm(store: ContextStore, end: datetime | None, views: set[str] | None) -> None:
     from ..compute.training import ENTITY_PUSHDOWN_MAX
     from ..vocab.tables import view_table
-    from .retrieval import _feature_values, first_seen, top_items
+    from .retrieval import _feature_values, catalogue_known, top_items
 
     defs = store.definitions
     at = end if end is not None else datetime.now(UTC)
@@ -105,8 +105,9 @@ def _warm(store: ContextStore, end: datetime | None, views: set[str] | None) -> 
             continue
         done.add(sig)
         # The re-rank's read: a spine of more than ENTITY_PUSHDOWN_MAX items takes the whole-log path,
-        # whose read and point-in-time index are then cached until the next commit.
-        ids = ranked or first_seen(store, view)[0]
-        spine = ids[: max(rr.candidates, ENTITY_PUSHDOWN_MAX + 1)]
+        # whose read and point-in-time index are then cached until the next commit. The spine is the
+        # whole catalogue known at ``at``: its values are remembered (``pit_memo``), so the replays at
+        # the backfill's end compute none (a part of it made the first call compute the rest).
+        spine = catalogue_known(store, view, at)
         if len(spine) > ENTITY_PUSHDOWN_MAX:
             _feature_values(store, list(rr.features), spine, as_of=at, served_at=at)

@@ -15,7 +15,7 @@ import pytest
 
 import context_store as cs
 from context_store.compute import training
-from context_store.serving import context_events, retrieval
+from context_store.serving import context_events, first_seen, retrieval
 from context_store.vocab.tables import view_table
 from context_store.vocab.time import datetime_to_us
 from tests.support.recs import T0, build_recs_repo
@@ -37,7 +37,7 @@ LATER = T0 + timedelta(days=50)
 def _clear() -> None:
     """A cold process: no replay cache filled."""
     retrieval._TOP.clear()
-    retrieval._FIRST_SEEN.clear()
+    first_seen._FIRST_SEEN.clear()
     training._WHOLE.clear()
     training._WHOLE_INDEX.clear()
     context_events._HISTORY.clear()

@@ -1,0 +1,74 @@
+"""Rows appended to an offline table since an earlier look, for indexes kept over a stream's pushed
+log (``serving/first_seen.py``): after a push they read the new fragments only, not the whole table.
+
+A push appends one or more Lance fragments and leaves the others as they were. ``fragments`` is the
+table's fragment list (id and metadata: data files, rows, deletion file); ``read_appended`` returns the rows of the
+fragments not in an earlier list -- only when every fragment of that list is still there unchanged
+(no delete, no compaction, no rewrite touched them). Otherwise, or for a store that is not a local
+Lance directory, it returns None and the caller reads the whole table, as before.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+if TYPE_CHECKING:
+    from .base import OfflineStore
+
+__all__ = ["Fragments", "fragments", "read_appended"]
+
+Fragments = tuple[tuple[int, str], ...]  # (fragment id, its metadata as JSON: files, rows, deletions)
+
+
+def _dataset(offline: OfflineStore, table: str) -> tuple[bool, Any | None]:
+    """(incremental reads possible, the table's latest Lance dataset or None when it does not exist)."""
+    from .lance import LanceOfflineStore
+
+    if not isinstance(offline, LanceOfflineStore) or offline.path is None:
+        return False, None
+    if not offline.exists(table):
+        return True, None
+    try:
+        return True, offline._latest(table)
+    except Exception:  # dropped meanwhile, or not readable as a dataset: the caller reads the table
+        return False, None
+
+
+def fragments(offline: OfflineStore, table: str) -> Fragments | None:
+    """The table's fragments now (empty: no table yet); None: not a local Lance store."""
+    ok, ds = _dataset(offline, table)
+    if not ok:
+        return None
+    return () if ds is None else _list(ds)
+
+
+def _list(ds: Any) -> Fragments:
+    return tuple(
+        sorted(
+            (int(f.fragment_id), json.dumps(f.metadata.to_json(), sort_keys=True, default=str))
+            for f in ds.get_fragments()
+        )
+    )
+
+
+def read_appended(offline: OfflineStore, table: str, since: Fragments) -> tuple[Fragments, pa.Table] | None:
+    """The table's fragments and the rows of those not in ``since``; None when a fragment of
+    ``since`` is gone or changed (rows deleted or rewritten: only a full read is right then)."""
+    ok, ds = _dataset(offline, table)
+    if not ok:
+        return None
+    if ds is None:
+        return ((), pa.table({})) if not since else None
+    now = _list(ds)  # listed and read from the same dataset object: one version
+    have = set(now)
+    if any(f not in have for f in since):
+        return None
+    old = {f[0] for f in since}
+    new_ids = {f[0] for f in now if f[0] not in old}
+    if not new_ids:
+        return now, pa.table({})
+    picked = [f for f in ds.get_fragments() if int(f.fragment_id) in new_ids]
+    return now, ds.scanner(fragments=picked).to_table()
