@@ -2,6 +2,7 @@
 
     python evals/bench_overload.py [--duration 5] [--repeat 3] [--configs 0:0 32:10:0 32:10:5]
     python evals/bench_overload.py --spin-ms 4 --workers 1 --connections 64 --append   # known capacity
+    python evals/bench_overload.py --calm-duration 10 --calm-after --configs 0:0 32:10:0 a32:10:0   # adaptive limit
 
 Each config is ``max_in_flight:max_lag_ms[:max_queue_ms]`` of the server (``0:0`` = unbounded, ``32:0`` = the
 in-flight bound alone, ``32:10:0`` = the ``serve`` default: in-flight + event-loop lag, ``32:10:5`` = those + the
@@ -72,7 +73,8 @@ busy = cs.FeatureService("busy", [spin])
 """
 
 
-Config = tuple[int, float, float, str]  # max_in_flight, max_lag_ms, max_queue_ms, checkout served ("" = this one)
+# max_in_flight (negative: adaptive, ``a32``), max_lag_ms, max_queue_ms, checkout served ("" = this one)
+Config = tuple[int, float, float, str]
 
 
 def _parse_config(spec: str) -> Config:
@@ -85,7 +87,8 @@ def _parse_config(spec: str) -> Config:
             rest = rest[1:]
         except ValueError:
             queue = -1.0  # not given with a checkout: that checkout's own default
-    return int(limit), float(lag), queue, ":".join(rest)
+    cap = -int(limit[1:]) if limit.startswith("a") else int(limit)
+    return cap, float(lag), queue, ":".join(rest)
 
 
 def _start(
@@ -99,6 +102,9 @@ def _start(
     cpus: str | None = None,
 ) -> subprocess.Popen[bytes]:
     queue = f", max_queue_ms={max_queue_ms}" if max_queue_ms >= 0 else ""
+    if max_in_flight < 0:  # adaptive (a checkout that predates it fails to start: say so rather than serve fixed)
+        queue += ", adaptive_limit=True"
+        max_in_flight = -max_in_flight
     code = (
         "from context_store.server.run import ServeOptions, serve; "
         f"serve(ServeOptions(repo={str(repo)!r}, host='127.0.0.1', port={port}, workers={workers}, auth=False, "
@@ -138,7 +144,8 @@ def _cpu_list(spec: str) -> set[int]:
 
 def _label(cfg: Config) -> str:
     limit, lag, queue, root = cfg
-    parts = ([f"in-flight {limit}"] if limit else []) + ([f"lag {lag:g} ms"] if lag else [])
+    cap = [f"adaptive in-flight <= {-limit}"] if limit < 0 else [f"in-flight {limit}"] if limit else []
+    parts = cap + ([f"lag {lag:g} ms"] if lag else [])
     parts += [f"queue {queue:g} ms"] if queue > 0 else []
     return (" + ".join(parts) or "unbounded") + (f" (served from {root})" if root else "")
 
@@ -158,10 +165,14 @@ def run_one(repo: Path, body: bytes, cfg: Config, sat: float | None, args: Any) 
             thr = bs.wrk_throughput(port, body, int(args.duration))
             sat = thr["rps"]  # 200s only (wrk_throughput discounts non-2xx: a 503 is not throughput)
         cpu0 = bs._tree_cpu_s(proc.pid)
-        calm = fixed_rate(port, body, sat / 2, args.duration, 32, args)
+        calm = fixed_rate(port, body, sat / 2, args.calm_duration or args.duration, 32, args)
         cpu1 = bs._tree_cpu_s(proc.pid)
         hot = fixed_rate(port, body, sat * 2, args.duration, args.connections, args)
         cpu2 = bs._tree_cpu_s(proc.pid)
+        # The denominator's own spread: the same server, the same rate, after the overload has passed.
+        again = (
+            fixed_rate(port, body, sat / 2, args.calm_duration or args.duration, 32, args) if args.calm_after else None
+        )
         load1 = os.getloadavg()[0]
     finally:
         bs._stop(proc)
@@ -173,6 +184,7 @@ def run_one(repo: Path, body: bytes, cfg: Config, sat: float | None, args: Any) 
         "calm_shed": calm["shed"]["n"],
         "calm_other": calm["503_other"]["n"] + calm["other"]["n"] + calm["errors"] + calm["unanswered"],
         "calm_send_delay_p99_ms": calm["send_delay"]["p99_ms"],
+        "calm_after_p99_ms": again["2xx"]["p99_ms"] if again else float("nan"),
         "hot_sent_rps": hot["sent"] / args.duration,
         "hot_200": ok["n"],
         "hot_200_p50_ms": ok["p50_ms"],
@@ -215,8 +227,10 @@ def table(runs: dict[str, list[dict[str, Any]]]) -> str:
             if any(r["hot_shed"] for r in rs)
             else "-"
         )
+        after = rs[0].get("calm_after_p99_ms", float("nan"))
+        again = "" if after != after else f"; after the 2x run {_cell(rs, 'calm_after_p99_ms')}"  # nan: not run
         cells = [
-            _cell(rs, "calm_p99_ms"),
+            _cell(rs, "calm_p99_ms") + again,
             _cell(rs, "calm_shed", "{:.0f}"),
             _cell(rs, "hot_200", "{:.0f}"),
             f"{_cell(rs, 'hot_200_p50_ms')} / {_cell(rs, 'hot_200_p99_ms')}",
@@ -304,6 +318,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument(
+        "--calm-duration",
+        type=float,
+        default=0.0,
+        help="seconds of the 0.5x run whose p99 is the ratio's denominator (default: --duration); a p99 over a "
+        "longer window depends less on one stall of the host",
+    )
+    ap.add_argument(
+        "--calm-after",
+        action="store_true",
+        help="run the 0.5x load again after the 2x one (same server): how much the denominator itself moves",
+    )
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--connections", type=int, default=512, help="client connections at 2x saturation")
     ap.add_argument("--users", type=int, default=1000)
@@ -405,7 +431,8 @@ Run {started:%Y-%m-%d %H:%M} UTC, {bs.machine()}; {args.workers} server worker(s
 sessions' jobs share the cores. /proc/loadavg before: `{load_start}`; after: `{load_end}`.
 Served: {what}. The calm run sends half of it (32 connections), the hot run twice it ({args.connections}
 connections), open loop, latency from each request's scheduled send time. {args.repeat} interleaved repetitions
-of {args.duration:g} s runs: median (min-max). The ratio is taken within each run (one server, same minutes), then
+of {args.duration:g} s runs (0.5x: {args.calm_duration or args.duration:g} s): median (min-max). The ratio is taken
+within each run (one server, same minutes), then
 the median of the ratios; as the calm p99 of one 5 s run is itself noisy on a shared machine, the next column
 divides by the median calm p99 of all servers in the same repetition.
 

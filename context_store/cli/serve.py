@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import ContextStoreError
-from ..server.shedding import DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_LAG_MS, DEFAULT_MAX_QUEUE_MS
+from ..server.shedding import DEFAULT_ADAPTIVE_LIMIT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_LAG_MS, DEFAULT_MAX_QUEUE_MS
 from ..vocab.redact import redact_text
 from ._common import config_from_ctx, handle_errors, repo_options
 
@@ -66,6 +66,14 @@ __all__ = ["serve"]
     "throughput.",
 )
 @click.option(
+    "--adaptive-limit/--fixed-limit",
+    default=DEFAULT_ADAPTIVE_LIMIT,
+    show_default=True,
+    help="Let each server process's in-flight limit follow its own latency (at most --max-in-flight): it shrinks "
+    "while requests take more than twice their unloaded time, so queueing inside the process stays near the "
+    "service time.",
+)
+@click.option(
     "--allowed-host",
     "allowed_hosts",
     multiple=True,
@@ -100,6 +108,7 @@ def serve(
     max_in_flight: int,
     max_lag_ms: float,
     max_queue_ms: float,
+    adaptive_limit: bool,
     allowed_hosts: tuple[str, ...],
     allowed_origins: tuple[str, ...],
     log_level: str,
@@ -129,6 +138,7 @@ def serve(
         max_in_flight=max_in_flight,
         max_lag_ms=max_lag_ms,
         max_queue_ms=max_queue_ms,
+        adaptive_limit=adaptive_limit,
         log_level=log_level,
         allowed_hosts=list(allowed_hosts),
         public_metrics=public_metrics,

@@ -97,7 +97,14 @@ class _App(FastAPI):
             app = cors_middleware(app, state.hosts.origins)  # answers preflights, adds headers to every response
         s = state.settings
         if s.max_in_flight > 0 or s.max_lag_ms > 0 or s.max_queue_ms > 0:  # refuses before reading a body
-            app = LoadShedder(app, s.max_in_flight, state.metrics, max_lag_ms=s.max_lag_ms, max_queue_ms=s.max_queue_ms)
+            app = LoadShedder(
+                app,
+                s.max_in_flight,
+                state.metrics,
+                max_lag_ms=s.max_lag_ms,
+                max_queue_ms=s.max_queue_ms,
+                adaptive=s.adaptive_limit,
+            )
         self._entry = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -16,7 +16,7 @@ import orjson
 
 from ..config import Config, check_host_list, load_config
 from ..errors import InvalidInputError
-from .shedding import DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_LAG_MS, DEFAULT_MAX_QUEUE_MS
+from .shedding import DEFAULT_ADAPTIVE_LIMIT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_LAG_MS, DEFAULT_MAX_QUEUE_MS
 from .supervise import ENV_PARENT_PID, ENV_WORKER_STATUS, Supervisor, die_with_parent
 
 __all__ = ["ServeOptions", "serve", "app_from_env", "is_loopback", "public_bind_warning", "ENV_OPTIONS"]
@@ -43,6 +43,7 @@ class ServeOptions:
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT  # per server process; 0 = unbounded
     max_lag_ms: float = DEFAULT_MAX_LAG_MS  # shed while the event loop lags more than this; 0 = off
     max_queue_ms: float = DEFAULT_MAX_QUEUE_MS  # shed while requests queue longer than this (standing); 0 = off
+    adaptive_limit: bool = DEFAULT_ADAPTIVE_LIMIT  # the in-flight limit follows latency, up to max_in_flight
     log_level: str = "warning"
     allowed_hosts: list[str] = field(default_factory=list)
     public_metrics: bool = False
@@ -119,6 +120,7 @@ def app_from_env() -> Any:
         "max_in_flight": opts.max_in_flight,
         "max_lag_ms": opts.max_lag_ms,
         "max_queue_ms": opts.max_queue_ms,
+        "adaptive_limit": opts.adaptive_limit,
     }
     if opts.max_body:
         overrides["max_body"] = opts.max_body

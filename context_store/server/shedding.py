@@ -25,6 +25,9 @@ Three bounds, all per process:
   Neither rule refuses a lone request (nothing else in flight or queued, no crowd of arrivals since the last
   tick): a late loop with one client is this process being descheduled by a busy host, not a queue of ours.
 - **In flight** (``max_in_flight``): a hard cap on admitted requests not answered yet (slow downstream calls).
+- **Adaptive in flight** (``adaptive``, ``serve --adaptive-limit``, off by default): admitted requests (queued +
+  in flight) also bounded by a limit that follows this process's latency (``adaptive_limit.GradientLimit``). With
+  2 workers at 2x it cut the accepted p99 ~3x but shed more at half load on a busy host (evals/results/overload.md).
 
 Under ``serve`` the decision is taken in the HTTP protocol (``SheddingHttpTools``) as soon as a request's headers
 are parsed: a refusal is one pre-encoded write, with no ASGI scope, task, routing or body read; the connection
@@ -46,10 +49,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _UvicornHttpTools
 
 from ..errors import OverloadedError, error_messages
+from .adaptive_limit import GradientLimit
 from .metrics import Metrics
 
 __all__ = [
     "ADMITTED",
+    "DEFAULT_ADAPTIVE_LIMIT",
     "DEFAULT_MAX_IN_FLIGHT",
     "DEFAULT_MAX_LAG_MS",
     "DEFAULT_MAX_QUEUE_MS",
@@ -63,6 +68,7 @@ __all__ = [
 # saturation; the in-flight cap is a backstop for slow downstream calls; the queue-delay bound is opt-in.
 DEFAULT_MAX_IN_FLIGHT = 32
 DEFAULT_MAX_LAG_MS = 10.0
+DEFAULT_ADAPTIVE_LIMIT = False
 DEFAULT_MAX_QUEUE_MS = 0.0  # off: measured a win only on an oversubscribed host (see the module docstring)
 EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _EXEMPT_RAW = frozenset(p.encode() for p in EXEMPT_PATHS)
@@ -89,9 +95,13 @@ class LoadShedder:
         metrics: Metrics | None = None,
         max_lag_ms: float = 0.0,
         max_queue_ms: float = 0.0,
+        adaptive: bool = False,
     ) -> None:
         self.app = app
         self.max_in_flight = max_in_flight or 1 << 62  # 0: no count bound
+        # Adaptive: admitted requests (queued + in flight) are also bounded by a limit that follows this process's
+        # latency (adaptive_limit.py), at most ``max_in_flight``.
+        self.limiter = GradientLimit(max_in_flight or DEFAULT_MAX_IN_FLIGHT) if adaptive else None
         self.max_lag = max_lag_ms / 1000
         self.max_queue = max_queue_ms / 1000
         self.queued = 0  # admitted by the protocol, handler not started yet
@@ -122,6 +132,12 @@ class LoadShedder:
                 f"server overloaded: requests queue more than {max_queue_ms:g} ms in this process; retry shortly"
             )
         )
+        self._over: tuple[Message, Message] = error_messages(
+            OverloadedError(
+                "server overloaded: more requests in flight than this process serves at its unloaded latency; "
+                "retry shortly"
+            )
+        )
         # Refusal by the admitted fraction: names the bound that lowered it last.
         self._lowered: tuple[Message, Message] = self._late
 
@@ -147,11 +163,14 @@ class LoadShedder:
             await send(refusal[1])
             return
         # Single-threaded event loop: the check above and the increment below cannot interleave.
+        started = time.perf_counter() if admitted_at is None and self.limiter is not None else 0.0
         self.in_flight += 1
         try:
             await self.app(scope, receive, send)
         finally:
             self.in_flight -= 1
+            if self.limiter is not None:  # latency from admission: the wait before the handler is queueing too
+                self.limiter.sample(time.perf_counter() - (admitted_at or started), self.in_flight + self.queued + 1)
 
     def _queue_refusal(self, admitted_at: float) -> tuple[Message, Message] | None:
         """CoDel at dequeue (the "Fail at Scale" variant): once the time admitted requests wait before their
@@ -194,6 +213,10 @@ class LoadShedder:
         # idle server). Under overload requests queue in the protocol and many arrive per tick.
         if not (self.in_flight or self.queued or self._seen - self._tick_seen >= LONE_ARRIVALS):
             return None
+        if self.limiter is not None and self.in_flight + self.queued >= self.limiter.limit:
+            if self.metrics is not None:
+                self.metrics.shed.inc()
+            return self._over
         if late or (self.admit < 1.0 and not self._take()):
             if self.metrics is not None:
                 self.metrics.shed.inc()

@@ -43,6 +43,7 @@ class ServerSettings:
     console: bool = True  # the web console at /ui (docs/console.md)
     max_in_flight: int = 0  # requests in flight before 503 (load shedding); 0 = unbounded (``serve``: 32)
     max_lag_ms: float = 0.0  # event-loop lag before 503 (load shedding, ``shedding.py``); 0 = off (``serve``: 10)
+    adaptive_limit: bool = False  # in-flight limit follows this process's latency, <= max_in_flight (``shedding.py``)
     max_queue_ms: float = 0.0  # standing queue delay before 503 (CoDel, ``shedding.py``); 0 = off (``serve``: off)
     # /readyz lists views staler than their expected_freshness; True also answers 503 then (a stale view is
     # usually a stream problem no restart of this server fixes, hence off by default).

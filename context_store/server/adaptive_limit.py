@@ -1,0 +1,68 @@
+"""An in-flight limit per server process that follows the process's own latency (the gradient limit of Netflix's
+concurrency-limits), instead of a fixed count.
+
+Why: with several workers on few cores, a fixed cap of 32 lets an overloaded process interleave up to 32
+requests, each then waiting for the others' CPU and Redis round trips: the accepted tail grows with the cap,
+not with the work (evals/results/overload.md). The right cap depends on the request mix and on how much CPU
+the process gets, so it is measured: every ``WINDOW`` completed requests, the mean time from admission (headers
+parsed) to the handler's return is compared with the lowest such mean seen (``noload``, the process's latency
+without a queue), and
+
+    gradient = clamp(TOLERANCE * noload / recent, 0.5, 1)
+    limit    = (1 - SMOOTHING) * limit + SMOOTHING * (limit * gradient + sqrt(limit))
+
+so the limit grows by about sqrt(limit) while requests take at most TOLERANCE x their unloaded time and
+shrinks (at most halving per window) once they take longer: the queue inside the process stays near the
+service time. At equilibrium recent = TOLERANCE * noload / (1 - 1/sqrt(limit)), a bounded multiple of the
+unloaded latency. ``noload`` drifts up slowly (``NOLOAD_DRIFT`` per window) so one lucky fast window, or a
+change of workload, does not pin the limit low forever. A window whose peak in-flight count stayed below half
+the limit says nothing about the limit (the process was not using it) and only feeds ``noload``.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["GradientLimit"]
+
+WINDOW = 16  # completed requests per update: one slow request is not a trend
+TOLERANCE = 2.0  # recent latency may reach this multiple of the unloaded one before the limit shrinks
+SMOOTHING = 0.2  # weight of each update (about 5 windows to move most of the way)
+MIN_LIMIT = 4  # never fewer: a process with a handful of concurrent Redis calls is not overloaded
+NOLOAD_DRIFT = 1.001  # per window in which recent > noload (~6%/s at 60 windows/s)
+
+
+class GradientLimit:
+    """The adaptive in-flight limit of one process; ``sample`` after each request, read ``limit``."""
+
+    def __init__(self, max_limit: int, min_limit: int = MIN_LIMIT) -> None:
+        self.max_limit = max(max_limit, min_limit)
+        self.min_limit = min_limit
+        self.limit = float(self.max_limit)  # start open: shrink on evidence, not on a guess
+        self.noload = 0.0  # lowest window mean latency seen (seconds), 0 until the first window
+        self.recent = 0.0  # the last window's mean latency
+        self._sum = 0.0
+        self._n = 0
+        self._peak = 0
+
+    def sample(self, latency_s: float, in_flight: int) -> None:
+        """One request done: it took ``latency_s`` from admission, with ``in_flight`` admitted (itself included)."""
+        self._sum += latency_s
+        self._n += 1
+        if in_flight > self._peak:
+            self._peak = in_flight
+        if self._n < WINDOW:
+            return
+        recent, peak = self._sum / self._n, self._peak
+        self._sum, self._n, self._peak = 0.0, 0, 0
+        self.recent = recent
+        if not self.noload or recent < self.noload:
+            self.noload = recent
+        else:
+            self.noload *= NOLOAD_DRIFT
+        if peak < self.limit / 2:
+            return
+        gradient = max(0.5, min(1.0, TOLERANCE * self.noload / recent))
+        target = self.limit * gradient + math.sqrt(self.limit)
+        limit = (1 - SMOOTHING) * self.limit + SMOOTHING * target
+        self.limit = max(float(self.min_limit), min(float(self.max_limit), limit))

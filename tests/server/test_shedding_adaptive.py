@@ -1,0 +1,131 @@
+"""Issue 13, item 8: the adaptive in-flight limit of ``serve``'s load shedding (``server/adaptive_limit.py``).
+The limit follows the process's latency: it shrinks while admitted requests take well over their unloaded time
+and grows back when they do not. In process, against a handler whose latency grows with the requests it
+interleaves (a queue), the adaptive limit keeps accepted requests near their unloaded latency where the fixed
+cap lets them queue; with the limit fixed the comparison fails."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from starlette.types import Receive, Scope, Send
+
+import context_store as cs
+from context_store.server.adaptive_limit import MIN_LIMIT, WINDOW, GradientLimit
+from context_store.server.shedding import LoadShedder
+from tests.server.test_shedding_overload import DEFINITIONS
+from tests.support.asgi import http_scope, ok_app, status_of
+from tests.support.repo import make_repo
+
+
+def test_the_limit_shrinks_while_requests_queue_and_grows_back_when_they_do_not() -> None:
+    limit = GradientLimit(32)
+
+    def windows(n: int, latency_s: float, in_flight: int = 0) -> None:
+        for _ in range(n * WINDOW):
+            limit.sample(latency_s, in_flight or int(limit.limit))  # 0: as many as the limit admits
+
+    windows(5, 0.001, 32)  # at the cap and as fast as ever: nothing to shrink
+    assert limit.limit == 32 and abs(limit.noload - 0.001) < 1e-5
+    windows(40, 0.010)  # 10x the unloaded latency with the limit in use: a queue
+    assert limit.limit < 8, limit.limit
+    assert limit.limit >= MIN_LIMIT
+    low = limit.limit
+    windows(20, 0.010, 1)  # the same latency with the limit unused (app-limited): no evidence, no change
+    assert limit.limit == low
+    # One slow window among fast ones moves it a little (smoothing), not to the floor.
+    limit = GradientLimit(32)
+    windows(5, 0.001, 32)
+    windows(1, 0.050, 32)
+    assert limit.limit > 25, limit.limit
+    # Back at the unloaded latency (the drift let noload rise meanwhile; 1 ms is below it): it grows to the cap.
+    limit = GradientLimit(32)
+    windows(5, 0.001, 32)
+    windows(40, 0.010, 32)
+    windows(60, 0.001)
+    assert limit.limit == 32, limit.limit
+
+
+def _queueing_app() -> tuple[object, list[float]]:
+    """A handler that waits 0.5 ms for each request it is interleaved with (itself included): latency grows with
+    concurrency, as when a process's requests share one core and its Redis connection."""
+    active = 0
+    took: list[float] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        nonlocal active
+        active += 1
+        t0 = time.perf_counter()
+        try:
+            await asyncio.sleep(0.0005 * active)
+            await ok_app(scope, receive, send)
+        finally:
+            active -= 1
+            took.append(time.perf_counter() - t0)
+
+    return app, took
+
+
+def _drive(adaptive: bool) -> tuple[LoadShedder, list[int], list[float], list[int]]:
+    app, took = _queueing_app()
+    shedder = LoadShedder(app, max_in_flight=32, adaptive=adaptive)  # type: ignore[arg-type]
+
+    async def run() -> tuple[list[int], list[int]]:
+        lone = [await status_of(shedder, http_scope("/x")) for _ in range(4 * WINDOW)]  # unloaded: one at a time
+        took.clear()
+        crowd: list[int] = []
+        for _ in range(60):  # 40 at once, over and over: more than the process serves at its unloaded latency
+            crowd += await asyncio.gather(*(status_of(shedder, http_scope("/x")) for _ in range(40)))
+        return lone, crowd
+
+    lone, crowd = asyncio.run(run())
+    return shedder, lone, took, crowd
+
+
+def test_adaptive_limit_keeps_accepted_requests_near_their_unloaded_latency() -> None:
+    fixed, fixed_lone, fixed_took, fixed_crowd = _drive(adaptive=False)
+    adaptive, lone, took, crowd = _drive(adaptive=True)
+    assert lone == fixed_lone == [200] * (4 * WINDOW)  # one request at a time is never refused
+    assert adaptive.limiter is not None and fixed.limiter is None
+    assert MIN_LIMIT <= adaptive.limiter.limit < 12, adaptive.limiter.limit
+    assert fixed_crowd.count(503) == 8 * 60  # the fixed cap: 32 of each 40 admitted, all of them queueing
+    # Accepted requests: the last third (the limit has settled), median in-handler time, against the fixed cap
+    # (the unloaded time is ~1.5 ms: asyncio timers round the 0.5 ms sleep up).
+    settled, fixed_settled = took[-len(took) // 3 :], fixed_took[-len(fixed_took) // 3 :]
+    summary = (
+        f"adaptive limit {adaptive.limiter.limit:.1f}: {crowd.count(200)} ok, median "
+        f"{statistics.median(settled) * 1000:.1f} ms; fixed 32: {fixed_crowd.count(200)} ok, median "
+        f"{statistics.median(fixed_settled) * 1000:.1f} ms"
+    )
+    assert statistics.median(settled) < statistics.median(fixed_settled) / 2, summary
+    assert crowd.count(200) >= 60 * MIN_LIMIT, summary  # it still serves: the floor, every round
+    assert set(crowd) == {200, 503}
+
+
+def test_serve_adaptive_limit_option_reaches_each_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from context_store.cli.serve import serve as serve_cmd
+    from context_store.server.run import ENV_OPTIONS, ServeOptions, app_from_env
+    from context_store.server.shedding import DEFAULT_ADAPTIVE_LIMIT
+
+    ws = "oa" + uuid.uuid4().hex[:8]
+    repo = make_repo(tmp_path / "repo", DEFINITIONS, config={"online_store": "sqlite", "workspace": ws})
+    cs.ContextStore(repo).apply()
+    opts = ServeOptions(repo=str(repo), workspace=ws, mcp=False, auth=False, stream_workers=False)
+    assert opts.adaptive_limit is DEFAULT_ADAPTIVE_LIMIT
+    for adaptive in (True, False):
+        opts.adaptive_limit = adaptive
+        monkeypatch.setenv(ENV_OPTIONS, json.dumps(opts.__dict__))
+        entry = app_from_env()._entry
+        assert isinstance(entry, LoadShedder) and (entry.limiter is not None) is adaptive
+        if entry.limiter is not None:  # bounded by --max-in-flight
+            assert entry.limiter.max_limit == entry.max_in_flight == 32
+    out = CliRunner().invoke(serve_cmd, ["--help"])
+    assert out.exit_code == 0 and "--adaptive-limit / --fixed-limit" in out.output
