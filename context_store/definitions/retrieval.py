@@ -56,8 +56,9 @@ class TopItems:
     far from the interest vector but high on the feature (e.g. popular now) can be re-ranked too.
     Online: the current values, recomputed per process every ``refresh_seconds`` in the background
     (a call that finds the list due gets the current one at once; so a served list is at most
-    ``refresh_seconds`` plus one refresh old; ``0``: computed on every call); in an ``as_of`` replay: point-in-time from the offline log, as of the start of ``as_of``'s UTC day
-    (cached per day; never after ``as_of``)."""
+    ``refresh_seconds`` plus one refresh old; ``0``: computed on every call). In an ``as_of``
+    replay: point-in-time from the offline log, as of the start of ``as_of``'s UTC day (cached per
+    day; never after ``as_of``)."""
 
     def __init__(self, feature: str, n: int = 100, *, refresh_seconds: float = 60.0) -> None:
         if not isinstance(feature, str) or feature.count(".") != 1 or not all(feature.split(".")):
