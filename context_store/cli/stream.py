@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -105,12 +106,20 @@ def push(source: str, file: str, dry_run: bool, as_json: bool, idempotency_key: 
     type=click.FloatRange(0.01, 3600),
     help="Seconds between offline-log appends (entries are acknowledged after them).",
 )
+@click.option(
+    "--stop-timeout",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 600),
+    help="Seconds a graceful stop (flush, release partitions) may take before the process exits anyway.",
+)
 @repo_options
 @handle_errors
-def worker(threads: int, sources: tuple[str, ...], batch: int, flush_interval: float) -> None:
+def worker(threads: int, sources: tuple[str, ...], batch: int, flush_interval: float, stop_timeout: float) -> None:
     """Run stream workers alone: apply Redis Stream events to online state and the offline log.
 
-    Needs a Redis online store. Stops cleanly on Ctrl-C / SIGTERM (flushes, releases partitions).
+    Needs a Redis online store. Stops cleanly on Ctrl-C / SIGTERM (flushes, releases partitions) within
+    --stop-timeout seconds; a second Ctrl-C / SIGTERM exits at once.
     """
     import logging
 
@@ -126,8 +135,20 @@ def worker(threads: int, sources: tuple[str, ...], batch: int, flush_interval: f
         )
     stop = threading.Event()
 
-    def _stop(*_: Any) -> None:
+    def _stop(signum: int, _frame: Any) -> None:
+        # Bounded: with Redis unreachable every call of the graceful stop waits out its socket timeout (and
+        # ``serve``'s children get SIGTERM when it dies, so a hung stop left orphans running for good).
+        # Exiting without the stop loses nothing acknowledged: an entry is XACKed only after its rows are in
+        # the offline log, so whatever this process applied but did not flush stays pending in the stream
+        # and the next owner of the partition replays it (the applied-offset fences and offline marks make
+        # the replay a no-op where it already landed); its leases simply expire (lease_ms).
+        if stop.is_set():
+            _exit_now(128 + signum, "second stop signal: exiting without finishing the graceful stop")
         stop.set()
+        why = f"graceful stop took over {stop_timeout:g} s (Redis unreachable?); exiting"
+        timer = threading.Timer(stop_timeout, _exit_now, (1, why))
+        timer.daemon = True  # a clean stop exits without waiting for it
+        timer.start()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
@@ -141,7 +162,16 @@ def worker(threads: int, sources: tuple[str, ...], batch: int, flush_interval: f
             if lost is not None:  # another deployment holds (or took over) the namespace: one line, exit 1
                 raise lost
             raise click.ClickException("every stream worker stopped; see the log above")
-    pool.stop()
+    pool.stop(stop_timeout)
+
+
+def _exit_now(code: int, why: str) -> None:
+    """Leave at once (no atexit joins, no further Redis calls); see ``worker``'s ``_stop`` for why it is safe."""
+    try:
+        sys.stderr.write(f"context-store worker: {why}\n")
+        sys.stderr.flush()
+    finally:
+        os._exit(code)
 
 
 @click.group("stream")
