@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -134,44 +135,41 @@ def worker(threads: int, sources: tuple[str, ...], batch: int, flush_interval: f
             "with the embedded sqlite store, push applies events in-process"
         )
     stop = threading.Event()
+    requested: list[int] = []  # stop signals received (appended by the handler: no lock taken)
 
     def _stop(signum: int, _frame: Any) -> None:
-        # Bounded: with Redis unreachable every call of the graceful stop waits out its socket timeout (and
-        # ``serve``'s children get SIGTERM when it dies, so a hung stop left orphans running for good).
+        # Takes no lock: a handler runs on the main thread between bytecodes, so a second signal arriving
+        # while a first handler held ``stop``'s lock (``Event.set``) deadlocked the process for good -- seen
+        # on ``serve``'s orphaned children (parent-death SIGTERM, then the teardown's signals). Bounded: with
+        # Redis unreachable every call of the graceful stop waits out its socket timeout, so the deadline is a
+        # kernel timer whose default action ends the process whatever Python is doing.
         # Exiting without the stop loses nothing acknowledged: an entry is XACKed only after its rows are in
         # the offline log, so whatever this process applied but did not flush stays pending in the stream
         # and the next owner of the partition replays it (the applied-offset fences and offline marks make
         # the replay a no-op where it already landed); its leases simply expire (lease_ms).
-        if stop.is_set():
-            _exit_now(128 + signum, "second stop signal: exiting without finishing the graceful stop")
-        stop.set()
-        why = f"graceful stop took over {stop_timeout:g} s (Redis unreachable?); exiting"
-        timer = threading.Timer(stop_timeout, _exit_now, (1, why))
-        timer.daemon = True  # a clean stop exits without waiting for it
-        timer.start()
+        requested.append(signum)
+        if len(requested) > 1:
+            os.write(2, b"context-store worker: second stop signal: exiting without finishing the graceful stop\n")
+            os._exit(128 + signum)
+        os.write(2, f"context-store worker: stopping (at most {stop_timeout:g} s)\n".encode())
+        signal.setitimer(signal.ITIMER_REAL, stop_timeout)
 
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)  # the stop deadline: SIGALRM's default action ends the process
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     pool = run_workers(
         store.stream_context(), threads, stop, sources=list(sources) or None, count=batch, flush_interval=flush_interval
     )
     click.echo(f"stream workers running ({threads} thread(s), workspace {store.workspace}); Ctrl-C to stop", err=True)
-    while not stop.wait(0.5):
+    while not requested:
+        time.sleep(0.25)
         if not any(t.is_alive() for t in pool.threads):
             lost = next((w.stopped_by for w in pool.workers if w.stopped_by is not None), None)
             if lost is not None:  # another deployment holds (or took over) the namespace: one line, exit 1
                 raise lost
             raise click.ClickException("every stream worker stopped; see the log above")
+    stop.set()  # here, not in the handler (see ``_stop``)
     pool.stop(stop_timeout)
-
-
-def _exit_now(code: int, why: str) -> None:
-    """Leave at once (no atexit joins, no further Redis calls); see ``worker``'s ``_stop`` for why it is safe."""
-    try:
-        sys.stderr.write(f"context-store worker: {why}\n")
-        sys.stderr.flush()
-    finally:
-        os._exit(code)
 
 
 @click.group("stream")

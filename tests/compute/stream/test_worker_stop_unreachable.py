@@ -55,7 +55,7 @@ def _setup(tmp_path: Path, make_store: StoreFactory) -> tuple[PrivateRedis, _Wor
     redis = PrivateRedis(tmp_path / "redis").start()
     # 16 partitions: the graceful stop releases each lease, one timed-out call apiece while Redis hangs.
     store = make_store(tmp_path / "repo", online_store=redis.url, workspace="stopws", partitions=16)
-    w = _Worker(start_worker(store, redis.url, "--flush-interval", "0.2"))
+    w = _Worker(start_worker(store, redis.url, "--flush-interval", "0.2", "--stop-timeout", str(STOP_TIMEOUT_S)))
     w.wait_running()
     # Applied by the worker (it owns partitions, holds leases, has rows to flush and entries to ack).
     rows = [event(f"u{i}", 1.0, 5.0, "m1") for i in range(40)]
@@ -103,5 +103,25 @@ def test_second_signal_exits_at_once(tmp_path: Path, make_store: StoreFactory) -
         took = w.stop_seconds(signal.SIGTERM)
         assert took < 2.0, f"a second SIGTERM took {took:.1f} s"
         assert w.proc.returncode == 128 + signal.SIGTERM, w.proc.returncode
+    finally:
+        _cleanup(redis, w)
+
+
+def test_burst_of_signals_never_deadlocks(tmp_path: Path, make_store: StoreFactory) -> None:
+    """A parent-death SIGTERM followed by a teardown's signals: a handler that took ``Event.set``'s lock deadlocked
+    when the next signal's handler ran inside it (same thread, non-reentrant lock); the process never exited (seen
+    with gdb on an orphan). Now the second signal exits at once, deadlock or not."""
+    redis, w = _setup(tmp_path, make_store)
+    try:
+        _hang(redis)
+        t0 = time.monotonic()
+        i = 0
+        while w.proc.poll() is None and time.monotonic() - t0 < 2.0:  # every handler run is a chance to nest
+            w.proc.send_signal(signal.SIGTERM if i % 2 == 0 else signal.SIGINT)
+            i += 1
+        try:
+            w.proc.wait(STOP_TIMEOUT_S + SLACK_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"worker still running {time.monotonic() - t0:.1f} s after a burst of stop signals")
     finally:
         _cleanup(redis, w)
