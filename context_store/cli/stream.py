@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -105,12 +107,20 @@ def push(source: str, file: str, dry_run: bool, as_json: bool, idempotency_key: 
     type=click.FloatRange(0.01, 3600),
     help="Seconds between offline-log appends (entries are acknowledged after them).",
 )
+@click.option(
+    "--stop-timeout",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 600),
+    help="Seconds a graceful stop (flush, release partitions) may take before the process exits anyway.",
+)
 @repo_options
 @handle_errors
-def worker(threads: int, sources: tuple[str, ...], batch: int, flush_interval: float) -> None:
+def worker(threads: int, sources: tuple[str, ...], batch: int, flush_interval: float, stop_timeout: float) -> None:
     """Run stream workers alone: apply Redis Stream events to online state and the offline log.
 
-    Needs a Redis online store. Stops cleanly on Ctrl-C / SIGTERM (flushes, releases partitions).
+    Needs a Redis online store. Stops cleanly on Ctrl-C / SIGTERM (flushes, releases partitions) within
+    --stop-timeout seconds; a second Ctrl-C / SIGTERM exits at once.
     """
     import logging
 
@@ -125,23 +135,41 @@ def worker(threads: int, sources: tuple[str, ...], batch: int, flush_interval: f
             "with the embedded sqlite store, push applies events in-process"
         )
     stop = threading.Event()
+    requested: list[int] = []  # stop signals received (appended by the handler: no lock taken)
 
-    def _stop(*_: Any) -> None:
-        stop.set()
+    def _stop(signum: int, _frame: Any) -> None:
+        # Takes no lock: a handler runs on the main thread between bytecodes, so a second signal arriving
+        # while a first handler held ``stop``'s lock (``Event.set``) deadlocked the process for good -- seen
+        # on ``serve``'s orphaned children (parent-death SIGTERM, then the teardown's signals). Bounded: with
+        # Redis unreachable every call of the graceful stop waits out its socket timeout, so the deadline is a
+        # kernel timer whose default action ends the process whatever Python is doing.
+        # Exiting without the stop loses nothing acknowledged: an entry is XACKed only after its rows are in
+        # the offline log, so whatever this process applied but did not flush stays pending in the stream
+        # and the next owner of the partition replays it (the applied-offset fences and offline marks make
+        # the replay a no-op where it already landed); its leases simply expire (lease_ms).
+        requested.append(signum)
+        if len(requested) > 1:
+            os.write(2, b"context-store worker: second stop signal: exiting without finishing the graceful stop\n")
+            os._exit(128 + signum)
+        os.write(2, f"context-store worker: stopping (at most {stop_timeout:g} s)\n".encode())
+        signal.setitimer(signal.ITIMER_REAL, stop_timeout)
 
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)  # the stop deadline: SIGALRM's default action ends the process
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     pool = run_workers(
         store.stream_context(), threads, stop, sources=list(sources) or None, count=batch, flush_interval=flush_interval
     )
     click.echo(f"stream workers running ({threads} thread(s), workspace {store.workspace}); Ctrl-C to stop", err=True)
-    while not stop.wait(0.5):
+    while not requested:
+        time.sleep(0.25)
         if not any(t.is_alive() for t in pool.threads):
             lost = next((w.stopped_by for w in pool.workers if w.stopped_by is not None), None)
             if lost is not None:  # another deployment holds (or took over) the namespace: one line, exit 1
                 raise lost
             raise click.ClickException("every stream worker stopped; see the log above")
-    pool.stop()
+    stop.set()  # here, not in the handler (see ``_stop``)
+    pool.stop(stop_timeout)
 
 
 @click.group("stream")

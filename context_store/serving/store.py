@@ -393,6 +393,25 @@ class ContextStore(StoreComponents):
         defs = self.definitions
         if defs.embedding_views or defs.knowledge:
             self.vectors.warm(background=True)
+        self._warm_push()
+
+    def _warm_push(self) -> None:
+        """Build the push path now, when the definitions have stream sources. Measured: a server's first push
+        imported ~720 modules (lancedb and its pydantic models, pandas) in 3.3 s on an idle host and over 10 s
+        on a starved one, while every other push on that server waited for it (the ingestor's lock): clients
+        with a 2 s timeout saw both servers of tests/test_multihost.py time out at once."""
+        from ..compute import tombstones
+        from ..compute.stream.processor import source_plan
+        from ..definitions import StreamSource
+
+        defs = self.definitions
+        streams = [name for name, s in defs.sources.items() if isinstance(s, StreamSource)]
+        if not streams:
+            return
+        _ = self.ingestor
+        tombstones.load(self.offline)  # opens the offline store (lancedb): every push's admission reads it
+        for name in streams:
+            source_plan(defs, name)
 
     def ping(self) -> bool:
         """The online store answers and this deployment holds its namespace (raises or returns False when not)."""

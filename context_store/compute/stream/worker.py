@@ -513,9 +513,11 @@ class WorkerPool:
             t.start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Ask every worker to stop and wait at most ``timeout`` s in all (not per thread)."""
         self.stop_event.set()
+        deadline = time.monotonic() + timeout
         for t in self.threads:
-            t.join(timeout)
+            t.join(max(0.0, deadline - time.monotonic()))
 
 
 def run_workers(ctx: StreamContext, n: int = 1, stop_event: threading.Event | None = None, **kw: Any) -> WorkerPool:
