@@ -15,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,14 @@ def _check(store: cs.ContextStore, pushed: list[dict[str, Any]], history: list[d
     """online == offline == brute force, counts and values: each pushed event exactly once."""
     src = store.offline.read("src__transactions").to_pylist()
     key = lambda e: (e["user_id"], _us(e["ts"]), e["amount"], e["merchant"])  # noqa: E731
-    assert sorted(map(key, src)) == sorted(map(key, pushed))  # the stream's offline log
+    got, want = Counter(map(key, src)), Counter(map(key, pushed))
+    if got != want:  # say which rows, and whether a fresh reader (no handle cached) sees the same
+        fresh = Counter(map(key, _fresh_read(store, "src__transactions")))
+        missing, extra = want - got, got - want
+        raise AssertionError(
+            f"offline log != pushed: missing {dict(missing)}, extra {dict(extra)}; "
+            f"a fresh read == pushed: {fresh == want}"
+        )
     assert _rows(store, "fv__txn_stats") == len(pushed) + len(history)
     view = store.definitions.feature_views["txn_stats"]
     ref = [{**e, "ts": _us(e["ts"])} for e in [*history, *pushed]]
@@ -78,6 +86,13 @@ def _check(store: cs.ContextStore, pushed: list[dict[str, Any]], history: list[d
             assert values_match(online[full], w, scale=100.0), (u, name, online[full], w)
             assert values_match(offline[u][cols[full]], w, scale=100.0), (u, name, offline[u][cols[full]], w)
     assert store.online.pending_pushes() == []  # no journal entry left behind
+
+
+def _fresh_read(store: cs.ContextStore, table: str) -> list[dict[str, Any]]:
+    import lance
+
+    rows: list[dict[str, Any]] = lance.dataset(str(store.offline.path / f"{table}.lance")).to_table().to_pylist()
+    return rows
 
 
 def _break(store: cs.ContextStore, table: str) -> tuple[Path, Path]:
@@ -211,17 +226,28 @@ _PUSHER = """
 import sys, threading
 from pathlib import Path
 import context_store as cs
-from tests.compute.stream.test_embedded_atomic import _batch
+from tests.compute.stream.test_embedded_atomic import _push_all
 
 root, proc, threads, pushes = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 with cs.ContextStore(root) as store:
-    def run(t):
-        for i in range(pushes):
-            store.push("transactions", _batch(100 + 40 * proc + 20 * t + i))
-    ts = [threading.Thread(target=run, args=(t,)) for t in range(threads)]
+    errors = []
+    ks = [[100 + 40 * proc + 20 * t + i for i in range(pushes)] for t in range(threads)]
+    ts = [threading.Thread(target=_push_all, args=(store, k, errors)) for k in ks]
     for t in ts: t.start()
     for t in ts: t.join()
+sys.exit("; ".join(errors) if errors else 0)
 """
+
+
+def _push_all(store: cs.ContextStore, ks: list[int], errors: list[str]) -> None:
+    """Push batch k for each k; every error goes to ``errors`` (a thread's exception would otherwise
+    vanish and the test would only see rows missing). Pushes are serialized by the admission lock and
+    nothing here is faulty, so any error, a 503 included, is a bug."""
+    for k in ks:
+        try:
+            store.push("transactions", _batch(k))
+        except Exception as e:  # noqa: BLE001 - reported to the test, which fails on it
+            errors.append(f"batch {k}: {type(e).__name__}: {e}")
 
 
 def test_concurrent_pushers_in_two_processes_count_exactly_once(tmp_path: Path, make_store: StoreFactory) -> None:
@@ -238,14 +264,14 @@ def test_concurrent_pushers_in_two_processes_count_exactly_once(tmp_path: Path, 
         )
         for p in (1, 2)
     ]
-    local = [threading.Thread(target=lambda: [store.push("transactions", _batch(250 + i)) for i in range(pushes)])]
-    for t in local:
-        t.start()
-    for t in local:
-        t.join()
+    errors: list[str] = []
+    local = threading.Thread(target=_push_all, args=(store, [250 + i for i in range(pushes)], errors))
+    local.start()
+    local.join()
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err.decode()[-2000:]
+    assert errors == []
     pushed = [
         e for p in (1, 2) for t in range(threads) for i in range(pushes) for e in _batch(100 + 40 * p + 20 * t + i)
     ]
