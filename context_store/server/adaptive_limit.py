@@ -15,8 +15,15 @@ so the limit grows by about sqrt(limit) while requests take at most TOLERANCE x 
 shrinks (at most halving per window) once they take longer: the queue inside the process stays near the
 service time. At equilibrium recent = TOLERANCE * noload / (1 - 1/sqrt(limit)), a bounded multiple of the
 unloaded latency. ``noload`` drifts up slowly (``NOLOAD_DRIFT`` per window) so one lucky fast window, or a
-change of workload, does not pin the limit low forever. A window whose peak in-flight count stayed below half
-the limit says nothing about the limit (the process was not using it) and only feeds ``noload``.
+change of workload, does not pin the limit low forever.
+
+A window whose peak in-flight count stayed below half the limit says nothing about whether the limit is too
+high (the process was not using it), but if its requests also took at most TOLERANCE x ``noload`` the limit grows
+as in a good window: without that, every shrink at light load (a window inflated by a stall of the host) was
+permanent, and after a few stalls a half-loaded process sat at the floor and refused the 10-30 requests that
+queue during the next stall (evals/results/overload.md, 2026-12-03). ``discard`` drops the window in progress: the
+shedder calls it when the process was descheduled (its loop late while it used no CPU), a wait that says nothing
+about the concurrency the process admitted.
 """
 
 from __future__ import annotations
@@ -60,9 +67,13 @@ class GradientLimit:
             self.noload = recent
         else:
             self.noload *= NOLOAD_DRIFT
-        if peak < self.limit / 2:
-            return
         gradient = max(0.5, min(1.0, TOLERANCE * self.noload / recent))
+        if peak < self.limit / 2 and gradient < 1.0:  # unused and slow: not evidence of a queue of ours
+            return
         target = self.limit * gradient + math.sqrt(self.limit)
         limit = (1 - SMOOTHING) * self.limit + SMOOTHING * target
         self.limit = max(float(self.min_limit), min(float(self.max_limit), limit))
+
+    def discard(self) -> None:
+        """Forget the window in progress (its latencies include a stall of the host, not a queue of ours)."""
+        self._sum, self._n, self._peak = 0.0, 0, 0

@@ -25,9 +25,14 @@ Three bounds, all per process:
   Neither rule refuses a lone request (nothing else in flight or queued, no crowd of arrivals since the last
   tick): a late loop with one client is this process being descheduled by a busy host, not a queue of ours.
 - **In flight** (``max_in_flight``): a hard cap on admitted requests not answered yet (slow downstream calls).
-- **Adaptive in flight** (``adaptive``, ``serve --adaptive-limit``, off by default): admitted requests (queued +
-  in flight) also bounded by a limit that follows this process's latency (``adaptive_limit.GradientLimit``). With
-  2 workers at 2x it cut the accepted p99 ~3x but shed more at half load on a busy host (evals/results/overload.md).
+- **Adaptive in flight** (``adaptive``, ``serve --adaptive-limit``): admitted requests (queued + in flight) also
+  bounded by a limit that follows this process's latency (``adaptive_limit.GradientLimit``). With 2 workers at 2x
+  it cut the accepted p99 ~3x. Host stalls are told from queues of ours: when a tick finds the loop late by more
+  than ``STALL_S`` beyond the CPU the process used meanwhile, the process was descheduled; the limiter then drops
+  its window and the latencies of requests admitted until the stall's length after it (they waited for the host),
+  and if the process was lightly loaded before the stall, the burst that queued meanwhile is not refused by the
+  adaptive limit for that long (the fixed cap and the lag rules still apply). Without that a half-loaded process
+  on a busy host ratcheted its limit to the floor and refused that burst (evals/results/overload.md).
 
 Under ``serve`` the decision is taken in the HTTP protocol (``SheddingHttpTools``) as soon as a request's headers
 are parsed: a refusal is one pre-encoded write, with no ASGI scope, task, routing or body read; the connection
@@ -83,6 +88,7 @@ INCREASE = 0.02  # added per punctual tick: back to admitting all in ~100 ms onc
 INTERVAL_S = 0.1  # queue delay above its bound this long (none started below it, never empty): a standing queue
 LONE_ARRIVALS = 3  # arrivals since the last tick from which requests compete (below it: one client's sequence)
 IDLE_TICKS = 500  # ~1 s without requests while admitting all: stop ticking (an idle server stays idle)
+STALL_S = 0.005  # a tick this late beyond the CPU used since the last one: the host descheduled this process
 
 
 class LoadShedder:
@@ -117,6 +123,9 @@ class LoadShedder:
         self._quiet = 0
         self._last_seen = 0
         self._tick_seen = 0  # ``_seen`` at the last tick: more than one arrival since means requests compete
+        self._cpu = 0.0  # process CPU time at the last tick (a late tick without CPU used: a host stall)
+        self._unsampled_before = 0.0  # requests admitted before this (perf_counter) waited for the host: not sampled
+        self._grace_until = 0.0  # until then the adaptive limit refuses nothing: the burst queued during a stall
         self._raw: dict[tuple[int, bool], bytes] = {}
         # Built once: a refusal costs two sends.
         self._full: tuple[Message, Message] = error_messages(
@@ -169,7 +178,8 @@ class LoadShedder:
             await self.app(scope, receive, send)
         finally:
             self.in_flight -= 1
-            if self.limiter is not None:  # latency from admission: the wait before the handler is queueing too
+            # Latency from admission: the wait before the handler is queueing too (unless a host stall caused it).
+            if self.limiter is not None and (admitted_at or started) >= self._unsampled_before:
                 self.limiter.sample(time.perf_counter() - (admitted_at or started), self.in_flight + self.queued + 1)
 
     def _queue_refusal(self, admitted_at: float) -> tuple[Message, Message] | None:
@@ -213,7 +223,11 @@ class LoadShedder:
         # idle server). Under overload requests queue in the protocol and many arrive per tick.
         if not (self.in_flight or self.queued or self._seen - self._tick_seen >= LONE_ARRIVALS):
             return None
-        if self.limiter is not None and self.in_flight + self.queued >= self.limiter.limit:
+        if (
+            self.limiter is not None
+            and self.in_flight + self.queued >= self.limiter.limit
+            and not (self._grace_until and time.perf_counter() < self._grace_until)
+        ):
             if self.metrics is not None:
                 self.metrics.shed.inc()
             return self._over
@@ -255,12 +269,17 @@ class LoadShedder:
         self._quiet = 0
         self._tick_seen = self._seen - 1  # the request that started it is the one arrival so far
         self._due = time.perf_counter() + TICK_S
+        self._cpu = time.process_time()
         self._loop.call_later(TICK_S, self._tick)
 
     def _tick(self) -> None:
         now = time.perf_counter()
         self._tick_seen = self._seen
         lag, self.lag = self.lag, now - self._due
+        if self.limiter is not None:
+            cpu, self._cpu = self._cpu, time.process_time()
+            if self.lag - (self._cpu - cpu) > STALL_S:
+                self._stalled(now, self.lag - (self._cpu - cpu))
         if self.queued <= 0:  # nothing waits for a handler: no standing queue (CoDel resets when it empties)
             self._above_since = 0.0
         lagging = bool(self.max_lag) and self.lag > self.max_lag
@@ -281,6 +300,15 @@ class LoadShedder:
         self._due = now + TICK_S
         assert self._loop is not None
         self._loop.call_later(TICK_S, self._tick)
+
+    def _stalled(self, now: float, off_cpu: float) -> None:
+        """The host descheduled this process for about ``off_cpu`` seconds until ``now`` (its timer was late and it
+        did not run meanwhile): what queued then is no queue of its own concurrency."""
+        assert self.limiter is not None
+        self.limiter.discard()
+        self._unsampled_before = now + off_cpu  # admitted until then: waited behind the stall's burst
+        if self.in_flight + self.queued < self.limiter.limit / 2:  # light before the stall: let its burst in
+            self._grace_until = now + off_cpu
 
 
 def find_shedder(app: object) -> LoadShedder | None:

@@ -108,6 +108,77 @@ def test_adaptive_limit_keeps_accepted_requests_near_their_unloaded_latency() ->
     assert set(crowd) == {200, 503}
 
 
+def test_an_unused_limit_grows_back_while_requests_stay_fast() -> None:
+    # A shrink at light load (one slow window) must not be permanent: at the floor, a half-loaded process refused
+    # the burst that queued during the next stall of the host.
+    limit = GradientLimit(32)
+    for _ in range(5 * WINDOW):
+        limit.sample(0.001, 32)
+    for _ in range(40 * WINDOW):
+        limit.sample(0.010, int(limit.limit))
+    assert limit.limit < 8
+    for _ in range(60 * WINDOW):  # 2 in flight, well under half the limit, at the unloaded latency
+        limit.sample(0.001, 2)
+    assert limit.limit == 32, limit.limit
+
+
+def _stall_rounds(shedder: LoadShedder, rounds: int, crowd: int) -> list[int]:
+    """Light load on a busy host: ``crowd`` requests in flight, then the loop blocked 20 ms without using CPU
+    (the process descheduled), then a pause; ``rounds`` times."""
+
+    async def run() -> list[int]:
+        codes = [await status_of(shedder, http_scope("/x")) for _ in range(4 * WINDOW)]  # unloaded latency
+        for _ in range(rounds):
+            tasks = [asyncio.ensure_future(status_of(shedder, http_scope("/x"))) for _ in range(crowd)]
+            await asyncio.sleep(0)  # admitted, in their handlers
+            time.sleep(0.02)  # noqa: ASYNC251  (the point: the loop does not run, as when the host deschedules it)
+            codes += await asyncio.gather(*tasks)
+            await asyncio.sleep(0.01)
+        return codes
+
+    return asyncio.run(run())
+
+
+def test_a_stall_of_the_host_at_light_load_neither_shrinks_the_limit_nor_refuses() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await asyncio.sleep(0.001)
+        await ok_app(scope, receive, send)
+
+    shedder = LoadShedder(app, max_in_flight=32, max_lag_ms=10, adaptive=True)
+    # 20 in flight during each stall: their 20 ms wait is the host's, not a queue of ours. Counted as latency it
+    # ratcheted the limit to the floor (nothing grew it back while unused) and most of each 20 were refused.
+    codes = _stall_rounds(shedder, 40, 20)
+    assert shedder.limiter is not None
+    assert codes.count(503) == 0 and shedder.limiter.limit > 24, (codes.count(503), shedder.limiter.limit)
+
+    # The burst that queued during a stall of a lightly loaded process is let in, though over the limit.
+    async def burst() -> list[int]:
+        assert shedder.limiter is not None
+        shedder.limiter.limit = float(MIN_LIMIT)  # as if shrunk by a real queue earlier
+        await status_of(shedder, http_scope("/x"))  # the ticker runs
+        time.sleep(0.03)  # noqa: ASYNC251  (descheduled, nothing in flight)
+        await asyncio.sleep(0.003)  # the late tick has run
+        return list(await asyncio.gather(*(status_of(shedder, http_scope("/x")) for _ in range(3 * MIN_LIMIT))))
+
+    assert asyncio.run(burst()) == [200] * (3 * MIN_LIMIT)
+
+
+def test_a_real_overload_is_still_refused_after_host_stalls() -> None:
+    app, took = _queueing_app()
+    shedder = LoadShedder(app, max_in_flight=32, max_lag_ms=10, adaptive=True)  # type: ignore[arg-type]
+    _stall_rounds(shedder, 10, 20)  # stalls first: they must not leave the limit blind
+
+    async def crowd() -> list[int]:
+        codes: list[int] = []
+        for _ in range(60):
+            codes += await asyncio.gather(*(status_of(shedder, http_scope("/x")) for _ in range(40)))
+        return codes
+
+    codes = asyncio.run(crowd())
+    assert shedder.limiter is not None and shedder.limiter.limit < 12, shedder.limiter.limit
+    assert codes.count(503) > 60 * 20 and codes.count(200) >= 60 * MIN_LIMIT, codes.count(503)
+
+
 def test_serve_adaptive_limit_option_reaches_each_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 
