@@ -102,16 +102,18 @@ def _start(
     cpus: str | None = None,
 ) -> subprocess.Popen[bytes]:
     queue = f", max_queue_ms={max_queue_ms}" if max_queue_ms >= 0 else ""
+    src = Path(root or bs.ROOT).resolve()
     if max_in_flight < 0:  # adaptive (a checkout that predates it fails to start: say so rather than serve fixed)
         queue += ", adaptive_limit=True"
         max_in_flight = -max_in_flight
+    elif "adaptive_limit" in (src / "context_store/server/run.py").read_text():  # fixed, whatever serve's default
+        queue += ", adaptive_limit=False"
     code = (
         "from context_store.server.run import ServeOptions, serve; "
         f"serve(ServeOptions(repo={str(repo)!r}, host='127.0.0.1', port={port}, workers={workers}, auth=False, "
         f"mcp=False, stream_workers=False, log_level='error', max_in_flight={max_in_flight}, "
         f"max_lag_ms={max_lag_ms}{queue}))"
     )
-    src = Path(root or bs.ROOT).resolve()
     env = {**os.environ, "PYTHONPATH": str(src)}  # that checkout's code in the uvicorn workers too
     pin = ["taskset", "-c", cpus] if cpus else []  # the workers inherit it
     return subprocess.Popen([*pin, sys.executable, "-c", code], cwd=src, env=env, start_new_session=True)

@@ -27,12 +27,14 @@ Three bounds, all per process:
 - **In flight** (``max_in_flight``): a hard cap on admitted requests not answered yet (slow downstream calls).
 - **Adaptive in flight** (``adaptive``, ``serve --adaptive-limit``): admitted requests (queued + in flight) also
   bounded by a limit that follows this process's latency (``adaptive_limit.GradientLimit``). With 2 workers at 2x
-  it cut the accepted p99 ~3x. Host stalls are told from queues of ours: when a tick finds the loop late by more
-  than ``STALL_S`` beyond the CPU the process used meanwhile, the process was descheduled; the limiter then drops
-  its window and the latencies of requests admitted until the stall's length after it (they waited for the host),
-  and if the process was lightly loaded before the stall, the burst that queued meanwhile is not refused by the
-  adaptive limit for that long (the fixed cap and the lag rules still apply). Without that a half-loaded process
-  on a busy host ratcheted its limit to the floor and refused that burst (evals/results/overload.md).
+  it cut the accepted p99 ~3x. It refuses only a standing excess, not a burst: only once arrivals have met the
+  limit full in most recent ticks (``full``, an average over ~10 ticks, >= ``STANDING``), as at 2x saturation;
+  a burst at half load (the 10-30 requests that queue while a busy host deschedules the process, or a client's
+  own burst) is admitted up to ``max_in_flight``. And host stalls are told from queues of ours: when a tick finds
+  the loop late by more than ``STALL_S`` beyond the CPU the process used meanwhile, the process was descheduled;
+  the limiter drops its window and the latencies of requests admitted until the stall's length after it (they
+  waited for the host). Without both, a half-loaded process on a busy host ratcheted its limit to the floor and
+  refused such bursts: 168-6733 refusals of 19-77k at 0.5x (evals/results/overload.md).
 
 Under ``serve`` the decision is taken in the HTTP protocol (``SheddingHttpTools``) as soon as a request's headers
 are parsed: a refusal is one pre-encoded write, with no ASGI scope, task, routing or body read; the connection
@@ -89,6 +91,8 @@ INTERVAL_S = 0.1  # queue delay above its bound this long (none started below it
 LONE_ARRIVALS = 3  # arrivals since the last tick from which requests compete (below it: one client's sequence)
 IDLE_TICKS = 500  # ~1 s without requests while admitting all: stop ticking (an idle server stays idle)
 STALL_S = 0.005  # a tick this late beyond the CPU used since the last one: the host descheduled this process
+FULL_WEIGHT = 0.1  # per tick, of "an arrival met the adaptive limit full since the last tick" in ``full``
+STANDING = 0.5  # ``full`` from which the adaptive limit refuses: full in most of the last ~10 ticks (~20 ms)
 
 
 class LoadShedder:
@@ -125,7 +129,8 @@ class LoadShedder:
         self._tick_seen = 0  # ``_seen`` at the last tick: more than one arrival since means requests compete
         self._cpu = 0.0  # process CPU time at the last tick (a late tick without CPU used: a host stall)
         self._unsampled_before = 0.0  # requests admitted before this (perf_counter) waited for the host: not sampled
-        self._grace_until = 0.0  # until then the adaptive limit refuses nothing: the burst queued during a stall
+        self.full = 0.0  # recent share of ticks in which an arrival met the adaptive limit full (refuses >= STANDING)
+        self._hit = False  # an arrival met the adaptive limit full since the last tick
         self._raw: dict[tuple[int, bool], bytes] = {}
         # Built once: a refusal costs two sends.
         self._full: tuple[Message, Message] = error_messages(
@@ -207,7 +212,7 @@ class LoadShedder:
     def refusal(self) -> tuple[Message, Message] | None:
         """The admission decision for one new request: ``None`` admits it, else the two messages refusing it."""
         late = False
-        if self.max_lag or self.max_queue:
+        if self.max_lag or self.max_queue or self.limiter is not None:  # the ticker measures them (and ``full``)
             self._seen += 1
             if self._loop is None or self._loop.is_closed():  # not ticking (idle), or a test's old loop
                 self._start_ticker()
@@ -223,14 +228,12 @@ class LoadShedder:
         # idle server). Under overload requests queue in the protocol and many arrive per tick.
         if not (self.in_flight or self.queued or self._seen - self._tick_seen >= LONE_ARRIVALS):
             return None
-        if (
-            self.limiter is not None
-            and self.in_flight + self.queued >= self.limiter.limit
-            and not (self._grace_until and time.perf_counter() < self._grace_until)
-        ):
-            if self.metrics is not None:
-                self.metrics.shed.inc()
-            return self._over
+        if self.limiter is not None and self.in_flight + self.queued >= self.limiter.limit:
+            self._hit = True
+            if self.full >= STANDING:  # a standing excess (2x saturation), not a burst at half load
+                if self.metrics is not None:
+                    self.metrics.shed.inc()
+                return self._over
         if late or (self.admit < 1.0 and not self._take()):
             if self.metrics is not None:
                 self.metrics.shed.inc()
@@ -277,6 +280,8 @@ class LoadShedder:
         self._tick_seen = self._seen
         lag, self.lag = self.lag, now - self._due
         if self.limiter is not None:
+            self.full += FULL_WEIGHT * (self._hit - self.full)
+            self._hit = False
             cpu, self._cpu = self._cpu, time.process_time()
             if self.lag - (self._cpu - cpu) > STALL_S:
                 self._stalled(now, self.lag - (self._cpu - cpu))
@@ -307,8 +312,6 @@ class LoadShedder:
         assert self.limiter is not None
         self.limiter.discard()
         self._unsampled_before = now + off_cpu  # admitted until then: waited behind the stall's burst
-        if self.in_flight + self.queued < self.limiter.limit / 2:  # light before the stall: let its burst in
-            self._grace_until = now + off_cpu
 
 
 def find_shedder(app: object) -> LoadShedder | None:

@@ -72,6 +72,16 @@ def _queueing_app() -> tuple[object, list[float]]:
     return app, took
 
 
+async def _open_loop(shedder: LoadShedder, per_ms: int, ms: int) -> list[int]:
+    """``per_ms`` new requests every millisecond for ``ms`` ms, whatever the answers (a sustained overload)."""
+    loop = asyncio.get_running_loop()
+    t0, tasks = loop.time(), []
+    for i in range(ms):
+        tasks += [asyncio.ensure_future(status_of(shedder, http_scope("/x"))) for _ in range(per_ms)]
+        await asyncio.sleep(max(0.0, t0 + (i + 1) / 1000 - loop.time()))
+    return list(await asyncio.gather(*tasks))
+
+
 def _drive(adaptive: bool) -> tuple[LoadShedder, list[int], list[float], list[int]]:
     app, took = _queueing_app()
     shedder = LoadShedder(app, max_in_flight=32, adaptive=adaptive)  # type: ignore[arg-type]
@@ -79,10 +89,8 @@ def _drive(adaptive: bool) -> tuple[LoadShedder, list[int], list[float], list[in
     async def run() -> tuple[list[int], list[int]]:
         lone = [await status_of(shedder, http_scope("/x")) for _ in range(4 * WINDOW)]  # unloaded: one at a time
         took.clear()
-        crowd: list[int] = []
-        for _ in range(60):  # 40 at once, over and over: more than the process serves at its unloaded latency
-            crowd += await asyncio.gather(*(status_of(shedder, http_scope("/x")) for _ in range(40)))
-        return lone, crowd
+        # 6 per ms, open loop: ~3x what the process serves (~2000/s at any concurrency), for 1.5 s.
+        return lone, await _open_loop(shedder, 6, 1500)
 
     lone, crowd = asyncio.run(run())
     return shedder, lone, took, crowd
@@ -94,7 +102,7 @@ def test_adaptive_limit_keeps_accepted_requests_near_their_unloaded_latency() ->
     assert lone == fixed_lone == [200] * (4 * WINDOW)  # one request at a time is never refused
     assert adaptive.limiter is not None and fixed.limiter is None
     assert MIN_LIMIT <= adaptive.limiter.limit < 12, adaptive.limiter.limit
-    assert fixed_crowd.count(503) == 8 * 60  # the fixed cap: 32 of each 40 admitted, all of them queueing
+    assert fixed_crowd.count(503) > len(fixed_crowd) / 3  # the fixed cap: 32 admitted, all of them queueing
     # Accepted requests: the last third (the limit has settled), median in-handler time, against the fixed cap
     # (the unloaded time is ~1.5 ms: asyncio timers round the 0.5 ms sleep up).
     settled, fixed_settled = took[-len(took) // 3 :], fixed_took[-len(fixed_took) // 3 :]
@@ -104,7 +112,7 @@ def test_adaptive_limit_keeps_accepted_requests_near_their_unloaded_latency() ->
         f"{statistics.median(fixed_settled) * 1000:.1f} ms"
     )
     assert statistics.median(settled) < statistics.median(fixed_settled) / 2, summary
-    assert crowd.count(200) >= 60 * MIN_LIMIT, summary  # it still serves: the floor, every round
+    assert crowd.count(200) > len(crowd) / 6, summary  # it still serves about its capacity
     assert set(crowd) == {200, 503}
 
 
@@ -151,16 +159,27 @@ def test_a_stall_of_the_host_at_light_load_neither_shrinks_the_limit_nor_refuses
     assert shedder.limiter is not None
     assert codes.count(503) == 0 and shedder.limiter.limit > 24, (codes.count(503), shedder.limiter.limit)
 
-    # The burst that queued during a stall of a lightly loaded process is let in, though over the limit.
-    async def burst() -> list[int]:
-        assert shedder.limiter is not None
-        shedder.limiter.limit = float(MIN_LIMIT)  # as if shrunk by a real queue earlier
-        await status_of(shedder, http_scope("/x"))  # the ticker runs
-        time.sleep(0.03)  # noqa: ASYNC251  (descheduled, nothing in flight)
-        await asyncio.sleep(0.003)  # the late tick has run
-        return list(await asyncio.gather(*(status_of(shedder, http_scope("/x")) for _ in range(3 * MIN_LIMIT))))
 
-    assert asyncio.run(burst()) == [200] * (3 * MIN_LIMIT)
+def test_bursts_at_light_load_are_admitted_over_a_low_limit() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await asyncio.sleep(0.001)
+        await ok_app(scope, receive, send)
+
+    shedder = LoadShedder(app, max_in_flight=32, max_lag_ms=10, adaptive=True)
+    assert shedder.limiter is not None
+    shedder.limiter.limit = float(MIN_LIMIT)  # as if shrunk by a real queue earlier
+
+    # 3x the limit at once every 20 ms (what queues while a busy host deschedules a half-loaded process): a burst
+    # that drains in a few ms, not a standing excess. Refused by the limit alone, most of each burst was lost.
+    async def bursts() -> list[int]:
+        codes: list[int] = []
+        for _ in range(30):
+            codes += await asyncio.gather(*(status_of(shedder, http_scope("/x")) for _ in range(3 * MIN_LIMIT)))
+            await asyncio.sleep(0.02)
+        return codes
+
+    codes = asyncio.run(bursts())
+    assert codes.count(503) == 0, (codes.count(503), shedder.full)
 
 
 def test_a_real_overload_is_still_refused_after_host_stalls() -> None:
@@ -168,15 +187,14 @@ def test_a_real_overload_is_still_refused_after_host_stalls() -> None:
     shedder = LoadShedder(app, max_in_flight=32, max_lag_ms=10, adaptive=True)  # type: ignore[arg-type]
     _stall_rounds(shedder, 10, 20)  # stalls first: they must not leave the limit blind
 
-    async def crowd() -> list[int]:
-        codes: list[int] = []
-        for _ in range(60):
-            codes += await asyncio.gather(*(status_of(shedder, http_scope("/x")) for _ in range(40)))
-        return codes
-
-    codes = asyncio.run(crowd())
+    took.clear()
+    codes = asyncio.run(_open_loop(shedder, 6, 1500))  # ~3x what the process serves
     assert shedder.limiter is not None and shedder.limiter.limit < 12, shedder.limiter.limit
-    assert codes.count(503) > 60 * 20 and codes.count(200) >= 60 * MIN_LIMIT, codes.count(503)
+    assert codes.count(503) > len(codes) / 2 and codes.count(200) > len(codes) / 6, (codes.count(503), len(codes))
+    # Refused by the adaptive limit, not the fixed cap alone: accepted requests interleave with few others (with
+    # 32 in flight each takes ~16 ms).
+    settled = statistics.median(took[-len(took) // 3 :])
+    assert settled < 0.008, (settled, shedder.full)
 
 
 def test_serve_adaptive_limit_option_reaches_each_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
