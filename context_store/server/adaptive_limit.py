@@ -17,11 +17,13 @@ service time. At equilibrium recent = TOLERANCE * noload / (1 - 1/sqrt(limit)), 
 unloaded latency. ``noload`` drifts up slowly (``NOLOAD_DRIFT`` per window) so one lucky fast window, or a
 change of workload, does not pin the limit low forever.
 
-A window whose peak in-flight count stayed below half the limit says nothing about whether the limit is too
-high (the process was not using it), but if its requests also took at most TOLERANCE x ``noload`` the limit grows
-as in a good window: without that, every shrink at light load (a window inflated by a stall of the host) was
-permanent, and after a few stalls a half-loaded process sat at the floor and refused the 10-30 requests that
-queue during the next stall (evals/results/overload.md, 2026-12-03). ``discard`` drops the window in progress: the
+A window whose peak in-flight count stayed below half the limit says nothing against the limit (the process
+was not using it: whatever its latency, the limit did not cause it) and the limit grows as in a good window,
+towards ``max_limit``. Without that (the original gradient limit leaves it unchanged), every shrink at light load
+was permanent: on one core latency grows with concurrency long before saturation (4-8 requests in flight at half
+load already take 2-3x the fastest window's mean), so each burst at half load shrank the limit, nothing grew it
+back, and a half-loaded process sat at the floor refusing (evals/results/overload.md, 2026-12-03). At 2x
+saturation the limit is full in every window and this never applies. ``discard`` drops the window in progress: the
 shedder calls it when the process was descheduled (its loop late while it used no CPU), a wait that says nothing
 about the concurrency the process admitted.
 """
@@ -67,9 +69,8 @@ class GradientLimit:
             self.noload = recent
         else:
             self.noload *= NOLOAD_DRIFT
-        gradient = max(0.5, min(1.0, TOLERANCE * self.noload / recent))
-        if peak < self.limit / 2 and gradient < 1.0:  # unused and slow: not evidence of a queue of ours
-            return
+        # Unused (peak under half of it): no evidence against the limit, whatever the latency; grow back.
+        gradient = 1.0 if peak < self.limit / 2 else max(0.5, min(1.0, TOLERANCE * self.noload / recent))
         target = self.limit * gradient + math.sqrt(self.limit)
         limit = (1 - SMOOTHING) * self.limit + SMOOTHING * target
         self.limit = max(float(self.min_limit), min(float(self.max_limit), limit))

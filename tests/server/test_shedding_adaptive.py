@@ -37,8 +37,8 @@ def test_the_limit_shrinks_while_requests_queue_and_grows_back_when_they_do_not(
     assert limit.limit < 8, limit.limit
     assert limit.limit >= MIN_LIMIT
     low = limit.limit
-    windows(20, 0.010, 1)  # the same latency with the limit unused (app-limited): no evidence, no change
-    assert limit.limit == low
+    windows(1, 0.010, 1)  # the same latency with the limit unused (app-limited): no evidence against it, it grows
+    assert low < limit.limit < low + 1
     # One slow window among fast ones moves it a little (smoothing), not to the floor.
     limit = GradientLimit(32)
     windows(5, 0.001, 32)
@@ -116,17 +116,18 @@ def test_adaptive_limit_keeps_accepted_requests_near_their_unloaded_latency() ->
     assert set(crowd) == {200, 503}
 
 
-def test_an_unused_limit_grows_back_while_requests_stay_fast() -> None:
-    # A shrink at light load (one slow window) must not be permanent: at the floor, a half-loaded process refused
-    # the burst that queued during the next stall of the host.
+def test_an_unused_limit_grows_back() -> None:
+    # A shrink at light load (a burst's slow window) must not be permanent: at the floor, a half-loaded process
+    # refused the next burst. Unused windows grow it back, however slow (on one core latency grows with
+    # concurrency long before saturation).
     limit = GradientLimit(32)
     for _ in range(5 * WINDOW):
         limit.sample(0.001, 32)
     for _ in range(40 * WINDOW):
         limit.sample(0.010, int(limit.limit))
     assert limit.limit < 8
-    for _ in range(60 * WINDOW):  # 2 in flight, well under half the limit, at the unloaded latency
-        limit.sample(0.001, 2)
+    for _ in range(60 * WINDOW):  # 2 in flight, well under half the limit, 3x the unloaded latency
+        limit.sample(0.003, 2)
     assert limit.limit == 32, limit.limit
 
 
