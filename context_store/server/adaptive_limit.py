@@ -37,7 +37,7 @@ __all__ = ["GradientLimit"]
 WINDOW = 16  # completed requests per update: one slow request is not a trend
 TOLERANCE = 2.0  # recent latency may reach this multiple of the unloaded one before the limit shrinks
 SMOOTHING = 0.2  # weight of each update (about 5 windows to move most of the way)
-MIN_LIMIT = 4  # never fewer: a process with a handful of concurrent Redis calls is not overloaded
+MIN_LIMIT = 8  # never fewer: at half load a process has 4-8 requests in flight (Redis round trips, bursts)
 NOLOAD_DRIFT = 1.001  # per window in which recent > noload (~6%/s at 60 windows/s)
 
 
