@@ -20,12 +20,15 @@ change of workload, does not pin the limit low forever.
 A window whose peak in-flight count stayed below half the limit says nothing against the limit (the process
 was not using it: whatever its latency, the limit did not cause it) and the limit grows as in a good window,
 towards ``max_limit``. Without that (the original gradient limit leaves it unchanged), every shrink at light load
-was permanent: on one core latency grows with concurrency long before saturation (4-8 requests in flight at half
-load already take 2-3x the fastest window's mean), so each burst at half load shrank the limit, nothing grew it
-back, and a half-loaded process sat at the floor refusing (evals/results/overload.md, 2026-12-03). At 2x
-saturation the limit is full in every window and this never applies. ``discard`` drops the window in progress: the
-shedder calls it when the process was descheduled (its loop late while it used no CPU), a wait that says nothing
-about the concurrency the process admitted.
+was permanent: on one core latency grows with concurrency long before saturation (a few requests in flight at
+half load already take a multiple of the fastest window's mean), so each burst at half load shrank the limit,
+nothing grew it back, and a half-loaded process sat at the floor refusing (evals/results/overload.md,
+2026-12-03). At 2x saturation the limit is full in every window and this never applies. The same effect is why
+the limit still refuses at half load with one worker (5-6k req/s): a process busy enough has more than half its
+limit in use and latencies over 2x the fastest window's, which this rule reads as a queue.
+
+``discard`` drops the window in progress: the shedder calls it when the process was descheduled (its loop
+late while it used no CPU), a wait that says nothing about the concurrency the process admitted.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ __all__ = ["GradientLimit"]
 WINDOW = 16  # completed requests per update: one slow request is not a trend
 TOLERANCE = 2.0  # recent latency may reach this multiple of the unloaded one before the limit shrinks
 SMOOTHING = 0.2  # weight of each update (about 5 windows to move most of the way)
-MIN_LIMIT = 8  # never fewer: at half load a process has 4-8 requests in flight (Redis round trips, bursts)
+MIN_LIMIT = 8  # never fewer: at 4, half-loaded processes (several requests in flight) refused (overload.md)
 NOLOAD_DRIFT = 1.001  # per window in which recent > noload (~6%/s at 60 windows/s)
 
 
