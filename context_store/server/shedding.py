@@ -35,8 +35,8 @@ Three bounds, all per process:
   the limiter drops its window and the latencies of requests admitted until the stall's length after it (they
   waited for the host). Without both, a half-loaded process on a busy host ratcheted its limit to the floor and
   refused such bursts: 168-6733 refusals of 19-77k at 0.5x. Still opt-in: with one worker at half load it refused
-  3-4071 (the fixed cap 0): one loop at half load has ~10 requests in flight, each well over 2x its unloaded
-  latency, which the gradient rule reads as a queue (evals/results/overload.md).
+  3-4071 (the fixed cap 0), likely because one loop at half load has several requests in flight, each over 2x
+  the fastest window's latency, which the gradient rule reads as a queue (evals/results/overload.md).
 
 Under ``serve`` the decision is taken in the HTTP protocol (``SheddingHttpTools``) as soon as a request's headers
 are parsed: a refusal is one pre-encoded write, with no ASGI scope, task, routing or body read; the connection
