@@ -18,7 +18,7 @@ import pyarrow as pa
 if TYPE_CHECKING:
     from .base import OfflineStore
 
-__all__ = ["Fragments", "fragments", "read_appended"]
+__all__ = ["Fragments", "fragments", "read_all", "read_appended"]
 
 Fragments = tuple[tuple[int, str], ...]  # (fragment id, its metadata as JSON: files, rows, deletions)
 
@@ -72,3 +72,13 @@ def read_appended(offline: OfflineStore, table: str, since: Fragments) -> tuple[
         return now, pa.table({})
     picked = [f for f in ds.get_fragments() if int(f.fragment_id) in new_ids]
     return now, ds.scanner(fragments=picked).to_table()
+
+
+def read_all(offline: OfflineStore, table: str) -> tuple[Fragments, pa.Table] | None:
+    """The table's fragments and all its rows, from one version (a push landing meanwhile is in
+    neither, so a later ``read_appended`` reads it exactly once); None: not a local Lance store or
+    no such table."""
+    ok, ds = _dataset(offline, table)
+    if not ok or ds is None:
+        return None
+    return _list(ds), ds.to_table()
