@@ -157,3 +157,20 @@ def test_a_call_computes_the_item_source_signature_once(recs: cs.ContextStore, m
     calls.clear()
     recs.get_user_context("u3", rerank=rr)
     assert len(calls) == 1
+
+
+def test_two_indexes_folding_one_push_read_its_fragments_once(recs: cs.ContextStore) -> None:
+    from context_store.stores.offline.appends import fragments, read_appended
+
+    table = "src__ratings"
+    since = fragments(recs.offline, table)
+    assert since is not None
+    recs.push("ratings", [_rating("u9", "i21", datetime.now(UTC))])
+    first = read_appended(recs.offline, table, since)
+    assert first is not None and first[1].num_rows == 1
+    assert read_appended(recs.offline, table, since) is first  # the same push: not read again
+    recs.push("ratings", [_rating("u9", "i22", datetime.now(UTC))])
+    again = read_appended(recs.offline, table, since)  # a commit since: read, both pushes
+    assert again is not None and sorted(again[1]["item_id"].to_pylist()) == ["i21", "i22"]
+    later = read_appended(recs.offline, table, first[0])
+    assert later is not None and later[1]["item_id"].to_pylist() == ["i22"]
