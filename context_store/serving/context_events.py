@@ -186,16 +186,22 @@ def offline_seen_ids(
         parts.append(got)
     name = source_table(source.name)
     if store.offline.exists(name):
-        expr = None
-        for k, v in join_keys.items():
-            e = pc.field(k) == v
-            expr = e if expr is None else expr & e
-        try:
-            pushed = store.offline.read(name, ts_column=ts, end_us=before_us, filter=expr)
-        except NotFoundError:
-            pushed = None
-        if pushed is not None and pushed.num_rows:
-            parts.append(pushed.sort_by([(ts, "descending")]).slice(0, n * 4 + 16))
+        from .pushed_index import pushed_slices
+
+        indexed = pushed_slices(store, source, join_keys, n, before_us)  # the log by entity, pushes folded in
+        if indexed is not None:
+            parts += indexed
+        else:
+            expr = None
+            for k, v in join_keys.items():
+                e = pc.field(k) == v
+                expr = e if expr is None else expr & e
+            try:
+                pushed = store.offline.read(name, ts_column=ts, end_us=before_us, filter=expr)
+            except NotFoundError:
+                pushed = None
+            if pushed is not None and pushed.num_rows:
+                parts.append(pushed.sort_by([(ts, "descending")]).slice(0, n * 4 + 16))
     for t in parts:  # µs timestamps (stored UTC; naive = UTC), as _ts_us reads them
         typ = t.schema.field(ts).type if ts in t.column_names else None
         if column not in t.column_names or typ is None or not pa.types.is_timestamp(typ) or typ.unit != "us":

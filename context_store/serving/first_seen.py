@@ -71,9 +71,12 @@ def signature(store: ContextStore, view: EmbeddingView) -> tuple[Any, ...]:
     return (str(store.config.repo), view.name, files, pushed)
 
 
-def first_seen(store: ContextStore, view: EmbeddingView) -> Index:
-    """Every item of ``view`` by the time of its first source row (per process, until the source changes)."""
-    sig = signature(store, view)
+def first_seen(store: ContextStore, view: EmbeddingView, sig: tuple[Any, ...] | None = None) -> Index:
+    """Every item of ``view`` by the time of its first source row (per process, until the source
+    changes). ``sig``: ``signature(store, view)`` if the caller has it (one per call: file stats and a
+    manifest listing)."""
+    if sig is None:
+        sig = signature(store, view)
     hit = _FIRST_SEEN.get(sig)
     if hit is not None:
         return hit
@@ -143,7 +146,51 @@ def _appended(store: ContextStore, view: EmbeddingView, sig: tuple[Any, ...]) ->
     if not new.num_rows:
         return prev
     new = tombs.filter(new, ts)  # the same filter source_rows applies to the whole log
-    return _first_times(new.column(view.join_key), new.column(ts), prev)
+    return _merged(store, view, new.column(view.join_key), new.column(ts), prev)
+
+
+_MERGE_MAX = 64  # more changed ids than this: regroup the whole index (one group_by)
+
+
+def _merged(store: ContextStore, view: EmbeddingView, ids: Any, ts: Any, prev: Index) -> Index:
+    """``_first_times(ids, ts, prev)`` without regrouping every known item: a push holds a few rows,
+    mostly of items already known earlier (then ``prev`` itself is returned, and ``first_seen_us``'s
+    map with it) or new ones; only the ids whose first time moved are taken out and put back in
+    (time, id) order -- the order the group_by sort gives (strings compare by code point there too)."""
+    import bisect
+
+    known, times = prev
+    small = _first_times(ids, ts, None)
+    if ts.null_count or any(i is None for i in small[0]):  # null ids / times: the general merge
+        return _first_times(ids, ts, prev)
+    at = _first_at(store, view, prev)
+    changed = [(int(t), i) for i, t in zip(small[0], small[1].tolist()) if (p := at.get(i)) is None or t < p]
+    if not changed:
+        return prev
+    if len(changed) > _MERGE_MAX:
+        return _first_times(ids, ts, prev)
+    out_ids, out_t = list(known), times.tolist()
+    drop = sorted((_position(out_ids, out_t, i, at[i]) for _, i in changed if i in at), reverse=True)
+    for j in drop:
+        del out_ids[j], out_t[j]
+    for t, i in sorted(changed):
+        j = bisect.bisect_left(out_t, t)
+        while j < len(out_t) and out_t[j] == t and out_ids[j] < i:
+            j += 1
+        out_ids.insert(j, i)
+        out_t.insert(j, t)
+    got = out_ids, np.asarray(out_t, dtype=np.int64)
+    _FIRST_AT[(str(store.config.repo), view.name)] = (out_ids, {**at, **{i: t for t, i in changed}})
+    return got
+
+
+def _position(ids: list[str], times: list[int], item: str, t: int) -> int:
+    import bisect
+
+    j = bisect.bisect_left(times, t)
+    while ids[j] != item:
+        j += 1
+    return j
 
 
 def _first_times(ids: Any, ts: Any, prev: Index | None) -> Index:
@@ -161,13 +208,20 @@ def _first_times(ids: Any, ts: Any, prev: Index | None) -> Index:
 _FIRST_AT: dict[tuple[Any, ...], tuple[list[str], dict[str, int]]] = {}
 
 
-def first_seen_us(store: ContextStore, view: EmbeddingView, ids: Sequence[str]) -> np.ndarray:
+def first_seen_us(
+    store: ContextStore, view: EmbeddingView, ids: Sequence[str], sig: tuple[Any, ...] | None = None
+) -> np.ndarray:
     """Each id's first-seen time in ``view``'s source (us; NaN: never seen), for ``Rerank.newness``.
     Point-in-time as is: a replay's candidates were all first seen before ``as_of``."""
-    known, times = first_seen(store, view)
+    at = _first_at(store, view, first_seen(store, view, sig))
+    return np.array([at.get(str(i), np.nan) for i in ids], dtype=np.float64)
+
+
+def _first_at(store: ContextStore, view: EmbeddingView, index: Index) -> dict[str, int]:
+    """``index`` as a map id -> first time (kept until the index is replaced)."""
+    known, times = index
     key = (str(store.config.repo), view.name)
     hit = _FIRST_AT.get(key)
     if hit is None or hit[0] is not known:  # the source changed: first_seen returned a new list
         hit = _FIRST_AT[key] = (known, dict(zip(known, times.tolist())))
-    at = hit[1]
-    return np.array([at.get(str(i), np.nan) for i in ids], dtype=np.float64)
+    return hit[1]

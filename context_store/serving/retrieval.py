@@ -120,16 +120,20 @@ def seen_items(
     return list(dict.fromkeys(ids))[:SEEN_MAX]
 
 
-def catalogue_after(store: ContextStore, view: EmbeddingView, at: datetime) -> list[str]:
+def catalogue_after(
+    store: ContextStore, view: EmbeddingView, at: datetime, sig: tuple[Any, ...] | None = None
+) -> list[str]:
     """Ids of the items whose first source row is after ``at``: unknown to a replay at ``at``."""
-    ids, times = first_seen(store, view)
+    ids, times = first_seen(store, view, sig)
     cut = int(np.searchsorted(times, datetime_to_us(at), side="right"))
     return ids[cut:]
 
 
-def catalogue_known(store: ContextStore, view: EmbeddingView, at: datetime) -> list[str]:
+def catalogue_known(
+    store: ContextStore, view: EmbeddingView, at: datetime, sig: tuple[Any, ...] | None = None
+) -> list[str]:
     """Ids of the items whose first source row is at or before ``at``: a replay's catalogue."""
-    ids, times = first_seen(store, view)
+    ids, times = first_seen(store, view, sig)
     return ids[: int(np.searchsorted(times, datetime_to_us(at), side="right"))]
 
 
@@ -160,7 +164,9 @@ def retrieve(
     rerank_with: Rerank | None,
 ) -> Retrieval:
     view = opts.view
-    later = catalogue_after(store, view, as_of) if as_of is not None else []
+    # the item source's signature, once per call (each first-seen lookup would stat the files again)
+    sig = _signature(store, view) if as_of is not None or (rerank_with is not None and rerank_with.newness) else None
+    later = catalogue_after(store, view, as_of, sig) if as_of is not None else []
     flt: dict[str, Any] = {**(opts.filter or {})}
     for col, spec in (filter or {}).items():  # the call's conditions AND the declared ones
         flt[col] = spec if col not in flt else _and(flt[col], spec)
@@ -170,10 +176,10 @@ def retrieve(
         view.name, vector=vector, k=min(want, SIMILAR_K.hi), filter=with_excluded(flt or None, view.join_key, excluded)
     ).items
     if rerank_with is not None and rerank_with.also:
-        found = _merge(found, _also(store, view, rerank_with, vector, flt, excluded, as_of, served_at))
+        found = _merge(found, _also(store, view, rerank_with, vector, flt, excluded, as_of, served_at, sig))
     items = found[:k]
     if rerank_with is not None and found:
-        items = rerank(store, view, found, rerank_with, as_of=as_of, served_at=served_at)[:k]
+        items = rerank(store, view, found, rerank_with, as_of=as_of, served_at=served_at, sig=sig)[:k]
     return Retrieval(items, len(seen), len(later), rerank_with is not None)
 
 
@@ -196,13 +202,14 @@ def _also(
     excluded: Sequence[str],
     as_of: datetime | None,
     served_at: datetime,
+    sig: tuple[Any, ...] | None = None,
 ) -> list[SimilarItem]:
     """The ``cs.TopItems`` candidates, read from the view with the filter and exclusions (so each
     carries its similarity to ``vector``)."""
     out: list[SimilarItem] = []
     skip = set(excluded)
     for src in rr.also:
-        ranked = top_items(store, view, src, as_of=as_of, served_at=served_at)
+        ranked = top_items(store, view, src, as_of=as_of, served_at=served_at, sig=sig)
         top = list(itertools.islice((i for i in ranked if i not in skip), src.n))  # stop at n
         if not top:
             continue
@@ -233,7 +240,13 @@ _DAY_US = 86_400 * 1_000_000
 
 
 def top_items(
-    store: ContextStore, view: EmbeddingView, src: TopItems, *, as_of: datetime | None, served_at: datetime
+    store: ContextStore,
+    view: EmbeddingView,
+    src: TopItems,
+    *,
+    as_of: datetime | None,
+    served_at: datetime,
+    sig: tuple[Any, ...] | None = None,
 ) -> list[str]:
     """Ids of ``view``'s items by ``src.feature``, highest first (ties by id; missing values left
     out). Online: the current values, refreshed in the background every ``src.refresh_seconds``
@@ -244,14 +257,15 @@ def top_items(
         return online_ranking(
             key, src.refresh_seconds, lambda at: _ranked(store, view, src.feature, None, at), served_at
         )
-    sig = _signature(store, view)
+    if sig is None:
+        sig = _signature(store, view)
     day = datetime_to_us(as_of) // _DAY_US * _DAY_US
     key = (*sig, src.feature, day)
     hit = _TOP.get(key)
     if hit is not None:
         return hit[1]
     with _top_lock:
-        ranked = _ranked(store, view, src.feature, datetime.fromtimestamp(day / 1e6, tz=UTC), served_at)
+        ranked = _ranked(store, view, src.feature, datetime.fromtimestamp(day / 1e6, tz=UTC), served_at, sig)
         if len(_TOP) >= _TOP_ENTRIES:
             for old in sorted(_TOP, key=lambda k: _TOP[k][0])[: len(_TOP) - _TOP_ENTRIES + 1]:
                 _TOP.pop(old, None)
@@ -260,10 +274,15 @@ def top_items(
 
 
 def _ranked(
-    store: ContextStore, view: EmbeddingView, feature: str, as_of: datetime | None, served_at: datetime
+    store: ContextStore,
+    view: EmbeddingView,
+    feature: str,
+    as_of: datetime | None,
+    served_at: datetime,
+    sig: tuple[Any, ...] | None = None,
 ) -> list[str]:
     """The items known at ``as_of`` (online: all) by ``feature`` as of ``as_of`` (online: ``served_at``)."""
-    ids, times = first_seen(store, view)
+    ids, times = first_seen(store, view, sig)
     known = ids[: int(np.searchsorted(times, datetime_to_us(as_of), side="right"))] if as_of is not None else ids
     at = as_of if as_of is not None else served_at
     x = _feature_values(store, [feature], known, as_of=as_of, served_at=at)[feature]
@@ -402,6 +421,7 @@ def rerank(
     *,
     as_of: datetime | None,
     served_at: datetime,
+    sig: tuple[Any, ...] | None = None,
 ) -> list[SimilarItem]:
     """``items`` re-ordered by the weighted, normalised similarity and features (then MMR); each
     item's ``rank_score`` is its combined score."""
@@ -411,11 +431,11 @@ def rerank(
         return _rank_score(x, rr.rank_constant) if rr.normalize == "rank" else _minmax(x)
 
     score = rr.similarity * norm(np.array([i.score for i in items], dtype=np.float64))
-    known = None if as_of is None else (lambda: catalogue_known(store, view, as_of))
+    known = None if as_of is None else (lambda: catalogue_known(store, view, as_of, sig))
     for name, values in _feature_values(store, list(rr.features), ids, as_of, served_at, known).items():
         score = score + rr.features[name] * norm(values)
     if rr.newness:
-        score = score + rr.newness * norm(first_seen_us(store, view, ids))
+        score = score + rr.newness * norm(first_seen_us(store, view, ids, sig))
     order = sorted(range(len(items)), key=lambda j: (-score[j], ids[j]))
     if rr.diversity is not None:
         order = mmr(store, view, ids, score, order, rr.diversity)
