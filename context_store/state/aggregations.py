@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ..definitions import Aggregate, DType, Embedding, FeatureView, aggregate_dtype
+from ..definitions import DType, Embedding, FeatureView, aggregate_dtype
 from ..errors import DefinitionError
 from ..vocab.time import us_to_datetime
 from .agg_objects import (
@@ -42,6 +42,7 @@ from .agg_objects import (
     scalar_kind,
     unpack_scalar,
 )
+from .agg_reference import aggregate_values
 from .columns import Columns
 
 __all__ = [
@@ -471,52 +472,3 @@ class AggPlan:
             return np.frombuffer(b"".join(bufs), dtype="<f8").reshape(len(bufs), self.K), None
         parts = [self.decode(b) for b in bufs]
         return np.stack([p.num for p in parts]), [p.objs for p in parts]
-
-
-def aggregate_values(
-    function: str,
-    ts_us: Sequence[int],
-    values: Sequence[Any],
-    n: int | None = None,
-    percentile: float | None = None,
-) -> Any:
-    """Reference: one aggregate over a list of events (the same code path as online).
-
-    For the batch engine (e.g. approx functions in training data) and for tests.
-    Values are Python scalars (None = null); ``ts_us`` int µs.
-    """
-    from ..definitions import Bool, Entity, FileSource, Float64, Int64, String
-
-    sample = next((v for v in values if v is not None), None)
-    dt: DType
-    if isinstance(sample, bool):
-        dt = Bool
-    elif isinstance(sample, (list, tuple, np.ndarray)):
-        dt = Embedding(len(sample))
-    elif isinstance(sample, int):
-        dt = Int64
-    elif isinstance(sample, float) or function in NUM_FUNCS or function == "approx_percentile":
-        dt = Float64
-    else:
-        dt = String
-    view = FeatureView(
-        "ref",
-        [Entity("e", ["k"])],
-        FileSource("x.parquet", "ts"),
-        aggregations=[Aggregate("c", function, "1d", n=n, percentile=percentile)],
-    )
-    plan = AggPlan(view, {"c": dt})
-    ts = np.asarray(list(ts_us), dtype=np.int64)
-    vals = list(values)
-    valid = np.array([v is not None for v in vals], dtype=bool)
-    cols = Columns(ts=ts, valid={"c": valid})
-    if dt.is_numeric:
-        cols.num["c"] = np.array([0.0 if v is None else float(v) for v in vals], dtype=np.float64)
-    if isinstance(dt, Embedding):
-        cols.emb["c"] = np.array([np.zeros(dt.dim) if v is None else v for v in vals], dtype=np.float32).reshape(
-            -1, dt.dim
-        )
-    else:
-        cols.obj["c"] = vals
-    p = plan.partial(cols)
-    return plan.finalize(plan.outputs[0], p.num, p.objs)

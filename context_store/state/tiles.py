@@ -36,6 +36,7 @@ from .aggregations import NUM_FUNCS, AggPlan, Partial
 from .codec import LISTPACK_VALUE_MAX, ROW_FORMAT, join_row, row_chunk_count
 from .events_codec import parse_events
 from .raw_events import decode_raw, parse_raw_num, raw_num_block
+from .tile_geometry import TILES_PER_WINDOW, US, choose_tile_us, decompose
 
 __all__ = [
     "is_idle",
@@ -48,7 +49,6 @@ __all__ = [
     "decompose",
 ]
 
-US = 1_000_000
 # Events mode (numbers-only views without Lifetime over int/float columns): an entity whose events in
 # the retention encode to <= EVENT_FIELDS x 64 bytes (state/events_codec.py; one column: ~25 events
 # with cents, ~16 arbitrary floats) keeps them in that many fields of <= 64 bytes (listpack-sized)
@@ -56,25 +56,9 @@ US = 1_000_000
 EVENT_FIELDS = 4
 EVENTS_FORMAT = 2
 EVENTS_MAX_BYTES = EVENT_FIELDS * LISTPACK_VALUE_MAX
-TILES_PER_WINDOW = 96  # finer tiles = smaller exact edges to cut per read; 4^L blocks keep reads short
 # Extra history kept beyond the longest window, so requests a little in the past stay exact.
 RETENTION_SLACK_US = 86_400 * US
 _EMPTY_COL = [0.0, 0.0, math.inf, -math.inf, 0.0, 0.0]  # raw_num_block's block of a column without values
-_NICE = [1, 5, 10, 30, 60, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 7 * 86400]
-
-
-def choose_tile_us(view: FeatureView) -> int:
-    if view.aggregation_interval is not None:
-        return view.aggregation_interval // timedelta(microseconds=1)
-    w = view.max_window
-    if w is None:
-        finite = [a.window_td for a in view.aggregations if a.window_td is not None]
-        w = max(finite) if finite else timedelta(days=1)
-    target = w.total_seconds() / TILES_PER_WINDOW
-    for s in _NICE:
-        if s >= target:
-            return s * US
-    return _NICE[-1] * US
 
 
 # -- per-view state plan ----------------------------------------------------------------
@@ -95,19 +79,6 @@ def _events_capable(view: FeatureView) -> bool:
     return all(a.function in NUM_FUNCS or a.function == "count" for a in view.aggregations) and all(
         a.window_td is not None for a in view.aggregations
     )
-
-
-def decompose(a: int, b: int, max_level: int) -> list[tuple[int, int]]:
-    """Aligned blocks ``(level, index)`` covering tiles ``[a, b)``: block j of level L covers
-    tiles ``[j*4^L, (j+1)*4^L)``; at most ~3 blocks per level on each side."""
-    out: list[tuple[int, int]] = []
-    while a < b:
-        lv = 0
-        while lv < max_level and a % (4 ** (lv + 1)) == 0 and a + 4 ** (lv + 1) <= b:
-            lv += 1
-        out.append((lv, a >> (2 * lv)))
-        a += 4**lv
-    return out
 
 
 def is_idle(values: Sequence[bytes | None]) -> bool:

@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from ...definitions import StreamSource
 from ...errors import ContextStoreError, DefinitionError, DeploymentConflictError, NotFoundError
-from ...vocab.tables import source_table, view_table
+from ...vocab.tables import source_table
 from .. import tombstones
 from ..quality_stream import stream_quality
 from . import online_adapter
@@ -41,8 +41,10 @@ from .admission import bound_watermarks
 from .applied import applied_message
 from .cutover import load_cutovers
 from .entries import decode_entry, id_to_offset, replay_chunks
+from .fences import load_partition, recent_appends
 from .flusher import OfflineBuffer
 from .freshness import AppliedTimes
+from .pool import WorkerPool, run_workers
 from .processor import (
     OFFSET,
     Batch,
@@ -50,7 +52,6 @@ from .processor import (
     SourcePlan,
     concat,
     process_batch,
-    recent_lists,
     source_plan,
     take_rows,
     update_embeddings,
@@ -66,7 +67,6 @@ __all__ = ["StreamWorker", "run_workers", "WorkerPool"]
 
 log = logging.getLogger("context_store.stream.worker")
 Part = tuple[str, int]
-_RECENT = "~recent"  # PartitionState.applied key of the recent-events fence
 _VERSION_CHECK_S = 0.25  # how often an idle worker looks for a new apply
 
 
@@ -207,23 +207,7 @@ class StreamWorker:
     def acquire(self, part: Part) -> None:
         """Take a partition: load fences, replay the previous owner's pending entries first."""
         source, p = part
-        plan = self.plans[source]
-        state = PartitionState()
-        cut = -1  # a previous owner's commit cut short mid-way (Redis Cluster): replay exactly up to it
-        for view in plan.views:
-            if view.online:
-                state.applied[view.name] = online_adapter.applied_offset(self.ctx.online, view, p)
-                cut = max(cut, online_adapter.inflight_offset(self.ctx.online, view, p))
-            if view.offline:
-                table = view_table(view.name)
-                state.offline[view.name] = self.writer.mark(table, p, self.log.offline_marks(table, p))
-        if plan.recent:
-            state.applied[_RECENT] = online_adapter.recent_applied(self.ctx.online, source, p)
-            cut = max(cut, online_adapter.recent_inflight(self.ctx.online, source, p))
-        table = source_table(source)
-        state.offline["src"] = self.writer.mark(table, p, self.log.offline_marks(table, p))
-        state.watermark_us = int(wm) if (wm := self.log.r.hget(self.log.watermark_key, f"{source}|{p}")) else None
-        bound_watermarks(self.log, plan.source, {p: state})
+        state, cut = load_partition(self.ctx.online, self.log, self.writer, self.plans[source], source, p)
         self.owned[part] = state
         pending = self.log.claim_pending(self.key(part), self.name)
         if pending:
@@ -311,7 +295,7 @@ class StreamWorker:
             )
             step.n = events.num_rows
             if plan.recent:
-                step.recent = self._recent(plan, part, state, events, step.last)
+                step.recent = recent_appends(plan, part[1], state, events, step.last)
         return step
 
     def _unforgotten(
@@ -326,17 +310,6 @@ class StreamWorker:
         if gone.all():
             return None
         return take_rows(events, ~gone), admitted[~gone]
-
-    @staticmethod
-    def _recent(plan: SourcePlan, part: Part, state: PartitionState, events: pa.Table, last: int) -> Any:
-        """This batch's recent-events appends, fenced by their own applied offset (committed with
-        the round, so a replay after a crash appends nothing twice)."""
-        fence = state.applied.get(_RECENT, -1)
-        if last <= fence:
-            return None
-        new = take_rows(events, events.column(OFFSET).to_numpy() > fence).drop_columns([OFFSET])
-        state.applied[_RECENT] = last
-        return online_adapter.recent_item(plan.source.name, part[1], last, fence, recent_lists(plan, new.to_pylist()))
 
     def _commit(self, steps: list[_Step]) -> None:
         """Every partition's online rows of this round in one atomic commit (per view: its rows
@@ -497,30 +470,3 @@ class StreamWorker:
                 self.log.release_lease(*part, self.name)
             self.owned.clear()
             self.log.leave(self.name)
-
-
-class WorkerPool:
-    """``n`` worker threads on one context; ``stop()`` flushes and releases their partitions."""
-
-    def __init__(self, ctx: StreamContext, n: int = 1, stop_event: threading.Event | None = None, **kw: Any) -> None:
-        self.stop_event = stop_event or threading.Event()
-        self.workers = [StreamWorker(ctx, **kw) for _ in range(n)]
-        self.threads = [
-            threading.Thread(target=w.run, args=(self.stop_event,), name=f"cs-stream-{i}", daemon=True)
-            for i, w in enumerate(self.workers)
-        ]
-        for t in self.threads:
-            t.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Ask every worker to stop and wait at most ``timeout`` s in all (not per thread)."""
-        self.stop_event.set()
-        deadline = time.monotonic() + timeout
-        for t in self.threads:
-            t.join(max(0.0, deadline - time.monotonic()))
-
-
-def run_workers(ctx: StreamContext, n: int = 1, stop_event: threading.Event | None = None, **kw: Any) -> WorkerPool:
-    """Start ``n`` stream workers in threads of this process (non-blocking). Stop them with
-    ``stop_event.set()`` or ``pool.stop()``. Does nothing useful without a Redis online store."""
-    return WorkerPool(ctx, n, stop_event, **kw)

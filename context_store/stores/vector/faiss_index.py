@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .base import AttributeColumns, Condition, compile_filter
+from .calibration import probe_set, recall_at_k
 
 __all__ = ["FaissIndex"]
 
@@ -330,24 +331,7 @@ class FaissIndex:
         """Smallest efSearch / nprobe whose recall@k on stored vectors reaches ``target_recall``."""
         faiss = _faiss()
         vecs = self._vectors()
-        n = len(vecs)
-        rng = np.random.default_rng(0)
-        m = max(1, min(samples, n) // 3)
-        pick = rng.choice(n, m, replace=False)
-        # A third of the probes are stored vectors (find_similar by entity); a third are means of
-        # two stored vectors (like user-interest vectors); a third are stored vectors plus noise of
-        # the same norm (cosine ~0.7 to their source, like a text query against item titles).
-        mix = vecs[rng.choice(n, m)] + vecs[rng.choice(n, m)]
-        noisy = vecs[rng.choice(n, m)] + rng.normal(size=(m, self.dim)).astype(np.float32) / math.sqrt(self.dim)
-        probes = np.concatenate([vecs[pick], mix, noisy])
-        probes /= np.maximum(np.linalg.norm(probes, axis=1, keepdims=True), 1e-12)
-        q = np.ascontiguousarray(probes, dtype=np.float32)
-        pick = np.concatenate([pick, np.full(2 * m, -1)])  # -1: no self to exclude
-        truth: list[list[int]] = []
-        for s in range(0, len(q), 25):
-            scores = q[s : s + 25] @ vecs.T
-            top = np.argsort(-scores, axis=1)[:, : k + 1]
-            truth.extend(t.tolist() for t in top)
+        q, pick, truth = probe_set(vecs, self.dim, samples, k)
         if self.mode == "hnsw":
             floor = self.ef_search
             options = sorted({floor, *[c for c in (96, 128, 192, 256, 384, 512) if c > floor]})
@@ -363,13 +347,7 @@ class FaissIndex:
                 else:
                     self._index.nprobe = c
                 found = self._index.search(q, k + 1)[1]
-                hits = 0
-                for f, t, p in zip(found, truth, pick.tolist()):
-                    # the query's own vector is excluded on both sides
-                    want = [i for i in t if i != p][:k]
-                    got = [i for i in f.tolist() if i != p][:k]
-                    hits += len(set(want) & set(got))
-                recall = hits / (k * len(q))
+                recall = recall_at_k(found, truth, pick, k)
                 if recall >= (self.target_recall or 0):
                     break
         finally:
