@@ -24,7 +24,7 @@ import numpy as np
 
 from ..access import Subject, subject_entity_id
 from ..compute.embeddings import embed_checked
-from ..definitions import EmbeddingView, Knowledge
+from ..definitions import EmbeddingView, InteractionEmbeddingView, Knowledge
 from ..errors import InvalidInputError, NotFoundError
 from ..limits import KNOWLEDGE_K, QUERY_TEXT_CHARS, SIMILAR_K, IntRange
 from ..registry.repo import RepoDefinitions
@@ -215,9 +215,9 @@ class VectorService:
         if self._warm_thread is not None:
             self._warm_thread.join()  # one warm-up at a time
         pending = {**{f"view:{n}": "pending" for n in names}, **{f"knowledge:{n}": "pending" for n in kbs}}
-        embedders = dict.fromkeys(
-            [colls.view_def(n).embedder for n in names] + [colls.kb_def(n).embedder for n in kbs], "pending"
-        )
+        # Learned (interaction) views have no model to load: their "embedder" only names the method.
+        texts = [v.embedder for v in map(colls.view_def, names) if not isinstance(v, InteractionEmbeddingView)]
+        embedders = dict.fromkeys(texts + [colls.kb_def(n).embedder for n in kbs], "pending")
         self._warm_state = {
             "state": "warming",
             "collections": pending,

@@ -243,3 +243,16 @@ def test_full_backfill_after_cutoff_backfills_keeps_null_item_vectors(tmp_path: 
         assert all(v is not None and len(v) == 16 for i, v in zip(items, vecs) if not i.startswith("rare"))
     finally:
         s.close()
+
+
+def test_warm_up_loads_no_model_for_a_learned_view(store: cs.ContextStore, caplog: pytest.LogCaptureFixture) -> None:
+    # A learned view's "embedder" only names its method: warm-up used to try to load it as a text model,
+    # logged "could not be warmed" and showed it "unavailable" in /readyz.
+    with caplog.at_level("WARNING"):
+        store.warm()
+        store.vectors.wait_ready(60)
+    ready = store.vectors.readiness()
+    assert ready["state"] == "ready" and ready["error"] is None, ready
+    assert not any(e.startswith("interactions:") for e in ready["embedders"]), ready
+    assert "could not be warmed" not in caplog.text
+    assert ready["collections"]["view:item_cf"] not in ("unbuilt", "pending")
