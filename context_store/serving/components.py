@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 __all__ = ["StoreComponents"]
 
 
+_CLOSE_WAIT_S = 10.0  # at most this long for a background refresh to finish before closing
+
+
 class StoreComponents:
     """The lazily opened parts of a store; ``ContextStore`` adds the verbs."""
 
@@ -241,6 +244,11 @@ class StoreComponents:
         return ing
 
     def close(self) -> None:
+        from .scope import cache_scope
+        from .top_refresh import wait_refreshes
+
+        # A TopItems refresh still ranking this workspace would read closed stores (and log that it failed).
+        wait_refreshes(_CLOSE_WAIT_S, scope=cache_scope(self))
         writer, self._feature_log = self._feature_log, None
         if writer is not None:
             writer.close()  # first: it writes the logged vectors through the offline store closed below

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..definitions import EmbeddingView, StreamSource
+from .scope import cache_scope
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -68,7 +69,7 @@ def signature(store: ContextStore, view: EmbeddingView) -> tuple[Any, ...]:
     pushed = (
         store.offline.change_token(source_table(view.source.name)) if isinstance(view.source, StreamSource) else None
     )
-    return (str(store.config.repo), view.name, files, pushed)
+    return (cache_scope(store), view.name, files, pushed)
 
 
 def first_seen(store: ContextStore, view: EmbeddingView, sig: tuple[Any, ...] | None = None) -> Index:
@@ -180,7 +181,7 @@ def _merged(store: ContextStore, view: EmbeddingView, ids: Any, ts: Any, prev: I
         out_ids.insert(j, i)
         out_t.insert(j, t)
     got = out_ids, np.asarray(out_t, dtype=np.int64)
-    _FIRST_AT[(str(store.config.repo), view.name)] = (out_ids, {**at, **{i: t for t, i in changed}})
+    _FIRST_AT[(cache_scope(store), view.name)] = (out_ids, {**at, **{i: t for t, i in changed}})
     return got
 
 
@@ -220,7 +221,7 @@ def first_seen_us(
 def _first_at(store: ContextStore, view: EmbeddingView, index: Index) -> dict[str, int]:
     """``index`` as a map id -> first time (kept until the index is replaced)."""
     known, times = index
-    key = (str(store.config.repo), view.name)
+    key = (cache_scope(store), view.name)
     hit = _FIRST_AT.get(key)
     if hit is None or hit[0] is not known:  # the source changed: first_seen returned a new list
         hit = _FIRST_AT[key] = (known, dict(zip(known, times.tolist())))

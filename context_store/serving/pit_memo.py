@@ -32,6 +32,7 @@ import numpy as np
 from ..definitions import FeatureView
 from ..vocab.tables import view_table
 from ..vocab.time import datetime_to_us
+from .scope import cache_scope
 
 if TYPE_CHECKING:
     from .store import ContextStore
@@ -73,7 +74,7 @@ def pit_floats(
     token = store.offline.change_token(view_table(view.name))
     if token is None or len(distinct) <= ENTITY_PUSHDOWN_MAX:
         return compute(store, view, feats, keys, at)
-    ck = (str(store.config.repo), view.name, tuple(feats), datetime_to_us(at))
+    ck = (cache_scope(store), view.name, tuple(feats), datetime_to_us(at))
     with _lock:
         e = _MEMO.get(ck)
         if e is None or e.view is not view or e.token != token or len(e.values) > _MAX_ITEMS:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .context_events import _HISTORY_MAX_BYTES, _entity_keys_of, _HistoryIndex, _index_key
+from .scope import cache_scope
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -44,7 +45,8 @@ class _Pushed:
     nbytes: int
 
 
-_PUSHED: dict[tuple[str, str], _Pushed | None] = {}  # (repo, source) -> index (None: not indexable)
+# ((repo, workspace), source) -> index (None: not indexable)
+_PUSHED: dict[tuple[tuple[str, str], str], _Pushed | None] = {}
 _lock = threading.Lock()
 
 
@@ -58,7 +60,7 @@ def pushed_slices(
 
     table = source_table(source.name)
     token = store.offline.change_token(table)
-    key = (str(store.config.repo), source.name)
+    key = (cache_scope(store), source.name)
     got = _PUSHED.get(key)
     if got is None or got.token != token:
         with _lock:

@@ -41,6 +41,7 @@ from .feature_columns import as_float, view_feature_columns
 from .first_seen import first_seen, first_seen_us
 from .first_seen import signature as _signature
 from .pit_memo import pit_floats
+from .scope import cache_scope
 from .top_refresh import online_ranking
 
 if TYPE_CHECKING:
@@ -253,7 +254,7 @@ def top_items(
     (``top_refresh``: the previous ranking is served meanwhile); replay: as of the start of
     ``as_of``'s UTC day, over the items known then (cached per day)."""
     if as_of is None:
-        key = (str(store.config.repo), view.name, src.feature, "online")
+        key = (cache_scope(store), view.name, src.feature, "online")
         return online_ranking(
             key, src.refresh_seconds, lambda at: _ranked(store, view, src.feature, None, at), served_at
         )

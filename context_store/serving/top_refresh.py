@@ -96,10 +96,15 @@ def _refresh(key: Hashable, compute: Callable[[datetime], list[str]]) -> None:
             _ENTRIES[key] = _Entry(start, ids)
 
 
-def wait_refreshes(timeout: float | None = None) -> bool:
-    """Join the background refreshes running now; False if one is still running after ``timeout``."""
+def wait_refreshes(timeout: float | None = None, scope: Hashable | None = None) -> bool:
+    """Join the background refreshes running now (``scope``: only those of keys starting with it);
+    False if one is still running after ``timeout``."""
     with _lock:
-        running = [e.refreshing for e in _ENTRIES.values() if e.refreshing is not None]
+        running = [
+            e.refreshing
+            for k, e in _ENTRIES.items()
+            if e.refreshing is not None and (scope is None or (isinstance(k, tuple) and k[:1] == (scope,)))
+        ]
     deadline = None if timeout is None else time.monotonic() + timeout
     for t in running:
         t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))

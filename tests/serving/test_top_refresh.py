@@ -10,6 +10,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -17,6 +18,7 @@ import pytest
 import context_store as cs
 from context_store.serving import top_refresh
 from context_store.serving.retrieval import top_items
+from context_store.serving.scope import cache_scope
 from tests.support.recs import build_recs_repo, open_built
 
 ITEM_COUNTS = """
@@ -143,3 +145,54 @@ def test_pushed_ratings_enter_the_online_ranking_at_the_next_refresh_not_on_the_
     # refresh_seconds=0: no staleness, the pushed item is first on the call itself
     zero = cs.TopItems("item_counts.n", n=1, refresh_seconds=0)
     assert top_items(store, view, zero, as_of=None, served_at=datetime.now(UTC))[0] == last
+
+
+def test_a_ranking_is_never_served_to_another_workspace_of_the_same_repo(tmp_path: Path) -> None:
+    # Per-process caches were keyed by (repo, view, ...): a second workspace of the same repo (another
+    # tenant of one server) was served the first one's ranking, built from the first one's data.
+    root = build_recs_repo(tmp_path / "repo", similar="cs.Similar(items, k=10)")
+    with (root / "features.py").open("a") as f:
+        f.write(ITEM_COUNTS)
+    a, b = open_built(root), open_built(root)
+    try:
+        view = a.definitions.embedding_views["items"]
+        src = cs.TopItems("item_counts.n", n=10, refresh_seconds=600)
+        rows = pq.read_table(root / "data" / "ratings.parquet").to_pylist()
+        counts = Counter(r["item_id"] for r in rows)
+        last = sorted(counts, key=lambda i: (-counts[i], i))[-1]
+        proto = next(r for r in rows if r["item_id"] == last)
+        now = datetime.now(UTC)
+        assert a.push("ratings", [{**proto, "user_id": f"fan{j}", "ts": now} for j in range(max(counts.values()) + 5)])
+        assert top_items(a, view, src, as_of=None, served_at=datetime.now(UTC))[0] == last  # a's own data
+        got_b = top_items(b, b.definitions.embedding_views["items"], src, as_of=None, served_at=datetime.now(UTC))
+        assert got_b[0] != last and got_b[:10] == sorted(counts, key=lambda i: (-counts[i], i))[:10]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_close_waits_for_its_own_workspace_refresh_only(tmp_path: Path) -> None:
+    # A refresh still ranking a closed store read closed stores and logged a failure at exit.
+    store = open_built(build_recs_repo(tmp_path / "repo", similar="cs.Similar(items, k=10)"))
+    mine, theirs = threading.Event(), threading.Event()
+
+    def start(key: tuple[object, ...], gate: threading.Event) -> None:
+        def blocked(at: datetime) -> list[str]:
+            gate.wait(30)
+            return ["b"]
+
+        top_refresh.online_ranking(key, 0.01, lambda at: ["a"], NOW)
+        time.sleep(0.05)
+        top_refresh.online_ranking(key, 0.01, blocked, NOW)  # due: a refresh starts
+
+    start((cache_scope(store), "items", "n", "online"), mine)
+    start((("elsewhere", uuid.uuid4().hex), "items", "n", "online"), theirs)
+    closer = threading.Thread(target=store.close)
+    closer.start()
+    closer.join(0.5)
+    assert closer.is_alive()  # waiting for this workspace's refresh
+    mine.set()
+    closer.join(10)
+    assert not closer.is_alive()  # the other workspace's refresh, still blocked, did not hold it
+    theirs.set()
+    assert top_refresh.wait_refreshes(10)
