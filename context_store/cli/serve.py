@@ -69,9 +69,9 @@ __all__ = ["serve"]
     "--adaptive-limit/--fixed-limit",
     default=DEFAULT_ADAPTIVE_LIMIT,
     show_default=True,
-    help="Let each server process's in-flight limit follow its own latency (at most --max-in-flight): it shrinks "
-    "while requests take more than twice their unloaded time, so queueing inside the process stays near the "
-    "service time.",
+    help="Let each server process's in-flight limit follow its own queue (at most --max-in-flight): it shrinks "
+    "while requests wait longer to start than a request takes unloaded, so queueing inside the process stays "
+    "near the service time; --fixed-limit keeps the cap at --max-in-flight.",
 )
 @click.option(
     "--allowed-host",

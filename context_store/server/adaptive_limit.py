@@ -27,6 +27,14 @@ nothing grew it back, and a half-loaded process sat at the floor refusing (evals
 the limit still refuses at half load with one worker (5-6k req/s): a process busy enough has more than half its
 limit in use and latencies over 2x the fastest window's, which this rule reads as a queue.
 
+When the wait before each handler started is known (``serve``: the protocol stamps a request when its headers
+are parsed), the window is judged by ``noload + mean wait`` instead of its mean latency: on one event loop a
+handler's own time grows with the requests it interleaves with long before saturation, which is not a queue of
+ours (at half load it shrank the limit and refused, evals/results/overload.md 2026-12-03); a queue shows as
+requests waiting to start. So the limit shrinks once requests wait longer than ``(TOLERANCE - 1) x noload``
+before their handler runs. Through ASGI alone (no stamp) the whole latency is all there is. ``queueing`` says
+whether the last window was over tolerance (the shedder refuses under half the cap only then).
+
 ``discard`` drops the window in progress: the shedder calls it when the process was descheduled (its loop
 late while it used no CPU), a wait that says nothing about the concurrency the process admitted.
 """
@@ -56,28 +64,42 @@ class GradientLimit:
         self._sum = 0.0
         self._n = 0
         self._peak = 0
+        self._wait = 0.0  # sum of the window's known admission waits
+        self._waits = 0
+        self.wait = -1.0  # the last window's mean admission wait (seconds); -1: not known
+        self.queueing = False  # the last window's judged latency exceeded TOLERANCE x noload
 
-    def sample(self, latency_s: float, in_flight: int) -> None:
-        """One request done: it took ``latency_s`` from admission, with ``in_flight`` admitted (itself included)."""
+    def sample(self, latency_s: float, in_flight: int, wait_s: float | None = None) -> None:
+        """One request done: it took ``latency_s`` from admission, with ``in_flight`` admitted (itself included);
+        ``wait_s`` of it before its handler started, when known (admitted by the protocol, under ``serve``)."""
         self._sum += latency_s
         self._n += 1
+        if wait_s is not None:
+            self._wait += wait_s
+            self._waits += 1
         if in_flight > self._peak:
             self._peak = in_flight
         if self._n < WINDOW:
             return
         recent, peak = self._sum / self._n, self._peak
-        self._sum, self._n, self._peak = 0.0, 0, 0
+        # Known waits in most of the window: judge the queue by them (see the module docstring).
+        wait = self._wait / self._waits if self._waits * 2 > self._n else None
+        self._sum, self._n, self._peak, self._wait, self._waits = 0.0, 0, 0, 0.0, 0
         self.recent = recent
         if not self.noload or recent < self.noload:
             self.noload = recent
         else:
             self.noload *= NOLOAD_DRIFT
+        # The latency the window's requests would have had with unloaded handlers plus the queue they met.
+        judged = recent if wait is None else self.noload + wait
+        self.wait = -1.0 if wait is None else wait
+        self.queueing = judged > TOLERANCE * self.noload
         # Unused (peak under half of it): no evidence against the limit, whatever the latency; grow back.
-        gradient = 1.0 if peak < self.limit / 2 else max(0.5, min(1.0, TOLERANCE * self.noload / recent))
+        gradient = 1.0 if peak < self.limit / 2 else max(0.5, min(1.0, TOLERANCE * self.noload / judged))
         target = self.limit * gradient + math.sqrt(self.limit)
         limit = (1 - SMOOTHING) * self.limit + SMOOTHING * target
         self.limit = max(float(self.min_limit), min(float(self.max_limit), limit))
 
     def discard(self) -> None:
         """Forget the window in progress (its latencies include a stall of the host, not a queue of ours)."""
-        self._sum, self._n, self._peak = 0.0, 0, 0
+        self._sum, self._n, self._peak, self._wait, self._waits = 0.0, 0, 0, 0.0, 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -20,6 +21,7 @@ import context_store as cs
 from context_store.server.adaptive_limit import MIN_LIMIT, WINDOW, GradientLimit
 from context_store.server.shedding import LoadShedder
 from tests.server.test_shedding_overload import DEFINITIONS
+from tests.server.test_shedding_protocol import Conn, request, serving
 from tests.support.asgi import http_scope, ok_app, status_of
 from tests.support.repo import make_repo
 
@@ -50,6 +52,22 @@ def test_the_limit_shrinks_while_requests_queue_and_grows_back_when_they_do_not(
     windows(40, 0.010, 32)
     windows(60, 0.001)
     assert limit.limit == 32, limit.limit
+
+
+def test_known_admission_waits_judge_the_queue_not_the_handlers_latency() -> None:
+    # Under ``serve`` the wait before a handler starts is known: a handler slowed by the others it interleaves
+    # with on one loop (10x its unloaded latency, no wait) is no queue of ours; a wait of 5x the unloaded
+    # latency is, however fast the handlers.
+    limit = GradientLimit(32)
+    for _ in range(5 * WINDOW):
+        limit.sample(0.001, 32, 0.0)
+    for _ in range(40 * WINDOW):
+        limit.sample(0.010, 32, 0.0002)
+    assert limit.limit == 32 and not limit.queueing, limit.limit
+    for _ in range(40 * WINDOW):
+        limit.sample(0.006, int(limit.limit), 0.005)
+    assert limit.limit < 12 and limit.queueing, limit.limit
+    assert abs(limit.wait - 0.005) < 1e-6
 
 
 def _queueing_app() -> tuple[object, list[float]]:
@@ -219,3 +237,94 @@ def test_serve_adaptive_limit_option_reaches_each_process(tmp_path: Path, monkey
             assert entry.limiter.max_limit == entry.max_in_flight == 32
     out = CliRunner().invoke(serve_cmd, ["--help"])
     assert out.exit_code == 0 and "--adaptive-limit / --fixed-limit" in out.output
+
+
+def test_a_busy_loop_under_half_the_cap_is_not_refused_through_the_protocol() -> None:
+    # 12 closed-loop clients of a handler whose latency grows with concurrency (1 ms per request it interleaves
+    # with), the limit at its floor as after a saturated spell: a busy process at half load, not a queue (its
+    # requests start at once). Judged by total latency (the previous rule) ~10 ms against an unloaded ~1 ms read
+    # as a queue and the limit refused a share of them.
+    active = 0
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        nonlocal active
+        active += 1
+        try:
+            await receive()
+            await asyncio.sleep(0.001 * active)  # uvloop's timers: whole milliseconds
+        finally:
+            active -= 1
+        headers = [(b"content-length", b"2")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    # No lag bound: the clients are threads of this process, whose turns for the GIL make the loop late.
+    shedder = LoadShedder(app, max_in_flight=32, adaptive=True)
+    assert shedder.limiter is not None
+    codes: list[int] = []
+    bodies: set[bytes] = set()
+    peak = 0
+
+    def client(port: int, n: int) -> None:
+        nonlocal peak
+        conn = Conn(port)
+        try:
+            for _ in range(n):
+                conn.send(request("/x"))
+                code, _h, body = conn.response()
+                codes.append(code)
+                if code == 503:
+                    bodies.add(body[:80])
+                peak = max(peak, shedder.in_flight + shedder.queued)
+        finally:
+            conn.close()
+
+    with serving(shedder) as port:
+        client(port, 4 * WINDOW)  # unloaded latency
+        shedder.limiter.limit = float(MIN_LIMIT)
+        threads = [threading.Thread(target=client, args=(port, 60)) for _ in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    assert len(codes) == 4 * WINDOW + 12 * 60
+    assert codes.count(503) == 0, (codes.count(503), bodies, shedder.limiter.limit, shedder.limiter.wait, shedder.full)
+    assert shedder.full > 0 or peak > MIN_LIMIT  # the limit was met: without the wait rule it refuses
+
+
+def test_a_queue_before_the_handlers_shrinks_the_limit_and_is_refused_through_the_protocol() -> None:
+    # The other side: handlers that hold the loop 1 ms each (CPU), 48 closed-loop clients: requests wait for
+    # the loop before their handler starts, which the admission wait shows; the limit shrinks and refuses them.
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        end = time.perf_counter() + 0.001
+        while time.perf_counter() < end:  # the process's CPU, not the host's: no stall
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    shedder = LoadShedder(app, max_in_flight=32, adaptive=True)
+    assert shedder.limiter is not None
+    codes: list[int] = []
+    waits: list[float] = []
+
+    def client(port: int, n: int) -> None:
+        conn = Conn(port)
+        try:
+            for _ in range(n):
+                conn.send(request("/x"))
+                codes.append(conn.response()[0])
+                waits.append(shedder.limiter.wait if shedder.limiter else 0.0)
+        finally:
+            conn.close()
+
+    with serving(shedder) as port:
+        client(port, 4 * WINDOW)  # unloaded latency
+        threads = [threading.Thread(target=client, args=(port, 40)) for _ in range(48)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    summary = (codes.count(503), len(codes), shedder.limiter.limit, shedder.limiter.wait, shedder.limiter.noload)
+    assert codes.count(503) > 48 * 40 / 4 and shedder.limiter.limit < 16, summary
+    assert max(waits) > 2 * shedder.limiter.noload, summary  # it was the wait that shrank it
