@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["pushed_slices", "STATS"]
 
 _MAX_SEGMENTS = 8
+_MAX_ENTRIES = 8  # indexes held (each up to _HISTORY_MAX_BYTES): a server of many workspaces holds the latest
 STATS: Counter[str] = Counter()  # "full" reads and "folded" pushes (tests, profiling)
 
 
@@ -67,7 +68,10 @@ def pushed_slices(
             got = _PUSHED.get(key)
             if got is None or got.token != token:
                 got = _update(store, source, table, token, got)
+                _PUSHED.pop(key, None)  # re-inserted last: the oldest entries go first below
                 _PUSHED[key] = got
+                for stale in list(_PUSHED)[: max(len(_PUSHED) - _MAX_ENTRIES, 0)]:
+                    _PUSHED.pop(stale, None)  # a bound on memory, as the batch history's (one per workspace)
     if got is None or sorted(join_keys) != got.entity:
         return None
     k = _index_key(join_keys)
