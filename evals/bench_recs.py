@@ -702,9 +702,8 @@ def report(
                 lines.append(f"- {s}: HR@10 {ms['HR@10'][0]:.3f}, {rel:+.1%} relative to {best[0]}.")
     first = {int(i) for i in lat.pop("first", ([], 0))[0]}
     cpu = np.array(lat.pop("cpu", ([], 0))[0])
-    declared = next(
-        (label for label in lat if not label.startswith("online")), None
-    )  # config 0: the first call after a backfill
+    # config 0: the first call after a backfill
+    declared = next((label for label in lat if not label.startswith("online")), None)
     for label, (ms_list, leaks) in lat.items():
         a = np.array(ms_list)
         if label.startswith("online"):
